@@ -1,0 +1,43 @@
+# Two commands for a newcomer: `make run` and `make test`. Every target sets
+# up .venv itself; `make test` also installs Debian's etcd-server and
+# etcd-client (the reference the differential tests compare against).
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PROTOS  := $(sort $(shell find proto -name "*.proto"))
+
+.PHONY: run test proto setup etcd clean bench
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@echo ">> installing etcdlite and its test tools into $(VENV)"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+# Debian's etcd 3.4: the real server and etcdctl used by the differential tests.
+etcd:
+	@if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then \
+	  echo ">> installing Debian's etcd-server and etcd-client (needs root and apt)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null) \
+	    || { echo "could not install etcd-server/etcd-client: install them with apt, then rerun make test"; exit 1; }; \
+	  systemctl stop etcd >/dev/null 2>&1 || service etcd stop >/dev/null 2>&1 || pkill -x etcd || true; \
+	fi
+
+# Regenerate the committed protobuf/gRPC code from proto/.
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. $(PROTOS)
+
+run: $(STAMP)
+	$(BIN)/python -m etcdlite --data-dir default.etcd
+
+test: $(STAMP) etcd
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+bench: $(STAMP) etcd
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) default.etcd .pytest_cache

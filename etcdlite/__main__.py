@@ -1,0 +1,5 @@
+import sys
+
+from etcdlite.cli import main
+
+sys.exit(main())

@@ -1,0 +1,322 @@
+"""The replicated state machine: how a committed command changes the store.
+
+Every member applies the same commands in the same order to a `StateMachine`
+and must end in the same state, so nothing here may read a clock, draw a
+random number or depend on which member it runs on. Requests that need such
+a value (a lease ID, an effective TTL) get it from the proposer, inside the
+command.
+
+A command is `(Op, serialized request)`. `apply` returns the response (its
+header carries only the revision; the server fills in the rest) or an
+`EtcdError`, and the events that watchers must see.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from etcdlite import errors
+from etcdlite.lease_table import LeaseTable
+from etcdlite.mvcc import DELETE, CompactedError, Event, FutureRevisionError, KeyValue, MVCCStore
+from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+from etcdlite.pb.mvccpb import kv_pb2
+
+
+class Op(IntEnum):
+    PUT = 1
+    DELETE_RANGE = 2
+    TXN = 3
+    COMPACT = 4
+    LEASE_GRANT = 5
+    LEASE_REVOKE = 6
+    # a revoke decided by the leader's clock; a lease already gone is no error
+    LEASE_EXPIRE = 7
+    # changes nothing; a read barrier waits for it to be applied
+    BARRIER = 8
+
+
+def kv_to_pb(kv: KeyValue, keys_only: bool = False) -> kv_pb2.KeyValue:
+    return kv_pb2.KeyValue(
+        key=kv.key,
+        create_revision=kv.create_revision,
+        mod_revision=kv.mod_revision,
+        version=kv.version,
+        value=b"" if keys_only else kv.value,
+        lease=kv.lease,
+    )
+
+
+_SORT_KEYS = {
+    pb.RangeRequest.KEY: lambda kv: kv.key,
+    pb.RangeRequest.VERSION: lambda kv: kv.version,
+    pb.RangeRequest.CREATE: lambda kv: kv.create_revision,
+    pb.RangeRequest.MOD: lambda kv: kv.mod_revision,
+    pb.RangeRequest.VALUE: lambda kv: kv.value,
+}
+
+
+def execute_range(reader, r: pb.RangeRequest) -> pb.RangeResponse:
+    """Serve a RangeRequest from `reader` (the store, or a write txn inside
+    a Txn) with etcd's rules for limit, sorting, filters and counting."""
+    filtered = r.min_mod_revision or r.max_mod_revision or r.min_create_revision or r.max_create_revision
+    limit = r.limit
+    if r.sort_order != pb.RangeRequest.NONE or filtered:
+        limit = 0  # sort or filter everything first, truncate afterwards
+    elif limit > 0:
+        limit += 1  # one more than asked tells whether there is more
+    try:
+        result = reader.range(r.key, r.range_end, r.revision, limit)
+    except CompactedError:
+        raise errors.COMPACTED from None
+    except FutureRevisionError:
+        raise errors.FUTURE_REV from None
+    kvs = result.kvs
+    if filtered:
+        kvs = [
+            kv
+            for kv in kvs
+            if (not r.min_mod_revision or kv.mod_revision >= r.min_mod_revision)
+            and (not r.max_mod_revision or kv.mod_revision <= r.max_mod_revision)
+            and (not r.min_create_revision or kv.create_revision >= r.min_create_revision)
+            and (not r.max_create_revision or kv.create_revision <= r.max_create_revision)
+        ]
+    order = r.sort_order
+    if order == pb.RangeRequest.NONE and r.sort_target != pb.RangeRequest.KEY:
+        order = pb.RangeRequest.ASCEND
+    if order != pb.RangeRequest.NONE and not (order == pb.RangeRequest.ASCEND and r.sort_target == pb.RangeRequest.KEY):
+        kvs = sorted(kvs, key=_SORT_KEYS[r.sort_target], reverse=order == pb.RangeRequest.DESCEND)
+    resp = pb.RangeResponse(count=result.count)
+    resp.header.revision = result.revision
+    if r.limit > 0 and len(kvs) > r.limit:
+        kvs = kvs[: r.limit]
+        resp.more = True
+    if not r.count_only:
+        keys_only = r.keys_only
+        resp.kvs.extend([kv_to_pb(kv, keys_only) for kv in kvs])
+    return resp
+
+
+def _compare(c: pb.Compare, kv: KeyValue | None) -> bool:
+    target = c.target
+    given = c.WhichOneof("target_union")
+    if target == pb.Compare.VALUE:
+        have, want = kv.value, (c.value if given == "value" else b"")
+    elif target == pb.Compare.VERSION:
+        have, want = (kv.version if kv else 0), (c.version if given == "version" else 0)
+    elif target == pb.Compare.CREATE:
+        have, want = (kv.create_revision if kv else 0), (c.create_revision if given == "create_revision" else 0)
+    elif target == pb.Compare.MOD:
+        have, want = (kv.mod_revision if kv else 0), (c.mod_revision if given == "mod_revision" else 0)
+    elif target == pb.Compare.LEASE:
+        have, want = (kv.lease if kv else 0), (c.lease if given == "lease" else 0)
+    else:
+        return True
+    result = c.result
+    if result == pb.Compare.EQUAL:
+        return have == want
+    if result == pb.Compare.NOT_EQUAL:
+        return have != want
+    if result == pb.Compare.GREATER:
+        return have > want
+    if result == pb.Compare.LESS:
+        return have < want
+    return True
+
+
+class StateMachine:
+    """The MVCC store and the lease table, changed only through `apply`."""
+
+    def __init__(self):
+        self.kv = MVCCStore()
+        self.leases = LeaseTable()
+
+    def apply(self, op: int, data: bytes) -> tuple[object, list[Event]]:
+        try:
+            if op == Op.PUT:
+                return self._write(self._put_checked, pb.PutRequest.FromString(data))
+            if op == Op.DELETE_RANGE:
+                return self._write(self._delete_range, pb.DeleteRangeRequest.FromString(data))
+            if op == Op.TXN:
+                return self._txn(pb.TxnRequest.FromString(data))
+            if op == Op.COMPACT:
+                return self._compact(pb.CompactionRequest.FromString(data)), []
+            if op == Op.LEASE_GRANT:
+                return self._lease_grant(pb.LeaseGrantRequest.FromString(data)), []
+            if op in (Op.LEASE_REVOKE, Op.LEASE_EXPIRE):
+                return self._lease_revoke(pb.LeaseRevokeRequest.FromString(data).ID, op == Op.LEASE_EXPIRE)
+            if op == Op.BARRIER:
+                return None, []
+        except errors.EtcdError as err:
+            return err, []
+        raise ValueError(f"unknown command {op!r}")
+
+    # --- reads -----------------------------------------------------------
+
+    def range(self, r: pb.RangeRequest) -> pb.RangeResponse:
+        return execute_range(self.kv, r)
+
+    # --- writes ----------------------------------------------------------
+
+    def _write(self, fn, request):
+        txn = self.kv.write()
+        resp = fn(txn, request)
+        events = txn.end()
+        self._track_leases(events)
+        return resp, events
+
+    def _put_checked(self, txn, p: pb.PutRequest) -> pb.PutResponse:
+        self._check_put(p)
+        return self._put(txn, p)
+
+    def _check_put(self, p: pb.PutRequest) -> None:
+        if p.ignore_value or p.ignore_lease:
+            if not self.kv.range(p.key).kvs:
+                raise errors.KEY_NOT_FOUND
+        if p.lease and p.lease not in self.leases:
+            raise errors.LEASE_NOT_FOUND
+
+    def _put(self, txn, p: pb.PutRequest) -> pb.PutResponse:
+        value, lease = p.value, p.lease
+        prev = None
+        if p.ignore_value or p.ignore_lease or p.prev_kv:
+            found = txn.range(p.key).kvs
+            prev = found[0] if found else None
+            if prev is None and (p.ignore_value or p.ignore_lease):
+                raise errors.KEY_NOT_FOUND
+            if p.ignore_value:
+                value = prev.value
+            if p.ignore_lease:
+                lease = prev.lease
+        kv, _ = txn.put(p.key, value, lease)
+        resp = pb.PutResponse()
+        resp.header.revision = kv.mod_revision
+        if p.prev_kv and prev is not None:
+            resp.prev_kv.CopyFrom(kv_to_pb(prev))
+        return resp
+
+    def _delete_range(self, txn, d: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
+        deleted = txn.delete_range(d.key, d.range_end)
+        resp = pb.DeleteRangeResponse(deleted=len(deleted))
+        resp.header.revision = txn.range(d.key, d.range_end, 0, 1).revision
+        if d.prev_kv:
+            resp.prev_kvs.extend([kv_to_pb(kv) for kv in deleted])
+        return resp
+
+    def _track_leases(self, events: list[Event]) -> None:
+        leases = self.leases
+        for ev in events:
+            prev = ev.prev_kv
+            if ev.type == DELETE:
+                if prev is not None and prev.lease:
+                    leases.detach(prev.lease, prev.key)
+                continue
+            if prev is not None and prev.lease and prev.lease != ev.kv.lease:
+                leases.detach(prev.lease, prev.key)
+            if ev.kv.lease:
+                leases.attach(ev.kv.lease, ev.kv.key)
+
+    # --- txn -------------------------------------------------------------
+
+    def _txn(self, t: pb.TxnRequest):
+        # Like etcd, every compare (nested txns' too) is evaluated against
+        # the state before the txn, and the chosen ops are checked before
+        # any of them runs, so a failing txn changes nothing.
+        path = self._txn_path(t)
+        self._check_txn(t, path)
+        txn = self.kv.write()
+        resp = self._exec_txn(txn, t, path)
+        events = txn.end()
+        self._track_leases(events)
+        resp.header.revision = self.kv.current_revision
+        return resp, events
+
+    def _compares_hold(self, t: pb.TxnRequest) -> bool:
+        for c in t.compare:
+            kvs = self.kv.range(c.key, c.range_end).kvs
+            if not kvs:
+                # a value compare on a missing key always fails
+                if c.target == pb.Compare.VALUE or not _compare(c, None):
+                    return False
+                continue
+            for kv in kvs:
+                if not _compare(c, kv):
+                    return False
+        return True
+
+    def _txn_path(self, t: pb.TxnRequest):
+        succeeded = self._compares_hold(t)
+        ops = t.success if succeeded else t.failure
+        return succeeded, [self._txn_path(op.request_txn) for op in ops if op.HasField("request_txn")]
+
+    def _check_txn(self, t: pb.TxnRequest, path) -> None:
+        succeeded, nested = path
+        nested_paths = iter(nested)
+        current, compacted = self.kv.current_revision, self.kv.compact_revision
+        for op in t.success if succeeded else t.failure:
+            kind = op.WhichOneof("request")
+            if kind == "request_put":
+                self._check_put(op.request_put)
+            elif kind == "request_range":
+                rev = op.request_range.revision
+                if rev > current:
+                    raise errors.FUTURE_REV
+                if 0 < rev < compacted:
+                    raise errors.COMPACTED
+            elif kind == "request_txn":
+                self._check_txn(op.request_txn, next(nested_paths))
+
+    def _exec_txn(self, txn, t: pb.TxnRequest, path) -> pb.TxnResponse:
+        succeeded, nested = path
+        nested_paths = iter(nested)
+        resp = pb.TxnResponse(succeeded=succeeded)
+        for op in t.success if succeeded else t.failure:
+            kind = op.WhichOneof("request")
+            out = resp.responses.add()
+            if kind == "request_range":
+                out.response_range.CopyFrom(execute_range(txn, op.request_range))
+            elif kind == "request_put":
+                out.response_put.CopyFrom(self._put(txn, op.request_put))
+            elif kind == "request_delete_range":
+                out.response_delete_range.CopyFrom(self._delete_range(txn, op.request_delete_range))
+            elif kind == "request_txn":
+                sub = self._exec_txn(txn, op.request_txn, next(nested_paths))
+                sub.header.revision = txn.range(b"\x00", b"", 0, 1).revision
+                out.response_txn.CopyFrom(sub)
+        return resp
+
+    # --- compaction and leases -------------------------------------------
+
+    def _compact(self, c: pb.CompactionRequest) -> pb.CompactionResponse:
+        try:
+            self.kv.compact(c.revision)
+        except CompactedError:
+            raise errors.COMPACTED from None
+        except FutureRevisionError:
+            raise errors.FUTURE_REV from None
+        resp = pb.CompactionResponse()
+        resp.header.revision = self.kv.current_revision
+        return resp
+
+    def _lease_grant(self, g: pb.LeaseGrantRequest) -> pb.LeaseGrantResponse:
+        if g.ID in self.leases:
+            raise errors.LEASE_EXIST
+        self.leases.grant(g.ID, g.TTL)
+        resp = pb.LeaseGrantResponse(ID=g.ID, TTL=g.TTL)
+        resp.header.revision = self.kv.current_revision
+        return resp
+
+    def _lease_revoke(self, lease_id: int, expiry: bool):
+        lease = self.leases.get(lease_id)
+        if lease is None:
+            if expiry:
+                return None, []
+            raise errors.LEASE_NOT_FOUND
+        txn = self.kv.write()
+        for key in sorted(lease.keys):
+            txn.delete_range(key, b"")
+        events = txn.end()
+        self._track_leases(events)
+        self.leases.remove(lease_id)
+        resp = pb.LeaseRevokeResponse()
+        resp.header.revision = self.kv.current_revision
+        return resp, events

@@ -1,0 +1,128 @@
+"""`etcdlite` / `python -m etcdlite`: run one member, with etcd's flags."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from etcdlite.config import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_TXN_OPS,
+    ConfigError,
+    MemberConfig,
+    parse_duration,
+    parse_initial_cluster,
+    split_urls,
+)
+
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+              "error": logging.ERROR, "panic": logging.CRITICAL, "fatal": logging.CRITICAL}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="etcdlite",
+        description="An etcd v3 API member in Python, replicated by Raft (pysyncobj). Flags follow etcd's.",
+    )
+    p.add_argument("--name", default="default", help="human-readable name for this member")
+    p.add_argument("--data-dir", default="", help="path to the data directory (default: ${name}.etcd)")
+    p.add_argument("--listen-client-urls", default="http://127.0.0.1:2379",
+                   help="comma-separated URLs to serve clients on")
+    p.add_argument("--advertise-client-urls", default="",
+                   help="client URLs to advertise (default: --listen-client-urls)")
+    p.add_argument("--listen-peer-urls", default="http://127.0.0.1:2380",
+                   help="URL to listen on for peer (Raft) traffic")
+    p.add_argument("--initial-advertise-peer-urls", default="",
+                   help="this member's peer URL as others see it (default: --listen-peer-urls)")
+    p.add_argument("--initial-cluster", default="",
+                   help="NAME=PEER_URL,... for every member (default: this member alone)")
+    p.add_argument("--initial-cluster-state", default="new", choices=["new", "existing"])
+    p.add_argument("--initial-cluster-token", default="etcd-cluster")
+    p.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+                   help="largest request a client may send, in bytes")
+    p.add_argument("--max-txn-ops", type=int, default=DEFAULT_MAX_TXN_OPS,
+                   help="most operations a txn may hold")
+    p.add_argument("--experimental-watch-progress-notify-interval", default="10m",
+                   help="how often watchers that asked for it get a progress notification")
+    p.add_argument("--peer-secret-file", default="",
+                   help="file holding the cluster secret that authenticates peers "
+                        "(required when a peer is not on loopback)")
+    p.add_argument("--log-level", default="info", choices=sorted(LOG_LEVELS))
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> MemberConfig:
+    peer_urls = split_urls(args.listen_peer_urls)
+    advertised_peers = split_urls(args.initial_advertise_peer_urls) if args.initial_advertise_peer_urls else peer_urls
+    client_urls = split_urls(args.listen_client_urls)
+    password = None
+    if args.peer_secret_file:
+        with open(args.peer_secret_file, encoding="utf-8") as f:
+            password = f.read().strip()
+        if not password:
+            raise ConfigError(f"{args.peer_secret_file} is empty")
+    return MemberConfig(
+        name=args.name,
+        data_dir=args.data_dir,
+        listen_client_urls=client_urls,
+        advertise_client_urls=split_urls(args.advertise_client_urls) if args.advertise_client_urls else client_urls,
+        listen_peer_urls=peer_urls,
+        initial_advertise_peer_urls=advertised_peers,
+        initial_cluster=parse_initial_cluster(args.initial_cluster) if args.initial_cluster else {},
+        initial_cluster_state=args.initial_cluster_state,
+        initial_cluster_token=args.initial_cluster_token,
+        max_request_bytes=args.max_request_bytes,
+        max_txn_ops=args.max_txn_ops,
+        progress_notify_interval=parse_duration(args.experimental_watch_progress_notify_interval),
+        peer_password=password,
+    )
+
+
+async def serve(cfg: MemberConfig) -> None:
+    from etcdlite.server.member import Member
+
+    member = Member(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    starting = loop.create_task(member.start())
+    stopping = loop.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if starting.done():
+        starting.result()
+        urls = ",".join(cfg.advertise_client_urls)
+        endpoints = ",".join(u.split("://", 1)[-1] for u in cfg.advertise_client_urls)
+        logging.getLogger("etcdlite").info(
+            "serving etcd v3 clients on %s (member %x, data in %s); try: "
+            "ETCDCTL_API=3 etcdctl --endpoints=%s put foo bar",
+            urls, member.id, cfg.data_dir, endpoints,
+        )
+        await stopping
+    else:
+        starting.cancel()
+    logging.getLogger("etcdlite").info("shutting down")
+    await member.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=LOG_LEVELS[args.log_level],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        cfg = config_from_args(args)
+    except (ConfigError, OSError) as err:
+        print(f"etcdlite: {err}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(cfg))
+    except OSError as err:
+        print(f"etcdlite: {err}", file=sys.stderr)
+        return 1
+    return 0

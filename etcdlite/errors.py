@@ -1,0 +1,58 @@
+"""etcd's client-facing errors: the gRPC status code and the exact text.
+
+Clients (etcdctl, clientv3, jetcd, python-etcd3, ...) match on these texts,
+so they are kept byte-for-byte as etcd sends them.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class EtcdError(Exception):
+    """An error that reaches the client as a gRPC status with etcd's text."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __reduce__(self):
+        return (EtcdError, (self.code, self.message))
+
+    def __eq__(self, other):
+        return isinstance(other, EtcdError) and (self.code, self.message) == (other.code, other.message)
+
+    def __hash__(self):
+        return hash((self.code, self.message))
+
+    def __repr__(self):
+        return f"EtcdError({self.code.name}, {self.message!r})"
+
+
+_INVALID = grpc.StatusCode.INVALID_ARGUMENT
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+EMPTY_KEY = EtcdError(_INVALID, "etcdserver: key is not provided")
+KEY_NOT_FOUND = EtcdError(_INVALID, "etcdserver: key not found")
+VALUE_PROVIDED = EtcdError(_INVALID, "etcdserver: value is provided")
+LEASE_PROVIDED = EtcdError(_INVALID, "etcdserver: lease is provided")
+TOO_MANY_OPS = EtcdError(_INVALID, "etcdserver: too many operations in txn request")
+DUPLICATE_KEY = EtcdError(_INVALID, "etcdserver: duplicate key given in txn request")
+INVALID_SORT_OPTION = EtcdError(_INVALID, "etcdserver: invalid sort option")
+REQUEST_TOO_LARGE = EtcdError(_INVALID, "etcdserver: request is too large")
+COMPACTED = EtcdError(grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted")
+FUTURE_REV = EtcdError(grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision")
+LEASE_NOT_FOUND = EtcdError(grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found")
+LEASE_EXIST = EtcdError(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: lease already exists")
+LEASE_TTL_TOO_LARGE = EtcdError(grpc.StatusCode.OUT_OF_RANGE, "etcdserver: too large lease TTL")
+MEMBER_NOT_FOUND = EtcdError(grpc.StatusCode.NOT_FOUND, "etcdserver: member not found")
+NOT_CAPABLE = EtcdError(_UNAVAILABLE, "etcdserver: not capable")
+NO_LEADER = EtcdError(_UNAVAILABLE, "etcdserver: no leader")
+NOT_LEADER = EtcdError(_UNAVAILABLE, "etcdserver: not leader")
+LEADER_CHANGED = EtcdError(_UNAVAILABLE, "etcdserver: leader changed")
+TIMEOUT = EtcdError(_UNAVAILABLE, "etcdserver: request timed out")
+STOPPED = EtcdError(_UNAVAILABLE, "etcdserver: server stopped")
+UNIMPLEMENTED_MEMBERSHIP = EtcdError(
+    grpc.StatusCode.UNIMPLEMENTED, "etcdlite: membership changes are not implemented yet"
+)

@@ -1,0 +1,164 @@
+"""Raft through pysyncobj: commands in, applied results out.
+
+`RaftNode` hides pysyncobj behind a small surface: `propose(op, data, cb)`,
+the leader and term, commit and applied indexes. Every member applies every
+committed command to its `StateMachine` in the raft thread, under `lock`, so
+that readers in other threads see whole commands only.
+
+pysyncobj keeps its log in `<data-dir>/raft.journal` (a memory-mapped file:
+an entry is in the OS page cache before it is acknowledged, so it survives
+the process being killed) and its snapshots in `<data-dir>/raft.snapshot`,
+holding the pickled state machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+
+from etcdlite import errors
+from etcdlite.apply import StateMachine
+
+log = logging.getLogger("etcdlite.raft")
+
+# pysyncobj's failure reasons, as the errors etcd gives for the same cases
+FAILURES = {
+    FAIL_REASON.QUEUE_FULL: errors.EtcdError(
+        errors.grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: too many requests"
+    ),
+    FAIL_REASON.MISSING_LEADER: errors.NO_LEADER,
+    FAIL_REASON.DISCARDED: errors.LEADER_CHANGED,
+    FAIL_REASON.NOT_LEADER: errors.LEADER_CHANGED,
+    FAIL_REASON.LEADER_CHANGED: errors.LEADER_CHANGED,
+    FAIL_REASON.REQUEST_DENIED: errors.NOT_CAPABLE,
+    FAIL_REASON.UNKNOWN_OUTCOME: errors.TIMEOUT,
+}
+
+
+class ReplicatedState(SyncObjConsumer):
+    """The part of a member that pysyncobj replicates and snapshots: only
+    `machine` is serialized (attributes set before SyncObjConsumer.__init__
+    are pysyncobj's 'properties' and stay out of snapshots)."""
+
+    def __init__(self, lock: threading.Lock, on_applied, on_restored):
+        self._lock = lock
+        self._on_applied = on_applied
+        self._on_restored = on_restored
+        super().__init__()
+        self.machine = StateMachine()
+
+    @replicated
+    def apply(self, op, data):
+        with self._lock:
+            result, events = self.machine.apply(op, data)
+            revision = self.machine.kv.current_revision
+        if events:
+            self._on_applied(events, revision)
+        return result
+
+    def _deserialize(self, data):
+        with self._lock:
+            super()._deserialize(data)
+        self._on_restored()
+
+
+class RaftNode:
+    def __init__(
+        self,
+        self_address: str,
+        peer_addresses: list[str],
+        data_dir: str,
+        *,
+        bind_address: str | None = None,
+        on_applied=lambda events, revision: None,
+        on_restored=lambda: None,
+        on_ready=lambda: None,
+        password: str | None = None,
+        tick_period: float = 0.05,
+    ):
+        os.makedirs(data_dir, exist_ok=True)
+        self.lock = threading.Lock()
+        self.state = ReplicatedState(self.lock, on_applied, on_restored)
+        self.single = not peer_addresses
+        self._tick_period = tick_period
+        if self.single:
+            # Nobody to wait for: elect ourselves at once after a restart.
+            election, heartbeat = (0.05, 0.1), 0.01
+        else:
+            election, heartbeat = (1.0, 2.0), 0.1
+        conf = SyncObjConf(
+            autoTick=False,
+            appendEntriesUseBatch=False,
+            journalFile=os.path.join(data_dir, "raft.journal"),
+            fullDumpFile=os.path.join(data_dir, "raft.snapshot"),
+            useFork=False,
+            logCompactionMinEntries=100_000,
+            logCompactionMinTime=3600,
+            raftMinTimeout=election[0],
+            raftMaxTimeout=election[1],
+            appendEntriesPeriod=heartbeat,
+            connectionTimeout=election[1] * 2,
+            connectionRetryTime=1.0,
+            commandsWaitLeader=True,
+            bindAddress=bind_address,
+            maxBindRetries=5,
+            password=password,
+            onReady=on_ready,
+        )
+        self._obj = SyncObj(self_address, peer_addresses, conf, consumers=[self.state])
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="raft-tick", daemon=True)
+        self._thread.start()
+
+    # The tick loop. pysyncobj commits an entry only on the tick after it was
+    # appended; a single member has nobody to wait for, so it ticks again at
+    # once while entries are uncommitted instead of sleeping a whole period.
+    def _run(self):
+        obj = self._obj
+        period = self._tick_period
+        while not self._stopping.is_set():
+            try:
+                busy = self.single and obj.raftCommitIndex < obj._SyncObj__getCurrentLogIndex()
+                obj.doTick(0.0 if busy else period)
+            except Exception:
+                log.exception("raft tick failed")
+                time.sleep(period)
+
+    def propose(self, op: int, data: bytes, callback) -> None:
+        """Append (op, data) to the log; `callback(result, fail_reason)` runs
+        in the raft thread once it is applied here, or has failed."""
+        self.state.apply(int(op), data, callback=callback)
+
+    @property
+    def machine(self) -> StateMachine:
+        return self.state.machine
+
+    @property
+    def is_leader(self) -> bool:
+        return self._obj._isLeader()
+
+    @property
+    def leader(self) -> str | None:
+        leader = self._obj._getLeader()
+        return None if leader is None else leader.id
+
+    @property
+    def term(self) -> int:
+        return self._obj.raftCurrentTerm
+
+    @property
+    def commit_index(self) -> int:
+        return self._obj.raftCommitIndex
+
+    @property
+    def applied_index(self) -> int:
+        return self._obj.raftLastApplied
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5)
+        self._obj.destroy()

@@ -1,0 +1,31 @@
+"""The Cluster service. MemberList is served; membership changes answer
+UNIMPLEMENTED until the cluster work lands."""
+
+from __future__ import annotations
+
+from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
+from etcdlite.server.rpc import unary
+
+
+class ClusterService(rpc_pb2_grpc.ClusterServicer):
+    def __init__(self, member):
+        self.m = member
+
+    @unary
+    async def MemberList(self, request, context):
+        m = self.m
+        cfg = m.cfg
+        members = []
+        for name, peer_urls in cfg.initial_cluster.items():
+            members.append(
+                pb.Member(
+                    ID=cfg.member_ids[name],
+                    name=name,
+                    peerURLs=peer_urls,
+                    clientURLs=cfg.advertise_client_urls if name == cfg.name else [],
+                )
+            )
+        resp = pb.MemberListResponse(members=members)
+        m.header(resp.header, m.hub.revision)
+        return resp

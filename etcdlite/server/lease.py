@@ -1,0 +1,78 @@
+"""The Lease service. Grants and revokes go through Raft; keep-alives and
+remaining TTLs are the leader's clock (`Lessor`)."""
+
+from __future__ import annotations
+
+import logging
+
+from etcdlite import errors
+from etcdlite.apply import Op
+from etcdlite.config import MAX_LEASE_TTL, MIN_LEASE_TTL
+from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
+from etcdlite.server.rpc import unary
+
+log = logging.getLogger("etcdlite.lease")
+
+
+class LeaseService(rpc_pb2_grpc.LeaseServicer):
+    def __init__(self, member):
+        self.m = member
+
+    @unary
+    async def LeaseGrant(self, request, context):
+        m = self.m
+        if request.TTL > MAX_LEASE_TTL:
+            raise errors.LEASE_TTL_TOO_LARGE
+        grant = pb.LeaseGrantRequest(
+            ID=request.ID or m.lessor.next_id(),
+            TTL=max(request.TTL, MIN_LEASE_TTL),
+        )
+        resp = await m.propose(Op.LEASE_GRANT, grant)
+        m.lessor.granted(resp.ID, resp.TTL)
+        m.header(resp.header)
+        return resp
+
+    @unary
+    async def LeaseRevoke(self, request, context):
+        resp = await self.m.propose(Op.LEASE_REVOKE, pb.LeaseRevokeRequest(ID=request.ID))
+        self.m.header(resp.header)
+        return resp
+
+    async def LeaseKeepAlive(self, request_iterator, context):
+        m = self.m
+        async for req in request_iterator:
+            resp = pb.LeaseKeepAliveResponse(ID=req.ID, TTL=m.lessor.renew(req.ID))
+            m.header(resp.header, m.hub.revision)
+            yield resp
+
+    @unary
+    async def LeaseTimeToLive(self, request, context):
+        m = self.m
+        await m.read_barrier()
+        with m.raft.lock:
+            lease = m.raft.machine.leases.get(request.ID)
+            keys = sorted(lease.keys) if lease is not None and request.keys else []
+            revision = m.raft.machine.kv.current_revision
+        if lease is None:
+            resp = pb.LeaseTimeToLiveResponse(ID=request.ID, TTL=-1)
+        else:
+            resp = pb.LeaseTimeToLiveResponse(
+                ID=request.ID,
+                TTL=m.lessor.remaining(lease.id, lease.ttl),
+                grantedTTL=lease.ttl,
+                keys=keys,
+            )
+        m.header(resp.header, revision)
+        return resp
+
+    @unary
+    async def LeaseLeases(self, request, context):
+        m = self.m
+        await m.read_barrier()
+        with m.raft.lock:
+            ids = m.raft.machine.leases.ids()
+            revision = m.raft.machine.kv.current_revision
+        resp = pb.LeaseLeasesResponse(leases=[pb.LeaseStatus(ID=i) for i in ids])
+        m.header(resp.header, revision)
+        return resp

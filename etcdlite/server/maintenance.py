@@ -1,0 +1,105 @@
+"""The Maintenance service: Status, Hash, HashKV, Snapshot, Defragment,
+Alarm. MoveLeader answers UNIMPLEMENTED."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+
+from etcdlite import errors
+from etcdlite.config import API_VERSION, host_port, member_id
+from etcdlite.mvcc import CompactedError, FutureRevisionError
+from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
+from etcdlite.server.rpc import unary
+
+SNAPSHOT_MAGIC = b"etcdlite-snapshot-v1\n"
+SNAPSHOT_CHUNK = 32 * 1024
+
+
+class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
+    def __init__(self, member):
+        self.m = member
+
+    def _leader_id(self) -> int:
+        m = self.m
+        leader = m.raft.leader
+        if leader is None:
+            return 0
+        for urls in m.cfg.initial_cluster.values():
+            if host_port(urls[0]) == leader:
+                return member_id(urls, m.cfg.initial_cluster_token)
+        return 0
+
+    @unary
+    async def Status(self, request, context):
+        m = self.m
+        with m.raft.lock:
+            kv = m.raft.machine.kv
+            revision, size = kv.current_revision, kv.approximate_size()
+        resp = pb.StatusResponse(
+            version=API_VERSION,
+            dbSize=size,
+            dbSizeInUse=size,
+            leader=self._leader_id(),
+            raftIndex=m.raft.commit_index,
+            raftTerm=m.raft.term,
+            raftAppliedIndex=m.raft.applied_index,
+        )
+        m.header(resp.header, revision)
+        return resp
+
+    @unary
+    async def Hash(self, request, context):
+        m = self.m
+        with m.raft.lock:
+            kv = m.raft.machine.kv
+            resp = pb.HashResponse(hash=kv.hash())
+            revision = kv.current_revision
+        m.header(resp.header, revision)
+        return resp
+
+    @unary
+    async def HashKV(self, request, context):
+        m = self.m
+        with m.raft.lock:
+            try:
+                h, compact_rev, revision = m.raft.machine.kv.hash_kv(request.revision)
+            except CompactedError:
+                raise errors.COMPACTED from None
+            except FutureRevisionError:
+                raise errors.FUTURE_REV from None
+        resp = pb.HashKVResponse(hash=h, compact_revision=compact_rev)
+        m.header(resp.header, revision)
+        return resp
+
+    async def Snapshot(self, request, context):
+        """The whole state machine, in etcdlite's own format (etcdctl's
+        `snapshot restore` reads bbolt files and cannot load it): a magic
+        line, the pickled state padded to 512 bytes, and a sha256 of all
+        that, as etcd appends one."""
+        m = self.m
+        with m.raft.lock:
+            data = SNAPSHOT_MAGIC + pickle.dumps(m.raft.machine, protocol=pickle.HIGHEST_PROTOCOL)
+            revision = m.raft.machine.kv.current_revision
+        data += b"\0" * (-len(data) % 512)
+        data += hashlib.sha256(data).digest()
+        for offset in range(0, len(data), SNAPSHOT_CHUNK):
+            blob = data[offset : offset + SNAPSHOT_CHUNK]
+            resp = pb.SnapshotResponse(remaining_bytes=len(data) - offset - len(blob), blob=blob)
+            m.header(resp.header, revision)
+            yield resp
+
+    @unary
+    async def Defragment(self, request, context):
+        # nothing to defragment: the store lives in memory and in the raft log
+        resp = pb.DefragmentResponse()
+        self.m.header(resp.header, self.m.hub.revision)
+        return resp
+
+    @unary
+    async def Alarm(self, request, context):
+        # etcdlite raises no alarms (no space quota, no corruption check yet)
+        resp = pb.AlarmResponse()
+        self.m.header(resp.header, self.m.hub.revision)
+        return resp

@@ -1,0 +1,197 @@
+"""One etcdlite member: Raft, the state machine, watchers, the leader's
+lease clock and the gRPC services, wired together on one asyncio loop.
+
+Writes: handler -> `propose` -> Raft -> applied in the raft thread -> the
+result resolves the handler's future and the events reach the `WatchHub`,
+both through `call_soon_threadsafe`, so in apply order.
+Reads: served from the local state machine under the raft lock, after a
+read barrier through Raft unless `serializable` (or a one-member cluster,
+where applied state already holds every acknowledged write).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from etcdlite import errors
+from etcdlite.apply import Op
+from etcdlite.config import MemberConfig, host_port
+from etcdlite.lessor import Lessor
+from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
+from etcdlite.raft import FAILURES, RaftNode
+from etcdlite.watch_hub import WatchHub
+
+log = logging.getLogger("etcdlite")
+
+# etcd's request timeout with default settings: 5 s + 2 x election timeout
+REQUEST_TIMEOUT = 7.0
+# extra room above --max-request-bytes for gRPC framing, as etcd allows
+GRPC_OVERHEAD_BYTES = 512 * 1024
+
+
+def _settle(fut: asyncio.Future, result, reason) -> None:
+    if fut.done():
+        return
+    if reason:
+        fut.set_exception(FAILURES.get(reason, errors.TIMEOUT))
+    elif isinstance(result, errors.EtcdError):
+        fut.set_exception(result)
+    else:
+        fut.set_result(result)
+
+
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(errors.TIMEOUT)
+
+
+class Member:
+    def __init__(self, cfg: MemberConfig):
+        self.cfg = cfg
+        self.id = cfg.id
+        self.cluster_id = cfg.cluster_id
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.raft: RaftNode | None = None
+        self.hub = WatchHub(1)
+        self.lessor = Lessor(self)
+        self.servers: list[grpc.aio.Server] = []
+        self.client_ports: list[int] = []
+        self._ready = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._barrier_next: asyncio.Future | None = None
+        self._barrier_inflight = False
+
+    # --- lifecycle -------------------------------------------------------
+
+    async def start(self) -> None:
+        self.loop = loop = asyncio.get_running_loop()
+        cfg = self.cfg
+        self.raft = RaftNode(
+            cfg.raft_address,
+            cfg.raft_peers,
+            cfg.data_dir,
+            bind_address=host_port(cfg.listen_peer_urls[0]),
+            on_applied=lambda events, rev: loop.call_soon_threadsafe(self.hub.publish, events, rev),
+            on_restored=lambda: loop.call_soon_threadsafe(self._on_restored),
+            on_ready=lambda: loop.call_soon_threadsafe(self._ready.set),
+            password=cfg.peer_password,
+        )
+        log.info("member %x: replaying the raft log in %s", self.id, cfg.data_dir)
+        await self._ready.wait()
+        with self.raft.lock:
+            self.hub.revision = self.raft.machine.kv.current_revision
+        log.info("member %x: ready at revision %d, raft term %d", self.id, self.hub.revision, self.raft.term)
+        for url in cfg.listen_client_urls:
+            server = self._make_server()
+            port = server.add_insecure_port(host_port(url))
+            if port == 0:
+                raise OSError(f"cannot listen for clients on {url}: is the port in use?")
+            self.client_ports.append(port)
+            await server.start()
+            self.servers.append(server)
+        self._tasks.append(loop.create_task(self.lessor.run()))
+        self._tasks.append(loop.create_task(self._progress_loop()))
+
+    def _make_server(self) -> grpc.aio.Server:
+        from etcdlite.server.cluster import ClusterService
+        from etcdlite.server.kv import KVService
+        from etcdlite.server.lease import LeaseService
+        from etcdlite.server.maintenance import MaintenanceService
+        from etcdlite.server.watch import WatchService
+
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES),
+                ("grpc.max_send_message_length", 2**31 - 1),
+                ("grpc.max_concurrent_streams", 2**31 - 1),
+                # etcd clients ping every few seconds, even when idle
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+                ("grpc.http2.max_ping_strikes", 0),
+            ]
+        )
+        rpc_pb2_grpc.add_KVServicer_to_server(KVService(self), server)
+        rpc_pb2_grpc.add_WatchServicer_to_server(WatchService(self), server)
+        rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(self), server)
+        rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(self), server)
+        rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(self), server)
+        return server
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*(s.stop(grace=1.0) for s in self.servers), return_exceptions=True)
+        if self.raft is not None:
+            await asyncio.to_thread(self.raft.stop)
+
+    def _on_restored(self) -> None:
+        with self.raft.lock:
+            revision = self.raft.machine.kv.current_revision
+        self.hub.reset(revision)
+
+    # --- requests --------------------------------------------------------
+
+    def header(self, h, revision: int | None = None) -> None:
+        h.cluster_id = self.cluster_id
+        h.member_id = self.id
+        h.raft_term = self.raft.term
+        if revision is not None:
+            h.revision = revision
+
+    async def propose(self, op: Op, request) -> object:
+        data = request.SerializeToString() if request is not None else b""
+        if len(data) > self.cfg.max_request_bytes:
+            raise errors.REQUEST_TOO_LARGE
+        loop = self.loop
+        fut = loop.create_future()
+        self.raft.propose(op, data, lambda result, reason: loop.call_soon_threadsafe(_settle, fut, result, reason))
+        timer = loop.call_later(REQUEST_TIMEOUT, _expire, fut)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+
+    async def read_barrier(self, serializable: bool = False) -> None:
+        """Return once the local state holds every write acknowledged before
+        the call (linearizable), unless `serializable`. Concurrent readers
+        share one barrier entry: each waits for the first barrier proposed
+        after it arrived."""
+        if serializable or self.raft.single:
+            return
+        fut = self._barrier_next
+        if fut is None:
+            fut = self._barrier_next = self.loop.create_future()
+            if not self._barrier_inflight:
+                self._launch_barrier()
+        await asyncio.shield(fut)
+
+    def _launch_barrier(self) -> None:
+        fut, self._barrier_next = self._barrier_next, None
+        self._barrier_inflight = True
+        task = self.loop.create_task(self.propose(Op.BARRIER, None))
+
+        def done(t: asyncio.Task) -> None:
+            self._barrier_inflight = False
+            if t.cancelled():
+                fut.cancel()
+            elif t.exception() is not None:
+                fut.set_exception(t.exception())
+            else:
+                fut.set_result(None)
+            if self._barrier_next is not None:
+                self._launch_barrier()
+
+        task.add_done_callback(done)
+
+    # --- watch progress --------------------------------------------------
+
+    async def _progress_loop(self) -> None:
+        interval = self.cfg.progress_notify_interval
+        while True:
+            await asyncio.sleep(interval)
+            for w in list(self.hub.watchers()):
+                if w.progress_notify:
+                    w.stream.send_progress(w, self.hub.revision)
