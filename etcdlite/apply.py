@@ -13,13 +13,18 @@ header carries only the revision; the server fills in the rest) or an
 
 from __future__ import annotations
 
+import logging
 from enum import IntEnum
+
+import grpc
 
 from etcdlite import errors
 from etcdlite.lease_table import LeaseTable
 from etcdlite.mvcc import DELETE, CompactedError, Event, FutureRevisionError, KeyValue, MVCCStore
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.mvccpb import kv_pb2
+
+log = logging.getLogger("etcdlite.apply")
 
 
 class Op(IntEnum):
@@ -133,7 +138,9 @@ class StateMachine:
     def apply(self, op: int, data: bytes) -> tuple[object, list[Event]]:
         try:
             if op == Op.PUT:
-                return self._write(self._put_checked, pb.PutRequest.FromString(data))
+                put = pb.PutRequest.FromString(data)
+                self._check_put(put)
+                return self._write(self._put, put)
             if op == Op.DELETE_RANGE:
                 return self._write(self._delete_range, pb.DeleteRangeRequest.FromString(data))
             if op == Op.TXN:
@@ -148,7 +155,13 @@ class StateMachine:
                 return None, []
         except errors.EtcdError as err:
             return err, []
-        raise ValueError(f"unknown command {op!r}")
+        except Exception as exc:
+            # A bug. Every member hits it on the same command, so answering
+            # with an error keeps them equal; raising would wedge the apply
+            # loop on this entry forever.
+            log.exception("applying command %r failed", op)
+            return errors.EtcdError(grpc.StatusCode.INTERNAL, f"etcdlite: applying the request failed: {exc!r}"), []
+        return errors.EtcdError(grpc.StatusCode.INTERNAL, f"etcdlite: unknown command {op!r}"), []
 
     # --- reads -----------------------------------------------------------
 
@@ -158,15 +171,16 @@ class StateMachine:
     # --- writes ----------------------------------------------------------
 
     def _write(self, fn, request):
+        # Everything that can refuse a request is checked before the write
+        # txn opens; the txn is ended whatever happens, so that a bug can
+        # never leave the store unable to apply the next command.
         txn = self.kv.write()
-        resp = fn(txn, request)
-        events = txn.end()
-        self._track_leases(events)
+        try:
+            resp = fn(txn, request)
+        finally:
+            events = txn.end()
+            self._track_leases(events)
         return resp, events
-
-    def _put_checked(self, txn, p: pb.PutRequest) -> pb.PutResponse:
-        self._check_put(p)
-        return self._put(txn, p)
 
     def _check_put(self, p: pb.PutRequest) -> None:
         if p.ignore_value or p.ignore_lease:
@@ -202,6 +216,11 @@ class StateMachine:
             resp.prev_kvs.extend([kv_to_pb(kv) for kv in deleted])
         return resp
 
+    @staticmethod
+    def _delete_keys(txn, keys: list[bytes]) -> None:
+        for key in keys:
+            txn.delete_range(key, b"")
+
     def _track_leases(self, events: list[Event]) -> None:
         leases = self.leases
         for ev in events:
@@ -223,10 +242,7 @@ class StateMachine:
         # any of them runs, so a failing txn changes nothing.
         path = self._txn_path(t)
         self._check_txn(t, path)
-        txn = self.kv.write()
-        resp = self._exec_txn(txn, t, path)
-        events = txn.end()
-        self._track_leases(events)
+        resp, events = self._write(lambda txn, req: self._exec_txn(txn, req, path), t)
         resp.header.revision = self.kv.current_revision
         return resp, events
 
@@ -311,11 +327,7 @@ class StateMachine:
             if expiry:
                 return None, []
             raise errors.LEASE_NOT_FOUND
-        txn = self.kv.write()
-        for key in sorted(lease.keys):
-            txn.delete_range(key, b"")
-        events = txn.end()
-        self._track_leases(events)
+        _, events = self._write(self._delete_keys, sorted(lease.keys))
         self.leases.remove(lease_id)
         resp = pb.LeaseRevokeResponse()
         resp.header.revision = self.kv.current_revision

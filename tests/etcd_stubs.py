@@ -1,0 +1,47 @@
+"""gRPC stubs for one endpoint, for tests that talk to a member directly."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
+
+
+class Client:
+    def __init__(self, endpoint: str):
+        self.channel = grpc.insecure_channel(endpoint)
+        self.kv = rpc.KVStub(self.channel)
+        self.watch = rpc.WatchStub(self.channel)
+        self.lease = rpc.LeaseStub(self.channel)
+        self.cluster = rpc.ClusterStub(self.channel)
+        self.maintenance = rpc.MaintenanceStub(self.channel)
+
+    def put(self, key: bytes, value: bytes, **kw) -> pb.PutResponse:
+        return self.kv.Put(pb.PutRequest(key=key, value=value, **kw), timeout=10)
+
+    def get(self, key: bytes, **kw) -> pb.RangeResponse:
+        return self.kv.Range(pb.RangeRequest(key=key, **kw), timeout=10)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    """Poll `predicate` until it returns a truthy value; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
