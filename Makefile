@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PROTOS  := $(sort $(shell find proto -name "*.proto"))
 
-.PHONY: run test proto setup etcd clean bench
+.PHONY: run test proto setup etcd clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,9 +35,6 @@ run: $(STAMP)
 
 test: $(STAMP) etcd
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
-
-bench: $(STAMP) etcd
-	$(BIN)/python -m benchmarks
 
 clean:
 	rm -rf $(VENV) default.etcd .pytest_cache
