@@ -114,16 +114,22 @@ class RaftNode:
         self._thread = threading.Thread(target=self._run, name="raft-tick", daemon=True)
         self._thread.start()
 
-    # The tick loop. pysyncobj commits an entry only on the tick after it was
-    # appended; a single member has nobody to wait for, so it ticks again at
-    # once while entries are uncommitted instead of sleeping a whole period.
+    # The tick loop. Inside a pysyncobj tick, appending new commands comes
+    # after committing and applying, and the tick ends by waiting for
+    # sockets; an entry appended in one tick is committed in the next. So
+    # after every wake-up tick at once again, and a single member (nobody to
+    # wait for) keeps ticking while entries are uncommitted, instead of
+    # leaving each write for a whole period.
     def _run(self):
         obj = self._obj
         period = self._tick_period
+        last_index = obj._SyncObj__getCurrentLogIndex
         while not self._stopping.is_set():
             try:
-                busy = self.single and obj.raftCommitIndex < obj._SyncObj__getCurrentLogIndex()
-                obj.doTick(0.0 if busy else period)
+                obj.doTick(period)
+                obj.doTick(0.0)
+                while self.single and obj.raftCommitIndex < last_index():
+                    obj.doTick(0.0)
             except Exception:
                 log.exception("raft tick failed")
                 time.sleep(period)
