@@ -1,0 +1,123 @@
+"""WriteTxn: a batch of changes that commits as one main revision.
+
+The txn writes straight into the store's history under revision ``begin + 1`` (the store is
+single-writer and never aborts a txn), and the store's revision moves only at ``end()``, so
+reads on the store during the txn still see the last committed revision.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .key_history import to_kv
+from .key_range import KeySpan, resolve
+from .kv import DELETE, PUT, Event, KeyValue, RangeResult
+
+if TYPE_CHECKING:
+    from .store import MVCCStore
+
+
+class WriteTxn:
+    """Changes sharing one main revision, with sub-revisions 0, 1, 2, ... in call order.
+
+    If nothing is written, the txn leaves the revision where it was.
+    """
+
+    __slots__ = ("_store", "_begin", "_sub", "_events", "_open")
+
+    def __init__(self, store: MVCCStore) -> None:
+        self._store = store
+        self._begin = store._current
+        self._sub = 0
+        self._events: list[Event] = []
+        self._open = True
+
+    @property
+    def revision(self) -> int:
+        """The newest revision this txn reads at: its own once it has written."""
+        return self._begin + 1 if self._sub else self._begin
+
+    def range(self, key: bytes, range_end: bytes = b"", revision: int = 0,
+              limit: int = 0) -> RangeResult:
+        """As ``MVCCStore.range``, but the newest readable revision is this txn's own once it
+        has written (so it reads its own writes), and that is the result's ``revision``."""
+        self._check_open()
+        store = self._store
+        newest = self.revision
+        at = store._readable(revision, newest)
+        kvs, count = store._read(key, range_end, at, limit)
+        return RangeResult(kvs, count, newest)
+
+    def put(self, key: bytes, value: bytes, lease: int = 0) -> tuple[KeyValue, KeyValue | None]:
+        """Set ``key``: (its new kv, its previous live kv or None when this starts a generation)."""
+        self._check_open()
+        store = self._store
+        main = self._begin + 1
+        sub = self._sub
+        records = store._history.get(key)
+        if records is None:
+            records = store._history[key] = []
+            store._keys.add(key)
+            last = None
+        else:
+            last = records[-1]
+            if not last[3]:
+                last = None
+        if last is None:
+            create = main
+            version = 1
+            store._live += 1
+            prev = None
+        else:
+            create = last[2]
+            version = last[3] + 1
+            prev = KeyValue(key, create, last[0], last[3], last[4], last[5])
+        records.append((main, sub, create, version, value, lease))
+        if len(records) > 1:
+            store._shrinkable.add(key)
+        store._size += len(key) + len(value)
+        kv = KeyValue(key, create, main, version, value, lease)
+        self._events.append(Event(PUT, kv, prev, sub))
+        self._sub = sub + 1
+        return kv, prev
+
+    def delete_range(self, key: bytes, range_end: bytes = b"") -> list[KeyValue]:
+        """Delete the live keys in the range: their last live kvs, in key order."""
+        self._check_open()
+        store = self._store
+        history = store._history
+        kind, start, end = resolve(key, range_end)
+        if kind == KeySpan.SINGLE:
+            keys = [start] if start in history else []
+        elif kind == KeySpan.EMPTY:
+            keys = []
+        else:
+            keys = list(store._keys.irange(start, end))
+        main = self._begin + 1
+        deleted = []
+        for k in keys:
+            records = history[k]
+            last = records[-1]
+            if not last[3]:
+                continue
+            sub = self._sub
+            records.append((main, sub, 0, 0, b"", 0))
+            prev = to_kv(k, last)
+            deleted.append(prev)
+            self._events.append(Event(DELETE, KeyValue(k, 0, main, 0, b"", 0), prev, sub))
+            self._sub = sub + 1
+            store._shrinkable.add(k)
+            store._size += len(k)
+            store._live -= 1
+        return deleted
+
+    def end(self) -> list[Event]:
+        """Commit: the txn's events in sub-revision order, [] if it wrote nothing."""
+        self._check_open()
+        self._open = False
+        self._store._write_ended(bool(self._sub))
+        return self._events
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise RuntimeError("mvcc: write txn already ended")
