@@ -27,5 +27,5 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
                 )
             )
         resp = pb.MemberListResponse(members=members)
-        m.header(resp.header, m.hub.revision)
+        m.header(resp.header)  # etcd sets no revision on Cluster responses
         return resp

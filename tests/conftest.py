@@ -1,0 +1,64 @@
+"""Shared fixtures: process registry with guaranteed cleanup, and an etcdctl runner."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import procs as _procs  # noqa: E402  (tests/procs.py)
+
+
+@pytest.fixture
+def procs():
+    """A Registry: ``procs.start_real_etcd(tmp_path, name=...)``,
+    ``procs.start_etcdlite(tmp_path, name=..., **flags)``. Everything it started is
+    SIGKILLed at teardown, pass or fail."""
+    reg = _procs.Registry()
+    try:
+        yield reg
+    finally:
+        reg.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftover_processes():
+    """Safety net for members/background etcdctls started during a test without a
+    Registry (e.g. ``Member.start_real_etcd(...)`` directly): kill what this test
+    started and left running. Members owned by a Registry are left to its owner
+    (a module-scoped fixture may keep one across tests); the session-wide net below
+    catches those."""
+    before_members = set(map(id, _procs.all_members()))
+    before_bg = set(map(id, _procs._BACKGROUND))
+    yield
+    _procs.stop_background([b for b in list(_procs._BACKGROUND) if id(b) not in before_bg])
+    _procs.kill_all([m for m in _procs.all_members()
+                     if id(m) not in before_members and not m.registries])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _kill_everything_at_session_end():
+    yield
+    _procs.stop_background()
+    _procs.kill_all()
+
+
+@pytest.fixture
+def etcd_binaries():
+    """Skip unless both the real etcd and etcdctl are installed."""
+    _procs.require_binary(_procs.ETCD_BIN, "etcd (the real etcd 3.4 server)")
+    _procs.require_binary(_procs.ETCDCTL_BIN, "etcdctl 3.4")
+    return _procs.ETCD_BIN, _procs.ETCDCTL_BIN
+
+
+@pytest.fixture
+def etcdctl():
+    """``etcdctl(endpoints, *args, stdin=None, timeout=20) -> (rc, stdout, stderr)``.
+
+    ``endpoints`` is a Member, "host:port" or a list of them; runs
+    /usr/bin/etcdctl with ETCDCTL_API=3 --endpoints=... ."""
+    _procs.require_binary(_procs.ETCDCTL_BIN, "etcdctl 3.4")
+    return _procs.run_etcdctl
