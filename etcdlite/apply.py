@@ -92,12 +92,13 @@ def execute_range(reader, r: pb.RangeRequest) -> pb.RangeResponse:
         kvs = sorted(kvs, key=_SORT_KEYS[r.sort_target], reverse=order == pb.RangeRequest.DESCEND)
     resp = pb.RangeResponse(count=result.count)
     resp.header.revision = result.revision
+    if r.count_only:
+        return resp  # as etcd: no kvs, so never `more`
     if r.limit > 0 and len(kvs) > r.limit:
         kvs = kvs[: r.limit]
         resp.more = True
-    if not r.count_only:
-        keys_only = r.keys_only
-        resp.kvs.extend([kv_to_pb(kv, keys_only) for kv in kvs])
+    keys_only = r.keys_only
+    resp.kvs.extend([kv_to_pb(kv, keys_only) for kv in kvs])
     return resp
 
 
@@ -211,7 +212,7 @@ class StateMachine:
     def _delete_range(self, txn, d: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
         deleted = txn.delete_range(d.key, d.range_end)
         resp = pb.DeleteRangeResponse(deleted=len(deleted))
-        resp.header.revision = txn.range(d.key, d.range_end, 0, 1).revision
+        resp.header.revision = txn.revision
         if d.prev_kv:
             resp.prev_kvs.extend([kv_to_pb(kv) for kv in deleted])
         return resp
@@ -296,7 +297,7 @@ class StateMachine:
                 out.response_delete_range.CopyFrom(self._delete_range(txn, op.request_delete_range))
             elif kind == "request_txn":
                 sub = self._exec_txn(txn, op.request_txn, next(nested_paths))
-                sub.header.revision = txn.range(b"\x00", b"", 0, 1).revision
+                sub.header.SetInParent()  # etcd sends a nested txn's header empty
                 out.response_txn.CopyFrom(sub)
         return resp
 

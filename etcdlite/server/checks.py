@@ -38,7 +38,10 @@ def check_txn(r: pb.TxnRequest, max_ops: int) -> None:
 
 
 def _check_txn_ops(r: pb.TxnRequest, max_ops: int) -> None:
-    if len(r.compare) > max_ops or len(r.success) > max_ops or len(r.failure) > max_ops:
+    # As etcd: a nested txn may use only what its parent's widest list left
+    # of the budget, and an op with no request is refused.
+    widest = max(len(r.compare), len(r.success), len(r.failure))
+    if widest > max_ops:
         raise errors.TOO_MANY_OPS
     for c in r.compare:
         if not c.key:
@@ -52,7 +55,9 @@ def _check_txn_ops(r: pb.TxnRequest, max_ops: int) -> None:
         elif kind == "request_delete_range":
             check_delete(op.request_delete_range)
         elif kind == "request_txn":
-            _check_txn_ops(op.request_txn, max_ops)
+            _check_txn_ops(op.request_txn, max_ops - widest)
+        else:
+            raise errors.KEY_NOT_FOUND
 
 
 class _Deletes:

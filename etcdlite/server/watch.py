@@ -13,6 +13,7 @@ import logging
 from etcdlite.mvcc import CompactedError
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
+from etcdlite.server.member import GRPC_OVERHEAD_BYTES
 from etcdlite.watch_hub import Watcher, event_to_pb
 
 log = logging.getLogger("etcdlite.watch")
@@ -23,12 +24,20 @@ ERR_EMPTY_RANGE = "mvcc: watcher range is empty"
 ERR_DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
 
 
+def _field_size(n: int) -> int:
+    """Bytes a length-delimited field of n bytes (field number < 16) takes."""
+    return 1 + max(1, (n.bit_length() + 6) // 7) + n
+
+
 class WatchStream:
     def __init__(self, member):
         self.m = member
         self.queue: asyncio.Queue = asyncio.Queue()
         self.watchers: dict[int, Watcher] = {}
         self._next_id = 0
+        # watchers sent events since the last progress tick: as in etcd,
+        # they are skipped by that tick's progress notification
+        self._busy: set[int] = set()
 
     # --- sending ---------------------------------------------------------
 
@@ -38,6 +47,8 @@ class WatchStream:
         return resp
 
     def send_events(self, w: Watcher, events, revision: int) -> None:
+        if w.progress_notify:
+            self._busy.add(w.id)
         if w.fragment:
             for resp in self._fragments(w, events, revision):
                 self.queue.put_nowait(resp)
@@ -47,31 +58,42 @@ class WatchStream:
         self.queue.put_nowait(resp)
 
     def _fragments(self, w: Watcher, events, revision: int):
-        """Split a response larger than --max-request-bytes; every part but
+        """As etcd: a response of two or more events that reaches the limit
+        (--max-request-bytes plus the gRPC allowance) is cut into parts,
+        each below the limit unless it holds a single event; every part but
         the last carries fragment=true."""
-        limit = self.m.cfg.max_request_bytes
-        parts, current, size = [], [], 0
+        limit = self.m.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES
+        resp = self._response(w.id, revision)
+        resp.events.extend(events)
+        if len(events) < 2 or resp.ByteSize() < limit:
+            yield resp
+            return
+        empty = self._response(w.id, revision, fragment=True).ByteSize()
+        current, size = [], empty
         for ev in events:
-            ev_size = ev.ByteSize() + 8
-            if current and size + ev_size > limit:
-                parts.append(current)
-                current, size = [], 0
+            ev_size = _field_size(ev.ByteSize())
+            if current and size + ev_size >= limit:
+                part = self._response(w.id, revision, fragment=True)
+                part.events.extend(current)
+                yield part
+                current, size = [], empty
             current.append(ev)
             size += ev_size
-        parts.append(current)
-        for i, part in enumerate(parts):
-            resp = self._response(w.id, revision, fragment=i < len(parts) - 1)
-            resp.events.extend(part)
-            yield resp
+        part = self._response(w.id, revision)
+        part.events.extend(current)
+        yield part
 
     def send_progress(self, w: Watcher, revision: int) -> None:
+        """The periodic progress notification (--experimental-watch-progress-notify-interval)."""
+        if w.id in self._busy:
+            self._busy.discard(w.id)
+            return
         self.queue.put_nowait(self._response(w.id, revision))
 
     def cancel_compacted(self, w: Watcher, compact_revision: int) -> None:
         self._drop(w)
-        self.queue.put_nowait(
-            self._response(w.id, self.m.hub.revision, canceled=True, compact_revision=compact_revision)
-        )
+        # etcd's compacted-watcher responses carry header revision 0
+        self.queue.put_nowait(self._response(w.id, 0, canceled=True, compact_revision=compact_revision))
 
     # --- requests --------------------------------------------------------
 
@@ -96,7 +118,9 @@ class WatchStream:
                 self._next_id += 1
             watch_id = self._next_id
             self._next_id += 1
-        start = req.start_revision if req.start_revision > 0 else hub.revision + 1
+        # only 0 means "from now"; like etcd, a negative start is a revision
+        # (below any compaction, so the watcher is cancelled as compacted)
+        start = req.start_revision if req.start_revision != 0 else hub.revision + 1
         w = Watcher(
             watch_id, key, range_end,
             prev_kv=req.prev_kv, progress_notify=req.progress_notify, fragment=req.fragment,
@@ -116,7 +140,7 @@ class WatchStream:
                     history = None
             if history is None:
                 self.queue.put_nowait(
-                    self._response(watch_id, hub.revision, canceled=True, compact_revision=compacted)
+                    self._response(watch_id, 0, canceled=True, compact_revision=compacted)
                 )
                 del self.watchers[watch_id]
                 return
@@ -153,6 +177,7 @@ class WatchStream:
 
     def _drop(self, w: Watcher) -> None:
         self.watchers.pop(w.id, None)
+        self._busy.discard(w.id)
         self.m.hub.remove(w)
 
     def close(self) -> None:
