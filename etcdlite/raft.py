@@ -13,6 +13,7 @@ holding the pickled state machine.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import threading
@@ -81,6 +82,7 @@ class RaftNode:
         tick_period: float = 0.05,
     ):
         os.makedirs(data_dir, exist_ok=True)
+        self._dir_lock = _lock_data_dir(data_dir)
         self.lock = threading.Lock()
         self.state = ReplicatedState(self.lock, on_applied, on_restored)
         self.single = not peer_addresses
@@ -168,3 +170,15 @@ class RaftNode:
         self._stopping.set()
         self._thread.join(timeout=5)
         self._obj.destroy()
+        os.close(self._dir_lock)
+
+
+def _lock_data_dir(data_dir: str) -> int:
+    """Two members on one data directory would corrupt its journal."""
+    fd = os.open(os.path.join(data_dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OSError(f"data directory {data_dir} is in use by another member; stop it or pick another --data-dir")
+    return fd
