@@ -35,6 +35,15 @@ class Client:
         self.close()
 
 
+def error_of(call) -> tuple[grpc.StatusCode, str]:
+    """(code, details) of the gRPC error `call()` raises; fails if it succeeds."""
+    try:
+        call()
+    except grpc.RpcError as err:
+        return err.code(), err.details()
+    raise AssertionError("the call succeeded; an error was expected")
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
     """Poll `predicate` until it returns a truthy value; fail after `timeout`."""
     deadline = time.monotonic() + timeout

@@ -566,3 +566,14 @@ def stop_background(procs: Iterable[BackgroundEtcdctl] | None = None) -> None:
 
 
 atexit.register(stop_background)
+
+
+def start_module_member(tmp_path_factory, name: str, **flags) -> tuple[Registry, Member]:
+    """(registry, member) for a module-scoped fixture: etcdlite, or the real
+    etcd when ETCDLITE_TEST_TARGET=etcd, on free ports; registry.cleanup()
+    kills it."""
+    reg = Registry()
+    tmp = tmp_path_factory.mktemp(name)
+    if os.environ.get("ETCDLITE_TEST_TARGET") == "etcd":
+        return reg, reg.start_real_etcd(tmp, name=name, **flags)
+    return reg, reg.start_etcdlite(tmp, name=name, **flags)

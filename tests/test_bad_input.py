@@ -8,12 +8,12 @@ ETCDLITE_TEST_TARGET=etcd to point it at /usr/bin/etcd instead.
 from __future__ import annotations
 
 import itertools
-import os
 
 import grpc
 import pytest
 
-from etcd_stubs import Client
+from etcd_stubs import Client, error_of
+from procs import start_module_member
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -35,21 +35,11 @@ Op = pb.RequestOp
 _serial = itertools.count()
 
 
-def start_member(tmp_path_factory, name: str, **flags):
-    """(registry, member): etcdlite, or the real etcd when
-    ETCDLITE_TEST_TARGET=etcd, on free ports; registry.cleanup() kills it."""
-    import procs as _procs
-
-    reg = _procs.Registry()
-    tmp = tmp_path_factory.mktemp(name)
-    if os.environ.get("ETCDLITE_TEST_TARGET") == "etcd":
-        return reg, reg.start_real_etcd(tmp, name=name, **flags)
-    return reg, reg.start_etcdlite(tmp, name=name, **flags)
 
 
 @pytest.fixture(scope="module")
 def c(tmp_path_factory):
-    reg, m = start_member(tmp_path_factory, "badinput")
+    reg, m = start_module_member(tmp_path_factory, "badinput")
     try:
         with Client(m.endpoint) as client:
             yield client
@@ -60,7 +50,7 @@ def c(tmp_path_factory):
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """A member with a small --max-request-bytes and --max-txn-ops."""
-    reg, m = start_member(tmp_path_factory, "badsmall", max_request_bytes=SMALL_MAX_REQUEST_BYTES,
+    reg, m = start_module_member(tmp_path_factory, "badsmall", max_request_bytes=SMALL_MAX_REQUEST_BYTES,
                           max_txn_ops=SMALL_MAX_TXN_OPS)
     try:
         with Client(m.endpoint) as client:
@@ -69,10 +59,6 @@ def small(tmp_path_factory):
         reg.cleanup()
 
 
-def error_of(call):
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    return info.value.code(), info.value.details()
 
 
 def assert_serves(c):

@@ -7,12 +7,12 @@ ETCDLITE_TEST_TARGET=etcd to point it at /usr/bin/etcd instead.
 
 from __future__ import annotations
 
-import os
 
 import grpc
 import pytest
 
-from etcd_stubs import Client
+from etcd_stubs import Client, error_of
+from procs import start_module_member
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 
 R = pb.RangeRequest
@@ -20,21 +20,11 @@ C = pb.Compare
 Op = pb.RequestOp
 
 
-def start_member(tmp_path_factory, name: str, **flags):
-    """(registry, member): etcdlite, or the real etcd when
-    ETCDLITE_TEST_TARGET=etcd, on free ports; registry.cleanup() kills it."""
-    import procs as _procs
-
-    reg = _procs.Registry()
-    tmp = tmp_path_factory.mktemp(name)
-    if os.environ.get("ETCDLITE_TEST_TARGET") == "etcd":
-        return reg, reg.start_real_etcd(tmp, name=name, **flags)
-    return reg, reg.start_etcdlite(tmp, name=name, **flags)
 
 
 @pytest.fixture(scope="module")
 def member(tmp_path_factory):
-    reg, m = start_member(tmp_path_factory, "kvapi")
+    reg, m = start_module_member(tmp_path_factory, "kvapi")
     yield m
     reg.cleanup()
 
@@ -45,10 +35,6 @@ def c(member):
         yield client
 
 
-def error_of(call):
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    return info.value.code(), info.value.details()
 
 
 def keys(resp) -> list[bytes]:
@@ -198,7 +184,7 @@ def test_serializable_keys_only_count_only(c):
 
 
 def test_min_max_mod_and_create_revision_filters(c):
-    ra = c.put(b"flt/a", b"1").header.revision
+    c.put(b"flt/a", b"1").header.revision
     rb = c.put(b"flt/b", b"1").header.revision
     rc = c.put(b"flt/c", b"1").header.revision
     ra2 = c.put(b"flt/a", b"2").header.revision  # a: create ra, mod ra2

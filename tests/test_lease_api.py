@@ -10,17 +10,15 @@ import time
 import grpc
 import pytest
 
-from etcd_stubs import Client, wait_until
+from etcd_stubs import Client, error_of, wait_until
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+from procs import start_module_member
 from etcdlite.pb.mvccpb import kv_pb2
 
 
 @pytest.fixture(scope="module")
 def member(tmp_path_factory):
-    import procs as _procs
-
-    reg = _procs.Registry()
-    m = reg.start_etcdlite(tmp_path_factory.mktemp("lease"), name="lease")
+    reg, m = start_module_member(tmp_path_factory, "lease")
     yield m
     reg.cleanup()
 
@@ -31,17 +29,11 @@ def c(member):
         yield client
 
 
-def _error(call):
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    return info.value.code(), info.value.details()
-
-
 def test_grant_with_given_id_and_duplicate(c):
     resp = c.lease.LeaseGrant(pb.LeaseGrantRequest(ID=0x1234, TTL=30))
     assert (resp.ID, resp.TTL) == (0x1234, 30)
     assert resp.header.revision > 0 and resp.header.member_id != 0
-    assert _error(lambda: c.lease.LeaseGrant(pb.LeaseGrantRequest(ID=0x1234, TTL=30))) == (
+    assert error_of(lambda: c.lease.LeaseGrant(pb.LeaseGrantRequest(ID=0x1234, TTL=30))) == (
         grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: lease already exists")
     ids = {s.ID for s in c.lease.LeaseLeases(pb.LeaseLeasesRequest()).leases}
     assert 0x1234 in ids
@@ -56,14 +48,14 @@ def test_generated_ids_are_distinct_and_ttl_has_a_floor(c):
 
 
 def test_too_large_ttl(c):
-    assert _error(lambda: c.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=9_000_000_001))) == (
+    assert error_of(lambda: c.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=9_000_000_001))) == (
         grpc.StatusCode.OUT_OF_RANGE, "etcdserver: too large lease TTL")
 
 
 def test_unknown_lease_errors(c):
-    assert _error(lambda: c.lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=0xDEAD))) == (
+    assert error_of(lambda: c.lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=0xDEAD))) == (
         grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found")
-    assert _error(lambda: c.put(b"lease/unknown", b"v", lease=0xDEAD)) == (
+    assert error_of(lambda: c.put(b"lease/unknown", b"v", lease=0xDEAD)) == (
         grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found")
     ttl = c.lease.LeaseTimeToLive(pb.LeaseTimeToLiveRequest(ID=0xDEAD))
     assert ttl.TTL == -1

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from procs import Member, MemberNotReady, free_port
+from procs import MemberNotReady, free_port
 
 
 def test_free_port_is_bindable_and_unique():

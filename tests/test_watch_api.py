@@ -8,7 +8,6 @@ ETCDLITE_TEST_TARGET=etcd to point it at /usr/bin/etcd instead.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -17,6 +16,7 @@ import grpc
 import pytest
 
 from etcd_stubs import Client
+from procs import start_module_member
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.mvccpb import kv_pb2
 
@@ -29,21 +29,11 @@ MAX_REQUEST_BYTES = 64 * 1024
 FRAGMENT_AT = MAX_REQUEST_BYTES + 512 * 1024
 
 
-def start_member(tmp_path_factory, name: str, **flags):
-    """(registry, member): etcdlite, or the real etcd when
-    ETCDLITE_TEST_TARGET=etcd, on free ports; registry.cleanup() kills it."""
-    import procs as _procs
-
-    reg = _procs.Registry()
-    tmp = tmp_path_factory.mktemp(name)
-    if os.environ.get("ETCDLITE_TEST_TARGET") == "etcd":
-        return reg, reg.start_real_etcd(tmp, name=name, **flags)
-    return reg, reg.start_etcdlite(tmp, name=name, **flags)
 
 
 @pytest.fixture(scope="module")
 def member(tmp_path_factory):
-    reg, m = start_member(
+    reg, m = start_module_member(
         tmp_path_factory, "watchapi",
         max_request_bytes=MAX_REQUEST_BYTES,
         experimental_watch_progress_notify_interval="1s",
