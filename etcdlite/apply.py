@@ -38,6 +38,9 @@ class Op(IntEnum):
     LEASE_EXPIRE = 7
     # changes nothing; a read barrier waits for it to be applied
     BARRIER = 8
+    # a keep-alive: changes nothing here, but every member's lease clock
+    # restarts the lease's countdown when it is applied
+    LEASE_RENEW = 9
 
 
 def kv_to_pb(kv: KeyValue, keys_only: bool = False) -> kv_pb2.KeyValue:
@@ -154,6 +157,8 @@ class StateMachine:
                 return self._lease_revoke(pb.LeaseRevokeRequest.FromString(data).ID, op == Op.LEASE_EXPIRE)
             if op == Op.BARRIER:
                 return None, []
+            if op == Op.LEASE_RENEW:
+                return self._lease_renew(pb.LeaseKeepAliveRequest.FromString(data).ID), []
         except errors.EtcdError as err:
             return err, []
         except Exception as exc:
@@ -319,6 +324,12 @@ class StateMachine:
             raise errors.LEASE_EXIST
         self.leases.grant(g.ID, g.TTL)
         resp = pb.LeaseGrantResponse(ID=g.ID, TTL=g.TTL)
+        resp.header.revision = self.kv.current_revision
+        return resp
+
+    def _lease_renew(self, lease_id: int) -> pb.LeaseKeepAliveResponse:
+        lease = self.leases.get(lease_id)
+        resp = pb.LeaseKeepAliveResponse(ID=lease_id, TTL=lease.ttl if lease is not None else 0)
         resp.header.revision = self.kv.current_revision
         return resp
 

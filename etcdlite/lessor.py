@@ -1,11 +1,13 @@
-"""The leader's lease clock.
+"""Lease clocks.
 
 Which leases exist is replicated state (`LeaseTable`); when each one expires
-is decided here, on the leader only, from its monotonic clock. An expired
-lease is revoked by proposing `Op.LEASE_EXPIRE`, so every member deletes the
-attached keys at the same revision. A member that becomes leader starts
-every lease's countdown afresh at its full TTL (as etcd does on promotion),
-so no lease expires early because the leader changed.
+needs a clock. Every member keeps a countdown per lease, restarted whenever a
+grant or a keep-alive (`Op.LEASE_RENEW`) is applied, so any member can answer
+TimeToLive; but only the leader acts on it: an expired lease is revoked by
+proposing `Op.LEASE_EXPIRE`, so every member deletes the attached keys at the
+same revision. A member that becomes leader restarts every countdown at the
+lease's full TTL (as etcd does on promotion), so no lease expires early
+because the leader changed.
 """
 
 from __future__ import annotations
@@ -42,43 +44,33 @@ class Lessor:
         prefix = (self.member.id >> 48) & 0x7FFF
         return (prefix << 48) | (next(self._ids) & 0xFFFFFFFFFFFF)
 
+    def touched(self, lease_id: int, ttl: int) -> None:
+        """A grant or keep-alive of this lease was applied here."""
+        self._deadlines[lease_id] = time.monotonic() + ttl
+
     def _sync(self) -> None:
-        """Bring the deadlines in line with the replicated lease table."""
+        """Bring the countdowns in line with the replicated lease table."""
         raft = self.member.raft
         leader = raft.is_leader
-        if not leader:
-            self._deadlines.clear()
-            self._was_leader = False
-            return
-        if not self._was_leader:
-            self._was_leader = True
-            self._deadlines.clear()
-            self._generation = -1
+        now = time.monotonic()
+        if leader and not self._was_leader:
+            # promoted: every lease gets its full TTL again
+            with raft.lock:
+                self._ttls = raft.machine.leases.ttls()
+                self._generation = raft.machine.leases.generation
+            self._deadlines = {lease_id: now + ttl for lease_id, ttl in self._ttls.items()}
+        self._was_leader = leader
         table = raft.machine.leases
         if table.generation == self._generation:
             return
         with raft.lock:
             self._generation = table.generation
             self._ttls = table.ttls()
-        now = time.monotonic()
         for lease_id, ttl in self._ttls.items():
             if lease_id not in self._deadlines:
                 self._deadlines[lease_id] = now + ttl
         for lease_id in [i for i in self._deadlines if i not in self._ttls]:
             del self._deadlines[lease_id]
-
-    def granted(self, lease_id: int, ttl: int) -> None:
-        if self.member.raft.is_leader:
-            self._deadlines[lease_id] = time.monotonic() + ttl
-
-    def renew(self, lease_id: int) -> int:
-        """KeepAlive: restart the lease's countdown; its TTL, 0 if it is gone."""
-        self._sync()
-        ttl = self._ttls.get(lease_id)
-        if ttl is None or lease_id not in self._deadlines:
-            return 0
-        self._deadlines[lease_id] = time.monotonic() + ttl
-        return ttl
 
     def remaining(self, lease_id: int, granted_ttl: int) -> int:
         self._sync()
@@ -92,6 +84,8 @@ class Lessor:
             await asyncio.sleep(CHECK_INTERVAL)
             try:
                 self._sync()
+                if not self._was_leader:
+                    continue
                 now = time.monotonic()
                 for lease_id, deadline in list(self._deadlines.items()):
                     if deadline <= now:

@@ -57,8 +57,7 @@ class ReplicatedState(SyncObjConsumer):
         with self._lock:
             result, events = self.machine.apply(op, data)
             revision = self.machine.kv.current_revision
-        if events:
-            self._on_applied(events, revision)
+        self._on_applied(op, result, events, revision)
         return result
 
     def _deserialize(self, data):
@@ -75,7 +74,7 @@ class RaftNode:
         data_dir: str,
         *,
         bind_address: str | None = None,
-        on_applied=lambda events, revision: None,
+        on_applied=lambda op, result, events, revision: None,
         on_restored=lambda: None,
         on_ready=lambda: None,
         password: str | None = None,

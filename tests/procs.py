@@ -220,6 +220,8 @@ class Member:
         self.extra_flags = dict(extra_flags or {})
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen | None = None
+        # NAME=PEER_URL,... of the whole cluster; None: this member alone
+        self.initial_cluster: str | None = None
         self.starts = 0
         self.registries: list[Registry] = []
         if registry is not None:
@@ -290,7 +292,7 @@ class Member:
             "--advertise-client-urls", self.url,
             "--listen-peer-urls", self.peer_url,
             "--initial-advertise-peer-urls", self.peer_url,
-            "--initial-cluster", f"{self.name}={self.peer_url}",
+            "--initial-cluster", self.initial_cluster or f"{self.name}={self.peer_url}",
             "--initial-cluster-state", "new",
         ]
         if self.kind == "etcdlite":
@@ -306,6 +308,16 @@ class Member:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self) -> "Member":
+        self.launch()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def launch(self) -> "Member":
+        """Start the process without waiting for it to serve."""
         if self.alive:
             raise RuntimeError(f"{self!r} is already running")
         self.starts += 1
@@ -329,11 +341,6 @@ class Member:
                 env=env,
                 start_new_session=True,  # own process group: we can kill its children too
             )
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.kill()
-            raise
         return self
 
     def wait_ready(self, timeout: float | None = None) -> None:
@@ -577,3 +584,22 @@ def start_module_member(tmp_path_factory, name: str, **flags) -> tuple[Registry,
     if os.environ.get("ETCDLITE_TEST_TARGET") == "etcd":
         return reg, reg.start_real_etcd(tmp, name=name, **flags)
     return reg, reg.start_etcdlite(tmp, name=name, **flags)
+
+
+def start_etcdlite_cluster(tmp_path, size: int, registry: Registry | None = None,
+                           name: str = "m", **flags) -> list[Member]:
+    """`size` etcdlite members forming one cluster on free 127.0.0.1 ports,
+    started together; returns once every member serves."""
+    members = [Member("etcdlite", f"{name}{i}", tmp_path, flags, registry) for i in range(size)]
+    cluster = ",".join(f"{m.name}={m.peer_url}" for m in members)
+    for m in members:
+        m.initial_cluster = cluster
+    try:
+        for m in members:
+            m.launch()
+        for m in members:
+            m.wait_ready()
+    except BaseException:
+        kill_all(members)
+        raise
+    return members

@@ -29,7 +29,6 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
             TTL=max(request.TTL, MIN_LEASE_TTL),
         )
         resp = await m.propose(Op.LEASE_GRANT, grant)
-        m.lessor.granted(resp.ID, resp.TTL)
         m.header(resp.header)
         return resp
 
@@ -40,10 +39,15 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         return resp
 
     async def LeaseKeepAlive(self, request_iterator, context):
+        # Keep-alives go through Raft so that whichever member receives them,
+        # every member's lease clock (the leader's above all) restarts.
         m = self.m
         async for req in request_iterator:
-            resp = pb.LeaseKeepAliveResponse(ID=req.ID, TTL=m.lessor.renew(req.ID))
-            m.header(resp.header, m.hub.revision)
+            try:
+                resp = await m.propose(Op.LEASE_RENEW, pb.LeaseKeepAliveRequest(ID=req.ID))
+            except errors.EtcdError as err:
+                await context.abort(err.code, err.message)
+            m.header(resp.header)
             yield resp
 
     @unary

@@ -74,7 +74,7 @@ class Member:
             cfg.raft_peers,
             cfg.data_dir,
             bind_address=host_port(cfg.listen_peer_urls[0]),
-            on_applied=lambda events, rev: loop.call_soon_threadsafe(self.hub.publish, events, rev),
+            on_applied=self._on_applied,
             on_restored=lambda: loop.call_soon_threadsafe(self._on_restored),
             on_ready=lambda: loop.call_soon_threadsafe(self._ready.set),
             password=cfg.peer_password,
@@ -126,6 +126,14 @@ class Member:
         await asyncio.gather(*(s.stop(grace=1.0) for s in self.servers), return_exceptions=True)
         if self.raft is not None:
             await asyncio.to_thread(self.raft.stop)
+
+    def _on_applied(self, op, result, events, revision) -> None:
+        """Runs in the raft thread for every applied command, in log order."""
+        loop = self.loop
+        if events:
+            loop.call_soon_threadsafe(self.hub.publish, events, revision)
+        if (op == Op.LEASE_GRANT or op == Op.LEASE_RENEW) and getattr(result, "TTL", 0) > 0:
+            loop.call_soon_threadsafe(self.lessor.touched, result.ID, result.TTL)
 
     def _on_restored(self) -> None:
         with self.raft.lock:
