@@ -41,6 +41,8 @@ class Op(IntEnum):
     # a keep-alive: changes nothing here, but every member's lease clock
     # restarts the lease's countdown when it is applied
     LEASE_RENEW = 9
+    # a member announces its name and client URLs (etcd's "publish")
+    MEMBER_PUBLISH = 10
 
 
 def kv_to_pb(kv: KeyValue, keys_only: bool = False) -> kv_pb2.KeyValue:
@@ -138,6 +140,8 @@ class StateMachine:
     def __init__(self):
         self.kv = MVCCStore()
         self.leases = LeaseTable()
+        # member ID -> (name, client URLs), as each member published them
+        self.members: dict[int, tuple[str, tuple[str, ...]]] = {}
 
     def apply(self, op: int, data: bytes) -> tuple[object, list[Event]]:
         try:
@@ -156,6 +160,10 @@ class StateMachine:
             if op in (Op.LEASE_REVOKE, Op.LEASE_EXPIRE):
                 return self._lease_revoke(pb.LeaseRevokeRequest.FromString(data).ID, op == Op.LEASE_EXPIRE)
             if op == Op.BARRIER:
+                return None, []
+            if op == Op.MEMBER_PUBLISH:
+                m = pb.Member.FromString(data)
+                self.members[m.ID] = (m.name, tuple(m.clientURLs))
                 return None, []
             if op == Op.LEASE_RENEW:
                 return self._lease_renew(pb.LeaseKeepAliveRequest.FromString(data).ID), []

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-secret-file", default="",
                    help="file holding the cluster secret that authenticates peers "
                         "(required when a peer is not on loopback)")
+    p.add_argument("--experimental-peer-dial-urls", default="",
+                   help="test hook: NAME=URL,... connect to these peers at URL instead of their "
+                        "advertised peer URL (e.g. through a fault-injecting proxy)")
     p.add_argument("--log-level", default="info", choices=sorted(LOG_LEVELS))
     return p
 
@@ -78,6 +81,8 @@ def config_from_args(args: argparse.Namespace) -> MemberConfig:
         max_txn_ops=args.max_txn_ops,
         progress_notify_interval=parse_duration(args.experimental_watch_progress_notify_interval),
         peer_password=password,
+        peer_dial_urls={name: urls[0] for name, urls in parse_initial_cluster(args.experimental_peer_dial_urls).items()}
+        if args.experimental_peer_dial_urls else {},
     )
 
 
@@ -109,6 +114,11 @@ async def serve(cfg: MemberConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["cluster"]:
+        from etcdlite.cluster_up import main as cluster_main
+
+        return cluster_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=LOG_LEVELS[args.log_level],

@@ -93,6 +93,9 @@ class MemberConfig:
     max_txn_ops: int = DEFAULT_MAX_TXN_OPS
     progress_notify_interval: float = 600.0
     peer_password: str | None = None
+    # test hook: dial these peers (by name) at another address than they
+    # advertise, e.g. through a fault-injecting proxy
+    peer_dial_urls: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.data_dir:
@@ -136,6 +139,15 @@ class MemberConfig:
     @property
     def raft_peers(self) -> list[str]:
         return [host_port(urls[0]) for name, urls in self.initial_cluster.items() if name != self.name]
+
+    @property
+    def raft_dial(self) -> dict[str, str]:
+        """Raft address -> where to connect to it, for peers dialled elsewhere."""
+        return {
+            host_port(self.initial_cluster[name][0]): host_port(url)
+            for name, url in self.peer_dial_urls.items()
+            if name in self.initial_cluster and name != self.name
+        }
 
 
 def _loopback(url: str) -> bool:

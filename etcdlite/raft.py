@@ -20,6 +20,8 @@ import threading
 import time
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.dns_resolver import globalDnsResolver
+from pysyncobj.node import TCPNode
 
 from etcdlite import errors
 from etcdlite.apply import StateMachine
@@ -66,6 +68,24 @@ class ReplicatedState(SyncObjConsumer):
         self._on_restored()
 
 
+class PeerNode(TCPNode):
+    """A peer known in Raft by its advertised address, but dialled at another
+    one when `dial` is given (tests put a fault-injecting proxy there)."""
+
+    def __init__(self, address: str, dial: str | None = None):
+        super().__init__(address)
+        self.dial = dial
+
+    @property
+    def ip(self):
+        host = self.dial.rsplit(":", 1)[0] if self.dial else self.host
+        return globalDnsResolver().resolve(host)
+
+    @property
+    def port(self):
+        return int(self.dial.rsplit(":", 1)[1]) if self.dial else super().port
+
+
 class RaftNode:
     def __init__(
         self,
@@ -79,6 +99,7 @@ class RaftNode:
         on_ready=lambda: None,
         password: str | None = None,
         tick_period: float = 0.05,
+        dial: dict[str, str] | None = None,
     ):
         os.makedirs(data_dir, exist_ok=True)
         self._dir_lock = _lock_data_dir(data_dir)
@@ -103,6 +124,8 @@ class RaftNode:
             raftMaxTimeout=election[1],
             appendEntriesPeriod=heartbeat,
             connectionTimeout=election[1] * 2,
+            # a leader cut off from the majority steps down after this
+            leaderFallbackTimeout=election[1] * 2,
             connectionRetryTime=1.0,
             commandsWaitLeader=True,
             bindAddress=bind_address,
@@ -110,7 +133,9 @@ class RaftNode:
             password=password,
             onReady=on_ready,
         )
-        self._obj = SyncObj(self_address, peer_addresses, conf, consumers=[self.state])
+        dial = dial or {}
+        peers = [PeerNode(address, dial.get(address)) for address in peer_addresses]
+        self._obj = SyncObj(self_address, peers, conf, consumers=[self.state])
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="raft-tick", daemon=True)
         self._thread.start()

@@ -16,16 +16,14 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     async def MemberList(self, request, context):
         m = self.m
         cfg = m.cfg
+        with m.raft.lock:
+            published = dict(m.raft.machine.members)
         members = []
         for name, peer_urls in cfg.initial_cluster.items():
-            members.append(
-                pb.Member(
-                    ID=cfg.member_ids[name],
-                    name=name,
-                    peerURLs=peer_urls,
-                    clientURLs=cfg.advertise_client_urls if name == cfg.name else [],
-                )
-            )
+            member_id = cfg.member_ids[name]
+            mine = tuple(cfg.advertise_client_urls) if name == cfg.name else ()
+            _, client_urls = published.get(member_id, (name, mine))
+            members.append(pb.Member(ID=member_id, name=name, peerURLs=peer_urls, clientURLs=client_urls))
         resp = pb.MemberListResponse(members=members)
         m.header(resp.header)  # etcd sets no revision on Cluster responses
         return resp

@@ -20,6 +20,7 @@ from etcdlite import errors
 from etcdlite.apply import Op
 from etcdlite.config import MemberConfig, host_port
 from etcdlite.lessor import Lessor
+from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
 from etcdlite.raft import FAILURES, RaftNode
 from etcdlite.watch_hub import WatchHub
@@ -78,6 +79,7 @@ class Member:
             on_restored=lambda: loop.call_soon_threadsafe(self._on_restored),
             on_ready=lambda: loop.call_soon_threadsafe(self._ready.set),
             password=cfg.peer_password,
+            dial=cfg.raft_dial,
         )
         log.info("member %x: replaying the raft log in %s", self.id, cfg.data_dir)
         await self._ready.wait()
@@ -92,6 +94,7 @@ class Member:
             self.client_ports.append(port)
             await server.start()
             self.servers.append(server)
+        self._tasks.append(loop.create_task(self._publish()))
         self._tasks.append(loop.create_task(self.lessor.run()))
         self._tasks.append(loop.create_task(self._progress_loop()))
 
@@ -193,6 +196,18 @@ class Member:
                 self._launch_barrier()
 
         task.add_done_callback(done)
+
+    async def _publish(self) -> None:
+        """Announce this member's client URLs to the cluster (MemberList
+        shows them), retrying until a leader takes it."""
+        me = pb.Member(ID=self.id, name=self.cfg.name, clientURLs=self.cfg.advertise_client_urls)
+        while True:
+            try:
+                await self.propose(Op.MEMBER_PUBLISH, me)
+                return
+            except errors.EtcdError as err:
+                log.info("publishing member attributes failed (%s); retrying", err.message)
+                await asyncio.sleep(1.0)
 
     # --- watch progress --------------------------------------------------
 

@@ -1,0 +1,129 @@
+"""`etcdlite cluster up --size N`: start and supervise a local cluster.
+
+Member i (name n<i>) serves clients on base-port + 2i and Raft on
+base-port + 2i + 1, with its data in <data-dir>/n<i>. A member that exits on
+its own is restarted (unless --no-restart); Ctrl-C or SIGTERM stops them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="etcdlite cluster up", description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=int, default=3, choices=[1, 3, 5], help="number of members")
+    p.add_argument("--base-port", type=int, default=2379, help="client port of the first member")
+    p.add_argument("--data-dir", default="cluster.etcd", help="parent of the members' data directories")
+    p.add_argument("--no-restart", action="store_true", help="do not restart members that exit")
+    p.add_argument("--log-level", default="warn")
+    return p
+
+
+class Supervisor:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.names = [f"n{i}" for i in range(args.size)]
+        self.client = {n: args.base_port + 2 * i for i, n in enumerate(self.names)}
+        self.peer = {n: args.base_port + 2 * i + 1 for i, n in enumerate(self.names)}
+        self.cluster = ",".join(f"{n}=http://127.0.0.1:{self.peer[n]}" for n in self.names)
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.stopping = threading.Event()
+
+    def argv(self, name: str) -> list[str]:
+        return [
+            sys.executable, "-m", "etcdlite",
+            "--name", name,
+            "--data-dir", os.path.join(self.args.data_dir, name),
+            "--listen-client-urls", f"http://127.0.0.1:{self.client[name]}",
+            "--listen-peer-urls", f"http://127.0.0.1:{self.peer[name]}",
+            "--initial-cluster", self.cluster,
+            "--log-level", self.args.log_level,
+        ]
+
+    def start(self, name: str) -> None:
+        proc = subprocess.Popen(self.argv(name), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, text=True)
+        self.procs[name] = proc
+        threading.Thread(target=self._relay, args=(name, proc), daemon=True).start()
+
+    def _relay(self, name: str, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            print(f"[{name}] {line}", end="", flush=True)
+
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        import grpc
+
+        from etcdlite.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+
+        deadline = time.monotonic() + timeout
+        pending = set(self.names)
+        while pending and time.monotonic() < deadline and not self.stopping.is_set():
+            for name in sorted(pending):
+                with grpc.insecure_channel(f"127.0.0.1:{self.client[name]}") as ch:
+                    try:
+                        st = rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=1)
+                    except grpc.RpcError:
+                        continue
+                    if st.leader:
+                        pending.discard(name)
+            time.sleep(0.2)
+        return not pending
+
+    def supervise(self) -> None:
+        while not self.stopping.wait(0.5):
+            for name, proc in list(self.procs.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                if self.args.no_restart:
+                    print(f"[cluster] {name} exited with {code}; not restarting", flush=True)
+                    del self.procs[name]
+                else:
+                    print(f"[cluster] {name} exited with {code}; restarting", flush=True)
+                    self.start(name)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] != "up":
+        print("usage: etcdlite cluster up [--size 1|3|5] [--base-port 2379] [--data-dir cluster.etcd]",
+              file=sys.stderr)
+        return 2
+    args = build_parser().parse_args(argv[1:])
+    sup = Supervisor(args)
+    signal.signal(signal.SIGTERM, lambda *_: sup.stopping.set())
+    for name in sup.names:
+        sup.start(name)
+    print(f"[cluster] starting {args.size} members, data in {args.data_dir}/", flush=True)
+    try:
+        if sup.wait_ready():
+            endpoints = ",".join(f"127.0.0.1:{sup.client[n]}" for n in sup.names)
+            print(f"[cluster] ready: ETCDCTL_API=3 etcdctl --endpoints={endpoints} endpoint status -w table",
+                  flush=True)
+        elif not sup.stopping.is_set():
+            print("[cluster] members are not ready after 60 s; see their output above", flush=True)
+        sup.supervise()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("[cluster] stopping", flush=True)
+        sup.stop()
+    return 0
