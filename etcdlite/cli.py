@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experimental-watch-progress-notify-interval", default="10m",
                    help="how often watchers that asked for it get a progress notification")
     p.add_argument("--peer-secret-file", default="",
-                   help="file holding the cluster secret that authenticates peers "
-                        "(required when a peer is not on loopback)")
+                   help="file holding the cluster secret that authenticates and encrypts peer "
+                        "traffic (required for a cluster of several members; the same file on every member)")
     p.add_argument("--experimental-peer-dial-urls", default="",
                    help="test hook: NAME=URL,... connect to these peers at URL instead of their "
                         "advertised peer URL (e.g. through a fault-injecting proxy)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -33,6 +34,7 @@ class Supervisor:
         self.client = {n: args.base_port + 2 * i for i, n in enumerate(self.names)}
         self.peer = {n: args.base_port + 2 * i + 1 for i, n in enumerate(self.names)}
         self.cluster = ",".join(f"{n}=http://127.0.0.1:{self.peer[n]}" for n in self.names)
+        self.secret_file = os.path.join(args.data_dir, "peer.secret")
         self.procs: dict[str, subprocess.Popen] = {}
         self.stopping = threading.Event()
 
@@ -44,6 +46,7 @@ class Supervisor:
             "--listen-client-urls", f"http://127.0.0.1:{self.client[name]}",
             "--listen-peer-urls", f"http://127.0.0.1:{self.peer[name]}",
             "--initial-cluster", self.cluster,
+            "--peer-secret-file", self.secret_file,
             "--log-level", self.args.log_level,
         ]
 
@@ -109,6 +112,11 @@ def main(argv: list[str]) -> int:
         return 2
     args = build_parser().parse_args(argv[1:])
     sup = Supervisor(args)
+    os.makedirs(args.data_dir, exist_ok=True)
+    if not os.path.exists(sup.secret_file):
+        fd = os.open(sup.secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
     signal.signal(signal.SIGTERM, lambda *_: sup.stopping.set())
     for name in sup.names:
         sup.start(name)

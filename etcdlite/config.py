@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import secrets
 import re
 import struct
 from dataclasses import dataclass, field
@@ -113,12 +114,19 @@ class MemberConfig:
             )
         if self.initial_cluster_state not in ("new", "existing"):
             raise ConfigError("--initial-cluster-state must be 'new' or 'existing'")
-        for name, urls in self.initial_cluster.items():
-            if name != self.name and not self.peer_password and any(not _loopback(u) for u in urls):
-                raise ConfigError(
-                    f"peer {name} is not on loopback: peer traffic must be authenticated; "
-                    "set --peer-secret-file"
-                )
+        if len(self.initial_cluster) > 1 and not self.peer_password:
+            # pysyncobj unpickles what arrives on the peer port: only peers
+            # that prove they hold the cluster secret may be heard, loopback
+            # or not (any local user could reach a loopback port)
+            raise ConfigError(
+                "a cluster of several members needs --peer-secret-file: peer traffic is "
+                "authenticated with a shared secret. Write one to a file, e.g. "
+                "`head -c 32 /dev/urandom | base64 > peer.secret`, and pass the same file to every member"
+            )
+        if not self.peer_password:
+            # a lone member has no peers to talk to, but its peer port is
+            # open all the same: lock it with a secret nobody knows
+            self.peer_password = secrets.token_hex(32)
 
     @property
     def member_ids(self) -> dict[str, int]:
@@ -148,8 +156,3 @@ class MemberConfig:
             for name, url in self.peer_dial_urls.items()
             if name in self.initial_cluster and name != self.name
         }
-
-
-def _loopback(url: str) -> bool:
-    host = urlparse(url).hostname or ""
-    return host == "localhost" or host.startswith("127.") or host == "::1"

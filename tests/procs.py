@@ -590,6 +590,10 @@ def start_etcdlite_cluster(tmp_path, size: int, registry: Registry | None = None
                            name: str = "m", **flags) -> list[Member]:
     """`size` etcdlite members forming one cluster on free 127.0.0.1 ports,
     started together; returns once every member serves."""
+    secret = Path(tmp_path) / "peer.secret"
+    Path(tmp_path).mkdir(parents=True, exist_ok=True)
+    secret.write_text(f"secret-{os.getpid()}-{time.monotonic_ns()}")
+    flags.setdefault("peer_secret_file", str(secret))
     members = [Member("etcdlite", f"{name}{i}", tmp_path, flags, registry) for i in range(size)]
     cluster = ",".join(f"{m.name}={m.peer_url}" for m in members)
     for m in members:
