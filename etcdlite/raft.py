@@ -19,12 +19,13 @@ import os
 import threading
 import time
 
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj import FAIL_REASON, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.dns_resolver import globalDnsResolver
 from pysyncobj.node import TCPNode
 
 from etcdlite import errors
 from etcdlite.apply import StateMachine
+from etcdlite.raft_log_guard import GuardedSyncObj
 
 log = logging.getLogger("etcdlite.raft")
 
@@ -135,7 +136,7 @@ class RaftNode:
         )
         dial = dial or {}
         peers = [PeerNode(address, dial.get(address)) for address in peer_addresses]
-        self._obj = SyncObj(self_address, peers, conf, consumers=[self.state])
+        self._obj = GuardedSyncObj(self_address, peers, conf, consumers=[self.state])
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="raft-tick", daemon=True)
         self._thread.start()
