@@ -13,6 +13,7 @@ from etcdlite.config import (
     DEFAULT_MAX_TXN_OPS,
     ConfigError,
     MemberConfig,
+    is_tls_url,
     parse_duration,
     parse_initial_cluster,
     split_urls,
@@ -53,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experimental-peer-dial-urls", default="",
                    help="test hook: NAME=URL,... connect to these peers at URL instead of their "
                         "advertised peer URL (e.g. through a fault-injecting proxy)")
+    p.add_argument("--cert-file", default="",
+                   help="PEM certificate (chain) served to clients on the https:// --listen-client-urls")
+    p.add_argument("--key-file", default="", help="PEM private key of --cert-file (unencrypted)")
+    p.add_argument("--trusted-ca-file", default="",
+                   help="PEM CA certificate(s) that client certificates must be signed by (with --client-cert-auth)")
+    p.add_argument("--client-cert-auth", action="store_true",
+                   help="require and verify client certificates signed by --trusted-ca-file")
     p.add_argument("--log-level", default="info", choices=sorted(LOG_LEVELS))
     return p
 
@@ -83,6 +91,10 @@ def config_from_args(args: argparse.Namespace) -> MemberConfig:
         peer_password=password,
         peer_dial_urls={name: urls[0] for name, urls in parse_initial_cluster(args.experimental_peer_dial_urls).items()}
         if args.experimental_peer_dial_urls else {},
+        cert_file=args.cert_file,
+        key_file=args.key_file,
+        trusted_ca_file=args.trusted_ca_file,
+        client_cert_auth=args.client_cert_auth,
     )
 
 
@@ -94,13 +106,21 @@ async def serve(cfg: MemberConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # a member removed from the cluster stops, as etcd's does
+    loop.create_task(member.removed.wait()).add_done_callback(lambda _: stop.set())
     starting = loop.create_task(member.start())
     stopping = loop.create_task(stop.wait())
     await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if starting.done():
         starting.result()
         urls = ",".join(cfg.advertise_client_urls)
-        endpoints = ",".join(u.split("://", 1)[-1] for u in cfg.advertise_client_urls)
+        if any(is_tls_url(u) for u in cfg.advertise_client_urls):
+            endpoints = ",".join(u for u in cfg.advertise_client_urls if is_tls_url(u))
+            endpoints += " --cacert CA.pem"
+            if cfg.client_cert_auth:
+                endpoints += " --cert CLIENT.pem --key CLIENT-KEY.pem"
+        else:
+            endpoints = ",".join(u.split("://", 1)[-1] for u in cfg.advertise_client_urls)
         logging.getLogger("etcdlite").info(
             "serving etcd v3 clients on %s (member %x, data in %s); try: "
             "ETCDCTL_API=3 etcdctl --endpoints=%s put foo bar",
@@ -127,11 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         cfg = config_from_args(args)
+        cfg.load_client_tls()  # unreadable or mismatched TLS files: fail before starting
     except (ConfigError, OSError) as err:
         print(f"etcdlite: {err}", file=sys.stderr)
         return 2
     try:
         asyncio.run(serve(cfg))
+    except ConfigError as err:
+        print(f"etcdlite: {err}", file=sys.stderr)
+        return 2
     except OSError as err:
         print(f"etcdlite: {err}", file=sys.stderr)
         return 1

@@ -34,6 +34,43 @@ def host_port(url: str) -> str:
     return f"{host}:{parsed.port}"
 
 
+def is_tls_url(url: str) -> bool:
+    """True for an https:// URL (served with TLS); http:// and bare
+    HOST:PORT are served in plain text."""
+    return url.strip().lower().startswith("https://")
+
+
+@dataclass
+class ClientTLS:
+    """The PEM files behind --cert-file, --key-file and --trusted-ca-file,
+    read and checked."""
+
+    cert_chain: bytes
+    private_key: bytes
+    trusted_ca: bytes | None
+    client_cert_auth: bool
+
+
+def _read_pem(flag: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise ConfigError(f"{flag} {path}: cannot read it: {err.strerror or err}") from None
+
+
+def _load_certs(flag: str, path: str, data: bytes) -> list:
+    from cryptography import x509
+
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        certs = []
+    if not certs:
+        raise ConfigError(f"{flag} {path}: no PEM certificate in it")
+    return certs
+
+
 def split_urls(value: str) -> list[str]:
     urls = [u.strip() for u in value.split(",") if u.strip()]
     for u in urls:
@@ -97,8 +134,14 @@ class MemberConfig:
     # test hook: dial these peers (by name) at another address than they
     # advertise, e.g. through a fault-injecting proxy
     peer_dial_urls: dict[str, str] = field(default_factory=dict)
+    # client TLS (etcd's flags): served on the https:// listen-client-urls
+    cert_file: str = ""
+    key_file: str = ""
+    trusted_ca_file: str = ""
+    client_cert_auth: bool = False
 
     def __post_init__(self):
+        self._check_client_tls()
         if not self.data_dir:
             self.data_dir = f"{self.name}.etcd"
         if not self.initial_cluster:
@@ -127,6 +170,53 @@ class MemberConfig:
             # a lone member has no peers to talk to, but its peer port is
             # open all the same: lock it with a secret nobody knows
             self.peer_password = secrets.token_hex(32)
+
+    def _check_client_tls(self) -> None:
+        https = [u for u in self.listen_client_urls if is_tls_url(u)]
+        missing = [flag for flag, value in (("--cert-file", self.cert_file), ("--key-file", self.key_file))
+                   if not value]
+        if https and missing:
+            raise ConfigError(
+                f"--listen-client-urls {','.join(https)}: serving https needs a certificate and its key; "
+                f"missing {' and '.join(missing)}"
+            )
+        if len(missing) == 1:
+            raise ConfigError(f"{'--key-file' if self.cert_file else '--cert-file'} is given but "
+                              f"{missing[0]} is missing: TLS needs both")
+        if not missing and not https:
+            raise ConfigError(
+                "--cert-file and --key-file are given but no --listen-client-urls URL is https://: "
+                "TLS is served on https:// URLs (e.g. --listen-client-urls https://127.0.0.1:2379)"
+            )
+        if self.client_cert_auth and not self.trusted_ca_file:
+            raise ConfigError("--client-cert-auth needs --trusted-ca-file (the CA that signs client certificates)")
+        if self.trusted_ca_file and missing:
+            raise ConfigError(f"--trusted-ca-file needs client TLS: {' and '.join(missing)} missing")
+
+    def load_client_tls(self) -> ClientTLS | None:
+        """Read and check the client TLS files (ConfigError if one is
+        missing, unreadable or not what it should be); None without TLS."""
+        if not self.cert_file:
+            return None
+        from cryptography.hazmat.primitives import serialization
+
+        cert = _read_pem("--cert-file", self.cert_file)
+        key = _read_pem("--key-file", self.key_file)
+        ca = _read_pem("--trusted-ca-file", self.trusted_ca_file) if self.trusted_ca_file else None
+        leaf = _load_certs("--cert-file", self.cert_file, cert)[0]
+        try:
+            private = serialization.load_pem_private_key(key, password=None)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(
+                f"--key-file {self.key_file}: not an unencrypted PEM private key ({err})"
+            ) from None
+        spki = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        if private.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
+            raise ConfigError(f"--key-file {self.key_file} is not the key of --cert-file {self.cert_file}")
+        if ca is not None:
+            _load_certs("--trusted-ca-file", self.trusted_ca_file, ca)
+        return ClientTLS(cert_chain=cert, private_key=key, trusted_ca=ca,
+                         client_cert_auth=self.client_cert_auth)
 
     @property
     def member_ids(self) -> dict[str, int]:
