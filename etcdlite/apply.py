@@ -20,6 +20,7 @@ import grpc
 
 from etcdlite import errors
 from etcdlite.lease_table import LeaseTable
+from etcdlite.membership import MemberTable
 from etcdlite.mvcc import DELETE, CompactedError, Event, FutureRevisionError, KeyValue, MVCCStore
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.mvccpb import kv_pb2
@@ -43,6 +44,8 @@ class Op(IntEnum):
     LEASE_RENEW = 9
     # a member announces its name and client URLs (etcd's "publish")
     MEMBER_PUBLISH = 10
+    MEMBER_ADD = 11
+    MEMBER_REMOVE = 12
 
 
 def kv_to_pb(kv: KeyValue, keys_only: bool = False) -> kv_pb2.KeyValue:
@@ -140,8 +143,7 @@ class StateMachine:
     def __init__(self):
         self.kv = MVCCStore()
         self.leases = LeaseTable()
-        # member ID -> (name, client URLs), as each member published them
-        self.members: dict[int, tuple[str, tuple[str, ...]]] = {}
+        self.members = MemberTable()
 
     def apply(self, op: int, data: bytes) -> tuple[object, list[Event]]:
         try:
@@ -162,8 +164,13 @@ class StateMachine:
             if op == Op.BARRIER:
                 return None, []
             if op == Op.MEMBER_PUBLISH:
-                m = pb.Member.FromString(data)
-                self.members[m.ID] = (m.name, tuple(m.clientURLs))
+                self.members.publish(pb.MemberAddResponse.FromString(data))
+                return None, []
+            if op == Op.MEMBER_ADD:
+                self.members.add(pb.Member.FromString(data))
+                return None, []
+            if op == Op.MEMBER_REMOVE:
+                self.members.remove(pb.MemberRemoveRequest.FromString(data).ID)
                 return None, []
             if op == Op.LEASE_RENEW:
                 return self._lease_renew(pb.LeaseKeepAliveRequest.FromString(data).ID), []

@@ -1,8 +1,9 @@
 """`etcdlite cluster up --size N`: start and supervise a local cluster.
 
 Member i (name n<i>) serves clients on base-port + 2i and Raft on
-base-port + 2i + 1, with its data in <data-dir>/n<i>. A member that exits on
-its own is restarted (unless --no-restart); Ctrl-C or SIGTERM stops them all.
+base-port + 2i + 1, with its data in <data-dir>/n<i>. A member that dies
+(non-zero exit, a signal) is restarted unless --no-restart; one that exits
+cleanly (e.g. removed from the cluster) is not. Ctrl-C or SIGTERM stops all.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class Supervisor:
                 code = proc.poll()
                 if code is None:
                     continue
-                if self.args.no_restart:
+                if code == 0 or self.args.no_restart:
                     print(f"[cluster] {name} exited with {code}; not restarting", flush=True)
                     del self.procs[name]
                 else:

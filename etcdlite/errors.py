@@ -47,12 +47,12 @@ LEASE_NOT_FOUND = EtcdError(grpc.StatusCode.NOT_FOUND, "etcdserver: requested le
 LEASE_EXIST = EtcdError(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: lease already exists")
 LEASE_TTL_TOO_LARGE = EtcdError(grpc.StatusCode.OUT_OF_RANGE, "etcdserver: too large lease TTL")
 MEMBER_NOT_FOUND = EtcdError(grpc.StatusCode.NOT_FOUND, "etcdserver: member not found")
+PEER_URL_EXISTS = EtcdError(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: Peer URLs already exists")
+MEMBER_BAD_URLS = EtcdError(_INVALID, "etcdserver: given member URLs are invalid")
 NOT_CAPABLE = EtcdError(_UNAVAILABLE, "etcdserver: not capable")
 NO_LEADER = EtcdError(_UNAVAILABLE, "etcdserver: no leader")
 NOT_LEADER = EtcdError(_UNAVAILABLE, "etcdserver: not leader")
 LEADER_CHANGED = EtcdError(_UNAVAILABLE, "etcdserver: leader changed")
 TIMEOUT = EtcdError(_UNAVAILABLE, "etcdserver: request timed out")
 STOPPED = EtcdError(_UNAVAILABLE, "etcdserver: server stopped")
-UNIMPLEMENTED_MEMBERSHIP = EtcdError(
-    grpc.StatusCode.UNIMPLEMENTED, "etcdlite: membership changes are not implemented yet"
-)
+LEARNERS_UNSUPPORTED = EtcdError(grpc.StatusCode.UNIMPLEMENTED, "etcdlite: learner members are not supported")

@@ -101,6 +101,7 @@ class RaftNode:
         password: str | None = None,
         tick_period: float = 0.05,
         dial: dict[str, str] | None = None,
+        desired_peers=None,
     ):
         os.makedirs(data_dir, exist_ok=True)
         self._dir_lock = _lock_data_dir(data_dir)
@@ -108,11 +109,6 @@ class RaftNode:
         self.state = ReplicatedState(self.lock, on_applied, on_restored)
         self.single = not peer_addresses
         self._tick_period = tick_period
-        if self.single:
-            # Nobody to wait for: elect ourselves at once after a restart.
-            election, heartbeat = (0.05, 0.1), 0.01
-        else:
-            election, heartbeat = (1.0, 2.0), 0.1
         conf = SyncObjConf(
             autoTick=False,
             appendEntriesUseBatch=False,
@@ -121,20 +117,18 @@ class RaftNode:
             useFork=False,
             logCompactionMinEntries=100_000,
             logCompactionMinTime=3600,
-            raftMinTimeout=election[0],
-            raftMaxTimeout=election[1],
-            appendEntriesPeriod=heartbeat,
-            connectionTimeout=election[1] * 2,
-            # a leader cut off from the majority steps down after this
-            leaderFallbackTimeout=election[1] * 2,
             connectionRetryTime=1.0,
             commandsWaitLeader=True,
             bindAddress=bind_address,
             maxBindRetries=5,
             password=password,
             onReady=on_ready,
+            dynamicMembershipChange=True,
         )
-        dial = dial or {}
+        _set_timing(conf, self.single)
+        self._dial = dial = dial or {}
+        self._desired_peers = desired_peers
+        self._last_reconcile = 0.0
         peers = [PeerNode(address, dial.get(address)) for address in peer_addresses]
         self._obj = GuardedSyncObj(self_address, peers, conf, consumers=[self.state])
         self._stopping = threading.Event()
@@ -157,9 +151,41 @@ class RaftNode:
                 obj.doTick(0.0)
                 while self.single and obj.raftCommitIndex < last_index():
                     obj.doTick(0.0)
+                self._reconcile_peers()
+                single = not obj._SyncObj__otherNodes
+                if single != self.single:
+                    self.single = single
+                    _set_timing(obj._SyncObj__conf, single)
             except Exception:
                 log.exception("raft tick failed")
                 time.sleep(period)
+
+    def _reconcile_peers(self) -> None:
+        """On the leader, once a second: make pysyncobj's node list follow the
+        replicated member table, one change at a time (Raft's single-server
+        membership changes; pysyncobj refuses a change while the previous one
+        is uncommitted, and it is simply tried again)."""
+        if self._desired_peers is None:
+            return
+        now = time.monotonic()
+        if now - self._last_reconcile < 1.0 or not self._obj._isLeader():
+            return
+        self._last_reconcile = now
+        desired = self._desired_peers()
+        if desired is None:
+            return
+        current = {node.id: node for node in self._obj._SyncObj__otherNodes}
+        for address in sorted(desired - current.keys()):
+            log.info("adding %s to the raft configuration", address)
+            self._obj.addNodeToCluster(PeerNode(address, self._dial.get(address)), callback=_log_change)
+            return
+        for address in sorted(current.keys() - desired):
+            log.info("removing %s from the raft configuration", address)
+            self._obj.removeNodeFromCluster(current[address], callback=_log_change)
+            return
+
+    def peers(self) -> set[str]:
+        return {node.id for node in self._obj._SyncObj__otherNodes}
 
     def propose(self, op: int, data: bytes, callback) -> None:
         """Append (op, data) to the log; `callback(result, fail_reason)` runs
@@ -196,6 +222,26 @@ class RaftNode:
         self._thread.join(timeout=5)
         self._obj.destroy()
         os.close(self._dir_lock)
+
+
+def _set_timing(conf: SyncObjConf, single: bool) -> None:
+    """Raft timing for a cluster of one (nobody to wait for: elect ourselves
+    at once after a restart) or of several; pysyncobj reads these settings
+    afresh each time, so they follow membership changes."""
+    if single:
+        election, heartbeat = (0.05, 0.1), 0.01
+    else:
+        election, heartbeat = (1.0, 2.0), 0.1
+    conf.raftMinTimeout, conf.raftMaxTimeout = election
+    conf.appendEntriesPeriod = heartbeat
+    conf.connectionTimeout = election[1] * 2
+    # a leader cut off from the majority steps down after this
+    conf.leaderFallbackTimeout = election[1] * 2
+
+
+def _log_change(result, reason) -> None:
+    if reason:
+        log.info("raft configuration change not taken (reason %s); will retry", reason)
 
 
 def _lock_data_dir(data_dir: str) -> int:

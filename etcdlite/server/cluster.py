@@ -1,29 +1,88 @@
-"""The Cluster service. MemberList is served; membership changes answer
-UNIMPLEMENTED until the cluster work lands."""
+"""The Cluster service: MemberList, MemberAdd, MemberRemove.
+
+Membership lives in the replicated member table (`etcdlite.membership`);
+changing it is a command like any other, and the leader then brings Raft's
+own configuration in line, one member at a time. MemberUpdate and
+MemberPromote (learners) answer UNIMPLEMENTED.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
+from etcdlite import errors
+from etcdlite.apply import Op
+from etcdlite.config import ConfigError, host_port, member_id
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
 from etcdlite.server.rpc import unary
+
+# how long MemberAdd waits for Raft's configuration to take the new member
+CONF_CHANGE_TIMEOUT = 10.0
 
 
 class ClusterService(rpc_pb2_grpc.ClusterServicer):
     def __init__(self, member):
         self.m = member
 
-    @unary
-    async def MemberList(self, request, context):
+    def _members(self) -> list[pb.Member]:
         m = self.m
         cfg = m.cfg
         with m.raft.lock:
-            published = dict(m.raft.machine.members)
-        members = []
-        for name, peer_urls in cfg.initial_cluster.items():
-            member_id = cfg.member_ids[name]
-            mine = tuple(cfg.advertise_client_urls) if name == cfg.name else ()
-            _, client_urls = published.get(member_id, (name, mine))
-            members.append(pb.Member(ID=member_id, name=name, peerURLs=peer_urls, clientURLs=client_urls))
-        resp = pb.MemberListResponse(members=members)
-        m.header(resp.header)  # etcd sets no revision on Cluster responses
+            table = m.raft.machine.members
+            if table.bootstrapped:
+                return table.list()
+        # before the first publish is applied: what this member was told
+        return sorted(
+            (
+                pb.Member(
+                    ID=cfg.member_ids[name], name=name, peerURLs=urls,
+                    clientURLs=cfg.advertise_client_urls if name == cfg.name else [],
+                )
+                for name, urls in cfg.initial_cluster.items()
+            ),
+            key=lambda member: member.ID,
+        )
+
+    @unary
+    async def MemberList(self, request, context):
+        resp = pb.MemberListResponse(members=self._members())
+        self.m.header(resp.header)  # etcd sets no revision on Cluster responses
+        return resp
+
+    @unary
+    async def MemberAdd(self, request, context):
+        m = self.m
+        if request.isLearner:
+            raise errors.LEARNERS_UNSUPPORTED
+        try:
+            addresses = [host_port(u) for u in request.peerURLs]
+        except ConfigError:
+            raise errors.MEMBER_BAD_URLS from None
+        if not addresses:
+            raise errors.MEMBER_BAD_URLS
+        await m.read_barrier()
+        if not m.raft.machine.members.bootstrapped:
+            raise errors.NOT_CAPABLE
+        new = pb.Member(ID=member_id(list(request.peerURLs), m.cfg.initial_cluster_token),
+                        peerURLs=request.peerURLs)
+        await m.propose(Op.MEMBER_ADD, new)
+        # answer once Raft's configuration here holds the new member, as etcd
+        # answers once the configuration change is applied
+        deadline = time.monotonic() + CONF_CHANGE_TIMEOUT
+        while addresses[0] not in m.raft.peers():
+            if time.monotonic() > deadline:
+                raise errors.TIMEOUT
+            await asyncio.sleep(0.05)
+        resp = pb.MemberAddResponse(member=new, members=self._members())
+        m.header(resp.header)
+        return resp
+
+    @unary
+    async def MemberRemove(self, request, context):
+        m = self.m
+        await m.propose(Op.MEMBER_REMOVE, pb.MemberRemoveRequest(ID=request.ID))
+        resp = pb.MemberRemoveResponse(members=self._members())
+        m.header(resp.header)
         return resp

@@ -7,7 +7,7 @@ import hashlib
 import pickle
 
 from etcdlite import errors
-from etcdlite.config import API_VERSION, host_port, member_id
+from etcdlite.config import API_VERSION, host_port
 from etcdlite.mvcc import CompactedError, FutureRevisionError
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
@@ -26,9 +26,13 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         leader = m.raft.leader
         if leader is None:
             return 0
-        for urls in m.cfg.initial_cluster.values():
-            if host_port(urls[0]) == leader:
-                return member_id(urls, m.cfg.initial_cluster_token)
+        with m.raft.lock:
+            table = m.raft.machine.members.peer_urls()
+        if not table:
+            table = {m.cfg.member_ids[name]: urls for name, urls in m.cfg.initial_cluster.items()}
+        for mid, urls in table.items():
+            if urls and host_port(urls[0]) == leader:
+                return mid
         return 0
 
     @unary

@@ -18,7 +18,7 @@ import grpc
 
 from etcdlite import errors
 from etcdlite.apply import Op
-from etcdlite.config import MemberConfig, host_port
+from etcdlite.config import MemberConfig, host_port, is_tls_url
 from etcdlite.lessor import Lessor
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
@@ -61,6 +61,8 @@ class Member:
         self.servers: list[grpc.aio.Server] = []
         self.client_ports: list[int] = []
         self._ready = asyncio.Event()
+        # set once this member applies its own removal from the cluster
+        self.removed = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._barrier_next: asyncio.Future | None = None
         self._barrier_inflight = False
@@ -80,15 +82,26 @@ class Member:
             on_ready=lambda: loop.call_soon_threadsafe(self._ready.set),
             password=cfg.peer_password,
             dial=cfg.raft_dial,
+            desired_peers=self._desired_peers,
         )
         log.info("member %x: replaying the raft log in %s", self.id, cfg.data_dir)
         await self._ready.wait()
         with self.raft.lock:
             self.hub.revision = self.raft.machine.kv.current_revision
         log.info("member %x: ready at revision %d, raft term %d", self.id, self.hub.revision, self.raft.term)
+        self._check_removed()
+        tls = cfg.load_client_tls()
+        creds = tls and grpc.ssl_server_credentials(
+            [(tls.private_key, tls.cert_chain)],
+            root_certificates=tls.trusted_ca if tls.client_cert_auth else None,
+            require_client_auth=tls.client_cert_auth,
+        )
         for url in cfg.listen_client_urls:
             server = self._make_server()
-            port = server.add_insecure_port(host_port(url))
+            if is_tls_url(url):  # https: TLS; http: plain text, as etcd
+                port = server.add_secure_port(host_port(url), creds)
+            else:
+                port = server.add_insecure_port(host_port(url))
             if port == 0:
                 raise OSError(f"cannot listen for clients on {url}: is the port in use?")
             self.client_ports.append(port)
@@ -135,8 +148,25 @@ class Member:
         loop = self.loop
         if events:
             loop.call_soon_threadsafe(self.hub.publish, events, revision)
+        if op == Op.MEMBER_REMOVE:
+            loop.call_soon_threadsafe(self._check_removed)
         if (op == Op.LEASE_GRANT or op == Op.LEASE_RENEW) and getattr(result, "TTL", 0) > 0:
             loop.call_soon_threadsafe(self.lessor.touched, result.ID, result.TTL)
+
+    def _desired_peers(self) -> set[str] | None:
+        """Raft addresses of the other members in the replicated member
+        table (None until it is filled); runs in the raft thread."""
+        members = self.raft.machine.members
+        if not members.bootstrapped:
+            return None
+        with self.raft.lock:
+            urls = members.peer_urls()
+        return {host_port(u[0]) for i, u in urls.items() if i != self.id and u}
+
+    def _check_removed(self) -> None:
+        if self.id in self.raft.machine.members.removed and not self.removed.is_set():
+            log.warning("member %x was removed from the cluster; shutting down", self.id)
+            self.removed.set()
 
     def _on_restored(self) -> None:
         with self.raft.lock:
@@ -146,7 +176,7 @@ class Member:
     # --- requests --------------------------------------------------------
 
     def header(self, h, revision: int | None = None) -> None:
-        h.cluster_id = self.cluster_id
+        h.cluster_id = self.raft.machine.members.cluster_id or self.cluster_id
         h.member_id = self.id
         h.raft_term = self.raft.term
         if revision is not None:
@@ -198,9 +228,18 @@ class Member:
         task.add_done_callback(done)
 
     async def _publish(self) -> None:
-        """Announce this member's client URLs to the cluster (MemberList
-        shows them), retrying until a leader takes it."""
-        me = pb.Member(ID=self.id, name=self.cfg.name, clientURLs=self.cfg.advertise_client_urls)
+        """Announce this member's name and client URLs to the cluster
+        (MemberList shows them), retrying until a leader takes it. The first
+        publish applied also records the initial cluster and its ID."""
+        cfg = self.cfg
+        me = pb.MemberAddResponse(
+            member=pb.Member(ID=self.id, name=cfg.name, clientURLs=cfg.advertise_client_urls),
+            members=[
+                pb.Member(ID=cfg.member_ids[name], name=name, peerURLs=urls)
+                for name, urls in cfg.initial_cluster.items()
+            ],
+        )
+        me.header.cluster_id = self.cluster_id
         while True:
             try:
                 await self.propose(Op.MEMBER_PUBLISH, me)
