@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest request a client may send, in bytes")
     p.add_argument("--max-txn-ops", type=int, default=DEFAULT_MAX_TXN_OPS,
                    help="most operations a txn may hold")
+    p.add_argument("--snapshot-count", type=int, default=100_000,
+                   help="Raft log entries between snapshots; the log before a snapshot is dropped")
     p.add_argument("--experimental-watch-progress-notify-interval", default="10m",
                    help="how often watchers that asked for it get a progress notification")
     p.add_argument("--peer-secret-file", default="",
@@ -88,6 +90,7 @@ def config_from_args(args: argparse.Namespace) -> MemberConfig:
         max_request_bytes=args.max_request_bytes,
         max_txn_ops=args.max_txn_ops,
         progress_notify_interval=parse_duration(args.experimental_watch_progress_notify_interval),
+        snapshot_count=max(2, args.snapshot_count),
         peer_password=password,
         peer_dial_urls={name: urls[0] for name, urls in parse_initial_cluster(args.experimental_peer_dial_urls).items()}
         if args.experimental_peer_dial_urls else {},

@@ -130,6 +130,8 @@ class MemberConfig:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_txn_ops: int = DEFAULT_MAX_TXN_OPS
     progress_notify_interval: float = 600.0
+    # Raft log entries between snapshots (etcd's --snapshot-count)
+    snapshot_count: int = 100_000
     peer_password: str | None = None
     # test hook: dial these peers (by name) at another address than they
     # advertise, e.g. through a fault-injecting proxy

@@ -100,6 +100,7 @@ class RaftNode:
         on_ready=lambda: None,
         password: str | None = None,
         tick_period: float = 0.05,
+        snapshot_count: int = 100_000,
         dial: dict[str, str] | None = None,
         desired_peers=None,
     ):
@@ -115,7 +116,7 @@ class RaftNode:
             journalFile=os.path.join(data_dir, "raft.journal"),
             fullDumpFile=os.path.join(data_dir, "raft.snapshot"),
             useFork=False,
-            logCompactionMinEntries=100_000,
+            logCompactionMinEntries=snapshot_count,
             logCompactionMinTime=3600,
             connectionRetryTime=1.0,
             commandsWaitLeader=True,

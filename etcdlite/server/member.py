@@ -83,6 +83,7 @@ class Member:
             password=cfg.peer_password,
             dial=cfg.raft_dial,
             desired_peers=self._desired_peers,
+            snapshot_count=cfg.snapshot_count,
         )
         log.info("member %x: replaying the raft log in %s", self.id, cfg.data_dir)
         await self._ready.wait()
