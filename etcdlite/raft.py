@@ -56,12 +56,18 @@ class ReplicatedState(SyncObjConsumer):
         self.machine = StateMachine()
 
     @replicated
-    def apply(self, op, data):
+    def apply(self, commands):
+        """Apply one log entry: a batch of (op, data) commands, in order.
+        Returns their results; `on_applied` gets (op, result, events,
+        revision) for each."""
+        applied = []
         with self._lock:
-            result, events = self.machine.apply(op, data)
-            revision = self.machine.kv.current_revision
-        self._on_applied(op, result, events, revision)
-        return result
+            machine = self.machine
+            for op, data in commands:
+                result, events = machine.apply(op, data)
+                applied.append((op, result, events, machine.kv.current_revision))
+        self._on_applied(applied)
+        return [a[1] for a in applied]
 
     def _deserialize(self, data):
         with self._lock:
@@ -95,7 +101,7 @@ class RaftNode:
         data_dir: str,
         *,
         bind_address: str | None = None,
-        on_applied=lambda op, result, events, revision: None,
+        on_applied=lambda applied: None,
         on_restored=lambda: None,
         on_ready=lambda: None,
         password: str | None = None,
@@ -119,6 +125,11 @@ class RaftNode:
             logCompactionMinEntries=snapshot_count,
             logCompactionMinTime=3600,
             connectionRetryTime=1.0,
+            # entries are batches of requests (see Member.propose): send
+            # them whole rather than through pysyncobj's chunked transfer
+            appendEntriesBatchSizeBytes=4 * 1024 * 1024,
+            sendBufferSize=1024 * 1024,
+            recvBufferSize=1024 * 1024,
             commandsWaitLeader=True,
             bindAddress=bind_address,
             maxBindRetries=5,
@@ -188,10 +199,11 @@ class RaftNode:
     def peers(self) -> set[str]:
         return {node.id for node in self._obj._SyncObj__otherNodes}
 
-    def propose(self, op: int, data: bytes, callback) -> None:
-        """Append (op, data) to the log; `callback(result, fail_reason)` runs
-        in the raft thread once it is applied here, or has failed."""
-        self.state.apply(int(op), data, callback=callback)
+    def propose(self, commands: list[tuple[int, bytes]], callback) -> None:
+        """Append a batch of (op, data) commands to the log as one entry;
+        `callback(results, fail_reason)` runs in the raft thread once it is
+        applied here, or has failed."""
+        self.state.apply(commands, callback=callback)
 
     @property
     def machine(self) -> StateMachine:

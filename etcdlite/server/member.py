@@ -31,17 +31,26 @@ log = logging.getLogger("etcdlite")
 REQUEST_TIMEOUT = 7.0
 # extra room above --max-request-bytes for gRPC framing, as etcd allows
 GRPC_OVERHEAD_BYTES = 512 * 1024
+# a batch of proposals goes to Raft early once it holds this much
+MAX_BATCH_BYTES = 512 * 1024
+# lease and membership commands whose application the event loop hears of
+_NOTIFY_OPS = frozenset({Op.LEASE_GRANT, Op.LEASE_RENEW, Op.MEMBER_REMOVE})
 
 
-def _settle(fut: asyncio.Future, result, reason) -> None:
-    if fut.done():
-        return
+def _settle(futures: list[asyncio.Future], results, reason) -> None:
     if reason:
-        fut.set_exception(FAILURES.get(reason, errors.TIMEOUT))
-    elif isinstance(result, errors.EtcdError):
-        fut.set_exception(result)
-    else:
-        fut.set_result(result)
+        error = FAILURES.get(reason, errors.TIMEOUT)
+        for fut in futures:
+            if not fut.done():
+                fut.set_exception(error)
+        return
+    for fut, result in zip(futures, results):
+        if fut.done():
+            continue
+        if isinstance(result, errors.EtcdError):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
 
 
 def _expire(fut: asyncio.Future) -> None:
@@ -65,6 +74,8 @@ class Member:
         self.removed = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._barrier_next: asyncio.Future | None = None
+        self._outbox: list[tuple[int, bytes, asyncio.Future]] = []
+        self._outbox_bytes = 0
         self._barrier_inflight = False
 
     # --- lifecycle -------------------------------------------------------
@@ -144,15 +155,23 @@ class Member:
         if self.raft is not None:
             await asyncio.to_thread(self.raft.stop)
 
-    def _on_applied(self, op, result, events, revision) -> None:
-        """Runs in the raft thread for every applied command, in log order."""
-        loop = self.loop
-        if events:
-            loop.call_soon_threadsafe(self.hub.publish, events, revision)
-        if op == Op.MEMBER_REMOVE:
-            loop.call_soon_threadsafe(self._check_removed)
-        if (op == Op.LEASE_GRANT or op == Op.LEASE_RENEW) and getattr(result, "TTL", 0) > 0:
-            loop.call_soon_threadsafe(self.lessor.touched, result.ID, result.TTL)
+    def _on_applied(self, applied) -> None:
+        """Runs in the raft thread for every applied batch, in log order:
+        one hand-over to the event loop, and none for a batch that neither
+        changed keys nor touched leases or members."""
+        for op, _, events, _ in applied:
+            if events or op in _NOTIFY_OPS:
+                self.loop.call_soon_threadsafe(self._deliver, applied)
+                return
+
+    def _deliver(self, applied) -> None:
+        for op, result, events, revision in applied:
+            if events:
+                self.hub.publish(events, revision)
+            if op == Op.MEMBER_REMOVE:
+                self._check_removed()
+            elif (op == Op.LEASE_GRANT or op == Op.LEASE_RENEW) and getattr(result, "TTL", 0) > 0:
+                self.lessor.touched(result.ID, result.TTL)
 
     def _desired_peers(self) -> set[str] | None:
         """Raft addresses of the other members in the replicated member
@@ -184,17 +203,38 @@ class Member:
             h.revision = revision
 
     async def propose(self, op: Op, request) -> object:
+        """Replicate one request and return its result once applied here.
+
+        Requests proposed in the same turn of the event loop travel as one
+        Raft entry: under load a single log append, replication round and
+        hand-back serve many requests."""
         data = request.SerializeToString() if request is not None else b""
         if len(data) > self.cfg.max_request_bytes:
             raise errors.REQUEST_TOO_LARGE
         loop = self.loop
         fut = loop.create_future()
-        self.raft.propose(op, data, lambda result, reason: loop.call_soon_threadsafe(_settle, fut, result, reason))
+        self._outbox.append((op, data, fut))
+        self._outbox_bytes += len(data)
+        if len(self._outbox) == 1:
+            loop.call_soon(self._flush)
+        elif self._outbox_bytes >= MAX_BATCH_BYTES:
+            self._flush()
         timer = loop.call_later(REQUEST_TIMEOUT, _expire, fut)
         try:
             return await fut
         finally:
             timer.cancel()
+
+    def _flush(self) -> None:
+        batch, self._outbox, self._outbox_bytes = self._outbox, [], 0
+        if not batch:
+            return
+        loop = self.loop
+        futures = [fut for _, _, fut in batch]
+        self.raft.propose(
+            [(int(op), data) for op, data, _ in batch],
+            lambda results, reason: loop.call_soon_threadsafe(_settle, futures, results, reason),
+        )
 
     async def read_barrier(self, serializable: bool = False) -> None:
         """Return once the local state holds every write acknowledged before
