@@ -14,12 +14,11 @@ import queue
 import signal
 import threading
 import time
-from pathlib import Path
 
 import grpc
 from etcd_stubs import Client, wait_until
 from faultproxy import FaultProxy, Partitioner
-from procs import Member, kill_all
+from procs import Member, kill_all, start_etcdlite_cluster
 
 from etcdlite.config import member_id
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
@@ -167,42 +166,30 @@ def make_cluster(tmp_path, registry, size: int = 3, proxied: bool = False,
     """start_etcdlite_cluster (tests/procs.py) with one more step: when
     `proxied`, a FaultProxy for every directed pair (i -> j, forwarding to
     j's peer port), given to member i as its dial URL for j."""
-    tmp_path = Path(tmp_path)
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    secret = tmp_path / "peer.secret"
-    secret.write_text(f"secret-{os.getpid()}-{time.monotonic_ns()}")
-    flags = {"peer_secret_file": str(secret)}
-    members = [Member("etcdlite", f"{name}{i}", tmp_path, flags, registry) for i in range(size)]
-    initial = ",".join(f"{m.name}={m.peer_url}" for m in members)
-    for m in members:
-        m.initial_cluster = initial
-    part = None
     links: dict = {}
+
+    def add_proxies(members: list[Member]) -> None:
+        for a in members:
+            dial = []
+            for b in members:
+                if a is b:
+                    continue
+                proxy = FaultProxy(0, b.peer_port, mode=mode, name=f"{a.name}->{b.name}")
+                links[(a.name, b.name)] = proxy
+                dial.append(f"{b.name}=http://127.0.0.1:{proxy.port}")
+            a.extra_flags["experimental_peer_dial_urls"] = ",".join(dial)
+
     try:
-        if proxied:
-            for a in members:
-                dial = []
-                for b in members:
-                    if a is b:
-                        continue
-                    proxy = FaultProxy(0, b.peer_port, mode=mode, name=f"{a.name}->{b.name}")
-                    links[(a.name, b.name)] = proxy
-                    dial.append(f"{b.name}=http://127.0.0.1:{proxy.port}")
-                a.extra_flags["experimental_peer_dial_urls"] = ",".join(dial)
-            part = Partitioner(links, mode=mode)
-        for m in members:
-            m.launch()
-        for m in members:
-            m.wait_ready()
+        members = start_etcdlite_cluster(tmp_path, size, registry, name=name,
+                                         before_launch=add_proxies if proxied else None)
     except BaseException:
-        kill_all(members)
         for proxy in links.values():
             try:
                 proxy.close()
             except Exception:
                 pass
         raise
-    return Cluster(members, part)
+    return Cluster(members, Partitioner(links, mode=mode) if proxied else None)
 
 
 # --------------------------------------------------------------------------- errors

@@ -587,9 +587,11 @@ def start_module_member(tmp_path_factory, name: str, **flags) -> tuple[Registry,
 
 
 def start_etcdlite_cluster(tmp_path, size: int, registry: Registry | None = None,
-                           name: str = "m", **flags) -> list[Member]:
+                           name: str = "m", before_launch=None, **flags) -> list[Member]:
     """`size` etcdlite members forming one cluster on free 127.0.0.1 ports,
-    started together; returns once every member serves."""
+    started together; returns once every member serves. `before_launch`, if
+    given, is called with the members (ports chosen, not started yet), e.g.
+    to put proxies between them."""
     secret = Path(tmp_path) / "peer.secret"
     Path(tmp_path).mkdir(parents=True, exist_ok=True)
     secret.write_text(f"secret-{os.getpid()}-{time.monotonic_ns()}")
@@ -599,6 +601,8 @@ def start_etcdlite_cluster(tmp_path, size: int, registry: Registry | None = None
     for m in members:
         m.initial_cluster = cluster
     try:
+        if before_launch is not None:
+            before_launch(members)
         for m in members:
             m.launch()
         for m in members:
