@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PROTOS  := $(sort $(shell find proto -name "*.proto"))
 
-.PHONY: run test proto setup etcd clean
+.PHONY: run test proto setup etcd clean bench
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,6 +35,11 @@ run: $(STAMP)
 
 test: $(STAMP) etcd
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+# The benchmark suite (etcdlite vs the real etcd, 1 and 3 members): writes
+# benchmarks/results.md and results.json. `make bench BENCH_ARGS=--quick` for a smoke run.
+bench: $(STAMP) etcd
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) default.etcd .pytest_cache

@@ -35,8 +35,6 @@ Op = pb.RequestOp
 _serial = itertools.count()
 
 
-
-
 @pytest.fixture(scope="module")
 def c(tmp_path_factory):
     reg, m = start_module_member(tmp_path_factory, "badinput")
@@ -57,8 +55,6 @@ def small(tmp_path_factory):
             yield client
     finally:
         reg.cleanup()
-
-
 
 
 def assert_serves(c):

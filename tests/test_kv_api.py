@@ -20,8 +20,6 @@ C = pb.Compare
 Op = pb.RequestOp
 
 
-
-
 @pytest.fixture(scope="module")
 def member(tmp_path_factory):
     reg, m = start_module_member(tmp_path_factory, "kvapi")
@@ -33,8 +31,6 @@ def member(tmp_path_factory):
 def c(member):
     with Client(member.endpoint) as client:
         yield client
-
-
 
 
 def keys(resp) -> list[bytes]:

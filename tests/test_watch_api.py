@@ -29,8 +29,6 @@ MAX_REQUEST_BYTES = 64 * 1024
 FRAGMENT_AT = MAX_REQUEST_BYTES + 512 * 1024
 
 
-
-
 @pytest.fixture(scope="module")
 def member(tmp_path_factory):
     reg, m = start_module_member(
