@@ -1,0 +1,62 @@
+"""The "bare gRPC ceiling": a grpc.aio server that implements etcdserverpb.KV/Put by
+storing the value in a dict, with the same generated stubs as etcdlite (etcdlite.pb).
+
+No MVCC, no Raft, no watch, no persistence: what is left is the cost of gRPC in
+Python. The put benchmarks run the same load against it as against etcdlite.
+Range and the other calls are not implemented (UNIMPLEMENTED).
+
+    python -m benchmarks.bare_server --port 23790
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+import grpc
+
+from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
+
+
+class BareKV(rpc.KVServicer):
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.revision = 1
+
+    async def Put(self, request, context):
+        self.data[request.key] = request.value
+        self.revision += 1
+        return pb.PutResponse(header=pb.ResponseHeader(revision=self.revision))
+
+
+async def serve(port: int) -> None:
+    server = grpc.aio.server(
+        options=[  # the same server options as etcdlite's
+            ("grpc.max_concurrent_streams", 2**31 - 1),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ("grpc.http2.max_ping_strikes", 0),
+        ]
+    )
+    rpc.add_KVServicer_to_server(BareKV(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(0.5)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    args = ap.parse_args()
+    asyncio.run(serve(args.port))
+
+
+if __name__ == "__main__":
+    main()

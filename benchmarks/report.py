@@ -1,0 +1,289 @@
+"""results.json -> results.md (tables with etcdlite/etcd ratios, and the issue's bars)."""
+
+from __future__ import annotations
+
+PAIRS = [("etcdlite1", "etcd1"), ("etcdlite3", "etcd3")]
+
+
+def _get(res: dict, path: str):
+    """'put.16.ops_per_s' -> value; an 'error' dict on the way -> 'error: ...'."""
+    cur = res
+    for part in path.split("."):
+        if isinstance(cur, dict) and "error" in cur and part not in cur:
+            return "error: " + str(cur["error"])
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def _num(v, digits=None) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, float):
+        if digits is not None:
+            return f"{v:.{digits}f}"
+        if abs(v) >= 100:
+            return f"{v:,.0f}"
+        if abs(v) >= 10:
+            return f"{v:.1f}"
+        return f"{v:.2f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def _ratio(a, b) -> str:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and b:
+        return f"{a / b:.2f}x"
+    return "–"
+
+
+class Row:
+    def __init__(self, label, paths, fmt=None, ratio=True, nratio=None):
+        self.nratio = nratio
+        self.label = label
+        self.paths = paths if isinstance(paths, list) else [paths]
+        self.fmt = fmt
+        self.ratio = ratio
+
+    def values(self, res):
+        return [_get(res, p) for p in self.paths]
+
+    def cell(self, res):
+        if res is None:
+            return "not run"
+        if "start_error" in res:
+            return "error: " + res["start_error"][:60]
+        vals = self.values(res)
+        for v in vals:
+            if isinstance(v, str) and v.startswith("error"):
+                return v[:80]
+        if self.fmt:
+            return self.fmt(*vals)
+        return " / ".join(_num(v) for v in vals)
+
+    def ratio_cell(self, a, b):
+        if not self.ratio or a is None or b is None:
+            return ""
+        va, vb = self.values(a), self.values(b)
+        parts = [_ratio(x, y) for x, y in zip(va, vb)][: self.nratio]
+        return " / ".join(parts) if any(p != "–" for p in parts) else "–"
+
+
+def _cp(verdict, wps, slowest, errors):
+    if verdict is None:
+        return "–"
+    if isinstance(verdict, str) and verdict.startswith("error"):
+        return verdict[:80]
+    return f"{verdict}, {_num(wps)} w/s, slowest {_num(slowest, 3)} s, {errors} err"
+
+
+def _txn(succ, att, ratio, lost):
+    if succ is None:
+        return "–"
+    return f"{_num(succ)} ok/s of {_num(att)} tries/s, lost {lost}"
+
+
+def _watch(p50, p99, got, exp):
+    if p50 is None and got is None:
+        return "–"
+    return f"{_num(p50)} / {_num(p99)} ms ({got:,}/{exp:,} ev)" if isinstance(got, int) else f"{_num(p50)} / {_num(p99)}"
+
+
+def _lc(*vals):
+    return " / ".join(_num(v) for v in vals)
+
+
+def rows():
+    out = []
+    for c in (1, 16, 64, 256):
+        out.append(Row(f"put, {c} clients: ops/s", f"put.{c}.ops_per_s"))
+        out.append(Row(f"put, {c} clients: p50 / p99 / max ms",
+                       [f"put.{c}.p50_ms", f"put.{c}.p99_ms", f"put.{c}.max_ms"]))
+    out.append(Row("put: leader changes (term delta) / errors, all levels",
+                   ["_put_term_delta", "_put_errors"], ratio=False))
+    out += [
+        Row("range linearizable, 64 clients: ops/s", "range.linearizable.ops_per_s"),
+        Row("range linearizable: p50 / p99 ms", ["range.linearizable.p50_ms", "range.linearizable.p99_ms"]),
+        Row("range serializable, 64 clients: ops/s", "range.serializable.ops_per_s"),
+        Row("range serializable: p50 / p99 ms", ["range.serializable.p50_ms", "range.serializable.p99_ms"]),
+        Row("txn CAS, 32 clients on 4 keys", ["txn.successes_per_s", "txn.attempts_per_s",
+                                               "txn.success_ratio", "txn.lost_updates"], fmt=_txn, nratio=2),
+        Row("txn CAS: p50 / p99 ms per attempt", ["txn.p50_ms", "txn.p99_ms"]),
+        Row("watch 1 stream x 1,000: p50 / p99 ms", ["watch.1x1000.p50_ms", "watch.1x1000.p99_ms",
+                                                      "watch.1x1000.events_received",
+                                                      "watch.1x1000.events_expected"], fmt=_watch, nratio=2),
+        Row("watch 1x1,000: p50 / p99 ms after the put's ack", ["watch.1x1000.after_ack_p50_ms",
+                                                                "watch.1x1000.after_ack_p99_ms"]),
+        Row("watch 100 streams x 10: p50 / p99 ms", ["watch.100x10.p50_ms", "watch.100x10.p99_ms",
+                                                      "watch.100x10.events_received",
+                                                      "watch.100x10.events_expected"], fmt=_watch, nratio=2),
+        Row("watch 100x10: p50 / p99 ms after the put's ack", ["watch.100x10.after_ack_p50_ms",
+                                                               "watch.100x10.after_ack_p99_ms"]),
+        Row("lease grant, 64 clients: ops/s", "lease.grant.ops_per_s"),
+        Row("lease keep-alive, 64 streams: ops/s", "lease.keepalive.ops_per_s"),
+        Row("memory: RSS delta per key (bytes, per member)", "memory.rss_delta_per_key_bytes"),
+        Row("memory: data dir MB (per member)", "memory.data_dir_mb"),
+        Row("memory: fill rate, 1 KiB puts, 64 clients: ops/s", "memory.fill.ops_per_s"),
+        Row("etcdctl check perf --load=m", ["checkperf.m.verdict", "checkperf.m.writes_per_s",
+                                            "checkperf.m.slowest_s", "checkperf.m.errors"], fmt=_cp, ratio=False),
+        Row("  check perf m: writes/s", "checkperf.m.writes_per_s"),
+        Row("etcdctl check perf --load=l", ["checkperf.l.verdict", "checkperf.l.writes_per_s",
+                                            "checkperf.l.slowest_s", "checkperf.l.errors"], fmt=_cp, ratio=False),
+        Row("  check perf l: writes/s", "checkperf.l.writes_per_s"),
+    ]
+    return out
+
+
+def _derive(res: dict) -> None:
+    put = res.get("put")
+    if isinstance(put, dict) and "error" not in put:
+        deltas = [v.get("leader_changes", {}).get("term_delta") for v in put.values()]
+        res["_put_term_delta"] = sum(d for d in deltas if d is not None) if deltas else None
+        res["_put_errors"] = sum(v.get("errors", 0) for v in put.values())
+
+
+def targets_check(T: dict) -> list[str]:
+    lines = []
+
+    def g(t, p):
+        return _get(T.get(t) or {}, p)
+
+    def bar(text, ok, detail):
+        state = "n/a" if ok is None else ("MET" if ok else "NOT MET")
+        lines.append(f"| {text} | {state} | {detail} |")
+
+    v = g("etcdlite3", "checkperf.m.verdict")
+    e = g("etcdlite3", "checkperf.m.errors")
+    bar("3-member etcdlite passes `check perf --load=m` with no errors",
+        None if v is None or str(v).startswith("error") else (v == "PASS" and not e),
+        f"{v}, {e} errors" if v is not None else "not run")
+    a, b = g("etcdlite3", "put.256.ops_per_s"), g("etcd3", "put.256.ops_per_s")
+    ok = a / b >= 0.5 if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else None
+    bar("3-member put at 256 clients >= 0.5x etcd's", ok, f"{_num(a)} vs {_num(b)} ops/s = {_ratio(a, b)}")
+    a, b = g("etcdlite3", "put.256.p99_ms"), g("etcd3", "put.256.p99_ms")
+    ok = a / b <= 2 if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else None
+    bar("3-member put p99 at 256 clients <= 2x etcd's", ok, f"{_num(a)} vs {_num(b)} ms = {_ratio(a, b)}")
+    worst = None
+    for c in (1, 16, 64, 256):
+        a, b = g("etcdlite1", f"put.{c}.ops_per_s"), g("bare", f"put.{c}.ops_per_s")
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b:
+            if c in (64, 256):
+                worst = min(worst, a / b) if worst is not None else a / b
+    a, b = g("etcdlite1", "put.256.ops_per_s"), g("bare", "put.256.ops_per_s")
+    bar("1-member put >= 0.8x the bare gRPC ceiling (64 and 256 clients)",
+        None if worst is None else worst >= 0.8,
+        f"worst ratio {worst:.2f}x; at 256 clients {_num(a)} vs {_num(b)} ops/s" if worst is not None else "not run")
+    p99s = [(t, n, g(t, f"watch.{n}.p99_ms")) for t in ("etcdlite1", "etcdlite3") for n in ("1x1000", "100x10")]
+    nums = [x for _, _, x in p99s if isinstance(x, (int, float))]
+    bar("watch p99 <= 50 ms with 1,000 watchers", (max(nums) <= 50) if nums else None,
+        ", ".join(f"{t} {n}: {_num(x)} ms" for t, n, x in p99s))
+    tot_lc, tot_err, seen = 0, 0, False
+    for t in ("etcdlite1", "etcdlite3"):
+        r = T.get(t) or {}
+        if r.get("_put_term_delta") is not None:
+            seen = True
+            tot_lc += r["_put_term_delta"]
+            tot_err += r.get("_put_errors") or 0
+    bar("zero leader changes and zero errors during the put benchmarks",
+        (tot_lc == 0 and tot_err == 0) if seen else None, f"{tot_lc} term changes, {tot_err} errors (etcdlite 1 + 3)")
+    return lines
+
+
+def render(results: dict) -> str:
+    T = results.get("targets", {})
+    for r in T.values():
+        _derive(r)
+    m = results.get("meta", {})
+    s = results.get("settings", {})
+    L = []
+    L.append("# etcdlite benchmarks: side by side with etcd 3.4")
+    L.append("")
+    L.append(f"- date: {m.get('date')}; run took {results.get('elapsed_s', 0):.0f} s"
+             + (" (**interrupted: partial results**)" if results.get("interrupted") else ""))
+    L.append(f"- machine: {m.get('nproc')} cores, {m.get('cpu_model')}, {m.get('mem_total_mb')} MiB RAM, "
+             f"Linux {m.get('kernel')}; data dirs on {m.get('data_dir_fs')}")
+    L.append(f"- versions: {m.get('etcd')} ({m.get('etcdctl')}); etcdlite at {m.get('etcdlite_commit')}, "
+             f"Python {m.get('python')}, grpcio {m.get('grpcio')}, pysyncobj {m.get('pysyncobj')}")
+    L.append(f"- command: `{results.get('command')}`")
+    L.append(f"- settings: {s.get('reps')} repetitions x {s.get('duration_s')} s per measurement (median "
+             f"throughput; latency percentiles over all repetitions); {s.get('load_processes')} load processes; "
+             f"puts: {s.get('put_key_bytes')}-byte keys over a {s.get('put_keyspace'):,}-key space, "
+             f"{s.get('put_value_bytes')}-byte values" if s else "- settings: –")
+    L.append("- clients: every figure except check perf comes from `benchmarks/load.py` (Python grpc.aio "
+             "coroutines in worker processes, channels spread over all members); check perf is the Go "
+             "etcdctl 3.4. The load generator runs on the same cores as the servers: see its CPU use below.")
+    L.append("- ratio = etcdlite ÷ etcd with the same member count (throughput: higher is better; "
+             "latency, memory, size: lower is better).")
+    L.append("- watch: all watchers on one key, a writer puts timestamped values at "
+             f"{s.get('watch_rate_per_s', '?')}/s; latency = receive time - the writer's send time carried in "
+             "the value (so it includes the put's own commit); \"after the put's ack\" = receive time - "
+             "the time the writer got the put's response. Watchers sit on another member than the writer "
+             "when there are 3. Events not received within 10 s count as lost (received/expected shown).")
+    L.append("- txn CAS: each client reads nothing up front; Txn(mod_revision == last seen -> put value+1, "
+             "else range) on one of 4 keys; \"lost\" = acknowledged increments missing from the final values.")
+    L.append("- memory: a fresh instance per target, N keys of 1 KiB put once each; VmRSS includes "
+             "file-backed mapped pages (etcd's bbolt mmap, pysyncobj's mmapped journal); data dir = du.")
+    L.append("- check perf: the Go etcdctl, 60 s per load (m = 1,000 writes/s from 200 clients, "
+             "l = 8,000 from 500; 256-byte keys, 1 KiB values); writes under /etcdctl-check-perf/ "
+             "and deletes them afterwards.")
+    for note in results.get("notes", []):
+        L.append(f"- **note:** {note}")
+    L.append("")
+    L.append("| benchmark | etcdlite 1 | etcd 1 | ratio | etcdlite 3 | etcd 3 | ratio |")
+    L.append("|---|---|---|---|---|---|---|")
+    for row in rows():
+        cells = [row.label]
+        for lite, ref in PAIRS:
+            a, b = T.get(lite), T.get(ref)
+            cells += [row.cell(a), row.cell(b), row.ratio_cell(a, b)]
+        L.append("| " + " | ".join(cells) + " |")
+    L.append("")
+    bare = T.get("bare")
+    L.append("## Bare gRPC ceiling (a grpc.aio server that only stores Put in a dict)")
+    L.append("")
+    L.append("| put clients | bare ops/s | bare p50 / p99 ms | etcdlite 1 ops/s | etcdlite 1 ÷ bare | etcd 1 ops/s |")
+    L.append("|---|---|---|---|---|---|")
+    for c in (1, 16, 64, 256):
+        b = _get(bare or {}, f"put.{c}.ops_per_s")
+        a = _get(T.get("etcdlite1") or {}, f"put.{c}.ops_per_s")
+        e = _get(T.get("etcd1") or {}, f"put.{c}.ops_per_s")
+        lat = f"{_num(_get(bare or {}, f'put.{c}.p50_ms'))} / {_num(_get(bare or {}, f'put.{c}.p99_ms'))}"
+        L.append(f"| {c} | {_num(b)} | {lat} | {_num(a)} | {_ratio(a, b)} | {_num(e)} |")
+    L.append("")
+    L.append("## CPU during the put benchmarks (cores used, of "
+             f"{m.get('nproc')}): load generator / server(s) / everything else on the machine")
+    L.append("")
+    names = [n for n in ("etcdlite1", "etcd1", "etcdlite3", "etcd3", "bare") if n in T]
+    L.append("| put clients | " + " | ".join(T[n].get("label", n) for n in names) + " |")
+    L.append("|---" * (len(names) + 1) + "|")
+    for c in (1, 16, 64, 256):
+        cells = []
+        for n in names:
+            g_ = _get(T[n], f"put.{c}.gen_cpu_cores")
+            s_ = _get(T[n], f"put.{c}.server_cpu_cores")
+            o_ = _get(T[n], f"put.{c}.other_cpu_cores")
+            cells.append(f"{_num(g_)} / {_num(s_)} / {_num(o_)}" if not isinstance(g_, str) else g_[:40])
+        L.append(f"| {c} | " + " | ".join(cells) + " |")
+    L.append("")
+    L.append("## The issue's bars (issue 4)")
+    L.append("")
+    L.append("| bar | state | measured |")
+    L.append("|---|---|---|")
+    L += targets_check(T)
+    L.append("")
+    errs = []
+    for n, r in T.items():
+        for b, v in r.items():
+            if isinstance(v, dict) and "error" in v:
+                errs.append(f"- {n} {b}: {v['error']}")
+        if "start_error" in r:
+            errs.append(f"- {n}: could not start: {r['start_error']}")
+    if errs:
+        L.append("## Errors")
+        L.append("")
+        L += errs
+        L.append("")
+    L.append("Full data (per-run throughputs, error kinds, Status before/after, check perf output): `results.json`.")
+    return "\n".join(L) + "\n"

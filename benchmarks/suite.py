@@ -1,0 +1,573 @@
+"""`python -m benchmarks`: run every benchmark against every target, write the results.
+
+Targets: etcdlite with 1 and 3 members, the real etcd (3.4) with 1 and 3 members, and
+the bare gRPC Put server (benchmarks.bare_server). One target runs at a time; the
+load comes from a pool of worker processes (benchmarks.load) on the same 2-core
+machine, so generator and servers share the CPUs: every figure is reported with the
+generator's CPU use beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import report
+from benchmarks.load import WorkerPool, put_key
+from benchmarks.targets import TARGETS, Target, dir_size, machine_busy_seconds, proc_cpu_seconds, proc_rss
+
+BENCHMARKS = ["put", "range", "txn", "watch", "lease", "checkperf", "memory"]
+PUT_LEVELS = [1, 16, 64, 256]
+
+T0 = time.monotonic()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.monotonic() - T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def pct(values, q: float):
+    if not values:
+        return None
+    s = sorted(values)
+    i = min(len(s) - 1, max(0, int(round(q / 100.0 * (len(s) - 1)))))
+    return s[i]
+
+
+def lat_summary(values) -> dict:
+    """p50/p99/max in milliseconds."""
+    if not values:
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+    return {
+        "p50_ms": round(pct(values, 50) * 1e3, 3),
+        "p99_ms": round(pct(values, 99) * 1e3, 3),
+        "max_ms": round(max(values) * 1e3, 3),
+    }
+
+
+class Runner:
+    def __init__(self, args) -> None:
+        self.args = args
+        self.quick = args.quick
+        self.duration = args.duration or (1.2 if self.quick else 2.0)
+        self.reps = args.reps or (1 if self.quick else 3)
+        self.nproc = os.cpu_count() or 1
+        self.pool = WorkerPool(args.procs)
+        self.pool_size = args.procs
+
+    def reset_pool(self) -> None:
+        try:
+            self.pool.close()
+        finally:
+            self.pool = WorkerPool(self.pool_size)
+
+    # -- generic load ------------------------------------------------------------
+
+    def split(self, clients: int) -> list[int]:
+        n = max(1, min(self.pool_size, clients))
+        return [clients // n + (1 if i < clients % n else 0) for i in range(n)]
+
+    def load(self, target: Target, op: str, clients: int, duration: float, **params) -> dict:
+        """One measurement: `clients` clients over the worker pool for `duration` s."""
+        tasks = [dict(op=op, endpoints=target.endpoints, clients=c, duration=duration, **params)
+                 for c in self.split(clients)]
+        pids = target.pids
+        mark = {}
+
+        def at_start(start):  # sample the servers' CPU over the measured window only
+            time.sleep(max(0.0, start - time.time()))
+            mark["cpu"] = {p: proc_cpu_seconds(p) for p in pids}
+            mark["busy"] = machine_busy_seconds()
+            mark["t"] = time.monotonic()
+
+        results, _ = self.pool.run(tasks, during=at_start)
+        wall = time.monotonic() - mark["t"]
+        srv_cpu = sum(proc_cpu_seconds(p) - c for p, c in mark["cpu"].items())
+        busy = machine_busy_seconds() - mark["busy"]
+        lat = [x for r in results for x in r["lat"]]
+        errors: dict = {}
+        extra: dict = {}
+        for r in results:
+            for k, v in r["errors"].items():
+                errors[k] = errors.get(k, 0) + v
+            for k, v in r["extra"].items():
+                extra[k] = extra.get(k, 0) + v
+        run_wall = max(r["wall"] for r in results)
+        gen_cpu = sum(r["cpu"] for r in results)
+        return {
+            "ops": len(lat), "wall": run_wall, "ops_per_s": len(lat) / run_wall if run_wall else 0,
+            "lat": lat, "errors": errors, "extra": extra,
+            "gen_cpu_cores": gen_cpu / run_wall if run_wall else 0,
+            "server_cpu_cores": srv_cpu / wall if wall else 0,
+            # whatever else ran on the machine meanwhile (other processes, this suite's parent)
+            "other_cpu_cores": max(0.0, busy - srv_cpu - gen_cpu * run_wall / wall) / wall if wall else 0,
+        }
+
+    def repeated(self, target: Target, op: str, clients: int, **params) -> dict:
+        runs = [self.load(target, op, clients, self.duration, **params) for _ in range(self.reps)]
+        lat = [x for r in runs for x in r["lat"]]
+        errors: dict = {}
+        for r in runs:
+            for k, v in r["errors"].items():
+                errors[k] = errors.get(k, 0) + v
+        out = {
+            "clients": clients,
+            "ops_per_s": round(statistics.median(r["ops_per_s"] for r in runs), 1),
+            "ops_per_s_runs": [round(r["ops_per_s"], 1) for r in runs],
+            **lat_summary(lat),
+            "errors": sum(errors.values()),
+            "error_kinds": errors,
+            "gen_cpu_cores": round(statistics.median(r["gen_cpu_cores"] for r in runs), 2),
+            "server_cpu_cores": round(statistics.median(r["server_cpu_cores"] for r in runs), 2),
+            "other_cpu_cores": round(statistics.median(r["other_cpu_cores"] for r in runs), 2),
+            "client": f"benchmarks.load: python grpc.aio, {len(self.split(clients))} process(es)",
+        }
+        out["_runs"] = runs
+        return out
+
+    def fill(self, target: Target, prefix: bytes, count: int, value_size: int, clients: int = 64) -> dict:
+        """Put keys prefix+0..count-1 once each (value_size bytes), over the pool."""
+        shares = self.split(clients)
+        n = len(shares)
+        bounds = [count * i // n for i in range(n + 1)]
+        tasks = [dict(op="put_seq", endpoints=target.endpoints, clients=shares[i], duration=3600,
+                      lo=bounds[i], hi=bounds[i + 1], prefix=prefix, value_size=value_size)
+                 for i in range(n)]
+        t0 = time.monotonic()
+        results = self.pool.run(tasks, timeout=1800)
+        wall = time.monotonic() - t0
+        done = sum(len(r["lat"]) for r in results)
+        errors = sum(sum(r["errors"].values()) for r in results)
+        return {"keys": done, "errors": errors, "wall_s": round(wall, 1),
+                "ops_per_s": round(done / wall, 1) if wall else None}
+
+    # -- benchmarks --------------------------------------------------------------
+
+    def bench_put(self, target: Target) -> dict:
+        out = {}
+        for c in PUT_LEVELS:
+            before = target.status()
+            log(f"  {target.name}: put, {c} clients")
+            r = self.repeated(target, "put", c, prefix=b"put/", keyspace=100_000, value_size=256)
+            r.pop("_runs")
+            after = target.status()
+            r["leader_changes"] = leader_changes(before, after)
+            r["status_before"], r["status_after"] = before, after
+            out[str(c)] = r
+        return out
+
+    def bench_range(self, target: Target) -> dict:
+        log(f"  {target.name}: range (filling 1,000 keys)")
+        fill = self.fill(target, b"rng/", 1000, 256)
+        out = {"fill": fill}
+        for op, name in (("range_l", "linearizable"), ("range_s", "serializable")):
+            log(f"  {target.name}: range {name}, 64 clients")
+            r = self.repeated(target, op, 64, prefix=b"rng/", keyspace=1000)
+            missing = sum(x["extra"].get("missing", 0) for x in r.pop("_runs"))
+            r["missing_keys"] = missing
+            out[name] = r
+        return out
+
+    def bench_txn(self, target: Target) -> dict:
+        clients, nkeys = 32, 4
+        log(f"  {target.name}: txn CAS, {clients} clients on {nkeys} keys")
+        runs = []
+        for rep in range(self.reps):
+            prefix = b"cas%d-%d/" % (target.starts, rep)
+            r = self.load(target, "txn_cas", clients, self.duration, prefix=prefix, cas_keys=nkeys)
+            # check: the keys' final values add up to the acknowledged successes
+            total = 0
+            import grpc
+
+            from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+            from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
+            with grpc.insecure_channel(target.endpoints[0]) as ch:
+                rr = rpc.KVStub(ch).Range(pb.RangeRequest(key=prefix, range_end=prefix[:-1] + b"0"), timeout=10)
+                total = sum(int(kv.value) for kv in rr.kvs)
+            r["final_sum"] = total
+            runs.append(r)
+        lat = [x for r in runs for x in r["lat"]]
+        succ = [r["extra"].get("successes", 0) / r["wall"] for r in runs]
+        att = [r["extra"].get("attempts", 0) / r["wall"] for r in runs]
+        return {
+            "clients": clients, "keys": nkeys,
+            "successes_per_s": round(statistics.median(succ), 1),
+            "attempts_per_s": round(statistics.median(att), 1),
+            "success_ratio": round(sum(r["extra"].get("successes", 0) for r in runs)
+                                   / max(1, sum(r["extra"].get("attempts", 0) for r in runs)), 3),
+            "lost_updates": sum(r["extra"].get("successes", 0) - r["final_sum"] for r in runs),
+            **lat_summary(lat),
+            "errors": sum(sum(r["errors"].values()) for r in runs),
+            "error_kinds": merge_counts(r["errors"] for r in runs),
+            "gen_cpu_cores": round(statistics.median(r["gen_cpu_cores"] for r in runs), 2),
+            "client": f"benchmarks.load: python grpc.aio, {len(self.split(clients))} process(es)",
+        }
+
+    def bench_watch(self, target: Target) -> dict:
+        out = {}
+        # modest: 1,000 watchers make 1,000 events per put, and one Python receiver
+        # process decodes only a few thousand watch responses per second
+        rate = 2.0
+        dur = 3.0 if self.quick else 8.0
+        for name, streams, per in (("1x1000", 1, 1000), ("100x10", 100, 10)):
+            log(f"  {target.name}: watch, {streams} stream(s) x {per} watchers, {rate:g} puts/s for {dur:g}s")
+            key = b"watch/%s/%d" % (name.encode(), target.starts)
+            # watchers on the other members than the writer's where there are several
+            eps = target.endpoints[1:] + target.endpoints[:1] if len(target.endpoints) > 1 else target.endpoints
+            split = self.split(streams)
+            n_puts = int(rate * dur)
+            tasks = [dict(op="watch", endpoints=eps, streams=s, watchers_per_stream=per, key=key,
+                          duration=dur + 10.0, expected=n_puts * s * per) for s in split]
+            results, (acks, put_lat) = self.pool.run(
+                tasks, during=lambda start: watch_writer(target.endpoints[0], key, start, rate, dur))
+            send_lat, ack_lat = [], []
+            errors = merge_counts(r["errors"] for r in results)
+            for r in results:
+                for rev, sent, recv in zip(r["revs"], r["sent"], r["recv"]):
+                    send_lat.append(recv - sent)
+                    if rev in acks:
+                        ack_lat.append(recv - acks[rev])
+            expected = len(acks) * streams * per
+            s = lat_summary(send_lat)
+            a = lat_summary(ack_lat)
+            out[name] = {
+                "streams": streams, "watchers": streams * per, "puts": len(acks),
+                "events_expected": expected, "events_received": len(send_lat),
+                **s,
+                "after_ack_p50_ms": a["p50_ms"], "after_ack_p99_ms": a["p99_ms"],
+                "put_p50_ms": lat_summary(put_lat)["p50_ms"],
+                "errors": sum(errors.values()), "error_kinds": errors,
+                # per receiving process: near 1.0 means the receiver, not the server, set the pace
+                "receiver_cpu_cores_max": round(max(r["cpu"] / r["wall"] for r in results), 2),
+                "client": f"benchmarks.load: python grpc.aio watch streams in {len(split)} process(es); "
+                          f"writer: python grpc (sync) in the parent",
+            }
+        return out
+
+    def bench_lease(self, target: Target) -> dict:
+        out = {}
+        for op, name in (("lease_grant", "grant"), ("lease_keepalive", "keepalive")):
+            log(f"  {target.name}: lease {name}, 64 clients")
+            r = self.repeated(target, op, 64)
+            r.pop("_runs")
+            out[name] = r
+        return out
+
+    def bench_checkperf(self, target: Target) -> dict:
+        out = {}
+        for load in ("m", "l"):
+            log(f"  {target.name}: etcdctl check perf --load={load} (60 s)")
+            out[load] = check_perf(target.endpoints, load)
+        return out
+
+    def bench_memory(self, target: Target) -> dict:
+        """On a fresh instance: RSS delta and data dir size after N keys of 1 KiB."""
+        n = self.args.memory_keys or (10_000 if self.quick else 100_000)
+        fresh = Target(target.name, target.workdir)
+        fresh.starts = 100 + target.starts
+        log(f"  {target.name}: memory, fresh instance, {n:,} keys of 1 KiB")
+        fresh.start()
+        try:
+            time.sleep(1.0)
+            rss0 = [proc_rss(p) for p in fresh.pids]
+            disk0 = [dir_size(d) for d in fresh.data_dirs]
+            fill = self.fill(fresh, b"mem/", n, 1024)
+            time.sleep(2.0)
+            rss1 = [proc_rss(p) for p in fresh.pids]
+            disk1 = [dir_size(d) for d in fresh.data_dirs]
+        finally:
+            fresh.stop()
+        m = len(rss0)
+        d_rss = [b.get("VmRSS", 0) - a.get("VmRSS", 0) for a, b in zip(rss0, rss1)]
+        d_anon = [b.get("RssAnon", 0) - a.get("RssAnon", 0) for a, b in zip(rss0, rss1)]
+        return {
+            "keys": n, "value_bytes": 1024, "key_bytes": 16, "fill": fill,
+            "rss_delta_per_key_bytes": round(sum(d_rss) / m / n, 1),
+            "rss_anon_delta_per_key_bytes": round(sum(d_anon) / m / n, 1),
+            "rss_after_mb": round(sum(r.get("VmRSS", 0) for r in rss1) / m / 2**20, 1),
+            "data_dir_mb": round(sum(disk1) / m / 2**20, 1),
+            "data_dir_before_mb": round(sum(disk0) / m / 2**20, 1),
+            "per_member": {"rss_before": rss0, "rss_after": rss1, "data_dir_bytes": disk1},
+            "client": "benchmarks.load: python grpc.aio, 64 clients (fill); /proc/PID/status VmRSS; du of data dirs",
+        }
+
+
+def merge_counts(dicts) -> dict:
+    out: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def leader_changes(before: list[dict], after: list[dict]) -> dict:
+    terms0 = {s["term"] for s in before if s["term"] is not None}
+    terms1 = {s["term"] for s in after if s["term"] is not None}
+    leaders0 = {s["leader"] for s in before if s["leader"]}
+    leaders1 = {s["leader"] for s in after if s["leader"]}
+    term_delta = (max(terms1) - max(terms0)) if terms0 and terms1 else None
+    return {
+        "term_delta": term_delta,
+        "leader_changed": leaders0 != leaders1,
+        "unreachable_after": sum(1 for s in after if s["term"] is None),
+    }
+
+
+def watch_writer(endpoint: str, key: bytes, start: float, rate: float, dur: float):
+    """Put timestamped values at `rate`/s; returns ({revision: ack wall time}, put latencies)."""
+    import grpc
+
+    from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+    from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
+
+    acks, lat = {}, []
+    with grpc.insecure_channel(endpoint) as ch:
+        kv = rpc.KVStub(ch)
+        kv.Range(pb.RangeRequest(key=key), timeout=10)  # connect before the clock starts
+        n = int(rate * dur)
+        first = start + 0.5
+        for i in range(n):
+            delay = first + i / rate - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            sent = time.time()
+            value = struct.pack("d", sent) + b"x" * 56
+            try:
+                r = kv.Put(pb.PutRequest(key=key, value=value), timeout=10)
+            except grpc.RpcError:
+                continue
+            now = time.time()
+            acks[r.header.revision] = now
+            lat.append(now - sent)
+    return acks, lat
+
+
+CHECK_RE = {
+    "writes_per_s": re.compile(r"(?:Throughput is|Throughput too low:) (\d+) writes/s"),
+    "slowest_s": re.compile(r"Slowest request took (?:too long: )?([\d.]+)s"),
+    "stddev_s": re.compile(r"Stddev (?:is|too high:) ([\d.]+)s"),
+}
+
+
+def check_perf(endpoints: list[str], load: str) -> dict:
+    from tests.procs import ETCDCTL_BIN, etcdctl_env
+
+    argv = [ETCDCTL_BIN, f"--endpoints={','.join(endpoints)}", "check", "perf", f"--load={load}"]
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(argv, capture_output=True, timeout=240, env=etcdctl_env(),
+                           stdin=subprocess.DEVNULL)
+        out = p.stdout.decode("utf-8", "replace") + p.stderr.decode("utf-8", "replace")
+        rc = p.returncode
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode("utf-8", "replace") + "\n[timed out after 240 s]"
+        rc = None
+    # the progress bar redraws with \r: keep only the result lines
+    lines = [ln.strip() for ln in re.split(r"[\r\n]+", out) if ln.strip()]
+    result_lines = [ln for ln in lines if re.match(r"(PASS|FAIL|Slowest|Stddev|Error|error)", ln)]
+    r = {"load": load, "rc": rc, "wall_s": round(time.monotonic() - t0, 1),
+         "verdict": "PASS" if rc == 0 and "PASS" in lines[-1:] else "FAIL",
+         "lines": result_lines[-20:],
+         "client": "etcdctl 3.4 check perf (Go clientv3)"}
+    for k, rx in CHECK_RE.items():
+        m = rx.search(out)
+        r[k] = float(m.group(1)) if m else None
+    errs = re.findall(r"ERROR\((.*?)\) -> (\d+)", out)
+    r["errors"] = sum(int(n) for _, n in errs)
+    r["error_kinds"] = {k[:120]: int(n) for k, n in errs}
+    if r["writes_per_s"] is None:
+        r["verdict"] = "error: " + (lines[-1][:150] if lines else f"rc={rc}, no output")
+    return r
+
+
+# ---------------------------------------------------------------------------
+
+
+def machine_info(workdir: Path) -> dict:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+
+    def cmd(*argv):
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
+        except Exception:  # noqa: BLE001
+            return ""
+
+    from tests.procs import ETCD_BIN, ETCDCTL_BIN
+
+    import grpc
+
+    try:
+        from importlib.metadata import version
+        pysyncobj_v = version("pysyncobj")
+    except Exception:  # noqa: BLE001
+        pysyncobj_v = "?"
+    repo = Path(__file__).resolve().parents[1]
+    commit = cmd("git", "-C", str(repo), "rev-parse", "--short", "HEAD")
+    dirty = cmd("git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "etcdlite")
+    fs = cmd("df", "--output=fstype", str(workdir)).splitlines()[-1:]
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu,
+        "mem_total_mb": int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "pysyncobj": pysyncobj_v,
+        "etcd": cmd(ETCD_BIN, "--version").splitlines()[0] if cmd(ETCD_BIN, "--version") else "?",
+        "etcdctl": cmd(ETCDCTL_BIN, "version").splitlines()[0] if cmd(ETCDCTL_BIN, "version") else "?",
+        "etcdlite_commit": commit + (" (etcdlite/ modified)" if dirty else ""),
+        "data_dir_fs": fs[0] if fs else "?",
+    }
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="~2 minute smoke run (short runs, no check perf)")
+    ap.add_argument("--only", default="", help=f"comma-separated benchmarks: {','.join(BENCHMARKS)},bare")
+    ap.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated: {','.join(TARGETS)}")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent), help="output dir (default benchmarks/)")
+    ap.add_argument("--duration", type=float, default=0, help="seconds per measurement (default 2, quick 1.2)")
+    ap.add_argument("--reps", type=int, default=0, help="repetitions per measurement, median reported (default 3, quick 1)")
+    ap.add_argument("--procs", type=int, default=max(2, os.cpu_count() or 2), help="load worker processes")
+    ap.add_argument("--memory-keys", type=int, default=0, help="keys for the memory benchmark (default 100000, quick 10000)")
+    ap.add_argument("--render-only", action="store_true",
+                    help="only rewrite results.md from the results.json in --out")
+    ap.add_argument("--workdir", default=None, help="parent of the temp data dirs (default: system temp)")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.render_only:
+        data = json.loads((Path(args.out) / "results.json").read_text())
+        (Path(args.out) / "results.md").write_text(report.render(data))
+        return 0
+    only = [b for b in args.only.split(",") if b]
+    unknown = [b for b in only if b not in BENCHMARKS + ["bare"]]
+    if unknown:
+        print(f"unknown benchmark(s): {unknown}; known: {BENCHMARKS + ['bare']}", file=sys.stderr)
+        return 2
+    benches = [b for b in BENCHMARKS if not only or b in only]
+    if args.quick and "checkperf" in benches and "checkperf" not in only:
+        benches.remove("checkperf")  # 2 x 60 s per target: not in a smoke run
+    targets = [t for t in args.targets.split(",") if t]
+    if "bare" in targets and only and "bare" not in only and "put" not in only:
+        targets.remove("bare")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="etcdlite-bench-", dir=args.workdir))
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    command = "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
+    results = {"meta": machine_info(workdir), "command": command.strip(),
+               "settings": {}, "targets": {}}
+    runner = None
+    current: list[Target] = []
+    status = 0
+    try:
+        runner = Runner(args)
+        results["settings"] = {
+            "duration_s": runner.duration, "reps": runner.reps, "watch_rate_per_s": 2.0, "load_processes": args.procs,
+            "put_levels": PUT_LEVELS, "put_key_bytes": 16, "put_value_bytes": 256,
+            "put_keyspace": 100_000, "benchmarks": benches, "quick": args.quick,
+        }
+        log(f"benchmarks {benches} on targets {targets}; {runner.reps} x {runner.duration:g}s per "
+            f"measurement, {args.procs} load processes; data under {workdir}")
+        for name in targets:
+            res = results["targets"].setdefault(name, {"label": TARGETS[name][2]})
+            target = Target(name, workdir)
+            t_start = time.monotonic()
+            log(f"== {name}: starting")
+            try:
+                current.append(target)
+                target.start()
+                res["endpoints"] = target.endpoints
+            except Exception as e:  # noqa: BLE001
+                log(f"== {name}: could not start: {e}")
+                res["start_error"] = str(e).splitlines()[0][:200]
+                current.remove(target)
+                continue
+            plan = ["put"] if name == "bare" else benches
+            for b in plan:
+                if b == "put" and only and "put" not in only and "bare" not in only:
+                    continue
+                if b == "memory":
+                    continue  # after the target is stopped: it runs on a fresh instance
+                tb = time.monotonic()
+                try:
+                    res[b] = getattr(runner, f"bench_{b}")(target)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as e:  # noqa: BLE001
+                    msg = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+                    log(f"  {name}: {b} failed: {msg}")
+                    res[b] = {"error": msg}
+                    runner.reset_pool()
+                log(f"  {name}: {b} done in {time.monotonic() - tb:.0f}s")
+            res["status_end"] = target.status()
+            target.stop()
+            current.remove(target)
+            if "memory" in benches and name != "bare":
+                tb = time.monotonic()
+                try:
+                    res["memory"] = runner.bench_memory(target)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as e:  # noqa: BLE001
+                    msg = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+                    log(f"  {name}: memory failed: {msg}")
+                    res["memory"] = {"error": msg}
+                    runner.reset_pool()
+                log(f"  {name}: memory done in {time.monotonic() - tb:.0f}s")
+            log(f"== {name}: done in {time.monotonic() - t_start:.0f}s")
+    except KeyboardInterrupt:
+        log("interrupted: stopping servers, writing partial results")
+        results["interrupted"] = True
+        status = 130
+    finally:
+        for t in current:
+            try:
+                t.stop()
+            except Exception:  # noqa: BLE001
+                pass
+        if runner is not None:
+            runner.pool.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    results["elapsed_s"] = round(time.monotonic() - T0, 1)
+    try:  # etcdlite/ changed under a long run (another commit landed): say so
+        end = machine_info(Path(tempfile.gettempdir()))["etcdlite_commit"]
+        start = results["meta"].get("etcdlite_commit")
+        if end != start:
+            results.setdefault("notes", []).append(
+                f"the repository moved from {start} to {end} during the run: members started after "
+                "that ran the newer etcdlite/ if it changed (`git diff --stat` the two)")
+    except Exception:  # noqa: BLE001
+        pass
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    (out_dir / "results.md").write_text(report.render(results))
+    log(f"wrote {out_dir / 'results.md'} and {out_dir / 'results.json'} ({results['elapsed_s']:.0f}s)")
+    return status

@@ -1,0 +1,170 @@
+"""The systems under test, each on free 127.0.0.1 ports with its data in a temp dir."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+
+from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
+from tests.procs import PYTHON, REPO, Member, Registry, free_port, kill_all, start_etcdlite_cluster
+
+TARGETS = {
+    # name: (kind, members, label)
+    "etcdlite1": ("etcdlite", 1, "etcdlite 1"),
+    "etcd1": ("etcd", 1, "etcd 1"),
+    "etcdlite3": ("etcdlite", 3, "etcdlite 3"),
+    "etcd3": ("etcd", 3, "etcd 3"),
+    "bare": ("bare", 1, "bare gRPC"),
+}
+
+
+class Target:
+    def __init__(self, name: str, workdir: Path) -> None:
+        self.name = name
+        self.kind, self.size, self.label = TARGETS[name]
+        self.workdir = workdir
+        self.registry = Registry()
+        self.members: list[Member] = []
+        self.bare: subprocess.Popen | None = None
+        self.bare_port = 0
+        self.starts = 0
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> "Target":
+        self.starts += 1
+        tmp = self.workdir / f"{self.name}-{self.starts}"
+        tmp.mkdir(parents=True, exist_ok=True)
+        if self.kind == "etcdlite":
+            if self.size == 1:
+                self.members = [self.registry.start_etcdlite(tmp, name="lite0", log_level="warn")]
+            else:
+                self.members = start_etcdlite_cluster(tmp, self.size, self.registry, name="lite",
+                                                      log_level="warn")
+        elif self.kind == "etcd":
+            if self.size == 1:
+                self.members = [self.registry.start_real_etcd(tmp, name="etcd0")]
+            else:
+                ms = [Member("etcd", f"etcd{i}", tmp, {}, self.registry) for i in range(self.size)]
+                cluster = ",".join(f"{m.name}={m.peer_url}" for m in ms)
+                for m in ms:
+                    m.initial_cluster = cluster
+                try:
+                    for m in ms:
+                        m.launch()
+                    for m in ms:
+                        m.wait_ready()
+                except BaseException:
+                    kill_all(ms)
+                    raise
+                self.members = ms
+        else:
+            self.bare_port = free_port()
+            log = open(tmp / "bare.log", "ab")
+            self.bare = subprocess.Popen(
+                [PYTHON, "-m", "benchmarks.bare_server", "--port", str(self.bare_port)],
+                cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            log.close()
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    with grpc.insecure_channel(self.endpoints[0]) as ch:
+                        rpc.KVStub(ch).Put(pb.PutRequest(key=b"ready", value=b"1"), timeout=1)
+                    break
+                except grpc.RpcError:
+                    if time.monotonic() > deadline or self.bare.poll() is not None:
+                        self.stop()
+                        raise RuntimeError("bare gRPC server did not start")
+                    time.sleep(0.1)
+        return self
+
+    def stop(self) -> None:
+        try:
+            self.registry.cleanup()
+        finally:
+            self.members = []
+            if self.bare is not None:
+                if self.bare.poll() is None:
+                    self.bare.kill()
+                self.bare.wait(timeout=10)
+                self.bare = None
+
+    # -- facts -----------------------------------------------------------------
+
+    @property
+    def endpoints(self) -> list[str]:
+        if self.kind == "bare":
+            return [f"127.0.0.1:{self.bare_port}"]
+        return [m.endpoint for m in self.members]
+
+    @property
+    def pids(self) -> list[int]:
+        if self.kind == "bare":
+            return [self.bare.pid] if self.bare else []
+        return [m.pid for m in self.members if m.pid]
+
+    @property
+    def data_dirs(self) -> list[Path]:
+        return [m.data_dir for m in self.members]
+
+    def status(self) -> list[dict]:
+        """Status of every member: leader, raft term (None where it fails)."""
+        out = []
+        for ep in self.endpoints:
+            try:
+                with grpc.insecure_channel(ep) as ch:
+                    st = rpc.MaintenanceStub(ch).Status(pb.StatusRequest(), timeout=5)
+                out.append({"endpoint": ep, "leader": st.leader, "term": st.raftTerm})
+            except grpc.RpcError as e:
+                out.append({"endpoint": ep, "leader": None, "term": None, "error": e.code().name})
+        return out
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """user+system CPU seconds of a process (its threads included)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def proc_rss(pid: int) -> dict:
+    """VmRSS and RssAnon in bytes."""
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "RssAnon", "RssFile"):
+                out[k] = int(v.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def dir_size(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                st = os.stat(os.path.join(root, f))
+                total += st.st_blocks * 512  # allocated, as du
+            except OSError:
+                pass
+    return total
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all cores), from /proc/stat."""
+    try:
+        f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return (sum(f[:8]) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return 0.0
