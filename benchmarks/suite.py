@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from benchmarks import report
-from benchmarks.load import WorkerPool, put_key
+from benchmarks.load import WorkerPool
 from benchmarks.targets import TARGETS, Target, dir_size, machine_busy_seconds, proc_cpu_seconds, proc_rss
 
 BENCHMARKS = ["put", "range", "txn", "watch", "lease", "checkperf", "memory"]
