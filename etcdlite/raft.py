@@ -197,7 +197,9 @@ class RaftNode:
             return
 
     def peers(self) -> set[str]:
-        return {node.id for node in self._obj._SyncObj__otherNodes}
+        """Raft addresses of the other members as pysyncobj has them now
+        (copied in one step: the raft thread may be changing the set)."""
+        return {node.id for node in set(self._obj._SyncObj__otherNodes)}
 
     def propose(self, commands: list[tuple[int, bytes]], callback) -> None:
         """Append a batch of (op, data) commands to the log as one entry;
