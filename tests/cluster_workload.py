@@ -214,10 +214,35 @@ def is_pre_apply(err: grpc.RpcError) -> bool:
     return code == grpc.StatusCode.UNAVAILABLE and any(t in details for t in PRE_APPLY_TEXTS)
 
 
+# --------------------------------------------------------------------------- client threads
+
+
+class ClientThreads:
+    """`threads` daemon threads, each running `self._run(i)` (defined by the
+    subclass) until `stop()`; `self.lock` guards what they record."""
+
+    def __init__(self, threads: int, name: str):
+        self.lock = threading.Lock()
+        self.stop_event = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True, name=f"{name}-{i}")
+                        for i in range(threads)]
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(OP_TIMEOUT + 5)
+        assert not any(t.is_alive() for t in self.threads), "a load thread did not stop"
+
+
 # --------------------------------------------------------------------------- put workload
 
 
-class PutLoad:
+class PutLoad(ClientThreads):
     """`threads` client threads put unique keys under `prefix`. Thread i starts
     bound to members[i % n] and moves to the next member after an error. Every
     acknowledged put is recorded as key -> (value, revision, ack time)."""
@@ -228,21 +253,7 @@ class PutLoad:
         self.pace = pace
         self.acked: dict[bytes, tuple[bytes, int, float]] = {}
         self.errors: list[tuple[float, str, str]] = []
-        self.lock = threading.Lock()
-        self.stop_event = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True,
-                                         name=f"put-{prefix}-{i}") for i in range(threads)]
-
-    def start(self) -> PutLoad:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        for t in self.threads:
-            t.join(OP_TIMEOUT + 5)
-        assert not any(t.is_alive() for t in self.threads), "a load thread did not stop"
+        super().__init__(threads, f"put-{prefix}")
 
     def count(self) -> int:
         with self.lock:

@@ -30,6 +30,7 @@ import pytest
 from cluster_workload import (
     ELECTION_DEADLINE,
     OP_TIMEOUT,
+    ClientThreads,
     Cluster,
     PutLoad,
     WatchRecorder,
@@ -250,31 +251,17 @@ def test_partitioned_leader(clusters, tmp_path, mode):
 KEYS4 = [f"t4/k{i}".encode() for i in range(4)]
 
 
-class LinearizabilityWorkload:
+class LinearizabilityWorkload(ClientThreads):
     """Client threads doing put / linearizable get / value-compare CAS on a
     few keys through every member, recorded in a History."""
 
     def __init__(self, members, threads: int, pace: float):
         self.members = members
         self.history = History()
-        self.stop_event = threading.Event()
         self.pace = pace
-        self.lock = threading.Lock()
         self.counts = {"ok": 0, "unknown": 0, "fail": 0, "read_error": 0}
         self.errors: collections.Counter = collections.Counter()
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True, name=f"lin-{i}")
-                        for i in range(threads)]
-
-    def start(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def stop(self):
-        self.stop_event.set()
-        for t in self.threads:
-            t.join(OP_TIMEOUT + 5)
-        assert not any(t.is_alive() for t in self.threads)
+        super().__init__(threads, "lin")
 
     def _count(self, what):
         with self.lock:
@@ -465,7 +452,7 @@ def stale_read_after(ops):
 # --------------------------------------------------------------------------- 5
 
 
-class WatchLoad:
+class WatchLoad(ClientThreads):
     """Writers through every member on one prefix: puts that overwrite, deletes,
     and txns putting/deleting several keys in one revision (to order events
     within a revision)."""
@@ -474,21 +461,8 @@ class WatchLoad:
         self.members = members
         self.prefix = prefix
         self.pace = pace
-        self.stop_event = threading.Event()
         self.acked = 0
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
-
-    def start(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def stop(self):
-        self.stop_event.set()
-        for t in self.threads:
-            t.join(OP_TIMEOUT + 5)
-        assert not any(t.is_alive() for t in self.threads)
+        super().__init__(threads, "watch-load")
 
     def _run(self, i):
         rnd = random.Random(i)
