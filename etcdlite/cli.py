@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="etcdlite",
         description="An etcd v3 API member in Python, replicated by Raft (pysyncobj). Flags follow etcd's.",
+        epilog="A local cluster in one command: etcdlite cluster up --size 3 (see etcdlite cluster up --help).",
     )
     p.add_argument("--name", default="default", help="human-readable name for this member")
     p.add_argument("--data-dir", default="", help="path to the data directory (default: ${name}.etcd)")
