@@ -13,6 +13,7 @@ holding the pickled state machine.
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import logging
 import os
@@ -144,6 +145,8 @@ class RaftNode:
         peers = [PeerNode(address, dial.get(address)) for address in peer_addresses]
         self._obj = GuardedSyncObj(self_address, peers, conf, consumers=[self.state])
         self._stopping = threading.Event()
+        # work that must run in the raft thread (pysyncobj is not thread-safe)
+        self._calls: collections.deque = collections.deque()
         self._thread = threading.Thread(target=self._run, name="raft-tick", daemon=True)
         self._thread.start()
 
@@ -164,6 +167,8 @@ class RaftNode:
                 while self.single and obj.raftCommitIndex < last_index():
                     obj.doTick(0.0)
                 self._reconcile_peers()
+                while self._calls:
+                    self._calls.popleft()()
                 single = not obj._SyncObj__otherNodes
                 if single != self.single:
                     self.single = single
@@ -195,6 +200,13 @@ class RaftNode:
             log.info("removing %s from the raft configuration", address)
             self._obj.removeNodeFromCluster(current[address], callback=_log_change)
             return
+
+    def transfer_leadership(self, address: str) -> None:
+        """Ask pysyncobj (on the leader) to hand leadership to `address`;
+        best effort: watch `leader` to see it happen."""
+        node = next((n for n in set(self._obj._SyncObj__otherNodes) if n.id == address), None)
+        if node is not None:
+            self._calls.append(lambda: self._obj.transferLeadership(node, callback=_log_change))
 
     def peers(self) -> set[str]:
         """Raft addresses of the other members as pysyncobj has them now

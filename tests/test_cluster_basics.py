@@ -141,3 +141,25 @@ def test_cluster_up_starts_supervises_and_stops(tmp_path, etcd_binaries):
     leftovers = subprocess.run(["pgrep", "-f", "--", f"--data-dir {tmp_path}"], capture_output=True, text=True).stdout
     assert not leftovers.strip(), f"members left running: {leftovers}"
     assert re.search(r"\[cluster\] stopping", "".join(lines))
+
+
+def test_move_leader(procs, tmp_path, etcd_binaries):
+    members = start_etcdlite_cluster(tmp_path, 3, procs)
+    leader = _leader_of(members)
+    follower = next(m for m in members if m is not leader)
+    with Client(follower.endpoint) as c:
+        target = c.maintenance.Status(pb.StatusRequest()).header.member_id
+        assert error_of(lambda: c.maintenance.MoveLeader(pb.MoveLeaderRequest(targetID=target))) == (
+            grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: not leader")
+    with Client(leader.endpoint) as c:
+        assert error_of(lambda: c.maintenance.MoveLeader(pb.MoveLeaderRequest(targetID=12345))) == (
+            grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: bad leader transferee")
+    # etcdctl finds the leader among the endpoints and asks it
+    rc, out, err = run_etcdctl(members, "move-leader", f"{target:x}")
+    assert rc == 0, err
+    assert f"to {target:x}" in out, out
+    for m in members:
+        with Client(m.endpoint) as c:
+            assert c.maintenance.Status(pb.StatusRequest()).leader == target
+    with Client(leader.endpoint) as c:
+        c.put(b"after-move", b"v")  # the old leader forwards to the new one

@@ -1,10 +1,12 @@
 """The Maintenance service: Status, Hash, HashKV, Snapshot, Defragment,
-Alarm. MoveLeader answers UNIMPLEMENTED."""
+Alarm, MoveLeader."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import pickle
+import time
 
 from etcdlite import errors
 from etcdlite.config import API_VERSION, host_port
@@ -15,25 +17,52 @@ from etcdlite.server.rpc import unary
 
 SNAPSHOT_MAGIC = b"etcdlite-snapshot-v1\n"
 SNAPSHOT_CHUNK = 32 * 1024
+# how long MoveLeader waits for the new leader
+MOVE_LEADER_TIMEOUT = 5.0
 
 
 class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     def __init__(self, member):
         self.m = member
 
-    def _leader_id(self) -> int:
+    def _raft_addresses(self) -> dict[int, str]:
+        """Member ID -> Raft address, from the member table (or, before it
+        is filled, from this member's --initial-cluster)."""
         m = self.m
-        leader = m.raft.leader
-        if leader is None:
-            return 0
         with m.raft.lock:
             table = m.raft.machine.members.peer_urls()
         if not table:
             table = {m.cfg.member_ids[name]: urls for name, urls in m.cfg.initial_cluster.items()}
-        for mid, urls in table.items():
-            if urls and host_port(urls[0]) == leader:
-                return mid
-        return 0
+        return {mid: host_port(urls[0]) for mid, urls in table.items() if urls}
+
+    def _leader_id(self) -> int:
+        leader = self.m.raft.leader
+        if leader is None:
+            return 0
+        return next((mid for mid, address in self._raft_addresses().items() if address == leader), 0)
+
+    @unary
+    async def MoveLeader(self, request, context):
+        """As etcd: only the leader takes it; answers once the target leads."""
+        m = self.m
+        if not m.raft.is_leader:
+            raise errors.NOT_LEADER
+        target = self._raft_addresses().get(request.targetID)
+        if target is None:
+            raise errors.BAD_LEADER_TRANSFEREE
+        deadline = time.monotonic() + MOVE_LEADER_TIMEOUT
+        asked = 0.0
+        while m.raft.leader != target:
+            now = time.monotonic()
+            if now > deadline:
+                raise errors.LEADER_TRANSFER_TIMEOUT
+            if now - asked > 1.0:  # pysyncobj refuses while the target lags
+                m.raft.transfer_leadership(target)
+                asked = now
+            await asyncio.sleep(0.05)
+        resp = pb.MoveLeaderResponse()
+        m.header(resp.header, m.hub.revision)
+        return resp
 
     @unary
     async def Status(self, request, context):
