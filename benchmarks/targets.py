@@ -11,7 +11,7 @@ import grpc
 
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
-from tests.procs import PYTHON, REPO, Member, Registry, free_port, kill_all, start_etcdlite_cluster
+from tests.procs import PYTHON, REPO, Member, Registry, free_port, start_cluster, start_etcdlite_cluster
 
 TARGETS = {
     # name: (kind, members, label)
@@ -50,19 +50,7 @@ class Target:
             if self.size == 1:
                 self.members = [self.registry.start_real_etcd(tmp, name="etcd0")]
             else:
-                ms = [Member("etcd", f"etcd{i}", tmp, {}, self.registry) for i in range(self.size)]
-                cluster = ",".join(f"{m.name}={m.peer_url}" for m in ms)
-                for m in ms:
-                    m.initial_cluster = cluster
-                try:
-                    for m in ms:
-                        m.launch()
-                    for m in ms:
-                        m.wait_ready()
-                except BaseException:
-                    kill_all(ms)
-                    raise
-                self.members = ms
+                self.members = start_cluster("etcd", tmp, self.size, self.registry, name="etcd")
         else:
             self.bare_port = free_port()
             log = open(tmp / "bare.log", "ab")

@@ -469,26 +469,24 @@ class FaultProxy:
         conn.state = "closed"
         if count:
             self._reset += 1
-        for sock in list(conn.masks):
-            try:
-                self._sel.unregister(sock)
-            except (KeyError, ValueError, OSError):
-                pass
-        conn.masks.clear()
+        self._unregister(conn)
         _abort(conn.client)
         _abort(conn.upstream)
         self._conns.pop(conn.id, None)
         self._delayed.discard((conn, conn.up))
         self._delayed.discard((conn, conn.down))
 
-    def _close_gracefully(self, conn: _Conn) -> None:
-        conn.state = "closed"
+    def _unregister(self, conn: _Conn) -> None:
         for sock in list(conn.masks):
             try:
                 self._sel.unregister(sock)
             except (KeyError, ValueError, OSError):
                 pass
         conn.masks.clear()
+
+    def _close_gracefully(self, conn: _Conn) -> None:
+        conn.state = "closed"
+        self._unregister(conn)
         for sock in (conn.client, conn.upstream):
             if sock is not None:
                 try:

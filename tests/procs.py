@@ -586,17 +586,13 @@ def start_module_member(tmp_path_factory, name: str, **flags) -> tuple[Registry,
     return reg, reg.start_etcdlite(tmp, name=name, **flags)
 
 
-def start_etcdlite_cluster(tmp_path, size: int, registry: Registry | None = None,
-                           name: str = "m", before_launch=None, **flags) -> list[Member]:
-    """`size` etcdlite members forming one cluster on free 127.0.0.1 ports,
-    started together; returns once every member serves. `before_launch`, if
-    given, is called with the members (ports chosen, not started yet), e.g.
-    to put proxies between them."""
-    secret = Path(tmp_path) / "peer.secret"
-    Path(tmp_path).mkdir(parents=True, exist_ok=True)
-    secret.write_text(f"secret-{os.getpid()}-{time.monotonic_ns()}")
-    flags.setdefault("peer_secret_file", str(secret))
-    members = [Member("etcdlite", f"{name}{i}", tmp_path, flags, registry) for i in range(size)]
+def start_cluster(kind: str, tmp_path, size: int, registry: Registry | None = None,
+                  name: str = "m", before_launch=None, **flags) -> list[Member]:
+    """`size` members of `kind` ("etcdlite" or "etcd") forming one cluster on
+    free 127.0.0.1 ports, started together; returns once every member
+    serves. `before_launch`, if given, is called with the members (ports
+    chosen, not started yet), e.g. to put proxies between them."""
+    members = [Member(kind, f"{name}{i}", tmp_path, flags, registry) for i in range(size)]
     cluster = ",".join(f"{m.name}={m.peer_url}" for m in members)
     for m in members:
         m.initial_cluster = cluster
@@ -611,3 +607,13 @@ def start_etcdlite_cluster(tmp_path, size: int, registry: Registry | None = None
         kill_all(members)
         raise
     return members
+
+
+def start_etcdlite_cluster(tmp_path, size: int, registry: Registry | None = None,
+                           name: str = "m", before_launch=None, **flags) -> list[Member]:
+    """start_cluster for etcdlite, with a fresh peer secret shared by all."""
+    secret = Path(tmp_path) / "peer.secret"
+    Path(tmp_path).mkdir(parents=True, exist_ok=True)
+    secret.write_text(f"secret-{os.getpid()}-{time.monotonic_ns()}")
+    flags.setdefault("peer_secret_file", str(secret))
+    return start_cluster("etcdlite", tmp_path, size, registry, name, before_launch, **flags)
