@@ -196,7 +196,167 @@ def _flag_args(flags: dict) -> list[str]:
     return out
 
 
-class Member:
+class ServerProcess:
+    """A server process of ours or the reference's: launched with its log in
+    tmp_path, in its own process group, registered for cleanup. Subclasses give
+    ``argv()`` and ``ready_probe()``."""
+
+    kind = "server"
+
+    def __init__(self, name: str, tmp_path, registry: Registry | None = None,
+                 ready_timeout: float = DEFAULT_READY_TIMEOUT) -> None:
+        self.name = name
+        self.tmp_path = Path(tmp_path)
+        self.tmp_path.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.tmp_path / f"{name}.log"
+        self.ready_timeout = ready_timeout
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self.registries: list[Registry] = []
+        if registry is not None:
+            registry.add(self)
+        with _ALL_LOCK:
+            _ALL.append(self)
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def ready_probe(self, rpc_timeout: float) -> str | None:
+        """None when the server serves; otherwise why not (a short text)."""
+        raise NotImplementedError
+
+    @property
+    def endpoint(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    # -- lifecycle ----------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> "ServerProcess":
+        self.launch()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def launch(self) -> "ServerProcess":
+        """Start the process without waiting for it to serve."""
+        if self.alive:
+            raise RuntimeError(f"{self!r} is already running")
+        self.starts += 1
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        for k in list(env):
+            if k.startswith("ETCD_") or k.startswith("ETCDCTL_"):
+                del env[k]  # real etcd reads ETCD_* as flags
+        with open(self.log_path, "ab") as log:
+            log.write(
+                f"\n===== start #{self.starts} at {time.strftime('%H:%M:%S')}: "
+                f"{' '.join(self.argv())}\n".encode()
+            )
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=str(REPO),
+                env=env,
+                start_new_session=True,  # own process group: we can kill its children too
+            )
+        return self
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        timeout = self.ready_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        reason = "not polled yet"
+        while True:
+            if self.proc is None or self.proc.poll() is not None:
+                rc = None if self.proc is None else self.proc.returncode
+                raise MemberNotReady(
+                    f"{self.kind} {self.name!r} exited with rc={rc} before becoming "
+                    f"ready.\n--- last lines of {self.log_path}:\n{self.log_tail()}"
+                )
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise MemberNotReady(
+                    f"{self.kind} {self.name!r} ({self.endpoint}) not ready after "
+                    f"{timeout:.0f}s (last probe: {reason}).\n--- last lines of "
+                    f"{self.log_path}:\n{self.log_tail()}"
+                )
+            try:
+                reason = self.ready_probe(rpc_timeout=max(0.2, min(2.0, left)))
+            except ImportError:
+                raise
+            except Exception as e:  # e.g. channel errors while the port is not bound yet
+                reason = f"{type(e).__name__}: {e}"
+            if reason is None:
+                return
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 0.3)
+
+    def _signal(self, sig: int) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)  # the group we created with start_new_session
+        except (ProcessLookupError, PermissionError):
+            try:
+                self.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        """SIGKILL and reap (idempotent)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self._signal(signal.SIGKILL)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"{self!r} did not die after SIGKILL")
+
+    def terminate(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL. Returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    def restart(self, kill: bool = False, ready_timeout: float | None = None) -> "ServerProcess":
+        """Stop (SIGTERM, or SIGKILL if ``kill``) if running, then start again with the
+        same flags, data dir and ports."""
+        if self.alive:
+            self.kill() if kill else self.terminate()
+        if ready_timeout is not None:
+            self.ready_timeout = ready_timeout
+        return self.start()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            data = self.log_path.read_bytes()
+        except OSError as e:
+            return f"<no log: {e}>"
+        return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+class Member(ServerProcess):
     """One server process (etcdlite or the real etcd) on free 127.0.0.1 ports."""
 
     def __init__(
@@ -210,24 +370,16 @@ class Member:
     ) -> None:
         assert kind in ("etcdlite", "etcd"), kind
         self.kind = kind
-        self.name = name
-        self.tmp_path = Path(tmp_path)
-        self.tmp_path.mkdir(parents=True, exist_ok=True)
         self.client_port = free_port()
         self.peer_port = free_port()
-        self.data_dir = self.tmp_path / f"{name}.data"
-        self.log_path = self.tmp_path / f"{name}.log"
+        self.data_dir = Path(tmp_path) / f"{name}.data"
         self.extra_flags = dict(extra_flags or {})
-        self.ready_timeout = ready_timeout
-        self.proc: subprocess.Popen | None = None
         # NAME=PEER_URL,... of the whole cluster; None: this member alone
         self.initial_cluster: str | None = None
-        self.starts = 0
-        self.registries: list[Registry] = []
-        if registry is not None:
-            registry.add(self)
-        with _ALL_LOCK:
-            _ALL.append(self)
+        super().__init__(name, tmp_path, registry, ready_timeout)
+
+    def ready_probe(self, rpc_timeout: float) -> str | None:
+        return _grpc_ready_check(self.endpoint, rpc_timeout)
 
     # -- constructors -------------------------------------------------------
 
@@ -274,10 +426,6 @@ class Member:
     def peer_url(self) -> str:
         return f"http://127.0.0.1:{self.peer_port}"
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
     def __repr__(self) -> str:
         state = "running" if self.alive else "stopped"
         return f"<Member {self.kind} {self.name} {self.endpoint} pid={self.pid} {state}>"
@@ -300,128 +448,6 @@ class Member:
         flags = {"logger": "zap", "log_level": "error"}
         flags.update(self.extra_flags)
         return [ETCD_BIN, *common, *_flag_args(flags)]
-
-    # -- lifecycle ----------------------------------------------------------
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self) -> "Member":
-        self.launch()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.kill()
-            raise
-        return self
-
-    def launch(self) -> "Member":
-        """Start the process without waiting for it to serve."""
-        if self.alive:
-            raise RuntimeError(f"{self!r} is already running")
-        self.starts += 1
-        env = dict(os.environ)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        for k in list(env):
-            if k.startswith("ETCD_") or k.startswith("ETCDCTL_"):
-                del env[k]  # real etcd reads ETCD_* as flags
-        with open(self.log_path, "ab") as log:
-            log.write(
-                f"\n===== start #{self.starts} at {time.strftime('%H:%M:%S')}: "
-                f"{' '.join(self.argv())}\n".encode()
-            )
-            log.flush()
-            self.proc = subprocess.Popen(
-                self.argv(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=str(REPO),
-                env=env,
-                start_new_session=True,  # own process group: we can kill its children too
-            )
-        return self
-
-    def wait_ready(self, timeout: float | None = None) -> None:
-        timeout = self.ready_timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        delay = 0.05
-        reason = "not polled yet"
-        while True:
-            if self.proc is None or self.proc.poll() is not None:
-                rc = None if self.proc is None else self.proc.returncode
-                raise MemberNotReady(
-                    f"{self.kind} member {self.name!r} exited with rc={rc} before becoming "
-                    f"ready.\n--- last lines of {self.log_path}:\n{self.log_tail()}"
-                )
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise MemberNotReady(
-                    f"{self.kind} member {self.name!r} ({self.endpoint}) not ready after "
-                    f"{timeout:.0f}s (last probe: {reason}).\n--- last lines of "
-                    f"{self.log_path}:\n{self.log_tail()}"
-                )
-            try:
-                reason = _grpc_ready_check(self.endpoint, rpc_timeout=max(0.2, min(2.0, left)))
-            except ImportError:
-                raise
-            except Exception as e:  # e.g. channel errors while the port is not bound yet
-                reason = f"{type(e).__name__}: {e}"
-            if reason is None:
-                return
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 1.5, 0.3)
-
-    def _signal(self, sig: int) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, sig)  # the group we created with start_new_session
-        except (ProcessLookupError, PermissionError):
-            try:
-                self.proc.send_signal(sig)
-            except ProcessLookupError:
-                pass
-
-    def kill(self) -> None:
-        """SIGKILL and reap (idempotent)."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self._signal(signal.SIGKILL)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            raise RuntimeError(f"{self!r} did not die after SIGKILL")
-
-    def terminate(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL. Returns the exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self._signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode
-
-    def restart(self, kill: bool = False, ready_timeout: float | None = None) -> "Member":
-        """Stop (SIGTERM, or SIGKILL if ``kill``) if running, then start again with the
-        same flags, data dir and ports."""
-        if self.alive:
-            self.kill() if kill else self.terminate()
-        if ready_timeout is not None:
-            self.ready_timeout = ready_timeout
-        return self.start()
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            data = self.log_path.read_bytes()
-        except OSError as e:
-            return f"<no log: {e}>"
-        return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
 def start_etcdlite(tmp_path, name: str = "etcdlite0", **kw) -> Member:
