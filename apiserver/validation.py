@@ -1,0 +1,1149 @@
+"""Defaults and validation for each kind, as kube-apiserver's strategies do.
+
+``apply_defaults`` fills what Kubernetes' defaulting (pkg/apis/*/v1/defaults.go)
+and the DefaultTolerationSeconds admission plugin fill. ``validate_create`` and
+``validate_update`` check what pkg/apis/*/validation checks, collecting every
+problem as Kubernetes' field errors (field path, reason, detail) and raising one
+errors.invalid(kind, name, causes).
+
+Not here: uid, creationTimestamp, resourceVersion, generation, generateName
+and status semantics (the registry's), and whether referenced objects exist.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+
+from apiserver import errors
+from apiserver.pb import core_pb2
+from apiserver.quantity import parse_quantity
+from apiserver.resources import Resource
+from apiserver.selectors import (LabelSelectorError, dns1123_subdomain_errors,
+                                 label_selector_from_proto, label_value_errors,
+                                 max_length_message, qualified_name_errors, quote)
+
+# ======================================================================
+# defaults
+# ======================================================================
+
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
+DEFAULT_SCHEDULER = "default-scheduler"
+NAMESPACE_FINALIZER = "kubernetes"
+
+
+def apply_defaults(resource: Resource, msg, *, not_ready_toleration_seconds: int = 300,
+                   unreachable_toleration_seconds: int = 300, for_create: bool = True) -> None:
+    """Fills defaulted fields of ``msg`` (a typed message of ``resource``) in
+    place. ``for_create=False`` (an update) skips what Kubernetes does only on
+    create: the default NoExecute tolerations of Pods and a Namespace's
+    "kubernetes" finalizer and Active phase."""
+    name = resource.name
+    if name == "pods":
+        _default_pod_spec(msg.spec)
+        if for_create:
+            _default_tolerations(msg.spec, not_ready_toleration_seconds,
+                                 unreachable_toleration_seconds)
+    elif name == "replicasets":
+        if not msg.spec.HasField("replicas"):
+            msg.spec.replicas = 1
+        _default_pod_spec(msg.spec.template.spec)
+    elif name == "deployments":
+        _default_deployment(msg.spec)
+    elif name == "services":
+        _default_service(msg.spec)
+    elif name == "endpoints":
+        for subset in msg.subsets:
+            for port in subset.ports:
+                port.protocol = port.protocol or "TCP"
+    elif name == "namespaces":
+        if for_create:
+            if not msg.spec.finalizers:
+                msg.spec.finalizers.append(NAMESPACE_FINALIZER)
+            msg.status.phase = msg.status.phase or "Active"
+    elif name == "secrets":
+        msg.type = msg.type or "Opaque"
+        for key, value in msg.string_data.items():
+            msg.data[key] = value.encode("utf-8")
+        msg.ClearField("string_data")
+    elif name == "nodes":
+        if not msg.status.allocatable:
+            msg.status.allocatable.update(msg.status.capacity)
+
+
+def _default_pod_spec(spec: core_pb2.PodSpec) -> None:
+    spec.restart_policy = spec.restart_policy or "Always"
+    if not spec.HasField("termination_grace_period_seconds"):
+        spec.termination_grace_period_seconds = 30
+    spec.scheduler_name = spec.scheduler_name or DEFAULT_SCHEDULER
+    for container in (*spec.init_containers, *spec.containers):
+        _default_container(container)
+    for volume in spec.volumes:
+        if not _volume_sources(volume):
+            volume.empty_dir.SetInParent()
+
+
+def _default_container(c: core_pb2.Container) -> None:
+    if not c.image_pull_policy:
+        c.image_pull_policy = "Always" if _image_tag(c.image) in ("", "latest") else "IfNotPresent"
+    for port in c.ports:
+        port.protocol = port.protocol or "TCP"
+    for env in c.env:
+        if env.value_from.HasField("field_ref"):
+            env.value_from.field_ref.api_version = env.value_from.field_ref.api_version or "v1"
+    # a limit without a request requests the limit (SetDefaults_Pod)
+    for resource_name, limit in c.resources.limits.items():
+        if resource_name not in c.resources.requests:
+            c.resources.requests[resource_name] = limit
+    for field in ("liveness_probe", "readiness_probe", "startup_probe"):
+        if c.HasField(field):
+            _default_probe(getattr(c, field))
+
+
+def _image_tag(image: str) -> str:
+    """The tag of an image reference ("" when none; a digest counts as a tag)."""
+    if "@" in image:
+        return image.split("@", 1)[1]
+    last = image.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else ""
+
+
+def _default_probe(p: core_pb2.Probe) -> None:
+    p.timeout_seconds = p.timeout_seconds or 1
+    p.period_seconds = p.period_seconds or 10
+    p.success_threshold = p.success_threshold or 1
+    p.failure_threshold = p.failure_threshold or 3
+    if p.HasField("http_get"):
+        p.http_get.path = p.http_get.path or "/"
+        p.http_get.scheme = p.http_get.scheme or "HTTP"
+
+
+def _tolerates(tolerations, taint_key: str, effect: str) -> bool:
+    for t in tolerations:
+        if t.effect and t.effect != effect:
+            continue
+        if not t.key and t.operator == "Exists":
+            return True
+        if t.key == taint_key:
+            return True
+    return False
+
+
+def _default_tolerations(spec: core_pb2.PodSpec, not_ready: int, unreachable: int) -> None:
+    """The DefaultTolerationSeconds admission plugin: a pod tolerates a node
+    becoming not-ready or unreachable for a while before it is evicted."""
+    for key, seconds in ((NOT_READY_TAINT, not_ready), (UNREACHABLE_TAINT, unreachable)):
+        if not _tolerates(spec.tolerations, key, "NoExecute"):
+            spec.tolerations.add(key=key, operator="Exists", effect="NoExecute",
+                                 toleration_seconds=seconds)
+
+
+def _default_deployment(spec) -> None:
+    if not spec.HasField("replicas"):
+        spec.replicas = 1
+    strategy = spec.strategy
+    strategy.type = strategy.type or "RollingUpdate"
+    if strategy.type == "RollingUpdate":
+        ru = strategy.rolling_update
+        ru.max_unavailable = ru.max_unavailable or "25%"
+        ru.max_surge = ru.max_surge or "25%"
+    if not spec.HasField("revision_history_limit"):
+        spec.revision_history_limit = 10
+    if not spec.HasField("progress_deadline_seconds"):
+        spec.progress_deadline_seconds = 600
+    _default_pod_spec(spec.template.spec)
+
+
+def _default_service(spec: core_pb2.ServiceSpec) -> None:
+    spec.type = spec.type or "ClusterIP"
+    spec.session_affinity = spec.session_affinity or "None"
+    for port in spec.ports:
+        port.protocol = port.protocol or "TCP"
+        if not port.target_port:
+            port.target_port = str(port.port)
+
+
+# ======================================================================
+# field errors
+# ======================================================================
+
+class _Raw(str):
+    """A value already in Kubernetes' printed form (a Go map or struct)."""
+
+
+def _show(value) -> str:
+    """A value as Kubernetes' field errors print it."""
+    if isinstance(value, _Raw):
+        return str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return quote(value)
+    if value is None:
+        return "null"
+    return str(value)
+
+
+class FieldErrors:
+    """Collects (field, reason, detail) causes with Kubernetes' wording."""
+
+    def __init__(self) -> None:
+        self.causes: list[tuple[str, str, str]] = []
+
+    def add(self, path: str, reason: str, detail: str) -> None:
+        self.causes.append((path, reason, detail))
+
+    def required(self, path: str, detail: str = "") -> None:
+        self.add(path, "FieldValueRequired", "Required value" + (f": {detail}" if detail else ""))
+
+    def invalid(self, path: str, value, detail: str = "") -> None:
+        self.add(path, "FieldValueInvalid",
+                 f"Invalid value: {_show(value)}" + (f": {detail}" if detail else ""))
+
+    def not_supported(self, path: str, value, supported) -> None:
+        self.add(path, "FieldValueNotSupported", f"Unsupported value: {_show(value)}: supported "
+                 f"values: {', '.join(quote(s) for s in supported)}")
+
+    def duplicate(self, path: str, value) -> None:
+        self.add(path, "FieldValueDuplicate", f"Duplicate value: {_show(value)}")
+
+    def forbidden(self, path: str, detail: str) -> None:
+        self.add(path, "FieldValueForbidden", f"Forbidden: {detail}")
+
+    def not_found(self, path: str, value) -> None:
+        self.add(path, "FieldValueNotFound", f"Not found: {_show(value)}")
+
+    def too_long(self, path: str, limit: int) -> None:
+        self.add(path, "FieldValueTooLong", f"Too long: must have at most {limit} bytes")
+
+    def each(self, path: str, value, messages: list[str]) -> None:
+        for m in messages:
+            self.invalid(path, value, m)
+
+    def raise_if_any(self, kind: str, name: str) -> None:
+        if self.causes:
+            raise errors.invalid(kind, name, self.causes)
+
+
+# ======================================================================
+# names and other string syntaxes
+# ======================================================================
+
+_DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS1035_LABEL = r"[a-z]([-a-z0-9]*[a-z0-9])?"
+_CONFIG_KEY = r"[-._a-zA-Z0-9]+"
+_ENV_VAR_NAME = r"[-._a-zA-Z][-._a-zA-Z0-9]*"
+_PERCENT = r"[0-9]+%"
+
+DNS1123_LABEL_MESSAGE = (
+    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and "
+    "must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used "
+    f"for validation is '{_DNS1123_LABEL}')")
+DNS1035_LABEL_MESSAGE = (
+    "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an "
+    "alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', "
+    f"regex used for validation is '{_DNS1035_LABEL}')")
+_CONFIG_KEY_MESSAGE = (
+    "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. "
+    f"'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '{_CONFIG_KEY}')")
+_ENV_VAR_NAME_MESSAGE = (
+    "a valid environment variable name must consist of alphabetic characters, digits, '_', '-', "
+    "or '.', and must not start with a digit (e.g. 'my.env-name',  or 'MY_ENV.NAME',  or "
+    f"'MyEnvName1', regex used for validation is '{_ENV_VAR_NAME}')")
+_PERCENT_MESSAGE = (
+    "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or "
+    f"'93%', regex used for validation is '{_PERCENT}')")
+PORT_RANGE_MESSAGE = "must be between 1 and 65535, inclusive"
+NON_NEGATIVE_MESSAGE = "must be greater than or equal to 0"
+
+
+def dns1123_label_errors(value: str) -> list[str]:
+    errs = [max_length_message(63)] if len(value) > 63 else []
+    if not re.fullmatch(_DNS1123_LABEL, value):
+        errs.append(DNS1123_LABEL_MESSAGE)
+    return errs
+
+
+def dns1035_label_errors(value: str) -> list[str]:
+    errs = [max_length_message(63)] if len(value) > 63 else []
+    if not re.fullmatch(_DNS1035_LABEL, value):
+        errs.append(DNS1035_LABEL_MESSAGE)
+    return errs
+
+
+def config_key_errors(key: str) -> list[str]:
+    errs = [max_length_message(253)] if len(key) > 253 else []
+    if not re.fullmatch(_CONFIG_KEY, key):
+        errs.append(_CONFIG_KEY_MESSAGE)
+    if key == ".":
+        errs.append("must not be '.'")
+    elif key == "..":
+        errs.append("must not be '..'")
+    elif key.startswith(".."):
+        errs.append("must not start with '..'")
+    return errs
+
+
+def port_name_errors(name: str) -> list[str]:
+    """Why ``name`` is not an IANA service name (what named ports must be)."""
+    errs = []
+    if len(name) > 15:
+        errs.append("must be no more than 15 characters")
+    if not re.fullmatch(r"[-a-z0-9]+", name):
+        errs.append("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)")
+    if "--" in name:
+        errs.append("must not contain consecutive hyphens")
+    if not re.search(r"[a-z]", name):
+        errs.append("must contain at least one letter (a-z)")
+    if name.startswith("-") or name.endswith("-"):
+        errs.append("must not begin or end with a hyphen")
+    return errs
+
+
+def _is_int(text: str) -> bool:
+    return re.fullmatch(r"-?[0-9]+", text) is not None
+
+
+def _port_number_or_name(errs: FieldErrors, path: str, value: str) -> None:
+    """An IntOrString port: a number in 1-65535 or an IANA service name."""
+    if _is_int(value):
+        if not 1 <= int(value) <= 65535:
+            errs.invalid(path, int(value), PORT_RANGE_MESSAGE)
+    elif not value:
+        errs.required(path)
+    else:
+        errs.each(path, value, port_name_errors(value))
+
+
+def _port(errs: FieldErrors, path: str, value: int, *, allow_zero: bool = False) -> None:
+    if allow_zero and value == 0:
+        return
+    if not 1 <= value <= 65535:
+        errs.invalid(path, value, PORT_RANGE_MESSAGE)
+
+
+def _non_negative(errs: FieldErrors, path: str, value: int) -> None:
+    if value < 0:
+        errs.invalid(path, value, NON_NEGATIVE_MESSAGE)
+
+
+def _enum(errs: FieldErrors, path: str, value: str, supported, *, required: bool = True) -> None:
+    if not value:
+        if required:
+            errs.required(path)
+    elif value not in supported:
+        errs.not_supported(path, value, supported)
+
+
+def _labels(errs: FieldErrors, path: str, labels) -> None:
+    for key in sorted(labels):
+        errs.each(path, key, qualified_name_errors(key))
+        errs.each(path, labels[key], label_value_errors(labels[key]))
+
+
+# ======================================================================
+# metadata
+# ======================================================================
+
+TOTAL_ANNOTATION_SIZE_LIMIT = 256 * 1024
+STANDARD_FINALIZERS = ("kubernetes", "orphan", "foregroundDeletion")
+
+
+def _name_errors(resource: Resource):
+    if resource.name == "namespaces":
+        return dns1123_label_errors
+    if resource.name == "services":
+        return dns1035_label_errors
+    return dns1123_subdomain_errors
+
+
+def _validate_meta(errs: FieldErrors, resource: Resource, meta) -> None:
+    if not meta.name:
+        errs.required("metadata.name", "name or generateName is required")
+    else:
+        errs.each("metadata.name", meta.name, _name_errors(resource)(meta.name))
+    if resource.namespaced:
+        if not meta.namespace:
+            errs.required("metadata.namespace")
+        else:
+            errs.each("metadata.namespace", meta.namespace, dns1123_label_errors(meta.namespace))
+    elif meta.namespace:
+        errs.forbidden("metadata.namespace", "not allowed on this type")
+    _validate_labels_and_annotations(errs, "metadata", meta)
+    _validate_owner_references(errs, meta.owner_references)
+    _validate_finalizers(errs, "metadata.finalizers", meta.finalizers)
+
+
+def _validate_labels_and_annotations(errs: FieldErrors, path: str, meta) -> None:
+    _labels(errs, f"{path}.labels", meta.labels)
+    size = 0
+    for key in sorted(meta.annotations):
+        errs.each(f"{path}.annotations", key, qualified_name_errors(key.lower()))
+        size += len(key) + len(meta.annotations[key])
+    if size > TOTAL_ANNOTATION_SIZE_LIMIT:
+        errs.too_long(f"{path}.annotations", TOTAL_ANNOTATION_SIZE_LIMIT)
+
+
+def _validate_owner_references(errs: FieldErrors, refs) -> None:
+    controllers = []
+    for i, ref in enumerate(refs):
+        path = f"metadata.ownerReferences[{i}]"
+        for field, json_name, what in (("api_version", "apiVersion", "version"),
+                                       ("kind", "kind", "kind"), ("name", "name", "name"),
+                                       ("uid", "uid", "uid")):
+            if not getattr(ref, field):
+                errs.invalid(f"{path}.{json_name}", "", f"{what} must not be empty")
+        if ref.controller:
+            controllers.append(ref.name)
+    if len(controllers) > 1:
+        errs.invalid("metadata.ownerReferences", ", ".join(controllers),
+                     "Only one reference can have Controller set to true")
+
+
+def _validate_finalizers(errs: FieldErrors, path: str, finalizers) -> None:
+    seen = set()
+    for name in finalizers:
+        problems = qualified_name_errors(name)
+        errs.each(path, name, problems)
+        if not problems and "/" not in name and name not in STANDARD_FINALIZERS:
+            errs.invalid(path, name, "name is neither a standard finalizer name nor is it fully "
+                         "qualified")
+        if name in seen:
+            errs.duplicate(path, name)
+        seen.add(name)
+
+
+def _validate_meta_update(errs: FieldErrors, new, old) -> None:
+    """Immutable metadata. An empty uid or creationTimestamp in ``new`` is
+    not a change: the registry carries them over from ``old``, as Kubernetes'
+    BeforeUpdate does."""
+    for field, json_name in (("name", "name"), ("namespace", "namespace"), ("uid", "uid"),
+                             ("creation_timestamp", "creationTimestamp")):
+        value, before = getattr(new, field), getattr(old, field)
+        if field in ("uid", "creation_timestamp") and not value:
+            continue
+        if value != before:
+            errs.invalid(f"metadata.{json_name}", value, "field is immutable")
+
+
+# ======================================================================
+# Pod
+# ======================================================================
+
+RESTART_POLICIES = ("Always", "OnFailure", "Never")
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+PROTOCOLS = ("SCTP", "TCP", "UDP")
+TAINT_EFFECTS = ("NoExecute", "NoSchedule", "PreferNoSchedule")
+STANDARD_CONTAINER_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+_VOLUME_SOURCES = ("host_path", "empty_dir", "secret", "persistent_volume_claim", "config_map")
+_VOLUME_SOURCE_JSON = {"host_path": "hostPath", "empty_dir": "emptyDir", "secret": "secret",
+                       "persistent_volume_claim": "persistentVolumeClaim",
+                       "config_map": "configMap"}
+
+
+def _volume_sources(volume) -> list[str]:
+    return [f for f in _VOLUME_SOURCES if volume.HasField(f)]
+
+
+def _validate_pod_spec(errs: FieldErrors, path: str, spec, *, template: bool) -> None:
+    """A PodSpec at ``path`` ("spec" or "spec.template.spec")."""
+    volumes = _validate_volumes(errs, f"{path}.volumes", spec.volumes)
+    if not spec.containers:
+        errs.required(f"{path}.containers")
+    names: set[str] = set()
+    _validate_containers(errs, f"{path}.initContainers", spec.init_containers, volumes, names,
+                         init=True)
+    _validate_containers(errs, f"{path}.containers", spec.containers, volumes, names, init=False)
+    _validate_host_ports(errs, f"{path}.containers", spec.containers)
+    if template:
+        if spec.restart_policy != "Always":
+            errs.not_supported(f"{path}.restartPolicy", spec.restart_policy, ["Always"])
+        if spec.HasField("active_deadline_seconds"):
+            errs.forbidden(f"{path}.activeDeadlineSeconds",
+                           "activeDeadlineSeconds in a pod template is not supported")
+    else:
+        _enum(errs, f"{path}.restartPolicy", spec.restart_policy, RESTART_POLICIES)
+    if spec.HasField("active_deadline_seconds") and not 1 <= spec.active_deadline_seconds <= 2 ** 31 - 1:
+        errs.invalid(f"{path}.activeDeadlineSeconds", spec.active_deadline_seconds,
+                     "must be between 1 and 2147483647, inclusive")
+    if spec.HasField("termination_grace_period_seconds"):
+        _non_negative(errs, f"{path}.terminationGracePeriodSeconds",
+                      spec.termination_grace_period_seconds)
+    _labels(errs, f"{path}.nodeSelector", spec.node_selector)
+    for field, json_name, check in (
+            ("node_name", "nodeName", dns1123_subdomain_errors),
+            ("service_account_name", "serviceAccountName", dns1123_subdomain_errors),
+            ("scheduler_name", "schedulerName", dns1123_subdomain_errors),
+            ("hostname", "hostname", dns1123_label_errors),
+            ("subdomain", "subdomain", dns1123_label_errors)):
+        value = getattr(spec, field)
+        if value:
+            errs.each(f"{path}.{json_name}", value, check(value))
+    _validate_tolerations(errs, f"{path}.tolerations", spec.tolerations)
+    if spec.affinity.HasField("node_affinity"):
+        _validate_node_affinity(errs, f"{path}.affinity.nodeAffinity", spec.affinity.node_affinity)
+
+
+def _validate_volumes(errs: FieldErrors, path: str, volumes) -> set[str]:
+    names: set[str] = set()
+    for i, v in enumerate(volumes):
+        p = f"{path}[{i}]"
+        if not v.name:
+            errs.required(f"{p}.name")
+        else:
+            errs.each(f"{p}.name", v.name, dns1123_label_errors(v.name))
+            if v.name in names:
+                errs.duplicate(f"{p}.name", v.name)
+            names.add(v.name)
+        sources = _volume_sources(v)
+        if not sources:
+            errs.required(p, "must specify a volume type")
+        elif len(sources) > 1:
+            errs.forbidden(f"{p}.{_VOLUME_SOURCE_JSON[sources[1]]}",
+                           "may not specify more than 1 volume type")
+        if v.HasField("host_path") and not v.host_path.path:
+            errs.required(f"{p}.hostPath.path")
+        if v.HasField("secret") and not v.secret.secret_name:
+            errs.required(f"{p}.secret.secretName")
+        if v.HasField("config_map") and not v.config_map.name:
+            errs.required(f"{p}.configMap.name")
+        if v.HasField("persistent_volume_claim") and not v.persistent_volume_claim.claim_name:
+            errs.required(f"{p}.persistentVolumeClaim.claimName")
+        if v.HasField("empty_dir") and v.empty_dir.size_limit:
+            _quantity(errs, f"{p}.emptyDir.sizeLimit", v.empty_dir.size_limit)
+    return names
+
+
+def _quantity(errs: FieldErrors, path: str, text: str):
+    try:
+        value = parse_quantity(text)
+    except ValueError:
+        errs.invalid(path, text, "must match the regex "
+                     "^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$")
+        return None
+    if value < 0:
+        errs.invalid(path, text, NON_NEGATIVE_MESSAGE)
+        return None
+    return value
+
+
+def _validate_containers(errs: FieldErrors, path: str, containers, volumes: set[str],
+                         names: set[str], *, init: bool) -> None:
+    for i, c in enumerate(containers):
+        p = f"{path}[{i}]"
+        if not c.name:
+            errs.required(f"{p}.name")
+        else:
+            errs.each(f"{p}.name", c.name, dns1123_label_errors(c.name))
+            if c.name in names:
+                errs.duplicate(f"{p}.name", c.name)
+            names.add(c.name)
+        if not c.image:
+            errs.required(f"{p}.image")
+        elif c.image != c.image.strip():
+            errs.invalid(f"{p}.image", c.image, "must not have leading or trailing whitespace")
+        _enum(errs, f"{p}.imagePullPolicy", c.image_pull_policy, PULL_POLICIES)
+        _validate_container_ports(errs, f"{p}.ports", c.ports)
+        _validate_env(errs, f"{p}.env", c.env)
+        _validate_resources(errs, f"{p}.resources", c.resources)
+        mount_paths: set[str] = set()
+        for j, m in enumerate(c.volume_mounts):
+            mp = f"{p}.volumeMounts[{j}]"
+            if not m.name:
+                errs.required(f"{mp}.name")
+            elif m.name not in volumes:
+                errs.not_found(f"{mp}.name", m.name)
+            if not m.mount_path:
+                errs.required(f"{mp}.mountPath")
+            elif m.mount_path in mount_paths:
+                errs.invalid(f"{mp}.mountPath", m.mount_path, "must be unique")
+            mount_paths.add(m.mount_path)
+        for field, json_name in (("liveness_probe", "livenessProbe"),
+                                 ("readiness_probe", "readinessProbe"),
+                                 ("startup_probe", "startupProbe")):
+            if c.HasField(field):
+                if init:
+                    errs.forbidden(f"{p}.{json_name}", "may not be set for init containers")
+                else:
+                    _validate_probe(errs, f"{p}.{json_name}", getattr(c, field),
+                                    must_succeed_once=field != "readiness_probe")
+
+
+def _validate_container_ports(errs: FieldErrors, path: str, ports) -> None:
+    names: set[str] = set()
+    for i, port in enumerate(ports):
+        p = f"{path}[{i}]"
+        if port.name:
+            errs.each(f"{p}.name", port.name, port_name_errors(port.name))
+            if port.name in names:
+                errs.duplicate(f"{p}.name", port.name)
+            names.add(port.name)
+        if port.container_port == 0:
+            errs.required(f"{p}.containerPort")
+        else:
+            _port(errs, f"{p}.containerPort", port.container_port)
+        _port(errs, f"{p}.hostPort", port.host_port, allow_zero=True)
+        _enum(errs, f"{p}.protocol", port.protocol, PROTOCOLS)
+
+
+def _validate_host_ports(errs: FieldErrors, path: str, containers) -> None:
+    """No two ports of a pod may claim one (hostPort, protocol, hostIP)."""
+    claimed: set[tuple[int, str, str]] = set()
+    for i, c in enumerate(containers):
+        for j, port in enumerate(c.ports):
+            if port.host_port == 0:
+                continue
+            claim = (port.host_port, port.protocol, port.host_ip)
+            if claim in claimed:
+                errs.duplicate(f"{path}[{i}].ports[{j}].hostPort",
+                               f"{port.host_port}/{port.protocol}")
+            claimed.add(claim)
+
+
+def _validate_env(errs: FieldErrors, path: str, env) -> None:
+    for i, var in enumerate(env):
+        p = f"{path}[{i}]"
+        if not var.name:
+            errs.required(f"{p}.name")
+        elif not re.fullmatch(_ENV_VAR_NAME, var.name):
+            errs.invalid(f"{p}.name", var.name, _ENV_VAR_NAME_MESSAGE)
+        if not var.HasField("value_from"):
+            continue
+        source = var.value_from
+        if var.value:
+            errs.invalid(f"{p}.valueFrom", "", "may not be specified when `value` is not empty")
+        kinds = [f for f in ("field_ref", "config_map_key_ref", "secret_key_ref")
+                 if source.HasField(f)]
+        if not kinds:
+            errs.invalid(f"{p}.valueFrom", "", "must specify one of: `fieldRef`, "
+                         "`configMapKeyRef` or `secretKeyRef`")
+        elif len(kinds) > 1:
+            errs.invalid(f"{p}.valueFrom", "", "may not have more than one field specified at "
+                         "a time")
+        if source.HasField("field_ref") and not source.field_ref.field_path:
+            errs.required(f"{p}.valueFrom.fieldRef.fieldPath")
+        for field, json_name in (("config_map_key_ref", "configMapKeyRef"),
+                                 ("secret_key_ref", "secretKeyRef")):
+            if source.HasField(field):
+                ref = getattr(source, field)
+                if not ref.key:
+                    errs.required(f"{p}.valueFrom.{json_name}.key")
+                else:
+                    errs.each(f"{p}.valueFrom.{json_name}.key", ref.key, config_key_errors(ref.key))
+                if not ref.name:
+                    errs.required(f"{p}.valueFrom.{json_name}.name")
+
+
+def _validate_resources(errs: FieldErrors, path: str, resources) -> None:
+    limits = {}
+    for which, values in (("limits", resources.limits), ("requests", resources.requests)):
+        for name in sorted(values):
+            p = f"{path}.{which}[{name}]"
+            problems = qualified_name_errors(name)
+            errs.each(p, name, problems)
+            if not problems and "/" not in name and name not in STANDARD_CONTAINER_RESOURCES \
+                    and not name.startswith("hugepages-"):
+                errs.invalid(p, name, "must be a standard resource for containers")
+            value = _quantity(errs, p, values[name])
+            if which == "limits" and value is not None:
+                limits[name] = value
+            elif which == "requests" and value is not None and name in limits \
+                    and value > limits[name]:
+                errs.invalid(p, values[name], f"must be less than or equal to {name} limit of "
+                             f"{resources.limits[name]}")
+
+
+def _validate_probe(errs: FieldErrors, path: str, probe, *, must_succeed_once: bool) -> None:
+    handlers = [f for f in ("exec", "http_get", "tcp_socket") if probe.HasField(f)]
+    if not handlers:
+        errs.required(path, "must specify a handler type")
+    elif len(handlers) > 1:
+        errs.forbidden(path, "may not specify more than 1 handler type")
+    if probe.HasField("exec") and not probe.exec.command:
+        errs.required(f"{path}.exec.command")
+    if probe.HasField("http_get"):
+        _port_number_or_name(errs, f"{path}.httpGet.port", probe.http_get.port)
+        _enum(errs, f"{path}.httpGet.scheme", probe.http_get.scheme, ("HTTP", "HTTPS"),
+              required=False)
+    if probe.HasField("tcp_socket"):
+        _port_number_or_name(errs, f"{path}.tcpSocket.port", probe.tcp_socket.port)
+    for field, json_name in (("initial_delay_seconds", "initialDelaySeconds"),
+                             ("timeout_seconds", "timeoutSeconds"),
+                             ("period_seconds", "periodSeconds"),
+                             ("success_threshold", "successThreshold"),
+                             ("failure_threshold", "failureThreshold")):
+        _non_negative(errs, f"{path}.{json_name}", getattr(probe, field))
+    if must_succeed_once and probe.success_threshold not in (0, 1):
+        errs.invalid(f"{path}.successThreshold", probe.success_threshold, "must be 1")
+
+
+def _validate_tolerations(errs: FieldErrors, path: str, tolerations) -> None:
+    for i, t in enumerate(tolerations):
+        p = f"{path}[{i}]"
+        if t.key:
+            errs.each(f"{p}.key", t.key, qualified_name_errors(t.key))
+        elif t.operator != "Exists":
+            errs.invalid(f"{p}.operator", t.operator, "operator must be Exists when `key` is "
+                         'empty, which means "match all values and all keys"')
+        if t.HasField("toleration_seconds") and t.effect != "NoExecute":
+            errs.invalid(f"{p}.effect", t.effect, "effect must be 'NoExecute' when "
+                         "`tolerationSeconds` is set")
+        if t.operator in ("", "Equal"):
+            errs.each(f"{p}.value", t.value, label_value_errors(t.value))
+        elif t.operator == "Exists":
+            if t.value:
+                errs.invalid(f"{p}.operator", t.value, "value must be empty when `operator` is "
+                             "'Exists'")
+        else:
+            errs.not_supported(f"{p}.operator", t.operator, ["Equal", "Exists"])
+        _enum(errs, f"{p}.effect", t.effect, TAINT_EFFECTS, required=False)
+
+
+NODE_SELECTOR_OPERATORS = ("DoesNotExist", "Exists", "Gt", "In", "Lt", "NotIn")
+
+
+def _validate_node_affinity(errs: FieldErrors, path: str, affinity) -> None:
+    if affinity.HasField("required_during_scheduling_ignored_during_execution"):
+        p = f"{path}.requiredDuringSchedulingIgnoredDuringExecution"
+        terms = affinity.required_during_scheduling_ignored_during_execution.node_selector_terms
+        if not terms:
+            errs.required(f"{p}.nodeSelectorTerms", "must have at least one node selector term")
+        for i, term in enumerate(terms):
+            _validate_node_selector_term(errs, f"{p}.nodeSelectorTerms[{i}]", term)
+    for i, pref in enumerate(affinity.preferred_during_scheduling_ignored_during_execution):
+        p = f"{path}.preferredDuringSchedulingIgnoredDuringExecution[{i}]"
+        if not 1 <= pref.weight <= 100:
+            errs.invalid(f"{p}.weight", pref.weight, "must be in the range 1-100")
+        _validate_node_selector_term(errs, f"{p}.preference", pref.preference)
+
+
+def _validate_node_selector_term(errs: FieldErrors, path: str, term) -> None:
+    for j, req in enumerate(term.match_expressions):
+        p = f"{path}.matchExpressions[{j}]"
+        errs.each(f"{p}.key", req.key, qualified_name_errors(req.key))
+        op, values = req.operator, list(req.values)
+        if op in ("In", "NotIn"):
+            if not values:
+                errs.required(f"{p}.values", "must be specified when `operator` is 'In' or 'NotIn'")
+            for k, v in enumerate(values):
+                errs.each(f"{p}.values[{k}]", v, label_value_errors(v))
+        elif op in ("Exists", "DoesNotExist"):
+            if values:
+                errs.forbidden(f"{p}.values", "may not be specified when `operator` is 'Exists' or "
+                               "'DoesNotExist'")
+        elif op in ("Gt", "Lt"):
+            if len(values) != 1:
+                errs.required(f"{p}.values", "must be specified single value when `operator` is "
+                              "'Lt' or 'Gt'")
+            elif not _is_int(values[0]):
+                errs.invalid(f"{p}.values[0]", values[0], "must be an integer")
+        else:
+            errs.not_supported(f"{p}.operator", op, NODE_SELECTOR_OPERATORS)
+    for j, req in enumerate(term.match_fields):
+        p = f"{path}.matchFields[{j}]"
+        if req.key != "metadata.name":
+            errs.not_supported(f"{p}.key", req.key, ["metadata.name"])
+        if req.operator not in ("In", "NotIn"):
+            errs.not_supported(f"{p}.operator", req.operator, ["In", "NotIn"])
+        elif len(req.values) != 1:
+            errs.required(f"{p}.values", "must be only one value when `operator` is 'In' or "
+                          "'NotIn' for node field selector")
+
+
+def _validate_pod(errs: FieldErrors, pod) -> None:
+    _validate_pod_spec(errs, "spec", pod.spec, template=False)
+
+
+# fields a pod update may change (our binding: spec.nodeName from "" once)
+_POD_UPDATE_FORBIDDEN = (
+    "pod updates may not change fields other than `spec.containers[*].image`,"
+    "`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only "
+    "additions to existing tolerations),`spec.nodeName` (only from empty, once)")
+
+
+def _validate_pod_update(errs: FieldErrors, new, old) -> None:
+    allowed = core_pb2.PodSpec()
+    allowed.CopyFrom(old.spec)
+    for mine, theirs in ((allowed.containers, new.spec.containers),
+                         (allowed.init_containers, new.spec.init_containers)):
+        for c, n in zip(mine, theirs):
+            c.image = n.image
+    if new.spec.HasField("active_deadline_seconds"):
+        allowed.active_deadline_seconds = new.spec.active_deadline_seconds
+        if old.spec.HasField("active_deadline_seconds") and \
+                new.spec.active_deadline_seconds > old.spec.active_deadline_seconds:
+            errs.invalid("spec.activeDeadlineSeconds", new.spec.active_deadline_seconds,
+                         "must be less than or equal to previous value")
+    elif old.spec.HasField("active_deadline_seconds"):
+        errs.invalid("spec.activeDeadlineSeconds", None,
+                     "must not update from a positive integer to nil value")
+        allowed.ClearField("active_deadline_seconds")
+    if all(t in new.spec.tolerations for t in old.spec.tolerations):
+        del allowed.tolerations[:]
+        allowed.tolerations.extend(new.spec.tolerations)
+    if not old.spec.node_name:
+        allowed.node_name = new.spec.node_name
+    if allowed != new.spec:
+        errs.forbidden("spec", _POD_UPDATE_FORBIDDEN)
+
+
+# ======================================================================
+# ReplicaSet, Deployment
+# ======================================================================
+
+def _validate_workload(errs: FieldErrors, kind: str, spec) -> None:
+    """What ReplicaSet and Deployment specs share: replicas, selector, template."""
+    if spec.HasField("replicas"):
+        _non_negative(errs, "spec.replicas", spec.replicas)
+    _non_negative(errs, "spec.minReadySeconds", spec.min_ready_seconds)
+    selector = None
+    if not spec.HasField("selector"):
+        errs.required("spec.selector")
+    else:
+        try:
+            selector = label_selector_from_proto(spec.selector)
+        except LabelSelectorError as e:
+            for field, reason, detail in e.causes:
+                errs.add(f"spec.selector.{field}", reason, detail)
+        else:
+            if selector.empty:
+                errs.invalid("spec.selector", _shown_selector(spec.selector),
+                             f"empty selector is invalid for {kind.lower()}")
+                selector = None
+    template = spec.template
+    _validate_labels_and_annotations(errs, "spec.template.metadata", template.metadata)
+    if selector is not None and not selector.matches(template.metadata.labels):
+        errs.invalid("spec.template.metadata.labels", _go_map(template.metadata.labels),
+                     "`selector` does not match template `labels`")
+    _validate_pod_spec(errs, "spec.template.spec", template.spec, template=True)
+
+
+def _go_map(m) -> _Raw:
+    return _Raw("map[string]string{" + ", ".join(f"{quote(k)}:{quote(m[k])}" for k in sorted(m)) + "}")
+
+
+def _shown_selector(selector) -> _Raw:
+    try:
+        text = str(label_selector_from_proto(selector))
+    except LabelSelectorError:
+        text = "?"
+    return _Raw(f"LabelSelector{{{text}}}")
+
+
+def _validate_replica_set(errs: FieldErrors, rs) -> None:
+    _validate_workload(errs, "ReplicaSet", rs.spec)
+
+
+def _int_or_percent(errs: FieldErrors, path: str, value: str):
+    """An IntOrString count: returns (number, is_percent), or None after an error."""
+    if _is_int(value):
+        number = int(value)
+        if number < 0:
+            errs.invalid(path, value, NON_NEGATIVE_MESSAGE)
+            return None
+        return number, False
+    if not re.fullmatch(_PERCENT, value):
+        errs.invalid(path, value, _PERCENT_MESSAGE)
+        return None
+    return int(value[:-1]), True
+
+
+def _validate_deployment(errs: FieldErrors, d) -> None:
+    spec = d.spec
+    _validate_workload(errs, "Deployment", spec)
+    if spec.HasField("revision_history_limit"):
+        _non_negative(errs, "spec.revisionHistoryLimit", spec.revision_history_limit)
+    if spec.HasField("progress_deadline_seconds"):
+        _non_negative(errs, "spec.progressDeadlineSeconds", spec.progress_deadline_seconds)
+        if spec.progress_deadline_seconds <= spec.min_ready_seconds:
+            errs.invalid("spec.progressDeadlineSeconds", spec.progress_deadline_seconds,
+                         "must be greater than minReadySeconds")
+    strategy = spec.strategy
+    if strategy.type == "Recreate":
+        if strategy.HasField("rolling_update") and strategy.rolling_update.ByteSize():
+            errs.forbidden("spec.strategy.rollingUpdate",
+                           "may not be specified when strategy `type` is 'Recreate'")
+    elif strategy.type == "RollingUpdate":
+        p = "spec.strategy.rollingUpdate"
+        ru = strategy.rolling_update
+        unavailable = _int_or_percent(errs, f"{p}.maxUnavailable", ru.max_unavailable)
+        surge = _int_or_percent(errs, f"{p}.maxSurge", ru.max_surge)
+        if unavailable and unavailable[1] and unavailable[0] > 100:
+            errs.invalid(f"{p}.maxUnavailable", ru.max_unavailable, "must not be greater than 100%")
+        if unavailable and surge and unavailable[0] == 0 and surge[0] == 0:
+            errs.invalid(f"{p}.maxUnavailable", ru.max_unavailable,
+                         "may not be 0 when `maxSurge` is 0")
+    else:
+        _enum(errs, "spec.strategy.type", strategy.type, ("Recreate", "RollingUpdate"))
+
+
+def _validate_selector_update(errs: FieldErrors, new, old) -> None:
+    if new.spec.selector != old.spec.selector:
+        errs.invalid("spec.selector", _shown_selector(new.spec.selector), "field is immutable")
+
+
+# ======================================================================
+# Service, Endpoints
+# ======================================================================
+
+SERVICE_TYPES = ("ClusterIP", "ExternalName", "LoadBalancer", "NodePort")
+SESSION_AFFINITIES = ("ClientIP", "None")
+_IP_MESSAGE = "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _validate_service(errs: FieldErrors, svc) -> None:
+    spec = svc.spec
+    _enum(errs, "spec.type", spec.type, SERVICE_TYPES)
+    if spec.type != "ExternalName" and not spec.ports:
+        errs.required("spec.ports")
+    names: set[str] = set()
+    claims: set[tuple[int, str]] = set()
+    for i, port in enumerate(spec.ports):
+        p = f"spec.ports[{i}]"
+        if not port.name:
+            if len(spec.ports) > 1:
+                errs.required(f"{p}.name")
+        else:
+            errs.each(f"{p}.name", port.name, dns1123_label_errors(port.name))
+            if port.name in names:
+                errs.duplicate(f"{p}.name", port.name)
+            names.add(port.name)
+        _port(errs, f"{p}.port", port.port)
+        _enum(errs, f"{p}.protocol", port.protocol, PROTOCOLS)
+        _port_number_or_name(errs, f"{p}.targetPort", port.target_port)
+        if port.node_port:
+            _port(errs, f"{p}.nodePort", port.node_port)
+            if spec.type == "ClusterIP":
+                errs.forbidden(f"{p}.nodePort", "may not be used when `type` is 'ClusterIP'")
+        claim = (port.port, port.protocol)
+        if claim in claims:
+            errs.duplicate(p, f"{port.port}/{port.protocol}")
+        claims.add(claim)
+    _enum(errs, "spec.sessionAffinity", spec.session_affinity, SESSION_AFFINITIES, required=False)
+    _labels(errs, "spec.selector", spec.selector)
+    if spec.cluster_ip and spec.cluster_ip != "None" and not _is_ip(spec.cluster_ip):
+        errs.invalid("spec.clusterIP", spec.cluster_ip, _IP_MESSAGE)
+    for i, ip in enumerate(spec.cluster_ips):
+        if ip != "None" and not _is_ip(ip):
+            errs.invalid(f"spec.clusterIPs[{i}]", ip, _IP_MESSAGE)
+
+
+def _validate_service_update(errs: FieldErrors, new, old) -> None:
+    if "ExternalName" in (new.spec.type, old.spec.type):
+        return
+    if old.spec.cluster_ip and new.spec.cluster_ip != old.spec.cluster_ip:
+        errs.invalid("spec.clusterIP", new.spec.cluster_ip, "field is immutable")
+
+
+def _validate_endpoints(errs: FieldErrors, ep) -> None:
+    for i, subset in enumerate(ep.subsets):
+        p = f"subsets[{i}]"
+        for field, json_name in (("addresses", "addresses"),
+                                 ("not_ready_addresses", "notReadyAddresses")):
+            for j, addr in enumerate(getattr(subset, field)):
+                if not _is_ip(addr.ip):
+                    errs.invalid(f"{p}.{json_name}[{j}].ip", addr.ip, _IP_MESSAGE)
+        for j, port in enumerate(subset.ports):
+            pp = f"{p}.ports[{j}]"
+            if port.name:
+                errs.each(f"{pp}.name", port.name, dns1123_label_errors(port.name))
+            elif len(subset.ports) > 1:
+                errs.required(f"{pp}.name")
+            _port(errs, f"{pp}.port", port.port)
+            _enum(errs, f"{pp}.protocol", port.protocol, PROTOCOLS)
+
+
+# ======================================================================
+# ConfigMap, Secret
+# ======================================================================
+
+MAX_DATA_SIZE = 1024 * 1024  # a ConfigMap's or Secret's values, as Kubernetes' MaxSecretSize
+_SECRET_REQUIRED_KEYS = {
+    "kubernetes.io/tls": ("tls.crt", "tls.key"),
+    "kubernetes.io/dockerconfigjson": (".dockerconfigjson",),
+    "kubernetes.io/dockercfg": (".dockercfg",),
+    "kubernetes.io/ssh-auth": ("ssh-privatekey",),
+}
+
+
+def _validate_config_map(errs: FieldErrors, cm) -> None:
+    size = 0
+    for key in sorted(cm.data):
+        errs.each(f"data[{key}]", key, config_key_errors(key))
+        size += len(cm.data[key].encode("utf-8"))
+    for key in sorted(cm.binary_data):
+        errs.each(f"binaryData[{key}]", key, config_key_errors(key))
+        if key in cm.data:
+            errs.invalid(f"binaryData[{key}]", key, "duplicate of key present in data")
+        size += len(cm.binary_data[key])
+    if size > MAX_DATA_SIZE:
+        errs.too_long("data", MAX_DATA_SIZE)
+
+
+def _validate_secret(errs: FieldErrors, secret) -> None:
+    size = 0
+    for key in sorted(secret.data):
+        errs.each(f"data[{key}]", key, config_key_errors(key))
+        size += len(secret.data[key])
+    for key in sorted(secret.string_data):
+        errs.each(f"stringData[{key}]", key, config_key_errors(key))
+    if size > MAX_DATA_SIZE:
+        errs.too_long("data", MAX_DATA_SIZE)
+    for key in _SECRET_REQUIRED_KEYS.get(secret.type, ()):
+        if key not in secret.data:
+            errs.required(f"data[{key}]")
+    if secret.type == "kubernetes.io/dockerconfigjson" and ".dockerconfigjson" in secret.data:
+        try:
+            json.loads(secret.data[".dockerconfigjson"])
+        except ValueError as e:
+            errs.invalid("data[.dockerconfigjson]", "<secret contents redacted>", str(e))
+    if secret.type == "kubernetes.io/basic-auth" and \
+            "username" not in secret.data and "password" not in secret.data:
+        errs.required("data[username]")
+    if secret.type == "kubernetes.io/service-account-token" and \
+            not secret.metadata.annotations.get("kubernetes.io/service-account.name"):
+        errs.required("metadata.annotations[kubernetes.io/service-account.name]")
+
+
+def _validate_immutable_data(errs: FieldErrors, new, old, data_fields) -> None:
+    """A ConfigMap or Secret marked immutable keeps its data and the mark."""
+    if not (old.HasField("immutable") and old.immutable):
+        return
+    message = "field is immutable when `immutable` is set"
+    if not (new.HasField("immutable") and new.immutable):
+        errs.forbidden("immutable", message)
+    for field, json_name in data_fields:
+        if dict(getattr(new, field)) != dict(getattr(old, field)):
+            errs.forbidden(json_name, message)
+
+
+def _validate_config_map_update(errs: FieldErrors, new, old) -> None:
+    _validate_immutable_data(errs, new, old, (("data", "data"), ("binary_data", "binaryData")))
+
+
+def _validate_secret_update(errs: FieldErrors, new, old) -> None:
+    if new.type != old.type:
+        errs.invalid("type", new.type, "field is immutable")
+    _validate_immutable_data(errs, new, old, (("data", "data"),))
+
+
+# ======================================================================
+# Namespace, Node, Event, Lease
+# ======================================================================
+
+def _validate_namespace(errs: FieldErrors, ns) -> None:
+    for name in ns.spec.finalizers:
+        errs.each("spec.finalizers", name, qualified_name_errors(name))
+
+
+def _validate_node(errs: FieldErrors, node) -> None:
+    seen: set[tuple[str, str]] = set()
+    for i, taint in enumerate(node.spec.taints):
+        p = f"spec.taints[{i}]"
+        if not taint.key:
+            errs.required(f"{p}.key")
+        else:
+            errs.each(f"{p}.key", taint.key, qualified_name_errors(taint.key))
+        errs.each(f"{p}.value", taint.value, label_value_errors(taint.value))
+        _enum(errs, f"{p}.effect", taint.effect, TAINT_EFFECTS)
+        if (taint.key, taint.effect) in seen:
+            errs.duplicate(p, f"{taint.key}:{taint.effect}")
+        seen.add((taint.key, taint.effect))
+    if node.spec.pod_cidr:
+        try:
+            ipaddress.ip_network(node.spec.pod_cidr, strict=False)
+        except ValueError:
+            errs.invalid("spec.podCIDR", node.spec.pod_cidr, "must be a valid CIDR value, "
+                         "(e.g. 10.9.8.0/24 or 2001:db8::/64)")
+    for field, json_name in (("capacity", "capacity"), ("allocatable", "allocatable")):
+        values = getattr(node.status, field)
+        for name in sorted(values):
+            _quantity(errs, f"status.{json_name}[{name}]", values[name])
+
+
+def _validate_node_update(errs: FieldErrors, new, old) -> None:
+    for field, json_name in (("pod_cidr", "podCIDR"), ("provider_id", "providerID")):
+        before = getattr(old.spec, field)
+        if before and getattr(new.spec, field) != before:
+            errs.forbidden(f"spec.{json_name}", f"node updates may not change {json_name} "
+                           'except from "" to valid')
+
+
+def _validate_event(errs: FieldErrors, ev) -> None:
+    involved = ev.involved_object
+    if not involved.ByteSize():
+        errs.required("involvedObject")
+    elif not involved.kind:
+        errs.required("involvedObject.kind")
+    if involved.namespace and involved.namespace != ev.metadata.namespace:
+        errs.invalid("involvedObject.namespace", involved.namespace,
+                     "does not match event.namespace")
+
+
+def _validate_lease(errs: FieldErrors, lease) -> None:
+    spec = lease.spec
+    if spec.HasField("lease_duration_seconds") and spec.lease_duration_seconds <= 0:
+        errs.invalid("spec.leaseDurationSeconds", spec.lease_duration_seconds,
+                     "must be greater than 0")
+    if spec.HasField("lease_transitions"):
+        _non_negative(errs, "spec.leaseTransitions", spec.lease_transitions)
+
+
+# ======================================================================
+# entry points
+# ======================================================================
+
+_VALIDATE = {
+    "namespaces": _validate_namespace,
+    "nodes": _validate_node,
+    "pods": _validate_pod,
+    "services": _validate_service,
+    "endpoints": _validate_endpoints,
+    "configmaps": _validate_config_map,
+    "secrets": _validate_secret,
+    "events": _validate_event,
+    "replicasets": _validate_replica_set,
+    "deployments": _validate_deployment,
+    "leases": _validate_lease,
+}
+_VALIDATE_UPDATE = {
+    "nodes": _validate_node_update,
+    "pods": _validate_pod_update,
+    "services": _validate_service_update,
+    "configmaps": _validate_config_map_update,
+    "secrets": _validate_secret_update,
+    "replicasets": _validate_selector_update,
+    "deployments": _validate_selector_update,
+}
+
+
+def validate_create(resource: Resource, msg) -> None:
+    """Raises errors.invalid(kind, name, causes) listing every problem of a
+    new object (after apply_defaults)."""
+    errs = FieldErrors()
+    _validate_meta(errs, resource, msg.metadata)
+    _VALIDATE[resource.name](errs, msg)
+    errs.raise_if_any(resource.kind, msg.metadata.name)
+
+
+def validate_update(resource: Resource, new, old) -> None:
+    """Raises errors.invalid(kind, name, causes) when ``new`` is not a valid
+    object or changes what may not change since ``old``."""
+    errs = FieldErrors()
+    _validate_meta(errs, resource, new.metadata)
+    _validate_meta_update(errs, new.metadata, old.metadata)
+    _VALIDATE[resource.name](errs, new)
+    check = _VALIDATE_UPDATE.get(resource.name)
+    if check is not None:
+        check(errs, new, old)
+    errs.raise_if_any(resource.kind, new.metadata.name)
