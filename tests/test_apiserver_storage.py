@@ -687,5 +687,7 @@ def test_etcd_failures_become_api_errors(kind, procs, tmp_path):
             err = await api_error(call())
             assert err.reason == "ServiceUnavailable" and err.grpc_code.name == "UNAVAILABLE", err
             assert err.message.startswith("etcd is unavailable")
+            # raised "from None": no gRPC error chained behind it
+            assert err.__cause__ is None and err.__suppress_context__
 
     run(m, body, request_timeout=10)
