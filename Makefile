@@ -30,8 +30,9 @@ etcd:
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. $(PROTOS)
 
+# The embedded default plane: one etcdlite member and the apiserver (data in ./default.plane).
 run: $(STAMP)
-	$(BIN)/python -m etcdlite --data-dir default.etcd
+	$(BIN)/python -m apiserver.up --data-dir default.plane
 
 test: $(STAMP) etcd
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
@@ -42,4 +43,4 @@ bench: $(STAMP) etcd
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) default.etcd .pytest_cache
+	rm -rf $(VENV) default.etcd default.plane .pytest_cache

@@ -1,0 +1,325 @@
+"""What the apiserver does to an object between the request and etcd.
+
+The REST "strategies" of kube-apiserver, for every kind at once: the server
+sets uid, creationTimestamp and generation; defaults and validation come from
+``validation``; the status subresource is the only way to change status;
+deletion honours finalizers (deletionTimestamp first, removal once the last
+finalizer is gone) and graceful pod deletion; objects go only into namespaces
+that exist and are not terminating. Storage does the optimistic concurrency
+(Txn on mod_revision); the watch caches serve Watch.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from apiserver import errors, manifest, resources, validation
+from apiserver.errors import ApiError
+from apiserver.resources import Resource
+from apiserver.selectors import make_predicate
+from apiserver.storage import Storage
+
+log = logging.getLogger("apiserver.registry")
+
+NAMESPACES = resources.BY_NAME["namespaces"]
+PODS = resources.BY_NAME["pods"]
+
+# etcd refuses requests over 1.5 MiB; stay clear of it with the metadata around
+DEFAULT_MAX_OBJECT_BYTES = 1024 * 1024
+GENERATE_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+GENERATE_NAME_ATTEMPTS = 5
+
+FOREGROUND_FINALIZER = "foregroundDeletion"
+ORPHAN_FINALIZER = "orphan"
+PROPAGATION_POLICIES = {"", "Background", "Foreground", "Orphan"}
+
+
+def now_rfc3339(delta_seconds: float = 0) -> str:
+    t = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=delta_seconds)
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_resource_version(rv: str, what: str = "resourceVersion") -> int | None:
+    """"" -> None; "N" -> N; anything else is a BadRequest."""
+    if rv == "":
+        return None
+    if not rv.isdigit():
+        raise errors.bad_request(f'invalid {what}: "{rv}"')
+    return int(rv)
+
+
+@dataclass
+class Options:
+    max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
+    not_ready_toleration_seconds: int = 300
+    unreachable_toleration_seconds: int = 300
+
+
+def copy_of(msg):
+    new = type(msg)()
+    new.CopyFrom(msg)
+    return new
+
+
+def _spec_of(res: Resource, msg):
+    """What a change of bumps metadata.generation."""
+    if not res.has_spec:
+        return None
+    return msg.spec.SerializeToString(deterministic=True)
+
+
+def _deletion_done(res: Resource, msg) -> bool:
+    """An object being deleted goes once nothing holds it any more."""
+    if not msg.metadata.deletion_timestamp or msg.metadata.finalizers:
+        return False
+    if res is NAMESPACES and msg.spec.finalizers:
+        return False
+    # a graceful pod deletion ends when the kubelet deletes it with grace 0
+    return not (res is PODS and msg.metadata.deletion_grace_period_seconds > 0)
+
+
+class Registry:
+    """Create/get/list/update/patch/delete/watch of every kind; raises ApiError."""
+
+    def __init__(self, storage: Storage, caches: dict, options: Options | None = None) -> None:
+        self.storage = storage
+        self.caches = caches  # resource name -> WatchCache
+        self.options = options or Options()
+
+    # ---- helpers --------------------------------------------------------
+
+    def _defaults(self, res: Resource, msg, *, for_create: bool) -> None:
+        validation.apply_defaults(
+            res, msg, for_create=for_create,
+            not_ready_toleration_seconds=self.options.not_ready_toleration_seconds,
+            unreachable_toleration_seconds=self.options.unreachable_toleration_seconds)
+
+    def _check_size(self, res: Resource, msg) -> None:
+        size = msg.ByteSize()
+        if size > self.options.max_object_bytes:
+            raise errors.too_large(
+                f'{res.kind} "{msg.metadata.name}" is too large: {size} bytes, '
+                f"the limit is {self.options.max_object_bytes}")
+
+    @staticmethod
+    def namespace_of(res: Resource, namespace: str) -> str:
+        if not res.namespaced:
+            return ""
+        return namespace or "default"
+
+    async def _check_namespace_open(self, res: Resource, namespace: str, name: str) -> None:
+        if not res.namespaced:
+            return
+        try:
+            ns = await self.storage.get(NAMESPACES, "", namespace)
+        except ApiError as e:
+            if e.reason == "NotFound":
+                raise errors.not_found("namespaces", namespace) from None
+            raise
+        if ns.metadata.deletion_timestamp:
+            raise errors.forbidden(
+                res.name, name,
+                f"unable to create new content in namespace {namespace} because it is being terminated")
+
+    # ---- create ---------------------------------------------------------
+
+    async def create(self, res: Resource, incoming):
+        msg = copy_of(incoming)
+        meta = msg.metadata
+        if res.namespaced:
+            meta.namespace = meta.namespace or "default"
+        meta.uid = str(uuid.uuid4())
+        meta.creation_timestamp = now_rfc3339()
+        meta.resource_version = ""
+        meta.generation = 1
+        meta.deletion_timestamp = ""
+        meta.ClearField("deletion_grace_period_seconds")
+        if res.has_status and res.name != "nodes":  # kubelets register nodes with their status
+            msg.ClearField("status")
+            if res is PODS:
+                msg.status.phase = "Pending"
+        self._defaults(res, msg, for_create=True)
+        generated = not meta.name and bool(meta.generate_name)
+        if generated:
+            meta.name = meta.generate_name + "".join(
+                secrets.choice(GENERATE_NAME_ALPHABET) for _ in range(5))
+        validation.validate_create(res, msg)
+        self._check_size(res, msg)
+        await self._check_namespace_open(res, meta.namespace, meta.name)
+        for attempt in range(GENERATE_NAME_ATTEMPTS if generated else 1):
+            try:
+                return await self.storage.create(res, msg)
+            except ApiError as e:
+                if e.reason != "AlreadyExists" or not generated or attempt == GENERATE_NAME_ATTEMPTS - 1:
+                    raise
+                meta.name = meta.generate_name + "".join(
+                    secrets.choice(GENERATE_NAME_ALPHABET) for _ in range(5))
+
+    # ---- read -----------------------------------------------------------
+
+    async def get(self, res: Resource, namespace: str, name: str):
+        if not name:
+            raise errors.bad_request("name is required")
+        return await self.storage.get(res, self.namespace_of(res, namespace), name)
+
+    async def list(self, res: Resource, namespace: str = "", *, label_selector: str = "",
+                   field_selector: str = "", limit: int = 0, continue_token: str = "",
+                   resource_version: str = ""):
+        predicate = make_predicate(res, label_selector, field_selector)
+        revision = parse_resource_version(resource_version) or 0
+        if limit < 0:
+            raise errors.bad_request("limit must not be negative")
+        return await self.storage.list(
+            res, namespace if res.namespaced else "",
+            predicate=None if predicate.everything else predicate.matches,
+            limit=limit, continue_token=continue_token, revision=revision)
+
+    def watch(self, res: Resource, namespace: str = "", *, label_selector: str = "",
+              field_selector: str = "", resource_version: str = "", bookmarks: bool = False):
+        """The cache's async iterator of (type, object); Expired when too old."""
+        predicate = make_predicate(res, label_selector, field_selector)
+        rv = parse_resource_version(resource_version)
+        return self.caches[res.name].watch(
+            namespace=namespace if res.namespaced else "",
+            predicate=None if predicate.everything else predicate.matches,
+            resource_version=rv or None, bookmarks=bookmarks)
+
+    # ---- update ---------------------------------------------------------
+
+    def _prepare_update(self, res: Resource, new, current, *, status: bool):
+        """The object to store for an update of ``current`` to ``new``;
+        None when the update completes a deletion."""
+        meta, cur = new.metadata, current.metadata
+        if status:
+            # the status subresource changes status only
+            incoming_status = new.status
+            new = copy_of(current)
+            new.status.CopyFrom(incoming_status)
+            meta = new.metadata
+        else:
+            # immutable system fields: filled in when the client left them out,
+            # validation rejects a change
+            for field in ("uid", "creation_timestamp"):
+                if not getattr(meta, field):
+                    setattr(meta, field, getattr(cur, field))
+            if res.has_status:
+                new.status.CopyFrom(current.status)
+            self._defaults(res, new, for_create=False)
+            validation.validate_update(res, new, current)
+        meta.resource_version = cur.resource_version
+        meta.deletion_timestamp = cur.deletion_timestamp
+        if cur.HasField("deletion_grace_period_seconds"):
+            meta.deletion_grace_period_seconds = cur.deletion_grace_period_seconds
+        else:
+            meta.ClearField("deletion_grace_period_seconds")
+        if cur.deletion_timestamp:
+            added = set(meta.finalizers) - set(cur.finalizers)
+            if added:
+                raise errors.forbidden(res.name, cur.name,
+                                       f"no new finalizers can be added if the object is being deleted, found new finalizers {sorted(added)}")
+        meta.generation = cur.generation
+        if not status and _spec_of(res, new) != _spec_of(res, current):
+            meta.generation = cur.generation + 1
+        if _deletion_done(res, new):
+            return None
+        if new == current:
+            return current  # nothing changed: no write, the resourceVersion stays
+        self._check_size(res, new)
+        return new
+
+    async def _update(self, res: Resource, incoming, *, status: bool):
+        if status and not res.has_status:
+            raise errors.method_not_allowed(f"{res.name} have no status subresource")
+        namespace = self.namespace_of(res, incoming.metadata.namespace)
+        name = incoming.metadata.name
+        if not name:
+            raise errors.invalid(res.kind, "", [("metadata.name", "FieldValueRequired", "Required value")])
+        expected = parse_resource_version(incoming.metadata.resource_version)
+        wanted = copy_of(incoming)
+        wanted.metadata.namespace = namespace
+
+        def update(current):
+            return self._prepare_update(res, copy_of(wanted), current, status=status)
+
+        return await self.storage.guaranteed_update(res, namespace, name, update,
+                                                    expected_revision=expected)
+
+    async def update(self, res: Resource, incoming):
+        return await self._update(res, incoming, status=False)
+
+    async def update_status(self, res: Resource, incoming):
+        return await self._update(res, incoming, status=True)
+
+    async def patch(self, res: Resource, namespace: str, name: str, merge_patch: str, *,
+                    status: bool = False):
+        if status and not res.has_status:
+            raise errors.method_not_allowed(f"{res.name} have no status subresource")
+        namespace = self.namespace_of(res, namespace)
+
+        def update(current):
+            new = manifest.apply_merge_patch(current, merge_patch)
+            rv = new.metadata.resource_version
+            if rv and rv != current.metadata.resource_version:
+                raise errors.conflict(res.name, name)
+            new.metadata.namespace = namespace
+            new.metadata.name = name
+            return self._prepare_update(res, new, current, status=status)
+
+        return await self.storage.guaranteed_update(res, namespace, name, update)
+
+    # ---- delete ---------------------------------------------------------
+
+    async def delete(self, res: Resource, namespace: str, name: str, *, uid: str = "",
+                     resource_version: str = "", propagation_policy: str = "",
+                     grace_period_seconds: int | None = None):
+        if propagation_policy not in PROPAGATION_POLICIES:
+            raise errors.bad_request(f'invalid propagationPolicy "{propagation_policy}": '
+                                     "must be Background, Foreground or Orphan")
+        if grace_period_seconds is not None and grace_period_seconds < 0:
+            grace_period_seconds = 0
+        namespace = self.namespace_of(res, namespace)
+        expected = parse_resource_version(resource_version)
+
+        def update(current):
+            meta = current.metadata
+            if uid and uid != meta.uid:
+                raise errors.conflict(res.name, name,
+                                      f"Precondition failed: UID in precondition: {uid}, UID in object meta: {meta.uid}")
+            if expected is not None and str(expected) != meta.resource_version:
+                raise errors.conflict(
+                    res.name, name,
+                    f"Precondition failed: ResourceVersion in precondition: {expected}, "
+                    f"ResourceVersion in object meta: {meta.resource_version}")
+            new = copy_of(current)
+            finalizers = list(new.metadata.finalizers)
+            if propagation_policy == "Foreground" and FOREGROUND_FINALIZER not in finalizers:
+                finalizers.append(FOREGROUND_FINALIZER)
+            if propagation_policy == "Orphan" and ORPHAN_FINALIZER not in finalizers:
+                finalizers.append(ORPHAN_FINALIZER)
+            if not meta.deletion_timestamp:
+                del new.metadata.finalizers[:]
+                new.metadata.finalizers.extend(finalizers)
+            grace = 0
+            if res is PODS and new.spec.node_name:
+                default = new.spec.termination_grace_period_seconds if new.spec.HasField(
+                    "termination_grace_period_seconds") else 30
+                grace = default if grace_period_seconds is None else grace_period_seconds
+                if meta.HasField("deletion_grace_period_seconds"):
+                    grace = min(grace, meta.deletion_grace_period_seconds)
+            if res is NAMESPACES:
+                new.status.phase = "Terminating"
+            if not new.metadata.deletion_timestamp:
+                new.metadata.deletion_timestamp = now_rfc3339(grace)
+            if res is PODS or new.metadata.HasField("deletion_grace_period_seconds"):
+                new.metadata.deletion_grace_period_seconds = grace
+            if _deletion_done(res, new):
+                return None
+            return current if new == current else new
+
+        # the uid and resourceVersion preconditions are checked against what
+        # was read; the write itself is a CAS on that read
+        return await self.storage.guaranteed_update(res, namespace, name, update)

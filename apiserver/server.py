@@ -1,0 +1,123 @@
+"""`apiserver` / `python -m apiserver`: the gRPC API server, flags as kube-apiserver's."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+import grpc
+
+from apiserver import resources
+from apiserver.encryption import TransformError, load_transformer
+from apiserver.etcd3 import Etcd, parse_servers
+from apiserver.pb import api_pb2_grpc
+from apiserver.registry import Options, Registry
+from apiserver.service import ApiServerService
+from apiserver.storage import Storage
+from apiserver.watch_cache import WatchCache
+
+log = logging.getLogger("apiserver")
+
+_SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    # clients (informers) ping idle watch streams; answer instead of GOAWAY
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="apiserver",
+        description="Kubernetes-style objects over gRPC, stored in etcd (etcdlite or a real etcd).")
+    p.add_argument("--etcd-servers", default="http://127.0.0.1:2379",
+                   help="comma-separated etcd client URLs (every member of one cluster)")
+    p.add_argument("--bind-address", default="127.0.0.1", help="address to serve gRPC on")
+    p.add_argument("--port", type=int, default=6443, help="port to serve gRPC on (0: any free port)")
+    p.add_argument("--encryption-key-file", default="",
+                   help="AES-GCM key file: Secrets are encrypted at rest with its first key "
+                        "(lines NAME:BASE64-32-BYTES); without it Secrets are stored in plain text")
+    p.add_argument("--watch-cache-size", type=int, default=10_000,
+                   help="events each resource's watch cache keeps for watchers resuming from an older resourceVersion")
+    p.add_argument("--default-not-ready-toleration-seconds", type=int, default=300,
+                   help="tolerationSeconds of the not-ready:NoExecute toleration added to every pod")
+    p.add_argument("--default-unreachable-toleration-seconds", type=int, default=300,
+                   help="tolerationSeconds of the unreachable:NoExecute toleration added to every pod")
+    p.add_argument("--max-object-bytes", type=int, default=1024 * 1024,
+                   help="largest object accepted (RequestEntityTooLarge beyond it)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+async def serve(args: argparse.Namespace, transformer) -> int:
+    etcd = Etcd(args.etcd_servers)
+    storage = Storage(etcd, transformer=transformer)
+    caches = {res.name: WatchCache(etcd, res, storage.decode, capacity=args.watch_cache_size)
+              for res in resources.RESOURCES}
+    log.info("connecting to etcd at %s", ",".join(etcd.endpoints))
+    delay = 0.2
+    while True:
+        try:
+            await asyncio.gather(*(cache.start() for cache in caches.values()))
+            break
+        except Exception as e:
+            log.warning("etcd at %s not reachable yet (%s); retrying; is etcd (or `etcdlite`) running?",
+                        ",".join(etcd.endpoints), e)
+            await asyncio.gather(*(cache.stop() for cache in caches.values()), return_exceptions=True)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    registry = Registry(storage, caches, Options(
+        max_object_bytes=args.max_object_bytes,
+        not_ready_toleration_seconds=args.default_not_ready_toleration_seconds,
+        unreachable_toleration_seconds=args.default_unreachable_toleration_seconds))
+    server = grpc.aio.server(options=_SERVER_OPTIONS)
+    api_pb2_grpc.add_ApiServerServicer_to_server(ApiServerService(registry), server)
+    address = f"{args.bind_address}:{args.port}"
+    port = server.add_insecure_port(address)
+    if not port:
+        log.error("cannot listen on %s: is another apiserver running? choose another --port", address)
+        return 1
+    await server.start()
+    log.info("apiserver serving on %s:%d (etcd %s)", args.bind_address, port, ",".join(etcd.endpoints))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop(grace=1.0)
+    await asyncio.gather(*(cache.stop() for cache in caches.values()), return_exceptions=True)
+    await etcd.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        parse_servers(args.etcd_servers)
+    except ValueError as e:
+        print(f"apiserver: --etcd-servers: {e}", file=sys.stderr)
+        return 2
+    try:
+        transformer = load_transformer(args.encryption_key_file or None)
+    except (OSError, TransformError) as e:
+        print(f"apiserver: --encryption-key-file: {e}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(serve(args, transformer))
+    except KeyboardInterrupt:
+        return 0
+    except OSError as e:
+        print(f"apiserver: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

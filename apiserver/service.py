@@ -1,0 +1,138 @@
+"""The ApiServer gRPC service: requests in, Registry calls, objects out.
+
+Every ApiError becomes its gRPC status code with the meta.v1.Status in the
+trailing metadata; anything else is logged and answered as InternalError, so
+no Python traceback reaches a client and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from apiserver import errors, resources
+from apiserver.errors import ApiError
+from apiserver.pb import api_pb2, api_pb2_grpc
+from apiserver.registry import Registry
+
+log = logging.getLogger("apiserver.service")
+
+
+def _resource(name: str) -> resources.Resource:
+    res = resources.lookup(name) if name else None
+    if res is None:
+        raise errors.not_found("the server could not find the requested resource", name)
+    return res
+
+
+def _object_of(obj: api_pb2.Object):
+    res, msg = resources.unwrap(obj)
+    if res is None:
+        raise errors.bad_request("Object kind is missing: set one of the Object fields (pod, deployment, ...)")
+    return res, msg
+
+
+async def _fail(context, e: Exception):
+    if not isinstance(e, ApiError):
+        log.exception("internal error")
+        e = errors.internal(f"internal error: {type(e).__name__}: {e}")
+    await errors.abort(context, e)
+
+
+class ApiServerService(api_pb2_grpc.ApiServerServicer):
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    async def Create(self, request, context):
+        try:
+            res, msg = _object_of(request.object)
+            return resources.wrap(await self.registry.create(res, msg))
+        except Exception as e:
+            await _fail(context, e)
+
+    async def Get(self, request, context):
+        try:
+            res = _resource(request.resource)
+            return resources.wrap(await self.registry.get(res, request.namespace, request.name))
+        except Exception as e:
+            await _fail(context, e)
+
+    async def List(self, request, context):
+        try:
+            res = _resource(request.resource)
+            result = await self.registry.list(
+                res, request.namespace, label_selector=request.label_selector,
+                field_selector=request.field_selector, limit=request.limit,
+                continue_token=request.continue_token, resource_version=request.resource_version)
+            resp = api_pb2.ListResponse(resource_version=str(result.revision),
+                                        continue_token=result.continue_token)
+            field = res.field
+            for item in result.items:
+                getattr(resp.items.add(), field).CopyFrom(item)
+            if result.remaining_item_count is not None:
+                resp.remaining_item_count = result.remaining_item_count
+            return resp
+        except Exception as e:
+            await _fail(context, e)
+
+    async def Update(self, request, context):
+        try:
+            res, msg = _object_of(request.object)
+            return resources.wrap(await self.registry.update(res, msg))
+        except Exception as e:
+            await _fail(context, e)
+
+    async def UpdateStatus(self, request, context):
+        try:
+            res, msg = _object_of(request.object)
+            return resources.wrap(await self.registry.update_status(res, msg))
+        except Exception as e:
+            await _fail(context, e)
+
+    async def Patch(self, request, context):
+        try:
+            res = _resource(request.resource)
+            return resources.wrap(await self.registry.patch(
+                res, request.namespace, request.name, request.merge_patch, status=request.status))
+        except Exception as e:
+            await _fail(context, e)
+
+    async def Delete(self, request, context):
+        try:
+            res = _resource(request.resource)
+            grace = request.grace_period_seconds if request.HasField("grace_period_seconds") else None
+            return resources.wrap(await self.registry.delete(
+                res, request.namespace, request.name, uid=request.preconditions.uid,
+                resource_version=request.preconditions.resource_version,
+                propagation_policy=request.propagation_policy, grace_period_seconds=grace))
+        except Exception as e:
+            await _fail(context, e)
+
+    async def Watch(self, request, context):
+        """Errors before the first event end the call with their status code;
+        later ones (a watcher expired for falling behind) arrive as an ERROR
+        event, as in Kubernetes, and end the stream."""
+        events = None
+        try:
+            res = _resource(request.resource)
+            events = self.registry.watch(
+                res, request.namespace, label_selector=request.label_selector,
+                field_selector=request.field_selector, resource_version=request.resource_version,
+                bookmarks=request.allow_watch_bookmarks)
+            field = res.field
+            started = False
+            try:
+                async for kind, msg in events:
+                    started = True
+                    event = api_pb2.WatchEvent(type=kind)
+                    getattr(event.object, field).CopyFrom(msg)
+                    yield event
+            except ApiError as e:
+                if not started:
+                    raise
+                yield api_pb2.WatchEvent(type="ERROR", status=e.to_status())
+        except Exception as e:
+            await _fail(context, e)
+        finally:
+            if events is not None and hasattr(events, "aclose"):
+                await events.aclose()
+

@@ -1,0 +1,45 @@
+"""Processes of the control plane for tests: the apiserver (and, later, the
+controllers), on free 127.0.0.1 ports, cleaned up like etcd members."""
+
+from __future__ import annotations
+
+from procs import PYTHON, Registry, ServerProcess, _flag_args, free_port
+
+
+class ApiServer(ServerProcess):
+    kind = "apiserver"
+
+    def __init__(self, tmp_path, etcd_servers: str, name: str = "apiserver",
+                 registry: Registry | None = None, **flags) -> None:
+        self.port = free_port()
+        self.etcd_servers = etcd_servers
+        self.flags = dict(flags)
+        super().__init__(name, tmp_path, registry)
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        return [PYTHON, "-m", "apiserver", "--etcd-servers", self.etcd_servers,
+                "--port", str(self.port), *_flag_args(self.flags)]
+
+    def ready_probe(self, rpc_timeout: float) -> str | None:
+        import grpc
+
+        from apiserver.pb import api_pb2, api_pb2_grpc
+
+        with grpc.insecure_channel(self.endpoint) as ch:
+            try:
+                api_pb2_grpc.ApiServerStub(ch).List(
+                    api_pb2.ListRequest(resource="namespaces", limit=1), timeout=rpc_timeout)
+            except grpc.RpcError as e:
+                return f"List: {e.code().name} {e.details()}"
+        return None
+
+    def __repr__(self) -> str:
+        return f"<ApiServer {self.endpoint} pid={self.pid} {'running' if self.alive else 'stopped'}>"
+
+
+def start_apiserver(tmp_path, etcd_servers: str, registry: Registry | None = None, **flags) -> ApiServer:
+    return ApiServer(tmp_path, etcd_servers, registry=registry, **flags).start()
