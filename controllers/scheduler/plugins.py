@@ -20,8 +20,8 @@ Nothing here does I/O, takes locks or reads a clock.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
 from apiserver.quantity import bytes_of, milli_cpu
 
@@ -126,7 +126,7 @@ class NodeInfo:
     alloc_pods: int = 0
 
     @classmethod
-    def build(cls, node, pods: Iterable = ()) -> "NodeInfo":
+    def build(cls, node, pods: Iterable = ()) -> NodeInfo:
         info = cls(None)
         info.set_node(node)
         for pod in pods:
