@@ -542,12 +542,14 @@ def _unescape_field_value(text: str, term: str) -> str:
 
 def parse_field_selector(text: str, resource: Resource) -> FieldSelector:
     """A field selector (``a=b``, ``a==b``, ``a!=b``, comma = AND; ``\\``
-    escapes ``,``, ``=`` and ``\\`` in values) over ``resource``'s fields.
+    escapes ``,``, ``=`` and ``\\`` in values; field names are trimmed,
+    values are not) over ``resource``'s fields.
     Raises errors.bad_request for bad syntax or an unsupported field."""
     reqs = []
     if text.strip():
         for term in _split_unescaped(text, ","):
-            reqs.append(_field_term(term, text, resource))
+            if term:
+                reqs.append(_field_term(term, text, resource))
     return FieldSelector(resource, tuple(sorted(set(reqs))))
 
 
