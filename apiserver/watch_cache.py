@@ -1,0 +1,630 @@
+"""The watch cache: one etcd watch per resource serves every client watch of it.
+
+As kube-apiserver's Cacher: ``start()`` lists the resource's prefix at a
+revision R and watches etcd from R+1; the cache keeps the current objects and a
+ring of the last ``capacity`` events. A client watch replays from the ring (or
+from the current objects) and then gets every later change as it is applied, so
+a thousand watchers cost one etcd watch.
+
+Contracts a caller relies on:
+
+- Objects handed out (by ``watch`` and ``list``) are SHARED with the cache and
+  with other watchers: treat them as read-only and copy before changing one
+  (``resources.wrap`` and ``CopyFrom`` copy). This saves a copy per watcher per
+  event.
+- ``revision`` only moves forward, and every change at or below it has been
+  applied to the cache: a watch from ``revision`` (or from a bookmark) misses
+  nothing.
+- Errors are ``ApiError``s: Expired (too old resourceVersion, watcher fell
+  behind, etcd history compacted under the cache), Timeout (resourceVersion the
+  cache has not reached), ServiceUnavailable (cache stopped).
+
+etcd before 3.4.24/3.5.8 may answer a WatchProgressRequest with a revision
+whose events are still on their way (etcd issue #15220). So a progress revision
+counts only once a later response confirms it (the next progress answer, or an
+event past it), and not at all while a freshly (re)created watch may still be
+replaying history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from apiserver import errors
+from apiserver.etcd3 import Etcd, pb, prefix_range_end
+from apiserver.resources import Resource
+
+log = logging.getLogger("apiserver.watch_cache")
+
+ADDED, MODIFIED, DELETED, BOOKMARK = "ADDED", "MODIFIED", "DELETED", "BOOKMARK"
+
+# keys per Range page when (re)loading the cache
+LIST_PAGE = 1000
+RANGE_TIMEOUT = 30.0
+BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
+# while a watch may be replaying history, progress revisions are ignored for
+# at most this long (etcd 3.4 syncs lagging watchers every 100 ms)
+CATCH_UP_GRACE = 1.0
+# how often wait_fresh's progress requests are repeated while unanswered
+FRESH_POLL = 0.1
+
+Decode = Callable[[Resource, bytes, bytes, int], Any]
+Predicate = Callable[[Any], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One change as the cache applied it. ``object`` is the new state (for
+    DELETED the last state, with resourceVersion = the deletion's revision);
+    ``prev_object`` the state before (None for ADDED)."""
+
+    type: str
+    object: Any
+    prev_object: Any | None
+    revision: int
+    namespace: str
+
+
+class EventRing:
+    """The last ``capacity`` events in revision order.
+
+    ``window_start`` is the oldest revision a watch can start from: every
+    event with a greater revision is still here."""
+
+    def __init__(self, capacity: int, window_start: int = 0) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self.window_start = window_start
+        self._buf: list[WatchEvent | None] = [None] * capacity
+        self._head = 0  # index of the oldest event
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, i: int) -> WatchEvent:
+        if not 0 <= i < self._size:
+            raise IndexError(i)
+        return self._buf[(self._head + i) % self.capacity]
+
+    def append(self, ev: WatchEvent) -> None:
+        if self._size == self.capacity:
+            # an event of the same revision may remain, so a watch from
+            # revision-1 could not be served any more: the window starts here
+            self.window_start = self._buf[self._head].revision
+            self._buf[self._head] = ev
+            self._head = (self._head + 1) % self.capacity
+        else:
+            self._buf[(self._head + self._size) % self.capacity] = ev
+            self._size += 1
+
+    def since(self, revision: int) -> list[WatchEvent]:
+        """Every event with a revision greater than ``revision``
+        (the caller checks ``revision >= window_start``)."""
+        first = bisect.bisect_right(self, revision, key=lambda ev: ev.revision)
+        return [self[i] for i in range(first, self._size)]
+
+    def reset(self, window_start: int) -> None:
+        self._buf = [None] * self.capacity
+        self._head = self._size = 0
+        self.window_start = window_start
+
+
+class CacheWatcher:
+    """One client's watch: an async iterator of (event type, object).
+
+    Errors (Expired, Timeout) are raised by ``__anext__``: before the first
+    event when the watch cannot start, later when it is terminated (fell
+    behind, etcd history compacted). After an error or ``aclose()`` the
+    iteration ends."""
+
+    def __init__(self, cache: WatchCache, namespace: str, predicate: Predicate | None,
+                 resource_version: int | None, bookmarks: bool, buffer_limit: int) -> None:
+        self._cache = cache
+        self._namespace = namespace
+        self._predicate = predicate
+        self._resource_version = resource_version
+        self.bookmarks = bookmarks
+        self._buffer_limit = buffer_limit
+        self._registered = False
+        self._backlog: deque[WatchEvent] = deque()  # replayed lazily, before _pending
+        self._pending: deque[tuple[str, Any]] = deque()
+        self._wakeup = asyncio.Event()
+        self._error: errors.ApiError | None = None
+        self._done = False
+        # the newest revision the client will know of once it has read what is queued
+        self.known_revision = 0
+
+    # -- consumer side ------------------------------------------------------
+
+    def __aiter__(self) -> CacheWatcher:
+        return self
+
+    async def __anext__(self) -> tuple[str, Any]:
+        if not self._registered and not self._done and self._error is None:
+            try:
+                await self._cache._start_watcher(self)
+            except errors.ApiError as e:
+                self._error = e
+        while True:
+            if self._error is not None:
+                err, self._error = self._error, None
+                self._done = True
+                raise err
+            while self._backlog:
+                view = self._view(self._backlog.popleft())
+                if view is not None:
+                    return view
+            if self._pending:
+                return self._pending.popleft()
+            if self._done:
+                raise StopAsyncIteration
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    async def aclose(self) -> None:
+        self._finish()
+
+    close = aclose
+
+    # -- cache side ---------------------------------------------------------
+
+    def _view(self, ev: WatchEvent) -> tuple[str, Any] | None:
+        """What this watcher sees of ``ev``, with Kubernetes' transition
+        semantics for a predicate: starting to match is ADDED, stopping is
+        DELETED (with the new state), never matching is nothing."""
+        if self._namespace and ev.namespace != self._namespace:
+            return None
+        match = self._predicate
+        if match is None:
+            return ev.type, ev.object
+        if ev.type == MODIFIED:
+            now, before = match(ev.object), match(ev.prev_object)
+            if now:
+                return (MODIFIED if before else ADDED), ev.object
+            return (DELETED, ev.object) if before else None
+        return (ev.type, ev.object) if match(ev.object) else None
+
+    def _offer(self, ev: WatchEvent) -> None:
+        try:
+            view = self._view(ev)
+        except Exception as e:  # a broken predicate ends this watch only
+            log.exception("watch predicate failed")
+            self._fail(errors.internal(f"watch filter failed: {e}"))
+            return
+        if view is None:
+            return
+        self._pending.append(view)
+        self.known_revision = ev.revision
+        if len(self._pending) > self._buffer_limit:
+            self._fail(errors.expired(
+                f"watch of {self._cache.resource.name} fell too far behind "
+                f"(more than {self._buffer_limit} events not read); relist"))
+            return
+        self._wakeup.set()
+
+    def _offer_bookmark(self, revision: int) -> None:
+        msg = self._cache.resource.new()
+        msg.metadata.resource_version = str(revision)
+        if self._pending and self._pending[-1][0] == BOOKMARK:
+            self._pending[-1] = (BOOKMARK, msg)  # a slow reader needs only the newest
+        else:
+            self._pending.append((BOOKMARK, msg))
+        self.known_revision = revision
+        self._wakeup.set()
+
+    def _fail(self, err: errors.ApiError) -> None:
+        if self._done:
+            return
+        self._error = err
+        self._backlog.clear()
+        self._pending.clear()
+        self._finish()
+
+    def _finish(self) -> None:
+        """Ends the watch once what is queued has been read."""
+        self._done = True
+        self._cache._watchers.discard(self)
+        self._wakeup.set()
+
+
+class WatchCache:
+    """The current objects and recent events of one resource, fed by one etcd watch.
+
+    ``decode(resource, key, value, mod_revision)`` turns a stored value into
+    the typed message with metadata.resource_version = str(mod_revision); the
+    cache never reads values any other way. Call ``start()`` and ``stop()``
+    on the event loop that uses the cache.
+    """
+
+    def __init__(self, etcd: Etcd, resource: Resource, decode: Decode, *, capacity: int = 10_000,
+                 bookmark_interval: float = 1.0, progress_interval: float = 1.0,
+                 watcher_buffer: int | None = None) -> None:
+        self.etcd = etcd
+        self.resource = resource
+        self._decode = decode
+        self._prefix = resource.prefix().encode()
+        self._range_end = prefix_range_end(self._prefix)
+        self._bookmark_interval = bookmark_interval
+        self._progress_interval = progress_interval
+        # a client watcher with more unread events than this is expired
+        self._watcher_buffer = watcher_buffer if watcher_buffer is not None else capacity
+        self._objects: dict[bytes, Any] = {}
+        self._ring = EventRing(capacity)
+        self._revision = 0
+        self._watchers: set[CacheWatcher] = set()
+        self._waiters: list[tuple[int, asyncio.Future]] = []
+        self._tasks: list[asyncio.Task] = []
+        self._started = False
+        self._stopped = False
+        # the etcd watch stream
+        self._call = None
+        self._created = False
+        self._write_lock = asyncio.Lock()
+        self._want_progress = asyncio.Event()
+        self._first_watch = asyncio.Event()
+        self._tentative: int | None = None  # a progress revision awaiting confirmation
+        self._catch_up: tuple[int, float] | None = None  # (revision, deadline)
+        # how many etcd Watch streams this cache opened: 1 while etcd is healthy
+        self.watch_streams_opened = 0
+        self.reloads = 0
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self, watch_timeout: float = 10.0) -> None:
+        """Loads the objects (raises grpc.RpcError if etcd cannot be read) and
+        starts following etcd. Returns once etcd has accepted the watch (or
+        after ``watch_timeout`` seconds, the watch still being retried); the
+        cache serves from then on."""
+        if self._started:
+            raise RuntimeError("watch cache already started")
+        objects, revision = await self._load()
+        self._started = True
+        self._replace(objects, revision, None)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._follow_etcd(), name=f"watch-cache-{self.resource.name}"),
+                       loop.create_task(self._request_progress_loop()),
+                       loop.create_task(self._bookmark_loop())]
+        # a watch created late replays what was written meanwhile in one burst
+        try:
+            async with asyncio.timeout(watch_timeout):
+                await self._first_watch.wait()
+        except TimeoutError:
+            log.warning("%s: etcd has not accepted the watch yet; still trying", self.resource.name)
+
+    async def stop(self) -> None:
+        """Stops following etcd; client watches end (after what they have
+        queued), wait_fresh callers get ServiceUnavailable."""
+        self._stopped = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        for w in list(self._watchers):
+            w._finish()
+        for _, fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(errors.unavailable("the watch cache is stopped"))
+
+    @property
+    def revision(self) -> int:
+        """The newest etcd revision whose changes the cache has applied."""
+        return self._revision
+
+    @property
+    def oldest_revision(self) -> int:
+        """The oldest resourceVersion a watch can start from."""
+        return self._ring.window_start
+
+    @property
+    def watcher_count(self) -> int:
+        return len(self._watchers)
+
+    # -- reading --------------------------------------------------------------
+
+    async def wait_fresh(self, revision: int, timeout: float = 3.0) -> None:
+        """Returns once the cache has seen ``revision``; Timeout error if it
+        does not within ``timeout`` seconds."""
+        if self._revision >= revision:
+            return
+        if self._stopped:
+            raise errors.unavailable("the watch cache is stopped")
+        fut = asyncio.get_running_loop().create_future()
+        waiter = (revision, fut)
+        self._waiters.append(waiter)
+        self._want_progress.set()
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+        except TimeoutError:
+            raise errors.timeout(f"Too large resource version: {revision}, current: {self._revision}") from None
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def list(self, namespace: str = "", predicate: Predicate | None = None) -> tuple[list, int]:
+        """(objects in key order, the cache revision they are current at).
+        Objects are shared: read-only."""
+        items = []
+        for key in sorted(self._objects):
+            if namespace and self._namespace_of(key) != namespace:
+                continue
+            obj = self._objects[key]
+            if predicate is None or predicate(obj):
+                items.append(obj)
+        return items, self._revision
+
+    def watch(self, *, namespace: str = "", predicate: Predicate | None = None,
+              resource_version: int | None = None, bookmarks: bool = False) -> CacheWatcher:
+        """A client watch. ``resource_version`` None (or 0): ADDED for every
+        current object, then every change. N: every change after N, in order;
+        Expired if the ring no longer reaches back to N, and first waits (as
+        wait_fresh) when N is newer than the cache. ``namespace`` "" is every
+        namespace; ``predicate(obj)`` filters with transition semantics.
+        ``bookmarks``: a BOOKMARK (an empty object whose resourceVersion is the
+        cache revision) every bookmark interval in which the revision moved."""
+        w = CacheWatcher(self, namespace, predicate, resource_version or None, bookmarks,
+                         self._watcher_buffer)
+        # start now when no waiting is needed, so "now" means the time of this call
+        if w._resource_version is None or w._resource_version <= self._revision:
+            try:
+                self._register(w)
+            except errors.ApiError as e:
+                w._error = e
+        return w
+
+    async def _start_watcher(self, w: CacheWatcher) -> None:
+        rv = w._resource_version
+        if rv is not None and rv > self._revision:
+            await self.wait_fresh(rv)
+        self._register(w)
+
+    def _register(self, w: CacheWatcher) -> None:
+        """Queues the watcher's replay and subscribes it, without yielding to
+        the event loop in between, so it misses and repeats nothing."""
+        if self._stopped or not self._started:
+            raise errors.unavailable(f"the watch cache of {self.resource.name} is not running")
+        rv = w._resource_version
+        if rv is None:
+            w._backlog.extend(
+                WatchEvent(ADDED, self._objects[key], None, self._revision, self._namespace_of(key))
+                for key in sorted(self._objects))
+            w.known_revision = 0  # ADDED events carry no list revision: bookmark it
+        else:
+            if rv < self._ring.window_start:
+                raise errors.expired(f"too old resource version: {rv} ({self._ring.window_start})")
+            w._backlog.extend(self._ring.since(rv))
+            w.known_revision = rv
+        w._registered = True
+        self._watchers.add(w)
+
+    # -- applying etcd's changes ------------------------------------------------
+
+    def _namespace_of(self, key: bytes) -> str:
+        if not self.resource.namespaced:
+            return ""
+        ns, sep, _ = key[len(self._prefix):].partition(b"/")
+        return ns.decode("utf-8", "replace") if sep else ""
+
+    def _apply(self, ev) -> None:
+        """One etcd mvcc Event: update the objects, the ring, the watchers."""
+        key, rev = ev.kv.key, ev.kv.mod_revision
+        if rev <= self._revision:
+            return  # already applied (a re-watch never starts below revision+1)
+        prev = self._objects.get(key)
+        try:
+            if ev.type == type(ev).DELETE:
+                if ev.HasField("prev_kv"):
+                    obj = self._decode(self.resource, key, ev.prev_kv.value, ev.prev_kv.mod_revision)
+                elif prev is not None:
+                    obj = type(prev)()
+                    obj.CopyFrom(prev)
+                else:
+                    return  # never seen, nothing to tell
+                obj.metadata.resource_version = str(rev)
+                self._objects.pop(key, None)
+                out = WatchEvent(DELETED, obj, prev if prev is not None else obj, rev, self._namespace_of(key))
+            else:
+                obj = self._decode(self.resource, key, ev.kv.value, rev)
+                self._objects[key] = obj
+                out = WatchEvent(MODIFIED if prev is not None else ADDED, obj, prev, rev,
+                                 self._namespace_of(key))
+        except Exception:
+            log.exception("%s: cannot decode %r at revision %d; event skipped",
+                          self.resource.name, key, rev)
+            return
+        self._ring.append(out)
+        for w in list(self._watchers):
+            w._offer(out)
+
+    def _advance(self, revision: int) -> None:
+        if revision <= self._revision:
+            return
+        self._revision = revision
+        if self._waiters:
+            for want, fut in self._waiters:
+                if want <= revision and not fut.done():
+                    fut.set_result(None)
+
+    def _replace(self, objects: dict, revision: int, why: errors.ApiError | None) -> None:
+        """Starts over from a fresh list; every client watcher ends with ``why``."""
+        self._objects = objects
+        self._ring.reset(revision)
+        self._tentative = None
+        for w in list(self._watchers):
+            w._fail(why or errors.expired("the watch cache was reloaded; relist"))
+        self._advance(revision)
+
+    async def _load(self) -> tuple[dict, int]:
+        """Every object under the prefix at one revision, in pages."""
+        objects: dict[bytes, Any] = {}
+        revision = 0
+        key = self._prefix
+        while True:
+            resp = await self.etcd.kv.Range(
+                pb.RangeRequest(key=key, range_end=self._range_end, limit=LIST_PAGE, revision=revision),
+                timeout=RANGE_TIMEOUT)
+            revision = revision or resp.header.revision
+            for kv in resp.kvs:
+                try:
+                    objects[kv.key] = self._decode(self.resource, kv.key, kv.value, kv.mod_revision)
+                except Exception:
+                    log.exception("%s: cannot decode %r; left out", self.resource.name, kv.key)
+            if not resp.more or not resp.kvs:
+                return objects, revision
+            key = resp.kvs[-1].key + b"\0"
+
+    # -- following etcd ---------------------------------------------------------
+
+    async def _follow_etcd(self) -> None:
+        """Keeps one etcd watch open, re-watching from revision+1 with backoff
+        when it breaks and reloading when etcd compacted past the cache."""
+        delay = BACKOFF_MIN
+        while True:
+            try:
+                await self._watch_once()
+                log.info("%s: etcd watch stream ended; re-watching", self.resource.name)
+            except _Compacted as c:
+                await self._reload(c.compact_revision)
+                delay = BACKOFF_MIN
+                continue
+            except asyncio.CancelledError:
+                raise
+            except grpc.RpcError as e:
+                log.info("%s: etcd watch failed (%s); re-watching from %d",
+                         self.resource.name, e.code() if hasattr(e, "code") else e, self._revision + 1)
+            except Exception:
+                log.exception("%s: etcd watch failed; re-watching", self.resource.name)
+            if self._created:
+                delay = BACKOFF_MIN
+            self._created = False
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _watch_once(self) -> None:
+        start = self._revision + 1
+        call = self.etcd.watch.Watch()
+        self.watch_streams_opened += 1
+        self._call = call
+        try:
+            create = pb.WatchCreateRequest(key=self._prefix, range_end=self._range_end,
+                                           start_revision=start, prev_kv=True, progress_notify=True)
+            async with self._write_lock:
+                await call.write(pb.WatchRequest(create_request=create))
+            while True:
+                resp = await call.read()
+                if resp is grpc.aio.EOF:
+                    return
+                self._on_response(resp, start)
+                # let the watchers just woken read before the next response
+                await asyncio.sleep(0)
+        finally:
+            self._call = None
+            self._tentative = None
+            self._catch_up = None
+            call.cancel()
+
+    def _on_response(self, resp, start: int) -> None:
+        if resp.canceled:
+            if resp.compact_revision:
+                raise _Compacted(resp.compact_revision)
+            raise _WatchCanceled(resp.cancel_reason or "etcd canceled the watch")
+        if resp.created:
+            self._created = True
+            self._first_watch.set()
+            current = resp.header.revision
+            # history from start..current is replayed first: until it is in,
+            # etcd 3.4 may report progress past events not sent yet
+            self._catch_up = (current, time.monotonic() + CATCH_UP_GRACE) if current >= start else None
+            return
+        if resp.events:
+            for ev in resp.events:
+                self._apply(ev)
+            newest = resp.events[-1].kv.mod_revision
+            if self._catch_up is not None and newest >= self._catch_up[0]:
+                self._catch_up = None
+            if self._tentative is not None and newest >= self._tentative:
+                self._tentative = None
+            self._advance(newest)
+            return
+        self._on_progress(resp.header.revision)
+
+    def _on_progress(self, revision: int) -> None:
+        if self._catch_up is not None:
+            if time.monotonic() < self._catch_up[1]:
+                return
+            self._catch_up = None
+        if self._tentative is not None:
+            self._advance(self._tentative)  # confirmed by this later answer
+        self._tentative = revision if revision > self._revision else None
+        if self._tentative is not None and self._waiters:
+            self._want_progress.set()
+
+    async def _reload(self, compact_revision: int) -> None:
+        """etcd compacted the history the cache still needed: list again."""
+        lost = self._revision
+        delay = BACKOFF_MIN
+        while True:
+            try:
+                objects, revision = await self._load()
+                break
+            except grpc.RpcError as e:
+                log.info("%s: reload failed (%s); retrying", self.resource.name, e)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, BACKOFF_MAX)
+        self.reloads += 1
+        log.warning("%s: etcd compacted to %d past the cache's revision %d; reloaded at %d",
+                    self.resource.name, compact_revision, lost, revision)
+        self._replace(objects, revision,
+                      errors.expired(f"too old resource version: {lost} ({compact_revision})"))
+
+    async def _request_progress_loop(self) -> None:
+        """A WatchProgressRequest every progress interval (so an idle
+        resource's revision advances), and at once for wait_fresh."""
+        while True:
+            interval = FRESH_POLL if self._waiters else self._progress_interval
+            try:
+                async with asyncio.timeout(interval):
+                    await self._want_progress.wait()
+            except TimeoutError:
+                pass
+            self._want_progress.clear()
+            call = self._call
+            if call is None or not self._created:
+                continue
+            try:
+                async with self._write_lock:
+                    await call.write(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001  (the stream broke: _follow_etcd re-watches)
+                log.debug("%s: progress request not sent: %s", self.resource.name, e)
+
+    async def _bookmark_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._bookmark_interval)
+            revision = self._revision
+            for w in list(self._watchers):
+                if w.bookmarks and revision > w.known_revision:
+                    w._offer_bookmark(revision)
+
+
+class _Compacted(Exception):
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"compacted at {compact_revision}")
+        self.compact_revision = compact_revision
+
+
+class _WatchCanceled(Exception):
+    pass
