@@ -1,0 +1,1175 @@
+"""Defaults, validation and quantities: what kube-apiserver fills in and what
+it refuses, with Kubernetes' field paths, reasons and texts.
+
+Every invalid case starts from an object that validates, changes one thing,
+and asserts the exact (field, reason) Kubernetes reports for it.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from apiserver import resources
+from apiserver.errors import ApiError
+from apiserver.pb import apps_pb2, coordination_pb2, core_pb2
+from apiserver.quantity import bytes_of, format_quantity, milli_cpu, parse_quantity
+from apiserver.validation import apply_defaults, validate_create, validate_update
+
+R = resources.lookup
+
+
+# ---- fixtures: one valid object of each kind ----
+
+def container(name="c", image="nginx:1.25", **kw) -> core_pb2.Container:
+    return core_pb2.Container(name=name, image=image, **kw)
+
+
+def pod(name="p", ns="default") -> core_pb2.Pod:
+    p = core_pb2.Pod()
+    p.metadata.name, p.metadata.namespace = name, ns
+    p.spec.containers.append(container())
+    return p
+
+
+def template_into(spec, labels=None):
+    labels = {"app": "web"} if labels is None else labels
+    spec.selector.match_labels.update(labels)
+    spec.template.metadata.labels.update(labels)
+    spec.template.spec.containers.append(container())
+
+
+def replica_set() -> apps_pb2.ReplicaSet:
+    rs = apps_pb2.ReplicaSet()
+    rs.metadata.name, rs.metadata.namespace = "rs", "default"
+    template_into(rs.spec)
+    return rs
+
+
+def deployment() -> apps_pb2.Deployment:
+    d = apps_pb2.Deployment()
+    d.metadata.name, d.metadata.namespace = "d", "default"
+    template_into(d.spec)
+    return d
+
+
+def service() -> core_pb2.Service:
+    s = core_pb2.Service()
+    s.metadata.name, s.metadata.namespace = "svc", "default"
+    s.spec.ports.add(port=80)
+    s.spec.selector["app"] = "web"
+    return s
+
+
+def namespace(name="team-a") -> core_pb2.Namespace:
+    ns = core_pb2.Namespace()
+    ns.metadata.name = name
+    return ns
+
+
+def node(name="node-1") -> core_pb2.Node:
+    n = core_pb2.Node()
+    n.metadata.name = name
+    n.status.capacity.update({"cpu": "4", "memory": "8Gi", "pods": "110"})
+    return n
+
+
+def config_map() -> core_pb2.ConfigMap:
+    cm = core_pb2.ConfigMap(data={"key.name": "v", "KEY_2": "w"})
+    cm.metadata.name, cm.metadata.namespace = "cm", "default"
+    return cm
+
+
+def secret() -> core_pb2.Secret:
+    s = core_pb2.Secret(data={"password": b"hunter2"})
+    s.metadata.name, s.metadata.namespace = "s", "default"
+    return s
+
+
+def event() -> core_pb2.Event:
+    e = core_pb2.Event(reason="Scheduled", message="assigned", type="Normal")
+    e.metadata.name, e.metadata.namespace = "p.1", "default"
+    e.involved_object.kind, e.involved_object.name = "Pod", "p"
+    e.involved_object.namespace = "default"
+    return e
+
+
+def endpoints() -> core_pb2.Endpoints:
+    ep = core_pb2.Endpoints()
+    ep.metadata.name, ep.metadata.namespace = "svc", "default"
+    subset = ep.subsets.add()
+    subset.addresses.add(ip="10.0.0.1")
+    subset.ports.add(port=8080)
+    return ep
+
+
+def lease() -> coordination_pb2.Lease:
+    lz = coordination_pb2.Lease()
+    lz.metadata.name, lz.metadata.namespace = "node-1", "kube-node-lease"
+    lz.spec.holder_identity = "node-1"
+    lz.spec.lease_duration_seconds = 40
+    return lz
+
+
+FACTORIES = {"pods": pod, "replicasets": replica_set, "deployments": deployment,
+             "services": service, "namespaces": namespace, "nodes": node,
+             "configmaps": config_map, "secrets": secret, "events": event,
+             "endpoints": endpoints, "leases": lease}
+
+
+def defaulted(resource_name: str, msg=None):
+    msg = msg if msg is not None else FACTORIES[resource_name]()
+    apply_defaults(R(resource_name), msg)
+    return msg
+
+
+def causes_of(resource_name: str, msg, old=None) -> list[tuple[str, str, str]]:
+    res = R(resource_name)
+    apply_defaults(res, msg, for_create=old is None)
+    with pytest.raises(ApiError) as e:
+        if old is None:
+            validate_create(res, msg)
+        else:
+            validate_update(res, msg, old)
+    assert e.value.reason == "Invalid"
+    assert e.value.kind == res.kind
+    return e.value.causes
+
+
+def assert_cause(resource_name, msg, field, reason, detail=None, old=None):
+    causes = causes_of(resource_name, msg, old)
+    pairs = [(f, r) for f, r, _ in causes]
+    assert (field, reason) in pairs, causes
+    if detail is not None:
+        assert any(f == field and d == detail for f, _, d in causes), causes
+
+
+def test_every_kind_is_covered():
+    assert set(FACTORIES) == {r.name for r in resources.RESOURCES}
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_the_valid_objects_validate(name):
+    validate_create(R(name), defaulted(name))
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_an_unchanged_object_is_a_valid_update(name):
+    old = defaulted(name)
+    new = type(old)()
+    new.CopyFrom(old)
+    apply_defaults(R(name), new, for_create=False)
+    validate_update(R(name), new, old)
+
+
+# ======================================================================
+# defaults
+# ======================================================================
+
+def test_pod_defaults():
+    p = pod()
+    p.spec.containers[0].ports.add(container_port=80)
+    probe = p.spec.containers[0].liveness_probe
+    probe.http_get.port = "80"
+    apply_defaults(R("pods"), p)
+    s = p.spec
+    assert s.restart_policy == "Always"
+    assert s.termination_grace_period_seconds == 30
+    assert s.scheduler_name == "default-scheduler"
+    c = s.containers[0]
+    assert c.image_pull_policy == "IfNotPresent"
+    assert c.ports[0].protocol == "TCP"
+    assert (probe.timeout_seconds, probe.period_seconds, probe.success_threshold,
+            probe.failure_threshold) == (1, 10, 1, 3)
+    assert (probe.http_get.path, probe.http_get.scheme) == ("/", "HTTP")
+    assert not c.HasField("readiness_probe")  # defaults never create a probe
+
+
+def test_pod_defaults_keep_what_is_set():
+    p = pod()
+    p.spec.restart_policy = "Never"
+    p.spec.termination_grace_period_seconds = 0
+    p.spec.scheduler_name = "mine"
+    p.spec.containers[0].image_pull_policy = "Never"
+    p.spec.containers[0].ports.add(container_port=53, protocol="UDP")
+    apply_defaults(R("pods"), p)
+    assert p.spec.restart_policy == "Never"
+    assert p.spec.termination_grace_period_seconds == 0
+    assert p.spec.scheduler_name == "mine"
+    assert p.spec.containers[0].image_pull_policy == "Never"
+    assert p.spec.containers[0].ports[0].protocol == "UDP"
+
+
+@pytest.mark.parametrize("image,policy", [
+    ("nginx", "Always"), ("nginx:latest", "Always"), ("nginx:1.25", "IfNotPresent"),
+    ("registry:5000/team/app", "Always"), ("registry:5000/team/app:v2", "IfNotPresent"),
+    ("app@sha256:abcd", "IfNotPresent"),
+])
+def test_image_pull_policy_follows_the_tag(image, policy):
+    p = pod()
+    p.spec.containers[0].image = image
+    p.spec.init_containers.append(container("init", image))
+    apply_defaults(R("pods"), p)
+    assert p.spec.containers[0].image_pull_policy == policy
+    assert p.spec.init_containers[0].image_pull_policy == policy
+
+
+def test_requests_default_to_limits():
+    p = pod()
+    p.spec.containers[0].resources.limits.update({"cpu": "1", "memory": "1Gi"})
+    p.spec.containers[0].resources.requests["cpu"] = "500m"
+    apply_defaults(R("pods"), p)
+    assert dict(p.spec.containers[0].resources.requests) == {"cpu": "500m", "memory": "1Gi"}
+
+
+def test_a_volume_without_a_source_is_an_empty_dir():
+    p = pod()
+    p.spec.volumes.add(name="scratch")
+    apply_defaults(R("pods"), p)
+    assert p.spec.volumes[0].HasField("empty_dir")
+
+
+def _toleration_keys(p):
+    return [(t.key, t.operator, t.effect, t.toleration_seconds) for t in p.spec.tolerations]
+
+
+def test_pods_get_the_default_noexecute_tolerations():
+    p = pod()
+    apply_defaults(R("pods"), p, not_ready_toleration_seconds=30, unreachable_toleration_seconds=60)
+    assert _toleration_keys(p) == [
+        ("node.kubernetes.io/not-ready", "Exists", "NoExecute", 30),
+        ("node.kubernetes.io/unreachable", "Exists", "NoExecute", 60)]
+    apply_defaults(R("pods"), p)  # idempotent: already tolerated
+    assert len(p.spec.tolerations) == 2
+
+
+@pytest.mark.parametrize("toleration,added", [
+    (core_pb2.Toleration(operator="Exists"), 0),                       # tolerates everything
+    (core_pb2.Toleration(operator="Exists", effect="NoExecute"), 0),
+    (core_pb2.Toleration(operator="Exists", effect="NoSchedule"), 2),  # wrong effect
+    (core_pb2.Toleration(key="node.kubernetes.io/not-ready", operator="Exists"), 1),
+    (core_pb2.Toleration(key="node.kubernetes.io/unreachable", operator="Exists",
+                         effect="NoExecute", toleration_seconds=5), 1),
+])
+def test_default_tolerations_only_when_not_already_tolerated(toleration, added):
+    p = pod()
+    p.spec.tolerations.append(toleration)
+    apply_defaults(R("pods"), p)
+    assert len(p.spec.tolerations) == 1 + added
+    assert p.spec.tolerations[0] == toleration
+
+
+def test_updates_do_not_add_tolerations_and_templates_never_get_them():
+    p = pod()
+    apply_defaults(R("pods"), p, for_create=False)
+    assert not p.spec.tolerations
+    for name in ("replicasets", "deployments"):
+        assert not defaulted(name).spec.template.spec.tolerations
+
+
+def test_replica_set_and_deployment_defaults():
+    rs = defaulted("replicasets")
+    assert rs.spec.HasField("replicas") and rs.spec.replicas == 1
+    assert rs.spec.template.spec.restart_policy == "Always"
+    assert rs.spec.template.spec.containers[0].image_pull_policy == "IfNotPresent"
+    d = defaulted("deployments")
+    assert d.spec.replicas == 1
+    assert d.spec.strategy.type == "RollingUpdate"
+    assert (d.spec.strategy.rolling_update.max_surge,
+            d.spec.strategy.rolling_update.max_unavailable) == ("25%", "25%")
+    assert d.spec.revision_history_limit == 10
+    assert d.spec.progress_deadline_seconds == 600
+    assert d.spec.template.spec.scheduler_name == "default-scheduler"
+
+
+def test_zero_replicas_is_kept():
+    rs = replica_set()
+    rs.spec.replicas = 0
+    apply_defaults(R("replicasets"), rs)
+    assert rs.spec.replicas == 0
+
+
+def test_recreate_deployments_get_no_rolling_update_parameters():
+    d = deployment()
+    d.spec.strategy.type = "Recreate"
+    apply_defaults(R("deployments"), d)
+    assert not d.spec.strategy.HasField("rolling_update")
+
+
+def test_service_defaults():
+    s = service()
+    s.spec.ports.add(name="named", port=443, target_port="https")
+    s.spec.ports[0].name = "http"
+    apply_defaults(R("services"), s)
+    assert s.spec.type == "ClusterIP"
+    assert s.spec.session_affinity == "None"
+    assert [(p.protocol, p.target_port) for p in s.spec.ports] == [("TCP", "80"), ("TCP", "https")]
+
+
+def test_namespace_defaults_on_create_only():
+    ns = defaulted("namespaces")
+    assert list(ns.spec.finalizers) == ["kubernetes"]
+    assert ns.status.phase == "Active"
+    finalizing = namespace()
+    apply_defaults(R("namespaces"), finalizing, for_create=False)
+    assert not finalizing.spec.finalizers
+
+
+def test_secret_string_data_is_merged_into_data():
+    s = secret()
+    s.string_data.update({"user": "ünï", "password": "new"})
+    apply_defaults(R("secrets"), s)
+    assert s.type == "Opaque"
+    assert dict(s.data) == {"user": "ünï".encode(), "password": b"new"}
+    assert not s.string_data
+
+
+def test_node_allocatable_defaults_to_capacity():
+    n = defaulted("nodes")
+    assert dict(n.status.allocatable) == dict(n.status.capacity)
+
+
+def test_endpoint_ports_default_to_tcp():
+    assert defaulted("endpoints").subsets[0].ports[0].protocol == "TCP"
+
+
+# ======================================================================
+# metadata
+# ======================================================================
+
+SUBDOMAIN_DETAIL = (
+    'Invalid value: "Foo": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric '
+    "characters, '-' or '.', and must start and end with an alphanumeric character (e.g. "
+    "'example.com', regex used for validation is "
+    "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')")
+
+
+def test_invalid_name_message_is_kubernetes():
+    p = pod(name="Foo")
+    apply_defaults(R("pods"), p)
+    with pytest.raises(ApiError) as e:
+        validate_create(R("pods"), p)
+    assert e.value.causes == [("metadata.name", "FieldValueInvalid", SUBDOMAIN_DETAIL)]
+    assert e.value.message == f'Pod "Foo" is invalid: metadata.name: {SUBDOMAIN_DETAIL}'
+    assert e.value.name == "Foo"
+
+
+@pytest.mark.parametrize("kind,name,ok", [
+    ("pods", "a.b-c", True), ("pods", "a" * 253, True), ("pods", "a" * 254, False),
+    ("pods", "a_b", False), ("pods", "-a", False),
+    ("namespaces", "team-a", True), ("namespaces", "a.b", False), ("namespaces", "a" * 64, False),
+    ("services", "web-1", True), ("services", "1web", False), ("services", "a.b", False),
+    ("configmaps", "app.config", True), ("nodes", "node-1.example.com", True),
+    ("deployments", "Web", False),
+])
+def test_name_syntax_per_kind(kind, name, ok):
+    msg = FACTORIES[kind]()
+    msg.metadata.name = name
+    if ok:
+        validate_create(R(kind), defaulted(kind, msg))
+    else:
+        assert_cause(kind, msg, "metadata.name", "FieldValueInvalid")
+
+
+def test_name_is_required():
+    p = pod(name="")
+    assert_cause("pods", p, "metadata.name", "FieldValueRequired",
+                 "Required value: name or generateName is required")
+
+
+def test_namespace_required_for_namespaced_and_forbidden_for_cluster_kinds():
+    assert_cause("pods", pod(ns=""), "metadata.namespace", "FieldValueRequired")
+    assert_cause("pods", pod(ns="Bad_NS"), "metadata.namespace", "FieldValueInvalid")
+    n = node()
+    n.metadata.namespace = "default"
+    assert_cause("nodes", n, "metadata.namespace", "FieldValueForbidden",
+                 "Forbidden: not allowed on this type")
+
+
+@pytest.mark.parametrize("labels,ok", [
+    ({"app": "web", "example.com/tier": "front", "empty": ""}, True),
+    ({"a b": "x"}, False), ({"app": "-x"}, False), ({"app": "x" * 64}, False),
+    ({"Example.com/x": "y"}, False),
+])
+def test_label_syntax(labels, ok):
+    p = pod()
+    p.metadata.labels.update(labels)
+    if ok:
+        validate_create(R("pods"), defaulted("pods", p))
+    else:
+        assert_cause("pods", p, "metadata.labels", "FieldValueInvalid")
+
+
+def test_annotations():
+    p = pod()
+    p.metadata.annotations.update({"Example.COM/Note": "anything goes: ' \" \n", "x": ""})
+    validate_create(R("pods"), defaulted("pods", p))
+    p.metadata.annotations["bad key"] = "v"
+    assert_cause("pods", p, "metadata.annotations", "FieldValueInvalid")
+    big = pod()
+    big.metadata.annotations["big"] = "x" * (256 * 1024)
+    assert_cause("pods", big, "metadata.annotations", "FieldValueTooLong",
+                 "Too long: must have at most 262144 bytes")
+
+
+def test_owner_references():
+    p = pod()
+    p.metadata.owner_references.add(api_version="apps/v1", kind="ReplicaSet", name="rs",
+                                     uid="u1", controller=True)
+    validate_create(R("pods"), defaulted("pods", p))
+    p.metadata.owner_references.add(kind="ReplicaSet", name="rs2", uid="u2", controller=True)
+    p.metadata.owner_references.add(api_version="v1")
+    causes = [(f, d) for f, _, d in causes_of("pods", p)]
+    assert ("metadata.ownerReferences[1].apiVersion",
+            'Invalid value: "": version must not be empty') in causes
+    assert ("metadata.ownerReferences[2].kind", 'Invalid value: "": kind must not be empty') in causes
+    assert ("metadata.ownerReferences[2].name", 'Invalid value: "": name must not be empty') in causes
+    assert ("metadata.ownerReferences[2].uid", 'Invalid value: "": uid must not be empty') in causes
+    assert any(f == "metadata.ownerReferences" and "Only one reference can have Controller" in d
+               for f, d in causes)
+
+
+@pytest.mark.parametrize("finalizer,ok", [
+    ("kubernetes", True), ("foregroundDeletion", True), ("example.com/cleanup", True),
+    ("cleanup", False), ("example.com/bad name", False),
+])
+def test_finalizers(finalizer, ok):
+    p = pod()
+    p.metadata.finalizers.append(finalizer)
+    if ok:
+        validate_create(R("pods"), defaulted("pods", p))
+    else:
+        assert_cause("pods", p, "metadata.finalizers", "FieldValueInvalid")
+
+
+def test_all_problems_are_reported_at_once():
+    p = pod(name="Bad")
+    p.spec.containers[0].image = ""
+    p.spec.containers.add(name="c", image="x")
+    fields = [f for f, _, _ in causes_of("pods", p)]
+    assert {"metadata.name", "spec.containers[0].image", "spec.containers[1].name"} <= set(fields)
+
+
+# ======================================================================
+# Pod
+# ======================================================================
+
+def test_containers_required():
+    p = pod()
+    del p.spec.containers[:]
+    assert_cause("pods", p, "spec.containers", "FieldValueRequired", "Required value")
+
+
+@pytest.mark.parametrize("mutate,field,reason", [
+    (lambda c: setattr(c, "name", ""), "spec.containers[0].name", "FieldValueRequired"),
+    (lambda c: setattr(c, "name", "Web"), "spec.containers[0].name", "FieldValueInvalid"),
+    (lambda c: setattr(c, "image", ""), "spec.containers[0].image", "FieldValueRequired"),
+    (lambda c: setattr(c, "image", " nginx"), "spec.containers[0].image", "FieldValueInvalid"),
+    (lambda c: setattr(c, "image_pull_policy", "Sometimes"), "spec.containers[0].imagePullPolicy",
+     "FieldValueNotSupported"),
+    (lambda c: c.ports.add(container_port=0), "spec.containers[0].ports[0].containerPort",
+     "FieldValueRequired"),
+    (lambda c: c.ports.add(container_port=70000), "spec.containers[0].ports[0].containerPort",
+     "FieldValueInvalid"),
+    (lambda c: c.ports.add(container_port=80, host_port=-1), "spec.containers[0].ports[0].hostPort",
+     "FieldValueInvalid"),
+    (lambda c: c.ports.add(container_port=80, protocol="ICMP"),
+     "spec.containers[0].ports[0].protocol", "FieldValueNotSupported"),
+    (lambda c: c.ports.add(container_port=80, name="http--x"), "spec.containers[0].ports[0].name",
+     "FieldValueInvalid"),
+    (lambda c: c.ports.extend([core_pb2.ContainerPort(container_port=80, name="http"),
+                               core_pb2.ContainerPort(container_port=81, name="http")]),
+     "spec.containers[0].ports[1].name", "FieldValueDuplicate"),
+    (lambda c: c.env.add(name="1BAD"), "spec.containers[0].env[0].name", "FieldValueInvalid"),
+    (lambda c: c.env.add(value="x"), "spec.containers[0].env[0].name", "FieldValueRequired"),
+    (lambda c: c.env.add(name="A", value="x").value_from.config_map_key_ref.SetInParent(),
+     "spec.containers[0].env[0].valueFrom", "FieldValueInvalid"),
+    (lambda c: c.resources.requests.update({"cpu": "lots"}),
+     "spec.containers[0].resources.requests[cpu]", "FieldValueInvalid"),
+    (lambda c: c.resources.limits.update({"memory": "-1Gi"}),
+     "spec.containers[0].resources.limits[memory]", "FieldValueInvalid"),
+    (lambda c: c.resources.limits.update({"gpus": "1"}),
+     "spec.containers[0].resources.limits[gpus]", "FieldValueInvalid"),
+    (lambda c: c.volume_mounts.add(name="missing", mount_path="/data"),
+     "spec.containers[0].volumeMounts[0].name", "FieldValueNotFound"),
+    (lambda c: c.liveness_probe.SetInParent(), "spec.containers[0].livenessProbe",
+     "FieldValueRequired"),
+    (lambda c: (c.liveness_probe.exec.command.append("true"),
+                c.liveness_probe.tcp_socket.SetInParent()),
+     "spec.containers[0].livenessProbe", "FieldValueForbidden"),
+    (lambda c: (c.liveness_probe.exec.command.append("true"),
+                setattr(c.liveness_probe, "success_threshold", 2)),
+     "spec.containers[0].livenessProbe.successThreshold", "FieldValueInvalid"),
+    (lambda c: setattr(c.readiness_probe.http_get, "port", "99999"),
+     "spec.containers[0].readinessProbe.httpGet.port", "FieldValueInvalid"),
+    (lambda c: setattr(c.readiness_probe.tcp_socket, "port", ""),
+     "spec.containers[0].readinessProbe.tcpSocket.port", "FieldValueRequired"),
+])
+def test_container_errors(mutate, field, reason):
+    p = pod()
+    mutate(p.spec.containers[0])
+    assert_cause("pods", p, field, reason)
+
+
+def test_valid_container_details_pass():
+    p = pod()
+    c = p.spec.containers[0]
+    c.ports.add(container_port=8080, name="http", host_port=80)
+    c.env.add(name="MY_VAR.x-1", value="v")
+    c.env.add(name="FROM_CM").value_from.config_map_key_ref.MergeFrom(
+        core_pb2.KeySelector(name="cm", key="k"))
+    c.env.add(name="POD").value_from.field_ref.field_path = "metadata.name"
+    c.resources.requests.update({"cpu": "250m", "memory": "64Mi", "example.com/dongle": "1"})
+    c.resources.limits.update({"cpu": "1", "memory": "64Mi", "hugepages-2Mi": "100Mi"})
+    c.readiness_probe.http_get.port = "http"
+    c.liveness_probe.tcp_socket.port = "8080"
+    c.startup_probe.exec.command.append("true")
+    c.volume_mounts.add(name="data", mount_path="/data")
+    p.spec.volumes.add(name="data").empty_dir.size_limit = "1Gi"
+    validate_create(R("pods"), defaulted("pods", p))
+
+
+def test_requests_may_not_exceed_limits():
+    p = pod()
+    p.spec.containers[0].resources.limits["cpu"] = "1"
+    p.spec.containers[0].resources.requests["cpu"] = "1500m"
+    assert_cause("pods", p, "spec.containers[0].resources.requests[cpu]", "FieldValueInvalid",
+                 'Invalid value: "1500m": must be less than or equal to cpu limit of 1')
+    p = pod()
+    p.spec.containers[0].resources.limits["memory"] = "1Gi"
+    p.spec.containers[0].resources.requests["memory"] = "1073741824"
+    validate_create(R("pods"), defaulted("pods", p))  # equal is fine, units differ
+
+
+def test_container_names_are_unique_across_init_and_app_containers():
+    p = pod()
+    p.spec.init_containers.append(container("c"))
+    assert_cause("pods", p, "spec.containers[0].name", "FieldValueDuplicate", 'Duplicate value: "c"')
+
+
+def test_init_containers_may_not_have_probes():
+    p = pod()
+    init = p.spec.init_containers.add(name="init", image="busybox")
+    init.readiness_probe.exec.command.append("true")
+    assert_cause("pods", p, "spec.initContainers[0].readinessProbe", "FieldValueForbidden")
+
+
+def test_host_ports_are_unique_per_protocol_and_ip():
+    p = pod()
+    p.spec.containers[0].ports.add(container_port=80, host_port=8080)
+    p.spec.containers.append(container("d"))
+    p.spec.containers[1].ports.add(container_port=81, host_port=8080, protocol="UDP")
+    validate_create(R("pods"), defaulted("pods", p))
+    p.spec.containers[1].ports.add(container_port=82, host_port=8080)
+    assert_cause("pods", p, "spec.containers[1].ports[1].hostPort", "FieldValueDuplicate",
+                 'Duplicate value: "8080/TCP"')
+
+
+@pytest.mark.parametrize("policy,ok", [("Always", True), ("OnFailure", True), ("Never", True),
+                                       ("Sometimes", False)])
+def test_restart_policy(policy, ok):
+    p = pod()
+    p.spec.restart_policy = policy
+    if ok:
+        validate_create(R("pods"), defaulted("pods", p))
+    else:
+        assert_cause("pods", p, "spec.restartPolicy", "FieldValueNotSupported",
+                     'Unsupported value: "Sometimes": supported values: "Always", "OnFailure", '
+                     '"Never"')
+
+
+@pytest.mark.parametrize("toleration,field,reason", [
+    (dict(key="k", operator="Exists", value="v"), "spec.tolerations[0].operator",
+     "FieldValueInvalid"),
+    (dict(operator="Equal", value="v"), "spec.tolerations[0].operator", "FieldValueInvalid"),
+    (dict(key="k", operator="Near"), "spec.tolerations[0].operator", "FieldValueNotSupported"),
+    (dict(key="k", effect="NoRun"), "spec.tolerations[0].effect", "FieldValueNotSupported"),
+    (dict(key="k", effect="NoSchedule", toleration_seconds=5), "spec.tolerations[0].effect",
+     "FieldValueInvalid"),
+    (dict(key="bad key"), "spec.tolerations[0].key", "FieldValueInvalid"),
+    (dict(key="k", value="-bad"), "spec.tolerations[0].value", "FieldValueInvalid"),
+])
+def test_toleration_errors(toleration, field, reason):
+    p = pod()
+    p.spec.tolerations.add(**toleration)
+    assert_cause("pods", p, field, reason)
+
+
+def test_valid_tolerations():
+    p = pod()
+    p.spec.tolerations.add(operator="Exists")
+    p.spec.tolerations.add(key="k", value="v", effect="NoSchedule")
+    p.spec.tolerations.add(key="k", operator="Equal", value="v", effect="NoExecute",
+                           toleration_seconds=0)
+    p.spec.tolerations.add(key="example.com/gpu", operator="Exists")
+    validate_create(R("pods"), defaulted("pods", p))
+
+
+def _required_terms(p):
+    return p.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution
+
+
+REQ = "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+
+
+@pytest.mark.parametrize("req,field,reason", [
+    (dict(key="zone", operator="In"), f"{REQ}.nodeSelectorTerms[0].matchExpressions[0].values",
+     "FieldValueRequired"),
+    (dict(key="zone", operator="Exists", values=["a"]),
+     f"{REQ}.nodeSelectorTerms[0].matchExpressions[0].values", "FieldValueForbidden"),
+    (dict(key="cpus", operator="Gt", values=["a"]),
+     f"{REQ}.nodeSelectorTerms[0].matchExpressions[0].values[0]", "FieldValueInvalid"),
+    (dict(key="cpus", operator="Lt", values=["1", "2"]),
+     f"{REQ}.nodeSelectorTerms[0].matchExpressions[0].values", "FieldValueRequired"),
+    (dict(key="zone", operator="Near", values=["a"]),
+     f"{REQ}.nodeSelectorTerms[0].matchExpressions[0].operator", "FieldValueNotSupported"),
+    (dict(key="bad key", operator="Exists"),
+     f"{REQ}.nodeSelectorTerms[0].matchExpressions[0].key", "FieldValueInvalid"),
+])
+def test_node_affinity_errors(req, field, reason):
+    p = pod()
+    _required_terms(p).node_selector_terms.add().match_expressions.add(**req)
+    assert_cause("pods", p, field, reason)
+
+
+def test_node_affinity_needs_terms_and_field_rules():
+    p = pod()
+    _required_terms(p).SetInParent()
+    assert_cause("pods", p, f"{REQ}.nodeSelectorTerms", "FieldValueRequired")
+    p = pod()
+    term = _required_terms(p).node_selector_terms.add()
+    term.match_fields.add(key="metadata.labels", operator="In", values=["a"])
+    term.match_fields.add(key="metadata.name", operator="In", values=["a", "b"])
+    causes = [(f, r) for f, r, _ in causes_of("pods", p)]
+    assert (f"{REQ}.nodeSelectorTerms[0].matchFields[0].key", "FieldValueNotSupported") in causes
+    assert (f"{REQ}.nodeSelectorTerms[0].matchFields[1].values", "FieldValueRequired") in causes
+    p = pod()
+    p.spec.affinity.node_affinity.preferred_during_scheduling_ignored_during_execution.add(
+        weight=0).preference.match_expressions.add(key="zone", operator="Exists")
+    assert_cause("pods", p, "spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuring"
+                 "Execution[0].weight", "FieldValueInvalid")
+
+
+def test_valid_node_affinity_and_node_selector():
+    p = pod()
+    term = _required_terms(p).node_selector_terms.add()
+    term.match_expressions.add(key="zone", operator="In", values=["a", "b"])
+    term.match_expressions.add(key="cpus", operator="Gt", values=["3"])
+    term.match_fields.add(key="metadata.name", operator="NotIn", values=["node-9"])
+    p.spec.affinity.node_affinity.preferred_during_scheduling_ignored_during_execution.add(
+        weight=10).preference.match_expressions.add(key="ssd", operator="Exists")
+    p.spec.node_selector["kubernetes.io/os"] = "linux"
+    validate_create(R("pods"), defaulted("pods", p))
+    p.spec.node_selector["bad key"] = "x"
+    assert_cause("pods", p, "spec.nodeSelector", "FieldValueInvalid")
+
+
+@pytest.mark.parametrize("mutate,field,reason", [
+    (lambda s: s.volumes.add(name="v").host_path.SetInParent(), "spec.volumes[0].hostPath.path",
+     "FieldValueRequired"),
+    (lambda s: (s.volumes.add(name="v", host_path=core_pb2.HostPathVolumeSource(path="/x"))
+                .empty_dir.SetInParent()), "spec.volumes[0].emptyDir", "FieldValueForbidden"),
+    (lambda s: s.volumes.extend([core_pb2.Volume(name="v"), core_pb2.Volume(name="v")]),
+     "spec.volumes[1].name", "FieldValueDuplicate"),
+    (lambda s: s.volumes.add(name="V"), "spec.volumes[0].name", "FieldValueInvalid"),
+    (lambda s: s.volumes.add().empty_dir.SetInParent(), "spec.volumes[0].name",
+     "FieldValueRequired"),
+    (lambda s: s.volumes.add(name="v").secret.SetInParent(), "spec.volumes[0].secret.secretName",
+     "FieldValueRequired"),
+    (lambda s: s.volumes.add(name="v").config_map.SetInParent(), "spec.volumes[0].configMap.name",
+     "FieldValueRequired"),
+    (lambda s: s.volumes.add(name="v").persistent_volume_claim.SetInParent(),
+     "spec.volumes[0].persistentVolumeClaim.claimName", "FieldValueRequired"),
+    (lambda s: setattr(s.volumes.add(name="v").empty_dir, "size_limit", "big"),
+     "spec.volumes[0].emptyDir.sizeLimit", "FieldValueInvalid"),
+    (lambda s: setattr(s, "active_deadline_seconds", 0), "spec.activeDeadlineSeconds",
+     "FieldValueInvalid"),
+    (lambda s: setattr(s, "termination_grace_period_seconds", -1),
+     "spec.terminationGracePeriodSeconds", "FieldValueInvalid"),
+    (lambda s: setattr(s, "node_name", "Node_1"), "spec.nodeName", "FieldValueInvalid"),
+    (lambda s: setattr(s, "hostname", "a.b"), "spec.hostname", "FieldValueInvalid"),
+])
+def test_pod_spec_errors(mutate, field, reason):
+    p = pod()
+    mutate(p.spec)
+    assert_cause("pods", p, field, reason)
+
+
+def test_mounts_refer_to_volumes_and_paths_are_unique():
+    p = pod()
+    p.spec.volumes.add(name="data").config_map.name = "cm"
+    c = p.spec.containers[0]
+    c.volume_mounts.add(name="data", mount_path="/a")
+    validate_create(R("pods"), defaulted("pods", p))
+    c.volume_mounts.add(name="data", mount_path="/a")
+    assert_cause("pods", p, "spec.containers[0].volumeMounts[1].mountPath", "FieldValueInvalid")
+
+
+# ======================================================================
+# ReplicaSet, Deployment
+# ======================================================================
+
+@pytest.mark.parametrize("kind", ["replicasets", "deployments"])
+def test_workload_selector_rules(kind):
+    obj = FACTORIES[kind]()
+    obj.spec.ClearField("selector")
+    assert_cause(kind, obj, "spec.selector", "FieldValueRequired")
+    obj = FACTORIES[kind]()
+    obj.spec.selector.Clear()
+    obj.spec.selector.SetInParent()
+    assert_cause(kind, obj, "spec.selector", "FieldValueInvalid")
+    obj = FACTORIES[kind]()
+    obj.spec.template.metadata.labels["app"] = "other"
+    assert_cause(kind, obj, "spec.template.metadata.labels", "FieldValueInvalid",
+                 'Invalid value: map[string]string{"app":"other"}: `selector` does not match '
+                 "template `labels`")
+    obj = FACTORIES[kind]()
+    obj.spec.selector.match_expressions.add(key="app", operator="Is", values=["web"])
+    assert_cause(kind, obj, "spec.selector.matchExpressions[0].operator", "FieldValueNotSupported")
+
+
+@pytest.mark.parametrize("kind", ["replicasets", "deployments"])
+def test_workload_expressions_select_templates(kind):
+    obj = FACTORIES[kind]()
+    obj.spec.selector.match_expressions.add(key="tier", operator="NotIn", values=["db"])
+    validate_create(R(kind), defaulted(kind, obj))
+    obj.spec.template.metadata.labels["tier"] = "db"
+    assert_cause(kind, obj, "spec.template.metadata.labels", "FieldValueInvalid")
+
+
+@pytest.mark.parametrize("kind", ["replicasets", "deployments"])
+def test_workload_numbers_and_template(kind):
+    obj = FACTORIES[kind]()
+    obj.spec.replicas = -1
+    assert_cause(kind, obj, "spec.replicas", "FieldValueInvalid",
+                 "Invalid value: -1: must be greater than or equal to 0")
+    obj = FACTORIES[kind]()
+    obj.spec.min_ready_seconds = -1
+    assert_cause(kind, obj, "spec.minReadySeconds", "FieldValueInvalid")
+    obj = FACTORIES[kind]()
+    obj.spec.template.spec.restart_policy = "OnFailure"
+    assert_cause(kind, obj, "spec.template.spec.restartPolicy", "FieldValueNotSupported",
+                 'Unsupported value: "OnFailure": supported values: "Always"')
+    obj = FACTORIES[kind]()
+    obj.spec.template.spec.containers[0].image = ""
+    assert_cause(kind, obj, "spec.template.spec.containers[0].image", "FieldValueRequired")
+    obj = FACTORIES[kind]()
+    obj.spec.template.metadata.labels["bad key"] = "x"
+    assert_cause(kind, obj, "spec.template.metadata.labels", "FieldValueInvalid")
+    obj = FACTORIES[kind]()
+    obj.spec.template.spec.active_deadline_seconds = 10
+    assert_cause(kind, obj, "spec.template.spec.activeDeadlineSeconds", "FieldValueForbidden")
+
+
+@pytest.mark.parametrize("surge,unavailable,field,ok", [
+    ("1", "0", None, True), ("0", "1", None, True), ("25%", "0%", None, True),
+    ("0", "100%", None, True),
+    ("0", "0", "maxUnavailable", False), ("0%", "0", "maxUnavailable", False),
+    ("x", "1", "maxSurge", False), ("1", "1.5%", "maxUnavailable", False),
+    ("1", "-1", "maxUnavailable", False), ("1", "101%", "maxUnavailable", False),
+])
+def test_rolling_update_parameters(surge, unavailable, field, ok):
+    d = deployment()
+    d.spec.strategy.rolling_update.max_surge = surge
+    d.spec.strategy.rolling_update.max_unavailable = unavailable
+    if ok:
+        validate_create(R("deployments"), defaulted("deployments", d))
+    else:
+        assert_cause("deployments", d, f"spec.strategy.rollingUpdate.{field}", "FieldValueInvalid")
+
+
+def test_deployment_strategy_and_limits():
+    d = deployment()
+    d.spec.strategy.type = "BlueGreen"
+    assert_cause("deployments", d, "spec.strategy.type", "FieldValueNotSupported")
+    d = deployment()
+    d.spec.strategy.type = "Recreate"
+    d.spec.strategy.rolling_update.max_surge = "1"
+    assert_cause("deployments", d, "spec.strategy.rollingUpdate", "FieldValueForbidden")
+    d = deployment()
+    d.spec.revision_history_limit = -1
+    assert_cause("deployments", d, "spec.revisionHistoryLimit", "FieldValueInvalid")
+    d = deployment()
+    d.spec.min_ready_seconds = 600
+    assert_cause("deployments", d, "spec.progressDeadlineSeconds", "FieldValueInvalid",
+                 "Invalid value: 600: must be greater than minReadySeconds")
+    d = deployment()
+    d.spec.strategy.type = "Recreate"
+    validate_create(R("deployments"), defaulted("deployments", d))
+
+
+@pytest.mark.parametrize("kind", ["replicasets", "deployments"])
+def test_selectors_are_immutable(kind):
+    old = defaulted(kind)
+    new = type(old)()
+    new.CopyFrom(old)
+    new.spec.selector.match_labels["extra"] = "x"
+    new.spec.template.metadata.labels["extra"] = "x"
+    new.spec.replicas = 5
+    assert_cause(kind, new, "spec.selector", "FieldValueInvalid", old=old)
+    new = type(old)()
+    new.CopyFrom(old)
+    new.spec.replicas = 5
+    new.spec.template.spec.containers[0].image = "nginx:2"
+    validate_update(R(kind), new, old)
+
+
+# ======================================================================
+# Service, Endpoints
+# ======================================================================
+
+@pytest.mark.parametrize("mutate,field,reason", [
+    (lambda s: s.ports.pop(), "spec.ports", "FieldValueRequired"),
+    (lambda s: setattr(s.ports[0], "port", 0), "spec.ports[0].port", "FieldValueInvalid"),
+    (lambda s: setattr(s.ports[0], "port", 65536), "spec.ports[0].port", "FieldValueInvalid"),
+    (lambda s: setattr(s.ports[0], "protocol", "HTTP"), "spec.ports[0].protocol",
+     "FieldValueNotSupported"),
+    (lambda s: setattr(s.ports[0], "target_port", "0"), "spec.ports[0].targetPort",
+     "FieldValueInvalid"),
+    (lambda s: setattr(s.ports[0], "target_port", "not_a_name"), "spec.ports[0].targetPort",
+     "FieldValueInvalid"),
+    (lambda s: s.ports.add(port=81), "spec.ports[0].name", "FieldValueRequired"),
+    (lambda s: (setattr(s.ports[0], "name", "a"), s.ports.add(port=81, name="a")),
+     "spec.ports[1].name", "FieldValueDuplicate"),
+    (lambda s: (setattr(s.ports[0], "name", "a"), s.ports.add(port=80, name="b")),
+     "spec.ports[1]", "FieldValueDuplicate"),
+    (lambda s: setattr(s, "type", "Magic"), "spec.type", "FieldValueNotSupported"),
+    (lambda s: setattr(s.ports[0], "node_port", 30000), "spec.ports[0].nodePort",
+     "FieldValueForbidden"),
+    (lambda s: setattr(s, "session_affinity", "Sticky"), "spec.sessionAffinity",
+     "FieldValueNotSupported"),
+    (lambda s: setattr(s, "cluster_ip", "10.0.0.300"), "spec.clusterIP", "FieldValueInvalid"),
+    (lambda s: s.selector.update({"app": "-x"}), "spec.selector", "FieldValueInvalid"),
+])
+def test_service_errors(mutate, field, reason):
+    s = service()
+    mutate(s.spec)
+    assert_cause("services", s, field, reason)
+
+
+def test_valid_services():
+    s = service()
+    s.spec.ports[0].name = "http"
+    s.spec.ports.add(name="dns", port=53, protocol="UDP", target_port="dns-udp")
+    s.spec.ports.add(name="dns-tcp", port=53, protocol="TCP")
+    s.spec.type = "NodePort"
+    s.spec.ports[0].node_port = 30080
+    s.spec.cluster_ip = "10.96.0.10"
+    validate_create(R("services"), defaulted("services", s))
+    headless = service()
+    headless.spec.cluster_ip = "None"
+    validate_create(R("services"), defaulted("services", headless))
+    external = service()
+    external.spec.type = "ExternalName"
+    del external.spec.ports[:]
+    validate_create(R("services"), defaulted("services", external))
+
+
+def test_cluster_ip_is_immutable_once_set():
+    old = service()
+    apply_defaults(R("services"), old)
+    new = service()
+    new.spec.cluster_ip = "10.0.0.5"
+    validate_update(R("services"), defaulted("services", new), old)  # "" -> allocated
+    old.spec.cluster_ip = "10.0.0.5"
+    new.spec.cluster_ip = "10.0.0.6"
+    assert_cause("services", new, "spec.clusterIP", "FieldValueInvalid",
+                 'Invalid value: "10.0.0.6": field is immutable', old=old)
+
+
+def test_endpoints_errors():
+    ep = endpoints()
+    ep.subsets[0].addresses.add(ip="not-an-ip")
+    ep.subsets[0].ports.add(port=0)
+    causes = [(f, r) for f, r, _ in causes_of("endpoints", ep)]
+    assert ("subsets[0].addresses[1].ip", "FieldValueInvalid") in causes
+    assert ("subsets[0].ports[1].port", "FieldValueInvalid") in causes
+    assert ("subsets[0].ports[0].name", "FieldValueRequired") in causes
+
+
+# ======================================================================
+# ConfigMap, Secret
+# ======================================================================
+
+@pytest.mark.parametrize("key,ok", [
+    ("a", True), ("key.name", True), ("KEY_NAME", True), ("key-name", True), (".hidden", True),
+    ("a/b", False), ("a b", False), (".", False), ("..", False), ("..x", False), ("k" * 254, False),
+])
+def test_config_keys(key, ok):
+    for kind in ("configmaps", "secrets"):
+        obj = FACTORIES[kind]()
+        obj.data[key] = "v" if kind == "configmaps" else b"v"
+        if ok:
+            validate_create(R(kind), defaulted(kind, obj))
+        else:
+            assert_cause(kind, obj, f"data[{key}]", "FieldValueInvalid")
+
+
+def test_data_size_limit():
+    cm = config_map()
+    cm.data["big"] = "x" * (1024 * 1024)
+    assert_cause("configmaps", cm, "data", "FieldValueTooLong")
+    cm = config_map()
+    cm.binary_data["big"] = b"x" * (1024 * 1024 - 3)
+    validate_create(R("configmaps"), defaulted("configmaps", cm))  # "v" + "w" + this = 1 MiB - 1
+    s = secret()
+    s.data["big"] = b"x" * (1024 * 1024)
+    assert_cause("secrets", s, "data", "FieldValueTooLong")
+
+
+def test_binary_data_keys_may_not_repeat_data_keys():
+    cm = config_map()
+    cm.binary_data["KEY_2"] = b"\x00"
+    assert_cause("configmaps", cm, "binaryData[KEY_2]", "FieldValueInvalid")
+
+
+@pytest.mark.parametrize("secret_type,data,field", [
+    ("kubernetes.io/tls", {"tls.crt": b"c"}, "data[tls.key]"),
+    ("kubernetes.io/dockerconfigjson", {}, "data[.dockerconfigjson]"),
+    ("kubernetes.io/dockerconfigjson", {".dockerconfigjson": b"{nope"}, "data[.dockerconfigjson]"),
+    ("kubernetes.io/basic-auth", {}, "data[username]"),
+    ("kubernetes.io/ssh-auth", {}, "data[ssh-privatekey]"),
+])
+def test_typed_secrets_need_their_keys(secret_type, data, field):
+    s = core_pb2.Secret(type=secret_type, data=data)
+    s.metadata.name, s.metadata.namespace = "s", "default"
+    causes = causes_of("secrets", s)
+    assert field in [f for f, _, _ in causes]
+    assert all("{nope" not in d for _, _, d in causes)  # secret contents are never echoed
+
+
+def test_valid_tls_secret():
+    s = core_pb2.Secret(type="kubernetes.io/tls", data={"tls.crt": b"c", "tls.key": b"k"})
+    s.metadata.name, s.metadata.namespace = "tls", "default"
+    validate_create(R("secrets"), defaulted("secrets", s))
+
+
+@pytest.mark.parametrize("kind", ["configmaps", "secrets"])
+def test_immutable_data(kind):
+    old = FACTORIES[kind]()
+    old.immutable = True
+    apply_defaults(R(kind), old)
+    same = type(old)()
+    same.CopyFrom(old)
+    same.metadata.labels["touched"] = "yes"  # metadata may still change
+    validate_update(R(kind), same, old)
+    changed = type(old)()
+    changed.CopyFrom(old)
+    changed.data["new"] = "x" if kind == "configmaps" else b"x"
+    assert_cause(kind, changed, "data", "FieldValueForbidden", old=old)
+    unset = type(old)()
+    unset.CopyFrom(old)
+    unset.ClearField("immutable")
+    assert_cause(kind, unset, "immutable", "FieldValueForbidden", old=old)
+    mutable = FACTORIES[kind]()
+    apply_defaults(R(kind), mutable)
+    grown = type(old)()
+    grown.CopyFrom(mutable)
+    grown.data["new"] = "x" if kind == "configmaps" else b"x"
+    validate_update(R(kind), grown, mutable)
+
+
+def test_secret_type_is_immutable():
+    old = defaulted("secrets")
+    new = core_pb2.Secret()
+    new.CopyFrom(old)
+    new.type = "example.com/other"
+    assert_cause("secrets", new, "type", "FieldValueInvalid", old=old)
+
+
+# ======================================================================
+# Namespace, Node, Event, Lease
+# ======================================================================
+
+def test_namespace_finalizers():
+    ns = namespace()
+    ns.spec.finalizers.append("bad finalizer")
+    assert_cause("namespaces", ns, "spec.finalizers", "FieldValueInvalid")
+
+
+def test_node_rules():
+    n = node()
+    n.spec.taints.add(key="dedicated", value="gpu", effect="NoSchedule")
+    n.spec.taints.add(key="dedicated", value="gpu", effect="NoExecute")
+    n.spec.pod_cidr = "10.244.1.0/24"
+    validate_create(R("nodes"), defaulted("nodes", n))
+    n.spec.taints.add(key="dedicated", effect="NoSchedule")
+    n.spec.taints.add(key="x", effect="Sometimes")
+    n.spec.taints.add(effect="NoSchedule")
+    n.spec.pod_cidr = "10.244.1.0/33"
+    n.status.capacity["cpu"] = "four"
+    causes = [(f, r) for f, r, _ in causes_of("nodes", n)]
+    assert ("spec.taints[2]", "FieldValueDuplicate") in causes
+    assert ("spec.taints[3].effect", "FieldValueNotSupported") in causes
+    assert ("spec.taints[4].key", "FieldValueRequired") in causes
+    assert ("spec.podCIDR", "FieldValueInvalid") in causes
+    assert ("status.capacity[cpu]", "FieldValueInvalid") in causes
+
+
+def test_node_pod_cidr_is_set_once():
+    old = defaulted("nodes")
+    new = core_pb2.Node()
+    new.CopyFrom(old)
+    new.spec.pod_cidr = "10.244.0.0/24"
+    validate_update(R("nodes"), new, old)
+    newer = core_pb2.Node()
+    newer.CopyFrom(new)
+    newer.spec.pod_cidr = "10.244.9.0/24"
+    assert_cause("nodes", newer, "spec.podCIDR", "FieldValueForbidden", old=new)
+
+
+def test_event_rules():
+    e = event()
+    e.ClearField("involved_object")
+    assert_cause("events", e, "involvedObject", "FieldValueRequired")
+    e = event()
+    e.involved_object.namespace = "elsewhere"
+    assert_cause("events", e, "involvedObject.namespace", "FieldValueInvalid",
+                 'Invalid value: "elsewhere": does not match event.namespace')
+    e = event()
+    e.involved_object.kind = ""
+    assert_cause("events", e, "involvedObject.kind", "FieldValueRequired")
+
+
+def test_lease_rules():
+    lz = lease()
+    lz.spec.lease_duration_seconds = 0
+    assert_cause("leases", lz, "spec.leaseDurationSeconds", "FieldValueInvalid",
+                 "Invalid value: 0: must be greater than 0")
+    lz = lease()
+    lz.spec.ClearField("lease_duration_seconds")
+    validate_create(R("leases"), lz)
+    lz.spec.lease_transitions = -1
+    assert_cause("leases", lz, "spec.leaseTransitions", "FieldValueInvalid")
+
+
+# ======================================================================
+# updates
+# ======================================================================
+
+@pytest.mark.parametrize("field,json_name,value", [
+    ("name", "name", "other"), ("namespace", "namespace", "other"), ("uid", "uid", "u2"),
+    ("creation_timestamp", "creationTimestamp", "2030-01-01T00:00:00Z"),
+])
+def test_immutable_metadata(field, json_name, value):
+    old = defaulted("configmaps")
+    old.metadata.uid, old.metadata.creation_timestamp = "u1", "2020-01-01T00:00:00Z"
+    new = core_pb2.ConfigMap()
+    new.CopyFrom(old)
+    setattr(new.metadata, field, value)
+    assert_cause("configmaps", new, f"metadata.{json_name}", "FieldValueInvalid",
+                 f'Invalid value: "{value}": field is immutable', old=old)
+
+
+def test_empty_uid_and_creation_timestamp_mean_unchanged():
+    old = defaulted("configmaps")
+    old.metadata.uid, old.metadata.creation_timestamp = "u1", "2020-01-01T00:00:00Z"
+    new = defaulted("configmaps")
+    validate_update(R("configmaps"), new, old)
+
+
+def _pod_pair():
+    old = pod()
+    old.spec.active_deadline_seconds = 100
+    apply_defaults(R("pods"), old)
+    new = core_pb2.Pod()
+    new.CopyFrom(old)
+    return old, new
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda s: setattr(s.containers[0], "image", "nginx:2"),
+    lambda s: setattr(s, "active_deadline_seconds", 50),
+    lambda s: s.tolerations.add(key="extra", operator="Exists"),
+    lambda s: setattr(s, "node_name", "node-1"),
+])
+def test_allowed_pod_updates(mutate):
+    old, new = _pod_pair()
+    mutate(new.spec)
+    validate_update(R("pods"), new, old)
+
+
+@pytest.mark.parametrize("mutate,field", [
+    (lambda s: setattr(s, "restart_policy", "Never"), "spec"),
+    (lambda s: s.containers.add(name="d", image="x"), "spec"),
+    (lambda s: s.containers[0].command.append("sh"), "spec"),
+    (lambda s: s.tolerations.pop(), "spec"),
+    (lambda s: s.node_selector.update({"a": "b"}), "spec"),
+    (lambda s: setattr(s, "active_deadline_seconds", 200), "spec.activeDeadlineSeconds"),
+    (lambda s: s.ClearField("active_deadline_seconds"), "spec.activeDeadlineSeconds"),
+])
+def test_forbidden_pod_updates(mutate, field):
+    old, new = _pod_pair()
+    mutate(new.spec)
+    causes = causes_of("pods", new, old)
+    assert field in [f for f, _, _ in causes], causes
+
+
+def test_node_name_binds_once():
+    old, new = _pod_pair()
+    new.spec.node_name = "node-1"
+    validate_update(R("pods"), new, old)
+    moved = core_pb2.Pod()
+    moved.CopyFrom(new)
+    moved.spec.node_name = "node-2"
+    causes = causes_of("pods", moved, new)
+    assert causes[0][:2] == ("spec", "FieldValueForbidden")
+    assert causes[0][2].startswith("Forbidden: pod updates may not change fields other than")
+
+
+def test_status_changes_are_not_spec_changes():
+    old, new = _pod_pair()
+    new.status.phase = "Running"
+    new.metadata.labels["x"] = "y"
+    validate_update(R("pods"), new, old)
+
+
+# ======================================================================
+# quantities
+# ======================================================================
+
+@pytest.mark.parametrize("text,value", [
+    ("0", 0), ("1", 1), ("100m", Fraction(1, 10)), ("1.5", Fraction(3, 2)), (".5", Fraction(1, 2)),
+    ("1.", 1), ("+2", 2), ("-2", -2), ("1k", 1000), ("1M", 10 ** 6), ("2G", 2 * 10 ** 9),
+    ("1T", 10 ** 12), ("1P", 10 ** 15), ("1E", 10 ** 18), ("1Ki", 1024), ("1.5Gi", 3 * 2 ** 29),
+    ("64Mi", 64 * 2 ** 20), ("1Ti", 2 ** 40), ("1Pi", 2 ** 50), ("1Ei", 2 ** 60),
+    ("1e3", 1000), ("1E3", 1000), ("12e-2", Fraction(12, 100)), ("5n", Fraction(5, 10 ** 9)),
+    ("5u", Fraction(5, 10 ** 6)), ("1e+2", 100),
+])
+def test_parse_quantity(text, value):
+    assert parse_quantity(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "m", "1x", "1KI", "1 Gi", "1e", "--1", "1.2.3", "Gi", "1mi",
+                                  "1e99999", " 1", "0x10", "1_000"])
+def test_bad_quantities(text):
+    with pytest.raises(ValueError):
+        parse_quantity(text)
+
+
+def test_integer_views_round_up():
+    assert milli_cpu("100m") == 100
+    assert milli_cpu("1") == 1000
+    assert milli_cpu("1.5m") == 2
+    assert milli_cpu("0.1") == 100
+    assert bytes_of("64Mi") == 67108864
+    assert bytes_of("1k") == 1000
+    assert bytes_of("0.5") == 1
+    assert bytes_of("1500m") == 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fractions(max_denominator=10 ** 9).filter(lambda f: (f * 10 ** 9).denominator == 1),
+       st.booleans())
+def test_format_then_parse_is_identity(value, binary):
+    assert parse_quantity(format_quantity(value, binary=binary)) == value
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 10 ** 6), st.sampled_from(["", "m", "k", "M", "Ki", "Mi", "Gi", "e3", "e-3"]))
+def test_suffixes_scale_exactly(number, suffix):
+    scale = {"": 1, "m": Fraction(1, 1000), "k": 1000, "M": 10 ** 6, "Ki": 1024, "Mi": 2 ** 20,
+             "Gi": 2 ** 30, "e3": 1000, "e-3": Fraction(1, 1000)}[suffix]
+    assert parse_quantity(f"{number}{suffix}") == number * scale
