@@ -38,8 +38,8 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from apiserver.errors import ApiError
 from apiserver.pb import coordination_pb2, core_pb2
@@ -181,7 +181,7 @@ class HollowNodes:
 
     # ---- lifecycle ----
 
-    def start(self) -> "HollowNodes":
+    def start(self) -> HollowNodes:
         self._pod_informer.start()
         self._node_informer.start()
         for i in range(HEARTBEAT_WORKERS):
