@@ -163,9 +163,16 @@ class CacheWatcher:
                 self._done = True
                 raise err
             while self._backlog:
-                view = self._view(self._backlog.popleft())
+                try:
+                    view = self._view(self._backlog.popleft())
+                except Exception as e:  # a broken predicate ends this watch only
+                    log.exception("watch predicate failed")
+                    self._fail(errors.internal(f"watch filter failed: {e}"))
+                    break
                 if view is not None:
                     return view
+            if self._error is not None:
+                continue
             if self._pending:
                 return self._pending.popleft()
             if self._done:
@@ -174,6 +181,9 @@ class CacheWatcher:
             await self._wakeup.wait()
 
     async def aclose(self) -> None:
+        """Unsubscribes; what is queued is dropped and the iteration ends."""
+        self._backlog.clear()
+        self._pending.clear()
         self._finish()
 
     close = aclose
@@ -262,6 +272,7 @@ class WatchCache:
         self._watcher_buffer = watcher_buffer if watcher_buffer is not None else capacity
         self._objects: dict[bytes, Any] = {}
         self._ring = EventRing(capacity)
+        self._ring_revision = 0  # the newest event's revision
         self._revision = 0
         self._watchers: set[CacheWatcher] = set()
         self._waiters: list[tuple[int, asyncio.Future]] = []
@@ -385,6 +396,8 @@ class WatchCache:
         return w
 
     async def _start_watcher(self, w: CacheWatcher) -> None:
+        if self._stopped or not self._started:
+            raise errors.unavailable(f"the watch cache of {self.resource.name} is not running")
         rv = w._resource_version
         if rv is not None and rv > self._revision:
             await self.wait_fresh(rv)
@@ -395,6 +408,8 @@ class WatchCache:
         the event loop in between, so it misses and repeats nothing."""
         if self._stopped or not self._started:
             raise errors.unavailable(f"the watch cache of {self.resource.name} is not running")
+        if w._done:
+            return  # closed while waiting to start
         rv = w._resource_version
         if rv is None:
             w._backlog.extend(
@@ -420,33 +435,42 @@ class WatchCache:
     def _apply(self, ev) -> None:
         """One etcd mvcc Event: update the objects, the ring, the watchers."""
         key, rev = ev.kv.key, ev.kv.mod_revision
+        if rev < self._ring_revision:
+            return  # never happens: etcd sends each watch's events once, in order
         if rev <= self._revision:
-            return  # already applied (a re-watch never starts below revision+1)
+            # a progress revision was trusted too early (etcd #15220): apply
+            # anyway so the objects stay right; a bookmark may have lied
+            log.warning("%s: event at %d arrived after progress %d", self.resource.name, rev, self._revision)
+        self._ring_revision = rev
+        namespace = self._namespace_of(key)
         prev = self._objects.get(key)
-        try:
-            if ev.type == type(ev).DELETE:
-                if ev.HasField("prev_kv"):
-                    obj = self._decode(self.resource, key, ev.prev_kv.value, ev.prev_kv.mod_revision)
-                elif prev is not None:
-                    obj = type(prev)()
-                    obj.CopyFrom(prev)
-                else:
-                    return  # never seen, nothing to tell
-                obj.metadata.resource_version = str(rev)
-                self._objects.pop(key, None)
-                out = WatchEvent(DELETED, obj, prev if prev is not None else obj, rev, self._namespace_of(key))
-            else:
-                obj = self._decode(self.resource, key, ev.kv.value, rev)
-                self._objects[key] = obj
-                out = WatchEvent(MODIFIED if prev is not None else ADDED, obj, prev, rev,
-                                 self._namespace_of(key))
-        except Exception:
-            log.exception("%s: cannot decode %r at revision %d; event skipped",
-                          self.resource.name, key, rev)
-            return
+        if ev.type == type(ev).DELETE:
+            self._objects.pop(key, None)
+            obj = self._decode_or_none(key, ev.prev_kv.value, ev.prev_kv.mod_revision) \
+                if ev.HasField("prev_kv") else None
+            if obj is None and prev is not None:
+                obj = type(prev)()
+                obj.CopyFrom(prev)
+            if obj is None:
+                return  # nothing known to tell
+            obj.metadata.resource_version = str(rev)
+            out = WatchEvent(DELETED, obj, prev if prev is not None else obj, rev, namespace)
+        else:
+            obj = self._decode_or_none(key, ev.kv.value, rev)
+            if obj is None:
+                return  # the last good state stays
+            self._objects[key] = obj
+            out = WatchEvent(MODIFIED if prev is not None else ADDED, obj, prev, rev, namespace)
         self._ring.append(out)
         for w in list(self._watchers):
             w._offer(out)
+
+    def _decode_or_none(self, key: bytes, value: bytes, mod_revision: int):
+        try:
+            return self._decode(self.resource, key, value, mod_revision)
+        except Exception:  # one bad value must not stop the resource
+            log.exception("%s: cannot decode %r at revision %d; skipped", self.resource.name, key, mod_revision)
+            return None
 
     def _advance(self, revision: int) -> None:
         if revision <= self._revision:
@@ -461,6 +485,7 @@ class WatchCache:
         """Starts over from a fresh list; every client watcher ends with ``why``."""
         self._objects = objects
         self._ring.reset(revision)
+        self._ring_revision = revision
         self._tentative = None
         for w in list(self._watchers):
             w._fail(why or errors.expired("the watch cache was reloaded; relist"))
@@ -477,10 +502,9 @@ class WatchCache:
                 timeout=RANGE_TIMEOUT)
             revision = revision or resp.header.revision
             for kv in resp.kvs:
-                try:
-                    objects[kv.key] = self._decode(self.resource, kv.key, kv.value, kv.mod_revision)
-                except Exception:
-                    log.exception("%s: cannot decode %r; left out", self.resource.name, kv.key)
+                obj = self._decode_or_none(kv.key, kv.value, kv.mod_revision)
+                if obj is not None:
+                    objects[kv.key] = obj
             if not resp.more or not resp.kvs:
                 return objects, revision
             key = resp.kvs[-1].key + b"\0"

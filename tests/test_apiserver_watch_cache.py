@@ -300,6 +300,38 @@ def test_predicate_transitions_are_added_and_deleted(member):
     run(body())
 
 
+def test_a_broken_predicate_or_value_harms_no_other_watcher(member):
+    async def body():
+        etcd = Etcd(member.endpoint)
+        res = new_resource()
+        w = Writer(etcd, res)
+        cache = await started(etcd, res)
+        base = cache.revision
+
+        def broken(p):
+            if p.metadata.name == "boom":
+                raise KeyError("boom")
+            return True
+
+        fragile = cache.watch(resource_version=base, predicate=broken)
+        sound = cache.watch(resource_version=base)
+        await w.put(pod("ns", "fine"))
+        # a value the decode callable rejects: logged and skipped
+        await etcd.kv.Put(pb.PutRequest(key=res.key("ns", "garbage").encode(), value=b"not ours"),
+                          timeout=10, wait_for_ready=True)
+        await w.put(pod("ns", "boom"))
+        await w.put(pod("ns", "after"))
+        assert [seen(e) for e in await take(sound, 3)] == w.history
+        err = await expect_error(fragile, "InternalError")  # unread events are dropped
+        assert "boom" in err.message
+        assert sorted(o.metadata.name for o in cache.list()[0]) == ["after", "boom", "fine"]
+        assert cache.watcher_count == 1
+        await cache.stop()
+        await etcd.close()
+
+    run(body())
+
+
 # ---- the window, freshness, bookmarks ------------------------------------------
 
 
