@@ -1,3 +1,8 @@
 """The scheduler: pods with no node get one (filter, score, bind), shaped like
 kube-scheduler's framework. ``plugins`` holds the pure filters and scores,
-``queue`` the scheduling queue with backoff, ``scheduler`` the loop."""
+``queue`` the scheduling queue with backoff, ``scheduler`` the loop and its
+cache; ``python -m controllers.scheduler`` runs it."""
+
+from controllers.scheduler.scheduler import DEFAULT_SCHEDULER_NAME, Scheduler
+
+__all__ = ["DEFAULT_SCHEDULER_NAME", "Scheduler"]
