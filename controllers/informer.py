@@ -22,6 +22,7 @@ Contracts a caller relies on:
 - A handler added after the informer has synced first gets ``on_add`` for
   every object already in the cache (in the caller's thread), then every later
   change.
+- An informer runs once: ``start()`` after ``stop()`` does nothing.
 """
 
 from __future__ import annotations
@@ -319,7 +320,8 @@ class Informer:
                     must_list = False
                     delay = BACKOFF_MIN
                 self._watch_once()
-                continue  # the stream ended cleanly (its timeout): watch again
+                if self._events_this_watch:
+                    continue  # a live stream ended (its timeout): watch again at once
             except ApiError as e:
                 if self._stop.is_set():
                     break

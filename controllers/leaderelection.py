@@ -82,7 +82,9 @@ class LeaderElector:
         self._observed: coordination_pb2.Lease | None = None
         self._observed_at = 0.0
         self._leading = False
-        self._last_renew = 0.0  # monotonic time of the last successful acquire/renew
+        # monotonic start of the last successful acquire/renew round (the lease
+        # was written after it, so leadership is counted conservatively)
+        self._last_renew = 0.0
         self._namespace_ready = False
 
     def __repr__(self) -> str:
@@ -151,7 +153,11 @@ class LeaderElector:
 
     def _acquire_loop(self) -> bool:
         while not self._stop.is_set():
+            started = time.monotonic()
             if self._try_acquire_or_renew():
+                with self._lock:
+                    self._leading = True
+                    self._last_renew = started
                 return True
             if not self._wait_retry():
                 break
@@ -161,7 +167,10 @@ class LeaderElector:
         while self._wait_retry():
             deadline = time.monotonic() + self.renew_deadline
             while True:
-                if self._try_acquire_or_renew():
+                started = time.monotonic()
+                if self._bounded_round(deadline - started):
+                    with self._lock:
+                        self._last_renew = started
                     break
                 if self._stop.is_set():
                     return
@@ -172,6 +181,17 @@ class LeaderElector:
                     return
                 if self._stop.wait(min(self.retry_period, left)):
                     return
+
+    def _bounded_round(self, timeout: float) -> bool:
+        """A round that counts as failed after ``timeout`` seconds. It runs in a
+        daemon thread, so a call stuck on an unreachable apiserver (the client's
+        own timeout may be long) cannot keep a leader past its renew deadline."""
+        result: list[bool] = []
+        t = threading.Thread(target=lambda: result.append(self._try_acquire_or_renew()),
+                             daemon=True, name=f"lease-round-{self.lease_name}")
+        t.start()
+        t.join(max(0.0, timeout))
+        return bool(result and result[0])
 
     # ---- one round ----
 
@@ -206,7 +226,7 @@ class LeaderElector:
                 if e2.reason == "AlreadyExists":
                     return False
                 raise
-            self._observe(created, changed=True, renewed=True)
+            self._observe(created, changed=True)
             return True
 
         self._observe(lease, changed=self._observed is None or _record(lease) != _record(self._observed))
@@ -228,7 +248,7 @@ class LeaderElector:
             transitions = spec.lease_transitions + 1 if spec.HasField("lease_transitions") else 1
             self._fill(new, now, acquired=True, transitions=transitions)
         updated = self.client.update(new)
-        self._observe(updated, changed=True, renewed=True)
+        self._observe(updated, changed=True)
         return True
 
     def _fill(self, lease, now: str, *, acquired: bool, transitions: int) -> None:
@@ -239,14 +259,11 @@ class LeaderElector:
         lease.spec.renew_time = now
         lease.spec.lease_transitions = transitions
 
-    def _observe(self, lease, *, changed: bool, renewed: bool = False) -> None:
+    def _observe(self, lease, *, changed: bool) -> None:
         with self._lock:
             self._observed = lease
             if changed:
                 self._observed_at = time.monotonic()
-            if renewed:
-                self._leading = True
-                self._last_renew = time.monotonic()
 
     def _release(self) -> bool:
         """Gives a held lease up at once: empty holder, so standbys need not wait."""
