@@ -228,7 +228,7 @@ class HollowNodes:
             raise KeyError(f"{name!r} is not one of these hollow nodes") from None
 
     def _spawn(self, name: str, queue: RateLimitingQueue, sync) -> None:
-        t = threading.Thread(target=_work, args=(queue, sync), daemon=True, name=name)
+        t = threading.Thread(target=run_worker, args=(queue, sync), daemon=True, name=name)
         t.start()
         self._threads.append(t)
 
@@ -468,16 +468,21 @@ class HollowNodes:
             return candidate
 
 
-def _work(queue: RateLimitingQueue, sync) -> None:
+def run_worker(queue: RateLimitingQueue, sync, logger: logging.Logger = log) -> None:
+    """A controller worker: ``sync(key)`` for each key until the queue shuts
+    down; a failure re-adds the key with the queue's backoff. (Shared by this
+    package's controllers; it belongs next to RateLimitingQueue.)"""
     while (key := queue.get()) is not None:
         try:
             sync(key)
             queue.forget(key)
         except ApiError as e:
-            log.debug("%s: %s: %s; retrying", key, e.reason, e.message)
+            # a Conflict is routine: the cache was behind; the retry reads it anew
+            logger.log(logging.DEBUG if e.reason == "Conflict" else logging.INFO,
+                       "%s: %s: %s; retrying", key, e.reason, e.message)
             queue.add_rate_limited(key)
         except Exception:
-            log.exception("%s failed; retrying", key)
+            logger.exception("%s failed; retrying", key)
             queue.add_rate_limited(key)
         finally:
             queue.done(key)
