@@ -28,6 +28,9 @@ log = logging.getLogger("apiserver.registry")
 NAMESPACES = resources.BY_NAME["namespaces"]
 PODS = resources.BY_NAME["pods"]
 
+# created at startup, as kube-apiserver's system namespaces controller does
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
 # etcd refuses requests over 1.5 MiB; stay clear of it with the metadata around
 DEFAULT_MAX_OBJECT_BYTES = 1024 * 1024
 GENERATE_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
@@ -158,6 +161,16 @@ class Registry:
                     raise
                 meta.name = meta.generate_name + "".join(
                     secrets.choice(GENERATE_NAME_ALPHABET) for _ in range(5))
+
+    async def ensure_system_namespaces(self) -> None:
+        for name in SYSTEM_NAMESPACES:
+            ns = NAMESPACES.new()
+            ns.metadata.name = name
+            try:
+                await self.create(NAMESPACES, ns)
+            except ApiError as e:
+                if e.reason != "AlreadyExists":
+                    raise
 
     # ---- read -----------------------------------------------------------
 

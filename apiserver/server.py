@@ -11,6 +11,7 @@ import sys
 import grpc
 
 from apiserver import resources
+from apiserver.errors import ApiError
 from apiserver.encryption import TransformError, load_transformer
 from apiserver.etcd3 import Etcd, parse_servers
 from apiserver.pb import api_pb2_grpc
@@ -75,6 +76,13 @@ async def serve(args: argparse.Namespace, transformer) -> int:
         max_object_bytes=args.max_object_bytes,
         not_ready_toleration_seconds=args.default_not_ready_toleration_seconds,
         unreachable_toleration_seconds=args.default_unreachable_toleration_seconds))
+    while True:
+        try:
+            await registry.ensure_system_namespaces()
+            break
+        except ApiError as e:
+            log.warning("cannot create the system namespaces yet (%s); retrying", e.message)
+            await asyncio.sleep(1)
     server = grpc.aio.server(options=_SERVER_OPTIONS)
     api_pb2_grpc.add_ApiServerServicer_to_server(ApiServerService(registry), server)
     address = f"{args.bind_address}:{args.port}"
