@@ -17,8 +17,8 @@ Bad syntax raises errors.bad_request with Kubernetes' wording; a bad
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 from apiserver import errors
 from apiserver.errors import ApiError
@@ -81,9 +81,9 @@ def qualified_name_errors(value: str) -> list[str]:
         else:
             errs = [f"prefix part {m}" for m in dns1123_subdomain_errors(prefix)]
     else:
-        return [f"a qualified name {_QUALIFIED_NAME_MESSAGE} (e.g. 'MyName',  or 'my.name',  or "
-                f"'123-abc', regex used for validation is '{_QUALIFIED_NAME_PART}') with an "
-                "optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"]
+        return [(f"a qualified name {_QUALIFIED_NAME_MESSAGE} (e.g. 'MyName',  or 'my.name',  or "
+                 f"'123-abc', regex used for validation is '{_QUALIFIED_NAME_PART}') with an "
+                 "optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')")]
     if not name:
         errs.append("name part must be non-empty")
     elif len(name) > QUALIFIED_NAME_MAX:
@@ -199,8 +199,8 @@ def _requirement(key: str, operator: str, values) -> Requirement:
                            "Invalid value: exactly one value is required for 'gt' and 'lt'"))
         elif not re.fullmatch(r"-?[0-9]+", values[0]):
             causes.append(("values", "FieldValueInvalid",
-                           f"Invalid value: {quote(values[0])}: for 'gt', 'lt' operators, "
-                           "the value must be an integer"))
+                           (f"Invalid value: {quote(values[0])}: for 'gt', 'lt' operators, "
+                            "the value must be an integer")))
     for i, v in enumerate(values):
         for msg in label_value_errors(v):
             causes.append((f"values[{i}]", "FieldValueInvalid", f"Invalid value: {quote(v)}: {msg}"))
@@ -234,11 +234,11 @@ class LabelSelector:
         return ",".join(str(r) for r in self.requirements)
 
     @classmethod
-    def of(cls, requirements) -> "LabelSelector":
+    def of(cls, requirements) -> LabelSelector:
         return cls(tuple(sorted(set(requirements))))
 
     @classmethod
-    def from_labels(cls, labels: Mapping[str, str]) -> "LabelSelector":
+    def from_labels(cls, labels: Mapping[str, str]) -> LabelSelector:
         """The selector ``k=v,...`` for a label map (Kubernetes' SelectorFromSet);
         raises LabelSelectorError for bad keys or values."""
         return cls.of(_requirement(k, EQUALS, (v,)) for k, v in labels.items())
@@ -263,8 +263,8 @@ def label_selector_from_proto(sel) -> LabelSelector:
         op = _PROTO_OPERATORS.get(expr.operator)
         if op is None:
             causes.append((f"{path}.operator", "FieldValueNotSupported",
-                           f"Unsupported value: {quote(expr.operator)}: supported values: "
-                           '"In", "NotIn", "Exists", "DoesNotExist"'))
+                           (f"Unsupported value: {quote(expr.operator)}: supported values: "
+                            '"In", "NotIn", "Exists", "DoesNotExist"')))
             continue
         try:
             reqs.append(_requirement(expr.key, op, expr.values))

@@ -20,9 +20,15 @@ from apiserver import errors
 from apiserver.pb import core_pb2
 from apiserver.quantity import parse_quantity
 from apiserver.resources import Resource
-from apiserver.selectors import (LabelSelectorError, dns1123_subdomain_errors,
-                                 label_selector_from_proto, label_value_errors,
-                                 max_length_message, qualified_name_errors, quote)
+from apiserver.selectors import (
+    LabelSelectorError,
+    dns1123_subdomain_errors,
+    label_selector_from_proto,
+    label_value_errors,
+    max_length_message,
+    qualified_name_errors,
+    quote,
+)
 
 # ======================================================================
 # defaults
@@ -68,9 +74,8 @@ def apply_defaults(resource: Resource, msg, *, not_ready_toleration_seconds: int
         for key, value in msg.string_data.items():
             msg.data[key] = value.encode("utf-8")
         msg.ClearField("string_data")
-    elif name == "nodes":
-        if not msg.status.allocatable:
-            msg.status.allocatable.update(msg.status.capacity)
+    elif name == "nodes" and not msg.status.allocatable:
+        msg.status.allocatable.update(msg.status.capacity)
 
 
 def _default_pod_spec(spec: core_pb2.PodSpec) -> None:

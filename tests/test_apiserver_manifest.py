@@ -12,8 +12,9 @@ import copy
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
 from google.protobuf.descriptor import FieldDescriptor
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from apiserver import resources
 from apiserver.errors import ApiError

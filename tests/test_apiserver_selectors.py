@@ -9,15 +9,25 @@ trips.
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from apiserver import resources
 from apiserver.errors import ApiError
 from apiserver.pb import apps_pb2, core_pb2, meta_pb2
-from apiserver.selectors import (EVERYTHING, LabelSelector, LabelSelectorError, Predicate,
-                                 Requirement, label_selector_from_proto, label_value_errors,
-                                 make_predicate, parse_field_selector, parse_label_selector,
-                                 qualified_name_errors)
+from apiserver.selectors import (
+    EVERYTHING,
+    LabelSelector,
+    LabelSelectorError,
+    Predicate,
+    Requirement,
+    label_selector_from_proto,
+    label_value_errors,
+    make_predicate,
+    parse_field_selector,
+    parse_label_selector,
+    qualified_name_errors,
+)
 
 PODS = resources.lookup("pods")
 NODES = resources.lookup("nodes")
@@ -299,14 +309,14 @@ def test_empty_proto_selector_is_everything():
 
 
 @pytest.mark.parametrize("expr,path,reason", [
-    (dict(key="a", operator="Equals", values=["x"]), "matchExpressions[0].operator",
+    ({"key": "a", "operator": "Equals", "values": ["x"]}, "matchExpressions[0].operator",
      "FieldValueNotSupported"),
-    (dict(key="a", operator="In"), "matchExpressions[0].values", "FieldValueRequired"),
-    (dict(key="a", operator="NotIn"), "matchExpressions[0].values", "FieldValueRequired"),
-    (dict(key="a", operator="Exists", values=["x"]), "matchExpressions[0].values",
+    ({"key": "a", "operator": "In"}, "matchExpressions[0].values", "FieldValueRequired"),
+    ({"key": "a", "operator": "NotIn"}, "matchExpressions[0].values", "FieldValueRequired"),
+    ({"key": "a", "operator": "Exists", "values": ["x"]}, "matchExpressions[0].values",
      "FieldValueForbidden"),
-    (dict(key="a b", operator="Exists"), "matchExpressions[0].key", "FieldValueInvalid"),
-    (dict(key="a", operator="In", values=["-x"]), "matchExpressions[0].values[0]",
+    ({"key": "a b", "operator": "Exists"}, "matchExpressions[0].key", "FieldValueInvalid"),
+    ({"key": "a", "operator": "In", "values": ["-x"]}, "matchExpressions[0].values[0]",
      "FieldValueInvalid"),
 ])
 def test_bad_proto_expressions(expr, path, reason):

@@ -10,7 +10,8 @@ from __future__ import annotations
 from fractions import Fraction
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from apiserver import resources
 from apiserver.errors import ApiError
@@ -581,15 +582,15 @@ def test_restart_policy(policy, ok):
 
 
 @pytest.mark.parametrize("toleration,field,reason", [
-    (dict(key="k", operator="Exists", value="v"), "spec.tolerations[0].operator",
+    ({"key": "k", "operator": "Exists", "value": "v"}, "spec.tolerations[0].operator",
      "FieldValueInvalid"),
-    (dict(operator="Equal", value="v"), "spec.tolerations[0].operator", "FieldValueInvalid"),
-    (dict(key="k", operator="Near"), "spec.tolerations[0].operator", "FieldValueNotSupported"),
-    (dict(key="k", effect="NoRun"), "spec.tolerations[0].effect", "FieldValueNotSupported"),
-    (dict(key="k", effect="NoSchedule", toleration_seconds=5), "spec.tolerations[0].effect",
+    ({"operator": "Equal", "value": "v"}, "spec.tolerations[0].operator", "FieldValueInvalid"),
+    ({"key": "k", "operator": "Near"}, "spec.tolerations[0].operator", "FieldValueNotSupported"),
+    ({"key": "k", "effect": "NoRun"}, "spec.tolerations[0].effect", "FieldValueNotSupported"),
+    ({"key": "k", "effect": "NoSchedule", "toleration_seconds": 5}, "spec.tolerations[0].effect",
      "FieldValueInvalid"),
-    (dict(key="bad key"), "spec.tolerations[0].key", "FieldValueInvalid"),
-    (dict(key="k", value="-bad"), "spec.tolerations[0].value", "FieldValueInvalid"),
+    ({"key": "bad key"}, "spec.tolerations[0].key", "FieldValueInvalid"),
+    ({"key": "k", "value": "-bad"}, "spec.tolerations[0].value", "FieldValueInvalid"),
 ])
 def test_toleration_errors(toleration, field, reason):
     p = pod()
@@ -615,17 +616,17 @@ REQ = "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution
 
 
 @pytest.mark.parametrize("req,field,reason", [
-    (dict(key="zone", operator="In"), f"{REQ}.nodeSelectorTerms[0].matchExpressions[0].values",
+    ({"key": "zone", "operator": "In"}, f"{REQ}.nodeSelectorTerms[0].matchExpressions[0].values",
      "FieldValueRequired"),
-    (dict(key="zone", operator="Exists", values=["a"]),
+    ({"key": "zone", "operator": "Exists", "values": ["a"]},
      f"{REQ}.nodeSelectorTerms[0].matchExpressions[0].values", "FieldValueForbidden"),
-    (dict(key="cpus", operator="Gt", values=["a"]),
+    ({"key": "cpus", "operator": "Gt", "values": ["a"]},
      f"{REQ}.nodeSelectorTerms[0].matchExpressions[0].values[0]", "FieldValueInvalid"),
-    (dict(key="cpus", operator="Lt", values=["1", "2"]),
+    ({"key": "cpus", "operator": "Lt", "values": ["1", "2"]},
      f"{REQ}.nodeSelectorTerms[0].matchExpressions[0].values", "FieldValueRequired"),
-    (dict(key="zone", operator="Near", values=["a"]),
+    ({"key": "zone", "operator": "Near", "values": ["a"]},
      f"{REQ}.nodeSelectorTerms[0].matchExpressions[0].operator", "FieldValueNotSupported"),
-    (dict(key="bad key", operator="Exists"),
+    ({"key": "bad key", "operator": "Exists"},
      f"{REQ}.nodeSelectorTerms[0].matchExpressions[0].key", "FieldValueInvalid"),
 ])
 def test_node_affinity_errors(req, field, reason):
