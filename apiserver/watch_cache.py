@@ -603,7 +603,9 @@ class WatchCache:
             try:
                 objects, revision = await self._load()
                 break
-            except grpc.RpcError as e:
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001  (etcd trouble: keep trying, the cache must not die)
                 log.info("%s: reload failed (%s); retrying", self.resource.name, e)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, BACKOFF_MAX)
