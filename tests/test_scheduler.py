@@ -408,6 +408,10 @@ def test_forty_pods_on_four_nodes_never_exceed_allocatable(c, cluster):
         if p.spec.node_name:
             used[p.spec.node_name] += 300
     assert max(used.values()) <= 2000
+    # the retries of the pods still waiting repeat their Event (count 2) instead of adding one
+    wait_until(lambda: any(e.count >= 2 for e in events_of(c, ns, "FailedScheduling")), timeout=30,
+               what="a FailedScheduling event counted twice")
+    assert len(events_of(c, ns, "FailedScheduling")) == 16
 
 
 def test_adding_a_node_schedules_a_waiting_pod(c, cluster):
@@ -443,6 +447,39 @@ def test_replicas_of_one_owner_spread_across_nodes(c, cluster):
     pods = wait_until(lambda: all_bound(c, ns, 16), timeout=30, what="replicas bound")
     spread = Counter(p.spec.node_name for name, p in pods.items() if name.startswith("web"))
     assert spread == {"huge": 2, "s0": 2, "s1": 2, "s2": 2}
+
+
+class FailingFirstBind(Client):
+    """A client whose first bind is refused as if the pod had changed meanwhile."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.refused = 0
+
+    def patch(self, kind, name, patch, namespace="default", **kw):
+        if kind == "pods" and "spec" in patch and not self.refused:
+            self.refused += 1
+            raise ApiError("Conflict", f'Operation cannot be fulfilled on pods "{name}": '
+                           "the object has been modified")
+        return super().patch(kind, name, patch, namespace, **kw)
+
+
+def test_a_refused_bind_is_forgotten_and_retried(c, cluster):
+    ns, _ = cluster
+    c.create(_node("only", cpu="1"))
+    client = FailingFirstBind(c.server, timeout=30)
+    sched = Scheduler(client, scheduler_name=ns, initial_backoff=0.2, max_backoff=1.0).start()
+    try:
+        # the pod takes the whole node: had the refused bind's assumption stayed, it would fit nowhere
+        create_pod(c, ns, "p", ns, cpu="1")
+        wait_until(lambda: c.get("pods", "p", ns).spec.node_name == "only", timeout=30, what="p bound")
+        assert client.refused == 1 and sched.stats["bind_errors"] == 1 and sched.stats["unschedulable"] == 0
+        failed = wait_until(lambda: events_of(c, ns, "FailedScheduling"), timeout=30, what="the event")
+        assert failed[0].message.startswith("Binding rejected: Operation cannot be fulfilled")
+        assert sched.cache.node_info("only").requested.milli_cpu == 1000
+    finally:
+        sched.stop()
+        client.close()
 
 
 def test_entry_point_schedules(c, cluster, tmp_path):

@@ -124,6 +124,7 @@ class NodeInfo:
     alloc_milli_cpu: int = 0
     alloc_memory: int = 0
     alloc_pods: int = 0
+    ready: str = ""  # the status of the node's Ready condition ("" when it has none)
 
     @classmethod
     def build(cls, node, pods: Iterable = ()) -> NodeInfo:
@@ -141,7 +142,9 @@ class NodeInfo:
         self.node = node
         if node is None:
             self.alloc_milli_cpu = self.alloc_memory = self.alloc_pods = 0
+            self.ready = ""
             return
+        self.ready = _ready_status(node)
         self.alloc_milli_cpu = _allocatable(node, "cpu", milli_cpu)
         self.alloc_memory = _allocatable(node, "memory", bytes_of)
         self.alloc_pods = _allocatable(node, "pods", bytes_of)
@@ -226,7 +229,7 @@ def filter_node_ready(pod, info: NodeInfo) -> str | None:
     """A node whose Ready condition is not True is refused as the NoSchedule
     taint the node lifecycle would put on it (not-ready when False or absent,
     unreachable when Unknown) refuses it: unless the pod tolerates that taint."""
-    status = _ready_status(info.node)
+    status = info.ready
     if status == "True":
         return None
     taint = _Taint(TAINT_UNREACHABLE if status == "Unknown" else TAINT_NOT_READY)
@@ -295,9 +298,12 @@ def node_selector_term_matches(term, node) -> bool:
 def filter_node_affinity(pod, info: NodeInfo) -> str | None:
     """spec.nodeSelector (every label equal) and the required node affinity
     (any of its terms) must both match."""
+    spec = pod.spec
+    if not spec.node_selector and not spec.HasField("affinity"):
+        return None
     node = info.node
     labels = node.metadata.labels
-    for key, value in pod.spec.node_selector.items():
+    for key, value in spec.node_selector.items():
         if labels.get(key) != value:
             return REASON_AFFINITY
     affinity = pod.spec.affinity.node_affinity
@@ -327,6 +333,8 @@ def _ports_conflict(a: tuple[str, str, int], b: tuple[str, str, int]) -> bool:
 def filter_node_ports(pod, info: NodeInfo) -> str | None:
     """No requested hostPort may be taken on the node for the same protocol
     and an overlapping address (0.0.0.0 overlaps every address)."""
+    if not info.used_ports:
+        return None
     for want in pod_host_ports(pod):
         if any(_ports_conflict(want, used) for used in info.used_ports):
             return REASON_PORTS
