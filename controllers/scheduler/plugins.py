@@ -126,6 +126,10 @@ class NodeInfo:
     alloc_pods: int = 0
     ready: str = ""  # the status of the node's Ready condition ("" when it has none)
 
+    def __post_init__(self) -> None:
+        if self.node is not None:
+            self.set_node(self.node)  # the allocatable and readiness derived from it
+
     @classmethod
     def build(cls, node, pods: Iterable = ()) -> NodeInfo:
         info = cls(None)
