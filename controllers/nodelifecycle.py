@@ -20,7 +20,10 @@ Eviction (the taint manager): a pod on a node with NoExecute taints is deleted
 once the smallest tolerationSeconds of the matching tolerations has passed
 since the taint's timeAdded; a toleration without tolerationSeconds tolerates
 forever. Evictions are rate-limited by a token bucket (``eviction_qps``,
-``eviction_burst``) so a zone going dark does not empty the cluster at once.
+``eviction_burst``) so a zone going dark does not empty the cluster at once,
+and paused while no node at all is Ready (Kubernetes' "full disruption"): then
+the fault is more likely the control plane's or the network's than every
+node's, and evicting would only move pods nowhere.
 """
 
 from __future__ import annotations
@@ -295,6 +298,9 @@ class NodeLifecycleController:
         if wait > 0:
             self._pod_queue.add_after(key, wait + RECHECK_SLACK)
             return
+        if self._fully_disrupted():
+            self._pod_queue.add_after(key, self.monitor_period)
+            return
         wait = self._bucket.take()
         if wait > 0:
             self._pod_queue.add_after(key, wait)
@@ -311,6 +317,11 @@ class NodeLifecycleController:
                  [t.key for t in taints])
         if self.recorder is not None:
             self.recorder.event(pod, "Normal", "TaintManagerEviction", f"Marking for deletion Pod {key}")
+
+    def _fully_disrupted(self) -> bool:
+        nodes = self.nodes.store.list()
+        return bool(nodes) and not any(
+            (ready := condition(n, "Ready")) is not None and ready.status == "True" for n in nodes)
 
     def _taint_first_seen(self, node, taints) -> float:
         """When this controller first saw the earliest taint lacking a timeAdded."""

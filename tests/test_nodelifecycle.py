@@ -217,3 +217,33 @@ def test_token_bucket():
     assert bucket.take() == 0 and bucket.take() == 0
     wait = bucket.take()
     assert 0 < wait <= 1.0
+
+
+class RecordingClient:
+    def __init__(self):
+        self.deleted = []
+
+    def delete(self, kind, name, namespace, **kw):
+        self.deleted.append((kind, namespace, name))
+
+
+def cached_node(name, ready, taints=()):
+    n = core_pb2.Node(metadata={"name": name})
+    n.status.conditions.add(type="Ready", status=ready)
+    n.spec.taints.extend(taints)
+    return n
+
+
+def test_evictions_pause_while_no_node_is_ready():
+    client = RecordingClient()
+    c = NodeLifecycleController(client, SharedInformerFactory(client), eviction_qps=100)
+    c.nodes.store.put(cached_node("dark", "Unknown", [taint(UNREACHABLE, added="2024-01-01T00:00:00Z")]))
+    p = core_pb2.Pod(metadata={"name": "p", "namespace": "default"})
+    p.spec.node_name = "dark"
+    c.pods.store.put(p)
+    c.sync_pod("default/p")
+    assert client.deleted == []  # every node down: more likely our fault than theirs
+    c.nodes.store.put(cached_node("lit", "True"))
+    c.sync_pod("default/p")
+    assert client.deleted == [("pods", "default", "p")]
+    c.stop()
