@@ -260,7 +260,7 @@ class WatchCache:
 
     def __init__(self, etcd: Etcd, resource: Resource, decode: Decode, *, capacity: int = 10_000,
                  bookmark_interval: float = 1.0, progress_interval: float = 1.0,
-                 watcher_buffer: int | None = None) -> None:
+                 watcher_buffer: int | None = None, backfill: int | None = None) -> None:
         self.etcd = etcd
         self.resource = resource
         self._decode = decode
@@ -290,6 +290,16 @@ class WatchCache:
         # how many etcd Watch streams this cache opened: 1 while etcd is healthy
         self.watch_streams_opened = 0
         self.reloads = 0
+        # After a (re)load at revision R the ring is refilled from etcd's
+        # history of the last `backfill` revisions, so a client that watched
+        # an apiserver before it restarted resumes from its resourceVersion
+        # instead of relisting. (from, R) while that replay is under way; its
+        # events wait in _backfill_events until it is complete.
+        self._backfill_revisions = capacity if backfill is None else backfill
+        self._backfill: tuple[int, int] | None = None
+        self._backfill_retry: tuple[int, int] | None = None
+        self._backfill_events: list[WatchEvent] = []
+        self._backfill_done = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -307,10 +317,13 @@ class WatchCache:
         self._tasks = [loop.create_task(self._follow_etcd(), name=f"watch-cache-{self.resource.name}"),
                        loop.create_task(self._request_progress_loop()),
                        loop.create_task(self._bookmark_loop())]
-        # a watch created late replays what was written meanwhile in one burst
+        # a watch created late replays what was written meanwhile in one
+        # burst; etcd also batches events to a watch until it has replayed
+        # the history (the backfill), so serve once that is behind us
         try:
             async with asyncio.timeout(watch_timeout):
                 await self._first_watch.wait()
+                await self._backfill_done.wait()
         except TimeoutError:
             log.warning("%s: etcd has not accepted the watch yet; still trying", self.resource.name)
 
@@ -465,6 +478,37 @@ class WatchCache:
         for w in list(self._watchers):
             w._offer(out)
 
+    def _replayed(self, ev) -> None:
+        """An event of the history before the load revision: for the ring
+        only (the objects are already at the load revision)."""
+        key, rev = ev.kv.key, ev.kv.mod_revision
+        prev = self._decode_or_none(key, ev.prev_kv.value, ev.prev_kv.mod_revision) \
+            if ev.HasField("prev_kv") else None
+        if ev.type == type(ev).DELETE:
+            if prev is None:
+                return
+            obj = type(prev)()
+            obj.CopyFrom(prev)
+            obj.metadata.resource_version = str(rev)
+            kind = DELETED
+        else:
+            obj = self._decode_or_none(key, ev.kv.value, rev)
+            if obj is None:
+                return
+            kind = MODIFIED if prev is not None else ADDED
+        self._backfill_events.append(WatchEvent(kind, obj, prev, rev, self._namespace_of(key)))
+
+    def _finish_backfill(self) -> None:
+        """The replay reached the load revision: the window opens back to its start."""
+        first, _ = self._backfill
+        live = [self._ring[i] for i in range(len(self._ring))]
+        self._ring.reset(first - 1)
+        for ev in self._backfill_events + live:
+            self._ring.append(ev)
+        self._backfill = None
+        self._backfill_events = []
+        self._backfill_done.set()
+
     def _decode_or_none(self, key: bytes, value: bytes, mod_revision: int):
         try:
             return self._decode(self.resource, key, value, mod_revision)
@@ -487,6 +531,11 @@ class WatchCache:
         self._ring.reset(revision)
         self._ring_revision = revision
         self._tentative = None
+        first = max(1, revision - self._backfill_revisions + 1)
+        self._backfill = (first, revision) if self._backfill_revisions > 0 and first <= revision else None
+        self._backfill_events = []
+        if self._backfill is None:
+            self._backfill_done.set()
         for w in list(self._watchers):
             w._fail(why or errors.expired("the watch cache was reloaded; relist"))
         self._advance(revision)
@@ -537,7 +586,7 @@ class WatchCache:
             delay = min(delay * 2, BACKOFF_MAX)
 
     async def _watch_once(self) -> None:
-        start = self._revision + 1
+        start = self._backfill[0] if self._backfill else self._revision + 1
         call = self.etcd.watch.Watch()
         self.watch_streams_opened += 1
         self._call = call
@@ -557,10 +606,22 @@ class WatchCache:
             self._call = None
             self._tentative = None
             self._catch_up = None
+            # a replay cut short is not resumed (its events would repeat):
+            # the window stays at the load revision, unless etcd compacted
+            # part of it and the rest is worth asking for again
+            self._backfill, self._backfill_retry = self._backfill_retry if self._backfill else None, None
+            self._backfill_events = []
+            if self._backfill is None:
+                self._backfill_done.set()
             call.cancel()
 
     def _on_response(self, resp, start: int) -> None:
         if resp.canceled:
+            if resp.compact_revision and self._backfill:
+                first, loaded = self._backfill
+                if resp.compact_revision < loaded:
+                    self._backfill_retry = (resp.compact_revision + 1, loaded)
+                raise _WatchCanceled("history before the load revision is compacted; replaying less")
             if resp.compact_revision:
                 raise _Compacted(resp.compact_revision)
             raise _WatchCanceled(resp.cancel_reason or "etcd canceled the watch")
@@ -574,6 +635,11 @@ class WatchCache:
             return
         if resp.events:
             for ev in resp.events:
+                if self._backfill:
+                    if ev.kv.mod_revision <= self._backfill[1]:
+                        self._replayed(ev)
+                        continue
+                    self._finish_backfill()
                 self._apply(ev)
             newest = resp.events[-1].kv.mod_revision
             if self._catch_up is not None and newest >= self._catch_up[0]:
@@ -589,6 +655,8 @@ class WatchCache:
             if time.monotonic() < self._catch_up[1]:
                 return
             self._catch_up = None
+        if self._backfill and revision >= self._backfill[1]:
+            self._finish_backfill()
         if self._tentative is not None:
             self._advance(self._tentative)  # confirmed by this later answer
         self._tentative = revision if revision > self._revision else None

@@ -335,12 +335,41 @@ def test_a_broken_predicate_or_value_harms_no_other_watcher(member):
 # ---- the window, freshness, bookmarks ------------------------------------------
 
 
+def test_a_new_cache_replays_recent_history_so_watchers_resume(member):
+    """What an apiserver restart looks like to a client: a fresh cache loads at
+    revision R, yet a watch from an older resourceVersion (within the backfill)
+    gets exactly the later changes; older than the backfill is Expired."""
+    async def body():
+        etcd = Etcd(member.endpoint)
+        res = new_resource()
+        w = Writer(etcd, res)
+        first = await started(etcd, res)
+        base = first.revision
+        for i in range(6):
+            await w.put(pod("ns", f"p{i % 3}", node=f"n{i}"))
+        await w.delete("ns", "p0")
+        await first.stop()
+        marks = [base] + [rev for rev, *_ in w.history]
+        fresh = await started(etcd, res, backfill=50)
+        assert fresh.revision >= marks[-1]
+        for mark in marks[:-1]:
+            got = await take(fresh.watch(resource_version=mark), len(w.after(mark)))
+            assert [seen(e) for e in got] == w.after(mark), mark
+        narrow = await started(etcd, res, backfill=2)
+        await expect_error(narrow.watch(resource_version=base), "Expired")
+        for cache in (fresh, narrow):
+            await cache.stop()
+        await etcd.close()
+
+    run(body())
+
+
 def test_a_revision_older_than_the_ring_is_expired(member):
     async def body():
         etcd = Etcd(member.endpoint)
         res = new_resource()
         w = Writer(etcd, res)
-        cache = await started(etcd, res, capacity=5)
+        cache = await started(etcd, res, capacity=5, backfill=0)
         base = cache.revision
         # before anything was dropped, the whole history since the list is there
         assert cache.oldest_revision == base
