@@ -36,6 +36,7 @@ from controllers.informer import (
     meta_namespace_key,
     split_meta_namespace_key,
 )
+from controllers.kubelet import run_worker
 from controllers.podutil import (
     ControllerExpectations,
     ControllerRefManager,
@@ -67,8 +68,8 @@ def index_orphans(obj) -> list[str]:
 class WorkloadController:
     """Worker threads over a RateLimitingQueue of "namespace/name" keys: each
     takes a key, runs ``sync(key)``, and on an exception puts it back with
-    per-key backoff. Workers start reconciling once every informer in
-    ``informers_to_sync`` has synced."""
+    per-key backoff (``run_worker``). Workers reconcile only once every
+    informer in ``informers_to_sync`` has synced."""
 
     name = "controller"
 
@@ -84,14 +85,22 @@ class WorkloadController:
     def sync(self, key: str) -> None:
         raise NotImplementedError
 
-    def start(self) -> None:
-        """Starts the workers (the informers are the factory's to start); idempotent."""
+    def start(self, wait_for_sync: float = 60.0):
+        """Starts the informers (idempotent), waits up to ``wait_for_sync``
+        seconds for their first lists, then starts the workers (which wait
+        on if the lists take longer). Returns self."""
         if self._threads:
-            return
+            return self
+        for inf in self._informers_to_sync:
+            inf.start()
+        deadline = time.monotonic() + wait_for_sync
+        for inf in self._informers_to_sync:
+            inf.wait_for_sync(max(0.0, deadline - time.monotonic()))
         for i in range(self.workers):
             t = threading.Thread(target=self._worker, daemon=True, name=f"{self.name}-{i}")
             self._threads.append(t)
             t.start()
+        return self
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -106,18 +115,7 @@ class WorkloadController:
         while not all(inf.has_synced() for inf in self._informers_to_sync):
             if self._stop.wait(0.05):
                 return
-        while (key := self.queue.get()) is not None:
-            try:
-                self.sync(key)
-                self.queue.forget(key)
-            except ApiError as e:
-                log.info("%s: syncing %s failed: %s: %s; retrying", self.name, key, e.reason, e.message)
-                self.queue.add_rate_limited(key)
-            except Exception:
-                log.exception("%s: syncing %s failed; retrying", self.name, key)
-                self.queue.add_rate_limited(key)
-            finally:
-                self.queue.done(key)
+        run_worker(self.queue, self.sync, log)
 
 
 def slow_start_batch(count: int, initial: int, call: Callable[[], None],
