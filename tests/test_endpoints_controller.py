@@ -162,9 +162,17 @@ def test_selector_change_and_service_deletion(client, controller):
     wait_until(lambda: endpoints_view(client, "sel") == {(("", 80, "TCP"),): ([("10.0.2.2", "green", "n1")], [])},
                timeout=10, what="green selected")
     # hand edits to managed endpoints are put back
-    ep = client.get("endpoints", "sel", NS)
-    del ep.subsets[:]
-    client.update(ep)
+    def clear():
+        ep = client.get("endpoints", "sel", NS)
+        del ep.subsets[:]
+        try:
+            return client.update(ep)
+        except ApiError as e:
+            if e.reason != "Conflict":
+                raise
+            return None
+
+    wait_until(clear, timeout=10, what="the endpoints cleared by hand")
     wait_until(lambda: endpoints_view(client, "sel") == {(("", 80, "TCP"),): ([("10.0.2.2", "green", "n1")], [])},
                timeout=10, what="endpoints restored")
     client.delete("services", "sel", NS)

@@ -148,11 +148,19 @@ def test_graceful_deletion_is_finished_by_the_kubelet(client, hollow):
 
 
 def test_a_node_marked_not_ready_while_alive_says_ready_again(client, hollow):
-    node = client.get("nodes", NODES[20], "")
-    for c in node.status.conditions:
-        if c.type == "Ready":
-            c.status, c.reason = "Unknown", "NodeStatusUnknown"
-    client.update_status(node)
+    def mark_unknown():
+        node = client.get("nodes", NODES[20], "")
+        for c in node.status.conditions:
+            if c.type == "Ready":
+                c.status, c.reason = "Unknown", "NodeStatusUnknown"
+        try:
+            return client.update_status(node)
+        except ApiError as e:  # the kubelet's own status write came first
+            if e.reason != "Conflict":
+                raise
+            return None
+
+    wait_until(mark_unknown, timeout=10, what="the node marked Unknown")
     wait_until(lambda: ready_status(client.get("nodes", NODES[20], "")) == "True", timeout=10,
                what="the kubelet restoring Ready")
 

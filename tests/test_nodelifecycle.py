@@ -12,6 +12,7 @@ import time
 import pytest
 
 from apiserver.client import Client
+from apiserver.errors import ApiError
 from apiserver.pb import core_pb2
 from controllers.informer import SharedInformerFactory
 from controllers.kubelet import HollowNodes
@@ -137,9 +138,18 @@ def test_not_tolerated_noexecute_taint_evicts_at_once(client, hollow, controller
                                               effect="NoExecute")]))
     for p in ("plain", "tolerant"):
         wait_until(lambda p=p: running_and_ready(client, p), timeout=20, what=f"{p} ready")
-    node = client.get("nodes", name, "")
-    node.spec.taints.add(key="dedicated", value="gpu", effect="NoExecute", time_added=now_rfc3339())
-    client.update(node)
+
+    def add_taint():
+        node = client.get("nodes", name, "")
+        node.spec.taints.add(key="dedicated", value="gpu", effect="NoExecute", time_added=now_rfc3339())
+        try:
+            return client.update(node)
+        except ApiError as e:  # the kubelet's status write came first
+            if e.reason != "Conflict":
+                raise
+            return None
+
+    wait_until(add_taint, timeout=10, what="the taint added")
     wait_until(lambda: client.get("pods", "plain", "life").metadata.deletion_timestamp, timeout=10,
                what="the untolerating pod evicted")
     time.sleep(1.0)  # the tolerating pod must not follow
