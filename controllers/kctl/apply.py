@@ -30,6 +30,7 @@ SERVER_OWNED_METADATA = ("uid", "resourceVersion", "generation", "creationTimest
                          "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink",
                          "managedFields")
 CONFLICT_RETRIES = 5
+SECRET_VALUE_FIELDS = ("data", "stringData")
 
 
 def applied_configuration(doc: Document) -> dict[str, Any]:
@@ -105,6 +106,14 @@ def _last_applied(live) -> dict:
 
 
 def _encoded(config: dict) -> str:
+    """The last-applied annotation's text. A Secret's values are left out
+    (only their keys are kept, which is all the merge needs): annotations are
+    not encrypted at rest, the Secret's data is."""
+    if config.get("kind") == "Secret":
+        config = dict(config)
+        for field in SECRET_VALUE_FIELDS:
+            if isinstance(config.get(field), dict):
+                config[field] = {key: "" for key in config[field]}
     try:
         return json.dumps(config, sort_keys=True, separators=(",", ":"))
     except (TypeError, ValueError) as e:

@@ -8,13 +8,12 @@ the subcommand, as kubectl's do. Exit code 0 on success, 1 on any failure
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
-from importlib import metadata
 
 from apiserver import resources
 from apiserver.errors import ApiError
-from controllers.kctl import apply, describe, edits, get, rollout
 from controllers.kctl.session import (
     DEFAULT_SERVER,
     SERVER_ENV,
@@ -150,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _client_version() -> str:
+    from importlib import metadata  # slow to import; only `version` needs it
     try:
         return metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
@@ -175,20 +175,28 @@ def cmd_api_resources(session: Session, args) -> int:
     return 0
 
 
+# command -> (module, function): a command imports only what it runs, so
+# that each kctl invocation starts quickly
 COMMANDS = {
-    "apply": apply.cmd_apply,
-    "create": apply.cmd_create,
-    "delete": edits.cmd_delete,
-    "get": get.cmd_get,
-    "describe": describe.cmd_describe,
-    "scale": edits.cmd_scale,
-    "rollout": rollout.cmd_rollout,
-    "cordon": lambda s, a: edits.cmd_cordon(s, a, True),
-    "uncordon": lambda s, a: edits.cmd_cordon(s, a, False),
-    "set": edits.cmd_set_image,
-    "version": cmd_version,
-    "api-resources": cmd_api_resources,
+    "apply": ("apply", "cmd_apply"),
+    "create": ("apply", "cmd_create"),
+    "delete": ("edits", "cmd_delete"),
+    "get": ("get", "cmd_get"),
+    "describe": ("describe", "cmd_describe"),
+    "scale": ("edits", "cmd_scale"),
+    "rollout": ("rollout", "cmd_rollout"),
+    "cordon": ("edits", "cmd_cordon"),
+    "uncordon": ("edits", "cmd_uncordon"),
+    "set": ("edits", "cmd_set_image"),
 }
+LOCAL_COMMANDS = {"version": cmd_version, "api-resources": cmd_api_resources}
+
+
+def _command(name: str):
+    if name in LOCAL_COMMANDS:
+        return LOCAL_COMMANDS[name]
+    module, function = COMMANDS[name]
+    return getattr(importlib.import_module(f"controllers.kctl.{module}"), function)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                       namespace_given=args.namespace is not None,
                       all_namespaces=args.all_namespaces, request_timeout=args.request_timeout)
     try:
-        return COMMANDS[args.command](session, args)
+        return _command(args.command)(session, args)
     except (CommandError, ApiError, Unreachable) as e:
         report(session, e)
         return 1

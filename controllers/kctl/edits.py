@@ -96,7 +96,15 @@ def cmd_scale(session: Session, args) -> int:
     return code
 
 
-def cmd_cordon(session: Session, args, unschedulable: bool) -> int:
+def cmd_cordon(session: Session, args) -> int:
+    return set_unschedulable(session, args, True)
+
+
+def cmd_uncordon(session: Session, args) -> int:
+    return set_unschedulable(session, args, False)
+
+
+def set_unschedulable(session: Session, args, unschedulable: bool) -> int:
     res = kinds.resolve("nodes")
     verb = "cordoned" if unschedulable else "uncordoned"
     code = 0

@@ -60,7 +60,7 @@ class Lines:
 
 
 def time_text(text: str) -> str:
-    t = printers.parsetime_text(text)
+    t = printers.parse_time(text)
     return t.strftime(TIME_FORMAT) if t else NONE
 
 
@@ -74,7 +74,7 @@ def annotation_lines(m) -> list[str]:
 
 def container(lines: Lines, c, status=None, indent: int = 2) -> None:
     lines.heading(f"{c.name}:", indent)
-    inner = indent + 2
+    inner = indent + 1
     lines.add("Image", c.image, inner)
     ports = [f"{p.container_port}/{p.protocol or 'TCP'}" for p in c.ports]
     lines.add("Port", ", ".join(ports) or NONE, inner)
