@@ -295,8 +295,8 @@ class HollowNodes:
             node.uid = current.metadata.uid
             self._write_status(node, current)
         node.lease = None
-        node.registered = True
         self._renew_lease(node)
+        node.registered = True  # registered = the Node and its Lease are there
         self._beats.add_after(("lease", node.name), self.heartbeat_interval)
         self._beats.add_after(("status", node.name), self.status_report_interval)
         for pod in self._pod_informer.store.by_index(NODE_INDEX, node.name):
