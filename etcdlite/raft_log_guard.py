@@ -1,4 +1,6 @@
-"""A fix for pysyncobj 0.3.17's follower: it must not drop entries it acked.
+"""Two fixes for pysyncobj 0.3.17's AppendEntries flow.
+
+1. Its follower must not drop entries it acked.
 
 On an AppendEntries message, pysyncobj's follower deletes every entry after
 `prevLogIdx` and appends the message's entries, whether or not the entries it
@@ -22,6 +24,17 @@ the leader's log as they are here) are added to the message, so that
 pysyncobj's delete-and-append leaves the log as it was and the reply reports
 them as matched. Entries from older terms after the last such entry may
 conflict with the leader's log; for those pysyncobj's behaviour is kept.
+
+2. Its leader must not re-send what is in flight. The leader streams entries
+to a follower without waiting for replies (it advances `nextIndex` as it
+sends), but every successful reply then sets `nextIndex` back to just after
+the entries that reply acknowledges, so the next send repeats everything
+sent since. Under load that multiplied peer traffic many times over (and
+fed case 1). `GuardedSyncObj` keeps `nextIndex` where it was when a
+successful reply would move it back. A follower that really misses entries
+(a connection dropped with messages in flight) answers the next message,
+or the next heartbeat, with a reset, which still moves `nextIndex` back,
+as Raft's consistency check requires.
 """
 
 from __future__ import annotations
@@ -51,13 +64,17 @@ class GuardedSyncObj(SyncObj):
     # pysyncobj registers its handler as `self.__onMessageReceived`, which
     # resolves to this override.
     def _SyncObj__onMessageReceived(self, node, message):
-        if (
-            message.get("type") == "append_entries"
-            and "prevLogIdx" in message
-            and "transmission" not in message
-        ):
+        kind = message.get("type")
+        if kind == "append_entries" and "prevLogIdx" in message and "transmission" not in message:
             self._guard_append(message)
-        return SyncObj._SyncObj__onMessageReceived(self, node, message)
+        elif kind == "next_node_idx" and message.get("success") and not message.get("reset"):
+            next_index = self._SyncObj__raftNextIndex
+            ahead = next_index.get(node)
+            SyncObj._SyncObj__onMessageReceived(self, node, message)
+            if ahead is not None and next_index.get(node, ahead) < ahead:
+                next_index[node] = ahead
+            return
+        SyncObj._SyncObj__onMessageReceived(self, node, message)
 
     def _guard_append(self, message) -> None:
         prev_idx = message["prevLogIdx"]

@@ -1,11 +1,13 @@
 """pysyncobj's follower truncates entries it already acknowledged when a
-leader re-sends from an older index; GuardedSyncObj keeps them (see
+leader re-sends from an older index, and its leader re-sends whatever is in
+flight after each acknowledgement; GuardedSyncObj fixes both (see
 etcdlite/raft_log_guard.py for why that matters)."""
 
 from __future__ import annotations
 
 import pytest
 from pysyncobj import SyncObj, SyncObjConf
+from pysyncobj.syncobj import _RAFT_STATE
 from pysyncobj.node import TCPNode
 
 from etcdlite.raft_log_guard import GuardedSyncObj, entries_to_keep
@@ -84,5 +86,49 @@ def test_conflicting_entries_are_still_replaced():
         _append(obj, leader, 3, 1, [E(4, 2)], term=2)
         assert _log(obj)[-2:] == [(3, 1), (4, 2)]
         assert sent[-1]["success"] and sent[-1]["next_node_idx"] == 5
+    finally:
+        obj._SyncObj__transport.destroy()
+
+
+def _leader(cls, next_index: int):
+    obj, follower, sent = _follower(cls)
+    obj._SyncObj__raftState = _RAFT_STATE.LEADER
+    obj._SyncObj__raftNextIndex[follower] = next_index
+    obj._SyncObj__raftMatchIndex[follower] = 0
+    return obj, follower
+
+
+def _reply(obj, node, next_idx, success=True, reset=False):
+    obj._SyncObj__onMessageReceived(node, {
+        "type": "next_node_idx", "next_node_idx": next_idx, "success": success, "reset": reset,
+    })
+
+
+@pytest.mark.parametrize("cls, keeps", [(GuardedSyncObj, True), (SyncObj, False)])
+def test_ack_of_older_entries_keeps_next_index(cls, keeps):
+    # the leader has sent entries up to 10; the follower acknowledges up to 4
+    obj, follower = _leader(cls, 11)
+    try:
+        _reply(obj, follower, 5)
+        assert obj._SyncObj__raftMatchIndex[follower] == 4
+        if keeps:
+            assert obj._SyncObj__raftNextIndex[follower] == 11, "entries in flight would be sent again"
+        else:
+            # pysyncobj itself moves back and re-sends 5..10. If this starts
+            # failing, pysyncobj was fixed and this part of the guard can go.
+            assert obj._SyncObj__raftNextIndex[follower] == 5
+        _reply(obj, follower, 12)  # an acknowledgement beyond: follows it
+        assert obj._SyncObj__raftNextIndex[follower] == 12
+        assert obj._SyncObj__raftMatchIndex[follower] == 11
+    finally:
+        obj._SyncObj__transport.destroy()
+
+
+def test_reset_still_moves_next_index_back():
+    # a follower that lost entries in flight says where it really is
+    obj, follower = _leader(GuardedSyncObj, 11)
+    try:
+        _reply(obj, follower, 3, success=False, reset=True)
+        assert obj._SyncObj__raftNextIndex[follower] == 3
     finally:
         obj._SyncObj__transport.destroy()
