@@ -554,7 +554,7 @@ class DeploymentController(WorkloadController):
         self.d_store, self.rs_store, self.pod_store = (
             self.d_informer.store, self.rs_informer.store, self.pod_informer.store)
         self.rs_store.add_indexer(ORPHAN_INDEX, index_orphans)
-        self.recorder = recorder if recorder is not None else EventRecorder(client, self.name)
+        self.recorder = self._recorder(client, recorder)
         self.d_informer.add_handler(self.enqueue, lambda old, cur: self.enqueue(cur), self.enqueue)
         self.rs_informer.add_handler(self._add_rs, self._update_rs, self._enqueue_owner)
         self.pod_informer.add_handler(on_delete=self._delete_pod)

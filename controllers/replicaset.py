@@ -81,6 +81,7 @@ class WorkloadController:
         self._informers_to_sync = informers_to_sync
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._own_recorder: EventRecorder | None = None
 
     def sync(self, key: str) -> None:
         raise NotImplementedError
@@ -103,10 +104,20 @@ class WorkloadController:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stops the workers (not the shared informers) and flushes the events
+        of a recorder the controller made itself."""
         self._stop.set()
         self.queue.shut_down()
         for t in self._threads:
             t.join(timeout)
+        if self._own_recorder is not None:
+            self._own_recorder.stop(timeout)
+
+    def _recorder(self, client, recorder: EventRecorder | None) -> EventRecorder:
+        if recorder is not None:
+            return recorder
+        self._own_recorder = EventRecorder(client, self.name)
+        return self._own_recorder
 
     def enqueue(self, obj) -> None:
         self.queue.add(meta_namespace_key(obj))
@@ -210,7 +221,7 @@ class ReplicaSetController(WorkloadController):
         self.pod_store = self.pod_informer.store
         self.pod_store.add_indexer(ORPHAN_INDEX, index_orphans)
         self.burst_replicas = burst_replicas
-        self.recorder = recorder if recorder is not None else EventRecorder(client, self.name)
+        self.recorder = self._recorder(client, recorder)
         self.expectations = expectations if expectations is not None else ControllerExpectations()
         self._pool = ThreadPoolExecutor(API_CALL_THREADS, thread_name_prefix=f"{self.name}-api")
         self._selectors: dict[str, LabelSelector | None] = {}  # rs uid -> parsed (immutable) selector

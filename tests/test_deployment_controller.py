@@ -8,7 +8,17 @@ old and new pods together."""
 from __future__ import annotations
 
 import pytest
-from test_replicaset_controller import TIMEOUT, PodLedger, PodReadier, new_namespace, owned_by
+from etcd_stubs import wait_until
+from plane_procs import start_apiserver
+from procs import Registry
+from test_replicaset_controller import (
+    TIMEOUT,
+    PodLedger,
+    PodReadier,
+    new_namespace,
+    owned_by,
+    wait_for,
+)
 
 from apiserver.client import Client
 from apiserver.pb import apps_pb2
@@ -19,11 +29,13 @@ from controllers.deployment import (
     DeploymentController,
 )
 from controllers.informer import SharedInformerFactory
-from controllers.podutil import POD_TEMPLATE_HASH_LABEL, compute_hash, get_condition, without_hash
+from controllers.podutil import (
+    POD_TEMPLATE_HASH_LABEL,
+    compute_hash,
+    get_condition,
+    without_hash,
+)
 from controllers.replicaset import ReplicaSetController
-from etcd_stubs import wait_until
-from plane_procs import start_apiserver
-from procs import Registry
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +56,6 @@ def client(tmp_path_factory):
             dc.stop()
             rsc.stop()
             factory.stop()
-            rsc.recorder.stop()
-            dc.recorder.stop()
     finally:
         reg.cleanup()
 
@@ -188,9 +198,9 @@ def test_scale_to_zero_and_back(client):
         client.create(deployment("web", 4, ns))
         wait_complete(client, ns, "web")
         client.patch("deployments", "web", {"spec": {"replicas": 0}}, ns)
-        d = wait_until(lambda: (lambda d: d if d.status.replicas == 0 and d.status.observed_generation ==
-                                d.metadata.generation else None)(client.get("deployments", "web", ns)),
-                       TIMEOUT, what="scaled to 0")
+        d = wait_for(lambda: client.get("deployments", "web", ns),
+                     lambda d: d.status.replicas == 0 and d.status.observed_generation == d.metadata.generation,
+                     "scaled to 0")
         wait_until(lambda: not client.list("pods", ns).items, TIMEOUT, what="no pods")
         (rs,) = replica_sets(client, d)
         assert rs.spec.replicas == 0 and rs.metadata.annotations[DESIRED_REPLICAS_ANNOTATION] == "0"
@@ -229,8 +239,7 @@ def test_revision_history_limit_prunes_old_replica_sets(client):
         for image in ("nginx:2", "nginx:3", "nginx:4"):
             set_image(client, ns, "web", image)
             d = wait_complete(client, ns, "web")
-    rss = wait_until(lambda: (lambda rss: rss if len(rss) == 2 else None)(replica_sets(client, d)), TIMEOUT,
-                     what="one old ReplicaSet kept")
+    rss = wait_for(lambda: replica_sets(client, d), lambda rss: len(rss) == 2, "one old ReplicaSet kept")
     assert [image_of(rs) for rs in rss] == ["nginx:3", "nginx:4"]
     assert [rs.metadata.annotations[REVISION_ANNOTATION] for rs in rss] == ["3", "4"]
 
@@ -299,4 +308,4 @@ def test_adopts_an_orphan_replica_set_and_rolls_past_it(client):
         d = wait_complete(client, ns, "web")
     adopted = client.get("replicasets", "legacy", ns)
     assert owned_by(adopted, d) and adopted.spec.replicas == 0
-    assert [rs.metadata.name for rs in replica_sets(client, d)][0] == "legacy"
+    assert replica_sets(client, d)[0].metadata.name == "legacy"

@@ -12,6 +12,9 @@ import threading
 import time
 
 import pytest
+from etcd_stubs import wait_until
+from plane_procs import start_apiserver
+from procs import Registry
 
 from apiserver.client import Client
 from apiserver.errors import ApiError
@@ -19,9 +22,6 @@ from apiserver.pb import apps_pb2, core_pb2
 from controllers.informer import SharedInformerFactory, deep_copy
 from controllers.podutil import controller_ref, is_pod_ready, now_rfc3339
 from controllers.replicaset import ReplicaSetController
-from etcd_stubs import wait_until
-from plane_procs import start_apiserver
-from procs import Registry
 
 TIMEOUT = 30.0
 
@@ -47,7 +47,7 @@ class PodReadier:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"readier-{namespace}")
 
-    def __enter__(self) -> PodReadier:
+    def __enter__(self):
         self._thread.start()
         return self
 
@@ -264,7 +264,6 @@ def controller(client):
     yield rsc
     rsc.stop()
     factory.stop()
-    rsc.recorder.stop()
 
 
 def pods_of(client: Client, rs) -> list:
@@ -272,11 +271,21 @@ def pods_of(client: Client, rs) -> list:
             if owned_by(p, rs) and not p.metadata.deletion_timestamp]
 
 
+def wait_for(fetch, done, what: str):
+    """Calls ``fetch()`` until ``done(value)``; returns that value."""
+    seen = []
+
+    def check() -> bool:
+        seen.append(fetch())
+        return bool(done(seen[-1]))
+    wait_until(check, TIMEOUT, what=what)
+    return seen[-1]
+
+
 def wait_pods(client: Client, rs, n: int, what: str = "") -> list:
     """The live pods of ``rs`` once there are ``n``."""
-    found = wait_until(lambda: (lambda ps: (ps,) if len(ps) == n else None)(pods_of(client, rs)), TIMEOUT,
-                       what=what or f"{n} pods of {rs.metadata.name}")
-    return found[0]
+    return wait_for(lambda: pods_of(client, rs), lambda ps: len(ps) == n,
+                    what or f"{n} pods of {rs.metadata.name}")
 
 
 # ======================================================================
@@ -316,7 +325,6 @@ def test_creates_exactly_n_pods_even_when_the_cache_lags(client):
         ledger.close()
         rsc.stop()
         factory.stop()
-        rsc.recorder.stop()
 
 
 def test_replaces_a_deleted_pod_and_scales(client, controller):
@@ -325,8 +333,8 @@ def test_replaces_a_deleted_pod_and_scales(client, controller):
     pods = wait_pods(client, rs, 3)
     victim = pods[0].metadata.name
     client.delete("pods", victim, ns)
-    pods = wait_until(lambda: (lambda ps: ps if len(ps) == 3 and victim not in {p.metadata.name for p in ps}
-                               else None)(pods_of(client, rs)), TIMEOUT, what="a replacement")
+    pods = wait_for(lambda: pods_of(client, rs),
+                    lambda ps: len(ps) == 3 and victim not in {p.metadata.name for p in ps}, "a replacement")
     assert victim not in {p.metadata.name for p in pods}
     client.patch("replicasets", "web", {"spec": {"replicas": 5}}, ns)
     wait_pods(client, rs, 5)
@@ -408,20 +416,20 @@ def test_status_counts_ready_and_available_after_min_ready_seconds(client, contr
     for p in pods:
         make_ready(client, p)
     t_ready = time.monotonic()
-    st = wait_until(lambda: (lambda s: s if s.ready_replicas == 3 else None)(
-        client.get("replicasets", "web", ns).status), TIMEOUT, what="3 ready")
+    st = wait_for(lambda: client.get("replicasets", "web", ns).status, lambda s: s.ready_replicas == 3,
+                  "3 ready")
     assert st.replicas == 3 and st.fully_labeled_replicas == 3
-    st = wait_until(lambda: (lambda s: s if s.available_replicas == 3 else None)(
-        client.get("replicasets", "web", ns).status), TIMEOUT, what="3 available")
+    wait_for(lambda: client.get("replicasets", "web", ns).status, lambda s: s.available_replicas == 3,
+             "3 available")
     # minReadySeconds 2, measured from a lastTransitionTime kept to the second
     assert time.monotonic() - t_ready >= 0.9
     current = client.get("replicasets", "web", ns)
     assert current.status.observed_generation == current.metadata.generation
     # a pod that is not labelled as the template says is not "fully labeled"
     client.patch("replicasets", "web", {"spec": {"template": {"metadata": {"labels": {"tier": "x"}}}}}, ns)
-    wait_until(lambda: (lambda r: r.status.observed_generation == r.metadata.generation
-                        and r.status.fully_labeled_replicas == 0)(client.get("replicasets", "web", ns)),
-               TIMEOUT, what="fullyLabeledReplicas 0 at the new generation")
+    wait_for(lambda: client.get("replicasets", "web", ns),
+             lambda r: r.status.observed_generation == r.metadata.generation
+             and r.status.fully_labeled_replicas == 0, "fullyLabeledReplicas 0 at the new generation")
     # and status is written only on change: nothing more happens while nothing changes
     rv = client.get("replicasets", "web", ns).metadata.resource_version
     time.sleep(0.5)  # a quiet period, not a wait for a result
