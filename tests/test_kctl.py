@@ -652,12 +652,18 @@ def test_describe_shows_conditions_and_events(kctl, client, shop):
     other.involved_object.uid = "someone-else"
     other.message = "about an older object of the same name"
     client.create(other)
+    anonymous = core_pb2.Event()
+    anonymous.CopyFrom(ev)
+    anonymous.metadata.name = "web.3"
+    anonymous.involved_object.uid = ""
+    anonymous.message = "recorded without a uid"
+    client.create(anonymous)
     text = kctl("describe", "deployment", "web", "-n", shop).stdout
     assert "Name:" in text and "Namespace:" in text
     assert "4 desired | 0 updated | 0 total | 0 available | 0 unavailable" in text
     assert "MinimumReplicasUnavailable" in text
     assert "Scaled up replica set web-abc to 4" in text and "deployment-controller" in text
-    assert "about an older object" not in text
+    assert "about an older object" not in text and "recorded without a uid" in text
     assert "Image:" in text and "nginx:1.25" in text
     secret = kctl("describe", "secret", "creds", "-n", shop).stdout
     assert "password:" in secret and "6 bytes" in secret and "s3cret" not in secret

@@ -260,13 +260,15 @@ DESCRIBERS = {
 
 
 def events_about(session: Session, obj, res: Resource) -> list:
-    """The Events whose involvedObject is ``obj``, oldest first."""
+    """The Events whose involvedObject is ``obj``, oldest first: selected by
+    name and kind on the server, then by uid here, so that events about an
+    earlier object of the same name stay out while events recorded without
+    a uid still show."""
     meta = obj.metadata
-    terms = [f"involvedObject.name={meta.name}", f"involvedObject.kind={res.kind}"]
-    if meta.uid:
-        terms.append(f"involvedObject.uid={meta.uid}")
+    terms = f"involvedObject.name={meta.name},involvedObject.kind={res.kind}"
     namespace = meta.namespace if res.namespaced else ""
-    events = session.client.list_all("events", namespace, field_selector=",".join(terms)).items
+    events = [e for e in session.client.list_all("events", namespace, field_selector=terms).items
+              if e.involved_object.uid in ("", meta.uid)]
     return sorted(events, key=lambda e: e.last_timestamp or e.event_time or e.metadata.creation_timestamp)
 
 
