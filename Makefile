@@ -30,9 +30,10 @@ etcd:
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. $(PROTOS)
 
-# The embedded default plane: one etcdlite member and the apiserver (data in ./default.plane).
+# The whole plane on this machine: etcdlite, the apiserver, the controller-manager,
+# the scheduler and simulated nodes; applies the example Deployment (data in ./default.plane).
 run: $(STAMP)
-	$(BIN)/python -m apiserver.up --data-dir default.plane
+	$(BIN)/python -m controllers.plane --data-dir default.plane
 
 test: $(STAMP) etcd
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests

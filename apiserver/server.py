@@ -58,17 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
 async def serve(args: argparse.Namespace, transformer) -> int:
     etcd = Etcd(args.etcd_servers)
     storage = Storage(etcd, transformer=transformer)
-    caches = {res.name: WatchCache(etcd, res, storage.decode, capacity=args.watch_cache_size)
-              for res in resources.RESOURCES}
     log.info("connecting to etcd at %s", ",".join(etcd.endpoints))
     delay = 0.2
     while True:
+        caches = {res.name: WatchCache(etcd, res, storage.decode, capacity=args.watch_cache_size)
+                  for res in resources.RESOURCES}
         try:
             await asyncio.gather(*(cache.start() for cache in caches.values()))
             break
         except Exception as e:
+            why = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.RpcError) else str(e)
             log.warning("etcd at %s not reachable yet (%s); retrying; is etcd (or `etcdlite`) running?",
-                        ",".join(etcd.endpoints), e)
+                        ",".join(etcd.endpoints), why)
             await asyncio.gather(*(cache.stop() for cache in caches.values()), return_exceptions=True)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)

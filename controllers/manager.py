@@ -1,0 +1,106 @@
+"""`python -m controllers.manager`: the controller-manager.
+
+Runs, over one set of shared informers, the ReplicaSet, Deployment, garbage
+collector, namespace, node lifecycle and endpoints controllers, as
+kube-controller-manager does. With --leader-elect only the holder of the
+kube-system/kube-controller-manager Lease runs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from apiserver.client import Client
+from controllers.component import add_common_flags, run_component, setup_logging
+from controllers.deployment import DeploymentController
+from controllers.endpoints import EndpointsController
+from controllers.events import EventRecorder
+from controllers.gc import GarbageCollector, NamespaceController
+from controllers.informer import SharedInformerFactory
+from controllers.nodelifecycle import NodeLifecycleController
+from controllers.replicaset import ReplicaSetController
+
+CONTROLLERS = ("replicaset", "deployment", "garbagecollector", "namespace", "nodelifecycle", "endpoints")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m controllers.manager", description=__doc__.split("\n\n")[0])
+    p.add_argument("--controllers", default="*",
+                   help=f"comma-separated, '*' for all: {','.join(CONTROLLERS)}; '-name' leaves one out")
+    p.add_argument("--concurrent-syncs", type=int, default=4,
+                   help="worker threads of the ReplicaSet and Deployment controllers")
+    p.add_argument("--node-monitor-grace-period", type=float, default=40.0,
+                   help="seconds without a node heartbeat before it is NotReady (Unknown)")
+    p.add_argument("--node-monitor-period", type=float, default=5.0,
+                   help="how often node health is checked, in seconds")
+    p.add_argument("--disable-pod-eviction", action="store_true",
+                   help="taint unreachable nodes but never evict their pods")
+    add_common_flags(p, lease_name="kube-controller-manager")
+    args = p.parse_args(argv)
+    args.enabled = enabled_controllers(args.controllers)
+    return args
+
+
+def enabled_controllers(spec: str) -> list[str]:
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    enabled = set(CONTROLLERS) if "*" in names else set()
+    for name in names:
+        if name == "*":
+            continue
+        bare = name.lstrip("-")
+        if bare not in CONTROLLERS:
+            raise SystemExit(f"unknown controller {bare!r}; known: {', '.join(CONTROLLERS)}")
+        if name.startswith("-"):
+            enabled.discard(bare)
+        else:
+            enabled.add(bare)
+    return [n for n in CONTROLLERS if n in enabled]
+
+
+class ControllerManager:
+    def __init__(self, client: Client, args: argparse.Namespace) -> None:
+        self.client = client
+        self.args = args
+        self.informers = SharedInformerFactory(client)
+        self.recorder = EventRecorder(client, "controller-manager")
+        self.controllers: list = []
+
+    def _build(self) -> list:
+        a, c, f = self.args, self.client, self.informers
+        make = {
+            "replicaset": lambda: ReplicaSetController(c, f, workers=a.concurrent_syncs, recorder=self.recorder),
+            "deployment": lambda: DeploymentController(c, f, workers=a.concurrent_syncs, recorder=self.recorder),
+            "garbagecollector": lambda: GarbageCollector(c, f),
+            "namespace": lambda: NamespaceController(c, f),
+            "nodelifecycle": lambda: NodeLifecycleController(
+                c, f, node_monitor_grace_period=a.node_monitor_grace_period,
+                monitor_period=a.node_monitor_period, pod_eviction=not a.disable_pod_eviction,
+                recorder=self.recorder),
+            "endpoints": lambda: EndpointsController(c, f),
+        }
+        return [make[name]() for name in a.enabled]
+
+    def start(self) -> None:
+        self.controllers = self._build()
+        self.informers.start()
+        for controller in self.controllers:
+            controller.start()
+
+    def stop(self) -> None:
+        for controller in reversed(self.controllers):
+            controller.stop()
+        self.informers.stop()
+        self.recorder.stop()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logging(args)
+    client = Client(args.server)
+    manager = ControllerManager(client, args)
+    return run_component("controllers.manager", client, args, manager.start, manager.stop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
