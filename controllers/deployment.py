@@ -782,7 +782,19 @@ class DeploymentController(WorkloadController):
         new = deep_copy(rs)
         new.spec.replicas = size
         set_replicas_annotations(new, d.spec.replicas, d.spec.replicas + surge)
-        new = self.client.update(new)
+        try:
+            new = self.client.update(new)
+        except ApiError as e:
+            if e.reason != "Conflict":
+                raise
+            # usually the ReplicaSet controller wrote status meanwhile; the
+            # decision stands if the spec it was made on has not changed
+            fresh = self.client.get("replicasets", rs.metadata.name, rs.metadata.namespace)
+            if fresh.metadata.uid != rs.metadata.uid or fresh.spec != rs.spec:
+                raise
+            fresh.spec.replicas = size
+            set_replicas_annotations(fresh, d.spec.replicas, d.spec.replicas + surge)
+            new = self.client.update(fresh)
         if size_changed:
             direction = "up" if size > rs.spec.replicas else "down"
             self.recorder.event(d, NORMAL, "ScalingReplicaSet",
