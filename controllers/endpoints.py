@@ -22,7 +22,7 @@ import threading
 from apiserver.errors import ApiError
 from apiserver.pb import core_pb2, meta_pb2
 from controllers.informer import NAMESPACE_INDEX, deep_copy, meta_namespace_key, split_meta_namespace_key
-from controllers.kubelet import run_worker
+from controllers.kubelet import start_workers
 from controllers.podutil import is_pod_ready
 from controllers.workqueue import RateLimitingQueue
 
@@ -129,11 +129,7 @@ class EndpointsController:
             inf.start()
         for inf in (self.services, self.pods, self.endpoints):
             inf.wait_for_sync(wait_for_sync)
-        for i in range(self._workers):
-            t = threading.Thread(target=run_worker, args=(self._queue, self.sync, log), daemon=True,
-                                 name=f"endpoints-{i}")
-            t.start()
-            self._threads.append(t)
+        self._threads += start_workers(self._queue, self.sync, self._workers, "endpoints", log)
         return self
 
     def stop(self, timeout: float = 5.0) -> None:

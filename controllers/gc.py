@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from apiserver import resources
 from apiserver.errors import ApiError
 from controllers.informer import deep_copy
-from controllers.kubelet import run_worker
+from controllers.kubelet import start_workers
 from controllers.podutil import owner_refs_patch
 from controllers.workqueue import RateLimitingQueue
 
@@ -97,11 +97,7 @@ class GarbageCollector:
             inf.start()
         for inf in self._informers.values():
             inf.wait_for_sync(wait_for_sync)
-        for i in range(self._workers):
-            t = threading.Thread(target=run_worker, args=(self._queue, self.sync, log), daemon=True,
-                                 name=f"garbagecollector-{i}")
-            t.start()
-            self._threads.append(t)
+        self._threads += start_workers(self._queue, self.sync, self._workers, "garbagecollector", log)
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -290,11 +286,7 @@ class NamespaceController:
     def start(self, wait_for_sync: float = 60.0) -> NamespaceController:
         self.namespaces.start()
         self.namespaces.wait_for_sync(wait_for_sync)
-        for i in range(self._workers):
-            t = threading.Thread(target=run_worker, args=(self._queue, self.sync, log), daemon=True,
-                                 name=f"namespace-{i}")
-            t.start()
-            self._threads.append(t)
+        self._threads += start_workers(self._queue, self.sync, self._workers, "namespace", log)
         return self
 
     def stop(self, timeout: float = 5.0) -> None:

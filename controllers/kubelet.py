@@ -184,10 +184,8 @@ class HollowNodes:
     def start(self) -> HollowNodes:
         self._pod_informer.start()
         self._node_informer.start()
-        for i in range(HEARTBEAT_WORKERS):
-            self._spawn(f"hollow-heartbeat-{i}", self._beats, self._sync_beat)
-        for i in range(self._n_workers):
-            self._spawn(f"hollow-pods-{i}", self._pod_queue, self._sync_pod)
+        self._threads += start_workers(self._beats, self._sync_beat, HEARTBEAT_WORKERS, "hollow-heartbeat")
+        self._threads += start_workers(self._pod_queue, self._sync_pod, self._n_workers, "hollow-pods")
         for name in self._nodes:
             self._beats.add(("register", name))
         return self
@@ -226,11 +224,6 @@ class HollowNodes:
             return self._nodes[name]
         except KeyError:
             raise KeyError(f"{name!r} is not one of these hollow nodes") from None
-
-    def _spawn(self, name: str, queue: RateLimitingQueue, sync) -> None:
-        t = threading.Thread(target=run_worker, args=(queue, sync), daemon=True, name=name)
-        t.start()
-        self._threads.append(t)
 
     # ---- node registration and heartbeats ----
 
@@ -486,6 +479,17 @@ def run_worker(queue: RateLimitingQueue, sync, logger: logging.Logger = log) -> 
             queue.add_rate_limited(key)
         finally:
             queue.done(key)
+
+
+def start_workers(queue: RateLimitingQueue, sync, count: int, name: str,
+                  logger: logging.Logger = log) -> list[threading.Thread]:
+    """``count`` daemon threads running ``run_worker(queue, sync)``."""
+    threads = []
+    for i in range(count):
+        t = threading.Thread(target=run_worker, args=(queue, sync, logger), daemon=True, name=f"{name}-{i}")
+        t.start()
+        threads.append(t)
+    return threads
 
 
 # ---- the command ----

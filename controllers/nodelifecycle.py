@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from apiserver.errors import ApiError
 from controllers.events import WARNING, now_rfc3339
 from controllers.informer import NODE_INDEX, deep_copy, meta_namespace_key
-from controllers.kubelet import LEASE_NAMESPACE, run_worker
+from controllers.kubelet import LEASE_NAMESPACE, start_workers
 from controllers.podutil import get_condition, parse_time
 from controllers.scheduler.plugins import TAINT_NOT_READY, TAINT_UNREACHABLE, tolerates
 from controllers.workqueue import RateLimitingQueue
@@ -145,8 +145,8 @@ class NodeLifecycleController:
         for inf in (self.nodes, self.pods, self.leases):
             inf.wait_for_sync(wait_for_sync)
         self._spawn("nodelifecycle-monitor", self._monitor)
-        self._spawn("nodelifecycle-nodes", lambda: run_worker(self._node_queue, self.sync_node, log))
-        self._spawn("nodelifecycle-evictions", lambda: run_worker(self._pod_queue, self.sync_pod, log))
+        self._threads += start_workers(self._node_queue, self.sync_node, 1, "nodelifecycle-nodes", log)
+        self._threads += start_workers(self._pod_queue, self.sync_pod, 1, "nodelifecycle-evictions", log)
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
