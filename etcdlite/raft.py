@@ -1,9 +1,10 @@
 """Raft through pysyncobj: commands in, applied results out.
 
 `RaftNode` hides pysyncobj behind a small surface: `propose(op, data, cb)`,
-the leader and term, commit and applied indexes. Every member applies every
-committed command to its `StateMachine` in the raft thread, under `lock`, so
-that readers in other threads see whole commands only.
+the leader and term, commit and applied indexes. pysyncobj runs in the
+member's event loop (`etcdlite.raft_loop`): every member applies every
+committed command to its `StateMachine` there, under `lock` (kept so that a
+reader in another thread would still see whole commands only).
 
 pysyncobj keeps its log in `<data-dir>/raft.journal` (a memory-mapped file:
 an entry is in the OS page cache before it is acknowledged, so it survives
@@ -13,7 +14,7 @@ holding the pickled state machine.
 
 from __future__ import annotations
 
-import collections
+import asyncio
 import fcntl
 import logging
 import os
@@ -26,7 +27,7 @@ from pysyncobj.node import TCPNode
 
 from etcdlite import errors
 from etcdlite.apply import StateMachine
-from etcdlite.raft_log_guard import GuardedSyncObj
+from etcdlite.raft_loop import LoopPoller, LoopSyncObj
 
 log = logging.getLogger("etcdlite.raft")
 
@@ -97,6 +98,7 @@ class PeerNode(TCPNode):
 class RaftNode:
     def __init__(
         self,
+        loop: asyncio.AbstractEventLoop,
         self_address: str,
         peer_addresses: list[str],
         data_dir: str,
@@ -119,7 +121,8 @@ class RaftNode:
         self._tick_period = tick_period
         conf = SyncObjConf(
             autoTick=False,
-            appendEntriesUseBatch=False,
+            # no append per proposal: `_tick` sends once per tick instead
+            appendEntriesUseBatch=True,
             journalFile=os.path.join(data_dir, "raft.journal"),
             fullDumpFile=os.path.join(data_dir, "raft.snapshot"),
             useFork=False,
@@ -143,39 +146,53 @@ class RaftNode:
         self._desired_peers = desired_peers
         self._last_reconcile = 0.0
         peers = [PeerNode(address, dial.get(address)) for address in peer_addresses]
-        self._obj = GuardedSyncObj(self_address, peers, conf, consumers=[self.state])
-        self._stopping = threading.Event()
-        # work that must run in the raft thread (pysyncobj is not thread-safe)
-        self._calls: collections.deque = collections.deque()
-        self._thread = threading.Thread(target=self._run, name="raft-tick", daemon=True)
-        self._thread.start()
+        self._loop = loop
+        self._tick_pending = False
+        self._stopped = False
+        self._poller = LoopPoller(loop, self._schedule_tick)
+        self._obj = LoopSyncObj(self_address, peers, conf, [self.state], self._poller)
+        self._last_index = self._obj._SyncObj__getCurrentLogIndex
+        self._send_append_entries = self._obj._SyncObj__sendAppendEntries
+        self._timer = loop.call_soon(self._periodic)
 
-    # The tick loop. Inside a pysyncobj tick, appending new commands comes
-    # after committing and applying, and the tick ends by waiting for
-    # sockets; an entry appended in one tick is committed in the next. So
-    # after every wake-up tick at once again, and a single member (nobody to
-    # wait for) keeps ticking while entries are uncommitted, instead of
-    # leaving each write for a whole period.
-    def _run(self):
+    # Ticking. A tick runs in the event loop after any peer socket event or
+    # proposal (coalesced: one per loop iteration) and every tick period (for
+    # elections and heartbeats). Inside a pysyncobj tick, appending new
+    # commands comes after committing and applying, so a single member
+    # (nobody to wait for) ticks again at once to commit what it appended.
+    # pysyncobj's own sending of an AppendEntries per proposal and per
+    # applied batch is off (appendEntriesUseBatch): the leader sends one
+    # message per follower per tick, carrying the new entries and the new
+    # commit index together.
+    def _schedule_tick(self) -> None:
+        if not self._tick_pending and not self._stopped:
+            self._tick_pending = True
+            self._loop.call_soon(self._tick)
+
+    def _periodic(self) -> None:
+        self._tick()
+        if not self._stopped:
+            self._timer = self._loop.call_later(self._tick_period, self._periodic)
+
+    def _tick(self) -> None:
+        self._tick_pending = False
+        if self._stopped:
+            return
         obj = self._obj
-        period = self._tick_period
-        last_index = obj._SyncObj__getCurrentLogIndex
-        while not self._stopping.is_set():
-            try:
-                obj.doTick(period)
+        try:
+            last, commit = self._last_index(), obj.raftCommitIndex
+            obj.doTick(0.0)
+            while self.single and obj._isLeader() and obj.raftCommitIndex < self._last_index():
                 obj.doTick(0.0)
-                while self.single and obj.raftCommitIndex < last_index():
-                    obj.doTick(0.0)
-                self._reconcile_peers()
-                while self._calls:
-                    self._calls.popleft()()
-                single = not obj._SyncObj__otherNodes
-                if single != self.single:
-                    self.single = single
-                    _set_timing(obj._SyncObj__conf, single)
-            except Exception:
-                log.exception("raft tick failed")
-                time.sleep(period)
+            if obj._isLeader() and (self._last_index() != last or obj.raftCommitIndex != commit):
+                self._send_append_entries()
+            self._reconcile_peers()
+            single = not obj._SyncObj__otherNodes
+            if single != self.single:
+                self.single = single
+                _set_timing(obj._SyncObj__conf, single)
+        except Exception:
+            log.exception("raft tick failed")
 
     def _reconcile_peers(self) -> None:
         """On the leader, once a second: make pysyncobj's node list follow the
@@ -206,18 +223,19 @@ class RaftNode:
         best effort: watch `leader` to see it happen."""
         node = next((n for n in set(self._obj._SyncObj__otherNodes) if n.id == address), None)
         if node is not None:
-            self._calls.append(lambda: self._obj.transferLeadership(node, callback=_log_change))
+            self._obj.transferLeadership(node, callback=_log_change)
 
     def peers(self) -> set[str]:
         """Raft addresses of the other members as pysyncobj has them now
-        (copied in one step: the raft thread may be changing the set)."""
+        (copied in one step)."""
         return {node.id for node in set(self._obj._SyncObj__otherNodes)}
 
     def propose(self, commands: list[tuple[int, bytes]], callback) -> None:
         """Append a batch of (op, data) commands to the log as one entry;
-        `callback(results, fail_reason)` runs in the raft thread once it is
+        `callback(results, fail_reason)` runs in the event loop once it is
         applied here, or has failed."""
         self.state.apply(commands, callback=callback)
+        self._schedule_tick()
 
     @property
     def machine(self) -> StateMachine:
@@ -245,9 +263,13 @@ class RaftNode:
         return self._obj.raftLastApplied
 
     def stop(self) -> None:
-        self._stopping.set()
-        self._thread.join(timeout=5)
+        """Close pysyncobj's sockets and files; call in the event loop."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._timer.cancel()
         self._obj.destroy()
+        self._poller.close()
         os.close(self._dir_lock)
 
 

@@ -1,7 +1,7 @@
 """Watchers and the fan-out of applied events to them.
 
-The raft thread applies commands; their events reach the `WatchHub` in the
-event loop, in apply order, through `publish`. A watcher that starts in the
+Raft applies commands; their events reach the `WatchHub` in apply order,
+through `publish`. A watcher that starts in the
 past first gets history from the MVCC store, then live events from the hub;
 `next_revision` makes the hand-over exact (no event twice, none missed).
 """

@@ -1,9 +1,9 @@
 """One etcdlite member: Raft, the state machine, watchers, the leader's
 lease clock and the gRPC services, wired together on one asyncio loop.
 
-Writes: handler -> `propose` -> Raft -> applied in the raft thread -> the
-result resolves the handler's future and the events reach the `WatchHub`,
-both through `call_soon_threadsafe`, so in apply order.
+Writes: handler -> `propose` -> Raft -> applied (in the event loop, where
+pysyncobj runs) -> the events reach the `WatchHub` in the next turn of the
+loop and the result resolves the handler's future, so in apply order.
 Reads: served from the local state machine under the raft lock, after a
 read barrier through Raft unless `serializable` (or a one-member cluster,
 where applied state already holds every acknowledged write).
@@ -84,13 +84,14 @@ class Member:
         self.loop = loop = asyncio.get_running_loop()
         cfg = self.cfg
         self.raft = RaftNode(
+            loop,
             cfg.raft_address,
             cfg.raft_peers,
             cfg.data_dir,
             bind_address=host_port(cfg.listen_peer_urls[0]),
             on_applied=self._on_applied,
-            on_restored=lambda: loop.call_soon_threadsafe(self._on_restored),
-            on_ready=lambda: loop.call_soon_threadsafe(self._ready.set),
+            on_restored=lambda: loop.call_soon(self._on_restored),
+            on_ready=lambda: loop.call_soon(self._ready.set),
             password=cfg.peer_password,
             dial=cfg.raft_dial,
             desired_peers=self._desired_peers,
@@ -153,15 +154,16 @@ class Member:
             task.cancel()
         await asyncio.gather(*(s.stop(grace=1.0) for s in self.servers), return_exceptions=True)
         if self.raft is not None:
-            await asyncio.to_thread(self.raft.stop)
+            self.raft.stop()
 
     def _on_applied(self, applied) -> None:
-        """Runs in the raft thread for every applied batch, in log order:
-        one hand-over to the event loop, and none for a batch that neither
-        changed keys nor touched leases or members."""
+        """Runs inside a raft tick for every applied batch, in log order:
+        delivery is left to the next turn of the loop (not done inside
+        pysyncobj's apply), and skipped for a batch that neither changed
+        keys nor touched leases or members."""
         for op, _, events, _ in applied:
             if events or op in _NOTIFY_OPS:
-                self.loop.call_soon_threadsafe(self._deliver, applied)
+                self.loop.call_soon(self._deliver, applied)
                 return
 
     def _deliver(self, applied) -> None:
@@ -175,7 +177,7 @@ class Member:
 
     def _desired_peers(self) -> set[str] | None:
         """Raft addresses of the other members in the replicated member
-        table (None until it is filled); runs in the raft thread."""
+        table (None until it is filled)."""
         members = self.raft.machine.members
         if not members.bootstrapped:
             return None
@@ -229,11 +231,10 @@ class Member:
         batch, self._outbox, self._outbox_bytes = self._outbox, [], 0
         if not batch:
             return
-        loop = self.loop
         futures = [fut for _, _, fut in batch]
         self.raft.propose(
             [(int(op), data) for op, data, _ in batch],
-            lambda results, reason: loop.call_soon_threadsafe(_settle, futures, results, reason),
+            lambda results, reason: _settle(futures, results, reason),
         )
 
     async def read_barrier(self, serializable: bool = False) -> None:

@@ -1,0 +1,101 @@
+"""pysyncobj driven by the member's asyncio event loop, not by a thread.
+
+pysyncobj is single-threaded by design: a tick polls its sockets, handles
+peer messages, commits, applies and sends. Ticked from a thread of its own,
+every write crossed threads twice (the proposal in through a queue and a
+pipe, the result out through `call_soon_threadsafe`), and the tick thread and
+the gRPC event loop fought over one GIL. Here the event loop owns pysyncobj's
+sockets: `LoopPoller` stands in for its poll(2) poller, so a peer message is
+handled as soon as the loop sees its socket readable, and a tick runs in the
+loop afterwards (see `RaftNode`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from pysyncobj.poller import POLL_EVENT_TYPE
+
+from etcdlite.raft_log_guard import GuardedSyncObj
+
+_READ = POLL_EVENT_TYPE.READ
+_WRITE = POLL_EVENT_TYPE.WRITE
+_ERROR = POLL_EVENT_TYPE.ERROR
+
+
+class LoopPoller:
+    """pysyncobj's poller interface over `loop.add_reader`/`add_writer`.
+
+    `poll` does nothing: the loop dispatches socket events itself, and
+    `on_event` runs after each one (the owner schedules a tick there). An
+    error or hang-up on a socket wakes its reader, and pysyncobj's read path
+    then finds the socket broken, as it does with poll(2)'s POLLERR."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_event):
+        self._loop = loop
+        self._on_event = on_event
+        self._callbacks: dict[int, object] = {}
+        self._masks: dict[int, int] = {}
+
+    def subscribe(self, descr: int, callback, mask: int) -> None:
+        loop = self._loop
+        self._callbacks[descr] = callback
+        old = self._masks.get(descr, 0)
+        self._masks[descr] = mask
+        read, was_read = bool(mask & (_READ | _ERROR)), bool(old & (_READ | _ERROR))
+        if read and not was_read:
+            loop.add_reader(descr, self._ready, descr, _READ)
+        elif was_read and not read:
+            loop.remove_reader(descr)
+        write, was_write = bool(mask & _WRITE), bool(old & _WRITE)
+        if write and not was_write:
+            loop.add_writer(descr, self._ready, descr, _WRITE)
+        elif was_write and not write:
+            loop.remove_writer(descr)
+
+    def unsubscribe(self, descr: int) -> None:
+        if self._masks.pop(descr, None) is None:
+            return
+        self._callbacks.pop(descr, None)
+        # pysyncobj closes a socket before unsubscribing it: the selector
+        # then fails to modify the closed descriptor, but it has dropped it
+        for remove in (self._loop.remove_reader, self._loop.remove_writer):
+            try:
+                remove(descr)
+            except OSError:
+                pass
+
+    def poll(self, timeout: float) -> None:
+        pass
+
+    def close(self) -> None:
+        for descr in list(self._masks):
+            self.unsubscribe(descr)
+
+    def _ready(self, descr: int, event: int) -> None:
+        callback = self._callbacks.get(descr)
+        if callback is None:
+            return
+        try:
+            callback(descr, event)
+        finally:
+            self._on_event()
+
+
+class LoopSyncObj(GuardedSyncObj):
+    """A `GuardedSyncObj` whose sockets are watched by `poller` (a
+    `LoopPoller`) instead of the poll(2) poller pysyncobj makes for itself."""
+
+    def __init__(self, self_node, other_nodes, conf, consumers, poller: LoopPoller):
+        # set before SyncObj.__init__, so pysyncobj counts it among the
+        # attributes it keeps out of its snapshots
+        self.__dict__["_loop_poller"] = poller
+        super().__init__(self_node, other_nodes, conf, consumers=consumers)
+
+    @property
+    def _poller(self):
+        return self.__dict__["_loop_poller"]
+
+    @_poller.setter
+    def _poller(self, value) -> None:
+        pass  # SyncObj.__init__ assigns its own poller; the loop's is kept
