@@ -16,6 +16,7 @@ import asyncio
 
 from pysyncobj.poller import POLL_EVENT_TYPE
 
+from etcdlite.peer_transport import PeerTransport
 from etcdlite.raft_log_guard import GuardedSyncObj
 
 _READ = POLL_EVENT_TYPE.READ
@@ -84,13 +85,14 @@ class LoopPoller:
 
 class LoopSyncObj(GuardedSyncObj):
     """A `GuardedSyncObj` whose sockets are watched by `poller` (a
-    `LoopPoller`) instead of the poll(2) poller pysyncobj makes for itself."""
+    `LoopPoller`) instead of the poll(2) poller pysyncobj makes for itself,
+    talking to its peers through `PeerTransport`."""
 
     def __init__(self, self_node, other_nodes, conf, consumers, poller: LoopPoller):
         # set before SyncObj.__init__, so pysyncobj counts it among the
         # attributes it keeps out of its snapshots
         self.__dict__["_loop_poller"] = poller
-        super().__init__(self_node, other_nodes, conf, consumers=consumers)
+        super().__init__(self_node, other_nodes, conf, consumers=consumers, transportClass=PeerTransport)
 
     @property
     def _poller(self):

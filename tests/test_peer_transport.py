@@ -1,0 +1,112 @@
+"""The peer framing (etcdlite/peer_transport.py): a frame is unpickled only
+when its HMAC checks with the cluster key at its position in the connection;
+tampered, foreign, replayed or reordered frames drop the connection unread."""
+
+from __future__ import annotations
+
+import pickle
+
+from pysyncobj.tcp_connection import TcpConnection
+
+from etcdlite.peer_transport import PeerConnection, mac_key
+
+KEY = mac_key("s3cret")
+
+
+class _NoPoller:
+    def subscribe(self, *a):
+        pass
+
+    def unsubscribe(self, *a):
+        pass
+
+
+class _OpenFile:
+    """Unpickling this opens (so creates) a file: proof that code ran."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _conn(key: bytes = KEY) -> PeerConnection:
+    return PeerConnection.adopt(TcpConnection(poller=_NoPoller()), key)
+
+
+def _frames(conn: PeerConnection, *messages) -> list[bytes]:
+    """What `conn` would write for each message (it has no socket, so it
+    keeps them in its write buffer)."""
+    out = []
+    for m in messages:
+        conn._TcpConnection__writeBuffer = b""
+        conn.send(m)
+        out.append(conn._TcpConnection__writeBuffer)
+    return out
+
+
+def _receive(conn: PeerConnection, data: bytes) -> list:
+    conn._TcpConnection__readBuffer += data
+    got = []
+    while (m := conn._TcpConnection__processParseMessage()) is not None:
+        got.append(m)
+    return got
+
+
+def test_frames_round_trip_in_order():
+    frames = _frames(_conn(), {"type": "a"}, b"\xff" * 1000, ("x", 1))
+    rx = _conn()
+    assert _receive(rx, b"".join(frames)) == [{"type": "a"}, b"\xff" * 1000, ("x", 1)]
+    assert rx._TcpConnection__readBuffer == b""
+
+
+def test_partial_frame_waits_for_the_rest():
+    (frame,) = _frames(_conn(), {"type": "a"})
+    rx = _conn()
+    assert _receive(rx, frame[:10]) == []
+    assert _receive(rx, frame[10:]) == [{"type": "a"}]
+
+
+def test_tampered_frame_drops_the_connection():
+    (frame,) = _frames(_conn(), {"type": "a", "v": 1})
+    bad = bytearray(frame)
+    bad[-3] ^= 1
+    rx = _conn()
+    assert _receive(rx, bytes(bad)) == []
+    assert rx._TcpConnection__readBuffer == b"", "the connection was not dropped"
+
+
+def test_frame_under_another_key_is_refused():
+    (frame,) = _frames(_conn(mac_key("other")), {"type": "a"})
+    assert _receive(_conn(), frame) == []
+
+
+def test_replayed_or_reordered_frame_is_refused():
+    first, second = _frames(_conn(), "one", "two")
+    rx = _conn()
+    assert _receive(rx, first) == ["one"]
+    assert _receive(rx, first) == [], "a replayed frame was accepted"
+    rx = _conn()
+    assert _receive(rx, second) == [], "a frame out of order was accepted"
+
+
+def test_unauthenticated_pickle_is_never_unpickled(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_OpenFile(str(marker)))
+    # a well-formed frame with a made-up MAC
+    frame = len(payload + bytes(32)).to_bytes(4, "little") + bytes(32) + payload
+    assert _receive(_conn(), frame) == []
+    # pysyncobj's own framing (length, zlib(pickle))
+    assert _receive(_conn(), (100).to_bytes(4, "little") + payload) == []
+    assert not marker.exists()
+
+
+def test_counters_restart_with_the_connection():
+    tx, rx = _conn(), _conn()
+    (a,) = _frames(tx, "a")
+    assert _receive(rx, a) == ["a"]
+    tx.disconnect()
+    rx.disconnect()
+    (b,) = _frames(tx, "b")
+    assert _receive(rx, b) == ["b"]
