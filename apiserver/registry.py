@@ -125,7 +125,7 @@ class Registry:
             raise
         if ns.metadata.deletion_timestamp:
             raise errors.forbidden(
-                res.name, name,
+                res.qualified, name,
                 f"unable to create new content in namespace {namespace} because it is being terminated")
 
     # ---- create ---------------------------------------------------------
@@ -220,7 +220,10 @@ class Registry:
                 if not getattr(meta, field):
                     setattr(meta, field, getattr(cur, field))
             if res.has_status:
-                new.status.CopyFrom(current.status)
+                if current.HasField("status"):
+                    new.status.CopyFrom(current.status)
+                else:
+                    new.ClearField("status")
             self._defaults(res, new, for_create=False)
             validation.validate_update(res, new, current)
         meta.resource_version = cur.resource_version
@@ -232,7 +235,7 @@ class Registry:
         if cur.deletion_timestamp:
             added = set(meta.finalizers) - set(cur.finalizers)
             if added:
-                raise errors.forbidden(res.name, cur.name,
+                raise errors.forbidden(res.qualified, cur.name,
                                        f"no new finalizers can be added if the object is being deleted, found new finalizers {sorted(added)}")
         meta.generation = cur.generation
         if not status and _spec_of(res, new) != _spec_of(res, current):
@@ -277,7 +280,7 @@ class Registry:
             new = manifest.apply_merge_patch(current, merge_patch)
             rv = new.metadata.resource_version
             if rv and rv != current.metadata.resource_version:
-                raise errors.conflict(res.name, name)
+                raise errors.conflict(res.qualified, name)
             new.metadata.namespace = namespace
             new.metadata.name = name
             return self._prepare_update(res, new, current, status=status)
@@ -300,11 +303,11 @@ class Registry:
         def update(current):
             meta = current.metadata
             if uid and uid != meta.uid:
-                raise errors.conflict(res.name, name,
+                raise errors.conflict(res.qualified, name,
                                       f"Precondition failed: UID in precondition: {uid}, UID in object meta: {meta.uid}")
             if expected is not None and str(expected) != meta.resource_version:
                 raise errors.conflict(
-                    res.name, name,
+                    res.qualified, name,
                     f"Precondition failed: ResourceVersion in precondition: {expected}, "
                     f"ResourceVersion in object meta: {meta.resource_version}")
             new = copy_of(current)

@@ -31,6 +31,15 @@ class Resource:
     short_names: tuple[str, ...] = ()
 
     @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    @property
+    def qualified(self) -> str:
+        """How Kubernetes names it in messages: "pods", "deployments.apps"."""
+        return f"{self.name}.{self.group}" if self.group else self.name
+
+    @property
     def singular(self) -> str:
         return self.kind.lower()
 

@@ -180,7 +180,7 @@ class Storage:
             compare=[pb.Compare(key=key, target=_MOD, result=_EQUAL, mod_revision=0)], success=[put])
         resp = await self._call(self.etcd.kv.Txn, request)
         if not resp.succeeded:
-            raise errors.already_exists(resource.name, name)
+            raise errors.already_exists(resource.qualified, name)
         return _with_resource_version(msg, resp.header.revision)
 
     async def update(self, resource: Resource, msg, expected_revision: int):
@@ -198,8 +198,8 @@ class Storage:
         if resp.succeeded:
             return _with_resource_version(msg, resp.header.revision)
         if self._current_after_miss(resp) is None:
-            raise errors.not_found(resource.name, name)
-        raise errors.conflict(resource.name, name)
+            raise errors.not_found(resource.qualified, name)
+        raise errors.conflict(resource.qualified, name)
 
     async def guaranteed_update(self, resource: Resource, namespace: str, name: str,
                                 update_fn: Callable[[Any], Any], *,
@@ -221,9 +221,9 @@ class Storage:
         kv = await self._get_kv(key)
         while True:
             if kv is None:
-                raise errors.not_found(resource.name, name)
+                raise errors.not_found(resource.qualified, name)
             if expected_revision is not None and kv.mod_revision != expected_revision:
-                raise errors.conflict(resource.name, name)
+                raise errors.conflict(resource.qualified, name)
             current = self._decode_kv(resource, kv)
             new = update_fn(_copy(current))
             if inspect.isawaitable(new):
@@ -258,14 +258,14 @@ class Storage:
         kv = await self._get_kv(key)
         while True:
             if kv is None:
-                raise errors.not_found(resource.name, name)
+                raise errors.not_found(resource.qualified, name)
             current = self._decode_kv(resource, kv)
             if uid and uid != current.metadata.uid:
-                raise errors.conflict(resource.name, name, (
+                raise errors.conflict(resource.qualified, name, (
                     f"Precondition failed: UID in precondition: {uid}, "
                     f"UID in object meta: {current.metadata.uid}"))
             if expected_revision is not None and expected_revision != kv.mod_revision:
-                raise errors.conflict(resource.name, name, (
+                raise errors.conflict(resource.qualified, name, (
                     f"Precondition failed: ResourceVersion in precondition: {expected_revision}, "
                     f"ResourceVersion in object meta: {kv.mod_revision}"))
             delete = pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=key, prev_kv=True))
@@ -287,7 +287,7 @@ class Storage:
         """The object (a linearizable read); NotFound when it is missing."""
         kv = await self._get_kv(_key(resource, namespace, name))
         if kv is None:
-            raise errors.not_found(resource.name, name)
+            raise errors.not_found(resource.qualified, name)
         return self._decode_kv(resource, kv)
 
     async def list(self, resource: Resource, namespace: str = "", *,

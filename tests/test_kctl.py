@@ -30,7 +30,7 @@ from controllers.kctl import printers
 from controllers.kctl.apply import LAST_APPLIED, three_way_merge
 from controllers.kctl.manifests import parse_documents
 from controllers.kctl.rollout import parse_duration, status_message
-from controllers.kctl.session import CommandError, qualify_resource_names
+from controllers.kctl.session import CommandError
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "controllers" / "kctl" / "examples" / "web.yaml"
@@ -210,13 +210,6 @@ items:
     assert docs[0]["metadata"]["creationTimestamp"] == "2024-01-01T00:00:00Z"  # a string, not a datetime
     with pytest.raises(CommandError, match="error parsing x.yaml"):
         parse_documents("a: [", "x.yaml")
-
-
-def test_error_messages_name_the_group():
-    assert qualify_resource_names('deployments "x" not found') == 'deployments.apps "x" not found'
-    assert (qualify_resource_names('Operation cannot be fulfilled on replicasets "r": modified')
-            == 'Operation cannot be fulfilled on replicasets.apps "r": modified')
-    assert qualify_resource_names('pods "deployments" not found') == 'pods "deployments" not found'
 
 
 # ---- against a real plane ----

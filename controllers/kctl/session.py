@@ -8,13 +8,11 @@ server refused; ``report`` prints either in kubectl's words.
 
 from __future__ import annotations
 
-import re
 import socket
 import sys
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from apiserver import resources
 from apiserver.client import Client
 from apiserver.errors import ApiError
 
@@ -86,21 +84,10 @@ def unreachable_hint(server: str) -> str:
             f"use --server (or {SERVER_ENV}) to name another")
 
 
-_GROUPED = {r.name: f"{r.name}.{r.api_version.split('/')[0]}"
-            for r in resources.RESOURCES if "/" in r.api_version}
-_GROUPED_RE = re.compile(r'\b(' + "|".join(map(re.escape, _GROUPED)) + r')(?= "|$)')
-
-
-def qualify_resource_names(message: str) -> str:
-    """kubectl names grouped resources with their group ('deployments.apps
-    "web" not found'); the apiserver's messages use the bare plural."""
-    return _GROUPED_RE.sub(lambda m: _GROUPED[m.group(1)], message)
-
-
 def format_api_error(err: ApiError, context: str = "") -> str:
     """An ApiError as kubectl prints it; ``context`` ('error when creating
     "web.yaml": ') goes before the server's message."""
-    message = qualify_resource_names(err.message)
+    message = err.message
     if err.reason == "Invalid" and err.kind:
         return f"The {message}"
     return f"Error from server ({err.reason}): {context}{message}"
