@@ -43,3 +43,36 @@ class ApiServer(ServerProcess):
 
 def start_apiserver(tmp_path, etcd_servers: str, registry: Registry | None = None, **flags) -> ApiServer:
     return ApiServer(tmp_path, etcd_servers, registry=registry, **flags).start()
+
+
+class Component(ServerProcess):
+    """A control-plane process that serves no port (controller-manager,
+    scheduler, kubelets): ready once it runs; ``ready`` may add a check."""
+
+    def __init__(self, tmp_path, name: str, module: str, server: str,
+                 registry: Registry | None = None, ready=None, **flags) -> None:
+        self.module = module
+        self.server = server
+        self.flags = dict(flags)
+        self.ready = ready
+        super().__init__(name, tmp_path, registry)
+
+    @property
+    def endpoint(self) -> str:
+        return self.server
+
+    def argv(self) -> list[str]:
+        return [PYTHON, "-m", self.module, "--server", self.server, *_flag_args(self.flags)]
+
+    def ready_probe(self, rpc_timeout: float) -> str | None:
+        if self.ready is None:
+            return None
+        return None if self.ready() else f"{self.name}: not ready yet"
+
+    def __repr__(self) -> str:
+        return f"<{self.module} {self.name} pid={self.pid} {'running' if self.alive else 'stopped'}>"
+
+
+def start_component(tmp_path, name: str, module: str, server: str, registry: Registry | None = None,
+                    ready=None, **flags) -> Component:
+    return Component(tmp_path, name, module, server, registry, ready, **flags).start()
