@@ -84,15 +84,15 @@ def plane_commands(args: argparse.Namespace) -> dict[str, list[str]]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    os.makedirs(args.data_dir, exist_ok=True)
-    sup = Supervisor(plane_commands(args))
+def run(sup: Supervisor, banner: str, then=None) -> int:
+    """Starts every command, runs ``then()`` (if given) in a thread, and
+    supervises until Ctrl-C or SIGTERM; then stops everything."""
     signal.signal(signal.SIGTERM, lambda *_: sup.stopping.set())
-    print(f"[plane] starting etcdlite (127.0.0.1:{args.etcd_port}) and the apiserver "
-          f"(127.0.0.1:{args.port}); data in {args.data_dir}/; Ctrl-C stops", flush=True)
+    print(f"[plane] {banner}", flush=True)
     for name in sup.commands:
         sup.start(name)
+    if then is not None:
+        threading.Thread(target=then, daemon=True).start()
     try:
         sup.supervise()
     except KeyboardInterrupt:
@@ -101,6 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         print("[plane] stopping", flush=True)
         sup.stop()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.makedirs(args.data_dir, exist_ok=True)
+    return run(Supervisor(plane_commands(args)),
+               f"starting etcdlite (127.0.0.1:{args.etcd_port}) and the apiserver "
+               f"(127.0.0.1:{args.port}); data in {args.data_dir}/; Ctrl-C stops")
 
 
 if __name__ == "__main__":

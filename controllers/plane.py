@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from apiserver.client import Client
 from apiserver.errors import ApiError
-from apiserver.up import Supervisor, plane_commands
+from apiserver.up import Supervisor, plane_commands, run
 
 EXAMPLE = Path(__file__).resolve().parent / "kctl" / "examples" / "web.yaml"
 
@@ -98,21 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.makedirs(args.data_dir, exist_ok=True)
     sup = Supervisor(commands(args))
-    signal.signal(signal.SIGTERM, lambda *_: sup.stopping.set())
-    print(f"[plane] starting etcdlite (127.0.0.1:{args.etcd_port}), the apiserver (127.0.0.1:{args.port}), "
-          f"the controller-manager, the scheduler and {args.nodes} simulated nodes; data in {args.data_dir}/",
-          flush=True)
-    for name in sup.commands:
-        sup.start(name)
-    threading.Thread(target=show_example, args=(args, sup), daemon=True).start()
-    try:
-        sup.supervise()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        print("[plane] stopping", flush=True)
-        sup.stop()
-    return 0
+    return run(sup, f"starting etcdlite (127.0.0.1:{args.etcd_port}), the apiserver (127.0.0.1:{args.port}), "
+                    f"the controller-manager, the scheduler and {args.nodes} simulated nodes; "
+                    f"data in {args.data_dir}/", then=lambda: show_example(args, sup))
 
 
 if __name__ == "__main__":

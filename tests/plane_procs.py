@@ -3,6 +3,8 @@ controllers), on free 127.0.0.1 ports, cleaned up like etcd members."""
 
 from __future__ import annotations
 
+import contextlib
+
 from procs import PYTHON, Registry, ServerProcess, _flag_args, free_port
 
 
@@ -76,3 +78,16 @@ class Component(ServerProcess):
 def start_component(tmp_path, name: str, module: str, server: str, registry: Registry | None = None,
                     ready=None, **flags) -> Component:
     return Component(tmp_path, name, module, server, registry, ready, **flags).start()
+
+
+@contextlib.contextmanager
+def apiserver_on_etcdlite(tmp_path_factory, name: str, **flags):
+    """A module's plane: one etcdlite member and an apiserver (``flags``) on
+    it, both killed on exit. Yields the ApiServer."""
+    reg = Registry()
+    tmp = tmp_path_factory.mktemp(name)
+    try:
+        member = reg.start_etcdlite(tmp, name="etcd")
+        yield start_apiserver(tmp, member.url, registry=reg, **flags)
+    finally:
+        reg.cleanup()

@@ -13,20 +13,15 @@ from apiserver.pb import core_pb2
 from controllers.endpoints import EndpointsController, endpoint_subsets, resolve_target_port
 from controllers.informer import SharedInformerFactory
 from etcd_stubs import wait_until
-from plane_procs import start_apiserver
-from procs import Registry
+from plane_procs import apiserver_on_etcdlite
 
 NS = "ep"
 
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory):
-    reg = Registry()
-    tmp = tmp_path_factory.mktemp("endpoints")
-    member = reg.start_etcdlite(tmp, name="etcd")
-    api = start_apiserver(tmp, member.url, registry=reg)
-    yield api
-    reg.cleanup()
+    with apiserver_on_etcdlite(tmp_path_factory, "endpoints") as api:
+        yield api
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,7 @@ from controllers.gc import GarbageCollector, NamespaceController
 from controllers.informer import SharedInformerFactory
 from controllers.kubelet import LEASE_NAMESPACE, HollowNodes
 from etcd_stubs import wait_until
-from plane_procs import start_apiserver
-from procs import Registry
+from plane_procs import apiserver_on_etcdlite
 
 NS = "gc"
 NODES = ["gc-node-0", "gc-node-1"]
@@ -27,12 +26,8 @@ NODES = ["gc-node-0", "gc-node-1"]
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory):
-    reg = Registry()
-    tmp = tmp_path_factory.mktemp("gc")
-    member = reg.start_etcdlite(tmp, name="etcd")
-    api = start_apiserver(tmp, member.url, registry=reg)
-    yield api
-    reg.cleanup()
+    with apiserver_on_etcdlite(tmp_path_factory, "gc") as api:
+        yield api
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 from etcd_stubs import wait_until
-from plane_procs import start_apiserver
-from procs import PYTHON, Registry, free_port
+from plane_procs import apiserver_on_etcdlite
+from procs import PYTHON, free_port
 
 from apiserver import manifest
 from apiserver.client import Client
@@ -216,12 +216,8 @@ items:
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory):
-    reg = Registry()
-    tmp = tmp_path_factory.mktemp("kctl")
-    member = reg.start_etcdlite(tmp, name="etcd")
-    api = start_apiserver(tmp, member.url, registry=reg)
-    yield api
-    reg.cleanup()
+    with apiserver_on_etcdlite(tmp_path_factory, "kctl") as api:
+        yield api
 
 
 @pytest.fixture(scope="module")

@@ -13,20 +13,15 @@ from apiserver.errors import ApiError
 from apiserver.pb import core_pb2
 from controllers.kubelet import LEASE_NAMESPACE, HollowNodes, node_internal_ip, node_pod_cidr, parse_taint
 from etcd_stubs import wait_until
-from plane_procs import start_apiserver
-from procs import Registry
+from plane_procs import apiserver_on_etcdlite
 
 NODES = [f"hollow-{i}" for i in range(50)]
 
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory):
-    reg = Registry()
-    tmp = tmp_path_factory.mktemp("kubelet")
-    member = reg.start_etcdlite(tmp, name="etcd")
-    api = start_apiserver(tmp, member.url, registry=reg)
-    yield api
-    reg.cleanup()
+    with apiserver_on_etcdlite(tmp_path_factory, "kubelet") as api:
+        yield api
 
 
 @pytest.fixture(scope="module")

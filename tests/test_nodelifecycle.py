@@ -19,8 +19,7 @@ from controllers.kubelet import HollowNodes
 from controllers.nodelifecycle import NodeLifecycleController, TokenBucket, eviction_time, wanted_taint_keys
 from controllers.podutil import now_rfc3339
 from etcd_stubs import wait_until
-from plane_procs import start_apiserver
-from procs import Registry
+from plane_procs import apiserver_on_etcdlite
 
 UNREACHABLE = "node.kubernetes.io/unreachable"
 NOT_READY = "node.kubernetes.io/not-ready"
@@ -30,13 +29,9 @@ NODES = [f"life-{i}" for i in range(4)]
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory):
-    reg = Registry()
-    tmp = tmp_path_factory.mktemp("nodelifecycle")
-    member = reg.start_etcdlite(tmp, name="etcd")
-    api = start_apiserver(tmp, member.url, registry=reg, default_not_ready_toleration_seconds=2,
-                          default_unreachable_toleration_seconds=2)
-    yield api
-    reg.cleanup()
+    with apiserver_on_etcdlite(tmp_path_factory, "nodelifecycle", default_not_ready_toleration_seconds=2,
+                               default_unreachable_toleration_seconds=2) as api:
+        yield api
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,7 @@ import time
 
 import pytest
 from etcd_stubs import wait_until
-from plane_procs import start_apiserver
-from procs import Registry
+from plane_procs import apiserver_on_etcdlite
 
 from apiserver.client import Client
 from apiserver.errors import ApiError
@@ -241,12 +240,8 @@ def owned_by(obj, owner) -> bool:
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory):
-    reg = Registry()
-    tmp = tmp_path_factory.mktemp("rsctl")
-    member = reg.start_etcdlite(tmp, name="etcd")
-    api = start_apiserver(tmp, member.url, registry=reg)
-    yield api
-    reg.cleanup()
+    with apiserver_on_etcdlite(tmp_path_factory, "rsctl") as api:
+        yield api
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,7 @@ from controllers.scheduler import plugins
 from controllers.scheduler.queue import ACTIVE, BACKOFF, IN_FLIGHT, UNSCHEDULABLE, SchedulingQueue
 from controllers.scheduler.scheduler import Scheduler, SchedulerCache
 from etcd_stubs import wait_until
-from plane_procs import start_apiserver
-from procs import Registry
+from plane_procs import apiserver_on_etcdlite
 
 
 class FakeClock:
@@ -224,12 +223,8 @@ def test_cache_assume_confirm_forget():
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory):
-    reg = Registry()
-    tmp = tmp_path_factory.mktemp("scheduler")
-    member = reg.start_etcdlite(tmp, name="etcd")
-    api = start_apiserver(tmp, member.url, registry=reg)
-    yield api
-    reg.cleanup()
+    with apiserver_on_etcdlite(tmp_path_factory, "scheduler") as api:
+        yield api
 
 
 @pytest.fixture(scope="module")
