@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from apiserver import errors, manifest, resources, validation
+from apiserver import defaults, errors, manifest, resources, validation
 from apiserver.errors import ApiError
 from apiserver.resources import Resource
 from apiserver.selectors import make_predicate
@@ -96,7 +96,7 @@ class Registry:
     # ---- helpers --------------------------------------------------------
 
     def _defaults(self, res: Resource, msg, *, for_create: bool) -> None:
-        validation.apply_defaults(
+        defaults.apply_defaults(
             res, msg, for_create=for_create,
             not_ready_toleration_seconds=self.options.not_ready_toleration_seconds,
             unreachable_toleration_seconds=self.options.unreachable_toleration_seconds)

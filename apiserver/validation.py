@@ -1,8 +1,5 @@
-"""Defaults and validation for each kind, as kube-apiserver's strategies do.
-
-``apply_defaults`` fills what Kubernetes' defaulting (pkg/apis/*/v1/defaults.go)
-and the DefaultTolerationSeconds admission plugin fill. ``validate_create`` and
-``validate_update`` check what pkg/apis/*/validation checks, collecting every
+"""Validation for each kind, as kube-apiserver's strategies do (defaults are in
+``defaults``). ``validate_create`` and ``validate_update`` check what pkg/apis/*/validation checks, collecting every
 problem as Kubernetes' field errors (field path, reason, detail) and raising one
 errors.invalid(kind, name, causes).
 
@@ -17,6 +14,7 @@ import json
 import re
 
 from apiserver import errors
+from apiserver.defaults import volume_sources
 from apiserver.pb import core_pb2
 from apiserver.quantity import parse_quantity
 from apiserver.resources import Resource
@@ -29,146 +27,6 @@ from apiserver.selectors import (
     qualified_name_errors,
     quote,
 )
-
-# ======================================================================
-# defaults
-# ======================================================================
-
-NOT_READY_TAINT = "node.kubernetes.io/not-ready"
-UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
-DEFAULT_SCHEDULER = "default-scheduler"
-NAMESPACE_FINALIZER = "kubernetes"
-
-
-def apply_defaults(resource: Resource, msg, *, not_ready_toleration_seconds: int = 300,
-                   unreachable_toleration_seconds: int = 300, for_create: bool = True) -> None:
-    """Fills defaulted fields of ``msg`` (a typed message of ``resource``) in
-    place. ``for_create=False`` (an update) skips what Kubernetes does only on
-    create: the default NoExecute tolerations of Pods and a Namespace's
-    "kubernetes" finalizer and Active phase."""
-    name = resource.name
-    if name == "pods":
-        _default_pod_spec(msg.spec)
-        if for_create:
-            _default_tolerations(msg.spec, not_ready_toleration_seconds,
-                                 unreachable_toleration_seconds)
-    elif name == "replicasets":
-        if not msg.spec.HasField("replicas"):
-            msg.spec.replicas = 1
-        _default_pod_spec(msg.spec.template.spec)
-    elif name == "deployments":
-        _default_deployment(msg.spec)
-    elif name == "services":
-        _default_service(msg.spec)
-    elif name == "endpoints":
-        for subset in msg.subsets:
-            for port in subset.ports:
-                port.protocol = port.protocol or "TCP"
-    elif name == "namespaces":
-        if for_create:
-            if not msg.spec.finalizers:
-                msg.spec.finalizers.append(NAMESPACE_FINALIZER)
-            msg.status.phase = msg.status.phase or "Active"
-    elif name == "secrets":
-        msg.type = msg.type or "Opaque"
-        for key, value in msg.string_data.items():
-            msg.data[key] = value.encode("utf-8")
-        msg.ClearField("string_data")
-    elif name == "nodes" and not msg.status.allocatable:
-        msg.status.allocatable.update(msg.status.capacity)
-
-
-def _default_pod_spec(spec: core_pb2.PodSpec) -> None:
-    spec.restart_policy = spec.restart_policy or "Always"
-    if not spec.HasField("termination_grace_period_seconds"):
-        spec.termination_grace_period_seconds = 30
-    spec.scheduler_name = spec.scheduler_name or DEFAULT_SCHEDULER
-    for container in (*spec.init_containers, *spec.containers):
-        _default_container(container)
-    for volume in spec.volumes:
-        if not _volume_sources(volume):
-            volume.empty_dir.SetInParent()
-
-
-def _default_container(c: core_pb2.Container) -> None:
-    if not c.image_pull_policy:
-        c.image_pull_policy = "Always" if _image_tag(c.image) in ("", "latest") else "IfNotPresent"
-    for port in c.ports:
-        port.protocol = port.protocol or "TCP"
-    for env in c.env:
-        if env.value_from.HasField("field_ref"):
-            env.value_from.field_ref.api_version = env.value_from.field_ref.api_version or "v1"
-    # a limit without a request requests the limit (SetDefaults_Pod)
-    for resource_name, limit in c.resources.limits.items():
-        if resource_name not in c.resources.requests:
-            c.resources.requests[resource_name] = limit
-    for field in ("liveness_probe", "readiness_probe", "startup_probe"):
-        if c.HasField(field):
-            _default_probe(getattr(c, field))
-
-
-def _image_tag(image: str) -> str:
-    """The tag of an image reference ("" when none; a digest counts as a tag)."""
-    if "@" in image:
-        return image.split("@", 1)[1]
-    last = image.rsplit("/", 1)[-1]
-    return last.split(":", 1)[1] if ":" in last else ""
-
-
-def _default_probe(p: core_pb2.Probe) -> None:
-    p.timeout_seconds = p.timeout_seconds or 1
-    p.period_seconds = p.period_seconds or 10
-    p.success_threshold = p.success_threshold or 1
-    p.failure_threshold = p.failure_threshold or 3
-    if p.HasField("http_get"):
-        p.http_get.path = p.http_get.path or "/"
-        p.http_get.scheme = p.http_get.scheme or "HTTP"
-
-
-def _tolerates(tolerations, taint_key: str, effect: str) -> bool:
-    for t in tolerations:
-        if t.effect and t.effect != effect:
-            continue
-        if not t.key and t.operator == "Exists":
-            return True
-        if t.key == taint_key:
-            return True
-    return False
-
-
-def _default_tolerations(spec: core_pb2.PodSpec, not_ready: int, unreachable: int) -> None:
-    """The DefaultTolerationSeconds admission plugin: a pod tolerates a node
-    becoming not-ready or unreachable for a while before it is evicted."""
-    for key, seconds in ((NOT_READY_TAINT, not_ready), (UNREACHABLE_TAINT, unreachable)):
-        if not _tolerates(spec.tolerations, key, "NoExecute"):
-            spec.tolerations.add(key=key, operator="Exists", effect="NoExecute",
-                                 toleration_seconds=seconds)
-
-
-def _default_deployment(spec) -> None:
-    if not spec.HasField("replicas"):
-        spec.replicas = 1
-    strategy = spec.strategy
-    strategy.type = strategy.type or "RollingUpdate"
-    if strategy.type == "RollingUpdate":
-        ru = strategy.rolling_update
-        ru.max_unavailable = ru.max_unavailable or "25%"
-        ru.max_surge = ru.max_surge or "25%"
-    if not spec.HasField("revision_history_limit"):
-        spec.revision_history_limit = 10
-    if not spec.HasField("progress_deadline_seconds"):
-        spec.progress_deadline_seconds = 600
-    _default_pod_spec(spec.template.spec)
-
-
-def _default_service(spec: core_pb2.ServiceSpec) -> None:
-    spec.type = spec.type or "ClusterIP"
-    spec.session_affinity = spec.session_affinity or "None"
-    for port in spec.ports:
-        port.protocol = port.protocol or "TCP"
-        if not port.target_port:
-            port.target_port = str(port.port)
-
 
 # ======================================================================
 # field errors
@@ -442,14 +300,9 @@ PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 PROTOCOLS = ("SCTP", "TCP", "UDP")
 TAINT_EFFECTS = ("NoExecute", "NoSchedule", "PreferNoSchedule")
 STANDARD_CONTAINER_RESOURCES = ("cpu", "memory", "ephemeral-storage")
-_VOLUME_SOURCES = ("host_path", "empty_dir", "secret", "persistent_volume_claim", "config_map")
 _VOLUME_SOURCE_JSON = {"host_path": "hostPath", "empty_dir": "emptyDir", "secret": "secret",
                        "persistent_volume_claim": "persistentVolumeClaim",
                        "config_map": "configMap"}
-
-
-def _volume_sources(volume) -> list[str]:
-    return [f for f in _VOLUME_SOURCES if volume.HasField(f)]
 
 
 def _validate_pod_spec(errs: FieldErrors, path: str, spec, *, template: bool) -> None:
@@ -502,7 +355,7 @@ def _validate_volumes(errs: FieldErrors, path: str, volumes) -> set[str]:
             if v.name in names:
                 errs.duplicate(f"{p}.name", v.name)
             names.add(v.name)
-        sources = _volume_sources(v)
+        sources = volume_sources(v)
         if not sources:
             errs.required(p, "must specify a volume type")
         elif len(sources) > 1:

@@ -21,10 +21,14 @@ import threading
 
 from apiserver.errors import ApiError
 from apiserver.pb import core_pb2, meta_pb2
-from controllers.informer import NAMESPACE_INDEX, deep_copy, meta_namespace_key, split_meta_namespace_key
-from controllers.kubelet import start_workers
+from controllers.informer import (
+    NAMESPACE_INDEX,
+    deep_copy,
+    meta_namespace_key,
+    split_meta_namespace_key,
+)
 from controllers.podutil import is_pod_ready
-from controllers.workqueue import RateLimitingQueue
+from controllers.workqueue import RateLimitingQueue, start_workers
 
 log = logging.getLogger("controllers.endpoints")
 

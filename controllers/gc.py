@@ -35,9 +35,8 @@ from dataclasses import dataclass, field
 from apiserver import resources
 from apiserver.errors import ApiError
 from controllers.informer import deep_copy
-from controllers.kubelet import start_workers
 from controllers.podutil import owner_refs_patch
-from controllers.workqueue import RateLimitingQueue
+from controllers.workqueue import RateLimitingQueue, start_workers
 
 log = logging.getLogger("controllers.gc")
 

@@ -46,7 +46,7 @@ from apiserver.pb import coordination_pb2, core_pb2
 from controllers.events import now_rfc3339
 from controllers.informer import NODE_INDEX, Informer, deep_copy, meta_namespace_key
 from controllers.leaderelection import now_micro
-from controllers.workqueue import RateLimitingQueue
+from controllers.workqueue import RateLimitingQueue, start_workers
 
 log = logging.getLogger("controllers.kubelet")
 
@@ -459,37 +459,6 @@ class HollowNodes:
             node.ip_cursor = (node.ip_cursor + step + 1) % hosts
             node.assigned[pod.metadata.uid] = candidate
             return candidate
-
-
-def run_worker(queue: RateLimitingQueue, sync, logger: logging.Logger = log) -> None:
-    """A controller worker: ``sync(key)`` for each key until the queue shuts
-    down; a failure re-adds the key with the queue's backoff. (Shared by this
-    package's controllers; it belongs next to RateLimitingQueue.)"""
-    while (key := queue.get()) is not None:
-        try:
-            sync(key)
-            queue.forget(key)
-        except ApiError as e:
-            # a Conflict is routine: the cache was behind; the retry reads it anew
-            logger.log(logging.DEBUG if e.reason == "Conflict" else logging.INFO,
-                       "%s: %s: %s; retrying", key, e.reason, e.message)
-            queue.add_rate_limited(key)
-        except Exception:
-            logger.exception("%s failed; retrying", key)
-            queue.add_rate_limited(key)
-        finally:
-            queue.done(key)
-
-
-def start_workers(queue: RateLimitingQueue, sync, count: int, name: str,
-                  logger: logging.Logger = log) -> list[threading.Thread]:
-    """``count`` daemon threads running ``run_worker(queue, sync)``."""
-    threads = []
-    for i in range(count):
-        t = threading.Thread(target=run_worker, args=(queue, sync, logger), daemon=True, name=f"{name}-{i}")
-        t.start()
-        threads.append(t)
-    return threads
 
 
 # ---- the command ----

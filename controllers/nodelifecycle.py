@@ -37,10 +37,10 @@ from dataclasses import dataclass
 from apiserver.errors import ApiError
 from controllers.events import WARNING, now_rfc3339
 from controllers.informer import NODE_INDEX, deep_copy, meta_namespace_key
-from controllers.kubelet import LEASE_NAMESPACE, start_workers
+from controllers.kubelet import LEASE_NAMESPACE
 from controllers.podutil import get_condition, parse_time
 from controllers.scheduler.plugins import TAINT_NOT_READY, TAINT_UNREACHABLE, tolerates
-from controllers.workqueue import RateLimitingQueue
+from controllers.workqueue import RateLimitingQueue, start_workers
 
 log = logging.getLogger("controllers.nodelifecycle")
 

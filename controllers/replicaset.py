@@ -36,7 +36,6 @@ from controllers.informer import (
     meta_namespace_key,
     split_meta_namespace_key,
 )
-from controllers.kubelet import run_worker
 from controllers.podutil import (
     ControllerExpectations,
     ControllerRefManager,
@@ -50,7 +49,7 @@ from controllers.podutil import (
     now_rfc3339,
     pods_to_delete,
 )
-from controllers.workqueue import RateLimitingQueue
+from controllers.workqueue import RateLimitingQueue, run_worker
 
 log = logging.getLogger("controllers.replicaset")
 

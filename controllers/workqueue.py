@@ -38,10 +38,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import threading
 import time
 from collections import deque
 from typing import Hashable, Protocol
+
+from apiserver.errors import ApiError
+
+log = logging.getLogger("controllers.workqueue")
 
 DEFAULT_BASE_DELAY = 0.005
 DEFAULT_MAX_DELAY = 1000.0
@@ -256,3 +261,34 @@ class RateLimitingQueue:
         """Keys added with a delay that has not passed yet."""
         with self._cond:
             return len(self._waiting)
+
+
+def run_worker(queue: RateLimitingQueue, sync, logger: logging.Logger = log) -> None:
+    """A controller worker: ``sync(key)`` for each key until the queue shuts
+    down; a failure re-adds the key with the queue's backoff, a success
+    forgets its backoff."""
+    while (key := queue.get()) is not None:
+        try:
+            sync(key)
+            queue.forget(key)
+        except ApiError as e:
+            # a Conflict is routine: the cache was behind; the retry reads it anew
+            logger.log(logging.DEBUG if e.reason == "Conflict" else logging.INFO,
+                       "%s: %s: %s; retrying", key, e.reason, e.message)
+            queue.add_rate_limited(key)
+        except Exception:
+            logger.exception("%s failed; retrying", key)
+            queue.add_rate_limited(key)
+        finally:
+            queue.done(key)
+
+
+def start_workers(queue: RateLimitingQueue, sync, count: int, name: str,
+                  logger: logging.Logger = log) -> list[threading.Thread]:
+    """``count`` daemon threads running ``run_worker(queue, sync)``."""
+    threads = []
+    for i in range(count):
+        t = threading.Thread(target=run_worker, args=(queue, sync, logger), daemon=True, name=f"{name}-{i}")
+        t.start()
+        threads.append(t)
+    return threads

@@ -17,7 +17,8 @@ from apiserver import resources
 from apiserver.errors import ApiError
 from apiserver.pb import apps_pb2, coordination_pb2, core_pb2
 from apiserver.quantity import bytes_of, format_quantity, milli_cpu, parse_quantity
-from apiserver.validation import apply_defaults, validate_create, validate_update
+from apiserver.defaults import apply_defaults
+from apiserver.validation import validate_create, validate_update
 
 R = resources.lookup
 

@@ -22,11 +22,11 @@ from test_replicaset_controller import (
 
 from apiserver.client import Client
 from apiserver.pb import apps_pb2
-from controllers.deployment import (
+from controllers.deployment import DeploymentController
+from controllers.deploymentutil import (
     DESIRED_REPLICAS_ANNOTATION,
     REVISION_ANNOTATION,
     REVISION_HISTORY_ANNOTATION,
-    DeploymentController,
 )
 from controllers.informer import SharedInformerFactory
 from controllers.podutil import (

@@ -383,8 +383,11 @@ def test_forty_pods_on_four_nodes_never_exceed_allocatable(c, cluster):
     assert per_node == {f"w{i}": 6 for i in range(4)}  # 6 x 300m = 1800m <= 2 cpu; a 7th would not fit
     for p in waiting:
         assert scheduled_condition(p).message == "0/4 nodes are available: 4 Insufficient cpu."
-    failed = events_of(c, ns, "FailedScheduling")
-    assert {e.involved_object.name for e in failed} == {p.metadata.name for p in waiting}
+    # events are written in the background: wait for all of them
+    wanted = {p.metadata.name for p in waiting}
+    failed = wait_until(lambda: {e.involved_object.name for e in events_of(c, ns, "FailedScheduling")}
+                        == wanted and events_of(c, ns, "FailedScheduling"), timeout=30,
+                        what="a FailedScheduling event for every waiting pod")
     assert {e.message for e in failed} == {"0/4 nodes are available: 4 Insufficient cpu."}
     assert sched.stats["scheduled"] == 24
     watch.stop()

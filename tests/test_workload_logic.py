@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from apiserver.errors import ApiError
 from apiserver.pb import apps_pb2, core_pb2
 from apiserver.selectors import LabelSelector
-from controllers import deployment as dep
+from controllers import deploymentutil as dep
 from controllers import podutil as pu
 from controllers.replicaset import calculate_status, pod_from_template, slow_start_batch
 

@@ -24,12 +24,11 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from apiserver.errors import ApiError
-from apiserver.pb import core_pb2
+from controllers.events import EventRecorder
 from controllers.informer import SharedInformerFactory, deep_copy
 from controllers.scheduler import plugins
 from controllers.scheduler.plugins import NodeInfo, pod_key
@@ -154,60 +153,6 @@ class SchedulerCache:
             del self._infos[node]
 
 
-class EventWriter:
-    """Writes core.v1 Events about pods, folding a repeat of the same reason
-    and message for the same pod into the earlier Event (count + 1), as
-    client-go's event correlator does."""
-
-    MAX_REMEMBERED = 4096
-
-    def __init__(self, client, component: str) -> None:
-        self.client = client
-        self.component = component
-        self._lock = threading.Lock()
-        self._seen: OrderedDict[tuple, tuple[str, int]] = OrderedDict()
-
-    def pod_event(self, pod, type_: str, reason: str, message: str, action: str) -> None:
-        ns = pod.metadata.namespace
-        ident = (ns, pod.metadata.name, pod.metadata.uid, type_, reason, message)
-        now = _now()
-        with self._lock:
-            earlier = self._seen.pop(ident, None)
-        try:
-            if earlier is not None:
-                name, count = earlier
-                try:
-                    self.client.patch("events", name, {"count": count + 1, "lastTimestamp": now}, ns)
-                    self._remember(ident, name, count + 1)
-                    return
-                except ApiError as e:
-                    if e.reason != "NotFound":
-                        raise
-            ev = core_pb2.Event()
-            ev.metadata.name = f"{pod.metadata.name}.{random.getrandbits(64):016x}"
-            ev.metadata.namespace = ns
-            ref = ev.involved_object
-            ref.kind, ref.api_version, ref.namespace = "Pod", "v1", ns
-            ref.name, ref.uid = pod.metadata.name, pod.metadata.uid
-            ref.resource_version = pod.metadata.resource_version
-            ev.type, ev.reason, ev.message, ev.action = type_, reason, message, action
-            ev.source.component = self.component
-            ev.reporting_component = self.component
-            ev.first_timestamp = ev.last_timestamp = now
-            ev.count = 1
-            self.client.create(ev)
-            self._remember(ident, ev.metadata.name, 1)
-        except ApiError as e:
-            log.warning("event %s for %s/%s not written: %s: %s", reason, ns, pod.metadata.name,
-                        e.reason, e.message)
-
-    def _remember(self, ident: tuple, name: str, count: int) -> None:
-        with self._lock:
-            self._seen[ident] = (name, count)
-            while len(self._seen) > self.MAX_REMEMBERED:
-                self._seen.popitem(last=False)
-
-
 class Scheduler:
     def __init__(self, client, *, scheduler_name: str = DEFAULT_SCHEDULER_NAME,
                  informers: SharedInformerFactory | None = None, initial_backoff: float = 1.0,
@@ -222,7 +167,7 @@ class Scheduler:
         self.queue = SchedulingQueue(initial_backoff=initial_backoff, max_backoff=max_backoff,
                                      max_unschedulable_seconds=max_unschedulable_seconds)
         self.cache = SchedulerCache()
-        self.events = EventWriter(client, scheduler_name)
+        self.events = EventRecorder(client, scheduler_name)
         self._rng = rng or random.Random()
         self._binders = ThreadPoolExecutor(max_workers=bind_workers, thread_name_prefix="scheduler-bind")
         self._stop = threading.Event()
@@ -265,6 +210,7 @@ class Scheduler:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         self._binders.shutdown(wait=True)
+        self.events.stop()
         if self._own_informers:
             self.informers.stop()
 
@@ -379,8 +325,7 @@ class Scheduler:
                 return
             log.info("binding %s to %s failed: %s: %s", key, node, e.reason, e.message)
             self.queue.add_backoff(key)
-            self.events.pod_event(pod, "Warning", "FailedScheduling",
-                                  f"Binding rejected: {e.message}", "Binding")
+            self.events.event(pod, "Warning", "FailedScheduling", f"Binding rejected: {e.message}")
             return
         except Exception:
             self.cache.forget(key)
@@ -390,11 +335,10 @@ class Scheduler:
         self.queue.done(key)
         with self._stats_lock:
             self.stats["scheduled"] += 1
-        self.events.pod_event(pod, "Normal", "Scheduled",
-                              f"Successfully assigned {key} to {node}", "Binding")
+        self.events.event(pod, "Normal", "Scheduled", f"Successfully assigned {key} to {node}")
 
     def _record_unschedulable(self, pod, message: str) -> None:
-        self.events.pod_event(pod, "Warning", "FailedScheduling", message, "Scheduling")
+        self.events.event(pod, "Warning", "FailedScheduling", message)
         self._set_unschedulable_condition(pod, message)
 
     def _set_unschedulable_condition(self, pod, message: str) -> None:
