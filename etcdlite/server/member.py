@@ -33,6 +33,12 @@ REQUEST_TIMEOUT = 7.0
 GRPC_OVERHEAD_BYTES = 512 * 1024
 # a batch of proposals goes to Raft early once it holds this much
 MAX_BATCH_BYTES = 512 * 1024
+# batches proposed and not yet applied here (or failed) at one time; further
+# requests wait and leave together as the next batch (group commit)
+MAX_BATCHES_IN_FLIGHT = 2
+# a batch gives up its place after this long even unanswered (pysyncobj can
+# lose a forwarded proposal's answer; its requests still time out on their own)
+BATCH_SLOT_SECONDS = 1.0
 # lease and membership commands whose application the event loop hears of
 _NOTIFY_OPS = frozenset({Op.LEASE_GRANT, Op.LEASE_RENEW, Op.MEMBER_REMOVE})
 
@@ -76,6 +82,8 @@ class Member:
         self._barrier_next: asyncio.Future | None = None
         self._outbox: list[tuple[int, bytes, asyncio.Future]] = []
         self._outbox_bytes = 0
+        self._flush_pending = False
+        self._in_flight = 0
         self._barrier_inflight = False
 
     # --- lifecycle -------------------------------------------------------
@@ -208,8 +216,9 @@ class Member:
         """Replicate one request and return its result once applied here.
 
         Requests proposed in the same turn of the event loop travel as one
-        Raft entry: under load a single log append, replication round and
-        hand-back serve many requests."""
+        Raft entry, and while MAX_BATCHES_IN_FLIGHT entries are on their way
+        the next one fills up: under load a single log append, replication
+        round and hand-back serve many requests."""
         data = request.SerializeToString() if request is not None else b""
         if len(data) > self.cfg.max_request_bytes:
             raise errors.REQUEST_TOO_LARGE
@@ -217,10 +226,11 @@ class Member:
         fut = loop.create_future()
         self._outbox.append((op, data, fut))
         self._outbox_bytes += len(data)
-        if len(self._outbox) == 1:
+        if self._outbox_bytes >= MAX_BATCH_BYTES:
+            self._send_batch()
+        elif not self._flush_pending:
+            self._flush_pending = True
             loop.call_soon(self._flush)
-        elif self._outbox_bytes >= MAX_BATCH_BYTES:
-            self._flush()
         timer = loop.call_later(REQUEST_TIMEOUT, _expire, fut)
         try:
             return await fut
@@ -228,14 +238,33 @@ class Member:
             timer.cancel()
 
     def _flush(self) -> None:
+        self._flush_pending = False
+        if self._outbox and self._in_flight < MAX_BATCHES_IN_FLIGHT:
+            self._send_batch()
+
+    def _send_batch(self) -> None:
         batch, self._outbox, self._outbox_bytes = self._outbox, [], 0
-        if not batch:
-            return
         futures = [fut for _, _, fut in batch]
-        self.raft.propose(
-            [(int(op), data) for op, data, _ in batch],
-            lambda results, reason: _settle(futures, results, reason),
-        )
+        self._in_flight += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._in_flight -= 1
+                if self._outbox and not self._flush_pending:
+                    self._flush_pending = True
+                    self.loop.call_soon(self._flush)
+
+        slot = self.loop.call_later(BATCH_SLOT_SECONDS, release)
+
+        def applied(results, reason) -> None:
+            slot.cancel()
+            release()
+            _settle(futures, results, reason)
+
+        self.raft.propose([(int(op), data) for op, data, _ in batch], applied)
 
     async def read_barrier(self, serializable: bool = False) -> None:
         """Return once the local state holds every write acknowledged before
