@@ -687,7 +687,8 @@ class WatchCache:
         """A WatchProgressRequest every progress interval (so an idle
         resource's revision advances), and at once for wait_fresh."""
         while True:
-            interval = FRESH_POLL if self._waiters else self._progress_interval
+            # while replaying history (backfill) or someone waits, ask often
+            interval = FRESH_POLL if self._waiters or self._backfill else self._progress_interval
             try:
                 async with asyncio.timeout(interval):
                     await self._want_progress.wait()
