@@ -117,6 +117,12 @@ class Registry:
     async def _check_namespace_open(self, res: Resource, namespace: str, name: str) -> None:
         if not res.namespaced:
             return
+        # the namespaces' watch cache answers almost always (as kube's
+        # NamespaceLifecycle admission uses its informer); a namespace it
+        # has not seen yet is read from etcd
+        ns = self.caches[NAMESPACES.name].get("", namespace) if NAMESPACES.name in self.caches else None
+        if ns is not None and not ns.metadata.deletion_timestamp:
+            return
         try:
             ns = await self.storage.get(NAMESPACES, "", namespace)
         except ApiError as e:

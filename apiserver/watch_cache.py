@@ -377,6 +377,10 @@ class WatchCache:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 
+    def get(self, namespace: str, name: str):
+        """The cached object (shared: read-only), or None; as fresh as ``revision``."""
+        return self._objects.get(self.resource.key(namespace, name).encode())
+
     def list(self, namespace: str = "", predicate: Predicate | None = None) -> tuple[list, int]:
         """(objects in key order, the cache revision they are current at).
         Objects are shared: read-only."""
