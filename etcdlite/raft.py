@@ -159,6 +159,8 @@ class RaftNode:
         self._stopped = False
         self._poller = LoopPoller(loop, self._schedule_tick)
         self._obj = LoopSyncObj(self_address, peers, conf, [self.state], self._poller)
+        transport = self._obj.peer_transport
+        self._poller.cork, self._poller.uncork = transport.cork, transport.uncork
         self._last_index = self._obj._SyncObj__getCurrentLogIndex
         self._send_append_entries = self._obj._SyncObj__sendAppendEntries
         self._timer = loop.call_soon(self._periodic)
@@ -187,6 +189,7 @@ class RaftNode:
         if self._stopped:
             return
         obj = self._obj
+        self._poller.cork()
         try:
             last, commit = self._last_index(), obj.raftCommitIndex
             obj.doTick(0.0)
@@ -201,6 +204,8 @@ class RaftNode:
                 _set_timing(obj._SyncObj__conf, single)
         except Exception:
             log.exception("raft tick failed")
+        finally:
+            self._poller.uncork()
 
     def _reconcile_peers(self) -> None:
         """On the leader, once a second: make pysyncobj's node list follow the

@@ -30,11 +30,14 @@ class LoopPoller:
     `poll` does nothing: the loop dispatches socket events itself, and
     `on_event` runs after each one (the owner schedules a tick there). An
     error or hang-up on a socket wakes its reader, and pysyncobj's read path
-    then finds the socket broken, as it does with poll(2)'s POLLERR."""
+    then finds the socket broken, as it does with poll(2)'s POLLERR.
+    `cork`/`uncork` run around each event's handling (the owner sets them:
+    messages sent while handling one event leave together)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_event):
         self._loop = loop
         self._on_event = on_event
+        self.cork = self.uncork = _nothing
         self._callbacks: dict[int, object] = {}
         self._masks: dict[int, int] = {}
 
@@ -77,10 +80,16 @@ class LoopPoller:
         callback = self._callbacks.get(descr)
         if callback is None:
             return
+        self.cork()
         try:
             callback(descr, event)
         finally:
+            self.uncork()
             self._on_event()
+
+
+def _nothing() -> None:
+    pass
 
 
 class LoopSyncObj(GuardedSyncObj):
@@ -93,6 +102,10 @@ class LoopSyncObj(GuardedSyncObj):
         # attributes it keeps out of its snapshots
         self.__dict__["_loop_poller"] = poller
         super().__init__(self_node, other_nodes, conf, consumers=consumers, transportClass=PeerTransport)
+
+    @property
+    def peer_transport(self) -> PeerTransport:
+        return self._SyncObj__transport
 
     @property
     def _poller(self):
