@@ -136,6 +136,16 @@ def rows():
     return out
 
 
+def _cpu_per_op(res: dict, clients: int):
+    """From results.json; older files lack the field: derived from the medians."""
+    v = _get(res, f"put.{clients}.server_cpu_us_per_op")
+    if v is None:
+        s, o = _get(res, f"put.{clients}.server_cpu_cores"), _get(res, f"put.{clients}.ops_per_s")
+        if isinstance(s, (int, float)) and isinstance(o, (int, float)) and o:
+            v = round(s * 1e6 / o)
+    return v
+
+
 def _derive(res: dict) -> None:
     put = res.get("put")
     if isinstance(put, dict) and "error" not in put:
@@ -266,6 +276,16 @@ def render(results: dict) -> str:
             o_ = _get(T[n], f"put.{c}.other_cpu_cores")
             cells.append(f"{_num(g_)} / {_num(s_)} / {_num(o_)}" if not isinstance(g_, str) else g_[:40])
         L.append(f"| {c} | " + " | ".join(cells) + " |")
+    L.append("")
+    L.append("## Server CPU per put (microseconds of CPU, all members together, per acknowledged put)")
+    L.append("")
+    L.append("Median over the repetitions. It moves much less than ops/s when other processes take "
+             "CPU from the servers.")
+    L.append("")
+    L.append("| put clients | " + " | ".join(T[n].get("label", n) for n in names) + " |")
+    L.append("|---" * (len(names) + 1) + "|")
+    for c in (1, 16, 64, 256):
+        L.append(f"| {c} | " + " | ".join(_num(_cpu_per_op(T[n], c)) for n in names) + " |")
     L.append("")
     L.append("## The issue's bars (issue 4)")
     L.append("")

@@ -132,6 +132,11 @@ class Runner:
             "gen_cpu_cores": round(statistics.median(r["gen_cpu_cores"] for r in runs), 2),
             "server_cpu_cores": round(statistics.median(r["server_cpu_cores"] for r in runs), 2),
             "other_cpu_cores": round(statistics.median(r["other_cpu_cores"] for r in runs), 2),
+            # CPU the server(s) spent per completed operation: unlike ops/s, it
+            # hardly moves when other processes take CPU from the servers
+            "server_cpu_us_per_op": round(statistics.median(
+                r["server_cpu_cores"] * 1e6 / r["ops_per_s"] for r in runs if r["ops_per_s"]), 0)
+            if any(r["ops_per_s"] for r in runs) else None,
             "client": f"benchmarks.load: python grpc.aio, {len(self.split(clients))} process(es)",
         }
         out["_runs"] = runs
