@@ -1,0 +1,192 @@
+"""The benchmark's two observers of the plane: a probe client in its own
+process (so the watch here never inflates its latencies) timing
+Get/List/Create/Update/Delete calls phase by phase, and a pod watch noting
+when each pod was created, bound, Running and Ready, and deleted."""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+from apiserver.client import Client
+from apiserver.errors import ApiError
+from apiserver.pb import core_pb2
+from benchmarks.plane_scale import APP, NAMESPACE, PHASES, PROBE_NAMESPACE, log
+
+PROBE_OPS = ("get", "list", "create", "update", "delete")
+PROBE_PAUSE = 0.1  # seconds between two probe calls: ~8 calls/s, a light load
+
+
+def probe_main(server: str, phase, calls, stop, conn) -> None:
+    """Calls the apiserver in a loop, one call at a time (counting them in
+    ``calls``), and sends back {phase: {op: [seconds]}} and the errors when
+    ``stop`` is set."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    samples = {p: {op: [] for op in PROBE_OPS} for p in PHASES}
+    errors: list[str] = []
+    client = Client(server, timeout=30)
+    i = 0
+
+    def timed(op: str, call) -> None:
+        current = PHASES[phase.value]
+        t = time.perf_counter()
+        try:
+            call()
+        except ApiError as e:
+            errors.append(f"{op}: {e.reason} {e}")
+        else:
+            samples[current][op].append(time.perf_counter() - t)
+            calls.value += 1
+        time.sleep(PROBE_PAUSE)
+
+    while not stop.is_set():
+        i += 1
+        name = f"probe-{i}"
+        cm = core_pb2.ConfigMap()
+        cm.metadata.name, cm.metadata.namespace = name, PROBE_NAMESPACE
+        cm.data["n"] = str(i)
+        changed = core_pb2.ConfigMap()
+        changed.CopyFrom(cm)
+        changed.data["n"] = f"{i}-updated"
+        timed("create", functools.partial(client.create, cm))
+        timed("get", functools.partial(client.get, "configmaps", name, PROBE_NAMESPACE))
+        timed("update", functools.partial(client.update, changed))
+        timed("list", functools.partial(client.list, "pods", NAMESPACE, limit=100))
+        timed("delete", functools.partial(client.delete, "configmaps", name, PROBE_NAMESPACE))
+    client.close()
+    conn.send({"samples": samples, "errors": errors[:20], "error_count": len(errors)})
+    conn.close()
+
+
+class Probe:
+    def __init__(self, server: str) -> None:
+        ctx = multiprocessing.get_context("spawn")  # no fork after gRPC started here
+        self.phase = ctx.Value("i", 0)
+        self.calls = ctx.Value("i", 0)
+        self.stop_event = ctx.Event()
+        self.conn, child = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(target=probe_main, args=(server, self.phase, self.calls, self.stop_event, child),
+                                daemon=True, name="plane-probe")
+        self.proc.start()
+
+    def wait_started(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self.calls.value == 0 and self.proc.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def set_phase(self, name: str) -> None:
+        self.phase.value = PHASES.index(name)
+
+    def finish(self, timeout: float = 60) -> dict:
+        self.stop_event.set()
+        result = self.conn.recv() if self.conn.poll(timeout) else {"samples": {}, "errors": ["no answer"]}
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
+        return result
+
+
+# ---- following the pods ------------------------------------------------------
+
+@dataclass
+class PodTimes:
+    seen: float
+    bound: float | None = None
+    ready: float | None = None
+    terminating: float | None = None
+    deleted: float | None = None
+
+
+def running_and_ready(pod) -> bool:
+    return pod.status.phase == "Running" and any(
+        c.type == "Ready" and c.status == "True" for c in pod.status.conditions)
+
+
+class PodTracker:
+    """When each pod of the Deployment was first seen, bound, Running+Ready,
+    marked for deletion and deleted, from a watch (relisting when it expires)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.lock = threading.Lock()
+        self.pods: dict[str, PodTimes] = {}
+        self.relists = 0
+        self.watch = None
+        self.stopping = threading.Event()
+        rv = self._list()
+        self.thread = threading.Thread(target=self._run, args=(rv,), daemon=True, name="pod-tracker")
+        self.thread.start()
+
+    def _list(self) -> str:
+        listed = self.client.list_all("pods", NAMESPACE, label_selector=f"app={APP}")
+        now = time.monotonic()
+        with self.lock:
+            present = set()
+            for pod in listed.items:
+                present.add(pod.metadata.uid)
+                self._see(pod, now)
+            for uid, t in self.pods.items():
+                if uid not in present and t.deleted is None:
+                    t.deleted = now
+        return listed.resource_version
+
+    def _see(self, pod, now: float, deleted: bool = False) -> None:
+        t = self.pods.get(pod.metadata.uid)
+        if t is None:
+            t = self.pods[pod.metadata.uid] = PodTimes(seen=now)
+        if t.bound is None and pod.spec.node_name:
+            t.bound = now
+        if t.ready is None and running_and_ready(pod):
+            t.ready = now
+        if t.terminating is None and pod.metadata.deletion_timestamp:
+            t.terminating = now
+        if deleted and t.deleted is None:
+            t.deleted = now
+
+    def _run(self, rv: str) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.watch = self.client.watch("pods", NAMESPACE, label_selector=f"app={APP}",
+                                               resource_version=rv, bookmarks=True)
+                for event in self.watch:
+                    now = time.monotonic()
+                    rv = event.object.metadata.resource_version or rv
+                    if event.type == "BOOKMARK":
+                        continue
+                    with self.lock:
+                        self._see(event.object, now, deleted=event.type == "DELETED")
+            except ApiError as e:
+                if self.stopping.is_set():
+                    return
+                if e.reason not in ("Expired", "Gone"):
+                    log(f"pod watch broke ({e.reason}: {e}); watching again")
+                    time.sleep(1)
+                    continue
+                self.relists += 1  # history gone: what changed meanwhile is seen now
+                while not self.stopping.is_set():
+                    try:
+                        rv = self._list()
+                        break
+                    except ApiError:
+                        time.sleep(1)
+
+    def counts(self) -> dict[str, int]:
+        with self.lock:
+            live = [t for t in self.pods.values() if t.deleted is None]
+            return {"live": len(live), "bound": sum(t.bound is not None for t in live),
+                    "ready": sum(t.ready is not None for t in live),
+                    "terminating": sum(t.terminating is not None for t in live)}
+
+    def times(self) -> list[PodTimes]:
+        with self.lock:
+            return list(self.pods.values())
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.watch is not None:
+            self.watch.stop()
+        self.thread.join(5)

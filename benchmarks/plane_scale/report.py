@@ -1,0 +1,124 @@
+"""plane_results.md: the run's header (command, date, machine, commit) and
+its figures as tables."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+
+from benchmarks.plane_scale import PHASES
+from benchmarks.plane_scale.observers import PROBE_OPS, PROBE_PAUSE
+from tests.procs import REPO
+
+OBSERVERS = ("benchmark (watch)", "probe client")  # the benchmark's own processes, not the plane's
+
+
+def git_commit() -> str:
+    try:
+        def git(*argv: str) -> str:
+            return subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True, timeout=10,
+                                  check=False).stdout.strip()
+
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return head + (" (with uncommitted changes in the tree)" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine() -> str:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return (f"{os.cpu_count()} cores {model}, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}")
+
+
+def fmt(v, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        v = f"{v:,.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+    elif isinstance(v, int):
+        v = f"{v:,}"
+    return f"{v}{unit}"
+
+
+def plane_cpu(usage: dict) -> float:
+    """CPU seconds of etcd, the apiserver, the controller-manager, the scheduler and the kubelets."""
+    return sum(v for name, v in usage["cpu_s"].items() if name not in OBSERVERS)
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]
+
+
+def markdown(result: dict) -> str:
+    m, ro, sd, use = result["meta"], result["rollout"], result["scale_down"], result["usage"]
+    n = m["replicas"]
+    cpu_up, cpu_down = plane_cpu(use["rollout"]), plane_cpu(use["scale-down"])
+    other_cores = use["rollout"]["other_processes_cpu_s"] / max(use["rollout"]["wall_s"], 1e-9)
+    per_pod = f"{use['rollout']['etcd_revisions'] / n:.1f} / {use['scale-down']['etcd_revisions'] / n:.1f}"
+    out = [f"# Control plane at scale: {m['nodes']} simulated nodes, a Deployment of {n:,} replicas", "",
+           f"- command: `{m['command']}`",
+           f"- date: {m['date']}; took {m['total_s']} s",
+           f"- machine: {m['machine']}; load average at start (1/5/15 min): {m['loadavg_at_start']}",
+           f"- git commit: {m['git_commit']}",
+           (f"- pods request {m['pod_cpu']} cpu / {m['pod_memory']}; nodes have {m['node_cpu']} cpu / "
+            f"{m['node_memory']}; the simulated kubelets run in {m['kubelet_procs']} process(es) and report a "
+            f"pod Running {m['ready_delay']} s after they see it bound; all nodes were Ready "
+            f"{result['nodes_ready_s']} s after they started"),
+           "", "Times from the Deployment's create (or its scale to 0), as a pod watch saw them:", ""]
+    out += table(["figure", "value"], [
+        [f"all {n:,} pods created (ReplicaSet controller)", fmt(ro.get("pods_created_s"), " s")],
+        [f"all {n:,} pods bound (scheduler)", fmt(ro.get("pods_bound_s"), " s")],
+        [f"all {n:,} pods Running and Ready (kubelets)", fmt(ro.get("pods_running_ready_s"), " s")],
+        [f"Deployment reports {n:,} available (rollout complete)", fmt(ro.get("deployment_available_s"), " s")],
+        ["Deployment condition Available=True", fmt(ro.get("available_condition_s"), " s")],
+        ["pod creation rate, first to last", fmt(ro.get("pod_creation_per_s"), " pods/s")],
+        ["scheduler throughput, first to last bound", fmt(ro.get("scheduler_pods_per_s"), " pods/s")],
+        ["scheduler throughput, best 5 s", fmt(ro.get("scheduler_peak_pods_per_s_5s"), " pods/s")],
+        ["pods becoming Ready, first to last", fmt(ro.get("pods_ready_per_s"), " pods/s")],
+        ["scale to 0: all pods marked for deletion", fmt(sd.get("pods_all_terminating_s"), " s")],
+        ["scale to 0: all pods gone",
+         f"{fmt(sd.get('pods_gone_s'), ' s')} ({fmt(sd.get('pods_deleted_per_s'), ' pods/s')})"],
+        ["etcd revisions: rollout / scale-down",
+         f"{fmt(use['rollout']['etcd_revisions'])} / {fmt(use['scale-down']['etcd_revisions'])} ({per_pod} per pod)"],
+        ["CPU of the plane's processes: rollout / scale-down",
+         f"{fmt(cpu_up)} / {fmt(cpu_down)} s ({cpu_up / n * 1e3:.0f} / {cpu_down / n * 1e3:.0f} ms per pod)"],
+        ["the rest of the machine during the rollout (other processes)",
+         f"{other_cores:.2f} cores of {os.cpu_count()}"],
+        ["probe errors / pod watch relists", f"{result['probe_errors']['count']} / {result['watch_relists']}"],
+    ])
+    out += ["", (f"Apiserver call latency seen by a probe client (its own process, one call at a time, "
+                 f"{PROBE_PAUSE * 1000:.0f} ms apart): create, get, update and delete a ConfigMap; list one "
+                 "page of 100 pods of the Deployment's namespace. p50 / p90 / p99 / max in ms (calls):"), ""]
+    quantiles = ("p50_ms", "p90_ms", "p99_ms", "max_ms")
+    out += table(["phase", *PROBE_OPS], [
+        [phase, *(" / ".join(fmt(s[q]) for q in quantiles) + f" ({s['n']})"
+                  for s in (result["latency"][phase][op] for op in PROBE_OPS))] for phase in PHASES])
+    names = list(use["rollout"]["cpu_s"])
+    out += ["", ("CPU seconds of each process per phase (in parentheses: cores, CPU seconds / wall seconds); "
+                 "other: the rest of the machine, colleagues' work included:"), ""]
+    out += table(["phase", "wall s", *names, "other", "etcd revisions"], [
+        [phase, fmt(u["wall_s"]),
+         *(f"{fmt(u['cpu_s'].get(name))} ({u['cpu_s'].get(name, 0) / max(u['wall_s'], 1e-9):.2f})" for name in names),
+         fmt(u["other_processes_cpu_s"]), fmt(u["etcd_revisions"])]
+        for phase, u in ((ph, use[ph]) for ph in PHASES)])
+    writes = {ph: use[ph].get("etcd_writes_by_resource", {}) for ph in PHASES}
+    resources = sorted({r for w in writes.values() for r in w},
+                       key=lambda r: -sum(w.get(r, 0) for w in writes.values()))
+    if resources:
+        out += ["", "etcd writes (puts and deletes) by resource, read back from etcd's history:", ""]
+        out += table(["resource", *PHASES], [[r, *(fmt(writes[ph].get(r, 0)) for ph in PHASES)] for r in resources])
+    if result.get("events"):
+        out += ["", "Events in the namespace at the end, by source and reason: Event objects (sum of their counts): "
+                + ", ".join(f"{k} {v['objects']:,} ({v['count']:,})" for k, v in result["events"].items())]
+    if result["probe_errors"]["first"]:
+        out += ["", "Probe errors (first): " + "; ".join(result["probe_errors"]["first"][:5])]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,50 @@
+"""The control-plane scale benchmark, end to end in a tiny configuration:
+every component its own process, a Deployment of 12 replicas on 3 nodes,
+scaled to 0; the results files are written and hold consistent figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from procs import PYTHON, REPO
+
+NODES, REPLICAS = 3, 12
+
+
+def test_the_benchmark_runs_end_to_end_and_writes_its_results(tmp_path):
+    out = subprocess.run(
+        [PYTHON, "-m", "benchmarks.plane_scale", "--nodes", str(NODES), "--replicas", str(REPLICAS),
+         "--idle-seconds", "2", "--progress-every", "2", "--stall-timeout", "60", "--timeout", "150",
+         "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    result = json.loads((tmp_path / "plane_results.json").read_text())
+    meta, rollout, down = result["meta"], result["rollout"], result["scale_down"]
+    assert (meta["nodes"], meta["replicas"]) == (NODES, REPLICAS)
+    assert meta["git_commit"] and meta["machine"]
+    # the milestones come in their order
+    assert 0 < rollout["pods_created_s"] <= rollout["pods_running_ready_s"] <= rollout["deployment_available_s"]
+    assert rollout["pods_bound_s"] <= rollout["pods_running_ready_s"]
+    assert rollout["scheduler_pods_per_s"] > 0
+    assert 0 < down["pods_all_terminating_s"] <= down["pods_gone_s"]
+    # every pod went through every state, as the timeline shows at its end
+    last = result["timeline"]["from_create"][-1]
+    assert last[1:] == [REPLICAS] * 5, last
+    # the probe client saw every phase, without errors
+    assert result["probe_errors"]["count"] == 0
+    for phase, ops in result["latency"].items():
+        assert sum(s["n"] for s in ops.values()) >= 1, phase
+        for op, s in ops.items():
+            assert s["n"] == 0 or 0 < s["p50_ms"] <= s["p99_ms"] <= s["max_ms"], (phase, op, s)
+    # each pod is created, bound and set Running (3 writes), then marked and deleted (2)
+    writes = result["usage"]
+    assert 3 * REPLICAS <= writes["rollout"]["etcd_writes_by_resource"]["pods"] < 4 * REPLICAS
+    assert 2 * REPLICAS <= writes["scale-down"]["etcd_writes_by_resource"]["pods"] < 3 * REPLICAS
+    for phase in writes.values():
+        assert phase["cpu_s"]["apiserver"] > 0 and phase["etcd_revisions"] > 0
+
+    md = (tmp_path / "plane_results.md").read_text()
+    assert f"a Deployment of {REPLICAS} replicas" in md
+    assert "scheduler throughput" in md and "| rollout |" in md
