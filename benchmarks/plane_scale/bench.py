@@ -36,7 +36,7 @@ from benchmarks.plane_scale.observers import (
     running_and_ready,
 )
 from benchmarks.plane_scale.processes import Plane, Profiler
-from benchmarks.plane_scale.report import git_commit, machine, markdown
+from benchmarks.plane_scale.report import git_commit, machine, markdown, to_json
 from tests.procs import REPO
 
 
@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["total_s"] = round(time.monotonic() - t_start, 1)
     result = {"meta": meta, **result}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "plane_results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "plane_results.json").write_text(to_json(result))
     (args.out / "plane_results.md").write_text(markdown(result))
     log(f"wrote {args.out / 'plane_results.md'} and plane_results.json")
     print(markdown(result))

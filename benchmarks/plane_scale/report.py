@@ -3,8 +3,10 @@ its figures as tables."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import re
 import subprocess
 
 from benchmarks.plane_scale import PHASES
@@ -46,6 +48,12 @@ def fmt(v, unit: str = "") -> str:
     elif isinstance(v, int):
         v = f"{v:,}"
     return f"{v}{unit}"
+
+
+def to_json(result: dict) -> str:
+    """Indented JSON with each list of numbers (a timeline row) on one line."""
+    text = json.dumps(result, indent=2)
+    return re.sub(r"\[\s+([-\d.,\s]+?)\s+\]", lambda m: "[" + re.sub(r"\s+", " ", m.group(1)) + "]", text) + "\n"
 
 
 def plane_cpu(usage: dict) -> float:
