@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PROTOS  := $(sort $(shell find proto -name "*.proto"))
 
-.PHONY: run test proto setup etcd clean bench
+.PHONY: run test proto setup etcd clean bench bench-plane
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,6 +42,11 @@ test: $(STAMP) etcd
 # benchmarks/results.md and results.json. `make bench BENCH_ARGS=--quick` for a smoke run.
 bench: $(STAMP) etcd
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+# The control plane at scale: 100 simulated nodes, a Deployment of 3,000 replicas;
+# writes benchmarks/plane_results.md and .json. `BENCH_ARGS=--quick`: 20 nodes, 300 replicas.
+bench-plane: $(STAMP)
+	$(BIN)/python -m benchmarks.plane_scale $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) default.etcd default.plane .pytest_cache

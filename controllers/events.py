@@ -82,8 +82,10 @@ class EventRecorder:
                     return
                 if len(self._backlog) >= MAX_BACKLOG:
                     self.dropped += 1
-                    log.warning("event backlog full; dropping %s %s on %s/%s", type, reason,
-                                ref.namespace, ref.name)
+                    # one line per 1,000 drops: logging each one costs more than the event
+                    if self.dropped % 1000 == 1:
+                        log.warning("event backlog full (%d events); dropped %d so far, e.g. %s %s on %s/%s",
+                                    MAX_BACKLOG, self.dropped, type, reason, ref.namespace, ref.name)
                     return
                 self._backlog.append((ref, type, reason, message, now_rfc3339()))
                 if self._thread is None:
