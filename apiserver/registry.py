@@ -46,6 +46,11 @@ def now_rfc3339(delta_seconds: float = 0) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def generated_name(prefix: str) -> str:
+    """generateName's name: the prefix and 5 random characters, as Kubernetes."""
+    return prefix + "".join(secrets.choice(GENERATE_NAME_ALPHABET) for _ in range(5))
+
+
 def parse_resource_version(rv: str, what: str = "resourceVersion") -> int | None:
     """"" -> None; "N" -> N; anything else is a BadRequest."""
     if rv == "":
@@ -154,8 +159,7 @@ class Registry:
         self._defaults(res, msg, for_create=True)
         generated = not meta.name and bool(meta.generate_name)
         if generated:
-            meta.name = meta.generate_name + "".join(
-                secrets.choice(GENERATE_NAME_ALPHABET) for _ in range(5))
+            meta.name = generated_name(meta.generate_name)
         validation.validate_create(res, msg)
         self._check_size(res, msg)
         await self._check_namespace_open(res, meta.namespace, meta.name)
@@ -165,8 +169,7 @@ class Registry:
             except ApiError as e:
                 if e.reason != "AlreadyExists" or not generated or attempt == GENERATE_NAME_ATTEMPTS - 1:
                     raise
-                meta.name = meta.generate_name + "".join(
-                    secrets.choice(GENERATE_NAME_ALPHABET) for _ in range(5))
+                meta.name = generated_name(meta.generate_name)
 
     async def ensure_system_namespaces(self) -> None:
         for name in SYSTEM_NAMESPACES:
