@@ -123,7 +123,7 @@ def pods_to_delete(pods: Iterable[core_pb2.Pod], count: int) -> list[core_pb2.Po
 
 def controller_ref(obj) -> meta_pb2.OwnerReference | None:
     for ref in obj.metadata.owner_references:
-        if ref.HasField("controller") and ref.controller:
+        if ref.controller:  # unset reads False
             return ref
     return None
 
@@ -169,20 +169,23 @@ def classify(owner, matches: Callable[[dict], bool], candidates: Iterable) -> Cl
     An owner being deleted adopts and releases nothing; an object being
     deleted is neither adopted nor released."""
     claim = Claim()
+    owned, adopt, release = claim.owned, claim.adopt, claim.release
     uid = owner.metadata.uid
     owner_deleting = bool(owner.metadata.deletion_timestamp)
     for obj in candidates:
-        ref = controller_ref(obj)
-        labels = obj.metadata.labels
-        if ref is not None:
-            if ref.uid != uid:
-                continue
-            if matches(labels):
-                claim.owned.append(obj)
-            elif not owner_deleting and not obj.metadata.deletion_timestamp:
-                claim.release.append(obj)
-        elif matches(labels) and not owner_deleting and not obj.metadata.deletion_timestamp:
-            claim.adopt.append(obj)
+        meta = obj.metadata
+        for ref in meta.owner_references:
+            if ref.controller:
+                if ref.uid != uid:
+                    break
+                if matches(meta.labels):
+                    owned.append(obj)
+                elif not owner_deleting and not meta.deletion_timestamp:
+                    release.append(obj)
+                break
+        else:  # an orphan
+            if not owner_deleting and not meta.deletion_timestamp and matches(meta.labels):
+                adopt.append(obj)
     return claim
 
 

@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from apiserver.errors import ApiError
 from apiserver.pb import apps_pb2, core_pb2
 from apiserver.selectors import (
+    EQUALS,
+    IN,
     LabelSelector,
     LabelSelectorError,
     label_selector_from_proto,
@@ -43,10 +45,10 @@ from controllers.podutil import (
     fresh_owner_check,
     get_condition,
     is_pod_active,
-    is_pod_available,
     is_pod_ready,
     new_controller_ref,
     now_rfc3339,
+    parse_time,
     pods_to_delete,
 )
 from controllers.workqueue import RateLimitingQueue, run_worker
@@ -57,6 +59,9 @@ BURST_REPLICAS = 500  # creations or deletions per sync, as Kubernetes
 SLOW_START_INITIAL_BATCH = 1
 STATUS_UPDATE_RETRIES = 1
 API_CALL_THREADS = 16  # concurrent create/delete calls of one controller
+# seconds a sync waits for more pod events when they can only change the
+# status (a pod's status or binding; creations while more are awaited)
+STATUS_SYNC_DELAY = 0.5
 ORPHAN_INDEX = "orphan"  # namespace of objects that have no controller
 
 
@@ -159,6 +164,24 @@ def _attempt(call: Callable[[], None]) -> Exception | None:
         return e
 
 
+def selector_matcher(selector: LabelSelector) -> Callable[[object], bool]:
+    """``selector.matches``, as a plain comparison of label values when every
+    requirement is an exact match (the usual ``matchLabels``)."""
+    exact = []
+    for r in selector.requirements:
+        if r.operator not in (EQUALS, IN) or len(r.values) != 1:
+            return selector.matches
+        exact.append((r.key, r.values[0]))
+    items = tuple(exact)
+
+    def matches(labels) -> bool:
+        for k, v in items:
+            if labels.get(k) != v:
+                return False
+        return True
+    return matches
+
+
 def pod_from_template(rs: apps_pb2.ReplicaSet) -> core_pb2.Pod:
     """A new pod of ``rs``: the template's labels, annotations, finalizers and
     spec, a generated name "<rs>-xxxxx" and rs as its controller."""
@@ -180,14 +203,37 @@ def calculate_status(rs: apps_pb2.ReplicaSet, pods: list[core_pb2.Pod],
     (``pods``, as they were before this sync acted); a ReplicaFailure
     condition while creating or deleting fails."""
     now = time.time() if now is None else now
-    template_labels = rs.spec.template.metadata.labels
+    template_items = tuple(rs.spec.template.metadata.labels.items())
+    min_ready = rs.spec.min_ready_seconds
+    labeled = ready = available = 0
+    # one pass; the first Ready condition decides both ready and available
+    for p in pods:
+        if template_items:
+            labels = p.metadata.labels
+            for k, v in template_items:
+                if labels.get(k) != v:
+                    break
+            else:
+                labeled += 1
+        else:
+            labeled += 1
+        for c in p.status.conditions:
+            if c.type == "Ready":
+                if c.status == "True":
+                    ready += 1
+                    if min_ready <= 0:
+                        available += 1
+                    else:
+                        since = parse_time(c.last_transition_time)
+                        if since is not None and since + min_ready <= now:
+                            available += 1
+                break
     status = apps_pb2.ReplicaSetStatus()
     status.CopyFrom(rs.status)
     status.replicas = len(pods)
-    status.fully_labeled_replicas = sum(
-        all(p.metadata.labels.get(k) == v for k, v in template_labels.items()) for p in pods)
-    status.ready_replicas = sum(is_pod_ready(p) for p in pods)
-    status.available_replicas = sum(is_pod_available(p, rs.spec.min_ready_seconds, now) for p in pods)
+    status.fully_labeled_replicas = labeled
+    status.ready_replicas = ready
+    status.available_replicas = available
     status.observed_generation = rs.metadata.generation
     failure = get_condition(status.conditions, "ReplicaFailure")
     if manage_error is not None and failure is None:
@@ -224,6 +270,7 @@ class ReplicaSetController(WorkloadController):
         self.expectations = expectations if expectations is not None else ControllerExpectations()
         self._pool = ThreadPoolExecutor(API_CALL_THREADS, thread_name_prefix=f"{self.name}-api")
         self._selectors: dict[str, LabelSelector | None] = {}  # rs uid -> parsed (immutable) selector
+        self._matchers: dict[str, Callable[[object], bool]] = {}  # rs uid -> its selector's matches
         self.rs_informer.add_handler(self._add_rs, self._update_rs, self._delete_rs)
         self.pod_informer.add_handler(self._add_pod, self._update_pod, self._delete_pod)
 
@@ -245,6 +292,7 @@ class ReplicaSetController(WorkloadController):
         key = meta_namespace_key(rs)
         self.expectations.delete(key)
         self._selectors.pop(rs.metadata.uid, None)
+        self._matchers.pop(rs.metadata.uid, None)
         self.queue.add(key)
 
     def _add_pod(self, pod) -> None:
@@ -258,7 +306,10 @@ class ReplicaSetController(WorkloadController):
             if rs is not None:
                 key = meta_namespace_key(rs)
                 self.expectations.creation_observed(key)
-                self.queue.add(key)
+                if self.expectations.satisfied(key):
+                    self.queue.add(key)  # may create or delete again
+                else:  # only the status can change: one sync for a batch of creations
+                    self.queue.add_after(key, STATUS_SYNC_DELAY)
             return
         for rs in self._replica_sets_matching(pod):
             self.enqueue(rs)
@@ -281,11 +332,15 @@ class ReplicaSetController(WorkloadController):
         if cur_ref is not None:
             rs = self._resolve(cur.metadata.namespace, cur_ref)
             if rs is not None:
-                self.enqueue(rs)
+                key = meta_namespace_key(rs)
+                if ref_changed or labels_changed:
+                    self.queue.add(key)
+                else:  # status or binding: one sync for a burst of them
+                    self.queue.add_after(key, STATUS_SYNC_DELAY)
                 # becoming available is a change no event will announce
                 min_ready = rs.spec.min_ready_seconds
                 if min_ready > 0 and not is_pod_ready(old) and is_pod_ready(cur):
-                    self.queue.add_after(meta_namespace_key(rs), min_ready + 1)
+                    self.queue.add_after(key, min_ready + 1)
             return
         if labels_changed or ref_changed:
             for rs in self._replica_sets_matching(cur):
@@ -320,6 +375,13 @@ class ReplicaSetController(WorkloadController):
             self._selectors[uid] = None if sel is None or sel.empty else sel
         return self._selectors[uid]
 
+    def _matcher(self, rs, selector: LabelSelector) -> Callable[[object], bool]:
+        uid = rs.metadata.uid
+        m = self._matchers.get(uid)
+        if m is None:
+            m = self._matchers[uid] = selector_matcher(selector)
+        return m
+
     def _replica_sets_matching(self, pod) -> list:
         found = []
         for rs in self.rs_store.by_index(NAMESPACE_INDEX, pod.metadata.namespace):
@@ -341,11 +403,11 @@ class ReplicaSetController(WorkloadController):
         if selector is None:
             log.warning("%s: %s has an invalid or empty selector; not syncing", self.name, key)
             return
-        candidates = {p.metadata.uid: p for p in
-                      (*self.pod_store.by_index(OWNER_INDEX, rs.metadata.uid),
-                       *self.pod_store.by_index(ORPHAN_INDEX, namespace))}
-        active = [p for p in candidates.values() if is_pod_active(p)]
-        manager = ControllerRefManager(self.client, "pods", rs, selector.matches,
+        # the pods it controls and the orphans of its namespace (disjoint sets)
+        active = [p for p in (*self.pod_store.by_index(OWNER_INDEX, rs.metadata.uid),
+                              *self.pod_store.by_index(ORPHAN_INDEX, namespace))
+                  if is_pod_active(p)]
+        manager = ControllerRefManager(self.client, "pods", rs, self._matcher(rs, selector),
                                        fresh_owner_check(self.client, "replicasets", rs))
         pods = manager.claim(active)
         manage_error = None
