@@ -489,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-delay", type=float, default=0.5, help="seconds from bound to Running")
     p.add_argument("--heartbeat-interval", type=float, default=10.0, help="lease renewal period")
     p.add_argument("--lease-duration", type=int, default=40)
+    p.add_argument("--pod-workers", type=int, default=4,
+                   help="threads updating and deleting pods (for all the nodes together)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -507,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
         nodes = HollowNodes(client, names, cpu=args.cpu, memory=args.memory, pods=args.pods,
                             labels=args.labels, taints=args.taint, ready_delay=args.ready_delay,
                             heartbeat_interval=args.heartbeat_interval,
-                            lease_duration=args.lease_duration, first_index=args.start_index)
+                            lease_duration=args.lease_duration, workers=args.pod_workers,
+                            first_index=args.start_index)
         nodes.start()
         log.info("playing %d hollow nodes (%s..%s) against %s", len(names), names[0] if names else "-",
                  names[-1] if names else "-", args.server)
