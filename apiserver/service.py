@@ -8,6 +8,7 @@ no Python traceback reaches a client and the server keeps serving.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 
 from apiserver import errors, resources
 from apiserver.errors import ApiError
@@ -38,9 +39,34 @@ async def _fail(context, e: Exception):
     await errors.abort(context, e)
 
 
+class SharedWatchEvents:
+    """The WatchEvent of a cached object, built once and shared by every
+    watch stream that sends it (the watch cache hands each watcher the same
+    object; the messages are never modified once built). Keeps the last
+    ``capacity`` events, with the objects they were built from, so an id is
+    never reused while its entry lives."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._events: OrderedDict[tuple[str, int], tuple[object, api_pb2.WatchEvent]] = OrderedDict()
+
+    def get(self, kind: str, msg, field: str) -> api_pb2.WatchEvent:
+        key = (kind, id(msg))
+        hit = self._events.get(key)
+        if hit is not None and hit[0] is msg:
+            return hit[1]
+        event = api_pb2.WatchEvent(type=kind)
+        getattr(event.object, field).CopyFrom(msg)
+        self._events[key] = (msg, event)
+        if len(self._events) > self.capacity:
+            self._events.popitem(last=False)
+        return event
+
+
 class ApiServerService(api_pb2_grpc.ApiServerServicer):
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
+        self._events = SharedWatchEvents()
 
     async def Create(self, request, context):
         try:
@@ -123,9 +149,7 @@ class ApiServerService(api_pb2_grpc.ApiServerServicer):
             try:
                 async for kind, msg in events:
                     started = True
-                    event = api_pb2.WatchEvent(type=kind)
-                    getattr(event.object, field).CopyFrom(msg)
-                    yield event
+                    yield self._events.get(kind, msg, field)
             except ApiError as e:
                 if not started:
                     raise
