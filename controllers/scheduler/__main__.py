@@ -22,7 +22,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-backoff", type=float, default=10.0, help="seconds, the most a pod waits out")
     p.add_argument("--max-unschedulable-seconds", type=float, default=30.0,
                    help="an unschedulable pod is tried again after this even if nothing changed")
-    p.add_argument("--bind-workers", type=int, default=4, help="threads binding pods concurrently")
+    p.add_argument("--bind-workers", type=int, default=8, help="threads binding pods concurrently")
     add_common_flags(p, lease_name="kube-scheduler")
     return p.parse_args(argv)
 

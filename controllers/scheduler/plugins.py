@@ -67,7 +67,26 @@ def _container_request(container) -> tuple[int, int, int, int]:
             mem if "memory" in req else DEFAULT_MEMORY_REQUEST)
 
 
+# (uid, resourceVersion) -> PodRequest of pods read from the apiserver: a pod's
+# requests are parsed once, not once per scheduling attempt, score and account
+_REQUESTS: dict[tuple[str, str], PodRequest] = {}
+_REQUESTS_LIMIT = 50_000
+
+
 def pod_request(pod) -> PodRequest:
+    meta = pod.metadata
+    key = (meta.uid, meta.resource_version)
+    if key[0] and key[1]:
+        r = _REQUESTS.get(key)
+        if r is None:
+            if len(_REQUESTS) >= _REQUESTS_LIMIT:
+                _REQUESTS.clear()
+            r = _REQUESTS[key] = _parse_pod_request(pod)
+        return r
+    return _parse_pod_request(pod)
+
+
+def _parse_pod_request(pod) -> PodRequest:
     total = [0, 0, 0, 0]
     for c in pod.spec.containers:
         for i, v in enumerate(_container_request(c)):
@@ -125,6 +144,9 @@ class NodeInfo:
     alloc_memory: int = 0
     alloc_pods: int = 0
     ready: str = ""  # the status of the node's Ready condition ("" when it has none)
+    # the node's NoSchedule and NoExecute taints; its PreferNoSchedule taints
+    hard_taints: tuple = ()
+    soft_taints: tuple = ()
 
     def __post_init__(self) -> None:
         if self.node is not None:
@@ -147,8 +169,12 @@ class NodeInfo:
         if node is None:
             self.alloc_milli_cpu = self.alloc_memory = self.alloc_pods = 0
             self.ready = ""
+            self.hard_taints = self.soft_taints = ()
             return
         self.ready = _ready_status(node)
+        taints = node.spec.taints
+        self.hard_taints = tuple(t for t in taints if t.effect in ("NoSchedule", "NoExecute"))
+        self.soft_taints = tuple(t for t in taints if t.effect == "PreferNoSchedule")
         self.alloc_milli_cpu = _allocatable(node, "cpu", milli_cpu)
         self.alloc_memory = _allocatable(node, "memory", bytes_of)
         self.alloc_pods = _allocatable(node, "pods", bytes_of)
@@ -321,8 +347,8 @@ def filter_node_affinity(pod, info: NodeInfo) -> str | None:
 def filter_taint_toleration(pod, info: NodeInfo) -> str | None:
     """Every NoSchedule and NoExecute taint must be tolerated; the first that is
     not is named."""
-    for taint in info.node.spec.taints:
-        if taint.effect in ("NoSchedule", "NoExecute") and not _tolerated(pod, taint):
+    for taint in info.hard_taints:
+        if not _tolerated(pod, taint):
             return untolerated_taint_reason(taint.key, taint.value)
     return None
 
@@ -460,8 +486,7 @@ def score_node_affinity_preferred(pod, infos: Sequence[NodeInfo]) -> list[int]:
 
 def score_taint_toleration(pod, infos: Sequence[NodeInfo]) -> list[int]:
     """Fewer PreferNoSchedule taints the pod does not tolerate is better."""
-    raw = [sum(1 for taint in info.node.spec.taints
-               if taint.effect == "PreferNoSchedule" and not _tolerated(pod, taint))
+    raw = [sum(1 for taint in info.soft_taints if not _tolerated(pod, taint)) if info.soft_taints else 0
            for info in infos]
     return _normalize(raw, reverse=True)
 

@@ -157,7 +157,7 @@ class Scheduler:
     def __init__(self, client, *, scheduler_name: str = DEFAULT_SCHEDULER_NAME,
                  informers: SharedInformerFactory | None = None, initial_backoff: float = 1.0,
                  max_backoff: float = 10.0, max_unschedulable_seconds: float = 30.0,
-                 bind_workers: int = 4, rng: random.Random | None = None) -> None:
+                 bind_workers: int = 8, rng: random.Random | None = None) -> None:
         """``informers``: a factory shared with other controllers of the
         process (started by ``run`` if not yet); by default one of its own."""
         self.client = client
