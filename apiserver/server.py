@@ -11,12 +11,11 @@ import sys
 import grpc
 
 from apiserver import resources
-from apiserver.errors import ApiError
 from apiserver.encryption import TransformError, load_transformer
+from apiserver.errors import ApiError
 from apiserver.etcd3 import Etcd, parse_servers
-from apiserver.pb import api_pb2_grpc
 from apiserver.registry import Options, Registry
-from apiserver.service import ApiServerService
+from apiserver.service import ApiServerService, add_to_server
 from apiserver.storage import Storage
 from apiserver.watch_cache import WatchCache
 
@@ -85,7 +84,7 @@ async def serve(args: argparse.Namespace, transformer) -> int:
             log.warning("cannot create the system namespaces yet (%s); retrying", e.message)
             await asyncio.sleep(1)
     server = grpc.aio.server(options=_SERVER_OPTIONS)
-    api_pb2_grpc.add_ApiServerServicer_to_server(ApiServerService(registry), server)
+    add_to_server(ApiServerService(registry), server)
     address = f"{args.bind_address}:{args.port}"
     port = server.add_insecure_port(address)
     if not port:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 
+import grpc
+from google.protobuf import message_factory
+
 from apiserver import errors, resources
 from apiserver.errors import ApiError
 from apiserver.pb import api_pb2, api_pb2_grpc
@@ -40,27 +43,48 @@ async def _fail(context, e: Exception):
 
 
 class SharedWatchEvents:
-    """The WatchEvent of a cached object, built once and shared by every
-    watch stream that sends it (the watch cache hands each watcher the same
-    object; the messages are never modified once built). Keeps the last
-    ``capacity`` events, with the objects they were built from, so an id is
-    never reused while its entry lives."""
+    """The serialized WatchEvent of a cached object, built once and shared by
+    every watch stream that sends it (the watch cache hands each watcher the
+    same object, never modified). Keeps the last ``capacity`` events, with the
+    objects they were built from, so an id is never reused while its entry
+    lives. The bytes go out as they are: ``add_to_server`` registers Watch
+    with a serializer that passes bytes through."""
 
     def __init__(self, capacity: int = 4096) -> None:
         self.capacity = capacity
-        self._events: OrderedDict[tuple[str, int], tuple[object, api_pb2.WatchEvent]] = OrderedDict()
+        self._events: OrderedDict[tuple[str, int], tuple[object, bytes]] = OrderedDict()
 
-    def get(self, kind: str, msg, field: str) -> api_pb2.WatchEvent:
+    def get(self, kind: str, msg, field: str) -> bytes:
         key = (kind, id(msg))
         hit = self._events.get(key)
         if hit is not None and hit[0] is msg:
             return hit[1]
         event = api_pb2.WatchEvent(type=kind)
         getattr(event.object, field).CopyFrom(msg)
-        self._events[key] = (msg, event)
+        data = event.SerializeToString()
+        self._events[key] = (msg, data)
         if len(self._events) > self.capacity:
             self._events.popitem(last=False)
-        return event
+        return data
+
+
+def _serialize(message) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def add_to_server(servicer: "ApiServerService", server) -> None:
+    """Registers the service as the generated code would, except that every
+    response may also be given already serialized (bytes)."""
+    service = api_pb2.DESCRIPTOR.services_by_name["ApiServer"]
+    handlers = {}
+    for method in service.methods:
+        request = message_factory.GetMessageClass(method.input_type)
+        make = grpc.unary_stream_rpc_method_handler if method.server_streaming \
+            else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(getattr(servicer, method.name),
+                                     request_deserializer=request.FromString,
+                                     response_serializer=_serialize)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
 class ApiServerService(api_pb2_grpc.ApiServerServicer):
