@@ -21,7 +21,8 @@ from apiserver.errors import ApiError
 from apiserver.etcd3 import Etcd, pb
 from apiserver.pb import core_pb2
 from apiserver.resources import BY_NAME, Resource
-from apiserver.watch_cache import ADDED, BOOKMARK, DELETED, MODIFIED, WatchCache
+from apiserver.watch_cache import WatchCache
+from apiserver.watch_events import ADDED, BOOKMARK, DELETED, MODIFIED
 
 pytestmark = pytest.mark.timeout(180)
 
