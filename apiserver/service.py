@@ -7,6 +7,7 @@ no Python traceback reaches a client and the server keeps serving.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import OrderedDict
 
@@ -40,6 +41,18 @@ async def _fail(context, e: Exception):
         log.exception("internal error")
         e = errors.internal(f"internal error: {type(e).__name__}: {e}")
     await errors.abort(context, e)
+
+
+def _translating_errors(method):
+    """A unary call whose failures reach the client as their ApiError (or
+    InternalError), never as a traceback."""
+    @functools.wraps(method)
+    async def call(self, request, context):
+        try:
+            return await method(self, request, context)
+        except Exception as e:
+            await _fail(context, e)
+    return call
 
 
 class SharedWatchEvents:
@@ -92,70 +105,56 @@ class ApiServerService(api_pb2_grpc.ApiServerServicer):
         self.registry = registry
         self._events = SharedWatchEvents()
 
+    @_translating_errors
     async def Create(self, request, context):
-        try:
-            res, msg = _object_of(request.object)
-            return resources.wrap(await self.registry.create(res, msg))
-        except Exception as e:
-            await _fail(context, e)
+        res, msg = _object_of(request.object)
+        return resources.wrap(await self.registry.create(res, msg))
 
+    @_translating_errors
     async def Get(self, request, context):
-        try:
-            res = _resource(request.resource)
-            return resources.wrap(await self.registry.get(res, request.namespace, request.name))
-        except Exception as e:
-            await _fail(context, e)
+        res = _resource(request.resource)
+        return resources.wrap(await self.registry.get(res, request.namespace, request.name))
 
+    @_translating_errors
     async def List(self, request, context):
-        try:
-            res = _resource(request.resource)
-            result = await self.registry.list(
-                res, request.namespace, label_selector=request.label_selector,
-                field_selector=request.field_selector, limit=request.limit,
-                continue_token=request.continue_token, resource_version=request.resource_version)
-            resp = api_pb2.ListResponse(resource_version=str(result.revision),
-                                        continue_token=result.continue_token)
-            field = res.field
-            for item in result.items:
-                getattr(resp.items.add(), field).CopyFrom(item)
-            if result.remaining_item_count is not None:
-                resp.remaining_item_count = result.remaining_item_count
-            return resp
-        except Exception as e:
-            await _fail(context, e)
+        res = _resource(request.resource)
+        result = await self.registry.list(
+            res, request.namespace, label_selector=request.label_selector,
+            field_selector=request.field_selector, limit=request.limit,
+            continue_token=request.continue_token, resource_version=request.resource_version)
+        resp = api_pb2.ListResponse(resource_version=str(result.revision),
+                                    continue_token=result.continue_token)
+        field = res.field
+        for item in result.items:
+            getattr(resp.items.add(), field).CopyFrom(item)
+        if result.remaining_item_count is not None:
+            resp.remaining_item_count = result.remaining_item_count
+        return resp
 
+    @_translating_errors
     async def Update(self, request, context):
-        try:
-            res, msg = _object_of(request.object)
-            return resources.wrap(await self.registry.update(res, msg))
-        except Exception as e:
-            await _fail(context, e)
+        res, msg = _object_of(request.object)
+        return resources.wrap(await self.registry.update(res, msg))
 
+    @_translating_errors
     async def UpdateStatus(self, request, context):
-        try:
-            res, msg = _object_of(request.object)
-            return resources.wrap(await self.registry.update_status(res, msg))
-        except Exception as e:
-            await _fail(context, e)
+        res, msg = _object_of(request.object)
+        return resources.wrap(await self.registry.update_status(res, msg))
 
+    @_translating_errors
     async def Patch(self, request, context):
-        try:
-            res = _resource(request.resource)
-            return resources.wrap(await self.registry.patch(
-                res, request.namespace, request.name, request.merge_patch, status=request.status))
-        except Exception as e:
-            await _fail(context, e)
+        res = _resource(request.resource)
+        return resources.wrap(await self.registry.patch(
+            res, request.namespace, request.name, request.merge_patch, status=request.status))
 
+    @_translating_errors
     async def Delete(self, request, context):
-        try:
-            res = _resource(request.resource)
-            grace = request.grace_period_seconds if request.HasField("grace_period_seconds") else None
-            return resources.wrap(await self.registry.delete(
-                res, request.namespace, request.name, uid=request.preconditions.uid,
-                resource_version=request.preconditions.resource_version,
-                propagation_policy=request.propagation_policy, grace_period_seconds=grace))
-        except Exception as e:
-            await _fail(context, e)
+        res = _resource(request.resource)
+        grace = request.grace_period_seconds if request.HasField("grace_period_seconds") else None
+        return resources.wrap(await self.registry.delete(
+            res, request.namespace, request.name, uid=request.preconditions.uid,
+            resource_version=request.preconditions.resource_version,
+            propagation_policy=request.propagation_policy, grace_period_seconds=grace))
 
     async def Watch(self, request, context):
         """Errors before the first event end the call with their status code;

@@ -16,11 +16,11 @@ import secrets
 import threading
 import time
 from collections import OrderedDict, deque
-from datetime import datetime, timezone
 
 from apiserver import resources
 from apiserver.errors import ApiError
 from apiserver.pb import core_pb2, meta_pb2
+from controllers.podutil import now_rfc3339
 
 log = logging.getLogger("controllers.events")
 
@@ -29,9 +29,6 @@ MAX_BACKLOG = 1000  # events waiting to be written; later ones are dropped
 AGGREGATION_CACHE = 4096  # recent distinct events remembered for aggregation
 MAX_NAME = 253
 
-
-def now_rfc3339() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def object_reference(obj) -> meta_pb2.ObjectReference:

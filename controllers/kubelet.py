@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 
 from apiserver.errors import ApiError
 from apiserver.pb import coordination_pb2, core_pb2
-from controllers.events import now_rfc3339
 from controllers.informer import NODE_INDEX, Informer, deep_copy, meta_namespace_key
 from controllers.leaderelection import now_micro
+from controllers.podutil import now_rfc3339
 from controllers.workqueue import RateLimitingQueue, start_workers
 
 log = logging.getLogger("controllers.kubelet")

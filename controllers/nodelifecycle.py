@@ -35,10 +35,10 @@ import time
 from dataclasses import dataclass
 
 from apiserver.errors import ApiError
-from controllers.events import WARNING, now_rfc3339
+from controllers.events import WARNING
 from controllers.informer import NODE_INDEX, deep_copy, meta_namespace_key
 from controllers.kubelet import LEASE_NAMESPACE
-from controllers.podutil import get_condition, parse_time
+from controllers.podutil import get_condition, now_rfc3339, parse_time
 from controllers.scheduler.plugins import TAINT_NOT_READY, TAINT_UNREACHABLE, tolerates
 from controllers.workqueue import RateLimitingQueue, start_workers
 

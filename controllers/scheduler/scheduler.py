@@ -25,11 +25,11 @@ import logging
 import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 
 from apiserver.errors import ApiError
 from controllers.events import EventRecorder
 from controllers.informer import SharedInformerFactory, deep_copy
+from controllers.podutil import now_rfc3339
 from controllers.scheduler import plugins
 from controllers.scheduler.plugins import NodeInfo, pod_key
 from controllers.scheduler.queue import SchedulingQueue
@@ -37,10 +37,6 @@ from controllers.scheduler.queue import SchedulingQueue
 log = logging.getLogger("controllers.scheduler")
 
 DEFAULT_SCHEDULER_NAME = "default-scheduler"
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _priority(pod) -> int:
@@ -351,7 +347,7 @@ class Scheduler:
             if cond is None:
                 cond = fresh.status.conditions.add(type="PodScheduled")
             if cond.status != "False":
-                cond.last_transition_time = _now()
+                cond.last_transition_time = now_rfc3339()
             cond.status, cond.reason, cond.message = "False", "Unschedulable", message
             cond.last_probe_time = ""
             try:
