@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PEM CA certificate(s) that client certificates must be signed by (with --client-cert-auth)")
     p.add_argument("--client-cert-auth", action="store_true",
                    help="require and verify client certificates signed by --trusted-ca-file")
+    p.add_argument("--experimental-grpc-server", default="h2", choices=["h2", "grpcio"],
+                   help="h2: etcdlite's gRPC server, run in the member's event loop (default); "
+                        "grpcio: grpc.aio's server (measured slower: see benchmarks/results.md)")
     p.add_argument("--log-level", default="info", choices=sorted(LOG_LEVELS))
     return p
 
@@ -99,6 +102,7 @@ def config_from_args(args: argparse.Namespace) -> MemberConfig:
         key_file=args.key_file,
         trusted_ca_file=args.trusted_ca_file,
         client_cert_auth=args.client_cert_auth,
+        grpc_server=args.experimental_grpc_server,
     )
 
 

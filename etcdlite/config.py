@@ -141,6 +141,9 @@ class MemberConfig:
     key_file: str = ""
     trusted_ca_file: str = ""
     client_cert_auth: bool = False
+    # "h2": etcdlite's own gRPC server in the member's loop (server/h2grpc.py);
+    # "grpcio": grpc.aio's server (the C core's threads)
+    grpc_server: str = "h2"
 
     def __post_init__(self):
         self._check_client_tls()

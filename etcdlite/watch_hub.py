@@ -29,9 +29,25 @@ def event_to_pb(ev: Event, with_prev: bool) -> kv_pb2.Event:
     return out
 
 
+def varint(n: int) -> bytes:
+    """Protobuf's base-128 varint of a non-negative int."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def event_field(ev: kv_pb2.Event) -> bytes:
+    """The event as WatchResponse's `events` field (number 11) on the wire."""
+    data = ev.SerializeToString()
+    return b"\x5a" + varint(len(data)) + data
+
+
 class Watcher:
     __slots__ = ("id", "key", "range_end", "prev_kv", "progress_notify", "fragment",
-                 "skip_put", "skip_delete", "next_revision", "stream")
+                 "skip_put", "skip_delete", "next_revision", "stream", "id_field")
 
     def __init__(self, watch_id, key, range_end, *, prev_kv, progress_notify, fragment, filters,
                  next_revision, stream):
@@ -45,6 +61,8 @@ class Watcher:
         self.skip_delete = NODELETE in filters
         self.next_revision = next_revision
         self.stream = stream
+        # WatchResponse's watch_id field (number 2) on the wire; 0 is left out, as protobuf does
+        self.id_field = b"\x10" + varint(watch_id) if watch_id > 0 else b""
 
     def matches_range(self, key: bytes) -> bool:
         if key < self.key:
@@ -114,10 +132,13 @@ class WatchHub:
                     matched.setdefault(w, []).append(ev)
         if not matched:
             return
+        # each event is converted (and serialized) once, whatever the number of watchers
         cache: dict[tuple[int, bool], kv_pb2.Event] = {}
+        wire: dict[tuple[int, bool], bytes] = {}
         for w, evs in matched.items():
             if revision < w.next_revision:
                 continue  # already sent from history
+            w.next_revision = revision + 1
             out = []
             for ev in evs:
                 slot = (id(ev), w.prev_kv)
@@ -125,5 +146,14 @@ class WatchHub:
                 if pbev is None:
                     pbev = cache[slot] = event_to_pb(ev, w.prev_kv)
                 out.append(pbev)
-            w.next_revision = revision + 1
-            w.stream.send_events(w, out, revision)
+            if w.fragment:
+                w.stream.send_events(w, out, revision)  # may need cutting into parts
+                continue
+            fields = []
+            for ev, pbev in zip(evs, out):
+                slot = (id(ev), w.prev_kv)
+                field = wire.get(slot)
+                if field is None:
+                    field = wire[slot] = event_field(pbev)
+                fields.append(field)
+            w.stream.send_event_fields(w, fields[0] if len(fields) == 1 else b"".join(fields), revision)

@@ -23,7 +23,8 @@ from etcdlite.lessor import Lessor
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
 from etcdlite.raft import FAILURES, RaftNode
-from etcdlite.watch_hub import WatchHub
+from etcdlite.server.h2grpc import GrpcServer, server_ssl_context
+from etcdlite.watch_hub import WatchHub, varint
 
 log = logging.getLogger("etcdlite")
 
@@ -73,7 +74,7 @@ class Member:
         self.raft: RaftNode | None = None
         self.hub = WatchHub(1)
         self.lessor = Lessor(self)
-        self.servers: list[grpc.aio.Server] = []
+        self.servers: list = []  # GrpcServer, or grpc.aio.Server with --experimental-grpc-server=grpcio
         self.client_ports: list[int] = []
         self._ready = asyncio.Event()
         # set once this member applies its own removal from the cluster
@@ -85,6 +86,8 @@ class Member:
         self._flush_pending = False
         self._in_flight = 0
         self._barrier_inflight = False
+        self._header_key = None
+        self._header_field = b""
 
     # --- lifecycle -------------------------------------------------------
 
@@ -112,49 +115,68 @@ class Member:
         log.info("member %x: ready at revision %d, raft term %d", self.id, self.hub.revision, self.raft.term)
         self._check_removed()
         tls = cfg.load_client_tls()
-        creds = tls and grpc.ssl_server_credentials(
-            [(tls.private_key, tls.cert_chain)],
-            root_certificates=tls.trusted_ca if tls.client_cert_auth else None,
-            require_client_auth=tls.client_cert_auth,
-        )
         for url in cfg.listen_client_urls:
-            server = self._make_server()
-            if is_tls_url(url):  # https: TLS; http: plain text, as etcd
-                port = server.add_secure_port(host_port(url), creds)
-            else:
-                port = server.add_insecure_port(host_port(url))
-            if port == 0:
-                raise OSError(f"cannot listen for clients on {url}: is the port in use?")
-            self.client_ports.append(port)
-            await server.start()
+            # https: TLS; http: plain text, as etcd
+            server = await self._serve(url, tls if is_tls_url(url) else None)
             self.servers.append(server)
         self._tasks.append(loop.create_task(self._publish()))
         self._tasks.append(loop.create_task(self.lessor.run()))
         self._tasks.append(loop.create_task(self._progress_loop()))
 
-    def _make_server(self) -> grpc.aio.Server:
+    async def _serve(self, url: str, tls):
+        """A gRPC server for one client URL, with every etcd service on it."""
         from etcdlite.server.cluster import ClusterService
         from etcdlite.server.kv import KVService
         from etcdlite.server.lease import LeaseService
         from etcdlite.server.maintenance import MaintenanceService
         from etcdlite.server.watch import WatchService
+        from etcdlite.server.watch import add_to_server as add_watch_service
 
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", self.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES),
-                ("grpc.max_send_message_length", 2**31 - 1),
-                ("grpc.max_concurrent_streams", 2**31 - 1),
-                # etcd clients ping every few seconds, even when idle
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-                ("grpc.http2.max_ping_strikes", 0),
-            ]
-        )
+        cfg = self.cfg
+        max_receive = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES
+        address = host_port(url)
+        if cfg.grpc_server == "grpcio":
+            server = grpc.aio.server(
+                options=[
+                    ("grpc.max_receive_message_length", max_receive),
+                    ("grpc.max_send_message_length", 2**31 - 1),
+                    ("grpc.max_concurrent_streams", 2**31 - 1),
+                    # etcd clients ping every few seconds, even when idle
+                    ("grpc.keepalive_permit_without_calls", 1),
+                    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+                    ("grpc.http2.max_ping_strikes", 0),
+                ]
+            )
+        else:
+            server = GrpcServer(max_receive_message_length=max_receive)
         rpc_pb2_grpc.add_KVServicer_to_server(KVService(self), server)
-        rpc_pb2_grpc.add_WatchServicer_to_server(WatchService(self), server)
+        add_watch_service(WatchService(self), server)
         rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(self), server)
         rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(self), server)
         rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(self), server)
+        if isinstance(server, GrpcServer):
+            host, _, port = address.rpartition(":")
+            host = host.strip("[]")
+            ssl_context = tls and server_ssl_context(
+                cfg.cert_file, cfg.key_file, cfg.trusted_ca_file or None, tls.client_cert_auth)
+            try:
+                port = await server.listen("127.0.0.1" if host == "localhost" else host, int(port), ssl_context)
+            except OSError as err:
+                raise OSError(f"cannot listen for clients on {url}: {err.strerror or err}: is the port in use?") from None
+        else:
+            if tls:
+                creds = grpc.ssl_server_credentials(
+                    [(tls.private_key, tls.cert_chain)],
+                    root_certificates=tls.trusted_ca if tls.client_cert_auth else None,
+                    require_client_auth=tls.client_cert_auth,
+                )
+                port = server.add_secure_port(address, creds)
+            else:
+                port = server.add_insecure_port(address)
+            if port == 0:
+                raise OSError(f"cannot listen for clients on {url}: is the port in use?")
+        self.client_ports.append(port)
+        await server.start()
         return server
 
     async def stop(self) -> None:
@@ -204,6 +226,19 @@ class Member:
         self.hub.reset(revision)
 
     # --- requests --------------------------------------------------------
+
+    def header_field(self, revision: int) -> bytes:
+        """A response's `header` field (number 1) on the wire, for responses
+        put together from bytes; the last one is kept (every watcher of an
+        event gets the same)."""
+        key = (revision, self.raft.term, self.raft.machine.members.cluster_id)
+        if key != self._header_key:
+            h = pb.ResponseHeader()
+            self.header(h, revision)
+            data = h.SerializeToString()
+            self._header_key = key
+            self._header_field = b"\x0a" + varint(len(data)) + data
+        return self._header_field
 
     def header(self, h, revision: int | None = None) -> None:
         h.cluster_id = self.raft.machine.members.cluster_id or self.cluster_id

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import grpc
+
 from etcdlite.mvcc import CompactedError
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
@@ -56,6 +58,14 @@ class WatchStream:
         resp = self._response(w.id, revision)
         resp.events.extend(events)
         self.queue.put_nowait(resp)
+
+    def send_event_fields(self, w: Watcher, fields: bytes, revision: int) -> None:
+        """The fast path of live events: the response is put together from
+        bytes (header and events serialized once per revision, whatever
+        the number of watchers), not built and serialized per watcher."""
+        if w.progress_notify:
+            self._busy.add(w.id)
+        self.queue.put_nowait(self.m.header_field(revision) + w.id_field + fields)
 
     def _fragments(self, w: Watcher, events, revision: int):
         """As etcd: a response of two or more events that reaches the limit
@@ -183,6 +193,19 @@ class WatchStream:
     def close(self) -> None:
         for w in list(self.watchers.values()):
             self._drop(w)
+
+
+def _serialize(message) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def add_to_server(service: WatchService, server) -> None:
+    """As the generated add_WatchServicer_to_server, except that responses
+    may be given already serialized (bytes)."""
+    handler = grpc.stream_stream_rpc_method_handler(
+        service.Watch, request_deserializer=pb.WatchRequest.FromString, response_serializer=_serialize)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("etcdserverpb.Watch", {"Watch": handler}),))
 
 
 class WatchService(rpc_pb2_grpc.WatchServicer):

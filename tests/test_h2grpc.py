@@ -1,0 +1,221 @@
+"""etcdlite's own gRPC server (etcdlite/server/h2grpc.py) at the protocol level:
+what gRPC clients rely on beyond the etcd API (unknown methods, size limits,
+flow control on big responses, deadlines, cancellation, compression, many
+streams on one connection) and what a bad HTTP/2 peer gets (the connection
+closed or a GOAWAY, never a crashed server). Everything runs against a real
+member over TCP; the raw-socket tests speak HTTP/2 by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+import threading
+import time
+
+import grpc
+import pytest
+
+from etcd_stubs import Client, error_of
+from procs import start_module_member
+from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
+
+MAX_REQUEST_BYTES = 64 * 1024
+GRPC_LIMIT = MAX_REQUEST_BYTES + 512 * 1024  # what the gRPC layer accepts
+
+# about etcdlite's server, not the etcd API: etcd (grpc-go) differs in the
+# details checked here (it implements Auth, refuses gzip, answers HTTP/1 otherwise)
+pytestmark = pytest.mark.skipif(os.environ.get("ETCDLITE_TEST_TARGET") == "etcd",
+                                reason="tests etcdlite's own gRPC server")
+
+
+@pytest.fixture(scope="module")
+def member(tmp_path_factory):
+    reg, m = start_module_member(tmp_path_factory, "h2grpc", max_request_bytes=MAX_REQUEST_BYTES)
+    yield m
+    reg.cleanup()
+
+
+@pytest.fixture
+def c(member):
+    with Client(member.endpoint) as client:
+        yield client
+
+
+def test_unknown_methods_are_unimplemented(c):
+    for path in ("/etcdserverpb.Auth/AuthEnable", "/no.such.Service/Method"):
+        call = c.channel.unary_unary(path, request_serializer=lambda m: m, response_deserializer=lambda b: b)
+        code, details = error_of(lambda: call(b"", timeout=5))
+        assert code == grpc.StatusCode.UNIMPLEMENTED, (path, code, details)
+    assert c.put(b"h2/after-unknown", b"v").header.revision > 0
+
+
+def test_a_message_above_the_grpc_limit_is_refused_and_the_connection_keeps_serving(c):
+    code, details = error_of(lambda: c.put(b"h2/huge", b"x" * (GRPC_LIMIT + 1)))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+    assert "larger than max" in details
+    # same channel, same connection: still served, nothing stored
+    c.put(b"h2/small", b"v")
+    assert c.get(b"h2/huge").count == 0
+    assert c.get(b"h2/small").kvs[0].value == b"v"
+
+
+def test_responses_far_larger_than_the_flow_control_windows(c):
+    # 48 values of 60 KiB: a 2.9 MB range response, 45x the client's first window
+    values = {b"h2/big/%02d" % i: bytes([65 + i % 26]) * (60 * 1024) for i in range(48)}
+    for k, v in values.items():
+        c.put(k, v)
+    for _ in range(3):
+        r = c.get(b"h2/big/", range_end=b"h2/big0")
+        assert {kv.key: kv.value for kv in r.kvs} == values
+
+
+def test_many_concurrent_calls_on_one_connection(member):
+    async def main():
+        async with grpc.aio.insecure_channel(member.endpoint) as ch:
+            kv = rpc.KVStub(ch)
+            puts = [kv.Put(pb.PutRequest(key=b"h2/many/%04d" % i, value=b"%d" % i), timeout=30) for i in range(1000)]
+            done = await asyncio.gather(*puts)
+            r = await kv.Range(pb.RangeRequest(key=b"h2/many/", range_end=b"h2/many0"), timeout=10)
+            return done, r
+
+    done, r = asyncio.run(main())
+    assert len({resp.header.revision for resp in done}) == 1000  # 1,000 distinct writes
+    assert r.count == 1000
+    assert {kv.key: kv.value for kv in r.kvs}[b"h2/many/0999"] == b"999"
+
+
+def test_deadline_of_a_stream_and_the_server_goes_on(c):
+    stream = c.watch.Watch(iter([pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"h2/dl"))]),
+                           timeout=0.5)
+    t0 = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        for _ in stream:
+            pass
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - t0 < 5
+    assert c.put(b"h2/dl", b"v").header.revision > 0
+
+
+def test_a_cancelled_watch_stream_releases_its_watchers(c):
+    def requests():
+        yield pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"h2/cancel"))
+        threading.Event().wait(30)  # keep the request side open
+
+    stream = c.watch.Watch(requests())
+    first = next(stream)
+    assert first.created
+    stream.cancel()
+    with pytest.raises(grpc.RpcError) as err:
+        next(stream)
+    assert err.value.code() == grpc.StatusCode.CANCELLED
+    # the member goes on serving watches on the same connection
+    stream2 = c.watch.Watch(iter([pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"h2/cancel"))]),
+                            timeout=10)
+    assert next(stream2).created
+    rev = c.put(b"h2/cancel", b"v").header.revision
+    got = next(stream2)
+    assert [e.kv.mod_revision for e in got.events] == [rev]
+    stream2.cancel()
+
+
+def test_gzip_compressed_requests(member):
+    with grpc.insecure_channel(member.endpoint, compression=grpc.Compression.Gzip) as ch:
+        kv = rpc.KVStub(ch)
+        kv.Put(pb.PutRequest(key=b"h2/gzip", value=b"z" * 10_000), timeout=10)
+        r = kv.Range(pb.RangeRequest(key=b"h2/gzip"), timeout=10)
+    assert r.kvs[0].value == b"z" * 10_000
+
+
+# --- raw HTTP/2 ---------------------------------------------------------------
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+SETTINGS, PING, GOAWAY, HEADERS, DATA = 4, 6, 7, 1, 0
+
+
+def frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
+    n = len(payload)
+    return struct.pack(">HBBBL", n >> 8, n & 0xFF, ftype, flags, sid) + payload
+
+
+def connect(member) -> socket.socket:
+    host, port = member.endpoint.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=5)
+    return s
+
+
+def read_frames(s: socket.socket, until, timeout: float = 5.0):
+    """Frames (type, flags, sid, payload) until `until(frame)` is true or the
+    peer closes; returns (frames, closed)."""
+    buf = b""
+    frames = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        while len(buf) >= 9:
+            hi, lo, ftype, flags, sid = struct.unpack_from(">HBBBL", buf)
+            n = (hi << 8) | lo
+            if len(buf) < 9 + n:
+                break
+            f = (ftype, flags, sid & 0x7FFFFFFF, buf[9:9 + n])
+            buf = buf[9 + n:]
+            frames.append(f)
+            if until(f):
+                return frames, False
+        s.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            data = s.recv(65536)
+        except socket.timeout:
+            break
+        except ConnectionResetError:
+            return frames, True
+        if not data:
+            return frames, True
+        buf += data
+    raise AssertionError(f"no expected frame within {timeout}s; got {[f[:3] for f in frames]}")
+
+
+def test_ping_is_answered(member, c):
+    with connect(member) as s:
+        s.sendall(PREFACE + frame(SETTINGS, 0, 0) + frame(PING, 0, 0, b"12345678"))
+        frames, _ = read_frames(s, lambda f: f[0] == PING)
+        assert frames[-1] == (PING, 1, 0, b"12345678")
+
+
+def test_not_http2_closes_the_connection_only(member, c):
+    with connect(member) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        _, closed = read_frames(s, lambda f: False)
+        assert closed
+    assert c.put(b"h2/after-http1", b"v").header.revision > 0
+
+
+def test_frame_too_large_gets_goaway(member, c):
+    with connect(member) as s:
+        # a DATA frame header announcing 16 MiB: above the 1 MiB we advertised
+        s.sendall(PREFACE + frame(SETTINGS, 0, 0) + struct.pack(">HBBBL", 0xFFFF, 0xFF, DATA, 0, 1))
+        frames, _ = read_frames(s, lambda f: f[0] == GOAWAY)
+        code = struct.unpack(">L", frames[-1][3][4:8])[0]
+        assert code == 6  # FRAME_SIZE_ERROR
+    assert c.put(b"h2/after-goaway", b"v").header.revision > 0
+
+
+def test_headers_interrupted_by_another_frame_gets_goaway(member, c):
+    with connect(member) as s:
+        # HEADERS without END_HEADERS must be followed by CONTINUATION
+        s.sendall(PREFACE + frame(SETTINGS, 0, 0) + frame(HEADERS, 0, 1, b"\x83") + frame(PING, 0, 0, b"x" * 8))
+        frames, _ = read_frames(s, lambda f: f[0] == GOAWAY)
+        code = struct.unpack(">L", frames[-1][3][4:8])[0]
+        assert code == 1  # PROTOCOL_ERROR
+    assert c.put(b"h2/after-protocol-error", b"v").header.revision > 0
+
+
+def test_garbage_header_block_gets_goaway(member, c):
+    with connect(member) as s:
+        # 0xff 0xff...: an indexed field far beyond any table
+        s.sendall(PREFACE + frame(SETTINGS, 0, 0) + frame(HEADERS, 0x4 | 0x1, 1, b"\xff\xff\xff\xff\x0f"))
+        frames, _ = read_frames(s, lambda f: f[0] == GOAWAY)
+        code = struct.unpack(">L", frames[-1][3][4:8])[0]
+        assert code == 9  # COMPRESSION_ERROR
+    assert c.put(b"h2/after-bad-hpack", b"v").header.revision > 0
