@@ -26,6 +26,14 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     def __init__(self, member):
         self.m = member
 
+    async def _applied_removal(self, member_id: int) -> bool:
+        deadline = time.monotonic() + CONF_CHANGE_TIMEOUT
+        while member_id not in self.m.raft.machine.members.removed:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
     def _members(self) -> list[pb.Member]:
         m = self.m
         cfg = m.cfg
@@ -82,7 +90,14 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     @unary
     async def MemberRemove(self, request, context):
         m = self.m
-        await m.propose(Op.MEMBER_REMOVE, pb.MemberRemoveRequest(ID=request.ID))
+        try:
+            await m.propose(Op.MEMBER_REMOVE, pb.MemberRemoveRequest(ID=request.ID))
+        except errors.EtcdError as err:
+            # removing the leader: it may step down before its answer to a
+            # forwarded proposal reaches this member, though the removal
+            # committed; as etcd, answer by what was applied
+            if err is not errors.LEADER_CHANGED or not await self._applied_removal(request.ID):
+                raise
         resp = pb.MemberRemoveResponse(members=self._members())
         m.header(resp.header)
         return resp
