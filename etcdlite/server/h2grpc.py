@@ -38,6 +38,7 @@ from urllib.parse import quote
 
 import grpc
 import hpack
+from hpack.table import HeaderTable
 
 log = logging.getLogger("etcdlite.h2grpc")
 
@@ -67,6 +68,8 @@ CONN_RECV_WINDOW = 64 << 20
 # the largest frame we accept (we advertise it); what we send is bounded by the peer's setting
 RECV_MAX_FRAME = 1 << 20
 MAX_HEADER_LIST = 1 << 20
+# how often calls past their grpc-timeout are ended (clients end them on time themselves)
+DEADLINE_TICK = 0.1
 # a streaming handler waits for the client to read once this much is queued for it
 STREAM_HIGH_WATER = 1 << 20
 
@@ -132,6 +135,27 @@ def _status_block(code: grpc.StatusCode, details: str, trailing_metadata=()) -> 
             value = value.encode()
         block += _literal(key, value)
     return block
+
+
+class _VersionedTable(HeaderTable):
+    """HPACK's dynamic table, counting its changes (for the header cache)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.version = 0
+
+    def add(self, name: bytes, value: bytes):
+        self.version += 1
+        return super().add(name, value)
+
+    @property
+    def maxsize(self) -> int:
+        return HeaderTable.maxsize.fget(self)
+
+    @maxsize.setter
+    def maxsize(self, newmax: int) -> None:
+        self.version += 1
+        HeaderTable.maxsize.fset(self, newmax)
 
 
 class _HandlerCallDetails(grpc.HandlerCallDetails):
@@ -203,7 +227,7 @@ class ServicerContext:
 
 
 class _Stream:
-    __slots__ = ("conn", "id", "path", "handler", "metadata", "deadline", "timer", "task",
+    __slots__ = ("conn", "id", "path", "handler", "metadata", "deadline", "task",
                  "send_window", "pending", "pending_bytes", "trailers", "headers_sent",
                  "finished", "cancelled", "remote_closed", "recv_buf", "recv_unacked", "requests",
                  "unary_request", "drained", "serialize", "encoding")
@@ -218,7 +242,6 @@ class _Stream:
         self.serialize = (handler and handler.response_serializer) or _identity
         self.metadata = metadata
         self.deadline = deadline
-        self.timer = None
         self.task = None
         self.send_window = conn.peer_initial_window
         self.pending: list[bytes] = []  # framed messages waiting for flow-control window
@@ -357,8 +380,6 @@ class _Stream:
         if self.finished:
             return
         self.finished = True
-        if self.timer is not None:
-            self.timer.cancel()
         if not self.headers_sent:
             # trailers-only response
             self.headers_sent = True
@@ -385,7 +406,6 @@ class _Stream:
             self.drained.cancel()
 
     def expire(self) -> None:
-        self.timer = None
         if not self.finished:
             self.cancelled = True
             self.fail(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
@@ -401,6 +421,9 @@ class _Connection(asyncio.Protocol):
         self.preface_seen = False
         self.decoder = hpack.Decoder()
         self.decoder.max_header_list_size = MAX_HEADER_LIST
+        self.decoder.header_table = _VersionedTable()
+        self.hcache: dict[bytes, tuple] = {}
+        self.hcache_version = 0
         self.streams: dict[int, _Stream] = {}
         self.blocked: dict[int, _Stream] = {}  # streams waiting for window, in order
         self.last_stream = 0
@@ -686,22 +709,25 @@ class _Connection(asyncio.Protocol):
             stream.unary_request = None
             stream.task = self.loop.create_task(self.server.run_handler(stream, request))
 
-    def on_headers(self, sid: int, flags: int, block: bytes) -> None:
+    def parse_headers(self, block: bytes):
+        """(path, timeout, encoding, metadata) of a request's header block.
+
+        Decoding HPACK in Python costs more than the rest of a small call, and
+        a client repeats the same block for the same method once its dynamic
+        table holds the fields; a block that did not change the table means
+        the same again as long as the table stays as it is, so it is
+        remembered until the table changes."""
+        table = self.decoder.header_table
+        if table.version != self.hcache_version:
+            self.hcache.clear()
+            self.hcache_version = table.version
+        parsed = self.hcache.get(block)
+        if parsed is not None:
+            return parsed
         try:
             headers = self.decoder.decode(block, raw=True)
         except Exception as exc:  # noqa: BLE001  (hpack raises several kinds)
             raise _ConnectionError(COMPRESSION_ERROR, f"bad header block: {exc}") from None
-        stream = self.streams.get(sid)
-        if stream is not None or sid <= self.last_stream:
-            # trailers from a client (grpc clients send none) or a finished stream
-            if stream is not None and flags & END_STREAM:
-                stream.remote_closed = True
-                self.deliver(stream, [])
-            return
-        self.last_stream = sid
-        if self.going_away:
-            self.queue_frame(RST_STREAM, 0, sid, _U32.pack(REFUSED_STREAM))
-            return
         path = b""
         timeout = None
         encoding = b""
@@ -720,17 +746,34 @@ class _Connection(asyncio.Protocol):
             elif name not in (b"te", b"content-type", b"user-agent", b"grpc-accept-encoding"):
                 metadata.append((name.decode("latin-1"), _b64decode(value) if name.endswith(b"-bin")
                                  else value.decode("latin-1")))
-        path_s = path.decode("latin-1")
-        handler = self.server.lookup(path_s, tuple(metadata))
+        parsed = (path.decode("latin-1"), timeout, encoding, tuple(metadata))
+        if table.version == self.hcache_version and len(self.hcache) < 256:
+            self.hcache[block] = parsed
+        return parsed
+
+    def on_headers(self, sid: int, flags: int, block: bytes) -> None:
+        path_s, timeout, encoding, metadata = self.parse_headers(block)
+        stream = self.streams.get(sid)
+        if stream is not None or sid <= self.last_stream:
+            # trailers from a client (grpc clients send none) or a finished stream
+            if stream is not None and flags & END_STREAM:
+                stream.remote_closed = True
+                self.deliver(stream, [])
+            return
+        self.last_stream = sid
+        if self.going_away:
+            self.queue_frame(RST_STREAM, 0, sid, _U32.pack(REFUSED_STREAM))
+            return
+        handler = self.server.lookup(path_s, metadata)
         deadline = time.monotonic() + timeout if timeout is not None else None
-        stream = _Stream(self, sid, path_s, handler, tuple(metadata), deadline, encoding)
+        stream = _Stream(self, sid, path_s, handler, metadata, deadline, encoding)
         self.streams[sid] = stream
         if handler is None:
             stream.remote_closed = bool(flags & END_STREAM)
             stream.fail(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
             return
-        if timeout is not None:
-            stream.timer = self.loop.call_later(timeout, stream.expire)
+        if deadline is not None:
+            self.server.watch_deadlines()
         if handler.request_streaming:
             stream.requests = asyncio.Queue()
             stream.task = self.loop.create_task(self.server.run_handler(stream, stream.request_iterator()))
@@ -757,7 +800,27 @@ class GrpcServer:
         self.generic = []
         self.connections: set[_Connection] = set()
         self.servers: list[asyncio.base_events.Server] = []
-        self._pending_listens = []
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    # --- deadlines: one sweep every DEADLINE_TICK instead of a timer per call --
+
+    def watch_deadlines(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(DEADLINE_TICK, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = time.monotonic()
+        waiting = False
+        for conn in list(self.connections):
+            for stream in list(conn.streams.values()):
+                if stream.deadline is not None:
+                    if now >= stream.deadline:
+                        stream.expire()
+                    else:
+                        waiting = True
+        if waiting:
+            self.watch_deadlines()
 
     # --- registration (what the generated code calls) ----------------------
 
@@ -792,6 +855,9 @@ class GrpcServer:
             await server.start_serving()
 
     async def stop(self, grace: float | None = None) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for server in self.servers:
             server.close()
         for conn in list(self.connections):

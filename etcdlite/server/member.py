@@ -60,9 +60,10 @@ def _settle(futures: list[asyncio.Future], results, reason) -> None:
             fut.set_result(result)
 
 
-def _expire(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_exception(errors.TIMEOUT)
+def _expire(futures: list[asyncio.Future]) -> None:
+    for fut in futures:
+        if not fut.done():
+            fut.set_exception(errors.TIMEOUT)
 
 
 class Member:
@@ -266,11 +267,7 @@ class Member:
         elif not self._flush_pending:
             self._flush_pending = True
             loop.call_soon(self._flush)
-        timer = loop.call_later(REQUEST_TIMEOUT, _expire, fut)
-        try:
-            return await fut
-        finally:
-            timer.cancel()
+        return await fut
 
     def _flush(self) -> None:
         self._flush_pending = False
@@ -293,9 +290,13 @@ class Member:
                     self.loop.call_soon(self._flush)
 
         slot = self.loop.call_later(BATCH_SLOT_SECONDS, release)
+        # one timer per batch, not per request (a request waits at most
+        # MAX_BATCHES_IN_FLIGHT slots in the outbox before its batch leaves)
+        timer = self.loop.call_later(REQUEST_TIMEOUT, _expire, futures)
 
         def applied(results, reason) -> None:
             slot.cancel()
+            timer.cancel()
             release()
             _settle(futures, results, reason)
 
