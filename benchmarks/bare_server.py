@@ -1,11 +1,15 @@
-"""The "bare gRPC ceiling": a grpc.aio server that implements etcdserverpb.KV/Put by
-storing the value in a dict, with the same generated stubs as etcdlite (etcdlite.pb).
+"""The "bare gRPC ceiling": a server that implements etcdserverpb.KV/Put by storing
+the value in a dict, with the same generated stubs as etcdlite (etcdlite.pb).
 
 No MVCC, no Raft, no watch, no persistence: what is left is the cost of gRPC in
 Python. The put benchmarks run the same load against it as against etcdlite.
 Range and the other calls are not implemented (UNIMPLEMENTED).
 
-    python -m benchmarks.bare_server --port 23790
+--server h2 (default) serves it with etcdlite's own gRPC server
+(etcdlite/server/h2grpc.py, what etcdlite runs on); --server grpcio with
+grpc.aio's, with etcdlite's former options.
+
+    python -m benchmarks.bare_server --port 23790 [--server grpcio]
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import grpc
 
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
+from etcdlite.server.h2grpc import GrpcServer
 
 
 class BareKV(rpc.KVServicer):
@@ -31,17 +36,22 @@ class BareKV(rpc.KVServicer):
         return pb.PutResponse(header=pb.ResponseHeader(revision=self.revision))
 
 
-async def serve(port: int) -> None:
-    server = grpc.aio.server(
-        options=[  # the same server options as etcdlite's
-            ("grpc.max_concurrent_streams", 2**31 - 1),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-            ("grpc.http2.max_ping_strikes", 0),
-        ]
-    )
-    rpc.add_KVServicer_to_server(BareKV(), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+async def serve(port: int, kind: str) -> None:
+    if kind == "grpcio":
+        server = grpc.aio.server(
+            options=[  # the options etcdlite --experimental-grpc-server=grpcio uses
+                ("grpc.max_concurrent_streams", 2**31 - 1),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+                ("grpc.http2.max_ping_strikes", 0),
+            ]
+        )
+        rpc.add_KVServicer_to_server(BareKV(), server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+    else:
+        server = GrpcServer()
+        rpc.add_KVServicer_to_server(BareKV(), server)
+        await server.listen("127.0.0.1", port)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -54,8 +64,9 @@ async def serve(port: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--server", choices=["h2", "grpcio"], default="h2")
     args = ap.parse_args()
-    asyncio.run(serve(args.port))
+    asyncio.run(serve(args.port, args.server))
 
 
 if __name__ == "__main__":

@@ -121,6 +121,18 @@ def rows():
                                                       "watch.100x10.events_expected"], fmt=_watch, nratio=2),
         Row("watch 100x10: p50 / p99 ms after the put's ack", ["watch.100x10.after_ack_p50_ms",
                                                                "watch.100x10.after_ack_p99_ms"]),
+        Row("watch, Go client, 1 stream x 1,000: p50 / p99 ms", ["watch.go_1x1000.p50_ms", "watch.go_1x1000.p99_ms",
+                                                                   "watch.go_1x1000.events_received",
+                                                                   "watch.go_1x1000.events_expected"],
+            fmt=_watch, nratio=2),
+        Row("watch, Go client, 1x1,000: p50 / p99 ms after the put's ack",
+            ["watch.go_1x1000.after_ack_p50_ms", "watch.go_1x1000.after_ack_p99_ms"]),
+        Row("watch, Go client, 100 streams x 10: p50 / p99 ms", ["watch.go_100x10.p50_ms", "watch.go_100x10.p99_ms",
+                                                                 "watch.go_100x10.events_received",
+                                                                 "watch.go_100x10.events_expected"],
+            fmt=_watch, nratio=2),
+        Row("watch, Go client, 100x10: p50 / p99 ms after the put's ack",
+            ["watch.go_100x10.after_ack_p50_ms", "watch.go_100x10.after_ack_p99_ms"]),
         Row("lease grant, 64 clients: ops/s", "lease.grant.ops_per_s"),
         Row("lease keep-alive, 64 streams: ops/s", "lease.keepalive.ops_per_s"),
         Row("memory: RSS delta per key (bytes, per member)", "memory.rss_delta_per_key_bytes"),
@@ -185,10 +197,14 @@ def targets_check(T: dict) -> list[str]:
     bar("1-member put >= 0.8x the bare gRPC ceiling (64 and 256 clients)",
         None if worst is None else worst >= 0.8,
         f"worst ratio {worst:.2f}x; at 256 clients {_num(a)} vs {_num(b)} ops/s" if worst is not None else "not run")
-    p99s = [(t, n, g(t, f"watch.{n}.p99_ms")) for t in ("etcdlite1", "etcdlite3") for n in ("1x1000", "100x10")]
+    # judged with the Go client: the Python receiver sets the pace with 1,000 watchers
+    # (the real etcd's p99s with it are as far above 50 ms); its figures stay beside
+    p99s = [(t, n, g(t, f"watch.go_{n}.p99_ms")) for t in ("etcdlite1", "etcdlite3") for n in ("1x1000", "100x10")]
+    py = [(t, n, g(t, f"watch.{n}.p99_ms")) for t in ("etcdlite1", "etcdlite3") for n in ("1x1000", "100x10")]
     nums = [x for _, _, x in p99s if isinstance(x, (int, float))]
-    bar("watch p99 <= 50 ms with 1,000 watchers", (max(nums) <= 50) if nums else None,
-        ", ".join(f"{t} {n}: {_num(x)} ms" for t, n, x in p99s))
+    bar("watch p99 <= 50 ms with 1,000 watchers (Go etcdctl receivers)", (max(nums) <= 50) if nums else None,
+        ", ".join(f"{t} {n}: {_num(x)} ms" for t, n, x in p99s)
+        + "; with the Python receiver: " + ", ".join(f"{t} {n}: {_num(x)} ms" for t, n, x in py))
     tot_lc, tot_err, seen = 0, 0, False
     for t in ("etcdlite1", "etcdlite3"):
         r = T.get(t) or {}
@@ -221,9 +237,11 @@ def render(results: dict) -> str:
              f"throughput; latency percentiles over all repetitions); {s.get('load_processes')} load processes; "
              f"puts: {s.get('put_key_bytes')}-byte keys over a {s.get('put_keyspace'):,}-key space, "
              f"{s.get('put_value_bytes')}-byte values" if s else "- settings: –")
-    L.append("- clients: every figure except check perf comes from `benchmarks/load.py` (Python grpc.aio "
-             "coroutines in worker processes, channels spread over all members); check perf is the Go "
-             "etcdctl 3.4. The load generator runs on the same cores as the servers: see its CPU use below.")
+    L.append("- clients: every figure except check perf and the \"Go client\" watch rows comes from "
+             "`benchmarks/load.py` (Python grpc.aio coroutines in worker processes, channels spread over all "
+             "members); check perf is the Go etcdctl 3.4, and so are the watch receivers of the Go client rows "
+             "(`benchmarks/gowatch.py`: `etcdctl watch -i`, one process per stream). The load generator runs "
+             "on the same cores as the servers: see its CPU use below.")
     L.append("- ratio = etcdlite ÷ etcd with the same member count (throughput: higher is better; "
              "latency, memory, size: lower is better).")
     L.append("- watch: all watchers on one key, a writer puts timestamped values at "
@@ -250,22 +268,29 @@ def render(results: dict) -> str:
             cells += [row.cell(a), row.cell(b), row.ratio_cell(a, b)]
         L.append("| " + " | ".join(cells) + " |")
     L.append("")
-    bare = T.get("bare")
-    L.append("## Bare gRPC ceiling (a grpc.aio server that only stores Put in a dict)")
+    bare, bare_g = T.get("bare"), T.get("bare_grpcio")
+    L.append("## Bare gRPC ceiling (a server that only stores Put in a dict)")
     L.append("")
-    L.append("| put clients | bare ops/s | bare p50 / p99 ms | etcdlite 1 ops/s | etcdlite 1 ÷ bare | etcd 1 ops/s |")
-    L.append("|---|---|---|---|---|---|")
+    L.append("\"bare\" runs on etcdlite's own gRPC server (etcdlite/server/h2grpc.py), the one etcdlite "
+             "serves with; \"bare grpc.aio\" on grpcio's server, which etcdlite used before (and still "
+             "can: `--experimental-grpc-server=grpcio`).")
+    L.append("")
+    L.append("| put clients | bare ops/s | bare p50 / p99 ms | etcdlite 1 ops/s | etcdlite 1 ÷ bare "
+             "| bare grpc.aio ops/s | bare grpc.aio p50 / p99 ms | etcd 1 ops/s |")
+    L.append("|---|---|---|---|---|---|---|---|")
     for c in (1, 16, 64, 256):
         b = _get(bare or {}, f"put.{c}.ops_per_s")
+        bg = _get(bare_g or {}, f"put.{c}.ops_per_s")
         a = _get(T.get("etcdlite1") or {}, f"put.{c}.ops_per_s")
         e = _get(T.get("etcd1") or {}, f"put.{c}.ops_per_s")
         lat = f"{_num(_get(bare or {}, f'put.{c}.p50_ms'))} / {_num(_get(bare or {}, f'put.{c}.p99_ms'))}"
-        L.append(f"| {c} | {_num(b)} | {lat} | {_num(a)} | {_ratio(a, b)} | {_num(e)} |")
+        lat_g = f"{_num(_get(bare_g or {}, f'put.{c}.p50_ms'))} / {_num(_get(bare_g or {}, f'put.{c}.p99_ms'))}"
+        L.append(f"| {c} | {_num(b)} | {lat} | {_num(a)} | {_ratio(a, b)} | {_num(bg)} | {lat_g} | {_num(e)} |")
     L.append("")
     L.append("## CPU during the put benchmarks (cores used, of "
              f"{m.get('nproc')}): load generator / server(s) / everything else on the machine")
     L.append("")
-    names = [n for n in ("etcdlite1", "etcd1", "etcdlite3", "etcd3", "bare") if n in T]
+    names = [n for n in ("etcdlite1", "etcd1", "etcdlite3", "etcd3", "bare", "bare_grpcio") if n in T]
     L.append("| put clients | " + " | ".join(T[n].get("label", n) for n in names) + " |")
     L.append("|---" * (len(names) + 1) + "|")
     for c in (1, 16, 64, 256):

@@ -259,6 +259,32 @@ class Runner:
                 "client": f"benchmarks.load: python grpc.aio watch streams in {len(split)} process(es); "
                           f"writer: python grpc (sync) in the parent",
             }
+        out.update(self.go_watch(target, rate, dur))
+        return out
+
+    def go_watch(self, target: Target, rate: float, dur: float) -> dict:
+        """The same two shapes with the Go client as receiver (benchmarks.gowatch)."""
+        from benchmarks import gowatch
+        from tests.procs import ETCDCTL_BIN
+
+        out = {}
+        eps = target.endpoints[1:] + target.endpoints[:1] if len(target.endpoints) > 1 else target.endpoints
+        for name, streams, per in (("1x1000", 1, 1000), ("100x10", 100, 10)):
+            log(f"  {target.name}: watch, Go etcdctl, {streams} stream(s) x {per} watchers, "
+                f"{rate:g} puts/s for {dur:g}s")
+            key = b"gowatch/%s/%d" % (name.encode(), target.starts)
+            r = gowatch.run(ETCDCTL_BIN, eps, target.endpoints[0], streams, per, key, rate, dur)
+            s, a = lat_summary(r["send_lat"]), lat_summary(r["ack_lat"])
+            out["go_" + name] = {
+                "streams": streams, "watchers": streams * per, "puts": r["puts"],
+                "events_expected": r["expected"], "events_received": r["received"],
+                **s,
+                "after_ack_p50_ms": a["p50_ms"], "after_ack_p99_ms": a["p99_ms"],
+                "put_p50_ms": lat_summary(r["put_lat"])["p50_ms"],
+                "receiver_cpu_cores": r["receiver_cpu_cores"],
+                "client": f"Go etcdctl 3.4 `watch -i -w json`: {streams} process(es), one stream each; "
+                          f"writer: python grpc (sync) in the parent",
+            }
         return out
 
     def bench_lease(self, target: Target) -> dict:
@@ -477,8 +503,8 @@ def main(argv=None) -> int:
     if args.quick and "checkperf" in benches and "checkperf" not in only:
         benches.remove("checkperf")  # 2 x 60 s per target: not in a smoke run
     targets = [t for t in args.targets.split(",") if t]
-    if "bare" in targets and only and "bare" not in only and "put" not in only:
-        targets.remove("bare")
+    if only and "bare" not in only and "put" not in only:
+        targets = [t for t in targets if TARGETS[t][0] != "bare"]
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="etcdlite-bench-", dir=args.workdir))
@@ -516,7 +542,7 @@ def main(argv=None) -> int:
                 res["start_error"] = str(e).splitlines()[0][:200]
                 current.remove(target)
                 continue
-            plan = ["put"] if name == "bare" else benches
+            plan = ["put"] if TARGETS[name][0] == "bare" else benches
             for b in plan:
                 if b == "put" and only and "put" not in only and "bare" not in only:
                     continue
@@ -536,7 +562,7 @@ def main(argv=None) -> int:
             res["status_end"] = target.status()
             target.stop()
             current.remove(target)
-            if "memory" in benches and name != "bare":
+            if "memory" in benches and TARGETS[name][0] != "bare":
                 tb = time.monotonic()
                 try:
                     res["memory"] = runner.bench_memory(target)

@@ -19,7 +19,8 @@ TARGETS = {
     "etcd1": ("etcd", 1, "etcd 1"),
     "etcdlite3": ("etcdlite", 3, "etcdlite 3"),
     "etcd3": ("etcd", 3, "etcd 3"),
-    "bare": ("bare", 1, "bare gRPC"),
+    "bare": ("bare", 1, "bare gRPC"),  # on etcdlite's gRPC server (h2grpc)
+    "bare_grpcio": ("bare", 1, "bare grpc.aio"),  # on grpcio's
 }
 
 
@@ -55,7 +56,8 @@ class Target:
             self.bare_port = free_port()
             log = open(tmp / "bare.log", "ab")
             self.bare = subprocess.Popen(
-                [PYTHON, "-m", "benchmarks.bare_server", "--port", str(self.bare_port)],
+                [PYTHON, "-m", "benchmarks.bare_server", "--port", str(self.bare_port),
+                 "--server", "grpcio" if self.name == "bare_grpcio" else "h2"],
                 cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
