@@ -75,11 +75,24 @@ class _Worker:
         from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
 
         n_clients = t["clients"]
-        chans = self.channels(t["endpoints"], max(1, min(n_clients, t.get("channels", 8))), t["index"])
-        await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in chans)), 15)
-        self.chans = chans
-        rng = random.Random(os.getpid() ^ time.monotonic_ns())
         op = t["op"]
+        n_chans = max(1, min(n_clients, t.get("channels", 8)))
+        # unary calls may go through the lean client (benchmarks/h2client.py); streams stay on grpc.aio
+        h2 = t.get("client") == "h2" and op != "lease_keepalive"
+        KVStub, LeaseStub = rpc.KVStub, rpc.LeaseStub
+        if h2:
+            from benchmarks import h2client
+
+            KVStub, LeaseStub = h2client.KVStub, h2client.LeaseStub
+            eps = t["endpoints"]
+            chans = await asyncio.wait_for(asyncio.gather(*(
+                h2client.H2Channel.connect(eps[(t["index"] + i) % len(eps)]) for i in range(n_chans))), 15)
+            self.h2chans = chans
+        else:
+            chans = self.channels(t["endpoints"], n_chans, t["index"])
+            await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in chans)), 15)
+            self.chans = chans
+        rng = random.Random(os.getpid() ^ time.monotonic_ns())
         value = rng.randbytes(t.get("value_size", 256))
         keyspace = t.get("keyspace", 100_000)
         prefix = t.get("prefix", b"p/").encode() if isinstance(t.get("prefix"), str) else t.get("prefix", b"p/")
@@ -90,7 +103,7 @@ class _Worker:
         for ci in range(n_clients):
             ch = chans[ci % len(chans)]
             if op in ("put", "put_seq"):
-                stub = rpc.KVStub(ch)
+                stub = KVStub(ch)
                 if op == "put":
                     def make(stub=stub):
                         async def call():
@@ -110,7 +123,7 @@ class _Worker:
                         return call
                 clients.append(make())
             elif op in ("range_l", "range_s"):
-                stub = rpc.KVStub(ch)
+                stub = KVStub(ch)
                 ser = op == "range_s"
                 def make(stub=stub):
                     async def call():
@@ -121,7 +134,7 @@ class _Worker:
                     return call
                 clients.append(make())
             elif op == "txn_cas":
-                stub = rpc.KVStub(ch)
+                stub = KVStub(ch)
                 keys = [prefix + b"%d" % j for j in range(t["cas_keys"])]
                 state = {k: (0, 0) for k in keys}  # key -> (value, mod_revision) last seen
                 def make(stub=stub, state=state):
@@ -145,7 +158,7 @@ class _Worker:
                     return call
                 clients.append(make())
             elif op == "lease_grant":
-                stub = rpc.LeaseStub(ch)
+                stub = LeaseStub(ch)
                 def make(stub=stub):
                     async def call():
                         await stub.LeaseGrant(pb.LeaseGrantRequest(TTL=t.get("ttl", 3600)), timeout=RPC_TIMEOUT)
@@ -198,6 +211,9 @@ class _Worker:
         for s in getattr(self, "streams", []):
             s.cancel()
         self.streams = []
+        for c in getattr(self, "h2chans", []):
+            c.close()
+        self.h2chans = []
         for c in getattr(self, "chans", []):
             await c.close()
         self.chans = []

@@ -75,12 +75,19 @@ class Runner:
 
     # -- generic load ------------------------------------------------------------
 
+    def client_label(self, op: str, clients: int) -> str:
+        n = len(self.split(clients))
+        if self.args.client == "h2" and op != "lease_keepalive":
+            return f"benchmarks.h2client (lean HTTP/2 gRPC client on asyncio), {n} process(es)"
+        return f"benchmarks.load: python grpc.aio, {n} process(es)"
+
     def split(self, clients: int) -> list[int]:
         n = max(1, min(self.pool_size, clients))
         return [clients // n + (1 if i < clients % n else 0) for i in range(n)]
 
     def load(self, target: Target, op: str, clients: int, duration: float, **params) -> dict:
         """One measurement: `clients` clients over the worker pool for `duration` s."""
+        params.setdefault("client", self.args.client)
         tasks = [dict(op=op, endpoints=target.endpoints, clients=c, duration=duration, **params)
                  for c in self.split(clients)]
         pids = target.pids
@@ -137,7 +144,7 @@ class Runner:
             "server_cpu_us_per_op": round(statistics.median(
                 r["server_cpu_cores"] * 1e6 / r["ops_per_s"] for r in runs if r["ops_per_s"]), 0)
             if any(r["ops_per_s"] for r in runs) else None,
-            "client": f"benchmarks.load: python grpc.aio, {len(self.split(clients))} process(es)",
+            "client": self.client_label(op, clients),
         }
         out["_runs"] = runs
         return out
@@ -148,7 +155,8 @@ class Runner:
         n = len(shares)
         bounds = [count * i // n for i in range(n + 1)]
         tasks = [dict(op="put_seq", endpoints=target.endpoints, clients=shares[i], duration=3600,
-                      lo=bounds[i], hi=bounds[i + 1], prefix=prefix, value_size=value_size)
+                      lo=bounds[i], hi=bounds[i + 1], prefix=prefix, value_size=value_size,
+                      client=self.args.client)
                  for i in range(n)]
         t0 = time.monotonic()
         results = self.pool.run(tasks, timeout=1800)
@@ -217,7 +225,7 @@ class Runner:
             "errors": sum(sum(r["errors"].values()) for r in runs),
             "error_kinds": merge_counts(r["errors"] for r in runs),
             "gen_cpu_cores": round(statistics.median(r["gen_cpu_cores"] for r in runs), 2),
-            "client": f"benchmarks.load: python grpc.aio, {len(self.split(clients))} process(es)",
+            "client": self.client_label("txn_cas", clients),
         }
 
     def bench_watch(self, target: Target) -> dict:
@@ -331,7 +339,7 @@ class Runner:
             "data_dir_mb": round(sum(disk1) / m / 2**20, 1),
             "data_dir_before_mb": round(sum(disk0) / m / 2**20, 1),
             "per_member": {"rss_before": rss0, "rss_after": rss1, "data_dir_bytes": disk1},
-            "client": "benchmarks.load: python grpc.aio, 64 clients (fill); /proc/PID/status VmRSS; du of data dirs",
+            "client": f"{self.client_label('put', 64)} (fill); /proc/PID/status VmRSS; du of data dirs",
         }
 
 
@@ -480,6 +488,10 @@ def parse_args(argv):
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent), help="output dir (default benchmarks/)")
     ap.add_argument("--duration", type=float, default=0, help="seconds per measurement (default 2, quick 1.2)")
     ap.add_argument("--reps", type=int, default=0, help="repetitions per measurement, median reported (default 3, quick 1)")
+    ap.add_argument("--client", choices=["h2", "grpc"], default="h2",
+                    help="client of the unary benchmarks (put, range, txn, lease grant): h2 = "
+                         "benchmarks/h2client.py (default; grpc.aio spends more CPU per call than the "
+                         "servers it measures), grpc = grpc.aio")
     ap.add_argument("--procs", type=int, default=max(2, os.cpu_count() or 2), help="load worker processes")
     ap.add_argument("--memory-keys", type=int, default=0, help="keys for the memory benchmark (default 100000, quick 10000)")
     ap.add_argument("--render-only", action="store_true",
@@ -524,7 +536,7 @@ def main(argv=None) -> int:
         results["settings"] = {
             "duration_s": runner.duration, "reps": runner.reps, "watch_rate_per_s": 2.0, "load_processes": args.procs,
             "put_levels": PUT_LEVELS, "put_key_bytes": 16, "put_value_bytes": 256,
-            "put_keyspace": 100_000, "benchmarks": benches, "quick": args.quick,
+            "put_keyspace": 100_000, "benchmarks": benches, "quick": args.quick, "client": args.client,
         }
         log(f"benchmarks {benches} on targets {targets}; {runner.reps} x {runner.duration:g}s per "
             f"measurement, {args.procs} load processes; data under {workdir}")
