@@ -219,3 +219,51 @@ def test_garbage_header_block_gets_goaway(member, c):
         code = struct.unpack(">L", frames[-1][3][4:8])[0]
         assert code == 9  # COMPRESSION_ERROR
     assert c.put(b"h2/after-bad-hpack", b"v").header.revision > 0
+
+
+# --- the server on its own, with a servicer of the test's ----------------------------
+
+
+def test_status_details_and_binary_trailing_metadata():
+    """What the apiserver-style handlers rely on: set_trailing_metadata then abort
+    keeps the metadata (binary values base64 on the wire, as gRPC says), and
+    non-ASCII details arrive intact."""
+    from etcdlite.server.h2grpc import GrpcServer
+
+    status_bytes = bytes(range(256))
+
+    async def fail(request, context):
+        context.set_trailing_metadata((("apiserver-status-bin", status_bytes),))
+        await context.abort(grpc.StatusCode.NOT_FOUND, 'pods "x" not found — ünïcode')
+
+    async def echo(request, context):
+        return request + dict(context.invocation_metadata()).get("x-in-bin", b"")
+
+    def handlers():
+        return grpc.method_handlers_generic_handler("t.T", {
+            "Fail": grpc.unary_unary_rpc_method_handler(fail),
+            "Echo": grpc.unary_unary_rpc_method_handler(echo),
+        })
+
+    async def main():
+        server = GrpcServer()
+        server.add_generic_rpc_handlers((handlers(),))
+        port = await server.listen("127.0.0.1", 0)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                call = ch.unary_unary("/t.T/Fail")
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await call(b"x", timeout=5)
+                echo_call = ch.unary_unary("/t.T/Echo")
+                echoed = await echo_call(b"in:", metadata=(("x-in-bin", b"\x00\xff"),), timeout=5)
+                return err.value, echoed
+        finally:
+            await server.stop(0)
+
+    err, echoed = asyncio.run(main())
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    assert err.details() == 'pods "x" not found — ünïcode'
+    md = dict(err.trailing_metadata())
+    assert md["apiserver-status-bin"] == status_bytes
+    assert echoed == b"in:\x00\xff"

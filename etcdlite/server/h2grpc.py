@@ -182,7 +182,9 @@ class ServicerContext:
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata=()):
         if code == grpc.StatusCode.OK:
             raise ValueError("abort() needs an error code")
-        self._code, self._details, self._trailing = code, details, trailing_metadata
+        self._code, self._details = code, details
+        if trailing_metadata:  # as grpc.aio: else what set_trailing_metadata set stays
+            self._trailing = tuple(trailing_metadata)
         raise grpc.aio.AbortError()
 
     def set_code(self, code: grpc.StatusCode) -> None:
