@@ -316,7 +316,8 @@ class FaultProxy:
         errors: list = []
         with self._lock:
             if self.error is not None:
-                raise RuntimeError(f"{self.name}: loop thread crashed") from self.error
+                raise RuntimeError(f"{self.name}: loop thread crashed ({self._accepted} connections accepted, "
+                                   f"{len(self._conns)} open)") from self.error
             if self._closed:
                 return
             self._commands.append((fn, done, errors))
