@@ -18,17 +18,12 @@ from apiserver.registry import Options, Registry
 from apiserver.service import ApiServerService, add_to_server
 from apiserver.storage import Storage
 from apiserver.watch_cache import WatchCache
+from etcdlite.server.h2grpc import GrpcServer
 
 log = logging.getLogger("apiserver")
 
-_SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    # clients (informers) ping idle watch streams; answer instead of GOAWAY
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
-    ("grpc.http2.max_ping_strikes", 0),
-]
+# largest request accepted (objects are limited further by --max-object-bytes)
+MAX_RECEIVE_BYTES = 4 * 1024 * 1024
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,12 +78,17 @@ async def serve(args: argparse.Namespace, transformer) -> int:
         except ApiError as e:
             log.warning("cannot create the system namespaces yet (%s); retrying", e.message)
             await asyncio.sleep(1)
-    server = grpc.aio.server(options=_SERVER_OPTIONS)
+    # the gRPC server etcdlite serves with (etcdlite/server/h2grpc.py): in this event loop,
+    # without grpc.aio's thread hand-offs per message (about half of the apiserver's CPU)
+    server = GrpcServer(max_receive_message_length=MAX_RECEIVE_BYTES)
     add_to_server(ApiServerService(registry), server)
     address = f"{args.bind_address}:{args.port}"
-    port = server.add_insecure_port(address)
-    if not port:
-        log.error("cannot listen on %s: is another apiserver running? choose another --port", address)
+    host = "127.0.0.1" if args.bind_address == "localhost" else args.bind_address.strip("[]")
+    try:
+        port = await server.listen(host, args.port)
+    except OSError as err:
+        log.error("cannot listen on %s (%s): is another apiserver running? choose another --port",
+                  address, err.strerror or err)
         return 1
     await server.start()
     log.info("apiserver serving on %s:%d (etcd %s)", args.bind_address, port, ",".join(etcd.endpoints))
