@@ -20,6 +20,9 @@ import hpack
 
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.server.h2grpc import (
+    _HDR,
+    _MSG,
+    _U32,
     ACK,
     CONTINUATION,
     DATA,
@@ -29,6 +32,7 @@ from etcdlite.server.h2grpc import (
     HEADERS,
     PADDED,
     PING,
+    PREFACE,
     PRIORITY_FLAG,
     RST_STREAM,
     SETTINGS,
@@ -39,10 +43,6 @@ from etcdlite.server.h2grpc import (
     _literal,
 )
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_HDR = struct.Struct(">HBBBL")
-_U32 = struct.Struct(">L")
-_MSG = struct.Struct(">BL")
 RECV_WINDOW = 1 << 30
 
 
