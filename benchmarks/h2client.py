@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import struct
 
-import hpack
-
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.server.h2grpc import (
     _HDR,
@@ -37,13 +35,24 @@ from etcdlite.server.h2grpc import (
     RST_STREAM,
     SETTINGS,
     WINDOW_UPDATE,
-    _VersionedTable,
+    CachedHeaderDecoder,
     _hpack_int,
     _hpack_str,
     _literal,
 )
 
 RECV_WINDOW = 1 << 30
+
+
+def _status_fields(headers) -> tuple:
+    """(grpc-status or None, grpc-message) of a response's header fields."""
+    status, message = None, ""
+    for name, value in headers:
+        if name == b"grpc-status":
+            status = int(value)
+        elif name == b"grpc-message":
+            message = value.decode("utf-8", "replace")
+    return status, message
 
 
 class CallError(Exception):
@@ -79,10 +88,7 @@ class H2Channel(asyncio.Protocol):
         self.peer_max_frame = 16384
         self.pending: list[tuple[int, bytes]] = []  # DATA waiting for connection window
         self.recv_unacked = 0
-        self.decoder = hpack.Decoder()
-        self.decoder.header_table = _VersionedTable()
-        self.hcache: dict[bytes, tuple] = {}
-        self.hcache_version = 0
+        self.headers = CachedHeaderDecoder(64)
         self.headers_in_progress = None
         self.blocks: dict[str, bytes] = {}
         self.closed_error: Exception | None = None
@@ -261,22 +267,7 @@ class H2Channel(asyncio.Protocol):
             self.close()
 
     def _status_of(self, block: bytes):
-        table = self.decoder.header_table
-        if table.version != self.hcache_version:
-            self.hcache.clear()
-            self.hcache_version = table.version
-        hit = self.hcache.get(block)
-        if hit is not None:
-            return hit
-        status, message = None, ""
-        for name, value in self.decoder.decode(block, raw=True):
-            if name == b"grpc-status":
-                status = int(value)
-            elif name == b"grpc-message":
-                message = value.decode("utf-8", "replace")
-        if table.version == self.hcache_version and len(self.hcache) < 64:
-            self.hcache[block] = (status, message)
-        return status, message
+        return self.headers.decode(block, _status_fields)
 
     def _finish(self, sid: int) -> None:
         call = self.calls.pop(sid, None)

@@ -158,6 +158,61 @@ class _VersionedTable(HeaderTable):
         HeaderTable.maxsize.fset(self, newmax)
 
 
+class CachedHeaderDecoder:
+    """HPACK decoding with the result of a header block remembered.
+
+    Decoding HPACK in Python costs more than the rest of a small call, and a
+    peer repeats the same block (for the same method, or the same status) once
+    its dynamic table holds the fields; a block that did not change the table
+    means the same again as long as the table stays as it is, so its parsed
+    form is remembered until the table changes."""
+
+    def __init__(self, max_entries: int, max_header_list_size: int | None = None):
+        self.decoder = hpack.Decoder()
+        if max_header_list_size is not None:
+            self.decoder.max_header_list_size = max_header_list_size
+        self.table = self.decoder.header_table = _VersionedTable()
+        self.max_entries = max_entries
+        self.cache: dict[bytes, object] = {}
+        self.version = 0
+
+    def decode(self, block: bytes, parse):
+        """parse(list of (name, value) bytes) of the block, from the cache when
+        it can be; hpack's errors pass through."""
+        if self.table.version != self.version:
+            self.cache.clear()
+            self.version = self.table.version
+        parsed = self.cache.get(block)
+        if parsed is None:
+            parsed = parse(self.decoder.decode(block, raw=True))
+            if self.table.version == self.version and len(self.cache) < self.max_entries:
+                self.cache[block] = parsed
+        return parsed
+
+
+def _parse_request_headers(headers) -> tuple:
+    """(path, timeout, encoding, metadata) of a request's header fields."""
+    path = b""
+    timeout = None
+    encoding = b""
+    metadata = []
+    for name, value in headers:
+        if name[:1] == b":":
+            if name == b":path":
+                path = value
+        elif name == b"grpc-timeout":
+            try:
+                timeout = int(value[:-1]) * _TIMEOUT_UNITS[value[-1:]]
+            except (ValueError, KeyError):
+                timeout = None
+        elif name == b"grpc-encoding":
+            encoding = value
+        elif name not in (b"te", b"content-type", b"user-agent", b"grpc-accept-encoding"):
+            metadata.append((name.decode("latin-1"), _b64decode(value) if name.endswith(b"-bin")
+                             else value.decode("latin-1")))
+    return path.decode("latin-1"), timeout, encoding, tuple(metadata)
+
+
 class _HandlerCallDetails(grpc.HandlerCallDetails):
     def __init__(self, method: str, invocation_metadata):
         self.method = method
@@ -421,11 +476,7 @@ class _Connection(asyncio.Protocol):
         self.peer = ""
         self.buf = bytearray()
         self.preface_seen = False
-        self.decoder = hpack.Decoder()
-        self.decoder.max_header_list_size = MAX_HEADER_LIST
-        self.decoder.header_table = _VersionedTable()
-        self.hcache: dict[bytes, tuple] = {}
-        self.hcache_version = 0
+        self.headers = CachedHeaderDecoder(256, MAX_HEADER_LIST)
         self.streams: dict[int, _Stream] = {}
         self.blocked: dict[int, _Stream] = {}  # streams waiting for window, in order
         self.last_stream = 0
@@ -712,46 +763,11 @@ class _Connection(asyncio.Protocol):
             stream.task = self.loop.create_task(self.server.run_handler(stream, request))
 
     def parse_headers(self, block: bytes):
-        """(path, timeout, encoding, metadata) of a request's header block.
-
-        Decoding HPACK in Python costs more than the rest of a small call, and
-        a client repeats the same block for the same method once its dynamic
-        table holds the fields; a block that did not change the table means
-        the same again as long as the table stays as it is, so it is
-        remembered until the table changes."""
-        table = self.decoder.header_table
-        if table.version != self.hcache_version:
-            self.hcache.clear()
-            self.hcache_version = table.version
-        parsed = self.hcache.get(block)
-        if parsed is not None:
-            return parsed
+        """(path, timeout, encoding, metadata) of a request's header block."""
         try:
-            headers = self.decoder.decode(block, raw=True)
+            return self.headers.decode(block, _parse_request_headers)
         except Exception as exc:  # noqa: BLE001  (hpack raises several kinds)
             raise _ConnectionError(COMPRESSION_ERROR, f"bad header block: {exc}") from None
-        path = b""
-        timeout = None
-        encoding = b""
-        metadata = []
-        for name, value in headers:
-            if name[:1] == b":":
-                if name == b":path":
-                    path = value
-            elif name == b"grpc-timeout":
-                try:
-                    timeout = int(value[:-1]) * _TIMEOUT_UNITS[value[-1:]]
-                except (ValueError, KeyError):
-                    timeout = None
-            elif name == b"grpc-encoding":
-                encoding = value
-            elif name not in (b"te", b"content-type", b"user-agent", b"grpc-accept-encoding"):
-                metadata.append((name.decode("latin-1"), _b64decode(value) if name.endswith(b"-bin")
-                                 else value.decode("latin-1")))
-        parsed = (path.decode("latin-1"), timeout, encoding, tuple(metadata))
-        if table.version == self.hcache_version and len(self.hcache) < 256:
-            self.hcache[block] = parsed
-        return parsed
 
     def on_headers(self, sid: int, flags: int, block: bytes) -> None:
         path_s, timeout, encoding, metadata = self.parse_headers(block)
