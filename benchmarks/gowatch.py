@@ -24,10 +24,16 @@ import time
 
 import grpc
 
+from benchmarks.suite import watch_writer
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
 
 READY = b"ready"
+
+
+def _text_stamp(sent: float) -> bytes:
+    """A value carrying its send time as text (etcdctl prints values as they are)."""
+    return b"%.6f " % sent + b"x" * 40
 
 
 class _Receivers:
@@ -130,24 +136,9 @@ def run(etcdctl: str, watch_endpoints: list[str], write_endpoint: str, streams: 
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"etcdctl watchers not ready after 60 s ({seen}/{streams * per})")
-            base = recv.nlines
-            cpu0, t0 = recv.cpu_seconds(), time.monotonic()
-            acks, put_lat = {}, []
-            n = int(rate * dur)
-            first = time.time() + 0.3
-            for i in range(n):
-                delay = first + i / rate - time.time()
-                if delay > 0:
-                    time.sleep(delay)
-                sent = time.time()
-                value = b"%.6f " % sent + b"x" * 40
-                try:
-                    r = kv.Put(pb.PutRequest(key=key, value=value), timeout=10)
-                except grpc.RpcError:
-                    continue
-                now = time.time()
-                acks[r.header.revision] = now
-                put_lat.append(now - sent)
+        base = recv.nlines
+        cpu0, t0 = recv.cpu_seconds(), time.monotonic()
+        acks, put_lat = watch_writer(write_endpoint, key, time.time() - 0.2, rate, dur, stamp=_text_stamp)
         expected = len(acks) * streams * per
         # one response line per watcher per put (events not received within 10 s count as lost)
         deadline = time.monotonic() + 10

@@ -364,8 +364,14 @@ def leader_changes(before: list[dict], after: list[dict]) -> dict:
     }
 
 
-def watch_writer(endpoint: str, key: bytes, start: float, rate: float, dur: float):
-    """Put timestamped values at `rate`/s; returns ({revision: ack wall time}, put latencies)."""
+def binary_stamp(sent: float) -> bytes:
+    """A 64-byte value carrying its send time (the Python receivers unpack it)."""
+    return struct.pack("d", sent) + b"x" * 56
+
+
+def watch_writer(endpoint: str, key: bytes, start: float, rate: float, dur: float, stamp=binary_stamp):
+    """Put values carrying their send time (`stamp(sent)`) at `rate`/s from start + 0.5 s;
+    returns ({revision: ack wall time}, put latencies)."""
     import grpc
 
     from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
@@ -382,9 +388,8 @@ def watch_writer(endpoint: str, key: bytes, start: float, rate: float, dur: floa
             if delay > 0:
                 time.sleep(delay)
             sent = time.time()
-            value = struct.pack("d", sent) + b"x" * 56
             try:
-                r = kv.Put(pb.PutRequest(key=key, value=value), timeout=10)
+                r = kv.Put(pb.PutRequest(key=key, value=stamp(sent)), timeout=10)
             except grpc.RpcError:
                 continue
             now = time.time()
