@@ -23,6 +23,7 @@ import grpc
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
 from etcdlite.server.h2grpc import GrpcServer
+from etcdlite.server.member import GRPCIO_SERVER_OPTIONS
 
 
 class BareKV(rpc.KVServicer):
@@ -38,14 +39,7 @@ class BareKV(rpc.KVServicer):
 
 async def serve(port: int, kind: str) -> None:
     if kind == "grpcio":
-        server = grpc.aio.server(
-            options=[  # the options etcdlite --experimental-grpc-server=grpcio uses
-                ("grpc.max_concurrent_streams", 2**31 - 1),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-                ("grpc.http2.max_ping_strikes", 0),
-            ]
-        )
+        server = grpc.aio.server(options=GRPCIO_SERVER_OPTIONS)
         rpc.add_KVServicer_to_server(BareKV(), server)
         server.add_insecure_port(f"127.0.0.1:{port}")
     else:

@@ -32,6 +32,14 @@ log = logging.getLogger("etcdlite")
 REQUEST_TIMEOUT = 7.0
 # extra room above --max-request-bytes for gRPC framing, as etcd allows
 GRPC_OVERHEAD_BYTES = 512 * 1024
+# grpc.aio's server (--experimental-grpc-server=grpcio), besides the message sizes
+GRPCIO_SERVER_OPTIONS = [
+    ("grpc.max_concurrent_streams", 2**31 - 1),
+    # etcd clients ping every few seconds, even when idle
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
 # a batch of proposals goes to Raft early once it holds this much
 MAX_BATCH_BYTES = 512 * 1024
 # batches proposed and not yet applied here (or failed) at one time; further
@@ -137,17 +145,11 @@ class Member:
         max_receive = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES
         address = host_port(url)
         if cfg.grpc_server == "grpcio":
-            server = grpc.aio.server(
-                options=[
-                    ("grpc.max_receive_message_length", max_receive),
-                    ("grpc.max_send_message_length", 2**31 - 1),
-                    ("grpc.max_concurrent_streams", 2**31 - 1),
-                    # etcd clients ping every few seconds, even when idle
-                    ("grpc.keepalive_permit_without_calls", 1),
-                    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-                    ("grpc.http2.max_ping_strikes", 0),
-                ]
-            )
+            server = grpc.aio.server(options=[
+                ("grpc.max_receive_message_length", max_receive),
+                ("grpc.max_send_message_length", 2**31 - 1),
+                *GRPCIO_SERVER_OPTIONS,
+            ])
         else:
             server = GrpcServer(max_receive_message_length=max_receive)
         rpc_pb2_grpc.add_KVServicer_to_server(KVService(self), server)
