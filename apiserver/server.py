@@ -80,7 +80,7 @@ async def serve(args: argparse.Namespace, transformer) -> int:
             await asyncio.sleep(1)
     # the gRPC server etcdlite serves with (etcdlite/server/h2grpc.py): in this event loop,
     # without grpc.aio's thread hand-offs per message (about half of the apiserver's CPU)
-    server = GrpcServer(max_receive_message_length=MAX_RECEIVE_BYTES)
+    server = GrpcServer(max_receive_message_length=MAX_RECEIVE_BYTES, eager_unary=False)  # uses asyncio.timeout
     add_to_server(ApiServerService(registry), server)
     address = f"{args.bind_address}:{args.port}"
     host = "127.0.0.1" if args.bind_address == "localhost" else args.bind_address.strip("[]")

@@ -267,3 +267,78 @@ def test_status_details_and_binary_trailing_metadata():
     md = dict(err.trailing_metadata())
     assert md["apiserver-status-bin"] == status_bytes
     assert echoed == b"in:\x00\xff"
+
+
+@pytest.mark.parametrize("eager", [True, False], ids=["eager", "task"])
+def test_unary_handlers_without_a_task_wait_and_are_cancelled_like_tasks(eager):
+    """Unary handlers run without an asyncio.Task by default (_EagerCall): one
+    that never waits answers at once, one that awaits futures (several times,
+    with a bare yield between) answers when they are done, and one whose
+    client's deadline passes or whose client cancels gets CancelledError at its
+    await with the awaited future cancelled, as Task.cancel() does. The same
+    checks pass with eager_unary=False (a Task per call)."""
+    from etcdlite.server.h2grpc import GrpcServer
+
+    seen = []  # ("cancelled", name, awaited future cancelled?)
+    pending: dict[str, asyncio.Future] = {}
+
+    async def now(request, context):
+        return b"now:" + request
+
+    async def later(request, context):
+        loop = asyncio.get_running_loop()
+        total = b""
+        for part in (b"a", b"b", b"c"):
+            fut = loop.create_future()
+            loop.call_later(0.01, fut.set_result, part)
+            total += await fut
+            await asyncio.sleep(0)
+        return total + request
+
+    async def never(request, context):
+        fut = pending[request.decode()] = asyncio.get_running_loop().create_future()
+        try:
+            await fut
+        except asyncio.CancelledError:
+            seen.append(("cancelled", request.decode(), fut.cancelled()))
+            raise
+        return b"unreachable"
+
+    def handlers():
+        return grpc.method_handlers_generic_handler("t.T", {
+            "Now": grpc.unary_unary_rpc_method_handler(now),
+            "Later": grpc.unary_unary_rpc_method_handler(later),
+            "Never": grpc.unary_unary_rpc_method_handler(never),
+        })
+
+    async def wait_for(cond):
+        deadline = time.monotonic() + 5
+        while not cond():
+            assert time.monotonic() < deadline, "condition not reached in 5 s"
+            await asyncio.sleep(0.01)
+
+    async def main():
+        server = GrpcServer(eager_unary=eager)
+        server.add_generic_rpc_handlers((handlers(),))
+        port = await server.listen("127.0.0.1", 0)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                assert await ch.unary_unary("/t.T/Now")(b"x", timeout=5) == b"now:x"
+                answers = await asyncio.gather(*(ch.unary_unary("/t.T/Later")(b"%d" % i, timeout=5)
+                                                 for i in range(20)))
+                assert answers == [b"abc%d" % i for i in range(20)]
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await ch.unary_unary("/t.T/Never")(b"deadline", timeout=0.3)
+                assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                call = ch.unary_unary("/t.T/Never")(b"cancel", timeout=5)
+                await wait_for(lambda: "cancel" in pending)
+                call.cancel()
+                await wait_for(lambda: len(seen) == 2)
+                # the server still answers on the same connection
+                assert await ch.unary_unary("/t.T/Now")(b"y", timeout=5) == b"now:y"
+        finally:
+            await server.stop(0)
+
+    asyncio.run(main())
+    assert sorted(seen) == [("cancelled", "cancel", True), ("cancelled", "deadline", True)]

@@ -16,6 +16,10 @@ from .kv import DELETE, PUT, Event, KeyValue, RangeResult
 if TYPE_CHECKING:
     from .store import MVCCStore
 
+# KeyValue(...) and Event(...) run the namedtuples' Python __new__; building the
+# tuples directly halves that on the put path (one KeyValue, one Event, maybe a prev each)
+_new = tuple.__new__
+
 
 class WriteTxn:
     """Changes sharing one main revision, with sub-revisions 0, 1, 2, ... in call order.
@@ -71,13 +75,13 @@ class WriteTxn:
         else:
             create = last[2]
             version = last[3] + 1
-            prev = KeyValue(key, create, last[0], last[3], last[4], last[5])
+            prev = _new(KeyValue, (key, create, last[0], last[3], last[4], last[5]))
         records.append((main, sub, create, version, value, lease))
         if len(records) > 1:
             store._shrinkable.add(key)
         store._size += len(key) + len(value)
-        kv = KeyValue(key, create, main, version, value, lease)
-        self._events.append(Event(PUT, kv, prev, sub))
+        kv = _new(KeyValue, (key, create, main, version, value, lease))
+        self._events.append(_new(Event, (PUT, kv, prev, sub)))
         self._sub = sub + 1
         return kv, prev
 
