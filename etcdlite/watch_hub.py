@@ -77,21 +77,33 @@ class Watcher:
 
 
 class WatchHub:
+    """Live watchers ("synced": they get each revision's events as it is
+    published) and parked ones ("unsynced": their stream catches them up
+    from the store's history, then adds them back)."""
+
     def __init__(self, revision: int):
         self.revision = revision  # the newest revision published to watchers
         self._by_key: dict[bytes, set[Watcher]] = {}
         self._ranges: set[Watcher] = set()
+        self._parked: set[Watcher] = set()
 
     def __len__(self) -> int:
-        return sum(len(s) for s in self._by_key.values()) + len(self._ranges)
+        return sum(len(s) for s in self._by_key.values()) + len(self._ranges) + len(self._parked)
 
     def add(self, w: Watcher) -> None:
+        self._parked.discard(w)
         if w.range_end:
             self._ranges.add(w)
         else:
             self._by_key.setdefault(w.key, set()).add(w)
 
+    def park(self, w: Watcher) -> None:
+        """Stop publishing to w (it stays known, for reset)."""
+        self.remove(w)
+        self._parked.add(w)
+
     def remove(self, w: Watcher) -> None:
+        self._parked.discard(w)
         if w.range_end:
             self._ranges.discard(w)
             return
@@ -102,15 +114,17 @@ class WatchHub:
                 del self._by_key[w.key]
 
     def watchers(self):
+        """The live watchers."""
         for group in self._by_key.values():
             yield from group
         yield from self._ranges
 
     def reset(self, revision: int) -> None:
         """The state was replaced by a snapshot: history may have gaps, so
-        watchers are cancelled as compacted and clients restart them."""
+        watchers, live and parked, are cancelled as compacted and clients
+        restart them."""
         self.revision = revision
-        for w in list(self.watchers()):
+        for w in [*self.watchers(), *self._parked]:
             w.stream.cancel_compacted(w, revision)
 
     def publish(self, events: list[Event], revision: int) -> None:

@@ -11,8 +11,8 @@ from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
 
 
 class Client:
-    def __init__(self, endpoint: str):
-        self.channel = grpc.insecure_channel(endpoint)
+    def __init__(self, endpoint: str, options=()):
+        self.channel = grpc.insecure_channel(endpoint, options=options)
         self.kv = rpc.KVStub(self.channel)
         self.watch = rpc.WatchStub(self.channel)
         self.lease = rpc.LeaseStub(self.channel)

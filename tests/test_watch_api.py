@@ -53,13 +53,18 @@ class WatchStream:
     def __init__(self, client: Client):
         self._requests: queue.Queue = queue.Queue()
         self.responses: queue.Queue = queue.Queue()
+        self.reading = threading.Event()  # cleared: the client stops reading (a slow client)
+        self.reading.set()
         self.call = client.watch.Watch(iter(self._requests.get, None))
         self._thread = threading.Thread(target=self._pump, daemon=True)
         self._thread.start()
 
     def _pump(self):
         try:
-            for resp in self.call:
+            while self.reading.wait():
+                resp = next(self.call, None)
+                if resp is None:
+                    return
                 self.responses.put(resp)
         except grpc.RpcError as err:
             self.responses.put(err)
@@ -99,6 +104,7 @@ class WatchStream:
     def close(self) -> None:
         self._requests.put(None)
         self.call.cancel()
+        self.reading.set()
         self._thread.join(timeout=5)
 
 
@@ -368,3 +374,73 @@ def test_a_bad_request_does_not_break_the_stream(c, stream):
     rev = put_rev(c, b"bad/k")
     got = stream.events_until({good: rev, later: rev})
     assert [e[3] for e in got[good]] == [rev] and [e[3] for e in got[later]] == [rev]
+
+
+# --- a client that reads slower than events come ------------------------------------------
+
+SLOW_VALUE = b"s" * (60 * 1024)
+
+
+@pytest.fixture
+def slow_stream(member):
+    """A stream whose client buffers little while it does not read (its
+    channel does not grow its flow-control windows) and accepts large
+    responses (etcd sends up to 1,000 revisions of history in one)."""
+    client = Client(member.endpoint, options=[("grpc.http2.bdp_probe", 0),
+                                              ("grpc.max_receive_message_length", 256 << 20)])
+    s = WatchStream(client)
+    yield s
+    s.close()
+    client.close()
+
+
+def _fill(c, keys, n) -> list[int]:
+    """n puts of SLOW_VALUE cycling over keys; their revisions."""
+    return [put_rev(c, keys[i % len(keys)], SLOW_VALUE + b"%d" % i) for i in range(n)]
+
+
+def test_a_slow_client_gets_every_event_once_it_reads_again(c, slow_stream):
+    """The client stops reading while ~36 MB of events are written for its
+    watchers (more than the server buffers per stream), then reads again:
+    every watcher gets every event in order, once, with prev_kv, and
+    follows live events afterwards. (The server moves the watchers out of
+    the live fan-out and replays the rest from history.)"""
+    stream = slow_stream
+    one = stream.create(key=b"slow/a", prev_kv=True).watch_id
+    every = stream.create(key=b"slow/", range_end=b"slow0").watch_id
+    stream.reading.clear()
+    revs = _fill(c, [b"slow/a", b"slow/b"], 600)
+    stream.reading.set()
+    got = stream.events_until({one: revs[-2], every: revs[-1]}, timeout=60)
+    assert [e[3] for e in got[every]] == revs
+    assert [e[1] for e in got[every]] == [b"slow/a", b"slow/b"] * 300
+    assert [e[3] for e in got[one]] == revs[0::2]
+    assert all(e[2] == SLOW_VALUE + b"%d" % (2 * i) for i, e in enumerate(got[one]))
+    live = put_rev(c, b"slow/a", b"live")
+    after = stream.events_until({one: live, every: live})
+    assert after[one] == after[every] == [(PUT, b"slow/a", b"live", live)]
+
+
+def test_a_slow_client_left_behind_by_compaction_is_told_so(c, slow_stream):
+    """While the client is not reading, ~60 MB of events are written to its
+    watcher's key and then compacted away. When it reads again it gets the
+    events the server had buffered, in order from the first, then a cancel
+    with the compact revision instead of the rest, as from etcd: the server
+    did not hold all of them in memory for it."""
+    stream = slow_stream
+    wid = stream.create(key=b"slowc/k").watch_id
+    stream.reading.clear()
+    revs = _fill(c, [b"slowc/k"], 1000)
+    c.kv.Compact(pb.CompactionRequest(revision=revs[-1]))
+    stream.reading.set()
+    seen = []
+    deadline = time.monotonic() + 60
+    while True:
+        resp = stream.next(max(0.01, deadline - time.monotonic()))
+        assert resp.watch_id == wid, resp
+        if resp.canceled:
+            break
+        seen += [e.kv.mod_revision for e in resp.events]
+    assert resp.compact_revision == revs[-1]
+    assert seen == revs[:len(seen)]
+    assert len(seen) < len(revs) // 2, f"{len(seen)} of {len(revs)} events were buffered"

@@ -3,6 +3,14 @@
 Requests are read by a task of their own; everything sent goes through one
 queue per stream, so responses keep the order they were produced in (a
 watcher's created response before its events, events in revision order).
+
+A stream whose client reads slower than events come holds at most
+MAX_QUEUED_BYTES (or MAX_QUEUED_MESSAGES) of unsent responses: beyond that its
+watchers leave the live fan-out ("unsynced", as etcd calls them) and, once the
+client has read the backlog, are caught up from the store's history a bounded
+step at a time, then rejoin. A watcher created with a start revision in the
+past is caught up the same way. History compacted before a watcher caught up
+cancels it with compact_revision, as etcd does; nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -22,6 +30,9 @@ log = logging.getLogger("etcdlite.watch")
 
 # etcd sends at most this many revisions of history in one response
 MAX_REVISIONS_PER_RESPONSE = 1000
+# unsent responses a stream may hold before its watchers fall behind (see above)
+MAX_QUEUED_BYTES = 16 << 20
+MAX_QUEUED_MESSAGES = 50_000
 ERR_EMPTY_RANGE = "mvcc: watcher range is empty"
 ERR_DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
 
@@ -31,17 +42,79 @@ def _field_size(n: int) -> int:
     return 1 + max(1, (n.bit_length() + 6) // 7) + n
 
 
+def _size(message) -> int:
+    return len(message) if type(message) is bytes else message.ByteSize()
+
+
 class WatchStream:
     def __init__(self, member):
         self.m = member
         self.queue: asyncio.Queue = asyncio.Queue()
+        self.queued_bytes = 0
         self.watchers: dict[int, Watcher] = {}
+        # watchers out of the live fan-out, waiting for history (by id)
+        self.unsynced: dict[int, Watcher] = {}
+        self._progress_deferred = False
         self._next_id = 0
         # watchers sent events since the last progress tick: as in etcd,
         # they are skipped by that tick's progress notification
         self._busy: set[int] = set()
 
     # --- sending ---------------------------------------------------------
+
+    def _enqueue(self, message) -> None:
+        self.queue.put_nowait(message)
+        self.queued_bytes += _size(message)
+
+    async def next_response(self):
+        """The next response to send; catches unsynced watchers up when the
+        client has read everything queued."""
+        if self.unsynced and self.queue.empty():
+            self.catch_up()
+        message = await self.queue.get()
+        self.queued_bytes -= _size(message)
+        return message
+
+    def _check_backlog(self) -> None:
+        if self.queued_bytes > MAX_QUEUED_BYTES or self.queue.qsize() > MAX_QUEUED_MESSAGES:
+            self._fall_behind()
+
+    def _fall_behind(self) -> None:
+        """Take every live watcher of this stream out of the fan-out. This can
+        run while the hub publishes revision R: a watcher already served R has
+        next_revision R + 1; the others have been offered every revision
+        before R, so their history starts at R at the latest."""
+        hub = self.m.hub
+        for w in self.watchers.values():
+            if w.id not in self.unsynced:
+                hub.park(w)
+                w.next_revision = max(w.next_revision, hub.revision)
+                self.unsynced[w.id] = w
+
+    def catch_up(self) -> None:
+        """One bounded step of history for the unsynced watchers: one
+        response each (see _replay), while the queue is under half its limits. A watcher that reaches the store's revision rejoins
+        the live fan-out (the hub skips what it already got)."""
+        hub = self.m.hub
+        raft = self.m.raft
+        with raft.lock:
+            store = raft.machine.kv
+            upto = store.current_revision
+            for w in list(self.unsynced.values()):
+                if self.queued_bytes >= MAX_QUEUED_BYTES // 2 or self.queue.qsize() >= MAX_QUEUED_MESSAGES // 2:
+                    break
+                try:
+                    history = store.events_since(w.next_revision, w.key, w.range_end)
+                except CompactedError:
+                    self.cancel_compacted(w, store.compact_revision)
+                    continue
+                if self._replay(w, history):
+                    w.next_revision = upto + 1
+                    del self.unsynced[w.id]
+                    hub.add(w)
+        if not self.unsynced and self._progress_deferred:
+            self._progress_deferred = False
+            self.progress()
 
     def _response(self, watch_id: int, revision: int, **fields) -> pb.WatchResponse:
         resp = pb.WatchResponse(watch_id=watch_id, **fields)
@@ -53,11 +126,12 @@ class WatchStream:
             self._busy.add(w.id)
         if w.fragment:
             for resp in self._fragments(w, events, revision):
-                self.queue.put_nowait(resp)
-            return
-        resp = self._response(w.id, revision)
-        resp.events.extend(events)
-        self.queue.put_nowait(resp)
+                self._enqueue(resp)
+        else:
+            resp = self._response(w.id, revision)
+            resp.events.extend(events)
+            self._enqueue(resp)
+        self._check_backlog()
 
     def send_event_fields(self, w: Watcher, fields: bytes, revision: int) -> None:
         """The fast path of live events: the response is put together from
@@ -65,7 +139,8 @@ class WatchStream:
         the number of watchers), not built and serialized per watcher."""
         if w.progress_notify:
             self._busy.add(w.id)
-        self.queue.put_nowait(self.m.header_field(revision) + w.id_field + fields)
+        self._enqueue(self.m.header_field(revision) + w.id_field + fields)
+        self._check_backlog()
 
     def _fragments(self, w: Watcher, events, revision: int):
         """As etcd: a response of two or more events that reaches the limit
@@ -98,12 +173,12 @@ class WatchStream:
         if w.id in self._busy:
             self._busy.discard(w.id)
             return
-        self.queue.put_nowait(self._response(w.id, revision))
+        self._enqueue(self._response(w.id, revision))
 
     def cancel_compacted(self, w: Watcher, compact_revision: int) -> None:
         self._drop(w)
         # etcd's compacted-watcher responses carry header revision 0
-        self.queue.put_nowait(self._response(w.id, 0, canceled=True, compact_revision=compact_revision))
+        self._enqueue(self._response(w.id, 0, canceled=True, compact_revision=compact_revision))
 
     # --- requests --------------------------------------------------------
 
@@ -112,14 +187,14 @@ class WatchStream:
         key = req.key or b"\x00"  # an empty key means the smallest key
         range_end = req.range_end
         if range_end and range_end != b"\x00" and key >= range_end:
-            self.queue.put_nowait(
+            self._enqueue(
                 self._response(-1, hub.revision, created=True, canceled=True, cancel_reason=ERR_EMPTY_RANGE)
             )
             return
         watch_id = req.watch_id
         if watch_id:
             if watch_id in self.watchers:
-                self.queue.put_nowait(
+                self._enqueue(
                     self._response(-1, hub.revision, created=True, canceled=True, cancel_reason=ERR_DUPLICATE_ID)
                 )
                 return
@@ -137,56 +212,62 @@ class WatchStream:
             filters=set(req.filters), next_revision=start, stream=self,
         )
         self.watchers[watch_id] = w
-        self.queue.put_nowait(self._response(watch_id, hub.revision, created=True))
-        if start <= hub.revision:
-            raft = self.m.raft
-            with raft.lock:
-                store = raft.machine.kv
-                try:
-                    history = store.events_since(start, key, range_end)
-                    upto = store.current_revision
-                except CompactedError:
-                    compacted = store.compact_revision
-                    history = None
-            if history is None:
-                self.queue.put_nowait(
-                    self._response(watch_id, 0, canceled=True, compact_revision=compacted)
-                )
-                del self.watchers[watch_id]
-                return
-            self._replay(w, history)
-            w.next_revision = upto + 1
-        hub.add(w)
+        self._enqueue(self._response(watch_id, hub.revision, created=True))
+        if start <= hub.revision or self.unsynced:
+            # history first (or the stream is behind anyway): through catch-up
+            hub.park(w)
+            self.unsynced[watch_id] = w
+            self.catch_up()
+        else:
+            hub.add(w)
 
-    def _replay(self, w: Watcher, history) -> None:
+    def _replay(self, w: Watcher, history) -> bool:
+        """Send w one response of history (the events it wants): at most
+        MAX_REVISIONS_PER_RESPONSE revisions, and no more than fit the
+        response size limit and keep the queue under half its byte limit (at
+        least one revision). True if that was
+        all of it, else w.next_revision is where the rest starts."""
         batch, revisions, last = [], 0, None
+        # responses stay below the size live ones get cut at (see _fragments),
+        # so that clients with gRPC's default 4 MiB receive limit can read them
+        room = min(MAX_QUEUED_BYTES // 2 - self.queued_bytes,
+                   self.m.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES - 1024)
         for ev in history:
             if not w.wants(ev):
                 continue
             rev = ev.kv.mod_revision
             if rev != last:
-                if revisions == MAX_REVISIONS_PER_RESPONSE:
+                if revisions and (revisions == MAX_REVISIONS_PER_RESPONSE or room <= 0):
                     self.send_events(w, batch, last)
-                    batch, revisions = [], 0
+                    w.next_revision = rev
+                    return False
                 revisions += 1
                 last = rev
-            batch.append(event_to_pb(ev, w.prev_kv))
+            pbev = event_to_pb(ev, w.prev_kv)
+            room -= pbev.ByteSize()
+            batch.append(pbev)
         if batch:
             self.send_events(w, batch, last)
+        return True
 
     def cancel(self, watch_id: int) -> None:
         w = self.watchers.get(watch_id)
         if w is None:
             return
         self._drop(w)
-        self.queue.put_nowait(self._response(watch_id, self.m.hub.revision, canceled=True))
+        self._enqueue(self._response(watch_id, self.m.hub.revision, canceled=True))
 
     def progress(self) -> None:
-        # not tied to any watcher: every event up to this revision was sent
-        self.queue.put_nowait(self._response(-1, self.m.hub.revision))
+        # not tied to any watcher: every event up to this revision was sent,
+        # which is not so while some watcher is catching up (etcd defers it too)
+        if self.unsynced:
+            self._progress_deferred = True
+            return
+        self._enqueue(self._response(-1, self.m.hub.revision))
 
     def _drop(self, w: Watcher) -> None:
         self.watchers.pop(w.id, None)
+        self.unsynced.pop(w.id, None)
         self._busy.discard(w.id)
         self.m.hub.remove(w)
 
@@ -217,7 +298,7 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
         reader = asyncio.get_running_loop().create_task(self._read(stream, request_iterator))
         try:
             while True:
-                yield await stream.queue.get()
+                yield await stream.next_response()
         finally:
             reader.cancel()
             stream.close()
