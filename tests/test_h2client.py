@@ -6,6 +6,7 @@ what grpc's do."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -184,3 +185,27 @@ def test_watch_on_a_compacted_revision_is_reported(endpoint):
     resp = st.control[0]
     assert resp.compact_revision == revs[3] and resp.canceled
     assert errors == {f"watch compacted (compact_revision {revs[3]})": 1}
+
+
+def test_load_worker_records_watch_events_with_the_lean_receiver(endpoint):
+    """benchmarks.load's watch task with client="h2", as the suite runs it: streams over
+    several connections, events recorded with the send time stamped in the value."""
+    from benchmarks.load import _Worker
+    from benchmarks.suite import binary_stamp
+
+    w = _Worker()
+    t = {"op": "watch", "endpoints": [endpoint], "streams": 3, "watchers_per_stream": 4, "key": b"h2w/load",
+         "client": "h2", "index": 0}
+    try:
+        w.loop.run_until_complete(w.setup_watch(t))
+        assert len(w.h2chans) == 3
+        with Client(endpoint) as c:
+            revs = [c.put(b"h2w/load", binary_stamp(time.time())).header.revision for _ in range(5)]
+        got_revs, sent, recv, errors = w.loop.run_until_complete(w.run_watch(20, expected=5 * 12))
+    finally:
+        w.loop.run_until_complete(w.close())
+        w.loop.close()
+        asyncio.set_event_loop(None)
+    assert errors == {}
+    assert sorted(got_revs) == sorted(revs * 12)
+    assert all(0 <= b - a < 20 for a, b in zip(sent, recv))
