@@ -9,6 +9,7 @@ HPACK table state, everything written once per turn of the loop. It implements
 what a unary call needs and nothing else (no streaming, no compression, no TLS).
 Used for the unary benchmarks (put, range, txn, lease grant) against every
 target, etcd included; KVStub/LeaseStub stand in for the generated stubs.
+benchmarks/h2watch.py adds Watch streams to it (WatchChannel).
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ class _Call:
 class H2Channel(asyncio.Protocol):
     """One HTTP/2 connection; `await call(path, request_bytes)` -> response bytes."""
 
+    recv_window = RECV_WINDOW  # what the server may send before we acknowledge (connection and each stream)
+
     def __init__(self, authority: str):
         self.authority = authority.encode()
         self.loop = asyncio.get_running_loop()
@@ -110,9 +113,11 @@ class H2Channel(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        settings = struct.pack(">HL", 4, RECV_WINDOW - 1) + struct.pack(">HL", 2, 0)
-        self.transport.write(PREFACE + self._frame(SETTINGS, 0, 0, settings)
-                             + self._frame(WINDOW_UPDATE, 0, 0, _U32.pack(RECV_WINDOW - 65535)))
+        settings = struct.pack(">HL", 4, self.recv_window - 1) + struct.pack(">HL", 2, 0)
+        out = PREFACE + self._frame(SETTINGS, 0, 0, settings)
+        if self.recv_window > 65535:  # the connection's window starts at 65,535 whatever the settings
+            out += self._frame(WINDOW_UPDATE, 0, 0, _U32.pack(self.recv_window - 65535))
+        self.transport.write(out)
 
     def connection_lost(self, exc) -> None:
         self._fail_all(exc or ConnectionError("connection closed"))
@@ -213,7 +218,7 @@ class H2Channel(asyncio.Protocol):
     def _frame_received(self, ftype: int, flags: int, sid: int, payload: bytes) -> None:
         if ftype == DATA:
             self.recv_unacked += len(payload)
-            if self.recv_unacked > RECV_WINDOW // 2:
+            if self.recv_unacked > self.recv_window // 2:
                 self._queue(self._frame(WINDOW_UPDATE, 0, 0, _U32.pack(self.recv_unacked)))
                 self.recv_unacked = 0
             call = self.calls.get(sid)
@@ -235,12 +240,7 @@ class H2Channel(asyncio.Protocol):
             if flags & END_HEADERS and self.headers_in_progress is not None:
                 hsid, hflags, parts = self.headers_in_progress
                 self.headers_in_progress = None
-                status, message = self._status_of(b"".join(parts))
-                call = self.calls.get(hsid)
-                if call is not None and status is not None:
-                    call.status, call.message = status, message
-                if hflags & END_STREAM:
-                    self._finish(hsid)
+                self._headers_received(hsid, hflags, b"".join(parts))
         elif ftype == SETTINGS:
             if not flags & ACK:
                 for i in range(0, len(payload), 6):
@@ -265,6 +265,15 @@ class H2Channel(asyncio.Protocol):
         elif ftype == GOAWAY:
             self._fail_all(ConnectionError("GOAWAY from the server"))
             self.close()
+
+    def _headers_received(self, sid: int, flags: int, block: bytes) -> None:
+        """A complete header block (response headers or trailers) of stream sid."""
+        status, message = self._status_of(block)
+        call = self.calls.get(sid)
+        if call is not None and status is not None:
+            call.status, call.message = status, message
+        if flags & END_STREAM:
+            self._finish(sid)
 
     def _status_of(self, block: bytes):
         return self.headers.decode(block, _status_fields)

@@ -1,4 +1,6 @@
-"""Load generator: persistent worker processes, each running grpc.aio clients.
+"""Load generator: persistent worker processes, each running grpc.aio clients or the
+lean ones (benchmarks/h2client.py for unary calls, benchmarks/h2watch.py for watch
+streams; the task's "client": "h2").
 
 The parent (benchmarks.suite) keeps a pool of `spawn`ed worker processes. For one
 measurement every worker gets a task (operation, endpoints, number of clients), opens
@@ -211,6 +213,7 @@ class _Worker:
         for s in getattr(self, "streams", []):
             s.cancel()
         self.streams = []
+        self.watch_log = None
         for c in getattr(self, "h2chans", []):
             c.close()
         self.h2chans = []
@@ -221,6 +224,8 @@ class _Worker:
     # -- watch -----------------------------------------------------------------
 
     async def setup_watch(self, t: dict):
+        if t.get("client") == "h2":
+            return await self.setup_watch_h2(t)
         from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
         from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
 
@@ -244,8 +249,32 @@ class _Worker:
             self.watch_calls.append(call)
         self.streams = list(self.watch_calls)
 
+    async def setup_watch_h2(self, t: dict):
+        """The same streams through the lean receiver (benchmarks/h2watch.py): events are
+        recorded as they are read from the sockets, into one EventLog."""
+        from benchmarks import h2watch
+
+        n_streams, per_stream = t["streams"], t["watchers_per_stream"]
+        eps = t["endpoints"]
+        log = h2watch.EventLog()
+        self.watch_errors = Counter()
+        conns = await asyncio.wait_for(asyncio.gather(*(
+            h2watch.WatchChannel.connect(eps[(t["index"] + i) % len(eps)], on_events=log, errors=self.watch_errors)
+            for i in range(max(1, min(n_streams, 8))))), 15)
+        self.h2chans = conns
+        streams = [conns[s % len(conns)].watch() for s in range(n_streams)]
+        for st in streams:
+            st.create(t["key"], count=per_stream)
+        await asyncio.gather(*(st.wait_created(per_stream, timeout=30) for st in streams))
+        if self.watch_errors:
+            raise RuntimeError(f"watch setup: {dict(self.watch_errors)}")
+        log.clear()
+        self.watch_log = log
+
     async def run_watch(self, duration: float, expected: int | None = None):
         """Collect (mod_revision, sent_time embedded in the value, receive time) per event."""
+        if getattr(self, "watch_log", None) is not None:
+            return await self.run_watch_h2(duration, expected)
         revs, sent, recv = array("q"), array("d"), array("d")
         errors: Counter = Counter()
 
@@ -276,6 +305,15 @@ class _Worker:
             tk.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         return revs, sent, recv, errors
+
+    async def run_watch_h2(self, duration: float, expected: int | None = None):
+        log = self.watch_log
+        t0 = time.monotonic()
+        end = t0 + duration
+        while time.monotonic() < end and (expected is None or len(log) < expected):
+            await asyncio.sleep(0.05)
+        self.watch_wall = time.monotonic() - t0
+        return log.revs, log.sent, log.recv, Counter(self.watch_errors)
 
 
 def worker_main(conn) -> None:

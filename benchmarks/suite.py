@@ -228,10 +228,21 @@ class Runner:
             "client": self.client_label("txn_cas", clients),
         }
 
+    def watch_receiver_label(self, streams: int) -> str:
+        n = len(self.split(streams))
+        conns = sum(max(1, min(s, 8)) for s in self.split(streams))
+        if self.args.client == "h2":
+            return (f"benchmarks.h2watch (lean HTTP/2 gRPC watch streams on asyncio, upb parsing): "
+                    f"{streams} stream(s) over {conns} connection(s) in {n} process(es); "
+                    f"writer: python grpc (sync) in the parent")
+        return (f"benchmarks.load: python grpc.aio watch streams over {conns} channel(s) in {n} process(es); "
+                f"writer: python grpc (sync) in the parent")
+
     def bench_watch(self, target: Target) -> dict:
         out = {}
-        # modest: 1,000 watchers make 1,000 events per put, and one Python receiver
-        # process decodes only a few thousand watch responses per second
+        # modest: 1,000 watchers make 1,000 events per put, and a grpc.aio receiver
+        # process decodes only a few thousand watch responses per second (the lean
+        # one, --client h2, some tens of thousands); the Go rows use the same rate
         rate = 2.0
         dur = 3.0 if self.quick else 8.0
         for name, streams, per in (("1x1000", 1, 1000), ("100x10", 100, 10)):
@@ -242,7 +253,8 @@ class Runner:
             split = self.split(streams)
             n_puts = int(rate * dur)
             tasks = [dict(op="watch", endpoints=eps, streams=s, watchers_per_stream=per, key=key,
-                          duration=dur + 10.0, expected=n_puts * s * per) for s in split]
+                          duration=dur + 10.0, expected=n_puts * s * per, client=self.args.client)
+                     for s in split]
             results, (acks, put_lat) = self.pool.run(
                 tasks, during=lambda start: watch_writer(target.endpoints[0], key, start, rate, dur))
             send_lat, ack_lat = [], []
@@ -264,8 +276,13 @@ class Runner:
                 "errors": sum(errors.values()), "error_kinds": errors,
                 # per receiving process: near 1.0 means the receiver, not the server, set the pace
                 "receiver_cpu_cores_max": round(max(r["cpu"] / r["wall"] for r in results), 2),
-                "client": f"benchmarks.load: python grpc.aio watch streams in {len(split)} process(es); "
-                          f"writer: python grpc (sync) in the parent",
+                # the same per put: the events of a put come in a burst (at 2 puts/s the average
+                # above hides it); a receiver spending a good part of the bar per put delays the
+                # last events of each burst by that much
+                "receiver_cpu_ms_per_put_max": round(max(r["cpu"] for r in results) * 1e3 / len(acks), 1)
+                if acks else None,
+                "receiver": self.args.client,  # h2 = benchmarks.h2watch, grpc = grpc.aio
+                "client": self.watch_receiver_label(streams),
             }
         out.update(self.go_watch(target, rate, dur))
         return out
@@ -494,9 +511,10 @@ def parse_args(argv):
     ap.add_argument("--duration", type=float, default=0, help="seconds per measurement (default 2, quick 1.2)")
     ap.add_argument("--reps", type=int, default=0, help="repetitions per measurement, median reported (default 3, quick 1)")
     ap.add_argument("--client", choices=["h2", "grpc"], default="h2",
-                    help="client of the unary benchmarks (put, range, txn, lease grant): h2 = "
-                         "benchmarks/h2client.py (default; grpc.aio spends more CPU per call than the "
-                         "servers it measures), grpc = grpc.aio")
+                    help="client of the unary benchmarks (put, range, txn, lease grant) and receiver of "
+                         "the Python watch rows: h2 = benchmarks/h2client.py and benchmarks/h2watch.py "
+                         "(default; grpc.aio spends more CPU per call than the servers it measures), "
+                         "grpc = grpc.aio (lease keep-alive streams always use grpc.aio)")
     ap.add_argument("--procs", type=int, default=max(2, os.cpu_count() or 2), help="load worker processes")
     ap.add_argument("--memory-keys", type=int, default=0, help="keys for the memory benchmark (default 100000, quick 10000)")
     ap.add_argument("--render-only", action="store_true",

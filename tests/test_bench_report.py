@@ -1,0 +1,44 @@
+"""benchmarks/report.py: which watch receiver's figures judge the watch bar."""
+
+from __future__ import annotations
+
+from benchmarks import report
+
+
+def _target(receiver, py_p99, go_p99, cores=0.03, ms_per_put=12.0):
+    watch = {}
+    for shape in ("1x1000", "100x10"):
+        watch[shape] = {"p99_ms": py_p99, "receiver_cpu_cores_max": cores, "receiver_cpu_ms_per_put_max": ms_per_put}
+        if receiver is not None:
+            watch[shape]["receiver"] = receiver
+        watch["go_" + shape] = {"p99_ms": go_p99, "receiver_cpu_cores": 0.1}
+    return {"watch": watch}
+
+
+def _bar(T):
+    return report.watch_bar(T)
+
+
+def test_lean_receiver_judges_the_bar_when_it_is_not_the_bottleneck():
+    T = {"etcdlite1": _target("h2", 20.0, 70.0), "etcdlite3": _target("h2", 30.0, 80.0)}
+    text, ok, detail = _bar(T)
+    assert "lean h2watch" in text and ok is True
+    assert "70" in detail and "80" in detail  # the Go figures are shown beside
+
+
+def test_go_receivers_judge_the_bar_when_the_lean_one_is_busy():
+    # 0.4 cores on average looks idle, but 200 ms of CPU per put is what delays a burst
+    T = {"etcdlite1": _target("h2", 20.0, 45.0, cores=0.4, ms_per_put=200.0)}
+    text, ok, detail = _bar(T)
+    assert "Go etcdctl" in text and ok is True
+    assert "not judged with it" in detail and "20.0" in detail
+    T = {"etcdlite1": _target("h2", 20.0, 45.0, cores=0.9, ms_per_put=5.0)}
+    assert "Go etcdctl" in _bar(T)[0]
+
+
+def test_old_results_without_a_receiver_field_came_from_grpc_aio():
+    T = {"etcdlite1": _target(None, 218.0, 45.0)}
+    text, ok, detail = _bar(T)
+    assert "Go etcdctl" in text and ok is True
+    assert "grpc.aio receiver" in detail
+    assert any("grpc.aio receiver, 1 stream" in r.label for r in report.rows(report.watch_receiver(T)))
