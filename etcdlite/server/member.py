@@ -191,12 +191,15 @@ class Member:
 
     def _on_applied(self, applied) -> None:
         """Runs inside a raft tick for every applied batch, in log order:
-        delivery is left to the next turn of the loop (not done inside
+        delivery is left to a later turn of the loop (not done inside
         pysyncobj's apply), and skipped for a batch that neither changed
-        keys nor touched leases or members."""
+        keys nor touched leases or members. Two turns later: the batch's
+        own requests are answered (their futures settle after this, in the
+        same tick) and their responses written before the watch fan-out, as
+        etcd acknowledges a put without waiting for its watchers."""
         for op, _, events, _ in applied:
             if events or op in _NOTIFY_OPS:
-                self.loop.call_soon(self._deliver, applied)
+                self.loop.call_soon(self.loop.call_soon, self._deliver, applied)
                 return
 
     def _deliver(self, applied) -> None:
