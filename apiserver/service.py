@@ -18,6 +18,7 @@ from apiserver import errors, resources
 from apiserver.errors import ApiError
 from apiserver.pb import api_pb2, api_pb2_grpc
 from apiserver.registry import Registry
+from etcdlite.server.rpc import serialize
 
 log = logging.getLogger("apiserver.service")
 
@@ -81,10 +82,6 @@ class SharedWatchEvents:
         return data
 
 
-def _serialize(message) -> bytes:
-    return message if isinstance(message, bytes) else message.SerializeToString()
-
-
 def add_to_server(servicer: "ApiServerService", server) -> None:
     """Registers the service as the generated code would, except that every
     response may also be given already serialized (bytes)."""
@@ -96,7 +93,7 @@ def add_to_server(servicer: "ApiServerService", server) -> None:
             else grpc.unary_unary_rpc_method_handler
         handlers[method.name] = make(getattr(servicer, method.name),
                                      request_deserializer=request.FromString,
-                                     response_serializer=_serialize)
+                                     response_serializer=serialize)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 

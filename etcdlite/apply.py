@@ -150,7 +150,9 @@ class StateMachine:
             if op == Op.PUT:
                 put = pb.PutRequest.FromString(data)
                 self._check_put(put)
-                return self._write(self._put, put)
+                if put.prev_kv or put.ignore_value or put.ignore_lease:
+                    return self._write(self._put, put)
+                return self._plain_put(put)
             if op == Op.DELETE_RANGE:
                 return self._write(self._delete_range, pb.DeleteRangeRequest.FromString(data))
             if op == Op.TXN:
@@ -209,6 +211,17 @@ class StateMachine:
                 raise errors.KEY_NOT_FOUND
         if p.lease and p.lease not in self.leases:
             raise errors.LEASE_NOT_FOUND
+
+    def _plain_put(self, p: pb.PutRequest) -> tuple[int, list[Event]]:
+        """A Put without prev_kv / ignore_*, the most common write: its
+        result is only the new revision (the server answers with the header)."""
+        txn = self.kv.write()
+        try:
+            kv, _ = txn.put(p.key, p.value, p.lease)
+        finally:
+            events = txn.end()
+            self._track_leases(events)
+        return kv.mod_revision, events
 
     def _put(self, txn, p: pb.PutRequest) -> pb.PutResponse:
         value, lease = p.value, p.lease

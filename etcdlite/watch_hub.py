@@ -31,6 +31,12 @@ def event_to_pb(ev: Event, with_prev: bool) -> kv_pb2.Event:
 
 def varint(n: int) -> bytes:
     """Protobuf's base-128 varint of a non-negative int."""
+    if n < 0x80:
+        return bytes((n,))
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
+    if n < 0x200000:
+        return bytes((n & 0x7F | 0x80, (n >> 7) & 0x7F | 0x80, n >> 14))
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)

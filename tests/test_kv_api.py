@@ -479,3 +479,9 @@ def test_every_kv_response_header_names_cluster_member_and_term(c, member):
         assert h.member_id == status.header.member_id != 0
         assert h.raft_term >= 1 and h.raft_term == status.header.raft_term
         assert h.revision >= rev
+    # a plain put's response on the wire is exactly protobuf's encoding of it
+    # (etcdlite puts that one together from bytes)
+    raw = c.channel.unary_unary("/etcdserverpb.KV/Put")(pb.PutRequest(key=b"hdr/k", value=b"w").SerializeToString())
+    resp = pb.PutResponse.FromString(raw)
+    assert resp.header.revision > rev and resp.header.member_id == status.header.member_id
+    assert raw == resp.SerializeToString(deterministic=True)

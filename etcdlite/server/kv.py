@@ -5,7 +5,12 @@ from __future__ import annotations
 from etcdlite.apply import Op
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
 from etcdlite.server.checks import check_delete, check_put, check_range, check_txn
-from etcdlite.server.rpc import unary
+from etcdlite.server.rpc import add_servicer, unary
+
+
+def add_to_server(service: KVService, server) -> None:
+    """The KV service; a plain Put answers with its response's bytes."""
+    add_servicer(rpc_pb2_grpc.add_KVServicer_to_server, service, server)
 
 
 class KVService(rpc_pb2_grpc.KVServicer):
@@ -30,7 +35,11 @@ class KVService(rpc_pb2_grpc.KVServicer):
     @unary
     async def Put(self, request, context):
         check_put(request)
-        return await self._write(Op.PUT, request)
+        resp = await self.m.propose(Op.PUT, request)
+        if type(resp) is int:  # a plain put's revision: the response is its header
+            return self.m.header_field(resp)
+        self.m.header(resp.header)
+        return resp
 
     @unary
     async def DeleteRange(self, request, context):

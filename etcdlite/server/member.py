@@ -97,6 +97,8 @@ class Member:
         self._barrier_inflight = False
         self._header_key = None
         self._header_field = b""
+        self._header_parts_key = None
+        self._header_parts = (b"", b"")
 
     # --- lifecycle -------------------------------------------------------
 
@@ -136,6 +138,7 @@ class Member:
         """A gRPC server for one client URL, with every etcd service on it."""
         from etcdlite.server.cluster import ClusterService
         from etcdlite.server.kv import KVService
+        from etcdlite.server.kv import add_to_server as add_kv_service
         from etcdlite.server.lease import LeaseService
         from etcdlite.server.maintenance import MaintenanceService
         from etcdlite.server.watch import WatchService
@@ -152,7 +155,7 @@ class Member:
             ])
         else:
             server = GrpcServer(max_receive_message_length=max_receive)
-        rpc_pb2_grpc.add_KVServicer_to_server(KVService(self), server)
+        add_kv_service(KVService(self), server)
         add_watch_service(WatchService(self), server)
         rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(self), server)
         rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(self), server)
@@ -235,15 +238,23 @@ class Member:
 
     def header_field(self, revision: int) -> bytes:
         """A response's `header` field (number 1) on the wire, for responses
-        put together from bytes; the last one is kept (every watcher of an
-        event gets the same)."""
-        key = (revision, self.raft.term, self.raft.machine.members.cluster_id)
+        put together from bytes (a plain Put's whole response is this); the
+        last one is kept (every watcher of an event gets the same). Only the
+        revision's varint is new per revision: the other fields' bytes are
+        kept while the term and cluster ID stay."""
+        term = self.raft.term
+        cluster_id = self.raft.machine.members.cluster_id or self.cluster_id
+        key = (revision, term, cluster_id)
         if key != self._header_key:
-            h = pb.ResponseHeader()
-            self.header(h, revision)
-            data = h.SerializeToString()
+            if key[1:] != self._header_parts_key:
+                # fields in number order, zeros left out, as protobuf writes them
+                head = (b"\x08" + varint(cluster_id) if cluster_id else b"") + b"\x10" + varint(self.id)
+                self._header_parts = (head, b"\x20" + varint(term) if term else b"")
+                self._header_parts_key = key[1:]
+            head, tail = self._header_parts
+            body = head + b"\x18" + varint(revision) + tail if revision else head + tail
             self._header_key = key
-            self._header_field = b"\x0a" + varint(len(data)) + data
+            self._header_field = b"\x0a" + varint(len(body)) + body
         return self._header_field
 
     def header(self, h, revision: int | None = None) -> None:

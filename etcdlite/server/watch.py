@@ -18,12 +18,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import grpc
-
 from etcdlite.mvcc import CompactedError
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
 from etcdlite.server.member import GRPC_OVERHEAD_BYTES
+from etcdlite.server.rpc import add_servicer
 from etcdlite.watch_hub import Watcher, event_to_pb
 
 log = logging.getLogger("etcdlite.watch")
@@ -276,17 +275,10 @@ class WatchStream:
             self._drop(w)
 
 
-def _serialize(message) -> bytes:
-    return message if isinstance(message, bytes) else message.SerializeToString()
-
-
 def add_to_server(service: WatchService, server) -> None:
     """As the generated add_WatchServicer_to_server, except that responses
     may be given already serialized (bytes)."""
-    handler = grpc.stream_stream_rpc_method_handler(
-        service.Watch, request_deserializer=pb.WatchRequest.FromString, response_serializer=_serialize)
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("etcdserverpb.Watch", {"Watch": handler}),))
+    add_servicer(rpc_pb2_grpc.add_WatchServicer_to_server, service, server)
 
 
 class WatchService(rpc_pb2_grpc.WatchServicer):
