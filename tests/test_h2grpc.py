@@ -342,3 +342,73 @@ def test_unary_handlers_without_a_task_wait_and_are_cancelled_like_tasks(eager):
 
     asyncio.run(main())
     assert sorted(seen) == [("cancelled", "cancel", True), ("cancelled", "deadline", True)]
+
+
+def test_callback_handlers_reply_now_later_with_errors_and_after_a_deadline():
+    """GrpcServer.set_unary_callback (how etcdlite serves Put): a handler
+    that replies at once, one that replies from a later callback, one that
+    replies with an error status, one that raises (INTERNAL, the server goes
+    on), and one that replies after the client's deadline passed (ignored:
+    the call already ended)."""
+    from etcdlite.server.h2grpc import GrpcServer
+
+    late = []
+
+    async def unused(request, context):  # the coroutine form other servers would run
+        raise AssertionError("the callback serves this method")
+
+    def now(request, reply):
+        reply(b"now:" + request)
+
+    def later(request, reply):
+        asyncio.get_running_loop().call_later(0.01, reply, b"later:" + request)
+
+    def refuse(request, reply):
+        reply(None, grpc.StatusCode.FAILED_PRECONDITION, "no: " + request.decode())
+
+    def broken(request, reply):
+        raise ValueError("bug")
+
+    def too_late(request, reply):
+        def answer():
+            reply(b"too late")
+            late.append(True)
+        asyncio.get_running_loop().call_later(0.5, answer)
+
+    names = {"Now": now, "Later": later, "Refuse": refuse, "Broken": broken, "TooLate": too_late}
+
+    async def main():
+        server = GrpcServer()
+        server.add_registered_method_handlers(
+            "t.T", {n: grpc.unary_unary_rpc_method_handler(unused) for n in names})
+        for n, fn in names.items():
+            server.set_unary_callback(f"/t.T/{n}", fn)
+        with pytest.raises(KeyError):
+            server.set_unary_callback("/t.T/Unknown", now)
+        port = await server.listen("127.0.0.1", 0)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                def call(n):
+                    return ch.unary_unary(f"/t.T/{n}")
+                assert await call("Now")(b"a", timeout=5) == b"now:a"
+                got = await asyncio.gather(*(call("Later")(b"%d" % i, timeout=5) for i in range(50)))
+                assert got == [b"later:%d" % i for i in range(50)]
+                errors = []
+                for n, timeout in (("Refuse", 5), ("Broken", 5), ("TooLate", 0.2)):
+                    with pytest.raises(grpc.aio.AioRpcError) as err:
+                        await call(n)(b"x", timeout=timeout)
+                    errors.append((err.value.code(), err.value.details()))
+                deadline = time.monotonic() + 5
+                while not late:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.01)
+                assert await call("Now")(b"b", timeout=5) == b"now:b"
+                return errors
+        finally:
+            await server.stop(0)
+
+    errors = asyncio.run(main())
+    assert errors[0] == (grpc.StatusCode.FAILED_PRECONDITION, "no: x")
+    assert errors[1][0] == grpc.StatusCode.INTERNAL and "bug" in errors[1][1]
+    assert errors[2][0] == grpc.StatusCode.DEADLINE_EXCEEDED

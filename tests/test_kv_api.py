@@ -7,12 +7,13 @@ ETCDLITE_TEST_TARGET=etcd to point it at /usr/bin/etcd instead.
 
 from __future__ import annotations
 
+import os
 
 import grpc
 import pytest
 
 from etcd_stubs import Client, error_of
-from procs import start_module_member
+from procs import Registry, start_module_member
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 
 R = pb.RangeRequest
@@ -485,3 +486,33 @@ def test_every_kv_response_header_names_cluster_member_and_term(c, member):
     resp = pb.PutResponse.FromString(raw)
     assert resp.header.revision > rev and resp.header.member_id == status.header.member_id
     assert raw == resp.SerializeToString(deterministic=True)
+
+
+@pytest.mark.skipif(os.environ.get("ETCDLITE_TEST_TARGET") == "etcd", reason="etcdlite's server option")
+def test_the_kv_service_on_grpcio_server(tmp_path):
+    """--experimental-grpc-server=grpcio runs the KV service's coroutine
+    methods (etcdlite's own server runs the writes as callback handlers):
+    the same answers and errors."""
+    reg = Registry()
+    try:
+        m = reg.start_etcdlite(tmp_path, name="grpcio0", experimental_grpc_server="grpcio",
+                               max_request_bytes=64 * 1024)
+        with Client(m.endpoint) as c:
+            raw = c.channel.unary_unary("/etcdserverpb.KV/Put")(pb.PutRequest(key=b"g/k", value=b"1").SerializeToString())
+            first = pb.PutResponse.FromString(raw)
+            assert raw == first.SerializeToString(deterministic=True) and first.header.member_id
+            second = c.put(b"g/k", b"2", prev_kv=True)
+            assert second.header.revision == first.header.revision + 1 and second.prev_kv.value == b"1"
+            txn = c.kv.Txn(pb.TxnRequest(
+                compare=[pb.Compare(key=b"g/k", target=pb.Compare.VALUE, result=pb.Compare.EQUAL, value=b"2")],
+                success=[put_op(b"g/k", b"3")]))
+            assert txn.succeeded and txn.header.revision == second.header.revision + 1
+            assert c.get(b"g/k").kvs[0].value == b"3"
+            assert c.kv.DeleteRange(pb.DeleteRangeRequest(key=b"g/k")).deleted == 1
+            assert error_of(lambda: c.put(b"", b"v")) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                            "etcdserver: key is not provided")
+            code, _ = error_of(lambda: c.put(b"g/big", b"x" * (64 * 1024 + 10)))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT
+            c.kv.Compact(pb.CompactionRequest(revision=txn.header.revision))
+    finally:
+        reg.cleanup()

@@ -68,6 +68,33 @@ def _settle(futures: list[asyncio.Future], results, reason) -> None:
             fut.set_result(result)
 
 
+class _Callback:
+    """A request's waiter that calls on_done(result, error) instead of
+    resolving a future (what _settle and _expire need of a future)."""
+
+    __slots__ = ("finished", "on_done")
+
+    def __init__(self, on_done) -> None:
+        self.on_done = on_done
+        self.finished = False
+
+    def done(self) -> bool:
+        return self.finished
+
+    def set_result(self, result) -> None:
+        self._call(result, None)
+
+    def set_exception(self, error) -> None:
+        self._call(None, error)
+
+    def _call(self, result, error) -> None:
+        self.finished = True
+        try:
+            self.on_done(result, error)
+        except Exception:  # a bug there must not keep the batch's other waiters waiting
+            log.exception("request callback failed")
+
+
 def _expire(futures: list[asyncio.Future]) -> None:
     for fut in futures:
         if not fut.done():
@@ -274,16 +301,27 @@ class Member:
         data = request.SerializeToString() if request is not None else b""
         if len(data) > self.cfg.max_request_bytes:
             raise errors.REQUEST_TOO_LARGE
-        loop = self.loop
-        fut = loop.create_future()
-        self._outbox.append((op, data, fut))
+        fut = self.loop.create_future()
+        self._enqueue(op, data, fut)
+        return await fut
+
+    def submit(self, op: Op, request, on_done) -> None:
+        """propose() for callers without a coroutine: on_done(result, error)
+        runs once the request is applied here (or failed), inside the apply.
+        Raises EtcdError at once for a request too large."""
+        data = request.SerializeToString()
+        if len(data) > self.cfg.max_request_bytes:
+            raise errors.REQUEST_TOO_LARGE
+        self._enqueue(op, data, _Callback(on_done))
+
+    def _enqueue(self, op: Op, data: bytes, waiter) -> None:
+        self._outbox.append((op, data, waiter))
         self._outbox_bytes += len(data)
         if self._outbox_bytes >= MAX_BATCH_BYTES:
             self._send_batch()
         elif not self._flush_pending:
             self._flush_pending = True
-            loop.call_soon(self._flush)
-        return await fut
+            self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_pending = False

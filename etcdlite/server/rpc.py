@@ -24,10 +24,15 @@ def unary(fn):
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # a bug: keep serving, tell the client
-            log.exception("%s failed", fn.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"etcdlite: internal error: {exc!r}")
+            await context.abort(*internal_error(fn.__name__, exc))
 
     return handler
+
+
+def internal_error(name: str, exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """A bug in a handler: logged here, (code, details) for the client."""
+    log.error("%s failed", name, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"etcdlite: internal error: {exc!r}"
 
 
 def serialize(message) -> bytes:
