@@ -217,9 +217,12 @@ class StateMachine:
         result is only the new revision (the server answers with the header)."""
         txn = self.kv.write()
         try:
-            kv, _ = txn.put(p.key, p.value, p.lease)
-        finally:
-            events = txn.end()
+            kv, prev = txn.put(p.key, p.value, p.lease)
+        except BaseException:
+            self._track_leases(txn.end())
+            raise
+        events = txn.end()
+        if kv.lease or (prev is not None and prev.lease):
             self._track_leases(events)
         return kv.mod_revision, events
 
