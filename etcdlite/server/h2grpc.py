@@ -457,16 +457,34 @@ class _Stream:
         self.stop_handler()
 
     def reply(self, response=None, code: grpc.StatusCode | None = None, details: str = "") -> None:
-        """How a callback handler (GrpcServer.set_unary_callback) ends its call:
-        reply(response), or reply(None, code, details) for an error. Nothing
-        happens if the call already ended (cancelled, deadline passed)."""
+        """End a unary call: reply(response), or reply(None, code, details)
+        for an error (how callback handlers, GrpcServer.set_unary_callback,
+        answer; unary coroutines' answers come here too). Nothing happens if
+        the call already ended (cancelled, deadline passed)."""
         if self.finished:
             return
-        if code is None:
-            self.queue_message(self.serialize(response))
-            self.finish(OK_TRAILERS)
-        else:
+        if code is not None:
             self.finish(_status_block(code, details))
+            return
+        payload = self.serialize(response)
+        n = len(payload) + 5
+        conn = self.conn
+        if self.headers_sent or self.pending or n > conn.peer_max_frame or n > min(self.send_window, conn.send_window):
+            self.queue_message(payload)
+            self.finish(OK_TRAILERS)
+            return
+        # the usual whole answer: headers, one DATA frame, trailers, in one go
+        self.headers_sent = self.finished = True
+        self.send_window -= n
+        conn.send_window -= n
+        sid = self.id
+        conn.out += (_HDR.pack(0, len(RESPONSE_HEADERS), HEADERS, END_HEADERS, sid), RESPONSE_HEADERS,
+                     _HDR.pack(n >> 8, n & 0xFF, DATA, 0, sid), _MSG.pack(0, n - 5), payload,
+                     _HDR.pack(0, len(OK_TRAILERS), HEADERS, END_HEADERS | END_STREAM, sid), OK_TRAILERS)
+        if not conn.flush_scheduled:
+            conn.flush_scheduled = True
+            conn.loop.call_soon(conn.flush)
+        conn.close_stream(self)
 
     def stop_handler(self) -> None:
         if self.task is not None and not self.task.done():
@@ -737,12 +755,17 @@ class _Connection(asyncio.Protocol):
         if flags & PADDED:
             pad = payload[0]
             payload = payload[1:n - pad]
-        stream.recv_buf += payload
-        try:
-            messages = stream.next_messages()
-        except _Aborted as err:
-            stream.fail(*err.args)
-            return
+        n = len(payload) - 5
+        if n >= 0 and not stream.recv_buf and payload[0] == 0 and _MSG.unpack_from(payload)[1] == n \
+                and n <= self.server.max_receive:
+            messages = [payload[5:]]  # the usual: one whole uncompressed message in the frame
+        else:
+            stream.recv_buf += payload
+            try:
+                messages = stream.next_messages()
+            except _Aborted as err:
+                stream.fail(*err.args)
+                return
         if flags & END_STREAM:
             stream.remote_closed = True
         self.deliver(stream, messages)
@@ -1002,6 +1025,9 @@ class GrpcServer:
                 if not stream.finished:
                     if context._code is not None and context._code != grpc.StatusCode.OK:
                         stream.finish(_status_block(context._code, context._details, context._trailing))
+                        return
+                    if not context._trailing:
+                        stream.reply(response)
                         return
                     stream.queue_message(stream.serialize(response))
             elif h.stream_unary is not None:
