@@ -298,23 +298,20 @@ class Member:
         Raft entry, and while MAX_BATCHES_IN_FLIGHT entries are on their way
         the next one fills up: under load a single log append, replication
         round and hand-back serve many requests."""
-        data = request.SerializeToString() if request is not None else b""
-        if len(data) > self.cfg.max_request_bytes:
-            raise errors.REQUEST_TOO_LARGE
         fut = self.loop.create_future()
-        self._enqueue(op, data, fut)
+        self._enqueue(op, request, fut)
         return await fut
 
     def submit(self, op: Op, request, on_done) -> None:
         """propose() for callers without a coroutine: on_done(result, error)
         runs once the request is applied here (or failed), inside the apply.
         Raises EtcdError at once for a request too large."""
-        data = request.SerializeToString()
+        self._enqueue(op, request, _Callback(on_done))
+
+    def _enqueue(self, op: Op, request, waiter) -> None:
+        data = request.SerializeToString() if request is not None else b""
         if len(data) > self.cfg.max_request_bytes:
             raise errors.REQUEST_TOO_LARGE
-        self._enqueue(op, data, _Callback(on_done))
-
-    def _enqueue(self, op: Op, data: bytes, waiter) -> None:
         self._outbox.append((op, data, waiter))
         self._outbox_bytes += len(data)
         if self._outbox_bytes >= MAX_BATCH_BYTES:
