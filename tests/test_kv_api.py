@@ -489,10 +489,10 @@ def test_every_kv_response_header_names_cluster_member_and_term(c, member):
 
 
 @pytest.mark.skipif(os.environ.get("ETCDLITE_TEST_TARGET") == "etcd", reason="etcdlite's server option")
-def test_the_kv_service_on_grpcio_server(tmp_path):
+def test_kv_and_watch_on_the_grpcio_server(tmp_path):
     """--experimental-grpc-server=grpcio runs the KV service's coroutine
-    methods (etcdlite's own server runs the writes as callback handlers):
-    the same answers and errors."""
+    methods and the Watch generator (etcdlite's own server runs the writes as
+    callback handlers and Watch writing to its stream): the same answers."""
     reg = Registry()
     try:
         m = reg.start_etcdlite(tmp_path, name="grpcio0", experimental_grpc_server="grpcio",
@@ -514,5 +514,18 @@ def test_the_kv_service_on_grpcio_server(tmp_path):
             code, _ = error_of(lambda: c.put(b"g/big", b"x" * (64 * 1024 + 10)))
             assert code == grpc.StatusCode.INVALID_ARGUMENT
             c.kv.Compact(pb.CompactionRequest(revision=txn.header.revision))
+            # a watch from history (before the compaction point: cancelled) and one from now
+            requests = iter([pb.WatchRequest(create_request=pb.WatchCreateRequest(
+                                 key=b"g/k", start_revision=first.header.revision)),
+                             pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"g/w"))])
+            responses = c.watch.Watch(requests, timeout=10)
+            got = [next(responses) for _ in range(3)]  # created, compacted cancel, created
+            assert got[0].created and got[2].created
+            assert got[1].canceled and got[1].compact_revision == txn.header.revision
+            rev = c.put(b"g/w", b"x").header.revision
+            event = next(responses)
+            assert (event.watch_id, [(e.kv.key, e.kv.mod_revision) for e in event.events]) == \
+                (got[2].watch_id, [(b"g/w", rev)])
+            responses.cancel()
     finally:
         reg.cleanup()

@@ -279,6 +279,29 @@ class ServicerContext:
     async def write(self, message) -> None:
         await self._stream.send_message(self._stream.serialize(message))
 
+    # etcdlite's own, for a handler that writes without awaiting each message:
+
+    def try_write(self, message) -> bool:
+        """Queue message on the stream now, if the stream holds less than its
+        share of unsent data; False (nothing done) if not, or if the call ended."""
+        stream = self._stream
+        if stream.finished or stream.pending_bytes > STREAM_HIGH_WATER:
+            return False
+        stream.queue_message(stream.serialize(message))
+        return True
+
+    def writable_now(self) -> bool:
+        stream = self._stream
+        return not stream.finished and stream.pending_bytes <= STREAM_HIGH_WATER
+
+    async def writable(self) -> None:
+        """Until try_write would write, or the call ended (done())."""
+        stream = self._stream
+        while not stream.finished and stream.pending_bytes > STREAM_HIGH_WATER:
+            if stream.drained is None or stream.drained.done():
+                stream.drained = asyncio.get_running_loop().create_future()
+            await stream.drained
+
     async def read(self):
         return await self._stream.next_request()
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 
 from etcdlite.mvcc import CompactedError
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
+from etcdlite.server.h2grpc import GrpcServer
 from etcdlite.server.member import GRPC_OVERHEAD_BYTES
 from etcdlite.server.rpc import add_servicer
 from etcdlite.watch_hub import Watcher, event_to_pb
@@ -46,10 +48,20 @@ def _size(message) -> int:
 
 
 class WatchStream:
-    def __init__(self, member):
+    """The watchers of one Watch call and what is to be sent to them.
+
+    With etcdlite's gRPC server a response is written to the HTTP/2 stream
+    at once (`writer.try_write`) unless that stream already holds its share
+    of unsent data or older responses wait here; `queue` holds only what the
+    client has not made room for. With grpc.aio's server everything goes
+    through `queue` and the handler's async generator."""
+
+    def __init__(self, member, writer=None):
         self.m = member
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.writer = writer  # h2grpc's ServicerContext, or None
+        self.queue: deque = deque()
         self.queued_bytes = 0
+        self._wakeup: asyncio.Future | None = None
         self.watchers: dict[int, Watcher] = {}
         # watchers out of the live fan-out, waiting for history (by id)
         self.unsynced: dict[int, Watcher] = {}
@@ -62,20 +74,55 @@ class WatchStream:
     # --- sending ---------------------------------------------------------
 
     def _enqueue(self, message) -> None:
-        self.queue.put_nowait(message)
+        queue = self.queue
+        if not queue and self.writer is not None and self.writer.try_write(message):
+            return
+        queue.append(message)
         self.queued_bytes += _size(message)
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
 
-    async def next_response(self):
-        """The next response to send; catches unsynced watchers up when the
-        client has read everything queued."""
-        if self.unsynced and self.queue.empty():
-            self.catch_up()
-        message = await self.queue.get()
+    async def _queued(self) -> None:
+        """Until something is queued."""
+        while not self.queue:
+            self._wakeup = asyncio.get_running_loop().create_future()
+            await self._wakeup
+
+    def _pop(self):
+        message = self.queue.popleft()
         self.queued_bytes -= _size(message)
         return message
 
+    async def responses(self):
+        """The responses in order, for a server that sends what a generator
+        yields; catches unsynced watchers up when the client has read
+        everything queued."""
+        while True:
+            if not self.queue and self.unsynced:
+                self.catch_up()
+            await self._queued()
+            yield self._pop()
+
+    async def send_queued(self) -> None:
+        """With a writer: whenever the client makes room, send what is
+        queued, then catch unsynced watchers up; returns when the call ends."""
+        writer = self.writer
+        while not writer.done():
+            if self.queue:
+                if writer.try_write(self.queue[0]):
+                    self._pop()
+                else:
+                    await writer.writable()
+            elif self.unsynced and writer.writable_now():
+                self.catch_up()
+            elif self.unsynced:
+                await writer.writable()
+            else:
+                await self._queued()
+
     def _check_backlog(self) -> None:
-        if self.queued_bytes > MAX_QUEUED_BYTES or self.queue.qsize() > MAX_QUEUED_MESSAGES:
+        if self.queued_bytes > MAX_QUEUED_BYTES or len(self.queue) > MAX_QUEUED_MESSAGES:
             self._fall_behind()
 
     def _fall_behind(self) -> None:
@@ -92,15 +139,16 @@ class WatchStream:
 
     def catch_up(self) -> None:
         """One bounded step of history for the unsynced watchers: one
-        response each (see _replay), while the queue is under half its limits. A watcher that reaches the store's revision rejoins
-        the live fan-out (the hub skips what it already got)."""
+        response each (see _replay), while the queue is under half its
+        limits. A watcher that reaches the store's revision rejoins the live
+        fan-out (the hub skips what it already got)."""
         hub = self.m.hub
         raft = self.m.raft
         with raft.lock:
             store = raft.machine.kv
             upto = store.current_revision
             for w in list(self.unsynced.values()):
-                if self.queued_bytes >= MAX_QUEUED_BYTES // 2 or self.queue.qsize() >= MAX_QUEUED_MESSAGES // 2:
+                if self.queued_bytes >= MAX_QUEUED_BYTES // 2 or len(self.queue) >= MAX_QUEUED_MESSAGES // 2:
                     break
                 try:
                     history = store.events_since(w.next_revision, w.key, w.range_end)
@@ -277,7 +325,11 @@ class WatchStream:
 
 def add_to_server(service: WatchService, server) -> None:
     """As the generated add_WatchServicer_to_server, except that responses
-    may be given already serialized (bytes)."""
+    may be given already serialized (bytes), and that on etcdlite's own
+    server the handler writes to its stream itself (Watch is then the
+    coroutine watch_direct; grpc.aio's server needs the generator)."""
+    if isinstance(server, GrpcServer):
+        service.Watch = service.watch_direct
     add_servicer(rpc_pb2_grpc.add_WatchServicer_to_server, service, server)
 
 
@@ -289,8 +341,17 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
         stream = WatchStream(self.m)
         reader = asyncio.get_running_loop().create_task(self._read(stream, request_iterator))
         try:
-            while True:
-                yield await stream.next_response()
+            async for response in stream.responses():
+                yield response
+        finally:
+            reader.cancel()
+            stream.close()
+
+    async def watch_direct(self, request_iterator, context):
+        stream = WatchStream(self.m, writer=context)
+        reader = asyncio.get_running_loop().create_task(self._read(stream, request_iterator))
+        try:
+            await stream.send_queued()
         finally:
             reader.cancel()
             stream.close()
