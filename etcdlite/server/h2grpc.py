@@ -284,9 +284,9 @@ class ServicerContext:
     def try_write(self, message) -> bool:
         """Queue message on the stream now, if the stream holds less than its
         share of unsent data; False (nothing done) if not, or if the call ended."""
-        stream = self._stream
-        if stream.finished or stream.pending_bytes > STREAM_HIGH_WATER:
+        if not self.writable_now():
             return False
+        stream = self._stream
         stream.queue_message(stream.serialize(message))
         return True
 
@@ -297,7 +297,7 @@ class ServicerContext:
     async def writable(self) -> None:
         """Until try_write would write, or the call ended (done())."""
         stream = self._stream
-        while not stream.finished and stream.pending_bytes > STREAM_HIGH_WATER:
+        while not (stream.finished or self.writable_now()):
             if stream.drained is None or stream.drained.done():
                 stream.drained = asyncio.get_running_loop().create_future()
             await stream.drained

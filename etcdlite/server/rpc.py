@@ -44,7 +44,7 @@ class _Captured:
     """Stands in for a server to catch what a generated add_*_to_server registers."""
 
     def add_generic_rpc_handlers(self, handlers) -> None:
-        pass
+        """Ignored: add_servicer registers the same handlers itself."""
 
     def add_registered_method_handlers(self, service_name: str, method_handlers) -> None:
         self.service_name, self.method_handlers = service_name, method_handlers
