@@ -215,13 +215,7 @@ class StateMachine:
     def _plain_put(self, p: pb.PutRequest) -> tuple[int, list[Event]]:
         """A Put without prev_kv / ignore_*, the most common write: its
         result is only the new revision (the server answers with the header)."""
-        txn = self.kv.write()
-        try:
-            kv, prev = txn.put(p.key, p.value, p.lease)
-        except BaseException:
-            self._track_leases(txn.end())
-            raise
-        events = txn.end()
+        kv, prev, events = self.kv.put(p.key, p.value, p.lease)
         if kv.lease or (prev is not None and prev.lease):
             self._track_leases(events)
         return kv.mod_revision, events

@@ -195,6 +195,11 @@ class RaftNode:
         self._poller.cork()
         try:
             last, commit = self._last_index(), obj.raftCommitIndex
+            if obj._isLeader():
+                # append what was proposed first: pysyncobj's tick appends
+                # last, after committing, so a lone member would need a
+                # second tick to commit its own proposals
+                obj._checkCommandsToApply()
             obj.doTick(0.0)
             while self.single and obj._isLeader() and obj.raftCommitIndex < self._last_index():
                 obj.doTick(0.0)
@@ -246,12 +251,17 @@ class RaftNode:
         (copied in one step)."""
         return {node.id for node in set(self._obj._SyncObj__otherNodes)}
 
-    def propose(self, commands: list[tuple[int, bytes]], callback) -> None:
+    def propose(self, commands: list[tuple[int, bytes]], callback, *, now: bool = False) -> None:
         """Append a batch of (op, data) commands to the log as one entry;
         `callback(results, fail_reason)` runs in the event loop once it is
-        applied here, or has failed."""
+        applied here, or has failed. With `now`, the tick that appends (and,
+        on a lone member, commits and applies) runs before this returns,
+        instead of in a later turn of the loop."""
         self.state.apply(commands, callback=callback)
-        self._schedule_tick()
+        if now:
+            self._tick()
+        else:
+            self._schedule_tick()
 
     @property
     def machine(self) -> StateMachine:

@@ -37,6 +37,8 @@ def varint(n: int) -> bytes:
         return bytes((n & 0x7F | 0x80, n >> 7))
     if n < 0x200000:
         return bytes((n & 0x7F | 0x80, (n >> 7) & 0x7F | 0x80, n >> 14))
+    if n < 0x10000000:  # revisions past two million
+        return bytes((n & 0x7F | 0x80, (n >> 7) & 0x7F | 0x80, (n >> 14) & 0x7F | 0x80, n >> 21))
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -95,6 +97,10 @@ class WatchHub:
 
     def __len__(self) -> int:
         return sum(len(s) for s in self._by_key.values()) + len(self._ranges) + len(self._parked)
+
+    def live(self) -> bool:
+        """Whether any watcher waits for published events."""
+        return bool(self._by_key or self._ranges)
 
     def add(self, w: Watcher) -> None:
         self._parked.discard(w)

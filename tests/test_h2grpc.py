@@ -349,7 +349,8 @@ def test_callback_handlers_reply_now_later_with_errors_and_after_a_deadline():
     that replies at once, one that replies from a later callback, one that
     replies with an error status, one that raises (INTERNAL, the server goes
     on), and one that replies after the client's deadline passed (ignored:
-    the call already ended)."""
+    the call already ended). With with_raw, the handler also gets the
+    request's bytes as they came, beside the deserialized request."""
     from etcdlite.server.h2grpc import GrpcServer
 
     late = []
@@ -383,6 +384,10 @@ def test_callback_handlers_reply_now_later_with_errors_and_after_a_deadline():
             "t.T", {n: grpc.unary_unary_rpc_method_handler(unused) for n in names})
         for n, fn in names.items():
             server.set_unary_callback(f"/t.T/{n}", fn)
+        server.add_registered_method_handlers(
+            "t.R", {"Raw": grpc.unary_unary_rpc_method_handler(unused, request_deserializer=bytes.upper)})
+        server.set_unary_callback("/t.R/Raw", lambda request, reply, raw: reply(request + b"|" + raw),
+                                  with_raw=True)
         with pytest.raises(KeyError):
             server.set_unary_callback("/t.T/Unknown", now)
         port = await server.listen("127.0.0.1", 0)
@@ -392,6 +397,7 @@ def test_callback_handlers_reply_now_later_with_errors_and_after_a_deadline():
                 def call(n):
                     return ch.unary_unary(f"/t.T/{n}")
                 assert await call("Now")(b"a", timeout=5) == b"now:a"
+                assert await ch.unary_unary("/t.R/Raw")(b"ab", timeout=5) == b"AB|ab"
                 got = await asyncio.gather(*(call("Later")(b"%d" % i, timeout=5) for i in range(50)))
                 assert got == [b"later:%d" % i for i in range(50)]
                 errors = []

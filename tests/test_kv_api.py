@@ -11,6 +11,8 @@ import os
 
 import grpc
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from etcd_stubs import Client, error_of
 from procs import Registry, start_module_member
@@ -529,3 +531,17 @@ def test_kv_and_watch_on_the_grpcio_server(tmp_path):
             responses.cancel()
     finally:
         reg.cleanup()
+
+
+@given(st.integers(min_value=0, max_value=2**64 - 1))
+def test_varint_is_protobufs_encoding(n):
+    """Responses put together from bytes (plain puts, watch events) carry
+    revisions and lengths as varints written by watch_hub.varint: they must
+    be protobuf's bytes for every value, past the short forms included."""
+    from google.protobuf.internal.encoder import _VarintBytes
+
+    from etcdlite.watch_hub import varint
+
+    assert varint(n) == _VarintBytes(n)
+    for edge in (0x7F, 0x80, 0x3FFF, 0x4000, 0x1FFFFF, 0x200000, 0xFFFFFFF, 0x10000000):
+        assert varint(edge) == _VarintBytes(edge)

@@ -10,9 +10,11 @@ from .errors import CompactedError, FutureRevisionError
 from .hashing import hash_history
 from .key_history import Record, compacted, events_since, live_at, record_size, to_kv
 from .key_range import KeySpan, resolve
-from .kv import Event, KeyValue, RangeResult
+from .kv import PUT, Event, KeyValue, RangeResult
 from .sorted_keys import SortedKeys
-from .write_txn import WriteTxn
+from .write_txn import WriteTxn, put_record
+
+_new = tuple.__new__
 
 
 def _event_order(event: Event) -> tuple[int, int]:
@@ -158,10 +160,13 @@ class MVCCStore:
 
     def put(self, key: bytes, value: bytes,
             lease: int = 0) -> tuple[KeyValue, KeyValue | None, list[Event]]:
-        """One-put txn: (the new kv, the key's previous live kv or None, its events)."""
-        txn = self.write()
-        kv, prev = txn.put(key, value, lease)
-        return kv, prev, txn.end()
+        """One-put txn: (the new kv, the key's previous live kv or None, its events). The
+        most common write, so without a WriteTxn object: the same record, the same event."""
+        self._not_writing()
+        main = self._current + 1
+        kv, prev = put_record(self, key, value, lease, main, 0)
+        self._current = main
+        return kv, prev, [_new(Event, (PUT, kv, prev, 0))]
 
     def delete_range(self, key: bytes,
                      range_end: bytes = b"") -> tuple[list[KeyValue], list[Event]]:

@@ -21,6 +21,35 @@ if TYPE_CHECKING:
 _new = tuple.__new__
 
 
+def put_record(store: MVCCStore, key: bytes, value: bytes, lease: int, main: int,
+               sub: int) -> tuple[KeyValue, KeyValue | None]:
+    """Append the record of a put at (main, sub) to ``key``'s history: (the new kv, the
+    previous live kv or None when this starts a generation). The caller owns the revision."""
+    records = store._history.get(key)
+    if records is None:
+        records = store._history[key] = []
+        store._keys.add(key)
+        last = None
+    else:
+        last = records[-1]
+        if not last[3]:
+            last = None
+    if last is None:
+        create = main
+        version = 1
+        store._live += 1
+        prev = None
+    else:
+        create = last[2]
+        version = last[3] + 1
+        prev = _new(KeyValue, (key, create, last[0], last[3], last[4], last[5]))
+    records.append((main, sub, create, version, value, lease))
+    if len(records) > 1:
+        store._shrinkable.add(key)
+    store._size += len(key) + len(value)
+    return _new(KeyValue, (key, create, main, version, value, lease)), prev
+
+
 class WriteTxn:
     """Changes sharing one main revision, with sub-revisions 0, 1, 2, ... in call order.
 
@@ -55,32 +84,8 @@ class WriteTxn:
     def put(self, key: bytes, value: bytes, lease: int = 0) -> tuple[KeyValue, KeyValue | None]:
         """Set ``key``: (its new kv, its previous live kv or None when this starts a generation)."""
         self._check_open()
-        store = self._store
-        main = self._begin + 1
         sub = self._sub
-        records = store._history.get(key)
-        if records is None:
-            records = store._history[key] = []
-            store._keys.add(key)
-            last = None
-        else:
-            last = records[-1]
-            if not last[3]:
-                last = None
-        if last is None:
-            create = main
-            version = 1
-            store._live += 1
-            prev = None
-        else:
-            create = last[2]
-            version = last[3] + 1
-            prev = _new(KeyValue, (key, create, last[0], last[3], last[4], last[5]))
-        records.append((main, sub, create, version, value, lease))
-        if len(records) > 1:
-            store._shrinkable.add(key)
-        store._size += len(key) + len(value)
-        kv = _new(KeyValue, (key, create, main, version, value, lease))
+        kv, prev = put_record(self._store, key, value, lease, self._begin + 1, sub)
         self._events.append(_new(Event, (PUT, kv, prev, sub)))
         self._sub = sub + 1
         return kv, prev

@@ -622,7 +622,9 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
-        buf += data
+        if buf or not self.preface_seen:
+            buf += data
+            data = buf
         if not self.preface_seen:
             if len(buf) < len(PREFACE):
                 if not PREFACE.startswith(bytes(buf)):
@@ -633,12 +635,15 @@ class _Connection(asyncio.Protocol):
                 return
             del buf[:len(PREFACE)]
             self.preface_seen = True
+        # frames are cut from `data`: the read itself when nothing was left
+        # over from the last one (the usual case: no copy into the buffer),
+        # else the buffer, which keeps any incomplete frame at the end
         pos = 0
-        size = len(buf)
+        size = len(data)
         unpack = _HDR.unpack_from
         try:
             while size - pos >= 9:
-                hi, lo, ftype, flags, sid = unpack(buf, pos)
+                hi, lo, ftype, flags, sid = unpack(data, pos)
                 length = (hi << 8) | lo
                 if length > RECV_MAX_FRAME:
                     self.go_away(FRAME_SIZE_ERROR, "frame too large")
@@ -646,9 +651,12 @@ class _Connection(asyncio.Protocol):
                 end = pos + 9 + length
                 if end > size:
                     break
-                payload = bytes(buf[pos + 9:end])
+                payload = bytes(data[pos + 9:end]) if data is buf else data[pos + 9:end]
                 pos = end
-                self.frame_received(ftype, flags, sid & 0x7FFFFFFF, payload)
+                if ftype == DATA and self.headers_in_progress is None:
+                    self.on_data(flags, sid & 0x7FFFFFFF, payload)
+                else:
+                    self.frame_received(ftype, flags, sid & 0x7FFFFFFF, payload)
                 if self.closed:
                     return
         except _ConnectionError as err:
@@ -659,8 +667,11 @@ class _Connection(asyncio.Protocol):
             self.go_away(INTERNAL_ERROR, "internal error")
             return
         finally:
-            if pos:
-                del buf[:pos]
+            if data is buf:
+                if pos:
+                    del buf[:pos]
+            elif pos < size:
+                buf += data[pos:]
 
     def frame_received(self, ftype: int, flags: int, sid: int, payload: bytes) -> None:
         if self.headers_in_progress is not None and ftype != CONTINUATION:
@@ -770,7 +781,15 @@ class _Connection(asyncio.Protocol):
             raise _ConnectionError(PROTOCOL_ERROR, "DATA on stream 0")
         n = len(payload)
         stream = self.streams.get(sid)
-        self.credit(stream, n)
+        if flags & END_STREAM:
+            # the stream's last DATA: only the connection's window matters now
+            unacked = self.recv_unacked + n
+            if unacked < CONN_RECV_WINDOW // 2:
+                self.recv_unacked = unacked
+            else:
+                self.credit(None, n)
+        else:
+            self.credit(stream, n)
         if stream is None or stream.remote_closed:
             if sid > self.last_stream:
                 raise _ConnectionError(PROTOCOL_ERROR, "DATA on an idle stream")
@@ -817,11 +836,15 @@ class _Connection(asyncio.Protocol):
             except Exception as exc:  # noqa: BLE001
                 stream.fail(grpc.StatusCode.INTERNAL, f"grpc: cannot parse the request: {exc}")
                 return
-            stream.unary_request = None
+            raw, stream.unary_request = stream.unary_request, None
             callback = self.server.callbacks.get(stream.path)
             if callback is not None:
+                callback, with_raw = callback
                 try:
-                    callback(request, stream.reply)
+                    if with_raw:
+                        callback(request, stream.reply, raw)
+                    else:
+                        callback(request, stream.reply)
                 except Exception as exc:  # noqa: BLE001  (a bug: keep serving, tell the client)
                     log.exception("handler %s failed", stream.path)
                     stream.reply(None, grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
@@ -983,15 +1006,17 @@ class GrpcServer:
         for name, handler in method_handlers.items():
             self.handlers[f"/{service_name}/{name}"] = handler
 
-    def set_unary_callback(self, path: str, callback) -> None:
+    def set_unary_callback(self, path: str, callback, *, with_raw: bool = False) -> None:
         """Serve the registered unary method `path` with callback(request, reply)
         instead of its coroutine: it runs at once, in the frame that completed
         the request, and calls reply(response) or reply(None, code, details)
         exactly once, now or later (see _Stream.reply). No coroutine, task or
-        future per call: for the hottest methods (etcd's Put)."""
+        future per call: for the hottest methods (etcd's Put). `with_raw`:
+        callback(request, reply, raw), raw being the request's bytes as they
+        came (for a handler that passes them on rather than serialize again)."""
         if path not in self.handlers:
             raise KeyError(f"{path} is not registered")
-        self.callbacks[path] = callback
+        self.callbacks[path] = (callback, with_raw)
 
     def lookup(self, path: str, metadata):
         handler = self.handlers.get(path)

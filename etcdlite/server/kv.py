@@ -22,7 +22,7 @@ def add_to_server(service: KVService, server) -> None:
     add_servicer(rpc_pb2_grpc.add_KVServicer_to_server, service, server)
     if isinstance(server, GrpcServer):
         for method, handler in service.write_callbacks().items():
-            server.set_unary_callback(f"/etcdserverpb.KV/{method}", handler)
+            server.set_unary_callback(f"/etcdserverpb.KV/{method}", handler, with_raw=True)
 
 
 class KVService(rpc_pb2_grpc.KVServicer):
@@ -82,10 +82,13 @@ class KVService(rpc_pb2_grpc.KVServicer):
         return {method: self._write_now(method, op) for method, op in ops.items()}
 
     def _write_now(self, method: str, op: Op):
-        def handler(request, reply) -> None:
+        header_field = self.m.header_field
+
+        def handler(request, reply, raw: bytes) -> None:
             def done(resp, error) -> None:
                 if error is None:
-                    reply(self._response(resp))
+                    # a plain put's revision: the response is its header (as _response)
+                    reply(header_field(resp) if type(resp) is int else self._response(resp))
                 elif isinstance(error, EtcdError):
                     reply(None, error.code, error.message)
                 else:
@@ -93,7 +96,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
 
             try:
                 self._checked(op, request)
-                self.m.submit(op, request, done)
+                self.m.submit(op, request, done, data=raw)
             except EtcdError as err:
                 reply(None, err.code, err.message)
 

@@ -12,6 +12,7 @@ where applied state already holds every acknowledged write).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 
 import grpc
@@ -48,24 +49,38 @@ MAX_BATCHES_IN_FLIGHT = 2
 # a batch gives up its place after this long even unanswered (pysyncobj can
 # lose a forwarded proposal's answer; its requests still time out on their own)
 BATCH_SLOT_SECONDS = 1.0
+# how often batches in flight are checked against those two limits
+SWEEP_SECONDS = 0.25
 # lease and membership commands whose application the event loop hears of
 _NOTIFY_OPS = frozenset({Op.LEASE_GRANT, Op.LEASE_RENEW, Op.MEMBER_REMOVE})
 
 
-def _settle(futures: list[asyncio.Future], results, reason) -> None:
+def _settle(waiters: list, results, reason) -> None:
+    """Hand a batch's results (or its failure) to its waiters: futures, or
+    _Callbacks, whose on_done is called straight from here (the hot path)."""
     if reason:
         error = FAILURES.get(reason, errors.TIMEOUT)
-        for fut in futures:
-            if not fut.done():
-                fut.set_exception(error)
+        for w in waiters:
+            if not w.done():
+                w.set_exception(error)
         return
-    for fut, result in zip(futures, results):
-        if fut.done():
-            continue
-        if isinstance(result, errors.EtcdError):
-            fut.set_exception(result)
-        else:
-            fut.set_result(result)
+    for w, result in zip(waiters, results):
+        if type(w) is _Callback:
+            if w.finished:
+                continue
+            w.finished = True
+            try:
+                if isinstance(result, errors.EtcdError):
+                    w.on_done(None, result)
+                else:
+                    w.on_done(result, None)
+            except Exception:  # a bug there must not keep the batch's other waiters waiting
+                log.exception("request callback failed")
+        elif not w.done():
+            if isinstance(result, errors.EtcdError):
+                w.set_exception(result)
+            else:
+                w.set_result(result)
 
 
 class _Callback:
@@ -81,18 +96,24 @@ class _Callback:
     def done(self) -> bool:
         return self.finished
 
-    def set_result(self, result) -> None:
-        self._call(result, None)
-
     def set_exception(self, error) -> None:
-        self._call(None, error)
-
-    def _call(self, result, error) -> None:
         self.finished = True
         try:
-            self.on_done(result, error)
-        except Exception:  # a bug there must not keep the batch's other waiters waiting
+            self.on_done(None, error)
+        except Exception:
             log.exception("request callback failed")
+
+
+class _Batch:
+    """Requests proposed together, while they are in flight."""
+
+    __slots__ = ("futures", "released", "sent", "settled")
+
+    def __init__(self, futures: list, sent: float) -> None:
+        self.futures = futures
+        self.sent = sent
+        self.released = False  # its in-flight place given up
+        self.settled = False  # applied, failed or timed out
 
 
 def _expire(futures: list[asyncio.Future]) -> None:
@@ -121,10 +142,12 @@ class Member:
         self._outbox_bytes = 0
         self._flush_pending = False
         self._in_flight = 0
+        self._deliveries = 0  # applied batches waiting for _deliver
+        self._batches: collections.deque[_Batch] = collections.deque()
+        self._sweeper: asyncio.TimerHandle | None = None
         self._barrier_inflight = False
-        self._header_key = None
+        self._header_term = self._header_cluster = self._header_revision = None
         self._header_field = b""
-        self._header_parts_key = None
         self._header_parts = (b"", b"")
 
     # --- lifecycle -------------------------------------------------------
@@ -222,17 +245,30 @@ class Member:
     def _on_applied(self, applied) -> None:
         """Runs inside a raft tick for every applied batch, in log order:
         delivery is left to a later turn of the loop (not done inside
-        pysyncobj's apply), and skipped for a batch that neither changed
-        keys nor touched leases or members. Two turns later: the batch's
-        own requests are answered (their futures settle after this, in the
-        same tick) and their responses written before the watch fan-out, as
-        etcd acknowledges a put without waiting for its watchers."""
+        pysyncobj's apply). Two turns later: the batch's own requests are
+        answered (their futures settle after this, in the same tick) and
+        their responses written before the watch fan-out, as etcd
+        acknowledges a put without waiting for its watchers. A batch that
+        changed keys while nobody watches, with no delivery still on its
+        way, only moves the hub's revision, here; one that neither changed
+        keys nor touched leases or members is not delivered at all."""
+        changed = False
         for op, _, events, _ in applied:
-            if events or op in _NOTIFY_OPS:
-                self.loop.call_soon(self.loop.call_soon, self._deliver, applied)
+            if op in _NOTIFY_OPS:
+                break
+            if events:
+                changed = True
+        else:
+            if not changed:
                 return
+            if not self._deliveries and not self.hub.live():
+                self.hub.revision = applied[-1][3]
+                return
+        self._deliveries += 1
+        self.loop.call_soon(self.loop.call_soon, self._deliver, applied)
 
     def _deliver(self, applied) -> None:
+        self._deliveries -= 1
         for op, result, events, revision in applied:
             if events:
                 self.hub.publish(events, revision)
@@ -269,19 +305,21 @@ class Member:
         last one is kept (every watcher of an event gets the same). Only the
         revision's varint is new per revision: the other fields' bytes are
         kept while the term and cluster ID stay."""
-        term = self.raft.term
-        cluster_id = self.raft.machine.members.cluster_id or self.cluster_id
-        key = (revision, term, cluster_id)
-        if key != self._header_key:
-            if key[1:] != self._header_parts_key:
-                # fields in number order, zeros left out, as protobuf writes them
-                head = (b"\x08" + varint(cluster_id) if cluster_id else b"") + b"\x10" + varint(self.id)
-                self._header_parts = (head, b"\x20" + varint(term) if term else b"")
-                self._header_parts_key = key[1:]
+        raft = self.raft
+        term = raft.term
+        cluster_id = raft.machine.members.cluster_id or self.cluster_id
+        if term != self._header_term or cluster_id != self._header_cluster:
+            # fields in number order, zeros left out, as protobuf writes them
+            head = (b"\x08" + varint(cluster_id) if cluster_id else b"") + b"\x10" + varint(self.id)
+            self._header_parts = (head, b"\x20" + varint(term) if term else b"")
+            self._header_term, self._header_cluster = term, cluster_id
+            self._header_revision = None
+        if revision != self._header_revision:
             head, tail = self._header_parts
             body = head + b"\x18" + varint(revision) + tail if revision else head + tail
-            self._header_key = key
-            self._header_field = b"\x0a" + varint(len(body)) + body
+            self._header_revision = revision
+            # at most 4 varints of 10 bytes and their tags: the length is one byte
+            self._header_field = b"\x0a" + bytes((len(body),)) + body
         return self._header_field
 
     def header(self, h, revision: int | None = None) -> None:
@@ -302,14 +340,16 @@ class Member:
         self._enqueue(op, request, fut)
         return await fut
 
-    def submit(self, op: Op, request, on_done) -> None:
+    def submit(self, op: Op, request, on_done, data: bytes | None = None) -> None:
         """propose() for callers without a coroutine: on_done(result, error)
         runs once the request is applied here (or failed), inside the apply.
-        Raises EtcdError at once for a request too large."""
-        self._enqueue(op, request, _Callback(on_done))
+        `data`: the request's bytes, when the caller has them (else it is
+        serialized). Raises EtcdError at once for a request too large."""
+        self._enqueue(op, request, _Callback(on_done), data)
 
-    def _enqueue(self, op: Op, request, waiter) -> None:
-        data = request.SerializeToString() if request is not None else b""
+    def _enqueue(self, op: Op, request, waiter, data: bytes | None = None) -> None:
+        if data is None:
+            data = request.SerializeToString() if request is not None else b""
         if len(data) > self.cfg.max_request_bytes:
             raise errors.REQUEST_TOO_LARGE
         self._outbox.append((op, data, waiter))
@@ -321,37 +361,59 @@ class Member:
             self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
+        # a turn of the loop of its own (every request read in the previous
+        # turn is in the outbox): the batch is proposed and ticked at once
         self._flush_pending = False
         if self._outbox and self._in_flight < MAX_BATCHES_IN_FLIGHT:
-            self._send_batch()
+            self._send_batch(now=True)
 
-    def _send_batch(self) -> None:
+    def _send_batch(self, now: bool = False) -> None:
         batch, self._outbox, self._outbox_bytes = self._outbox, [], 0
-        futures = [fut for _, _, fut in batch]
+        sent = _Batch([fut for _, _, fut in batch], self.loop.time())
         self._in_flight += 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self._in_flight -= 1
-                if self._outbox and not self._flush_pending:
-                    self._flush_pending = True
-                    self.loop.call_soon(self._flush)
-
-        slot = self.loop.call_later(BATCH_SLOT_SECONDS, release)
-        # one timer per batch, not per request (a request waits at most
-        # MAX_BATCHES_IN_FLIGHT slots in the outbox before its batch leaves)
-        timer = self.loop.call_later(REQUEST_TIMEOUT, _expire, futures)
+        self._batches.append(sent)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep)
 
         def applied(results, reason) -> None:
-            slot.cancel()
-            timer.cancel()
-            release()
+            self._release(sent)
+            sent.settled = True
+            futures, sent.futures = sent.futures, ()
+            batches = self._batches
+            while batches and batches[0].settled:
+                batches.popleft()
             _settle(futures, results, reason)
 
-        self.raft.propose([(int(op), data) for op, data, _ in batch], applied)
+        self.raft.propose([(int(op), data) for op, data, _ in batch], applied, now=now)
+
+    def _release(self, batch: _Batch) -> None:
+        """Give the batch's in-flight place to the next one."""
+        if not batch.released:
+            batch.released = True
+            self._in_flight -= 1
+            if self._outbox and not self._flush_pending:
+                self._flush_pending = True
+                self.loop.call_soon(self._flush)
+
+    def _sweep(self) -> None:
+        """A batch unanswered for BATCH_SLOT_SECONDS gives up its place; its
+        requests fail after REQUEST_TIMEOUT. One timer for all batches in
+        flight (sent in order, so the oldest are at the front), instead of
+        two per batch, nearly all cancelled."""
+        self._sweeper = None
+        now = self.loop.time()
+        batches = self._batches
+        for batch in list(batches):
+            if now - batch.sent < BATCH_SLOT_SECONDS:
+                break
+            self._release(batch)
+            if not batch.settled and now - batch.sent >= REQUEST_TIMEOUT:
+                batch.settled = True
+                _expire(batch.futures)
+        while batches and batches[0].settled:
+            batches.popleft()
+        if batches:
+            self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep)
 
     async def read_barrier(self, serializable: bool = False) -> None:
         """Return once the local state holds every write acknowledged before
