@@ -137,6 +137,11 @@ def _compare(c: pb.Compare, kv: KeyValue | None) -> bool:
     return True
 
 
+# the hot path's names, looked up once
+_PUT = int(Op.PUT)
+_PutRequest = pb.PutRequest.FromString
+
+
 class StateMachine:
     """The MVCC store and the lease table, changed only through `apply`."""
 
@@ -147,12 +152,15 @@ class StateMachine:
 
     def apply(self, op: int, data: bytes) -> tuple[object, list[Event]]:
         try:
-            if op == Op.PUT:
-                put = pb.PutRequest.FromString(data)
-                self._check_put(put)
+            if op == _PUT:
+                put = _PutRequest(data)
                 if put.prev_kv or put.ignore_value or put.ignore_lease:
+                    self._check_put(put)
                     return self._write(self._put, put)
-                return self._plain_put(put)
+                lease = put.lease
+                if lease and lease not in self.leases:
+                    raise errors.LEASE_NOT_FOUND
+                return self._plain_put(put.key, put.value, lease)
             if op == Op.DELETE_RANGE:
                 return self._write(self._delete_range, pb.DeleteRangeRequest.FromString(data))
             if op == Op.TXN:
@@ -212,10 +220,11 @@ class StateMachine:
         if p.lease and p.lease not in self.leases:
             raise errors.LEASE_NOT_FOUND
 
-    def _plain_put(self, p: pb.PutRequest) -> tuple[int, list[Event]]:
-        """A Put without prev_kv / ignore_*, the most common write: its
-        result is only the new revision (the server answers with the header)."""
-        kv, prev, events = self.kv.put(p.key, p.value, p.lease)
+    def _plain_put(self, key: bytes, value: bytes, lease: int) -> tuple[int, list[Event]]:
+        """A Put without prev_kv / ignore_*, the most common write (checked
+        in `apply`, the hot path): its result is only the new revision (the
+        server answers with the header)."""
+        kv, prev, events = self.kv.put(key, value, lease)
         if kv.lease or (prev is not None and prev.lease):
             self._track_leases(events)
         return kv.mod_revision, events

@@ -151,6 +151,19 @@ def test_one_stream_many_watchers(c, stream):
     assert got[from_key] == puts(b"w1/x", b"w1/y") + deletes(b"w1/x", b"w1/y") + [(PUT, b"w1/zz", b"end", last)]
 
 
+def test_a_new_watcher_starts_after_the_last_write(c, stream):
+    """Writes applied while nobody watches still move the revision new
+    watchers start from (etcdlite then skips the fan-out): the created
+    response carries the last write's revision, and the watcher gets the
+    next write's event, none of the earlier ones."""
+    for i in range(5):
+        rev = put_rev(c, b"nw/k", b"%d" % i)
+    created = stream.create(key=b"nw/k")
+    assert created.header.revision == rev
+    nxt = put_rev(c, b"nw/k", b"next")
+    assert stream.events_until({created.watch_id: nxt}) == {created.watch_id: [(PUT, b"nw/k", b"next", nxt)]}
+
+
 def test_history_replay_joins_live_events_without_gap_or_duplicate(c, stream):
     first = put_rev(c, b"h/0", b"0")
     for i in range(1, 40):

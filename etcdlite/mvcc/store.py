@@ -162,7 +162,8 @@ class MVCCStore:
             lease: int = 0) -> tuple[KeyValue, KeyValue | None, list[Event]]:
         """One-put txn: (the new kv, the key's previous live kv or None, its events). The
         most common write, so without a WriteTxn object: the same record, the same event."""
-        self._not_writing()
+        if self._writing:
+            self._not_writing()  # raises
         main = self._current + 1
         kv, prev = put_record(self, key, value, lease, main, 0)
         self._current = main

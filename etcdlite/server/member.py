@@ -138,7 +138,9 @@ class Member:
         self.removed = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._barrier_next: asyncio.Future | None = None
-        self._outbox: list[tuple[int, bytes, asyncio.Future]] = []
+        # requests waiting for the next batch: (op, bytes) as proposed, and their waiters
+        self._outbox: list[tuple[int, bytes]] = []
+        self._waiters: list = []
         self._outbox_bytes = 0
         self._flush_pending = False
         self._in_flight = 0
@@ -352,7 +354,8 @@ class Member:
             data = request.SerializeToString() if request is not None else b""
         if len(data) > self.cfg.max_request_bytes:
             raise errors.REQUEST_TOO_LARGE
-        self._outbox.append((op, data, waiter))
+        self._outbox.append((int(op), data))
+        self._waiters.append(waiter)
         self._outbox_bytes += len(data)
         if self._outbox_bytes >= MAX_BATCH_BYTES:
             self._send_batch()
@@ -369,7 +372,8 @@ class Member:
 
     def _send_batch(self, now: bool = False) -> None:
         batch, self._outbox, self._outbox_bytes = self._outbox, [], 0
-        sent = _Batch([fut for _, _, fut in batch], self.loop.time())
+        sent = _Batch(self._waiters, self.loop.time())
+        self._waiters = []
         self._in_flight += 1
         self._batches.append(sent)
         if self._sweeper is None:
@@ -384,7 +388,7 @@ class Member:
                 batches.popleft()
             _settle(futures, results, reason)
 
-        self.raft.propose([(int(op), data) for op, data, _ in batch], applied, now=now)
+        self.raft.propose(batch, applied, now=now)
 
     def _release(self, batch: _Batch) -> None:
         """Give the batch's in-flight place to the next one."""
