@@ -107,10 +107,10 @@ class _Callback:
 class _Batch:
     """Requests proposed together, while they are in flight."""
 
-    __slots__ = ("futures", "released", "sent", "settled")
+    __slots__ = ("released", "sent", "settled", "waiters")
 
-    def __init__(self, futures: list, sent: float) -> None:
-        self.futures = futures
+    def __init__(self, waiters: list, sent: float) -> None:
+        self.waiters = waiters  # futures or _Callbacks, in request order
         self.sent = sent
         self.released = False  # its in-flight place given up
         self.settled = False  # applied, failed or timed out
@@ -382,11 +382,11 @@ class Member:
         def applied(results, reason) -> None:
             self._release(sent)
             sent.settled = True
-            futures, sent.futures = sent.futures, ()
+            waiters, sent.waiters = sent.waiters, ()
             batches = self._batches
             while batches and batches[0].settled:
                 batches.popleft()
-            _settle(futures, results, reason)
+            _settle(waiters, results, reason)
 
         self.raft.propose(batch, applied, now=now)
 
@@ -413,7 +413,7 @@ class Member:
             self._release(batch)
             if not batch.settled and now - batch.sent >= REQUEST_TIMEOUT:
                 batch.settled = True
-                _expire(batch.futures)
+                _expire(batch.waiters)
         while batches and batches[0].settled:
             batches.popleft()
         if batches:
