@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -35,6 +36,12 @@ SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 DEFAULT_MAX_OBJECT_BYTES = 1024 * 1024
 GENERATE_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 GENERATE_NAME_ATTEMPTS = 5
+
+# how long after this apiserver starts deleting a namespace its creates check
+# the namespace in etcd rather than in the namespaces' watch cache (which may
+# not have seen the deletion yet); Kubernetes' NamespaceLifecycle admission
+# keeps such a "force live lookup" list for the same reason
+LIVE_LOOKUP_SECONDS = 30.0
 
 FOREGROUND_FINALIZER = "foregroundDeletion"
 ORPHAN_FINALIZER = "orphan"
@@ -97,6 +104,7 @@ class Registry:
         self.storage = storage
         self.caches = caches  # resource name -> WatchCache
         self.options = options or Options()
+        self._live_lookup: dict[str, float] = {}  # namespace -> until (monotonic), see LIVE_LOOKUP_SECONDS
 
     # ---- helpers --------------------------------------------------------
 
@@ -126,7 +134,7 @@ class Registry:
         # NamespaceLifecycle admission uses its informer); a namespace it
         # has not seen yet is read from etcd
         ns = self.caches[NAMESPACES.name].get("", namespace) if NAMESPACES.name in self.caches else None
-        if ns is not None and not ns.metadata.deletion_timestamp:
+        if ns is not None and not ns.metadata.deletion_timestamp and not self._deleted_lately(namespace):
             return
         try:
             ns = await self.storage.get(NAMESPACES, "", namespace)
@@ -138,6 +146,21 @@ class Registry:
             raise errors.forbidden(
                 res.qualified, name,
                 f"unable to create new content in namespace {namespace} because it is being terminated")
+
+    def _deleted_lately(self, namespace: str) -> bool:
+        until = self._live_lookup.get(namespace)
+        if until is None:
+            return False
+        if until < time.monotonic():
+            del self._live_lookup[namespace]
+            return False
+        return True
+
+    def _deleting_namespace(self, name: str) -> None:
+        now = time.monotonic()
+        for ns in [ns for ns, until in self._live_lookup.items() if until < now]:
+            del self._live_lookup[ns]
+        self._live_lookup[name] = now + LIVE_LOOKUP_SECONDS
 
     # ---- create ---------------------------------------------------------
 
@@ -337,6 +360,8 @@ class Registry:
                     grace = min(grace, meta.deletion_grace_period_seconds)
             if res is NAMESPACES:
                 new.status.phase = "Terminating"
+                # before the write: a create that reads the cache after it is answered must not pass
+                self._deleting_namespace(name)
             if not new.metadata.deletion_timestamp:
                 new.metadata.deletion_timestamp = now_rfc3339(grace)
             if res is PODS or new.metadata.HasField("deletion_grace_period_seconds"):
