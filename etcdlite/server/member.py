@@ -59,10 +59,7 @@ def _settle(waiters: list, results, reason) -> None:
     """Hand a batch's results (or its failure) to its waiters: futures, or
     _Callbacks, whose on_done is called straight from here (the hot path)."""
     if reason:
-        error = FAILURES.get(reason, errors.TIMEOUT)
-        for w in waiters:
-            if not w.done():
-                w.set_exception(error)
+        _fail(waiters, FAILURES.get(reason, errors.TIMEOUT))
         return
     for w, result in zip(waiters, results):
         if type(w) is _Callback:
@@ -85,7 +82,7 @@ def _settle(waiters: list, results, reason) -> None:
 
 class _Callback:
     """A request's waiter that calls on_done(result, error) instead of
-    resolving a future (what _settle and _expire need of a future)."""
+    resolving a future (what _settle and _fail need of a future)."""
 
     __slots__ = ("finished", "on_done")
 
@@ -116,10 +113,10 @@ class _Batch:
         self.settled = False  # applied, failed or timed out
 
 
-def _expire(futures: list[asyncio.Future]) -> None:
-    for fut in futures:
-        if not fut.done():
-            fut.set_exception(errors.TIMEOUT)
+def _fail(waiters: list, error: errors.EtcdError) -> None:
+    for w in waiters:
+        if not w.done():
+            w.set_exception(error)
 
 
 class Member:
@@ -413,7 +410,7 @@ class Member:
             self._release(batch)
             if not batch.settled and now - batch.sent >= REQUEST_TIMEOUT:
                 batch.settled = True
-                _expire(batch.waiters)
+                _fail(batch.waiters, errors.TIMEOUT)
         while batches and batches[0].settled:
             batches.popleft()
         if batches:
