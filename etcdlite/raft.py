@@ -6,10 +6,10 @@ member's event loop (`etcdlite.raft_loop`): every member applies every
 committed command to its `StateMachine` there, under `lock` (kept so that a
 reader in another thread would still see whole commands only).
 
-pysyncobj keeps its log in `<data-dir>/raft.journal` (a memory-mapped file:
-an entry is in the OS page cache before it is acknowledged, so it survives
-the process being killed) and its snapshots in `<data-dir>/raft.snapshot`,
-holding the pickled state machine.
+pysyncobj keeps its log in `<data-dir>/raft.journal` (written with pwrite:
+see `etcdlite.raft_journal`; an entry is in the OS page cache before it is
+acknowledged, so it survives the process being killed) and its snapshots in
+`<data-dir>/raft.snapshot`, holding the pickled state machine.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pysyncobj import FAIL_REASON, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.dns_resolver import globalDnsResolver
 from pysyncobj.node import TCPNode
 
-from etcdlite import errors
+from etcdlite import errors, raft_journal
 from etcdlite.apply import StateMachine
 from etcdlite.raft_loop import LoopPoller, LoopSyncObj
 
@@ -38,6 +38,7 @@ log = logging.getLogger("etcdlite.raft")
 # ~30x slower than the current protocol for our batches of serialized
 # requests, and half as large again. Any protocol reads back the same.
 pysyncobj.pickle.__dict__["__protocol"] = pickle.HIGHEST_PROTOCOL
+raft_journal.install()
 
 # pysyncobj's failure reasons, as the errors etcd gives for the same cases
 FAILURES = {
@@ -71,13 +72,15 @@ class ReplicatedState(SyncObjConsumer):
         Returns their results; `on_applied` gets (op, result, events,
         revision) for each."""
         applied = []
+        results = []
         with self._lock:
-            machine = self.machine
+            apply, kv = self.machine.apply, self.machine.kv
             for op, data in commands:
-                result, events = machine.apply(op, data)
-                applied.append((op, result, events, machine.kv.current_revision))
+                result, events = apply(op, data)
+                applied.append((op, result, events, kv.current_revision))
+                results.append(result)
         self._on_applied(applied)
-        return [a[1] for a in applied]
+        return results
 
     def _deserialize(self, data):
         with self._lock:
