@@ -418,3 +418,38 @@ def test_callback_handlers_reply_now_later_with_errors_and_after_a_deadline():
     assert errors[0] == (grpc.StatusCode.FAILED_PRECONDITION, "no: x")
     assert errors[1][0] == grpc.StatusCode.INTERNAL and "bug" in errors[1][1]
     assert errors[2][0] == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_flush_now_sends_queued_answers_before_the_loop_turns():
+    """GrpcServer.flush_now (what a member calls after applying a batch):
+    the answers queued on every connection leave at once, not in the next
+    turn of the loop (where reads that came meanwhile would go first)."""
+    from etcdlite.server.h2grpc import GrpcServer
+
+    seen = []
+
+    async def unused(request, context):
+        raise AssertionError("the callback serves this method")
+
+    async def main():
+        server = GrpcServer()
+
+        def answer(request, reply):
+            reply(b"answer:" + request)
+            queued = sum(1 for conn in server.connections if conn.out)
+            server.flush_now()
+            seen.append((queued, sum(1 for conn in server.connections if conn.out)))
+
+        server.add_registered_method_handlers("t.T", {"A": grpc.unary_unary_rpc_method_handler(unused)})
+        server.set_unary_callback("/t.T/A", answer)
+        port = await server.listen("127.0.0.1", 0)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                got = await asyncio.gather(*(ch.unary_unary("/t.T/A")(b"%d" % i, timeout=5) for i in range(20)))
+                assert got == [b"answer:%d" % i for i in range(20)]
+        finally:
+            await server.stop(0)
+
+    asyncio.run(main())
+    assert len(seen) == 20 and all(queued == 1 and left == 0 for queued, left in seen), seen

@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from etcdlite import errors
 from etcdlite.apply import Op
 from etcdlite.config import MemberConfig
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
@@ -114,6 +115,25 @@ async def test_a_batch_that_waited_for_a_place_leaves_when_one_frees(make_member
     await next_turn()
     assert raft.batches[-1] == [b"p", b"q"]  # no further turn of waiting
     assert answers == [(b"ok", None)]
+
+
+@in_loop
+async def test_a_timed_out_batch_is_answered_once(make_member):
+    raft = RecordingRaft(hold=True)
+    m = make_member(raft)
+    answers: list = []
+    submit(m, b"slow", answers)
+    await next_turn()
+    assert raft.batches == [[b"slow"]]
+    m._batches[0].sent -= member_module.REQUEST_TIMEOUT + 1  # as if sent long ago
+    m._sweep()
+    assert answers == [(None, errors.TIMEOUT)]
+    raft.finish()  # applied after all: its answer has been given
+    assert answers == [(None, errors.TIMEOUT)]
+    assert m._in_flight == 0 and not m._batches
+    submit(m, b"next", answers)
+    await next_turn()
+    assert raft.batches[-1] == [b"next"]
 
 
 class HeaderRaft:

@@ -506,7 +506,7 @@ class _Stream:
                      _HDR.pack(0, len(OK_TRAILERS), HEADERS, END_HEADERS | END_STREAM, sid), OK_TRAILERS)
         if not conn.flush_scheduled:
             conn.flush_scheduled = True
-            conn.loop.call_soon(conn.flush)
+            conn.server.schedule_flush(conn)
         conn.close_stream(self)
 
     def stop_handler(self) -> None:
@@ -588,7 +588,7 @@ class _Connection(asyncio.Protocol):
             self.out.append(payload)
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            self.loop.call_soon(self.flush)
+            self.server.schedule_flush(self)
 
     def flush(self) -> None:
         self.flush_scheduled = False
@@ -976,6 +976,24 @@ class GrpcServer:
         self.connections: set[_Connection] = set()
         self.servers: list[asyncio.base_events.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
+        self._to_flush: list[_Connection] = []  # connections with frames queued
+
+    # --- sending: queued frames leave once per turn of the loop, or sooner --
+
+    def schedule_flush(self, conn: _Connection) -> None:
+        """`conn` has frames queued (and said so in its flush_scheduled): they
+        are sent by flush_now, in the next turn of the loop at the latest."""
+        if not self._to_flush:
+            self.loop.call_soon(self.flush_now)
+        self._to_flush.append(conn)
+
+    def flush_now(self) -> None:
+        """Send every connection's queued frames: one call per turn for all
+        connections, or at once for a caller that has just answered many
+        calls (a member after applying a batch of writes)."""
+        conns, self._to_flush = self._to_flush, []
+        for conn in conns:
+            conn.flush()
 
     # --- deadlines: one sweep every DEADLINE_TICK instead of a timer per call --
 

@@ -82,21 +82,22 @@ class KVService(rpc_pb2_grpc.KVServicer):
         return {method: self._write_now(method, op) for method, op in ops.items()}
 
     def _write_now(self, method: str, op: Op):
-        header_field = self.m.header_field
+        header_field, submit = self.m.header_field, self.m.submit
+        checked, response = self._checked, self._response
 
         def handler(request, reply, raw: bytes) -> None:
             def done(resp, error) -> None:
                 if error is None:
                     # a plain put's revision: the response is its header (as _response)
-                    reply(header_field(resp) if type(resp) is int else self._response(resp))
+                    reply(header_field(resp) if type(resp) is int else response(resp))
                 elif isinstance(error, EtcdError):
                     reply(None, error.code, error.message)
                 else:
                     reply(None, *internal_error(method, error))
 
             try:
-                self._checked(op, request)
-                self.m.submit(op, request, done, data=raw)
+                checked(op, request)
+                submit(op, request, done, raw)
             except EtcdError as err:
                 reply(None, err.code, err.message)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 
 import grpc
@@ -58,49 +59,38 @@ _VARINT_FIRST = [bytes((low | 0x80,)) for low in range(0x80)]
 
 
 def _settle(waiters: list, results, reason) -> None:
-    """Hand a batch's results (or its failure) to its waiters: futures, or
-    _Callbacks, whose on_done is called straight from here (the hot path)."""
+    """Hand a batch's results (or its failure) to its waiters: each is an
+    on_done(result, error), called straight from here (the hot path). A batch
+    is settled once (see _Batch.settled), so each waiter is called once."""
     if reason:
         _fail(waiters, FAILURES.get(reason, errors.TIMEOUT))
         return
-    for w, result in zip(waiters, results):
-        if type(w) is _Callback:
-            if w.finished:
-                continue
-            w.finished = True
-            try:
-                if isinstance(result, errors.EtcdError):
-                    w.on_done(None, result)
-                else:
-                    w.on_done(result, None)
-            except Exception:  # a bug there must not keep the batch's other waiters waiting
-                log.exception("request callback failed")
-        elif not w.done():
-            if isinstance(result, errors.EtcdError):
-                w.set_exception(result)
-            else:
-                w.set_result(result)
-
-
-class _Callback:
-    """A request's waiter that calls on_done(result, error) instead of
-    resolving a future (what _settle and _fail need of a future)."""
-
-    __slots__ = ("finished", "on_done")
-
-    def __init__(self, on_done) -> None:
-        self.on_done = on_done
-        self.finished = False
-
-    def done(self) -> bool:
-        return self.finished
-
-    def set_exception(self, error) -> None:
-        self.finished = True
+    for on_done, result in zip(waiters, results):
         try:
-            self.on_done(None, error)
+            if isinstance(result, errors.EtcdError):
+                on_done(None, result)
+            else:
+                on_done(result, None)
+        except Exception:  # a bug there must not keep the batch's other waiters waiting
+            log.exception("request callback failed")
+
+
+def _fail(waiters: list, error: errors.EtcdError) -> None:
+    for on_done in waiters:
+        try:
+            on_done(None, error)
         except Exception:
             log.exception("request callback failed")
+
+
+def _resolve(fut: asyncio.Future, result, error) -> None:
+    """A waiter for propose(): the answer goes to its future (unless the
+    caller gave up on it)."""
+    if not fut.done():
+        if error is None:
+            fut.set_result(result)
+        else:
+            fut.set_exception(error)
 
 
 class _Batch:
@@ -109,16 +99,10 @@ class _Batch:
     __slots__ = ("released", "sent", "settled", "waiters")
 
     def __init__(self, waiters: list, sent: float) -> None:
-        self.waiters = waiters  # futures or _Callbacks, in request order
+        self.waiters = waiters  # on_done(result, error) of each request, in order
         self.sent = sent
         self.released = False  # its in-flight place given up
-        self.settled = False  # applied, failed or timed out
-
-
-def _fail(waiters: list, error: errors.EtcdError) -> None:
-    for w in waiters:
-        if not w.done():
-            w.set_exception(error)
+        self.settled = False  # its waiters answered: applied, failed or timed out
 
 
 class Member:
@@ -131,6 +115,7 @@ class Member:
         self.hub = WatchHub(1)
         self.lessor = Lessor(self)
         self.servers: list = []  # GrpcServer, or grpc.aio.Server with --experimental-grpc-server=grpcio
+        self._h2_servers: list[GrpcServer] = []  # those of them that are GrpcServers
         self.client_ports: list[int] = []
         self._ready = asyncio.Event()
         # set once this member applies its own removal from the cluster
@@ -141,6 +126,7 @@ class Member:
         self._outbox: list[tuple[int, bytes]] = []
         self._waiters: list = []
         self._outbox_bytes = 0
+        self._max_request_bytes = cfg.max_request_bytes
         self._flush_pending = False
         self._flush_waited = False  # the outbox waited a turn for more requests
         self._in_flight = 0
@@ -184,6 +170,8 @@ class Member:
             # https: TLS; http: plain text, as etcd
             server = await self._serve(url, tls if is_tls_url(url) else None)
             self.servers.append(server)
+            if isinstance(server, GrpcServer):
+                self._h2_servers.append(server)
         self._tasks.append(loop.create_task(self._publish()))
         self._tasks.append(loop.create_task(self.lessor.run()))
         self._tasks.append(loop.create_task(self._progress_loop()))
@@ -351,7 +339,7 @@ class Member:
         the next one fills up: under load a single log append, replication
         round and hand-back serve many requests."""
         fut = self.loop.create_future()
-        self._enqueue(op, request, fut)
+        self._enqueue(op, request, functools.partial(_resolve, fut))
         return await fut
 
     def submit(self, op: Op, request, on_done, data: bytes | None = None) -> None:
@@ -359,15 +347,15 @@ class Member:
         runs once the request is applied here (or failed), inside the apply.
         `data`: the request's bytes, when the caller has them (else it is
         serialized). Raises EtcdError at once for a request too large."""
-        self._enqueue(op, request, _Callback(on_done), data)
+        self._enqueue(op, request, on_done, data)
 
-    def _enqueue(self, op: Op, request, waiter, data: bytes | None = None) -> None:
+    def _enqueue(self, op: Op, request, on_done, data: bytes | None = None) -> None:
         if data is None:
             data = request.SerializeToString() if request is not None else b""
-        if len(data) > self.cfg.max_request_bytes:
+        if len(data) > self._max_request_bytes:
             raise errors.REQUEST_TOO_LARGE
         self._outbox.append((int(op), data))
-        self._waiters.append(waiter)
+        self._waiters.append(on_done)
         self._outbox_bytes += len(data)
         if self._outbox_bytes >= MAX_BATCH_BYTES:
             self._send_batch()
@@ -406,12 +394,17 @@ class Member:
 
         def applied(results, reason) -> None:
             self._release(sent)
+            if sent.settled:  # timed out by the sweep: already answered
+                return
             sent.settled = True
             waiters, sent.waiters = sent.waiters, ()
             batches = self._batches
             while batches and batches[0].settled:
                 batches.popleft()
             _settle(waiters, results, reason)
+            # the answers leave now, not after the next turn's reads
+            for server in self._h2_servers:
+                server.flush_now()
 
         self.raft.propose(batch, applied, now=now)
 
@@ -438,7 +431,8 @@ class Member:
             self._release(batch)
             if not batch.settled and now - batch.sent >= REQUEST_TIMEOUT:
                 batch.settled = True
-                _fail(batch.waiters, errors.TIMEOUT)
+                waiters, batch.waiters = batch.waiters, ()
+                _fail(waiters, errors.TIMEOUT)
         while batches and batches[0].settled:
             batches.popleft()
         if batches:
