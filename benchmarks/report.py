@@ -345,7 +345,7 @@ def render(results: dict) -> str:
     L.append("- txn CAS: each client reads nothing up front; Txn(mod_revision == last seen -> put value+1, "
              "else range) on one of 4 keys; \"lost\" = acknowledged increments missing from the final values.")
     L.append("- memory: a fresh instance per target, N keys of 1 KiB put once each; VmRSS includes "
-             "file-backed mapped pages (etcd's bbolt mmap, pysyncobj's mmapped journal); data dir = du.")
+             "file-backed mapped pages (etcd's bbolt mmap; etcdlite maps the Raft journal it replays at start, read-only); data dir = du.")
     L.append("- check perf: the Go etcdctl, 60 s per load (m = 1,000 writes/s from 200 clients, "
              "l = 8,000 from 500; 256-byte keys, 1 KiB values); writes under /etcdctl-check-perf/ "
              "and deletes them afterwards.")
