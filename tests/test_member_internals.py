@@ -1,6 +1,8 @@
 """etcdlite's Member without servers: group commit (which requests travel
 together as one Raft entry, turn by turn of the event loop, with a recorder
-standing in for Raft) and the response header it writes as bytes."""
+standing in for Raft), a batch's requests answered once (also when the sweep
+times it out before it is applied), and the response header it writes as
+bytes."""
 
 from __future__ import annotations
 
