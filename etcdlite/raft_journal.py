@@ -5,9 +5,10 @@ memory map of the file, grown by doubling, that every append is copied into.
 The first write to each new page of such a map is a page fault, and on the
 machines we measure on (Firecracker VMs, ext4) that costs ~14 µs a page:
 appending went at 3.5 µs per KiB, against 0.6 µs per KiB with pwrite(2) (a
-batch of a hundred 256-byte puts, ~30 KiB: 60-165 µs against 29-64 µs). `JournalFile` has the
-same interface and writes the same format (any pysyncobj reads it back), so it
-replaces the memory-mapped file for every journal this process opens.
+batch of a hundred 256-byte puts, ~30 KiB: 60-165 µs against 29-64 µs).
+`JournalFile` has the same interface and writes the same format (any
+pysyncobj reads it back), so it replaces the memory-mapped file for every
+journal this process opens.
 
 Durability is unchanged: either way a record is in the OS page cache, not
 synced, when pysyncobj goes on (it survives the process being killed, not the
