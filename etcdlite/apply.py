@@ -22,6 +22,7 @@ from etcdlite import errors
 from etcdlite.lease_table import LeaseTable
 from etcdlite.membership import MemberTable
 from etcdlite.mvcc import DELETE, CompactedError, Event, FutureRevisionError, KeyValue, MVCCStore
+from etcdlite.mvcc.key_history import to_event
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.mvccpb import kv_pb2
 
@@ -137,6 +138,14 @@ def _compare(c: pb.Compare, kv: KeyValue | None) -> bool:
     return True
 
 
+def events_of(events) -> list[Event]:
+    """An applied command's events (see StateMachine.apply_batch): a list,
+    or a plain Put's (key, record, previous record), made into its Event."""
+    if type(events) is tuple:
+        return [to_event(*events)]
+    return events
+
+
 # the hot path's names, looked up once
 _PUT = int(Op.PUT)
 _PutRequest = pb.PutRequest.FromString
@@ -149,6 +158,38 @@ class StateMachine:
         self.kv = MVCCStore()
         self.leases = LeaseTable()
         self.members = MemberTable()
+
+    def apply_batch(self, commands) -> list[tuple[int, object, object, int]]:
+        """Apply a log entry's (op, data) commands in order: for each, (op,
+        its result, its events (see `events_of`), the store's revision after
+        it). A plain Put (no lease, prev_kv or ignore_*), the bulk of a busy
+        member's writes, is applied here without `apply`'s dispatch: its
+        result is its revision, as `_plain_put` gives it, and its event is
+        left unmade, as (key, record, previous record), until a watcher or
+        the lease table needs it (nearly a third of the put's cost on a
+        store of 100,000 keys)."""
+        applied = []
+        append = applied.append
+        kv = self.kv
+        put = kv.put_record
+        for op, data in commands:
+            if op == _PUT:
+                try:
+                    p = _PutRequest(data)
+                except Exception:
+                    p = None  # apply() answers for it
+                if p is not None and not (p.lease or p.prev_kv or p.ignore_value or p.ignore_lease):
+                    key = p.key
+                    record, last = put(key, p.value)
+                    events = (key, record, last)
+                    if last is not None and last[5]:
+                        self._track_leases(events_of(events))  # the key left its lease
+                    revision = record[0]
+                    append((op, revision, events, revision))
+                    continue
+            result, events = self.apply(op, data)
+            append((op, result, events, kv.current_revision))
+        return applied
 
     def apply(self, op: int, data: bytes) -> tuple[object, list[Event]]:
         try:

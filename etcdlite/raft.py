@@ -69,18 +69,12 @@ class ReplicatedState(SyncObjConsumer):
     @replicated
     def apply(self, commands):
         """Apply one log entry: a batch of (op, data) commands, in order.
-        Returns their results; `on_applied` gets (op, result, events,
-        revision) for each."""
-        applied = []
-        results = []
+        Returns, for each, (op, result, events, revision), as `on_applied`
+        gets them."""
         with self._lock:
-            apply, kv = self.machine.apply, self.machine.kv
-            for op, data in commands:
-                result, events = apply(op, data)
-                applied.append((op, result, events, kv.current_revision))
-                results.append(result)
+            applied = self.machine.apply_batch(commands)
         self._on_applied(applied)
-        return results
+        return applied
 
     def _deserialize(self, data):
         with self._lock:
@@ -256,8 +250,9 @@ class RaftNode:
 
     def propose(self, commands: list[tuple[int, bytes]], callback, *, now: bool = False) -> None:
         """Append a batch of (op, data) commands to the log as one entry;
-        `callback(results, fail_reason)` runs in the event loop once it is
-        applied here, or has failed. With `now`, the tick that appends (and,
+        `callback(applied, fail_reason)` runs in the event loop once it is
+        applied here (`applied` as ReplicatedState.apply returns it), or has
+        failed. With `now`, the tick that appends (and,
         on a lone member, commits and applies) runs before this returns,
         instead of in a later turn of the loop."""
         self.state.apply(commands, callback=callback)

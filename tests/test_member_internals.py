@@ -20,7 +20,8 @@ from etcdlite.server.member import Member
 
 class RecordingRaft:
     """Takes batches as RaftNode.propose does; applies them at once, or
-    holds them (`hold`) until `finish` is called."""
+    holds them (`hold`) until `finish` is called, answering each command
+    with an (op, result, events, revision) as ReplicatedState.apply does."""
 
     def __init__(self, hold: bool = False) -> None:
         self.hold = hold
@@ -32,11 +33,11 @@ class RecordingRaft:
         if self.hold:
             self.held.append((len(commands), callback))
         else:
-            callback([b"ok:" + data for _, data in commands], None)
+            callback([(op, b"ok:" + data, [], 0) for op, data in commands], None)
 
     def finish(self) -> None:
         n, callback = self.held.pop(0)
-        callback([b"ok"] * n, None)
+        callback([(Op.PUT, b"ok", [], 0)] * n, None)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from etcdlite.mvcc import (
     KeyValue,
     MVCCStore,
 )
+from etcdlite.mvcc.key_history import to_event
 
 KEYS = [b"\x00", b"a", b"ab", b"b", b"ba", b"c"]
 RANGE_ENDS = [b"", b"", b"\x00", b"a", b"b", b"bb", b"c", b"d"]
@@ -164,12 +165,16 @@ class MVCCMachine(RuleBasedStateMachine):
             model.log.extend(expected_events)
         self.replay.append(("txn", ops))
 
-    @rule(op=put_ops)
-    def put(self, op):
+    @rule(op=put_ops, records=st.booleans())
+    def put(self, op, records):
         _, key, value, lease = op
         model = self.model
         prev = model.snapshots[-1].get(key)
-        kv, prev_kv, events = self.store.put(key, value, lease)
+        if records:  # the apply loop's way: the records, made into the event afterwards
+            event = to_event(key, *self.store.put_record(key, value, lease))
+            kv, prev_kv, events = event.kv, event.prev_kv, [event]
+        else:
+            kv, prev_kv, events = self.store.put(key, value, lease)
         revision = model.current + 1
         expected = KeyValue(key, prev.create_revision if prev else revision, revision,
                             prev.version + 1 if prev else 1, value, lease)

@@ -34,16 +34,21 @@ def live_at(records: list[Record], revision: int) -> Record | None:
     return record if record[3] else None
 
 
+# KeyValue(...) and Event(...) run the namedtuples' Python __new__; building the tuples
+# directly costs half as much, on every read and every put
+_new = tuple.__new__
+
+
 def to_kv(key: bytes, record: Record) -> KeyValue:
-    return KeyValue(key, record[2], record[0], record[3], record[4], record[5])
+    return _new(KeyValue, (key, record[2], record[0], record[3], record[4], record[5]))
 
 
 def to_event(key: bytes, record: Record, previous: Record | None) -> Event:
     """The event ``record`` stands for; ``previous`` is the record just before it, if held."""
     prev_kv = to_kv(key, previous) if previous is not None and previous[3] else None
     kind = PUT if record[3] else DELETE
-    return Event(kind, KeyValue(key, record[2], record[0], record[3], record[4], record[5]),
-                 prev_kv, record[1])
+    return _new(Event, (kind, _new(KeyValue, (key, record[2], record[0], record[3], record[4], record[5])),
+                        prev_kv, record[1]))
 
 
 def events_since(key: bytes, records: list[Record], start: int) -> list[Event]:

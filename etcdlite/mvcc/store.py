@@ -8,14 +8,11 @@ from __future__ import annotations
 
 from .errors import CompactedError, FutureRevisionError
 from .hashing import hash_history
-from .key_history import Record, compacted, events_since, live_at, record_size, to_kv
+from .key_history import Record, compacted, events_since, live_at, record_size, to_event, to_kv
 from .key_range import KeySpan, resolve
-from .kv import PUT, Event, KeyValue, RangeResult
+from .kv import Event, KeyValue, RangeResult
 from .sorted_keys import SortedKeys
 from .write_txn import WriteTxn, put_record
-
-_new = tuple.__new__
-
 
 def _event_order(event: Event) -> tuple[int, int]:
     return event.kv.mod_revision, event.sub
@@ -162,12 +159,20 @@ class MVCCStore:
             lease: int = 0) -> tuple[KeyValue, KeyValue | None, list[Event]]:
         """One-put txn: (the new kv, the key's previous live kv or None, its events). The
         most common write, so without a WriteTxn object: the same record, the same event."""
+        record, last = self.put_record(key, value, lease)
+        event = to_event(key, record, last)
+        return event.kv, event.prev_kv, [event]
+
+    def put_record(self, key: bytes, value: bytes, lease: int = 0) -> tuple[Record, Record | None]:
+        """``put`` answering with records (see ``key_history``): (the new one, the key's
+        previous live one or None). The apply loop's hot path: the KeyValue and Event values,
+        ``to_event(key, *answer)``, are made only when someone needs them."""
         if self._writing:
             self._not_writing()  # raises
         main = self._current + 1
-        kv, prev = put_record(self, key, value, lease, main, 0)
+        answer = put_record(self, key, value, lease, main, 0)
         self._current = main
-        return kv, prev, [_new(Event, (PUT, kv, prev, 0))]
+        return answer
 
     def delete_range(self, key: bytes,
                      range_end: bytes = b"") -> tuple[list[KeyValue], list[Event]]:

@@ -9,22 +9,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .key_history import to_kv
+from .key_history import Record, to_event
 from .key_range import KeySpan, resolve
-from .kv import DELETE, PUT, Event, KeyValue, RangeResult
+from .kv import Event, KeyValue, RangeResult
 
 if TYPE_CHECKING:
     from .store import MVCCStore
 
-# KeyValue(...) and Event(...) run the namedtuples' Python __new__; building the
-# tuples directly halves that on the put path (one KeyValue, one Event, maybe a prev each)
-_new = tuple.__new__
-
 
 def put_record(store: MVCCStore, key: bytes, value: bytes, lease: int, main: int,
-               sub: int) -> tuple[KeyValue, KeyValue | None]:
-    """Append the record of a put at (main, sub) to ``key``'s history: (the new kv, the
-    previous live kv or None when this starts a generation). The caller owns the revision."""
+               sub: int) -> tuple[Record, Record | None]:
+    """Append the record of a put at (main, sub) to ``key``'s history: (the new record, the
+    key's previous live record or None when this starts a generation). The caller owns the
+    revision."""
     records = store._history.get(key)
     if records is None:
         records = store._history[key] = []
@@ -38,16 +35,18 @@ def put_record(store: MVCCStore, key: bytes, value: bytes, lease: int, main: int
         create = main
         version = 1
         store._live += 1
-        prev = None
     else:
         create = last[2]
         version = last[3] + 1
-        prev = _new(KeyValue, (key, create, last[0], last[3], last[4], last[5]))
-    records.append((main, sub, create, version, value, lease))
-    if len(records) > 1:
+    record = (main, sub, create, version, value, lease)
+    records.append(record)
+    if len(records) == 2:
+        # a key with two records or more is in _shrinkable until compaction leaves it one
+        # (compaction keeps it there otherwise), so only this append can be its first; not
+        # probing the set on every put saves a cache miss on a large store
         store._shrinkable.add(key)
     store._size += len(key) + len(value)
-    return _new(KeyValue, (key, create, main, version, value, lease)), prev
+    return record, last
 
 
 class WriteTxn:
@@ -85,10 +84,11 @@ class WriteTxn:
         """Set ``key``: (its new kv, its previous live kv or None when this starts a generation)."""
         self._check_open()
         sub = self._sub
-        kv, prev = put_record(self._store, key, value, lease, self._begin + 1, sub)
-        self._events.append(_new(Event, (PUT, kv, prev, sub)))
+        record, last = put_record(self._store, key, value, lease, self._begin + 1, sub)
+        event = to_event(key, record, last)
+        self._events.append(event)
         self._sub = sub + 1
-        return kv, prev
+        return event.kv, event.prev_kv
 
     def delete_range(self, key: bytes, range_end: bytes = b"") -> list[KeyValue]:
         """Delete the live keys in the range: their last live kvs, in key order."""
@@ -110,10 +110,11 @@ class WriteTxn:
             if not last[3]:
                 continue
             sub = self._sub
-            records.append((main, sub, 0, 0, b"", 0))
-            prev = to_kv(k, last)
-            deleted.append(prev)
-            self._events.append(Event(DELETE, KeyValue(k, 0, main, 0, b"", 0), prev, sub))
+            tombstone = (main, sub, 0, 0, b"", 0)
+            records.append(tombstone)
+            event = to_event(k, tombstone, last)
+            deleted.append(event.prev_kv)
+            self._events.append(event)
             self._sub = sub + 1
             store._shrinkable.add(k)
             store._size += len(k)

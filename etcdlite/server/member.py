@@ -19,7 +19,7 @@ import logging
 import grpc
 
 from etcdlite import errors
-from etcdlite.apply import Op
+from etcdlite.apply import Op, events_of
 from etcdlite.config import MemberConfig, host_port, is_tls_url
 from etcdlite.lessor import Lessor
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
@@ -58,14 +58,15 @@ _NOTIFY_OPS = frozenset({Op.LEASE_GRANT, Op.LEASE_RENEW, Op.MEMBER_REMOVE})
 _VARINT_FIRST = [bytes((low | 0x80,)) for low in range(0x80)]
 
 
-def _settle(waiters: list, results, reason) -> None:
+def _settle(waiters: list, applied, reason) -> None:
     """Hand a batch's results (or its failure) to its waiters: each is an
-    on_done(result, error), called straight from here (the hot path). A batch
-    is settled once (see _Batch.settled), so each waiter is called once."""
+    on_done(result, error), called straight from here (the hot path), with
+    the result in the command's (op, result, events, revision). A batch is
+    settled once (see _Batch.settled), so each waiter is called once."""
     if reason:
         _fail(waiters, FAILURES.get(reason, errors.TIMEOUT))
         return
-    for on_done, result in zip(waiters, results):
+    for on_done, (_, result, _, _) in zip(waiters, applied):
         try:
             if isinstance(result, errors.EtcdError):
                 on_done(None, result)
@@ -263,7 +264,7 @@ class Member:
         self._deliveries -= 1
         for op, result, events, revision in applied:
             if events:
-                self.hub.publish(events, revision)
+                self.hub.publish(events_of(events), revision)
             if op == Op.MEMBER_REMOVE:
                 self._check_removed()
             elif (op == Op.LEASE_GRANT or op == Op.LEASE_RENEW) and getattr(result, "TTL", 0) > 0:
@@ -392,7 +393,7 @@ class Member:
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep)
 
-        def applied(results, reason) -> None:
+        def applied(entries, reason) -> None:
             self._release(sent)
             if sent.settled:  # timed out by the sweep: already answered
                 return
@@ -401,7 +402,7 @@ class Member:
             batches = self._batches
             while batches and batches[0].settled:
                 batches.popleft()
-            _settle(waiters, results, reason)
+            _settle(waiters, entries, reason)
             # the answers leave now, not after the next turn's reads
             for server in self._h2_servers:
                 server.flush_now()
