@@ -47,8 +47,8 @@ def to_event(key: bytes, record: Record, previous: Record | None) -> Event:
     """The event ``record`` stands for; ``previous`` is the record just before it, if held."""
     prev_kv = to_kv(key, previous) if previous is not None and previous[3] else None
     kind = PUT if record[3] else DELETE
-    return _new(Event, (kind, _new(KeyValue, (key, record[2], record[0], record[3], record[4], record[5])),
-                        prev_kv, record[1]))
+    kv = _new(KeyValue, (key, record[2], record[0], record[3], record[4], record[5]))
+    return _new(Event, (kind, kv, prev_kv, record[1]))
 
 
 def events_since(key: bytes, records: list[Record], start: int) -> list[Event]:

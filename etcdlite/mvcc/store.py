@@ -14,6 +14,7 @@ from .kv import Event, KeyValue, RangeResult
 from .sorted_keys import SortedKeys
 from .write_txn import WriteTxn, put_record
 
+
 def _event_order(event: Event) -> tuple[int, int]:
     return event.kv.mod_revision, event.sub
 
