@@ -252,9 +252,9 @@ class RaftNode:
         """Append a batch of (op, data) commands to the log as one entry;
         `callback(applied, fail_reason)` runs in the event loop once it is
         applied here (`applied` as ReplicatedState.apply returns it), or has
-        failed. With `now`, the tick that appends (and,
-        on a lone member, commits and applies) runs before this returns,
-        instead of in a later turn of the loop."""
+        failed. With `now`, the tick that appends (and, on a lone member,
+        commits and applies) runs before this returns, instead of in a later
+        turn of the loop."""
         self.state.apply(commands, callback=callback)
         if now:
             self._tick()
