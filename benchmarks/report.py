@@ -17,6 +17,29 @@ def _get(res: dict, path: str):
     return cur
 
 
+# "everything else" at or above this, in one put repetition, is listed under the CPU table
+DISTURBED_CORES = 0.2
+
+
+def disturbed_runs(T: dict) -> list[str]:
+    """One line per put level where a repetition ran beside DISTURBED_CORES of CPU that
+    was neither the servers' nor the generator's (results.json from before these fields
+    were recorded: nothing)."""
+    def runs(level: dict, key: str, fmt: str = "{:.2f}") -> str:
+        return " / ".join(fmt.format(v) for v in level.get(key, []))
+
+    out = []
+    for n, r in T.items():
+        for c in (1, 16, 64, 256):
+            level = _get(r, f"put.{c}")
+            if not isinstance(level, dict) or max(level.get("other_cpu_cores_runs", []), default=0) < DISTURBED_CORES:
+                continue
+            out.append(f"- {r.get('label', n)}, {c} clients: everything else {runs(level, 'other_cpu_cores_runs')} "
+                       f"cores (irq+softirq {runs(level, 'irq_softirq_cores_runs')}, steal "
+                       f"{runs(level, 'steal_cores_runs')}); ops/s {runs(level, 'ops_per_s_runs', '{:,.0f}')}")
+    return out
+
+
 def _num(v, digits=None) -> str:
     if v is None:
         return "–"
@@ -395,6 +418,14 @@ def render(results: dict) -> str:
             cells.append(f"{_num(g_)} / {_num(s_)} / {_num(o_)}" if not isinstance(g_, str) else g_[:40])
         L.append(f"| {c} | " + " | ".join(cells) + " |")
     L.append("")
+    disturbed = disturbed_runs(T)
+    if disturbed:
+        L.append(f"Repetitions beside {DISTURBED_CORES} cores or more of everything else (by repetition; "
+                 "irq+softirq and steal, machine-wide from /proc/stat, tell what it may have been: "
+                 "interrupt time can also be counted in a process's own CPU, so they need not add up):")
+        L.append("")
+        L += disturbed
+        L.append("")
     L.append("## Server CPU per put (microseconds of CPU, all members together, per acknowledged put)")
     L.append("")
     L.append("Median over the repetitions. It moves much less than ops/s when other processes take "

@@ -26,7 +26,15 @@ from pathlib import Path
 
 from benchmarks import report
 from benchmarks.load import WorkerPool
-from benchmarks.targets import TARGETS, Target, dir_size, machine_busy_seconds, proc_cpu_seconds, proc_rss
+from benchmarks.targets import (
+    TARGETS,
+    Target,
+    dir_size,
+    machine_busy_seconds,
+    machine_cpu_seconds,
+    proc_cpu_seconds,
+    proc_rss,
+)
 
 BENCHMARKS = ["put", "range", "txn", "watch", "lease", "checkperf", "memory"]
 PUT_LEVELS = [1, 16, 64, 256]
@@ -96,13 +104,19 @@ class Runner:
         def at_start(start):  # sample the servers' CPU over the measured window only
             time.sleep(max(0.0, start - time.time()))
             mark["cpu"] = {p: proc_cpu_seconds(p) for p in pids}
-            mark["busy"] = machine_busy_seconds()
+            mark["stat"] = machine_cpu_seconds()
             mark["t"] = time.monotonic()
 
         results, _ = self.pool.run(tasks, during=at_start)
         wall = time.monotonic() - mark["t"]
         srv_cpu = sum(proc_cpu_seconds(p) - c for p, c in mark["cpu"].items())
-        busy = machine_busy_seconds() - mark["busy"]
+        stat = machine_cpu_seconds()
+        busy = machine_busy_seconds(stat) - machine_busy_seconds(mark["stat"])
+        # what "everything else" may have been: interrupts and softirqs (loopback TCP's
+        # packets; the kernel may also charge them to the process they interrupted) and
+        # steal (the hypervisor running someone else), machine-wide
+        kernel = {kind: (stat.get(kind, 0.0) - mark["stat"].get(kind, 0.0)) / wall if wall else 0
+                  for kind in ("irq", "softirq", "steal")}
         lat = [x for r in results for x in r["lat"]]
         errors: dict = {}
         extra: dict = {}
@@ -120,6 +134,8 @@ class Runner:
             "server_cpu_cores": srv_cpu / wall if wall else 0,
             # whatever else ran on the machine meanwhile (other processes, this suite's parent)
             "other_cpu_cores": max(0.0, busy - srv_cpu - gen_cpu * run_wall / wall) / wall if wall else 0,
+            "irq_softirq_cores": kernel["irq"] + kernel["softirq"],
+            "steal_cores": kernel["steal"],
         }
 
     def repeated(self, target: Target, op: str, clients: int, **params) -> dict:
@@ -139,6 +155,10 @@ class Runner:
             "gen_cpu_cores": round(statistics.median(r["gen_cpu_cores"] for r in runs), 2),
             "server_cpu_cores": round(statistics.median(r["server_cpu_cores"] for r in runs), 2),
             "other_cpu_cores": round(statistics.median(r["other_cpu_cores"] for r in runs), 2),
+            # per repetition, as the medians above can hide one disturbed run
+            "other_cpu_cores_runs": [round(r["other_cpu_cores"], 2) for r in runs],
+            "irq_softirq_cores_runs": [round(r["irq_softirq_cores"], 2) for r in runs],
+            "steal_cores_runs": [round(r["steal_cores"], 2) for r in runs],
             # CPU the server(s) spent per completed operation: unlike ops/s, it
             # hardly moves when other processes take CPU from the servers
             "server_cpu_us_per_op": round(statistics.median(

@@ -151,10 +151,21 @@ def dir_size(path: Path) -> int:
     return total
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds the whole machine spent busy (all cores), from /proc/stat."""
+# the kinds of /proc/stat's first line, in order
+_CPU_KINDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def machine_cpu_seconds() -> dict[str, float]:
+    """CPU seconds the whole machine spent (all cores), by /proc/stat's kind; {} if unreadable."""
     try:
         f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        return (sum(f[:8]) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError):
-        return 0.0
+        return {}
+    tick = os.sysconf("SC_CLK_TCK")
+    return {kind: v / tick for kind, v in zip(_CPU_KINDS, f)}
+
+
+def machine_busy_seconds(seconds: dict[str, float] | None = None) -> float:
+    """CPU seconds the whole machine spent busy (all cores): all but idle and iowait."""
+    t = machine_cpu_seconds() if seconds is None else seconds
+    return sum(t.values()) - t.get("idle", 0.0) - t.get("iowait", 0.0)

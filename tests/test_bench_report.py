@@ -1,4 +1,4 @@
-"""benchmarks/report.py: which watch receiver's figures judge the watch bar."""
+"""benchmarks/report.py: which watch receiver's figures judge the watch bar; disturbed repetitions."""
 
 from __future__ import annotations
 
@@ -42,3 +42,15 @@ def test_old_results_without_a_receiver_field_came_from_grpc_aio():
     assert "Go etcdctl" in text and ok is True
     assert "grpc.aio receiver" in detail
     assert any("grpc.aio receiver, 1 stream" in r.label for r in report.rows(report.watch_receiver(T)))
+
+
+def test_disturbed_put_repetitions_are_listed_with_their_parts():
+    level = {"other_cpu_cores_runs": [0.6, 0.58, 0.02], "irq_softirq_cores_runs": [0.05, 0.04, 0.04],
+             "steal_cores_runs": [0.0, 0.3, 0.0], "ops_per_s_runs": [66874.0, 66831.5, 97094.0]}
+    calm = {"other_cpu_cores_runs": [0.0, 0.19, 0.01]}
+    T = {"etcdlite1": {"label": "etcdlite 1", "put": {"256": level, "64": calm}},
+         "bare": {"label": "bare gRPC", "put": {"256": {"ops_per_s": 1.0}}}}  # older results: no runs
+    (line,) = report.disturbed_runs(T)
+    assert line.startswith("- etcdlite 1, 256 clients: everything else 0.60 / 0.58 / 0.02 cores")
+    assert "steal 0.00 / 0.30 / 0.00" in line and "66,874 / 66,832 / 97,094" in line
+    assert report.disturbed_runs({"etcdlite1": {"put": {"64": calm}}}) == []
