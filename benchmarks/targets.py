@@ -165,7 +165,6 @@ def machine_cpu_seconds() -> dict[str, float]:
     return {kind: v / tick for kind, v in zip(_CPU_KINDS, f)}
 
 
-def machine_busy_seconds(seconds: dict[str, float] | None = None) -> float:
-    """CPU seconds the whole machine spent busy (all cores): all but idle and iowait."""
-    t = machine_cpu_seconds() if seconds is None else seconds
-    return sum(t.values()) - t.get("idle", 0.0) - t.get("iowait", 0.0)
+def machine_busy_seconds(seconds: dict[str, float]) -> float:
+    """Of machine_cpu_seconds(), the busy part: all but idle and iowait."""
+    return sum(seconds.values()) - seconds.get("idle", 0.0) - seconds.get("iowait", 0.0)

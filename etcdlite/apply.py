@@ -173,11 +173,12 @@ class StateMachine:
         kv = self.kv
         put = kv.put_record
         for op, data in commands:
+            p = None  # the PutRequest, parsed once for both paths
             if op == _PUT:
                 try:
                     p = _PutRequest(data)
                 except Exception:
-                    p = None  # apply() answers for it
+                    pass  # apply() answers for it
                 if p is not None and not (p.lease or p.prev_kv or p.ignore_value or p.ignore_lease):
                     key = p.key
                     record, last = put(key, p.value)
@@ -187,14 +188,16 @@ class StateMachine:
                     revision = record[0]
                     append((op, revision, events, revision))
                     continue
-            result, events = self.apply(op, data)
+            result, events = self.apply(op, data, p)
             append((op, result, events, kv.current_revision))
         return applied
 
-    def apply(self, op: int, data: bytes) -> tuple[object, list[Event]]:
+    def apply(self, op: int, data: bytes, parsed=None) -> tuple[object, list[Event]]:
+        """One command: (its result, its events). `parsed`: a Put's
+        PutRequest when the caller has already parsed `data`."""
         try:
             if op == _PUT:
-                put = _PutRequest(data)
+                put = parsed if parsed is not None else _PutRequest(data)
                 if put.prev_kv or put.ignore_value or put.ignore_lease:
                     self._check_put(put)
                     return self._write(self._put, put)
