@@ -6,7 +6,9 @@ random number or depend on which member it runs on. Requests that need such
 a value (a lease ID, an effective TTL) get it from the proposer, inside the
 command.
 
-A command is `(Op, serialized request)`. `apply` returns the response (its
+A command is `(Op, serialized request)`, or `(Op.PUT_VALUE, key, value)` for
+a put with nothing but a key and a value (the bulk of a busy member's writes:
+nothing to parse when it is applied). `apply` returns the response (its
 header carries only the revision; the server fills in the rest) or an
 `EtcdError`, and the events that watchers must see.
 """
@@ -47,6 +49,10 @@ class Op(IntEnum):
     MEMBER_PUBLISH = 10
     MEMBER_ADD = 11
     MEMBER_REMOVE = 12
+    # a put of a key and a value, without lease, prev_kv or ignore_*: the
+    # command is (PUT_VALUE, key, value), no request to serialize and parse
+    # (only `StateMachine.apply_batch` takes it)
+    PUT_VALUE = 13
 
 
 def kv_to_pb(kv: KeyValue, keys_only: bool = False) -> kv_pb2.KeyValue:
@@ -148,6 +154,7 @@ def events_of(events) -> list[Event]:
 
 # the hot path's names, looked up once
 _PUT = int(Op.PUT)
+_PUT_VALUE = int(Op.PUT_VALUE)
 _PutRequest = pb.PutRequest.FromString
 
 
@@ -160,36 +167,41 @@ class StateMachine:
         self.members = MemberTable()
 
     def apply_batch(self, commands) -> list[tuple[int, object, object, int]]:
-        """Apply a log entry's (op, data) commands in order: for each, (op,
-        its result, its events (see `events_of`), the store's revision after
-        it). A plain Put (no lease, prev_kv or ignore_*), the bulk of a busy
-        member's writes, is applied here without `apply`'s dispatch: its
-        result is its revision, as `_plain_put` gives it, and its event is
-        left unmade, as (key, record, previous record), until a watcher or
-        the lease table needs it (making it was a quarter of the store's
-        put on 100,000 keys)."""
+        """Apply a log entry's commands in order: for each, (op, its result,
+        its events (see `events_of`), the store's revision after it). A
+        plain put (a PUT_VALUE, or a Put without lease, prev_kv or ignore_*),
+        the bulk of a busy member's writes, is applied here without
+        `apply`'s dispatch: its result is its revision, as `_plain_put`
+        gives it, and its event is left unmade, as (key, record, previous
+        record), until a watcher or the lease table needs it (making it was
+        a quarter of the store's put on 100,000 keys)."""
         applied = []
         append = applied.append
         kv = self.kv
         put = kv.put_record
-        for op, data in commands:
-            p = None  # the PutRequest, parsed once for both paths
-            if op == _PUT:
-                try:
-                    p = _PutRequest(data)
-                except Exception:
-                    pass  # apply() answers for it
-                if p is not None and not (p.lease or p.prev_kv or p.ignore_value or p.ignore_lease):
-                    key = p.key
-                    record, last = put(key, p.value)
-                    events = (key, record, last)
-                    if last is not None and last[5]:
-                        self._track_leases(events_of(events))  # the key left its lease
-                    revision = record[0]
-                    append((op, revision, events, revision))
+        for command in commands:
+            op = command[0]
+            if op == _PUT_VALUE:
+                key, value = command[1], command[2]
+            else:
+                data = command[1]
+                p = None  # a Put's PutRequest, parsed once for both paths
+                if op == _PUT:
+                    try:
+                        p = _PutRequest(data)
+                    except Exception:
+                        pass  # apply() answers for it
+                if p is None or p.lease or p.prev_kv or p.ignore_value or p.ignore_lease:
+                    result, events = self.apply(op, data, p)
+                    append((op, result, events, kv.current_revision))
                     continue
-            result, events = self.apply(op, data, p)
-            append((op, result, events, kv.current_revision))
+                key, value = p.key, p.value
+            record, last = put(key, value)
+            events = (key, record, last)
+            if last is not None and last[5]:
+                self._track_leases(events_of(events))  # the key left its lease
+            revision = record[0]
+            append((op, revision, events, revision))
         return applied
 
     def apply(self, op: int, data: bytes, parsed=None) -> tuple[object, list[Event]]:

@@ -68,7 +68,7 @@ class ReplicatedState(SyncObjConsumer):
 
     @replicated
     def apply(self, commands):
-        """Apply one log entry: a batch of (op, data) commands, in order.
+        """Apply one log entry: a batch of commands (see etcdlite.apply), in order.
         Returns, for each, (op, result, events, revision), as `on_applied`
         gets them."""
         with self._lock:
@@ -248,8 +248,8 @@ class RaftNode:
         (copied in one step)."""
         return {node.id for node in set(self._obj._SyncObj__otherNodes)}
 
-    def propose(self, commands: list[tuple[int, bytes]], callback, *, now: bool = False) -> None:
-        """Append a batch of (op, data) commands to the log as one entry;
+    def propose(self, commands: list[tuple], callback, *, now: bool = False) -> None:
+        """Append a batch of commands (see etcdlite.apply) to the log as one entry;
         `callback(applied, fail_reason)` runs in the event loop once it is
         applied here (`applied` as ReplicatedState.apply returns it), or has
         failed. With `now`, the tick that appends (and, on a lone member,

@@ -82,8 +82,9 @@ class KVService(rpc_pb2_grpc.KVServicer):
         return {method: self._write_now(method, op) for method, op in ops.items()}
 
     def _write_now(self, method: str, op: Op):
-        header_field, submit = self.m.header_field, self.m.submit
+        header_field, submit, submit_put_value = self.m.header_field, self.m.submit, self.m.submit_put_value
         checked, response = self._checked, self._response
+        is_put = op == Op.PUT
 
         def handler(request, reply, raw: bytes) -> None:
             def done(resp, error) -> None:
@@ -97,7 +98,11 @@ class KVService(rpc_pb2_grpc.KVServicer):
 
             try:
                 checked(op, request)
-                submit(op, request, done, raw)
+                if is_put and not (request.lease or request.prev_kv or request.ignore_value
+                                   or request.ignore_lease):
+                    submit_put_value(request.key, request.value, done, len(raw))
+                else:
+                    submit(op, request, done, raw)
             except EtcdError as err:
                 reply(None, err.code, err.message)
 

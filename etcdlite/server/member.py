@@ -54,6 +54,7 @@ BATCH_SLOT_SECONDS = 1.0
 SWEEP_SECONDS = 0.25
 # lease and membership commands whose application the event loop hears of
 _NOTIFY_OPS = frozenset({Op.LEASE_GRANT, Op.LEASE_RENEW, Op.MEMBER_REMOVE})
+_PUT_VALUE = int(Op.PUT_VALUE)
 # a varint's first byte when more bytes follow, by its low 7 bits
 _VARINT_FIRST = [bytes((low | 0x80,)) for low in range(0x80)]
 
@@ -123,8 +124,8 @@ class Member:
         self.removed = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._barrier_next: asyncio.Future | None = None
-        # requests waiting for the next batch: (op, bytes) as proposed, and their waiters
-        self._outbox: list[tuple[int, bytes]] = []
+        # requests waiting for the next batch: commands as proposed (see apply), and their waiters
+        self._outbox: list[tuple] = []
         self._waiters: list = []
         self._outbox_bytes = 0
         self._max_request_bytes = cfg.max_request_bytes
@@ -350,14 +351,23 @@ class Member:
         serialized). Raises EtcdError at once for a request too large."""
         self._enqueue(op, request, on_done, data)
 
+    def submit_put_value(self, key: bytes, value: bytes, on_done, size: int) -> None:
+        """submit() for a Put of only a key and a value (no lease, prev_kv or
+        ignore_*): it travels as (Op.PUT_VALUE, key, value), nothing to parse
+        where it is applied. `size`: the request's bytes on the wire."""
+        self._queue((_PUT_VALUE, key, value), size, on_done)
+
     def _enqueue(self, op: Op, request, on_done, data: bytes | None = None) -> None:
         if data is None:
             data = request.SerializeToString() if request is not None else b""
-        if len(data) > self._max_request_bytes:
+        self._queue((int(op), data), len(data), on_done)
+
+    def _queue(self, command: tuple, size: int, on_done) -> None:
+        if size > self._max_request_bytes:
             raise errors.REQUEST_TOO_LARGE
-        self._outbox.append((int(op), data))
+        self._outbox.append(command)
         self._waiters.append(on_done)
-        self._outbox_bytes += len(data)
+        self._outbox_bytes += size
         if self._outbox_bytes >= MAX_BATCH_BYTES:
             self._send_batch()
         elif not self._flush_pending:
