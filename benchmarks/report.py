@@ -390,10 +390,17 @@ def render(results: dict) -> str:
     L.append("\"bare\" runs on etcdlite's own gRPC server (etcdlite/server/h2grpc.py), the one etcdlite "
              "serves with; \"bare grpc.aio\" on grpcio's server, which etcdlite used before (and still "
              "can: `--experimental-grpc-server=grpcio`).")
+    paired = (bare or {}).get("paired_with") == "etcdlite1"
+    if paired:
+        L.append("")
+        L.append("bare's put repetitions took turns with etcdlite 1's (etcdlite 1, bare, etcdlite 1, "
+                 "bare, ...), both servers up, so that both met the same conditions; the last column "
+                 "has the ratio of each pair.")
     L.append("")
     L.append("| put clients | bare ops/s | bare p50 / p99 ms | etcdlite 1 ops/s | etcdlite 1 ÷ bare "
-             "| bare grpc.aio ops/s | bare grpc.aio p50 / p99 ms | etcd 1 ops/s |")
-    L.append("|---|---|---|---|---|---|---|---|")
+             "| bare grpc.aio ops/s | bare grpc.aio p50 / p99 ms | etcd 1 ops/s |"
+             + (" etcdlite 1 ÷ bare, by pair |" if paired else ""))
+    L.append("|---" * (9 if paired else 8) + "|")
     for c in (1, 16, 64, 256):
         b = _get(bare or {}, f"put.{c}.ops_per_s")
         bg = _get(bare_g or {}, f"put.{c}.ops_per_s")
@@ -401,7 +408,13 @@ def render(results: dict) -> str:
         e = _get(T.get("etcd1") or {}, f"put.{c}.ops_per_s")
         lat = f"{_num(_get(bare or {}, f'put.{c}.p50_ms'))} / {_num(_get(bare or {}, f'put.{c}.p99_ms'))}"
         lat_g = f"{_num(_get(bare_g or {}, f'put.{c}.p50_ms'))} / {_num(_get(bare_g or {}, f'put.{c}.p99_ms'))}"
-        L.append(f"| {c} | {_num(b)} | {lat} | {_num(a)} | {_ratio(a, b)} | {_num(bg)} | {lat_g} | {_num(e)} |")
+        row = f"| {c} | {_num(b)} | {lat} | {_num(a)} | {_ratio(a, b)} | {_num(bg)} | {lat_g} | {_num(e)} |"
+        if paired:
+            ra = _get(T.get("etcdlite1") or {}, f"put.{c}.ops_per_s_runs")
+            rb = _get(bare, f"put.{c}.ops_per_s_runs")
+            pairs = zip(ra, rb) if isinstance(ra, list) and isinstance(rb, list) else ()
+            row += " " + (", ".join(_ratio(x, y) for x, y in pairs) or "–") + " |"
+        L.append(row)
     L.append("")
     L.append("## CPU during the put benchmarks (cores used, of "
              f"{m.get('nproc')}): load generator / server(s) / everything else on the machine")

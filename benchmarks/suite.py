@@ -38,6 +38,9 @@ from benchmarks.targets import (
 
 BENCHMARKS = ["put", "range", "txn", "watch", "lease", "checkperf", "memory"]
 PUT_LEVELS = [1, 16, 64, 256]
+# the 1-member bar's two targets: the bare server's put repetitions take turns with
+# etcdlite 1's, so that the ratio of the two is measured under the same conditions
+PAIRED = ("etcdlite1", "bare")
 
 T0 = time.monotonic()
 
@@ -106,6 +109,7 @@ class Runner:
             mark["cpu"] = {p: proc_cpu_seconds(p) for p in pids}
             mark["stat"] = machine_cpu_seconds()
             mark["t"] = time.monotonic()
+            mark["started"] = start
 
         results, _ = self.pool.run(tasks, during=at_start)
         wall = time.monotonic() - mark["t"]
@@ -129,6 +133,7 @@ class Runner:
         gen_cpu = sum(r["cpu"] for r in results)
         return {
             "ops": len(lat), "wall": run_wall, "ops_per_s": len(lat) / run_wall if run_wall else 0,
+            "started": mark["started"],
             "lat": lat, "errors": errors, "extra": extra,
             "gen_cpu_cores": gen_cpu / run_wall if run_wall else 0,
             "server_cpu_cores": srv_cpu / wall if wall else 0,
@@ -139,7 +144,20 @@ class Runner:
         }
 
     def repeated(self, target: Target, op: str, clients: int, **params) -> dict:
-        runs = [self.load(target, op, clients, self.duration, **params) for _ in range(self.reps)]
+        return self.interleaved([target], op, clients, **params)[0]
+
+    def interleaved(self, targets: list[Target], op: str, clients: int, **params) -> list[dict]:
+        """`repeated` for several targets, their repetitions taking turns (a, b, a, b, ...): a
+        disturbance lasting a few seconds (another process, the hypervisor) lands on each of
+        them, not on whichever happened to run then, so their ratio holds still."""
+        runs: list[list[dict]] = [[] for _ in targets]
+        for _ in range(self.reps):
+            for target, done in zip(targets, runs):
+                done.append(self.load(target, op, clients, self.duration, **params))
+        return [self.summary(r, op, clients) for r in runs]
+
+    def summary(self, runs: list[dict], op: str, clients: int) -> dict:
+        """One figure from repeated measurements: medians, latencies over all of them."""
         lat = [x for r in runs for x in r["lat"]]
         errors: dict = {}
         for r in runs:
@@ -159,6 +177,7 @@ class Runner:
             "other_cpu_cores_runs": [round(r["other_cpu_cores"], 2) for r in runs],
             "irq_softirq_cores_runs": [round(r["irq_softirq_cores"], 2) for r in runs],
             "steal_cores_runs": [round(r["steal_cores"], 2) for r in runs],
+            "started_runs": [round(r["started"], 3) for r in runs],  # wall clock (time.time())
             # CPU the server(s) spent per completed operation: unlike ops/s, it
             # hardly moves when other processes take CPU from the servers
             "server_cpu_us_per_op": round(statistics.median(
@@ -188,18 +207,22 @@ class Runner:
 
     # -- benchmarks --------------------------------------------------------------
 
-    def bench_put(self, target: Target) -> dict:
-        out = {}
+    def bench_put(self, target: Target, *beside: Target) -> dict | list[dict]:
+        """Puts at each of PUT_LEVELS. With `beside`: those targets too, their repetitions
+        taking turns with `target`'s (see `interleaved`); then a list, one result per target."""
+        targets = [target, *beside]
+        out: list[dict] = [{} for _ in targets]
         for c in PUT_LEVELS:
-            before = target.status()
-            log(f"  {target.name}: put, {c} clients")
-            r = self.repeated(target, "put", c, prefix=b"put/", keyspace=100_000, value_size=256)
-            r.pop("_runs")
-            after = target.status()
-            r["leader_changes"] = leader_changes(before, after)
-            r["status_before"], r["status_after"] = before, after
-            out[str(c)] = r
-        return out
+            before = [t.status() for t in targets]
+            log(f"  {' and '.join(t.name for t in targets)}: put, {c} clients")
+            rs = self.interleaved(targets, "put", c, prefix=b"put/", keyspace=100_000, value_size=256)
+            for t, r, b, o in zip(targets, rs, before, out):
+                r.pop("_runs")
+                after = t.status()
+                r["leader_changes"] = leader_changes(b, after)
+                r["status_before"], r["status_after"] = b, after
+                o[str(c)] = r
+        return out if beside else out[0]
 
     def bench_range(self, target: Target) -> dict:
         log(f"  {target.name}: range (filling 1,000 keys)")
@@ -378,6 +401,34 @@ class Runner:
             "per_member": {"rss_before": rss0, "rss_after": rss1, "data_dir_bytes": disk1},
             "client": f"{self.client_label('put', 64)} (fill); /proc/PID/status VmRSS; du of data dirs",
         }
+
+
+def put_with_pair(runner: Runner, target: Target, results: dict, workdir: Path,
+                  current: list[Target]) -> dict:
+    """`target`'s put benchmark with PAIRED[1]'s repetitions taking turns with its own
+    (Runner.interleaved): PAIRED[1]'s result goes into `results` under its name, marked
+    paired_with. If PAIRED[1] cannot start, `target` runs alone (and PAIRED[1] is tried
+    again on its own turn)."""
+    name = PAIRED[1]
+    res = results.setdefault(name, {"label": TARGETS[name][2]})
+    other = Target(name, workdir)
+    log(f"== {name}: starting, beside {target.name}")
+    current.append(other)
+    try:
+        other.start()
+    except Exception as e:  # noqa: BLE001
+        log(f"== {name}: could not start: {e}")
+        current.remove(other)
+        return runner.bench_put(target)
+    try:
+        res["endpoints"] = other.endpoints
+        mine, res["put"] = runner.bench_put(target, other)
+        res["paired_with"] = target.name
+        res["status_end"] = other.status()
+    finally:
+        other.stop()
+        current.remove(other)
+    return mine
 
 
 def merge_counts(dicts) -> dict:
@@ -585,6 +636,9 @@ def main(argv=None) -> int:
             f"measurement, {args.procs} load processes; data under {workdir}")
         for name in targets:
             res = results["targets"].setdefault(name, {"label": TARGETS[name][2]})
+            if res.get("paired_with"):
+                log(f"== {name}: measured beside {res['paired_with']} (above)")
+                continue
             target = Target(name, workdir)
             t_start = time.monotonic()
             log(f"== {name}: starting")
@@ -605,7 +659,11 @@ def main(argv=None) -> int:
                     continue  # after the target is stopped: it runs on a fresh instance
                 tb = time.monotonic()
                 try:
-                    res[b] = getattr(runner, f"bench_{b}")(target)
+                    if (b == "put" and name == PAIRED[0] and PAIRED[1] in targets
+                            and "put" not in results["targets"].get(PAIRED[1], {})):
+                        res[b] = put_with_pair(runner, target, results["targets"], workdir, current)
+                    else:
+                        res[b] = getattr(runner, f"bench_{b}")(target)
                 except KeyboardInterrupt:
                     raise
                 except Exception as e:  # noqa: BLE001

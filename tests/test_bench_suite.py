@@ -1,0 +1,32 @@
+"""The benchmark suite end to end, shortened: etcdlite 1 and the bare server's put
+repetitions take turns, and results.md shows the ratio of each pair."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from tests.procs import PYTHON, REPO
+
+
+def test_bare_put_repetitions_take_turns_with_etcdlite1(tmp_path):
+    out = tmp_path / "out"
+    cmd = [PYTHON, "-m", "benchmarks", "--only", "put", "--targets", "etcdlite1,bare",
+           "--duration", "0.3", "--reps", "2", "--procs", "2", "--out", str(out),
+           "--workdir", str(tmp_path)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    T = json.loads((out / "results.json").read_text())["targets"]
+    assert T["bare"]["paired_with"] == "etcdlite1"
+    for c in ("1", "16", "64", "256"):
+        lite, bare = T["etcdlite1"]["put"][c], T["bare"]["put"][c]
+        assert lite["errors"] == bare["errors"] == 0
+        assert min(lite["ops_per_s_runs"] + bare["ops_per_s_runs"]) > 0
+        a, b = lite["started_runs"], bare["started_runs"]
+        assert len(a) == len(b) == 2
+        assert a[0] < b[0] < a[1] < b[1]  # etcdlite 1, bare, etcdlite 1, bare
+    assert "measured beside etcdlite1" in done.stderr
+    md = (out / "results.md").read_text()
+    assert "etcdlite 1 ÷ bare, by pair" in md
+    (row,) = [line for line in md.splitlines() if line.startswith("| 256 |") and line.count("x,") == 1]
+    assert row.rstrip(" |").endswith("x")
