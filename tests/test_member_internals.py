@@ -18,12 +18,22 @@ from etcdlite.server import member as member_module
 from etcdlite.server.member import Member
 
 
-class RecordingRaft:
+class HeaderRaft:
+    """What header_field reads of Raft: the term and the member table."""
+
+    def __init__(self, term: int, cluster_id: int) -> None:
+        self.term = term
+        self.machine = type("Machine", (), {})()
+        self.machine.members = type("Members", (), {"cluster_id": cluster_id})()
+
+
+class RecordingRaft(HeaderRaft):
     """Takes batches as RaftNode.propose does; applies them at once, or
     holds them (`hold`) until `finish` is called, answering each command
     with an (op, result, events, revision) as ReplicatedState.apply does."""
 
     def __init__(self, hold: bool = False) -> None:
+        super().__init__(term=1, cluster_id=0)
         self.hold = hold
         self.batches: list[list[bytes]] = []
         self.held: list = []
@@ -139,15 +149,6 @@ async def test_a_timed_out_batch_is_answered_once(make_member):
     assert raft.batches[-1] == [b"next"]
 
 
-class HeaderRaft:
-    """What header_field reads of Raft: the term and the member table."""
-
-    def __init__(self, term: int, cluster_id: int) -> None:
-        self.term = term
-        self.machine = type("Machine", (), {})()
-        self.machine.members = type("Members", (), {"cluster_id": cluster_id})()
-
-
 REVISIONS = [0, 1, 2, 126, 127, 128, 129, 255, 256, 300, 16383, 16384, 16385, 2097151, 2097152,
              2097153, 3000000, 268435455, 268435456, 2**40 + 5]
 
@@ -167,3 +168,10 @@ def test_header_field_is_protobufs_response_header(tmp_path, term, cluster_id):
     m.raft.term = term + 1
     got = pb.PutResponse.FromString(m.header_field(3000001)).header
     assert (got.raft_term, got.revision) == (term + 1, 3000001)
+    # a batch's answers: the term as check_header last saw it, then the new one
+    m.raft.term = term + 2
+    got = pb.PutResponse.FromString(m.batch_header_field(3000002)).header
+    assert (got.raft_term, got.revision) == (term + 1, 3000002)
+    m.check_header()
+    got = pb.PutResponse.FromString(m.batch_header_field(3000003)).header
+    assert (got.raft_term, got.revision) == (term + 2, 3000003)

@@ -82,7 +82,8 @@ class KVService(rpc_pb2_grpc.KVServicer):
         return {method: self._write_now(method, op) for method, op in ops.items()}
 
     def _write_now(self, method: str, op: Op):
-        header_field, submit, submit_put_value = self.m.header_field, self.m.submit, self.m.submit_put_value
+        # answers come from the settling of their batch (Member._send_batch), which checked the header
+        header_field, submit, submit_put_value = self.m.batch_header_field, self.m.submit, self.m.submit_put_value
         checked, response = self._checked, self._response
         is_put = op == Op.PUT
 

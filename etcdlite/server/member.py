@@ -300,6 +300,11 @@ class Member:
         revision's varint is new per revision, and of it only the first byte
         for 128 revisions in a row: the bytes around it are kept while the
         term, the cluster ID and revision >> 7 stay."""
+        self.check_header()
+        return self.batch_header_field(revision)
+
+    def check_header(self) -> None:
+        """Make the header's bytes anew if the term or the cluster ID moved."""
         raft = self.raft
         term = raft.term
         cluster_id = raft.machine.members.cluster_id or self.cluster_id
@@ -309,6 +314,11 @@ class Member:
             self._header_parts = (head, b"\x20" + varint(term) if term else b"")
             self._header_term, self._header_cluster = term, cluster_id
             self._header_revision = self._header_block = None
+
+    def batch_header_field(self, revision: int) -> bytes:
+        """header_field for the answers of a batch being settled: `check_header`
+        ran once for all of them (neither the term nor the cluster ID moves
+        while they are answered, in one go)."""
         if revision == self._header_revision:
             return self._header_field
         if revision >> 7 == self._header_block:
@@ -412,6 +422,8 @@ class Member:
             batches = self._batches
             while batches and batches[0].settled:
                 batches.popleft()
+            if not reason:
+                self.check_header()  # for batch_header_field
             _settle(waiters, entries, reason)
             # the answers leave now, not after the next turn's reads
             for server in self._h2_servers:
