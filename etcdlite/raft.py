@@ -6,8 +6,9 @@ member's event loop (`etcdlite.raft_loop`): every member applies every
 committed command to its `StateMachine` there, under `lock` (kept so that a
 reader in another thread would still see whole commands only).
 
-pysyncobj keeps its log in `<data-dir>/raft.journal` (written with pwrite:
-see `etcdlite.raft_journal`; an entry is in the OS page cache before it is
+pysyncobj keeps its log in `<data-dir>/raft.journal` (written with pwrite,
+read back from it but for the newest entries: see `etcdlite.raft_journal`;
+an entry is in the OS page cache before it is
 acknowledged, so it survives the process being killed) and its snapshots in
 `<data-dir>/raft.snapshot`, holding the pickled state machine.
 """

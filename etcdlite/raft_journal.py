@@ -1,4 +1,5 @@
-"""The file under pysyncobj's Raft journal, written with pwrite(2).
+"""pysyncobj's Raft journal without a copy of every entry in memory, on a
+file written with pwrite(2).
 
 pysyncobj's `FileJournal` keeps its records in a `ResizableFile`: a shared
 memory map of the file, grown by doubling, that every append is copied into.
@@ -14,15 +15,23 @@ Durability is unchanged: either way a record is in the OS page cache, not
 synced, when pysyncobj goes on (it survives the process being killed, not the
 machine losing power). Reading back what was there at start (the replay)
 goes through a read-only map of it, as fast as before.
+
+`LeanJournal`, the journal a member opens (`install`), writes that file
+through a `JournalFile` and keeps only the newest entries in memory.
 """
 
 from __future__ import annotations
 
+import collections
 import errno
 import mmap
 import os
+import struct
+from array import array
 
 import pysyncobj.journal
+import pysyncobj.syncobj
+from pysyncobj.journal import FIRST_RECORD_OFFSET, LAST_RECORD_OFFSET_OFFSET, FileJournal, MetaStorer
 
 # pysyncobj's own memory-mapped file (tests write journals with it)
 MAPPED_FILE = pysyncobj.journal.ResizableFile
@@ -74,6 +83,152 @@ class JournalFile:
             self._fd = -1
 
 
+_RECORD_HEAD = struct.Struct("<IQQ")  # record size, then the entry's index and term
+_OFFSET = struct.Struct("<I")
+
+
+class LeanJournal(FileJournal):
+    """pysyncobj's FileJournal (the same file, format and meta file; its meta
+    methods are inherited) that keeps in memory only where each entry is, its
+    index and term, the first entry and the newest `keep` ones. FileJournal
+    holds every entry's bytes until a snapshot trims the log, which under load
+    (100,000 entries of ~100 puts each) is most of a member's memory after its
+    store's: ~300 of its ~730 bytes per 256-byte put, each new page of it a
+    page fault. Older entries are read back from the file (the OS page cache)
+    when asked for: by a follower catching up, or a restart's replay.
+
+    An entry is (command, index, term), as in FileJournal. `entries` is
+    pysyncobj's SyncObj.__getEntries for this journal (see `LeanEntries`): it
+    reads only the entries it answers with."""
+
+    def __init__(self, path: str, keep: int = 64) -> None:
+        self._keep = keep
+        self._file = JournalFile(path, defaultContent=self._FileJournal__getDefaultHeader())
+        self._FileJournal__metaStorer = MetaStorer(path + ".meta")
+        self._FileJournal__meta = self._FileJournal__metaStorer.getMeta()
+        self._FileJournal__metaSaved = True
+        self._reset()
+        end = _OFFSET.unpack(self._file.read(LAST_RECORD_OFFSET_OFFSET, 4))[0]
+        offset = FIRST_RECORD_OFFSET
+        while offset < end:
+            size, idx, term = _RECORD_HEAD.unpack(self._file.read(offset, _RECORD_HEAD.size))
+            self._offsets.append(offset)
+            self._indexes.append(idx)
+            self._terms.append(term)
+            offset += size + 8
+        self._end = offset
+        if self._offsets:
+            self._head = self._read(0)
+
+    def _reset(self) -> None:
+        self._offsets = array("Q")  # where entry i's record starts in the file
+        self._indexes = array("Q")
+        self._terms = array("Q")
+        self._end = FIRST_RECORD_OFFSET  # where the next record goes
+        self._head = None  # entry 0: pysyncobj reads log[0][1] (the first index) often
+        self._tail = collections.deque(maxlen=self._keep)  # the newest entries' commands
+
+    def _read(self, i: int) -> tuple:
+        start = self._offsets[i] + _RECORD_HEAD.size
+        stop = (self._offsets[i + 1] if i + 1 < len(self._offsets) else self._end) - 4
+        return self._file.read(start, stop - start), self._indexes[i], self._terms[i]
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def __getitem__(self, item):
+        n = len(self._offsets)
+        if isinstance(item, slice):
+            return [self[i] for i in range(*item.indices(n))]
+        i = item + n if item < 0 else item
+        if not 0 <= i < n:
+            raise IndexError("journal index out of range")
+        cached = i - (n - len(self._tail))
+        if cached >= 0:
+            return self._tail[cached], self._indexes[i], self._terms[i]
+        if i == 0:
+            return self._head
+        return self._read(i)
+
+    def entries(self, from_index, count=None, max_bytes=None) -> list:
+        """The entries from index `from_index` on (none if it is before the
+        first): at most `count`, and with `max_bytes` up to the first that
+        brings their commands to that size, as SyncObj.__getEntries answers."""
+        if not self._offsets or from_index is None or from_index < self._indexes[0]:
+            return []
+        start = from_index - self._indexes[0]
+        stop = len(self._offsets) if count is None else min(len(self._offsets), start + count)
+        out, size = [], 0
+        for i in range(start, stop):
+            entry = self[i]
+            out.append(entry)
+            if max_bytes is not None:
+                size += len(entry[0])
+                if size >= max_bytes:
+                    break
+        return out
+
+    def add(self, command, idx, term) -> None:
+        record = _RECORD_HEAD.pack(len(command) + 16, idx, term) + command + _OFFSET.pack(len(command) + 16)
+        self._file.write(self._end, record)
+        self._offsets.append(self._end)
+        self._indexes.append(idx)
+        self._terms.append(term)
+        self._end += len(record)
+        self._file.write(LAST_RECORD_OFFSET_OFFSET, _OFFSET.pack(self._end))
+        self._tail.append(command)
+        if len(self._offsets) == 1:
+            self._head = (command, idx, term)
+
+    def clear(self) -> None:
+        self._reset()
+        self._file.write(LAST_RECORD_OFFSET_OFFSET, _OFFSET.pack(self._end))
+
+    def deleteEntriesFrom(self, entryFrom) -> None:
+        n = len(self._offsets)
+        if entryFrom >= n:
+            return
+        entryFrom = max(entryFrom, 0)
+        self._end = self._offsets[entryFrom]
+        for _ in range(min(n - entryFrom, len(self._tail))):
+            self._tail.pop()
+        del self._offsets[entryFrom:], self._indexes[entryFrom:], self._terms[entryFrom:]
+        if not self._offsets:
+            self._head = None
+        self._file.write(LAST_RECORD_OFFSET_OFFSET, _OFFSET.pack(self._end))
+
+    def deleteEntriesTo(self, entryTo) -> None:
+        kept = self[entryTo:]  # the file is written anew from its start, as FileJournal does
+        self.clear()
+        for entry in kept:
+            self.add(*entry)
+
+    def _destroy(self) -> None:
+        self._file._destroy()
+
+    def flush(self) -> None:
+        self._file.flush()
+
+
+class LeanEntries:
+    """A SyncObj mixin: its __getEntries on a `LeanJournal` reads only the
+    entries it answers with. pysyncobj's slices the log from an index to its
+    end before cutting it to size (for a follower catching up: from its next
+    index), which on this journal would read all of it back from the file."""
+
+    def _SyncObj__getEntries(self, fromIDx, count=None, maxSizeBytes=None):
+        journal = self._SyncObj__raftLog
+        if isinstance(journal, LeanJournal):
+            return journal.entries(fromIDx, count, maxSizeBytes)
+        return super()._SyncObj__getEntries(fromIDx, count, maxSizeBytes)
+
+
+def _create_journal(journalFile=None):
+    return LeanJournal(journalFile) if journalFile else pysyncobj.journal.MemoryJournal()
+
+
 def install() -> None:
-    """Make pysyncobj's FileJournal open its file as a JournalFile."""
+    """Make pysyncobj open its journal as a LeanJournal (and, if anything
+    opens a FileJournal still, its file as a JournalFile)."""
     pysyncobj.journal.ResizableFile = JournalFile
+    pysyncobj.syncobj.createJournal = _create_journal

@@ -17,6 +17,7 @@ import asyncio
 from pysyncobj.poller import POLL_EVENT_TYPE
 
 from etcdlite.peer_transport import PeerTransport
+from etcdlite.raft_journal import LeanEntries
 from etcdlite.raft_log_guard import GuardedSyncObj
 
 _READ = POLL_EVENT_TYPE.READ
@@ -92,8 +93,8 @@ def _nothing() -> None:
     pass
 
 
-class LoopSyncObj(GuardedSyncObj):
-    """A `GuardedSyncObj` whose sockets are watched by `poller` (a
+class LoopSyncObj(LeanEntries, GuardedSyncObj):
+    """A `GuardedSyncObj` (reading its `LeanJournal` through `LeanEntries`) whose sockets are watched by `poller` (a
     `LoopPoller`) instead of the poll(2) poller pysyncobj makes for itself,
     talking to its peers through `PeerTransport`."""
 

@@ -1,14 +1,19 @@
-"""The pwrite-based file under pysyncobj's Raft journal (etcdlite.raft_journal):
-what it writes reads back, after a restart, through pysyncobj's own FileJournal,
-and journals written by either file class read back with the other."""
+"""pysyncobj's Raft journal as a member keeps it (etcdlite.raft_journal): the
+pwrite-based file (what it writes reads back, after a restart, through
+pysyncobj's own FileJournal, and journals written by either file class read
+back with the other), and LeanJournal, which keeps few entries in memory and
+answers as the list of all of them, on the same file format."""
 
 from __future__ import annotations
 
 import pysyncobj.journal
+import pysyncobj.syncobj
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-import etcdlite.raft  # noqa: F401  (installs JournalFile, as a member does)
-from etcdlite.raft_journal import MAPPED_FILE, JournalFile
+import etcdlite.raft  # noqa: F401  (installs JournalFile and LeanJournal, as a member does)
+from etcdlite.raft_journal import MAPPED_FILE, JournalFile, LeanJournal
 
 
 def entries(journal) -> list:
@@ -76,3 +81,104 @@ def test_file_holds_only_what_was_written(tmp_path):
     end = journal._FileJournal__currentOffset
     journal._destroy()
     assert path.stat().st_size == end
+
+
+# --- LeanJournal: the entries on file, a few in memory ------------------------
+
+def reference_entries(log: list, from_index, count=None, max_bytes=None) -> list:
+    """pysyncobj's SyncObj.__getEntries over a list log, for comparison."""
+    if not log or from_index is None or from_index < log[0][1]:
+        return []
+    diff = from_index - log[0][1]
+    result = log[diff:] if count is None else log[diff:diff + count]
+    if max_bytes is None:
+        return result
+    total = i = 0
+    for i, entry in enumerate(result):
+        total += len(entry[0])
+        if total >= max_bytes:
+            break
+    return result[:i + 1]
+
+
+def check_same(journal, model: list) -> None:
+    assert len(journal) == len(model)
+    assert [journal[i] for i in range(len(model))] == model
+    assert journal[:] == model and journal[2:5] == model[2:5]
+    if model:
+        assert journal[-1] == model[-1] and journal[0] == model[0]
+        first, last = model[0][1], model[-1][1]
+        for start in (first - 1, first, first + 1, (first + last) // 2, last, last + 1):
+            for count, size in ((None, None), (2, None), (None, 1), (None, 900), (3, 2000)):
+                assert journal.entries(start, count, size) == reference_entries(model, start, count, size)
+
+
+def command(idx: int) -> bytes:
+    return b"c%d:" % idx + bytes(idx % 251 for _ in range(idx * 37 % 600))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.one_of(
+    st.tuples(st.just("add"), st.integers(1, 12)),
+    st.tuples(st.just("delete_from"), st.integers(0, 40)),
+    st.tuples(st.just("delete_to"), st.integers(0, 40)),
+    st.tuples(st.just("clear"), st.just(0)),
+    st.tuples(st.just("reopen"), st.just(0)),
+), max_size=25))
+def test_lean_journal_answers_as_a_list_of_its_entries(tmp_path_factory, ops):
+    path = str(tmp_path_factory.mktemp("lean") / "raft.journal")
+    journal = LeanJournal(path, keep=3)  # most entries come from the file
+    model: list = []
+    next_idx, term = 1, 1
+    for op, n in ops:
+        if op == "add":
+            for _ in range(n):
+                journal.add(command(next_idx), next_idx, term)
+                model.append((command(next_idx), next_idx, term))
+                next_idx += 1
+            term += 1
+        elif op == "delete_from" and n <= len(model):
+            journal.deleteEntriesFrom(n)
+            del model[n:]
+            next_idx = model[-1][1] + 1 if model else next_idx
+        elif op == "delete_to":
+            journal.deleteEntriesTo(n)
+            del model[:n]
+        elif op == "clear":
+            journal.clear()
+            model.clear()
+        elif op == "reopen":
+            journal._destroy()
+            journal = LeanJournal(path, keep=3)
+        check_same(journal, model)
+    journal._destroy()
+    # the same file as pysyncobj's own FileJournal reads and writes
+    theirs = pysyncobj.journal.FileJournal(path)
+    assert entries(theirs) == model
+    theirs.add(b"theirs", next_idx, term)
+    theirs._destroy()
+    assert entries(LeanJournal(path)) == model + [(b"theirs", next_idx, term)]
+
+
+def test_lean_journal_keeps_its_meta_as_file_journal(tmp_path):
+    path = str(tmp_path / "raft.journal")
+    journal = LeanJournal(path)
+    journal.setCurrentTerm(7, "peer:1")
+    journal.setRaftCommitIndex(42)
+    journal.onOneSecondTimer()
+    journal._destroy()
+    theirs = pysyncobj.journal.FileJournal(path)
+    assert (theirs.getCurrentTerm(), theirs.getVotedForNodeId(), theirs.getRaftCommitIndex()) == (7, "peer:1", 42)
+
+
+def test_a_member_opens_a_lean_journal_and_reads_it_sized(tmp_path):
+    from etcdlite.raft_loop import LoopSyncObj
+    assert type(pysyncobj.syncobj.createJournal("")) is pysyncobj.journal.MemoryJournal
+    journal = pysyncobj.syncobj.createJournal(str(tmp_path / "raft.journal"))
+    assert isinstance(journal, LeanJournal)
+    fill(journal, 1, 40)
+    # what SyncObj.__getEntries answers on it: LeanEntries, read to size
+    obj = LoopSyncObj.__new__(LoopSyncObj)
+    obj.__dict__["_SyncObj__raftLog"] = journal
+    got = obj._SyncObj__getEntries(10, None, 300)
+    assert got == reference_entries(entries(journal), 10, None, 300) and 1 < len(got) < 31
