@@ -65,3 +65,25 @@ def test_new_member_catches_up_from_a_snapshot(procs, tmp_path, etcd_binaries):
             wait_until(lambda: c.get(b"\x00", serializable=True).header.revision >= rev, 10, what="catch-up")
             hashes.add(c.maintenance.HashKV(pb.HashKVRequest(revision=rev)).hash)
     assert len(hashes) == 1, "members disagree after the snapshot catch-up"
+
+
+class _Niceness:
+    """Pickles as the niceness of the process pickling it."""
+
+    def __reduce__(self):
+        import os
+        return int, (os.nice(0),)
+
+
+def test_the_snapshot_is_written_by_a_child_at_the_lowest_priority(tmp_path):
+    # pysyncobj's own snapshot writer, as a member runs it (etcdlite.raft installs the fork)
+    import os
+
+    import etcdlite.raft  # noqa: F401
+    from pysyncobj.config import SERIALIZER_STATE
+    from pysyncobj.serializer import Serializer
+    ours = os.nice(0)
+    s = Serializer(str(tmp_path / "raft.snapshot"), 1 << 20, True, None, None, None)
+    s.serialize(_Niceness(), 1)
+    wait_until(lambda: s.checkSerializing()[0] != SERIALIZER_STATE.SERIALIZING, timeout=20)
+    assert s.deserialize() == 19 and os.nice(0) == ours

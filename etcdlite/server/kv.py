@@ -83,7 +83,8 @@ class KVService(rpc_pb2_grpc.KVServicer):
 
     def _write_now(self, method: str, op: Op):
         # answers come from the settling of their batch (Member._send_batch), which checked the header
-        header_field, submit, submit_put_value = self.m.batch_header_field, self.m.submit, self.m.submit_put_value
+        header_field = self.m.batch_header_field
+        submit, submit_put_value = self.m.submit, self.m.submit_put_value
         checked, response = self._checked, self._response
         is_put = op == Op.PUT
 
