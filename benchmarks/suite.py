@@ -207,10 +207,12 @@ class Runner:
 
     # -- benchmarks --------------------------------------------------------------
 
-    def bench_put(self, target: Target, *beside: Target) -> dict | list[dict]:
-        """Puts at each of PUT_LEVELS. With `beside`: those targets too, their repetitions
-        taking turns with `target`'s (see `interleaved`); then a list, one result per target."""
-        targets = [target, *beside]
+    def bench_put(self, target: Target) -> dict:
+        return self.bench_puts([target])[0]
+
+    def bench_puts(self, targets: list[Target]) -> list[dict]:
+        """Puts at each of PUT_LEVELS, one result per target, their repetitions taking turns
+        (see `interleaved`)."""
         out: list[dict] = [{} for _ in targets]
         for c in PUT_LEVELS:
             before = [t.status() for t in targets]
@@ -222,7 +224,7 @@ class Runner:
                 r["leader_changes"] = leader_changes(b, after)
                 r["status_before"], r["status_after"] = b, after
                 o[str(c)] = r
-        return out if beside else out[0]
+        return out
 
     def bench_range(self, target: Target) -> dict:
         log(f"  {target.name}: range (filling 1,000 keys)")
@@ -422,7 +424,7 @@ def put_with_pair(runner: Runner, target: Target, results: dict, workdir: Path,
         return runner.bench_put(target)
     try:
         res["endpoints"] = other.endpoints
-        mine, res["put"] = runner.bench_put(target, other)
+        mine, res["put"] = runner.bench_puts([target, other])
         res["paired_with"] = target.name
         res["status_end"] = other.status()
     finally:

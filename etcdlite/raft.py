@@ -63,7 +63,7 @@ class _SnapshotOs:
             try:
                 os.nice(19)
             except OSError:
-                pass
+                pass  # not allowed to lower it: the snapshot is written at normal priority
         return pid
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from benchmarks.plane_scale.observers import PodTimes
 from benchmarks.plane_scale.processes import Plane
+from benchmarks.targets import machine_busy_seconds, machine_cpu_seconds
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -24,13 +25,6 @@ def cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds the whole machine spent busy (all cores), from /proc/stat."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return (v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)) / CLK_TCK
 
 
 def etcd_revision(endpoint: str) -> int:
@@ -114,7 +108,8 @@ def snapshot(plane: Plane, probe_pid: int | None) -> Snapshot:
     if probe_pid:
         pids["probe client"] = probe_pid
     cpu = {name: s for name, pid in pids.items() if (s := cpu_seconds(pid)) is not None}
-    return Snapshot(time.monotonic(), cpu, machine_busy_seconds(), etcd_revision(plane.procs["etcd"].endpoint))
+    return Snapshot(time.monotonic(), cpu, machine_busy_seconds(machine_cpu_seconds()),
+                    etcd_revision(plane.procs["etcd"].endpoint))
 
 
 def usage(a: Snapshot, b: Snapshot) -> dict:
