@@ -4,6 +4,7 @@ Label selectors use Kubernetes' string syntax (``app=web,tier!=db``,
 ``env in (a,b)``, ``!legacy``, ``version>2``) or a ``meta.v1.LabelSelector``
 message; field selectors are ``field=value`` terms over the few fields each
 resource exposes (metadata.name, spec.nodeName, ...). Requirements are ANDed.
+Label keys and values must pass ``syntax``'s qualified-name and label-value rules.
 
 A selector with no requirements matches everything; whether a *missing*
 selector message means "nothing" is the caller's decision (Kubernetes: a nil
@@ -16,93 +17,15 @@ Bad syntax raises errors.bad_request with Kubernetes' wording; a bad
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from apiserver import errors
 from apiserver.errors import ApiError
 from apiserver.resources import Resource
+from apiserver.syntax import is_integer, label_value_errors, qualified_name_errors
 
-# ---- label key and value syntax (Kubernetes' util/validation) ----
-
-DNS1123_LABEL_MAX = 63
-DNS1123_SUBDOMAIN_MAX = 253
-LABEL_VALUE_MAX = 63
-QUALIFIED_NAME_MAX = 63
-
-_DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_DNS1123_SUBDOMAIN = _DNS1123_LABEL + r"(\." + _DNS1123_LABEL + r")*"
-_QUALIFIED_NAME_PART = r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
-_LABEL_VALUE = r"(" + _QUALIFIED_NAME_PART + r")?"
-
-_DNS1123_SUBDOMAIN_RE = re.compile(_DNS1123_SUBDOMAIN)
-_QUALIFIED_NAME_PART_RE = re.compile(_QUALIFIED_NAME_PART)
-_LABEL_VALUE_RE = re.compile(_LABEL_VALUE)
-
-DNS1123_SUBDOMAIN_MESSAGE = (
-    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or "
-    "'.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used "
-    f"for validation is '{_DNS1123_SUBDOMAIN}')")
-_QUALIFIED_NAME_MESSAGE = (
-    "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
-    "alphanumeric character")
-_LABEL_VALUE_MESSAGE = (
-    "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', "
-    "and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or "
-    f"'12345', regex used for validation is '{_LABEL_VALUE}')")
-
-
-def max_length_message(limit: int) -> str:
-    return f"must be no more than {limit} characters"
-
-
-def dns1123_subdomain_errors(value: str) -> list[str]:
-    """Why ``value`` is not an RFC 1123 subdomain (empty list when it is)."""
-    errs = []
-    if len(value) > DNS1123_SUBDOMAIN_MAX:
-        errs.append(max_length_message(DNS1123_SUBDOMAIN_MAX))
-    if not _DNS1123_SUBDOMAIN_RE.fullmatch(value):
-        errs.append(DNS1123_SUBDOMAIN_MESSAGE)
-    return errs
-
-
-def qualified_name_errors(value: str) -> list[str]:
-    """Why ``value`` is not a qualified name (``[prefix/]name``, as label and
-    annotation keys are); empty list when it is."""
-    parts = value.split("/")
-    if len(parts) == 1:
-        name = parts[0]
-        errs = []
-    elif len(parts) == 2:
-        prefix, name = parts
-        if not prefix:
-            errs = ["prefix part must be non-empty"]
-        else:
-            errs = [f"prefix part {m}" for m in dns1123_subdomain_errors(prefix)]
-    else:
-        return [(f"a qualified name {_QUALIFIED_NAME_MESSAGE} (e.g. 'MyName',  or 'my.name',  or "
-                 f"'123-abc', regex used for validation is '{_QUALIFIED_NAME_PART}') with an "
-                 "optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')")]
-    if not name:
-        errs.append("name part must be non-empty")
-    elif len(name) > QUALIFIED_NAME_MAX:
-        errs.append("name part " + max_length_message(QUALIFIED_NAME_MAX))
-    if name and not _QUALIFIED_NAME_PART_RE.fullmatch(name):
-        errs.append(f"name part {_QUALIFIED_NAME_MESSAGE} (e.g. 'MyName',  or 'my.name',  or "
-                    f"'123-abc', regex used for validation is '{_QUALIFIED_NAME_PART}')")
-    return errs
-
-
-def label_value_errors(value: str) -> list[str]:
-    """Why ``value`` is not a valid label value (empty list when it is)."""
-    errs = []
-    if len(value) > LABEL_VALUE_MAX:
-        errs.append(max_length_message(LABEL_VALUE_MAX))
-    if not _LABEL_VALUE_RE.fullmatch(value):
-        errs.append(_LABEL_VALUE_MESSAGE)
-    return errs
-
+# ---- printing values in messages ----
 
 def quote(value: str) -> str:
     """A string as Go's %q shows it in Kubernetes' messages."""
@@ -197,7 +120,7 @@ def _requirement(key: str, operator: str, values) -> Requirement:
         if len(values) != 1:
             causes.append(("values", "FieldValueInvalid",
                            "Invalid value: exactly one value is required for 'gt' and 'lt'"))
-        elif not re.fullmatch(r"-?[0-9]+", values[0]):
+        elif not is_integer(values[0]):
             causes.append(("values", "FieldValueInvalid",
                            (f"Invalid value: {quote(values[0])}: for 'gt', 'lt' operators, "
                             "the value must be an integer")))

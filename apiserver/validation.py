@@ -4,28 +4,33 @@ problem as Kubernetes' field errors (field path, reason, detail) and raising one
 errors.invalid(kind, name, causes).
 
 Not here: uid, creationTimestamp, resourceVersion, generation, generateName
-and status semantics (the registry's), and whether referenced objects exist.
+and status semantics (the registry's), whether referenced objects exist, and
+which strings are valid names, keys or addresses (``syntax``'s rules, used here).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import re
 
 from apiserver import errors
 from apiserver.defaults import volume_sources
 from apiserver.pb import core_pb2
 from apiserver.quantity import parse_quantity
 from apiserver.resources import Resource
-from apiserver.selectors import (
-    LabelSelectorError,
+from apiserver.selectors import LabelSelectorError, label_selector_from_proto, quote
+from apiserver.syntax import (
+    cidr_errors,
+    config_key_errors,
+    dns1035_label_errors,
+    dns1123_label_errors,
     dns1123_subdomain_errors,
-    label_selector_from_proto,
+    env_var_name_errors,
+    ip_errors,
+    is_integer,
     label_value_errors,
-    max_length_message,
+    percent_errors,
+    port_name_errors,
     qualified_name_errors,
-    quote,
 )
 
 # ======================================================================
@@ -91,87 +96,16 @@ class FieldErrors:
 
 
 # ======================================================================
-# names and other string syntaxes
+# values: ports, counts, enums, labels (string syntax is in ``syntax``)
 # ======================================================================
 
-_DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_DNS1035_LABEL = r"[a-z]([-a-z0-9]*[a-z0-9])?"
-_CONFIG_KEY = r"[-._a-zA-Z0-9]+"
-_ENV_VAR_NAME = r"[-._a-zA-Z][-._a-zA-Z0-9]*"
-_PERCENT = r"[0-9]+%"
-
-DNS1123_LABEL_MESSAGE = (
-    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and "
-    "must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used "
-    f"for validation is '{_DNS1123_LABEL}')")
-DNS1035_LABEL_MESSAGE = (
-    "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an "
-    "alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', "
-    f"regex used for validation is '{_DNS1035_LABEL}')")
-_CONFIG_KEY_MESSAGE = (
-    "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. "
-    f"'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '{_CONFIG_KEY}')")
-_ENV_VAR_NAME_MESSAGE = (
-    "a valid environment variable name must consist of alphabetic characters, digits, '_', '-', "
-    "or '.', and must not start with a digit (e.g. 'my.env-name',  or 'MY_ENV.NAME',  or "
-    f"'MyEnvName1', regex used for validation is '{_ENV_VAR_NAME}')")
-_PERCENT_MESSAGE = (
-    "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or "
-    f"'93%', regex used for validation is '{_PERCENT}')")
 PORT_RANGE_MESSAGE = "must be between 1 and 65535, inclusive"
 NON_NEGATIVE_MESSAGE = "must be greater than or equal to 0"
 
 
-def dns1123_label_errors(value: str) -> list[str]:
-    errs = [max_length_message(63)] if len(value) > 63 else []
-    if not re.fullmatch(_DNS1123_LABEL, value):
-        errs.append(DNS1123_LABEL_MESSAGE)
-    return errs
-
-
-def dns1035_label_errors(value: str) -> list[str]:
-    errs = [max_length_message(63)] if len(value) > 63 else []
-    if not re.fullmatch(_DNS1035_LABEL, value):
-        errs.append(DNS1035_LABEL_MESSAGE)
-    return errs
-
-
-def config_key_errors(key: str) -> list[str]:
-    errs = [max_length_message(253)] if len(key) > 253 else []
-    if not re.fullmatch(_CONFIG_KEY, key):
-        errs.append(_CONFIG_KEY_MESSAGE)
-    if key == ".":
-        errs.append("must not be '.'")
-    elif key == "..":
-        errs.append("must not be '..'")
-    elif key.startswith(".."):
-        errs.append("must not start with '..'")
-    return errs
-
-
-def port_name_errors(name: str) -> list[str]:
-    """Why ``name`` is not an IANA service name (what named ports must be)."""
-    errs = []
-    if len(name) > 15:
-        errs.append("must be no more than 15 characters")
-    if not re.fullmatch(r"[-a-z0-9]+", name):
-        errs.append("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)")
-    if "--" in name:
-        errs.append("must not contain consecutive hyphens")
-    if not re.search(r"[a-z]", name):
-        errs.append("must contain at least one letter (a-z)")
-    if name.startswith("-") or name.endswith("-"):
-        errs.append("must not begin or end with a hyphen")
-    return errs
-
-
-def _is_int(text: str) -> bool:
-    return re.fullmatch(r"-?[0-9]+", text) is not None
-
-
 def _port_number_or_name(errs: FieldErrors, path: str, value: str) -> None:
     """An IntOrString port: a number in 1-65535 or an IANA service name."""
-    if _is_int(value):
+    if is_integer(value):
         if not 1 <= int(value) <= 65535:
             errs.invalid(path, int(value), PORT_RANGE_MESSAGE)
     elif not value:
@@ -465,8 +399,8 @@ def _validate_env(errs: FieldErrors, path: str, env) -> None:
         p = f"{path}[{i}]"
         if not var.name:
             errs.required(f"{p}.name")
-        elif not re.fullmatch(_ENV_VAR_NAME, var.name):
-            errs.invalid(f"{p}.name", var.name, _ENV_VAR_NAME_MESSAGE)
+        else:
+            errs.each(f"{p}.name", var.name, env_var_name_errors(var.name))
         if not var.HasField("value_from"):
             continue
         source = var.value_from
@@ -595,7 +529,7 @@ def _validate_node_selector_term(errs: FieldErrors, path: str, term) -> None:
             if len(values) != 1:
                 errs.required(f"{p}.values", "must be specified single value when `operator` is "
                               "'Lt' or 'Gt'")
-            elif not _is_int(values[0]):
+            elif not is_integer(values[0]):
                 errs.invalid(f"{p}.values[0]", values[0], "must be an integer")
         else:
             errs.not_supported(f"{p}.operator", op, NODE_SELECTOR_OPERATORS)
@@ -696,14 +630,15 @@ def _validate_replica_set(errs: FieldErrors, rs) -> None:
 
 def _int_or_percent(errs: FieldErrors, path: str, value: str):
     """An IntOrString count: returns (number, is_percent), or None after an error."""
-    if _is_int(value):
+    if is_integer(value):
         number = int(value)
         if number < 0:
             errs.invalid(path, value, NON_NEGATIVE_MESSAGE)
             return None
         return number, False
-    if not re.fullmatch(_PERCENT, value):
-        errs.invalid(path, value, _PERCENT_MESSAGE)
+    problems = percent_errors(value)
+    if problems:
+        errs.each(path, value, problems)
         return None
     return int(value[:-1]), True
 
@@ -748,15 +683,6 @@ def _validate_selector_update(errs: FieldErrors, new, old) -> None:
 
 SERVICE_TYPES = ("ClusterIP", "ExternalName", "LoadBalancer", "NodePort")
 SESSION_AFFINITIES = ("ClientIP", "None")
-_IP_MESSAGE = "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _validate_service(errs: FieldErrors, svc) -> None:
@@ -789,11 +715,11 @@ def _validate_service(errs: FieldErrors, svc) -> None:
         claims.add(claim)
     _enum(errs, "spec.sessionAffinity", spec.session_affinity, SESSION_AFFINITIES, required=False)
     _labels(errs, "spec.selector", spec.selector)
-    if spec.cluster_ip and spec.cluster_ip != "None" and not _is_ip(spec.cluster_ip):
-        errs.invalid("spec.clusterIP", spec.cluster_ip, _IP_MESSAGE)
+    if spec.cluster_ip and spec.cluster_ip != "None":
+        errs.each("spec.clusterIP", spec.cluster_ip, ip_errors(spec.cluster_ip))
     for i, ip in enumerate(spec.cluster_ips):
-        if ip != "None" and not _is_ip(ip):
-            errs.invalid(f"spec.clusterIPs[{i}]", ip, _IP_MESSAGE)
+        if ip != "None":
+            errs.each(f"spec.clusterIPs[{i}]", ip, ip_errors(ip))
 
 
 def _validate_service_update(errs: FieldErrors, new, old) -> None:
@@ -809,8 +735,7 @@ def _validate_endpoints(errs: FieldErrors, ep) -> None:
         for field, json_name in (("addresses", "addresses"),
                                  ("not_ready_addresses", "notReadyAddresses")):
             for j, addr in enumerate(getattr(subset, field)):
-                if not _is_ip(addr.ip):
-                    errs.invalid(f"{p}.{json_name}[{j}].ip", addr.ip, _IP_MESSAGE)
+                errs.each(f"{p}.{json_name}[{j}].ip", addr.ip, ip_errors(addr.ip))
         for j, port in enumerate(subset.ports):
             pp = f"{p}.ports[{j}]"
             if port.name:
@@ -918,11 +843,7 @@ def _validate_node(errs: FieldErrors, node) -> None:
             errs.duplicate(p, f"{taint.key}:{taint.effect}")
         seen.add((taint.key, taint.effect))
     if node.spec.pod_cidr:
-        try:
-            ipaddress.ip_network(node.spec.pod_cidr, strict=False)
-        except ValueError:
-            errs.invalid("spec.podCIDR", node.spec.pod_cidr, "must be a valid CIDR value, "
-                         "(e.g. 10.9.8.0/24 or 2001:db8::/64)")
+        errs.each("spec.podCIDR", node.spec.pod_cidr, cidr_errors(node.spec.pod_cidr))
     for field, json_name in (("capacity", "capacity"), ("allocatable", "allocatable")):
         values = getattr(node.status, field)
         for name in sorted(values):
