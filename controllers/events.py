@@ -20,6 +20,7 @@ from collections import OrderedDict, deque
 from apiserver import resources
 from apiserver.errors import ApiError
 from apiserver.pb import core_pb2, meta_pb2
+from apiserver.syntax import DNS1123_SUBDOMAIN_MAX
 from controllers.podutil import now_rfc3339
 
 log = logging.getLogger("controllers.events")
@@ -27,7 +28,7 @@ log = logging.getLogger("controllers.events")
 NORMAL, WARNING = "Normal", "Warning"
 MAX_BACKLOG = 1000  # events waiting to be written; later ones are dropped
 AGGREGATION_CACHE = 4096  # recent distinct events remembered for aggregation
-MAX_NAME = 253
+MAX_NAME = DNS1123_SUBDOMAIN_MAX  # an Event's name is a DNS subdomain
 
 
 
