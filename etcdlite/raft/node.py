@@ -2,12 +2,12 @@
 
 `RaftNode` hides pysyncobj behind a small surface: `propose(op, data, cb)`,
 the leader and term, commit and applied indexes. pysyncobj runs in the
-member's event loop (`etcdlite.raft_loop`): every member applies every
+member's event loop (`etcdlite.raft.loop`): every member applies every
 committed command to its `StateMachine` there, under `lock` (kept so that a
 reader in another thread would still see whole commands only).
 
 pysyncobj keeps its log in `<data-dir>/raft.journal` (written with pwrite,
-read back from it but for the newest entries: see `etcdlite.raft_journal`;
+read back from it but for the newest entries: see `etcdlite.raft.journal`;
 an entry is in the OS page cache before it is
 acknowledged, so it survives the process being killed) and its snapshots in
 `<data-dir>/raft.snapshot`, holding the pickled state machine.
@@ -29,9 +29,11 @@ from pysyncobj import FAIL_REASON, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.dns_resolver import globalDnsResolver
 from pysyncobj.node import TCPNode
 
-from etcdlite import errors, raft_journal
+from etcdlite import errors
 from etcdlite.apply import StateMachine
-from etcdlite.raft_loop import LoopPoller, LoopSyncObj
+
+from . import journal
+from .loop import LoopPoller, LoopSyncObj
 
 log = logging.getLogger("etcdlite.raft")
 
@@ -40,7 +42,7 @@ log = logging.getLogger("etcdlite.raft")
 # ~30x slower than the current protocol for our batches of serialized
 # requests, and half as large again. Any protocol reads back the same.
 pysyncobj.pickle.__dict__["__protocol"] = pickle.HIGHEST_PROTOCOL
-raft_journal.install()
+journal.install()
 
 
 class _SnapshotOs:
@@ -114,6 +116,11 @@ class ReplicatedState(SyncObjConsumer):
 class PeerNode(TCPNode):
     """A peer known in Raft by its advertised address, but dialled at another
     one when `dial` is given (tests put a fault-injecting proxy there)."""
+
+    # pysyncobj pickles peers into snapshots and membership log entries, which other members
+    # and later runs read back: the name they find there stays the one the class had before
+    # etcdlite.raft became a package (re-exported there)
+    __module__ = "etcdlite.raft"
 
     def __init__(self, address: str, dial: str | None = None):
         super().__init__(address)
