@@ -39,21 +39,19 @@ log = logging.getLogger("etcdlite.raft")
 
 # pysyncobj pickles commands (so log entries), snapshots and membership
 # changes at protocol 2, which stores every bytes object as a latin-1 string:
-# ~30x slower than the current protocol for our batches of serialized
-# requests, and half as large again. Any protocol reads back the same.
+# slower than the current protocol for our batches of serialized requests,
+# and larger (measured: benchmarks/results.md, 'Why it is built this way').
+# Any protocol reads back the same.
 pysyncobj.pickle.__dict__["__protocol"] = pickle.HIGHEST_PROTOCOL
 journal.install()
 
 
 class _SnapshotOs:
     """The `os` pysyncobj's snapshot writer sees: its fork's child (pickling
-    and gzipping the whole state: seconds of CPU on a large store) runs at
-    the lowest priority. Members of one cluster reach the snapshot point
-    together, and three such children at full priority on 2 cores take CPU
-    the members need under load: with a snapshot every 30,000 entries,
-    `check perf --load=l` on 3 members saw 3 and 1 elections in two runs at
-    full priority, 0 and 1 at the lowest; and a snapshot during load m made
-    its slowest request take 1.04 s (the bar is 0.5 s)."""
+    and gzipping the whole state) runs at the lowest priority. Members of one
+    cluster reach the snapshot point together, and such children at full
+    priority take CPU the members need under load: elections and slow
+    requests (measured: benchmarks/results.md, 'Why it is built this way')."""
 
     def __getattr__(self, name):
         return getattr(os, name)
@@ -167,8 +165,8 @@ class RaftNode:
             journalFile=os.path.join(data_dir, "raft.journal"),
             fullDumpFile=os.path.join(data_dir, "raft.snapshot"),
             # the snapshot (pickle + gzip of the whole state) is written by a
-            # forked child: inline it stalled the member for seconds at a few
-            # hundred MB of state (2.2-4.7 s measured; forking: 0.13-0.28 s)
+            # forked child: written inline, it stalls the member on a large
+            # state (measured: benchmarks/results.md, 'Why it is built this way')
             useFork=True,
             logCompactionMinEntries=snapshot_count,
             logCompactionMinTime=3600,
