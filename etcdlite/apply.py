@@ -174,7 +174,8 @@ class StateMachine:
         `apply`'s dispatch: its result is its revision, as `_plain_put`
         gives it, and its event is left unmade, as (key, record, previous
         record), until a watcher or the lease table needs it (making it was
-        a quarter of the store's put on 100,000 keys)."""
+        a large share of the store's put: measured, benchmarks/results.md,
+        'Why it is built this way')."""
         applied = []
         append = applied.append
         kv = self.kv

@@ -149,14 +149,13 @@ def tune_gc() -> None:
     """Python's cyclic collector, set for a store that keeps millions of
     objects. Every put leaves a record tuple, tracked until a young
     collection finds it holds only bytes and ints, so young collections
-    come every few hundred puts; at the default threshold (700) each
-    promoted the requests then in flight, and full collections, which walk
-    the whole history, followed every few seconds: 1.4 us of a put's CPU
-    and pauses of 120 ms at a million revisions (in-process, 256 puts in
-    flight). Young collections every 10,000 allocations, and full ones
-    considered after 100 middle ones: 0.5 us, no full collection in that
-    million puts, pauses under 10 ms. What the modules and startup made is
-    frozen out of every collection."""
+    come often; at the default threshold (700) each promoted the requests
+    then in flight, and full collections, which walk the whole history,
+    followed, costing every put CPU and the member long pauses. Young
+    collections every 10,000 allocations, and full ones considered after
+    100 middle ones, cost less and pause less (measured:
+    benchmarks/results.md, 'Why it is built this way'). What the modules
+    and startup made is frozen out of every collection."""
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 100)
 

@@ -1,4 +1,4 @@
-"""The peer framing (etcdlite/peer_transport.py): a frame is unpickled only
+"""The peer framing (etcdlite/raft/peer_transport.py): a frame is unpickled only
 when its HMAC checks with the cluster key at its position in the connection;
 tampered, foreign, replayed or reordered frames drop the connection unread."""
 
@@ -8,7 +8,7 @@ import pickle
 
 from pysyncobj.tcp_connection import TcpConnection
 
-from etcdlite.peer_transport import PeerConnection, mac_key
+from etcdlite.raft.peer_transport import PeerConnection, mac_key
 
 KEY = mac_key("s3cret")
 

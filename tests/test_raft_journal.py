@@ -1,4 +1,4 @@
-"""pysyncobj's Raft journal as a member keeps it (etcdlite.raft_journal): the
+"""pysyncobj's Raft journal as a member keeps it (etcdlite.raft.journal): the
 pwrite-based file (what it writes reads back, after a restart, through
 pysyncobj's own FileJournal, and journals written by either file class read
 back with the other), and LeanJournal, which keeps few entries in memory and
@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import etcdlite.raft  # noqa: F401  (installs JournalFile and LeanJournal, as a member does)
-from etcdlite.raft_journal import MAPPED_FILE, JournalFile, LeanJournal
+from etcdlite.raft.journal import MAPPED_FILE, JournalFile, LeanJournal
 
 
 def entries(journal) -> list:
@@ -172,7 +172,7 @@ def test_lean_journal_keeps_its_meta_as_file_journal(tmp_path):
 
 
 def test_a_member_opens_a_lean_journal_and_reads_it_sized(tmp_path):
-    from etcdlite.raft_loop import LoopSyncObj
+    from etcdlite.raft.loop import LoopSyncObj
     assert type(pysyncobj.syncobj.createJournal("")) is pysyncobj.journal.MemoryJournal
     journal = pysyncobj.syncobj.createJournal(str(tmp_path / "raft.journal"))
     assert isinstance(journal, LeanJournal)

@@ -1,7 +1,7 @@
 """pysyncobj's follower truncates entries it already acknowledged when a
 leader re-sends from an older index, and its leader re-sends whatever is in
 flight after each acknowledgement; GuardedSyncObj fixes both (see
-etcdlite/raft_log_guard.py for why that matters)."""
+etcdlite/raft/log_guard.py for why that matters)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pysyncobj import SyncObj, SyncObjConf
 from pysyncobj.syncobj import _RAFT_STATE
 from pysyncobj.node import TCPNode
 
-from etcdlite.raft_log_guard import GuardedSyncObj, entries_to_keep
+from etcdlite.raft.log_guard import GuardedSyncObj, entries_to_keep
 from procs import free_port
 
 NOOP = b"\x01"  # pysyncobj's no-op command: appended, never applied

@@ -16,9 +16,9 @@ import asyncio
 
 from pysyncobj.poller import POLL_EVENT_TYPE
 
-from etcdlite.peer_transport import PeerTransport
-from etcdlite.raft_journal import LeanEntries
-from etcdlite.raft_log_guard import GuardedSyncObj
+from .journal import LeanEntries
+from .log_guard import GuardedSyncObj
+from .peer_transport import PeerTransport
 
 _READ = POLL_EVENT_TYPE.READ
 _WRITE = POLL_EVENT_TYPE.WRITE

@@ -2,12 +2,12 @@
 
 `RaftNode` hides pysyncobj behind a small surface: `propose(op, data, cb)`,
 the leader and term, commit and applied indexes. pysyncobj runs in the
-member's event loop (`etcdlite.raft_loop`): every member applies every
+member's event loop (`etcdlite.raft.loop`): every member applies every
 committed command to its `StateMachine` there, under `lock` (kept so that a
 reader in another thread would still see whole commands only).
 
 pysyncobj keeps its log in `<data-dir>/raft.journal` (written with pwrite,
-read back from it but for the newest entries: see `etcdlite.raft_journal`;
+read back from it but for the newest entries: see `etcdlite.raft.journal`;
 an entry is in the OS page cache before it is
 acknowledged, so it survives the process being killed) and its snapshots in
 `<data-dir>/raft.snapshot`, holding the pickled state machine.
@@ -29,29 +29,29 @@ from pysyncobj import FAIL_REASON, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.dns_resolver import globalDnsResolver
 from pysyncobj.node import TCPNode
 
-from etcdlite import errors, raft_journal
+from etcdlite import errors
 from etcdlite.apply import StateMachine
-from etcdlite.raft_loop import LoopPoller, LoopSyncObj
+
+from . import journal
+from .loop import LoopPoller, LoopSyncObj
 
 log = logging.getLogger("etcdlite.raft")
 
 # pysyncobj pickles commands (so log entries), snapshots and membership
 # changes at protocol 2, which stores every bytes object as a latin-1 string:
-# ~30x slower than the current protocol for our batches of serialized
-# requests, and half as large again. Any protocol reads back the same.
+# slower than the current protocol for our batches of serialized requests,
+# and larger (measured: benchmarks/results.md, 'Why it is built this way').
+# Any protocol reads back the same.
 pysyncobj.pickle.__dict__["__protocol"] = pickle.HIGHEST_PROTOCOL
-raft_journal.install()
+journal.install()
 
 
 class _SnapshotOs:
     """The `os` pysyncobj's snapshot writer sees: its fork's child (pickling
-    and gzipping the whole state: seconds of CPU on a large store) runs at
-    the lowest priority. Members of one cluster reach the snapshot point
-    together, and three such children at full priority on 2 cores take CPU
-    the members need under load: with a snapshot every 30,000 entries,
-    `check perf --load=l` on 3 members saw 3 and 1 elections in two runs at
-    full priority, 0 and 1 at the lowest; and a snapshot during load m made
-    its slowest request take 1.04 s (the bar is 0.5 s)."""
+    and gzipping the whole state) runs at the lowest priority. Members of one
+    cluster reach the snapshot point together, and such children at full
+    priority take CPU the members need under load: elections and slow
+    requests (measured: benchmarks/results.md, 'Why it is built this way')."""
 
     def __getattr__(self, name):
         return getattr(os, name)
@@ -115,6 +115,11 @@ class PeerNode(TCPNode):
     """A peer known in Raft by its advertised address, but dialled at another
     one when `dial` is given (tests put a fault-injecting proxy there)."""
 
+    # pysyncobj pickles peers into snapshots and membership log entries, which other members
+    # and later runs read back: the name they find there stays the one the class had before
+    # etcdlite.raft became a package (re-exported there)
+    __module__ = "etcdlite.raft"
+
     def __init__(self, address: str, dial: str | None = None):
         super().__init__(address)
         self.dial = dial
@@ -160,8 +165,8 @@ class RaftNode:
             journalFile=os.path.join(data_dir, "raft.journal"),
             fullDumpFile=os.path.join(data_dir, "raft.snapshot"),
             # the snapshot (pickle + gzip of the whole state) is written by a
-            # forked child: inline it stalled the member for seconds at a few
-            # hundred MB of state (2.2-4.7 s measured; forking: 0.13-0.28 s)
+            # forked child: written inline, it stalls the member on a large
+            # state (measured: benchmarks/results.md, 'Why it is built this way')
             useFork=True,
             logCompactionMinEntries=snapshot_count,
             logCompactionMinTime=3600,

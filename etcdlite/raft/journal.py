@@ -3,13 +3,11 @@ file written with pwrite(2).
 
 pysyncobj's `FileJournal` keeps its records in a `ResizableFile`: a shared
 memory map of the file, grown by doubling, that every append is copied into.
-The first write to each new page of such a map is a page fault, and on the
-machines we measure on (Firecracker VMs, ext4) that costs ~14 µs a page:
-appending went at 3.5 µs per KiB, against 0.6 µs per KiB with pwrite(2) (a
-batch of a hundred 256-byte puts, ~30 KiB: 60-165 µs against 29-64 µs).
-`JournalFile` has the same interface and writes the same format (any
-pysyncobj reads it back), so it replaces the memory-mapped file for every
-journal this process opens.
+The first write to each new page of such a map is a page fault, which made
+appending slower than writing the file with pwrite(2) (measured:
+benchmarks/results.md, 'Why it is built this way'). `JournalFile` has the
+same interface and writes the same format (any pysyncobj reads it back), so
+it replaces the memory-mapped file for every journal this process opens.
 
 Durability is unchanged: either way a record is in the OS page cache, not
 synced, when pysyncobj goes on (it survives the process being killed, not the
@@ -92,10 +90,10 @@ class LeanJournal(FileJournal):
     methods are inherited) that keeps in memory only where each entry is, its
     index and term, the first entry and the newest `keep` ones. FileJournal
     holds every entry's bytes until a snapshot trims the log, which under load
-    (100,000 entries of ~100 puts each) is most of a member's memory after its
-    store's: ~300 of its ~730 bytes per 256-byte put, each new page of it a
-    page fault. Older entries are read back from the file (the OS page cache)
-    when asked for: by a follower catching up, or a restart's replay.
+    is most of a member's memory after its store's, each new page of it a page
+    fault (measured: benchmarks/results.md, 'Why it is built this way').
+    Older entries are read back from the file (the OS page cache) when asked
+    for: by a follower catching up, or a restart's replay.
 
     An entry is (command, index, term), as in FileJournal. `entries` is
     pysyncobj's SyncObj.__getEntries for this journal (see `LeanEntries`): it

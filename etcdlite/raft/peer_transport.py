@@ -2,10 +2,10 @@
 
 pysyncobj frames each peer message as zlib(pickle(message)), Fernet-encrypted
 when a password is set. On the leader of a busy cluster that was most of the
-work: a 150 KB AppendEntries cost ~7 ms in zlib (the values are not
-compressible), ~1.6 ms in Fernet (AES-CBC, HMAC, base64, both ways) and
-~1 ms in pickle protocol 2, which turns every bytes object into a latin-1
-string. `PeerConnection` sends
+work: zlib (the values are not compressible), Fernet (AES-CBC, HMAC, base64,
+both ways) and pickle protocol 2, which turns every bytes object into a
+latin-1 string (measured: benchmarks/results.md, 'Why it is built this
+way'). `PeerConnection` sends
 
     length (4 bytes, little-endian) | HMAC-SHA256(key, seq | payload) | payload
 

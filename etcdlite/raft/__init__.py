@@ -1,0 +1,22 @@
+"""etcdlite's Raft: pysyncobj, run in the member's event loop, with its journal, peer framing
+and AppendEntries flow replaced or fixed where a member needs it.
+
+The rest of etcdlite uses `RaftNode` and `FAILURES` only; `PeerNode` is here because pysyncobj
+pickles it, as `etcdlite.raft.PeerNode`, into snapshots and membership log entries. Importing
+this package sets pysyncobj up for the whole process (its pickle protocol, the journal it opens,
+the priority of its snapshot child): see `node`. Files, one idea each:
+
+- ``node``: RaftNode (propose, leader, term, indexes), the replicated state, the process-wide setup
+- ``loop``: pysyncobj ticked by the asyncio event loop, which watches its sockets
+- ``journal``: the Raft log on a file written with pwrite(2), only its newest entries in memory
+- ``log_guard``: two fixes to pysyncobj's AppendEntries flow (acked entries kept, no re-sends)
+- ``peer_transport``: peer messages framed with HMAC-SHA256, sent once per tick
+"""
+
+from .node import FAILURES, PeerNode, RaftNode
+
+__all__ = [
+    "FAILURES",
+    "PeerNode",
+    "RaftNode",
+]

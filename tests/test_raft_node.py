@@ -1,0 +1,56 @@
+"""What etcdlite.raft leaves in pysyncobj's pickles and in pysyncobj itself: a peer pickles
+under the name it had before etcdlite.raft became a package (snapshots, membership log entries
+and other members read it back), and importing the package sets pysyncobj up as a member needs."""
+
+from __future__ import annotations
+
+import io
+import pickle
+
+import pysyncobj.journal
+import pysyncobj.pickle
+import pysyncobj.serializer
+import pysyncobj.syncobj
+
+import etcdlite.raft
+from etcdlite.raft import journal, node
+
+
+def _load(data: bytes) -> tuple[object, list[tuple[str, str]]]:
+    """The unpickled object, and the classes the pickle named."""
+    names = []
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            names.append((module, name))
+            return super().find_class(module, name)
+
+    return Unpickler(io.BytesIO(data)).load(), names
+
+
+def test_a_peer_pickles_as_etcdlite_raft_peer_node():
+    peer = node.PeerNode("127.0.0.1:2380", "127.0.0.1:12380")
+    data = pysyncobj.pickle.dumps(["add", peer.id, peer])
+    (_, _, back), names = _load(data)
+    assert names == [("etcdlite.raft", "PeerNode")]
+    assert type(back) is node.PeerNode
+    assert (back.id, back.dial, back.port) == ("127.0.0.1:2380", "127.0.0.1:12380", 12380)
+
+
+def test_a_peer_pickled_before_the_package_loads():
+    # pysyncobj.pickle.dumps(PeerNode("127.0.0.1:2380")) from etcdlite/raft.py (a74a8a8)
+    old = (
+        b"\x80\x05\x95\x8c\x00\x00\x00\x00\x00\x00\x00\x8c\retcdlite.raft\x94\x8c\x08PeerNode\x94\x93\x94)"
+        b"\x81\x94}\x94(\x8c\x03_id\x94\x8c\x0e127.0.0.1:2380\x94\x8c\x11_TCPNode__address\x94h\x06"
+        b"\x8c\x0e_TCPNode__host\x94\x8c\t127.0.0.1\x94\x8c\x0e_TCPNode__port\x94ML\t\x8c\x04dial\x94Nub."
+    )
+    peer = pysyncobj.pickle.loads(old)
+    assert type(peer) is etcdlite.raft.PeerNode
+    assert (peer.id, peer.dial, peer.port) == ("127.0.0.1:2380", None, 2380)
+
+
+def test_importing_the_package_sets_pysyncobj_up():
+    assert pysyncobj.pickle.__dict__["__protocol"] == pickle.HIGHEST_PROTOCOL
+    assert pysyncobj.syncobj.createJournal is journal._create_journal
+    assert pysyncobj.journal.ResizableFile is journal.JournalFile
+    assert isinstance(pysyncobj.serializer.os, node._SnapshotOs)
