@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import procs as _procs  # noqa: E402  (tests/procs.py)
+from harness import procs as _procs
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ import dataclasses
 import itertools
 import os
 
-import procs
+from harness import procs
 import pytest
-from faultproxy import FaultProxy
+from harness.faultproxy import FaultProxy
 
 from apiserver.errors import ApiError
 from apiserver.etcd3 import Etcd, pb

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from tests.procs import PYTHON, REPO
+from harness.procs import PYTHON, REPO
 
 
 def test_bare_put_repetitions_take_turns_with_etcdlite1(tmp_path):

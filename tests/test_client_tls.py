@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import procs as P
+from harness import procs as P
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization

@@ -6,7 +6,7 @@ import threading
 
 import grpc
 
-from etcd_stubs import Client
+from harness.etcd_client import Client
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from procs import (
+from harness.procs import (
     ETCDCTL_BIN,
     BackgroundEtcdctl,
     Member,

@@ -11,14 +11,14 @@ import time
 import pytest
 
 from benchmarks import h2client, h2watch
-from etcd_stubs import Client
+from harness.etcd_client import Client
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 
 
 @pytest.fixture(params=["etcdlite", "etcd"])
 def endpoint(request, procs, tmp_path):
     if request.param == "etcd":
-        import procs as p
+        from harness import procs as p
 
         if not p.have_binary(p.ETCD_BIN):
             pytest.skip("no real etcd installed")

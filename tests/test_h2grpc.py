@@ -17,8 +17,8 @@ import time
 import grpc
 import pytest
 
-from etcd_stubs import Client, error_of
-from procs import start_module_member
+from harness.etcd_client import Client, error_of
+from harness.procs import start_module_member
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from etcd_stubs import wait_until
-from plane_procs import apiserver_on_etcdlite
-from procs import PYTHON, free_port
+from harness.etcd_client import wait_until
+from harness.plane import apiserver_on_etcdlite
+from harness.procs import PYTHON, free_port
 
 from apiserver import manifest
 from apiserver.client import Client

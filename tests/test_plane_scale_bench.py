@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from procs import PYTHON, REPO
+from harness.procs import PYTHON, REPO
 
 NODES, REPLICAS = 3, 12
 

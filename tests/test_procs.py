@@ -1,4 +1,4 @@
-"""Self-checks of the test harness (tests/procs.py) against the real etcd."""
+"""Self-checks of the process harness (harness/procs.py) against the real etcd."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from procs import MemberNotReady, free_port
+from harness.procs import MemberNotReady, free_port
 
 
 def test_free_port_is_bindable_and_unique():

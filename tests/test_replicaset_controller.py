@@ -12,8 +12,8 @@ import threading
 import time
 
 import pytest
-from etcd_stubs import wait_until
-from plane_procs import apiserver_on_etcdlite
+from harness.etcd_client import wait_until
+from harness.plane import apiserver_on_etcdlite
 
 from apiserver.client import Client
 from apiserver.errors import ApiError

@@ -15,8 +15,8 @@ import time
 import grpc
 import pytest
 
-from etcd_stubs import Client
-from procs import start_module_member
+from harness.etcd_client import Client
+from harness.procs import start_module_member
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.mvccpb import kv_pb2
 
