@@ -191,7 +191,7 @@ def test_load_worker_records_watch_events_with_the_lean_receiver(endpoint):
     """benchmarks.load's watch task with client="h2", as the suite runs it: streams over
     several connections, events recorded with the send time stamped in the value."""
     from benchmarks.load import _Worker
-    from benchmarks.suite import binary_stamp
+    from benchmarks.watch_writer import binary_stamp
 
     w = _Worker()
     t = {"op": "watch", "endpoints": [endpoint], "streams": 3, "watchers_per_stream": 4, "key": b"h2w/load",
