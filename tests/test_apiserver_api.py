@@ -20,6 +20,8 @@ from harness.etcd_client import wait_until
 from harness.plane import start_apiserver
 from harness.procs import Registry
 
+pytestmark = pytest.mark.process
+
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory):

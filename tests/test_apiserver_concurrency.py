@@ -21,6 +21,8 @@ from apiserver.pb import core_pb2
 from harness.plane import start_apiserver
 from harness.procs import Registry
 
+pytestmark = pytest.mark.process
+
 NAMES = ("a", "b", "c")
 CLIENTS = 3
 

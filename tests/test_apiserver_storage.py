@@ -28,6 +28,8 @@ from apiserver.storage import CONTINUE_EXPIRED, MAGIC, Storage, decode_continue,
 from harness.etcd_client import wait_until
 from harness.procs import ETCD_BIN, Registry, require_binary
 
+pytestmark = pytest.mark.process
+
 CONFIGMAPS = lookup("configmaps")
 SECRETS = lookup("secrets")
 NAMESPACES = lookup("namespaces")

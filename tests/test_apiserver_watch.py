@@ -18,6 +18,8 @@ from harness.etcd_client import wait_until
 from harness.plane import start_apiserver
 from harness.procs import Registry
 
+pytestmark = pytest.mark.process
+
 CACHE_SIZE = 40
 
 

@@ -24,7 +24,7 @@ from apiserver.resources import BY_NAME, Resource
 from apiserver.watch_cache import WatchCache
 from apiserver.watch_events import ADDED, BOOKMARK, DELETED, MODIFIED
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.process, pytest.mark.timeout(180)]
 
 KINDS = ("etcdlite", "etcd")
 MAGIC = b"\x00test-encoding\x01"

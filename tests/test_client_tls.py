@@ -21,6 +21,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from etcdlite.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 
+pytestmark = pytest.mark.process
+
 # ---------------------------------------------------------------------------
 # a throwaway PKI
 

@@ -18,6 +18,8 @@ from harness.etcd_client import Client, error_of, wait_until
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from harness.procs import REPO, run_etcdctl, start_etcdlite_cluster
 
+pytestmark = pytest.mark.process
+
 
 def _leader_of(members):
     def find():

@@ -46,7 +46,7 @@ from linearizability import History, Op, check
 
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.process, pytest.mark.timeout(240)]
 
 
 @pytest.fixture

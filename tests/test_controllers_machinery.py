@@ -34,6 +34,8 @@ from harness.faultproxy import FaultProxy
 from harness.plane import start_apiserver
 from harness.procs import PYTHON, Registry
 
+pytestmark = pytest.mark.process
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_SIZE = 20  # events each watch cache keeps: small, so resourceVersions expire
 

@@ -37,6 +37,8 @@ from controllers.podutil import (
 )
 from controllers.replicaset import ReplicaSetController
 
+pytestmark = pytest.mark.process
+
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):

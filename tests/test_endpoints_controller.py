@@ -15,6 +15,8 @@ from controllers.informer import SharedInformerFactory
 from harness.etcd_client import wait_until
 from harness.plane import apiserver_on_etcdlite
 
+pytestmark = pytest.mark.process
+
 NS = "ep"
 
 

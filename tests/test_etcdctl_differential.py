@@ -46,6 +46,8 @@ from harness.procs import (
     run_etcdctl,
 )
 
+pytestmark = pytest.mark.process
+
 CMD_TIMEOUT = 15.0
 WATCH_TIMEOUT = 15.0
 # A wedged server costs etcdctl's 5 s command timeout per step; past this budget the

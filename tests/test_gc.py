@@ -20,6 +20,8 @@ from controllers.kubelet import LEASE_NAMESPACE, HollowNodes
 from harness.etcd_client import wait_until
 from harness.plane import apiserver_on_etcdlite
 
+pytestmark = pytest.mark.process
+
 NS = "gc"
 NODES = ["gc-node-0", "gc-node-1"]
 

@@ -14,6 +14,8 @@ from benchmarks import h2client, h2watch
 from harness.etcd_client import Client
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 
+pytestmark = pytest.mark.process
+
 
 @pytest.fixture(params=["etcdlite", "etcd"])
 def endpoint(request, procs, tmp_path):

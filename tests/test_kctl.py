@@ -32,6 +32,8 @@ from controllers.kctl.manifests import parse_documents
 from controllers.kctl.rollout import parse_duration, status_message
 from controllers.kctl.session import CommandError
 
+pytestmark = pytest.mark.process
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "controllers" / "kctl" / "examples" / "web.yaml"
 RUN_TIMEOUT = 60

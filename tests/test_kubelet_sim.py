@@ -15,6 +15,8 @@ from controllers.kubelet import LEASE_NAMESPACE, HollowNodes, node_internal_ip, 
 from harness.etcd_client import wait_until
 from harness.plane import apiserver_on_etcdlite
 
+pytestmark = pytest.mark.process
+
 NODES = [f"hollow-{i}" for i in range(50)]
 
 

@@ -18,6 +18,8 @@ from harness.etcd_client import Client, error_of
 from harness.procs import Registry, start_module_member
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 
+pytestmark = pytest.mark.process
+
 R = pb.RangeRequest
 C = pb.Compare
 Op = pb.RequestOp

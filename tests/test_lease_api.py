@@ -15,6 +15,8 @@ from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from harness.procs import start_module_member
 from etcdlite.pb.mvccpb import kv_pb2
 
+pytestmark = pytest.mark.process
+
 
 @pytest.fixture(scope="module")
 def member(tmp_path_factory):

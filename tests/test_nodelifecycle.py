@@ -21,6 +21,8 @@ from controllers.podutil import now_rfc3339
 from harness.etcd_client import wait_until
 from harness.plane import apiserver_on_etcdlite
 
+pytestmark = pytest.mark.process
+
 UNREACHABLE = "node.kubernetes.io/unreachable"
 NOT_READY = "node.kubernetes.io/not-ready"
 GRACE = 2.0

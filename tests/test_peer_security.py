@@ -15,6 +15,8 @@ from harness.etcd_client import Client, wait_until
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from harness.procs import start_etcdlite_cluster
 
+pytestmark = pytest.mark.process
+
 
 class _OpenFile:
     """Unpickling this opens (so creates) a file: proof that code ran."""

@@ -23,6 +23,8 @@ from harness.etcd_client import wait_until
 from harness.plane import start_apiserver, start_component
 from harness.procs import PYTHON, REPO, Registry
 
+pytestmark = pytest.mark.process
+
 REPLICAS = 10
 NODE_CPU = "1200m"
 POD_CPU = "300m"

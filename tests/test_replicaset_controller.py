@@ -22,6 +22,8 @@ from controllers.informer import SharedInformerFactory, deep_copy
 from controllers.podutil import controller_ref, is_pod_ready, now_rfc3339
 from controllers.replicaset import ReplicaSetController
 
+pytestmark = pytest.mark.process
+
 TIMEOUT = 30.0
 
 

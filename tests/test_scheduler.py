@@ -18,6 +18,8 @@ from controllers.scheduler.scheduler import Scheduler, SchedulerCache
 from harness.etcd_client import wait_until
 from harness.plane import apiserver_on_etcdlite
 
+pytestmark = pytest.mark.process
+
 
 class FakeClock:
     def __init__(self) -> None:
