@@ -24,7 +24,7 @@ import time
 
 import grpc
 
-from benchmarks.suite import watch_writer
+from benchmarks.watch_writer import watch_writer
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
 

@@ -17,14 +17,13 @@ import re
 import shutil
 import signal
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import report
+from benchmarks import gowatch, report
 from benchmarks.load import WorkerPool
 from benchmarks.targets import (
     TARGETS,
@@ -35,6 +34,8 @@ from benchmarks.targets import (
     proc_cpu_seconds,
     proc_rss,
 )
+from benchmarks.watch_writer import watch_writer
+from harness.procs import ETCD_BIN, ETCDCTL_BIN, etcdctl_env
 
 BENCHMARKS = ["put", "range", "txn", "watch", "lease", "checkperf", "memory"]
 PUT_LEVELS = [1, 16, 64, 256]
@@ -334,9 +335,6 @@ class Runner:
 
     def go_watch(self, target: Target, rate: float, dur: float) -> dict:
         """The same two shapes with the Go client as receiver (benchmarks.gowatch)."""
-        from benchmarks import gowatch
-        from tests.procs import ETCDCTL_BIN
-
         out = {}
         eps = target.endpoints[1:] + target.endpoints[:1] if len(target.endpoints) > 1 else target.endpoints
         for name, streams, per in (("1x1000", 1, 1000), ("100x10", 100, 10)):
@@ -454,40 +452,6 @@ def leader_changes(before: list[dict], after: list[dict]) -> dict:
     }
 
 
-def binary_stamp(sent: float) -> bytes:
-    """A 64-byte value carrying its send time (the Python receivers unpack it)."""
-    return struct.pack("d", sent) + b"x" * 56
-
-
-def watch_writer(endpoint: str, key: bytes, start: float, rate: float, dur: float, stamp=binary_stamp):
-    """Put values carrying their send time (`stamp(sent)`) at `rate`/s from start + 0.5 s;
-    returns ({revision: ack wall time}, put latencies)."""
-    import grpc
-
-    from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
-    from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
-
-    acks, lat = {}, []
-    with grpc.insecure_channel(endpoint) as ch:
-        kv = rpc.KVStub(ch)
-        kv.Range(pb.RangeRequest(key=key), timeout=10)  # connect before the clock starts
-        n = int(rate * dur)
-        first = start + 0.5
-        for i in range(n):
-            delay = first + i / rate - time.time()
-            if delay > 0:
-                time.sleep(delay)
-            sent = time.time()
-            try:
-                r = kv.Put(pb.PutRequest(key=key, value=stamp(sent)), timeout=10)
-            except grpc.RpcError:
-                continue
-            now = time.time()
-            acks[r.header.revision] = now
-            lat.append(now - sent)
-    return acks, lat
-
-
 CHECK_RE = {
     "writes_per_s": re.compile(r"(?:Throughput is|Throughput too low:) (\d+) writes/s"),
     "slowest_s": re.compile(r"Slowest request took (?:too long: )?([\d.]+)s"),
@@ -496,8 +460,6 @@ CHECK_RE = {
 
 
 def check_perf(endpoints: list[str], load: str) -> dict:
-    from tests.procs import ETCDCTL_BIN, etcdctl_env
-
     argv = [ETCDCTL_BIN, f"--endpoints={','.join(endpoints)}", "check", "perf", f"--load={load}"]
     t0 = time.monotonic()
     try:
@@ -544,8 +506,6 @@ def machine_info(workdir: Path) -> dict:
             return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
         except Exception:  # noqa: BLE001
             return ""
-
-    from tests.procs import ETCD_BIN, ETCDCTL_BIN
 
     import grpc
 

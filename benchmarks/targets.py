@@ -11,7 +11,7 @@ import grpc
 
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
-from tests.procs import PYTHON, REPO, Member, Registry, free_port, start_cluster, start_etcdlite_cluster
+from harness.procs import PYTHON, REPO, Member, Registry, free_port, start_cluster, start_etcdlite_cluster
 
 TARGETS = {
     # name: (kind, members, label)

@@ -16,13 +16,13 @@ import threading
 import time
 
 import grpc
-from etcd_stubs import Client, wait_until
-from faultproxy import FaultProxy, Partitioner
-from procs import Member, kill_all, start_etcdlite_cluster
 
 from etcdlite.config import member_id
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
+from harness.etcd_client import Client, wait_until
+from harness.faultproxy import FaultProxy, Partitioner
+from harness.procs import Member, kill_all, start_etcdlite_cluster
 
 # client-side deadline of one workload request; shorter than the server's
 # 7 s request timeout so that a client stuck on a dead/stopped member moves on
@@ -163,7 +163,7 @@ class Cluster:
 
 def make_cluster(tmp_path, registry, size: int = 3, proxied: bool = False,
                  mode: str = "reset", name: str = "m") -> Cluster:
-    """start_etcdlite_cluster (tests/procs.py) with one more step: when
+    """start_etcdlite_cluster (harness/procs.py) with one more step: when
     `proxied`, a FaultProxy for every directed pair (i -> j, forwarding to
     j's peer port), given to member i as its dial URL for j."""
     links: dict = {}

@@ -1,15 +1,15 @@
-"""Shared fixtures: process registry with guaranteed cleanup, and an etcdctl runner."""
+"""Shared fixtures: process registry with guaranteed cleanup, an etcdctl runner, and the check
+that every test starting a process carries the ``process`` marker (so that
+``pytest -m "not process"`` stays the quick, process-free run)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import procs as _procs
+from harness.spawn_watch import SpawnWatch
 
-import procs as _procs  # noqa: E402  (tests/procs.py)
+_spawns = SpawnWatch()
 
 
 @pytest.fixture
@@ -44,6 +44,32 @@ def _kill_everything_at_session_end():
     yield
     _procs.stop_background()
     _procs.kill_all()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _watch_spawns():
+    _spawns.install()
+    yield
+    _spawns.uninstall()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Forget what was started before this test's setup: the module- and session-scoped
+    fixtures set up for it count as its own."""
+    _spawns.take()
+
+
+@pytest.fixture(autouse=True)
+def _process_marker_enforced(request):
+    """Fail a test that started a process (in its call or in any fixture set up for it) without
+    the ``process`` marker."""
+    yield
+    started = _spawns.take()
+    if started and request.node.get_closest_marker("process") is None:
+        pytest.fail(f"started {len(started)} process(es) without @pytest.mark.process "
+                    f"(add it to the test, or pytestmark to its module); first: {started[0]}",
+                    pytrace=False)
 
 
 @pytest.fixture

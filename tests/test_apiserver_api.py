@@ -15,10 +15,12 @@ from apiserver.client import Client
 from apiserver.encryption import generate_key_file
 from apiserver.errors import ApiError
 from apiserver.pb import api_pb2, api_pb2_grpc, apps_pb2, core_pb2
-from etcd_stubs import Client as EtcdClient
-from etcd_stubs import wait_until
-from plane_procs import start_apiserver
-from procs import Registry
+from harness.etcd_client import Client as EtcdClient
+from harness.etcd_client import wait_until
+from harness.plane import start_apiserver
+from harness.procs import Registry
+
+pytestmark = pytest.mark.process
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from apiserver.client import Client
 from apiserver.errors import ApiError
 from apiserver.pb import core_pb2
-from plane_procs import start_apiserver
-from procs import Registry
+from harness.plane import start_apiserver
+from harness.procs import Registry
+
+pytestmark = pytest.mark.process
 
 NAMES = ("a", "b", "c")
 CLIENTS = 3

@@ -25,8 +25,10 @@ from apiserver.etcd3 import Etcd, pb
 from apiserver.pb import core_pb2
 from apiserver.resources import lookup
 from apiserver.storage import CONTINUE_EXPIRED, MAGIC, Storage, decode_continue, encode_continue
-from etcd_stubs import wait_until
-from procs import ETCD_BIN, Registry, require_binary
+from harness.etcd_client import wait_until
+from harness.procs import ETCD_BIN, Registry, require_binary
+
+pytestmark = pytest.mark.process
 
 CONFIGMAPS = lookup("configmaps")
 SECRETS = lookup("secrets")

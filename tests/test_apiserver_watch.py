@@ -14,9 +14,11 @@ import pytest
 from apiserver.client import Client
 from apiserver.errors import ApiError
 from apiserver.pb import core_pb2
-from etcd_stubs import wait_until
-from plane_procs import start_apiserver
-from procs import Registry
+from harness.etcd_client import wait_until
+from harness.plane import start_apiserver
+from harness.procs import Registry
+
+pytestmark = pytest.mark.process
 
 CACHE_SIZE = 40
 

@@ -13,9 +13,9 @@ import dataclasses
 import itertools
 import os
 
-import procs
+from harness import procs
 import pytest
-from faultproxy import FaultProxy
+from harness.faultproxy import FaultProxy
 
 from apiserver.errors import ApiError
 from apiserver.etcd3 import Etcd, pb
@@ -24,7 +24,7 @@ from apiserver.resources import BY_NAME, Resource
 from apiserver.watch_cache import WatchCache
 from apiserver.watch_events import ADDED, BOOKMARK, DELETED, MODIFIED
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.process, pytest.mark.timeout(180)]
 
 KINDS = ("etcdlite", "etcd")
 MAGIC = b"\x00test-encoding\x01"

@@ -12,9 +12,11 @@ import itertools
 import grpc
 import pytest
 
-from etcd_stubs import Client, error_of
-from procs import start_module_member
+from harness.etcd_client import Client, error_of
+from harness.procs import start_module_member
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+
+pytestmark = pytest.mark.process
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EMPTY_KEY = (INVALID, "etcdserver: key is not provided")

@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 import subprocess
 
-from tests.procs import PYTHON, REPO
+import pytest
+
+from harness.procs import PYTHON, REPO
+
+pytestmark = pytest.mark.process
 
 
 def test_bare_put_repetitions_take_turns_with_etcdlite1(tmp_path):

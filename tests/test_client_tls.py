@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import procs as P
+from harness import procs as P
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from etcdlite.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+
+pytestmark = pytest.mark.process
 
 # ---------------------------------------------------------------------------
 # a throwaway PKI

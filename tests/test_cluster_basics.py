@@ -14,9 +14,11 @@ import time
 import grpc
 import pytest
 
-from etcd_stubs import Client, error_of, wait_until
+from harness.etcd_client import Client, error_of, wait_until
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
-from procs import REPO, run_etcdctl, start_etcdlite_cluster
+from harness.procs import REPO, run_etcdctl, start_etcdlite_cluster
+
+pytestmark = pytest.mark.process
 
 
 def _leader_of(members):

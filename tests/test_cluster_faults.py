@@ -24,7 +24,7 @@ import signal
 import threading
 import time
 
-import faultproxy
+from harness import faultproxy
 import grpc
 import pytest
 from cluster_workload import (
@@ -41,12 +41,12 @@ from cluster_workload import (
     read_prefix,
     report,
 )
-from etcd_stubs import Client, wait_until
+from harness.etcd_client import Client, wait_until
 from linearizability import History, Op, check
 
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.process, pytest.mark.timeout(240)]
 
 
 @pytest.fixture

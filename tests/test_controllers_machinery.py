@@ -29,10 +29,12 @@ from controllers.informer import (Informer, SharedInformerFactory, Store, deep_c
 from controllers.leaderelection import LeaderElector
 from controllers.workqueue import (BucketRateLimiter, ItemExponentialFailureRateLimiter,
                                    RateLimitingQueue)
-from etcd_stubs import wait_until
-from faultproxy import FaultProxy
-from plane_procs import start_apiserver
-from procs import PYTHON, Registry
+from harness.etcd_client import wait_until
+from harness.faultproxy import FaultProxy
+from harness.plane import start_apiserver
+from harness.procs import PYTHON, Registry
+
+pytestmark = pytest.mark.process
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_SIZE = 20  # events each watch cache keeps: small, so resourceVersions expire

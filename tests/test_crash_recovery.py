@@ -5,9 +5,12 @@ from __future__ import annotations
 import threading
 
 import grpc
+import pytest
 
-from etcd_stubs import Client
+from harness.etcd_client import Client
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+
+pytestmark = pytest.mark.process
 
 
 def test_sigkill_during_concurrent_puts_loses_no_acknowledged_put(procs, tmp_path):

@@ -8,9 +8,9 @@ old and new pods together."""
 from __future__ import annotations
 
 import pytest
-from etcd_stubs import wait_until
-from plane_procs import start_apiserver
-from procs import Registry
+from harness.etcd_client import wait_until
+from harness.plane import start_apiserver
+from harness.procs import Registry
 from test_replicaset_controller import (
     TIMEOUT,
     PodLedger,
@@ -36,6 +36,8 @@ from controllers.podutil import (
     without_hash,
 )
 from controllers.replicaset import ReplicaSetController
+
+pytestmark = pytest.mark.process
 
 
 @pytest.fixture(scope="module")

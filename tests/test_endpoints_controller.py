@@ -12,8 +12,10 @@ from apiserver.errors import ApiError
 from apiserver.pb import core_pb2
 from controllers.endpoints import EndpointsController, endpoint_subsets, resolve_target_port
 from controllers.informer import SharedInformerFactory
-from etcd_stubs import wait_until
-from plane_procs import apiserver_on_etcdlite
+from harness.etcd_client import wait_until
+from harness.plane import apiserver_on_etcdlite
+
+pytestmark = pytest.mark.process
 
 NS = "ep"
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from procs import (
+from harness.procs import (
     ETCDCTL_BIN,
     BackgroundEtcdctl,
     Member,
@@ -45,6 +45,8 @@ from procs import (
     require_binary,
     run_etcdctl,
 )
+
+pytestmark = pytest.mark.process
 
 CMD_TIMEOUT = 15.0
 WATCH_TIMEOUT = 15.0

@@ -9,9 +9,10 @@ import statistics
 import threading
 import time
 
-import faultproxy
 import pytest
-from faultproxy import FaultProxy, Partitioner, wait_until
+
+from harness import faultproxy
+from harness.faultproxy import FaultProxy, Partitioner, wait_until
 
 DEADLINE = 3.0
 

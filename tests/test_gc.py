@@ -17,8 +17,10 @@ from apiserver.pb import apps_pb2, coordination_pb2, core_pb2, meta_pb2
 from controllers.gc import GarbageCollector, NamespaceController
 from controllers.informer import SharedInformerFactory
 from controllers.kubelet import LEASE_NAMESPACE, HollowNodes
-from etcd_stubs import wait_until
-from plane_procs import apiserver_on_etcdlite
+from harness.etcd_client import wait_until
+from harness.plane import apiserver_on_etcdlite
+
+pytestmark = pytest.mark.process
 
 NS = "gc"
 NODES = ["gc-node-0", "gc-node-1"]

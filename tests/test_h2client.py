@@ -11,14 +11,16 @@ import time
 import pytest
 
 from benchmarks import h2client, h2watch
-from etcd_stubs import Client
+from harness.etcd_client import Client
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+
+pytestmark = pytest.mark.process
 
 
 @pytest.fixture(params=["etcdlite", "etcd"])
 def endpoint(request, procs, tmp_path):
     if request.param == "etcd":
-        import procs as p
+        from harness import procs as p
 
         if not p.have_binary(p.ETCD_BIN):
             pytest.skip("no real etcd installed")
@@ -191,7 +193,7 @@ def test_load_worker_records_watch_events_with_the_lean_receiver(endpoint):
     """benchmarks.load's watch task with client="h2", as the suite runs it: streams over
     several connections, events recorded with the send time stamped in the value."""
     from benchmarks.load import _Worker
-    from benchmarks.suite import binary_stamp
+    from benchmarks.watch_writer import binary_stamp
 
     w = _Worker()
     t = {"op": "watch", "endpoints": [endpoint], "streams": 3, "watchers_per_stream": 4, "key": b"h2w/load",

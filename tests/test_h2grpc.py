@@ -17,8 +17,8 @@ import time
 import grpc
 import pytest
 
-from etcd_stubs import Client, error_of
-from procs import start_module_member
+from harness.etcd_client import Client, error_of
+from harness.procs import start_module_member
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
 
@@ -27,8 +27,8 @@ GRPC_LIMIT = MAX_REQUEST_BYTES + 512 * 1024  # what the gRPC layer accepts
 
 # about etcdlite's server, not the etcd API: etcd (grpc-go) differs in the
 # details checked here (it implements Auth, refuses gzip, answers HTTP/1 otherwise)
-pytestmark = pytest.mark.skipif(os.environ.get("ETCDLITE_TEST_TARGET") == "etcd",
-                                reason="tests etcdlite's own gRPC server")
+pytestmark = [pytest.mark.process, pytest.mark.skipif(os.environ.get("ETCDLITE_TEST_TARGET") == "etcd",
+                                                      reason="tests etcdlite's own gRPC server")]
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from etcd_stubs import wait_until
-from plane_procs import apiserver_on_etcdlite
-from procs import PYTHON, free_port
+from harness.etcd_client import wait_until
+from harness.plane import apiserver_on_etcdlite
+from harness.procs import PYTHON, free_port
 
 from apiserver import manifest
 from apiserver.client import Client
@@ -31,6 +31,8 @@ from controllers.kctl.apply import LAST_APPLIED, three_way_merge
 from controllers.kctl.manifests import parse_documents
 from controllers.kctl.rollout import parse_duration, status_message
 from controllers.kctl.session import CommandError
+
+pytestmark = pytest.mark.process
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "controllers" / "kctl" / "examples" / "web.yaml"

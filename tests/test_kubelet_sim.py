@@ -12,8 +12,10 @@ from apiserver.client import Client
 from apiserver.errors import ApiError
 from apiserver.pb import core_pb2
 from controllers.kubelet import LEASE_NAMESPACE, HollowNodes, node_internal_ip, node_pod_cidr, parse_taint
-from etcd_stubs import wait_until
-from plane_procs import apiserver_on_etcdlite
+from harness.etcd_client import wait_until
+from harness.plane import apiserver_on_etcdlite
+
+pytestmark = pytest.mark.process
 
 NODES = [f"hollow-{i}" for i in range(50)]
 

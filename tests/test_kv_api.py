@@ -14,9 +14,11 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from etcd_stubs import Client, error_of
-from procs import Registry, start_module_member
+from harness.etcd_client import Client, error_of
+from harness.procs import Registry, start_module_member
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+
+pytestmark = pytest.mark.process
 
 R = pb.RangeRequest
 C = pb.Compare

@@ -10,10 +10,12 @@ import time
 import grpc
 import pytest
 
-from etcd_stubs import Client, error_of, wait_until
+from harness.etcd_client import Client, error_of, wait_until
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
-from procs import start_module_member
+from harness.procs import start_module_member
 from etcdlite.pb.mvccpb import kv_pb2
+
+pytestmark = pytest.mark.process
 
 
 @pytest.fixture(scope="module")

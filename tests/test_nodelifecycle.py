@@ -18,8 +18,10 @@ from controllers.informer import SharedInformerFactory
 from controllers.kubelet import HollowNodes
 from controllers.nodelifecycle import NodeLifecycleController, TokenBucket, eviction_time, wanted_taint_keys
 from controllers.podutil import now_rfc3339
-from etcd_stubs import wait_until
-from plane_procs import apiserver_on_etcdlite
+from harness.etcd_client import wait_until
+from harness.plane import apiserver_on_etcdlite
+
+pytestmark = pytest.mark.process
 
 UNREACHABLE = "node.kubernetes.io/unreachable"
 NOT_READY = "node.kubernetes.io/not-ready"

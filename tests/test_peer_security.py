@@ -11,9 +11,11 @@ import zlib
 
 import pytest
 
-from etcd_stubs import Client, wait_until
+from harness.etcd_client import Client, wait_until
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
-from procs import start_etcdlite_cluster
+from harness.procs import start_etcdlite_cluster
+
+pytestmark = pytest.mark.process
 
 
 class _OpenFile:

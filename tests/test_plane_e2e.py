@@ -19,9 +19,11 @@ from apiserver.client import Client
 from apiserver.errors import ApiError
 from apiserver.pb import apps_pb2
 from apiserver.quantity import milli_cpu
-from etcd_stubs import wait_until
-from plane_procs import start_apiserver, start_component
-from procs import PYTHON, REPO, Registry
+from harness.etcd_client import wait_until
+from harness.plane import start_apiserver, start_component
+from harness.procs import PYTHON, REPO, Registry
+
+pytestmark = pytest.mark.process
 
 REPLICAS = 10
 NODE_CPU = "1200m"

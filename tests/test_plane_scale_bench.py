@@ -7,7 +7,11 @@ from __future__ import annotations
 import json
 import subprocess
 
-from procs import PYTHON, REPO
+import pytest
+
+from harness.procs import PYTHON, REPO
+
+pytestmark = pytest.mark.process
 
 NODES, REPLICAS = 3, 12
 

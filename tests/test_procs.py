@@ -1,4 +1,4 @@
-"""Self-checks of the test harness (tests/procs.py) against the real etcd."""
+"""Self-checks of the process harness (harness/procs.py) against the real etcd."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from procs import MemberNotReady, free_port
+from harness.procs import MemberNotReady, free_port
 
 
 def test_free_port_is_bindable_and_unique():
@@ -16,6 +16,7 @@ def test_free_port_is_bindable_and_unique():
         s.bind(("127.0.0.1", ports.pop()))
 
 
+@pytest.mark.process
 def test_real_etcd_put_get_kill_restart(procs, etcdctl, etcd_binaries, tmp_path):
     m = procs.start_real_etcd(tmp_path, name="selfcheck")
     assert m.alive and m.endpoint == f"127.0.0.1:{m.client_port}"
@@ -40,6 +41,7 @@ def test_real_etcd_put_get_kill_restart(procs, etcdctl, etcd_binaries, tmp_path)
     assert m in list(procs)
 
 
+@pytest.mark.process
 def test_start_failure_reports_log_tail(procs, etcd_binaries, tmp_path):
     with pytest.raises(MemberNotReady) as ei:
         procs.start_real_etcd(tmp_path, name="broken", no_such_flag="x")
@@ -47,6 +49,7 @@ def test_start_failure_reports_log_tail(procs, etcd_binaries, tmp_path):
     assert not procs.members[0].alive
 
 
+@pytest.mark.process
 def test_etcdctl_timeout_is_reported(procs, etcdctl, etcd_binaries, tmp_path):
     m = procs.start_real_etcd(tmp_path, name="slow")
     rc, out, err = etcdctl(m, "watch", "never", timeout=1)

@@ -11,7 +11,7 @@ from pysyncobj.syncobj import _RAFT_STATE
 from pysyncobj.node import TCPNode
 
 from etcdlite.raft.log_guard import GuardedSyncObj, entries_to_keep
-from procs import free_port
+from harness.procs import free_port
 
 NOOP = b"\x01"  # pysyncobj's no-op command: appended, never applied
 

@@ -12,8 +12,8 @@ import threading
 import time
 
 import pytest
-from etcd_stubs import wait_until
-from plane_procs import apiserver_on_etcdlite
+from harness.etcd_client import wait_until
+from harness.plane import apiserver_on_etcdlite
 
 from apiserver.client import Client
 from apiserver.errors import ApiError
@@ -21,6 +21,8 @@ from apiserver.pb import apps_pb2, core_pb2
 from controllers.informer import SharedInformerFactory, deep_copy
 from controllers.podutil import controller_ref, is_pod_ready, now_rfc3339
 from controllers.replicaset import ReplicaSetController
+
+pytestmark = pytest.mark.process
 
 TIMEOUT = 30.0
 

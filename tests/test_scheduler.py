@@ -15,8 +15,10 @@ from apiserver.quantity import milli_cpu
 from controllers.scheduler import plugins
 from controllers.scheduler.queue import ACTIVE, BACKOFF, IN_FLIGHT, UNSCHEDULABLE, SchedulingQueue
 from controllers.scheduler.scheduler import Scheduler, SchedulerCache
-from etcd_stubs import wait_until
-from plane_procs import apiserver_on_etcdlite
+from harness.etcd_client import wait_until
+from harness.plane import apiserver_on_etcdlite
+
+pytestmark = pytest.mark.process
 
 
 class FakeClock:

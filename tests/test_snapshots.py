@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import re
 
-from etcd_stubs import Client, wait_until
+import pytest
+
+from harness.etcd_client import Client, wait_until
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
-from procs import Member, run_etcdctl, start_etcdlite_cluster
+from harness.procs import Member, run_etcdctl, start_etcdlite_cluster
+
+pytestmark = pytest.mark.process
 
 
 def _dir_size(path) -> int:

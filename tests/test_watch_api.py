@@ -15,10 +15,12 @@ import time
 import grpc
 import pytest
 
-from etcd_stubs import Client
-from procs import start_module_member
+from harness.etcd_client import Client
+from harness.procs import start_module_member
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.mvccpb import kv_pb2
+
+pytestmark = pytest.mark.process
 
 PUT, DELETE = kv_pb2.Event.PUT, kv_pb2.Event.DELETE
 WAIT = 10.0  # seconds any single expected response may take

@@ -37,7 +37,7 @@ from benchmarks.plane_scale.observers import (
 )
 from benchmarks.plane_scale.processes import Plane, Profiler
 from benchmarks.plane_scale.report import git_commit, machine, markdown, to_json
-from tests.procs import REPO
+from harness.procs import REPO
 
 
 class Stalled(RuntimeError):

@@ -13,7 +13,7 @@ from pathlib import Path
 from apiserver.client import Client
 from apiserver.errors import ApiError
 from benchmarks.plane_scale import log
-from tests.procs import PYTHON, Registry, ServerProcess, free_port
+from harness.procs import PYTHON, Registry, ServerProcess, free_port
 
 
 def flags(**kw) -> list[str]:

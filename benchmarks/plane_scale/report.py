@@ -11,7 +11,7 @@ import subprocess
 
 from benchmarks.plane_scale import PHASES
 from benchmarks.plane_scale.observers import PROBE_OPS, PROBE_PAUSE
-from tests.procs import REPO
+from harness.procs import REPO
 
 OBSERVERS = ("benchmark (watch)", "probe client")  # the benchmark's own processes, not the plane's
 

@@ -1,8 +1,8 @@
-"""Process helpers for tests: start etcdlite / real etcd members, run etcdctl.
+"""Process helpers for tests and benchmarks: start etcdlite / real etcd members, run etcdctl.
 
 Everything started here is registered twice: in the registry the caller passes
 (the ``procs`` fixture's), and in a module-wide list that the autouse fixture in
-conftest.py (and, as a last resort, ``atexit``) sweeps, so no member outlives its
+tests/conftest.py (and, as a last resort, ``atexit``) sweeps, so no member outlives its
 test even when the test fails half-way.
 
 Usage::
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]  # harness/procs.py -> the repository
 _venv_python = REPO / ".venv" / "bin" / "python"
 PYTHON = str(_venv_python) if _venv_python.exists() else sys.executable
 

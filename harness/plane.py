@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 
-from procs import PYTHON, Registry, ServerProcess, _flag_args, free_port
+from harness.procs import PYTHON, Registry, ServerProcess, _flag_args, free_port
 
 
 class ApiServer(ServerProcess):
