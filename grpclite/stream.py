@@ -170,19 +170,22 @@ class Stream:
     def _send_data(self, data: bytes) -> None:
         """Send what the windows allow now, queue the rest."""
         conn = self.conn
-        window, conn_window = self.own_send_window(), conn.send_window
-        allowed = min(window.available, conn_window.available)
-        if allowed >= len(data):
-            n = len(data)
+        window, conn_window = self.send_window, conn.send_window
+        if window is None:
+            window = self.own_send_window()
+        n = len(data)
+        available, conn_available = window.available, conn_window.available
+        if n <= available and n <= conn_available:
+            window.available = available - n
+            conn_window.available = conn_available - n
             frame_max = conn.peer_max_frame
-            window.available -= n
-            conn_window.available -= n
             if n <= frame_max:
                 conn.queue_frame(DATA, 0, self.id, data)
             else:
                 for i in range(0, n, frame_max):
                     conn.queue_frame(DATA, 0, self.id, data[i:i + frame_max])
             return
+        allowed = min(available, conn_available)
         if allowed > 0:
             self._send_data(data[:allowed])
             data = data[allowed:]
