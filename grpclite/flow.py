@@ -10,7 +10,9 @@ What a peer sends is not checked against our receive windows (the peer keeps
 within them; a peer that does not is not stopped yet): enforcing it is
 `n > window.available` in consume(), a FLOW_CONTROL_ERROR.
 
-The server's hot paths read and write `available` directly (one slot, no call).
+The server's hot paths read and write `available` directly (a slot, no call),
+and a stream makes its windows only when it needs them (Stream.own_send_window,
+Connection.credit): a unary call, answered in one go, makes none.
 """
 
 from __future__ import annotations

@@ -261,9 +261,10 @@ class Stream:
         self.headers_sent = self.finished = True
         conn_window.available -= n
         sid = self.id
-        conn.out += (FRAME_HEADER.pack(0, len(RESPONSE_HEADERS), HEADERS, END_HEADERS, sid), RESPONSE_HEADERS,
-                     FRAME_HEADER.pack(n >> 8, n & 0xFF, DATA, 0, sid), MESSAGE_PREFIX.pack(0, n - 5), payload,
-                     FRAME_HEADER.pack(0, len(OK_TRAILERS), HEADERS, END_HEADERS | END_STREAM, sid), OK_TRAILERS)
+        header = FRAME_HEADER.pack
+        conn.out += (header(0, len(RESPONSE_HEADERS), HEADERS, END_HEADERS, sid), RESPONSE_HEADERS,
+                     header(n >> 8, n & 0xFF, DATA, 0, sid), MESSAGE_PREFIX.pack(0, n - 5), payload,
+                     header(0, len(OK_TRAILERS), HEADERS, END_HEADERS | END_STREAM, sid), OK_TRAILERS)
         if not conn.flush_scheduled:
             conn.flush_scheduled = True
             conn.server.schedule_flush(conn)
