@@ -18,7 +18,7 @@ from apiserver.registry import Options, Registry
 from apiserver.service import ApiServerService, add_to_server
 from apiserver.storage import Storage
 from apiserver.watch_cache import WatchCache
-from etcdlite.server.h2grpc import GrpcServer
+from grpclite import GrpcServer
 
 log = logging.getLogger("apiserver")
 
@@ -78,8 +78,8 @@ async def serve(args: argparse.Namespace, transformer) -> int:
         except ApiError as e:
             log.warning("cannot create the system namespaces yet (%s); retrying", e.message)
             await asyncio.sleep(1)
-    # the gRPC server etcdlite serves with (etcdlite/server/h2grpc.py): in this event loop,
-    # without grpc.aio's thread hand-offs per message (about half of the apiserver's CPU)
+    # grpclite, the gRPC server etcdlite serves with: in this event loop, without grpc.aio's
+    # thread hand-offs per message (measured: benchmarks/results.md, 'Why it is built this way')
     server = GrpcServer(max_receive_message_length=MAX_RECEIVE_BYTES, eager_unary=False)  # uses asyncio.timeout
     add_to_server(ApiServerService(registry), server)
     address = f"{args.bind_address}:{args.port}"

@@ -18,7 +18,7 @@ from apiserver import errors, resources
 from apiserver.errors import ApiError
 from apiserver.pb import api_pb2, api_pb2_grpc
 from apiserver.registry import Registry
-from etcdlite.server.rpc import serialize
+from grpclite import serialize
 
 log = logging.getLogger("apiserver.service")
 

@@ -5,9 +5,8 @@ No MVCC, no Raft, no watch, no persistence: what is left is the cost of gRPC in
 Python. The put benchmarks run the same load against it as against etcdlite.
 Range and the other calls are not implemented (UNIMPLEMENTED).
 
---server h2 (default) serves it with etcdlite's own gRPC server
-(etcdlite/server/h2grpc.py, what etcdlite runs on); --server grpcio with
-grpc.aio's, with etcdlite's former options.
+--server h2 (default) serves it with grpclite, the gRPC server etcdlite
+runs on; --server grpcio with grpc.aio's, with etcdlite's former options.
 
     python -m benchmarks.bare_server --port 23790 [--server grpcio]
 """
@@ -22,7 +21,7 @@ import grpc
 
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
-from etcdlite.server.h2grpc import GrpcServer
+from grpclite import GrpcServer
 from etcdlite.server.member import GRPCIO_SERVER_OPTIONS
 
 

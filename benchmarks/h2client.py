@@ -1,8 +1,9 @@
 """A lean gRPC client for the load generator: unary calls over HTTP/2, from asyncio.
 
-With etcdlite's own server, a grpc.aio client spends more CPU per put (~200 us,
-the same thread hand-offs as grpc.aio's server) than the server it measures, so
-on 2 shared cores the client set the pace. This one speaks the protocol directly:
+With etcdlite's own server, a grpc.aio client spends more CPU per put (the
+same thread hand-offs as grpc.aio's server) than the server it measures, so
+on 2 shared cores the client set the pace (measured: benchmarks/results.md,
+'Why it is built this way'). This one speaks the protocol directly:
 a constant request header block (static-table references and literals, nothing
 indexed), one DATA frame per request, response header blocks decoded once per
 HPACK table state, everything written once per turn of the loop. It implements
@@ -18,28 +19,28 @@ import asyncio
 import struct
 
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
-from etcdlite.server.h2grpc import (
-    _HDR,
-    _MSG,
-    _U32,
+from grpclite.headers import CachedHeaderDecoder
+from grpclite.wire import (
     ACK,
     CONTINUATION,
     DATA,
     END_HEADERS,
     END_STREAM,
+    FRAME_HEADER,
     GOAWAY,
     HEADERS,
+    MESSAGE_PREFIX,
     PADDED,
     PING,
     PREFACE,
     PRIORITY_FLAG,
     RST_STREAM,
     SETTINGS,
+    U32,
     WINDOW_UPDATE,
-    CachedHeaderDecoder,
-    _hpack_int,
-    _hpack_str,
-    _literal,
+    hpack_int,
+    hpack_str,
+    literal,
 )
 
 RECV_WINDOW = 1 << 30
@@ -116,7 +117,7 @@ class H2Channel(asyncio.Protocol):
         settings = struct.pack(">HL", 4, self.recv_window - 1) + struct.pack(">HL", 2, 0)
         out = PREFACE + self._frame(SETTINGS, 0, 0, settings)
         if self.recv_window > 65535:  # the connection's window starts at 65,535 whatever the settings
-            out += self._frame(WINDOW_UPDATE, 0, 0, _U32.pack(self.recv_window - 65535))
+            out += self._frame(WINDOW_UPDATE, 0, 0, U32.pack(self.recv_window - 65535))
         self.transport.write(out)
 
     def connection_lost(self, exc) -> None:
@@ -138,7 +139,7 @@ class H2Channel(asyncio.Protocol):
     @staticmethod
     def _frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
         n = len(payload)
-        return _HDR.pack(n >> 8, n & 0xFF, ftype, flags, sid) + payload
+        return FRAME_HEADER.pack(n >> 8, n & 0xFF, ftype, flags, sid) + payload
 
     def _queue(self, data: bytes) -> None:
         self.out.append(data)
@@ -159,10 +160,10 @@ class H2Channel(asyncio.Protocol):
         if block is None:
             block = self.blocks[path] = (
                 b"\x83\x86"  # :method POST, :scheme http
-                + _hpack_int(4, 4) + _hpack_str(path.encode())  # :path
-                + _hpack_int(1, 4) + _hpack_str(self.authority)  # :authority
-                + _hpack_int(31, 4) + _hpack_str(b"application/grpc")
-                + _literal(b"te", b"trailers")
+                + hpack_int(4, 4) + hpack_str(path.encode())  # :path
+                + hpack_int(1, 4) + hpack_str(self.authority)  # :authority
+                + hpack_int(31, 4) + hpack_str(b"application/grpc")
+                + literal(b"te", b"trailers")
             )
         return block
 
@@ -174,7 +175,7 @@ class H2Channel(asyncio.Protocol):
         fut = self.loop.create_future()
         self.calls[sid] = _Call(fut)
         self._queue(self._frame(HEADERS, END_HEADERS, sid, self._block(path)))
-        data = _MSG.pack(0, len(request)) + request
+        data = MESSAGE_PREFIX.pack(0, len(request)) + request
         if len(data) <= self.send_window and not self.pending and len(data) <= self.peer_max_frame:
             self.send_window -= len(data)
             self._queue(self._frame(DATA, END_STREAM, sid, data))
@@ -204,7 +205,7 @@ class H2Channel(asyncio.Protocol):
         buf += data
         pos, size = 0, len(buf)
         while size - pos >= 9:
-            hi, lo, ftype, flags, sid = _HDR.unpack_from(buf, pos)
+            hi, lo, ftype, flags, sid = FRAME_HEADER.unpack_from(buf, pos)
             length = (hi << 8) | lo
             end = pos + 9 + length
             if end > size:
@@ -219,7 +220,7 @@ class H2Channel(asyncio.Protocol):
         if ftype == DATA:
             self.recv_unacked += len(payload)
             if self.recv_unacked > self.recv_window // 2:
-                self._queue(self._frame(WINDOW_UPDATE, 0, 0, _U32.pack(self.recv_unacked)))
+                self._queue(self._frame(WINDOW_UPDATE, 0, 0, U32.pack(self.recv_unacked)))
                 self.recv_unacked = 0
             call = self.calls.get(sid)
             if call is not None:
@@ -253,7 +254,7 @@ class H2Channel(asyncio.Protocol):
                     self.ready.set_result(None)
         elif ftype == WINDOW_UPDATE:
             if sid == 0:
-                self.send_window += _U32.unpack(payload)[0] & 0x7FFFFFFF
+                self.send_window += U32.unpack(payload)[0] & 0x7FFFFFFF
                 self._drain()
         elif ftype == PING:
             if not flags & ACK:

@@ -1,8 +1,8 @@
 """A lean Watch receiver for the benchmarks: bidirectional gRPC streams over HTTP/2, from asyncio.
 
 With 1,000 watchers a put makes 1,000 WatchResponses, and grpc.aio's client
-spends ~200 us of CPU on each (thread hand-offs in C-core): the receiver, not
-the server, set the pace, for etcd as much as for etcdlite. Go etcdctl
+spends CPU on each in thread hand-offs in C-core (measured: benchmarks/results.md,
+'Why it is built this way'): the receiver, not the server, set the pace, for etcd as much as for etcdlite. Go etcdctl
 receivers are one process per stream, and 100 of them waking per event on
 2 cores measure the harness again. This client is benchmarks/h2client.py's
 connection (H2Channel: same frames, same header block, same HPACK decoding)
@@ -35,19 +35,19 @@ from collections import Counter
 
 from benchmarks.h2client import RECV_WINDOW, H2Channel
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
-from etcdlite.server.h2grpc import (
-    _MSG,
-    _U32,
+from grpclite.wire import (
     ACK,
     CANCEL,
     DATA,
     END_HEADERS,
     END_STREAM,
     HEADERS,
+    MESSAGE_PREFIX,
     PADDED,
     RST_STREAM,
     S_INITIAL_WINDOW_SIZE,
     SETTINGS,
+    U32,
     WINDOW_UPDATE,
 )
 
@@ -107,7 +107,7 @@ class WatchStream:
             raise ConnectionError(f"watch stream {self.sid} has ended")
         for r in requests:
             data = r if isinstance(r, bytes) else r.SerializeToString()
-            self.pending += _MSG.pack(0, len(data))
+            self.pending += MESSAGE_PREFIX.pack(0, len(data))
             self.pending += data
         self.conn._drain_stream(self)
 
@@ -143,7 +143,7 @@ class WatchStream:
     def cancel(self) -> None:
         """End the call (RST_STREAM CANCEL), as a client dropping its stream does."""
         if not self.ended:
-            self.conn._queue(self.conn._frame(RST_STREAM, 0, self.sid, _U32.pack(CANCEL)))
+            self.conn._queue(self.conn._frame(RST_STREAM, 0, self.sid, U32.pack(CANCEL)))
             self.conn._end(self, "canceled by the client", error=False)
 
     def _wake(self) -> None:
@@ -206,7 +206,7 @@ class WatchChannel(H2Channel):
 
     def _window_update(self, sid: int, n: int) -> None:
         self.window_updates_sent += 1
-        self._queue(self._frame(WINDOW_UPDATE, 0, sid, _U32.pack(n)))
+        self._queue(self._frame(WINDOW_UPDATE, 0, sid, U32.pack(n)))
 
     # --- receiving --------------------------------------------------------------
 
@@ -221,11 +221,11 @@ class WatchChannel(H2Channel):
                 self._watch_data(st, flags, payload)
                 return
             if ftype == WINDOW_UPDATE:
-                st.send_window += _U32.unpack(payload)[0] & 0x7FFFFFFF
+                st.send_window += U32.unpack(payload)[0] & 0x7FFFFFFF
                 self._drain_stream(st)
                 return
             if ftype == RST_STREAM:
-                code = _U32.unpack(payload)[0] if len(payload) == 4 else -1
+                code = U32.unpack(payload)[0] if len(payload) == 4 else -1
                 self._end(st, f"stream reset by the server (error code {code})")
                 return
             # HEADERS / CONTINUATION: H2Channel assembles the block, _headers_received below
@@ -266,7 +266,7 @@ class WatchChannel(H2Channel):
         pos, size = 0, len(data)
         parse = pb.WatchResponse.FromString
         while size - pos >= 5:
-            compressed, length = _MSG.unpack_from(data, pos)
+            compressed, length = MESSAGE_PREFIX.unpack_from(data, pos)
             end = pos + 5 + length
             if end > size:
                 break

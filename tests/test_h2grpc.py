@@ -1,4 +1,4 @@
-"""etcdlite's own gRPC server (etcdlite/server/h2grpc.py) at the protocol level:
+"""etcdlite's own gRPC server (grpclite/) at the protocol level:
 what gRPC clients rely on beyond the etcd API (unknown methods, size limits,
 flow control on big responses, deadlines, cancellation, compression, many
 streams on one connection) and what a bad HTTP/2 peer gets (the connection
@@ -228,7 +228,7 @@ def test_status_details_and_binary_trailing_metadata():
     """What the apiserver-style handlers rely on: set_trailing_metadata then abort
     keeps the metadata (binary values base64 on the wire, as gRPC says), and
     non-ASCII details arrive intact."""
-    from etcdlite.server.h2grpc import GrpcServer
+    from grpclite import GrpcServer
 
     status_bytes = bytes(range(256))
 
@@ -277,7 +277,7 @@ def test_unary_handlers_without_a_task_wait_and_are_cancelled_like_tasks(eager):
     client's deadline passes or whose client cancels gets CancelledError at its
     await with the awaited future cancelled, as Task.cancel() does. The same
     checks pass with eager_unary=False (a Task per call)."""
-    from etcdlite.server.h2grpc import GrpcServer
+    from grpclite import GrpcServer
 
     seen = []  # ("cancelled", name, awaited future cancelled?)
     pending: dict[str, asyncio.Future] = {}
@@ -351,7 +351,7 @@ def test_callback_handlers_reply_now_later_with_errors_and_after_a_deadline():
     on), and one that replies after the client's deadline passed (ignored:
     the call already ended). With with_raw, the handler also gets the
     request's bytes as they came, beside the deserialized request."""
-    from etcdlite.server.h2grpc import GrpcServer
+    from grpclite import GrpcServer
 
     late = []
 
@@ -424,7 +424,7 @@ def test_flush_now_sends_queued_answers_before_the_loop_turns():
     """GrpcServer.flush_now (what a member calls after applying a batch):
     the answers queued on every connection leave at once, not in the next
     turn of the loop (where reads that came meanwhile would go first)."""
-    from etcdlite.server.h2grpc import GrpcServer
+    from grpclite import GrpcServer
 
     seen = []
 

@@ -12,8 +12,8 @@ from etcdlite.apply import Op
 from etcdlite.errors import EtcdError
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
 from etcdlite.server.checks import check_delete, check_put, check_range, check_txn
-from etcdlite.server.h2grpc import GrpcServer
-from etcdlite.server.rpc import add_servicer, internal_error, unary
+from grpclite import GrpcServer, add_servicer
+from etcdlite.server.rpc import internal_error, unary
 
 
 def add_to_server(service: KVService, server) -> None:

@@ -25,7 +25,7 @@ from etcdlite.lessor import Lessor
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
 from etcdlite.raft import FAILURES, RaftNode
-from etcdlite.server.h2grpc import GrpcServer, server_ssl_context
+from grpclite import GrpcServer, server_ssl_context
 from etcdlite.watch_hub import WatchHub, varint
 
 log = logging.getLogger("etcdlite")

@@ -22,9 +22,8 @@ from collections import deque
 from etcdlite.mvcc import CompactedError
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
-from etcdlite.server.h2grpc import GrpcServer
+from grpclite import GrpcServer, add_servicer
 from etcdlite.server.member import GRPC_OVERHEAD_BYTES
-from etcdlite.server.rpc import add_servicer
 from etcdlite.watch_hub import Watcher, event_to_pb
 
 log = logging.getLogger("etcdlite.watch")

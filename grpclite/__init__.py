@@ -1,0 +1,39 @@
+"""grpclite: gRPC over HTTP/2, served from the application's own event loop.
+
+grpcio's servers hand every message between threads: the handler's loop, the
+C core's I/O threads and the completion-queue poller. On the 2-core virtual machines
+this project runs on, those hand-offs cost more than what etcdlite or the
+apiserver does with a request,
+and they set the pace of a watch fan-out, where every response to every
+watcher makes its own round trip through the threads. grpclite speaks the
+wire protocol itself (HTTP/2 framing, flow control, gRPC's message and status
+rules) in the loop that runs the handlers, so a call costs one read and one
+write of the socket, and the responses of one turn of the loop leave in one
+write. The handlers are ordinary grpcio servicers, registered through the
+generated add_*Servicer_to_server functions.
+
+What is implemented is what gRPC clients use: length-prefixed messages,
+grpc-timeout deadlines, grpc-status/grpc-message trailers (trailers-only for
+errors before any message); requests compressed with gzip or deflate are
+accepted (responses go uncompressed, which the protocol allows), other
+encodings get UNIMPLEMENTED. No server push, no HTTP/1 upgrade.
+
+The modules, one idea each:
+- wire: the protocol's constants, frame and message structs, our header blocks (public: clients use it)
+- headers: HPACK decoding with a cache, a request's gRPC header fields
+- flow: a flow-control window (what we send and what we receive)
+- context: ServicerContext, what a handler sees of its call
+- stream: one call, its messages in and out
+- connection: one client connection, frames in and out
+- eager: running a unary handler without an asyncio.Task
+- server: GrpcServer (listen, start, stop, registration, flushing, deadlines), server_ssl_context
+- servicer: registering a servicer whose responses may be pre-serialized bytes
+"""
+
+from __future__ import annotations
+
+from grpclite.context import ServicerContext
+from grpclite.server import GrpcServer, server_ssl_context
+from grpclite.servicer import add_servicer, serialize
+
+__all__ = ["GrpcServer", "ServicerContext", "add_servicer", "serialize", "server_ssl_context"]

@@ -1,0 +1,450 @@
+"""One client connection: HTTP/2 frames in, calls started and fed, frames out.
+
+Frames are cut from the socket's reads as they come; a connection's outgoing
+frames are queued and leave in one write per turn of the loop (GrpcServer's
+flush). What is implemented is what gRPC clients use: the connection preface
+and SETTINGS, HEADERS + CONTINUATION, DATA with both directions' flow control,
+PING, RST_STREAM, WINDOW_UPDATE and GOAWAY. No server push, no HTTP/1 upgrade.
+A protocol error costs the connection (GOAWAY), never the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import time
+from typing import TYPE_CHECKING
+
+import grpc
+
+from grpclite.context import Aborted
+from grpclite.eager import EagerCall
+from grpclite.flow import CONN_RECV_WINDOW, STREAM_RECV_WINDOW, Window
+from grpclite.headers import CachedHeaderDecoder, parse_request_headers
+from grpclite.stream import Stream
+from grpclite.wire import (
+    ACK,
+    COMPRESSION_ERROR,
+    CONTINUATION,
+    DATA,
+    DEFAULT_WINDOW,
+    END_HEADERS,
+    END_STREAM,
+    FLOW_CONTROL_ERROR,
+    FRAME_HEADER,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    HEADERS,
+    INTERNAL_ERROR,
+    MAX_WINDOW,
+    MESSAGE_PREFIX,
+    NO_ERROR,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY_FLAG,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    REFUSED_STREAM,
+    RST_STREAM,
+    S_ENABLE_PUSH,
+    S_INITIAL_WINDOW_SIZE,
+    S_MAX_CONCURRENT_STREAMS,
+    S_MAX_FRAME_SIZE,
+    S_MAX_HEADER_LIST_SIZE,
+    SETTINGS,
+    U32,
+    WINDOW_UPDATE,
+)
+
+if TYPE_CHECKING:
+    from grpclite.server import GrpcServer
+
+log = logging.getLogger("grpclite")
+
+# the largest frame we accept (we advertise it); what we send is bounded by the peer's setting
+RECV_MAX_FRAME = 1 << 20
+MAX_HEADER_LIST = 1 << 20
+
+
+class H2ConnectionError(Exception):
+    """An HTTP/2 connection error: the connection ends with GOAWAY(code)."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Connection(asyncio.Protocol):
+    """A client connection: its streams, its flow-control windows, its queued frames."""
+
+    def __init__(self, server: GrpcServer):
+        self.server = server
+        self.loop = server.loop
+        self.transport = None
+        self.peer = ""
+        self.buf = bytearray()
+        self.preface_seen = False
+        self.headers = CachedHeaderDecoder(256, MAX_HEADER_LIST)
+        self.streams: dict[int, Stream] = {}
+        self.blocked: dict[int, Stream] = {}  # streams waiting for window, in order
+        self.last_stream = 0
+        self.send_window = Window(DEFAULT_WINDOW)  # the peer's, for what we send
+        self.peer_initial_window = DEFAULT_WINDOW  # every new stream's send window
+        self.peer_max_frame = 16384
+        self.recv_window = Window(CONN_RECV_WINDOW)  # ours (announced in connection_made)
+        self.out: list[bytes] = []
+        self.flush_scheduled = False
+        self.headers_in_progress = None  # (sid, flags, fragments) while CONTINUATION frames arrive
+        self.going_away = False
+        self.closed = False
+
+    # --- connection --------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.server.connections.add(self)
+        try:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        addr = transport.get_extra_info("peername")
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            self.peer = f"ipv6:[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"ipv4:{addr[0]}:{addr[1]}"
+        settings = b"".join(struct.pack(">HL", k, v) for k, v in (
+            (S_MAX_CONCURRENT_STREAMS, 2**31 - 1),
+            (S_INITIAL_WINDOW_SIZE, STREAM_RECV_WINDOW),
+            (S_MAX_FRAME_SIZE, RECV_MAX_FRAME),
+            (S_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST),
+            (S_ENABLE_PUSH, 0),
+        ))
+        self.queue_frame(SETTINGS, 0, 0, settings)
+        self.queue_frame(WINDOW_UPDATE, 0, 0, U32.pack(CONN_RECV_WINDOW - DEFAULT_WINDOW))
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        for stream in list(self.streams.values()):
+            stream.cancelled = True
+            stream.finished = True
+            stream.stop_handler()
+            if stream.requests is not None:
+                stream.requests.put_nowait(None)
+        self.streams.clear()
+        self.blocked.clear()
+
+    def queue_frame(self, ftype: int, flags: int, sid: int, payload: bytes = b"") -> None:
+        n = len(payload)
+        self.out.append(FRAME_HEADER.pack(n >> 8, n & 0xFF, ftype, flags, sid))
+        if n:
+            self.out.append(payload)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.server.schedule_flush(self)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        if self.out and not self.closed:
+            data = b"".join(self.out)
+            self.out = []
+            self.transport.write(data)
+        else:
+            self.out = []
+
+    def go_away(self, code: int, message: str = "") -> None:
+        if not self.going_away:
+            self.going_away = True
+            self.queue_frame(GOAWAY, 0, 0, U32.pack(self.last_stream) + U32.pack(code) + message.encode())
+        if code != NO_ERROR:
+            self.flush()
+            self.transport.close()
+
+    def close_stream(self, stream: Stream) -> None:
+        self.streams.pop(stream.id, None)
+        self.blocked.pop(stream.id, None)
+        if not stream.remote_closed:
+            # we answered before the client finished sending: tell it to stop
+            stream.remote_closed = True
+            self.queue_frame(RST_STREAM, 0, stream.id, U32.pack(NO_ERROR))
+        if self.going_away and not self.streams and not self.closed:
+            self.flush()
+            self.transport.close()
+
+    # --- reading -----------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        if buf or not self.preface_seen:
+            buf += data
+            data = buf
+        if not self.preface_seen:
+            if len(buf) < len(PREFACE):
+                if not PREFACE.startswith(bytes(buf)):
+                    self.transport.close()
+                return
+            if buf[:len(PREFACE)] != PREFACE:
+                self.transport.close()
+                return
+            del buf[:len(PREFACE)]
+            self.preface_seen = True
+        # frames are cut from `data`: the read itself when nothing was left
+        # over from the last one (the usual case: no copy into the buffer),
+        # else the buffer, which keeps any incomplete frame at the end
+        pos = 0
+        size = len(data)
+        unpack = FRAME_HEADER.unpack_from
+        try:
+            while size - pos >= 9:
+                hi, lo, ftype, flags, sid = unpack(data, pos)
+                length = (hi << 8) | lo
+                if length > RECV_MAX_FRAME:
+                    self.go_away(FRAME_SIZE_ERROR, "frame too large")
+                    return
+                end = pos + 9 + length
+                if end > size:
+                    break
+                payload = bytes(data[pos + 9:end]) if data is buf else data[pos + 9:end]
+                pos = end
+                if ftype == DATA and self.headers_in_progress is None:
+                    self.on_data(flags, sid & 0x7FFFFFFF, payload)
+                else:
+                    self.frame_received(ftype, flags, sid & 0x7FFFFFFF, payload)
+                if self.closed:
+                    return
+        except H2ConnectionError as err:
+            self.go_away(err.code, err.message)
+            return
+        except Exception:  # a bug here must cost this connection, not the server
+            log.exception("HTTP/2 connection from %s failed", self.peer)
+            self.go_away(INTERNAL_ERROR, "internal error")
+            return
+        finally:
+            if data is buf:
+                if pos:
+                    del buf[:pos]
+            elif pos < size:
+                buf += data[pos:]
+
+    def frame_received(self, ftype: int, flags: int, sid: int, payload: bytes) -> None:
+        if self.headers_in_progress is not None and ftype != CONTINUATION:
+            raise H2ConnectionError(PROTOCOL_ERROR, "expected CONTINUATION")
+        if ftype == DATA:
+            self.on_data(flags, sid, payload)
+        elif ftype == HEADERS:
+            if sid == 0 or sid % 2 == 0:
+                raise H2ConnectionError(PROTOCOL_ERROR, "bad stream id for HEADERS")
+            if flags & PADDED:
+                pad = payload[0]
+                payload = payload[1:len(payload) - pad]
+            if flags & PRIORITY_FLAG:
+                payload = payload[5:]
+            if flags & END_HEADERS:
+                self.on_headers(sid, flags, payload)
+            else:
+                self.headers_in_progress = (sid, flags, [payload])
+        elif ftype == CONTINUATION:
+            if self.headers_in_progress is None or self.headers_in_progress[0] != sid:
+                raise H2ConnectionError(PROTOCOL_ERROR, "unexpected CONTINUATION")
+            self.headers_in_progress[2].append(payload)
+            if flags & END_HEADERS:
+                hsid, hflags, parts = self.headers_in_progress
+                self.headers_in_progress = None
+                self.on_headers(hsid, hflags, b"".join(parts))
+        elif ftype == SETTINGS:
+            if not flags & ACK:
+                self.on_settings(payload)
+        elif ftype == PING:
+            if not flags & ACK:
+                self.queue_frame(PING, ACK, 0, payload)
+        elif ftype == WINDOW_UPDATE:
+            self.on_window_update(sid, payload)
+        elif ftype == RST_STREAM:
+            stream = self.streams.pop(sid, None)
+            if stream is not None:
+                self.blocked.pop(sid, None)
+                stream.cancelled = True
+                stream.finished = True
+                stream.stop_handler()
+                if stream.requests is not None:
+                    stream.requests.put_nowait(None)
+        elif ftype == GOAWAY:
+            self.go_away(NO_ERROR)
+        elif ftype == PUSH_PROMISE:
+            raise H2ConnectionError(PROTOCOL_ERROR, "clients cannot push")
+        # PRIORITY and unknown frame types are ignored
+
+    def on_settings(self, payload: bytes) -> None:
+        if len(payload) % 6:
+            raise H2ConnectionError(FRAME_SIZE_ERROR, "bad SETTINGS length")
+        for i in range(0, len(payload), 6):
+            key, value = struct.unpack_from(">HL", payload, i)
+            if key == S_INITIAL_WINDOW_SIZE:
+                if value > MAX_WINDOW:
+                    raise H2ConnectionError(FLOW_CONTROL_ERROR, "window too large")
+                self.peer_initial_window = value
+                for stream in self.streams.values():
+                    if stream.send_window is not None:  # else it follows peer_initial_window
+                        stream.send_window.resize(value)
+            elif key == S_MAX_FRAME_SIZE:
+                if not 16384 <= value <= 16777215:
+                    raise H2ConnectionError(PROTOCOL_ERROR, "bad max frame size")
+                self.peer_max_frame = value
+            # header table size: we never index, so the peer's table size does not matter
+        self.queue_frame(SETTINGS, ACK, 0)
+        self.resume_blocked()
+
+    def on_window_update(self, sid: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise H2ConnectionError(FRAME_SIZE_ERROR, "bad WINDOW_UPDATE length")
+        inc = U32.unpack(payload)[0] & 0x7FFFFFFF
+        if sid == 0:
+            if not self.send_window.grow(inc):
+                raise H2ConnectionError(FLOW_CONTROL_ERROR, "connection window overflow")
+            self.resume_blocked()
+            return
+        stream = self.streams.get(sid)
+        if stream is not None:
+            stream.own_send_window().grow(inc)  # a stream's overflow goes unchecked (no RST_STREAM)
+            if stream.pending:
+                stream.drain()
+
+    def resume_blocked(self) -> None:
+        for stream in list(self.blocked.values()):
+            if self.send_window.available <= 0:
+                return
+            if stream.send_window.available > 0:  # a blocked stream has sent: it has its window
+                stream.drain()
+
+    def credit(self, stream: Stream | None, n: int) -> None:
+        """Give back receive window for n bytes we consumed."""
+        increment = self.recv_window.consume(n)
+        if increment:
+            self.queue_frame(WINDOW_UPDATE, 0, 0, U32.pack(increment))
+        if stream is not None and not stream.remote_closed:
+            window = stream.recv_window
+            if window is None:
+                window = stream.recv_window = Window(STREAM_RECV_WINDOW)
+            increment = window.consume(n)
+            if increment:
+                self.queue_frame(WINDOW_UPDATE, 0, stream.id, U32.pack(increment))
+
+    def on_data(self, flags: int, sid: int, payload: bytes) -> None:
+        if sid == 0:
+            raise H2ConnectionError(PROTOCOL_ERROR, "DATA on stream 0")
+        n = len(payload)
+        stream = self.streams.get(sid)
+        if flags & END_STREAM:
+            # the stream's last DATA: only the connection's window matters now
+            # (Window.consume inline, a call less for every request)
+            window = self.recv_window
+            available = window.available - n
+            if available > window.refill_at:
+                window.available = available
+            else:
+                self.credit(None, n)
+        else:
+            self.credit(stream, n)
+        if stream is None or stream.remote_closed:
+            if sid > self.last_stream:
+                raise H2ConnectionError(PROTOCOL_ERROR, "DATA on an idle stream")
+            return  # a stream we already finished (e.g. rejected): drop it
+        if flags & PADDED:
+            pad = payload[0]
+            payload = payload[1:n - pad]
+        n = len(payload) - 5
+        if n >= 0 and not stream.recv_buf and payload[0] == 0 and MESSAGE_PREFIX.unpack_from(payload)[1] == n \
+                and n <= self.server.max_receive:
+            messages = [payload[5:]]  # the usual: one whole uncompressed message in the frame
+        else:
+            stream.recv_buf += payload
+            try:
+                messages = stream.next_messages()
+            except Aborted as err:
+                stream.fail(*err.args)
+                return
+        if flags & END_STREAM:
+            stream.remote_closed = True
+        self.deliver(stream, messages)
+
+    def deliver(self, stream: Stream, messages) -> None:
+        h = stream.handler
+        if h.request_streaming:
+            for raw in messages:
+                stream.requests.put_nowait(h.request_deserializer(raw) if h.request_deserializer else raw)
+            if stream.remote_closed:
+                if stream.recv_buf:
+                    stream.fail(grpc.StatusCode.INTERNAL, "grpc: truncated message at the end of the stream")
+                stream.requests.put_nowait(None)
+            return
+        for raw in messages:
+            if stream.unary_request is not None:
+                stream.fail(grpc.StatusCode.UNIMPLEMENTED, "grpc: more than one request for a unary call")
+                return
+            stream.unary_request = raw
+        if stream.remote_closed and not stream.finished:
+            if stream.unary_request is None or stream.recv_buf:
+                stream.fail(grpc.StatusCode.INTERNAL, "grpc: no request message for a unary call")
+                return
+            try:
+                request = h.request_deserializer(stream.unary_request) if h.request_deserializer else stream.unary_request
+            except Exception as exc:  # noqa: BLE001
+                stream.fail(grpc.StatusCode.INTERNAL, f"grpc: cannot parse the request: {exc}")
+                return
+            raw, stream.unary_request = stream.unary_request, None
+            callback = self.server.callbacks.get(stream.path)
+            if callback is not None:
+                callback, with_raw = callback
+                try:
+                    if with_raw:
+                        callback(request, stream.reply, raw)
+                    else:
+                        callback(request, stream.reply)
+                except Exception as exc:  # noqa: BLE001  (a bug: keep serving, tell the client)
+                    log.exception("handler %s failed", stream.path)
+                    stream.reply(None, grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
+            elif self.server.eager_unary and h.unary_unary is not None:
+                stream.task = EagerCall(self.server.run_handler(stream, request))
+            else:
+                stream.task = self.loop.create_task(self.server.run_handler(stream, request))
+
+    def parse_headers(self, block: bytes):
+        """(path, timeout, encoding, metadata) of a request's header block."""
+        try:
+            return self.headers.decode(block, parse_request_headers)
+        except Exception as exc:  # noqa: BLE001  (hpack raises several kinds)
+            raise H2ConnectionError(COMPRESSION_ERROR, f"bad header block: {exc}") from None
+
+    def on_headers(self, sid: int, flags: int, block: bytes) -> None:
+        path_s, timeout, encoding, metadata = self.parse_headers(block)
+        stream = self.streams.get(sid)
+        if stream is not None or sid <= self.last_stream:
+            # trailers from a client (grpc clients send none) or a finished stream
+            if stream is not None and flags & END_STREAM:
+                stream.remote_closed = True
+                self.deliver(stream, [])
+            return
+        self.last_stream = sid
+        if self.going_away:
+            self.queue_frame(RST_STREAM, 0, sid, U32.pack(REFUSED_STREAM))
+            return
+        handler = self.server.lookup(path_s, metadata)
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        stream = Stream(self, sid, path_s, handler, metadata, deadline, encoding)
+        self.streams[sid] = stream
+        if handler is None:
+            stream.remote_closed = bool(flags & END_STREAM)
+            stream.fail(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+            return
+        if deadline is not None:
+            self.server.watch_deadlines()
+        if handler.request_streaming:
+            stream.requests = asyncio.Queue()
+            stream.task = self.loop.create_task(self.server.run_handler(stream, stream.request_iterator()))
+        if flags & END_STREAM:
+            stream.remote_closed = True
+            self.deliver(stream, [])

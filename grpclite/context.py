@@ -1,0 +1,111 @@
+"""What a handler sees of its call: grpc.aio's ServicerContext, and how a call ends early.
+
+Handlers are grpcio servicers; they get a context with grpc.aio's methods
+(abort, set_code, set_details, peer, invocation_metadata, time_remaining, ...)
+plus try_write/writable for a handler that writes without awaiting each message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+import grpc
+
+if TYPE_CHECKING:
+    from grpclite.stream import Stream
+
+
+class HandlerCallDetails(grpc.HandlerCallDetails):
+    """What a generic handler is asked to serve (grpc.GenericRpcHandler.service)."""
+
+    def __init__(self, method: str, invocation_metadata):
+        self.method = method
+        self.invocation_metadata = invocation_metadata
+
+
+class Aborted(Exception):
+    """A call ends with this (code, details) before its handler sees the request."""
+
+
+class ServicerContext:
+    """What a handler sees: grpc.aio.ServicerContext's methods that matter here."""
+
+    __slots__ = ("_stream", "_code", "_details", "_trailing")
+
+    def __init__(self, stream: Stream):
+        self._stream = stream
+        self._code = None
+        self._details = ""
+        self._trailing = ()
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata=()):
+        if code == grpc.StatusCode.OK:
+            raise ValueError("abort() needs an error code")
+        self._code, self._details = code, details
+        if trailing_metadata:  # as grpc.aio: else what set_trailing_metadata set stays
+            self._trailing = tuple(trailing_metadata)
+        raise grpc.aio.AbortError()
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def set_details(self, details: str) -> None:
+        self._details = details
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+    def set_trailing_metadata(self, trailing_metadata) -> None:
+        self._trailing = tuple(trailing_metadata)
+
+    def invocation_metadata(self):
+        return self._stream.metadata
+
+    def peer(self) -> str:
+        return self._stream.conn.peer
+
+    def time_remaining(self):
+        d = self._stream.deadline
+        return None if d is None else max(0.0, d - time.monotonic())
+
+    def cancelled(self) -> bool:
+        return self._stream.cancelled
+
+    def done(self) -> bool:
+        return self._stream.finished
+
+    async def send_initial_metadata(self, initial_metadata=()) -> None:
+        self._stream.send_headers()
+
+    async def write(self, message) -> None:
+        await self._stream.send_message(self._stream.serialize(message))
+
+    # grpclite's own, for a handler that writes without awaiting each message:
+
+    def try_write(self, message) -> bool:
+        """Queue message on the stream now, if the stream holds less than its
+        share of unsent data; False (nothing done) if not, or if the call ended."""
+        stream = self._stream
+        if not stream.writable_now():
+            return False
+        stream.queue_message(stream.serialize(message))
+        return True
+
+    def writable_now(self) -> bool:
+        return self._stream.writable_now()
+
+    async def writable(self) -> None:
+        """Until try_write would write, or the call ended (done())."""
+        stream = self._stream
+        while not (stream.finished or stream.writable_now()):
+            if stream.drained is None or stream.drained.done():
+                stream.drained = asyncio.get_running_loop().create_future()
+            await stream.drained
+
+    async def read(self):
+        return await self._stream.next_request()
