@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 DEFAULT_MAX_REQUEST_BYTES = 1572864  # 1.5 MiB, as etcd
+# extra room above --max-request-bytes for gRPC framing, as etcd allows
+GRPC_OVERHEAD_BYTES = 512 * 1024
 DEFAULT_MAX_TXN_OPS = 128
 # etcd's smallest lease TTL with its default election timeout (1 s): 1.5 x
 # the election timeout, rounded up

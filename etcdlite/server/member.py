@@ -20,7 +20,7 @@ import grpc
 
 from etcdlite import errors
 from etcdlite.apply import Op, events_of
-from etcdlite.config import MemberConfig, host_port, is_tls_url
+from etcdlite.config import GRPC_OVERHEAD_BYTES, MemberConfig, host_port, is_tls_url
 from etcdlite.lessor import Lessor
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
@@ -32,8 +32,6 @@ log = logging.getLogger("etcdlite")
 
 # etcd's request timeout with default settings: 5 s + 2 x election timeout
 REQUEST_TIMEOUT = 7.0
-# extra room above --max-request-bytes for gRPC framing, as etcd allows
-GRPC_OVERHEAD_BYTES = 512 * 1024
 # grpc.aio's server (--experimental-grpc-server=grpcio), besides the message sizes
 GRPCIO_SERVER_OPTIONS = [
     ("grpc.max_concurrent_streams", 2**31 - 1),

@@ -19,11 +19,11 @@ import asyncio
 import logging
 from collections import deque
 
+from etcdlite.config import GRPC_OVERHEAD_BYTES
 from etcdlite.mvcc import CompactedError
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
 from etcdlite.server.h2grpc import GrpcServer
-from etcdlite.server.member import GRPC_OVERHEAD_BYTES
 from etcdlite.server.rpc import add_servicer
 from etcdlite.watch_hub import Watcher, event_to_pb
 
