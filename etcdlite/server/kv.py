@@ -8,9 +8,10 @@ a fifth of a member's CPU per put).
 
 from __future__ import annotations
 
-from etcdlite.apply import Op
+from etcdlite.apply import Op, StateMachine
 from etcdlite.errors import EtcdError
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
+from etcdlite.server.backend import Backend
 from etcdlite.server.checks import check_delete, check_put, check_range, check_txn
 from etcdlite.server.h2grpc import GrpcServer
 from etcdlite.server.rpc import add_servicer, internal_error, unary
@@ -26,7 +27,7 @@ def add_to_server(service: KVService, server) -> None:
 
 
 class KVService(rpc_pb2_grpc.KVServicer):
-    def __init__(self, member):
+    def __init__(self, member: Backend):
         self.m = member
 
     @unary
@@ -34,8 +35,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         check_range(request)
         m = self.m
         await m.read_barrier(request.serializable)
-        with m.raft.lock:
-            resp = m.raft.machine.range(request)
+        resp = m.read(StateMachine.range, request)
         m.header(resp.header)
         return resp
 
@@ -82,7 +82,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         return {method: self._write_now(method, op) for method, op in ops.items()}
 
     def _write_now(self, method: str, op: Op):
-        # answers come from the settling of their batch (Member._send_batch), which checked the header
+        # answers come from the settling of their batch (GroupCommit), which checked the header
         header_field = self.m.batch_header_field
         submit, submit_put_value = self.m.submit, self.m.submit_put_value
         checked, response = self._checked, self._response
