@@ -387,7 +387,7 @@ def render(results: dict) -> str:
     bare, bare_g = T.get("bare"), T.get("bare_grpcio")
     L.append("## Bare gRPC ceiling (a server that only stores Put in a dict)")
     L.append("")
-    L.append("\"bare\" runs on etcdlite's own gRPC server (etcdlite/server/h2grpc.py), the one etcdlite "
+    L.append("\"bare\" runs on etcdlite's own gRPC server (grpclite/), the one etcdlite "
              "serves with; \"bare grpc.aio\" on grpcio's server, which etcdlite used before (and still "
              "can: `--experimental-grpc-server=grpcio`).")
     paired = (bare or {}).get("paired_with") == "etcdlite1"

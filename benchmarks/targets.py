@@ -19,7 +19,7 @@ TARGETS = {
     "etcd1": ("etcd", 1, "etcd 1"),
     "etcdlite3": ("etcdlite", 3, "etcdlite 3"),
     "etcd3": ("etcd", 3, "etcd 3"),
-    "bare": ("bare", 1, "bare gRPC"),  # on etcdlite's gRPC server (h2grpc)
+    "bare": ("bare", 1, "bare gRPC"),  # on etcdlite's gRPC server (grpclite)
     "bare_grpcio": ("bare", 1, "bare grpc.aio"),  # on grpcio's
 }
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 DEFAULT_MAX_REQUEST_BYTES = 1572864  # 1.5 MiB, as etcd
+# extra room above --max-request-bytes for gRPC framing, as etcd allows
+GRPC_OVERHEAD_BYTES = 512 * 1024
 DEFAULT_MAX_TXN_OPS = 128
 # etcd's smallest lease TTL with its default election timeout (1 s): 1.5 x
 # the election timeout, rounded up
@@ -141,7 +143,7 @@ class MemberConfig:
     key_file: str = ""
     trusted_ca_file: str = ""
     client_cert_auth: bool = False
-    # "h2": etcdlite's own gRPC server in the member's loop (server/h2grpc.py);
+    # "h2": etcdlite's own gRPC server in the member's loop (the grpclite package);
     # "grpcio": grpc.aio's server (the C core's threads)
     grpc_server: str = "h2"
 

@@ -18,9 +18,13 @@ import logging
 import math
 import os
 import time
+from typing import TYPE_CHECKING
 
-from etcdlite.apply import Op
+from etcdlite.apply import Op, StateMachine
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+
+if TYPE_CHECKING:
+    from etcdlite.server.backend import Backend
 
 log = logging.getLogger("etcdlite.lessor")
 
@@ -29,8 +33,18 @@ CHECK_INTERVAL = 0.1
 RETRY_AFTER = 1.0
 
 
+def _generation(machine: StateMachine) -> int:
+    return machine.leases.generation
+
+
+def _ttls(machine: StateMachine) -> tuple[int, dict[int, int]]:
+    """(the lease table's generation, lease ID -> granted TTL)."""
+    leases = machine.leases
+    return leases.generation, leases.ttls()
+
+
 class Lessor:
-    def __init__(self, member):
+    def __init__(self, member: Backend):
         self.member = member
         self._deadlines: dict[int, float] = {}
         self._ttls: dict[int, int] = {}
@@ -50,22 +64,17 @@ class Lessor:
 
     def _sync(self) -> None:
         """Bring the countdowns in line with the replicated lease table."""
-        raft = self.member.raft
-        leader = raft.is_leader
+        member = self.member
+        leader = member.raft.is_leader
         now = time.monotonic()
         if leader and not self._was_leader:
             # promoted: every lease gets its full TTL again
-            with raft.lock:
-                self._ttls = raft.machine.leases.ttls()
-                self._generation = raft.machine.leases.generation
+            self._generation, self._ttls = member.read(_ttls)
             self._deadlines = {lease_id: now + ttl for lease_id, ttl in self._ttls.items()}
         self._was_leader = leader
-        table = raft.machine.leases
-        if table.generation == self._generation:
+        if member.read(_generation) == self._generation:
             return
-        with raft.lock:
-            self._generation = table.generation
-            self._ttls = table.ttls()
+        self._generation, self._ttls = member.read(_ttls)
         for lease_id, ttl in self._ttls.items():
             if lease_id not in self._deadlines:
                 self._deadlines[lease_id] = now + ttl
@@ -80,6 +89,7 @@ class Lessor:
         return max(0, math.floor(deadline - time.monotonic()))
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(CHECK_INTERVAL)
             try:
@@ -90,7 +100,7 @@ class Lessor:
                 for lease_id, deadline in list(self._deadlines.items()):
                     if deadline <= now:
                         self._deadlines[lease_id] = now + RETRY_AFTER
-                        self.member.loop.create_task(self._expire(lease_id))
+                        loop.create_task(self._expire(lease_id))
             except Exception:
                 log.exception("lease expiry check failed")
 

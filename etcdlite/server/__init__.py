@@ -1,0 +1,12 @@
+"""An etcdlite member serving etcd's v3 gRPC API. Files, one idea each:
+
+- ``member``: Member (Raft, the state machine, watchers, lease clock and servers, wired together)
+- ``backend``: Backend, what the services use of their member
+- ``group_commit``: GroupCommit (writes batched into Raft entries, answered once applied)
+- ``read_barrier``: ReadBarrier (linearizable reads, one barrier shared by the readers waiting)
+- ``response_header``: ResponseHeaders (every response's header, as a message or as bytes)
+- ``kv``, ``watch``, ``lease``, ``cluster``, ``maintenance``: the etcd services
+- ``checks``: what is refused before a request is proposed
+- ``rpc``: the handlers' shared error handling (etcd errors as gRPC statuses); the server
+  itself is the top-level package ``grpclite``
+"""

@@ -12,23 +12,38 @@ import asyncio
 import time
 
 from etcdlite import errors
-from etcdlite.apply import Op
+from etcdlite.apply import Op, StateMachine
 from etcdlite.config import ConfigError, host_port, member_id
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
+from etcdlite.server.backend import Backend
 from etcdlite.server.rpc import unary
 
 # how long MemberAdd waits for Raft's configuration to take the new member
 CONF_CHANGE_TIMEOUT = 10.0
 
 
+def _member_list(machine: StateMachine) -> list[pb.Member] | None:
+    """The replicated member table's members, None before it is filled."""
+    table = machine.members
+    return table.list() if table.bootstrapped else None
+
+
+def _was_removed(machine: StateMachine, removed_id: int) -> bool:
+    return removed_id in machine.members.removed
+
+
+def _bootstrapped(machine: StateMachine) -> bool:
+    return machine.members.bootstrapped
+
+
 class ClusterService(rpc_pb2_grpc.ClusterServicer):
-    def __init__(self, member):
+    def __init__(self, member: Backend):
         self.m = member
 
     async def _applied_removal(self, member_id: int) -> bool:
         deadline = time.monotonic() + CONF_CHANGE_TIMEOUT
-        while member_id not in self.m.raft.machine.members.removed:
+        while not self.m.read(_was_removed, member_id):
             if time.monotonic() > deadline:
                 return False
             await asyncio.sleep(0.05)
@@ -37,10 +52,9 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     def _members(self) -> list[pb.Member]:
         m = self.m
         cfg = m.cfg
-        with m.raft.lock:
-            table = m.raft.machine.members
-            if table.bootstrapped:
-                return table.list()
+        members = m.read(_member_list)
+        if members is not None:
+            return members
         # before the first publish is applied: what this member was told
         return sorted(
             (
@@ -71,7 +85,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         if not addresses:
             raise errors.MEMBER_BAD_URLS
         await m.read_barrier()
-        if not m.raft.machine.members.bootstrapped:
+        if not m.read(_bootstrapped):
             raise errors.NOT_CAPABLE
         new = pb.Member(ID=member_id(list(request.peerURLs), m.cfg.initial_cluster_token),
                         peerURLs=request.peerURLs)

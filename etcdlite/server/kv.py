@@ -2,18 +2,20 @@
 
 The writes exist twice, as the same steps: coroutine methods (what grpc.aio's
 server runs, --experimental-grpc-server=grpcio) and callback handlers (what
-etcdlite's own server runs: no coroutine, task or future per call, which was
-a fifth of a member's CPU per put).
+etcdlite's own server runs: no coroutine, task or future per call, which
+cost a member CPU on every put; measured: benchmarks/results.md, 'Why it is
+built this way').
 """
 
 from __future__ import annotations
 
-from etcdlite.apply import Op
+from etcdlite.apply import Op, StateMachine
 from etcdlite.errors import EtcdError
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
+from etcdlite.server.backend import Backend
 from etcdlite.server.checks import check_delete, check_put, check_range, check_txn
-from grpclite import GrpcServer, add_servicer
 from etcdlite.server.rpc import internal_error, unary
+from grpclite import GrpcServer, add_servicer
 
 
 def add_to_server(service: KVService, server) -> None:
@@ -26,7 +28,7 @@ def add_to_server(service: KVService, server) -> None:
 
 
 class KVService(rpc_pb2_grpc.KVServicer):
-    def __init__(self, member):
+    def __init__(self, member: Backend):
         self.m = member
 
     @unary
@@ -34,8 +36,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         check_range(request)
         m = self.m
         await m.read_barrier(request.serializable)
-        with m.raft.lock:
-            resp = m.raft.machine.range(request)
+        resp = m.read(StateMachine.range, request)
         m.header(resp.header)
         return resp
 
@@ -82,7 +83,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         return {method: self._write_now(method, op) for method, op in ops.items()}
 
     def _write_now(self, method: str, op: Op):
-        # answers come from the settling of their batch (Member._send_batch), which checked the header
+        # answers come from the settling of their batch (GroupCommit), which checked the header
         header_field = self.m.batch_header_field
         submit, submit_put_value = self.m.submit, self.m.submit_put_value
         checked, response = self._checked, self._response

@@ -6,17 +6,29 @@ from __future__ import annotations
 import logging
 
 from etcdlite import errors
-from etcdlite.apply import Op
+from etcdlite.apply import Op, StateMachine
 from etcdlite.config import MAX_LEASE_TTL, MIN_LEASE_TTL
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
+from etcdlite.server.backend import Backend
 from etcdlite.server.rpc import unary
 
 log = logging.getLogger("etcdlite.lease")
 
 
+def _lease_of(machine: StateMachine, request: pb.LeaseTimeToLiveRequest):
+    """(the lease or None, its keys sorted if asked for, the revision)."""
+    lease = machine.leases.get(request.ID)
+    keys = sorted(lease.keys) if lease is not None and request.keys else []
+    return lease, keys, machine.kv.current_revision
+
+
+def _lease_ids(machine: StateMachine):
+    return machine.leases.ids(), machine.kv.current_revision
+
+
 class LeaseService(rpc_pb2_grpc.LeaseServicer):
-    def __init__(self, member):
+    def __init__(self, member: Backend):
         self.m = member
 
     @unary
@@ -54,10 +66,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     async def LeaseTimeToLive(self, request, context):
         m = self.m
         await m.read_barrier()
-        with m.raft.lock:
-            lease = m.raft.machine.leases.get(request.ID)
-            keys = sorted(lease.keys) if lease is not None and request.keys else []
-            revision = m.raft.machine.kv.current_revision
+        lease, keys, revision = m.read(_lease_of, request)
         if lease is None:
             resp = pb.LeaseTimeToLiveResponse(ID=request.ID, TTL=-1)
         else:
@@ -74,9 +83,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     async def LeaseLeases(self, request, context):
         m = self.m
         await m.read_barrier()
-        with m.raft.lock:
-            ids = m.raft.machine.leases.ids()
-            revision = m.raft.machine.kv.current_revision
+        ids, revision = m.read(_lease_ids)
         resp = pb.LeaseLeasesResponse(leases=[pb.LeaseStatus(ID=i) for i in ids])
         m.header(resp.header, revision)
         return resp

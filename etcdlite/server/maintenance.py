@@ -9,10 +9,12 @@ import pickle
 import time
 
 from etcdlite import errors
+from etcdlite.apply import StateMachine
 from etcdlite.config import API_VERSION, host_port
 from etcdlite.mvcc import CompactedError, FutureRevisionError
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
+from etcdlite.server.backend import Backend
 from etcdlite.server.rpc import unary
 
 SNAPSHOT_MAGIC = b"etcdlite-snapshot-v1\n"
@@ -21,16 +23,45 @@ SNAPSHOT_CHUNK = 32 * 1024
 MOVE_LEADER_TIMEOUT = 5.0
 
 
+def _peer_urls(machine: StateMachine) -> dict[int, list[str]]:
+    return machine.members.peer_urls()
+
+
+def _revision_and_size(machine: StateMachine) -> tuple[int, int]:
+    """(the store's revision, its approximate size in bytes)."""
+    kv = machine.kv
+    return kv.current_revision, kv.approximate_size()
+
+
+def _hash_and_revision(machine: StateMachine) -> tuple[int, int]:
+    kv = machine.kv
+    return kv.hash(), kv.current_revision
+
+
+def _hash_kv(machine: StateMachine, revision: int) -> tuple[int, int, int]:
+    try:
+        return machine.kv.hash_kv(revision)
+    except CompactedError:
+        raise errors.COMPACTED from None
+    except FutureRevisionError:
+        raise errors.FUTURE_REV from None
+
+
+def _snapshot(machine: StateMachine) -> tuple[bytes, int]:
+    """(the magic line and the pickled machine, the store's revision)."""
+    data = SNAPSHOT_MAGIC + pickle.dumps(machine, protocol=pickle.HIGHEST_PROTOCOL)
+    return data, machine.kv.current_revision
+
+
 class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
-    def __init__(self, member):
+    def __init__(self, member: Backend):
         self.m = member
 
     def _raft_addresses(self) -> dict[int, str]:
         """Member ID -> Raft address, from the member table (or, before it
         is filled, from this member's --initial-cluster)."""
         m = self.m
-        with m.raft.lock:
-            table = m.raft.machine.members.peer_urls()
+        table = m.read(_peer_urls)
         if not table:
             table = {m.cfg.member_ids[name]: urls for name, urls in m.cfg.initial_cluster.items()}
         return {mid: host_port(urls[0]) for mid, urls in table.items() if urls}
@@ -67,9 +98,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     @unary
     async def Status(self, request, context):
         m = self.m
-        with m.raft.lock:
-            kv = m.raft.machine.kv
-            revision, size = kv.current_revision, kv.approximate_size()
+        revision, size = m.read(_revision_and_size)
         resp = pb.StatusResponse(
             version=API_VERSION,
             dbSize=size,
@@ -85,23 +114,15 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     @unary
     async def Hash(self, request, context):
         m = self.m
-        with m.raft.lock:
-            kv = m.raft.machine.kv
-            resp = pb.HashResponse(hash=kv.hash())
-            revision = kv.current_revision
+        h, revision = m.read(_hash_and_revision)
+        resp = pb.HashResponse(hash=h)
         m.header(resp.header, revision)
         return resp
 
     @unary
     async def HashKV(self, request, context):
         m = self.m
-        with m.raft.lock:
-            try:
-                h, compact_rev, revision = m.raft.machine.kv.hash_kv(request.revision)
-            except CompactedError:
-                raise errors.COMPACTED from None
-            except FutureRevisionError:
-                raise errors.FUTURE_REV from None
+        h, compact_rev, revision = m.read(_hash_kv, request.revision)
         resp = pb.HashKVResponse(hash=h, compact_revision=compact_rev)
         m.header(resp.header, revision)
         return resp
@@ -112,9 +133,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         line, the pickled state padded to 512 bytes, and a sha256 of all
         that, as etcd appends one."""
         m = self.m
-        with m.raft.lock:
-            data = SNAPSHOT_MAGIC + pickle.dumps(m.raft.machine, protocol=pickle.HIGHEST_PROTOCOL)
-            revision = m.raft.machine.kv.current_revision
+        data, revision = m.read(_snapshot)
         data += b"\0" * (-len(data) % 512)
         data += hashlib.sha256(data).digest()
         for offset in range(0, len(data), SNAPSHOT_CHUNK):

@@ -19,12 +19,14 @@ import asyncio
 import logging
 from collections import deque
 
+from etcdlite.apply import StateMachine
+from etcdlite.config import GRPC_OVERHEAD_BYTES
 from etcdlite.mvcc import CompactedError
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
-from grpclite import GrpcServer, add_servicer
-from etcdlite.server.member import GRPC_OVERHEAD_BYTES
+from etcdlite.server.backend import Backend
 from etcdlite.watch_hub import Watcher, event_to_pb
+from grpclite import GrpcServer, add_servicer
 
 log = logging.getLogger("etcdlite.watch")
 
@@ -55,9 +57,9 @@ class WatchStream:
     client has not made room for. With grpc.aio's server everything goes
     through `queue` and the handler's async generator."""
 
-    def __init__(self, member, writer=None):
+    def __init__(self, member: Backend, writer=None):
         self.m = member
-        self.writer = writer  # h2grpc's ServicerContext, or None
+        self.writer = writer  # grpclite's ServicerContext, or None
         self.queue: deque = deque()
         self.queued_bytes = 0
         self._wakeup: asyncio.Future | None = None
@@ -141,26 +143,28 @@ class WatchStream:
         response each (see _replay), while the queue is under half its
         limits. A watcher that reaches the store's revision rejoins the live
         fan-out (the hub skips what it already got)."""
-        hub = self.m.hub
-        raft = self.m.raft
-        with raft.lock:
-            store = raft.machine.kv
-            upto = store.current_revision
-            for w in list(self.unsynced.values()):
-                if self.queued_bytes >= MAX_QUEUED_BYTES // 2 or len(self.queue) >= MAX_QUEUED_MESSAGES // 2:
-                    break
-                try:
-                    history = store.events_since(w.next_revision, w.key, w.range_end)
-                except CompactedError:
-                    self.cancel_compacted(w, store.compact_revision)
-                    continue
-                if self._replay(w, history):
-                    w.next_revision = upto + 1
-                    del self.unsynced[w.id]
-                    hub.add(w)
+        self.m.read(self._catch_up_from)
         if not self.unsynced and self._progress_deferred:
             self._progress_deferred = False
             self.progress()
+
+    def _catch_up_from(self, machine: StateMachine) -> None:
+        """catch_up's step, under the lock that applying takes."""
+        hub = self.m.hub
+        store = machine.kv
+        upto = store.current_revision
+        for w in list(self.unsynced.values()):
+            if self.queued_bytes >= MAX_QUEUED_BYTES // 2 or len(self.queue) >= MAX_QUEUED_MESSAGES // 2:
+                break
+            try:
+                history = store.events_since(w.next_revision, w.key, w.range_end)
+            except CompactedError:
+                self.cancel_compacted(w, store.compact_revision)
+                continue
+            if self._replay(w, history):
+                w.next_revision = upto + 1
+                del self.unsynced[w.id]
+                hub.add(w)
 
     def _response(self, watch_id: int, revision: int, **fields) -> pb.WatchResponse:
         resp = pb.WatchResponse(watch_id=watch_id, **fields)
@@ -333,7 +337,7 @@ def add_to_server(service: WatchService, server) -> None:
 
 
 class WatchService(rpc_pb2_grpc.WatchServicer):
-    def __init__(self, member):
+    def __init__(self, member: Backend):
         self.m = member
 
     async def Watch(self, request_iterator, context):
