@@ -79,7 +79,7 @@ async def serve(args: argparse.Namespace, transformer) -> int:
             log.warning("cannot create the system namespaces yet (%s); retrying", e.message)
             await asyncio.sleep(1)
     # grpclite, the gRPC server etcdlite serves with: in this event loop, without grpc.aio's
-    # thread hand-offs per message (measured: benchmarks/results.md, 'Why it is built this way')
+    # thread hand-offs per message (measured: benchmarks/why.md)
     server = GrpcServer(max_receive_message_length=MAX_RECEIVE_BYTES, eager_unary=False)  # uses asyncio.timeout
     add_to_server(ApiServerService(registry), server)
     address = f"{args.bind_address}:{args.port}"

@@ -2,8 +2,7 @@
 
 With etcdlite's own server, a grpc.aio client spends more CPU per put (the
 same thread hand-offs as grpc.aio's server) than the server it measures, so
-on 2 shared cores the client set the pace (measured: benchmarks/results.md,
-'Why it is built this way'). This one speaks the protocol directly:
+on 2 shared cores the client set the pace (measured: benchmarks/why.md). This one speaks the protocol directly:
 a constant request header block (static-table references and literals, nothing
 indexed), one DATA frame per request, response header blocks decoded once per
 HPACK table state, everything written once per turn of the loop. It implements

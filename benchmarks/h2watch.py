@@ -1,8 +1,7 @@
 """A lean Watch receiver for the benchmarks: bidirectional gRPC streams over HTTP/2, from asyncio.
 
 With 1,000 watchers a put makes 1,000 WatchResponses, and grpc.aio's client
-spends CPU on each in thread hand-offs in C-core (measured: benchmarks/results.md,
-'Why it is built this way'): the receiver, not the server, set the pace, for etcd as much as for etcdlite. Go etcdctl
+spends CPU on each in thread hand-offs in C-core (measured: benchmarks/why.md): the receiver, not the server, set the pace, for etcd as much as for etcdlite. Go etcdctl
 receivers are one process per stream, and 100 of them waking per event on
 2 cores measure the harness again. This client is benchmarks/h2client.py's
 connection (H2Channel: same frames, same header block, same HPACK decoding)

@@ -174,8 +174,7 @@ class StateMachine:
         `apply`'s dispatch: its result is its revision, as `_plain_put`
         gives it, and its event is left unmade, as (key, record, previous
         record), until a watcher or the lease table needs it (making it was
-        a large share of the store's put: measured, benchmarks/results.md,
-        'Why it is built this way')."""
+        a large share of the store's put: measured, benchmarks/why.md)."""
         applied = []
         append = applied.append
         kv = self.kv

@@ -154,7 +154,7 @@ def tune_gc() -> None:
     followed, costing every put CPU and the member long pauses. Young
     collections every 10,000 allocations, and full ones considered after
     100 middle ones, cost less and pause less (measured:
-    benchmarks/results.md, 'Why it is built this way'). What the modules
+    benchmarks/why.md). What the modules
     and startup made is frozen out of every collection."""
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 100)

@@ -16,7 +16,7 @@ class EagerCall:
     server) finishes there. A handler that awaits a future is resumed from the
     future's done callback. It spares each call a Task's creation,
     registration and first scheduled step, a cost a member feels under load
-    (measured: benchmarks/results.md, 'Why it is built this way'). What this gives
+    (measured: benchmarks/why.md). What this gives
     up: inside the handler there is no current task, so `asyncio.timeout()`
     and `asyncio.current_task()` do not work; servers whose handlers need them
     run with eager_unary=False (the apiserver). cancel() is Task.cancel()'s

@@ -5,7 +5,7 @@ pysyncobj's `FileJournal` keeps its records in a `ResizableFile`: a shared
 memory map of the file, grown by doubling, that every append is copied into.
 The first write to each new page of such a map is a page fault, which made
 appending slower than writing the file with pwrite(2) (measured:
-benchmarks/results.md, 'Why it is built this way'). `JournalFile` has the
+benchmarks/why.md). `JournalFile` has the
 same interface and writes the same format (any pysyncobj reads it back), so
 it replaces the memory-mapped file for every journal this process opens.
 
@@ -91,7 +91,7 @@ class LeanJournal(FileJournal):
     index and term, the first entry and the newest `keep` ones. FileJournal
     holds every entry's bytes until a snapshot trims the log, which under load
     is most of a member's memory after its store's, each new page of it a page
-    fault (measured: benchmarks/results.md, 'Why it is built this way').
+    fault (measured: benchmarks/why.md).
     Older entries are read back from the file (the OS page cache) when asked
     for: by a follower catching up, or a restart's replay.
 

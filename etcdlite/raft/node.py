@@ -40,7 +40,7 @@ log = logging.getLogger("etcdlite.raft")
 # pysyncobj pickles commands (so log entries), snapshots and membership
 # changes at protocol 2, which stores every bytes object as a latin-1 string:
 # slower than the current protocol for our batches of serialized requests,
-# and larger (measured: benchmarks/results.md, 'Why it is built this way').
+# and larger (measured: benchmarks/why.md).
 # Any protocol reads back the same.
 pysyncobj.pickle.__dict__["__protocol"] = pickle.HIGHEST_PROTOCOL
 journal.install()
@@ -51,7 +51,7 @@ class _SnapshotOs:
     and gzipping the whole state) runs at the lowest priority. Members of one
     cluster reach the snapshot point together, and such children at full
     priority take CPU the members need under load: elections and slow
-    requests (measured: benchmarks/results.md, 'Why it is built this way')."""
+    requests (measured: benchmarks/why.md)."""
 
     def __getattr__(self, name):
         return getattr(os, name)
@@ -166,7 +166,7 @@ class RaftNode:
             fullDumpFile=os.path.join(data_dir, "raft.snapshot"),
             # the snapshot (pickle + gzip of the whole state) is written by a
             # forked child: written inline, it stalls the member on a large
-            # state (measured: benchmarks/results.md, 'Why it is built this way')
+            # state (measured: benchmarks/why.md)
             useFork=True,
             logCompactionMinEntries=snapshot_count,
             logCompactionMinTime=3600,

@@ -4,8 +4,7 @@ pysyncobj frames each peer message as zlib(pickle(message)), Fernet-encrypted
 when a password is set. On the leader of a busy cluster that was most of the
 work: zlib (the values are not compressible), Fernet (AES-CBC, HMAC, base64,
 both ways) and pickle protocol 2, which turns every bytes object into a
-latin-1 string (measured: benchmarks/results.md, 'Why it is built this
-way'). `PeerConnection` sends
+latin-1 string (measured: benchmarks/why.md). `PeerConnection` sends
 
     length (4 bytes, little-endian) | HMAC-SHA256(key, seq | payload) | payload
 

@@ -153,7 +153,7 @@ class GroupCommit:
         # Requests that came several in one turn wait one turn more, for
         # those read in it (group commit: under load, larger batches, so
         # fewer ticks, journal appends and answering sends per request;
-        # measured: benchmarks/results.md, 'Why it is built this way'); a
+        # measured: benchmarks/why.md); a
         # lone request leaves at once.
         self._flush_pending = False
         if not self._outbox:

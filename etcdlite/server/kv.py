@@ -3,8 +3,7 @@
 The writes exist twice, as the same steps: coroutine methods (what grpc.aio's
 server runs, --experimental-grpc-server=grpcio) and callback handlers (what
 etcdlite's own server runs: no coroutine, task or future per call, which
-cost a member CPU on every put; measured: benchmarks/results.md, 'Why it is
-built this way').
+cost a member CPU on every put; measured: benchmarks/why.md).
 """
 
 from __future__ import annotations
