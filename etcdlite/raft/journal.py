@@ -221,6 +221,26 @@ class LeanEntries:
         return super()._SyncObj__getEntries(fromIDx, count, maxSizeBytes)
 
 
+def trim_to_snapshot(journal, before: tuple, last: tuple) -> bool:
+    """Make `journal` start at a snapshot's last two entries (`before`, then
+    `last`, each (command, index, term)) when it holds them further on,
+    keeping the entries after them; whether it did. pysyncobj's start-up
+    load keeps a journal only if it starts with those two, and otherwise
+    clears it: one that still starts before them (the member was killed
+    after the snapshot was renamed into place, before the journal was
+    trimmed to it) lost every entry after the snapshot, committed ones too.
+    A journal that differs at those entries is left to pysyncobj."""
+    if len(journal) < 2:
+        return False
+    at = before[1] - journal[0][1]
+    if at <= 0 or at + 1 >= len(journal):
+        return False
+    if tuple(journal[at]) != tuple(before) or tuple(journal[at + 1]) != tuple(last):
+        return False
+    journal.deleteEntriesTo(at)
+    return True
+
+
 def _create_journal(journalFile=None):
     return LeanJournal(journalFile) if journalFile else pysyncobj.journal.MemoryJournal()
 

@@ -10,7 +10,8 @@ pysyncobj keeps its log in `<data-dir>/raft.journal` (written with pwrite,
 read back from it but for the newest entries: see `etcdlite.raft.journal`;
 an entry is in the OS page cache before it is
 acknowledged, so it survives the process being killed) and its snapshots in
-`<data-dir>/raft.snapshot`, holding the pickled state machine.
+`<data-dir>/raft.snapshot`, holding the pickled state machine. A restart
+loads the snapshot, then applies the journal's committed entries after it.
 """
 
 from __future__ import annotations
@@ -193,6 +194,7 @@ class RaftNode:
         self._stopped = False
         self._poller = LoopPoller(loop, self._schedule_tick)
         self._obj = LoopSyncObj(self_address, peers, conf, [self.state], self._poller)
+        _keep_log_after_snapshot(self._obj)
         transport = self._obj.peer_transport
         self._poller.cork, self._poller.uncork = transport.cork, transport.uncork
         self._last_index = self._obj._SyncObj__getCurrentLogIndex
@@ -329,6 +331,29 @@ class RaftNode:
         self._obj.destroy()
         self._poller.close()
         os.close(self._dir_lock)
+
+
+def _keep_log_after_snapshot(obj: LoopSyncObj) -> None:
+    """Have pysyncobj's start-up load of the snapshot keep the journal's
+    entries after it (`journal.trim_to_snapshot`): the journal is trimmed to
+    the snapshot once the snapshot child has renamed it into place, and a
+    member killed in between lost every acknowledged write after the
+    snapshot. Done on the snapshot as pysyncobj reads it (it can be large:
+    read once); a snapshot from the leader (not at start-up) replaces the
+    journal anyway."""
+    serializer = obj._SyncObj__serializer
+    load = serializer.deserialize
+
+    def deserialize():
+        data = load()
+        if obj._SyncObj__needLoadDumpFile:
+            try:
+                journal.trim_to_snapshot(obj._SyncObj__raftLog, data[2], data[1])
+            except Exception:
+                log.exception("could not trim the raft journal to the snapshot")
+        return data
+
+    serializer.deserialize = deserialize
 
 
 def _set_timing(conf: SyncObjConf, single: bool) -> None:
