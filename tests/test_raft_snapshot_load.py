@@ -4,7 +4,8 @@ renamed the new snapshot into place and before it trimmed the journal, a
 member finds a journal that starts before the snapshot, and pysyncobj's
 start-up load cleared it, losing every acknowledged write after the
 snapshot. The crash state is made here without timing luck: a member whose
-journal is never trimmed."""
+journal is never trimmed. And a member killed while trimming its journal
+finds it whole (it used to be rewritten in place)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ async def _started(data_dir, address: str, snapshot_count: int) -> RaftNode:
 async def _put(node: RaftNode, i: int) -> int:
     """Put key k/<i> through Raft; the revision it was acknowledged at."""
     done = asyncio.get_running_loop().create_future()
-    node.propose([(Op.PUT_VALUE, b"k/%d" % i, b"v%d" % i)], lambda applied, reason: done.set_result((applied, reason)))
+    node.propose([(Op.PUT_VALUE, b"k/%d" % i, b"v%d" % i)],
+                 lambda applied, reason: done.set_result((applied, reason)))
     applied, reason = await asyncio.wait_for(done, 5)
     assert reason == FAIL_REASON.SUCCESS
     return applied[0][3]
@@ -51,6 +53,18 @@ async def _until(condition, what: str, timeout: float = 10) -> None:
     while not condition():
         assert time.monotonic() < deadline, what
         await asyncio.sleep(0.02)
+
+
+def _entries(journal) -> list:
+    return [journal[i] for i in range(len(journal))]
+
+
+def _on_disk(path) -> list:
+    journal = LeanJournal(str(path))
+    try:
+        return _entries(journal)
+    finally:
+        journal._destroy()
 
 
 def test_a_restart_keeps_the_entries_after_a_snapshot_the_journal_was_not_trimmed_to(tmp_path, monkeypatch):
@@ -75,9 +89,7 @@ def test_a_restart_keeps_the_entries_after_a_snapshot_the_journal_was_not_trimme
     acknowledged = asyncio.run(before_the_crash())
     monkeypatch.undo()
     assert os.path.exists(data_dir / "raft.snapshot")
-    first = LeanJournal(str(data_dir / "raft.journal"))
-    assert first[0][1] == 1, "the journal was trimmed"
-    first._destroy()
+    assert _on_disk(data_dir / "raft.journal")[0][1] == 1, "the journal was trimmed"
 
     async def after_the_restart() -> tuple[int, set]:
         node = await _started(data_dir, address, snapshot_count=10**6)
@@ -107,9 +119,9 @@ LOG = [(b"cmd-%d" % idx, idx, 1 + idx // 10) for idx in range(1, 40)]
 def test_a_journal_holding_the_snapshots_last_entries_starts_at_them(tmp_path):
     journal = _journal(tmp_path / "raft.journal", LOG)
     assert trim_to_snapshot(journal, LOG[19], LOG[20])  # a snapshot of entries 1..21
-    assert [journal[i] for i in range(len(journal))] == LOG[19:]
+    assert _entries(journal) == LOG[19:]
     journal._destroy()
-    assert LeanJournal(str(tmp_path / "raft.journal"))[0] == LOG[19]
+    assert _on_disk(tmp_path / "raft.journal") == LOG[19:]
 
 
 @pytest.mark.parametrize("before, last", [
@@ -122,4 +134,31 @@ def test_a_journal_holding_the_snapshots_last_entries_starts_at_them(tmp_path):
 def test_a_journal_without_them_is_left_to_pysyncobj(tmp_path, before, last):
     journal = _journal(tmp_path / "raft.journal", LOG)
     assert not trim_to_snapshot(journal, before, last)
-    assert [journal[i] for i in range(len(journal))] == LOG
+    assert _entries(journal) == LOG
+
+
+class _Killed(BaseException):
+    pass
+
+
+def test_a_member_killed_while_trimming_its_journal_finds_it_whole(tmp_path, monkeypatch):
+    path = tmp_path / "raft.journal"
+    journal = _journal(path, LOG)
+    add = LeanJournal.add
+
+    def add_then_die(self, *entry):  # killed after rewriting two entries of the trimmed journal
+        if len(self) == 2:
+            raise _Killed
+        add(self, *entry)
+
+    monkeypatch.setattr(LeanJournal, "add", add_then_die)
+    with pytest.raises(_Killed):
+        journal.deleteEntriesTo(19)
+    monkeypatch.undo()
+    assert _on_disk(path) == LOG
+    # an error half way (not a kill) leaves the member its journal as it was
+    assert _entries(journal) == LOG
+    journal.deleteEntriesTo(19)
+    journal.add(b"cmd-40", 40, 4)
+    assert _on_disk(path) == LOG[19:] + [(b"cmd-40", 40, 4)]
+    assert sorted(os.listdir(tmp_path)) == ["raft.journal"]
