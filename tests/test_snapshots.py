@@ -91,3 +91,71 @@ def test_the_snapshot_is_written_by_a_child_at_the_lowest_priority(tmp_path):
     s.serialize(_Niceness(), 1)
     wait_until(lambda: s.checkSerializing()[0] != SERIALIZER_STATE.SERIALIZING, timeout=20)
     assert s.deserialize() == 19 and os.nice(0) == ours
+
+
+def test_the_snapshot_child_does_not_hold_its_members_data_dir_lock(tmp_path):
+    # a member killed with its child: the child (nice 19) may take long to exit on a busy
+    # machine, and the member restarted meanwhile found its data directory in use
+    import os
+    import time
+
+    from etcdlite.raft import node
+    lock = node._lock_data_dir(str(tmp_path))
+    started, started_w = os.pipe()
+    child = node._SnapshotOs.fork()
+    if child == 0:
+        os.write(started_w, b".")  # what the fork does in the child is done
+        time.sleep(30)
+        os._exit(0)
+    try:
+        os.close(started_w)
+        assert os.read(started, 1) == b"."
+        os.close(started)
+        node._DIR_LOCKS.discard(lock)
+        os.close(lock)  # the member is gone; its child is not
+        again = node._lock_data_dir(str(tmp_path))
+        node._DIR_LOCKS.discard(again)
+        os.close(again)
+    finally:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def test_the_snapshot_child_dies_with_its_member(tmp_path):
+    # a child outliving its member could rename its snapshot into a data directory
+    # another member has opened since
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    member = subprocess.Popen([sys.executable, "-c", (
+        "import os, sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+        "from etcdlite.raft import node\n"
+        "child = node._SnapshotOs.fork()\n"
+        "if child == 0:\n"
+        "    time.sleep(30)\n"
+        "    os._exit(0)\n"
+        "print(child, flush=True)\n"
+        "time.sleep(30)\n"
+    )], stdout=subprocess.PIPE)
+    child = int(member.stdout.readline())
+    try:
+        assert _alive(child)
+        member.kill()
+        member.wait()
+        wait_until(lambda: not _alive(child), timeout=10, what="the snapshot child to die")
+    finally:
+        member.kill()
+        member.stdout.close()
+        if _alive(child):
+            os.kill(child, 9)

@@ -15,7 +15,9 @@ machine losing power). Reading back what was there at start (the replay)
 goes through a read-only map of it, as fast as before.
 
 `LeanJournal`, the journal a member opens (`install`), writes that file
-through a `JournalFile` and keeps only the newest entries in memory.
+through a `JournalFile` and keeps only the newest entries in memory. Trimmed
+to a snapshot, it is written anew and renamed into place; at a restart,
+`trim_to_snapshot` lines it up with the snapshot loaded, if it was not yet.
 """
 
 from __future__ import annotations
@@ -101,10 +103,15 @@ class LeanJournal(FileJournal):
 
     def __init__(self, path: str, keep: int = 64) -> None:
         self._keep = keep
+        self._path = path
         self._file = JournalFile(path, defaultContent=self._FileJournal__getDefaultHeader())
         self._FileJournal__metaStorer = MetaStorer(path + ".meta")
         self._FileJournal__meta = self._FileJournal__metaStorer.getMeta()
         self._FileJournal__metaSaved = True
+        self._scan()
+
+    def _scan(self) -> None:
+        """Index the entries `_file` holds."""
         self._reset()
         end = _OFFSET.unpack(self._file.read(LAST_RECORD_OFFSET_OFFSET, 4))[0]
         offset = FIRST_RECORD_OFFSET
@@ -196,10 +203,28 @@ class LeanJournal(FileJournal):
         self._file.write(LAST_RECORD_OFFSET_OFFSET, _OFFSET.pack(self._end))
 
     def deleteEntriesTo(self, entryTo) -> None:
-        kept = self[entryTo:]  # the file is written anew from its start, as FileJournal does
-        self.clear()
-        for entry in kept:
-            self.add(*entry)
+        """Keep the entries from `entryTo` on, written to a new file renamed
+        over the journal: a member killed meanwhile finds the whole journal
+        it had (FileJournal rewrites its file in place, and one killed half
+        way lost the entries not yet rewritten, committed ones too)."""
+        kept = self[entryTo:]
+        old, trimmed = self._file, self._path + ".trim"
+        try:
+            os.unlink(trimmed)  # left by a member killed while trimming
+        except FileNotFoundError:
+            pass
+        self._file = JournalFile(trimmed, defaultContent=self._FileJournal__getDefaultHeader())
+        try:
+            self._reset()
+            for entry in kept:
+                self.add(*entry)
+            os.rename(trimmed, self._path)
+        except BaseException:
+            self._file._destroy()
+            self._file = old
+            self._scan()
+            raise
+        old._destroy()
 
     def _destroy(self) -> None:
         self._file._destroy()
@@ -219,6 +244,26 @@ class LeanEntries:
         if isinstance(journal, LeanJournal):
             return journal.entries(fromIDx, count, maxSizeBytes)
         return super()._SyncObj__getEntries(fromIDx, count, maxSizeBytes)
+
+
+def trim_to_snapshot(journal, before: tuple, last: tuple) -> bool:
+    """Make `journal` start at a snapshot's last two entries (`before`, then
+    `last`, each (command, index, term)) when it holds them further on,
+    keeping the entries after them; whether it did. pysyncobj's start-up
+    load keeps a journal only if it starts with those two, and otherwise
+    clears it: one that still starts before them (the member was killed
+    after the snapshot was renamed into place, before the journal was
+    trimmed to it) lost every entry after the snapshot, committed ones too.
+    A journal that differs at those entries is left to pysyncobj."""
+    if len(journal) < 2:
+        return False
+    at = before[1] - journal[0][1]
+    if at <= 0 or at + 1 >= len(journal):
+        return False
+    if tuple(journal[at]) != tuple(before) or tuple(journal[at + 1]) != tuple(last):
+        return False
+    journal.deleteEntriesTo(at)
+    return True
 
 
 def _create_journal(journalFile=None):

@@ -10,16 +10,20 @@ pysyncobj keeps its log in `<data-dir>/raft.journal` (written with pwrite,
 read back from it but for the newest entries: see `etcdlite.raft.journal`;
 an entry is in the OS page cache before it is
 acknowledged, so it survives the process being killed) and its snapshots in
-`<data-dir>/raft.snapshot`, holding the pickled state machine.
+`<data-dir>/raft.snapshot`, holding the pickled state machine. A restart
+loads the snapshot, then applies the journal's committed entries after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import fcntl
 import logging
 import os
 import pickle
+import signal
+import sys
 import threading
 import time
 
@@ -51,20 +55,44 @@ class _SnapshotOs:
     and gzipping the whole state) runs at the lowest priority. Members of one
     cluster reach the snapshot point together, and such children at full
     priority take CPU the members need under load: elections and slow
-    requests (measured: benchmarks/why.md)."""
+    requests (measured: benchmarks/why.md).
+
+    The child dies with its member and does not hold the member's data
+    directory lock: killed with its member, a child at that priority could
+    take long to exit on a busy machine, and the member restarted meanwhile
+    found its data directory in use."""
 
     def __getattr__(self, name):
         return getattr(os, name)
 
     @staticmethod
     def fork() -> int:
+        member = os.getpid()
         pid = os.fork()
         if pid == 0:
+            _die_with(member)
+            for fd in _DIR_LOCKS:
+                os.close(fd)  # the member's own descriptor keeps the lock
             try:
                 os.nice(19)
             except OSError:
                 pass  # not allowed to lower it: the snapshot is written at normal priority
         return pid
+
+
+def _die_with(parent: int) -> None:
+    """In a forked child: be killed when `parent` dies (Linux), so that no
+    snapshot is renamed into a data directory another member may have
+    opened since."""
+    if _prctl is not None and _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL)) == 0 and os.getppid() != parent:
+        os._exit(1)  # the member died before the child asked to follow it
+
+
+# prctl(2), looked up before any fork (a child loads no library)
+_prctl = ctypes.CDLL(None).prctl if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+# descriptors holding data directory locks (see _lock_data_dir), closed in snapshot children
+_DIR_LOCKS: set[int] = set()
 
 
 pysyncobj.serializer.os = _SnapshotOs()
@@ -193,6 +221,7 @@ class RaftNode:
         self._stopped = False
         self._poller = LoopPoller(loop, self._schedule_tick)
         self._obj = LoopSyncObj(self_address, peers, conf, [self.state], self._poller)
+        _keep_log_after_snapshot(self._obj)
         transport = self._obj.peer_transport
         self._poller.cork, self._poller.uncork = transport.cork, transport.uncork
         self._last_index = self._obj._SyncObj__getCurrentLogIndex
@@ -328,7 +357,32 @@ class RaftNode:
         self._timer.cancel()
         self._obj.destroy()
         self._poller.close()
+        _DIR_LOCKS.discard(self._dir_lock)
         os.close(self._dir_lock)
+
+
+def _keep_log_after_snapshot(obj: LoopSyncObj) -> None:
+    """Have pysyncobj's start-up load of the snapshot keep the journal's
+    entries after it (`journal.trim_to_snapshot`): the journal is trimmed to
+    the snapshot once the snapshot child has renamed it into place, and a
+    member killed in between lost every acknowledged write after the
+    snapshot. Done on the snapshot as pysyncobj reads it (it can be large:
+    read once); a snapshot from the leader (not at start-up) replaces the
+    journal anyway."""
+    serializer = obj._SyncObj__serializer
+    load = serializer.deserialize
+
+    def deserialize():
+        data = load()
+        if obj._SyncObj__needLoadDumpFile:
+            try:
+                if journal.trim_to_snapshot(obj._SyncObj__raftLog, data[2], data[1]):
+                    log.info("raft journal trimmed to the snapshot at index %d on load", data[1][1])
+            except Exception:
+                log.exception("could not trim the raft journal to the snapshot")
+        return data
+
+    serializer.deserialize = deserialize
 
 
 def _set_timing(conf: SyncObjConf, single: bool) -> None:
@@ -359,4 +413,5 @@ def _lock_data_dir(data_dir: str) -> int:
     except BlockingIOError:
         os.close(fd)
         raise OSError(f"data directory {data_dir} is in use by another member; stop it or pick another --data-dir")
+    _DIR_LOCKS.add(fd)
     return fd
