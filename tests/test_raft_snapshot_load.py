@@ -67,6 +67,7 @@ def _on_disk(path) -> list:
         journal._destroy()
 
 
+@pytest.mark.process
 def test_a_restart_keeps_the_entries_after_a_snapshot_the_journal_was_not_trimmed_to(tmp_path, monkeypatch):
     data_dir, address = tmp_path / "member", _address()
     trims = []
