@@ -1,22 +1,25 @@
-"""Processes of the control plane for tests: the apiserver (and, later, the
-controllers), on free 127.0.0.1 ports, cleaned up like etcd members."""
+"""Processes of the control plane: the apiserver and the controllers, on free 127.0.0.1 ports,
+cleaned up like etcd members. The tests start them, and so does the plane benchmark
+(benchmarks/plane_scale/processes.py)."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
-from harness.procs import PYTHON, Registry, ServerProcess, _flag_args, free_port
+from harness.procs import DEFAULT_READY_TIMEOUT, PYTHON, Registry, ServerProcess, _flag_args, free_port
 
 
 class ApiServer(ServerProcess):
     kind = "apiserver"
 
     def __init__(self, tmp_path, etcd_servers: str, name: str = "apiserver",
-                 registry: Registry | None = None, **flags) -> None:
+                 registry: Registry | None = None, *, ready_timeout: float = DEFAULT_READY_TIMEOUT,
+                 **flags) -> None:
         self.port = free_port()
         self.etcd_servers = etcd_servers
         self.flags = dict(flags)
-        super().__init__(name, tmp_path, registry)
+        super().__init__(name, tmp_path, registry, ready_timeout)
 
     @property
     def endpoint(self) -> str:
@@ -49,22 +52,25 @@ def start_apiserver(tmp_path, etcd_servers: str, registry: Registry | None = Non
 
 class Component(ServerProcess):
     """A control-plane process that serves no port (controller-manager,
-    scheduler, kubelets): ready once it runs; ``ready`` may add a check."""
+    scheduler, kubelets): ready once it runs; ``ready`` may add a check.
+    ``extra_args`` end its command line as given (flags a user typed)."""
 
     def __init__(self, tmp_path, name: str, module: str, server: str,
-                 registry: Registry | None = None, ready=None, **flags) -> None:
-        self.module = module
+                 registry: Registry | None = None, ready=None, *, extra_args: Sequence[str] = (),
+                 ready_timeout: float = DEFAULT_READY_TIMEOUT, **flags) -> None:
+        self.module = self.kind = module
         self.server = server
         self.flags = dict(flags)
+        self.extra_args = list(extra_args)
         self.ready = ready
-        super().__init__(name, tmp_path, registry)
+        super().__init__(name, tmp_path, registry, ready_timeout)
 
     @property
     def endpoint(self) -> str:
         return self.server
 
     def argv(self) -> list[str]:
-        return [PYTHON, "-m", self.module, "--server", self.server, *_flag_args(self.flags)]
+        return [PYTHON, "-m", self.module, "--server", self.server, *_flag_args(self.flags), *self.extra_args]
 
     def ready_probe(self, rpc_timeout: float) -> str | None:
         if self.ready is None:

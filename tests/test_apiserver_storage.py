@@ -28,8 +28,6 @@ from apiserver.storage import CONTINUE_EXPIRED, MAGIC, Storage, decode_continue,
 from harness.etcd_client import wait_until
 from harness.procs import ETCD_BIN, Registry, require_binary
 
-pytestmark = pytest.mark.process
-
 CONFIGMAPS = lookup("configmaps")
 SECRETS = lookup("secrets")
 NAMESPACES = lookup("namespaces")
@@ -105,6 +103,7 @@ def rv(msg) -> int:
 # ---- create / get ----------------------------------------------------------
 
 
+@pytest.mark.process
 def test_create_then_get_and_the_stored_encoding(member):
     ns = fresh_namespace()
 
@@ -134,6 +133,7 @@ def test_create_then_get_and_the_stored_encoding(member):
     run(member, body)
 
 
+@pytest.mark.process
 def test_get_missing_and_cluster_scoped_keys(member):
     async def body(s: Storage, etcd):
         err = await api_error(s.get(CONFIGMAPS, "nowhere", "nothing"))
@@ -156,6 +156,7 @@ def test_get_missing_and_cluster_scoped_keys(member):
 # ---- update ----------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_update_with_fresh_and_stale_revisions(member):
     ns = fresh_namespace()
 
@@ -189,6 +190,7 @@ def test_update_with_fresh_and_stale_revisions(member):
 # ---- guaranteed_update -----------------------------------------------------
 
 
+@pytest.mark.process
 def test_concurrent_guaranteed_updates_lose_nothing(member):
     ns = fresh_namespace()
     writers, rounds = 8, 5
@@ -219,6 +221,7 @@ def test_concurrent_guaranteed_updates_lose_nothing(member):
     run(member, body)
 
 
+@pytest.mark.process
 def test_guaranteed_update_no_op_errors_async_and_delete(member):
     ns = fresh_namespace()
 
@@ -261,6 +264,7 @@ def test_guaranteed_update_no_op_errors_async_and_delete(member):
     run(member, body)
 
 
+@pytest.mark.process
 def test_guaranteed_update_retries_after_a_concurrent_write_unless_a_revision_is_expected(member):
     ns = fresh_namespace()
 
@@ -307,6 +311,7 @@ def test_guaranteed_update_retries_after_a_concurrent_write_unless_a_revision_is
 # ---- delete ----------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_delete_preconditions_and_result(member):
     ns = fresh_namespace()
 
@@ -341,6 +346,7 @@ def test_delete_preconditions_and_result(member):
 # ---- list ------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_list_pages_read_one_revision_while_writes_happen(member):
     ns = fresh_namespace()
     names = [f"cm{i}" for i in range(7)]
@@ -382,6 +388,7 @@ def test_list_pages_read_one_revision_while_writes_happen(member):
     run(member, body)
 
 
+@pytest.mark.process
 def test_list_with_a_predicate_fills_each_page(member):
     ns = fresh_namespace()
 
@@ -413,6 +420,7 @@ def test_list_with_a_predicate_fills_each_page(member):
     run(member, body)
 
 
+@pytest.mark.process
 def test_list_namespaces_and_prefix_isolation(member):
     base = fresh_namespace()
 
@@ -440,6 +448,7 @@ def test_list_namespaces_and_prefix_isolation(member):
     run(member, body)
 
 
+@pytest.mark.process
 def test_list_at_a_revision_and_in_the_future(member):
     ns = fresh_namespace()
 
@@ -458,6 +467,7 @@ def test_list_at_a_revision_and_in_the_future(member):
     run(member, body)
 
 
+@pytest.mark.process
 def test_compaction_expires_old_lists_and_continue_tokens(member):
     ns = fresh_namespace()
 
@@ -481,6 +491,7 @@ def test_compaction_expires_old_lists_and_continue_tokens(member):
     run(member, body)
 
 
+@pytest.mark.process
 def test_bad_continue_tokens_are_bad_requests(member):
     prefix = CONFIGMAPS.prefix("default").encode()
 
@@ -508,6 +519,7 @@ def test_bad_continue_tokens_are_bad_requests(member):
     run(member, body)
 
 
+@pytest.mark.process
 def test_values_that_are_not_ours_are_internal_errors(member):
     ns = fresh_namespace()
 
@@ -542,6 +554,7 @@ def test_values_that_are_not_ours_are_internal_errors(member):
 # ---- encryption at rest ----------------------------------------------------
 
 
+@pytest.mark.process
 def test_secrets_are_encrypted_at_rest(member, tmp_path):
     ns = fresh_namespace()
     key_file = generate_key_file(tmp_path / "key", "key1")
@@ -653,6 +666,7 @@ def stopped(pid: int) -> bool:
         return f.read().rpartition(")")[2].split()[0] in ("T", "t")
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("kind", KINDS)
 def test_etcd_failures_become_api_errors(kind, procs, tmp_path):
     m = start(procs, kind, tmp_path, f"down-{kind}")

@@ -34,8 +34,6 @@ from harness.faultproxy import FaultProxy
 from harness.plane import start_apiserver
 from harness.procs import PYTHON, Registry
 
-pytestmark = pytest.mark.process
-
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_SIZE = 20  # events each watch cache keeps: small, so resourceVersions expire
 
@@ -294,6 +292,7 @@ def server_state(client, namespace):
     return {o.metadata.name: o.data.get("v", "") for o in client.list("configmaps", namespace).items}
 
 
+@pytest.mark.process
 def test_informer_syncs_then_delivers_adds_updates_deletes_in_order(plane, ns):
     client = plane[4]
     for i in range(3):
@@ -330,6 +329,7 @@ def test_informer_syncs_then_delivers_adds_updates_deletes_in_order(plane, ns):
         inf.stop()
 
 
+@pytest.mark.process
 def test_informer_with_a_label_selector_and_resync(plane, ns):
     client = plane[4]
     web = cm("web", ns)
@@ -353,6 +353,7 @@ def test_informer_with_a_label_selector_and_resync(plane, ns):
         inf.stop()
 
 
+@pytest.mark.process
 def test_informer_indexes_pods_by_namespace_owner_and_node(plane, ns):
     client = plane[4]
     client.create(pod("a", ns, node="n1", owner_uid="uid-1"))
@@ -380,6 +381,7 @@ def test_informer_indexes_pods_by_namespace_owner_and_node(plane, ns):
         factory.stop()
 
 
+@pytest.mark.process
 def test_informer_misses_nothing_across_an_apiserver_sigkill(plane, ns):
     reg, tmp, etcd, api, client = plane
     for i in range(4):
@@ -422,6 +424,7 @@ def test_informer_misses_nothing_across_an_apiserver_sigkill(plane, ns):
         other.kill()
 
 
+@pytest.mark.process
 def test_informer_relists_when_its_resource_version_expired(plane, ns):
     client, api = plane[4], plane[3]
     client.create(cm("gone", ns))
@@ -477,6 +480,7 @@ def lease_of(client, name):
     return client.get("leases", name, "kube-system")
 
 
+@pytest.mark.process
 def test_two_candidates_exactly_one_leads_and_the_standby_waits_out_the_lease(plane):
     client = plane[4]
     a = Candidate(client, "lead-1", "a", release_on_stop=False)
@@ -515,6 +519,7 @@ def test_two_candidates_exactly_one_leads_and_the_standby_waits_out_the_lease(pl
         b.elector.stop()
 
 
+@pytest.mark.process
 def test_a_released_lease_is_taken_over_and_the_namespace_is_created(plane):
     client = plane[4]
     a = Candidate(client, "lead-2", "a", namespace="elections")
@@ -549,6 +554,7 @@ e.run()
 """
 
 
+@pytest.mark.process
 def test_the_standby_takes_over_from_a_sigkilled_leader_process(plane):
     client = plane[4]
     proc = subprocess.Popen([PYTHON, "-c", LEADER_SCRIPT.format(root=str(ROOT), endpoint=plane[3].endpoint)],
@@ -570,6 +576,7 @@ def test_the_standby_takes_over_from_a_sigkilled_leader_process(plane):
         standby.elector.stop()
 
 
+@pytest.mark.process
 def test_a_leader_cut_off_from_the_apiserver_gives_up_after_renew_deadline(plane):
     with FaultProxy(0, plane[3].port, mode="blackhole") as proxy:
         # calls through the blackhole hang for the client's whole 60 s timeout
@@ -594,6 +601,7 @@ def test_a_leader_cut_off_from_the_apiserver_gives_up_after_renew_deadline(plane
 # events
 # ======================================================================
 
+@pytest.mark.process
 def test_events_are_created_and_identical_ones_aggregated(plane, ns):
     client = plane[4]
     p = client.create(pod("web", ns))

@@ -15,8 +15,6 @@ from controllers.informer import SharedInformerFactory
 from harness.etcd_client import wait_until
 from harness.plane import apiserver_on_etcdlite
 
-pytestmark = pytest.mark.process
-
 NS = "ep"
 
 
@@ -95,6 +93,7 @@ def endpoints_view(client, name):
 BOTH = (("http", 8080, "TCP"), ("metrics", 9100, "TCP"))
 
 
+@pytest.mark.process
 def test_endpoints_follow_pod_readiness(client, controller):
     service(client, "web", {"app": "web"})
     wait_until(lambda: endpoints_view(client, "web") == {}, timeout=10, what="empty endpoints")
@@ -132,6 +131,7 @@ def test_endpoints_follow_pod_readiness(client, controller):
                timeout=10, what="relabelled and terminating pods gone")
 
 
+@pytest.mark.process
 def test_named_ports_resolve_per_pod(client, controller):
     service(client, "named", {"app": "named"})
     client.create(pod_object("named-a", {"app": "named"}, http_port=8080))
@@ -147,6 +147,7 @@ def test_named_ports_resolve_per_pod(client, controller):
     }, timeout=10, what="one subset per port set")
 
 
+@pytest.mark.process
 def test_selector_change_and_service_deletion(client, controller):
     service(client, "sel", {"app": "blue"}, ports=(("", 80, ""),))
     client.create(pod_object("blue", {"app": "blue"}))
@@ -176,6 +177,7 @@ def test_selector_change_and_service_deletion(client, controller):
     wait_until(lambda: endpoints_view(client, "sel") is None, timeout=10, what="endpoints deleted")
 
 
+@pytest.mark.process
 def test_service_without_selector_is_left_alone(client, controller):
     s = core_pb2.Service(metadata={"name": "manual", "namespace": NS})
     s.spec.ports.add(port=5432)

@@ -46,8 +46,6 @@ from harness.procs import (
     run_etcdctl,
 )
 
-pytestmark = pytest.mark.process
-
 CMD_TIMEOUT = 15.0
 WATCH_TIMEOUT = 15.0
 # A wedged server costs etcdctl's 5 s command timeout per step; past this budget the
@@ -670,6 +668,7 @@ def run_differential(tmp_path: Path, reg: Registry, got_kind: str) -> None:
         pytest.fail(problem, pytrace=False)
 
 
+@pytest.mark.process
 def test_etcdctl_session_matches_real_etcd(procs, tmp_path):
     """The real test: etcdlite must be indistinguishable from etcd 3.4 via etcdctl."""
     target = os.environ.get("ETCDLITE_DIFF_TARGET", "etcdlite")

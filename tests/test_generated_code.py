@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.process
-
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.process
 def test_generated_protobuf_code_is_fresh(tmp_path):
     protos = sorted(str(p.relative_to(REPO)) for p in (REPO / "proto").rglob("*.proto"))
     assert protos, "no .proto files under proto/"

@@ -27,8 +27,8 @@ GRPC_LIMIT = MAX_REQUEST_BYTES + 512 * 1024  # what the gRPC layer accepts
 
 # about etcdlite's server, not the etcd API: etcd (grpc-go) differs in the
 # details checked here (it implements Auth, refuses gzip, answers HTTP/1 otherwise)
-pytestmark = [pytest.mark.process, pytest.mark.skipif(os.environ.get("ETCDLITE_TEST_TARGET") == "etcd",
-                                                      reason="tests etcdlite's own gRPC server")]
+pytestmark = pytest.mark.skipif(os.environ.get("ETCDLITE_TEST_TARGET") == "etcd",
+                                reason="tests etcdlite's own gRPC server")
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,7 @@ def c(member):
         yield client
 
 
+@pytest.mark.process
 def test_unknown_methods_are_unimplemented(c):
     for path in ("/etcdserverpb.Auth/AuthEnable", "/no.such.Service/Method"):
         call = c.channel.unary_unary(path, request_serializer=lambda m: m, response_deserializer=lambda b: b)
@@ -52,6 +53,7 @@ def test_unknown_methods_are_unimplemented(c):
     assert c.put(b"h2/after-unknown", b"v").header.revision > 0
 
 
+@pytest.mark.process
 def test_a_message_above_the_grpc_limit_is_refused_and_the_connection_keeps_serving(c):
     code, details = error_of(lambda: c.put(b"h2/huge", b"x" * (GRPC_LIMIT + 1)))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
@@ -62,6 +64,7 @@ def test_a_message_above_the_grpc_limit_is_refused_and_the_connection_keeps_serv
     assert c.get(b"h2/small").kvs[0].value == b"v"
 
 
+@pytest.mark.process
 def test_responses_far_larger_than_the_flow_control_windows(c):
     # 48 values of 60 KiB: a 2.9 MB range response, 45x the client's first window
     values = {b"h2/big/%02d" % i: bytes([65 + i % 26]) * (60 * 1024) for i in range(48)}
@@ -72,6 +75,7 @@ def test_responses_far_larger_than_the_flow_control_windows(c):
         assert {kv.key: kv.value for kv in r.kvs} == values
 
 
+@pytest.mark.process
 def test_many_concurrent_calls_on_one_connection(member):
     async def main():
         async with grpc.aio.insecure_channel(member.endpoint) as ch:
@@ -87,6 +91,7 @@ def test_many_concurrent_calls_on_one_connection(member):
     assert {kv.key: kv.value for kv in r.kvs}[b"h2/many/0999"] == b"999"
 
 
+@pytest.mark.process
 def test_deadline_of_a_stream_and_the_server_goes_on(c):
     stream = c.watch.Watch(iter([pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"h2/dl"))]),
                            timeout=0.5)
@@ -99,6 +104,7 @@ def test_deadline_of_a_stream_and_the_server_goes_on(c):
     assert c.put(b"h2/dl", b"v").header.revision > 0
 
 
+@pytest.mark.process
 def test_a_cancelled_watch_stream_releases_its_watchers(c):
     def requests():
         yield pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"h2/cancel"))
@@ -121,6 +127,7 @@ def test_a_cancelled_watch_stream_releases_its_watchers(c):
     stream2.cancel()
 
 
+@pytest.mark.process
 def test_gzip_compressed_requests(member):
     with grpc.insecure_channel(member.endpoint, compression=grpc.Compression.Gzip) as ch:
         kv = rpc.KVStub(ch)
@@ -176,6 +183,7 @@ def read_frames(s: socket.socket, until, timeout: float = 5.0):
     raise AssertionError(f"no expected frame within {timeout}s; got {[f[:3] for f in frames]}")
 
 
+@pytest.mark.process
 def test_ping_is_answered(member, c):
     with connect(member) as s:
         s.sendall(PREFACE + frame(SETTINGS, 0, 0) + frame(PING, 0, 0, b"12345678"))
@@ -183,6 +191,7 @@ def test_ping_is_answered(member, c):
         assert frames[-1] == (PING, 1, 0, b"12345678")
 
 
+@pytest.mark.process
 def test_not_http2_closes_the_connection_only(member, c):
     with connect(member) as s:
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -191,6 +200,7 @@ def test_not_http2_closes_the_connection_only(member, c):
     assert c.put(b"h2/after-http1", b"v").header.revision > 0
 
 
+@pytest.mark.process
 def test_frame_too_large_gets_goaway(member, c):
     with connect(member) as s:
         # a DATA frame header announcing 16 MiB: above the 1 MiB we advertised
@@ -201,6 +211,7 @@ def test_frame_too_large_gets_goaway(member, c):
     assert c.put(b"h2/after-goaway", b"v").header.revision > 0
 
 
+@pytest.mark.process
 def test_headers_interrupted_by_another_frame_gets_goaway(member, c):
     with connect(member) as s:
         # HEADERS without END_HEADERS must be followed by CONTINUATION
@@ -211,6 +222,7 @@ def test_headers_interrupted_by_another_frame_gets_goaway(member, c):
     assert c.put(b"h2/after-protocol-error", b"v").header.revision > 0
 
 
+@pytest.mark.process
 def test_garbage_header_block_gets_goaway(member, c):
     with connect(member) as s:
         # 0xff 0xff...: an indexed field far beyond any table

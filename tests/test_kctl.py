@@ -32,8 +32,6 @@ from controllers.kctl.manifests import parse_documents
 from controllers.kctl.rollout import parse_duration, status_message
 from controllers.kctl.session import CommandError
 
-pytestmark = pytest.mark.process
-
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "controllers" / "kctl" / "examples" / "web.yaml"
 RUN_TIMEOUT = 60
@@ -294,6 +292,7 @@ def shop(kctl):
     return "shop"
 
 
+@pytest.mark.process
 def test_apply_creates_every_document(client, shop):
     d = client.get("deployments", "web", shop)
     assert d.spec.replicas == 4 and d.spec.template.spec.containers[0].image == "nginx:1.25"
@@ -307,6 +306,7 @@ def test_apply_creates_every_document(client, shop):
     assert recorded["stringData"] == {"password": ""}
 
 
+@pytest.mark.process
 def test_reapply_is_unchanged_then_configured_keeping_what_others_set(kctl, client, shop):
     again = kctl("apply", "-f", "-", stdin=SHOP).stdout.splitlines()
     assert again == ["namespace/shop unchanged", "deployment.apps/web unchanged",
@@ -327,6 +327,7 @@ def test_reapply_is_unchanged_then_configured_keeping_what_others_set(kctl, clie
     assert kctl("apply", "-f", "-", stdin=SHOP).stdout.splitlines()[1] == "deployment.apps/web configured"
 
 
+@pytest.mark.process
 def test_get_tables(kctl, client, shop):
     lines = kctl("get", "deployments", "-n", shop).stdout.splitlines()
     assert lines[0].split() == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
@@ -348,6 +349,7 @@ def test_get_tables(kctl, client, shop):
     assert empty.stdout == "" and empty.stderr.strip() == f"No resources found in {shop} namespace."
 
 
+@pytest.mark.process
 def test_get_pods_wide(kctl, client, shop):
     pod = core_pb2.Pod()
     pod.metadata.name = "web-1"
@@ -369,6 +371,7 @@ def test_get_pods_wide(kctl, client, shop):
         client.delete("pods", "web-1", shop, grace_period_seconds=0)
 
 
+@pytest.mark.process
 def test_output_yaml_and_json_round_trip(kctl, client, shop):
     as_json = json.loads(kctl("get", "deployment", "web", "-n", shop, "-o", "json").stdout)
     assert as_json == manifest.to_dict(client.get("deployments", "web", shop))
@@ -389,6 +392,7 @@ def test_output_yaml_and_json_round_trip(kctl, client, shop):
     assert kctl("get", "deploy", "-n", shop, "-o", "name").stdout.split() == ["deployment.apps/web"]
 
 
+@pytest.mark.process
 def test_label_and_field_selectors(kctl, client, shop):
     client.create(core_pb2.ConfigMap(metadata={"name": "other", "namespace": shop,
                                                "labels": {"tier": "cache"}}))
@@ -401,6 +405,7 @@ def test_label_and_field_selectors(kctl, client, shop):
     kctl("delete", "cm", "other", "-n", shop)
 
 
+@pytest.mark.process
 def test_delete_by_name_and_by_file(kctl, client):
     kctl("apply", "-f", "-", stdin="""
 apiVersion: v1
@@ -435,6 +440,7 @@ metadata: {name: b, namespace: trash}
     assert "invalid cascade" in kctl("delete", "cm", "c", "--cascade=sideways", ok=False).stderr
 
 
+@pytest.mark.process
 def test_scale(kctl, client, shop):
     assert kctl("scale", "deployment/web", "--replicas=7", "-n", shop).stdout.strip() == \
         "deployment.apps/web scaled"
@@ -449,6 +455,7 @@ def test_scale(kctl, client, shop):
     assert client.get("deployments", "web", shop).spec.replicas == 4
 
 
+@pytest.mark.process
 def test_cordon_and_uncordon(kctl, client):
     node = core_pb2.Node()
     node.metadata.name = "node-c"
@@ -466,6 +473,7 @@ def test_cordon_and_uncordon(kctl, client):
     kctl("cordon", "ghost", ok=False)
 
 
+@pytest.mark.process
 def test_set_image(kctl, client, shop):
     out = kctl("set", "image", "deployment/web", "nginx=nginx:1.27", "-n", shop).stdout.strip()
     assert out == "deployment.apps/web image updated"
@@ -495,6 +503,7 @@ def _replica_set(deployment, revision: int, image: str, cause: str = ""):
     return rs
 
 
+@pytest.mark.process
 def test_rollout_history_and_undo(kctl, client, shop):
     d = apps_pb2.Deployment()
     d.metadata.name = "hist"
@@ -560,6 +569,7 @@ def _set_status(client, name, namespace, **fields):
     return client.update_status(d)
 
 
+@pytest.mark.process
 def test_rollout_status_follows_the_deployment(plane, kctl, client, shop):
     d = apps_pb2.Deployment()
     d.metadata.name = "roll"
@@ -592,6 +602,7 @@ def test_rollout_status_follows_the_deployment(plane, kctl, client, shop):
     assert "3 of 10 updated replicas are available" in late.stdout
 
 
+@pytest.mark.process
 def test_get_watch_prints_a_row_per_change(plane, kctl, client, shop):
     watcher = Streaming(plane.endpoint, "get", "deployments", "-n", shop, "-w")
     try:
@@ -620,6 +631,7 @@ def test_get_watch_prints_a_row_per_change(plane, kctl, client, shop):
     kctl("apply", "-f", "-", stdin=SHOP)
 
 
+@pytest.mark.process
 def test_describe_shows_conditions_and_events(kctl, client, shop):
     d = client.get("deployments", "web", shop)
     d.status.observed_generation = d.metadata.generation
@@ -660,6 +672,7 @@ def test_describe_shows_conditions_and_events(kctl, client, shop):
     assert "password:" in secret and "6 bytes" in secret and "s3cret" not in secret
 
 
+@pytest.mark.process
 def test_errors_and_exit_codes(kctl, shop):
     unknown = kctl("get", "widgets", ok=False)
     assert unknown.stderr.strip() == 'error: the server doesn\'t have a resource type "widgets"'
@@ -689,6 +702,7 @@ def test_errors_and_exit_codes(kctl, shop):
     assert kctl("frobnicate", ok=False).returncode == 1
 
 
+@pytest.mark.process
 def test_unreachable_server_gives_a_hint(kctl):
     server = f"127.0.0.1:{free_port()}"
     proc = kctl("get", "pods", server=server, ok=False)
@@ -702,6 +716,7 @@ def test_unreachable_server_gives_a_hint(kctl):
     assert "Client Version: kctl" in by_env.stdout
 
 
+@pytest.mark.process
 def test_example_manifest_applies(kctl, client):
     client.create(core_pb2.Namespace(metadata={"name": "example"}))
     out = kctl("apply", "-n", "example", "-f", str(EXAMPLE)).stdout.splitlines()

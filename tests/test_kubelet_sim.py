@@ -15,8 +15,6 @@ from controllers.kubelet import LEASE_NAMESPACE, HollowNodes, node_internal_ip, 
 from harness.etcd_client import wait_until
 from harness.plane import apiserver_on_etcdlite
 
-pytestmark = pytest.mark.process
-
 NODES = [f"hollow-{i}" for i in range(50)]
 
 
@@ -58,6 +56,7 @@ def pod(name, node="", namespace="work", containers=("main",)):
     return p
 
 
+@pytest.mark.process
 def test_fifty_nodes_register_ready_with_capacity(client, hollow):
     nodes = {n.metadata.name: n for n in client.list("nodes").items}
     assert set(NODES) <= set(nodes)
@@ -77,6 +76,7 @@ def test_fifty_nodes_register_ready_with_capacity(client, hollow):
     assert len({node_internal_ip(i) for i in range(len(NODES))}) == len(NODES)
 
 
+@pytest.mark.process
 def test_leases_are_renewed_and_owned_by_their_node(client, hollow):
     leases = {lease.metadata.name: lease for lease in client.list("leases", LEASE_NAMESPACE).items}
     assert set(NODES) <= set(leases)
@@ -93,6 +93,7 @@ def test_leases_are_renewed_and_owned_by_their_node(client, hollow):
                             if c.type == "Ready") != beat, timeout=10, what="a Ready heartbeat")
 
 
+@pytest.mark.process
 def test_bound_pods_become_running_and_ready(client, hollow):
     created = [client.create(pod(f"run-{i}", node=NODES[i % 3], containers=("main", "side")))
                for i in range(6)]
@@ -127,6 +128,7 @@ def test_bound_pods_become_running_and_ready(client, hollow):
     assert stranger.status.phase == "Pending" and not stranger.status.pod_ip
 
 
+@pytest.mark.process
 def test_graceful_deletion_is_finished_by_the_kubelet(client, hollow):
     client.create(pod("doomed", node=NODES[10]))
     wait_until(lambda: client.get("pods", "doomed", "work").status.phase == "Running", timeout=20,
@@ -144,6 +146,7 @@ def test_graceful_deletion_is_finished_by_the_kubelet(client, hollow):
     wait_until(gone, timeout=15, what="the kubelet deleting the pod")
 
 
+@pytest.mark.process
 def test_a_node_marked_not_ready_while_alive_says_ready_again(client, hollow):
     def mark_unknown():
         node = client.get("nodes", NODES[20], "")
@@ -162,6 +165,7 @@ def test_a_node_marked_not_ready_while_alive_says_ready_again(client, hollow):
                what="the kubelet restoring Ready")
 
 
+@pytest.mark.process
 def test_stopped_node_goes_silent_and_comes_back(client, hollow):
     name = NODES[30]
     client.create(pod("on-dying", node=name))
@@ -215,6 +219,7 @@ def test_parse_taint():
         parse_taint("novalue")
 
 
+@pytest.mark.process
 def test_unknown_node_name_is_refused(hollow):
     with pytest.raises(KeyError):
         hollow.stop_node("not-a-hollow-node")

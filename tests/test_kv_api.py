@@ -18,8 +18,6 @@ from harness.etcd_client import Client, error_of
 from harness.procs import Registry, start_module_member
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 
-pytestmark = pytest.mark.process
-
 R = pb.RangeRequest
 C = pb.Compare
 Op = pb.RequestOp
@@ -65,6 +63,7 @@ def txn_op(**kw):
 # --- Range ------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_range_single_key_interval_prefix_from_key_and_all(c):
     for k in (b"rg/a", b"rg/b", b"rg/c", b"rg/d", b"rg0"):
         c.put(k, k.upper())
@@ -94,6 +93,7 @@ def test_range_single_key_interval_prefix_from_key_and_all(c):
     assert c.get(b"rg/c", range_end=b"rg/a").count == 0
 
 
+@pytest.mark.process
 def test_range_limit_more_and_count(c):
     for i in range(5):
         c.put(b"lim/%d" % i, b"v")
@@ -108,6 +108,7 @@ def test_range_limit_more_and_count(c):
     assert (len(resp.kvs), resp.more, resp.count) == (5, False, 5)
 
 
+@pytest.mark.process
 def test_range_at_historical_revisions(c):
     r1 = c.put(b"hist/k", b"v1").header.revision
     r2 = c.put(b"hist/k", b"v2").header.revision
@@ -144,6 +145,7 @@ def sort_prefix(c):
     return b"sort/"
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("order", [R.NONE, R.ASCEND, R.DESCEND], ids=["none", "ascend", "descend"])
 @pytest.mark.parametrize("target", [R.KEY, R.VERSION, R.CREATE, R.MOD, R.VALUE],
                          ids=["key", "version", "create", "mod", "value"])
@@ -158,12 +160,14 @@ def test_range_sort_order_and_target(c, sort_prefix, order, target):
     assert resp.count == 4
 
 
+@pytest.mark.process
 def test_sort_then_limit_truncates_the_sorted_list(c, sort_prefix):
     resp = c.get(sort_prefix, range_end=b"sort0", sort_order=R.DESCEND, sort_target=R.MOD, limit=2)
     assert keys(resp) == [b"sort/b", b"sort/c"]
     assert (resp.more, resp.count) == (True, 4)
 
 
+@pytest.mark.process
 def test_serializable_keys_only_count_only(c):
     for i in range(3):
         c.put(b"ro/%d" % i, b"value%d" % i)
@@ -184,6 +188,7 @@ def test_serializable_keys_only_count_only(c):
     assert (keys(ko), ko.more, ko.count) == ([b"ro/0", b"ro/1"], True, 3)
 
 
+@pytest.mark.process
 def test_min_max_mod_and_create_revision_filters(c):
     c.put(b"flt/a", b"1").header.revision
     rb = c.put(b"flt/b", b"1").header.revision
@@ -207,6 +212,7 @@ def test_min_max_mod_and_create_revision_filters(c):
 # --- Put ----------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_put_revisions_and_prev_kv(c):
     first = c.put(b"put/k", b"v1", prev_kv=True)
     assert not first.HasField("prev_kv")
@@ -222,6 +228,7 @@ def test_put_revisions_and_prev_kv(c):
         b"v3", 3, first.header.revision, third.header.revision)
 
 
+@pytest.mark.process
 def test_put_with_lease_ignore_value_and_ignore_lease(c):
     lease = c.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=300)).ID
     try:
@@ -251,6 +258,7 @@ def test_put_with_lease_ignore_value_and_ignore_lease(c):
 # --- DeleteRange --------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_delete_single_range_and_prev_kv(c):
     for k in (b"del/a", b"del/b", b"del/c", b"del/d"):
         c.put(k, b"val-" + k)
@@ -270,6 +278,7 @@ def test_delete_single_range_and_prev_kv(c):
         b"del/a", b"del/b", b"del/c", b"del/d"]
 
 
+@pytest.mark.process
 def test_delete_of_nothing_does_not_bump_the_revision(c):
     before = current_revision(c)
     resp = c.kv.DeleteRange(pb.DeleteRangeRequest(key=b"del-none/x", prev_kv=True))
@@ -335,6 +344,7 @@ def compare_cases(t):
     ]
 
 
+@pytest.mark.process
 def test_txn_compares(c, txn_keys):
     failures = []
     for name, cmp, expected in compare_cases(txn_keys):
@@ -347,6 +357,7 @@ def test_txn_compares(c, txn_keys):
     assert failures == []
 
 
+@pytest.mark.process
 def test_txn_compares_are_anded(c, txn_keys):
     yes = _cmp(b"cmp/a", C.VALUE, C.EQUAL, value=b"5")
     no = _cmp(b"cmp/a", C.VERSION, C.EQUAL, version=9)
@@ -370,6 +381,7 @@ def _branch_ops(p: bytes):
     ]
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("take_success", [True, False], ids=["success", "failure"])
 def test_txn_branch_with_put_range_delete_and_nested_txn(c, take_success):
     base = b"brS" if take_success else b"brF"
@@ -406,6 +418,7 @@ def test_txn_branch_with_put_range_delete_and_nested_txn(c, take_success):
     assert keys(c.get(other, range_end=other[:-1] + b"0")) == [other + b"old"]
 
 
+@pytest.mark.process
 def test_txn_read_only_and_no_op_writes_keep_the_revision(c):
     c.put(b"tro/k", b"v")
     before = current_revision(c)
@@ -422,6 +435,7 @@ def test_txn_read_only_and_no_op_writes_keep_the_revision(c):
     assert [kv.value for kv in hist.responses[0].response_range.kvs] == [b"v"]
 
 
+@pytest.mark.process
 def test_txn_failing_a_check_in_the_chosen_branch_changes_nothing(c):
     c.put(b"tchk/k", b"orig")
     before = current_revision(c)
@@ -451,6 +465,7 @@ def test_txn_failing_a_check_in_the_chosen_branch_changes_nothing(c):
 # --- Compact and headers ------------------------------------------------------
 
 
+@pytest.mark.process
 def test_compact_then_historical_reads(c):
     r1 = c.put(b"cpt/k", b"v1").header.revision
     r2 = c.put(b"cpt/k", b"v2").header.revision
@@ -467,6 +482,7 @@ def test_compact_then_historical_reads(c):
     assert current_revision(c) == r3  # compaction is no write
 
 
+@pytest.mark.process
 def test_every_kv_response_header_names_cluster_member_and_term(c, member):
     status = c.maintenance.Status(pb.StatusRequest())
     members = c.cluster.MemberList(pb.MemberListRequest())
@@ -492,6 +508,7 @@ def test_every_kv_response_header_names_cluster_member_and_term(c, member):
     assert raw == resp.SerializeToString(deterministic=True)
 
 
+@pytest.mark.process
 @pytest.mark.skipif(os.environ.get("ETCDLITE_TEST_TARGET") == "etcd", reason="etcdlite's server option")
 def test_kv_and_watch_on_the_grpcio_server(tmp_path):
     """--experimental-grpc-server=grpcio runs the KV service's coroutine

@@ -21,8 +21,6 @@ from controllers.podutil import now_rfc3339
 from harness.etcd_client import wait_until
 from harness.plane import apiserver_on_etcdlite
 
-pytestmark = pytest.mark.process
-
 UNREACHABLE = "node.kubernetes.io/unreachable"
 NOT_READY = "node.kubernetes.io/not-ready"
 GRACE = 2.0
@@ -88,6 +86,7 @@ def running_and_ready(client, name):
         c.type == "Ready" and c.status == "True" for c in p.status.conditions)
 
 
+@pytest.mark.process
 def test_live_nodes_stay_ready_and_untainted(client, controller):
     time.sleep(GRACE + 1)  # a whole grace period must pass without a false alarm
     for name in NODES:
@@ -96,6 +95,7 @@ def test_live_nodes_stay_ready_and_untainted(client, controller):
         assert not taints & {(UNREACHABLE, "NoExecute"), (UNREACHABLE, "NoSchedule")}
 
 
+@pytest.mark.process
 def test_silent_node_is_tainted_its_pods_evicted_and_it_recovers(client, hollow, controller):
     dying = NODES[1]
     client.create(pod("default-tol", dying))  # the apiserver's 2 s default toleration
@@ -128,6 +128,7 @@ def test_silent_node_is_tainted_its_pods_evicted_and_it_recovers(client, hollow,
                timeout=15, what="the evicted pod deleted by its kubelet")
 
 
+@pytest.mark.process
 def test_not_tolerated_noexecute_taint_evicts_at_once(client, hollow, controller):
     name = NODES[3]
     client.create(pod("plain", name))
@@ -155,6 +156,7 @@ def test_not_tolerated_noexecute_taint_evicts_at_once(client, hollow, controller
     assert ("dedicated", "NoExecute") in node_state(client, name)[1]
 
 
+@pytest.mark.process
 def test_node_reporting_not_ready_gets_not_ready_then_unreachable(client, controller):
     node = core_pb2.Node()
     node.metadata.name = "manual"

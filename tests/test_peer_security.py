@@ -15,8 +15,6 @@ from harness.etcd_client import Client, wait_until
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from harness.procs import start_etcdlite_cluster
 
-pytestmark = pytest.mark.process
-
 
 class _OpenFile:
     """Unpickling this opens (so creates) a file: proof that code ran."""
@@ -34,6 +32,7 @@ def _frame(message) -> bytes:
     return struct.pack("i", len(data)) + data
 
 
+@pytest.mark.process
 def test_crafted_pickle_on_peer_port_is_ignored(procs, tmp_path):
     members = start_etcdlite_cluster(tmp_path, 3, procs)
     marker = tmp_path / "pwned"
@@ -79,6 +78,7 @@ def test_cluster_without_a_secret_refuses_to_start(tmp_path):
         )
 
 
+@pytest.mark.process
 def test_unauthenticated_hello_gets_no_answer(procs, tmp_path):
     """A peer that cannot prove the secret gets nothing back, not even the
     member's half of pysyncobj's handshake."""

@@ -18,8 +18,6 @@ from controllers.scheduler.scheduler import Scheduler, SchedulerCache
 from harness.etcd_client import wait_until
 from harness.plane import apiserver_on_etcdlite
 
-pytestmark = pytest.mark.process
-
 
 class FakeClock:
     def __init__(self) -> None:
@@ -278,6 +276,7 @@ def all_bound(c, ns, n):
     return len(pods) == n and all(p.spec.node_name for p in pods.values()) and pods
 
 
+@pytest.mark.process
 def test_pods_get_bound_with_scheduled_events(c, cluster):
     ns, start = cluster
     for n in ("n1", "n2"):
@@ -301,6 +300,7 @@ def test_pods_get_bound_with_scheduled_events(c, cluster):
     assert not c.get("pods", "other", ns).spec.node_name
 
 
+@pytest.mark.process
 def test_node_selector_taints_and_readiness_are_respected(c, cluster):
     ns, start = cluster
     c.create(_node("ssd", labels={"disk": "ssd"}))
@@ -343,6 +343,7 @@ def test_node_selector_taints_and_readiness_are_respected(c, cluster):
                what="wants-nvme bound once its node is Ready")
 
 
+@pytest.mark.process
 def test_forty_pods_on_four_nodes_never_exceed_allocatable(c, cluster):
     ns, start = cluster
     for i in range(4):
@@ -414,6 +415,7 @@ def test_forty_pods_on_four_nodes_never_exceed_allocatable(c, cluster):
     assert len(events_of(c, ns, "FailedScheduling")) == 16
 
 
+@pytest.mark.process
 def test_adding_a_node_schedules_a_waiting_pod(c, cluster):
     ns, start = cluster
     c.create(_node("small", cpu="1"))
@@ -431,6 +433,7 @@ def test_adding_a_node_schedules_a_waiting_pod(c, cluster):
                what="big bound to the new node")
 
 
+@pytest.mark.process
 def test_replicas_of_one_owner_spread_across_nodes(c, cluster):
     ns, start = cluster
     # one node much larger: least-allocated alone would stack everything on it
@@ -464,6 +467,7 @@ class FailingFirstBind(Client):
         return super().patch(kind, name, patch, namespace, **kw)
 
 
+@pytest.mark.process
 def test_a_refused_bind_is_forgotten_and_retried(c, cluster):
     ns, _ = cluster
     c.create(_node("only", cpu="1"))
@@ -482,6 +486,7 @@ def test_a_refused_bind_is_forgotten_and_retried(c, cluster):
         client.close()
 
 
+@pytest.mark.process
 def test_entry_point_schedules(c, cluster, tmp_path):
     import subprocess
     import sys

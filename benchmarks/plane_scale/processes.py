@@ -1,6 +1,8 @@
 """The plane's processes for the benchmark: etcdlite, the apiserver, the
 controller-manager, the scheduler and the simulated nodes, each on free
-127.0.0.1 ports with its log in the work dir; and py-spy recording them."""
+127.0.0.1 ports with its log in the work dir (started as the tests start them,
+with harness.plane, plus the flags given on the benchmark's command line);
+and py-spy recording them."""
 
 from __future__ import annotations
 
@@ -10,45 +12,11 @@ import signal
 import subprocess
 from pathlib import Path
 
-from apiserver.client import Client
-from apiserver.errors import ApiError
 from benchmarks.plane_scale import log
-from harness.procs import PYTHON, Registry, ServerProcess, free_port
+from harness.plane import ApiServer, start_component
+from harness.procs import PYTHON, Registry, ServerProcess
 
-
-def flags(**kw) -> list[str]:
-    """{"log_level": "warning"} -> ["--log-level", "warning"]."""
-    return [arg for k, v in kw.items() for arg in (f"--{k.replace('_', '-')}", str(v))]
-
-
-class PlaneProcess(ServerProcess):
-    """``python -m <module> <argv>``, ready when ``probe(rpc_timeout)`` is None."""
-
-    def __init__(self, tmp, name: str, module: str, argv: list[str], registry: Registry, probe=None) -> None:
-        self.module, self.args, self.probe = module, argv, probe
-        self.kind = module
-        super().__init__(name, tmp, registry, ready_timeout=120)
-
-    @property
-    def endpoint(self) -> str:
-        return self.name
-
-    def argv(self) -> list[str]:
-        return [PYTHON, "-m", self.module, *self.args]
-
-    def ready_probe(self, rpc_timeout: float) -> str | None:
-        return self.probe(rpc_timeout) if self.probe else None
-
-
-def apiserver_serves(server: str):
-    def probe(rpc_timeout: float) -> str | None:
-        with Client(server, timeout=rpc_timeout) as c:
-            try:
-                c.list("namespaces", limit=1)
-            except ApiError as e:
-                return f"List: {e.reason} {e}"
-        return None
-    return probe
+READY_TIMEOUT = 120.0  # seconds each process may take to start on a loaded machine
 
 
 class Plane:
@@ -58,32 +26,34 @@ class Plane:
         self.workdir, self.args = workdir, args
         self.registry = Registry()
         self.procs: dict[str, ServerProcess] = {}
-        self.api_port = free_port()
-        self.server = f"127.0.0.1:{self.api_port}"
+        self.server: str | None = None  # the apiserver's address, once start() has started it
 
     def start(self) -> None:
         a = self.args
         log("starting etcdlite")
         self.procs["etcd"] = self.registry.start_etcdlite(self.workdir, name="etcd", log_level="warn",
-                                                          ready_timeout=120)
+                                                          ready_timeout=READY_TIMEOUT)
         log("starting the apiserver")
-        self._start("apiserver", "apiserver", flags(etcd_servers=self.procs["etcd"].url, port=self.api_port,
-                                                    log_level="warning"), apiserver_serves(self.server))
-        common = flags(server=self.server, log_level="warning")
+        api = ApiServer(self.workdir, self.procs["etcd"].url, registry=self.registry,
+                        ready_timeout=READY_TIMEOUT, log_level="warning")
+        self.procs["apiserver"] = api.start()
+        self.server = api.endpoint
         log("starting the controller-manager, the scheduler and the simulated nodes")
-        self._start("controller-manager", "controllers.manager", common + shlex.split(a.manager_args))
-        self._start("scheduler", "controllers.scheduler", common + shlex.split(a.scheduler_args))
+        self._start("controller-manager", "controllers.manager", a.manager_args)
+        self._start("scheduler", "controllers.scheduler", a.scheduler_args)
         first = 0
         for i in range(a.kubelet_procs):
             count = a.nodes // a.kubelet_procs + (1 if i < a.nodes % a.kubelet_procs else 0)
-            node_flags = flags(nodes=count, start_index=first, cpu=a.node_cpu, memory=a.node_memory,
-                               ready_delay=a.ready_delay)
             self._start("kubelets" if a.kubelet_procs == 1 else f"kubelets-{i}", "controllers.kubelet",
-                        common + node_flags + shlex.split(a.kubelet_args))
+                        a.kubelet_args, nodes=count, start_index=first, cpu=a.node_cpu, memory=a.node_memory,
+                        ready_delay=a.ready_delay)
             first += count
 
-    def _start(self, name: str, module: str, argv: list[str], probe=None) -> None:
-        self.procs[name] = PlaneProcess(self.workdir, name, module, argv, self.registry, probe).start()
+    def _start(self, name: str, module: str, user_args: str, **flags) -> None:
+        """``user_args``: the flags given on the benchmark's command line for this process."""
+        self.procs[name] = start_component(self.workdir, name, module, self.server, self.registry,
+                                           log_level="warning", extra_args=shlex.split(user_args),
+                                           ready_timeout=READY_TIMEOUT, **flags)
 
     def pids(self) -> dict[str, int]:
         return {name: p.pid for name, p in self.procs.items() if p.alive}
