@@ -9,6 +9,11 @@ unknown field or a value of the wrong JSON type is a BadRequest naming its
 path, never a half-read object. Manifest conveniences Kubernetes accepts are
 accepted: numbers for IntOrString and quantity fields (``targetPort: 8080``,
 ``cpu: 1``) and decimal strings for integer fields.
+
+A patch is client-supplied JSON and everything here recurses over it, so its
+size and nesting are bounded before anything walks it (``parse_merge_patch``):
+kube-apiserver's answers, RequestEntityTooLarge and a BadRequest "exceeded max
+depth", instead of a RecursionError.
 """
 
 from __future__ import annotations
@@ -37,6 +42,13 @@ _INT_TYPES = {
     FieldDescriptor.TYPE_FIXED64: (0, 2 ** 64 - 1, "uint64"),
 }
 _FLOAT_TYPES = (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE)
+
+# kube-apiserver's limit on a request body (its MaxRequestBodyBytes, 3 MiB)
+MAX_REQUEST_BYTES = 3 * 1024 * 1024
+# Kubernetes' JSON decoding stops at 10000 levels, more than a Python stack
+# holds (json.loads itself gives up near 1000); the deepest path of our kinds
+# is under 20 levels, so 100 refuses no object and keeps every walk shallow
+MAX_JSON_DEPTH = 100
 
 # string fields that Kubernetes types as IntOrString or Quantity: a JSON
 # number is accepted there and kept as its decimal text
@@ -279,17 +291,45 @@ def merge_patch(target, patch):
     return result
 
 
-def apply_merge_patch(msg, patch_json: str | bytes):
-    """A new typed message: ``msg`` with a JSON merge patch applied over its
-    Kubernetes JSON form. Raises errors.bad_request for JSON that does not
-    parse, a patch that is not an object, a patch that changes apiVersion or
-    kind, or a result that does not decode (see from_dict)."""
+def nests_deeper_than(value, limit: int) -> bool:
+    """Whether arrays and objects in ``value`` nest more than ``limit`` levels
+    (the top level counts as one). Level by level, without recursion."""
+    level = [value] if isinstance(value, (dict, list)) else []
+    for _ in range(limit):
+        level = [child for v in level for child in (v.values() if isinstance(v, dict) else v)
+                 if isinstance(child, (dict, list))]
+        if not level:
+            return False
+    return True
+
+
+def parse_merge_patch(patch_json: str | bytes) -> dict:
+    """A merge patch's JSON object. Raises errors.too_large beyond
+    MAX_REQUEST_BYTES (characters of a str) and errors.bad_request for JSON
+    that does not parse, nests deeper than MAX_JSON_DEPTH or is not an object."""
+    if len(patch_json) > MAX_REQUEST_BYTES:
+        raise errors.too_large(f"Request entity too large: limit is {MAX_REQUEST_BYTES}")
+    too_deep = errors.bad_request(f"error decoding patch: json: exceeded max depth of {MAX_JSON_DEPTH}")
     try:
         patch = json.loads(patch_json)
     except (ValueError, UnicodeDecodeError) as e:
         raise errors.bad_request(f"error decoding patch: {e}") from None
+    except RecursionError:
+        raise too_deep from None
+    if nests_deeper_than(patch, MAX_JSON_DEPTH):
+        raise too_deep
     if not isinstance(patch, dict):
         raise errors.bad_request(f"a merge patch must be a JSON object, not {_json_type(patch)}")
+    return patch
+
+
+def apply_merge_patch(msg, patch_json: str | bytes | dict):
+    """A new typed message: ``msg`` with a JSON merge patch applied over its
+    Kubernetes JSON form; ``patch_json`` is its text or what parse_merge_patch
+    made of it. Raises errors.bad_request for a patch that parse_merge_patch
+    refuses, that changes apiVersion or kind, or whose result does not decode
+    (see from_dict)."""
+    patch = patch_json if isinstance(patch_json, dict) else parse_merge_patch(patch_json)
     current = to_dict(msg)
     for key in ("apiVersion", "kind"):
         if key in patch and patch[key] != current[key]:

@@ -307,9 +307,10 @@ class Registry:
         if status and not res.has_status:
             raise errors.method_not_allowed(f"{res.name} have no status subresource")
         namespace = self.namespace_of(res, namespace)
+        patch = manifest.parse_merge_patch(merge_patch)  # once, before etcd is read
 
         def update(current):
-            new = manifest.apply_merge_patch(current, merge_patch)
+            new = manifest.apply_merge_patch(current, patch)
             rv = new.metadata.resource_version
             if rv and rv != current.metadata.resource_version:
                 raise errors.conflict(res.qualified, name)

@@ -406,7 +406,7 @@ def decode_continue(token: str, prefix: bytes) -> tuple[bytes, int]:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         data = json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
         raise bad("not a continue token") from None
     if not isinstance(data, dict):
         raise bad("not a continue token")

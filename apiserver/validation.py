@@ -790,6 +790,8 @@ def _validate_secret(errs: FieldErrors, secret) -> None:
             json.loads(secret.data[".dockerconfigjson"])
         except ValueError as e:
             errs.invalid("data[.dockerconfigjson]", "<secret contents redacted>", str(e))
+        except RecursionError:  # nested past what json.loads holds
+            errs.invalid("data[.dockerconfigjson]", "<secret contents redacted>", "exceeded max depth")
     if secret.type == "kubernetes.io/basic-auth" and \
             "username" not in secret.data and "password" not in secret.data:
         errs.required("data[username]")
