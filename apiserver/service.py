@@ -7,6 +7,7 @@ no Python traceback reaches a client and the server keeps serving.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections import OrderedDict
@@ -54,6 +55,20 @@ def _translating_errors(method):
         except Exception as e:
             await _fail(context, e)
     return call
+
+
+async def _write_when_read(context, watcher, data: bytes) -> bool:
+    """``data`` written once the client has read enough of what the stream
+    holds (True); False, nothing written, if the watch cache terminated the
+    watcher first (or the call ended)."""
+    writable = asyncio.ensure_future(context.writable())
+    terminated = asyncio.ensure_future(watcher.terminated())
+    try:
+        await asyncio.wait((writable, terminated), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        writable.cancel()
+        terminated.cancel()
+    return not terminated.done() and context.try_write(data)
 
 
 class SharedWatchEvents:
@@ -156,7 +171,11 @@ class ApiServerService(api_pb2_grpc.ApiServerServicer):
     async def Watch(self, request, context):
         """Errors before the first event end the call with their status code;
         later ones (a watcher expired for falling behind) arrive as an ERROR
-        event, as in Kubernetes, and end the stream."""
+        event, as in Kubernetes, and end the stream. A client that stops
+        reading holds at most the stream's share of unsent data: once its
+        watcher fell too far behind, the call ends with that error (after what
+        is queued). The watcher is released however the call ends (the client
+        cancelled or went away: this coroutine is cancelled where it waits)."""
         events = None
         try:
             res = _resource(request.resource)
@@ -169,14 +188,18 @@ class ApiServerService(api_pb2_grpc.ApiServerServicer):
             try:
                 async for kind, msg in events:
                     started = True
-                    yield self._events.get(kind, msg, field)
+                    data = self._events.get(kind, msg, field)
+                    if not context.try_write(data) and not await _write_when_read(context, events, data):
+                        if context.done():
+                            return
+                        # the watcher was terminated while the client did not read: the
+                        # next step raises its error, which ends the call
             except ApiError as e:
-                if not started:
+                if not started or not context.writable_now():
                     raise
-                yield api_pb2.WatchEvent(type="ERROR", status=e.to_status())
+                context.try_write(api_pb2.WatchEvent(type="ERROR", status=e.to_status()).SerializeToString())
         except Exception as e:
             await _fail(context, e)
         finally:
             if events is not None and hasattr(events, "aclose"):
                 await events.aclose()
-

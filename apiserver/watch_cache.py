@@ -88,6 +88,9 @@ class WatchCache:
         # a client watcher with more unread events than this is expired
         self._watcher_buffer = watcher_buffer if watcher_buffer is not None else capacity
         self._objects: dict[bytes, Any] = {}
+        # ADDED for every object in key order, shared by the watches from "now"
+        # opened before the objects next change (None: build it again)
+        self._initial: tuple[WatchEvent, ...] | None = None
         self._ring = EventRing(capacity)
         self._ring_revision = 0  # the newest event's revision
         self._revision = 0
@@ -246,17 +249,24 @@ class WatchCache:
             return  # closed while waiting to start
         rv = w._resource_version
         if rv is None:
-            w._backlog.extend(
-                WatchEvent(ADDED, self._objects[key], None, self._revision, self._namespace_of(key))
-                for key in sorted(self._objects))
+            w._backlog = self._initial_events()
             w.known_revision = 0  # ADDED events carry no list revision: bookmark it
         else:
             if rv < self._ring.window_start:
                 raise errors.expired(f"too old resource version: {rv} ({self._ring.window_start})")
-            w._backlog.extend(self._ring.since(rv))
+            w._backlog = self._ring.since(rv)
             w.known_revision = rv
         w._registered = True
         self._watchers.add(w)
+
+    def _initial_events(self) -> tuple[WatchEvent, ...]:
+        """What a watch from "now" replays first; one copy however many watch,
+        so a watch costs a reference until it has sent it."""
+        if self._initial is None:
+            self._initial = tuple(
+                WatchEvent(ADDED, self._objects[key], None, self._revision, self._namespace_of(key))
+                for key in sorted(self._objects))
+        return self._initial
 
     # -- applying etcd's changes ------------------------------------------------
 
@@ -278,6 +288,7 @@ class WatchCache:
         self._ring_revision = rev
         namespace = self._namespace_of(key)
         prev = self._objects.get(key)
+        self._initial = None
         if ev.type == type(ev).DELETE:
             self._objects.pop(key, None)
             obj = self._decode_or_none(key, ev.prev_kv.value, ev.prev_kv.mod_revision) \
@@ -349,6 +360,7 @@ class WatchCache:
     def _replace(self, objects: dict, revision: int, why: errors.ApiError | None) -> None:
         """Starts over from a fresh list; every client watcher ends with ``why``."""
         self._objects = objects
+        self._initial = None
         self._ring.reset(revision)
         self._ring_revision = revision
         self._tentative = None

@@ -8,6 +8,7 @@ import asyncio
 import bisect
 import logging
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -99,10 +100,14 @@ class CacheWatcher:
         self.bookmarks = bookmarks
         self._buffer_limit = buffer_limit
         self._registered = False
-        self._backlog: deque[WatchEvent] = deque()  # replayed lazily, before _pending
+        # replayed lazily, before _pending, from _backlog_next on; shared with
+        # the cache (its initial ADDED list, or a slice of its ring): read-only
+        self._backlog: Sequence[WatchEvent] = ()
+        self._backlog_next = 0
         self._pending: deque[tuple[str, Any]] = deque()
         self._wakeup = asyncio.Event()
         self._error: errors.ApiError | None = None
+        self._terminated: asyncio.Event | None = None  # made by terminated(), set by _fail
         self._done = False
         # the newest revision the client will know of once it has read what is queued
         self.known_revision = 0
@@ -123,9 +128,11 @@ class CacheWatcher:
                 err, self._error = self._error, None
                 self._done = True
                 raise err
-            while self._backlog:
+            while self._backlog_next < len(self._backlog):
+                ev = self._backlog[self._backlog_next]
+                self._backlog_next += 1
                 try:
-                    view = self._view(self._backlog.popleft())
+                    view = self._view(ev)
                 except Exception as e:  # a broken predicate ends this watch only
                     log.exception("watch predicate failed")
                     self._fail(errors.internal(f"watch filter failed: {e}"))
@@ -143,11 +150,19 @@ class CacheWatcher:
 
     async def aclose(self) -> None:
         """Unsubscribes; what is queued is dropped and the iteration ends."""
-        self._backlog.clear()
-        self._pending.clear()
+        self._drop_queued()
         self._finish()
 
     close = aclose
+
+    async def terminated(self) -> None:
+        """Returns once the cache has ended this watch with an error (it fell
+        too far behind, the cache was reloaded): for a sender that waits on a
+        client, which must give up then instead of holding the watch."""
+        if self._error is None:
+            if self._terminated is None:
+                self._terminated = asyncio.Event()
+            await self._terminated.wait()
 
     # -- cache side ---------------------------------------------------------
 
@@ -199,9 +214,15 @@ class CacheWatcher:
         if self._done:
             return
         self._error = err
-        self._backlog.clear()
-        self._pending.clear()
+        self._drop_queued()
         self._finish()
+        if self._terminated is not None:
+            self._terminated.set()
+
+    def _drop_queued(self) -> None:
+        self._backlog = ()
+        self._backlog_next = 0
+        self._pending.clear()
 
     def _finish(self) -> None:
         """Ends the watch once what is queued has been read."""
