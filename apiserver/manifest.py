@@ -295,12 +295,14 @@ def nests_deeper_than(value, limit: int) -> bool:
     """Whether arrays and objects in ``value`` nest more than ``limit`` levels
     (the top level counts as one). Level by level, without recursion."""
     level = [value] if isinstance(value, (dict, list)) else []
-    for _ in range(limit):
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
         level = [child for v in level for child in (v.values() if isinstance(v, dict) else v)
                  if isinstance(child, (dict, list))]
-        if not level:
-            return False
-    return True
+    return False
 
 
 def parse_merge_patch(patch_json: str | bytes) -> dict:

@@ -131,6 +131,8 @@ class CacheWatcher:
             while self._backlog_next < len(self._backlog):
                 ev = self._backlog[self._backlog_next]
                 self._backlog_next += 1
+                if self._backlog_next == len(self._backlog):
+                    self._backlog, self._backlog_next = (), 0  # replayed: let the cache's copy go
                 try:
                     view = self._view(ev)
                 except Exception as e:  # a broken predicate ends this watch only
