@@ -25,6 +25,12 @@ from apiserver.errors import ApiError
 from apiserver.resources import Resource
 from apiserver.syntax import is_integer, label_value_errors, qualified_name_errors
 
+# The longest selector string a request may carry. kube-apiserver takes
+# selectors in the URL, whose request line and headers Go's HTTP server caps at
+# 1 MiB; parsing here runs on the event loop every client shares (1 MiB of
+# requirements holds it for seconds), and real selectors are well under 1 KiB.
+MAX_SELECTOR_LENGTH = 64 * 1024
+
 # ---- printing values in messages ----
 
 def quote(value: str) -> str:
@@ -524,7 +530,11 @@ class Predicate:
 def make_predicate(resource: Resource, label_selector: str | None = "",
                    field_selector: str | None = "") -> Predicate:
     """The Predicate of a list/watch request's selector strings ("" or None = any).
-    Raises errors.bad_request."""
+    Raises errors.bad_request, also for a selector over MAX_SELECTOR_LENGTH."""
+    for what, text in (("label", label_selector), ("field", field_selector)):
+        if text and len(text) > MAX_SELECTOR_LENGTH:
+            raise errors.bad_request(f"{what} selector too long: {len(text)} characters, "
+                                     f"the limit is {MAX_SELECTOR_LENGTH}")
     label = parse_label_selector(label_selector) if label_selector else None
     field = parse_field_selector(field_selector, resource) if field_selector else None
     return Predicate(label, field)

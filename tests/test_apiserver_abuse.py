@@ -28,6 +28,7 @@ from apiserver.etcd3 import Etcd
 from apiserver.pb import api_pb2, core_pb2
 from apiserver.registry import Registry
 from apiserver.resources import BY_NAME, RESOURCES
+from apiserver.selectors import MAX_SELECTOR_LENGTH, make_predicate
 from apiserver.server import MAX_RECEIVE_BYTES
 from apiserver.service import ApiServerService, add_to_server
 from apiserver.storage import Storage, decode_continue
@@ -108,6 +109,20 @@ def test_a_deeply_nested_docker_config_is_invalid_not_an_internal_error():
         validation.validate_create(BY_NAME["secrets"], secret)
     assert e.value.reason == "Invalid"
     assert "exceeded max depth" in e.value.message
+
+
+def test_a_selector_over_the_limit_is_refused_before_it_is_parsed():
+    pods = BY_NAME["pods"]
+    at_limit = ",".join(["a"] * (MAX_SELECTOR_LENGTH // 2))
+    assert not make_predicate(pods, at_limit).everything
+    over = at_limit + ",b"
+    for label, field in ((over, ""), ("", ",".join(["metadata.name=x"] * (MAX_SELECTOR_LENGTH // 15 + 1)))):
+        start = time.monotonic()
+        with pytest.raises(ApiError) as e:
+            make_predicate(pods, label, field)
+        assert e.value.reason == "BadRequest"
+        assert "selector too long" in e.value.message
+        assert time.monotonic() - start < 0.05
 
 
 # ---- an apiserver in this process ---------------------------------------------------------
