@@ -27,6 +27,7 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 
 from apiserver import errors, resources
+from apiserver.limits import MAX_JSON_DEPTH, check_request_size
 from apiserver.errors import ApiError
 
 _INT_TYPES = {
@@ -42,13 +43,6 @@ _INT_TYPES = {
     FieldDescriptor.TYPE_FIXED64: (0, 2 ** 64 - 1, "uint64"),
 }
 _FLOAT_TYPES = (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE)
-
-# kube-apiserver's limit on a request body (its MaxRequestBodyBytes, 3 MiB)
-MAX_REQUEST_BYTES = 3 * 1024 * 1024
-# Kubernetes' JSON decoding stops at 10000 levels, more than a Python stack
-# holds (json.loads itself gives up near 1000); the deepest path of our kinds
-# is under 20 levels, so 100 refuses no object and keeps every walk shallow
-MAX_JSON_DEPTH = 100
 
 # string fields that Kubernetes types as IntOrString or Quantity: a JSON
 # number is accepted there and kept as its decimal text
@@ -307,10 +301,9 @@ def nests_deeper_than(value, limit: int) -> bool:
 
 def parse_merge_patch(patch_json: str | bytes) -> dict:
     """A merge patch's JSON object. Raises errors.too_large beyond
-    MAX_REQUEST_BYTES (characters of a str) and errors.bad_request for JSON
+    limits.MAX_REQUEST_BYTES (characters of a str) and errors.bad_request for JSON
     that does not parse, nests deeper than MAX_JSON_DEPTH or is not an object."""
-    if len(patch_json) > MAX_REQUEST_BYTES:
-        raise errors.too_large(f"Request entity too large: limit is {MAX_REQUEST_BYTES}")
+    check_request_size(len(patch_json))
     too_deep = errors.bad_request(f"error decoding patch: json: exceeded max depth of {MAX_JSON_DEPTH}")
     try:
         patch = json.loads(patch_json)

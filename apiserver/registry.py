@@ -20,6 +20,7 @@ from datetime import datetime, timedelta, timezone
 
 from apiserver import defaults, errors, manifest, resources, validation
 from apiserver.errors import ApiError
+from apiserver.limits import check_request_size
 from apiserver.resources import Resource
 from apiserver.selectors import make_predicate
 from apiserver.storage import Storage
@@ -165,6 +166,7 @@ class Registry:
     # ---- create ---------------------------------------------------------
 
     async def create(self, res: Resource, incoming):
+        check_request_size(incoming.ByteSize())
         msg = copy_of(incoming)
         meta = msg.metadata
         if res.namespaced:
@@ -183,8 +185,8 @@ class Registry:
         generated = not meta.name and bool(meta.generate_name)
         if generated:
             meta.name = generated_name(meta.generate_name)
+        self._check_size(res, msg)  # before validation walks it
         validation.validate_create(res, msg)
-        self._check_size(res, msg)
         await self._check_namespace_open(res, meta.namespace, meta.name)
         for attempt in range(GENERATE_NAME_ATTEMPTS if generated else 1):
             try:
@@ -257,6 +259,7 @@ class Registry:
                 else:
                     new.ClearField("status")
             self._defaults(res, new, for_create=False)
+            self._check_size(res, new)  # before validation walks it
             validation.validate_update(res, new, current)
         meta.resource_version = cur.resource_version
         meta.deletion_timestamp = cur.deletion_timestamp
@@ -282,6 +285,7 @@ class Registry:
     async def _update(self, res: Resource, incoming, *, status: bool):
         if status and not res.has_status:
             raise errors.method_not_allowed(f"{res.name} have no status subresource")
+        check_request_size(incoming.ByteSize())
         namespace = self.namespace_of(res, incoming.metadata.namespace)
         name = incoming.metadata.name
         if not name:

@@ -22,14 +22,9 @@ from dataclasses import dataclass
 
 from apiserver import errors
 from apiserver.errors import ApiError
+from apiserver.limits import MAX_SELECTOR_LENGTH
 from apiserver.resources import Resource
 from apiserver.syntax import is_integer, label_value_errors, qualified_name_errors
-
-# The longest selector string a request may carry. kube-apiserver takes
-# selectors in the URL, whose request line and headers Go's HTTP server caps at
-# 1 MiB; parsing here runs on the event loop every client shares (1 MiB of
-# requirements holds it for seconds), and real selectors are well under 1 KiB.
-MAX_SELECTOR_LENGTH = 64 * 1024
 
 # ---- printing values in messages ----
 

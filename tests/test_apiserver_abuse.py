@@ -25,10 +25,11 @@ from apiserver import manifest, validation
 from apiserver.client import Client
 from apiserver.errors import ApiError
 from apiserver.etcd3 import Etcd
+from apiserver.limits import MAX_JSON_DEPTH, MAX_REQUEST_BYTES, MAX_SELECTOR_LENGTH
 from apiserver.pb import api_pb2, core_pb2
 from apiserver.registry import Registry
 from apiserver.resources import BY_NAME, RESOURCES
-from apiserver.selectors import MAX_SELECTOR_LENGTH, make_predicate
+from apiserver.selectors import make_predicate
 from apiserver.server import MAX_RECEIVE_BYTES
 from apiserver.service import ApiServerService, add_to_server
 from apiserver.storage import Storage, decode_continue
@@ -67,7 +68,7 @@ def deep_patch(levels: int) -> str:
 
 def test_a_patch_nested_past_the_limit_is_a_bad_request_at_any_depth():
     cm = core_pb2.ConfigMap(metadata={"name": "c", "namespace": "default"})
-    for levels in (manifest.MAX_JSON_DEPTH, 900, 5000, 100_000):
+    for levels in (MAX_JSON_DEPTH, 900, 5000, 100_000):
         with pytest.raises(ApiError) as e:
             manifest.apply_merge_patch(cm, deep_patch(levels))
         assert e.value.reason == "BadRequest"
@@ -87,7 +88,7 @@ def test_nesting_is_measured_level_by_level():
 
 def test_a_patch_over_the_request_limit_is_request_entity_too_large():
     cm = core_pb2.ConfigMap(metadata={"name": "c", "namespace": "default"})
-    big = json.dumps({"data": {"v": "x" * manifest.MAX_REQUEST_BYTES}})
+    big = json.dumps({"data": {"v": "x" * MAX_REQUEST_BYTES}})
     with pytest.raises(ApiError) as e:
         manifest.apply_merge_patch(cm, big)
     assert (e.value.reason, e.value.http_code) == ("RequestEntityTooLarge", 413)
@@ -217,11 +218,17 @@ def test_a_too_deep_or_too_large_patch_gets_kubernetes_answer_and_the_server_ser
         assert e.value.reason == "BadRequest", e.value
         assert "exceeded max depth" in e.value.message
     with pytest.raises(ApiError) as e:
-        client.patch("configmaps", "c", {"data": {"v": "x" * manifest.MAX_REQUEST_BYTES}}, namespace=ns)
+        client.patch("configmaps", "c", {"data": {"v": "x" * MAX_REQUEST_BYTES}}, namespace=ns)
     assert e.value.reason == "RequestEntityTooLarge"
     assert e.value.message == "Request entity too large: limit is 3145728"
     patched = client.patch("configmaps", "c", {"data": {"v": "ok"}}, namespace=ns)
     assert patched.data["v"] == "ok"
+    # a body over kube-apiserver's limit, under the gRPC message limit, gets its answer too
+    body = configmap(ns, "huge", "x" * (MAX_REQUEST_BYTES + 1024))
+    for call in (client.create, client.update):
+        with pytest.raises(ApiError) as e:
+            call(body)
+        assert e.value.message == "Request entity too large: limit is 3145728"
 
 
 @pytest.mark.process
