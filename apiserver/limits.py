@@ -20,8 +20,9 @@ MAX_JSON_DEPTH = 100
 
 # The longest selector string a request may carry. kube-apiserver takes
 # selectors in the URL, whose request line and headers Go's HTTP server caps at
-# 1 MiB; parsing here runs on the event loop (1 MiB of requirements holds it
-# for seconds), and real selectors are well under 1 KiB.
+# 1 MiB; parsing here runs at Python's speed on the event loop every client
+# shares, so a megabyte of requirements would stall them all, and real
+# selectors are well under 1 KiB.
 MAX_SELECTOR_LENGTH = 64 * 1024
 
 
