@@ -14,6 +14,7 @@ from etcdlite.pb.mvccpb import kv_pb2
 
 NOPUT = 0
 NODELETE = 1
+_INT64_MASK = (1 << 64) - 1
 
 
 def event_to_pb(ev: Event, with_prev: bool) -> kv_pb2.Event:
@@ -69,8 +70,9 @@ class Watcher:
         self.skip_delete = NODELETE in filters
         self.next_revision = next_revision
         self.stream = stream
-        # WatchResponse's watch_id field (number 2) on the wire; 0 is left out, as protobuf does
-        self.id_field = b"\x10" + varint(watch_id) if watch_id > 0 else b""
+        # WatchResponse's watch_id field (number 2) on the wire; 0 is left out, as protobuf does,
+        # and a negative ID (etcd takes any the client gives) is its 64-bit two's complement
+        self.id_field = b"\x10" + varint(watch_id & _INT64_MASK) if watch_id else b""
 
     def matches_range(self, key: bytes) -> bool:
         if key < self.key:

@@ -1,0 +1,159 @@
+"""Watch and Lease streams used as an attacker would (issue 24): many watchers on a
+stream that never reads, odd IDs. The member must keep serving everyone else,
+stay linear in the work, and stop on SIGTERM within seconds; odd IDs get the
+answers the real etcd 3.4 gives.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import struct
+import threading
+import time
+
+import grpc
+import pytest
+
+from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+from etcdlite.server.watch import MAX_QUEUED_MESSAGES
+from grpclite.wire import (
+    ACK,
+    DATA,
+    DEFAULT_WINDOW,
+    END_HEADERS,
+    FRAME_HEADER,
+    HEADERS,
+    MESSAGE_PREFIX,
+    PING,
+    PREFACE,
+    S_INITIAL_WINDOW_SIZE,
+    SETTINGS,
+    U32,
+    WINDOW_UPDATE,
+    hpack_int,
+    hpack_str,
+    literal,
+)
+from harness.etcd_client import Client
+from harness.procs import ETCD_BIN, have_binary
+
+pytestmark = pytest.mark.process
+
+# watchers over the whole keyspace on the one stream that never reads: enough that
+# walking them all per event (the quadratic "fall behind" of issue 24) takes
+# seconds on this machine, few enough that creating them takes a fraction of one
+WATCHERS = 12_000
+PUT_DEADLINE = 1.0  # seconds any Put from another client may take meanwhile
+STOP_DEADLINE = 5.0  # seconds SIGTERM may take to stop the member
+
+
+def _frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
+    n = len(payload)
+    return FRAME_HEADER.pack(n >> 8, n & 0xFF, ftype, flags, sid) + payload
+
+
+def _message(request) -> bytes:
+    data = request.SerializeToString()
+    return MESSAGE_PREFIX.pack(0, len(data)) + data
+
+
+class SilentWatcher:
+    """A raw HTTP/2 client with one Watch stream: it sends its requests within
+    the server's flow-control windows, answers PINGs, and never grants the
+    server any window of its own, so it reads nothing past the first 64 KiB
+    the protocol allows."""
+
+    def __init__(self, endpoint: str):
+        host, port = endpoint.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=5)
+        self.buf = b""
+        self.conn_window = DEFAULT_WINDOW
+        self.stream_window = DEFAULT_WINDOW
+        self.initial_window = DEFAULT_WINDOW
+        self.sock.sendall(PREFACE + _frame(SETTINGS, 0, 0))
+        block = (b"\x83\x86" + hpack_int(4, 4) + hpack_str(b"/etcdserverpb.Watch/Watch")
+                 + hpack_int(1, 4) + hpack_str(endpoint.encode())
+                 + hpack_int(31, 4) + hpack_str(b"application/grpc") + literal(b"te", b"trailers"))
+        self.sock.sendall(_frame(HEADERS, END_HEADERS, 1, block))
+
+    def _read_frame(self, deadline: float) -> None:
+        while len(self.buf) < 9 or len(self.buf) < 9 + ((self.buf[0] << 16) | (self.buf[1] << 8) | self.buf[2]):
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            data = self.sock.recv(65536)
+            if not data:
+                raise AssertionError("the server closed the connection")
+            self.buf += data
+        hi, lo, ftype, flags, sid = FRAME_HEADER.unpack_from(self.buf)
+        n = (hi << 8) | lo
+        payload, self.buf = self.buf[9:9 + n], self.buf[9 + n:]
+        if ftype == SETTINGS and not flags & ACK:
+            for i in range(0, len(payload), 6):
+                key, value = struct.unpack_from(">HL", payload, i)
+                if key == S_INITIAL_WINDOW_SIZE:
+                    self.stream_window += value - self.initial_window
+                    self.initial_window = value
+            self.sock.sendall(_frame(SETTINGS, ACK, 0))
+        elif ftype == WINDOW_UPDATE:
+            increment = U32.unpack(payload)[0] & 0x7FFFFFFF
+            if sid == 0:
+                self.conn_window += increment
+            elif sid == 1:
+                self.stream_window += increment
+        elif ftype == PING and not flags & ACK:
+            self.sock.sendall(_frame(PING, ACK, 0, payload))
+
+    def send(self, data: bytes, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while data:
+            room = min(self.conn_window, self.stream_window, 16384, len(data))
+            if room <= 0:
+                self._read_frame(deadline)
+                continue
+            self.sock.sendall(_frame(DATA, 0, 1, data[:room]))
+            self.conn_window -= room
+            self.stream_window -= room
+            data = data[room:]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _whole_keyspace(n: int) -> bytes:
+    create = pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"\x00", range_end=b"\x00"))
+    return _message(create) * n
+
+
+def _stops_within(member, seconds: float) -> float:
+    """Seconds SIGTERM took to end the member; fails past `seconds`."""
+    start = time.monotonic()
+    os.kill(member.pid, signal.SIGTERM)
+    try:
+        member.proc.wait(timeout=seconds)
+    except Exception:
+        raise AssertionError(f"the member ignored SIGTERM for {seconds}s") from None
+    return time.monotonic() - start
+
+
+def test_a_stream_of_watchers_that_never_reads_costs_others_nothing(procs, tmp_path):
+    """One stream, WATCHERS watchers over every key, never read: its queue
+    passes its message limit after a few Puts, and from then on every event
+    would have walked all of the stream's watchers (quadratic: seconds per Put
+    here, minutes at 52,000). Each Put from another client is answered within
+    a second, and SIGTERM stops the member within seconds."""
+    member = procs.start_etcdlite(tmp_path)
+    attacker = SilentWatcher(member.endpoint)
+    try:
+        attacker.send(_whole_keyspace(WATCHERS))
+        with Client(member.endpoint) as c:
+            # enough events to fill the stream's queue past its limit, and some more
+            for i in range(MAX_QUEUED_MESSAGES // WATCHERS + 5):
+                start = time.monotonic()
+                c.kv.Put(pb.PutRequest(key=b"k%d" % i, value=b"v"), timeout=30)
+                took = time.monotonic() - start
+                assert took < PUT_DEADLINE, f"put {i} took {took:.1f}s"
+        assert _stops_within(member, STOP_DEADLINE) < STOP_DEADLINE
+    finally:
+        attacker.close()
