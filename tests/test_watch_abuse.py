@@ -157,3 +157,87 @@ def test_a_stream_of_watchers_that_never_reads_costs_others_nothing(procs, tmp_p
         assert _stops_within(member, STOP_DEADLINE) < STOP_DEADLINE
     finally:
         attacker.close()
+
+
+# --- negative IDs: as etcd 3.4 (it takes any the client gives) --------------------------
+
+
+def _errors(call):
+    try:
+        return call()
+    except grpc.RpcError as err:
+        return err.code(), err.details()
+
+
+def _lease_answers(c: Client, lease_id: int) -> list:
+    """What the Lease calls answer for a lease the client named lease_id."""
+    lease = c.lease
+    out = [_errors(lambda: (lambda r: (r.ID, r.TTL, r.error))(
+        lease.LeaseGrant(pb.LeaseGrantRequest(ID=lease_id, TTL=60), timeout=10)))]
+    out.append(_errors(lambda: lease.LeaseGrant(pb.LeaseGrantRequest(ID=lease_id, TTL=60), timeout=10)))
+    ttl = lease.LeaseTimeToLive(pb.LeaseTimeToLiveRequest(ID=lease_id, keys=True), timeout=10)
+    out.append((ttl.ID, ttl.grantedTTL, ttl.TTL > 0))
+    out.append(sorted(s.ID for s in lease.LeaseLeases(pb.LeaseLeasesRequest(), timeout=10).leases))
+    out.append(_errors(lambda: c.put(b"lease-key", b"v", lease=lease_id).prev_kv.key))
+    out.append(list(lease.LeaseTimeToLive(pb.LeaseTimeToLiveRequest(ID=lease_id, keys=True), timeout=10).keys))
+    kept = lease.LeaseKeepAlive(iter([pb.LeaseKeepAliveRequest(ID=lease_id)]), timeout=10)
+    out.append(_errors(lambda: [(r.ID, r.TTL) for r in kept]))
+    out.append(_errors(lambda: lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=lease_id), timeout=10).ByteSize() > 0))
+    out.append(lease.LeaseTimeToLive(pb.LeaseTimeToLiveRequest(ID=lease_id), timeout=10).TTL)
+    out.append(c.get(b"lease-key").count)
+    return out
+
+
+def _summary(resp: pb.WatchResponse) -> tuple:
+    return (resp.watch_id, resp.created, resp.canceled, resp.cancel_reason,
+            tuple((e.type, e.kv.key, e.kv.value) for e in resp.events))
+
+
+def _watch_answers(c: Client) -> list:
+    """What one Watch stream answers to watchers the client numbered -5 and -1
+    (-1 being the ID etcd's own stream-wide responses carry), a duplicate, an
+    automatic ID, a Put, a cancel of each and a progress request."""
+    requests: queue.Queue = queue.Queue()
+    responses: queue.Queue = queue.Queue()
+    call = c.watch.Watch(iter(requests.get, None))
+
+    def pump():
+        try:
+            for resp in call:
+                responses.put(resp)
+        except grpc.RpcError:
+            pass
+
+    threading.Thread(target=pump, daemon=True).start()
+
+    def ask(n: int, **request) -> list:
+        if request:
+            requests.put(pb.WatchRequest(**request))
+        return [_summary(responses.get(timeout=10)) for _ in range(n)]
+
+    def create(watch_id: int) -> dict:
+        return {"create_request": pb.WatchCreateRequest(key=b"watched", watch_id=watch_id)}
+
+    try:
+        out = [ask(1, **create(-5)), ask(1, **create(-5)), ask(1, **create(-1)), ask(1, **create(0))]
+        c.put(b"watched", b"v")
+        out.append(sorted(ask(3)))
+        for watch_id in (-5, -1):
+            out.append(ask(1, cancel_request=pb.WatchCancelRequest(watch_id=watch_id)))
+        out.append(ask(1, progress_request=pb.WatchProgressRequest()))
+        return out
+    finally:
+        requests.put(None)
+        call.cancel()
+
+
+def test_negative_lease_and_watch_ids_are_answered_as_etcd_answers_them(procs, tmp_path):
+    """etcd 3.4 takes a negative lease ID (LeaseGrant, Put, KeepAlive, Revoke)
+    and a negative watch ID (-1 included) like any other the client chooses;
+    etcdlite answers every call the same, down to the watch_id of live events."""
+    answers = []
+    for member in (procs.start_real_etcd(tmp_path, name="etcd0"), procs.start_etcdlite(tmp_path, name="lite0")):
+        with Client(member.endpoint) as c:
+            answers.append([_lease_answers(c, -7), _lease_answers(c, -1), _watch_answers(c)])
+    etcd, lite = answers
+    assert lite == etcd
