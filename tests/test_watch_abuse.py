@@ -6,6 +6,7 @@ answers the real etcd 3.4 gives.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import signal
@@ -13,12 +14,15 @@ import socket
 import struct
 import threading
 import time
+from types import SimpleNamespace
 
 import grpc
 import pytest
 
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
-from etcdlite.server.watch import MAX_QUEUED_MESSAGES
+from etcdlite.server import watch
+from etcdlite.server.watch import MAX_QUEUED_MESSAGES, WatchService, WatchStream
+from etcdlite.watch_hub import WatchHub
 from grpclite.wire import (
     ACK,
     DATA,
@@ -38,9 +42,6 @@ from grpclite.wire import (
     literal,
 )
 from harness.etcd_client import Client
-from harness.procs import ETCD_BIN, have_binary
-
-pytestmark = pytest.mark.process
 
 # watchers over the whole keyspace on the one stream that never reads: enough that
 # walking them all per event (the quadratic "fall behind" of issue 24) takes
@@ -126,6 +127,66 @@ def _whole_keyspace(n: int) -> bytes:
     return _message(create) * n
 
 
+class _Member:
+    """What a WatchStream uses of its member, without Raft or a store (no
+    watcher here needs history)."""
+
+    def __init__(self):
+        self.hub = WatchHub(1)
+        self.cfg = SimpleNamespace(max_request_bytes=1 << 20)
+
+    def header(self, header, revision=None) -> None:
+        header.revision = self.hub.revision if revision is None else revision
+
+    def header_field(self, revision: int) -> bytes:
+        return pb.WatchResponse(header=pb.ResponseHeader(revision=revision)).SerializeToString()
+
+
+async def _turns(n: int = 50) -> None:
+    """Let the loop run everything that is ready, a few times over."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def test_requests_wait_while_the_stream_queue_is_over_its_limits(monkeypatch):
+    """A client that sends requests and reads nothing makes the stream hold at
+    most its queue's limits: past them the stream reads no more requests
+    (they wait in the transport, whose flow control bounds them) until the
+    client has read the queue down to half, as etcd's receive loop waits on
+    its send loop."""
+    monkeypatch.setattr(watch, "MAX_QUEUED_MESSAGES", 10)
+    create = pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"k"))
+
+    async def scenario():
+        member = _Member()
+        stream = WatchStream(member)  # no writer: everything queues, as for grpc.aio's server
+        requests: asyncio.Queue = asyncio.Queue()
+        for _ in range(30):
+            requests.put_nowait(create)
+
+        async def incoming():
+            while True:
+                yield await requests.get()
+
+        reader = asyncio.get_running_loop().create_task(WatchService(member)._read(stream, incoming()))
+        try:
+            await _turns()
+            assert (len(stream.watchers), len(stream.queue)) == (11, 11)
+            responses = stream.responses()
+            for _ in range(6):
+                await anext(responses)
+            await _turns()
+            assert len(stream.watchers) == 11, "the reader went on above half the limit"
+            await anext(responses)
+            await _turns()
+            assert (len(stream.watchers), len(stream.queue)) == (18, 11)
+        finally:
+            reader.cancel()
+            stream.close()
+
+    asyncio.run(scenario())
+
+
 def _stops_within(member, seconds: float) -> float:
     """Seconds SIGTERM took to end the member; fails past `seconds`."""
     start = time.monotonic()
@@ -137,6 +198,7 @@ def _stops_within(member, seconds: float) -> float:
     return time.monotonic() - start
 
 
+@pytest.mark.process
 def test_a_stream_of_watchers_that_never_reads_costs_others_nothing(procs, tmp_path):
     """One stream, WATCHERS watchers over every key, never read: its queue
     passes its message limit after a few Puts, and from then on every event
@@ -231,6 +293,7 @@ def _watch_answers(c: Client) -> list:
         call.cancel()
 
 
+@pytest.mark.process
 def test_negative_lease_and_watch_ids_are_answered_as_etcd_answers_them(procs, tmp_path):
     """etcd 3.4 takes a negative lease ID (LeaseGrant, Put, KeepAlive, Revoke)
     and a negative watch ID (-1 included) like any other the client chooses;
