@@ -44,8 +44,8 @@ from grpclite.wire import (
 from harness.etcd_client import Client
 
 # watchers over the whole keyspace on the one stream that never reads: enough that
-# walking them all per event (the quadratic "fall behind" of issue 24) takes
-# seconds on this machine, few enough that creating them takes a fraction of one
+# walking them all per event (the quadratic "fall behind" of issue 24) makes a Put
+# miss PUT_DEADLINE several times over, few enough to create them in a moment
 WATCHERS = 12_000
 PUT_DEADLINE = 1.0  # seconds any Put from another client may take meanwhile
 STOP_DEADLINE = 5.0  # seconds SIGTERM may take to stop the member
@@ -202,9 +202,9 @@ def _stops_within(member, seconds: float) -> float:
 def test_a_stream_of_watchers_that_never_reads_costs_others_nothing(procs, tmp_path):
     """One stream, WATCHERS watchers over every key, never read: its queue
     passes its message limit after a few Puts, and from then on every event
-    would have walked all of the stream's watchers (quadratic: seconds per Put
-    here, minutes at 52,000). Each Put from another client is answered within
-    a second, and SIGTERM stops the member within seconds."""
+    would have walked all of the stream's watchers (quadratic in them). Each
+    Put from another client is answered within a second, and SIGTERM stops
+    the member within seconds."""
     member = procs.start_etcdlite(tmp_path)
     attacker = SilentWatcher(member.endpoint)
     try:
