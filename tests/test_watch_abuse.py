@@ -295,6 +295,41 @@ def test_a_stream_of_watchers_that_never_reads_costs_others_nothing(procs, tmp_p
         attacker.close()
 
 
+@pytest.mark.process
+def test_many_watchers_left_behind_together_catch_up_every_event_once(procs, tmp_path):
+    """A client with 1,000 watchers over the whole keyspace stops reading
+    while enough Puts are made to pass its stream's message limit (beyond
+    what the transport holds), then reads again: every watcher gets every Put
+    once, in order, and follows live events afterwards. (Each watcher falls
+    behind on its own, the stream catches them up from history 512 at a time
+    sharing one read of it; the old code, all at once, passed this too.)"""
+    watchers = 1000
+    member = procs.start_etcdlite(tmp_path)
+    with Client(member.endpoint, options=[("grpc.http2.bdp_probe", 0)]) as c:
+        create = pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"\x00", range_end=b"\x00"))
+        requests: queue.Queue = queue.Queue()
+        for _ in range(watchers):
+            requests.put(create)
+        call = c.watch.Watch(iter(requests.get, None), timeout=120)
+        try:
+            ids = {next(call).watch_id for _ in range(watchers)}
+            assert len(ids) == watchers
+            revisions = [c.put(b"k%d" % (i % 7), b"v%d" % i).header.revision
+                         for i in range(2 * MAX_QUEUED_MESSAGES // watchers)]
+            revisions.append(c.put(b"last", b"v").header.revision)  # sent live, or after catching up
+            got: dict[int, list[int]] = {i: [] for i in ids}
+            deadline = time.monotonic() + 60
+            while any(not revs or revs[-1] < revisions[-1] for revs in got.values()):
+                assert time.monotonic() < deadline, "not every watcher caught up within 60s"
+                resp = next(call)
+                assert not (resp.created or resp.canceled), resp
+                got[resp.watch_id] += [e.kv.mod_revision for e in resp.events]
+            assert all(revs == revisions for revs in got.values())
+        finally:
+            requests.put(None)
+            call.cancel()
+
+
 # --- negative IDs: as etcd 3.4 (it takes any the client gives) --------------------------
 
 

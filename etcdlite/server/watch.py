@@ -181,14 +181,19 @@ class WatchStream:
         unsynced = self.unsynced
         if self._half_full():
             return
+        # watchers that fell behind together on one range share one read of its history
+        histories: dict[tuple[int, bytes, bytes], list] = {}
         for w in list(islice(unsynced.values(), MAX_WATCHERS_PER_SYNC)):
             if self._half_full():
                 break
-            try:
-                history = store.events_since(w.next_revision, w.key, w.range_end)
-            except CompactedError:
-                self.cancel_compacted(w, store.compact_revision)
-                continue
+            span = (w.next_revision, w.key, w.range_end)
+            history = histories.get(span)
+            if history is None:
+                try:
+                    history = histories[span] = store.events_since(*span)
+                except CompactedError:
+                    self.cancel_compacted(w, store.compact_revision)
+                    continue
             done = self._replay(w, history)
             del unsynced[w.id]
             if done:
