@@ -102,9 +102,11 @@ class WatchStream:
     def _pop(self):
         message = self.queue.popleft()
         self.queued_bytes -= _size(message)
-        if self._room is not None and not self._half_full():
-            self._room.set_result(None)
+        room = self._room
+        if room is not None and not self._half_full():
             self._room = None
+            if not room.done():  # else the reader was cancelled
+                room.set_result(None)
         return message
 
     def _full(self) -> bool:
@@ -163,8 +165,8 @@ class WatchStream:
 
     def catch_up(self) -> None:
         """One bounded step of history for the unsynced watchers: one
-        response each (see _replay), while the queue is under half its
-        limits. A watcher that reaches the store's revision rejoins the live
+        response each (see _replay) for at most MAX_WATCHERS_PER_SYNC of
+        them, while the queue is under half its limits. A watcher that reaches the store's revision rejoins the live
         fan-out (the hub skips what it already got)."""
         self.m.read(self._catch_up_from)
         if not self.unsynced and self._progress_deferred:
