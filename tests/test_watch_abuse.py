@@ -76,11 +76,15 @@ class SilentWatcher:
         self.conn_window = DEFAULT_WINDOW
         self.stream_window = DEFAULT_WINDOW
         self.initial_window = DEFAULT_WINDOW
+        self.settings_seen = False
         self.sock.sendall(PREFACE + _frame(SETTINGS, 0, 0))
         block = (b"\x83\x86" + hpack_int(4, 4) + hpack_str(b"/etcdserverpb.Watch/Watch")
                  + hpack_int(1, 4) + hpack_str(endpoint.encode())
                  + hpack_int(31, 4) + hpack_str(b"application/grpc") + literal(b"te", b"trailers"))
         self.sock.sendall(_frame(HEADERS, END_HEADERS, 1, block))
+        deadline = time.monotonic() + 5
+        while not self.settings_seen:  # the server's SETTINGS, acknowledged as a client must
+            self._read_frame(deadline)
 
     def _read_frame(self, deadline: float) -> None:
         while len(self.buf) < 9 or len(self.buf) < 9 + ((self.buf[0] << 16) | (self.buf[1] << 8) | self.buf[2]):
@@ -99,6 +103,7 @@ class SilentWatcher:
                     self.stream_window += value - self.initial_window
                     self.initial_window = value
             self.sock.sendall(_frame(SETTINGS, ACK, 0))
+            self.settings_seen = True
         elif ftype == WINDOW_UPDATE:
             increment = U32.unpack(payload)[0] & 0x7FFFFFFF
             if sid == 0:
