@@ -1,5 +1,6 @@
 """Watch and Lease streams used as an attacker would (issue 24): many watchers on a
-stream that never reads, odd IDs. The member must keep serving everyone else,
+stream that never reads, requests that never stop, revisions of many events
+against many watchers, odd IDs. The member must keep serving everyone else,
 stay linear in the work, and stop on SIGTERM within seconds; odd IDs get the
 answers the real etcd 3.4 gives.
 """
@@ -20,10 +21,10 @@ from types import SimpleNamespace
 import grpc
 import pytest
 
+from etcdlite.mvcc.kv import DELETE, PUT, Event, KeyValue
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.server import watch
 from etcdlite.server.watch import MAX_QUEUED_MESSAGES, WatchService, WatchStream
-from etcdlite.mvcc.kv import DELETE, PUT, Event, KeyValue
 from etcdlite.watch_hub import Watcher, WatchHub
 from grpclite.wire import (
     ACK,
