@@ -166,8 +166,9 @@ class WatchStream:
     def catch_up(self) -> None:
         """One bounded step of history for the unsynced watchers: one
         response each (see _replay) for at most MAX_WATCHERS_PER_SYNC of
-        them, while the queue is under half its limits. A watcher that reaches the store's revision rejoins the live
-        fan-out (the hub skips what it already got)."""
+        them, while the queue is under half its limits. A watcher that
+        reaches the store's revision rejoins the live fan-out (the hub skips
+        what it already got)."""
         self.m.read(self._catch_up_from)
         if not self.unsynced and self._progress_deferred:
             self._progress_deferred = False
