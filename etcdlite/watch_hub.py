@@ -8,12 +8,15 @@ past first gets history from the MVCC store, then live events from the hub;
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
+
 from etcdlite.apply import kv_to_pb
 from etcdlite.mvcc import DELETE, PUT, Event
 from etcdlite.pb.mvccpb import kv_pb2
 
 NOPUT = 0
 NODELETE = 1
+_INT64_MASK = (1 << 64) - 1
 
 
 def event_to_pb(ev: Event, with_prev: bool) -> kv_pb2.Event:
@@ -69,8 +72,9 @@ class Watcher:
         self.skip_delete = NODELETE in filters
         self.next_revision = next_revision
         self.stream = stream
-        # WatchResponse's watch_id field (number 2) on the wire; 0 is left out, as protobuf does
-        self.id_field = b"\x10" + varint(watch_id) if watch_id > 0 else b""
+        # WatchResponse's watch_id field (number 2) on the wire; 0 is left out, as protobuf does,
+        # and a negative ID (etcd takes any the client gives) is its 64-bit two's complement
+        self.id_field = b"\x10" + varint(watch_id & _INT64_MASK) if watch_id else b""
 
     def matches_range(self, key: bytes) -> bool:
         if key < self.key:
@@ -145,6 +149,9 @@ class WatchHub:
         by_key, ranges = self._by_key, self._ranges
         if not by_key and not ranges:
             return
+        if len(events) > 1:
+            self._publish_many(events, revision)
+            return
         matched: dict[Watcher, list[Event]] = {}
         for ev in events:
             key = ev.kv.key
@@ -183,3 +190,60 @@ class WatchHub:
                     field = wire[slot] = event_field(pbev)
                 fields.append(field)
             w.stream.send_event_fields(w, fields[0] if len(fields) == 1 else b"".join(fields), revision)
+
+    def _publish_many(self, events: list[Event], revision: int) -> None:
+        """publish for a revision of several events (a txn, a range delete, a
+        lease's keys): the events sorted by key, each watcher finds its own
+        by bisection, and watchers that want the same span of them share one
+        response body. The cost is a bisection per watcher plus the events
+        sent, never events x watchers."""
+        order = sorted(range(len(events)), key=lambda i: events[i].kv.key)
+        keys = [events[i].kv.key for i in order]
+        spans: list[tuple[Watcher, int, int]] = []  # a watcher and its events: keys[lo:hi]
+        for key in dict.fromkeys(keys):
+            group = self._by_key.get(key)
+            if group:
+                lo, hi = bisect_left(keys, key), bisect_right(keys, key)
+                spans.extend((w, lo, hi) for w in group)
+        everything = len(keys)
+        for w in self._ranges:
+            lo = bisect_left(keys, w.key)
+            hi = everything if w.range_end == b"\x00" else bisect_left(keys, w.range_end)
+            if lo < hi:
+                spans.append((w, lo, hi))
+        bodies: dict[tuple, tuple[list, bytes]] = {}
+        converted: dict[tuple[int, bool], tuple[kv_pb2.Event, bytes]] = {}
+        for w, lo, hi in spans:  # a list: sending may take w out of the hub's sets
+            if revision < w.next_revision:
+                continue  # already sent from history
+            slot = (lo, hi, w.prev_kv, w.skip_put, w.skip_delete)
+            body = bodies.get(slot)
+            if body is None:
+                body = bodies[slot] = _body(events, sorted(order[lo:hi]), w, converted)
+            out, fields = body
+            if not out:
+                continue  # its filters leave nothing
+            w.next_revision = revision + 1
+            if w.fragment:
+                w.stream.send_events(w, out, revision)  # may need cutting into parts
+            else:
+                w.stream.send_event_fields(w, fields, revision)
+
+
+def _body(events: list[Event], indices: list[int], w: Watcher, converted: dict) -> tuple[list, bytes]:
+    """The events at `indices` (in revision order) that w's filters let
+    through, as messages and as WatchResponse fields on the wire; each event
+    is converted once per revision (per prev_kv choice)."""
+    out, fields = [], []
+    for i in indices:
+        ev = events[i]
+        if not w.wants(ev):
+            continue
+        slot = (i, w.prev_kv)
+        done = converted.get(slot)
+        if done is None:
+            pbev = event_to_pb(ev, w.prev_kv)
+            done = converted[slot] = (pbev, event_field(pbev))
+        out.append(done[0])
+        fields.append(done[1])
+    return out, b"".join(fields)

@@ -5,12 +5,17 @@ queue per stream, so responses keep the order they were produced in (a
 watcher's created response before its events, events in revision order).
 
 A stream whose client reads slower than events come holds at most
-MAX_QUEUED_BYTES (or MAX_QUEUED_MESSAGES) of unsent responses: beyond that its
-watchers leave the live fan-out ("unsynced", as etcd calls them) and, once the
-client has read the backlog, are caught up from the store's history a bounded
-step at a time, then rejoin. A watcher created with a start revision in the
-past is caught up the same way. History compacted before a watcher caught up
-cancels it with compact_revision, as etcd does; nothing is dropped silently.
+MAX_QUEUED_BYTES (or MAX_QUEUED_MESSAGES) of unsent responses: beyond that
+each watcher that has an event for it leaves the live fan-out instead
+("unsynced"; etcd's "victims"), one at a time, so that falling behind costs
+what sending would have. Once the client has read the backlog they are caught
+up from the store's history a bounded step at a time (at most
+MAX_WATCHERS_PER_SYNC watchers a step, one step a turn of the loop), then
+rejoin. A watcher created with a start revision in the past is caught up the
+same way. History compacted before a watcher caught up cancels it with
+compact_revision, as etcd does; nothing is dropped silently. Requests wait
+while the queue is over its limits (as etcd's receive loop waits for its
+send loop), so a client that never reads cannot make the stream hold more.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from itertools import islice
 
 from etcdlite.apply import StateMachine
 from etcdlite.config import GRPC_OVERHEAD_BYTES
@@ -35,6 +41,8 @@ MAX_REVISIONS_PER_RESPONSE = 1000
 # unsent responses a stream may hold before its watchers fall behind (see above)
 MAX_QUEUED_BYTES = 16 << 20
 MAX_QUEUED_MESSAGES = 50_000
+# unsynced watchers one catch-up step serves (etcd's maxWatchersPerSync)
+MAX_WATCHERS_PER_SYNC = 512
 ERR_EMPTY_RANGE = "mvcc: watcher range is empty"
 ERR_DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
 
@@ -63,6 +71,7 @@ class WatchStream:
         self.queue: deque = deque()
         self.queued_bytes = 0
         self._wakeup: asyncio.Future | None = None
+        self._room: asyncio.Future | None = None  # the request reader waits for room
         self.watchers: dict[int, Watcher] = {}
         # watchers out of the live fan-out, waiting for history (by id)
         self.unsynced: dict[int, Watcher] = {}
@@ -93,15 +102,36 @@ class WatchStream:
     def _pop(self):
         message = self.queue.popleft()
         self.queued_bytes -= _size(message)
+        room = self._room
+        if room is not None and not self._half_full():
+            self._room = None
+            if not room.done():  # else the reader was cancelled
+                room.set_result(None)
         return message
+
+    def _full(self) -> bool:
+        return self.queued_bytes > MAX_QUEUED_BYTES or len(self.queue) > MAX_QUEUED_MESSAGES
+
+    def _half_full(self) -> bool:
+        return self.queued_bytes >= MAX_QUEUED_BYTES // 2 or len(self.queue) >= MAX_QUEUED_MESSAGES // 2
+
+    async def room(self) -> None:
+        """Until the queue is under half its limits, if it is over them: the
+        requests' reader waits here, and the client's requests then wait in
+        the transport (bounded by its flow control)."""
+        while self._full():
+            if self._room is None:
+                self._room = asyncio.get_running_loop().create_future()
+            await self._room
 
     async def responses(self):
         """The responses in order, for a server that sends what a generator
         yields; catches unsynced watchers up when the client has read
         everything queued."""
         while True:
-            if not self.queue and self.unsynced:
+            while not self.queue and self.unsynced:
                 self.catch_up()
+                await asyncio.sleep(0)  # a step a turn, as in send_queued
             await self._queued()
             yield self._pop()
 
@@ -117,54 +147,63 @@ class WatchStream:
                     await writer.writable()
             elif self.unsynced and writer.writable_now():
                 self.catch_up()
+                await asyncio.sleep(0)  # a step a turn: the loop serves others between steps
             elif self.unsynced:
                 await writer.writable()
             else:
                 await self._queued()
 
-    def _check_backlog(self) -> None:
-        if self.queued_bytes > MAX_QUEUED_BYTES or len(self.queue) > MAX_QUEUED_MESSAGES:
-            self._fall_behind()
-
-    def _fall_behind(self) -> None:
-        """Take every live watcher of this stream out of the fan-out. This can
-        run while the hub publishes revision R: a watcher already served R has
-        next_revision R + 1; the others have been offered every revision
-        before R, so their history starts at R at the latest."""
-        hub = self.m.hub
-        for w in self.watchers.values():
-            if w.id not in self.unsynced:
-                hub.park(w)
-                w.next_revision = max(w.next_revision, hub.revision)
-                self.unsynced[w.id] = w
+    def _fall_behind(self, w: Watcher, revision: int) -> None:
+        """w leaves the live fan-out instead of being sent revision's events
+        (the queue is over its limits): it gets them from history, with what
+        follows, once the client has read the backlog. Only the watcher that
+        has an event moves, so a stream's fall costs O(1) per event, never a
+        walk over its other watchers."""
+        self.m.hub.park(w)
+        w.next_revision = revision
+        self.unsynced[w.id] = w
 
     def catch_up(self) -> None:
         """One bounded step of history for the unsynced watchers: one
-        response each (see _replay), while the queue is under half its
-        limits. A watcher that reaches the store's revision rejoins the live
-        fan-out (the hub skips what it already got)."""
+        response each (see _replay) for at most MAX_WATCHERS_PER_SYNC of
+        them, while the queue is under half its limits. A watcher that
+        reaches the store's revision rejoins the live fan-out (the hub skips
+        what it already got)."""
         self.m.read(self._catch_up_from)
         if not self.unsynced and self._progress_deferred:
             self._progress_deferred = False
             self.progress()
 
     def _catch_up_from(self, machine: StateMachine) -> None:
-        """catch_up's step, under the lock that applying takes."""
+        """catch_up's step, under the lock that applying takes: the first
+        MAX_WATCHERS_PER_SYNC unsynced watchers; one that is not done goes
+        to the back of the line."""
         hub = self.m.hub
         store = machine.kv
         upto = store.current_revision
-        for w in list(self.unsynced.values()):
-            if self.queued_bytes >= MAX_QUEUED_BYTES // 2 or len(self.queue) >= MAX_QUEUED_MESSAGES // 2:
+        unsynced = self.unsynced
+        if self._half_full():
+            return
+        # watchers that fell behind together on one range share one read of its history
+        histories: dict[tuple[int, bytes, bytes], list] = {}
+        for w in list(islice(unsynced.values(), MAX_WATCHERS_PER_SYNC)):
+            if self._half_full():
                 break
-            try:
-                history = store.events_since(w.next_revision, w.key, w.range_end)
-            except CompactedError:
-                self.cancel_compacted(w, store.compact_revision)
-                continue
-            if self._replay(w, history):
+            span = (w.next_revision, w.key, w.range_end)
+            history = histories.get(span)
+            if history is None:
+                try:
+                    history = histories[span] = store.events_since(*span)
+                except CompactedError:
+                    self.cancel_compacted(w, store.compact_revision)
+                    continue
+            done = self._replay(w, history)
+            del unsynced[w.id]
+            if done:
                 w.next_revision = upto + 1
-                del self.unsynced[w.id]
                 hub.add(w)
+            else:
+                unsynced[w.id] = w
 
     def _response(self, watch_id: int, revision: int, **fields) -> pb.WatchResponse:
         resp = pb.WatchResponse(watch_id=watch_id, **fields)
@@ -172,6 +211,13 @@ class WatchStream:
         return resp
 
     def send_events(self, w: Watcher, events, revision: int) -> None:
+        """Live events (the hub's), as messages."""
+        if self.queue and self._full():
+            self._fall_behind(w, revision)
+            return
+        self._send(w, events, revision)
+
+    def _send(self, w: Watcher, events, revision: int) -> None:
         if w.progress_notify:
             self._busy.add(w.id)
         if w.fragment:
@@ -181,16 +227,18 @@ class WatchStream:
             resp = self._response(w.id, revision)
             resp.events.extend(events)
             self._enqueue(resp)
-        self._check_backlog()
 
     def send_event_fields(self, w: Watcher, fields: bytes, revision: int) -> None:
         """The fast path of live events: the response is put together from
         bytes (header and events serialized once per revision, whatever
         the number of watchers), not built and serialized per watcher."""
+        queue = self.queue
+        if queue and (self.queued_bytes > MAX_QUEUED_BYTES or len(queue) > MAX_QUEUED_MESSAGES):
+            self._fall_behind(w, revision)
+            return
         if w.progress_notify:
             self._busy.add(w.id)
         self._enqueue(self.m.header_field(revision) + w.id_field + fields)
-        self._check_backlog()
 
     def _fragments(self, w: Watcher, events, revision: int):
         """As etcd: a response of two or more events that reaches the limit
@@ -223,6 +271,8 @@ class WatchStream:
         if w.id in self._busy:
             self._busy.discard(w.id)
             return
+        if self._full():
+            return  # the client has not read what came before: as etcd, no notification
         self._enqueue(self._response(w.id, revision))
 
     def cancel_compacted(self, w: Watcher, compact_revision: int) -> None:
@@ -288,7 +338,7 @@ class WatchStream:
             rev = ev.kv.mod_revision
             if rev != last:
                 if revisions and (revisions == MAX_REVISIONS_PER_RESPONSE or room <= 0):
-                    self.send_events(w, batch, last)
+                    self._send(w, batch, last)
                     w.next_revision = rev
                     return False
                 revisions += 1
@@ -297,7 +347,7 @@ class WatchStream:
             room -= pbev.ByteSize()
             batch.append(pbev)
         if batch:
-            self.send_events(w, batch, last)
+            self._send(w, batch, last)
         return True
 
     def cancel(self, watch_id: int) -> None:
@@ -362,6 +412,7 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
     async def _read(self, stream: WatchStream, request_iterator) -> None:
         try:
             async for req in request_iterator:
+                await stream.room()
                 kind = req.WhichOneof("request_union")
                 try:
                     if kind == "create_request":
