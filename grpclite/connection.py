@@ -99,6 +99,7 @@ class Connection(asyncio.Protocol):
         self.out: list[bytes] = []
         self.flush_scheduled = False
         self.headers_in_progress = None  # (sid, flags, fragments) while CONTINUATION frames arrive
+        self.headers_size = 0  # their bytes so far
         self.going_away = False
         self.closed = False
 
@@ -247,9 +248,16 @@ class Connection(asyncio.Protocol):
                 self.on_headers(sid, flags, payload)
             else:
                 self.headers_in_progress = (sid, flags, [payload])
+                self.headers_size = len(payload)
         elif ftype == CONTINUATION:
             if self.headers_in_progress is None or self.headers_in_progress[0] != sid:
                 raise H2ConnectionError(PROTOCOL_ERROR, "unexpected CONTINUATION")
+            # counted as the fragments come, and refused unread past the limit (HPACK's encoding
+            # is no larger than the list it decodes to, bar references to the tables): Go's answer
+            self.headers_size += len(payload)
+            if self.headers_size > MAX_HEADER_LIST:
+                self.headers_in_progress = None
+                raise H2ConnectionError(PROTOCOL_ERROR, "header list too large")
             self.headers_in_progress[2].append(payload)
             if flags & END_HEADERS:
                 hsid, hflags, parts = self.headers_in_progress
