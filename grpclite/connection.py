@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from grpclite.calm import PING_BURST, PINGS_PER_SECOND, RESET_BURST, RESETS_PER_SECOND, Rate
 from grpclite.context import Aborted
 from grpclite.eager import EagerCall
 from grpclite.flow import CONN_RECV_WINDOW, STREAM_RECV_WINDOW, Window
@@ -32,6 +33,7 @@ from grpclite.wire import (
     DEFAULT_WINDOW,
     END_HEADERS,
     END_STREAM,
+    ENHANCE_YOUR_CALM,
     FLOW_CONTROL_ERROR,
     FRAME_HEADER,
     FRAME_SIZE_ERROR,
@@ -114,6 +116,8 @@ class Connection(asyncio.Protocol):
         self.going_away = False
         self.closed = False
         self.write_paused = False  # the transport's buffer is over its high water mark
+        self.pings = Rate(PING_BURST, PINGS_PER_SECOND)
+        self.resets = Rate(RESET_BURST, RESETS_PER_SECOND)
 
     # --- connection --------------------------------------------------------
 
@@ -313,13 +317,22 @@ class Connection(asyncio.Protocol):
             if not flags & ACK:
                 self.on_settings(payload)
         elif ftype == PING:
+            if len(payload) != 8:
+                raise H2ConnectionError(FRAME_SIZE_ERROR, "bad PING length")
             if not flags & ACK:
+                if not self.pings.spend():
+                    raise H2ConnectionError(ENHANCE_YOUR_CALM, "too_many_pings")
                 self.queue_frame(PING, ACK, 0, payload)
         elif ftype == WINDOW_UPDATE:
             self.on_window_update(sid, payload)
         elif ftype == RST_STREAM:
-            stream = self.streams.pop(sid, None)
+            if len(payload) != 4:
+                raise H2ConnectionError(FRAME_SIZE_ERROR, "bad RST_STREAM length")
+            stream = self.streams.get(sid)
             if stream is not None:
+                if not self.resets.spend():  # a client resetting calls faster than it lets them finish
+                    raise H2ConnectionError(ENHANCE_YOUR_CALM, "too_many_resets")
+                del self.streams[sid]
                 self.blocked.pop(sid, None)
                 stream.cancelled = True
                 stream.finished = True

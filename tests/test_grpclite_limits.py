@@ -10,16 +10,19 @@ import struct
 import grpc
 
 from grpclite.connection import MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST, OUT_BUDGET, RECV_MAX_FRAME, Connection
+from grpclite.calm import PING_BURST, RESET_BURST, Rate
 from grpclite.context import ServicerContext
 from grpclite.flow import CONN_RECV_WINDOW, STREAM_RECV_WINDOW
 from grpclite.server import GrpcServer
 from grpclite.wire import (
+    ACK,
     CANCEL,
     CONTINUATION,
     DATA,
     DEFAULT_WINDOW,
     END_HEADERS,
     END_STREAM,
+    ENHANCE_YOUR_CALM,
     FLOW_CONTROL_ERROR,
     FRAME_HEADER,
     MAX_WINDOW,
@@ -28,6 +31,7 @@ from grpclite.wire import (
     MESSAGE_PREFIX,
     NO_ERROR,
     PADDED,
+    PING,
     PREFACE,
     PROTOCOL_ERROR,
     REFUSED_STREAM,
@@ -466,3 +470,51 @@ def test_streaming_calls_stop_writing_while_the_client_is_not_reading():
 def _open_stream(conn, sid: int):
     conn.data_received(_frame(HEADERS, END_HEADERS, sid, _request_headers("/t.T/Hold")))
     return conn.streams[sid]
+
+
+# --- 6. PING and RST_STREAM floods ------------------------------------------------------------------------
+
+
+def _goaway_debug(transport: _Transport) -> bytes:
+    return [p for ftype, _, _, p in _frames(transport.written) if ftype == GOAWAY][-1][8:]
+
+
+def test_a_ping_flood_gets_goaway_enhance_your_calm_too_many_pings():
+    def test(conn, transport, server, echo):
+        ping = _frame(PING, 0, 0, b"12345678")
+        conn.data_received(ping * 500)  # a burst is answered
+        server.flush_now()
+        assert not transport.closed
+        assert sum(1 for t, f, _, _ in _frames(transport.written) if t == PING and f & ACK) == 500
+        sent = 500
+        while not transport.closed and sent < 100_000:
+            conn.data_received(ping * 100)
+            sent += 100
+        assert transport.closed and sent <= PING_BURST + 100
+        assert _goaway_code(transport) == ENHANCE_YOUR_CALM
+        assert _goaway_debug(transport) == b"too_many_pings"
+
+    _on_connection(test)
+
+
+def test_rapid_reset_gets_goaway_enhance_your_calm():
+    def test(conn, transport, server, echo):
+        sid = 1
+        while not transport.closed and sid < 20_000:
+            conn.data_received(_frame(HEADERS, END_HEADERS, sid, _request_headers("/t.T/Hold"))
+                               + _frame(RST_STREAM, 0, sid, U32.pack(CANCEL)))
+            sid += 2
+        assert transport.closed and sid // 2 <= RESET_BURST + 1
+        assert _goaway_code(transport) == ENHANCE_YOUR_CALM
+        assert _goaway_debug(transport) == b"too_many_resets"
+
+    _on_connection(test)
+
+
+def test_the_rate_refills_with_time():
+    rate = Rate(3, 1000.0)
+    assert rate.spend() and rate.spend() and rate.spend()
+    assert not rate.spend()
+    rate.last -= 0.002  # two events' worth of time
+    assert rate.spend() and rate.spend()
+    assert not rate.spend()
