@@ -71,6 +71,9 @@ log = logging.getLogger("grpclite")
 # the largest frame we accept (we advertise it); what we send is bounded by the peer's setting
 RECV_MAX_FRAME = 1 << 20
 MAX_HEADER_LIST = 1 << 20
+# header blocks remembered decoded per connection (a call's block is some hundred bytes)
+HEADER_CACHE_ENTRIES = 256
+HEADER_CACHE_BYTES = 256 << 10
 # calls open at once on a connection (SETTINGS_MAX_CONCURRENT_STREAMS; GrpcServer's default):
 # far above what a client here opens (1,000 at most), a bound on what one connection holds
 MAX_CONCURRENT_STREAMS = 4096
@@ -101,7 +104,7 @@ class Connection(asyncio.Protocol):
         self.peer = ""
         self.buf = bytearray()
         self.preface_seen = False
-        self.headers = CachedHeaderDecoder(256, MAX_HEADER_LIST)
+        self.headers = CachedHeaderDecoder(HEADER_CACHE_ENTRIES, MAX_HEADER_LIST, HEADER_CACHE_BYTES)
         self.streams: dict[int, Stream] = {}
         self.blocked: dict[int, Stream] = {}  # streams waiting for window, in order
         self.last_stream = 0
