@@ -540,3 +540,50 @@ def test_the_header_cache_holds_a_bounded_number_of_bytes():
         assert sum(len(block) for block in conn.headers.cache) == conn.headers.cached_bytes
 
     _on_connection(test)
+
+
+# --- 9. the handshake's deadline, and idle connections ---------------------------------------------------
+
+
+def test_a_client_that_does_not_finish_the_handshake_in_time_is_closed():
+    async def run():
+        server = GrpcServer(handshake_timeout=0.05)
+        silent, half, done = (_Transport() for _ in range(3))
+        conns = []
+        for transport, data in ((silent, b""), (half, PREFACE), (done, PREFACE + _frame(SETTINGS, 0, 0))):
+            conn = Connection(server)
+            transport.protocol = conn
+            conn.connection_made(transport)
+            conn.data_received(data)
+            conns.append(conn)
+        await _until(lambda: silent.closed and half.closed)
+        await asyncio.sleep(0.1)
+        assert not done.closed
+        for conn in conns:
+            conn.connection_lost(None)
+
+    asyncio.run(run())
+
+
+def test_a_connection_without_calls_that_sends_nothing_is_closed_with_goaway():
+    async def test(conn, transport, server, echo):
+        others = []
+        for frames in (_frame(HEADERS, END_HEADERS, 1, _request_headers("/t.T/Hold")), b""):
+            other, other_transport = Connection(server), _Transport()
+            other_transport.protocol = other
+            other.connection_made(other_transport)
+            other.data_received(PREFACE + _frame(SETTINGS, 0, 0) + frames)
+            others.append((other, other_transport))
+        (busy, busy_transport), (pinging, pinging_transport) = others
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 0.3
+        while not transport.closed:
+            assert loop.time() < deadline
+            pinging.data_received(_frame(PING, 0, 0, b"keep-me!"))
+            await asyncio.sleep(0.01)
+        assert _goaway_code(transport) == NO_ERROR and _goaway_debug(transport) == b"max_idle"
+        assert not busy_transport.closed and not pinging_transport.closed  # a call or PINGs keep it
+        for other, _ in others:
+            other.connection_lost(None)
+
+    _on_connection(test, idle_timeout=0.05)
