@@ -5,7 +5,8 @@ frames are queued and leave in one write per turn of the loop (GrpcServer's
 flush). What is implemented is what gRPC clients use: the connection preface
 and SETTINGS, HEADERS + CONTINUATION, DATA with both directions' flow control,
 PING, RST_STREAM, WINDOW_UPDATE and GOAWAY. No server push, no HTTP/1 upgrade.
-A protocol error costs the connection (GOAWAY), never the server.
+A protocol error costs the connection (GOAWAY), never the server, and what a
+client can make its connection hold is bounded (the limits below).
 """
 
 from __future__ import annotations
