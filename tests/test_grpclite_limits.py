@@ -510,6 +510,19 @@ def test_a_ping_flood_gets_goaway_enhance_your_calm_too_many_pings():
     _on_connection(test)
 
 
+def test_the_ping_answers_of_a_client_that_does_not_read_wait_no_more_than_the_high_water_mark():
+    def test(conn, transport, server, echo):
+        transport.high = 1000  # as if the socket's buffer were full
+        ping = _frame(PING, 0, 0, b"12345678")
+        conn.data_received(ping * 100)
+        server.flush_now()
+        assert not transport.reading  # no more PINGs are read until it reads our answers
+        transport.drain()
+        assert transport.reading
+
+    _on_connection(test)
+
+
 def test_rapid_reset_gets_goaway_enhance_your_calm():
     def test(conn, transport, server, echo):
         sid = 1
