@@ -87,7 +87,7 @@ HEADER_CACHE_BYTES = 256 << 10
 MAX_CONCURRENT_STREAMS = 4096
 # what may wait in the socket's buffer for a client: over WRITE_HIGH_WATER the connection stops
 # reading that client (no new calls) and streaming calls stop writing; over OUT_BUDGET it is
-# closed (a client that does not read, as grpc-go closes one)
+# closed (a client that does not read what it asked for)
 WRITE_HIGH_WATER = 4 << 20
 WRITE_LOW_WATER = 1 << 20
 OUT_BUDGET = 64 << 20
