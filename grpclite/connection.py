@@ -5,7 +5,8 @@ frames are queued and leave in one write per turn of the loop (GrpcServer's
 flush). What is implemented is what gRPC clients use: the connection preface
 and SETTINGS, HEADERS + CONTINUATION, DATA with both directions' flow control,
 PING, RST_STREAM, WINDOW_UPDATE and GOAWAY. No server push, no HTTP/1 upgrade.
-A protocol error costs the connection (GOAWAY), never the server.
+A protocol error costs the connection (GOAWAY), never the server, and what a
+client can make its connection hold is bounded (the limits below).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from grpclite.calm import PING_BURST, PINGS_PER_SECOND, RESET_BURST, RESETS_PER_SECOND, Rate
 from grpclite.context import Aborted
 from grpclite.eager import EagerCall
 from grpclite.flow import CONN_RECV_WINDOW, STREAM_RECV_WINDOW, Window
@@ -32,6 +34,7 @@ from grpclite.wire import (
     DEFAULT_WINDOW,
     END_HEADERS,
     END_STREAM,
+    ENHANCE_YOUR_CALM,
     FLOW_CONTROL_ERROR,
     FRAME_HEADER,
     FRAME_SIZE_ERROR,
@@ -56,7 +59,9 @@ from grpclite.wire import (
     S_MAX_HEADER_LIST_SIZE,
     SETTINGS,
     U32,
+    UNSUPPORTED_MEDIA_TYPE,
     WINDOW_UPDATE,
+    status_block,
 )
 
 if TYPE_CHECKING:
@@ -67,6 +72,25 @@ log = logging.getLogger("grpclite")
 # the largest frame we accept (we advertise it); what we send is bounded by the peer's setting
 RECV_MAX_FRAME = 1 << 20
 MAX_HEADER_LIST = 1 << 20
+# seconds for a client's preface and first SETTINGS (after TLS); seconds a connection without calls
+# may send nothing before it is closed: a half-open connection's peer is gone. Clients that stay
+# connected idle hold a call open (etcdctl watch, the apiserver's watches) or send keepalive PINGs,
+# and a grpc client reconnects on its own after the GOAWAY
+HANDSHAKE_TIMEOUT = 20.0
+IDLE_TIMEOUT = 300.0
+IDLE_GRACE = 1.0
+# header blocks remembered decoded per connection (a call's block is some hundred bytes)
+HEADER_CACHE_ENTRIES = 256
+HEADER_CACHE_BYTES = 256 << 10
+# calls open at once on a connection (SETTINGS_MAX_CONCURRENT_STREAMS; GrpcServer's default):
+# far above what a client here opens (1,000 at most), a bound on what one connection holds
+MAX_CONCURRENT_STREAMS = 4096
+# what may wait in the socket's buffer for a client: over WRITE_HIGH_WATER the connection stops
+# reading that client (no new calls) and streaming calls stop writing; over OUT_BUDGET it is
+# closed (a client that does not read what it asked for)
+WRITE_HIGH_WATER = 4 << 20
+WRITE_LOW_WATER = 1 << 20
+OUT_BUDGET = 64 << 20
 
 
 class H2ConnectionError(Exception):
@@ -88,7 +112,7 @@ class Connection(asyncio.Protocol):
         self.peer = ""
         self.buf = bytearray()
         self.preface_seen = False
-        self.headers = CachedHeaderDecoder(256, MAX_HEADER_LIST)
+        self.headers = CachedHeaderDecoder(HEADER_CACHE_ENTRIES, MAX_HEADER_LIST, HEADER_CACHE_BYTES)
         self.streams: dict[int, Stream] = {}
         self.blocked: dict[int, Stream] = {}  # streams waiting for window, in order
         self.last_stream = 0
@@ -99,14 +123,26 @@ class Connection(asyncio.Protocol):
         self.out: list[bytes] = []
         self.flush_scheduled = False
         self.headers_in_progress = None  # (sid, flags, fragments) while CONTINUATION frames arrive
+        self.headers_size = 0  # their bytes so far
         self.going_away = False
         self.closed = False
+        self.write_paused = False  # the transport's buffer is over its high water mark
+        self.settings_seen = False  # the client's first SETTINGS: the handshake is done
+        self.reads = self.reads_seen = 0  # socket reads, and how many there were at the last idle check
+        self.timer: asyncio.TimerHandle | None = None  # the handshake's deadline, then the idle check
+        self.pings = Rate(PING_BURST, PINGS_PER_SECOND)
+        self.resets = Rate(RESET_BURST, RESETS_PER_SECOND)
 
     # --- connection --------------------------------------------------------
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.server.connections.add(self)
+        self.timer = self.loop.call_later(self.server.handshake_timeout, self.check_handshake)
+        try:
+            transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        except (AttributeError, NotImplementedError):  # a transport without flow control
+            pass
         try:
             sock = transport.get_extra_info("socket")
             if sock is not None:
@@ -117,7 +153,7 @@ class Connection(asyncio.Protocol):
         if isinstance(addr, tuple) and len(addr) >= 2:
             self.peer = f"ipv6:[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"ipv4:{addr[0]}:{addr[1]}"
         settings = b"".join(struct.pack(">HL", k, v) for k, v in (
-            (S_MAX_CONCURRENT_STREAMS, 2**31 - 1),
+            (S_MAX_CONCURRENT_STREAMS, self.server.max_concurrent_streams),
             (S_INITIAL_WINDOW_SIZE, STREAM_RECV_WINDOW),
             (S_MAX_FRAME_SIZE, RECV_MAX_FRAME),
             (S_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST),
@@ -129,12 +165,14 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.closed = True
         self.server.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         for stream in list(self.streams.values()):
             stream.cancelled = True
             stream.finished = True
             stream.stop_handler()
-            if stream.requests is not None:
-                stream.requests.put_nowait(None)
+            stream.drop_requests()
         self.streams.clear()
         self.blocked.clear()
 
@@ -153,8 +191,64 @@ class Connection(asyncio.Protocol):
             data = b"".join(self.out)
             self.out = []
             self.transport.write(data)
+            if self.write_paused and self.transport.get_write_buffer_size() > OUT_BUDGET:
+                log.warning("closing the connection from %s: it does not read what it asked for", self.peer)
+                self.closed = True
+                self.transport.abort()
         else:
             self.out = []
+
+    # --- timeouts: the handshake, and a connection that neither calls nor sends ----
+
+    def check_handshake(self) -> None:
+        """The client has not sent its preface and SETTINGS in time: it is not an HTTP/2 client."""
+        self.timer = None
+        if not self.closed and not self.settings_seen:
+            self.transport.close()
+
+    def handshake_done(self) -> None:
+        self.settings_seen = True
+        self.timer.cancel()
+        self.timer = self.loop.call_later(self.server.idle_timeout, self.check_idle)
+
+    def check_idle(self) -> None:
+        """A connection without calls that sent nothing since the last check is closed (GOAWAY
+        NO_ERROR: a client that comes back connects again); calls or PINGs keep it open. The
+        socket closes IDLE_GRACE later: a call the client sent meanwhile is refused (REFUSED_STREAM)
+        rather than lost, and a grpc client retries it on a new connection."""
+        self.timer = None
+        if self.closed:
+            return
+        if self.streams or self.reads != self.reads_seen:
+            self.reads_seen = self.reads
+            self.timer = self.loop.call_later(self.server.idle_timeout, self.check_idle)
+            return
+        self.go_away(NO_ERROR, "max_idle")
+        self.flush()
+        self.timer = self.loop.call_later(min(IDLE_GRACE, self.server.idle_timeout), self.transport.close)
+
+    def pause_writing(self) -> None:
+        """The client reads slower than it is answered: no new calls from it until it catches up
+        (and streaming calls wait, Stream.writable_now)."""
+        self.write_paused = True
+        if not self.closed:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if not self.closed:
+            self.transport.resume_reading()
+        for stream in list(self.streams.values()):
+            drained = stream.drained
+            if drained is not None and not drained.done() and not stream.pending:
+                drained.set_result(None)
+
+    def release_held(self, stream: Stream) -> None:
+        """A call ended: what it held of its request goes, and back to the connection's window."""
+        held = stream.held
+        stream.drop_requests()
+        if held:
+            self.release(held)
 
     def go_away(self, code: int, message: str = "") -> None:
         if not self.going_away:
@@ -167,6 +261,8 @@ class Connection(asyncio.Protocol):
     def close_stream(self, stream: Stream) -> None:
         self.streams.pop(stream.id, None)
         self.blocked.pop(stream.id, None)
+        if stream.held:
+            self.release_held(stream)
         if not stream.remote_closed:
             # we answered before the client finished sending: tell it to stop
             stream.remote_closed = True
@@ -178,6 +274,7 @@ class Connection(asyncio.Protocol):
     # --- reading -----------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        self.reads += 1
         buf = self.buf
         if buf or not self.preface_seen:
             buf += data
@@ -239,7 +336,9 @@ class Connection(asyncio.Protocol):
             if sid == 0 or sid % 2 == 0:
                 raise H2ConnectionError(PROTOCOL_ERROR, "bad stream id for HEADERS")
             if flags & PADDED:
-                pad = payload[0]
+                pad = payload[0] if payload else 0
+                if pad + 1 + (5 if flags & PRIORITY_FLAG else 0) > len(payload):
+                    raise H2ConnectionError(PROTOCOL_ERROR, "padding as long as the frame")
                 payload = payload[1:len(payload) - pad]
             if flags & PRIORITY_FLAG:
                 payload = payload[5:]
@@ -247,9 +346,16 @@ class Connection(asyncio.Protocol):
                 self.on_headers(sid, flags, payload)
             else:
                 self.headers_in_progress = (sid, flags, [payload])
+                self.headers_size = len(payload)
         elif ftype == CONTINUATION:
             if self.headers_in_progress is None or self.headers_in_progress[0] != sid:
                 raise H2ConnectionError(PROTOCOL_ERROR, "unexpected CONTINUATION")
+            # counted as the fragments come, and refused unread past the limit (HPACK's encoding
+            # is no larger than the list it decodes to, bar references to the tables): Go's answer
+            self.headers_size += len(payload)
+            if self.headers_size > MAX_HEADER_LIST:
+                self.headers_in_progress = None
+                raise H2ConnectionError(PROTOCOL_ERROR, "header list too large")
             self.headers_in_progress[2].append(payload)
             if flags & END_HEADERS:
                 hsid, hflags, parts = self.headers_in_progress
@@ -258,20 +364,30 @@ class Connection(asyncio.Protocol):
         elif ftype == SETTINGS:
             if not flags & ACK:
                 self.on_settings(payload)
+                if not self.settings_seen:
+                    self.handshake_done()
         elif ftype == PING:
+            if len(payload) != 8:
+                raise H2ConnectionError(FRAME_SIZE_ERROR, "bad PING length")
             if not flags & ACK:
+                if not self.pings.spend():
+                    raise H2ConnectionError(ENHANCE_YOUR_CALM, "too_many_pings")
                 self.queue_frame(PING, ACK, 0, payload)
         elif ftype == WINDOW_UPDATE:
             self.on_window_update(sid, payload)
         elif ftype == RST_STREAM:
-            stream = self.streams.pop(sid, None)
+            if len(payload) != 4:
+                raise H2ConnectionError(FRAME_SIZE_ERROR, "bad RST_STREAM length")
+            stream = self.streams.get(sid)
             if stream is not None:
+                if not self.resets.spend():  # a client resetting calls faster than it lets them finish
+                    raise H2ConnectionError(ENHANCE_YOUR_CALM, "too_many_resets")
+                del self.streams[sid]
                 self.blocked.pop(sid, None)
                 stream.cancelled = True
                 stream.finished = True
                 stream.stop_handler()
-                if stream.requests is not None:
-                    stream.requests.put_nowait(None)
+                self.release_held(stream)
         elif ftype == GOAWAY:
             self.go_away(NO_ERROR)
         elif ftype == PUSH_PROMISE:
@@ -303,14 +419,19 @@ class Connection(asyncio.Protocol):
             raise H2ConnectionError(FRAME_SIZE_ERROR, "bad WINDOW_UPDATE length")
         inc = U32.unpack(payload)[0] & 0x7FFFFFFF
         if sid == 0:
+            if not inc:
+                raise H2ConnectionError(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
             if not self.send_window.grow(inc):
                 raise H2ConnectionError(FLOW_CONTROL_ERROR, "connection window overflow")
             self.resume_blocked()
             return
         stream = self.streams.get(sid)
         if stream is not None:
-            stream.own_send_window().grow(inc)  # a stream's overflow goes unchecked (no RST_STREAM)
-            if stream.pending:
+            if not inc:
+                self.reset_stream(stream, PROTOCOL_ERROR)
+            elif not stream.own_send_window().grow(inc):
+                self.reset_stream(stream, FLOW_CONTROL_ERROR)
+            elif stream.pending:
                 stream.drain()
 
     def resume_blocked(self) -> None:
@@ -320,47 +441,85 @@ class Connection(asyncio.Protocol):
             if stream.send_window.available > 0:  # a blocked stream has sent: it has its window
                 stream.drain()
 
-    def credit(self, stream: Stream | None, n: int) -> None:
-        """Give back receive window for n bytes we consumed."""
-        increment = self.recv_window.consume(n)
+    def release(self, n: int) -> None:
+        """n received bytes no longer held: the connection's window gets them back."""
+        increment = self.recv_window.release(n)
         if increment:
             self.queue_frame(WINDOW_UPDATE, 0, 0, U32.pack(increment))
-        if stream is not None and not stream.remote_closed:
-            window = stream.recv_window
-            if window is None:
-                window = stream.recv_window = Window(STREAM_RECV_WINDOW)
-            increment = window.consume(n)
+
+    def release_stream(self, stream: Stream, n: int) -> None:
+        """n of a stream's received bytes released: its window gets them back while the client may send."""
+        if not stream.remote_closed:
+            increment = stream.recv_window.release(n)
             if increment:
                 self.queue_frame(WINDOW_UPDATE, 0, stream.id, U32.pack(increment))
+
+    def reset_stream(self, stream: Stream, code: int) -> None:
+        """A stream error: the call ends at once, RST_STREAM(code) tells the client."""
+        stream.remote_closed = stream.finished = stream.cancelled = True
+        self.close_stream(stream)
+        stream.stop_handler()
+        self.queue_frame(RST_STREAM, 0, stream.id, U32.pack(code))
 
     def on_data(self, flags: int, sid: int, payload: bytes) -> None:
         if sid == 0:
             raise H2ConnectionError(PROTOCOL_ERROR, "DATA on stream 0")
         n = len(payload)
+        window = self.recv_window
+        if n > window.available:
+            raise H2ConnectionError(FLOW_CONTROL_ERROR, "DATA past the connection's window")
+        window.available -= n
         stream = self.streams.get(sid)
-        if flags & END_STREAM:
-            # the stream's last DATA: only the connection's window matters now
-            # (Window.consume inline, a call less for every request)
-            window = self.recv_window
-            available = window.available - n
-            if available > window.refill_at:
-                window.available = available
-            else:
-                self.credit(None, n)
-        else:
-            self.credit(stream, n)
         if stream is None or stream.remote_closed:
             if sid > self.last_stream:
                 raise H2ConnectionError(PROTOCOL_ERROR, "DATA on an idle stream")
+            self.release(n)
             return  # a stream we already finished (e.g. rejected): drop it
+        # the stream's window: made by its first DATA frame that does not end it (a unary
+        # request in one frame never needs it)
+        stream_window = stream.recv_window
+        if stream_window is None:
+            if flags & END_STREAM:
+                over = n > STREAM_RECV_WINDOW
+            else:
+                stream_window = stream.recv_window = Window(STREAM_RECV_WINDOW)
+                over = False
+        else:
+            over = n > stream_window.available
+        if over:
+            self.reset_stream(stream, FLOW_CONTROL_ERROR)
+            self.release(n)
+            return
+        if stream_window is not None:
+            stream_window.available -= n
         if flags & PADDED:
-            pad = payload[0]
+            pad = payload[0] if n else 0
+            if pad >= n:
+                raise H2ConnectionError(PROTOCOL_ERROR, "padding as long as the frame")
             payload = payload[1:n - pad]
+            self.release(pad + 1)
+        if stream.handler.request_streaming:
+            stream.held += len(payload)
+            self.receive_streaming(stream, flags, payload)
+            return
         n = len(payload) - 5
         if n >= 0 and not stream.recv_buf and payload[0] == 0 and MESSAGE_PREFIX.unpack_from(payload)[1] == n \
                 and n <= self.server.max_receive:
             messages = [payload[5:]]  # the usual: one whole uncompressed message in the frame
+            if flags & END_STREAM and stream.unary_request is None:
+                # ... and the whole request: the call has it now, the connection's window gets it
+                # back now (Window.release inline, a call less for every request)
+                stream.remote_closed = True
+                unacked = window.unacked + n + 5
+                if unacked < window.half:
+                    window.unacked = unacked
+                else:
+                    self.release(n + 5)
+                self.deliver(stream, messages)
+                return
+            stream.held += n + 5
         else:
+            stream.held += len(payload)
             stream.recv_buf += payload
             try:
                 messages = stream.next_messages()
@@ -369,18 +528,50 @@ class Connection(asyncio.Protocol):
                 return
         if flags & END_STREAM:
             stream.remote_closed = True
+        elif stream_window is not None:
+            self.release_stream(stream, stream_window.held())  # a unary call's stream gets it all back
         self.deliver(stream, messages)
+        self.release_delivered(stream)
+
+    def release_delivered(self, stream: Stream) -> None:
+        """A unary call's bytes go back to the connection but for what the call still holds:
+        a message not yet whole, or a request waiting for the client's side to end."""
+        held = len(stream.recv_buf)
+        if stream.unary_request is not None:
+            held += len(stream.unary_request) + 5
+        if stream.held > held:
+            self.release(stream.held - held)
+            stream.held = held
+
+    def receive_streaming(self, stream: Stream, flags: int, payload: bytes) -> None:
+        """A streaming call's request bytes: kept as they came until its handler takes each
+        message (Stream.take), so the windows bound what a client sends ahead of its handler."""
+        stream.recv_buf += payload
+        try:
+            stream.find_messages()
+        except Aborted as err:
+            stream.fail(*err.args)
+            return
+        if flags & END_STREAM:
+            self.end_of_requests(stream)
+            return
+        # bytes not yet a whole message are released now (a message may be larger than the window)
+        partial = stream.recv_window.held() - stream.complete
+        if partial > 0:
+            self.release_stream(stream, partial)
+        stream.wake()
+
+    def end_of_requests(self, stream: Stream) -> None:
+        """A streaming call's client has sent everything."""
+        stream.remote_closed = True
+        if len(stream.recv_buf) > stream.complete:
+            stream.fail(grpc.StatusCode.INTERNAL, "grpc: truncated message at the end of the stream")
+        else:
+            stream.wake()
 
     def deliver(self, stream: Stream, messages) -> None:
+        """A unary call's request messages (one, or none with the end of the client's side)."""
         h = stream.handler
-        if h.request_streaming:
-            for raw in messages:
-                stream.requests.put_nowait(h.request_deserializer(raw) if h.request_deserializer else raw)
-            if stream.remote_closed:
-                if stream.recv_buf:
-                    stream.fail(grpc.StatusCode.INTERNAL, "grpc: truncated message at the end of the stream")
-                stream.requests.put_nowait(None)
-            return
         for raw in messages:
             if stream.unary_request is not None:
                 stream.fail(grpc.StatusCode.UNIMPLEMENTED, "grpc: more than one request for a unary call")
@@ -413,24 +604,26 @@ class Connection(asyncio.Protocol):
                 stream.task = self.loop.create_task(self.server.run_handler(stream, request))
 
     def parse_headers(self, block: bytes):
-        """(path, timeout, encoding, metadata) of a request's header block."""
+        """(path, timeout, encoding, metadata, not_grpc) of a request's header block."""
         try:
             return self.headers.decode(block, parse_request_headers)
         except Exception as exc:  # noqa: BLE001  (hpack raises several kinds)
             raise H2ConnectionError(COMPRESSION_ERROR, f"bad header block: {exc}") from None
 
     def on_headers(self, sid: int, flags: int, block: bytes) -> None:
-        path_s, timeout, encoding, metadata = self.parse_headers(block)
+        path_s, timeout, encoding, metadata, not_grpc = self.parse_headers(block)
         stream = self.streams.get(sid)
         if stream is not None or sid <= self.last_stream:
             # trailers from a client (grpc clients send none) or a finished stream
-            if stream is not None and flags & END_STREAM:
-                stream.remote_closed = True
-                self.deliver(stream, [])
+            if stream is not None and flags & END_STREAM and not stream.remote_closed:
+                self.end_of_request(stream)
             return
         self.last_stream = sid
-        if self.going_away:
-            self.queue_frame(RST_STREAM, 0, sid, U32.pack(REFUSED_STREAM))
+        if self.going_away or len(self.streams) >= self.server.max_concurrent_streams:
+            self.queue_frame(RST_STREAM, 0, sid, U32.pack(REFUSED_STREAM))  # as grpc-go: the client may retry
+            return
+        if not_grpc is not None:
+            self.not_grpc(sid, flags, not_grpc)
             return
         handler = self.server.lookup(path_s, metadata)
         deadline = time.monotonic() + timeout if timeout is not None else None
@@ -443,8 +636,23 @@ class Connection(asyncio.Protocol):
         if deadline is not None:
             self.server.watch_deadlines()
         if handler.request_streaming:
-            stream.requests = asyncio.Queue()
             stream.task = self.loop.create_task(self.server.run_handler(stream, stream.request_iterator()))
         if flags & END_STREAM:
+            self.end_of_request(stream)
+
+    def not_grpc(self, sid: int, flags: int, content_type: bytes) -> None:
+        """A request that is not gRPC's gets grpc-go's answer: HTTP 415 in a trailers-only response."""
+        details = 'invalid gRPC request content-type "%s"' % content_type.decode("latin-1")
+        block = UNSUPPORTED_MEDIA_TYPE + status_block(grpc.StatusCode.INVALID_ARGUMENT, details)
+        self.queue_frame(HEADERS, END_HEADERS | END_STREAM, sid, block)
+        if not flags & END_STREAM:
+            self.queue_frame(RST_STREAM, 0, sid, U32.pack(NO_ERROR))
+
+    def end_of_request(self, stream: Stream) -> None:
+        """The client's side of a call ended without DATA (HEADERS with END_STREAM)."""
+        if stream.handler.request_streaming:
+            self.end_of_requests(stream)
+        else:
             stream.remote_closed = True
             self.deliver(stream, [])
+            self.release_delivered(stream)

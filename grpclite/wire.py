@@ -27,6 +27,7 @@ PRIORITY_FLAG = 0x20
 # error codes
 NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0, 1, 2, 3
 STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 5, 6, 7, 8, 9
+ENHANCE_YOUR_CALM = 0xB
 # settings
 S_HEADER_TABLE_SIZE, S_ENABLE_PUSH, S_MAX_CONCURRENT_STREAMS = 1, 2, 3
 S_INITIAL_WINDOW_SIZE, S_MAX_FRAME_SIZE, S_MAX_HEADER_LIST_SIZE = 4, 5, 6
@@ -66,6 +67,8 @@ def literal(name: bytes, value: bytes) -> bytes:
 # ':status: 200' is static entry 8; 'content-type' is static name 31
 RESPONSE_HEADERS = b"\x88" + hpack_int(31, 4) + hpack_str(b"application/grpc")
 OK_TRAILERS = literal(b"grpc-status", b"0")
+# a request that is not gRPC's (grpc-go's answer): ':status: 415' with the static table's name 8
+UNSUPPORTED_MEDIA_TYPE = hpack_int(8, 4) + hpack_str(b"415") + RESPONSE_HEADERS[1:]
 
 
 def status_block(code: grpc.StatusCode, details: str, trailing_metadata=()) -> bytes:
