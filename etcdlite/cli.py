@@ -11,6 +11,7 @@ import sys
 
 from etcdlite.config import (
     DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_CONCURRENT_STREAMS,
     DEFAULT_MAX_TXN_OPS,
     ConfigError,
     MemberConfig,
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest request a client may send, in bytes")
     p.add_argument("--max-txn-ops", type=int, default=DEFAULT_MAX_TXN_OPS,
                    help="most operations a txn may hold")
+    p.add_argument("--max-concurrent-streams", type=int, default=DEFAULT_MAX_CONCURRENT_STREAMS,
+                   help="calls one client connection may have open at once; more are refused "
+                        "(RST_STREAM REFUSED_STREAM)")
     p.add_argument("--snapshot-count", type=int, default=100_000,
                    help="Raft log entries between snapshots; the log before a snapshot is dropped")
     p.add_argument("--experimental-watch-progress-notify-interval", default="10m",
@@ -85,6 +89,8 @@ def config_from_args(args: argparse.Namespace) -> MemberConfig:
             password = f.read().strip()
         if not password:
             raise ConfigError(f"{args.peer_secret_file} is empty")
+    if not 1 <= args.max_concurrent_streams < 2**32:
+        raise ConfigError(f"--max-concurrent-streams must be between 1 and {2**32 - 1}")
     return MemberConfig(
         name=args.name,
         data_dir=args.data_dir,
@@ -97,6 +103,7 @@ def config_from_args(args: argparse.Namespace) -> MemberConfig:
         initial_cluster_token=args.initial_cluster_token,
         max_request_bytes=args.max_request_bytes,
         max_txn_ops=args.max_txn_ops,
+        max_concurrent_streams=args.max_concurrent_streams,
         progress_notify_interval=parse_duration(args.experimental_watch_progress_notify_interval),
         snapshot_count=max(2, args.snapshot_count),
         peer_password=password,

@@ -13,6 +13,10 @@ DEFAULT_MAX_REQUEST_BYTES = 1572864  # 1.5 MiB, as etcd
 # extra room above --max-request-bytes for gRPC framing, as etcd allows
 GRPC_OVERHEAD_BYTES = 512 * 1024
 DEFAULT_MAX_TXN_OPS = 128
+# calls one client connection may have open at once (etcd's --max-concurrent-streams, whose
+# default is unlimited): a bound, well above what any client opens, so that one connection
+# cannot make a member hold streams without end
+DEFAULT_MAX_CONCURRENT_STREAMS = 4096
 # etcd's smallest lease TTL with its default election timeout (1 s): 1.5 x
 # the election timeout, rounded up
 MIN_LEASE_TTL = 2
@@ -131,6 +135,7 @@ class MemberConfig:
     initial_cluster_token: str = "etcd-cluster"
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_txn_ops: int = DEFAULT_MAX_TXN_OPS
+    max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
     progress_notify_interval: float = 600.0
     # Raft log entries between snapshots (etcd's --snapshot-count)
     snapshot_count: int = 100_000

@@ -11,6 +11,7 @@ import asyncio
 import os
 import socket
 import struct
+import subprocess
 import threading
 import time
 
@@ -18,7 +19,8 @@ import grpc
 import pytest
 
 from harness.etcd_client import Client, error_of
-from harness.procs import start_module_member
+from harness.procs import PYTHON, start_module_member
+from etcdlite.config import DEFAULT_MAX_CONCURRENT_STREAMS
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
 
@@ -465,3 +467,28 @@ def test_flush_now_sends_queued_answers_before_the_loop_turns():
 
     asyncio.run(main())
     assert len(seen) == 20 and all(queued == 1 and left == 0 for queued, left in seen), seen
+
+
+@pytest.mark.process
+def test_max_concurrent_streams_flag_is_advertised(procs, tmp_path, member):
+    """etcd's --max-concurrent-streams: the member advertises it in its SETTINGS
+    (SETTINGS_MAX_CONCURRENT_STREAMS, id 3); the default member advertises a bound too."""
+
+    def advertised(member) -> dict:
+        with connect(member) as s:
+            s.sendall(PREFACE + frame(SETTINGS, 0, 0))
+            frames, _ = read_frames(s, lambda f: f[0] == SETTINGS and not f[1] & 1)
+        payload = frames[-1][3]
+        return dict(struct.unpack_from(">HL", payload, i) for i in range(0, len(payload), 6))
+
+    small = procs.start_etcdlite(tmp_path, "streams3", max_concurrent_streams=3)
+    assert advertised(small)[3] == 3
+    assert advertised(member)[3] == DEFAULT_MAX_CONCURRENT_STREAMS < 2**31 - 1
+
+
+@pytest.mark.process
+def test_max_concurrent_streams_out_of_range_is_refused_at_start(tmp_path):
+    p = subprocess.run([PYTHON, "-m", "etcdlite", "--data-dir", str(tmp_path / "d"),
+                        "--max-concurrent-streams", "0"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert "--max-concurrent-streams" in p.stderr and "Traceback" not in p.stderr

@@ -43,7 +43,6 @@ log = logging.getLogger("etcdlite")
 
 # grpc.aio's server (--experimental-grpc-server=grpcio), besides the message sizes
 GRPCIO_SERVER_OPTIONS = [
-    ("grpc.max_concurrent_streams", 2**31 - 1),
     # etcd clients ping every few seconds, even when idle
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5000),
@@ -122,10 +121,12 @@ class Member:
             server = grpc.aio.server(options=[
                 ("grpc.max_receive_message_length", max_receive),
                 ("grpc.max_send_message_length", 2**31 - 1),
+                ("grpc.max_concurrent_streams", cfg.max_concurrent_streams),
                 *GRPCIO_SERVER_OPTIONS,
             ])
         else:
-            server = GrpcServer(max_receive_message_length=max_receive)
+            server = GrpcServer(max_receive_message_length=max_receive,
+                                max_concurrent_streams=cfg.max_concurrent_streams)
         add_kv_service(KVService(self), server)
         add_watch_service(WatchService(self), server)
         rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(self), server)
