@@ -91,6 +91,10 @@ MAX_CONCURRENT_STREAMS = 4096
 WRITE_HIGH_WATER = 4 << 20
 WRITE_LOW_WATER = 1 << 20
 OUT_BUDGET = 64 << 20
+# answers that wait for the client's flow-control windows, all of a connection's calls together:
+# past it, the connection's new calls are refused (REFUSED_STREAM: grpc clients retry them) until
+# the client reads; a client that reads keeps far below it
+UNSENT_BUDGET = 32 << 20
 
 
 class H2ConnectionError(Exception):
@@ -121,6 +125,9 @@ class Connection(asyncio.Protocol):
         self.peer_max_frame = 16384
         self.recv_window = Window(CONN_RECV_WINDOW)  # ours (announced in connection_made)
         self.out: list[bytes] = []
+        self.out_bytes = 0  # about what `out` holds: reading stops for a turn past WRITE_HIGH_WATER
+        self.unsent = 0  # bytes the streams hold for the client's windows (Stream.pending)
+        self.stalled = False  # reading stopped until what was answered has left (stall())
         self.flush_scheduled = False
         self.headers_in_progress = None  # (sid, flags, fragments) while CONTINUATION frames arrive
         self.headers_size = 0  # their bytes so far
@@ -179,6 +186,7 @@ class Connection(asyncio.Protocol):
     def queue_frame(self, ftype: int, flags: int, sid: int, payload: bytes = b"") -> None:
         n = len(payload)
         self.out.append(FRAME_HEADER.pack(n >> 8, n & 0xFF, ftype, flags, sid))
+        self.out_bytes += n + 9
         if n:
             self.out.append(payload)
         if not self.flush_scheduled:
@@ -187,6 +195,7 @@ class Connection(asyncio.Protocol):
 
     def flush(self) -> None:
         self.flush_scheduled = False
+        self.out_bytes = 0
         if self.out and not self.closed:
             data = b"".join(self.out)
             self.out = []
@@ -236,12 +245,32 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if not self.closed:
+        if self.stalled:
+            self.unstall()
+        elif not self.closed:
             self.transport.resume_reading()
         for stream in list(self.streams.values()):
             drained = stream.drained
             if drained is not None and not drained.done() and not stream.pending:
                 drained.set_result(None)
+
+    def stall(self) -> None:
+        """One read's calls were answered with more than WRITE_HIGH_WATER (a burst of calls for
+        large values): the frames after them wait, unread, until that has left for the client
+        (resume_writing, or the next turn if the socket took it at once)."""
+        self.stalled = True
+        self.transport.pause_reading()
+        self.flush()
+        if not self.write_paused and not self.closed:
+            self.loop.call_soon(self.unstall)
+
+    def unstall(self) -> None:
+        if self.closed or not self.stalled or self.write_paused:
+            return  # resume_writing comes back here
+        self.stalled = False
+        self.transport.resume_reading()
+        if self.buf:
+            self.data_received(b"")  # the frames that waited
 
     def release_held(self, stream: Stream) -> None:
         """A call ended: what it held of its request goes, and back to the connection's window."""
@@ -313,6 +342,9 @@ class Connection(asyncio.Protocol):
                     self.frame_received(ftype, flags, sid & 0x7FFFFFFF, payload)
                 if self.closed:
                     return
+                if self.out_bytes > WRITE_HIGH_WATER:
+                    self.stall()
+                    break
         except H2ConnectionError as err:
             self.go_away(err.code, err.message)
             return
@@ -384,6 +416,7 @@ class Connection(asyncio.Protocol):
                     raise H2ConnectionError(ENHANCE_YOUR_CALM, "too_many_resets")
                 del self.streams[sid]
                 self.blocked.pop(sid, None)
+                stream.drop_pending()
                 stream.cancelled = True
                 stream.finished = True
                 stream.stop_handler()
@@ -619,7 +652,8 @@ class Connection(asyncio.Protocol):
                 self.end_of_request(stream)
             return
         self.last_stream = sid
-        if self.going_away or len(self.streams) >= self.server.max_concurrent_streams:
+        if self.going_away or len(self.streams) >= self.server.max_concurrent_streams \
+                or self.unsent > UNSENT_BUDGET:
             self.queue_frame(RST_STREAM, 0, sid, U32.pack(REFUSED_STREAM))  # as grpc-go: the client may retry
             return
         if not_grpc is not None:

@@ -225,8 +225,7 @@ class Stream:
         self.send_headers()
         data = MESSAGE_PREFIX.pack(0, len(payload)) + payload
         if self.pending:
-            self.pending.append(data)
-            self.pending_bytes += len(data)
+            self._hold(data)
         else:
             self._send_data(data)
 
@@ -259,21 +258,31 @@ class Stream:
         if allowed > 0:
             self._send_data(data[:allowed])
             data = data[allowed:]
+        self._hold(data)
+        conn.blocked[self.id] = self
+
+    def _hold(self, data: bytes) -> None:
+        """Keep data until the client's windows let it go (counted for the connection too)."""
         self.pending.append(data)
         self.pending_bytes += len(data)
-        conn.blocked[self.id] = self
+        self.conn.unsent += len(data)
+
+    def drop_pending(self) -> None:
+        """The call is gone: what waited for the client's windows goes with it."""
+        self.conn.unsent -= self.pending_bytes
+        self.pending = []
+        self.pending_bytes = 0
 
     def drain(self) -> None:
         """Windows opened: send what waits, then the trailers if they wait too."""
         pending = self.pending
-        self.pending = []
-        self.pending_bytes = 0
+        self.drop_pending()
         self.conn.blocked.pop(self.id, None)
         for i, data in enumerate(pending):
             self._send_data(data)
             if self.pending:  # blocked again: keep the rest in order
-                self.pending.extend(pending[i + 1:])
-                self.pending_bytes += sum(len(d) for d in pending[i + 1:])
+                for rest in pending[i + 1:]:
+                    self._hold(rest)
                 break
         if not self.pending:
             if self.trailers is not None:
@@ -335,6 +344,7 @@ class Stream:
         conn.out += (header(0, len(RESPONSE_HEADERS), HEADERS, END_HEADERS, sid), RESPONSE_HEADERS,
                      header(n >> 8, n & 0xFF, DATA, 0, sid), MESSAGE_PREFIX.pack(0, n - 5), payload,
                      header(0, len(OK_TRAILERS), HEADERS, END_HEADERS | END_STREAM, sid), OK_TRAILERS)
+        conn.out_bytes += n
         if not conn.flush_scheduled:
             conn.flush_scheduled = True
             conn.server.schedule_flush(conn)

@@ -16,6 +16,7 @@ from grpclite.connection import (
     MAX_HEADER_LIST,
     OUT_BUDGET,
     RECV_MAX_FRAME,
+    UNSENT_BUDGET,
     WRITE_HIGH_WATER,
     Connection,
 )
@@ -459,6 +460,74 @@ def test_a_client_that_does_not_read_is_not_read_and_past_the_budget_is_closed()
             sid += 20
         assert transport.closed
         assert transport.buffered <= OUT_BUDGET + 20 * len(request)
+
+    _on_connection(test)
+
+
+def _calls(path: str, sids, request: bytes) -> bytes:
+    return b"".join(_frame(HEADERS, END_HEADERS, sid, _request_headers(path)) + _frame(DATA, END_STREAM, sid, request)
+                    for sid in sids)
+
+
+def _answered(transport: _Transport) -> int:
+    """Calls ended so far (trailers written)."""
+    return sum(1 for ftype, flags, _, _ in _frames(transport.written) if ftype == HEADERS and flags & END_STREAM)
+
+
+def test_a_burst_of_calls_for_large_answers_is_read_as_fast_as_the_answers_leave():
+    """One read holding 40 calls answered with 1 MB each: the frames after the first answers
+    past WRITE_HIGH_WATER wait unread until those have left, instead of 40 MB being answered
+    at once (memory, and the other clients' turn of the loop)."""
+    async def test(conn, transport, server, echo):
+        _open_windows(conn)
+        size = 1_000_000
+        conn.data_received(_calls("/t.T/Echo", range(1, 81, 2), _message(size)))
+        server.flush_now()
+        per_turn = WRITE_HIGH_WATER // size + 1
+        assert 0 < _answered(transport) <= per_turn
+        assert not transport.reading and transport.buffered <= (per_turn + 1) * size
+        done = _answered(transport)
+        while done < 40:  # the client reads: the calls that waited go on, a few at a time
+            transport.drain()
+            await _until(lambda: _answered(transport) > done)
+            server.flush_now()
+            assert _answered(transport) - done <= per_turn
+            done = _answered(transport)
+        assert not conn.buf
+
+    _on_connection(test)
+
+
+def test_answers_waiting_for_the_client_windows_are_bounded_new_calls_refused_past_it():
+    """A client that keeps its windows small and never opens them: each 1 MB answer waits in its
+    stream; past UNSENT_BUDGET the connection's new calls are refused (REFUSED_STREAM: a grpc
+    client retries them), and once the client reads again they are taken."""
+    def test(conn, transport, server, echo):
+        size = 1_000_000
+        calls = UNSENT_BUDGET // size + 8
+        for first in range(1, 2 * calls, 8):
+            conn.data_received(_calls("/t.T/Echo", range(first, min(first + 8, 2 * calls), 2), _message(size)))
+            server.flush_now()
+        refused = [sid for sid, code in _resets(transport).items() if code == REFUSED_STREAM]
+        assert refused and len(refused) < 8
+        assert conn.unsent <= UNSENT_BUDGET + size
+        waiting = [sid for sid in conn.streams if conn.streams[sid].pending]
+        conn.data_received(_frame(RST_STREAM, 0, waiting[0], U32.pack(CANCEL)))  # a call given up: its answer goes
+        assert conn.unsent <= UNSENT_BUDGET
+        conn.data_received(_frame(WINDOW_UPDATE, 0, 0, U32.pack(MAX_WINDOW - DEFAULT_WINDOW))
+                           + b"".join(_frame(WINDOW_UPDATE, 0, sid, U32.pack(MAX_WINDOW - DEFAULT_WINDOW))
+                                      for sid in list(conn.streams)))
+        server.flush_now()
+        for _ in range(calls):  # the answers leave as fast as the client reads them
+            if not conn.unsent:
+                break
+            transport.drain()
+            server.flush_now()
+        assert conn.unsent == 0
+        transport.written.clear()
+        conn.data_received(_calls("/t.T/Echo", [2 * calls + 1], _message(10)))
+        server.flush_now()
+        assert _answered(transport) == 1 and not _resets(transport).get(2 * calls + 1)
 
     _on_connection(test)
 
