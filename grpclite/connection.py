@@ -99,6 +99,7 @@ class Connection(asyncio.Protocol):
         self.out: list[bytes] = []
         self.flush_scheduled = False
         self.headers_in_progress = None  # (sid, flags, fragments) while CONTINUATION frames arrive
+        self.headers_size = 0  # their bytes so far
         self.going_away = False
         self.closed = False
 
@@ -133,8 +134,7 @@ class Connection(asyncio.Protocol):
             stream.cancelled = True
             stream.finished = True
             stream.stop_handler()
-            if stream.requests is not None:
-                stream.requests.put_nowait(None)
+            stream.drop_requests()
         self.streams.clear()
         self.blocked.clear()
 
@@ -156,6 +156,13 @@ class Connection(asyncio.Protocol):
         else:
             self.out = []
 
+    def release_held(self, stream: Stream) -> None:
+        """A call ended: what it held of its request goes, and back to the connection's window."""
+        held = stream.held
+        stream.drop_requests()
+        if held:
+            self.release(held)
+
     def go_away(self, code: int, message: str = "") -> None:
         if not self.going_away:
             self.going_away = True
@@ -167,6 +174,8 @@ class Connection(asyncio.Protocol):
     def close_stream(self, stream: Stream) -> None:
         self.streams.pop(stream.id, None)
         self.blocked.pop(stream.id, None)
+        if stream.held:
+            self.release_held(stream)
         if not stream.remote_closed:
             # we answered before the client finished sending: tell it to stop
             stream.remote_closed = True
@@ -247,9 +256,16 @@ class Connection(asyncio.Protocol):
                 self.on_headers(sid, flags, payload)
             else:
                 self.headers_in_progress = (sid, flags, [payload])
+                self.headers_size = len(payload)
         elif ftype == CONTINUATION:
             if self.headers_in_progress is None or self.headers_in_progress[0] != sid:
                 raise H2ConnectionError(PROTOCOL_ERROR, "unexpected CONTINUATION")
+            # counted as the fragments come, and refused unread past the limit (HPACK's encoding
+            # is no larger than the list it decodes to, bar references to the tables): Go's answer
+            self.headers_size += len(payload)
+            if self.headers_size > MAX_HEADER_LIST:
+                self.headers_in_progress = None
+                raise H2ConnectionError(PROTOCOL_ERROR, "header list too large")
             self.headers_in_progress[2].append(payload)
             if flags & END_HEADERS:
                 hsid, hflags, parts = self.headers_in_progress
@@ -270,8 +286,7 @@ class Connection(asyncio.Protocol):
                 stream.cancelled = True
                 stream.finished = True
                 stream.stop_handler()
-                if stream.requests is not None:
-                    stream.requests.put_nowait(None)
+                self.release_held(stream)
         elif ftype == GOAWAY:
             self.go_away(NO_ERROR)
         elif ftype == PUSH_PROMISE:
@@ -320,42 +335,67 @@ class Connection(asyncio.Protocol):
             if stream.send_window.available > 0:  # a blocked stream has sent: it has its window
                 stream.drain()
 
-    def credit(self, stream: Stream | None, n: int) -> None:
-        """Give back receive window for n bytes we consumed."""
-        increment = self.recv_window.consume(n)
+    def release(self, n: int) -> None:
+        """n received bytes no longer held: the connection's window gets them back."""
+        increment = self.recv_window.release(n)
         if increment:
             self.queue_frame(WINDOW_UPDATE, 0, 0, U32.pack(increment))
-        if stream is not None and not stream.remote_closed:
-            window = stream.recv_window
-            if window is None:
-                window = stream.recv_window = Window(STREAM_RECV_WINDOW)
-            increment = window.consume(n)
+
+    def release_stream(self, stream: Stream, n: int) -> None:
+        """n of a stream's received bytes released: its window gets them back while the client may send."""
+        if not stream.remote_closed:
+            increment = stream.recv_window.release(n)
             if increment:
                 self.queue_frame(WINDOW_UPDATE, 0, stream.id, U32.pack(increment))
+
+    def reset_stream(self, stream: Stream, code: int) -> None:
+        """A stream error: the call ends at once, RST_STREAM(code) tells the client."""
+        stream.remote_closed = stream.finished = stream.cancelled = True
+        self.close_stream(stream)
+        stream.stop_handler()
+        self.queue_frame(RST_STREAM, 0, stream.id, U32.pack(code))
 
     def on_data(self, flags: int, sid: int, payload: bytes) -> None:
         if sid == 0:
             raise H2ConnectionError(PROTOCOL_ERROR, "DATA on stream 0")
         n = len(payload)
+        window = self.recv_window
+        if n > window.available:
+            raise H2ConnectionError(FLOW_CONTROL_ERROR, "DATA past the connection's window")
+        window.available -= n
         stream = self.streams.get(sid)
-        if flags & END_STREAM:
-            # the stream's last DATA: only the connection's window matters now
-            # (Window.consume inline, a call less for every request)
-            window = self.recv_window
-            available = window.available - n
-            if available > window.refill_at:
-                window.available = available
-            else:
-                self.credit(None, n)
-        else:
-            self.credit(stream, n)
         if stream is None or stream.remote_closed:
             if sid > self.last_stream:
                 raise H2ConnectionError(PROTOCOL_ERROR, "DATA on an idle stream")
+            self.release(n)
             return  # a stream we already finished (e.g. rejected): drop it
+        # the stream's window: made by its first DATA frame that does not end it (a unary
+        # request in one frame never needs it)
+        stream_window = stream.recv_window
+        if stream_window is None:
+            if flags & END_STREAM:
+                over = n > STREAM_RECV_WINDOW
+            else:
+                stream_window = stream.recv_window = Window(STREAM_RECV_WINDOW)
+                over = False
+        else:
+            over = n > stream_window.available
+        if over:
+            self.reset_stream(stream, FLOW_CONTROL_ERROR)
+            self.release(n)
+            return
+        if stream_window is not None:
+            stream_window.available -= n
         if flags & PADDED:
-            pad = payload[0]
+            pad = payload[0] if n else n
+            if pad >= n:
+                raise H2ConnectionError(PROTOCOL_ERROR, "padding as long as the frame")
             payload = payload[1:n - pad]
+            self.release(pad + 1)
+        stream.held += len(payload)
+        if stream.handler.request_streaming:
+            self.receive_streaming(stream, flags, payload)
+            return
         n = len(payload) - 5
         if n >= 0 and not stream.recv_buf and payload[0] == 0 and MESSAGE_PREFIX.unpack_from(payload)[1] == n \
                 and n <= self.server.max_receive:
@@ -369,18 +409,50 @@ class Connection(asyncio.Protocol):
                 return
         if flags & END_STREAM:
             stream.remote_closed = True
+        elif stream_window is not None:
+            self.release_stream(stream, stream_window.held())  # a unary call's stream gets it all back
         self.deliver(stream, messages)
+        self.release_delivered(stream)
+
+    def release_delivered(self, stream: Stream) -> None:
+        """A unary call's bytes go back to the connection but for what the call still holds:
+        a message not yet whole, or a request waiting for the client's side to end."""
+        held = len(stream.recv_buf)
+        if stream.unary_request is not None:
+            held += len(stream.unary_request) + 5
+        if stream.held > held:
+            self.release(stream.held - held)
+            stream.held = held
+
+    def receive_streaming(self, stream: Stream, flags: int, payload: bytes) -> None:
+        """A streaming call's request bytes: kept as they came until its handler takes each
+        message (Stream.take), so the windows bound what a client sends ahead of its handler."""
+        stream.recv_buf += payload
+        try:
+            stream.find_messages()
+        except Aborted as err:
+            stream.fail(*err.args)
+            return
+        if flags & END_STREAM:
+            self.end_of_requests(stream)
+            return
+        # bytes not yet a whole message are released now (a message may be larger than the window)
+        partial = stream.recv_window.held() - stream.complete
+        if partial > 0:
+            self.release_stream(stream, partial)
+        stream.wake()
+
+    def end_of_requests(self, stream: Stream) -> None:
+        """A streaming call's client has sent everything."""
+        stream.remote_closed = True
+        if len(stream.recv_buf) > stream.complete:
+            stream.fail(grpc.StatusCode.INTERNAL, "grpc: truncated message at the end of the stream")
+        else:
+            stream.wake()
 
     def deliver(self, stream: Stream, messages) -> None:
+        """A unary call's request messages (one, or none with the end of the client's side)."""
         h = stream.handler
-        if h.request_streaming:
-            for raw in messages:
-                stream.requests.put_nowait(h.request_deserializer(raw) if h.request_deserializer else raw)
-            if stream.remote_closed:
-                if stream.recv_buf:
-                    stream.fail(grpc.StatusCode.INTERNAL, "grpc: truncated message at the end of the stream")
-                stream.requests.put_nowait(None)
-            return
         for raw in messages:
             if stream.unary_request is not None:
                 stream.fail(grpc.StatusCode.UNIMPLEMENTED, "grpc: more than one request for a unary call")
@@ -424,9 +496,8 @@ class Connection(asyncio.Protocol):
         stream = self.streams.get(sid)
         if stream is not None or sid <= self.last_stream:
             # trailers from a client (grpc clients send none) or a finished stream
-            if stream is not None and flags & END_STREAM:
-                stream.remote_closed = True
-                self.deliver(stream, [])
+            if stream is not None and flags & END_STREAM and not stream.remote_closed:
+                self.end_of_request(stream)
             return
         self.last_stream = sid
         if self.going_away:
@@ -443,8 +514,15 @@ class Connection(asyncio.Protocol):
         if deadline is not None:
             self.server.watch_deadlines()
         if handler.request_streaming:
-            stream.requests = asyncio.Queue()
             stream.task = self.loop.create_task(self.server.run_handler(stream, stream.request_iterator()))
         if flags & END_STREAM:
+            self.end_of_request(stream)
+
+    def end_of_request(self, stream: Stream) -> None:
+        """The client's side of a call ended without DATA (HEADERS with END_STREAM)."""
+        if stream.handler.request_streaming:
+            self.end_of_requests(stream)
+        else:
             stream.remote_closed = True
             self.deliver(stream, [])
+            self.release_delivered(stream)

@@ -47,8 +47,8 @@ def _identity(m):
 class Stream:
     __slots__ = ("conn", "id", "path", "handler", "metadata", "deadline", "task",
                  "send_window", "pending", "pending_bytes", "trailers", "headers_sent",
-                 "finished", "cancelled", "remote_closed", "recv_buf", "recv_window", "requests",
-                 "unary_request", "drained", "serialize", "encoding")
+                 "finished", "cancelled", "remote_closed", "recv_buf", "recv_window", "held", "complete",
+                 "arrived", "unary_request", "drained", "serialize", "encoding")
 
     def __init__(self, conn: Connection, sid: int, path: str, handler, metadata, deadline,
                  encoding: bytes = b""):
@@ -75,7 +75,9 @@ class Stream:
         # made by the first DATA frame that does not end the stream (Connection.credit):
         # a unary request in one frame never needs it
         self.recv_window: Window | None = None
-        self.requests: asyncio.Queue | None = None  # streaming requests
+        self.held = 0  # request bytes counted against the connection's window, not yet released
+        self.complete = 0  # a streaming call's: bytes of whole messages at the head of recv_buf
+        self.arrived: asyncio.Future | None = None  # a streaming handler waiting for a message
         self.unary_request = None
         self.drained: asyncio.Future | None = None
 
@@ -118,11 +120,77 @@ class Stream:
                           f"grpc: received message after decompression larger than max ({len(out)} vs. {limit})")
         return out
 
+    def find_messages(self) -> None:
+        """A streaming call's whole messages in recv_buf, counted in `complete`, each left
+        there until the handler takes it (raises Aborted on one larger than allowed)."""
+        buf = self.recv_buf
+        pos = self.complete
+        limit = self.conn.server.max_receive
+        while len(buf) - pos >= 5:
+            n = MESSAGE_PREFIX.unpack_from(buf, pos)[1]
+            if n > limit:
+                raise Aborted(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"grpc: received message larger than max ({n} vs. {limit})")
+            if len(buf) - pos - 5 < n:
+                break
+            pos += 5 + n
+        self.complete = pos
+
+    def take(self):
+        """The next whole message, deserialized; its bytes go back to both windows (raises Aborted
+        on a message that cannot be read)."""
+        buf = self.recv_buf
+        compressed, n = MESSAGE_PREFIX.unpack_from(buf, 0)
+        raw = bytes(buf[5:5 + n])
+        del buf[:5 + n]
+        n += 5
+        self.complete -= n
+        self.held -= n
+        conn = self.conn
+        conn.release(n)
+        window = self.recv_window
+        if window is not None:
+            released = window.held() - self.complete  # some of a message's bytes went back as they came
+            if released > 0:
+                conn.release_stream(self, released)
+        if compressed:
+            raw = self._decompress(raw, conn.server.max_receive)
+        deserialize = self.handler.request_deserializer
+        if deserialize is None:
+            return raw
+        try:
+            return deserialize(raw)
+        except Exception as exc:  # noqa: BLE001  (a bad message fails its call, as grpc-go's)
+            raise Aborted(grpc.StatusCode.INTERNAL, f"grpc: error unmarshalling request: {exc}") from None
+
+    def wake(self) -> None:
+        """A message or the end of the requests arrived: a waiting handler reads on."""
+        arrived = self.arrived
+        if arrived is not None and not arrived.done():
+            arrived.set_result(None)
+
+    def drop_requests(self) -> None:
+        """The call is over: what it held of its requests goes."""
+        self.recv_buf = bytearray()
+        self.complete = self.held = 0
+        self.unary_request = None
+        self.wake()
+
     async def next_request(self):
-        item = await self.requests.get()
-        if item is None:
-            self.requests.put_nowait(None)  # stay at the end
-        return item
+        """A streaming call's next request, None once there are no more."""
+        while True:
+            if self.finished:
+                return None
+            if self.complete:
+                try:
+                    return self.take()
+                except Aborted as err:
+                    self.fail(*err.args)
+                    return None
+            if self.remote_closed:
+                return None
+            self.arrived = asyncio.get_running_loop().create_future()
+            await self.arrived
 
     async def request_iterator(self):
         while True:

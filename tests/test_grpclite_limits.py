@@ -1,0 +1,260 @@
+"""grpclite's limits on what one connection can make the server hold (issue 24), and the
+RFC 9113 errors bad input gets. No processes: a Connection is fed raw frames through a fake
+transport inside the test's own event loop, and what it writes is read back as frames."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from grpclite.connection import MAX_HEADER_LIST, RECV_MAX_FRAME, Connection
+from grpclite.flow import CONN_RECV_WINDOW, STREAM_RECV_WINDOW
+from grpclite.server import GrpcServer
+from grpclite.wire import (
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    FLOW_CONTROL_ERROR,
+    FRAME_HEADER,
+    GOAWAY,
+    HEADERS,
+    MESSAGE_PREFIX,
+    PREFACE,
+    PROTOCOL_ERROR,
+    RST_STREAM,
+    SETTINGS,
+    U32,
+    WINDOW_UPDATE,
+    hpack_int,
+    hpack_str,
+    literal,
+)
+
+
+class _Transport:
+    """What a Connection writes to, and whether it closed or paused it."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closed = False
+        self.reading = True
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def get_extra_info(self, name):
+        return None
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+
+def _frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
+    n = len(payload)
+    return FRAME_HEADER.pack(n >> 8, n & 0xFF, ftype, flags, sid) + payload
+
+
+def _frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
+    out, pos = [], 0
+    while pos < len(data):
+        hi, lo, ftype, flags, sid = FRAME_HEADER.unpack_from(data, pos)
+        n = (hi << 8) | lo
+        out.append((ftype, flags, sid, bytes(data[pos + 9:pos + 9 + n])))
+        pos += 9 + n
+    return out
+
+
+def _request_headers(path: str, content_type: bytes = b"application/grpc") -> bytes:
+    return (b"\x83\x86"  # :method POST, :scheme http
+            + hpack_int(4, 4) + hpack_str(path.encode())
+            + hpack_int(31, 4) + hpack_str(content_type) + literal(b"te", b"trailers"))
+
+
+def _resets(transport: _Transport) -> dict[int, int]:
+    """stream id -> error code of every RST_STREAM written."""
+    return {sid: U32.unpack(p)[0] for ftype, _, sid, p in _frames(transport.written) if ftype == RST_STREAM}
+
+
+def _window_updates(transport: _Transport, sid: int) -> int:
+    """The increments given back to stream `sid` (0: the connection) so far."""
+    return sum(U32.unpack(p)[0] for ftype, _, s, p in _frames(transport.written) if ftype == WINDOW_UPDATE and s == sid)
+
+
+def _message(n: int) -> bytes:
+    return MESSAGE_PREFIX.pack(0, n) + bytes(n)
+
+
+async def _until(condition, timeout: float = 5.0) -> None:
+    """Let the loop run until condition() holds (a deadline, not a sleep)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.001)
+
+
+def _goaway_code(transport: _Transport) -> int | None:
+    goaways = [p for ftype, _, _, p in _frames(transport.written) if ftype == GOAWAY]
+    return U32.unpack(goaways[-1][4:8])[0] if goaways else None
+
+
+class _Echo:
+    """Handlers the tests call: a unary echo and a request-streaming call that reads on demand."""
+
+    def __init__(self) -> None:
+        self.go = asyncio.Event()  # Hold reads once it is set
+        self.taken: list[bytes] = []
+
+    async def echo(self, request, context):
+        return request
+
+    async def hold(self, requests, context):
+        await self.go.wait()
+        async for request in requests:
+            self.taken.append(request)
+        return b"done"
+
+    def register(self, server: GrpcServer) -> None:
+        server.add_registered_method_handlers("t.T", {
+            "Echo": grpc.unary_unary_rpc_method_handler(self.echo),
+            "Hold": grpc.stream_unary_rpc_method_handler(self.hold),
+        })
+
+
+def _on_connection(test, **server_args) -> None:
+    """test(conn, transport, server, echo) with a connection past its preface and SETTINGS."""
+
+    async def run() -> None:
+        server = GrpcServer(**server_args)
+        echo = _Echo()
+        echo.register(server)
+        conn, transport = Connection(server), _Transport()
+        conn.connection_made(transport)
+        conn.data_received(PREFACE + _frame(SETTINGS, 0, 0))
+        server.flush_now()
+        transport.written.clear()
+        result = test(conn, transport, server, echo)
+        if asyncio.iscoroutine(result):
+            await result
+        if not conn.closed:
+            conn.connection_lost(None)
+
+    asyncio.run(run())
+
+
+# --- 1. header list size, counted as CONTINUATION frames arrive -----------------------------------
+
+
+def test_continuation_frames_past_the_header_list_limit_end_the_connection_unjoined():
+    def test(conn, transport, server, echo):
+        conn.data_received(_frame(HEADERS, 0, 1, _request_headers("/t.T/Echo")))
+        fragment = bytes(RECV_MAX_FRAME // 2)
+        sent = 0
+        while not transport.closed and sent < 4 * MAX_HEADER_LIST:
+            conn.data_received(_frame(CONTINUATION, 0, 1, fragment))
+            sent += len(fragment)
+        assert transport.closed
+        assert sent <= MAX_HEADER_LIST + len(fragment)
+        assert _goaway_code(transport) == PROTOCOL_ERROR
+        assert conn.headers_in_progress is None  # the fragments are dropped
+
+    _on_connection(test)
+
+
+# --- 2. receive windows enforced -------------------------------------------------------------------
+
+
+def test_partial_messages_on_many_streams_past_the_connection_window_end_the_connection():
+    def test(conn, transport, server, echo):
+        # each stream sends 3 MiB of a 3.5 MiB request and stops: held, so not given back
+        part = _message(7 << 19)[:3 << 20]
+        sid, sent = 1, 0
+        while not transport.closed and sent < 2 * CONN_RECV_WINDOW:
+            conn.data_received(_frame(HEADERS, END_HEADERS, sid, _request_headers("/t.T/Echo")))
+            for i in range(0, len(part), RECV_MAX_FRAME):
+                conn.data_received(_frame(DATA, 0, sid, part[i:i + RECV_MAX_FRAME]))
+                if transport.closed:
+                    break
+                sent += min(RECV_MAX_FRAME, len(part) - i)
+            sid += 2
+        assert transport.closed and _goaway_code(transport) == FLOW_CONTROL_ERROR
+        assert sent <= CONN_RECV_WINDOW
+        assert _window_updates(transport, 0) == 0
+
+    _on_connection(test)
+
+
+def test_a_stream_sending_past_its_window_is_reset_and_the_connection_goes_on():
+    async def test(conn, transport, server, echo):
+        conn.data_received(_frame(HEADERS, END_HEADERS, 1, _request_headers("/t.T/Hold")))
+        messages = _message(1000) * 1000
+        sent = 0
+        while sent <= STREAM_RECV_WINDOW and 1 not in _resets(transport):
+            conn.data_received(_frame(DATA, 0, 1, messages))
+            server.flush_now()
+            sent += len(messages)
+        assert _resets(transport) == {1: FLOW_CONTROL_ERROR}
+        assert sent > STREAM_RECV_WINDOW
+        assert not transport.closed and 1 not in conn.streams
+        assert _window_updates(transport, 1) == 0
+        conn.data_received(_frame(HEADERS, END_HEADERS, 3, _request_headers("/t.T/Echo"))
+                           + _frame(DATA, END_STREAM, 3, _message(10)))
+        await _until(lambda: 3 not in conn.streams)
+        assert not transport.closed
+
+    _on_connection(test)
+
+
+# --- 3. a streaming call's requests: window given back as the handler takes them -----------------------
+
+
+def test_requests_queued_for_a_handler_that_does_not_read_are_bounded_by_the_stream_window():
+    async def test(conn, transport, server, echo):
+        conn.data_received(_frame(HEADERS, END_HEADERS, 1, _request_headers("/t.T/Hold")))
+        messages = _message(8) * 4096
+        for _ in range(STREAM_RECV_WINDOW // len(messages)):
+            conn.data_received(_frame(DATA, 0, 1, messages))
+            server.flush_now()
+        await asyncio.sleep(0)
+        stream = conn.streams[1]
+        assert _window_updates(transport, 1) == 0  # nothing taken, nothing given back
+        assert len(stream.recv_buf) <= STREAM_RECV_WINDOW  # the bytes as they came, not a queue of objects
+        echo.go.set()  # the handler reads: the window comes back as it takes them
+        held = len(stream.recv_buf)
+        await _until(lambda: len(echo.taken) == held // 13)
+        server.flush_now()
+        assert _window_updates(transport, 1) >= held // 2
+        assert _window_updates(transport, 0) >= held // 2 or held < CONN_RECV_WINDOW // 2
+        conn.data_received(_frame(DATA, END_STREAM, 1, _message(8)))
+        await _until(lambda: 1 not in conn.streams)
+        assert len(echo.taken) == held // 13 + 1
+
+    _on_connection(test)
+
+
+def test_requests_held_for_a_call_are_dropped_when_the_connection_closes():
+    async def test(conn, transport, server, echo):
+        conn.data_received(_frame(HEADERS, END_HEADERS, 1, _request_headers("/t.T/Hold")))
+        conn.data_received(_frame(DATA, 0, 1, _message(100) * 5000))
+        stream = conn.streams[1]
+        await asyncio.sleep(0)
+        assert len(stream.recv_buf) == 105 * 5000
+        conn.connection_lost(None)
+        assert len(stream.recv_buf) == 0 and stream.held == 0
+        echo.go.set()
+        await _until(lambda: stream.task.done())
+        assert echo.taken == []
+
+    _on_connection(test)
