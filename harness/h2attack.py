@@ -168,13 +168,17 @@ class Attacker:
             view = view[n:]
         return True
 
-    def send_many(self, chunks, seconds: float) -> int:
+    def send_many(self, chunks, seconds: float, reading: bool = False) -> int:
         """Send chunks one after another for at most `seconds`; how many went
-        whole (fewer than given: the server stopped reading or closed)."""
+        whole (fewer than given: the server stopped reading or closed). With
+        `reading`, what the server sent is read between chunks (an attacker
+        that does read, so a GOAWAY is not lost in a reset connection)."""
         deadline = time.monotonic() + seconds
         for count, chunk in enumerate(chunks):
             if not self.send(chunk, deadline - time.monotonic()):
                 return count
+            if reading:
+                self.read(timeout=0)
         return len(chunks)
 
     def handshake(self, settings: bytes = b"", read_settings: bool = True) -> None:
@@ -192,13 +196,13 @@ class Attacker:
         deadline = time.monotonic() + timeout
         while True:
             found = self._cut_frames(until)
-            if found is not None:
+            if found is not None or self.closed:
                 return found
             left = deadline - time.monotonic()
-            if left <= 0 or self.closed:
-                return None
-            readable, _, _ = select.select([self.sock], [], [], min(left, 0.2))
+            readable, _, _ = select.select([self.sock], [], [], max(0.0, min(left, 0.2)))
             if not readable:
+                if left <= 0:
+                    return None
                 continue
             try:
                 data = self.sock.recv(1 << 20)

@@ -192,7 +192,7 @@ def test_rapid_reset(target):
 
 
 @pytest.mark.process
-@targets(lite_xfail="the header list size is checked only once the block ends")
+@targets()
 def test_continuation_flood(target):
     """CVE-2024-27316 family: one header block that never ends, 64 MiB of CONTINUATION frames."""
     with target.attacker() as a:
@@ -200,7 +200,7 @@ def test_continuation_flood(target):
         size = min(MiB, a.server_settings.get(S_MAX_FRAME_SIZE, 16384))
         junk = frame(CONTINUATION, 0, 1, b"\x00" * size)
         chunks = [frame(HEADERS, 0, 1, request_block(KV_RANGE))] + [junk] * (64 * MiB // size)
-        sent, _ = under_attack(target, lambda: a.send_many(chunks, seconds=15), "CONTINUATION flood",
+        sent, _ = under_attack(target, lambda: a.send_many(chunks, seconds=15, reading=True), "CONTINUATION flood",
                                rss_bound=32 * MiB)
         code = goaway_code(a, timeout=3)
         record(target, f"CONTINUATION flood ({sent} of {len(chunks)} frames of {size} B sent)", a)
@@ -310,7 +310,7 @@ def test_more_streams_than_max_concurrent_streams(target):
 
 
 @pytest.mark.process
-@targets(lite_xfail="receive windows not enforced (no FLOW_CONTROL_ERROR)")
+@targets()
 def test_data_beyond_the_receive_window(target):
     """Partial messages on many streams, never finished, sent past the connection's window."""
     with target.attacker(rcvbuf=1 << 16) as a:
@@ -379,7 +379,7 @@ def test_watch_stream_with_thousands_of_watchers_never_read(target):
 
 
 @pytest.mark.process
-@targets(lite_xfail="incoming messages queue without bound")
+@targets()
 def test_lease_keepalives_on_a_stream_that_never_reads(target):
     count = 100_000
     with Client(target.endpoint) as c:
@@ -398,7 +398,7 @@ def test_lease_keepalives_on_a_stream_that_never_reads(target):
 
 
 @pytest.mark.process
-@targets(lite_xfail="a bad message ends the connection (GOAWAY INTERNAL_ERROR)")
+@targets()
 def test_malformed_protobuf_fails_its_watch_stream_only(target):
     key = b"abuse/malformed"
     watch = message(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=key)))
