@@ -56,7 +56,9 @@ from grpclite.wire import (
     S_MAX_HEADER_LIST_SIZE,
     SETTINGS,
     U32,
+    UNSUPPORTED_MEDIA_TYPE,
     WINDOW_UPDATE,
+    status_block,
 )
 
 if TYPE_CHECKING:
@@ -248,7 +250,9 @@ class Connection(asyncio.Protocol):
             if sid == 0 or sid % 2 == 0:
                 raise H2ConnectionError(PROTOCOL_ERROR, "bad stream id for HEADERS")
             if flags & PADDED:
-                pad = payload[0]
+                pad = payload[0] if payload else 0
+                if pad + 1 + (5 if flags & PRIORITY_FLAG else 0) > len(payload):
+                    raise H2ConnectionError(PROTOCOL_ERROR, "padding as long as the frame")
                 payload = payload[1:len(payload) - pad]
             if flags & PRIORITY_FLAG:
                 payload = payload[5:]
@@ -318,14 +322,19 @@ class Connection(asyncio.Protocol):
             raise H2ConnectionError(FRAME_SIZE_ERROR, "bad WINDOW_UPDATE length")
         inc = U32.unpack(payload)[0] & 0x7FFFFFFF
         if sid == 0:
+            if not inc:
+                raise H2ConnectionError(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
             if not self.send_window.grow(inc):
                 raise H2ConnectionError(FLOW_CONTROL_ERROR, "connection window overflow")
             self.resume_blocked()
             return
         stream = self.streams.get(sid)
         if stream is not None:
-            stream.own_send_window().grow(inc)  # a stream's overflow goes unchecked (no RST_STREAM)
-            if stream.pending:
+            if not inc:
+                self.reset_stream(stream, PROTOCOL_ERROR)
+            elif not stream.own_send_window().grow(inc):
+                self.reset_stream(stream, FLOW_CONTROL_ERROR)
+            elif stream.pending:
                 stream.drain()
 
     def resume_blocked(self) -> None:
@@ -387,7 +396,7 @@ class Connection(asyncio.Protocol):
         if stream_window is not None:
             stream_window.available -= n
         if flags & PADDED:
-            pad = payload[0] if n else n
+            pad = payload[0] if n else 0
             if pad >= n:
                 raise H2ConnectionError(PROTOCOL_ERROR, "padding as long as the frame")
             payload = payload[1:n - pad]
@@ -485,14 +494,14 @@ class Connection(asyncio.Protocol):
                 stream.task = self.loop.create_task(self.server.run_handler(stream, request))
 
     def parse_headers(self, block: bytes):
-        """(path, timeout, encoding, metadata) of a request's header block."""
+        """(path, timeout, encoding, metadata, content type) of a request's header block."""
         try:
             return self.headers.decode(block, parse_request_headers)
         except Exception as exc:  # noqa: BLE001  (hpack raises several kinds)
             raise H2ConnectionError(COMPRESSION_ERROR, f"bad header block: {exc}") from None
 
     def on_headers(self, sid: int, flags: int, block: bytes) -> None:
-        path_s, timeout, encoding, metadata = self.parse_headers(block)
+        path_s, timeout, encoding, metadata, content_type = self.parse_headers(block)
         stream = self.streams.get(sid)
         if stream is not None or sid <= self.last_stream:
             # trailers from a client (grpc clients send none) or a finished stream
@@ -502,6 +511,9 @@ class Connection(asyncio.Protocol):
         self.last_stream = sid
         if self.going_away:
             self.queue_frame(RST_STREAM, 0, sid, U32.pack(REFUSED_STREAM))
+            return
+        if content_type[:16] != b"application/grpc" or content_type[16:17] not in (b"", b"+", b";"):
+            self.not_grpc(sid, flags, content_type)
             return
         handler = self.server.lookup(path_s, metadata)
         deadline = time.monotonic() + timeout if timeout is not None else None
@@ -517,6 +529,14 @@ class Connection(asyncio.Protocol):
             stream.task = self.loop.create_task(self.server.run_handler(stream, stream.request_iterator()))
         if flags & END_STREAM:
             self.end_of_request(stream)
+
+    def not_grpc(self, sid: int, flags: int, content_type: bytes) -> None:
+        """A request that is not gRPC's gets grpc-go's answer: HTTP 415 in a trailers-only response."""
+        details = 'invalid gRPC request content-type "%s"' % content_type.decode("latin-1")
+        block = UNSUPPORTED_MEDIA_TYPE + status_block(grpc.StatusCode.INVALID_ARGUMENT, details)
+        self.queue_frame(HEADERS, END_HEADERS | END_STREAM, sid, block)
+        if not flags & END_STREAM:
+            self.queue_frame(RST_STREAM, 0, sid, U32.pack(NO_ERROR))
 
     def end_of_request(self, stream: Stream) -> None:
         """The client's side of a call ended without DATA (HEADERS with END_STREAM)."""

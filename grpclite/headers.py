@@ -67,8 +67,9 @@ class CachedHeaderDecoder:
 
 
 def parse_request_headers(headers) -> tuple:
-    """(path, timeout, encoding, metadata) of a request's header fields."""
+    """(path, timeout, encoding, metadata, content type) of a request's header fields."""
     path = b""
+    content_type = b""
     timeout = None
     encoding = b""
     metadata = []
@@ -83,10 +84,12 @@ def parse_request_headers(headers) -> tuple:
                 timeout = None
         elif name == b"grpc-encoding":
             encoding = value
+        elif name == b"content-type":
+            content_type = value
         elif name not in (b"te", b"content-type", b"user-agent", b"grpc-accept-encoding"):
             metadata.append((name.decode("latin-1"), _b64decode(value) if name.endswith(b"-bin")
                              else value.decode("latin-1")))
-    return path.decode("latin-1"), timeout, encoding, tuple(metadata)
+    return path.decode("latin-1"), timeout, encoding, tuple(metadata), content_type
 
 
 def _b64decode(value: bytes) -> bytes:

@@ -66,6 +66,8 @@ def literal(name: bytes, value: bytes) -> bytes:
 # ':status: 200' is static entry 8; 'content-type' is static name 31
 RESPONSE_HEADERS = b"\x88" + hpack_int(31, 4) + hpack_str(b"application/grpc")
 OK_TRAILERS = literal(b"grpc-status", b"0")
+# a request that is not gRPC's (grpc-go's answer): ':status: 415' with the static table's name 8
+UNSUPPORTED_MEDIA_TYPE = hpack_int(8, 4) + hpack_str(b"415") + RESPONSE_HEADERS[1:]
 
 
 def status_block(code: grpc.StatusCode, details: str, trailing_metadata=()) -> bytes:

@@ -18,9 +18,12 @@ from grpclite.wire import (
     END_STREAM,
     FLOW_CONTROL_ERROR,
     FRAME_HEADER,
+    MAX_WINDOW,
     GOAWAY,
     HEADERS,
     MESSAGE_PREFIX,
+    NO_ERROR,
+    PADDED,
     PREFACE,
     PROTOCOL_ERROR,
     RST_STREAM,
@@ -126,8 +129,19 @@ class _Echo:
             self.taken.append(request)
         return b"done"
 
+    async def parse(self, requests, context):
+        async for request in requests:
+            self.taken.append(request)
+        return b"done"
+
     def register(self, server: GrpcServer) -> None:
+        def parse(raw: bytes) -> bytes:
+            if raw.startswith(b"\xff"):
+                raise ValueError("not a message")
+            return raw
+
         server.add_registered_method_handlers("t.T", {
+            "Parse": grpc.stream_unary_rpc_method_handler(self.parse, request_deserializer=parse),
             "Echo": grpc.unary_unary_rpc_method_handler(self.echo),
             "Hold": grpc.stream_unary_rpc_method_handler(self.hold),
         })
@@ -256,5 +270,86 @@ def test_requests_held_for_a_call_are_dropped_when_the_connection_closes():
         echo.go.set()
         await _until(lambda: stream.task.done())
         assert echo.taken == []
+
+    _on_connection(test)
+
+
+# --- 7. RFC 9113's errors for bad frames, gRPC's for bad requests --------------------------------------
+
+
+def _status(block: bytes) -> dict[bytes, bytes]:
+    import hpack
+    return dict(hpack.Decoder().decode(block, raw=True))
+
+
+def test_padding_as_long_as_the_frame_is_a_protocol_error():
+    frames = [
+        _frame(DATA, PADDED, 1, b""),  # no room for the pad length
+        _frame(DATA, PADDED, 1, b"\x05abcd"),  # pad length = the frame
+        _frame(HEADERS, END_HEADERS | PADDED, 3, b""),
+        _frame(HEADERS, END_HEADERS | PADDED, 3, b"\x03" + _request_headers("/t.T/Echo")[:2]),
+    ]
+    for bad in frames:
+        def test(conn, transport, server, echo, bad=bad):
+            conn.data_received(_frame(HEADERS, END_HEADERS, 1, _request_headers("/t.T/Hold")) + bad)
+            assert transport.closed and _goaway_code(transport) == PROTOCOL_ERROR
+
+        _on_connection(test)
+
+
+def test_a_window_update_of_zero_is_a_protocol_error():
+    def test(conn, transport, server, echo):
+        conn.data_received(_frame(HEADERS, END_HEADERS, 1, _request_headers("/t.T/Hold"))
+                           + _frame(WINDOW_UPDATE, 0, 1, U32.pack(0)))
+        server.flush_now()
+        assert _resets(transport) == {1: PROTOCOL_ERROR} and not transport.closed
+        conn.data_received(_frame(WINDOW_UPDATE, 0, 0, U32.pack(0)))
+        assert transport.closed and _goaway_code(transport) == PROTOCOL_ERROR
+
+    _on_connection(test)
+
+
+def test_a_stream_send_window_past_the_largest_gets_rst_stream_flow_control_error():
+    def test(conn, transport, server, echo):
+        conn.data_received(_frame(HEADERS, END_HEADERS, 1, _request_headers("/t.T/Hold"))
+                           + _frame(WINDOW_UPDATE, 0, 1, U32.pack(MAX_WINDOW)))
+        server.flush_now()
+        assert _resets(transport) == {1: FLOW_CONTROL_ERROR} and not transport.closed
+
+    _on_connection(test)
+
+
+def test_a_request_that_is_not_grpc_gets_415_and_invalid_argument_as_grpc_go_answers():
+    def test(conn, transport, server, echo):
+        conn.data_received(_frame(HEADERS, END_HEADERS, 1, _request_headers("/t.T/Echo", b"application/json")))
+        server.flush_now()
+        (ftype, flags, sid, block), = [f for f in _frames(transport.written) if f[0] == HEADERS]
+        assert flags & END_STREAM and sid == 1
+        fields = _status(block)
+        assert fields[b":status"] == b"415"
+        assert fields[b"grpc-status"] == b"3"
+        assert fields[b"grpc-message"] == b'invalid gRPC request content-type "application/json"'
+        assert _resets(transport) == {1: NO_ERROR} and not transport.closed
+        # grpc's own subtypes are welcome
+        transport.written.clear()
+        conn.data_received(_frame(HEADERS, END_HEADERS, 3, _request_headers("/t.T/Echo", b"application/grpc+proto"))
+                           + _frame(DATA, END_STREAM, 3, _message(3)))
+        server.flush_now()
+        assert [_status(b) for t, _, _, b in _frames(transport.written) if t == HEADERS][0][b":status"] == b"200"
+
+    _on_connection(test)
+
+
+def test_a_malformed_message_on_a_streaming_call_fails_that_call_only():
+    async def test(conn, transport, server, echo):
+        conn.data_received(_frame(HEADERS, END_HEADERS, 1, _request_headers("/t.T/Parse"))
+                           + _frame(DATA, 0, 1, _message(3) + MESSAGE_PREFIX.pack(0, 2) + b"\xff\xff"))
+        await _until(lambda: 1 not in conn.streams)
+        server.flush_now()
+        (fields,) = [_status(b) for t, _, sid, b in _frames(transport.written) if t == HEADERS and sid == 1
+                     and b"grpc-status" in _status(b)]
+        assert fields[b"grpc-status"] == b"13"
+        assert fields[b"grpc-message"].startswith(b"grpc: error unmarshalling request")
+        assert not transport.closed and _goaway_code(transport) is None
 
     _on_connection(test)
