@@ -442,7 +442,7 @@ def _expect_goaway(target, what: str, frames: bytes, codes: tuple, open_first: b
 
 
 @pytest.mark.process
-@targets(lite_xfail="an empty PADDED frame answers INTERNAL_ERROR")
+@targets()
 @pytest.mark.parametrize("ftype", [HEADERS, DATA], ids=["HEADERS", "DATA"])
 def test_padded_frame_with_an_empty_payload(target, ftype):
     sid = 1 if ftype == DATA else 3
@@ -453,7 +453,7 @@ def test_padded_frame_with_an_empty_payload(target, ftype):
 
 
 @pytest.mark.process
-@targets(lite_xfail="a WINDOW_UPDATE of 0 is accepted")
+@targets()
 def test_window_update_of_zero(target):
     _expect_goaway(target, "WINDOW_UPDATE of 0", frame(WINDOW_UPDATE, 0, 0, U32.pack(0)), (PROTOCOL_ERROR,))
 
@@ -476,7 +476,9 @@ def test_h2spec_basics(target, case):
         with target.attacker() as probe:
             probe.handshake()
             size = probe.server_settings.get(S_MAX_FRAME_SIZE, 16384) + 1
-        frames = frame(DATA, 0, 1, b"\x00" * size)
+        # the header alone: a server that refuses it at once closes before the payload, and the payload
+        # left unread would turn the close into a reset that can overtake the GOAWAY
+        frames = frame(DATA, 0, 1, b"\x00" * size)[:9]
     _expect_goaway(target, case, frames, codes)
 
 
