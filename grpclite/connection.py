@@ -69,6 +69,9 @@ log = logging.getLogger("grpclite")
 # the largest frame we accept (we advertise it); what we send is bounded by the peer's setting
 RECV_MAX_FRAME = 1 << 20
 MAX_HEADER_LIST = 1 << 20
+# calls open at once on a connection (SETTINGS_MAX_CONCURRENT_STREAMS; GrpcServer's default):
+# far above what a client here opens (1,000 at most), a bound on what one connection holds
+MAX_CONCURRENT_STREAMS = 4096
 
 
 class H2ConnectionError(Exception):
@@ -120,7 +123,7 @@ class Connection(asyncio.Protocol):
         if isinstance(addr, tuple) and len(addr) >= 2:
             self.peer = f"ipv6:[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"ipv4:{addr[0]}:{addr[1]}"
         settings = b"".join(struct.pack(">HL", k, v) for k, v in (
-            (S_MAX_CONCURRENT_STREAMS, 2**31 - 1),
+            (S_MAX_CONCURRENT_STREAMS, self.server.max_concurrent_streams),
             (S_INITIAL_WINDOW_SIZE, STREAM_RECV_WINDOW),
             (S_MAX_FRAME_SIZE, RECV_MAX_FRAME),
             (S_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST),
@@ -509,8 +512,8 @@ class Connection(asyncio.Protocol):
                 self.end_of_request(stream)
             return
         self.last_stream = sid
-        if self.going_away:
-            self.queue_frame(RST_STREAM, 0, sid, U32.pack(REFUSED_STREAM))
+        if self.going_away or len(self.streams) >= self.server.max_concurrent_streams:
+            self.queue_frame(RST_STREAM, 0, sid, U32.pack(REFUSED_STREAM))  # as grpc-go: the client may retry
             return
         if content_type[:16] != b"application/grpc" or content_type[16:17] not in (b"", b"+", b";"):
             self.not_grpc(sid, flags, content_type)

@@ -17,7 +17,7 @@ import time
 
 import grpc
 
-from grpclite.connection import Connection
+from grpclite.connection import MAX_CONCURRENT_STREAMS, Connection
 from grpclite.context import HandlerCallDetails, ServicerContext
 from grpclite.stream import Stream
 from grpclite.wire import NO_ERROR, OK_TRAILERS, status_block
@@ -32,9 +32,12 @@ class GrpcServer:
     """A stand-in for grpc.aio.Server: register servicers with the generated
     add_*Servicer_to_server functions, listen on ports, start, stop."""
 
-    def __init__(self, max_receive_message_length: int = 4 << 20, eager_unary: bool = True):
+    def __init__(self, max_receive_message_length: int = 4 << 20, eager_unary: bool = True,
+                 max_concurrent_streams: int = MAX_CONCURRENT_STREAMS):
         self.loop = asyncio.get_running_loop()
         self.max_receive = max_receive_message_length
+        # calls one connection may have open (etcd's --max-concurrent-streams); more are refused
+        self.max_concurrent_streams = max_concurrent_streams
         self.eager_unary = eager_unary  # see EagerCall
         self.callbacks: dict = {}  # path -> callback handler (set_unary_callback)
         self.handlers: dict[str, grpc.RpcMethodHandler] = {}

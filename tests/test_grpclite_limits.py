@@ -5,13 +5,15 @@ transport inside the test's own event loop, and what it writes is read back as f
 from __future__ import annotations
 
 import asyncio
+import struct
 
 import grpc
 
-from grpclite.connection import MAX_HEADER_LIST, RECV_MAX_FRAME, Connection
+from grpclite.connection import MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST, RECV_MAX_FRAME, Connection
 from grpclite.flow import CONN_RECV_WINDOW, STREAM_RECV_WINDOW
 from grpclite.server import GrpcServer
 from grpclite.wire import (
+    CANCEL,
     CONTINUATION,
     DATA,
     END_HEADERS,
@@ -26,7 +28,9 @@ from grpclite.wire import (
     PADDED,
     PREFACE,
     PROTOCOL_ERROR,
+    REFUSED_STREAM,
     RST_STREAM,
+    S_MAX_CONCURRENT_STREAMS,
     SETTINGS,
     U32,
     WINDOW_UPDATE,
@@ -353,3 +357,35 @@ def test_a_malformed_message_on_a_streaming_call_fails_that_call_only():
         assert not transport.closed and _goaway_code(transport) is None
 
     _on_connection(test)
+
+
+# --- 4. concurrent streams: advertised and enforced -----------------------------------------------------
+
+
+def test_max_concurrent_streams_is_advertised_and_a_stream_over_it_is_refused():
+    async def test(conn, transport, server, echo):
+        fresh, written = Connection(server), _Transport()
+        fresh.connection_made(written)
+        server.flush_now()
+        (settings,) = [p for t, _, _, p in _frames(written.written) if t == SETTINGS]
+        advertised = dict(struct.unpack_from(">HL", settings, i) for i in range(0, len(settings), 6))
+        assert advertised[S_MAX_CONCURRENT_STREAMS] == 3
+        fresh.connection_lost(None)
+
+        for sid in (1, 3, 5, 7):
+            conn.data_received(_frame(HEADERS, END_HEADERS, sid, _request_headers("/t.T/Hold")))
+        server.flush_now()
+        assert _resets(transport) == {7: REFUSED_STREAM}
+        assert sorted(conn.streams) == [1, 3, 5] and not transport.closed
+        conn.data_received(_frame(RST_STREAM, 0, 1, U32.pack(CANCEL)))  # one ends: room for another
+        conn.data_received(_frame(HEADERS, END_HEADERS, 9, _request_headers("/t.T/Hold")))
+        assert sorted(conn.streams) == [3, 5, 9]
+
+    _on_connection(test, max_concurrent_streams=3)
+
+
+def test_the_default_concurrent_streams_bound_is_far_above_what_clients_open():
+    async def run():
+        assert GrpcServer().max_concurrent_streams == MAX_CONCURRENT_STREAMS
+    asyncio.run(run())
+    assert 1000 * 4 <= MAX_CONCURRENT_STREAMS < 2**31
