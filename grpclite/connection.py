@@ -72,6 +72,12 @@ MAX_HEADER_LIST = 1 << 20
 # calls open at once on a connection (SETTINGS_MAX_CONCURRENT_STREAMS; GrpcServer's default):
 # far above what a client here opens (1,000 at most), a bound on what one connection holds
 MAX_CONCURRENT_STREAMS = 4096
+# what may wait in the socket's buffer for a client: over WRITE_HIGH_WATER the connection stops
+# reading that client (no new calls) and streaming calls stop writing; over OUT_BUDGET it is
+# closed (a client that does not read, as grpc-go closes one)
+WRITE_HIGH_WATER = 4 << 20
+WRITE_LOW_WATER = 1 << 20
+OUT_BUDGET = 64 << 20
 
 
 class H2ConnectionError(Exception):
@@ -107,12 +113,17 @@ class Connection(asyncio.Protocol):
         self.headers_size = 0  # their bytes so far
         self.going_away = False
         self.closed = False
+        self.write_paused = False  # the transport's buffer is over its high water mark
 
     # --- connection --------------------------------------------------------
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.server.connections.add(self)
+        try:
+            transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        except (AttributeError, NotImplementedError):  # a transport without flow control
+            pass
         try:
             sock = transport.get_extra_info("socket")
             if sock is not None:
@@ -158,8 +169,28 @@ class Connection(asyncio.Protocol):
             data = b"".join(self.out)
             self.out = []
             self.transport.write(data)
+            if self.write_paused and self.transport.get_write_buffer_size() > OUT_BUDGET:
+                log.warning("closing the connection from %s: it does not read what it asked for", self.peer)
+                self.closed = True
+                self.transport.abort()
         else:
             self.out = []
+
+    def pause_writing(self) -> None:
+        """The client reads slower than it is answered: no new calls from it until it catches up
+        (and streaming calls wait, Stream.writable_now)."""
+        self.write_paused = True
+        if not self.closed:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if not self.closed:
+            self.transport.resume_reading()
+        for stream in list(self.streams.values()):
+            drained = stream.drained
+            if drained is not None and not drained.done() and not stream.pending:
+                drained.set_result(None)
 
     def release_held(self, stream: Stream) -> None:
         """A call ended: what it held of its request goes, and back to the connection's window."""

@@ -211,7 +211,7 @@ class Stream:
     def writable_now(self) -> bool:
         """Whether a handler may queue another message (the call is on and
         holds no more than its share of unsent data)."""
-        return not self.finished and self.pending_bytes <= STREAM_HIGH_WATER
+        return not self.finished and self.pending_bytes <= STREAM_HIGH_WATER and not self.conn.write_paused
 
     def send_headers(self) -> None:
         if not self.headers_sent:
@@ -231,7 +231,7 @@ class Stream:
 
     async def send_message(self, payload: bytes) -> None:
         self.queue_message(payload)
-        if self.pending_bytes > STREAM_HIGH_WATER and not self.finished:
+        while (self.pending_bytes > STREAM_HIGH_WATER or self.conn.write_paused) and not self.finished:
             self.drained = asyncio.get_running_loop().create_future()
             await self.drained
 

@@ -9,13 +9,15 @@ import struct
 
 import grpc
 
-from grpclite.connection import MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST, RECV_MAX_FRAME, Connection
+from grpclite.connection import MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST, OUT_BUDGET, RECV_MAX_FRAME, Connection
+from grpclite.context import ServicerContext
 from grpclite.flow import CONN_RECV_WINDOW, STREAM_RECV_WINDOW
 from grpclite.server import GrpcServer
 from grpclite.wire import (
     CANCEL,
     CONTINUATION,
     DATA,
+    DEFAULT_WINDOW,
     END_HEADERS,
     END_STREAM,
     FLOW_CONTROL_ERROR,
@@ -30,6 +32,7 @@ from grpclite.wire import (
     PROTOCOL_ERROR,
     REFUSED_STREAM,
     RST_STREAM,
+    S_INITIAL_WINDOW_SIZE,
     S_MAX_CONCURRENT_STREAMS,
     SETTINGS,
     U32,
@@ -41,21 +44,39 @@ from grpclite.wire import (
 
 
 class _Transport:
-    """What a Connection writes to, and whether it closed or paused it."""
+    """What a Connection writes to, and whether it closed or paused it. Like asyncio's, it calls
+    its protocol's pause_writing past its high water mark; drain() is the client reading it all."""
 
     def __init__(self) -> None:
         self.written = bytearray()
         self.closed = False
         self.reading = True
+        self.protocol = None
+        self.high = 64 << 10
+        self.buffered = 0
+        self.paused = False
 
     def write(self, data: bytes) -> None:
         self.written += data
+        self.buffered += len(data)
+        if self.protocol is not None and not self.paused and self.buffered > self.high:
+            self.paused = True
+            self.protocol.pause_writing()
+
+    def drain(self) -> None:
+        self.buffered = 0
+        if self.paused:
+            self.paused = False
+            self.protocol.resume_writing()
+
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        self.high = high
 
     def get_extra_info(self, name):
         return None
 
     def get_write_buffer_size(self) -> int:
-        return 0
+        return self.buffered
 
     def pause_reading(self) -> None:
         self.reading = False
@@ -159,6 +180,7 @@ def _on_connection(test, **server_args) -> None:
         echo = _Echo()
         echo.register(server)
         conn, transport = Connection(server), _Transport()
+        transport.protocol = conn
         conn.connection_made(transport)
         conn.data_received(PREFACE + _frame(SETTINGS, 0, 0))
         server.flush_now()
@@ -389,3 +411,58 @@ def test_the_default_concurrent_streams_bound_is_far_above_what_clients_open():
         assert GrpcServer().max_concurrent_streams == MAX_CONCURRENT_STREAMS
     asyncio.run(run())
     assert 1000 * 4 <= MAX_CONCURRENT_STREAMS < 2**31
+
+
+# --- 5. what waits to be sent to a client ----------------------------------------------------------------
+
+
+def _open_windows(conn) -> None:
+    """The client lets us send as much as HTTP/2 allows (and then does not read)."""
+    conn.data_received(_frame(SETTINGS, 0, 0, struct.pack(">HL", S_INITIAL_WINDOW_SIZE, MAX_WINDOW))
+                       + _frame(WINDOW_UPDATE, 0, 0, U32.pack(MAX_WINDOW - DEFAULT_WINDOW)))
+
+
+def test_a_client_that_does_not_read_is_not_read_and_past_the_budget_is_closed():
+    def test(conn, transport, server, echo):
+        _open_windows(conn)
+        request = _message(1_000_000)
+        calls = b"".join(_frame(HEADERS, END_HEADERS, sid, _request_headers("/t.T/Echo"))
+                         + _frame(DATA, END_STREAM, sid, request) for sid in range(1, 11, 2))
+        conn.data_received(calls)
+        server.flush_now()
+        assert not transport.reading  # 5 MB waiting: no more calls from it
+        assert not transport.closed
+        transport.drain()  # it reads: it is read again
+        assert transport.reading
+        sid = 11
+        while not transport.closed and sid < 400:
+            conn.data_received(b"".join(_frame(HEADERS, END_HEADERS, s, _request_headers("/t.T/Echo"))
+                                        + _frame(DATA, END_STREAM, s, request) for s in range(sid, sid + 20, 2)))
+            server.flush_now()
+            sid += 20
+        assert transport.closed
+        assert transport.buffered <= OUT_BUDGET + 20 * len(request)
+
+    _on_connection(test)
+
+
+def test_streaming_calls_stop_writing_while_the_client_is_not_reading():
+    async def test(conn, transport, server, echo):
+        _open_windows(conn)
+        context = ServicerContext(conn.streams.get(1) or _open_stream(conn, 1))
+        assert context.writable_now()
+        conn.pause_writing()
+        assert not context.writable_now() and not context.try_write(b"x")
+        waiting = asyncio.ensure_future(context.writable())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        conn.resume_writing()
+        await _until(waiting.done)
+        assert context.try_write(b"x")
+
+    _on_connection(test)
+
+
+def _open_stream(conn, sid: int):
+    conn.data_received(_frame(HEADERS, END_HEADERS, sid, _request_headers("/t.T/Hold")))
+    return conn.streams[sid]
