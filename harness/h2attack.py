@@ -128,7 +128,8 @@ class Attacker:
         self.server_settings: dict[int, int] = {}
         self.statuses: dict[int, tuple[int, str]] = {}  # sid -> (grpc-status, grpc-message)
         self.data_bytes: dict[int, int] = {}  # sid -> DATA payload bytes the server sent on it
-        self.closed = False  # the server closed (or reset) the connection
+        self.closed = False  # the server closed (or reset) the connection, as a send or a read found
+        self.eof = False  # a read found it: nothing more will come
         self.sent = 0
         self._decoder = hpack.Decoder()
         self._decoder.max_header_list_size = 1 << 24
@@ -181,10 +182,15 @@ class Attacker:
                 self.read(timeout=0)
         return len(chunks)
 
-    def handshake(self, settings: bytes = b"", read_settings: bool = True) -> None:
+    def handshake(self, settings: bytes = b"", read_settings: bool = True, open_watch: bool = False) -> None:
         """The preface and our SETTINGS (settings_frame(...), default empty);
-        with read_settings, wait for the server's SETTINGS into server_settings."""
-        self.send(PREFACE + (settings or settings_frame()))
+        with read_settings, wait for the server's SETTINGS into server_settings.
+        open_watch: open a Watch call on stream 1 at once. etcd 3.4 serves gRPC
+        and HTTP on one port through cmux, which reads a connection's frames
+        itself until a HEADERS says application/grpc: without such a call
+        first, an attack on etcd meets cmux, not grpc-go."""
+        self.send(PREFACE + (settings or settings_frame())
+                  + (frame(HEADERS, END_HEADERS, 1, request_block(WATCH)) if open_watch else b""))
         if read_settings:
             self.read(lambda f: f.type == SETTINGS and not f.flags & 1, timeout=5.0)
 
@@ -196,7 +202,7 @@ class Attacker:
         deadline = time.monotonic() + timeout
         while True:
             found = self._cut_frames(until)
-            if found is not None or self.closed:
+            if found is not None or self.eof:
                 return found
             left = deadline - time.monotonic()
             readable, _, _ = select.select([self.sock], [], [], max(0.0, min(left, 0.2)))
@@ -211,7 +217,7 @@ class Attacker:
             except (ConnectionResetError, OSError):
                 data = b""
             if not data:
-                self.closed = True
+                self.closed = self.eof = True
                 continue
             self.buf += data
 
