@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from grpclite.calm import PING_BURST, PINGS_PER_SECOND, RESET_BURST, RESETS_PER_SECOND, Rate
 from grpclite.context import Aborted
 from grpclite.eager import EagerCall
 from grpclite.flow import CONN_RECV_WINDOW, STREAM_RECV_WINDOW, Window
@@ -32,6 +33,7 @@ from grpclite.wire import (
     DEFAULT_WINDOW,
     END_HEADERS,
     END_STREAM,
+    ENHANCE_YOUR_CALM,
     FLOW_CONTROL_ERROR,
     FRAME_HEADER,
     FRAME_SIZE_ERROR,
@@ -69,6 +71,15 @@ log = logging.getLogger("grpclite")
 # the largest frame we accept (we advertise it); what we send is bounded by the peer's setting
 RECV_MAX_FRAME = 1 << 20
 MAX_HEADER_LIST = 1 << 20
+# seconds for a client's preface and first SETTINGS (after TLS); seconds a connection without calls
+# may send nothing before it is closed: a half-open connection's peer is gone. Clients that stay
+# connected idle hold a call open (etcdctl watch, the apiserver's watches) or send keepalive PINGs,
+# and a grpc client reconnects on its own after the GOAWAY
+HANDSHAKE_TIMEOUT = 20.0
+IDLE_TIMEOUT = 300.0
+# header blocks remembered decoded per connection (a call's block is some hundred bytes)
+HEADER_CACHE_ENTRIES = 256
+HEADER_CACHE_BYTES = 256 << 10
 # calls open at once on a connection (SETTINGS_MAX_CONCURRENT_STREAMS; GrpcServer's default):
 # far above what a client here opens (1,000 at most), a bound on what one connection holds
 MAX_CONCURRENT_STREAMS = 4096
@@ -99,7 +110,7 @@ class Connection(asyncio.Protocol):
         self.peer = ""
         self.buf = bytearray()
         self.preface_seen = False
-        self.headers = CachedHeaderDecoder(256, MAX_HEADER_LIST)
+        self.headers = CachedHeaderDecoder(HEADER_CACHE_ENTRIES, MAX_HEADER_LIST, HEADER_CACHE_BYTES)
         self.streams: dict[int, Stream] = {}
         self.blocked: dict[int, Stream] = {}  # streams waiting for window, in order
         self.last_stream = 0
@@ -114,12 +125,18 @@ class Connection(asyncio.Protocol):
         self.going_away = False
         self.closed = False
         self.write_paused = False  # the transport's buffer is over its high water mark
+        self.settings_seen = False  # the client's first SETTINGS: the handshake is done
+        self.reads = self.reads_seen = 0  # socket reads, and how many there were at the last idle check
+        self.timer: asyncio.TimerHandle | None = None  # the handshake's deadline, then the idle check
+        self.pings = Rate(PING_BURST, PINGS_PER_SECOND)
+        self.resets = Rate(RESET_BURST, RESETS_PER_SECOND)
 
     # --- connection --------------------------------------------------------
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.server.connections.add(self)
+        self.timer = self.loop.call_later(self.server.handshake_timeout, self.check_handshake)
         try:
             transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
         except (AttributeError, NotImplementedError):  # a transport without flow control
@@ -146,6 +163,9 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.closed = True
         self.server.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         for stream in list(self.streams.values()):
             stream.cancelled = True
             stream.finished = True
@@ -175,6 +195,33 @@ class Connection(asyncio.Protocol):
                 self.transport.abort()
         else:
             self.out = []
+
+    # --- timeouts: the handshake, and a connection that neither calls nor sends ----
+
+    def check_handshake(self) -> None:
+        """The client has not sent its preface and SETTINGS in time: it is not an HTTP/2 client."""
+        self.timer = None
+        if not self.closed and not self.settings_seen:
+            self.transport.close()
+
+    def handshake_done(self) -> None:
+        self.settings_seen = True
+        self.timer.cancel()
+        self.timer = self.loop.call_later(self.server.idle_timeout, self.check_idle)
+
+    def check_idle(self) -> None:
+        """A connection without calls that sent nothing since the last check is closed (GOAWAY
+        NO_ERROR: a client that comes back connects again); calls or PINGs keep it open."""
+        self.timer = None
+        if self.closed:
+            return
+        if self.streams or self.reads != self.reads_seen:
+            self.reads_seen = self.reads
+            self.timer = self.loop.call_later(self.server.idle_timeout, self.check_idle)
+            return
+        self.go_away(NO_ERROR, "max_idle")
+        self.flush()
+        self.transport.close()
 
     def pause_writing(self) -> None:
         """The client reads slower than it is answered: no new calls from it until it catches up
@@ -223,6 +270,7 @@ class Connection(asyncio.Protocol):
     # --- reading -----------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        self.reads += 1
         buf = self.buf
         if buf or not self.preface_seen:
             buf += data
@@ -312,14 +360,25 @@ class Connection(asyncio.Protocol):
         elif ftype == SETTINGS:
             if not flags & ACK:
                 self.on_settings(payload)
+                if not self.settings_seen:
+                    self.handshake_done()
         elif ftype == PING:
+            if len(payload) != 8:
+                raise H2ConnectionError(FRAME_SIZE_ERROR, "bad PING length")
             if not flags & ACK:
+                if not self.pings.spend():
+                    raise H2ConnectionError(ENHANCE_YOUR_CALM, "too_many_pings")
                 self.queue_frame(PING, ACK, 0, payload)
         elif ftype == WINDOW_UPDATE:
             self.on_window_update(sid, payload)
         elif ftype == RST_STREAM:
-            stream = self.streams.pop(sid, None)
+            if len(payload) != 4:
+                raise H2ConnectionError(FRAME_SIZE_ERROR, "bad RST_STREAM length")
+            stream = self.streams.get(sid)
             if stream is not None:
+                if not self.resets.spend():  # a client resetting calls faster than it lets them finish
+                    raise H2ConnectionError(ENHANCE_YOUR_CALM, "too_many_resets")
+                del self.streams[sid]
                 self.blocked.pop(sid, None)
                 stream.cancelled = True
                 stream.finished = True

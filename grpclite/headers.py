@@ -41,15 +41,18 @@ class CachedHeaderDecoder:
 
     A block that did not change the dynamic table means the same again as
     long as the table stays as it is, so its parsed form is remembered until
-    the table changes."""
+    the table changes. The cache holds at most max_entries blocks of max_bytes
+    in all (a client sending large distinct blocks must not make it hold them)."""
 
-    def __init__(self, max_entries: int, max_header_list_size: int | None = None):
+    def __init__(self, max_entries: int, max_header_list_size: int | None = None, max_bytes: int = 1 << 20):
         self.decoder = hpack.Decoder()
         if max_header_list_size is not None:
             self.decoder.max_header_list_size = max_header_list_size
         self.table = self.decoder.header_table = _VersionedTable()
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.cache: dict[bytes, object] = {}
+        self.cached_bytes = 0
         self.version = 0
 
     def decode(self, block: bytes, parse):
@@ -57,12 +60,15 @@ class CachedHeaderDecoder:
         it can be; hpack's errors pass through."""
         if self.table.version != self.version:
             self.cache.clear()
+            self.cached_bytes = 0
             self.version = self.table.version
         parsed = self.cache.get(block)
         if parsed is None:
             parsed = parse(self.decoder.decode(block, raw=True))
-            if self.table.version == self.version and len(self.cache) < self.max_entries:
+            if self.table.version == self.version and len(self.cache) < self.max_entries \
+                    and self.cached_bytes + len(block) <= self.max_bytes:
                 self.cache[block] = parsed
+                self.cached_bytes += len(block)
         return parsed
 
 

@@ -17,7 +17,7 @@ import time
 
 import grpc
 
-from grpclite.connection import MAX_CONCURRENT_STREAMS, Connection
+from grpclite.connection import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_CONCURRENT_STREAMS, Connection
 from grpclite.context import HandlerCallDetails, ServicerContext
 from grpclite.stream import Stream
 from grpclite.wire import NO_ERROR, OK_TRAILERS, status_block
@@ -33,11 +33,16 @@ class GrpcServer:
     add_*Servicer_to_server functions, listen on ports, start, stop."""
 
     def __init__(self, max_receive_message_length: int = 4 << 20, eager_unary: bool = True,
-                 max_concurrent_streams: int = MAX_CONCURRENT_STREAMS):
+                 max_concurrent_streams: int = MAX_CONCURRENT_STREAMS,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, idle_timeout: float = IDLE_TIMEOUT):
         self.loop = asyncio.get_running_loop()
         self.max_receive = max_receive_message_length
         # calls one connection may have open (etcd's --max-concurrent-streams); more are refused
         self.max_concurrent_streams = max_concurrent_streams
+        # a client's preface and SETTINGS are due within handshake_timeout; a connection without
+        # calls that sends nothing for idle_timeout (to 2 x idle_timeout) is closed
+        self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout
         self.eager_unary = eager_unary  # see EagerCall
         self.callbacks: dict = {}  # path -> callback handler (set_unary_callback)
         self.handlers: dict[str, grpc.RpcMethodHandler] = {}

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from grpclite.calm import PING_BURST
 from grpclite.context import Aborted
 from grpclite.flow import Window
 from grpclite.wire import (
@@ -238,6 +239,7 @@ class Stream:
     def _send_data(self, data: bytes) -> None:
         """Send what the windows allow now, queue the rest."""
         conn = self.conn
+        conn.pings.tokens = PING_BURST  # a client streaming a response in pings to size its window
         window, conn_window = self.send_window, conn.send_window
         if window is None:
             window = self.own_send_window()

@@ -9,17 +9,27 @@ import struct
 
 import grpc
 
-from grpclite.connection import MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST, OUT_BUDGET, RECV_MAX_FRAME, Connection
+from grpclite.connection import (
+    HEADER_CACHE_BYTES,
+    MAX_CONCURRENT_STREAMS,
+    MAX_HEADER_LIST,
+    OUT_BUDGET,
+    RECV_MAX_FRAME,
+    Connection,
+)
+from grpclite.calm import PING_BURST, RESET_BURST, Rate
 from grpclite.context import ServicerContext
 from grpclite.flow import CONN_RECV_WINDOW, STREAM_RECV_WINDOW
 from grpclite.server import GrpcServer
 from grpclite.wire import (
+    ACK,
     CANCEL,
     CONTINUATION,
     DATA,
     DEFAULT_WINDOW,
     END_HEADERS,
     END_STREAM,
+    ENHANCE_YOUR_CALM,
     FLOW_CONTROL_ERROR,
     FRAME_HEADER,
     MAX_WINDOW,
@@ -28,6 +38,7 @@ from grpclite.wire import (
     MESSAGE_PREFIX,
     NO_ERROR,
     PADDED,
+    PING,
     PREFACE,
     PROTOCOL_ERROR,
     REFUSED_STREAM,
@@ -466,3 +477,113 @@ def test_streaming_calls_stop_writing_while_the_client_is_not_reading():
 def _open_stream(conn, sid: int):
     conn.data_received(_frame(HEADERS, END_HEADERS, sid, _request_headers("/t.T/Hold")))
     return conn.streams[sid]
+
+
+# --- 6. PING and RST_STREAM floods ------------------------------------------------------------------------
+
+
+def _goaway_debug(transport: _Transport) -> bytes:
+    return [p for ftype, _, _, p in _frames(transport.written) if ftype == GOAWAY][-1][8:]
+
+
+def test_a_ping_flood_gets_goaway_enhance_your_calm_too_many_pings():
+    def test(conn, transport, server, echo):
+        ping = _frame(PING, 0, 0, b"12345678")
+        conn.data_received(ping * 500)  # a burst is answered
+        server.flush_now()
+        assert not transport.closed
+        assert sum(1 for t, f, _, _ in _frames(transport.written) if t == PING and f & ACK) == 500
+        sent = 500
+        while not transport.closed and sent < 100_000:
+            conn.data_received(ping * 100)
+            sent += 100
+        assert transport.closed and sent < 2 * PING_BURST  # the burst, and what refills meanwhile
+        assert _goaway_code(transport) == ENHANCE_YOUR_CALM
+        assert _goaway_debug(transport) == b"too_many_pings"
+
+    _on_connection(test)
+
+
+def test_rapid_reset_gets_goaway_enhance_your_calm():
+    def test(conn, transport, server, echo):
+        sid = 1
+        while not transport.closed and sid < 20_000:
+            conn.data_received(_frame(HEADERS, END_HEADERS, sid, _request_headers("/t.T/Hold"))
+                               + _frame(RST_STREAM, 0, sid, U32.pack(CANCEL)))
+            sid += 2
+        assert transport.closed and sid // 2 < 2 * RESET_BURST  # the burst, and what refills meanwhile
+        assert _goaway_code(transport) == ENHANCE_YOUR_CALM
+        assert _goaway_debug(transport) == b"too_many_resets"
+
+    _on_connection(test)
+
+
+def test_the_rate_refills_with_time():
+    rate = Rate(3, 1000.0)
+    assert rate.spend() and rate.spend() and rate.spend()
+    assert not rate.spend()
+    rate.last -= 0.002  # two events' worth of time
+    assert rate.spend() and rate.spend()
+    assert not rate.spend()
+
+
+# --- 8. the header cache ----------------------------------------------------------------------------------
+
+
+def test_the_header_cache_holds_a_bounded_number_of_bytes():
+    def test(conn, transport, server, echo):
+        for sid in range(1, 500, 2):  # 250 distinct ~100 KB header blocks, each a call to an unknown method
+            block = _request_headers("/t.T/Unknown") + literal(b"x-pad", b"%06d" % sid + bytes(100_000))
+            conn.data_received(_frame(HEADERS, END_HEADERS | END_STREAM, sid, block))
+        assert not transport.closed
+        assert 0 < conn.headers.cached_bytes <= HEADER_CACHE_BYTES
+        assert sum(len(block) for block in conn.headers.cache) == conn.headers.cached_bytes
+
+    _on_connection(test)
+
+
+# --- 9. the handshake's deadline, and idle connections ---------------------------------------------------
+
+
+def test_a_client_that_does_not_finish_the_handshake_in_time_is_closed():
+    async def run():
+        server = GrpcServer(handshake_timeout=0.05)
+        silent, half, done = (_Transport() for _ in range(3))
+        conns = []
+        for transport, data in ((silent, b""), (half, PREFACE), (done, PREFACE + _frame(SETTINGS, 0, 0))):
+            conn = Connection(server)
+            transport.protocol = conn
+            conn.connection_made(transport)
+            conn.data_received(data)
+            conns.append(conn)
+        await _until(lambda: silent.closed and half.closed)
+        await asyncio.sleep(0.1)
+        assert not done.closed
+        for conn in conns:
+            conn.connection_lost(None)
+
+    asyncio.run(run())
+
+
+def test_a_connection_without_calls_that_sends_nothing_is_closed_with_goaway():
+    async def test(conn, transport, server, echo):
+        others = []
+        for frames in (_frame(HEADERS, END_HEADERS, 1, _request_headers("/t.T/Hold")), b""):
+            other, other_transport = Connection(server), _Transport()
+            other_transport.protocol = other
+            other.connection_made(other_transport)
+            other.data_received(PREFACE + _frame(SETTINGS, 0, 0) + frames)
+            others.append((other, other_transport))
+        (busy, busy_transport), (pinging, pinging_transport) = others
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 0.3
+        while not transport.closed:
+            assert loop.time() < deadline
+            pinging.data_received(_frame(PING, 0, 0, b"keep-me!"))
+            await asyncio.sleep(0.01)
+        assert _goaway_code(transport) == NO_ERROR and _goaway_debug(transport) == b"max_idle"
+        assert not busy_transport.closed and not pinging_transport.closed  # a call or PINGs keep it
+        for other, _ in others:
+            other.connection_lost(None)
+
+    _on_connection(test, idle_timeout=0.05)
