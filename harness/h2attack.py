@@ -169,14 +169,15 @@ class Attacker:
             view = view[n:]
         return True
 
-    def send_many(self, chunks, seconds: float, reading: bool = False) -> int:
+    def send_many(self, chunks, seconds: float, reading: bool = False, stall: float = 1.0) -> int:
         """Send chunks one after another for at most `seconds`; how many went
-        whole (fewer than given: the server stopped reading or closed). With
-        `reading`, what the server sent is read between chunks (an attacker
-        that does read, so a GOAWAY is not lost in a reset connection)."""
+        whole (fewer than given: the server stopped reading, so that a chunk
+        could not leave within `stall` seconds, or closed). With `reading`,
+        what the server sent is read between chunks (an attacker that does
+        read, so a GOAWAY is not lost in a reset connection)."""
         deadline = time.monotonic() + seconds
         for count, chunk in enumerate(chunks):
-            if not self.send(chunk, deadline - time.monotonic()):
+            if not self.send(chunk, min(stall, deadline - time.monotonic())):
                 return count
             if reading:
                 self.read(timeout=0)
