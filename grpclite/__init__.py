@@ -18,10 +18,18 @@ errors before any message); requests compressed with gzip or deflate are
 accepted (responses go uncompressed, which the protocol allows), other
 encodings get UNIMPLEMENTED. No server push, no HTTP/1 upgrade.
 
+What one connection can make the server hold is bounded (issue 24): its
+header blocks, what it sends ahead of its calls (both receive windows,
+enforced), its open calls (SETTINGS_MAX_CONCURRENT_STREAMS), what waits to be
+sent to it, its PINGs and resets, its cached headers, and how long it may
+stay silent; bad frames get RFC 9113's errors. The limits are connection.py's
+and calm.py's constants, the ones to tune GrpcServer's parameters.
+
 The modules, one idea each:
 - wire: the protocol's constants, frame and message structs, our header blocks (public: clients use it)
 - headers: HPACK decoding with a cache, a request's gRPC header fields
 - flow: a flow-control window (what we send and what we receive)
+- calm: how often a client may PING or reset streams (floods get GOAWAY ENHANCE_YOUR_CALM)
 - context: ServicerContext, what a handler sees of its call
 - stream: one call, its messages in and out
 - connection: one client connection, frames in and out

@@ -73,7 +73,8 @@ class CachedHeaderDecoder:
 
 
 def parse_request_headers(headers) -> tuple:
-    """(path, timeout, encoding, metadata, content type) of a request's header fields."""
+    """(path, timeout, encoding, metadata, not_grpc) of a request's header fields; not_grpc is None,
+    or the content-type when it is not gRPC's (application/grpc, or with +subtype or ;parameters)."""
     path = b""
     content_type = b""
     timeout = None
@@ -95,7 +96,10 @@ def parse_request_headers(headers) -> tuple:
         elif name not in (b"te", b"content-type", b"user-agent", b"grpc-accept-encoding"):
             metadata.append((name.decode("latin-1"), _b64decode(value) if name.endswith(b"-bin")
                              else value.decode("latin-1")))
-    return path.decode("latin-1"), timeout, encoding, tuple(metadata), content_type
+    not_grpc = None
+    if content_type[:16] != b"application/grpc" or content_type[16:17] not in (b"", b"+", b";"):
+        not_grpc = content_type
+    return path.decode("latin-1"), timeout, encoding, tuple(metadata), not_grpc
 
 
 def _b64decode(value: bytes) -> bytes:

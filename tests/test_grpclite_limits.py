@@ -5,6 +5,7 @@ transport inside the test's own event loop, and what it writes is read back as f
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 
 import grpc
@@ -15,6 +16,7 @@ from grpclite.connection import (
     MAX_HEADER_LIST,
     OUT_BUDGET,
     RECV_MAX_FRAME,
+    WRITE_HIGH_WATER,
     Connection,
 )
 from grpclite.calm import PING_BURST, RESET_BURST, Rate
@@ -129,7 +131,8 @@ def _resets(transport: _Transport) -> dict[int, int]:
 
 def _window_updates(transport: _Transport, sid: int) -> int:
     """The increments given back to stream `sid` (0: the connection) so far."""
-    return sum(U32.unpack(p)[0] for ftype, _, s, p in _frames(transport.written) if ftype == WINDOW_UPDATE and s == sid)
+    return sum(U32.unpack(p)[0] for ftype, _, s, p in _frames(transport.written)
+               if ftype == WINDOW_UPDATE and s == sid)
 
 
 def _message(n: int) -> bytes:
@@ -369,10 +372,12 @@ def test_a_request_that_is_not_grpc_gets_415_and_invalid_argument_as_grpc_go_ans
         assert _resets(transport) == {1: NO_ERROR} and not transport.closed
         # grpc's own subtypes are welcome
         transport.written.clear()
-        conn.data_received(_frame(HEADERS, END_HEADERS, 3, _request_headers("/t.T/Echo", b"application/grpc+proto"))
+        proto = _request_headers("/t.T/Echo", b"application/grpc+proto")
+        conn.data_received(_frame(HEADERS, END_HEADERS, 3, proto)
                            + _frame(DATA, END_STREAM, 3, _message(3)))
         server.flush_now()
-        assert [_status(b) for t, _, _, b in _frames(transport.written) if t == HEADERS][0][b":status"] == b"200"
+        headers = [_status(b) for t, _, _, b in _frames(transport.written) if t == HEADERS]
+        assert headers[0][b":status"] == b"200"
 
     _on_connection(test)
 
@@ -448,7 +453,8 @@ def test_a_client_that_does_not_read_is_not_read_and_past_the_budget_is_closed()
         sid = 11
         while not transport.closed and sid < 400:
             conn.data_received(b"".join(_frame(HEADERS, END_HEADERS, s, _request_headers("/t.T/Echo"))
-                                        + _frame(DATA, END_STREAM, s, request) for s in range(sid, sid + 20, 2)))
+                                        + _frame(DATA, END_STREAM, s, request)
+                                        for s in range(sid, sid + 20, 2)))
             server.flush_now()
             sid += 20
         assert transport.closed
@@ -500,6 +506,19 @@ def test_a_ping_flood_gets_goaway_enhance_your_calm_too_many_pings():
         assert transport.closed and sent < 2 * PING_BURST  # the burst, and what refills meanwhile
         assert _goaway_code(transport) == ENHANCE_YOUR_CALM
         assert _goaway_debug(transport) == b"too_many_pings"
+
+    _on_connection(test)
+
+
+def test_the_ping_answers_of_a_client_that_does_not_read_wait_no_more_than_the_high_water_mark():
+    def test(conn, transport, server, echo):
+        transport.high = 1000  # as if the socket's buffer were full
+        ping = _frame(PING, 0, 0, b"12345678")
+        conn.data_received(ping * 100)
+        server.flush_now()
+        assert not transport.reading  # no more PINGs are read until it reads our answers
+        transport.drain()
+        assert transport.reading
 
     _on_connection(test)
 
@@ -587,3 +606,48 @@ def test_a_connection_without_calls_that_sends_nothing_is_closed_with_goaway():
             other.connection_lost(None)
 
     _on_connection(test, idle_timeout=0.05)
+
+
+def test_on_a_real_socket_a_client_that_does_not_read_is_not_read_and_others_are_served():
+    async def run():
+        server = GrpcServer()
+        _Echo().register(server)
+        port = await server.listen("127.0.0.1", 0)
+        await server.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # it never reads
+        writer.write(PREFACE + _frame(SETTINGS, 0, 0, struct.pack(">HL", S_INITIAL_WINDOW_SIZE, MAX_WINDOW))
+                     + _frame(WINDOW_UPDATE, 0, 0, U32.pack(MAX_WINDOW - DEFAULT_WINDOW)))
+        request = _message(1_000_000)
+
+        def calls(first: int) -> bytes:
+            return b"".join(_frame(HEADERS, END_HEADERS, s, _request_headers("/t.T/Echo"))
+                            + _frame(DATA, END_STREAM, s, request) for s in range(first, first + 8, 2))
+
+        await _until(lambda: server.connections)
+        (conn,) = server.connections
+        sid = 1
+        for _ in range(100):  # until what waits for it passes the high water mark
+            if conn.write_paused:
+                break
+            writer.write(calls(sid))
+            sid += 8
+            await asyncio.sleep(0.01)
+        for _ in range(20):  # 80 MB more asked for: not read, so not answered
+            writer.write(calls(sid))
+            sid += 8
+            await asyncio.sleep(0.01)
+        assert conn.write_paused and not conn.closed
+        assert conn.transport.get_write_buffer_size() <= WRITE_HIGH_WATER + 8 * len(request)
+        writer.transport.abort()
+        # a client that reads is served as before
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(PREFACE + _frame(SETTINGS, 0, 0) + _frame(HEADERS, END_HEADERS, 1, _request_headers("/t.T/Echo"))
+                     + _frame(DATA, END_STREAM, 1, _message(5)))
+        got = b""
+        while b"grpc-status" not in got:
+            got += await asyncio.wait_for(reader.read(65536), 5)
+        writer.close()
+        await server.stop(0)
+
+    asyncio.run(run())
