@@ -63,9 +63,9 @@ def frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
     return FRAME_HEADER.pack(n >> 8 & 0xFFFF, n & 0xFF, ftype, flags, sid) + payload
 
 
-def settings_frame(**values: int) -> bytes:
-    """SETTINGS with the given values, keyed by their RFC ids: settings_frame(s4=0)."""
-    return frame(SETTINGS, 0, 0, b"".join(struct.pack(">HL", int(k[1:]), v) for k, v in values.items()))
+def settings_frame(values: dict[int, int] | None = None) -> bytes:
+    """SETTINGS with the given values: settings_frame({S_INITIAL_WINDOW_SIZE: 0})."""
+    return frame(SETTINGS, 0, 0, b"".join(struct.pack(">HL", k, v) for k, v in (values or {}).items()))
 
 
 def request_block(path: str, authority: bytes = b"127.0.0.1") -> bytes:
@@ -266,7 +266,8 @@ class Attacker:
         except Exception:  # noqa: BLE001  (a garbled answer is only not a status)
             return
         if b"grpc-status" in fields:
-            self.statuses[sid] = (int(fields[b"grpc-status"]), fields.get(b"grpc-message", b"").decode("latin-1"))
+            details = fields.get(b"grpc-message", b"").decode("latin-1")
+            self.statuses[sid] = (int(fields[b"grpc-status"]), details)
 
     def wait_error(self, timeout: float = 5.0) -> Frame | None:
         """The GOAWAY or RST_STREAM the server answers with (read until one
@@ -352,11 +353,11 @@ class Bystander:
         n = 0
         while not self._stop.is_set() and n < self.max_calls and time.monotonic() < deadline:
             self._sample_rss()
+            kv, key = self.client.kv, self.key
             if n % 2:
-                call = lambda: self.client.kv.Put(pb.PutRequest(key=self.key, value=b"v"), timeout=2)  # noqa: E731
+                self.latencies.append(self.timed(lambda: kv.Put(pb.PutRequest(key=key, value=b"v"), timeout=2)))
             else:
-                call = lambda: self.client.kv.Range(pb.RangeRequest(key=self.key), timeout=2)  # noqa: E731
-            self.latencies.append(self.timed(call))
+                self.latencies.append(self.timed(lambda: kv.Range(pb.RangeRequest(key=key), timeout=2)))
             n += 1
             self._stop.wait(0.02)
 
