@@ -78,6 +78,7 @@ MAX_HEADER_LIST = 1 << 20
 # and a grpc client reconnects on its own after the GOAWAY
 HANDSHAKE_TIMEOUT = 20.0
 IDLE_TIMEOUT = 300.0
+IDLE_GRACE = 1.0
 # header blocks remembered decoded per connection (a call's block is some hundred bytes)
 HEADER_CACHE_ENTRIES = 256
 HEADER_CACHE_BYTES = 256 << 10
@@ -86,7 +87,7 @@ HEADER_CACHE_BYTES = 256 << 10
 MAX_CONCURRENT_STREAMS = 4096
 # what may wait in the socket's buffer for a client: over WRITE_HIGH_WATER the connection stops
 # reading that client (no new calls) and streaming calls stop writing; over OUT_BUDGET it is
-# closed (a client that does not read, as grpc-go closes one)
+# closed (a client that does not read what it asked for)
 WRITE_HIGH_WATER = 4 << 20
 WRITE_LOW_WATER = 1 << 20
 OUT_BUDGET = 64 << 20
@@ -212,7 +213,9 @@ class Connection(asyncio.Protocol):
 
     def check_idle(self) -> None:
         """A connection without calls that sent nothing since the last check is closed (GOAWAY
-        NO_ERROR: a client that comes back connects again); calls or PINGs keep it open."""
+        NO_ERROR: a client that comes back connects again); calls or PINGs keep it open. The
+        socket closes IDLE_GRACE later: a call the client sent meanwhile is refused (REFUSED_STREAM)
+        rather than lost, and a grpc client retries it on a new connection."""
         self.timer = None
         if self.closed:
             return
@@ -222,7 +225,7 @@ class Connection(asyncio.Protocol):
             return
         self.go_away(NO_ERROR, "max_idle")
         self.flush()
-        self.transport.close()
+        self.timer = self.loop.call_later(min(IDLE_GRACE, self.server.idle_timeout), self.transport.close)
 
     def pause_writing(self) -> None:
         """The client reads slower than it is answered: no new calls from it until it catches up

@@ -73,7 +73,7 @@ class Stream:
         self.cancelled = False
         self.remote_closed = False
         self.recv_buf = bytearray()
-        # made by the first DATA frame that does not end the stream (Connection.credit):
+        # made by the first DATA frame that does not end the stream (Connection.on_data):
         # a unary request in one frame never needs it
         self.recv_window: Window | None = None
         self.held = 0  # request bytes counted against the connection's window, not yet released

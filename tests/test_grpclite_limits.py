@@ -596,11 +596,16 @@ def test_a_connection_without_calls_that_sends_nothing_is_closed_with_goaway():
         (busy, busy_transport), (pinging, pinging_transport) = others
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 0.3
-        while not transport.closed:
+        while _goaway_code(transport) is None:
             assert loop.time() < deadline
             pinging.data_received(_frame(PING, 0, 0, b"keep-me!"))
             await asyncio.sleep(0.01)
         assert _goaway_code(transport) == NO_ERROR and _goaway_debug(transport) == b"max_idle"
+        # a call sent as the GOAWAY left is refused (the client retries it elsewhere), then the socket closes
+        conn.data_received(_frame(HEADERS, END_HEADERS, 1, _request_headers("/t.T/Hold")))
+        server.flush_now()
+        assert _resets(transport) == {1: REFUSED_STREAM}
+        await _until(lambda: transport.closed, timeout=2)
         assert not busy_transport.closed and not pinging_transport.closed  # a call or PINGs keep it
         for other, _ in others:
             other.connection_lost(None)
