@@ -312,7 +312,8 @@ def rss_bytes(pid: int) -> int:
 
 class Bystander:
     """A healthy grpcio client on its own connection, calling Range (and Put)
-    in a thread while an attack runs, and the server's peak RSS sampled beside it.
+    in a thread while an attack runs, and the server's peak RSS sampled every
+    10 ms in another (a stalled call must not stop the sampling).
 
         with Bystander(member.endpoint, member.pid) as b:
             attack()
@@ -329,7 +330,8 @@ class Bystander:
         self.failures: list[str] = []
         self.base_rss = self.peak_rss = rss_bytes(pid)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._threads = [threading.Thread(target=self._call, daemon=True),
+                         threading.Thread(target=self._sample, daemon=True)]
         self.timed(lambda: self.client.put(key, b"v"))  # the connection is up before the attack
 
     def timed(self, fn) -> float:
@@ -348,11 +350,10 @@ class Bystander:
                    self.timed(lambda: self.client.kv.Put(pb.PutRequest(key=self.key, value=b"after"),
                                                          timeout=seconds)))
 
-    def _run(self) -> None:
+    def _call(self) -> None:
         deadline = time.monotonic() + self.max_seconds
         n = 0
         while not self._stop.is_set() and n < self.max_calls and time.monotonic() < deadline:
-            self._sample_rss()
             kv, key = self.client.kv, self.key
             if n % 2:
                 self.latencies.append(self.timed(lambda: kv.Put(pb.PutRequest(key=key, value=b"v"), timeout=2)))
@@ -360,6 +361,12 @@ class Bystander:
                 self.latencies.append(self.timed(lambda: kv.Range(pb.RangeRequest(key=key), timeout=2)))
             n += 1
             self._stop.wait(0.02)
+
+    def _sample(self) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            self._sample_rss()
+            self._stop.wait(0.01)
 
     def _sample_rss(self) -> None:
         try:
@@ -378,12 +385,14 @@ class Bystander:
         return self.peak_rss - self.base_rss
 
     def __enter__(self) -> Bystander:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join(10)
+        for thread in self._threads:
+            thread.join(10)
         self._sample_rss()
 
     def close(self) -> None:

@@ -380,21 +380,26 @@ def test_data_beyond_the_receive_window(target):
 
 
 @pytest.mark.process
-@both_servers
+@pytest.mark.parametrize("target", [
+    pytest.param(LITE, marks=pytest.mark.xfail(strict=True, reason=(
+        "issue 24: requests read in one burst are all answered in one turn of the loop: 400 replies of "
+        "1 MB are built before the output budget can act (the healthy client waits 1.6 s or more, "
+        "RSS +0.26 to 1.4 GiB)"))),
+    ETCD], indirect=True)
 def test_ranges_of_a_big_value_on_a_connection_that_never_reads(target):
-    count = 300
+    count = 400
     with target.attacker(rcvbuf=16384) as a:
         a.handshake(WIDE_OPEN)
-        ranges = [call(sid, KV_RANGE, pb.RangeRequest(key=BIG_KEY)) for sid in range(1, 2 * count, 2)]
+        # in one burst: the server may read all of them at once
+        ranges = b"".join(call(sid, KV_RANGE, pb.RangeRequest(key=BIG_KEY)) for sid in range(1, 2 * count, 2))
 
         def attack():
-            sent = a.send_many(ranges, seconds=5)
+            a.send(ranges, seconds=5)
             time.sleep(1.0)  # let the answers pile up
-            return sent
 
-        sent, _ = under_attack(target, attack, "Ranges of 1 MB never read", rss_bound=150 * MiB)
+        under_attack(target, attack, "Ranges of 1 MB never read", rss_bound=150 * MiB)
         a.read(lambda f: f.type == GOAWAY, timeout=2)
-        record(target, f"{sent} Ranges of 1 MB never read", a)
+        record(target, f"{count} Ranges of 1 MB never read", a)
     if target.lite:
         assert a.closed or a.goaway() is not None, a.describe()
 
