@@ -448,9 +448,13 @@ def test_lease_keepalives_on_a_stream_that_never_reads(target):
 
 @pytest.mark.process
 @both_servers
-def test_malformed_protobuf_fails_its_watch_stream_only(target):
+@pytest.mark.parametrize("path", [WATCH, LEASE_KEEPALIVE], ids=["Watch", "LeaseKeepAlive"])
+def test_malformed_protobuf_fails_its_stream_only(target, path):
+    """A message that is not protobuf on a second streaming call: that call fails with INTERNAL, the
+    connection and the Watch call beside it go on."""
     key = b"abuse/malformed"
     watch = message(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=key)))
+    what = f"malformed protobuf on a {path.rsplit('/', 1)[1]} stream"
     with target.attacker() as a:
         a.handshake()
 
@@ -458,15 +462,15 @@ def test_malformed_protobuf_fails_its_watch_stream_only(target):
             a.send(frame(HEADERS, END_HEADERS, 1, request_block(WATCH)) + frame(DATA, 0, 1, watch))
             assert a.read(lambda f: f.type == DATA and f.sid == 1, timeout=3), "no created response"
             garbage = message(b"\xff\xff\xff")  # a field tag announcing more than there is
-            a.send(frame(HEADERS, END_HEADERS, 3, request_block(WATCH)) + frame(DATA, 0, 3, garbage))
+            a.send(frame(HEADERS, END_HEADERS, 3, request_block(path)) + frame(DATA, 0, 3, garbage))
             a.read(lambda f: f.sid == 3 and (f.type == RST_STREAM or f.flags & END_STREAM), timeout=3)
 
-        under_attack(target, attack, "malformed protobuf on a Watch", rss_bound=32 * MiB)
+        under_attack(target, attack, what, rss_bound=32 * MiB)
         before = a.data_bytes.get(1, 0)
         with Client(target.endpoint) as c:
             c.put(key, b"v")
         event = a.read(lambda f: f.type == DATA and f.sid == 1, timeout=SERVED_WITHIN)
-        record(target, "malformed protobuf on a Watch", a)
+        record(target, what, a)
     assert a.statuses.get(3, (None,))[0] == grpc.StatusCode.INTERNAL.value[0], a.describe()
     assert a.goaway() is None and event is not None and a.data_bytes[1] > before, \
         f"the other stream stopped: {a.describe()}"
