@@ -54,10 +54,12 @@ from harness.h2attack import (
     Bystander,
     call,
     frame,
+    header_frames,
     message,
     request_block,
     settings_frame,
 )
+from grpclite.wire import literal
 from harness.procs import Registry
 from grpclite.connection import HANDSHAKE_TIMEOUT  # a client's preface and SETTINGS are due within it
 
@@ -474,6 +476,34 @@ def test_malformed_protobuf_fails_its_stream_only(target, path):
     assert a.statuses.get(3, (None,))[0] == grpc.StatusCode.INTERNAL.value[0], a.describe()
     assert a.goaway() is None and event is not None and a.data_bytes[1] > before, \
         f"the other stream stopped: {a.describe()}"
+
+
+@pytest.mark.process
+@both_servers
+def test_distinct_big_header_blocks_on_one_connection(target):
+    """Range calls each carrying a different ~1 MB metadata value (under both header list limits): each
+    block is decoded and answered, and none needs keeping (etcdlite's header cache once kept them all)."""
+    count = 48
+    with target.attacker() as a:
+        a.handshake()
+        max_frame = a.server_settings.get(S_MAX_FRAME_SIZE, 16384)
+
+        def one(i: int) -> bytes:
+            sid = 2 * i + 1
+            block = request_block(KV_RANGE) + literal(b"x-abuse-pad", b"%06d" % i + b"p" * 1_000_000)
+            return header_frames(sid, block, max_frame) + frame(DATA, END_STREAM, sid,
+                                                                message(pb.RangeRequest(key=b"abuse/h")))
+
+        def attack():
+            sent = a.send_many([one(i) for i in range(count)], seconds=15, reading=True)
+            if len(a.statuses) < sent:
+                a.read(lambda f: len(a.statuses) >= sent, timeout=5)
+            return sent
+
+        sent, _ = under_attack(target, attack, f"{count} distinct 1 MB header blocks", rss_bound=32 * MiB)
+        record(target, f"{sent} distinct 1 MB header blocks, {len(a.statuses)} answered", a)
+    if target.lite:
+        assert sent == count and sorted(set(s for s, _ in a.statuses.values())) == [0], a.describe()
 
 
 # --- protocol errors: the RFC 9113 codes --------------------------------------------------
