@@ -80,7 +80,8 @@ def request_block(path: str, authority: bytes = b"127.0.0.1") -> bytes:
 def header_frames(sid: int, block: bytes, max_frame: int, end_stream: bool = False) -> bytes:
     """A header block as HEADERS and as many CONTINUATION frames as the peer's frame size asks for."""
     parts = [block[i:i + max_frame] for i in range(0, len(block), max_frame)] or [b""]
-    first = frame(HEADERS, (END_HEADERS if len(parts) == 1 else 0) | (END_STREAM if end_stream else 0), sid, parts[0])
+    flags = (END_HEADERS if len(parts) == 1 else 0) | (END_STREAM if end_stream else 0)
+    first = frame(HEADERS, flags, sid, parts[0])
     return first + b"".join(frame(CONTINUATION, END_HEADERS if i == len(parts) - 1 else 0, sid, part)
                             for i, part in enumerate(parts) if i)
 
