@@ -68,12 +68,12 @@ def settings_frame(values: dict[int, int] | None = None) -> bytes:
     return frame(SETTINGS, 0, 0, b"".join(struct.pack(">HL", k, v) for k, v in (values or {}).items()))
 
 
-def request_block(path: str, authority: bytes = b"127.0.0.1") -> bytes:
+def request_block(path: str, authority: bytes = b"127.0.0.1", content_type: bytes = b"application/grpc") -> bytes:
     """A gRPC request's header block: static-table references and never-indexed literals."""
     return (b"\x83\x86"  # :method POST, :scheme http
             + hpack_int(4, 4) + hpack_str(path.encode())  # :path
             + hpack_int(1, 4) + hpack_str(authority)  # :authority
-            + hpack_int(31, 4) + hpack_str(b"application/grpc")
+            + hpack_int(31, 4) + hpack_str(content_type)
             + literal(b"te", b"trailers"))
 
 

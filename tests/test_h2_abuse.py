@@ -569,6 +569,27 @@ def test_h2spec_basics(target, case):
 
 @pytest.mark.process
 @both_servers
+def test_request_that_is_not_grpc(target):
+    """A call whose content-type is not application/grpc: refused, and the connection goes on."""
+    with target.attacker() as a:
+        a.handshake()
+
+        def attack():
+            a.send(frame(HEADERS, END_HEADERS, 1, request_block(KV_RANGE, content_type=b"text/plain"))
+                   + frame(DATA, END_STREAM, 1, message(pb.RangeRequest(key=b"abuse/ct"))))
+            a.read(lambda f: f.sid == 1 and (f.type == RST_STREAM or f.flags & END_STREAM), timeout=3)
+            a.send(call(3, KV_RANGE, pb.RangeRequest(key=b"abuse/ct")))
+            a.read(lambda f: f.sid == 3 and f.flags & END_STREAM, timeout=3)
+
+        under_attack(target, attack, "content-type text/plain", rss_bound=32 * MiB)
+        record(target, "content-type text/plain", a)
+    if target.lite:
+        assert a.statuses.get(1, (None,))[0] == grpc.StatusCode.INVALID_ARGUMENT.value[0], a.describe()
+    assert a.goaway() is None and a.statuses.get(3, (None,))[0] == 0, f"the connection stopped: {a.describe()}"
+
+
+@pytest.mark.process
+@both_servers
 def test_bad_preface(target):
     with target.attacker() as a:
         def attack():
