@@ -68,7 +68,8 @@ def settings_frame(values: dict[int, int] | None = None) -> bytes:
     return frame(SETTINGS, 0, 0, b"".join(struct.pack(">HL", k, v) for k, v in (values or {}).items()))
 
 
-def request_block(path: str, authority: bytes = b"127.0.0.1", content_type: bytes = b"application/grpc") -> bytes:
+def request_block(path: str, authority: bytes = b"127.0.0.1",
+                  content_type: bytes = b"application/grpc") -> bytes:
     """A gRPC request's header block: static-table references and never-indexed literals."""
     return (b"\x83\x86"  # :method POST, :scheme http
             + hpack_int(4, 4) + hpack_str(path.encode())  # :path
