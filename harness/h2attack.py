@@ -196,10 +196,9 @@ class Attacker:
     def handshake(self, settings: bytes = b"", read_settings: bool = True, open_watch: bool = False) -> None:
         """The preface and our SETTINGS (settings_frame(...), default empty);
         with read_settings, wait for the server's SETTINGS into server_settings.
-        open_watch: open a Watch call on stream 1 at once. etcd 3.4 serves gRPC
-        and HTTP on one port through cmux, which reads a connection's frames
-        itself until a HEADERS says application/grpc: without such a call
-        first, an attack on etcd meets cmux, not grpc-go."""
+        open_watch: open a Watch call on stream 1 at once, so the attack comes
+        from a connection with a call in progress, as a real client's would
+        (what grpc-go tolerates, pings for one, depends on it)."""
         self.send(PREFACE + (settings or settings_frame())
                   + (frame(HEADERS, END_HEADERS, 1, request_block(WATCH)) if open_watch else b""))
         if read_settings:
