@@ -386,9 +386,9 @@ def test_data_beyond_the_receive_window(target):
 @pytest.mark.process
 @pytest.mark.parametrize("target", [
     pytest.param(LITE, marks=pytest.mark.xfail(strict=True, reason=(
-        "issue 24: requests read in one burst are all answered in one turn of the loop: 400 replies of "
-        "1 MB are built before the output budget can act (the healthy client waits 1.6 s or more, "
-        "RSS +0.26 to 1.4 GiB)"))),
+        "issue 24: requests read in one burst are all answered in the turn of the loop that read them: "
+        "400 replies of 1 MB are built before the output budget can act, the healthy client waits past "
+        "1 s and RSS grows by the replies (figures: /work/notes/abuse-vs-etcd.md)"))),
     ETCD], indirect=True)
 def test_ranges_of_a_big_value_on_a_connection_that_never_reads(target):
     count = 400
