@@ -384,12 +384,7 @@ def test_data_beyond_the_receive_window(target):
 
 
 @pytest.mark.process
-@pytest.mark.parametrize("target", [
-    pytest.param(LITE, marks=pytest.mark.xfail(strict=True, reason=(
-        "issue 24: requests read in one burst are all answered in the turn of the loop that read them: "
-        "400 replies of 1 MB are built before the output budget can act, the healthy client waits past "
-        "1 s and RSS grows by the replies"))),
-    ETCD], indirect=True)
+@both_servers
 def test_ranges_of_a_big_value_on_a_connection_that_never_reads(target):
     count = 400
     with target.attacker(rcvbuf=16384) as a:
@@ -401,11 +396,11 @@ def test_ranges_of_a_big_value_on_a_connection_that_never_reads(target):
             a.send(ranges, seconds=5)
             time.sleep(1.0)  # let the answers pile up
 
+        # etcdlite answers a few, then reads no further until they have left (the read stall and
+        # pause_reading): the bystander served and RSS bounded are the assertions that matter
         under_attack(target, attack, "Ranges of 1 MB never read", rss_bound=150 * MiB)
         a.read(lambda f: f.type == GOAWAY, timeout=2)
         record(target, f"{count} Ranges of 1 MB never read", a)
-    if target.lite:
-        assert a.closed or a.goaway() is not None, a.describe()
 
 
 @pytest.mark.process
