@@ -115,6 +115,19 @@ class Frame(NamedTuple):
         return None
 
 
+def split_frames(data: bytes) -> list[Frame]:
+    """The whole frames in data, in order (a partial one at the end is left out)."""
+    out, pos = [], 0
+    while len(data) - pos >= 9:
+        hi, lo, ftype, flags, sid = FRAME_HEADER.unpack_from(data, pos)
+        end = pos + 9 + ((hi << 8) | lo)
+        if end > len(data):
+            break
+        out.append(Frame(ftype, flags, sid & 0x7FFFFFFF, bytes(data[pos + 9:end])))
+        pos = end
+    return out
+
+
 # --- the attacker -----------------------------------------------------------------
 
 

@@ -19,7 +19,6 @@ from grpclite.wire import (
     END_HEADERS,
     END_STREAM,
     FLOW_CONTROL_ERROR,
-    FRAME_HEADER,
     GOAWAY,
     HEADERS,
     MAX_WINDOW,
@@ -32,6 +31,8 @@ from grpclite.wire import (
     hpack_str,
     literal,
 )
+from harness.h2attack import frame as _frame
+from harness.h2attack import split_frames as _frames
 
 # --- the window alone ---------------------------------------------------------------
 
@@ -91,21 +92,6 @@ class _Transport:
 
     def close(self) -> None:
         self.closed = True
-
-
-def _frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
-    n = len(payload)
-    return FRAME_HEADER.pack(n >> 8, n & 0xFF, ftype, flags, sid) + payload
-
-
-def _frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
-    out, pos = [], 0
-    while pos < len(data):
-        hi, lo, ftype, flags, sid = FRAME_HEADER.unpack_from(data, pos)
-        n = (hi << 8) | lo
-        out.append((ftype, flags, sid, bytes(data[pos + 9:pos + 9 + n])))
-        pos += 9 + n
-    return out
 
 
 def _request_headers(path: str) -> bytes:

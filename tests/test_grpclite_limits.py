@@ -34,7 +34,6 @@ from grpclite.wire import (
     END_STREAM,
     ENHANCE_YOUR_CALM,
     FLOW_CONTROL_ERROR,
-    FRAME_HEADER,
     MAX_WINDOW,
     GOAWAY,
     HEADERS,
@@ -55,6 +54,8 @@ from grpclite.wire import (
     hpack_str,
     literal,
 )
+from harness.h2attack import frame as _frame
+from harness.h2attack import split_frames as _frames
 
 
 class _Transport:
@@ -102,21 +103,6 @@ class _Transport:
         self.closed = True
 
     abort = close
-
-
-def _frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
-    n = len(payload)
-    return FRAME_HEADER.pack(n >> 8, n & 0xFF, ftype, flags, sid) + payload
-
-
-def _frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
-    out, pos = [], 0
-    while pos < len(data):
-        hi, lo, ftype, flags, sid = FRAME_HEADER.unpack_from(data, pos)
-        n = (hi << 8) | lo
-        out.append((ftype, flags, sid, bytes(data[pos + 9:pos + 9 + n])))
-        pos += 9 + n
-    return out
 
 
 def _request_headers(path: str, content_type: bytes = b"application/grpc") -> bytes:
