@@ -7,4 +7,6 @@ each:
 - ``plane``: the control plane's processes (apiserver, controller components) on an etcdlite
 - ``faultproxy``: FaultProxy and Partitioner, a fault-injecting TCP proxy for Raft peer links
 - ``etcd_client``: gRPC stubs for one endpoint, error_of, wait_until
+- ``h2attack``: a raw-frame HTTP/2 attacker and a bystander client (the abuse suite)
+- ``spawn_watch``: notices every process a test starts (the ``process`` marker is enforced with it)
 """
