@@ -50,11 +50,10 @@ from grpclite.wire import (
     SETTINGS,
     U32,
     WINDOW_UPDATE,
-    hpack_int,
-    hpack_str,
     literal,
 )
 from harness.h2attack import frame as _frame
+from harness.h2attack import message, request_block
 from harness.h2attack import split_frames as _frames
 
 
@@ -105,12 +104,6 @@ class _Transport:
     abort = close
 
 
-def _request_headers(path: str, content_type: bytes = b"application/grpc") -> bytes:
-    return (b"\x83\x86"  # :method POST, :scheme http
-            + hpack_int(4, 4) + hpack_str(path.encode())
-            + hpack_int(31, 4) + hpack_str(content_type) + literal(b"te", b"trailers"))
-
-
 def _resets(transport: _Transport) -> dict[int, int]:
     """stream id -> error code of every RST_STREAM written."""
     return {sid: U32.unpack(p)[0] for ftype, _, sid, p in _frames(transport.written) if ftype == RST_STREAM}
@@ -123,7 +116,8 @@ def _window_updates(transport: _Transport, sid: int) -> int:
 
 
 def _message(n: int) -> bytes:
-    return MESSAGE_PREFIX.pack(0, n) + bytes(n)
+    """A gRPC message of n zero bytes."""
+    return message(bytes(n))
 
 
 async def _until(condition, timeout: float = 5.0) -> None:
@@ -200,7 +194,7 @@ def _on_connection(test, **server_args) -> None:
 
 def test_continuation_frames_past_the_header_list_limit_end_the_connection_unjoined():
     def test(conn, transport, server, echo):
-        conn.data_received(_frame(HEADERS, 0, 1, _request_headers("/t.T/Echo")))
+        conn.data_received(_frame(HEADERS, 0, 1, request_block("/t.T/Echo")))
         fragment = bytes(RECV_MAX_FRAME // 2)
         sent = 0
         while not transport.closed and sent < 4 * MAX_HEADER_LIST:
@@ -223,7 +217,7 @@ def test_partial_messages_on_many_streams_past_the_connection_window_end_the_con
         part = _message(7 << 19)[:3 << 20]
         sid, sent = 1, 0
         while not transport.closed and sent < 2 * CONN_RECV_WINDOW:
-            conn.data_received(_frame(HEADERS, END_HEADERS, sid, _request_headers("/t.T/Echo")))
+            conn.data_received(_frame(HEADERS, END_HEADERS, sid, request_block("/t.T/Echo")))
             for i in range(0, len(part), RECV_MAX_FRAME):
                 conn.data_received(_frame(DATA, 0, sid, part[i:i + RECV_MAX_FRAME]))
                 if transport.closed:
@@ -239,7 +233,7 @@ def test_partial_messages_on_many_streams_past_the_connection_window_end_the_con
 
 def test_a_stream_sending_past_its_window_is_reset_and_the_connection_goes_on():
     async def test(conn, transport, server, echo):
-        conn.data_received(_frame(HEADERS, END_HEADERS, 1, _request_headers("/t.T/Hold")))
+        conn.data_received(_frame(HEADERS, END_HEADERS, 1, request_block("/t.T/Hold")))
         messages = _message(1000) * 1000
         sent = 0
         while sent <= STREAM_RECV_WINDOW and 1 not in _resets(transport):
@@ -250,7 +244,7 @@ def test_a_stream_sending_past_its_window_is_reset_and_the_connection_goes_on():
         assert sent > STREAM_RECV_WINDOW
         assert not transport.closed and 1 not in conn.streams
         assert _window_updates(transport, 1) == 0
-        conn.data_received(_frame(HEADERS, END_HEADERS, 3, _request_headers("/t.T/Echo"))
+        conn.data_received(_frame(HEADERS, END_HEADERS, 3, request_block("/t.T/Echo"))
                            + _frame(DATA, END_STREAM, 3, _message(10)))
         await _until(lambda: 3 not in conn.streams)
         assert not transport.closed
@@ -263,7 +257,7 @@ def test_a_stream_sending_past_its_window_is_reset_and_the_connection_goes_on():
 
 def test_requests_queued_for_a_handler_that_does_not_read_are_bounded_by_the_stream_window():
     async def test(conn, transport, server, echo):
-        conn.data_received(_frame(HEADERS, END_HEADERS, 1, _request_headers("/t.T/Hold")))
+        conn.data_received(_frame(HEADERS, END_HEADERS, 1, request_block("/t.T/Hold")))
         messages = _message(8) * 4096
         for _ in range(STREAM_RECV_WINDOW // len(messages)):
             conn.data_received(_frame(DATA, 0, 1, messages))
@@ -287,7 +281,7 @@ def test_requests_queued_for_a_handler_that_does_not_read_are_bounded_by_the_str
 
 def test_requests_held_for_a_call_are_dropped_when_the_connection_closes():
     async def test(conn, transport, server, echo):
-        conn.data_received(_frame(HEADERS, END_HEADERS, 1, _request_headers("/t.T/Hold")))
+        conn.data_received(_frame(HEADERS, END_HEADERS, 1, request_block("/t.T/Hold")))
         conn.data_received(_frame(DATA, 0, 1, _message(100) * 5000))
         stream = conn.streams[1]
         await asyncio.sleep(0)
@@ -314,11 +308,11 @@ def test_padding_as_long_as_the_frame_is_a_protocol_error():
         _frame(DATA, PADDED, 1, b""),  # no room for the pad length
         _frame(DATA, PADDED, 1, b"\x05abcd"),  # pad length = the frame
         _frame(HEADERS, END_HEADERS | PADDED, 3, b""),
-        _frame(HEADERS, END_HEADERS | PADDED, 3, b"\x03" + _request_headers("/t.T/Echo")[:2]),
+        _frame(HEADERS, END_HEADERS | PADDED, 3, b"\x03" + request_block("/t.T/Echo")[:2]),
     ]
     for bad in frames:
         def test(conn, transport, server, echo, bad=bad):
-            conn.data_received(_frame(HEADERS, END_HEADERS, 1, _request_headers("/t.T/Hold")) + bad)
+            conn.data_received(_frame(HEADERS, END_HEADERS, 1, request_block("/t.T/Hold")) + bad)
             assert transport.closed and _goaway_code(transport) == PROTOCOL_ERROR
 
         _on_connection(test)
@@ -326,7 +320,7 @@ def test_padding_as_long_as_the_frame_is_a_protocol_error():
 
 def test_a_window_update_of_zero_is_a_protocol_error():
     def test(conn, transport, server, echo):
-        conn.data_received(_frame(HEADERS, END_HEADERS, 1, _request_headers("/t.T/Hold"))
+        conn.data_received(_frame(HEADERS, END_HEADERS, 1, request_block("/t.T/Hold"))
                            + _frame(WINDOW_UPDATE, 0, 1, U32.pack(0)))
         server.flush_now()
         assert _resets(transport) == {1: PROTOCOL_ERROR} and not transport.closed
@@ -338,7 +332,7 @@ def test_a_window_update_of_zero_is_a_protocol_error():
 
 def test_a_stream_send_window_past_the_largest_gets_rst_stream_flow_control_error():
     def test(conn, transport, server, echo):
-        conn.data_received(_frame(HEADERS, END_HEADERS, 1, _request_headers("/t.T/Hold"))
+        conn.data_received(_frame(HEADERS, END_HEADERS, 1, request_block("/t.T/Hold"))
                            + _frame(WINDOW_UPDATE, 0, 1, U32.pack(MAX_WINDOW)))
         server.flush_now()
         assert _resets(transport) == {1: FLOW_CONTROL_ERROR} and not transport.closed
@@ -348,7 +342,8 @@ def test_a_stream_send_window_past_the_largest_gets_rst_stream_flow_control_erro
 
 def test_a_request_that_is_not_grpc_gets_415_and_invalid_argument_as_grpc_go_answers():
     def test(conn, transport, server, echo):
-        conn.data_received(_frame(HEADERS, END_HEADERS, 1, _request_headers("/t.T/Echo", b"application/json")))
+        block = request_block("/t.T/Echo", content_type=b"application/json")
+        conn.data_received(_frame(HEADERS, END_HEADERS, 1, block))
         server.flush_now()
         (ftype, flags, sid, block), = [f for f in _frames(transport.written) if f[0] == HEADERS]
         assert flags & END_STREAM and sid == 1
@@ -359,7 +354,7 @@ def test_a_request_that_is_not_grpc_gets_415_and_invalid_argument_as_grpc_go_ans
         assert _resets(transport) == {1: NO_ERROR} and not transport.closed
         # grpc's own subtypes are welcome
         transport.written.clear()
-        proto = _request_headers("/t.T/Echo", b"application/grpc+proto")
+        proto = request_block("/t.T/Echo", content_type=b"application/grpc+proto")
         conn.data_received(_frame(HEADERS, END_HEADERS, 3, proto)
                            + _frame(DATA, END_STREAM, 3, _message(3)))
         server.flush_now()
@@ -371,7 +366,7 @@ def test_a_request_that_is_not_grpc_gets_415_and_invalid_argument_as_grpc_go_ans
 
 def test_a_malformed_message_on_a_streaming_call_fails_that_call_only():
     async def test(conn, transport, server, echo):
-        conn.data_received(_frame(HEADERS, END_HEADERS, 1, _request_headers("/t.T/Parse"))
+        conn.data_received(_frame(HEADERS, END_HEADERS, 1, request_block("/t.T/Parse"))
                            + _frame(DATA, 0, 1, _message(3) + MESSAGE_PREFIX.pack(0, 2) + b"\xff\xff"))
         await _until(lambda: 1 not in conn.streams)
         server.flush_now()
@@ -398,12 +393,12 @@ def test_max_concurrent_streams_is_advertised_and_a_stream_over_it_is_refused():
         fresh.connection_lost(None)
 
         for sid in (1, 3, 5, 7):
-            conn.data_received(_frame(HEADERS, END_HEADERS, sid, _request_headers("/t.T/Hold")))
+            conn.data_received(_frame(HEADERS, END_HEADERS, sid, request_block("/t.T/Hold")))
         server.flush_now()
         assert _resets(transport) == {7: REFUSED_STREAM}
         assert sorted(conn.streams) == [1, 3, 5] and not transport.closed
         conn.data_received(_frame(RST_STREAM, 0, 1, U32.pack(CANCEL)))  # one ends: room for another
-        conn.data_received(_frame(HEADERS, END_HEADERS, 9, _request_headers("/t.T/Hold")))
+        conn.data_received(_frame(HEADERS, END_HEADERS, 9, request_block("/t.T/Hold")))
         assert sorted(conn.streams) == [3, 5, 9]
 
     _on_connection(test, max_concurrent_streams=3)
@@ -429,7 +424,7 @@ def test_a_client_that_does_not_read_is_not_read_and_past_the_budget_is_closed()
     def test(conn, transport, server, echo):
         _open_windows(conn)
         request = _message(1_000_000)
-        calls = b"".join(_frame(HEADERS, END_HEADERS, sid, _request_headers("/t.T/Echo"))
+        calls = b"".join(_frame(HEADERS, END_HEADERS, sid, request_block("/t.T/Echo"))
                          + _frame(DATA, END_STREAM, sid, request) for sid in range(1, 11, 2))
         conn.data_received(calls)
         server.flush_now()
@@ -439,7 +434,7 @@ def test_a_client_that_does_not_read_is_not_read_and_past_the_budget_is_closed()
         assert transport.reading
         sid = 11
         while not transport.closed and sid < 400:
-            conn.data_received(b"".join(_frame(HEADERS, END_HEADERS, s, _request_headers("/t.T/Echo"))
+            conn.data_received(b"".join(_frame(HEADERS, END_HEADERS, s, request_block("/t.T/Echo"))
                                         + _frame(DATA, END_STREAM, s, request)
                                         for s in range(sid, sid + 20, 2)))
             server.flush_now()
@@ -451,7 +446,7 @@ def test_a_client_that_does_not_read_is_not_read_and_past_the_budget_is_closed()
 
 
 def _calls(path: str, sids, request: bytes) -> bytes:
-    return b"".join(_frame(HEADERS, END_HEADERS, sid, _request_headers(path)) + _frame(DATA, END_STREAM, sid, request)
+    return b"".join(_frame(HEADERS, END_HEADERS, sid, request_block(path)) + _frame(DATA, END_STREAM, sid, request)
                     for sid in sids)
 
 
@@ -536,7 +531,7 @@ def test_streaming_calls_stop_writing_while_the_client_is_not_reading():
 
 
 def _open_stream(conn, sid: int):
-    conn.data_received(_frame(HEADERS, END_HEADERS, sid, _request_headers("/t.T/Hold")))
+    conn.data_received(_frame(HEADERS, END_HEADERS, sid, request_block("/t.T/Hold")))
     return conn.streams[sid]
 
 
@@ -582,7 +577,7 @@ def test_rapid_reset_gets_goaway_enhance_your_calm():
     def test(conn, transport, server, echo):
         sid = 1
         while not transport.closed and sid < 20_000:
-            conn.data_received(_frame(HEADERS, END_HEADERS, sid, _request_headers("/t.T/Hold"))
+            conn.data_received(_frame(HEADERS, END_HEADERS, sid, request_block("/t.T/Hold"))
                                + _frame(RST_STREAM, 0, sid, U32.pack(CANCEL)))
             sid += 2
         assert transport.closed and sid // 2 < 2 * RESET_BURST  # the burst, and what refills meanwhile
@@ -607,7 +602,7 @@ def test_the_rate_refills_with_time():
 def test_the_header_cache_holds_a_bounded_number_of_bytes():
     def test(conn, transport, server, echo):
         for sid in range(1, 500, 2):  # 250 distinct ~100 KB header blocks, each a call to an unknown method
-            block = _request_headers("/t.T/Unknown") + literal(b"x-pad", b"%06d" % sid + bytes(100_000))
+            block = request_block("/t.T/Unknown") + literal(b"x-pad", b"%06d" % sid + bytes(100_000))
             conn.data_received(_frame(HEADERS, END_HEADERS | END_STREAM, sid, block))
         assert not transport.closed
         assert 0 < conn.headers.cached_bytes <= HEADER_CACHE_BYTES
@@ -642,7 +637,7 @@ def test_a_client_that_does_not_finish_the_handshake_in_time_is_closed():
 def test_a_connection_without_calls_that_sends_nothing_is_closed_with_goaway():
     async def test(conn, transport, server, echo):
         others = []
-        for frames in (_frame(HEADERS, END_HEADERS, 1, _request_headers("/t.T/Hold")), b""):
+        for frames in (_frame(HEADERS, END_HEADERS, 1, request_block("/t.T/Hold")), b""):
             other, other_transport = Connection(server), _Transport()
             other_transport.protocol = other
             other.connection_made(other_transport)
@@ -657,7 +652,7 @@ def test_a_connection_without_calls_that_sends_nothing_is_closed_with_goaway():
             await asyncio.sleep(0.01)
         assert _goaway_code(transport) == NO_ERROR and _goaway_debug(transport) == b"max_idle"
         # a call sent as the GOAWAY left is refused (the client retries it elsewhere), then the socket closes
-        conn.data_received(_frame(HEADERS, END_HEADERS, 1, _request_headers("/t.T/Hold")))
+        conn.data_received(_frame(HEADERS, END_HEADERS, 1, request_block("/t.T/Hold")))
         server.flush_now()
         assert _resets(transport) == {1: REFUSED_STREAM}
         await _until(lambda: transport.closed, timeout=2)
@@ -681,7 +676,7 @@ def test_on_a_real_socket_a_client_that_does_not_read_is_not_read_and_others_are
         request = _message(1_000_000)
 
         def calls(first: int) -> bytes:
-            return b"".join(_frame(HEADERS, END_HEADERS, s, _request_headers("/t.T/Echo"))
+            return b"".join(_frame(HEADERS, END_HEADERS, s, request_block("/t.T/Echo"))
                             + _frame(DATA, END_STREAM, s, request) for s in range(first, first + 8, 2))
 
         await _until(lambda: server.connections)
@@ -702,7 +697,7 @@ def test_on_a_real_socket_a_client_that_does_not_read_is_not_read_and_others_are
         writer.transport.abort()
         # a client that reads is served as before
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(PREFACE + _frame(SETTINGS, 0, 0) + _frame(HEADERS, END_HEADERS, 1, _request_headers("/t.T/Echo"))
+        writer.write(PREFACE + _frame(SETTINGS, 0, 0) + _frame(HEADERS, END_HEADERS, 1, request_block("/t.T/Echo"))
                      + _frame(DATA, END_STREAM, 1, _message(5)))
         got = b""
         while b"grpc-status" not in got:

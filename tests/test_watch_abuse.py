@@ -33,18 +33,16 @@ from grpclite.wire import (
     END_HEADERS,
     FRAME_HEADER,
     HEADERS,
-    MESSAGE_PREFIX,
     PING,
     PREFACE,
     S_INITIAL_WINDOW_SIZE,
     SETTINGS,
     U32,
     WINDOW_UPDATE,
-    hpack_int,
-    hpack_str,
-    literal,
 )
 from harness.etcd_client import Client
+from harness.h2attack import WATCH, message, request_block
+from harness.h2attack import frame as _frame
 
 # watchers over the whole keyspace on the one stream that never reads: enough that
 # walking them all per event (the quadratic "fall behind" of issue 24) makes a Put
@@ -52,16 +50,6 @@ from harness.etcd_client import Client
 WATCHERS = 12_000
 PUT_DEADLINE = 1.0  # seconds any Put from another client may take meanwhile
 STOP_DEADLINE = 5.0  # seconds SIGTERM may take to stop the member
-
-
-def _frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
-    n = len(payload)
-    return FRAME_HEADER.pack(n >> 8, n & 0xFF, ftype, flags, sid) + payload
-
-
-def _message(request) -> bytes:
-    data = request.SerializeToString()
-    return MESSAGE_PREFIX.pack(0, len(data)) + data
 
 
 class SilentWatcher:
@@ -79,10 +67,7 @@ class SilentWatcher:
         self.initial_window = DEFAULT_WINDOW
         self.settings_seen = False
         self.sock.sendall(PREFACE + _frame(SETTINGS, 0, 0))
-        block = (b"\x83\x86" + hpack_int(4, 4) + hpack_str(b"/etcdserverpb.Watch/Watch")
-                 + hpack_int(1, 4) + hpack_str(endpoint.encode())
-                 + hpack_int(31, 4) + hpack_str(b"application/grpc") + literal(b"te", b"trailers"))
-        self.sock.sendall(_frame(HEADERS, END_HEADERS, 1, block))
+        self.sock.sendall(_frame(HEADERS, END_HEADERS, 1, request_block(WATCH, endpoint.encode())))
         deadline = time.monotonic() + 5
         while not self.settings_seen:  # the server's SETTINGS, acknowledged as a client must
             self._read_frame(deadline)
@@ -132,7 +117,7 @@ class SilentWatcher:
 
 def _whole_keyspace(n: int) -> bytes:
     create = pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"\x00", range_end=b"\x00"))
-    return _message(create) * n
+    return message(create) * n
 
 
 class _Member:
