@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PROTOS  := $(sort $(shell find proto -name "*.proto"))
 
-.PHONY: run test proto setup etcd clean bench bench-plane
+.PHONY: run test proto setup etcd node-deps clean bench bench-plane
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,18 @@ etcd:
 	  systemctl stop etcd >/dev/null 2>&1 || service etcd stop >/dev/null 2>&1 || pkill -x etcd || true; \
 	fi
 
+# The data plane's parts from Debian: runc and conmon run the containers, busybox-static
+# is the base image's only binary. Tests that need them skip (and say why) without root.
+NODE_DEBS := runc conmon busybox-static
+node-deps:
+	@missing=""; for b in runc conmon busybox; do command -v $$b >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo ">> not root: skipping $(NODE_DEBS) (real-node tests will skip)"; exit 0; fi; \
+	  echo ">> installing Debian's $(NODE_DEBS) (the data plane's container runtime)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(NODE_DEBS) >/dev/null) \
+	    || { echo "could not install $(NODE_DEBS): install them with apt, then rerun make test"; exit 1; }; \
+	fi
+
 # Regenerate the committed protobuf/gRPC code from proto/.
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. $(PROTOS)
@@ -35,7 +47,7 @@ proto: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m controllers.plane --data-dir default.plane
 
-test: $(STAMP) etcd
+test: $(STAMP) etcd node-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 # The benchmark suite (etcdlite vs the real etcd, 1 and 3 members): writes

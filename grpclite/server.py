@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import ssl
+import stat
 import time
 
 import grpc
@@ -128,6 +130,17 @@ class GrpcServer:
             lambda: Connection(self), host or None, port, ssl=ssl_context, reuse_address=True, backlog=1024)
         self.servers.append(server)
         return server.sockets[0].getsockname()[1]
+
+    async def listen_unix(self, path: str) -> None:
+        """Listen on a unix socket at `path` (gRPC's ``unix://path``), as CRI
+        runtimes do; a stale socket file left by a dead server is replaced."""
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        server = await self.loop.create_unix_server(lambda: Connection(self), path, backlog=1024)
+        self.servers.append(server)
 
     async def start(self) -> None:
         for server in self.servers:

@@ -706,3 +706,21 @@ def test_on_a_real_socket_a_client_that_does_not_read_is_not_read_and_others_are
         await server.stop(0)
 
     asyncio.run(run())
+
+
+def test_a_unix_socket_serves_grpc_clients_and_a_stale_socket_file_is_replaced(tmp_path):
+    path = str(tmp_path / "cri.sock")
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)  # what a server killed with SIGKILL leaves behind
+    stale.close()
+
+    async def run():
+        server = GrpcServer()
+        _Echo().register(server)
+        await server.listen_unix(path)
+        await server.start()
+        async with grpc.aio.insecure_channel(f"unix://{path}") as channel:
+            assert await channel.unary_unary("/t.T/Echo")(b"over a unix socket", timeout=5) == b"over a unix socket"
+        await server.stop(0)
+
+    asyncio.run(run())
