@@ -1,0 +1,1 @@
+"""The data plane: kubelets, the CRI runtime and pod networking that make nodes real."""

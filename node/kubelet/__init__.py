@@ -1,0 +1,1 @@
+"""Kubelets: the real one (pod sync through CRI) and the hollow one (simulated nodes)."""
