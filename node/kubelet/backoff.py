@@ -82,6 +82,15 @@ class Backoff:
                 return False
             return self.clock() - event_time < entry.delay
 
+    def is_in_back_off_since_update(self, key: str, event_time: float) -> bool:
+        """True while less than the key's wait has passed between its last
+        failure and ``event_time`` (image pulls ask this with now)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or self._expired(event_time, entry):
+                return False
+            return event_time - entry.last_update < entry.delay
+
     def reset(self, key: str) -> None:
         with self._lock:
             self._entries.pop(key, None)
