@@ -266,3 +266,21 @@ def test_get_phase_init_running_is_pending():
     running.state.running.started_at = "x"
     assert st.get_phase(pod, [running]) == "Pending"
     assert st.get_phase(pod, []) == "Pending"
+
+
+def test_all_running_snapshot_is_what_a_hollow_node_reports():
+    pod = make_pod(("web", "log"), inits=("setup",))
+    pod.status.container_statuses.add(name="web", restart_count=2).state.running.started_at = now_rfc3339(T0)
+    s = gen(pod, st.all_running_snapshot(pod, "10.128.0.7", NOW), runtime_name="hollow", host_ip="172.16.0.1")
+    assert (s.phase, s.pod_ip, s.host_ip) == ("Running", "10.128.0.7", "172.16.0.1")
+    assert all(c[0] == "True" for c in conds(s).values())
+    web = by_name(s.container_statuses)["web"]
+    assert (web.restart_count, web.state.running.started_at, web.container_id) == \
+        (2, now_rfc3339(T0), "hollow://uid-1-web")
+    assert by_name(s.container_statuses)["log"].state.running.started_at == now_rfc3339(NOW)
+    assert s.init_container_statuses[0].state.terminated.reason == "Completed"
+    # a second report changes nothing: the hollow kubelet writes once
+    pod.status.CopyFrom(s)
+    again = gen(pod, st.all_running_snapshot(pod, "10.128.0.7", NOW + 30), runtime_name="hollow",
+                host_ip="172.16.0.1", now=NOW + 30)
+    assert not st.status_differs(s, again)

@@ -18,11 +18,12 @@ import threading
 from collections.abc import Iterable
 
 from apiserver.pb import core_pb2
-from controllers.podutil import now_rfc3339
+from controllers.podutil import now_rfc3339, parse_time
+from node.kubelet import labels
 from node.kubelet.actions import sandbox_changed, should_container_be_restarted
 from node.kubelet.probes import READINESS, STARTUP, SUCCESS
 from node.kubelet.runtime_status import (CONTAINER_EXITED, CONTAINER_RUNNING, CONTAINER_UNKNOWN,
-                                         ContainerStatus, PodRuntimeStatus)
+                                         ContainerStatus, PodRuntimeStatus, SandboxStatus)
 
 # waiting reasons (Kubernetes' kubecontainer and images errors)
 CONTAINER_CREATING = "ContainerCreating"
@@ -419,6 +420,35 @@ def generate_pod_status(pod: core_pb2.Pod, runtime: PodRuntimeStatus, *, runtime
     s.qos_class = qos_class(pod.spec)
     s.nominated_node_name = prev.nominated_node_name
     return s
+
+
+def all_running_snapshot(pod: core_pb2.Pod, pod_ip: str, now: float) -> PodRuntimeStatus:
+    """A runtime snapshot in which the pod's init containers succeeded and its
+    containers run (since their last reported start, else ``now``), keeping the
+    restart counts of its current status: what a hollow node reports through
+    ``generate_pod_status``."""
+    old = {cs.name: cs for cs in (*pod.status.init_container_statuses, *pod.status.container_statuses)}
+    uid = pod.metadata.uid
+    containers = []
+    for i, c in enumerate(pod.spec.init_containers):
+        before = old.get(c.name)
+        done = parse_time(before.state.terminated.finished_at) if before is not None else None
+        containers.append(ContainerStatus(
+            id=f"{uid[:8]}-{c.name}", name=c.name, state=CONTAINER_EXITED, created_at=now - 1 + i * 1e-3,
+            started_at=done or now, finished_at=done or now, reason="Completed", image=c.image,
+            annotations={labels.CONTAINER_HASH: labels.container_hash(c)}))
+    for i, c in enumerate(pod.spec.containers):
+        before = old.get(c.name)
+        started = parse_time(before.state.running.started_at) if before is not None else None
+        restarts = before.restart_count if before is not None else 0
+        containers.append(ContainerStatus(
+            id=f"{uid[:8]}-{c.name}", name=c.name, state=CONTAINER_RUNNING, created_at=now + i * 1e-3,
+            started_at=started or now, image=c.image,
+            annotations={labels.CONTAINER_HASH: labels.container_hash(c),
+                         labels.CONTAINER_RESTART_COUNT: str(restarts)}))
+    return PodRuntimeStatus(uid=uid, name=pod.metadata.name, namespace=pod.metadata.namespace,
+                            sandboxes=[SandboxStatus(id=f"{uid[:8]}-sandbox", ip=pod_ip, created_at=now)],
+                            containers=containers)
 
 
 def status_differs(a: core_pb2.PodStatus, b: core_pb2.PodStatus) -> bool:
