@@ -1,0 +1,1 @@
+"""The data plane: real nodes (kubelet, CRI runtime, pod network) on this machine."""
