@@ -1,1 +1,1 @@
-"""The data plane: kubelets, the CRI runtime and pod networking that make nodes real."""
+"""The data plane: real nodes (kubelet, CRI runtime, pod network) on this machine."""
