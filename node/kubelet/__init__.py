@@ -1,1 +1,1 @@
-"""Kubelets: the real one (pod sync through CRI) and the hollow one (simulated nodes)."""
+"""Kubelets: the real one syncs pods through CRI; the hollow one simulates hundreds of nodes."""
