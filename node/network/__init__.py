@@ -5,7 +5,7 @@
 - ``pod``: the CNI-like plugin the runtime calls per sandbox (veth + address + default route);
 - ``ipam``: host-local address files for a node's podCIDR;
 - ``netns``: sockets and sysctls inside a namespace from a process that stays in its own (probes);
-- ``ip``: the one place that runs iproute2, and ``NetworkError``;
+- ``iproute``: the one place that runs iproute2, and ``NetworkError``;
 - ``owner``: which process owns a prefix, so that leftovers of dead runs can be swept.
 
 ``cleanup(prefix)`` removes what this package made for a prefix; ``sweep()`` does it for every
@@ -17,7 +17,7 @@ from __future__ import annotations
 import secrets
 
 from . import owner
-from .ip import NetworkError, ip, netns_exists, netns_names
+from .iproute import NetworkError, ip, netns_exists, netns_names
 
 __all__ = ["NetworkError", "cleanup", "sweep", "new_prefix", "prefixed_netns"]
 

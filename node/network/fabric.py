@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from . import owner
-from .ip import NetworkError, create_netns, ip, link_names, netns_exists, netns_names
+from .iproute import NetworkError, create_netns, ip, link_names, netns_exists, netns_names
 from .netns import write_sysctl_in
 from .pod import POD_BRIDGE
 

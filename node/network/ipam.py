@@ -8,7 +8,10 @@ a just-released address is the last to be reused: connections and ARP entries st
 deleted pod do not land on its successor at once. An ``flock`` on ``lock`` serializes
 allocations across threads and processes (two runtimes sharing a directory, or a runtime and its
 restarted self); each address file is also created with O_EXCL, so a crashed writer can never
-make two sandboxes share one address.
+make two sandboxes share one address. Beside the address files, a symlink ``id.<sandbox id>`` ->
+address makes "which address does this sandbox hold" one readlink instead of reading every file;
+the address files stay the truth (a link whose file does not name the sandbox is ignored, and
+``release`` scans the files).
 """
 
 from __future__ import annotations
@@ -16,17 +19,26 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import os
+import re
 from contextlib import contextmanager
 from typing import Iterator
 
-from .ip import NetworkError
+from .iproute import NetworkError
 
 LAST_RESERVED = "last_reserved_ip"
 LOCK = "lock"
+INDEX = "id."  # + sandbox id: a symlink to the address it holds, so a lookup reads one link
+_SANDBOX_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 
 
 class IpamExhausted(NetworkError):
     pass
+
+
+def _check_id(sandbox_id: str) -> None:
+    """Sandbox ids become file names here: nothing that could leave the directory."""
+    if not isinstance(sandbox_id, str) or not _SANDBOX_ID_RE.fullmatch(sandbox_id):
+        raise ValueError(f"bad sandbox id {sandbox_id!r}: 1-200 letters, digits, '_', '.', '-'")
 
 
 class HostLocalIpam:
@@ -71,17 +83,28 @@ class HostLocalIpam:
                 pass
         return out
 
+    def _indexed(self, sandbox_id: str) -> ipaddress.IPv4Address | None:
+        """The address the index link of ``sandbox_id`` names, if its file agrees."""
+        _check_id(sandbox_id)
+        try:
+            addr = str(ipaddress.IPv4Address(os.readlink(os.path.join(self.dir, INDEX + sandbox_id))))
+            with open(os.path.join(self.dir, addr)) as f:
+                if f.read().strip() == sandbox_id:
+                    return ipaddress.IPv4Address(addr)
+        except (OSError, ValueError):
+            pass
+        return None
+
     def allocate(self, sandbox_id: str) -> ipaddress.IPv4Address:
         """The address of ``sandbox_id``: the one it already holds, else the next free one."""
         if self.net is None:
             raise ValueError("allocate needs the podCIDR")
-        if not sandbox_id or "\n" in sandbox_id:
-            raise ValueError(f"bad sandbox id {sandbox_id!r}")
+        _check_id(sandbox_id)
         with self._locked():
-            owners = self._owners()
-            for addr, owner in owners.items():
-                if owner == sandbox_id and ipaddress.IPv4Address(addr) in self.net:
-                    return ipaddress.IPv4Address(addr)
+            held = self._indexed(sandbox_id)
+            if held is not None and held in self.net:
+                return held
+            taken = set(os.listdir(self.dir))
             start = 0
             try:
                 with open(os.path.join(self.dir, LAST_RESERVED)) as f:
@@ -93,7 +116,7 @@ class HostLocalIpam:
             n = len(self.pool)
             for k in range(n):
                 addr = self.pool[(start + k) % n]
-                if str(addr) in owners:
+                if str(addr) in taken:
                     continue
                 try:
                     fd = os.open(os.path.join(self.dir, str(addr)),
@@ -102,6 +125,12 @@ class HostLocalIpam:
                     continue
                 with os.fdopen(fd, "w") as f:
                     f.write(sandbox_id)
+                link = os.path.join(self.dir, INDEX + sandbox_id)
+                try:
+                    os.unlink(link)
+                except FileNotFoundError:
+                    pass
+                os.symlink(str(addr), link)
                 tmp = os.path.join(self.dir, LAST_RESERVED + ".tmp")
                 with open(tmp, "w") as f:
                     f.write(str(addr))
@@ -114,6 +143,7 @@ class HostLocalIpam:
 
     def release(self, sandbox_id: str) -> list[str]:
         """Free every address ``sandbox_id`` holds; return them (empty when it held none)."""
+        _check_id(sandbox_id)
         with self._locked():
             freed = []
             for addr, owner in self._owners().items():
@@ -123,9 +153,16 @@ class HostLocalIpam:
                     except FileNotFoundError:
                         pass
                     freed.append(addr)
+            try:
+                os.unlink(os.path.join(self.dir, INDEX + sandbox_id))
+            except (FileNotFoundError, ValueError):
+                pass
             return freed
 
     def lookup(self, sandbox_id: str) -> ipaddress.IPv4Address | None:
+        held = self._indexed(sandbox_id)
+        if held is not None:
+            return held
         for addr, owner in self._owners().items():
             if owner == sandbox_id:
                 return ipaddress.IPv4Address(addr)

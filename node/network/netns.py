@@ -19,7 +19,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .ip import NETNS_DIR, NetworkError
+from .iproute import NETNS_DIR, NetworkError
 
 CLONE_NEWNET = 0x40000000
 
