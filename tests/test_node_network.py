@@ -147,6 +147,7 @@ def test_attach_is_stable_per_sandbox_distinct_across_and_detach_is_idempotent(p
     assert again == ip_a == pod.status(a)
     host = pod.host_veth_name("a" * 64)
     assert host in iplib.link_names(node.name) and len(host) == 11
+    assert netns.read_sysctl_in(a, "net.ipv4.conf.eth0.arp_notify") == "1"
 
     pod.detach(a, node.name, str(state), "a" * 64)
     assert host not in iplib.link_names(node.name)
@@ -161,6 +162,30 @@ def test_attach_is_stable_per_sandbox_distinct_across_and_detach_is_idempotent(p
     with pytest.raises(network.NetworkError, match="not found"):
         pod.attach(f"{node.name}-nosuch", node.name, node.pod_cidr, str(state), "c" * 64)
     assert HostLocalIpam(str(state)).lookup("c" * 64) is None  # nothing allocated for it
+
+
+@pytest.mark.process
+def test_a_reused_address_is_reachable_at_once_from_another_node(plane, tmp_path):
+    """The node forgets the MAC of an address's previous pod on attach: without that, traffic
+    forwarded to a reused address goes to the dead pod's MAC for ~30 s."""
+    plane.add_node(0)
+    plane.add_node(1)
+    state = tmp_path / "ipam"
+    _add_pod(plane, 0, "keeper", state)  # keeps kpbr0 up: its neighbour table is not flushed
+    first, ip1 = _add_pod(plane, 0, "first", state)
+    _serve(plane, first, tmp_path, "first\n")
+    assert _get_until(plane.node_netns(1), f"http://{ip1.ip}:8080/").body == b"first\n"
+    pod.detach(first, plane.node_netns(0), str(state), "first")
+    ipam = HostLocalIpam(str(state), "10.244.0.0/24")  # go once round the range: ip1 is next
+    for k in range(251):
+        ipam.allocate(f"filler{k}")
+    for k in range(251):
+        ipam.release(f"filler{k}")
+    second, ip2 = _add_pod(plane, 0, "second", state)
+    assert ip2 == ip1
+    _serve(plane, second, tmp_path, "second\n")
+    assert _get_until(plane.node_netns(1), f"http://{ip2.ip}:8080/", deadline_s=3).body == \
+        b"second\n"
 
 
 @pytest.mark.process
@@ -214,6 +239,8 @@ def test_fabric_restart_finds_what_exists_and_nodes_come_and_go(plane, tmp_path)
     assert again.nodes() == [0, 2, 10]
     assert not iplib.netns_exists(pod1) and iplib.netns_exists(pod10)
     assert "10.244.1.0/24" not in routes(0) and "10.244.10.0/24" in routes(0)
+    network.cleanup_pods(plane.node_netns(10))  # a runtime's cleanup: its pods, not its node
+    assert not iplib.netns_exists(pod10) and again.nodes() == [0, 2, 10]
 
 
 @pytest.mark.process

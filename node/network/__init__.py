@@ -19,7 +19,7 @@ import secrets
 from . import owner
 from .iproute import NetworkError, ip, netns_exists, netns_names
 
-__all__ = ["NetworkError", "cleanup", "sweep", "new_prefix", "prefixed_netns"]
+__all__ = ["NetworkError", "cleanup", "cleanup_pods", "sweep", "new_prefix", "prefixed_netns"]
 
 
 def new_prefix() -> str:
@@ -51,6 +51,18 @@ def cleanup(prefix: str) -> None:
             raise NetworkError(f"cleanup {prefix}", f"namespaces still present: {left}",
                                "something holds a mount on /run/netns/<name>; umount it")
     owner.release(prefix)
+
+
+def cleanup_pods(node_netns: str) -> None:
+    """Delete the pod namespaces of one node (``<node_netns>-*``), keeping the node's own: what a
+    runtime's cleanup does, since the node namespace belongs to the fabric. Idempotent."""
+    names = [n for n in prefixed_netns(node_netns) if n != node_netns]
+    if names:
+        ip(batch=[f"netns del {n}" for n in names], force=True, check=False)
+    left = [n for n in names if netns_exists(n)]
+    if left:
+        raise NetworkError(f"cleanup pods of {node_netns}", f"namespaces still present: {left}",
+                           "something holds a mount on /run/netns/<name>; umount it")
 
 
 def sweep() -> list[str]:

@@ -102,8 +102,10 @@ class HostLocalIpam:
         _check_id(sandbox_id)
         with self._locked():
             held = self._indexed(sandbox_id)
-            if held is not None and held in self.net:
-                return held
+            if held is not None:
+                if held in self.net:
+                    return held
+                os.unlink(os.path.join(self.dir, str(held)))  # from an earlier podCIDR
             taken = set(os.listdir(self.dir))
             start = 0
             try:
@@ -114,10 +116,18 @@ class HostLocalIpam:
             except (FileNotFoundError, ValueError):
                 pass
             n = len(self.pool)
+            link = os.path.join(self.dir, INDEX + sandbox_id)
             for k in range(n):
                 addr = self.pool[(start + k) % n]
                 if str(addr) in taken:
                     continue
+                # The link first: a crash between the two leaves a dangling link (ignored, and
+                # replaced by the next allocate), never an address file nothing points to.
+                try:
+                    os.unlink(link)
+                except FileNotFoundError:
+                    pass
+                os.symlink(str(addr), link)
                 try:
                     fd = os.open(os.path.join(self.dir, str(addr)),
                                  os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -125,17 +135,15 @@ class HostLocalIpam:
                     continue
                 with os.fdopen(fd, "w") as f:
                     f.write(sandbox_id)
-                link = os.path.join(self.dir, INDEX + sandbox_id)
-                try:
-                    os.unlink(link)
-                except FileNotFoundError:
-                    pass
-                os.symlink(str(addr), link)
-                tmp = os.path.join(self.dir, LAST_RESERVED + ".tmp")
-                with open(tmp, "w") as f:
+                # Written in place: a torn write only makes the next walk start at the range's
+                # beginning, which the address files keep correct.
+                with open(os.path.join(self.dir, LAST_RESERVED), "w") as f:
                     f.write(str(addr))
-                os.replace(tmp, os.path.join(self.dir, LAST_RESERVED))
                 return addr
+            try:
+                os.unlink(link)
+            except FileNotFoundError:
+                pass
         raise IpamExhausted(f"allocate an address in {self.net} for {sandbox_id}",
                             f"all {n} addresses are taken",
                             f"delete pods on this node, or check {self.dir} for addresses "
@@ -145,7 +153,13 @@ class HostLocalIpam:
         """Free every address ``sandbox_id`` holds; return them (empty when it held none)."""
         _check_id(sandbox_id)
         with self._locked():
-            freed = []
+            link = os.path.join(self.dir, INDEX + sandbox_id)
+            held = self._indexed(sandbox_id)
+            if held is not None:
+                os.unlink(os.path.join(self.dir, str(held)))
+                os.unlink(link)
+                return [str(held)]
+            freed = []  # no index link: look through every file, to be sure
             for addr, owner in self._owners().items():
                 if owner == sandbox_id:
                     try:
@@ -154,8 +168,8 @@ class HostLocalIpam:
                         pass
                     freed.append(addr)
             try:
-                os.unlink(os.path.join(self.dir, INDEX + sandbox_id))
-            except (FileNotFoundError, ValueError):
+                os.unlink(link)
+            except FileNotFoundError:
                 pass
             return freed
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from .iproute import NetworkError, create_netns, delete_netns, ip, ip_json, netns_exists
 from .ipam import HostLocalIpam
+from .netns import write_sysctl_in
 
 POD_BRIDGE = "kpbr0"
 POD_IFNAME = "eth0"
@@ -59,7 +60,10 @@ def attach(pod_netns: str, node_netns: str, pod_cidr: str, state_dir: str,
     host = host_veth_name(sandbox_id)
     node_cmds = [f"link add {host} type veth peer name {POD_IFNAME} netns {pod_netns}",
                  f"link set {host} master {POD_BRIDGE}",
-                 f"link set {host} up"]
+                 f"link set {host} up",
+                 # The node may still hold the MAC of the address's previous pod (REACHABLE for
+                 # ~30 s, and a gratuitous ARP within locktime is ignored): forget it.
+                 f"neigh flush dev {POD_BRIDGE} to {addr}"]
     pod_cmds = ["link set lo up",
                 f"addr replace {addr}/{net.prefixlen} dev {POD_IFNAME}",
                 f"link set {POD_IFNAME} up",
@@ -72,6 +76,9 @@ def attach(pod_netns: str, node_netns: str, pod_cidr: str, state_dir: str,
                 raise
             _remove_veth(pod_netns, node_netns, host)  # a previous attach's pair: rebuild it
             ip(batch=node_cmds, netns=node_netns)
+        # A gratuitous ARP when eth0 comes up, for the other pods on the bridge: a reused address
+        # has a new MAC.
+        write_sysctl_in(pod_netns, f"net.ipv4.conf.{POD_IFNAME}.arp_notify", "1")
         ip(batch=pod_cmds, netns=pod_netns)
     except BaseException:
         _remove_veth(pod_netns, node_netns, host)
