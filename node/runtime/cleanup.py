@@ -79,15 +79,12 @@ def cleanup(prefix: str, root: str | None = None, remove_state: bool = True) -> 
 
 
 def _delete_pod_netns(prefix: str) -> list[str]:
+    """The pod namespaces ``<prefix>-*``, through node.network (the node's own namespace is the
+    fabric's to remove)."""
+    from node.network import cleanup_pods
+
     try:
-        from node.network.iproute import delete_netns, netns_names
-    except ImportError:
-        return []
-    problems = []
-    for name in netns_names():
-        if name.startswith(prefix + "-"):
-            try:
-                delete_netns(name)
-            except Exception as e:  # noqa: BLE001 (reported, the rest still removed)
-                problems.append(str(e))
-    return problems
+        cleanup_pods(prefix)
+    except Exception as e:  # noqa: BLE001 (reported; the rest is still removed)
+        return [str(e)]
+    return []
