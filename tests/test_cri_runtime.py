@@ -307,3 +307,53 @@ def test_stop_and_remove_sandbox_take_everything(node):
     assert node.client.list_containers(cri_pb2.ContainerFilter(pod_sandbox_id=sid)) == []
     assert not cgroups.tree(f"{node.prefix}/{sid}")
     assert not mounts.mount_points(os.path.join(node.root, "containers", cid))
+
+
+def test_update_resources_and_reopen_log(node, sandbox):
+    cid = run(node, sandbox, "tuned", ["sh", "-c", "while true; do echo tick; sleep 0.1; done"])
+    wait_state(node, cid, cri_pb2.CONTAINER_RUNNING)
+    node.client.update_container_resources(cid, cri_pb2.LinuxContainerResources(
+        cpu_shares=512, memory_limit_in_bytes=48 << 20))
+    r = node.client.exec_sync(cid, ["cat", "/sys/fs/cgroup/cpu/cpu.shares",
+                                    "/sys/fs/cgroup/memory/memory.limit_in_bytes"], timeout=10)
+    assert r.stdout.split() == [b"512", str(48 << 20).encode()]
+    assert node.client.container_status(cid).status.resources.linux.cpu_shares == 512
+    # the kubelet's log rotation: rename the file, ask for a reopen, new lines go to a new file
+    log = node.client.container_status(cid).status.log_path
+    wait_log(log, 1)
+    os.rename(log, log + ".1")
+    node.client.reopen_container_log(cid)
+    assert wait_log(log, 2) and CRI_LOG_LINE.match(wait_log(log, 2)[0]).groups() == ("stdout", "tick")
+
+
+def test_images_served_beside_the_runtime(node):
+    st = node.client.image_status("busybox")
+    assert st.HasField("image") and "docker.io/library/busybox:latest" in st.image.repo_tags
+    assert node.client.pull_image("busybox").startswith("sha256:")
+
+
+def test_cleanup_after_runtime_killed_leaves_nothing(tmp_path):
+    """A runtime SIGKILLed with pods running: cleanup(prefix, root) still removes every
+    process, mount, cgroup and namespace of the node."""
+    need_runtime()
+    n = Node(tmp_path)
+    pids = []
+    try:
+        n.start().update_runtime_config(n.net.pod_cidr)
+        cfg = sandbox_config(n, "doomed")
+        sid = n.client.run_pod_sandbox(cfg)
+        for name in ("a", "b"):
+            cid = run(n, (sid, cfg), name, ["sh", "-c", "sleep 1000 & sleep 1000"])
+            wait_state(n, cid, cri_pb2.CONTAINER_RUNNING)
+            pids.append(int(n.client.container_status(cid, verbose=True).info["pid"]))
+        n.client.create_container(sid, container_config("never-started", ["sleep", "1"]), cfg)
+        n.proc.kill()
+        n.proc.wait()
+        assert all(os.path.exists(f"/proc/{p}") for p in pids)
+        assert leftovers(n), "nothing to clean: the test would prove nothing"
+    finally:
+        problems = n.teardown()
+    assert problems == []
+    assert leftovers(n) == {}
+    assert not [p for p in pids if os.path.exists(f"/proc/{p}")]
+    assert cleanup(n.prefix, n.root) == []  # idempotent
