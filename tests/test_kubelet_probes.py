@@ -212,7 +212,7 @@ def test_initial_results_before_any_probe(kind, initial):
     w, results, prober, _, _ = worker_setup(kind, initial_delay_seconds=60, started_ago=5,
                                             started=kind != STARTUP)
     assert w.do_probe()
-    assert results.get(kind, "fake://c1") == initial
+    assert results.get(kind, "c1") == initial
     assert prober.calls == 0  # still inside initialDelaySeconds
 
 
@@ -222,7 +222,7 @@ def test_initial_delay_then_probing():
     assert prober.calls == 0
     now[0] += 6
     w.do_probe()
-    assert (prober.calls, results.get(READINESS, "fake://c1")) == (1, SUCCESS)
+    assert (prober.calls, results.get(READINESS, "c1")) == (1, SUCCESS)
 
 
 def test_failure_threshold_then_hold_until_a_new_container():
@@ -230,28 +230,28 @@ def test_failure_threshold_then_hold_until_a_new_container():
     prober.next = [FAILURE, FAILURE, FAILURE, FAILURE]
     for expect in (SUCCESS, SUCCESS, FAILURE):
         w.do_probe()
-        assert results.get(LIVENESS, "fake://c1") == expect
+        assert results.get(LIVENESS, "c1") == expect
     w.do_probe()
     assert prober.calls == 3  # on hold: the failed container is not probed again
     status.container_statuses[0].container_id = "fake://c2"
     w.do_probe()
     assert prober.calls == 4
-    assert results.get(LIVENESS, "fake://c2") == SUCCESS  # a new container starts from the initial belief
-    assert results.get(LIVENESS, "fake://c1") is None
+    assert results.get(LIVENESS, "c2") == SUCCESS  # a new container starts from the initial belief
+    assert results.get(LIVENESS, "c1") is None
 
 
 def test_success_threshold():
     w, results, prober, _, _ = worker_setup(READINESS, success_threshold=2)
     w.do_probe()
-    assert results.get(READINESS, "fake://c1") == FAILURE
+    assert results.get(READINESS, "c1") == FAILURE
     w.do_probe()
-    assert results.get(READINESS, "fake://c1") == SUCCESS
+    assert results.get(READINESS, "c1") == SUCCESS
     prober.next = [FAILURE, SUCCESS, FAILURE, FAILURE, FAILURE]
     for _ in range(4):
         w.do_probe()
-    assert results.get(READINESS, "fake://c1") == SUCCESS  # the run of failures was broken
+    assert results.get(READINESS, "c1") == SUCCESS  # the run of failures was broken
     w.do_probe()
-    assert results.get(READINESS, "fake://c1") == FAILURE  # readiness never holds
+    assert results.get(READINESS, "c1") == FAILURE  # readiness never holds
     w.do_probe()
     assert prober.calls == 8
 
@@ -262,7 +262,7 @@ def test_probe_errors_leave_the_belief():
     prober.next = ["error", "error"]
     w.do_probe()
     w.do_probe()
-    assert results.get(READINESS, "fake://c1") == SUCCESS
+    assert results.get(READINESS, "c1") == SUCCESS
 
 
 def test_startup_gates_the_others():
@@ -271,7 +271,7 @@ def test_startup_gates_the_others():
     assert prober.calls == 0
     s, sresults, sprober, _, _ = worker_setup(STARTUP, started=False, failure_threshold=1)
     s.do_probe()
-    assert (sprober.calls, sresults.get(STARTUP, "fake://c1")) == (1, SUCCESS)
+    assert (sprober.calls, sresults.get(STARTUP, "c1")) == (1, SUCCESS)
     status.container_statuses[0].started = True
     w.do_probe()
     assert prober.calls == 1
@@ -283,7 +283,7 @@ def test_startup_gates_the_others():
 def test_not_running_container_fails_and_never_policy_stops_the_worker():
     w, results, _, _, _ = worker_setup(READINESS, state="terminated", policy="Never")
     assert w.do_probe() is False
-    assert results.get(READINESS, "fake://c1") == FAILURE
+    assert results.get(READINESS, "c1") == FAILURE
     w, _, _, _, _ = worker_setup(READINESS, state="terminated", policy="Always")
     assert w.do_probe() is True
 
@@ -292,7 +292,7 @@ def test_terminating_pod_stops_liveness_and_finished_pod_stops_all():
     w, results, _, _, _ = worker_setup(LIVENESS)
     w.pod.metadata.deletion_timestamp = "2027-01-01T00:00:00Z"
     assert w.do_probe() is False
-    assert results.get(LIVENESS, "fake://c1") == SUCCESS
+    assert results.get(LIVENESS, "c1") == SUCCESS
     w, _, _, status, _ = worker_setup(READINESS)
     status.phase = "Succeeded"
     assert w.do_probe() is False
@@ -325,17 +325,17 @@ def test_manager_runs_readiness_and_liveness_on_real_sockets(http_port):
     try:
         mgr.add_pod(pod)
         assert mgr.has_worker("uid-1", "app", READINESS) and mgr.has_worker("uid-1", "app", LIVENESS)
-        assert wait_for(lambda: results.get(READINESS, "fake://c1") == SUCCESS)
+        assert wait_for(lambda: results.get(READINESS, "c1") == SUCCESS)
         # the liveness target refuses: two periods later the container is declared dead
-        assert wait_for(lambda: results.get(LIVENESS, "fake://c1") == FAILURE)
-        assert (LIVENESS, "fake://c1", FAILURE, "uid-1") in changes
+        assert wait_for(lambda: results.get(LIVENESS, "c1") == FAILURE)
+        assert (LIVENESS, "c1", FAILURE, "uid-1") in changes
         assert all(host == POD_IP for host, _, _ in connect.calls)
         # readiness turns when the page starts failing
         pod.spec.containers[0].readiness_probe.http_get.path = "/fail"
         mgr.trigger("uid-1", "app", READINESS)
-        assert wait_for(lambda: results.get(READINESS, "fake://c1") == FAILURE)
+        assert wait_for(lambda: results.get(READINESS, "c1") == FAILURE)
         mgr.remove_pod("uid-1")
         assert not mgr.has_worker("uid-1", "app", READINESS)
-        assert results.get(READINESS, "fake://c1") is None
+        assert results.get(READINESS, "c1") is None
     finally:
         mgr.stop()

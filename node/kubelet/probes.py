@@ -272,10 +272,11 @@ class ProbeWorker:
         cs = _container_status(status, self.container.name)
         if cs is None or not cs.container_id:
             return True
-        if cs.container_id != self.container_id:
+        container_id = cs.container_id.split("://", 1)[-1]  # results are keyed by the runtime's id
+        if container_id != self.container_id:
             if self.container_id:
                 self.results.remove(self.kind, self.container_id)
-            self.container_id = cs.container_id
+            self.container_id = container_id
             self.results.set(self.kind, self.container_id, INITIAL_RESULT[self.kind], self.pod.metadata.uid)
             self.on_hold = False
             self.last_result, self.result_run = None, 0
@@ -302,6 +303,9 @@ class ProbeWorker:
         except ProbeError as e:
             log.info("pod %s: %s", self.pod.metadata.name, e)
             return True  # thrown away: the belief stays
+        if result == FAILURE:
+            log.info("pod %s: %s probe of %s failed: %s", self.pod.metadata.name, self.kind,
+                     self.container.name, self.last_output[:200])
         if result == self.last_result:
             self.result_run += 1
         else:

@@ -1,0 +1,185 @@
+"""One pod's sync through CRI: read the runtime, plan, act.
+
+Kubernetes' SyncPod and killPod (kuberuntime_manager.go) in its order: kill
+the pod or the containers to kill; create the sandbox (a new one purges the
+old init containers so initialization runs again); prune exited containers;
+start the next init container, or the containers to start. Each start passes
+the back-off gate, the image pull, the config (env sources) and the CRI
+create and start calls; the first that fails is remembered in the
+ReasonCache as the container's waiting reason (CrashLoopBackOff,
+ErrImagePull, ImagePullBackOff, CreateContainerConfigError,
+CreateContainerError, RunContainerError), and a success clears it.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from apiserver.pb import core_pb2
+from node.cri.client import CriError
+from node.kubelet import actions as act
+from node.kubelet import podconfig
+from node.kubelet.backoff import Backoff, container_back_off
+from node.kubelet.cri_status import read_pod
+from node.kubelet.images import ImagePuller
+from node.kubelet.runtime_status import (CONTAINER_RUNNING, CONTAINER_UNKNOWN, SANDBOX_READY,
+                                         PodRuntimeStatus)
+from node.kubelet.status import (CRASH_LOOP_BACK_OFF, CREATE_CONTAINER_CONFIG_ERROR,
+                                 CREATE_CONTAINER_ERROR, RUN_CONTAINER_ERROR, ReasonCache)
+
+log = logging.getLogger("node.kubelet.podsync")
+
+
+@dataclass
+class SyncResult:
+    actions: act.PodActions
+    started: list[str]          # containers (and init containers) started this sync
+    failed: dict[str, str]      # container -> waiting reason of a start that failed
+    sandbox_error: str = ""     # why the sandbox could not be made
+
+
+class PodSyncer:
+    """``runtime``: node.cri.client.RuntimeService; ``images``: an ImagePuller;
+    ``lookup(resource, namespace, name) -> data | None`` reads ConfigMaps and Secrets."""
+
+    def __init__(self, runtime, images: ImagePuller, *, log_root: str, backoff: Backoff | None = None,
+                 reasons: ReasonCache | None = None, probe_results=None, lookup=None,
+                 memory_capacity: int = 0, host_ip: str = "") -> None:
+        self.runtime, self.images, self.log_root = runtime, images, log_root
+        self.backoff = backoff if backoff is not None else Backoff()
+        self.reasons = reasons if reasons is not None else ReasonCache()
+        self.probe_results = probe_results
+        self.lookup = lookup
+        self.memory_capacity, self.host_ip = memory_capacity, host_ip
+        self._stoppers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kill")
+
+    def close(self) -> None:
+        self._stoppers.shutdown(wait=True)
+
+    def read(self, pod: core_pb2.Pod) -> PodRuntimeStatus:
+        return read_pod(self.runtime, pod.metadata.uid, pod.metadata.name, pod.metadata.namespace)
+
+    # ---- sync ----
+
+    def sync(self, pod: core_pb2.Pod, status: PodRuntimeStatus | None = None) -> SyncResult:
+        status = status if status is not None else self.read(pod)
+        plan = act.compute_pod_actions(pod, status, self.probe_results)
+        result = SyncResult(plan, [], {})
+        if plan.kill_pod:
+            self.kill_pod(pod, status)
+        else:
+            for info in plan.containers_to_kill.values():
+                log.info("pod %s: killing %s: %s", pod.metadata.name, info.name, info.message)
+                self._stop_container(info.container_id, act.kill_grace_period(pod))
+        if plan.create_sandbox:
+            for cs in status.containers:  # initialization starts over in the new sandbox
+                if any(c.name == cs.name for c in pod.spec.init_containers):
+                    self._remove_container(cs.id)
+        else:  # exited containers beyond the newest of each name go (it stays for lastState and logs)
+            for cid in act.containers_to_remove(status):
+                self._remove_container(cid)
+        if not (plan.create_sandbox or plan.next_init_container or plan.containers_to_start):
+            return result
+
+        sandbox_cfg = podconfig.sandbox_config(pod, plan.attempt, self.log_root)
+        sandbox_id, pod_ip = plan.sandbox_id, (status.ips[0] if status.ips else "")
+        if plan.create_sandbox:
+            try:
+                sandbox_id = self.runtime.run_pod_sandbox(sandbox_cfg)
+                pod_ip = self.runtime.pod_sandbox_status(sandbox_id).status.network.ip
+            except CriError as e:
+                result.sandbox_error = f"Failed to create pod sandbox: {e.details or e}"
+                log.warning("pod %s: %s", pod.metadata.name, result.sandbox_error)
+                return result
+            status = self.read(pod)  # old containers stay for restart counts and lastState
+
+        specs = {c.name: c for c in (*pod.spec.init_containers, *pod.spec.containers)}
+        names = [plan.next_init_container] if plan.next_init_container else plan.containers_to_start
+        for name in names:
+            reason = self._start(pod, specs[name], sandbox_id, sandbox_cfg, status, pod_ip)
+            if reason:
+                result.failed[name] = reason
+            else:
+                result.started.append(name)
+        return result
+
+    def _start(self, pod: core_pb2.Pod, container: core_pb2.Container, sandbox_id: str,
+               sandbox_cfg, status: PodRuntimeStatus, pod_ip: str) -> str:
+        """Starts one container; "" on success, else the waiting reason recorded."""
+        uid, name = pod.metadata.uid, container.name
+
+        def fail(reason: str, message: str) -> str:
+            self.reasons.update(uid, name, reason, message)
+            log.info("pod %s: container %s: %s: %s", pod.metadata.name, name, reason, message)
+            return reason
+
+        message = container_back_off(self.backoff, pod, container, status)
+        if message:
+            return fail(CRASH_LOOP_BACK_OFF, message)
+        image = self.images.ensure(pod, container)
+        if image.reason:
+            return fail(image.reason, image.message)
+        try:
+            env = podconfig.environment(pod, container, pod_ip=pod_ip, host_ip=self.host_ip,
+                                        lookup=self.lookup)
+        except podconfig.ConfigError as e:
+            return fail(CREATE_CONTAINER_CONFIG_ERROR, str(e))
+        restart_count = act.next_restart_count(name, status)
+        cfg = podconfig.container_config(pod, container, restart_count=restart_count,
+                                         image_ref=image.image_ref, env=env,
+                                         memory_capacity=self.memory_capacity)
+        try:
+            cid = self.runtime.create_container(sandbox_id, cfg, sandbox_cfg)
+        except CriError as e:
+            return fail(CREATE_CONTAINER_ERROR, e.details or str(e))
+        try:
+            self.runtime.start_container(cid)
+        except CriError as e:
+            return fail(RUN_CONTAINER_ERROR, e.details or str(e))
+        self.reasons.remove(uid, name)
+        return ""
+
+    # ---- stopping ----
+
+    def _stop_container(self, container_id: str, grace: int) -> None:
+        try:
+            self.runtime.stop_container(container_id, grace)
+        except CriError as e:
+            if not e.not_found:
+                raise
+
+    def _remove_container(self, container_id: str) -> None:
+        try:
+            self.runtime.remove_container(container_id)
+        except CriError as e:
+            if not e.not_found:
+                log.warning("removing container %s: %s", container_id, e)
+
+    def kill_pod(self, pod: core_pb2.Pod | None, status: PodRuntimeStatus, grace: int | None = None) -> None:
+        """Stops every running container of the pod at once (each with the grace
+        period), then its sandboxes. ``pod`` None: an orphan (grace 2 s)."""
+        if grace is None:
+            grace = act.kill_grace_period(pod) if pod is not None else act.MIN_GRACE_PERIOD
+        live = [c.id for c in status.containers if c.state in (CONTAINER_RUNNING, CONTAINER_UNKNOWN)]
+        for f in [self._stoppers.submit(self._stop_container, cid, grace) for cid in live]:
+            f.result()
+        for s in status.sandboxes:
+            if s.state == SANDBOX_READY:
+                try:
+                    self.runtime.stop_pod_sandbox(s.id)
+                except CriError as e:
+                    if not e.not_found:
+                        raise
+
+    def remove_pod(self, status: PodRuntimeStatus) -> None:
+        """Removes a stopped pod's containers and sandboxes from the runtime."""
+        for c in status.containers:
+            self._remove_container(c.id)
+        for s in status.sandboxes:
+            try:
+                self.runtime.remove_pod_sandbox(s.id)
+            except CriError as e:
+                if not e.not_found:
+                    log.warning("removing sandbox %s: %s", s.id, e)
