@@ -93,8 +93,10 @@ def get(client, name):
     return client.get("pods", name, NS)
 
 
-def cstatus(pod, name):
-    return next(c for c in (*pod.status.container_statuses, *pod.status.init_container_statuses) if c.name == name)
+def cstatus(pod, name) -> core_pb2.ContainerStatus:
+    """The container's status; an empty one until the kubelet wrote it."""
+    return next((c for c in (*pod.status.container_statuses, *pod.status.init_container_statuses)
+                 if c.name == name), core_pb2.ContainerStatus())
 
 
 def ready(pod) -> bool:
@@ -102,7 +104,10 @@ def ready(pod) -> bool:
 
 
 def wait_pod(client, name, pred, timeout=30, what="pod state"):
-    return wait_until(lambda: pred(get(client, name)), timeout=timeout, what=what)
+    try:
+        return wait_until(lambda: pred(get(client, name)), timeout=timeout, what=what)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the pod's status now:\n{get(client, name).status}") from None
 
 
 def test_node_registers_ready(client, kubelet, node):
