@@ -209,6 +209,31 @@ def test_failing_liveness_probe_restarts(client, kubelet, node):
              what="liveness restart")
 
 
+def test_failing_readiness_probe_drops_ready_without_restart(client, kubelet, node):
+    probe = core_pb2.Probe(exec=core_pb2.ExecAction(command=["test", "-e", "/tmp/ready"]),
+                           period_seconds=1, failure_threshold=1)
+    c = sh("app", "touch /tmp/ready; exec sleep 3600", readiness_probe=probe)
+    client.create(make_pod(node, "flaky", [c]))
+    wait_pod(client, "flaky", ready, what="flaky Ready")
+    cid = cstatus(get(client, "flaky"), "app").container_id.split("://", 1)[1]
+    assert node.client.exec_sync(cid, ["rm", "/tmp/ready"], 5).exit_code == 0
+    wait_pod(client, "flaky", lambda p: not ready(p) and not cstatus(p, "app").ready, what="flaky not Ready")
+    p = get(client, "flaky")
+    assert next(c.reason for c in p.status.conditions if c.type == "Ready") == "ContainersNotReady"
+    assert (cstatus(p, "app").restart_count, p.status.phase) == (0, "Running")
+    assert node.client.exec_sync(cid, ["touch", "/tmp/ready"], 5).exit_code == 0
+    wait_pod(client, "flaky", ready, what="flaky Ready again")
+
+
+def test_memory_hog_is_oom_killed(client, kubelet, node):
+    hog = sh("hog", "a=xxxxxxxx; while true; do a=$a$a; done",
+             resources=core_pb2.ResourceRequirements(limits={"memory": "32Mi"}))
+    client.create(make_pod(node, "hog", [hog], policy="Never"))
+    wait_pod(client, "hog", lambda p: p.status.phase == "Failed", timeout=60, what="hog Failed")
+    t = cstatus(get(client, "hog"), "hog").state.terminated
+    assert (t.reason, t.exit_code) == ("OOMKilled", 137)
+
+
 def test_bad_input_gives_kubernetes_reasons(client, kubelet, node):
     client.create(make_pod(node, "noimage", [core_pb2.Container(name="c", image="nosuch/image:1",
                                                                  command=["true"])]))
