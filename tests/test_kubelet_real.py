@@ -15,6 +15,7 @@ import functools
 import ipaddress
 import os
 import signal
+import time
 
 import pytest
 from test_cri_runtime import Node, leftovers, need_runtime
@@ -264,6 +265,34 @@ def test_deleted_pod_leaves_nothing(client, kubelet, node):
     wait_until(lambda: _gone(client, "doomed"), timeout=30, what="doomed deleted")
     wait_until(lambda: not read_pod(node.client, uid).containers and not read_pod(node.client, uid).sandboxes,
                timeout=20, what="runtime cleaned")
+
+
+def test_graceful_deletion_runs_pre_stop_then_kills_after_the_grace(client, kubelet, node):
+    c = sh("main", "trap '' TERM; echo started; while true; do sleep 0.2; done")
+    c.lifecycle.pre_stop.exec.command[:] = ["sh", "-c", "echo pre-stop-ran > /proc/1/fd/1"]
+    client.create(make_pod(node, "stubborn", [c]))  # terminationGracePeriodSeconds: 2
+    wait_pod(client, "stubborn", lambda p: p.status.phase == "Running", what="stubborn Running")
+    p = get(client, "stubborn")
+    uid = p.metadata.uid
+    t0 = time.monotonic()
+    client.delete("pods", "stubborn", NS)
+    wait_until(lambda: _gone(client, "stubborn"), timeout=30, what="stubborn deleted")
+    took = time.monotonic() - t0
+    assert 2 <= took < 15, took  # SIGTERM ignored: SIGKILL came after the grace period
+    log = os.path.join(kubelet.root_dir, "pods", f"{NS}_stubborn_{uid}", "main", "0.log")
+    text = open(log).read()
+    assert "started" in text and "pre-stop-ran" in text
+
+
+def test_failing_post_start_hook_kills_the_container(client, kubelet, node):
+    c = sh("main", "exec sleep 3600")
+    c.lifecycle.post_start.exec.command[:] = ["sh", "-c", "exit 7"]
+    client.create(make_pod(node, "badhook", [c]))
+    wait_pod(client, "badhook", lambda p: cstatus(p, "main").state.waiting.reason in
+             ("PostStartHookError", "CrashLoopBackOff") and cstatus(p, "main").restart_count >= 1,
+             what="PostStartHookError")
+    cs = cstatus(get(client, "badhook"), "main")
+    assert cs.last_state.terminated.exit_code == 137  # killed by the kubelet
 
 
 def _gone(client, name):

@@ -8,7 +8,10 @@ the back-off gate, the image pull, the config (env sources) and the CRI
 create and start calls; the first that fails is remembered in the
 ReasonCache as the container's waiting reason (CrashLoopBackOff,
 ErrImagePull, ImagePullBackOff, CreateContainerConfigError,
-CreateContainerError, RunContainerError), and a success clears it.
+CreateContainerError, RunContainerError), and a success clears it. A
+container's postStart hook runs after its start (a failure kills it:
+PostStartHookError); its preStop hook runs before every stop, within the
+grace period.
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ from node.kubelet import actions as act
 from node.kubelet import podconfig
 from node.kubelet.backoff import Backoff, container_back_off
 from node.kubelet.cri_status import read_pod
+from node.kubelet.hooks import HookRunner
 from node.kubelet.images import ImagePuller
 from node.kubelet.runtime_status import (CONTAINER_RUNNING, CONTAINER_UNKNOWN, SANDBOX_READY,
                                          PodRuntimeStatus)
 from node.kubelet.status import (CRASH_LOOP_BACK_OFF, CREATE_CONTAINER_CONFIG_ERROR,
                                  CREATE_CONTAINER_ERROR, RUN_CONTAINER_ERROR, ReasonCache)
+
+POST_START_HOOK_ERROR = "PostStartHookError"
 
 log = logging.getLogger("node.kubelet.podsync")
 
@@ -46,13 +52,14 @@ class PodSyncer:
 
     def __init__(self, runtime, images: ImagePuller, *, log_root: str, backoff: Backoff | None = None,
                  reasons: ReasonCache | None = None, probe_results=None, lookup=None,
-                 memory_capacity: int = 0, host_ip: str = "") -> None:
+                 memory_capacity: int = 0, host_ip: str = "", hooks: HookRunner | None = None) -> None:
         self.runtime, self.images, self.log_root = runtime, images, log_root
         self.backoff = backoff if backoff is not None else Backoff()
         self.reasons = reasons if reasons is not None else ReasonCache()
         self.probe_results = probe_results
         self.lookup = lookup
         self.memory_capacity, self.host_ip = memory_capacity, host_ip
+        self.hooks = hooks if hooks is not None else HookRunner()
         self._stoppers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kill")
 
     def close(self) -> None:
@@ -72,7 +79,8 @@ class PodSyncer:
         else:
             for info in plan.containers_to_kill.values():
                 log.info("pod %s: killing %s: %s", pod.metadata.name, info.name, info.message)
-                self._stop_container(info.container_id, act.kill_grace_period(pod))
+                self._kill_container(pod, info.container_id, info.name, status,
+                                     act.kill_grace_period(pod))
         if plan.create_sandbox:
             for cs in status.containers:  # initialization starts over in the new sandbox
                 if any(c.name == cs.name for c in pod.spec.init_containers):
@@ -138,10 +146,28 @@ class PodSyncer:
             self.runtime.start_container(cid)
         except CriError as e:
             return fail(RUN_CONTAINER_ERROR, e.details or str(e))
+        if container.HasField("lifecycle") and container.lifecycle.HasField("post_start"):
+            message = self.hooks.run(container.lifecycle.post_start, pod, container, cid, pod_ip,
+                                     act.kill_grace_period(pod))
+            if message:
+                self._kill_container(pod, cid, name, status, act.kill_grace_period(pod), pod_ip=pod_ip)
+                return fail(POST_START_HOOK_ERROR, message)
         self.reasons.remove(uid, name)
         return ""
 
     # ---- stopping ----
+
+    def _kill_container(self, pod: core_pb2.Pod | None, container_id: str, name: str,
+                        status: PodRuntimeStatus, grace: int, pod_ip: str | None = None) -> None:
+        """preStop (when the spec has one), then stop: SIGTERM, SIGKILL after what is left of the grace."""
+        spec = None
+        if pod is not None:
+            spec = next((c for c in (*pod.spec.init_containers, *pod.spec.containers) if c.name == name), None)
+        ip = pod_ip if pod_ip is not None else (status.ips[0] if status.ips else "")
+        grace, message = self.hooks.pre_stop(pod, spec, container_id, ip, grace, act.MIN_GRACE_PERIOD)
+        if message:
+            log.warning("%s", message)
+        self._stop_container(container_id, grace)
 
     def _stop_container(self, container_id: str, grace: int) -> None:
         try:
@@ -162,8 +188,8 @@ class PodSyncer:
         period), then its sandboxes. ``pod`` None: an orphan (grace 2 s)."""
         if grace is None:
             grace = act.kill_grace_period(pod) if pod is not None else act.MIN_GRACE_PERIOD
-        live = [c.id for c in status.containers if c.state in (CONTAINER_RUNNING, CONTAINER_UNKNOWN)]
-        for f in [self._stoppers.submit(self._stop_container, cid, grace) for cid in live]:
+        live = [c for c in status.containers if c.state in (CONTAINER_RUNNING, CONTAINER_UNKNOWN)]
+        for f in [self._stoppers.submit(self._kill_container, pod, c.id, c.name, status, grace) for c in live]:
             f.result()
         for s in status.sandboxes:
             if s.state == SANDBOX_READY:

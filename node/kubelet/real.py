@@ -43,6 +43,7 @@ from controllers.workqueue import RateLimitingQueue, start_workers
 from node.cri.client import CriError
 from node.kubelet.backoff import Backoff
 from node.kubelet.cri_status import container_states, pods_on_runtime, read_pod
+from node.kubelet.hooks import HookRunner
 from node.kubelet.images import ImagePuller
 from node.kubelet.nodeagent import NodeAgent
 from node.kubelet.podsync import PodSyncer
@@ -82,7 +83,8 @@ class RealKubelet:
         puller = ImagePuller(self._image_ref, self._pull, Backoff())
         self.syncer = PodSyncer(runtime, puller, log_root=os.path.join(root, "pods"), backoff=self.backoff,
                                 reasons=self.reasons, probe_results=self.probe_results,
-                                lookup=self._lookup, memory_capacity=bytes_of(memory), host_ip=node_ip)
+                                lookup=self._lookup, memory_capacity=bytes_of(memory), host_ip=node_ip,
+                                hooks=HookRunner(exec_sync=self._exec_sync, connect=connect))
         self.probes = ProbeManager(self.probe_results, Prober(exec_sync=self._exec_sync, connect=connect),
                                    self._status_of)
         self.pods = Informer(client, "pods", field_selector=f"spec.nodeName={node_name}")
