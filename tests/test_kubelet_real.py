@@ -56,12 +56,12 @@ def node(tmp_path_factory):
     assert leftovers(n) == {}
 
 
-def start_kubelet(client, node, root):
+def start_kubelet(client, node, root, **kw):
     return RealKubelet(client, node.client, node.client.images, node.net.name, node_ip=node.net.ip,
                        root=str(root), pod_cidr=node.net.pod_cidr,
                        capacity={"cpu": "4", "memory": "8Gi", "pods": "50"},
                        connect=functools.partial(connect_in, node.net.name),
-                       sync_period=2.0, retry_period=0.5, heartbeat_interval=1.0).start()
+                       sync_period=2.0, retry_period=0.5, heartbeat_interval=1.0, **kw).start()
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +173,44 @@ def test_crashing_container_backs_off(client, kubelet, node):
     assert cs.last_state.terminated.exit_code == 1
     assert cs.restart_count >= 1
     assert get(client, "crasher").status.phase == "Running"
+
+
+def test_restart_delays_grow(client, tmp_path):
+    """A kubelet with a 1 s back-off (cap 8 s), on a node of its own, shows the doubling on real restarts."""
+    node = Node(tmp_path / "node")
+    try:
+        node.start()
+        k = start_kubelet(client, node, tmp_path / "kubelet", backoff=(1.0, 8.0))
+        try:
+            client.create(make_pod(node, "doubler", [sh("boom", "exit 1")]))
+            uid = wait_until(lambda: _uid(client, "doubler"), timeout=10)
+            runs: dict[str, tuple[float, float]] = {}  # container id -> (started, finished)
+
+            def seen_runs():
+                for c in read_pod(node.client, uid).containers:
+                    if c.finished_at:
+                        runs[c.id] = (c.started_at, c.finished_at)
+                return len(runs) >= 5
+            wait_until(seen_runs, timeout=40, interval=0.05, what="five runs")
+            ordered = sorted(runs.values())
+            gaps = [round(b[0] - a[1], 1) for a, b in zip(ordered, ordered[1:])]
+            # the first restart is at once, then 1, 2, 4 s (plus the sync's own latency)
+            assert gaps[0] < 1.0, gaps
+            for want, got in zip((1, 2, 4), gaps[1:]):
+                assert want <= got < want + 2.0, gaps
+        finally:
+            k.stop()
+            client.delete("pods", "doubler", NS)
+    finally:
+        problems = node.teardown()
+    assert problems == [] and leftovers(node) == {}
+
+
+def _uid(client, name):
+    try:
+        return get(client, name).metadata.uid
+    except ApiError:
+        return None
 
 
 @pytest.mark.parametrize("script,phase,code,reason", [("exit 0", "Succeeded", 0, "Completed"),

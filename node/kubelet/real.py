@@ -41,7 +41,7 @@ from apiserver.quantity import bytes_of
 from controllers.informer import Informer, deep_copy, meta_namespace_key
 from controllers.workqueue import RateLimitingQueue, start_workers
 from node.cri.client import CriError
-from node.kubelet.backoff import Backoff
+from node.kubelet.backoff import INITIAL, MAX, Backoff
 from node.kubelet.cri_status import container_states, pods_on_runtime, read_pod
 from node.kubelet.hooks import HookRunner
 from node.kubelet.images import ImagePuller
@@ -65,7 +65,9 @@ class RealKubelet:
                  pod_cidr: str = "", capacity: dict[str, str] | None = None,
                  labels: dict[str, str] | None = None, connect=default_connect, workers: int = 4,
                  sync_period: float = 10.0, retry_period: float = 1.0, relist_period: float = 1.0,
-                 heartbeat_interval: float = 10.0, status_interval: float = 60.0) -> None:
+                 heartbeat_interval: float = 10.0, status_interval: float = 60.0,
+                 backoff: tuple[float, float] = (INITIAL, MAX)) -> None:
+        """``backoff``: the restart back-off's first delay and cap (Kubernetes' 10 s and 300 s)."""
         self.client, self.runtime, self.image_service = client, runtime, images
         self.node_name, self.node_ip, self.pod_cidr = node_name, node_ip, pod_cidr
         self.root = root
@@ -78,7 +80,7 @@ class RealKubelet:
                                status_interval=status_interval)
         memory = self.agent.capacity.get("memory", "0")
         self.reasons = ReasonCache()
-        self.backoff = Backoff()
+        self.backoff = Backoff(*backoff)
         self.probe_results = ProbeResults(on_change=self._probe_changed)
         puller = ImagePuller(self._image_ref, self._pull, Backoff())
         self.syncer = PodSyncer(runtime, puller, log_root=os.path.join(root, "pods"), backoff=self.backoff,
