@@ -173,6 +173,8 @@ def test_crashing_container_backs_off(client, kubelet, node):
     assert cs.last_state.terminated.exit_code == 1
     assert cs.restart_count >= 1
     assert get(client, "crasher").status.phase == "Running"
+    wait_until(lambda: _events(client, "crasher").get("BackOff", "").startswith(
+        "Back-off restarting failed container boom in pod crasher_work("), timeout=10, what="BackOff event")
 
 
 def test_restart_delays_grow(client, tmp_path):
@@ -246,6 +248,11 @@ def test_failing_liveness_probe_restarts(client, kubelet, node):
     client.create(make_pod(node, "unhealthy", [c]))
     wait_pod(client, "unhealthy", lambda p: cstatus(p, "app").restart_count >= 1, timeout=40,
              what="liveness restart")
+    seen = wait_until(lambda: (lambda ev: ev if {"Unhealthy", "Killing", "Started"} <= set(ev) else None)(
+        _events(client, "unhealthy")), timeout=10, what="the kubelet's events")
+    assert seen["Unhealthy"].startswith("Liveness probe failed")
+    assert seen["Killing"] == "Container app failed liveness probe, will be restarted"
+    assert seen["Started"] == "Started container app"
 
 
 def test_failing_readiness_probe_drops_ready_without_restart(client, kubelet, node):
@@ -331,6 +338,11 @@ def test_failing_post_start_hook_kills_the_container(client, kubelet, node):
              what="PostStartHookError")
     cs = cstatus(get(client, "badhook"), "main")
     assert cs.last_state.terminated.exit_code == 137  # killed by the kubelet
+
+
+def _events(client, name) -> dict:
+    """{reason: message} of the events about pod ``name``."""
+    return {e.reason: e.message for e in client.list("events", NS).items if e.involved_object.name == name}
 
 
 def _gone(client, name):

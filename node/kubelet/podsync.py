@@ -31,7 +31,8 @@ from node.kubelet.images import ImagePuller
 from node.kubelet.runtime_status import (CONTAINER_RUNNING, CONTAINER_UNKNOWN, SANDBOX_READY,
                                          PodRuntimeStatus)
 from node.kubelet.status import (CRASH_LOOP_BACK_OFF, CREATE_CONTAINER_CONFIG_ERROR,
-                                 CREATE_CONTAINER_ERROR, RUN_CONTAINER_ERROR, ReasonCache)
+                                 CREATE_CONTAINER_ERROR, IMAGE_PULL_BACK_OFF, RUN_CONTAINER_ERROR,
+                                 ReasonCache)
 
 POST_START_HOOK_ERROR = "PostStartHookError"
 
@@ -52,7 +53,10 @@ class PodSyncer:
 
     def __init__(self, runtime, images: ImagePuller, *, log_root: str, backoff: Backoff | None = None,
                  reasons: ReasonCache | None = None, probe_results=None, lookup=None,
-                 memory_capacity: int = 0, host_ip: str = "", hooks: HookRunner | None = None) -> None:
+                 memory_capacity: int = 0, host_ip: str = "", hooks: HookRunner | None = None,
+                 recorder=None) -> None:
+        """``recorder``: an EventRecorder for the pod's events (Created, Started,
+        Killing, BackOff, Failed, FailedCreatePodSandBox), as the kubelet's."""
         self.runtime, self.images, self.log_root = runtime, images, log_root
         self.backoff = backoff if backoff is not None else Backoff()
         self.reasons = reasons if reasons is not None else ReasonCache()
@@ -60,7 +64,12 @@ class PodSyncer:
         self.lookup = lookup
         self.memory_capacity, self.host_ip = memory_capacity, host_ip
         self.hooks = hooks if hooks is not None else HookRunner()
+        self.recorder = recorder
         self._stoppers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kill")
+
+    def _event(self, pod, type_: str, reason: str, message: str) -> None:
+        if self.recorder is not None and pod is not None:
+            self.recorder.event(pod, type_, reason, message)
 
     def close(self) -> None:
         self._stoppers.shutdown(wait=True)
@@ -79,6 +88,7 @@ class PodSyncer:
         else:
             for info in plan.containers_to_kill.values():
                 log.info("pod %s: killing %s: %s", pod.metadata.name, info.name, info.message)
+                self._event(pod, "Normal", "Killing", info.message)
                 self._kill_container(pod, info.container_id, info.name, status,
                                      act.kill_grace_period(pod))
         if plan.create_sandbox:
@@ -100,6 +110,7 @@ class PodSyncer:
             except CriError as e:
                 result.sandbox_error = f"Failed to create pod sandbox: {e.details or e}"
                 log.warning("pod %s: %s", pod.metadata.name, result.sandbox_error)
+                self._event(pod, "Warning", "FailedCreatePodSandBox", result.sandbox_error)
                 return result
             status = self.read(pod)  # old containers stay for restart counts and lastState
 
@@ -125,14 +136,21 @@ class PodSyncer:
 
         message = container_back_off(self.backoff, pod, container, status)
         if message:
+            self._event(pod, "Warning", "BackOff", f"Back-off restarting failed container {name} in pod "
+                        f"{pod.metadata.name}_{pod.metadata.namespace}({uid})")
             return fail(CRASH_LOOP_BACK_OFF, message)
         image = self.images.ensure(pod, container)
         if image.reason:
+            if image.reason == IMAGE_PULL_BACK_OFF:
+                self._event(pod, "Normal", "BackOff", image.message)
+            else:
+                self._event(pod, "Warning", "Failed", image.message)
             return fail(image.reason, image.message)
         try:
             env = podconfig.environment(pod, container, pod_ip=pod_ip, host_ip=self.host_ip,
                                         lookup=self.lookup)
         except podconfig.ConfigError as e:
+            self._event(pod, "Warning", "Failed", f"Error: {e}")
             return fail(CREATE_CONTAINER_CONFIG_ERROR, str(e))
         restart_count = act.next_restart_count(name, status)
         cfg = podconfig.container_config(pod, container, restart_count=restart_count,
@@ -141,15 +159,20 @@ class PodSyncer:
         try:
             cid = self.runtime.create_container(sandbox_id, cfg, sandbox_cfg)
         except CriError as e:
+            self._event(pod, "Warning", "Failed", f"Error: {e.details or e}")
             return fail(CREATE_CONTAINER_ERROR, e.details or str(e))
+        self._event(pod, "Normal", "Created", f"Created container {name}")
         try:
             self.runtime.start_container(cid)
         except CriError as e:
+            self._event(pod, "Warning", "Failed", f"Error: {e.details or e}")
             return fail(RUN_CONTAINER_ERROR, e.details or str(e))
+        self._event(pod, "Normal", "Started", f"Started container {name}")
         if container.HasField("lifecycle") and container.lifecycle.HasField("post_start"):
             message = self.hooks.run(container.lifecycle.post_start, pod, container, cid, pod_ip,
                                      act.kill_grace_period(pod))
             if message:
+                self._event(pod, "Warning", "FailedPostStartHook", message)
                 self._kill_container(pod, cid, name, status, act.kill_grace_period(pod), pod_ip=pod_ip)
                 return fail(POST_START_HOOK_ERROR, message)
         self.reasons.remove(uid, name)
@@ -167,6 +190,7 @@ class PodSyncer:
         grace, message = self.hooks.pre_stop(pod, spec, container_id, ip, grace, act.MIN_GRACE_PERIOD)
         if message:
             log.warning("%s", message)
+            self._event(pod, "Warning", "FailedPreStopHook", message)
         self._stop_container(container_id, grace)
 
     def _stop_container(self, container_id: str, grace: int) -> None:

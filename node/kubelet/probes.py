@@ -241,8 +241,11 @@ class ProbeWorker:
     def __init__(self, kind: str, pod: core_pb2.Pod, container: core_pb2.Container,
                  results: ProbeResults, prober: Prober,
                  status_of: Callable[[str], core_pb2.PodStatus | None],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 on_failure: Callable[[core_pb2.Pod, str, str, str], None] | None = None) -> None:
+        """``on_failure(pod, kind, container name, output)``: each failed run (an Unhealthy event)."""
         self.kind = kind
+        self.on_failure = on_failure
         self.pod = pod
         self.container = container
         self.spec: core_pb2.Probe = getattr(container, _PROBE_FIELD[kind])
@@ -306,6 +309,8 @@ class ProbeWorker:
         if result == FAILURE:
             log.info("pod %s: %s probe of %s failed: %s", self.pod.metadata.name, self.kind,
                      self.container.name, self.last_output[:200])
+            if self.on_failure is not None:
+                self.on_failure(self.pod, self.kind, self.container.name, self.last_output)
         if result == self.last_result:
             self.result_run += 1
         else:
@@ -337,8 +342,10 @@ class ProbeManager:
 
     def __init__(self, results: ProbeResults, prober: Prober,
                  status_of: Callable[[str], core_pb2.PodStatus | None], *, workers: int = 4,
-                 clock: Callable[[], float] = time.time, jitter_first: bool = False) -> None:
+                 clock: Callable[[], float] = time.time, jitter_first: bool = False,
+                 on_failure: Callable[[core_pb2.Pod, str, str, str], None] | None = None) -> None:
         self.results, self.prober, self.status_of, self.clock = results, prober, status_of, clock
+        self.on_failure = on_failure
         self.jitter_first = jitter_first  # a restarted kubelet spreads its first probes over a period
         self._lock = threading.Condition()
         self._workers: dict[tuple[str, str, str], ProbeWorker] = {}
@@ -371,7 +378,8 @@ class ProbeManager:
                     if key in self._workers:
                         self._workers[key].pod = pod
                         continue
-                    w = ProbeWorker(kind, pod, c, self.results, self.prober, self.status_of, self.clock)
+                    w = ProbeWorker(kind, pod, c, self.results, self.prober, self.status_of, self.clock,
+                                    self.on_failure)
                     self._workers[key] = w
                     delay = random.uniform(0, w.period) if self.jitter_first else 0.0
                     self._push(time.monotonic() + delay, w)

@@ -38,6 +38,7 @@ import threading
 from apiserver.errors import ApiError
 from apiserver.pb import core_pb2
 from apiserver.quantity import bytes_of
+from controllers.events import EventRecorder
 from controllers.informer import Informer, deep_copy, meta_namespace_key
 from controllers.workqueue import RateLimitingQueue, start_workers
 from node.cri.client import CriError
@@ -79,6 +80,7 @@ class RealKubelet:
                                ready=self._runtime_ready, heartbeat_interval=heartbeat_interval,
                                status_interval=status_interval)
         memory = self.agent.capacity.get("memory", "0")
+        self.recorder = EventRecorder(client, "kubelet", node_name)
         self.reasons = ReasonCache()
         self.backoff = Backoff(*backoff)
         self.probe_results = ProbeResults(on_change=self._probe_changed)
@@ -86,9 +88,10 @@ class RealKubelet:
         self.syncer = PodSyncer(runtime, puller, log_root=os.path.join(root, "pods"), backoff=self.backoff,
                                 reasons=self.reasons, probe_results=self.probe_results,
                                 lookup=self._lookup, memory_capacity=bytes_of(memory), host_ip=node_ip,
-                                hooks=HookRunner(exec_sync=self._exec_sync, connect=connect))
+                                hooks=HookRunner(exec_sync=self._exec_sync, connect=connect),
+                                recorder=self.recorder)
         self.probes = ProbeManager(self.probe_results, Prober(exec_sync=self._exec_sync, connect=connect),
-                                   self._status_of)
+                                   self._status_of, on_failure=self._unhealthy)
         self.pods = Informer(client, "pods", field_selector=f"spec.nodeName={node_name}")
         self.pods.add_handler(self._pod_added, lambda old, new: self._pod_added(new), self._pod_deleted)
         self.queue = RateLimitingQueue(name=f"kubelet-{node_name}")
@@ -124,6 +127,7 @@ class RealKubelet:
         for t in self._threads:
             t.join(timeout)
         self.syncer.close()
+        self.recorder.stop()
 
     def wait_synced(self, timeout: float = 30.0) -> bool:
         return self.pods.wait_for_sync(timeout)
@@ -185,6 +189,9 @@ class RealKubelet:
         if key:
             self.queue.add(key)
 
+    def _unhealthy(self, pod, kind: str, container: str, output: str) -> None:
+        self.recorder.event(pod, "Warning", "Unhealthy", f"{kind.capitalize()} probe failed: {output}")
+
     def _status_of(self, uid: str):
         with self._lock:
             return self._statuses.get(uid)
@@ -222,7 +229,6 @@ class RealKubelet:
             return
         uid = pod.metadata.uid
         self.probes.add_pod(pod)
-        self.probes.update_pod(pod)
         result = self.syncer.sync(pod)
         runtime = self.syncer.read(pod)
         if pod.metadata.deletion_timestamp:
@@ -230,8 +236,6 @@ class RealKubelet:
             return
         status = generate_pod_status(pod, runtime, runtime_name=self.runtime_name, host_ip=self.node_ip,
                                      reasons=self.reasons, probe_results=self.probe_results)
-        if result.sandbox_error and not status.message:
-            status.reason, status.message = "", result.sandbox_error
         with self._lock:
             self._statuses[uid] = status
         if status_differs(pod.status, status):
