@@ -26,6 +26,7 @@ from apiserver.pb import core_pb2
 from harness.etcd_client import wait_until
 from harness.plane import apiserver_on_etcdlite
 from node.kubelet.cri_status import read_pod
+from node.kubelet import volumes
 from node.kubelet.real import RealKubelet
 from node.network.netns import connect_in, http_get_in
 
@@ -69,8 +70,12 @@ def kubelet(client, node, tmp_path_factory):
     root = tmp_path_factory.mktemp("kubelet")
     k = start_kubelet(client, node, root)
     k.root_dir = root
-    yield k
-    k.stop()
+    try:
+        yield k
+    finally:
+        k.stop()
+        volumes.cleanup(str(root))  # pods still running keep their volumes mounted, as a kubelet's do
+    assert volumes.mount_points(str(root)) == []
 
 
 def make_pod(node, name, containers, *, inits=(), policy="Always"):
@@ -294,6 +299,17 @@ def test_bad_input_gives_kubernetes_reasons(client, kubelet, node):
              what="CreateContainerConfigError")
     assert cstatus(get(client, "noconfig"), "c").state.waiting.message == 'configmap "missing" not found'
     assert get(client, "noimage").status.phase == "Pending"
+    # a volume naming a missing ConfigMap: ContainerCreating, and a FailedMount event
+    p = make_pod(node, "novolume", [sh("c", "sleep 3600", volume_mounts=[
+        core_pb2.VolumeMount(name="v", mount_path="/v")])])
+    p.spec.volumes.add(name="v", config_map=core_pb2.ConfigMapVolumeSource(name="absent"))
+    client.create(p)
+    wait_until(lambda: _events(client, "novolume").get("FailedMount") ==
+               'MountVolume.SetUp failed for volume "v" : configmap "absent" not found', timeout=10,
+               what="FailedMount event")
+    p = get(client, "novolume")
+    assert p.status.phase == "Pending"
+    assert cstatus(p, "c").state.waiting.reason == "ContainerCreating"
     # the ConfigMap appears: the container starts
     cm = core_pb2.ConfigMap(data={"k": "v"})
     cm.metadata.name, cm.metadata.namespace = "missing", NS
@@ -324,7 +340,7 @@ def test_graceful_deletion_runs_pre_stop_then_kills_after_the_grace(client, kube
     wait_until(lambda: _gone(client, "stubborn"), timeout=30, what="stubborn deleted")
     took = time.monotonic() - t0
     assert 2 <= took < 15, took  # SIGTERM ignored: SIGKILL came after the grace period
-    log = os.path.join(kubelet.root_dir, "pods", f"{NS}_stubborn_{uid}", "main", "0.log")
+    log = os.path.join(kubelet.root_dir, "logs", f"{NS}_stubborn_{uid}", "main", "0.log")
     text = open(log).read()
     assert "started" in text and "pre-stop-ran" in text
 
@@ -338,6 +354,82 @@ def test_failing_post_start_hook_kills_the_container(client, kubelet, node):
              what="PostStartHookError")
     cs = cstatus(get(client, "badhook"), "main")
     assert cs.last_state.terminated.exit_code == 137  # killed by the kubelet
+
+
+def exec_out(node, pod, container, cmd) -> str:
+    cid = cstatus(pod, container).container_id.split("://", 1)[1]
+    resp = node.client.exec_sync(cid, cmd, 5)
+    assert resp.exit_code == 0, (cmd, resp.stderr)
+    return resp.stdout.decode()
+
+
+def test_config_map_env_and_volume_follow_the_object(client, kubelet, node):
+    cm = core_pb2.ConfigMap(data={"greeting": "hello", "mode": "a"})
+    cm.metadata.name, cm.metadata.namespace = "settings", NS
+    client.create(cm)
+    c = sh("app", "exec sleep 3600", env=[core_pb2.EnvVar(name="GREETING", value_from=core_pb2.EnvVarSource(
+        config_map_key_ref=core_pb2.KeySelector(name="settings", key="greeting")))],
+        volume_mounts=[core_pb2.VolumeMount(name="cfg", mount_path="/etc/settings")])
+    p = make_pod(node, "configured", [c])
+    p.spec.volumes.add(name="cfg", config_map=core_pb2.ConfigMapVolumeSource(name="settings"))
+    client.create(p)
+    wait_pod(client, "configured", lambda p: p.status.phase == "Running", what="configured Running")
+    p = get(client, "configured")
+    assert exec_out(node, p, "app", ["sh", "-c", "echo $GREETING"]).strip() == "hello"
+    assert exec_out(node, p, "app", ["cat", "/etc/settings/mode"]) == "a"
+    cm = client.get("configmaps", "settings", NS)
+    cm.data["mode"] = "b"
+    client.update(cm)
+    # within the kubelet's sync period (2 s here), in the running container
+    wait_until(lambda: exec_out(node, p, "app", ["cat", "/etc/settings/mode"]) == "b", timeout=10,
+               what="the new file in the container")
+    assert cstatus(get(client, "configured"), "app").restart_count == 0
+
+
+def test_secret_volume_is_tmpfs_and_nowhere_on_disk(client, kubelet, node):
+    secret_bytes = f"s3cr3t-{os.getpid()}-{time.monotonic_ns()}".encode()
+    sec = core_pb2.Secret(data={"password": secret_bytes})
+    sec.metadata.name, sec.metadata.namespace = "creds", NS
+    client.create(sec)
+    c = sh("app", "exec sleep 3600", volume_mounts=[core_pb2.VolumeMount(name="creds", mount_path="/etc/creds",
+                                                                          read_only=True)])
+    p = make_pod(node, "secretive", [c])
+    p.spec.volumes.add(name="creds", secret=core_pb2.SecretVolumeSource(secret_name="creds"))
+    client.create(p)
+    wait_pod(client, "secretive", lambda p: p.status.phase == "Running", what="secretive Running")
+    p = get(client, "secretive")
+    assert exec_out(node, p, "app", ["cat", "/etc/creds/password"]).encode() == secret_bytes
+    mounts = [line.split() for line in exec_out(node, p, "app", ["cat", "/proc/mounts"]).splitlines()]
+    assert any(m[1] == "/etc/creds" and m[2] == "tmpfs" for m in mounts), mounts
+    tmpfs = {line.split()[1] for line in open("/proc/self/mounts") if line.split()[2] == "tmpfs"}
+    for top in (str(kubelet.root_dir), node.root, node.images):
+        for d, dirs, files in os.walk(top):
+            dirs[:] = [x for x in dirs if os.path.join(d, x) not in tmpfs]
+            for f in files:
+                path = os.path.join(d, f)
+                if os.path.isfile(path) and not os.path.islink(path) and os.path.getsize(path) < 16 << 20:
+                    with open(path, "rb") as fh:
+                        assert secret_bytes not in fh.read(), f"the secret is on disk in {path}"
+
+
+def test_empty_dir_survives_a_restart_and_goes_with_the_pod(client, kubelet, node):
+    c = sh("app", "exec sleep 3600", volume_mounts=[core_pb2.VolumeMount(name="cache", mount_path="/cache")])
+    p = make_pod(node, "scratchy", [c])
+    p.spec.volumes.add(name="cache", empty_dir=core_pb2.EmptyDirVolumeSource())
+    client.create(p)
+    wait_pod(client, "scratchy", lambda p: p.status.phase == "Running", what="scratchy Running")
+    p = get(client, "scratchy")
+    exec_out(node, p, "app", ["sh", "-c", "echo kept > /cache/file"])
+    os.kill(_container_pid(node, cstatus(p, "app").container_id.split("://", 1)[1]), signal.SIGKILL)
+    wait_pod(client, "scratchy", lambda p: cstatus(p, "app").restart_count == 1
+             and cstatus(p, "app").state.HasField("running"), what="scratchy restarted")
+    p = get(client, "scratchy")
+    assert exec_out(node, p, "app", ["cat", "/cache/file"]) == "kept\n"
+    vol = kubelet.volumes.pod_dir(p.metadata.uid)
+    assert os.path.isdir(vol)
+    client.delete("pods", "scratchy", NS)
+    wait_until(lambda: _gone(client, "scratchy"), timeout=30, what="scratchy deleted")
+    wait_until(lambda: not os.path.exists(vol), timeout=20, what="its volumes removed")
 
 
 def _events(client, name) -> dict:

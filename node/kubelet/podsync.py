@@ -28,6 +28,7 @@ from node.kubelet.backoff import Backoff, container_back_off
 from node.kubelet.cri_status import read_pod
 from node.kubelet.hooks import HookRunner
 from node.kubelet.images import ImagePuller
+from node.kubelet.volumes import VolumeError, VolumeManager
 from node.kubelet.runtime_status import (CONTAINER_RUNNING, CONTAINER_UNKNOWN, SANDBOX_READY,
                                          PodRuntimeStatus)
 from node.kubelet.status import (CRASH_LOOP_BACK_OFF, CREATE_CONTAINER_CONFIG_ERROR,
@@ -45,6 +46,7 @@ class SyncResult:
     started: list[str]          # containers (and init containers) started this sync
     failed: dict[str, str]      # container -> waiting reason of a start that failed
     sandbox_error: str = ""     # why the sandbox could not be made
+    volume_error: str = ""      # why a volume could not be set up (FailedMount)
 
 
 class PodSyncer:
@@ -54,7 +56,7 @@ class PodSyncer:
     def __init__(self, runtime, images: ImagePuller, *, log_root: str, backoff: Backoff | None = None,
                  reasons: ReasonCache | None = None, probe_results=None, lookup=None,
                  memory_capacity: int = 0, host_ip: str = "", hooks: HookRunner | None = None,
-                 recorder=None) -> None:
+                 recorder=None, volumes: VolumeManager | None = None) -> None:
         """``recorder``: an EventRecorder for the pod's events (Created, Started,
         Killing, BackOff, Failed, FailedCreatePodSandBox), as the kubelet's."""
         self.runtime, self.images, self.log_root = runtime, images, log_root
@@ -65,6 +67,7 @@ class PodSyncer:
         self.memory_capacity, self.host_ip = memory_capacity, host_ip
         self.hooks = hooks if hooks is not None else HookRunner()
         self.recorder = recorder
+        self.volumes = volumes
         self._stoppers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kill")
 
     def _event(self, pod, type_: str, reason: str, message: str) -> None:
@@ -98,6 +101,15 @@ class PodSyncer:
         else:  # exited containers beyond the newest of each name go (it stays for lastState and logs)
             for cid in act.containers_to_remove(status):
                 self._remove_container(cid)
+        paths: dict[str, str] = {}
+        if self.volumes is not None and (not plan.kill_pod or plan.create_sandbox):
+            # every sync: a changed ConfigMap or Secret reaches the running containers
+            try:
+                paths = self.volumes.setup(pod)
+            except (VolumeError, OSError) as e:
+                result.volume_error = str(e)
+                self._event(pod, "Warning", "FailedMount", result.volume_error)
+                return result
         if not (plan.create_sandbox or plan.next_init_container or plan.containers_to_start):
             return result
 
@@ -117,7 +129,7 @@ class PodSyncer:
         specs = {c.name: c for c in (*pod.spec.init_containers, *pod.spec.containers)}
         names = [plan.next_init_container] if plan.next_init_container else plan.containers_to_start
         for name in names:
-            reason = self._start(pod, specs[name], sandbox_id, sandbox_cfg, status, pod_ip)
+            reason = self._start(pod, specs[name], sandbox_id, sandbox_cfg, status, pod_ip, paths)
             if reason:
                 result.failed[name] = reason
             else:
@@ -125,7 +137,7 @@ class PodSyncer:
         return result
 
     def _start(self, pod: core_pb2.Pod, container: core_pb2.Container, sandbox_id: str,
-               sandbox_cfg, status: PodRuntimeStatus, pod_ip: str) -> str:
+               sandbox_cfg, status: PodRuntimeStatus, pod_ip: str, paths: dict[str, str]) -> str:
         """Starts one container; "" on success, else the waiting reason recorded."""
         uid, name = pod.metadata.uid, container.name
 
@@ -149,12 +161,13 @@ class PodSyncer:
         try:
             env = podconfig.environment(pod, container, pod_ip=pod_ip, host_ip=self.host_ip,
                                         lookup=self.lookup)
-        except podconfig.ConfigError as e:
+            mounts = self.volumes.mounts(container, paths) if self.volumes is not None else []
+        except (podconfig.ConfigError, VolumeError) as e:
             self._event(pod, "Warning", "Failed", f"Error: {e}")
             return fail(CREATE_CONTAINER_CONFIG_ERROR, str(e))
         restart_count = act.next_restart_count(name, status)
         cfg = podconfig.container_config(pod, container, restart_count=restart_count,
-                                         image_ref=image.image_ref, env=env,
+                                         image_ref=image.image_ref, env=env, mounts=mounts,
                                          memory_capacity=self.memory_capacity)
         try:
             cid = self.runtime.create_container(sandbox_id, cfg, sandbox_cfg)

@@ -23,7 +23,8 @@ counts.
 
 Run alone: ``python -m node.kubelet.real --server 127.0.0.1:6443
 --runtime unix:///run/kp3fa2-n0/cri.sock --node-name kp3fa2-n0 --node-ip 10.250.0.1
---pod-cidr 10.244.0.0/24 --root DIR [--netns kp3fa2-n0]``.
+--pod-cidr 10.244.0.0/24 --root DIR [--netns kp3fa2-n0]``. Under DIR: ``logs/`` (the pods'
+container logs, as /var/log/pods) and ``pods/<uid>/volumes`` (as /var/lib/kubelet/pods).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from node.kubelet.podsync import PodSyncer
 from node.kubelet.probes import Prober, ProbeManager, ProbeResults, default_connect
 from node.kubelet.runtime_status import CONTAINER_RUNNING, SANDBOX_READY
 from node.kubelet.status import ReasonCache, generate_pod_status, status_differs
+from node.kubelet.volumes import VolumeManager
 
 log = logging.getLogger("node.kubelet.real")
 
@@ -85,11 +87,12 @@ class RealKubelet:
         self.backoff = Backoff(*backoff)
         self.probe_results = ProbeResults(on_change=self._probe_changed)
         puller = ImagePuller(self._image_ref, self._pull, Backoff())
-        self.syncer = PodSyncer(runtime, puller, log_root=os.path.join(root, "pods"), backoff=self.backoff,
+        self.volumes = VolumeManager(root, self._lookup)
+        self.syncer = PodSyncer(runtime, puller, log_root=os.path.join(root, "logs"), backoff=self.backoff,
                                 reasons=self.reasons, probe_results=self.probe_results,
                                 lookup=self._lookup, memory_capacity=bytes_of(memory), host_ip=node_ip,
                                 hooks=HookRunner(exec_sync=self._exec_sync, connect=connect),
-                                recorder=self.recorder)
+                                recorder=self.recorder, volumes=self.volumes)
         self.probes = ProbeManager(self.probe_results, Prober(exec_sync=self._exec_sync, connect=connect),
                                    self._status_of, on_failure=self._unhealthy)
         self.pods = Informer(client, "pods", field_selector=f"spec.nodeName={node_name}")
@@ -105,7 +108,7 @@ class RealKubelet:
     # ---- lifecycle ----
 
     def start(self) -> RealKubelet:
-        os.makedirs(os.path.join(self.root, "pods"), exist_ok=True)
+        os.makedirs(os.path.join(self.root, "logs"), exist_ok=True)
         if self.pod_cidr:
             self.runtime.update_runtime_config(self.pod_cidr)
         self.agent.start()
@@ -284,6 +287,7 @@ class RealKubelet:
         if runtime.containers or runtime.sandboxes:
             self.syncer.kill_pod(None, runtime)
             self.syncer.remove_pod(runtime)
+        self.volumes.teardown(uid)
 
     def adopt_or_clean(self) -> int:
         """Once the pod list is known: syncs the runtime's pods the apiserver has
