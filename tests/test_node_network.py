@@ -281,6 +281,13 @@ def test_run_in_leaves_the_callers_threads_home(plane):
         netns.run_in(node.name, lambda: 1 / 0)
     with pytest.raises(network.NetworkError, match="no such network namespace"):
         netns.run_in(f"{plane.prefix}-nosuch", lambda: None)
+    # A probe to an address nobody holds ends by its timeout, not the ARP give-up (~3 s).
+    t = time.monotonic()
+    with pytest.raises(OSError):
+        netns.connect_in(node.name, "10.244.0.250", 80, timeout=0.3)
+    assert time.monotonic() - t < 2
+    with pytest.raises(ValueError):
+        pod.attach("bad name", node.name, node.pod_cidr, "/nonexistent", "x")  # before any ip
     # No thread of this process is left in another namespace.
     for tid in os.listdir("/proc/self/task"):
         assert os.readlink(f"/proc/self/task/{tid}/ns/net") == home
