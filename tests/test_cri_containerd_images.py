@@ -121,3 +121,21 @@ def test_ctr_imports_our_export_and_both_cris_agree(tmp_path, containerd):
         theirs.remove_image("quay.io/example/busybox:v1")
         ours.remove_image("quay.io/example/busybox:v1")
         assert theirs.list_images() == [] and ours.list_images() == []
+
+
+def test_our_client_reads_containerds_runtime_service(containerd):
+    with CriClient(containerd.endpoint, timeout=20) as cri:
+        version = cri.version()
+        assert (version.runtime_api_version, version.version) == ("v1", "0.1.0")
+        conditions = {c.type: c for c in cri.status().status.conditions}
+        assert conditions["RuntimeReady"].status
+        # no CNI config in its conf_dir: the network is not ready, and says why
+        assert not conditions["NetworkReady"].status and conditions["NetworkReady"].reason
+        assert cri.list_pod_sandbox() == [] and cri.list_containers() == []
+        assert cri.list_container_stats() == []
+        fs = cri.image_fs_info().image_filesystems[0]
+        assert fs.fs_id.mountpoint.startswith(str(containerd.dir))
+        with pytest.raises(CriError) as err:
+            cri.container_status("no-such-container")
+        assert err.value.not_found
+        cri.update_runtime_config("10.244.0.0/24")  # what a kubelet sends once it has a podCIDR
