@@ -123,6 +123,19 @@ def test_ctr_imports_our_export_and_both_cris_agree(tmp_path, containerd):
         assert theirs.list_images() == [] and ours.list_images() == []
 
 
+def test_we_import_what_ctr_exports(tmp_path, containerd):
+    store = ImageStore(str(tmp_path / "store"))
+    img = build_busybox(store, BUSYBOX)
+    store.export(["busybox"], str(tmp_path / "ours.tar"))
+    containerd.ctr("images", "import", str(tmp_path / "ours.tar"))
+    containerd.ctr("images", "tag", "docker.io/library/busybox:latest", "quay.io/x/bb:2")
+    containerd.ctr("images", "export", str(tmp_path / "theirs.tar"), "quay.io/x/bb:2")
+    other = ImageStore(str(tmp_path / "other"))
+    [got] = other.add_oci_layout(str(tmp_path / "theirs.tar"))
+    assert (got.id, got.repo_tags) == (img.id, ("quay.io/x/bb:2",))
+    assert os.path.isfile(os.path.join(other.rootfs(got), "bin/busybox"))
+
+
 def test_our_client_reads_containerds_runtime_service(containerd):
     with CriClient(containerd.endpoint, timeout=20) as cri:
         version = cri.version()
