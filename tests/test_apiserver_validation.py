@@ -521,7 +521,7 @@ def test_valid_container_details_pass():
     c.ports.add(container_port=8080, name="http", host_port=80)
     c.env.add(name="MY_VAR.x-1", value="v")
     c.env.add(name="FROM_CM").value_from.config_map_key_ref.MergeFrom(
-        core_pb2.KeySelector(name="cm", key="k"))
+        core_pb2.ConfigMapKeySelector(name="cm", key="k"))
     c.env.add(name="POD").value_from.field_ref.field_path = "metadata.name"
     c.resources.requests.update({"cpu": "250m", "memory": "64Mi", "example.com/dongle": "1"})
     c.resources.limits.update({"cpu": "1", "memory": "64Mi", "hugepages-2Mi": "100Mi"})
