@@ -357,3 +357,17 @@ def test_cleanup_after_runtime_killed_leaves_nothing(tmp_path):
     assert leftovers(n) == {}
     assert not [p for p in pids if os.path.exists(f"/proc/{p}")]
     assert cleanup(n.prefix, n.root) == []  # idempotent
+
+
+def test_pod_containers_share_ipc_uts_and_shm(node, sandbox):
+    sid, cfg = sandbox
+    a = run(node, sandbox, "a", ["sh", "-c", "echo from-a > /dev/shm/note; sleep 1000"])
+    b = run(node, sandbox, "b", ["sleep", "1000"])
+    for cid in (a, b):
+        wait_state(node, cid, cri_pb2.CONTAINER_RUNNING)
+    links = "for n in ipc uts net pid; do readlink /proc/self/ns/$n; done"
+    ns = {cid: node.client.exec_sync(cid, ["sh", "-c", links], timeout=10).stdout.split() for cid in (a, b)}
+    assert ns[a][:3] == ns[b][:3], "a pod's containers share IPC, UTS and network"
+    assert ns[a][3] != ns[b][3], "each container has its own pid namespace"
+    assert node.client.exec_sync(b, ["cat", "/dev/shm/note"], timeout=10).stdout == b"from-a\n"
+    assert node.client.exec_sync(b, ["hostname"], timeout=10).stdout.decode().strip() == cfg.hostname

@@ -202,8 +202,8 @@ class Containers:
     @staticmethod
     def _namespace_modes(config, spec: dict) -> None:
         """CRI namespace options beyond the defaults: the node's pid/ipc namespace (hostPID,
-        hostIPC: this machine's), or a target container's pid namespace (ephemeral containers).
-        POD pid sharing needs a sandbox process, which this runtime has not: each container
+        hostIPC: this machine's). POD pid sharing (shareProcessNamespace) and TARGET need a
+        process to hold the namespace, which this runtime's sandboxes have not: each container
         keeps its own pid namespace."""
         linux = config.linux if config.HasField("linux") else None
         if linux is None or not linux.HasField("security_context") or \
@@ -216,8 +216,6 @@ class Containers:
         if opts.ipc == cri_pb2.NODE:
             drop.add("ipc")
         spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"] if n["type"] not in drop]
-        if "pid" in drop or "ipc" in drop:
-            spec["linux"].pop("maskedPaths", None)
 
     def _log_path(self, sb: dict, config, cid: str) -> str:
         log_dir = sb["config"].get("log_directory", "")

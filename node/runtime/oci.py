@@ -66,13 +66,17 @@ class SpecError(ValueError):
 
 @dataclass
 class SandboxFiles:
-    """What the sandbox gives each of its containers: its network namespace and the files that
-    name the pod to itself."""
+    """What the sandbox gives each of its containers: its namespaces (network; IPC and UTS when
+    the sandbox keeps them, so that a pod's containers share them as Kubernetes promises), its
+    /dev/shm, and the files that name the pod to itself."""
     netns_path: str
     hostname: str
     hosts: str | None = None        # host paths of the sandbox's /etc/hosts, resolv.conf, hostname
     resolv_conf: str | None = None
     hostname_file: str | None = None
+    ipc_ns_path: str | None = None
+    uts_ns_path: str | None = None
+    shm: str | None = None          # a tmpfs the pod's containers share as /dev/shm
 
 
 @dataclass
@@ -280,12 +284,16 @@ def bind_mount(destination: str, source: str, readonly: bool, propagation: int =
 
 def mounts(config, sandbox: SandboxFiles, privileged: bool) -> list[dict]:
     """Defaults, then the sandbox's files (unless the kubelet mounts its own, as it does for
-    /etc/hosts), then a private /dev/shm, then the CRI mounts as binds in the kubelet's order."""
+    /etc/hosts), then the pod's /dev/shm, then the CRI mounts as binds in the kubelet's order."""
     cri_dests = {os.path.normpath(m.container_path) for m in config.mounts}
     out = default_mounts(privileged)
     if "/dev/shm" not in cri_dests:
-        out.append({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-                    "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]})
+        if sandbox.shm:
+            out.append({"destination": "/dev/shm", "type": "bind", "source": sandbox.shm,
+                        "options": ["rbind", "rprivate", "nosuid", "noexec", "nodev", "rw"]})
+        else:
+            out.append({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+                        "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]})
     for dest, src in (("/etc/hosts", sandbox.hosts), ("/etc/resolv.conf", sandbox.resolv_conf),
                       ("/etc/hostname", sandbox.hostname_file)):
         if src and dest not in cri_dests:
@@ -347,8 +355,10 @@ def build_spec(config, sandbox_config, image_config: dict, sandbox: SandboxFiles
         "noNewPrivileges": bool(sc is not None and sc.no_new_privs and not privileged),
         "oomScoreAdj": oom_score_adj(res),
     }
-    namespaces = [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
-                  {"type": "network", "path": sandbox.netns_path}]
+    def ns(kind: str, path: str | None) -> dict:
+        return {"type": kind, "path": path} if path else {"type": kind}
+    namespaces = [ns("pid", None), ns("ipc", sandbox.ipc_ns_path), ns("uts", sandbox.uts_ns_path),
+                  ns("mount", None), ns("network", sandbox.netns_path)]
     linux_spec: dict = {
         "resources": resources(res),
         "cgroupsPath": paths.cgroups_path,
