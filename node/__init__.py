@@ -1,1 +1,1 @@
-"""The data plane: real nodes (kubelet, CRI runtime, pod network) on this machine."""
+"""The data plane: kubelets (real ones on a CRI runtime, and hollow ones for scale), the CRI runtime."""

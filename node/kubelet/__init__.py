@@ -1,0 +1,1 @@
+"""Kubelets: the real one syncs pods through CRI; the hollow one simulates hundreds of nodes."""
