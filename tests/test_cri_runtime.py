@@ -276,11 +276,17 @@ def test_restart_keeps_containers_running(node, sandbox):
     wait_state(node, cid, cri_pb2.CONTAINER_RUNNING)
     pid = int(node.client.container_status(cid, verbose=True).info["pid"])
     done = run(node, sandbox, "done-while-down", ["sh", "-c", "sleep 1; exit 5"])
+    broken_cfg = sandbox_config(node, "netns-lost")
+    broken = node.client.run_pod_sandbox(broken_cfg)
     node.stop()
     assert node.proc.returncode == 0
     assert os.path.exists(f"/proc/{pid}"), "the container died with the runtime"
+    subprocess.run(["ip", "netns", "del", f"{node.prefix}-{broken[:10]}"], check=True)
     time.sleep(1.5)  # done-while-down exits while no runtime runs
     node.start()
+    assert node.client.pod_sandbox_status(broken).status.state == cri_pb2.SANDBOX_NOTREADY
+    node.client.stop_pod_sandbox(broken)
+    node.client.remove_pod_sandbox(broken)
     st = node.client.container_status(cid, verbose=True)
     assert st.status.state == cri_pb2.CONTAINER_RUNNING and int(st.info["pid"]) == pid
     assert cid in [c.id for c in node.client.list_containers()]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -43,6 +44,8 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
         self.sandboxes = Sandboxes(self.root, prefix, node_netns, self.network)
         self.containers = Containers(self.root, prefix, f"/run/{prefix}", images, self.sandboxes)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cri")
+        self._sandbox_locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
         self._config_path = os.path.join(self.root, "runtime.json")
         self.pod_cidr = (read_json(self._config_path) or {}).get("pod_cidr", "")
 
@@ -111,22 +114,39 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
                               self.pod_cidr)
         return cri_pb2.RunPodSandboxResponse(pod_sandbox_id=sid)
 
+    def _sandbox_lock(self, sid: str) -> threading.Lock:
+        """Held while a sandbox's containers are created, and while it stops or goes: no
+        container is made in a sandbox being taken down."""
+        with self._locks_lock:
+            return self._sandbox_locks.setdefault(sid, threading.Lock())
+
     def _stop_sandbox(self, sid: str) -> None:
         rec = self.sandboxes.get(sid)
         if rec is None:
             raise ContainerError("NOT_FOUND", f"sandbox {sid!r} not found")
-        for c in self.containers.of_sandbox(rec["id"]):
-            if c["state"] != EXITED:
-                self.containers.stop(c["id"], 0)
-        self.sandboxes.stop(rec["id"])
+        with self._sandbox_lock(rec["id"]):
+            for c in self.containers.of_sandbox(rec["id"]):
+                if c["state"] != EXITED:
+                    self.containers.stop(c["id"], 0)
+            self.sandboxes.stop(rec["id"])
 
     def _remove_sandbox(self, sid: str) -> None:
         rec = self.sandboxes.get(sid)
         if rec is None:
             return
-        for c in self.containers.of_sandbox(rec["id"]):
-            self.containers.remove(c["id"])
-        self.sandboxes.remove(rec["id"])
+        with self._sandbox_lock(rec["id"]):
+            for c in self.containers.of_sandbox(rec["id"]):
+                self.containers.remove(c["id"])
+            self.sandboxes.remove(rec["id"])
+        with self._locks_lock:
+            self._sandbox_locks.pop(rec["id"], None)
+
+    def _create_container(self, sid: str, config, sandbox_config) -> str:
+        rec = self.sandboxes.get(sid)
+        if rec is None:
+            raise ContainerError("NOT_FOUND", f"sandbox {sid!r} not found")
+        with self._sandbox_lock(rec["id"]):
+            return self.containers.create(rec["id"], config, sandbox_config)
 
     async def StopPodSandbox(self, request, context):
         await self._run(context, self._stop_sandbox, request.pod_sandbox_id)
@@ -182,7 +202,7 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
     async def CreateContainer(self, request, context):
         if not request.HasField("config") or not request.config.HasField("metadata"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "CreateContainer needs a config with metadata")
-        cid = await self._run(context, self.containers.create, request.pod_sandbox_id, request.config,
+        cid = await self._run(context, self._create_container, request.pod_sandbox_id, request.config,
                               request.sandbox_config)
         return cri_pb2.CreateContainerResponse(container_id=cid)
 

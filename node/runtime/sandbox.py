@@ -119,9 +119,20 @@ class Sandboxes:
         self.store = RecordStore(os.path.join(root, "sandboxes"), "sandbox.json")
 
     def load(self) -> None:
+        """Adopt the records a previous runtime left; a sandbox whose namespaces are gone
+        (removed from outside, or the machine restarted) is no longer ready."""
         for rec in self.store.load():
             if rec.get("partial"):
                 self._discard(rec["id"], None)
+                continue
+            if rec["state"] == READY and not self._intact(rec):
+                self.store.save(dict(rec, state=NOTREADY))
+
+    def _intact(self, rec: dict) -> bool:
+        d = self.store.path(rec["id"])
+        netns_ok = rec.get("host_network") or os.path.exists(os.path.join(NETNS_DIR, rec["netns"]))
+        return bool(netns_ok) and mounts.is_mounted(os.path.join(d, "ipc")) and \
+            mounts.is_mounted(os.path.join(d, "uts"))
 
     def netns_name(self, sandbox_id: str) -> str:
         return f"{self.prefix}-{sandbox_id[:10]}"
