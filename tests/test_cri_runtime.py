@@ -377,3 +377,28 @@ def test_pod_containers_share_ipc_uts_and_shm(node, sandbox):
     assert ns[a][3] != ns[b][3], "each container has its own pid namespace"
     assert node.client.exec_sync(b, ["cat", "/dev/shm/note"], timeout=10).stdout == b"from-a\n"
     assert node.client.exec_sync(b, ["hostname"], timeout=10).stdout.decode().strip() == cfg.hostname
+
+
+def test_volume_mounts_readonly_readwrite_and_created(node, sandbox, tmp_path):
+    sid, cfg = sandbox
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "app.conf").write_text("answer=42\n")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    created = tmp_path / "made-by-runtime"
+    cc = container_config("vols", ["sleep", "1000"])
+    cc.mounts.add(container_path="/etc/app", host_path=str(config_dir), readonly=True)
+    cc.mounts.add(container_path="/scratch", host_path=str(scratch))
+    cc.mounts.add(container_path="/new", host_path=str(created))
+    cid = node.client.create_container(sid, cc, cfg)
+    node.client.start_container(cid)
+    wait_state(node, cid, cri_pb2.CONTAINER_RUNNING)
+    assert node.client.exec_sync(cid, ["cat", "/etc/app/app.conf"], timeout=10).stdout == b"answer=42\n"
+    ro = node.client.exec_sync(cid, ["touch", "/etc/app/x"], timeout=10)
+    assert ro.exit_code != 0 and b"Read-only" in ro.stderr
+    assert node.client.exec_sync(cid, ["sh", "-c", "echo w > /scratch/out"], timeout=10).exit_code == 0
+    assert (scratch / "out").read_text() == "w\n"
+    assert created.is_dir()
+    st = node.client.container_status(cid).status
+    assert sorted(m.container_path for m in st.mounts) == ["/etc/app", "/new", "/scratch"]

@@ -162,6 +162,9 @@ class Containers:
             mounts.mount_overlay(self.images.rootfs(image), os.path.join(d, "upper"),
                                  os.path.join(d, "work"), rootfs)
             image_config = self.images.config(image) or {}
+            for m in config.mounts:
+                if m.host_path and not os.path.lexists(m.host_path):
+                    os.makedirs(m.host_path, 0o755, exist_ok=True)  # as containerd does for a bind source
             cgroups_path = f"/{self.prefix}/{sandbox_id}/{cid}"
             files = self.sandboxes.files(sandbox_id)
             sandbox_files = oci.SandboxFiles(
