@@ -402,3 +402,18 @@ def test_volume_mounts_readonly_readwrite_and_created(node, sandbox, tmp_path):
     assert created.is_dir()
     st = node.client.container_status(cid).status
     assert sorted(m.container_path for m in st.mounts) == ["/etc/app", "/new", "/scratch"]
+
+
+def test_user_workdir_and_tty(node, sandbox):
+    sid, cfg = sandbox
+    cc = container_config("nobody", ["sh", "-c", "id -u; pwd; [ -t 1 ] && echo tty; sleep 1000"])
+    cc.working_dir = "/work/dir"
+    cc.tty = True
+    cc.linux.security_context.run_as_user.value = 65534
+    cid = node.client.create_container(sid, cc, cfg)
+    node.client.start_container(cid)
+    st = wait_state(node, cid, cri_pb2.CONTAINER_RUNNING)
+    assert (st.user.linux.uid, st.user.linux.gid) == (65534, 65534)
+    lines = [CRI_LOG_LINE.match(x).group(2).rstrip("\r") for x in wait_log(st.log_path, 3)]
+    assert lines[:3] == ["65534", "/work/dir", "tty"]
+    assert node.client.exec_sync(cid, ["id", "-u"], timeout=10).stdout == b"65534\n"

@@ -188,7 +188,8 @@ class Containers:
                 "user": spec["process"]["user"], "pid": 0, "conmon_pid": 0,
             }
             pid, mon = runc.create(self.runc, cid, d, log_path, self.exit_dir,
-                                   os.path.join(d, "persist"), name=config.metadata.name)
+                                   os.path.join(d, "persist"), name=config.metadata.name,
+                                   terminal=spec["process"]["terminal"])
             self.conmons[cid] = mon
             rec.update(pid=pid, conmon_pid=mon.pid)
             self.store.save(rec)
