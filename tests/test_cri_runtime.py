@@ -417,3 +417,30 @@ def test_user_workdir_and_tty(node, sandbox):
     lines = [CRI_LOG_LINE.match(x).group(2).rstrip("\r") for x in wait_log(st.log_path, 3)]
     assert lines[:3] == ["65534", "/work/dir", "tty"]
     assert node.client.exec_sync(cid, ["id", "-u"], timeout=10).stdout == b"65534\n"
+
+
+def test_container_and_sandbox_stats(node, sandbox):
+    sid, cfg = sandbox
+    cid = run(node, sandbox, "busy", ["sh", "-c", "head -c 8000000 /dev/zero > /tmp/blob; "
+                                                  "while true; do :; done"], memory=64 << 20)
+    wait_state(node, cid, cri_pb2.CONTAINER_RUNNING)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # until the blob is written
+        if node.client.container_stats(cid).writable_layer.used_bytes.value >= 8_000_000:
+            break
+        time.sleep(0.1)
+    first = node.client.container_stats(cid)
+    time.sleep(0.5)
+    st = node.client.container_stats(cid)
+    assert st.attributes.id == cid and st.attributes.metadata.name == "busy"
+    assert st.cpu.usage_core_nano_seconds.value > first.cpu.usage_core_nano_seconds.value
+    assert st.cpu.usage_nano_cores.value > 100_000_000, "a busy loop uses a good part of a core"
+    assert 0 < st.memory.working_set_bytes.value <= 64 << 20
+    assert st.memory.available_bytes.value == (64 << 20) - st.memory.working_set_bytes.value
+    assert st.writable_layer.used_bytes.value >= 8_000_000
+    listed = node.client.list_container_stats(cri_pb2.ContainerStatsFilter(pod_sandbox_id=sid))
+    assert [s.attributes.id for s in listed] == [cid]
+    pod = node.client.pod_sandbox_stats(sid)
+    assert pod.attributes.id == sid and [c.attributes.id for c in pod.linux.containers] == [cid]
+    assert pod.linux.process.process_count.value >= 1
+    assert pod.linux.cpu.usage_core_nano_seconds.value >= st.cpu.usage_core_nano_seconds.value

@@ -3,12 +3,13 @@
 Handlers run in the server's event loop; every call that touches processes, mounts or files
 runs on a worker thread, so one slow StopContainer (a grace period) never holds the others.
 Errors reach the kubelet as gRPC codes with containerd-like texts; what this runtime does not
-do (streaming exec/attach/port-forward, stats, checkpoints, events) answers UNIMPLEMENTED.
+do (streaming exec/attach/port-forward, checkpoints, events, metrics) answers UNIMPLEMENTED.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
@@ -19,7 +20,7 @@ import grpc
 from google.protobuf import json_format
 
 from node.pb import cri_pb2, cri_pb2_grpc
-from node.runtime import oci
+from node.runtime import oci, stats
 from node.runtime.containers import EXITED, ContainerError, Containers
 from node.runtime.sandbox import NOTREADY, READY, PodNetwork, SandboxError, Sandboxes
 from node.runtime.store import NameReserved, read_json, write_json
@@ -44,6 +45,7 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
         self.sandboxes = Sandboxes(self.root, prefix, node_netns, self.network)
         self.containers = Containers(self.root, prefix, f"/run/{prefix}", images, self.sandboxes)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cri")
+        self.cpu_rates = stats.CpuRates()
         self._sandbox_locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
         self._config_path = os.path.join(self.root, "runtime.json")
@@ -92,8 +94,7 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
                 message="no podCIDR yet: the kubelet sends it with UpdateRuntimeConfig"))
         info = {}
         if request.verbose:
-            info["config"] = f'{{"root": "{self.root}", "prefix": "{self.prefix}", ' \
-                             f'"podCIDR": "{self.pod_cidr}"}}'
+            info["config"] = json.dumps({"root": self.root, "prefix": self.prefix, "podCIDR": self.pod_cidr})
         return cri_pb2.StatusResponse(
             status=cri_pb2.RuntimeStatus(conditions=conds), info=info,
             runtime_handlers=[cri_pb2.RuntimeHandler(name="")])
@@ -175,7 +176,7 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"sandbox {request.pod_sandbox_id!r} not found")
         info = {}
         if request.verbose:
-            info["info"] = f'{{"netns": "/run/netns/{rec["netns"]}", "gateway": "{rec.get("gateway", "")}"}}'
+            info["info"] = json.dumps({"netns": f"/run/netns/{rec['netns']}", "gateway": rec.get("gateway", "")})
         return cri_pb2.PodSandboxStatusResponse(status=self._sandbox_status(rec), info=info,
                                                 timestamp=time.time_ns())
 
@@ -286,6 +287,85 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
         res = await self._run(context, self.containers.exec_sync, request.container_id,
                               list(request.cmd), request.timeout)
         return cri_pb2.ExecSyncResponse(stdout=res.stdout, stderr=res.stderr, exit_code=res.exit_code)
+
+    # ---- stats (from the cgroups; pod network usage is not collected) ----
+
+    def _container_stats(self, rec: dict) -> cri_pb2.ContainerStats:
+        cfg = self.containers.config(rec)
+        cg = rec["cgroups_path"]
+        return cri_pb2.ContainerStats(
+            attributes=cri_pb2.ContainerAttributes(id=rec["id"], metadata=cfg.metadata, labels=cfg.labels,
+                                                   annotations=cfg.annotations),
+            cpu=stats.cpu_usage(cg, self.cpu_rates), memory=stats.memory_usage(cg),
+            writable_layer=stats.dir_usage(self.containers.path(rec["id"], "upper"), self.root))
+
+    def _list_container_stats(self, f) -> list[cri_pb2.ContainerStats]:
+        out = []
+        for rec in self.containers.all():
+            if rec is None or rec["state"] == EXITED:
+                continue
+            if f is not None:
+                if f.id and not rec["id"].startswith(f.id):
+                    continue
+                if f.pod_sandbox_id and not rec["sandbox_id"].startswith(f.pod_sandbox_id):
+                    continue
+                labels = rec["config"].get("labels", {})
+                if any(labels.get(k) != v for k, v in f.label_selector.items()):
+                    continue
+            out.append(self._container_stats(rec))
+        return out
+
+    def _sandbox_stats(self, rec: dict) -> cri_pb2.PodSandboxStats:
+        cfg = self.sandboxes.config(rec)
+        cg = self.sandboxes.cgroup(rec["id"])
+        linux = cri_pb2.LinuxPodSandboxStats(
+            cpu=stats.cpu_usage(cg, self.cpu_rates), memory=stats.memory_usage(cg),
+            process=stats.process_count(cg),
+            containers=[self._container_stats(c) for c in self.containers.of_sandbox(rec["id"])
+                        if c["state"] != EXITED])
+        return cri_pb2.PodSandboxStats(
+            attributes=cri_pb2.PodSandboxAttributes(id=rec["id"], metadata=cfg.metadata, labels=cfg.labels,
+                                                    annotations=cfg.annotations),
+            linux=linux)
+
+    def _one_container_stats(self, cid: str) -> cri_pb2.ContainerStats:
+        return self._container_stats(self.containers.require(cid))
+
+    def _one_sandbox_stats(self, sid: str) -> cri_pb2.PodSandboxStats:
+        rec = self.sandboxes.get(sid)
+        if rec is None:
+            raise ContainerError("NOT_FOUND", f"sandbox {sid!r} not found")
+        return self._sandbox_stats(rec)
+
+    def _list_sandbox_stats(self, f) -> list[cri_pb2.PodSandboxStats]:
+        out = []
+        for rec in self.sandboxes.all():
+            if rec["state"] != READY:
+                continue
+            if f is not None:
+                if f.id and not rec["id"].startswith(f.id):
+                    continue
+                labels = rec["config"].get("labels", {})
+                if any(labels.get(k) != v for k, v in f.label_selector.items()):
+                    continue
+            out.append(self._sandbox_stats(rec))
+        return out
+
+    async def ContainerStats(self, request, context):
+        st = await self._run(context, self._one_container_stats, request.container_id)
+        return cri_pb2.ContainerStatsResponse(stats=st)
+
+    async def ListContainerStats(self, request, context):
+        f = request.filter if request.HasField("filter") else None
+        return cri_pb2.ListContainerStatsResponse(stats=await self._run(context, self._list_container_stats, f))
+
+    async def PodSandboxStats(self, request, context):
+        st = await self._run(context, self._one_sandbox_stats, request.pod_sandbox_id)
+        return cri_pb2.PodSandboxStatsResponse(stats=st)
+
+    async def ListPodSandboxStats(self, request, context):
+        f = request.filter if request.HasField("filter") else None
+        return cri_pb2.ListPodSandboxStatsResponse(stats=await self._run(context, self._list_sandbox_stats, f))
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
