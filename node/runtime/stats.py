@@ -52,13 +52,13 @@ class CpuRates:
         with self._lock:
             prev = self._last.get(key)
             self._last[key] = (now, usage)
+            if len(self._last) > 4096:  # forget cgroups not sampled for 10 minutes (gone ones)
+                old = now - 600_000_000_000
+                self._last = {k: v for k, v in self._last.items() if v[0] >= old}
         if prev is None or now <= prev[0] or usage < prev[1]:
             return None
         return (usage - prev[1]) * 1_000_000_000 // (now - prev[0])
 
-    def forget(self, key: str) -> None:
-        with self._lock:
-            self._last.pop(key, None)
 
 
 def cpu_usage(cgroup: str, rates: CpuRates) -> cri_pb2.CpuUsage:
