@@ -444,3 +444,40 @@ def test_container_and_sandbox_stats(node, sandbox):
     assert pod.attributes.id == sid and [c.attributes.id for c in pod.linux.containers] == [cid]
     assert pod.linux.process.process_count.value >= 1
     assert pod.linux.cpu.usage_core_nano_seconds.value >= st.cpu.usage_core_nano_seconds.value
+
+
+def test_restart_undoes_creates_cut_short(node, tmp_path):
+    """A runtime that died inside RunPodSandbox/CreateContainer leaves a directory without its
+    record: the next runtime removes what the half-done call made (runc container, conmon,
+    mounts, netns, address) instead of leaking it."""
+    from node.runtime.runtime_service import RuntimeService
+
+    net = node.fabric.add_node(1)
+    root = str(tmp_path / "root")
+    first = RuntimeService(root, net.name, net.name, ImageStore(node.images))
+    try:
+        first.pod_cidr = net.pod_cidr
+        cfg = sandbox_config(node, "cut-short")
+        sid = first.sandboxes.run(cfg, "", net.pod_cidr)
+        cid = first.containers.create(sid, container_config("half", ["sleep", "1000"]), cfg)
+        pid = first.containers.get(cid)["pid"]
+        os.unlink(os.path.join(root, "containers", cid, "container.json"))
+        os.unlink(os.path.join(root, "sandboxes", sid, "sandbox.json"))
+        second = RuntimeService(root, net.name, net.name, ImageStore(node.images))
+        second.load()
+        assert second.sandboxes.all() == [] and second.containers.all() == []
+        deadline = time.monotonic() + 5
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not os.path.exists(f"/proc/{pid}")
+        assert runc.Runc(f"/run/{net.name}").state(cid) is None
+        assert mounts.mount_points(root) == []
+        assert not os.path.exists(f"/run/netns/{net.name}-{sid[:10]}")
+        assert os.listdir(os.path.join(root, "sandboxes")) == [] == os.listdir(os.path.join(root, "containers"))
+        from node.network.ipam import HostLocalIpam
+        assert HostLocalIpam(os.path.join(root, "ipam")).lookup(sid) is None
+        second.close()
+    finally:
+        first.close()
+        assert cleanup(net.name, root) == []
+        node.fabric.remove_node(1)

@@ -70,7 +70,8 @@ class Containers:
     def load(self) -> None:
         """Adopt what a previous runtime left: records, their conmons (still running or not)."""
         for rec in self.store.load():
-            if rec.get("partial"):
+            if rec.get("partial"):  # a CreateContainer cut short: its runc container may exist
+                self._remove_runtime_state(rec["id"], None)
                 self._remove_files(rec["id"], None)
                 continue
             if rec.get("conmon_pid"):

@@ -122,7 +122,8 @@ class Sandboxes:
         """Adopt the records a previous runtime left; a sandbox whose namespaces are gone
         (removed from outside, or the machine restarted) is no longer ready."""
         for rec in self.store.load():
-            if rec.get("partial"):
+            if rec.get("partial"):  # a RunPodSandbox cut short: undo whatever it got to
+                self._teardown_network(rec["id"], self.netns_name(rec["id"]), False)
                 self._discard(rec["id"], None)
                 continue
             if rec["state"] == READY and not self._intact(rec):
