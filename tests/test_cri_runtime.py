@@ -196,8 +196,8 @@ def test_container_logs_exec_and_status(node, sandbox):
     assert r.exit_code == 4 and out.startswith(f"hello {cfg.hostname}\n")
     assert "nameserver 10.96.0.10" in out and "search default.svc" in out
     assert st.network.ip in out
-    r = node.client.exec_sync(cid, ["cat", "/sys/fs/cgroup/cpu/cpu.shares"], timeout=10)
-    assert r.stdout.strip() == b"256"
+    r = node.client.exec_sync(cid, ["cat", "/sys/fs/cgroup/cpu/cpu.shares", "/sys/fs/cgroup/pids/pids.max"], timeout=10)
+    assert r.stdout.split() == [b"256", b"4096"]  # the runtime's default pids limit
     with pytest.raises(CriError) as e:
         node.client.exec_sync(cid, ["sleep", "30"], timeout=1)
     assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED

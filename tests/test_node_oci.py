@@ -94,6 +94,10 @@ def test_resources_limits_and_oom_score_adj_clamped(tmp_path):
     res.oom_score_adj = 999
     assert oci.oom_score_adj(res) == 999
     assert "memory" not in oci.resources(cri_pb2.LinuxContainerResources())
+    assert "pids" not in r
+    assert oci.resources(res, pids_limit=100)["pids"] == {"limit": 100}
+    res.unified["pids.max"] = "50"
+    assert oci.resources(res, pids_limit=100)["pids"] == {"limit": 50}
 
 
 def test_namespaces_cgroup_hostname_masked_paths(tmp_path):

@@ -53,8 +53,9 @@ def reason_for(exit_code: int, oom: bool) -> str:
 class Containers:
     """The node's containers; `images` is the image store (resolve/config/rootfs)."""
 
-    def __init__(self, root: str, prefix: str, runc_root: str, images, sandboxes):
+    def __init__(self, root: str, prefix: str, runc_root: str, images, sandboxes, pids_limit: int = 0):
         self.prefix = prefix
+        self.pids_limit = pids_limit
         self.images = images
         self.sandboxes = sandboxes
         self.runc = runc.Runc(runc_root)
@@ -171,7 +172,8 @@ class Containers:
             sandbox_files = oci.SandboxFiles(
                 netns_path=os.path.join("/run/netns", sb["netns"]), hostname=sb["hostname"], **files)
             spec = oci.build_spec(config, sandbox_config, image_config, sandbox_files,
-                                  oci.ContainerPaths(rootfs=rootfs, cgroups_path=cgroups_path))
+                                  oci.ContainerPaths(rootfs=rootfs, cgroups_path=cgroups_path,
+                                                     pids_limit=self.pids_limit))
             self._namespace_modes(config, spec)
             cwd = os.path.join(rootfs, spec["process"]["cwd"].lstrip("/"))
             os.makedirs(cwd, exist_ok=True)
@@ -340,7 +342,7 @@ class Containers:
         rec = self.require(cid)
         if rec["state"] == EXITED:
             raise ContainerError("FAILED_PRECONDITION", f"container {rec['id']} has exited")
-        res = oci.resources(linux)
+        res = oci.resources(linux, self.pids_limit)
         res.pop("devices", None)
         try:
             self.runc.update(rec["id"], res)

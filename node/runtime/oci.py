@@ -82,10 +82,12 @@ class SandboxFiles:
 @dataclass
 class ContainerPaths:
     """Where this runtime put the container: its root filesystem and its cgroup (runc's
-    cgroupsPath, ``/<node prefix>/<sandbox id>/<container id>``)."""
+    cgroupsPath, ``/<node prefix>/<sandbox id>/<container id>``), and the runtime's own
+    per-container pids limit (0: none)."""
     rootfs: str
     cgroups_path: str
     annotations: dict = field(default_factory=dict)
+    pids_limit: int = 0
 
 
 def process_args(command, args, image_config: dict) -> list[str]:
@@ -226,10 +228,17 @@ def capabilities(security_context) -> dict:
     return {"bounding": caps, "effective": caps, "permitted": caps}
 
 
-def resources(res) -> dict:
+def resources(res, pids_limit: int = 0) -> dict:
     """linux.resources from CRI LinuxContainerResources (zero = unset); the device cgroup denies
-    all, runc then allows its default devices (null, zero, full, tty, random, urandom, ptmx)."""
+    all, runc then allows its default devices (null, zero, full, tty, random, urandom, ptmx).
+    CRI has no pids field: the limit is the runtime's own (CRI-O's pids_limit), or the
+    ``pids.max`` of the resources' unified map."""
     out: dict = {"devices": [{"allow": False, "access": "rwm"}]}
+    unified_pids = res.unified.get("pids.max", "") if res is not None else ""
+    if unified_pids.isdigit() and int(unified_pids) > 0:
+        pids_limit = int(unified_pids)
+    if pids_limit > 0:
+        out["pids"] = {"limit": pids_limit}
     if res is None:
         return out
     if res.memory_limit_in_bytes > 0:
@@ -360,7 +369,7 @@ def build_spec(config, sandbox_config, image_config: dict, sandbox: SandboxFiles
     namespaces = [ns("pid", None), ns("ipc", sandbox.ipc_ns_path), ns("uts", sandbox.uts_ns_path),
                   ns("mount", None), ns("network", sandbox.netns_path)]
     linux_spec: dict = {
-        "resources": resources(res),
+        "resources": resources(res, paths.pids_limit),
         "cgroupsPath": paths.cgroups_path,
         "namespaces": namespaces,
     }

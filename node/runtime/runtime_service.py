@@ -35,15 +35,17 @@ RUNTIME_API_VERSION = "v1"
 class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
     """The node's CRI runtime. `root`: state, bundles, rootfs mounts, IPAM; `prefix`: the node's
     name prefix (netns, cgroups, /run/<prefix> for runc); `node_netns`: the namespace the pod
-    bridge lives in; `images`: the image store."""
+    bridge lives in; `images`: the image store; `pids_limit`: processes a container may have
+    (0: no limit)."""
 
-    def __init__(self, root: str, prefix: str, node_netns: str, images, workers: int = 32):
+    def __init__(self, root: str, prefix: str, node_netns: str, images, workers: int = 32,
+                 pids_limit: int = 0):
         self.root = os.path.abspath(root)
         self.prefix = prefix
         os.makedirs(self.root, exist_ok=True)
         self.network = PodNetwork(node_netns, os.path.join(self.root, "ipam"))
         self.sandboxes = Sandboxes(self.root, prefix, node_netns, self.network)
-        self.containers = Containers(self.root, prefix, f"/run/{prefix}", images, self.sandboxes)
+        self.containers = Containers(self.root, prefix, f"/run/{prefix}", images, self.sandboxes, pids_limit)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cri")
         self.cpu_rates = stats.CpuRates()
         self._sandbox_locks: dict[str, threading.Lock] = {}
