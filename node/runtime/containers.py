@@ -63,6 +63,7 @@ class Containers:
         self.exit_dir = os.path.join(root, "exits")
         os.makedirs(self.exit_dir, exist_ok=True)
         self.conmons: dict[str, runc.Conmon] = {}
+        self._configs: dict[str, tuple[dict, cri_pb2.ContainerConfig]] = {}
         self._op_locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
 
@@ -97,7 +98,8 @@ class Containers:
         return rec
 
     def all(self) -> list[dict]:
-        return [self.refresh(r["id"]) for r in self.store.all()]
+        """Every container, exits taken in (one removed meanwhile is left out)."""
+        return [r for r in (self.refresh(r["id"]) for r in self.store.all()) if r is not None]
 
     def of_sandbox(self, sid: str) -> list[dict]:
         return [r for r in self.all() if r["sandbox_id"] == sid]
@@ -320,6 +322,7 @@ class Containers:
         if name:
             self.store.release(name, cid)
         self.store.forget(cid)
+        self._configs.pop(cid, None)
 
     # ---- exec, resources, logs ----
 
@@ -349,7 +352,8 @@ class Containers:
         except runc.RuncError as e:
             raise ContainerError("UNKNOWN", str(e)) from None
         cfg = dict(rec["config"])
-        cfg.setdefault("linux", {})["resources"] = json_format.MessageToDict(linux, preserving_proto_field_name=True)
+        cfg["linux"] = dict(cfg.get("linux", {}),
+                            resources=json_format.MessageToDict(linux, preserving_proto_field_name=True))
         self.store.save(dict(rec, config=cfg))
 
     def reopen_log(self, cid: str) -> None:
@@ -358,7 +362,14 @@ class Containers:
             raise ContainerError("FAILED_PRECONDITION", f"container {rec['id']} is not running")
 
     def config(self, rec: dict) -> cri_pb2.ContainerConfig:
-        return json_format.ParseDict(rec["config"], cri_pb2.ContainerConfig(), ignore_unknown_fields=True)
+        """The record's CRI config as a message, parsed once per config (the kubelet lists every
+        container every second). Callers must not modify it."""
+        cached = self._configs.get(rec["id"])
+        if cached is not None and cached[0] is rec["config"]:
+            return cached[1]
+        msg = json_format.ParseDict(rec["config"], cri_pb2.ContainerConfig(), ignore_unknown_fields=True)
+        self._configs[rec["id"]] = (rec["config"], msg)
+        return msg
 
 
 def image_id(image) -> str:

@@ -182,8 +182,7 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
         return cri_pb2.PodSandboxStatusResponse(status=self._sandbox_status(rec), info=info,
                                                 timestamp=time.time_ns())
 
-    async def ListPodSandbox(self, request, context):
-        f = request.filter if request.HasField("filter") else None
+    def _list_sandboxes(self, f) -> list[cri_pb2.PodSandbox]:
         items = []
         for rec in self.sandboxes.all():
             if f is not None:
@@ -198,7 +197,11 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
                 id=rec["id"], metadata=cfg.metadata, state=rec["state"], created_at=rec["created_at"],
                 labels=cfg.labels, annotations=cfg.annotations,
                 runtime_handler=rec.get("runtime_handler", "")))
-        return cri_pb2.ListPodSandboxResponse(items=items)
+        return items
+
+    async def ListPodSandbox(self, request, context):
+        f = request.filter if request.HasField("filter") else None
+        return cri_pb2.ListPodSandboxResponse(items=await self._run(context, self._list_sandboxes, f))
 
     # ---- containers ----
 
@@ -229,13 +232,9 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
             image_id=rec["image_ref"], state=rec["state"], created_at=rec["created_at"],
             labels=cfg.labels, annotations=cfg.annotations)
 
-    async def ListContainers(self, request, context):
-        f = request.filter if request.HasField("filter") else None
-        recs = await self._run(context, self.containers.all)
+    def _list_containers(self, f) -> list[cri_pb2.Container]:
         out = []
-        for rec in recs:
-            if rec is None:
-                continue
+        for rec in self.containers.all():
             if f is not None:
                 if f.id and not rec["id"].startswith(f.id):
                     continue
@@ -247,7 +246,11 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
             if f is not None and any(cfg.labels.get(k) != v for k, v in f.label_selector.items()):
                 continue
             out.append(self._container(rec, cfg))
-        return cri_pb2.ListContainersResponse(containers=out)
+        return out
+
+    async def ListContainers(self, request, context):
+        f = request.filter if request.HasField("filter") else None
+        return cri_pb2.ListContainersResponse(containers=await self._run(context, self._list_containers, f))
 
     def _container_status(self, rec: dict) -> cri_pb2.ContainerStatus:
         cfg = self.containers.config(rec)
@@ -304,7 +307,7 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
     def _list_container_stats(self, f) -> list[cri_pb2.ContainerStats]:
         out = []
         for rec in self.containers.all():
-            if rec is None or rec["state"] == EXITED:
+            if rec["state"] == EXITED:
                 continue
             if f is not None:
                 if f.id and not rec["id"].startswith(f.id):

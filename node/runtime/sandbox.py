@@ -117,6 +117,7 @@ class Sandboxes:
         self.node_netns = node_netns
         self.network = network
         self.store = RecordStore(os.path.join(root, "sandboxes"), "sandbox.json")
+        self._configs: dict[str, tuple[dict, cri_pb2.PodSandboxConfig]] = {}
 
     def load(self) -> None:
         """Adopt the records a previous runtime left; a sandbox whose namespaces are gone
@@ -201,6 +202,7 @@ class Sandboxes:
         if name:
             self.store.release(name, sid)
         self.store.forget(sid)
+        self._configs.pop(sid, None)
 
     def stop(self, sid: str) -> None:
         """Take the sandbox off the network (its containers are stopped by the caller first):
@@ -233,7 +235,13 @@ class Sandboxes:
                 "uts_ns_path": os.path.join(d, "uts"), "shm": os.path.join(d, "shm")}
 
     def config(self, rec: dict) -> cri_pb2.PodSandboxConfig:
-        return json_format.ParseDict(rec["config"], cri_pb2.PodSandboxConfig(), ignore_unknown_fields=True)
+        """The record's CRI config as a message, parsed once; callers must not modify it."""
+        cached = self._configs.get(rec["id"])
+        if cached is not None and cached[0] is rec["config"]:
+            return cached[1]
+        msg = json_format.ParseDict(rec["config"], cri_pb2.PodSandboxConfig(), ignore_unknown_fields=True)
+        self._configs[rec["id"]] = (rec["config"], msg)
+        return msg
 
     def get(self, sid: str) -> dict | None:
         return self.store.find(sid)
