@@ -249,6 +249,12 @@ def test_exit_codes_and_oom_killed(node, sandbox):
 def test_errors_the_kubelet_sees(node, sandbox):
     sid, cfg = sandbox
     with pytest.raises(CriError) as e:
+        node.client.run_pod_sandbox(sandbox_config(node, "kata"), runtime_handler="kata")
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and "kata" in e.value.details
+    with pytest.raises(CriError) as e:
+        node.client.update_runtime_config("10.244.0.0/33")
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(CriError) as e:
         node.client.create_container("0" * 64, container_config("x", ["true"]), cfg)
     assert e.value.code == grpc.StatusCode.NOT_FOUND
     missing = container_config("x", ["true"])

@@ -9,6 +9,7 @@ do (streaming exec/attach/port-forward, checkpoints, events, metrics) answers UN
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ log = logging.getLogger("node.runtime")
 RUNTIME_NAME = "etcdlite-plane-runc"
 RUNTIME_VERSION = "0.1.0"
 RUNTIME_API_VERSION = "v1"
+RUNTIME_HANDLERS = ("", "runc")  # a RuntimeClass handler other than these is refused, as containerd does
 
 
 class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
@@ -103,6 +105,11 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
 
     async def UpdateRuntimeConfig(self, request, context):
         cidr = request.runtime_config.network_config.pod_cidr
+        if cidr:
+            try:
+                ipaddress.IPv4Network(cidr, strict=False)
+            except ValueError as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"pod CIDR {cidr!r}: {e}")
         if cidr and cidr != self.pod_cidr:
             self.pod_cidr = cidr
             await self._run(context, write_json, self._config_path, {"pod_cidr": cidr})
@@ -113,6 +120,10 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
     async def RunPodSandbox(self, request, context):
         if not request.HasField("config") or not request.config.HasField("metadata"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "RunPodSandbox needs a config with metadata")
+        if request.runtime_handler not in RUNTIME_HANDLERS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"no runtime for {request.runtime_handler!r} is configured (this runtime has "
+                                f"only runc, as the default handler \"\")")
         sid = await self._run(context, self.sandboxes.run, request.config, request.runtime_handler,
                               self.pod_cidr)
         return cri_pb2.RunPodSandboxResponse(pod_sandbox_id=sid)
