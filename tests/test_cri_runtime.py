@@ -98,12 +98,14 @@ def node(tmp_path_factory):
     assert problems == []
     left = leftovers(n)
     assert left == {}, left
+    assert not [x for x in os.listdir("/run/netns") if x.startswith(n.plane)]
 
 
 def leftovers(n: Node) -> dict:
     """Anything on the machine still named with the node's prefix."""
     out = {}
-    netns = [x for x in os.listdir("/run/netns") if x.startswith(n.plane)] if os.path.isdir("/run/netns") else []
+    netns = [x for x in os.listdir("/run/netns") if x.startswith(n.prefix + "-")] \
+        if os.path.isdir("/run/netns") else []  # pods' (the node's own is the fabric's)
     if netns:
         out["netns"] = netns
     if cgroups.tree(n.prefix):
@@ -114,6 +116,10 @@ def leftovers(n: Node) -> dict:
         out["conmon"] = conmon_pids(f"/run/{n.prefix}")
     if os.path.exists(f"/run/{n.prefix}"):
         out["runc root"] = f"/run/{n.prefix}"
+    if os.path.exists(f"/run/{n.prefix}.runtime-root"):
+        out["root marker"] = f"/run/{n.prefix}.runtime-root"
+    if mounts.mount_points(n.base):
+        out["mounts under the test dir"] = mounts.mount_points(n.base)
     return out
 
 
@@ -363,6 +369,10 @@ def test_cleanup_after_runtime_killed_leaves_nothing(tmp_path):
         n.proc.wait()
         assert all(os.path.exists(f"/proc/{p}") for p in pids)
         assert leftovers(n), "nothing to clean: the test would prove nothing"
+        # the plane's prefix alone is enough: the runtime recorded its root under /run
+        assert cleanup(n.plane) == []
+        assert leftovers(n) == {}
+        assert os.path.exists(f"/run/netns/{n.prefix}"), "the node's own namespace is the fabric's"
     finally:
         problems = n.teardown()
     assert problems == []

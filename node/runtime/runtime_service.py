@@ -22,6 +22,7 @@ from google.protobuf import json_format
 
 from node.pb import cri_pb2, cri_pb2_grpc
 from node.runtime import oci, stats
+from node.runtime.cleanup import record_root
 from node.runtime.containers import EXITED, ContainerError, Containers
 from node.runtime.sandbox import NOTREADY, READY, PodNetwork, SandboxError, Sandboxes
 from node.runtime.store import NameReserved, read_json, write_json
@@ -48,6 +49,7 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
         self.network = PodNetwork(node_netns, os.path.join(self.root, "ipam"))
         self.sandboxes = Sandboxes(self.root, prefix, node_netns, self.network)
         self.containers = Containers(self.root, prefix, f"/run/{prefix}", images, self.sandboxes, pids_limit)
+        record_root(prefix, self.root)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cri")
         self.cpu_rates = stats.CpuRates()
         self._sandbox_locks: dict[str, threading.Lock] = {}
