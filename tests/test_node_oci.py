@@ -109,6 +109,9 @@ def test_namespaces_cgroup_hostname_masked_paths(tmp_path):
     assert spec["hostname"] == "web-0"
     assert "/proc/kcore" in spec["linux"]["maskedPaths"] and "/proc/sys" in spec["linux"]["readonlyPaths"]
     assert spec["ociVersion"] == "1.0.2" and spec["root"] == {"path": str(tmp_path), "readonly": False}
+    priv = _spec(tmp_path, _config(command=["sh"], linux=cri_pb2.LinuxContainerConfig(
+        security_context=cri_pb2.LinuxContainerSecurityContext(privileged=True))))
+    assert "maskedPaths" not in priv["linux"] and priv["linux"]["resources"]["devices"] == [{"allow": True, "access": "rwm"}]
     nnp = cri_pb2.LinuxContainerSecurityContext(no_new_privs=True)
     assert _spec(tmp_path, _config(command=["sh"], linux=cri_pb2.LinuxContainerConfig(
         security_context=nnp)))["process"]["noNewPrivileges"] is True

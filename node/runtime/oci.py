@@ -373,7 +373,9 @@ def build_spec(config, sandbox_config, image_config: dict, sandbox: SandboxFiles
         "cgroupsPath": paths.cgroups_path,
         "namespaces": namespaces,
     }
-    if not privileged:
+    if privileged:  # every device the cgroup could deny (host device nodes are not copied in)
+        linux_spec["resources"]["devices"] = [{"allow": True, "access": "rwm"}]
+    else:
         masked = list(sc.masked_paths) if sc is not None and sc.masked_paths else list(DEFAULT_MASKED_PATHS)
         ro = list(sc.readonly_paths) if sc is not None and sc.readonly_paths else list(DEFAULT_READONLY_PATHS)
         linux_spec["maskedPaths"] = masked
