@@ -497,3 +497,20 @@ def test_restart_undoes_creates_cut_short(node, tmp_path):
         first.close()
         assert cleanup(net.name, root) == []
         node.fabric.remove_node(1)
+
+
+def test_privileged_and_default_capabilities(node, sandbox):
+    sid, cfg = sandbox
+    plain = run(node, sandbox, "plain", ["sleep", "1000"])
+    cc = container_config("priv", ["sleep", "1000"])
+    cc.linux.security_context.privileged = True
+    priv = node.client.create_container(sid, cc, cfg)
+    node.client.start_container(priv)
+    for cid in (plain, priv):
+        wait_state(node, cid, cri_pb2.CONTAINER_RUNNING)
+    mount = ["sh", "-c", "mkdir -p /m && mount -t tmpfs none /m && echo mounted"]
+    assert node.client.exec_sync(plain, mount, timeout=10).exit_code != 0, "CAP_SYS_ADMIN is not a default"
+    assert node.client.exec_sync(priv, mount, timeout=10).stdout == b"mounted\n"
+    masked = ["grep", "-c", " /proc/keys ", "/proc/self/mountinfo"]
+    assert node.client.exec_sync(plain, masked, timeout=10).stdout.strip() == b"1", "/proc/keys is masked"
+    assert node.client.exec_sync(priv, masked, timeout=10).stdout.strip() == b"0", "not for a privileged one"
