@@ -17,6 +17,7 @@ import time
 import grpc
 import pytest
 
+from node import capable
 from node.cri.client import CriClient, CriError
 from node.network.fabric import Fabric
 from node.pb import cri_pb2
@@ -31,11 +32,9 @@ CRI_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+[+-]\d\d:\d\d (s
 
 
 def need_runtime():
-    if os.geteuid() != 0:
-        pytest.skip("needs root: namespaces, cgroups and mounts (run the suite as root)")
-    missing = runc.binaries_missing() + ([] if os.path.exists("/usr/bin/busybox") else ["busybox-static"])
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)}: `make node-deps` installs runc, conmon, busybox-static")
+    reason = capable.why_not()
+    if reason:
+        pytest.skip(f"real nodes cannot run here: {reason}")
 
 
 class Node:
