@@ -18,6 +18,7 @@ import time
 
 from google.protobuf import json_format
 
+from node.network import pod
 from node.pb import cri_pb2
 from node.runtime import cgroups, mounts
 from node.runtime.store import RecordStore
@@ -54,20 +55,15 @@ class PodNetwork:
         self.state_dir = state_dir
 
     def create_netns(self, name: str) -> None:
-        from node.network import pod
         pod.create_netns(name)
 
     def delete_netns(self, name: str) -> None:
-        from node.network import pod
         pod.delete_netns(name)
 
-    def attach(self, pod_netns: str, pod_cidr: str, sandbox_id: str):
-        """-> PodIP(ip, prefixlen, gateway)"""
-        from node.network import pod
+    def attach(self, pod_netns: str, pod_cidr: str, sandbox_id: str) -> pod.PodIP:
         return pod.attach(pod_netns, self.node_netns, pod_cidr, self.state_dir, sandbox_id)
 
     def detach(self, pod_netns: str, sandbox_id: str) -> None:
-        from node.network import pod
         pod.detach(pod_netns, self.node_netns, self.state_dir, sandbox_id)
 
 
