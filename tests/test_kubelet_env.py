@@ -13,7 +13,8 @@ from node.kubelet.expansion import expand, mapping_for
 
 HAS_ENV_FROM = "env_from" in core_pb2.Container.DESCRIPTOR.fields_by_name
 HAS_RESOURCE_FIELD_REF = "resource_field_ref" in core_pb2.EnvVarSource.DESCRIPTOR.fields_by_name
-needs_env_from = pytest.mark.skipif(not HAS_ENV_FROM, reason="core.proto has no Container.env_from yet (branch kinds adds it)")
+needs_env_from = pytest.mark.skipif(not HAS_ENV_FROM,
+                                    reason="core.proto has no Container.env_from yet (branch kinds adds it)")
 
 # ---- expansion (expand_test.go) ----
 

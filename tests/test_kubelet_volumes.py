@@ -136,7 +136,8 @@ def test_config_map_layout_and_modes(kubelet_root):
     assert not os.path.lexists(f"{some}/other")
 
 
-@pytest.mark.skipif(not (HAS_MODES and HAS_DEFAULT_MODE), reason="core.proto lacks KeyToPath.mode/defaultMode yet (branch kinds)")
+@pytest.mark.skipif(not (HAS_MODES and HAS_DEFAULT_MODE),
+                    reason="core.proto lacks KeyToPath.mode/defaultMode yet (branch kinds)")
 def test_config_map_item_mode_and_default_mode(kubelet_root):
     store = Store(_cm("app", {"a": "1", "b": "2"}))
     source = core_pb2.ConfigMapVolumeSource(name="app", default_mode=0o400,
@@ -337,7 +338,8 @@ def test_host_path_or_create(kubelet_root, host):
     vols = Volumes(kubelet_root, Store())
     vols.setup(_pod(core_pb2.Volume(name="d", host_path=core_pb2.HostPathVolumeSource(
         path=f"{host}/new/deep", type="DirectoryOrCreate")),
-        core_pb2.Volume(name="f", host_path=core_pb2.HostPathVolumeSource(path=f"{host}/new.txt", type="FileOrCreate"))))
+        core_pb2.Volume(name="f", host_path=core_pb2.HostPathVolumeSource(path=f"{host}/new.txt",
+                                                                          type="FileOrCreate"))))
     assert os.path.isdir(f"{host}/new/deep") and _mode(f"{host}/new/deep") == 0o755 & ~_umask()
     assert os.path.isfile(f"{host}/new.txt") and os.path.getsize(f"{host}/new.txt") == 0
 
@@ -409,7 +411,8 @@ def test_sub_paths_are_bound_and_cannot_escape(kubelet_root, tmp_path):
 
     for sub, message in [("evil", 'failed to prepare subPath for volumeMount "scratch" of container "app"'),
                          ("evil/secret.txt", 'failed to prepare subPath for volumeMount "scratch" of container "app"'),
-                         ("evil/newdir", 'failed to create subPath directory for volumeMount "scratch" of container "app"'),
+                         ("evil/newdir",
+                          'failed to create subPath directory for volumeMount "scratch" of container "app"'),
                          ("../x", "unable to provision SubPath `../x`: must not contain '..'"),
                          ("/etc", "error SubPath `/etc` must not be an absolute path")]:
         bad = _container(core_pb2.VolumeMount(name="scratch", mount_path="/x", sub_path=sub))
@@ -460,7 +463,8 @@ def test_restarted_kubelet_sets_up_idempotently(kubelet_root):
 
 
 def test_unsupported_source_and_bad_uid(kubelet_root):
-    pod = _pod(core_pb2.Volume(name="claim", persistent_volume_claim=core_pb2.PersistentVolumeClaimVolumeSource(claim_name="c")))
+    claim = core_pb2.PersistentVolumeClaimVolumeSource(claim_name="c")
+    pod = _pod(core_pb2.Volume(name="claim", persistent_volume_claim=claim))
     with pytest.raises(VolumeError, match="not supported by this kubelet"):
         Volumes(kubelet_root, Store()).setup(pod)
     with pytest.raises(VolumeError, match="cannot name a directory"):
