@@ -91,18 +91,21 @@ def _field(name, path, api_version="v1"):
         field_ref=core_pb2.ObjectFieldSelector(api_version=api_version, field_path=path)))
 
 
-def _cm_key(name, cm, key, optional=None):
-    sel = core_pb2.KeySelector(name=cm, key=key)
+def _key_ref(field, name, obj, key, optional):
+    var = core_pb2.EnvVar(name=name)
+    sel = getattr(var.value_from, field)   # the selector's message type differs across core.proto versions
+    sel.name, sel.key = obj, key
     if optional is not None:
         sel.optional = optional
-    return core_pb2.EnvVar(name=name, value_from=core_pb2.EnvVarSource(config_map_key_ref=sel))
+    return var
+
+
+def _cm_key(name, cm, key, optional=None):
+    return _key_ref("config_map_key_ref", name, cm, key, optional)
 
 
 def _secret_key(name, secret, key, optional=None):
-    sel = core_pb2.KeySelector(name=secret, key=key)
-    if optional is not None:
-        sel.optional = optional
-    return core_pb2.EnvVar(name=name, value_from=core_pb2.EnvVarSource(secret_key_ref=sel))
+    return _key_ref("secret_key_ref", name, secret, key, optional)
 
 
 class Store:

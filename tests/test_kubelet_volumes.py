@@ -505,3 +505,22 @@ def test_open_refuses_a_symlink_swapped_in_after_the_check(tmp_path):
             subpath._open_components(fd, "a/x")
     finally:
         os.close(fd)
+
+
+@pytest.mark.skipif("optional" not in core_pb2.SecretVolumeSource.DESCRIPTOR.fields_by_name
+                    or not HAS_MODES, reason="core.proto lacks SecretVolumeSource.optional/KeyToPath.mode yet")
+def test_secret_items_modes_and_optional(kubelet_root):
+    store = Store(_secret("creds", {"tls.key": b"KEY", "tls.crt": b"CRT"}))
+    present = core_pb2.SecretVolumeSource(secret_name="creds", default_mode=0o440, optional=True,
+                                          items=[core_pb2.KeyToPath(key="tls.key", path="private/key", mode=0o400),
+                                                 core_pb2.KeyToPath(key="tls.crt", path="cert"),
+                                                 core_pb2.KeyToPath(key="absent", path="absent")])
+    missing = core_pb2.SecretVolumeSource(secret_name="nope", optional=True)
+    Volumes(kubelet_root, store).setup(_pod(core_pb2.Volume(name="tls", secret=present),
+                                            core_pb2.Volume(name="none", secret=missing)))
+    base = os.path.join(kubelet_root, "pods", UID, "volumes", "kubernetes.io~secret")
+    assert _mode(f"{base}/tls/private/key") == 0o400 and _mode(f"{base}/tls/cert") == 0o440
+    assert open(f"{base}/tls/private/key", "rb").read() == b"KEY"
+    assert not os.path.lexists(f"{base}/tls/absent")          # optional: a missing key is left out
+    assert _mountinfo_types(f"{base}/none") == ["tmpfs"]
+    assert sorted(os.listdir(f"{base}/none")) == sorted(["..data", os.readlink(f"{base}/none/..data")])
