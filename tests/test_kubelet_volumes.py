@@ -85,6 +85,16 @@ def _mountinfo_types(path: str) -> list[str]:
     return found
 
 
+def _super_options(path: str) -> list[str]:
+    real = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == real:
+                return fields[-1].split(",")
+    return []
+
+
 def _mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
@@ -257,6 +267,8 @@ def test_secret_is_on_tmpfs_and_never_on_disk(kubelet_root, tmp_path):
     vols.setup(pod)
     sdir = os.path.join(kubelet_root, "pods", UID, "volumes", "kubernetes.io~secret", "creds")
     assert _mountinfo_types(sdir) == ["tmpfs"]
+    if tuple(int(x) for x in re.findall(r"\d+", os.uname().release)[:2]) >= (6, 4):
+        assert "noswap" in _super_options(sdir)   # its pages never reach a swap device either
     assert open(f"{sdir}/password", "rb").read() == secret_bytes
     assert _mode(f"{sdir}/{os.readlink(sdir + '/..data')}/password") == 0o644
     store.put(_secret("creds", {"password": secret_bytes + b"-v2"}))

@@ -39,8 +39,21 @@ def mount(source: str, target: str, fstype: str | None, flags: int = 0, data: st
         raise OSError(err, f"mount {source} on {target}: {os.strerror(err)}", target)
 
 
+_noswap = [True]   # cleared when the kernel refuses tmpfs's noswap (before Linux 6.4)
+
+
 def mount_tmpfs(target: str, *, size: int | None = None, mode: int = 0o777) -> None:
+    """A tmpfs at ``target``, with ``noswap`` where the kernel has it, as Kubernetes
+    mounts memory-backed volumes: a Secret's pages then never go to a swap device."""
     options = [f"mode={mode:o}"] + ([f"size={size}"] if size else [])
+    if _noswap[0]:
+        try:
+            mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, ",".join(options + ["noswap"]))
+            return
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            _noswap[0] = False
     mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, ",".join(options))
 
 
