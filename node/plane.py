@@ -14,6 +14,8 @@ data directory finds its namespaces and adopts its running containers instead of
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,16 @@ from node import network
 from node.network.fabric import Fabric
 
 NODE_NAME = "node-{i}"
+
+
+def busybox_version() -> str | None:
+    """major.minor of the machine's busybox ("1.35"), the tag its image gets beside latest."""
+    try:
+        banner = subprocess.run(["busybox"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r"BusyBox v(\d+\.\d+)", banner)
+    return found.group(1) if found else None
 
 
 @dataclass(frozen=True)
@@ -70,7 +82,11 @@ class RealNodes:
         for node in self.nodes:
             self.fabric.add_node(node.index)
             node.dir.mkdir(parents=True, exist_ok=True)
-        build_busybox(ImageStore(str(self.images)))
+        store = ImageStore(str(self.images))
+        image = build_busybox(store)
+        version = busybox_version()
+        if version:  # a second name, so the example can roll out from one image name to another
+            store.tag(image, f"docker.io/library/busybox:{version}")
 
     def runtime_command(self, node: RealNode) -> list[str]:
         return [sys.executable, "-m", "node.runtime", "--listen", node.cri_socket, "--root", str(node.dir / "runtime"),
