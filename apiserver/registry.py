@@ -31,7 +31,7 @@ NAMESPACES = resources.BY_NAME["namespaces"]
 PODS = resources.BY_NAME["pods"]
 
 # created at startup, as kube-apiserver's system namespaces controller does
-SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", resources.NAMESPACE_NODE_LEASE)
 
 # etcd refuses requests over 1.5 MiB; stay clear of it with the metadata around
 DEFAULT_MAX_OBJECT_BYTES = 1024 * 1024

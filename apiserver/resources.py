@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from apiserver.pb import api_pb2, apps_pb2, coordination_pb2, core_pb2
 
 REGISTRY_PREFIX = "/registry/"
+# where kubelets keep their node Leases (core/v1 NamespaceNodeLease)
+NAMESPACE_NODE_LEASE = "kube-node-lease"
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from apiserver.errors import ApiError
 from controllers.events import WARNING
 from controllers.informer import NODE_INDEX, deep_copy, meta_namespace_key
-from controllers.kubelet import LEASE_NAMESPACE
+from apiserver.resources import NAMESPACE_NODE_LEASE as LEASE_NAMESPACE
 from controllers.podutil import get_condition, now_rfc3339, parse_time
 from controllers.scheduler.plugins import TAINT_NOT_READY, TAINT_UNREACHABLE, tolerates
 from controllers.workqueue import RateLimitingQueue, start_workers

@@ -58,7 +58,7 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
                                   "--log-level", "warning"]
     cmds["scheduler"] = [py, "-m", "controllers.scheduler", "--server", server, "--leader-elect",
                          "--log-level", "warning"]
-    cmds["kubelets"] = [py, "-m", "controllers.kubelet", "--server", server, "--nodes", str(args.nodes),
+    cmds["kubelets"] = [py, "-m", "node.kubelet.hollow", "--server", server, "--nodes", str(args.nodes),
                         "--heartbeat-interval", "5", "--log-level", "warning"]
     return cmds
 

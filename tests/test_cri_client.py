@@ -101,6 +101,7 @@ def test_typed_calls_and_errors_carry_the_grpc_code(runtime):
             cri.container_status("gone")
         assert err.value.code == grpc.StatusCode.NOT_FOUND and err.value.not_found
         assert err.value.method == "ContainerStatus" and "'gone' not found" in err.value.details
+        assert err.value.rpc_message == "rpc error: code = NotFound desc = container 'gone' not found"
 
         with pytest.raises(CriError) as err:
             cri.attach(cri_pb2.AttachRequest(container_id="c1"))
@@ -128,6 +129,7 @@ def test_exec_sync_answers_exit_codes_and_times_out_past_its_deadline(runtime):
             cri.exec_sync("c1", ["sleep"], timeout=1)
         took = time.monotonic() - start
         assert err.value.timed_out
+        assert err.value.rpc_message.startswith("rpc error: code = DeadlineExceeded desc = ")
         assert 1.2 <= took < 5, took
 
         # other calls get the client's timeout

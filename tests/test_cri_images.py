@@ -359,3 +359,16 @@ def test_cli_builds_lists_exports_imports_and_removes(tmp_path, capsys):
     assert images_mod.main(["remove", "--store", store, "busybox"]) == 0
     assert images_mod.main(["remove", "--store", store, "busybox"]) == 1
     assert "no image 'busybox'" in capsys.readouterr().err
+
+
+def test_a_broken_image_does_not_hide_the_others(tmp_path):
+    store = ImageStore(str(tmp_path / "store"))
+    good = _image(store, ["good:1"], {"f": b"1"})
+    bad = _image(store, ["bad:1"], {"f": b"2"})
+    os.unlink(store.blob_path(bad.id))  # its config is gone
+    store._parsed.clear()
+    assert [i.id for i in store.list()] == [good.id]
+    assert store.resolve("bad:1") is None and store.resolve("good:1") == good
+    assert store.remove("bad:1") is None  # its name and its blobs go all the same
+    assert [e["annotations"]["io.containerd.image.name"] for e in store._entries()] == ["docker.io/library/good:1"]
+    assert not os.path.exists(store.blob_path(bad.layers[0]))

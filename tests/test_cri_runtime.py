@@ -17,6 +17,7 @@ import time
 import grpc
 import pytest
 
+from node import capable
 from node.cri.client import CriClient, CriError
 from node.network.fabric import Fabric
 from node.pb import cri_pb2
@@ -31,11 +32,9 @@ CRI_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+[+-]\d\d:\d\d (s
 
 
 def need_runtime():
-    if os.geteuid() != 0:
-        pytest.skip("needs root: namespaces, cgroups and mounts (run the suite as root)")
-    missing = runc.binaries_missing() + ([] if os.path.exists("/usr/bin/busybox") else ["busybox-static"])
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)}: `make node-deps` installs runc, conmon, busybox-static")
+    reason = capable.why_not()
+    if reason:
+        pytest.skip(f"real nodes cannot run here: {reason}")
 
 
 class Node:
@@ -98,12 +97,14 @@ def node(tmp_path_factory):
     assert problems == []
     left = leftovers(n)
     assert left == {}, left
+    assert not [x for x in os.listdir("/run/netns") if x.startswith(n.plane)]
 
 
 def leftovers(n: Node) -> dict:
     """Anything on the machine still named with the node's prefix."""
     out = {}
-    netns = [x for x in os.listdir("/run/netns") if x.startswith(n.plane)] if os.path.isdir("/run/netns") else []
+    netns = [x for x in os.listdir("/run/netns") if x.startswith(n.prefix + "-")] \
+        if os.path.isdir("/run/netns") else []  # pods' (the node's own is the fabric's)
     if netns:
         out["netns"] = netns
     if cgroups.tree(n.prefix):
@@ -114,6 +115,10 @@ def leftovers(n: Node) -> dict:
         out["conmon"] = conmon_pids(f"/run/{n.prefix}")
     if os.path.exists(f"/run/{n.prefix}"):
         out["runc root"] = f"/run/{n.prefix}"
+    if os.path.exists(f"/run/{n.prefix}.runtime-root"):
+        out["root marker"] = f"/run/{n.prefix}.runtime-root"
+    if mounts.mount_points(n.base):
+        out["mounts under the test dir"] = mounts.mount_points(n.base)
     return out
 
 
@@ -196,8 +201,8 @@ def test_container_logs_exec_and_status(node, sandbox):
     assert r.exit_code == 4 and out.startswith(f"hello {cfg.hostname}\n")
     assert "nameserver 10.96.0.10" in out and "search default.svc" in out
     assert st.network.ip in out
-    r = node.client.exec_sync(cid, ["cat", "/sys/fs/cgroup/cpu/cpu.shares"], timeout=10)
-    assert r.stdout.strip() == b"256"
+    r = node.client.exec_sync(cid, ["cat", "/sys/fs/cgroup/cpu/cpu.shares", "/sys/fs/cgroup/pids/pids.max"], timeout=10)
+    assert r.stdout.split() == [b"256", b"4096"]  # the runtime's default pids limit
     with pytest.raises(CriError) as e:
         node.client.exec_sync(cid, ["sleep", "30"], timeout=1)
     assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -249,6 +254,12 @@ def test_exit_codes_and_oom_killed(node, sandbox):
 def test_errors_the_kubelet_sees(node, sandbox):
     sid, cfg = sandbox
     with pytest.raises(CriError) as e:
+        node.client.run_pod_sandbox(sandbox_config(node, "kata"), runtime_handler="kata")
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and "kata" in e.value.details
+    with pytest.raises(CriError) as e:
+        node.client.update_runtime_config("10.244.0.0/33")
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(CriError) as e:
         node.client.create_container("0" * 64, container_config("x", ["true"]), cfg)
     assert e.value.code == grpc.StatusCode.NOT_FOUND
     missing = container_config("x", ["true"])
@@ -276,11 +287,17 @@ def test_restart_keeps_containers_running(node, sandbox):
     wait_state(node, cid, cri_pb2.CONTAINER_RUNNING)
     pid = int(node.client.container_status(cid, verbose=True).info["pid"])
     done = run(node, sandbox, "done-while-down", ["sh", "-c", "sleep 1; exit 5"])
+    broken_cfg = sandbox_config(node, "netns-lost")
+    broken = node.client.run_pod_sandbox(broken_cfg)
     node.stop()
     assert node.proc.returncode == 0
     assert os.path.exists(f"/proc/{pid}"), "the container died with the runtime"
+    subprocess.run(["ip", "netns", "del", f"{node.prefix}-{broken[:10]}"], check=True)
     time.sleep(1.5)  # done-while-down exits while no runtime runs
     node.start()
+    assert node.client.pod_sandbox_status(broken).status.state == cri_pb2.SANDBOX_NOTREADY
+    node.client.stop_pod_sandbox(broken)
+    node.client.remove_pod_sandbox(broken)
     st = node.client.container_status(cid, verbose=True)
     assert st.status.state == cri_pb2.CONTAINER_RUNNING and int(st.info["pid"]) == pid
     assert cid in [c.id for c in node.client.list_containers()]
@@ -351,9 +368,148 @@ def test_cleanup_after_runtime_killed_leaves_nothing(tmp_path):
         n.proc.wait()
         assert all(os.path.exists(f"/proc/{p}") for p in pids)
         assert leftovers(n), "nothing to clean: the test would prove nothing"
+        # the plane's prefix alone is enough: the runtime recorded its root under /run
+        assert cleanup(n.plane) == []
+        assert leftovers(n) == {}
+        assert os.path.exists(f"/run/netns/{n.prefix}"), "the node's own namespace is the fabric's"
     finally:
         problems = n.teardown()
     assert problems == []
     assert leftovers(n) == {}
     assert not [p for p in pids if os.path.exists(f"/proc/{p}")]
     assert cleanup(n.prefix, n.root) == []  # idempotent
+
+
+def test_pod_containers_share_ipc_uts_and_shm(node, sandbox):
+    sid, cfg = sandbox
+    a = run(node, sandbox, "a", ["sh", "-c", "echo from-a > /dev/shm/note; sleep 1000"])
+    b = run(node, sandbox, "b", ["sleep", "1000"])
+    for cid in (a, b):
+        wait_state(node, cid, cri_pb2.CONTAINER_RUNNING)
+    links = "for n in ipc uts net pid; do readlink /proc/self/ns/$n; done"
+    ns = {cid: node.client.exec_sync(cid, ["sh", "-c", links], timeout=10).stdout.split() for cid in (a, b)}
+    assert ns[a][:3] == ns[b][:3], "a pod's containers share IPC, UTS and network"
+    assert ns[a][3] != ns[b][3], "each container has its own pid namespace"
+    assert node.client.exec_sync(b, ["cat", "/dev/shm/note"], timeout=10).stdout == b"from-a\n"
+    assert node.client.exec_sync(b, ["hostname"], timeout=10).stdout.decode().strip() == cfg.hostname
+
+
+def test_volume_mounts_readonly_readwrite_and_created(node, sandbox, tmp_path):
+    sid, cfg = sandbox
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "app.conf").write_text("answer=42\n")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    created = tmp_path / "made-by-runtime"
+    cc = container_config("vols", ["sleep", "1000"])
+    cc.mounts.add(container_path="/etc/app", host_path=str(config_dir), readonly=True)
+    cc.mounts.add(container_path="/scratch", host_path=str(scratch))
+    cc.mounts.add(container_path="/new", host_path=str(created))
+    cid = node.client.create_container(sid, cc, cfg)
+    node.client.start_container(cid)
+    wait_state(node, cid, cri_pb2.CONTAINER_RUNNING)
+    assert node.client.exec_sync(cid, ["cat", "/etc/app/app.conf"], timeout=10).stdout == b"answer=42\n"
+    ro = node.client.exec_sync(cid, ["touch", "/etc/app/x"], timeout=10)
+    assert ro.exit_code != 0 and b"Read-only" in ro.stderr
+    assert node.client.exec_sync(cid, ["sh", "-c", "echo w > /scratch/out"], timeout=10).exit_code == 0
+    assert (scratch / "out").read_text() == "w\n"
+    assert created.is_dir()
+    st = node.client.container_status(cid).status
+    assert sorted(m.container_path for m in st.mounts) == ["/etc/app", "/new", "/scratch"]
+
+
+def test_user_workdir_and_tty(node, sandbox):
+    sid, cfg = sandbox
+    cc = container_config("nobody", ["sh", "-c", "id -u; pwd; [ -t 1 ] && echo tty; sleep 1000"])
+    cc.working_dir = "/work/dir"
+    cc.tty = True
+    cc.linux.security_context.run_as_user.value = 65534
+    cid = node.client.create_container(sid, cc, cfg)
+    node.client.start_container(cid)
+    st = wait_state(node, cid, cri_pb2.CONTAINER_RUNNING)
+    assert (st.user.linux.uid, st.user.linux.gid) == (65534, 65534)
+    lines = [CRI_LOG_LINE.match(x).group(2).rstrip("\r") for x in wait_log(st.log_path, 3)]
+    assert lines[:3] == ["65534", "/work/dir", "tty"]
+    assert node.client.exec_sync(cid, ["id", "-u"], timeout=10).stdout == b"65534\n"
+
+
+def test_container_and_sandbox_stats(node, sandbox):
+    sid, cfg = sandbox
+    cid = run(node, sandbox, "busy", ["sh", "-c", "head -c 8000000 /dev/zero > /tmp/blob; "
+                                                  "while true; do :; done"], memory=64 << 20)
+    wait_state(node, cid, cri_pb2.CONTAINER_RUNNING)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # until the blob is written
+        if node.client.container_stats(cid).writable_layer.used_bytes.value >= 8_000_000:
+            break
+        time.sleep(0.1)
+    first = node.client.container_stats(cid)
+    time.sleep(0.5)
+    st = node.client.container_stats(cid)
+    assert st.attributes.id == cid and st.attributes.metadata.name == "busy"
+    assert st.cpu.usage_core_nano_seconds.value > first.cpu.usage_core_nano_seconds.value
+    assert st.cpu.usage_nano_cores.value > 10_000_000, "a busy loop gets its share of a core, even on a loaded machine"
+    assert 0 < st.memory.working_set_bytes.value <= 64 << 20
+    assert st.memory.available_bytes.value == (64 << 20) - st.memory.working_set_bytes.value
+    assert st.writable_layer.used_bytes.value >= 8_000_000
+    listed = node.client.list_container_stats(cri_pb2.ContainerStatsFilter(pod_sandbox_id=sid))
+    assert [s.attributes.id for s in listed] == [cid]
+    pod = node.client.pod_sandbox_stats(sid)
+    assert pod.attributes.id == sid and [c.attributes.id for c in pod.linux.containers] == [cid]
+    assert pod.linux.process.process_count.value >= 1
+    assert pod.linux.cpu.usage_core_nano_seconds.value >= st.cpu.usage_core_nano_seconds.value
+
+
+def test_restart_undoes_creates_cut_short(node, tmp_path):
+    """A runtime that died inside RunPodSandbox/CreateContainer leaves a directory without its
+    record: the next runtime removes what the half-done call made (runc container, conmon,
+    mounts, netns, address) instead of leaking it."""
+    from node.runtime.runtime_service import RuntimeService
+
+    net = node.fabric.add_node(1)
+    root = str(tmp_path / "root")
+    first = RuntimeService(root, net.name, net.name, ImageStore(node.images))
+    try:
+        first.pod_cidr = net.pod_cidr
+        cfg = sandbox_config(node, "cut-short")
+        sid = first.sandboxes.run(cfg, "", net.pod_cidr)
+        cid = first.containers.create(sid, container_config("half", ["sleep", "1000"]), cfg)
+        pid = first.containers.get(cid)["pid"]
+        os.unlink(os.path.join(root, "containers", cid, "container.json"))
+        os.unlink(os.path.join(root, "sandboxes", sid, "sandbox.json"))
+        second = RuntimeService(root, net.name, net.name, ImageStore(node.images))
+        second.load()
+        assert second.sandboxes.all() == [] and second.containers.all() == []
+        deadline = time.monotonic() + 5
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not os.path.exists(f"/proc/{pid}")
+        assert runc.Runc(f"/run/{net.name}").state(cid) is None
+        assert mounts.mount_points(root) == []
+        assert not os.path.exists(f"/run/netns/{net.name}-{sid[:10]}")
+        assert os.listdir(os.path.join(root, "sandboxes")) == [] == os.listdir(os.path.join(root, "containers"))
+        from node.network.ipam import HostLocalIpam
+        assert HostLocalIpam(os.path.join(root, "ipam")).lookup(sid) is None
+        second.close()
+    finally:
+        first.close()
+        assert cleanup(net.name, root) == []
+        node.fabric.remove_node(1)
+
+
+def test_privileged_and_default_capabilities(node, sandbox):
+    sid, cfg = sandbox
+    plain = run(node, sandbox, "plain", ["sleep", "1000"])
+    cc = container_config("priv", ["sleep", "1000"])
+    cc.linux.security_context.privileged = True
+    priv = node.client.create_container(sid, cc, cfg)
+    node.client.start_container(priv)
+    for cid in (plain, priv):
+        wait_state(node, cid, cri_pb2.CONTAINER_RUNNING)
+    mount = ["sh", "-c", "mkdir -p /m && mount -t tmpfs none /m && echo mounted"]
+    assert node.client.exec_sync(plain, mount, timeout=10).exit_code != 0, "CAP_SYS_ADMIN is not a default"
+    assert node.client.exec_sync(priv, mount, timeout=10).stdout == b"mounted\n"
+    masked = ["grep", "-c", " /proc/keys ", "/proc/self/mountinfo"]
+    assert node.client.exec_sync(plain, masked, timeout=10).stdout.strip() == b"1", "/proc/keys is masked"
+    assert node.client.exec_sync(priv, masked, timeout=10).stdout.strip() == b"0", "not for a privileged one"

@@ -16,7 +16,8 @@ from apiserver.errors import ApiError
 from apiserver.pb import apps_pb2, coordination_pb2, core_pb2, meta_pb2
 from controllers.gc import GarbageCollector, NamespaceController
 from controllers.informer import SharedInformerFactory
-from controllers.kubelet import LEASE_NAMESPACE, HollowNodes
+from apiserver.resources import NAMESPACE_NODE_LEASE as LEASE_NAMESPACE
+from node.kubelet.hollow import HollowNodes
 from harness.etcd_client import wait_until
 from harness.plane import apiserver_on_etcdlite
 

@@ -267,6 +267,17 @@ def test_kill_grace_period(deletion, termination, expect):
     assert actions.kill_grace_period(pod) == expect
 
 
+def test_probe_grace_period_applies_to_its_own_kills():
+    pod = make_pod(("a",))
+    c = pod.spec.containers[0]
+    c.liveness_probe.termination_grace_period_seconds = 5
+    assert actions.kill_grace_period(pod, c, actions.REASON_LIVENESS) == 5
+    assert actions.kill_grace_period(pod, c, actions.REASON_STARTUP) == 30  # the startup probe has none
+    assert actions.kill_grace_period(pod, c) == 30
+    pod.metadata.deletion_grace_period_seconds = 9
+    assert actions.kill_grace_period(pod, c, actions.REASON_LIVENESS) == 9  # deletion wins
+
+
 def test_containers_to_remove_keeps_the_newest_exited_of_each_name():
     pod = make_pod(("a",), inits=("i1",))
     rt = runtime(pod, containers=[ctr(pod, "i1", X, created=1), ctr(pod, "i1", X, created=2, restart=1),

@@ -91,3 +91,12 @@ def test_pre_stop_uses_the_grace_period():
     assert runner.pre_stop(pod, c, "c1", "", 30) == (23, "")
     assert runner.pre_stop(pod, c, "c1", "", 5) == (2, "")   # at least 2 s are left for the stop
     assert runner.pre_stop(pod, c, "c1", "", 0) == (2, "")   # no grace: no hook
+
+
+def test_sleep_hook_waits_within_the_timeout():
+    import time
+    pod = make_pod(("app",))
+    t0 = time.monotonic()
+    assert HookRunner().run(handler(sleep=core_pb2.SleepAction(seconds=30)), pod, pod.spec.containers[0],
+                            "c1", "", 0.3) == ""
+    assert 0.25 < time.monotonic() - t0 < 2

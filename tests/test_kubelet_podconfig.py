@@ -1,17 +1,16 @@
 """CRI configs from a pod spec (node/kubelet/podconfig.py) and the CRI snapshot
 adapter (node/kubelet/cri_status.py), as Kubernetes' generatePodSandboxConfig /
-generateContainerConfig / makeEnvironmentVariables (kuberuntime_sandbox_test.go,
-kuberuntime_container_linux_test.go TestGenerateContainerConfig, kubelet_pods_test.go
-TestMakeEnvironmentVariables) and toKubeContainerStatus."""
+generateContainerConfig (kuberuntime_sandbox_test.go, kuberuntime_container_linux_test.go
+TestGenerateContainerConfig) and toKubeContainerStatus. The environment itself is
+env.py's (tests/test_kubelet_env.py)."""
 
 from __future__ import annotations
 
 import pytest
 from kubelet_fixtures import make_pod
 
-from apiserver.pb import core_pb2
 from node.kubelet import cri_status, labels, podconfig
-from node.kubelet.podconfig import ConfigError
+from node.kubelet.volumes import Mount
 from node.pb import cri_pb2
 
 GI = 1024 ** 3
@@ -65,51 +64,6 @@ def test_linux_resources_from_requests_and_limits():
     assert (r.cpu_shares, r.cpu_quota, r.cpu_period, r.memory_limit_in_bytes) == (512, 50000, 100000, 64 << 20)
 
 
-def test_expand():
-    env = {"A": "1", "B": "two"}
-    assert podconfig.expand("$(A)-$(B)-$(C)-$$(A)-$", env) == "1-two-$(C)-$(A)-$"
-
-
-def _env(**kw):
-    return core_pb2.EnvVarSource(**kw)
-
-
-def test_environment_values_fields_and_refs():
-    pod = make_pod(("app",))
-    pod.metadata.labels["tier"] = "front"
-    c = pod.spec.containers[0]
-    c.env.add(name="A", value="x")
-    c.env.add(name="B", value="$(A)y")
-    c.env.add(name="POD", value_from=_env(field_ref=core_pb2.ObjectFieldSelector(field_path="metadata.name")))
-    c.env.add(name="IP", value_from=_env(field_ref=core_pb2.ObjectFieldSelector(field_path="status.podIP")))
-    c.env.add(name="TIER", value_from=_env(field_ref=core_pb2.ObjectFieldSelector(
-        field_path="metadata.labels['tier']")))
-    c.env.add(name="CM", value_from=_env(config_map_key_ref=core_pb2.KeySelector(name="cfg", key="k")))
-    c.env.add(name="SEC", value_from=_env(secret_key_ref=core_pb2.KeySelector(name="s", key="pw")))
-    c.env.add(name="OPT", value_from=_env(config_map_key_ref=core_pb2.KeySelector(
-        name="absent", key="k", optional=True)))
-    store = {("configmaps", "default", "cfg"): {"k": "v"}, ("secrets", "default", "s"): {"pw": b"hunter2"}}
-    env = podconfig.environment(pod, c, pod_ip="10.244.0.5", lookup=lambda *k: store.get(k))
-    assert env == [("A", "x"), ("B", "xy"), ("POD", "web"), ("IP", "10.244.0.5"), ("TIER", "front"),
-                   ("CM", "v"), ("SEC", "hunter2")]
-
-
-@pytest.mark.parametrize("ref,store,message", [
-    ("cm", {}, 'configmap "cfg" not found'),
-    ("cm", {("configmaps", "default", "cfg"): {}}, "couldn't find key k in ConfigMap default/cfg"),
-    ("secret", {}, 'secret "cfg" not found'),
-    ("secret", {("secrets", "default", "cfg"): {"x": b""}}, "couldn't find key k in Secret default/cfg"),
-])
-def test_missing_required_source_is_a_config_error(ref, store, message):
-    pod = make_pod(("app",))
-    sel = core_pb2.KeySelector(name="cfg", key="k")
-    src = _env(config_map_key_ref=sel) if ref == "cm" else _env(secret_key_ref=sel)
-    pod.spec.containers[0].env.add(name="X", value_from=src)
-    with pytest.raises(ConfigError) as e:
-        podconfig.environment(pod, pod.spec.containers[0], lookup=lambda *k: store.get(k))
-    assert str(e.value) == message
-
-
 def test_container_config():
     pod = make_pod(("app",))
     c = pod.spec.containers[0]
@@ -117,7 +71,9 @@ def test_container_config():
     c.args[:] = ["echo $(GREETING)"]
     c.working_dir = "/tmp"
     cfg = podconfig.container_config(pod, c, restart_count=3, image_ref="sha256:abc",
-                                     env=[("GREETING", "hi")], memory_capacity=8 * GI)
+                                     env=[("GREETING", "hi")], memory_capacity=8 * GI,
+                                     mounts=[Mount("/data", "/k/pods/u/volumes/x/data", True,
+                                                   "PROPAGATION_HOST_TO_CONTAINER")])
     assert (cfg.metadata.name, cfg.metadata.attempt) == ("app", 3)
     assert (cfg.image.image, cfg.image.user_specified_image) == ("sha256:abc", "busybox")
     assert list(cfg.command) == ["sh", "-c"] and list(cfg.args) == ["echo hi"]
@@ -128,6 +84,8 @@ def test_container_config():
     assert cfg.annotations["io.kubernetes.container.restartCount"] == "3"
     assert cfg.annotations["io.kubernetes.container.hash"] == labels.container_hash(c)
     assert cfg.linux.resources.oom_score_adj == 1000
+    assert [(m.container_path, m.host_path, m.readonly, m.propagation) for m in cfg.mounts] == [
+        ("/data", "/k/pods/u/volumes/x/data", True, cri_pb2.PROPAGATION_HOST_TO_CONTAINER)]
 
 
 def test_cri_statuses_become_the_snapshot():

@@ -103,6 +103,17 @@ def test_http_probe_sends_kubernetes_headers(http_port):
     assert h["Host"] == f"{POD_IP}:{http_port}"
 
 
+def test_http_probe_headers_from_the_spec(http_port):
+    _Handler.seen_headers.clear()
+    c = core_pb2.Container(name="app")
+    probe = core_pb2.Probe(http_get=core_pb2.HTTPGetAction(
+        path="/ok", port=str(http_port), http_headers=[core_pb2.HTTPHeader(name="X-Probe", value="yes"),
+                                                       core_pb2.HTTPHeader(name="Accept", value="text/plain")]))
+    assert Prober(connect=Connector()).probe(READINESS, probe, c, "cid", POD_IP)[0] == SUCCESS
+    h = _Handler.seen_headers[-1]
+    assert (h["X-Probe"], h["Accept"]) == ("yes", "text/plain")  # the spec's Accept replaces */*
+
+
 def test_http_probe_refused_and_timeout_are_failures():
     result, output = probes.http_probe(Connector(), POD_IP, closed_port(), "/", 1.0)
     assert result == FAILURE and "refused" in output.lower()

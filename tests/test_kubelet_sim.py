@@ -11,7 +11,8 @@ import pytest
 from apiserver.client import Client
 from apiserver.errors import ApiError
 from apiserver.pb import core_pb2
-from controllers.kubelet import LEASE_NAMESPACE, HollowNodes, node_internal_ip, node_pod_cidr, parse_taint
+from apiserver.resources import NAMESPACE_NODE_LEASE as LEASE_NAMESPACE
+from node.kubelet.hollow import HollowNodes, node_internal_ip, node_pod_cidr, parse_taint
 from harness.etcd_client import wait_until
 from harness.plane import apiserver_on_etcdlite
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import textwrap
@@ -189,26 +188,19 @@ def test_a_reused_address_is_reachable_at_once_from_another_node(plane, tmp_path
 
 
 @pytest.mark.process
-def test_attach_and_detach_take_well_under_100ms(plane, tmp_path):
+def test_twenty_pods_get_distinct_addresses_and_detach_releases_them_all(plane, tmp_path):
+    # how long attach and detach take is measured by benchmarks/pod_network.py, not asserted here
     node = plane.add_node(0)
-    names = []
-    for k in range(20):
-        name = f"{node.name}-{k:010x}"
+    names = [f"{node.name}-{k:010x}" for k in range(20)]
+    for name in names:
         pod.create_netns(name)
-        names.append(name)
-    attach, detach = [], []
+    ips = [pod.attach(name, node.name, node.pod_cidr, str(tmp_path), f"{k:064x}").ip
+           for k, name in enumerate(names)]
+    assert len(set(ips)) == 20
     for k, name in enumerate(names):
-        t = time.perf_counter()
-        pod.attach(name, node.name, node.pod_cidr, str(tmp_path), f"{k:064x}")
-        attach.append(time.perf_counter() - t)
-    for k, name in enumerate(names):
-        t = time.perf_counter()
         pod.detach(name, node.name, str(tmp_path), f"{k:064x}")
-        detach.append(time.perf_counter() - t)
-    p50a, p50d = statistics.median(attach), statistics.median(detach)
-    print(f"attach p50 {p50a * 1e3:.1f} ms max {max(attach) * 1e3:.1f} ms; "
-          f"detach p50 {p50d * 1e3:.1f} ms max {max(detach) * 1e3:.1f} ms")
-    assert p50a < 0.1 and p50d < 0.1
+        assert pod.status(name) is None
+    assert not [f for f in os.listdir(tmp_path) if f[0].isdigit()]
 
 
 @pytest.mark.process
@@ -281,6 +273,13 @@ def test_run_in_leaves_the_callers_threads_home(plane):
         netns.run_in(node.name, lambda: 1 / 0)
     with pytest.raises(network.NetworkError, match="no such network namespace"):
         netns.run_in(f"{plane.prefix}-nosuch", lambda: None)
+    # A probe to an address nobody holds ends by its timeout, not the ARP give-up (~3 s).
+    t = time.monotonic()
+    with pytest.raises(OSError):
+        netns.connect_in(node.name, "10.244.0.250", 80, timeout=0.3)
+    assert time.monotonic() - t < 2
+    with pytest.raises(ValueError):
+        pod.attach("bad name", node.name, node.pod_cidr, "/nonexistent", "x")  # before any ip
     # No thread of this process is left in another namespace.
     for tid in os.listdir("/proc/self/task"):
         assert os.readlink(f"/proc/self/task/{tid}/ns/net") == home

@@ -94,6 +94,10 @@ def test_resources_limits_and_oom_score_adj_clamped(tmp_path):
     res.oom_score_adj = 999
     assert oci.oom_score_adj(res) == 999
     assert "memory" not in oci.resources(cri_pb2.LinuxContainerResources())
+    assert "pids" not in r
+    assert oci.resources(res, pids_limit=100)["pids"] == {"limit": 100}
+    res.unified["pids.max"] = "50"
+    assert oci.resources(res, pids_limit=100)["pids"] == {"limit": 50}
 
 
 def test_namespaces_cgroup_hostname_masked_paths(tmp_path):
@@ -105,6 +109,9 @@ def test_namespaces_cgroup_hostname_masked_paths(tmp_path):
     assert spec["hostname"] == "web-0"
     assert "/proc/kcore" in spec["linux"]["maskedPaths"] and "/proc/sys" in spec["linux"]["readonlyPaths"]
     assert spec["ociVersion"] == "1.0.2" and spec["root"] == {"path": str(tmp_path), "readonly": False}
+    priv = _spec(tmp_path, _config(command=["sh"], linux=cri_pb2.LinuxContainerConfig(
+        security_context=cri_pb2.LinuxContainerSecurityContext(privileged=True))))
+    assert "maskedPaths" not in priv["linux"] and priv["linux"]["resources"]["devices"] == [{"allow": True, "access": "rwm"}]
     nnp = cri_pb2.LinuxContainerSecurityContext(no_new_privs=True)
     assert _spec(tmp_path, _config(command=["sh"], linux=cri_pb2.LinuxContainerConfig(
         security_context=nnp)))["process"]["noNewPrivileges"] is True

@@ -15,7 +15,7 @@ from apiserver.client import Client
 from apiserver.errors import ApiError
 from apiserver.pb import core_pb2
 from controllers.informer import SharedInformerFactory
-from controllers.kubelet import HollowNodes
+from node.kubelet.hollow import HollowNodes
 from controllers.nodelifecycle import NodeLifecycleController, TokenBucket, eviction_time, wanted_taint_keys
 from controllers.podutil import now_rfc3339
 from harness.etcd_client import wait_until

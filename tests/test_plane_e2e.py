@@ -49,8 +49,8 @@ def plane(tmp_path_factory):
     }
     start_component(tmp, "scheduler", "controllers.scheduler", server, reg, log_level="warning")
     nodes = dict(cpu=NODE_CPU, heartbeat_interval=1, ready_delay=0.3, log_level="warning")
-    start_component(tmp, "kubelets", "controllers.kubelet", server, reg, nodes=4, **nodes)
-    lone = start_component(tmp, "kubelet-4", "controllers.kubelet", server, reg, nodes=1, start_index=4, **nodes)
+    start_component(tmp, "kubelets", "node.kubelet.hollow", server, reg, nodes=4, **nodes)
+    lone = start_component(tmp, "kubelet-4", "node.kubelet.hollow", server, reg, nodes=1, start_index=4, **nodes)
     client = Client(server, timeout=20)
     wait_until(lambda: len(ready_nodes(client)) == 5, TIMEOUT, what="5 Ready nodes")
     checker = PodChecker(client)

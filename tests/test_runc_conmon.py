@@ -9,10 +9,12 @@ import os
 import re
 import secrets
 import shutil
+import subprocess
 import time
 
 import pytest
 
+from node import capable
 from node.pb import cri_pb2
 from node.runtime import cgroups, oci, runc
 from node.runtime.cleanup import cleanup
@@ -24,11 +26,9 @@ CRI_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+[+-]\d\d:\d\d (s
 
 
 def need_runtime():
-    if os.geteuid() != 0:
-        pytest.skip("needs root: namespaces, cgroups and mounts (run the suite as root)")
-    missing = runc.binaries_missing() + ([] if os.path.exists(BUSYBOX) else [BUSYBOX])
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)}: `make node-deps` installs runc, conmon, busybox-static")
+    reason = capable.why_not()
+    if reason:
+        pytest.skip(f"real nodes cannot run here: {reason}")
 
 
 def busybox_rootfs(path) -> str:
@@ -36,7 +36,8 @@ def busybox_rootfs(path) -> str:
     bin_dir = path / "bin"
     bin_dir.mkdir(parents=True)
     shutil.copy2(BUSYBOX, bin_dir / "busybox")
-    for applet in os.popen(f"{BUSYBOX} --list").read().split():
+    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    for applet in applets:
         if applet != "busybox":
             os.symlink("busybox", bin_dir / applet)
     for d in ("proc", "sys", "dev", "etc", "tmp"):

@@ -44,7 +44,7 @@ class Plane:
         first = 0
         for i in range(a.kubelet_procs):
             count = a.nodes // a.kubelet_procs + (1 if i < a.nodes % a.kubelet_procs else 0)
-            self._start("kubelets" if a.kubelet_procs == 1 else f"kubelets-{i}", "controllers.kubelet",
+            self._start("kubelets" if a.kubelet_procs == 1 else f"kubelets-{i}", "node.kubelet.hollow",
                         a.kubelet_args, nodes=count, start_index=first, cpu=a.node_cpu, memory=a.node_memory,
                         ready_delay=a.ready_delay)
             first += count

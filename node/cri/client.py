@@ -37,6 +37,10 @@ _CHANNEL_OPTIONS = [
 ]
 
 
+# grpc-go's names where capitalizing grpc.StatusCode's words differs
+_GO_CODE_NAMES = {"Ok": "OK", "Cancelled": "Canceled"}
+
+
 class CriError(Exception):
     """A CRI call failed: ``code`` is the gRPC status code (grpc.StatusCode), ``details``
     the runtime's message, ``method`` the CRI method that failed."""
@@ -46,6 +50,13 @@ class CriError(Exception):
         self.method = method
         self.code = code
         self.details = details
+
+    @property
+    def rpc_message(self) -> str:
+        """The error as a Go gRPC client prints it, which Kubernetes puts in pod statuses and
+        events: ``rpc error: code = NotFound desc = ...``."""
+        code = "".join(w.capitalize() for w in self.code.name.split("_"))
+        return f"rpc error: code = {_GO_CODE_NAMES.get(code, code)} desc = {self.details}"
 
     @property
     def not_found(self) -> bool:

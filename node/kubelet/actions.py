@@ -220,12 +220,21 @@ def next_restart_count(name: str, status: PodRuntimeStatus) -> int:
     return 0 if cs is None else cs.restart_count + 1
 
 
-def kill_grace_period(pod: core_pb2.Pod) -> int:
+def kill_grace_period(pod: core_pb2.Pod, container: core_pb2.Container | None = None,
+                      reason: str = "") -> int:
     """Seconds between SIGTERM and SIGKILL: the pod's deletion grace period when
-    it is being deleted, else its terminationGracePeriodSeconds; at least
+    it is being deleted; for a liveness or startup failure, that probe's
+    terminationGracePeriodSeconds when set; else the pod's; at least
     MIN_GRACE_PERIOD (Kubernetes' setTerminationGracePeriod)."""
+    probe = None
+    if container is not None and reason == REASON_LIVENESS:
+        probe = container.liveness_probe
+    elif container is not None and reason == REASON_STARTUP:
+        probe = container.startup_probe
     if pod.metadata.HasField("deletion_grace_period_seconds"):
         grace = pod.metadata.deletion_grace_period_seconds
+    elif probe is not None and probe.HasField("termination_grace_period_seconds"):
+        grace = probe.termination_grace_period_seconds
     elif pod.spec.HasField("termination_grace_period_seconds"):
         grace = pod.spec.termination_grace_period_seconds
     else:

@@ -2,7 +2,7 @@
 
 As Kubernetes' lifecycle handler runner (pkg/kubelet/lifecycle/handlers.go):
 an exec hook runs through CRI ExecSync, an httpGet or tcpSocket hook through
-the same connector as probes (into the node's netns). A hook fails on a
+the same connector as probes (into the node's netns), a sleep hook waits. A hook fails on a
 non-zero exit, an HTTP status outside [200, 400), or a refused connection.
 preStop may use the container's whole grace period; what it used is taken
 from the time left before SIGKILL (at least 2 s always remain).
@@ -37,9 +37,13 @@ class HookRunner:
             if handler.HasField("http_get"):
                 g = handler.http_get
                 result, output = http_probe(self.connect, g.host or pod_ip, resolve_port(g.port, container),
-                                            g.path or "/", timeout, scheme=g.scheme or "HTTP")
+                                            g.path or "/", timeout, scheme=g.scheme or "HTTP",
+                                            headers={h.name: h.value for h in g.http_headers})
                 if result == FAILURE:
                     return f"HTTP lifecycle hook ({g.path or '/'}) {where} failed - error: {output}"
+                return ""
+            if handler.HasField("sleep"):  # the hook is the wait itself (within the grace period)
+                time.sleep(max(0.0, min(float(handler.sleep.seconds), timeout)))
                 return ""
             if handler.HasField("tcp_socket"):
                 t = handler.tcp_socket

@@ -3,23 +3,20 @@
 Kubernetes' generatePodSandboxConfig and generateContainerConfig
 (pkg/kubelet/kuberuntime): metadata with attempts, the io.kubernetes.* labels,
 log paths under the pod's log directory (``<ns>_<name>_<uid>/<container>/<restart>.log``),
-command and args with ``$(VAR)`` expansion, the environment (values, fieldRef,
-configMapKeyRef, secretKeyRef), and Linux resources from requests and limits
-(cpu shares and CFS quota, memory limit, the QoS OOM score adjustment).
-
-A configuration that cannot be made (a missing ConfigMap or key that is not
-optional) raises ConfigError: the container waits in CreateContainerConfigError.
+command and args ``$(VAR)``-expanded against the environment (env.py makes
+both), the volume mounts (volumes.py) as CRI mounts, and Linux resources from
+requests and limits (cpu shares and CFS quota, memory limit, the QoS OOM score
+adjustment).
 """
 
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Callable
 
 from apiserver.pb import core_pb2
 from apiserver.quantity import bytes_of, milli_cpu
 from node.kubelet import labels
+from node.kubelet.env import expand_command_and_args
 from node.kubelet.status import qos_class
 from node.pb import cri_pb2
 
@@ -28,13 +25,6 @@ MIN_QUOTA = 1_000
 MIN_SHARES, MAX_SHARES = 2, 262_144
 GUARANTEED_OOM_SCORE_ADJ = -997
 BEST_EFFORT_OOM_SCORE_ADJ = 1000
-
-# (resource, namespace, name) -> the object's data, None when it does not exist
-Lookup = Callable[[str, str, str], "dict[str, str] | None"]
-
-
-class ConfigError(Exception):
-    """The container's configuration cannot be made (CreateContainerConfigError)."""
 
 
 # ---- the sandbox ----
@@ -105,79 +95,6 @@ def linux_resources(pod: core_pb2.Pod, container: core_pb2.Container,
     return r
 
 
-# ---- environment and command ----
-
-_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
-
-
-def expand(text: str, env: dict[str, str]) -> str:
-    """Kubernetes' $(VAR) expansion: a defined name is replaced, an undefined
-    one stays as written, ``$$`` is a literal ``$``."""
-    def sub(m: re.Match) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        name = m.group(1)
-        return env[name] if name in env else m.group(0)
-    return _REF.sub(sub, text)
-
-
-def _field_value(pod: core_pb2.Pod, path: str, pod_ip: str, host_ip: str) -> str:
-    m = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
-    if m:
-        return dict(getattr(pod.metadata, m.group(1))).get(m.group(2), "")
-    simple = {"metadata.name": pod.metadata.name, "metadata.namespace": pod.metadata.namespace,
-              "metadata.uid": pod.metadata.uid, "spec.nodeName": pod.spec.node_name,
-              "spec.serviceAccountName": pod.spec.service_account_name,
-              "status.hostIP": host_ip, "status.hostIPs": host_ip,
-              "status.podIP": pod_ip, "status.podIPs": pod_ip}
-    if path not in simple:
-        raise ConfigError(f"unsupported fieldRef {path!r}: use metadata.name, metadata.namespace, "
-                          f"metadata.uid, metadata.labels['k'], metadata.annotations['k'], "
-                          f"spec.nodeName, spec.serviceAccountName, status.podIP or status.hostIP")
-    return simple[path]
-
-
-def _key_ref(lookup: Lookup | None, resource: str, kind: str, namespace: str,
-             ref: core_pb2.KeySelector) -> str | None:
-    optional = ref.HasField("optional") and ref.optional
-    data = lookup(resource, namespace, ref.name) if lookup is not None else None
-    if data is None:
-        if optional:
-            return None
-        raise ConfigError(f'{kind.lower()} "{ref.name}" not found')
-    if ref.key not in data:
-        if optional:
-            return None
-        raise ConfigError(f"couldn't find key {ref.key} in {kind} {namespace}/{ref.name}")
-    value = data[ref.key]
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
-
-
-def environment(pod: core_pb2.Pod, container: core_pb2.Container, *, pod_ip: str = "",
-                host_ip: str = "", lookup: Lookup | None = None) -> list[tuple[str, str]]:
-    """The container's environment, in spec order (a later duplicate wins, as
-    Kubernetes'); ``lookup`` reads ConfigMaps and Secrets (their data)."""
-    env: dict[str, str] = {}
-    ns = pod.metadata.namespace
-    for var in container.env:
-        if var.HasField("value_from"):
-            src = var.value_from
-            if src.HasField("field_ref"):
-                value = _field_value(pod, src.field_ref.field_path, pod_ip, host_ip)
-            elif src.HasField("config_map_key_ref"):
-                value = _key_ref(lookup, "configmaps", "ConfigMap", ns, src.config_map_key_ref)
-            elif src.HasField("secret_key_ref"):
-                value = _key_ref(lookup, "secrets", "Secret", ns, src.secret_key_ref)
-            else:
-                value = ""
-            if value is None:
-                continue  # an optional source that is not there
-        else:
-            value = expand(var.value, env)
-        env[var.name] = value
-    return list(env.items())
-
-
 # ---- the container ----
 
 def container_log_path(container: core_pb2.Container, restart_count: int) -> str:
@@ -185,23 +102,30 @@ def container_log_path(container: core_pb2.Container, restart_count: int) -> str
     return os.path.join(container.name, f"{restart_count}.log")
 
 
+def cri_mount(m) -> cri_pb2.Mount:
+    """A volumes.Mount (CRI's fields, propagation by its enum name) as a CRI Mount."""
+    return cri_pb2.Mount(container_path=m.container_path, host_path=m.host_path, readonly=m.readonly,
+                         propagation=cri_pb2.MountPropagation.Value(m.propagation))
+
+
 def container_config(pod: core_pb2.Pod, container: core_pb2.Container, *, restart_count: int,
-                     image_ref: str, env: list[tuple[str, str]],
-                     mounts: list[cri_pb2.Mount] | None = None,
+                     image_ref: str, env: list[tuple[str, str]], mounts=(),
                      memory_capacity: int = 0) -> cri_pb2.ContainerConfig:
-    values = dict(env)
+    """``env``: the resolved variables (env.Environment.vars); ``mounts``: volumes.Mount."""
+    command, args = expand_command_and_args(container, env)
     cfg = cri_pb2.ContainerConfig(
         metadata=cri_pb2.ContainerMetadata(name=container.name, attempt=restart_count),
         image=cri_pb2.ImageSpec(image=image_ref or container.image, user_specified_image=container.image),
-        command=[expand(c, values) for c in container.command],
-        args=[expand(a, values) for a in container.args],
-        working_dir=container.working_dir,
+        command=command, args=args,
+        working_dir=container.working_dir, stdin=container.stdin, stdin_once=container.stdin_once,
+        tty=container.tty,
         labels=labels.container_labels(pod, container),
         annotations=labels.container_annotations(pod, container, restart_count),
         log_path=container_log_path(container, restart_count))
     for k, v in env:
-        cfg.envs.add(key=k, value=v.encode())  # bytes in CRI (values need not be UTF-8)
-    cfg.mounts.extend(mounts or [])
+        # bytes in CRI: a Secret's non-UTF-8 bytes come back exactly (as env.Environment.as_bytes)
+        cfg.envs.add(key=k, value=v.encode("utf-8", "surrogateescape"))
+    cfg.mounts.extend(cri_mount(m) for m in mounts)
     cfg.linux.resources.CopyFrom(linux_resources(pod, container, memory_capacity))
     return cfg
 

@@ -28,7 +28,8 @@ from node.kubelet.backoff import Backoff, container_back_off
 from node.kubelet.cri_status import read_pod
 from node.kubelet.hooks import HookRunner
 from node.kubelet.images import ImagePuller
-from node.kubelet.volumes import VolumeError, VolumeManager
+from node.kubelet.env import ContainerConfigError, environment
+from node.kubelet.volumes import VolumeError, Volumes
 from node.kubelet.runtime_status import (CONTAINER_RUNNING, CONTAINER_UNKNOWN, SANDBOX_READY,
                                          PodRuntimeStatus)
 from node.kubelet.status import (CRASH_LOOP_BACK_OFF, CREATE_CONTAINER_CONFIG_ERROR,
@@ -51,19 +52,22 @@ class SyncResult:
 
 class PodSyncer:
     """``runtime``: node.cri.client.RuntimeService; ``images``: an ImagePuller;
-    ``lookup(resource, namespace, name) -> data | None`` reads ConfigMaps and Secrets."""
+    ``get(kind, namespace, name) -> ConfigMap | Secret | None`` reads the objects
+    env sources name (env.py's Getter); ``volumes`` sets up the pods' volumes."""
 
     def __init__(self, runtime, images: ImagePuller, *, log_root: str, backoff: Backoff | None = None,
-                 reasons: ReasonCache | None = None, probe_results=None, lookup=None,
+                 reasons: ReasonCache | None = None, probe_results=None, get=None,
                  memory_capacity: int = 0, host_ip: str = "", hooks: HookRunner | None = None,
-                 recorder=None, volumes: VolumeManager | None = None) -> None:
+                 recorder=None, volumes: Volumes | None = None,
+                 node_allocatable: dict[str, str] | None = None) -> None:
         """``recorder``: an EventRecorder for the pod's events (Created, Started,
         Killing, BackOff, Failed, FailedCreatePodSandBox), as the kubelet's."""
         self.runtime, self.images, self.log_root = runtime, images, log_root
         self.backoff = backoff if backoff is not None else Backoff()
         self.reasons = reasons if reasons is not None else ReasonCache()
         self.probe_results = probe_results
-        self.lookup = lookup
+        self.get = get
+        self.node_allocatable = dict(node_allocatable or {})
         self.memory_capacity, self.host_ip = memory_capacity, host_ip
         self.hooks = hooks if hooks is not None else HookRunner()
         self.recorder = recorder
@@ -92,8 +96,9 @@ class PodSyncer:
             for info in plan.containers_to_kill.values():
                 log.info("pod %s: killing %s: %s", pod.metadata.name, info.name, info.message)
                 self._event(pod, "Normal", "Killing", info.message)
+                spec = next((c for c in pod.spec.containers if c.name == info.name), None)
                 self._kill_container(pod, info.container_id, info.name, status,
-                                     act.kill_grace_period(pod))
+                                     act.kill_grace_period(pod, spec, info.reason))
         if plan.create_sandbox:
             for cs in status.containers:  # initialization starts over in the new sandbox
                 if any(c.name == cs.name for c in pod.spec.init_containers):
@@ -101,13 +106,12 @@ class PodSyncer:
         else:  # exited containers beyond the newest of each name go (it stays for lastState and logs)
             for cid in act.containers_to_remove(status):
                 self._remove_container(cid)
-        paths: dict[str, str] = {}
         if self.volumes is not None and (not plan.kill_pod or plan.create_sandbox):
             # every sync: a changed ConfigMap or Secret reaches the running containers
             try:
-                paths = self.volumes.setup(pod)
-            except (VolumeError, OSError) as e:
-                result.volume_error = str(e)
+                self.volumes.setup(pod)
+            except VolumeError as e:
+                result.volume_error = e.event_message
                 self._event(pod, "Warning", "FailedMount", result.volume_error)
                 return result
         if not (plan.create_sandbox or plan.next_init_container or plan.containers_to_start):
@@ -129,7 +133,7 @@ class PodSyncer:
         specs = {c.name: c for c in (*pod.spec.init_containers, *pod.spec.containers)}
         names = [plan.next_init_container] if plan.next_init_container else plan.containers_to_start
         for name in names:
-            reason = self._start(pod, specs[name], sandbox_id, sandbox_cfg, status, pod_ip, paths)
+            reason = self._start(pod, specs[name], sandbox_id, sandbox_cfg, status, pod_ip)
             if reason:
                 result.failed[name] = reason
             else:
@@ -137,7 +141,7 @@ class PodSyncer:
         return result
 
     def _start(self, pod: core_pb2.Pod, container: core_pb2.Container, sandbox_id: str,
-               sandbox_cfg, status: PodRuntimeStatus, pod_ip: str, paths: dict[str, str]) -> str:
+               sandbox_cfg, status: PodRuntimeStatus, pod_ip: str) -> str:
         """Starts one container; "" on success, else the waiting reason recorded."""
         uid, name = pod.metadata.uid, container.name
 
@@ -159,15 +163,18 @@ class PodSyncer:
                 self._event(pod, "Warning", "Failed", image.message)
             return fail(image.reason, image.message)
         try:
-            env = podconfig.environment(pod, container, pod_ip=pod_ip, host_ip=self.host_ip,
-                                        lookup=self.lookup)
-            mounts = self.volumes.mounts(container, paths) if self.volumes is not None else []
-        except (podconfig.ConfigError, VolumeError) as e:
+            env = environment(pod, container, self.get, pod_ips=[pod_ip] if pod_ip else [],
+                              host_ips=[self.host_ip] if self.host_ip else [],
+                              node_allocatable=self.node_allocatable)
+            mounts = self.volumes.mounts_for(pod, container) if self.volumes is not None else []
+        except ContainerConfigError as e:
             self._event(pod, "Warning", "Failed", f"Error: {e}")
             return fail(CREATE_CONTAINER_CONFIG_ERROR, str(e))
+        for ev in env.events:  # InvalidEnvironmentVariableNames
+            self._event(pod, ev.type, ev.reason, ev.message)
         restart_count = act.next_restart_count(name, status)
         cfg = podconfig.container_config(pod, container, restart_count=restart_count,
-                                         image_ref=image.image_ref, env=env, mounts=mounts,
+                                         image_ref=image.image_ref, env=env.vars, mounts=mounts,
                                          memory_capacity=self.memory_capacity)
         try:
             cid = self.runtime.create_container(sandbox_id, cfg, sandbox_cfg)

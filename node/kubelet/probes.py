@@ -212,7 +212,8 @@ class Prober:
             if not host:
                 raise ProbeError("the pod has no IP yet")
             return http_probe(self.connect, host, resolve_port(g.port, container), g.path or "/",
-                              timeout, scheme=g.scheme or "HTTP")
+                              timeout, scheme=g.scheme or "HTTP",
+                              headers={h.name: h.value for h in g.http_headers})
         if probe.HasField("tcp_socket"):
             t = probe.tcp_socket
             host = t.host or pod_ip

@@ -52,7 +52,7 @@ from node.kubelet.podsync import PodSyncer
 from node.kubelet.probes import Prober, ProbeManager, ProbeResults, default_connect
 from node.kubelet.runtime_status import CONTAINER_RUNNING, SANDBOX_READY
 from node.kubelet.status import ReasonCache, generate_pod_status, status_differs
-from node.kubelet.volumes import VolumeManager
+from node.kubelet.volumes import Volumes
 
 log = logging.getLogger("node.kubelet.real")
 
@@ -87,10 +87,11 @@ class RealKubelet:
         self.backoff = Backoff(*backoff)
         self.probe_results = ProbeResults(on_change=self._probe_changed)
         puller = ImagePuller(self._image_ref, self._pull, Backoff())
-        self.volumes = VolumeManager(root, self._lookup)
+        self.volumes = Volumes(root, self._get)
         self.syncer = PodSyncer(runtime, puller, log_root=os.path.join(root, "logs"), backoff=self.backoff,
                                 reasons=self.reasons, probe_results=self.probe_results,
-                                lookup=self._lookup, memory_capacity=bytes_of(memory), host_ip=node_ip,
+                                get=self._get, memory_capacity=bytes_of(memory), host_ip=node_ip,
+                                node_allocatable=self.agent.capacity,
                                 hooks=HookRunner(exec_sync=self._exec_sync, connect=connect),
                                 recorder=self.recorder, volumes=self.volumes)
         self.probes = ProbeManager(self.probe_results, Prober(exec_sync=self._exec_sync, connect=connect),
@@ -164,17 +165,15 @@ class RealKubelet:
             raise
         return resp.exit_code, bytes(resp.stdout) + bytes(resp.stderr)
 
-    def _lookup(self, resource: str, namespace: str, name: str):
+    def _get(self, kind: str, namespace: str, name: str):
+        """A ConfigMap or Secret ("ConfigMap"/"Secret"), None when it does not exist
+        (read from the apiserver each time: a change shows at the next sync)."""
         try:
-            obj = self.client.get(resource, name, namespace)
+            return self.client.get({"ConfigMap": "configmaps", "Secret": "secrets"}[kind], name, namespace)
         except ApiError as e:
             if e.reason == "NotFound":
                 return None
             raise
-        data: dict = dict(obj.data)
-        if resource == "configmaps":
-            data.update({k: bytes(v) for k, v in obj.binary_data.items()})
-        return data
 
     # ---- events ----
 

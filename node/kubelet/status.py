@@ -136,6 +136,7 @@ def convert_container_status(cs: ContainerStatus, old: core_pb2.ContainerStatus 
         t = out.state.terminated
         t.exit_code, t.reason, t.message = cs.exit_code, terminated_reason(cs), cs.message
         t.started_at, t.finished_at = _time(cs.started_at), _time(cs.finished_at)
+        t.container_id = out.container_id
     elif cs.state == CONTAINER_UNKNOWN and old is not None and old.state.HasField("running"):
         # it was running and the runtime lost it: report it dead, and count a restart
         t = out.state.terminated
@@ -409,6 +410,8 @@ def generate_pod_status(pod: core_pb2.Pod, runtime: PodRuntimeStatus, *, runtime
     set_condition(s.conditions, "PodScheduled", "True", stamp)
 
     s.host_ip = host_ip or prev.host_ip
+    if s.host_ip:
+        s.host_ips.add(ip=s.host_ip)
     ips = runtime.ips
     if ips:
         s.pod_ip = ips[0]
@@ -458,7 +461,7 @@ def status_differs(a: core_pb2.PodStatus, b: core_pb2.PodStatus) -> bool:
         c = core_pb2.PodStatus()
         c.CopyFrom(s)
         for cond in c.conditions:
-            cond.last_probe_time = cond.last_heartbeat_time = ""
+            cond.last_probe_time = ""
         return c
     return strip(a) != strip(b)
 

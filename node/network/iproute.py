@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -83,9 +84,20 @@ def netns_exists(name: str) -> bool:
     return os.path.exists(os.path.join(NETNS_DIR, name))
 
 
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,200}")
+
+
+def check_name(name: str, what: str = "network namespace") -> str:
+    """Names go into ``ip -batch`` lines and /run/netns paths: no spaces, slashes or options."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ValueError(f"bad {what} name {name!r}: letters, digits, '_', '.', '-'")
+    return name
+
+
 def create_netns(name: str) -> None:
     """``ip netns add NAME``; an existing namespace of that name is kept (a restarted plane or
     runtime finds what it made)."""
+    check_name(name)
     if netns_exists(name):
         return
     proc = ip("netns", "add", name, check=False)
@@ -97,6 +109,7 @@ def create_netns(name: str) -> None:
 def delete_netns(name: str) -> None:
     """``ip netns del NAME``; an absent namespace is not an error. The kernel frees the namespace
     (and the veths in it, with their peers) when its last process or open handle is gone."""
+    check_name(name)
     if not netns_exists(name):
         return
     proc = ip("netns", "del", name, check=False)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from .iproute import NetworkError, create_netns, delete_netns, ip, ip_json, netns_exists
+from .iproute import (NetworkError, check_name, create_netns, delete_netns, ip, ip_json,
+                      netns_exists)
 from .ipam import HostLocalIpam
 from .netns import write_sysctl_in
 
@@ -50,7 +51,7 @@ def attach(pod_netns: str, node_netns: str, pod_cidr: str, state_dir: str,
     exist (``create_netns`` for the pod's; the fabric made the node's). Attaching an attached
     sandbox again rebuilds its veth and keeps its address."""
     for ns, what in ((pod_netns, "pod"), (node_netns, "node")):
-        if not netns_exists(ns):
+        if not netns_exists(check_name(ns)):
             raise NetworkError(f"attach {sandbox_id}", f"{what} network namespace {ns} not found",
                                "create the pod's with create_netns; the node's comes from "
                                "Fabric.add_node")
@@ -90,7 +91,7 @@ def attach(pod_netns: str, node_netns: str, pod_cidr: str, state_dir: str,
 def detach(pod_netns: str, node_netns: str, state_dir: str, sandbox_id: str) -> None:
     """Undo ``attach``: delete the veth pair and release the address. Idempotent: a sandbox never
     attached, or whose namespaces are gone, is fine."""
-    _remove_veth(pod_netns, node_netns, host_veth_name(sandbox_id))
+    _remove_veth(check_name(pod_netns), check_name(node_netns), host_veth_name(sandbox_id))
     HostLocalIpam(state_dir).release(sandbox_id)
 
 

@@ -17,6 +17,8 @@ import sys
 
 log = logging.getLogger("node.runtime")
 
+# a fork bomb in one pod must not take the machine the whole plane shares
+DEFAULT_PIDS_LIMIT = 4096
 REAP_INTERVAL = 5.0  # seconds between collections of exited conmons (our children)
 
 
@@ -30,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "cgroups /<prefix>/..., runc state /run/<prefix>")
     p.add_argument("--node-netns", default="", help="the node's network namespace (default: --prefix)")
     p.add_argument("--image-store", default="", help="image store directory (default: <root>/images)")
+    p.add_argument("--pids-limit", type=int, default=DEFAULT_PIDS_LIMIT,
+                   help="processes one container may have (0: no limit); CRI has no field for it")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--cleanup", action="store_true",
                    help="remove every container, mount, cgroup and pod netns of --prefix, then exit")
@@ -53,7 +57,8 @@ async def serve(args) -> int:
     from node.runtime.image_service import ImageService
 
     store = ImageStore(args.image_store or os.path.join(args.root, "images"))
-    runtime = RuntimeService(args.root, args.prefix, args.node_netns or args.prefix, store)
+    runtime = RuntimeService(args.root, args.prefix, args.node_netns or args.prefix, store,
+                             pids_limit=args.pids_limit)
     await asyncio.get_running_loop().run_in_executor(None, runtime.load)
     server = GrpcServer(max_receive_message_length=16 << 20)
     add_servicer(cri_pb2_grpc.add_RuntimeServiceServicer_to_server, runtime, server)

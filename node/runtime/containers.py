@@ -53,8 +53,9 @@ def reason_for(exit_code: int, oom: bool) -> str:
 class Containers:
     """The node's containers; `images` is the image store (resolve/config/rootfs)."""
 
-    def __init__(self, root: str, prefix: str, runc_root: str, images, sandboxes):
+    def __init__(self, root: str, prefix: str, runc_root: str, images, sandboxes, pids_limit: int = 0):
         self.prefix = prefix
+        self.pids_limit = pids_limit
         self.images = images
         self.sandboxes = sandboxes
         self.runc = runc.Runc(runc_root)
@@ -62,6 +63,7 @@ class Containers:
         self.exit_dir = os.path.join(root, "exits")
         os.makedirs(self.exit_dir, exist_ok=True)
         self.conmons: dict[str, runc.Conmon] = {}
+        self._configs: dict[str, tuple[dict, cri_pb2.ContainerConfig]] = {}
         self._op_locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
 
@@ -70,7 +72,8 @@ class Containers:
     def load(self) -> None:
         """Adopt what a previous runtime left: records, their conmons (still running or not)."""
         for rec in self.store.load():
-            if rec.get("partial"):
+            if rec.get("partial"):  # a CreateContainer cut short: its runc container may exist
+                self._remove_runtime_state(rec["id"], None)
                 self._remove_files(rec["id"], None)
                 continue
             if rec.get("conmon_pid"):
@@ -95,7 +98,8 @@ class Containers:
         return rec
 
     def all(self) -> list[dict]:
-        return [self.refresh(r["id"]) for r in self.store.all()]
+        """Every container, exits taken in (one removed meanwhile is left out)."""
+        return [r for r in (self.refresh(r["id"]) for r in self.store.all()) if r is not None]
 
     def of_sandbox(self, sid: str) -> list[dict]:
         return [r for r in self.all() if r["sandbox_id"] == sid]
@@ -162,12 +166,16 @@ class Containers:
             mounts.mount_overlay(self.images.rootfs(image), os.path.join(d, "upper"),
                                  os.path.join(d, "work"), rootfs)
             image_config = self.images.config(image) or {}
+            for m in config.mounts:
+                if m.host_path and not os.path.lexists(m.host_path):
+                    os.makedirs(m.host_path, 0o755, exist_ok=True)  # as containerd does for a bind source
             cgroups_path = f"/{self.prefix}/{sandbox_id}/{cid}"
             files = self.sandboxes.files(sandbox_id)
             sandbox_files = oci.SandboxFiles(
                 netns_path=os.path.join("/run/netns", sb["netns"]), hostname=sb["hostname"], **files)
             spec = oci.build_spec(config, sandbox_config, image_config, sandbox_files,
-                                  oci.ContainerPaths(rootfs=rootfs, cgroups_path=cgroups_path))
+                                  oci.ContainerPaths(rootfs=rootfs, cgroups_path=cgroups_path,
+                                                     pids_limit=self.pids_limit))
             self._namespace_modes(config, spec)
             cwd = os.path.join(rootfs, spec["process"]["cwd"].lstrip("/"))
             os.makedirs(cwd, exist_ok=True)
@@ -185,7 +193,8 @@ class Containers:
                 "user": spec["process"]["user"], "pid": 0, "conmon_pid": 0,
             }
             pid, mon = runc.create(self.runc, cid, d, log_path, self.exit_dir,
-                                   os.path.join(d, "persist"), name=config.metadata.name)
+                                   os.path.join(d, "persist"), name=config.metadata.name,
+                                   terminal=spec["process"]["terminal"])
             self.conmons[cid] = mon
             rec.update(pid=pid, conmon_pid=mon.pid)
             self.store.save(rec)
@@ -202,8 +211,8 @@ class Containers:
     @staticmethod
     def _namespace_modes(config, spec: dict) -> None:
         """CRI namespace options beyond the defaults: the node's pid/ipc namespace (hostPID,
-        hostIPC: this machine's), or a target container's pid namespace (ephemeral containers).
-        POD pid sharing needs a sandbox process, which this runtime has not: each container
+        hostIPC: this machine's). POD pid sharing (shareProcessNamespace) and TARGET need a
+        process to hold the namespace, which this runtime's sandboxes have not: each container
         keeps its own pid namespace."""
         linux = config.linux if config.HasField("linux") else None
         if linux is None or not linux.HasField("security_context") or \
@@ -216,8 +225,6 @@ class Containers:
         if opts.ipc == cri_pb2.NODE:
             drop.add("ipc")
         spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"] if n["type"] not in drop]
-        if "pid" in drop or "ipc" in drop:
-            spec["linux"].pop("maskedPaths", None)
 
     def _log_path(self, sb: dict, config, cid: str) -> str:
         log_dir = sb["config"].get("log_directory", "")
@@ -315,6 +322,7 @@ class Containers:
         if name:
             self.store.release(name, cid)
         self.store.forget(cid)
+        self._configs.pop(cid, None)
 
     # ---- exec, resources, logs ----
 
@@ -337,14 +345,15 @@ class Containers:
         rec = self.require(cid)
         if rec["state"] == EXITED:
             raise ContainerError("FAILED_PRECONDITION", f"container {rec['id']} has exited")
-        res = oci.resources(linux)
+        res = oci.resources(linux, self.pids_limit)
         res.pop("devices", None)
         try:
             self.runc.update(rec["id"], res)
         except runc.RuncError as e:
             raise ContainerError("UNKNOWN", str(e)) from None
         cfg = dict(rec["config"])
-        cfg.setdefault("linux", {})["resources"] = json_format.MessageToDict(linux, preserving_proto_field_name=True)
+        cfg["linux"] = dict(cfg.get("linux", {}),
+                            resources=json_format.MessageToDict(linux, preserving_proto_field_name=True))
         self.store.save(dict(rec, config=cfg))
 
     def reopen_log(self, cid: str) -> None:
@@ -353,7 +362,14 @@ class Containers:
             raise ContainerError("FAILED_PRECONDITION", f"container {rec['id']} is not running")
 
     def config(self, rec: dict) -> cri_pb2.ContainerConfig:
-        return json_format.ParseDict(rec["config"], cri_pb2.ContainerConfig(), ignore_unknown_fields=True)
+        """The record's CRI config as a message, parsed once per config (the kubelet lists every
+        container every second). Callers must not modify it."""
+        cached = self._configs.get(rec["id"])
+        if cached is not None and cached[0] is rec["config"]:
+            return cached[1]
+        msg = json_format.ParseDict(rec["config"], cri_pb2.ContainerConfig(), ignore_unknown_fields=True)
+        self._configs[rec["id"]] = (rec["config"], msg)
+        return msg
 
 
 def image_id(image) -> str:

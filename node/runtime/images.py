@@ -28,6 +28,7 @@ import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
 import platform
 import shutil
@@ -51,6 +52,7 @@ MANIFEST_TYPES = (MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST)
 ANNOTATION_NAME = "io.containerd.image.name"  # the full reference, as containerd names images
 ANNOTATION_REF = "org.opencontainers.image.ref.name"  # OCI's: the tag
 DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+log = logging.getLogger("node.runtime.images")
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386",
          "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
 
@@ -227,7 +229,13 @@ class ImageStore:
             name = e.get("annotations", {}).get(ANNOTATION_NAME)
             if name:
                 by_target.setdefault(e["digest"], (e, []))[1].append(name)
-        images = [self._image(e, names) for e, names in by_target.values()]
+        images = []
+        for e, names in by_target.values():
+            try:
+                images.append(self._image(e, names))
+            except (ImageError, KeyError, TypeError, ValueError) as err:
+                # one broken image must not hide the others from the kubelet
+                log.warning("image %s (%s) is unreadable, skipped: %s", e["digest"], ", ".join(names), err)
         # two targets (an index and its platform manifest) may be one image: merge by id
         merged: dict[str, Image] = {}
         for img in images:
@@ -451,6 +459,7 @@ class ImageStore:
         with self._lock():
             img = self.resolve(ref)
             if img is None:
+                self._remove_name(ref)  # an unreadable image can still lose its name
                 return None
             targets = {img.target}
             keep = []
@@ -461,6 +470,18 @@ class ImageStore:
             self._write_index(keep)
             self._collect_garbage()
         return img
+
+    def _remove_name(self, ref: str) -> None:
+        """Under the lock: drop the index entry named `ref`, if any, and what it alone used."""
+        try:
+            name = str(normalize(ref))
+        except InvalidReference:
+            return
+        entries = self._entries()
+        keep = [e for e in entries if e.get("annotations", {}).get(ANNOTATION_NAME) != name]
+        if len(keep) != len(entries):
+            self._write_index(keep)
+            self._collect_garbage()
 
     def _entry_image_id(self, entry: dict) -> str | None:
         try:

@@ -27,6 +27,14 @@ def mount_overlay(lower: str, upper: str, work: str, target: str) -> None:
         raise MountError(err, f"mount overlay on {target} (lower {lower}): {os.strerror(err)}")
 
 
+def mount_tmpfs(target: str, options: str) -> None:
+    os.makedirs(target, exist_ok=True)
+    flags = 0x2 | 0x4 | 0x8  # MS_NOSUID | MS_NODEV | MS_NOEXEC
+    if _libc.mount(b"tmpfs", target.encode(), b"tmpfs", flags, options.encode()) != 0:
+        err = ctypes.get_errno()
+        raise MountError(err, f"mount tmpfs on {target}: {os.strerror(err)}")
+
+
 def is_mounted(path: str) -> bool:
     path = os.path.realpath(path)
     return path in mount_points(path)

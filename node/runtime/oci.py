@@ -25,15 +25,31 @@ DEFAULT_CAPABILITIES = (
     "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 )
 
-# every capability a privileged container gets (linux 5.x numbering, CAP_CHOWN=0 ... CAP_CHECKPOINT_RESTORE=40)
-ALL_CAPABILITIES = DEFAULT_CAPABILITIES + (
-    "CAP_DAC_READ_SEARCH", "CAP_LINUX_IMMUTABLE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN",
-    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_LEASE", "CAP_AUDIT_CONTROL", "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
-    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
-)
+# capability names by number (linux/capability.h: CAP_CHOWN = 0 ... CAP_CHECKPOINT_RESTORE = 40)
+CAPABILITY_NAMES = tuple("CAP_" + n for n in (
+    "CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP LINUX_IMMUTABLE "
+    "NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER SYS_MODULE SYS_RAWIO "
+    "SYS_CHROOT SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE SYS_RESOURCE SYS_TIME "
+    "SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE AUDIT_CONTROL SETFCAP MAC_OVERRIDE MAC_ADMIN SYSLOG "
+    "WAKE_ALARM BLOCK_SUSPEND AUDIT_READ PERFMON BPF CHECKPOINT_RESTORE").split())
+
+
+def bounding_capabilities() -> tuple[str, ...]:
+    """The capabilities this process may hand on (its bounding set): what "all" means for a
+    privileged container, as containerd's WithAllCurrentCapabilities (here CAP_SYS_RESOURCE, for
+    one, is not ours to give)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapBnd:"):
+                    mask = int(line.split()[1], 16)
+                    return tuple(n for i, n in enumerate(CAPABILITY_NAMES) if mask >> i & 1)
+    except (OSError, ValueError):
+        pass
+    return CAPABILITY_NAMES
+
+
+ALL_CAPABILITIES = bounding_capabilities()
 
 DEFAULT_MASKED_PATHS = (
     "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
@@ -66,22 +82,28 @@ class SpecError(ValueError):
 
 @dataclass
 class SandboxFiles:
-    """What the sandbox gives each of its containers: its network namespace and the files that
-    name the pod to itself."""
+    """What the sandbox gives each of its containers: its namespaces (network; IPC and UTS when
+    the sandbox keeps them, so that a pod's containers share them as Kubernetes promises), its
+    /dev/shm, and the files that name the pod to itself."""
     netns_path: str
     hostname: str
     hosts: str | None = None        # host paths of the sandbox's /etc/hosts, resolv.conf, hostname
     resolv_conf: str | None = None
     hostname_file: str | None = None
+    ipc_ns_path: str | None = None
+    uts_ns_path: str | None = None
+    shm: str | None = None          # a tmpfs the pod's containers share as /dev/shm
 
 
 @dataclass
 class ContainerPaths:
     """Where this runtime put the container: its root filesystem and its cgroup (runc's
-    cgroupsPath, ``/<node prefix>/<sandbox id>/<container id>``)."""
+    cgroupsPath, ``/<node prefix>/<sandbox id>/<container id>``), and the runtime's own
+    per-container pids limit (0: none)."""
     rootfs: str
     cgroups_path: str
     annotations: dict = field(default_factory=dict)
+    pids_limit: int = 0
 
 
 def process_args(command, args, image_config: dict) -> list[str]:
@@ -222,10 +244,17 @@ def capabilities(security_context) -> dict:
     return {"bounding": caps, "effective": caps, "permitted": caps}
 
 
-def resources(res) -> dict:
+def resources(res, pids_limit: int = 0) -> dict:
     """linux.resources from CRI LinuxContainerResources (zero = unset); the device cgroup denies
-    all, runc then allows its default devices (null, zero, full, tty, random, urandom, ptmx)."""
+    all, runc then allows its default devices (null, zero, full, tty, random, urandom, ptmx).
+    CRI has no pids field: the limit is the runtime's own (CRI-O's pids_limit), or the
+    ``pids.max`` of the resources' unified map."""
     out: dict = {"devices": [{"allow": False, "access": "rwm"}]}
+    unified_pids = res.unified.get("pids.max", "") if res is not None else ""
+    if unified_pids.isdigit() and int(unified_pids) > 0:
+        pids_limit = int(unified_pids)
+    if pids_limit > 0:
+        out["pids"] = {"limit": pids_limit}
     if res is None:
         return out
     if res.memory_limit_in_bytes > 0:
@@ -280,12 +309,16 @@ def bind_mount(destination: str, source: str, readonly: bool, propagation: int =
 
 def mounts(config, sandbox: SandboxFiles, privileged: bool) -> list[dict]:
     """Defaults, then the sandbox's files (unless the kubelet mounts its own, as it does for
-    /etc/hosts), then a private /dev/shm, then the CRI mounts as binds in the kubelet's order."""
+    /etc/hosts), then the pod's /dev/shm, then the CRI mounts as binds in the kubelet's order."""
     cri_dests = {os.path.normpath(m.container_path) for m in config.mounts}
     out = default_mounts(privileged)
     if "/dev/shm" not in cri_dests:
-        out.append({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-                    "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]})
+        if sandbox.shm:
+            out.append({"destination": "/dev/shm", "type": "bind", "source": sandbox.shm,
+                        "options": ["rbind", "rprivate", "nosuid", "noexec", "nodev", "rw"]})
+        else:
+            out.append({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+                        "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]})
     for dest, src in (("/etc/hosts", sandbox.hosts), ("/etc/resolv.conf", sandbox.resolv_conf),
                       ("/etc/hostname", sandbox.hostname_file)):
         if src and dest not in cri_dests:
@@ -347,14 +380,18 @@ def build_spec(config, sandbox_config, image_config: dict, sandbox: SandboxFiles
         "noNewPrivileges": bool(sc is not None and sc.no_new_privs and not privileged),
         "oomScoreAdj": oom_score_adj(res),
     }
-    namespaces = [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
-                  {"type": "network", "path": sandbox.netns_path}]
+    def ns(kind: str, path: str | None) -> dict:
+        return {"type": kind, "path": path} if path else {"type": kind}
+    namespaces = [ns("pid", None), ns("ipc", sandbox.ipc_ns_path), ns("uts", sandbox.uts_ns_path),
+                  ns("mount", None), ns("network", sandbox.netns_path)]
     linux_spec: dict = {
-        "resources": resources(res),
+        "resources": resources(res, paths.pids_limit),
         "cgroupsPath": paths.cgroups_path,
         "namespaces": namespaces,
     }
-    if not privileged:
+    if privileged:  # every device the cgroup could deny (host device nodes are not copied in)
+        linux_spec["resources"]["devices"] = [{"allow": True, "access": "rwm"}]
+    else:
         masked = list(sc.masked_paths) if sc is not None and sc.masked_paths else list(DEFAULT_MASKED_PATHS)
         ro = list(sc.readonly_paths) if sc is not None and sc.readonly_paths else list(DEFAULT_READONLY_PATHS)
         linux_spec["maskedPaths"] = masked

@@ -3,14 +3,17 @@
 Handlers run in the server's event loop; every call that touches processes, mounts or files
 runs on a worker thread, so one slow StopContainer (a grace period) never holds the others.
 Errors reach the kubelet as gRPC codes with containerd-like texts; what this runtime does not
-do (streaming exec/attach/port-forward, stats, checkpoints, events) answers UNIMPLEMENTED.
+do (streaming exec/attach/port-forward, checkpoints, events, metrics) answers UNIMPLEMENTED.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import json
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,7 +21,8 @@ import grpc
 from google.protobuf import json_format
 
 from node.pb import cri_pb2, cri_pb2_grpc
-from node.runtime import oci
+from node.runtime import oci, stats
+from node.runtime.cleanup import record_root
 from node.runtime.containers import EXITED, ContainerError, Containers
 from node.runtime.sandbox import NOTREADY, READY, PodNetwork, SandboxError, Sandboxes
 from node.runtime.store import NameReserved, read_json, write_json
@@ -28,21 +32,28 @@ log = logging.getLogger("node.runtime")
 RUNTIME_NAME = "etcdlite-plane-runc"
 RUNTIME_VERSION = "0.1.0"
 RUNTIME_API_VERSION = "v1"
+RUNTIME_HANDLERS = ("", "runc")  # a RuntimeClass handler other than these is refused, as containerd does
 
 
 class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
     """The node's CRI runtime. `root`: state, bundles, rootfs mounts, IPAM; `prefix`: the node's
     name prefix (netns, cgroups, /run/<prefix> for runc); `node_netns`: the namespace the pod
-    bridge lives in; `images`: the image store."""
+    bridge lives in; `images`: the image store; `pids_limit`: processes a container may have
+    (0: no limit)."""
 
-    def __init__(self, root: str, prefix: str, node_netns: str, images, workers: int = 32):
+    def __init__(self, root: str, prefix: str, node_netns: str, images, workers: int = 32,
+                 pids_limit: int = 0):
         self.root = os.path.abspath(root)
         self.prefix = prefix
         os.makedirs(self.root, exist_ok=True)
         self.network = PodNetwork(node_netns, os.path.join(self.root, "ipam"))
         self.sandboxes = Sandboxes(self.root, prefix, node_netns, self.network)
-        self.containers = Containers(self.root, prefix, f"/run/{prefix}", images, self.sandboxes)
+        self.containers = Containers(self.root, prefix, f"/run/{prefix}", images, self.sandboxes, pids_limit)
+        record_root(prefix, self.root)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cri")
+        self.cpu_rates = stats.CpuRates()
+        self._sandbox_locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
         self._config_path = os.path.join(self.root, "runtime.json")
         self.pod_cidr = (read_json(self._config_path) or {}).get("pod_cidr", "")
 
@@ -89,14 +100,18 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
                 message="no podCIDR yet: the kubelet sends it with UpdateRuntimeConfig"))
         info = {}
         if request.verbose:
-            info["config"] = f'{{"root": "{self.root}", "prefix": "{self.prefix}", ' \
-                             f'"podCIDR": "{self.pod_cidr}"}}'
+            info["config"] = json.dumps({"root": self.root, "prefix": self.prefix, "podCIDR": self.pod_cidr})
         return cri_pb2.StatusResponse(
             status=cri_pb2.RuntimeStatus(conditions=conds), info=info,
             runtime_handlers=[cri_pb2.RuntimeHandler(name="")])
 
     async def UpdateRuntimeConfig(self, request, context):
         cidr = request.runtime_config.network_config.pod_cidr
+        if cidr:
+            try:
+                ipaddress.IPv4Network(cidr, strict=False)
+            except ValueError as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"pod CIDR {cidr!r}: {e}")
         if cidr and cidr != self.pod_cidr:
             self.pod_cidr = cidr
             await self._run(context, write_json, self._config_path, {"pod_cidr": cidr})
@@ -107,26 +122,47 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
     async def RunPodSandbox(self, request, context):
         if not request.HasField("config") or not request.config.HasField("metadata"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "RunPodSandbox needs a config with metadata")
+        if request.runtime_handler not in RUNTIME_HANDLERS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"no runtime for {request.runtime_handler!r} is configured (this runtime has "
+                                f"only runc, as the default handler \"\")")
         sid = await self._run(context, self.sandboxes.run, request.config, request.runtime_handler,
                               self.pod_cidr)
         return cri_pb2.RunPodSandboxResponse(pod_sandbox_id=sid)
+
+    def _sandbox_lock(self, sid: str) -> threading.Lock:
+        """Held while a sandbox's containers are created, and while it stops or goes: no
+        container is made in a sandbox being taken down."""
+        with self._locks_lock:
+            return self._sandbox_locks.setdefault(sid, threading.Lock())
 
     def _stop_sandbox(self, sid: str) -> None:
         rec = self.sandboxes.get(sid)
         if rec is None:
             raise ContainerError("NOT_FOUND", f"sandbox {sid!r} not found")
-        for c in self.containers.of_sandbox(rec["id"]):
-            if c["state"] != EXITED:
-                self.containers.stop(c["id"], 0)
-        self.sandboxes.stop(rec["id"])
+        with self._sandbox_lock(rec["id"]):
+            for c in self.containers.of_sandbox(rec["id"]):
+                if c["state"] != EXITED:
+                    self.containers.stop(c["id"], 0)
+            self.sandboxes.stop(rec["id"])
 
     def _remove_sandbox(self, sid: str) -> None:
         rec = self.sandboxes.get(sid)
         if rec is None:
             return
-        for c in self.containers.of_sandbox(rec["id"]):
-            self.containers.remove(c["id"])
-        self.sandboxes.remove(rec["id"])
+        with self._sandbox_lock(rec["id"]):
+            for c in self.containers.of_sandbox(rec["id"]):
+                self.containers.remove(c["id"])
+            self.sandboxes.remove(rec["id"])
+        with self._locks_lock:
+            self._sandbox_locks.pop(rec["id"], None)
+
+    def _create_container(self, sid: str, config, sandbox_config) -> str:
+        rec = self.sandboxes.get(sid)
+        if rec is None:
+            raise ContainerError("NOT_FOUND", f"sandbox {sid!r} not found")
+        with self._sandbox_lock(rec["id"]):
+            return self.containers.create(rec["id"], config, sandbox_config)
 
     async def StopPodSandbox(self, request, context):
         await self._run(context, self._stop_sandbox, request.pod_sandbox_id)
@@ -155,12 +191,11 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"sandbox {request.pod_sandbox_id!r} not found")
         info = {}
         if request.verbose:
-            info["info"] = f'{{"netns": "/run/netns/{rec["netns"]}", "gateway": "{rec.get("gateway", "")}"}}'
+            info["info"] = json.dumps({"netns": f"/run/netns/{rec['netns']}", "gateway": rec.get("gateway", "")})
         return cri_pb2.PodSandboxStatusResponse(status=self._sandbox_status(rec), info=info,
                                                 timestamp=time.time_ns())
 
-    async def ListPodSandbox(self, request, context):
-        f = request.filter if request.HasField("filter") else None
+    def _list_sandboxes(self, f) -> list[cri_pb2.PodSandbox]:
         items = []
         for rec in self.sandboxes.all():
             if f is not None:
@@ -175,14 +210,18 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
                 id=rec["id"], metadata=cfg.metadata, state=rec["state"], created_at=rec["created_at"],
                 labels=cfg.labels, annotations=cfg.annotations,
                 runtime_handler=rec.get("runtime_handler", "")))
-        return cri_pb2.ListPodSandboxResponse(items=items)
+        return items
+
+    async def ListPodSandbox(self, request, context):
+        f = request.filter if request.HasField("filter") else None
+        return cri_pb2.ListPodSandboxResponse(items=await self._run(context, self._list_sandboxes, f))
 
     # ---- containers ----
 
     async def CreateContainer(self, request, context):
         if not request.HasField("config") or not request.config.HasField("metadata"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "CreateContainer needs a config with metadata")
-        cid = await self._run(context, self.containers.create, request.pod_sandbox_id, request.config,
+        cid = await self._run(context, self._create_container, request.pod_sandbox_id, request.config,
                               request.sandbox_config)
         return cri_pb2.CreateContainerResponse(container_id=cid)
 
@@ -206,13 +245,9 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
             image_id=rec["image_ref"], state=rec["state"], created_at=rec["created_at"],
             labels=cfg.labels, annotations=cfg.annotations)
 
-    async def ListContainers(self, request, context):
-        f = request.filter if request.HasField("filter") else None
-        recs = await self._run(context, self.containers.all)
+    def _list_containers(self, f) -> list[cri_pb2.Container]:
         out = []
-        for rec in recs:
-            if rec is None:
-                continue
+        for rec in self.containers.all():
             if f is not None:
                 if f.id and not rec["id"].startswith(f.id):
                     continue
@@ -224,7 +259,11 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
             if f is not None and any(cfg.labels.get(k) != v for k, v in f.label_selector.items()):
                 continue
             out.append(self._container(rec, cfg))
-        return cri_pb2.ListContainersResponse(containers=out)
+        return out
+
+    async def ListContainers(self, request, context):
+        f = request.filter if request.HasField("filter") else None
+        return cri_pb2.ListContainersResponse(containers=await self._run(context, self._list_containers, f))
 
     def _container_status(self, rec: dict) -> cri_pb2.ContainerStatus:
         cfg = self.containers.config(rec)
@@ -266,6 +305,85 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
         res = await self._run(context, self.containers.exec_sync, request.container_id,
                               list(request.cmd), request.timeout)
         return cri_pb2.ExecSyncResponse(stdout=res.stdout, stderr=res.stderr, exit_code=res.exit_code)
+
+    # ---- stats (from the cgroups; pod network usage is not collected) ----
+
+    def _container_stats(self, rec: dict) -> cri_pb2.ContainerStats:
+        cfg = self.containers.config(rec)
+        cg = rec["cgroups_path"]
+        return cri_pb2.ContainerStats(
+            attributes=cri_pb2.ContainerAttributes(id=rec["id"], metadata=cfg.metadata, labels=cfg.labels,
+                                                   annotations=cfg.annotations),
+            cpu=stats.cpu_usage(cg, self.cpu_rates), memory=stats.memory_usage(cg),
+            writable_layer=stats.dir_usage(self.containers.path(rec["id"], "upper"), self.root))
+
+    def _list_container_stats(self, f) -> list[cri_pb2.ContainerStats]:
+        out = []
+        for rec in self.containers.all():
+            if rec["state"] == EXITED:
+                continue
+            if f is not None:
+                if f.id and not rec["id"].startswith(f.id):
+                    continue
+                if f.pod_sandbox_id and not rec["sandbox_id"].startswith(f.pod_sandbox_id):
+                    continue
+                labels = rec["config"].get("labels", {})
+                if any(labels.get(k) != v for k, v in f.label_selector.items()):
+                    continue
+            out.append(self._container_stats(rec))
+        return out
+
+    def _sandbox_stats(self, rec: dict) -> cri_pb2.PodSandboxStats:
+        cfg = self.sandboxes.config(rec)
+        cg = self.sandboxes.cgroup(rec["id"])
+        linux = cri_pb2.LinuxPodSandboxStats(
+            cpu=stats.cpu_usage(cg, self.cpu_rates), memory=stats.memory_usage(cg),
+            process=stats.process_count(cg),
+            containers=[self._container_stats(c) for c in self.containers.of_sandbox(rec["id"])
+                        if c["state"] != EXITED])
+        return cri_pb2.PodSandboxStats(
+            attributes=cri_pb2.PodSandboxAttributes(id=rec["id"], metadata=cfg.metadata, labels=cfg.labels,
+                                                    annotations=cfg.annotations),
+            linux=linux)
+
+    def _one_container_stats(self, cid: str) -> cri_pb2.ContainerStats:
+        return self._container_stats(self.containers.require(cid))
+
+    def _one_sandbox_stats(self, sid: str) -> cri_pb2.PodSandboxStats:
+        rec = self.sandboxes.get(sid)
+        if rec is None:
+            raise ContainerError("NOT_FOUND", f"sandbox {sid!r} not found")
+        return self._sandbox_stats(rec)
+
+    def _list_sandbox_stats(self, f) -> list[cri_pb2.PodSandboxStats]:
+        out = []
+        for rec in self.sandboxes.all():
+            if rec["state"] != READY:
+                continue
+            if f is not None:
+                if f.id and not rec["id"].startswith(f.id):
+                    continue
+                labels = rec["config"].get("labels", {})
+                if any(labels.get(k) != v for k, v in f.label_selector.items()):
+                    continue
+            out.append(self._sandbox_stats(rec))
+        return out
+
+    async def ContainerStats(self, request, context):
+        st = await self._run(context, self._one_container_stats, request.container_id)
+        return cri_pb2.ContainerStatsResponse(stats=st)
+
+    async def ListContainerStats(self, request, context):
+        f = request.filter if request.HasField("filter") else None
+        return cri_pb2.ListContainerStatsResponse(stats=await self._run(context, self._list_container_stats, f))
+
+    async def PodSandboxStats(self, request, context):
+        st = await self._run(context, self._one_sandbox_stats, request.pod_sandbox_id)
+        return cri_pb2.PodSandboxStatsResponse(stats=st)
+
+    async def ListPodSandboxStats(self, request, context):
+        f = request.filter if request.HasField("filter") else None
+        return cri_pb2.ListPodSandboxStatsResponse(stats=await self._run(context, self._list_sandbox_stats, f))
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -1,7 +1,8 @@
 """Pod sandboxes: what a pod's containers share. Here a sandbox is a named network namespace
-(``/run/netns/<node prefix>-<first 10 hex of its id>``) on the node's pod bridge, plus the
-files naming the pod to itself (hostname, /etc/hosts, resolv.conf). No pause process: the
-bind-mounted namespace lives without one, and each container joins it by path.
+(``/run/netns/<node prefix>-<first 10 hex of its id>``) on the node's pod bridge, IPC and UTS
+namespaces (hostname set) bind-mounted in the sandbox's directory, a tmpfs for /dev/shm, and the
+files naming the pod to itself (hostname, /etc/hosts, resolv.conf). No pause process: a
+bind-mounted namespace lives without one, and each container joins them by path.
 
 The network calls go to node.network.pod (attach/detach/status, create_netns/delete_netns), all
 from this module's ``PodNetwork``, the one place that knows that interface.
@@ -12,16 +13,33 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import subprocess
 import time
 
 from google.protobuf import json_format
 
+from node.network import pod
 from node.pb import cri_pb2
-from node.runtime import cgroups
+from node.runtime import cgroups, mounts
 from node.runtime.store import RecordStore
 
 READY, NOTREADY = cri_pb2.SANDBOX_READY, cri_pb2.SANDBOX_NOTREADY
 NETNS_DIR = "/run/netns"
+SHM_SIZE = "64m"  # a pod's /dev/shm, as containerd's default
+
+
+def make_ipc_uts(directory: str, hostname: str) -> None:
+    """IPC and UTS namespaces kept alive by bind mounts on ``<directory>/ipc`` and ``uts``,
+    the UTS one named `hostname`; plus the pod's /dev/shm tmpfs on ``<directory>/shm``."""
+    ipc, uts, shm = (os.path.join(directory, n) for n in ("ipc", "uts", "shm"))
+    for f in (ipc, uts):
+        open(f, "a").close()
+    proc = subprocess.run(["unshare", f"--ipc={ipc}", f"--uts={uts}", "hostname", hostname],
+                          capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        raise SandboxError(f"cannot create the pod's IPC/UTS namespaces: {proc.stderr.strip()}")
+    os.makedirs(shm, exist_ok=True)
+    mounts.mount_tmpfs(shm, f"mode=1777,size={SHM_SIZE}")
 
 
 class SandboxError(Exception):
@@ -37,20 +55,15 @@ class PodNetwork:
         self.state_dir = state_dir
 
     def create_netns(self, name: str) -> None:
-        from node.network import pod
         pod.create_netns(name)
 
     def delete_netns(self, name: str) -> None:
-        from node.network import pod
         pod.delete_netns(name)
 
-    def attach(self, pod_netns: str, pod_cidr: str, sandbox_id: str):
-        """-> PodIP(ip, prefixlen, gateway)"""
-        from node.network import pod
+    def attach(self, pod_netns: str, pod_cidr: str, sandbox_id: str) -> pod.PodIP:
         return pod.attach(pod_netns, self.node_netns, pod_cidr, self.state_dir, sandbox_id)
 
     def detach(self, pod_netns: str, sandbox_id: str) -> None:
-        from node.network import pod
         pod.detach(pod_netns, self.node_netns, self.state_dir, sandbox_id)
 
 
@@ -100,11 +113,24 @@ class Sandboxes:
         self.node_netns = node_netns
         self.network = network
         self.store = RecordStore(os.path.join(root, "sandboxes"), "sandbox.json")
+        self._configs: dict[str, tuple[dict, cri_pb2.PodSandboxConfig]] = {}
 
     def load(self) -> None:
+        """Adopt the records a previous runtime left; a sandbox whose namespaces are gone
+        (removed from outside, or the machine restarted) is no longer ready."""
         for rec in self.store.load():
-            if rec.get("partial"):
+            if rec.get("partial"):  # a RunPodSandbox cut short: undo whatever it got to
+                self._teardown_network(rec["id"], self.netns_name(rec["id"]), False)
                 self._discard(rec["id"], None)
+                continue
+            if rec["state"] == READY and not self._intact(rec):
+                self.store.save(dict(rec, state=NOTREADY))
+
+    def _intact(self, rec: dict) -> bool:
+        d = self.store.path(rec["id"])
+        netns_ok = rec.get("host_network") or os.path.exists(os.path.join(NETNS_DIR, rec["netns"]))
+        return bool(netns_ok) and mounts.is_mounted(os.path.join(d, "ipc")) and \
+            mounts.is_mounted(os.path.join(d, "uts"))
 
     def netns_name(self, sandbox_id: str) -> str:
         return f"{self.prefix}-{sandbox_id[:10]}"
@@ -144,6 +170,7 @@ class Sandboxes:
                 rec.update(ip=pod_ip.ip, prefixlen=pod_ip.prefixlen, gateway=pod_ip.gateway)
             hostname = config.hostname or meta.name
             rec["hostname"] = hostname
+            make_ipc_uts(d, hostname)
             for fname, text in (("hostname", hostname + "\n"),
                                 ("hosts", hosts_file(hostname, rec["ip"] or None)),
                                 ("resolv.conf", resolv_conf(config.dns_config if config.HasField("dns_config") else None))):
@@ -166,10 +193,12 @@ class Sandboxes:
         self.network.delete_netns(netns)
 
     def _discard(self, sid: str, name: str | None) -> None:
+        mounts.unmount_all(self.store.path(sid))
         shutil.rmtree(self.store.path(sid), ignore_errors=True)
         if name:
             self.store.release(name, sid)
         self.store.forget(sid)
+        self._configs.pop(sid, None)
 
     def stop(self, sid: str) -> None:
         """Take the sandbox off the network (its containers are stopped by the caller first):
@@ -195,12 +224,20 @@ class Sandboxes:
         self._discard(sid, rec.get("reserved_name"))
 
     def files(self, sid: str) -> dict:
+        """The oci.SandboxFiles fields this sandbox gives its containers (besides its netns)."""
         d = self.store.path(sid)
         return {"hosts": os.path.join(d, "hosts"), "resolv_conf": os.path.join(d, "resolv.conf"),
-                "hostname_file": os.path.join(d, "hostname")}
+                "hostname_file": os.path.join(d, "hostname"), "ipc_ns_path": os.path.join(d, "ipc"),
+                "uts_ns_path": os.path.join(d, "uts"), "shm": os.path.join(d, "shm")}
 
     def config(self, rec: dict) -> cri_pb2.PodSandboxConfig:
-        return json_format.ParseDict(rec["config"], cri_pb2.PodSandboxConfig(), ignore_unknown_fields=True)
+        """The record's CRI config as a message, parsed once; callers must not modify it."""
+        cached = self._configs.get(rec["id"])
+        if cached is not None and cached[0] is rec["config"]:
+            return cached[1]
+        msg = json_format.ParseDict(rec["config"], cri_pb2.PodSandboxConfig(), ignore_unknown_fields=True)
+        self._configs[rec["id"]] = (rec["config"], msg)
+        return msg
 
     def get(self, sid: str) -> dict | None:
         return self.store.find(sid)

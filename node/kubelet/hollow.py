@@ -25,7 +25,7 @@ node informer, and two small pools of workers — never a thread per node:
 Everything is level-based: a worker reads the informer's cache and writes the
 difference, so a missed or repeated event does no harm.
 
-Run alone: ``python -m controllers.kubelet --server 127.0.0.1:6443 --nodes 5 --prefix node-``.
+Run alone: ``python -m node.kubelet.hollow --server 127.0.0.1:6443 --nodes 5 --prefix node-``.
 """
 
 from __future__ import annotations
@@ -43,14 +43,14 @@ from dataclasses import dataclass, field
 
 from apiserver.errors import ApiError
 from apiserver.pb import coordination_pb2, core_pb2
+from apiserver.resources import NAMESPACE_NODE_LEASE as LEASE_NAMESPACE
 from controllers.informer import NODE_INDEX, Informer, deep_copy, meta_namespace_key
 from controllers.leaderelection import now_micro
 from controllers.podutil import now_rfc3339
 from controllers.workqueue import RateLimitingQueue, start_workers
 
-log = logging.getLogger("controllers.kubelet")
+log = logging.getLogger("node.kubelet.hollow")
 
-LEASE_NAMESPACE = "kube-node-lease"
 KUBELET_VERSION = "v1.30.0-hollow"
 # node i: InternalIP NODE_IP_BASE + i + 1, pods from the i-th /24 of POD_NETWORK
 NODE_IP_BASE = ipaddress.ip_address("172.16.0.0")
@@ -474,7 +474,7 @@ def _labels(text: str) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m controllers.kubelet",
+    p = argparse.ArgumentParser(prog="python -m node.kubelet.hollow",
                                 description="Simulated (hollow) kubelets for many nodes in one process.")
     p.add_argument("--server", default="127.0.0.1:6443", help="apiserver address")
     p.add_argument("--nodes", type=int, default=3, help="how many nodes")
