@@ -42,9 +42,9 @@ def plane(tmp_path_factory, tmp_path):
 def spawn_kubelet(api, node, root):
     log = open(os.path.join(root, "kubelet.log"), "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "node.kubelet.real", "--server", api.endpoint,
-         "--runtime", f"unix://{node.sock}", "--node-name", node.net.name, "--node-ip", node.net.ip,
-         "--pod-cidr", node.net.pod_cidr, "--root", str(root), "--netns", node.net.name,
+        [sys.executable, "-m", "node.kubelet", "--server", api.endpoint,
+         "--container-runtime-endpoint", f"unix://{node.sock}", "--node-name", node.net.name, "--node-ip", node.net.ip,
+         "--pod-cidr", node.net.pod_cidr, "--root-dir", str(root), "--node-netns", node.net.name,
          "--cpu", "2", "--memory", "4Gi", "--heartbeat-interval", "1"],
         stdout=log, stderr=log, env=dict(os.environ, PYTHONPATH=REPO), cwd=REPO)
     log.close()

@@ -21,9 +21,10 @@ the apiserver, or unknown to it, is stopped and removed from the runtime.
 their labels and keeps them (their spec hashes match), with their restart
 counts.
 
-Run alone: ``python -m node.kubelet.real --server 127.0.0.1:6443
---runtime unix:///run/kp3fa2-n0/cri.sock --node-name kp3fa2-n0 --node-ip 10.250.0.1
---pod-cidr 10.244.0.0/24 --root DIR [--netns kp3fa2-n0]``. Under DIR: ``logs/`` (the pods'
+Run alone: ``python -m node.kubelet --server 127.0.0.1:6443
+--container-runtime-endpoint unix:///run/kp3fa2-n0/cri.sock --node-name node-0 --node-ip 10.250.0.1
+--pod-cidr 10.244.0.0/24 --root-dir DIR [--node-netns kp3fa2-n0]`` (``python -m node.kubelet.real``
+is the same). Under DIR: ``logs/`` (the pods'
 container logs, as /var/log/pods) and ``pods/<uid>/volumes`` (as /var/lib/kubelet/pods).
 """
 
@@ -301,15 +302,20 @@ class RealKubelet:
 # ---- the command ----
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m node.kubelet.real",
+    p = argparse.ArgumentParser(prog="python -m node.kubelet",
                                 description="A kubelet that runs its node's pods on a CRI runtime.")
     p.add_argument("--server", default="127.0.0.1:6443", help="apiserver address")
-    p.add_argument("--runtime", required=True, help="CRI endpoint, e.g. unix:///run/kp3fa2-n0/cri.sock")
+    p.add_argument("--container-runtime-endpoint", "--runtime", dest="runtime", required=True,
+                   help="CRI endpoint, e.g. unix:///run/kp3fa2-n0/cri.sock")
     p.add_argument("--node-name", required=True)
     p.add_argument("--node-ip", required=True, help="the node's InternalIP")
     p.add_argument("--pod-cidr", default="", help="handed to the runtime (UpdateRuntimeConfig)")
-    p.add_argument("--root", required=True, help="the kubelet's directory (pod logs under pods/)")
-    p.add_argument("--netns", default="", help="the node's network namespace: probes connect from it")
+    p.add_argument("--root-dir", "--root", dest="root", required=True,
+                   help="the kubelet's directory: pod logs under logs/, volumes under pods/")
+    p.add_argument("--node-netns", "--netns", dest="netns", default="",
+                   help="the node's network namespace: probes and hooks connect from it")
+    p.add_argument("--runtime-wait", type=float, default=60.0,
+                   help="seconds to wait for the runtime's socket to answer")
     p.add_argument("--cpu", default="", help="capacity to report instead of the machine's")
     p.add_argument("--memory", default="", help="capacity to report instead of the machine's")
     p.add_argument("--pods", default="110")
@@ -337,7 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with Client(args.server) as client, CriClient(args.runtime) as cri:
-        cri.wait_ready(30)
+        try:
+            cri.wait_ready(args.runtime_wait)
+        except CriError as e:
+            log.error("the container runtime at %s does not answer (%s): is it running, is the "
+                      "socket path right?", args.runtime, e)
+            return 1
         kubelet = RealKubelet(client, cri, cri.images, args.node_name, node_ip=args.node_ip,
                               root=args.root, pod_cidr=args.pod_cidr, capacity=capacity, connect=connect,
                               workers=args.workers, heartbeat_interval=args.heartbeat_interval).start()
