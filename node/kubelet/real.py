@@ -333,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.makedirs(args.root, exist_ok=True)
     capacity = machine_capacity(args.root)
     capacity.update({k: v for k, v in (("cpu", args.cpu), ("memory", args.memory), ("pods", args.pods)) if v})
     connect = default_connect
