@@ -85,6 +85,8 @@ def test_crash_loop_gate_lets_the_first_restart_through_then_waits():
     clock.t = second.finished_at + 1
     msg = bo.container_back_off(b, pod, pod.spec.containers[0], runtime(pod, containers=[first, second]))
     assert msg == "back-off 10s restarting failed container=app pod=web_default(uid-1)"
+    assert bo.back_off_left(b, pod, pod.spec.containers[0], runtime(pod, containers=[first, second])) == \
+        pytest.approx(9.0)
     clock.t = second.finished_at + 10.5
     assert bo.container_back_off(b, pod, pod.spec.containers[0], runtime(pod, containers=[first, second])) is None
     third = ctr(pod, "app", CONTAINER_EXITED, exit_code=1, created=40, restart=2)

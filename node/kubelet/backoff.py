@@ -133,3 +133,17 @@ def container_back_off(backoff: Backoff, pod: core_pb2.Pod, container: core_pb2.
                 f"pod={labels.format_pod(pod)}")
     backoff.next(key, last_exit.finished_at)
     return None
+
+
+def back_off_left(backoff: Backoff, pod: core_pb2.Pod, container: core_pb2.Container,
+                  status: PodRuntimeStatus) -> float:
+    """Seconds until the container's back-off since its last exit ends (0 when none):
+    when the kubelet should look at it again."""
+    last_exit = next((c for c in status.containers
+                      if c.name == container.name and c.state == CONTAINER_EXITED), None)
+    if last_exit is None:
+        return 0.0
+    key = container_key(pod, container)
+    if not backoff.is_in_back_off_since(key, last_exit.finished_at):
+        return 0.0
+    return max(0.0, backoff.get(key) - (backoff.clock() - last_exit.finished_at))

@@ -255,7 +255,11 @@ class RealKubelet:
             not result.failed and not result.sandbox_error and not result.actions.containers_to_start
             and not result.actions.next_init_container and not result.actions.create_sandbox
             and all(cs.ready for cs in status.container_statuses))
-        self.queue.add_after(key, self.sync_period if settled else self.retry_period)
+        delay = self.sync_period if settled else self.retry_period
+        if result.failed and set(result.failed.values()) == {"CrashLoopBackOff"} and result.retry_after:
+            # nothing to do before the back-off ends (a container's death is seen by the relist)
+            delay = min(self.sync_period, max(self.retry_period, result.retry_after))
+        self.queue.add_after(key, delay)
 
     def _finish_deletion(self, key: str, pod, runtime) -> None:
         """Everything of a deleted pod is stopped: remove it from the apiserver."""
