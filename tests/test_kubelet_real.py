@@ -234,6 +234,22 @@ def test_never_restart_policy_ends_the_pod(client, kubelet, node, script, phase,
                timeout=10, what="sandbox stopped")
 
 
+def test_active_deadline_ends_the_pod(client, kubelet, node):
+    p = make_pod(node, "deadline", [sh("main", "exec sleep 3600")])  # restartPolicy Always
+    p.spec.active_deadline_seconds = 3
+    client.create(p)
+    wait_pod(client, "deadline", lambda p: p.status.phase == "Failed", timeout=20, what="deadline Failed")
+    p = get(client, "deadline")
+    assert p.status.reason == "DeadlineExceeded"
+    uid = p.metadata.uid
+    wait_until(lambda: not any(c.state == "CONTAINER_RUNNING" for c in read_pod(node.client, uid).containers),
+               timeout=10, what="its container stopped")
+    # a finished pod stays finished: its container is not started again
+    wait_until(lambda: kubelet._status_of(uid) is not None and kubelet._status_of(uid).phase == "Failed",
+               timeout=10)
+    assert not any(c.state == "CONTAINER_RUNNING" for c in read_pod(node.client, uid).containers)
+
+
 def test_init_containers_run_first(client, kubelet, node):
     client.create(make_pod(node, "inits", [sh("main", "exec sleep 3600")],
                            inits=[sh("first", "exit 0"), sh("second", "sleep 1")]))

@@ -284,3 +284,17 @@ def test_all_running_snapshot_is_what_a_hollow_node_reports():
     again = gen(pod, st.all_running_snapshot(pod, "10.128.0.7", NOW + 30), runtime_name="hollow",
                 host_ip="172.16.0.1", now=NOW + 30)
     assert not st.status_differs(s, again)
+
+
+def test_active_deadline_fails_the_pod():
+    # kubelet's activeDeadlineHandler: Failed, DeadlineExceeded
+    pod = make_pod(("app",))
+    assert not st.active_deadline_exceeded(pod, NOW)  # no deadline
+    pod.spec.active_deadline_seconds = 30
+    pod.status.start_time = now_rfc3339(NOW - 10)
+    assert not st.active_deadline_exceeded(pod, NOW)
+    assert st.active_deadline_exceeded(pod, NOW + 20)
+    s = gen(pod, runtime(pod, containers=[ctr(pod, "app", X, exit_code=137)]), fail_with=st.DEADLINE_EXCEEDED)
+    assert (s.phase, s.reason, s.message) == ("Failed", "DeadlineExceeded",
+                                              "Pod was active on the node longer than the specified deadline")
+    assert conds(s)["Ready"][:2] == ("False", "PodFailed")

@@ -36,6 +36,7 @@ import logging
 import os
 import signal
 import threading
+import time
 
 from apiserver.errors import ApiError
 from apiserver.pb import core_pb2
@@ -49,10 +50,12 @@ from node.kubelet.cri_status import container_states, pods_on_runtime, read_pod
 from node.kubelet.hooks import HookRunner
 from node.kubelet.images import ImagePuller
 from node.kubelet.nodeagent import NodeAgent
-from node.kubelet.podsync import PodSyncer
+from node.kubelet.actions import PodActions
+from node.kubelet.podsync import PodSyncer, SyncResult
 from node.kubelet.probes import Prober, ProbeManager, ProbeResults, default_connect
 from node.kubelet.runtime_status import CONTAINER_RUNNING, SANDBOX_READY
-from node.kubelet.status import ReasonCache, generate_pod_status, status_differs
+from node.kubelet.status import (DEADLINE_EXCEEDED, ReasonCache, active_deadline_exceeded,
+                                 generate_pod_status, status_differs)
 from node.kubelet.volumes import Volumes
 
 log = logging.getLogger("node.kubelet.real")
@@ -232,13 +235,24 @@ class RealKubelet:
             return
         uid = pod.metadata.uid
         self.probes.add_pod(pod)
-        result = self.syncer.sync(pod)
+        fail_with = None
+        if pod.status.phase in TERMINAL and not pod.metadata.deletion_timestamp:
+            # a finished pod is never started again, whatever its restartPolicy: only stopped
+            self.syncer.kill_pod(pod, self.syncer.read(pod))
+            result = SyncResult(PodActions(kill_pod=True), [], {})
+        elif not pod.metadata.deletion_timestamp and active_deadline_exceeded(pod, time.time()):
+            fail_with = DEADLINE_EXCEEDED  # the kubelet ends the pod: stopped, never restarted
+            self.syncer.kill_pod(pod, self.syncer.read(pod))
+            result = SyncResult(PodActions(kill_pod=True), [], {})
+        else:
+            result = self.syncer.sync(pod)
         runtime = self.syncer.read(pod)
         if pod.metadata.deletion_timestamp:
             self._finish_deletion(key, pod, runtime)
             return
         status = generate_pod_status(pod, runtime, runtime_name=self.runtime_name, host_ip=self.node_ip,
-                                     reasons=self.reasons, probe_results=self.probe_results)
+                                     reasons=self.reasons, probe_results=self.probe_results,
+                                     fail_with=fail_with)
         with self._lock:
             self._statuses[uid] = status
         if status_differs(pod.status, status):

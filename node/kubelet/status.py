@@ -377,10 +377,12 @@ def containers_ready_condition(pod: core_pb2.Pod, statuses: list[core_pb2.Contai
 def generate_pod_status(pod: core_pb2.Pod, runtime: PodRuntimeStatus, *, runtime_name: str,
                         host_ip: str = "", now: float | None = None,
                         reasons: ReasonCache | None = None, probe_results=None,
-                        terminal: bool = False) -> core_pb2.PodStatus:
+                        terminal: bool = False,
+                        fail_with: tuple[str, str] | None = None) -> core_pb2.PodStatus:
     """The status to write for ``pod`` (its current status is the previous
     one: restart counts, lastState, condition times and startTime carry over).
-    ``probe_results``: anything with ``get(kind, container_id)``."""
+    ``probe_results``: anything with ``get(kind, container_id)``; ``fail_with``:
+    (reason, message) of a pod the kubelet ends itself (DeadlineExceeded)."""
     stamp = now_rfc3339(now)
     prev = pod.status
     s = core_pb2.PodStatus()
@@ -398,6 +400,9 @@ def generate_pod_status(pod: core_pb2.Pod, runtime: PodRuntimeStatus, *, runtime
         s.phase = prev.phase  # a finished pod never comes back
     if s.phase == prev.phase:
         s.reason, s.message = prev.reason, prev.message
+    if fail_with is not None and s.phase not in TERMINAL_PHASES:
+        s.phase = "Failed"
+        s.reason, s.message = fail_with
 
     s.conditions.extend(prev.conditions)
     ready_to_start = "False" if sandbox_changed(pod, runtime)[0] else "True"
@@ -452,6 +457,17 @@ def all_running_snapshot(pod: core_pb2.Pod, pod_ip: str, now: float) -> PodRunti
     return PodRuntimeStatus(uid=uid, name=pod.metadata.name, namespace=pod.metadata.namespace,
                             sandboxes=[SandboxStatus(id=f"{uid[:8]}-sandbox", ip=pod_ip, created_at=now)],
                             containers=containers)
+
+
+DEADLINE_EXCEEDED = ("DeadlineExceeded", "Pod was active on the node longer than the specified deadline")
+
+
+def active_deadline_exceeded(pod: core_pb2.Pod, now: float) -> bool:
+    """The pod ran past its activeDeadlineSeconds (counted from its startTime)."""
+    if not pod.spec.HasField("active_deadline_seconds") or not pod.status.start_time:
+        return False
+    started = parse_time(pod.status.start_time)
+    return started is not None and now - started >= pod.spec.active_deadline_seconds
 
 
 def status_differs(a: core_pb2.PodStatus, b: core_pb2.PodStatus) -> bool:
