@@ -1,16 +1,17 @@
 """CRI configs from a pod spec (node/kubelet/podconfig.py) and the CRI snapshot
 adapter (node/kubelet/cri_status.py), as Kubernetes' generatePodSandboxConfig /
-generateContainerConfig (kuberuntime_sandbox_test.go, kuberuntime_container_linux_test.go
-TestGenerateContainerConfig) and toKubeContainerStatus. The environment itself is
-env.py's (tests/test_kubelet_env.py)."""
+generateContainerConfig / makeEnvironmentVariables (kuberuntime_sandbox_test.go,
+kuberuntime_container_linux_test.go TestGenerateContainerConfig, kubelet_pods_test.go
+TestMakeEnvironmentVariables) and toKubeContainerStatus."""
 
 from __future__ import annotations
 
 import pytest
 from kubelet_fixtures import make_pod
 
+from apiserver.pb import core_pb2
 from node.kubelet import cri_status, labels, podconfig
-from node.kubelet.volumes import Mount
+from node.kubelet.env import Environment
 from node.pb import cri_pb2
 
 GI = 1024 ** 3
@@ -71,9 +72,7 @@ def test_container_config():
     c.args[:] = ["echo $(GREETING)"]
     c.working_dir = "/tmp"
     cfg = podconfig.container_config(pod, c, restart_count=3, image_ref="sha256:abc",
-                                     env=[("GREETING", "hi")], memory_capacity=8 * GI,
-                                     mounts=[Mount("/data", "/k/pods/u/volumes/x/data", True,
-                                                   "PROPAGATION_HOST_TO_CONTAINER")])
+                                     env=Environment(vars=[("GREETING", "hi")]), memory_capacity=8 * GI)
     assert (cfg.metadata.name, cfg.metadata.attempt) == ("app", 3)
     assert (cfg.image.image, cfg.image.user_specified_image) == ("sha256:abc", "busybox")
     assert list(cfg.command) == ["sh", "-c"] and list(cfg.args) == ["echo hi"]
@@ -84,8 +83,6 @@ def test_container_config():
     assert cfg.annotations["io.kubernetes.container.restartCount"] == "3"
     assert cfg.annotations["io.kubernetes.container.hash"] == labels.container_hash(c)
     assert cfg.linux.resources.oom_score_adj == 1000
-    assert [(m.container_path, m.host_path, m.readonly, m.propagation) for m in cfg.mounts] == [
-        ("/data", "/k/pods/u/volumes/x/data", True, cri_pb2.PROPAGATION_HOST_TO_CONTAINER)]
 
 
 def test_cri_statuses_become_the_snapshot():

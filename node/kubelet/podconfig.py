@@ -3,10 +3,9 @@
 Kubernetes' generatePodSandboxConfig and generateContainerConfig
 (pkg/kubelet/kuberuntime): metadata with attempts, the io.kubernetes.* labels,
 log paths under the pod's log directory (``<ns>_<name>_<uid>/<container>/<restart>.log``),
-command and args ``$(VAR)``-expanded against the environment (env.py makes
-both), the volume mounts (volumes.py) as CRI mounts, and Linux resources from
-requests and limits (cpu shares and CFS quota, memory limit, the QoS OOM score
-adjustment).
+command and args with ``$(VAR)`` expansion against the environment node.kubelet.env
+resolved, and Linux resources from requests and limits (cpu shares and CFS quota, memory
+limit, the QoS OOM score adjustment).
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import os
 from apiserver.pb import core_pb2
 from apiserver.quantity import bytes_of, milli_cpu
 from node.kubelet import labels
-from node.kubelet.env import expand_command_and_args
+from node.kubelet.env import Environment, expand_command_and_args
 from node.kubelet.status import qos_class
 from node.pb import cri_pb2
 
@@ -25,7 +24,6 @@ MIN_QUOTA = 1_000
 MIN_SHARES, MAX_SHARES = 2, 262_144
 GUARANTEED_OOM_SCORE_ADJ = -997
 BEST_EFFORT_OOM_SCORE_ADJ = 1000
-
 
 # ---- the sandbox ----
 
@@ -102,30 +100,24 @@ def container_log_path(container: core_pb2.Container, restart_count: int) -> str
     return os.path.join(container.name, f"{restart_count}.log")
 
 
-def cri_mount(m) -> cri_pb2.Mount:
-    """A volumes.Mount (CRI's fields, propagation by its enum name) as a CRI Mount."""
-    return cri_pb2.Mount(container_path=m.container_path, host_path=m.host_path, readonly=m.readonly,
-                         propagation=cri_pb2.MountPropagation.Value(m.propagation))
-
-
 def container_config(pod: core_pb2.Pod, container: core_pb2.Container, *, restart_count: int,
-                     image_ref: str, env: list[tuple[str, str]], mounts=(),
+                     image_ref: str, env: Environment,
+                     mounts: list[cri_pb2.Mount] | None = None,
                      memory_capacity: int = 0) -> cri_pb2.ContainerConfig:
-    """``env``: the resolved variables (env.Environment.vars); ``mounts``: volumes.Mount."""
-    command, args = expand_command_and_args(container, env)
+    command, args = expand_command_and_args(container, env.vars)
     cfg = cri_pb2.ContainerConfig(
         metadata=cri_pb2.ContainerMetadata(name=container.name, attempt=restart_count),
         image=cri_pb2.ImageSpec(image=image_ref or container.image, user_specified_image=container.image),
-        command=command, args=args,
-        working_dir=container.working_dir, stdin=container.stdin, stdin_once=container.stdin_once,
-        tty=container.tty,
+        command=command,
+        args=args,
+        working_dir=container.working_dir,
+        stdin=container.stdin, stdin_once=container.stdin_once, tty=container.tty,
         labels=labels.container_labels(pod, container),
         annotations=labels.container_annotations(pod, container, restart_count),
         log_path=container_log_path(container, restart_count))
-    for k, v in env:
-        # bytes in CRI: a Secret's non-UTF-8 bytes come back exactly (as env.Environment.as_bytes)
-        cfg.envs.add(key=k, value=v.encode("utf-8", "surrogateescape"))
-    cfg.mounts.extend(cri_mount(m) for m in mounts)
+    for k, v in env.as_bytes():
+        cfg.envs.add(key=k, value=v)  # bytes in CRI (a Secret's values need not be UTF-8)
+    cfg.mounts.extend(mounts or [])
     cfg.linux.resources.CopyFrom(linux_resources(pod, container, memory_capacity))
     return cfg
 

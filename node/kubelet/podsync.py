@@ -24,19 +24,25 @@ from apiserver.pb import core_pb2
 from node.cri.client import CriError
 from node.kubelet import actions as act
 from node.kubelet import podconfig
-from node.kubelet.backoff import Backoff, back_off_left, container_back_off
+from node.kubelet.backoff import Backoff, container_back_off
 from node.kubelet.cri_status import read_pod
 from node.kubelet.hooks import HookRunner
 from node.kubelet.images import ImagePuller
-from node.kubelet.env import ContainerConfigError, environment
-from node.kubelet.volumes import VolumeError, Volumes
+from node.kubelet.env import ContainerConfigError, Getter, environment
+from node.kubelet.volumes import Mount, VolumeError, Volumes
 from node.kubelet.runtime_status import (CONTAINER_RUNNING, CONTAINER_UNKNOWN, SANDBOX_READY,
                                          PodRuntimeStatus)
 from node.kubelet.status import (CRASH_LOOP_BACK_OFF, CREATE_CONTAINER_CONFIG_ERROR,
                                  CREATE_CONTAINER_ERROR, IMAGE_PULL_BACK_OFF, RUN_CONTAINER_ERROR,
                                  ReasonCache)
+from node.pb import cri_pb2
 
 POST_START_HOOK_ERROR = "PostStartHookError"
+
+
+def cri_mount(m: Mount) -> cri_pb2.Mount:
+    return cri_pb2.Mount(container_path=m.container_path, host_path=m.host_path, readonly=m.readonly,
+                         propagation=cri_pb2.MountPropagation.Value(m.propagation))
 
 log = logging.getLogger("node.kubelet.podsync")
 
@@ -48,16 +54,14 @@ class SyncResult:
     failed: dict[str, str]      # container -> waiting reason of a start that failed
     sandbox_error: str = ""     # why the sandbox could not be made
     volume_error: str = ""      # why a volume could not be set up (FailedMount)
-    retry_after: float = 0.0    # when every failure is a back-off: seconds until the first ends
 
 
 class PodSyncer:
     """``runtime``: node.cri.client.RuntimeService; ``images``: an ImagePuller;
-    ``get(kind, namespace, name) -> ConfigMap | Secret | None`` reads the objects
-    env sources name (env.py's Getter); ``volumes`` sets up the pods' volumes."""
+    ``get(kind, namespace, name) -> message | None`` reads ConfigMaps and Secrets."""
 
     def __init__(self, runtime, images: ImagePuller, *, log_root: str, backoff: Backoff | None = None,
-                 reasons: ReasonCache | None = None, probe_results=None, get=None,
+                 reasons: ReasonCache | None = None, probe_results=None, get: Getter | None = None,
                  memory_capacity: int = 0, host_ip: str = "", hooks: HookRunner | None = None,
                  recorder=None, volumes: Volumes | None = None,
                  node_allocatable: dict[str, str] | None = None) -> None:
@@ -68,7 +72,7 @@ class PodSyncer:
         self.reasons = reasons if reasons is not None else ReasonCache()
         self.probe_results = probe_results
         self.get = get
-        self.node_allocatable = dict(node_allocatable or {})
+        self.node_allocatable = dict(node_allocatable or {})  # fills missing limits for resourceFieldRef
         self.memory_capacity, self.host_ip = memory_capacity, host_ip
         self.hooks = hooks if hooks is not None else HookRunner()
         self.recorder = recorder
@@ -97,9 +101,8 @@ class PodSyncer:
             for info in plan.containers_to_kill.values():
                 log.info("pod %s: killing %s: %s", pod.metadata.name, info.name, info.message)
                 self._event(pod, "Normal", "Killing", info.message)
-                spec = next((c for c in pod.spec.containers if c.name == info.name), None)
                 self._kill_container(pod, info.container_id, info.name, status,
-                                     act.kill_grace_period(pod, spec, info.reason))
+                                     act.kill_grace_period(pod))
         if plan.create_sandbox:
             for cs in status.containers:  # initialization starts over in the new sandbox
                 if any(c.name == cs.name for c in pod.spec.init_containers):
@@ -137,9 +140,6 @@ class PodSyncer:
             reason = self._start(pod, specs[name], sandbox_id, sandbox_cfg, status, pod_ip)
             if reason:
                 result.failed[name] = reason
-                if reason == CRASH_LOOP_BACK_OFF:
-                    left = back_off_left(self.backoff, pod, specs[name], status)
-                    result.retry_after = left if not result.retry_after else min(result.retry_after, left)
             else:
                 result.started.append(name)
         return result
@@ -170,7 +170,8 @@ class PodSyncer:
             env = environment(pod, container, self.get, pod_ips=[pod_ip] if pod_ip else [],
                               host_ips=[self.host_ip] if self.host_ip else [],
                               node_allocatable=self.node_allocatable)
-            mounts = self.volumes.mounts_for(pod, container) if self.volumes is not None else []
+            mounts = [cri_mount(m) for m in self.volumes.mounts_for(pod, container)] \
+                if self.volumes is not None else []
         except ContainerConfigError as e:
             self._event(pod, "Warning", "Failed", f"Error: {e}")
             return fail(CREATE_CONTAINER_CONFIG_ERROR, str(e))
@@ -178,7 +179,7 @@ class PodSyncer:
             self._event(pod, ev.type, ev.reason, ev.message)
         restart_count = act.next_restart_count(name, status)
         cfg = podconfig.container_config(pod, container, restart_count=restart_count,
-                                         image_ref=image.image_ref, env=env.vars, mounts=mounts,
+                                         image_ref=image.image_ref, env=env, mounts=mounts,
                                          memory_capacity=self.memory_capacity)
         try:
             cid = self.runtime.create_container(sandbox_id, cfg, sandbox_cfg)

@@ -170,10 +170,10 @@ class RealKubelet:
         return resp.exit_code, bytes(resp.stdout) + bytes(resp.stderr)
 
     def _get(self, kind: str, namespace: str, name: str):
-        """A ConfigMap or Secret ("ConfigMap"/"Secret"), None when it does not exist
-        (read from the apiserver each time: a change shows at the next sync)."""
+        """The ConfigMap or Secret (kind) as the apiserver has it now (a change shows at the
+        next sync); None when there is none."""
         try:
-            return self.client.get({"ConfigMap": "configmaps", "Secret": "secrets"}[kind], name, namespace)
+            return self.client.get(kind, name, namespace)
         except ApiError as e:
             if e.reason == "NotFound":
                 return None
