@@ -1,9 +1,12 @@
-"""`python -m controllers.plane`: the whole control plane on this machine, what `make run` starts.
+"""`python -m controllers.plane`: the whole plane on this machine, what `make run` starts.
 
-etcdlite, the apiserver, the controller-manager, the scheduler and a few
-simulated nodes, each its own process (output prefixed by its name,
-restarted if it dies); then the example Deployment is applied and its
-rollout followed to the end. Ctrl-C or SIGTERM stops everything.
+etcdlite, the apiserver, the controller-manager, the scheduler and the nodes,
+each its own process (output prefixed by its name, restarted if it dies):
+real nodes (a network namespace, a CRI runtime and a kubelet each) where the
+machine allows them, simulated ones otherwise or when asked; then the example
+Deployment is applied and its rollout followed to the end. Ctrl-C or SIGTERM
+stops everything, and the real nodes' containers, mounts, cgroups and
+namespaces are removed.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ TRY_NEXT = """\
     .venv/bin/kctl get nodes
     .venv/bin/kctl get deployments,pods -o wide
     .venv/bin/kctl scale deployment/web --replicas=15
-    .venv/bin/kctl set image deployment/web nginx=nginx:1.27 && .venv/bin/kctl rollout status deployment/web
+    .venv/bin/kctl set image deployment/web web=busybox:1.35 && .venv/bin/kctl rollout status deployment/web
     .venv/bin/kctl rollout undo deployment/web
     .venv/bin/kctl get pods -w        # and, elsewhere, stop a node: see the README
 [plane] Ctrl-C stops everything; the state stays in {data}/ for the next `make run`."""
@@ -38,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="default.plane", help="etcd data and the encryption key")
     p.add_argument("--etcd-port", type=int, default=2379, help="etcd client port (peer port: +1)")
     p.add_argument("--port", type=int, default=6443, help="apiserver gRPC port")
-    p.add_argument("--nodes", type=int, default=4, help="simulated nodes")
+    p.add_argument("--real-nodes", type=int, default=None,
+                   help="real nodes (default 3 where the machine allows them, else 0)")
+    p.add_argument("--nodes", type=int, default=None,
+                   help="simulated nodes (default 0 beside real nodes, else 4)")
     p.add_argument("--node-monitor-grace-period", type=float, default=20.0,
                    help="seconds without heartbeats before a node is NotReady")
     p.add_argument("--pod-eviction-timeout", type=int, default=30,
@@ -58,9 +64,44 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
                                   "--log-level", "warning"]
     cmds["scheduler"] = [py, "-m", "controllers.scheduler", "--server", server, "--leader-elect",
                          "--log-level", "warning"]
-    cmds["kubelets"] = [py, "-m", "node.kubelet.hollow", "--server", server, "--nodes", str(args.nodes),
-                        "--heartbeat-interval", "5", "--log-level", "warning"]
+    if args.real is not None:
+        cmds.update(args.real.commands(server))
+    if args.nodes:
+        cmds["kubelets"] = [py, "-m", "node.kubelet.hollow", "--server", server, "--nodes", str(args.nodes),
+                            "--start-index", str(args.real_nodes), "--heartbeat-interval", "5",
+                            "--log-level", "warning"]
     return cmds
+
+
+def choose_nodes(args: argparse.Namespace) -> str:
+    """Settle how many real and simulated nodes to run; returns what to say about it."""
+    from node.capable import why_not
+
+    said = ""
+    if args.real_nodes is None or args.real_nodes > 0:
+        reason = why_not()
+        if reason:
+            said = f"no real nodes: {reason}; simulated nodes instead"
+            args.real_nodes = 0
+        elif args.real_nodes is None:
+            args.real_nodes = 3
+    if args.nodes is None:
+        args.nodes = 0 if args.real_nodes else 4
+    args.real = None
+    if args.real_nodes:
+        from node.plane import RealNodes
+
+        args.real = RealNodes(args.data_dir, args.real_nodes)
+    return said
+
+
+def describe_nodes(args: argparse.Namespace) -> str:
+    parts = []
+    if args.real_nodes:
+        parts.append(f"{args.real_nodes} real nodes (namespaces {args.real.prefix}-n*)")
+    if args.nodes:
+        parts.append(f"{args.nodes} simulated nodes")
+    return " and ".join(parts) or "no nodes"
 
 
 def kctl(args: argparse.Namespace, *argv: str) -> int:
@@ -90,16 +131,48 @@ def show_example(args: argparse.Namespace, sup: Supervisor) -> None:
         if kctl(args, "apply", "-f", str(EXAMPLE)) == 0:
             kctl(args, "rollout", "status", "deployment/web", "--timeout", "180s")
             kctl(args, "get", "deployments,pods", "-o", "wide")
+            if args.real is not None:
+                show_page(args)
     print(TRY_NEXT.format(port=args.port, data=args.data_dir), flush=True)
+
+
+def show_page(args: argparse.Namespace) -> None:
+    """Fetch the example's page from a pod by its IP, from another node's namespace, and print
+    the command that does it."""
+    with Client(f"127.0.0.1:{args.port}", timeout=5) as client:
+        pods = [p for p in client.list("pods", namespace="default", label_selector="app=web").items
+                if p.status.pod_ip and p.status.phase == "Running"]
+    if not pods:
+        return
+    pod = pods[0]
+    other = next((n for n in args.real.nodes if n.name != pod.spec.node_name), args.real.nodes[0])
+    # (no -T: Debian's busybox 1.35 wget crashes when given one)
+    command = ["ip", "netns", "exec", other.netns, "busybox", "wget", "-qO-", f"http://{pod.status.pod_ip}/"]
+    print(f"[plane] the page of pod {pod.metadata.name} (on {pod.spec.node_name}), fetched by its IP "
+          f"from {other.name}:\n    {' '.join(command)}", flush=True)
+    got = subprocess.run(command, capture_output=True, text=True, timeout=10)
+    print("    " + (got.stdout.strip() or got.stderr.strip()), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.makedirs(args.data_dir, exist_ok=True)
+    said = choose_nodes(args)
+    if said:
+        print(f"[plane] {said}", flush=True)
+    if args.real is not None:
+        print(f"[plane] making {args.real_nodes} real nodes: their network and the busybox image", flush=True)
+        args.real.prepare()
     sup = Supervisor(commands(args))
-    return run(sup, f"starting etcdlite (127.0.0.1:{args.etcd_port}), the apiserver (127.0.0.1:{args.port}), "
-                    f"the controller-manager, the scheduler and {args.nodes} simulated nodes; "
-                    f"data in {args.data_dir}/", then=lambda: show_example(args, sup))
+    try:
+        return run(sup, f"starting etcdlite (127.0.0.1:{args.etcd_port}), the apiserver (127.0.0.1:{args.port}), "
+                        f"the controller-manager, the scheduler and {describe_nodes(args)}; "
+                        f"data in {args.data_dir}/", then=lambda: show_example(args, sup))
+    finally:
+        if args.real is not None:
+            print("[plane] removing the real nodes' containers, mounts, cgroups and namespaces", flush=True)
+            for problem in args.real.teardown():
+                print(f"[plane] could not remove: {problem}", flush=True)
 
 
 if __name__ == "__main__":

@@ -54,8 +54,8 @@ class RuntimeProcess(ServerProcess):
 
 
 class KubeletProcess(ServerProcess):
-    """A real node's kubelet (python -m node.kubelet), ready once it runs; tests wait for the
-    Node to be Ready through the apiserver."""
+    """A real node's kubelet (python -m node.kubelet), ready once its Node is registered;
+    tests wait for the Node to be Ready through the apiserver."""
 
     kind = "kubelet"
 
@@ -72,6 +72,14 @@ class KubeletProcess(ServerProcess):
         return self.nodes.kubelet_command(self.node, self.server, *self.extra_args)
 
     def ready_probe(self, rpc_timeout: float) -> str | None:
+        from apiserver.client import Client
+        from apiserver.errors import ApiError
+
+        with Client(self.server, timeout=rpc_timeout) as client:
+            try:
+                client.get("nodes", self.node.name, "")
+            except ApiError as e:
+                return f"node {self.node.name}: {e}"
         return None
 
 

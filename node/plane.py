@@ -96,7 +96,8 @@ class RealNodes:
     def kubelet_command(self, node: RealNode, server: str, *extra: str) -> list[str]:
         return [sys.executable, "-m", "node.kubelet", "--server", server, "--node-name", node.name,
                 "--container-runtime-endpoint", node.cri_socket, "--root-dir", str(node.dir / "kubelet"),
-                "--node-ip", node.ip, "--pod-cidr", node.pod_cidr, "--node-netns", node.netns, *extra]
+                "--node-ip", node.ip, "--pod-cidr", node.pod_cidr, "--node-netns", node.netns,
+                "--log-level", "warning", *extra]
 
     def commands(self, server: str) -> dict[str, list[str]]:
         """Each node's runtime, then its kubelet (which waits for its runtime's socket)."""
@@ -110,11 +111,13 @@ class RealNodes:
     def teardown(self) -> list[str]:
         """Remove every container, mount, cgroup and namespace the nodes made; returns what
         could not be removed (empty when all went)."""
+        from node.kubelet.volumes import cleanup as volumes_cleanup
         from node.runtime.cleanup import cleanup as runtime_cleanup
 
         problems: list[str] = []
         for node in self.nodes:
             problems += runtime_cleanup(node.prefix, str(node.dir / "runtime"))
+            volumes_cleanup(str(node.dir / "kubelet"))  # what pods left mounted (tmpfs, subPaths)
         self.fabric.destroy()
         network.cleanup(self.prefix)
         return problems
