@@ -30,6 +30,9 @@ DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
 MAX_KUBELET_CHANNELS = 64
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 40 << 20),  # an exec answer: up to 16 MiB a stream
+    # no window growth by bandwidth probing: what a follow holds in the apiserver for a client
+    # that does not read stays at HTTP/2's initial window
+    ("grpc.http2.bdp_probe", 0),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1_000),
 ]

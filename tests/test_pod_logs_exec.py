@@ -417,3 +417,48 @@ def test_the_kubelet_server_alone(cluster, kubelet):
             stub.Exec(kubelet_pb2.ExecRequest(namespace=NS, pod="shell", container="sh",
                                               command=["sleep", "5"], timeout_seconds=1), timeout=10)
         assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def _read_position(path: Path) -> int | None:
+    """Where this process's read-only descriptor on ``path`` stands (the kubelet's reader)."""
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != str(path):
+                continue
+            with open(f"/proc/self/fdinfo/{fd}") as info:
+                fields = dict(line.split(":", 1) for line in info if ":" in line)
+        except OSError:
+            continue
+        if int(fields["flags"].split()[0], 8) & os.O_ACCMODE == os.O_RDONLY:
+            return int(fields["pos"].split()[0])
+    return None
+
+
+def test_a_client_that_does_not_read_holds_the_kubelet_back(cluster, client):
+    """Nothing in between buffers without bound: while the client reads nothing, the kubelet
+    stops reading the file once the windows and stream buffers on the way are full."""
+    lines = 300_000  # of 100 bytes: 30 MB to show, a 42 MB log with the records' headers
+    client.create(_pod("chatty", ["app"]))
+    inst = cluster.run("chatty", "app", f"yes $(printf '%099d' 0) | head -n {lines}; sleep 600")
+    wait_until(lambda: inst.log_path.stat().st_size >= lines * 140, 60, what="the log to be written")
+    file_size = inst.log_path.stat().st_size
+    stream = client.logs("chatty", follow=True)
+    chunks = iter(stream)
+    first = next(chunks)  # the call is up; then the client reads nothing for a while
+    try:
+        positions = []
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            positions.append(_read_position(inst.log_path) or 0)
+            time.sleep(0.2)
+        held = positions[-1]
+        assert positions[-1] == positions[-4], f"the kubelet kept reading: {positions}"
+        assert held < file_size // 2, f"read {held} of {file_size} bytes for a client that reads nothing"
+        got = len(first)
+        for chunk in chunks:
+            got += len(chunk)
+            if got >= lines * 100:
+                break
+        assert got == lines * 100
+    finally:
+        stream.stop()
