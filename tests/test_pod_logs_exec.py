@@ -332,6 +332,8 @@ def test_logs_errors_in_kubernetes_words(cluster, kctl):
     def err(*args) -> str:
         return kctl(*args, code=1).stderr.decode().strip()
     assert err("logs", "lonely") == "Error from server (BadRequest): pod lonely does not have a host assigned"
+    assert err("logs", "web", "--tail", "-2") == ('The PodLogOptions "web" is invalid: '
+                                                 "tailLines: Invalid value: -2: must be greater than or equal to 0")
     assert err("logs", "web", "-c", "nope") == "Error from server (BadRequest): container nope is not valid for pod web"
     assert err("logs", "duo") == ("Error from server (BadRequest): a container name must be specified for pod duo, "
                                   "choose one of: [a b setup]")

@@ -42,8 +42,8 @@ def cmd_logs(session: Session, args) -> int:
         raise CommandError("at most one of `sinceTime` or `sinceSeconds` may be specified")
     stream = session.client.logs(
         name, session.namespace, container=args.container or "", follow=args.follow,
-        previous=args.previous, tail_lines=args.tail if args.tail >= 0 else None,
-        limit_bytes=args.limit_bytes if args.limit_bytes > 0 else None,
+        previous=args.previous, tail_lines=args.tail if args.tail != -1 else None,
+        limit_bytes=args.limit_bytes if args.limit_bytes != 0 else None,
         since_seconds=since_seconds, since_time=args.since_time, timestamps=args.timestamps)
     try:
         for chunk in stream:

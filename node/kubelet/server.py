@@ -136,6 +136,9 @@ class KubeletService(kubelet_pb2_grpc.KubeletServicer):
             await context.abort(e.code, e.message)
         except OSError as e:
             await context.abort(grpc.StatusCode.INTERNAL, f"failed to read the container log: {e}")
+        except Exception as e:  # noqa: BLE001 (a Containers failure: no traceback to the client)
+            log.exception("logs of %s/%s/%s", request.namespace, request.pod, request.container)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
 
     async def Exec(self, request, context):
         try:
@@ -150,6 +153,9 @@ class KubeletService(kubelet_pb2_grpc.KubeletServicer):
                 self.containers.exec_sync, cid, list(request.command), timeout)
         except ContainerError as e:
             await context.abort(e.code, e.message)
+        except Exception as e:  # noqa: BLE001 (as in ContainerLogs)
+            log.exception("exec in %s/%s/%s", request.namespace, request.pod, request.container)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
         return kubelet_pb2.ExecResponse(stdout=stdout[:EXEC_OUTPUT_LIMIT], stderr=stderr[:EXEC_OUTPUT_LIMIT],
                                         exit_code=code)
 
