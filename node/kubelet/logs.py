@@ -460,15 +460,14 @@ def _step(reader: LogReader, opts: LogOptions, state: dict, running: Callable[[]
     return out, "wait"
 
 
-def _drain(reader: LogReader) -> list[bytes]:
-    """The container exited: what its file still holds, then the end of the log."""
-    out = []
+def _drain(reader: LogReader) -> Iterator[bytes]:
+    """The container exited: what its file still holds, a step at a time, then the end of
+    the log."""
     while not reader.done:
-        out.append(reader.read())
+        yield reader.read()
         if reader.at_eof:
             break
-    out.append(reader.finish())
-    return out
+    yield reader.finish()
 
 
 def read_log(path: str, opts: LogOptions, running: Callable[[], bool] | None = None, *,
