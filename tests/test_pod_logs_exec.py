@@ -30,7 +30,7 @@ from apiserver.errors import ApiError
 from apiserver.kubelet import pick_container
 from apiserver.pb import core_pb2
 from node.kubelet.logs import format_timestamp
-from node.kubelet.server import ContainerError, KubeletServer, container_not_found, previous_not_found
+from node.kubelet.server import ContainerError, KubeletServer, pod_not_found, previous_not_found, waiting_to_start
 from node.pb import kubelet_pb2, kubelet_pb2_grpc
 
 pytestmark = pytest.mark.process
@@ -120,7 +120,9 @@ class ProcessContainers:
     def find_container(self, namespace, pod, container, previous):
         runs = self.instances.get((namespace, pod, container))
         if not runs:
-            raise container_not_found(pod, container)
+            if any(key[:2] == (namespace, pod) for key in self.instances):
+                raise waiting_to_start(pod, container, "ContainerCreating")
+            raise pod_not_found(pod)
         if previous:
             if len(runs) < 2:
                 raise previous_not_found(pod, container)
@@ -338,9 +340,12 @@ def test_logs_errors_in_kubernetes_words(cluster, kctl):
     assert err("logs", "duo") == ("Error from server (BadRequest): a container name must be specified for pod duo, "
                                   "choose one of: [a b setup]")
     assert err("logs", "nothere") == 'Error from server (NotFound): pods "nothere" not found'
-    assert err("logs", "duo", "-c", "a") == 'Error from server (NotFound): container "a" in pod "duo" not found'
+    # the kubelet's answers: a pod it does not run, a container not started, no previous one
+    assert err("logs", "duo", "-c", "a") == 'Error from server (NotFound): pod "duo" does not exist'
+    assert err("logs", "picked", "-c", "a") == \
+        'Error from server (BadRequest): container "a" in pod "picked" is waiting to start: ContainerCreating'
     assert err("logs", "picked", "-p") == \
-        'Error from server (NotFound): previous terminated container "b" in pod "picked" not found'
+        'Error from server (BadRequest): previous terminated container "b" in pod "picked" not found'
     assert "has no kubelet endpoint" in err("logs", "unserved")
     gone = err("logs", "orphan")
     assert gone.startswith("Error from server (ServiceUnavailable): the kubelet of node \"gone\"") and \
@@ -384,8 +389,7 @@ def test_exec_errors(cluster, kctl, client):
         "error: exec [POD] [COMMAND] is not supported anymore. Use exec [POD] -- [COMMAND] instead"
     assert err("exec", "ended", "--", "true") == \
         'Error from server (BadRequest): container "app" in pod "ended" is not running'
-    assert err("exec", "duo", "-c", "b", "--", "true") == \
-        'Error from server (NotFound): container "b" in pod "duo" not found'
+    assert err("exec", "duo", "-c", "b", "--", "true") == 'Error from server (NotFound): pod "duo" does not exist'
     done = client.get("pods", "duo", NS)
     done.status.phase = "Succeeded"
     client.update_status(done)

@@ -47,24 +47,38 @@ class ContainerError(Exception):
         self.message = message
 
 
-# the kubelet's messages for the usual cases
+# The kubelet's answers for the usual cases, in its words. As Kubernetes' kubelet: a pod or
+# container it does not have is NotFound; what the container's state does not allow (no
+# previous instance, not started yet, terminated with nothing kept) is BadRequest.
 
-def pod_not_found(namespace: str, pod: str) -> ContainerError:
-    return ContainerError(grpc.StatusCode.NOT_FOUND, f'pod "{pod}" not found in namespace "{namespace}" on this node')
+def pod_not_found(pod: str) -> ContainerError:
+    return ContainerError(grpc.StatusCode.NOT_FOUND, f'pod "{pod}" does not exist')
 
 
 def container_not_found(pod: str, container: str) -> ContainerError:
-    return ContainerError(grpc.StatusCode.NOT_FOUND, f'container "{container}" in pod "{pod}" not found')
+    return ContainerError(grpc.StatusCode.NOT_FOUND, f'container "{container}" not found in pod "{pod}"')
 
 
 def previous_not_found(pod: str, container: str) -> ContainerError:
-    return ContainerError(grpc.StatusCode.NOT_FOUND,
+    return ContainerError(grpc.StatusCode.INVALID_ARGUMENT,
                           f'previous terminated container "{container}" in pod "{pod}" not found')
 
 
+# waiting reasons the kubelet explains in other words
+_WAITING_TEXTS = {"ErrImagePull": "image can't be pulled",
+                  "ImagePullBackOff": "trying and failing to pull image"}
+
+
 def waiting_to_start(pod: str, container: str, reason: str) -> ContainerError:
+    """The container has no instance yet; ``reason``: its waiting reason (ContainerCreating,
+    CrashLoopBackOff, ErrImagePull, ...)."""
     return ContainerError(grpc.StatusCode.INVALID_ARGUMENT,
-                          f'container "{container}" in pod "{pod}" is waiting to start: {reason}')
+                          f'container "{container}" in pod "{pod}" is waiting to start: '
+                          f"{_WAITING_TEXTS.get(reason, reason)}")
+
+
+def terminated_without_logs(pod: str, container: str) -> ContainerError:
+    return ContainerError(grpc.StatusCode.INVALID_ARGUMENT, f'container "{container}" in pod "{pod}" is terminated')
 
 
 def not_running(pod: str, container: str) -> ContainerError:
