@@ -11,6 +11,10 @@ UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
 DEFAULT_SCHEDULER = "default-scheduler"
 NAMESPACE_FINALIZER = "kubernetes"
 VOLUME_SOURCES = ("host_path", "empty_dir", "secret", "persistent_volume_claim", "config_map")
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+# the mode of files projected from a ConfigMap or Secret unless the volume says
+# otherwise: 0644
+DEFAULT_VOLUME_FILE_MODE = 0o644
 
 
 def volume_sources(volume) -> list[str]:
@@ -27,6 +31,9 @@ def apply_defaults(resource: Resource, msg, *, not_ready_toleration_seconds: int
     name = resource.name
     if name == "pods":
         _default_pod_spec(msg.spec)
+        # SetDefaults_Pod, not SetDefaults_PodSpec: templates keep it unset
+        if not msg.spec.HasField("enable_service_links"):
+            msg.spec.enable_service_links = True
         if for_create:
             _default_tolerations(msg.spec, not_ready_toleration_seconds,
                                  unreachable_toleration_seconds)
@@ -57,7 +64,9 @@ def apply_defaults(resource: Resource, msg, *, not_ready_toleration_seconds: int
 
 
 def _default_pod_spec(spec: core_pb2.PodSpec) -> None:
+    spec.dns_policy = spec.dns_policy or "ClusterFirst"
     spec.restart_policy = spec.restart_policy or "Always"
+    spec.security_context.SetInParent()  # an empty PodSecurityContext, as upstream
     if not spec.HasField("termination_grace_period_seconds"):
         spec.termination_grace_period_seconds = 30
     spec.scheduler_name = spec.scheduler_name or DEFAULT_SCHEDULER
@@ -66,11 +75,16 @@ def _default_pod_spec(spec: core_pb2.PodSpec) -> None:
     for volume in spec.volumes:
         if not volume_sources(volume):
             volume.empty_dir.SetInParent()
+        for source in ("config_map", "secret"):
+            if volume.HasField(source) and not getattr(volume, source).HasField("default_mode"):
+                getattr(volume, source).default_mode = DEFAULT_VOLUME_FILE_MODE
 
 
 def _default_container(c: core_pb2.Container) -> None:
     if not c.image_pull_policy:
         c.image_pull_policy = "Always" if _image_tag(c.image) in ("", "latest") else "IfNotPresent"
+    c.termination_message_path = c.termination_message_path or TERMINATION_MESSAGE_PATH
+    c.termination_message_policy = c.termination_message_policy or "File"
     for port in c.ports:
         port.protocol = port.protocol or "TCP"
     for env in c.env:
@@ -83,6 +97,9 @@ def _default_container(c: core_pb2.Container) -> None:
     for field in ("liveness_probe", "readiness_probe", "startup_probe"):
         if c.HasField(field):
             _default_probe(getattr(c, field))
+    for hook in ("post_start", "pre_stop"):
+        if c.lifecycle.HasField(hook) and getattr(c.lifecycle, hook).HasField("http_get"):
+            _default_http_get(getattr(c.lifecycle, hook).http_get)
 
 
 def _image_tag(image: str) -> str:
@@ -99,8 +116,12 @@ def _default_probe(p: core_pb2.Probe) -> None:
     p.success_threshold = p.success_threshold or 1
     p.failure_threshold = p.failure_threshold or 3
     if p.HasField("http_get"):
-        p.http_get.path = p.http_get.path or "/"
-        p.http_get.scheme = p.http_get.scheme or "HTTP"
+        _default_http_get(p.http_get)
+
+
+def _default_http_get(action: core_pb2.HTTPGetAction) -> None:
+    action.path = action.path or "/"
+    action.scheme = action.scheme or "HTTP"
 
 
 def _tolerates(tolerations, taint_key: str, effect: str) -> bool:

@@ -11,6 +11,7 @@ which strings are valid names, keys or addresses (``syntax``'s rules, used here)
 from __future__ import annotations
 
 import json
+import re
 
 from apiserver import errors
 from apiserver.defaults import volume_sources
@@ -101,6 +102,10 @@ class FieldErrors:
 
 PORT_RANGE_MESSAGE = "must be between 1 and 65535, inclusive"
 NON_NEGATIVE_MESSAGE = "must be greater than or equal to 0"
+FILE_MODE_MESSAGE = "must be a number between 0 and 0777 (octal), both inclusive"
+ID_RANGE_MESSAGE = "must be between 0 and 2147483647, inclusive"
+_HTTP_HEADER_NAME_MESSAGE = ("a valid HTTP header must consist of alphanumeric characters or '-' "
+                             "(e.g. 'X-Header-Name', regex used for validation is '[-A-Za-z0-9]+')")
 
 
 def _port_number_or_name(errs: FieldErrors, path: str, value: str) -> None:
@@ -230,6 +235,8 @@ def _validate_meta_update(errs: FieldErrors, new, old) -> None:
 # ======================================================================
 
 RESTART_POLICIES = ("Always", "OnFailure", "Never")
+DNS_POLICIES = ("ClusterFirst", "ClusterFirstWithHostNet", "Default", "None")
+TERMINATION_MESSAGE_POLICIES = ("File", "FallbackToLogsOnError")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 PROTOCOLS = ("SCTP", "TCP", "UDP")
 TAINT_EFFECTS = ("NoExecute", "NoSchedule", "PreferNoSchedule")
@@ -245,9 +252,17 @@ def _validate_pod_spec(errs: FieldErrors, path: str, spec, *, template: bool) ->
     if not spec.containers:
         errs.required(f"{path}.containers")
     names: set[str] = set()
+    grace = (spec.termination_grace_period_seconds
+             if spec.HasField("termination_grace_period_seconds") else None)
     _validate_containers(errs, f"{path}.initContainers", spec.init_containers, volumes, names,
-                         init=True)
-    _validate_containers(errs, f"{path}.containers", spec.containers, volumes, names, init=False)
+                         init=True, grace=grace)
+    _validate_containers(errs, f"{path}.containers", spec.containers, volumes, names, init=False,
+                         grace=grace)
+    _enum(errs, f"{path}.dnsPolicy", spec.dns_policy, DNS_POLICIES)
+    if spec.dns_policy == "None":  # we carry no dnsConfig
+        errs.required(f"{path}.dnsConfig", "must provide `dnsConfig` when `dnsPolicy` is None")
+    if spec.HasField("security_context"):
+        _validate_pod_security_context(errs, f"{path}.securityContext", spec.security_context)
     _validate_host_ports(errs, f"{path}.containers", spec.containers)
     if template:
         if spec.restart_policy != "Always":
@@ -297,15 +312,72 @@ def _validate_volumes(errs: FieldErrors, path: str, volumes) -> set[str]:
                            "may not specify more than 1 volume type")
         if v.HasField("host_path") and not v.host_path.path:
             errs.required(f"{p}.hostPath.path")
-        if v.HasField("secret") and not v.secret.secret_name:
-            errs.required(f"{p}.secret.secretName")
-        if v.HasField("config_map") and not v.config_map.name:
-            errs.required(f"{p}.configMap.name")
+        if v.HasField("secret"):
+            if not v.secret.secret_name:
+                errs.required(f"{p}.secret.secretName")
+            _validate_projected_files(errs, f"{p}.secret", v.secret)
+        if v.HasField("config_map"):
+            if not v.config_map.name:
+                errs.required(f"{p}.configMap.name")
+            _validate_projected_files(errs, f"{p}.configMap", v.config_map)
         if v.HasField("persistent_volume_claim") and not v.persistent_volume_claim.claim_name:
             errs.required(f"{p}.persistentVolumeClaim.claimName")
         if v.HasField("empty_dir") and v.empty_dir.size_limit:
             _quantity(errs, f"{p}.emptyDir.sizeLimit", v.empty_dir.size_limit)
     return names
+
+
+def _file_mode(errs: FieldErrors, path: str, mode: int) -> None:
+    if not 0 <= mode <= 0o777:
+        errs.invalid(path, mode, FILE_MODE_MESSAGE)
+
+
+def _validate_projected_files(errs: FieldErrors, path: str, source) -> None:
+    """A ConfigMap or Secret volume's defaultMode and items (key, path, mode)."""
+    if source.HasField("default_mode"):
+        _file_mode(errs, f"{path}.defaultMode", source.default_mode)
+    for i, item in enumerate(source.items):
+        p = f"{path}.items[{i}]"
+        if not item.key:
+            errs.required(f"{p}.key")
+        if not item.path:
+            errs.required(f"{p}.path")
+        _local_non_reserved_path(errs, f"{p}.path", item.path)
+        if item.HasField("mode"):
+            _file_mode(errs, f"{p}.mode", item.mode)
+
+
+def _local_non_reserved_path(errs: FieldErrors, path: str, target: str) -> None:
+    """A path a volume plugin writes under its directory: relative, no ".."
+    element, not starting with ".." (a file name like "..data" is the atomic
+    writer's)."""
+    if target.startswith("/"):
+        errs.invalid(path, target, "must be a relative path")
+    if ".." in target.split("/"):
+        errs.invalid(path, target, "must not contain '..'")
+    elif target.startswith(".."):
+        errs.invalid(path, target, "must not start with '..'")
+
+
+def _id(errs: FieldErrors, path: str, value: int) -> None:
+    """A user or group id (IsValidUserID / IsValidGroupID)."""
+    if not 0 <= value <= 2 ** 31 - 1:
+        errs.invalid(path, value, ID_RANGE_MESSAGE)
+
+
+def _validate_pod_security_context(errs: FieldErrors, path: str, sc) -> None:
+    for field, json_name in (("run_as_user", "runAsUser"), ("run_as_group", "runAsGroup"),
+                             ("fs_group", "fsGroup")):
+        if sc.HasField(field):
+            _id(errs, f"{path}.{json_name}", getattr(sc, field))
+    for i, gid in enumerate(sc.supplemental_groups):
+        _id(errs, f"{path}.supplementalGroups[{i}]", gid)
+
+
+def _validate_security_context(errs: FieldErrors, path: str, sc) -> None:
+    for field, json_name in (("run_as_user", "runAsUser"), ("run_as_group", "runAsGroup")):
+        if sc.HasField(field):
+            _id(errs, f"{path}.{json_name}", getattr(sc, field))
 
 
 def _quantity(errs: FieldErrors, path: str, text: str):
@@ -322,7 +394,9 @@ def _quantity(errs: FieldErrors, path: str, text: str):
 
 
 def _validate_containers(errs: FieldErrors, path: str, containers, volumes: set[str],
-                         names: set[str], *, init: bool) -> None:
+                         names: set[str], *, init: bool, grace: int | None = None) -> None:
+    """``grace`` is the pod's terminationGracePeriodSeconds (a preStop sleep
+    must fit in it)."""
     for i, c in enumerate(containers):
         p = f"{path}[{i}]"
         if not c.name:
@@ -337,8 +411,13 @@ def _validate_containers(errs: FieldErrors, path: str, containers, volumes: set[
         elif c.image != c.image.strip():
             errs.invalid(f"{p}.image", c.image, "must not have leading or trailing whitespace")
         _enum(errs, f"{p}.imagePullPolicy", c.image_pull_policy, PULL_POLICIES)
+        _enum(errs, f"{p}.terminationMessagePolicy", c.termination_message_policy,
+              TERMINATION_MESSAGE_POLICIES)
         _validate_container_ports(errs, f"{p}.ports", c.ports)
+        _validate_env_from(errs, f"{p}.envFrom", c.env_from)
         _validate_env(errs, f"{p}.env", c.env)
+        if c.HasField("security_context"):
+            _validate_security_context(errs, f"{p}.securityContext", c.security_context)
         _validate_resources(errs, f"{p}.resources", c.resources)
         mount_paths: set[str] = set()
         for j, m in enumerate(c.volume_mounts):
@@ -352,15 +431,27 @@ def _validate_containers(errs: FieldErrors, path: str, containers, volumes: set[
             elif m.mount_path in mount_paths:
                 errs.invalid(f"{mp}.mountPath", m.mount_path, "must be unique")
             mount_paths.add(m.mount_path)
-        for field, json_name in (("liveness_probe", "livenessProbe"),
+        # an init container with restartPolicy Always is a sidecar: it runs
+        # beside the app containers and may have probes and hooks as they do
+        sidecar = init and c.restart_policy == "Always"
+        if c.restart_policy and not init:
+            errs.forbidden(f"{p}.restartPolicy", "may not be set for non-init containers")
+        elif c.restart_policy and not sidecar:
+            errs.not_supported(f"{p}.restartPolicy", c.restart_policy, ["Always"])
+        for field, json_name in (("lifecycle", "lifecycle"),
+                                 ("liveness_probe", "livenessProbe"),
                                  ("readiness_probe", "readinessProbe"),
                                  ("startup_probe", "startupProbe")):
-            if c.HasField(field):
-                if init:
-                    errs.forbidden(f"{p}.{json_name}", "may not be set for init containers")
-                else:
-                    _validate_probe(errs, f"{p}.{json_name}", getattr(c, field),
-                                    must_succeed_once=field != "readiness_probe")
+            if not c.HasField(field):
+                continue
+            if init and not sidecar:
+                errs.forbidden(f"{p}.{json_name}",
+                               "may not be set for init containers without restartPolicy=Always")
+            elif field == "lifecycle":
+                _validate_lifecycle(errs, f"{p}.lifecycle", c.lifecycle, grace)
+            else:
+                _validate_probe(errs, f"{p}.{json_name}", getattr(c, field),
+                                must_succeed_once=field != "readiness_probe")
 
 
 def _validate_container_ports(errs: FieldErrors, path: str, ports) -> None:
@@ -428,6 +519,26 @@ def _validate_env(errs: FieldErrors, path: str, env) -> None:
                     errs.required(f"{p}.valueFrom.{json_name}.name")
 
 
+def _validate_env_from(errs: FieldErrors, path: str, env_from) -> None:
+    for i, source in enumerate(env_from):
+        p = f"{path}[{i}]"
+        if source.prefix:
+            errs.each(f"{p}.prefix", source.prefix, env_var_name_errors(source.prefix))
+        refs = [(f, j) for f, j in (("config_map_ref", "configMapRef"), ("secret_ref", "secretRef"))
+                if source.HasField(f)]
+        for field, json_name in refs:
+            name = getattr(source, field).name
+            if not name:
+                errs.required(f"{p}.{json_name}.name")
+            else:
+                errs.each(f"{p}.{json_name}.name", name, dns1123_subdomain_errors(name))
+        # upstream reports these two at the list, not the item
+        if not refs:
+            errs.invalid(path, "", "must specify one of: `configMapRef` or `secretRef`")
+        elif len(refs) > 1:
+            errs.invalid(path, "", "may not have more than one field specified at a time")
+
+
 def _validate_resources(errs: FieldErrors, path: str, resources) -> None:
     limits = {}
     for which, values in (("limits", resources.limits), ("requests", resources.requests)):
@@ -447,20 +558,58 @@ def _validate_resources(errs: FieldErrors, path: str, resources) -> None:
                              f"{resources.limits[name]}")
 
 
-def _validate_probe(errs: FieldErrors, path: str, probe, *, must_succeed_once: bool) -> None:
-    handlers = [f for f in ("exec", "http_get", "tcp_socket") if probe.HasField(f)]
-    if not handlers:
+_HANDLER_JSON = {"exec": "exec", "http_get": "httpGet", "tcp_socket": "tcpSocket", "sleep": "sleep"}
+
+
+def _validate_handler(errs: FieldErrors, path: str, handler, kinds, grace: int | None) -> None:
+    """A probe's or a lifecycle hook's handler: exactly one of ``kinds``; a
+    second is refused at its own path, as upstream does."""
+    count = 0
+    for kind in kinds:
+        if not handler.HasField(kind):
+            continue
+        p = f"{path}.{_HANDLER_JSON[kind]}"
+        if count:
+            errs.forbidden(p, "may not specify more than 1 handler type")
+            continue
+        count += 1
+        if kind == "exec" and not handler.exec.command:
+            errs.required(f"{p}.command")
+        elif kind == "http_get":
+            action = handler.http_get
+            if not action.path:
+                errs.required(f"{p}.path")
+            _port_number_or_name(errs, f"{p}.port", action.port)
+            _enum(errs, f"{p}.scheme", action.scheme, ("HTTP", "HTTPS"), required=False)
+            for header in action.http_headers:
+                if not re.fullmatch(r"[-A-Za-z0-9]+", header.name):
+                    errs.invalid(f"{p}.httpHeaders", header.name, _HTTP_HEADER_NAME_MESSAGE)
+        elif kind == "tcp_socket":
+            _port_number_or_name(errs, f"{p}.port", handler.tcp_socket.port)
+        elif kind == "sleep" and grace is not None \
+                and not 0 <= handler.sleep.seconds <= grace:
+            errs.invalid(p, handler.sleep.seconds, "must be non-negative and less than "
+                         f"terminationGracePeriodSeconds ({grace})")
+    if not count:
         errs.required(path, "must specify a handler type")
-    elif len(handlers) > 1:
-        errs.forbidden(path, "may not specify more than 1 handler type")
-    if probe.HasField("exec") and not probe.exec.command:
-        errs.required(f"{path}.exec.command")
-    if probe.HasField("http_get"):
-        _port_number_or_name(errs, f"{path}.httpGet.port", probe.http_get.port)
-        _enum(errs, f"{path}.httpGet.scheme", probe.http_get.scheme, ("HTTP", "HTTPS"),
-              required=False)
-    if probe.HasField("tcp_socket"):
-        _port_number_or_name(errs, f"{path}.tcpSocket.port", probe.tcp_socket.port)
+
+
+def _validate_lifecycle(errs: FieldErrors, path: str, lifecycle, grace: int | None) -> None:
+    for hook, json_name in (("post_start", "postStart"), ("pre_stop", "preStop")):
+        if lifecycle.HasField(hook):
+            _validate_handler(errs, f"{path}.{json_name}", getattr(lifecycle, hook),
+                              ("exec", "http_get", "tcp_socket", "sleep"), grace)
+
+
+def _validate_probe(errs: FieldErrors, path: str, probe, *, must_succeed_once: bool) -> None:
+    _validate_handler(errs, path, probe, ("exec", "http_get", "tcp_socket"), None)
+    if probe.HasField("termination_grace_period_seconds"):
+        value = probe.termination_grace_period_seconds
+        if value <= 0:
+            errs.invalid(f"{path}.terminationGracePeriodSeconds", value, "must be greater than 0")
+        if not must_succeed_once:  # a readiness probe never kills
+            errs.invalid(f"{path}.terminationGracePeriodSeconds", value,
+                         "must not be set for readinessProbes")
     for field, json_name in (("initial_delay_seconds", "initialDelaySeconds"),
                              ("timeout_seconds", "timeoutSeconds"),
                              ("period_seconds", "periodSeconds"),

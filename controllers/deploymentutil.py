@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 
-from apiserver.pb import apps_pb2, meta_pb2
+from apiserver.pb import apps_pb2
 from controllers.informer import (
     deep_copy,
 )
@@ -368,13 +368,14 @@ def replica_sets_to_prune(d, old_rss) -> list:
 # Pure: status and conditions
 # ======================================================================
 
-def new_condition(type_: str, status: str, reason: str, message: str, now: float | None = None) -> meta_pb2.Condition:
+def new_condition(type_: str, status: str, reason: str, message: str,
+                  now: float | None = None) -> apps_pb2.DeploymentCondition:
     t = now_rfc3339(now)
-    return meta_pb2.Condition(type=type_, status=status, reason=reason, message=message,
-                              last_update_time=t, last_transition_time=t)
+    return apps_pb2.DeploymentCondition(type=type_, status=status, reason=reason, message=message,
+                                        last_update_time=t, last_transition_time=t)
 
 
-def set_condition(status, cond: meta_pb2.Condition) -> None:
+def set_condition(status, cond: apps_pb2.DeploymentCondition) -> None:
     """Kubernetes' SetDeploymentCondition: nothing happens when status and
     reason are unchanged; the transition time survives a reason change."""
     current = get_condition(status.conditions, cond.type)

@@ -47,7 +47,9 @@ def parse_time(text: str) -> float | None:
 
 # ---- pod state ----
 
-def get_condition(conditions: Iterable[meta_pb2.Condition], type_: str) -> meta_pb2.Condition | None:
+def get_condition(conditions: Iterable, type_: str):
+    """The condition of ``type_`` in any kind's conditions (each kind has its
+    own condition message, as upstream), or None."""
     for c in conditions:
         if c.type == type_:
             return c

@@ -108,6 +108,178 @@ def test_from_dict_reads_a_manifest():
     assert c.readiness_probe.tcp_socket.port == "http"
 
 
+KUBELET_POD_YAML = """
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: default}
+spec:
+  dnsPolicy: ClusterFirst
+  enableServiceLinks: false
+  shareProcessNamespace: true
+  securityContext: {runAsUser: 0, runAsGroup: 1000, fsGroup: 2000, supplementalGroups: [4, 5]}
+  initContainers:
+  - name: proxy
+    image: busybox
+    restartPolicy: Always
+    readinessProbe: {tcpSocket: {port: 15001}, terminationGracePeriodSeconds: 3}
+  containers:
+  - name: web
+    image: nginx:1.25
+    stdin: true
+    tty: true
+    envFrom:
+    - {prefix: CM_, configMapRef: {name: settings, optional: true}}
+    - secretRef: {name: creds}
+    env:
+    - name: USER
+      valueFrom: {secretKeyRef: {name: creds, key: user, optional: false}}
+    lifecycle:
+      postStart: {httpGet: {path: /warm, port: 8080, httpHeaders: [{name: X-Hook, value: "1"}]}}
+      preStop: {sleep: {seconds: 5}}
+    livenessProbe:
+      exec: {command: ["true"]}
+      initialDelaySeconds: 2
+      timeoutSeconds: 1
+      periodSeconds: 10
+      successThreshold: 1
+      failureThreshold: 3
+      terminationGracePeriodSeconds: 7
+    terminationMessagePath: /dev/termination-log
+    terminationMessagePolicy: FallbackToLogsOnError
+    securityContext:
+      runAsUser: 1000
+      runAsNonRoot: true
+      privileged: false
+      readOnlyRootFilesystem: true
+      allowPrivilegeEscalation: false
+      capabilities: {add: [NET_BIND_SERVICE], drop: [ALL]}
+  volumes:
+  - name: conf
+    configMap:
+      name: settings
+      defaultMode: 420
+      optional: true
+      items: [{key: app.yaml, path: conf/app.yaml, mode: 256}]
+  - name: tls
+    secret: {secretName: tls, defaultMode: 256, items: [{key: tls.crt, path: tls.crt}]}
+  - name: cache
+    emptyDir: {medium: Memory, sizeLimit: 64Mi}
+status:
+  hostIP: 192.168.0.2
+  hostIPs: [{ip: 192.168.0.2}]
+  conditions: [{type: Ready, status: "True", lastProbeTime: null, observedGeneration: 1}]
+  initContainerStatuses:
+  - name: proxy
+    ready: true
+    started: true
+    image: docker.io/library/busybox:latest
+    imageID: docker.io/library/busybox@sha256:abc
+    containerID: runc://1234
+    state: {running: {startedAt: "2026-01-01T00:00:00Z"}}
+  containerStatuses:
+  - name: web
+    restartCount: 1
+    lastState:
+      terminated: {exitCode: 137, signal: 9, reason: Error, containerID: runc://0042}
+"""
+
+
+def test_kubelet_fields_round_trip_with_kubernetes_json_names():
+    """A manifest in upstream's spelling (YAML, as kctl reads it) decodes into
+    the snake_case fields a kubelet reads and prints back unchanged."""
+    import yaml
+
+    d = yaml.safe_load(KUBELET_POD_YAML)
+    p = from_dict(d)
+    side, web = p.spec.init_containers[0], p.spec.containers[0]
+    assert side.restart_policy == "Always"
+    assert side.readiness_probe.termination_grace_period_seconds == 3
+    assert [e.prefix for e in web.env_from] == ["CM_", ""]
+    assert web.env_from[0].config_map_ref.name == "settings" and web.env_from[0].config_map_ref.optional
+    assert web.env_from[1].secret_ref.name == "creds"
+    assert not web.env_from[1].secret_ref.HasField("optional")
+    assert web.env[0].value_from.secret_key_ref.HasField("optional")
+    assert web.lifecycle.post_start.http_get.port == "8080"
+    assert web.lifecycle.post_start.http_get.http_headers[0].name == "X-Hook"
+    assert web.lifecycle.pre_stop.sleep.seconds == 5
+    assert web.liveness_probe.termination_grace_period_seconds == 7
+    assert (web.termination_message_path, web.termination_message_policy) == \
+        ("/dev/termination-log", "FallbackToLogsOnError")
+    assert web.stdin and web.tty
+    sc = web.security_context
+    assert (sc.run_as_user, sc.run_as_non_root, sc.read_only_root_filesystem) == (1000, True, True)
+    assert sc.HasField("privileged") and not sc.privileged  # an explicit false is kept
+    assert list(sc.capabilities.drop) == ["ALL"]
+    assert p.spec.security_context.run_as_user == 0 and p.spec.security_context.HasField("run_as_user")
+    assert list(p.spec.security_context.supplemental_groups) == [4, 5]
+    assert p.spec.share_process_namespace and not p.spec.enable_service_links
+    conf, tls = p.spec.volumes[0], p.spec.volumes[1]
+    assert (conf.config_map.name, conf.config_map.default_mode, conf.config_map.optional) == \
+        ("settings", 0o644, True)
+    assert conf.config_map.items[0].mode == 0o400
+    assert tls.secret.default_mode == 256 and not tls.secret.items[0].HasField("mode")
+    assert p.spec.volumes[2].empty_dir.size_limit == "64Mi"
+    st_ = p.status
+    assert st_.host_ips[0].ip == "192.168.0.2"
+    assert st_.conditions[0].observed_generation == 1
+    init = st_.init_container_statuses[0]
+    assert (init.image_id, init.container_id, init.started) == \
+        ("docker.io/library/busybox@sha256:abc", "runc://1234", True)
+    term = st_.container_statuses[0].last_state.terminated
+    assert (term.exit_code, term.signal, term.container_id) == (137, 9, "runc://0042")
+    expected = copy.deepcopy(d)
+    del expected["status"]["conditions"][0]["lastProbeTime"]  # null is absent
+    # IntOrString ports come back as their text (see the module docstring)
+    expected["spec"]["initContainers"][0]["readinessProbe"]["tcpSocket"]["port"] = "15001"
+    expected["spec"]["containers"][0]["lifecycle"]["postStart"]["httpGet"]["port"] = "8080"
+    got = to_dict(p)
+    assert got == expected
+    assert from_dict(json.loads(json.dumps(got))) == p
+
+
+def test_node_daemon_endpoints_and_images_use_kubernetes_json_names():
+    n = from_dict({"kind": "Node", "metadata": {"name": "n1"}, "status": {
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "images": [{"names": ["docker.io/library/busybox:latest"], "sizeBytes": 4261550}],
+        "nodeInfo": {"machineID": "m", "systemUUID": "u", "bootID": "b", "kernelVersion": "6.1",
+                     "osImage": "Debian", "containerRuntimeVersion": "runc://1.1",
+                     "kubeletVersion": "v1.31", "operatingSystem": "linux",
+                     "architecture": "amd64"},
+        "conditions": [{"type": "Ready", "status": "True",
+                        "lastHeartbeatTime": "2026-01-01T00:00:00Z"}]}})
+    s = n.status
+    assert s.daemon_endpoints.kubelet_endpoint.port == 10250
+    assert (s.images[0].size_bytes, s.node_info.system_uuid, s.node_info.boot_id) == \
+        (4261550, "u", "b")
+    out = to_dict(n)["status"]
+    assert out["daemonEndpoints"] == {"kubeletEndpoint": {"Port": 10250}}
+    assert out["nodeInfo"]["systemUUID"] == "u" and out["images"][0]["sizeBytes"] == 4261550
+    assert "port" in _bad_request({"kind": "Node", "status": {
+        "daemonEndpoints": {"kubeletEndpoint": {"port": 10250}}}})
+
+
+def test_field_numbers_are_upstreams():
+    """A few numbers that differed from k8s.io/api/core/v1's before and that
+    a protobuf client would depend on; flattened inline structs are 100*N+M."""
+    def number(msg, name):
+        return msg.DESCRIPTOR.fields_by_name[name].number
+
+    assert number(core_pb2.Container, "startup_probe") == 22
+    assert number(core_pb2.Container, "lifecycle") == 12
+    assert number(core_pb2.Container, "env_from") == 19
+    assert number(core_pb2.Container, "restart_policy") == 24
+    assert [number(core_pb2.Probe, f) for f in (
+        "initial_delay_seconds", "timeout_seconds", "period_seconds", "success_threshold",
+        "failure_threshold", "termination_grace_period_seconds")] == [2, 3, 4, 5, 6, 7]
+    assert number(core_pb2.Probe, "exec") == 101
+    assert number(core_pb2.Volume, "config_map") == 219
+    assert number(core_pb2.NodeSystemInfo, "kernel_version") == 4
+    assert number(core_pb2.ContainerStatus, "image_id") == 7
+    assert number(core_pb2.PodStatus, "init_container_statuses") == 10
+    assert number(core_pb2.PodCondition, "last_transition_time") == 4
+    assert number(apps_pb2.DeploymentCondition, "last_update_time") == 6
+
+
 def test_service_target_port_number():
     svc = from_dict({"kind": "Service", "spec": {"ports": [{"port": 80, "targetPort": 8080}]}})
     assert svc.spec.ports[0].target_port == "8080"

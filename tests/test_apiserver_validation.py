@@ -204,6 +204,50 @@ def test_pod_defaults_keep_what_is_set():
     assert p.spec.containers[0].ports[0].protocol == "UDP"
 
 
+def test_defaults_for_kubelet_fields():
+    """What a kubelet relies on being set: the termination message file and
+    policy, a DNS policy, file modes of projected volumes, hook handlers'
+    HTTP path and scheme; enableServiceLinks only on Pods, not templates."""
+    p = pod()
+    c = p.spec.containers[0]
+    c.lifecycle.pre_stop.http_get.port = "8080"
+    c.lifecycle.post_start.exec.command.append("true")
+    p.spec.volumes.add(name="cm").config_map.name = "cm"
+    p.spec.volumes.add(name="s").secret.secret_name = "s"
+    mode_set = p.spec.volumes.add(name="s2").secret
+    mode_set.secret_name, mode_set.default_mode = "s", 0
+    apply_defaults(R("pods"), p)
+    c = p.spec.containers[0]
+    assert (c.termination_message_path, c.termination_message_policy) == \
+        ("/dev/termination-log", "File")
+    assert (c.lifecycle.pre_stop.http_get.path, c.lifecycle.pre_stop.http_get.scheme) == \
+        ("/", "HTTP")
+    assert p.spec.dns_policy == "ClusterFirst"
+    assert p.spec.HasField("security_context")
+    assert p.spec.enable_service_links is True
+    assert p.spec.volumes[0].config_map.default_mode == 0o644 == 420
+    assert p.spec.volumes[1].secret.default_mode == 420
+    assert p.spec.volumes[2].secret.default_mode == 0  # set, kept
+    validate_create(R("pods"), p)
+    d = deployment()
+    apply_defaults(R("deployments"), d)
+    assert not d.spec.template.spec.HasField("enable_service_links")
+    assert d.spec.template.spec.containers[0].termination_message_policy == "File"
+
+
+def test_defaults_keep_set_kubelet_fields():
+    p = pod()
+    c = p.spec.containers[0]
+    c.termination_message_path = "/tmp/msg"
+    c.termination_message_policy = "FallbackToLogsOnError"
+    p.spec.dns_policy = "Default"
+    p.spec.enable_service_links = False
+    apply_defaults(R("pods"), p)
+    assert (c.termination_message_path, c.termination_message_policy) == \
+        ("/tmp/msg", "FallbackToLogsOnError")
+    assert p.spec.dns_policy == "Default" and p.spec.enable_service_links is False
+
+
 @pytest.mark.parametrize("image,policy", [
     ("nginx", "Always"), ("nginx:latest", "Always"), ("nginx:1.25", "IfNotPresent"),
     ("registry:5000/team/app", "Always"), ("registry:5000/team/app:v2", "IfNotPresent"),
@@ -500,7 +544,7 @@ def test_containers_required():
      "FieldValueRequired"),
     (lambda c: (c.liveness_probe.exec.command.append("true"),
                 c.liveness_probe.tcp_socket.SetInParent()),
-     "spec.containers[0].livenessProbe", "FieldValueForbidden"),
+     "spec.containers[0].livenessProbe.tcpSocket", "FieldValueForbidden"),
     (lambda c: (c.liveness_probe.exec.command.append("true"),
                 setattr(c.liveness_probe, "success_threshold", 2)),
      "spec.containers[0].livenessProbe.successThreshold", "FieldValueInvalid"),
@@ -521,7 +565,7 @@ def test_valid_container_details_pass():
     c.ports.add(container_port=8080, name="http", host_port=80)
     c.env.add(name="MY_VAR.x-1", value="v")
     c.env.add(name="FROM_CM").value_from.config_map_key_ref.MergeFrom(
-        core_pb2.KeySelector(name="cm", key="k"))
+        core_pb2.ConfigMapKeySelector(name="cm", key="k"))
     c.env.add(name="POD").value_from.field_ref.field_path = "metadata.name"
     c.resources.requests.update({"cpu": "250m", "memory": "64Mi", "example.com/dongle": "1"})
     c.resources.limits.update({"cpu": "1", "memory": "64Mi", "hugepages-2Mi": "100Mi"})
@@ -549,6 +593,93 @@ def test_container_names_are_unique_across_init_and_app_containers():
     p = pod()
     p.spec.init_containers.append(container("c"))
     assert_cause("pods", p, "spec.containers[0].name", "FieldValueDuplicate", 'Duplicate value: "c"')
+
+
+@pytest.mark.parametrize("mutate,field,detail", [
+    (lambda c: setattr(c.env_from.add(prefix="1X").config_map_ref, "name", "cm"),
+     "spec.containers[0].envFrom[0].prefix", None),
+    (lambda c: c.env_from.add(prefix="P_"), "spec.containers[0].envFrom",
+     'Invalid value: "": must specify one of: `configMapRef` or `secretRef`'),
+    (lambda c: (lambda e: (setattr(e.config_map_ref, "name", "a"),
+                           setattr(e.secret_ref, "name", "b")))(c.env_from.add()),
+     "spec.containers[0].envFrom",
+     'Invalid value: "": may not have more than one field specified at a time'),
+    (lambda c: c.env_from.add().secret_ref.SetInParent(),
+     "spec.containers[0].envFrom[0].secretRef.name", "Required value"),
+    (lambda c: setattr(c.env_from.add().config_map_ref, "name", "Bad_Name"),
+     "spec.containers[0].envFrom[0].configMapRef.name", None),
+    (lambda c: setattr(c, "termination_message_policy", "Maybe"),
+     "spec.containers[0].terminationMessagePolicy",
+     'Unsupported value: "Maybe": supported values: "File", "FallbackToLogsOnError"'),
+    (lambda c: c.lifecycle.pre_stop.SetInParent(), "spec.containers[0].lifecycle.preStop",
+     "Required value: must specify a handler type"),
+    (lambda c: (c.lifecycle.post_start.exec.command.append("x"),
+                setattr(c.lifecycle.post_start.sleep, "seconds", 1)),
+     "spec.containers[0].lifecycle.postStart.sleep",
+     "Forbidden: may not specify more than 1 handler type"),
+    (lambda c: setattr(c.lifecycle.pre_stop.sleep, "seconds", 31),
+     "spec.containers[0].lifecycle.preStop.sleep",
+     "Invalid value: 31: must be non-negative and less than terminationGracePeriodSeconds (30)"),
+    (lambda c: c.lifecycle.post_start.exec.SetInParent(),
+     "spec.containers[0].lifecycle.postStart.exec.command", "Required value"),
+    (lambda c: c.lifecycle.post_start.http_get.http_headers.add(name="Bad Header", value="v"),
+     "spec.containers[0].lifecycle.postStart.httpGet.httpHeaders",
+     'Invalid value: "Bad Header": a valid HTTP header must consist of alphanumeric characters '
+     "or '-' (e.g. 'X-Header-Name', regex used for validation is '[-A-Za-z0-9]+')"),
+    (lambda c: (c.startup_probe.exec.command.append("true"),
+                setattr(c.startup_probe, "success_threshold", 3)),
+     "spec.containers[0].startupProbe.successThreshold", "Invalid value: 3: must be 1"),
+    (lambda c: (c.liveness_probe.exec.command.append("true"),
+                setattr(c.liveness_probe, "termination_grace_period_seconds", 0)),
+     "spec.containers[0].livenessProbe.terminationGracePeriodSeconds",
+     "Invalid value: 0: must be greater than 0"),
+    (lambda c: (c.readiness_probe.exec.command.append("true"),
+                setattr(c.readiness_probe, "termination_grace_period_seconds", 5)),
+     "spec.containers[0].readinessProbe.terminationGracePeriodSeconds",
+     "Invalid value: 5: must not be set for readinessProbes"),
+    (lambda c: setattr(c, "restart_policy", "Always"), "spec.containers[0].restartPolicy",
+     "Forbidden: may not be set for non-init containers"),
+    (lambda c: setattr(c.security_context, "run_as_group", -1),
+     "spec.containers[0].securityContext.runAsGroup",
+     "Invalid value: -1: must be between 0 and 2147483647, inclusive"),
+])
+def test_container_kubelet_field_errors(mutate, field, detail):
+    p = pod()
+    mutate(p.spec.containers[0])
+    causes = causes_of("pods", p)
+    assert field in [f for f, _, _ in causes], causes
+    if detail is not None:
+        assert (field, detail) in [(f, d) for f, _, d in causes], causes
+
+
+def test_valid_container_kubelet_fields_pass():
+    p = pod()
+    c = p.spec.containers[0]
+    c.env_from.add(prefix="CM_").config_map_ref.name = "cm"
+    ref = c.env_from.add().secret_ref
+    ref.name, ref.optional = "s", True
+    c.lifecycle.post_start.http_get.port = "8080"
+    c.lifecycle.post_start.http_get.http_headers.add(name="X-Hook", value="start")
+    c.lifecycle.pre_stop.sleep.seconds = 30  # equal to the grace period is fine
+    c.liveness_probe.exec.command.append("true")
+    c.liveness_probe.termination_grace_period_seconds = 5
+    c.termination_message_policy = "FallbackToLogsOnError"
+    c.stdin = c.tty = True
+    validate_create(R("pods"), defaulted("pods", p))
+
+
+def test_sidecars_are_init_containers_with_restart_policy_always():
+    p = pod()
+    side = p.spec.init_containers.add(name="side", image="busybox", restart_policy="Always")
+    side.readiness_probe.exec.command.append("true")
+    side.lifecycle.pre_stop.sleep.seconds = 1
+    validate_create(R("pods"), defaulted("pods", p))
+    side.restart_policy = "OnFailure"
+    assert_cause("pods", p, "spec.initContainers[0].restartPolicy", "FieldValueNotSupported",
+                 'Unsupported value: "OnFailure": supported values: "Always"')
+    side.restart_policy = ""
+    assert_cause("pods", p, "spec.initContainers[0].lifecycle", "FieldValueForbidden",
+                 "Forbidden: may not be set for init containers without restartPolicy=Always")
 
 
 def test_init_containers_may_not_have_probes():
@@ -697,6 +828,71 @@ def test_pod_spec_errors(mutate, field, reason):
     p = pod()
     mutate(p.spec)
     assert_cause("pods", p, field, reason)
+
+
+MODE_MESSAGE = "must be a number between 0 and 0777 (octal), both inclusive"
+
+
+@pytest.mark.parametrize("mutate,field,detail", [
+    (lambda s: setattr(s.volumes.add(name="v").config_map, "default_mode", 0o1000),
+     "spec.volumes[0].configMap.defaultMode", f"Invalid value: 512: {MODE_MESSAGE}"),
+    (lambda s: setattr(s.volumes.add(name="v").secret, "default_mode", -1),
+     "spec.volumes[0].secret.defaultMode", f"Invalid value: -1: {MODE_MESSAGE}"),
+    (lambda s: s.volumes.add(name="v").config_map.items.add(key="k", path="f", mode=0o4755),
+     "spec.volumes[0].configMap.items[0].mode", f"Invalid value: 2541: {MODE_MESSAGE}"),
+    (lambda s: s.volumes.add(name="v").secret.items.add(key="k", path="/etc/passwd"),
+     "spec.volumes[0].secret.items[0].path", 'Invalid value: "/etc/passwd": must be a relative path'),
+    (lambda s: s.volumes.add(name="v").config_map.items.add(key="k", path="a/../../b"),
+     "spec.volumes[0].configMap.items[0].path", 'Invalid value: "a/../../b": must not contain \'..\''),
+    (lambda s: s.volumes.add(name="v").config_map.items.add(key="k", path="..data"),
+     "spec.volumes[0].configMap.items[0].path",
+     'Invalid value: "..data": must not start with \'..\''),
+    (lambda s: s.volumes.add(name="v").config_map.items.add(path="f"),
+     "spec.volumes[0].configMap.items[0].key", "Required value"),
+    (lambda s: s.volumes.add(name="v").config_map.items.add(key="k"),
+     "spec.volumes[0].configMap.items[0].path", "Required value"),
+    (lambda s: setattr(s, "dns_policy", "Google"), "spec.dnsPolicy",
+     'Unsupported value: "Google": supported values: "ClusterFirst", "ClusterFirstWithHostNet", '
+     '"Default", "None"'),
+    (lambda s: setattr(s, "dns_policy", "None"), "spec.dnsConfig",
+     "Required value: must provide `dnsConfig` when `dnsPolicy` is None"),
+    (lambda s: setattr(s.security_context, "run_as_user", -1), "spec.securityContext.runAsUser",
+     "Invalid value: -1: must be between 0 and 2147483647, inclusive"),
+    (lambda s: s.security_context.supplemental_groups.extend([5, 2 ** 31]),
+     "spec.securityContext.supplementalGroups[1]",
+     "Invalid value: 2147483648: must be between 0 and 2147483647, inclusive"),
+    (lambda s: setattr(s.security_context, "fs_group", -2), "spec.securityContext.fsGroup",
+     "Invalid value: -2: must be between 0 and 2147483647, inclusive"),
+])
+def test_volume_source_and_pod_security_errors(mutate, field, detail):
+    p = pod()
+    mutate(p.spec)
+    for v in p.spec.volumes:  # the names a source needs, so that only the tested error remains
+        if v.HasField("config_map"):
+            v.config_map.name = "cm"
+        if v.HasField("secret"):
+            v.secret.secret_name = "s"
+    causes = causes_of("pods", p)
+    assert (field, detail) in [(f, d) for f, _, d in causes], causes
+
+
+def test_valid_projected_volumes_and_security_contexts_pass():
+    p = pod()
+    cm = p.spec.volumes.add(name="cm").config_map
+    cm.name, cm.default_mode, cm.optional = "cm", 0o400, True
+    cm.items.add(key="k", path="conf/app.yaml", mode=0o600)
+    cm.items.add(key="k2", path="./x..y")
+    sec = p.spec.volumes.add(name="s").secret
+    sec.secret_name, sec.default_mode = "s", 0o777
+    sec.items.add(key="tls.crt", path="tls.crt", mode=0)
+    p.spec.security_context.run_as_user = 0
+    p.spec.security_context.fs_group = 2000
+    p.spec.security_context.supplemental_groups.extend([0, 2 ** 31 - 1])
+    sc = p.spec.containers[0].security_context
+    sc.run_as_user, sc.run_as_group, sc.privileged = 1000, 1000, True
+    sc.capabilities.add.append("NET_ADMIN")
+    sc.capabilities.drop.append("ALL")
+    validate_create(R("pods"), defaulted("pods", p))
 
 
 def test_mounts_refer_to_volumes_and_paths_are_unique():

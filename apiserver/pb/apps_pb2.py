@@ -26,7 +26,7 @@ from apiserver.pb import meta_pb2 as apiserver_dot_pb_dot_meta__pb2
 from apiserver.pb import core_pb2 as apiserver_dot_pb_dot_core__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61piserver/pb/apps.proto\x12\x07\x61pps.v1\x1a\x17\x61piserver/pb/meta.proto\x1a\x17\x61piserver/pb/core.proto\"\xa5\x01\n\x0eReplicaSetSpec\x12\x15\n\x08replicas\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x11min_ready_seconds\x18\x04 \x01(\x05\x12(\n\x08selector\x18\x02 \x01(\x0b\x32\x16.meta.v1.LabelSelector\x12*\n\x08template\x18\x03 \x01(\x0b\x32\x18.core.v1.PodTemplateSpecB\x0b\n\t_replicas\"\xbd\x01\n\x10ReplicaSetStatus\x12\x10\n\x08replicas\x18\x01 \x01(\x05\x12\x1e\n\x16\x66ully_labeled_replicas\x18\x02 \x01(\x05\x12\x16\n\x0eready_replicas\x18\x04 \x01(\x05\x12\x1a\n\x12\x61vailable_replicas\x18\x05 \x01(\x05\x12\x1b\n\x13observed_generation\x18\x03 \x01(\x03\x12&\n\nconditions\x18\x06 \x03(\x0b\x32\x12.meta.v1.Condition\"\x85\x01\n\nReplicaSet\x12%\n\x08metadata\x18\x01 \x01(\x0b\x32\x13.meta.v1.ObjectMeta\x12%\n\x04spec\x18\x02 \x01(\x0b\x32\x17.apps.v1.ReplicaSetSpec\x12)\n\x06status\x18\x03 \x01(\x0b\x32\x19.apps.v1.ReplicaSetStatus\"E\n\x17RollingUpdateDeployment\x12\x17\n\x0fmax_unavailable\x18\x01 \x01(\t\x12\x11\n\tmax_surge\x18\x02 \x01(\t\"\\\n\x12\x44\x65ploymentStrategy\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x38\n\x0erolling_update\x18\x02 \x01(\x0b\x32 .apps.v1.RollingUpdateDeployment\"\xea\x02\n\x0e\x44\x65ploymentSpec\x12\x15\n\x08replicas\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12(\n\x08selector\x18\x02 \x01(\x0b\x32\x16.meta.v1.LabelSelector\x12*\n\x08template\x18\x03 \x01(\x0b\x32\x18.core.v1.PodTemplateSpec\x12-\n\x08strategy\x18\x04 \x01(\x0b\x32\x1b.apps.v1.DeploymentStrategy\x12\x19\n\x11min_ready_seconds\x18\x05 \x01(\x05\x12#\n\x16revision_history_limit\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x0e\n\x06paused\x18\x07 \x01(\x08\x12&\n\x19progress_deadline_seconds\x18\t \x01(\x05H\x02\x88\x01\x01\x42\x0b\n\t_replicasB\x19\n\x17_revision_history_limitB\x1c\n\x1a_progress_deadline_seconds\"\x87\x02\n\x10\x44\x65ploymentStatus\x12\x1b\n\x13observed_generation\x18\x01 \x01(\x03\x12\x10\n\x08replicas\x18\x02 \x01(\x05\x12\x18\n\x10updated_replicas\x18\x03 \x01(\x05\x12\x16\n\x0eready_replicas\x18\x07 \x01(\x05\x12\x1a\n\x12\x61vailable_replicas\x18\x04 \x01(\x05\x12\x1c\n\x14unavailable_replicas\x18\x05 \x01(\x05\x12&\n\nconditions\x18\x06 \x03(\x0b\x32\x12.meta.v1.Condition\x12\x1c\n\x0f\x63ollision_count\x18\x08 \x01(\x05H\x00\x88\x01\x01\x42\x12\n\x10_collision_count\"\x85\x01\n\nDeployment\x12%\n\x08metadata\x18\x01 \x01(\x0b\x32\x13.meta.v1.ObjectMeta\x12%\n\x04spec\x18\x02 \x01(\x0b\x32\x17.apps.v1.DeploymentSpec\x12)\n\x06status\x18\x03 \x01(\x0b\x32\x19.apps.v1.DeploymentStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61piserver/pb/apps.proto\x12\x07\x61pps.v1\x1a\x17\x61piserver/pb/meta.proto\x1a\x17\x61piserver/pb/core.proto\"\xa5\x01\n\x0eReplicaSetSpec\x12\x15\n\x08replicas\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x11min_ready_seconds\x18\x04 \x01(\x05\x12(\n\x08selector\x18\x02 \x01(\x0b\x32\x16.meta.v1.LabelSelector\x12*\n\x08template\x18\x03 \x01(\x0b\x32\x18.core.v1.PodTemplateSpecB\x0b\n\t_replicas\"r\n\x13ReplicaSetCondition\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x1c\n\x14last_transition_time\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\"\xc7\x01\n\x10ReplicaSetStatus\x12\x10\n\x08replicas\x18\x01 \x01(\x05\x12\x1e\n\x16\x66ully_labeled_replicas\x18\x02 \x01(\x05\x12\x16\n\x0eready_replicas\x18\x04 \x01(\x05\x12\x1a\n\x12\x61vailable_replicas\x18\x05 \x01(\x05\x12\x1b\n\x13observed_generation\x18\x03 \x01(\x03\x12\x30\n\nconditions\x18\x06 \x03(\x0b\x32\x1c.apps.v1.ReplicaSetCondition\"\x85\x01\n\nReplicaSet\x12%\n\x08metadata\x18\x01 \x01(\x0b\x32\x13.meta.v1.ObjectMeta\x12%\n\x04spec\x18\x02 \x01(\x0b\x32\x17.apps.v1.ReplicaSetSpec\x12)\n\x06status\x18\x03 \x01(\x0b\x32\x19.apps.v1.ReplicaSetStatus\"E\n\x17RollingUpdateDeployment\x12\x17\n\x0fmax_unavailable\x18\x01 \x01(\t\x12\x11\n\tmax_surge\x18\x02 \x01(\t\"\\\n\x12\x44\x65ploymentStrategy\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x38\n\x0erolling_update\x18\x02 \x01(\x0b\x32 .apps.v1.RollingUpdateDeployment\"\xea\x02\n\x0e\x44\x65ploymentSpec\x12\x15\n\x08replicas\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12(\n\x08selector\x18\x02 \x01(\x0b\x32\x16.meta.v1.LabelSelector\x12*\n\x08template\x18\x03 \x01(\x0b\x32\x18.core.v1.PodTemplateSpec\x12-\n\x08strategy\x18\x04 \x01(\x0b\x32\x1b.apps.v1.DeploymentStrategy\x12\x19\n\x11min_ready_seconds\x18\x05 \x01(\x05\x12#\n\x16revision_history_limit\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x0e\n\x06paused\x18\x07 \x01(\x08\x12&\n\x19progress_deadline_seconds\x18\t \x01(\x05H\x02\x88\x01\x01\x42\x0b\n\t_replicasB\x19\n\x17_revision_history_limitB\x1c\n\x1a_progress_deadline_seconds\"\x8c\x01\n\x13\x44\x65ploymentCondition\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x18\n\x10last_update_time\x18\x06 \x01(\t\x12\x1c\n\x14last_transition_time\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\"\x91\x02\n\x10\x44\x65ploymentStatus\x12\x1b\n\x13observed_generation\x18\x01 \x01(\x03\x12\x10\n\x08replicas\x18\x02 \x01(\x05\x12\x18\n\x10updated_replicas\x18\x03 \x01(\x05\x12\x16\n\x0eready_replicas\x18\x07 \x01(\x05\x12\x1a\n\x12\x61vailable_replicas\x18\x04 \x01(\x05\x12\x1c\n\x14unavailable_replicas\x18\x05 \x01(\x05\x12\x30\n\nconditions\x18\x06 \x03(\x0b\x32\x1c.apps.v1.DeploymentCondition\x12\x1c\n\x0f\x63ollision_count\x18\x08 \x01(\x05H\x00\x88\x01\x01\x42\x12\n\x10_collision_count\"\x85\x01\n\nDeployment\x12%\n\x08metadata\x18\x01 \x01(\x0b\x32\x13.meta.v1.ObjectMeta\x12%\n\x04spec\x18\x02 \x01(\x0b\x32\x17.apps.v1.DeploymentSpec\x12)\n\x06status\x18\x03 \x01(\x0b\x32\x19.apps.v1.DeploymentStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,18 +35,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REPLICASETSPEC']._serialized_start=87
   _globals['_REPLICASETSPEC']._serialized_end=252
-  _globals['_REPLICASETSTATUS']._serialized_start=255
-  _globals['_REPLICASETSTATUS']._serialized_end=444
-  _globals['_REPLICASET']._serialized_start=447
-  _globals['_REPLICASET']._serialized_end=580
-  _globals['_ROLLINGUPDATEDEPLOYMENT']._serialized_start=582
-  _globals['_ROLLINGUPDATEDEPLOYMENT']._serialized_end=651
-  _globals['_DEPLOYMENTSTRATEGY']._serialized_start=653
-  _globals['_DEPLOYMENTSTRATEGY']._serialized_end=745
-  _globals['_DEPLOYMENTSPEC']._serialized_start=748
-  _globals['_DEPLOYMENTSPEC']._serialized_end=1110
-  _globals['_DEPLOYMENTSTATUS']._serialized_start=1113
-  _globals['_DEPLOYMENTSTATUS']._serialized_end=1376
-  _globals['_DEPLOYMENT']._serialized_start=1379
-  _globals['_DEPLOYMENT']._serialized_end=1512
+  _globals['_REPLICASETCONDITION']._serialized_start=254
+  _globals['_REPLICASETCONDITION']._serialized_end=368
+  _globals['_REPLICASETSTATUS']._serialized_start=371
+  _globals['_REPLICASETSTATUS']._serialized_end=570
+  _globals['_REPLICASET']._serialized_start=573
+  _globals['_REPLICASET']._serialized_end=706
+  _globals['_ROLLINGUPDATEDEPLOYMENT']._serialized_start=708
+  _globals['_ROLLINGUPDATEDEPLOYMENT']._serialized_end=777
+  _globals['_DEPLOYMENTSTRATEGY']._serialized_start=779
+  _globals['_DEPLOYMENTSTRATEGY']._serialized_end=871
+  _globals['_DEPLOYMENTSPEC']._serialized_start=874
+  _globals['_DEPLOYMENTSPEC']._serialized_end=1236
+  _globals['_DEPLOYMENTCONDITION']._serialized_start=1239
+  _globals['_DEPLOYMENTCONDITION']._serialized_end=1379
+  _globals['_DEPLOYMENTSTATUS']._serialized_start=1382
+  _globals['_DEPLOYMENTSTATUS']._serialized_end=1655
+  _globals['_DEPLOYMENT']._serialized_start=1658
+  _globals['_DEPLOYMENT']._serialized_end=1791
 # @@protoc_insertion_point(module_scope)
