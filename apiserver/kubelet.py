@@ -75,12 +75,8 @@ def pick_container(pod, requested: str) -> str:
 
 
 def kubelet_port(node) -> int:
-    """The port the node's kubelet serves on (0: the node says none; hollow nodes serve none).
-    Read defensively: an older core.proto has no daemon_endpoints."""
-    try:
-        return int(node.status.daemon_endpoints.kubelet_endpoint.port)
-    except AttributeError:
-        return 0
+    """The port the node's kubelet serves on (0: the node says none; hollow nodes serve none)."""
+    return node.status.daemon_endpoints.kubelet_endpoint.port
 
 
 def validate_log_options(request: api_pb2.PodLogsRequest) -> None:
