@@ -27,10 +27,11 @@ etcd:
 	fi
 
 # The data plane's parts from Debian: runc and conmon run the containers, busybox-static
-# is the base image's only binary. Tests that need them skip (and say why) without root.
-NODE_DEBS := runc conmon busybox-static
+# is the base image's only binary, containerd is the other CRI runtime the kubelet is tested
+# on. Tests that need them skip (and say why) without root.
+NODE_DEBS := runc conmon busybox-static containerd
 node-deps:
-	@missing=""; for b in runc conmon busybox; do command -v $$b >/dev/null || missing=1; done; \
+	@missing=""; for b in runc conmon busybox containerd; do command -v $$b >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo ">> not root: skipping $(NODE_DEBS) (real-node tests will skip)"; exit 0; fi; \
 	  echo ">> installing Debian's $(NODE_DEBS) (the data plane's container runtime)"; \

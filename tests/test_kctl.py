@@ -722,12 +722,13 @@ def test_example_manifest_applies(kctl, client):
     out = kctl("apply", "-n", "example", "-f", str(EXAMPLE)).stdout.splitlines()
     assert out == ["deployment.apps/web created", "service/web created"]
     d = client.get("deployments", "web", "example")
-    assert d.spec.replicas == 10
+    assert d.spec.replicas == 6
     assert d.spec.strategy.type == "RollingUpdate"
     assert (d.spec.strategy.rolling_update.max_surge, d.spec.strategy.rolling_update.max_unavailable) == \
         ("25%", "25%")
     [c] = d.spec.template.spec.containers
-    assert c.image.startswith("nginx") and dict(c.resources.requests) == {"cpu": "100m", "memory": "64Mi"}
+    assert c.image == "busybox" and dict(c.resources.requests) == {"cpu": "50m", "memory": "16Mi"}
+    assert c.command[-1].endswith("exec httpd -f -p 80 -h /www") and c.readiness_probe.http_get.port == "80"
     assert dict(client.get("services", "web", "example").spec.selector) == {"app": "web"}
     again = kctl("apply", "-n", "example", "-f", str(EXAMPLE)).stdout.splitlines()
     assert again == ["deployment.apps/web unchanged", "service/web unchanged"]

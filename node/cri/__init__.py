@@ -1,0 +1,1 @@
+"""The kubelet side of CRI: a typed client of runtime.v1 runtimes (client.py)."""

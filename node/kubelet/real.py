@@ -1,0 +1,353 @@
+"""The real kubelet: one node's pods run as containers through a CRI runtime.
+
+``RealKubelet(client, runtime, images, node_name, ...)`` registers its node and
+heartbeats (nodeagent.py), watches the pods bound to it, and syncs each one
+level-based on a work queue (podsync.py: plan with actions.py, act through
+CRI), then writes the status Kubernetes would (status.py). What makes a pod
+sync again:
+
+- the pod changed in the apiserver (the informer);
+- one of its containers changed state in the runtime: a relist every second
+  compares ListContainers with the last one (Kubernetes' PLEG);
+- a probe result changed (a liveness failure means a restart, readiness the
+  Ready condition);
+- its own requeue: soon while something waits (a back-off, a pull), else
+  every ``sync_period``.
+
+A deleted pod is stopped with its grace period and then removed from the
+apiserver (grace 0), as the kubelet's status manager does; a pod gone from
+the apiserver, or unknown to it, is stopped and removed from the runtime.
+``stop()`` leaves containers running: a restarted kubelet reads them back by
+their labels and keeps them (their spec hashes match), with their restart
+counts.
+
+Run alone: ``python -m node.kubelet.real --server 127.0.0.1:6443
+--runtime unix:///run/kp3fa2-n0/cri.sock --node-name kp3fa2-n0 --node-ip 10.250.0.1
+--pod-cidr 10.244.0.0/24 --root DIR [--netns kp3fa2-n0]``. Under DIR: ``logs/`` (the pods'
+container logs, as /var/log/pods) and ``pods/<uid>/volumes`` (as /var/lib/kubelet/pods).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import signal
+import threading
+
+from apiserver.errors import ApiError
+from apiserver.pb import core_pb2
+from apiserver.quantity import bytes_of
+from controllers.events import EventRecorder
+from controllers.informer import Informer, deep_copy, meta_namespace_key
+from controllers.workqueue import RateLimitingQueue, start_workers
+from node.cri.client import CriError
+from node.kubelet.backoff import INITIAL, MAX, Backoff
+from node.kubelet.cri_status import container_states, pods_on_runtime, read_pod
+from node.kubelet.hooks import HookRunner
+from node.kubelet.images import ImagePuller
+from node.kubelet.nodeagent import NodeAgent
+from node.kubelet.podsync import PodSyncer
+from node.kubelet.probes import Prober, ProbeManager, ProbeResults, default_connect
+from node.kubelet.runtime_status import CONTAINER_RUNNING, SANDBOX_READY
+from node.kubelet.status import ReasonCache, generate_pod_status, status_differs
+from node.kubelet.volumes import Volumes
+
+log = logging.getLogger("node.kubelet.real")
+
+TERMINAL = ("Succeeded", "Failed")
+
+
+class RealKubelet:
+    """``runtime`` / ``images``: node.cri.client RuntimeService / ImageService;
+    ``connect(host, port, timeout)``: how probes reach pod IPs (inside the
+    node's netns: ``functools.partial(node.network.netns.connect_in, netns)``)."""
+
+    def __init__(self, client, runtime, images, node_name: str, *, node_ip: str, root: str,
+                 pod_cidr: str = "", capacity: dict[str, str] | None = None,
+                 labels: dict[str, str] | None = None, connect=default_connect, workers: int = 4,
+                 sync_period: float = 10.0, retry_period: float = 1.0, relist_period: float = 1.0,
+                 heartbeat_interval: float = 10.0, status_interval: float = 60.0,
+                 backoff: tuple[float, float] = (INITIAL, MAX)) -> None:
+        """``backoff``: the restart back-off's first delay and cap (Kubernetes' 10 s and 300 s)."""
+        self.client, self.runtime, self.image_service = client, runtime, images
+        self.node_name, self.node_ip, self.pod_cidr = node_name, node_ip, pod_cidr
+        self.root = root
+        self.sync_period, self.retry_period, self.relist_period = sync_period, retry_period, relist_period
+        version = runtime.version()
+        self.runtime_name = version.runtime_name or "cri"
+        self.agent = NodeAgent(client, node_name, node_ip=node_ip, pod_cidr=pod_cidr, capacity=capacity,
+                               labels=labels, runtime_version=f"{self.runtime_name}://{version.runtime_version}",
+                               ready=self._runtime_ready, heartbeat_interval=heartbeat_interval,
+                               status_interval=status_interval)
+        memory = self.agent.capacity.get("memory", "0")
+        self.recorder = EventRecorder(client, "kubelet", node_name)
+        self.reasons = ReasonCache()
+        self.backoff = Backoff(*backoff)
+        self.probe_results = ProbeResults(on_change=self._probe_changed)
+        puller = ImagePuller(self._image_ref, self._pull, Backoff())
+        self.volumes = Volumes(root, self._get)
+        self.syncer = PodSyncer(runtime, puller, log_root=os.path.join(root, "logs"), backoff=self.backoff,
+                                reasons=self.reasons, probe_results=self.probe_results,
+                                get=self._get, memory_capacity=bytes_of(memory), host_ip=node_ip,
+                                hooks=HookRunner(exec_sync=self._exec_sync, connect=connect),
+                                recorder=self.recorder, volumes=self.volumes)
+        self.probes = ProbeManager(self.probe_results, Prober(exec_sync=self._exec_sync, connect=connect),
+                                   self._status_of, on_failure=self._unhealthy)
+        self.pods = Informer(client, "pods", field_selector=f"spec.nodeName={node_name}")
+        self.pods.add_handler(self._pod_added, lambda old, new: self._pod_added(new), self._pod_deleted)
+        self.queue = RateLimitingQueue(name=f"kubelet-{node_name}")
+        self._n_workers = workers
+        self._lock = threading.Lock()
+        self._statuses: dict[str, core_pb2.PodStatus] = {}   # uid -> the status last generated
+        self._keys: dict[str, str] = {}                      # uid -> ns/name
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # ---- lifecycle ----
+
+    def start(self) -> RealKubelet:
+        os.makedirs(os.path.join(self.root, "logs"), exist_ok=True)
+        if self.pod_cidr:
+            self.runtime.update_runtime_config(self.pod_cidr)
+        self.agent.start()
+        self.probes.start()
+        self.pods.start()
+        self._threads += start_workers(self.queue, self._sync, self._n_workers, f"kubelet-{self.node_name}")
+        relist = threading.Thread(target=self._relist_loop, name=f"relist-{self.node_name}", daemon=True)
+        relist.start()
+        self._threads.append(relist)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stops the kubelet; its pods' containers keep running."""
+        self._stop.set()
+        self.queue.shut_down()
+        self.pods.stop()
+        self.probes.stop()
+        self.agent.stop()
+        for t in self._threads:
+            t.join(timeout)
+        self.syncer.close()
+        self.recorder.stop()
+
+    def wait_synced(self, timeout: float = 30.0) -> bool:
+        return self.pods.wait_for_sync(timeout)
+
+    # ---- runtime glue ----
+
+    def _runtime_ready(self) -> tuple[bool, str]:
+        try:
+            conds = {c.type: c for c in self.runtime.status().status.conditions}
+        except CriError as e:
+            return False, f"container runtime is down: {e}"
+        for t in ("RuntimeReady", "NetworkReady"):
+            c = conds.get(t)
+            if c is not None and not c.status:
+                return False, f"container runtime not ready: {t}=false reason:{c.reason} message:{c.message}"
+        return True, ""
+
+    def _image_ref(self, image: str) -> str:
+        resp = self.image_service.image_status(image)
+        return resp.image.id if resp.HasField("image") else ""
+
+    def _pull(self, image: str) -> str:
+        return self.image_service.pull_image(image)
+
+    def _exec_sync(self, container_id: str, cmd: list, timeout: float):
+        try:
+            resp = self.runtime.exec_sync(container_id, cmd, max(1, int(timeout)))
+        except CriError as e:
+            if e.timed_out:
+                raise TimeoutError(str(e)) from None
+            raise
+        return resp.exit_code, bytes(resp.stdout) + bytes(resp.stderr)
+
+    def _get(self, kind: str, namespace: str, name: str):
+        """The ConfigMap or Secret (kind) as the apiserver has it now; None when there is none."""
+        try:
+            return self.client.get(kind, name, namespace)
+        except ApiError as e:
+            if e.reason == "NotFound":
+                return None
+            raise
+
+    # ---- events ----
+
+    def _pod_added(self, pod) -> None:
+        with self._lock:
+            self._keys[pod.metadata.uid] = meta_namespace_key(pod)
+        self.queue.add(meta_namespace_key(pod))
+
+    def _pod_deleted(self, pod) -> None:
+        self.queue.add(("gone", pod.metadata.uid))
+
+    def _probe_changed(self, kind: str, container_id: str, result: str, uid: str) -> None:
+        with self._lock:
+            key = self._keys.get(uid)
+        if key:
+            self.queue.add(key)
+
+    def _unhealthy(self, pod, kind: str, container: str, output: str) -> None:
+        self.recorder.event(pod, "Warning", "Unhealthy", f"{kind.capitalize()} probe failed: {output}")
+
+    def _status_of(self, uid: str):
+        with self._lock:
+            return self._statuses.get(uid)
+
+    def _relist_loop(self) -> None:
+        """Kubernetes' PLEG: a pod whose containers changed state syncs at once;
+        containers of pods the apiserver does not know are cleaned up."""
+        before: dict[str, tuple[str, str]] = {}
+        while not self._stop.wait(self.relist_period):
+            try:
+                now = container_states(self.runtime)
+            except CriError as e:
+                log.warning("relist failed: %s", e)
+                continue
+            changed = {uid for cid, (uid, state) in now.items() if before.get(cid) != (uid, state)}
+            changed |= {uid for cid, (uid, _) in before.items() if cid not in now}
+            before = now
+            synced = self.pods.has_synced()
+            for uid in changed:
+                with self._lock:
+                    key = self._keys.get(uid)
+                if key:
+                    self.queue.add(key)
+                elif synced:
+                    self.queue.add(("gone", uid))
+
+    # ---- the sync ----
+
+    def _sync(self, key) -> None:
+        if isinstance(key, tuple):
+            self._cleanup(key[1])
+            return
+        pod = self.pods.store.get(key)
+        if pod is None or pod.spec.node_name != self.node_name:
+            return
+        uid = pod.metadata.uid
+        self.probes.add_pod(pod)
+        result = self.syncer.sync(pod)
+        runtime = self.syncer.read(pod)
+        if pod.metadata.deletion_timestamp:
+            self._finish_deletion(key, pod, runtime)
+            return
+        status = generate_pod_status(pod, runtime, runtime_name=self.runtime_name, host_ip=self.node_ip,
+                                     reasons=self.reasons, probe_results=self.probe_results)
+        with self._lock:
+            self._statuses[uid] = status
+        if status_differs(pod.status, status):
+            updated = deep_copy(pod)
+            updated.status.CopyFrom(status)
+            try:
+                self.client.update_status(updated)
+            except ApiError as e:
+                if e.reason not in ("Conflict", "NotFound"):
+                    raise
+                self.queue.add_after(key, self.retry_period)  # read the newer pod, then write
+                return
+        settled = (status.phase in TERMINAL) or (
+            not result.failed and not result.sandbox_error and not result.actions.containers_to_start
+            and not result.actions.next_init_container and not result.actions.create_sandbox
+            and all(cs.ready for cs in status.container_statuses))
+        self.queue.add_after(key, self.sync_period if settled else self.retry_period)
+
+    def _finish_deletion(self, key: str, pod, runtime) -> None:
+        """Everything of a deleted pod is stopped: remove it from the apiserver."""
+        live = any(c.state == CONTAINER_RUNNING for c in runtime.containers) or \
+            any(s.state == SANDBOX_READY for s in runtime.sandboxes)
+        if live:
+            self.queue.add_after(key, self.retry_period)
+            return
+        try:
+            self.client.delete("pods", pod.metadata.name, pod.metadata.namespace, uid=pod.metadata.uid,
+                               grace_period_seconds=0)
+        except ApiError as e:
+            if e.reason not in ("NotFound", "Conflict"):
+                raise
+
+    def _cleanup(self, uid: str) -> None:
+        """The pod is gone from the apiserver: stop and remove what is left of it."""
+        with self._lock:
+            key = self._keys.get(uid)
+            if key is not None:
+                current = self.pods.store.get(key)
+                if current is not None and current.metadata.uid == uid:
+                    return  # it came back (a stale event): nothing to clean
+                self._keys.pop(uid, None)
+            self._statuses.pop(uid, None)
+        self.probes.remove_pod(uid)
+        self.reasons.forget_pod(uid)
+        runtime = read_pod(self.runtime, uid)
+        if runtime.containers or runtime.sandboxes:
+            self.syncer.kill_pod(None, runtime)
+            self.syncer.remove_pod(runtime)
+        self.volumes.teardown(uid)
+
+    def adopt_or_clean(self) -> int:
+        """Once the pod list is known: syncs the runtime's pods the apiserver has
+        (kept running when they match) and cleans the others; how many were cleaned."""
+        known = {p.metadata.uid for p in self.pods.store.list()}
+        gone = [uid for uid in pods_on_runtime(self.runtime) if uid not in known]
+        for uid in gone:
+            self.queue.add(("gone", uid))
+        return len(gone)
+
+
+# ---- the command ----
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m node.kubelet.real",
+                                description="A kubelet that runs its node's pods on a CRI runtime.")
+    p.add_argument("--server", default="127.0.0.1:6443", help="apiserver address")
+    p.add_argument("--runtime", required=True, help="CRI endpoint, e.g. unix:///run/kp3fa2-n0/cri.sock")
+    p.add_argument("--node-name", required=True)
+    p.add_argument("--node-ip", required=True, help="the node's InternalIP")
+    p.add_argument("--pod-cidr", default="", help="handed to the runtime (UpdateRuntimeConfig)")
+    p.add_argument("--root", required=True, help="the kubelet's directory (pod logs under pods/)")
+    p.add_argument("--netns", default="", help="the node's network namespace: probes connect from it")
+    p.add_argument("--cpu", default="", help="capacity to report instead of the machine's")
+    p.add_argument("--memory", default="", help="capacity to report instead of the machine's")
+    p.add_argument("--pods", default="110")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--heartbeat-interval", type=float, default=10.0)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from apiserver.client import Client
+    from node.cri.client import CriClient
+    from node.kubelet.nodeagent import machine_capacity
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    capacity = machine_capacity(args.root)
+    capacity.update({k: v for k, v in (("cpu", args.cpu), ("memory", args.memory), ("pods", args.pods)) if v})
+    connect = default_connect
+    if args.netns:
+        from node.network.netns import connect_in
+        connect = functools.partial(connect_in, args.netns)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with Client(args.server) as client, CriClient(args.runtime) as cri:
+        cri.wait_ready(30)
+        kubelet = RealKubelet(client, cri, cri.images, args.node_name, node_ip=args.node_ip,
+                              root=args.root, pod_cidr=args.pod_cidr, capacity=capacity, connect=connect,
+                              workers=args.workers, heartbeat_interval=args.heartbeat_interval).start()
+        if kubelet.wait_synced(60):
+            kubelet.adopt_or_clean()
+        log.info("kubelet of %s on %s (%s) serving", args.node_name, args.runtime, kubelet.runtime_name)
+        while not stop.wait(1.0):
+            pass
+        kubelet.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

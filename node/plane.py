@@ -1,0 +1,120 @@
+"""Real nodes on this machine: the fabric, and for each node a network namespace, a CRI runtime
+and a kubelet.
+
+`RealNodes(data_dir, count)` lays the nodes out (node i: netns ``<prefix>-n<i>``, address
+10.250.0.<i+1>, podCIDR 10.244.<i>.0/24, its runtime's socket and state under
+``<data_dir>/nodes/n<i>``), makes the network (`prepare`) and the busybox image, and gives the
+command lines of each node's runtime and kubelet for a supervisor to run (`commands`). `teardown`
+removes everything the nodes made: containers, mounts, cgroups, namespaces.
+
+The prefix (``kp`` + 4 hex) is kept in ``<data_dir>/nodes/prefix``, so a plane restarted on the same
+data directory finds its namespaces and adopts its running containers instead of making new ones.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from node import network
+from node.network.fabric import Fabric
+
+NODE_NAME = "node-{i}"
+
+
+def busybox_version() -> str | None:
+    """major.minor of the machine's busybox ("1.35"), the tag its image gets beside latest."""
+    try:
+        banner = subprocess.run(["busybox"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r"BusyBox v(\d+\.\d+)", banner)
+    return found.group(1) if found else None
+
+
+@dataclass(frozen=True)
+class RealNode:
+    index: int
+    name: str  # the Node object's name
+    prefix: str  # the runtime's prefix: its netns, pod netns, cgroups and runc state
+    netns: str
+    ip: str
+    pod_cidr: str
+    dir: Path  # the runtime's and the kubelet's state
+
+    @property
+    def cri_socket(self) -> str:
+        return f"unix://{self.dir / 'cri.sock'}"
+
+
+class RealNodes:
+    def __init__(self, data_dir: str | os.PathLike, count: int, prefix: str | None = None) -> None:
+        self.dir = Path(data_dir).resolve() / "nodes"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.prefix = prefix or self._stored_prefix()
+        self.fabric = Fabric(self.prefix)
+        self.images = self.dir / "images"
+        self.nodes = [self._layout(i) for i in range(count)]
+
+    def _stored_prefix(self) -> str:
+        path = self.dir / "prefix"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            prefix = network.new_prefix()
+            path.write_text(prefix + "\n")
+            return prefix
+
+    def _layout(self, i: int) -> RealNode:
+        net = self.fabric.node(i)
+        return RealNode(index=i, name=NODE_NAME.format(i=i), prefix=net.name, netns=net.name, ip=net.ip,
+                        pod_cidr=net.pod_cidr, dir=self.dir / f"n{i}")
+
+    def prepare(self) -> None:
+        """The fabric, each node's namespace, and the busybox image in the shared store."""
+        from node.runtime.images import ImageStore, build_busybox
+
+        self.fabric.create()
+        for node in self.nodes:
+            self.fabric.add_node(node.index)
+            node.dir.mkdir(parents=True, exist_ok=True)
+        store = ImageStore(str(self.images))
+        image = build_busybox(store)
+        version = busybox_version()
+        if version:  # a second name, so the example can roll out from one image name to another
+            store.tag(image, f"docker.io/library/busybox:{version}")
+
+    def runtime_command(self, node: RealNode) -> list[str]:
+        return [sys.executable, "-m", "node.runtime", "--listen", node.cri_socket, "--root", str(node.dir / "runtime"),
+                "--prefix", node.prefix, "--node-netns", node.netns, "--image-store", str(self.images),
+                "--log-level", "warning"]
+
+    def kubelet_command(self, node: RealNode, server: str, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "node.kubelet", "--server", server, "--node-name", node.name,
+                "--container-runtime-endpoint", node.cri_socket, "--root-dir", str(node.dir / "kubelet"),
+                "--node-ip", node.ip, "--pod-cidr", node.pod_cidr, "--node-netns", node.netns, *extra]
+
+    def commands(self, server: str) -> dict[str, list[str]]:
+        """Each node's runtime, then its kubelet (which waits for its runtime's socket)."""
+        cmds: dict[str, list[str]] = {}
+        for node in self.nodes:
+            cmds[f"runtime-{node.index}"] = self.runtime_command(node)
+        for node in self.nodes:
+            cmds[f"kubelet-{node.index}"] = self.kubelet_command(node, server)
+        return cmds
+
+    def teardown(self) -> list[str]:
+        """Remove every container, mount, cgroup and namespace the nodes made; returns what
+        could not be removed (empty when all went)."""
+        from node.runtime.cleanup import cleanup as runtime_cleanup
+
+        problems: list[str] = []
+        for node in self.nodes:
+            problems += runtime_cleanup(node.prefix, str(node.dir / "runtime"))
+        self.fabric.destroy()
+        network.cleanup(self.prefix)
+        return problems
