@@ -1,4 +1,4 @@
-"""node/kubelet/logs: CRI-format log files read as `kubectl logs` shows them.
+"""node/kubelet/crilog and logs: CRI-format log files read as `kubectl logs` shows them.
 
 The pure parts first (records, timestamps, joining, options), then whole files: the tail of
 randomly interleaved files is checked against a plain model (render every line, keep the last
@@ -18,17 +18,8 @@ import time
 import pytest
 
 from node.kubelet import logs
-from node.kubelet.logs import (
-    LineJoiner,
-    LogOptions,
-    LogReader,
-    aread_log,
-    format_timestamp,
-    log_options,
-    parse_record,
-    parse_timestamp,
-    read_log,
-)
+from node.kubelet.crilog import LineJoiner, format_timestamp, parse_record, parse_timestamp
+from node.kubelet.logs import LogOptions, LogReader, aread_log, log_options, read_log
 
 T0 = 1_700_000_000 * 1_000_000_000  # 2023-11-14T22:13:20Z
 
@@ -88,7 +79,7 @@ def test_options_as_the_kubelet_makes_them():
 
 
 def test_fragments_join_per_stream_with_one_timestamp():
-    j = LineJoiner(LogOptions(timestamps=True))
+    j = LineJoiner(timestamps=True)
     out = [j.add(parse_record(r.rstrip(b"\n"))) for r in (
         record(0, "stdout", "P", "hel"),
         record(1, "stderr", "F", "oops"),

@@ -29,7 +29,7 @@ from apiserver.client import Client
 from apiserver.errors import ApiError
 from apiserver.kubelet import pick_container
 from apiserver.pb import core_pb2
-from node.kubelet.logs import format_timestamp
+from node.kubelet.crilog import format_timestamp
 from node.kubelet.server import ContainerError, KubeletServer, pod_not_found, previous_not_found, waiting_to_start
 from node.pb import kubelet_pb2, kubelet_pb2_grpc
 
