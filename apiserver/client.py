@@ -86,6 +86,27 @@ class Watch:
         self.stop()
 
 
+class LogStream:
+    """Byte chunks of a container's log; ``stop()`` (from any thread) ends it quietly."""
+
+    def __init__(self, call) -> None:
+        self._call = call
+        self.stopped = threading.Event()
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._call:
+                yield chunk.data
+        except grpc.RpcError as e:
+            if self.stopped.is_set() and e.code() == grpc.StatusCode.CANCELLED:
+                return
+            raise from_rpc_error(e) from None
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self._call.cancel()
+
+
 class Client:
     def __init__(self, server: str = DEFAULT_SERVER, *, timeout: float = 30.0) -> None:
         self.server = server
@@ -178,6 +199,36 @@ class Client:
             field_selector=field_selector, resource_version=resource_version,
             allow_watch_bookmarks=bookmarks), timeout=timeout, wait_for_ready=True)
         return Watch(call, res)
+
+    # ---- pods/log and pods/exec (through the node's kubelet) ----
+
+    def logs(self, name: str, namespace: str = "default", *, container: str = "",
+             follow: bool = False, previous: bool = False, tail_lines: int | None = None,
+             limit_bytes: int | None = None, since_seconds: int | None = None,
+             since_time: str = "", timestamps: bool = False, stream: str = "") -> "LogStream":
+        """A container's log as an iterator of byte chunks (PodLogOptions' fields); with
+        ``follow`` it lasts until the container exits or ``stop()`` is called."""
+        req = api_pb2.PodLogsRequest(namespace=namespace, name=name, container=container,
+                                     follow=follow, previous=previous, since_time=since_time,
+                                     timestamps=timestamps, stream=stream)
+        for field, value in (("tail_lines", tail_lines), ("limit_bytes", limit_bytes),
+                             ("since_seconds", since_seconds)):
+            if value is not None:
+                setattr(req, field, value)
+        return LogStream(self._stub.Logs(req, timeout=None if follow else self.timeout,
+                                         wait_for_ready=True))
+
+    def exec(self, name: str, command: list[str], namespace: str = "default", *,
+             container: str = "", timeout_seconds: int = 0) -> api_pb2.PodExecResponse:
+        """Runs ``command`` in the container without input or a terminal: its stdout, stderr
+        and exit_code. No deadline of the client's own: the command takes what it takes
+        (``timeout_seconds``: the kubelet's limit)."""
+        try:
+            return self._stub.Exec(api_pb2.PodExecRequest(
+                namespace=namespace, name=name, container=container, command=list(command),
+                timeout_seconds=timeout_seconds), wait_for_ready=True)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
 
     @staticmethod
     def _unwrap(obj: api_pb2.Object):

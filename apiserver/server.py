@@ -14,6 +14,7 @@ from apiserver import resources
 from apiserver.encryption import TransformError, load_transformer
 from apiserver.errors import ApiError
 from apiserver.etcd3 import Etcd, parse_servers
+from apiserver.kubelet import KubeletClients
 from apiserver.registry import Options, Registry
 from apiserver.service import ApiServerService, add_to_server
 from apiserver.storage import Storage
@@ -45,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tolerationSeconds of the unreachable:NoExecute toleration added to every pod")
     p.add_argument("--max-object-bytes", type=int, default=1024 * 1024,
                    help="largest object accepted (RequestEntityTooLarge beyond it)")
+    p.add_argument("--kubelet-host", default="127.0.0.1",
+                   help="where kubelets are dialled for logs and exec, at the port each node's "
+                        "status.daemonEndpoints gives (every kubelet of one machine's plane "
+                        "listens on loopback)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -81,7 +86,8 @@ async def serve(args: argparse.Namespace, transformer) -> int:
     # grpclite, the gRPC server etcdlite serves with: in this event loop, without grpc.aio's
     # thread hand-offs per message (measured: benchmarks/why.md)
     server = GrpcServer(max_receive_message_length=MAX_RECEIVE_BYTES, eager_unary=False)  # uses asyncio.timeout
-    add_to_server(ApiServerService(registry), server)
+    kubelets = KubeletClients(args.kubelet_host)
+    add_to_server(ApiServerService(registry, kubelets), server)
     address = f"{args.bind_address}:{args.port}"
     host = "127.0.0.1" if args.bind_address == "localhost" else args.bind_address.strip("[]")
     try:
@@ -99,6 +105,7 @@ async def serve(args: argparse.Namespace, transformer) -> int:
     await stop.wait()
     log.info("shutting down")
     await server.stop(grace=1.0)
+    await kubelets.close()
     await asyncio.gather(*(cache.stop() for cache in caches.values()), return_exceptions=True)
     await etcd.close()
     return 0

@@ -17,6 +17,7 @@ from google.protobuf import message_factory
 
 from apiserver import errors, resources
 from apiserver.errors import ApiError
+from apiserver.kubelet import KubeletClients, PodProxy
 from apiserver.pb import api_pb2, api_pb2_grpc
 from apiserver.registry import Registry
 from grpclite import serialize
@@ -113,9 +114,11 @@ def add_to_server(servicer: "ApiServerService", server) -> None:
 
 
 class ApiServerService(api_pb2_grpc.ApiServerServicer):
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, kubelets: KubeletClients | None = None) -> None:
         self.registry = registry
         self._events = SharedWatchEvents()
+        self.kubelets = kubelets or KubeletClients()
+        self._pods = PodProxy(registry, self.kubelets)
 
     @_translating_errors
     async def Create(self, request, context):
@@ -203,3 +206,16 @@ class ApiServerService(api_pb2_grpc.ApiServerServicer):
         finally:
             if events is not None and hasattr(events, "aclose"):
                 await events.aclose()
+
+    async def Logs(self, request, context):
+        """pods/log, from the node's kubelet; written with context.write, so it waits for a
+        client that does not read. Errors end the call with their status, before or after
+        the first chunk."""
+        try:
+            await self._pods.logs(request, context)
+        except Exception as e:
+            await _fail(context, e)
+
+    @_translating_errors
+    async def Exec(self, request, context):
+        return await self._pods.exec(request)

@@ -39,3 +39,19 @@ def test_wire_names_match_etcd():
     assert rpc_pb2.WatchResponse.DESCRIPTOR.fields_by_name["events"].number == 11
     assert rpc_pb2.Compare.DESCRIPTOR.fields_by_name["range_end"].number == 64
     assert rpc_pb2.StatusResponse.DESCRIPTOR.fields_by_name["raftAppliedIndex"].number == 7
+
+
+def test_kubelet_api_names():
+    """The kubelet's API (node/pb/kubelet.proto) and the apiserver's pods/log and pods/exec
+    calls that proxy to it: names and streaming shapes clients depend on."""
+    from apiserver.pb import api_pb2
+    from node.pb import kubelet_pb2
+
+    assert kubelet_pb2.DESCRIPTOR.package == "node.kubelet.v1"
+    kubelet = kubelet_pb2.DESCRIPTOR.services_by_name["Kubelet"]
+    assert kubelet.methods_by_name["ContainerLogs"].server_streaming
+    assert not kubelet.methods_by_name["Exec"].server_streaming
+    api = api_pb2.DESCRIPTOR.services_by_name["ApiServer"]
+    assert api.methods_by_name["Logs"].full_name == "apiserver.v1.ApiServer.Logs"
+    assert api.methods_by_name["Logs"].server_streaming
+    assert api.methods_by_name["Exec"].output_type.name == "PodExecResponse"

@@ -74,6 +74,16 @@ class ApiServerStub:
                 request_serializer=apiserver_dot_pb_dot_api__pb2.WatchRequest.SerializeToString,
                 response_deserializer=apiserver_dot_pb_dot_api__pb2.WatchEvent.FromString,
                 _registered_method=True)
+        self.Logs = channel.unary_stream(
+                '/apiserver.v1.ApiServer/Logs',
+                request_serializer=apiserver_dot_pb_dot_api__pb2.PodLogsRequest.SerializeToString,
+                response_deserializer=apiserver_dot_pb_dot_api__pb2.PodLogsChunk.FromString,
+                _registered_method=True)
+        self.Exec = channel.unary_unary(
+                '/apiserver.v1.ApiServer/Exec',
+                request_serializer=apiserver_dot_pb_dot_api__pb2.PodExecRequest.SerializeToString,
+                response_deserializer=apiserver_dot_pb_dot_api__pb2.PodExecResponse.FromString,
+                _registered_method=True)
 
 
 class ApiServerServicer:
@@ -129,6 +139,20 @@ class ApiServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Logs(self, request, context):
+        """the pods/log subresource: proxied to the kubelet of the pod's node
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Exec(self, request, context):
+        """the pods/exec subresource (non-interactive): proxied to the kubelet of the pod's node
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ApiServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -171,6 +195,16 @@ def add_ApiServerServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=apiserver_dot_pb_dot_api__pb2.WatchRequest.FromString,
                     response_serializer=apiserver_dot_pb_dot_api__pb2.WatchEvent.SerializeToString,
+            ),
+            'Logs': grpc.unary_stream_rpc_method_handler(
+                    servicer.Logs,
+                    request_deserializer=apiserver_dot_pb_dot_api__pb2.PodLogsRequest.FromString,
+                    response_serializer=apiserver_dot_pb_dot_api__pb2.PodLogsChunk.SerializeToString,
+            ),
+            'Exec': grpc.unary_unary_rpc_method_handler(
+                    servicer.Exec,
+                    request_deserializer=apiserver_dot_pb_dot_api__pb2.PodExecRequest.FromString,
+                    response_serializer=apiserver_dot_pb_dot_api__pb2.PodExecResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -389,6 +423,60 @@ class ApiServer:
             '/apiserver.v1.ApiServer/Watch',
             apiserver_dot_pb_dot_api__pb2.WatchRequest.SerializeToString,
             apiserver_dot_pb_dot_api__pb2.WatchEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Logs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/apiserver.v1.ApiServer/Logs',
+            apiserver_dot_pb_dot_api__pb2.PodLogsRequest.SerializeToString,
+            apiserver_dot_pb_dot_api__pb2.PodLogsChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exec(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apiserver.v1.ApiServer/Exec',
+            apiserver_dot_pb_dot_api__pb2.PodExecRequest.SerializeToString,
+            apiserver_dot_pb_dot_api__pb2.PodExecResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -141,6 +141,31 @@ def build_parser() -> argparse.ArgumentParser:
     s = ssub.add_parser("image", parents=[common], help="set container images: KIND/NAME CONTAINER=IMAGE...")
     s.add_argument("args", nargs="+", metavar="KIND/NAME CONTAINER=IMAGE")
 
+    p = command("logs", "print a container's logs (from its node's kubelet, through the apiserver)")
+    p.add_argument("pod", metavar="POD", help="the pod (POD or pod/POD)")
+    p.add_argument("-c", "--container", default="",
+                   help="the container (default: the only one, or the pod's default-container annotation)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing what the container writes, until it exits")
+    p.add_argument("-p", "--previous", action="store_true",
+                   help="the logs of the container's previous instance (before its last restart)")
+    p.add_argument("--tail", type=int, default=-1, help="the last N lines (-1: every line)")
+    p.add_argument("--timestamps", action="store_true", help="each line prefixed by its time (RFC 3339)")
+    p.add_argument("--since", default="", help="only lines newer than this duration (5s, 2m, 3h)")
+    p.add_argument("--since-time", default="", help="only lines from this RFC 3339 time on")
+    p.add_argument("--limit-bytes", type=int, default=0, help="stop after this many bytes (0: no limit)")
+
+    p = command("exec", "run a command in a container: kctl exec POD [-c C] -- CMD [ARGS...]",
+                "Run a command in a running container, through the apiserver and the node's kubelet.\n"
+                "Non-interactive: the command gets no input and no terminal (-i/-t are not supported\n"
+                "yet), and its output is printed when it ends. kctl exits with its exit code.")
+    p.usage = "kctl exec POD [-c CONTAINER] [flags] -- COMMAND [ARGS...]"
+    p.add_argument("pod", metavar="POD", help="the pod (POD or pod/POD)")
+    p.add_argument("legacy_command", nargs="*", help=argparse.SUPPRESS)
+    p.add_argument("-c", "--container", default="",
+                   help="the container (default: the only one, or the pod's default-container annotation)")
+    p.add_argument("-i", "--stdin", action="store_true", help="not supported yet")
+    p.add_argument("-t", "--tty", action="store_true", help="not supported yet")
+
     p = command("version", "the client's version, and whether the server answers")
     p.add_argument("--client", action="store_true", help="the client's only")
 
@@ -188,6 +213,8 @@ COMMANDS = {
     "cordon": ("edits", "cmd_cordon"),
     "uncordon": ("edits", "cmd_uncordon"),
     "set": ("edits", "cmd_set_image"),
+    "logs": ("podio", "cmd_logs"),
+    "exec": ("podio", "cmd_exec"),
 }
 LOCAL_COMMANDS = {"version": cmd_version, "api-resources": cmd_api_resources}
 
@@ -201,7 +228,11 @@ def _command(name: str):
 
 def main(argv: list[str] | None = None) -> int:
     """Runs one kctl command; the exit code."""
-    args = build_parser().parse_args(argv)
+    from controllers.kctl.podio import split_command
+
+    words, exec_command = split_command(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(words)
+    args.exec_command = exec_command or []
     server = args.server or os.environ.get(SERVER_ENV) or DEFAULT_SERVER
     session = Session(server=server, namespace=args.namespace or "default",
                       namespace_given=args.namespace is not None,
