@@ -728,7 +728,7 @@ def test_example_manifest_applies(kctl, client):
         ("25%", "25%")
     [c] = d.spec.template.spec.containers
     assert c.image == "busybox" and dict(c.resources.requests) == {"cpu": "50m", "memory": "16Mi"}
-    assert c.command[-1].endswith("exec httpd -f -p 80 -h /www") and c.readiness_probe.http_get.port == "80"
+    assert c.command[-1].endswith("exec httpd -f -v -p 80 -h /www") and c.readiness_probe.http_get.port == "80"
     assert dict(client.get("services", "web", "example").spec.selector) == {"app": "web"}
     again = kctl("apply", "-n", "example", "-f", str(EXAMPLE)).stdout.splitlines()
     assert again == ["deployment.apps/web unchanged", "service/web unchanged"]

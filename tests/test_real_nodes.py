@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from apiserver.manifest import from_dict
 from harness.etcd_client import wait_until
 from harness.nodes import real_nodes
 from harness.plane import start_apiserver, start_component
-from harness.procs import REPO, Registry
+from harness.procs import PYTHON, REPO, Registry
 from node import capable
 from node.cri.client import CriClient
 
@@ -44,7 +45,7 @@ def plane(tmp_path_factory):
         start_component(tmp, "scheduler", "controllers.scheduler", api.endpoint, reg, log_level="warning")
         with real_nodes(tmp, api.endpoint, 3) as nodes, Client(api.endpoint, timeout=20) as client:
             wait_until(lambda: len(ready_nodes(client)) == 3, TIMEOUT, what="3 real nodes Ready")
-            yield client, nodes
+            yield client, nodes, api.endpoint
     finally:
         reg.cleanup()
 
@@ -79,7 +80,7 @@ def container_of(client: CriClient, pod) -> str:
 
 
 def test_example_deployment_serves_each_pods_page_to_pods_on_other_nodes(plane):
-    client, nodes = plane
+    client, nodes, _ = plane
     for doc in yaml.safe_load_all(EXAMPLE.read_text()):
         obj = from_dict(doc)
         obj.metadata.namespace = "default"
@@ -98,7 +99,7 @@ def test_example_deployment_serves_each_pods_page_to_pods_on_other_nodes(plane):
 
 
 def test_a_container_killed_from_outside_is_restarted(plane):
-    client, nodes = plane
+    client, nodes, _ = plane
     pod = wait_until(lambda: ready_web_pods(client, 6), TIMEOUT, what="6 web pods Ready")[0]
     with cri(nodes, pod.spec.node_name) as runtime:
         cid = container_of(runtime, pod)
@@ -112,3 +113,20 @@ def test_a_container_killed_from_outside_is_restarted(plane):
 
     cs = wait_until(restarted, TIMEOUT, what="the killed container restarted and Ready")
     assert cs.last_state.terminated.exit_code == 137 and cs.last_state.terminated.reason == "Error"
+
+
+def test_kctl_logs_and_exec_reach_a_pods_container_through_the_apiserver(plane):
+    client, _, server = plane
+    pod = wait_until(lambda: ready_web_pods(client, 6), TIMEOUT, what="6 web pods Ready")[-1]
+
+    def kctl(*argv):
+        return subprocess.run([PYTHON, "-m", "controllers.kctl", "--server", server, *argv],
+                              capture_output=True, text=True, timeout=60, cwd=REPO)
+
+    logs = kctl("logs", pod.metadata.name)
+    assert logs.returncode == 0, logs.stderr
+    assert "serving /www on port 80" in logs.stdout.splitlines()
+    page = kctl("exec", pod.metadata.name, "--", "cat", "/www/index.html")
+    assert (page.returncode, page.stdout.strip()) == (0, f"hello from {pod.metadata.name}")
+    failing = kctl("exec", pod.metadata.name, "--", "sh", "-c", "exit 3")
+    assert failing.returncode == 3

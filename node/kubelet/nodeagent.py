@@ -73,6 +73,7 @@ class NodeAgent:
         self.ready = ready or (lambda: (True, ""))
         self.heartbeat_interval, self.lease_duration = heartbeat_interval, int(lease_duration)
         self.status_interval = status_interval
+        self.kubelet_port = 0  # the kubelet API's port (logs, exec), once it listens
         self.uid = ""
         self._lease: coordination_pb2.Lease | None = None
         self._last_ready: bool | None = None
@@ -105,6 +106,8 @@ class NodeAgent:
         n.status.allocatable.update(self.capacity)
         n.status.addresses.add(type="InternalIP", address=self.node_ip)
         n.status.addresses.add(type="Hostname", address=self.name)
+        if self.kubelet_port:
+            n.status.daemon_endpoints.kubelet_endpoint.port = self.kubelet_port
         info = n.status.node_info
         info.kernel_version = platform.release()
         info.os_image = os_image()
@@ -134,6 +137,8 @@ class NodeAgent:
         updated.status.capacity.update(self.capacity)
         updated.status.allocatable.clear()
         updated.status.allocatable.update(self.capacity)
+        if self.kubelet_port:  # a restarted kubelet listens on another port
+            updated.status.daemon_endpoints.kubelet_endpoint.port = self.kubelet_port
         self._fill_conditions(updated.status.conditions)
         self.client.update_status(updated)
 

@@ -46,6 +46,7 @@ from controllers.informer import Informer, deep_copy, meta_namespace_key
 from controllers.workqueue import RateLimitingQueue, start_workers
 from node.cri.client import CriError
 from node.kubelet.backoff import INITIAL, MAX, Backoff
+from node.kubelet.cri_containers import CriContainers
 from node.kubelet.cri_status import container_states, pods_on_runtime, read_pod
 from node.kubelet.hooks import HookRunner
 from node.kubelet.images import ImagePuller
@@ -54,6 +55,7 @@ from node.kubelet.actions import PodActions
 from node.kubelet.podsync import PodSyncer, SyncResult
 from node.kubelet.probes import Prober, ProbeManager, ProbeResults, default_connect
 from node.kubelet.runtime_status import CONTAINER_RUNNING, SANDBOX_READY
+from node.kubelet.server import KubeletServer
 from node.kubelet.status import (DEADLINE_EXCEEDED, ReasonCache, active_deadline_exceeded,
                                  generate_pod_status, status_differs)
 from node.kubelet.volumes import Volumes
@@ -73,8 +75,11 @@ class RealKubelet:
                  labels: dict[str, str] | None = None, connect=default_connect, workers: int = 4,
                  sync_period: float = 10.0, retry_period: float = 1.0, relist_period: float = 1.0,
                  heartbeat_interval: float = 10.0, status_interval: float = 60.0,
-                 backoff: tuple[float, float] = (INITIAL, MAX)) -> None:
-        """``backoff``: the restart back-off's first delay and cap (Kubernetes' 10 s and 300 s)."""
+                 backoff: tuple[float, float] = (INITIAL, MAX), address: str = "127.0.0.1",
+                 port: int | None = 0) -> None:
+        """``backoff``: the restart back-off's first delay and cap (Kubernetes' 10 s and 300 s).
+        ``address``/``port``: where the kubelet API (logs, exec) listens for the apiserver (port 0:
+        any free one, published in the Node's daemonEndpoints; None: no API)."""
         self.client, self.runtime, self.image_service = client, runtime, images
         self.node_name, self.node_ip, self.pod_cidr = node_name, node_ip, pod_cidr
         self.root = root
@@ -104,6 +109,7 @@ class RealKubelet:
         self.pods.add_handler(self._pod_added, lambda old, new: self._pod_added(new), self._pod_deleted)
         self.queue = RateLimitingQueue(name=f"kubelet-{node_name}")
         self._n_workers = workers
+        self.server = KubeletServer(CriContainers(runtime), host=address, port=port) if port is not None else None
         self._lock = threading.Lock()
         self._statuses: dict[str, core_pb2.PodStatus] = {}   # uid -> the status last generated
         self._keys: dict[str, str] = {}                      # uid -> ns/name
@@ -116,6 +122,8 @@ class RealKubelet:
         os.makedirs(os.path.join(self.root, "logs"), exist_ok=True)
         if self.pod_cidr:
             self.runtime.update_runtime_config(self.pod_cidr)
+        if self.server is not None:
+            self.agent.kubelet_port = self.server.start()
         self.agent.start()
         self.probes.start()
         self.pods.start()
@@ -136,6 +144,8 @@ class RealKubelet:
             t.join(timeout)
         self.syncer.close()
         self.recorder.stop()
+        if self.server is not None:
+            self.server.stop()
 
     def wait_synced(self, timeout: float = 30.0) -> bool:
         return self.pods.wait_for_sync(timeout)
@@ -334,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the node's network namespace: probes and hooks connect from it")
     p.add_argument("--runtime-wait", type=float, default=60.0,
                    help="seconds to wait for the runtime's socket to answer")
+    p.add_argument("--address", default="127.0.0.1", help="where the kubelet API (logs, exec) listens")
+    p.add_argument("--port", type=int, default=0,
+                   help="the kubelet API's port (0: any free one; Kubernetes' kubelets use 10250, but "
+                        "here several share one machine); the Node's daemonEndpoints say which")
     p.add_argument("--cpu", default="", help="capacity to report instead of the machine's")
     p.add_argument("--memory", default="", help="capacity to report instead of the machine's")
     p.add_argument("--pods", default="110")
@@ -370,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         kubelet = RealKubelet(client, cri, cri.images, args.node_name, node_ip=args.node_ip,
                               root=args.root, pod_cidr=args.pod_cidr, capacity=capacity, connect=connect,
-                              workers=args.workers, heartbeat_interval=args.heartbeat_interval).start()
+                              workers=args.workers, heartbeat_interval=args.heartbeat_interval,
+                              address=args.address, port=args.port).start()
         if kubelet.wait_synced(60):
             kubelet.adopt_or_clean()
         log.info("kubelet of %s on %s (%s) serving", args.node_name, args.runtime, kubelet.runtime_name)
