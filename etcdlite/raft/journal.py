@@ -9,9 +9,10 @@ benchmarks/why.md). `JournalFile` has the
 same interface and writes the same format (any pysyncobj reads it back), so
 it replaces the memory-mapped file for every journal this process opens.
 
-Durability is unchanged: either way a record is in the OS page cache, not
-synced, when pysyncobj goes on (it survives the process being killed, not the
-machine losing power). Reading back what was there at start (the replay)
+Durability: a record is in the OS page cache when `add` returns; `sync`
+(fdatasync) makes every record written since the last sync durable at once,
+which is when a member may count or acknowledge them (see
+`etcdlite.raft.durable`). Reading back what was there at start (the replay)
 goes through a read-only map of it, as fast as before.
 
 `LeanJournal`, the journal a member opens (`install`), writes that file
@@ -31,7 +32,9 @@ from array import array
 
 import pysyncobj.journal
 import pysyncobj.syncobj
-from pysyncobj.journal import FIRST_RECORD_OFFSET, LAST_RECORD_OFFSET_OFFSET, FileJournal, MetaStorer
+from pysyncobj.journal import FIRST_RECORD_OFFSET, LAST_RECORD_OFFSET_OFFSET, FileJournal
+
+from . import durable
 
 # pysyncobj's own memory-mapped file (tests write journals with it)
 MAPPED_FILE = pysyncobj.journal.ResizableFile
@@ -39,13 +42,20 @@ MAPPED_FILE = pysyncobj.journal.ResizableFile
 
 class JournalFile:
     """pysyncobj's `ResizableFile` (what `FileJournal` calls: write, read,
-    flush, _destroy) over a file descriptor."""
+    flush, _destroy) over a file descriptor, and `sync`: whatever was written
+    since the last sync made durable with one fdatasync. A new file is
+    durable, empty or with its `defaultContent`, once made."""
 
     def __init__(self, fileName, initialSize=1024, resizeFactor=2.0, defaultContent=None):
+        created = not os.path.exists(fileName)
         self._fd = os.open(fileName, os.O_RDWR | os.O_CREAT, 0o600)
+        self.dirty = False  # written since the last sync
         try:
             if os.fstat(self._fd).st_size == 0 and defaultContent:
                 self.write(0, defaultContent)
+            if created:
+                self.sync()
+                durable.fsync_dir(os.path.dirname(os.path.abspath(fileName)))
             self._mapped = os.fstat(self._fd).st_size
             self._map = mmap.mmap(self._fd, self._mapped, access=mmap.ACCESS_READ) if self._mapped else None
         except BaseException:
@@ -53,6 +63,7 @@ class JournalFile:
             raise
 
     def write(self, offset: int, values: bytes) -> None:
+        self.dirty = True
         n = os.pwrite(self._fd, values, offset)
         if n == len(values):
             return
@@ -72,6 +83,15 @@ class JournalFile:
 
     def flush(self) -> None:
         os.fsync(self._fd)
+        self.dirty = False
+
+    def sync(self) -> None:
+        """fdatasync if anything was written since the last sync (and syncs
+        are on: durable.SYNC)."""
+        if self.dirty:
+            self.dirty = False
+            if durable.SYNC:
+                os.fdatasync(self._fd)
 
     def _destroy(self) -> None:
         if self._map is not None:
@@ -97,6 +117,10 @@ class LeanJournal(FileJournal):
     Older entries are read back from the file (the OS page cache) when asked
     for: by a follower catching up, or a restart's replay.
 
+    `sync()` makes the entries added so far durable (`synced_index`: the
+    last one it covered); the meta file is stored synced (`SyncedMetaStorer`),
+    the commit index in it only after the entries it covers.
+
     An entry is (command, index, term), as in FileJournal. `entries` is
     pysyncobj's SyncObj.__getEntries for this journal (see `LeanEntries`): it
     reads only the entries it answers with."""
@@ -105,7 +129,7 @@ class LeanJournal(FileJournal):
         self._keep = keep
         self._path = path
         self._file = JournalFile(path, defaultContent=self._FileJournal__getDefaultHeader())
-        self._FileJournal__metaStorer = MetaStorer(path + ".meta")
+        self._FileJournal__metaStorer = durable.SyncedMetaStorer(path + ".meta")
         self._FileJournal__meta = self._FileJournal__metaStorer.getMeta()
         self._FileJournal__metaSaved = True
         self._scan()
@@ -124,6 +148,7 @@ class LeanJournal(FileJournal):
         self._end = offset
         if self._offsets:
             self._head = self._read(0)
+        self.synced_index = self._indexes[-1] if self._indexes else 0
 
     def _reset(self) -> None:
         self._offsets = array("Q")  # where entry i's record starts in the file
@@ -206,7 +231,9 @@ class LeanJournal(FileJournal):
         """Keep the entries from `entryTo` on, written to a new file renamed
         over the journal: a member killed meanwhile finds the whole journal
         it had (FileJournal rewrites its file in place, and one killed half
-        way lost the entries not yet rewritten, committed ones too)."""
+        way lost the entries not yet rewritten, committed ones too). The new
+        file is synced before the rename, so a power loss finds one of the
+        two whole."""
         kept = self[entryTo:]
         old, trimmed = self._file, self._path + ".trim"
         try:
@@ -218,7 +245,10 @@ class LeanJournal(FileJournal):
             self._reset()
             for entry in kept:
                 self.add(*entry)
+            self._file.sync()
             os.rename(trimmed, self._path)
+            durable.fsync_dir(os.path.dirname(os.path.abspath(self._path)))
+            self.synced_index = self._indexes[-1] if self._indexes else 0
         except BaseException:
             self._file._destroy()
             self._file = old
@@ -231,6 +261,19 @@ class LeanJournal(FileJournal):
 
     def flush(self) -> None:
         self._file.flush()
+
+    def sync(self) -> None:
+        """Make every entry added (or removed) so far durable: one fdatasync
+        for all of them, none if nothing changed since the last."""
+        if self._file.dirty:
+            self._file.sync()
+            self.synced_index = self._indexes[-1] if self._indexes else 0
+
+    def onOneSecondTimer(self) -> None:
+        # the commit index stored must not run ahead of the entries on disk
+        if not self._FileJournal__metaSaved:
+            self.sync()
+        super().onOneSecondTimer()
 
 
 class LeanEntries:
