@@ -18,6 +18,8 @@ import time
 
 import pytest
 from cluster_workload import Cluster, PutLoad, check_acked_everywhere, read_prefix
+from linearizability import check
+from test_cluster_faults import LinearizabilityWorkload
 from harness import powerloss_fs
 from harness.etcd_client import Client, wait_until
 from harness.procs import start_etcdlite_cluster
@@ -161,6 +163,46 @@ def test_power_loss_loses_no_acknowledged_write(powerloss_mount, cluster_of, tmp
     print(f"  {scenario}: power loss of {[m.name for m in lose_power]}, gone {[m.name for m in gone]} "
           f"(leader {leader.name}); unsynced (files, bytes) dropped {dropped}; {len(acked)} acknowledged "
           f"puts all back on {[m.name for m in survivors.members]}; HashKV equal at revision {rev}")
+
+
+def test_history_stays_linearizable_across_a_power_loss(powerloss_mount, cluster_of, tmp_path):
+    """Puts, reads and compare-and-swaps on a few keys through every member
+    (test_cluster_faults' workload) before, across and after a power loss:
+    the whole history is linearizable, so nothing acknowledged or read
+    before the loss is gone after it. One follower lags (stopped) while the
+    history is made, so the leader counts itself for every write; the
+    leader and that follower lose power, and come back while the other
+    follower, which has every write, is stopped: the two must serve from
+    their disks alone, then the third rejoins."""
+    cluster = cluster_of(tmp_path, data_root=powerloss_mount.path, snapshot_count=SNAPSHOT_COUNT)
+    leader = cluster.wait_leader()
+    lagging, other = [m for m in cluster.members if m is not leader]
+    cluster.sigstop(lagging)
+    work = LinearizabilityWorkload(cluster.members, threads=6, pace=0.0).start()
+    try:
+        wait_until(lambda: work.completed() >= 300, 90, what="300 operations before the power loss")
+        victims = [leader, lagging]
+        for m in victims:
+            os.killpg(m.pid, signal.SIGKILL)
+        for m in victims:
+            m.kill()
+        cluster.stopped.discard(lagging.name)
+        cluster.sigstop(other)
+        dropped = [powerloss_mount.drop(f"{m.name}.data") for m in victims]
+        _restart(victims)
+        before = work.completed()
+        wait_until(lambda: work.completed() >= before + 200, 90, what="200 operations on the two restarted")
+        cluster.sigcont(other)
+        before = work.completed()
+        wait_until(lambda: work.completed() >= before + 100, 90, what="100 operations with all three")
+    finally:
+        work.stop()
+    ops = work.history.ops
+    res = check(ops, timeout=90)
+    assert res.ok, res.explanation
+    cluster.assert_hashkv_equal()
+    print(f"  {len(ops)} operations linearizable across the power loss of {[m.name for m in victims]} "
+          f"(dropped {dropped}); counts {work.counts}")
 
 
 def test_power_loss_with_unsafe_no_fsync_loses_acknowledged_writes(powerloss_mount, cluster_of, tmp_path):
