@@ -285,3 +285,44 @@ def test_unsafe_no_fsync_is_off_unless_asked_for():
 
     assert config_from_args(build_parser().parse_args([])).unsafe_no_fsync is False
     assert config_from_args(build_parser().parse_args(["--unsafe-no-fsync"])).unsafe_no_fsync is True
+
+
+def _set_header_end(path: str, end: int) -> None:
+    from pysyncobj.journal import LAST_RECORD_OFFSET_OFFSET
+
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, end.to_bytes(4, "little"), LAST_RECORD_OFFSET_OFFSET)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("tail", ["zeros", "a torn record", "past the file's end"])
+def test_records_the_header_counts_but_the_disk_lost_are_dropped(tmp_path, tail):
+    """A power loss can keep the header (rewritten on every append) and lose
+    the records after the last sync: the journal opens with its whole
+    records, and its header says so again."""
+    path = str(tmp_path / "raft.journal")
+    journal = LeanJournal(path)
+    for idx in range(1, 11):
+        journal.add(b"cmd %d" % idx, idx, 1)
+    kept, end = [journal[i] for i in range(10)], journal._end
+    journal.add(b"lost", 11, 1)
+    after = journal._end
+    journal._destroy()
+    if tail == "zeros":  # the record's page never reached the disk: allocated, zero
+        fd = os.open(path, os.O_RDWR)
+        os.pwrite(fd, bytes(after - end), end)
+        os.close(fd)
+    elif tail == "a torn record":  # its first bytes did, its last did not
+        fd = os.open(path, os.O_RDWR)
+        os.pwrite(fd, bytes(4), after - 4)
+        os.close(fd)
+    else:
+        os.truncate(path, end + 10)
+        _set_header_end(path, after)
+    reopened = LeanJournal(path)
+    assert [reopened[i] for i in range(len(reopened))] == kept
+    reopened.add(b"next", 11, 2)
+    reopened._destroy()
+    assert [e[1] for e in LeanJournal(path)[0:]] == list(range(1, 12))

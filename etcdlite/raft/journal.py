@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import logging
 import mmap
 import os
 import struct
@@ -35,6 +36,8 @@ import pysyncobj.syncobj
 from pysyncobj.journal import FIRST_RECORD_OFFSET, LAST_RECORD_OFFSET_OFFSET, FileJournal
 
 from . import durable
+
+log = logging.getLogger("etcdlite.raft")
 
 # pysyncobj's own memory-mapped file (tests write journals with it)
 MAPPED_FILE = pysyncobj.journal.ResizableFile
@@ -88,6 +91,9 @@ class JournalFile:
         except OSError:
             return  # no room to allocate ahead (the write itself may still fit): grow as written
         self._allocated = size
+
+    def size(self) -> int:
+        return os.fstat(self._fd).st_size
 
     def read(self, offset: int, size: int) -> bytes:
         # the map shows later writes too (one page cache), within its length
@@ -155,16 +161,32 @@ class LeanJournal(FileJournal):
         self._scan()
 
     def _scan(self) -> None:
-        """Index the entries `_file` holds."""
+        """Index the entries `_file` holds, up to the first record that is not
+        whole. After a power loss the header may be on disk while records it
+        counts are not (the OS wrote them back in another order); those were
+        never synced, so never acknowledged by this member: they are dropped
+        and the header set back to the last whole record."""
         self._reset()
         end = _OFFSET.unpack(self._file.read(LAST_RECORD_OFFSET_OFFSET, 4))[0]
+        limit = min(end, self._file.size())
         offset = FIRST_RECORD_OFFSET
-        while offset < end:
+        while offset + _RECORD_HEAD.size <= limit:
             size, idx, term = _RECORD_HEAD.unpack(self._file.read(offset, _RECORD_HEAD.size))
+            stop = offset + size + 8
+            if size < 16 or stop > limit or _OFFSET.unpack(self._file.read(stop - 4, 4))[0] != size:
+                break
+            if self._indexes and (idx != self._indexes[-1] + 1 or term < self._terms[-1]):
+                break
             self._offsets.append(offset)
             self._indexes.append(idx)
             self._terms.append(term)
-            offset += size + 8
+            offset = stop
+        if offset != end:
+            log.warning("raft journal %s: %d bytes after the last whole record (index %s) are not records "
+                        "(written but not synced before a crash); dropping them",
+                        self._path, end - offset, self._indexes[-1] if self._indexes else None)
+            self._file.write(LAST_RECORD_OFFSET_OFFSET, _OFFSET.pack(offset))
+            self._file.sync()
         self._end = offset
         if self._offsets:
             self._head = self._read(0)
