@@ -96,9 +96,9 @@ def _nothing() -> None:
 
 class LoopSyncObj(SyncedLeadership, LeanEntries, GuardedSyncObj):
     """A `GuardedSyncObj` (reading its `LeanJournal` through `LeanEntries`,
-    syncing it when it becomes leader: `SyncedLeadership`) whose sockets are watched by `poller` (a `LoopPoller`) instead of the
-    poll(2) poller pysyncobj makes for itself, talking to its peers through
-    `PeerTransport`."""
+    syncing it when it becomes leader: `SyncedLeadership`) whose sockets
+    are watched by `poller` (a `LoopPoller`) instead of the poll(2) poller
+    pysyncobj makes for itself, talking to its peers through `PeerTransport`."""
 
     def __init__(self, self_node, other_nodes, conf, consumers, poller: LoopPoller):
         # set before SyncObj.__init__, so pysyncobj counts it among the

@@ -298,11 +298,12 @@ class RaftNode:
         self._obj.doTick(0.0)
 
     def _before_send(self) -> None:
-        """Runs before peer messages leave: a follower's replies (that it
-        holds entries, that it voted) must not leave before what they
-        report is durable. The leader's own messages (entries, heartbeats)
-        promise nothing about its disk; it syncs before counting itself
-        (`_do_tick`), while its followers sync what it sent them."""
+        """Runs before peer messages leave: a follower's AppendEntries
+        replies must not leave before the entries they report are durable
+        (a vote is stored synced before its reply is made: see
+        `durable.SyncedMetaStorer`). The leader's own messages (entries,
+        heartbeats) promise nothing about its disk; it syncs before counting
+        itself (`_do_tick`), while its followers sync what it sent them."""
         if not self._obj._isLeader():
             self._journal.sync()
 
