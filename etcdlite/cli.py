@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experimental-grpc-server", default="h2", choices=["h2", "grpcio"],
                    help="h2: etcdlite's gRPC server, run in the member's event loop (default); "
                         "grpcio: grpc.aio's server (measured slower: see benchmarks/results.md)")
+    p.add_argument("--unsafe-no-fsync", action="store_true",
+                   help="do not fsync the raft journal, its meta file or snapshots (as etcd 3.5's flag): "
+                        "faster, but a power loss or OS crash on a majority can lose acknowledged writes; "
+                        "for benchmarks and tests only")
     p.add_argument("--log-level", default="info", choices=sorted(LOG_LEVELS))
     return p
 
@@ -114,6 +118,7 @@ def config_from_args(args: argparse.Namespace) -> MemberConfig:
         trusted_ca_file=args.trusted_ca_file,
         client_cert_auth=args.client_cert_auth,
         grpc_server=args.experimental_grpc_server,
+        unsafe_no_fsync=args.unsafe_no_fsync,
     )
 
 

@@ -148,6 +148,8 @@ class MemberConfig:
     key_file: str = ""
     trusted_ca_file: str = ""
     client_cert_auth: bool = False
+    # etcd 3.5's --unsafe-no-fsync: nothing is synced (a power loss can lose acknowledged writes)
+    unsafe_no_fsync: bool = False
     # "h2": etcdlite's own gRPC server in the member's loop (the grpclite package);
     # "grpcio": grpc.aio's server (the C core's threads)
     grpc_server: str = "h2"

@@ -9,4 +9,5 @@ each:
 - ``etcd_client``: gRPC stubs for one endpoint, error_of, wait_until
 - ``h2attack``: a raw-frame HTTP/2 attacker and a bystander client (the abuse suite)
 - ``spawn_watch``: notices every process a test starts (the ``process`` marker is enforced with it)
+- ``powerloss_fs``: a FUSE filesystem that forgets unsynced writes on a "power loss" (as LazyFS)
 """

@@ -73,14 +73,19 @@ def test_same_format_as_pysyncobjs_file(tmp_path, monkeypatch, writer, reader):
     assert entries(pysyncobj.journal.createJournal(path)) == expected
 
 
-def test_file_holds_only_what_was_written(tmp_path):
-    # pysyncobj's map grows the file by doubling; pwrite leaves it at its end
+def test_file_holds_what_was_written_then_zeros_allocated_ahead(tmp_path):
+    # pysyncobj's map grows the file by doubling; JournalFile allocates it ahead
+    # in PREALLOCATE_BYTES steps (so that a sync after an append need not grow it)
+    from etcdlite.raft.journal import PREALLOCATE_BYTES
+
     path = tmp_path / "raft.journal"
-    journal = pysyncobj.journal.createJournal(str(path))
-    fill(journal, 1, 50)
-    end = journal._FileJournal__currentOffset
+    journal = LeanJournal(str(path))
+    expected = fill(journal, 1, 50)
+    end = journal._end
     journal._destroy()
-    assert path.stat().st_size == end
+    assert path.stat().st_size == PREALLOCATE_BYTES
+    assert path.read_bytes()[end:] == bytes(PREALLOCATE_BYTES - end)
+    assert entries(LeanJournal(str(path))) == expected
 
 
 # --- LeanJournal: the entries on file, a few in memory ------------------------

@@ -9,9 +9,10 @@ benchmarks/why.md). `JournalFile` has the
 same interface and writes the same format (any pysyncobj reads it back), so
 it replaces the memory-mapped file for every journal this process opens.
 
-Durability is unchanged: either way a record is in the OS page cache, not
-synced, when pysyncobj goes on (it survives the process being killed, not the
-machine losing power). Reading back what was there at start (the replay)
+Durability: a record is in the OS page cache when `add` returns; `sync`
+(fdatasync) makes every record written since the last sync durable at once,
+which is when a member may count or acknowledge them (see
+`etcdlite.raft.durable`). Reading back what was there at start (the replay)
 goes through a read-only map of it, as fast as before.
 
 `LeanJournal`, the journal a member opens (`install`), writes that file
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import logging
 import mmap
 import os
 import struct
@@ -31,7 +33,11 @@ from array import array
 
 import pysyncobj.journal
 import pysyncobj.syncobj
-from pysyncobj.journal import FIRST_RECORD_OFFSET, LAST_RECORD_OFFSET_OFFSET, FileJournal, MetaStorer
+from pysyncobj.journal import FIRST_RECORD_OFFSET, LAST_RECORD_OFFSET_OFFSET, FileJournal
+
+from . import durable
+
+log = logging.getLogger("etcdlite.raft")
 
 # pysyncobj's own memory-mapped file (tests write journals with it)
 MAPPED_FILE = pysyncobj.journal.ResizableFile
@@ -39,13 +45,24 @@ MAPPED_FILE = pysyncobj.journal.ResizableFile
 
 class JournalFile:
     """pysyncobj's `ResizableFile` (what `FileJournal` calls: write, read,
-    flush, _destroy) over a file descriptor."""
+    flush, _destroy) over a file descriptor, and `sync`: whatever was written
+    since the last sync made durable with one fdatasync. A new file is
+    durable, empty or with its `defaultContent`, once made. The file is
+    allocated ahead of what is written (`PREALLOCATE_BYTES`), zeros past the
+    records, which pysyncobj's format ignores (the header says where the
+    records end)."""
 
     def __init__(self, fileName, initialSize=1024, resizeFactor=2.0, defaultContent=None):
+        created = not os.path.exists(fileName)
         self._fd = os.open(fileName, os.O_RDWR | os.O_CREAT, 0o600)
+        self.dirty = False  # written since the last sync
+        self._allocated = os.fstat(self._fd).st_size
         try:
             if os.fstat(self._fd).st_size == 0 and defaultContent:
                 self.write(0, defaultContent)
+            if created:
+                self.sync()
+                durable.fsync_dir(os.path.dirname(os.path.abspath(fileName)))
             self._mapped = os.fstat(self._fd).st_size
             self._map = mmap.mmap(self._fd, self._mapped, access=mmap.ACCESS_READ) if self._mapped else None
         except BaseException:
@@ -53,6 +70,9 @@ class JournalFile:
             raise
 
     def write(self, offset: int, values: bytes) -> None:
+        self.dirty = True
+        if offset + len(values) > self._allocated:
+            self._allocate(offset + len(values))
         n = os.pwrite(self._fd, values, offset)
         if n == len(values):
             return
@@ -64,6 +84,17 @@ class JournalFile:
                 raise OSError(errno.ENOSPC, "cannot append to the raft journal: is the disk full?")
             view = view[n:]
 
+    def _allocate(self, end: int) -> None:
+        size = -(-end // PREALLOCATE_BYTES) * PREALLOCATE_BYTES
+        try:
+            os.posix_fallocate(self._fd, self._allocated, size - self._allocated)
+        except OSError:
+            return  # no room to allocate ahead (the write itself may still fit): grow as written
+        self._allocated = size
+
+    def size(self) -> int:
+        return os.fstat(self._fd).st_size
+
     def read(self, offset: int, size: int) -> bytes:
         # the map shows later writes too (one page cache), within its length
         if offset + size <= self._mapped:
@@ -72,6 +103,15 @@ class JournalFile:
 
     def flush(self) -> None:
         os.fsync(self._fd)
+        self.dirty = False
+
+    def sync(self) -> None:
+        """fdatasync if anything was written since the last sync (and syncs
+        are on: durable.SYNC)."""
+        if self.dirty:
+            self.dirty = False
+            if durable.SYNC:
+                os.fdatasync(self._fd)
 
     def _destroy(self) -> None:
         if self._map is not None:
@@ -82,6 +122,12 @@ class JournalFile:
             os.close(self._fd)
             self._fd = -1
 
+
+# the journal file grows by this much at a time, allocated ahead of the
+# records (as etcd preallocates its WAL): an fdatasync after an append that
+# grows the file also commits its new size and blocks, and took longer here
+# than one after an append into allocated space (benchmarks/why.md)
+PREALLOCATE_BYTES = 4 * 1024 * 1024
 
 _RECORD_HEAD = struct.Struct("<IQQ")  # record size, then the entry's index and term
 _OFFSET = struct.Struct("<I")
@@ -97,6 +143,10 @@ class LeanJournal(FileJournal):
     Older entries are read back from the file (the OS page cache) when asked
     for: by a follower catching up, or a restart's replay.
 
+    `sync()` makes the entries added so far durable (`synced_index`: the
+    last one it covered); the meta file is stored synced (`SyncedMetaStorer`),
+    the commit index in it only after the entries it covers.
+
     An entry is (command, index, term), as in FileJournal. `entries` is
     pysyncobj's SyncObj.__getEntries for this journal (see `LeanEntries`): it
     reads only the entries it answers with."""
@@ -105,25 +155,42 @@ class LeanJournal(FileJournal):
         self._keep = keep
         self._path = path
         self._file = JournalFile(path, defaultContent=self._FileJournal__getDefaultHeader())
-        self._FileJournal__metaStorer = MetaStorer(path + ".meta")
+        self._FileJournal__metaStorer = durable.SyncedMetaStorer(path + ".meta")
         self._FileJournal__meta = self._FileJournal__metaStorer.getMeta()
         self._FileJournal__metaSaved = True
         self._scan()
 
     def _scan(self) -> None:
-        """Index the entries `_file` holds."""
+        """Index the entries `_file` holds, up to the first record that is not
+        whole. After a power loss the header may be on disk while records it
+        counts are not (the OS wrote them back in another order); those were
+        never synced, so never acknowledged by this member: they are dropped
+        and the header set back to the last whole record."""
         self._reset()
         end = _OFFSET.unpack(self._file.read(LAST_RECORD_OFFSET_OFFSET, 4))[0]
+        limit = min(end, self._file.size())
         offset = FIRST_RECORD_OFFSET
-        while offset < end:
+        while offset + _RECORD_HEAD.size <= limit:
             size, idx, term = _RECORD_HEAD.unpack(self._file.read(offset, _RECORD_HEAD.size))
+            stop = offset + size + 8
+            if size < 16 or stop > limit or _OFFSET.unpack(self._file.read(stop - 4, 4))[0] != size:
+                break
+            if self._indexes and (idx != self._indexes[-1] + 1 or term < self._terms[-1]):
+                break
             self._offsets.append(offset)
             self._indexes.append(idx)
             self._terms.append(term)
-            offset += size + 8
+            offset = stop
+        if offset != end:
+            log.warning("raft journal %s: %d bytes after the last whole record (index %s) are not records "
+                        "(written but not synced before a crash); dropping them",
+                        self._path, end - offset, self._indexes[-1] if self._indexes else None)
+            self._file.write(LAST_RECORD_OFFSET_OFFSET, _OFFSET.pack(offset))
+            self._file.sync()
         self._end = offset
         if self._offsets:
             self._head = self._read(0)
+        self.synced_index = self._indexes[-1] if self._indexes else 0
 
     def _reset(self) -> None:
         self._offsets = array("Q")  # where entry i's record starts in the file
@@ -206,7 +273,9 @@ class LeanJournal(FileJournal):
         """Keep the entries from `entryTo` on, written to a new file renamed
         over the journal: a member killed meanwhile finds the whole journal
         it had (FileJournal rewrites its file in place, and one killed half
-        way lost the entries not yet rewritten, committed ones too)."""
+        way lost the entries not yet rewritten, committed ones too). The new
+        file is synced before the rename, so a power loss finds one of the
+        two whole."""
         kept = self[entryTo:]
         old, trimmed = self._file, self._path + ".trim"
         try:
@@ -218,7 +287,10 @@ class LeanJournal(FileJournal):
             self._reset()
             for entry in kept:
                 self.add(*entry)
+            self._file.sync()
             os.rename(trimmed, self._path)
+            durable.fsync_dir(os.path.dirname(os.path.abspath(self._path)))
+            self.synced_index = self._indexes[-1] if self._indexes else 0
         except BaseException:
             self._file._destroy()
             self._file = old
@@ -231,6 +303,19 @@ class LeanJournal(FileJournal):
 
     def flush(self) -> None:
         self._file.flush()
+
+    def sync(self) -> None:
+        """Make every entry added (or removed) so far durable: one fdatasync
+        for all of them, none if nothing changed since the last."""
+        if self._file.dirty:
+            self._file.sync()
+            self.synced_index = self._indexes[-1] if self._indexes else 0
+
+    def onOneSecondTimer(self) -> None:
+        # the commit index stored must not run ahead of the entries on disk
+        if not self._FileJournal__metaSaved:
+            self.sync()
+        super().onOneSecondTimer()
 
 
 class LeanEntries:

@@ -16,6 +16,7 @@ import asyncio
 
 from pysyncobj.poller import POLL_EVENT_TYPE
 
+from .durable import SyncedLeadership
 from .journal import LeanEntries
 from .log_guard import GuardedSyncObj
 from .peer_transport import PeerTransport
@@ -93,11 +94,11 @@ def _nothing() -> None:
     pass
 
 
-class LoopSyncObj(LeanEntries, GuardedSyncObj):
-    """A `GuardedSyncObj` (reading its `LeanJournal` through `LeanEntries`)
-    whose sockets are watched by `poller` (a `LoopPoller`) instead of the
-    poll(2) poller pysyncobj makes for itself, talking to its peers through
-    `PeerTransport`."""
+class LoopSyncObj(SyncedLeadership, LeanEntries, GuardedSyncObj):
+    """A `GuardedSyncObj` (reading its `LeanJournal` through `LeanEntries`,
+    syncing it when it becomes leader: `SyncedLeadership`) whose sockets
+    are watched by `poller` (a `LoopPoller`) instead of the poll(2) poller
+    pysyncobj makes for itself, talking to its peers through `PeerTransport`."""
 
     def __init__(self, self_node, other_nodes, conf, consumers, poller: LoopPoller):
         # set before SyncObj.__init__, so pysyncobj counts it among the

@@ -7,11 +7,18 @@ committed command to its `StateMachine` there, under `lock` (kept so that a
 reader in another thread would still see whole commands only).
 
 pysyncobj keeps its log in `<data-dir>/raft.journal` (written with pwrite,
-read back from it but for the newest entries: see `etcdlite.raft.journal`;
-an entry is in the OS page cache before it is
-acknowledged, so it survives the process being killed) and its snapshots in
-`<data-dir>/raft.snapshot`, holding the pickled state machine. A restart
-loads the snapshot, then applies the journal's committed entries after it.
+read back from it but for the newest entries: see `etcdlite.raft.journal`)
+and its snapshots in `<data-dir>/raft.snapshot`, holding the pickled state
+machine. A restart loads the snapshot, then applies the journal's committed
+entries after it.
+
+An entry is on stable storage before anyone relies on it (unless
+`fsync=False`, --unsafe-no-fsync; see `etcdlite.raft.durable`): the leader
+syncs its journal before each pysyncobj tick, whose commit step counts the
+leader itself as holding every entry it has; a follower syncs it before
+its messages leave (`_before_send`), and its AppendEntries replies are
+among them. One fdatasync covers every entry appended since the last, so
+under load a sync serves a tick's worth of batches.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from pysyncobj.node import TCPNode
 from etcdlite import errors
 from etcdlite.apply import StateMachine
 
-from . import journal
+from . import durable, journal
 from .loop import LoopPoller, LoopSyncObj
 
 log = logging.getLogger("etcdlite.raft")
@@ -48,6 +55,7 @@ log = logging.getLogger("etcdlite.raft")
 # Any protocol reads back the same.
 pysyncobj.pickle.__dict__["__protocol"] = pickle.HIGHEST_PROTOCOL
 journal.install()
+durable.install()
 
 
 class _SnapshotOs:
@@ -179,8 +187,14 @@ class RaftNode:
         snapshot_count: int = 100_000,
         dial: dict[str, str] | None = None,
         desired_peers=None,
+        fsync: bool = True,
     ):
-        os.makedirs(data_dir, exist_ok=True)
+        durable.set_sync(fsync)
+        if not fsync:
+            log.warning("--unsafe-no-fsync: the raft journal, its meta file and snapshots are not synced; "
+                        "a power loss or OS crash on a majority of members can lose acknowledged writes "
+                        "(for benchmarks and tests only)")
+        durable.make_dirs(data_dir)
         self._dir_lock = _lock_data_dir(data_dir)
         self.lock = threading.Lock()
         self.state = ReplicatedState(self.lock, on_applied, on_restored)
@@ -222,8 +236,10 @@ class RaftNode:
         self._poller = LoopPoller(loop, self._schedule_tick)
         self._obj = LoopSyncObj(self_address, peers, conf, [self.state], self._poller)
         _keep_log_after_snapshot(self._obj)
+        self._journal = self._obj._SyncObj__raftLog
         transport = self._obj.peer_transport
         self._poller.cork, self._poller.uncork = transport.cork, transport.uncork
+        transport.before_send = self._before_send
         self._last_index = self._obj._SyncObj__getCurrentLogIndex
         self._send_append_entries = self._obj._SyncObj__sendAppendEntries
         self._timer = loop.call_soon(self._periodic)
@@ -260,9 +276,9 @@ class RaftNode:
                 # last, after committing, so a lone member would need a
                 # second tick to commit its own proposals
                 obj._checkCommandsToApply()
-            obj.doTick(0.0)
+            self._do_tick()
             while self.single and obj._isLeader() and obj.raftCommitIndex < self._last_index():
-                obj.doTick(0.0)
+                self._do_tick()
             if obj._isLeader() and (self._last_index() != last or obj.raftCommitIndex != commit):
                 self._send_append_entries()
             self._reconcile_peers()
@@ -274,6 +290,22 @@ class RaftNode:
             log.exception("raft tick failed")
         finally:
             self._poller.uncork()
+
+    def _do_tick(self) -> None:
+        # pysyncobj's commit step counts the leader as holding every entry in
+        # its log: make that true on disk first (appends since the last tick)
+        self._journal.sync()
+        self._obj.doTick(0.0)
+
+    def _before_send(self) -> None:
+        """Runs before peer messages leave: a follower's AppendEntries
+        replies must not leave before the entries they report are durable
+        (a vote is stored synced before its reply is made: see
+        `durable.SyncedMetaStorer`). The leader's own messages (entries,
+        heartbeats) promise nothing about its disk; it syncs before counting
+        itself (`_do_tick`), while its followers sync what it sent them."""
+        if not self._obj._isLeader():
+            self._journal.sync()
 
     def _reconcile_peers(self) -> None:
         """On the leader, once a second: make pysyncobj's node list follow the

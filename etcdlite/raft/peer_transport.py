@@ -21,7 +21,9 @@ authenticated, not encrypted, as etcd's without peer TLS.
 `PeerConnection`s as they are made. Between its `cork()` and `uncork()`, sent
 frames wait in their connections' buffers and leave together at `uncork`:
 one write (and one wake-up of the peer) per connection for all the messages
-of a raft tick, instead of one per message.
+of a raft tick, instead of one per message. `before_send`, if set, runs
+before any frame leaves (once for all those leaving at an `uncork`): the
+member syncs its journal there (see `etcdlite.raft.node`).
 """
 
 from __future__ import annotations
@@ -87,6 +89,8 @@ class PeerConnection(TcpConnection):
         if transport is not None and transport.corked:
             transport.unsent.add(self)
         else:
+            if transport is not None and transport.before_send is not None:
+                transport.before_send()
             self._TcpConnection__trySendBuffer()
 
     def flush(self) -> None:
@@ -135,6 +139,7 @@ class PeerTransport(TCPTransport):
         self._mac_key = mac_key(password)
         self.corked = 0
         self.unsent: set[PeerConnection] = set()
+        self.before_send = None
         super().__init__(syncObj, selfNode, otherNodes)
 
     def cork(self) -> None:
@@ -143,6 +148,8 @@ class PeerTransport(TCPTransport):
     def uncork(self) -> None:
         self.corked -= 1
         if not self.corked and self.unsent:
+            if self.before_send is not None:
+                self.before_send()
             unsent, self.unsent = self.unsent, set()
             for conn in unsent:
                 conn.flush()

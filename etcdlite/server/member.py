@@ -93,6 +93,7 @@ class Member:
             dial=cfg.raft_dial,
             desired_peers=self._desired_peers,
             snapshot_count=cfg.snapshot_count,
+            fsync=not cfg.unsafe_no_fsync,
         )
         self._wire(loop)
         log.info("member %x: replaying the raft log in %s", self.id, cfg.data_dir)

@@ -1,0 +1,328 @@
+"""fsync before acknowledge (etcdlite.raft.durable, journal, node): what a
+member tells anyone about is on stable storage first. The journal groups
+its syncs (one fdatasync for every entry since the last); the meta file,
+a trimmed journal and snapshots are synced before they are renamed into
+place, and the directory after; a leader counts its own entries only once
+synced, a follower replies to AppendEntries only once synced. The syncs
+are seen here by recording the system calls; a power loss is in
+test_durability.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+
+import pysyncobj.serializer
+import pytest
+from pysyncobj import FAIL_REASON
+
+import etcdlite.raft  # noqa: F401  (sets pysyncobj up, as a member does)
+from etcdlite.apply import Op
+from etcdlite.raft import durable
+from etcdlite.raft.journal import LeanJournal
+from etcdlite.raft.node import RaftNode
+from etcdlite.raft.peer_transport import PeerConnection
+
+
+class Calls:
+    """fdatasync, fsync and rename as the process makes them: (call, path...)."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.log: list[tuple] = []
+        real_fdatasync, real_fsync, real_rename = os.fdatasync, os.fsync, os.rename
+
+        def fdatasync(fd):
+            self.log.append(("fdatasync", os.readlink(f"/proc/self/fd/{fd}")))
+            real_fdatasync(fd)
+
+        def fsync(fd):
+            self.log.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+            real_fsync(fd)
+
+        def rename(src, dst):
+            self.log.append(("rename", os.path.abspath(src), os.path.abspath(dst)))
+            real_rename(src, dst)
+
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "rename", rename)
+
+    def syncs(self) -> list[tuple]:
+        return [c for c in self.log if c[0] in ("fdatasync", "fsync")]
+
+    def clear(self) -> None:
+        self.log.clear()
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    durable.set_sync(True)
+    yield Calls(monkeypatch)
+    durable.set_sync(True)
+
+
+def test_one_fdatasync_covers_every_entry_since_the_last(tmp_path, calls):
+    path = str(tmp_path / "raft.journal")
+    journal = LeanJournal(path)
+    calls.clear()
+    for idx in range(1, 101):
+        journal.add(b"cmd %d" % idx, idx, 1)
+    assert calls.syncs() == [], "an append must not sync by itself (syncs are grouped)"
+    journal.sync()
+    assert calls.syncs() == [("fdatasync", path)]
+    assert journal.synced_index == 100
+    journal.sync()
+    assert len(calls.syncs()) == 1, "nothing new to sync: no second fdatasync"
+    journal.deleteEntriesFrom(50)  # a follower's conflicting tail removed: that too is synced
+    journal.sync()
+    assert len(calls.syncs()) == 2 and journal.synced_index == 50
+    journal._destroy()
+
+
+def test_a_new_journal_and_its_directory_are_synced_when_made(tmp_path, calls):
+    path = str(tmp_path / "raft.journal")
+    LeanJournal(path)._destroy()
+    assert ("fdatasync", path) in calls.log and ("fsync", str(tmp_path)) in calls.log
+
+
+def test_unsafe_no_fsync_syncs_nothing(tmp_path, calls):
+    durable.set_sync(False)
+    journal = LeanJournal(str(tmp_path / "raft.journal"))
+    journal.add(b"cmd", 1, 1)
+    journal.sync()
+    journal.setCurrentTerm(3, None)
+    journal.deleteEntriesTo(0)
+    journal._destroy()
+    assert calls.syncs() == []
+
+
+def _synced_then_renamed(log: list, tmp: str, path: str) -> None:
+    """tmp's data synced before it is renamed over path, the directory after."""
+    renamed = log.index(("rename", tmp, path))
+    assert any(c[0] in ("fsync", "fdatasync") and c[1] == tmp for c in log[:renamed]), \
+        f"{tmp} renamed over {path} before it was synced: {log}"
+    assert ("fsync", os.path.dirname(path)) in log[renamed:], f"directory not synced after the rename: {log}"
+
+
+def test_term_and_vote_are_synced_before_they_count(tmp_path, calls):
+    path = str(tmp_path / "raft.journal")
+    journal = LeanJournal(path)
+    calls.clear()
+    journal.setCurrentTerm(7, "127.0.0.1:2380")  # pysyncobj stores it before it answers or asks for a vote
+    _synced_then_renamed(calls.log, path + ".meta.tmp", path + ".meta")
+    journal._destroy()
+    assert LeanJournal(path).getVotedForNodeId() == "127.0.0.1:2380"
+
+
+def test_the_commit_index_is_stored_after_the_entries_it_covers(tmp_path, calls):
+    path = str(tmp_path / "raft.journal")
+    journal = LeanJournal(path)
+    journal.add(b"cmd", 2, 1)
+    journal.setRaftCommitIndex(2)
+    calls.clear()
+    journal.onOneSecondTimer()
+    assert calls.log[0] == ("fdatasync", path), f"the meta was stored before the journal was synced: {calls.log}"
+    _synced_then_renamed(calls.log, path + ".meta.tmp", path + ".meta")
+    journal._destroy()
+
+
+def test_a_trimmed_journal_is_synced_before_it_replaces_the_old(tmp_path, calls):
+    path = str(tmp_path / "raft.journal")
+    journal = LeanJournal(path)
+    for idx in range(1, 21):
+        journal.add(b"cmd %d" % idx, idx, 1)
+    calls.clear()
+    journal.deleteEntriesTo(10)
+    _synced_then_renamed(calls.log, path + ".trim", path)
+    journal._destroy()
+    assert [e[1] for e in LeanJournal(path)[0:]] == list(range(11, 21))
+
+
+def test_a_snapshot_is_synced_before_it_replaces_the_old(tmp_path, calls):
+    assert pysyncobj.serializer.atomicReplace is durable.replace
+    snap = tmp_path / "raft.snapshot"
+    (tmp_path / "raft.snapshot.tmp").write_bytes(b"snapshot")
+    pysyncobj.serializer.atomicReplace(str(snap) + ".tmp", str(snap))
+    _synced_then_renamed(calls.log, str(snap) + ".tmp", str(snap))
+    assert snap.read_bytes() == b"snapshot"
+
+
+def test_new_data_directories_are_synced_into_their_parents(tmp_path, calls):
+    durable.make_dirs(str(tmp_path / "a" / "b"))
+    assert ("fsync", str(tmp_path)) in calls.log and ("fsync", str(tmp_path / "a")) in calls.log
+
+
+# --- members: when they count and acknowledge --------------------------------------------
+
+
+def _address() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return "127.0.0.1:%d" % s.getsockname()[1]
+
+
+async def _until(condition, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+async def _put_all(node: RaftNode, n: int) -> None:
+    """n batches of one put each, proposed together (so several share a tick)."""
+    loop = asyncio.get_running_loop()
+    futures = []
+    for i in range(n):
+        done = loop.create_future()
+        node.propose([(Op.PUT_VALUE, b"k/%d" % i, b"v")],
+                     lambda applied, reason, done=done: done.done() or done.set_result(reason))
+        futures.append(done)
+        if i % 7 == 0:
+            await asyncio.sleep(0)
+    reasons = await asyncio.wait_for(asyncio.gather(*futures), 30)
+    assert set(reasons) == {FAIL_REASON.SUCCESS}
+
+
+@pytest.mark.process
+def test_a_lone_leader_commits_only_what_it_synced(tmp_path, calls):
+    """Every apply (the acknowledgement) finds the entry synced: on a lone
+    member the commit step counts only the leader, which holds every entry
+    in its log, on disk or not."""
+    unsynced_applies = []
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        box = []
+
+        def on_applied(applied) -> None:
+            node = box[0]
+            if node._journal.synced_index < node.commit_index:
+                unsynced_applies.append((node._journal.synced_index, node.commit_index))
+
+        node = RaftNode(loop, _address(), [], str(tmp_path / "m"), on_ready=ready.set,
+                        on_applied=on_applied, password="test secret")
+        box.append(node)
+        try:
+            await asyncio.wait_for(ready.wait(), 10)
+            calls.clear()
+            await _put_all(node, 200)
+        finally:
+            node.stop()
+
+    asyncio.run(run())
+    assert not unsynced_applies, f"entries applied before they were synced: {unsynced_applies[:5]}"
+    journal_syncs = [c for c in calls.syncs() if c[1].endswith("raft.journal")]
+    assert 0 < len(journal_syncs) < 200, f"{len(journal_syncs)} journal syncs for 200 puts: not grouped"
+
+
+@pytest.mark.process
+def test_followers_reply_to_append_entries_only_once_synced(tmp_path, calls, monkeypatch):
+    """Three members in one event loop; every AppendEntries reply
+    (next_node_idx, success) is checked as its bytes go to the socket: the
+    follower's journal must be synced up to the index it reports."""
+    nodes: list[RaftNode] = []
+    pending: dict[int, list[int]] = {}  # id(transport) -> indexes reported, not yet on the wire
+    early: list[tuple] = []
+    checked = [0]
+
+    original_try_send = PeerConnection._TcpConnection__trySendBuffer
+
+    def try_send(conn):
+        reported = pending.get(id(conn.transport))
+        if reported:
+            node = next(n for n in nodes if n._obj.peer_transport is conn.transport)
+            for idx in reported:
+                checked[0] += 1
+                if node._journal.synced_index < idx - 1:
+                    early.append((idx - 1, node._journal.synced_index))
+            reported.clear()
+        return original_try_send(conn)
+
+    monkeypatch.setattr(PeerConnection, "_TcpConnection__trySendBuffer", try_send)
+
+    def recording(node: RaftNode):
+        obj = node._obj
+        original = obj._SyncObj__sendNextNodeIdx
+        transport = obj.peer_transport
+
+        def send_next_node_idx(peer, reset=False, nextNodeIdx=None, success=False):
+            if success and nextNodeIdx is not None:
+                pending.setdefault(id(transport), []).append(nextNodeIdx)
+            return original(peer, reset=reset, nextNodeIdx=nextNodeIdx, success=success)
+
+        # an instance attribute, removed again below: pysyncobj snapshots its __dict__
+        obj.__dict__["_SyncObj__sendNextNodeIdx"] = send_next_node_idx
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        addresses = [_address() for _ in range(3)]
+        for i, address in enumerate(addresses):
+            others = [a for a in addresses if a != address]
+            nodes.append(RaftNode(loop, address, others, str(tmp_path / f"m{i}"), password="test secret"))
+        for node in nodes:
+            recording(node)
+        try:
+            await _until(lambda: any(n.is_leader for n in nodes), "a leader elected")
+            leader = next(n for n in nodes if n.is_leader)
+            await _put_all(leader, 300)
+            await _until(lambda: all(n.commit_index >= leader.commit_index for n in nodes),
+                         "followers caught up")
+        finally:
+            for node in nodes:
+                node._obj.__dict__.pop("_SyncObj__sendNextNodeIdx", None)
+                node.stop()
+
+    asyncio.run(run())
+    assert checked[0] > 10, "no AppendEntries replies seen: the check did not run"
+    assert not early, f"replies sent before their entries were synced (reported, synced): {early[:5]}"
+
+
+def test_unsafe_no_fsync_is_off_unless_asked_for():
+    from etcdlite.cli import build_parser, config_from_args
+
+    assert config_from_args(build_parser().parse_args([])).unsafe_no_fsync is False
+    assert config_from_args(build_parser().parse_args(["--unsafe-no-fsync"])).unsafe_no_fsync is True
+
+
+def _set_header_end(path: str, end: int) -> None:
+    from pysyncobj.journal import LAST_RECORD_OFFSET_OFFSET
+
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, end.to_bytes(4, "little"), LAST_RECORD_OFFSET_OFFSET)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("tail", ["zeros", "a torn record", "past the file's end"])
+def test_records_the_header_counts_but_the_disk_lost_are_dropped(tmp_path, tail):
+    """A power loss can keep the header (rewritten on every append) and lose
+    the records after the last sync: the journal opens with its whole
+    records, and its header says so again."""
+    path = str(tmp_path / "raft.journal")
+    journal = LeanJournal(path)
+    for idx in range(1, 11):
+        journal.add(b"cmd %d" % idx, idx, 1)
+    kept, end = [journal[i] for i in range(10)], journal._end
+    journal.add(b"lost", 11, 1)
+    after = journal._end
+    journal._destroy()
+    if tail == "zeros":  # the record's page never reached the disk: allocated, zero
+        fd = os.open(path, os.O_RDWR)
+        os.pwrite(fd, bytes(after - end), end)
+        os.close(fd)
+    elif tail == "a torn record":  # its first bytes did, its last did not
+        fd = os.open(path, os.O_RDWR)
+        os.pwrite(fd, bytes(4), after - 4)
+        os.close(fd)
+    else:
+        os.truncate(path, end + 10)
+        _set_header_end(path, after)
+    reopened = LeanJournal(path)
+    assert [reopened[i] for i in range(len(reopened))] == kept
+    reopened.add(b"next", 11, 2)
+    reopened._destroy()
+    assert [e[1] for e in LeanJournal(path)[0:]] == list(range(1, 12))
