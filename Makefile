@@ -1,6 +1,6 @@
 # Two commands for a newcomer: `make run` and `make test`. Every target sets
 # up .venv itself; `make test` also installs Debian's etcd-server and
-# etcd-client (the reference the differential tests compare against).
+# etcd-client (the reference the differential tests compare against), libfuse2 and the data plane's packages.
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -24,6 +24,12 @@ etcd:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null) \
 	    || { echo "could not install etcd-server/etcd-client: install them with apt, then rerun make test"; exit 1; }; \
 	  systemctl stop etcd >/dev/null 2>&1 || service etcd stop >/dev/null 2>&1 || pkill -x etcd || true; \
+	fi
+	@# libfuse2: the power-loss tests' filesystem (fusepy) that forgets unsynced writes
+	@if ! ldconfig -p | grep -q 'libfuse.so.2'; then \
+	  echo ">> installing Debian's libfuse2 (the power-loss tests' FUSE layer)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfuse2 >/dev/null) \
+	    || { echo "could not install libfuse2: install it with apt, then rerun make test"; exit 1; }; \
 	fi
 
 # The data plane's parts from Debian: runc and conmon run the containers, busybox-static
