@@ -234,6 +234,14 @@ class ServiceBootstrap:
                 if await self._delete_if(key, kv.mod_revision):
                     report.freed.append(f"{'/'.join(owner or ('?', '?'))} {tail.decode('utf-8', 'replace')}")
                     log.info("repair: freed NodePort %s, held by no Service", tail.decode("utf-8", "replace"))
+        for svc in services:
+            if svc.spec.type != "ExternalName" and not svc.spec.cluster_ip and not svc.metadata.deletion_timestamp:
+                # stored before Services had addresses (an older apiserver's data): give it one
+                try:
+                    updated = await self.registry.update(SERVICES, svc)
+                    report.repaired.append(f"{_name(svc)} {updated.spec.cluster_ip}")
+                except ApiError as e:
+                    log.warning("repair: cannot give %s an address yet: %s", _name(svc), e.message)
         return report
 
     async def _put_if(self, key: bytes, mod_revision: int, value: bytes) -> bool:

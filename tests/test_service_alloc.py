@@ -333,7 +333,11 @@ def _put_raw_service(plane, client, name, cluster_ip):
     template.metadata.resource_version = ""
     template.spec.cluster_ip = cluster_ip
     del template.spec.cluster_ips[:]
-    template.spec.cluster_ips.append(cluster_ip)
+    if cluster_ip:
+        template.spec.cluster_ips.append(cluster_ip)
+    else:
+        del template.spec.ip_families[:]
+        template.spec.ClearField("ip_family_policy")
     value = b"kpb1\x00Service\x00" + template.SerializeToString(deterministic=True)
     with EtcdClient(plane.etcd_servers.replace("http://", "")) as c:
         c.put(f"/registry/services/{NS}/{name}".encode(), value)
@@ -365,6 +369,8 @@ def test_repair_frees_leaks_restores_records_and_reports_duplicates(plane, clien
     client.delete("ipaddresses", lost.spec.cluster_ip, "")
     # a duplicate, written behind the apiserver's back
     _put_raw_service(plane, client, "dup", client.get("services", "auto", NS).spec.cluster_ip)
+    # a Service stored before Services had addresses (an older apiserver's data)
+    _put_raw_service(plane, client, "old", "")
 
     wait_until(lambda: ip_record(client, "10.96.0.60") is None, timeout=15, what="leaked IP freed")
     wait_until(lambda: not port_held(plane, 31999), timeout=15, what="leaked port freed")
@@ -378,6 +384,10 @@ def test_repair_frees_leaks_restores_records_and_reports_duplicates(plane, clien
     # the rightful holder keeps its record
     assert ip_record(client, client.get("services", "auto", NS).spec.cluster_ip).spec.parent_ref.name == "auto"
     client.delete("services", "dup", NS)
+    wait_until(lambda: client.get("services", "old", NS).spec.cluster_ip, timeout=15, what="old Service addressed")
+    old = client.get("services", "old", NS)
+    assert list(old.spec.cluster_ips) == [old.spec.cluster_ip]
+    assert ip_record(client, old.spec.cluster_ip).spec.parent_ref.name == "old"
 
 
 @pytest.mark.process
