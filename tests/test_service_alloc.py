@@ -23,7 +23,8 @@ from apiserver.service_alloc import port_key
 from apiserver.service_ranges import PortRange, RangeError, ServiceCIDR
 from harness.etcd_client import Client as EtcdClient
 from harness.etcd_client import wait_until
-from harness.plane import apiserver_on_etcdlite
+from harness.plane import apiserver_on_etcdlite, start_apiserver
+from harness.procs import Registry
 
 NS = "alloc"
 CIDR = ipaddress.ip_network("10.96.0.0/12")
@@ -434,3 +435,28 @@ def test_a_range_that_runs_out_says_so(tiny):
     with pytest.raises(ApiError) as e:
         tiny.create(svc("np2", type_="NodePort"))
     assert "failed to allocate a nodePort: range is full" in e.value.message
+
+
+@pytest.mark.process
+def test_allocation_on_the_real_etcd(tmp_path, etcd_binaries):
+    """The same Txns (claims, nested frees) on etcd 3.4 itself: a create, a
+    race for one address, a type change and a delete."""
+    reg = Registry()
+    try:
+        member = reg.start_real_etcd(tmp_path, name="etcd")
+        api = start_apiserver(tmp_path, member.url, registry=reg)
+        with Client(api.endpoint, timeout=15) as c:
+            c.create(core_pb2.Namespace(metadata={"name": NS}))
+            assert c.get("services", "kubernetes", "default").spec.cluster_ip == "10.96.0.1"
+            results = _race(api.endpoint, [svc(f"r{i}", cluster_ip="10.96.0.77") for i in range(4)])
+            assert len([r for r in results if r[1]]) == 1, results
+            s = c.create(svc("morph", type_="NodePort"))
+            port = s.spec.ports[0].node_port
+            s.spec.type = "ClusterIP"
+            s = c.update(s)
+            assert s.spec.ports[0].node_port == 0
+            assert c.create(svc("taker", type_="NodePort", ports=((80, port),))).spec.ports[0].node_port == port
+            c.delete("services", "morph", NS)
+            assert ip_record(c, s.spec.cluster_ip) is None
+    finally:
+        reg.cleanup()
