@@ -87,6 +87,25 @@ async def serve(args: argparse.Namespace, transformer) -> int:
         unreachable_toleration_seconds=args.default_unreachable_toleration_seconds), allocator=allocator)
     bootstrap = ServiceBootstrap(registry, allocator, address=args.advertise_address, port=args.port,
                                  repair_interval=args.service_repair_interval)
+
+    async def bootstrap_until_done(*, namespaces: bool = True, service: bool = True) -> None:
+        while True:
+            try:
+                if namespaces:
+                    await registry.ensure_system_namespaces()
+                    # as kube-apiserver: one repair pass before serving, then the kubernetes Service
+                    await bootstrap.repair_once()
+                if service:
+                    await bootstrap.ensure_kubernetes_service()
+                break
+            except ApiError as e:
+                log.warning("cannot create the system namespaces and the kubernetes Service yet (%s); retrying",
+                            e.message)
+                await asyncio.sleep(1)
+
+    # before listening (grpclite serves from listen on): clients never see a plane without them;
+    # with --port 0 the kubernetes Service waits for the port
+    await bootstrap_until_done(service=bool(args.port))
     # grpclite, the gRPC server etcdlite serves with: in this event loop, without grpc.aio's
     # thread hand-offs per message (measured: benchmarks/why.md)
     server = GrpcServer(max_receive_message_length=MAX_RECEIVE_BYTES, eager_unary=False)  # uses asyncio.timeout
@@ -99,18 +118,9 @@ async def serve(args: argparse.Namespace, transformer) -> int:
         log.error("cannot listen on %s (%s): is another apiserver running? choose another --port",
                   address, err.strerror or err)
         return 1
-    bootstrap.port = port
-    while True:
-        try:
-            await registry.ensure_system_namespaces()
-            # as kube-apiserver: one repair pass before serving, then the kubernetes Service
-            await bootstrap.repair_once()
-            await bootstrap.ensure_kubernetes_service()
-            break
-        except ApiError as e:
-            log.warning("cannot create the system namespaces and the kubernetes Service yet (%s); retrying",
-                        e.message)
-            await asyncio.sleep(1)
+    if not args.port:
+        bootstrap.port = port
+        await bootstrap_until_done(namespaces=False)
     await server.start()
     log.info("apiserver serving on %s:%d (etcd %s)", args.bind_address, port, ",".join(etcd.endpoints))
     stop = asyncio.Event()

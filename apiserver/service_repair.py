@@ -96,11 +96,15 @@ class ServiceBootstrap:
         existing one is left as it is (its address is kept)."""
         svc = kubernetes_service(self.allocator.cidr.first(), self.port)
         try:
-            await self.registry.create(SERVICES, svc)
-        except ApiError as e:
-            if e.reason != "AlreadyExists":
-                raise
             current = await self.registry.get(SERVICES, "default", KUBERNETES_SERVICE)
+        except ApiError as e:
+            if e.reason != "NotFound":
+                raise
+            current = None
+        if current is None:
+            # (a create of an existing one would be refused for its address before its name)
+            await self.registry.create(SERVICES, svc)
+        else:
             if list(current.spec.ports) != list(svc.spec.ports):
                 # this apiserver's port changed: the Service follows (its address stays)
                 del current.spec.ports[:]

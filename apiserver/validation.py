@@ -864,6 +864,12 @@ def _validate_service(errs: FieldErrors, svc) -> None:
         if claim in claims:
             errs.duplicate(p, f"{port.port}/{port.protocol}")
         claims.add(claim)
+    node_ports: set[tuple[int, str]] = set()
+    for i, port in enumerate(spec.ports):
+        if port.node_port:
+            if (port.node_port, port.protocol) in node_ports:
+                errs.duplicate(f"spec.ports[{i}].nodePort", port.node_port)
+            node_ports.add((port.node_port, port.protocol))
     _enum(errs, "spec.sessionAffinity", spec.session_affinity, SESSION_AFFINITIES, required=False)
     _labels(errs, "spec.selector", spec.selector)
     if spec.cluster_ip and spec.cluster_ip != "None":

@@ -1426,6 +1426,16 @@ def test_service_type_rules():
                  "Invalid value: 90000: must be greater than 0 and less than 86400")
 
 
+def test_node_port_twice_for_one_protocol_is_a_duplicate():
+    s = service()
+    s.spec.type = "NodePort"
+    s.spec.ports[0].name, s.spec.ports[0].node_port = "a", 30080
+    s.spec.ports.add(name="b", port=81, node_port=30080)
+    assert_cause("services", s, "spec.ports[1].nodePort", "FieldValueDuplicate", "Duplicate value: 30080")
+    s.spec.ports[1].protocol = "UDP"
+    validate_create(R("services"), defaulted("services", s))
+
+
 def test_endpoint_slice_rules():
     eps = endpoint_slice()
     eps.address_type = "IPX"

@@ -214,6 +214,11 @@ def test_node_ports_are_allocated_with_kubernetes_errors(plane, client):
     msg = invalid(client, svc("np-half", type_="NodePort", cluster_ip="10.96.0.20", ports=((80, 30082), (81, 30080))))
     assert "spec.ports[1].nodePort: Invalid value: 30080: provided port is already allocated" in msg
     assert not port_held(plane, 30082) and ip_record(client, "10.96.0.20") is None
+    # one service port over TCP and UDP shares one node port, as upstream allocates it
+    dns = svc("dns", type_="NodePort", ports=((53, 0), (53, 0)))
+    dns.spec.ports[1].protocol = "UDP"
+    dns = client.create(dns)
+    assert dns.spec.ports[0].node_port == dns.spec.ports[1].node_port and port_held(plane, dns.spec.ports[0].node_port)
     lb = client.create(svc("lb", type_="LoadBalancer"))
     assert 30000 <= lb.spec.ports[0].node_port <= 32767 and lb.spec.allocate_load_balancer_node_ports
 
