@@ -115,6 +115,8 @@ class ServiceBootstrap:
     async def _ensure_endpoints(self) -> None:
         ep = core_pb2.Endpoints()
         ep.metadata.name, ep.metadata.namespace = KUBERNETES_SERVICE, "default"
+        # this apiserver writes the slice itself: the mirroring controller leaves it
+        ep.metadata.labels["endpointslice.kubernetes.io/skip-mirror"] = "true"
         subset = ep.subsets.add()
         subset.addresses.add(ip=self.address)
         subset.ports.add(name="https", port=self.port, protocol="TCP")
@@ -124,7 +126,8 @@ class ServiceBootstrap:
         endpoint = eps.endpoints.add(addresses=[self.address])
         endpoint.conditions.ready = True
         eps.ports.add(name="https", port=self.port, protocol="TCP")
-        for res, want, same in ((ENDPOINTS, ep, lambda a, b: list(a.subsets) == list(b.subsets)),
+        for res, want, same in ((ENDPOINTS, ep, lambda a, b: list(a.subsets) == list(b.subsets)
+                                 and dict(a.metadata.labels) == dict(b.metadata.labels)),
                                 (ENDPOINT_SLICES, eps, lambda a, b: (list(a.endpoints), list(a.ports))
                                  == (list(b.endpoints), list(b.ports)))):
             try:

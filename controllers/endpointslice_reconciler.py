@@ -115,10 +115,15 @@ class Changes:
 
 
 def reconcile(existing: list, desired: dict[PortKey, list], new_slice,
-              max_per_slice: int = MAX_ENDPOINTS_PER_SLICE) -> Changes:
+              max_per_slice: int = MAX_ENDPOINTS_PER_SLICE, *, placeholder: bool = True) -> Changes:
     """``existing``: this Service's slices (not modified); ``new_slice()``: an
-    empty slice with this Service's metadata; see the module docstring."""
+    empty slice with this Service's metadata; see the module docstring.
+    ``placeholder``: keep an empty slice when nothing is desired (the
+    mirroring controller keeps none)."""
     changes = Changes()
+    if not desired and not placeholder:
+        changes.delete = list(existing)
+        return changes
     if not desired:
         # one empty placeholder keeps "this Service has no endpoints" visible
         keep = next((s for s in existing if not s.endpoints and not s.ports), None)

@@ -13,6 +13,11 @@ from apiserver.client import Client
 from apiserver.errors import ApiError
 from apiserver.pb import core_pb2, discovery_pb2
 from controllers.endpointslice import EndpointSliceController
+from controllers.endpointslicemirroring import (
+    MIRRORING_CONTROLLER_NAME,
+    EndpointSliceMirroringController,
+    desired_from_endpoints,
+)
 from controllers.endpointslice_reconciler import (
     CONTROLLER_NAME,
     Changes,
@@ -154,11 +159,14 @@ def client(plane):
 def controller(client):
     factory = SharedInformerFactory(client)
     c = EndpointSliceController(client, factory)
+    mirroring = EndpointSliceMirroringController(client, factory)
     hollow = HollowNodes(client, NODES, ready_delay=0.1, heartbeat_interval=1.0, max_grace=0.3).start()
     assert hollow.wait_registered(30)
     factory.start()
     c.start()
+    mirroring.start()
     yield c
+    mirroring.stop()
     c.stop()
     hollow.stop()
     factory.stop()
@@ -274,6 +282,56 @@ def test_readiness_termination_and_publish_not_ready(client, controller):
                timeout=20, what="an empty placeholder")
     [placeholder] = slices_of(client, "term")
     assert not placeholder.endpoints and not placeholder.ports
+
+
+def manual_endpoints(name, ready, not_ready, port=5432, labels=None):
+    ep = core_pb2.Endpoints()
+    ep.metadata.name, ep.metadata.namespace = name, NS
+    ep.metadata.labels.update(labels or {})
+    subset = ep.subsets.add()
+    for ip in ready:
+        subset.addresses.add(ip=ip)
+    for ip in not_ready:
+        subset.not_ready_addresses.add(ip=ip)
+    subset.ports.add(name="db", port=port, protocol="TCP")
+    return ep
+
+
+def test_mirrored_endpoints_keep_readiness_and_ports():
+    ep = manual_endpoints("db", ["10.5.0.1", "10.5.0.2"], ["10.5.0.3"])
+    [(key, eps)] = desired_from_endpoints(ep).items()
+    assert key == (("db", 5432, "TCP", None),)
+    assert [(list(e.addresses), e.conditions.ready, e.conditions.HasField("serving")) for e in eps] == [
+        (["10.5.0.1"], True, False), (["10.5.0.2"], True, False), (["10.5.0.3"], False, False)]
+
+
+@pytest.mark.process
+def test_endpoints_of_selectorless_services_are_mirrored(client, controller):
+    s = core_pb2.Service(metadata={"name": "db", "namespace": NS})
+    s.spec.ports.add(name="db", port=5432)
+    client.create(s)
+    client.create(manual_endpoints("db", ["10.5.0.1", "10.5.0.2"], ["10.5.0.3"], labels={"team": "data"}))
+
+    def mirrored():
+        return {e.addresses[0]: e.conditions.ready for sl in slices_of(client, "db") for e in sl.endpoints}
+
+    wait_until(lambda: mirrored() == {"10.5.0.1": True, "10.5.0.2": True, "10.5.0.3": False},
+               timeout=20, what="mirrored slice")
+    [sl] = slices_of(client, "db")
+    assert sl.metadata.labels["endpointslice.kubernetes.io/managed-by"] == MIRRORING_CONTROLLER_NAME
+    assert sl.metadata.labels["team"] == "data"
+    assert [(p.name, p.port) for p in sl.ports] == [("db", 5432)]
+    assert sl.metadata.owner_references[0].kind == "Endpoints"
+    ep = client.get("endpoints", "db", NS)
+    del ep.subsets[0].not_ready_addresses[:]
+    ep.subsets[0].addresses.add(ip="10.5.0.4")
+    client.update(ep)
+    wait_until(lambda: mirrored() == {"10.5.0.1": True, "10.5.0.2": True, "10.5.0.4": True},
+               timeout=20, what="mirror follows")
+    # skip-mirror, as the apiserver's own kubernetes Endpoints carry
+    client.patch("endpoints", "db", {"metadata": {"labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}}}, NS)
+    wait_until(lambda: not slices_of(client, "db"), timeout=20, what="mirror removed on skip-mirror")
+    assert [sl.metadata.name for sl in client.list("endpointslices", "default").items] == ["kubernetes"]
 
 
 @pytest.mark.process
