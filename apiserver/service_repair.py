@@ -42,9 +42,8 @@ from apiserver.service_alloc import (
     port_key,
     port_owner,
     port_record,
-    service_ips,
-    service_node_ports,
 )
+from apiserver.service_fields import service_ips, service_node_ports
 
 log = logging.getLogger("apiserver.service_repair")
 
