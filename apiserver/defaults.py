@@ -163,6 +163,15 @@ def _default_deployment(spec) -> None:
 def _default_service(spec: core_pb2.ServiceSpec) -> None:
     spec.type = spec.type or "ClusterIP"
     spec.session_affinity = spec.session_affinity or "None"
+    if spec.session_affinity == "ClientIP" and not spec.session_affinity_config.client_ip.HasField(
+            "timeout_seconds"):
+        spec.session_affinity_config.client_ip.timeout_seconds = 10800  # 3 hours, as upstream
+    if spec.type in ("NodePort", "LoadBalancer") and not spec.external_traffic_policy:
+        spec.external_traffic_policy = "Cluster"
+    if spec.type != "ExternalName" and not spec.HasField("internal_traffic_policy"):
+        spec.internal_traffic_policy = "Cluster"
+    if spec.type == "LoadBalancer" and not spec.HasField("allocate_load_balancer_node_ports"):
+        spec.allocate_load_balancer_node_ports = True
     for port in spec.ports:
         port.protocol = port.protocol or "TCP"
         if not port.target_port:

@@ -23,12 +23,14 @@ from apiserver.errors import ApiError
 from apiserver.limits import check_request_size
 from apiserver.resources import Resource
 from apiserver.selectors import make_predicate
-from apiserver.storage import Storage
+from apiserver.service_alloc import ALLOCATION_ATTEMPTS, Plan, ServiceAllocator
+from apiserver.storage import ClaimTaken, Storage
 
 log = logging.getLogger("apiserver.registry")
 
 NAMESPACES = resources.BY_NAME["namespaces"]
 PODS = resources.BY_NAME["pods"]
+SERVICES = resources.BY_NAME["services"]
 
 # created at startup, as kube-apiserver's system namespaces controller does
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", resources.NAMESPACE_NODE_LEASE)
@@ -101,10 +103,13 @@ def _deletion_done(res: Resource, msg) -> bool:
 class Registry:
     """Create/get/list/update/patch/delete/watch of every kind; raises ApiError."""
 
-    def __init__(self, storage: Storage, caches: dict, options: Options | None = None) -> None:
+    def __init__(self, storage: Storage, caches: dict, options: Options | None = None,
+                 allocator: ServiceAllocator | None = None) -> None:
         self.storage = storage
         self.caches = caches  # resource name -> WatchCache
         self.options = options or Options()
+        # ClusterIPs and NodePorts; without one, Services are stored as given
+        self.allocator = allocator
         self._live_lookup: dict[str, float] = {}  # namespace -> until (monotonic), see LIVE_LOOKUP_SECONDS
 
     # ---- helpers --------------------------------------------------------
@@ -186,15 +191,66 @@ class Registry:
         if generated:
             meta.name = generated_name(meta.generate_name)
         self._check_size(res, msg)  # before validation walks it
+        allocating = res is SERVICES and self.allocator is not None
+        if allocating:
+            self.allocator.prepare_create(msg)
         validation.validate_create(res, msg)
         await self._check_namespace_open(res, meta.namespace, meta.name)
         for attempt in range(GENERATE_NAME_ATTEMPTS if generated else 1):
             try:
+                if allocating:
+                    return await self._create_service(msg)
                 return await self.storage.create(res, msg)
             except ApiError as e:
                 if e.reason != "AlreadyExists" or not generated or attempt == GENERATE_NAME_ATTEMPTS - 1:
                     raise
                 meta.name = generated_name(meta.generate_name)
+
+    async def _create_service(self, msg):
+        """Stores a Service with its ClusterIP and NodePorts, all in one Txn.
+        A value picked at random that another create took meanwhile is
+        picked again; one the user asked for is Invalid."""
+        avoid: set[bytes] = set()
+        for _ in range(ALLOCATION_ATTEMPTS):
+            svc = copy_of(msg)
+            plan = await self.allocator.plan_create(svc, avoid)
+            validation.validate_create(SERVICES, svc)
+            try:
+                return await self.storage.create(SERVICES, svc, claims=plan.claims)
+            except ClaimTaken as e:
+                plan.raise_if_requested(svc.metadata.name, e.keys)
+                avoid |= e.keys
+        raise errors.internal(f"failed to allocate the addresses of service {msg.metadata.name} "
+                              f"after {ALLOCATION_ATTEMPTS} attempts: the ranges are nearly full; retry")
+
+    async def _guaranteed_update(self, res: Resource, namespace: str, name: str, update_fn, *,
+                                 expected_revision: int | None = None, allocate: bool = True):
+        """storage.guaranteed_update, for Services with their allocations
+        taken and freed in the same Txn (``allocate``: the spec may change)."""
+        if res is not SERVICES or self.allocator is None or not allocate:
+            return await self.storage.guaranteed_update(res, namespace, name, update_fn,
+                                                        expected_revision=expected_revision)
+        avoid: set[bytes] = set()
+        plans: list[Plan] = []
+
+        async def claims_fn(current, new):
+            if new is None:
+                plan = await self.allocator.plan_delete(current)
+            else:
+                plan = await self.allocator.plan_update(new, current, avoid)
+            plans.append(plan)
+            return plan.claims
+
+        for _ in range(ALLOCATION_ATTEMPTS):
+            try:
+                return await self.storage.guaranteed_update(res, namespace, name, update_fn,
+                                                            expected_revision=expected_revision,
+                                                            claims_fn=claims_fn)
+            except ClaimTaken as e:
+                plans[-1].raise_if_requested(name, e.keys)
+                avoid |= e.keys
+        raise errors.internal(f"failed to allocate the addresses of service {name} "
+                              f"after {ALLOCATION_ATTEMPTS} attempts: the ranges are nearly full; retry")
 
     async def ensure_system_namespaces(self) -> None:
         for name in SYSTEM_NAMESPACES:
@@ -260,6 +316,8 @@ class Registry:
                     new.ClearField("status")
             self._defaults(res, new, for_create=False)
             self._check_size(res, new)  # before validation walks it
+            if res is SERVICES and self.allocator is not None:
+                self.allocator.prepare_update(new, current)
             validation.validate_update(res, new, current)
         meta.resource_version = cur.resource_version
         meta.deletion_timestamp = cur.deletion_timestamp
@@ -297,8 +355,8 @@ class Registry:
         def update(current):
             return self._prepare_update(res, copy_of(wanted), current, status=status)
 
-        return await self.storage.guaranteed_update(res, namespace, name, update,
-                                                    expected_revision=expected)
+        return await self._guaranteed_update(res, namespace, name, update,
+                                             expected_revision=expected, allocate=not status)
 
     async def update(self, res: Resource, incoming):
         return await self._update(res, incoming, status=False)
@@ -322,7 +380,7 @@ class Registry:
             new.metadata.name = name
             return self._prepare_update(res, new, current, status=status)
 
-        return await self.storage.guaranteed_update(res, namespace, name, update)
+        return await self._guaranteed_update(res, namespace, name, update, allocate=not status)
 
     # ---- delete ---------------------------------------------------------
 
@@ -377,4 +435,4 @@ class Registry:
 
         # the uid and resourceVersion preconditions are checked against what
         # was read; the write itself is a CAS on that read
-        return await self.storage.guaranteed_update(res, namespace, name, update)
+        return await self._guaranteed_update(res, namespace, name, update)

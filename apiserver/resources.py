@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from apiserver.pb import api_pb2, apps_pb2, coordination_pb2, core_pb2
+from apiserver.pb import api_pb2, apps_pb2, coordination_pb2, core_pb2, discovery_pb2, networking_pb2
 
 REGISTRY_PREFIX = "/registry/"
 # where kubelets keep their node Leases (core/v1 NamespaceNodeLease)
@@ -83,6 +83,11 @@ RESOURCES: tuple[Resource, ...] = (
              namespaced=True, has_status=True, has_spec=True, short_names=("deploy",)),
     Resource("leases", "Lease", "coordination.k8s.io/v1", "lease", coordination_pb2.Lease,
              namespaced=True, has_status=False, has_spec=True),
+    Resource("endpointslices", "EndpointSlice", "discovery.k8s.io/v1", "endpoint_slice",
+             discovery_pb2.EndpointSlice, namespaced=True, has_status=False, has_spec=False),
+    # one per allocated Service IP, named by the address (apiserver/service_alloc.py)
+    Resource("ipaddresses", "IPAddress", "networking.k8s.io/v1", "ip_address", networking_pb2.IPAddress,
+             namespaced=False, has_status=False, has_spec=True, short_names=("ip",)),
 )
 
 BY_NAME = {r.name: r for r in RESOURCES}

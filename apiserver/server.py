@@ -17,6 +17,9 @@ from apiserver.etcd3 import Etcd, parse_servers
 from apiserver.kubelet import KubeletClients
 from apiserver.registry import Options, Registry
 from apiserver.service import ApiServerService, add_to_server
+from apiserver.service_alloc import IPADDRESSES, ServiceAllocator
+from apiserver.service_ranges import DEFAULT_NODE_PORT_RANGE, DEFAULT_SERVICE_CIDR, PortRange, ServiceCIDR
+from apiserver.service_repair import DEFAULT_REPAIR_INTERVAL, ServiceBootstrap
 from apiserver.storage import Storage
 from apiserver.watch_cache import WatchCache
 from grpclite import GrpcServer
@@ -50,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where kubelets are dialled for logs and exec, at the port each node's "
                         "status.daemonEndpoints gives (every kubelet of one machine's plane "
                         "listens on loopback)")
+    p.add_argument("--service-cluster-ip-range", default=DEFAULT_SERVICE_CIDR,
+                   help="IPv4 CIDR Services take their clusterIP from; its first address is the "
+                        "`kubernetes` Service's")
+    p.add_argument("--service-node-port-range", default=DEFAULT_NODE_PORT_RANGE,
+                   help="ports NodePort and LoadBalancer Services take their nodePorts from (LOW-HIGH)")
+    p.add_argument("--advertise-address", default="",
+                   help="address the `kubernetes` Service's endpoints name (default: --bind-address, "
+                        "or 127.0.0.1 when that is 0.0.0.0)")
+    p.add_argument("--service-repair-interval", type=float, default=DEFAULT_REPAIR_INTERVAL,
+                   help="seconds between passes of the ClusterIP/NodePort repair loop (upstream: 180)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -72,17 +85,32 @@ async def serve(args: argparse.Namespace, transformer) -> int:
             await asyncio.gather(*(cache.stop() for cache in caches.values()), return_exceptions=True)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+    allocator = ServiceAllocator(storage, caches[IPADDRESSES.name], args.cidr, args.node_ports)
     registry = Registry(storage, caches, Options(
         max_object_bytes=args.max_object_bytes,
         not_ready_toleration_seconds=args.default_not_ready_toleration_seconds,
-        unreachable_toleration_seconds=args.default_unreachable_toleration_seconds))
-    while True:
-        try:
-            await registry.ensure_system_namespaces()
-            break
-        except ApiError as e:
-            log.warning("cannot create the system namespaces yet (%s); retrying", e.message)
-            await asyncio.sleep(1)
+        unreachable_toleration_seconds=args.default_unreachable_toleration_seconds), allocator=allocator)
+    bootstrap = ServiceBootstrap(registry, allocator, address=args.advertise_address, port=args.port,
+                                 repair_interval=args.service_repair_interval)
+
+    async def bootstrap_until_done(*, namespaces: bool = True, service: bool = True) -> None:
+        while True:
+            try:
+                if namespaces:
+                    await registry.ensure_system_namespaces()
+                    # as kube-apiserver: one repair pass before serving, then the kubernetes Service
+                    await bootstrap.repair_once()
+                if service:
+                    await bootstrap.ensure_kubernetes_service()
+                break
+            except ApiError as e:
+                log.warning("cannot create the system namespaces and the kubernetes Service yet (%s); retrying",
+                            e.message)
+                await asyncio.sleep(1)
+
+    # before listening (grpclite serves from listen on): clients never see a plane without them;
+    # with --port 0 the kubernetes Service waits for the port
+    await bootstrap_until_done(service=bool(args.port))
     # grpclite, the gRPC server etcdlite serves with: in this event loop, without grpc.aio's
     # thread hand-offs per message (measured: benchmarks/why.md)
     server = GrpcServer(max_receive_message_length=MAX_RECEIVE_BYTES, eager_unary=False)  # uses asyncio.timeout
@@ -96,14 +124,19 @@ async def serve(args: argparse.Namespace, transformer) -> int:
         log.error("cannot listen on %s (%s): is another apiserver running? choose another --port",
                   address, err.strerror or err)
         return 1
+    if not args.port:
+        bootstrap.port = port
+        await bootstrap_until_done(namespaces=False)
     await server.start()
     log.info("apiserver serving on %s:%d (etcd %s)", args.bind_address, port, ",".join(etcd.endpoints))
     stop = asyncio.Event()
+    repair = asyncio.create_task(bootstrap.run(stop))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
+    await repair
     await server.stop(grace=1.0)
     await kubelets.close()
     await asyncio.gather(*(cache.stop() for cache in caches.values()), return_exceptions=True)
@@ -120,6 +153,19 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"apiserver: --etcd-servers: {e}", file=sys.stderr)
         return 2
+    try:
+        args.cidr = ServiceCIDR.parse(args.service_cluster_ip_range)
+    except ValueError as e:
+        print(f"apiserver: --service-cluster-ip-range: {e}", file=sys.stderr)
+        return 2
+    try:
+        args.node_ports = PortRange.parse(args.service_node_port_range)
+    except ValueError as e:
+        print(f"apiserver: --service-node-port-range: {e}", file=sys.stderr)
+        return 2
+    if not args.advertise_address:
+        args.advertise_address = "127.0.0.1" if args.bind_address in ("0.0.0.0", "localhost", "") \
+            else args.bind_address
     try:
         transformer = load_transformer(args.encryption_key_file or None)
     except (OSError, TransformError) as e:

@@ -55,6 +55,53 @@ _EQUAL = pb.Compare.CompareResult.EQUAL
 
 
 @dataclass
+class Claims:
+    """Keys a write takes or frees in the same etcd Txn as the object itself:
+    a Service's IPAddress objects and NodePort records, so that a Service and
+    its allocations are written together or not at all.
+
+    ``take``: key -> value, each key must not exist yet (Txn compares
+    mod_revision == 0). ``free``: key -> the mod_revision it was read at; it
+    is deleted only if still unchanged (a nested Txn, so a claim someone else
+    has meanwhile taken over is left alone and the write still succeeds)."""
+    take: dict[bytes, bytes] = field(default_factory=dict)
+    free: dict[bytes, int] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.take or self.free)
+
+
+class ClaimTaken(Exception):
+    """A write's object was still as read but some of its ``take`` keys
+    existed: ``keys`` are those (nothing was written)."""
+
+    def __init__(self, keys: set[bytes]) -> None:
+        super().__init__(", ".join(sorted(k.decode("utf-8", "replace") for k in keys)))
+        self.keys = keys
+
+
+def _claim_ops(claims: Claims | None) -> tuple[list, list, list]:
+    """(compares, success ops, failure reads) that ``claims`` add to a Txn."""
+    if not claims:
+        return [], [], []
+    compares = [pb.Compare(key=k, target=_MOD, result=_EQUAL, mod_revision=0) for k in claims.take]
+    ops = [pb.RequestOp(request_put=pb.PutRequest(key=k, value=v)) for k, v in claims.take.items()]
+    for key, revision in claims.free.items():
+        ops.append(pb.RequestOp(request_txn=pb.TxnRequest(
+            compare=[pb.Compare(key=key, target=_MOD, result=_EQUAL, mod_revision=revision)],
+            success=[pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=key))])))
+    reads = [pb.RequestOp(request_range=pb.RangeRequest(key=k, keys_only=True)) for k in claims.take]
+    return compares, ops, reads
+
+
+def _taken_keys(resp: pb.TxnResponse, claims: Claims | None) -> set[bytes]:
+    """The ``take`` keys a failed Txn found existing (its reads after the first)."""
+    if not claims:
+        return set()
+    return {k for k, r in zip(claims.take, resp.responses[1:]) if r.response_range.kvs}
+
+
+@dataclass
 class ListResult:
     """One page of a list. ``revision`` is the etcd revision every page of
     this list reads (the list's resourceVersion). ``continue_token`` is empty
@@ -148,12 +195,15 @@ class Storage:
         resp = await self._call(self.etcd.kv.Range, pb.RangeRequest(key=key))
         return resp.kvs[0] if resp.kvs else None
 
-    async def _txn_if_unmodified(self, key: bytes, mod_revision: int, op: pb.RequestOp) -> pb.TxnResponse:
-        """Txn(mod_revision(key) == mod_revision -> op, else read key)."""
+    async def _txn_if_unmodified(self, key: bytes, mod_revision: int, op: pb.RequestOp,
+                                 claims: Claims | None = None) -> pb.TxnResponse:
+        """Txn(mod_revision(key) == mod_revision [and claims free] -> op [and
+        claims], else read key [and the claimed keys])."""
+        compares, ops, reads = _claim_ops(claims)
         request = pb.TxnRequest(
-            compare=[pb.Compare(key=key, target=_MOD, result=_EQUAL, mod_revision=mod_revision)],
-            success=[op],
-            failure=[pb.RequestOp(request_range=pb.RangeRequest(key=key))])
+            compare=[pb.Compare(key=key, target=_MOD, result=_EQUAL, mod_revision=mod_revision), *compares],
+            success=[op, *ops],
+            failure=[pb.RequestOp(request_range=pb.RangeRequest(key=key)), *reads])
         return await self._call(self.etcd.kv.Txn, request)
 
     @staticmethod
@@ -161,6 +211,22 @@ class Storage:
         """The key's kv read by a failed _txn_if_unmodified (None: it is gone)."""
         kvs = resp.responses[0].response_range.kvs
         return kvs[0] if kvs else None
+
+    async def read_keys(self, keys: list[bytes]) -> dict[bytes, Any]:
+        """key -> kv of those of ``keys`` that exist, read at one revision (one Txn)."""
+        if not keys:
+            return {}
+        resp = await self._call(self.etcd.kv.Txn, pb.TxnRequest(
+            success=[pb.RequestOp(request_range=pb.RangeRequest(key=k)) for k in keys]))
+        return {r.response_range.kvs[0].key: r.response_range.kvs[0]
+                for r in resp.responses if r.response_range.kvs}
+
+    async def read_prefixes(self, prefixes: list[bytes], *, keys_only: bool = False) -> tuple[list[list], int]:
+        """Every kv under each prefix, all read at one revision (one Txn): (kvs per prefix, revision)."""
+        resp = await self._call(self.etcd.kv.Txn, pb.TxnRequest(success=[
+            pb.RequestOp(request_range=pb.RangeRequest(key=p, range_end=prefix_range_end(p), keys_only=keys_only))
+            for p in prefixes]))
+        return [list(r.response_range.kvs) for r in resp.responses], resp.header.revision
 
     async def current_revision(self) -> int:
         """The cluster's current revision (a linearizable read of one key)."""
@@ -170,17 +236,18 @@ class Storage:
 
     # ---- writes ----
 
-    async def create(self, resource: Resource, msg):
+    async def create(self, resource: Resource, msg, *, claims: Claims | None = None):
         """Stores a new object; AlreadyExists when its key is taken. Any
-        resourceVersion on ``msg`` is ignored."""
+        resourceVersion on ``msg`` is ignored. With ``claims``, they are taken
+        in the same Txn; ClaimTaken when the object was free but a claim was not."""
         name = msg.metadata.name
         key = _key(resource, msg.metadata.namespace, name)
         put = pb.RequestOp(request_put=pb.PutRequest(key=key, value=self.encode(resource, key, msg)))
-        request = pb.TxnRequest(
-            compare=[pb.Compare(key=key, target=_MOD, result=_EQUAL, mod_revision=0)], success=[put])
-        resp = await self._call(self.etcd.kv.Txn, request)
+        resp = await self._txn_if_unmodified(key, 0, put, claims)
         if not resp.succeeded:
-            raise errors.already_exists(resource.qualified, name)
+            if self._current_after_miss(resp) is not None:
+                raise errors.already_exists(resource.qualified, name)
+            raise ClaimTaken(_taken_keys(resp, claims))
         return _with_resource_version(msg, resp.header.revision)
 
     async def update(self, resource: Resource, msg, expected_revision: int):
@@ -203,7 +270,8 @@ class Storage:
 
     async def guaranteed_update(self, resource: Resource, namespace: str, name: str,
                                 update_fn: Callable[[Any], Any], *,
-                                expected_revision: int | None = None):
+                                expected_revision: int | None = None,
+                                claims_fn: Callable[[Any, Any], Any] | None = None):
         """Read-modify-write that never loses a concurrent update.
 
         ``update_fn(current)`` gets a copy of the stored object (its
@@ -216,7 +284,11 @@ class Storage:
         Conflict at once when the stored object is not at
         ``expected_revision``). NotFound when the object is (or goes) missing.
         Returns the stored object, or after a delete the deleted one with
-        resourceVersion = the deletion's revision."""
+        resourceVersion = the deletion's revision.
+
+        ``claims_fn(current, new)`` (may be async; ``new`` is None for a
+        delete) returns the Claims written with the change; when the object
+        was unchanged but a claim was taken, ClaimTaken."""
         key = _key(resource, namespace, name)
         kv = await self._get_kv(key)
         while True:
@@ -228,22 +300,31 @@ class Storage:
             new = update_fn(_copy(current))
             if inspect.isawaitable(new):
                 new = await new
-            if new is None:
-                delete = pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=key, prev_kv=True))
-                resp = await self._txn_if_unmodified(key, kv.mod_revision, delete)
-                if resp.succeeded:
-                    return self._deleted(resource, resp, current)
-            else:
+            if new is not None:
                 if (new.metadata.name, _namespace_of(resource, new)) != (name, _namespace_of(resource, current)):
                     raise errors.internal(
                         f"storage: an update of {resource.name} {namespace}/{name} may not rename it")
                 if _without_resource_version(new) == _without_resource_version(current):
                     return current
+            claims = None
+            if claims_fn is not None:
+                claims = claims_fn(_copy(current), new)
+                if inspect.isawaitable(claims):
+                    claims = await claims
+            if new is None:
+                delete = pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=key, prev_kv=True))
+                resp = await self._txn_if_unmodified(key, kv.mod_revision, delete, claims)
+                if resp.succeeded:
+                    return self._deleted(resource, resp, current)
+            else:
                 put = pb.RequestOp(request_put=pb.PutRequest(key=key, value=self.encode(resource, key, new)))
-                resp = await self._txn_if_unmodified(key, kv.mod_revision, put)
+                resp = await self._txn_if_unmodified(key, kv.mod_revision, put, claims)
                 if resp.succeeded:
                     return _with_resource_version(new, resp.header.revision)
-            kv = self._current_after_miss(resp)
+            missed = self._current_after_miss(resp)
+            if claims and missed is not None and missed.mod_revision == kv.mod_revision:
+                raise ClaimTaken(_taken_keys(resp, claims))
+            kv = missed
 
     async def delete(self, resource: Resource, namespace: str, name: str, *,
                      expected_revision: int | None = None, uid: str = ""):

@@ -832,6 +832,8 @@ def _validate_selector_update(errs: FieldErrors, new, old) -> None:
 
 SERVICE_TYPES = ("ClusterIP", "ExternalName", "LoadBalancer", "NodePort")
 SESSION_AFFINITIES = ("ClientIP", "None")
+TRAFFIC_POLICIES = ("Cluster", "Local")
+MAX_CLIENT_IP_TIMEOUT = 86400
 
 
 def _validate_service(errs: FieldErrors, svc) -> None:
@@ -862,6 +864,12 @@ def _validate_service(errs: FieldErrors, svc) -> None:
         if claim in claims:
             errs.duplicate(p, f"{port.port}/{port.protocol}")
         claims.add(claim)
+    node_ports: set[tuple[int, str]] = set()
+    for i, port in enumerate(spec.ports):
+        if port.node_port:
+            if (port.node_port, port.protocol) in node_ports:
+                errs.duplicate(f"spec.ports[{i}].nodePort", port.node_port)
+            node_ports.add((port.node_port, port.protocol))
     _enum(errs, "spec.sessionAffinity", spec.session_affinity, SESSION_AFFINITIES, required=False)
     _labels(errs, "spec.selector", spec.selector)
     if spec.cluster_ip and spec.cluster_ip != "None":
@@ -869,12 +877,50 @@ def _validate_service(errs: FieldErrors, svc) -> None:
     for i, ip in enumerate(spec.cluster_ips):
         if ip != "None":
             errs.each(f"spec.clusterIPs[{i}]", ip, ip_errors(ip))
+    if spec.type == "ExternalName":
+        if spec.cluster_ip or spec.cluster_ips:
+            errs.forbidden("spec.clusterIPs", "may not be set for ExternalName services")
+        if spec.HasField("ip_family_policy"):
+            errs.forbidden("spec.ipFamilyPolicy", "may not be set for ExternalName services")
+        if spec.ip_families:
+            errs.forbidden("spec.ipFamilies", "may not be set for ExternalName services")
+        name = spec.external_name.removesuffix(".")
+        if not name:
+            errs.required("spec.externalName")
+        else:
+            errs.each("spec.externalName", name, dns1123_subdomain_errors(name))
+    elif spec.type in ("NodePort", "LoadBalancer") and spec.cluster_ip == "None":
+        errs.invalid("spec.clusterIPs[0]", "None", f"may not be set to 'None' for {spec.type} services")
+    if spec.external_traffic_policy:
+        _enum(errs, "spec.externalTrafficPolicy", spec.external_traffic_policy, TRAFFIC_POLICIES)
+        if spec.type not in ("NodePort", "LoadBalancer") and not spec.external_ips:
+            errs.invalid("spec.externalTrafficPolicy", spec.external_traffic_policy,
+                         "may only be set for externally-accessible services")
+    if spec.HasField("internal_traffic_policy"):
+        _enum(errs, "spec.internalTrafficPolicy", spec.internal_traffic_policy, TRAFFIC_POLICIES)
+    if spec.health_check_node_port and not (
+            spec.type == "LoadBalancer" and spec.external_traffic_policy == "Local"):
+        errs.invalid("spec.healthCheckNodePort", spec.health_check_node_port,
+                     "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'")
+    timeout = spec.session_affinity_config.client_ip.timeout_seconds
+    if spec.session_affinity == "ClientIP" and not 0 < timeout <= MAX_CLIENT_IP_TIMEOUT:
+        errs.invalid("spec.sessionAffinityConfig.clientIP.timeoutSeconds", timeout,
+                     f"must be greater than 0 and less than {MAX_CLIENT_IP_TIMEOUT}")
+    elif spec.session_affinity != "ClientIP" and spec.HasField("session_affinity_config"):
+        errs.invalid("spec.sessionAffinityConfig", _Raw("{}") if not timeout else timeout,
+                     "must not be set when session affinity is None")
 
 
 def _validate_service_update(errs: FieldErrors, new, old) -> None:
     if "ExternalName" in (new.spec.type, old.spec.type):
         return
-    if old.spec.cluster_ip and new.spec.cluster_ip != old.spec.cluster_ip:
+    if old.spec.cluster_ips and list(new.spec.cluster_ips[:1]) != list(old.spec.cluster_ips[:1]):
+        shown = _Raw("[]string{" + ", ".join(json.dumps(ip) for ip in new.spec.cluster_ips) + "}")
+        if not new.spec.cluster_ips:
+            errs.invalid("spec.clusterIPs[0]", shown, "primary clusterIP can not be unset")
+        else:
+            errs.invalid("spec.clusterIPs[0]", shown, "may not change once set")
+    elif old.spec.cluster_ip and new.spec.cluster_ip != old.spec.cluster_ip:
         errs.invalid("spec.clusterIP", new.spec.cluster_ip, "field is immutable")
 
 
@@ -1033,6 +1079,8 @@ def _validate_lease(errs: FieldErrors, lease) -> None:
 # entry points
 # ======================================================================
 
+from apiserver import validation_network as _net  # noqa: E402  (it imports FieldErrors from here)
+
 _VALIDATE = {
     "namespaces": _validate_namespace,
     "nodes": _validate_node,
@@ -1045,6 +1093,8 @@ _VALIDATE = {
     "replicasets": _validate_replica_set,
     "deployments": _validate_deployment,
     "leases": _validate_lease,
+    "endpointslices": _net.validate_endpoint_slice,
+    "ipaddresses": _net.validate_ip_address,
 }
 _VALIDATE_UPDATE = {
     "nodes": _validate_node_update,
@@ -1054,6 +1104,8 @@ _VALIDATE_UPDATE = {
     "secrets": _validate_secret_update,
     "replicasets": _validate_selector_update,
     "deployments": _validate_selector_update,
+    "endpointslices": _net.validate_endpoint_slice_update,
+    "ipaddresses": _net.validate_ip_address_update,
 }
 
 

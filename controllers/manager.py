@@ -1,7 +1,8 @@
 """`python -m controllers.manager`: the controller-manager.
 
 Runs, over one set of shared informers, the ReplicaSet, Deployment, garbage
-collector, namespace, node lifecycle and endpoints controllers, as
+collector, namespace, node lifecycle, endpoints, EndpointSlice and EndpointSlice mirroring
+controllers, as
 kube-controller-manager does. With --leader-elect only the holder of the
 kube-system/kube-controller-manager Lease runs them.
 """
@@ -15,13 +16,16 @@ from apiserver.client import Client
 from controllers.component import add_common_flags, run_component, setup_logging
 from controllers.deployment import DeploymentController
 from controllers.endpoints import EndpointsController
+from controllers.endpointslice import EndpointSliceController
+from controllers.endpointslicemirroring import EndpointSliceMirroringController
 from controllers.events import EventRecorder
 from controllers.gc import GarbageCollector, NamespaceController
 from controllers.informer import SharedInformerFactory
 from controllers.nodelifecycle import NodeLifecycleController
 from controllers.replicaset import ReplicaSetController
 
-CONTROLLERS = ("replicaset", "deployment", "garbagecollector", "namespace", "nodelifecycle", "endpoints")
+CONTROLLERS = ("replicaset", "deployment", "garbagecollector", "namespace", "nodelifecycle", "endpoints",
+               "endpointslice", "endpointslicemirroring")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -78,6 +82,8 @@ class ControllerManager:
                 monitor_period=a.node_monitor_period, pod_eviction=not a.disable_pod_eviction,
                 recorder=self.recorder),
             "endpoints": lambda: EndpointsController(c, f),
+            "endpointslice": lambda: EndpointSliceController(c, f),
+            "endpointslicemirroring": lambda: EndpointSliceMirroringController(c, f),
         }
         return [make[name]() for name in a.enabled]
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from apiserver import resources
 from apiserver.errors import ApiError
-from apiserver.pb import apps_pb2, coordination_pb2, core_pb2
+from apiserver.pb import apps_pb2, coordination_pb2, core_pb2, discovery_pb2, networking_pb2
 from apiserver.quantity import bytes_of, format_quantity, milli_cpu, parse_quantity
 from apiserver.defaults import apply_defaults
 from apiserver.validation import validate_create, validate_update
@@ -115,10 +115,28 @@ def lease() -> coordination_pb2.Lease:
     return lz
 
 
+def endpoint_slice() -> discovery_pb2.EndpointSlice:
+    eps = discovery_pb2.EndpointSlice(address_type="IPv4")
+    eps.metadata.name, eps.metadata.namespace = "svc-abcde", "default"
+    eps.metadata.labels["kubernetes.io/service-name"] = "svc"
+    ep = eps.endpoints.add(addresses=["10.0.0.1"], node_name="node-1")
+    ep.conditions.ready = True
+    eps.ports.add(name="http", port=8080, protocol="TCP")
+    return eps
+
+
+def ip_address() -> networking_pb2.IPAddress:
+    ip = networking_pb2.IPAddress()
+    ip.metadata.name = "10.96.0.10"
+    ip.spec.parent_ref.resource, ip.spec.parent_ref.namespace, ip.spec.parent_ref.name = "services", "default", "svc"
+    return ip
+
+
 FACTORIES = {"pods": pod, "replicasets": replica_set, "deployments": deployment,
              "services": service, "namespaces": namespace, "nodes": node,
              "configmaps": config_map, "secrets": secret, "events": event,
-             "endpoints": endpoints, "leases": lease}
+             "endpoints": endpoints, "leases": lease, "endpointslices": endpoint_slice,
+             "ipaddresses": ip_address}
 
 
 def defaulted(resource_name: str, msg=None):
@@ -1061,6 +1079,7 @@ def test_valid_services():
     validate_create(R("services"), defaulted("services", headless))
     external = service()
     external.spec.type = "ExternalName"
+    external.spec.external_name = "db.example.com."
     del external.spec.ports[:]
     validate_create(R("services"), defaulted("services", external))
 
@@ -1371,3 +1390,84 @@ def test_suffixes_scale_exactly(number, suffix):
     scale = {"": 1, "m": Fraction(1, 1000), "k": 1000, "M": 10 ** 6, "Ki": 1024, "Mi": 2 ** 20,
              "Gi": 2 ** 30, "e3": 1000, "e-3": Fraction(1, 1000)}[suffix]
     assert parse_quantity(f"{number}{suffix}") == number * scale
+
+
+# ======================================================================
+# Service type-dependent fields, EndpointSlice, IPAddress
+# ======================================================================
+
+def test_service_defaults_follow_the_type():
+    s = defaulted("services")
+    assert s.spec.internal_traffic_policy == "Cluster" and not s.spec.external_traffic_policy
+    s = service()
+    s.spec.type = "LoadBalancer"
+    s.spec.session_affinity = "ClientIP"
+    s = defaulted("services", s)
+    assert s.spec.external_traffic_policy == "Cluster" and s.spec.allocate_load_balancer_node_ports
+    assert s.spec.session_affinity_config.client_ip.timeout_seconds == 10800
+
+
+def test_service_type_rules():
+    s = service()
+    s.spec.type = "ExternalName"
+    assert_cause("services", s, "spec.externalName", "FieldValueRequired")
+    s = service()
+    s.spec.type, s.spec.external_name, s.spec.cluster_ip = "ExternalName", "db.example.com", "10.96.0.5"
+    assert_cause("services", s, "spec.clusterIPs", "FieldValueForbidden",
+                 "Forbidden: may not be set for ExternalName services")
+    s = service()
+    s.spec.external_traffic_policy = "Local"
+    assert_cause("services", s, "spec.externalTrafficPolicy", "FieldValueInvalid",
+                 'Invalid value: "Local": may only be set for externally-accessible services')
+    s = service()
+    s.spec.session_affinity = "ClientIP"
+    s.spec.session_affinity_config.client_ip.timeout_seconds = 90000
+    assert_cause("services", s, "spec.sessionAffinityConfig.clientIP.timeoutSeconds", "FieldValueInvalid",
+                 "Invalid value: 90000: must be greater than 0 and less than 86400")
+
+
+def test_node_port_twice_for_one_protocol_is_a_duplicate():
+    s = service()
+    s.spec.type = "NodePort"
+    s.spec.ports[0].name, s.spec.ports[0].node_port = "a", 30080
+    s.spec.ports.add(name="b", port=81, node_port=30080)
+    assert_cause("services", s, "spec.ports[1].nodePort", "FieldValueDuplicate", "Duplicate value: 30080")
+    s.spec.ports[1].protocol = "UDP"
+    validate_create(R("services"), defaulted("services", s))
+
+
+def test_endpoint_slice_rules():
+    eps = endpoint_slice()
+    eps.address_type = "IPX"
+    assert_cause("endpointslices", eps, "addressType", "FieldValueNotSupported")
+    eps = endpoint_slice()
+    eps.endpoints[0].addresses[0] = "fd00::1"
+    assert_cause("endpointslices", eps, "endpoints[0].addresses[0]", "FieldValueInvalid",
+                 'Invalid value: "fd00::1": must be a valid IPv4 address')
+    eps = endpoint_slice()
+    del eps.endpoints[0].addresses[:]
+    assert_cause("endpointslices", eps, "endpoints[0].addresses", "FieldValueRequired")
+    eps = endpoint_slice()
+    eps.ports[0].ClearField("protocol")
+    assert_cause("endpointslices", eps, "ports[0].protocol", "FieldValueRequired")
+    eps = endpoint_slice()
+    eps.ports.add(name="http", port=9090, protocol="TCP")
+    assert_cause("endpointslices", eps, "ports[1].name", "FieldValueDuplicate")
+    old = defaulted("endpointslices")
+    new = endpoint_slice()
+    new.address_type = "FQDN"
+    new.endpoints[0].addresses[0] = "a.example.com"
+    assert_cause("endpointslices", new, "addressType", "FieldValueInvalid", old=old)
+
+
+def test_ip_address_rules():
+    ip = ip_address()
+    ip.metadata.name = "10.96.0.300"
+    assert_cause("ipaddresses", ip, "metadata.name", "FieldValueInvalid")
+    ip = ip_address()
+    ip.ClearField("spec")
+    assert_cause("ipaddresses", ip, "spec.parentRef", "FieldValueRequired")
+    old = defaulted("ipaddresses")
+    new = ip_address()
+    new.spec.parent_ref.name = "other"
+    assert_cause("ipaddresses", new, "spec.parentRef", "FieldValueInvalid", old=old)

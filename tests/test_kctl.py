@@ -335,7 +335,38 @@ def test_get_tables(kctl, client, shop):
     assert lines[1].split()[:4] == ["web", "0/4", "0", "0"]
     svc = kctl("get", "svc", "web", "-n", shop).stdout.splitlines()
     assert svc[0].split() == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
-    assert svc[1].split()[:5] == ["web", "ClusterIP", "<none>", "<none>", "80/TCP"]
+    web_ip = client.get("services", "web", shop).spec.cluster_ip
+    assert web_ip.startswith("10.")
+    assert svc[1].split()[:5] == ["web", "ClusterIP", web_ip, "<none>", "80/TCP"]
+    # the kubernetes Service the apiserver made, headless and NodePort ones, as kubectl prints them
+    k = kctl("get", "svc", "kubernetes").stdout.splitlines()[1].split()
+    assert k[:5] == ["kubernetes", "ClusterIP", "10.96.0.1", "<none>", "443/TCP"]
+    np = core_pb2.Service(metadata={"name": "np", "namespace": shop})
+    np.spec.type = "NodePort"
+    np.spec.ports.add(port=80, node_port=30080)
+    np.spec.ports.add(name="dns", port=53, protocol="UDP")
+    np.spec.ports[0].name = "http"
+    np = client.create(np)
+    hl = core_pb2.Service(metadata={"name": "hl", "namespace": shop})
+    hl.spec.cluster_ip = "None"
+    hl.spec.selector["app"] = "web"
+    hl.spec.ports.add(port=80)
+    client.create(hl)
+    ext = core_pb2.Service(metadata={"name": "ext", "namespace": shop})
+    ext.spec.type, ext.spec.external_name = "ExternalName", "db.example.com"
+    client.create(ext)
+    rows = {line.split()[0]: line.split()[:5] for line in kctl("get", "svc", "-n", shop).stdout.splitlines()[1:]}
+    assert rows["np"] == ["np", "NodePort", np.spec.cluster_ip, "<none>",
+                          f"80:30080/TCP,53:{np.spec.ports[1].node_port}/UDP"]
+    assert rows["hl"] == ["hl", "ClusterIP", "None", "<none>", "80/TCP"]
+    assert rows["ext"] == ["ext", "ExternalName", "<none>", "db.example.com", "<none>"]
+    described = kctl("describe", "svc", "np", "-n", shop).stdout
+    assert "IP Family Policy:" in described and "SingleStack" in described and "NodePort:" in described
+    for name in ("np", "hl", "ext"):
+        client.delete("services", name, shop)
+    slices = kctl("get", "endpointslices", "kubernetes").stdout.splitlines()
+    assert slices[0].split() == ["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"]
+    assert slices[1].split()[:4] == ["kubernetes", "IPv4", str(client.get("services", "kubernetes").spec.ports[0].target_port), "127.0.0.1"]
     assert kctl("get", "secrets", "-n", shop).stdout.splitlines()[1].split()[:3] == ["creds", "Opaque", "1"]
     # several kinds at once: one table each, names qualified by kind
     both = kctl("get", "deploy,cm", "-n", shop).stdout

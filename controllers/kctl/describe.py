@@ -196,7 +196,15 @@ def _share(used: Fraction, allocatable: str | None, *, binary: bool) -> str:
 def _describe_service(session: Session, svc, lines: Lines) -> None:
     lines.add("Selector", ",".join(map_lines(svc.spec.selector)) or NONE)
     lines.add("Type", svc.spec.type or "ClusterIP")
+    if svc.spec.HasField("ip_family_policy"):
+        lines.add("IP Family Policy", svc.spec.ip_family_policy)
+    if svc.spec.ip_families:
+        lines.add("IP Families", ",".join(svc.spec.ip_families))
     lines.add("IP", svc.spec.cluster_ip or NONE)
+    if svc.spec.cluster_ips:
+        lines.add("IPs", ",".join(svc.spec.cluster_ips))
+    if svc.spec.type == "ExternalName":
+        lines.add("External Name", svc.spec.external_name)
     try:
         ep = session.client.get("endpoints", svc.metadata.name, svc.metadata.namespace)
         endpoints = printers.endpoints_text(ep)
@@ -209,6 +217,10 @@ def _describe_service(session: Session, svc, lines: Lines) -> None:
             lines.add("NodePort", f"{p.name or '<unset>'}  {p.node_port}/{p.protocol or 'TCP'}")
     lines.add("Endpoints", endpoints)
     lines.add("Session Affinity", svc.spec.session_affinity or "None")
+    if svc.spec.external_traffic_policy:
+        lines.add("External Traffic Policy", svc.spec.external_traffic_policy)
+    if svc.spec.HasField("internal_traffic_policy"):
+        lines.add("Internal Traffic Policy", svc.spec.internal_traffic_policy)
 
 
 def _describe_secret(session: Session, secret, lines: Lines) -> None:

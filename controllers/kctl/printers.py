@@ -27,6 +27,7 @@ NONE = "<none>"
 ROLE_LABEL_PREFIX = "node-role.kubernetes.io/"
 ROLE_LABEL = "kubernetes.io/role"
 MAX_ENDPOINTS_SHOWN = 3
+UNSET = "<unset>"
 
 
 # ---- time ----
@@ -150,10 +151,39 @@ def service_ports(svc) -> str:
 
 
 def service_external_ip(svc) -> str:
-    if svc.spec.type == "LoadBalancer":
+    """kubectl's EXTERNAL-IP: externalIPs, the load balancer's, or the external name."""
+    spec = svc.spec
+    kind = spec.type or "ClusterIP"
+    if kind in ("ClusterIP", "NodePort"):
+        return ",".join(spec.external_ips) or NONE
+    if kind == "LoadBalancer":
         ips = [i.ip or i.hostname for i in svc.status.load_balancer.ingress]
-        return ",".join(ips) or "<pending>"
-    return NONE
+        return ",".join([*spec.external_ips, *ips]) if ips else "<pending>"
+    if kind == "ExternalName":
+        return spec.external_name
+    return "<unknown>"
+
+
+def service_cluster_ip(svc) -> str:
+    return (svc.spec.cluster_ips[0] if svc.spec.cluster_ips else svc.spec.cluster_ip) or NONE
+
+
+def _with_more(shown: list[str], total: int) -> str:
+    """kubectl's listWithMoreString: at most 3, then "+ N more..."."""
+    if not shown:
+        return UNSET
+    more = total - len(shown)
+    return ",".join(shown) + (f" + {more} more..." if more else "")
+
+
+def endpoint_slice_ports(eps) -> str:
+    shown = [str(p.port) if p.HasField("port") else (p.name or UNSET) for p in eps.ports[:MAX_ENDPOINTS_SHOWN]]
+    return _with_more(shown, len(eps.ports))
+
+
+def endpoint_slice_endpoints(eps) -> str:
+    addresses = [a for ep in eps.endpoints for a in ep.addresses]
+    return _with_more(addresses[:MAX_ENDPOINTS_SHOWN], len(addresses))
 
 
 def endpoints_text(ep) -> str:
@@ -169,6 +199,12 @@ def endpoints_text(ep) -> str:
         return NONE
     more = total - len(shown)
     return ",".join(shown) + (f" + {more} more..." if more else "")
+
+
+def ip_parent_ref(ip) -> str:
+    """kubectl's PARENTREF of an IPAddress: group/resource/namespace/name."""
+    r = ip.spec.parent_ref
+    return f"{r.group}/{r.resource}/{r.namespace}/{r.name}" if r.name else NONE
 
 
 def _containers_and_images(spec) -> list[str]:
@@ -232,7 +268,7 @@ COLUMNS: dict[str, Columns] = {
                    n.status.node_info.container_runtime_version or NONE]),
     "services": Columns(
         ("NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"),
-        lambda s, now: [s.metadata.name, s.spec.type or "ClusterIP", s.spec.cluster_ip or NONE,
+        lambda s, now: [s.metadata.name, s.spec.type or "ClusterIP", service_cluster_ip(s),
                         service_external_ip(s), service_ports(s),
                         age(s.metadata.creation_timestamp, now)],
         ("SELECTOR",),
@@ -240,6 +276,13 @@ COLUMNS: dict[str, Columns] = {
     "endpoints": Columns(
         ("NAME", "ENDPOINTS", "AGE"),
         lambda e, now: [e.metadata.name, endpoints_text(e), age(e.metadata.creation_timestamp, now)]),
+    "endpointslices": Columns(
+        ("NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"),
+        lambda e, now: [e.metadata.name, e.address_type, endpoint_slice_ports(e),
+                        endpoint_slice_endpoints(e), age(e.metadata.creation_timestamp, now)]),
+    "ipaddresses": Columns(
+        ("NAME", "PARENTREF"),
+        lambda i, now: [i.metadata.name, ip_parent_ref(i)]),
     "namespaces": Columns(
         ("NAME", "STATUS", "AGE"),
         lambda n, now: [n.metadata.name, n.status.phase or "Active",
