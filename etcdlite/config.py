@@ -148,6 +148,8 @@ class MemberConfig:
     key_file: str = ""
     trusted_ca_file: str = ""
     client_cert_auth: bool = False
+    # etcd's --auth-token-ttl: a simple token lives this long after its last use
+    auth_token_ttl: float = 300.0
     # "h2": etcdlite's own gRPC server in the member's loop (the grpclite package);
     # "grpcio": grpc.aio's server (the C core's threads)
     grpc_server: str = "h2"
