@@ -175,3 +175,231 @@ def test_etcdctl_auth_session_matches_real_etcd(procs, tmp_path, monkeypatch):
     problem = compare(ref_blocks, got_blocks, "real-etcd (normalised)", f"{target} (normalised)", tmp_path)
     if problem:
         pytest.fail(problem, pytrace=False)
+
+
+# ---------------------------------------------------------------------------
+# over gRPC: clusters, restarts, snapshots, watches, tokens
+
+ALICE_PASSWORD = "alice-Secret-7c1e"  # must never be found in a data directory
+
+
+class AuthClient:
+    """One member's stubs; calls carry `token` when given."""
+
+    def __init__(self, endpoint: str):
+        self.channel = grpc.insecure_channel(endpoint)
+        self.kv = rpc.KVStub(self.channel)
+        self.auth = rpc.AuthStub(self.channel)
+        self.watch = rpc.WatchStub(self.channel)
+
+    def login(self, name: str, password: str) -> list:
+        token = self.auth.Authenticate(pb.AuthenticateRequest(name=name, password=password), timeout=10).token
+        return [("token", token)]
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def rpc_error(call, *args, **kw) -> tuple[grpc.StatusCode, str]:
+    try:
+        call(*args, timeout=10, **kw)
+    except grpc.RpcError as err:
+        return err.code(), err.details()
+    raise AssertionError(f"{call} succeeded")
+
+
+DENIED = (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied")
+EMPTY_USER = (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: user name is empty")
+BAD_TOKEN = (grpc.StatusCode.UNAUTHENTICATED, "etcdserver: invalid auth token")
+
+
+def set_up_auth(c: AuthClient) -> None:
+    """root, and alice with read-write on the prefix app/; auth enabled."""
+    a = c.auth
+    a.UserAdd(pb.AuthUserAddRequest(name="root", password="rootpw"), timeout=10)
+    a.UserAdd(pb.AuthUserAddRequest(name="alice", password=ALICE_PASSWORD), timeout=10)
+    a.RoleAdd(pb.AuthRoleAddRequest(name="app"), timeout=10)
+    a.RoleGrantPermission(pb.AuthRoleGrantPermissionRequest(name="app", perm=authpb.Permission(
+        permType=authpb.Permission.READWRITE, key=b"app/", range_end=b"app0")), timeout=10)
+    a.UserGrantRole(pb.AuthUserGrantRoleRequest(user="root", role="root"), timeout=10)
+    a.UserGrantRole(pb.AuthUserGrantRoleRequest(user="alice", role="app"), timeout=10)
+    a.AuthEnable(pb.AuthEnableRequest(), timeout=10)
+
+
+def check_auth_state(c: AuthClient) -> None:
+    """What set_up_auth made, as this member enforces it."""
+    alice = c.login("alice", ALICE_PASSWORD)
+    root = c.login("root", "rootpw")
+    assert rpc_error(c.kv.Range, pb.RangeRequest(key=b"app/1")) == EMPTY_USER
+    c.kv.Range(pb.RangeRequest(key=b"app/", range_end=b"app0"), metadata=alice, timeout=10)
+    assert rpc_error(c.kv.Range, pb.RangeRequest(key=b"other"), metadata=alice) == DENIED
+    assert rpc_error(c.kv.Put, pb.PutRequest(key=b"other", value=b"v"), metadata=alice) == DENIED
+    assert rpc_error(c.auth.UserList, pb.AuthUserListRequest(), metadata=alice) == DENIED
+    assert list(c.auth.UserList(pb.AuthUserListRequest(), metadata=root, timeout=10).users) == ["alice", "root"]
+    perms = c.auth.RoleGet(pb.AuthRoleGetRequest(role="app"), metadata=root, timeout=10).perm
+    assert [(p.key, p.range_end, p.permType) for p in perms] == [(b"app/", b"app0", authpb.Permission.READWRITE)]
+    assert rpc_error(c.auth.Authenticate, pb.AuthenticateRequest(name="alice", password="wrong")) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: authentication failed, invalid user ID or password")
+
+
+def files_holding(root: Path, secret: bytes) -> list[str]:
+    """Files under `root` holding `secret`, also inside gzip streams (snapshots)."""
+    import gzip
+
+    found = []
+    for path in root.rglob("*"):
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        if data[:2] == b"\x1f\x8b":
+            try:
+                data += gzip.decompress(data)
+            except (OSError, EOFError):
+                pass
+        if secret in data:
+            found.append(str(path))
+    return found
+
+
+@pytest.mark.process
+def test_auth_is_replicated_and_survives_restart_and_snapshot(procs, tmp_path):
+    members = start_etcdlite_cluster(tmp_path, 3, procs, snapshot_count=50)
+    clients = [AuthClient(m.endpoint) for m in members]
+    try:
+        set_up_auth(clients[0])
+        # every member holds the same users, roles and permissions
+        for c in clients:
+            check_auth_state(c)
+        # a token given by one member works on every member: assigned through Raft
+        alice = clients[1].login("alice", ALICE_PASSWORD)
+        for i, c in enumerate(clients):
+            c.kv.Put(pb.PutRequest(key=b"app/from-%d" % i, value=b"v"), metadata=alice, timeout=10)
+        # enough writes that every member snapshots and drops the log holding the auth commands
+        for i in range(200):
+            clients[i % 3].kv.Put(pb.PutRequest(key=b"app/k%d" % (i % 7), value=b"%d" % i), metadata=alice, timeout=10)
+        for m in members:
+            assert (m.data_dir / "raft.snapshot").exists(), f"{m.name} made no snapshot"
+    finally:
+        for c in clients:
+            c.close()
+    for m in members:
+        m.kill()
+    for m in members:
+        m.launch()
+    for m in members:
+        m.wait_ready()
+    clients = [AuthClient(m.endpoint) for m in members]
+    try:
+        for c in clients:
+            check_auth_state(c)
+        # a change after the restart reaches every member
+        root = clients[2].login("root", "rootpw")
+        clients[2].auth.UserDelete(pb.AuthUserDeleteRequest(name="alice"), metadata=root, timeout=10)
+        for c in clients:
+            assert rpc_error(c.auth.Authenticate, pb.AuthenticateRequest(name="alice", password=ALICE_PASSWORD))[1] \
+                == "etcdserver: authentication failed, invalid user ID or password"
+    finally:
+        for c in clients:
+            c.close()
+    for m in members:
+        m.kill()
+    # the journal and the snapshots hold password hashes, never the password
+    assert files_holding(tmp_path, ALICE_PASSWORD.encode()) == []
+
+
+def _watch_first_response(c: AuthClient, metadata, key: bytes, range_end: bytes = b"") -> pb.WatchResponse:
+    """The first response of a watch stream that asks for key..range_end."""
+    import queue
+
+    requests: queue.Queue = queue.Queue()
+    requests.put(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=key, range_end=range_end)))
+
+    def feed():
+        while True:
+            item = requests.get()
+            if item is None:
+                return
+            yield item
+
+    stream = c.watch.Watch(feed(), metadata=metadata, timeout=10)
+    try:
+        return next(stream)
+    finally:
+        requests.put(None)
+        stream.cancel()
+
+
+@pytest.mark.parametrize("kind", ["etcd", "etcdlite"])
+@pytest.mark.process
+def test_watch_without_read_permission_is_refused(procs, tmp_path, kind):
+    m = procs.start_real_etcd(tmp_path, name="w") if kind == "etcd" else procs.start_etcdlite(tmp_path, name="w")
+    c = AuthClient(m.endpoint)
+    try:
+        set_up_auth(c)
+        alice = c.login("alice", ALICE_PASSWORD)
+        refused = _watch_first_response(c, alice, b"secret/", b"secret0")
+        assert (refused.created, refused.canceled, refused.watch_id) == (True, True, -1)
+        # etcd's reason is its gRPC error as Go prints it
+        assert refused.cancel_reason == "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
+        nobody = _watch_first_response(c, [], b"app/x")
+        assert (nobody.canceled, nobody.cancel_reason) == (
+            True, "rpc error: code = InvalidArgument desc = etcdserver: user name is empty")
+        allowed = _watch_first_response(c, alice, b"app/", b"app0")
+        assert (allowed.created, allowed.canceled) == (True, False)
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("kind", ["etcd", "etcdlite"])
+@pytest.mark.process
+def test_forged_and_stale_tokens_are_refused(procs, tmp_path, kind):
+    m = procs.start_real_etcd(tmp_path, name="t") if kind == "etcd" else procs.start_etcdlite(tmp_path, name="t")
+    c = AuthClient(m.endpoint)
+    try:
+        set_up_auth(c)
+        alice = c.login("alice", ALICE_PASSWORD)
+        token = alice[0][1]
+        prefix, _, number = token.partition(".")
+        forged = [
+            "abcdefghijklmnop.1",                                 # made up
+            prefix[::-1] + "." + number,                           # a real number, another prefix
+            prefix + "." + str(int(number) - 1),                  # a real prefix, another number
+            token + "x",
+            "",
+        ]
+        for t in forged:
+            for call, request in ((c.kv.Range, pb.RangeRequest(key=b"app/1")),
+                                  (c.kv.Put, pb.PutRequest(key=b"app/1", value=b"v"))):
+                assert rpc_error(call, request, metadata=[("token", t)]) == BAD_TOKEN, (t, call)
+        c.kv.Put(pb.PutRequest(key=b"app/1", value=b"v"), metadata=alice, timeout=10)
+        # a password change ends the user's tokens
+        root = c.login("root", "rootpw")
+        c.auth.UserChangePassword(pb.AuthUserChangePasswordRequest(name="alice", password="new"), metadata=root,
+                                  timeout=10)
+        assert rpc_error(c.kv.Range, pb.RangeRequest(key=b"app/1"), metadata=alice) == BAD_TOKEN
+        c.login("alice", "new")
+        # auth disabled: every token is forgotten, and a token sent is still refused
+        c.auth.AuthDisable(pb.AuthDisableRequest(), metadata=root, timeout=10)
+        assert rpc_error(c.kv.Range, pb.RangeRequest(key=b"app/1"), metadata=root) == BAD_TOKEN
+        c.kv.Range(pb.RangeRequest(key=b"app/1"), timeout=10)
+    finally:
+        c.close()
+
+
+@pytest.mark.process
+def test_simple_tokens_expire_after_their_ttl(procs, tmp_path):
+    m = procs.start_etcdlite(tmp_path, name="ttl", auth_token_ttl=2)
+    c = AuthClient(m.endpoint)
+    try:
+        set_up_auth(c)
+        alice = c.login("alice", ALICE_PASSWORD)
+        # used within its TTL, a token lives on
+        deadline = time.monotonic() + 3.5
+        while time.monotonic() < deadline:
+            c.kv.Range(pb.RangeRequest(key=b"app/1"), metadata=alice, timeout=10)
+            time.sleep(0.5)
+        # left unused for longer than its TTL, it is gone
+        time.sleep(3.5)
+        assert rpc_error(c.kv.Range, pb.RangeRequest(key=b"app/1"), metadata=alice) == BAD_TOKEN
+    finally:
+        c.close()

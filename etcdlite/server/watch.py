@@ -416,16 +416,17 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
             stream.close()
 
     async def _refusal(self, context, req: pb.WatchCreateRequest) -> str | None:
-        """Why the sender may not watch what it asks for (etcd's cancel
-        reasons), None if it may. Unlike etcd 3.4, which checks only the
-        first key of a watch from a key on, the whole range is checked, as
-        for a Range."""
+        """Why the sender may not watch what it asks for, as etcd words it
+        (its gRPC error as Go prints it), None if it may. Unlike etcd 3.4,
+        which checks only the first key of a watch from a key on, the whole
+        range is checked, as for a Range."""
         try:
             await self.m.auth.check_read(context, req.key or b"\x00", req.range_end)
         except errors.EtcdError as err:
-            if err in (errors.INVALID_AUTH_TOKEN, errors.AUTH_OLD_REVISION, errors.USER_EMPTY):
-                return err.message
-            return errors.PERMISSION_DENIED.message
+            if err not in (errors.INVALID_AUTH_TOKEN, errors.AUTH_OLD_REVISION, errors.USER_EMPTY):
+                err = errors.PERMISSION_DENIED
+            go_code = "".join(word.capitalize() for word in err.code.name.split("_"))
+            return f"rpc error: code = {go_code} desc = {err.message}"
         return None
 
     async def _read(self, stream: WatchStream, request_iterator, context) -> None:
