@@ -403,3 +403,42 @@ def test_simple_tokens_expire_after_their_ttl(procs, tmp_path):
         assert rpc_error(c.kv.Range, pb.RangeRequest(key=b"app/1"), metadata=alice) == BAD_TOKEN
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("kind", ["etcd", "etcdlite"])
+@pytest.mark.process
+def test_client_certificate_common_name_is_the_user(procs, tmp_path, kind):
+    """With --client-cert-auth, a call without a token is the user its
+    verified certificate names (CN), as etcd does."""
+    from test_client_tls import CA, TLSMember, client_creds
+
+    from harness.procs import DEFAULT_READY_TIMEOUT
+
+    ca = CA(tmp_path, "auth-ca")
+    server_cert, server_key = ca.issue("server", server=True)
+    certs = {cn: ca.issue(cn, server=False) for cn in ("root", "alice", "mallory")}
+    m = TLSMember(kind, "cn0", tmp_path, dict(cert_file=server_cert, key_file=server_key,
+                                              trusted_ca_file=ca.path, client_cert_auth=True),
+                  procs, DEFAULT_READY_TIMEOUT)
+    m.probe_ca, m.probe_cert = ca.path, certs["mallory"]
+    m.start()
+    channels = {cn: grpc.secure_channel(m.endpoint, client_creds(ca.path, cert)) for cn, cert in certs.items()}
+    try:
+        kv = {cn: rpc.KVStub(ch) for cn, ch in channels.items()}
+        auth = {cn: rpc.AuthStub(ch) for cn, ch in channels.items()}
+        c = AuthClient.__new__(AuthClient)
+        c.auth, c.kv = auth["root"], kv["root"]
+        set_up_auth(c)
+        kv["alice"].Put(pb.PutRequest(key=b"app/1", value=b"v"), timeout=10)
+        assert rpc_error(kv["alice"].Range, pb.RangeRequest(key=b"other")) == DENIED
+        assert rpc_error(auth["alice"].UserList, pb.AuthUserListRequest()) == DENIED
+        assert list(auth["root"].UserList(pb.AuthUserListRequest(), timeout=10).users) == ["alice", "root"]
+        # a name that is no user may do nothing
+        assert rpc_error(kv["mallory"].Range, pb.RangeRequest(key=b"app/1")) == DENIED
+        # a token, when given, names the user instead
+        root = c.login("root", "rootpw")
+        assert list(auth["alice"].UserList(pb.AuthUserListRequest(), metadata=root, timeout=10).users) == \
+            ["alice", "root"]
+    finally:
+        for ch in channels.values():
+            ch.close()
