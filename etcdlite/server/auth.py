@@ -25,6 +25,7 @@ import logging
 import secrets
 import string
 import time
+from types import MethodType
 
 import grpc
 
@@ -59,7 +60,9 @@ def _call_metadata(call):
     """The request metadata of a call: `call` is a handler's context
     (grpclite's or grpc.aio's) or, for grpclite's callback handlers, the
     `reply` they are given (bound to the call's stream)."""
-    stream = getattr(call, "__self__", None) or getattr(call, "_stream", None)
+    if type(call) is MethodType:
+        return call.__self__.metadata
+    stream = getattr(call, "_stream", None)
     if stream is not None:
         return stream.metadata
     return call.invocation_metadata() or ()
@@ -67,7 +70,7 @@ def _call_metadata(call):
 
 def _certificate_cn(call) -> str | None:
     """The common name of the client's verified TLS certificate, if any."""
-    stream = getattr(call, "__self__", None) or getattr(call, "_stream", None)
+    stream = call.__self__ if type(call) is MethodType else getattr(call, "_stream", None)
     if stream is not None:
         transport = stream.conn.transport
         cert = transport.get_extra_info("peercert") if transport is not None else None
@@ -135,10 +138,6 @@ def _lookup(machine, args) -> AuthInfo | None | bool:
     return None
 
 
-def _enabled(machine) -> bool:
-    return machine.auth.enabled
-
-
 def _revision(machine) -> int:
     return machine.auth.revision
 
@@ -151,14 +150,26 @@ class AuthGate:
         self.m = member
         self.clock = TokenClock(token_ttl)
         self.client_cert_auth = client_cert_auth
+        self._state = None
 
-    def enabled(self) -> bool:
-        return self.m.read(_enabled)
+    def bind(self, state) -> None:
+        """`state.machine` is the member's state machine (RaftNode.state):
+        `needed` reads its auth flag without the raft lock (it is set by
+        applies, which run in the same event loop)."""
+        self._state = state
 
     def needed(self, call) -> bool:
-        if self.m.read(_enabled):
+        if self._state.machine.auth.enabled:
             return True
         metadata = _call_metadata(call)
+        return bool(metadata) and _token_in(metadata) is not None
+
+    def needed_by_reply(self, reply) -> bool:
+        """`needed`, for grpclite's callback handlers (the KV writes: the
+        hottest path, kept to a few attribute reads while auth is off)."""
+        if self._state.machine.auth.enabled:
+            return True
+        metadata = reply.__self__.metadata
         return bool(metadata) and _token_in(metadata) is not None
 
     async def who(self, call) -> AuthInfo | None:

@@ -96,6 +96,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         checked, response = self._checked, self._response
         is_put = op == Op.PUT
         auth = self.m.auth
+        needed_by_reply = auth.needed_by_reply
 
         async def submit_with_sender(request, raw: bytes, done, reply) -> None:
             # auth enabled or a token sent: who it is may take a read barrier
@@ -116,7 +117,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
 
             try:
                 checked(op, request)
-                if auth.needed(reply):
+                if needed_by_reply(reply):
                     asyncio.get_running_loop().create_task(submit_with_sender(request, raw, done, reply))
                 elif is_put and not (request.lease or request.prev_kv or request.ignore_value
                                    or request.ignore_lease):

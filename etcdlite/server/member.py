@@ -251,6 +251,7 @@ class Member:
         the part's own bound method, bound once: nothing in between on the
         hot paths (Put, Range, watch events)."""
         self._state_lock, self._replicated = self.raft.lock, self.raft.state
+        self.auth.bind(self.raft.state)
         headers = ResponseHeaders(self.id, self.cluster_id, self.raft)
         commit = GroupCommit(loop, self.raft.propose, self.cfg.max_request_bytes,
                              before_answers=headers.check, after_answers=self._flush_answers)
