@@ -13,6 +13,7 @@ and forged tokens, and passwords kept out of the data directory.
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from test_etcdctl_differential import Normaliser, Session, compare
 from etcdlite.pb.authpb import auth_pb2 as authpb
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
-from harness.procs import ETCDCTL_BIN, Registry, require_binary, run_etcdctl, start_etcdlite_cluster
+from harness.procs import ETCDCTL_BIN, Member, require_binary, run_etcdctl, start_etcdlite_cluster
 
 ROOT = "--user=root:rootpw"
 ALICE = "--user=alice:alicepw"
@@ -279,6 +280,17 @@ def test_auth_is_replicated_and_survives_restart_and_snapshot(procs, tmp_path):
             clients[i % 3].kv.Put(pb.PutRequest(key=b"app/k%d" % (i % 7), value=b"%d" % i), metadata=alice, timeout=10)
         for m in members:
             assert (m.data_dir / "raft.snapshot").exists(), f"{m.name} made no snapshot"
+        # a member added now gets the auth state from a snapshot, the log before it being gone
+        new = Member("etcdlite", "m3", tmp_path, dict(members[0].extra_flags, initial_cluster_state="existing"),
+                     procs)
+        rc, out, err = run_etcdctl(members[0], "member", "add", "m3", f"--peer-urls={new.peer_url}")
+        assert rc == 0, err
+        new.initial_cluster = re.search(r'ETCD_INITIAL_CLUSTER="([^"]+)"', out).group(1)
+        new.start()
+        assert (new.data_dir / "raft.snapshot").exists(), "the new member did not get a snapshot"
+        members.append(new)
+        clients.append(AuthClient(new.endpoint))
+        check_auth_state(clients[-1])
     finally:
         for c in clients:
             c.close()
