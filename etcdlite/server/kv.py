@@ -97,6 +97,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         is_put = op == Op.PUT
         auth = self.m.auth
         needed_by_reply = auth.needed_by_reply
+        identifying: set[asyncio.Task] = set()  # writes waiting to learn their sender
 
         async def submit_with_sender(request, raw: bytes, done, reply) -> None:
             # auth enabled or a token sent: who it is may take a read barrier
@@ -104,6 +105,11 @@ class KVService(rpc_pb2_grpc.KVServicer):
                 submit(op, request, done, raw, await auth.sender(reply))
             except EtcdError as err:
                 done(None, err)
+
+        def identify_then_submit(request, raw: bytes, done, reply) -> None:
+            task = asyncio.get_running_loop().create_task(submit_with_sender(request, raw, done, reply))
+            identifying.add(task)
+            task.add_done_callback(identifying.discard)
 
         def handler(request, reply, raw: bytes) -> None:
             def done(resp, error) -> None:
@@ -118,7 +124,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
             try:
                 checked(op, request)
                 if needed_by_reply(reply):
-                    asyncio.get_running_loop().create_task(submit_with_sender(request, raw, done, reply))
+                    identify_then_submit(request, raw, done, reply)
                 elif is_put and not (request.lease or request.prev_kv or request.ignore_value
                                    or request.ignore_lease):
                     submit_put_value(request.key, request.value, done, len(raw))
