@@ -255,17 +255,26 @@ class AuthService(rpc_pb2_grpc.AuthServicer):
     async def AuthDisable(self, request, context):
         return await self._change(AuthOp.AUTH_DISABLE, request, context)
 
+    async def _hash(self, password: str, context) -> str:
+        """The password's hash, for a UserAdd or UserChangePassword; who may
+        not make them is refused first (checked again where applied), so
+        that nobody else makes the member spend a hash's CPU."""
+        if self.gate.needed(context):
+            info = await self.gate.who(context) or NOBODY
+            self.m.read(lambda machine: machine.auth.check_admin(info))
+        return await asyncio.get_running_loop().run_in_executor(None, hash_password, password)
+
     @unary
     async def UserAdd(self, request, context):
         hashed = ""
         if not request.options.no_password:
-            hashed = await asyncio.get_running_loop().run_in_executor(None, hash_password, request.password)
+            hashed = await self._hash(request.password, context)
         command = pb.AuthUserAddRequest(name=request.name, options=request.options, hashedPassword=hashed)
         return await self._change(AuthOp.USER_ADD, command, context)
 
     @unary
     async def UserChangePassword(self, request, context):
-        hashed = await asyncio.get_running_loop().run_in_executor(None, hash_password, request.password)
+        hashed = await self._hash(request.password, context)
         command = pb.AuthUserChangePasswordRequest(name=request.name, hashedPassword=hashed)
         return await self._change(AuthOp.USER_CHANGE_PASSWORD, command, context)
 
