@@ -207,3 +207,18 @@ def test_password_hashes_are_salted_and_checked():
     assert not check_password("S3cret", first)
     assert not check_password("s3cret", "$2a$10$an-etcd-bcrypt-hash")
     assert not check_password("s3cret", "scrypt$99$8$1$AAAA$AAAA")  # beyond the costs accepted
+
+
+def test_token_flags_as_etcds():
+    from etcdlite.cli import build_parser, config_from_args
+    from etcdlite.config import ConfigError
+
+    def cfg(*argv):
+        return config_from_args(build_parser().parse_args(["--data-dir", "unused", *argv]))
+
+    assert cfg().auth_token_ttl == 300
+    assert cfg("--auth-token", "simple", "--auth-token-ttl", "20").auth_token_ttl == 20
+    with pytest.raises(ConfigError, match="'simple' tokens only"):
+        cfg("--auth-token", "jwt,pub-key=app.rsa.pub,priv-key=app.rsa,sign-method=RS512")
+    with pytest.raises(ConfigError, match="positive"):
+        cfg("--auth-token-ttl", "0")
