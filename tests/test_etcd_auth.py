@@ -136,6 +136,11 @@ def auth_script(s: Session) -> None:
     c("get foo1 --user=alice:alicepw2")
     c(f"endpoint hashkv --user=alice:alicepw2")           # denied (root only)
     c(f"endpoint hashkv {ROOT}")
+    c(f"snapshot save {{SNAP}} {BOB}")                     # denied (root only)
+    c(f"defrag {BOB}")                                     # denied (root only)
+    c(f"defrag {ROOT}")
+    c(f"endpoint status {BOB}")                            # not checked
+    c(f"member list {BOB}")                                # not checked
     c(f"compaction 3 {BOB}")                               # etcd 3.4 lets any user compact
     c(f"role delete writer {ROOT}")
     c(f"user get alice {ROOT}")                            # the role is gone from alice
