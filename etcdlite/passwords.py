@@ -6,10 +6,11 @@ an Authenticate.
 etcd hashes with bcrypt at cost 10; the standard library has no bcrypt, so
 etcdlite uses scrypt (hashlib), which is memory-hard where PBKDF2 is not (a
 GPU or ASIC guessing passwords pays for 16 MiB per guess), with its cost set
-to take about what bcrypt cost 10 takes: tens of milliseconds a hash. That
-is the point, and it bounds Authenticate's throughput the same way as
-etcd's: the hashing runs in a worker thread (hashlib releases the GIL), so
-it slows only the calls that hash.
+to take about what bcrypt cost 10 takes: tens of milliseconds a hash
+(measured: benchmarks/why.md). That is the point, and it bounds
+Authenticate's throughput the same way as etcd's: the hashing runs in a
+worker thread (hashlib releases the GIL), so it slows only the calls that
+hash.
 
 The stored form names its parameters, so a later cost can read older hashes:
 ``scrypt$<log2 N>$<r>$<p>$<salt, base64>$<key, base64>``.
@@ -22,7 +23,7 @@ import hashlib
 import hmac
 import os
 
-# N = 2**14, r = 8: 16 MiB and ~50 ms a hash on this machine, as bcrypt cost 10
+# N = 2**14, r = 8: 16 MiB a hash, and about bcrypt cost 10's time
 DEFAULT_LOG2_N = 14
 _R, _P = 8, 1
 _SALT_BYTES = 16

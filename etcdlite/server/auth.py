@@ -166,7 +166,8 @@ class AuthGate:
 
     def needed_by_reply(self, reply) -> bool:
         """`needed`, for grpclite's callback handlers (the KV writes: the
-        hottest path, kept to a few attribute reads while auth is off)."""
+        hottest path, kept to a few attribute reads while auth is off;
+        measured: benchmarks/why.md)."""
         if self._state.machine.auth.enabled:
             return True
         metadata = reply.__self__.metadata
