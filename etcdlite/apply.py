@@ -191,7 +191,7 @@ class StateMachine:
         append = applied.append
         kv = self.kv
         put = kv.put_record
-        # with auth enabled every command is checked (`_apply_checked`)
+        # with auth enabled every command's sender is checked first (`_refusal`)
         guarded = self.auth.enabled
         for command in commands:
             op = command[0]
@@ -200,15 +200,21 @@ class StateMachine:
                     append((op, errors.USER_EMPTY, [], kv.current_revision))
                     continue
                 key, value = command[1], command[2]
-            elif guarded or len(command) > 2 or op >= FIRST_AUTH_OP:
-                result, events = self._apply_checked(command)
-                guarded = self.auth.enabled
-                append((op, result, events, kv.current_revision))
-                continue
             else:
                 data = command[1]
-                p = None  # a Put's PutRequest, parsed once for both paths
-                if op == _PUT:
+                p = None  # a Put's PutRequest, parsed once for all paths
+                if len(command) > 2 or guarded or op >= FIRST_AUTH_OP:
+                    if op >= FIRST_AUTH_OP:
+                        result, events = apply_auth(self, command)
+                        guarded = self.auth.enabled
+                        append((op, result, events, kv.current_revision))
+                        continue
+                    if guarded:
+                        refused, p = self._refusal(command)
+                        if refused is not None:
+                            append((op, refused, [], kv.current_revision))
+                            continue
+                if op == _PUT and p is None:
                     try:
                         p = _PutRequest(data)
                     except Exception:
@@ -226,21 +232,16 @@ class StateMachine:
             append((op, revision, events, revision))
         return applied
 
-    def _apply_checked(self, command) -> tuple[object, list[Event]]:
-        """An Auth command, or a command applied while auth is enabled (or
-        sent while it was): its sender's permissions first."""
-        op, data = command[0], command[1]
-        if op >= FIRST_AUTH_OP:
-            return apply_auth(self, command)
-        parsed = None
-        if self.auth.enabled:
-            try:
-                parsed = check_write(self, op, data, sender(command))
-            except errors.EtcdError as err:
-                return err, []
-            except Exception as exc:  # a bug, or a request that does not parse: apply() answers
-                log.debug("checking command %r failed: %r", op, exc)
-        return self.apply(op, data, parsed)
+    def _refusal(self, command) -> tuple[errors.EtcdError | None, object]:
+        """With auth enabled: (etcd's error if the command's sender may not
+        make it, else None; a Put's parsed request, else None)."""
+        try:
+            return None, check_write(self, command[0], command[1], sender(command))
+        except errors.EtcdError as err:
+            return err, None
+        except Exception as exc:  # a request that does not parse: apply() answers for it
+            log.debug("checking command %r failed: %r", command[0], exc)
+            return None, None
 
     def apply(self, op: int, data: bytes, parsed=None) -> tuple[object, list[Event]]:
         """One command: (its result, its events). `parsed`: a Put's
