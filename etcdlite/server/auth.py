@@ -36,6 +36,7 @@ from etcdlite.passwords import check_password, hash_password
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
 from etcdlite.server.rpc import unary
+from grpclite import context_of, metadata_of
 
 log = logging.getLogger("etcdlite.auth")
 
@@ -56,31 +57,15 @@ _MAINTENANCE_TEXTS = {
 }
 
 
-def _call_metadata(call):
-    """The request metadata of a call: `call` is a handler's context
-    (grpclite's or grpc.aio's) or, for grpclite's callback handlers, the
-    `reply` they are given (bound to the call's stream)."""
-    if type(call) is MethodType:
-        return call.__self__.metadata
-    stream = getattr(call, "_stream", None)
-    if stream is not None:
-        return stream.metadata
-    return call.invocation_metadata() or ()
+def _context(call):
+    """A handler's context (grpclite's or grpc.aio's), also for grpclite's
+    callback handlers, which are given their call's `reply` instead."""
+    return context_of(call) if type(call) is MethodType else call
 
 
 def _certificate_cn(call) -> str | None:
     """The common name of the client's verified TLS certificate, if any."""
-    stream = call.__self__ if type(call) is MethodType else getattr(call, "_stream", None)
-    if stream is not None:
-        transport = stream.conn.transport
-        cert = transport.get_extra_info("peercert") if transport is not None else None
-        for rdn in (cert or {}).get("subject", ()):
-            for name, value in rdn:
-                if name == "commonName":
-                    return value
-        return None
-    auth = call.auth_context() if hasattr(call, "auth_context") else {}
-    names = auth.get("x509_common_name") or []
+    names = _context(call).auth_context().get("x509_common_name") or []
     return names[0].decode() if names else None
 
 
@@ -161,7 +146,7 @@ class AuthGate:
     def needed(self, call) -> bool:
         if self._state.machine.auth.enabled:
             return True
-        metadata = _call_metadata(call)
+        metadata = _context(call).invocation_metadata()
         return bool(metadata) and _token_in(metadata) is not None
 
     def needed_by_reply(self, reply) -> bool:
@@ -170,13 +155,13 @@ class AuthGate:
         measured: benchmarks/why.md)."""
         if self._state.machine.auth.enabled:
             return True
-        metadata = reply.__self__.metadata
+        metadata = metadata_of(reply)
         return bool(metadata) and _token_in(metadata) is not None
 
     async def who(self, call) -> AuthInfo | None:
         """The sender of a call (None: nobody named); raises etcd's invalid
         auth token for a token this member does not know."""
-        token = _token_in(_call_metadata(call))
+        token = _token_in(_context(call).invocation_metadata() or ())
         if token is None:
             if self.client_cert_auth:
                 cn = _certificate_cn(call)
