@@ -106,6 +106,10 @@ def auth_script(s: Session) -> None:
     c(f"txn {ALICE}", stdin='\nput foo1 v4\n\nput bar v\n\n')               # denied: failure op
     c(f"get foo1 {ROOT}")
     c(f"get '' --from-key {ROOT}")
+    # --- watches: checked when created ---------------------------------------------
+    s.watch(f"watch foo1 --rev=1 {BOB}", lambda out: "v3" in out)
+    s.watch(f"watch bar0 bar9 {ALICE}", lambda out: "canceled" in out)   # refused: etcdctl exits
+    s.watch(f"watch foo --prefix --rev=1 --user=bob:wrong", lambda out: "failed" in out)
     # --- leases --------------------------------------------------------------------
     s.grant("L1", f"lease grant 600 {ALICE}")
     c(f"put foo5 v5 --lease={{L1}} {ALICE}")
