@@ -426,11 +426,12 @@ def test_simple_tokens_expire_after_their_ttl(procs, tmp_path):
         c.close()
 
 
-@pytest.mark.parametrize("kind", ["etcd", "etcdlite"])
+@pytest.mark.parametrize("kind", ["etcd", "etcdlite", "etcdlite-grpcio"])
 @pytest.mark.process
 def test_client_certificate_common_name_is_the_user(procs, tmp_path, kind):
     """With --client-cert-auth, a call without a token is the user its
-    verified certificate names (CN), as etcd does."""
+    verified certificate names (CN), as etcd does (on both of etcdlite's
+    gRPC servers)."""
     from test_client_tls import CA, TLSMember, client_creds
 
     from harness.procs import DEFAULT_READY_TIMEOUT
@@ -438,9 +439,10 @@ def test_client_certificate_common_name_is_the_user(procs, tmp_path, kind):
     ca = CA(tmp_path, "auth-ca")
     server_cert, server_key = ca.issue("server", server=True)
     certs = {cn: ca.issue(cn, server=False) for cn in ("root", "alice", "mallory")}
-    m = TLSMember(kind, "cn0", tmp_path, dict(cert_file=server_cert, key_file=server_key,
-                                              trusted_ca_file=ca.path, client_cert_auth=True),
-                  procs, DEFAULT_READY_TIMEOUT)
+    flags = dict(cert_file=server_cert, key_file=server_key, trusted_ca_file=ca.path, client_cert_auth=True)
+    if kind == "etcdlite-grpcio":
+        kind, flags["experimental_grpc_server"] = "etcdlite", "grpcio"
+    m = TLSMember(kind, "cn0", tmp_path, flags, procs, DEFAULT_READY_TIMEOUT)
     m.probe_ca, m.probe_cert = ca.path, certs["mallory"]
     m.start()
     channels = {cn: grpc.secure_channel(m.endpoint, client_creds(ca.path, cert)) for cn, cert in certs.items()}
