@@ -8,7 +8,9 @@ command.
 
 A command is `(Op, serialized request)`, or `(Op.PUT_VALUE, key, value)` for
 a put with nothing but a key and a value (the bulk of a busy member's writes:
-nothing to parse when it is applied). `apply` returns the response (its
+nothing to parse when it is applied); with auth enabled, a request carries
+its sender: `(Op, serialized request, user, auth revision)` (the Auth
+service's commands and the checks: etcdlite.auth_apply). `apply` returns the response (its
 header carries only the revision; the server fills in the rest) or an
 `EtcdError`, and the events that watchers must see.
 """
@@ -21,6 +23,8 @@ from enum import IntEnum
 import grpc
 
 from etcdlite import errors
+from etcdlite.auth_apply import FIRST_AUTH_OP, apply_auth, check_write, sender
+from etcdlite.auth_store import AuthStore
 from etcdlite.lease_table import LeaseTable
 from etcdlite.membership import MemberTable
 from etcdlite.mvcc import DELETE, CompactedError, Event, FutureRevisionError, KeyValue, MVCCStore
@@ -53,6 +57,7 @@ class Op(IntEnum):
     # command is (PUT_VALUE, key, value), no request to serialize and parse
     # (only `StateMachine.apply_batch` takes it)
     PUT_VALUE = 13
+    # 14 and on: the Auth service's (etcdlite.auth_apply.AuthOp)
 
 
 def kv_to_pb(kv: KeyValue, keys_only: bool = False) -> kv_pb2.KeyValue:
@@ -159,12 +164,19 @@ _PutRequest = pb.PutRequest.FromString
 
 
 class StateMachine:
-    """The MVCC store and the lease table, changed only through `apply`."""
+    """The MVCC store, the lease table, the member table and the auth store,
+    changed only through `apply`."""
 
     def __init__(self):
         self.kv = MVCCStore()
         self.leases = LeaseTable()
         self.members = MemberTable()
+        self.auth = AuthStore()
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if "auth" not in state:  # a snapshot from before auth
+            self.auth = AuthStore()
 
     def apply_batch(self, commands) -> list[tuple[int, object, object, int]]:
         """Apply a log entry's commands in order: for each, (op, its result,
@@ -179,14 +191,30 @@ class StateMachine:
         append = applied.append
         kv = self.kv
         put = kv.put_record
+        # with auth enabled every command's sender is checked first (`_refusal`)
+        guarded = self.auth.enabled
         for command in commands:
             op = command[0]
             if op == _PUT_VALUE:
+                if guarded:  # sent while auth was disabled: nobody's
+                    append((op, errors.USER_EMPTY, [], kv.current_revision))
+                    continue
                 key, value = command[1], command[2]
             else:
                 data = command[1]
-                p = None  # a Put's PutRequest, parsed once for both paths
-                if op == _PUT:
+                p = None  # a Put's PutRequest, parsed once for all paths
+                if len(command) > 2 or guarded or op >= FIRST_AUTH_OP:
+                    if op >= FIRST_AUTH_OP:
+                        result, events = apply_auth(self, command)
+                        guarded = self.auth.enabled
+                        append((op, result, events, kv.current_revision))
+                        continue
+                    if guarded:
+                        refused, p = self._refusal(command)
+                        if refused is not None:
+                            append((op, refused, [], kv.current_revision))
+                            continue
+                if op == _PUT and p is None:
                     try:
                         p = _PutRequest(data)
                     except Exception:
@@ -203,6 +231,17 @@ class StateMachine:
             revision = record[0]
             append((op, revision, events, revision))
         return applied
+
+    def _refusal(self, command) -> tuple[errors.EtcdError | None, object]:
+        """With auth enabled: (etcd's error if the command's sender may not
+        make it, else None; a Put's parsed request, else None)."""
+        try:
+            return None, check_write(self, command[0], command[1], sender(command))
+        except errors.EtcdError as err:
+            return err, None
+        except Exception as exc:  # a request that does not parse: apply() answers for it
+            log.debug("checking command %r failed: %r", command[0], exc)
+            return None, None
 
     def apply(self, op: int, data: bytes, parsed=None) -> tuple[object, list[Event]]:
         """One command: (its result, its events). `parsed`: a Put's

@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PEM CA certificate(s) that client certificates must be signed by (with --client-cert-auth)")
     p.add_argument("--client-cert-auth", action="store_true",
                    help="require and verify client certificates signed by --trusted-ca-file")
+    p.add_argument("--auth-token", default="simple",
+                   help="token type given by Authenticate: only etcd's 'simple' (random, kept by "
+                        "the members) is served; 'jwt' is not")
+    p.add_argument("--auth-token-ttl", type=int, default=300,
+                   help="seconds a simple token lives after its last use")
     p.add_argument("--experimental-grpc-server", default="h2", choices=["h2", "grpcio"],
                    help="h2: etcdlite's gRPC server, run in the member's event loop (default); "
                         "grpcio: grpc.aio's server (measured slower: see benchmarks/results.md)")
@@ -93,6 +98,10 @@ def config_from_args(args: argparse.Namespace) -> MemberConfig:
             password = f.read().strip()
         if not password:
             raise ConfigError(f"{args.peer_secret_file} is empty")
+    if args.auth_token.split(",")[0] != "simple":
+        raise ConfigError(f"--auth-token {args.auth_token!r} is not served: etcdlite gives etcd's 'simple' tokens only")
+    if args.auth_token_ttl <= 0:
+        raise ConfigError("--auth-token-ttl must be a positive number of seconds")
     if not 1 <= args.max_concurrent_streams < 2**32:
         raise ConfigError(f"--max-concurrent-streams must be between 1 and {2**32 - 1}")
     return MemberConfig(
@@ -117,6 +126,7 @@ def config_from_args(args: argparse.Namespace) -> MemberConfig:
         key_file=args.key_file,
         trusted_ca_file=args.trusted_ca_file,
         client_cert_auth=args.client_cert_auth,
+        auth_token_ttl=float(args.auth_token_ttl),
         grpc_server=args.experimental_grpc_server,
         unsafe_no_fsync=args.unsafe_no_fsync,
     )

@@ -150,6 +150,8 @@ class MemberConfig:
     client_cert_auth: bool = False
     # etcd 3.5's --unsafe-no-fsync: nothing is synced (a power loss can lose acknowledged writes)
     unsafe_no_fsync: bool = False
+    # etcd's --auth-token-ttl: a simple token lives this long after its last use
+    auth_token_ttl: float = 300.0
     # "h2": etcdlite's own gRPC server in the member's loop (the grpclite package);
     # "grpcio": grpc.aio's server (the C core's threads)
     grpc_server: str = "h2"

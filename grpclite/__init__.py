@@ -40,8 +40,9 @@ The modules, one idea each:
 
 from __future__ import annotations
 
-from grpclite.context import ServicerContext
+from grpclite.context import ServicerContext, context_of, metadata_of
 from grpclite.server import GrpcServer, server_ssl_context
 from grpclite.servicer import add_servicer, serialize
 
-__all__ = ["GrpcServer", "ServicerContext", "add_servicer", "serialize", "server_ssl_context"]
+__all__ = ["GrpcServer", "ServicerContext", "add_servicer", "context_of", "metadata_of", "serialize",
+           "server_ssl_context"]

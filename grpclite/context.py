@@ -1,8 +1,11 @@
 """What a handler sees of its call: grpc.aio's ServicerContext, and how a call ends early.
 
 Handlers are grpcio servicers; they get a context with grpc.aio's methods
-(abort, set_code, set_details, peer, invocation_metadata, time_remaining, ...)
-plus try_write/writable for a handler that writes without awaiting each message.
+(abort, set_code, set_details, peer, invocation_metadata, auth_context,
+time_remaining, ...) plus try_write/writable for a handler that writes without
+awaiting each message. A callback handler (GrpcServer.set_unary_callback) gets
+no context: `context_of(reply)` makes one, `metadata_of(reply)` is the cheap way
+to its call's metadata.
 """
 
 from __future__ import annotations
@@ -69,6 +72,20 @@ class ServicerContext:
     def peer(self) -> str:
         return self._stream.conn.peer
 
+    def auth_context(self) -> dict[str, list[bytes]]:
+        """As grpc.aio's: on a TLS connection whose client presented a
+        certificate the server verified, its security type and the
+        certificate's common name (x509_common_name); else empty."""
+        transport = self._stream.conn.transport
+        cert = transport.get_extra_info("peercert") if transport is not None else None
+        if not cert:
+            return {}
+        names = [value.encode() for rdn in cert.get("subject", ()) for name, value in rdn if name == "commonName"]
+        context = {"transport_security_type": [b"ssl"]}
+        if names:
+            context["x509_common_name"] = names
+        return context
+
     def time_remaining(self):
         d = self._stream.deadline
         return None if d is None else max(0.0, d - time.monotonic())
@@ -109,3 +126,14 @@ class ServicerContext:
 
     async def read(self):
         return await self._stream.next_request()
+
+
+def context_of(reply) -> ServicerContext:
+    """The context of the call that a callback handler's `reply` answers."""
+    return ServicerContext(reply.__self__)
+
+
+def metadata_of(reply):
+    """The request metadata of the call that a callback handler's `reply`
+    answers, as invocation_metadata() gives it."""
+    return reply.__self__.metadata

@@ -33,12 +33,15 @@ def test_wire_names_match_etcd():
     assert rpc_pb2.DESCRIPTOR.package == "etcdserverpb"
     assert kv_pb2.DESCRIPTOR.package == "mvccpb"
     services = rpc_pb2.DESCRIPTOR.services_by_name
-    assert set(services) == {"KV", "Watch", "Lease", "Cluster", "Maintenance"}
+    assert set(services) == {"KV", "Watch", "Lease", "Cluster", "Maintenance", "Auth"}
+    assert services["Auth"].methods_by_name["Authenticate"].full_name == "etcdserverpb.Auth.Authenticate"
     assert services["KV"].methods_by_name["Range"].full_name == "etcdserverpb.KV.Range"
     # a few field numbers clients depend on
     assert rpc_pb2.WatchResponse.DESCRIPTOR.fields_by_name["events"].number == 11
     assert rpc_pb2.Compare.DESCRIPTOR.fields_by_name["range_end"].number == 64
     assert rpc_pb2.StatusResponse.DESCRIPTOR.fields_by_name["raftAppliedIndex"].number == 7
+    assert rpc_pb2.AuthRoleRevokePermissionRequest.DESCRIPTOR.fields_by_name["range_end"].number == 3
+    assert rpc_pb2.AuthUserAddRequest.DESCRIPTOR.fields_by_name["options"].number == 3
 
 
 def test_kubelet_api_names():

@@ -127,6 +127,7 @@ class _Member:
     def __init__(self):
         self.hub = WatchHub(1)
         self.cfg = SimpleNamespace(max_request_bytes=1 << 20)
+        self.auth = SimpleNamespace(needed=lambda call: False)  # auth disabled, no token sent
 
     def header(self, header, revision=None) -> None:
         header.revision = self.hub.revision if revision is None else revision
@@ -161,7 +162,7 @@ def test_requests_wait_while_the_stream_queue_is_over_its_limits(monkeypatch):
             while True:
                 yield await requests.get()
 
-        reader = asyncio.get_running_loop().create_task(WatchService(member)._read(stream, incoming()))
+        reader = asyncio.get_running_loop().create_task(WatchService(member)._read(stream, incoming(), None))
         try:
             await _turns()
             assert (len(stream.watchers), len(stream.queue)) == (11, 11)

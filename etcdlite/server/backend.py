@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from etcdlite.apply import Op, StateMachine
     from etcdlite.config import MemberConfig
     from etcdlite.lessor import Lessor
+    from etcdlite.server.auth import AuthGate
     from etcdlite.watch_hub import WatchHub
 
 T = TypeVar("T")
@@ -56,12 +57,15 @@ class Backend(Protocol):
     hub: WatchHub  # watchers, and the newest revision published to them
     lessor: Lessor  # lease IDs and remaining TTLs (the leader's clock)
     raft: RaftStatus
+    auth: AuthGate  # who sends a call, and what they may read
 
-    def propose(self, op: Op, request) -> Awaitable[object]:
+    def propose(self, op: Op, request, tail: tuple = ()) -> Awaitable[object]:
         """Replicate one request (a protobuf message, or None) and return its
-        result once applied here; raises its EtcdError."""
+        result once applied here; raises its EtcdError. `tail`: what the
+        command carries after the request (with auth, its sender: see
+        etcdlite.apply)."""
 
-    def submit(self, op: Op, request, on_done: OnDone, data: bytes | None = None) -> None:
+    def submit(self, op: Op, request, on_done: OnDone, data: bytes | None = None, tail: tuple = ()) -> None:
         """propose() for callers without a coroutine: on_done runs once the
         request is applied here (or failed), inside the apply. `data`: the
         request's bytes, when the caller has them. Raises EtcdError at once

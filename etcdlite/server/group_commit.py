@@ -111,18 +111,20 @@ class GroupCommit:
         self._batches: collections.deque[_Batch] = collections.deque()
         self._sweeper: asyncio.TimerHandle | None = None
 
-    async def propose(self, op: Op, request) -> object:
-        """Replicate one request and return its result once applied here."""
+    async def propose(self, op: Op, request, tail: tuple = ()) -> object:
+        """Replicate one request and return its result once applied here.
+        `tail`: what the command carries after the request (its sender with
+        auth: see etcdlite.apply)."""
         fut = self.loop.create_future()
-        self._enqueue(op, request, functools.partial(_resolve, fut))
+        self._enqueue(op, request, functools.partial(_resolve, fut), None, tail)
         return await fut
 
-    def submit(self, op: Op, request, on_done, data: bytes | None = None) -> None:
+    def submit(self, op: Op, request, on_done, data: bytes | None = None, tail: tuple = ()) -> None:
         """propose() for callers without a coroutine: on_done(result, error)
         runs once the request is applied here (or failed), inside the apply.
         `data`: the request's bytes, when the caller has them (else it is
         serialized). Raises EtcdError at once for a request too large."""
-        self._enqueue(op, request, on_done, data)
+        self._enqueue(op, request, on_done, data, tail)
 
     def submit_put_value(self, key: bytes, value: bytes, on_done, size: int) -> None:
         """submit() for a Put of only a key and a value (no lease, prev_kv or
@@ -130,10 +132,10 @@ class GroupCommit:
         where it is applied. `size`: the request's bytes on the wire."""
         self._queue((_PUT_VALUE, key, value), size, on_done)
 
-    def _enqueue(self, op: Op, request, on_done, data: bytes | None = None) -> None:
+    def _enqueue(self, op: Op, request, on_done, data: bytes | None = None, tail: tuple = ()) -> None:
         if data is None:
             data = request.SerializeToString() if request is not None else b""
-        self._queue((int(op), data), len(data), on_done)
+        self._queue((int(op), data, *tail) if tail else (int(op), data), len(data), on_done)
 
     def _queue(self, command: tuple, size: int, on_done) -> None:
         if size > self._max_request_bytes:

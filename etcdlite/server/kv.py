@@ -1,5 +1,8 @@
 """The KV service: Range, Put, DeleteRange, Txn, Compact.
 
+With auth (etcdlite.server.auth), a Range is checked here after its read
+barrier; writes carry their sender into Raft and are checked where applied.
+
 The writes exist twice, as the same steps: coroutine methods (what grpc.aio's
 server runs, --experimental-grpc-server=grpcio) and callback handlers (what
 etcdlite's own server runs: no coroutine, task or future per call, which
@@ -7,6 +10,8 @@ cost a member CPU on every put; measured: benchmarks/why.md).
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from etcdlite.apply import Op, StateMachine
 from etcdlite.errors import EtcdError
@@ -35,6 +40,8 @@ class KVService(rpc_pb2_grpc.KVServicer):
         check_range(request)
         m = self.m
         await m.read_barrier(request.serializable)
+        if m.auth.needed(context):
+            await m.auth.check_read(context, request.key, request.range_end)
         resp = m.read(StateMachine.range, request)
         m.header(resp.header)
         return resp
@@ -55,25 +62,26 @@ class KVService(rpc_pb2_grpc.KVServicer):
         self.m.header(resp.header)
         return resp
 
-    async def _write(self, op: Op, request):
+    async def _write(self, op: Op, request, context):
         self._checked(op, request)
-        return self._response(await self.m.propose(op, request))
+        tail = await self.m.auth.sender(context)
+        return self._response(await self.m.propose(op, request, tail))
 
     @unary
     async def Put(self, request, context):
-        return await self._write(Op.PUT, request)
+        return await self._write(Op.PUT, request, context)
 
     @unary
     async def DeleteRange(self, request, context):
-        return await self._write(Op.DELETE_RANGE, request)
+        return await self._write(Op.DELETE_RANGE, request, context)
 
     @unary
     async def Txn(self, request, context):
-        return await self._write(Op.TXN, request)
+        return await self._write(Op.TXN, request, context)
 
     @unary
     async def Compact(self, request, context):
-        return await self._write(Op.COMPACT, request)
+        return await self._write(Op.COMPACT, request, context)
 
     # --- the same writes as callback handlers (GrpcServer.set_unary_callback) --
 
@@ -87,6 +95,21 @@ class KVService(rpc_pb2_grpc.KVServicer):
         submit, submit_put_value = self.m.submit, self.m.submit_put_value
         checked, response = self._checked, self._response
         is_put = op == Op.PUT
+        auth = self.m.auth
+        needed_by_reply = auth.needed_by_reply
+        identifying: set[asyncio.Task] = set()  # writes waiting to learn their sender
+
+        async def submit_with_sender(request, raw: bytes, done, reply) -> None:
+            # auth enabled or a token sent: who it is may take a read barrier
+            try:
+                submit(op, request, done, raw, await auth.sender(reply))
+            except EtcdError as err:
+                done(None, err)
+
+        def identify_then_submit(request, raw: bytes, done, reply) -> None:
+            task = asyncio.get_running_loop().create_task(submit_with_sender(request, raw, done, reply))
+            identifying.add(task)
+            task.add_done_callback(identifying.discard)
 
         def handler(request, reply, raw: bytes) -> None:
             def done(resp, error) -> None:
@@ -100,7 +123,9 @@ class KVService(rpc_pb2_grpc.KVServicer):
 
             try:
                 checked(op, request)
-                if is_put and not (request.lease or request.prev_kv or request.ignore_value
+                if needed_by_reply(reply):
+                    identify_then_submit(request, raw, done, reply)
+                elif is_put and not (request.lease or request.prev_kv or request.ignore_value
                                    or request.ignore_lease):
                     submit_put_value(request.key, request.value, done, len(raw))
                 else:

@@ -40,13 +40,15 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
             ID=request.ID or m.lessor.next_id(),
             TTL=max(request.TTL, MIN_LEASE_TTL),
         )
-        resp = await m.propose(Op.LEASE_GRANT, grant)
+        resp = await m.propose(Op.LEASE_GRANT, grant, await m.auth.sender(context))
         m.header(resp.header)
         return resp
 
     @unary
     async def LeaseRevoke(self, request, context):
-        resp = await self.m.propose(Op.LEASE_REVOKE, pb.LeaseRevokeRequest(ID=request.ID))
+        # checked where applied: the sender must be allowed to write every attached key
+        tail = await self.m.auth.sender(context)
+        resp = await self.m.propose(Op.LEASE_REVOKE, pb.LeaseRevokeRequest(ID=request.ID), tail)
         self.m.header(resp.header)
         return resp
 
@@ -67,6 +69,10 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         m = self.m
         await m.read_barrier()
         lease, keys, revision = m.read(_lease_of, request)
+        if keys and m.auth.needed(context):
+            # etcd 3.6's rule (3.4 has none): the attached keys only for who may read them
+            for key in keys:
+                await m.auth.check_read(context, key, b"")
         if lease is None:
             resp = pb.LeaseTimeToLiveResponse(ID=request.ID, TTL=-1)
         else:

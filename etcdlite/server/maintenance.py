@@ -114,6 +114,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     @unary
     async def Hash(self, request, context):
         m = self.m
+        await m.auth.check_admin(context)  # as etcd: the root role, with auth
         h, revision = m.read(_hash_and_revision)
         resp = pb.HashResponse(hash=h)
         m.header(resp.header, revision)
@@ -122,6 +123,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     @unary
     async def HashKV(self, request, context):
         m = self.m
+        await m.auth.check_admin(context)
         h, compact_rev, revision = m.read(_hash_kv, request.revision)
         resp = pb.HashKVResponse(hash=h, compact_revision=compact_rev)
         m.header(resp.header, revision)
@@ -133,6 +135,10 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         line, the pickled state padded to 512 bytes, and a sha256 of all
         that, as etcd appends one."""
         m = self.m
+        try:
+            await m.auth.check_admin(context)
+        except errors.EtcdError as err:
+            await context.abort(err.code, err.message)
         data, revision = m.read(_snapshot)
         data += b"\0" * (-len(data) % 512)
         data += hashlib.sha256(data).digest()
@@ -144,6 +150,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
 
     @unary
     async def Defragment(self, request, context):
+        await self.m.auth.check_admin(context)
         # nothing to defragment: the store lives in memory and in the raft log
         resp = pb.DefragmentResponse()
         self.m.header(resp.header, self.m.hub.revision)

@@ -26,6 +26,7 @@ from etcdlite.lessor import Lessor
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
 from etcdlite.raft import RaftNode
+from etcdlite.server.auth import AuthGate, AuthService
 from etcdlite.server.cluster import ClusterService
 from etcdlite.server.group_commit import GroupCommit
 from etcdlite.server.kv import KVService
@@ -66,6 +67,7 @@ class Member:
         self.raft: RaftNode | None = None
         self.hub = WatchHub(1)
         self.lessor = Lessor(self)
+        self.auth = AuthGate(self, cfg.auth_token_ttl, cfg.client_cert_auth)
         self.servers: list = []  # GrpcServer, or grpc.aio.Server with --experimental-grpc-server=grpcio
         self._h2_servers: list[GrpcServer] = []  # those of them that are GrpcServers
         self.client_ports: list[int] = []
@@ -112,6 +114,7 @@ class Member:
         self._tasks.append(loop.create_task(self._publish()))
         self._tasks.append(loop.create_task(self.lessor.run()))
         self._tasks.append(loop.create_task(self._progress_loop()))
+        self._tasks.append(loop.create_task(self.auth.run()))
 
     async def _serve(self, url: str, tls):
         """A gRPC server for one client URL, with every etcd service on it."""
@@ -133,6 +136,7 @@ class Member:
         rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(self), server)
         rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(self), server)
         rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(self), server)
+        rpc_pb2_grpc.add_AuthServicer_to_server(AuthService(self, self.auth), server)
         if isinstance(server, GrpcServer):
             host, _, port = address.rpartition(":")
             host = host.strip("[]")
@@ -248,6 +252,7 @@ class Member:
         the part's own bound method, bound once: nothing in between on the
         hot paths (Put, Range, watch events)."""
         self._state_lock, self._replicated = self.raft.lock, self.raft.state
+        self.auth.bind(self.raft.state)
         headers = ResponseHeaders(self.id, self.cluster_id, self.raft)
         commit = GroupCommit(loop, self.raft.propose, self.cfg.max_request_bytes,
                              before_answers=headers.check, after_answers=self._flush_answers)
