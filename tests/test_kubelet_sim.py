@@ -117,8 +117,10 @@ def test_bound_pods_become_running_and_ready(client, hollow):
         assert ipaddress.ip_address(p.status.pod_ip) in node_pod_cidr(index)
         assert [x.ip for x in p.status.pod_ips] == [p.status.pod_ip]
         assert p.status.start_time
-        assert {c.type: c.status for c in p.status.conditions} == {
-            "PodScheduled": "True", "Initialized": "True", "ContainersReady": "True", "Ready": "True"}
+        assert {c.type: c.status for c in p.status.conditions} == {  # as the real kubelet writes them
+            "PodScheduled": "True", "PodReadyToStartContainers": "True", "Initialized": "True",
+            "ContainersReady": "True", "Ready": "True"}
+        assert all(cs.container_id.startswith("hollow://") for cs in p.status.container_statuses)
         statuses = {cs.name: cs for cs in p.status.container_statuses}
         assert set(statuses) == {c.name for c in p.spec.containers}
         assert all(cs.ready and cs.state.running.started_at for cs in statuses.values())

@@ -13,9 +13,10 @@ node informer, and two small pools of workers — never a thread per node:
   ``status_report_interval``), and at once when someone else (the node
   lifecycle controller) marked a live node not Ready.
 - Pods bound to a live node go from Pending to Running and Ready
-  ``ready_delay`` seconds after the kubelet first saw them, with the
-  conditions, container statuses, podIP (from the node's pod CIDR), hostIP and
-  startTime a kubelet reports. A pod with a deletionTimestamp is deleted with
+  ``ready_delay`` seconds after the kubelet first saw them, with the status the
+  real kubelet would write for running containers (node/kubelet/status.py's
+  generate_pod_status: conditions, container statuses, QoS class, podIP from the
+  node's pod CIDR, hostIP, startTime). A pod with a deletionTimestamp is deleted with
   grace period 0 after a simulated grace: its deletionGracePeriodSeconds,
   capped at ``max_grace``.
 - ``stop_node(name)``: the node dies without being deleted: no more lease
@@ -48,6 +49,7 @@ from controllers.informer import NODE_INDEX, Informer, deep_copy, meta_namespace
 from controllers.leaderelection import now_micro
 from controllers.podutil import now_rfc3339
 from controllers.workqueue import RateLimitingQueue, start_workers
+from node.kubelet.status import all_running_snapshot, generate_pod_status, set_condition
 
 log = logging.getLogger("node.kubelet.hollow")
 
@@ -60,7 +62,6 @@ NODE_CONDITIONS_FALSE = (("MemoryPressure", "KubeletHasSufficientMemory",
                           "kubelet has sufficient memory available"),
                          ("DiskPressure", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
                          ("PIDPressure", "KubeletHasSufficientPID", "kubelet has sufficient PID available"))
-POD_CONDITIONS = ("PodScheduled", "Initialized", "ContainersReady", "Ready")
 HEARTBEAT_WORKERS = 2
 
 
@@ -90,36 +91,6 @@ def is_running_and_ready(pod) -> bool:
     if pod.status.phase != "Running" or not pod.status.pod_ip:
         return False
     return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions)
-
-
-def qos_class(spec) -> str:
-    """Kubernetes' QoS class of a pod spec (requests and limits of cpu and memory)."""
-    containers = list(spec.containers) + list(spec.init_containers)
-    requests = [dict(c.resources.requests) for c in containers]
-    limits = [dict(c.resources.limits) for c in containers]
-    tracked = ("cpu", "memory")
-    if not any(r.get(k) for r in requests + limits for k in tracked):
-        return "BestEffort"
-    if all(lim.get(k) and req.get(k, lim.get(k)) == lim.get(k)
-           for req, lim in zip(requests, limits) for k in tracked):
-        return "Guaranteed"
-    return "Burstable"
-
-
-def _set_condition(conditions, type_: str, status: str, now: str, *, reason: str = "",
-                   message: str = "", heartbeat: bool = False) -> None:
-    """Sets one condition in a repeated Condition field, keeping its
-    lastTransitionTime while its status stays the same."""
-    for c in conditions:
-        if c.type == type_:
-            break
-    else:
-        c = conditions.add(type=type_)
-    if c.status != status or not c.last_transition_time:
-        c.last_transition_time = now
-    c.status, c.reason, c.message = status, reason, message
-    if heartbeat:
-        c.last_heartbeat_time = now
 
 
 @dataclass
@@ -270,9 +241,9 @@ class HollowNodes:
     def _fill_node_conditions(conditions) -> None:
         now = now_rfc3339()
         for type_, reason, message in NODE_CONDITIONS_FALSE:
-            _set_condition(conditions, type_, "False", now, reason=reason, message=message,
+            set_condition(conditions, type_, "False", now, reason=reason, message=message,
                            heartbeat=True)
-        _set_condition(conditions, "Ready", "True", now, reason="KubeletReady",
+        set_condition(conditions, "Ready", "True", now, reason="KubeletReady",
                        message="kubelet is posting ready status", heartbeat=True)
 
     def _register(self, node: _HollowNode) -> None:
@@ -416,28 +387,10 @@ class HollowNodes:
     def _running(self, pod, node: _HollowNode):
         """The pod as its kubelet reports it once its containers run."""
         new = deep_copy(pod)
-        st = new.status
-        now = now_rfc3339()
-        st.phase = "Running"
-        st.host_ip = node.internal_ip
-        if not st.pod_ip:
-            st.pod_ip = self._allocate_ip(node, pod)
-        del st.pod_ips[:]
-        st.pod_ips.add(ip=st.pod_ip)
-        st.start_time = st.start_time or now
-        st.qos_class = qos_class(pod.spec)
-        st.reason = st.message = ""
-        for type_ in POD_CONDITIONS:
-            _set_condition(st.conditions, type_, "True", now)
-        previous = {cs.name: cs for cs in pod.status.container_statuses}
-        del st.container_statuses[:]
-        for c in pod.spec.containers:
-            cs = st.container_statuses.add(name=c.name, image=c.image, ready=True, started=True)
-            cs.container_id = f"hollow://{pod.metadata.uid[:8]}-{c.name}"
-            before = previous.get(c.name)
-            cs.restart_count = before.restart_count if before is not None else 0
-            started = before.state.running.started_at if before is not None else ""
-            cs.state.running.started_at = started or now
+        ip = pod.status.pod_ip or self._allocate_ip(node, pod)
+        # what the real kubelet would write once the pod's containers run (node/kubelet/status.py)
+        new.status.CopyFrom(generate_pod_status(pod, all_running_snapshot(pod, ip, time.time()),
+                                                runtime_name="hollow", host_ip=node.internal_ip))
         return new
 
     def _allocate_ip(self, node: _HollowNode, pod) -> str:
