@@ -49,6 +49,7 @@ from controllers.informer import NODE_INDEX, Informer, deep_copy, meta_namespace
 from controllers.leaderelection import now_micro
 from controllers.podutil import now_rfc3339
 from controllers.workqueue import RateLimitingQueue, start_workers
+from node.kubelet.nodeagent import get_or_create_lease
 from node.kubelet.status import all_running_snapshot, generate_pod_status, set_condition
 
 log = logging.getLogger("node.kubelet.hollow")
@@ -270,7 +271,7 @@ class HollowNodes:
         lease = node.lease
         try:
             if lease is None:
-                lease = self._get_or_create_lease(node)
+                lease = get_or_create_lease(self.client, node.name, node.uid, self.lease_duration)
             renewed = deep_copy(lease)
             renewed.spec.renew_time = now_micro()
             renewed.spec.holder_identity = node.name
@@ -279,36 +280,6 @@ class HollowNodes:
         except ApiError:
             node.lease = None  # read it afresh on the retry
             raise
-
-    def _get_or_create_lease(self, node: _HollowNode) -> coordination_pb2.Lease:
-        try:
-            return self.client.get("leases", node.name, LEASE_NAMESPACE)
-        except ApiError as e:
-            if e.reason != "NotFound":
-                raise
-        self._ensure_lease_namespace()
-        lease = coordination_pb2.Lease()
-        lease.metadata.name = node.name
-        lease.metadata.namespace = LEASE_NAMESPACE
-        # the node owns its lease: the garbage collector removes it with the node
-        lease.metadata.owner_references.add(api_version="v1", kind="Node", name=node.name,
-                                            uid=node.uid)
-        lease.spec.holder_identity = node.name
-        lease.spec.lease_duration_seconds = self.lease_duration
-        lease.spec.renew_time = now_micro()
-        try:
-            return self.client.create(lease)
-        except ApiError as e:
-            if e.reason != "AlreadyExists":
-                raise
-            return self.client.get("leases", node.name, LEASE_NAMESPACE)
-
-    def _ensure_lease_namespace(self) -> None:
-        try:
-            self.client.create(core_pb2.Namespace(metadata={"name": LEASE_NAMESPACE}))
-        except ApiError as e:
-            if e.reason != "AlreadyExists":
-                raise
 
     def _report_status(self, node: _HollowNode) -> None:
         current = self._node_informer.store.get(node.name)

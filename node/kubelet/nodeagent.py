@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from apiserver.errors import ApiError
 from apiserver.pb import coordination_pb2, core_pb2
+from apiserver.resources import NAMESPACE_NODE_LEASE as LEASE_NAMESPACE
 from controllers.informer import deep_copy
 from controllers.leaderelection import now_micro
 from controllers.podutil import now_rfc3339
@@ -27,7 +28,6 @@ from node.kubelet.status import set_condition
 
 log = logging.getLogger("node.kubelet.nodeagent")
 
-LEASE_NAMESPACE = "kube-node-lease"
 KUBELET_VERSION = "v1.30.0-real"
 PRESSURE_CONDITIONS = (("MemoryPressure", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
                        ("DiskPressure", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
@@ -56,6 +56,33 @@ def os_image() -> str:
     except OSError:
         pass
     return "Linux"
+
+
+def get_or_create_lease(client, node: str, node_uid: str, duration: int) -> coordination_pb2.Lease:
+    """The node's Lease in kube-node-lease (made, with its namespace, when missing), owned by
+    the Node so that the garbage collector removes it with the node."""
+    try:
+        return client.get("leases", node, LEASE_NAMESPACE)
+    except ApiError as e:
+        if e.reason != "NotFound":
+            raise
+    try:
+        client.create(core_pb2.Namespace(metadata={"name": LEASE_NAMESPACE}))
+    except ApiError as e:
+        if e.reason != "AlreadyExists":
+            raise
+    lease = coordination_pb2.Lease()
+    lease.metadata.name, lease.metadata.namespace = node, LEASE_NAMESPACE
+    lease.metadata.owner_references.add(api_version="v1", kind="Node", name=node, uid=node_uid)
+    lease.spec.holder_identity = node
+    lease.spec.lease_duration_seconds = duration
+    lease.spec.renew_time = now_micro()
+    try:
+        return client.create(lease)
+    except ApiError as e:
+        if e.reason != "AlreadyExists":
+            raise
+        return client.get("leases", node, LEASE_NAMESPACE)
 
 
 class NodeAgent:
@@ -160,28 +187,7 @@ class NodeAgent:
             raise
 
     def _get_or_create_lease(self) -> coordination_pb2.Lease:
-        try:
-            return self.client.get("leases", self.name, LEASE_NAMESPACE)
-        except ApiError as e:
-            if e.reason != "NotFound":
-                raise
-        try:
-            self.client.create(core_pb2.Namespace(metadata={"name": LEASE_NAMESPACE}))
-        except ApiError as e:
-            if e.reason != "AlreadyExists":
-                raise
-        lease = coordination_pb2.Lease()
-        lease.metadata.name, lease.metadata.namespace = self.name, LEASE_NAMESPACE
-        lease.metadata.owner_references.add(api_version="v1", kind="Node", name=self.name, uid=self.uid)
-        lease.spec.holder_identity = self.name
-        lease.spec.lease_duration_seconds = self.lease_duration
-        lease.spec.renew_time = now_micro()
-        try:
-            return self.client.create(lease)
-        except ApiError as e:
-            if e.reason != "AlreadyExists":
-                raise
-            return self.client.get("leases", self.name, LEASE_NAMESPACE)
+        return get_or_create_lease(self.client, self.name, self.uid, self.lease_duration)
 
     # ---- the loop ----
 
