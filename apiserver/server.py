@@ -15,6 +15,7 @@ from apiserver.encryption import TransformError, load_transformer
 from apiserver.errors import ApiError
 from apiserver.etcd3 import Etcd, parse_servers
 from apiserver.registry import Options, Registry
+from apiserver.rest import serving as rest_serving
 from apiserver.service import ApiServerService, add_to_server
 from apiserver.storage import Storage
 from apiserver.watch_cache import WatchCache
@@ -82,6 +83,10 @@ async def serve(args: argparse.Namespace, transformer) -> int:
     # thread hand-offs per message (measured: benchmarks/why.md)
     server = GrpcServer(max_receive_message_length=MAX_RECEIVE_BYTES, eager_unary=False)  # uses asyncio.timeout
     add_to_server(ApiServerService(registry), server)
+    # Kubernetes' REST API on the same port: connections that do not open with HTTP/2's
+    # preface are HTTP/1.1 (kubectl and client-go over http://)
+    rest = rest_serving.front(registry)
+    server.http1_protocol = rest.protocol
     address = f"{args.bind_address}:{args.port}"
     host = "127.0.0.1" if args.bind_address == "localhost" else args.bind_address.strip("[]")
     try:
@@ -91,13 +96,14 @@ async def serve(args: argparse.Namespace, transformer) -> int:
                   address, err.strerror or err)
         return 1
     await server.start()
-    log.info("apiserver serving on %s:%d (etcd %s)", args.bind_address, port, ",".join(etcd.endpoints))
+    log.info("apiserver serving gRPC and REST on %s:%d (etcd %s)", args.bind_address, port, ",".join(etcd.endpoints))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
+    await rest.close()
     await server.stop(grace=1.0)
     await asyncio.gather(*(cache.stop() for cache in caches.values()), return_exceptions=True)
     await etcd.close()

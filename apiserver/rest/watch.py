@@ -1,0 +1,62 @@
+"""Watch over HTTP: the registry's watch as newline-delimited JSON events
+({"type", "object"}) in a chunked response, as kube-apiserver streams them.
+
+An error after the stream started (a resourceVersion too old: 410 Expired,
+a watcher that fell behind) is an ERROR event whose object is the Status,
+then the stream ends; ``timeoutSeconds`` ends it cleanly. Bookmarks carry
+only the kind, apiVersion and resourceVersion, as Kubernetes sends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from apiserver.errors import ApiError
+from apiserver.rest import convert, tables
+from apiserver.rest.status import status_dict
+
+
+def _line(kind: str, obj: dict) -> bytes:
+    return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
+
+
+async def stream(events, res, *, timeout: float | None, table_type: str = "", include: str = ""):
+    """The bytes of each event of ``events`` (the registry's watch iterator)."""
+    deadline = time.monotonic() + timeout if timeout else None
+    it = aiter(events)
+    first_table = True
+    try:
+        while True:
+            try:
+                if deadline is None:
+                    kind, msg = await anext(it)
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    kind, msg = await asyncio.wait_for(anext(it), left)
+            except (StopAsyncIteration, asyncio.TimeoutError):
+                return
+            except ApiError as e:
+                yield _line("ERROR", status_dict(e))
+                return
+            if kind == "BOOKMARK":
+                obj = {"kind": res.kind, "apiVersion": res.api_version,
+                       "metadata": {"resourceVersion": msg.metadata.resource_version}}
+                yield _line(kind, obj)
+                continue
+            obj = convert.to_json(msg)
+            if table_type:
+                # a Table per event; only the first carries the column definitions
+                t = tables.table(res.name, [obj], {"resourceVersion": msg.metadata.resource_version},
+                                 include)
+                if not first_table:
+                    t["columnDefinitions"] = []
+                first_table = False
+                obj = t
+            yield _line(kind, obj)
+    finally:
+        if hasattr(events, "aclose"):
+            await events.aclose()
