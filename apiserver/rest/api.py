@@ -13,7 +13,7 @@ import yaml
 from apiserver import errors, manifest, resources
 from apiserver.errors import ApiError
 from apiserver.registry import Registry
-from apiserver.rest import convert, discovery, openapi, patch, routing, tables, watch
+from apiserver.rest import convert, discovery, openapi, patch, protobuf, routing, tables, watch
 from apiserver.rest.http1 import Request, Response, json_response
 from apiserver.rest.status import error_response, http_error, success
 
@@ -355,13 +355,15 @@ def _parse_body(req: Request):
             raise errors.bad_request(f"couldn't get version/kind; json parse error: {e}") from None
         except RecursionError:
             raise errors.bad_request("couldn't get version/kind; json parse error: exceeded max depth") from None
+    if kind == protobuf.CONTENT_TYPE:
+        return protobuf.decode(req.body)
     if kind in ("application/yaml", "application/x-yaml", "text/yaml"):
         try:
             return yaml.safe_load(req.body)
         except yaml.YAMLError as e:
             raise errors.bad_request(f"error converting YAML to JSON: {e}") from None
     raise errors.bad_request(f"the body of the request was in an unknown format - accepted media "
-                             f"types include: application/json, application/yaml")
+                             f"types include: application/json, application/yaml, {protobuf.CONTENT_TYPE}")
 
 
 def _delete_options(req: Request) -> dict:

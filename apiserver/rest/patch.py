@@ -55,8 +55,7 @@ def _pointer(path: str) -> list[str]:
     if path == "":
         return []
     if not path.startswith("/"):
-        raise errors.bad_request(f'the server rejected our request due to an error in our request: '
-                                 f'invalid JSON pointer "{path}"')
+        raise _fail(f'invalid JSON pointer "{path}"')
     return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
 
 
@@ -72,7 +71,10 @@ def _index(container: list, token: str, *, adding: bool) -> int:
 
 
 def _fail(why: str):
-    return errors.ApiError("Invalid", f"the server rejected our request due to an error in our request: {why}")
+    """A patch that does not apply: kube-apiserver's 422 (apimachinery's
+    NewGenericServerResponse), the reason in its cause."""
+    return errors.ApiError("Invalid", "the server rejected our request due to an error in our request",
+                           causes=[("", "UnexpectedServerResponse", why)])
 
 
 def _parent(doc, tokens: list[str], path: str):
