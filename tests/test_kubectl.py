@@ -286,6 +286,41 @@ def test_watch_for_a_fixed_time(shop):
     assert proc.returncode == 0
 
 
+NODE_AND_POD = """\
+apiVersion: v1
+kind: Node
+metadata:
+  name: worker-1
+  labels: {node-role.kubernetes.io/worker: ""}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: bound
+  namespace: shop
+spec:
+  nodeName: worker-1
+  containers: [{name: c, image: busybox:1}]
+"""
+
+
+def test_cordon_taint_drain(shop):
+    shop("apply", "-f", "-", stdin=NODE_AND_POD)
+    assert shop("cordon", "worker-1").stdout.strip() == "node/worker-1 cordoned"
+    lines = shop("get", "nodes").stdout.splitlines()
+    assert lines[0].split() == ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]
+    # kube's node printer: no Ready condition is Unknown; cordoned adds SchedulingDisabled
+    assert lines[1].split()[:3] == ["worker-1", "Unknown,SchedulingDisabled", "worker"]
+    assert shop("taint", "nodes", "worker-1", "dedicated=db:NoSchedule").stdout.strip() == "node/worker-1 tainted"
+    taints = json.loads(shop("get", "node", "worker-1", "-o", "jsonpath={.spec.taints}").stdout)
+    assert taints == [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]
+    # drain finds pods/eviction (policy/v1) in discovery and evicts through it
+    out = shop("drain", "worker-1", "--force", "--grace-period=0", "--timeout=30s")
+    assert "pod/bound evicted" in out.stdout and "node/worker-1 drained" in out.stdout
+    shop("get", "pod", "bound", ok=False)
+    assert shop("uncordon", "worker-1").stdout.strip() == "node/worker-1 uncordoned"
+
+
 def test_explain_reads_openapi_v3(shop):
     out = shop("explain", "deployment.spec.replicas").stdout
     assert "GROUP:      apps" in out and "FIELD: replicas <integer>" in out

@@ -316,6 +316,22 @@ def test_scale_subresource(api):
     assert status == 422 and err["reason"] == "Invalid"
 
 
+def test_eviction_deletes_the_pod(api):
+    """policy/v1 Eviction on pods/eviction: 201 with a Success Status (no
+    PodDisruptionBudget kind is served to refuse it)."""
+    base = "/api/v1/namespaces/default/pods"
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "evicted"},
+           "spec": {"containers": [{"name": "c", "image": "busybox:1"}]}}
+    assert api.call("POST", base, pod)[0] == 201
+    eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "other"}}
+    status, _, err = api.call("POST", f"{base}/evicted/eviction", eviction)
+    assert status == 400 and err["message"] == "name in URL does not match name in Eviction object"
+    eviction["metadata"]["name"] = "evicted"
+    status, _, body = api.call("POST", f"{base}/evicted/eviction", eviction)
+    assert status == 201 and body["status"] == "Success" and body["code"] == 201
+    assert api.call("GET", f"{base}/evicted")[0] == 404
+
+
 # ---- tables ----
 
 def test_tables_have_kubectls_columns(api):

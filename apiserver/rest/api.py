@@ -94,6 +94,10 @@ class RestApi:
             if t.res.name not in discovery.SCALABLE:
                 return http_error(404, "the server could not find the requested resource")
             return await self._scale(req, t)
+        if t.subresource == "eviction" and t.res.name == "pods":
+            if m != "POST":
+                return http_error(405, "the server does not allow this method on the requested resource")
+            return await self._evict(req, t)
         if t.subresource not in ("", "status") or (t.subresource == "status" and not t.res.has_status):
             return http_error(404, "the server could not find the requested resource")
         if t.res.namespaced and not t.namespace and (t.name or m not in ("GET", "HEAD")):
@@ -306,6 +310,29 @@ class RestApi:
             items.append(_strip_kind(convert.to_json(gone)))
         return json_response({"kind": f"{t.res.kind}List", "apiVersion": t.res.api_version,
                               "metadata": {"resourceVersion": str(listed.revision)}, "items": items})
+
+    # ---- eviction (policy/v1) ----
+
+    async def _evict(self, req: Request, t: routing.Target) -> Response:
+        """A pod deleted with the Eviction's DeleteOptions. No PodDisruptionBudget
+        kind is served, so none can refuse it (kube would answer 429 then)."""
+        eviction = _parse_body(req)
+        if not isinstance(eviction, dict) or eviction.get("kind", "Eviction") != "Eviction":
+            raise errors.bad_request("the body of an eviction must be a policy/v1 Eviction")
+        name = (eviction.get("metadata") or {}).get("name", "")
+        if name != t.name:
+            raise errors.bad_request("name in URL does not match name in Eviction object")
+        opts = eviction.get("deleteOptions") or {}
+        pre = opts.get("preconditions") or {}
+        if not _dry_run(req, opts):
+            grace = opts.get("gracePeriodSeconds")
+            await self.registry.delete(
+                t.res, t.namespace, t.name, uid=pre.get("uid") or "",
+                resource_version=pre.get("resourceVersion") or "",
+                propagation_policy=opts.get("propagationPolicy") or "",
+                grace_period_seconds=int(grace) if grace is not None else None)
+        return json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                              "code": 201}, 201)
 
     # ---- scale (autoscaling/v1) ----
 

@@ -47,6 +47,8 @@ def subresources(res: Resource) -> list[tuple[str, str, str, list[str]]]:
         subs.append(("status", res.group, res.kind, ["get", "patch", "update"]))
     if res.name in SCALABLE:
         subs.append(("scale", "autoscaling", "Scale", ["get", "patch", "update"]))
+    if res.name == "pods":
+        subs.append(("eviction", "policy", "Eviction", ["create"]))
     return subs
 
 

@@ -24,6 +24,7 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from apiserver import errors, resources
 from apiserver.manifest import _NUMBER_AS_STRING
+from apiserver.pb import meta_pb2
 
 CONTENT_TYPE = "application/vnd.kubernetes.protobuf"
 MAGIC = b"k8s\x00"
@@ -241,11 +242,19 @@ def _delete_options(raw: bytes) -> dict:
 
 
 def decode(body: bytes) -> dict:
-    """The JSON form of a protobuf request body (an object of a kind served, or
-    DeleteOptions); BadRequest for anything else."""
+    """The JSON form of a protobuf request body (an object of a kind served,
+    DeleteOptions or an Eviction); BadRequest for anything else."""
     api_version, kind, raw = _unknown(body)
     if kind == "DeleteOptions":
         return {"kind": kind, "apiVersion": api_version, **_delete_options(raw)}
+    if kind == "Eviction":  # policy/v1 Eviction {metadata = 1, deleteOptions = 2}
+        out = {"kind": kind, "apiVersion": api_version}
+        for number, wire, value in _Reader(raw).fields():
+            if number == 1 and wire == 2:
+                out["metadata"] = message_to_dict(meta_pb2.ObjectMeta.DESCRIPTOR, value)
+            elif number == 2 and wire == 2:
+                out["deleteOptions"] = _delete_options(value)
+        return out
     res = resources.BY_KIND.get(kind)
     if res is None or res.api_version != api_version:
         raise errors.bad_request(f'no kind "{kind}" is registered for version "{api_version}"')
