@@ -18,7 +18,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from harness.plane import apiserver_on_etcdlite
+from harness.plane import apiserver_on_etcdlite, start_component
+from harness.procs import Registry
+
+from apiserver.rest.kubeconfig import write_kubeconfig
 
 pytestmark = pytest.mark.process
 
@@ -98,12 +101,7 @@ def plane(tmp_path_factory):
 @pytest.fixture(scope="module")
 def kubectl(plane, tmp_path_factory):
     home = tmp_path_factory.mktemp("kubectl-home")
-    config = home / "kubeconfig"
-    config.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "plane",
-        "clusters": [{"name": "plane", "cluster": {"server": f"http://127.0.0.1:{plane.port}"}}],
-        "contexts": [{"name": "plane", "context": {"cluster": "plane", "namespace": "shop"}}],
-        "users": []}))
+    config = Path(write_kubeconfig(str(home / "kubeconfig"), f"http://127.0.0.1:{plane.port}", namespace="shop"))
     cache = home / "cache"
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "KUBECONFIG": str(config)}
 
@@ -319,6 +317,75 @@ def test_cordon_taint_drain(shop):
     assert "pod/bound evicted" in out.stdout and "node/worker-1 drained" in out.stdout
     shop("get", "pod", "bound", ok=False)
     assert shop("uncordon", "worker-1").stdout.strip() == "node/worker-1 uncordoned"
+    # no kubelet runs it: gone, so that no later test's pods are scheduled to it
+    assert shop("delete", "node", "worker-1").stdout.strip() == 'node "worker-1" deleted'
+
+
+ROLL = """\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: rollout
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: roll
+  namespace: rollout
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: roll}
+  template:
+    metadata:
+      labels: {app: roll}
+    spec:
+      containers:
+      - name: c
+        image: busybox:1
+"""
+
+
+def test_rollout_with_the_controllers(shop, plane, tmp_path):
+    """kubectl rollout status/history/undo/restart read what the Deployment and ReplicaSet
+    controllers write (a scheduler and hollow kubelets make the pods Ready)."""
+    reg = Registry()
+    try:
+        for name, module, flags in (
+                ("controller-manager", "controllers.manager", dict(log_level="warning")),
+                ("scheduler", "controllers.scheduler", dict(log_level="warning")),
+                ("kubelets", "node.kubelet.hollow", dict(nodes=2, heartbeat_interval=1, ready_delay=0.2,
+                                                         log_level="warning"))):
+            start_component(tmp_path, name, module, plane.endpoint, reg, **flags)
+        shop("apply", "-f", "-", stdin=ROLL)
+
+        def status():
+            out = shop("rollout", "status", "deployment/roll", "-n", "rollout", "--timeout=90s").stdout
+            return out.splitlines()[-1]
+
+        # upstream: the last line once the new ReplicaSet is available and the old ones are gone
+        assert status() == 'deployment "roll" successfully rolled out'
+        out = shop("set", "image", "deployment/roll", "c=busybox:1.37", "-n", "rollout").stdout.strip()
+        assert out == "deployment.apps/roll image updated"
+        assert status() == 'deployment "roll" successfully rolled out'
+        lines = shop("rollout", "history", "deployment/roll", "-n", "rollout").stdout.splitlines()
+        # kubectl reads the revisions from the ReplicaSets' deployment.kubernetes.io/revision
+        assert [line.split() for line in lines if line.strip()] == [
+            ["deployment.apps/roll"], ["REVISION", "CHANGE-CAUSE"], ["1", "<none>"], ["2", "<none>"]]
+        out = shop("rollout", "undo", "deployment/roll", "-n", "rollout").stdout.strip()
+        assert out == "deployment.apps/roll rolled back"
+        assert status() == 'deployment "roll" successfully rolled out'
+        image = shop("get", "deploy", "roll", "-n", "rollout",
+                     "-o", "jsonpath={.spec.template.spec.containers[0].image}").stdout
+        assert image == "busybox:1"
+        out = shop("rollout", "restart", "deployment/roll", "-n", "rollout").stdout.strip()
+        assert out == "deployment.apps/roll restarted"
+        annotations = json.loads(shop("get", "deploy", "roll", "-n", "rollout",
+                                      "-o", "jsonpath={.spec.template.metadata.annotations}").stdout)
+        assert "kubectl.kubernetes.io/restartedAt" in annotations
+        assert status() == 'deployment "roll" successfully rolled out'
+    finally:
+        reg.cleanup()
 
 
 def test_explain_reads_openapi_v3(shop):
