@@ -393,6 +393,53 @@ def test_watch_streams_events_and_bookmarks(plane, api):
     assert api.call("GET", "/version")[0] == 200
 
 
+def test_watch_send_initial_events_ends_with_the_annotated_bookmark(plane, api):
+    """KEP-3157 (client-go's WatchList): the current objects as ADDED, a BOOKMARK annotated
+    k8s.io/initial-events-end, then the changes; apimachinery refuses it without
+    resourceVersionMatch=NotOlderThan and allowWatchBookmarks."""
+    base = "/api/v1/namespaces/default/configmaps"
+    for name in ("init-a", "init-b"):
+        api.call("POST", base, _cm(name, {"init": "1"}))
+    status, _, err = api.call("GET", f"{base}?watch=true&sendInitialEvents=true&allowWatchBookmarks=true")
+    assert status == 422 and err["reason"] == "Invalid" and "NotOlderThan" in err["message"]
+    status, _, err = api.call("GET", f"{base}?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan")
+    assert status == 422 and "allowWatchBookmarks" in err["message"]
+    sock, reader, head = _watch(plane.port, f"{base}?watch=true&sendInitialEvents=true&labelSelector=init%3D1"
+                                           "&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true")
+    try:
+        assert head[0] == "HTTP/1.1 200 OK"
+        first = [_event(reader) for _ in range(3)]
+        assert [(e["type"], e["object"]["metadata"].get("name")) for e in first] == [
+            ("ADDED", "init-a"), ("ADDED", "init-b"), ("BOOKMARK", None)]
+        assert first[2]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+        api.call("POST", base, _cm("init-c", {"init": "1"}))
+        event = _event(reader)
+        while event["type"] == "BOOKMARK":  # a periodic bookmark may come first
+            event = _event(reader)
+        assert (event["type"], event["object"]["metadata"]["name"]) == ("ADDED", "init-c")
+    finally:
+        sock.close()
+
+
+def test_watch_as_table(plane, api):
+    """kubectl get -w asks for Tables: each event's object is a Table of one row."""
+    base = "/apis/apps/v1/namespaces/default/deployments"
+    sock = socket.create_connection(("127.0.0.1", plane.port), timeout=10)
+    try:
+        sock.sendall(f"GET {base}?watch=true&labelSelector=app%3Dwatched-table HTTP/1.1\r\nHost: x\r\n"
+                     f"Accept: {TABLE}\r\n\r\n".encode())
+        reader = sock.makefile("rb")
+        while reader.readline() not in (b"\r\n", b""):
+            pass
+        api.call("POST", base, _deployment("watched-table"))
+        event = _event(reader)
+        assert event["type"] == "ADDED" and event["object"]["kind"] == "Table"
+        assert event["object"]["rows"][0]["cells"][0] == "watched-table"
+        assert event["object"]["columnDefinitions"][0]["name"] == "Name"
+    finally:
+        sock.close()
+
+
 def test_watch_from_a_too_old_resource_version_is_an_error_event_410(plane, api):
     """kube-apiserver answers 200 and then an ERROR event whose object is a Status with
     code 410, reason Expired (the reflector relists on it)."""

@@ -12,7 +12,7 @@ import yaml
 
 from apiserver import errors, manifest, resources
 from apiserver.errors import ApiError
-from apiserver.registry import Registry
+from apiserver.registry import Registry, parse_resource_version
 from apiserver.rest import convert, discovery, openapi, patch, protobuf, routing, tables, watch
 from apiserver.rest.http1 import Request, Response, json_response
 from apiserver.rest.status import error_response, http_error, success
@@ -106,7 +106,7 @@ class RestApi:
         if not t.name:
             if m in ("GET", "HEAD"):
                 if req.param("watch") in ("true", "1"):
-                    return self._watch(req, t)
+                    return await self._watch(req, t)
                 return await self._list(req, t)
             if m == "POST":
                 return await self._create(req, t)
@@ -157,21 +157,45 @@ class RestApi:
         return json_response({"kind": f"{t.res.kind}List", "apiVersion": t.res.api_version,
                               "metadata": meta, "items": [_strip_kind(o) for o in items]})
 
-    def _watch(self, req: Request, t: routing.Target) -> Response:
+    async def _watch(self, req: Request, t: routing.Target) -> Response:
         try:
             timeout = float(req.param("timeoutSeconds") or 0)
         except ValueError:
             raise errors.bad_request(f'invalid timeoutSeconds: "{req.param("timeoutSeconds")}"') from None
         rv = req.param("resourceVersion")
-        events = self.registry.watch(
-            t.res, t.namespace, label_selector=req.param("labelSelector"),
-            field_selector=req.param("fieldSelector"), resource_version="" if rv == "0" else rv,
-            bookmarks=req.param("allowWatchBookmarks") in ("true", "1"))
+        bookmarks = req.param("allowWatchBookmarks") in ("true", "1")
+        selectors = dict(label_selector=req.param("labelSelector"), field_selector=req.param("fieldSelector"))
+        initial = None
+        if req.param("sendInitialEvents") in ("true", "1"):
+            initial = await self._initial_events(req, t, rv, bookmarks, selectors)
+            rv = str(initial.revision)
+        elif req.param("resourceVersionMatch"):
+            raise _invalid_list_options("resourceVersionMatch", "resourceVersionMatch is forbidden for watch")
+        events = self.registry.watch(t.res, t.namespace, resource_version="" if rv == "0" else rv,
+                                     bookmarks=bookmarks, **selectors)
         table = tables.wants_table(req.headers.get("accept", ""))
         body = watch.stream(events, t.res, timeout=timeout or None, table_type=table,
-                            include=req.param("includeObject"))
+                            include=req.param("includeObject"),
+                            initial=None if initial is None else (initial.items, initial.revision))
         return Response(200, content_type="application/json", stream=body,
                         headers=[("X-Content-Type-Options", "nosniff")])
+
+    async def _initial_events(self, req: Request, t: routing.Target, rv: str, bookmarks: bool, selectors):
+        """sendInitialEvents (a watch that starts with the state, KEP-3157): the
+        objects now, read from one revision, which the watch then continues from.
+        apimachinery's ListOptions validation: it needs resourceVersionMatch=NotOlderThan
+        and allowWatchBookmarks (the end of the initial events is a bookmark)."""
+        if req.param("resourceVersionMatch") != "NotOlderThan":
+            raise _invalid_list_options("resourceVersionMatch",
+                                        "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan")
+        if not bookmarks:
+            raise _invalid_list_options("allowWatchBookmarks",
+                                        "sendInitialEvents requires setting allowWatchBookmarks to true")
+        floor = parse_resource_version(rv) or 0
+        result = await self.registry.list(t.res, t.namespace, **selectors)
+        if result.revision < floor:
+            raise errors.timeout(f"Too large resource version: {floor}, current: {result.revision}")
+        return result
 
     # ---- bodies ----
 
@@ -371,6 +395,10 @@ class RestApi:
             body["metadata"] = {"resourceVersion": rv}
         stored = await self.registry.patch(t.res, t.namespace, t.name, json.dumps(body))
         return json_response(self._scale_of(stored))
+
+
+def _invalid_list_options(field: str, detail: str) -> ApiError:
+    return errors.invalid("ListOptions.meta.k8s.io", "", [(field, "FieldValueForbidden", f"Forbidden: {detail}")])
 
 
 def _parse_body(req: Request):

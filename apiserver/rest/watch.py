@@ -22,12 +22,32 @@ def _line(kind: str, obj: dict) -> bytes:
     return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
 
 
-async def stream(events, res, *, timeout: float | None, table_type: str = "", include: str = ""):
-    """The bytes of each event of ``events`` (the registry's watch iterator)."""
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+
+
+async def stream(events, res, *, timeout: float | None, table_type: str = "", include: str = "",
+                 initial: tuple[list, int] | None = None):
+    """The bytes of each event of ``events`` (the registry's watch iterator).
+    ``initial`` (objects, revision): sendInitialEvents' ADDED events first, then
+    the bookmark that ends them, annotated as Kubernetes does."""
     deadline = time.monotonic() + timeout if timeout else None
     it = aiter(events)
     first_table = True
     try:
+        if initial is not None:
+            objects, revision = initial
+            for msg in objects:
+                obj = convert.to_json(msg)
+                if table_type:
+                    t = tables.table(res.name, [obj], {"resourceVersion": str(revision)}, include)
+                    if not first_table:
+                        t["columnDefinitions"] = []
+                    first_table = False
+                    obj = t
+                yield _line("ADDED", obj)
+            yield _line("BOOKMARK", {"kind": res.kind, "apiVersion": res.api_version,
+                                     "metadata": {"resourceVersion": str(revision),
+                                                  "annotations": {INITIAL_EVENTS_END: "true"}}})
         while True:
             try:
                 if deadline is None:
