@@ -198,3 +198,16 @@ def test_http1_request_parsing():
     with pytest.raises(_BadRequest) as e:
         _parse(b"POST / HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n")
     assert e.value.status == 413
+
+
+def test_event_rows_as_kubes_printer():
+    now = datetime.now(timezone.utc)
+    stamp = (now - timedelta(seconds=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event = {"metadata": {"name": "web.1"}, "type": "Normal", "reason": "ScalingReplicaSet",
+             "involvedObject": {"kind": "Deployment", "name": "web"}, "source": {"component": "controller-manager"},
+             "message": " Scaled up ", "firstTimestamp": stamp, "lastTimestamp": stamp}
+    row = tables.row("events", event, "None")["cells"]
+    assert row[1:] == ["Normal", "ScalingReplicaSet", "deployment/web", "", "controller-manager", "Scaled up",
+                       row[7], 1, "web.1"]
+    assert row[0].endswith("s") and [c["name"] for c in tables.columns("events")][:4] == [
+        "Last Seen", "Type", "Reason", "Object"]

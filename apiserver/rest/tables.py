@@ -205,6 +205,24 @@ def _lease_row(o: dict) -> list:
             age(_meta(o).get("creationTimestamp", ""))]
 
 
+def _event_source(o: dict) -> str:
+    source = o.get("source") or {}
+    if source.get("component"):
+        return ", ".join(v for v in (source["component"], source.get("host", "")) if v)
+    return ", ".join(v for v in (o.get("reportingComponent", ""), o.get("reportingInstance", "")) if v)
+
+
+def _event_row(o: dict) -> list:
+    first = age(o["firstTimestamp"]) if o.get("firstTimestamp") else age(o.get("eventTime", ""))
+    last = age(o["lastTimestamp"]) if o.get("lastTimestamp") else first
+    ref = o.get("involvedObject") or {}
+    kind = ref.get("kind", "").lower()
+    target = f"{kind}/{ref['name']}" if ref.get("name") else kind
+    return [last, o.get("type", ""), o.get("reason", ""), target, ref.get("fieldPath", ""),
+            _event_source(o), o.get("message", "").strip(), first, o.get("count") or 1,
+            _meta(o).get("name", "")]
+
+
 def _default_row(o: dict) -> list:
     return [_meta(o).get("name", ""), age(_meta(o).get("creationTimestamp", ""))]
 
@@ -237,6 +255,10 @@ PRINTERS = {
     "secrets": ([NAME, _col("Type"), _col("Data", "integer"), AGE], _secret_row),
     "endpoints": ([NAME, _col("Endpoints"), AGE], _endpoints_row),
     "leases": ([NAME, _col("Holder"), AGE], _lease_row),
+    "events": ([_col("Last Seen"), _col("Type"), _col("Reason"), _col("Object"),
+                _col("Subobject", priority=1), _col("Source", priority=1), _col("Message"),
+                _col("First Seen", priority=1), _col("Count", priority=1),
+                _col("Name", priority=1, fmt="name")], _event_row),
 }
 
 
