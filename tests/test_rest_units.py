@@ -211,3 +211,42 @@ def test_event_rows_as_kubes_printer():
                        row[7], 1, "web.1"]
     assert row[0].endswith("s") and [c["name"] for c in tables.columns("events")][:4] == [
         "Last Seen", "Type", "Reason", "Object"]
+
+
+def test_int_or_string_numbers_are_json_numbers():
+    from apiserver import manifest
+    from apiserver.rest import convert
+    svc = manifest.from_dict({"kind": "Service", "metadata": {"name": "s"},
+                              "spec": {"ports": [{"port": 80, "targetPort": 8080}, {"port": 81, "targetPort": "web"}]}})
+    assert [p["targetPort"] for p in convert.to_json(svc)["spec"]["ports"]] == [8080, "web"]
+    probe = {"httpGet": {"port": 8080}, "tcpSocket": {"port": "http"}}
+    deploy = manifest.from_dict({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+        "spec": {"strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": "25%"}},
+                 "template": {"spec": {"containers": [{"name": "c", "image": "i", "livenessProbe": probe}]}}}})
+    out = convert.to_json(deploy)["spec"]
+    assert out["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": "25%"}
+    liveness = out["template"]["spec"]["containers"][0]["livenessProbe"]
+    assert liveness["httpGet"]["port"] == 8080 and liveness["tcpSocket"]["port"] == "http"
+
+
+def test_item_cache_keys_on_the_resource_version():
+    import json as _json
+
+    from apiserver.pb import core_pb2
+    from apiserver.rest.convert import ItemCache
+    cache = ItemCache(capacity=2)
+    cm = core_pb2.ConfigMap()
+    cm.metadata.name, cm.metadata.namespace, cm.metadata.resource_version = "a", "ns", "5"
+    cm.data["k"] = "1"
+    first = cache.item(cm)
+    assert _json.loads(first) == {"metadata": {"name": "a", "namespace": "ns", "resourceVersion": "5"},
+                                  "data": {"k": "1"}}
+    cm.data["k"] = "2"
+    assert cache.item(cm) is first  # same object and resourceVersion: the same content by contract
+    cm.metadata.resource_version = "6"
+    assert _json.loads(cache.item(cm))["data"] == {"k": "2"}
+    for rv in ("7", "8", "9"):
+        cm.metadata.resource_version = rv
+        cache.item(cm)
+    assert len(cache._items) == 2
