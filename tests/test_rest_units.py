@@ -250,3 +250,42 @@ def test_item_cache_keys_on_the_resource_version():
         cm.metadata.resource_version = rv
         cache.item(cm)
     assert len(cache._items) == 2
+
+
+def test_a_streamed_response_ends_when_the_client_goes_away():
+    """A watch whose client closed its connection is released at once, not at its next
+    event (which may never come): http1 watches the connection while it streams."""
+    from apiserver.rest.http1 import Http1Server, Response
+    from apiserver.rest.status import http_error
+
+    async def go():
+        closed = asyncio.Event()
+        started = asyncio.Event()
+
+        async def never_ending():
+            try:
+                yield b'{"type":"ADDED"}\n'
+                started.set()
+                await asyncio.Event().wait()
+            finally:
+                closed.set()
+
+        async def handler(req):
+            return Response(200, stream=never_ending())
+
+        server = Http1Server(handler, http_error)
+        loop = asyncio.get_running_loop()
+        listener = await loop.create_server(server.protocol, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /watch HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.wait_for(started.wait(), 5)
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK") and b"Transfer-Encoding: chunked" in head
+        writer.close()
+        await asyncio.wait_for(closed.wait(), 5)
+        await server.close()
+        listener.close()
+        await listener.wait_closed()
+
+    asyncio.run(go())
