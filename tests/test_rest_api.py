@@ -460,9 +460,12 @@ def test_watch_from_a_too_old_resource_version_is_an_error_event_410(plane, api)
 
 
 def test_watch_timeout_seconds_ends_the_stream(plane, api):
-    started = time.monotonic()
-    status, resp, body = api.call("GET", "/api/v1/namespaces/default/secrets?watch=true&timeoutSeconds=1")
-    assert status == 200 and 0.9 < time.monotonic() - started < 10
+    # booleans as Go's ParseBool reads them: the Python client sends watch=True
+    for flag in ("true", "True", "1"):
+        started = time.monotonic()
+        status, resp, body = api.call("GET", f"/api/v1/namespaces/default/secrets?watch={flag}&timeoutSeconds=1")
+        assert status == 200 and resp.getheader("Transfer-Encoding") == "chunked"
+        assert 0.9 < time.monotonic() - started < 10
 
 
 # ---- bad input ----

@@ -289,3 +289,25 @@ def test_a_streamed_response_ends_when_the_client_goes_away():
         await listener.wait_closed()
 
     asyncio.run(go())
+
+
+def test_fields_kubernetes_always_writes_are_written():
+    """k8s.io/api fields without omitempty are in the JSON even when empty; the official
+    Python client refuses a ContainerStatus without imageID, a ReplicaSetStatus without replicas."""
+    from apiserver.pb import apps_pb2, core_pb2
+    from apiserver.rest import convert
+    pod = core_pb2.Pod()
+    pod.metadata.name = "p"
+    pod.spec.containers.add(name="c", image="i")
+    pod.status.container_statuses.add(name="c", image="i")
+    pod.status.conditions.add(type="Ready", status="False")
+    out = convert.to_json(pod)
+    assert out["status"]["containerStatuses"] == [
+        {"name": "c", "image": "i", "imageID": "", "ready": False, "restartCount": 0}]
+    rs = apps_pb2.ReplicaSet()
+    rs.metadata.name = "r"
+    rs.status.SetInParent()
+    assert convert.to_json(rs)["status"]["replicas"] == 0
+    cm = core_pb2.ConfigMap()
+    cm.metadata.name = "c"
+    assert convert.to_json(cm) == {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}

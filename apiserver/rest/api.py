@@ -106,7 +106,7 @@ class RestApi:
             return http_error(404, "the server could not find the requested resource")
         if not t.name:
             if m in ("GET", "HEAD"):
-                if req.param("watch") in ("true", "1"):
+                if _flag(req.param("watch")):
                     return await self._watch(req, t)
                 return await self._list(req, t)
             if m == "POST":
@@ -166,10 +166,10 @@ class RestApi:
         except ValueError:
             raise errors.bad_request(f'invalid timeoutSeconds: "{req.param("timeoutSeconds")}"') from None
         rv = req.param("resourceVersion")
-        bookmarks = req.param("allowWatchBookmarks") in ("true", "1")
+        bookmarks = _flag(req.param("allowWatchBookmarks"))
         selectors = dict(label_selector=req.param("labelSelector"), field_selector=req.param("fieldSelector"))
         initial = None
-        if req.param("sendInitialEvents") in ("true", "1"):
+        if _flag(req.param("sendInitialEvents")):
             initial = await self._initial_events(req, t, rv, bookmarks, selectors)
             rv = str(initial.revision)
         elif req.param("resourceVersionMatch"):
@@ -398,6 +398,15 @@ class RestApi:
             body["metadata"] = {"resourceVersion": rv}
         stored = await self.registry.patch(t.res, t.namespace, t.name, json.dumps(body))
         return json_response(self._scale_of(stored))
+
+
+_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+
+
+def _flag(value: str) -> bool:
+    """A boolean query parameter as Go's strconv.ParseBool reads it (clients send
+    "true", "1", and the Python client "True")."""
+    return value in _TRUE
 
 
 def _invalid_list_options(field: str, detail: str) -> ApiError:

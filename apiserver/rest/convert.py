@@ -8,7 +8,10 @@ cost as much as the conversion itself).
 
 from __future__ import annotations
 
+import functools
 import json
+
+from google.protobuf.descriptor import FieldDescriptor
 
 from apiserver import manifest
 
@@ -37,9 +40,109 @@ def _fix_pod_spec(spec: dict | None) -> None:
                 _number(hook.get(h), "port")
 
 
+# Fields Kubernetes writes even when empty (no omitempty in k8s.io/api), by message name;
+# clients check them (the official Python client refuses a ContainerStatus without imageID).
+# From the kinds' OpenAPI "required" lists.
+REQUIRED = {
+    "ContainerStatus": ("name", "image", "imageID", "ready", "restartCount"),
+    "Container": ("name",), "ContainerPort": ("containerPort",), "ServicePort": ("port",),
+    "EnvVar": ("name",), "Volume": ("name",), "VolumeMount": ("name", "mountPath"),
+    "PodCondition": ("type", "status"), "NodeCondition": ("type", "status"),
+    "DeploymentCondition": ("type", "status"), "ReplicaSetCondition": ("type", "status"),
+    "NamespaceCondition": ("type", "status"), "OwnerReference": ("apiVersion", "kind", "name", "uid"),
+    "NodeSystemInfo": ("machineID", "systemUUID", "bootID", "kernelVersion", "osImage",
+                       "containerRuntimeVersion", "kubeletVersion", "kubeProxyVersion",
+                       "operatingSystem", "architecture"),
+    "NodeAddress": ("type", "address"), "LabelSelectorRequirement": ("key", "operator"),
+    "NodeSelectorRequirement": ("key", "operator"), "NodeSelector": ("nodeSelectorTerms",),
+    "Taint": ("key", "effect"), "Event": ("metadata", "involvedObject"),
+    "EndpointAddress": ("ip",), "EndpointPort": ("port",), "ContainerStateTerminated": ("exitCode",),
+    "DeploymentSpec": ("selector", "template"), "ReplicaSetSpec": ("selector",),
+    "PodSpec": ("containers",), "ReplicaSetStatus": ("replicas",), "KeyToPath": ("key", "path"),
+    "ConfigMapKeySelector": ("key",), "SecretKeySelector": ("key",), "ObjectFieldSelector": ("fieldPath",),
+    "ResourceFieldSelector": ("resource",), "HTTPGetAction": ("port",), "TCPSocketAction": ("port",),
+    "GRPCAction": ("port",), "HTTPHeader": ("name", "value"), "PodIP": ("ip",), "HostIP": ("ip",),
+    "DaemonEndpoint": ("Port",), "HostPathVolumeSource": ("path",),
+    "PersistentVolumeClaimVolumeSource": ("claimName",), "Sysctl": ("name", "value"),
+    "PodReadinessGate": ("conditionType",), "VolumeDevice": ("name", "devicePath"),
+    "PreferredSchedulingTerm": ("weight", "preference"), "WeightedPodAffinityTerm": ("weight", "podAffinityTerm"),
+    "PodAffinityTerm": ("topologyKey",), "AttachedVolume": ("name", "devicePath"),
+}
+
+
+def _zero(field: FieldDescriptor):
+    if field.is_repeated:
+        return {} if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry else []
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return {}
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return False
+    if field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
+        return ""
+    return 0
+
+
+@functools.cache
+def _plan(desc) -> tuple[tuple, tuple]:
+    """(required fields to fill, message fields to descend into) of a message type."""
+    required = tuple(f for f in desc.fields if f.json_name in REQUIRED.get(desc.name, ()))
+    children = []
+    for f in desc.fields:
+        if f.type != FieldDescriptor.TYPE_MESSAGE:
+            continue
+        target = f.message_type
+        if target.GetOptions().map_entry:
+            value = target.fields_by_name["value"]
+            if value.type != FieldDescriptor.TYPE_MESSAGE:
+                continue
+            target = value.message_type
+        if _reaches_required(target):
+            children.append(f)
+    return required, tuple(children)
+
+
+@functools.cache
+def _reaches_required(desc, _seen: frozenset = frozenset()) -> bool:
+    if desc.name in REQUIRED:
+        return True
+    seen = _seen | {desc.full_name}
+    for f in desc.fields:
+        if f.type == FieldDescriptor.TYPE_MESSAGE:
+            target = f.message_type
+            if target.GetOptions().map_entry:
+                value = target.fields_by_name["value"]
+                if value.type != FieldDescriptor.TYPE_MESSAGE:
+                    continue
+                target = value.message_type
+            if target.full_name not in seen and _reaches_required(target, seen):
+                return True
+    return False
+
+
+def _fill_required(msg, out: dict) -> None:
+    required, children = _plan(msg.DESCRIPTOR)
+    for f in required:
+        if f.json_name not in out:
+            out[f.json_name] = _zero(f)
+    for f in children:
+        sub = out.get(f.json_name)
+        if sub is None:
+            continue
+        value = getattr(msg, f.name)
+        if f.message_type.GetOptions().map_entry:
+            for k, v in sub.items():
+                _fill_required(value[k], v)
+        elif f.is_repeated:
+            for item, d in zip(value, sub):
+                _fill_required(item, d)
+        else:
+            _fill_required(value, sub)
+
+
 def to_json(msg) -> dict:
     """The object as Kubernetes JSON (apiVersion and kind first)."""
     out = manifest.to_dict(msg)
+    _fill_required(msg, out)
     kind, spec = out["kind"], out.get("spec")
     if not spec:
         return out
