@@ -311,3 +311,17 @@ def test_fields_kubernetes_always_writes_are_written():
     cm = core_pb2.ConfigMap()
     cm.metadata.name = "c"
     assert convert.to_json(cm) == {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}
+
+
+def test_times_are_normalized_as_kubernetes_reencodes_them():
+    from apiserver.rest import convert
+    body = {"metadata": {"creationTimestamp": "2026-12-06T23:53:50+00:00"},
+            "status": {"conditions": [{"lastTransitionTime": "2026-12-07T01:53:50.123+02:00"}]},
+            "spec": {"renewTime": "2026-12-06T23:53:50Z"}}
+    convert.normalize_times(body)
+    assert body == {"metadata": {"creationTimestamp": "2026-12-06T23:53:50Z"},
+                    "status": {"conditions": [{"lastTransitionTime": "2026-12-06T23:53:50Z"}]},
+                    "spec": {"renewTime": "2026-12-06T23:53:50.000000Z"}}
+    with pytest.raises(ApiError) as e:
+        convert.normalize_times({"metadata": {"creationTimestamp": "yesterday"}})
+    assert e.value.reason == "BadRequest"

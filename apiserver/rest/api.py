@@ -215,6 +215,7 @@ class RestApi:
                 raise errors.bad_request(
                     f"the object provided is unrecognized (must be of type {t.res.kind}): "
                     f"{data.get('kind')} in version \"{data.get('apiVersion')}\" is not {t.res.kind}")
+        convert.normalize_times(data)
         unknown: list[str] | None = None if validation == "Strict" else []
         msg = manifest.from_dict(data, unknown_fields=unknown)
         if unknown and validation in ("", "Warn"):
@@ -258,7 +259,9 @@ class RestApi:
         status = t.subresource == "status"
         if kind == patch.MERGE and not _dry_run(req):
             # the same code path as the gRPC API's Patch
-            stored = await self.registry.patch(t.res, t.namespace, t.name, req.body, status=status)
+            merge = patch.parse(req.body, kind)
+            convert.normalize_times(merge)
+            stored = await self.registry.patch(t.res, t.namespace, t.name, json.dumps(merge), status=status)
             return self._object(req, t, convert.to_json(stored))
         for attempt in range(PATCH_ATTEMPTS):
             current = await self.registry.get(t.res, t.namespace, t.name)
@@ -266,6 +269,7 @@ class RestApi:
             patched = patch.apply(doc, kind, req.body)
             if not isinstance(patched, dict):
                 raise errors.bad_request("the patch did not produce an object")
+            convert.normalize_times(patched)
             for key in ("apiVersion", "kind"):
                 if patched.get(key) != doc[key]:
                     raise errors.bad_request(f"the {key} of the patched object does not match the object's")

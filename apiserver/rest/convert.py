@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import functools
 import json
+from datetime import datetime, timezone
 
 from google.protobuf.descriptor import FieldDescriptor
 
-from apiserver import manifest
+from apiserver import errors, manifest
 
 _PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
 _HANDLERS = ("httpGet", "tcpSocket")
@@ -184,3 +185,40 @@ class ItemCache:
                 if len(self._items) > self.capacity:
                     del self._items[next(iter(self._items))]
         return data
+
+
+# metav1.Time fields (second precision) and MicroTime ones, by JSON name
+TIME_FIELDS = frozenset({"creationTimestamp", "deletionTimestamp", "lastTransitionTime", "lastProbeTime",
+                         "lastHeartbeatTime", "startedAt", "finishedAt", "startTime", "lastUpdateTime",
+                         "firstTimestamp", "lastTimestamp", "lastScaleTime", "time"})
+MICRO_TIME_FIELDS = frozenset({"acquireTime", "renewTime", "eventTime"})
+
+
+def _normalized_time(value: str, key: str, micro: bool) -> str:
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise errors.bad_request(f'parsing time "{value}" as "2006-01-02T15:04:05Z07:00": cannot parse '
+                                 f'"{value}" (field {key})') from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    t = t.astimezone(timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ")
+
+
+def normalize_times(value) -> None:
+    """Times in a request body written as Kubernetes stores them: RFC 3339 in UTC,
+    seconds (Time) or microseconds (MicroTime). Clients may send any RFC 3339 form (the
+    Python client writes "+00:00"); kube-apiserver parses and re-encodes them, so an
+    unchanged creationTimestamp stays unchanged."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, v in node.items():
+                if isinstance(v, str) and v and (key in TIME_FIELDS or key in MICRO_TIME_FIELDS):
+                    node[key] = _normalized_time(v, key, key in MICRO_TIME_FIELDS)
+                elif isinstance(v, (dict, list)):
+                    stack.append(v)
+        elif isinstance(node, list):
+            stack.extend(v for v in node if isinstance(v, (dict, list)))
