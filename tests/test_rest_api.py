@@ -232,8 +232,15 @@ def test_list_selectors_paging_and_resource_version(api):
     assert names == [f"page-{i}" for i in range(5)] and pages == 3
     status, _, err = api.call("GET", f"{base}?resourceVersion=abc")
     assert status == 400 and err["reason"] == "BadRequest"
+    # apimachinery's ListOptions validation: 422 Invalid, kind ListOptions
     status, _, err = api.call("GET", f"{base}?resourceVersionMatch=Exact")
-    assert status == 400
+    assert status == 422 and err["message"] == (
+        'ListOptions.meta.k8s.io "" is invalid: resourceVersionMatch: Forbidden: '
+        "resourceVersionMatch is forbidden unless resourceVersion is provided")
+    assert api.call("GET", f"{base}?resourceVersionMatch=Exact&resourceVersion=0")[0] == 422
+    status, _, exact = api.call("GET", f"{base}?resourceVersionMatch=Exact&resourceVersion={listed['metadata']['resourceVersion']}"
+                                      "&labelSelector=set%3Dpaging")
+    assert status == 200 and len(exact["items"]) == 5
 
 
 def test_delete_collection_by_label(api):

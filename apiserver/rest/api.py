@@ -139,8 +139,19 @@ class RestApi:
         except ValueError:
             raise errors.bad_request(f'invalid limit: "{req.param("limit")}"') from None
         rv = req.param("resourceVersion")
-        if req.param("resourceVersionMatch") and not rv:
-            raise errors.bad_request("resourceVersionMatch is forbidden unless resourceVersion is provided")
+        match = req.param("resourceVersionMatch")
+        # apimachinery's ValidateListOptions; both matches are served by reading at rv,
+        # which is exactly rv and not older than it
+        if match and not rv:
+            raise _invalid_list_options("resourceVersionMatch",
+                                        "resourceVersionMatch is forbidden unless resourceVersion is provided")
+        if match not in ("", "Exact", "NotOlderThan"):
+            raise _invalid_list_options("resourceVersionMatch", f'"{match}": supported values: "Exact", "NotOlderThan"')
+        if match == "Exact" and rv == "0":
+            raise _invalid_list_options("resourceVersionMatch",
+                                        'resourceVersionMatch "exact" is forbidden for resourceVersion "0"')
+        if req.param("sendInitialEvents"):
+            raise _invalid_list_options("sendInitialEvents", "sendInitialEvents is forbidden for list")
         result = await self.registry.list(
             t.res, t.namespace, label_selector=req.param("labelSelector"),
             field_selector=req.param("fieldSelector"), limit=limit,
