@@ -325,3 +325,23 @@ def test_times_are_normalized_as_kubernetes_reencodes_them():
     with pytest.raises(ApiError) as e:
         convert.normalize_times({"metadata": {"creationTimestamp": "yesterday"}})
     assert e.value.reason == "BadRequest"
+
+
+@pytest.mark.parametrize("status, meta, want", [
+    ({"phase": "Running", "containerStatuses": [
+        {"ready": True, "restartCount": 2, "state": {"running": {}}},
+        {"ready": False, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]},
+     {}, ("CrashLoopBackOff", 1, 3)),
+    ({"phase": "Failed", "containerStatuses": [{"state": {"terminated": {"exitCode": 2}}}]}, {}, ("ExitCode:2", 0, 0)),
+    ({"phase": "Running", "containerStatuses": [{"ready": True, "state": {"running": {}}}]},
+     {"deletionTimestamp": "2026-01-01T00:00:00Z"}, ("Terminating", 1, 0)),
+    ({"phase": "Pending", "initContainerStatuses": [{"state": {"waiting": {"reason": "PodInitializing"}}}]},
+     {}, ("Init:0/1", 0, 0)),
+    ({"phase": "Pending", "initContainerStatuses": [{"state": {"terminated": {"exitCode": 1, "reason": "Error"}}}]},
+     {}, ("Init:Error", 0, 0)),
+    ({"phase": "Pending", "reason": "Evicted"}, {}, ("Evicted", 0, 0)),
+])
+def test_pod_status_column_as_kubectls_printer(status, meta, want):
+    spec = {"containers": [{"name": "a"}, {"name": "b"}], "initContainers": [{"name": "i"}]}
+    reason, ready, restarts, _ = tables._pod_status(spec, status, meta)
+    assert (reason, ready, restarts) == want

@@ -96,27 +96,89 @@ def _containers(spec: dict) -> tuple[str, str]:
     return ",".join(c.get("name", "") for c in cs), ",".join(c.get("image", "") for c in cs)
 
 
+def _waiting_or_terminated(state: dict) -> str:
+    """The reason a container's state gives the pod's STATUS column, or ""."""
+    waiting, terminated = state.get("waiting"), state.get("terminated")
+    if waiting and waiting.get("reason"):
+        return waiting["reason"]
+    if terminated is not None:
+        if terminated.get("reason"):
+            return terminated["reason"]
+        if terminated.get("signal"):
+            return f"Signal:{terminated['signal']}"
+        return f"ExitCode:{terminated.get('exitCode', 0)}"
+    return ""
+
+
+def _pod_status(spec: dict, status: dict, meta: dict) -> tuple[str, int, int, str]:
+    """(STATUS, ready containers, restarts, last restart time) as kubectl's pod printer
+    computes them: the phase or status.reason, then init containers' progress, then the
+    containers' waiting/terminated reasons (the first container's wins), Terminating."""
+    reason = status.get("reason") or status.get("phase") or ""
+    conditions = status.get("conditions") or []
+    if any(c.get("type") == "PodScheduled" and c.get("reason") == "SchedulingGated" for c in conditions):
+        reason = "SchedulingGated"
+    inits = spec.get("initContainers") or []
+    initializing = False
+    for i, cs in enumerate(status.get("initContainerStatuses") or []):
+        state = cs.get("state") or {}
+        terminated = state.get("terminated")
+        if terminated is not None and terminated.get("exitCode", 0) == 0:
+            continue
+        if state.get("running") and (inits[i] if i < len(inits) else {}).get("restartPolicy") == "Always":
+            continue
+        initializing = True
+        why = _waiting_or_terminated(state)
+        if terminated is not None:
+            reason = f"Init:{why}"
+        elif why and why != "PodInitializing":
+            reason = f"Init:{why}"
+        else:
+            reason = f"Init:{i}/{len(inits)}"
+        break
+    ready = restarts = 0
+    last_restart = ""
+    initialized = any(c.get("type") == "Initialized" and c.get("status") == "True" for c in conditions)
+    if not initializing or initialized:
+        running = False
+        for cs in reversed(status.get("containerStatuses") or []):
+            restarts += int(cs.get("restartCount", 0))
+            finished = ((cs.get("lastState") or {}).get("terminated") or {}).get("finishedAt", "")
+            last_restart = max(last_restart, finished)
+            state = cs.get("state") or {}
+            why = _waiting_or_terminated(state)
+            if why:
+                reason = why
+            elif cs.get("ready") and state.get("running") is not None:
+                running = True
+                ready += 1
+        if reason == "Completed" and running:
+            ready_condition = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+            reason = "Running" if ready_condition else "NotReady"
+    if meta.get("deletionTimestamp"):
+        if status.get("reason") == "NodeLost":
+            reason = "Unknown"
+        elif status.get("phase") not in ("Succeeded", "Failed"):
+            reason = "Terminating"
+    return reason, ready, restarts, last_restart
+
+
 def _pod_row(o: dict) -> list:
     spec, status, meta = o.get("spec", {}), o.get("status", {}), _meta(o)
-    containers = spec.get("containers") or []
-    statuses = status.get("containerStatuses") or []
-    ready = sum(1 for s in statuses if s.get("ready"))
-    restarts = sum(int(s.get("restartCount", 0)) for s in statuses)
-    reason = status.get("reason") or status.get("phase") or "Unknown"
-    for s in statuses:
-        state = s.get("state", {})
-        if state.get("waiting", {}).get("reason"):
-            reason = state["waiting"]["reason"]
-        elif state.get("terminated", {}).get("reason"):
-            reason = state["terminated"]["reason"]
-    if meta.get("deletionTimestamp"):
-        reason = "Terminating" if status.get("reason") != "NodeLost" else "Unknown"
+    reason, ready, restarts, last_restart = _pod_status(spec, status, meta)
+    restarts_text = str(restarts)
+    if restarts and last_restart:
+        restarts_text = f"{restarts} ({age(last_restart)} ago)"
     ips = status.get("podIPs") or ([{"ip": status["podIP"]}] if status.get("podIP") else [])
     gates = spec.get("readinessGates") or []
-    return [meta.get("name", ""), f"{ready}/{len(containers)}", reason, restarts,
+    if gates:
+        true = {c.get("type") for c in status.get("conditions") or [] if c.get("status") == "True"}
+        gates_text = f"{sum(1 for g in gates if g.get('conditionType') in true)}/{len(gates)}"
+    else:
+        gates_text = "<none>"
+    return [meta.get("name", ""), f"{ready}/{len(spec.get('containers') or [])}", reason, restarts_text,
             age(meta.get("creationTimestamp", "")), ips[0]["ip"] if ips else "<none>",
-            spec.get("nodeName") or "<none>", status.get("nominatedNodeName") or "<none>",
-            f"0/{len(gates)}" if gates else "<none>"]
+            spec.get("nodeName") or "<none>", status.get("nominatedNodeName") or "<none>", gates_text]
 
 
 def _node_row(o: dict) -> list:
