@@ -571,3 +571,19 @@ def test_protobuf_bodies_as_typed_clients_send_them(api):
     status, _, err = api.call("POST", "/api/v1/namespaces/default/services", raw=b"k8s\x00\xff",
                               content_type="application/vnd.kubernetes.protobuf")
     assert status == 400 and err["reason"] == "BadRequest"
+
+
+def test_expect_100_continue(plane):
+    """curl sends Expect: 100-continue before a body over 1 KiB and waits for the interim answer."""
+    body = json.dumps(_cm("continued", a="x" * 2000)).encode()
+    sock = socket.create_connection(("127.0.0.1", plane.port), timeout=10)
+    try:
+        sock.sendall(b"POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        reader = sock.makefile("rb")
+        assert reader.readline() == b"HTTP/1.1 100 Continue\r\n" and reader.readline() == b"\r\n"
+        sock.sendall(body)
+        assert reader.readline() == b"HTTP/1.1 201 Created\r\n"
+    finally:
+        sock.close()

@@ -112,7 +112,7 @@ class Http1Server:
         try:
             while True:
                 try:
-                    request = await asyncio.wait_for(_read_request(reader), IDLE_TIMEOUT)
+                    request = await asyncio.wait_for(_read_request(reader, writer), IDLE_TIMEOUT)
                 except _BadRequest as e:
                     await _write(writer, self.error_body(e.status, str(e)), keep_alive=e.keep)
                     if e.keep:
@@ -142,7 +142,7 @@ class Http1Server:
             writer.close()
 
 
-async def _read_request(reader: asyncio.StreamReader) -> Request | None:
+async def _read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter | None = None) -> Request | None:
     line = await reader.readline()
     while line in (b"\r\n", b"\n"):  # stray CRLF between requests (RFC 9112 2.2)
         line = await reader.readline()
@@ -170,6 +170,9 @@ async def _read_request(reader: asyncio.StreamReader) -> Request | None:
     else:
         raise _BadRequest(431, "too many request headers")
     body = b""
+    if headers.get("expect", "").lower() == "100-continue" and writer is not None:
+        # curl asks before sending a body over 1 KiB; the limits below still apply
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     if headers.get("transfer-encoding", "").lower() == "chunked":
         parts = []
         size = 0
