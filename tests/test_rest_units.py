@@ -4,6 +4,7 @@ protobuf bodies and HTTP/1.1 request parsing, without processes."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -345,3 +346,18 @@ def test_pod_status_column_as_kubectls_printer(status, meta, want):
     spec = {"containers": [{"name": "a"}, {"name": "b"}], "initContainers": [{"name": "i"}]}
     reason, ready, restarts, _ = tables._pod_status(spec, status, meta)
     assert (reason, ready, restarts) == want
+
+
+def test_watch_lines_are_shared_between_watchers():
+    from apiserver.pb import core_pb2
+    from apiserver.rest.watch import SharedLines
+    shared = SharedLines(capacity=1)
+    cm = core_pb2.ConfigMap()
+    cm.metadata.name = "a"
+    first = shared.line("ADDED", cm)
+    assert shared.line("ADDED", cm) is first
+    assert json.loads(first) == {"type": "ADDED", "object": {"apiVersion": "v1", "kind": "ConfigMap",
+                                                               "metadata": {"name": "a"}}}
+    other = core_pb2.ConfigMap()
+    shared.line("ADDED", other)  # evicts the first: capacity 1
+    assert shared.line("ADDED", cm) is not first

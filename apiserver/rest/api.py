@@ -34,6 +34,7 @@ class RestApi:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.items = convert.ItemCache()
+        self.lines = watch.SharedLines()
 
     async def handle(self, req: Request) -> Response:
         try:
@@ -190,7 +191,8 @@ class RestApi:
         table = tables.wants_table(req.headers.get("accept", ""))
         body = watch.stream(events, t.res, timeout=timeout or None, table_type=table,
                             include=req.param("includeObject"),
-                            initial=None if initial is None else (initial.items, initial.revision))
+                            initial=None if initial is None else (initial.items, initial.revision),
+                            shared=self.lines)
         return Response(200, content_type="application/json", stream=body,
                         headers=[("X-Content-Type-Options", "nosniff")])
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import OrderedDict
 
 from apiserver.errors import ApiError
 from apiserver.rest import convert, tables
@@ -25,8 +26,31 @@ def _line(kind: str, obj: dict) -> bytes:
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
 
+class SharedLines:
+    """The JSON line of a cached object's event, built once and shared by every
+    REST watch that sends it (the watch cache hands every watcher the same,
+    never modified, object), as service.SharedWatchEvents does for gRPC. Keeps
+    the last ``capacity`` lines with the objects they were built from, so an
+    id() is never reused while its entry lives."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._lines: OrderedDict[tuple[str, int], tuple[object, bytes]] = OrderedDict()
+
+    def line(self, kind: str, msg) -> bytes:
+        key = (kind, id(msg))
+        hit = self._lines.get(key)
+        if hit is not None and hit[0] is msg:
+            return hit[1]
+        data = _line(kind, convert.to_json(msg))
+        self._lines[key] = (msg, data)
+        if len(self._lines) > self.capacity:
+            self._lines.popitem(last=False)
+        return data
+
+
 async def stream(events, res, *, timeout: float | None, table_type: str = "", include: str = "",
-                 initial: tuple[list, int] | None = None):
+                 initial: tuple[list, int] | None = None, shared: SharedLines | None = None):
     """The bytes of each event of ``events`` (the registry's watch iterator).
     ``initial`` (objects, revision): sendInitialEvents' ADDED events first, then
     the bookmark that ends them, annotated as Kubernetes does."""
@@ -66,6 +90,9 @@ async def stream(events, res, *, timeout: float | None, table_type: str = "", in
                 obj = {"kind": res.kind, "apiVersion": res.api_version,
                        "metadata": {"resourceVersion": msg.metadata.resource_version}}
                 yield _line(kind, obj)
+                continue
+            if not table_type and shared is not None:
+                yield shared.line(kind, msg)
                 continue
             obj = convert.to_json(msg)
             if table_type:
