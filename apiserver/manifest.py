@@ -244,11 +244,13 @@ def _json_type(value) -> str:
     return "object"
 
 
-def from_dict(d: dict) -> Any:
+def from_dict(d: dict, *, unknown_fields: list[str] | None = None) -> Any:
     """The typed message a Kubernetes JSON object describes. ``kind`` picks
     the type; ``apiVersion`` may be left out but must match when given.
     Raises errors.bad_request for an unknown kind, a mismatched apiVersion,
-    unknown fields (all of them, with their paths) or values of a wrong type."""
+    unknown fields (all of them, with their paths) or values of a wrong type.
+    Given a list as ``unknown_fields``, unknown fields are dropped and their
+    paths appended to it instead (fieldValidation=Warn or Ignore)."""
     if not isinstance(d, dict):
         raise errors.bad_request(f"Object is not a JSON object: {_json_type(d)}")
     kind = d.get("kind")
@@ -262,7 +264,9 @@ def from_dict(d: dict) -> Any:
     decoder = _Decoder(resource.kind, resource.api_version)
     msg = resource.new()
     decoder.message(msg, d, "", top=True)
-    if decoder.unknown:
+    if decoder.unknown and unknown_fields is not None:
+        unknown_fields.extend(decoder.unknown)
+    elif decoder.unknown:
         raise decoder.error("strict decoding error: "
                             + ", ".join(f'unknown field "{p}"' for p in decoder.unknown))
     return msg

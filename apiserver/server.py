@@ -16,6 +16,7 @@ from apiserver.errors import ApiError
 from apiserver.etcd3 import Etcd, parse_servers
 from apiserver.kubelet import KubeletClients
 from apiserver.registry import Options, Registry
+from apiserver.rest import serving as rest_serving
 from apiserver.service import ApiServerService, add_to_server
 from apiserver.service_alloc import IPADDRESSES, ServiceAllocator
 from apiserver.service_ranges import DEFAULT_NODE_PORT_RANGE, DEFAULT_SERVICE_CIDR, PortRange, ServiceCIDR
@@ -116,6 +117,10 @@ async def serve(args: argparse.Namespace, transformer) -> int:
     server = GrpcServer(max_receive_message_length=MAX_RECEIVE_BYTES, eager_unary=False)  # uses asyncio.timeout
     kubelets = KubeletClients(args.kubelet_host)
     add_to_server(ApiServerService(registry, kubelets), server)
+    # Kubernetes' REST API on the same port: connections that do not open with HTTP/2's
+    # preface are HTTP/1.1 (kubectl and client-go over http://)
+    rest = rest_serving.front(registry)
+    server.http1_protocol = rest.protocol
     address = f"{args.bind_address}:{args.port}"
     host = "127.0.0.1" if args.bind_address == "localhost" else args.bind_address.strip("[]")
     try:
@@ -128,7 +133,7 @@ async def serve(args: argparse.Namespace, transformer) -> int:
         bootstrap.port = port
         await bootstrap_until_done(namespaces=False)
     await server.start()
-    log.info("apiserver serving on %s:%d (etcd %s)", args.bind_address, port, ",".join(etcd.endpoints))
+    log.info("apiserver serving gRPC and REST on %s:%d (etcd %s)", args.bind_address, port, ",".join(etcd.endpoints))
     stop = asyncio.Event()
     repair = asyncio.create_task(bootstrap.run(stop))
     loop = asyncio.get_running_loop()
@@ -137,6 +142,7 @@ async def serve(args: argparse.Namespace, transformer) -> int:
     await stop.wait()
     log.info("shutting down")
     await repair
+    await rest.close()
     await server.stop(grace=1.0)
     await kubelets.close()
     await asyncio.gather(*(cache.stop() for cache in caches.values()), return_exceptions=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from apiserver.client import Client
 from apiserver.errors import ApiError
+from apiserver.rest.kubeconfig import write_kubeconfig
 from apiserver.up import Supervisor, plane_commands, run
 
 EXAMPLE = Path(__file__).resolve().parent / "kctl" / "examples" / "web.yaml"
@@ -33,6 +34,8 @@ TRY_NEXT = """\
     .venv/bin/kctl set image deployment/web web=busybox:1.35 && .venv/bin/kctl rollout status deployment/web
     .venv/bin/kctl rollout undo deployment/web
     .venv/bin/kctl get pods -w        # and, elsewhere, stop a node: see the README
+[plane] kubectl works too (the apiserver serves Kubernetes' REST API on the same port):
+    kubectl --kubeconfig {data}/kubeconfig get pods -o wide
 [plane] Ctrl-C stops everything; the state stays in {data}/ for the next `make run`."""
 
 
@@ -40,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m controllers.plane", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="default.plane", help="etcd data and the encryption key")
     p.add_argument("--etcd-port", type=int, default=2379, help="etcd client port (peer port: +1)")
-    p.add_argument("--port", type=int, default=6443, help="apiserver gRPC port")
+    p.add_argument("--port", type=int, default=6443, help="apiserver port (gRPC and Kubernetes' REST API)")
     p.add_argument("--real-nodes", type=int, default=None,
                    help="real nodes (default 3 where the machine allows them, else 0)")
     p.add_argument("--nodes", type=int, default=None,
@@ -157,6 +160,7 @@ def show_page(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.makedirs(args.data_dir, exist_ok=True)
+    write_kubeconfig(os.path.join(args.data_dir, "kubeconfig"), f"http://127.0.0.1:{args.port}")
     said = choose_nodes(args)
     if said:
         print(f"[plane] {said}", flush=True)

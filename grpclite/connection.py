@@ -159,6 +159,12 @@ class Connection(asyncio.Protocol):
         addr = transport.get_extra_info("peername")
         if isinstance(addr, tuple) and len(addr) >= 2:
             self.peer = f"ipv6:[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"ipv4:{addr[0]}:{addr[1]}"
+        if self.server.http1_protocol is None:
+            self.send_server_preface()
+        # else: not before the client's first bytes say it speaks HTTP/2 (an HTTP/1.1 client
+        # must not get frames); HTTP/2 lets the server's preface follow the client's
+
+    def send_server_preface(self) -> None:
         settings = b"".join(struct.pack(">HL", k, v) for k, v in (
             (S_MAX_CONCURRENT_STREAMS, self.server.max_concurrent_streams),
             (S_INITIAL_WINDOW_SIZE, STREAM_RECV_WINDOW),
@@ -168,6 +174,19 @@ class Connection(asyncio.Protocol):
         ))
         self.queue_frame(SETTINGS, 0, 0, settings)
         self.queue_frame(WINDOW_UPDATE, 0, 0, U32.pack(CONN_RECV_WINDOW - DEFAULT_WINDOW))
+
+    def hand_over(self, data: bytes) -> None:
+        """The client is not speaking HTTP/2: the connection goes to the server's
+        HTTP/1.1 protocol (GrpcServer.http1_protocol) with what was read so far."""
+        self.server.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.closed = True
+        protocol = self.server.http1_protocol()
+        self.transport.set_protocol(protocol)
+        protocol.connection_made(self.transport)
+        protocol.data_received(data)
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -309,15 +328,19 @@ class Connection(asyncio.Protocol):
             buf += data
             data = buf
         if not self.preface_seen:
-            if len(buf) < len(PREFACE):
-                if not PREFACE.startswith(bytes(buf)):
+            head = bytes(buf[:len(PREFACE)])
+            if not PREFACE.startswith(head):
+                if self.server.http1_protocol is not None:
+                    self.hand_over(bytes(buf))
+                else:
                     self.transport.close()
                 return
-            if buf[:len(PREFACE)] != PREFACE:
-                self.transport.close()
+            if len(buf) < len(PREFACE):
                 return
             del buf[:len(PREFACE)]
             self.preface_seen = True
+            if self.server.http1_protocol is not None:
+                self.send_server_preface()
         # frames are cut from `data`: the read itself when nothing was left
         # over from the last one (the usual case: no copy into the buffer),
         # else the buffer, which keeps any incomplete frame at the end

@@ -53,6 +53,9 @@ class GrpcServer:
         self.servers: list[asyncio.base_events.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._to_flush: list[Connection] = []  # connections with frames queued
+        # a factory of asyncio protocols for clients whose first bytes are not HTTP/2's
+        # preface (an HTTP/1.1 front on the same port); None: such connections are closed
+        self.http1_protocol = None
 
     # --- sending: queued frames leave once per turn of the loop, or sooner --
 

@@ -1,0 +1,14 @@
+"""Kubernetes' HTTP/JSON API over the registry, served on the gRPC port
+(issue 21). One idea a module:
+
+- ``http1``: HTTP/1.1 connections (grpclite hands over those that are not HTTP/2)
+- ``routing``: a REST path to (resource, namespace, name, subresource)
+- ``api``: verbs to registry calls; bodies, DeleteOptions, dryRun, fieldValidation, scale
+- ``discovery``: /version, /api, /apis, resource lists, aggregated discovery v2
+- ``patch``: JSON merge patch, JSON patch, strategic merge patch
+- ``watch``: watch events as a chunked JSON stream
+- ``tables``: meta.k8s.io Tables with kubectl's columns
+- ``status``: errors as meta/v1 Status
+- ``openapi``: the OpenAPI documents (not yet)
+- ``serving``: the pieces put together for apiserver/server.py
+"""

@@ -1,0 +1,13 @@
+"""The REST front as the apiserver serves it: the HTTP/1.1 server with the
+REST API behind it, ready to take the connections grpclite hands over."""
+
+from __future__ import annotations
+
+from apiserver.registry import Registry
+from apiserver.rest.api import RestApi
+from apiserver.rest.http1 import Http1Server
+from apiserver.rest.status import http_error
+
+
+def front(registry: Registry) -> Http1Server:
+    return Http1Server(RestApi(registry).handle, http_error)
