@@ -142,6 +142,7 @@ def plane(tmp_path_factory):
     why = _why_not()
     if why:
         pytest.skip(why)
+    root_ruleset = _root_ruleset()
     reg = Registry()
     with apiserver_on_etcdlite(tmp_path_factory, "kproxy") as api:
         p = Plane(api, tmp_path_factory.mktemp("kproxy-plane"), reg)
@@ -159,6 +160,12 @@ def plane(tmp_path_factory):
             reg.cleanup()
             p.close()
     assert not [n for n in iproute.netns_names() if n.startswith(p.prefix)]
+    assert _root_ruleset() == root_ruleset  # the proxies never touched the root namespace
+
+
+def _root_ruleset() -> str:
+    return subprocess.run([nft.nft_binary(), "list", "ruleset"], capture_output=True,
+                          text=True).stdout
 
 
 # ---- helpers ----
@@ -266,7 +273,7 @@ def test_cluster_ip_reaches_every_backend_from_every_node_and_a_removed_one_no_m
         assert set(seen) == {"web0", "web1"}, (i, seen)
 
 
-def test_a_service_without_endpoints_and_an_undefined_port_refuse_at_once(plane):
+def test_no_endpoints_a_port_no_endpoint_has_and_an_undefined_port_refuse_at_once(plane):
     plane.client.create(_service("empty", "10.96.0.11", [("http", 80, 8080, "TCP", 0)]))
     client_ns = plane.pods["client0"][0]
 
@@ -286,6 +293,17 @@ def test_a_service_without_endpoints_and_an_undefined_port_refuse_at_once(plane)
     # from the node's own processes too
     with pytest.raises(ConnectionRefusedError):
         netns.connect_in(plane.node_netns(1), "10.96.0.11", 80, timeout=5)
+    # a port name no endpoint has: that port refuses, the other one serves
+    plane.client.create(_service("twoports", "10.96.0.17",
+                                 [("http", 80, HTTP_PORT, "TCP", 0),
+                                  ("metrics", 9090, "metrics", "TCP", 0)]))
+    _set_endpoints(plane, "twoports", ["web0"], WEB_EP_PORTS)
+    _wait(lambda: all("10.96.0.17 . tcp . 9090 : goto reject-chain" in
+                      nft.list_table(plane.node_netns(i)) for i in range(NODES)),
+          "the port without endpoints in no-endpoint-services")
+    with pytest.raises(ConnectionRefusedError):
+        netns.connect_in(client_ns, "10.96.0.17", 9090, timeout=5)
+    assert _get(client_ns, "http://10.96.0.17/")[0] == "web0"
     # a port the web service does not define, on its clusterIP
     t0 = time.monotonic()
     with pytest.raises(ConnectionRefusedError):
