@@ -216,3 +216,34 @@ def test_command_line_durations_and_required_flags():
     assert args.min_sync_period == 0.2 and args.cluster_cidr == "10.244.0.0/16"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--node-name", "n0", "--node-netns", "x", "--node-ip", "nope"])
+
+
+def test_endpoint_slices_read_with_their_conditions():
+    discovery_pb2 = pytest.importorskip(
+        "apiserver.pb.discovery_pb2", reason="EndpointSlice kind not on this branch yet (svcalloc)")
+    from node.proxy.model import endpoints_from_slices
+
+    a = discovery_pb2.EndpointSlice(address_type="IPv4")
+    a.metadata.labels["kubernetes.io/service-name"] = "web"
+    a.ports.add(name="http", protocol="TCP", port=8080)
+    e = a.endpoints.add(addresses=["10.244.0.5"], node_name="n0")
+    e.conditions.ready = True
+    e = a.endpoints.add(addresses=["10.244.1.5"])  # conditions unset: ready
+    e = a.endpoints.add(addresses=["10.244.1.6"])
+    e.conditions.ready, e.conditions.serving, e.conditions.terminating = False, True, True
+    b = discovery_pb2.EndpointSlice(address_type="IPv4")
+    b.ports.add(name="http", protocol="TCP", port=8080)
+    e = b.endpoints.add(addresses=["10.244.0.5"], node_name="n0")  # the same one, in 2 slices
+    e.conditions.ready = False
+    v6 = discovery_pb2.EndpointSlice(address_type="IPv6")
+    v6.ports.add(name="http", protocol="TCP", port=8080)
+    v6.endpoints.add(addresses=["fd00::1"])
+    got = endpoints_from_slices([a, b, v6])[("http", "TCP")]
+    assert [(x.ip, x.ready, x.serving_terminating) for x in got] == [
+        ("10.244.0.5", True, False), ("10.244.1.5", True, False), ("10.244.1.6", False, True)]
+
+
+def test_serving_terminating_endpoints_are_used_only_when_none_is_ready():
+    term = EndpointInfo("10.244.1.7", 8080, "n1", ready=False, serving=True, terminating=True)
+    assert _dnats(service_port_rules(CFG, _sp(), [REMOTE, term])) == {"10.244.1.5:8080"}
+    assert _dnats(service_port_rules(CFG, _sp(), [term, UNREADY])) == {"10.244.1.7:8080"}

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="maximum time between syncs")
     p.add_argument("--full-sync-period", type=duration, default=3600.0,
                    help="how often the whole table is rewritten even without failures")
+    p.add_argument("--endpoints-source", choices=["endpoints", "endpointslices"],
+                   default="endpoints", help="which objects list a Service's endpoints")
     p.add_argument("--cleanup", action="store_true", help="remove the rules and exit")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
@@ -104,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = NodeConfig(args.node_name, args.node_ip, args.cluster_cidr)
     with Client(args.server) as client:
         proxier = Proxier(client, cfg, args.node_netns, min_sync_period=args.min_sync_period,
-                          sync_period=args.sync_period, full_sync_period=args.full_sync_period)
+                          sync_period=args.sync_period, full_sync_period=args.full_sync_period,
+                          endpoints_source=args.endpoints_source)
         proxier.start()
         log.info("kube-proxy (nftables) for node %s in %s, node IP %s, against %s",
                  args.node_name, args.node_netns, args.node_ip, args.server)

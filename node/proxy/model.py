@@ -1,9 +1,9 @@
 """What the proxy reads of the API: service ports and their endpoints, as plain values.
 
 A Service becomes one ``ServicePortInfo`` per port (the unit kube-proxy programs); its endpoints
-come from ``endpoints_by_port``, the one place that reads Endpoints objects. When kube-proxy moves
-to EndpointSlices, that function (and the informer feeding it) is all that changes: the rules only
-ever see ``EndpointInfo`` lists keyed by port name.
+come from ``endpoints_by_port`` (an Endpoints object) or ``endpoints_from_slices`` (the Service's
+EndpointSlices), the only two places that read endpoint objects: the rules see ``EndpointInfo``
+lists keyed by (port name, protocol) either way.
 """
 
 from __future__ import annotations
@@ -47,6 +47,14 @@ class EndpointInfo:
     port: int
     node_name: str = ""
     ready: bool = True
+    serving: bool | None = None    # None: same as ready (Endpoints objects do not say)
+    terminating: bool = False
+
+    @property
+    def serving_terminating(self) -> bool:
+        """Still serving while it shuts down: used only when a service has no ready endpoint,
+        so that connections during a rollout's last moments are not refused."""
+        return bool(self.serving) and self.terminating
 
     @property
     def hostport(self) -> str:
@@ -96,3 +104,35 @@ def endpoints_by_port(ep) -> dict[tuple[str, str], list[EndpointInfo]]:
                     node = a.node_name if a.HasField("node_name") else ""
                     bucket.add(EndpointInfo(a.ip, port.port, node, ready))
     return {k: sorted(v) for k, v in out.items()}
+
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+
+def endpoints_from_slices(slices) -> dict[tuple[str, str], list[EndpointInfo]]:
+    """The IPv4 EndpointSlices of one Service as ``{(port name, protocol): [EndpointInfo]}``,
+    with discovery/v1's conditions: ready unset counts as ready, serving unset as ready,
+    terminating unset as not. An address in several slices (a slice being split or merged) is
+    kept once, ready if any copy is."""
+    out: dict[tuple[str, str], dict[tuple[str, int], EndpointInfo]] = {}
+    for sl in slices:
+        if sl.address_type and sl.address_type != "IPv4":
+            continue
+        for port in sl.ports:
+            name = port.name if port.HasField("name") else ""
+            proto = (port.protocol if port.HasField("protocol") else "TCP").upper() or "TCP"
+            if not port.HasField("port"):
+                continue
+            bucket = out.setdefault((name, proto), {})
+            for ep in sl.endpoints:
+                c = ep.conditions
+                ready = c.ready if c.HasField("ready") else True
+                serving = c.serving if c.HasField("serving") else ready
+                terminating = c.terminating if c.HasField("terminating") else False
+                node = ep.node_name if ep.HasField("node_name") else ""
+                for ip in ep.addresses[:1]:  # kube-proxy uses an endpoint's first address
+                    info = EndpointInfo(ip, port.port, node, ready, serving, terminating)
+                    seen = bucket.get((ip, port.port))
+                    if seen is None or (info.ready and not seen.ready):
+                        bucket[(ip, port.port)] = info
+    return {k: sorted(v.values()) for k, v in out.items()}

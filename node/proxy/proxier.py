@@ -27,7 +27,7 @@ from datetime import datetime
 from controllers.informer import Informer, meta_namespace_key
 
 from . import nft, transaction
-from .model import endpoints_by_port, service_ports
+from .model import SERVICE_NAME_LABEL, endpoints_by_port, endpoints_from_slices, service_ports
 from .rules import NodeConfig, Rules, base_rules, service_rules
 from .runner import BoundedFrequencyRunner
 
@@ -67,6 +67,29 @@ class EndpointsSource:
         return endpoints_by_port(self.informer.store.get(key))
 
 
+class EndpointSliceSource:
+    """The endpoints of a Service from its EndpointSlices (label ``kubernetes.io/service-name``),
+    as kube-proxy reads them since Kubernetes 1.19."""
+
+    resource = "endpointslices"
+    INDEX = "service"
+
+    def __init__(self, informer: Informer) -> None:
+        self.informer = informer
+        informer.store.add_indexer(self.INDEX, lambda o: [k] if (k := self.key_of(o)) else [])
+
+    @staticmethod
+    def key_of(obj) -> str:
+        name = obj.metadata.labels.get(SERVICE_NAME_LABEL, "")
+        return f"{obj.metadata.namespace}/{name}" if name else ""
+
+    def get(self, key: str):
+        return endpoints_from_slices(self.informer.store.by_index(self.INDEX, key))
+
+
+SOURCES = {s.resource: s for s in (EndpointsSource, EndpointSliceSource)}
+
+
 class SyncStats:
     def __init__(self) -> None:
         self.syncs = 0
@@ -83,13 +106,15 @@ class SyncStats:
 
 class Proxier:
     def __init__(self, client, cfg: NodeConfig, netns: str, *, min_sync_period: float = 1.0,
-                 sync_period: float = 30.0, full_sync_period: float = 3600.0) -> None:
+                 sync_period: float = 30.0, full_sync_period: float = 3600.0,
+                 endpoints_source: str = "endpoints") -> None:
         self.client = client
         self.cfg = cfg
         self.netns = netns
         self.full_sync_period = full_sync_period
         self.services = Informer(client, "services")
-        self.endpoints = EndpointsSource(Informer(client, EndpointsSource.resource))
+        source = SOURCES[endpoints_source]
+        self.endpoints = source(Informer(client, source.resource))
         self.stats = SyncStats()
         self._lock = threading.Lock()
         self._dirty: dict[str, list[float]] = {}
@@ -136,6 +161,8 @@ class Proxier:
     # ---- changes ----
 
     def _changed(self, key: str, trigger: float | None) -> None:
+        if not key:
+            return  # an EndpointSlice of no Service
         with self._lock:
             times = self._dirty.setdefault(key, [])
             if trigger is not None:

@@ -195,6 +195,8 @@ def service_port_rules(cfg: NodeConfig, sp: ServicePortInfo,
     cluster_chain, local_chain = SERVICE_PREFIX + base, LOCAL_PREFIX + base
     external_chain = EXTERNAL_PREFIX + base
     ready = [e for e in endpoints if e.ready]
+    if not ready:  # the last pods of a rollout: still serving while they terminate
+        ready = [e for e in endpoints if e.serving_terminating]
     local = [e for e in ready if e.node_name == cfg.node_name]
     cip_key = f"{sp.cluster_ip} . {proto} . {sp.port}"
     np_key = f"{proto} . {sp.node_port}"
