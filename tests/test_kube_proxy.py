@@ -18,6 +18,7 @@ import pytest
 from harness.plane import apiserver_on_etcdlite, start_component
 from harness.procs import Registry
 
+from apiserver import resources
 from apiserver.client import Client
 from apiserver.pb import core_pb2
 from node import network
@@ -123,7 +124,8 @@ class Plane:
             self.tmp, f"proxy-n{i}", "node.proxy", self.api.endpoint, self.reg,
             ready=lambda: "services" in nft.list_chains(ns),
             node_name=f"n{i}", node_netns=ns, node_ip=node.ip, cluster_cidr="10.244.0.0/16",
-            min_sync_period="100ms", log_level="debug")
+            min_sync_period="100ms", log_level="debug",
+            endpoints_source="endpointslices" if _slices_kind() else "endpoints")
         self.proxies[i] = proxy
         return proxy
 
@@ -189,7 +191,44 @@ def _service(name: str, cluster_ip: str, ports, *, type_: str = "ClusterIP",
     return svc
 
 
+def _slices_kind():
+    """discovery_pb2 when this tree has the EndpointSlice kind: the proxies then read slices,
+    as upstream's do; until then Endpoints."""
+    if resources.lookup("endpointslices") is None:
+        return None
+    from apiserver.pb import discovery_pb2
+    return discovery_pb2
+
+
 def _set_endpoints(plane: Plane, name: str, backends: list[str], ports) -> None:
+    """The Service's Endpoints (and, where the kind exists, its one EndpointSlice), as a
+    controller would write them for these backends."""
+    _write_endpoints(plane, name, backends, ports)
+    discovery_pb2 = _slices_kind()
+    if discovery_pb2 is not None:
+        _write_slice(plane, discovery_pb2, name, backends, ports)
+
+
+def _write_slice(plane: Plane, discovery_pb2, name: str, backends: list[str], ports) -> None:
+    sl = discovery_pb2.EndpointSlice(address_type="IPv4")
+    sl.metadata.name, sl.metadata.namespace = f"{name}-by-hand", "default"
+    sl.metadata.labels["kubernetes.io/service-name"] = name
+    for b in backends:
+        _, ip, i = plane.pods[b]
+        e = sl.endpoints.add(addresses=[ip], node_name=f"n{i}")
+        e.conditions.ready = True
+    for pname, port, proto in ports:
+        sl.ports.add(name=pname, port=port, protocol=proto)
+    try:
+        cur = plane.client.get("endpointslices", sl.metadata.name, "default")
+    except Exception:
+        plane.client.create(sl)
+        return
+    sl.metadata.resource_version = cur.metadata.resource_version
+    plane.client.update(sl)
+
+
+def _write_endpoints(plane: Plane, name: str, backends: list[str], ports) -> None:
     ep = core_pb2.Endpoints()
     ep.metadata.name, ep.metadata.namespace = name, "default"
     if backends:
