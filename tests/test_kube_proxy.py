@@ -337,9 +337,10 @@ def test_no_endpoints_a_port_no_endpoint_has_and_an_undefined_port_refuse_at_onc
                                  [("http", 80, HTTP_PORT, "TCP", 0),
                                   ("metrics", 9090, "metrics", "TCP", 0)]))
     _set_endpoints(plane, "twoports", ["web0"], WEB_EP_PORTS)
-    _wait(lambda: all("10.96.0.17 . tcp . 9090 : goto reject-chain" in
-                      nft.list_table(plane.node_netns(i)) for i in range(NODES)),
-          "the port without endpoints in no-endpoint-services")
+    _wait(lambda: all("10.96.0.17 . tcp . 9090 : goto reject-chain" in t and
+                      "10.96.0.17 . tcp . 80 : goto service-" in t
+                      for t in map(nft.list_table, map(plane.node_netns, range(NODES)))),
+          "one port of twoports served, the other in no-endpoint-services")
     with pytest.raises(ConnectionRefusedError):
         netns.connect_in(client_ns, "10.96.0.17", 9090, timeout=5)
     assert _get(client_ns, "http://10.96.0.17/")[0] == "web0"
@@ -506,3 +507,13 @@ def test_cleanup_flag_removes_the_table(plane, tmp_path):
         assert not nft.table_exists(ns)
     finally:
         pod.delete_netns(ns)
+
+
+def test_a_service_given_its_address_by_the_apiserver_is_programmed(plane):
+    svc = plane.client.create(_service("allocated", "", WEB_PORTS))
+    if not svc.spec.cluster_ip:
+        pytest.skip("this apiserver allocates no clusterIPs yet (branch svcalloc)")
+    _set_endpoints(plane, "allocated", ["web2"], WEB_EP_PORTS)
+    url = f"http://{svc.spec.cluster_ip}/"
+    assert _wait(lambda: _try(lambda: _get(plane.pods["client0"][0], url)),
+                 "the allocated clusterIP answering")[0] == "web2"
