@@ -26,6 +26,7 @@ The shape (the design of upstream's pkg/proxy/nftables, written afresh and small
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from dataclasses import dataclass, field
 
@@ -110,10 +111,12 @@ def is_service_name(name: str) -> bool:
     return "/" in name
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _hashed(name: str) -> str:
-    """``HASH-name``: the hash keeps names distinct and easy to tell apart at a glance."""
+    """``HASH-name``: the hash keeps names distinct and easy to tell apart at a glance. (Five
+    bytes are eight base32 letters; cached, since a sync names every endpoint twice.)"""
     digest = hashlib.sha256(name.encode()).digest()
-    return base64.b32encode(digest).decode()[:8] + "-" + name
+    return base64.b32encode(digest[:5]).decode() + "-" + name
 
 
 def port_base(sp: ServicePortInfo) -> str:
