@@ -517,3 +517,12 @@ def test_a_service_given_its_address_by_the_apiserver_is_programmed(plane):
     url = f"http://{svc.spec.cluster_ip}/"
     assert _wait(lambda: _try(lambda: _get(plane.pods["client0"][0], url)),
                  "the allocated clusterIP answering")[0] == "web2"
+
+
+def test_sigterm_stops_the_proxy_and_leaves_the_rules(plane):
+    proxy, node = plane.proxies[2], plane.node_netns(2)
+    before = _normalized_table(node)
+    assert proxy.terminate(timeout=10) == 0
+    assert _normalized_table(node) == before  # traffic keeps flowing on them
+    assert _get(plane.pods["client2"][0], "http://10.96.0.10/")[0].startswith("web")
+    proxy.start()

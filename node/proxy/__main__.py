@@ -108,7 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         proxier = Proxier(client, cfg, args.node_netns, min_sync_period=args.min_sync_period,
                           sync_period=args.sync_period, full_sync_period=args.full_sync_period,
                           endpoints_source=args.endpoints_source)
-        proxier.start()
+        proxier.start_informers()
+        while not proxier.informers_synced(timeout=10.0):
+            if stop.is_set():
+                return 0
+            log.warning("waiting for services and %s from %s", proxier.endpoints.resource,
+                        args.server)
+        if stop.is_set():
+            return 0
+        proxier.start_syncing()
         log.info("kube-proxy (nftables) for node %s in %s, node IP %s, against %s",
                  args.node_name, args.node_netns, args.node_ip, args.server)
         stop.wait()

@@ -136,12 +136,25 @@ class Proxier:
     # ---- lifecycle ----
 
     def start(self, wait_for_sync: float = 60.0) -> "Proxier":
+        """Lists and watches, waits until Services and endpoints are listed (never program a
+        half-known state: a restarted proxy would remove the rules of what it has not seen yet),
+        then syncs, first in full."""
+        self.start_informers()
+        if not self.informers_synced(wait_for_sync):
+            raise TimeoutError(f"services and {self.endpoints.resource} not listed within "
+                               f"{wait_for_sync}s: is the apiserver at {self.client.server} up?")
+        return self.start_syncing()
+
+    def start_informers(self) -> None:
         self.services.start()
         self.endpoints.informer.start()
-        for inf in (self.services, self.endpoints.informer):
-            if not inf.wait_for_sync(wait_for_sync):
-                raise TimeoutError(f"{inf.resource} not listed within {wait_for_sync}s: "
-                                   f"is the apiserver at {self.client.server} up?")
+
+    def informers_synced(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        return all(inf.wait_for_sync(max(0.0, deadline - time.monotonic()))
+                   for inf in (self.services, self.endpoints.informer))
+
+    def start_syncing(self) -> "Proxier":
         self.runner.start()
         self.runner.run()
         return self
