@@ -378,6 +378,8 @@ def test_node_port_from_outside_the_nodes_with_cluster_and_local_policies(plane)
     with pytest.raises(OSError):
         netns.connect_in(ext, fabric_mod.node_ip(0), 30081, timeout=1).close()
     assert _get(plane.pods["client0"][0], f"http://{fabric_mod.node_ip(0)}:30081/")[0] == "web1"
+    # and so does the node itself (a host-network process), masqueraded
+    assert _get(plane.node_netns(0), f"http://{fabric_mod.node_ip(0)}:30081/")[0] == "web1"
 
 
 def test_client_ip_affinity_pins_each_client(plane):

@@ -13,7 +13,8 @@ kernel notices only a moment after a map element is deleted that its chain is un
 
 After a sync, conntrack entries of UDP flows are deleted where they would otherwise keep sending
 packets to an endpoint that is gone (UDP has no connection end), or keep a service that just got
-endpoints black-holed (as upstream's conntrack cleanup does).
+endpoints (or was just created) black-holed, as upstream's conntrack cleanup does; not after the
+first sync of a process, which cannot tell what changed while no proxy ran.
 """
 
 from __future__ import annotations
@@ -266,17 +267,19 @@ class Proxier:
         log.info("%s sync: %d services changed, %d rules written, %d in table, %.0f ms",
                  "full" if full else "partial", len(keys), tx.rule_lines, st.total_rules,
                  1000 * st.last_duration)
+        first = not self._synced_once.is_set()
         self._synced_once.set()
-        self._clean_conntrack(old, new)
+        if not first:  # the first sync knows nothing of what came before it: leave flows be
+            self._clean_conntrack(old, new)
         return STALE_CHAIN_DELAY if self._stale else None
 
     def _clean_conntrack(self, old: dict[str, Rules | None], new: dict[str, Rules]) -> None:
         """UDP flows to endpoints that went away, and flows a service without endpoints left
         behind once it has some, are deleted: UDP never ends a flow, so they would stick."""
         for key, before in old.items():
-            if before is None:
-                continue  # nothing known before (a new service, or the first sync after start)
-            before_udp = {(c, p): (n, eps) for c, p, n, eps in before.udp}
+            # A new service had no endpoints before: packets sent to its address until now left
+            # un-NATed entries that would hold its flows for 30 s or more.
+            before_udp = {(c, p): (n, eps) for c, p, n, eps in (before.udp if before else ())}
             after_udp = {(c, p): (n, eps) for c, p, n, eps in new[key].udp}
             try:
                 for (cip, port), (np_, eps) in before_udp.items():

@@ -19,7 +19,7 @@ The shape (the design of upstream's pkg/proxy/nftables, written afresh and small
   are none; traffic from pods and from the node itself still reaches every endpoint.
 - A service port without ready endpoints is in ``no-endpoint-services``/``no-endpoint-nodeports``
   with ``goto reject-chain``: connections are refused at once (ICMP port unreachable), checked for
-  new connections in the input, forward and output hooks. A clusterIP's ports that no service
+  new connections in the input and forward hooks, and in output after its DNAT. A clusterIP's ports that no service
   port defines are rejected too (set ``cluster-ips``).
 """
 
@@ -40,7 +40,6 @@ MASQ_MARK = "0x4000"
 BASE_CHAINS = {
     "filter-input": ("filter", "input", -110),
     "filter-forward": ("filter", "forward", -110),
-    "filter-output": ("filter", "output", -110),
     "filter-forward-post-dnat": ("filter", "forward", -90),
     "filter-output-post-dnat": ("filter", "output", -90),
     "nat-prerouting": ("nat", "prerouting", -100),
@@ -142,9 +141,12 @@ def base_rules(cfg: NodeConfig) -> Rules:
     r.chains.update({
         "filter-input": (f"{jump_new} endpoints-check",),
         "filter-forward": (f"{jump_new} endpoints-check",),
-        "filter-output": (f"{jump_new} endpoints-check",),
         "filter-forward-post-dnat": (f"{jump_new} cluster-ips-check",),
-        "filter-output-post-dnat": (f"{jump_new} cluster-ips-check",),
+        # The node's own traffic is checked after its DNAT (output's nat runs after a filter at
+        # -110): a NodePort with Local policy and no endpoint here is dropped for outside clients
+        # but short-circuited to every endpoint for the node itself, which only DNAT can tell.
+        "filter-output-post-dnat": (f"{jump_new} endpoints-check",
+                                    f"{jump_new} cluster-ips-check"),
         "nat-prerouting": ("jump services",),
         "nat-output": ("jump services",),
         "nat-postrouting": ("jump masquerading",),
