@@ -71,8 +71,8 @@ def service_ports(svc) -> list[ServicePortInfo]:
     timeout = 0
     if spec.session_affinity == "ClientIP":
         cfg = spec.session_affinity_config.client_ip
-        timeout = cfg.timeout_seconds if cfg.HasField("timeout_seconds") else DEFAULT_AFFINITY_TIMEOUT
-        timeout = max(1, timeout)
+        timeout = max(1, cfg.timeout_seconds if cfg.HasField("timeout_seconds")
+                      else DEFAULT_AFFINITY_TIMEOUT)
     node_ports = spec.type in ("NodePort", "LoadBalancer")
     out = []
     for p in spec.ports:

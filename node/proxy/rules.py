@@ -1,6 +1,6 @@
 """The nftables rules of kube-proxy's nftables mode, as data: pure functions from service ports and
 endpoints to chains, map elements and sets in the table ``ip kube-proxy``. Nothing here runs nft;
-``sync.py`` turns two of these states into one transaction.
+``transaction.py`` turns two of these states into one transaction.
 
 The shape (the design of upstream's pkg/proxy/nftables, written afresh and smaller):
 
@@ -11,16 +11,16 @@ The shape (the design of upstream's pkg/proxy/nftables, written afresh and small
   ``numgen random mod N``, and a chain ``endpoint-…`` per endpoint that DNATs. A pod talking to
   itself through its service (hairpin), and clusterIP traffic from outside the pod network, are
   marked for masquerade; ``nat-postrouting`` masquerades marked packets.
-- ``sessionAffinity: ClientIP``: a timeout set ``affinity-…`` per endpoint remembers the clients it
-  served; the service chain sends a remembered client back to its endpoint first.
+- ``sessionAffinity: ClientIP``: a timeout set ``affinity-…`` per endpoint remembers the clients
+  it served; the service chain sends a remembered client back to its endpoint first.
 - ``internalTrafficPolicy: Local``: clusterIP traffic goes to ``local-…`` (this node's endpoints
   only), dropped when there are none. ``externalTrafficPolicy: Local``: NodePort traffic from
   outside goes to this node's endpoints unmasqueraded (the client's IP is kept), dropped when there
   are none; traffic from pods and from the node itself still reaches every endpoint.
 - A service port without ready endpoints is in ``no-endpoint-services``/``no-endpoint-nodeports``
-  with ``goto reject-chain``: connections are refused at once (ICMP port unreachable), checked for
-  new connections in the input and forward hooks, and in output after its DNAT. A clusterIP's ports that no service
-  port defines are rejected too (set ``cluster-ips``).
+  with ``goto reject-chain``: connections are refused at once (ICMP port unreachable), checked
+  for new connections in the input and forward hooks, and in output after its DNAT. A
+  clusterIP's ports that no service port defines are rejected too (set ``cluster-ips``).
 """
 
 from __future__ import annotations
@@ -69,8 +69,6 @@ SETS = {
     NODEPORT_IPS: 'type ipv4_addr ; comment "addresses that accept NodePort traffic" ;',
     CLUSTER_IPS: 'type ipv4_addr ; comment "every clusterIP: ports not defined are rejected" ;',
 }
-# Kinds of containers elements live in, for the transaction writer.
-CONTAINER_KIND = {**{m: "map" for m in MAPS}, **{s: "set" for s in SETS}}
 
 # Chain and set names hold "/" (never in a Kubernetes name), so ours are told from the fixed ones.
 SERVICE_PREFIX, LOCAL_PREFIX, EXTERNAL_PREFIX = "service-", "local-", "external-"

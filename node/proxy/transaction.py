@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from .rules import (BASE_CHAINS, CONTAINER_KIND, FAMILY, MAPS, SETS, TABLE, Rules,
-                    is_service_name)
+from .rules import BASE_CHAINS, FAMILY, MAPS, SETS, TABLE, Rules, is_service_name
 
 T = f"{FAMILY} {TABLE}"
 
@@ -134,5 +133,3 @@ def partial(old: Rules, new: Rules, tx: Transaction | None = None) -> tuple[Tran
             tx.delete_set(name)
     return tx, gone
 
-
-__all__ = ["Transaction", "full", "partial", "CONTAINER_KIND"]
