@@ -454,6 +454,8 @@ def _normalized_table(ns: str) -> list[str]:
 
 
 def test_proxy_killed_and_restarted_traffic_flows_and_the_table_converges(plane):
+    _ensure_web(plane)
+    _set_endpoints(plane, "web", ["web0", "web1"], WEB_EP_PORTS)
     client_ns = plane.pods["client0"][0]
     _wait(lambda: _try(lambda: _get(client_ns, "http://10.96.0.10/")), "web answering")
     node = plane.node_netns(0)
@@ -528,3 +530,32 @@ def test_sigterm_stops_the_proxy_and_leaves_the_rules(plane):
     assert _normalized_table(node) == before  # traffic keeps flowing on them
     assert _get(plane.pods["client2"][0], "http://10.96.0.10/")[0].startswith("web")
     proxy.start()
+
+
+def _ensure_web(plane: Plane) -> None:
+    """The web service of the first test (so that a test run alone finds it too)."""
+    try:
+        plane.client.get("services", "web", "default")
+    except Exception:
+        plane.client.create(_service("web", "10.96.0.10", WEB_PORTS))
+
+
+def test_a_table_deleted_behind_the_proxys_back_is_rebuilt_at_the_next_change(plane):
+    _ensure_web(plane)
+    node = plane.node_netns(1)
+    _set_endpoints(plane, "web", ["web0", "web1"], WEB_EP_PORTS)
+    gone = _endpoint_chain("web", "http", plane.pods["web1"][1], HTTP_PORT)
+    _wait(lambda: gone in nft.list_chains(node), "web1 programmed")
+    _set_endpoints(plane, "web", ["web0"], WEB_EP_PORTS)  # web1's chain: emptied, deleted later
+    service_chain = next(c for c in nft.list_chains(node)
+                         if c.startswith("service-") and c.endswith("-default/web/tcp/http"))
+    _wait(lambda: "numgen random mod 1 " in nft.nft(node, "list", "chain", "ip", "kube-proxy",
+                                                    service_chain).stdout,
+          "web down to one endpoint")
+    nft.delete_table(node)
+    _set_endpoints(plane, "web", ["web0", "web2"], WEB_EP_PORTS)  # a partial sync fails: full
+    back = _endpoint_chain("web", "http", plane.pods["web2"][1], HTTP_PORT)
+    _wait(lambda: back in nft.list_chains(node), "the table rebuilt")
+    assert gone not in nft.list_chains(node)
+    assert {_get(plane.pods["client1"][0], "http://10.96.0.10/")[0] for _ in range(20)} == \
+        {"web0", "web2"}

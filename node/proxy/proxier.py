@@ -211,9 +211,13 @@ class Proxier:
                 wanted = Rules()
                 for r in new.values():
                     wanted.update(r)
-                tx, gone = transaction.full(base_rules(self.cfg), wanted,
-                                            nft.list_chains(self.netns), nft.list_sets(self.netns))
-                ripe -= set(wanted.chains)
+                kernel = nft.list_chains(self.netns)
+                tx, gone = transaction.full(base_rules(self.cfg), wanted, kernel,
+                                            nft.list_sets(self.netns))
+                # what the kernel has decides; our memory of stale chains may be out of date
+                # (the table deleted behind our back, a delete that did not happen)
+                self._stale = {c: t for c, t in self._stale.items() if c in kernel}
+                ripe = (ripe & kernel) - set(wanted.chains)
                 gone -= ripe
             else:
                 tx = transaction.Transaction()
