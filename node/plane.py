@@ -1,10 +1,10 @@
-"""Real nodes on this machine: the fabric, and for each node a network namespace, a CRI runtime
-and a kubelet.
+"""Real nodes on this machine: the fabric, and for each node a network namespace, a CRI runtime,
+a kubelet and a kube-proxy.
 
 `RealNodes(data_dir, count)` lays the nodes out (node i: netns ``<prefix>-n<i>``, address
 10.250.0.<i+1>, podCIDR 10.244.<i>.0/24, its runtime's socket and state under
 ``<data_dir>/nodes/n<i>``), makes the network (`prepare`) and the busybox image, and gives the
-command lines of each node's runtime and kubelet for a supervisor to run (`commands`). `teardown`
+command lines of each node's runtime, kubelet and kube-proxy for a supervisor to run (`commands`). `teardown`
 removes everything the nodes made: containers, mounts, cgroups, namespaces.
 
 The prefix (``kp`` + 4 hex) is kept in ``<data_dir>/nodes/prefix``, so a plane restarted on the same
@@ -24,6 +24,7 @@ from node import network
 from node.network.fabric import Fabric
 
 NODE_NAME = "node-{i}"
+CLUSTER_CIDR = "10.244.0.0/16"  # every node's podCIDR is a /24 of it
 
 
 def busybox_version() -> str | None:
@@ -99,13 +100,21 @@ class RealNodes:
                 "--node-ip", node.ip, "--pod-cidr", node.pod_cidr, "--node-netns", node.netns,
                 "--log-level", "warning", *extra]
 
+    def proxy_command(self, node: RealNode, server: str, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "node.proxy", "--server", server, "--node-name", node.name,
+                "--node-netns", node.netns, "--node-ip", node.ip, "--cluster-cidr", CLUSTER_CIDR,
+                "--log-level", "warning", *extra]
+
     def commands(self, server: str) -> dict[str, list[str]]:
-        """Each node's runtime, then its kubelet (which waits for its runtime's socket)."""
+        """Each node's runtime, then its kubelet (which waits for its runtime's socket) and its
+        kube-proxy (whose rules live in the node's namespace: they go with it)."""
         cmds: dict[str, list[str]] = {}
         for node in self.nodes:
             cmds[f"runtime-{node.index}"] = self.runtime_command(node)
         for node in self.nodes:
             cmds[f"kubelet-{node.index}"] = self.kubelet_command(node, server)
+        for node in self.nodes:
+            cmds[f"proxy-{node.index}"] = self.proxy_command(node, server)
         return cmds
 
     def teardown(self) -> list[str]:
