@@ -108,7 +108,11 @@ def test_create_start_log_exec_kill(node, tmp_path):
     assert r.kill("c1", "SIGKILL")
     ex = wait_exit(persist, f"/{prefix}/sb/c1")
     assert (ex.exit_code, ex.oom_killed) == (137, False)
-    with open(os.path.join(str(tmp_path / "exits"), "c1")) as f:
+    exit_file = os.path.join(str(tmp_path / "exits"), "c1")  # conmon writes it after the persist dir's
+    deadline = time.monotonic() + 5
+    while not os.path.exists(exit_file) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with open(exit_file) as f:
         assert f.read().strip() == "137"
     deadline = time.monotonic() + 5
     while not mon.reap() and time.monotonic() < deadline:
