@@ -1,21 +1,31 @@
 """Real nodes for tests: node.plane's layout (fabric, node namespaces, busybox image), each node's
 CRI runtime and kubelet as processes, and a teardown that removes everything the nodes made,
-whatever state a test left them in."""
+whatever state a test left them in; and RuntimeNode, one node with only its runtime, for the
+runtime's and the kubelet's own tests."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
-from harness.procs import DEFAULT_READY_TIMEOUT, Registry, ServerProcess
+from harness.procs import DEFAULT_READY_TIMEOUT, REPO, Registry, ServerProcess
+from node import capable
+from node.cri.client import CriClient
+from node.network.fabric import Fabric
 from node.plane import RealNode, RealNodes
+from node.runtime import cgroups, mounts
+from node.runtime.cleanup import cleanup, conmon_pids
+from node.runtime.images import ImageStore, build_busybox
 
 
 class RuntimeProcess(ServerProcess):
-    """A node's CRI runtime (python -m node.runtime), ready once CRI Version answers."""
+    """A node's CRI runtime (python -m node.runtime) of node.plane's layout, ready once CRI
+    Version answers."""
 
     kind = "cri-runtime"
 
@@ -112,3 +122,83 @@ def real_nodes(tmp_path, server: str, count: int = 1, kubelet_args: tuple[str, .
         problems = layout.teardown()
         if problems:
             raise RuntimeError(f"real nodes of {layout.prefix} left behind: {problems}")
+
+
+def need_runtime():
+    """Skip the calling test when this machine cannot run real nodes (and say why)."""
+    import pytest
+
+    reason = capable.why_not()
+    if reason:
+        pytest.skip(f"real nodes cannot run here: {reason}")
+
+
+class RuntimeNode:
+    """One node for runtime and kubelet tests: its netns on a fresh fabric, an image store with
+    busybox, the runtime process (``start``/``stop``), and ``teardown`` removing all of it."""
+
+    def __init__(self, base):
+        self.plane = f"kp{secrets.token_hex(2)}"
+        self.fabric = Fabric(self.plane)
+        self.fabric.create()
+        self.net = self.fabric.add_node(0)
+        self.prefix = self.net.name  # <plane>-n0
+        self.base = str(base)
+        self.root = os.path.join(self.base, "root")
+        self.images = os.path.join(self.base, "images")
+        build_busybox(ImageStore(self.images))
+        self.sock = os.path.join(self.base, "cri.sock")
+        self.proc: subprocess.Popen | None = None
+        self.client: CriClient | None = None
+
+    def start(self) -> CriClient:
+        log = open(os.path.join(self.base, "runtime.log"), "ab")
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "node.runtime", "--listen", f"unix://{self.sock}", "--root", self.root,
+             "--prefix", self.prefix, "--node-netns", self.net.name, "--image-store", self.images],
+            stdout=log, stderr=log, env=env, cwd=REPO)
+        log.close()
+        if self.client is None:
+            self.client = CriClient(f"unix://{self.sock}", timeout=60)
+        self.client.wait_ready(20)
+        return self.client
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def teardown(self) -> list[str]:
+        self.stop()
+        if self.client is not None:
+            self.client.close()
+        problems = cleanup(self.prefix, self.root)
+        self.fabric.destroy()
+        return problems
+
+
+def leftovers(n: RuntimeNode) -> dict:
+    """Anything on the machine still named with the node's prefix."""
+    out = {}
+    netns = [x for x in os.listdir("/run/netns") if x.startswith(n.prefix + "-")] \
+        if os.path.isdir("/run/netns") else []  # pods' (the node's own is the fabric's)
+    if netns:
+        out["netns"] = netns
+    if cgroups.tree(n.prefix):
+        out["cgroups"] = cgroups.tree(n.prefix)
+    if mounts.mount_points(n.root):
+        out["mounts"] = mounts.mount_points(n.root)
+    if conmon_pids(f"/run/{n.prefix}"):
+        out["conmon"] = conmon_pids(f"/run/{n.prefix}")
+    if os.path.exists(f"/run/{n.prefix}"):
+        out["runc root"] = f"/run/{n.prefix}"
+    if os.path.exists(f"/run/{n.prefix}.runtime-root"):
+        out["root marker"] = f"/run/{n.prefix}.runtime-root"
+    if mounts.mount_points(n.base):
+        out["mounts under the test dir"] = mounts.mount_points(n.base)
+    return out

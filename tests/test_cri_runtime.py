@@ -9,80 +9,23 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import signal
 import subprocess
-import sys
 import time
 
 import grpc
 import pytest
 
-from node import capable
+from harness.nodes import RuntimeNode as Node
+from harness.nodes import leftovers, need_runtime
 from node.cri.client import CriClient, CriError
-from node.network.fabric import Fabric
 from node.pb import cri_pb2
 from node.runtime import cgroups, mounts, runc
 from node.runtime.cleanup import cleanup, conmon_pids
-from node.runtime.images import ImageStore, build_busybox
+from node.runtime.images import ImageStore
 
 pytestmark = pytest.mark.process
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CRI_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+[+-]\d\d:\d\d (stdout|stderr) [FP] (.*)$")
-
-
-def need_runtime():
-    reason = capable.why_not()
-    if reason:
-        pytest.skip(f"real nodes cannot run here: {reason}")
-
-
-class Node:
-    """One node: its netns on a fresh fabric, an image store with busybox, the runtime process."""
-
-    def __init__(self, base):
-        self.plane = f"kp{secrets.token_hex(2)}"
-        self.fabric = Fabric(self.plane)
-        self.fabric.create()
-        self.net = self.fabric.add_node(0)
-        self.prefix = self.net.name  # <plane>-n0
-        self.base = str(base)
-        self.root = os.path.join(self.base, "root")
-        self.images = os.path.join(self.base, "images")
-        build_busybox(ImageStore(self.images))
-        self.sock = os.path.join(self.base, "cri.sock")
-        self.proc: subprocess.Popen | None = None
-        self.client: CriClient | None = None
-
-    def start(self) -> CriClient:
-        log = open(os.path.join(self.base, "runtime.log"), "ab")
-        env = dict(os.environ, PYTHONPATH=REPO)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "node.runtime", "--listen", f"unix://{self.sock}", "--root", self.root,
-             "--prefix", self.prefix, "--node-netns", self.net.name, "--image-store", self.images],
-            stdout=log, stderr=log, env=env, cwd=REPO)
-        log.close()
-        if self.client is None:
-            self.client = CriClient(f"unix://{self.sock}", timeout=60)
-        self.client.wait_ready(20)
-        return self.client
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def teardown(self) -> list[str]:
-        self.stop()
-        if self.client is not None:
-            self.client.close()
-        problems = cleanup(self.prefix, self.root)
-        self.fabric.destroy()
-        return problems
 
 
 @pytest.fixture(scope="module")
@@ -98,28 +41,6 @@ def node(tmp_path_factory):
     left = leftovers(n)
     assert left == {}, left
     assert not [x for x in os.listdir("/run/netns") if x.startswith(n.plane)]
-
-
-def leftovers(n: Node) -> dict:
-    """Anything on the machine still named with the node's prefix."""
-    out = {}
-    netns = [x for x in os.listdir("/run/netns") if x.startswith(n.prefix + "-")] \
-        if os.path.isdir("/run/netns") else []  # pods' (the node's own is the fabric's)
-    if netns:
-        out["netns"] = netns
-    if cgroups.tree(n.prefix):
-        out["cgroups"] = cgroups.tree(n.prefix)
-    if mounts.mount_points(n.root):
-        out["mounts"] = mounts.mount_points(n.root)
-    if conmon_pids(f"/run/{n.prefix}"):
-        out["conmon"] = conmon_pids(f"/run/{n.prefix}")
-    if os.path.exists(f"/run/{n.prefix}"):
-        out["runc root"] = f"/run/{n.prefix}"
-    if os.path.exists(f"/run/{n.prefix}.runtime-root"):
-        out["root marker"] = f"/run/{n.prefix}.runtime-root"
-    if mounts.mount_points(n.base):
-        out["mounts under the test dir"] = mounts.mount_points(n.base)
-    return out
 
 
 def sandbox_config(n: Node, name: str) -> cri_pb2.PodSandboxConfig:

@@ -12,7 +12,8 @@ import subprocess
 import sys
 
 import pytest
-from test_cri_runtime import Node, leftovers, need_runtime
+from harness.nodes import RuntimeNode as Node
+from harness.nodes import leftovers, need_runtime
 
 from apiserver.client import Client
 from apiserver.errors import ApiError
