@@ -17,6 +17,9 @@ from etcdlite.pb.mvccpb import kv_pb2
 NOPUT = 0
 NODELETE = 1
 _INT64_MASK = (1 << 64) - 1
+# events a step of `WatchHub.publish_steps` converts (a few milliseconds of work); a
+# revision with fewer is published in one go
+STEP_EVENTS = 512
 
 
 def event_to_pb(ev: Event, with_prev: bool) -> kv_pb2.Event:
@@ -98,6 +101,9 @@ class WatchHub:
         self._by_key: dict[bytes, set[Watcher]] = {}
         self._ranges: set[Watcher] = set()
         self._parked: set[Watcher] = set()
+        # a revision is being published a step at a time (publish_steps): a new
+        # watcher must catch up from history instead of joining the fan-out
+        self.publishing = False
 
     def __len__(self) -> int:
         return sum(len(s) for s in self._by_key.values()) + len(self._ranges) + len(self._parked)
@@ -128,6 +134,13 @@ class WatchHub:
             group.discard(w)
             if not group:
                 del self._by_key[w.key]
+
+    def holds(self, w: Watcher) -> bool:
+        """Whether w is live (in the fan-out)."""
+        if w.range_end:
+            return w in self._ranges
+        group = self._by_key.get(w.key)
+        return group is not None and w in group
 
     def watchers(self):
         """The live watchers."""
@@ -192,12 +205,34 @@ class WatchHub:
             w.stream.send_event_fields(w, fields[0] if len(fields) == 1 else b"".join(fields), revision)
 
     def _publish_many(self, events: list[Event], revision: int) -> None:
+        for _ in self._publish_many_steps(events, revision):
+            pass
+
+    def publish_steps(self, events: list[Event], revision: int):
+        """`publish` as a generator that yields between steps of
+        STEP_EVENTS events, for a revision of many (a DeleteRange of 300k
+        keys took seconds in one go). Each watcher still gets the whole
+        revision at once, at the last step; until then `revision` stays
+        the previous one (progress notifications claim nothing unsent) and
+        `publishing` is set: watchers created meanwhile catch up from the
+        store's history, which holds this revision already."""
+        if len(events) <= STEP_EVENTS or (not self._by_key and not self._ranges):
+            self.publish(events, revision)
+            return
+        self.publishing = True
+        try:
+            yield from self._publish_many_steps(events, revision)
+        finally:
+            self.publishing = False
+
+    def _publish_many_steps(self, events: list[Event], revision: int):
         """publish for a revision of several events (a txn, a range delete, a
         lease's keys): the events sorted by key, each watcher finds its own
         by bisection, and watchers that want the same span of them share one
         response body. The cost is a bisection per watcher plus the events
-        sent, never events x watchers."""
-        order = sorted(range(len(events)), key=lambda i: events[i].kv.key)
+        sent, never events x watchers. A generator: it yields between steps
+        (see publish_steps); the watchers sent to are those live at the end."""
+        order = yield from _key_order(events)
         keys = [events[i].kv.key for i in order]
         spans: list[tuple[Watcher, int, int]] = []  # a watcher and its events: keys[lo:hi]
         for key in dict.fromkeys(keys):
@@ -213,9 +248,19 @@ class WatchHub:
                 spans.append((w, lo, hi))
         bodies: dict[tuple, tuple[list, bytes]] = {}
         converted: dict[tuple[int, bool], tuple[kv_pb2.Event, bytes]] = {}
+        stepped = len(events) > STEP_EVENTS
+        if stepped:
+            # every body made first, a step at a time; then all sent in one go
+            for w, lo, hi in spans:
+                slot = (lo, hi, w.prev_kv, w.skip_put, w.skip_delete)
+                if revision >= w.next_revision and slot not in bodies:
+                    bodies[slot] = yield from _body_steps(events, order[lo:hi], w, converted)
+            self.revision = revision
         for w, lo, hi in spans:  # a list: sending may take w out of the hub's sets
             if revision < w.next_revision:
                 continue  # already sent from history
+            if stepped and not self.holds(w):
+                continue  # cancelled, or its stream ended, while the bodies were made
             slot = (lo, hi, w.prev_kv, w.skip_put, w.skip_delete)
             body = bodies.get(slot)
             if body is None:
@@ -228,6 +273,36 @@ class WatchHub:
                 w.stream.send_events(w, out, revision)  # may need cutting into parts
             else:
                 w.stream.send_event_fields(w, fields, revision)
+
+
+def _key_order(events: list[Event]):
+    """Indices of events in key order (a generator, see publish_steps): a
+    range delete's or a lease's events are in key order already, which a
+    step at a time finds; others are sorted."""
+    n = len(events)
+    for lo in range(0, n, STEP_EVENTS):
+        if lo:
+            yield
+        previous = events[lo - 1].kv.key if lo else b""
+        for i in range(lo, min(n, lo + STEP_EVENTS)):
+            key = events[i].kv.key
+            if key < previous:
+                return sorted(range(n), key=lambda i: events[i].kv.key)
+            previous = key
+    return range(n)
+
+
+def _body_steps(events: list[Event], indices, w: Watcher, converted: dict):
+    """`_body` for indices in key order, a step at a time (a generator)."""
+    indices = sorted(indices)
+    out, fields = [], []
+    for lo in range(0, len(indices), STEP_EVENTS):
+        if lo:
+            yield
+        part_out, part_fields = _body(events, indices[lo:lo + STEP_EVENTS], w, converted)
+        out += part_out
+        fields.append(part_fields)
+    return out, b"".join(fields)
 
 
 def _body(events: list[Event], indices: list[int], w: Watcher, converted: dict) -> tuple[list, bytes]:
