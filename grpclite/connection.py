@@ -12,9 +12,11 @@ client can make its connection hold is bounded (the limits below).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import socket
 import struct
+import termios
 import time
 from typing import TYPE_CHECKING
 
@@ -95,6 +97,14 @@ OUT_BUDGET = 64 << 20
 # past it, the connection's new calls are refused (REFUSED_STREAM: grpc clients retry them) until
 # the client reads; a client that reads keeps far below it
 UNSENT_BUDGET = 32 << 20
+# A connection ended with a GOAWAY closes only once the client has acknowledged everything sent
+# (GOAWAY included), it closes its side, or LINGER_TIME passes: closing with the client's input
+# unread makes the kernel reset the connection and drop what it had not sent yet, GOAWAY with it.
+# Meanwhile up to LINGER_DRAIN bytes of input are read and thrown away (a client stuck sending
+# gets to read), then reading stops (a flood stalls, and its sender reads at last).
+LINGER_TIME = 5.0
+LINGER_DRAIN = 1 << 20
+LINGER_POLL = 0.05
 
 
 class H2ConnectionError(Exception):
@@ -132,7 +142,9 @@ class Connection(asyncio.Protocol):
         self.headers_in_progress = None  # (sid, flags, fragments) while CONTINUATION frames arrive
         self.headers_size = 0  # their bytes so far
         self.going_away = False
-        self.closed = False
+        self.closed = False  # nothing more is read or written (the transport may linger: close_lingering)
+        self.lingering = 0.0  # when close_lingering began (0: it has not)
+        self.drained = 0  # input thrown away since
         self.write_paused = False  # the transport's buffer is over its high water mark
         self.settings_seen = False  # the client's first SETTINGS: the handshake is done
         self.reads = self.reads_seen = 0  # socket reads, and how many there were at the last idle check
@@ -175,6 +187,12 @@ class Connection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self.end_streams()
+
+    def eof_received(self) -> bool:
+        return False  # the client closed its side: close ours (lingering or not)
+
+    def end_streams(self) -> None:
         for stream in list(self.streams.values()):
             stream.cancelled = True
             stream.finished = True
@@ -234,7 +252,7 @@ class Connection(asyncio.Protocol):
             return
         self.go_away(NO_ERROR, "max_idle")
         self.flush()
-        self.timer = self.loop.call_later(min(IDLE_GRACE, self.server.idle_timeout), self.transport.close)
+        self.timer = self.loop.call_later(min(IDLE_GRACE, self.server.idle_timeout), self.close_lingering)
 
     def pause_writing(self) -> None:
         """The client reads slower than it is answered: no new calls from it until it catches up
@@ -284,8 +302,38 @@ class Connection(asyncio.Protocol):
             self.going_away = True
             self.queue_frame(GOAWAY, 0, 0, U32.pack(self.last_stream) + U32.pack(code) + message.encode())
         if code != NO_ERROR:
-            self.flush()
-            self.transport.close()
+            self.close_lingering()
+
+    def close_lingering(self) -> None:
+        """End the connection so that the client gets what was sent, the GOAWAY last (see
+        LINGER_TIME): the calls stop now; our side of the socket is shut once the output has
+        left, and the socket is closed later (check_linger)."""
+        if self.closed:
+            return
+        self.flush()
+        self.closed = True
+        self.lingering = time.monotonic()
+        self.buf = bytearray()
+        self.end_streams()
+        if self.timer is not None:
+            self.timer.cancel()
+        transport = self.transport
+        if transport.can_write_eof():
+            transport.write_eof()  # FIN after what is buffered
+        self.stalled = False
+        transport.resume_reading()  # drain what comes (data_received), whatever paused it
+        self.timer = self.loop.call_later(LINGER_POLL, self.check_linger)
+
+    def check_linger(self) -> None:
+        transport = self.transport
+        self.timer = None
+        if transport.is_closing():
+            return
+        if time.monotonic() - self.lingering < LINGER_TIME and (
+                transport.get_write_buffer_size() or _unacknowledged(transport)):
+            self.timer = self.loop.call_later(LINGER_POLL, self.check_linger)
+            return
+        transport.abort()
 
     def close_stream(self, stream: Stream) -> None:
         self.streams.pop(stream.id, None)
@@ -297,12 +345,16 @@ class Connection(asyncio.Protocol):
             stream.remote_closed = True
             self.queue_frame(RST_STREAM, 0, stream.id, U32.pack(NO_ERROR))
         if self.going_away and not self.streams and not self.closed:
-            self.flush()
-            self.transport.close()
+            self.close_lingering()
 
     # --- reading -----------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:  # lingering: thrown away, up to LINGER_DRAIN
+            self.drained += len(data)
+            if self.drained > LINGER_DRAIN and not self.transport.is_closing():
+                self.transport.pause_reading()
+            return
         self.reads += 1
         buf = self.buf
         if buf or not self.preface_seen:
@@ -353,7 +405,9 @@ class Connection(asyncio.Protocol):
             self.go_away(INTERNAL_ERROR, "internal error")
             return
         finally:
-            if data is buf:
+            if self.closed:
+                self.buf = bytearray()
+            elif data is buf:
                 if pos:
                     del buf[:pos]
             elif pos < size:
@@ -690,3 +744,13 @@ class Connection(asyncio.Protocol):
             stream.remote_closed = True
             self.deliver(stream, [])
             self.release_delivered(stream)
+
+
+def _unacknowledged(transport) -> int:
+    """Bytes the kernel holds that the peer has not acknowledged yet (Linux's SIOCOUTQ); 0 when it
+    cannot tell."""
+    sock = transport.get_extra_info("socket")
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except (AttributeError, OSError, ValueError):
+        return 0

@@ -164,7 +164,7 @@ class GrpcServer:
         for conn in list(self.connections):
             for stream in list(conn.streams.values()):
                 stream.stop_handler()
-            if not conn.closed:
+            if not conn.transport.is_closing():  # lingering ones too
                 conn.transport.abort()
 
     # --- calls -------------------------------------------------------------------

@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import time
 
 import grpc
 
+from grpclite import connection
 from grpclite.connection import (
     HEADER_CACHE_BYTES,
+    LINGER_DRAIN,
     MAX_CONCURRENT_STREAMS,
     MAX_HEADER_LIST,
     OUT_BUDGET,
@@ -59,11 +62,14 @@ from harness.h2attack import split_frames as _frames
 
 class _Transport:
     """What a Connection writes to, and whether it closed or paused it. Like asyncio's, it calls
-    its protocol's pause_writing past its high water mark; drain() is the client reading it all."""
+    its protocol's pause_writing past its high water mark; drain() is the client reading it all.
+    `closed`: the server ended the connection (shut its side after a GOAWAY, or closed);
+    `shut`: the socket itself is closed (a lingering close does that later)."""
 
     def __init__(self) -> None:
         self.written = bytearray()
         self.closed = False
+        self.shut = False
         self.reading = True
         self.protocol = None
         self.high = 64 << 10
@@ -99,9 +105,18 @@ class _Transport:
         self.reading = True
 
     def close(self) -> None:
-        self.closed = True
+        self.closed = self.shut = True
 
     abort = close
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.shut
 
 
 def _resets(transport: _Transport) -> dict[int, int]:
@@ -724,3 +739,76 @@ def test_a_unix_socket_serves_grpc_clients_and_a_stale_socket_file_is_replaced(t
         await server.stop(0)
 
     asyncio.run(run())
+
+
+# --- a lingering close: the GOAWAY reaches the client ------------------------------------------
+
+
+def test_a_connection_ended_by_an_error_closes_its_socket_once_the_client_has_its_output(monkeypatch):
+    """After a GOAWAY for an error the server shuts its side (FIN) at once, reads and throws away
+    what still comes, and closes the socket only once what it wrote has left (closing earlier, with
+    input unread, resets the connection and drops the GOAWAY)."""
+    checks = []
+    check = connection.Connection.check_linger
+    monkeypatch.setattr(connection.Connection, "check_linger",
+                        lambda conn: (checks.append(1), check(conn)))
+
+    async def test(conn, transport, server, echo):
+        transport.high = 1 << 30  # the "client" reads nothing until drain()
+        conn.data_received(_frame(WINDOW_UPDATE, 0, 0, U32.pack(0)))
+        assert transport.closed and not transport.shut and _goaway_code(transport) == PROTOCOL_ERROR
+        written = len(transport.written)
+        conn.data_received(_frame(PING, 0, 0, bytes(8)) * 100 + _frame(HEADERS, END_HEADERS, 3, b"junk"))
+        assert len(transport.written) == written and transport.reading  # thrown away, unanswered
+        await _until(lambda: len(checks) >= 3)
+        assert not transport.shut  # the GOAWAY has not left
+        transport.drain()
+        await _until(lambda: transport.shut, timeout=1)
+
+    _on_connection(test)
+
+
+def test_a_lingering_connection_stops_reading_past_its_drain_and_closes_after_linger_time(monkeypatch):
+    monkeypatch.setattr(connection, "LINGER_TIME", 0.2)
+
+    async def test(conn, transport, server, echo):
+        transport.high = 1 << 30
+        conn.data_received(_frame(WINDOW_UPDATE, 0, 0, U32.pack(0)))
+        junk = _frame(PING, 0, 0, bytes(8)) * 1000
+        for _ in range(LINGER_DRAIN // len(junk) + 2):
+            conn.data_received(junk)
+        assert not transport.reading and not transport.shut
+        start = asyncio.get_running_loop().time()
+        await _until(lambda: transport.shut, timeout=2)  # never drained: closed anyway
+        assert asyncio.get_running_loop().time() - start < 0.2 + 0.1
+
+    _on_connection(test)
+
+
+def test_unacknowledged_output_is_what_the_kernel_still_holds_for_the_peer():
+    """_unacknowledged (SIOCOUTQ) on a real TCP pair: what a peer that does not read leaves in the
+    sender's queue, and nothing once it has read it all."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        receiver = socket.socket()
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        receiver.connect(listener.getsockname())
+        sender, _ = listener.accept()
+        with receiver, sender:
+            sender.setblocking(False)
+            transport = type("T", (), {"get_extra_info": lambda self, name: sender})()
+            assert connection._unacknowledged(transport) == 0
+            sent = 0
+            try:
+                while sent < 8 << 20:
+                    sent += sender.send(bytes(65536))
+            except BlockingIOError:
+                pass
+            assert connection._unacknowledged(transport) > 0
+            got = 0
+            receiver.settimeout(5)
+            while got < sent:
+                got += len(receiver.recv(1 << 20))
+            deadline = time.monotonic() + 5
+            while connection._unacknowledged(transport):
+                assert time.monotonic() < deadline, "the kernel still holds what the peer read"
+            assert connection._unacknowledged(type("T", (), {"get_extra_info": lambda self, n: None})()) == 0
