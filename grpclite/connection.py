@@ -81,6 +81,14 @@ MAX_HEADER_LIST = 1 << 20
 HANDSHAKE_TIMEOUT = 20.0
 IDLE_TIMEOUT = 300.0
 IDLE_GRACE = 1.0
+# keepalive, as grpc-go's server (etcd's --grpc-keepalive-interval and --grpc-keepalive-timeout):
+# a connection that sent nothing for KEEPALIVE_TIME gets a PING, and is closed if nothing at all
+# comes back within KEEPALIVE_TIMEOUT; a client gone without a FIN (a network cut) no longer holds
+# its calls (a Watch, its watchers) for ever
+KEEPALIVE_TIME = 7200.0
+KEEPALIVE_TIMEOUT = 20.0
+KEEPALIVE_PING = b"keepaliv"  # the opaque data of our PINGs
+KEEPALIVE_CHECKS = 4  # checks per keepalive time: the PING leaves 1 to 1.25 times it after the last read
 # header blocks remembered decoded per connection (a call's block is some hundred bytes)
 HEADER_CACHE_ENTRIES = 256
 HEADER_CACHE_BYTES = 256 << 10
@@ -149,6 +157,10 @@ class Connection(asyncio.Protocol):
         self.settings_seen = False  # the client's first SETTINGS: the handshake is done
         self.reads = self.reads_seen = 0  # socket reads, and how many there were at the last idle check
         self.timer: asyncio.TimerHandle | None = None  # the handshake's deadline, then the idle check
+        self.keepalive: asyncio.TimerHandle | None = None  # the next keepalive check
+        self.reads_at_keepalive = 0  # socket reads at the last keepalive check
+        self.idle_checks = 0  # keepalive checks in a row that found no read
+        self.pinged = False  # a keepalive PING is out, not answered by anything yet
         self.pings = Rate(PING_BURST, PINGS_PER_SECOND)
         self.resets = Rate(RESET_BURST, RESETS_PER_SECOND)
 
@@ -187,6 +199,9 @@ class Connection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.keepalive is not None:
+            self.keepalive.cancel()
+            self.keepalive = None
         self.end_streams()
 
     def eof_received(self) -> bool:
@@ -237,6 +252,35 @@ class Connection(asyncio.Protocol):
         self.settings_seen = True
         self.timer.cancel()
         self.timer = self.loop.call_later(self.server.idle_timeout, self.check_idle)
+        self.reads_at_keepalive = self.reads
+        self.keepalive = self.loop.call_later(self.server.keepalive_time / KEEPALIVE_CHECKS, self.check_keepalive)
+
+    def check_keepalive(self) -> None:
+        """grpc-go's server keepalive: a connection that read nothing for keepalive_time gets a
+        PING; one that reads nothing for keepalive_timeout after it is closed (its peer is gone, or
+        cut off: a GOAWAY would not reach it)."""
+        self.keepalive = None
+        if self.closed:
+            return
+        server = self.server
+        if self.reads != self.reads_at_keepalive:
+            self.reads_at_keepalive = self.reads
+            self.pinged = False
+            self.idle_checks = 0
+        else:
+            self.idle_checks += 1
+        if not self.pinged and self.idle_checks < KEEPALIVE_CHECKS:
+            self.keepalive = self.loop.call_later(server.keepalive_time / KEEPALIVE_CHECKS, self.check_keepalive)
+        elif self.pinged:
+            log.info("closing the connection from %s: no answer to a keepalive PING within %gs",
+                     self.peer, server.keepalive_timeout)
+            self.closed = True
+            self.end_streams()
+            self.transport.abort()
+        else:
+            self.pinged = True
+            self.queue_frame(PING, 0, 0, KEEPALIVE_PING)
+            self.keepalive = self.loop.call_later(server.keepalive_timeout, self.check_keepalive)
 
     def check_idle(self) -> None:
         """A connection without calls that sent nothing since the last check is closed (GOAWAY
@@ -317,6 +361,9 @@ class Connection(asyncio.Protocol):
         self.end_streams()
         if self.timer is not None:
             self.timer.cancel()
+        if self.keepalive is not None:
+            self.keepalive.cancel()
+            self.keepalive = None
         transport = self.transport
         if transport.can_write_eof():
             transport.write_eof()  # FIN after what is buffered

@@ -14,6 +14,7 @@ import grpc
 from grpclite import connection
 from grpclite.connection import (
     HEADER_CACHE_BYTES,
+    KEEPALIVE_PING,
     LINGER_DRAIN,
     MAX_CONCURRENT_STREAMS,
     MAX_HEADER_LIST,
@@ -812,3 +813,42 @@ def test_unacknowledged_output_is_what_the_kernel_still_holds_for_the_peer():
             while connection._unacknowledged(transport):
                 assert time.monotonic() < deadline, "the kernel still holds what the peer read"
             assert connection._unacknowledged(type("T", (), {"get_extra_info": lambda self, n: None})()) == 0
+
+
+# --- keepalive: a peer that vanished without a FIN ------------------------------------------------
+
+
+def _keepalive_pings(transport: _Transport) -> int:
+    return sum(1 for ftype, flags, _, p in _frames(transport.written)
+               if ftype == PING and not flags & ACK and p == KEEPALIVE_PING)
+
+
+def test_a_connection_that_sends_nothing_is_pinged_and_closed_when_nothing_answers():
+    """grpc-go's server keepalive: after keepalive_time without a read the server PINGs; an
+    answer (anything read) keeps the connection and its call; silence for keepalive_timeout after
+    a PING closes it, and its calls end."""
+
+    async def test(conn, transport, server, echo):
+        conn.data_received(_frame(HEADERS, END_HEADERS, 1, request_block("/t.T/Hold")))
+        assert 1 in conn.streams
+        await _until(lambda: _keepalive_pings(transport) == 1, timeout=2)
+        conn.data_received(_frame(PING, ACK, 0, KEEPALIVE_PING))  # the client answers
+        await _until(lambda: _keepalive_pings(transport) == 2, timeout=2)
+        assert not transport.shut and 1 in conn.streams
+        await _until(lambda: transport.shut, timeout=2)  # this time nothing answers
+        assert _keepalive_pings(transport) == 2 and not conn.streams
+
+    _on_connection(test, keepalive_time=0.1, keepalive_timeout=0.2)
+
+
+def test_a_connection_that_keeps_sending_is_never_pinged():
+    async def test(conn, transport, server, echo):
+        conn.data_received(_frame(HEADERS, END_HEADERS, 1, request_block("/t.T/Hold")))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 0.5
+        while loop.time() < deadline:  # a read every 10 ms: twenty within each keepalive_time
+            conn.data_received(_frame(WINDOW_UPDATE, 0, 0, U32.pack(1)))
+            await asyncio.sleep(0.01)
+        assert _keepalive_pings(transport) == 0 and not transport.shut
+
+    _on_connection(test, keepalive_time=0.2, keepalive_timeout=0.05)

@@ -129,6 +129,8 @@ class Member:
         address = host_port(url)
         if cfg.grpc_server == "grpcio":
             server = grpc.aio.server(options=[
+                ("grpc.keepalive_time_ms", int(cfg.grpc_keepalive_interval * 1000)),
+                ("grpc.keepalive_timeout_ms", int(cfg.grpc_keepalive_timeout * 1000)),
                 ("grpc.max_receive_message_length", max_receive),
                 ("grpc.max_send_message_length", 2**31 - 1),
                 ("grpc.max_concurrent_streams", cfg.max_concurrent_streams),
@@ -136,7 +138,9 @@ class Member:
             ])
         else:
             server = GrpcServer(max_receive_message_length=max_receive,
-                                max_concurrent_streams=cfg.max_concurrent_streams)
+                                max_concurrent_streams=cfg.max_concurrent_streams,
+                                keepalive_time=cfg.grpc_keepalive_interval,
+                                keepalive_timeout=cfg.grpc_keepalive_timeout)
         add_kv_service(KVService(self), server)
         add_watch_service(WatchService(self), server)
         rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(self), server)
