@@ -105,6 +105,13 @@ OUT_BUDGET = 64 << 20
 # past it, the connection's new calls are refused (REFUSED_STREAM: grpc clients retry them) until
 # the client reads; a client that reads keeps far below it
 UNSENT_BUDGET = 32 << 20
+# request bytes of messages not yet whole, all of a connection's calls together: they hold the
+# connection's receive window until their message is whole, so a client that keeps within the
+# window but leaves many messages unfinished (or sends many large ones interleaved, as grpc-go's
+# writer does) would use it all up, and then nothing could move on that connection again. Past
+# the budget the call whose DATA passes it is reset (RST_STREAM FLOW_CONTROL_ERROR, as a call
+# past its own window) and what it held goes back to the connection's window
+PARTIAL_BUDGET = CONN_RECV_WINDOW // 2
 # A connection ended with a GOAWAY closes only once the client has acknowledged everything sent
 # (GOAWAY included), it closes its side, or LINGER_TIME passes: closing with the client's input
 # unread makes the kernel reset the connection and drop what it had not sent yet, GOAWAY with it.
@@ -145,6 +152,7 @@ class Connection(asyncio.Protocol):
         self.out: list[bytes] = []
         self.out_bytes = 0  # about what `out` holds: reading stops for a turn past WRITE_HIGH_WATER
         self.unsent = 0  # bytes the streams hold for the client's windows (Stream.pending)
+        self.partial = 0  # request bytes of messages not yet whole (Stream.partial): PARTIAL_BUDGET
         self.stalled = False  # reading stopped until what was answered has left (stall())
         self.flush_scheduled = False
         self.headers_in_progress = None  # (sid, flags, fragments) while CONTINUATION frames arrive
@@ -666,6 +674,17 @@ class Connection(asyncio.Protocol):
             self.release_stream(stream, stream_window.held())  # a unary call's stream gets it all back
         self.deliver(stream, messages)
         self.release_delivered(stream)
+        if stream.recv_buf or stream.partial:
+            self.count_partial(stream)
+
+    def count_partial(self, stream: Stream) -> None:
+        """The stream's bytes of a message not yet whole, into the connection's count; past
+        PARTIAL_BUDGET the stream is reset (see there)."""
+        partial = len(stream.recv_buf) - stream.complete
+        self.partial += partial - stream.partial
+        stream.partial = partial
+        if self.partial > PARTIAL_BUDGET and partial and not stream.finished:
+            self.reset_stream(stream, FLOW_CONTROL_ERROR)
 
     def release_delivered(self, stream: Stream) -> None:
         """A unary call's bytes go back to the connection but for what the call still holds:
@@ -693,6 +712,7 @@ class Connection(asyncio.Protocol):
         partial = stream.recv_window.held() - stream.complete
         if partial > 0:
             self.release_stream(stream, partial)
+        self.count_partial(stream)
         stream.wake()
 
     def end_of_requests(self, stream: Stream) -> None:

@@ -19,6 +19,7 @@ from grpclite.connection import (
     MAX_CONCURRENT_STREAMS,
     MAX_HEADER_LIST,
     OUT_BUDGET,
+    PARTIAL_BUDGET,
     RECV_MAX_FRAME,
     UNSENT_BUDGET,
     WRITE_HIGH_WATER,
@@ -227,22 +228,65 @@ def test_continuation_frames_past_the_header_list_limit_end_the_connection_unjoi
 # --- 2. receive windows enforced -------------------------------------------------------------------
 
 
-def test_partial_messages_on_many_streams_past_the_connection_window_end_the_connection():
+def test_messages_not_taken_on_many_streams_past_the_connection_window_end_the_connection():
+    """Whole messages that a streaming handler does not take stay held against both windows; a
+    client that sends past the connection's window (each stream within its own) gets GOAWAY
+    FLOW_CONTROL_ERROR, having made the server hold no more than the window."""
     def test(conn, transport, server, echo):
-        # each stream sends 3 MiB of a 3.5 MiB request and stops: held, so not given back
-        part = _message(7 << 19)[:3 << 20]
+        # three whole messages of 1 MiB a stream: within its 4 MiB window
+        three = _message(1 << 20) * 3
         sid, sent = 1, 0
         while not transport.closed and sent < 2 * CONN_RECV_WINDOW:
-            conn.data_received(_frame(HEADERS, END_HEADERS, sid, request_block("/t.T/Echo")))
-            for i in range(0, len(part), RECV_MAX_FRAME):
-                conn.data_received(_frame(DATA, 0, sid, part[i:i + RECV_MAX_FRAME]))
+            conn.data_received(_frame(HEADERS, END_HEADERS, sid, request_block("/t.T/Hold")))
+            for i in range(0, len(three), RECV_MAX_FRAME):
+                conn.data_received(_frame(DATA, 0, sid, three[i:i + RECV_MAX_FRAME]))
                 if transport.closed:
                     break
-                sent += min(RECV_MAX_FRAME, len(part) - i)
+                sent += min(RECV_MAX_FRAME, len(three) - i)
             sid += 2
         assert transport.closed and _goaway_code(transport) == FLOW_CONTROL_ERROR
         assert sent <= CONN_RECV_WINDOW
-        assert _window_updates(transport, 0) == 0
+        assert _window_updates(transport, 0) == 0 and not _resets(transport)
+
+    _on_connection(test)
+
+
+def test_unfinished_messages_past_their_budget_reset_the_call_and_the_connection_goes_on():
+    """A client that keeps within every window but leaves its messages unfinished (each stream
+    3 MiB of a 3.5 MiB request) used to take the whole connection window, after which nothing on
+    that connection could move again. Past PARTIAL_BUDGET the call whose DATA passes it is reset
+    (RST_STREAM FLOW_CONTROL_ERROR) and its bytes go back to the connection's window: the client
+    never runs out of window, and the first call, finished at last, is answered."""
+    async def test(conn, transport, server, echo):
+        whole = _message(7 << 19)
+        part = whole[:3 << 20]
+        window = CONN_RECV_WINDOW  # the connection's window as the client sees it
+        sid, sent = 1, 0
+        while sent < 2 * CONN_RECV_WINDOW:
+            conn.data_received(_frame(HEADERS, END_HEADERS, sid, request_block("/t.T/Echo")))
+            for i in range(0, len(part), RECV_MAX_FRAME):
+                chunk = part[i:i + RECV_MAX_FRAME]
+                server.flush_now()
+                window += _window_updates(transport, 0)
+                transport.written.clear()
+                assert len(chunk) <= window, f"the client ran out of window after {sent} bytes"
+                conn.data_received(_frame(DATA, 0, sid, chunk))
+                window -= len(chunk)
+                sent += len(chunk)
+            sid += 2
+        assert not transport.closed
+        assert conn.partial <= PARTIAL_BUDGET
+        refused = {s for s in range(1, sid, 2) if s not in conn.streams}
+        assert min(refused) > 2 * (PARTIAL_BUDGET // len(part)) - 1 and 1 in conn.streams
+        transport.written.clear()
+        conn.data_received(_frame(DATA, END_STREAM, 1, whole[len(part):])  # the first call finishes
+                           + _frame(WINDOW_UPDATE, 0, 0, U32.pack(8 << 20))  # room for its answer
+                           + _frame(WINDOW_UPDATE, 0, 1, U32.pack(8 << 20)))
+        await _until(lambda: 1 not in conn.streams)
+        server.flush_now()
+        (fields,) = [_status(b) for t, _, s, b in _frames(transport.written) if t == HEADERS and s == 1
+                     and b"grpc-status" in _status(b)]
+        assert fields[b"grpc-status"] == b"0"
 
     _on_connection(test)
 
