@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 from pysyncobj import FAIL_REASON
@@ -23,6 +24,7 @@ from etcdlite.apply import BatchRun, Op, StateMachine, events_of
 from etcdlite.mvcc.kv import DELETE
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.server import maintenance
+from etcdlite.server.watch import WatchStream
 from etcdlite.watch_hub import STEP_EVENTS, Watcher, WatchHub
 from harness.etcd_client import Client
 
@@ -344,3 +346,44 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class _Member:
+    """What a WatchStream uses of its member: a real state machine and hub, no Raft."""
+
+    def __init__(self, machine: StateMachine, hub: WatchHub):
+        self.machine, self.hub = machine, hub
+        self.cfg = SimpleNamespace(max_request_bytes=1 << 20)
+
+    def read(self, query, *arg):
+        return query(self.machine, *arg)
+
+    def header(self, header, revision=None) -> None:
+        header.revision = self.hub.revision if revision is None else revision
+
+    def header_field(self, revision: int) -> bytes:
+        return pb.WatchResponse(header=pb.ResponseHeader(revision=revision)).SerializeToString()
+
+
+def test_a_watcher_created_while_a_revision_is_published_gets_it_once_from_history():
+    """A watcher created from "now" while the hub is part-way through a
+    revision would miss it (the hub's fan-out list was taken before it came):
+    it catches up from the store's history instead, and the hub's last step
+    does not send it again."""
+    machine = _loaded(3000)
+    (_, _, events, revision), = machine.apply_batch([_delete_range(PREFIX, PREFIX_END)])
+    hub = WatchHub(revision - 1)
+    member = _Member(machine, hub)
+    hub.add(_watcher(1, _Receiver()))  # someone is watching, so the revision is published a step at a time
+    stream = WatchStream(member)
+    steps = hub.publish_steps(events_of(events), revision)
+    for _ in range(8):  # past the key order (5 steps of 512 events) and the fan-out list, into the bodies
+        next(steps)
+    stream.create(pb.WatchCreateRequest(key=PREFIX, range_end=PREFIX_END))
+    remaining = sum(1 for _ in steps)
+    assert remaining >= 1
+    responses = [pb.WatchResponse.FromString(m) if isinstance(m, bytes) else m for m in stream.queue]
+    created, *rest = responses
+    assert created.created and created.header.revision == revision - 1
+    assert [(r.header.revision, len(r.events)) for r in rest] == [(revision, 3000)]
+    assert not stream.unsynced and hub.holds(stream.watchers[created.watch_id])
