@@ -293,7 +293,7 @@ def _key_order(events: list[Event]):
 
 
 def _body_steps(events: list[Event], indices, w: Watcher, converted: dict):
-    """`_body` for indices in key order, a step at a time (a generator)."""
+    """`_body` a step at a time (a generator); `indices` in any order."""
     indices = sorted(indices)
     out, fields = [], []
     for lo in range(0, len(indices), STEP_EVENTS):
