@@ -168,12 +168,53 @@ class StateMachine:
         self.leases = LeaseTable()
         self.members = MemberTable()
 
-    def apply_batch(self, commands) -> list[tuple[int, object, object, int]]:
-        """Apply a log entry's commands in order, all of them now: for
-        each, (op, its result, its events (see `events_of`), the store's
-        revision after it). See `BatchRun`, which can stop inside a long
-        command and go on later."""
-        return BatchRun(self, commands).run(None)
+    def apply_batch(self, commands, pacer=None, start: int = 0, applied: list | None = None):
+        """Apply a log entry's commands in order (from `start`, appending to
+        `applied`): for each, (op, its result, its events (see `events_of`),
+        the store's revision after it). With a `pacer` (see `BatchRun`) a
+        long command may stop once the pacer's deadline has passed: a
+        BatchRun is returned then, to go on with later.
+
+        The plain put, the bulk of a busy member's writes (a PUT_VALUE, or a
+        Put without lease, prev_kv or ignore_*), is applied here without
+        `apply`'s dispatch: its result is its revision, as `_plain_put`
+        gives it, and its event is left unmade, as (key, record, previous
+        record), until a watcher or the lease table needs it (making it was
+        a large share of the store's put: measured, benchmarks/why.md)."""
+        if applied is None:
+            applied = []
+        append = applied.append
+        kv = self.kv
+        put = kv.put_record
+        for i, command in enumerate(commands[start:] if start else commands, start + 1):
+            op = command[0]
+            if op == _PUT_VALUE:
+                key, value = command[1], command[2]
+            else:
+                data = command[1]
+                if op in _STEPPED:
+                    steps = self.apply_steps(op, data)
+                    if not _go_on(steps, op, self, applied, pacer):
+                        return BatchRun(self, commands, applied, pacer, i, steps, op)
+                    continue
+                p = None  # a Put's PutRequest, parsed once for both paths
+                if op == _PUT:
+                    try:
+                        p = _PutRequest(data)
+                    except Exception:
+                        pass  # apply() answers for it
+                if p is None or p.lease or p.prev_kv or p.ignore_value or p.ignore_lease:
+                    result, events = self.apply(op, data, p)
+                    append((op, result, events, kv.current_revision))
+                    continue
+                key, value = p.key, p.value
+            record, last = put(key, value)
+            events = (key, record, last)
+            if last is not None and last[5]:
+                self._track_leases(events_of(events))  # the key left its lease
+            revision = record[0]
+            append((op, revision, events, revision))
+        return applied
 
     def apply(self, op: int, data: bytes, parsed=None) -> tuple[object, list[Event]]:
         """One command: (its result, its events). `parsed`: a Put's
@@ -467,102 +508,60 @@ _STEPPED = frozenset(int(op) for op in STEPPED_OPS)
 
 
 class BatchRun:
-    """The application of one log entry (a batch of commands), which can
-    stop between the steps of a long command (`StateMachine.apply_steps`)
-    once a deadline has passed, and go on from there when `run` is called
-    again: a DeleteRange of 300k keys takes seconds, and the member's event
-    loop, which applies, serves every client meanwhile. What it applies,
-    and in what order, does not depend on where it stopped."""
+    """The application of one log entry (a batch of commands) that stopped
+    between the steps of a long command (`StateMachine.apply_steps`) once
+    its pacer's deadline had passed, to go on from there when `run` is
+    called: a DeleteRange of 300k keys takes seconds, and the member's event
+    loop, which applies, serves every client meanwhile. What it applies, and
+    in what order, does not depend on where it stopped. A pacer is an object
+    whose `deadline()` is the time.monotonic() by which this turn's work
+    should stop (etcdlite.raft.apply_pacing.ApplyPacer)."""
 
-    __slots__ = ("machine", "commands", "applied", "_next", "_steps", "_op")
+    __slots__ = ("machine", "commands", "applied", "pacer", "_next", "_steps", "_op")
 
-    def __init__(self, machine: StateMachine, commands):
+    def __init__(self, machine: StateMachine, commands, applied: list, pacer, next_command: int, steps, op: int):
         self.machine = machine
         self.commands = commands
-        self.applied: list[tuple[int, object, object, int]] = []
-        self._next = 0  # the next command to start
-        self._steps = None  # the generator of the command under way, if it stopped
-        self._op = 0
+        self.applied = applied
+        self.pacer = pacer
+        self._next = next_command  # the command after the one under way
+        self._steps = steps  # the generator of the command under way
+        self._op = op
 
-    @property
-    def stopped(self) -> bool:
-        """Whether it stopped inside a command (and `run` must be called again)."""
-        return self._steps is not None
-
-    def run(self, deadline: float | None):
-        """Apply until the end (returns the applied list, as
-        `StateMachine.apply_batch`) or, with a `deadline` (time.monotonic),
-        until it passes inside a long command (returns None)."""
-        if self._steps is not None and not self._go_on(deadline):
+    def run(self):
+        """Go on until the end (returns the applied list, as
+        `StateMachine.apply_batch`) or until the pacer's deadline passes
+        inside a long command again (returns None)."""
+        if not _go_on(self._steps, self._op, self.machine, self.applied, self.pacer):
             return None
-        machine = self.machine
-        applied = self.applied
-        append = applied.append
-        kv = machine.kv
-        put = kv.put_record
-        commands = self.commands
-        i, n = self._next, len(commands)
-        # The plain put, the bulk of a busy member's writes (a PUT_VALUE, or
-        # a Put without lease, prev_kv or ignore_*), is applied here without
-        # `apply`'s dispatch: its result is its revision, as `_plain_put`
-        # gives it, and its event is left unmade, as (key, record, previous
-        # record), until a watcher or the lease table needs it (making it was
-        # a large share of the store's put: measured, benchmarks/why.md).
-        while i < n:
-            command = commands[i]
-            i += 1
-            op = command[0]
-            if op == _PUT_VALUE:
-                key, value = command[1], command[2]
-            else:
-                data = command[1]
-                if op in _STEPPED:
-                    self._next, self._op = i, op
-                    self._steps = machine.apply_steps(op, data)
-                    if not self._go_on(deadline):
-                        return None
-                    continue
-                p = None  # a Put's PutRequest, parsed once for both paths
-                if op == _PUT:
-                    try:
-                        p = _PutRequest(data)
-                    except Exception:
-                        pass  # apply() answers for it
-                if p is None or p.lease or p.prev_kv or p.ignore_value or p.ignore_lease:
-                    result, events = machine.apply(op, data, p)
-                    append((op, result, events, kv.current_revision))
-                    continue
-                key, value = p.key, p.value
-            record, last = put(key, value)
-            events = (key, record, last)
-            if last is not None and last[5]:
-                machine._track_leases(events_of(events))  # the key left its lease
-            revision = record[0]
-            append((op, revision, events, revision))
-        self._next = i
-        return applied
-
-    def _go_on(self, deadline: float | None) -> bool:
-        """Run the stopped command's steps until it ends (True: its answer
-        is in `applied`) or the deadline passes (False)."""
-        steps = self._steps
-        try:
-            if deadline is None:
-                while True:
-                    next(steps)
-            while True:
-                next(steps)
-                if time.monotonic() >= deadline:
-                    return False
-        except StopIteration as done:
-            result, events = done.value
+        rest = self.machine.apply_batch(self.commands, self.pacer, self._next, self.applied)
+        if type(rest) is BatchRun:
+            self._next, self._steps, self._op = rest._next, rest._steps, rest._op
+            return None
         self._steps = None
-        self.applied.append((self._op, result, events, self.machine.kv.current_revision))
-        return True
+        return rest
 
     def abandon(self) -> None:
-        """Give up a stopped command (the state it was changing was replaced
-        by a snapshot); its txn is ended on the store it had."""
+        """Give up the command under way (the state it was changing was
+        replaced by a snapshot); its txn is ended on the store it had."""
         if self._steps is not None:
             self._steps.close()
             self._steps = None
+
+
+def _go_on(steps, op: int, machine: StateMachine, applied: list, pacer) -> bool:
+    """Run a long command's steps until it ends (True: its answer is
+    appended to `applied`) or, with a pacer, its deadline passes (False)."""
+    try:
+        if pacer is None:
+            while True:
+                next(steps)
+        deadline = pacer.deadline()
+        while True:
+            next(steps)
+            if time.monotonic() >= deadline:
+                return False
+    except StopIteration as done:
+        result, events = done.value
+    applied.append((op, result, events, machine.kv.current_revision))
+    return True

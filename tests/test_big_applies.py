@@ -48,6 +48,23 @@ def _txn(*ops: pb.RequestOp) -> tuple:
     return (Op.TXN, pb.TxnRequest(success=list(ops)).SerializeToString())
 
 
+class _EveryStep:
+    """A pacer whose deadline has always passed: a long command stops after each step."""
+
+    def deadline(self) -> float:
+        return 0.0
+
+
+def _stepped(machine: StateMachine, entry: list):
+    """Apply entry a step at a time: yields after each stop, returns the applied list."""
+    run = machine.apply_batch(entry, _EveryStep())
+    if not isinstance(run, BatchRun):
+        return run
+    while (applied := run.run()) is None:
+        yield
+    return applied
+
+
 def _answers(applied) -> list:
     return [(op, result, [tuple(e) for e in events_of(events)], revision)
             for op, result, events, revision in applied]
@@ -76,9 +93,14 @@ def test_an_entry_stopped_inside_a_long_command_ends_as_one_applied_in_one_go():
     stepped = _loaded(n)
     before = stepped.kv.current_revision
     hash_before, history_hash = stepped.kv.hash(), stepped.kv.hash_kv(before)
-    run = BatchRun(stepped, entry)
+    steps = _stepped(stepped, entry)
     stops = 0
-    while (applied := run.run(0.0)) is None:
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            applied = done.value
+            break
         stops += 1
         kv = stepped.kv
         assert kv.writing
@@ -98,9 +120,14 @@ def test_a_lease_revoked_with_many_keys_is_applied_a_step_at_a_time():
     machine.apply_batch([(Op.LEASE_GRANT, pb.LeaseGrantRequest(ID=5, TTL=60).SerializeToString())])
     machine.apply_batch([(Op.PUT, pb.PutRequest(key=b"/l/%05d" % i, value=b"v", lease=5).SerializeToString())
                          for i in range(3000)])
-    run = BatchRun(machine, [(Op.LEASE_REVOKE, pb.LeaseRevokeRequest(ID=5).SerializeToString())])
+    steps = _stepped(machine, [(Op.LEASE_REVOKE, pb.LeaseRevokeRequest(ID=5).SerializeToString())])
     stops = 0
-    while (applied := run.run(0.0)) is None:
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            applied = done.value
+            break
         stops += 1
         assert machine.kv.range(b"/l/", b"/l0").count == 3000
     assert stops >= 3000 // 512 - 1
@@ -265,10 +292,11 @@ def test_no_snapshot_is_served_of_a_part_applied_entry():
     """Maintenance.Snapshot waits while a long command is part-applied: the
     store then holds part of a revision, a state the log never had."""
     machine = _loaded(2000)
-    run = BatchRun(machine, [_delete_range(PREFIX, PREFIX_END)])
-    assert run.run(0.0) is None
+    run = machine.apply_batch([_delete_range(PREFIX, PREFIX_END)], _EveryStep())
+    assert isinstance(run, BatchRun)
     assert maintenance._snapshot(machine) is None
-    run.run(None)
+    while run.run() is None:
+        pass
     data, revision = maintenance._snapshot(machine)
     assert revision == machine.kv.current_revision and data.startswith(maintenance.SNAPSHOT_MAGIC)
 
@@ -279,14 +307,14 @@ def test_no_snapshot_is_served_of_a_part_applied_entry():
 @pytest.mark.process
 def test_raft_applies_a_long_entry_over_many_turns_and_snapshots_only_after_it(tmp_path, monkeypatch):
     """A lone RaftNode applying a DeleteRange of 20,000 keys, a step per turn
-    (a slice of 1 ms): the event loop turns many times before the answer; meanwhile the entry is committed
+    (a slice of 0): the event loop turns many times before the answer; meanwhile the entry is committed
     but not applied, reads see the keys, and a forced log compaction waits;
     once the entry is whole it snapshots (a forked child), and a node
     restarted from that snapshot has none of the keys."""
     from etcdlite.raft import apply_pacing
     from etcdlite.raft import node as raft_node
 
-    monkeypatch.setattr(apply_pacing, "APPLY_SLICE", 0.001)
+    monkeypatch.setattr(apply_pacing, "APPLY_SLICE", 0.0)  # a step a turn
 
     async def scenario():
         loop = asyncio.get_running_loop()
@@ -298,10 +326,12 @@ def test_raft_applies_a_long_entry_over_many_turns_and_snapshots_only_after_it(t
             await asyncio.wait_for(ready.wait(), 10)
             await _proposed(node, [(Op.PUT_VALUE, b"/big/%07d" % i, b"v") for i in range(20_000)])
             turns = 0
-            seen_paused = False
+            seen_paused = answered = False
 
             def turn():
                 nonlocal turns, seen_paused
+                if answered:
+                    return
                 turns += 1
                 if node.applied_index < node.commit_index:
                     seen_paused = True
@@ -313,9 +343,10 @@ def test_raft_applies_a_long_entry_over_many_turns_and_snapshots_only_after_it(t
 
             loop.call_soon(turn)
             applied = await _proposed(node, [_delete_range(PREFIX, PREFIX_END)])
+            answered = True
             assert applied[0][1].deleted == 20_000
             assert seen_paused and turns >= 20_000 // 512, f"applied in {turns} turns"
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 60  # the snapshot child runs at the lowest priority
             while not os.path.exists(tmp_path / "member" / "raft.snapshot"):
                 assert time.monotonic() < deadline, "no snapshot after the entry was applied"
                 await asyncio.sleep(0.05)

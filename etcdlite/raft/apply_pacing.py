@@ -45,23 +45,26 @@ class ApplyPacer:
     def __init__(self, loop: asyncio.AbstractEventLoop, tick):
         self._loop = loop
         self._tick = tick
-        self.deadline = 0.0
+        self._deadline = 0.0  # this round's, once a long command asked for it
         self.paused = False  # an entry is part-applied
         self._resume_scheduled = False
-        self._may_resume = True
+        self.may_resume = True  # False: the part-applied entry waits for the next turn
 
-    def start_round(self) -> bool:
-        """Before applying: False while a part-applied entry waits for the
-        next turn; else this round's deadline is set."""
-        if self.paused and not self._may_resume:
-            return False
-        self.deadline = time.monotonic() + APPLY_SLICE
-        return True
+    def start_round(self) -> None:
+        """Applying begins (unless paused and not may_resume): a new budget."""
+        self._deadline = 0.0
+
+    def deadline(self) -> float:
+        """The time.monotonic() by which this round's long commands stop
+        (counted from the first one that asks: plain puts never do)."""
+        if not self._deadline:
+            self._deadline = time.monotonic() + APPLY_SLICE
+        return self._deadline
 
     def pause(self) -> None:
         """The entry being applied stopped: go on in the next turn."""
         self.paused = True
-        self._may_resume = False
+        self.may_resume = False
         if not self._resume_scheduled:
             self._resume_scheduled = True
             self._loop.call_soon(self._resume)
@@ -69,12 +72,12 @@ class ApplyPacer:
     def finished(self) -> None:
         """The part-applied entry ended (or was replaced by a snapshot)."""
         self.paused = False
-        self._may_resume = True
+        self.may_resume = True
 
     def _resume(self) -> None:
         self._resume_scheduled = False
         if self.paused:
-            self._may_resume = True
+            self.may_resume = True
             self._tick()
 
 
@@ -86,9 +89,12 @@ class PacedApply(SyncObj):
     def _SyncObj__applyLogEntries(self):
         applied = self._SyncObj__raftLastApplied
         commit = self._SyncObj__raftCommitIndex
-        pacer = self._apply_pacer
-        if commit <= applied or not pacer.start_round():
+        if commit <= applied:
             return False
+        pacer = self._apply_pacer
+        if not pacer.may_resume:
+            return False
+        pacer.start_round()
         waiting = self._SyncObj__commandsWaitingCommit
         for command, index, term in self._SyncObj__getEntries(applied + 1, commit - applied):
             try:

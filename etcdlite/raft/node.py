@@ -133,18 +133,19 @@ class ReplicatedState(SyncObjConsumer):
         gets them; or PAUSED when it stopped inside a long command at the
         pacer's deadline, to be called again with the same entry (see
         etcdlite.raft.apply_pacing)."""
-        pacer = self._pacer
         with self._lock:
             run = self._run
             if run is None:
-                run = BatchRun(self.machine, commands)
-            applied = run.run(pacer.deadline)
-            if applied is None:
-                self._run = run
-                return PAUSED
-            self._run = None
-        if pacer.paused:
-            pacer.finished()
+                applied = self.machine.apply_batch(commands, self._pacer)
+                if type(applied) is BatchRun:
+                    self._run = applied
+                    return PAUSED
+            else:
+                applied = run.run()
+                if applied is None:
+                    return PAUSED
+                self._run = None
+                self._pacer.finished()
         self._on_applied(applied)
         return applied
 
