@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import collections
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -49,14 +50,20 @@ async def _etcdlite() -> tuple[int, object]:
     from etcdlite.server.member import Member
 
     client, peer = _free_port(), _free_port()
-    cfg = MemberConfig(name="m", data_dir=os.path.join(tempfile.mkdtemp(prefix="bytecodes-"), "m"),
+    data = tempfile.mkdtemp(prefix="bytecodes-")
+    cfg = MemberConfig(name="m", data_dir=os.path.join(data, "m"),
                        listen_client_urls=[f"http://127.0.0.1:{client}"],
                        advertise_client_urls=[f"http://127.0.0.1:{client}"],
                        listen_peer_urls=[f"http://127.0.0.1:{peer}"],
                        initial_advertise_peer_urls=[f"http://127.0.0.1:{peer}"])
     member = Member(cfg)
     await member.start()
-    return client, member.stop
+
+    async def stop() -> None:
+        await member.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+    return client, stop
 
 
 def count(target: str, puts: int, warmup: int = 1000) -> collections.Counter:
