@@ -205,7 +205,7 @@ class WatchHub:
             w.stream.send_event_fields(w, fields[0] if len(fields) == 1 else b"".join(fields), revision)
 
     def _publish_many(self, events: list[Event], revision: int) -> None:
-        for _ in self._publish_many_steps(events, revision):
+        for _ in self._publish_many_steps(events, revision, False):
             pass
 
     def publish_steps(self, events: list[Event], revision: int):
@@ -221,17 +221,18 @@ class WatchHub:
             return
         self.publishing = True
         try:
-            yield from self._publish_many_steps(events, revision)
+            yield from self._publish_many_steps(events, revision, True)
         finally:
             self.publishing = False
 
-    def _publish_many_steps(self, events: list[Event], revision: int):
+    def _publish_many_steps(self, events: list[Event], revision: int, stepped: bool):
         """publish for a revision of several events (a txn, a range delete, a
         lease's keys): the events sorted by key, each watcher finds its own
         by bisection, and watchers that want the same span of them share one
         response body. The cost is a bisection per watcher plus the events
-        sent, never events x watchers. A generator: it yields between steps
-        (see publish_steps); the watchers sent to are those live at the end."""
+        sent, never events x watchers. A generator: `stepped`, it yields
+        between steps (see publish_steps), and the watchers sent to are those
+        live at the end."""
         order = yield from _key_order(events)
         keys = [events[i].kv.key for i in order]
         spans: list[tuple[Watcher, int, int]] = []  # a watcher and its events: keys[lo:hi]
@@ -248,7 +249,6 @@ class WatchHub:
                 spans.append((w, lo, hi))
         bodies: dict[tuple, tuple[list, bytes]] = {}
         converted: dict[tuple[int, bool], tuple[kv_pb2.Event, bytes]] = {}
-        stepped = len(events) > STEP_EVENTS
         if stepped:
             # every body made first, a step at a time; then all sent in one go
             for w, lo, hi in spans:
