@@ -233,14 +233,16 @@ class WatchHub:
         sent, never events x watchers. A generator: `stepped`, it yields
         between steps (see publish_steps), and the watchers sent to are those
         live at the end."""
-        order = yield from _key_order(events)
-        keys = [events[i].kv.key for i in order]
+        order, keys = yield from _key_order(events)
         spans: list[tuple[Watcher, int, int]] = []  # a watcher and its events: keys[lo:hi]
-        for key in dict.fromkeys(keys):
-            group = self._by_key.get(key)
+        by_key = self._by_key
+        # the fewer of the single-key watchers' keys and the revision's keys is walked
+        for key in by_key if len(by_key) < len(keys) else dict.fromkeys(keys):
+            group = by_key.get(key)
             if group:
-                lo, hi = bisect_left(keys, key), bisect_right(keys, key)
-                spans.extend((w, lo, hi) for w in group)
+                lo = bisect_left(keys, key)
+                if lo < len(keys) and keys[lo] == key:
+                    spans.extend((w, lo, bisect_right(keys, key, lo)) for w in group)
         everything = len(keys)
         for w in self._ranges:
             lo = bisect_left(keys, w.key)
@@ -248,20 +250,23 @@ class WatchHub:
             if lo < hi:
                 spans.append((w, lo, hi))
         bodies: dict[tuple, tuple[list, bytes]] = {}
-        converted: dict[tuple[int, bool], tuple[kv_pb2.Event, bytes]] = {}
+        converted: dict = {}
         if stepped:
-            # every body made first, a step at a time; then all sent in one go
+            # every body made first, a step at a time, then all sent in one go; a body for
+            # watchers without `fragment` keeps only the events' bytes (the messages go as
+            # they are made, not all at the end)
             for w, lo, hi in spans:
-                slot = (lo, hi, w.prev_kv, w.skip_put, w.skip_delete)
+                slot = (lo, hi, w.prev_kv, w.skip_put, w.skip_delete, w.fragment)
                 if revision >= w.next_revision and slot not in bodies:
                     bodies[slot] = yield from _body_steps(events, order[lo:hi], w, converted)
+            yield from _release(converted)  # each event's bytes: a step at a time too
             self.revision = revision
         for w, lo, hi in spans:  # a list: sending may take w out of the hub's sets
             if revision < w.next_revision:
                 continue  # already sent from history
             if stepped and not self.holds(w):
                 continue  # cancelled, or its stream ended, while the bodies were made
-            slot = (lo, hi, w.prev_kv, w.skip_put, w.skip_delete)
+            slot = (lo, hi, w.prev_kv, w.skip_put, w.skip_delete, w.fragment)
             body = bodies.get(slot)
             if body is None:
                 body = bodies[slot] = _body(events, sorted(order[lo:hi]), w, converted)
@@ -276,33 +281,69 @@ class WatchHub:
 
 
 def _key_order(events: list[Event]):
-    """Indices of events in key order (a generator, see publish_steps): a
-    range delete's or a lease's events are in key order already, which a
-    step at a time finds; others are sorted."""
+    """(indices of events in key order, their keys in that order), a
+    generator (see publish_steps): a range delete's or a lease's events are
+    in key order already, which a step at a time finds; others are sorted."""
     n = len(events)
+    keys: list[bytes] = []
     for lo in range(0, n, STEP_EVENTS):
         if lo:
             yield
-        previous = events[lo - 1].kv.key if lo else b""
-        for i in range(lo, min(n, lo + STEP_EVENTS)):
-            key = events[i].kv.key
-            if key < previous:
-                return sorted(range(n), key=lambda i: events[i].kv.key)
-            previous = key
-    return range(n)
+        part = [ev.kv.key for ev in events[lo:lo + STEP_EVENTS]]
+        if (keys and part[0] < keys[-1]) or any(a > b for a, b in zip(part, part[1:])):
+            order = sorted(range(n), key=lambda i: events[i].kv.key)
+            return order, [events[i].kv.key for i in order]
+        keys += part
+    return range(n), keys
 
 
 def _body_steps(events: list[Event], indices, w: Watcher, converted: dict):
-    """`_body` a step at a time (a generator); `indices` in any order."""
+    """`_body` a step at a time (a generator); `indices` in any order. For a
+    watcher without `fragment` the messages are not kept: the body's first
+    part is then the number of events, not their list."""
     indices = sorted(indices)
     out, fields = [], []
+    kept = 0
     for lo in range(0, len(indices), STEP_EVENTS):
         if lo:
             yield
-        part_out, part_fields = _body(events, indices[lo:lo + STEP_EVENTS], w, converted)
-        out += part_out
+        part = indices[lo:lo + STEP_EVENTS]
+        if w.fragment:
+            part_out, part_fields = _body(events, part, w, converted)
+            out += part_out
+        else:
+            part_fields, n = _fields(events, part, w, converted)
+            kept += n
         fields.append(part_fields)
-    return out, b"".join(fields)
+    return (out if w.fragment else kept), b"".join(fields)
+
+
+def _release(items: dict):
+    """Empty `items` a step at a time (a generator): freeing hundreds of thousands of objects
+    at once is a stall of its own."""
+    pop = items.popitem
+    while items:
+        for _ in range(min(STEP_EVENTS * 4, len(items))):
+            pop()
+        yield
+
+
+def _fields(events: list[Event], indices: list[int], w: Watcher, converted: dict) -> tuple[bytes, int]:
+    """The events at `indices` that w's filters let through, as WatchResponse fields on the
+    wire, and how many; each event is converted once per revision (per prev_kv choice) and
+    only its bytes are kept (in `converted`, under a key of its own)."""
+    fields = []
+    prev_kv = w.prev_kv
+    for i in indices:
+        ev = events[i]
+        if not w.wants(ev):
+            continue
+        slot = (i, prev_kv, b"")
+        field = converted.get(slot)
+        if field is None:
+            field = converted[slot] = event_field(event_to_pb(ev, prev_kv))
+        fields.append(field)
+    return b"".join(fields), len(fields)
 
 
 def _body(events: list[Event], indices: list[int], w: Watcher, converted: dict) -> tuple[list, bytes]:

@@ -263,6 +263,11 @@ class Member:
                 events = events_of(events)
                 if len(events) > STEP_EVENTS:
                     yield from hub.publish_steps(events, revision)
+                    # nothing needs them now: freed a step at a time (all at once, 300k
+                    # events and their key-values took a turn of their own)
+                    while events:
+                        del events[-4 * STEP_EVENTS:]
+                        yield
                 else:
                     hub.publish(events, revision)
             if op == Op.MEMBER_REMOVE:
