@@ -439,7 +439,9 @@ class StateMachine:
         succeeded, nested = path
         nested_paths = iter(nested)
         resp = pb.TxnResponse(succeeded=succeeded)
-        for op in t.success if succeeded else t.failure:
+        for n, op in enumerate(t.success if succeeded else t.failure, 1):
+            if not n % TXN_STEP_OPS:
+                yield  # a txn of thousands of ops (--max-txn-ops) is applied a step at a time too
             kind = op.WhichOneof("request")
             out = resp.responses.add()
             if kind == "request_range":
@@ -502,6 +504,8 @@ def _bug(op, exc: Exception) -> errors.EtcdError:
     return errors.EtcdError(grpc.StatusCode.INTERNAL, f"etcdlite: applying the request failed: {exc!r}")
 
 
+# ops of a txn in a step of `StateMachine.apply_steps` (a few milliseconds of work)
+TXN_STEP_OPS = 256
 # commands that `StateMachine.apply_steps` applies (those that can touch any number of keys)
 STEPPED_OPS = frozenset({Op.DELETE_RANGE, Op.TXN, Op.LEASE_REVOKE, Op.LEASE_EXPIRE})
 _STEPPED = frozenset(int(op) for op in STEPPED_OPS)

@@ -75,7 +75,7 @@ def _answers(applied) -> list:
 
 def test_an_entry_stopped_inside_a_long_command_ends_as_one_applied_in_one_go():
     """An entry of a put, a DeleteRange of 5,000 keys (with prev_kv), a Txn
-    deleting another range and a lease grant, run with a deadline that has
+    deleting another range, a lease grant and a Txn of 600 puts, run with a deadline that has
     always passed (it stops after every step): the same answers, events and
     store as applying it at once. Meanwhile reads answer as of the revision
     before the long command, history has nothing of it, and the hashes hold."""
@@ -86,6 +86,7 @@ def test_an_entry_stopped_inside_a_long_command_ends_as_one_applied_in_one_go():
         _txn(pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=b"/big/0003", range_end=PREFIX_END)),
              pb.RequestOp(request_put=pb.PutRequest(key=b"/b", value=b"2"))),
         (Op.LEASE_GRANT, pb.LeaseGrantRequest(ID=7, TTL=60).SerializeToString()),
+        _txn(*[pb.RequestOp(request_put=pb.PutRequest(key=b"/t/%04d" % i, value=b"x")) for i in range(600)]),
     ]
     once = _loaded(n)
     expected = _answers(once.apply_batch(entry))
@@ -105,8 +106,9 @@ def test_an_entry_stopped_inside_a_long_command_ends_as_one_applied_in_one_go():
         kv = stepped.kv
         assert kv.writing
         revision = kv.current_revision
-        assert revision in (before + 1, before + 2)  # the put is applied; the txn is open
-        assert kv.range(PREFIX, PREFIX_END).count == (n if revision == before + 1 else n - 3000)
+        # the put is applied, then each long command in turn has its txn open
+        assert kv.range(PREFIX, PREFIX_END).count == {before + 1: n, before + 2: n - 3000, before + 3: 0}[revision]
+        assert kv.range(b"/t/", b"/t0").count == 0
         assert all(e.kv.mod_revision <= revision for e in kv.events_since(before, PREFIX, PREFIX_END))
         assert kv.hash_kv(before) == history_hash
     assert stops >= n // 512 - 2, "the long commands did not stop between their steps"
