@@ -18,6 +18,7 @@ header carries only the revision; the server fills in the rest) or an
 from __future__ import annotations
 
 import logging
+import time
 from enum import IntEnum
 
 import grpc
@@ -29,6 +30,7 @@ from etcdlite.lease_table import LeaseTable
 from etcdlite.membership import MemberTable
 from etcdlite.mvcc import DELETE, CompactedError, Event, FutureRevisionError, KeyValue, MVCCStore
 from etcdlite.mvcc.key_history import to_event
+from etcdlite.mvcc.write_txn import STEP_KEYS
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.mvccpb import kv_pb2
 
@@ -178,22 +180,27 @@ class StateMachine:
         if "auth" not in state:  # a snapshot from before auth
             self.auth = AuthStore()
 
-    def apply_batch(self, commands) -> list[tuple[int, object, object, int]]:
-        """Apply a log entry's commands in order: for each, (op, its result,
-        its events (see `events_of`), the store's revision after it). A
-        plain put (a PUT_VALUE, or a Put without lease, prev_kv or ignore_*),
-        the bulk of a busy member's writes, is applied here without
+    def apply_batch(self, commands, pacer=None, start: int = 0, applied: list | None = None):
+        """Apply a log entry's commands in order (from `start`, appending to
+        `applied`): for each, (op, its result, its events (see `events_of`),
+        the store's revision after it). With a `pacer` (see `BatchRun`) a
+        long command may stop once the pacer's deadline has passed: a
+        BatchRun is returned then, to go on with later.
+
+        The plain put, the bulk of a busy member's writes (a PUT_VALUE, or a
+        Put without lease, prev_kv or ignore_*), is applied here without
         `apply`'s dispatch: its result is its revision, as `_plain_put`
         gives it, and its event is left unmade, as (key, record, previous
         record), until a watcher or the lease table needs it (making it was
         a large share of the store's put: measured, benchmarks/why.md)."""
-        applied = []
+        if applied is None:
+            applied = []
         append = applied.append
         kv = self.kv
         put = kv.put_record
         # with auth enabled every command's sender is checked first (`_refusal`)
         guarded = self.auth.enabled
-        for command in commands:
+        for i, command in enumerate(commands[start:] if start else commands, start + 1):
             op = command[0]
             if op == _PUT_VALUE:
                 if guarded:  # sent while auth was disabled: nobody's
@@ -214,6 +221,11 @@ class StateMachine:
                         if refused is not None:
                             append((op, refused, [], kv.current_revision))
                             continue
+                if op in _STEPPED:
+                    steps = self.apply_steps(op, data)
+                    if not _go_on(steps, op, self, applied, pacer):
+                        return BatchRun(self, commands, applied, pacer, i, steps, op)
+                    continue
                 if op == _PUT and p is None:
                     try:
                         p = _PutRequest(data)
@@ -246,6 +258,13 @@ class StateMachine:
     def apply(self, op: int, data: bytes, parsed=None) -> tuple[object, list[Event]]:
         """One command: (its result, its events). `parsed`: a Put's
         PutRequest when the caller has already parsed `data`."""
+        if op in STEPPED_OPS:
+            steps = self.apply_steps(op, data)
+            try:
+                while True:
+                    next(steps)
+            except StopIteration as done:
+                return done.value
         try:
             if op == _PUT:
                 put = parsed if parsed is not None else _PutRequest(data)
@@ -256,16 +275,10 @@ class StateMachine:
                 if lease and lease not in self.leases:
                     raise errors.LEASE_NOT_FOUND
                 return self._plain_put(put.key, put.value, lease)
-            if op == Op.DELETE_RANGE:
-                return self._write(self._delete_range, pb.DeleteRangeRequest.FromString(data))
-            if op == Op.TXN:
-                return self._txn(pb.TxnRequest.FromString(data))
             if op == Op.COMPACT:
                 return self._compact(pb.CompactionRequest.FromString(data)), []
             if op == Op.LEASE_GRANT:
                 return self._lease_grant(pb.LeaseGrantRequest.FromString(data)), []
-            if op in (Op.LEASE_REVOKE, Op.LEASE_EXPIRE):
-                return self._lease_revoke(pb.LeaseRevokeRequest.FromString(data).ID, op == Op.LEASE_EXPIRE)
             if op == Op.BARRIER:
                 return None, []
             if op == Op.MEMBER_PUBLISH:
@@ -282,12 +295,30 @@ class StateMachine:
         except errors.EtcdError as err:
             return err, []
         except Exception as exc:
-            # A bug. Every member hits it on the same command, so answering
-            # with an error keeps them equal; raising would wedge the apply
-            # loop on this entry forever.
-            log.exception("applying command %r failed", op)
-            return errors.EtcdError(grpc.StatusCode.INTERNAL, f"etcdlite: applying the request failed: {exc!r}"), []
+            return _bug(op, exc), []
         return errors.EtcdError(grpc.StatusCode.INTERNAL, f"etcdlite: unknown command {op!r}"), []
+
+    def apply_steps(self, op: int, data: bytes):
+        """`apply` for the commands that can touch many keys (STEPPED_OPS:
+        DeleteRange, Txn, a lease's revocation), as a generator: it yields
+        between parts of the work (a few milliseconds each: `STEP_KEYS`
+        keys) and returns (result, events). Between two parts the store's
+        write txn is open: reads see the revision before the command, and
+        nothing else may be applied."""
+        try:
+            if op == Op.DELETE_RANGE:
+                return (yield from self._write_steps(self._delete_range_steps,
+                                                     pb.DeleteRangeRequest.FromString(data)))
+            if op == Op.TXN:
+                return (yield from self._txn_steps(pb.TxnRequest.FromString(data)))
+            if op == Op.LEASE_REVOKE or op == Op.LEASE_EXPIRE:
+                return (yield from self._lease_revoke_steps(pb.LeaseRevokeRequest.FromString(data).ID,
+                                                            op == Op.LEASE_EXPIRE))
+        except errors.EtcdError as err:
+            return err, []
+        except Exception as exc:
+            return _bug(op, exc), []
+        return errors.EtcdError(grpc.StatusCode.INTERNAL, f"etcdlite: not a stepped command {op!r}"), []
 
     # --- reads -----------------------------------------------------------
 
@@ -307,6 +338,25 @@ class StateMachine:
             events = txn.end()
             self._track_leases(events)
         return resp, events
+
+    def _write_steps(self, steps, request):
+        """`_write` for a generator `steps(txn, request)`; the lease table
+        follows the events a step at a time too, before the txn ends (until
+        the command is whole, reads see the revision before it)."""
+        txn = self.kv.write()
+        tracked = 0
+        try:
+            resp = yield from steps(txn, request)
+            events = txn.events
+            while tracked < len(events):
+                if tracked:
+                    yield
+                self._track_leases(events[tracked:tracked + STEP_KEYS])
+                tracked += STEP_KEYS
+        except BaseException:
+            self._track_leases(txn.end()[tracked:])
+            raise
+        return resp, txn.end()
 
     def _check_put(self, p: pb.PutRequest) -> None:
         if p.ignore_value or p.ignore_lease:
@@ -343,18 +393,24 @@ class StateMachine:
             resp.prev_kv.CopyFrom(kv_to_pb(prev))
         return resp
 
-    def _delete_range(self, txn, d: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
-        deleted = txn.delete_range(d.key, d.range_end)
+    def _delete_range_steps(self, txn, d: pb.DeleteRangeRequest):
+        deleted = yield from txn.delete_range_steps(d.key, d.range_end)
         resp = pb.DeleteRangeResponse(deleted=len(deleted))
         resp.header.revision = txn.revision
         if d.prev_kv:
-            resp.prev_kvs.extend([kv_to_pb(kv) for kv in deleted])
+            for lo in range(0, len(deleted), STEP_KEYS):
+                if lo:
+                    yield
+                resp.prev_kvs.extend([kv_to_pb(kv) for kv in deleted[lo:lo + STEP_KEYS]])
         return resp
 
     @staticmethod
-    def _delete_keys(txn, keys: list[bytes]) -> None:
-        for key in keys:
-            txn.delete_range(key, b"")
+    def _delete_keys_steps(txn, keys: list[bytes]):
+        for lo in range(0, len(keys), STEP_KEYS):
+            if lo:
+                yield
+            for key in keys[lo:lo + STEP_KEYS]:
+                txn.delete_range(key, b"")
 
     def _track_leases(self, events: list[Event]) -> None:
         leases = self.leases
@@ -371,13 +427,13 @@ class StateMachine:
 
     # --- txn -------------------------------------------------------------
 
-    def _txn(self, t: pb.TxnRequest):
+    def _txn_steps(self, t: pb.TxnRequest):
         # Like etcd, every compare (nested txns' too) is evaluated against
         # the state before the txn, and the chosen ops are checked before
         # any of them runs, so a failing txn changes nothing.
         path = self._txn_path(t)
         self._check_txn(t, path)
-        resp, events = self._write(lambda txn, req: self._exec_txn(txn, req, path), t)
+        resp, events = yield from self._write_steps(lambda txn, req: self._exec_txn(txn, req, path), t)
         resp.header.revision = self.kv.current_revision
         return resp, events
 
@@ -416,11 +472,15 @@ class StateMachine:
             elif kind == "request_txn":
                 self._check_txn(op.request_txn, next(nested_paths))
 
-    def _exec_txn(self, txn, t: pb.TxnRequest, path) -> pb.TxnResponse:
+    def _exec_txn(self, txn, t: pb.TxnRequest, path):
+        """The chosen ops, run in txn (a generator: see `apply_steps`);
+        returns the TxnResponse."""
         succeeded, nested = path
         nested_paths = iter(nested)
         resp = pb.TxnResponse(succeeded=succeeded)
-        for op in t.success if succeeded else t.failure:
+        for n, op in enumerate(t.success if succeeded else t.failure, 1):
+            if not n % TXN_STEP_OPS:
+                yield  # a txn of thousands of ops (--max-txn-ops) is applied a step at a time too
             kind = op.WhichOneof("request")
             out = resp.responses.add()
             if kind == "request_range":
@@ -428,9 +488,9 @@ class StateMachine:
             elif kind == "request_put":
                 out.response_put.CopyFrom(self._put(txn, op.request_put))
             elif kind == "request_delete_range":
-                out.response_delete_range.CopyFrom(self._delete_range(txn, op.request_delete_range))
+                out.response_delete_range.CopyFrom((yield from self._delete_range_steps(txn, op.request_delete_range)))
             elif kind == "request_txn":
-                sub = self._exec_txn(txn, op.request_txn, next(nested_paths))
+                sub = yield from self._exec_txn(txn, op.request_txn, next(nested_paths))
                 sub.header.SetInParent()  # etcd sends a nested txn's header empty
                 out.response_txn.CopyFrom(sub)
         return resp
@@ -462,14 +522,89 @@ class StateMachine:
         resp.header.revision = self.kv.current_revision
         return resp
 
-    def _lease_revoke(self, lease_id: int, expiry: bool):
+    def _lease_revoke_steps(self, lease_id: int, expiry: bool):
         lease = self.leases.get(lease_id)
         if lease is None:
             if expiry:
                 return None, []
             raise errors.LEASE_NOT_FOUND
-        _, events = self._write(self._delete_keys, sorted(lease.keys))
+        _, events = yield from self._write_steps(self._delete_keys_steps, sorted(lease.keys))
         self.leases.remove(lease_id)
         resp = pb.LeaseRevokeResponse()
         resp.header.revision = self.kv.current_revision
         return resp, events
+
+
+def _bug(op, exc: Exception) -> errors.EtcdError:
+    # A bug. Every member hits it on the same command, so answering with an
+    # error keeps them equal; raising would wedge the apply loop on this
+    # entry forever.
+    log.exception("applying command %r failed", op)
+    return errors.EtcdError(grpc.StatusCode.INTERNAL, f"etcdlite: applying the request failed: {exc!r}")
+
+
+# ops of a txn in a step of `StateMachine.apply_steps` (a few milliseconds of work)
+TXN_STEP_OPS = 256
+# commands that `StateMachine.apply_steps` applies (those that can touch any number of keys)
+STEPPED_OPS = frozenset({Op.DELETE_RANGE, Op.TXN, Op.LEASE_REVOKE, Op.LEASE_EXPIRE})
+_STEPPED = frozenset(int(op) for op in STEPPED_OPS)
+
+
+class BatchRun:
+    """The application of one log entry (a batch of commands) that stopped
+    between the steps of a long command (`StateMachine.apply_steps`) once
+    its pacer's deadline had passed, to go on from there when `run` is
+    called: a DeleteRange of 300k keys takes seconds, and the member's event
+    loop, which applies, serves every client meanwhile. What it applies, and
+    in what order, does not depend on where it stopped. A pacer is an object
+    whose `deadline()` is the time.monotonic() by which this turn's work
+    should stop (etcdlite.raft.apply_pacing.ApplyPacer)."""
+
+    __slots__ = ("machine", "commands", "applied", "pacer", "_next", "_steps", "_op")
+
+    def __init__(self, machine: StateMachine, commands, applied: list, pacer, next_command: int, steps, op: int):
+        self.machine = machine
+        self.commands = commands
+        self.applied = applied
+        self.pacer = pacer
+        self._next = next_command  # the command after the one under way
+        self._steps = steps  # the generator of the command under way
+        self._op = op
+
+    def run(self):
+        """Go on until the end (returns the applied list, as
+        `StateMachine.apply_batch`) or until the pacer's deadline passes
+        inside a long command again (returns None)."""
+        if not _go_on(self._steps, self._op, self.machine, self.applied, self.pacer):
+            return None
+        rest = self.machine.apply_batch(self.commands, self.pacer, self._next, self.applied)
+        if type(rest) is BatchRun:
+            self._next, self._steps, self._op = rest._next, rest._steps, rest._op
+            return None
+        self._steps = None
+        return rest
+
+    def abandon(self) -> None:
+        """Give up the command under way (the state it was changing was
+        replaced by a snapshot); its txn is ended on the store it had."""
+        if self._steps is not None:
+            self._steps.close()
+            self._steps = None
+
+
+def _go_on(steps, op: int, machine: StateMachine, applied: list, pacer) -> bool:
+    """Run a long command's steps until it ends (True: its answer is
+    appended to `applied`) or, with a pacer, its deadline passes (False)."""
+    try:
+        if pacer is None:
+            while True:
+                next(steps)
+        deadline = pacer.deadline()
+        while True:
+            next(steps)
+            if time.monotonic() >= deadline:
+                return False
+    except StopIteration as done:
+        result, events = done.value
+    applied.append((op, result, events, machine.kv.current_revision))
+    return True

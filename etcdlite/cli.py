@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent-streams", type=int, default=DEFAULT_MAX_CONCURRENT_STREAMS,
                    help="calls one client connection may have open at once; more are refused "
                         "(RST_STREAM REFUSED_STREAM)")
+    p.add_argument("--grpc-keepalive-interval", default="2h",
+                   help="a client connection that sends nothing for this long is pinged")
+    p.add_argument("--grpc-keepalive-timeout", default="20s",
+                   help="a pinged client connection that sends nothing back for this long is closed")
     p.add_argument("--snapshot-count", type=int, default=100_000,
                    help="Raft log entries between snapshots; the log before a snapshot is dropped")
     p.add_argument("--experimental-watch-progress-notify-interval", default="10m",
@@ -118,6 +122,8 @@ def config_from_args(args: argparse.Namespace) -> MemberConfig:
         max_txn_ops=args.max_txn_ops,
         max_concurrent_streams=args.max_concurrent_streams,
         progress_notify_interval=parse_duration(args.experimental_watch_progress_notify_interval),
+        grpc_keepalive_interval=parse_duration(args.grpc_keepalive_interval),
+        grpc_keepalive_timeout=parse_duration(args.grpc_keepalive_timeout),
         snapshot_count=max(2, args.snapshot_count),
         peer_password=password,
         peer_dial_urls={name: urls[0] for name, urls in parse_initial_cluster(args.experimental_peer_dial_urls).items()}

@@ -137,6 +137,9 @@ class MemberConfig:
     max_txn_ops: int = DEFAULT_MAX_TXN_OPS
     max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
     progress_notify_interval: float = 600.0
+    # server keepalive (etcd's --grpc-keepalive-interval and --grpc-keepalive-timeout), seconds
+    grpc_keepalive_interval: float = 7200.0
+    grpc_keepalive_timeout: float = 20.0
     # Raft log entries between snapshots (etcd's --snapshot-count)
     snapshot_count: int = 100_000
     peer_password: str | None = None

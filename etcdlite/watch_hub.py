@@ -17,6 +17,9 @@ from etcdlite.pb.mvccpb import kv_pb2
 NOPUT = 0
 NODELETE = 1
 _INT64_MASK = (1 << 64) - 1
+# events a step of `WatchHub.publish_steps` converts (a few milliseconds of work); a
+# revision with fewer is published in one go
+STEP_EVENTS = 512
 
 
 def event_to_pb(ev: Event, with_prev: bool) -> kv_pb2.Event:
@@ -98,6 +101,9 @@ class WatchHub:
         self._by_key: dict[bytes, set[Watcher]] = {}
         self._ranges: set[Watcher] = set()
         self._parked: set[Watcher] = set()
+        # a revision is being published a step at a time (publish_steps): a new
+        # watcher must catch up from history instead of joining the fan-out
+        self.publishing = False
 
     def __len__(self) -> int:
         return sum(len(s) for s in self._by_key.values()) + len(self._ranges) + len(self._parked)
@@ -128,6 +134,13 @@ class WatchHub:
             group.discard(w)
             if not group:
                 del self._by_key[w.key]
+
+    def holds(self, w: Watcher) -> bool:
+        """Whether w is live (in the fan-out)."""
+        if w.range_end:
+            return w in self._ranges
+        group = self._by_key.get(w.key)
+        return group is not None and w in group
 
     def watchers(self):
         """The live watchers."""
@@ -192,19 +205,44 @@ class WatchHub:
             w.stream.send_event_fields(w, fields[0] if len(fields) == 1 else b"".join(fields), revision)
 
     def _publish_many(self, events: list[Event], revision: int) -> None:
+        for _ in self._publish_many_steps(events, revision, False):
+            pass
+
+    def publish_steps(self, events: list[Event], revision: int):
+        """`publish` as a generator that yields between steps of
+        STEP_EVENTS events, for a revision of many (a DeleteRange of 300k
+        keys took seconds in one go). Each watcher still gets the whole
+        revision at once, at the last step; until then `revision` stays
+        the previous one (progress notifications claim nothing unsent) and
+        `publishing` is set: watchers created meanwhile catch up from the
+        store's history, which holds this revision already."""
+        if len(events) <= STEP_EVENTS or (not self._by_key and not self._ranges):
+            self.publish(events, revision)
+            return
+        self.publishing = True
+        try:
+            yield from self._publish_many_steps(events, revision, True)
+        finally:
+            self.publishing = False
+
+    def _publish_many_steps(self, events: list[Event], revision: int, stepped: bool):
         """publish for a revision of several events (a txn, a range delete, a
         lease's keys): the events sorted by key, each watcher finds its own
         by bisection, and watchers that want the same span of them share one
         response body. The cost is a bisection per watcher plus the events
-        sent, never events x watchers."""
-        order = sorted(range(len(events)), key=lambda i: events[i].kv.key)
-        keys = [events[i].kv.key for i in order]
+        sent, never events x watchers. A generator: `stepped`, it yields
+        between steps (see publish_steps), and the watchers sent to are those
+        live at the end."""
+        order, keys = yield from _key_order(events)
         spans: list[tuple[Watcher, int, int]] = []  # a watcher and its events: keys[lo:hi]
-        for key in dict.fromkeys(keys):
-            group = self._by_key.get(key)
+        by_key = self._by_key
+        # the fewer of the single-key watchers' keys and the revision's keys is walked
+        for key in by_key if len(by_key) < len(keys) else dict.fromkeys(keys):
+            group = by_key.get(key)
             if group:
-                lo, hi = bisect_left(keys, key), bisect_right(keys, key)
-                spans.extend((w, lo, hi) for w in group)
+                lo = bisect_left(keys, key)
+                if lo < len(keys) and keys[lo] == key:
+                    spans.extend((w, lo, bisect_right(keys, key, lo)) for w in group)
         everything = len(keys)
         for w in self._ranges:
             lo = bisect_left(keys, w.key)
@@ -212,11 +250,23 @@ class WatchHub:
             if lo < hi:
                 spans.append((w, lo, hi))
         bodies: dict[tuple, tuple[list, bytes]] = {}
-        converted: dict[tuple[int, bool], tuple[kv_pb2.Event, bytes]] = {}
+        converted: dict = {}
+        if stepped:
+            # every body made first, a step at a time, then all sent in one go; a body for
+            # watchers without `fragment` keeps only the events' bytes (the messages go as
+            # they are made, not all at the end)
+            for w, lo, hi in spans:
+                slot = (lo, hi, w.prev_kv, w.skip_put, w.skip_delete, w.fragment)
+                if revision >= w.next_revision and slot not in bodies:
+                    bodies[slot] = yield from _body_steps(events, order[lo:hi], w, converted)
+            yield from _release(converted)  # each event's bytes: a step at a time too
+            self.revision = revision
         for w, lo, hi in spans:  # a list: sending may take w out of the hub's sets
             if revision < w.next_revision:
                 continue  # already sent from history
-            slot = (lo, hi, w.prev_kv, w.skip_put, w.skip_delete)
+            if stepped and not self.holds(w):
+                continue  # cancelled, or its stream ended, while the bodies were made
+            slot = (lo, hi, w.prev_kv, w.skip_put, w.skip_delete, w.fragment)
             body = bodies.get(slot)
             if body is None:
                 body = bodies[slot] = _body(events, sorted(order[lo:hi]), w, converted)
@@ -228,6 +278,72 @@ class WatchHub:
                 w.stream.send_events(w, out, revision)  # may need cutting into parts
             else:
                 w.stream.send_event_fields(w, fields, revision)
+
+
+def _key_order(events: list[Event]):
+    """(indices of events in key order, their keys in that order), a
+    generator (see publish_steps): a range delete's or a lease's events are
+    in key order already, which a step at a time finds; others are sorted."""
+    n = len(events)
+    keys: list[bytes] = []
+    for lo in range(0, n, STEP_EVENTS):
+        if lo:
+            yield
+        part = [ev.kv.key for ev in events[lo:lo + STEP_EVENTS]]
+        if (keys and part[0] < keys[-1]) or any(a > b for a, b in zip(part, part[1:])):
+            order = sorted(range(n), key=lambda i: events[i].kv.key)
+            return order, [events[i].kv.key for i in order]
+        keys += part
+    return range(n), keys
+
+
+def _body_steps(events: list[Event], indices, w: Watcher, converted: dict):
+    """`_body` a step at a time (a generator); `indices` in any order. For a
+    watcher without `fragment` the messages are not kept: the body's first
+    part is then the number of events, not their list."""
+    indices = sorted(indices)
+    out, fields = [], []
+    kept = 0
+    for lo in range(0, len(indices), STEP_EVENTS):
+        if lo:
+            yield
+        part = indices[lo:lo + STEP_EVENTS]
+        if w.fragment:
+            part_out, part_fields = _body(events, part, w, converted)
+            out += part_out
+        else:
+            part_fields, n = _fields(events, part, w, converted)
+            kept += n
+        fields.append(part_fields)
+    return (out if w.fragment else kept), b"".join(fields)
+
+
+def _release(items: dict):
+    """Empty `items` a step at a time (a generator): freeing hundreds of thousands of objects
+    at once is a stall of its own."""
+    pop = items.popitem
+    while items:
+        for _ in range(min(STEP_EVENTS * 4, len(items))):
+            pop()
+        yield
+
+
+def _fields(events: list[Event], indices: list[int], w: Watcher, converted: dict) -> tuple[bytes, int]:
+    """The events at `indices` that w's filters let through, as WatchResponse fields on the
+    wire, and how many; each event is converted once per revision (per prev_kv choice) and
+    only its bytes are kept (in `converted`, under a key of its own)."""
+    fields = []
+    prev_kv = w.prev_kv
+    for i in indices:
+        ev = events[i]
+        if not w.wants(ev):
+            continue
+        slot = (i, prev_kv, b"")
+        field = converted.get(slot)
+        if field is None:
+            field = converted[slot] = event_field(event_to_pb(ev, prev_kv))
+        fields.append(field)
+    return b"".join(fields), len(fields)
 
 
 def _body(events: list[Event], indices: list[int], w: Watcher, converted: dict) -> tuple[list, bytes]:

@@ -12,9 +12,11 @@ client can make its connection hold is bounded (the limits below).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import socket
 import struct
+import termios
 import time
 from typing import TYPE_CHECKING
 
@@ -79,6 +81,14 @@ MAX_HEADER_LIST = 1 << 20
 HANDSHAKE_TIMEOUT = 20.0
 IDLE_TIMEOUT = 300.0
 IDLE_GRACE = 1.0
+# keepalive, as grpc-go's server (etcd's --grpc-keepalive-interval and --grpc-keepalive-timeout):
+# a connection that sent nothing for KEEPALIVE_TIME gets a PING, and is closed if nothing at all
+# comes back within KEEPALIVE_TIMEOUT; a client gone without a FIN (a network cut) no longer holds
+# its calls (a Watch, its watchers) for ever
+KEEPALIVE_TIME = 7200.0
+KEEPALIVE_TIMEOUT = 20.0
+KEEPALIVE_PING = b"keepaliv"  # the opaque data of our PINGs
+KEEPALIVE_CHECKS = 4  # checks per keepalive time: the PING leaves 1 to 1.25 times it after the last read
 # header blocks remembered decoded per connection (a call's block is some hundred bytes)
 HEADER_CACHE_ENTRIES = 256
 HEADER_CACHE_BYTES = 256 << 10
@@ -95,6 +105,21 @@ OUT_BUDGET = 64 << 20
 # past it, the connection's new calls are refused (REFUSED_STREAM: grpc clients retry them) until
 # the client reads; a client that reads keeps far below it
 UNSENT_BUDGET = 32 << 20
+# request bytes of messages not yet whole, all of a connection's calls together: they hold the
+# connection's receive window until their message is whole, so a client that keeps within the
+# window but leaves many messages unfinished (or sends many large ones interleaved, as grpc-go's
+# writer does) would use it all up, and then nothing could move on that connection again. Past
+# the budget the call whose DATA passes it is reset (RST_STREAM FLOW_CONTROL_ERROR, as a call
+# past its own window) and what it held goes back to the connection's window
+PARTIAL_BUDGET = CONN_RECV_WINDOW // 2
+# A connection ended with a GOAWAY closes only once the client has acknowledged everything sent
+# (GOAWAY included), it closes its side, or LINGER_TIME passes: closing with the client's input
+# unread makes the kernel reset the connection and drop what it had not sent yet, GOAWAY with it.
+# Meanwhile up to LINGER_DRAIN bytes of input are read and thrown away (a client stuck sending
+# gets to read), then reading stops (a flood stalls, and its sender reads at last).
+LINGER_TIME = 5.0
+LINGER_DRAIN = 1 << 20
+LINGER_POLL = 0.05
 
 
 class H2ConnectionError(Exception):
@@ -127,16 +152,23 @@ class Connection(asyncio.Protocol):
         self.out: list[bytes] = []
         self.out_bytes = 0  # about what `out` holds: reading stops for a turn past WRITE_HIGH_WATER
         self.unsent = 0  # bytes the streams hold for the client's windows (Stream.pending)
+        self.partial = 0  # request bytes of messages not yet whole (Stream.partial): PARTIAL_BUDGET
         self.stalled = False  # reading stopped until what was answered has left (stall())
         self.flush_scheduled = False
         self.headers_in_progress = None  # (sid, flags, fragments) while CONTINUATION frames arrive
         self.headers_size = 0  # their bytes so far
         self.going_away = False
-        self.closed = False
+        self.closed = False  # nothing more is read or written (the transport may linger: close_lingering)
+        self.lingering = 0.0  # when close_lingering began (0: it has not)
+        self.drained = 0  # input thrown away since
         self.write_paused = False  # the transport's buffer is over its high water mark
         self.settings_seen = False  # the client's first SETTINGS: the handshake is done
         self.reads = self.reads_seen = 0  # socket reads, and how many there were at the last idle check
         self.timer: asyncio.TimerHandle | None = None  # the handshake's deadline, then the idle check
+        self.keepalive: asyncio.TimerHandle | None = None  # the next keepalive check
+        self.reads_at_keepalive = 0  # socket reads at the last keepalive check
+        self.idle_checks = 0  # keepalive checks in a row that found no read
+        self.pinged = False  # a keepalive PING is out, not answered by anything yet
         self.pings = Rate(PING_BURST, PINGS_PER_SECOND)
         self.resets = Rate(RESET_BURST, RESETS_PER_SECOND)
 
@@ -194,6 +226,15 @@ class Connection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.keepalive is not None:
+            self.keepalive.cancel()
+            self.keepalive = None
+        self.end_streams()
+
+    def eof_received(self) -> bool:
+        return False  # the client closed its side: close ours (lingering or not)
+
+    def end_streams(self) -> None:
         for stream in list(self.streams.values()):
             stream.cancelled = True
             stream.finished = True
@@ -238,6 +279,35 @@ class Connection(asyncio.Protocol):
         self.settings_seen = True
         self.timer.cancel()
         self.timer = self.loop.call_later(self.server.idle_timeout, self.check_idle)
+        self.reads_at_keepalive = self.reads
+        self.keepalive = self.loop.call_later(self.server.keepalive_time / KEEPALIVE_CHECKS, self.check_keepalive)
+
+    def check_keepalive(self) -> None:
+        """grpc-go's server keepalive: a connection that read nothing for keepalive_time gets a
+        PING; one that reads nothing for keepalive_timeout after it is closed (its peer is gone, or
+        cut off: a GOAWAY would not reach it)."""
+        self.keepalive = None
+        if self.closed:
+            return
+        server = self.server
+        if self.reads != self.reads_at_keepalive:
+            self.reads_at_keepalive = self.reads
+            self.pinged = False
+            self.idle_checks = 0
+        else:
+            self.idle_checks += 1
+        if not self.pinged and self.idle_checks < KEEPALIVE_CHECKS:
+            self.keepalive = self.loop.call_later(server.keepalive_time / KEEPALIVE_CHECKS, self.check_keepalive)
+        elif self.pinged:
+            log.info("closing the connection from %s: no answer to a keepalive PING within %gs",
+                     self.peer, server.keepalive_timeout)
+            self.closed = True
+            self.end_streams()
+            self.transport.abort()
+        else:
+            self.pinged = True
+            self.queue_frame(PING, 0, 0, KEEPALIVE_PING)
+            self.keepalive = self.loop.call_later(server.keepalive_timeout, self.check_keepalive)
 
     def check_idle(self) -> None:
         """A connection without calls that sent nothing since the last check is closed (GOAWAY
@@ -253,7 +323,7 @@ class Connection(asyncio.Protocol):
             return
         self.go_away(NO_ERROR, "max_idle")
         self.flush()
-        self.timer = self.loop.call_later(min(IDLE_GRACE, self.server.idle_timeout), self.transport.close)
+        self.timer = self.loop.call_later(min(IDLE_GRACE, self.server.idle_timeout), self.close_lingering)
 
     def pause_writing(self) -> None:
         """The client reads slower than it is answered: no new calls from it until it catches up
@@ -303,8 +373,41 @@ class Connection(asyncio.Protocol):
             self.going_away = True
             self.queue_frame(GOAWAY, 0, 0, U32.pack(self.last_stream) + U32.pack(code) + message.encode())
         if code != NO_ERROR:
-            self.flush()
-            self.transport.close()
+            self.close_lingering()
+
+    def close_lingering(self) -> None:
+        """End the connection so that the client gets what was sent, the GOAWAY last (see
+        LINGER_TIME): the calls stop now; our side of the socket is shut once the output has
+        left, and the socket is closed later (check_linger)."""
+        if self.closed:
+            return
+        self.flush()
+        self.closed = True
+        self.lingering = time.monotonic()
+        self.buf = bytearray()
+        self.end_streams()
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.keepalive is not None:
+            self.keepalive.cancel()
+            self.keepalive = None
+        transport = self.transport
+        if transport.can_write_eof():
+            transport.write_eof()  # FIN after what is buffered
+        self.stalled = False
+        transport.resume_reading()  # drain what comes (data_received), whatever paused it
+        self.timer = self.loop.call_later(LINGER_POLL, self.check_linger)
+
+    def check_linger(self) -> None:
+        transport = self.transport
+        self.timer = None
+        if transport.is_closing():
+            return
+        if time.monotonic() - self.lingering < LINGER_TIME and (
+                transport.get_write_buffer_size() or _unacknowledged(transport)):
+            self.timer = self.loop.call_later(LINGER_POLL, self.check_linger)
+            return
+        transport.abort()
 
     def close_stream(self, stream: Stream) -> None:
         self.streams.pop(stream.id, None)
@@ -316,12 +419,16 @@ class Connection(asyncio.Protocol):
             stream.remote_closed = True
             self.queue_frame(RST_STREAM, 0, stream.id, U32.pack(NO_ERROR))
         if self.going_away and not self.streams and not self.closed:
-            self.flush()
-            self.transport.close()
+            self.close_lingering()
 
     # --- reading -----------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:  # lingering: thrown away, up to LINGER_DRAIN
+            self.drained += len(data)
+            if self.drained > LINGER_DRAIN and not self.transport.is_closing():
+                self.transport.pause_reading()
+            return
         self.reads += 1
         buf = self.buf
         if buf or not self.preface_seen:
@@ -376,7 +483,9 @@ class Connection(asyncio.Protocol):
             self.go_away(INTERNAL_ERROR, "internal error")
             return
         finally:
-            if data is buf:
+            if self.closed:
+                self.buf = bytearray()
+            elif data is buf:
                 if pos:
                     del buf[:pos]
             elif pos < size:
@@ -588,6 +697,17 @@ class Connection(asyncio.Protocol):
             self.release_stream(stream, stream_window.held())  # a unary call's stream gets it all back
         self.deliver(stream, messages)
         self.release_delivered(stream)
+        if stream.recv_buf or stream.partial:
+            self.count_partial(stream)
+
+    def count_partial(self, stream: Stream) -> None:
+        """The stream's bytes of a message not yet whole, into the connection's count; past
+        PARTIAL_BUDGET the stream is reset (see there)."""
+        partial = len(stream.recv_buf) - stream.complete
+        self.partial += partial - stream.partial
+        stream.partial = partial
+        if self.partial > PARTIAL_BUDGET and partial and not stream.finished:
+            self.reset_stream(stream, FLOW_CONTROL_ERROR)
 
     def release_delivered(self, stream: Stream) -> None:
         """A unary call's bytes go back to the connection but for what the call still holds:
@@ -615,6 +735,7 @@ class Connection(asyncio.Protocol):
         partial = stream.recv_window.held() - stream.complete
         if partial > 0:
             self.release_stream(stream, partial)
+        self.count_partial(stream)
         stream.wake()
 
     def end_of_requests(self, stream: Stream) -> None:
@@ -713,3 +834,13 @@ class Connection(asyncio.Protocol):
             stream.remote_closed = True
             self.deliver(stream, [])
             self.release_delivered(stream)
+
+
+def _unacknowledged(transport) -> int:
+    """Bytes the kernel holds that the peer has not acknowledged yet (Linux's SIOCOUTQ); 0 when it
+    cannot tell."""
+    sock = transport.get_extra_info("socket")
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except (AttributeError, OSError, ValueError):
+        return 0

@@ -19,7 +19,14 @@ import time
 
 import grpc
 
-from grpclite.connection import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_CONCURRENT_STREAMS, Connection
+from grpclite.connection import (
+    HANDSHAKE_TIMEOUT,
+    IDLE_TIMEOUT,
+    KEEPALIVE_TIME,
+    KEEPALIVE_TIMEOUT,
+    MAX_CONCURRENT_STREAMS,
+    Connection,
+)
 from grpclite.context import HandlerCallDetails, ServicerContext
 from grpclite.stream import Stream
 from grpclite.wire import NO_ERROR, OK_TRAILERS, status_block
@@ -36,7 +43,8 @@ class GrpcServer:
 
     def __init__(self, max_receive_message_length: int = 4 << 20, eager_unary: bool = True,
                  max_concurrent_streams: int = MAX_CONCURRENT_STREAMS,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT, idle_timeout: float = IDLE_TIMEOUT):
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, idle_timeout: float = IDLE_TIMEOUT,
+                 keepalive_time: float = KEEPALIVE_TIME, keepalive_timeout: float = KEEPALIVE_TIMEOUT):
         self.loop = asyncio.get_running_loop()
         self.max_receive = max_receive_message_length
         # calls one connection may have open (etcd's --max-concurrent-streams); more are refused
@@ -45,6 +53,10 @@ class GrpcServer:
         # calls that sends nothing for idle_timeout (to 2 x idle_timeout) is closed
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
+        # a connection that sends nothing for keepalive_time is pinged, and closed if it still sends
+        # nothing keepalive_timeout later (etcd's --grpc-keepalive-interval, --grpc-keepalive-timeout)
+        self.keepalive_time = keepalive_time
+        self.keepalive_timeout = keepalive_timeout
         self.eager_unary = eager_unary  # see EagerCall
         self.callbacks: dict = {}  # path -> callback handler (set_unary_callback)
         self.handlers: dict[str, grpc.RpcMethodHandler] = {}
@@ -167,7 +179,7 @@ class GrpcServer:
         for conn in list(self.connections):
             for stream in list(conn.streams.values()):
                 stream.stop_handler()
-            if not conn.closed:
+            if not conn.transport.is_closing():  # lingering ones too
                 conn.transport.abort()
 
     # --- calls -------------------------------------------------------------------

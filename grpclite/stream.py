@@ -48,7 +48,7 @@ def _identity(m):
 class Stream:
     __slots__ = ("conn", "id", "path", "handler", "metadata", "deadline", "task",
                  "send_window", "pending", "pending_bytes", "trailers", "headers_sent",
-                 "finished", "cancelled", "remote_closed", "recv_buf", "recv_window", "held", "complete",
+                 "finished", "cancelled", "remote_closed", "recv_buf", "recv_window", "held", "complete", "partial",
                  "arrived", "unary_request", "drained", "serialize", "encoding")
 
     def __init__(self, conn: Connection, sid: int, path: str, handler, metadata, deadline,
@@ -78,6 +78,7 @@ class Stream:
         self.recv_window: Window | None = None
         self.held = 0  # request bytes counted against the connection's window, not yet released
         self.complete = 0  # a streaming call's: bytes of whole messages at the head of recv_buf
+        self.partial = 0  # bytes of a message not yet whole, as counted in the connection's `partial`
         self.arrived: asyncio.Future | None = None  # a streaming handler waiting for a message
         self.unary_request = None
         self.drained: asyncio.Future | None = None
@@ -172,6 +173,9 @@ class Stream:
 
     def drop_requests(self) -> None:
         """The call is over: what it held of its requests goes."""
+        if self.partial:
+            self.conn.partial -= self.partial
+            self.partial = 0
         self.recv_buf = bytearray()
         self.complete = self.held = 0
         self.unary_request = None

@@ -34,3 +34,17 @@ def test_bare_put_repetitions_take_turns_with_etcdlite1(tmp_path):
     assert "etcdlite 1 ÷ bare, by pair" in md
     (row,) = [line for line in md.splitlines() if line.startswith("| 256 |") and line.count("x,") == 1]
     assert row.rstrip(" |").endswith("x")
+
+
+@pytest.mark.parametrize("target", ["bare", "etcdlite"])
+def test_bytecodes_per_put_are_counted_for_the_server_and_the_client(target):
+    """benchmarks/bytecodes.py counts, per function, what the server's and the client's code runs
+    for each put; the bare server's count is the same twice (nothing timed in its path)."""
+    from benchmarks.bytecodes import count
+
+    counts = count(target, puts=20, warmup=20)
+    assert counts["connection.py:on_data"] > 0 and counts["h2client.py:call"] > 0, counts.most_common(8)
+    if target == "etcdlite":
+        assert counts["apply.py:apply_batch"] > 0
+    else:
+        assert count(target, puts=20, warmup=20) == counts

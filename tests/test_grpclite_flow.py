@@ -80,9 +80,12 @@ def test_new_initial_window_moves_a_used_window_by_the_difference():
 
 
 class _Transport:
+    """`closed`: the server ended the connection (a lingering close's FIN, or a close)."""
+
     def __init__(self) -> None:
         self.written = bytearray()
         self.closed = False
+        self.shut = False
 
     def write(self, data: bytes) -> None:
         self.written += data
@@ -91,7 +94,27 @@ class _Transport:
         return None
 
     def close(self) -> None:
+        self.closed = self.shut = True
+
+    abort = close
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
         self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.shut
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
 
 
 def _request_headers(path: str) -> bytes:

@@ -7,14 +7,19 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import time
 
 import grpc
 
+from grpclite import connection
 from grpclite.connection import (
     HEADER_CACHE_BYTES,
+    KEEPALIVE_PING,
+    LINGER_DRAIN,
     MAX_CONCURRENT_STREAMS,
     MAX_HEADER_LIST,
     OUT_BUDGET,
+    PARTIAL_BUDGET,
     RECV_MAX_FRAME,
     UNSENT_BUDGET,
     WRITE_HIGH_WATER,
@@ -59,11 +64,14 @@ from harness.h2attack import split_frames as _frames
 
 class _Transport:
     """What a Connection writes to, and whether it closed or paused it. Like asyncio's, it calls
-    its protocol's pause_writing past its high water mark; drain() is the client reading it all."""
+    its protocol's pause_writing past its high water mark; drain() is the client reading it all.
+    `closed`: the server ended the connection (shut its side after a GOAWAY, or closed);
+    `shut`: the socket itself is closed (a lingering close does that later)."""
 
     def __init__(self) -> None:
         self.written = bytearray()
         self.closed = False
+        self.shut = False
         self.reading = True
         self.protocol = None
         self.high = 64 << 10
@@ -99,9 +107,18 @@ class _Transport:
         self.reading = True
 
     def close(self) -> None:
-        self.closed = True
+        self.closed = self.shut = True
 
     abort = close
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.shut
 
 
 def _resets(transport: _Transport) -> dict[int, int]:
@@ -211,22 +228,65 @@ def test_continuation_frames_past_the_header_list_limit_end_the_connection_unjoi
 # --- 2. receive windows enforced -------------------------------------------------------------------
 
 
-def test_partial_messages_on_many_streams_past_the_connection_window_end_the_connection():
+def test_messages_not_taken_on_many_streams_past_the_connection_window_end_the_connection():
+    """Whole messages that a streaming handler does not take stay held against both windows; a
+    client that sends past the connection's window (each stream within its own) gets GOAWAY
+    FLOW_CONTROL_ERROR, having made the server hold no more than the window."""
     def test(conn, transport, server, echo):
-        # each stream sends 3 MiB of a 3.5 MiB request and stops: held, so not given back
-        part = _message(7 << 19)[:3 << 20]
+        # three whole messages of 1 MiB a stream: within its 4 MiB window
+        three = _message(1 << 20) * 3
         sid, sent = 1, 0
         while not transport.closed and sent < 2 * CONN_RECV_WINDOW:
-            conn.data_received(_frame(HEADERS, END_HEADERS, sid, request_block("/t.T/Echo")))
-            for i in range(0, len(part), RECV_MAX_FRAME):
-                conn.data_received(_frame(DATA, 0, sid, part[i:i + RECV_MAX_FRAME]))
+            conn.data_received(_frame(HEADERS, END_HEADERS, sid, request_block("/t.T/Hold")))
+            for i in range(0, len(three), RECV_MAX_FRAME):
+                conn.data_received(_frame(DATA, 0, sid, three[i:i + RECV_MAX_FRAME]))
                 if transport.closed:
                     break
-                sent += min(RECV_MAX_FRAME, len(part) - i)
+                sent += min(RECV_MAX_FRAME, len(three) - i)
             sid += 2
         assert transport.closed and _goaway_code(transport) == FLOW_CONTROL_ERROR
         assert sent <= CONN_RECV_WINDOW
-        assert _window_updates(transport, 0) == 0
+        assert _window_updates(transport, 0) == 0 and not _resets(transport)
+
+    _on_connection(test)
+
+
+def test_unfinished_messages_past_their_budget_reset_the_call_and_the_connection_goes_on():
+    """A client that keeps within every window but leaves its messages unfinished (each stream
+    3 MiB of a 3.5 MiB request) used to take the whole connection window, after which nothing on
+    that connection could move again. Past PARTIAL_BUDGET the call whose DATA passes it is reset
+    (RST_STREAM FLOW_CONTROL_ERROR) and its bytes go back to the connection's window: the client
+    never runs out of window, and the first call, finished at last, is answered."""
+    async def test(conn, transport, server, echo):
+        whole = _message(7 << 19)
+        part = whole[:3 << 20]
+        window = CONN_RECV_WINDOW  # the connection's window as the client sees it
+        sid, sent = 1, 0
+        while sent < 2 * CONN_RECV_WINDOW:
+            conn.data_received(_frame(HEADERS, END_HEADERS, sid, request_block("/t.T/Echo")))
+            for i in range(0, len(part), RECV_MAX_FRAME):
+                chunk = part[i:i + RECV_MAX_FRAME]
+                server.flush_now()
+                window += _window_updates(transport, 0)
+                transport.written.clear()
+                assert len(chunk) <= window, f"the client ran out of window after {sent} bytes"
+                conn.data_received(_frame(DATA, 0, sid, chunk))
+                window -= len(chunk)
+                sent += len(chunk)
+            sid += 2
+        assert not transport.closed
+        assert conn.partial <= PARTIAL_BUDGET
+        refused = {s for s in range(1, sid, 2) if s not in conn.streams}
+        assert min(refused) > 2 * (PARTIAL_BUDGET // len(part)) - 1 and 1 in conn.streams
+        transport.written.clear()
+        conn.data_received(_frame(DATA, END_STREAM, 1, whole[len(part):])  # the first call finishes
+                           + _frame(WINDOW_UPDATE, 0, 0, U32.pack(8 << 20))  # room for its answer
+                           + _frame(WINDOW_UPDATE, 0, 1, U32.pack(8 << 20)))
+        await _until(lambda: 1 not in conn.streams)
+        server.flush_now()
+        (fields,) = [_status(b) for t, _, s, b in _frames(transport.written) if t == HEADERS and s == 1
+                     and b"grpc-status" in _status(b)]
+        assert fields[b"grpc-status"] == b"0"
 
     _on_connection(test)
 
@@ -724,3 +784,115 @@ def test_a_unix_socket_serves_grpc_clients_and_a_stale_socket_file_is_replaced(t
         await server.stop(0)
 
     asyncio.run(run())
+
+
+# --- a lingering close: the GOAWAY reaches the client ------------------------------------------
+
+
+def test_a_connection_ended_by_an_error_closes_its_socket_once_the_client_has_its_output(monkeypatch):
+    """After a GOAWAY for an error the server shuts its side (FIN) at once, reads and throws away
+    what still comes, and closes the socket only once what it wrote has left (closing earlier, with
+    input unread, resets the connection and drops the GOAWAY)."""
+    checks = []
+    check = connection.Connection.check_linger
+    monkeypatch.setattr(connection.Connection, "check_linger",
+                        lambda conn: (checks.append(1), check(conn)))
+
+    async def test(conn, transport, server, echo):
+        transport.high = 1 << 30  # the "client" reads nothing until drain()
+        conn.data_received(_frame(WINDOW_UPDATE, 0, 0, U32.pack(0)))
+        assert transport.closed and not transport.shut and _goaway_code(transport) == PROTOCOL_ERROR
+        written = len(transport.written)
+        conn.data_received(_frame(PING, 0, 0, bytes(8)) * 100 + _frame(HEADERS, END_HEADERS, 3, b"junk"))
+        assert len(transport.written) == written and transport.reading  # thrown away, unanswered
+        await _until(lambda: len(checks) >= 3)
+        assert not transport.shut  # the GOAWAY has not left
+        transport.drain()
+        await _until(lambda: transport.shut, timeout=1)
+
+    _on_connection(test)
+
+
+def test_a_lingering_connection_stops_reading_past_its_drain_and_closes_after_linger_time(monkeypatch):
+    monkeypatch.setattr(connection, "LINGER_TIME", 0.2)
+
+    async def test(conn, transport, server, echo):
+        transport.high = 1 << 30
+        conn.data_received(_frame(WINDOW_UPDATE, 0, 0, U32.pack(0)))
+        junk = _frame(PING, 0, 0, bytes(8)) * 1000
+        for _ in range(LINGER_DRAIN // len(junk) + 2):
+            conn.data_received(junk)
+        assert not transport.reading and not transport.shut
+        start = asyncio.get_running_loop().time()
+        await _until(lambda: transport.shut, timeout=2)  # never drained: closed anyway
+        assert asyncio.get_running_loop().time() - start < 0.2 + 0.1
+
+    _on_connection(test)
+
+
+def test_unacknowledged_output_is_what_the_kernel_still_holds_for_the_peer():
+    """_unacknowledged (SIOCOUTQ) on a real TCP pair: what a peer that does not read leaves in the
+    sender's queue, and nothing once it has read it all."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        receiver = socket.socket()
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        receiver.connect(listener.getsockname())
+        sender, _ = listener.accept()
+        with receiver, sender:
+            sender.setblocking(False)
+            transport = type("T", (), {"get_extra_info": lambda self, name: sender})()
+            assert connection._unacknowledged(transport) == 0
+            sent = 0
+            try:
+                while sent < 8 << 20:
+                    sent += sender.send(bytes(65536))
+            except BlockingIOError:
+                pass
+            assert connection._unacknowledged(transport) > 0
+            got = 0
+            receiver.settimeout(5)
+            while got < sent:
+                got += len(receiver.recv(1 << 20))
+            deadline = time.monotonic() + 5
+            while connection._unacknowledged(transport):
+                assert time.monotonic() < deadline, "the kernel still holds what the peer read"
+            assert connection._unacknowledged(type("T", (), {"get_extra_info": lambda self, n: None})()) == 0
+
+
+# --- keepalive: a peer that vanished without a FIN ------------------------------------------------
+
+
+def _keepalive_pings(transport: _Transport) -> int:
+    return sum(1 for ftype, flags, _, p in _frames(transport.written)
+               if ftype == PING and not flags & ACK and p == KEEPALIVE_PING)
+
+
+def test_a_connection_that_sends_nothing_is_pinged_and_closed_when_nothing_answers():
+    """grpc-go's server keepalive: after keepalive_time without a read the server PINGs; an
+    answer (anything read) keeps the connection and its call; silence for keepalive_timeout after
+    a PING closes it, and its calls end."""
+
+    async def test(conn, transport, server, echo):
+        conn.data_received(_frame(HEADERS, END_HEADERS, 1, request_block("/t.T/Hold")))
+        assert 1 in conn.streams
+        await _until(lambda: _keepalive_pings(transport) == 1, timeout=2)
+        conn.data_received(_frame(PING, ACK, 0, KEEPALIVE_PING))  # the client answers
+        await _until(lambda: _keepalive_pings(transport) == 2, timeout=2)
+        assert not transport.shut and 1 in conn.streams
+        await _until(lambda: transport.shut, timeout=2)  # this time nothing answers
+        assert _keepalive_pings(transport) == 2 and not conn.streams
+
+    _on_connection(test, keepalive_time=0.1, keepalive_timeout=0.2)
+
+
+def test_a_connection_that_keeps_sending_is_never_pinged():
+    async def test(conn, transport, server, echo):
+        conn.data_received(_frame(HEADERS, END_HEADERS, 1, request_block("/t.T/Hold")))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 0.5
+        while loop.time() < deadline:  # a read every 10 ms: twenty within each keepalive_time
+            conn.data_received(_frame(WINDOW_UPDATE, 0, 0, U32.pack(1)))
+            await asyncio.sleep(0.01)
+        assert _keepalive_pings(transport) == 0 and not transport.shut
+
+    _on_connection(test, keepalive_time=0.2, keepalive_timeout=0.05)

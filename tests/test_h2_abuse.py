@@ -291,9 +291,10 @@ def test_ping_flood_from_a_client_that_never_reads(target):
         code = goaway_code(a, timeout=0)
         record(target, f"PING flood ({sent * 1000} pings sent)", a)
     if target.lite:
-        # the GOAWAY cannot reach a client whose receive window is full, and closing a connection with
-        # unread input resets it: a connection ended (and the flood cut short) is the answer it can see
-        assert code == ENHANCE_YOUR_CALM or (a.closed and sent < len(pings) // 1000), a.describe()
+        # the GOAWAY waits behind the ACKs the client has not read: the lingering close keeps the
+        # socket until the client has taken it (closing with the flood unread reset the connection,
+        # and the GOAWAY was lost)
+        assert code == ENHANCE_YOUR_CALM, a.describe()
 
 
 @pytest.mark.process
@@ -558,9 +559,9 @@ def test_h2spec_basics(target, case):
         with target.attacker() as probe:
             probe.handshake()
             size = probe.server_settings.get(S_MAX_FRAME_SIZE, 16384) + 1
-        # the header alone: a server that refuses it at once closes before the payload, and the payload
-        # left unread would turn the close into a reset that can overtake the GOAWAY
-        frames = frame(DATA, 0, 1, b"\x00" * size)[:9]
+        # the payload too: refused at its header, it comes after the GOAWAY, and the lingering close
+        # reads it away rather than reset the connection under the GOAWAY
+        frames = frame(DATA, 0, 1, b"\x00" * size)
     _expect_goaway(target, case, frames, codes)
 
 

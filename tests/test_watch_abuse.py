@@ -40,7 +40,8 @@ from grpclite.wire import (
     U32,
     WINDOW_UPDATE,
 )
-from harness.etcd_client import Client
+from harness.etcd_client import Client, wait_until
+from harness.faultproxy import FaultProxy
 from harness.h2attack import WATCH, message, request_block
 from harness.h2attack import frame as _frame
 
@@ -409,3 +410,49 @@ def test_negative_lease_and_watch_ids_are_answered_as_etcd_answers_them(procs, t
             answers.append([_lease_answers(c, -7), _lease_answers(c, -1), _watch_answers(c)])
     etcd, lite = answers
     assert lite == etcd
+
+
+# --- a client that vanishes without a FIN ------------------------------------------------------
+
+
+@pytest.mark.process
+def test_a_watch_whose_client_is_cut_off_is_closed_by_the_server_keepalive(procs, tmp_path):
+    """A Watch through a proxy that then blackholes (a network cut: no FIN, no RST, nothing
+    answers): with --grpc-keepalive-interval 1s and --grpc-keepalive-timeout 1s the member pings,
+    hears nothing, and closes the connection about 2 s after the cut (its log says so; once the
+    cut heals the client finds its call ended); a watch whose client answers the pings goes on."""
+    member = procs.start_etcdlite(tmp_path, **{"grpc-keepalive-interval": "1s", "grpc-keepalive-timeout": "1s"})
+    port = int(member.endpoint.rsplit(":", 1)[1])
+    create = pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"ka/", range_end=b"ka0"))
+    with FaultProxy(0, port) as cut, FaultProxy(0, port) as healthy, \
+            Client(cut.address) as c, Client(healthy.address) as h, Client(member.endpoint) as writer:
+        stop = threading.Event()
+
+        def requests():
+            yield create
+            stop.wait()
+
+        calls = [c.watch.Watch(requests(), timeout=60), h.watch.Watch(requests(), timeout=60)]
+        try:
+            for call in calls:
+                assert next(call).created
+            writer.put(b"ka/1", b"v")
+            for call in calls:
+                assert [e.kv.key for e in next(call).events] == [b"ka/1"]
+            cut.block("blackhole")
+            start = time.monotonic()
+            wait_until(lambda: "no answer to a keepalive PING" in member.log_path.read_text(), timeout=10,
+                       what="the member to close the cut-off connection")
+            took = time.monotonic() - start
+            assert 1.5 < took < 3.5, f"closed {took:.1f}s after the cut (interval 1s + timeout 1s)"
+            cut.unblock()
+            with pytest.raises(grpc.RpcError) as ended:
+                next(calls[0])
+            assert ended.value.code() == grpc.StatusCode.UNAVAILABLE, ended.value
+            writer.put(b"ka/2", b"v")
+            assert [e.kv.key for e in next(calls[1]).events] == [b"ka/2"]  # the healthy watch goes on
+            print(f"KEEPALIVE cut-off connection closed {took:.2f}s after the cut")
+        finally:
+            stop.set()
+            for call in calls:
+                call.cancel()

@@ -51,14 +51,15 @@ def to_event(key: bytes, record: Record, previous: Record | None) -> Event:
     return _new(Event, (kind, kv, prev_kv, record[1]))
 
 
-def events_since(key: bytes, records: list[Record], start: int) -> list[Event]:
-    """Events of every held record with main revision >= ``start``, oldest first."""
-    if records[-1][0] < start:
+def events_since(key: bytes, records: list[Record], start: int, upto: int) -> list[Event]:
+    """Events of every held record with main revision in [``start``, ``upto``], oldest first."""
+    last = records[-1][0]
+    if last < start:
         return []
     i = bisect_left(records, (start,))
     previous = records[i - 1] if i else None
     events = []
-    for record in records[i:]:
+    for record in records[i:] if last <= upto else records[i:bisect_right(records, (upto, _AFTER_ALL_SUBS))]:
         events.append(to_event(key, record, previous))
         previous = record
     return events

@@ -31,8 +31,10 @@ class MVCCStore:
       tombstone last); a key whose history is one live record has nothing to compact, so
       compaction only visits keys written since it last settled.
 
-    Writes go through ``write()``; one write txn may be open at a time. While it is open,
-    ``range`` on the store still answers as of the last committed revision.
+    Writes go through ``write()``; one write txn may be open at a time. While it is open
+    (a long one stays open across turns of the apply loop: ``WriteTxn.delete_range_steps``),
+    ``range``, ``events_since`` and the hashes still answer as of the last committed
+    revision.
     """
 
     def __init__(self) -> None:
@@ -111,23 +113,24 @@ class MVCCStore:
 
         Ordered by (main revision, sub-revision). Follows etcd's watch rule: starting below the
         compact revision raises CompactedError; starting exactly at it replays what compaction
-        kept. A start above the current revision simply finds nothing yet.
+        kept. A start above the current revision simply finds nothing yet, and an open write
+        txn's changes are not there yet.
         """
-        self._not_writing()
         if start_revision < self._compacted:
             raise CompactedError()
         kind, low, high = resolve(key, range_end)
         history = self._history
+        upto = self._current
         if kind == KeySpan.SINGLE:
             records = history.get(low)
-            return events_since(low, records, start_revision) if records else []
+            return events_since(low, records, start_revision, upto) if records else []
         if kind == KeySpan.EMPTY:
             return []
         events: list[Event] = []
         for k in self._keys.irange(low, high):
             records = history[k]
             if records[-1][0] >= start_revision:
-                events.extend(events_since(k, records, start_revision))
+                events.extend(events_since(k, records, start_revision, upto))
         events.sort(key=_event_order)
         return events
 
@@ -151,6 +154,11 @@ class MVCCStore:
         if wrote:
             self._current += 1
         self._writing = False
+
+    @property
+    def writing(self) -> bool:
+        """Whether a write txn is open (its changes, part made, are not readable yet)."""
+        return self._writing
 
     def _not_writing(self) -> None:
         if self._writing:
@@ -226,12 +234,11 @@ class MVCCStore:
         like), and equal on any two stores that applied the same calls. ``revision`` is
         validated as for ``range``.
         """
-        self._not_writing()
         at = self._readable(revision, self._current)
         return hash_history(self._history, self._keys, at), self._compacted, at
 
     def hash(self) -> int:
-        """crc32 of the whole store: its current and compact revisions, then every record."""
-        self._not_writing()
+        """crc32 of the whole store: its current and compact revisions, then every record
+        (an open write txn's are not there yet)."""
         return hash_history(self._history, self._keys, self._current,
                             header=(self._current, self._compacted))

@@ -16,6 +16,9 @@ from .kv import Event, KeyValue, RangeResult
 if TYPE_CHECKING:
     from .store import MVCCStore
 
+# keys a step of ``WriteTxn.delete_range_steps`` deletes (a few milliseconds of work)
+STEP_KEYS = 512
+
 
 def put_record(store: MVCCStore, key: bytes, value: bytes, lease: int, main: int,
                sub: int) -> tuple[Record, Record | None]:
@@ -80,6 +83,11 @@ class WriteTxn:
         kvs, count = store._read(key, range_end, at, limit)
         return RangeResult(kvs, count, newest)
 
+    @property
+    def events(self) -> list[Event]:
+        """The events so far, in sub-revision order (the list ``end`` returns)."""
+        return self._events
+
     def put(self, key: bytes, value: bytes, lease: int = 0) -> tuple[KeyValue, KeyValue | None]:
         """Set ``key``: (its new kv, its previous live kv or None when this starts a generation)."""
         self._check_open()
@@ -93,17 +101,37 @@ class WriteTxn:
     def delete_range(self, key: bytes, range_end: bytes = b"") -> list[KeyValue]:
         """Delete the live keys in the range: their last live kvs, in key order."""
         self._check_open()
+        deleted: list[KeyValue] = []
+        self._delete(self._keys_in(key, range_end), deleted)
+        return deleted
+
+    def delete_range_steps(self, key: bytes, range_end: bytes = b""):
+        """``delete_range`` as a generator that yields after every ``STEP_KEYS`` keys and
+        returns the same list: a range of many keys is deleted a part at a time, the txn
+        staying open in between (nothing else may write meanwhile; reads see the revision
+        before the txn)."""
+        self._check_open()
+        keys = self._keys_in(key, range_end)
+        deleted: list[KeyValue] = []
+        for lo in range(0, len(keys), STEP_KEYS):
+            if lo:
+                yield
+            self._delete(keys[lo:lo + STEP_KEYS], deleted)
+        return deleted
+
+    def _keys_in(self, key: bytes, range_end: bytes) -> list[bytes]:
         store = self._store
-        history = store._history
         kind, start, end = resolve(key, range_end)
         if kind == KeySpan.SINGLE:
-            keys = [start] if start in history else []
-        elif kind == KeySpan.EMPTY:
-            keys = []
-        else:
-            keys = list(store._keys.irange(start, end))
+            return [start] if start in store._history else []
+        if kind == KeySpan.EMPTY:
+            return []
+        return list(store._keys.irange(start, end))
+
+    def _delete(self, keys: list[bytes], deleted: list[KeyValue]) -> None:
+        store = self._store
+        history = store._history
         main = self._begin + 1
-        deleted = []
         for k in keys:
             records = history[k]
             last = records[-1]
@@ -119,7 +147,6 @@ class WriteTxn:
             store._shrinkable.add(k)
             store._size += len(k)
             store._live -= 1
-        return deleted
 
     def end(self) -> list[Event]:
         """Commit: the txn's events in sub-revision order, [] if it wrote nothing."""

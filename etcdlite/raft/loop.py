@@ -17,6 +17,7 @@ import asyncio
 from pysyncobj.poller import POLL_EVENT_TYPE
 
 from .durable import SyncedLeadership
+from .apply_pacing import ApplyPacer, PacedApply
 from .journal import LeanEntries
 from .log_guard import GuardedSyncObj
 from .peer_transport import PeerTransport
@@ -94,16 +95,18 @@ def _nothing() -> None:
     pass
 
 
-class LoopSyncObj(SyncedLeadership, LeanEntries, GuardedSyncObj):
+class LoopSyncObj(SyncedLeadership, PacedApply, LeanEntries, GuardedSyncObj):
     """A `GuardedSyncObj` (reading its `LeanJournal` through `LeanEntries`,
-    syncing it when it becomes leader: `SyncedLeadership`) whose sockets
-    are watched by `poller` (a `LoopPoller`) instead of the poll(2) poller
-    pysyncobj makes for itself, talking to its peers through `PeerTransport`."""
+    syncing it when it becomes leader: `SyncedLeadership`, applying at
+    `pacer`'s pace through `PacedApply`) whose sockets are watched by `poller`
+    (a `LoopPoller`) instead of the poll(2) poller pysyncobj makes for itself,
+    talking to its peers through `PeerTransport`."""
 
-    def __init__(self, self_node, other_nodes, conf, consumers, poller: LoopPoller):
-        # set before SyncObj.__init__, so pysyncobj counts it among the
+    def __init__(self, self_node, other_nodes, conf, consumers, poller: LoopPoller, pacer: ApplyPacer):
+        # set before SyncObj.__init__, so pysyncobj counts them among the
         # attributes it keeps out of its snapshots
         self.__dict__["_loop_poller"] = poller
+        self.__dict__["_apply_pacer"] = pacer
         super().__init__(self_node, other_nodes, conf, consumers=consumers, transportClass=PeerTransport)
 
     @property

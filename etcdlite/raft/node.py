@@ -41,9 +41,10 @@ from pysyncobj.dns_resolver import globalDnsResolver
 from pysyncobj.node import TCPNode
 
 from etcdlite import errors
-from etcdlite.apply import StateMachine
+from etcdlite.apply import BatchRun, StateMachine
 
 from . import durable, journal
+from .apply_pacing import PAUSED, ApplyPacer
 from .loop import LoopPoller, LoopSyncObj
 
 log = logging.getLogger("etcdlite.raft")
@@ -124,10 +125,12 @@ class ReplicatedState(SyncObjConsumer):
     `machine` is serialized (attributes set before SyncObjConsumer.__init__
     are pysyncobj's 'properties' and stay out of snapshots)."""
 
-    def __init__(self, lock: threading.Lock, on_applied, on_restored):
+    def __init__(self, lock: threading.Lock, on_applied, on_restored, pacer: ApplyPacer):
         self._lock = lock
         self._on_applied = on_applied
         self._on_restored = on_restored
+        self._pacer = pacer
+        self._run: BatchRun | None = None  # the entry part-applied, if any
         super().__init__()
         self.machine = StateMachine()
 
@@ -135,14 +138,31 @@ class ReplicatedState(SyncObjConsumer):
     def apply(self, commands):
         """Apply one log entry: a batch of commands (see etcdlite.apply), in order.
         Returns, for each, (op, result, events, revision), as `on_applied`
-        gets them."""
+        gets them; or PAUSED when it stopped inside a long command at the
+        pacer's deadline, to be called again with the same entry (see
+        etcdlite.raft.apply_pacing)."""
         with self._lock:
-            applied = self.machine.apply_batch(commands)
+            run = self._run
+            if run is None:
+                applied = self.machine.apply_batch(commands, self._pacer)
+                if type(applied) is BatchRun:
+                    self._run = applied
+                    return PAUSED
+            else:
+                applied = run.run()
+                if applied is None:
+                    return PAUSED
+                self._run = None
+                self._pacer.finished()
         self._on_applied(applied)
         return applied
 
     def _deserialize(self, data):
         with self._lock:
+            if self._run is not None:
+                self._run.abandon()  # the state it was changing is replaced
+                self._run = None
+                self._pacer.finished()
             super()._deserialize(data)
         self._on_restored()
 
@@ -197,7 +217,8 @@ class RaftNode:
         durable.make_dirs(data_dir)
         self._dir_lock = _lock_data_dir(data_dir)
         self.lock = threading.Lock()
-        self.state = ReplicatedState(self.lock, on_applied, on_restored)
+        self._pacer = ApplyPacer(loop, self._tick)
+        self.state = ReplicatedState(self.lock, on_applied, on_restored, self._pacer)
         self.single = not peer_addresses
         self._tick_period = tick_period
         conf = SyncObjConf(
@@ -234,7 +255,7 @@ class RaftNode:
         self._tick_pending = False
         self._stopped = False
         self._poller = LoopPoller(loop, self._schedule_tick)
-        self._obj = LoopSyncObj(self_address, peers, conf, [self.state], self._poller)
+        self._obj = LoopSyncObj(self_address, peers, conf, [self.state], self._poller, self._pacer)
         _keep_log_after_snapshot(self._obj)
         self._journal = self._obj._SyncObj__raftLog
         transport = self._obj.peer_transport

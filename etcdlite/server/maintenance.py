@@ -47,8 +47,12 @@ def _hash_kv(machine: StateMachine, revision: int) -> tuple[int, int, int]:
         raise errors.FUTURE_REV from None
 
 
-def _snapshot(machine: StateMachine) -> tuple[bytes, int]:
-    """(the magic line and the pickled machine, the store's revision)."""
+def _snapshot(machine: StateMachine) -> tuple[bytes, int] | None:
+    """(the magic line and the pickled machine, the store's revision); None
+    while a long command is part-applied (its state is not one the log had:
+    etcdlite.raft.apply_pacing)."""
+    if machine.kv.writing:
+        return None
     data = SNAPSHOT_MAGIC + pickle.dumps(machine, protocol=pickle.HIGHEST_PROTOCOL)
     return data, machine.kv.current_revision
 
@@ -139,7 +143,9 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
             await m.auth.check_admin(context)
         except errors.EtcdError as err:
             await context.abort(err.code, err.message)
-        data, revision = m.read(_snapshot)
+        while (taken := m.read(_snapshot)) is None:
+            await asyncio.sleep(0.01)
+        data, revision = taken
         data += b"\0" * (-len(data) % 512)
         data += hashlib.sha256(data).digest()
         for offset in range(0, len(data), SNAPSHOT_CHUNK):

@@ -2,9 +2,10 @@
 lease clock and the gRPC services, wired together on one asyncio loop.
 
 Writes: handler -> `propose` (batched: `GroupCommit`) -> Raft -> applied (in
-the event loop, where pysyncobj runs) -> the events reach the `WatchHub` in
-the next turn of the loop and the result resolves the handler's future, so
-in apply order.
+the event loop, where pysyncobj runs, a bounded amount of work a turn:
+`etcdlite.raft.apply_pacing`) -> the result resolves the handler's future,
+and two turns later the events reach the `WatchHub`, in apply order (a
+revision of many events a step a turn too).
 Reads: served from the local state machine under the raft lock, after a
 read barrier through Raft (`ReadBarrier`) unless `serializable` (or a
 one-member cluster, where applied state already holds every acknowledged
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 
 import grpc
 
@@ -26,6 +29,7 @@ from etcdlite.lessor import Lessor
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
 from etcdlite.raft import RaftNode
+from etcdlite.raft.apply_pacing import APPLY_SLICE
 from etcdlite.server.auth import AuthGate, AuthService
 from etcdlite.server.cluster import ClusterService
 from etcdlite.server.group_commit import GroupCommit
@@ -37,7 +41,7 @@ from etcdlite.server.read_barrier import ReadBarrier
 from etcdlite.server.response_header import ResponseHeaders
 from etcdlite.server.watch import WatchService
 from etcdlite.server.watch import add_to_server as add_watch_service
-from etcdlite.watch_hub import WatchHub
+from etcdlite.watch_hub import STEP_EVENTS, WatchHub
 from grpclite import GrpcServer, server_ssl_context
 
 log = logging.getLogger("etcdlite")
@@ -52,6 +56,8 @@ GRPCIO_SERVER_OPTIONS = [
 # lease and membership commands whose application the event loop hears of
 _NOTIFY_OPS = frozenset({Op.LEASE_GRANT, Op.LEASE_RENEW, Op.MEMBER_REMOVE})
 _NO_ARG = object()
+# seconds of watch fan-out one turn of the event loop may take (then it goes on in the next)
+DELIVER_SLICE = APPLY_SLICE
 
 
 class Member:
@@ -75,7 +81,11 @@ class Member:
         # set once this member applies its own removal from the cluster
         self.removed = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._deliveries = 0  # applied batches waiting for _deliver
+        self._deliveries = 0  # applied batches not delivered yet
+        self._due: deque = deque()  # those whose turn has come, oldest first
+        self._delivering = None  # the delivery under way (a generator), if it stopped
+        self._deliver_scheduled = False  # _deliver runs in the next turn
+        self._epoch = 0  # deliveries from before a snapshot was installed are dropped
 
     # --- lifecycle -------------------------------------------------------
 
@@ -123,6 +133,8 @@ class Member:
         address = host_port(url)
         if cfg.grpc_server == "grpcio":
             server = grpc.aio.server(options=[
+                ("grpc.keepalive_time_ms", int(cfg.grpc_keepalive_interval * 1000)),
+                ("grpc.keepalive_timeout_ms", int(cfg.grpc_keepalive_timeout * 1000)),
                 ("grpc.max_receive_message_length", max_receive),
                 ("grpc.max_send_message_length", 2**31 - 1),
                 ("grpc.max_concurrent_streams", cfg.max_concurrent_streams),
@@ -130,7 +142,9 @@ class Member:
             ])
         else:
             server = GrpcServer(max_receive_message_length=max_receive,
-                                max_concurrent_streams=cfg.max_concurrent_streams)
+                                max_concurrent_streams=cfg.max_concurrent_streams,
+                                keepalive_time=cfg.grpc_keepalive_interval,
+                                keepalive_timeout=cfg.grpc_keepalive_timeout)
         add_kv_service(KVService(self), server)
         add_watch_service(WatchService(self), server)
         rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(self), server)
@@ -213,13 +227,54 @@ class Member:
                 self.hub.revision = applied[-1][3]
                 return
         self._deliveries += 1
-        self.loop.call_soon(self.loop.call_soon, self._deliver, applied)
+        self.loop.call_soon(self.loop.call_soon, self._deliver_due, applied, self._epoch)
 
-    def _deliver(self, applied) -> None:
-        self._deliveries -= 1
+    def _deliver_due(self, applied, epoch: int) -> None:
+        if epoch != self._epoch:
+            return
+        self._due.append(applied)
+        if not self._deliver_scheduled:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        """Deliver the batches whose turn has come, in order, for at most
+        DELIVER_SLICE; a delivery that takes longer (a revision of many
+        events) goes on in the next turn, and later batches wait for it."""
+        self._deliver_scheduled = False
+        deadline = time.monotonic() + DELIVER_SLICE
+        steps, due = self._delivering, self._due
+        while steps is not None or due:
+            if steps is None:
+                steps = self._delivery_steps(due.popleft())
+            try:
+                while True:
+                    next(steps)
+                    if time.monotonic() >= deadline:
+                        break
+            except StopIteration:
+                steps = None
+                self._deliveries -= 1
+            self._delivering = steps
+            if (steps is not None or due) and time.monotonic() >= deadline:
+                # the rest in the next turn; batches due meanwhile wait for it
+                self._deliver_scheduled = True
+                self.loop.call_soon(self._deliver)
+                return
+
+    def _delivery_steps(self, applied):
+        hub = self.hub
         for op, result, events, revision in applied:
             if events:
-                self.hub.publish(events_of(events), revision)
+                events = events_of(events)
+                if len(events) > STEP_EVENTS:
+                    yield from hub.publish_steps(events, revision)
+                    # nothing needs them now: freed a step at a time (all at once, 300k
+                    # events and their key-values took a turn of their own)
+                    while events:
+                        del events[-4 * STEP_EVENTS:]
+                        yield
+                else:
+                    hub.publish(events, revision)
             if op == Op.MEMBER_REMOVE:
                 self._check_removed()
             elif (op == Op.LEASE_GRANT or op == Op.LEASE_RENEW) and getattr(result, "TTL", 0) > 0:
@@ -243,6 +298,14 @@ class Member:
     def _on_restored(self) -> None:
         with self.raft.lock:
             revision = self.raft.machine.kv.current_revision
+        # what was applied before the snapshot is not delivered: the watchers are cancelled
+        self._epoch += 1
+        self._deliveries = 0
+        self._due.clear()
+        if self._delivering is not None:
+            self._delivering.close()
+            self._delivering = None
+        self._deliver_scheduled = False
         self.hub.reset(revision)
 
     # --- Backend: what the services call ---------------------------------

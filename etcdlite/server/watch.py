@@ -314,8 +314,9 @@ class WatchStream:
         )
         self.watchers[watch_id] = w
         self._enqueue(self._response(watch_id, hub.revision, created=True))
-        if start <= hub.revision or self.unsynced:
-            # history first (or the stream is behind anyway): through catch-up
+        if start <= hub.revision or self.unsynced or hub.publishing:
+            # history first (or the stream is behind anyway, or the hub is part-way
+            # through a revision this watcher would miss): through catch-up
             hub.park(w)
             self.unsynced[watch_id] = w
             self.catch_up()
