@@ -52,6 +52,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Self
 
+from harness.procs import free_port
+
 __all__ = ["FaultProxy", "Partitioner", "ProxyStats", "close_all", "live_proxies", "wait_until"]
 
 HOST = "127.0.0.1"
@@ -188,7 +190,9 @@ class FaultProxy:
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self._listener.bind((HOST, int(listen_port)))
+            # port 0: one from procs.free_port, so that it is never a port already handed out
+            # to a server of ours that has not bound it yet
+            self._listener.bind((HOST, int(listen_port) or free_port()))
             self._listener.listen(backlog)
             self._listener.setblocking(False)
         except BaseException:

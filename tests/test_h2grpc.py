@@ -48,7 +48,7 @@ def c(member):
 
 @pytest.mark.process
 def test_unknown_methods_are_unimplemented(c):
-    for path in ("/etcdserverpb.Auth/AuthEnable", "/no.such.Service/Method"):
+    for path in ("/etcdserverpb.KV/NoSuchMethod", "/no.such.Service/Method"):
         call = c.channel.unary_unary(path, request_serializer=lambda m: m, response_deserializer=lambda b: b)
         code, details = error_of(lambda: call(b"", timeout=5))
         assert code == grpc.StatusCode.UNIMPLEMENTED, (path, code, details)
