@@ -103,3 +103,20 @@ def test_cri_statuses_become_the_snapshot():
             cs.image, cs.image_ref, cs.restart_count) == \
         ("app", "CONTAINER_EXITED", 2, 2.0, 3.25, 137, "OOMKilled",
          "docker.io/library/busybox:latest", "sha256:b0", 2)
+
+
+@pytest.mark.parametrize("resources,root,parent", [
+    ({}, "/kp3fa2-n0", "/kp3fa2-n0/kubepods/besteffort/poduid-1"),
+    ({"requests": {"memory": "1Gi"}}, "kp3fa2-n0/", "/kp3fa2-n0/kubepods/burstable/poduid-1"),
+    ({"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}}, "/",
+     "/kubepods/poduid-1"),
+])
+def test_sandbox_cgroup_parent_under_cgroup_root(resources, root, parent):
+    """With --cgroup-root the sandbox names its pod cgroup as the kubelet's cgroupfs driver does
+    (containerd puts the pod's cgroups there); without, the runtime chooses."""
+    pod = make_pod(("app",))
+    c = pod.spec.containers[0]
+    for kind, values in resources.items():
+        getattr(c.resources, kind).update(values)
+    assert podconfig.sandbox_config(pod, 0, "/l", root).linux.cgroup_parent == parent
+    assert podconfig.sandbox_config(pod, 0, "/l").linux.cgroup_parent == ""

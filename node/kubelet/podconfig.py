@@ -32,7 +32,22 @@ def pod_log_directory(root: str, pod: core_pb2.Pod) -> str:
     return os.path.join(root, f"{m.namespace}_{m.name}_{m.uid}")
 
 
-def sandbox_config(pod: core_pb2.Pod, attempt: int, log_root: str) -> cri_pb2.PodSandboxConfig:
+def pod_cgroup_parent(pod: core_pb2.Pod, cgroup_root: str) -> str:
+    """The pod's cgroup as the kubelet names it for the cgroupfs driver (cgroups per QoS class):
+    ``<root>/kubepods/pod<uid>`` for Guaranteed, ``<root>/kubepods/burstable/pod<uid>`` and
+    ``<root>/kubepods/besteffort/pod<uid>``; the runtime puts the sandbox's and the containers'
+    cgroups below it (containerd does; our runtime keeps its own ``/<prefix>/<sandbox>`` tree)."""
+    qos = qos_class(pod.spec)
+    root = cgroup_root.strip("/")
+    qos_level = "" if qos == "Guaranteed" else "/" + qos.lower()
+    return f"{'/' + root if root else ''}/kubepods{qos_level}/pod{pod.metadata.uid}"
+
+
+def sandbox_config(pod: core_pb2.Pod, attempt: int, log_root: str,
+                   cgroup_root: str = "") -> cri_pb2.PodSandboxConfig:
+    """``cgroup_root``: the kubelet's --cgroup-root; when given, the sandbox's cgroup_parent is
+    the pod's cgroup below it (else the runtime chooses, and containerd's choice, /k8s.io/<id>,
+    is outside any node's tree)."""
     m = pod.metadata
     cfg = cri_pb2.PodSandboxConfig(
         metadata=cri_pb2.PodSandboxMetadata(name=m.name, uid=m.uid, namespace=m.namespace, attempt=attempt),
@@ -47,6 +62,8 @@ def sandbox_config(pod: core_pb2.Pod, attempt: int, log_root: str) -> cri_pb2.Po
     ns.network = cri_pb2.NODE if pod.spec.host_network else cri_pb2.POD
     ns.pid = cri_pb2.CONTAINER
     ns.ipc = cri_pb2.POD
+    if cgroup_root:
+        cfg.linux.cgroup_parent = pod_cgroup_parent(pod, cgroup_root)
     return cfg
 
 

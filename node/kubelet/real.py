@@ -76,10 +76,12 @@ class RealKubelet:
                  sync_period: float = 10.0, retry_period: float = 1.0, relist_period: float = 1.0,
                  heartbeat_interval: float = 10.0, status_interval: float = 60.0,
                  backoff: tuple[float, float] = (INITIAL, MAX), address: str = "127.0.0.1",
-                 port: int | None = 0) -> None:
+                 port: int | None = 0, cgroup_root: str = "") -> None:
         """``backoff``: the restart back-off's first delay and cap (Kubernetes' 10 s and 300 s).
         ``address``/``port``: where the kubelet API (logs, exec) listens for the apiserver (port 0:
-        any free one, published in the Node's daemonEndpoints; None: no API)."""
+        any free one, published in the Node's daemonEndpoints; None: no API). ``cgroup_root``: the
+        cgroup the pods' cgroups go under (Kubernetes' --cgroup-root), sent to the runtime as each
+        sandbox's cgroup_parent; "" sends none."""
         self.client, self.runtime, self.image_service = client, runtime, images
         self.node_name, self.node_ip, self.pod_cidr = node_name, node_ip, pod_cidr
         self.root = root
@@ -102,7 +104,7 @@ class RealKubelet:
                                 get=self._get, memory_capacity=bytes_of(memory), host_ip=node_ip,
                                 node_allocatable=self.agent.capacity,
                                 hooks=HookRunner(exec_sync=self._exec_sync, connect=connect),
-                                recorder=self.recorder, volumes=self.volumes)
+                                recorder=self.recorder, volumes=self.volumes, cgroup_root=cgroup_root)
         self.probes = ProbeManager(self.probe_results, Prober(exec_sync=self._exec_sync, connect=connect),
                                    self._status_of, on_failure=self._unhealthy)
         self.pods = Informer(client, "pods", field_selector=f"spec.nodeName={node_name}")
@@ -348,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0,
                    help="the kubelet API's port (0: any free one; Kubernetes' kubelets use 10250, but "
                         "here several share one machine); the Node's daemonEndpoints say which")
+    p.add_argument("--cgroup-root", default="",
+                   help="the cgroup under which pods' cgroups go (<root>/kubepods/<qos>/pod<uid>, given "
+                        "to the runtime as cgroup_parent), e.g. /kp3fa2-n0; empty: the runtime chooses")
     p.add_argument("--cpu", default="", help="capacity to report instead of the machine's")
     p.add_argument("--memory", default="", help="capacity to report instead of the machine's")
     p.add_argument("--pods", default="110")
@@ -385,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         kubelet = RealKubelet(client, cri, cri.images, args.node_name, node_ip=args.node_ip,
                               root=args.root, pod_cidr=args.pod_cidr, capacity=capacity, connect=connect,
                               workers=args.workers, heartbeat_interval=args.heartbeat_interval,
-                              address=args.address, port=args.port).start()
+                              address=args.address, port=args.port, cgroup_root=args.cgroup_root).start()
         if kubelet.wait_synced(60):
             kubelet.adopt_or_clean()
         log.info("kubelet of %s on %s (%s) serving", args.node_name, args.runtime, kubelet.runtime_name)
