@@ -24,7 +24,7 @@ from apiserver.pb import core_pb2
 from node.cri.client import CriError
 from node.kubelet import actions as act
 from node.kubelet import podconfig
-from node.kubelet.backoff import Backoff, container_back_off
+from node.kubelet.backoff import Backoff, back_off_left, container_back_off
 from node.kubelet.cri_status import read_pod
 from node.kubelet.hooks import HookRunner
 from node.kubelet.images import ImagePuller
@@ -54,6 +54,7 @@ class SyncResult:
     failed: dict[str, str]      # container -> waiting reason of a start that failed
     sandbox_error: str = ""     # why the sandbox could not be made
     volume_error: str = ""      # why a volume could not be set up (FailedMount)
+    retry_after: float = 0.0    # when every failure is a back-off: seconds until the first ends
 
 
 class PodSyncer:
@@ -142,6 +143,9 @@ class PodSyncer:
             reason = self._start(pod, specs[name], sandbox_id, sandbox_cfg, status, pod_ip)
             if reason:
                 result.failed[name] = reason
+                if reason == CRASH_LOOP_BACK_OFF:
+                    left = back_off_left(self.backoff, pod, specs[name], status)
+                    result.retry_after = left if not result.retry_after else min(result.retry_after, left)
             else:
                 result.started.append(name)
         return result
