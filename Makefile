@@ -34,10 +34,12 @@ etcd:
 
 # The data plane's parts from Debian: runc and conmon run the containers, busybox-static
 # is the base image's only binary, containerd is the other CRI runtime the kubelet is tested
-# on. Tests that need them skip (and say why) without root.
-NODE_DEBS := runc conmon busybox-static containerd
+# on, with CNI's bridge/host-local/loopback plugins (containernetworking-plugins, in /usr/lib/cni)
+# for its pods' network. Tests that need them skip (and say why) without root.
+NODE_DEBS := runc conmon busybox-static containerd containernetworking-plugins
 node-deps:
 	@missing=""; for b in runc conmon busybox containerd; do command -v $$b >/dev/null || missing=1; done; \
+	[ -x /usr/lib/cni/bridge ] || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo ">> not root: skipping $(NODE_DEBS) (real-node tests will skip)"; exit 0; fi; \
 	  echo ">> installing Debian's $(NODE_DEBS) (the data plane's container runtime)"; \
