@@ -1,0 +1,363 @@
+"""Our kubelet on the reference runtime: ``python -m node.kubelet`` on Debian's containerd 1.6 CRI
+plugin, on a real node of our fabric, as the apiserver runs on a real etcd. Nothing of our runtime
+takes part: containerd runs runc through its shims, CNI's bridge plugin puts each pod on the node's
+bridge (containerd runs inside the node's network namespace), the images are our busybox and a
+sandbox image, imported with ``ctr``. The node goes Ready once the kubelet has given the podCIDR
+(containerd writes its CNI config from it); an httpd pod runs and is Ready through an httpGet probe
+from the node's namespace and serves its page there by pod IP; exec and logs go through the
+apiserver to the kubelet and to containerd (CRI ExecSync, CRI-format files); ConfigMap env; a
+container killed from outside restarts; a crashing one backs off; an unknown image gives
+ErrImagePull then ImagePullBackOff (the pull reaches 127.0.0.1:1 only); a restarted kubelet keeps
+the running containers; a deleted pod leaves nothing in containerd; the pods' cgroups are under the
+node's prefix and everything is removed at the end.
+Needs root, containerd, containernetworking-plugins, busybox-static."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from apiserver.client import Client
+from apiserver.errors import ApiError
+from apiserver.pb import core_pb2
+from harness import containerd as ctd_harness
+from harness.containerd import PAUSE_IMAGE, Containerd, build_pause
+from harness.etcd_client import wait_until
+from harness.plane import apiserver_on_etcdlite
+from harness.procs import PYTHON, REPO, Registry, ServerProcess
+from node import network
+from node.cri.client import CriClient
+from node.kubelet import crilog, mounts, volumes
+from node.network.fabric import Fabric
+from node.network.netns import http_get_in
+from node.plane import busybox_version
+from node.runtime import cgroups
+
+pytestmark = [pytest.mark.process,
+              pytest.mark.skipif(bool(ctd_harness.missing()), reason=str(ctd_harness.missing())),
+              pytest.mark.skipif(not os.path.exists("/usr/bin/busybox"),
+                                 reason="busybox-static is not installed (make node-deps)")]
+
+NS = "work"
+NODE = "ctd-node"
+HTTPD = "mkdir -p /www && echo page-of-$(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"
+TIMEOUT = 60
+# a tagged name: ":latest" means imagePullPolicy Always, and containerd, unlike our runtime's
+# local store, really pulls (from 127.0.0.1:1 here, so it fails), as a Kubernetes node would
+BUSYBOX = f"docker.io/library/busybox:{busybox_version() or 'local'}"
+
+
+class KubeletProcess(ServerProcess):
+    """``python -m node.kubelet`` on containerd's socket; ready once its Node is registered."""
+
+    kind = "kubelet"
+
+    def __init__(self, dir, server: str, endpoint: str, net, registry: Registry) -> None:
+        self.server, self.cri, self.net = server, endpoint, net
+        self.root = os.path.join(dir, "kubelet")
+        super().__init__("kubelet", dir, registry)
+
+    @property
+    def endpoint(self) -> str:
+        return self.server
+
+    def argv(self) -> list[str]:
+        return [PYTHON, "-m", "node.kubelet", "--server", self.server, "--node-name", NODE,
+                "--container-runtime-endpoint", self.cri, "--root-dir", self.root,
+                "--node-ip", self.net.ip, "--pod-cidr", self.net.pod_cidr, "--node-netns", self.net.name,
+                "--cgroup-root", "/" + self.net.name, "--heartbeat-interval", "2", "--log-level", "info"]
+
+    def ready_probe(self, rpc_timeout: float) -> str | None:
+        with Client(self.server, timeout=rpc_timeout) as c:
+            try:
+                c.get("nodes", NODE, "")
+            except ApiError as e:
+                return str(e)
+        return None
+
+
+class CtdNode:
+    """A node of a one-node fabric whose runtime is containerd."""
+
+    def __init__(self, dir, server: str) -> None:
+        self.dir = dir
+        self.prefix = network.new_prefix()
+        self.fabric = Fabric(self.prefix)
+        self.net = self.fabric.node(0)
+        self.reg = Registry()
+        self.containerd = Containerd(dir / "ctd", self.reg, netns=self.net.name)
+        self.kubelet = KubeletProcess(dir, server, self.containerd.endpoint, self.net, self.reg)
+        self.cri: CriClient | None = None
+
+    def start(self) -> None:
+        from node.runtime.images import ImageStore, build_busybox
+
+        self.fabric.create()
+        self.fabric.add_node(0)
+        store = ImageStore(str(self.dir / "images"))
+        store.tag(build_busybox(store), BUSYBOX)
+        build_pause(store, store.resolve(BUSYBOX))
+        self.containerd.start()
+        self.containerd.import_images(store, [BUSYBOX, PAUSE_IMAGE])
+        self.cri = CriClient(self.containerd.endpoint, timeout=30)
+        self.kubelet.start()
+
+    def teardown(self) -> list[str]:
+        """Everything the node made is removed: what could not be."""
+        if self.cri is not None:
+            self.cri.close()
+        self.kubelet.kill()
+        problems = ctd_harness.cleanup(self.containerd.dir, self.containerd.socket, self.containerd,
+                                       cgroup_root=self.net.name)
+        self.reg.cleanup()
+        volumes.cleanup(self.kubelet.root)  # what pods left mounted, as a kubelet's stop leaves them
+        problems += [f"mounted: {m}" for m in mounts.mounts_under(str(self.dir))]
+        self.fabric.destroy()
+        network.cleanup(self.prefix)
+        problems += [f"cgroup {d}" for d in cgroups.tree(self.net.name)]
+        problems += [f"netns {n}" for n in network.prefixed_netns(self.prefix)]
+        return problems
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    with apiserver_on_etcdlite(tmp_path_factory, "ctdkubelet") as api, Client(api.endpoint, timeout=15) as c:
+        c.create(core_pb2.Namespace(metadata={"name": NS}))
+        c.server = api.endpoint
+        yield c
+
+
+@pytest.fixture(scope="module")
+def node(client, tmp_path_factory):
+    n = CtdNode(tmp_path_factory.mktemp("ctdnode"), client.server)
+    try:
+        n.start()
+        yield n
+    finally:
+        problems = n.teardown()
+    assert problems == []
+
+
+# ---- helpers ----
+
+def make_pod(name, containers, *, policy="Always"):
+    p = core_pb2.Pod()
+    p.metadata.name, p.metadata.namespace = name, NS
+    p.spec.node_name = NODE
+    p.spec.restart_policy = policy
+    p.spec.termination_grace_period_seconds = 2
+    for c in containers:
+        p.spec.containers.add().CopyFrom(c)
+    return p
+
+
+def sh(name, script, **fields):
+    return core_pb2.Container(name=name, image=BUSYBOX, command=["sh", "-c", script], **fields)
+
+
+def get(client, name):
+    return client.get("pods", name, NS)
+
+
+def cstatus(pod, name) -> core_pb2.ContainerStatus:
+    return next((c for c in pod.status.container_statuses if c.name == name), core_pb2.ContainerStatus())
+
+
+def ready(pod) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions)
+
+
+def wait_pod(client, name, pred, timeout=TIMEOUT, what="pod state"):
+    try:
+        return wait_until(lambda: pred(get(client, name)), timeout=timeout, what=what)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the pod's status now:\n{get(client, name).status}") from None
+
+
+def container_id(pod, name) -> str:
+    cid = cstatus(pod, name).container_id
+    assert cid.startswith("containerd://"), cid
+    return cid.split("://", 1)[1]
+
+
+def kctl(client, *argv):
+    return subprocess.run([PYTHON, "-m", "controllers.kctl", "--server", client.server, "-n", NS, *argv],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+
+
+def node_ready(client) -> bool:
+    try:
+        n = client.get("nodes", NODE, "")
+    except ApiError:
+        return False
+    return any(c.type == "Ready" and c.status == "True" for c in n.status.conditions)
+
+
+def events(client, name) -> dict:
+    """{reason: message} of the events about pod ``name``."""
+    return {e.reason: e.message for e in client.list("events", NS).items if e.involved_object.name == name}
+
+
+def gone(client, name) -> bool:
+    try:
+        get(client, name)
+    except ApiError as e:
+        return e.reason == "NotFound"
+    return False
+
+
+# ---- the tests ----
+
+def test_node_is_ready_once_the_kubelet_gave_containerd_its_pod_cidr(client, node):
+    wait_until(lambda: node_ready(client), timeout=TIMEOUT, what="node Ready")
+    n = client.get("nodes", NODE, "")
+    assert n.status.node_info.container_runtime_version.startswith("containerd://1.")
+    assert n.spec.pod_cidr == node.net.pod_cidr
+    conds = {c.type: c.status for c in node.cri.status().status.conditions}
+    assert conds == {"RuntimeReady": True, "NetworkReady": True}
+    # containerd wrote its CNI config from the template with the podCIDR the kubelet sent
+    [conf] = os.listdir(node.containerd.cni_conf_dir)
+    assert node.net.pod_cidr in (node.containerd.cni_conf_dir / conf).read_text()
+
+
+def test_httpd_pod_is_ready_through_its_probe_and_serves_its_page_by_pod_ip(client, node):
+    probe = core_pb2.Probe(http_get=core_pb2.HTTPGetAction(path="/", port="web"), period_seconds=1)
+    web = sh("web", HTTPD, ports=[core_pb2.ContainerPort(name="web", container_port=8080)], readiness_probe=probe)
+    client.create(make_pod("web", [web]))
+    wait_pod(client, "web", lambda p: p.status.phase == "Running" and ready(p), what="web Running and Ready")
+    p = get(client, "web")
+    assert ipaddress.ip_address(p.status.pod_ip) in ipaddress.ip_network(node.net.pod_cidr)
+    assert p.status.host_ip == node.net.ip
+    cs = cstatus(p, "web")
+    assert (cs.ready, cs.started, cs.restart_count) == (True, True, 0)
+    assert cs.image_id.startswith("sha256:") and cs.state.running.started_at
+    page = http_get_in(node.net.name, f"http://{p.status.pod_ip}:8080/", 5)
+    assert page.status == 200 and page.body.decode().strip() == "page-of-web"
+    # the container's cgroup is the pod's under the node's prefix (the kubelet's --cgroup-root)
+    cgroup = f"/sys/fs/cgroup/memory/{node.net.name}/kubepods/besteffort/pod{p.metadata.uid}/{container_id(p, 'web')}"
+    assert os.path.isdir(cgroup)
+    assert node.containerd.tasks()[container_id(p, "web")] in cgroups.tasks(cgroup)
+
+
+def test_exec_and_logs_reach_the_container_through_the_apiserver(client, node):
+    c = sh("talker", "echo out-line; echo err-line >&2; exec sleep 3600")
+    client.create(make_pod("talker", [c]))
+    wait_pod(client, "talker", lambda p: p.status.phase == "Running", what="talker Running")
+    p = get(client, "talker")
+    # the file containerd writes is in the CRI format, where the kubelet said
+    path = os.path.join(node.kubelet.root, "logs", f"{NS}_talker_{p.metadata.uid}", "talker", "0.log")
+    wait_until(lambda: os.path.exists(path) and len(open(path, "rb").readlines()) == 2, timeout=10,
+               what="two log records")
+    records = sorted((crilog.parse_record(line.rstrip(b"\n")) for line in open(path, "rb")), key=lambda r: r.stream)
+    assert [(r.stream, r.partial, r.content) for r in records] == [
+        ("stderr", False, b"err-line"), ("stdout", False, b"out-line")]
+    logs = kctl(client, "logs", "talker")
+    assert logs.returncode == 0, logs.stderr
+    assert sorted(logs.stdout.splitlines()) == ["err-line", "out-line"]
+    got = kctl(client, "exec", "talker", "--", "sh", "-c", "echo $((6*7)); hostname")
+    assert (got.returncode, got.stdout.split()) == (0, ["42", "talker"])
+    assert kctl(client, "exec", "talker", "--", "sh", "-c", "exit 3").returncode == 3
+    # CRI ExecSync straight to containerd, as the kubelet's exec probes use it
+    resp = node.cri.exec_sync(container_id(p, "talker"), ["cat", "/etc/hostname"], 5)
+    assert (resp.exit_code, resp.stdout.decode().strip()) == (0, "talker")
+
+
+def test_config_map_env(client, node):
+    cm = core_pb2.ConfigMap(data={"greeting": "hello", "LEVEL": "3"})
+    cm.metadata.name, cm.metadata.namespace = "settings", NS
+    client.create(cm)
+    env = [core_pb2.EnvVar(name="GREETING", value_from=core_pb2.EnvVarSource(
+        config_map_key_ref=core_pb2.ConfigMapKeySelector(name="settings", key="greeting")))]
+    c = sh("app", "echo $GREETING-$LEVEL; exec sleep 3600", env=env,
+           env_from=[core_pb2.EnvFromSource(config_map_ref=core_pb2.ConfigMapEnvSource(name="settings"))])
+    client.create(make_pod("configured", [c]))
+    wait_pod(client, "configured", lambda p: p.status.phase == "Running", what="configured Running")
+    wait_until(lambda: kctl(client, "logs", "configured").stdout == "hello-3\n", timeout=10, what="the env in the log")
+
+
+def test_container_killed_from_outside_restarts(client, node):
+    client.create(make_pod("victim", [sh("main", "exec sleep 3600")]))
+    wait_pod(client, "victim", lambda p: p.status.phase == "Running", what="victim Running")
+    first = container_id(get(client, "victim"), "main")
+    os.kill(node.containerd.tasks()[first], signal.SIGKILL)  # containerd's own view of the pid
+    wait_pod(client, "victim", lambda p: cstatus(p, "main").restart_count == 1
+             and cstatus(p, "main").state.HasField("running"), what="victim restarted")
+    cs = cstatus(get(client, "victim"), "main")
+    assert cs.container_id != "containerd://" + first
+    assert (cs.last_state.terminated.exit_code, cs.last_state.terminated.reason) == (137, "Error")
+
+
+def test_crashing_container_backs_off(client, node):
+    client.create(make_pod("crasher", [sh("boom", "echo bye; exit 1")]))
+    wait_pod(client, "crasher", lambda p: cstatus(p, "boom").state.waiting.reason == "CrashLoopBackOff",
+             what="CrashLoopBackOff")
+    cs = cstatus(get(client, "crasher"), "boom")
+    assert cs.state.waiting.message.startswith("back-off 10s restarting failed container=boom pod=crasher_work(")
+    assert (cs.last_state.terminated.exit_code, cs.last_state.terminated.reason) == (1, "Error")
+    assert cs.restart_count >= 1
+    assert get(client, "crasher").status.phase == "Running"
+
+
+def test_unknown_image_gives_err_image_pull_then_back_off(client, node):
+    client.create(make_pod("noimage", [core_pb2.Container(name="c", image="example.invalid/nosuch:1",
+                                                           command=["true"])]))
+    wait_pod(client, "noimage", lambda p: cstatus(p, "c").state.waiting.reason in ("ErrImagePull", "ImagePullBackOff"),
+             what="ErrImagePull")
+    wait_pod(client, "noimage", lambda p: cstatus(p, "c").state.waiting.reason == "ImagePullBackOff",
+             what="ImagePullBackOff")
+    # the pull's error, in the Failed event: containerd tried the only registry it has, where
+    # nothing listens (127.0.0.1:1)
+    failed = wait_until(lambda: events(client, "noimage").get("Failed"), timeout=10, what="Failed event")
+    assert "example.invalid/nosuch:1" in failed and "127.0.0.1:1: connect: connection refused" in failed, failed
+    p = get(client, "noimage")
+    assert p.status.phase == "Pending"
+    assert cstatus(p, "c").state.waiting.message == 'Back-off pulling image "example.invalid/nosuch:1"'
+    assert ready(get(client, "web"))  # the other pods are still served
+
+
+def test_restarted_kubelet_keeps_the_running_containers(client, node):
+    """containerd keeps the kubelet's labels and annotations: a new kubelet (SIGKILL, start)
+    finds its containers by them and keeps them, with their restart counts and processes."""
+    before = {n: cstatus(get(client, n), c) for n, c in (("web", "web"), ("victim", "main"))}
+    pids = node.containerd.tasks()
+    port = client.get("nodes", NODE, "").status.daemon_endpoints.kubelet_endpoint.port
+    node.kubelet.kill()
+    node.kubelet.start()
+    wait_until(lambda: client.get("nodes", NODE, "").status.daemon_endpoints.kubelet_endpoint.port != port,
+               timeout=TIMEOUT, what="the new kubelet's port published")
+    # a pod created now runs: the new kubelet has synced the pods it listed at start before it
+    client.create(make_pod("newcomer", [sh("main", "exec sleep 3600")]))
+    wait_pod(client, "newcomer", lambda p: p.status.phase == "Running", what="newcomer Running")
+    wait_pod(client, "web", ready, what="web Ready (its probe runs again in the new kubelet)")
+    after = node.containerd.tasks()
+    for name, cs in before.items():
+        now = cstatus(get(client, name), cs.name)
+        assert (now.container_id, now.restart_count) == (cs.container_id, cs.restart_count), name
+        cid = cs.container_id.split("://", 1)[1]
+        assert after[cid] == pids[cid], name
+
+
+def test_deleted_pods_leave_nothing_in_containerd(client, node):
+    names = [p.metadata.name for p in client.list("pods", NS).items]
+    assert names
+    for name in names:
+        client.delete("pods", name, NS)
+    wait_until(lambda: all(gone(client, n) for n in names), timeout=TIMEOUT, what="every pod deleted")
+    wait_until(lambda: not node.containerd.tasks(), timeout=30, what="no task left in containerd")
+    wait_until(lambda: node.containerd.ctr("containers", "ls", "-q").split() == [], timeout=30,
+               what="no container left in containerd")
+    assert node.cri.list_pod_sandbox() == [] and node.cri.list_containers() == []
+    netns_dir = node.containerd.dir / "state" / "io.containerd.grpc.v1.cri" / "netns"
+    assert not os.path.isdir(netns_dir) or os.listdir(netns_dir) == []
+
+
+def test_the_kubelet_never_failed_a_sync(node):
+    """Whatever the runtime answered, no pod's sync raised (a traceback in the kubelet's log is
+    a kubelet bug: the work queue retried it blindly)."""
+    log = node.kubelet.log_path.read_text()
+    assert "Traceback" not in log, log[log.index("Traceback") - 300:][:3000]
