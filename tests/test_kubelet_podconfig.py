@@ -85,6 +85,23 @@ def test_container_config():
     assert cfg.linux.resources.oom_score_adj == 1000
 
 
+@pytest.mark.parametrize("share,pid", [(None, cri_pb2.CONTAINER), (False, cri_pb2.CONTAINER), (True, cri_pb2.POD)])
+def test_sandbox_and_containers_say_their_namespaces(share, pid):
+    """Each container config carries the pod's namespace options, as the sandbox's: left out, they
+    read as POD for all (the enum's zero), and containerd then put every container in the
+    sandbox's pid namespace, where pid 1 is the pause process."""
+    pod = make_pod(("app",))
+    if share is not None:
+        pod.spec.share_process_namespace = share
+    want = cri_pb2.NamespaceOption(network=cri_pb2.POD, pid=pid, ipc=cri_pb2.POD)
+    c = podconfig.container_config(pod, pod.spec.containers[0], restart_count=0, image_ref="",
+                                   env=Environment(vars=[]))
+    assert c.linux.security_context.namespace_options == want
+    assert podconfig.sandbox_config(pod, 0, "/l").linux.security_context.namespace_options == want
+    pod.spec.host_network = True
+    assert podconfig.namespace_options(pod).network == cri_pb2.NODE
+
+
 def test_cri_statuses_become_the_snapshot():
     s = cri_pb2.PodSandboxStatus(
         id="sb", state=cri_pb2.SANDBOX_NOTREADY, created_at=5_500_000_000,
