@@ -320,6 +320,144 @@ def test_unknown_image_gives_err_image_pull_then_back_off(client, node):
     assert ready(get(client, "web"))  # the other pods are still served
 
 
+@pytest.mark.parametrize("script,phase,code,reason", [("exit 0", "Succeeded", 0, "Completed"),
+                                                      ("exit 3", "Failed", 3, "Error")])
+def test_never_restart_policy_ends_the_pod(client, node, script, phase, code, reason):
+    name = f"once-{code}"
+    client.create(make_pod(name, [sh("job", script)], policy="Never"))
+    wait_pod(client, name, lambda p: p.status.phase == phase, what=phase)
+    t = cstatus(get(client, name), "job").state.terminated
+    assert (t.exit_code, t.reason) == (code, reason)
+    # the finished pod's sandbox is stopped
+    uid = get(client, name).metadata.uid
+    wait_until(lambda: [s.state for s in node.cri.list_pod_sandbox()
+                        if s.metadata.uid == uid] == [1], timeout=20, what="its sandbox NOTREADY")
+
+
+def test_init_containers_run_first(client, node):
+    p = make_pod("inits", [sh("main", "exec sleep 3600")])
+    for c in (sh("first", "exit 0"), sh("second", "sleep 1")):
+        p.spec.init_containers.add().CopyFrom(c)
+    client.create(p)
+    wait_pod(client, "inits", lambda p: p.status.phase == "Running", what="inits Running")
+    p = get(client, "inits")
+    [first, second] = p.status.init_container_statuses
+    main = cstatus(p, "main")
+    assert first.state.terminated.reason == second.state.terminated.reason == "Completed"
+    assert first.state.terminated.finished_at <= second.state.terminated.started_at
+    assert second.state.terminated.finished_at <= main.state.running.started_at
+
+
+def test_failing_liveness_probe_restarts(client, node):
+    probe = core_pb2.Probe(exec=core_pb2.ExecAction(command=["test", "-e", "/tmp/healthy"]),
+                           period_seconds=1, failure_threshold=1)
+    c = sh("app", "touch /tmp/healthy; sleep 2; rm /tmp/healthy; exec sleep 3600", liveness_probe=probe)
+    client.create(make_pod("unhealthy", [c]))
+    wait_pod(client, "unhealthy", lambda p: cstatus(p, "app").restart_count >= 1, what="liveness restart")
+    seen = wait_until(lambda: (lambda ev: ev if {"Unhealthy", "Killing"} <= set(ev) else None)(
+        events(client, "unhealthy")), timeout=10, what="the kubelet's events")
+    assert seen["Unhealthy"].startswith("Liveness probe failed")
+    assert seen["Killing"] == "Container app failed liveness probe, will be restarted"
+
+
+def test_failing_readiness_probe_drops_ready_without_restart(client, node):
+    probe = core_pb2.Probe(exec=core_pb2.ExecAction(command=["test", "-e", "/tmp/ready"]),
+                           period_seconds=1, failure_threshold=1)
+    client.create(make_pod("flaky", [sh("app", "touch /tmp/ready; exec sleep 3600", readiness_probe=probe)]))
+    wait_pod(client, "flaky", ready, what="flaky Ready")
+    cid = container_id(get(client, "flaky"), "app")
+    assert node.cri.exec_sync(cid, ["rm", "/tmp/ready"], 5).exit_code == 0
+    wait_pod(client, "flaky", lambda p: not ready(p) and not cstatus(p, "app").ready, what="flaky not Ready")
+    assert cstatus(get(client, "flaky"), "app").restart_count == 0
+    assert node.cri.exec_sync(cid, ["touch", "/tmp/ready"], 5).exit_code == 0
+    wait_pod(client, "flaky", ready, what="flaky Ready again")
+
+
+def test_memory_hog_is_oom_killed(client, node):
+    hog = sh("hog", "a=xxxxxxxx; while true; do a=$a$a; done",
+             resources=core_pb2.ResourceRequirements(limits={"memory": "32Mi"}))
+    client.create(make_pod("hog", [hog], policy="Never"))
+    wait_pod(client, "hog", lambda p: p.status.phase == "Failed", what="hog Failed")
+    t = cstatus(get(client, "hog"), "hog").state.terminated
+    assert (t.reason, t.exit_code) == ("OOMKilled", 137)
+
+
+def test_volumes_on_containerd(client, node):
+    """The kubelet's volumes reach containerd's containers as CRI mounts: a ConfigMap file that
+    follows its object, a Secret on tmpfs, an emptyDir that survives a restart."""
+    cm = core_pb2.ConfigMap(data={"mode": "a"})
+    cm.metadata.name, cm.metadata.namespace = "files", NS
+    client.create(cm)
+    sec = core_pb2.Secret(data={"password": b"s3cr3t"})
+    sec.metadata.name, sec.metadata.namespace = "creds", NS
+    client.create(sec)
+    c = sh("app", "exec sleep 3600", volume_mounts=[
+        core_pb2.VolumeMount(name="cfg", mount_path="/etc/files"),
+        core_pb2.VolumeMount(name="creds", mount_path="/etc/creds", read_only=True),
+        core_pb2.VolumeMount(name="cache", mount_path="/cache")])
+    p = make_pod("mounted", [c])
+    p.spec.volumes.add(name="cfg", config_map=core_pb2.ConfigMapVolumeSource(name="files"))
+    p.spec.volumes.add(name="creds", secret=core_pb2.SecretVolumeSource(secret_name="creds"))
+    p.spec.volumes.add(name="cache", empty_dir=core_pb2.EmptyDirVolumeSource())
+    client.create(p)
+    wait_pod(client, "mounted", lambda p: p.status.phase == "Running", what="mounted Running")
+    p = get(client, "mounted")
+
+    def run(*cmd):
+        resp = node.cri.exec_sync(container_id(get(client, "mounted"), "app"), list(cmd), 5)
+        assert resp.exit_code == 0, (cmd, resp.stderr)
+        return resp.stdout.decode()
+
+    assert run("cat", "/etc/files/mode") == "a" and run("cat", "/etc/creds/password") == "s3cr3t"
+    mounts = [line.split() for line in run("cat", "/proc/mounts").splitlines()]
+    assert any(m[1] == "/etc/creds" and m[2] == "tmpfs" and "ro" in m[3].split(",") for m in mounts), mounts
+    cm = client.get("configmaps", "files", NS)
+    cm.data["mode"] = "b"
+    client.update(cm)
+    wait_until(lambda: run("cat", "/etc/files/mode") == "b", timeout=30, what="the new file in the container")
+    run("sh", "-c", "echo kept > /cache/file")
+    os.kill(node.containerd.tasks()[container_id(p, "app")], signal.SIGKILL)
+    wait_pod(client, "mounted", lambda p: cstatus(p, "app").restart_count == 1
+             and cstatus(p, "app").state.HasField("running"), what="mounted restarted")
+    assert run("cat", "/cache/file") == "kept\n"
+
+
+def test_graceful_deletion_runs_pre_stop_then_kills_after_the_grace(client, node):
+    c = sh("main", "trap '' TERM; echo started; while true; do sleep 0.2; done")
+    c.lifecycle.pre_stop.exec.command[:] = ["sh", "-c", "echo pre-stop-ran > /proc/1/fd/1"]
+    client.create(make_pod("stubborn", [c]))  # terminationGracePeriodSeconds: 2
+    wait_pod(client, "stubborn", lambda p: p.status.phase == "Running", what="stubborn Running")
+    uid = get(client, "stubborn").metadata.uid
+    t0 = time.monotonic()
+    client.delete("pods", "stubborn", NS)
+    wait_until(lambda: gone(client, "stubborn"), timeout=30, what="stubborn deleted")
+    took = time.monotonic() - t0
+    assert 2 <= took < 15, took  # SIGTERM ignored: SIGKILL came after the grace period
+    text = open(os.path.join(node.kubelet.root, "logs", f"{NS}_stubborn_{uid}", "main", "0.log")).read()
+    assert "started" in text and "pre-stop-ran" in text
+
+
+def test_process_namespace_per_container_or_shared(client, node):
+    """Each container has its own pid namespace (its command is pid 1) unless the pod shares one:
+    then containerd's sandbox process is pid 1 and the containers see each other."""
+    client.create(make_pod("apart", [sh("a", "exec sleep 3601"), sh("b", "exec sleep 3602")]))
+    shared = make_pod("together", [sh("a", "exec sleep 3601"), sh("b", "exec sleep 3602")])
+    shared.spec.share_process_namespace = True
+    client.create(shared)
+    for name in ("apart", "together"):
+        wait_pod(client, name, lambda p: p.status.phase == "Running" and len(p.status.container_statuses) == 2
+                 and all(c.state.HasField("running") for c in p.status.container_statuses), what=f"{name} Running")
+
+    def ps(pod_name):
+        out = node.cri.exec_sync(container_id(get(client, pod_name), "a"), ["ps", "-o", "pid,args"], 5)
+        return {line.split(None, 1)[1]: int(line.split(None, 1)[0]) for line in out.stdout.decode().splitlines()[1:]}
+
+    apart, together = ps("apart"), ps("together")
+    assert apart["sleep 3601"] == 1 and "sleep 3602" not in apart, apart
+    assert together["sleep 2147483647"] == 1, together  # the sandbox image's process
+    assert {"sleep 3601", "sleep 3602"} <= set(together), together
+
+
 def test_restarted_kubelet_keeps_the_running_containers(client, node):
     """containerd keeps the kubelet's labels and annotations: a new kubelet (SIGKILL, start)
     finds its containers by them and keeps them, with their restart counts and processes."""
