@@ -301,6 +301,9 @@ def test_crashing_container_backs_off(client, node):
     assert (cs.last_state.terminated.exit_code, cs.last_state.terminated.reason) == (1, "Error")
     assert cs.restart_count >= 1
     assert get(client, "crasher").status.phase == "Running"
+    # the previous instance's log, from the file containerd wrote, through the apiserver
+    previous = kctl(client, "logs", "crasher", "--previous")
+    assert (previous.returncode, previous.stdout) == (0, "bye\n"), previous.stderr
 
 
 def test_unknown_image_gives_err_image_pull_then_back_off(client, node):
@@ -456,6 +459,25 @@ def test_process_namespace_per_container_or_shared(client, node):
     assert apart["sleep 3601"] == 1 and "sleep 3602" not in apart, apart
     assert together["sleep 2147483647"] == 1, together  # the sandbox image's process
     assert {"sleep 3601", "sleep 3602"} <= set(together), together
+
+
+def test_a_dead_sandbox_is_replaced_and_its_containers_restarted(client, node):
+    """On containerd the sandbox is a process (the pause image's): when it dies the pod's network
+    namespace is gone with it, and the kubelet makes a new sandbox (attempt 1) and starts the
+    containers again in it, counting the restart."""
+    probe = core_pb2.Probe(http_get=core_pb2.HTTPGetAction(path="/", port="8080"), period_seconds=1)
+    client.create(make_pod("phoenix", [sh("web", HTTPD, readiness_probe=probe)]))
+    wait_pod(client, "phoenix", lambda p: ready(p), what="phoenix Ready")
+    uid = get(client, "phoenix").metadata.uid
+    [old] = [s for s in node.cri.list_pod_sandbox() if s.metadata.uid == uid]
+    os.kill(node.containerd.tasks()[old.id], signal.SIGKILL)
+    wait_pod(client, "phoenix", lambda p: ready(p) and cstatus(p, "web").restart_count == 1,
+             what="phoenix Ready in a new sandbox")
+    sandboxes = {s.metadata.attempt: s for s in node.cri.list_pod_sandbox() if s.metadata.uid == uid}
+    assert sandboxes[1].state == 0 and 0 not in sandboxes or sandboxes[0].state == 1, sandboxes  # READY / NOTREADY
+    p = get(client, "phoenix")
+    page = http_get_in(node.net.name, f"http://{p.status.pod_ip}:8080/", 5)
+    assert page.status == 200 and page.body.decode().strip() == "page-of-phoenix"
 
 
 def test_restarted_kubelet_keeps_the_running_containers(client, node):

@@ -111,7 +111,8 @@ class RealKubelet:
         self.pods.add_handler(self._pod_added, lambda old, new: self._pod_added(new), self._pod_deleted)
         self.queue = RateLimitingQueue(name=f"kubelet-{node_name}")
         self._n_workers = workers
-        self.server = KubeletServer(CriContainers(runtime), host=address, port=port) if port is not None else None
+        self.server = KubeletServer(CriContainers(runtime, self._status_by_name), host=address, port=port) \
+            if port is not None else None
         self._lock = threading.Lock()
         self._statuses: dict[str, core_pb2.PodStatus] = {}   # uid -> the status last generated
         self._keys: dict[str, str] = {}                      # uid -> ns/name
@@ -209,6 +210,11 @@ class RealKubelet:
 
     def _unhealthy(self, pod, kind: str, container: str, output: str) -> None:
         self.recorder.event(pod, "Warning", "Unhealthy", f"{kind.capitalize()} probe failed: {output}")
+
+    def _status_by_name(self, namespace: str, name: str):
+        """The status last generated for the pod now named namespace/name (None: not synced yet)."""
+        pod = self.pods.store.get(f"{namespace}/{name}")
+        return self._status_of(pod.metadata.uid) if pod is not None else None
 
     def _status_of(self, uid: str):
         with self._lock:
