@@ -32,7 +32,7 @@ from harness.plane import apiserver_on_etcdlite
 from harness.procs import PYTHON, REPO, Registry, ServerProcess
 from node import network
 from node.cri.client import CriClient
-from node.kubelet import crilog, mounts, volumes
+from node.kubelet import crilog, mounts, podcgroups, volumes
 from node.network.fabric import Fabric
 from node.network.netns import http_get_in
 from node.plane import busybox_version
@@ -512,6 +512,10 @@ def test_deleted_pods_leave_nothing_in_containerd(client, node):
     wait_until(lambda: node.containerd.ctr("containers", "ls", "-q").split() == [], timeout=30,
                what="no container left in containerd")
     assert node.cri.list_pod_sandbox() == [] and node.cri.list_containers() == []
+    # the pods' cgroups went with them (the runtime removed its levels, the kubelet the pods')
+    wait_until(lambda: podcgroups.pod_uids("/" + node.net.name) == set(), timeout=10, what="no pod cgroup left")
+    assert {os.path.basename(d) for d in cgroups.tree(node.net.name)} <= {node.net.name, "kubepods", "besteffort",
+                                                                          "burstable"}
     netns_dir = node.containerd.dir / "state" / "io.containerd.grpc.v1.cri" / "netns"
     assert not os.path.isdir(netns_dir) or os.listdir(netns_dir) == []
 

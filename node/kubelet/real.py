@@ -50,6 +50,7 @@ from node.kubelet.cri_containers import CriContainers
 from node.kubelet.cri_status import container_states, pods_on_runtime, read_pod
 from node.kubelet.hooks import HookRunner
 from node.kubelet.images import ImagePuller
+from node.kubelet import podcgroups
 from node.kubelet.nodeagent import NodeAgent
 from node.kubelet.actions import PodActions
 from node.kubelet.podsync import PodSyncer, SyncResult
@@ -85,6 +86,7 @@ class RealKubelet:
         self.client, self.runtime, self.image_service = client, runtime, images
         self.node_name, self.node_ip, self.pod_cidr = node_name, node_ip, pod_cidr
         self.root = root
+        self.cgroup_root = cgroup_root
         self.sync_period, self.retry_period, self.relist_period = sync_period, retry_period, relist_period
         version = runtime.version()
         self.runtime_name = version.runtime_name or "cri"
@@ -324,12 +326,18 @@ class RealKubelet:
             self.syncer.kill_pod(None, runtime)
             self.syncer.remove_pod(runtime)
         self.volumes.teardown(uid)
+        if self.cgroup_root:
+            busy = podcgroups.remove_pod(self.cgroup_root, uid)
+            if busy:
+                log.warning("pod %s: cgroups still in use, kept: %s", uid, busy)
 
     def adopt_or_clean(self) -> int:
         """Once the pod list is known: syncs the runtime's pods the apiserver has
         (kept running when they match) and cleans the others; how many were cleaned."""
         known = {p.metadata.uid for p in self.pods.store.list()}
         gone = [uid for uid in pods_on_runtime(self.runtime) if uid not in known]
+        if self.cgroup_root:  # pod cgroups of pods gone while no kubelet ran
+            gone += [uid for uid in podcgroups.pod_uids(self.cgroup_root) if uid not in known and uid not in gone]
         for uid in gone:
             self.queue.add(("gone", uid))
         return len(gone)
