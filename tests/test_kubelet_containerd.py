@@ -44,7 +44,7 @@ pytestmark = [pytest.mark.process,
                                  reason="busybox-static is not installed (make node-deps)")]
 
 NS = "work"
-NODE = "ctd-node"
+NODE = "ctd-node-0"  # the node most tests use
 HTTPD = "mkdir -p /www && echo page-of-$(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"
 TIMEOUT = 60
 # a tagged name: ":latest" means imagePullPolicy Always, and containerd, unlike our runtime's
@@ -57,8 +57,8 @@ class KubeletProcess(ServerProcess):
 
     kind = "kubelet"
 
-    def __init__(self, dir, server: str, endpoint: str, net, registry: Registry) -> None:
-        self.server, self.cri, self.net = server, endpoint, net
+    def __init__(self, dir, server: str, endpoint: str, name: str, net, registry: Registry) -> None:
+        self.server, self.cri, self.node_name, self.net = server, endpoint, name, net
         self.root = os.path.join(dir, "kubelet")
         super().__init__("kubelet", dir, registry)
 
@@ -67,7 +67,7 @@ class KubeletProcess(ServerProcess):
         return self.server
 
     def argv(self) -> list[str]:
-        return [PYTHON, "-m", "node.kubelet", "--server", self.server, "--node-name", NODE,
+        return [PYTHON, "-m", "node.kubelet", "--server", self.server, "--node-name", self.node_name,
                 "--container-runtime-endpoint", self.cri, "--root-dir", self.root,
                 "--node-ip", self.net.ip, "--pod-cidr", self.net.pod_cidr, "--node-netns", self.net.name,
                 "--cgroup-root", "/" + self.net.name, "--heartbeat-interval", "2", "--log-level", "info"]
@@ -75,40 +75,33 @@ class KubeletProcess(ServerProcess):
     def ready_probe(self, rpc_timeout: float) -> str | None:
         with Client(self.server, timeout=rpc_timeout) as c:
             try:
-                c.get("nodes", NODE, "")
+                c.get("nodes", self.node_name, "")
             except ApiError as e:
                 return str(e)
         return None
 
 
 class CtdNode:
-    """A node of a one-node fabric whose runtime is containerd."""
+    """Node ``index`` of the fabric, whose runtime is containerd (in the node's namespace)."""
 
-    def __init__(self, dir, server: str) -> None:
-        self.dir = dir
-        self.prefix = network.new_prefix()
-        self.fabric = Fabric(self.prefix)
-        self.net = self.fabric.node(0)
+    def __init__(self, dir, server: str, fabric: Fabric, index: int) -> None:
+        self.dir, self.fabric, self.index = dir, fabric, index
+        self.name = f"ctd-node-{index}"
+        self.net = fabric.node(index)
         self.reg = Registry()
         self.containerd = Containerd(dir / "ctd", self.reg, netns=self.net.name)
-        self.kubelet = KubeletProcess(dir, server, self.containerd.endpoint, self.net, self.reg)
+        self.kubelet = KubeletProcess(dir, server, self.containerd.endpoint, self.name, self.net, self.reg)
         self.cri: CriClient | None = None
 
-    def start(self) -> None:
-        from node.runtime.images import ImageStore, build_busybox
-
-        self.fabric.create()
-        self.fabric.add_node(0)
-        store = ImageStore(str(self.dir / "images"))
-        store.tag(build_busybox(store), BUSYBOX)
-        build_pause(store, store.resolve(BUSYBOX))
+    def start(self, store) -> None:
+        self.fabric.add_node(self.index)
         self.containerd.start()
         self.containerd.import_images(store, [BUSYBOX, PAUSE_IMAGE])
         self.cri = CriClient(self.containerd.endpoint, timeout=30)
         self.kubelet.start()
 
     def teardown(self) -> list[str]:
-        """Everything the node made is removed: what could not be."""
+        """Everything the node's containerd and kubelet made is removed: what could not be."""
         if self.cri is not None:
             self.cri.close()
         self.kubelet.kill()
@@ -117,10 +110,7 @@ class CtdNode:
         self.reg.cleanup()
         volumes.cleanup(self.kubelet.root)  # what pods left mounted, as a kubelet's stop leaves them
         problems += [f"mounted: {m}" for m in mounts.mounts_under(str(self.dir))]
-        self.fabric.destroy()
-        network.cleanup(self.prefix)
         problems += [f"cgroup {d}" for d in cgroups.tree(self.net.name)]
-        problems += [f"netns {n}" for n in network.prefixed_netns(self.prefix)]
         return problems
 
 
@@ -133,22 +123,44 @@ def client(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def node(client, tmp_path_factory):
-    n = CtdNode(tmp_path_factory.mktemp("ctdnode"), client.server)
+def nodes(client, tmp_path_factory):
+    """Two containerd nodes on one fabric; everything they made is gone after."""
+    from node.runtime.images import ImageStore, build_busybox
+
+    dir = tmp_path_factory.mktemp("ctdnodes")
+    prefix = network.new_prefix()
+    fabric = Fabric(prefix)
+    started: list[CtdNode] = []
+    problems: list[str] = []
     try:
-        n.start()
-        yield n
+        fabric.create()
+        store = ImageStore(str(dir / "images"))
+        store.tag(build_busybox(store), BUSYBOX)
+        build_pause(store, store.resolve(BUSYBOX))
+        for i in range(2):
+            started.append(CtdNode(dir / f"n{i}", client.server, fabric, i))
+            started[-1].start(store)
+        yield started
     finally:
-        problems = n.teardown()
+        for n in started:
+            problems += n.teardown()
+        fabric.destroy()
+        network.cleanup(prefix)
+        problems += [f"netns {n}" for n in network.prefixed_netns(prefix)]
     assert problems == []
+
+
+@pytest.fixture(scope="module")
+def node(nodes):
+    return nodes[0]
 
 
 # ---- helpers ----
 
-def make_pod(name, containers, *, policy="Always"):
+def make_pod(name, containers, *, policy="Always", node=NODE):
     p = core_pb2.Pod()
     p.metadata.name, p.metadata.namespace = name, NS
-    p.spec.node_name = NODE
+    p.spec.node_name = node
     p.spec.restart_policy = policy
     p.spec.termination_grace_period_seconds = 2
     for c in containers:
@@ -190,9 +202,9 @@ def kctl(client, *argv):
                           capture_output=True, text=True, timeout=60, cwd=REPO)
 
 
-def node_ready(client) -> bool:
+def node_ready(client, name=NODE) -> bool:
     try:
-        n = client.get("nodes", NODE, "")
+        n = client.get("nodes", name, "")
     except ApiError:
         return False
     return any(c.type == "Ready" and c.status == "True" for c in n.status.conditions)
@@ -242,6 +254,25 @@ def test_httpd_pod_is_ready_through_its_probe_and_serves_its_page_by_pod_ip(clie
     cgroup = f"/sys/fs/cgroup/memory/{node.net.name}/kubepods/besteffort/pod{p.metadata.uid}/{container_id(p, 'web')}"
     assert os.path.isdir(cgroup)
     assert node.containerd.tasks()[container_id(p, "web")] in cgroups.tasks(cgroup)
+
+
+def test_pods_on_two_containerd_nodes_reach_each_other_by_ip(client, nodes):
+    """Each node's pods are on its own bridge and podCIDR (its containerd's CNI config from its
+    kubelet); the fabric routes between nodes carry pod-to-pod traffic."""
+    far_node = nodes[1]
+    wait_until(lambda: node_ready(client, far_node.name), timeout=TIMEOUT, what=f"{far_node.name} Ready")
+    probe = core_pb2.Probe(http_get=core_pb2.HTTPGetAction(path="/", port="8080"), period_seconds=1)
+    client.create(make_pod("far", [sh("web", HTTPD, readiness_probe=probe)], node=far_node.name))
+    wait_pod(client, "far", ready, what="far Ready")
+    far = get(client, "far")
+    assert ipaddress.ip_address(far.status.pod_ip) in ipaddress.ip_network(far_node.net.pod_cidr)
+    assert far.status.host_ip == far_node.net.ip
+    web = wait_pod(client, "web", lambda p: ready(p) and p, what="web Ready")
+    # (no -T: Debian busybox 1.35 wget crashes when given one)
+    got = nodes[0].cri.exec_sync(container_id(web, "web"), ["wget", "-qO-", f"http://{far.status.pod_ip}:8080/"], 10)
+    assert (got.exit_code, got.stdout.decode().strip()) == (0, "page-of-far"), got.stderr
+    back = far_node.cri.exec_sync(container_id(far, "web"), ["wget", "-qO-", f"http://{web.status.pod_ip}:8080/"], 10)
+    assert (back.exit_code, back.stdout.decode().strip()) == (0, "page-of-web"), back.stderr
 
 
 def test_exec_and_logs_reach_the_container_through_the_apiserver(client, node):
@@ -520,8 +551,9 @@ def test_deleted_pods_leave_nothing_in_containerd(client, node):
     assert not os.path.isdir(netns_dir) or os.listdir(netns_dir) == []
 
 
-def test_the_kubelet_never_failed_a_sync(node):
-    """Whatever the runtime answered, no pod's sync raised (a traceback in the kubelet's log is
-    a kubelet bug: the work queue retried it blindly)."""
-    log = node.kubelet.log_path.read_text()
-    assert "Traceback" not in log, log[log.index("Traceback") - 300:][:3000]
+def test_the_kubelets_never_failed_a_sync(nodes):
+    """Whatever the runtime answered, no pod's sync raised (a traceback in a kubelet's log is a
+    kubelet bug: the work queue retried it blindly)."""
+    for n in nodes:
+        log = n.kubelet.log_path.read_text()
+        assert "Traceback" not in log, log[log.index("Traceback") - 300:][:3000]
