@@ -298,6 +298,15 @@ def test_exec_and_logs_reach_the_container_through_the_apiserver(client, node):
     assert (resp.exit_code, resp.stdout.decode().strip()) == (0, "talker")
 
 
+def test_logs_follow_a_container_until_it_exits(client, node):
+    client.create(make_pod("chatty", [sh("c", "echo one; sleep 2; echo two; sleep 1; echo three")], policy="Never"))
+    wait_pod(client, "chatty", lambda p: cstatus(p, "c").state.HasField("running"), what="chatty running")
+    t0 = time.monotonic()
+    followed = kctl(client, "logs", "-f", "chatty")
+    assert (followed.returncode, followed.stdout) == (0, "one\ntwo\nthree\n"), followed.stderr
+    assert time.monotonic() - t0 >= 1.0  # it waited for the lines the container had not written yet
+
+
 def test_config_map_env(client, node):
     cm = core_pb2.ConfigMap(data={"greeting": "hello", "LEVEL": "3"})
     cm.metadata.name, cm.metadata.namespace = "settings", NS
