@@ -215,6 +215,22 @@ def events(client, name) -> dict:
     return {e.reason: e.message for e in client.list("events", NS).items if e.involved_object.name == name}
 
 
+def secret_on_disk(data: bytes, top) -> list[str]:
+    """Files under ``top`` holding ``data``, tmpfs and other mounts left out (a container's
+    rootfs, the Secret volume's tmpfs, pod network namespaces)."""
+    found = []
+    for d, dirs, files in os.walk(top):
+        dirs[:] = [x for x in dirs if not os.path.ismount(os.path.join(d, x))]
+        for f in files:
+            path = os.path.join(d, f)
+            if os.path.isfile(path) and not os.path.islink(path) and not os.path.ismount(path) \
+                    and os.path.getsize(path) < 16 << 20:
+                with open(path, "rb") as fh:
+                    if data in fh.read():
+                        found.append(path)
+    return found
+
+
 def gone(client, name) -> bool:
     try:
         get(client, name)
@@ -454,6 +470,7 @@ def test_volumes_on_containerd(client, node):
     assert run("cat", "/etc/files/mode") == "a" and run("cat", "/etc/creds/password") == "s3cr3t"
     mounts = [line.split() for line in run("cat", "/proc/mounts").splitlines()]
     assert any(m[1] == "/etc/creds" and m[2] == "tmpfs" and "ro" in m[3].split(",") for m in mounts), mounts
+    assert not secret_on_disk(b"s3cr3t", node.dir)  # not in the kubelet's nor in containerd's directories
     cm = client.get("configmaps", "files", NS)
     cm.data["mode"] = "b"
     client.update(cm)
@@ -463,6 +480,48 @@ def test_volumes_on_containerd(client, node):
     wait_pod(client, "mounted", lambda p: cstatus(p, "app").restart_count == 1
              and cstatus(p, "app").state.HasField("running"), what="mounted restarted")
     assert run("cat", "/cache/file") == "kept\n"
+
+
+def test_bad_input_gives_kubernetes_reasons(client, node):
+    env = core_pb2.EnvVar(name="X", value_from=core_pb2.EnvVarSource(
+        config_map_key_ref=core_pb2.ConfigMapKeySelector(name="missing", key="k")))
+    client.create(make_pod("noconfig", [sh("c", "exec sleep 3600", env=[env])]))
+    p = make_pod("novolume", [sh("c", "exec sleep 3600", volume_mounts=[
+        core_pb2.VolumeMount(name="v", mount_path="/v")])])
+    p.spec.volumes.add(name="v", config_map=core_pb2.ConfigMapVolumeSource(name="absent"))
+    client.create(p)
+    wait_pod(client, "noconfig", lambda p: cstatus(p, "c").state.waiting.reason == "CreateContainerConfigError",
+             what="CreateContainerConfigError")
+    assert cstatus(get(client, "noconfig"), "c").state.waiting.message == 'configmap "missing" not found'
+    wait_until(lambda: events(client, "novolume").get("FailedMount") ==
+               'MountVolume.SetUp failed for volume "v" : configmap "absent" not found', timeout=20,
+               what="FailedMount event")
+    assert cstatus(get(client, "novolume"), "c").state.waiting.reason == "ContainerCreating"
+    # an invalid command: containerd's StartContainer fails; the container's run ends as upstream's
+    # (exit code 128, StartError with runc's words) and it backs off
+    client.create(make_pod("nocommand", [core_pb2.Container(name="c", image=BUSYBOX, command=["/no/such/binary"])]))
+    p = wait_pod(client, "nocommand", lambda p: cstatus(p, "c").last_state.terminated.reason == "StartError" and p,
+                 what="StartError")
+    t = cstatus(p, "c").last_state.terminated
+    assert t.exit_code == 128 and "/no/such/binary" in t.message and "no such file" in t.message, t
+    assert events(client, "nocommand")["Failed"].startswith("Error: failed to create containerd task")
+    cm = core_pb2.ConfigMap(data={"k": "v"})
+    cm.metadata.name, cm.metadata.namespace = "missing", NS
+    client.create(cm)
+    wait_pod(client, "noconfig", lambda p: p.status.phase == "Running", what="noconfig Running")
+    assert ready(get(client, "web"))  # the other pods kept being served
+
+
+def test_failing_post_start_hook_kills_the_container(client, node):
+    c = sh("main", "exec sleep 3600")
+    c.lifecycle.post_start.exec.command[:] = ["sh", "-c", "exit 7"]
+    client.create(make_pod("badhook", [c]))
+    wait_pod(client, "badhook", lambda p: cstatus(p, "main").state.waiting.reason in
+             ("PostStartHookError", "CrashLoopBackOff") and cstatus(p, "main").restart_count >= 1,
+             what="PostStartHookError")
+    assert cstatus(get(client, "badhook"), "main").last_state.terminated.exit_code == 137  # killed by the kubelet
+    message = events(client, "badhook")["FailedPostStartHook"]
+    assert message.startswith("Exec lifecycle hook (") and message.endswith("exited with 7"), message
 
 
 def test_graceful_deletion_runs_pre_stop_then_kills_after_the_grace(client, node):
