@@ -1,15 +1,20 @@
 """Our kubelet on the reference runtime: ``python -m node.kubelet`` on Debian's containerd 1.6 CRI
-plugin, on a real node of our fabric, as the apiserver runs on a real etcd. Nothing of our runtime
-takes part: containerd runs runc through its shims, CNI's bridge plugin puts each pod on the node's
-bridge (containerd runs inside the node's network namespace), the images are our busybox and a
-sandbox image, imported with ``ctr``. The node goes Ready once the kubelet has given the podCIDR
-(containerd writes its CNI config from it); an httpd pod runs and is Ready through an httpGet probe
-from the node's namespace and serves its page there by pod IP; exec and logs go through the
-apiserver to the kubelet and to containerd (CRI ExecSync, CRI-format files); ConfigMap env; a
-container killed from outside restarts; a crashing one backs off; an unknown image gives
-ErrImagePull then ImagePullBackOff (the pull reaches 127.0.0.1:1 only); a restarted kubelet keeps
-the running containers; a deleted pod leaves nothing in containerd; the pods' cgroups are under the
-node's prefix and everything is removed at the end.
+plugin, on two real nodes of our fabric, as the apiserver runs on a real etcd. Nothing of our
+runtime takes part: containerd runs runc through its shims, CNI's bridge plugin puts each pod on
+its node's bridge (containerd runs inside the node's network namespace), the images are our busybox
+and a sandbox image, imported with ``ctr``; the kubelet's --cgroup-root keeps the pods' cgroups
+under the node's prefix.
+
+What Kubernetes' kubelet tests show, here on containerd: the node goes Ready once the kubelet has
+given the podCIDR (containerd writes its CNI config from it); an httpd pod is Ready through an
+httpGet probe from the node's namespace and serves its page by pod IP, to pods on the other node
+too; exec and logs (previous, follow) go through the apiserver to the kubelet and containerd (CRI
+ExecSync, CRI-format files); ConfigMap env, ConfigMap/Secret/emptyDir volumes; restartPolicy,
+init containers, liveness and readiness probes, OOMKilled, hooks, graceful deletion; a container
+killed from outside restarts, a dead sandbox is replaced, a crashing container backs off; an
+unknown image gives ErrImagePull then ImagePullBackOff (the pull reaches 127.0.0.1:1 only); bad
+input gives Kubernetes' reasons; a restarted kubelet keeps the running containers; deleted pods
+leave nothing in containerd nor in the cgroups, and everything is removed at the end.
 Needs root, containerd, containernetworking-plugins, busybox-static."""
 
 from __future__ import annotations
