@@ -34,10 +34,13 @@ etcd:
 
 # The data plane's parts from Debian: runc and conmon run the containers, busybox-static
 # is the base image's only binary, containerd is the other CRI runtime the kubelet is tested
-# on, nftables and conntrack are kube-proxy's. Tests that need them skip (and say why) without root.
-NODE_DEBS := runc conmon busybox-static containerd nftables conntrack
+# on, with CNI's bridge/host-local/loopback plugins (containernetworking-plugins, in /usr/lib/cni)
+# for its pods' network; nftables and conntrack are kube-proxy's. Tests that need them skip (and
+# say why) without root.
+NODE_DEBS := runc conmon busybox-static containerd containernetworking-plugins nftables conntrack
 node-deps:
 	@missing=""; for b in runc conmon busybox containerd nft conntrack; do command -v $$b >/dev/null || missing=1; done; \
+	[ -x /usr/lib/cni/bridge ] || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo ">> not root: skipping $(NODE_DEBS) (real-node tests will skip)"; exit 0; fi; \
 	  echo ">> installing Debian's $(NODE_DEBS) (the data plane's container runtime)"; \

@@ -7,81 +7,25 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 
 import pytest
 
 from cri_server import ServerThread
-from harness.procs import ServerProcess
+from harness import containerd as containerd_harness
+from harness.containerd import Containerd
 from node.cri.client import CriClient, CriError
 from node.runtime.image_service import add_to_server
 from node.runtime.images import ImageStore, build_busybox
 
-CONTAINERD = shutil.which("containerd")
-CTR = shutil.which("ctr")
 BUSYBOX = shutil.which("busybox") or "/usr/bin/busybox"
 
 pytestmark = [
     pytest.mark.process,
-    pytest.mark.skipif(not (CONTAINERD and CTR), reason="containerd is not installed (apt-get install containerd)"),
+    pytest.mark.skipif(not (containerd_harness.CONTAINERD and containerd_harness.CTR),
+                       reason="containerd is not installed (apt-get install containerd)"),
     pytest.mark.skipif(os.geteuid() != 0, reason="containerd needs root"),
     pytest.mark.skipif(not os.path.exists(BUSYBOX), reason="busybox-static is not installed (make node-deps)"),
 ]
-
-# plugins that would reach outside the test's directories, or that this machine lacks
-_DISABLED = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.btrfs",
-             "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
-             "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp"]
-
-
-class Containerd(ServerProcess):
-    """containerd with root, state, sockets and CNI dirs all under tmp_path."""
-
-    kind = "containerd"
-
-    def __init__(self, tmp_path, registry=None) -> None:
-        super().__init__("containerd", tmp_path, registry)
-        self.dir = self.tmp_path
-        self.socket = str(self.dir / "containerd.sock")
-        self.config = self.dir / "config.toml"
-        self.config.write_text(f"""version = 2
-root = "{self.dir}/root"
-state = "{self.dir}/state"
-disabled_plugins = {_DISABLED!r}
-[grpc]
-  address = "{self.socket}"
-[ttrpc]
-  address = "{self.socket}.ttrpc"
-[plugins."io.containerd.grpc.v1.cri".cni]
-  bin_dir = "{self.dir}/cni/bin"
-  conf_dir = "{self.dir}/cni/conf"
-""".replace("'", '"'))
-
-    def argv(self) -> list[str]:
-        return [CONTAINERD, "--config", str(self.config)]
-
-    @property
-    def endpoint(self) -> str:
-        return "unix://" + self.socket
-
-    def ready_probe(self, rpc_timeout: float) -> str | None:
-        with CriClient(self.endpoint, timeout=rpc_timeout) as cri:
-            try:
-                cri.version()
-            except CriError as e:
-                return str(e)
-        return None
-
-    def ctr(self, *args: str) -> str:
-        return subprocess.run([CTR, "--address", self.socket, "--namespace", "k8s.io", *args],
-                              capture_output=True, text=True, check=True, timeout=60).stdout
-
-
-def _unmount_under(path: str) -> None:
-    with open("/proc/self/mounts") as f:
-        points = [line.split()[1] for line in f if line.split()[1].startswith(path)]
-    for point in sorted(points, reverse=True):
-        subprocess.run(["umount", "-l", point], check=False)
 
 
 @pytest.fixture
@@ -91,8 +35,8 @@ def containerd(tmp_path, procs):
         ctd.start()
         yield ctd
     finally:
-        ctd.kill()
-        _unmount_under(str(tmp_path))
+        problems = ctd.cleanup()
+    assert problems == []
 
 
 def test_ctr_imports_our_export_and_both_cris_agree(tmp_path, containerd):

@@ -8,6 +8,7 @@ import pytest
 from kubelet_fixtures import T0, ctr, make_pod, runtime
 
 from node.kubelet import backoff as bo
+from node.kubelet.podsync import PodSyncer  # (at import: it loads libc through ldconfig, a process)
 from node.kubelet.runtime_status import CONTAINER_EXITED, CONTAINER_RUNNING
 
 
@@ -110,3 +111,23 @@ def test_a_changed_container_has_its_own_key():
     assert key.startswith("web_default_uid-1_app_")
     pod.spec.containers[0].image = "busybox:1.36"
     assert bo.container_key(pod, pod.spec.containers[0]) != key
+
+
+def test_a_sync_that_meets_a_back_off_says_when_it_ends():
+    """PodSyncer.sync's result carries the back-off's remaining time, which the kubelet requeues
+    the pod after (it was lost in a merge: every crash-looping pod's sync then raised)."""
+    clock = Clock()
+    b = bo.Backoff(clock=clock)
+    pod = make_pod(("app",))
+    first = ctr(pod, "app", CONTAINER_EXITED, exit_code=1, created=1)
+    clock.t = first.finished_at + 0.1
+    assert bo.container_back_off(b, pod, pod.spec.containers[0], runtime(pod, containers=[first])) is None
+    second = ctr(pod, "app", CONTAINER_EXITED, exit_code=1, created=20, restart=1)
+    clock.t = second.finished_at + 4
+    syncer = PodSyncer(runtime=None, images=None, log_root="/nonexistent", backoff=b)
+    try:
+        result = syncer.sync(pod, runtime(pod, containers=[second]))  # nothing reaches the runtime
+    finally:
+        syncer.close()
+    assert result.failed == {"app": "CrashLoopBackOff"} and result.started == []
+    assert result.retry_after == pytest.approx(6.0)

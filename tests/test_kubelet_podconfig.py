@@ -85,6 +85,23 @@ def test_container_config():
     assert cfg.linux.resources.oom_score_adj == 1000
 
 
+@pytest.mark.parametrize("share,pid", [(None, cri_pb2.CONTAINER), (False, cri_pb2.CONTAINER), (True, cri_pb2.POD)])
+def test_sandbox_and_containers_say_their_namespaces(share, pid):
+    """Each container config carries the pod's namespace options, as the sandbox's: left out, they
+    read as POD for all (the enum's zero), and containerd then put every container in the
+    sandbox's pid namespace, where pid 1 is the pause process."""
+    pod = make_pod(("app",))
+    if share is not None:
+        pod.spec.share_process_namespace = share
+    want = cri_pb2.NamespaceOption(network=cri_pb2.POD, pid=pid, ipc=cri_pb2.POD)
+    c = podconfig.container_config(pod, pod.spec.containers[0], restart_count=0, image_ref="",
+                                   env=Environment(vars=[]))
+    assert c.linux.security_context.namespace_options == want
+    assert podconfig.sandbox_config(pod, 0, "/l").linux.security_context.namespace_options == want
+    pod.spec.host_network = True
+    assert podconfig.namespace_options(pod).network == cri_pb2.NODE
+
+
 def test_cri_statuses_become_the_snapshot():
     s = cri_pb2.PodSandboxStatus(
         id="sb", state=cri_pb2.SANDBOX_NOTREADY, created_at=5_500_000_000,
@@ -103,3 +120,20 @@ def test_cri_statuses_become_the_snapshot():
             cs.image, cs.image_ref, cs.restart_count) == \
         ("app", "CONTAINER_EXITED", 2, 2.0, 3.25, 137, "OOMKilled",
          "docker.io/library/busybox:latest", "sha256:b0", 2)
+
+
+@pytest.mark.parametrize("resources,root,parent", [
+    ({}, "/kp3fa2-n0", "/kp3fa2-n0/kubepods/besteffort/poduid-1"),
+    ({"requests": {"memory": "1Gi"}}, "kp3fa2-n0/", "/kp3fa2-n0/kubepods/burstable/poduid-1"),
+    ({"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}}, "/",
+     "/kubepods/poduid-1"),
+])
+def test_sandbox_cgroup_parent_under_cgroup_root(resources, root, parent):
+    """With --cgroup-root the sandbox names its pod cgroup as the kubelet's cgroupfs driver does
+    (containerd puts the pod's cgroups there); without, the runtime chooses."""
+    pod = make_pod(("app",))
+    c = pod.spec.containers[0]
+    for kind, values in resources.items():
+        getattr(c.resources, kind).update(values)
+    assert podconfig.sandbox_config(pod, 0, "/l", root).linux.cgroup_parent == parent
+    assert podconfig.sandbox_config(pod, 0, "/l").linux.cgroup_parent == ""

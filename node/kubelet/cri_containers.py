@@ -8,6 +8,12 @@ instance is the newest attempt of the pod's newest incarnation (a pod deleted an
 under its name is another uid); the previous one is the attempt before it, as long as the
 kubelet has not removed it. Log paths and states come from ContainerStatus, commands run by
 ExecSync.
+
+When the kubelet knows the pod's status (``status_of``), the instance is chosen from it as the
+kubelet's validateContainerLogStatus does: the previous one is lastState.terminated's container
+(a crash-looping container's last run: the kubelet keeps only the newest exited instance, so
+"the attempt before" would not be there), the current one the running or terminated container,
+else lastState's; a container waiting with no run behind it is "waiting to start".
 """
 
 from __future__ import annotations
@@ -47,8 +53,37 @@ class CriContainers:
     """node.kubelet.server.Containers over ``runtime`` (node.cri.client.RuntimeService, or the
     CriClient). Thread-safe as the client is."""
 
-    def __init__(self, runtime) -> None:
+    def __init__(self, runtime, status_of=None) -> None:
+        """``status_of(namespace, pod) -> core PodStatus | None``: the kubelet's last status of
+        the pod (None: unknown, e.g. not synced since a restart: the runtime's instances decide)."""
         self.runtime = runtime
+        self.status_of = status_of
+
+    def _from_status(self, namespace: str, pod: str, container: str, previous: bool) -> str | None:
+        """The container id the pod's status names for the request (None without a status)."""
+        status = self.status_of(namespace, pod) if self.status_of is not None else None
+        if status is None:
+            return None
+        cs = next((c for c in (*status.container_statuses, *status.init_container_statuses)
+                   if c.name == container), None)
+        if cs is None:
+            return None
+        last = cs.last_state.terminated if cs.last_state.HasField("terminated") else None
+        if previous:
+            if last is None or not last.container_id:
+                raise previous_not_found(pod, container)
+            cid = last.container_id
+        elif cs.state.HasField("running") and cs.container_id:
+            cid = cs.container_id
+        elif cs.state.HasField("terminated") and (cs.state.terminated.container_id or cs.container_id):
+            cid = cs.state.terminated.container_id or cs.container_id
+        elif last is not None and last.container_id:
+            cid = last.container_id
+        elif cs.state.HasField("waiting"):
+            raise waiting_to_start(pod, container, cs.state.waiting.reason or "ContainerCreating")
+        else:
+            return None
+        return cid.split("://", 1)[-1]
 
     def _instances(self, namespace: str, pod: str, container: str) -> list:
         """The container's instances of the pod's newest incarnation, newest first."""
@@ -62,6 +97,10 @@ class CriContainers:
 
     def find_container(self, namespace: str, pod: str, container: str, previous: bool) -> tuple[str, str, bool]:
         try:
+            chosen_id = self._from_status(namespace, pod, container, previous)
+            if chosen_id is not None:
+                status = self.runtime.container_status(chosen_id).status
+                return chosen_id, status.log_path, status.state == cri_pb2.CONTAINER_RUNNING
             instances = self._instances(namespace, pod, container)
             if not instances:
                 sandboxes = self.runtime.list_pod_sandbox(cri_pb2.PodSandboxFilter(

@@ -32,7 +32,34 @@ def pod_log_directory(root: str, pod: core_pb2.Pod) -> str:
     return os.path.join(root, f"{m.namespace}_{m.name}_{m.uid}")
 
 
-def sandbox_config(pod: core_pb2.Pod, attempt: int, log_root: str) -> cri_pb2.PodSandboxConfig:
+def namespace_options(pod: core_pb2.Pod) -> cri_pb2.NamespaceOption:
+    """The pod's namespaces, for its sandbox and for each of its containers (the kubelet's
+    namespacesForPod): the node's network with hostNetwork, else the pod's; a pid namespace per
+    container unless shareProcessNamespace (then the pod's: the sandbox's process is pid 1 for
+    all of them); the pod's IPC. A container config without them means POD for all three, the
+    enum's zero, and containerd then puts every container in the sandbox's pid namespace."""
+    return cri_pb2.NamespaceOption(
+        network=cri_pb2.NODE if pod.spec.host_network else cri_pb2.POD,
+        pid=cri_pb2.POD if pod.spec.share_process_namespace else cri_pb2.CONTAINER,
+        ipc=cri_pb2.POD)
+
+
+def pod_cgroup_parent(pod: core_pb2.Pod, cgroup_root: str) -> str:
+    """The pod's cgroup as the kubelet names it for the cgroupfs driver (cgroups per QoS class):
+    ``<root>/kubepods/pod<uid>`` for Guaranteed, ``<root>/kubepods/burstable/pod<uid>`` and
+    ``<root>/kubepods/besteffort/pod<uid>``; the runtime puts the sandbox's and the containers'
+    cgroups below it (containerd does; our runtime keeps its own ``/<prefix>/<sandbox>`` tree)."""
+    qos = qos_class(pod.spec)
+    root = cgroup_root.strip("/")
+    qos_level = "" if qos == "Guaranteed" else "/" + qos.lower()
+    return f"{'/' + root if root else ''}/kubepods{qos_level}/pod{pod.metadata.uid}"
+
+
+def sandbox_config(pod: core_pb2.Pod, attempt: int, log_root: str,
+                   cgroup_root: str = "") -> cri_pb2.PodSandboxConfig:
+    """``cgroup_root``: the kubelet's --cgroup-root; when given, the sandbox's cgroup_parent is
+    the pod's cgroup below it (else the runtime chooses, and containerd's choice, /k8s.io/<id>,
+    is outside any node's tree)."""
     m = pod.metadata
     cfg = cri_pb2.PodSandboxConfig(
         metadata=cri_pb2.PodSandboxMetadata(name=m.name, uid=m.uid, namespace=m.namespace, attempt=attempt),
@@ -43,10 +70,9 @@ def sandbox_config(pod: core_pb2.Pod, attempt: int, log_root: str) -> cri_pb2.Po
         for p in c.ports:
             cfg.port_mappings.add(protocol=cri_pb2.Protocol.Value(p.protocol or "TCP"),
                                   container_port=p.container_port, host_port=p.host_port, host_ip=p.host_ip)
-    ns = cfg.linux.security_context.namespace_options
-    ns.network = cri_pb2.NODE if pod.spec.host_network else cri_pb2.POD
-    ns.pid = cri_pb2.CONTAINER
-    ns.ipc = cri_pb2.POD
+    cfg.linux.security_context.namespace_options.CopyFrom(namespace_options(pod))
+    if cgroup_root:
+        cfg.linux.cgroup_parent = pod_cgroup_parent(pod, cgroup_root)
     return cfg
 
 
@@ -119,5 +145,6 @@ def container_config(pod: core_pb2.Pod, container: core_pb2.Container, *, restar
         cfg.envs.add(key=k, value=v)  # bytes in CRI (a Secret's values need not be UTF-8)
     cfg.mounts.extend(mounts or [])
     cfg.linux.resources.CopyFrom(linux_resources(pod, container, memory_capacity))
+    cfg.linux.security_context.namespace_options.CopyFrom(namespace_options(pod))
     return cfg
 

@@ -24,7 +24,7 @@ from apiserver.pb import core_pb2
 from node.cri.client import CriError
 from node.kubelet import actions as act
 from node.kubelet import podconfig
-from node.kubelet.backoff import Backoff, container_back_off
+from node.kubelet.backoff import Backoff, back_off_left, container_back_off
 from node.kubelet.cri_status import read_pod
 from node.kubelet.hooks import HookRunner
 from node.kubelet.images import ImagePuller
@@ -54,6 +54,7 @@ class SyncResult:
     failed: dict[str, str]      # container -> waiting reason of a start that failed
     sandbox_error: str = ""     # why the sandbox could not be made
     volume_error: str = ""      # why a volume could not be set up (FailedMount)
+    retry_after: float = 0.0    # when every failure is a back-off: seconds until the first ends
 
 
 class PodSyncer:
@@ -64,8 +65,9 @@ class PodSyncer:
                  reasons: ReasonCache | None = None, probe_results=None, get: Getter | None = None,
                  memory_capacity: int = 0, host_ip: str = "", hooks: HookRunner | None = None,
                  recorder=None, volumes: Volumes | None = None,
-                 node_allocatable: dict[str, str] | None = None) -> None:
-        """``recorder``: an EventRecorder for the pod's events (Created, Started,
+                 node_allocatable: dict[str, str] | None = None, cgroup_root: str = "") -> None:
+        """``cgroup_root``: where the pods' cgroups go (the sandbox's cgroup_parent; "" leaves
+        it to the runtime). ``recorder``: an EventRecorder for the pod's events (Created, Started,
         Killing, BackOff, Failed, FailedCreatePodSandBox), as the kubelet's."""
         self.runtime, self.images, self.log_root = runtime, images, log_root
         self.backoff = backoff if backoff is not None else Backoff()
@@ -77,6 +79,7 @@ class PodSyncer:
         self.hooks = hooks if hooks is not None else HookRunner()
         self.recorder = recorder
         self.volumes = volumes
+        self.cgroup_root = cgroup_root
         self._stoppers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kill")
 
     def _event(self, pod, type_: str, reason: str, message: str) -> None:
@@ -121,7 +124,7 @@ class PodSyncer:
         if not (plan.create_sandbox or plan.next_init_container or plan.containers_to_start):
             return result
 
-        sandbox_cfg = podconfig.sandbox_config(pod, plan.attempt, self.log_root)
+        sandbox_cfg = podconfig.sandbox_config(pod, plan.attempt, self.log_root, self.cgroup_root)
         sandbox_id, pod_ip = plan.sandbox_id, (status.ips[0] if status.ips else "")
         if plan.create_sandbox:
             try:
@@ -140,6 +143,9 @@ class PodSyncer:
             reason = self._start(pod, specs[name], sandbox_id, sandbox_cfg, status, pod_ip)
             if reason:
                 result.failed[name] = reason
+                if reason == CRASH_LOOP_BACK_OFF:
+                    left = back_off_left(self.backoff, pod, specs[name], status)
+                    result.retry_after = left if not result.retry_after else min(result.retry_after, left)
             else:
                 result.started.append(name)
         return result

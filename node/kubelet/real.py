@@ -50,6 +50,7 @@ from node.kubelet.cri_containers import CriContainers
 from node.kubelet.cri_status import container_states, pods_on_runtime, read_pod
 from node.kubelet.hooks import HookRunner
 from node.kubelet.images import ImagePuller
+from node.kubelet import podcgroups
 from node.kubelet.nodeagent import NodeAgent
 from node.kubelet.actions import PodActions
 from node.kubelet.podsync import PodSyncer, SyncResult
@@ -76,13 +77,16 @@ class RealKubelet:
                  sync_period: float = 10.0, retry_period: float = 1.0, relist_period: float = 1.0,
                  heartbeat_interval: float = 10.0, status_interval: float = 60.0,
                  backoff: tuple[float, float] = (INITIAL, MAX), address: str = "127.0.0.1",
-                 port: int | None = 0) -> None:
+                 port: int | None = 0, cgroup_root: str = "") -> None:
         """``backoff``: the restart back-off's first delay and cap (Kubernetes' 10 s and 300 s).
         ``address``/``port``: where the kubelet API (logs, exec) listens for the apiserver (port 0:
-        any free one, published in the Node's daemonEndpoints; None: no API)."""
+        any free one, published in the Node's daemonEndpoints; None: no API). ``cgroup_root``: the
+        cgroup the pods' cgroups go under (Kubernetes' --cgroup-root), sent to the runtime as each
+        sandbox's cgroup_parent; "" sends none."""
         self.client, self.runtime, self.image_service = client, runtime, images
         self.node_name, self.node_ip, self.pod_cidr = node_name, node_ip, pod_cidr
         self.root = root
+        self.cgroup_root = cgroup_root
         self.sync_period, self.retry_period, self.relist_period = sync_period, retry_period, relist_period
         version = runtime.version()
         self.runtime_name = version.runtime_name or "cri"
@@ -102,14 +106,15 @@ class RealKubelet:
                                 get=self._get, memory_capacity=bytes_of(memory), host_ip=node_ip,
                                 node_allocatable=self.agent.capacity,
                                 hooks=HookRunner(exec_sync=self._exec_sync, connect=connect),
-                                recorder=self.recorder, volumes=self.volumes)
+                                recorder=self.recorder, volumes=self.volumes, cgroup_root=cgroup_root)
         self.probes = ProbeManager(self.probe_results, Prober(exec_sync=self._exec_sync, connect=connect),
                                    self._status_of, on_failure=self._unhealthy)
         self.pods = Informer(client, "pods", field_selector=f"spec.nodeName={node_name}")
         self.pods.add_handler(self._pod_added, lambda old, new: self._pod_added(new), self._pod_deleted)
         self.queue = RateLimitingQueue(name=f"kubelet-{node_name}")
         self._n_workers = workers
-        self.server = KubeletServer(CriContainers(runtime), host=address, port=port) if port is not None else None
+        self.server = KubeletServer(CriContainers(runtime, self._status_by_name), host=address, port=port) \
+            if port is not None else None
         self._lock = threading.Lock()
         self._statuses: dict[str, core_pb2.PodStatus] = {}   # uid -> the status last generated
         self._keys: dict[str, str] = {}                      # uid -> ns/name
@@ -207,6 +212,11 @@ class RealKubelet:
 
     def _unhealthy(self, pod, kind: str, container: str, output: str) -> None:
         self.recorder.event(pod, "Warning", "Unhealthy", f"{kind.capitalize()} probe failed: {output}")
+
+    def _status_by_name(self, namespace: str, name: str):
+        """The status last generated for the pod now named namespace/name (None: not synced yet)."""
+        pod = self.pods.store.get(f"{namespace}/{name}")
+        return self._status_of(pod.metadata.uid) if pod is not None else None
 
     def _status_of(self, uid: str):
         with self._lock:
@@ -316,12 +326,18 @@ class RealKubelet:
             self.syncer.kill_pod(None, runtime)
             self.syncer.remove_pod(runtime)
         self.volumes.teardown(uid)
+        if self.cgroup_root:
+            busy = podcgroups.remove_pod(self.cgroup_root, uid)
+            if busy:
+                log.warning("pod %s: cgroups still in use, kept: %s", uid, busy)
 
     def adopt_or_clean(self) -> int:
         """Once the pod list is known: syncs the runtime's pods the apiserver has
         (kept running when they match) and cleans the others; how many were cleaned."""
         known = {p.metadata.uid for p in self.pods.store.list()}
         gone = [uid for uid in pods_on_runtime(self.runtime) if uid not in known]
+        if self.cgroup_root:  # pod cgroups of pods gone while no kubelet ran
+            gone += [uid for uid in podcgroups.pod_uids(self.cgroup_root) if uid not in known and uid not in gone]
         for uid in gone:
             self.queue.add(("gone", uid))
         return len(gone)
@@ -348,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0,
                    help="the kubelet API's port (0: any free one; Kubernetes' kubelets use 10250, but "
                         "here several share one machine); the Node's daemonEndpoints say which")
+    p.add_argument("--cgroup-root", default="",
+                   help="the cgroup under which pods' cgroups go (<root>/kubepods/<qos>/pod<uid>, given "
+                        "to the runtime as cgroup_parent), e.g. /kp3fa2-n0; empty: the runtime chooses")
     p.add_argument("--cpu", default="", help="capacity to report instead of the machine's")
     p.add_argument("--memory", default="", help="capacity to report instead of the machine's")
     p.add_argument("--pods", default="110")
@@ -385,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         kubelet = RealKubelet(client, cri, cri.images, args.node_name, node_ip=args.node_ip,
                               root=args.root, pod_cidr=args.pod_cidr, capacity=capacity, connect=connect,
                               workers=args.workers, heartbeat_interval=args.heartbeat_interval,
-                              address=args.address, port=args.port).start()
+                              address=args.address, port=args.port, cgroup_root=args.cgroup_root).start()
         if kubelet.wait_synced(60):
             kubelet.adopt_or_clean()
         log.info("kubelet of %s on %s (%s) serving", args.node_name, args.runtime, kubelet.runtime_name)
