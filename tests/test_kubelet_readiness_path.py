@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from test_kubelet_real import (HTTPD, NS, client, cstatus, get, make_pod, node, ready,  # noqa: F401
+from test_kubelet_real import (NS, client, cstatus, get, make_pod, node, ready,  # noqa: F401
                                sh, start_kubelet, wait_pod)
 
 from apiserver.pb import core_pb2
@@ -37,9 +37,10 @@ def one_worker_kubelet(client, node, tmp_path):  # noqa: F811
 
 
 def test_first_readiness_probe_runs_when_the_container_is_seen_running(client, node, one_worker_kubelet):  # noqa: F811
-    # a period of 60 s: Ready within it only if the first probe does not wait a period
-    probe = core_pb2.Probe(http_get=core_pb2.HTTPGetAction(path="/", port="8080"), period_seconds=60)
-    web = sh("web", HTTPD, ports=[core_pb2.ContainerPort(container_port=8080)], readiness_probe=probe)
+    # a period of 60 s: Ready within it only if the first probe does not wait a period (a probe
+    # that passes at once: the first one comes when the container is seen running)
+    probe = core_pb2.Probe(exec=core_pb2.ExecAction(command=["true"]), period_seconds=60)
+    web = sh("web", "exec sleep 3600", readiness_probe=probe)
     client.create(make_pod(node, "soon", [web]))
     running = wait_pod(client, "soon", lambda p: p.status.phase == "Running" and p, timeout=60, what="Running")
     t = time.monotonic()

@@ -8,7 +8,8 @@ sync again:
 
 - the pod changed in the apiserver (the informer);
 - one of its containers changed state in the runtime: a relist every second
-  compares ListContainers with the last one (Kubernetes' PLEG);
+  compares ListContainers with the last one (Kubernetes' PLEG), unless the
+  pod's last sync already read them in that state (its own starts);
 - a liveness or startup probe result changed (a failure means a restart);
 - its own requeue: soon while something waits (a back-off, a pull), else
   every ``sync_period``.
@@ -60,7 +61,7 @@ from node.kubelet.images import ImagePuller
 from node.kubelet.nodeagent import NodeAgent
 from node.kubelet.actions import PodActions
 from node.kubelet.podsync import PodSyncer, SyncResult
-from node.kubelet.probes import READINESS, Prober, ProbeManager, ProbeResults, default_connect
+from node.kubelet.probes import READINESS, SUCCESS, Prober, ProbeManager, ProbeResults, default_connect
 from node.kubelet.runtime_status import CONTAINER_RUNNING, SANDBOX_READY
 from node.kubelet.server import KubeletServer
 from node.kubelet.status import (DEADLINE_EXCEEDED, ReasonCache, active_deadline_exceeded,
@@ -117,6 +118,7 @@ class RealKubelet:
         self.queue = RateLimitingQueue(name=f"kubelet-{node_name}")
         self.status_queue = RateLimitingQueue(name=f"kubelet-status-{node_name}")
         self._n_workers = workers
+        self._seen: dict[str, dict[str, str]] = {}  # uid -> {container id: state} its last sync read
         self._pod_locks: dict[str, threading.Lock] = {}  # key -> held by the sync or status write of a pod
         self.server = KubeletServer(CriContainers(runtime), host=address, port=port) if port is not None else None
         self._lock = threading.Lock()
@@ -241,7 +243,10 @@ class RealKubelet:
             for uid in changed:
                 with self._lock:
                     key = self._keys.get(uid)
+                    seen = self._seen.get(uid)
                 if key:
+                    if seen is not None and seen == {cid: st for cid, (u, st) in now.items() if u == uid}:
+                        continue  # its last sync already read the containers as they are now
                     self.queue.add(key)
                 elif synced:
                     self.queue.add(("gone", uid))
@@ -294,12 +299,12 @@ class RealKubelet:
                 self.queue.add(key)  # a newer pod: the pod worker reads it and writes the status
 
     def _trigger_readiness(self, pod, status) -> None:
-        """A running container with no readiness result yet is probed now (Kubernetes'
-        UpdatePodStatus does the same), not a period after its worker began."""
+        """A running container not Ready yet is probed now (Kubernetes' UpdatePodStatus does
+        the same at each status), not a period after its worker began."""
         uid = pod.metadata.uid
         for cs in status.container_statuses:
             if cs.state.HasField("running") and cs.container_id and \
-                    self.probe_results.get(READINESS, cs.container_id.split("://", 1)[-1]) is None:
+                    self.probe_results.get(READINESS, cs.container_id.split("://", 1)[-1]) != SUCCESS:
                 self.probes.trigger(uid, cs.name, READINESS)
 
     def _sync_pod(self, key: str) -> None:
@@ -319,7 +324,9 @@ class RealKubelet:
             result = SyncResult(PodActions(kill_pod=True), [], {})
         else:
             result = self.syncer.sync(pod)
-        runtime = self.syncer.read(pod)
+        runtime = result.unchanged if result.unchanged is not None else self.syncer.read(pod)
+        with self._lock:  # what the relist need not tell us again
+            self._seen[uid] = {c.id: c.state for c in runtime.containers}
         if pod.metadata.deletion_timestamp:
             self._finish_deletion(key, pod, runtime)
             return
@@ -375,6 +382,7 @@ class RealKubelet:
                     return  # it came back (a stale event): nothing to clean
                 self._keys.pop(uid, None)
             self._statuses.pop(uid, None)
+            self._seen.pop(uid, None)
             if key is not None:
                 self._pod_locks.pop(key, None)
         self.probes.remove_pod(uid)
