@@ -32,6 +32,7 @@ from benchmarks.plane_scale import APP, NAMESPACE, log
 from benchmarks.plane_scale.measure import CLK_TCK, latency_summary
 from benchmarks.plane_scale.observers import PodTracker
 from benchmarks.plane_scale.processes import READY_TIMEOUT, Plane, Profiler
+from benchmarks.targets import machine_busy_seconds, machine_cpu_seconds
 
 IMAGE = "busybox"
 PROBE_PERIOD = 2  # the readiness probe's periodSeconds (as the example Deployment's)
@@ -185,6 +186,8 @@ class RealNodesRun:
             cri.images.pull_image(IMAGE)
 
     def cpu(self) -> dict[str, float]:
+        """CPU seconds of each plane process (kubelets and runtimes with their children), and
+        "machine": the whole machine's busy seconds (colleagues' work included)."""
         prefixes = tuple(node.prefix for node in self.layout.nodes)
         out = {}
         for name, pid in self.plane.pids().items():
@@ -192,6 +195,9 @@ class RealNodesRun:
                 tree_cpu_seconds(pid)
             if v is not None:
                 out[name] = v
+            if name.startswith("runtime-") and (f := _stat(pid)) is not None:
+                out["self:" + name] = (int(f[11]) + int(f[12])) / CLK_TCK  # its own Python, no children
+        out["machine"] = machine_busy_seconds(machine_cpu_seconds())
         return out
 
     def _run(self) -> dict:
@@ -203,7 +209,8 @@ class RealNodesRun:
         log(f"idle: {idle_s:.0f} s with no pods (the nodes' background CPU)")
         time.sleep(idle_s)
         b = self.cpu()
-        idle = {k: round((b[k] - a.get(k, 0)) / (time.monotonic() - t_idle), 4) for k in b}
+        idle = {k: round((b[k] - a.get(k, 0)) / (time.monotonic() - t_idle), 4) for k in b
+                if k != "machine" and not k.startswith("self:")}
 
         log(f"creating a Deployment of {P} busybox httpd pods on {len(self.layout.nodes)} real nodes")
         self.wall_offset = time.time() - time.monotonic()
@@ -241,7 +248,12 @@ class RealNodesRun:
             return sum(y[k] - x.get(k, 0) for k in y if k.startswith(name_prefix))
 
         def cpu_block(x: dict, y: dict) -> dict:
-            return {"cpu_s": {k: round(y[k] - x.get(k, 0), 2) for k in y},
+            procs = {k: round(y[k] - x.get(k, 0), 2) for k in y if k != "machine" and not k.startswith("self:")}
+            own = per("self:runtime-", x, y)
+            return {"cpu_s": procs,
+                    "runtimes_own_cpu_s": round(own, 2),
+                    "runtime_own_ms_per_pod": round(own / P * 1e3, 1),
+                    "other_processes_cpu_s": round(max(0.0, y["machine"] - x["machine"] - sum(procs.values())), 2),
                     "kubelets_cpu_s": round(per("kubelet-", x, y), 2),
                     "runtimes_cpu_s": round(per("runtime-", x, y), 2),
                     "kubelet_ms_per_pod": round(per("kubelet-", x, y) / P * 1e3, 1),

@@ -104,10 +104,15 @@ def markdown_real(r: dict) -> str:
         ["CPU per pod started: kubelet / runtime (with conmon, runc)",
          f"{fmt(ro['kubelet_ms_per_pod'])} / {fmt(ro['runtime_ms_per_pod'])} ms "
          f"({fmt(ro['kubelets_cpu_s'])} / {fmt(ro['runtimes_cpu_s'])} s in {fmt(ro['wall_s'])} s)"],
+        ["of the runtime's: its own Python process / its children (conmon, runc, ip, unshare)",
+         f"{fmt(ro.get('runtime_own_ms_per_pod'))} / "
+         f"{fmt(round(ro['runtime_ms_per_pod'] - ro['runtime_own_ms_per_pod'], 1) if 'runtime_own_ms_per_pod' in ro else None)} ms"],
         ["CPU per pod deleted: kubelet / runtime",
          f"{fmt(sd['kubelet_ms_per_pod'])} / {fmt(sd['runtime_ms_per_pod'])} ms "
          f"({fmt(sd['kubelets_cpu_s'])} / {fmt(sd['runtimes_cpu_s'])} s in {fmt(sd['wall_s'])} s)"],
-        ["idle, no pods (cores)", cores]])]
+        ["idle, no pods (cores)", cores],
+        ["the rest of the machine during the rollout (other processes)",
+         f"{ro.get('other_processes_cpu_s', 0) / max(ro['wall_s'], 1e-9):.2f} cores of {os.cpu_count()}"]])]
     names = list(ro["cpu_s"])
     out += ["", "CPU seconds of each process:", ""]
     out += table(["phase", "wall s", *names], [
