@@ -269,6 +269,7 @@ class RealNodesRun:
                 "scale_down": {"wall_s": round(t_gone - t1, 2), **cpu_block(cpu1, cpu2)}}
 
     def startup(self, times) -> dict:
+        bound = [t.bound - t.seen for t in times if t.bound is not None]
         running = [t.running - t.seen for t in times if t.running is not None]
         ready = [t.ready - t.seen for t in times if t.ready is not None]
         off = self.wall_offset
@@ -276,7 +277,7 @@ class RealNodesRun:
                       if t.running is not None and t.created_wall is not None]
         ts_ready = [t.ready - (t.created_wall - off) for t in times
                     if t.ready is not None and t.created_wall is not None]
-        return {"to_running_s": quantiles_s(running), "to_ready_s": quantiles_s(ready),
+        return {"to_bound_s": quantiles_s(bound), "to_running_s": quantiles_s(running), "to_ready_s": quantiles_s(ready),
                 "from_creation_timestamp": {"to_running_s": quantiles_s(ts_running),
                                             "to_ready_s": quantiles_s(ts_ready)}}
 

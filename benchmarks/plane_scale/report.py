@@ -97,6 +97,9 @@ def markdown_real(r: dict) -> str:
         ["pod first seen by the watch", *(" / ".join(fmt(r[k][x]) for x in q) for k in ("to_running_s", "to_ready_s"))],
         ["its creationTimestamp (whole seconds: up to 1 s early)",
          *(" / ".join(fmt(ts[k][x]) for x in q) for k in ("to_running_s", "to_ready_s"))]])
+    if "to_bound_s" in r:
+        out += ["", "Of that, from creation to bound (the scheduler): " + " / ".join(fmt(r["to_bound_s"][x]) for x in q)
+                + " s; the rest is the kubelet's queue and the pod's start."]
     cores = "; ".join(f"{k} {v:.3f}" for k, v in r["idle_cores"].items() if k.startswith(("kubelet", "runtime")))
     out += ["", "", *table(["figure", "value"], [
         [f"all {n} pods Ready, from the Deployment's create", fmt(r["all_ready_s"], " s")],
