@@ -17,7 +17,9 @@ seconds (as Kubernetes'), so it is later than the truth by up to 1 s.
 CPU per pod started: the CPU seconds of each kubelet and each runtime during
 the rollout, the runtime with its children (conmon, runc: those it reaped are
 in its cutime/cstime, the live ones read from /proc; the containers' own
-processes, in the pods' cgroups, are left out), divided by the pods started.
+processes, in the pods' cgroups, are left out, but for what an exited one
+used, which conmon's cutime takes in: nothing much for httpd, and only in the
+scale-down), divided by the pods started.
 """
 
 from __future__ import annotations
