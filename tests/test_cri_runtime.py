@@ -136,6 +136,27 @@ def test_container_logs_exec_and_status(node, sandbox):
     assert [s.id for s in node.client.list_pod_sandbox(cri_pb2.PodSandboxFilter(label_selector={"app": cfg.metadata.name}))] == [sid]
 
 
+def test_listing_by_labels_refreshes_only_the_matching_and_sees_their_exits(node, sandbox):
+    """The kubelet lists one pod's containers by label many times a second: the filter comes
+    before the refresh (which reads each container's exit), and a matching exit still shows."""
+    done = run(node, sandbox, "quick", ["true"])
+    stays = run(node, sandbox, "stays", ["sleep", "1000"])
+    by_name = cri_pb2.ContainerFilter(label_selector={"container": "quick"})
+    deadline = time.monotonic() + 20
+    while (listed := [(c.id, c.state) for c in node.client.list_containers(by_name)]) != \
+            [(done, cri_pb2.CONTAINER_EXITED)] and time.monotonic() < deadline:
+        time.sleep(0.05)  # only the list reads the exit here (no ContainerStatus call)
+    assert listed == [(done, cri_pb2.CONTAINER_EXITED)]
+    running = cri_pb2.ContainerStateValue(state=cri_pb2.CONTAINER_RUNNING)
+    assert node.client.list_containers(cri_pb2.ContainerFilter(label_selector={"container": "quick"},
+                                                               state=running)) == []
+    assert [c.id for c in node.client.list_containers(
+        cri_pb2.ContainerFilter(label_selector={"container": "stays"}, state=running))] == [stays]
+    node.client.stop_container(stays, 0)
+    for cid in (done, stays):
+        node.client.remove_container(cid)
+
+
 def test_stop_grace_period_then_sigkill(node, sandbox):
     # pid 1 of a pid namespace ignores signals it has no handler for: a polite one traps TERM
     polite = run(node, sandbox, "polite", ["sh", "-c", "trap 'exit 7' TERM; sleep 1000 & wait"])

@@ -350,3 +350,17 @@ def test_manager_runs_readiness_and_liveness_on_real_sockets(http_port):
         assert results.get(READINESS, "c1") is None
     finally:
         mgr.stop()
+
+
+def test_a_new_containers_first_belief_is_not_a_change():
+    """The kubelet reads a missing result as the initial belief: telling it would cost a sync."""
+    changes = []
+    results = ProbeResults(on_change=lambda *a: changes.append(a))
+    results.set(READINESS, "c1", FAILURE, "uid-1")
+    results.set(LIVENESS, "c1", SUCCESS, "uid-1")
+    assert changes == []
+    results.set(READINESS, "c1", SUCCESS, "uid-1")
+    results.set(LIVENESS, "c1", FAILURE, "uid-1")
+    assert changes == [(READINESS, "c1", SUCCESS, "uid-1"), (LIVENESS, "c1", FAILURE, "uid-1")]
+    results.set(READINESS, "c2", SUCCESS, "uid-1")  # a first result other than the belief is one
+    assert changes[-1] == (READINESS, "c2", SUCCESS, "uid-1")

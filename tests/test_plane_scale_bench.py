@@ -1,6 +1,7 @@
 """The control-plane scale benchmark, end to end in a tiny configuration:
 every component its own process, a Deployment of 12 replicas on 3 nodes,
-scaled to 0; the results files are written and hold consistent figures."""
+scaled to 0; the results files are written and hold consistent figures. And
+its real-nodes part alone (2 real nodes, 4 pods) where real nodes can run."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 import pytest
 
 from harness.procs import PYTHON, REPO
+from node import capable
 
 pytestmark = pytest.mark.process
 
@@ -20,11 +22,12 @@ def test_the_benchmark_runs_end_to_end_and_writes_its_results(tmp_path):
     out = subprocess.run(
         [PYTHON, "-m", "benchmarks.plane_scale", "--nodes", str(NODES), "--replicas", str(REPLICAS),
          "--idle-seconds", "2", "--progress-every", "2", "--stall-timeout", "60", "--timeout", "150",
-         "--out", str(tmp_path)],
+         "--real-nodes", "0", "--out", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
 
     result = json.loads((tmp_path / "plane_results.json").read_text())
+    assert result["real_nodes"]["skipped"] == "--real-nodes 0"
     meta, rollout, down = result["meta"], result["rollout"], result["scale_down"]
     assert (meta["nodes"], meta["replicas"]) == (NODES, REPLICAS)
     assert meta["git_commit"] and meta["machine"]
@@ -52,3 +55,35 @@ def test_the_benchmark_runs_end_to_end_and_writes_its_results(tmp_path):
     md = (tmp_path / "plane_results.md").read_text()
     assert f"a Deployment of {REPLICAS} replicas" in md
     assert "scheduler throughput" in md and "| rollout |" in md
+
+
+def test_the_real_nodes_part_alone_measures_startup_and_keeps_the_other_figures(tmp_path):
+    reason = capable.why_not()
+    if reason:
+        pytest.skip(f"real nodes cannot run here: {reason}")
+    (tmp_path / "plane_results.json").write_text(json.dumps({"kept": "the simulated run's figures"}))
+    pods = 4
+    out = subprocess.run(
+        [PYTHON, "-m", "benchmarks.plane_scale", "--only", "real", "--real-nodes", "2", "--real-pods", str(pods),
+         "--real-idle-seconds", "1", "--progress-every", "2", "--stall-timeout", "60", "--timeout", "150",
+         "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "left behind" not in out.stderr
+
+    result = json.loads((tmp_path / "plane_results.json").read_text())
+    assert result["kept"] == "the simulated run's figures"
+    real = result["real_nodes"]
+    assert (real["nodes"], real["pods"]) == (2, pods)
+    bound, running, ready = real["to_bound_s"], real["to_running_s"], real["to_ready_s"]
+    assert bound["n"] == running["n"] == ready["n"] == pods
+    for q in (bound, running, ready):
+        assert 0 < q["p50_s"] <= q["p90_s"] <= q["p99_s"] <= q["max_s"], q
+    # each pod is bound before it runs, and runs before it is Ready
+    assert bound["max_s"] <= running["max_s"] <= ready["max_s"]
+    assert 0 < real["all_ready_s"] and 0 < real["pods_gone_s"]
+    rollout = real["rollout"]
+    assert rollout["kubelet_ms_per_pod"] > 0 and rollout["runtime_ms_per_pod"] > rollout["runtime_own_ms_per_pod"] > 0
+    assert set(rollout["cpu_s"]) >= {"runtime-0", "runtime-1", "kubelet-0", "kubelet-1", "apiserver"}
+    md = (tmp_path / "plane_results.md").read_text()
+    assert md.startswith("# Real nodes: pod startup latency") and "| to Running | to Ready |" in md

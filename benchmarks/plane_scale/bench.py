@@ -304,7 +304,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", type=Path, help="record every plane process with py-spy during the rollout "
                    "and the scale-down into this directory (collapsed stacks; skews the figures a little)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (data and logs)")
+    real = p.add_argument_group("real nodes", "after the simulated run: pod startup latency on real nodes "
+                                "(runs where node.capable.why_not() is None, as root)")
+    real.add_argument("--real-nodes", type=int, default=3, help="real nodes (0: no real-nodes run)")
+    real.add_argument("--real-pods", type=int, default=100, help="pods of the real nodes' Deployment")
+    real.add_argument("--real-idle-seconds", type=float, default=10.0,
+                      help="seconds with no pods first, for the nodes' background CPU")
+    real.add_argument("--real-kubelet-args", default="", help="more flags for the real kubelets, e.g. '--workers 8'")
+    p.add_argument("--only", choices=("scale", "real"),
+                   help="run one part; the other part's figures are kept from the results file in --out")
     return p
+
+
+def run_part(args, workdir: Path, run):
+    """run() -> its figures; an exit code when it stalled or was interrupted. The work dir
+    goes afterwards unless --keep."""
+    try:
+        return run()
+    except Stalled as e:
+        log(f"STALLED: {e}\n(--keep keeps the processes' logs in the work dir)")
+        return 2
+    except KeyboardInterrupt:
+        log("interrupted; everything stopped")
+        return 130
+    finally:
+        if args.keep:
+            log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def real_part(args, meta: dict):
+    """The real-nodes run's figures, with their own header; {"skipped": why} when this machine
+    cannot run real nodes or --real-nodes is 0; an exit code when it failed."""
+    from benchmarks.plane_scale.realnodes import RealNodesRun
+    from node import capable
+
+    head = {k: meta[k] for k in ("command", "date", "machine", "git_commit")}
+    head["date"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    head["loadavg_at_start"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    why = "--real-nodes 0" if args.real_nodes <= 0 else capable.why_not()
+    if why:
+        log(f"real nodes: skipped ({why})")
+        return {"meta": head, "skipped": why}
+    workdir = Path(tempfile.mkdtemp(prefix="plane-real-"))
+    log(f"real nodes: {args.real_nodes} nodes, {args.real_pods} pods; work dir {workdir}")
+    t = time.monotonic()
+    figures = run_part(args, workdir, lambda: RealNodesRun(args, workdir).run())
+    if isinstance(figures, int):
+        return figures
+    head["total_s"] = round(time.monotonic() - t, 1)
+    return {"meta": head, **figures}
 
 
 def interrupted(signum, frame) -> None:
@@ -318,7 +368,6 @@ def main(argv: list[str] | None = None) -> int:
     args.idle_seconds = args.idle_seconds if args.idle_seconds is not None else (5.0 if args.quick else 15.0)
     args.kubelet_procs = max(1, min(args.kubelet_procs, args.nodes))
     signal.signal(signal.SIGTERM, interrupted)
-    workdir = Path(tempfile.mkdtemp(prefix="plane-scale-"))
     meta = {"command": " ".join(["python -m benchmarks.plane_scale",
                                  *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
@@ -326,23 +375,27 @@ def main(argv: list[str] | None = None) -> int:
             **{k: getattr(args, k) for k in ("nodes", "replicas", "kubelet_procs", "node_cpu", "node_memory",
                                              "pod_cpu", "pod_memory", "ready_delay", "idle_seconds",
                                              "manager_args", "scheduler_args", "kubelet_args")}}
-    log(f"{args.nodes} nodes, {args.replicas} replicas; work dir {workdir}")
-    t_start = time.monotonic()
     try:
-        result = Benchmark(args, workdir).run()
-    except Stalled as e:
-        log(f"STALLED: {e}\n(--keep keeps the processes' logs in the work dir)")
-        return 2
-    except KeyboardInterrupt:
-        log("interrupted; everything stopped")
-        return 130
-    finally:
-        if args.keep:
-            log(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    meta["total_s"] = round(time.monotonic() - t_start, 1)
-    result = {"meta": meta, **result}
+        previous = json.loads((args.out / "plane_results.json").read_text())
+    except (OSError, ValueError):
+        previous = {}
+    result = {k: v for k, v in previous.items() if k != "real_nodes"} if args.only == "real" else {}
+    if args.only != "real":
+        workdir = Path(tempfile.mkdtemp(prefix="plane-scale-"))
+        log(f"{args.nodes} nodes, {args.replicas} replicas; work dir {workdir}")
+        t_start = time.monotonic()
+        rc = run_part(args, workdir, lambda: Benchmark(args, workdir).run())
+        if isinstance(rc, int):
+            return rc
+        meta["total_s"] = round(time.monotonic() - t_start, 1)
+        result = {"meta": meta, **rc}
+    if args.only != "scale":
+        real = real_part(args, meta)
+        if isinstance(real, int):
+            return real
+        result["real_nodes"] = real
+    elif "real_nodes" in previous:
+        result["real_nodes"] = previous["real_nodes"]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "plane_results.json").write_text(to_json(result))
     (args.out / "plane_results.md").write_text(markdown(result))

@@ -16,6 +16,7 @@ from apiserver.client import Client
 from apiserver.errors import ApiError
 from apiserver.pb import core_pb2
 from benchmarks.plane_scale import APP, NAMESPACE, PHASES, PROBE_NAMESPACE, log
+from controllers.podutil import parse_time
 
 PROBE_OPS = ("get", "list", "create", "update", "delete")
 PROBE_PAUSE = 0.1  # seconds between two probe calls: ~8 calls/s, a light load
@@ -96,7 +97,9 @@ class Probe:
 class PodTimes:
     seen: float
     bound: float | None = None
-    ready: float | None = None
+    ready: float | None = None  # Running and Ready
+    running: float | None = None  # phase Running
+    created_wall: float | None = None  # its creationTimestamp (whole seconds), epoch seconds
     terminating: float | None = None
     deleted: float | None = None
 
@@ -138,8 +141,11 @@ class PodTracker:
         t = self.pods.get(pod.metadata.uid)
         if t is None:
             t = self.pods[pod.metadata.uid] = PodTimes(seen=now)
+            t.created_wall = parse_time(pod.metadata.creation_timestamp) if pod.metadata.creation_timestamp else None
         if t.bound is None and pod.spec.node_name:
             t.bound = now
+        if t.running is None and pod.status.phase == "Running":
+            t.running = now
         if t.ready is None and running_and_ready(pod):
             t.ready = now
         if t.terminating is None and pod.metadata.deletion_timestamp:

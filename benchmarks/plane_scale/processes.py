@@ -28,7 +28,8 @@ class Plane:
         self.procs: dict[str, ServerProcess] = {}
         self.server: str | None = None  # the apiserver's address, once start() has started it
 
-    def start(self) -> None:
+    def start(self, hollow: bool = True) -> None:
+        """``hollow``: start the simulated nodes too (the real-nodes run starts its own nodes)."""
         a = self.args
         log("starting etcdlite")
         self.procs["etcd"] = self.registry.start_etcdlite(self.workdir, name="etcd", log_level="warn",
@@ -38,9 +39,11 @@ class Plane:
                         ready_timeout=READY_TIMEOUT, log_level="warning")
         self.procs["apiserver"] = api.start()
         self.server = api.endpoint
-        log("starting the controller-manager, the scheduler and the simulated nodes")
+        log("starting the controller-manager, the scheduler" + (" and the simulated nodes" if hollow else ""))
         self._start("controller-manager", "controllers.manager", a.manager_args)
         self._start("scheduler", "controllers.scheduler", a.scheduler_args)
+        if not hollow:
+            return
         first = 0
         for i in range(a.kubelet_procs):
             count = a.nodes // a.kubelet_procs + (1 if i < a.nodes % a.kubelet_procs else 0)

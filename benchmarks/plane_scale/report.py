@@ -67,6 +67,64 @@ def table(header: list[str], rows: list[list]) -> list[str]:
 
 
 def markdown(result: dict) -> str:
+    """The simulated run's section (when the results have one), then the real nodes'."""
+    out = markdown_scale(result) if "rollout" in result else ""
+    if "real_nodes" in result:
+        out += ("\n" if out else "") + markdown_real(result["real_nodes"])
+    return out
+
+
+def markdown_real(r: dict) -> str:
+    """The real-nodes run: pod startup latency, CPU per pod, deletion."""
+    m = r["meta"]
+    out = ["# Real nodes: pod startup latency", "", f"- command: `{m['command']}`",
+           f"- date: {m['date']}" + (f"; took {m['total_s']} s" if "total_s" in m else ""),
+           f"- machine: {m['machine']}; load average at start (1/5/15 min): {m['loadavg_at_start']}",
+           f"- git commit: {m['git_commit']}"]
+    if "skipped" in r:
+        return "\n".join(out + ["", f"Skipped: {r['skipped']}."]) + "\n"
+    n, ro, sd = r["pods"], r["rollout"], r["scale_down"]
+    out += [(f"- {r['nodes']} real nodes (a CRI runtime on runc + conmon and a kubelet each"
+             + (f", kubelet flags `{r['kubelet_args']}`" if r.get("kubelet_args") else "") + "); "
+             f"a Deployment of {n} busybox httpd pods with an httpGet readiness probe every "
+             f"{r['probe_period_s']} s; the image is in the node's store (no pull)"),
+            "", ("Pod startup latency, per pod, from its creation (the moment the benchmark's pod watch first "
+                 "saw it) to the watch seeing it Running, and Ready (Kubernetes' SLO: p99 <= 5 s). "
+                 "p50 / p90 / p99 / max in seconds:"), ""]
+    q = ("p50_s", "p90_s", "p99_s", "max_s")
+    ts = r["from_creation_timestamp"]
+    out += table(["from", "to Running", "to Ready"], [
+        ["pod first seen by the watch", *(" / ".join(fmt(r[k][x]) for x in q) for k in ("to_running_s", "to_ready_s"))],
+        ["its creationTimestamp (whole seconds: up to 1 s early)",
+         *(" / ".join(fmt(ts[k][x]) for x in q) for k in ("to_running_s", "to_ready_s"))]])
+    if "to_bound_s" in r:
+        out += ["", "Of that, from creation to bound (the scheduler): " + " / ".join(fmt(r["to_bound_s"][x]) for x in q)
+                + " s; the rest is the kubelet's queue and the pod's start."]
+    cores = "; ".join(f"{k} {v:.3f}" for k, v in r["idle_cores"].items() if k.startswith(("kubelet", "runtime")))
+    out += ["", "", *table(["figure", "value"], [
+        [f"all {n} pods Ready, from the Deployment's create", fmt(r["all_ready_s"], " s")],
+        [f"scale to 0: all {n} pods gone", fmt(r["pods_gone_s"], " s")],
+        ["CPU per pod started: kubelet / runtime (with conmon, runc)",
+         f"{fmt(ro['kubelet_ms_per_pod'])} / {fmt(ro['runtime_ms_per_pod'])} ms "
+         f"({fmt(ro['kubelets_cpu_s'])} / {fmt(ro['runtimes_cpu_s'])} s in {fmt(ro['wall_s'])} s)"],
+        ["of the runtime's: its own Python process / its children (conmon, runc, ip, unshare)",
+         f"{fmt(ro.get('runtime_own_ms_per_pod'))} / "
+         f"{fmt(round(ro['runtime_ms_per_pod'] - ro['runtime_own_ms_per_pod'], 1) if 'runtime_own_ms_per_pod' in ro else None)} ms"],
+        ["CPU per pod deleted: kubelet / runtime",
+         f"{fmt(sd['kubelet_ms_per_pod'])} / {fmt(sd['runtime_ms_per_pod'])} ms "
+         f"({fmt(sd['kubelets_cpu_s'])} / {fmt(sd['runtimes_cpu_s'])} s in {fmt(sd['wall_s'])} s)"],
+        ["idle, no pods (cores)", cores],
+        ["the rest of the machine during the rollout (other processes)",
+         f"{ro.get('other_processes_cpu_s', 0) / max(ro['wall_s'], 1e-9):.2f} cores of {os.cpu_count()}"]])]
+    names = list(ro["cpu_s"])
+    out += ["", "CPU seconds of each process:", ""]
+    out += table(["phase", "wall s", *names], [
+        [phase, fmt(u["wall_s"]), *(fmt(u["cpu_s"].get(k)) for k in names)]
+        for phase, u in (("rollout", ro), ("scale-down", sd))])
+    return "\n".join(out) + "\n"
+
+
+def markdown_scale(result: dict) -> str:
     m, ro, sd, use = result["meta"], result["rollout"], result["scale_down"], result["usage"]
     n = m["replicas"]
     cpu_up, cpu_down = plane_cpu(use["rollout"]), plane_cpu(use["scale-down"])

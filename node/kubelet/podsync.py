@@ -55,6 +55,9 @@ class SyncResult:
     sandbox_error: str = ""     # why the sandbox could not be made
     volume_error: str = ""      # why a volume could not be set up (FailedMount)
     retry_after: float = 0.0    # when every failure is a back-off: seconds until the first ends
+    # the runtime's view this sync began with, while the sync changed nothing in the runtime
+    # (the status needs no second read then); None once it stopped, removed or started anything
+    unchanged: PodRuntimeStatus | None = None
 
 
 class PodSyncer:
@@ -98,6 +101,10 @@ class PodSyncer:
         status = status if status is not None else self.read(pod)
         plan = act.compute_pod_actions(pod, status, self.probe_results)
         result = SyncResult(plan, [], {})
+        removals = [] if plan.create_sandbox else act.containers_to_remove(status)
+        if not (plan.kill_pod or plan.containers_to_kill or plan.create_sandbox or removals
+                or plan.next_init_container or plan.containers_to_start):
+            result.unchanged = status
         if plan.kill_pod:
             self.kill_pod(pod, status)
         else:
@@ -111,7 +118,7 @@ class PodSyncer:
                 if any(c.name == cs.name for c in pod.spec.init_containers):
                     self._remove_container(cs.id)
         else:  # exited containers beyond the newest of each name go (it stays for lastState and logs)
-            for cid in act.containers_to_remove(status):
+            for cid in removals:
                 self._remove_container(cid)
         if self.volumes is not None and (not plan.kill_pod or plan.create_sandbox):
             # every sync: a changed ConfigMap or Secret reaches the running containers

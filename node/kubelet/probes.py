@@ -82,9 +82,13 @@ class ProbeResults:
             return self._results.get((kind, container_id))
 
     def set(self, kind: str, container_id: str, result: str, pod_uid: str = "") -> None:
+        """A new container's first belief (INITIAL_RESULT) is no change: the kubelet already
+        reads a missing result as that belief (not ready, not started, alive)."""
         with self._lock:
             before = self._results.get((kind, container_id))
             self._results[(kind, container_id)] = result
+        if before is None and result == INITIAL_RESULT[kind]:
+            return
         if before != result and self._on_change is not None:
             self._on_change(kind, container_id, result, pod_uid)
 

@@ -8,11 +8,18 @@ sync again:
 
 - the pod changed in the apiserver (the informer);
 - one of its containers changed state in the runtime: a relist every second
-  compares ListContainers with the last one (Kubernetes' PLEG);
-- a probe result changed (a liveness failure means a restart, readiness the
-  Ready condition);
+  compares ListContainers with the last one (Kubernetes' PLEG), unless the
+  pod's last sync already read them in that state (its own starts);
+- a liveness or startup probe result changed (a failure means a restart);
 - its own requeue: soon while something waits (a back-off, a pull), else
   every ``sync_period``.
+
+A readiness result that changed does not wait for a pod worker: as
+Kubernetes' status manager, a status worker writes the pod's new status (its
+containers read again, nothing started or stopped), so a pod goes Ready while
+the pod workers are busy starting other pods. And a container seen running
+with no readiness result yet gets its first probe at once (as Kubernetes'
+UpdatePodStatus triggers it), not a period after the pod was added.
 
 A deleted pod is stopped with its grace period and then removed from the
 apiserver (grace 0), as the kubelet's status manager does; a pod gone from
@@ -31,6 +38,7 @@ container logs, as /var/log/pods) and ``pods/<uid>/volumes`` (as /var/lib/kubele
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import os
@@ -54,7 +62,7 @@ from node.kubelet import podcgroups
 from node.kubelet.nodeagent import NodeAgent
 from node.kubelet.actions import PodActions
 from node.kubelet.podsync import PodSyncer, SyncResult
-from node.kubelet.probes import Prober, ProbeManager, ProbeResults, default_connect
+from node.kubelet.probes import READINESS, SUCCESS, Prober, ProbeManager, ProbeResults, default_connect
 from node.kubelet.runtime_status import CONTAINER_RUNNING, SANDBOX_READY
 from node.kubelet.server import KubeletServer
 from node.kubelet.status import (DEADLINE_EXCEEDED, ReasonCache, active_deadline_exceeded,
@@ -112,7 +120,10 @@ class RealKubelet:
         self.pods = Informer(client, "pods", field_selector=f"spec.nodeName={node_name}")
         self.pods.add_handler(self._pod_added, lambda old, new: self._pod_added(new), self._pod_deleted)
         self.queue = RateLimitingQueue(name=f"kubelet-{node_name}")
+        self.status_queue = RateLimitingQueue(name=f"kubelet-status-{node_name}")
         self._n_workers = workers
+        self._seen: dict[str, dict[str, str]] = {}  # uid -> {container id: state} its last sync read
+        self._pod_locks: dict[str, threading.Lock] = {}  # key -> held by the sync or status write of a pod
         self.server = KubeletServer(CriContainers(runtime, self._status_by_name), host=address, port=port) \
             if port is not None else None
         self._lock = threading.Lock()
@@ -133,6 +144,7 @@ class RealKubelet:
         self.probes.start()
         self.pods.start()
         self._threads += start_workers(self.queue, self._sync, self._n_workers, f"kubelet-{self.node_name}")
+        self._threads += start_workers(self.status_queue, self._sync_status, 2, f"kubelet-status-{self.node_name}")
         relist = threading.Thread(target=self._relist_loop, name=f"relist-{self.node_name}", daemon=True)
         relist.start()
         self._threads.append(relist)
@@ -142,6 +154,7 @@ class RealKubelet:
         """Stops the kubelet; its pods' containers keep running."""
         self._stop.set()
         self.queue.shut_down()
+        self.status_queue.shut_down()
         self.pods.stop()
         self.probes.stop()
         self.agent.stop()
@@ -208,7 +221,8 @@ class RealKubelet:
         with self._lock:
             key = self._keys.get(uid)
         if key:
-            self.queue.add(key)
+            # readiness only changes the status; liveness and startup may restart a container
+            (self.status_queue if kind == READINESS else self.queue).add(key)
 
     def _unhealthy(self, pod, kind: str, container: str, output: str) -> None:
         self.recorder.event(pod, "Warning", "Unhealthy", f"{kind.capitalize()} probe failed: {output}")
@@ -239,17 +253,71 @@ class RealKubelet:
             for uid in changed:
                 with self._lock:
                     key = self._keys.get(uid)
+                    seen = self._seen.get(uid)
                 if key:
+                    if seen is not None and seen == {cid: st for cid, (u, st) in now.items() if u == uid}:
+                        continue  # its last sync already read the containers as they are now
                     self.queue.add(key)
                 elif synced:
                     self.queue.add(("gone", uid))
 
     # ---- the sync ----
 
+    def _pod_lock(self, key: str) -> threading.Lock:
+        with self._lock:
+            return self._pod_locks.setdefault(key, threading.Lock())
+
     def _sync(self, key) -> None:
         if isinstance(key, tuple):
             self._cleanup(key[1])
             return
+        with self._pod_lock(key):
+            self._sync_pod(key)
+
+    def _sync_status(self, key: str) -> None:
+        """A readiness result changed: write the pod's status again, from its containers as the
+        runtime has them now, without starting or stopping anything. Anything beyond a status
+        (a terminal or deleted pod, a conflict) goes to the pod workers."""
+        lock = self._pod_lock(key)
+        if not lock.acquire(blocking=False):
+            # its pod worker is at it: what it writes may predate the result, so look again soon
+            self.status_queue.add_after(key, 0.2)
+            return
+        with contextlib.ExitStack() as held:
+            held.callback(lock.release)
+            pod = self.pods.store.get(key)
+            if pod is None or pod.spec.node_name != self.node_name:
+                return
+            if pod.metadata.deletion_timestamp or pod.status.phase in TERMINAL or \
+                    active_deadline_exceeded(pod, time.time()):
+                self.queue.add(key)
+                return
+            status = generate_pod_status(pod, self.syncer.read(pod), runtime_name=self.runtime_name,
+                                         host_ip=self.node_ip, reasons=self.reasons,
+                                         probe_results=self.probe_results)
+            with self._lock:
+                self._statuses[pod.metadata.uid] = status
+            if not status_differs(pod.status, status):
+                return
+            updated = deep_copy(pod)
+            updated.status.CopyFrom(status)
+            try:
+                self.client.update_status(updated)
+            except ApiError as e:
+                if e.reason not in ("Conflict", "NotFound"):
+                    raise
+                self.queue.add(key)  # a newer pod: the pod worker reads it and writes the status
+
+    def _trigger_readiness(self, pod, status) -> None:
+        """A running container not Ready yet is probed now (Kubernetes' UpdatePodStatus does
+        the same at each status), not a period after its worker began."""
+        uid = pod.metadata.uid
+        for cs in status.container_statuses:
+            if cs.state.HasField("running") and cs.container_id and \
+                    self.probe_results.get(READINESS, cs.container_id.split("://", 1)[-1]) != SUCCESS:
+                self.probes.trigger(uid, cs.name, READINESS)
+
+    def _sync_pod(self, key: str) -> None:
         pod = self.pods.store.get(key)
         if pod is None or pod.spec.node_name != self.node_name:
             return
@@ -266,7 +334,9 @@ class RealKubelet:
             result = SyncResult(PodActions(kill_pod=True), [], {})
         else:
             result = self.syncer.sync(pod)
-        runtime = self.syncer.read(pod)
+        runtime = result.unchanged if result.unchanged is not None else self.syncer.read(pod)
+        with self._lock:  # what the relist need not tell us again
+            self._seen[uid] = {c.id: c.state for c in runtime.containers}
         if pod.metadata.deletion_timestamp:
             self._finish_deletion(key, pod, runtime)
             return
@@ -275,6 +345,7 @@ class RealKubelet:
                                      fail_with=fail_with)
         with self._lock:
             self._statuses[uid] = status
+        self._trigger_readiness(pod, status)
         if status_differs(pod.status, status):
             updated = deep_copy(pod)
             updated.status.CopyFrom(status)
@@ -288,7 +359,9 @@ class RealKubelet:
         settled = (status.phase in TERMINAL) or (
             not result.failed and not result.sandbox_error and not result.actions.containers_to_start
             and not result.actions.next_init_container and not result.actions.create_sandbox
-            and all(cs.ready for cs in status.container_statuses))
+            # a running container that is not Ready yet needs no sync: its readiness result
+            # reaches the status through the status workers
+            and all(cs.ready or cs.state.HasField("running") for cs in status.container_statuses))
         delay = self.sync_period if settled else self.retry_period
         if result.failed and set(result.failed.values()) == {"CrashLoopBackOff"} and result.retry_after:
             # nothing to do before the back-off ends (a container's death is seen by the relist)
@@ -319,6 +392,9 @@ class RealKubelet:
                     return  # it came back (a stale event): nothing to clean
                 self._keys.pop(uid, None)
             self._statuses.pop(uid, None)
+            self._seen.pop(uid, None)
+            if key is not None:
+                self._pod_locks.pop(key, None)
         self.probes.remove_pod(uid)
         self.reasons.forget_pod(uid)
         runtime = read_pod(self.runtime, uid)

@@ -246,19 +246,19 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
             labels=cfg.labels, annotations=cfg.annotations)
 
     def _list_containers(self, f) -> list[cri_pb2.Container]:
+        def match(rec: dict) -> bool:  # on what a refresh never changes
+            if f.id and not rec["id"].startswith(f.id):
+                return False
+            if f.pod_sandbox_id and not rec["sandbox_id"].startswith(f.pod_sandbox_id):
+                return False
+            labels = rec["config"].get("labels", {})
+            return all(labels.get(k) == v for k, v in f.label_selector.items())
+
         out = []
-        for rec in self.containers.all():
-            if f is not None:
-                if f.id and not rec["id"].startswith(f.id):
-                    continue
-                if f.pod_sandbox_id and not rec["sandbox_id"].startswith(f.pod_sandbox_id):
-                    continue
-                if f.HasField("state") and rec["state"] != f.state.state:
-                    continue
-            cfg = self.containers.config(rec)
-            if f is not None and any(cfg.labels.get(k) != v for k, v in f.label_selector.items()):
+        for rec in self.containers.all(match if f is not None else None):
+            if f is not None and f.HasField("state") and rec["state"] != f.state.state:
                 continue
-            out.append(self._container(rec, cfg))
+            out.append(self._container(rec))
         return out
 
     async def ListContainers(self, request, context):
