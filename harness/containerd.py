@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from harness.procs import DEFAULT_READY_TIMEOUT, Registry, ServerProcess
+from node.runtime.cleanup import pids_where
 
 CONTAINERD = shutil.which("containerd")
 CTR = shutil.which("ctr")
@@ -214,18 +215,8 @@ def build_pause(store, busybox_image) -> None:
 def shim_pids(socket: str) -> list[int]:
     """containerd-shim-runc-v2 processes serving the containerd at `socket` (their command line
     names its address)."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if argv and os.path.basename(argv[0]).startswith(b"containerd-shim") and socket.encode() in argv:
-            found.append(int(name))
-    return found
+    return pids_where(lambda argv: os.path.basename(argv[0]).startswith(b"containerd-shim")
+                      and socket.encode() in argv)
 
 
 def shim_socket(socket: str, task_id: str) -> str:

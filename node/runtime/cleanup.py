@@ -61,9 +61,8 @@ def node_prefixes(prefix: str) -> list[str]:
     return sorted(found)
 
 
-def conmon_pids(runc_root: str) -> list[int]:
-    """conmons driving runc with this runc root (their command line says --root=<runc_root>)."""
-    want = f"--root={runc_root}".encode()
+def pids_where(match) -> list[int]:
+    """The processes whose command line (a list of bytes, never empty) ``match`` accepts."""
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -73,9 +72,15 @@ def conmon_pids(runc_root: str) -> list[int]:
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        if argv and os.path.basename(argv[0]) == b"conmon" and want in argv:
+        if argv and argv[0] and match(argv):
             found.append(int(name))
     return found
+
+
+def conmon_pids(runc_root: str) -> list[int]:
+    """conmons driving runc with this runc root (their command line says --root=<runc_root>)."""
+    want = f"--root={runc_root}".encode()
+    return pids_where(lambda argv: os.path.basename(argv[0]) == b"conmon" and want in argv)
 
 
 def cleanup(prefix: str, root: str | None = None, remove_state: bool = True) -> list[str]:
