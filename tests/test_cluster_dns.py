@@ -22,6 +22,8 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from apiserver import resources
 from apiserver.client import Client
@@ -148,6 +150,25 @@ def test_bad_packets_get_formerr_or_nothing(responder):
     for _ in range(200):
         responder.respond(os.urandom(64), UDP_MIN)  # whatever it is: no exception
     assert texts(ask(responder, "web.default.svc.cluster.local", "A")) == ["10.96.0.20"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(["web.default.svc.cluster.local", "_http._tcp.hl.default.svc.cluster.local",
+                             "example.com", "20.0.96.10.in-addr.arpa"]),
+       flips=st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=6),
+       cut=st.integers(0, 120), edns=st.booleans())
+def test_mutated_queries_never_break_the_responder(responder, name, flips, cut, edns):
+    wire = bytearray(dns.message.make_query(name, "SRV", use_edns=0 if edns else None).to_wire())
+    for pos, byte in flips:
+        if pos < len(wire):
+            wire[pos] = byte
+    wire = bytes(wire[: len(wire) - cut if cut < len(wire) else len(wire)])
+    out = responder.respond(wire, UDP_MIN)
+    if out is None:  # dropped: too short for a header, or claims to be a response
+        assert len(wire) < 12 or wire[2] & 0x80
+        return
+    assert out[:2] == wire[:2] and out[2] & 0x80 and len(out) <= 512
+    dns.message.from_wire(out)  # whatever we send parses
 
 
 # ---- the server process on a real apiserver ----
