@@ -13,8 +13,9 @@ docs/specification.md) lays them out under the cluster domain (``cluster.local``
 - the zone's SOA and NS, ``ns.dns.<zone>`` A (the server's address) and ``dns-version.<zone>`` TXT.
 
 ``Records`` holds them per Service (``set_service``/``set_endpoints``, from the informers'
-threads) in one index name -> type -> rdatas, changed per Service, so a change costs that
-Service's records, not the cluster's. ``lookup`` answers one question: an ``Answer`` with the
+threads) in one index name -> type -> RRset, changed per Service, so a change costs that
+Service's records, not the cluster's; the RRsets are built once per change (dnspython hashes
+each record it adds to a set, which costs more than rendering it), and answers share them. ``lookup`` answers one question: an ``Answer`` with the
 DNS result code and sections, or None for a name outside what this server is authoritative for
 (the caller answers REFUSED: there is no upstream to forward to). Names compare case-insensitively.
 """
@@ -29,6 +30,7 @@ import dns.name
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
+import dns.rrset
 from dns.rdtypes.ANY.CNAME import CNAME
 from dns.rdtypes.ANY.NS import NS
 from dns.rdtypes.ANY.PTR import PTR
@@ -85,8 +87,9 @@ class EndpointInfo:
 
 @dataclass
 class Answer:
+    """Sections as lists of RRsets, shared with the records: never modify them (copy first)."""
     rcode: int
-    answer: list = field(default_factory=list)  # [(name text, rdtype, [rdata])]
+    answer: list = field(default_factory=list)
     additional: list = field(default_factory=list)
     authority: list = field(default_factory=list)
     authoritative: bool = True
@@ -107,7 +110,20 @@ def _ipv4(text: str) -> bool:
         return False
 
 
-Fragment = dict  # name -> rdtype -> [rdata]
+Fragment = dict  # name -> rdtype -> RRset
+
+
+def _rrsets(lists: dict, ttl: int) -> Fragment:
+    """{name: {rdtype: [rdata]}} as {name: {rdtype: RRset}}."""
+    out: Fragment = {}
+    for name, types in lists.items():
+        owner = _name(name)
+        for rdtype, rdatas in types.items():
+            rrset = dns.rrset.RRset(owner, IN, rdtype)
+            for rd in rdatas:
+                rrset.add(rd, ttl)
+            out.setdefault(name, {})[rdtype] = rrset
+    return out
 
 
 class Records:
@@ -130,12 +146,14 @@ class Records:
         ns_name = f"ns.dns.{z}"
         self.soa = SOA(IN, T_SOA, _name(ns_name), _name(f"hostmaster.{z}"), 1, SOA_REFRESH,
                        SOA_RETRY, SOA_EXPIRE, self.ttl)
-        frag: Fragment = {
+        lists = {
             z: {T_SOA: [self.soa], T_NS: [NS(IN, T_NS, _name(ns_name))]},
             f"dns-version.{z}": {T_TXT: [TXT(IN, T_TXT, [SCHEMA_VERSION])]},
         }
         if server_ips:
-            frag[ns_name] = {T_A: [A(IN, T_A, ip) for ip in server_ips]}
+            lists[ns_name] = {T_A: [A(IN, T_A, ip) for ip in server_ips]}
+        frag = _rrsets(lists, self.ttl)
+        self.soa_rrset = frag[z][T_SOA]
         self._replace("", frag)
 
     # ---- changes (informer threads) ----
@@ -169,14 +187,14 @@ class Records:
 
     def _service_fragment(self, svc: ServiceInfo, endpoints: tuple[EndpointInfo, ...]) -> Fragment:
         base = f"{svc.name}.{svc.namespace}.svc.{self.zone}".lower()
-        frag: Fragment = {}
+        frag: dict = {}  # name -> rdtype -> [rdata] (SRV: (port, target) until weighed)
 
         def add(name: str, rdtype, rdata) -> None:
             frag.setdefault(name, {}).setdefault(rdtype, []).append(rdata)
 
         if svc.external_name:
             add(base, T_CNAME, CNAME(IN, T_CNAME, _name(svc.external_name)))
-            return frag
+            return _rrsets(frag, self.ttl)
         if svc.headless:
             for ep in endpoints:
                 if not _ipv4(ep.ip):
@@ -190,19 +208,19 @@ class Records:
                         srv = f"_{p.name}._{p.protocol}.{base}".lower()
                         add(srv, T_SRV, (p.port, host))
             self._weigh_srv(frag)
-            return frag
+            return _rrsets(frag, self.ttl)
         if not _ipv4(svc.cluster_ip):
-            return frag  # no address yet (or IPv6 only): no records, the name does not exist
+            return {}  # no address yet (or IPv6 only): no records, the name does not exist
         add(base, T_A, A(IN, T_A, svc.cluster_ip))
         add(reverse_name(svc.cluster_ip), T_PTR, PTR(IN, T_PTR, _name(base)))
         for p in svc.ports:
             if p.name:
                 add(f"_{p.name}._{p.protocol}.{base}".lower(), T_SRV, (p.port, base))
         self._weigh_srv(frag)
-        return frag
+        return _rrsets(frag, self.ttl)
 
     @staticmethod
-    def _weigh_srv(frag: Fragment) -> None:
+    def _weigh_srv(frag: dict) -> None:
         """SRV records of one name share the weight 100 evenly, priority 0 (as CoreDNS)."""
         for types in frag.values():
             pending = types.get(T_SRV)
@@ -263,13 +281,13 @@ class Records:
         pod_ip = self._pod_address(name)
         if pod_ip is not None:
             if qtype in (T_A, T_ANY):
-                return Answer(dns.rcode.NOERROR, [(name, T_A, [A(IN, T_A, pod_ip)])])
+                return Answer(dns.rcode.NOERROR, [_rrsets({name: {T_A: [A(IN, T_A, pod_ip)]}}, self.ttl)[name][T_A]])
             return self._nodata()
         with self._lock:
             types = self._merged(name)
             exists = bool(types) or name in self._ancestors or name in self._structural()
         if not exists:
-            return Answer(dns.rcode.NXDOMAIN, authority=[(self.zone, T_SOA, [self.soa])])
+            return Answer(dns.rcode.NXDOMAIN, authority=[self.soa_rrset])
         return self._answer_from(name, types, qtype)
 
     def _structural(self) -> tuple[str, ...]:
@@ -284,17 +302,20 @@ class Records:
             return next(iter(parts.values()))
         merged: Fragment = {}
         for types in parts.values():
-            for rdtype, rdatas in types.items():
-                merged.setdefault(rdtype, []).extend(rdatas)
+            for rdtype, rrset in types.items():
+                if rdtype in merged:
+                    merged[rdtype] = merged[rdtype].union(rrset)
+                else:
+                    merged[rdtype] = rrset
         return merged
 
     def _answer_from(self, name: str, types: Fragment, qtype: int) -> Answer:
         if qtype == T_ANY:
-            ans = Answer(dns.rcode.NOERROR, [(name, t, list(r)) for t, r in types.items()])
+            ans = Answer(dns.rcode.NOERROR, list(types.values()))
         elif qtype in types:
-            ans = Answer(dns.rcode.NOERROR, [(name, qtype, list(types[qtype]))])
+            ans = Answer(dns.rcode.NOERROR, [types[qtype]])
         elif T_CNAME in types:
-            ans = Answer(dns.rcode.NOERROR, [(name, T_CNAME, list(types[T_CNAME]))])
+            ans = Answer(dns.rcode.NOERROR, [types[T_CNAME]])
         else:
             return self._nodata(name)
         self._add_additional(ans)
@@ -303,10 +324,10 @@ class Records:
     def _add_additional(self, ans: Answer) -> None:
         """A records of the names an SRV or NS answer points at, where we hold them."""
         seen = set()
-        for _, rdtype, rdatas in ans.answer:
-            if rdtype not in (T_SRV, T_NS):
+        for rrset in ans.answer:
+            if rrset.rdtype not in (T_SRV, T_NS):
                 continue
-            for rd in rdatas:
+            for rd in rrset:
                 target = rd.target.to_text(omit_final_dot=True).lower()
                 if target in seen:
                     continue
@@ -314,12 +335,12 @@ class Records:
                 with self._lock:
                     a = self._merged(target).get(T_A)
                 if a:
-                    ans.additional.append((target, T_A, list(a)))
+                    ans.additional.append(a)
 
     def _nodata(self, name: str = "") -> Answer:
         if name.endswith("." + REVERSE_ZONE):
             return Answer(dns.rcode.NOERROR)
-        return Answer(dns.rcode.NOERROR, authority=[(self.zone, T_SOA, [self.soa])])
+        return Answer(dns.rcode.NOERROR, authority=[self.soa_rrset])
 
     def _pod_address(self, name: str) -> str | None:
         """``a-b-c-d.<ns>.pod.<zone>`` -> "a.b.c.d"; None for any other name."""

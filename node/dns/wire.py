@@ -22,12 +22,10 @@ import dns.edns
 import dns.exception
 import dns.flags
 import dns.message
-import dns.name
 import dns.opcode
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
-import dns.rrset
 
 from node.dns.records import Records
 
@@ -107,16 +105,14 @@ class Responder:
         response.set_rcode(answer.rcode)
         if answer.authoritative:
             response.flags |= dns.flags.AA
-        ttl = self.records.ttl
-        for section, items in ((response.answer, answer.answer), (response.authority, answer.authority),
-                               (response.additional, answer.additional)):
-            for name, rdtype, rdatas in items:
+        for rrset in answer.answer:
+            if rrset.name.labels != q.name.labels:
                 # the answer repeats the question's name as it was asked (case included)
-                owner = q.name if section is response.answer else dns.name.from_text(name)
-                rrset = dns.rrset.RRset(owner, dns.rdataclass.IN, rdtype)
-                for rd in rdatas:
-                    rrset.add(rd, ttl)
-                section.append(rrset)
+                rrset = rrset.copy()
+                rrset.name = q.name
+            response.answer.append(rrset)
+        response.authority.extend(answer.authority)
+        response.additional.extend(answer.additional)
         if limit < TCP_MAX:
             payload = query.payload if query.edns >= 0 else UDP_MIN
             limit = max(UDP_MIN, min(payload, UDP_MAX))
