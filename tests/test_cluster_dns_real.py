@@ -5,6 +5,7 @@ resolver (the search list included)."""
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 
 import dns.message
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.process
 
 TIMEOUT = 120
 WEB_IP = "10.96.0.50"
+KUBE_DNS_IP = "10.96.0.10"
 
 
 def dns_ready(netns: str, ip: str) -> bool:
@@ -78,7 +80,7 @@ def plane(tmp_path_factory):
             start_component(tmp, "dns", "node.dns", api.endpoint, reg,
                             ready=lambda: dns_ready(node0.netns, layout.cluster_dns),
                             listen=f"{layout.cluster_dns}:53", netns=node0.netns, log_level="warning")
-            yield client, nodes
+            yield client, nodes, reg, tmp, api.endpoint
     finally:
         reg.cleanup()
 
@@ -89,8 +91,14 @@ def running(client, name: str):
                                         for c in p.status.conditions) else None
 
 
+def client_container(runtime) -> str:
+    [cid] = [c.id for c in runtime.list_containers()
+             if c.labels.get("io.kubernetes.pod.name") == "client" and c.state == 1]
+    return cid
+
+
 def test_a_pod_resolves_services_through_the_cluster_dns(plane):
-    client, nodes = plane
+    client, nodes, *_ = plane
     dns_ip = nodes.layout.cluster_dns
     client.create(service("web", WEB_IP))
     client.create(service("webhl", "None"))
@@ -101,8 +109,7 @@ def test_a_pod_resolves_services_through_the_cluster_dns(plane):
     wait_until(lambda: running(client, "client"), TIMEOUT, what="the client pod Ready")
     runtime = CriClient(nodes.layout.nodes[0].cri_socket, timeout=30)
     try:
-        [cid] = [c.id for c in runtime.list_containers()
-                 if c.labels.get("io.kubernetes.pod.name") == "client" and c.state == 1]
+        cid = client_container(runtime)
 
         def run(*cmd):
             got = runtime.exec_sync(cid, list(cmd), timeout=15)
@@ -121,5 +128,32 @@ def test_a_pod_resolves_services_through_the_cluster_dns(plane):
         # the pod's own resolver: a short name through the search list, then HTTP to the answer
         code, out = run("wget", "-qO-", "http://webhl/")
         assert (code, out.strip()) == (0, "hello by name"), out
+    finally:
+        runtime.close()
+
+
+def test_the_kube_dns_service_reaches_the_server_through_kube_proxy(plane):
+    """As in Kubernetes, pods may ask the kube-dns Service's clusterIP: kube-proxy (node/proxy, where
+    it exists) routes it to the Endpoints the server registered (its own address)."""
+    if importlib.util.find_spec("node.proxy") is None:
+        pytest.skip("no kube-proxy (node/proxy) on this branch: the clusterIP is routed by nothing")
+    client, nodes, reg, tmp, server = plane
+    layout = nodes.layout
+    node0 = layout.nodes[0]
+    wait_until(lambda: running(client, "client"), TIMEOUT, what="the client pod Ready")
+    kdns = client.get("services", "kube-dns", "kube-system")
+    assert kdns.spec.cluster_ip == KUBE_DNS_IP
+    start_component(tmp, "proxy-0", "node.proxy", server, reg, node_name=node0.name, node_netns=node0.netns,
+                    node_ip=node0.ip, cluster_cidr="10.244.0.0/16", log_level="warning")
+    runtime = CriClient(node0.cri_socket, timeout=30)
+    try:
+        cid = client_container(runtime)
+
+        def lookup():
+            got = runtime.exec_sync(cid, ["nslookup", "web.default.svc.cluster.local", KUBE_DNS_IP], timeout=15)
+            return got if got.exit_code == 0 else None
+
+        got = wait_until(lookup, TIMEOUT, what="an answer through the kube-dns clusterIP")
+        assert WEB_IP in got.stdout.decode()
     finally:
         runtime.close()
