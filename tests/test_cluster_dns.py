@@ -410,3 +410,25 @@ def test_endpointslices_as_the_source(plane, tmp_path_factory):
             client.delete("services", "sliced", "kube-public")
         except ApiError:
             pass
+
+
+@pytest.mark.process
+def test_sigterm_exits_cleanly_and_a_restart_serves_and_registers_again(plane, tmp_path_factory):
+    api, client = plane
+    reg = Registry()
+    port = free_port()
+    try:
+        proc = start_component(tmp_path_factory.mktemp("dnsrestart"), "dns-restart", "node.dns", api.endpoint,
+                               reg, ready=lambda: serving(port), listen=f"127.0.0.1:{port}",
+                               register="kube-system/dns-two", service_ip="10.96.0.11",
+                               endpoints_source="endpoints", log_level="warning")
+        first = client.get("endpoints", "dns-two", "kube-system").metadata.resource_version
+        assert proc.terminate(timeout=10) == 0
+        assert not serving(port)
+        proc.restart()
+        assert DnsClient(port).a("web.default.svc.cluster.local") == ["10.96.0.20"]
+        assert DnsClient(port).a("dns-two.kube-system.svc.cluster.local") == ["10.96.0.11"]
+        # the same address again: the Endpoints are left as they were, not rewritten
+        assert client.get("endpoints", "dns-two", "kube-system").metadata.resource_version == first
+    finally:
+        reg.cleanup()
