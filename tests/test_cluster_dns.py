@@ -14,13 +14,12 @@ import struct
 import subprocess
 import time
 
-import dns.flags
 import dns.exception
+import dns.flags
 import dns.message
 import dns.opcode
 import dns.query
 import dns.rcode
-import dns.rdatatype
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

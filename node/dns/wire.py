@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import struct
 
-import dns.edns
 import dns.exception
 import dns.flags
 import dns.message
