@@ -111,6 +111,19 @@ def test_changes_reach_the_answers_through_the_cache(responder):
     assert ask(responder, "20.0.96.10.in-addr.arpa", "PTR").rcode() == dns.rcode.REFUSED
 
 
+def test_several_addresses_come_in_turns(responder):
+    """As CoreDNS' loadbalance: resolvers take the first address, so each answer leads with another."""
+    firsts = [ask(responder, "hl.default.svc.cluster.local", "A").answer[0][0].to_text() for _ in range(4)]
+    assert firsts == ["10.244.0.5", "10.244.1.5", "10.244.0.5", "10.244.1.5"]
+    r = Records(ZONE)
+    r.set_service(ServiceInfo("default", "many", "None"))
+    r.set_endpoints("default/many", [EndpointInfo(f"10.244.0.{i}") for i in range(1, 21)])
+    many = Responder(r)
+    firsts = [ask(many, "many.default.svc.cluster.local", "A").answer[0][0].to_text() for _ in range(16)]
+    assert len(set(firsts)) == 8 and firsts[:8] == firsts[8:]  # ROTATIONS orders, in turn
+    assert all(len(texts(ask(many, "many.default.svc.cluster.local", "A"))) == 20 for _ in range(8))
+
+
 def test_big_answers_truncate_on_udp_and_fit_edns_or_tcp():
     r = Records(ZONE)
     r.set_service(ServiceInfo("default", "many", "None"))
