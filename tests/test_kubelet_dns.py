@@ -73,7 +73,7 @@ def test_limits_and_the_resolv_conf_parser(tmp_path):
 def test_sandbox_config_carries_the_dns_config(tmp_path):
     dns = DnsConfigurer(["10.250.0.1"], "cluster.local", "")
     pod = pod_in(namespace="default")
-    cfg = podconfig.sandbox_config(pod, 0, str(tmp_path), dns.pod_dns(pod))
+    cfg = podconfig.sandbox_config(pod, 0, str(tmp_path), dns_config=dns.pod_dns(pod))
     assert list(cfg.dns_config.servers) == ["10.250.0.1"]
     assert list(cfg.dns_config.searches) == ["default.svc.cluster.local", "svc.cluster.local", "cluster.local"]
     assert not podconfig.sandbox_config(pod, 0, str(tmp_path)).HasField("dns_config")
