@@ -1,5 +1,5 @@
 """Real nodes on this machine: the fabric, and for each node a network namespace, a CRI runtime,
-a kubelet and a kube-proxy.
+a kubelet and a kube-proxy; plus the cluster DNS, in node 0's namespace.
 
 `RealNodes(data_dir, count)` lays the nodes out (node i: netns ``<prefix>-n<i>``, address
 10.250.0.<i+1>, podCIDR 10.244.<i>.0/24, its runtime's socket and state under
@@ -25,6 +25,7 @@ from node.network.fabric import Fabric
 
 NODE_NAME = "node-{i}"
 CLUSTER_CIDR = "10.244.0.0/16"  # every node's podCIDR is a /24 of it
+CLUSTER_DOMAIN = "cluster.local"
 
 
 def busybox_version() -> str | None:
@@ -98,12 +99,23 @@ class RealNodes:
         return [sys.executable, "-m", "node.kubelet", "--server", server, "--node-name", node.name,
                 "--container-runtime-endpoint", node.cri_socket, "--root-dir", str(node.dir / "kubelet"),
                 "--node-ip", node.ip, "--pod-cidr", node.pod_cidr, "--node-netns", node.netns,
+                "--cluster-dns", self.cluster_dns, "--cluster-domain", CLUSTER_DOMAIN,
                 "--log-level", "warning", *extra]
 
     def proxy_command(self, node: RealNode, server: str, *extra: str) -> list[str]:
         return [sys.executable, "-m", "node.proxy", "--server", server, "--node-name", node.name,
                 "--node-netns", node.netns, "--node-ip", node.ip, "--cluster-cidr", CLUSTER_CIDR,
                 "--log-level", "warning", *extra]
+
+    @property
+    def cluster_dns(self) -> str:
+        """Where pods send DNS queries: the cluster DNS in node 0's namespace, at that node's
+        address (the kube-dns Service's clusterIP reaches it too once kube-proxy routes it)."""
+        return self.nodes[0].ip if self.nodes else ""
+
+    def dns_command(self, server: str) -> list[str]:
+        return [sys.executable, "-m", "node.dns", "--server", server, "--listen", f"{self.cluster_dns}:53",
+                "--netns", self.nodes[0].netns, "--cluster-domain", CLUSTER_DOMAIN, "--log-level", "warning"]
 
     def commands(self, server: str) -> dict[str, list[str]]:
         """Each node's runtime, then its kubelet (which waits for its runtime's socket) and its
@@ -115,6 +127,8 @@ class RealNodes:
             cmds[f"kubelet-{node.index}"] = self.kubelet_command(node, server)
         for node in self.nodes:
             cmds[f"proxy-{node.index}"] = self.proxy_command(node, server)
+        if self.nodes:
+            cmds["dns"] = self.dns_command(server)
         return cmds
 
     def teardown(self) -> list[str]:

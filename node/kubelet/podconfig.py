@@ -55,17 +55,20 @@ def pod_cgroup_parent(pod: core_pb2.Pod, cgroup_root: str) -> str:
     return f"{'/' + root if root else ''}/kubepods{qos_level}/pod{pod.metadata.uid}"
 
 
-def sandbox_config(pod: core_pb2.Pod, attempt: int, log_root: str,
-                   cgroup_root: str = "") -> cri_pb2.PodSandboxConfig:
+def sandbox_config(pod: core_pb2.Pod, attempt: int, log_root: str, cgroup_root: str = "",
+                   dns_config: cri_pb2.DNSConfig | None = None) -> cri_pb2.PodSandboxConfig:
     """``cgroup_root``: the kubelet's --cgroup-root; when given, the sandbox's cgroup_parent is
     the pod's cgroup below it (else the runtime chooses, and containerd's choice, /k8s.io/<id>,
-    is outside any node's tree)."""
+    is outside any node's tree). ``dns_config``: the pod's resolver settings (node.kubelet.dns);
+    None leaves them to the runtime (the node's)."""
     m = pod.metadata
     cfg = cri_pb2.PodSandboxConfig(
         metadata=cri_pb2.PodSandboxMetadata(name=m.name, uid=m.uid, namespace=m.namespace, attempt=attempt),
         hostname=(pod.spec.hostname or m.name)[:63],
         log_directory=pod_log_directory(log_root, pod),
         labels=labels.sandbox_labels(pod), annotations=labels.sandbox_annotations(pod))
+    if dns_config is not None:
+        cfg.dns_config.CopyFrom(dns_config)
     for c in pod.spec.containers:
         for p in c.ports:
             cfg.port_mappings.add(protocol=cri_pb2.Protocol.Value(p.protocol or "TCP"),

@@ -68,10 +68,12 @@ class PodSyncer:
                  reasons: ReasonCache | None = None, probe_results=None, get: Getter | None = None,
                  memory_capacity: int = 0, host_ip: str = "", hooks: HookRunner | None = None,
                  recorder=None, volumes: Volumes | None = None,
-                 node_allocatable: dict[str, str] | None = None, cgroup_root: str = "") -> None:
+                 node_allocatable: dict[str, str] | None = None, cgroup_root: str = "",
+                 dns=None) -> None:
         """``cgroup_root``: where the pods' cgroups go (the sandbox's cgroup_parent; "" leaves
         it to the runtime). ``recorder``: an EventRecorder for the pod's events (Created, Started,
-        Killing, BackOff, Failed, FailedCreatePodSandBox), as the kubelet's."""
+        Killing, BackOff, Failed, FailedCreatePodSandBox), as the kubelet's. ``dns``: a
+        node.kubelet.dns.DnsConfigurer giving each sandbox its resolv.conf (None: the runtime's)."""
         self.runtime, self.images, self.log_root = runtime, images, log_root
         self.backoff = backoff if backoff is not None else Backoff()
         self.reasons = reasons if reasons is not None else ReasonCache()
@@ -83,6 +85,7 @@ class PodSyncer:
         self.recorder = recorder
         self.volumes = volumes
         self.cgroup_root = cgroup_root
+        self.dns = dns
         self._stoppers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kill")
 
     def _event(self, pod, type_: str, reason: str, message: str) -> None:
@@ -131,7 +134,9 @@ class PodSyncer:
         if not (plan.create_sandbox or plan.next_init_container or plan.containers_to_start):
             return result
 
-        sandbox_cfg = podconfig.sandbox_config(pod, plan.attempt, self.log_root, self.cgroup_root)
+        sandbox_cfg = podconfig.sandbox_config(
+            pod, plan.attempt, self.log_root, self.cgroup_root,
+            dns_config=self.dns.pod_dns(pod) if self.dns is not None else None)
         sandbox_id, pod_ip = plan.sandbox_id, (status.ips[0] if status.ips else "")
         if plan.create_sandbox:
             try:

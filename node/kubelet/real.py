@@ -85,12 +85,13 @@ class RealKubelet:
                  sync_period: float = 10.0, retry_period: float = 1.0, relist_period: float = 1.0,
                  heartbeat_interval: float = 10.0, status_interval: float = 60.0,
                  backoff: tuple[float, float] = (INITIAL, MAX), address: str = "127.0.0.1",
-                 port: int | None = 0, cgroup_root: str = "") -> None:
+                 port: int | None = 0, cgroup_root: str = "", dns=None) -> None:
         """``backoff``: the restart back-off's first delay and cap (Kubernetes' 10 s and 300 s).
         ``address``/``port``: where the kubelet API (logs, exec) listens for the apiserver (port 0:
         any free one, published in the Node's daemonEndpoints; None: no API). ``cgroup_root``: the
         cgroup the pods' cgroups go under (Kubernetes' --cgroup-root), sent to the runtime as each
-        sandbox's cgroup_parent; "" sends none."""
+        sandbox's cgroup_parent; "" sends none. ``dns``: a
+        node.kubelet.dns.DnsConfigurer for the pods' resolv.conf (None: the runtime's default)."""
         self.client, self.runtime, self.image_service = client, runtime, images
         self.node_name, self.node_ip, self.pod_cidr = node_name, node_ip, pod_cidr
         self.root = root
@@ -114,7 +115,8 @@ class RealKubelet:
                                 get=self._get, memory_capacity=bytes_of(memory), host_ip=node_ip,
                                 node_allocatable=self.agent.capacity,
                                 hooks=HookRunner(exec_sync=self._exec_sync, connect=connect),
-                                recorder=self.recorder, volumes=self.volumes, cgroup_root=cgroup_root)
+                                recorder=self.recorder, volumes=self.volumes, cgroup_root=cgroup_root,
+                                dns=dns)
         self.probes = ProbeManager(self.probe_results, Prober(exec_sync=self._exec_sync, connect=connect),
                                    self._status_of, on_failure=self._unhealthy)
         self.pods = Informer(client, "pods", field_selector=f"spec.nodeName={node_name}")
@@ -448,6 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pods", default="110")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--heartbeat-interval", type=float, default=10.0)
+    p.add_argument("--cluster-dns", default="",
+                   help="comma-separated DNS server IPs for pods with dnsPolicy ClusterFirst (the "
+                        "kube-dns Service's clusterIP, or the DNS server's own address)")
+    p.add_argument("--cluster-domain", default="cluster.local")
+    p.add_argument("--resolv-conf", default="/etc/resolv.conf",
+                   help="the resolver settings of pods with dnsPolicy Default ('' for none)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -455,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from apiserver.client import Client
     from node.cri.client import CriClient
+    from node.kubelet.dns import DnsConfigurer
     from node.kubelet.nodeagent import machine_capacity
 
     args = build_parser().parse_args(argv)
@@ -480,7 +489,9 @@ def main(argv: list[str] | None = None) -> int:
         kubelet = RealKubelet(client, cri, cri.images, args.node_name, node_ip=args.node_ip,
                               root=args.root, pod_cidr=args.pod_cidr, capacity=capacity, connect=connect,
                               workers=args.workers, heartbeat_interval=args.heartbeat_interval,
-                              address=args.address, port=args.port, cgroup_root=args.cgroup_root).start()
+                              address=args.address, port=args.port, cgroup_root=args.cgroup_root,
+                              dns=DnsConfigurer(args.cluster_dns.split(","), args.cluster_domain,
+                                                args.resolv_conf)).start()
         if kubelet.wait_synced(60):
             kubelet.adopt_or_clean()
         log.info("kubelet of %s on %s (%s) serving", args.node_name, args.runtime, kubelet.runtime_name)
