@@ -384,7 +384,8 @@ def test_a_flooding_client_does_not_starve_another(server):
             took.append(time.monotonic() - t0)
         took.sort()
         # served in its turn: a few of the flood's answers ahead of it, not the thousands queued
-        assert took[-1] < 0.25, f"during the flood: median {took[15]*1000:.1f} ms, worst {took[-1]*1000:.1f} ms"
+        # (first come, first served, it times out); 1 s, as the gRPC abuse suite's bystander bound
+        assert took[-1] < 1.0, f"during the flood: median {took[15]*1000:.1f} ms, worst {took[-1]*1000:.1f} ms"
         assert flood.poll() is None, "the flood ran the whole time"
     finally:
         flood.kill()
