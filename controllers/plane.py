@@ -35,7 +35,7 @@ TRY_NEXT = """\
     .venv/bin/kctl rollout undo deployment/web
     .venv/bin/kctl get pods -w        # and, elsewhere, stop a node: see the README
 [plane] kubectl works too (the apiserver serves Kubernetes' REST API on the same port):
-    kubectl --kubeconfig {data}/kubeconfig get pods -o wide
+    .venv/bin/kubectl --kubeconfig {data}/kubeconfig get pods -o wide    # (make test fetches kubectl 1.32)
 [plane] Ctrl-C stops everything; the state stays in {data}/ for the next `make run`."""
 
 
@@ -155,6 +155,16 @@ def show_page(args: argparse.Namespace) -> None:
           f"from {other.name}:\n    {' '.join(command)}", flush=True)
     got = subprocess.run(command, capture_output=True, text=True, timeout=10)
     print("    " + (got.stdout.strip() or got.stderr.strip()), flush=True)
+    # through the Service: cluster DNS gives its clusterIP, kube-proxy picks a pod
+    url = "http://web.default.svc.cluster.local/"
+    command = [".venv/bin/kctl", "exec", pod.metadata.name, "--", "wget", "-qO-", url]
+    print(f"[plane] the Service, from inside pod {pod.metadata.name} (each time another pod may answer):\n"
+          f"    {' '.join(command)}", flush=True)
+    for _ in range(3):
+        got = subprocess.run([sys.executable, "-m", "controllers.kctl", "--server", f"127.0.0.1:{args.port}",
+                              "exec", pod.metadata.name, "--", "wget", "-qO-", url],
+                             capture_output=True, text=True, timeout=20)
+        print("    " + (got.stdout.strip() or got.stderr.strip()), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
