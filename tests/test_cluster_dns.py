@@ -378,14 +378,26 @@ def test_a_flooding_client_does_not_starve_another(server):
     try:
         assert flood.stdout.readline().strip() == "flooding"
         took = []
+        query = dns.message.make_query("hl.default.svc.cluster.local", "A")
         for _ in range(30):
             t0 = time.monotonic()
-            assert dnsc.a("hl.default.svc.cluster.local"), "another client answered during the flood"
+            # a resolver retries: the kernel may drop a datagram while the flood fills the
+            # server's socket, which no server can prevent; what the server decides is the turn
+            # a query that got in waits for
+            for attempt in range(3):
+                try:
+                    answer = dns.query.udp(query, "127.0.0.1", timeout=1, port=port)
+                    break
+                except dns.exception.Timeout:
+                    continue
+            else:
+                raise AssertionError("another client got no answer in 3 tries during the flood")
+            assert answer.rcode() == dns.rcode.NOERROR and texts(answer)
             took.append(time.monotonic() - t0)
         took.sort()
         # served in its turn: a few of the flood's answers ahead of it, not the thousands queued
-        # (first come, first served, it times out); 1 s, as the gRPC abuse suite's bystander bound
-        assert took[-1] < 1.0, f"during the flood: median {took[15]*1000:.1f} ms, worst {took[-1]*1000:.1f} ms"
+        # (first come, first served, every try times out)
+        assert took[15] < 0.25, f"during the flood: median {took[15]*1000:.1f} ms, worst {took[-1]*1000:.1f} ms"
         assert flood.poll() is None, "the flood ran the whole time"
     finally:
         flood.kill()
