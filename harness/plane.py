@@ -86,6 +86,16 @@ def start_component(tmp_path, name: str, module: str, server: str, registry: Reg
     return Component(tmp_path, name, module, server, registry, ready, **flags).start()
 
 
+def start_control_plane(tmp_path, registry: Registry, **apiserver_flags) -> ApiServer:
+    """etcdlite, the apiserver, a controller-manager and the scheduler, in `registry`: what nodes
+    (real or hollow) need to run a Deployment. Returns the apiserver."""
+    etcd = registry.start_etcdlite(tmp_path, name="etcd")
+    api = start_apiserver(tmp_path, etcd.url, registry=registry, **apiserver_flags)
+    start_component(tmp_path, "cm", "controllers.manager", api.endpoint, registry, log_level="warning")
+    start_component(tmp_path, "scheduler", "controllers.scheduler", api.endpoint, registry, log_level="warning")
+    return api
+
+
 @contextlib.contextmanager
 def apiserver_on_etcdlite(tmp_path_factory, name: str, **flags):
     """A module's plane: one etcdlite member and an apiserver (``flags``) on

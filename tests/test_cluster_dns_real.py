@@ -16,10 +16,9 @@ import pytest
 from apiserver.client import Client
 from apiserver.pb import core_pb2
 from harness.etcd_client import wait_until
-from harness.nodes import real_nodes
-from harness.plane import start_apiserver, start_component
+from harness.nodes import need_runtime, real_nodes
+from harness.plane import start_component, start_control_plane
 from harness.procs import REPO, Registry
-from node import capable
 from node.cri.client import CriClient
 from node.network.netns import socket_in
 
@@ -64,16 +63,11 @@ def service(name: str, cluster_ip: str) -> core_pb2.Service:
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory):
-    reason = capable.why_not()
-    if reason:
-        pytest.skip(f"real nodes cannot run here: {reason}")
+    need_runtime()
     reg = Registry()
     tmp = tmp_path_factory.mktemp("dnsreal")
     try:
-        etcd = reg.start_etcdlite(tmp, name="etcd")
-        api = start_apiserver(tmp, etcd.url, registry=reg)
-        start_component(tmp, "cm", "controllers.manager", api.endpoint, reg, log_level="warning")
-        start_component(tmp, "scheduler", "controllers.scheduler", api.endpoint, reg, log_level="warning")
+        api = start_control_plane(tmp, reg)
         with real_nodes(tmp, api.endpoint, 1) as nodes, Client(api.endpoint, timeout=20) as client:
             layout = nodes.layout
             node0 = layout.nodes[0]

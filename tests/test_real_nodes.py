@@ -13,16 +13,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from apiserver.client import Client
 import yaml
 
+from apiserver.client import Client
 from apiserver.manifest import from_dict
 from harness.etcd_client import wait_until
-from harness.nodes import real_nodes
-from harness.plane import start_apiserver, start_component
+from harness.nodes import need_runtime, real_nodes
+from harness.plane import start_control_plane
 from harness.procs import PYTHON, REPO, Registry
-from node import capable
 from node.cri.client import CriClient
 
 pytestmark = pytest.mark.process
@@ -33,16 +31,11 @@ TIMEOUT = 120
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory):
-    reason = capable.why_not()
-    if reason:
-        pytest.skip(f"real nodes cannot run here: {reason}")
+    need_runtime()
     reg = Registry()
     tmp = tmp_path_factory.mktemp("realplane")
     try:
-        etcd = reg.start_etcdlite(tmp, name="etcd")
-        api = start_apiserver(tmp, etcd.url, registry=reg)
-        start_component(tmp, "cm", "controllers.manager", api.endpoint, reg, log_level="warning")
-        start_component(tmp, "scheduler", "controllers.scheduler", api.endpoint, reg, log_level="warning")
+        api = start_control_plane(tmp, reg)
         with real_nodes(tmp, api.endpoint, 3) as nodes, Client(api.endpoint, timeout=20) as client:
             wait_until(lambda: len(ready_nodes(client)) == 3, TIMEOUT, what="3 real nodes Ready")
             yield client, nodes, api.endpoint
