@@ -213,7 +213,8 @@ def cluster(client, runtime, kubelet):
     web.status.phase = "Running"
     client.update_status(web)
     # the first run of web/app ended (exit 1); its second runs and talks when asked to
-    first = runtime.run("web", "app", "for i in 1 2 3; do echo line $i; done; echo oops >&2; exit 1")
+    # (stdout and stderr reach the log through two pumps: the pause puts "oops" after "line 3")
+    first = runtime.run("web", "app", "for i in 1 2 3; do echo line $i; done; sleep 0.3; echo oops >&2; exit 1")
     wait_until(lambda: not first.running, 10, what="the first run to end")
     runtime.run("web", "app", "echo started; while [ ! -f stop ]; do "
                               "if [ -f say ]; then cat say; rm say; fi; sleep 0.02; done; echo bye")
