@@ -25,7 +25,8 @@ from node.runtime.images import ImageStore, build_busybox
 
 class RuntimeProcess(ServerProcess):
     """A node's CRI runtime (python -m node.runtime) of node.plane's layout, ready once CRI
-    Version answers."""
+    Version answers. ``terminate()`` stops it as a supervisor does (SIGTERM to its own process
+    group; the conmons run in sessions of their own, so the containers keep running)."""
 
     kind = "cri-runtime"
 
@@ -52,15 +53,6 @@ class RuntimeProcess(ServerProcess):
             except CriError as e:
                 return f"Version: {e}"
         return None
-
-    def stop(self, timeout: float = 10) -> None:
-        """SIGTERM, as a supervisor stops it: the containers keep running."""
-        if self.alive:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 class KubeletProcess(ServerProcess):
