@@ -14,6 +14,7 @@ named as kubectl names it ("pods", "pod", "po", "Pod"). Every failure raises
 from __future__ import annotations
 
 import json
+import os
 import threading
 from dataclasses import dataclass
 from typing import Iterator
@@ -23,6 +24,7 @@ import grpc
 from apiserver import resources
 from apiserver.errors import ApiError, from_rpc_error
 from apiserver.pb import api_pb2, api_pb2_grpc
+from apiserver.rest import kubeconfig as kubeconfigs
 
 DEFAULT_SERVER = "127.0.0.1:6443"
 _CHANNEL_OPTIONS = [
@@ -107,11 +109,47 @@ class LogStream:
         self._call.cancel()
 
 
+def credentials_for(server: str, kubeconfig: str | None = None) -> kubeconfigs.Credentials | None:
+    """The kubeconfig credentials to dial ``server`` with: ``kubeconfig``'s, or
+    those of $KUBECONFIG's first file when it names this very server (another
+    cluster's credentials are never sent here)."""
+    if kubeconfig:
+        return kubeconfigs.load(kubeconfig)
+    env = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+    if not env or not os.path.exists(env):
+        return None
+    try:
+        creds = kubeconfigs.load(env)
+    except (OSError, ValueError):
+        return None
+    return creds if creds.address == server or not server else None
+
+
+def channel_for(server: str, creds: kubeconfigs.Credentials | None, options=()) -> grpc.Channel:
+    """A gRPC channel to ``server``: TLS with the kubeconfig's CA, client
+    certificate and bearer token when it says https://, else plain text."""
+    options = [*_CHANNEL_OPTIONS, *options]
+    if creds is None or not creds.tls:
+        return grpc.insecure_channel(server, options=options)
+    channel_creds = grpc.ssl_channel_credentials(root_certificates=creds.ca or None,
+                                                 private_key=creds.key or None,
+                                                 certificate_chain=creds.cert or None)
+    if creds.token:
+        channel_creds = grpc.composite_channel_credentials(
+            channel_creds, grpc.access_token_call_credentials(creds.token))
+    return grpc.secure_channel(server, channel_creds, options=options)
+
+
 class Client:
-    def __init__(self, server: str = DEFAULT_SERVER, *, timeout: float = 30.0) -> None:
-        self.server = server
+    """``kubeconfig``: whose credentials to use (default: $KUBECONFIG's when
+    it names ``server``); ``server`` "" means the kubeconfig's server."""
+
+    def __init__(self, server: str = DEFAULT_SERVER, *, timeout: float = 30.0,
+                 kubeconfig: str | None = None) -> None:
+        creds = credentials_for(server, kubeconfig)
+        self.server = server or (creds.address if creds else DEFAULT_SERVER)
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(server, options=_CHANNEL_OPTIONS)
+        self._channel = channel_for(self.server, creds)
         self._stub = api_pb2_grpc.ApiServerStub(self._channel)
 
     def close(self) -> None:

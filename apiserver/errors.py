@@ -25,6 +25,7 @@ REASONS: dict[str, tuple[grpc.StatusCode, int]] = {
     "Expired": (grpc.StatusCode.OUT_OF_RANGE, 410),
     "Gone": (grpc.StatusCode.OUT_OF_RANGE, 410),
     "Forbidden": (grpc.StatusCode.PERMISSION_DENIED, 403),
+    "Unauthorized": (grpc.StatusCode.UNAUTHENTICATED, 401),
     "MethodNotAllowed": (grpc.StatusCode.UNIMPLEMENTED, 405),
     "RequestEntityTooLarge": (grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
     "TooManyRequests": (grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
@@ -39,6 +40,7 @@ _REASON_OF_CODE = {
     grpc.StatusCode.ABORTED: "Conflict",
     grpc.StatusCode.OUT_OF_RANGE: "Expired",
     grpc.StatusCode.PERMISSION_DENIED: "Forbidden",
+    grpc.StatusCode.UNAUTHENTICATED: "Unauthorized",
     grpc.StatusCode.UNIMPLEMENTED: "MethodNotAllowed",
     grpc.StatusCode.RESOURCE_EXHAUSTED: "TooManyRequests",
     grpc.StatusCode.DEADLINE_EXCEEDED: "Timeout",
@@ -140,6 +142,11 @@ def bad_request(message: str) -> ApiError:
 
 def forbidden(resource: str, name: str, why: str) -> ApiError:
     return ApiError("Forbidden", f"{_qualified(resource, name)} is forbidden: {why}", kind=resource, name=name)
+
+
+def unauthorized() -> ApiError:
+    """No credentials, or credentials nobody vouches for: kube-apiserver says no more than this."""
+    return ApiError("Unauthorized", "Unauthorized")
 
 
 def expired(message: str) -> ApiError:

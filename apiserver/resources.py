@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from apiserver.pb import api_pb2, apps_pb2, coordination_pb2, core_pb2, discovery_pb2, networking_pb2
+from apiserver.pb import (api_pb2, apps_pb2, coordination_pb2, core_pb2, discovery_pb2, networking_pb2,
+                          rbac_pb2, serviceaccount_pb2)
 
 REGISTRY_PREFIX = "/registry/"
 # where kubelets keep their node Leases (core/v1 NamespaceNodeLease)
@@ -88,6 +89,17 @@ RESOURCES: tuple[Resource, ...] = (
     # one per allocated Service IP, named by the address (apiserver/service_alloc.py)
     Resource("ipaddresses", "IPAddress", "networking.k8s.io/v1", "ip_address", networking_pb2.IPAddress,
              namespaced=False, has_status=False, has_spec=True, short_names=("ip",)),
+    # issue 23: identities and RBAC (apiserver/auth/)
+    Resource("serviceaccounts", "ServiceAccount", "v1", "service_account", serviceaccount_pb2.ServiceAccount,
+             namespaced=True, has_status=False, has_spec=False, short_names=("sa",)),
+    Resource("roles", "Role", "rbac.authorization.k8s.io/v1", "role", rbac_pb2.Role,
+             namespaced=True, has_status=False, has_spec=False),
+    Resource("clusterroles", "ClusterRole", "rbac.authorization.k8s.io/v1", "cluster_role", rbac_pb2.ClusterRole,
+             namespaced=False, has_status=False, has_spec=False),
+    Resource("rolebindings", "RoleBinding", "rbac.authorization.k8s.io/v1", "role_binding", rbac_pb2.RoleBinding,
+             namespaced=True, has_status=False, has_spec=False),
+    Resource("clusterrolebindings", "ClusterRoleBinding", "rbac.authorization.k8s.io/v1", "cluster_role_binding",
+             rbac_pb2.ClusterRoleBinding, namespaced=False, has_status=False, has_spec=False),
 )
 
 BY_NAME = {r.name: r for r in RESOURCES}

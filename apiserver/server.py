@@ -6,11 +6,14 @@ import argparse
 import asyncio
 import logging
 import signal
+import ssl
 import sys
 
 import grpc
 
 from apiserver import resources
+from apiserver.auth import flags as auth_flags
+from apiserver.auth.policy import ensure_default_policy
 from apiserver.encryption import TransformError, load_transformer
 from apiserver.errors import ApiError
 from apiserver.etcd3 import Etcd, parse_servers
@@ -64,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "or 127.0.0.1 when that is 0.0.0.0)")
     p.add_argument("--service-repair-interval", type=float, default=DEFAULT_REPAIR_INTERVAL,
                    help="seconds between passes of the ClusterIP/NodePort repair loop (upstream: 180)")
+    auth_flags.add_flags(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -101,6 +105,8 @@ async def serve(args: argparse.Namespace, transformer) -> int:
                     await registry.ensure_system_namespaces()
                     # as kube-apiserver: one repair pass before serving, then the kubernetes Service
                     await bootstrap.repair_once()
+                    if "RBAC" in args.authorization_modes:
+                        await ensure_default_policy(registry)
                 if service:
                     await bootstrap.ensure_kubernetes_service()
                 break
@@ -116,15 +122,22 @@ async def serve(args: argparse.Namespace, transformer) -> int:
     # thread hand-offs per message (measured: benchmarks/why.md)
     server = GrpcServer(max_receive_message_length=MAX_RECEIVE_BYTES, eager_unary=False)  # uses asyncio.timeout
     kubelets = KubeletClients(args.kubelet_host)
-    add_to_server(ApiServerService(registry, kubelets), server)
+    try:
+        gate = auth_flags.build_gate(args, caches) if auth_flags.secured(args) else None
+        tls = auth_flags.ssl_context(args)
+    except (OSError, ValueError, ssl.SSLError) as e:
+        log.error("cannot read the security flags' files: %s", e)
+        return 2
+    add_to_server(ApiServerService(registry, kubelets), server, gate)
     # Kubernetes' REST API on the same port: connections that do not open with HTTP/2's
-    # preface are HTTP/1.1 (kubectl and client-go over http://)
-    rest = rest_serving.front(registry)
+    # preface are HTTP/1.1 (kubectl and client-go over http://, or https:// where ALPN chose
+    # http/1.1)
+    rest = rest_serving.front(registry, gate)
     server.http1_protocol = rest.protocol
     address = f"{args.bind_address}:{args.port}"
     host = "127.0.0.1" if args.bind_address == "localhost" else args.bind_address.strip("[]")
     try:
-        port = await server.listen(host, args.port)
+        port = await server.listen(host, args.port, ssl_context=tls)
     except OSError as err:
         log.error("cannot listen on %s (%s): is another apiserver running? choose another --port",
                   address, err.strerror or err)
@@ -133,7 +146,8 @@ async def serve(args: argparse.Namespace, transformer) -> int:
         bootstrap.port = port
         await bootstrap_until_done(namespaces=False)
     await server.start()
-    log.info("apiserver serving gRPC and REST on %s:%d (etcd %s)", args.bind_address, port, ",".join(etcd.endpoints))
+    log.info("apiserver serving gRPC and REST on %s:%d over %s, authorization %s (etcd %s)", args.bind_address,
+             port, "TLS" if tls else "plain text", ",".join(args.authorization_modes), ",".join(etcd.endpoints))
     stop = asyncio.Event()
     repair = asyncio.create_task(bootstrap.run(stop))
     loop = asyncio.get_running_loop()
@@ -168,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         args.node_ports = PortRange.parse(args.service_node_port_range)
     except ValueError as e:
         print(f"apiserver: --service-node-port-range: {e}", file=sys.stderr)
+        return 2
+    problem = auth_flags.check(args)
+    if problem:
+        print(f"apiserver: {problem}", file=sys.stderr)
         return 2
     if not args.advertise_address:
         args.advertise_address = "127.0.0.1" if args.bind_address in ("0.0.0.0", "localhost", "") \

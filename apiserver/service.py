@@ -98,16 +98,33 @@ class SharedWatchEvents:
         return data
 
 
-def add_to_server(servicer: "ApiServerService", server) -> None:
+def _gated(gate, name: str, method):
+    """``method`` behind the gate: the call ends UNAUTHENTICATED or PERMISSION_DENIED
+    (with the Status in the trailers) before the registry sees it."""
+    @functools.wraps(method)
+    async def call(request, context):
+        try:
+            gate.grpc(name, request, context)
+        except ApiError as e:
+            await errors.abort(context, e)
+        return await method(request, context)
+    return call
+
+
+def add_to_server(servicer: "ApiServerService", server, gate=None) -> None:
     """Registers the service as the generated code would, except that every
-    response may also be given already serialized (bytes)."""
+    response may also be given already serialized (bytes); with ``gate``
+    (apiserver/auth/gate.py) every call is authenticated and authorized first."""
     service = api_pb2.DESCRIPTOR.services_by_name["ApiServer"]
     handlers = {}
     for method in service.methods:
         request = message_factory.GetMessageClass(method.input_type)
         make = grpc.unary_stream_rpc_method_handler if method.server_streaming \
             else grpc.unary_unary_rpc_method_handler
-        handlers[method.name] = make(getattr(servicer, method.name),
+        fn = getattr(servicer, method.name)
+        if gate is not None:
+            fn = _gated(gate, method.name, fn)
+        handlers[method.name] = make(fn,
                                      request_deserializer=request.FromString,
                                      response_serializer=serialize)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))

@@ -158,6 +158,8 @@ def _name_errors(resource: Resource):
         return dns1123_label_errors
     if resource.name == "services":
         return dns1035_label_errors
+    if resource.group == "rbac.authorization.k8s.io":
+        return _rbac.path_segment_errors
     return dns1123_subdomain_errors
 
 
@@ -1080,6 +1082,7 @@ def _validate_lease(errs: FieldErrors, lease) -> None:
 # ======================================================================
 
 from apiserver import validation_network as _net  # noqa: E402  (it imports FieldErrors from here)
+from apiserver import validation_rbac as _rbac  # noqa: E402  (likewise)
 
 _VALIDATE = {
     "namespaces": _validate_namespace,
@@ -1095,6 +1098,11 @@ _VALIDATE = {
     "leases": _validate_lease,
     "endpointslices": _net.validate_endpoint_slice,
     "ipaddresses": _net.validate_ip_address,
+    "serviceaccounts": _rbac.validate_service_account,
+    "roles": _rbac.validate_role,
+    "clusterroles": _rbac.validate_cluster_role,
+    "rolebindings": _rbac.validate_role_binding,
+    "clusterrolebindings": _rbac.validate_cluster_role_binding,
 }
 _VALIDATE_UPDATE = {
     "nodes": _validate_node_update,
@@ -1106,6 +1114,8 @@ _VALIDATE_UPDATE = {
     "deployments": _validate_selector_update,
     "endpointslices": _net.validate_endpoint_slice_update,
     "ipaddresses": _net.validate_ip_address_update,
+    "rolebindings": _rbac.validate_binding_update,
+    "clusterrolebindings": _rbac.validate_binding_update,
 }
 
 

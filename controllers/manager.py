@@ -23,9 +23,10 @@ from controllers.gc import GarbageCollector, NamespaceController
 from controllers.informer import SharedInformerFactory
 from controllers.nodelifecycle import NodeLifecycleController
 from controllers.replicaset import ReplicaSetController
+from controllers.serviceaccounts import ServiceAccountsController
 
 CONTROLLERS = ("replicaset", "deployment", "garbagecollector", "namespace", "nodelifecycle", "endpoints",
-               "endpointslice", "endpointslicemirroring")
+               "endpointslice", "endpointslicemirroring", "serviceaccount")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -84,6 +85,7 @@ class ControllerManager:
             "endpoints": lambda: EndpointsController(c, f),
             "endpointslice": lambda: EndpointSliceController(c, f),
             "endpointslicemirroring": lambda: EndpointSliceMirroringController(c, f),
+            "serviceaccount": lambda: ServiceAccountsController(c, f),
         }
         return [make[name]() for name in a.enabled]
 

@@ -86,6 +86,12 @@ class ServicerContext:
             context["x509_common_name"] = names
         return context
 
+    def peer_certificate(self) -> dict | None:
+        """The client certificate the TLS handshake verified (ssl's getpeercert()
+        form: subject, issuer, notAfter, ...), or None."""
+        transport = self._stream.conn.transport
+        return (transport.get_extra_info("peercert") or None) if transport is not None else None
+
     def time_remaining(self):
         d = self._stream.deadline
         return None if d is None else max(0.0, d - time.monotonic())

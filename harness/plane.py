@@ -15,9 +15,15 @@ class ApiServer(ServerProcess):
 
     def __init__(self, tmp_path, etcd_servers: str, name: str = "apiserver",
                  registry: Registry | None = None, *, ready_timeout: float = DEFAULT_READY_TIMEOUT,
-                 **flags) -> None:
+                 pki=None, **flags) -> None:
+        """``pki`` (apiserver.auth.pki.PlanePKI): TLS with its certificates, client
+        certificates and ServiceAccount tokens authenticate, RBAC authorizes, no
+        anonymous requests (``flags`` may say otherwise)."""
         self.port = free_port()
         self.etcd_servers = etcd_servers
+        self.pki = pki
+        if pki is not None:
+            flags = {**pki.apiserver_flags(), "authorization_mode": "RBAC", "anonymous_auth": "false", **flags}
         self.flags = dict(flags)
         super().__init__(name, tmp_path, registry, ready_timeout)
 
@@ -29,12 +35,48 @@ class ApiServer(ServerProcess):
         return [PYTHON, "-m", "apiserver", "--etcd-servers", self.etcd_servers,
                 "--port", str(self.port), *_flag_args(self.flags)]
 
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.pki else 'http'}://127.0.0.1:{self.port}"
+
+    def kubeconfig(self, path, who: str = "admin", *, token: str = "", namespace: str = "default") -> str:
+        """A kubeconfig for this apiserver: as ``who`` (a client certificate of the
+        PKI: "admin", "scheduler", "node-n0", ... or "" for none), or with ``token``."""
+        from apiserver.rest.kubeconfig import write_for, write_kubeconfig
+
+        if self.pki is None:
+            return write_kubeconfig(str(path), self.url, namespace=namespace)
+        issued = None
+        if who.startswith("node-"):
+            issued = self.pki.node(who[5:])
+        elif who:
+            issued = self.pki.clients[who]
+        return write_for(str(path), self.url, str(self.pki.ca.cert_path),
+                         str(issued.cert) if issued else "", str(issued.key) if issued else "",
+                         token=token, namespace=namespace)
+
+    def client(self, who: str = "admin", *, token: str = "", timeout: float = 30.0):
+        """An apiserver.client.Client as ``who`` (see kubeconfig)."""
+        from apiserver.client import Client
+
+        if self.pki is None:
+            return Client(self.endpoint, timeout=timeout)
+        path = self.pki.dir / f"kubeconfig-{who or 'none'}-{abs(hash(token))}"
+        return Client(self.endpoint, timeout=timeout, kubeconfig=self.kubeconfig(path, who, token=token))
+
     def ready_probe(self, rpc_timeout: float) -> str | None:
         import grpc
 
+        from apiserver.client import channel_for
         from apiserver.pb import api_pb2, api_pb2_grpc
+        from apiserver.rest.kubeconfig import Credentials
 
-        with grpc.insecure_channel(self.endpoint) as ch:
+        creds = None
+        if self.pki is not None:
+            admin = self.pki.clients["admin"]
+            creds = Credentials(self.url, self.endpoint, True, ca=self.pki.ca.cert_path.read_bytes(),
+                                cert=admin.cert.read_bytes(), key=admin.key.read_bytes())
+        with channel_for(self.endpoint, creds) as ch:
             try:
                 api_pb2_grpc.ApiServerStub(ch).List(
                     api_pb2.ListRequest(resource="namespaces", limit=1), timeout=rpc_timeout)
@@ -57,8 +99,9 @@ class Component(ServerProcess):
 
     def __init__(self, tmp_path, name: str, module: str, server: str,
                  registry: Registry | None = None, ready=None, *, extra_args: Sequence[str] = (),
-                 ready_timeout: float = DEFAULT_READY_TIMEOUT, **flags) -> None:
+                 ready_timeout: float = DEFAULT_READY_TIMEOUT, env: dict | None = None, **flags) -> None:
         self.module = self.kind = module
+        self.extra_env = dict(env or {})
         self.server = server
         self.flags = dict(flags)
         self.extra_args = list(extra_args)
@@ -86,13 +129,16 @@ def start_component(tmp_path, name: str, module: str, server: str, registry: Reg
     return Component(tmp_path, name, module, server, registry, ready, **flags).start()
 
 
-def start_control_plane(tmp_path, registry: Registry, **apiserver_flags) -> ApiServer:
+def start_control_plane(tmp_path, registry: Registry, pki=None, **apiserver_flags) -> ApiServer:
     """etcdlite, the apiserver, a controller-manager and the scheduler, in `registry`: what nodes
-    (real or hollow) need to run a Deployment. Returns the apiserver."""
+    (real or hollow) need to run a Deployment. Returns the apiserver. With ``pki``: TLS and RBAC,
+    each component with its own certificate (its kubeconfig in $KUBECONFIG)."""
     etcd = registry.start_etcdlite(tmp_path, name="etcd")
-    api = start_apiserver(tmp_path, etcd.url, registry=registry, **apiserver_flags)
-    start_component(tmp_path, "cm", "controllers.manager", api.endpoint, registry, log_level="warning")
-    start_component(tmp_path, "scheduler", "controllers.scheduler", api.endpoint, registry, log_level="warning")
+    api = ApiServer(tmp_path, etcd.url, registry=registry, pki=pki, **apiserver_flags).start()
+    for name, module, who in (("cm", "controllers.manager", "controller-manager"),
+                              ("scheduler", "controllers.scheduler", "scheduler")):
+        env = {"KUBECONFIG": api.kubeconfig(tmp_path / f"{name}.kubeconfig", who)} if pki else None
+        Component(tmp_path, name, module, api.endpoint, registry, env=env, log_level="warning").start()
     return api
 
 

@@ -264,6 +264,7 @@ class ServerProcess:
         for k in list(env):
             if k.startswith("ETCD_") or k.startswith("ETCDCTL_"):
                 del env[k]  # real etcd reads ETCD_* as flags
+        env.update(getattr(self, "extra_env", None) or {})  # a component's KUBECONFIG, ...
         with open(self.log_path, "ab") as log:
             log.write(
                 f"\n===== start #{self.starts} at {time.strftime('%H:%M:%S')}: "

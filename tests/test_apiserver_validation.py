@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from apiserver import resources
 from apiserver.errors import ApiError
-from apiserver.pb import apps_pb2, coordination_pb2, core_pb2, discovery_pb2, networking_pb2
+from apiserver.pb import (apps_pb2, coordination_pb2, core_pb2, discovery_pb2, networking_pb2, rbac_pb2,
+                          serviceaccount_pb2)
 from apiserver.quantity import bytes_of, format_quantity, milli_cpu, parse_quantity
 from apiserver.defaults import apply_defaults
 from apiserver.validation import validate_create, validate_update
@@ -132,11 +133,47 @@ def ip_address() -> networking_pb2.IPAddress:
     return ip
 
 
+def service_account() -> serviceaccount_pb2.ServiceAccount:
+    return serviceaccount_pb2.ServiceAccount(metadata={"name": "robot", "namespace": "default"})
+
+
+def _rules():
+    return [rbac_pb2.PolicyRule(verbs=["get"], api_groups=[""], resources=["pods"])]
+
+
+def role() -> rbac_pb2.Role:
+    return rbac_pb2.Role(metadata={"name": "pod-reader", "namespace": "default"}, rules=_rules())
+
+
+def cluster_role() -> rbac_pb2.ClusterRole:
+    return rbac_pb2.ClusterRole(metadata={"name": "system:pod-reader"}, rules=[
+        *_rules(), rbac_pb2.PolicyRule(verbs=["get"], non_resource_urls=["/healthz"])])
+
+
+def _subjects():
+    return [rbac_pb2.Subject(kind="User", api_group="rbac.authorization.k8s.io", name="alice"),
+            rbac_pb2.Subject(kind="ServiceAccount", name="robot", namespace="default")]
+
+
+def role_binding() -> rbac_pb2.RoleBinding:
+    return rbac_pb2.RoleBinding(metadata={"name": "read-pods", "namespace": "default"}, subjects=_subjects(),
+                                role_ref=rbac_pb2.RoleRef(api_group="rbac.authorization.k8s.io", kind="Role",
+                                                          name="pod-reader"))
+
+
+def cluster_role_binding() -> rbac_pb2.ClusterRoleBinding:
+    return rbac_pb2.ClusterRoleBinding(metadata={"name": "system:read-pods"}, subjects=_subjects(),
+                                       role_ref=rbac_pb2.RoleRef(api_group="rbac.authorization.k8s.io",
+                                                                 kind="ClusterRole", name="system:pod-reader"))
+
+
 FACTORIES = {"pods": pod, "replicasets": replica_set, "deployments": deployment,
              "services": service, "namespaces": namespace, "nodes": node,
              "configmaps": config_map, "secrets": secret, "events": event,
              "endpoints": endpoints, "leases": lease, "endpointslices": endpoint_slice,
-             "ipaddresses": ip_address}
+             "ipaddresses": ip_address, "serviceaccounts": service_account, "roles": role,
+             "clusterroles": cluster_role, "rolebindings": role_binding,
+             "clusterrolebindings": cluster_role_binding}
 
 
 def defaulted(resource_name: str, msg=None):
@@ -1471,3 +1508,28 @@ def test_ip_address_rules():
     new = ip_address()
     new.spec.parent_ref.name = "other"
     assert_cause("ipaddresses", new, "spec.parentRef", "FieldValueInvalid", old=old)
+
+
+# ---- RBAC (pkg/apis/rbac/validation) ----
+
+def test_rbac_rules_and_bindings():
+    r = role()
+    r.rules[0].ClearField("verbs")
+    r.rules.add(verbs=["get"], non_resource_urls=["/healthz"])
+    pairs = [(f, why) for f, why, _ in causes_of("roles", r)]
+    assert ("rules[0].verbs", "FieldValueRequired") in pairs
+    assert ("rules[1].nonResourceURLs", "FieldValueInvalid") in pairs
+    b = cluster_role_binding()
+    b.role_ref.kind = "Role"
+    b.subjects[1].namespace = ""
+    b.subjects.add(kind="Robot", name="x")
+    pairs = [(f, why) for f, why, _ in causes_of("clusterrolebindings", b)]
+    assert pairs == [("roleRef.kind", "FieldValueNotSupported"), ("subjects[1].namespace", "FieldValueRequired"),
+                     ("subjects[2].kind", "FieldValueNotSupported")]
+    old = defaulted("rolebindings")
+    new = role_binding()
+    new.role_ref.name = "another"
+    assert_cause("rolebindings", new, "roleRef", "FieldValueInvalid", old=old)
+    bad_name = role()
+    bad_name.metadata.name = "a/b"
+    assert_cause("roles", bad_name, "metadata.name", "FieldValueInvalid")

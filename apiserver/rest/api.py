@@ -13,7 +13,7 @@ import yaml
 from apiserver import errors, manifest, resources
 from apiserver.errors import ApiError
 from apiserver.registry import Registry, parse_resource_version
-from apiserver.rest import convert, discovery, openapi, patch, protobuf, routing, tables, watch
+from apiserver.rest import authapi, convert, discovery, openapi, patch, protobuf, routing, tables, watch
 from apiserver.rest.http1 import Request, Response, json_response
 from apiserver.rest.status import error_response, http_error, success
 
@@ -31,19 +31,26 @@ def _strip_kind(obj: dict) -> dict:
 
 
 class RestApi:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, gate=None) -> None:
         self.registry = registry
+        # authentication and authorization (apiserver/auth/gate.py); None: everyone may do anything
+        self.gate = gate
         self.items = convert.ItemCache()
         self.lines = watch.SharedLines()
 
     async def handle(self, req: Request) -> Response:
         try:
+            if self.gate is not None:
+                req.user = self.gate.rest(req.peercert, req.method, req.path.rstrip("/") or "/",
+                                          req.headers, req.query)
             return await self._route(req)
         except ApiError as e:
             return error_response(e)
 
     async def _route(self, req: Request) -> Response:
         path = req.path.rstrip("/") or "/"
+        if path == authapi.SSAR_PATH and self.gate is not None:
+            return authapi.self_subject_access_review(self.gate, req)
         try:
             target = routing.parse(path)
         except routing.NoRoute:
@@ -96,6 +103,8 @@ class RestApi:
             if t.res.name not in discovery.SCALABLE:
                 return http_error(404, "the server could not find the requested resource")
             return await self._scale(req, t)
+        if t.subresource == "token" and t.res.name == "serviceaccounts" and t.name:
+            return await authapi.token_request(self.gate, self.registry, req, t.namespace, t.name)
         if t.subresource == "eviction" and t.res.name == "pods":
             if m != "POST":
                 return http_error(405, "the server does not allow this method on the requested resource")

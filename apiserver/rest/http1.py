@@ -26,7 +26,7 @@ MAX_HEADER_LINE = 64 * 1024
 MAX_HEADERS = 200
 # a connection with no request in flight that sends nothing for this long is closed
 IDLE_TIMEOUT = 300.0
-REASONS = {200: "OK", 201: "Created", 202: "Accepted", 400: "Bad Request", 403: "Forbidden",
+REASONS = {200: "OK", 201: "Created", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
            404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable", 409: "Conflict",
            410: "Gone", 413: "Request Entity Too Large", 415: "Unsupported Media Type",
            422: "Unprocessable Entity", 429: "Too Many Requests", 500: "Internal Server Error",
@@ -40,6 +40,9 @@ class Request:
     query: dict[str, list[str]]
     headers: dict[str, str]  # lower-case names
     body: bytes = b""
+    # the client certificate TLS verified (ssl's getpeercert() form), and who the gate says it is
+    peercert: dict | None = None
+    user: object = None
 
     def param(self, name: str, default: str = "") -> str:
         values = self.query.get(name)
@@ -123,6 +126,7 @@ class Http1Server:
                     return
                 if request is None:
                     return
+                request.peercert = writer.get_extra_info("peercert") or None
                 keep_alive = request.headers.get("connection", "").lower() != "close"
                 try:
                     response = await self.handler(request)

@@ -9,5 +9,5 @@ from apiserver.rest.http1 import Http1Server
 from apiserver.rest.status import http_error
 
 
-def front(registry: Registry) -> Http1Server:
-    return Http1Server(RestApi(registry).handle, http_error)
+def front(registry: Registry, gate=None) -> Http1Server:
+    return Http1Server(RestApi(registry, gate).handle, http_error)

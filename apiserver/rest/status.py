@@ -12,7 +12,7 @@ from apiserver import resources
 from apiserver.errors import ApiError
 from apiserver.rest.http1 import Response, json_response
 
-_REASON_OF_HTTP = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed",
+_REASON_OF_HTTP = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed",
                    406: "NotAcceptable", 409: "Conflict", 410: "Expired", 413: "RequestEntityTooLarge",
                    415: "UnsupportedMediaType", 422: "Invalid", 429: "TooManyRequests",
                    431: "BadRequest", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}

@@ -1,0 +1,128 @@
+"""Authentication: who a request comes from, as kube-apiserver decides it.
+
+In order: a client certificate the TLS handshake verified against
+--client-ca-file (CN = user name, each O = a group); a bearer token from
+--token-auth-file (CSV: token,user,uid,"group1,group2"); a ServiceAccount
+token (apiserver/auth/tokens.py) whose account still exists with the same
+uid. A token that matches none is refused (401) even when anonymous requests
+are allowed, as upstream; with no credentials at all the request is
+system:anonymous (group system:unauthenticated) if --anonymous-auth, else 401.
+Everyone authenticated is also in system:authenticated.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+
+from apiserver import errors
+from apiserver.auth import tokens
+
+log = logging.getLogger("apiserver.auth")
+
+AUTHENTICATED = "system:authenticated"
+UNAUTHENTICATED = "system:unauthenticated"
+MASTERS = "system:masters"
+SA_PREFIX = "system:serviceaccount:"
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    groups: tuple[str, ...] = ()
+    uid: str = ""
+
+
+ANONYMOUS = User("system:anonymous", (UNAUTHENTICATED,))
+# what the apiserver's own loopback work runs as (bootstrap writes never pass the gate)
+APISERVER = User("system:apiserver", (MASTERS, AUTHENTICATED))
+
+
+def read_token_file(path: str) -> dict[str, User]:
+    """kube-apiserver's --token-auth-file: token,user,uid[,"group1,group2"] per line."""
+    users: dict[str, User] = {}
+    with open(path, newline="") as f:
+        for lineno, row in enumerate(csv.reader(f), 1):
+            if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+                continue
+            if len(row) < 3:
+                raise ValueError(f"{path}:{lineno}: want token,user,uid[,\"group1,group2\"], got {len(row)} fields")
+            token, name, uid = (c.strip() for c in row[:3])
+            if not token or not name:
+                raise ValueError(f"{path}:{lineno}: empty token or user name")
+            groups = tuple(g.strip() for g in row[3].split(",") if g.strip()) if len(row) > 3 else ()
+            users[token] = User(name, groups, uid)
+    return users
+
+
+def service_account_user(namespace: str, name: str, uid: str = "") -> User:
+    return User(f"{SA_PREFIX}{namespace}:{name}",
+                ("system:serviceaccounts", f"system:serviceaccounts:{namespace}"), uid)
+
+
+def _with_authenticated(user: User) -> User:
+    if AUTHENTICATED in user.groups:
+        return user
+    return User(user.name, (*user.groups, AUTHENTICATED), user.uid)
+
+
+def user_of_cert(peercert: dict) -> User | None:
+    """The user a verified certificate names (ssl's getpeercert() form)."""
+    cn, groups = "", []
+    for rdn in peercert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                cn = value
+            elif key == "organizationName":
+                groups.append(value)
+    return User(cn, tuple(groups)) if cn else None
+
+
+class Authenticator:
+    """``service_accounts``: (namespace, name) -> the ServiceAccount or None
+    (the apiserver's watch cache), to refuse tokens of deleted accounts."""
+
+    def __init__(self, *, token_users: dict[str, User] | None = None, sa_public_keys: list | None = None,
+                 issuers: list[str] | None = None, audiences: list[str] | None = None,
+                 service_accounts=None, anonymous: bool = True) -> None:
+        self.token_users = token_users or {}
+        self.sa_public_keys = sa_public_keys or []
+        self.issuers = issuers or []
+        self.audiences = audiences or self.issuers
+        self.service_accounts = service_accounts
+        self.anonymous = anonymous
+
+    def authenticate(self, peercert: dict | None, authorization: str) -> User:
+        """The request's user; raises errors.unauthorized()."""
+        if peercert:
+            user = user_of_cert(peercert)
+            if user is not None:
+                return _with_authenticated(user)
+        if authorization:
+            scheme, _, token = authorization.strip().partition(" ")
+            token = token.strip()
+            if scheme.lower() == "bearer" and token:
+                return _with_authenticated(self._token(token))
+            raise errors.unauthorized()
+        if self.anonymous:
+            return ANONYMOUS
+        raise errors.unauthorized()
+
+    def _token(self, token: str) -> User:
+        user = self.token_users.get(token)
+        if user is not None:
+            return user
+        if self.sa_public_keys and tokens.looks_like_jwt(token):
+            try:
+                claims = tokens.verify(token, self.sa_public_keys, self.issuers, self.audiences)
+            except tokens.Invalid as e:
+                log.info("bearer token refused: %s", e)
+                raise errors.unauthorized() from None
+            sa = self.service_accounts(claims.namespace, claims.name) if self.service_accounts else None
+            if sa is None or (claims.uid and sa.metadata.uid != claims.uid):
+                log.info("bearer token refused: ServiceAccount %s/%s (uid %s) no longer exists",
+                         claims.namespace, claims.name, claims.uid)
+                raise errors.unauthorized()
+            return service_account_user(claims.namespace, claims.name, claims.uid)
+        raise errors.unauthorized()

@@ -1,0 +1,108 @@
+"""kube-apiserver's security flags and the Gate and TLS context they make."""
+
+from __future__ import annotations
+
+import argparse
+import ssl
+
+from apiserver.auth import tokens
+from apiserver.auth.authn import Authenticator, read_token_file
+from apiserver.auth.gate import Gate
+from apiserver.auth.rbac import AlwaysAllow, RBACAuthorizer, Union
+
+DEFAULT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+MODES = ("AlwaysAllow", "RBAC")
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "t", "yes"):
+        return True
+    if text.lower() in ("false", "0", "f", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"want true or false, not {text!r}")
+
+
+def add_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls-cert-file", default="",
+                   help="PEM serving certificate (with --tls-private-key-file): gRPC and REST over TLS; "
+                        "without it, plain text")
+    p.add_argument("--tls-private-key-file", default="", help="PEM key of --tls-cert-file")
+    p.add_argument("--client-ca-file", default="",
+                   help="PEM CA: client certificates it signed authenticate (CN = user, O = groups); "
+                        "a certificate it did not sign fails the TLS handshake")
+    p.add_argument("--token-auth-file", default="",
+                   help='bearer tokens, CSV lines token,user,uid[,"group1,group2"]')
+    p.add_argument("--service-account-key-file", action="append", default=[],
+                   help="PEM RSA key(s) ServiceAccount tokens are verified with (repeatable; default: "
+                        "the public half of --service-account-signing-key-file)")
+    p.add_argument("--service-account-signing-key-file", default="",
+                   help="PEM RSA private key TokenRequest signs ServiceAccount tokens with")
+    p.add_argument("--service-account-issuer", action="append", default=[],
+                   help=f"iss of the tokens signed (the first) and accepted (all); default {DEFAULT_ISSUER}")
+    p.add_argument("--api-audiences", default="",
+                   help="comma-separated audiences a token must name one of (default: the issuers)")
+    p.add_argument("--anonymous-auth", type=_bool, default=True, metavar="true|false",
+                   help="requests without credentials run as system:anonymous (else 401)")
+    p.add_argument("--authorization-mode", default="AlwaysAllow",
+                   help="comma-separated, tried in order: AlwaysAllow, RBAC")
+
+
+def check(args) -> str | None:
+    """What is wrong with the flags, or None."""
+    if bool(args.tls_cert_file) != bool(args.tls_private_key_file):
+        return "--tls-cert-file and --tls-private-key-file go together"
+    if args.client_ca_file and not args.tls_cert_file:
+        return "--client-ca-file needs TLS (--tls-cert-file and --tls-private-key-file)"
+    modes = [m.strip() for m in args.authorization_mode.split(",") if m.strip()]
+    for m in modes:
+        if m not in MODES:
+            return f"--authorization-mode: unknown mode {m!r} (known: {', '.join(MODES)})"
+    if not modes:
+        return "--authorization-mode: name at least one mode"
+    args.authorization_modes = modes
+    return None
+
+
+def secured(args) -> bool:
+    """Anything beyond the open default (no gate is built then: nothing is checked, as before)."""
+    return bool(args.client_ca_file or args.token_auth_file or args.service_account_key_file
+                or args.service_account_signing_key_file or not args.anonymous_auth
+                or args.authorization_modes != ["AlwaysAllow"])
+
+
+def ssl_context(args) -> ssl.SSLContext | None:
+    if not args.tls_cert_file:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(args.tls_cert_file, args.tls_private_key_file)
+    # the server's preference decides: kubectl and client-go offer h2 and http/1.1 and get
+    # HTTP/1.1 (the REST front); gRPC clients offer only h2
+    ctx.set_alpn_protocols(["http/1.1", "h2"])
+    if args.client_ca_file:
+        ctx.load_verify_locations(cafile=args.client_ca_file)
+        ctx.verify_mode = ssl.CERT_OPTIONAL  # asked for, verified if given; tokens need none
+    return ctx
+
+
+def build_gate(args, caches) -> Gate:
+    """Raises OSError/ValueError for unreadable files."""
+    token_users = read_token_file(args.token_auth_file) if args.token_auth_file else {}
+    issuers = args.service_account_issuer or [DEFAULT_ISSUER]
+    audiences = [a.strip() for a in args.api_audiences.split(",") if a.strip()] or issuers
+    signer = None
+    public_keys = []
+    for path in args.service_account_key_file:
+        public_keys += tokens.load_public_keys(path)
+    if args.service_account_signing_key_file:
+        key = tokens.load_private_key(args.service_account_signing_key_file)
+        signer = tokens.Signer(key, issuers[0])
+        if not args.service_account_key_file:
+            public_keys.append(key.public_key())
+    accounts = caches["serviceaccounts"]
+    authn = Authenticator(token_users=token_users, sa_public_keys=public_keys, issuers=issuers,
+                          audiences=audiences, service_accounts=lambda ns, name: accounts.get(ns, name),
+                          anonymous=args.anonymous_auth)
+    authorizers = [AlwaysAllow() if m == "AlwaysAllow" else RBACAuthorizer(caches) for m in args.authorization_modes]
+    authz = authorizers[0] if len(authorizers) == 1 else Union(authorizers)
+    return Gate(authn, authz, signer, tuple(audiences))

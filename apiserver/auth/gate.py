@@ -1,0 +1,137 @@
+"""The gate every request passes before it reaches the registry: who is it
+(``Authenticator``), what does it ask (``Attributes``, from a REST path and
+method or a gRPC method and request, as kube-apiserver's RequestInfo reads
+them), may it (the authorizer). Refusals are ApiErrors: Unauthorized (401,
+gRPC UNAUTHENTICATED) and Forbidden (403, PERMISSION_DENIED) with
+kube-apiserver's messages.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from apiserver import errors, resources
+from apiserver.auth.authn import Authenticator, User
+from apiserver.auth.rbac import AlwaysAllow, Attributes, forbidden, forbidden_message
+from apiserver.auth.tokens import Signer
+
+log = logging.getLogger("apiserver.auth")
+
+_METHOD_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+
+
+def rest_attributes(user: User, method: str, path: str, query: dict[str, list[str]]) -> Attributes:
+    """Attributes of a REST request (apiserver/pkg/endpoints/request.RequestInfoFactory)."""
+    parts = [p for p in path.split("/") if p]
+    if parts[:1] == ["api"] and len(parts) >= 2:
+        group, rest = "", parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 3:
+        group, rest = parts[1], parts[3:]
+    else:
+        rest = None
+    if not rest:
+        verb = "get" if method in ("GET", "HEAD") else method.lower()
+        return Attributes(user, verb, path=path or "/", resource_request=False)
+    namespace = ""
+    if rest[0] == "namespaces" and len(rest) >= 3:
+        namespace, rest = rest[1], rest[2:]
+    resource = rest[0]
+    name = rest[1] if len(rest) > 1 else ""
+    sub = rest[2] if len(rest) > 2 else ""
+    if resource == "namespaces" and not namespace and name:
+        namespace = name  # a namespace's own requests are in it
+    if method in ("GET", "HEAD"):
+        if (query.get("watch") or [""])[0] in _TRUE:
+            verb = "watch"
+        else:
+            verb = "get" if name else "list"
+    elif method == "DELETE" and not name:
+        verb = "deletecollection"
+    else:
+        verb = _METHOD_VERBS.get(method, method.lower())
+    return Attributes(user, verb, namespace, group, resource, sub, name, path)
+
+
+def _res(name: str):
+    return resources.lookup(name) if name else None
+
+
+def _ns(res, namespace: str) -> str:
+    if res is None or not res.namespaced:
+        return ""
+    return namespace or "default"
+
+
+def grpc_attributes(user: User, method: str, request) -> Attributes | None:
+    """Attributes of an ApiServer gRPC call; None when the request names no
+    resource served (the handler then answers NotFound/BadRequest)."""
+    if method in ("Create", "Update", "UpdateStatus"):
+        res, msg = resources.unwrap(request.object)
+        if res is None:
+            return None
+        ns = _ns(res, msg.metadata.namespace)
+        if method == "Create":
+            return Attributes(user, "create", ns, res.group, res.name, "", "")
+        return Attributes(user, "update", ns, res.group, res.name, "status" if method == "UpdateStatus" else "",
+                          msg.metadata.name)
+    if method == "Logs":
+        return Attributes(user, "get", _ns(resources.BY_NAME["pods"], request.namespace), "", "pods", "log",
+                          request.name)
+    if method == "Exec":
+        return Attributes(user, "create", _ns(resources.BY_NAME["pods"], request.namespace), "", "pods", "exec",
+                          request.name)
+    res = _res(request.resource)
+    if res is None:
+        return None
+    if method in ("List", "Watch"):
+        ns = request.namespace if res.namespaced else ""
+        return Attributes(user, method.lower(), ns, res.group, res.name)
+    ns = _ns(res, request.namespace)
+    if res.name == "namespaces":
+        ns = request.name
+    verb = {"Get": "get", "Patch": "patch", "Delete": "delete"}.get(method)
+    if verb is None:
+        return None
+    sub = "status" if method == "Patch" and request.status else ""
+    return Attributes(user, verb, ns, res.group, res.name, sub, request.name)
+
+
+@dataclass
+class Gate:
+    authenticator: Authenticator
+    authorizer: object = AlwaysAllow()
+    signer: Signer | None = None  # TokenRequest (None: no --service-account-signing-key-file)
+    audiences: tuple[str, ...] = ()
+
+    def authenticate(self, peercert: dict | None, authorization: str) -> User:
+        return self.authenticator.authenticate(peercert, authorization)
+
+    def authorize(self, a: Attributes) -> None:
+        if not self.authorizer.allowed(a):
+            log.info("forbidden: %s", forbidden_message(a))
+            raise forbidden(a)
+
+    def rest(self, peercert: dict | None, method: str, path: str, headers: dict, query: dict) -> User:
+        user = self.authenticate(peercert, headers.get("authorization", ""))
+        self.authorize(rest_attributes(user, method, path, query))
+        return user
+
+    def grpc(self, method: str, request, context) -> User:
+        authorization = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                authorization = value
+                break
+        peercert = context.peer_certificate() if hasattr(context, "peer_certificate") else None
+        user = self.authenticate(peercert, authorization)
+        a = grpc_attributes(user, method, request)
+        if a is not None:
+            self.authorize(a)
+        return user
+
+
+def open_gate() -> Gate:
+    """Everyone anonymous and allowed: the apiserver before issue 23, what the flags default to."""
+    return Gate(Authenticator(anonymous=True))

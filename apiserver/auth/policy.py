@@ -1,0 +1,196 @@
+"""The default RBAC policy the apiserver writes when RBAC is on, as
+kube-apiserver's bootstrap policy (plugin/pkg/auth/authorizer/rbac/bootstrappolicy)
+for the kinds served here: cluster-admin, the aggregated admin/edit/view,
+discovery for everyone, and a role per component bound to the identity its
+certificate carries (apiserver/auth/pki.COMPONENTS).
+
+Roles and bindings carrying rbac.authorization.kubernetes.io/autoupdate=true
+are set back to these rules at every start (upstream reconciles the same
+way); set it to "false" to keep your changes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from apiserver import resources
+from apiserver.errors import ApiError
+from apiserver.pb import rbac_pb2
+
+log = logging.getLogger("apiserver.auth")
+
+RBAC = "rbac.authorization.k8s.io"
+AUTOUPDATE = "rbac.authorization.kubernetes.io/autoupdate"
+AGG = "rbac.authorization.k8s.io/aggregate-to-"
+READ = ["get", "list", "watch"]
+WRITE = ["create", "delete", "deletecollection", "patch", "update"]
+ALL = ["*"]
+
+
+def rule(verbs, groups, res, names=()) -> rbac_pb2.PolicyRule:
+    return rbac_pb2.PolicyRule(verbs=list(verbs), api_groups=list(groups), resources=list(res),
+                               resource_names=list(names))
+
+
+def url_rule(verbs, urls) -> rbac_pb2.PolicyRule:
+    return rbac_pb2.PolicyRule(verbs=list(verbs), non_resource_urls=list(urls))
+
+
+def _role(name: str, rules=(), labels=None, aggregate_to: str = "") -> rbac_pb2.ClusterRole:
+    role = rbac_pb2.ClusterRole(rules=list(rules))
+    role.metadata.name = name
+    role.metadata.labels["kubernetes.io/bootstrapping"] = "rbac-defaults"
+    role.metadata.labels.update(labels or {})
+    role.metadata.annotations[AUTOUPDATE] = "true"
+    if aggregate_to:
+        role.aggregation_rule.cluster_role_selectors.add().match_labels[AGG + aggregate_to] = "true"
+    return role
+
+
+def _binding(name: str, role: str, subjects) -> rbac_pb2.ClusterRoleBinding:
+    b = rbac_pb2.ClusterRoleBinding(role_ref=rbac_pb2.RoleRef(api_group=RBAC, kind="ClusterRole", name=role))
+    b.metadata.name = name
+    b.metadata.labels["kubernetes.io/bootstrapping"] = "rbac-defaults"
+    b.metadata.annotations[AUTOUPDATE] = "true"
+    for kind, subject in subjects:
+        b.subjects.add(kind=kind, name=subject, api_group=RBAC)
+    return b
+
+
+CORE_VIEW = ["configmaps", "endpoints", "persistentvolumeclaims", "persistentvolumeclaims/status", "pods",
+             "replicationcontrollers", "replicationcontrollers/scale", "serviceaccounts", "services",
+             "services/status", "pods/log", "pods/status", "bindings", "events", "limitranges",
+             "namespaces/status", "resourcequotas", "resourcequotas/status", "replicationcontrollers/status"]
+APPS = ["daemonsets", "deployments", "deployments/scale", "replicasets", "replicasets/scale", "statefulsets",
+        "statefulsets/scale"]
+
+
+def cluster_roles() -> list[rbac_pb2.ClusterRole]:
+    return [
+        _role("cluster-admin", [rule(ALL, ["*"], ["*"]), url_rule(ALL, ["*"])]),
+        _role("admin", aggregate_to="admin"),
+        _role("edit", labels={AGG + "admin": "true"}, aggregate_to="edit"),
+        _role("view", labels={AGG + "edit": "true"}, aggregate_to="view"),
+        _role("system:aggregate-to-admin", [
+            rule(WRITE + READ, [RBAC], ["rolebindings", "roles"]),
+            rule(["create"], ["authorization.k8s.io"], ["localsubjectaccessreviews"]),
+        ], labels={AGG + "admin": "true"}),
+        _role("system:aggregate-to-edit", [
+            rule(WRITE, [""], ["pods", "pods/attach", "pods/exec", "pods/portforward", "pods/proxy",
+                               "pods/eviction"]),
+            rule(["create"], [""], ["pods/attach", "pods/exec", "pods/portforward", "pods/eviction",
+                                    "serviceaccounts/token"]),
+            rule(READ, [""], ["pods/attach", "pods/exec", "pods/portforward", "pods/proxy", "secrets",
+                              "services/proxy"]),
+            rule(["impersonate"], [""], ["serviceaccounts"]),
+            rule(WRITE, [""], ["configmaps", "endpoints", "persistentvolumeclaims", "replicationcontrollers",
+                               "replicationcontrollers/scale", "secrets", "serviceaccounts", "services",
+                               "services/proxy"]),
+            rule(WRITE, ["apps"], APPS),
+            rule(WRITE, ["discovery.k8s.io"], ["endpointslices"]),
+            rule(WRITE, ["coordination.k8s.io"], ["leases"]),
+        ], labels={AGG + "edit": "true"}),
+        _role("system:aggregate-to-view", [
+            rule(READ, [""], CORE_VIEW),
+            rule(READ, [""], ["namespaces"]),
+            rule(READ, ["apps"], APPS),
+            rule(READ, ["discovery.k8s.io"], ["endpointslices"]),
+            rule(READ, ["coordination.k8s.io"], ["leases"]),
+        ], labels={AGG + "view": "true"}),
+        _role("system:discovery", [url_rule(["get"], ["/api", "/api/*", "/apis", "/apis/*", "/healthz",
+                                                      "/livez", "/openapi", "/openapi/*", "/readyz",
+                                                      "/version", "/version/"])]),
+        _role("system:public-info-viewer", [url_rule(["get"], ["/healthz", "/livez", "/readyz", "/version",
+                                                               "/version/"])]),
+        _role("system:basic-user", [rule(["create"], ["authorization.k8s.io"],
+                                         ["selfsubjectaccessreviews", "selfsubjectrulesreviews"])]),
+        # the controllers run under one identity here (upstream: a ServiceAccount each, with
+        # --use-service-account-credentials): read everything (informers, the garbage
+        # collector), write what the controllers own, delete and patch owners' dependents
+        _role("system:kube-controller-manager", [
+            rule(READ, ["*"], ["*"]),
+            rule(["delete", "patch", "update"], ["*"], ["*"]),
+            rule(ALL, [""], ["pods", "pods/status", "endpoints", "events", "serviceaccounts", "nodes",
+                             "nodes/status", "namespaces", "namespaces/status", "namespaces/finalize"]),
+            rule(ALL, ["apps"], ["replicasets", "replicasets/status", "deployments", "deployments/status"]),
+            rule(ALL, ["discovery.k8s.io"], ["endpointslices"]),
+            rule(ALL, ["coordination.k8s.io"], ["leases"]),
+            rule(ALL, ["events.k8s.io"], ["events"]),
+        ]),
+        _role("system:kube-scheduler", [
+            rule(READ, [""], ["nodes", "pods", "namespaces", "services", "persistentvolumeclaims",
+                              "persistentvolumes", "replicationcontrollers"]),
+            rule(READ, ["apps"], ["replicasets", "statefulsets"]),
+            rule(["patch", "update"], [""], ["pods", "pods/status"]),
+            rule(["create"], [""], ["pods/binding", "bindings"]),
+            rule(["delete"], [""], ["pods"]),
+            rule(["create", "patch", "update"], ["", "events.k8s.io"], ["events"]),
+            rule(["create", "get", "list", "watch", "update"], ["coordination.k8s.io"], ["leases"]),
+        ]),
+        # upstream binds system:node to nobody and lets the Node authorizer decide; without
+        # that authorizer here, the group system:nodes gets this role
+        _role("system:node", [
+            rule(["create", "get", "list", "watch", "patch", "update", "delete"], [""], ["nodes"]),
+            rule(["patch", "update"], [""], ["nodes/status"]),
+            rule(["get", "list", "watch", "create", "delete"], [""], ["pods"]),
+            rule(["patch", "update"], [""], ["pods/status"]),
+            rule(["create"], [""], ["pods/eviction", "serviceaccounts/token"]),
+            rule(["create", "patch", "update"], ["", "events.k8s.io"], ["events"]),
+            rule(["get", "list", "watch"], [""], ["configmaps", "secrets", "services", "endpoints",
+                                                  "persistentvolumeclaims", "persistentvolumes"]),
+            rule(["get", "list", "watch"], ["discovery.k8s.io"], ["endpointslices"]),
+            rule(["create", "delete", "get", "patch", "update", "list", "watch"], ["coordination.k8s.io"],
+                 ["leases"]),
+        ]),
+        _role("system:node-proxier", [
+            rule(["list", "watch"], [""], ["endpoints", "services"]),
+            rule(["get", "list", "watch"], [""], ["nodes"]),
+            rule(["list", "watch"], ["discovery.k8s.io"], ["endpointslices"]),
+            rule(["create", "patch", "update"], ["", "events.k8s.io"], ["events"]),
+        ]),
+        _role("system:coredns", [
+            rule(["list", "watch"], [""], ["endpoints", "services", "pods", "namespaces"]),
+            rule(["list", "watch"], ["discovery.k8s.io"], ["endpointslices"]),
+        ]),
+    ]
+
+
+def cluster_role_bindings() -> list[rbac_pb2.ClusterRoleBinding]:
+    return [
+        _binding("cluster-admin", "cluster-admin", [("Group", "system:masters")]),
+        _binding("system:discovery", "system:discovery", [("Group", "system:authenticated")]),
+        _binding("system:public-info-viewer", "system:public-info-viewer",
+                 [("Group", "system:authenticated"), ("Group", "system:unauthenticated")]),
+        _binding("system:basic-user", "system:basic-user", [("Group", "system:authenticated")]),
+        _binding("system:kube-controller-manager", "system:kube-controller-manager",
+                 [("User", "system:kube-controller-manager")]),
+        _binding("system:kube-scheduler", "system:kube-scheduler", [("User", "system:kube-scheduler")]),
+        _binding("system:node", "system:node", [("Group", "system:nodes")]),
+        _binding("system:node-proxier", "system:node-proxier", [("User", "system:kube-proxy")]),
+        _binding("system:coredns", "system:coredns", [("User", "system:coredns")]),
+    ]
+
+
+async def ensure_default_policy(registry) -> None:
+    """Creates the default roles and bindings that are missing, and sets back
+    those marked autoupdate=true that differ."""
+    pairs = [(resources.BY_NAME["clusterroles"], r) for r in cluster_roles()] + \
+            [(resources.BY_NAME["clusterrolebindings"], b) for b in cluster_role_bindings()]
+    for res, want in pairs:
+        try:
+            await registry.create(res, want)
+            continue
+        except ApiError as e:
+            if e.reason != "AlreadyExists":
+                raise
+        have = await registry.get(res, "", want.metadata.name)
+        if have.metadata.annotations.get(AUTOUPDATE) != "true":
+            continue
+        same = (list(have.rules) == list(want.rules) and have.aggregation_rule == want.aggregation_rule) \
+            if res.name == "clusterroles" else \
+            (list(have.subjects) == list(want.subjects) and have.role_ref == want.role_ref)
+        if not same:
+            want.metadata.resource_version = have.metadata.resource_version
+            want.metadata.uid = have.metadata.uid
+            log.info("setting %s %s back to the default policy", res.kind, want.metadata.name)
+            await registry.update(res, want)

@@ -1,0 +1,160 @@
+"""ServiceAccount tokens: JWTs signed RS256 with --service-account-signing-key-file,
+verified with the public keys of --service-account-key-file, claims as
+Kubernetes' bound tokens (iss, sub system:serviceaccount:NS:NAME, aud, exp,
+iat, nbf, and kubernetes.io.{namespace, serviceaccount.{name, uid}}).
+
+A token proves who signed it and when it ends; whether its account still
+exists (same uid) the authenticator asks the apiserver's cache, so deleting
+the ServiceAccount ends every token it had.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+DEFAULT_EXPIRATION = 3600
+# TokenRequest's floor (upstream: 10 minutes)
+MIN_EXPIRATION = 600
+# clocks of the issuer and of the checker may differ this much (upstream: 60 s)
+LEEWAY = 60
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def key_id(public_key) -> str:
+    """As Kubernetes: the SHA-256 of the DER public key, base64url."""
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return _b64(hashlib.sha256(der).digest())
+
+
+def load_private_key(path: str):
+    with open(path, "rb") as f:
+        key = serialization.load_pem_private_key(f.read(), None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError(f"{path}: not an RSA private key (ServiceAccount tokens are RS256)")
+    return key
+
+
+def load_public_keys(path: str) -> list:
+    """Every RSA public key in the PEM file (public keys, or private keys whose public half is taken)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    keys = []
+    for block in data.split(b"-----END ")[:-1]:
+        start = block.rfind(b"-----BEGIN ")
+        if start < 0:
+            continue
+        kind = block[start + 11:block.index(b"-----", start + 11)]
+        pem = block[start:] + b"-----END " + kind + b"-----\n"
+        if b"PRIVATE KEY" in kind:
+            keys.append(serialization.load_pem_private_key(pem, None).public_key())
+        elif b"PUBLIC KEY" in kind:
+            keys.append(serialization.load_pem_public_key(pem))
+    keys = [k for k in keys if isinstance(k, rsa.RSAPublicKey)]
+    if not keys:
+        raise ValueError(f"{path}: no RSA key found")
+    return keys
+
+
+class Signer:
+    def __init__(self, private_key, issuer: str) -> None:
+        self.key = private_key
+        self.issuer = issuer
+        self.kid = key_id(private_key.public_key())
+
+    def sign(self, claims: dict) -> str:
+        header = {"alg": "RS256", "kid": self.kid}
+        signing_input = f"{_b64(json.dumps(header, separators=(',', ':')).encode())}." \
+                        f"{_b64(json.dumps(claims, separators=(',', ':')).encode())}"
+        sig = self.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{signing_input}.{_b64(sig)}"
+
+    def service_account_token(self, namespace: str, name: str, uid: str, *, audiences: list[str],
+                              expiration_seconds: int = DEFAULT_EXPIRATION, now: float | None = None,
+                              bound: dict | None = None) -> tuple[str, int]:
+        """(token, expiry as a Unix time)."""
+        now = int(time.time() if now is None else now)
+        exp = now + expiration_seconds
+        k8s = {"namespace": namespace, "serviceaccount": {"name": name, "uid": uid}}
+        if bound:
+            k8s.update(bound)
+        claims = {"aud": audiences, "exp": exp, "iat": now, "iss": self.issuer, "jti": str(uuid.uuid4()),
+                  "kubernetes.io": k8s, "nbf": now, "sub": f"system:serviceaccount:{namespace}:{name}"}
+        return self.sign(claims), exp
+
+
+class Invalid(Exception):
+    """The token is not one of ours or no longer valid (why: for the log, never the client)."""
+
+
+@dataclass
+class Claims:
+    namespace: str
+    name: str
+    uid: str
+    audiences: list[str]
+    expiry: int
+
+
+def looks_like_jwt(token: str) -> bool:
+    return token.count(".") == 2
+
+
+def verify(token: str, public_keys: list, issuers: list[str], audiences: list[str],
+           now: float | None = None) -> Claims:
+    """The token's ServiceAccount claims once signature, issuer, audience and
+    times check out; Invalid otherwise."""
+    try:
+        head_b64, body_b64, sig_b64 = token.split(".")
+        header = json.loads(_unb64(head_b64))
+        claims = json.loads(_unb64(body_b64))
+        sig = _unb64(sig_b64)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise Invalid(f"malformed token: {e}") from None
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        raise Invalid("malformed token")
+    if header.get("alg") != "RS256":
+        raise Invalid(f"unsupported alg {header.get('alg')!r}")
+    if claims.get("iss") not in issuers:
+        raise Invalid("issuer not accepted")  # perhaps another authenticator's
+    signing_input = f"{head_b64}.{body_b64}".encode()
+    for key in public_keys:
+        try:
+            key.verify(sig, signing_input, padding.PKCS1v15(), hashes.SHA256())
+            break
+        except InvalidSignature:
+            continue
+    else:
+        raise Invalid("signature does not verify with any --service-account-key-file key")
+    now = time.time() if now is None else now
+    exp, nbf = claims.get("exp"), claims.get("nbf", 0)
+    if not isinstance(exp, (int, float)) or now > exp + LEEWAY:
+        raise Invalid("token has expired")
+    if isinstance(nbf, (int, float)) and now + LEEWAY < nbf:
+        raise Invalid("token is not valid yet")
+    aud = claims.get("aud")
+    aud = [aud] if isinstance(aud, str) else list(aud or [])
+    if not set(aud) & set(audiences):
+        raise Invalid("token audiences are not accepted")
+    k8s = claims.get("kubernetes.io") or {}
+    sa = k8s.get("serviceaccount") or {}
+    sub = claims.get("sub", "")
+    ns, name = k8s.get("namespace", ""), sa.get("name", "")
+    if not ns or not name or sub != f"system:serviceaccount:{ns}:{name}":
+        raise Invalid("not a ServiceAccount token")
+    return Claims(ns, name, sa.get("uid", ""), aud, int(exp))

@@ -1,0 +1,110 @@
+"""The REST calls of issue 23 that store nothing: SelfSubjectAccessReview
+(``kubectl auth can-i``: may I?) and TokenRequest (``kubectl create token``:
+a ServiceAccount token, signed now)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+from apiserver import errors, resources
+from apiserver.auth.rbac import Attributes
+from apiserver.auth.tokens import DEFAULT_EXPIRATION, MIN_EXPIRATION
+from apiserver.rest import protobuf
+from apiserver.rest.http1 import Request, Response, json_response
+
+SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+SERVICE_ACCOUNTS = resources.BY_NAME["serviceaccounts"]
+
+
+# the protobuf messages kubectl's typed clients send here (k8s.io/api authorization/v1 and
+# authentication/v1 generated.proto): field number -> (JSON name, string | strings | int | message)
+_RESOURCE_ATTRIBUTES = {1: ("namespace", "string"), 2: ("verb", "string"), 3: ("group", "string"),
+                        4: ("version", "string"), 5: ("resource", "string"), 6: ("subresource", "string"),
+                        7: ("name", "string")}
+_NON_RESOURCE_ATTRIBUTES = {1: ("path", "string"), 2: ("verb", "string")}
+_SSAR_SPEC = {1: ("resourceAttributes", _RESOURCE_ATTRIBUTES), 2: ("nonResourceAttributes", _NON_RESOURCE_ATTRIBUTES)}
+_TOKEN_SPEC = {1: ("audiences", "strings"), 4: ("expirationSeconds", "int")}
+_TOP = {"SelfSubjectAccessReview": {2: ("spec", _SSAR_SPEC)}, "TokenRequest": {2: ("spec", _TOKEN_SPEC)}}
+
+
+def _fields(raw: bytes, schema: dict) -> dict:
+    out: dict = {}
+    for number, wire, value in protobuf._Reader(raw).fields():
+        name, kind = schema.get(number, ("", None))
+        if isinstance(kind, dict) and wire == 2:
+            out[name] = _fields(value, kind)
+        elif kind == "string" and wire == 2:
+            out[name] = value.decode("utf-8", "replace")
+        elif kind == "strings" and wire == 2:
+            out.setdefault(name, []).append(value.decode("utf-8", "replace"))
+        elif kind == "int" and wire == 0:
+            out[name] = value
+    return out
+
+
+def _body(req: Request) -> dict:
+    if req.headers.get("content-type", "").split(";")[0].strip() == protobuf.CONTENT_TYPE:
+        api_version, kind, raw = protobuf._unknown(req.body)
+        if kind not in _TOP:
+            raise errors.bad_request(f'no kind "{kind}" is registered for version "{api_version}"')
+        return {"apiVersion": api_version, "kind": kind, **_fields(raw, _TOP[kind])}
+    try:
+        body = json.loads(req.body or b"{}")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise errors.bad_request(f"couldn't get version/kind; json parse error: {e}") from None
+    if not isinstance(body, dict):
+        raise errors.bad_request("the request body must be a JSON object")
+    return body
+
+
+def self_subject_access_review(gate, req: Request) -> Response:
+    if req.method != "POST":
+        raise errors.method_not_allowed("the server does not allow this method on the requested resource")
+    body = _body(req)
+    spec = body.get("spec") or {}
+    ra, nra = spec.get("resourceAttributes"), spec.get("nonResourceAttributes")
+    if bool(ra) == bool(nra):
+        raise errors.invalid("SelfSubjectAccessReview", "", [(
+            "spec.resourceAttributes", "FieldValueRequired",
+            "Required value: exactly one of nonResourceAttributes or resourceAttributes must be specified")])
+    user = req.user
+    if ra:
+        a = Attributes(user, ra.get("verb", ""), ra.get("namespace", ""), ra.get("group", ""),
+                       ra.get("resource", ""), ra.get("subresource", ""), ra.get("name", ""))
+    else:
+        a = Attributes(user, nra.get("verb", ""), path=nra.get("path", ""), resource_request=False)
+    allowed = gate.authorizer.allowed(a)
+    out = {"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
+           "metadata": {"creationTimestamp": None}, "spec": spec,
+           "status": {"allowed": allowed}}
+    if not allowed:
+        out["status"]["denied"] = False  # no opinion: nothing forbids it outright, nothing allows it
+    return json_response(out, 201)
+
+
+async def token_request(gate, registry, req: Request, namespace: str, name: str) -> Response:
+    if req.method != "POST":
+        raise errors.method_not_allowed("the server does not allow this method on the requested resource")
+    if gate is None or gate.signer is None:
+        raise errors.ApiError("NotFound", "the server could not find the requested resource "
+                              "(the apiserver has no --service-account-signing-key-file)")
+    sa = await registry.get(SERVICE_ACCOUNTS, namespace, name)
+    body = _body(req)
+    spec = body.get("spec") or {}
+    audiences = list(spec.get("audiences") or gate.audiences or [gate.signer.issuer])
+    expiration = spec.get("expirationSeconds") or DEFAULT_EXPIRATION
+    if not isinstance(expiration, int) or expiration < MIN_EXPIRATION:
+        raise errors.invalid("TokenRequest", name, [(
+            "spec.expirationSeconds", "FieldValueInvalid",
+            f"Invalid value: {expiration}: may not specify a duration less than 10 minutes")])
+    expiration = min(expiration, 48 * 3600)
+    token, exp = gate.signer.service_account_token(namespace, name, sa.metadata.uid, audiences=audiences,
+                                                   expiration_seconds=expiration)
+    stamp = datetime.datetime.fromtimestamp(exp, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return json_response({
+        "kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"name": name, "namespace": namespace, "creationTimestamp": None},
+        "spec": {"audiences": audiences, "expirationSeconds": expiration,
+                 "boundObjectRef": spec.get("boundObjectRef")},
+        "status": {"token": token, "expirationTimestamp": stamp}}, 201)

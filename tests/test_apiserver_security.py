@@ -1,0 +1,361 @@
+"""Issue 23 on the apiserver: TLS, who is asking (client certificates, a
+token file, ServiceAccount tokens) and RBAC, over REST (kubectl too) and gRPC.
+
+One plane for the module: etcdlite, an apiserver with TLS, --client-ca-file,
+--token-auth-file, ServiceAccount keys, RBAC and no anonymous requests, and a
+controller-manager running as system:kube-controller-manager with its own
+certificate. Every refusal is checked for its code and Kubernetes' message,
+and for having written nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import json
+import ssl
+import subprocess
+import time
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from harness.plane import start_control_plane
+from harness.procs import Registry
+
+from apiserver.auth import pki as pkis
+from apiserver.auth import tokens
+from apiserver.client import Client
+from apiserver.errors import ApiError
+from apiserver.pb import api_pb2, api_pb2_grpc, core_pb2, rbac_pb2, serviceaccount_pb2
+from tests.test_kubectl import KUBECTL
+
+pytestmark = pytest.mark.process
+
+TOKENS = 'bob-token-0123456789,bob,1001,"devs,testers"\n'
+DEADLINE = 20.0
+
+
+class Plane:
+    def __init__(self, api, pki, tmp) -> None:
+        self.api = api
+        self.pki = pki
+        self.tmp = tmp
+        self.admin = api.client("admin")
+
+    def ssl_context(self, who: str = "", ca: pkis.CA | None = None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.pki.ca.cert_path))
+        if who:
+            issued = (ca or self.pki.ca).issue(f"t-{who}", who) if ca or who not in self.pki.clients \
+                else self.pki.clients[who]
+            ctx.load_cert_chain(str(issued.cert), str(issued.key))
+        return ctx
+
+    def rest(self, method: str, path: str, body=None, *, ctx: ssl.SSLContext | None = None,
+             token: str = "") -> tuple[int, dict]:
+        conn = http.client.HTTPSConnection("127.0.0.1", self.api.port, context=ctx or self.ssl_context(),
+                                           timeout=10)
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read() or b"{}")
+        finally:
+            conn.close()
+
+    def grpc_stub(self, *, cert=None, token: str = ""):
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=self.pki.ca.cert_path.read_bytes(),
+            private_key=cert.key.read_bytes() if cert else None,
+            certificate_chain=cert.cert.read_bytes() if cert else None)
+        if token:
+            creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(token))
+        channel = grpc.secure_channel(self.api.endpoint, creds)
+        return channel, api_pb2_grpc.ApiServerStub(channel)
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory):
+    reg = Registry()
+    tmp = tmp_path_factory.mktemp("security")
+    pki = pkis.plane_pki(tmp / "pki")
+    token_file = tmp / "tokens.csv"
+    token_file.write_text(TOKENS)
+    try:
+        api = start_control_plane(tmp, reg, pki=pki, token_auth_file=str(token_file))
+        p = Plane(api, pki, tmp)
+        for ns in ("team-a", "team-b"):
+            p.admin.create(core_pb2.Namespace(metadata={"name": ns}))
+            p.admin.create(core_pb2.Secret(metadata={"name": "db", "namespace": ns}, data={"pw": b"hunter2"}))
+            p.admin.create(core_pb2.ConfigMap(metadata={"name": "cfg", "namespace": ns}, data={"a": "1"}))
+        # bob (token file) and carol (client certificate) may view team-a
+        binding = rbac_pb2.RoleBinding(
+            metadata={"name": "viewers", "namespace": "team-a"},
+            role_ref=rbac_pb2.RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="view"),
+            subjects=[rbac_pb2.Subject(kind="User", api_group="rbac.authorization.k8s.io", name="bob"),
+                      rbac_pb2.Subject(kind="User", api_group="rbac.authorization.k8s.io", name="carol")])
+        p.admin.create(binding)
+        p.carol = pki.ca.issue("carol", "carol", ("devs",))
+        wait_until(lambda: p.rest("GET", "/api/v1/namespaces/team-a/configmaps",
+                                  token="bob-token-0123456789")[0] == 200, "bob's RoleBinding to take effect")
+        yield p
+        p.admin.close()
+    finally:
+        reg.cleanup()
+
+
+def wait_until(check, what: str, timeout: float = DEADLINE):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def forbidden_status(message: str, kind: str, name: str = "", group: str = "") -> dict:
+    details = {"kind": kind}
+    if name:
+        details["name"] = name
+    if group:
+        details["group"] = group
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+            "reason": "Forbidden", "details": details, "code": 403}
+
+
+UNAUTHORIZED = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "Unauthorized", "reason": "Unauthorized", "code": 401}
+
+
+def configmap(ns: str, name: str) -> dict:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}, "data": {"x": "y"}}
+
+
+def assert_not_written(plane: Plane, ns: str, name: str) -> None:
+    with pytest.raises(ApiError) as err:
+        plane.admin.get("configmaps", name, ns)
+    assert err.value.reason == "NotFound"
+
+
+# ---- authentication ----
+
+def test_no_credentials_are_refused(plane):
+    assert plane.rest("GET", "/api/v1/namespaces") == (401, UNAUTHORIZED)
+    assert plane.rest("POST", "/api/v1/namespaces/team-a/configmaps", configmap("team-a", "anon")) == \
+        (401, UNAUTHORIZED)
+    channel, stub = plane.grpc_stub()
+    with channel, pytest.raises(grpc.RpcError) as err:
+        stub.Create(api_pb2.CreateRequest(object=api_pb2.Object(config_map=core_pb2.ConfigMap(
+            metadata={"name": "anon", "namespace": "team-a"}))), timeout=10)
+    assert (err.value.code(), err.value.details()) == (grpc.StatusCode.UNAUTHENTICATED, "Unauthorized")
+    assert_not_written(plane, "team-a", "anon")
+
+
+def _sa_token(plane, ns: str, name: str, *, key=None, exp_delta: int = 3600, uid: str = "") -> str:
+    signer = tokens.Signer(key or tokens.load_private_key(str(plane.pki.sa_key)),
+                           "https://kubernetes.default.svc.cluster.local")
+    now = int(time.time())
+    return signer.service_account_token(ns, name, uid, audiences=[signer.issuer], now=now + exp_delta - 3600)[0]
+
+
+def test_bad_tokens_are_refused(plane):
+    sa = plane.admin.get("serviceaccounts", "default", "team-a") if _has_default(plane, "team-a") else None
+    uid = sa.metadata.uid if sa else ""
+    good = _sa_token(plane, "team-a", "default", uid=uid)
+    head, body, sig = good.split(".")
+    claims = json.loads(tokens._unb64(body))
+    claims["sub"] = "system:serviceaccount:kube-system:default"
+    claims["kubernetes.io"]["namespace"] = "kube-system"
+    forged = ".".join((head, tokens._b64(json.dumps(claims).encode()), sig))
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    bad = {
+        "forged": forged,
+        "wrongly signed": _sa_token(plane, "team-a", "default", key=other_key, uid=uid),
+        "expired": _sa_token(plane, "team-a", "default", exp_delta=-3 * tokens.LEEWAY, uid=uid),
+        "unknown": "no-such-token",
+        "not bearer": None,
+    }
+    for why, token in bad.items():
+        if token is None:
+            conn = http.client.HTTPSConnection("127.0.0.1", plane.api.port, context=plane.ssl_context(), timeout=10)
+            conn.request("GET", "/api/v1/namespaces", headers={"Authorization": "Basic Ym9iOmJvYg=="})
+            resp = conn.getresponse()
+            assert (resp.status, json.loads(resp.read())) == (401, UNAUTHORIZED), why
+            conn.close()
+            continue
+        assert plane.rest("POST", "/api/v1/namespaces/team-a/configmaps", configmap("team-a", "bad"),
+                          token=token) == (401, UNAUTHORIZED), why
+        channel, stub = plane.grpc_stub(token=token)
+        with channel, pytest.raises(grpc.RpcError) as err:
+            stub.List(api_pb2.ListRequest(resource="configmaps", namespace="team-a"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, why
+    assert_not_written(plane, "team-a", "bad")
+
+
+def _has_default(plane, ns: str) -> bool:
+    try:
+        plane.admin.get("serviceaccounts", "default", ns)
+        return True
+    except ApiError:
+        return False
+
+
+def test_certificate_from_another_ca_fails_the_handshake(plane):
+    """kube-apiserver answers 401 to a certificate it cannot verify; Python's ssl
+    cannot ask for a certificate without verifying it, so here the TLS handshake
+    fails instead: the request never reaches HTTP, nothing is written."""
+    stranger = pkis.CA(plane.tmp / "other-ca", cn="another-ca")
+    ctx = plane.ssl_context("kubernetes-admin", ca=stranger)
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        plane.rest("POST", "/api/v1/namespaces/team-a/configmaps", configmap("team-a", "stranger"), ctx=ctx)
+    issued = stranger.issue("admin2", "kubernetes-admin", ("system:masters",))
+    channel, stub = plane.grpc_stub(cert=issued)
+    with channel, pytest.raises(grpc.RpcError) as err:
+        stub.Create(api_pb2.CreateRequest(object=api_pb2.Object(config_map=core_pb2.ConfigMap(
+            metadata={"name": "stranger", "namespace": "team-a"}))), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert_not_written(plane, "team-a", "stranger")
+
+
+def test_plain_http_is_not_served(plane):
+    conn = http.client.HTTPConnection("127.0.0.1", plane.api.port, timeout=5)
+    with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
+        conn.request("GET", "/api/v1/namespaces/team-a/secrets")
+        conn.getresponse().read()
+    conn.close()
+
+
+# ---- authorization ----
+
+def test_view_in_one_namespace(plane):
+    bob = dict(token="bob-token-0123456789")
+    code, listed = plane.rest("GET", "/api/v1/namespaces/team-a/configmaps", **bob)
+    assert code == 200 and [i["metadata"]["name"] for i in listed["items"]] == ["cfg"]
+    assert plane.rest("GET", "/api/v1/namespaces/team-a/secrets", **bob) == (403, forbidden_status(
+        'secrets is forbidden: User "bob" cannot list resource "secrets" in API group "" in the namespace "team-a"',
+        "secrets"))
+    assert plane.rest("GET", "/api/v1/namespaces/team-a/secrets/db", **bob) == (403, forbidden_status(
+        'secrets "db" is forbidden: User "bob" cannot get resource "secrets" in API group "" in the namespace '
+        '"team-a"', "secrets", "db"))
+    assert plane.rest("GET", "/api/v1/namespaces/team-b/configmaps", **bob) == (403, forbidden_status(
+        'configmaps is forbidden: User "bob" cannot list resource "configmaps" in API group "" in the namespace '
+        '"team-b"', "configmaps"))
+    assert plane.rest("GET", "/apis/apps/v1/deployments", **bob) == (403, forbidden_status(
+        'deployments.apps is forbidden: User "bob" cannot list resource "deployments" in API group "apps" at '
+        'the cluster scope', "deployments", group="apps"))
+    # view does not write
+    code, status = plane.rest("POST", "/api/v1/namespaces/team-a/configmaps", configmap("team-a", "bobs"), **bob)
+    assert (code, status["message"]) == (403, 'configmaps is forbidden: User "bob" cannot create resource '
+                                               '"configmaps" in API group "" in the namespace "team-a"')
+    assert_not_written(plane, "team-a", "bobs")
+    # the same over gRPC, as carol (a client certificate, view in team-a too)
+    channel, stub = plane.grpc_stub(cert=plane.carol)
+    with channel:
+        listed = stub.List(api_pb2.ListRequest(resource="configmaps", namespace="team-a"), timeout=10)
+        assert [o.config_map.metadata.name for o in listed.items] == ["cfg"]
+        for request, message in (
+                (lambda: stub.Get(api_pb2.GetRequest(resource="secrets", namespace="team-a", name="db"), timeout=10),
+                 'secrets "db" is forbidden: User "carol" cannot get resource "secrets" in API group "" in the '
+                 'namespace "team-a"'),
+                (lambda: stub.List(api_pb2.ListRequest(resource="secrets", namespace="team-b"), timeout=10),
+                 'secrets is forbidden: User "carol" cannot list resource "secrets" in API group "" in the '
+                 'namespace "team-b"'),
+                (lambda: stub.Watch(api_pb2.WatchRequest(resource="pods"), timeout=10).next(),
+                 'pods is forbidden: User "carol" cannot watch resource "pods" in API group "" at the cluster '
+                 'scope'),
+                (lambda: stub.Delete(api_pb2.DeleteRequest(resource="configmaps", namespace="team-a", name="cfg"),
+                                     timeout=10),
+                 'configmaps "cfg" is forbidden: User "carol" cannot delete resource "configmaps" in API group "" '
+                 'in the namespace "team-a"')):
+            with pytest.raises(grpc.RpcError) as err:
+                request()
+            assert (err.value.code(), err.value.details()) == (grpc.StatusCode.PERMISSION_DENIED, message)
+    assert plane.admin.get("configmaps", "cfg", "team-a").data["a"] == "1"
+
+
+# ---- ServiceAccounts ----
+
+def test_service_account_token_works_until_the_account_is_deleted(plane):
+    wait_until(lambda: _has_default(plane, "team-b"), "the default ServiceAccount in team-b")
+    plane.admin.create(serviceaccount_pb2.ServiceAccount(metadata={"name": "robot", "namespace": "team-b"}))
+    plane.admin.create(rbac_pb2.Role(metadata={"name": "cm-reader", "namespace": "team-b"}, rules=[
+        rbac_pb2.PolicyRule(verbs=["get", "list"], api_groups=[""], resources=["configmaps"])]))
+    plane.admin.create(rbac_pb2.RoleBinding(
+        metadata={"name": "robot", "namespace": "team-b"},
+        role_ref=rbac_pb2.RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name="cm-reader"),
+        subjects=[rbac_pb2.Subject(kind="ServiceAccount", name="robot")]))
+    # TokenRequest, as `kubectl create token` sends it
+    code, tr = plane.rest("POST", "/api/v1/namespaces/team-b/serviceaccounts/robot/token",
+                          {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}},
+                          ctx=plane.ssl_context("admin"))
+    assert code == 201, tr
+    token = tr["status"]["token"]
+    wait_until(lambda: plane.rest("GET", "/api/v1/namespaces/team-b/configmaps/cfg", token=token)[0] == 200,
+               "the robot's Role to take effect")
+    assert plane.rest("GET", "/api/v1/namespaces/team-b/secrets/db", token=token)[1]["message"] == (
+        'secrets "db" is forbidden: User "system:serviceaccount:team-b:robot" cannot get resource "secrets" in '
+        'API group "" in the namespace "team-b"')
+    plane.admin.delete("serviceaccounts", "robot", "team-b")
+    wait_until(lambda: plane.rest("GET", "/api/v1/namespaces/team-b/configmaps/cfg", token=token) ==
+               (401, UNAUTHORIZED), "the deleted account's token to be refused")
+    # an account made again under the same name is another account: the old token stays refused
+    plane.admin.create(serviceaccount_pb2.ServiceAccount(metadata={"name": "robot", "namespace": "team-b"}))
+    time.sleep(0.3)  # let the cache see it; the token must still be refused after
+    assert plane.rest("GET", "/api/v1/namespaces/team-b/configmaps/cfg", token=token) == (401, UNAUTHORIZED)
+
+
+def test_controller_manager_runs_under_its_own_identity(plane):
+    """The controller-manager's certificate (system:kube-controller-manager) and its
+    RBAC role suffice for its work: a Deployment gets its ReplicaSet and pods."""
+    from apiserver import manifest
+    plane.admin.create(manifest.from_dict({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "team-a"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "web", "image": "busybox"}]}}}}))
+    wait_until(lambda: len(plane.admin.list("pods", "team-a", label_selector="app=web").items) == 2,
+               "the Deployment's pods")
+
+
+# ---- kubectl ----
+
+@pytest.fixture(scope="module")
+def kubectl(plane, tmp_path_factory):
+    if KUBECTL is None:
+        pytest.skip("kubectl not found: run harness/get_kubectl.sh")
+    home = tmp_path_factory.mktemp("kubectl-home")
+
+    def run(who: str, *args: str, token: str = "") -> subprocess.CompletedProcess:
+        config = plane.api.kubeconfig(home / f"kubeconfig-{who}", who, token=token)
+        return subprocess.run([KUBECTL, "--kubeconfig", config, "--cache-dir", str(home / "cache" / who), *args],
+                              capture_output=True, text=True, timeout=60,
+                              env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
+    return run
+
+
+def test_kubectl_with_client_certificates(plane, kubectl):
+    out = kubectl("admin", "get", "secrets", "-n", "team-a", "-o", "name")
+    assert (out.returncode, out.stdout) == (0, "secret/db\n"), out.stderr
+    out = kubectl("", "get", "secrets", "-n", "team-a", token="bob-token-0123456789")
+    assert out.returncode == 1
+    assert out.stderr.strip() == ('Error from server (Forbidden): secrets is forbidden: User "bob" cannot list '
+                                  'resource "secrets" in API group "" in the namespace "team-a"')
+    out = kubectl("", "get", "configmaps", "-n", "team-a", "-o", "name", token="bob-token-0123456789")
+    assert (out.returncode, out.stdout) == (0, "configmap/cfg\n"), out.stderr
+
+
+def test_kubectl_auth_can_i(plane, kubectl):
+    bob = "bob-token-0123456789"
+    for args, want in ((("list", "configmaps", "-n", "team-a"), "yes"),
+                       (("get", "secrets", "-n", "team-a"), "no"),
+                       (("list", "pods", "-n", "team-b"), "no"),
+                       (("create", "configmaps", "-n", "team-a"), "no")):
+        out = kubectl("", "auth", "can-i", *args, token=bob)
+        assert out.stdout.strip() == want, (args, out.stdout, out.stderr)
+    out = kubectl("admin", "auth", "can-i", "delete", "secrets", "--all-namespaces")
+    assert (out.returncode, out.stdout.strip()) == (0, "yes"), out.stderr
+    out = kubectl("admin", "create", "token", "default", "-n", "team-a")
+    assert out.returncode == 0 and tokens.looks_like_jwt(out.stdout.strip()), out.stderr
