@@ -87,6 +87,14 @@ class ApiError(Exception):
         return f"ApiError({self.reason!r}, {self.message!r})"
 
 
+def http_code_of(code: grpc.StatusCode) -> int:
+    """The HTTP code Kubernetes would answer for a call that ended with ``code``."""
+    if code == grpc.StatusCode.OK:
+        return 200
+    reason = _REASON_OF_CODE.get(code)
+    return REASONS[reason][1] if reason else 500
+
+
 def trailing_metadata(err: ApiError) -> tuple[tuple[str, bytes], ...]:
     return ((STATUS_METADATA_KEY, err.to_status().SerializeToString()),)
 

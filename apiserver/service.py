@@ -16,6 +16,8 @@ import grpc
 from google.protobuf import message_factory
 
 from apiserver import errors, resources
+from apiserver.auth.audit import now as audit_now
+from apiserver.auth.gate import Seen
 from apiserver.errors import ApiError
 from apiserver.kubelet import KubeletClients, PodProxy
 from apiserver.pb import api_pb2, api_pb2_grpc
@@ -100,14 +102,27 @@ class SharedWatchEvents:
 
 def _gated(gate, name: str, method):
     """``method`` behind the gate: the call ends UNAUTHENTICATED or PERMISSION_DENIED
-    (with the Status in the trailers) before the registry sees it."""
+    (with the Status in the trailers) before the registry sees it. With an audit
+    log, every call is logged once it ended."""
+    audit = gate.audit
+
     @functools.wraps(method)
     async def call(request, context):
+        seen = Seen()
+        received = audit_now() if audit is not None else ""
         try:
-            gate.grpc(name, request, context)
-        except ApiError as e:
-            await errors.abort(context, e)
-        return await method(request, context)
+            try:
+                gate.grpc(name, request, context, seen)
+            except ApiError as e:
+                await errors.abort(context, e)
+            return await method(request, context)
+        finally:
+            if audit is not None:
+                code = context.code() or grpc.StatusCode.OK
+                metadata = dict(context.invocation_metadata() or ())
+                audit.event(received=received, uri=f"/apiserver.v1.ApiServer/{name}", verb=name.lower(),
+                            user=seen.user, attrs=seen.attrs, code=errors.http_code_of(code),
+                            source=context.peer(), user_agent=metadata.get("user-agent", ""))
     return call
 
 

@@ -4,6 +4,12 @@ One etcdlite member (data in <data-dir>/etcd) and the apiserver in front of
 it (Secrets encrypted with <data-dir>/encryption.key, made on first start),
 each its own process, output prefixed by its name. A process that dies is
 restarted; Ctrl-C or SIGTERM stops both.
+
+The apiserver serves TLS with RBAC (unless --insecure): <data-dir>/pki holds
+the CA, its certificate, a client certificate for every component and the
+ServiceAccount key (apiserver/auth/pki.py); <data-dir>/kubeconfig is the
+admin's (kubectl, kctl: export KUBECONFIG=<data-dir>/kubeconfig), and each
+component runs with a kubeconfig of its own identity in $KUBECONFIG.
 """
 
 from __future__ import annotations
@@ -24,20 +30,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="default.plane", help="etcd data and the encryption key")
     p.add_argument("--etcd-port", type=int, default=2379, help="etcd client port (peer port: +1)")
     p.add_argument("--port", type=int, default=6443, help="apiserver gRPC port")
+    add_security_flags(p)
     return p
 
 
-class Supervisor:
-    """Runs named commands, relays their output, restarts those that die."""
+def add_security_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--insecure", action="store_true",
+                   help="serve plain text to anyone, everything allowed (the plane before issue 23)")
 
-    def __init__(self, commands: dict[str, list[str]]) -> None:
+
+class Supervisor:
+    """Runs named commands, relays their output, restarts those that die.
+    ``envs``: variables a command gets besides ours (its KUBECONFIG)."""
+
+    def __init__(self, commands: dict[str, list[str]], envs: dict[str, dict[str, str]] | None = None) -> None:
         self.commands = commands
+        self.envs = envs or {}
         self.procs: dict[str, subprocess.Popen] = {}
         self.stopping = threading.Event()
 
     def start(self, name: str) -> None:
+        env = {**os.environ, **self.envs[name]} if name in self.envs else None
         proc = subprocess.Popen(self.commands[name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, text=True)
+                                stdin=subprocess.DEVNULL, text=True, env=env)
         self.procs[name] = proc
         threading.Thread(target=self._relay, args=(name, proc), daemon=True).start()
 
@@ -69,18 +84,50 @@ class Supervisor:
                 proc.wait()
 
 
+class Security:
+    """The plane's PKI and kubeconfigs (None with --insecure)."""
+
+    def __init__(self, data_dir: str, port: int) -> None:
+        from apiserver.auth.pki import plane_pki
+
+        self.pki = plane_pki(os.path.join(data_dir, "pki"))
+        self.server = f"https://127.0.0.1:{port}"
+        self.admin = self.kubeconfig(os.path.join(data_dir, "kubeconfig"), "admin")
+
+    def kubeconfig(self, path: str, who: str) -> str:
+        """A kubeconfig for ``who``: a PKI client ("admin", "scheduler", ...) or "node-<name>"."""
+        from apiserver.rest.kubeconfig import write_for
+
+        issued = self.pki.node(who[5:]) if who.startswith("node-") else self.pki.clients[who]
+        return write_for(path, self.server, str(self.pki.ca.cert_path), str(issued.cert), str(issued.key))
+
+    def env(self, who: str) -> dict[str, str]:
+        """$KUBECONFIG for a component running as ``who``."""
+        path = os.path.join(self.pki.dir, f"{who}.kubeconfig")
+        return {"KUBECONFIG": self.kubeconfig(path, who)}
+
+    def apiserver_flags(self) -> list[str]:
+        flags = {**self.pki.apiserver_flags(), "authorization_mode": "RBAC", "anonymous_auth": "false"}
+        return [x for k, v in flags.items() for x in (f"--{k.replace('_', '-')}", v)]
+
+
 def plane_commands(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The commands; ``args.security`` (a Security, or None with --insecure) and
+    ``args.envs`` (each command's $KUBECONFIG) are set for the caller."""
     key_file = os.path.join(args.data_dir, "encryption.key")
     if not os.path.exists(key_file):
         generate_key_file(key_file)
     etcd_url = f"http://127.0.0.1:{args.etcd_port}"
+    args.security = None if getattr(args, "insecure", False) else Security(args.data_dir, args.port)
+    args.envs = {}
+    secure = args.security.apiserver_flags() if args.security else []
     return {
         "etcdlite": [sys.executable, "-m", "etcdlite", "--data-dir", os.path.join(args.data_dir, "etcd"),
                      "--listen-client-urls", etcd_url,
                      "--listen-peer-urls", f"http://127.0.0.1:{args.etcd_port + 1}",
                      "--log-level", "warn"],
         "apiserver": [sys.executable, "-m", "apiserver", "--etcd-servers", etcd_url,
-                      "--port", str(args.port), "--encryption-key-file", key_file],
+                      "--port", str(args.port), "--encryption-key-file", key_file, *secure],
     }
 
 
@@ -106,9 +153,11 @@ def run(sup: Supervisor, banner: str, then=None) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.makedirs(args.data_dir, exist_ok=True)
-    return run(Supervisor(plane_commands(args)),
+    cmds = plane_commands(args)
+    how = f"TLS and RBAC; export KUBECONFIG={args.security.admin}" if args.security else "plain text, no checks"
+    return run(Supervisor(cmds, args.envs),
                f"starting etcdlite (127.0.0.1:{args.etcd_port}) and the apiserver "
-               f"(127.0.0.1:{args.port}); data in {args.data_dir}/; Ctrl-C stops")
+               f"(127.0.0.1:{args.port}, {how}); data in {args.data_dir}/; Ctrl-C stops")
 
 
 if __name__ == "__main__":

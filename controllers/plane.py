@@ -22,12 +22,14 @@ from pathlib import Path
 from apiserver.client import Client
 from apiserver.errors import ApiError
 from apiserver.rest.kubeconfig import write_kubeconfig
-from apiserver.up import Supervisor, plane_commands, run
+from apiserver.up import Supervisor, add_security_flags, plane_commands, run
 
 EXAMPLE = Path(__file__).resolve().parent / "kctl" / "examples" / "web.yaml"
 
 TRY_NEXT = """\
-[plane] the plane is up. In another shell (the venv's kctl talks to 127.0.0.1:{port}):
+[plane] the plane is up. In another shell (the venv's kctl talks to 127.0.0.1:{port}, as the admin of
+[plane] {data}/kubeconfig: a client certificate of the plane's CA in {data}/pki):
+    export KUBECONFIG=$PWD/{data}/kubeconfig
     .venv/bin/kctl get nodes
     .venv/bin/kctl get deployments,pods -o wide
     .venv/bin/kctl scale deployment/web --replicas=15
@@ -35,7 +37,8 @@ TRY_NEXT = """\
     .venv/bin/kctl rollout undo deployment/web
     .venv/bin/kctl get pods -w        # and, elsewhere, stop a node: see the README
 [plane] kubectl works too (the apiserver serves Kubernetes' REST API on the same port):
-    .venv/bin/kubectl --kubeconfig {data}/kubeconfig get pods -o wide    # (make test fetches kubectl 1.32)
+    .venv/bin/kubectl get pods -o wide    # (make test fetches kubectl 1.32)
+    .venv/bin/kubectl auth can-i delete secrets --all-namespaces
 [plane] Ctrl-C stops everything; the state stays in {data}/ for the next `make run`."""
 
 
@@ -53,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pod-eviction-timeout", type=int, default=30,
                    help="seconds pods stay on an unreachable node (their default toleration)")
     p.add_argument("--no-example", action="store_true", help="do not apply the example Deployment")
+    add_security_flags(p)
     return p
 
 
@@ -73,6 +77,15 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
         cmds["kubelets"] = [py, "-m", "node.kubelet.hollow", "--server", server, "--nodes", str(args.nodes),
                             "--start-index", str(args.real_nodes), "--heartbeat-interval", "5",
                             "--log-level", "warning"]
+    if args.security is not None:
+        # each component with its own identity (apiserver/auth/policy.py grants what it needs)
+        who = {"controller-manager": "controller-manager", "scheduler": "scheduler", "kubelets": "node-hollow",
+               "dns": "dns"}
+        if args.real is not None:
+            for node in args.real.nodes:
+                who[f"kubelet-{node.index}"] = f"node-{node.name}"
+                who[f"proxy-{node.index}"] = "kube-proxy"
+        args.envs.update({name: args.security.env(w) for name, w in who.items() if name in cmds})
     return cmds
 
 
@@ -107,13 +120,24 @@ def describe_nodes(args: argparse.Namespace) -> str:
     return " and ".join(parts) or "no nodes"
 
 
+def admin_env(args: argparse.Namespace) -> dict | None:
+    """The environment of our own kctl runs: the admin's kubeconfig."""
+    return {**os.environ, "KUBECONFIG": args.security.admin} if args.security else None
+
+
+def admin_client(args: argparse.Namespace) -> Client:
+    return Client(f"127.0.0.1:{args.port}", timeout=5,
+                  kubeconfig=args.security.admin if args.security else None)
+
+
 def kctl(args: argparse.Namespace, *argv: str) -> int:
-    return subprocess.call([sys.executable, "-m", "controllers.kctl", "--server", f"127.0.0.1:{args.port}", *argv])
+    return subprocess.call([sys.executable, "-m", "controllers.kctl", "--server", f"127.0.0.1:{args.port}", *argv],
+                           env=admin_env(args))
 
 
 def wait_for_apiserver(args: argparse.Namespace, stopping: threading.Event, timeout: float = 120) -> bool:
     deadline = time.monotonic() + timeout
-    with Client(f"127.0.0.1:{args.port}", timeout=5) as client:
+    with admin_client(args) as client:
         while not stopping.is_set() and time.monotonic() < deadline:
             try:
                 client.list("namespaces", limit=1)
@@ -142,7 +166,7 @@ def show_example(args: argparse.Namespace, sup: Supervisor) -> None:
 def show_page(args: argparse.Namespace) -> None:
     """Fetch the example's page from a pod by its IP, from another node's namespace, and print
     the command that does it."""
-    with Client(f"127.0.0.1:{args.port}", timeout=5) as client:
+    with admin_client(args) as client:
         pods = [p for p in client.list("pods", namespace="default", label_selector="app=web").items
                 if p.status.pod_ip and p.status.phase == "Running"]
     if not pods:
@@ -163,23 +187,26 @@ def show_page(args: argparse.Namespace) -> None:
     for _ in range(3):
         got = subprocess.run([sys.executable, "-m", "controllers.kctl", "--server", f"127.0.0.1:{args.port}",
                               "exec", pod.metadata.name, "--", "wget", "-qO-", url],
-                             capture_output=True, text=True, timeout=20)
+                             capture_output=True, text=True, timeout=20, env=admin_env(args))
         print("    " + (got.stdout.strip() or got.stderr.strip()), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.makedirs(args.data_dir, exist_ok=True)
-    write_kubeconfig(os.path.join(args.data_dir, "kubeconfig"), f"http://127.0.0.1:{args.port}")
     said = choose_nodes(args)
     if said:
         print(f"[plane] {said}", flush=True)
     if args.real is not None:
         print(f"[plane] making {args.real_nodes} real nodes: their network and the busybox image", flush=True)
         args.real.prepare()
-    sup = Supervisor(commands(args))
+    cmds = commands(args)
+    if args.security is None:
+        write_kubeconfig(os.path.join(args.data_dir, "kubeconfig"), f"http://127.0.0.1:{args.port}")
+    sup = Supervisor(cmds, args.envs)
+    how = "TLS and RBAC, each component with its own certificate" if args.security else "plain text, no checks"
     try:
-        return run(sup, f"starting etcdlite (127.0.0.1:{args.etcd_port}), the apiserver (127.0.0.1:{args.port}), "
+        return run(sup, f"starting etcdlite (127.0.0.1:{args.etcd_port}), the apiserver (127.0.0.1:{args.port}, {how}), "
                         f"the controller-manager, the scheduler and {describe_nodes(args)}; "
                         f"data in {args.data_dir}/", then=lambda: show_example(args, sup))
     finally:

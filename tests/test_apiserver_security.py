@@ -10,15 +10,17 @@ and for having written nothing.
 
 from __future__ import annotations
 
-import datetime
+import base64
 import http.client
 import json
 import ssl
 import subprocess
 import time
+from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from harness.plane import start_control_plane
 from harness.procs import Registry
@@ -84,7 +86,8 @@ def plane(tmp_path_factory):
     token_file = tmp / "tokens.csv"
     token_file.write_text(TOKENS)
     try:
-        api = start_control_plane(tmp, reg, pki=pki, token_auth_file=str(token_file))
+        api = start_control_plane(tmp, reg, pki=pki, token_auth_file=str(token_file),
+                                  audit_log_path=str(tmp / "audit.log"))
         p = Plane(api, pki, tmp)
         for ns in ("team-a", "team-b"):
             p.admin.create(core_pb2.Namespace(metadata={"name": ns}))
@@ -359,3 +362,72 @@ def test_kubectl_auth_can_i(plane, kubectl):
     assert (out.returncode, out.stdout.strip()) == (0, "yes"), out.stderr
     out = kubectl("admin", "create", "token", "default", "-n", "team-a")
     assert out.returncode == 0 and tokens.looks_like_jwt(out.stdout.strip()), out.stderr
+
+
+# ---- audit ----
+
+def test_audit_log_says_who_did_what(plane):
+    bob = "bob-token-0123456789"
+    assert plane.rest("GET", "/api/v1/namespaces/team-a/secrets?limit=5", token=bob)[0] == 403
+    channel, stub = plane.grpc_stub(cert=plane.carol)
+    with channel:
+        stub.Get(api_pb2.GetRequest(resource="configmaps", namespace="team-a", name="cfg"), timeout=10)
+    path = plane.tmp / "audit.log"
+
+    def events():
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    def find(user, verb, resource, code):
+        return [e for e in events() if e["user"].get("username") == user and e["verb"] == verb
+                and e.get("objectRef", {}).get("resource") == resource and e["responseStatus"]["code"] == code]
+
+    rest = wait_until(lambda: find("bob", "list", "secrets", 403), "bob's refused list in the audit log")[-1]
+    assert rest["requestURI"] == "/api/v1/namespaces/team-a/secrets?limit=5"
+    assert rest["objectRef"] == {"resource": "secrets", "namespace": "team-a"}
+    assert rest["user"]["groups"] == ["devs", "testers", "system:authenticated"]
+    assert (rest["kind"], rest["apiVersion"], rest["level"], rest["stage"]) == \
+        ("Event", "audit.k8s.io/v1", "Metadata", "ResponseComplete")
+    grpc_event = wait_until(lambda: find("carol", "get", "configmaps", 200), "carol's gRPC Get")[-1]
+    assert grpc_event["objectRef"] == {"resource": "configmaps", "namespace": "team-a", "name": "cfg"}
+    assert grpc_event["requestURI"] == "/apiserver.v1.ApiServer/Get"
+    assert any(e["responseStatus"]["code"] == 401 and e["user"] == {} for e in events())
+    # no Secret's data anywhere: not in the audit log, not in the apiserver's log
+    for log in (path, plane.api.log_path):
+        text = Path(log).read_bytes()
+        assert b"hunter2" not in text and base64.b64encode(b"hunter2") not in text, log
+
+
+# ---- make run's commands ----
+
+def test_make_run_is_secure_by_default(tmp_path):
+    """`make run` (controllers.plane): the apiserver on TLS with RBAC and no anonymous
+    requests, every component with a kubeconfig of its own identity, the admin's
+    kubeconfig with a client certificate; --insecure as before."""
+    import yaml
+
+    from controllers import plane as make_run
+
+    args = make_run.build_parser().parse_args(["--data-dir", str(tmp_path), "--real-nodes", "0", "--nodes", "2"])
+    make_run.choose_nodes(args)
+    cmds = make_run.commands(args)
+    api = cmds["apiserver"]
+    for flag in ("--tls-cert-file", "--tls-private-key-file", "--client-ca-file", "--service-account-key-file",
+                 "--service-account-signing-key-file"):
+        assert Path(api[api.index(flag) + 1]).exists(), flag
+    assert api[api.index("--authorization-mode") + 1] == "RBAC"
+    assert api[api.index("--anonymous-auth") + 1] == "false"
+    users = {}
+    for name in ("controller-manager", "scheduler", "kubelets"):
+        config = yaml.safe_load(Path(args.envs[name]["KUBECONFIG"]).read_text())
+        assert config["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:6443"
+        cert = x509.load_pem_x509_certificate(base64.b64decode(config["users"][0]["user"]["client-certificate-data"]))
+        users[name] = cert.subject.rfc4514_string()
+    assert users == {"controller-manager": "CN=system:kube-controller-manager",
+                     "scheduler": "CN=system:kube-scheduler", "kubelets": "CN=system:node:hollow,O=system:nodes"}
+    admin = yaml.safe_load((tmp_path / "kubeconfig").read_text())
+    assert admin["users"][0]["user"]["client-key-data"] and (tmp_path / "kubeconfig").stat().st_mode & 0o077 == 0
+    insecure = make_run.build_parser().parse_args(["--data-dir", str(tmp_path / "i"), "--insecure", "--real-nodes",
+                                                   "0"])
+    (tmp_path / "i").mkdir()
+    make_run.choose_nodes(insecure)
+    assert "--tls-cert-file" not in make_run.commands(insecure)["apiserver"] and insecure.envs == {}

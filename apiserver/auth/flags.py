@@ -6,6 +6,7 @@ import argparse
 import ssl
 
 from apiserver.auth import tokens
+from apiserver.auth.audit import AuditLog
 from apiserver.auth.authn import Authenticator, read_token_file
 from apiserver.auth.gate import Gate
 from apiserver.auth.rbac import AlwaysAllow, RBACAuthorizer, Union
@@ -45,6 +46,8 @@ def add_flags(p: argparse.ArgumentParser) -> None:
                    help="requests without credentials run as system:anonymous (else 401)")
     p.add_argument("--authorization-mode", default="AlwaysAllow",
                    help="comma-separated, tried in order: AlwaysAllow, RBAC")
+    p.add_argument("--audit-log-path", default="",
+                   help="append an audit.k8s.io/v1 Event (level Metadata) per request to this file ('-': stdout)")
 
 
 def check(args) -> str | None:
@@ -65,7 +68,7 @@ def check(args) -> str | None:
 
 def secured(args) -> bool:
     """Anything beyond the open default (no gate is built then: nothing is checked, as before)."""
-    return bool(args.client_ca_file or args.token_auth_file or args.service_account_key_file
+    return bool(args.client_ca_file or args.token_auth_file or args.audit_log_path or args.service_account_key_file
                 or args.service_account_signing_key_file or not args.anonymous_auth
                 or args.authorization_modes != ["AlwaysAllow"])
 
@@ -105,4 +108,5 @@ def build_gate(args, caches) -> Gate:
                           anonymous=args.anonymous_auth)
     authorizers = [AlwaysAllow() if m == "AlwaysAllow" else RBACAuthorizer(caches) for m in args.authorization_modes]
     authz = authorizers[0] if len(authorizers) == 1 else Union(authorizers)
-    return Gate(authn, authz, signer, tuple(audiences))
+    audit = AuditLog(args.audit_log_path) if args.audit_log_path else None
+    return Gate(authn, authz, signer, tuple(audiences), audit)

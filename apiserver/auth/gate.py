@@ -99,11 +99,19 @@ def grpc_attributes(user: User, method: str, request) -> Attributes | None:
 
 
 @dataclass
+class Seen:
+    """What the gate learnt of a request before it let it through or refused it (for the audit log)."""
+    user: User | None = None
+    attrs: Attributes | None = None
+
+
+@dataclass
 class Gate:
     authenticator: Authenticator
     authorizer: object = AlwaysAllow()
     signer: Signer | None = None  # TokenRequest (None: no --service-account-signing-key-file)
     audiences: tuple[str, ...] = ()
+    audit: object = None  # an AuditLog (--audit-log-path), or None
 
     def authenticate(self, peercert: dict | None, authorization: str) -> User:
         return self.authenticator.authenticate(peercert, authorization)
@@ -113,20 +121,24 @@ class Gate:
             log.info("forbidden: %s", forbidden_message(a))
             raise forbidden(a)
 
-    def rest(self, peercert: dict | None, method: str, path: str, headers: dict, query: dict) -> User:
-        user = self.authenticate(peercert, headers.get("authorization", ""))
-        self.authorize(rest_attributes(user, method, path, query))
+    def rest(self, peercert: dict | None, method: str, path: str, headers: dict, query: dict,
+             seen: Seen | None = None) -> User:
+        seen = seen or Seen()
+        seen.user = user = self.authenticate(peercert, headers.get("authorization", ""))
+        seen.attrs = rest_attributes(user, method, path, query)
+        self.authorize(seen.attrs)
         return user
 
-    def grpc(self, method: str, request, context) -> User:
+    def grpc(self, method: str, request, context, seen: Seen | None = None) -> User:
         authorization = ""
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
                 authorization = value
                 break
         peercert = context.peer_certificate() if hasattr(context, "peer_certificate") else None
-        user = self.authenticate(peercert, authorization)
-        a = grpc_attributes(user, method, request)
+        seen = seen or Seen()
+        seen.user = user = self.authenticate(peercert, authorization)
+        seen.attrs = a = grpc_attributes(user, method, request)
         if a is not None:
             self.authorize(a)
         return user

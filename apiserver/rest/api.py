@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
+from urllib.parse import urlencode
 
 import yaml
 
 from apiserver import errors, manifest, resources
+from apiserver.auth.audit import now as audit_now
+from apiserver.auth.gate import Seen
 from apiserver.errors import ApiError
 from apiserver.registry import Registry, parse_resource_version
 from apiserver.rest import authapi, convert, discovery, openapi, patch, protobuf, routing, tables, watch
@@ -39,13 +42,21 @@ class RestApi:
         self.lines = watch.SharedLines()
 
     async def handle(self, req: Request) -> Response:
+        audit = self.gate.audit if self.gate is not None else None
+        received = audit_now() if audit is not None else ""
+        seen = Seen()
         try:
             if self.gate is not None:
                 req.user = self.gate.rest(req.peercert, req.method, req.path.rstrip("/") or "/",
-                                          req.headers, req.query)
-            return await self._route(req)
+                                          req.headers, req.query, seen)
+            resp = await self._route(req)
         except ApiError as e:
-            return error_response(e)
+            resp = error_response(e)
+        if audit is not None:
+            uri = req.path + (f"?{urlencode(req.query, doseq=True)}" if req.query else "")
+            audit.event(received=received, uri=uri, verb=req.method.lower(), user=seen.user, attrs=seen.attrs,
+                        code=resp.status, source=req.source, user_agent=req.headers.get("user-agent", ""))
+        return resp
 
     async def _route(self, req: Request) -> Response:
         path = req.path.rstrip("/") or "/"

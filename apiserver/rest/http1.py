@@ -43,6 +43,7 @@ class Request:
     # the client certificate TLS verified (ssl's getpeercert() form), and who the gate says it is
     peercert: dict | None = None
     user: object = None
+    source: str = ""  # the client's address
 
     def param(self, name: str, default: str = "") -> str:
         values = self.query.get(name)
@@ -127,6 +128,8 @@ class Http1Server:
                 if request is None:
                     return
                 request.peercert = writer.get_extra_info("peercert") or None
+                peer = writer.get_extra_info("peername")
+                request.source = peer[0] if isinstance(peer, tuple) and peer else ""
                 keep_alive = request.headers.get("connection", "").lower() != "close"
                 try:
                     response = await self.handler(request)

@@ -69,7 +69,8 @@ def get_or_create_lease(client, node: str, node_uid: str, duration: int) -> coor
     try:
         client.create(core_pb2.Namespace(metadata={"name": LEASE_NAMESPACE}))
     except ApiError as e:
-        if e.reason != "AlreadyExists":
+        # Forbidden: under RBAC a node may not make namespaces (the apiserver made this one)
+        if e.reason not in ("AlreadyExists", "Forbidden"):
             raise
     lease = coordination_pb2.Lease()
     lease.metadata.name, lease.metadata.namespace = node, LEASE_NAMESPACE
