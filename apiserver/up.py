@@ -107,7 +107,7 @@ class Security:
         return {"KUBECONFIG": self.kubeconfig(path, who)}
 
     def apiserver_flags(self) -> list[str]:
-        flags = {**self.pki.apiserver_flags(), "authorization_mode": "RBAC", "anonymous_auth": "false"}
+        flags = {**self.pki.apiserver_flags(), "authorization_mode": "Node,RBAC", "anonymous_auth": "false"}
         return [x for k, v in flags.items() for x in (f"--{k.replace('_', '-')}", v)]
 
 

@@ -23,7 +23,7 @@ class ApiServer(ServerProcess):
         self.etcd_servers = etcd_servers
         self.pki = pki
         if pki is not None:
-            flags = {**pki.apiserver_flags(), "authorization_mode": "RBAC", "anonymous_auth": "false", **flags}
+            flags = {**pki.apiserver_flags(), "authorization_mode": "Node,RBAC", "anonymous_auth": "false", **flags}
         self.flags = dict(flags)
         super().__init__(name, tmp_path, registry, ready_timeout)
 

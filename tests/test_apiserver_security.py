@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from harness.plane import start_control_plane
 from harness.procs import Registry
 
+from apiserver import manifest
 from apiserver.auth import pki as pkis
 from apiserver.auth import tokens
 from apiserver.client import Client
@@ -279,6 +280,49 @@ def test_view_in_one_namespace(plane):
     assert plane.admin.get("configmaps", "cfg", "team-a").data["a"] == "1"
 
 
+def test_a_kubelet_reads_only_what_its_pods_use(plane):
+    """The Node authorizer: node n1's kubelet may get the Secret and ConfigMap of a pod
+    bound to n1, not those of a pod on n2, and may list neither."""
+    for node, secret in (("n1", "s1"), ("n2", "s2")):
+        plane.admin.create(core_pb2.Secret(metadata={"name": secret, "namespace": "team-b"}, data={"k": b"v"}))
+        plane.admin.create(core_pb2.ConfigMap(metadata={"name": f"c-{node}", "namespace": "team-b"}))
+        plane.admin.create(manifest.from_dict({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"p-{node}", "namespace": "team-b"},
+            "spec": {"nodeName": node, "containers": [{
+                "name": "c", "image": "busybox",
+                "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": secret, "key": "k"}}}],
+                "envFrom": [{"configMapRef": {"name": f"c-{node}"}}]}]}}))
+    channel, stub = plane.grpc_stub(cert=plane.pki.node("n1"))
+    with channel:
+        def get(resource, name):
+            return stub.Get(api_pb2.GetRequest(resource=resource, namespace="team-b", name=name), timeout=10)
+
+        wait_until(lambda: _ok(lambda: get("secrets", "s1")), "n1's pod in the apiserver's cache")
+        assert get("configmaps", "c-n1").config_map.metadata.name == "c-n1"
+        for call, message in (
+                (lambda: get("secrets", "s2"), 'secrets "s2" is forbidden: User "system:node:n1" cannot get '
+                                               'resource "secrets" in API group "" in the namespace "team-b"'),
+                (lambda: get("configmaps", "c-n2"), 'configmaps "c-n2" is forbidden: User "system:node:n1" cannot '
+                                                    'get resource "configmaps" in API group "" in the namespace '
+                                                    '"team-b"'),
+                (lambda: stub.List(api_pb2.ListRequest(resource="secrets", namespace="team-b"), timeout=10),
+                 'secrets is forbidden: User "system:node:n1" cannot list resource "secrets" in API group "" in '
+                 'the namespace "team-b"')):
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert (err.value.code(), err.value.details()) == (grpc.StatusCode.PERMISSION_DENIED, message)
+        # what RBAC's system:node grants still works: the node's pods
+        assert len(stub.List(api_pb2.ListRequest(resource="pods", namespace="team-b"), timeout=10).items) >= 2
+
+
+def _ok(call) -> bool:
+    try:
+        call()
+        return True
+    except grpc.RpcError:
+        return False
+
+
 # ---- ServiceAccounts ----
 
 def test_service_account_token_works_until_the_account_is_deleted(plane):
@@ -313,7 +357,6 @@ def test_service_account_token_works_until_the_account_is_deleted(plane):
 def test_controller_manager_runs_under_its_own_identity(plane):
     """The controller-manager's certificate (system:kube-controller-manager) and its
     RBAC role suffice for its work: a Deployment gets its ReplicaSet and pods."""
-    from apiserver import manifest
     plane.admin.create(manifest.from_dict({
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "team-a"},
         "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
@@ -414,7 +457,7 @@ def test_make_run_is_secure_by_default(tmp_path):
     for flag in ("--tls-cert-file", "--tls-private-key-file", "--client-ca-file", "--service-account-key-file",
                  "--service-account-signing-key-file"):
         assert Path(api[api.index(flag) + 1]).exists(), flag
-    assert api[api.index("--authorization-mode") + 1] == "RBAC"
+    assert api[api.index("--authorization-mode") + 1] == "Node,RBAC"
     assert api[api.index("--anonymous-auth") + 1] == "false"
     users = {}
     for name in ("controller-manager", "scheduler", "kubelets"):

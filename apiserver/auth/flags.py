@@ -9,10 +9,11 @@ from apiserver.auth import tokens
 from apiserver.auth.audit import AuditLog
 from apiserver.auth.authn import Authenticator, read_token_file
 from apiserver.auth.gate import Gate
+from apiserver.auth.node import NodeAuthorizer
 from apiserver.auth.rbac import AlwaysAllow, RBACAuthorizer, Union
 
 DEFAULT_ISSUER = "https://kubernetes.default.svc.cluster.local"
-MODES = ("AlwaysAllow", "RBAC")
+MODES = ("AlwaysAllow", "Node", "RBAC")
 
 
 def _bool(text: str) -> bool:
@@ -45,7 +46,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--anonymous-auth", type=_bool, default=True, metavar="true|false",
                    help="requests without credentials run as system:anonymous (else 401)")
     p.add_argument("--authorization-mode", default="AlwaysAllow",
-                   help="comma-separated, tried in order: AlwaysAllow, RBAC")
+                   help="comma-separated, tried in order: AlwaysAllow, Node, RBAC (make run: Node,RBAC)")
     p.add_argument("--audit-log-path", default="",
                    help="append an audit.k8s.io/v1 Event (level Metadata) per request to this file ('-': stdout)")
 
@@ -106,7 +107,9 @@ def build_gate(args, caches) -> Gate:
     authn = Authenticator(token_users=token_users, sa_public_keys=public_keys, issuers=issuers,
                           audiences=audiences, service_accounts=lambda ns, name: accounts.get(ns, name),
                           anonymous=args.anonymous_auth)
-    authorizers = [AlwaysAllow() if m == "AlwaysAllow" else RBACAuthorizer(caches) for m in args.authorization_modes]
+    make = {"AlwaysAllow": lambda: AlwaysAllow(), "Node": lambda: NodeAuthorizer(caches),
+            "RBAC": lambda: RBACAuthorizer(caches)}
+    authorizers = [make[m]() for m in args.authorization_modes]
     authz = authorizers[0] if len(authorizers) == 1 else Union(authorizers)
     audit = AuditLog(args.audit_log_path) if args.audit_log_path else None
     return Gate(authn, authz, signer, tuple(audiences), audit)

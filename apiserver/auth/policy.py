@@ -127,8 +127,10 @@ def cluster_roles() -> list[rbac_pb2.ClusterRole]:
             rule(["create", "patch", "update"], ["", "events.k8s.io"], ["events"]),
             rule(["create", "get", "list", "watch", "update"], ["coordination.k8s.io"], ["leases"]),
         ]),
-        # upstream binds system:node to nobody and lets the Node authorizer decide; without
-        # that authorizer here, the group system:nodes gets this role
+        # upstream binds system:node to nobody and lets the Node authorizer decide all of a
+        # kubelet's requests; here the group system:nodes gets this role, and the Node
+        # authorizer (apiserver/auth/node.py) only the Secrets, ConfigMaps and claims, which
+        # this role does not grant
         _role("system:node", [
             rule(["create", "get", "list", "watch", "patch", "update", "delete"], [""], ["nodes"]),
             rule(["patch", "update"], [""], ["nodes/status"]),
@@ -136,8 +138,7 @@ def cluster_roles() -> list[rbac_pb2.ClusterRole]:
             rule(["patch", "update"], [""], ["pods/status"]),
             rule(["create"], [""], ["pods/eviction", "serviceaccounts/token"]),
             rule(["create", "patch", "update"], ["", "events.k8s.io"], ["events"]),
-            rule(["get", "list", "watch"], [""], ["configmaps", "secrets", "services", "endpoints",
-                                                  "persistentvolumeclaims", "persistentvolumes"]),
+            rule(["get", "list", "watch"], [""], ["services", "endpoints", "persistentvolumes"]),
             rule(["get", "list", "watch"], ["discovery.k8s.io"], ["endpointslices"]),
             rule(["create", "delete", "get", "patch", "update", "list", "watch"], ["coordination.k8s.io"],
                  ["leases"]),
