@@ -403,6 +403,11 @@ def test_kubectl_auth_can_i(plane, kubectl):
         assert out.stdout.strip() == want, (args, out.stdout, out.stderr)
     out = kubectl("admin", "auth", "can-i", "delete", "secrets", "--all-namespaces")
     assert (out.returncode, out.stdout.strip()) == (0, "yes"), out.stderr
+    # granted with kubectl (a protobuf body), then allowed
+    out = kubectl("admin", "create", "rolebinding", "bob-edit", "--clusterrole=edit", "--user=bob", "-n", "team-b")
+    assert (out.returncode, out.stdout) == (0, "rolebinding.rbac.authorization.k8s.io/bob-edit created\n"), out.stderr
+    wait_until(lambda: kubectl("", "auth", "can-i", "create", "configmaps", "-n", "team-b",
+                               token=bob).stdout.strip() == "yes", "bob's edit in team-b")
     out = kubectl("admin", "create", "token", "default", "-n", "team-a")
     assert out.returncode == 0 and tokens.looks_like_jwt(out.stdout.strip()), out.stderr
 
