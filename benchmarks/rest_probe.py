@@ -4,6 +4,9 @@ Kubernetes' REST API (HTTP/1.1 keep-alive, JSON, as kubectl and client-go call i
 a time, the two APIs taking turns each round so both see the same machine.
 
     python -m benchmarks.rest_probe [--rounds N] [--out benchmarks/rest_results.md]
+    python -m benchmarks.rest_probe --security   # beside them, a second apiserver with TLS, a
+                                                 # client certificate and RBAC (a user with `edit`
+                                                 # in the namespace): benchmarks/security_results.md
 
 The plane under load (the 3,000-pod rollout) is not probed over REST yet (issue 21).
 """
@@ -38,8 +41,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Rest:
-    def __init__(self, port: int) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    def __init__(self, port: int, ssl_context=None) -> None:
+        if ssl_context is None:
+            self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        else:
+            self.conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=ssl_context)
 
     def call(self, method: str, path: str, body=None, content_type: str = "application/json"):
         headers = {"Accept": "application/json"}
@@ -100,6 +106,41 @@ def round_rest(rest: Rest, i: int, samples: dict) -> None:
         samples[op].append(time.perf_counter() - t)
 
 
+def secure_apiserver(tmp: str, reg: Registry, etcd_url: str):
+    """An apiserver with TLS and Node,RBAC on the same etcd, and a user ``bench``
+    (a client certificate) with the ClusterRole edit in the probe's namespace:
+    each of its calls is authenticated and authorized by RBAC's rules (the admin's
+    system:masters would skip them). Returns (ApiServer, Client, Rest)."""
+    import ssl
+
+    from harness.plane import ApiServer
+
+    from apiserver.auth.pki import plane_pki
+    from apiserver.pb import rbac_pb2
+
+    pki = plane_pki(Path(tmp) / "pki")
+    api = ApiServer(tmp, etcd_url, name="apiserver-secure", registry=reg, pki=pki, log_level="warning").start()
+    with api.client("admin") as admin:
+        admin.create(rbac_pb2.RoleBinding(
+            metadata={"name": "bench-edit", "namespace": NAMESPACE},
+            role_ref=rbac_pb2.RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="edit"),
+            subjects=[rbac_pb2.Subject(kind="User", api_group="rbac.authorization.k8s.io", name="bench")]))
+    pki.clients["bench"] = pki.ca.issue("bench", "bench")
+    ctx = ssl.create_default_context(cafile=str(pki.ca.cert_path))
+    ctx.load_cert_chain(str(pki.clients["bench"].cert), str(pki.clients["bench"].key))
+    client = api.client("bench")
+    deadline = time.monotonic() + 30
+    while True:  # until the apiserver's cache has the binding
+        try:
+            client.list("pods", NAMESPACE, limit=1)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    return api, client, Rest(api.port, ctx)
+
+
 def report(samples: dict, rounds: int, took: float) -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=REPO).stdout.strip()
@@ -117,7 +158,13 @@ def report(samples: dict, rounds: int, took: float) -> str:
         "p50 / p99 in ms:", "",
         "| API | " + " | ".join(OPS) + " |",
         "|---|" + "---|" * len(OPS)]
-    for api in ("gRPC", "REST"):
+    if len(samples) > 2:
+        lines[0] = "# The apiserver without and with TLS + RBAC (idle)"
+        lines[2] = "- command: `python -m benchmarks.rest_probe --security`"
+        lines[6] += ("; beside it a second apiserver on the same etcd with TLS, client certificates and "
+                     "`--authorization-mode=Node,RBAC`, called as a user with `edit` in the namespace "
+                     "(RBAC evaluates every call); the four take turns each round")
+    for api in samples:
         cells = [f"{percentile(samples[api][op], 50) * 1e3:.2f} / {percentile(samples[api][op], 99) * 1e3:.2f}"
                  for op in OPS]
         lines.append(f"| {api} | " + " | ".join(cells) + " |")
@@ -127,8 +174,11 @@ def report(samples: dict, rounds: int, took: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.rest_probe", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=200)
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "rest_results.md"))
+    p.add_argument("--out", default="")
+    p.add_argument("--security", action="store_true",
+                   help="also probe an apiserver with TLS and RBAC (default --out: benchmarks/security_results.md)")
     args = p.parse_args(argv)
+    args.out = args.out or str(REPO / "benchmarks" / ("security_results.md" if args.security else "rest_results.md"))
     reg = Registry()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="rest-probe-") as tmp:
@@ -139,10 +189,20 @@ def main(argv: list[str] | None = None) -> int:
             setup(client)
             rest = Rest(api.port)
             samples = {"gRPC": {op: [] for op in OPS}, "REST": {op: [] for op in OPS}}
+            secure = None
+            if args.security:
+                secure = secure_apiserver(tmp, reg, member.url)
+                samples = {name: {op: [] for op in OPS} for name in
+                           ("gRPC", "gRPC, TLS + RBAC", "REST", "REST, TLS + RBAC")}
             for i in range(args.rounds):
                 round_grpc(client, i, samples["gRPC"])
                 round_rest(rest, i, samples["REST"])
+                if secure is not None:
+                    round_grpc(secure[1], i + args.rounds, samples["gRPC, TLS + RBAC"])
+                    round_rest(secure[2], i + args.rounds, samples["REST, TLS + RBAC"])
             client.close()
+            if secure is not None:
+                secure[1].close()
         finally:
             reg.cleanup()
     text = report(samples, args.rounds, time.monotonic() - started)

@@ -255,6 +255,10 @@ def test_view_in_one_namespace(plane):
     assert (code, status["message"]) == (403, 'configmaps is forbidden: User "bob" cannot create resource '
                                                '"configmaps" in API group "" in the namespace "team-a"')
     assert_not_written(plane, "team-a", "bobs")
+    channel, stub = plane.grpc_stub(token=bob["token"])
+    with channel:  # bob's token over gRPC
+        listed = stub.List(api_pb2.ListRequest(resource="configmaps", namespace="team-a"), timeout=10)
+        assert [o.config_map.metadata.name for o in listed.items] == ["cfg"]
     # the same over gRPC, as carol (a client certificate, view in team-a too)
     channel, stub = plane.grpc_stub(cert=plane.carol)
     with channel:
@@ -408,6 +412,9 @@ def test_kubectl_auth_can_i(plane, kubectl):
     assert (out.returncode, out.stdout) == (0, "rolebinding.rbac.authorization.k8s.io/bob-edit created\n"), out.stderr
     wait_until(lambda: kubectl("", "auth", "can-i", "create", "configmaps", "-n", "team-b",
                                token=bob).stdout.strip() == "yes", "bob's edit in team-b")
+    # edit holds view's rules too (aggregated twice: view into edit)
+    out = kubectl("", "get", "configmaps", "-n", "team-b", "-o", "name", token=bob)
+    assert (out.returncode, out.stdout) == (0, "configmap/c-n1\nconfigmap/c-n2\nconfigmap/cfg\n"), out.stderr
     out = kubectl("admin", "create", "token", "default", "-n", "team-a")
     assert out.returncode == 0 and tokens.looks_like_jwt(out.stdout.strip()), out.stderr
 

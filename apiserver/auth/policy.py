@@ -66,6 +66,31 @@ APPS = ["daemonsets", "deployments", "deployments/scale", "replicasets", "replic
 
 
 def cluster_roles() -> list[rbac_pb2.ClusterRole]:
+    """The default ClusterRoles, admin/edit/view with their aggregated rules filled in
+    (as upstream's aggregation controller would: `kubectl describe clusterrole view` shows them)."""
+    roles = _cluster_roles()
+    by_name = {r.metadata.name: r for r in roles}
+
+    def aggregated(role, seen) -> list:
+        rules = list(role.rules)
+        if role.HasField("aggregation_rule"):
+            want = dict(role.aggregation_rule.cluster_role_selectors[0].match_labels)
+            for other in roles:
+                if other.metadata.name not in seen and all(other.metadata.labels.get(k) == v
+                                                           for k, v in want.items()):
+                    seen.add(other.metadata.name)
+                    rules += [r for r in aggregated(other, seen) if r not in rules]
+        return rules
+
+    for name in ("view", "edit", "admin"):
+        role = by_name[name]
+        filled = aggregated(role, {name})
+        del role.rules[:]
+        role.rules.extend(filled)
+    return roles
+
+
+def _cluster_roles() -> list[rbac_pb2.ClusterRole]:
     return [
         _role("cluster-admin", [rule(ALL, ["*"], ["*"]), url_rule(ALL, ["*"])]),
         _role("admin", aggregate_to="admin"),

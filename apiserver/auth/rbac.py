@@ -112,7 +112,13 @@ class RBACAuthorizer:
         self.bindings = caches["rolebindings"]
         self.cluster_bindings = caches["clusterrolebindings"]
 
-    def cluster_role_rules(self, name: str) -> list:
+    def cluster_role_rules(self, name: str, _seen: set | None = None) -> list:
+        """The role's rules and, through its aggregationRule, those of every
+        ClusterRole its selectors match, and theirs in turn (edit takes view's)."""
+        seen = _seen if _seen is not None else set()
+        if name in seen:
+            return []
+        seen.add(name)
         role = self.cluster_roles.get("", name)
         if role is None:
             return []
@@ -127,8 +133,8 @@ class RBACAuthorizer:
             if selectors:
                 items, _ = self.cluster_roles.list()
                 for other in items:
-                    if other.metadata.name != name and any(sel.matches(other.metadata.labels) for sel in selectors):
-                        rules.extend(other.rules)
+                    if any(sel.matches(other.metadata.labels) for sel in selectors):
+                        rules.extend(self.cluster_role_rules(other.metadata.name, seen))
         return rules
 
     def _ref_rules(self, ref, namespace: str) -> list:
