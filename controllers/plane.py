@@ -29,7 +29,7 @@ EXAMPLE = Path(__file__).resolve().parent / "kctl" / "examples" / "web.yaml"
 TRY_NEXT = """\
 [plane] the plane is up. In another shell (the venv's kctl talks to 127.0.0.1:{port}, as the admin of
 [plane] {data}/kubeconfig: a client certificate of the plane's CA in {data}/pki):
-    export KUBECONFIG=$PWD/{data}/kubeconfig
+    export KUBECONFIG={kubeconfig}
     .venv/bin/kctl get nodes
     .venv/bin/kctl get deployments,pods -o wide
     .venv/bin/kctl scale deployment/web --replicas=15
@@ -160,7 +160,8 @@ def show_example(args: argparse.Namespace, sup: Supervisor) -> None:
             kctl(args, "get", "deployments,pods", "-o", "wide")
             if args.real is not None:
                 show_page(args)
-    print(TRY_NEXT.format(port=args.port, data=args.data_dir), flush=True)
+    print(TRY_NEXT.format(port=args.port, data=args.data_dir,
+                          kubeconfig=os.path.abspath(os.path.join(args.data_dir, "kubeconfig"))), flush=True)
 
 
 def show_page(args: argparse.Namespace) -> None:

@@ -197,11 +197,33 @@ def cluster_role_bindings() -> list[rbac_pb2.ClusterRoleBinding]:
     ]
 
 
+def roles() -> list[rbac_pb2.Role]:
+    """Roles in kube-system: what a component may do there alone. The cluster DNS
+    server registers its own Service and Endpoints (kube-system/kube-dns)."""
+    role = rbac_pb2.Role(rules=[rule(["get", "create", "update", "patch"], [""], ["services", "endpoints"])])
+    role.metadata.name, role.metadata.namespace = "system:coredns-registration", "kube-system"
+    role.metadata.labels["kubernetes.io/bootstrapping"] = "rbac-defaults"
+    role.metadata.annotations[AUTOUPDATE] = "true"
+    return [role]
+
+
+def role_bindings() -> list[rbac_pb2.RoleBinding]:
+    b = rbac_pb2.RoleBinding(role_ref=rbac_pb2.RoleRef(api_group=RBAC, kind="Role",
+                                                       name="system:coredns-registration"))
+    b.metadata.name, b.metadata.namespace = "system:coredns-registration", "kube-system"
+    b.metadata.labels["kubernetes.io/bootstrapping"] = "rbac-defaults"
+    b.metadata.annotations[AUTOUPDATE] = "true"
+    b.subjects.add(kind="User", name="system:coredns", api_group=RBAC)
+    return [b]
+
+
 async def ensure_default_policy(registry) -> None:
     """Creates the default roles and bindings that are missing, and sets back
     those marked autoupdate=true that differ."""
     pairs = [(resources.BY_NAME["clusterroles"], r) for r in cluster_roles()] + \
-            [(resources.BY_NAME["clusterrolebindings"], b) for b in cluster_role_bindings()]
+            [(resources.BY_NAME["clusterrolebindings"], b) for b in cluster_role_bindings()] + \
+            [(resources.BY_NAME["roles"], r) for r in roles()] + \
+            [(resources.BY_NAME["rolebindings"], b) for b in role_bindings()]
     for res, want in pairs:
         try:
             await registry.create(res, want)
@@ -209,11 +231,12 @@ async def ensure_default_policy(registry) -> None:
         except ApiError as e:
             if e.reason != "AlreadyExists":
                 raise
-        have = await registry.get(res, "", want.metadata.name)
+        have = await registry.get(res, want.metadata.namespace, want.metadata.name)
         if have.metadata.annotations.get(AUTOUPDATE) != "true":
             continue
-        same = (list(have.rules) == list(want.rules) and have.aggregation_rule == want.aggregation_rule) \
-            if res.name == "clusterroles" else \
+        same = (list(have.rules) == list(want.rules)
+                and (res.name == "roles" or have.aggregation_rule == want.aggregation_rule)) \
+            if res.name in ("clusterroles", "roles") else \
             (list(have.subjects) == list(want.subjects) and have.role_ref == want.role_ref)
         if not same:
             want.metadata.resource_version = have.metadata.resource_version
