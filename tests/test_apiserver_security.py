@@ -22,7 +22,7 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
-from harness.plane import start_control_plane
+from harness.plane import Component, start_control_plane
 from harness.procs import Registry
 
 from apiserver import manifest
@@ -90,6 +90,10 @@ def plane(tmp_path_factory):
         api = start_control_plane(tmp, reg, pki=pki, token_auth_file=str(token_file),
                                   audit_log_path=str(tmp / "audit.log"))
         p = Plane(api, pki, tmp)
+        # one simulated node whose kubelet runs as system:node:hollow (group system:nodes)
+        Component(tmp, "kubelets", "node.kubelet.hollow", api.endpoint, reg, nodes=1, prefix="hollow-",
+                  heartbeat_interval=2, log_level="warning",
+                  env={"KUBECONFIG": api.kubeconfig(tmp / "hollow.kubeconfig", "node-hollow")}).start()
         for ns in ("team-a", "team-b"):
             p.admin.create(core_pb2.Namespace(metadata={"name": ns}))
             p.admin.create(core_pb2.Secret(metadata={"name": "db", "namespace": ns}, data={"pw": b"hunter2"}))
@@ -358,16 +362,19 @@ def test_service_account_token_works_until_the_account_is_deleted(plane):
     assert plane.rest("GET", "/api/v1/namespaces/team-b/configmaps/cfg", token=token) == (401, UNAUTHORIZED)
 
 
-def test_controller_manager_runs_under_its_own_identity(plane):
-    """The controller-manager's certificate (system:kube-controller-manager) and its
-    RBAC role suffice for its work: a Deployment gets its ReplicaSet and pods."""
+def test_components_run_under_their_own_identities(plane):
+    """Each component's certificate and RBAC role suffice for its work: the
+    controller-manager makes the Deployment's ReplicaSet and pods, the scheduler binds
+    them, the (simulated) kubelet runs them."""
     plane.admin.create(manifest.from_dict({
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "team-a"},
         "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
                  "template": {"metadata": {"labels": {"app": "web"}},
                               "spec": {"containers": [{"name": "web", "image": "busybox"}]}}}}))
-    wait_until(lambda: len(plane.admin.list("pods", "team-a", label_selector="app=web").items) == 2,
-               "the Deployment's pods")
+    def running():
+        pods = plane.admin.list("pods", "team-a", label_selector="app=web").items
+        return len(pods) == 2 and all(p.spec.node_name == "hollow-0" and p.status.phase == "Running" for p in pods)
+    wait_until(running, "the Deployment's pods running on hollow-0", timeout=40)
 
 
 # ---- kubectl ----
