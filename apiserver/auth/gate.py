@@ -35,7 +35,8 @@ def rest_attributes(user: User, method: str, path: str, query: dict[str, list[st
         verb = "get" if method in ("GET", "HEAD") else method.lower()
         return Attributes(user, verb, path=path or "/", resource_request=False)
     namespace = ""
-    if rest[0] == "namespaces" and len(rest) >= 3:
+    # /namespaces/NS/RESOURCE..., except a namespace's own subresources (/namespaces/NS/status)
+    if rest[0] == "namespaces" and len(rest) >= 3 and rest[2] not in ("status", "finalize"):
         namespace, rest = rest[1], rest[2:]
     resource = rest[0]
     name = rest[1] if len(rest) > 1 else ""
