@@ -285,6 +285,25 @@ def _event_row(o: dict) -> list:
             _meta(o).get("name", "")]
 
 
+def _service_account_row(o: dict) -> list:
+    return [_meta(o).get("name", ""), len(o.get("secrets") or []), age(_meta(o).get("creationTimestamp", ""))]
+
+
+def _role_row(o: dict) -> list:
+    return [_meta(o).get("name", ""), _meta(o).get("creationTimestamp", "")]
+
+
+def _binding_row(o: dict) -> list:
+    ref = o.get("roleRef") or {}
+    subjects = o.get("subjects") or []
+    users = ", ".join(s.get("name", "") for s in subjects if s.get("kind") == "User")
+    groups = ", ".join(s.get("name", "") for s in subjects if s.get("kind") == "Group")
+    sas = ", ".join(f"{s.get('namespace', '')}/{s.get('name', '')}" for s in subjects
+                    if s.get("kind") == "ServiceAccount")
+    return [_meta(o).get("name", ""), f"{ref.get('kind', '')}/{ref.get('name', '')}",
+            age(_meta(o).get("creationTimestamp", "")), users, groups, sas]
+
+
 def _default_row(o: dict) -> list:
     return [_meta(o).get("name", ""), age(_meta(o).get("creationTimestamp", ""))]
 
@@ -317,6 +336,13 @@ PRINTERS = {
     "secrets": ([NAME, _col("Type"), _col("Data", "integer"), AGE], _secret_row),
     "endpoints": ([NAME, _col("Endpoints"), AGE], _endpoints_row),
     "leases": ([NAME, _col("Holder"), AGE], _lease_row),
+    "serviceaccounts": ([NAME, _col("Secrets", "integer"), AGE], _service_account_row),
+    "roles": ([NAME, _col("Created At", "date")], _role_row),
+    "clusterroles": ([NAME, _col("Created At", "date")], _role_row),
+    "rolebindings": ([NAME, _col("Role"), AGE, _col("Users", priority=1), _col("Groups", priority=1),
+                      _col("ServiceAccounts", priority=1)], _binding_row),
+    "clusterrolebindings": ([NAME, _col("Role"), AGE, _col("Users", priority=1), _col("Groups", priority=1),
+                             _col("ServiceAccounts", priority=1)], _binding_row),
     "events": ([_col("Last Seen"), _col("Type"), _col("Reason"), _col("Object"),
                 _col("Subobject", priority=1), _col("Source", priority=1), _col("Message"),
                 _col("First Seen", priority=1), _col("Count", priority=1),
