@@ -409,7 +409,8 @@ def test_kubectl_auth_can_i(plane, kubectl):
     for args, want in ((("list", "configmaps", "-n", "team-a"), "yes"),
                        (("get", "secrets", "-n", "team-a"), "no"),
                        (("list", "pods", "-n", "team-b"), "no"),
-                       (("create", "configmaps", "-n", "team-a"), "no")):
+                       (("create", "configmaps", "-n", "team-a"), "no"),
+                       (("create", "selfsubjectaccessreviews"), "yes")):
         out = kubectl("", "auth", "can-i", *args, token=bob)
         assert out.stdout.strip() == want, (args, out.stdout, out.stderr)
     out = kubectl("admin", "auth", "can-i", "delete", "secrets", "--all-namespaces")
@@ -417,6 +418,9 @@ def test_kubectl_auth_can_i(plane, kubectl):
     # granted with kubectl (a protobuf body), then allowed
     out = kubectl("admin", "create", "rolebinding", "bob-edit", "--clusterrole=edit", "--user=bob", "-n", "team-b")
     assert (out.returncode, out.stdout) == (0, "rolebinding.rbac.authorization.k8s.io/bob-edit created\n"), out.stderr
+    out = kubectl("admin", "get", "rolebindings", "-n", "team-b", "-o", "wide")
+    row = out.stdout.splitlines()[1].split()
+    assert row[:2] + row[3:] == ["bob-edit", "ClusterRole/edit", "bob"], out.stdout  # (row[2]: its age)
     wait_until(lambda: kubectl("", "auth", "can-i", "create", "configmaps", "-n", "team-b",
                                token=bob).stdout.strip() == "yes", "bob's edit in team-b")
     # edit holds view's rules too (aggregated twice: view into edit)

@@ -75,8 +75,12 @@ def _group(name: str) -> dict:
             "preferredVersion": {"groupVersion": gv, "version": "v1"}}
 
 
+# served but never stored (apiserver/rest/authapi.py): api_version -> (name, kind, namespaced, verbs)
+UNSTORED = {"authorization.k8s.io/v1": [("selfsubjectaccessreviews", "SelfSubjectAccessReview", False, ["create"])]}
+
+
 def groups() -> list[str]:
-    return [gv.rpartition("/")[0] for gv in group_versions() if "/" in gv]
+    return [gv.rpartition("/")[0] for gv in (*group_versions(), *UNSTORED) if "/" in gv]
 
 
 def api_group_list() -> dict:
@@ -91,9 +95,11 @@ def api_group(name: str) -> dict | None:
 
 def resource_list(api_version: str) -> dict | None:
     served = group_versions().get(api_version)
-    if served is None:
+    if served is None and api_version not in UNSTORED:
         return None
-    items = []
+    items = [{"name": name, "singularName": kind.lower(), "namespaced": namespaced, "kind": kind, "verbs": verbs_}
+             for name, kind, namespaced, verbs_ in UNSTORED.get(api_version, [])]
+    served = served or []
     for res in served:
         entry = {"name": res.name, "singularName": res.singular, "namespaced": res.namespaced,
                  "kind": res.kind, "verbs": verbs(res)}
@@ -142,6 +148,14 @@ def aggregated(legacy: bool, api_version: str = "apidiscovery.k8s.io/v2") -> dic
                       "versions": [{"version": version or gv,
                                     "resources": [_discovery_resource(r) for r in served],
                                     "freshness": "Current"}]})
+    if not legacy:
+        for gv, unstored in UNSTORED.items():
+            group, _, version = gv.rpartition("/")
+            resources_ = [{"resource": name, "responseKind": {"group": group, "version": version, "kind": kind},
+                           "scope": "Namespaced" if namespaced else "Cluster", "singularResource": kind.lower(),
+                           "verbs": verbs_} for name, kind, namespaced, verbs_ in unstored]
+            items.append({"metadata": {"name": group, "creationTimestamp": None},
+                          "versions": [{"version": version, "resources": resources_, "freshness": "Current"}]})
     return {"kind": "APIGroupDiscoveryList", "apiVersion": api_version, "metadata": {},
             "items": items}
 
