@@ -9,6 +9,7 @@ used (etcdlite's generated stubs are that API), so a real etcd works the same.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import grpc
@@ -41,8 +42,6 @@ def parse_servers(servers: str) -> list[str]:
             parts = urlsplit(item)
             if parts.scheme not in ("http", "https") or not parts.hostname or not parts.port:
                 raise ValueError(f"bad etcd server URL {item!r} (want http://host:port)")
-            if parts.scheme == "https":
-                raise ValueError(f"{item!r}: TLS to etcd is not supported yet; use http://")
             out.append(f"{parts.hostname}:{parts.port}")
         else:
             host, _, port = item.rpartition(":")
@@ -52,6 +51,31 @@ def parse_servers(servers: str) -> list[str]:
     if not out:
         raise ValueError("no etcd servers given")
     return out
+
+
+def uses_tls(servers: str) -> bool:
+    """Whether ``servers`` are https:// (all of them; a mix is refused)."""
+    schemes = {urlsplit(s.strip()).scheme if "://" in s else "" for s in servers.split(",") if s.strip()}
+    if "https" in schemes and schemes != {"https"}:
+        raise ValueError("--etcd-servers mixes https:// with other URLs: give every member the same scheme")
+    return schemes == {"https"}
+
+
+@dataclass(frozen=True)
+class EtcdTLS:
+    """kube-apiserver's --etcd-cafile, --etcd-certfile, --etcd-keyfile: the PEM bytes."""
+    ca: bytes | None = None
+    cert: bytes | None = None
+    key: bytes | None = None
+
+    @classmethod
+    def from_files(cls, ca_file: str = "", cert_file: str = "", key_file: str = "") -> EtcdTLS:
+        def read(path: str) -> bytes | None:
+            if not path:
+                return None
+            with open(path, "rb") as f:
+                return f.read()
+        return cls(read(ca_file), read(cert_file), read(key_file))
 
 
 def channel_target(endpoints: list[str]) -> str:
@@ -64,9 +88,20 @@ def channel_target(endpoints: list[str]) -> str:
 class Etcd:
     """KV and Watch stubs of one etcd cluster over a grpc.aio channel."""
 
-    def __init__(self, servers: str | list[str]) -> None:
+    def __init__(self, servers: str | list[str], tls: EtcdTLS | None = None) -> None:
+        """``tls``: https:// servers, verified with its CA (else the system's), and its client
+        certificate presented (etcd's --client-cert-auth; with etcd auth on, its CN is the user)."""
         self.endpoints = parse_servers(servers) if isinstance(servers, str) else list(servers)
-        self.channel = grpc.aio.insecure_channel(channel_target(self.endpoints), options=_CHANNEL_OPTIONS)
+        target = channel_target(self.endpoints)
+        if tls is None:
+            self.channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        else:
+            creds = grpc.ssl_channel_credentials(root_certificates=tls.ca, private_key=tls.key,
+                                                 certificate_chain=tls.cert)
+            options = list(_CHANNEL_OPTIONS)
+            if len(self.endpoints) > 1:  # one name to check every member's certificate against
+                options.append(("grpc.ssl_target_name_override", self.endpoints[0].rpartition(":")[0]))
+            self.channel = grpc.aio.secure_channel(target, creds, options=options)
         self.kv = rpc_pb2_grpc.KVStub(self.channel)
         self.watch = rpc_pb2_grpc.WatchStub(self.channel)
         self.maintenance = rpc_pb2_grpc.MaintenanceStub(self.channel)

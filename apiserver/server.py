@@ -16,7 +16,7 @@ from apiserver.auth import flags as auth_flags
 from apiserver.auth.policy import ensure_default_policy
 from apiserver.encryption import TransformError, load_transformer
 from apiserver.errors import ApiError
-from apiserver.etcd3 import Etcd, parse_servers
+from apiserver.etcd3 import Etcd, EtcdTLS, parse_servers, uses_tls
 from apiserver.kubelet import KubeletClients
 from apiserver.registry import Options, Registry
 from apiserver.rest import serving as rest_serving
@@ -39,7 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="apiserver",
         description="Kubernetes-style objects over gRPC, stored in etcd (etcdlite or a real etcd).")
     p.add_argument("--etcd-servers", default="http://127.0.0.1:2379",
-                   help="comma-separated etcd client URLs (every member of one cluster)")
+                   help="comma-separated etcd client URLs (every member of one cluster); https:// for TLS")
+    p.add_argument("--etcd-cafile", default="", help="PEM CA that etcd's serving certificates are signed by")
+    p.add_argument("--etcd-certfile", default="",
+                   help="PEM client certificate presented to etcd (etcd's --client-cert-auth)")
+    p.add_argument("--etcd-keyfile", default="", help="PEM key of --etcd-certfile")
     p.add_argument("--bind-address", default="127.0.0.1", help="address to serve gRPC on")
     p.add_argument("--port", type=int, default=6443, help="port to serve gRPC on (0: any free port)")
     p.add_argument("--encryption-key-file", default="",
@@ -73,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def serve(args: argparse.Namespace, transformer) -> int:
-    etcd = Etcd(args.etcd_servers)
+    etcd = Etcd(args.etcd_servers, args.etcd_tls)
     storage = Storage(etcd, transformer=transformer)
     log.info("connecting to etcd at %s", ",".join(etcd.endpoints))
     delay = 0.2
@@ -170,8 +174,20 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         parse_servers(args.etcd_servers)
+        tls = uses_tls(args.etcd_servers)
     except ValueError as e:
         print(f"apiserver: --etcd-servers: {e}", file=sys.stderr)
+        return 2
+    if bool(args.etcd_certfile) != bool(args.etcd_keyfile):
+        print("apiserver: --etcd-certfile and --etcd-keyfile go together", file=sys.stderr)
+        return 2
+    if (args.etcd_cafile or args.etcd_certfile) and not tls:
+        print("apiserver: --etcd-cafile/--etcd-certfile need https:// in --etcd-servers", file=sys.stderr)
+        return 2
+    try:
+        args.etcd_tls = EtcdTLS.from_files(args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile) if tls else None
+    except OSError as e:
+        print(f"apiserver: etcd TLS files: {e}", file=sys.stderr)
         return 2
     try:
         args.cidr = ServiceCIDR.parse(args.service_cluster_ip_range)

@@ -7,7 +7,8 @@ restarted; Ctrl-C or SIGTERM stops both.
 
 The apiserver serves TLS with RBAC (unless --insecure): <data-dir>/pki holds
 the CA, its certificate, a client certificate for every component and the
-ServiceAccount key (apiserver/auth/pki.py); <data-dir>/kubeconfig is the
+ServiceAccount key (apiserver/auth/pki.py), and etcd's own CA: etcdlite serves
+TLS and takes only the apiserver's etcd client certificate; <data-dir>/kubeconfig is the
 admin's (kubectl, kctl: export KUBECONFIG=<data-dir>/kubeconfig), and each
 component runs with a kubeconfig of its own identity in $KUBECONFIG.
 """
@@ -107,8 +108,17 @@ class Security:
         return {"KUBECONFIG": self.kubeconfig(path, who)}
 
     def apiserver_flags(self) -> list[str]:
-        flags = {**self.pki.apiserver_flags(), "authorization_mode": "Node,RBAC", "anonymous_auth": "false"}
-        return [x for k, v in flags.items() for x in (f"--{k.replace('_', '-')}", v)]
+        return _flags({**self.pki.apiserver_flags(), "authorization_mode": "Node,RBAC", "anonymous_auth": "false"})
+
+
+def _flags(flags: dict) -> list[str]:
+    """{"cert_file": "x", "client_cert_auth": True} -> ["--cert-file", "x", "--client-cert-auth"]."""
+    out = []
+    for key, value in flags.items():
+        out.append(f"--{key.replace('_', '-')}")
+        if value is not True:
+            out.append(str(value))
+    return out
 
 
 def plane_commands(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -121,11 +131,16 @@ def plane_commands(args: argparse.Namespace) -> dict[str, list[str]]:
     args.security = None if getattr(args, "insecure", False) else Security(args.data_dir, args.port)
     args.envs = {}
     secure = args.security.apiserver_flags() if args.security else []
+    etcd_tls = []
+    if args.security:  # etcd on TLS, open only to the apiserver's certificate (of etcd's own CA)
+        etcd_url = f"https://127.0.0.1:{args.etcd_port}"
+        etcd_tls = _flags(args.security.pki.etcd_flags())
+        secure += _flags(args.security.pki.apiserver_etcd_flags())
     return {
         "etcdlite": [sys.executable, "-m", "etcdlite", "--data-dir", os.path.join(args.data_dir, "etcd"),
                      "--listen-client-urls", etcd_url,
                      "--listen-peer-urls", f"http://127.0.0.1:{args.etcd_port + 1}",
-                     "--log-level", "warn"],
+                     "--log-level", "warn", *etcd_tls],
         "apiserver": [sys.executable, "-m", "apiserver", "--etcd-servers", etcd_url,
                       "--port", str(args.port), "--encryption-key-file", key_file, *secure],
     }

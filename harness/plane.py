@@ -7,7 +7,35 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 
-from harness.procs import DEFAULT_READY_TIMEOUT, PYTHON, Registry, ServerProcess, _flag_args, free_port
+from harness.procs import DEFAULT_READY_TIMEOUT, PYTHON, Member, Registry, ServerProcess, _flag_args, free_port
+
+
+class SecureEtcdlite(Member):
+    """An etcdlite member serving TLS on an https:// client URL and requiring client
+    certificates of the PKI's etcd CA; probed with the apiserver's etcd client certificate."""
+
+    def __init__(self, tmp_path, pki, name: str = "etcd", registry: Registry | None = None, **flags) -> None:
+        self.pki = pki
+        super().__init__("etcdlite", name, tmp_path, {**pki.etcd_flags(), **flags}, registry)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.client_port}"
+
+    def ready_probe(self, rpc_timeout: float) -> str | None:
+        import grpc
+
+        from etcdlite.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+
+        creds = grpc.ssl_channel_credentials(root_certificates=self.pki.etcd_ca.cert_path.read_bytes(),
+                                             private_key=self.pki.etcd_client.key.read_bytes(),
+                                             certificate_chain=self.pki.etcd_client.cert.read_bytes())
+        with grpc.secure_channel(self.endpoint, creds) as ch:
+            try:
+                rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"\x00probe"), timeout=rpc_timeout)
+            except grpc.RpcError as e:
+                return f"Range: {e.code().name} {e.details()}"
+        return None
 
 
 class ApiServer(ServerProcess):
@@ -24,6 +52,8 @@ class ApiServer(ServerProcess):
         self.pki = pki
         if pki is not None:
             flags = {**pki.apiserver_flags(), "authorization_mode": "Node,RBAC", "anonymous_auth": "false", **flags}
+            if etcd_servers.startswith("https://"):
+                flags = {**pki.apiserver_etcd_flags(), **flags}
         self.flags = dict(flags)
         super().__init__(name, tmp_path, registry, ready_timeout)
 
@@ -132,8 +162,12 @@ def start_component(tmp_path, name: str, module: str, server: str, registry: Reg
 def start_control_plane(tmp_path, registry: Registry, pki=None, **apiserver_flags) -> ApiServer:
     """etcdlite, the apiserver, a controller-manager and the scheduler, in `registry`: what nodes
     (real or hollow) need to run a Deployment. Returns the apiserver. With ``pki``: TLS and RBAC,
-    each component with its own certificate (its kubeconfig in $KUBECONFIG)."""
-    etcd = registry.start_etcdlite(tmp_path, name="etcd")
+    each component with its own certificate (its kubeconfig in $KUBECONFIG), and etcd on TLS
+    with client certificates of its own CA."""
+    if pki is not None:
+        etcd = SecureEtcdlite(tmp_path, pki, "etcd", registry).start()
+    else:
+        etcd = registry.start_etcdlite(tmp_path, name="etcd")
     api = ApiServer(tmp_path, etcd.url, registry=registry, pki=pki, **apiserver_flags).start()
     for name, module, who in (("cm", "controllers.manager", "controller-manager"),
                               ("scheduler", "controllers.scheduler", "scheduler")):

@@ -22,7 +22,7 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
-from harness.plane import Component, start_control_plane
+from harness.plane import Component, SecureEtcdlite, start_control_plane
 from harness.procs import Registry
 
 from apiserver import manifest
@@ -90,6 +90,7 @@ def plane(tmp_path_factory):
         api = start_control_plane(tmp, reg, pki=pki, token_auth_file=str(token_file),
                                   audit_log_path=str(tmp / "audit.log"))
         p = Plane(api, pki, tmp)
+        p.etcd = next(m for m in reg if isinstance(m, SecureEtcdlite))
         # one simulated node whose kubelet runs as system:node:hollow (group system:nodes)
         Component(tmp, "kubelets", "node.kubelet.hollow", api.endpoint, reg, nodes=1, prefix="hollow-",
                   heartbeat_interval=2, log_level="warning",
@@ -226,6 +227,30 @@ def test_certificate_from_another_ca_fails_the_handshake(plane):
             metadata={"name": "stranger", "namespace": "team-a"}))), timeout=5)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert_not_written(plane, "team-a", "stranger")
+
+
+def test_etcd_takes_only_the_apiservers_certificate(plane):
+    """etcd serves TLS and wants a certificate of its own CA: no certificate, or one of
+    the cluster CA (the admin's, a kubelet's), does not reach it; the apiserver's does."""
+    from etcdlite.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+
+    assert plane.etcd.url.startswith("https://") and plane.api.etcd_servers == plane.etcd.url
+    etcd_ca = plane.pki.etcd_ca.cert_path.read_bytes()
+    for who in (None, plane.pki.clients["admin"], plane.pki.node("n1")):
+        creds = grpc.ssl_channel_credentials(root_certificates=etcd_ca,
+                                             private_key=who.key.read_bytes() if who else None,
+                                             certificate_chain=who.cert.read_bytes() if who else None)
+        with grpc.secure_channel(plane.etcd.endpoint, creds) as ch, pytest.raises(grpc.RpcError) as err:
+            rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"/registry/secrets/team-a/db"), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, who
+    with grpc.insecure_channel(plane.etcd.endpoint) as ch, pytest.raises(grpc.RpcError):
+        rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"/registry/secrets/team-a/db"), timeout=5)
+    client = plane.pki.etcd_client
+    creds = grpc.ssl_channel_credentials(root_certificates=etcd_ca, private_key=client.key.read_bytes(),
+                                         certificate_chain=client.cert.read_bytes())
+    with grpc.secure_channel(plane.etcd.endpoint, creds) as ch:
+        got = rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"/registry/secrets/team-a/db"), timeout=5)
+    assert got.count == 1
 
 
 def test_plain_http_is_not_served(plane):
@@ -482,6 +507,10 @@ def test_make_run_is_secure_by_default(tmp_path):
         assert Path(api[api.index(flag) + 1]).exists(), flag
     assert api[api.index("--authorization-mode") + 1] == "Node,RBAC"
     assert api[api.index("--anonymous-auth") + 1] == "false"
+    etcd = cmds["etcdlite"]
+    assert etcd[etcd.index("--listen-client-urls") + 1].startswith("https://") and "--client-cert-auth" in etcd
+    assert api[api.index("--etcd-servers") + 1] == etcd[etcd.index("--listen-client-urls") + 1]
+    assert Path(api[api.index("--etcd-certfile") + 1]).exists()
     users = {}
     for name in ("controller-manager", "scheduler", "kubelets"):
         config = yaml.safe_load(Path(args.envs[name]["KUBECONFIG"]).read_text())

@@ -147,7 +147,9 @@ COMPONENTS = (
 
 @dataclass
 class PlanePKI:
-    """Every file a secure plane needs, under one directory."""
+    """Every file a secure plane needs, under one directory. etcd has a CA of its
+    own (as kubeadm's etcd/ca): a component's certificate, signed by the cluster
+    CA, does not open etcd; only the apiserver's etcd client certificate does."""
 
     dir: Path
     ca: CA
@@ -155,6 +157,18 @@ class PlanePKI:
     clients: dict[str, Issued]
     sa_key: Path
     sa_pub: Path
+    etcd_ca: CA
+    etcd_server: Issued
+    etcd_client: Issued
+
+    def etcd_flags(self) -> dict[str, str]:
+        """etcd's (and etcdlite's) client TLS flags: serve TLS, require certificates of the etcd CA."""
+        return {"cert_file": str(self.etcd_server.cert), "key_file": str(self.etcd_server.key),
+                "trusted_ca_file": str(self.etcd_ca.cert_path), "client_cert_auth": True}
+
+    def apiserver_etcd_flags(self) -> dict[str, str]:
+        return {"etcd_cafile": str(self.etcd_ca.cert_path), "etcd_certfile": str(self.etcd_client.cert),
+                "etcd_keyfile": str(self.etcd_client.key)}
 
     def node(self, name: str) -> Issued:
         """The kubelet client certificate of node ``name`` (system:node:<name>, group system:nodes)."""
@@ -180,4 +194,8 @@ def plane_pki(directory: str | os.PathLike) -> PlanePKI:
                       dns_names=SERVER_NAMES, ips=SERVER_IPS)
     clients = {name: ca.issue(name, cn, groups) for name, cn, groups in COMPONENTS}
     sa_key, sa_pub = service_account_key(d)
-    return PlanePKI(d, ca, server, clients, sa_key, sa_pub)
+    etcd_ca = CA(d, name="etcd-ca", cn="etcd-ca")
+    etcd_server = etcd_ca.issue("etcd-server", "etcd", server=True, client=False, dns_names=("localhost",),
+                                ips=("127.0.0.1",))
+    etcd_client = etcd_ca.issue("apiserver-etcd-client", "kube-apiserver-etcd-client")
+    return PlanePKI(d, ca, server, clients, sa_key, sa_pub, etcd_ca, etcd_server, etcd_client)
