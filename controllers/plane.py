@@ -79,7 +79,7 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
                             "--log-level", "warning"]
     if args.security is not None:
         # each component with its own identity (apiserver/auth/policy.py grants what it needs)
-        who = {"controller-manager": "controller-manager", "scheduler": "scheduler", "kubelets": "node-hollow",
+        who = {"controller-manager": "controller-manager", "scheduler": "scheduler", "kubelets": "hollow-nodes",
                "dns": "dns"}
         if args.real is not None:
             for node in args.real.nodes:

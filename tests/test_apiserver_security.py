@@ -91,10 +91,10 @@ def plane(tmp_path_factory):
                                   audit_log_path=str(tmp / "audit.log"))
         p = Plane(api, pki, tmp)
         p.etcd = next(m for m in reg if isinstance(m, SecureEtcdlite))
-        # one simulated node whose kubelet runs as system:node:hollow (group system:nodes)
+        # one simulated node whose kubelet runs as system:hollow-nodes (group system:nodes)
         Component(tmp, "kubelets", "node.kubelet.hollow", api.endpoint, reg, nodes=1, prefix="hollow-",
                   heartbeat_interval=2, log_level="warning",
-                  env={"KUBECONFIG": api.kubeconfig(tmp / "hollow.kubeconfig", "node-hollow")}).start()
+                  env={"KUBECONFIG": api.kubeconfig(tmp / "hollow.kubeconfig", "hollow-nodes")}).start()
         for ns in ("team-a", "team-b"):
             p.admin.create(core_pb2.Namespace(metadata={"name": ns}))
             p.admin.create(core_pb2.Secret(metadata={"name": "db", "namespace": ns}, data={"pw": b"hunter2"}))
@@ -346,6 +346,28 @@ def test_a_kubelet_reads_only_what_its_pods_use(plane):
             assert (err.value.code(), err.value.details()) == (grpc.StatusCode.PERMISSION_DENIED, message)
         # what RBAC's system:node grants still works: the node's pods
         assert len(stub.List(api_pb2.ListRequest(resource="pods", namespace="team-b"), timeout=10).items) >= 2
+        # NodeRestriction: another node's pods, Node and Lease are not n1's to change
+        for call, message in (
+                (lambda: stub.Delete(api_pb2.DeleteRequest(resource="pods", namespace="team-b", name="p-n2"),
+                                     timeout=10),
+                 'pods "p-n2" is forbidden: node "n1" can only delete pods for pods with spec.nodeName set to '
+                 'itself'),
+                (lambda: stub.Patch(api_pb2.PatchRequest(resource="pods", namespace="team-b", name="p-n2",
+                                                         merge_patch="{}", status=True), timeout=10),
+                 'pods "p-n2" is forbidden: node "n1" can only update pod status for pods with spec.nodeName set '
+                 'to itself'),
+                (lambda: stub.Patch(api_pb2.PatchRequest(resource="nodes", name="n2", merge_patch="{}"), timeout=10),
+                 'nodes "n2" is forbidden: node "n1" is not allowed to modify node "n2"'),
+                (lambda: stub.Delete(api_pb2.DeleteRequest(resource="leases", namespace="kube-node-lease",
+                                                           name="hollow-0"), timeout=10),
+                 'leases.coordination.k8s.io "hollow-0" is forbidden: can only access node lease with the same '
+                 'name as the requesting node')):
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert (err.value.code(), err.value.details()) == (grpc.StatusCode.PERMISSION_DENIED, message)
+        assert plane.admin.get("pods", "p-n2", "team-b").metadata.name == "p-n2"
+        assert stub.Patch(api_pb2.PatchRequest(resource="pods", namespace="team-b", name="p-n1", merge_patch="{}",
+                                               status=True), timeout=10).pod.metadata.name == "p-n1"
 
 
 def _ok(call) -> bool:
@@ -518,7 +540,7 @@ def test_make_run_is_secure_by_default(tmp_path):
         cert = x509.load_pem_x509_certificate(base64.b64decode(config["users"][0]["user"]["client-certificate-data"]))
         users[name] = cert.subject.rfc4514_string()
     assert users == {"controller-manager": "CN=system:kube-controller-manager",
-                     "scheduler": "CN=system:kube-scheduler", "kubelets": "CN=system:node:hollow,O=system:nodes"}
+                     "scheduler": "CN=system:kube-scheduler", "kubelets": "CN=system:hollow-nodes,O=system:nodes"}
     admin = yaml.safe_load((tmp_path / "kubeconfig").read_text())
     assert admin["users"][0]["user"]["client-key-data"] and (tmp_path / "kubeconfig").stat().st_mode & 0o077 == 0
     insecure = make_run.build_parser().parse_args(["--data-dir", str(tmp_path / "i"), "--insecure", "--real-nodes",

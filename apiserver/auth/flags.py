@@ -9,7 +9,7 @@ from apiserver.auth import tokens
 from apiserver.auth.audit import AuditLog
 from apiserver.auth.authn import Authenticator, read_token_file
 from apiserver.auth.gate import Gate
-from apiserver.auth.node import NodeAuthorizer
+from apiserver.auth.node import NodeAuthorizer, NodeRestriction
 from apiserver.auth.rbac import AlwaysAllow, RBACAuthorizer, Union
 
 DEFAULT_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -112,4 +112,6 @@ def build_gate(args, caches) -> Gate:
     authorizers = [make[m]() for m in args.authorization_modes]
     authz = authorizers[0] if len(authorizers) == 1 else Union(authorizers)
     audit = AuditLog(args.audit_log_path) if args.audit_log_path else None
-    return Gate(authn, authz, signer, tuple(audiences), audit)
+    # NodeRestriction comes with the Node authorizer (kube-apiserver enables both for kubelets)
+    restriction = NodeRestriction(caches) if "Node" in args.authorization_modes else None
+    return Gate(authn, authz, signer, tuple(audiences), audit, restriction)

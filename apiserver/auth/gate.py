@@ -113,6 +113,7 @@ class Gate:
     signer: Signer | None = None  # TokenRequest (None: no --service-account-signing-key-file)
     audiences: tuple[str, ...] = ()
     audit: object = None  # an AuditLog (--audit-log-path), or None
+    restriction: object = None  # NodeRestriction (with the Node authorizer), or None
 
     def authenticate(self, peercert: dict | None, authorization: str) -> User:
         return self.authenticator.authenticate(peercert, authorization)
@@ -121,6 +122,8 @@ class Gate:
         if not self.authorizer.allowed(a):
             log.info("forbidden: %s", forbidden_message(a))
             raise forbidden(a)
+        if self.restriction is not None:
+            self.restriction.check(a)
 
     def rest(self, peercert: dict | None, method: str, path: str, headers: dict, query: dict,
              seen: Seen | None = None) -> User:

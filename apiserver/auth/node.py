@@ -8,12 +8,14 @@ they use; here the apiserver's pod cache is searched, in the one namespace."""
 
 from __future__ import annotations
 
+from apiserver import errors
 from apiserver.auth.authn import User
 from apiserver.auth.rbac import Attributes
 
 NODE_PREFIX = "system:node:"
 NODES_GROUP = "system:nodes"
 GUARDED = {"secrets", "configmaps", "persistentvolumeclaims"}
+NODE_LEASES = "kube-node-lease"
 
 
 def node_of(user: User) -> str | None:
@@ -65,3 +67,33 @@ class NodeAuthorizer:
         pods, _ = self.pods.list(a.namespace)
         want = (a.resource, a.name)
         return any(p.spec.node_name == node and want in references(p) for p in pods)
+
+
+class NodeRestriction:
+    """What kube-apiserver's NodeRestriction admission plugin refuses a kubelet,
+    for what the request's attributes (and the pod cache) tell: changing another
+    node's Node or Lease, or a pod not bound to its node. Applied after
+    authorization, to node identities only; the simulated kubelets, many nodes
+    under one identity, run as a name outside system:node:* (pki.COMPONENTS)."""
+
+    WRITES = {"update", "patch", "delete"}
+
+    def __init__(self, caches: dict) -> None:
+        self.pods = caches["pods"]
+
+    def check(self, a: Attributes) -> None:
+        node = node_of(a.user)
+        if node is None or not a.resource_request or a.verb not in self.WRITES or not a.name:
+            return
+        if a.resource == "nodes" and not a.api_group and a.name != node:
+            raise errors.forbidden("nodes", a.name, f'node "{node}" is not allowed to modify node "{a.name}"')
+        if a.resource == "leases" and a.api_group == "coordination.k8s.io" and a.namespace == NODE_LEASES \
+                and a.name != node:
+            raise errors.forbidden("leases.coordination.k8s.io", a.name,
+                                   "can only access node lease with the same name as the requesting node")
+        if a.resource == "pods" and not a.api_group:
+            pod = self.pods.get(a.namespace, a.name)
+            if pod is not None and pod.spec.node_name != node:
+                what = "update pod status" if a.subresource == "status" else f"{a.verb} pods"
+                raise errors.forbidden("pods", a.name,
+                                       f"node \"{node}\" can only {what} for pods with spec.nodeName set to itself")

@@ -142,6 +142,9 @@ COMPONENTS = (
     ("scheduler", "system:kube-scheduler", ()),
     ("kube-proxy", "system:kube-proxy", ()),
     ("dns", "system:coredns", ()),
+    # simulated kubelets: many nodes in one process, one identity in system:nodes but no
+    # system:node:NAME (which would tie it to one node)
+    ("hollow-nodes", "system:hollow-nodes", ("system:nodes",)),
 )
 
 
