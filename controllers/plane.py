@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     sup = Supervisor(cmds, args.envs)
     how = "TLS and RBAC, each component with its own certificate" if args.security else "plain text, no checks"
     try:
-        return run(sup, f"starting etcdlite (127.0.0.1:{args.etcd_port}), the apiserver (127.0.0.1:{args.port}, {how}), "
+        return run(sup, f"starting etcdlite (127.0.0.1:{args.etcd_port}), "
+                        f"the apiserver (127.0.0.1:{args.port}, {how}), "
                         f"the controller-manager, the scheduler and {describe_nodes(args)}; "
                         f"data in {args.data_dir}/", then=lambda: show_example(args, sup))
     finally:

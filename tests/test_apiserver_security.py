@@ -28,7 +28,6 @@ from harness.procs import Registry
 from apiserver import manifest
 from apiserver.auth import pki as pkis
 from apiserver.auth import tokens
-from apiserver.client import Client
 from apiserver.errors import ApiError
 from apiserver.pb import api_pb2, api_pb2_grpc, core_pb2, rbac_pb2, serviceaccount_pb2
 from tests.test_kubectl import KUBECTL

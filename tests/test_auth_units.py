@@ -28,7 +28,8 @@ ISSUER = "https://kubernetes.default.svc.cluster.local"
     ("HEAD", "/api/v1/namespaces/a/pods/p", {}, ("get", "a", "", "pods", "", "p")),
     ("DELETE", "/api/v1/namespaces/a/pods", {}, ("deletecollection", "a", "", "pods", "", "")),
     ("POST", "/api/v1/namespaces/a/pods/p/eviction", {}, ("create", "a", "", "pods", "eviction", "p")),
-    ("PATCH", "/apis/apps/v1/namespaces/a/deployments/d/scale", {}, ("patch", "a", "apps", "deployments", "scale", "d")),
+    ("PATCH", "/apis/apps/v1/namespaces/a/deployments/d/scale", {},
+     ("patch", "a", "apps", "deployments", "scale", "d")),
     ("GET", "/api/v1/nodes", {}, ("list", "", "", "nodes", "", "")),
     # a namespace's own requests are in it; its subresources are not resources in it
     ("GET", "/api/v1/namespaces/a", {}, ("get", "a", "", "namespaces", "", "a")),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from apiserver import errors, resources
+from apiserver import resources
 from apiserver.auth.authn import Authenticator, User
 from apiserver.auth.rbac import AlwaysAllow, Attributes, forbidden, forbidden_message
 from apiserver.auth.tokens import Signer
