@@ -29,9 +29,10 @@ class AuditLog:
             self.file.close()
 
     def event(self, *, received: str, uri: str, verb: str, user, attrs: Attributes | None, code: int,
-              source: str = "", user_agent: str = "") -> dict:
+              source: str = "", user_agent: str = "", stage: str = "ResponseComplete") -> dict:
+        """``stage``: ResponseStarted for a streamed answer (a watch) logged as it begins."""
         event = {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
-                 "auditID": str(uuid.uuid4()), "stage": "ResponseComplete", "requestURI": uri,
+                 "auditID": str(uuid.uuid4()), "stage": stage, "requestURI": uri,
                  "verb": attrs.verb if attrs else verb,
                  "user": {"username": user.name, "groups": list(user.groups)} if user else {},
                  "sourceIPs": [source] if source else [], "userAgent": user_agent}

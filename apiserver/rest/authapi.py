@@ -78,8 +78,6 @@ def self_subject_access_review(gate, req: Request) -> Response:
     out = {"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
            "metadata": {"creationTimestamp": None}, "spec": spec,
            "status": {"allowed": allowed}}
-    if not allowed:
-        out["status"]["denied"] = False  # no opinion: nothing forbids it outright, nothing allows it
     return json_response(out, 201)
 
 
