@@ -476,6 +476,28 @@ def test_kubectl_auth_can_i(plane, kubectl):
     assert out.returncode == 0 and tokens.looks_like_jwt(out.stdout.strip()), out.stderr
 
 
+def test_python_client_with_a_client_certificate_kubeconfig(plane, tmp_path):
+    """The official Python client (urllib3 over TLS) with the admin's kubeconfig, and as
+    bob (a token): allowed and forbidden as kubectl is."""
+    k8s = pytest.importorskip("kubernetes.client", reason="the official Python client is not installed")
+    from kubernetes import config
+
+    for who, token, want in (("admin", "", 200), ("", "bob-token-0123456789", 403)):
+        conf = k8s.Configuration()
+        config.load_kube_config(plane.api.kubeconfig(tmp_path / f"kc-{who}", who, token=token),
+                                client_configuration=conf)
+        with k8s.ApiClient(conf) as c:
+            v1 = k8s.CoreV1Api(c)
+            assert [cm.metadata.name for cm in v1.list_namespaced_config_map("team-a").items] == ["cfg"]
+            try:
+                got = v1.read_namespaced_secret("db", "team-a")
+                assert (want, got.data["pw"]) == (200, base64.b64encode(b"hunter2").decode())
+            except k8s.ApiException as e:
+                assert (e.status, json.loads(e.body)["message"]) == (want, (
+                    'secrets "db" is forbidden: User "bob" cannot get resource "secrets" in API group "" in the '
+                    'namespace "team-a"'))
+
+
 # ---- audit ----
 
 def test_audit_log_says_who_did_what(plane):
