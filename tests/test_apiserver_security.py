@@ -459,6 +459,12 @@ def test_kubectl_auth_can_i(plane, kubectl):
                        (("create", "selfsubjectaccessreviews"), "yes")):
         out = kubectl("", "auth", "can-i", *args, token=bob)
         assert out.stdout.strip() == want, (args, out.stdout, out.stderr)
+    out = kubectl("", "auth", "can-i", "--list", "-n", "team-a", token=bob)
+    lines = out.stdout.splitlines()[1:]
+    by_resource = {line.split()[0]: line for line in lines if not line.startswith(" ")}
+    assert (out.returncode, out.stderr) == (0, ""), out.stderr
+    assert by_resource["configmaps"].endswith("[get list watch]") and "secrets" not in by_resource, out.stdout
+    assert any(line.split()[0] == "[/version]" for line in lines if line.startswith(" ")), out.stdout
     out = kubectl("admin", "auth", "can-i", "delete", "secrets", "--all-namespaces")
     assert (out.returncode, out.stdout.strip()) == (0, "yes"), out.stderr
     # granted with kubectl (a protobuf body), then allowed

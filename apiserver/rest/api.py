@@ -63,6 +63,8 @@ class RestApi:
         path = req.path.rstrip("/") or "/"
         if path == authapi.SSAR_PATH and self.gate is not None:
             return authapi.self_subject_access_review(self.gate, req)
+        if path == authapi.SSRR_PATH and self.gate is not None:
+            return authapi.self_subject_rules_review(self.gate, req)
         try:
             target = routing.parse(path)
         except routing.NoRoute:

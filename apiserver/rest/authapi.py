@@ -14,6 +14,7 @@ from apiserver.rest import protobuf
 from apiserver.rest.http1 import Request, Response, json_response
 
 SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+SSRR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews"
 SERVICE_ACCOUNTS = resources.BY_NAME["serviceaccounts"]
 
 
@@ -25,7 +26,8 @@ _RESOURCE_ATTRIBUTES = {1: ("namespace", "string"), 2: ("verb", "string"), 3: ("
 _NON_RESOURCE_ATTRIBUTES = {1: ("path", "string"), 2: ("verb", "string")}
 _SSAR_SPEC = {1: ("resourceAttributes", _RESOURCE_ATTRIBUTES), 2: ("nonResourceAttributes", _NON_RESOURCE_ATTRIBUTES)}
 _TOKEN_SPEC = {1: ("audiences", "strings"), 4: ("expirationSeconds", "int")}
-_TOP = {"SelfSubjectAccessReview": {2: ("spec", _SSAR_SPEC)}, "TokenRequest": {2: ("spec", _TOKEN_SPEC)}}
+_TOP = {"SelfSubjectAccessReview": {2: ("spec", _SSAR_SPEC)}, "TokenRequest": {2: ("spec", _TOKEN_SPEC)},
+        "SelfSubjectRulesReview": {2: ("spec", {1: ("namespace", "string")})}}
 
 
 def _fields(raw: bytes, schema: dict) -> dict:
@@ -79,6 +81,50 @@ def self_subject_access_review(gate, req: Request) -> Response:
            "metadata": {"creationTimestamp": None}, "spec": spec,
            "status": {"allowed": allowed}}
     return json_response(out, 201)
+
+
+def self_subject_rules_review(gate, req: Request) -> Response:
+    """``kubectl auth can-i --list``: every rule that applies to the caller in
+    spec.namespace, RBAC's (and AlwaysAllow's everything); a kubelet's list is
+    incomplete, its Node authorizer rules being per object."""
+    if req.method != "POST":
+        raise errors.method_not_allowed("the server does not allow this method on the requested resource")
+    body = _body(req)
+    spec = body.get("spec") or {}
+    namespace = spec.get("namespace", "")
+    rbac = _rbac_of(gate.authorizer)
+    rules = rbac.rules_for(req.user, namespace) if rbac is not None else []
+    resource_rules, url_rules = [], []
+    for r in rules:
+        if r.non_resource_urls:
+            url_rules.append({"verbs": list(r.verbs), "nonResourceURLs": list(r.non_resource_urls)})
+        else:
+            entry = {"verbs": list(r.verbs), "apiGroups": list(r.api_groups), "resources": list(r.resources)}
+            if r.resource_names:
+                entry["resourceNames"] = list(r.resource_names)
+            resource_rules.append(entry)
+    from apiserver.auth.node import NodeAuthorizer, node_of
+    from apiserver.auth.rbac import AlwaysAllow
+
+    chain = getattr(gate.authorizer, "authorizers", [gate.authorizer])
+    if any(isinstance(z, AlwaysAllow) for z in chain):
+        resource_rules.insert(0, {"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]})
+        url_rules.insert(0, {"verbs": ["*"], "nonResourceURLs": ["*"]})
+    status = {"resourceRules": resource_rules, "nonResourceRules": url_rules, "incomplete": False}
+    if node_of(req.user) and any(isinstance(z, NodeAuthorizer) for z in chain):
+        # as upstream: a node's permissions depend on its pods, they are not enumerated
+        status["incomplete"] = True
+        status["evaluationError"] = "node authorizer does not support user rule resolution"
+    return json_response({"kind": "SelfSubjectRulesReview", "apiVersion": "authorization.k8s.io/v1",
+                          "metadata": {"creationTimestamp": None}, "spec": spec, "status": status}, 201)
+
+
+def _rbac_of(authorizer):
+    from apiserver.auth.rbac import RBACAuthorizer
+    for z in getattr(authorizer, "authorizers", [authorizer]):
+        if isinstance(z, RBACAuthorizer):
+            return z
+    return None
 
 
 async def token_request(gate, registry, req: Request, namespace: str, name: str) -> Response:

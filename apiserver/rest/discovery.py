@@ -76,7 +76,8 @@ def _group(name: str) -> dict:
 
 
 # served but never stored (apiserver/rest/authapi.py): api_version -> (name, kind, namespaced, verbs)
-UNSTORED = {"authorization.k8s.io/v1": [("selfsubjectaccessreviews", "SelfSubjectAccessReview", False, ["create"])]}
+UNSTORED = {"authorization.k8s.io/v1": [("selfsubjectaccessreviews", "SelfSubjectAccessReview", False, ["create"]),
+                                        ("selfsubjectrulesreviews", "SelfSubjectRulesReview", False, ["create"])]}
 
 
 def groups() -> list[str]:
