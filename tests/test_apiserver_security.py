@@ -477,7 +477,7 @@ def test_kubectl_auth_can_i(plane, kubectl):
                                token=bob).stdout.strip() == "yes", "bob's edit in team-b")
     # edit holds view's rules too (aggregated twice: view into edit)
     out = kubectl("", "get", "configmaps", "-n", "team-b", "-o", "name", token=bob)
-    assert (out.returncode, out.stdout) == (0, "configmap/c-n1\nconfigmap/c-n2\nconfigmap/cfg\n"), out.stderr
+    assert out.returncode == 0 and "configmap/cfg" in out.stdout.splitlines(), out.stderr
     out = kubectl("admin", "create", "token", "default", "-n", "team-a")
     assert out.returncode == 0 and tokens.looks_like_jwt(out.stdout.strip()), out.stderr
 
@@ -509,6 +509,7 @@ def test_python_client_with_a_client_certificate_kubeconfig(plane, tmp_path):
 def test_audit_log_says_who_did_what(plane):
     bob = "bob-token-0123456789"
     assert plane.rest("GET", "/api/v1/namespaces/team-a/secrets?limit=5", token=bob)[0] == 403
+    assert plane.rest("GET", "/api/v1/namespaces/team-a/pods")[0] == 401
     channel, stub = plane.grpc_stub(cert=plane.carol)
     with channel:
         stub.Get(api_pb2.GetRequest(resource="configmaps", namespace="team-a", name="cfg"), timeout=10)
@@ -530,7 +531,9 @@ def test_audit_log_says_who_did_what(plane):
     grpc_event = wait_until(lambda: find("carol", "get", "configmaps", 200), "carol's gRPC Get")[-1]
     assert grpc_event["objectRef"] == {"resource": "configmaps", "namespace": "team-a", "name": "cfg"}
     assert grpc_event["requestURI"] == "/apiserver.v1.ApiServer/Get"
-    assert any(e["responseStatus"]["code"] == 401 and e["user"] == {} for e in events())
+    wait_until(lambda: any(e["responseStatus"]["code"] == 401 and e["user"] == {} and
+                           e["requestURI"] == "/api/v1/namespaces/team-a/pods" for e in events()),
+               "the unauthenticated request in the audit log")
     # no Secret's data anywhere: not in the audit log, not in the apiserver's log
     for log in (path, plane.api.log_path):
         text = Path(log).read_bytes()
