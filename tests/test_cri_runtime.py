@@ -19,7 +19,8 @@ from harness.nodes import RuntimeNode as Node
 from harness.nodes import leftovers, need_runtime
 from node.cri.client import CriClient, CriError
 from node.pb import cri_pb2
-from node.runtime import cgroups, mounts, runc
+from node import mounts
+from node.runtime import cgroups, runc
 from node.runtime.cleanup import cleanup, conmon_pids
 from node.runtime.images import ImageStore
 
@@ -265,7 +266,7 @@ def test_stop_and_remove_sandbox_take_everything(node):
     node.client.remove_pod_sandbox(sid)
     assert node.client.list_containers(cri_pb2.ContainerFilter(pod_sandbox_id=sid)) == []
     assert not cgroups.tree(f"{node.prefix}/{sid}")
-    assert not mounts.mount_points(os.path.join(node.root, "containers", cid))
+    assert not mounts.mounts_under(os.path.join(node.root, "containers", cid))
 
 
 def test_update_resources_and_reopen_log(node, sandbox):
@@ -428,7 +429,7 @@ def test_restart_undoes_creates_cut_short(node, tmp_path):
             time.sleep(0.02)
         assert not os.path.exists(f"/proc/{pid}")
         assert runc.Runc(f"/run/{net.name}").state(cid) is None
-        assert mounts.mount_points(root) == []
+        assert mounts.mounts_under(root) == []
         assert not os.path.exists(f"/run/netns/{net.name}-{sid[:10]}")
         assert os.listdir(os.path.join(root, "sandboxes")) == [] == os.listdir(os.path.join(root, "containers"))
         from node.network.ipam import HostLocalIpam

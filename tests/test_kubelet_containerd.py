@@ -37,7 +37,8 @@ from harness.plane import apiserver_on_etcdlite
 from harness.procs import PYTHON, REPO, Registry, ServerProcess
 from node import network
 from node.cri.client import CriClient
-from node.kubelet import crilog, mounts, podcgroups, volumes
+from node import mounts
+from node.kubelet import crilog, podcgroups, volumes
 from node.network.fabric import Fabric
 from node.network.netns import http_get_in
 from node.plane import busybox_version

@@ -14,7 +14,8 @@ from test_kubelet_real import (NS, client, cstatus, get, make_pod, node, ready, 
 
 from apiserver.pb import core_pb2
 from harness.etcd_client import wait_until
-from node.kubelet import mounts, volumes
+from node import mounts
+from node.kubelet import volumes
 
 pytestmark = pytest.mark.process
 

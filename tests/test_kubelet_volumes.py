@@ -18,7 +18,8 @@ import time
 import pytest
 
 from apiserver.pb import core_pb2, meta_pb2
-from node.kubelet import mounts, volumes
+from node import mounts
+from node.kubelet import volumes
 from node.kubelet.env import ContainerConfigError
 from node.kubelet.volumes import Mount, VolumeError, Volumes
 

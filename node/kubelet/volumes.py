@@ -35,7 +35,8 @@ from dataclasses import dataclass
 
 from apiserver.pb import core_pb2
 from apiserver.quantity import bytes_of
-from node.kubelet import mounts, subpath
+from node import mounts
+from node.kubelet import subpath
 from node.kubelet.atomic_writer import RETIRED_GRACE, AtomicWriter, FileProjection, PayloadError
 from node.kubelet.env import ContainerConfigError, not_found
 
