@@ -18,7 +18,7 @@ Errors are VolumeError with upstream's message; the kubelet records
 ``MountVolume.SetUp failed for volume "<name>" : <message>`` (FailedMount) and
 leaves the pod in ContainerCreating until a later sync succeeds. Everything is
 read back from the disk and the mount table, so a restarted kubelet picks up
-where it stopped. Mounts use mount(2) directly (mounts.py): root is needed.
+where it stopped. Mounts use mount(2) directly (node/mounts.py): root is needed.
 """
 
 from __future__ import annotations
