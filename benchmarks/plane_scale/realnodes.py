@@ -284,28 +284,11 @@ class RealNodesRun:
                                             "to_ready_s": quantiles_s(ts_ready)}}
 
     def wait(self, what: str, done, progress, stall: float | None = None) -> float:
-        from benchmarks.plane_scale.bench import Stalled
+        from benchmarks.plane_scale.bench import wait_for
 
-        stall = stall or self.args.stall_timeout
-        start = last_change = time.monotonic()
-        last, last_print = None, 0.0
-        while not done():
-            now = time.monotonic()
-            state = progress()
-            if state != last:
-                last, last_change = state, now
-            if now - last_print >= self.args.progress_every:
-                log(f"{state}, {now - start:.1f} s")
-                last_print = now
-            dead = self.plane.dead()
-            if dead or now - last_change > stall or now > self.deadline:
-                why = (f"{', '.join(p.name for p in dead)} died" if dead else
-                       f"no progress for {now - last_change:.0f} s" if now - last_change > stall else
-                       f"the overall timeout of {self.args.timeout:.0f} s passed")
-                tails = "\n".join(f"{p.name}:\n{p.log_tail(15)}" for p in dead)
-                raise Stalled(f"{what}: stuck at {state} ({why}).\n{tails}")
-            time.sleep(0.05)
-        return time.monotonic()
+        def tails() -> str:
+            return "\n".join(f"{p.name}:\n{p.log_tail(15)}" for p in self.plane.dead())
+        return wait_for(what, done, progress, self.args, self.deadline, self.plane, stall, tails)
 
     def stop(self) -> None:
         self.profiler.stop()
