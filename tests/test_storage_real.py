@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
 
 import pytest
 
@@ -47,7 +48,7 @@ def plane(tmp_path_factory):
                                TIMEOUT, what="2 real nodes Ready")
             wait_until(lambda: _exists(client, "storageclasses", "standard", ""), TIMEOUT,
                        what="the provisioner's default StorageClass")
-            yield client, sorted(names), storage, tmp
+            yield client, sorted(names), storage, tmp, api.endpoint
     finally:
         reg.cleanup()
 
@@ -119,7 +120,7 @@ def events_of(client, kind, name) -> list[tuple[str, str, str]]:
 
 
 def test_data_outlives_its_pod_and_is_read_on_another_node_then_deleted_with_its_claim(plane):
-    client, (node_a, node_b), storage, _ = plane
+    client, (node_a, node_b), storage, *_ = plane
     token = secrets.token_hex(8)
     client.create(claim("shared"))
     c = client.get("persistentvolumeclaims", "shared", NS)
@@ -155,7 +156,7 @@ def test_data_outlives_its_pod_and_is_read_on_another_node_then_deleted_with_its
 
 
 def test_a_retained_static_volume_is_released_with_its_data(plane):
-    client, (node_a, _), _, tmp = plane
+    client, (node_a, _), _, tmp, _ = plane
     disk = tmp / "static-disk"
     disk.mkdir()
     disk.chmod(0o777)
@@ -186,7 +187,7 @@ def test_a_retained_static_volume_is_released_with_its_data(plane):
 
 
 def test_a_claim_nothing_satisfies_stays_pending_and_its_pod_unschedulable(plane):
-    client, nodes, _, _ = plane
+    client, nodes, *_ = plane
     client.create(claim("nothing", size="1Ti", cls=""))
     want = ("Normal", "FailedBinding", "no persistent volumes available for this claim and no storage class is set")
     wait_until(lambda: want in events_of(client, "PersistentVolumeClaim", "nothing"), TIMEOUT,
@@ -222,7 +223,7 @@ def test_a_claim_nothing_satisfies_stays_pending_and_its_pod_unschedulable(plane
 
 
 def test_a_local_volume_keeps_its_claims_pods_on_its_node(plane):
-    client, _, storage, _ = plane
+    client, _, storage, *_ = plane
     client.create(claim("near", cls="local"))
     first = run_to_end(client, pod("first", "near", "echo here > /data/f"))
     assert first.status.phase == "Succeeded"
@@ -238,3 +239,70 @@ def test_a_local_volume_keeps_its_claims_pods_on_its_node(plane):
     delete_pod(client, "second")
     client.delete("persistentvolumeclaims", "near", NS)
     wait_until(lambda: not os.path.exists(pv.spec.local.path), TIMEOUT, what="the local directory removed")
+
+
+MANUAL = """\
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: manual-pv
+  labels: {disk: manual}
+spec:
+  capacity: {storage: 20Mi}
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  hostPath: {path: %(path)s, type: DirectoryOrCreate}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: manual-claim
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  selector:
+    matchLabels: {disk: manual}
+  resources:
+    requests: {storage: 10Mi}
+"""
+
+
+def test_kubectl_lists_applies_and_prints_the_storage_kinds(plane):
+    from test_kubectl import KUBECTL  # skips this module's kubectl test where kubectl is missing
+    from apiserver.rest.kubeconfig import write_kubeconfig
+
+    client, _, _, tmp, endpoint = plane
+    config = write_kubeconfig(str(tmp / "kubeconfig"), f"http://{endpoint}")
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp)}
+
+    def kubectl(*args, stdin=None):
+        proc = subprocess.run([KUBECTL, "--kubeconfig", config, "--cache-dir", str(tmp / "kcache"), *args],
+                              input=stdin, capture_output=True, text=True, env=env, timeout=60)
+        assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr}"
+        return proc.stdout
+
+    rows = [line.split() for line in kubectl("api-resources").splitlines()]
+    assert ["persistentvolumeclaims", "pvc", "v1", "true", "PersistentVolumeClaim"] in rows
+    assert ["persistentvolumes", "pv", "v1", "false", "PersistentVolume"] in rows
+    assert ["storageclasses", "sc", "storage.k8s.io/v1", "false", "StorageClass"] in rows
+    rows = [line.split() for line in kubectl("get", "sc").splitlines()]
+    assert rows[0] == ["NAME", "PROVISIONER", "RECLAIMPOLICY", "VOLUMEBINDINGMODE", "ALLOWVOLUMEEXPANSION", "AGE"]
+    assert ["standard", "(default)", "storage.plane.local/shared-dir", "Delete", "WaitForFirstConsumer",
+            "false"] in [r[:-1] for r in rows]
+    out = kubectl("apply", "-f", "-", stdin=MANUAL % {"path": tmp / "manual-disk"})
+    assert out.splitlines() == ["persistentvolume/manual-pv created", "persistentvolumeclaim/manual-claim created"]
+    wait_until(lambda: client.get("persistentvolumeclaims", "manual-claim", NS).status.phase == "Bound", TIMEOUT,
+               what="manual-claim Bound (a class name without a StorageClass: bound at once)")
+    rows = [line.split() for line in kubectl("get", "pvc", "manual-claim").splitlines()]
+    assert rows[0] == ["NAME", "STATUS", "VOLUME", "CAPACITY", "ACCESS", "MODES", "STORAGECLASS",
+                       "VOLUMEATTRIBUTESCLASS", "AGE"]
+    assert rows[1][:-1] == ["manual-claim", "Bound", "manual-pv", "20Mi", "RWO", "manual", "<unset>"]
+    rows = [line.split() for line in kubectl("get", "pv", "manual-pv", "-o", "wide").splitlines()]
+    assert rows[1][:7] == ["manual-pv", "20Mi", "RWO", "Retain", "Bound", "default/manual-claim", "manual"]
+    assert rows[1][-1] == "Filesystem"
+    kubectl("delete", "pvc", "manual-claim")
+    released = wait_until(lambda: (v := client.get("persistentvolumes", "manual-pv", "")).status.phase == "Released"
+                          and v, TIMEOUT, what="manual-pv Released")
+    assert released.spec.claim_ref.name == "manual-claim"
+    kubectl("delete", "pv", "manual-pv")
+
