@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import threading
 
-from apiserver.errors import ApiError
 from apiserver.pb import meta_pb2
 from controllers import pvbinding as b
 from controllers.events import NORMAL, WARNING, EventRecorder
@@ -350,10 +349,3 @@ class PersistentVolumeController:
         self.recorder.event(volume, WARNING, VOLUME_FAILED_DELETE, message)
         self._volume_status(volume, "Failed", message)
 
-
-def ignore_not_found(fn, *args) -> None:
-    try:
-        fn(*args)
-    except ApiError as e:
-        if e.reason != "NotFound":
-            raise
