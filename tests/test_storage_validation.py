@@ -173,3 +173,15 @@ def test_storage_class_refusals_and_immutable_fields():
     new.parameters["tier"] = "fast"
     assert_cause("storageclasses", new, "parameters", "FieldValueForbidden",
                  "Forbidden: updates to parameters are forbidden.", old=old)
+
+
+def test_quantities_may_be_json_numbers_as_in_kubernetes():
+    from apiserver.manifest import from_dict
+
+    pvc = from_dict({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "x"},
+                     "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": 1048576}}}})
+    assert pvc.spec.resources.requests["storage"] == "1048576"
+    pv = from_dict({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "x"},
+                    "spec": {"capacity": {"storage": 5}, "accessModes": ["ReadWriteOnce"],
+                             "hostPath": {"path": "/srv/x"}}})
+    assert pv.spec.capacity["storage"] == "5"
