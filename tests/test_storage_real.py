@@ -241,6 +241,82 @@ def test_a_local_volume_keeps_its_claims_pods_on_its_node(plane):
     wait_until(lambda: not os.path.exists(pv.spec.local.path), TIMEOUT, what="the local directory removed")
 
 
+def static_volume(name, size="10Mi", policy="", path="/srv/none", claim_name=""):
+    pv = core_pb2.PersistentVolume()
+    pv.metadata.name = name
+    pv.spec.capacity["storage"] = size
+    pv.spec.access_modes.append("ReadWriteOnce")
+    pv.spec.host_path.path = path
+    pv.spec.storage_class_name = "edge"
+    pv.spec.persistent_volume_reclaim_policy = policy
+    if claim_name:
+        pv.spec.claim_ref.namespace, pv.spec.claim_ref.name = NS, claim_name
+    return pv
+
+
+def phase_of(client, kind, name, ns=NS):
+    return client.get(kind, name, ns).status.phase
+
+
+def test_the_binders_other_rules_prebinding_named_volumes_reclaim_failures_protection_and_lost_claims(plane):
+    """API only (no pod): what the PV controller in the controller-manager does beyond the common path."""
+    client = plane[0]
+    client.create(static_volume("edge-best", "10Mi"))
+    client.create(static_volume("edge-reserved", "50Mi", policy="Recycle", claim_name="wants-reserved"))
+    client.create(static_volume("edge-tiny", "1Mi", policy="Delete"))
+    client.create(claim("wants-reserved", cls="edge"))
+    wait_until(lambda: phase_of(client, "persistentvolumeclaims", "wants-reserved") == "Bound", TIMEOUT,
+               what="the claim bound")
+    assert client.get("persistentvolumeclaims", "wants-reserved", NS).spec.volume_name == "edge-reserved", \
+        "a volume pre-bound to the claim wins over a smaller free one"
+    named = claim("wants-tiny", cls="edge")
+    named.spec.volume_name = "edge-tiny"
+    client.create(named)
+    want = ("Warning", "FailedBinding", 'Cannot bind to requested volume "edge-tiny": requested PV is too small')
+    wait_until(lambda: want in events_of(client, "PersistentVolumeClaim", "wants-tiny"), TIMEOUT,
+               what="the named volume refused")
+    assert phase_of(client, "persistentvolumeclaims", "wants-tiny") == "Pending"
+
+    # pv-protection: a Bound volume's deletion waits for its claim to go
+    client.delete("persistentvolumes", "edge-reserved", "")
+    held = client.get("persistentvolumes", "edge-reserved", "")
+    assert held.metadata.deletion_timestamp and held.status.phase == "Bound"
+    client.delete("persistentvolumeclaims", "wants-reserved", NS)
+    wait_until(lambda: _exists(client, "persistentvolumes", "edge-reserved", "") is None, TIMEOUT,
+               what="the volume gone once its claim went")
+
+    # reclaim failures: Recycle is not served, Delete of a volume no provisioner made has no deleter
+    client.create(static_volume("edge-recycled", policy="Recycle", claim_name="short-lived"))
+    client.create(static_volume("edge-deleted", policy="Delete", claim_name="short-lived-too"))
+    for name in ("short-lived", "short-lived-too"):
+        client.create(claim(name, cls="edge"))
+    for name in ("short-lived", "short-lived-too"):
+        wait_until(lambda: phase_of(client, "persistentvolumeclaims", name) == "Bound", TIMEOUT, what=f"{name} bound")
+        client.delete("persistentvolumeclaims", name, NS)
+    failed = wait_until(lambda: (v := client.get("persistentvolumes", "edge-recycled", "")).status.phase == "Failed"
+                        and v, TIMEOUT, what="the Recycle volume Failed")
+    assert failed.status.message == "No recycler plugin found for the volume!"
+    failed = wait_until(lambda: (v := client.get("persistentvolumes", "edge-deleted", "")).status.phase == "Failed"
+                        and v, TIMEOUT, what="the Delete volume Failed")
+    message = 'error getting deleter volume plugin for volume "edge-deleted": no deletable volume plugin matched'
+    assert failed.status.message == message
+    assert ("Warning", "VolumeFailedDelete", message) in events_of(client, "PersistentVolume", "edge-deleted")
+
+    # a bound claim whose volume is removed behind the controller's back is Lost
+    client.create(static_volume("edge-doomed", claim_name="orphaned"))
+    client.create(claim("orphaned", cls="edge"))
+    wait_until(lambda: phase_of(client, "persistentvolumeclaims", "orphaned") == "Bound", TIMEOUT, what="bound")
+    client.patch("persistentvolumes", "edge-doomed", {"metadata": {"finalizers": None}}, "")
+    client.delete("persistentvolumes", "edge-doomed", "")
+    wait_until(lambda: phase_of(client, "persistentvolumeclaims", "orphaned") == "Lost", TIMEOUT, what="Lost")
+    assert ("Warning", "ClaimLost", "Bound claim has lost its PersistentVolume. Data on the volume is lost!") in \
+        events_of(client, "PersistentVolumeClaim", "orphaned")
+    for name in ("wants-tiny", "orphaned"):
+        client.delete("persistentvolumeclaims", name, NS)
+    for name in ("edge-best", "edge-tiny", "edge-recycled", "edge-deleted"):
+        client.delete("persistentvolumes", name, "")
+
+
 MANUAL = """\
 apiVersion: v1
 kind: PersistentVolume
