@@ -395,8 +395,9 @@ class Volumes:
             host = self.host_path(pod, volume) if volume is not None else None
             if host is None:
                 raise ContainerConfigError(f'cannot find volume "{vm.name}" to mount into container "{container.name}"')
-            readonly = (vm.read_only or volume_source(volume) in ("config_map", "secret")
-                        or (volume_source(volume) == "persistent_volume_claim" and volume.persistent_volume_claim.read_only))
+            source = volume_source(volume)
+            readonly = (vm.read_only or source in ("config_map", "secret")
+                        or (source == "persistent_volume_claim" and volume.persistent_volume_claim.read_only))
             mode = getattr(vm, "mount_propagation", "") or ""
             if mode not in _PROPAGATION:
                 raise ContainerConfigError(f'invalid MountPropagation mode: "{mode}"')
