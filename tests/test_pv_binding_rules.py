@@ -215,3 +215,42 @@ def test_allowed_topologies_limit_where_a_class_provisions():
 def test_the_fit_error_counts_volume_reasons_like_kubernetes(nodes, reasons, want):
     from controllers.scheduler.plugins import failed_scheduling_message
     assert failed_scheduling_message(nodes, reasons) == want
+
+
+class _RacingClient:
+    """Answers the first update with a Conflict (another writer got there first), as the
+    apiserver does when the PV controller wrote the claim's status meanwhile."""
+
+    def __init__(self, stored):
+        self.stored, self.updates, self.conflicts = stored, [], 1
+
+    def update(self, obj):
+        from apiserver.errors import ApiError
+        if self.conflicts:
+            self.conflicts -= 1
+            raise ApiError("Conflict", "the object has been modified")
+        self.updates.append(obj)
+        return obj
+
+    def get(self, kind, name, namespace):
+        return self.stored
+
+
+def test_prebind_rereads_on_a_conflict_and_refuses_a_volume_another_claim_took():
+    from apiserver.errors import ApiError
+    from controllers.informer import SharedInformerFactory
+
+    claim = pvc("data", cls="dirs")
+    fresh = pvc("data", cls="dirs")
+    fresh.metadata.resource_version = "7"
+    client = _RacingClient(fresh)
+    binder = vb.VolumeBinder(client, SharedInformerFactory(client))
+    binder._write_fresh("persistentvolumeclaims", claim, lambda c: vb._select_node(c, "a"))
+    [written] = client.updates
+    assert written.metadata.resource_version == "7" and written.metadata.annotations[b.ANN_SELECTED_NODE] == "a"
+    taken = pv("disk", claim="someone-else")
+    client = _RacingClient(taken)
+    binder = vb.VolumeBinder(client, SharedInformerFactory(client))
+    with pytest.raises(ApiError) as e:
+        binder._write_fresh("persistentvolumes", pv("disk"), lambda v: vb._prebind(v, claim))
+    assert e.value.reason == "Conflict" and not client.updates

@@ -28,6 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from apiserver.errors import ApiError
 from controllers import pvbinding as b
 from controllers.informer import deep_copy
 from controllers.persistentvolume import claim_reference
@@ -130,6 +131,28 @@ def decide(volumes: PodVolumes, node, volumes_get, all_volumes, classes_by_name,
     return None, decision
 
 
+def _prebind(volume, claim):
+    """The volume reserved for the claim, or None when it already is; ApiError Conflict when
+    another claim took it meanwhile."""
+    if b.is_volume_bound_to_claim(volume, claim):
+        return None
+    if volume.spec.claim_ref.name:
+        raise ApiError("Conflict", f'volume "{volume.metadata.name}" was bound to another claim meanwhile',
+                       kind="persistentvolumes", name=volume.metadata.name)
+    updated = deep_copy(volume)
+    updated.metadata.annotations[b.ANN_BOUND_BY_CONTROLLER] = "yes"
+    updated.spec.claim_ref.CopyFrom(claim_reference(claim))
+    return updated
+
+
+def _select_node(claim, node: str):
+    if claim.metadata.annotations.get(b.ANN_SELECTED_NODE) == node:
+        return None
+    updated = deep_copy(claim)
+    updated.metadata.annotations[b.ANN_SELECTED_NODE] = node
+    return updated
+
+
 class VolumeBinder:
     """The plugin's state over the scheduler's informers: volumes assumed for claims between
     the scheduling cycle and the PV controller's binding, so two pods never get one volume."""
@@ -167,21 +190,30 @@ class VolumeBinder:
             for _, volume in decision.static:
                 self._assumed.pop(volume.metadata.name, None)
 
+    def _write_fresh(self, kind: str, obj, change, attempts: int = 5) -> None:
+        """``change(obj)`` written; on a Conflict (the PV controller wrote the object since the
+        cache saw it) the object is read again and the change made anew."""
+        for attempt in range(attempts):
+            updated = change(obj)
+            if updated is None:
+                return
+            try:
+                self.client.update(updated)
+                return
+            except ApiError as e:
+                if e.reason != "Conflict" or attempt == attempts - 1:
+                    raise
+            obj = self.client.get(kind, obj.metadata.name, obj.metadata.namespace)
+
     def bind(self, pod, decision: Decision, stop: threading.Event | None = None) -> None:
         """PreBind: the API writes of ``decision``, then waits until every claim of the pod is
         Bound. Raises ApiError or TimeoutError (the caller forgets and retries the pod)."""
         try:
             for claim, volume in decision.static:
-                if not b.is_volume_bound_to_claim(volume, claim):
-                    updated = deep_copy(volume)
-                    updated.metadata.annotations[b.ANN_BOUND_BY_CONTROLLER] = "yes"
-                    updated.spec.claim_ref.CopyFrom(claim_reference(claim))
-                    self.client.update(updated)
+                self._write_fresh("persistentvolumes", volume, lambda v, c=claim: _prebind(v, c))
             for claim in decision.provision:
-                if claim.metadata.annotations.get(b.ANN_SELECTED_NODE) != decision.node:
-                    updated = deep_copy(claim)
-                    updated.metadata.annotations[b.ANN_SELECTED_NODE] = decision.node
-                    self.client.update(updated)
+                self._write_fresh("persistentvolumeclaims", claim,
+                                  lambda c, node=decision.node: _select_node(c, node))
             names = b.pod_claim_names(pod)
             deadline = time.monotonic() + self.bind_timeout
             while True:
