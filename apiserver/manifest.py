@@ -55,6 +55,10 @@ _NUMBER_AS_STRING = frozenset({
     "core.v1.ResourceRequirements.requests",
     "core.v1.NodeStatus.capacity",
     "core.v1.NodeStatus.allocatable",
+    "core.v1.PersistentVolumeSpec.capacity",
+    "core.v1.VolumeResourceRequirements.limits",
+    "core.v1.VolumeResourceRequirements.requests",
+    "core.v1.PersistentVolumeClaimStatus.capacity",
     "apps.v1.RollingUpdateDeployment.max_surge",
     "apps.v1.RollingUpdateDeployment.max_unavailable",
 })

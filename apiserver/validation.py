@@ -1080,6 +1080,7 @@ def _validate_lease(errs: FieldErrors, lease) -> None:
 # ======================================================================
 
 from apiserver import validation_network as _net  # noqa: E402  (it imports FieldErrors from here)
+from apiserver import validation_storage as _storage  # noqa: E402  (the same)
 
 _VALIDATE = {
     "namespaces": _validate_namespace,
@@ -1095,6 +1096,9 @@ _VALIDATE = {
     "leases": _validate_lease,
     "endpointslices": _net.validate_endpoint_slice,
     "ipaddresses": _net.validate_ip_address,
+    "persistentvolumes": _storage.validate_persistent_volume,
+    "persistentvolumeclaims": _storage.validate_persistent_volume_claim,
+    "storageclasses": _storage.validate_storage_class,
 }
 _VALIDATE_UPDATE = {
     "nodes": _validate_node_update,
@@ -1106,6 +1110,9 @@ _VALIDATE_UPDATE = {
     "deployments": _validate_selector_update,
     "endpointslices": _net.validate_endpoint_slice_update,
     "ipaddresses": _net.validate_ip_address_update,
+    "persistentvolumes": _storage.validate_persistent_volume_update,
+    "persistentvolumeclaims": _storage.validate_persistent_volume_claim_update,
+    "storageclasses": _storage.validate_storage_class_update,
 }
 
 

@@ -64,6 +64,7 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
     py = sys.executable
     cmds["controller-manager"] = [py, "-m", "controllers.manager", "--server", server, "--leader-elect",
                                   "--node-monitor-grace-period", str(args.node_monitor_grace_period),
+                                  "--storage-dir", os.path.join(os.path.abspath(args.data_dir), "storage"),
                                   "--log-level", "warning"]
     cmds["scheduler"] = [py, "-m", "controllers.scheduler", "--server", server, "--leader-elect",
                          "--log-level", "warning"]

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from apiserver import resources
 from apiserver.errors import ApiError
-from apiserver.pb import apps_pb2, coordination_pb2, core_pb2, discovery_pb2, networking_pb2
+from apiserver.pb import apps_pb2, coordination_pb2, core_pb2, discovery_pb2, networking_pb2, storage_pb2
 from apiserver.quantity import bytes_of, format_quantity, milli_cpu, parse_quantity
 from apiserver.defaults import apply_defaults
 from apiserver.validation import validate_create, validate_update
@@ -132,11 +132,33 @@ def ip_address() -> networking_pb2.IPAddress:
     return ip
 
 
+def persistent_volume() -> core_pb2.PersistentVolume:
+    pv = core_pb2.PersistentVolume()
+    pv.metadata.name = "pv-1"
+    pv.spec.capacity["storage"] = "1Gi"
+    pv.spec.access_modes.append("ReadWriteOnce")
+    pv.spec.host_path.path = "/srv/volumes/pv-1"
+    return pv
+
+
+def persistent_volume_claim() -> core_pb2.PersistentVolumeClaim:
+    pvc = core_pb2.PersistentVolumeClaim()
+    pvc.metadata.name, pvc.metadata.namespace = "data", "default"
+    pvc.spec.access_modes.append("ReadWriteOnce")
+    pvc.spec.resources.requests["storage"] = "1Gi"
+    return pvc
+
+
+def storage_class() -> storage_pb2.StorageClass:
+    return storage_pb2.StorageClass(metadata={"name": "standard"}, provisioner="example.com/dirs")
+
+
 FACTORIES = {"pods": pod, "replicasets": replica_set, "deployments": deployment,
              "services": service, "namespaces": namespace, "nodes": node,
              "configmaps": config_map, "secrets": secret, "events": event,
              "endpoints": endpoints, "leases": lease, "endpointslices": endpoint_slice,
-             "ipaddresses": ip_address}
+             "ipaddresses": ip_address, "persistentvolumes": persistent_volume,
+             "persistentvolumeclaims": persistent_volume_claim, "storageclasses": storage_class}
 
 
 def defaulted(resource_name: str, msg=None):

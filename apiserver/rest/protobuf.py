@@ -37,7 +37,9 @@ _TIME_FIELDS = {"creationTimestamp", "deletionTimestamp", "lastTransitionTime", 
 # full names of Quantity fields (or maps of Quantity): the rest of _NUMBER_AS_STRING is IntOrString
 _QUANTITY = {"core.v1.EmptyDirVolumeSource.size_limit", "core.v1.ResourceRequirements.limits",
              "core.v1.ResourceRequirements.requests", "core.v1.NodeStatus.capacity",
-             "core.v1.NodeStatus.allocatable"}
+             "core.v1.NodeStatus.allocatable", "core.v1.PersistentVolumeSpec.capacity",
+             "core.v1.VolumeResourceRequirements.limits", "core.v1.VolumeResourceRequirements.requests",
+             "core.v1.PersistentVolumeClaimStatus.capacity"}
 _INT_OR_STRING = _NUMBER_AS_STRING - _QUANTITY
 
 _SIGNED = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64}

@@ -200,8 +200,8 @@ class RealKubelet:
         return resp.exit_code, bytes(resp.stdout) + bytes(resp.stderr)
 
     def _get(self, kind: str, namespace: str, name: str):
-        """The ConfigMap or Secret (kind) as the apiserver has it now (a change shows at the
-        next sync); None when there is none."""
+        """The ConfigMap, Secret, PersistentVolumeClaim or PersistentVolume (kind) as the apiserver
+        has it now (a change shows at the next sync); None when there is none."""
         try:
             return self.client.get(kind, name, namespace)
         except ApiError as e:
