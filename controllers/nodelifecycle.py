@@ -41,7 +41,6 @@ from controllers.informer import NODE_INDEX, deep_copy, meta_namespace_key
 from apiserver.resources import NAMESPACE_NODE_LEASE as LEASE_NAMESPACE
 from controllers.podutil import get_condition, now_rfc3339, parse_time
 from controllers.scheduler.plugins import TAINT_NOT_READY, TAINT_UNREACHABLE, tolerates
-from controllers.workqueue import RateLimitingQueue, run_worker
 
 log = logging.getLogger("controllers.nodelifecycle")
 
@@ -128,8 +127,8 @@ class NodeLifecycleController(Controller):
         self.pods = informers.informer("pods")
         self.leases = informers.informer("leases", LEASE_NAMESPACE)
         self._bucket = TokenBucket(eviction_qps, eviction_burst)
-        super().__init__([self.nodes, self.pods, self.leases], 1)
-        self._pod_queue = RateLimitingQueue(name="nodelifecycle-evictions")
+        super().__init__([self.nodes, self.pods, self.leases], 1, self.sync_node)
+        self._pod_queue = self.add_queue("nodelifecycle-evictions", self.sync_pod)
         self._lock = threading.Lock()
         self._health: dict[str, _Health] = {}
         self._first_seen: dict[str, float] = {}  # "node/key/effect" -> epoch, taints without timeAdded
@@ -143,17 +142,9 @@ class NodeLifecycleController(Controller):
 
     # ---- lifecycle ----
 
-    def sync(self, name: str) -> None:
-        self.sync_node(name)
-
     def _start_threads(self) -> None:
         self._spawn("nodelifecycle-monitor", self._monitor)
         super()._start_threads()
-        self._spawn("nodelifecycle-evictions", lambda: run_worker(self._pod_queue, self.sync_pod, log))
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._pod_queue.shut_down()
-        super().stop(timeout)
 
     def _monitor(self) -> None:
         while not self._stop.wait(self.monitor_period):

@@ -28,14 +28,13 @@ retry, never a double binding.
 from __future__ import annotations
 
 import logging
-import threading
 
 from apiserver.pb import meta_pb2
 from controllers import pvbinding as b
+from controllers.base import Controller
 from controllers.events import NORMAL, WARNING, EventRecorder
 from controllers.informer import deep_copy, meta_namespace_key
 from controllers.podutil import now_rfc3339
-from controllers.workqueue import RateLimitingQueue, start_workers
 
 log = logging.getLogger("controllers.persistentvolume")
 
@@ -81,20 +80,20 @@ def unsatisfied_reasons(volume, claim) -> list[str]:
     return reasons
 
 
-class PersistentVolumeController:
+class PersistentVolumeController(Controller):
+    name = "pv-claims"
+
     def __init__(self, client, informers, *, resync_period: float = RESYNC_PERIOD,
                  recorder: EventRecorder | None = None) -> None:
         self.client = client
         self.claims = informers.informer("persistentvolumeclaims")
         self.volumes = informers.informer("persistentvolumes")
         self.classes = informers.informer("storageclasses")
-        self._own_recorder = recorder is None
-        self.recorder = recorder or EventRecorder(client, COMPONENT)
+        super().__init__([self.claims, self.volumes, self.classes], 1, self.sync_claim)
+        self._claim_queue = self.queue
+        self._volume_queue = self.add_queue("pv-volumes", self.sync_volume)
+        self.recorder = self._recorder(client, recorder, COMPONENT)
         self.resync_period = resync_period
-        self._claim_queue = RateLimitingQueue(name="pv-claims")
-        self._volume_queue = RateLimitingQueue(name="pv-volumes")
-        self._threads: list[threading.Thread] = []
-        self._stop = threading.Event()
         self.claims.add_handler(self._enqueue_claim, lambda old, new: self._enqueue_claim(new),
                                 self._claim_deleted)
         self.volumes.add_handler(self._volume_changed, lambda old, new: self._volume_changed(new),
@@ -102,26 +101,9 @@ class PersistentVolumeController:
         self.classes.add_handler(lambda c: self._enqueue_pending_claims(),
                                  lambda old, new: self._enqueue_pending_claims(), None)
 
-    def start(self, wait_for_sync: float = 60.0) -> PersistentVolumeController:
-        for inf in (self.claims, self.volumes, self.classes):
-            inf.start()
-        for inf in (self.claims, self.volumes, self.classes):
-            inf.wait_for_sync(wait_for_sync)
-        self._threads += start_workers(self._claim_queue, self.sync_claim, 1, "pv-claims", log)
-        self._threads += start_workers(self._volume_queue, self.sync_volume, 1, "pv-volumes", log)
-        resync = threading.Thread(target=self._resync_loop, daemon=True, name="pv-resync")
-        resync.start()
-        self._threads.append(resync)
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._claim_queue.shut_down()
-        self._volume_queue.shut_down()
-        for t in self._threads:
-            t.join(timeout)
-        if self._own_recorder:
-            self.recorder.stop()
+    def _start_threads(self) -> None:
+        super()._start_threads()
+        self._spawn("pv-resync", self._resync_loop)
 
     # ---- handlers ----
 

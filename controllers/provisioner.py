@@ -28,15 +28,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import threading
 
 from apiserver.errors import ApiError
 from apiserver.pb import core_pb2, storage_pb2
 from controllers import pvbinding as b
+from controllers.base import Controller
 from controllers.events import NORMAL, WARNING, EventRecorder
 from controllers.informer import meta_namespace_key
 from controllers.persistentvolume import claim_reference
-from controllers.workqueue import RateLimitingQueue, start_workers
 
 log = logging.getLogger("controllers.provisioner")
 
@@ -85,22 +84,24 @@ def volume_for(claim, cls, path: str, node: str) -> core_pb2.PersistentVolume:
     return pv
 
 
-class DirectoryProvisioner:
+class DirectoryProvisioner(Controller):
+    name = "provision"
+
     def __init__(self, client, informers, storage_dir: str, *, recorder: EventRecorder | None = None) -> None:
         self.client = client
         self.storage_dir = os.path.abspath(storage_dir)
         self.claims = informers.informer("persistentvolumeclaims")
         self.volumes = informers.informer("persistentvolumes")
         self.classes = informers.informer("storageclasses")
-        self._own_recorder = recorder is None
-        self.recorder = recorder or EventRecorder(client, "directory-provisioner")
-        self._claim_queue = RateLimitingQueue(name="provision")
-        self._volume_queue = RateLimitingQueue(name="deprovision")
-        self._threads: list[threading.Thread] = []
+        super().__init__([self.claims, self.volumes, self.classes], 2, self.provision)
+        self._claim_queue = self.queue
+        self._volume_queue = self.add_queue("deprovision", self.deprovision)
+        self.recorder = self._recorder(client, recorder, "directory-provisioner")
         self.claims.add_handler(self._claim_changed, lambda old, new: self._claim_changed(new), None)
         self.volumes.add_handler(self._volume_changed, lambda old, new: self._volume_changed(new), None)
 
     def start(self, wait_for_sync: float = 60.0) -> DirectoryProvisioner:
+        """Makes the storage area and the default classes, then starts as every controller."""
         os.makedirs(self.storage_dir, exist_ok=True)
         for cls in default_classes():
             try:
@@ -108,21 +109,7 @@ class DirectoryProvisioner:
             except ApiError as e:
                 if e.reason != "AlreadyExists":
                     raise
-        for inf in (self.claims, self.volumes, self.classes):
-            inf.start()
-        for inf in (self.claims, self.volumes, self.classes):
-            inf.wait_for_sync(wait_for_sync)
-        self._threads += start_workers(self._claim_queue, self.provision, 2, "provision", log)
-        self._threads += start_workers(self._volume_queue, self.deprovision, 1, "deprovision", log)
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._claim_queue.shut_down()
-        self._volume_queue.shut_down()
-        for t in self._threads:
-            t.join(timeout)
-        if self._own_recorder:
-            self.recorder.stop()
+        return super().start(wait_for_sync)
 
     def _claim_changed(self, claim) -> None:
         if claim.metadata.annotations.get(b.ANN_STORAGE_PROVISIONER) in PROVISIONERS:

@@ -14,13 +14,12 @@ kube-controller-manager's pvc-protection and pv-protection controllers do.
 from __future__ import annotations
 
 import logging
-import threading
 
 from apiserver.defaults import PV_PROTECTION_FINALIZER, PVC_PROTECTION_FINALIZER
 from apiserver.errors import ApiError
+from controllers.base import Controller
 from controllers.informer import NAMESPACE_INDEX, deep_copy, meta_namespace_key, split_meta_namespace_key
 from controllers.pvbinding import pod_claim_names
-from controllers.workqueue import RateLimitingQueue, start_workers
 
 log = logging.getLogger("controllers.pvprotection")
 
@@ -38,36 +37,25 @@ def _without(obj, finalizer: str):
     return updated
 
 
-class PVCProtectionController:
+class PVCProtectionController(Controller):
+    name = "pvc-protection"
+
     def __init__(self, client, informers) -> None:
         self.client = client
         self.claims = informers.informer("persistentvolumeclaims")
         self.pods = informers.informer("pods")
-        self._queue = RateLimitingQueue(name="pvc-protection")
-        self._threads: list[threading.Thread] = []
+        super().__init__([self.claims, self.pods], 1)
         self.claims.add_handler(self._claim_changed, lambda old, new: self._claim_changed(new), None)
         self.pods.add_handler(None, lambda old, new: self._pod_changed(new), self._pod_changed)
 
-    def start(self, wait_for_sync: float = 60.0) -> PVCProtectionController:
-        for inf in (self.claims, self.pods):
-            inf.start()
-            inf.wait_for_sync(wait_for_sync)
-        self._threads += start_workers(self._queue, self.sync, 1, "pvc-protection", log)
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._queue.shut_down()
-        for t in self._threads:
-            t.join(timeout)
-
     def _claim_changed(self, claim) -> None:
         if claim.metadata.deletion_timestamp and PVC_PROTECTION_FINALIZER in claim.metadata.finalizers:
-            self._queue.add(meta_namespace_key(claim))
+            self.queue.add(meta_namespace_key(claim))
 
     def _pod_changed(self, pod) -> None:
         # a pod that ends, leaves or is deleted may free the claims it named
         for name in pod_claim_names(pod):
-            self._queue.add(f"{pod.metadata.namespace}/{name}")
+            self.queue.add(f"{pod.metadata.namespace}/{name}")
 
     def sync(self, key: str) -> None:
         claim = self.claims.store.get(key)
@@ -89,28 +77,18 @@ class PVCProtectionController:
         log.info("claim %s is no longer used by any pod: removed %s", key, PVC_PROTECTION_FINALIZER)
 
 
-class PVProtectionController:
+class PVProtectionController(Controller):
+    name = "pv-protection"
+
     def __init__(self, client, informers) -> None:
         self.client = client
         self.volumes = informers.informer("persistentvolumes")
-        self._queue = RateLimitingQueue(name="pv-protection")
-        self._threads: list[threading.Thread] = []
+        super().__init__([self.volumes], 1)
         self.volumes.add_handler(self._volume_changed, lambda old, new: self._volume_changed(new), None)
-
-    def start(self, wait_for_sync: float = 60.0) -> PVProtectionController:
-        self.volumes.start()
-        self.volumes.wait_for_sync(wait_for_sync)
-        self._threads += start_workers(self._queue, self.sync, 1, "pv-protection", log)
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._queue.shut_down()
-        for t in self._threads:
-            t.join(timeout)
 
     def _volume_changed(self, volume) -> None:
         if volume.metadata.deletion_timestamp and PV_PROTECTION_FINALIZER in volume.metadata.finalizers:
-            self._queue.add(volume.metadata.name)
+            self.queue.add(volume.metadata.name)
 
     def sync(self, name: str) -> None:
         volume = self.volumes.store.get(name)
