@@ -2,7 +2,7 @@
 
 Runs, over one set of shared informers, the ReplicaSet, Deployment, garbage
 collector, namespace, node lifecycle, endpoints, EndpointSlice and EndpointSlice mirroring
-controllers, as
+controllers and the pod garbage collector's orphan sweep, as
 kube-controller-manager does. With --leader-elect only the holder of the
 kube-system/kube-controller-manager Lease runs them.
 """
@@ -22,10 +22,11 @@ from controllers.events import EventRecorder
 from controllers.gc import GarbageCollector, NamespaceController
 from controllers.informer import SharedInformerFactory
 from controllers.nodelifecycle import NodeLifecycleController
+from controllers.podgc import PodGCController
 from controllers.replicaset import ReplicaSetController
 
 CONTROLLERS = ("replicaset", "deployment", "garbagecollector", "namespace", "nodelifecycle", "endpoints",
-               "endpointslice", "endpointslicemirroring")
+               "endpointslice", "endpointslicemirroring", "podgc")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,6 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="how often node health is checked, in seconds")
     p.add_argument("--disable-pod-eviction", action="store_true",
                    help="taint unreachable nodes but never evict their pods")
+    p.add_argument("--pod-gc-period", type=float, default=20.0,
+                   help="seconds between sweeps for pods bound to nodes that no longer exist")
     add_common_flags(p, lease_name="kube-controller-manager")
     args = p.parse_args(argv)
     args.enabled = enabled_controllers(args.controllers)
@@ -84,6 +87,7 @@ class ControllerManager:
             "endpoints": lambda: EndpointsController(c, f),
             "endpointslice": lambda: EndpointSliceController(c, f),
             "endpointslicemirroring": lambda: EndpointSliceMirroringController(c, f),
+            "podgc": lambda: PodGCController(c, f, period=a.pod_gc_period),
         }
         return [make[name]() for name in a.enabled]
 

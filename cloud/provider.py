@@ -1,0 +1,527 @@
+"""The cloud on this machine: instances, node groups, load balancers and routes.
+
+An instance is a real node as ``node.plane.RealNodes`` lays it out (namespace ``<prefix>-n<i>``,
+address 10.250.0.<i+1>, podCIDR 10.244.<i>.0/24) with its runtime, kubelet and kube-proxy run as
+processes of this service, the way a machine's init runs them: started when the instance starts,
+restarted when one dies, stopped (and its containers gone, as at power-off) when the instance
+stops or is deleted. The kubelet runs with ``--cloud-provider=external`` and the instance type's
+capacity (``--cpu``/``--memory``/``--pods``), so the Node registers tainted uninitialized and the
+cloud-controller-manager fills in what only the cloud knows.
+
+Instances join the fabric without podCIDR routes: the cloud's route table holds those
+(``create_route``), and the cloud writes it into every running instance's namespace; a new
+instance gets the whole table at boot.
+
+A node group keeps ``target`` instances of one type alive (between ``min`` and ``max``): an
+instance deleted from outside the group is replaced, as a cloud's instance group does. Groups
+spread their instances over the zones in turn.
+
+Load balancers live in a router namespace ``<prefix>-lb`` (10.250.255.254 on the fabric): each
+one gets a virtual IP (10.250.254.<n>/32 on the router's eth0, so the router answers ARP for it)
+and, per port, nftables rules that DNAT a new connection to one of the given nodes' NodePort
+chosen at random, and masquerade it, so the node answers through the router. The whole table is
+rewritten in one nft transaction at every change. ``<prefix>-inet`` (10.250.255.1) is a machine
+outside the cluster ("the internet") from which a client may try the virtual IPs.
+
+Not a cloud's guarantees: state lives in this process only (a restarted service starts empty
+and its ``stop`` removes everything it made), no health checks of its own (the cluster tells it
+which nodes are ready), at most 254 instances over the service's life.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from node import network
+from node.network.iproute import ip
+from node.network.netns import write_sysctl_in
+from node.plane import RealNode, RealNodes
+
+log = logging.getLogger("cloud.provider")
+
+PROVIDER = "local"
+REGION = "local-1"
+ZONES = ("local-1a", "local-1b")
+# What each type reports as the node's capacity (the runtime does not cap the node as a whole).
+INSTANCE_TYPES = {
+    "small": {"cpu": "1", "memory": "1Gi", "pods": "16"},
+    "medium": {"cpu": "2", "memory": "2Gi", "pods": "32"},
+    "large": {"cpu": "4", "memory": "4Gi", "pods": "64"},
+}
+ROUTER_IP = "10.250.255.254"
+INTERNET_IP = "10.250.255.1"
+VIP_FORMAT = "10.250.254.{}"  # n in 1..254
+LB_TABLE = "cloud-lb"
+MAX_INDEX = 250  # node indexes 0..249; 10.250.25x.x belong to the cloud's own namespaces
+
+RUNNING, STOPPED, TERMINATED = "running", "stopped", "terminated"
+
+
+class CloudError(Exception):
+    """``status`` is the HTTP status the API answers with (400, 404, 409)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def provider_id(zone: str, instance_id: str) -> str:
+    """The Node's spec.providerID for an instance: ``local:///<zone>/<id>``."""
+    return f"{PROVIDER}:///{zone}/{instance_id}"
+
+
+def instance_id_of(provider_id_: str) -> str:
+    """The instance id in a providerID (the text after its last '/'), "" when not ours."""
+    if not provider_id_.startswith(f"{PROVIDER}://"):
+        return ""
+    return provider_id_.rsplit("/", 1)[-1]
+
+
+@dataclass
+class Instance:
+    id: str
+    node: RealNode
+    type: str
+    zone: str
+    group: str
+    state: str = RUNNING
+    launched: float = field(default_factory=time.time)
+    procs: dict = field(default_factory=dict)  # name -> Popen
+
+    def view(self) -> dict:
+        return {"id": self.id, "providerID": provider_id(self.zone, self.id), "name": self.node.name,
+                "type": self.type, "zone": self.zone, "region": REGION, "group": self.group,
+                "state": self.state, "internalIP": self.node.ip, "podCIDR": self.node.pod_cidr,
+                "netns": self.node.netns, "launchTime": self.launched}
+
+
+@dataclass
+class NodeGroup:
+    name: str
+    min: int
+    max: int
+    type: str
+    target: int
+
+    def view(self) -> dict:
+        return {"name": self.name, "min": self.min, "max": self.max, "type": self.type,
+                "targetSize": self.target}
+
+
+@dataclass
+class LoadBalancer:
+    name: str
+    vip: str
+    ports: list  # [{"protocol": "TCP", "port": 80, "nodePort": 30080}]
+    nodes: list  # node addresses
+
+    def view(self) -> dict:
+        return {"name": self.name, "ip": self.vip, "ports": self.ports, "nodes": self.nodes}
+
+
+class Cloud:
+    def __init__(self, data_dir: str | os.PathLike, apiserver: str, *, prefix: str | None = None,
+                 zones: tuple[str, ...] = ZONES, kubelet_args: tuple[str, ...] = (),
+                 proxy_args: tuple[str, ...] = (), monitor_interval: float = 0.5) -> None:
+        self.layout = RealNodes(data_dir, 0, prefix)
+        self.prefix = self.layout.prefix
+        self.apiserver = apiserver
+        self.zones = tuple(zones)
+        self.kubelet_args, self.proxy_args = tuple(kubelet_args), tuple(proxy_args)
+        self.monitor_interval = monitor_interval
+        self.router = f"{self.prefix}-lb"
+        self.internet = f"{self.prefix}-inet"
+        self._lock = threading.RLock()
+        self.instances: dict[str, Instance] = {}
+        self.groups: dict[str, NodeGroup] = {}
+        self.lbs: dict[str, LoadBalancer] = {}
+        self.routes: dict[str, dict] = {}  # name -> {"name", "cidr", "instance"}
+        self._next_index = 0
+        self._zone_turn = 0
+        self._stop = threading.Event()
+        self._monitor: threading.Thread | None = None
+
+    # ---- life ----
+
+    def start(self) -> "Cloud":
+        """The fabric, the busybox image, the router and the internet namespaces; then the
+        monitor that keeps groups at their target and instances' processes running."""
+        self.layout.fabric.create()
+        self.layout.prepare_images()
+        self.layout.fabric.add_host("lb", ROUTER_IP)
+        write_sysctl_in(self.router, "net.ipv4.ip_forward", "1")
+        write_sysctl_in(self.router, "net.ipv4.conf.all.send_redirects", "0")
+        write_sysctl_in(self.router, "net.ipv4.conf.eth0.send_redirects", "0")
+        self.layout.fabric.add_host("inet", INTERNET_IP)
+        self._write_lb_rules()
+        self._monitor = threading.Thread(target=self._run_monitor, name="cloud-monitor", daemon=True)
+        self._monitor.start()
+        return self
+
+    def stop(self) -> list[str]:
+        """Every instance deleted (processes, containers, namespaces), then every namespace of the
+        prefix. Returns what could not be removed."""
+        self._stop.set()
+        if self._monitor is not None:
+            self._monitor.join(10)
+        with self._lock:
+            doomed = list(self.instances.values())
+            for inst in doomed:
+                inst.state = TERMINATED
+        problems: list[str] = []
+        for inst in doomed:
+            self._halt(inst)
+        for inst in doomed:
+            problems += self.layout.remove_node(inst.node)
+        network.cleanup(self.prefix)
+        return problems
+
+    def metadata(self) -> dict:
+        return {"provider": PROVIDER, "region": REGION, "zones": list(self.zones),
+                "instanceTypes": INSTANCE_TYPES, "prefix": self.prefix, "router": self.router,
+                "internet": self.internet, "internetIP": INTERNET_IP}
+
+    # ---- instances ----
+
+    def create_instance(self, type_: str, zone: str = "", group: str = "") -> Instance:
+        if type_ not in INSTANCE_TYPES:
+            raise CloudError(400, f"unknown instance type {type_!r}; known: {', '.join(INSTANCE_TYPES)}")
+        if zone and zone not in self.zones:
+            raise CloudError(400, f"unknown zone {zone!r}; zones: {', '.join(self.zones)}")
+        with self._lock:
+            if self._stop.is_set():
+                raise CloudError(409, "the cloud is stopping")
+            if self._next_index >= MAX_INDEX:
+                raise CloudError(409, f"this cloud has launched its {MAX_INDEX} instances; restart it")
+            index = self._next_index
+            self._next_index += 1
+            if not zone:
+                zone = self.zones[self._zone_turn % len(self.zones)]
+                self._zone_turn += 1
+            inst = Instance(id=f"i-{secrets.token_hex(4)}", node=self.layout.layout(index), type=type_,
+                            zone=zone, group=group)
+            self.instances[inst.id] = inst
+            self.layout.add_node(inst.node, routes=False)
+            self._apply_routes_to(inst)
+            self._boot(inst)
+        log.info("instance %s (%s, %s, %s) launched as %s", inst.id, type_, zone, group or "no group",
+                 inst.node.name)
+        return inst
+
+    def get_instance(self, id_: str) -> Instance:
+        with self._lock:
+            inst = self.instances.get(id_)
+            if inst is None or inst.state == TERMINATED:
+                raise CloudError(404, f"instance {id_} not found")
+            return inst
+
+    def list_instances(self) -> list[Instance]:
+        with self._lock:
+            return [i for i in self.instances.values() if i.state != TERMINATED]
+
+    def delete_instance(self, id_: str, wait: bool = False) -> None:
+        """Terminated at once (no longer listed); its processes and namespace go in the
+        background (``wait``: before returning)."""
+        with self._lock:
+            inst = self.get_instance(id_)
+            inst.state = TERMINATED
+            self._drop_routes_via(inst)
+        log.info("instance %s (%s) terminating", inst.id, inst.node.name)
+        t = threading.Thread(target=self._terminate, args=(inst,), name=f"terminate-{id_}", daemon=True)
+        t.start()
+        if wait:
+            t.join()
+
+    def stop_instance(self, id_: str) -> None:
+        """Powered off: its processes and containers go, its namespace and disk stay."""
+        with self._lock:
+            inst = self.get_instance(id_)
+            if inst.state == STOPPED:
+                return
+            inst.state = STOPPED
+        self._halt(inst)
+        from node.runtime.cleanup import cleanup as runtime_cleanup
+
+        runtime_cleanup(inst.node.prefix, str(inst.node.dir / "runtime"))
+
+    def start_instance(self, id_: str) -> None:
+        with self._lock:
+            inst = self.get_instance(id_)
+            if inst.state == RUNNING:
+                return
+            inst.state = RUNNING
+            self._boot(inst)
+
+    def _commands(self, inst: Instance) -> dict[str, list[str]]:
+        cap = INSTANCE_TYPES[inst.type]
+        node = inst.node
+        return {
+            "runtime": self.layout.runtime_command(node),
+            "kubelet": self.layout.kubelet_command(
+                node, self.apiserver, "--cloud-provider", "external", "--cpu", cap["cpu"],
+                "--memory", cap["memory"], "--pods", cap["pods"], *self.kubelet_args),
+            "proxy": self.layout.proxy_command(node, self.apiserver, *self.proxy_args),
+        }
+
+    def _boot(self, inst: Instance) -> None:
+        for name, argv in self._commands(inst).items():
+            self._spawn(inst, name, argv)
+
+    def _spawn(self, inst: Instance, name: str, argv: list[str]) -> None:
+        with open(inst.node.dir / f"{name}.log", "ab") as out:
+            # In this service's process group: whoever kills the group (a test harness's SIGKILL)
+            # takes the instances' processes with it, none is left running unowned.
+            inst.procs[name] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+
+    def _halt(self, inst: Instance) -> None:
+        """SIGTERM to the kubelet and the proxy, then the runtime; SIGKILL what lingers."""
+        procs = dict(inst.procs)
+        inst.procs.clear()
+        for group in (("kubelet", "proxy"), ("runtime",)):
+            running = [procs[n] for n in group if n in procs and procs[n].poll() is None]
+            for p in running:
+                _signal(p, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            for p in running:
+                try:
+                    p.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    _signal(p, signal.SIGKILL)
+                    p.wait()
+
+    def _terminate(self, inst: Instance) -> None:
+        self._halt(inst)
+        try:
+            problems = self.layout.remove_node(inst.node)
+            if problems:
+                log.warning("instance %s left behind: %s", inst.id, problems)
+        except Exception:
+            log.exception("removing instance %s", inst.id)
+        with self._lock:
+            self.instances.pop(inst.id, None)
+        log.info("instance %s terminated", inst.id)
+
+    # ---- node groups ----
+
+    def create_group(self, name: str, min_: int, max_: int, type_: str) -> NodeGroup:
+        if type_ not in INSTANCE_TYPES:
+            raise CloudError(400, f"unknown instance type {type_!r}; known: {', '.join(INSTANCE_TYPES)}")
+        if not 0 <= min_ <= max_:
+            raise CloudError(400, f"node group {name}: need 0 <= min ({min_}) <= max ({max_})")
+        with self._lock:
+            if name in self.groups:
+                raise CloudError(409, f"node group {name} exists")
+            group = self.groups[name] = NodeGroup(name, min_, max_, type_, min_)
+        self.reconcile_groups()
+        return group
+
+    def get_group(self, name: str) -> NodeGroup:
+        with self._lock:
+            group = self.groups.get(name)
+            if group is None:
+                raise CloudError(404, f"node group {name} not found")
+            return group
+
+    def increase_size(self, name: str, delta: int) -> NodeGroup:
+        with self._lock:
+            group = self.get_group(name)
+            if delta <= 0:
+                raise CloudError(400, f"size increase must be positive, not {delta}")
+            if group.target + delta > group.max:
+                raise CloudError(409, f"node group {name}: size {group.target}+{delta} is above max {group.max}")
+            group.target += delta
+        self.reconcile_groups()
+        return group
+
+    def delete_group_instances(self, name: str, ids: list[str]) -> NodeGroup:
+        """Those instances deleted and the target lowered by as many (never below min)."""
+        with self._lock:
+            group = self.get_group(name)
+            for id_ in ids:
+                inst = self.get_instance(id_)
+                if inst.group != name:
+                    raise CloudError(400, f"instance {id_} is not in node group {name}")
+            if group.target - len(ids) < group.min:
+                raise CloudError(409, f"node group {name}: size {group.target}-{len(ids)} is below min {group.min}")
+            group.target -= len(ids)
+            for id_ in ids:
+                self.delete_instance(id_)
+        return group
+
+    def group_members(self, name: str) -> list[Instance]:
+        with self._lock:
+            return [i for i in self.instances.values() if i.group == name and i.state != TERMINATED]
+
+    def reconcile_groups(self) -> None:
+        with self._lock:
+            for group in self.groups.values():
+                members = sorted(self.group_members(group.name), key=lambda i: i.launched)
+                for _ in range(group.target - len(members)):
+                    self.create_instance(group.type, group=group.name)
+                for inst in members[group.target:][::-1] if len(members) > group.target else []:
+                    self.delete_instance(inst.id)
+
+    # ---- the monitor ----
+
+    def _run_monitor(self) -> None:
+        while not self._stop.wait(self.monitor_interval):
+            try:
+                self.reconcile_groups()
+                self._restart_dead()
+            except Exception:
+                log.exception("cloud monitor")
+
+    def _restart_dead(self) -> None:
+        with self._lock:
+            for inst in self.instances.values():
+                if inst.state != RUNNING:
+                    continue
+                for name, argv in self._commands(inst).items():
+                    proc = inst.procs.get(name)
+                    if proc is not None and proc.poll() is not None:
+                        log.warning("instance %s: %s exited with %s; restarting it", inst.id, name,
+                                    proc.returncode)
+                        self._spawn(inst, name, argv)
+
+    # ---- routes ----
+
+    def list_routes(self) -> list[dict]:
+        with self._lock:
+            return [dict(r) for r in self.routes.values()]
+
+    def create_route(self, name: str, cidr: str, instance: str) -> dict:
+        with self._lock:
+            target = self.get_instance(instance)
+            for other in self.routes.values():
+                if other["cidr"] == cidr and other["name"] != name:
+                    raise CloudError(409, f"route {other['name']} already sends {cidr} to {other['instance']}")
+            old = self.routes.get(name)
+            route = self.routes[name] = {"name": name, "cidr": cidr, "instance": instance}
+            for inst in self._running():
+                if old is not None and old["cidr"] != cidr:
+                    self.layout.fabric.set_route(inst.node.netns, old["cidr"], None)
+                if inst.id != instance:
+                    self.layout.fabric.set_route(inst.node.netns, cidr, target.node.ip)
+            return dict(route)
+
+    def delete_route(self, name: str) -> None:
+        with self._lock:
+            route = self.routes.pop(name, None)
+            if route is None:
+                raise CloudError(404, f"route {name} not found")
+            for inst in self._running():
+                self.layout.fabric.set_route(inst.node.netns, route["cidr"], None)
+
+    def _running(self) -> list[Instance]:
+        return [i for i in self.instances.values() if i.state != TERMINATED]
+
+    def _apply_routes_to(self, inst: Instance) -> None:
+        for route in self.routes.values():
+            target = self.instances.get(route["instance"])
+            if target is not None and target.state != TERMINATED and target.id != inst.id:
+                self.layout.fabric.set_route(inst.node.netns, route["cidr"], target.node.ip)
+
+    def _drop_routes_via(self, inst: Instance) -> None:
+        """An instance gone: routes to it lead nowhere (they stay listed, as a cloud shows a
+        blackhole route, until the route controller deletes them)."""
+        for route in self.routes.values():
+            if route["instance"] == inst.id:
+                for other in self._running():
+                    self.layout.fabric.set_route(other.node.netns, route["cidr"], None)
+
+    # ---- load balancers ----
+
+    def list_lbs(self) -> list[LoadBalancer]:
+        with self._lock:
+            return list(self.lbs.values())
+
+    def get_lb(self, name: str) -> LoadBalancer:
+        with self._lock:
+            lb = self.lbs.get(name)
+            if lb is None:
+                raise CloudError(404, f"load balancer {name} not found")
+            return lb
+
+    def ensure_lb(self, name: str, ports: list[dict], nodes: list[str]) -> LoadBalancer:
+        """Create or update: its virtual IP stays for its whole life."""
+        clean_ports = []
+        for p in ports:
+            proto = str(p.get("protocol", "TCP")).upper()
+            if proto not in ("TCP", "UDP"):
+                raise CloudError(400, f"load balancer {name}: protocol {proto} is not supported (TCP, UDP)")
+            try:
+                port, node_port = int(p["port"]), int(p["nodePort"])
+            except (KeyError, TypeError, ValueError):
+                raise CloudError(400, f"load balancer {name}: each port needs port and nodePort") from None
+            clean_ports.append({"protocol": proto, "port": port, "nodePort": node_port})
+        with self._lock:
+            lb = self.lbs.get(name)
+            if lb is None:
+                used = {x.vip for x in self.lbs.values()}
+                vip = next((VIP_FORMAT.format(n) for n in range(1, 255) if VIP_FORMAT.format(n) not in used), None)
+                if vip is None:
+                    raise CloudError(409, "no virtual IP left (254 load balancers)")
+                ip("addr", "replace", f"{vip}/32", "dev", "eth0", netns=self.router)
+                lb = self.lbs[name] = LoadBalancer(name, vip, [], [])
+            before = lb.ports, lb.nodes
+            lb.ports, lb.nodes = clean_ports, sorted(set(nodes))
+            try:
+                self._write_lb_rules()
+            except Exception:
+                lb.ports, lb.nodes = before  # what the router does is what the API says
+                raise
+            return lb
+
+    def delete_lb(self, name: str) -> None:
+        with self._lock:
+            lb = self.lbs.pop(name, None)
+            if lb is None:
+                raise CloudError(404, f"load balancer {name} not found")
+            self._write_lb_rules()
+            ip("addr", "del", f"{lb.vip}/32", "dev", "eth0", netns=self.router, check=False)
+
+    def _write_lb_rules(self) -> None:
+        from node.proxy.nft import run_script
+
+        run_script(self.router, render_lb_rules(list(self.lbs.values())))
+
+
+def render_lb_rules(lbs: list[LoadBalancer]) -> str:
+    """The router's whole nftables table for these load balancers, replacing the old one in one
+    transaction: per port, a chain choosing a node at random and one DNAT chain per node."""
+    lines = [f"add table ip {LB_TABLE}", f"delete table ip {LB_TABLE}", f"table ip {LB_TABLE} {{"]
+    chains, dispatch = [], []
+    for i, lb in enumerate(sorted(lbs, key=lambda x: x.vip)):
+        for j, port in enumerate(lb.ports):
+            if not lb.nodes:
+                continue  # nothing listens on the VIP: the router's kernel resets the connection
+            proto = port["protocol"].lower()
+            name = f"lb{i}p{j}"
+            dispatch.append(f"    ip daddr {lb.vip} {proto} dport {port['port']} goto {name}")
+            targets = ", ".join(f"{k} : goto {name}n{k}" for k in range(len(lb.nodes)))
+            chains.append(f"  chain {name} {{\n    numgen random mod {len(lb.nodes)} vmap {{ {targets} }}\n  }}")
+            for k, node in enumerate(lb.nodes):
+                chains.append(f"  chain {name}n{k} {{\n    meta l4proto {proto} dnat to {node}:{port['nodePort']}\n  }}")
+    lines += chains
+    lines.append("  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;")
+    lines += dispatch
+    lines.append("  }")
+    lines.append("  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n"
+                 "    ct status dnat masquerade\n  }")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _signal(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        proc.send_signal(sig)
+    except ProcessLookupError:
+        pass
