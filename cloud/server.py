@@ -124,7 +124,8 @@ def route(cloud: Cloud, method: str, path: str, body: dict) -> tuple[int, object
                 name = _need(body, "name")
                 if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?", name):
                     raise CloudError(400, f"bad node group name {name!r}: lowercase letters, digits, '-'")
-                g = cloud.create_group(name, _need(body, "min", int), _need(body, "max", int), _need(body, "type"))
+                lo, hi, type_ = _need(body, "min", int), _need(body, "max", int), _need(body, "type")
+                g = cloud.create_group(name, lo, hi, type_)
                 return 201, _group_view(cloud, g)
         elif len(rest) == 1 and method == "GET":
             return 200, _group_view(cloud, cloud.get_group(rest[0]))

@@ -20,6 +20,7 @@ from node.network import netns
 pytestmark = pytest.mark.process
 
 UNINITIALIZED = "node.cloudprovider.kubernetes.io/uninitialized"
+SHUTDOWN = "node.cloudprovider.kubernetes.io/shutdown"
 LB_FINALIZER = "service.kubernetes.io/load-balancer-cleanup"
 TIMEOUT = 60
 SCALE_UP_BOUND = 45  # seconds from "pods unschedulable" to all of them Running on a new node
@@ -89,6 +90,9 @@ def test_nodes_are_initialized_from_the_cloud_and_routed(plane):
         assert [(a.type, a.address) for a in node.status.addresses] == [
             ("InternalIP", inst["internalIP"]), ("Hostname", inst["name"])]
     assert len({n.metadata.labels["topology.kubernetes.io/zone"] for n in nodes}) == 2  # spread
+    # the cloud-controller-manager and the autoscaler each lead through their Lease
+    for lease in ("cloud-controller-manager", "cluster-autoscaler"):
+        assert c.get("leases", lease, "kube-system").spec.holder_identity
     # the route controller: each podCIDR routed to its instance, and the node says so
     wait_until(lambda: sorted((r["cidr"], r["instance"]) for r in cloud.routes()) ==
                sorted((i["podCIDR"], i["id"]) for i in instances.values()), TIMEOUT, 0.2, what="routes")
@@ -172,11 +176,16 @@ def test_autoscaler_adds_a_node_for_unschedulable_pods_and_removes_it_when_idle(
     wait_until(lambda: running_pods(c, "load", 2), TIMEOUT, 0.2, what="the 2 pods Running")
 
 
-def test_instance_deleted_behind_the_clusters_back(plane):
+def test_instance_stopped_then_deleted_behind_the_clusters_back(plane):
     c, cloud = plane.client, plane.cloud
     pods = wait_until(lambda: running_pods(c, "load", 2), TIMEOUT, 0.2, what="the 2 load pods")
     victim = pods[0].spec.node_name
     inst = next(i for i in cloud.instances() if i["name"] == victim)
+    # stopped (powered off): NotReady after the grace period, then the cloud's shutdown taint
+    assert cloud.stop_instance(inst["id"])["state"] == "stopped"
+    wait_until(lambda: any(t.key == SHUTDOWN and t.effect == "NoSchedule"
+                           for t in c.get("nodes", victim, "").spec.taints),
+               TIMEOUT, 0.2, what=f"the shutdown taint on {victim}")
     cloud.delete_instance(inst["id"])  # not through the group: the cluster is not told
 
     def node_gone():
@@ -187,4 +196,5 @@ def test_instance_deleted_behind_the_clusters_back(plane):
                        what="the pods Running on other nodes")
     assert all(p.spec.node_name != victim for p in moved)
     # the group replaces its lost instance, as a cloud's instance group does
-    wait_until(lambda: len(initialized(c)) == 2, TIMEOUT, 0.2, what="the group back at 2 Ready nodes")
+    assert inst["id"] not in {i["id"] for i in cloud.instances()}
+    wait_until(lambda: len(cloud.instances()) == 2, TIMEOUT, 0.2, what="a replacement instance")
