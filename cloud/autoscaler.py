@@ -288,6 +288,9 @@ class Autoscaler:
             else:
                 log.warning("scale-down: pods of %s still there after their grace; deleting the node anyway", name)
             self.cloud.delete_group_instances(inst["group"], [inst["id"]])
+            gone = time.monotonic() + 60  # its kubelet stopped: it cannot register the Node again
+            while any(i["id"] == inst["id"] for i in self.cloud.instances()) and time.monotonic() < gone:
+                time.sleep(0.2)
             try:
                 self.client.delete("nodes", name, "", uid=node.metadata.uid)
             except ApiError as e:

@@ -4,7 +4,8 @@ An instance is a real node as ``node.plane.RealNodes`` lays it out (namespace ``
 address 10.250.0.<i+1>, podCIDR 10.244.<i>.0/24) with its runtime, kubelet and kube-proxy run as
 processes of this service, the way a machine's init runs them: started when the instance starts,
 restarted when one dies, stopped (and its containers gone, as at power-off) when the instance
-stops or is deleted. The kubelet runs with ``--cloud-provider=external`` and the instance type's
+stops or is deleted. States: running, stopped, shutting-down (deleted, its processes and
+namespace going; still listed), then no longer listed. The kubelet runs with ``--cloud-provider=external`` and the instance type's
 capacity (``--cpu``/``--memory``/``--pods``), so the Node registers tainted uninitialized and the
 cloud-controller-manager fills in what only the cloud knows.
 
@@ -62,7 +63,7 @@ VIP_FORMAT = "10.250.254.{}"  # n in 1..254
 LB_TABLE = "cloud-lb"
 MAX_INDEX = 250  # node indexes 0..249; 10.250.25x.x belong to the cloud's own namespaces
 
-RUNNING, STOPPED, TERMINATED = "running", "stopped", "terminated"
+RUNNING, STOPPED, SHUTTING_DOWN, TERMINATED = "running", "stopped", "shutting-down", "terminated"
 
 
 class CloudError(Exception):
@@ -217,22 +218,32 @@ class Cloud:
         return inst
 
     def get_instance(self, id_: str) -> Instance:
+        """Listed until its processes and namespace are gone (state shutting-down meanwhile)."""
         with self._lock:
             inst = self.instances.get(id_)
             if inst is None or inst.state == TERMINATED:
                 raise CloudError(404, f"instance {id_} not found")
             return inst
 
+    def _live(self, id_: str) -> Instance:
+        inst = self.get_instance(id_)
+        if inst.state == SHUTTING_DOWN:
+            raise CloudError(409, f"instance {id_} is shutting down")
+        return inst
+
     def list_instances(self) -> list[Instance]:
         with self._lock:
             return [i for i in self.instances.values() if i.state != TERMINATED]
 
     def delete_instance(self, id_: str, wait: bool = False) -> None:
-        """Terminated at once (no longer listed); its processes and namespace go in the
-        background (``wait``: before returning)."""
+        """Shutting down at once (out of its group, routes to it dropped); its processes and
+        namespace go in the background (``wait``: before returning), then it is no longer
+        listed."""
         with self._lock:
             inst = self.get_instance(id_)
-            inst.state = TERMINATED
+            if inst.state == SHUTTING_DOWN:
+                return
+            inst.state = SHUTTING_DOWN
             self._drop_routes_via(inst)
         log.info("instance %s (%s) terminating", inst.id, inst.node.name)
         t = threading.Thread(target=self._terminate, args=(inst,), name=f"terminate-{id_}", daemon=True)
@@ -243,7 +254,7 @@ class Cloud:
     def stop_instance(self, id_: str) -> None:
         """Powered off: its processes and containers go, its namespace and disk stay."""
         with self._lock:
-            inst = self.get_instance(id_)
+            inst = self._live(id_)
             if inst.state == STOPPED:
                 return
             inst.state = STOPPED
@@ -254,7 +265,7 @@ class Cloud:
 
     def start_instance(self, id_: str) -> None:
         with self._lock:
-            inst = self.get_instance(id_)
+            inst = self._live(id_)
             if inst.state == RUNNING:
                 return
             inst.state = RUNNING
@@ -306,6 +317,7 @@ class Cloud:
         except Exception:
             log.exception("removing instance %s", inst.id)
         with self._lock:
+            inst.state = TERMINATED
             self.instances.pop(inst.id, None)
         log.info("instance %s terminated", inst.id)
 
@@ -346,7 +358,7 @@ class Cloud:
         with self._lock:
             group = self.get_group(name)
             for id_ in ids:
-                inst = self.get_instance(id_)
+                inst = self._live(id_)
                 if inst.group != name:
                     raise CloudError(400, f"instance {id_} is not in node group {name}")
             if group.target - len(ids) < group.min:
@@ -358,7 +370,7 @@ class Cloud:
 
     def group_members(self, name: str) -> list[Instance]:
         with self._lock:
-            return [i for i in self.instances.values() if i.group == name and i.state != TERMINATED]
+            return [i for i in self.instances.values() if i.group == name and i.state in (RUNNING, STOPPED)]
 
     def reconcile_groups(self) -> None:
         with self._lock:
@@ -399,7 +411,7 @@ class Cloud:
 
     def create_route(self, name: str, cidr: str, instance: str) -> dict:
         with self._lock:
-            target = self.get_instance(instance)
+            target = self._live(instance)
             for other in self.routes.values():
                 if other["cidr"] == cidr and other["name"] != name:
                     raise CloudError(409, f"route {other['name']} already sends {cidr} to {other['instance']}")
@@ -421,12 +433,12 @@ class Cloud:
                 self.layout.fabric.set_route(inst.node.netns, route["cidr"], None)
 
     def _running(self) -> list[Instance]:
-        return [i for i in self.instances.values() if i.state != TERMINATED]
+        return [i for i in self.instances.values() if i.state in (RUNNING, STOPPED)]
 
     def _apply_routes_to(self, inst: Instance) -> None:
         for route in self.routes.values():
             target = self.instances.get(route["instance"])
-            if target is not None and target.state != TERMINATED and target.id != inst.id:
+            if target is not None and target.state in (RUNNING, STOPPED) and target.id != inst.id:
                 self.layout.fabric.set_route(inst.node.netns, route["cidr"], target.node.ip)
 
     def _drop_routes_via(self, inst: Instance) -> None:

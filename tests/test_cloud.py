@@ -154,6 +154,20 @@ def test_autoscaler_adds_a_node_for_unschedulable_pods_and_removes_it_when_idle(
     before = {n.metadata.name for n in initialized(c)}
     assert len(before) == 2
     # 300m each: 3 per 1-cpu node, so 2 nodes take 6 and 8 need a third
+    svc = core_pb2.Service()
+    svc.metadata.name, svc.metadata.namespace = "load", "default"
+    svc.spec.type = "LoadBalancer"
+    svc.spec.selector["app"] = "load"
+    svc.spec.ports.add(name="http", port=80, target_port="8080")
+    c.create(svc)
+
+    def lb_nodes():
+        lbs = cloud.load_balancers()
+        return sorted(lbs[0]["nodes"]) if lbs else None
+
+    def node_ips():
+        return sorted(n.status.addresses[0].address for n in initialized(c))
+
     c.create(deployment("load", 8, "300m"))
     started = time.monotonic()
     pods = wait_until(lambda: running_pods(c, "load", 8), SCALE_UP_BOUND, 0.2,
@@ -168,12 +182,18 @@ def test_autoscaler_adds_a_node_for_unschedulable_pods_and_removes_it_when_idle(
     events = [e for e in c.list("events", "default").items if e.reason == "TriggeredScaleUp"]
     assert events, "no TriggeredScaleUp event on the pods"
     print(f"8 pods Running {took:.1f}s after creation, with a new node")
+    wait_until(lambda: lb_nodes() == node_ips() and len(node_ips()) == 3, TIMEOUT, 0.2,
+               what="the load balancer sending to the 3 nodes")
 
     scale(c, "load", 2)  # a node is idle now; after 2 s unneeded it is drained and removed
     wait_until(lambda: len(c.list("nodes").items) == 2 and cloud.node_group("pool")["targetSize"] == 2,
                TIMEOUT, 0.2, what="back to the group's minimum, 2 nodes")
-    assert len(cloud.instances()) == 2
+    wait_until(lambda: len(cloud.instances()) == 2, TIMEOUT, 0.2, what="2 instances left")
     wait_until(lambda: running_pods(c, "load", 2), TIMEOUT, 0.2, what="the 2 pods Running")
+    wait_until(lambda: lb_nodes() == node_ips() and len(node_ips()) == 2, TIMEOUT, 0.2,
+               what="the load balancer following the nodes down to 2")
+    c.delete("services", "load")
+    wait_until(lambda: not cloud.load_balancers(), TIMEOUT, 0.1, what="the load balancer deleted")
 
 
 def test_instance_stopped_then_deleted_behind_the_clusters_back(plane):
@@ -196,5 +216,5 @@ def test_instance_stopped_then_deleted_behind_the_clusters_back(plane):
                        what="the pods Running on other nodes")
     assert all(p.spec.node_name != victim for p in moved)
     # the group replaces its lost instance, as a cloud's instance group does
-    assert inst["id"] not in {i["id"] for i in cloud.instances()}
-    wait_until(lambda: len(cloud.instances()) == 2, TIMEOUT, 0.2, what="a replacement instance")
+    wait_until(lambda: inst["id"] not in {i["id"] for i in cloud.instances()} and len(cloud.instances()) == 2,
+               TIMEOUT, 0.2, what="the instance gone and a replacement launched")

@@ -8,7 +8,7 @@ import pytest
 
 from apiserver.pb import core_pb2
 from cloud.autoscaler import Autoscaler
-from cloud.ccm import UNINITIALIZED_TAINT, find_instance, lb_name, lb_node
+from cloud.ccm import SHUTDOWN_TAINT, UNINITIALIZED_TAINT, CloudNodeLifecycleController, find_instance, lb_name, lb_node
 from cloud.provider import INSTANCE_TYPES, CloudError, LoadBalancer, instance_id_of, provider_id, render_lb_rules
 from cloud.server import route
 from controllers.informer import Store
@@ -216,3 +216,33 @@ def test_ccm_helpers():
     assert find_instance(insts, by_id)["id"] == "i-2"  # the providerID wins over the name
     assert find_instance(insts, _node("node-1"))["id"] == "i-1"
     assert find_instance(insts, _node("node-9")) is None
+
+
+class _Api:
+    """A client holding nodes by name: get, update, delete (recorded)."""
+
+    def __init__(self, nodes) -> None:
+        self.nodes = {n.metadata.name: n for n in nodes}
+        self.deleted, self.updated = [], []
+
+    def get(self, kind, name, namespace=""):
+        return self.nodes[name]
+
+    def update(self, node):
+        self.updated.append((node.metadata.name, [t.key for t in node.spec.taints]))
+        self.nodes[node.metadata.name] = node
+        return node
+
+    def delete(self, kind, name, namespace="", uid=""):
+        self.deleted.append(name)
+
+
+def test_node_lifecycle_deletes_gone_instances_and_taints_stopped_ones():
+    gone, stopped, back = _node("gone", ready=False), _node("stopped", ready=False), \
+        _node("back", taints=[SHUTDOWN_TAINT])
+    insts = [{"id": "i-s", "name": "stopped", "state": "stopped"}, {"id": "i-b", "name": "back", "state": "running"}]
+    api = _Api([gone, stopped, back])
+    ctl = CloudNodeLifecycleController(api, _Cloud([], insts), _Informers([gone, stopped, back], []), _Recorder(), 1.0)
+    ctl.monitor()
+    assert api.deleted == ["gone"]
+    assert sorted(api.updated) == [("back", []), ("stopped", [SHUTDOWN_TAINT])]
