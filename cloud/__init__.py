@@ -7,12 +7,13 @@ Kubernetes' k8s.io/cloud-provider and cluster-autoscaler:
 
 - ``provider``: the cloud itself, on this machine: instances (each a real node of ``node.plane``:
   a network namespace on the plane's fabric with its CRI runtime, kubelet and kube-proxy), node
-  groups that keep a target count of instances, load balancers (virtual IPs in a router namespace
-  forwarding with nftables to a Service's NodePort on the nodes it is given) and a route table
-  (podCIDR -> instance, programmed into every instance's namespace as a VPC router would);
+  groups that keep a target count of instances, and a route table (podCIDR -> instance,
+  programmed into every instance's namespace as a VPC router would);
+- ``loadbalancer``: virtual IPs in a router namespace forwarding with nftables to a Service's
+  NodePort on the nodes it is given;
 - ``server``/``__main__``: that cloud's HTTP/JSON API on 127.0.0.1 (``python -m cloud``);
 - ``client``: the API as the cluster's components use it;
-- ``ccm``: the cloud-controller-manager (``python -m cloud.ccm``): node, node lifecycle,
+- ``ccm/``: the cloud-controller-manager (``python -m cloud.ccm``): node, node lifecycle,
   service (LoadBalancer) and route controllers, leader-elected;
 - ``autoscaler``: node provisioning in the spirit of cluster-autoscaler (``python -m
   cloud.autoscaler``): unschedulable pods -> a node group grows; idle nodes are drained and removed.

@@ -5,8 +5,8 @@ address 10.250.0.<i+1>, podCIDR 10.244.<i>.0/24) with its runtime, kubelet and k
 processes of this service, the way a machine's init runs them: started when the instance starts,
 restarted when one dies, stopped (and its containers gone, as at power-off) when the instance
 stops or is deleted. States: running, stopped, shutting-down (deleted, its processes and
-namespace going; still listed), then no longer listed. The kubelet runs with ``--cloud-provider=external`` and the instance type's
-capacity (``--cpu``/``--memory``/``--pods``), so the Node registers tainted uninitialized and the
+namespace going; still listed), then no longer listed. The kubelet runs with
+``--cloud-provider=external`` and the instance type's capacity (``--cpu``/``--memory``/``--pods``), so the Node registers tainted uninitialized and the
 cloud-controller-manager fills in what only the cloud knows.
 
 Instances join the fabric without podCIDR routes: the cloud's route table holds those
@@ -17,16 +17,13 @@ A node group keeps ``target`` instances of one type alive (between ``min`` and `
 instance deleted from outside the group is replaced, as a cloud's instance group does. Groups
 spread their instances over the zones in turn.
 
-Load balancers live in a router namespace ``<prefix>-lb`` (10.250.255.254 on the fabric): each
-one gets a virtual IP (10.250.254.<n>/32 on the router's eth0, so the router answers ARP for it)
-and, per port, nftables rules that DNAT a new connection to one of the given nodes' NodePort
-chosen at random, and masquerade it, so the node answers through the router. The whole table is
-rewritten in one nft transaction at every change. ``<prefix>-inet`` (10.250.255.1) is a machine
-outside the cluster ("the internet") from which a client may try the virtual IPs.
+Load balancers are ``cloud.loadbalancer``'s: virtual IPs in a router namespace on the fabric.
+``<prefix>-inet`` (10.250.255.1) is a machine outside the cluster ("the internet") from which a
+client may try them.
 
 Not a cloud's guarantees: state lives in this process only (a restarted service starts empty
 and its ``stop`` removes everything it made), no health checks of its own (the cluster tells it
-which nodes are ready), at most 254 instances over the service's life.
+which nodes are ready), at most 250 instances over the service's life.
 """
 
 from __future__ import annotations
@@ -39,11 +36,9 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from cloud.loadbalancer import LoadBalancer, Router
 from node import network
-from node.network.iproute import ip
-from node.network.netns import write_sysctl_in
 from node.plane import RealNode, RealNodes
 
 log = logging.getLogger("cloud.provider")
@@ -57,10 +52,7 @@ INSTANCE_TYPES = {
     "medium": {"cpu": "2", "memory": "2Gi", "pods": "32"},
     "large": {"cpu": "4", "memory": "4Gi", "pods": "64"},
 }
-ROUTER_IP = "10.250.255.254"
 INTERNET_IP = "10.250.255.1"
-VIP_FORMAT = "10.250.254.{}"  # n in 1..254
-LB_TABLE = "cloud-lb"
 MAX_INDEX = 250  # node indexes 0..249; 10.250.25x.x belong to the cloud's own namespaces
 
 RUNNING, STOPPED, SHUTTING_DOWN, TERMINATED = "running", "stopped", "shutting-down", "terminated"
@@ -117,17 +109,6 @@ class NodeGroup:
                 "targetSize": self.target}
 
 
-@dataclass
-class LoadBalancer:
-    name: str
-    vip: str
-    ports: list  # [{"protocol": "TCP", "port": 80, "nodePort": 30080}]
-    nodes: list  # node addresses
-
-    def view(self) -> dict:
-        return {"name": self.name, "ip": self.vip, "ports": self.ports, "nodes": self.nodes}
-
-
 class Cloud:
     def __init__(self, data_dir: str | os.PathLike, apiserver: str, *, prefix: str | None = None,
                  zones: tuple[str, ...] = ZONES, kubelet_args: tuple[str, ...] = (),
@@ -138,12 +119,11 @@ class Cloud:
         self.zones = tuple(zones)
         self.kubelet_args, self.proxy_args = tuple(kubelet_args), tuple(proxy_args)
         self.monitor_interval = monitor_interval
-        self.router = f"{self.prefix}-lb"
+        self.router = Router(self.layout.fabric)
         self.internet = f"{self.prefix}-inet"
         self._lock = threading.RLock()
         self.instances: dict[str, Instance] = {}
         self.groups: dict[str, NodeGroup] = {}
-        self.lbs: dict[str, LoadBalancer] = {}
         self.routes: dict[str, dict] = {}  # name -> {"name", "cidr", "instance"}
         self._next_index = 0
         self._zone_turn = 0
@@ -157,12 +137,8 @@ class Cloud:
         monitor that keeps groups at their target and instances' processes running."""
         self.layout.fabric.create()
         self.layout.prepare_images()
-        self.layout.fabric.add_host("lb", ROUTER_IP)
-        write_sysctl_in(self.router, "net.ipv4.ip_forward", "1")
-        write_sysctl_in(self.router, "net.ipv4.conf.all.send_redirects", "0")
-        write_sysctl_in(self.router, "net.ipv4.conf.eth0.send_redirects", "0")
+        self.router.create()
         self.layout.fabric.add_host("inet", INTERNET_IP)
-        self._write_lb_rules()
         self._monitor = threading.Thread(target=self._run_monitor, name="cloud-monitor", daemon=True)
         self._monitor.start()
         return self
@@ -187,7 +163,7 @@ class Cloud:
 
     def metadata(self) -> dict:
         return {"provider": PROVIDER, "region": REGION, "zones": list(self.zones),
-                "instanceTypes": INSTANCE_TYPES, "prefix": self.prefix, "router": self.router,
+                "instanceTypes": INSTANCE_TYPES, "prefix": self.prefix, "router": self.router.netns,
                 "internet": self.internet, "internetIP": INTERNET_IP}
 
     # ---- instances ----
@@ -449,87 +425,19 @@ class Cloud:
                 for other in self._running():
                     self.layout.fabric.set_route(other.node.netns, route["cidr"], None)
 
-    # ---- load balancers ----
+    # ---- load balancers (cloud.loadbalancer.Router) ----
 
     def list_lbs(self) -> list[LoadBalancer]:
-        with self._lock:
-            return list(self.lbs.values())
+        return self.router.list()
 
     def get_lb(self, name: str) -> LoadBalancer:
-        with self._lock:
-            lb = self.lbs.get(name)
-            if lb is None:
-                raise CloudError(404, f"load balancer {name} not found")
-            return lb
+        return self.router.get(name)
 
     def ensure_lb(self, name: str, ports: list[dict], nodes: list[str]) -> LoadBalancer:
-        """Create or update: its virtual IP stays for its whole life."""
-        clean_ports = []
-        for p in ports:
-            proto = str(p.get("protocol", "TCP")).upper()
-            if proto not in ("TCP", "UDP"):
-                raise CloudError(400, f"load balancer {name}: protocol {proto} is not supported (TCP, UDP)")
-            try:
-                port, node_port = int(p["port"]), int(p["nodePort"])
-            except (KeyError, TypeError, ValueError):
-                raise CloudError(400, f"load balancer {name}: each port needs port and nodePort") from None
-            clean_ports.append({"protocol": proto, "port": port, "nodePort": node_port})
-        with self._lock:
-            lb = self.lbs.get(name)
-            if lb is None:
-                used = {x.vip for x in self.lbs.values()}
-                vip = next((VIP_FORMAT.format(n) for n in range(1, 255) if VIP_FORMAT.format(n) not in used), None)
-                if vip is None:
-                    raise CloudError(409, "no virtual IP left (254 load balancers)")
-                ip("addr", "replace", f"{vip}/32", "dev", "eth0", netns=self.router)
-                lb = self.lbs[name] = LoadBalancer(name, vip, [], [])
-            before = lb.ports, lb.nodes
-            lb.ports, lb.nodes = clean_ports, sorted(set(nodes))
-            try:
-                self._write_lb_rules()
-            except Exception:
-                lb.ports, lb.nodes = before  # what the router does is what the API says
-                raise
-            return lb
+        return self.router.ensure(name, ports, nodes)
 
     def delete_lb(self, name: str) -> None:
-        with self._lock:
-            lb = self.lbs.pop(name, None)
-            if lb is None:
-                raise CloudError(404, f"load balancer {name} not found")
-            self._write_lb_rules()
-            ip("addr", "del", f"{lb.vip}/32", "dev", "eth0", netns=self.router, check=False)
-
-    def _write_lb_rules(self) -> None:
-        from node.proxy.nft import run_script
-
-        run_script(self.router, render_lb_rules(list(self.lbs.values())))
-
-
-def render_lb_rules(lbs: list[LoadBalancer]) -> str:
-    """The router's whole nftables table for these load balancers, replacing the old one in one
-    transaction: per port, a chain choosing a node at random and one DNAT chain per node."""
-    lines = [f"add table ip {LB_TABLE}", f"delete table ip {LB_TABLE}", f"table ip {LB_TABLE} {{"]
-    chains, dispatch = [], []
-    for i, lb in enumerate(sorted(lbs, key=lambda x: x.vip)):
-        for j, port in enumerate(lb.ports):
-            if not lb.nodes:
-                continue  # nothing listens on the VIP: the router's kernel resets the connection
-            proto = port["protocol"].lower()
-            name = f"lb{i}p{j}"
-            dispatch.append(f"    ip daddr {lb.vip} {proto} dport {port['port']} goto {name}")
-            targets = ", ".join(f"{k} : goto {name}n{k}" for k in range(len(lb.nodes)))
-            chains.append(f"  chain {name} {{\n    numgen random mod {len(lb.nodes)} vmap {{ {targets} }}\n  }}")
-            for k, node in enumerate(lb.nodes):
-                chains.append(f"  chain {name}n{k} {{\n    meta l4proto {proto} dnat to {node}:{port['nodePort']}\n  }}")
-    lines += chains
-    lines.append("  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;")
-    lines += dispatch
-    lines.append("  }")
-    lines.append("  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n"
-                 "    ct status dnat masquerade\n  }")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+        self.router.delete(name)
 
 
 def _signal(proc: subprocess.Popen, sig: int) -> None:

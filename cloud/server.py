@@ -29,6 +29,7 @@ import logging
 import re
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from cloud.loadbalancer import LoadBalancerError
 from cloud.provider import Cloud, CloudError
 
 log = logging.getLogger("cloud.server")
@@ -71,7 +72,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not isinstance(body, dict):
                 raise CloudError(400, "the body must be a JSON object")
             status, answer = route(self.cloud, method, self.path.split("?", 1)[0], body)
-        except CloudError as e:
+        except (CloudError, LoadBalancerError) as e:
             status, answer = e.status, {"error": str(e)}
         except Exception as e:  # a bug or a failing ip/nft command: say what, keep serving
             log.exception("%s %s", method, self.path)

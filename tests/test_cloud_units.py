@@ -9,7 +9,8 @@ import pytest
 from apiserver.pb import core_pb2
 from cloud.autoscaler import Autoscaler
 from cloud.ccm import SHUTDOWN_TAINT, UNINITIALIZED_TAINT, CloudNodeLifecycleController, find_instance, lb_name, lb_node
-from cloud.provider import INSTANCE_TYPES, CloudError, LoadBalancer, instance_id_of, provider_id, render_lb_rules
+from cloud.loadbalancer import LoadBalancer, render_rules as render_lb_rules
+from cloud.provider import INSTANCE_TYPES, CloudError, instance_id_of, provider_id
 from cloud.server import route
 from controllers.informer import Store
 from node.kubelet.nodeagent import NodeAgent
