@@ -103,7 +103,11 @@ def test_nodes_are_initialized_from_the_cloud_and_routed(plane):
 
 def test_load_balancer_spreads_over_backends_and_goes_with_the_service(plane):
     c, cloud = plane.client, plane.cloud
-    c.create(deployment("web", 2, "100m"))
+    web = deployment("web", 2, "100m")
+    # both pods on one node: the other node's share of the traffic crosses to them over the routes
+    home = sorted(n.metadata.name for n in initialized(c))[0]
+    web.spec.template.spec.node_selector["kubernetes.io/hostname"] = home
+    c.create(web)
     svc = core_pb2.Service()
     svc.metadata.name, svc.metadata.namespace = "web", "default"
     svc.spec.type = "LoadBalancer"
@@ -132,6 +136,15 @@ def test_load_balancer_spreads_over_backends_and_goes_with_the_service(plane):
             continue
         assert body in names, f"{body!r} is not a web pod"
         seen[body] = seen.get(body, 0) + 1
+
+    # externalTrafficPolicy Local: only the nodes running a ready web pod get traffic
+    hosts = [next(a.address for a in c.get("nodes", home, "").status.addresses if a.type == "InternalIP")]
+    assert len(lbs[0]["nodes"]) == 2
+    c.patch("services", "web", {"spec": {"externalTrafficPolicy": "Local"}})
+    wait_until(lambda: sorted(cloud.load_balancers()[0]["nodes"]) == hosts, TIMEOUT, 0.1,
+               what=f"the load balancer sending only to {hosts}")
+    for _ in range(5):
+        assert netns.http_get_in(plane.internet, f"http://{vip}/", timeout=2).body.decode().strip() in names
 
     c.delete("services", "web")
     wait_until(lambda: not cloud.load_balancers(), TIMEOUT, 0.1, what="the load balancer deleted")

@@ -1,5 +1,9 @@
 """The service controller: a load balancer in the cloud for each Service of type LoadBalancer,
 kept pointing at the ready nodes, guarded by a finalizer so that it never outlives its Service.
+
+With ``externalTrafficPolicy: Local`` a node's kube-proxy drops NodePort traffic unless the node
+runs a ready endpoint of the Service; a cloud learns which nodes those are from a health-check
+port, this controller reads them from the Service's EndpointSlices instead, and sends only there.
 See cloud.ccm."""
 
 from __future__ import annotations
@@ -9,6 +13,9 @@ from cloud.ccm.common import (EXCLUDE_LB_LABEL, LB_FINALIZER, TO_BE_DELETED_TAIN
                               has_taint, internal_ip, ready_status)
 from cloud.client import CloudApiError, CloudClient
 from controllers.informer import deep_copy, meta_namespace_key
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
 
 def lb_name(svc) -> str:
     """k8s.io/cloud-provider's default name: "a" + the uid without dashes, 32 characters."""
@@ -30,6 +37,8 @@ class ServiceController(Worker):
         self.client, self.cloud, self.recorder = client, cloud, recorder
         self.services = informers.informer("services")
         self.nodes = informers.informer("nodes")
+        self.slices = informers.informer("endpointslices")
+        self.slices.add_handler(self._slice, lambda old, new: self._slice(new), self._slice)
         self.services.add_handler(self._svc, lambda old, new: self._svc(new), self._svc)
         self.nodes.add_handler(lambda n: self._nodes_changed(), lambda o, n: self._node_updated(o, n),
                                lambda n: self._nodes_changed())
@@ -40,6 +49,24 @@ class ServiceController(Worker):
     def _svc(self, svc) -> None:
         if self._wants(svc) or svc.status.load_balancer.ingress:
             self.queue.add(meta_namespace_key(svc))
+
+    def _slice(self, eps) -> None:
+        name = eps.metadata.labels.get(SERVICE_NAME_LABEL, "")
+        svc = self.services.store.get_by_name(eps.metadata.namespace, name) if name else None
+        if svc is not None and svc.spec.type == "LoadBalancer" and svc.spec.external_traffic_policy == "Local":
+            self.queue.add(meta_namespace_key(svc))
+
+    def _local_nodes(self, svc) -> set[str]:
+        """The nodes running a ready endpoint of the Service."""
+        found = set()
+        for eps in self.slices.store.list():
+            if eps.metadata.namespace == svc.metadata.namespace and \
+                    eps.metadata.labels.get(SERVICE_NAME_LABEL) == svc.metadata.name:
+                for ep in eps.endpoints:
+                    ready = not ep.conditions.HasField("ready") or ep.conditions.ready
+                    if ready and ep.node_name:
+                        found.add(ep.node_name)
+        return found
 
     def _node_updated(self, old, new) -> None:
         if lb_node(old) != lb_node(new) or internal_ip(old) != internal_ip(new):
@@ -63,7 +90,11 @@ class ServiceController(Worker):
             svc = self.client.update(updated)
         ports = [{"protocol": p.protocol or "TCP", "port": p.port, "nodePort": p.node_port}
                  for p in svc.spec.ports if p.node_port]
-        nodes = sorted(internal_ip(n) for n in self.nodes.store.list() if lb_node(n))
+        candidates = [n for n in self.nodes.store.list() if lb_node(n)]
+        if svc.spec.external_traffic_policy == "Local":
+            local = self._local_nodes(svc)
+            candidates = [n for n in candidates if n.metadata.name in local]
+        nodes = sorted(internal_ip(n) for n in candidates)
         try:
             current = self.cloud.load_balancer(lb_name(svc))
         except CloudApiError as e:
