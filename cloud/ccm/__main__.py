@@ -15,6 +15,7 @@ from controllers.component import add_common_flags, run_component, setup_logging
 from controllers.events import EventRecorder
 from controllers.informer import SharedInformerFactory
 
+
 class CloudControllerManager:
     def __init__(self, client: Client, args: argparse.Namespace) -> None:
         self.client, self.args = client, args

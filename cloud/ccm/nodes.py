@@ -10,6 +10,7 @@ from cloud.client import CloudClient
 from controllers.events import WARNING
 from controllers.informer import deep_copy
 
+
 class CloudNodeController(Worker):
     name = "cloud-node"
 

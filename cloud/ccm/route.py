@@ -9,6 +9,7 @@ from cloud.provider import instance_id_of
 from controllers.informer import deep_copy
 from controllers.podutil import get_condition, now_rfc3339
 
+
 class RouteController(Worker):
     name = "route"
 
@@ -57,12 +58,14 @@ class RouteController(Worker):
         cond = get_condition(node.status.conditions, "NetworkUnavailable") if node is not None else None
         if node is None or (cond is not None and cond.status == "False"):
             return
-        from node.kubelet.status import set_condition
-
         try:
             fresh = deep_copy(self.client.get("nodes", name, ""))
-            set_condition(fresh.status.conditions, "NetworkUnavailable", "False", now_rfc3339(),
-                          reason="RouteCreated", message="RouteController created a route")
+            cond = get_condition(fresh.status.conditions, "NetworkUnavailable")
+            if cond is None:
+                cond = fresh.status.conditions.add(type="NetworkUnavailable")
+            now = now_rfc3339()
+            cond.status, cond.reason, cond.message = "False", "RouteCreated", "RouteController created a route"
+            cond.last_transition_time = cond.last_heartbeat_time = now
             self.client.update_status(fresh)
         except ApiError as e:
             if e.reason not in ("NotFound", "Conflict"):
