@@ -20,9 +20,12 @@ drop it), its pods deleted with their own grace period, and once they are gone (
 --max-graceful-termination-sec) its instance is deleted through the group, whose target drops
 by one, never below its min; then the Node object is deleted. One node is drained at a time.
 
+An instance of a group whose Node is not registered, initialized and Ready
+--max-node-provision-time after its launch is deleted through its group (its target drops, so
+the pods it was for count as unhelped again and may bring one in another group).
+
 Not there: expanders other than "most pods", scale-down of many empty nodes at once,
-PodDisruptionBudgets, max-node-provision-time (an instance that never registers is not replaced),
-a status ConfigMap.
+PodDisruptionBudgets, backing off a group whose instances fail to come up, a status ConfigMap.
 """
 
 from __future__ import annotations
@@ -85,11 +88,13 @@ def utilization(info: NodeInfo) -> float:
 class Autoscaler:
     def __init__(self, client, cloud: CloudClient, informers, recorder, *, scan_interval: float = 10.0,
                  unneeded_time: float = 600.0, delay_after_add: float = 600.0, threshold: float = 0.5,
-                 max_grace: float = 600.0, scale_down: bool = True, groups: tuple[str, ...] = ()) -> None:
+                 max_grace: float = 600.0, scale_down: bool = True, groups: tuple[str, ...] = (),
+                 max_provision_time: float = 900.0) -> None:
         self.client, self.cloud, self.recorder = client, cloud, recorder
         self.scan_interval, self.unneeded_time, self.delay_after_add = scan_interval, unneeded_time, delay_after_add
         self.threshold, self.max_grace, self.scale_down_enabled = threshold, max_grace, scale_down
         self.only_groups = set(groups)
+        self.max_provision_time = max_provision_time
         self.nodes = informers.informer("nodes")
         self.pods = informers.informer("pods")
         self.types = cloud.metadata()["instanceTypes"]
@@ -132,6 +137,7 @@ class Autoscaler:
         for pod in pods:
             if pod.spec.node_name and counts_on_node(pod):
                 by_node.setdefault(pod.spec.node_name, []).append(pod)
+        self.remove_unregistered(nodes, groups, instances)
         pending = [p for p in pods if unschedulable(p)]
         if pending and self.scale_up(pending, nodes, by_node, groups, instances):
             self.last_scale_up = now
@@ -143,6 +149,24 @@ class Autoscaler:
     def _usable(self, node) -> bool:
         return (ready_status(node) == "True" and not node.spec.unschedulable
                 and not has_taint(node, UNINITIALIZED_TAINT) and not has_taint(node, TO_BE_DELETED_TAINT))
+
+    def remove_unregistered(self, nodes, groups, instances) -> None:
+        """Instances still without a usable Node after max_provision_time are given up."""
+        usable = {n.metadata.name for n in nodes if self._usable(n)}
+        now = time.time()
+        for name, inst in instances.items():
+            if inst["group"] in groups and name not in usable and inst["state"] == "running" \
+                    and now - inst["launchTime"] > self.max_provision_time:
+                g = groups[inst["group"]]
+                log.warning("instance %s (%s) has no Ready node %.0f s after its launch; deleting it",
+                            inst["id"], name, now - inst["launchTime"])
+                try:
+                    self.cloud.delete_group_instances(g["name"], [inst["id"]])
+                    g["targetSize"] -= 1
+                except CloudApiError as e:
+                    if e.status != 409:  # 409: at the group's min, the group keeps it
+                        raise
+                    log.warning("%s", e)
 
     def scale_up(self, pending, nodes, by_node, groups, instances) -> bool:
         existing = [NodeInfo.build(n, by_node.get(n.metadata.name, [])) for n in nodes if self._usable(n)]
@@ -319,6 +343,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="seconds after a scale-up before scale-down is considered again")
     p.add_argument("--scale-down-utilization-threshold", type=float, default=0.5)
     p.add_argument("--max-graceful-termination-sec", type=float, default=600.0)
+    p.add_argument("--max-node-provision-time", type=float, default=900.0,
+                   help="seconds an instance may take to become a Ready node before it is deleted")
     add_common_flags(p, lease_name="cluster-autoscaler")
     return p.parse_args(argv)
 
@@ -340,7 +366,8 @@ def main(argv=None) -> int:
             client, cloud, informers, recorder, scan_interval=args.scan_interval,
             unneeded_time=args.scale_down_unneeded_time, delay_after_add=args.scale_down_delay_after_add,
             threshold=args.scale_down_utilization_threshold, max_grace=args.max_graceful_termination_sec,
-            scale_down=args.scale_down_enabled == "true", groups=tuple(args.nodes)).start()
+            scale_down=args.scale_down_enabled == "true", groups=tuple(args.nodes),
+            max_provision_time=args.max_node_provision_time).start()
 
     def stop() -> None:
         if "a" in state:

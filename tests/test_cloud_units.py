@@ -127,6 +127,9 @@ class _Cloud:
     def increase_size(self, name, delta):
         self.calls.append(("increase", name, delta))
 
+    def delete_group_instances(self, name, ids):
+        self.calls.append(("delete", name, list(ids)))
+
 
 class _Recorder:
     def __init__(self) -> None:
@@ -142,7 +145,7 @@ def _scaler(nodes, pods, groups, instances, **kw):
 
 
 GROUP = {"name": "pool", "min": 1, "max": 3, "type": "small", "targetSize": 1}
-INST = [{"name": "n0", "group": "pool", "id": "i-0"}]
+INST = [{"name": "n0", "group": "pool", "id": "i-0", "state": "running", "launchTime": 0.0}]
 
 
 def test_scale_up_for_pods_that_fit_a_new_node_only():
@@ -175,7 +178,7 @@ def test_pods_no_group_can_take_get_an_event_and_no_scale_up():
 
 def test_scale_down_waits_for_the_unneeded_time_and_keeps_the_minimum():
     nodes = [_node("n0"), _node("n1")]
-    insts = [{"name": "n0", "group": "pool", "id": "i-0"}, {"name": "n1", "group": "pool", "id": "i-1"}]
+    insts = [dict(INST[0]), dict(INST[0], name="n1", id="i-1")]
     pods = [_pod("a", "200m", "n0"), _pod("b", "200m", "n1")]
     scaler, _, _ = _scaler(nodes, pods, [dict(GROUP, targetSize=2)], insts, unneeded_time=100.0)
     drained = []
@@ -192,7 +195,7 @@ def test_scale_down_waits_for_the_unneeded_time_and_keeps_the_minimum():
 
 def test_a_pod_without_a_controller_blocks_scale_down():
     nodes = [_node("n0"), _node("n1")]
-    insts = [{"name": "n0", "group": "pool", "id": "i-0"}, {"name": "n1", "group": "pool", "id": "i-1"}]
+    insts = [dict(INST[0]), dict(INST[0], name="n1", id="i-1")]
     pods = [_pod("a", "200m", "n0", owned=False), _pod("b", "600m", "n1")]
     scaler, _, _ = _scaler(nodes, pods, [dict(GROUP, targetSize=2)], insts, unneeded_time=0.0)
     scaler._drain_and_delete = lambda node, inst: None
@@ -247,3 +250,14 @@ def test_node_lifecycle_deletes_gone_instances_and_taints_stopped_ones():
     ctl.monitor()
     assert api.deleted == ["gone"]
     assert sorted(api.updated) == [("back", []), ("stopped", [SHUTDOWN_TAINT])]
+
+
+def test_an_instance_that_never_becomes_a_node_is_given_up():
+    import time
+
+    insts = [dict(INST[0]), dict(INST[0], name="n1", id="i-1", launchTime=time.time() - 50),
+             dict(INST[0], name="n2", id="i-2", launchTime=time.time() - 5)]
+    scaler, cloud, _ = _scaler([_node("n0")], [], [dict(GROUP, targetSize=3)], insts, max_provision_time=30.0,
+                               scale_down=False)
+    scaler.run_once()
+    assert cloud.calls == [("delete", "pool", ["i-1"])]  # n0 is Ready, n2 is still young
