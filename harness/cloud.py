@@ -11,7 +11,7 @@ from pathlib import Path
 
 from apiserver.client import Client
 from cloud.client import CloudClient
-from harness.plane import start_apiserver, start_component
+from harness.plane import ApiServer, start_component
 from harness.procs import DEFAULT_READY_TIMEOUT, PYTHON, Registry, ServerProcess, free_port
 from node import network
 
@@ -82,11 +82,15 @@ def cloud_plane(tmp_path, *, node_groups: tuple[str, ...], kubelet_args: tuple[s
     cloud = None
     try:
         etcd = reg.start_etcdlite(tmp, name="etcd")
-        api = start_apiserver(tmp, etcd.url, registry=reg)
+        api = ApiServer(tmp, etcd.url, registry=reg).launch()
+        # The cloud makes its network, image and first instances while the control plane starts
+        # (their kubelets wait for the apiserver as they would on a cloud).
+        cloud = CloudProcess(tmp, api.endpoint, reg, node_groups=node_groups, kubelet_args=kubelet_args).launch()
+        api.wait_ready()
         start_component(tmp, "cm", "controllers.manager", api.endpoint, reg, log_level="warning",
                         **(cm_flags or {}))
         start_component(tmp, "scheduler", "controllers.scheduler", api.endpoint, reg, log_level="warning")
-        cloud = CloudProcess(tmp, api.endpoint, reg, node_groups=node_groups, kubelet_args=kubelet_args).start()
+        cloud.wait_ready()
         ccm = start_component(tmp, "ccm", "cloud.ccm", api.endpoint, reg, cloud_url=cloud.endpoint,
                               leader_elect=True, log_level="info", **(ccm_flags or {}))
         scaler = start_component(tmp, "autoscaler", "cloud.autoscaler", api.endpoint, reg,
