@@ -85,7 +85,8 @@ class RealKubelet:
                  sync_period: float = 10.0, retry_period: float = 1.0, relist_period: float = 1.0,
                  heartbeat_interval: float = 10.0, status_interval: float = 60.0,
                  backoff: tuple[float, float] = (INITIAL, MAX), address: str = "127.0.0.1",
-                 port: int | None = 0, cgroup_root: str = "", dns=None) -> None:
+                 port: int | None = 0, cgroup_root: str = "", dns=None,
+                 register_taints: list[tuple[str, str, str]] = ()) -> None:
         """``backoff``: the restart back-off's first delay and cap (Kubernetes' 10 s and 300 s).
         ``address``/``port``: where the kubelet API (logs, exec) listens for the apiserver (port 0:
         any free one, published in the Node's daemonEndpoints; None: no API). ``cgroup_root``: the
@@ -102,7 +103,7 @@ class RealKubelet:
         self.agent = NodeAgent(client, node_name, node_ip=node_ip, pod_cidr=pod_cidr, capacity=capacity,
                                labels=labels, runtime_version=f"{self.runtime_name}://{version.runtime_version}",
                                ready=self._runtime_ready, heartbeat_interval=heartbeat_interval,
-                               status_interval=status_interval)
+                               status_interval=status_interval, register_taints=register_taints)
         memory = self.agent.capacity.get("memory", "0")
         self.recorder = EventRecorder(client, "kubelet", node_name)
         self.reasons = ReasonCache()
@@ -423,6 +424,8 @@ class RealKubelet:
 
 # ---- the command ----
 
+UNINITIALIZED_TAINT = "node.cloudprovider.kubernetes.io/uninitialized"  # k8s.io/cloud-provider's name
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m node.kubelet",
                                 description="A kubelet that runs its node's pods on a CRI runtime.")
@@ -456,6 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster-domain", default="cluster.local")
     p.add_argument("--resolv-conf", default="/etc/resolv.conf",
                    help="the resolver settings of pods with dnsPolicy Default ('' for none)")
+    p.add_argument("--cloud-provider", default="", choices=["", "external"],
+                   help="'external': a cloud-controller-manager initializes the Node (providerID, "
+                        "zone, instance type): it is registered with the taint "
+                        f"{UNINITIALIZED_TAINT}=true:NoSchedule, which that controller removes")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -491,7 +498,9 @@ def main(argv: list[str] | None = None) -> int:
                               workers=args.workers, heartbeat_interval=args.heartbeat_interval,
                               address=args.address, port=args.port, cgroup_root=args.cgroup_root,
                               dns=DnsConfigurer(args.cluster_dns.split(","), args.cluster_domain,
-                                                args.resolv_conf)).start()
+                                                args.resolv_conf),
+                              register_taints=[(UNINITIALIZED_TAINT, "true", "NoSchedule")]
+                              if args.cloud_provider == "external" else []).start()
         if kubelet.wait_synced(60):
             kubelet.adopt_or_clean()
         log.info("kubelet of %s on %s (%s) serving", args.node_name, args.runtime, kubelet.runtime_name)
