@@ -29,6 +29,10 @@ def one_worker_kubelet(client, node, tmp_path):  # noqa: F811
     finally:
         for p in client.list("pods", NS).items:
             client.delete("pods", p.metadata.name, NS, grace_period_seconds=0)
+        # a postStart hook still running (the blocker's sleep) holds the only pod worker, and
+        # with it the deletions, for its whole time: end it with its container
+        for c in node.client.list_containers():
+            node.client.stop_container(c.id, 0)
         try:
             wait_until(lambda: not node.client.list_containers(), timeout=60, what="the pods' containers removed")
         finally:
