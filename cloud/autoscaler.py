@@ -300,7 +300,7 @@ class Autoscaler:
             for pod in pods:
                 try:
                     self.client.delete("pods", pod.metadata.name, pod.metadata.namespace, uid=pod.metadata.uid)
-                    self.recorder.event(pod, "Normal", "ScaleDown", f"deleting pod for node scale down")
+                    self.recorder.event(pod, "Normal", "ScaleDown", "deleting pod for node scale down")
                 except ApiError as e:
                     if e.reason not in ("NotFound", "Conflict"):
                         raise
