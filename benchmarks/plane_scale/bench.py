@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(runs where node.capable.why_not() is None, as root)")
     real.add_argument("--real-nodes", type=int, default=3, help="real nodes (0: no real-nodes run)")
     real.add_argument("--real-pods", type=int, default=100, help="pods of the real nodes' Deployment")
-    real.add_argument("--real-latency-pods", type=int, default=50,
+    real.add_argument("--real-latency-pods", type=int, default=100,
                       help="pods of the latency phase, after the Deployment is Ready (0: none)")
     real.add_argument("--real-latency-qps", type=float, default=5.0,
                       help="their creation rate (clusterloader2's density test: 5 a second)")
