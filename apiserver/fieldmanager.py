@@ -32,6 +32,9 @@ from apiserver.resources import Resource
 from apiserver.rest.convert import to_json  # the JSON the REST API shows, both sides alike
 
 APPLY, UPDATE = "Apply", "Update"
+# kubectl's server-side apply manager: the one upstream lets take over from client-side apply
+KUBECTL = "kubectl"
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 MAX_MANAGER_LENGTH = 128
 # what the server sets and nobody owns (upstream's stripped fields)
 STRIPPED = frozenset(
@@ -221,6 +224,10 @@ def apply(res: Resource, current, config: dict, manager: Manager, *, force: bool
             continue
         for p in sorted(e.fields & changed):
             conflicts.append((e, p))
+    if conflicts and not force and manager.name == KUBECTL:
+        # fields client-side apply set and still hold their value may be taken over
+        allowed = _client_side_applied(live, desc)
+        conflicts = [(e, p) for e, p in conflicts if p not in allowed]
     if conflicts and not force:
         raise conflict_error(conflicts)
     for e in entries:
@@ -236,4 +243,27 @@ def apply(res: Resource, current, config: dict, manager: Manager, *, force: bool
         # what the server keeps, whatever the configuration says
         new.metadata.resource_version = current.metadata.resource_version
     encode(new.metadata, entries)
+    if manager.name == KUBECTL and LAST_APPLIED in new.metadata.annotations:
+        # kept in step for a later client-side apply (upstream's lastAppliedUpdater)
+        kept = json.loads(json.dumps(config))
+        (kept.get("metadata") or {}).get("annotations", {}).pop(LAST_APPLIED, None)
+        new.metadata.annotations[LAST_APPLIED] = json.dumps(kept, separators=(",", ":")) + "\n"
     return new
+
+
+def _client_side_applied(live: dict, desc) -> set:
+    """The fields of the object's last-applied-configuration whose values the object
+    still has (upstream's lastAppliedManager): a move from ``kubectl apply`` to
+    ``kubectl apply --server-side`` takes them without conflicts."""
+    text = ((live.get("metadata") or {}).get("annotations") or {}).get(LAST_APPLIED)
+    try:
+        last = json.loads(text) if text else None
+    except ValueError:
+        return set()
+    if not isinstance(last, dict) or last.get("apiVersion") != live.get("apiVersion"):
+        return set()
+    try:
+        cmp = fieldpath.compare(last, live, desc)
+        return fieldpath.field_set(last, desc) - cmp.modified - cmp.added - cmp.removed
+    except ValueError:
+        return set()

@@ -183,6 +183,15 @@ def test_scale_is_an_update_through_the_scale_subresource(kubectl):
 def test_client_side_apply_and_create_record_their_managers(kubectl):
     kubectl("apply", "-f", "-", stdin=CONF.replace("name: conf", "name: csa"))
     assert set(managed(kubectl, "cm", "csa")) == {("kubectl-client-side-apply", "Update", "")}
+    # moving to server-side apply: the server lets manager "kubectl" take the fields whose
+    # values are still those of the last-applied-configuration (upstream's lastAppliedManager);
+    # kubectl then writes that annotation as "kubectl-last-applied" and hands the client-side
+    # manager's remaining fields to itself (csaupgrade, a JSON patch of managedFields)
+    out = kubectl("apply", "--server-side", "-f", "-", stdin=CONF.replace("name: conf", "name: csa")
+                  .replace("fast", "slow")).stdout.strip()
+    assert out == "configmap/csa serverside-applied"
+    assert set(managed(kubectl, "cm", "csa")) == {("kubectl", "Apply", ""), ("kubectl-last-applied", "Apply", "")}
+    assert kubectl("get", "cm", "csa", "-o", "jsonpath={.data.mode}").stdout == "slow"
     kubectl("create", "configmap", "made", "--from-literal=a=b")
     assert managed(kubectl, "cm", "made") == {("kubectl-create", "Update", ""): {"f:data": {".": {}, "f:a": {}}}}
 

@@ -1,0 +1,288 @@
+"""Field sets and ownership (apiserver/fieldpath.py, apiserver/fieldmanager.py), against
+structured-merge-diff's semantics: FieldsV1 as upstream writes it, the sets of applied
+configurations, comparisons, merges of associative lists, and a state machine in which
+appliers and updaters take turns on one object while a plain model says who owns what."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from apiserver import fieldmanager, fieldpath, manifest, resources
+from apiserver.errors import ApiError
+from apiserver.fieldmanager import Manager
+from apiserver.fieldpath import FIELD, INDEX, KEY, VALUE
+from apiserver.rest.convert import to_json
+
+CM = resources.BY_NAME["configmaps"]
+DEPLOY = resources.BY_NAME["deployments"]
+PODS = resources.BY_NAME["pods"]
+POD = PODS.new().DESCRIPTOR
+
+
+def f(*names):
+    return tuple((FIELD, n) for n in names)
+
+
+# ---- FieldsV1 ----
+
+def test_fields_v1_as_upstream_writes_it():
+    """Members without children are {}, members with children carry ".": {},
+    keys are sorted JSON without spaces (upstream's serialize.go)."""
+    containers = f("spec", "containers")
+    item = containers + ((KEY, fieldpath.canonical({"name": "c"})),)
+    paths = {f("metadata", "labels", "app"), item, item + f("image"), item + f("name"),
+             f("metadata", "finalizers") + ((VALUE, '"x"'),)}
+    assert fieldpath.to_fields_v1(paths) == {
+        "f:metadata": {"f:finalizers": {'v:"x"': {}}, "f:labels": {"f:app": {}}},
+        "f:spec": {"f:containers": {'k:{"name":"c"}': {"f:image": {}, "f:name": {}, ".": {}}}}}
+
+
+path_elements = st.one_of(
+    st.text("abc.:", min_size=1, max_size=3).map(lambda s: (FIELD, s)),
+    st.dictionaries(st.sampled_from(["name", "port"]), st.one_of(st.integers(0, 9), st.text("xy", max_size=2)),
+                    min_size=1, max_size=2).map(lambda d: (KEY, fieldpath.canonical(d))),
+    st.one_of(st.text("xy", max_size=2), st.integers(0, 9)).map(lambda v: (VALUE, fieldpath.canonical(v))),
+    st.integers(0, 5).map(lambda i: (INDEX, i)))
+path_sets = st.sets(st.lists(path_elements, min_size=1, max_size=4).map(tuple), max_size=12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(path_sets)
+def test_fields_v1_round_trip(paths):
+    fields = json.loads(json.dumps(fieldpath.to_fields_v1(paths)))
+    assert fieldpath.from_fields_v1(fields) == paths
+
+
+def test_unknown_element_kinds_are_dropped_and_bad_ones_refused():
+    # a later version's element kind is ignored, as upstream's readIterV1 does
+    assert fieldpath.from_fields_v1({"f:a": {}, "z:new": {}}) == {f("a")}
+    with pytest.raises(ValueError):
+        fieldpath.from_fields_v1({"f:a": []})
+
+
+def test_path_text_as_conflicts_print_it():
+    item = f("spec", "ports") + ((KEY, fieldpath.canonical({"port": 80, "protocol": "TCP"})),)
+    assert fieldpath.path_text(item + f("targetPort")) == '.spec.ports[port=80,protocol="TCP"].targetPort'
+    assert fieldpath.path_text(f("metadata", "finalizers") + ((VALUE, '"a"'),)) == '.metadata.finalizers[="a"]'
+
+
+# ---- the set of an applied configuration ----
+
+def test_field_set_of_a_pod():
+    config = {"metadata": {"name": "p", "labels": {"a": "1"}, "finalizers": ["x"]},
+              "spec": {"nodeSelector": {"disk": "ssd"}, "tolerations": [{"key": "k"}],
+                       "containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 80}],
+                                       "resources": {}, "env": None}]}}
+    item = f("spec", "containers") + ((KEY, '{"name":"c"}'),)
+    port = item + f("ports") + ((KEY, '{"containerPort":80,"protocol":"TCP"}'),)
+    assert fieldpath.field_set(config, POD) == {
+        f("metadata", "name"), f("metadata", "labels", "a"), f("metadata", "finalizers") + ((VALUE, '"x"'),),
+        f("spec", "nodeSelector", "disk"),
+        f("spec", "tolerations"),  # atomic: the list itself
+        item, item + f("name"), item + f("image"), port, port + f("containerPort")}
+
+
+def test_missing_key_field_is_an_error():
+    with pytest.raises(ValueError, match='omits key field "name"'):
+        fieldpath.field_set({"spec": {"containers": [{"image": "i"}]}}, POD)
+
+
+# ---- compare and merge ----
+
+pods = st.fixed_dictionaries({}, optional={
+    "metadata": st.fixed_dictionaries({}, optional={
+        "labels": st.dictionaries(st.sampled_from("abc"), st.sampled_from(["1", "2"]), max_size=3),
+        "finalizers": st.lists(st.sampled_from(["x", "y", "z"]), unique=True, max_size=3)}),
+    "spec": st.fixed_dictionaries({}, optional={
+        "hostname": st.sampled_from(["h1", "h2"]),
+        "containers": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["a", "b", "c"])}, optional={
+            "image": st.sampled_from(["i1", "i2"]),
+            "args": st.lists(st.sampled_from(["-v", "-q"]), max_size=2)}),
+            unique_by=lambda c: c["name"], max_size=3)})})
+
+
+@settings(max_examples=100, deadline=None)
+@given(pods, pods)
+def test_compare_is_symmetric(a, b):
+    ab, ba = fieldpath.compare(a, b, POD), fieldpath.compare(b, a, POD)
+    assert ab.added == ba.removed and ab.removed == ba.added and ab.modified == ba.modified
+    assert not fieldpath.compare(a, copy.deepcopy(a), POD).changed()
+
+
+@settings(max_examples=100, deadline=None)
+@given(pods, pods)
+def test_merge_keeps_what_is_applied_and_what_is_not_named(live, config):
+    merged = fieldpath.merge(live, config, POD)
+    applied = fieldpath.field_set(config, POD)
+    # nothing applied is lost or differs, and merging again changes nothing
+    cmp = fieldpath.compare(config, merged, POD)
+    assert not (cmp.modified | cmp.removed) & applied
+    assert fieldpath.merge(merged, config, POD) == merged
+    # a live field the configuration does not name (nor anything above it) is kept
+    gone = fieldpath.compare(live, merged, POD).removed
+    assert not {p for p in gone if not fieldpath.under(p, applied)}
+
+
+def test_associative_merge_keeps_order_of_live_and_config():
+    live = {"spec": {"containers": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}}
+    config = {"spec": {"containers": [{"name": "d"}, {"name": "b", "image": "x"}]}}
+    merged = fieldpath.merge(live, config, POD)["spec"]["containers"]
+    # upstream's merge walk: live items before the next shared one stay in front
+    assert merged == [{"name": "a"}, {"name": "d"}, {"name": "b", "image": "x"}, {"name": "c"}]
+
+
+# ---- ownership ----
+
+def _cm(data: dict, labels: dict | None = None):
+    msg = manifest.from_dict({"apiVersion": "v1", "kind": "ConfigMap",
+                              "metadata": {"name": "c", "labels": labels or {}}, "data": data})
+    msg.metadata.resource_version = "1"
+    return msg
+
+
+def owners(msg) -> dict:
+    return {(e.manager, e.operation, e.subresource): e.fields for e in fieldmanager.decode(msg.metadata)}
+
+
+def test_update_takes_changed_fields_from_others():
+    live = fieldmanager.apply(CM, None, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"},
+                                         "data": {"a": "1", "b": "2"}}, Manager("app"), force=False)
+    new = copy.deepcopy(live)
+    new.data["a"] = "9"
+    del new.data["b"]
+    new.data["c"] = "3"
+    fieldmanager.track_update(CM, live, new, Manager("edit"))
+    # "a" changed hands, "b" went, "c" is new: app owns nothing, and an entry that owns nothing goes
+    assert owners(new) == {("edit", "Update", ""): {f("data", "a"), f("data", "c")}}
+
+
+def test_conflict_message_lists_fields_by_manager():
+    live = _cm({"a": "1", "b": "1"})
+    fieldmanager.track_update(CM, _cm({}), live, Manager("one"))
+    with pytest.raises(ApiError) as e:
+        fieldmanager.apply(CM, live, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"},
+                                      "data": {"a": "2", "b": "2"}}, Manager("two"), force=False)
+    assert e.value.reason == "Conflict" and e.value.http_code == 409
+    assert e.value.message == ('Apply failed with 2 conflicts: conflicts with "one" using v1:\n'
+                               "- .data.a\n- .data.b")
+    assert e.value.causes == [(".data.a", "FieldManagerConflict", 'conflict with "one" using v1'),
+                              (".data.b", "FieldManagerConflict", 'conflict with "one" using v1')]
+
+
+def test_status_and_server_fields_are_nobodys():
+    pod = PODS.new()
+    pod.metadata.name, pod.metadata.uid, pod.metadata.creation_timestamp = "p", "u", "2026-01-01T00:00:00Z"
+    pod.spec.containers.add(name="c", image="i")
+    pod.status.phase = "Running"
+    fieldmanager.track_update(PODS, None, pod, Manager("maker"))
+    # (upstream's empty Pod has "containers": null, Go's zero slice, so it would not own the
+    # list node itself; ours does: the one difference, and it owns nothing a user sets)
+    assert owners(pod)[("maker", "Update", "")] == {
+        f("spec", "containers"),
+        f("spec", "containers") + ((KEY, '{"name":"c"}'),),
+        f("spec", "containers") + ((KEY, '{"name":"c"}'),) + f("name"),
+        f("spec", "containers") + ((KEY, '{"name":"c"}'),) + f("image")}
+    later = copy.deepcopy(pod)
+    later.status.phase = "Succeeded"
+    fieldmanager.track_update(PODS, pod, later, Manager("kubelet", "status"))
+    assert owners(later)[("kubelet", "Update", "status")] == {f("status", "phase")}
+
+
+def test_manager_names():
+    assert fieldmanager.manager_from_user_agent("kubectl/v1.32.3 (linux/amd64) kubernetes/32cc146") == "kubectl"
+    assert fieldmanager.manager_from_user_agent("x" * 300) == "x" * 128
+    with pytest.raises(ApiError) as e:
+        fieldmanager.check_manager("", apply=True)
+    assert e.value.message == ('PatchOptions.meta.k8s.io "" is invalid: fieldManager: '
+                               "Required value: is required for apply patch")
+
+
+KEYS = st.sampled_from("abc")
+VALUES = st.sampled_from("xy")
+MANAGERS = st.sampled_from(["m1", "m2", "m3"])
+
+
+class Ownership(RuleBasedStateMachine):
+    """Appliers and updaters on one ConfigMap's data; the model is upstream's rules
+    written for a flat map: an apply owns exactly what it applied, may not change
+    what others own unless forced (then takes it), and removes what it applied before
+    and no longer does unless someone else owns it; an update owns what it changed and
+    takes it from the others."""
+
+    def __init__(self):
+        super().__init__()
+        self.obj = None
+        self.data: dict = {}
+        self.owned: dict = {}  # (manager, operation) -> set of keys
+
+    def _others(self, who) -> set:
+        return set().union(*(keys for k, keys in self.owned.items() if k != who))
+
+    @rule(manager=MANAGERS, config=st.dictionaries(KEYS, VALUES, max_size=3), force=st.booleans())
+    def apply(self, manager, config, force):
+        me = (manager, "Apply")
+        changed = {k for k, v in config.items() if self.data.get(k) != v}
+        conflicting = changed & self._others(me)
+        body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": config}
+        try:
+            new = fieldmanager.apply(CM, self.obj, body, Manager(manager), force=force)
+        except ApiError as e:
+            assert conflicting and not force, e.message
+            return
+        assert not conflicting or force
+        last = self.owned.get(me, set())
+        self.data.update(config)
+        for who in self.owned:
+            if who != me:
+                self.owned[who] -= changed
+        self.owned[me] = set(config)
+        for k in last - set(config):
+            if k not in self._others(me):
+                self.data.pop(k, None)
+        self.owned = {k: v for k, v in self.owned.items() if v}
+        self.obj = new
+
+    @rule(manager=MANAGERS, changes=st.dictionaries(KEYS, st.one_of(st.none(), VALUES), max_size=3))
+    def update(self, manager, changes):
+        if self.obj is None:
+            return
+        new = copy.deepcopy(self.obj)
+        data = dict(self.data)
+        for k, v in changes.items():
+            if v is None:
+                data.pop(k, None)
+            else:
+                data[k] = v
+        new.data.clear()
+        new.data.update(data)
+        fieldmanager.track_update(CM, self.obj, new, Manager(manager))
+        changed = {k for k in data if self.data.get(k) != data[k]}
+        removed = set(self.data) - set(data)
+        for who in self.owned:
+            self.owned[who] -= changed | removed
+        me = (manager, "Update")
+        self.owned[me] = self.owned.get(me, set()) | changed
+        self.owned = {k: v for k, v in self.owned.items() if v}
+        self.data = data
+        self.obj = new
+
+    @invariant()
+    def agrees_with_the_model(self):
+        if self.obj is None:
+            return
+        assert dict(self.obj.data) == self.data
+        entries = fieldmanager.decode(self.obj.metadata)
+        assert all(p[0] == (FIELD, "data") and len(p) <= 2 for e in entries for p in e.fields)
+        # the keys each owns; an updater that created the map also owns the map (f:data ".")
+        got = {(e.manager, e.operation): {p[1][1] for p in e.fields if len(p) == 2} for e in entries}
+        assert {k: v for k, v in got.items() if v} == self.owned
+
+
+TestOwnership = Ownership.TestCase
+TestOwnership.settings = settings(max_examples=60, stateful_step_count=10, deadline=None)
