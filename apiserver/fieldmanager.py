@@ -25,11 +25,14 @@ import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import yaml
+
 from apiserver import errors, fieldpath, manifest
 from apiserver.errors import ApiError
+from apiserver.limits import check_request_size
 from apiserver.pb import meta_pb2
 from apiserver.resources import Resource
-from apiserver.rest.convert import to_json  # the JSON the REST API shows, both sides alike
+from apiserver.rest.convert import normalize_times, to_json  # the REST API's JSON, both sides alike
 
 APPLY, UPDATE = "Apply", "Update"
 # kubectl's server-side apply manager: the one upstream lets take over from client-side apply
@@ -267,3 +270,40 @@ def _client_side_applied(live: dict, desc) -> set:
         return fieldpath.field_set(last, desc) - cmp.modified - cmp.added - cmp.removed
     except ValueError:
         return set()
+
+
+def parse_config(body: bytes | str, res: Resource, namespace: str, name: str, *, validation: str = "Strict",
+                 warnings: list[str] | None = None) -> dict:
+    """An applied configuration: a YAML (or JSON) object of ``res``'s kind named
+    ``name``, its fields checked as a create's are (types; unknown fields refused
+    under Strict, else dropped and, under Warn or "", reported in ``warnings``)."""
+    check_request_size(len(body))
+    try:
+        config = yaml.safe_load(body)
+    except yaml.YAMLError as e:
+        raise errors.bad_request(f"error decoding YAML: {e}") from None
+    except RecursionError:
+        raise errors.bad_request("error decoding YAML: exceeded max depth") from None
+    if not isinstance(config, dict):
+        raise errors.bad_request("error decoding YAML: the applied configuration must be an object")
+    api_version, kind = config.get("apiVersion"), config.get("kind")
+    if not api_version or not kind:
+        raise errors.bad_request("invalid object type: the applied configuration needs apiVersion and kind")
+    if api_version != res.api_version or kind != res.kind:
+        raise errors.bad_request(f"the kind of the applied configuration ({api_version}, Kind={kind}) "
+                                 f"does not match the request's ({res.api_version}, Kind={res.kind})")
+    meta = config.get("metadata")
+    if not isinstance(meta, dict) or not meta.get("name"):
+        raise errors.bad_request("metadata.name is required in an applied configuration")
+    if meta["name"] != name:
+        raise errors.bad_request(f"the name of the object ({meta['name']}) does not match the name "
+                                 f"on the URL ({name})")
+    if res.namespaced and meta.get("namespace") and namespace and meta["namespace"] != namespace:
+        raise errors.bad_request("the namespace of the provided object does not match the namespace "
+                                 "sent on the request")
+    normalize_times(config)
+    unknown: list[str] | None = None if validation == "Strict" else []
+    manifest.from_dict(config, unknown_fields=unknown)  # types and unknown fields, as a create
+    if unknown and validation in ("", "Warn") and warnings is not None:
+        warnings.extend(f'unknown field "{p}"' for p in unknown)
+    return config

@@ -181,3 +181,29 @@ def test_python_client_server_side_apply(plane):
         forced = configmaps.server_side_apply(body=body, name="py", namespace="default", field_manager="other",
                                               force_conflicts=True)
         assert forced.data.k == "w"
+
+
+def test_grpc_apply_dry_run_and_managers(plane):
+    """The gRPC API's Patch applies too (apply_patch), and its writes record a manager when
+    they name one; the REST API sees the same managedFields."""
+    from apiserver.client import Client
+    from apiserver.errors import ApiError
+
+    with Client(plane.endpoint, timeout=10) as client:
+        made = client.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "g"},
+                             "data": {"a": "1"}}, field_manager="grpc-tool")
+        assert [(e.manager, e.operation) for e in made.metadata.managed_fields] == [("grpc-tool", "Apply")]
+        with pytest.raises(ApiError) as e:
+            client.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: g}\ndata: {a: '2'}\n",
+                         field_manager="other")
+        assert e.value.reason == "Conflict" and e.value.causes[0][0] == ".data.a"
+        with pytest.raises(ApiError) as e:
+            client.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "g"}}, field_manager="")
+        assert e.value.reason == "Invalid"
+        client.patch("configmap", "g", {"data": {"b": "2"}})  # no manager: ownership unchanged
+        dry = client.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "g"},
+                            "data": {"a": "3"}}, field_manager="other", force=True, dry_run=True)
+        assert dry.data["a"] == "3"
+        stored = client.get("configmap", "g")
+        assert dict(stored.data) == {"a": "1", "b": "2"}
+        assert [(e.manager, e.operation) for e in stored.metadata.managed_fields] == [("grpc-tool", "Apply")]
