@@ -132,6 +132,19 @@ def _owned_here(res: Resource, manager: Manager, paths: set) -> set:
     return out
 
 
+def _resettable(res: Resource, manager: Manager, config: dict) -> dict:
+    """The part of an applied configuration its subresource may change (upstream's
+    reset fields): status through status, the rest through the main resource."""
+    if not res.has_status:
+        return config
+    if manager.subresource == "status":
+        meta = config.get("metadata") or {}
+        return {"apiVersion": config.get("apiVersion"), "kind": config.get("kind"),
+                "metadata": {k: meta[k] for k in ("name", "namespace") if k in meta},
+                **({"status": config["status"]} if "status" in config else {})}
+    return {k: v for k, v in config.items() if k != "status"}
+
+
 def _entry(entries: list[Entry], identity: tuple) -> Entry | None:
     return next((e for e in entries if e.identity == identity), None)
 
@@ -194,6 +207,7 @@ def apply(res: Resource, current, config: dict, manager: Manager, *, force: bool
     ``current`` (None: the object does not exist), its managedFields set;
     ApiError Conflict when another manager owns a field this changes."""
     desc = res.new().DESCRIPTOR
+    config = _resettable(res, manager, config)
     live = to_json(current) if current is not None else {}
     entries = decode(current.metadata) if current is not None else []
     identity = (manager.name, APPLY, "", manager.subresource)

@@ -286,3 +286,13 @@ class Ownership(RuleBasedStateMachine):
 
 TestOwnership = Ownership.TestCase
 TestOwnership.settings = settings(max_examples=60, stateful_step_count=10, deadline=None)
+
+
+def test_apply_through_the_main_resource_ignores_status():
+    config = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+              "spec": {"containers": [{"name": "c", "image": "i"}]}, "status": {"phase": "Running"}}
+    pod = fieldmanager.apply(PODS, None, config, Manager("tool"), force=False)
+    assert not pod.status.phase
+    status = fieldmanager.apply(PODS, pod, config, Manager("kubelet", "status"), force=False)
+    assert status.status.phase == "Running"
+    assert owners(status)[("kubelet", "Apply", "status")] == {f("status", "phase")}
