@@ -154,9 +154,13 @@ def track_update(res: Resource, current, new, manager: Manager) -> None:
     create) to ``new`` by ``manager``. A request that sends no managedFields
     keeps the stored ones (as upstream; sending them replaces them)."""
     base = new if new.metadata.managed_fields or current is None else current
-    entries = decode(base.metadata)
     old = to_json(current) if current is not None else {"metadata": {}, "spec": {}, "status": {}}
     cmp = fieldpath.compare(old, to_json(new), new.DESCRIPTOR)
+    if not cmp.changed():
+        if base is not new:
+            new.metadata.managed_fields.extend(current.metadata.managed_fields)
+        return  # nobody gains or loses anything
+    entries = decode(base.metadata)
     taken = cmp.modified | cmp.added
     for e in entries:
         e.fields -= cmp.removed

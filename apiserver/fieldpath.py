@@ -25,6 +25,7 @@ import copy
 import functools
 import json
 from dataclasses import dataclass
+from json.encoder import encode_basestring as _string  # noqa: F401  (C-accelerated)
 
 from google.protobuf.descriptor import FieldDescriptor
 
@@ -90,6 +91,15 @@ def fields_of(desc) -> dict[str, Node]:
 
 
 def canonical(value) -> str:
+    """JSON with sorted keys and no spaces, as path elements hold keys and values
+    (strings and numbers, the usual ones, without json.dumps: this runs per list item)."""
+    if isinstance(value, str):
+        return _string(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, dict) and all(isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool))
+                                       for v in value.values()):
+        return "{" + ",".join(f"{_string(k)}:{canonical(value[k])}" for k in sorted(value)) + "}"
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -397,6 +407,7 @@ def element_text(pe: tuple) -> str:
     return ("f:", "k:", "v:", "i:")[kind] + str(payload)
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_element(text: str) -> tuple | None:
     prefix, _, rest = text.partition(":")
     if prefix == "f":
