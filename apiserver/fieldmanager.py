@@ -171,10 +171,8 @@ def track_update(res: Resource, current, new, manager: Manager) -> None:
     if mine is None:
         mine = Entry(manager.name, UPDATE, res.api_version, manager.subresource, "")
         entries.append(mine)
-    before = set(mine.fields)
     mine.fields |= gained
-    if mine.fields != before or cmp.changed():
-        mine.time = _now()
+    mine.time = _now()  # the object changed
     encode(new.metadata, entries)
 
 
@@ -199,7 +197,7 @@ def conflict_error(conflicts: list[tuple[Entry, tuple]]) -> ApiError:
         message = f"Apply failed with 1 conflict: conflict with {_manager_text(e)}: {fieldpath.path_text(p)}"
     else:
         lines = []
-        for text in sorted({_manager_text(e) for e, _ in conflicts}, key=lambda t: t):
+        for text in sorted({_manager_text(e) for e, _ in conflicts}):
             lines.append(f"conflicts with {text}:")
             lines.extend(f"- {fieldpath.path_text(p)}" for e, p in conflicts if _manager_text(e) == text)
         message = f"Apply failed with {len(conflicts)} conflicts: " + "\n".join(lines)
@@ -211,6 +209,10 @@ def apply(res: Resource, current, config: dict, manager: Manager, *, force: bool
     ``current`` (None: the object does not exist), its managedFields set;
     ApiError Conflict when another manager owns a field this changes."""
     desc = res.new().DESCRIPTOR
+    wanted_rv = (config.get("metadata") or {}).get("resourceVersion")
+    if wanted_rv and current is not None and str(wanted_rv) != current.metadata.resource_version:
+        # a resourceVersion in the configuration is a precondition, as in an update
+        raise errors.conflict(res.qualified, current.metadata.name)
     config = _resettable(res, manager, config)
     live = to_json(current) if current is not None else {}
     entries = decode(current.metadata) if current is not None else []
@@ -267,7 +269,7 @@ def apply(res: Resource, current, config: dict, manager: Manager, *, force: bool
     if manager.name == KUBECTL and LAST_APPLIED in new.metadata.annotations:
         # kept in step for a later client-side apply (upstream's lastAppliedUpdater)
         kept = json.loads(json.dumps(config))
-        (kept.get("metadata") or {}).get("annotations", {}).pop(LAST_APPLIED, None)
+        ((kept.get("metadata") or {}).get("annotations") or {}).pop(LAST_APPLIED, None)
         new.metadata.annotations[LAST_APPLIED] = json.dumps(kept, separators=(",", ":")) + "\n"
     return new
 

@@ -296,3 +296,14 @@ def test_apply_through_the_main_resource_ignores_status():
     status = fieldmanager.apply(PODS, pod, config, Manager("kubelet", "status"), force=False)
     assert status.status.phase == "Running"
     assert owners(status)[("kubelet", "Apply", "status")] == {f("status", "phase")}
+
+
+def test_a_resource_version_in_the_configuration_is_a_precondition():
+    live = _cm({"a": "1"})
+    config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "resourceVersion": "7"},
+              "data": {"a": "2"}}
+    with pytest.raises(ApiError) as e:
+        fieldmanager.apply(CM, live, config, Manager("tool"), force=True)
+    assert e.value.reason == "Conflict" and "the object has been modified" in e.value.message
+    config["metadata"]["resourceVersion"] = "1"
+    assert fieldmanager.apply(CM, live, config, Manager("tool"), force=True).data["a"] == "2"

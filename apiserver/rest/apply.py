@@ -13,13 +13,15 @@ from apiserver.rest.http1 import Request
 
 # subresources whose writers own fields of their own (status) or a view of the object's (scale)
 SUBRESOURCES = {"status", "scale"}
+# the options kind a write's query parameters are validated as
+OPTIONS = {"POST": "CreateOptions.meta.k8s.io", "PUT": "UpdateOptions.meta.k8s.io",
+           "PATCH": "PatchOptions.meta.k8s.io"}
 
 
 def manager(req: Request, t: routing.Target, *, apply: bool = False) -> Manager:
     """The request's field manager, checked as apimachinery's ValidateFieldManager."""
     name = req.param("fieldManager")
-    fieldmanager.check_manager(name, apply=apply,
-                               kind="PatchOptions.meta.k8s.io" if apply else "UpdateOptions.meta.k8s.io")
+    fieldmanager.check_manager(name, apply=apply, kind=OPTIONS.get(req.method, "PatchOptions.meta.k8s.io"))
     if not name:
         name = fieldmanager.manager_from_user_agent(req.headers.get("user-agent", ""))
     return Manager(name, t.subresource if t.subresource in SUBRESOURCES else "")
