@@ -39,6 +39,9 @@ APPLY, UPDATE = "Apply", "Update"
 KUBECTL = "kubectl"
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 MAX_MANAGER_LENGTH = 128
+# more Update entries than this and the oldest fold into one (upstream's capManagersManager)
+MAX_UPDATERS = 10
+ANCIENT = "ancient-changes"
 # what the server sets and nobody owns (upstream's stripped fields)
 STRIPPED = frozenset(
     ((fieldpath.FIELD, name),) for name in ("apiVersion", "kind")) | frozenset(
@@ -107,10 +110,39 @@ def decode(meta) -> list[Entry]:
     return out
 
 
+def _cap_updaters(entries: list[Entry]) -> list[Entry]:
+    """At most MAX_UPDATERS Update entries: from the oldest on, each apiVersion's
+    second and later entries fold, with the first, into one "ancient-changes"
+    entry of that version, which takes the time of the newest it holds."""
+    updaters = sorted((e for e in entries if e.operation == UPDATE and e.fields), key=lambda e: (e.time, e.manager))
+    count = len(updaters)
+    first: dict[str, Entry] = {}
+    buckets: dict[str, Entry] = {}
+    gone: set[int] = set()
+    for e in updaters:
+        if count <= MAX_UPDATERS:
+            break
+        if e.api_version not in first:
+            first[e.api_version] = e
+            continue
+        bucket = buckets.get(e.api_version)
+        if bucket is None:
+            head = first[e.api_version]
+            bucket = buckets[e.api_version] = Entry(ANCIENT, UPDATE, e.api_version, "", head.time, set(head.fields))
+            gone.add(id(head))
+        bucket.fields |= e.fields
+        bucket.time = e.time
+        gone.add(id(e))
+        count -= 1
+    if not gone:
+        return entries
+    return [e for e in entries if id(e) not in gone] + list(buckets.values())
+
+
 def encode(meta, entries: list[Entry]) -> None:
-    """Entries with fields, in upstream's order: Apply before Update, then by time,
-    manager, apiVersion, subresource."""
-    kept = sorted((e for e in entries if e.fields),
+    """Entries with fields (at most MAX_UPDATERS updaters), in upstream's order:
+    Apply before Update, then by time, manager, apiVersion, subresource."""
+    kept = sorted((e for e in _cap_updaters(entries) if e.fields),
                   key=lambda e: (e.operation, e.time, e.manager, e.api_version, e.subresource))
     del meta.managed_fields[:]
     for e in kept:

@@ -307,3 +307,38 @@ def test_a_resource_version_in_the_configuration_is_a_precondition():
     assert e.value.reason == "Conflict" and "the object has been modified" in e.value.message
     config["metadata"]["resourceVersion"] = "1"
     assert fieldmanager.apply(CM, live, config, Manager("tool"), force=True).data["a"] == "2"
+
+
+def test_managed_fields_in_a_protobuf_body():
+    """k8s.io/apimachinery's numbers: ObjectMeta.managedFields=17; ManagedFieldsEntry{manager=1,
+    operation=2, apiVersion=3, time=4 Time{seconds=1}, fieldsType=6, fieldsV1=7 FieldsV1{Raw=1}}."""
+    from apiserver.rest import protobuf
+    from tests.test_rest_units import _int, _len
+
+    entry = (_len(1, b"kubectl-create") + _len(2, b"Update") + _len(3, b"v1") + _len(4, _int(1, 1767225600))
+             + _len(6, b"FieldsV1") + _len(7, _len(1, b'{"f:data":{".":{},"f:a":{}}}')))
+    raw = _len(1, _len(1, b"c") + _len(17, entry)) + _len(2, _len(1, b"a") + _len(2, b"b"))
+    body = b"k8s\x00" + _len(1, _len(1, b"v1") + _len(2, b"ConfigMap")) + _len(2, raw)
+    d = protobuf.decode(body)
+    assert d["metadata"]["managedFields"] == [{
+        "manager": "kubectl-create", "operation": "Update", "apiVersion": "v1", "time": "2026-01-01T00:00:00Z",
+        "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {".": {}, "f:a": {}}}}]
+    msg = manifest.from_dict(d)
+    assert owners(msg) == {("kubectl-create", "Update", ""): {f("data"), f("data", "a")}}
+
+
+def test_more_than_ten_updaters_fold_the_oldest_into_ancient_changes():
+    live = _cm({})
+    for i in range(12):
+        new = copy.deepcopy(live)
+        new.data[f"k{i}"] = "v"
+        fieldmanager.track_update(CM, live, new, Manager(f"m{i:02}"))
+        for e in new.metadata.managed_fields:  # one second apart, as a slower clock would give
+            if e.manager == f"m{i:02}":
+                e.time = f"2026-01-01T00:00:{i:02}Z"
+        live = new
+    got = owners(live)
+    assert len(got) == 10 and ("ancient-changes", "Update", "") in got
+    # the three oldest (m00, m01, m02) are one entry now; the newest nine keep theirs
+    assert got[("ancient-changes", "Update", "")] == {f("data"), f("data", "k0"), f("data", "k1"), f("data", "k2")}
+    assert ("m03", "Update", "") in got and ("m00", "Update", "") not in got
