@@ -60,6 +60,15 @@ SETS = {"meta.v1.ObjectMeta.finalizers", "discovery.v1.Endpoint.addresses"}
 ATOMIC_STRUCTS = {"meta.v1.LabelSelector", "core.v1.NodeSelector", "core.v1.NodeSelectorTerm",
                   "meta.v1.ObjectReference"}
 ATOMIC_MAPS = {"core.v1.ServiceSpec.selector"}
+# struct fields that are Go values, not pointers, in k8s.io/api (by JSON name): Go's empty
+# object already has them, so an update that fills one in does not add the struct itself;
+# one that adds a pointer struct (rollingUpdate, securityContext, ...) owns it (".")
+VALUE_STRUCTS = {"metadata", "spec", "status", "template", "strategy", "resources", "nodeInfo",
+                 "daemonEndpoints", "kubeletEndpoint", "state", "lastState", "loadBalancer",
+                 "involvedObject", "source", "conditions"}
+# lists without omitempty in k8s.io/api: Go writes them (null) wherever their parent is
+ALWAYS_LISTS = {"core.v1.PodSpec.containers", "discovery.v1.EndpointSlice.endpoints",
+                "discovery.v1.Endpoint.addresses"}
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,9 @@ class Node:
     kind: int
     desc: object = None          # the message of a struct, or of an associative list's items
     keys: tuple = ()             # an associative list's key fields
+    member: bool = True          # an update that adds or removes it adds or removes its path
+    always: bool = False         # Go's JSON has it wherever its parent is (a value struct, a list
+                                 # without omitempty): our JSON leaving it out is not its absence
 
 
 @functools.cache
@@ -74,13 +86,15 @@ def _node(field: FieldDescriptor) -> Node:
     if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
         return Node(ATOMIC if field.full_name in ATOMIC_MAPS else MAP)
     if field.is_repeated:
+        always = field.full_name in ALWAYS_LISTS
         if field.full_name in LIST_KEYS:
-            return Node(ASSOCIATIVE, field.message_type, LIST_KEYS[field.full_name])
-        return Node(SET if field.full_name in SETS else ATOMIC)
+            return Node(ASSOCIATIVE, field.message_type, LIST_KEYS[field.full_name], always=always)
+        return Node(SET if field.full_name in SETS else ATOMIC, always=always)
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         if field.message_type.full_name in ATOMIC_STRUCTS or field.message_type.full_name == "meta.v1.FieldsV1":
             return Node(ATOMIC)
-        return Node(STRUCT, field.message_type)
+        value = field.json_name in VALUE_STRUCTS
+        return Node(STRUCT, field.message_type, member=not value, always=value)
     return Node(SCALAR)
 
 
@@ -88,6 +102,19 @@ def _node(field: FieldDescriptor) -> Node:
 def fields_of(desc) -> dict[str, Node]:
     """A message's fields by JSON name."""
     return {f.json_name: _node(f) for f in desc.fields}
+
+
+@functools.cache
+def _always_fields(desc) -> tuple:
+    return tuple((name, node) for name, node in fields_of(desc).items() if node.always)
+
+
+def _written(node: Node, value, parent_exists: bool):
+    """The value as Go's JSON has it: an absent value struct is {}, an absent list
+    without omitempty an empty one (null), wherever the parent is."""
+    if value is None and parent_exists and node.always:
+        return {} if node.kind == STRUCT else []
+    return value
 
 
 def canonical(value) -> str:
@@ -210,13 +237,22 @@ def compare(old: dict | None, new: dict | None, desc) -> Comparison:
     return result
 
 
-def _compare_struct(a: dict, b: dict, desc, path: tuple, r: Comparison) -> None:
+def _compare_struct(a: dict | None, b: dict | None, desc, path: tuple, r: Comparison) -> None:
+    """``a``/``b`` None: the struct is not there on that side."""
     fields = fields_of(desc)
-    for key in a.keys() | b.keys():
+    keys = (a or {}).keys() | (b or {}).keys()
+    for key in keys:
         node = fields.get(key)
         if node is None:
             continue
-        _compare_value(a.get(key), b.get(key), node, path + ((FIELD, key),), r)
+        va = _written(node, a.get(key) if a is not None else None, a is not None)
+        vb = _written(node, b.get(key) if b is not None else None, b is not None)
+        _compare_value(va, vb, node, path + ((FIELD, key),), r)
+    if (a is None) != (b is None):  # a struct that came or went: what Go's JSON had in it too
+        for key, node in _always_fields(desc):
+            if key not in keys:
+                va, vb = _written(node, None, a is not None), _written(node, None, b is not None)
+                _compare_value(va, vb, node, path + ((FIELD, key),), r)
 
 
 def _leaf(a, b, path: tuple, r: Comparison) -> None:
@@ -239,13 +275,13 @@ def _compare_value(a, b, node: Node, path: tuple, r: Comparison) -> None:
     if (a is not None and not isinstance(a, container)) or (b is not None and not isinstance(b, container)):
         _leaf(a, b, path, r)
         return
-    if kind != STRUCT:  # a struct node is never a member itself; a map or list item is
+    if node.member:  # a map, a list, a pointer struct: its own path appears or goes too
         if a is None:
             r.added.add(path)
         elif b is None:
             r.removed.add(path)
     if kind == STRUCT:
-        _compare_struct(a or {}, b or {}, node.desc, path, r)
+        _compare_struct(a, b, node.desc, path, r)
     elif kind == MAP:
         a, b = a or {}, b or {}
         for k in a.keys() | b.keys():
@@ -261,7 +297,7 @@ def _compare_value(a, b, node: Node, path: tuple, r: Comparison) -> None:
                     r.added.add(p)
                 elif y is None:
                     r.removed.add(p)
-                _compare_struct(x or {}, y or {}, node.desc, p, r)
+                _compare_struct(x, y, node.desc, p, r)
             else:
                 _leaf(x, y, p, r)
 

@@ -194,6 +194,22 @@ def test_client_side_apply_and_create_record_their_managers(kubectl):
     assert kubectl("get", "cm", "csa", "-o", "jsonpath={.data.mode}").stdout == "slow"
     kubectl("create", "configmap", "made", "--from-literal=a=b")
     assert managed(kubectl, "cm", "made") == {("kubectl-create", "Update", ""): {"f:data": {".": {}, "f:a": {}}}}
+    # what kube-apiserver 1.32 records for `kubectl create deployment`: the fields sent and the
+    # ones defaulted; "." on what the update added itself (maps, list items, pointer structs),
+    # none on value structs (strategy, template) nor on containers (null in Go's empty object)
+    kubectl("create", "deployment", "made", "--image=nginx")
+    labels = {"f:labels": {".": {}, "f:app": {}}}
+    assert managed(kubectl, "deploy", "made") == {("kubectl-create", "Update", ""): {
+        "f:metadata": labels,
+        "f:spec": {
+            "f:progressDeadlineSeconds": {}, "f:replicas": {}, "f:revisionHistoryLimit": {}, "f:selector": {},
+            "f:strategy": {"f:rollingUpdate": {".": {}, "f:maxSurge": {}, "f:maxUnavailable": {}}, "f:type": {}},
+            "f:template": {"f:metadata": labels, "f:spec": {
+                "f:containers": {'k:{"name":"nginx"}': {
+                    ".": {}, "f:image": {}, "f:imagePullPolicy": {}, "f:name": {}, "f:resources": {},
+                    "f:terminationMessagePath": {}, "f:terminationMessagePolicy": {}}},
+                "f:dnsPolicy": {}, "f:restartPolicy": {}, "f:schedulerName": {}, "f:securityContext": {},
+                "f:terminationGracePeriodSeconds": {}}}}}}
 
 
 def test_server_dry_run(kubectl):
