@@ -126,6 +126,22 @@ def test_updates_record_their_manager(call):
     assert _entries(pod)[("kubelet", "Update", "status")]["fieldsV1"] == {"f:status": {"f:phase": {}}}
 
 
+def test_apply_through_the_status_subresource(call):
+    pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: sp}\nspec: {containers: [{name: c, image: i}]}\n"
+    assert call("PATCH", f"{BASE}/pods/sp/status?fieldManager=kubelet", pod + "status: {phase: Running}\n",
+                content_type=APPLY)[0] == 404  # no create through status
+    assert call("PATCH", f"{BASE}/pods/sp?fieldManager=tool", pod + "status: {phase: Running}\n",
+                content_type=APPLY)[0] == 201
+    status, obj = call("PATCH", f"{BASE}/pods/sp/status?fieldManager=kubelet",
+                       pod.replace("image: i", "image: other") + "status: {phase: Running}\n", content_type=APPLY)
+    # the main resource's apply left status alone; the status apply changes status only
+    assert status == 200 and obj["status"]["phase"] == "Running"
+    assert obj["spec"]["containers"][0]["image"] == "i"
+    entries = _entries(obj)
+    assert entries[("kubelet", "Apply", "status")]["fieldsV1"] == {"f:status": {"f:phase": {}}}
+    assert "f:status" not in entries[("tool", "Apply", "")]["fieldsV1"]
+
+
 def test_dry_run_goes_through_the_registry(call):
     svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "dry"},
            "spec": {"ports": [{"port": 80}]}}
@@ -156,6 +172,8 @@ def test_dry_run_goes_through_the_registry(call):
     assert status == 200 and seen["data"] == {"a": "4"}
     status, gone = call("DELETE", f"{BASE}/configmaps/keep?dryRun=All")
     assert status == 200 and gone["status"] == "Success"
+    status, listed = call("DELETE", f"{BASE}/configmaps?dryRun=All&fieldSelector=metadata.name%3Dkeep")
+    assert status == 200 and [i["metadata"]["name"] for i in listed["items"]] == ["keep"]
     status, stored = call("GET", f"{BASE}/configmaps/keep")
     assert stored["data"] == {"a": "1"} and stored["metadata"]["resourceVersion"] == rv
 
