@@ -479,7 +479,8 @@ class Registry:
             if res is NAMESPACES:
                 new.status.phase = "Terminating"
                 # before the write: a create that reads the cache after it is answered must not pass
-                self._deleting_namespace(name)
+                if not dry_run:
+                    self._deleting_namespace(name)
             if not new.metadata.deletion_timestamp:
                 new.metadata.deletion_timestamp = now_rfc3339(grace)
             if res is PODS or new.metadata.HasField("deletion_grace_period_seconds"):
