@@ -25,7 +25,7 @@ import copy
 import functools
 import json
 from dataclasses import dataclass
-from json.encoder import encode_basestring as _string  # noqa: F401  (C-accelerated)
+from json.encoder import encode_basestring as _string  # C-accelerated
 
 from google.protobuf.descriptor import FieldDescriptor
 

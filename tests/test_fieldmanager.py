@@ -17,7 +17,6 @@ from apiserver import fieldmanager, fieldpath, manifest, resources
 from apiserver.errors import ApiError
 from apiserver.fieldmanager import Manager
 from apiserver.fieldpath import FIELD, INDEX, KEY, VALUE
-from apiserver.rest.convert import to_json
 
 CM = resources.BY_NAME["configmaps"]
 DEPLOY = resources.BY_NAME["deployments"]
