@@ -266,7 +266,7 @@ def apply(res: Resource, current, config: dict, manager: Manager, *, force: bool
     # (parents first: an item goes whole, not key field first)
     owned = set().union(*(e.fields for e in entries))
     for path in sorted(last - applied, key=len):
-        if path not in owned and not fieldpath.has_descendant(path, owned):
+        if path not in owned and not fieldpath.has_descendant(path, owned) and not fieldpath.is_key(path):
             fieldpath.remove(merged, path, desc)
     try:
         cmp = fieldpath.compare(live, merged, desc)

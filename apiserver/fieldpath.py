@@ -433,6 +433,13 @@ def under(path: tuple, prefixes) -> bool:
     return any(path[:len(p)] == p for p in prefixes)
 
 
+def is_key(path: tuple) -> bool:
+    """``path`` is a key field of an associative list's item, which stays while
+    the item does (the item's own path takes it away)."""
+    return (len(path) >= 2 and path[-2][0] == KEY and path[-1][0] == FIELD
+            and path[-1][1] in json.loads(path[-2][1]))
+
+
 def has_descendant(path: tuple, paths: set) -> bool:
     n = len(path)
     return any(len(p) > n and p[:n] == path for p in paths)

@@ -17,6 +17,7 @@ from apiserver import fieldmanager, fieldpath, manifest, resources
 from apiserver.errors import ApiError
 from apiserver.fieldmanager import Manager
 from apiserver.fieldpath import FIELD, INDEX, KEY, VALUE
+from apiserver.rest.convert import to_json
 
 CM = resources.BY_NAME["configmaps"]
 DEPLOY = resources.BY_NAME["deployments"]
@@ -338,3 +339,88 @@ def test_more_than_ten_updaters_fold_the_oldest_into_ancient_changes():
     # the three oldest (m00, m01, m02) are one entry now; the newest nine keep theirs
     assert got[("ancient-changes", "Update", "")] == {f("data"), f("data", "k0"), f("data", "k1"), f("data", "k2")}
     assert ("m03", "Update", "") in got and ("m00", "Update", "") not in got
+
+
+NAMES = st.sampled_from("abc")
+containers = st.lists(st.fixed_dictionaries({"name": NAMES}, optional={
+    "image": st.sampled_from(["i1", "i2"]), "args": st.lists(st.sampled_from(["-v", "-q"]), min_size=1, max_size=2)}),
+    unique_by=lambda c: c["name"], max_size=3)
+
+
+class ContainerOwnership(RuleBasedStateMachine):
+    """Two appliers and an updater on one Pod's containers (an associative list keyed by
+    name): whatever they do, every item keeps its key, an applier owns exactly what it
+    just applied, what an apply sets is there afterwards, and nobody owns a field the
+    object does not have."""
+
+    def __init__(self):
+        super().__init__()
+        self.pod = None
+        self.applied: dict = {}  # manager -> the set its entry must hold
+
+    def _read_back(self):
+        entries = {e.manager: e.fields for e in fieldmanager.decode(self.pod.metadata)}
+        self.applied = {m: entries.get(m, set()) for m in self.applied}
+
+    @rule(manager=st.sampled_from(["a1", "a2"]), items=containers, force=st.booleans())
+    def apply(self, manager, items, force):
+        config = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": items}}
+        try:
+            self.pod = fieldmanager.apply(PODS, self.pod, config, Manager(manager), force=force)
+        except ApiError as e:
+            assert e.reason == "Conflict" and not force
+            return
+        self._read_back()
+        self.applied[manager] = fieldpath.field_set(config, POD) - {f("metadata", "name")}
+        live = {c["name"]: c for c in to_json(self.pod)["spec"].get("containers", [])}
+        for c in items:
+            for k, v in c.items():
+                assert live[c["name"]][k] == v
+
+    @rule(name=NAMES, image=st.sampled_from(["", "i1", "i3"]), remove=st.booleans())
+    def update(self, name, image, remove):
+        if self.pod is None:
+            return
+        new = copy.deepcopy(self.pod)
+        items = [c for c in new.spec.containers if c.name == name]
+        if remove and items:
+            new.spec.containers.remove(items[0])
+        elif items:
+            items[0].image = image
+        else:
+            new.spec.containers.add(name=name, image=image)
+        fieldmanager.track_update(PODS, self.pod, new, Manager("editor"))
+        self.pod = new
+        self._read_back()
+
+    @invariant()
+    def consistent(self):
+        if self.pod is None:
+            return
+        obj = to_json(self.pod)
+        assert all(c.get("name") for c in obj["spec"].get("containers", []))
+        # every path the object has, as Go's JSON shows it
+        present = fieldpath.compare({"metadata": {}, "spec": {}}, obj, POD).added
+        entries = fieldmanager.decode(self.pod.metadata)
+        for e in entries:
+            assert e.fields <= present, (e.manager, e.fields - present)
+            if e.operation == "Apply":
+                assert e.fields == self.applied.get(e.manager, set()), e.manager
+
+
+TestContainerOwnership = ContainerOwnership.TestCase
+TestContainerOwnership.settings = settings(max_examples=60, stateful_step_count=10, deadline=None)
+
+
+def test_an_item_kept_for_another_owner_keeps_its_key():
+    """An applier lets go of a container whose image an updater changed since: the item
+    stays (the updater owns part of it), with its name, without what only the applier set."""
+    config = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+              "spec": {"containers": [{"name": "a", "image": "i1", "args": ["-v"]}]}}
+    pod = fieldmanager.apply(PODS, None, config, Manager("applier"), force=False)
+    edited = copy.deepcopy(pod)
+    edited.spec.containers[0].image = "i2"
+    fieldmanager.track_update(PODS, pod, edited, Manager("editor"))
+    config["spec"]["containers"] = []
+    after = fieldmanager.apply(PODS, edited, config, Manager("applier"), force=False)
+    assert to_json(after)["spec"]["containers"] == [{"name": "a", "image": "i2"}]
