@@ -76,9 +76,10 @@ def kubectl(tmp_path_factory):
                                        namespace="ssa"))
         env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "KUBECONFIG": str(config)}
 
-        def run(*args, stdin: str | None = None, ok: bool = True):
+        def run(*args, stdin: str | None = None, ok: bool = True, editor: str = ""):
             proc = subprocess.run([KUBECTL, "--kubeconfig", str(config), "--cache-dir", str(home / "cache"), *args],
-                                  input=stdin, capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT)
+                                  input=stdin, capture_output=True, text=True, timeout=RUN_TIMEOUT,
+                                  env={**env, "KUBE_EDITOR": editor} if editor else env)
             if ok:
                 assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr}"
             else:
@@ -194,6 +195,13 @@ def test_client_side_apply_and_create_record_their_managers(kubectl):
     assert kubectl("get", "cm", "csa", "-o", "jsonpath={.data.mode}").stdout == "slow"
     kubectl("create", "configmap", "made", "--from-literal=a=b")
     assert managed(kubectl, "cm", "made") == {("kubectl-create", "Update", ""): {"f:data": {".": {}, "f:a": {}}}}
+    # kubectl edit patches as "kubectl-edit" (here the editor is sed)
+    out = kubectl("edit", "cm", "made", editor="sed -i -e 's/^  a: b$/  a: edited/'").stdout.strip()
+    assert out == "configmap/made edited"
+    assert kubectl("get", "cm", "made", "-o", "jsonpath={.data.a}").stdout == "edited"
+    # the changed field moves to kubectl-edit; the creator keeps the map itself (it added it)
+    assert managed(kubectl, "cm", "made") == {("kubectl-edit", "Update", ""): {"f:data": {"f:a": {}}},
+                                              ("kubectl-create", "Update", ""): {"f:data": {}}}
     # what kube-apiserver 1.32 records for `kubectl create deployment`: the fields sent and the
     # ones defaulted; "." on what the update added itself (maps, list items, pointer structs),
     # none on value structs (strategy, template) nor on containers (null in Go's empty object)
