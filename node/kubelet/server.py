@@ -176,9 +176,14 @@ class KubeletService(kubelet_pb2_grpc.KubeletServicer):
 
 async def serve(containers: Containers, host: str = "127.0.0.1", port: int = 0,
                 **service_options) -> tuple[GrpcServer, int]:
-    """The service listening in the running loop on host:port (0: a free port): (server, port)."""
+    """The service listening in the running loop on host:port (0: a free port): (server, port).
+    Connections that are not HTTP/2 get the kubelet's HTTP endpoints (node.kubelet.streaming:
+    exec, attach, port-forward, containerLogs) when ``containers`` can give streaming URLs."""
     server = GrpcServer(max_receive_message_length=1 << 20, eager_unary=False)
     kubelet_pb2_grpc.add_KubeletServicer_to_server(KubeletService(containers, **service_options), server)
+    if hasattr(containers, "exec_url"):
+        from node.kubelet.streaming import StreamingFront
+        server.http1_protocol = StreamingFront(containers, **service_options).protocol
     bound = await server.listen(host, port)
     await server.start()
     return server, bound

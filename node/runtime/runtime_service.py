@@ -345,7 +345,8 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
         except ValueError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         rec = await self._run(context, self._running, request.container_id)
-        url = await self._url(context, "exec", request, (self.containers.runc, rec["id"]))
+        url = await self._url(context, "exec", request,
+                              (self.containers.runc, rec["id"], self.containers.path(rec["id"])))
         return cri_pb2.ExecResponse(url=url)
 
     async def Attach(self, request, context):

@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import os
+import secrets
 import socket
 import struct
 import subprocess
@@ -43,22 +45,42 @@ class ExecProcess:
     data)`` (stream 1 or 2; a terminal's is all 1); ``wait`` answers the exit code (128+n for
     a signal, 126/127 when runc could not start the command, with runc's words on stderr)."""
 
-    def __init__(self, runc: Runc, cid: str, command: list[str], *, tty: bool, stdin: bool) -> None:
+    def __init__(self, runc: Runc, cid: str, command: list[str], *, tty: bool, stdin: bool,
+                 bundle: str = "") -> None:
         self.runc, self.cid, self.command = runc, cid, command
         self.tty, self.stdin = tty, stdin
+        self.bundle = bundle
+        self._process_file = ""
         self.proc: subprocess.Popen | asyncio.subprocess.Process | None = None
         self.master = -1
         self._stderr_tail = b""
 
-    async def start(self, on_output) -> None:
+    def _process_spec(self, width: int, height: int) -> str:
+        """The container's process settings (env, cwd, user, capabilities) with this command on
+        a terminal of the client's size: runc makes the container's terminal that size before
+        the command starts (its resize after the start would race the command's first look)."""
+        with open(os.path.join(self.bundle, "config.json")) as f:
+            process = json.load(f)["process"]
+        process.update(args=self.command, terminal=True, consoleSize={"height": height, "width": width})
+        path = os.path.join(self.bundle, f"exec-{secrets.token_hex(6)}.json")
+        with open(path, "w") as f:
+            json.dump(process, f)
+        return path
+
+    async def start(self, on_output, size: tuple[int, int] = (80, 24)) -> None:
+        """Start the command; ``size``: (width, height) of a terminal."""
         self._on_output = on_output
         if self.tty:
             master, slave = os.openpty()
-            set_size(master, 80, 24)
+            set_size(master, *size)
             try:
-                self.proc = subprocess.Popen(
-                    ["setsid", "-c", *self.runc.argv("exec", "-t", self.cid, *self.command)],
-                    stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+                if self.bundle:
+                    self._process_file = self._process_spec(*size)
+                    argv = self.runc.argv("exec", "--process", self._process_file, self.cid)
+                else:
+                    argv = self.runc.argv("exec", "-t", self.cid, *self.command)
+                self.proc = subprocess.Popen(["setsid", "-c", *argv], stdin=slave, stdout=slave,
+                                             stderr=slave, close_fds=True)
             finally:
                 os.close(slave)
             self.master = master
@@ -124,6 +146,9 @@ class ExecProcess:
         if self.master >= 0:
             os.close(self.master)
             self.master = -1
+        if self._process_file:
+            with contextlib.suppress(OSError):
+                os.unlink(self._process_file)
         if code < 0:
             code = 128 - code
         if code != 0 and self._stderr_tail:

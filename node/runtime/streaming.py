@@ -29,6 +29,7 @@ log = logging.getLogger("node.runtime.streaming")
 
 TOKEN_TTL = 60.0
 MAX_IN_FLIGHT = 1000
+FIRST_SIZE_WAIT = 1.0  # seconds a terminal's command waits for the client's size
 
 
 class StreamError(Exception):
@@ -153,17 +154,41 @@ async def _noop(*_):
     return None
 
 
-async def run_exec(session: channels.ChannelSession, req, runc, cid: str) -> None:
+async def run_exec(session: channels.ChannelSession, req, runc, cid: str, bundle: str = "") -> None:
+    """A terminal's command starts once the client said its size (kubectl's first message),
+    or after FIRST_SIZE_WAIT seconds at 80x24; stdin sent before the start waits for it."""
     command = list(req.cmd)
-    proc = ExecProcess(runc, cid, command, tty=req.tty, stdin=req.stdin)
+    proc = ExecProcess(runc, cid, command, tty=req.tty, stdin=req.stdin, bundle=bundle)
+    started, sized = asyncio.Event(), asyncio.Event()
+    first_size: list[channels.Size] = []
+
+    async def on_stdin(data: bytes) -> None:
+        await started.wait()
+        await proc.write_stdin(data)
+
+    async def on_stdin_end() -> None:
+        await started.wait()
+        await proc.close_stdin()
+
+    async def on_resize(size: channels.Size) -> None:
+        if not started.is_set():
+            first_size[:] = [size]
+            sized.set()
+        else:
+            await proc.resize(size.width, size.height)
+
+    inputs = asyncio.ensure_future(session.read_input(on_stdin if req.stdin else _noop, on_stdin_end, on_resize))
+    if req.tty:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(sized.wait(), FIRST_SIZE_WAIT)
+    size = (first_size[0].width, first_size[0].height) if first_size else (80, 24)
     try:
-        await proc.start(_output(session, req.stdout, req.stderr or req.tty))
+        await proc.start(_output(session, req.stdout, req.stderr or req.tty), size)
     except OSError as e:
+        inputs.cancel()
         await session.finish(channels.internal_error(f"error executing command in container: {e}"))
         return
-    inputs = asyncio.ensure_future(session.read_input(
-        proc.write_stdin if req.stdin else _noop, proc.close_stdin,
-        lambda size: proc.resize(size.width, size.height)))
+    started.set()
     waiting = asyncio.ensure_future(proc.wait())
     try:
         await asyncio.wait((inputs, waiting), return_when=asyncio.FIRST_COMPLETED)

@@ -1,0 +1,277 @@
+"""kubectl exec, attach, port-forward and logs on a real node, through the apiserver's REST API,
+the kubelet and the runtime's streaming server (issue 21's subresources, issue 18's streams).
+
+One plane for the module: etcdlite, the apiserver, controller-manager and scheduler, one real
+node (runtime on runc + conmon, kubelet). kubectl 1.32.3 speaks WebSocket v5.channel.k8s.io for
+exec and attach and SPDY/3.1 tunnelled in a WebSocket for port-forward, as it does against
+kube-apiserver 1.32; what each test expects is what kubectl prints there (the messages cited).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pty
+import select
+import struct
+import subprocess
+import termios
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from apiserver.client import Client
+from apiserver.manifest import from_dict
+from apiserver.rest.kubeconfig import write_kubeconfig
+from harness.etcd_client import wait_until
+from harness.nodes import need_runtime, real_nodes
+from harness.plane import start_control_plane
+from harness.procs import Registry, free_port
+
+pytestmark = pytest.mark.process
+
+TIMEOUT = 60
+RUN_TIMEOUT = 30
+
+PODS = """
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  containers:
+  - name: httpd
+    image: busybox
+    command: ["sh", "-c", "mkdir -p /www && echo hello from web > /www/index.html && echo started && exec httpd -f -p 80 -h /www"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ticker}
+spec:
+  containers:
+  - name: tick
+    image: busybox
+    command: ["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.3; done"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reader}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: read
+    image: busybox
+    stdin: true
+    stdinOnce: true
+    command: ["sh", "-c", "while read l; do echo got $l; done; echo bye"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: twice}
+spec:
+  restartPolicy: OnFailure
+  volumes: [{name: d, emptyDir: {}}]
+  containers:
+  - name: run
+    image: busybox
+    volumeMounts: [{name: d, mountPath: /d}]
+    command: ["sh", "-c", "if [ -f /d/x ]; then echo second run; sleep 3600; else touch /d/x; echo first run; exit 1; fi"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: broken}
+spec:
+  containers:
+  - name: app
+    image: nosuchimage:1
+"""
+
+
+def kubectl_binary() -> str | None:
+    from tests.test_kubectl import find_kubectl  # noqa: PLC0415 (its search, one place)
+    return find_kubectl()
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory):
+    need_runtime()
+    binary = kubectl_binary()
+    if binary is None:
+        pytest.skip("kubectl not found: run harness/get_kubectl.sh or set KUBECTL")
+    reg = Registry()
+    tmp = tmp_path_factory.mktemp("streams")
+    try:
+        api = start_control_plane(tmp, reg)
+        with real_nodes(tmp, api.endpoint, 1) as nodes, Client(api.endpoint, timeout=20) as client:
+            import yaml
+            for doc in yaml.safe_load_all(PODS):
+                obj = from_dict(doc)
+                obj.metadata.namespace = "default"
+                client.create(obj)
+            config = write_kubeconfig(str(tmp / "kubeconfig"), f"http://{api.endpoint}", namespace="default")
+            yield Plane(client, binary, config, tmp / "cache", nodes)
+    finally:
+        reg.cleanup()
+
+
+class Plane:
+    def __init__(self, client, binary, config, cache, nodes):
+        self.client, self.binary, self.config, self.cache, self.nodes = client, binary, config, cache, nodes
+
+    def argv(self, *args: str) -> list[str]:
+        return [self.binary, "--kubeconfig", str(self.config), "--cache-dir", str(self.cache), *args]
+
+    def run(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(*args), input=input, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+
+    def pod(self, name: str):
+        return self.client.get("pods", name, "default")
+
+    def running(self, name: str):
+        def ok():
+            p = self.pod(name)
+            return p if p.status.phase == "Running" and all(c.state.HasField("running")
+                                                             for c in p.status.container_statuses) else None
+        return wait_until(ok, TIMEOUT, what=f"pod {name} running")
+
+
+def test_exec_separates_stdout_and_stderr_and_exits_with_the_commands_code(plane):
+    plane.running("web")
+    out = plane.run("exec", "web", "--", "sh", "-c", "echo out; echo err >&2")
+    assert (out.returncode, out.stdout, out.stderr) == (0, "out\n", "err\n")
+    # kubectl: "command terminated with exit code N" and exits with N (the NonZeroExitCode Status)
+    failed = plane.run("exec", "web", "--", "sh", "-c", "exit 3")
+    assert failed.returncode == 3
+    assert "command terminated with exit code 3" in failed.stderr
+    # a command runc cannot start: 127 and runc's words, as a shell says
+    missing = plane.run("exec", "web", "--", "nosuchcommand")
+    assert missing.returncode == 127 and "nosuchcommand" in missing.stderr
+
+
+def test_exec_with_stdin_piped(plane):
+    plane.running("web")
+    text = "".join(f"line {i}\n" for i in range(2000))  # ~20 KB: several stdin messages
+    got = plane.run("exec", "-i", "web", "--", "sh", "-c", "cat; echo done", input=text)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == text + "done\n"
+    counted = plane.run("exec", "-i", "web", "--", "wc", "-l", input="a\nb\nc\n")
+    assert counted.stdout.split() == ["3"]
+
+
+def _read_until_exit(fd: int, proc: subprocess.Popen, timeout: float) -> bytes:
+    out = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:  # EIO: kubectl exited, the terminal is gone
+                break
+            if not data:
+                break
+            out += data
+        elif proc.poll() is not None:
+            break
+    return out
+
+
+def test_exec_with_a_terminal(plane):
+    """kubectl exec -it on a pty made here (33 rows, 101 columns): the command sees a
+    terminal of that size (kubectl's first resize message), and what is typed reaches it."""
+    plane.running("web")
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+    proc = subprocess.Popen(plane.argv("exec", "-it", "web", "--", "sh"), stdin=slave, stdout=slave,
+                            stderr=slave, start_new_session=True)
+    os.close(slave)
+    try:
+        os.write(master, b"stty size; tty; echo $((6*7)); exit 7\n")
+        out = _read_until_exit(master, proc, RUN_TIMEOUT).decode(errors="replace")
+        assert proc.wait(10) == 7, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    assert "33 101" in out
+    assert "/dev/pts/" in out
+    assert "42" in out
+
+
+def test_attach_follows_a_running_containers_output(plane):
+    plane.running("ticker")
+    proc = subprocess.Popen(plane.argv("attach", "ticker"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        seen = [proc.stdout.readline() for _ in range(3)]
+    finally:
+        proc.kill()
+        proc.wait()
+    numbers = [int(line.split()[1]) for line in seen]
+    assert numbers == sorted(numbers) and len(set(numbers)) == 3, seen
+
+
+def test_attach_with_stdin_reaches_the_container_and_ends_with_it(plane):
+    """stdinOnce: the container's stdin closes when the attached client's ends, so `read`
+    sees EOF, the container exits and kubectl attach with it."""
+    plane.running("reader")
+    got = plane.run("attach", "-i", "reader", input="x\ny\n")
+    assert got.returncode == 0, got.stderr
+    assert "got x\ngot y\nbye\n" in got.stdout
+    wait_until(lambda: plane.pod("reader").status.phase == "Succeeded", TIMEOUT, what="reader Succeeded")
+    # kubectl's own check (pkg/cmd/exec: a completed pod)
+    done = plane.run("exec", "reader", "--", "ls")
+    assert done.returncode == 1
+    assert "cannot exec into a container in a completed pod; current phase is Succeeded" in done.stderr
+
+
+def test_logs_follow_prints_new_lines(plane):
+    plane.running("ticker")
+    proc = subprocess.Popen(plane.argv("logs", "-f", "--tail=1", "ticker"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        seen = [proc.stdout.readline().decode() for _ in range(4)]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert all(seen), (seen, proc.stderr.read())
+    numbers = [int(line.split()[1]) for line in seen]
+    assert numbers == list(range(numbers[0], numbers[0] + 4)), seen  # the tail, then new lines in order
+
+
+def test_logs_options_and_previous(plane):
+    def restarted():
+        p = plane.pod("twice")
+        return p if p.status.container_statuses and p.status.container_statuses[0].restart_count >= 1 \
+            and p.status.container_statuses[0].state.HasField("running") else None
+    wait_until(restarted, TIMEOUT, what="twice restarted")
+    assert plane.run("logs", "twice").stdout == "second run\n"
+    assert plane.run("logs", "twice", "--previous").stdout == "first run\n"
+    stamped = plane.run("logs", "twice", "--timestamps").stdout
+    assert stamped.endswith(" second run\n") and stamped[:4].isdigit()
+    assert plane.run("logs", "ticker", "--tail=2").stdout.count("\n") == 2
+    since = plane.run("logs", "ticker", "--since=1s").stdout.count("\n")
+    assert 0 < since <= 6  # a line every 0.3 s
+
+
+def test_errors_in_kubernetes_words(plane):
+    plane.running("web")
+    missing = plane.run("exec", "nosuchpod", "--", "ls")
+    assert 'Error from server (NotFound): pods "nosuchpod" not found' in missing.stderr
+    bad = plane.run("exec", "web", "-c", "nope", "--", "ls")
+    assert "Error from server (BadRequest): container nope is not valid for pod web" in bad.stderr
+    logs = plane.run("logs", "web", "-c", "nope")  # kubectl checks this one itself
+    assert "error: container nope is not valid for pod web" in logs.stderr
+    previous = plane.run("logs", "web", "--previous")
+    assert 'Error from server (BadRequest): previous terminated container "httpd" in pod "web" not found' \
+        in previous.stderr
+    wait_until(lambda: any(c.state.waiting.reason in ("ErrImagePull", "ImagePullBackOff")
+                           for c in plane.pod("broken").status.container_statuses), TIMEOUT,
+               what="broken waiting on its image")
+    # the kubelet has no running container: its words, as kubectl prints a failed upgrade
+    waiting = plane.run("exec", "broken", "--", "ls")
+    assert waiting.returncode == 1
+    assert 'error: unable to upgrade connection: container not found ("app")' in waiting.stderr
+    waiting_logs = plane.run("logs", "broken")
+    assert 'is waiting to start: ' in waiting_logs.stderr
