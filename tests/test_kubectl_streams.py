@@ -275,3 +275,42 @@ def test_errors_in_kubernetes_words(plane):
     assert 'error: unable to upgrade connection: container not found ("app")' in waiting.stderr
     waiting_logs = plane.run("logs", "broken")
     assert 'is waiting to start: ' in waiting_logs.stderr
+
+
+@contextlib.contextmanager
+def port_forward(plane, *args: str):
+    """kubectl port-forward running until the block ends; yields its local port."""
+    local = free_port()
+    proc = subprocess.Popen(plane.argv("port-forward", *args, f"{local}:80"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # "Forwarding from 127.0.0.1:<local> -> 80"
+        assert line.startswith(f"Forwarding from 127.0.0.1:{local} -> 80"), (line, proc.stderr.read())
+        yield local, proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _get(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:  # noqa: S310 (loopback)
+        return resp.read().decode()
+
+
+def test_port_forward_reaches_the_pods_httpd(plane):
+    plane.running("web")
+    with port_forward(plane, "pod/web") as (local, _):
+        assert _get(local) == "hello from web\n"
+        assert [_get(local) for _ in range(3)] == ["hello from web\n"] * 3  # one connection each
+
+
+def test_port_forward_to_a_closed_port_says_why(plane):
+    """Nothing listens on 80 in the ticker pod: the forward reports the pod's refusal on the
+    error stream and kubectl keeps forwarding other connections."""
+    plane.running("ticker")
+    with port_forward(plane, "pod/ticker") as (local, proc):
+        with pytest.raises(OSError):
+            _get(local)
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+    assert "an error occurred forwarding" in err and "connection refused" in err.lower(), err
