@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import pty
 import select
@@ -111,14 +112,15 @@ def plane(tmp_path_factory):
                 obj.metadata.namespace = "default"
                 client.create(obj)
             config = write_kubeconfig(str(tmp / "kubeconfig"), f"http://{api.endpoint}", namespace="default")
-            yield Plane(client, binary, config, tmp / "cache", nodes)
+            yield Plane(client, binary, config, tmp / "cache", nodes, api.port)
     finally:
         reg.cleanup()
 
 
 class Plane:
-    def __init__(self, client, binary, config, cache, nodes):
+    def __init__(self, client, binary, config, cache, nodes, api_port):
         self.client, self.binary, self.config, self.cache, self.nodes = client, binary, config, cache, nodes
+        self.api_port = api_port
 
     def argv(self, *args: str) -> list[str]:
         return [self.binary, "--kubeconfig", str(self.config), "--cache-dir", str(self.cache), *args]
@@ -278,11 +280,11 @@ def test_errors_in_kubernetes_words(plane):
 
 
 @contextlib.contextmanager
-def port_forward(plane, *args: str):
+def port_forward(plane, *args: str, env: dict | None = None):
     """kubectl port-forward running until the block ends; yields its local port."""
     local = free_port()
     proc = subprocess.Popen(plane.argv("port-forward", *args, f"{local}:80"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, **(env or {})))
     try:
         line = proc.stdout.readline()  # "Forwarding from 127.0.0.1:<local> -> 80"
         assert line.startswith(f"Forwarding from 127.0.0.1:{local} -> 80"), (line, proc.stderr.read())
@@ -302,6 +304,38 @@ def test_port_forward_reaches_the_pods_httpd(plane):
     with port_forward(plane, "pod/web") as (local, _):
         assert _get(local) == "hello from web\n"
         assert [_get(local) for _ in range(3)] == ["hello from web\n"] * 3  # one connection each
+
+
+def test_port_forward_over_plain_spdy(plane):
+    """kubectl's fallback when the WebSocket tunnel is refused (or turned off): SPDY/3.1 on the
+    upgraded connection itself."""
+    plane.running("web")
+    with port_forward(plane, "pod/web", env={"KUBECTL_PORT_FORWARD_WEBSOCKETS": "false"}) as (local, _):
+        assert _get(local) == "hello from web\n"
+
+
+def test_exec_over_v4_channel_protocol(plane):
+    """A client offering only v4.channel.k8s.io (client-go before 1.30) is served: no close
+    signal, the same channels and Status."""
+    import asyncio
+
+    from httpstream import websocket
+    plane.running("web")
+
+    async def run(server_port: int):
+        ws = await websocket.connect("127.0.0.1", server_port, "/api/v1/namespaces/default/pods/web/exec?"
+                                     "command=sh&command=-c&command=echo+hi%3B+exit+4&stdout=true&stderr=true",
+                                     ["v4.channel.k8s.io"])
+        assert ws.subprotocol == "v4.channel.k8s.io"
+        got = []
+        while (msg := await ws.recv()) is not None:
+            got.append(msg[1])
+        return got
+    got = asyncio.run(run(plane.api_port))
+    assert got[0] == b"\x01hi\n"
+    status = json.loads(got[-1][1:])
+    assert got[-1][:1] == b"\x03" and status["reason"] == "NonZeroExitCode"
+    assert status["details"]["causes"][0]["message"] == "4"
 
 
 def test_port_forward_to_a_closed_port_says_why(plane):
