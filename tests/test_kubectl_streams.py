@@ -19,6 +19,7 @@ import struct
 import subprocess
 import termios
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -67,6 +68,17 @@ spec:
     stdin: true
     stdinOnce: true
     command: ["sh", "-c", "while read l; do echo got $l; done; echo bye"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: term}
+spec:
+  containers:
+  - name: sh
+    image: busybox
+    stdin: true
+    tty: true
+    command: ["sh"]
 ---
 apiVersion: v1
 kind: Pod
@@ -180,26 +192,53 @@ def _read_until_exit(fd: int, proc: subprocess.Popen, timeout: float) -> bytes:
     return out
 
 
-def test_exec_with_a_terminal(plane):
-    """kubectl exec -it on a pty made here (33 rows, 101 columns): the command sees a
-    terminal of that size (kubectl's first resize message), and what is typed reaches it."""
-    plane.running("web")
+def _terminal_session(plane, *args: str, rows: int = 33, cols: int = 101):
+    """kubectl on a pty made here, as its controlling terminal (``setsid -c``: a resize of the
+    pty sends kubectl SIGWINCH, as a user's terminal does): (process, master fd)."""
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
-    proc = subprocess.Popen(plane.argv("exec", "-it", "web", "--", "sh"), stdin=slave, stdout=slave,
-                            stderr=slave, start_new_session=True)
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    proc = subprocess.Popen(["setsid", "-c", *plane.argv(*args)], stdin=slave, stdout=slave, stderr=slave)
     os.close(slave)
+    return proc, master
+
+
+def _read_until(fd: int, want: bytes, timeout: float) -> bytes:
+    out = b""
+    deadline = time.monotonic() + timeout
+    while want not in out and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                out += os.read(fd, 4096)
+            except OSError:
+                break
+    return out
+
+
+def test_exec_with_a_terminal(plane):
+    """kubectl exec -it: the command sees a terminal of the user's size (kubectl's first resize
+    message), what is typed reaches it, a resize of the user's terminal reaches it (the resize
+    channel), and its exit code is kubectl's."""
+    plane.running("web")
+    proc, master = _terminal_session(plane, "exec", "-it", "web", "--", "sh")
     try:
-        os.write(master, b"stty size; tty; echo $((6*7)); exit 7\n")
-        out = _read_until_exit(master, proc, RUN_TIMEOUT).decode(errors="replace")
+        os.write(master, b"stty size; tty; echo $((6*7))\n")
+        out = _read_until(master, b"\r\n42\r\n", RUN_TIMEOUT)
+        assert b"33 101" in out and b"/dev/pts/" in out, out
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 132, 0, 0))
+
+        def resized():
+            os.write(master, b"stty size\n")
+            return b"50 132" in _read_until(master, b"50 132", 1)
+        wait_until(resized, 15, what="the new size inside the container")
+        os.write(master, b"exit 7\n")
+        out = _read_until_exit(master, proc, RUN_TIMEOUT)
         assert proc.wait(10) == 7, out
+        assert b"command terminated with exit code 7" in out
     finally:
         if proc.poll() is None:
             proc.kill()
         os.close(master)
-    assert "33 101" in out
-    assert "/dev/pts/" in out
-    assert "42" in out
 
 
 def test_attach_follows_a_running_containers_output(plane):
@@ -226,6 +265,43 @@ def test_attach_with_stdin_reaches_the_container_and_ends_with_it(plane):
     done = plane.run("exec", "reader", "--", "ls")
     assert done.returncode == 1
     assert "cannot exec into a container in a completed pod; current phase is Succeeded" in done.stderr
+
+
+def test_attach_to_a_terminal(plane):
+    """kubectl attach -it to a container with tty and stdin: conmon's terminal, at the user's
+    size (kubectl's resize message, written to conmon's control fifo)."""
+    plane.running("term")
+    proc, master = _terminal_session(plane, "attach", "-it", "term")
+    try:
+        def answered():
+            os.write(master, b"stty size; echo $((2*21))\n")
+            return _read_until(master, b"\r\n42\r\n", 1)
+        out = wait_until(answered, 15, what="the attached shell answering")
+        assert b"33 101" in out, out
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+
+
+def test_the_kubelets_http_endpoints(plane):
+    """What the apiserver calls on the kubelet's port, directly: /containerLogs with the log
+    options, and the kubelet's own refusals (plain text, as Kubernetes' kubelet writes them)."""
+    plane.running("ticker")
+    node = plane.client.get("nodes", plane.pod("ticker").spec.node_name)
+    base = f"http://127.0.0.1:{node.status.daemon_endpoints.kubelet_endpoint.port}"
+    with urllib.request.urlopen(f"{base}/containerLogs/default/ticker/tick?tailLines=2", timeout=10) as resp:  # noqa: S310
+        lines = resp.read().decode().splitlines()
+    assert len(lines) == 2 and all(line.startswith("tick ") for line in lines)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"{base}/exec/default/nosuchpod/c?command=ls&stdout=1", timeout=10)  # noqa: S310
+    assert (e.value.code, e.value.read()) == (404, b"pod does not exist\n")
+    # the apiserver refuses an exec that is no upgrade (kube-apiserver: "Upgrade request required")
+    req = urllib.request.Request(f"http://127.0.0.1:{plane.api_port}/api/v1/namespaces/default/pods/ticker/"
+                                 f"exec?command=ls&stdout=true", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)  # noqa: S310
+    assert e.value.code == 400 and json.loads(e.value.read())["message"] == "Upgrade request required"
 
 
 def test_logs_follow_prints_new_lines(plane):
