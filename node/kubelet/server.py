@@ -183,7 +183,8 @@ async def serve(containers: Containers, host: str = "127.0.0.1", port: int = 0,
     kubelet_pb2_grpc.add_KubeletServicer_to_server(KubeletService(containers, **service_options), server)
     if hasattr(containers, "exec_url"):
         from node.kubelet.streaming import StreamingFront
-        server.http1_protocol = StreamingFront(containers, **service_options).protocol
+        server.streaming = StreamingFront(containers, **service_options)
+        server.http1_protocol = server.streaming.protocol
     bound = await server.listen(host, port)
     await server.start()
     return server, bound
@@ -220,6 +221,9 @@ class KubeletServer:
             try:
                 await self._stopped.wait()
             finally:
+                front = getattr(server, "streaming", None)
+                if front is not None:  # its connections (exec, logs) end with the kubelet's server
+                    await front.close()
                 await server.stop(grace=0.5)
 
         def run():

@@ -92,21 +92,27 @@ class _Forwarder:
         if kind in pair:
             return False
         pair[kind] = stream
-        if len(pair) == 2:
-            del self.pairs[request_id]
-            task = asyncio.ensure_future(self._forward(pair["error"], pair["data"]))
+        if len(pair) == 1:
+            self._spawn(self._expire(request_id, pair))
         else:
-            task = asyncio.ensure_future(self._expire(request_id))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+            del self.pairs[request_id]
+            self._spawn(self._forward(pair["error"], pair["data"]))
         return True
 
-    async def _expire(self, request_id: str) -> None:
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _expire(self, request_id: str, pair: dict) -> None:
+        """A stream whose partner has not come within PAIR_TIMEOUT is closed (a partner coming
+        later opens a pair of its own, which expires the same way)."""
         await asyncio.sleep(PAIR_TIMEOUT)
-        pair = self.pairs.pop(request_id, None)
-        for s in (pair or {}).values():
-            with contextlib.suppress(ConnectionError):
-                await s.close()
+        if self.pairs.get(request_id) is pair:
+            del self.pairs[request_id]
+            for s in pair.values():
+                with contextlib.suppress(ConnectionError):
+                    await s.close()
 
     async def _forward(self, error: spdy.Stream, data: spdy.Stream) -> None:
         port = int(data.headers.get("port", "0"))
