@@ -424,3 +424,21 @@ def test_port_forward_to_a_closed_port_says_why(plane):
         proc.kill()
         _, err = proc.communicate(timeout=10)
     assert "an error occurred forwarding" in err and "connection refused" in err.lower(), err
+
+
+def test_the_official_python_clients_logs_and_exec(plane):
+    """kubernetes==32.0.1 (another client's WebSocket: websocket-client, v4.channel.k8s.io)."""
+    k8s = pytest.importorskip("kubernetes.client", reason="the official Python client is not installed")
+    from kubernetes.stream import stream  # noqa: PLC0415
+    plane.running("web")
+    conf = k8s.Configuration()
+    conf.host = f"http://127.0.0.1:{plane.api_port}"
+    with k8s.ApiClient(conf) as api:
+        v1 = k8s.CoreV1Api(api)
+        wait_until(lambda: plane.pod("twice").status.container_statuses[0].restart_count >= 1, TIMEOUT,
+                   what="twice restarted")
+        assert v1.read_namespaced_pod_log("twice", "default", previous=True) == "first run\n"
+        assert v1.read_namespaced_pod_log("web", "default", tail_lines=1) == "started\n"
+        out = stream(v1.connect_get_namespaced_pod_exec, "web", "default",
+                     command=["sh", "-c", "echo from python"], stderr=True, stdin=False, stdout=True, tty=False)
+        assert out == "from python\n"
