@@ -442,3 +442,15 @@ def test_the_official_python_clients_logs_and_exec(plane):
         out = stream(v1.connect_get_namespaced_pod_exec, "web", "default",
                      command=["sh", "-c", "echo from python"], stderr=True, stdin=False, stdout=True, tty=False)
         assert out == "from python\n"
+
+
+def test_kubectl_cp_both_ways(plane, tmp_path):
+    """kubectl cp is tar through exec: binary stdin ended by v5's close signal, binary stdout."""
+    plane.running("web")
+    data = os.urandom(200_000)
+    (tmp_path / "blob").write_bytes(data)
+    up = plane.run("cp", str(tmp_path / "blob"), "web:/tmp/blob")
+    assert up.returncode == 0, up.stderr
+    down = plane.run("cp", "web:/tmp/blob", str(tmp_path / "back"))
+    assert down.returncode == 0, down.stderr
+    assert (tmp_path / "back").read_bytes() == data
