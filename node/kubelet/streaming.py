@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from urllib.parse import urlsplit
 
 import grpc
@@ -55,9 +56,10 @@ class StreamingFront:
     HTTP/2). ``containers``: the kubelet's Containers, with exec_url, attach_url and
     port_forward_url (node.kubelet.cri_containers)."""
 
-    def __init__(self, containers, *, poll: float = logs.POLL_INTERVAL,
+    def __init__(self, containers, *, stream_netns: str = "", poll: float = logs.POLL_INTERVAL,
                  state_check: float = logs.STATE_CHECK_INTERVAL) -> None:
         self.containers = containers
+        self.stream_netns = stream_netns
         self.poll, self.state_check = poll, state_check
         self.tasks: set[asyncio.Task] = set()
 
@@ -110,12 +112,27 @@ class StreamingFront:
         url = await self._stream_url(kind, head, namespace, pod, container)
         u = urlsplit(url)
         try:
-            upstream = await relay.open_upstream(u.hostname, u.port)
+            upstream = await self._dial(u.hostname, u.port)
         except OSError as e:
             raise HttpError(503, f"the container runtime's streaming server does not answer: {e}") from None
         headers = dict(head.headers, host=u.netloc)
         forwarded = RequestHead(head.method, u.path, u.path, {}, headers)
         await relay.relay((reader, writer), upstream, head_bytes(forwarded))
+
+    async def _dial(self, host: str, port: int):
+        """The runtime's streaming server, in ``stream_netns`` when one is given."""
+        if not self.stream_netns:
+            return await relay.open_upstream(host, port)
+        from node.network.netns import socket_in
+        sock = await asyncio.to_thread(socket_in, self.stream_netns, socket.AF_INET)
+        try:
+            sock.setblocking(False)
+            async with asyncio.timeout(relay.CONNECT_TIMEOUT):
+                await asyncio.get_running_loop().sock_connect(sock, (host, port))
+            return await asyncio.open_connection(sock=sock)
+        except BaseException:
+            sock.close()
+            raise
 
     async def _stream_url(self, kind: str, head: RequestHead, namespace: str, pod: str, container: str) -> str:
         streams = {k: head.flag(k) for k in ("stdin", "stdout", "stderr", "tty")}
