@@ -248,3 +248,38 @@ def test_relay_passes_bytes_both_ways_and_the_clients_end():
         up.close()
         fr.close()
     asyncio.run(run())
+
+
+def test_the_runtimes_streaming_urls_are_one_time_and_expire(monkeypatch):
+    from node.pb import cri_pb2
+    from node.runtime import streaming
+
+    async def get(port: int, path: str) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = await reader.read()
+        writer.close()
+        return data.split(b"\r\n", 1)[0]
+
+    async def run():
+        server = streaming.StreamServer()
+        with pytest.raises(streaming.StreamError):  # not started: UNAVAILABLE
+            server.url("exec", cri_pb2.ExecRequest(), None)
+        port = await server.start()
+        url = server.url("exec", cri_pb2.ExecRequest(cmd=["true"], stdout=True), None)
+        path = url.split(str(port), 1)[1]
+        assert url.startswith(f"http://127.0.0.1:{port}/exec/")
+        assert await get(port, path) == b"HTTP/1.1 400 Bad Request"   # no upgrade, but the token is used
+        assert await get(port, path) == b"HTTP/1.1 404 Not Found"     # used once
+        monkeypatch.setattr(streaming, "TOKEN_TTL", -1.0)
+        stale = server.url("exec", cri_pb2.ExecRequest(cmd=["true"], stdout=True), None)
+        assert await get(port, stale.split(str(port), 1)[1]) == b"HTTP/1.1 404 Not Found"  # expired
+        monkeypatch.setattr(streaming, "MAX_IN_FLIGHT", 2)
+        monkeypatch.setattr(streaming, "TOKEN_TTL", 60.0)
+        server.url("attach", cri_pb2.AttachRequest(), None)
+        server.url("attach", cri_pb2.AttachRequest(), None)
+        with pytest.raises(streaming.StreamError) as e:
+            server.url("attach", cri_pb2.AttachRequest(), None)
+        assert e.value.code == "RESOURCE_EXHAUSTED"
+        await server.stop()
+    asyncio.run(run())
