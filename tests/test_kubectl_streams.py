@@ -273,12 +273,16 @@ def test_attach_to_a_terminal(plane):
     program redraw), each a line on conmon's control fifo; the last one wins."""
     plane.running("term")
     proc, master = _terminal_session(plane, "attach", "-it", "term")
+    seen = []
     try:
         def answered():
             os.write(master, b"stty size; echo $((2*21))\n")
-            out = _read_until(master, b"\r\n42\r\n", 1)
-            return out if b"33 101" in out else None
-        wait_until(answered, 15, what="the attached shell answering at the user's size")
+            seen.append(_read_until(master, b"\r\n42\r\n", 1))
+            return b"33 101" in seen[-1]
+        try:
+            wait_until(answered, 15, what="the attached shell answering at the user's size")
+        except AssertionError:
+            raise AssertionError(b"".join(seen)[-2000:]) from None
     finally:
         proc.kill()
         proc.wait()

@@ -27,6 +27,7 @@ import socket
 import struct
 import subprocess
 import termios
+import time
 
 from node.runtime.runc import Runc
 
@@ -34,6 +35,23 @@ READ_CHUNK = 32 * 1024
 ATTACH_PACKET = 8192 + 1  # conmon's buffer and its pipe byte
 STDOUT_PIPE, STDERR_PIPE = 2, 3
 _WIN_RESIZE = 1
+RESIZE_SETTLE = 1.0  # seconds a resize waits for conmon to read the one before
+
+
+def _fifo_pending(fd: int) -> int:
+    """Bytes written to a fifo and not read yet (FIONREAD works on either end)."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def _fifo_pending_at(path: str) -> int:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return 0
+    try:
+        return _fifo_pending(fd)
+    finally:
+        os.close(fd)
 
 
 def set_size(fd: int, width: int, height: int) -> None:
@@ -218,9 +236,17 @@ class Attachment:
                 self.sock.shutdown(socket.SHUT_WR)
 
     async def resize(self, width: int, height: int) -> None:
+        """One line on conmon's control fifo, written once conmon has read every earlier one
+        from it and from its internal ``winsz`` fifo: conmon before 2.2.0 (Debian has 2.1.6)
+        handles a read holding two lines as its first line twice, so kubectl attach's two
+        resizes in a row (the size plus one, then the size) would leave the wrong one."""
         def write():
             fd = os.open(os.path.join(self.bundle, "ctl"), os.O_WRONLY | os.O_NONBLOCK)
             try:
+                deadline = time.monotonic() + RESIZE_SETTLE
+                while time.monotonic() < deadline and (
+                        _fifo_pending(fd) or _fifo_pending_at(os.path.join(self.bundle, "winsz"))):
+                    time.sleep(0.005)
                 os.write(fd, f"{_WIN_RESIZE} {height} {width}\n".encode())
             finally:
                 os.close(fd)
