@@ -14,11 +14,13 @@ Only the binary v4/v5 protocols are served (client-go's websocket executor speak
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from httpstream.websocket import BINARY, WebSocket
+from httpstream.websocket import BINARY, GOING_AWAY, WebSocket
 
 V5 = "v5.channel.k8s.io"
 V4 = "v4.channel.k8s.io"
@@ -79,10 +81,31 @@ class ChannelSession:
 
     async def read_input(self, on_stdin: Callable[[bytes], Awaitable[None]],
                          on_stdin_end: Callable[[], Awaitable[None]],
-                         on_resize: Callable[[Size], Awaitable[None]]) -> None:
+                         on_resize: Callable[[Size], Awaitable[None]],
+                         idle_timeout: float | None = None) -> None:
         """Dispatch what the client sends until it closes: stdin data, the end of stdin (v5's
         close signal; for v4, the connection's end), resizes. Messages on other channels are
-        dropped, as client-go drops those of unknown streams."""
+        dropped, as client-go drops those of unknown streams. ``idle_timeout``: a client that
+        sends nothing at all (not even the pings kubectl sends every 5 s) for this long is
+        taken as gone, as the kubelet's streaming-connection-idle-timeout does."""
+        watchdog = asyncio.ensure_future(self._watch_idle(idle_timeout)) if idle_timeout else None
+        try:
+            await self._dispatch(on_stdin, on_stdin_end, on_resize)
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+
+    async def _watch_idle(self, idle_timeout: float) -> None:
+        """Ends the connection once no frame (data or control) came for ``idle_timeout``."""
+        while True:
+            left = self.ws.last_seen + idle_timeout - time.monotonic()
+            if left <= 0:
+                await self.ws.close(GOING_AWAY, "idle")
+                self.ws.writer.close()
+                return
+            await asyncio.sleep(min(left, 60.0))
+
+    async def _dispatch(self, on_stdin, on_stdin_end, on_resize) -> None:
         ended = False
         while True:
             msg = await self.ws.recv()

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import os
 import struct
+import time
 
 from httpstream.http import RequestHead, response_bytes, status_body
 
@@ -117,9 +118,11 @@ class WebSocket:
         self._write_lock = asyncio.Lock()
         self.close_sent = False
         self.close_received: int | None = None
+        self.last_seen = time.monotonic()  # when a frame (data or control) last began to arrive
 
     async def _frame(self) -> tuple[bool, int, bytes]:
         b0, b1 = await self.reader.readexactly(2)
+        self.last_seen = time.monotonic()
         fin, rsv, opcode = bool(b0 & 0x80), b0 & 0x70, b0 & 0x0F
         masked, n = bool(b1 & 0x80), b1 & 0x7F
         if rsv:

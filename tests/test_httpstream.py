@@ -283,3 +283,29 @@ def test_the_runtimes_streaming_urls_are_one_time_and_expire(monkeypatch):
         assert e.value.code == "RESOURCE_EXHAUSTED"
         await server.stop()
     asyncio.run(run())
+
+
+def test_a_client_silent_past_the_idle_timeout_is_gone_and_pings_keep_it():
+    async def run():
+        server, ws, reader, writer = await _pair(subprotocol=channels.V5)
+        session = channels.ChannelSession(ws)
+        inputs = asyncio.ensure_future(session.read_input(_nothing, _nothing, _nothing, idle_timeout=0.3))
+        for _ in range(6):  # 0.6 s of pings only: alive
+            writer.write(websocket.encode_frame(websocket.PING, b"", mask=True))
+            await asyncio.sleep(0.1)
+        assert not inputs.done()
+        await asyncio.wait_for(inputs, 2)  # then silence: gone
+        frames = []
+        while True:
+            try:
+                frames.append(await asyncio.wait_for(_read_frame(reader), 2))
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+        assert (websocket.CLOSE, struct.pack(">H", websocket.GOING_AWAY) + b"idle") in frames
+        writer.close()
+        server.close()
+    asyncio.run(run())
+
+
+async def _nothing(*_):
+    return None

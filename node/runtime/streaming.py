@@ -30,6 +30,8 @@ log = logging.getLogger("node.runtime.streaming")
 TOKEN_TTL = 60.0
 MAX_IN_FLIGHT = 1000
 FIRST_SIZE_WAIT = 1.0  # seconds a terminal's command waits for the client's size
+# a client that sends nothing for this long is gone (the kubelet's and containerd's default, 4 h)
+STREAM_IDLE_TIMEOUT = 4 * 3600.0
 
 
 class StreamError(Exception):
@@ -177,7 +179,8 @@ async def run_exec(session: channels.ChannelSession, req, runc, cid: str, bundle
         else:
             await proc.resize(size.width, size.height)
 
-    inputs = asyncio.ensure_future(session.read_input(on_stdin if req.stdin else _noop, on_stdin_end, on_resize))
+    inputs = asyncio.ensure_future(session.read_input(on_stdin if req.stdin else _noop, on_stdin_end, on_resize,
+                                                      STREAM_IDLE_TIMEOUT))
     if req.tty:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(sized.wait(), FIRST_SIZE_WAIT)
@@ -216,7 +219,7 @@ async def run_attach(session: channels.ChannelSession, req, bundle: str) -> None
         output = asyncio.ensure_future(att.pump_output(_output(session, req.stdout, req.stderr or req.tty)))
         inputs = asyncio.ensure_future(session.read_input(
             att.write_stdin if req.stdin else _noop, att.close_stdin if req.stdin else _noop,
-            lambda size: att.resize(size.width, size.height) if req.tty else _noop()))
+            lambda size: att.resize(size.width, size.height) if req.tty else _noop(), STREAM_IDLE_TIMEOUT))
         await asyncio.wait((output, inputs), return_when=asyncio.FIRST_COMPLETED)
         for t in (output, inputs):
             t.cancel()
