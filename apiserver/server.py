@@ -119,7 +119,7 @@ async def serve(args: argparse.Namespace, transformer) -> int:
     add_to_server(ApiServerService(registry, kubelets), server)
     # Kubernetes' REST API on the same port: connections that do not open with HTTP/2's
     # preface are HTTP/1.1 (kubectl and client-go over http://)
-    rest = rest_serving.front(registry)
+    rest = rest_serving.front(registry, kubelets)
     server.http1_protocol = rest.protocol
     address = f"{args.bind_address}:{args.port}"
     host = "127.0.0.1" if args.bind_address == "localhost" else args.bind_address.strip("[]")

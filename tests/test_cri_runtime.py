@@ -456,3 +456,31 @@ def test_privileged_and_default_capabilities(node, sandbox):
     masked = ["grep", "-c", " /proc/keys ", "/proc/self/mountinfo"]
     assert node.client.exec_sync(plain, masked, timeout=10).stdout.strip() == b"1", "/proc/keys is masked"
     assert node.client.exec_sync(priv, masked, timeout=10).stdout.strip() == b"0", "not for a privileged one"
+
+
+def test_streaming_calls_answer_a_url_or_the_reason_they_cannot(node, sandbox):
+    """Exec, Attach and PortForward answer a URL of the runtime's streaming server (what is
+    behind it: tests/test_kubectl_streams.py); what the streaming server could not serve is
+    refused here, in the words of the kubelet's streaming server."""
+    sid, cfg = sandbox
+    cid = run(node, sandbox, "streamed", ["sleep", "300"])
+    url = node.client.exec(cri_pb2.ExecRequest(container_id=cid, cmd=["true"], stdout=True))
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/exec/[\w-]+", url), url
+    assert "/attach/" in node.client.attach(cri_pb2.AttachRequest(container_id=cid, stdout=True))
+    assert "/portforward/" in node.client.port_forward(sid, [80])
+    for request, words in ((cri_pb2.ExecRequest(container_id=cid, cmd=["true"]), "one of stdin, stdout, or stderr"),
+                           (cri_pb2.ExecRequest(container_id=cid, cmd=["true"], tty=True, stdout=True, stderr=True),
+                            "tty and stderr cannot both be true"),
+                           (cri_pb2.ExecRequest(container_id=cid, stdout=True), "cmd must not be empty")):
+        with pytest.raises(CriError) as e:
+            node.client.exec(request)
+        assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and words in e.value.details
+    done = run(node, sandbox, "done", ["true"])
+    wait_state(node, done, cri_pb2.CONTAINER_EXITED)
+    with pytest.raises(CriError) as e:
+        node.client.exec(cri_pb2.ExecRequest(container_id=done, cmd=["true"], stdout=True))
+    assert (e.value.code, e.value.details) == (grpc.StatusCode.FAILED_PRECONDITION,
+                                               "container is in CONTAINER_EXITED state")
+    with pytest.raises(CriError) as e:
+        node.client.port_forward("0" * 64, [80])
+    assert e.value.code == grpc.StatusCode.NOT_FOUND

@@ -12,5 +12,6 @@
 - ``tables``: meta.k8s.io Tables with kubectl's columns
 - ``status``: errors as meta/v1 Status
 - ``openapi``: the OpenAPI documents (not yet)
+- ``streams``: pods/log, and pods/exec, attach, portforward relayed to the kubelet
 - ``serving``: the pieces put together for apiserver/server.py
 """

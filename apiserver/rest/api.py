@@ -10,10 +10,10 @@ import logging
 
 import yaml
 
-from apiserver import errors, manifest, resources
+from apiserver import errors, manifest
 from apiserver.errors import ApiError
 from apiserver.registry import Registry, parse_resource_version
-from apiserver.rest import apply, convert, discovery, openapi, patch, protobuf, routing, tables, watch
+from apiserver.rest import apply, convert, discovery, openapi, patch, protobuf, routing, streams, tables, watch
 from apiserver.rest.http1 import Request, Response, json_response
 from apiserver.rest.status import error_response, http_error, success
 
@@ -31,8 +31,9 @@ def _strip_kind(obj: dict) -> dict:
 
 
 class RestApi:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, kubelets=None) -> None:
         self.registry = registry
+        self.streams = streams.PodStreams(registry, kubelets)
         self.items = convert.ItemCache()
         self.lines = watch.SharedLines()
 
@@ -51,7 +52,7 @@ class RestApi:
         if target is not None:
             return await self._resource(req, target)
         if req.method not in ("GET", "HEAD"):
-            return http_error(405, f"the server does not allow this method on the requested resource")
+            return http_error(405, "the server does not allow this method on the requested resource")
         return self._discovery(req, path)
 
     # ---- discovery ----
@@ -96,6 +97,8 @@ class RestApi:
             if t.res.name not in discovery.SCALABLE:
                 return http_error(404, "the server could not find the requested resource")
             return await self._scale(req, t)
+        if t.subresource in streams.SUBRESOURCES and t.res.name == "pods" and t.name:
+            return await self.streams.handle(req, t)
         if t.subresource == "eviction" and t.res.name == "pods":
             if m != "POST":
                 return http_error(405, "the server does not allow this method on the requested resource")
@@ -124,7 +127,7 @@ class RestApi:
                 return await self._patch(req, t)
             if m == "DELETE" and not t.subresource:
                 return await self._delete(req, t)
-        return http_error(405, f"the server does not allow this method on the requested resource")
+        return http_error(405, "the server does not allow this method on the requested resource")
 
     def _object(self, req: Request, t: routing.Target, obj: dict, status: int = 200) -> Response:
         table = tables.wants_table(req.headers.get("accept", ""))

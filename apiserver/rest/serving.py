@@ -9,5 +9,7 @@ from apiserver.rest.http1 import Http1Server
 from apiserver.rest.status import http_error
 
 
-def front(registry: Registry) -> Http1Server:
-    return Http1Server(RestApi(registry).handle, http_error)
+def front(registry: Registry, kubelets=None) -> Http1Server:
+    """``kubelets`` (apiserver.kubelet.KubeletClients): where pods/log, exec, attach and
+    portforward go; None serves none of them."""
+    return Http1Server(RestApi(registry, kubelets).handle, http_error)

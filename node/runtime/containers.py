@@ -199,7 +199,8 @@ class Containers:
             }
             pid, mon = runc.create(self.runc, cid, d, log_path, self.exit_dir,
                                    os.path.join(d, "persist"), name=config.metadata.name,
-                                   terminal=spec["process"]["terminal"])
+                                   terminal=spec["process"]["terminal"], stdin=config.stdin,
+                                   stdin_once=config.stdin_once)
             self.conmons[cid] = mon
             rec.update(pid=pid, conmon_pid=mon.pid)
             self.store.save(rec)
