@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import grpc
+import yaml
 
 from apiserver import resources
 from apiserver.errors import ApiError, from_rpc_error
@@ -215,6 +216,19 @@ class Client:
         return self._unwrap(self._call(self._stub.Patch, api_pb2.PatchRequest(
             resource=res.name, namespace=namespace if res.namespaced else "", name=name,
             merge_patch=text, status=status)))
+
+    def apply(self, config: dict | str, *, field_manager: str, force: bool = False, status: bool = False,
+              dry_run: bool = False):
+        """Server-side apply of ``config`` (the object's Kubernetes JSON as a dict,
+        or YAML/JSON text) by ``field_manager``: creates the object if missing."""
+        data = yaml.safe_load(config) if isinstance(config, str) else config
+        res = _resource(data.get("kind", "") if isinstance(data, dict) else "")
+        meta = data.get("metadata") or {}
+        text = config if isinstance(config, str) else json.dumps(config)
+        return self._unwrap(self._call(self._stub.Patch, api_pb2.PatchRequest(
+            resource=res.name, namespace=(meta.get("namespace") or "default") if res.namespaced else "",
+            name=meta.get("name", ""), apply_patch=text, field_manager=field_manager, force=force,
+            status=status, dry_run=dry_run)))
 
     def delete(self, kind: str, name: str, namespace: str = "default", *, uid: str = "",
                resource_version: str = "", propagation_policy: str = "",

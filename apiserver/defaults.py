@@ -10,6 +10,10 @@ NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
 DEFAULT_SCHEDULER = "default-scheduler"
 NAMESPACE_FINALIZER = "kubernetes"
+# the StorageObjectInUseProtection admission plugin's: a claim a pod uses, or a
+# volume a claim is bound to, is not removed until that use ends
+PVC_PROTECTION_FINALIZER = "kubernetes.io/pvc-protection"
+PV_PROTECTION_FINALIZER = "kubernetes.io/pv-protection"
 VOLUME_SOURCES = ("host_path", "empty_dir", "secret", "persistent_volume_claim", "config_map")
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 # the mode of files projected from a ConfigMap or Secret unless the volume says
@@ -61,6 +65,20 @@ def apply_defaults(resource: Resource, msg, *, not_ready_toleration_seconds: int
         msg.ClearField("string_data")
     elif name == "nodes" and not msg.status.allocatable:
         msg.status.allocatable.update(msg.status.capacity)
+    elif name == "persistentvolumes":
+        msg.spec.persistent_volume_reclaim_policy = msg.spec.persistent_volume_reclaim_policy or "Retain"
+        msg.spec.volume_mode = msg.spec.volume_mode or "Filesystem"
+        msg.status.phase = msg.status.phase or "Pending"
+        if for_create and PV_PROTECTION_FINALIZER not in msg.metadata.finalizers:
+            msg.metadata.finalizers.append(PV_PROTECTION_FINALIZER)
+    elif name == "persistentvolumeclaims":
+        msg.spec.volume_mode = msg.spec.volume_mode or "Filesystem"
+        msg.status.phase = msg.status.phase or "Pending"
+        if for_create and PVC_PROTECTION_FINALIZER not in msg.metadata.finalizers:
+            msg.metadata.finalizers.append(PVC_PROTECTION_FINALIZER)
+    elif name == "storageclasses":
+        msg.reclaim_policy = msg.reclaim_policy or "Delete"
+        msg.volume_binding_mode = msg.volume_binding_mode or "Immediate"
 
 
 def _default_pod_spec(spec: core_pb2.PodSpec) -> None:

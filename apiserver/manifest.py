@@ -55,6 +55,10 @@ _NUMBER_AS_STRING = frozenset({
     "core.v1.ResourceRequirements.requests",
     "core.v1.NodeStatus.capacity",
     "core.v1.NodeStatus.allocatable",
+    "core.v1.PersistentVolumeSpec.capacity",
+    "core.v1.VolumeResourceRequirements.limits",
+    "core.v1.VolumeResourceRequirements.requests",
+    "core.v1.PersistentVolumeClaimStatus.capacity",
     "apps.v1.RollingUpdateDeployment.max_surge",
     "apps.v1.RollingUpdateDeployment.max_unavailable",
 })
@@ -94,8 +98,14 @@ def _is_map(field: FieldDescriptor) -> bool:
             and field.message_type.GetOptions().map_entry)
 
 
+# metav1.FieldsV1 holds JSON text, written into the object's JSON as that JSON
+_FIELDS_V1 = "meta.v1.FieldsV1"
+
+
 def _scalar_or_message_to_json(field: FieldDescriptor, value):
     if field.type == FieldDescriptor.TYPE_MESSAGE:
+        if field.message_type.full_name == _FIELDS_V1:
+            return json.loads(value.raw) if value.raw else {}
         return message_to_json(value)
     if field.type == FieldDescriptor.TYPE_BYTES:
         return base64.b64encode(value).decode("ascii")
@@ -162,6 +172,11 @@ class _Decoder:
                     self.message(target.add(), item, item_path)
                 else:
                     target.append(self.scalar(field, item, item_path))
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.full_name == _FIELDS_V1:
+            if not isinstance(value, dict):
+                raise self.type_error(value, path, "object")
+            getattr(msg, field.name).raw = json.dumps(value, separators=(",", ":"), ensure_ascii=False) \
+                if value else ""
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
             sub = getattr(msg, field.name)
             sub.SetInParent()  # "emptyDir": {} is a choice, not nothing

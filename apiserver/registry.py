@@ -18,8 +18,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from apiserver import defaults, errors, manifest, resources, validation
+from apiserver import defaults, errors, fieldmanager, manifest, resources, validation
 from apiserver.errors import ApiError
+from apiserver.fieldmanager import Manager
 from apiserver.limits import check_request_size
 from apiserver.resources import Resource
 from apiserver.selectors import make_predicate
@@ -170,7 +171,10 @@ class Registry:
 
     # ---- create ---------------------------------------------------------
 
-    async def create(self, res: Resource, incoming):
+    async def create(self, res: Resource, incoming, *, manager: Manager | None = None,
+                     dry_run: bool = False):
+        """``manager``: who creates, recorded in managedFields (none: they are
+        stored as given). ``dry_run``: everything but the write."""
         check_request_size(incoming.ByteSize())
         msg = copy_of(incoming)
         meta = msg.metadata
@@ -190,6 +194,8 @@ class Registry:
         generated = not meta.name and bool(meta.generate_name)
         if generated:
             meta.name = generated_name(meta.generate_name)
+        if manager is not None:
+            fieldmanager.track_update(res, None, msg, manager)
         self._check_size(res, msg)  # before validation walks it
         allocating = res is SERVICES and self.allocator is not None
         if allocating:
@@ -199,14 +205,14 @@ class Registry:
         for attempt in range(GENERATE_NAME_ATTEMPTS if generated else 1):
             try:
                 if allocating:
-                    return await self._create_service(msg)
-                return await self.storage.create(res, msg)
+                    return await self._create_service(msg, dry_run=dry_run)
+                return await self.storage.create(res, msg, dry_run=dry_run)
             except ApiError as e:
                 if e.reason != "AlreadyExists" or not generated or attempt == GENERATE_NAME_ATTEMPTS - 1:
                     raise
                 meta.name = generated_name(meta.generate_name)
 
-    async def _create_service(self, msg):
+    async def _create_service(self, msg, *, dry_run: bool = False):
         """Stores a Service with its ClusterIP and NodePorts, all in one Txn.
         A value picked at random that another create took meanwhile is
         picked again; one the user asked for is Invalid."""
@@ -216,7 +222,7 @@ class Registry:
             plan = await self.allocator.plan_create(svc, avoid)
             validation.validate_create(SERVICES, svc)
             try:
-                return await self.storage.create(SERVICES, svc, claims=plan.claims)
+                return await self.storage.create(SERVICES, svc, claims=plan.claims, dry_run=dry_run)
             except ClaimTaken as e:
                 plan.raise_if_requested(svc.metadata.name, e.keys)
                 avoid |= e.keys
@@ -224,12 +230,14 @@ class Registry:
                               f"after {ALLOCATION_ATTEMPTS} attempts: the ranges are nearly full; retry")
 
     async def _guaranteed_update(self, res: Resource, namespace: str, name: str, update_fn, *,
-                                 expected_revision: int | None = None, allocate: bool = True):
+                                 expected_revision: int | None = None, allocate: bool = True,
+                                 dry_run: bool = False):
         """storage.guaranteed_update, for Services with their allocations
         taken and freed in the same Txn (``allocate``: the spec may change)."""
         if res is not SERVICES or self.allocator is None or not allocate:
             return await self.storage.guaranteed_update(res, namespace, name, update_fn,
-                                                        expected_revision=expected_revision)
+                                                        expected_revision=expected_revision,
+                                                        dry_run=dry_run)
         avoid: set[bytes] = set()
         plans: list[Plan] = []
 
@@ -245,7 +253,7 @@ class Registry:
             try:
                 return await self.storage.guaranteed_update(res, namespace, name, update_fn,
                                                             expected_revision=expected_revision,
-                                                            claims_fn=claims_fn)
+                                                            claims_fn=claims_fn, dry_run=dry_run)
             except ClaimTaken as e:
                 plans[-1].raise_if_requested(name, e.keys)
                 avoid |= e.keys
@@ -293,10 +301,15 @@ class Registry:
 
     # ---- update ---------------------------------------------------------
 
-    def _prepare_update(self, res: Resource, new, current, *, status: bool):
+    def _prepare_update(self, res: Resource, new, current, *, status: bool,
+                        manager: Manager | None = None, managed=None):
         """The object to store for an update of ``current`` to ``new``;
-        None when the update completes a deletion."""
+        None when the update completes a deletion. managedFields: ``managed``
+        (an apply's) if given, else updated for ``manager``, else as sent
+        (the stored ones when none are sent)."""
         meta, cur = new.metadata, current.metadata
+        if not status and managed is None and not meta.managed_fields:
+            meta.managed_fields.extend(cur.managed_fields)
         if status:
             # the status subresource changes status only
             incoming_status = new.status
@@ -335,12 +348,18 @@ class Registry:
             meta.generation = cur.generation + 1
         if _deletion_done(res, new):
             return None
+        if managed is not None:
+            del meta.managed_fields[:]
+            meta.managed_fields.extend(managed)
+        elif manager is not None:
+            fieldmanager.track_update(res, current, new, manager)
         if new == current:
             return current  # nothing changed: no write, the resourceVersion stays
         self._check_size(res, new)
         return new
 
-    async def _update(self, res: Resource, incoming, *, status: bool):
+    async def _update(self, res: Resource, incoming, *, status: bool, manager: Manager | None,
+                      dry_run: bool):
         if status and not res.has_status:
             raise errors.method_not_allowed(f"{res.name} have no status subresource")
         check_request_size(incoming.ByteSize())
@@ -353,19 +372,54 @@ class Registry:
         wanted.metadata.namespace = namespace
 
         def update(current):
-            return self._prepare_update(res, copy_of(wanted), current, status=status)
+            return self._prepare_update(res, copy_of(wanted), current, status=status, manager=manager)
 
-        return await self._guaranteed_update(res, namespace, name, update,
-                                             expected_revision=expected, allocate=not status)
+        return await self._guaranteed_update(res, namespace, name, update, expected_revision=expected,
+                                             allocate=not status, dry_run=dry_run)
 
-    async def update(self, res: Resource, incoming):
-        return await self._update(res, incoming, status=False)
+    async def update(self, res: Resource, incoming, *, manager: Manager | None = None,
+                     dry_run: bool = False):
+        return await self._update(res, incoming, status=False, manager=manager, dry_run=dry_run)
 
-    async def update_status(self, res: Resource, incoming):
-        return await self._update(res, incoming, status=True)
+    async def update_status(self, res: Resource, incoming, *, manager: Manager | None = None,
+                            dry_run: bool = False):
+        return await self._update(res, incoming, status=True, manager=manager, dry_run=dry_run)
+
+    async def apply(self, res: Resource, namespace: str, name: str, config: dict, manager: Manager, *,
+                    force: bool = False, status: bool = False, dry_run: bool = False):
+        """Server-side apply of ``config`` (the applied object's JSON, checked
+        by the caller) by ``manager`` (fieldmanager.apply); creates the object
+        when it does not exist (not through the status subresource). Returns
+        (the object, whether it was created)."""
+        if status and not res.has_status:
+            raise errors.method_not_allowed(f"{res.name} have no status subresource")
+        namespace = self.namespace_of(res, namespace)
+
+        def applied(current):
+            new = fieldmanager.apply(res, current, config, manager, force=force)
+            new.metadata.namespace, new.metadata.name = namespace, name
+            return new
+
+        def update(current):
+            new = applied(current)
+            managed = [copy_of(e) for e in new.metadata.managed_fields]
+            return self._prepare_update(res, new, current, status=status, managed=managed)
+
+        while True:
+            try:
+                return await self._guaranteed_update(res, namespace, name, update, allocate=not status,
+                                                     dry_run=dry_run), False
+            except ApiError as e:
+                if e.reason != "NotFound" or status:
+                    raise
+            try:
+                return await self.create(res, applied(None), dry_run=dry_run), True
+            except ApiError as e:
+                if e.reason != "AlreadyExists":
+                    raise
 
     async def patch(self, res: Resource, namespace: str, name: str, merge_patch: str, *,
-                    status: bool = False):
+                    status: bool = False, manager: Manager | None = None, dry_run: bool = False):
         if status and not res.has_status:
             raise errors.method_not_allowed(f"{res.name} have no status subresource")
         namespace = self.namespace_of(res, namespace)
@@ -378,15 +432,16 @@ class Registry:
                 raise errors.conflict(res.qualified, name)
             new.metadata.namespace = namespace
             new.metadata.name = name
-            return self._prepare_update(res, new, current, status=status)
+            return self._prepare_update(res, new, current, status=status, manager=manager)
 
-        return await self._guaranteed_update(res, namespace, name, update, allocate=not status)
+        return await self._guaranteed_update(res, namespace, name, update, allocate=not status,
+                                             dry_run=dry_run)
 
     # ---- delete ---------------------------------------------------------
 
     async def delete(self, res: Resource, namespace: str, name: str, *, uid: str = "",
                      resource_version: str = "", propagation_policy: str = "",
-                     grace_period_seconds: int | None = None):
+                     grace_period_seconds: int | None = None, dry_run: bool = False):
         if propagation_policy not in PROPAGATION_POLICIES:
             raise errors.bad_request(f'invalid propagationPolicy "{propagation_policy}": '
                                      "must be Background, Foreground or Orphan")
@@ -424,7 +479,8 @@ class Registry:
             if res is NAMESPACES:
                 new.status.phase = "Terminating"
                 # before the write: a create that reads the cache after it is answered must not pass
-                self._deleting_namespace(name)
+                if not dry_run:
+                    self._deleting_namespace(name)
             if not new.metadata.deletion_timestamp:
                 new.metadata.deletion_timestamp = now_rfc3339(grace)
             if res is PODS or new.metadata.HasField("deletion_grace_period_seconds"):
@@ -435,4 +491,4 @@ class Registry:
 
         # the uid and resourceVersion preconditions are checked against what
         # was read; the write itself is a CAS on that read
-        return await self._guaranteed_update(res, namespace, name, update)
+        return await self._guaranteed_update(res, namespace, name, update, dry_run=dry_run)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from apiserver.pb import (api_pb2, apps_pb2, coordination_pb2, core_pb2, discovery_pb2, networking_pb2,
-                          rbac_pb2, serviceaccount_pb2)
+                          rbac_pb2, serviceaccount_pb2, storage_pb2)
 
 REGISTRY_PREFIX = "/registry/"
 # where kubelets keep their node Leases (core/v1 NamespaceNodeLease)
@@ -89,6 +89,14 @@ RESOURCES: tuple[Resource, ...] = (
     # one per allocated Service IP, named by the address (apiserver/service_alloc.py)
     Resource("ipaddresses", "IPAddress", "networking.k8s.io/v1", "ip_address", networking_pb2.IPAddress,
              namespaced=False, has_status=False, has_spec=True, short_names=("ip",)),
+    # persistent storage: volumes, claims on them, classes that make them (controllers/persistentvolume)
+    Resource("persistentvolumes", "PersistentVolume", "v1", "persistent_volume", core_pb2.PersistentVolume,
+             namespaced=False, has_status=True, has_spec=True, short_names=("pv",)),
+    Resource("persistentvolumeclaims", "PersistentVolumeClaim", "v1", "persistent_volume_claim",
+             core_pb2.PersistentVolumeClaim, namespaced=True, has_status=True, has_spec=True,
+             short_names=("pvc",)),
+    Resource("storageclasses", "StorageClass", "storage.k8s.io/v1", "storage_class", storage_pb2.StorageClass,
+             namespaced=False, has_status=False, has_spec=False, short_names=("sc",)),
     # issue 23: identities and RBAC (apiserver/auth/)
     Resource("serviceaccounts", "ServiceAccount", "v1", "service_account", serviceaccount_pb2.ServiceAccount,
              namespaced=True, has_status=False, has_spec=False, short_names=("sa",)),

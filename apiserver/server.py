@@ -136,7 +136,7 @@ async def serve(args: argparse.Namespace, transformer) -> int:
     # Kubernetes' REST API on the same port: connections that do not open with HTTP/2's
     # preface are HTTP/1.1 (kubectl and client-go over http://, or https:// where ALPN chose
     # http/1.1)
-    rest = rest_serving.front(registry, gate)
+    rest = rest_serving.front(registry, kubelets, gate)
     server.http1_protocol = rest.protocol
     address = f"{args.bind_address}:{args.port}"
     host = "127.0.0.1" if args.bind_address == "localhost" else args.bind_address.strip("[]")

@@ -15,10 +15,11 @@ from collections import OrderedDict
 import grpc
 from google.protobuf import message_factory
 
-from apiserver import errors, resources
+from apiserver import errors, fieldmanager, resources
 from apiserver.auth.audit import now as audit_now
 from apiserver.auth.gate import Seen
 from apiserver.errors import ApiError
+from apiserver.fieldmanager import Manager
 from apiserver.kubelet import KubeletClients, PodProxy
 from apiserver.pb import api_pb2, api_pb2_grpc
 from apiserver.registry import Registry
@@ -39,6 +40,15 @@ def _object_of(obj: api_pb2.Object):
     if res is None:
         raise errors.bad_request("Object kind is missing: set one of the Object fields (pod, deployment, ...)")
     return res, msg
+
+
+def _manager(name: str, subresource: str = "") -> Manager | None:
+    """A request's field manager; none: managedFields are stored as sent (the
+    controllers' writes, which record no ownership)."""
+    if not name:
+        return None
+    fieldmanager.check_manager(name, apply=False)
+    return Manager(name, subresource)
 
 
 async def _fail(context, e: Exception):
@@ -155,7 +165,8 @@ class ApiServerService(api_pb2_grpc.ApiServerServicer):
     @_translating_errors
     async def Create(self, request, context):
         res, msg = _object_of(request.object)
-        return resources.wrap(await self.registry.create(res, msg))
+        return resources.wrap(await self.registry.create(res, msg, manager=_manager(request.field_manager),
+                                                         dry_run=request.dry_run))
 
     @_translating_errors
     async def Get(self, request, context):
@@ -181,18 +192,32 @@ class ApiServerService(api_pb2_grpc.ApiServerServicer):
     @_translating_errors
     async def Update(self, request, context):
         res, msg = _object_of(request.object)
-        return resources.wrap(await self.registry.update(res, msg))
+        return resources.wrap(await self.registry.update(res, msg, manager=_manager(request.field_manager),
+                                                         dry_run=request.dry_run))
 
     @_translating_errors
     async def UpdateStatus(self, request, context):
         res, msg = _object_of(request.object)
-        return resources.wrap(await self.registry.update_status(res, msg))
+        return resources.wrap(await self.registry.update_status(
+            res, msg, manager=_manager(request.field_manager, "status"), dry_run=request.dry_run))
 
     @_translating_errors
     async def Patch(self, request, context):
         res = _resource(request.resource)
+        subresource = "status" if request.status else ""
+        if request.apply_patch:
+            fieldmanager.check_manager(request.field_manager, apply=True)
+            config = fieldmanager.parse_config(request.apply_patch, res, request.namespace, request.name)
+            stored, _ = await self.registry.apply(
+                res, request.namespace, request.name, config, Manager(request.field_manager, subresource),
+                force=request.force, status=request.status, dry_run=request.dry_run)
+            return resources.wrap(stored)
+        if request.force:
+            raise errors.invalid("PatchOptions.meta.k8s.io", "", [
+                ("force", "FieldValueForbidden", "Forbidden: may not be specified for non-apply patch")])
         return resources.wrap(await self.registry.patch(
-            res, request.namespace, request.name, request.merge_patch, status=request.status))
+            res, request.namespace, request.name, request.merge_patch, status=request.status,
+            manager=_manager(request.field_manager, subresource), dry_run=request.dry_run))
 
     @_translating_errors
     async def Delete(self, request, context):
@@ -201,7 +226,8 @@ class ApiServerService(api_pb2_grpc.ApiServerServicer):
         return resources.wrap(await self.registry.delete(
             res, request.namespace, request.name, uid=request.preconditions.uid,
             resource_version=request.preconditions.resource_version,
-            propagation_policy=request.propagation_policy, grace_period_seconds=grace))
+            propagation_policy=request.propagation_policy, grace_period_seconds=grace,
+            dry_run=request.dry_run))
 
     async def Watch(self, request, context):
         """Errors before the first event end the call with their status code;

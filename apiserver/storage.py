@@ -236,12 +236,19 @@ class Storage:
 
     # ---- writes ----
 
-    async def create(self, resource: Resource, msg, *, claims: Claims | None = None):
+    async def create(self, resource: Resource, msg, *, claims: Claims | None = None,
+                     dry_run: bool = False):
         """Stores a new object; AlreadyExists when its key is taken. Any
         resourceVersion on ``msg`` is ignored. With ``claims``, they are taken
-        in the same Txn; ClaimTaken when the object was free but a claim was not."""
+        in the same Txn; ClaimTaken when the object was free but a claim was not.
+        ``dry_run``: the same checks, nothing written (the object comes back
+        without a resourceVersion)."""
         name = msg.metadata.name
         key = _key(resource, msg.metadata.namespace, name)
+        if dry_run:
+            if await self._get_kv(key) is not None:
+                raise errors.already_exists(resource.qualified, name)
+            return _copy(msg)
         put = pb.RequestOp(request_put=pb.PutRequest(key=key, value=self.encode(resource, key, msg)))
         resp = await self._txn_if_unmodified(key, 0, put, claims)
         if not resp.succeeded:
@@ -271,7 +278,8 @@ class Storage:
     async def guaranteed_update(self, resource: Resource, namespace: str, name: str,
                                 update_fn: Callable[[Any], Any], *,
                                 expected_revision: int | None = None,
-                                claims_fn: Callable[[Any, Any], Any] | None = None):
+                                claims_fn: Callable[[Any, Any], Any] | None = None,
+                                dry_run: bool = False):
         """Read-modify-write that never loses a concurrent update.
 
         ``update_fn(current)`` gets a copy of the stored object (its
@@ -288,7 +296,10 @@ class Storage:
 
         ``claims_fn(current, new)`` (may be async; ``new`` is None for a
         delete) returns the Claims written with the change; when the object
-        was unchanged but a claim was taken, ClaimTaken."""
+        was unchanged but a claim was taken, ClaimTaken.
+
+        ``dry_run``: update_fn and claims_fn run, nothing is written; the
+        object that would be stored comes back (the current one for a delete)."""
         key = _key(resource, namespace, name)
         kv = await self._get_kv(key)
         while True:
@@ -311,6 +322,8 @@ class Storage:
                 claims = claims_fn(_copy(current), new)
                 if inspect.isawaitable(claims):
                     claims = await claims
+            if dry_run:
+                return current if new is None else _with_resource_version(new, kv.mod_revision)
             if new is None:
                 delete = pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=key, prev_kv=True))
                 resp = await self._txn_if_unmodified(key, kv.mod_revision, delete, claims)

@@ -1082,6 +1082,7 @@ def _validate_lease(errs: FieldErrors, lease) -> None:
 # ======================================================================
 
 from apiserver import validation_network as _net  # noqa: E402  (it imports FieldErrors from here)
+from apiserver import validation_storage as _storage  # noqa: E402  (the same)
 from apiserver import validation_rbac as _rbac  # noqa: E402  (likewise)
 
 _VALIDATE = {
@@ -1098,6 +1099,9 @@ _VALIDATE = {
     "leases": _validate_lease,
     "endpointslices": _net.validate_endpoint_slice,
     "ipaddresses": _net.validate_ip_address,
+    "persistentvolumes": _storage.validate_persistent_volume,
+    "persistentvolumeclaims": _storage.validate_persistent_volume_claim,
+    "storageclasses": _storage.validate_storage_class,
     "serviceaccounts": _rbac.validate_service_account,
     "roles": _rbac.validate_role,
     "clusterroles": _rbac.validate_cluster_role,
@@ -1114,6 +1118,9 @@ _VALIDATE_UPDATE = {
     "deployments": _validate_selector_update,
     "endpointslices": _net.validate_endpoint_slice_update,
     "ipaddresses": _net.validate_ip_address_update,
+    "persistentvolumes": _storage.validate_persistent_volume_update,
+    "persistentvolumeclaims": _storage.validate_persistent_volume_claim_update,
+    "storageclasses": _storage.validate_storage_class_update,
     "rolebindings": _rbac.validate_binding_update,
     "clusterrolebindings": _rbac.validate_binding_update,
 }

@@ -81,7 +81,8 @@ from controllers.podutil import (
     get_condition,
     is_pod_active,
 )
-from controllers.replicaset import ORPHAN_INDEX, WorkloadController, index_orphans
+from controllers.base import Controller
+from controllers.replicaset import ORPHAN_INDEX, index_orphans
 
 log = logging.getLogger("controllers.deployment")
 
@@ -90,7 +91,7 @@ log = logging.getLogger("controllers.deployment")
 # The controller
 # ======================================================================
 
-class DeploymentController(WorkloadController):
+class DeploymentController(Controller):
     name = "deployment-controller"
 
     def __init__(self, client, informers, *, workers: int = 2,

@@ -17,10 +17,10 @@ written only when they differ from what the cache holds.
 from __future__ import annotations
 
 import logging
-import threading
 
 from apiserver.errors import ApiError
 from apiserver.pb import core_pb2, meta_pb2
+from controllers.base import Controller
 from controllers.informer import (
     NAMESPACE_INDEX,
     deep_copy,
@@ -28,7 +28,6 @@ from controllers.informer import (
     split_meta_namespace_key,
 )
 from controllers.podutil import is_pod_ready
-from controllers.workqueue import RateLimitingQueue, start_workers
 
 log = logging.getLogger("controllers.endpoints")
 
@@ -110,17 +109,17 @@ def _pod_view(pod) -> tuple:
             pod.spec.hostname, pod.spec.subdomain, ports)
 
 
-class EndpointsController:
+class EndpointsController(Controller):
+    name = "endpoints"
+
     def __init__(self, client, informers, *, workers: int = 2) -> None:
         """``informers``: a SharedInformerFactory (services, pods, endpoints)."""
         self.client = client
         self.services = informers.informer("services")
         self.pods = informers.informer("pods")
         self.endpoints = informers.informer("endpoints")
-        self._queue = RateLimitingQueue(name="endpoints")
-        self._workers = workers
-        self._threads: list[threading.Thread] = []
-        enqueue = self._enqueue_object
+        super().__init__([self.services, self.pods, self.endpoints], workers)
+        enqueue = self.enqueue
         self.services.add_handler(enqueue, lambda old, new: enqueue(new), enqueue)
         self.pods.add_handler(lambda p: self._pod_changed(None, p), self._pod_changed,
                               lambda p: self._pod_changed(p, None))
@@ -128,23 +127,7 @@ class EndpointsController:
         self.endpoints.add_handler(None, lambda old, new: self._endpoints_changed(new),
                                    self._endpoints_changed)
 
-    def start(self, wait_for_sync: float = 60.0) -> EndpointsController:
-        for inf in (self.services, self.pods, self.endpoints):
-            inf.start()
-        for inf in (self.services, self.pods, self.endpoints):
-            inf.wait_for_sync(wait_for_sync)
-        self._threads += start_workers(self._queue, self.sync, self._workers, "endpoints", log)
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._queue.shut_down()
-        for t in self._threads:
-            t.join(timeout)
-
     # ---- handlers ----
-
-    def _enqueue_object(self, obj) -> None:
-        self._queue.add(meta_namespace_key(obj))
 
     def _pod_changed(self, old, new) -> None:
         if old is not None and new is not None and _pod_view(old) == _pod_view(new):
@@ -153,12 +136,12 @@ class EndpointsController:
         for svc in self.services.store.by_index(NAMESPACE_INDEX, pod.metadata.namespace):
             selector = svc.spec.selector
             if any(p is not None and selector_matches(selector, p.metadata.labels) for p in (old, new)):
-                self._enqueue_object(svc)
+                self.enqueue(svc)
 
     def _endpoints_changed(self, ep) -> None:
         svc = self.services.store.get(meta_namespace_key(ep))
         if svc is not None and svc.spec.selector:
-            self._enqueue_object(svc)
+            self.enqueue(svc)
 
     # ---- reconciling ----
 

@@ -26,6 +26,7 @@ import threading
 
 from apiserver.errors import ApiError
 from apiserver.pb import discovery_pb2
+from controllers.base import Controller
 from controllers.endpoints import selector_matches
 from controllers.endpointslice_reconciler import (
     CONTROLLER_NAME,
@@ -37,9 +38,8 @@ from controllers.endpointslice_reconciler import (
     desired_endpoints,
     reconcile,
 )
-from controllers.informer import NAMESPACE_INDEX, meta_namespace_key, split_meta_namespace_key
+from controllers.informer import NAMESPACE_INDEX, split_meta_namespace_key
 from controllers.podutil import is_pod_ready, new_controller_ref
-from controllers.workqueue import RateLimitingQueue, start_workers
 
 log = logging.getLogger("controllers.endpointslice")
 
@@ -86,7 +86,9 @@ class SliceTracker:
             return bool(written)
 
 
-class EndpointSliceController:
+class EndpointSliceController(Controller):
+    name = "endpointslice"
+
     def __init__(self, client, informers, *, workers: int = 2,
                  max_endpoints_per_slice: int = MAX_ENDPOINTS_PER_SLICE) -> None:
         """``informers``: a SharedInformerFactory (services, pods, endpointslices, nodes)."""
@@ -97,10 +99,8 @@ class EndpointSliceController:
         self.nodes = informers.informer("nodes")
         self.max_per_slice = max_endpoints_per_slice
         self.tracker = SliceTracker()
-        self._queue = RateLimitingQueue(name="endpointslice")
-        self._workers = workers
-        self._threads: list[threading.Thread] = []
-        enqueue = self._enqueue_object
+        super().__init__([self.services, self.pods, self.slices, self.nodes], workers)
+        enqueue = self.enqueue
         self.services.add_handler(enqueue, lambda old, new: enqueue(new), enqueue)
         self.pods.add_handler(lambda p: self._pod_changed(None, p), self._pod_changed,
                               lambda p: self._pod_changed(p, None))
@@ -108,24 +108,7 @@ class EndpointSliceController:
                                 self._slice_changed)
         self.nodes.add_handler(None, self._node_changed, None)
 
-    def start(self, wait_for_sync: float = 60.0) -> EndpointSliceController:
-        informers = (self.services, self.pods, self.slices, self.nodes)
-        for inf in informers:
-            inf.start()
-        for inf in informers:
-            inf.wait_for_sync(wait_for_sync)
-        self._threads += start_workers(self._queue, self.sync, self._workers, "endpointslice", log)
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._queue.shut_down()
-        for t in self._threads:
-            t.join(timeout)
-
     # ---- handlers ----
-
-    def _enqueue_object(self, obj) -> None:
-        self._queue.add(meta_namespace_key(obj))
 
     def _pod_changed(self, old, new) -> None:
         if old is not None and new is not None and _pod_view(old) == _pod_view(new):
@@ -133,18 +116,18 @@ class EndpointSliceController:
         pod = new if new is not None else old
         for svc in self.services.store.by_index(NAMESPACE_INDEX, pod.metadata.namespace):
             if any(p is not None and selector_matches(svc.spec.selector, p.metadata.labels) for p in (old, new)):
-                self._enqueue_object(svc)
+                self.enqueue(svc)
 
     def _slice_changed(self, slice_) -> None:
         name = slice_.metadata.labels.get(SERVICE_NAME_LABEL)
         if name and managed_by_us(slice_):
-            self._queue.add(f"{slice_.metadata.namespace}/{name}")
+            self.queue.add(f"{slice_.metadata.namespace}/{name}")
 
     def _node_changed(self, old, new) -> None:
         if old.metadata.labels.get(ZONE_LABEL) == new.metadata.labels.get(ZONE_LABEL):
             return
         for svc in self.services.store.list():
-            self._enqueue_object(svc)
+            self.enqueue(svc)
 
     # ---- reconciling ----
 
@@ -176,7 +159,7 @@ class EndpointSliceController:
     def sync(self, key: str) -> None:
         namespace, name = split_meta_namespace_key(key)
         if self.tracker.stale(key, self.slices.store, namespace):
-            self._queue.add_after(key, STALE_RETRY_SECONDS)
+            self.queue.add_after(key, STALE_RETRY_SECONDS)
             return
         svc = self.services.store.get(key)
         owned = self._owned_slices(namespace, name)

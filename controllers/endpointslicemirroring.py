@@ -17,10 +17,10 @@ endpointslicemirroring-controller.k8s.io``, and are owned by the Endpoints.
 from __future__ import annotations
 
 import logging
-import threading
 
 from apiserver.errors import ApiError
 from apiserver.pb import discovery_pb2
+from controllers.base import Controller
 from controllers.endpointslice import STALE_RETRY_SECONDS, SliceTracker
 from controllers.endpointslice_reconciler import (
     MANAGED_BY_LABEL,
@@ -28,9 +28,8 @@ from controllers.endpointslice_reconciler import (
     SERVICE_NAME_LABEL,
     reconcile,
 )
-from controllers.informer import NAMESPACE_INDEX, meta_namespace_key, split_meta_namespace_key
+from controllers.informer import NAMESPACE_INDEX, split_meta_namespace_key
 from controllers.podutil import new_controller_ref
-from controllers.workqueue import RateLimitingQueue, start_workers
 
 log = logging.getLogger("controllers.endpointslicemirroring")
 
@@ -67,7 +66,9 @@ def desired_from_endpoints(ep) -> dict[tuple, list]:
     return {k: v for k, v in groups.items() if v}
 
 
-class EndpointSliceMirroringController:
+class EndpointSliceMirroringController(Controller):
+    name = "endpointslicemirroring"
+
     def __init__(self, client, informers, *, workers: int = 2,
                  max_endpoints_per_slice: int = MAX_ENDPOINTS_PER_SLICE) -> None:
         """``informers``: a SharedInformerFactory (services, endpoints, endpointslices)."""
@@ -77,41 +78,22 @@ class EndpointSliceMirroringController:
         self.slices = informers.informer("endpointslices")
         self.max_per_slice = max_endpoints_per_slice
         self.tracker = SliceTracker()
-        self._queue = RateLimitingQueue(name="endpointslicemirroring")
-        self._workers = workers
-        self._threads: list[threading.Thread] = []
-        enqueue = self._enqueue_object
+        super().__init__([self.services, self.endpoints, self.slices], workers)
+        enqueue = self.enqueue
         for inf in (self.services, self.endpoints):
             inf.add_handler(enqueue, lambda old, new: enqueue(new), enqueue)
         self.slices.add_handler(self._slice_changed, lambda old, new: self._slice_changed(new),
                                 self._slice_changed)
 
-    def start(self, wait_for_sync: float = 60.0) -> EndpointSliceMirroringController:
-        informers = (self.services, self.endpoints, self.slices)
-        for inf in informers:
-            inf.start()
-        for inf in informers:
-            inf.wait_for_sync(wait_for_sync)
-        self._threads += start_workers(self._queue, self.sync, self._workers, "endpointslicemirroring", log)
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._queue.shut_down()
-        for t in self._threads:
-            t.join(timeout)
-
-    def _enqueue_object(self, obj) -> None:
-        self._queue.add(meta_namespace_key(obj))
-
     def _slice_changed(self, slice_) -> None:
         name = slice_.metadata.labels.get(SERVICE_NAME_LABEL)
         if name and mirrored(slice_):
-            self._queue.add(f"{slice_.metadata.namespace}/{name}")
+            self.queue.add(f"{slice_.metadata.namespace}/{name}")
 
     def sync(self, key: str) -> None:
         namespace, name = split_meta_namespace_key(key)
         if self.tracker.stale(key, self.slices.store, namespace):
-            self._queue.add_after(key, STALE_RETRY_SECONDS)
+            self.queue.add_after(key, STALE_RETRY_SECONDS)
             return
         svc = self.services.store.get(key)
         ep = self.endpoints.store.get(key)

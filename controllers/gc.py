@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 
 from apiserver import resources
 from apiserver.errors import ApiError
+from controllers.base import Controller
 from controllers.informer import deep_copy
 from controllers.podutil import owner_refs_patch
-from controllers.workqueue import RateLimitingQueue, start_workers
 
 log = logging.getLogger("controllers.gc")
 
@@ -68,7 +68,9 @@ class _Node:
         return self.being_deleted and finalizer in self.obj.metadata.finalizers
 
 
-class GarbageCollector:
+class GarbageCollector(Controller):
+    name = "garbagecollector"
+
     def __init__(self, client, informers, *, resources: tuple[str, ...] = DEFAULT_RESOURCES,
                  workers: int = 2) -> None:
         """``informers``: a SharedInformerFactory; one informer per resource in
@@ -85,24 +87,7 @@ class GarbageCollector:
         self._graph: dict[str, _Node] = {}
         self._dependents: dict[str, set[str]] = {}  # owner uid -> dependent uids
         self._absent: OrderedDict[str, None] = OrderedDict()
-        self._queue = RateLimitingQueue(name="garbagecollector")
-        self._workers = workers
-        self._threads: list[threading.Thread] = []
-
-    def start(self, wait_for_sync: float = 60.0) -> GarbageCollector:
-        """Starts the informers and, once they synced (so the graph is whole
-        and no owner is taken for gone for want of a list), the workers."""
-        for inf in self._informers.values():
-            inf.start()
-        for inf in self._informers.values():
-            inf.wait_for_sync(wait_for_sync)
-        self._threads += start_workers(self._queue, self.sync, self._workers, "garbagecollector", log)
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._queue.shut_down()
-        for t in self._threads:
-            t.join(timeout)
+        super().__init__(list(self._informers.values()), workers)
 
     # ---- the graph ----
 
@@ -121,11 +106,11 @@ class GarbageCollector:
             waiting = [o for o in before | owners
                        if (n := self._graph.get(o)) is not None and (n.waits_for(FOREGROUND) or n.waits_for(ORPHAN))]
         if owners and (node is None or owners != before):
-            self._queue.add((DEPENDENT, uid))
+            self.queue.add((DEPENDENT, uid))
         if obj.metadata.deletion_timestamp and {FOREGROUND, ORPHAN} & set(obj.metadata.finalizers):
-            self._queue.add((OWNER, uid))
+            self.queue.add((OWNER, uid))
         for o in waiting:
-            self._queue.add((OWNER, o))
+            self.queue.add((OWNER, o))
 
     def _removed(self, obj) -> None:
         uid = obj.metadata.uid
@@ -137,9 +122,9 @@ class GarbageCollector:
             dependents = list(self._dependents.get(uid, ()))
             self._remember_absent(uid)
         for dep in dependents:
-            self._queue.add((DEPENDENT, dep))
+            self.queue.add((DEPENDENT, dep))
         for owner in owners:
-            self._queue.add((OWNER, owner))
+            self.queue.add((OWNER, owner))
 
     def _unlink(self, owner: str, dependent: str) -> None:
         deps = self._dependents.get(owner)
@@ -270,7 +255,9 @@ class GarbageCollector:
                  node.meta.name, finalizer)
 
 
-class NamespaceController:
+class NamespaceController(Controller):
+    name = "namespace"
+
     def __init__(self, client, informers, *, recheck_interval: float = 0.5, workers: int = 1) -> None:
         """``recheck_interval``: how soon a namespace whose content is still
         going away is looked at again."""
@@ -278,24 +265,11 @@ class NamespaceController:
         self.recheck_interval = recheck_interval
         self.namespaces = informers.informer("namespaces")
         self.namespaces.add_handler(self._changed, lambda old, new: self._changed(new))
-        self._queue = RateLimitingQueue(name="namespace")
-        self._workers = workers
-        self._threads: list[threading.Thread] = []
-
-    def start(self, wait_for_sync: float = 60.0) -> NamespaceController:
-        self.namespaces.start()
-        self.namespaces.wait_for_sync(wait_for_sync)
-        self._threads += start_workers(self._queue, self.sync, self._workers, "namespace", log)
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._queue.shut_down()
-        for t in self._threads:
-            t.join(timeout)
+        super().__init__([self.namespaces], workers)
 
     def _changed(self, ns) -> None:
         if ns.metadata.deletion_timestamp:
-            self._queue.add(ns.metadata.name)
+            self.queue.add(ns.metadata.name)
 
     def sync(self, name: str) -> None:
         ns = self.namespaces.store.get(name)
@@ -304,7 +278,7 @@ class NamespaceController:
         if NAMESPACE_FINALIZER not in ns.spec.finalizers:
             return
         if self.delete_content(name):
-            self._queue.add_after(name, self.recheck_interval)
+            self.queue.add_after(name, self.recheck_interval)
             return
         updated = deep_copy(ns)
         kept = [f for f in updated.spec.finalizers if f != NAMESPACE_FINALIZER]

@@ -2,7 +2,8 @@
 
 Runs, over one set of shared informers, the ReplicaSet, Deployment, garbage
 collector, namespace, node lifecycle, endpoints, EndpointSlice and EndpointSlice mirroring
-controllers, as
+controllers, the pod garbage collector's orphan sweep, the PersistentVolume binder, the
+pvc/pv-protection controllers and (with --storage-dir) the directory provisioner, as
 kube-controller-manager does. With --leader-elect only the holder of the
 kube-system/kube-controller-manager Lease runs them.
 """
@@ -22,11 +23,16 @@ from controllers.events import EventRecorder
 from controllers.gc import GarbageCollector, NamespaceController
 from controllers.informer import SharedInformerFactory
 from controllers.nodelifecycle import NodeLifecycleController
+from controllers.persistentvolume import PersistentVolumeController
+from controllers.podgc import PodGCController
+from controllers.provisioner import DirectoryProvisioner
+from controllers.pvprotection import PVCProtectionController, PVProtectionController
 from controllers.replicaset import ReplicaSetController
 from controllers.serviceaccounts import ServiceAccountsController
 
 CONTROLLERS = ("replicaset", "deployment", "garbagecollector", "namespace", "nodelifecycle", "endpoints",
-               "endpointslice", "endpointslicemirroring", "serviceaccount")
+               "endpointslice", "endpointslicemirroring", "podgc", "persistentvolume-binder", "pvc-protection",
+               "pv-protection", "directory-provisioner", "serviceaccount")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,6 +47,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="how often node health is checked, in seconds")
     p.add_argument("--disable-pod-eviction", action="store_true",
                    help="taint unreachable nodes but never evict their pods")
+    p.add_argument("--storage-dir", default="",
+                   help="the storage area the directory provisioner makes volumes in (a directory every "
+                        "node can reach); unset: no provisioner, no default StorageClass")
+    p.add_argument("--pod-gc-period", type=float, default=20.0,
+                   help="seconds between sweeps for pods bound to nodes that no longer exist")
     add_common_flags(p, lease_name="kube-controller-manager")
     args = p.parse_args(argv)
     args.enabled = enabled_controllers(args.controllers)
@@ -85,9 +96,15 @@ class ControllerManager:
             "endpoints": lambda: EndpointsController(c, f),
             "endpointslice": lambda: EndpointSliceController(c, f),
             "endpointslicemirroring": lambda: EndpointSliceMirroringController(c, f),
+            "podgc": lambda: PodGCController(c, f, period=a.pod_gc_period),
+            "persistentvolume-binder": lambda: PersistentVolumeController(c, f),
+            "pvc-protection": lambda: PVCProtectionController(c, f),
+            "pv-protection": lambda: PVProtectionController(c, f),
+            "directory-provisioner": lambda: DirectoryProvisioner(c, f, a.storage_dir),
             "serviceaccount": lambda: ServiceAccountsController(c, f),
         }
-        return [make[name]() for name in a.enabled]
+        enabled = [n for n in a.enabled if n != "directory-provisioner" or a.storage_dir]
+        return [make[name]() for name in enabled]
 
     def start(self) -> None:
         self.controllers = self._build()

@@ -35,12 +35,12 @@ import time
 from dataclasses import dataclass
 
 from apiserver.errors import ApiError
+from controllers.base import Controller
 from controllers.events import WARNING
 from controllers.informer import NODE_INDEX, deep_copy, meta_namespace_key
 from apiserver.resources import NAMESPACE_NODE_LEASE as LEASE_NAMESPACE
 from controllers.podutil import get_condition, now_rfc3339, parse_time
 from controllers.scheduler.plugins import TAINT_NOT_READY, TAINT_UNREACHABLE, tolerates
-from controllers.workqueue import RateLimitingQueue, start_workers
 
 log = logging.getLogger("controllers.nodelifecycle")
 
@@ -106,7 +106,12 @@ class _Health:
     renew_time: str
 
 
-class NodeLifecycleController:
+class NodeLifecycleController(Controller):
+    """Workers of ``queue`` run ``sync_node`` (node names); one more worker runs
+    ``sync_pod`` over the eviction queue, and a monitor re-checks every node each period."""
+
+    name = "nodelifecycle"
+
     def __init__(self, client, informers, *, node_monitor_grace_period: float = 40.0,
                  monitor_period: float = 5.0, pod_eviction: bool = True, eviction_qps: float = 10.0,
                  eviction_burst: int = 20, recorder=None) -> None:
@@ -122,54 +127,34 @@ class NodeLifecycleController:
         self.pods = informers.informer("pods")
         self.leases = informers.informer("leases", LEASE_NAMESPACE)
         self._bucket = TokenBucket(eviction_qps, eviction_burst)
-        self._node_queue = RateLimitingQueue(name="nodelifecycle-nodes")
-        self._pod_queue = RateLimitingQueue(name="nodelifecycle-evictions")
+        super().__init__([self.nodes, self.pods, self.leases], 1, self.sync_node)
+        self._pod_queue = self.add_queue("nodelifecycle-evictions", self.sync_pod)
         self._lock = threading.Lock()
         self._health: dict[str, _Health] = {}
         self._first_seen: dict[str, float] = {}  # "node/key/effect" -> epoch, taints without timeAdded
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
         self.evictions = 0
-        self.nodes.add_handler(lambda n: self._node_queue.add(n.metadata.name),
+        self.nodes.add_handler(lambda n: self.queue.add(n.metadata.name),
                                self._node_updated,
                                lambda n: self._forget_node(n.metadata.name))
-        self.leases.add_handler(lambda lease: self._node_queue.add(lease.metadata.name),
-                                lambda old, new: self._node_queue.add(new.metadata.name))
+        self.leases.add_handler(lambda lease: self.queue.add(lease.metadata.name),
+                                lambda old, new: self.queue.add(new.metadata.name))
         self.pods.add_handler(self._pod_changed, lambda old, new: self._pod_changed(new))
 
     # ---- lifecycle ----
 
-    def start(self, wait_for_sync: float = 60.0) -> NodeLifecycleController:
-        for inf in (self.nodes, self.pods, self.leases):
-            inf.start()
-        for inf in (self.nodes, self.pods, self.leases):
-            inf.wait_for_sync(wait_for_sync)
+    def _start_threads(self) -> None:
         self._spawn("nodelifecycle-monitor", self._monitor)
-        self._threads += start_workers(self._node_queue, self.sync_node, 1, "nodelifecycle-nodes", log)
-        self._threads += start_workers(self._pod_queue, self.sync_pod, 1, "nodelifecycle-evictions", log)
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._node_queue.shut_down()
-        self._pod_queue.shut_down()
-        for t in self._threads:
-            t.join(timeout)
-
-    def _spawn(self, name: str, target) -> None:
-        t = threading.Thread(target=target, daemon=True, name=name)
-        t.start()
-        self._threads.append(t)
+        super()._start_threads()
 
     def _monitor(self) -> None:
         while not self._stop.wait(self.monitor_period):
             for name in self.nodes.store.keys():
-                self._node_queue.add(name)
+                self.queue.add(name)
 
     # ---- handlers ----
 
     def _node_updated(self, old, new) -> None:
-        self._node_queue.add(new.metadata.name)
+        self.queue.add(new.metadata.name)
         if list(old.spec.taints) != list(new.spec.taints):
             for pod in self.pods.store.by_index(NODE_INDEX, new.metadata.name):
                 self._pod_queue.add(meta_namespace_key(pod))
@@ -214,7 +199,7 @@ class NodeLifecycleController:
             if ready is None or ready.status != "Unknown":
                 node = self._mark_unknown(node, never=ready is None)
         else:
-            self._node_queue.add_after(name, self.grace - silent_for + RECHECK_SLACK)
+            self.queue.add_after(name, self.grace - silent_for + RECHECK_SLACK)
         node = self._reconcile_taints(node)
         ready = condition(node, "Ready")
         if ready is not None and ready.status != "True":

@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pod-eviction-timeout", type=int, default=30,
                    help="seconds pods stay on an unreachable node (their default toleration)")
     p.add_argument("--no-example", action="store_true", help="do not apply the example Deployment")
+    p.add_argument("--cloud", default="", metavar="MIN:MAX",
+                   help="nodes from a cloud on this machine instead (python -m cloud, issue 20): a node group "
+                        "of MIN..MAX small instances, the cloud-controller-manager and the autoscaler; the "
+                        "example's Service becomes a LoadBalancer")
+    p.add_argument("--cloud-port", type=int, default=7070, help="the cloud's API port (with --cloud)")
     add_security_flags(p)
     return p
 
@@ -68,11 +73,22 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
     py = sys.executable
     cmds["controller-manager"] = [py, "-m", "controllers.manager", "--server", server, "--leader-elect",
                                   "--node-monitor-grace-period", str(args.node_monitor_grace_period),
+                                  "--storage-dir", os.path.join(os.path.abspath(args.data_dir), "storage"),
                                   "--log-level", "warning"]
     cmds["scheduler"] = [py, "-m", "controllers.scheduler", "--server", server, "--leader-elect",
                          "--log-level", "warning"]
     if args.real is not None:
         cmds.update(args.real.commands(server))
+    if args.cloud:  # after the apiserver: stopped (instances deleted) while it still answers
+        url = f"http://127.0.0.1:{args.cloud_port}"
+        cmds["cloud"] = [py, "-m", "cloud", "--data-dir", os.path.join(args.data_dir, "cloud"), "--server", server,
+                         "--port", str(args.cloud_port), "--node-group", f"pool:{args.cloud}:small",
+                         "--log-level", "warning"]
+        cmds["cloud-controller-manager"] = [py, "-m", "cloud.ccm", "--server", server, "--cloud-url", url,
+                                            "--leader-elect", "--log-level", "warning"]
+        cmds["cluster-autoscaler"] = [py, "-m", "cloud.autoscaler", "--server", server, "--cloud-url", url,
+                                      "--leader-elect", "--scan-interval", "2", "--scale-down-unneeded-time", "60",
+                                      "--scale-down-delay-after-add", "60", "--log-level", "info"]
     if args.nodes:
         cmds["kubelets"] = [py, "-m", "node.kubelet.hollow", "--server", server, "--nodes", str(args.nodes),
                             "--start-index", str(args.real_nodes), "--heartbeat-interval", "5",
@@ -94,6 +110,18 @@ def choose_nodes(args: argparse.Namespace) -> str:
     from node.capable import why_not
 
     said = ""
+    if args.cloud:
+        reason = why_not()
+        if reason:
+            raise SystemExit(f"--cloud needs real nodes, which this machine cannot run: {reason}")
+        try:
+            low, high = (int(x) for x in args.cloud.split(":"))
+        except ValueError:
+            raise SystemExit(f"--cloud {args.cloud!r}: expected MIN:MAX, e.g. 2:4") from None
+        args.real_nodes = 0
+        args.nodes = args.nodes or 0
+        args.real = None
+        return f"nodes from the cloud: a group of {low}..{high} small (1 cpu) instances"
     if args.real_nodes is None or args.real_nodes > 0:
         reason = why_not()
         if reason:
@@ -117,6 +145,9 @@ def describe_nodes(args: argparse.Namespace) -> str:
         parts.append(f"{args.real_nodes} real nodes (namespaces {args.real.prefix}-n*)")
     if args.nodes:
         parts.append(f"{args.nodes} simulated nodes")
+    if args.cloud:
+        parts.append(f"the cloud (API on 127.0.0.1:{args.cloud_port}, a node group of {args.cloud} instances), "
+                     "its cloud-controller-manager and the autoscaler")
     return " and ".join(parts) or "no nodes"
 
 
@@ -160,6 +191,8 @@ def show_example(args: argparse.Namespace, sup: Supervisor) -> None:
             kctl(args, "get", "deployments,pods", "-o", "wide")
             if args.real is not None:
                 show_page(args)
+            if args.cloud:
+                show_load_balancer(args)
     print(TRY_NEXT.format(port=args.port, data=args.data_dir,
                           kubeconfig=os.path.abspath(os.path.join(args.data_dir, "kubeconfig"))), flush=True)
 
@@ -190,6 +223,32 @@ def show_page(args: argparse.Namespace) -> None:
                               "exec", pod.metadata.name, "--", "wget", "-qO-", url],
                              capture_output=True, text=True, timeout=20, env=admin_env(args))
         print("    " + (got.stdout.strip() or got.stderr.strip()), flush=True)
+
+
+def show_load_balancer(args: argparse.Namespace) -> None:
+    """Make the example's Service a LoadBalancer, wait for its address, fetch it from the cloud's
+    client namespace (outside the cluster) and print the command that does it."""
+    from cloud.client import CloudClient
+
+    with Client(f"127.0.0.1:{args.port}", timeout=5) as client:
+        client.patch("services", "web", {"spec": {"type": "LoadBalancer"}})
+        deadline = time.monotonic() + 60
+        while not (svc := client.get("services", "web")).status.load_balancer.ingress:
+            if time.monotonic() > deadline:
+                print("[plane] the Service got no load balancer in 60 s; see the cloud-controller-manager's "
+                      "output above", flush=True)
+                return
+            time.sleep(0.5)
+    vip = svc.status.load_balancer.ingress[0].ip
+    inet = CloudClient(f"http://127.0.0.1:{args.cloud_port}").metadata()["internet"]
+    command = ["ip", "netns", "exec", inet, "busybox", "wget", "-qO-", f"http://{vip}/"]
+    print(f"[plane] Service web is a LoadBalancer at {vip}; from a machine outside the cluster:\n"
+          f"    {' '.join(command)}", flush=True)
+    for _ in range(3):
+        got = subprocess.run(command, capture_output=True, text=True, timeout=10)
+        print("    " + (got.stdout.strip() or got.stderr.strip()), flush=True)
+    print("[plane] more pods than the nodes hold (16 each) bring a node, which goes again after 60 s idle:\n"
+          "    .venv/bin/kctl scale deployment/web --replicas=40 && .venv/bin/kctl get nodes -w", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

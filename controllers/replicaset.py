@@ -9,14 +9,11 @@ Expectations keep it from acting again on a ReplicaSet before its cache has
 seen the pods it created or deleted, so a lagging informer never causes a
 double create.
 
-``WorkloadController`` is the worker-thread plumbing the Deployment
-controller shares.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,11 +27,11 @@ from apiserver.selectors import (
     LabelSelectorError,
     label_selector_from_proto,
 )
+from controllers.base import Controller
 from controllers.events import NORMAL, WARNING, EventRecorder
 from controllers.informer import (
     NAMESPACE_INDEX,
     OWNER_INDEX,
-    Informer,
     meta_namespace_key,
     split_meta_namespace_key,
 )
@@ -51,7 +48,6 @@ from controllers.podutil import (
     parse_time,
     pods_to_delete,
 )
-from controllers.workqueue import RateLimitingQueue, run_worker
 
 log = logging.getLogger("controllers.replicaset")
 
@@ -67,70 +63,6 @@ ORPHAN_INDEX = "orphan"  # namespace of objects that have no controller
 
 def index_orphans(obj) -> list[str]:
     return [] if controller_ref(obj) is not None else [obj.metadata.namespace]
-
-
-class WorkloadController:
-    """Worker threads over a RateLimitingQueue of "namespace/name" keys: each
-    takes a key, runs ``sync(key)``, and on an exception puts it back with
-    per-key backoff (``run_worker``). Workers reconcile only once every
-    informer in ``informers_to_sync`` has synced."""
-
-    name = "controller"
-
-    def __init__(self, informers_to_sync: list[Informer], workers: int) -> None:
-        if workers < 1:
-            raise ValueError("workers must be at least 1")
-        self.queue = RateLimitingQueue(name=self.name)
-        self.workers = workers
-        self._informers_to_sync = informers_to_sync
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._own_recorder: EventRecorder | None = None
-
-    def sync(self, key: str) -> None:
-        raise NotImplementedError
-
-    def start(self, wait_for_sync: float = 60.0):
-        """Starts the informers (idempotent), waits up to ``wait_for_sync``
-        seconds for their first lists, then starts the workers (which wait
-        on if the lists take longer). Returns self."""
-        if self._threads:
-            return self
-        for inf in self._informers_to_sync:
-            inf.start()
-        deadline = time.monotonic() + wait_for_sync
-        for inf in self._informers_to_sync:
-            inf.wait_for_sync(max(0.0, deadline - time.monotonic()))
-        for i in range(self.workers):
-            t = threading.Thread(target=self._worker, daemon=True, name=f"{self.name}-{i}")
-            self._threads.append(t)
-            t.start()
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stops the workers (not the shared informers) and flushes the events
-        of a recorder the controller made itself."""
-        self._stop.set()
-        self.queue.shut_down()
-        for t in self._threads:
-            t.join(timeout)
-        if self._own_recorder is not None:
-            self._own_recorder.stop(timeout)
-
-    def _recorder(self, client, recorder: EventRecorder | None) -> EventRecorder:
-        if recorder is not None:
-            return recorder
-        self._own_recorder = EventRecorder(client, self.name)
-        return self._own_recorder
-
-    def enqueue(self, obj) -> None:
-        self.queue.add(meta_namespace_key(obj))
-
-    def _worker(self) -> None:
-        while not all(inf.has_synced() for inf in self._informers_to_sync):
-            if self._stop.wait(0.05):
-                return
-        run_worker(self.queue, self.sync, log)
 
 
 def slow_start_batch(count: int, initial: int, call: Callable[[], None],
@@ -249,7 +181,7 @@ def calculate_status(rs: apps_pb2.ReplicaSet, pods: list[core_pb2.Pod],
     return status
 
 
-class ReplicaSetController(WorkloadController):
+class ReplicaSetController(Controller):
     name = "replicaset-controller"
 
     def __init__(self, client, informers, *, workers: int = 2, burst_replicas: int = BURST_REPLICAS,

@@ -233,13 +233,6 @@ def _task_ids(state: Path) -> list[str]:
         return []
 
 
-def _mount_points(path: str) -> list[str]:
-    with open("/proc/self/mounts") as f:
-        points = [line.split()[1] for line in f]
-    points = [p.replace("\\040", " ") for p in points]
-    return [p for p in points if p == path or p.startswith(path.rstrip("/") + "/")]
-
-
 def cleanup(dir, socket: str | None = None, proc: ServerProcess | None = None,
             cgroup_root: str | None = None) -> list[str]:
     """Remove everything the containerd of `dir` made, whatever state it is in: the containers
@@ -248,6 +241,7 @@ def cleanup(dir, socket: str | None = None, proc: ServerProcess | None = None,
     the containerd process `proc`, every mount under `dir` (rootfs overlays, sandbox shm, pod
     network namespaces), the shims' sockets under /run/containerd/s, the cgroups. Idempotent;
     returns what could not be removed ([] when all went)."""
+    from node import mounts
     from node.runtime import cgroups
 
     dir = Path(dir).resolve()
@@ -268,10 +262,10 @@ def cleanup(dir, socket: str | None = None, proc: ServerProcess | None = None,
         time.sleep(0.05)
     if shim_pids(socket):
         problems.append(f"shims still running: {shim_pids(socket)}")
-    for point in sorted(_mount_points(str(dir)), key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
-    if _mount_points(str(dir)):
-        problems.append(f"mounts left under {dir}: {_mount_points(str(dir))}")
+    try:
+        mounts.unmount_all_under(str(dir))
+    except OSError as e:
+        problems.append(str(e))
     for task_id in ids:
         try:
             os.unlink(shim_socket(socket, task_id))

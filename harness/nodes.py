@@ -18,7 +18,8 @@ from node import capable
 from node.cri.client import CriClient
 from node.network.fabric import Fabric
 from node.plane import RealNode, RealNodes
-from node.runtime import cgroups, mounts
+from node import mounts
+from node.runtime import cgroups
 from node.runtime.cleanup import cleanup, conmon_pids
 from node.runtime.images import ImageStore, build_busybox
 
@@ -183,14 +184,14 @@ def leftovers(n: RuntimeNode) -> dict:
         out["netns"] = netns
     if cgroups.tree(n.prefix):
         out["cgroups"] = cgroups.tree(n.prefix)
-    if mounts.mount_points(n.root):
-        out["mounts"] = mounts.mount_points(n.root)
+    if mounts.mounts_under(n.root):
+        out["mounts"] = mounts.mounts_under(n.root)
     if conmon_pids(f"/run/{n.prefix}"):
         out["conmon"] = conmon_pids(f"/run/{n.prefix}")
     if os.path.exists(f"/run/{n.prefix}"):
         out["runc root"] = f"/run/{n.prefix}"
     if os.path.exists(f"/run/{n.prefix}.runtime-root"):
         out["root marker"] = f"/run/{n.prefix}.runtime-root"
-    if mounts.mount_points(n.base):
-        out["mounts under the test dir"] = mounts.mount_points(n.base)
+    if mounts.mounts_under(n.base):
+        out["mounts under the test dir"] = mounts.mounts_under(n.base)
     return out

@@ -71,6 +71,10 @@ class RealNodes:
             path.write_text(prefix + "\n")
             return prefix
 
+    def layout(self, i: int) -> RealNode:
+        """Node ``i``'s names, addresses and directory (whether it exists or not)."""
+        return self._layout(i)
+
     def _layout(self, i: int) -> RealNode:
         net = self.fabric.node(i)
         return RealNode(index=i, name=NODE_NAME.format(i=i), prefix=net.name, netns=net.name, ip=net.ip,
@@ -78,12 +82,33 @@ class RealNodes:
 
     def prepare(self) -> None:
         """The fabric, each node's namespace, and the busybox image in the shared store."""
-        from node.runtime.images import ImageStore, build_busybox
-
         self.fabric.create()
         for node in self.nodes:
-            self.fabric.add_node(node.index)
-            node.dir.mkdir(parents=True, exist_ok=True)
+            self.add_node(node)
+        self.prepare_images()
+
+    def add_node(self, node: RealNode, routes: bool = True) -> None:
+        """One node's namespace on the fabric (which must exist) and its directory: what a node
+        added later needs, e.g. a cloud instance (``routes=False``: the cloud routes podCIDRs)."""
+        self.fabric.add_node(node.index, routes=routes)
+        node.dir.mkdir(parents=True, exist_ok=True)
+
+    def remove_node(self, node: RealNode) -> list[str]:
+        """Everything of one node whose processes are stopped: its containers, mounts, cgroups,
+        pod namespaces, its namespace and the other nodes' routes to it. Returns what could not
+        be removed."""
+        from node.kubelet.volumes import cleanup as volumes_cleanup
+        from node.runtime.cleanup import cleanup as runtime_cleanup
+
+        problems = runtime_cleanup(node.prefix, str(node.dir / "runtime"))
+        volumes_cleanup(str(node.dir / "kubelet"))
+        self.fabric.remove_node(node.index)
+        return problems
+
+    def prepare_images(self) -> None:
+        """The busybox image in the shared store (kept if there)."""
+        from node.runtime.images import ImageStore, build_busybox
+
         store = ImageStore(str(self.images))
         image = build_busybox(store)
         version = busybox_version()

@@ -376,6 +376,10 @@ _SCALARS = {
 
 
 def _fill(draw, msg, depth):
+    if msg.DESCRIPTOR.full_name == "meta.v1.FieldsV1":  # JSON text, shown as that JSON
+        fields = draw(st.dictionaries(st.text(max_size=4).map("f:".__add__), st.just({}), max_size=2))
+        msg.raw = json.dumps(fields, separators=(",", ":"), ensure_ascii=False) if fields else ""
+        return
     for field in msg.DESCRIPTOR.fields:
         if draw(st.integers(0, 3)) != 0:  # about a quarter of the fields are set
             continue

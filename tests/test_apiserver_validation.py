@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from apiserver import resources
 from apiserver.errors import ApiError
 from apiserver.pb import (apps_pb2, coordination_pb2, core_pb2, discovery_pb2, networking_pb2, rbac_pb2,
-                          serviceaccount_pb2)
+                          serviceaccount_pb2, storage_pb2)
 from apiserver.quantity import bytes_of, format_quantity, milli_cpu, parse_quantity
 from apiserver.defaults import apply_defaults
 from apiserver.validation import validate_create, validate_update
@@ -133,6 +133,27 @@ def ip_address() -> networking_pb2.IPAddress:
     return ip
 
 
+def persistent_volume() -> core_pb2.PersistentVolume:
+    pv = core_pb2.PersistentVolume()
+    pv.metadata.name = "pv-1"
+    pv.spec.capacity["storage"] = "1Gi"
+    pv.spec.access_modes.append("ReadWriteOnce")
+    pv.spec.host_path.path = "/srv/volumes/pv-1"
+    return pv
+
+
+def persistent_volume_claim() -> core_pb2.PersistentVolumeClaim:
+    pvc = core_pb2.PersistentVolumeClaim()
+    pvc.metadata.name, pvc.metadata.namespace = "data", "default"
+    pvc.spec.access_modes.append("ReadWriteOnce")
+    pvc.spec.resources.requests["storage"] = "1Gi"
+    return pvc
+
+
+def storage_class() -> storage_pb2.StorageClass:
+    return storage_pb2.StorageClass(metadata={"name": "standard"}, provisioner="example.com/dirs")
+
+
 def service_account() -> serviceaccount_pb2.ServiceAccount:
     return serviceaccount_pb2.ServiceAccount(metadata={"name": "robot", "namespace": "default"})
 
@@ -171,9 +192,10 @@ FACTORIES = {"pods": pod, "replicasets": replica_set, "deployments": deployment,
              "services": service, "namespaces": namespace, "nodes": node,
              "configmaps": config_map, "secrets": secret, "events": event,
              "endpoints": endpoints, "leases": lease, "endpointslices": endpoint_slice,
-             "ipaddresses": ip_address, "serviceaccounts": service_account, "roles": role,
-             "clusterroles": cluster_role, "rolebindings": role_binding,
-             "clusterrolebindings": cluster_role_binding}
+             "ipaddresses": ip_address, "persistentvolumes": persistent_volume,
+             "persistentvolumeclaims": persistent_volume_claim, "storageclasses": storage_class,
+             "serviceaccounts": service_account, "roles": role, "clusterroles": cluster_role,
+             "rolebindings": role_binding, "clusterrolebindings": cluster_role_binding}
 
 
 def defaulted(resource_name: str, msg=None):

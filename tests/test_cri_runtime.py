@@ -19,7 +19,8 @@ from harness.nodes import RuntimeNode as Node
 from harness.nodes import leftovers, need_runtime
 from node.cri.client import CriClient, CriError
 from node.pb import cri_pb2
-from node.runtime import cgroups, mounts, runc
+from node import mounts
+from node.runtime import cgroups, runc
 from node.runtime.cleanup import cleanup, conmon_pids
 from node.runtime.images import ImageStore
 
@@ -265,7 +266,7 @@ def test_stop_and_remove_sandbox_take_everything(node):
     node.client.remove_pod_sandbox(sid)
     assert node.client.list_containers(cri_pb2.ContainerFilter(pod_sandbox_id=sid)) == []
     assert not cgroups.tree(f"{node.prefix}/{sid}")
-    assert not mounts.mount_points(os.path.join(node.root, "containers", cid))
+    assert not mounts.mounts_under(os.path.join(node.root, "containers", cid))
 
 
 def test_update_resources_and_reopen_log(node, sandbox):
@@ -428,7 +429,7 @@ def test_restart_undoes_creates_cut_short(node, tmp_path):
             time.sleep(0.02)
         assert not os.path.exists(f"/proc/{pid}")
         assert runc.Runc(f"/run/{net.name}").state(cid) is None
-        assert mounts.mount_points(root) == []
+        assert mounts.mounts_under(root) == []
         assert not os.path.exists(f"/run/netns/{net.name}-{sid[:10]}")
         assert os.listdir(os.path.join(root, "sandboxes")) == [] == os.listdir(os.path.join(root, "containers"))
         from node.network.ipam import HostLocalIpam
@@ -455,3 +456,31 @@ def test_privileged_and_default_capabilities(node, sandbox):
     masked = ["grep", "-c", " /proc/keys ", "/proc/self/mountinfo"]
     assert node.client.exec_sync(plain, masked, timeout=10).stdout.strip() == b"1", "/proc/keys is masked"
     assert node.client.exec_sync(priv, masked, timeout=10).stdout.strip() == b"0", "not for a privileged one"
+
+
+def test_streaming_calls_answer_a_url_or_the_reason_they_cannot(node, sandbox):
+    """Exec, Attach and PortForward answer a URL of the runtime's streaming server (what is
+    behind it: tests/test_kubectl_streams.py); what the streaming server could not serve is
+    refused here, in the words of the kubelet's streaming server."""
+    sid, cfg = sandbox
+    cid = run(node, sandbox, "streamed", ["sleep", "300"])
+    url = node.client.exec(cri_pb2.ExecRequest(container_id=cid, cmd=["true"], stdout=True))
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/exec/[\w-]+", url), url
+    assert "/attach/" in node.client.attach(cri_pb2.AttachRequest(container_id=cid, stdout=True))
+    assert "/portforward/" in node.client.port_forward(sid, [80])
+    for request, words in ((cri_pb2.ExecRequest(container_id=cid, cmd=["true"]), "one of stdin, stdout, or stderr"),
+                           (cri_pb2.ExecRequest(container_id=cid, cmd=["true"], tty=True, stdout=True, stderr=True),
+                            "tty and stderr cannot both be true"),
+                           (cri_pb2.ExecRequest(container_id=cid, stdout=True), "cmd must not be empty")):
+        with pytest.raises(CriError) as e:
+            node.client.exec(request)
+        assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and words in e.value.details
+    done = run(node, sandbox, "done", ["true"])
+    wait_state(node, done, cri_pb2.CONTAINER_EXITED)
+    with pytest.raises(CriError) as e:
+        node.client.exec(cri_pb2.ExecRequest(container_id=done, cmd=["true"], stdout=True))
+    assert (e.value.code, e.value.details) == (grpc.StatusCode.FAILED_PRECONDITION,
+                                               "container is in CONTAINER_EXITED state")
+    with pytest.raises(CriError) as e:
+        node.client.port_forward("0" * 64, [80])
+    assert e.value.code == grpc.StatusCode.NOT_FOUND

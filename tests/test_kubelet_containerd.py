@@ -19,7 +19,9 @@ Needs root, containerd, containernetworking-plugins, busybox-static."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import json
 import os
 import signal
 import subprocess
@@ -35,9 +37,11 @@ from harness.containerd import PAUSE_IMAGE, Containerd, build_pause
 from harness.etcd_client import wait_until
 from harness.plane import apiserver_on_etcdlite
 from harness.procs import PYTHON, REPO, Registry, ServerProcess
+from httpstream import websocket
 from node import network
 from node.cri.client import CriClient
-from node.kubelet import crilog, mounts, podcgroups, volumes
+from node import mounts
+from node.kubelet import crilog, podcgroups, volumes
 from node.network.fabric import Fabric
 from node.network.netns import http_get_in
 from node.plane import busybox_version
@@ -75,7 +79,8 @@ class KubeletProcess(ServerProcess):
         return [PYTHON, "-m", "node.kubelet", "--server", self.server, "--node-name", self.node_name,
                 "--container-runtime-endpoint", self.cri, "--root-dir", self.root,
                 "--node-ip", self.net.ip, "--pod-cidr", self.net.pod_cidr, "--node-netns", self.net.name,
-                "--cgroup-root", "/" + self.net.name, "--heartbeat-interval", "2", "--log-level", "info"]
+                "--cgroup-root", "/" + self.net.name, "--heartbeat-interval", "2", "--log-level", "info",
+                "--runtime-stream-netns", self.net.name]
 
     def ready_probe(self, rpc_timeout: float) -> str | None:
         with Client(self.server, timeout=rpc_timeout) as c:
@@ -317,6 +322,23 @@ def test_exec_and_logs_reach_the_container_through_the_apiserver(client, node):
     # CRI ExecSync straight to containerd, as the kubelet's exec probes use it
     resp = node.cri.exec_sync(container_id(p, "talker"), ["cat", "/etc/hostname"], 5)
     assert (resp.exit_code, resp.stdout.decode().strip()) == (0, "talker")
+    # an interactive exec on the REST API: the apiserver and the kubelet relay it to containerd's
+    # own streaming server (dialled in the node's namespace: --runtime-stream-netns)
+    host, port = client.server.rsplit(":", 1)
+
+    async def ws_exec():
+        ws = await websocket.connect(host, int(port), f"/api/v1/namespaces/{NS}/pods/talker/exec?"
+                                     "command=head&command=-n1&stdin=true&stdout=true",
+                                     ["v5.channel.k8s.io", "v4.channel.k8s.io"])
+        await ws.send(b"\x00piped line\n")
+        got = []
+        async with asyncio.timeout(30):
+            while (msg := await ws.recv()) is not None:
+                got.append(msg[1])
+        return ws.subprotocol, got
+    protocol, got = asyncio.run(ws_exec())
+    assert b"\x01piped line\n" in got, (protocol, got)
+    assert json.loads(got[-1][1:])["status"] == "Success"
 
 
 def test_logs_follow_a_container_until_it_exits(client, node):

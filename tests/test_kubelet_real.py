@@ -27,7 +27,8 @@ from apiserver.pb import core_pb2
 from harness.etcd_client import wait_until
 from harness.plane import apiserver_on_etcdlite
 from node.kubelet.cri_status import read_pod
-from node.kubelet import mounts, volumes
+from node import mounts
+from node.kubelet import volumes
 from node.kubelet.real import RealKubelet
 from node.network.netns import connect_in, http_get_in
 

@@ -98,6 +98,11 @@ def test_leases_are_renewed_and_owned_by_their_node(client, hollow):
 def test_bound_pods_become_running_and_ready(client, hollow):
     created = [client.create(pod(f"run-{i}", node=NODES[i % 3], containers=("main", "side")))
                for i in range(6)]
+    # a hollow node has no volumes to set up: a pod with a claim runs as any other
+    with_claim = pod("run-claim", node=NODES[5])
+    with_claim.spec.volumes.add(name="data", persistent_volume_claim=core_pb2.PersistentVolumeClaimVolumeSource(
+        claim_name="data"))
+    created.append(client.create(with_claim))
     # bound after creation, as the scheduler does
     client.create(pod("late"))
     client.patch("pods", "late", {"spec": {"nodeName": NODES[4]}}, "work")

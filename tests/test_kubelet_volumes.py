@@ -18,7 +18,8 @@ import time
 import pytest
 
 from apiserver.pb import core_pb2, meta_pb2
-from node.kubelet import mounts, volumes
+from node import mounts
+from node.kubelet import volumes
 from node.kubelet.env import ContainerConfigError
 from node.kubelet.volumes import Mount, VolumeError, Volumes
 
@@ -477,13 +478,79 @@ def test_restarted_kubelet_sets_up_idempotently(kubelet_root):
 def test_unsupported_source_and_bad_uid(kubelet_root):
     claim = core_pb2.PersistentVolumeClaimVolumeSource(claim_name="c")
     pod = _pod(core_pb2.Volume(name="claim", persistent_volume_claim=claim))
-    with pytest.raises(VolumeError, match="not supported by this kubelet"):
+    with pytest.raises(VolumeError, match="failed to fetch PVC from API server"):
         Volumes(kubelet_root, Store()).setup(pod)
     with pytest.raises(VolumeError, match="cannot name a directory"):
         Volumes(kubelet_root, Store()).setup(_pod(core_pb2.Volume(name="x", empty_dir=core_pb2.EmptyDirVolumeSource()),
                                                  uid="../../etc"))
     with pytest.raises(ValueError):
         Volumes(kubelet_root, Store()).teardown("..")
+
+
+def _claim(name, *, phase="Bound", volume="pv-1", uid="claim-uid", deleting=False):
+    c = core_pb2.PersistentVolumeClaim(metadata=meta_pb2.ObjectMeta(name=name, namespace="default", uid=uid))
+    c.status.phase, c.spec.volume_name = phase, volume
+    if deleting:
+        c.metadata.deletion_timestamp = "2026-12-07T00:00:00Z"
+    return c
+
+
+def _volume(name, path, *, claim_uid="claim-uid", local=False):
+    v = core_pb2.PersistentVolume(metadata=meta_pb2.ObjectMeta(name=name))
+    v.spec.claim_ref.name, v.spec.claim_ref.namespace, v.spec.claim_ref.uid = "data", "default", claim_uid
+    if local:
+        v.spec.local.path = path
+    else:
+        v.spec.host_path.path, v.spec.host_path.type = path, "Directory"
+    return v
+
+
+def test_a_claim_mounts_its_bound_volumes_directory_read_only_when_asked(kubelet_root, tmp_path):
+    disk = tmp_path / "storage" / "pvc-1"
+    disk.mkdir(parents=True)
+    store = Store(_claim("data"), _volume("pv-1", str(disk)))
+    src = core_pb2.PersistentVolumeClaimVolumeSource(claim_name="data")
+    pod = _pod(core_pb2.Volume(name="data", persistent_volume_claim=src),
+               core_pb2.Volume(name="ro", persistent_volume_claim=core_pb2.PersistentVolumeClaimVolumeSource(
+                   claim_name="data", read_only=True)))
+    vols = Volumes(kubelet_root, store)
+    vols.setup(pod)
+    c = _container(core_pb2.VolumeMount(name="data", mount_path="/data"),
+                   core_pb2.VolumeMount(name="ro", mount_path="/ro"),
+                   core_pb2.VolumeMount(name="data", mount_path="/data-ro", read_only=True))
+    assert vols.mounts_for(pod, c) == [Mount("/data", str(disk), False), Mount("/ro", str(disk), True),
+                                       Mount("/data-ro", str(disk), True)]
+    vols.teardown(UID)
+    assert disk.is_dir(), "the claim's data outlives the pod"
+    local = tmp_path / "storage" / "nodes" / "n0" / "pvc-2"
+    local.mkdir(parents=True)
+    store.put(_volume("pv-1", str(local), local=True))
+    vols.setup(pod)
+    assert vols.mounts_for(pod, _container(core_pb2.VolumeMount(name="data", mount_path="/d")))[0].host_path == str(local)
+
+
+@pytest.mark.parametrize("claim, volume, message", [
+    (_claim("data", phase="Pending", volume=""), None,
+     'error processing PVC default/data: PVC default/data has non-bound phase ("Pending") or empty '
+     'pvc.Spec.VolumeName ("")'),
+    (_claim("data", deleting=True), None,
+     "error processing PVC default/data: can't start pod because PVC default/data is being deleted"),
+    (_claim("data"), None,
+     'error processing PVC default/data: failed to fetch PV pv-1 from API server: persistentvolumes "pv-1" not found'),
+    (_claim("data"), _volume("pv-1", "/nonexistent", claim_uid="other"),
+     'error processing PVC default/data: found PV object pv-1 but its ClaimRef.UID ("other") does not point to '
+     'claim.UID ("claim-uid")'),
+    (_claim("data"), _volume("pv-1", "/nonexistent-dir-of-a-test", local=True),
+     'path "/nonexistent-dir-of-a-test" does not exist'),
+])
+def test_a_claim_that_cannot_be_used_yet_fails_with_upstreams_message(kubelet_root, claim, volume, message):
+    store = Store(*(o for o in (claim, volume) if o is not None))
+    pod = _pod(core_pb2.Volume(name="data", persistent_volume_claim=core_pb2.PersistentVolumeClaimVolumeSource(
+        claim_name="data")))
+    with pytest.raises(VolumeError) as e:
+        Volumes(kubelet_root, store).setup(pod)
+    assert e.value.message == message
+    assert e.value.event_message == f'MountVolume.SetUp failed for volume "data" : {message}'
 
 
 def test_cleanup_removes_every_pod(kubelet_root):

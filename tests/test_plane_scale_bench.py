@@ -65,8 +65,8 @@ def test_the_real_nodes_part_alone_measures_startup_and_keeps_the_other_figures(
     pods = 4
     out = subprocess.run(
         [PYTHON, "-m", "benchmarks.plane_scale", "--only", "real", "--real-nodes", "2", "--real-pods", str(pods),
-         "--real-idle-seconds", "1", "--progress-every", "2", "--stall-timeout", "60", "--timeout", "150",
-         "--out", str(tmp_path)],
+         "--real-idle-seconds", "1", "--real-latency-pods", "3", "--real-latency-qps", "10",
+         "--progress-every", "2", "--stall-timeout", "60", "--timeout", "150", "--out", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "left behind" not in out.stderr
@@ -85,5 +85,9 @@ def test_the_real_nodes_part_alone_measures_startup_and_keeps_the_other_figures(
     rollout = real["rollout"]
     assert rollout["kubelet_ms_per_pod"] > 0 and rollout["runtime_ms_per_pod"] > rollout["runtime_own_ms_per_pod"] > 0
     assert set(rollout["cpu_s"]) >= {"runtime-0", "runtime-1", "kubelet-0", "kubelet-1", "apiserver"}
+    latency = real["latency_phase"]
+    assert (latency["pods"], latency["qps"], latency["to_running_s"]["n"]) == (3, 10.0, 3)
+    assert 0 < latency["to_bound_s"]["max_s"] <= latency["to_running_s"]["max_s"]
     md = (tmp_path / "plane_results.md").read_text()
     assert md.startswith("# Real nodes: pod startup latency") and "| to Running | to Ready |" in md
+    assert "Latency phase (as Kubernetes' density test): 3 more pods" in md

@@ -28,47 +28,48 @@ from apiserver.pb import apps_pb2 as apiserver_dot_pb_dot_apps__pb2
 from apiserver.pb import coordination_pb2 as apiserver_dot_pb_dot_coordination__pb2
 from apiserver.pb import discovery_pb2 as apiserver_dot_pb_dot_discovery__pb2
 from apiserver.pb import networking_pb2 as apiserver_dot_pb_dot_networking__pb2
+from apiserver.pb import storage_pb2 as apiserver_dot_pb_dot_storage__pb2
 from apiserver.pb import rbac_pb2 as apiserver_dot_pb_dot_rbac__pb2
 from apiserver.pb import serviceaccount_pb2 as apiserver_dot_pb_dot_serviceaccount__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61piserver/pb/api.proto\x12\x0c\x61piserver.v1\x1a\x17\x61piserver/pb/meta.proto\x1a\x17\x61piserver/pb/core.proto\x1a\x17\x61piserver/pb/apps.proto\x1a\x1f\x61piserver/pb/coordination.proto\x1a\x1c\x61piserver/pb/discovery.proto\x1a\x1d\x61piserver/pb/networking.proto\x1a\x17\x61piserver/pb/rbac.proto\x1a!apiserver/pb/serviceaccount.proto\"\x84\x06\n\x06Object\x12\'\n\tnamespace\x18\x01 \x01(\x0b\x32\x12.core.v1.NamespaceH\x00\x12\x1d\n\x04node\x18\x02 \x01(\x0b\x32\r.core.v1.NodeH\x00\x12\x1b\n\x03pod\x18\x03 \x01(\x0b\x32\x0c.core.v1.PodH\x00\x12#\n\x07service\x18\x04 \x01(\x0b\x32\x10.core.v1.ServiceH\x00\x12\'\n\tendpoints\x18\x05 \x01(\x0b\x32\x12.core.v1.EndpointsH\x00\x12(\n\nconfig_map\x18\x06 \x01(\x0b\x32\x12.core.v1.ConfigMapH\x00\x12!\n\x06secret\x18\x07 \x01(\x0b\x32\x0f.core.v1.SecretH\x00\x12\x1f\n\x05\x65vent\x18\x08 \x01(\x0b\x32\x0e.core.v1.EventH\x00\x12*\n\x0breplica_set\x18\t \x01(\x0b\x32\x13.apps.v1.ReplicaSetH\x00\x12)\n\ndeployment\x18\n \x01(\x0b\x32\x13.apps.v1.DeploymentH\x00\x12\'\n\x05lease\x18\x0b \x01(\x0b\x32\x16.coordination.v1.LeaseH\x00\x12\x35\n\x0e\x65ndpoint_slice\x18\x0c \x01(\x0b\x32\x1b.discovery.v1.EndpointSliceH\x00\x12.\n\nip_address\x18\r \x01(\x0b\x32\x18.networking.v1.IPAddressH\x00\x12\x32\n\x0fservice_account\x18\x14 \x01(\x0b\x32\x17.core.v1.ServiceAccountH\x00\x12\x1d\n\x04role\x18\x15 \x01(\x0b\x32\r.rbac.v1.RoleH\x00\x12,\n\x0c\x63luster_role\x18\x16 \x01(\x0b\x32\x14.rbac.v1.ClusterRoleH\x00\x12,\n\x0crole_binding\x18\x17 \x01(\x0b\x32\x14.rbac.v1.RoleBindingH\x00\x12;\n\x14\x63luster_role_binding\x18\x18 \x01(\x0b\x32\x1b.rbac.v1.ClusterRoleBindingH\x00\x42\x06\n\x04kind\"5\n\rCreateRequest\x12$\n\x06object\x18\x01 \x01(\x0b\x32\x14.apiserver.v1.Object\"?\n\nGetRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xad\x01\n\x0bListRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\x12\x16\n\x0e\x66ield_selector\x18\x04 \x01(\t\x12\r\n\x05limit\x18\x05 \x01(\x03\x12 \n\x0e\x63ontinue_token\x18\x06 \x01(\tR\x08\x63ontinue\x12\x18\n\x10resource_version\x18\x07 \x01(\t\"\xab\x01\n\x0cListResponse\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.apiserver.v1.Object\x12\x18\n\x10resource_version\x18\x02 \x01(\t\x12 \n\x0e\x63ontinue_token\x18\x03 \x01(\tR\x08\x63ontinue\x12!\n\x14remaining_item_count\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\x17\n\x15_remaining_item_count\"5\n\rUpdateRequest\x12$\n\x06object\x18\x01 \x01(\x0b\x32\x14.apiserver.v1.Object\"f\n\x0cPatchRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0bmerge_patch\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\x08\"6\n\rPreconditions\x12\x0b\n\x03uid\x18\x01 \x01(\t\x12\x18\n\x10resource_version\x18\x02 \x01(\t\"\xce\x01\n\rDeleteRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x32\n\rpreconditions\x18\x04 \x01(\x0b\x32\x1b.apiserver.v1.Preconditions\x12\x1a\n\x12propagation_policy\x18\x05 \x01(\t\x12!\n\x14grace_period_seconds\x18\x06 \x01(\x03H\x00\x88\x01\x01\x42\x17\n\x15_grace_period_seconds\"\x9c\x01\n\x0cWatchRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\x12\x16\n\x0e\x66ield_selector\x18\x04 \x01(\t\x12\x18\n\x10resource_version\x18\x05 \x01(\t\x12\x1d\n\x15\x61llow_watch_bookmarks\x18\x06 \x01(\x08\"a\n\nWatchEvent\x12\x0c\n\x04type\x18\x01 \x01(\t\x12$\n\x06object\x18\x02 \x01(\x0b\x32\x14.apiserver.v1.Object\x12\x1f\n\x06status\x18\x03 \x01(\x0b\x32\x0f.meta.v1.Status\"\x9e\x02\n\x0ePodLogsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tcontainer\x18\x03 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\x12\x10\n\x08previous\x18\x05 \x01(\x08\x12\x17\n\ntail_lines\x18\x06 \x01(\x03H\x00\x88\x01\x01\x12\x18\n\x0blimit_bytes\x18\x07 \x01(\x03H\x01\x88\x01\x01\x12\x1a\n\rsince_seconds\x18\x08 \x01(\x03H\x02\x88\x01\x01\x12\x12\n\nsince_time\x18\t \x01(\t\x12\x12\n\ntimestamps\x18\n \x01(\x08\x12\x0e\n\x06stream\x18\x0b \x01(\tB\r\n\x0b_tail_linesB\x0e\n\x0c_limit_bytesB\x10\n\x0e_since_seconds\"\x1c\n\x0cPodLogsChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"n\n\x0ePodExecRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tcontainer\x18\x03 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x04 \x03(\t\x12\x17\n\x0ftimeout_seconds\x18\x05 \x01(\x03\"D\n\x0fPodExecResponse\x12\x0e\n\x06stdout\x18\x01 \x01(\x0c\x12\x0e\n\x06stderr\x18\x02 \x01(\x0c\x12\x11\n\texit_code\x18\x03 \x01(\x05\x32\x80\x05\n\tApiServer\x12;\n\x06\x43reate\x12\x1b.apiserver.v1.CreateRequest\x1a\x14.apiserver.v1.Object\x12\x35\n\x03Get\x12\x18.apiserver.v1.GetRequest\x1a\x14.apiserver.v1.Object\x12=\n\x04List\x12\x19.apiserver.v1.ListRequest\x1a\x1a.apiserver.v1.ListResponse\x12;\n\x06Update\x12\x1b.apiserver.v1.UpdateRequest\x1a\x14.apiserver.v1.Object\x12\x41\n\x0cUpdateStatus\x12\x1b.apiserver.v1.UpdateRequest\x1a\x14.apiserver.v1.Object\x12\x39\n\x05Patch\x12\x1a.apiserver.v1.PatchRequest\x1a\x14.apiserver.v1.Object\x12;\n\x06\x44\x65lete\x12\x1b.apiserver.v1.DeleteRequest\x1a\x14.apiserver.v1.Object\x12?\n\x05Watch\x12\x1a.apiserver.v1.WatchRequest\x1a\x18.apiserver.v1.WatchEvent0\x01\x12\x42\n\x04Logs\x12\x1c.apiserver.v1.PodLogsRequest\x1a\x1a.apiserver.v1.PodLogsChunk0\x01\x12\x43\n\x04\x45xec\x12\x1c.apiserver.v1.PodExecRequest\x1a\x1d.apiserver.v1.PodExecResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61piserver/pb/api.proto\x12\x0c\x61piserver.v1\x1a\x17\x61piserver/pb/meta.proto\x1a\x17\x61piserver/pb/core.proto\x1a\x17\x61piserver/pb/apps.proto\x1a\x1f\x61piserver/pb/coordination.proto\x1a\x1c\x61piserver/pb/discovery.proto\x1a\x1d\x61piserver/pb/networking.proto\x1a\x1a\x61piserver/pb/storage.proto\x1a\x17\x61piserver/pb/rbac.proto\x1a!apiserver/pb/serviceaccount.proto\"\xb2\x07\n\x06Object\x12\'\n\tnamespace\x18\x01 \x01(\x0b\x32\x12.core.v1.NamespaceH\x00\x12\x1d\n\x04node\x18\x02 \x01(\x0b\x32\r.core.v1.NodeH\x00\x12\x1b\n\x03pod\x18\x03 \x01(\x0b\x32\x0c.core.v1.PodH\x00\x12#\n\x07service\x18\x04 \x01(\x0b\x32\x10.core.v1.ServiceH\x00\x12\'\n\tendpoints\x18\x05 \x01(\x0b\x32\x12.core.v1.EndpointsH\x00\x12(\n\nconfig_map\x18\x06 \x01(\x0b\x32\x12.core.v1.ConfigMapH\x00\x12!\n\x06secret\x18\x07 \x01(\x0b\x32\x0f.core.v1.SecretH\x00\x12\x1f\n\x05\x65vent\x18\x08 \x01(\x0b\x32\x0e.core.v1.EventH\x00\x12*\n\x0breplica_set\x18\t \x01(\x0b\x32\x13.apps.v1.ReplicaSetH\x00\x12)\n\ndeployment\x18\n \x01(\x0b\x32\x13.apps.v1.DeploymentH\x00\x12\'\n\x05lease\x18\x0b \x01(\x0b\x32\x16.coordination.v1.LeaseH\x00\x12\x35\n\x0e\x65ndpoint_slice\x18\x0c \x01(\x0b\x32\x1b.discovery.v1.EndpointSliceH\x00\x12.\n\nip_address\x18\r \x01(\x0b\x32\x18.networking.v1.IPAddressH\x00\x12\x36\n\x11persistent_volume\x18\x0e \x01(\x0b\x32\x19.core.v1.PersistentVolumeH\x00\x12\x41\n\x17persistent_volume_claim\x18\x0f \x01(\x0b\x32\x1e.core.v1.PersistentVolumeClaimH\x00\x12\x31\n\rstorage_class\x18\x10 \x01(\x0b\x32\x18.storage.v1.StorageClassH\x00\x12\x32\n\x0fservice_account\x18\x14 \x01(\x0b\x32\x17.core.v1.ServiceAccountH\x00\x12\x1d\n\x04role\x18\x15 \x01(\x0b\x32\r.rbac.v1.RoleH\x00\x12,\n\x0c\x63luster_role\x18\x16 \x01(\x0b\x32\x14.rbac.v1.ClusterRoleH\x00\x12,\n\x0crole_binding\x18\x17 \x01(\x0b\x32\x14.rbac.v1.RoleBindingH\x00\x12;\n\x14\x63luster_role_binding\x18\x18 \x01(\x0b\x32\x1b.rbac.v1.ClusterRoleBindingH\x00\x42\x06\n\x04kind\"]\n\rCreateRequest\x12$\n\x06object\x18\x01 \x01(\x0b\x32\x14.apiserver.v1.Object\x12\x15\n\rfield_manager\x18\x02 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"?\n\nGetRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xad\x01\n\x0bListRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\x12\x16\n\x0e\x66ield_selector\x18\x04 \x01(\t\x12\r\n\x05limit\x18\x05 \x01(\x03\x12 \n\x0e\x63ontinue_token\x18\x06 \x01(\tR\x08\x63ontinue\x12\x18\n\x10resource_version\x18\x07 \x01(\t\"\xab\x01\n\x0cListResponse\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.apiserver.v1.Object\x12\x18\n\x10resource_version\x18\x02 \x01(\t\x12 \n\x0e\x63ontinue_token\x18\x03 \x01(\tR\x08\x63ontinue\x12!\n\x14remaining_item_count\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\x17\n\x15_remaining_item_count\"]\n\rUpdateRequest\x12$\n\x06object\x18\x01 \x01(\x0b\x32\x14.apiserver.v1.Object\x12\x15\n\rfield_manager\x18\x02 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"\xb2\x01\n\x0cPatchRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0bmerge_patch\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\x08\x12\x13\n\x0b\x61pply_patch\x18\x06 \x01(\t\x12\x15\n\rfield_manager\x18\x07 \x01(\t\x12\r\n\x05\x66orce\x18\x08 \x01(\x08\x12\x0f\n\x07\x64ry_run\x18\t \x01(\x08\"6\n\rPreconditions\x12\x0b\n\x03uid\x18\x01 \x01(\t\x12\x18\n\x10resource_version\x18\x02 \x01(\t\"\xdf\x01\n\rDeleteRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x32\n\rpreconditions\x18\x04 \x01(\x0b\x32\x1b.apiserver.v1.Preconditions\x12\x1a\n\x12propagation_policy\x18\x05 \x01(\t\x12!\n\x14grace_period_seconds\x18\x06 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07\x64ry_run\x18\x07 \x01(\x08\x42\x17\n\x15_grace_period_seconds\"\x9c\x01\n\x0cWatchRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\x12\x16\n\x0e\x66ield_selector\x18\x04 \x01(\t\x12\x18\n\x10resource_version\x18\x05 \x01(\t\x12\x1d\n\x15\x61llow_watch_bookmarks\x18\x06 \x01(\x08\"a\n\nWatchEvent\x12\x0c\n\x04type\x18\x01 \x01(\t\x12$\n\x06object\x18\x02 \x01(\x0b\x32\x14.apiserver.v1.Object\x12\x1f\n\x06status\x18\x03 \x01(\x0b\x32\x0f.meta.v1.Status\"\x9e\x02\n\x0ePodLogsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tcontainer\x18\x03 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\x12\x10\n\x08previous\x18\x05 \x01(\x08\x12\x17\n\ntail_lines\x18\x06 \x01(\x03H\x00\x88\x01\x01\x12\x18\n\x0blimit_bytes\x18\x07 \x01(\x03H\x01\x88\x01\x01\x12\x1a\n\rsince_seconds\x18\x08 \x01(\x03H\x02\x88\x01\x01\x12\x12\n\nsince_time\x18\t \x01(\t\x12\x12\n\ntimestamps\x18\n \x01(\x08\x12\x0e\n\x06stream\x18\x0b \x01(\tB\r\n\x0b_tail_linesB\x0e\n\x0c_limit_bytesB\x10\n\x0e_since_seconds\"\x1c\n\x0cPodLogsChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"n\n\x0ePodExecRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tcontainer\x18\x03 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x04 \x03(\t\x12\x17\n\x0ftimeout_seconds\x18\x05 \x01(\x03\"D\n\x0fPodExecResponse\x12\x0e\n\x06stdout\x18\x01 \x01(\x0c\x12\x0e\n\x06stderr\x18\x02 \x01(\x0c\x12\x11\n\texit_code\x18\x03 \x01(\x05\x32\x80\x05\n\tApiServer\x12;\n\x06\x43reate\x12\x1b.apiserver.v1.CreateRequest\x1a\x14.apiserver.v1.Object\x12\x35\n\x03Get\x12\x18.apiserver.v1.GetRequest\x1a\x14.apiserver.v1.Object\x12=\n\x04List\x12\x19.apiserver.v1.ListRequest\x1a\x1a.apiserver.v1.ListResponse\x12;\n\x06Update\x12\x1b.apiserver.v1.UpdateRequest\x1a\x14.apiserver.v1.Object\x12\x41\n\x0cUpdateStatus\x12\x1b.apiserver.v1.UpdateRequest\x1a\x14.apiserver.v1.Object\x12\x39\n\x05Patch\x12\x1a.apiserver.v1.PatchRequest\x1a\x14.apiserver.v1.Object\x12;\n\x06\x44\x65lete\x12\x1b.apiserver.v1.DeleteRequest\x1a\x14.apiserver.v1.Object\x12?\n\x05Watch\x12\x1a.apiserver.v1.WatchRequest\x1a\x18.apiserver.v1.WatchEvent0\x01\x12\x42\n\x04Logs\x12\x1c.apiserver.v1.PodLogsRequest\x1a\x1a.apiserver.v1.PodLogsChunk0\x01\x12\x43\n\x04\x45xec\x12\x1c.apiserver.v1.PodExecRequest\x1a\x1d.apiserver.v1.PodExecResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'apiserver.pb.api_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OBJECT']._serialized_start=270
-  _globals['_OBJECT']._serialized_end=1042
-  _globals['_CREATEREQUEST']._serialized_start=1044
-  _globals['_CREATEREQUEST']._serialized_end=1097
-  _globals['_GETREQUEST']._serialized_start=1099
-  _globals['_GETREQUEST']._serialized_end=1162
-  _globals['_LISTREQUEST']._serialized_start=1165
-  _globals['_LISTREQUEST']._serialized_end=1338
-  _globals['_LISTRESPONSE']._serialized_start=1341
-  _globals['_LISTRESPONSE']._serialized_end=1512
-  _globals['_UPDATEREQUEST']._serialized_start=1514
-  _globals['_UPDATEREQUEST']._serialized_end=1567
-  _globals['_PATCHREQUEST']._serialized_start=1569
-  _globals['_PATCHREQUEST']._serialized_end=1671
-  _globals['_PRECONDITIONS']._serialized_start=1673
-  _globals['_PRECONDITIONS']._serialized_end=1727
-  _globals['_DELETEREQUEST']._serialized_start=1730
-  _globals['_DELETEREQUEST']._serialized_end=1936
-  _globals['_WATCHREQUEST']._serialized_start=1939
-  _globals['_WATCHREQUEST']._serialized_end=2095
-  _globals['_WATCHEVENT']._serialized_start=2097
-  _globals['_WATCHEVENT']._serialized_end=2194
-  _globals['_PODLOGSREQUEST']._serialized_start=2197
-  _globals['_PODLOGSREQUEST']._serialized_end=2483
-  _globals['_PODLOGSCHUNK']._serialized_start=2485
-  _globals['_PODLOGSCHUNK']._serialized_end=2513
-  _globals['_PODEXECREQUEST']._serialized_start=2515
-  _globals['_PODEXECREQUEST']._serialized_end=2625
-  _globals['_PODEXECRESPONSE']._serialized_start=2627
-  _globals['_PODEXECRESPONSE']._serialized_end=2695
-  _globals['_APISERVER']._serialized_start=2698
-  _globals['_APISERVER']._serialized_end=3338
+  _globals['_OBJECT']._serialized_start=298
+  _globals['_OBJECT']._serialized_end=1244
+  _globals['_CREATEREQUEST']._serialized_start=1246
+  _globals['_CREATEREQUEST']._serialized_end=1339
+  _globals['_GETREQUEST']._serialized_start=1341
+  _globals['_GETREQUEST']._serialized_end=1404
+  _globals['_LISTREQUEST']._serialized_start=1407
+  _globals['_LISTREQUEST']._serialized_end=1580
+  _globals['_LISTRESPONSE']._serialized_start=1583
+  _globals['_LISTRESPONSE']._serialized_end=1754
+  _globals['_UPDATEREQUEST']._serialized_start=1756
+  _globals['_UPDATEREQUEST']._serialized_end=1849
+  _globals['_PATCHREQUEST']._serialized_start=1852
+  _globals['_PATCHREQUEST']._serialized_end=2030
+  _globals['_PRECONDITIONS']._serialized_start=2032
+  _globals['_PRECONDITIONS']._serialized_end=2086
+  _globals['_DELETEREQUEST']._serialized_start=2089
+  _globals['_DELETEREQUEST']._serialized_end=2312
+  _globals['_WATCHREQUEST']._serialized_start=2315
+  _globals['_WATCHREQUEST']._serialized_end=2471
+  _globals['_WATCHEVENT']._serialized_start=2473
+  _globals['_WATCHEVENT']._serialized_end=2570
+  _globals['_PODLOGSREQUEST']._serialized_start=2573
+  _globals['_PODLOGSREQUEST']._serialized_end=2859
+  _globals['_PODLOGSCHUNK']._serialized_start=2861
+  _globals['_PODLOGSCHUNK']._serialized_end=2889
+  _globals['_PODEXECREQUEST']._serialized_start=2891
+  _globals['_PODEXECREQUEST']._serialized_end=3001
+  _globals['_PODEXECRESPONSE']._serialized_start=3003
+  _globals['_PODEXECRESPONSE']._serialized_end=3071
+  _globals['_APISERVER']._serialized_start=3074
+  _globals['_APISERVER']._serialized_end=3714
 # @@protoc_insertion_point(module_scope)

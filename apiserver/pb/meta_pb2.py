@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61piserver/pb/meta.proto\x12\x07meta.v1\"\xb2\x01\n\x0eOwnerReference\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0b\n\x03uid\x18\x04 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x05 \x01(\t\x12\x17\n\ncontroller\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12!\n\x14\x62lock_owner_deletion\x18\x07 \x01(\x08H\x01\x88\x01\x01\x42\r\n\x0b_controllerB\x17\n\x15_block_owner_deletion\"\x9b\x04\n\nObjectMeta\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rgenerate_name\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x0b\n\x03uid\x18\x05 \x01(\t\x12\x18\n\x10resource_version\x18\x06 \x01(\t\x12\x12\n\ngeneration\x18\x07 \x01(\x03\x12\x1a\n\x12\x63reation_timestamp\x18\x08 \x01(\t\x12\x1a\n\x12\x64\x65letion_timestamp\x18\t \x01(\t\x12*\n\x1d\x64\x65letion_grace_period_seconds\x18\n \x01(\x03H\x00\x88\x01\x01\x12/\n\x06labels\x18\x0b \x03(\x0b\x32\x1f.meta.v1.ObjectMeta.LabelsEntry\x12\x39\n\x0b\x61nnotations\x18\x0c \x03(\x0b\x32$.meta.v1.ObjectMeta.AnnotationsEntry\x12\x31\n\x10owner_references\x18\r \x03(\x0b\x32\x17.meta.v1.OwnerReference\x12\x12\n\nfinalizers\x18\x0e \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42 \n\x1e_deletion_grace_period_seconds\"I\n\x18LabelSelectorRequirement\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08operator\x18\x02 \x01(\t\x12\x0e\n\x06values\x18\x03 \x03(\t\"\xc0\x01\n\rLabelSelector\x12=\n\x0cmatch_labels\x18\x01 \x03(\x0b\x32\'.meta.v1.LabelSelector.MatchLabelsEntry\x12<\n\x11match_expressions\x18\x02 \x03(\x0b\x32!.meta.v1.LabelSelectorRequirement\x1a\x32\n\x10MatchLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x85\x01\n\tCondition\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x1b\n\x13observed_generation\x18\x03 \x01(\x03\x12\x1c\n\x14last_transition_time\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\"\x90\x01\n\x0fObjectReference\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0b\n\x03uid\x18\x04 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x05 \x01(\t\x12\x18\n\x10resource_version\x18\x06 \x01(\t\x12\x12\n\nfield_path\x18\x07 \x01(\t\"p\n\x06Status\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\'\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x16.meta.v1.StatusDetails\x12\x0c\n\x04\x63ode\x18\x06 \x01(\x05\"=\n\x0bStatusCause\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\"m\n\rStatusDetails\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0b\n\x03uid\x18\x06 \x01(\t\x12$\n\x06\x63\x61uses\x18\x04 \x03(\x0b\x32\x14.meta.v1.StatusCauseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61piserver/pb/meta.proto\x12\x07meta.v1\"\xb2\x01\n\x0eOwnerReference\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0b\n\x03uid\x18\x04 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x05 \x01(\t\x12\x17\n\ncontroller\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12!\n\x14\x62lock_owner_deletion\x18\x07 \x01(\x08H\x01\x88\x01\x01\x42\r\n\x0b_controllerB\x17\n\x15_block_owner_deletion\"\xd0\x04\n\nObjectMeta\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rgenerate_name\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x0b\n\x03uid\x18\x05 \x01(\t\x12\x18\n\x10resource_version\x18\x06 \x01(\t\x12\x12\n\ngeneration\x18\x07 \x01(\x03\x12\x1a\n\x12\x63reation_timestamp\x18\x08 \x01(\t\x12\x1a\n\x12\x64\x65letion_timestamp\x18\t \x01(\t\x12*\n\x1d\x64\x65letion_grace_period_seconds\x18\n \x01(\x03H\x00\x88\x01\x01\x12/\n\x06labels\x18\x0b \x03(\x0b\x32\x1f.meta.v1.ObjectMeta.LabelsEntry\x12\x39\n\x0b\x61nnotations\x18\x0c \x03(\x0b\x32$.meta.v1.ObjectMeta.AnnotationsEntry\x12\x31\n\x10owner_references\x18\r \x03(\x0b\x32\x17.meta.v1.OwnerReference\x12\x12\n\nfinalizers\x18\x0e \x03(\t\x12\x33\n\x0emanaged_fields\x18\x11 \x03(\x0b\x32\x1b.meta.v1.ManagedFieldsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42 \n\x1e_deletion_grace_period_seconds\"\xab\x01\n\x12ManagedFieldsEntry\x12\x0f\n\x07manager\x18\x01 \x01(\t\x12\x11\n\toperation\x18\x02 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x03 \x01(\t\x12\x0c\n\x04time\x18\x04 \x01(\t\x12\x13\n\x0b\x66ields_type\x18\x06 \x01(\t\x12$\n\tfields_v1\x18\x07 \x01(\x0b\x32\x11.meta.v1.FieldsV1\x12\x13\n\x0bsubresource\x18\x08 \x01(\t\"\x17\n\x08\x46ieldsV1\x12\x0b\n\x03raw\x18\x01 \x01(\t\"I\n\x18LabelSelectorRequirement\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08operator\x18\x02 \x01(\t\x12\x0e\n\x06values\x18\x03 \x03(\t\"\xc0\x01\n\rLabelSelector\x12=\n\x0cmatch_labels\x18\x01 \x03(\x0b\x32\'.meta.v1.LabelSelector.MatchLabelsEntry\x12<\n\x11match_expressions\x18\x02 \x03(\x0b\x32!.meta.v1.LabelSelectorRequirement\x1a\x32\n\x10MatchLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x85\x01\n\tCondition\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x1b\n\x13observed_generation\x18\x03 \x01(\x03\x12\x1c\n\x14last_transition_time\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\"\x90\x01\n\x0fObjectReference\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0b\n\x03uid\x18\x04 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x05 \x01(\t\x12\x18\n\x10resource_version\x18\x06 \x01(\t\x12\x12\n\nfield_path\x18\x07 \x01(\t\"p\n\x06Status\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\'\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x16.meta.v1.StatusDetails\x12\x0c\n\x04\x63ode\x18\x06 \x01(\x05\"=\n\x0bStatusCause\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\"m\n\rStatusDetails\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0b\n\x03uid\x18\x06 \x01(\t\x12$\n\x06\x63\x61uses\x18\x04 \x03(\x0b\x32\x14.meta.v1.StatusCauseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,25 +40,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OWNERREFERENCE']._serialized_start=37
   _globals['_OWNERREFERENCE']._serialized_end=215
   _globals['_OBJECTMETA']._serialized_start=218
-  _globals['_OBJECTMETA']._serialized_end=757
-  _globals['_OBJECTMETA_LABELSENTRY']._serialized_start=626
-  _globals['_OBJECTMETA_LABELSENTRY']._serialized_end=671
-  _globals['_OBJECTMETA_ANNOTATIONSENTRY']._serialized_start=673
-  _globals['_OBJECTMETA_ANNOTATIONSENTRY']._serialized_end=723
-  _globals['_LABELSELECTORREQUIREMENT']._serialized_start=759
-  _globals['_LABELSELECTORREQUIREMENT']._serialized_end=832
-  _globals['_LABELSELECTOR']._serialized_start=835
-  _globals['_LABELSELECTOR']._serialized_end=1027
-  _globals['_LABELSELECTOR_MATCHLABELSENTRY']._serialized_start=977
-  _globals['_LABELSELECTOR_MATCHLABELSENTRY']._serialized_end=1027
-  _globals['_CONDITION']._serialized_start=1030
-  _globals['_CONDITION']._serialized_end=1163
-  _globals['_OBJECTREFERENCE']._serialized_start=1166
-  _globals['_OBJECTREFERENCE']._serialized_end=1310
-  _globals['_STATUS']._serialized_start=1312
-  _globals['_STATUS']._serialized_end=1424
-  _globals['_STATUSCAUSE']._serialized_start=1426
-  _globals['_STATUSCAUSE']._serialized_end=1487
-  _globals['_STATUSDETAILS']._serialized_start=1489
-  _globals['_STATUSDETAILS']._serialized_end=1598
+  _globals['_OBJECTMETA']._serialized_end=810
+  _globals['_OBJECTMETA_LABELSENTRY']._serialized_start=679
+  _globals['_OBJECTMETA_LABELSENTRY']._serialized_end=724
+  _globals['_OBJECTMETA_ANNOTATIONSENTRY']._serialized_start=726
+  _globals['_OBJECTMETA_ANNOTATIONSENTRY']._serialized_end=776
+  _globals['_MANAGEDFIELDSENTRY']._serialized_start=813
+  _globals['_MANAGEDFIELDSENTRY']._serialized_end=984
+  _globals['_FIELDSV1']._serialized_start=986
+  _globals['_FIELDSV1']._serialized_end=1009
+  _globals['_LABELSELECTORREQUIREMENT']._serialized_start=1011
+  _globals['_LABELSELECTORREQUIREMENT']._serialized_end=1084
+  _globals['_LABELSELECTOR']._serialized_start=1087
+  _globals['_LABELSELECTOR']._serialized_end=1279
+  _globals['_LABELSELECTOR_MATCHLABELSENTRY']._serialized_start=1229
+  _globals['_LABELSELECTOR_MATCHLABELSENTRY']._serialized_end=1279
+  _globals['_CONDITION']._serialized_start=1282
+  _globals['_CONDITION']._serialized_end=1415
+  _globals['_OBJECTREFERENCE']._serialized_start=1418
+  _globals['_OBJECTREFERENCE']._serialized_end=1562
+  _globals['_STATUS']._serialized_start=1564
+  _globals['_STATUS']._serialized_end=1676
+  _globals['_STATUSCAUSE']._serialized_start=1678
+  _globals['_STATUSCAUSE']._serialized_end=1739
+  _globals['_STATUSDETAILS']._serialized_start=1741
+  _globals['_STATUSDETAILS']._serialized_end=1850
 # @@protoc_insertion_point(module_scope)

@@ -6,9 +6,12 @@
 - ``api``: verbs to registry calls; bodies, DeleteOptions, dryRun, fieldValidation, scale
 - ``discovery``: /version, /api, /apis, resource lists, aggregated discovery v2
 - ``patch``: JSON merge patch, JSON patch, strategic merge patch
+- ``apply``: server-side apply's options and every write's field manager
+  (the semantics: apiserver/fieldmanager.py over apiserver/fieldpath.py)
 - ``watch``: watch events as a chunked JSON stream
 - ``tables``: meta.k8s.io Tables with kubectl's columns
 - ``status``: errors as meta/v1 Status
 - ``openapi``: the OpenAPI documents (not yet)
+- ``streams``: pods/log, and pods/exec, attach, portforward relayed to the kubelet
 - ``serving``: the pieces put together for apiserver/server.py
 """

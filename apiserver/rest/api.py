@@ -11,12 +11,13 @@ from urllib.parse import urlencode
 
 import yaml
 
-from apiserver import errors, manifest, resources
+from apiserver import errors, manifest
 from apiserver.auth.audit import now as audit_now
 from apiserver.auth.gate import Seen
 from apiserver.errors import ApiError
 from apiserver.registry import Registry, parse_resource_version
-from apiserver.rest import authapi, convert, discovery, openapi, patch, protobuf, routing, tables, watch
+from apiserver.rest import (apply, authapi, convert, discovery, openapi, patch, protobuf, routing, streams, tables,
+                            watch)
 from apiserver.rest.http1 import Request, Response, json_response
 from apiserver.rest.status import error_response, http_error, success
 
@@ -34,8 +35,9 @@ def _strip_kind(obj: dict) -> dict:
 
 
 class RestApi:
-    def __init__(self, registry: Registry, gate=None) -> None:
+    def __init__(self, registry: Registry, kubelets=None, gate=None) -> None:
         self.registry = registry
+        self.streams = streams.PodStreams(registry, kubelets)
         # authentication and authorization (apiserver/auth/gate.py); None: everyone may do anything
         self.gate = gate
         self.items = convert.ItemCache()
@@ -72,7 +74,7 @@ class RestApi:
         if target is not None:
             return await self._resource(req, target)
         if req.method not in ("GET", "HEAD"):
-            return http_error(405, f"the server does not allow this method on the requested resource")
+            return http_error(405, "the server does not allow this method on the requested resource")
         return self._discovery(req, path)
 
     # ---- discovery ----
@@ -117,6 +119,8 @@ class RestApi:
             if t.res.name not in discovery.SCALABLE:
                 return http_error(404, "the server could not find the requested resource")
             return await self._scale(req, t)
+        if t.subresource in streams.SUBRESOURCES and t.res.name == "pods" and t.name:
+            return await self.streams.handle(req, t)
         if t.subresource == "token" and t.res.name == "serviceaccounts" and t.name:
             return await authapi.token_request(self.gate, self.registry, req, t.namespace, t.name)
         if t.subresource == "eviction" and t.res.name == "pods":
@@ -147,7 +151,7 @@ class RestApi:
                 return await self._patch(req, t)
             if m == "DELETE" and not t.subresource:
                 return await self._delete(req, t)
-        return http_error(405, f"the server does not allow this method on the requested resource")
+        return http_error(405, "the server does not allow this method on the requested resource")
 
     def _object(self, req: Request, t: routing.Target, obj: dict, status: int = 200) -> Response:
         table = tables.wants_table(req.headers.get("accept", ""))
@@ -271,33 +275,46 @@ class RestApi:
     async def _create(self, req: Request, t: routing.Target) -> Response:
         warnings: list[str] = []
         msg = self._decode(req, t, warnings)
-        if _dry_run(req):
-            return _with_warnings(json_response(convert.to_json(msg), 201), warnings)
-        created = await self.registry.create(t.res, msg)
+        created = await self.registry.create(t.res, msg, manager=apply.manager(req, t), dry_run=_dry_run(req))
         return _with_warnings(self._object(req, t, convert.to_json(created), 201), warnings)
 
     async def _update(self, req: Request, t: routing.Target) -> Response:
         warnings: list[str] = []
         msg = self._decode(req, t, warnings)
-        if _dry_run(req):
-            return _with_warnings(json_response(convert.to_json(msg)), warnings)
-        if t.subresource == "status":
-            stored = await self.registry.update_status(t.res, msg)
-        else:
-            stored = await self.registry.update(t.res, msg)
+        write = self.registry.update_status if t.subresource == "status" else self.registry.update
+        stored = await write(t.res, msg, manager=apply.manager(req, t), dry_run=_dry_run(req))
         return _with_warnings(self._object(req, t, convert.to_json(stored)), warnings)
+
+    async def _apply(self, req: Request, t: routing.Target) -> Response:
+        """Server-side apply (apiserver/rest/apply.py); 201 when it created the object."""
+        validation = req.param("fieldValidation")
+        if validation not in FIELD_VALIDATION:
+            raise errors.bad_request(f'fieldValidation must be one of "Ignore", "Warn" or "Strict", not "{validation}"')
+        warnings: list[str] = []
+        manager = apply.manager(req, t, apply=True)
+        force = apply.check_force(req, apply=True)
+        config = apply.parse_config(req, t, validation, warnings)
+        stored, created = await self.registry.apply(t.res, t.namespace, t.name, config, manager, force=force,
+                                                    status=t.subresource == "status", dry_run=_dry_run(req))
+        return _with_warnings(self._object(req, t, convert.to_json(stored), 201 if created else 200), warnings)
 
     async def _patch(self, req: Request, t: routing.Target) -> Response:
         kind = req.headers.get("content-type", "").split(";")[0].strip()
-        if kind not in (patch.MERGE, patch.JSON_PATCH, patch.STRATEGIC):
+        if kind not in (patch.MERGE, patch.JSON_PATCH, patch.STRATEGIC, patch.APPLY):
             return http_error(415, f"the body of the request was in an unknown format - accepted media types "
-                                   f"include: {patch.JSON_PATCH}, {patch.MERGE}, {patch.STRATEGIC}")
+                                   f"include: {patch.JSON_PATCH}, {patch.MERGE}, {patch.APPLY}, {patch.STRATEGIC}")
+        if kind == patch.APPLY:
+            return await self._apply(req, t)
+        apply.check_force(req, apply=False)
+        manager = apply.manager(req, t)
+        dry_run = _dry_run(req)
         status = t.subresource == "status"
-        if kind == patch.MERGE and not _dry_run(req):
+        if kind == patch.MERGE:
             # the same code path as the gRPC API's Patch
             merge = patch.parse(req.body, kind)
             convert.normalize_times(merge)
-            stored = await self.registry.patch(t.res, t.namespace, t.name, json.dumps(merge), status=status)
+            stored = await self.registry.patch(t.res, t.namespace, t.name, json.dumps(merge), status=status,
+                                               manager=manager, dry_run=dry_run)
             return self._object(req, t, convert.to_json(stored))
         for attempt in range(PATCH_ATTEMPTS):
             current = await self.registry.get(t.res, t.namespace, t.name)
@@ -313,13 +330,9 @@ class RestApi:
             msg = manifest.from_dict(patched)
             msg.metadata.namespace = current.metadata.namespace
             msg.metadata.name = t.name
-            if _dry_run(req):
-                return self._object(req, t, convert.to_json(msg))
             try:
-                if status:
-                    stored = await self.registry.update_status(t.res, msg)
-                else:
-                    stored = await self.registry.update(t.res, msg)
+                write = self.registry.update_status if status else self.registry.update
+                stored = await write(t.res, msg, manager=manager, dry_run=dry_run)
             except ApiError as e:
                 if e.reason == "Conflict" and not pinned and attempt < PATCH_ATTEMPTS - 1:
                     continue
@@ -331,16 +344,15 @@ class RestApi:
         opts = _delete_options(req)
         pre = opts.get("preconditions") or {}
         grace = opts.get("gracePeriodSeconds")
-        if _dry_run(req, opts):
-            current = await self.registry.get(t.res, t.namespace, t.name)
-            return json_response(convert.to_json(current))
+        dry_run = _dry_run(req, opts)
         gone = await self.registry.delete(
             t.res, t.namespace, t.name, uid=pre.get("uid") or "",
             resource_version=pre.get("resourceVersion") or "",
             propagation_policy=opts.get("propagationPolicy") or "",
-            grace_period_seconds=int(grace) if grace is not None else None)
+            grace_period_seconds=int(grace) if grace is not None else None, dry_run=dry_run)
         obj = convert.to_json(gone)
-        still_there = gone.metadata.deletion_timestamp and await self._exists(t)
+        # a dry run answers what the delete would: the object while it would stay
+        still_there = gone.metadata.deletion_timestamp and (dry_run or await self._exists(t))
         if still_there:
             return json_response(obj, 200)  # graceful or finalizers pending: the object, as kube answers
         return json_response(success(t.name, t.res, gone.metadata.uid))
@@ -361,15 +373,13 @@ class RestApi:
         listed = await self.registry.list(t.res, t.namespace, label_selector=req.param("labelSelector"),
                                           field_selector=req.param("fieldSelector"))
         items = []
+        dry_run = _dry_run(req, opts)
         for obj in listed.items:
-            if _dry_run(req, opts):
-                items.append(_strip_kind(convert.to_json(obj)))
-                continue
             try:
                 gone = await self.registry.delete(
                     t.res, obj.metadata.namespace, obj.metadata.name,
                     propagation_policy=opts.get("propagationPolicy") or "",
-                    grace_period_seconds=opts.get("gracePeriodSeconds"))
+                    grace_period_seconds=opts.get("gracePeriodSeconds"), dry_run=dry_run)
             except ApiError as e:
                 if e.reason == "NotFound":
                     continue
@@ -391,13 +401,12 @@ class RestApi:
             raise errors.bad_request("name in URL does not match name in Eviction object")
         opts = eviction.get("deleteOptions") or {}
         pre = opts.get("preconditions") or {}
-        if not _dry_run(req, opts):
-            grace = opts.get("gracePeriodSeconds")
-            await self.registry.delete(
-                t.res, t.namespace, t.name, uid=pre.get("uid") or "",
-                resource_version=pre.get("resourceVersion") or "",
-                propagation_policy=opts.get("propagationPolicy") or "",
-                grace_period_seconds=int(grace) if grace is not None else None)
+        grace = opts.get("gracePeriodSeconds")
+        await self.registry.delete(
+            t.res, t.namespace, t.name, uid=pre.get("uid") or "",
+            resource_version=pre.get("resourceVersion") or "",
+            propagation_policy=opts.get("propagationPolicy") or "",
+            grace_period_seconds=int(grace) if grace is not None else None, dry_run=_dry_run(req, opts))
         return json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                               "code": 201}, 201)
 
@@ -436,7 +445,8 @@ class RestApi:
         body = {"spec": {"replicas": replicas}}
         if rv:
             body["metadata"] = {"resourceVersion": rv}
-        stored = await self.registry.patch(t.res, t.namespace, t.name, json.dumps(body))
+        stored = await self.registry.patch(t.res, t.namespace, t.name, json.dumps(body),
+                                           manager=apply.manager(req, t), dry_run=_dry_run(req))
         return json_response(self._scale_of(stored))
 
 

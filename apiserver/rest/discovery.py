@@ -48,7 +48,12 @@ def subresources(res: Resource) -> list[tuple[str, str, str, list[str]]]:
     if res.name in SCALABLE:
         subs.append(("scale", "autoscaling", "Scale", ["get", "patch", "update"]))
     if res.name == "pods":
-        subs.append(("eviction", "policy", "Eviction", ["create"]))
+        # as kube-apiserver lists them (served through the node's kubelet: apiserver/rest/streams.py)
+        subs += [("attach", "", "PodAttachOptions", ["create", "get"]),
+                 ("eviction", "policy", "Eviction", ["create"]),
+                 ("exec", "", "PodExecOptions", ["create", "get"]),
+                 ("log", "", "Pod", ["get"]),
+                 ("portforward", "", "PodPortForwardOptions", ["create", "get"])]
     return subs
 
 

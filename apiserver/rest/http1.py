@@ -58,6 +58,9 @@ class Response:
     headers: list[tuple[str, str]] = field(default_factory=list)
     # a streamed body (chunked): its chunks; ``body`` is ignored
     stream: AsyncIterator[bytes] | None = None
+    # the connection handed over (an upgrade: exec, attach, port-forward): it writes the whole
+    # answer itself, and the connection ends with it
+    takeover: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]] | None = None
 
 
 def json_response(obj, status: int = 200, content_type: str = "application/json") -> Response:
@@ -136,6 +139,9 @@ class Http1Server:
                 except Exception as e:  # a bug must cost this request, never the server
                     log.exception("REST %s %s failed", request.method, request.path)
                     response = self.error_body(500, f"internal error: {type(e).__name__}: {e}")
+                if response.takeover is not None:
+                    await response.takeover(reader, writer)
+                    return
                 if request.method == "HEAD":
                     response.body, response.stream = b"", None
                 if not await _write(writer, response, keep_alive=keep_alive, reader=reader):

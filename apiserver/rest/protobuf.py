@@ -17,6 +17,7 @@ protobuf also accepts JSON.
 from __future__ import annotations
 
 import base64
+import json
 import struct
 from datetime import datetime, timezone
 
@@ -37,7 +38,9 @@ _TIME_FIELDS = {"creationTimestamp", "deletionTimestamp", "lastTransitionTime", 
 # full names of Quantity fields (or maps of Quantity): the rest of _NUMBER_AS_STRING is IntOrString
 _QUANTITY = {"core.v1.EmptyDirVolumeSource.size_limit", "core.v1.ResourceRequirements.limits",
              "core.v1.ResourceRequirements.requests", "core.v1.NodeStatus.capacity",
-             "core.v1.NodeStatus.allocatable"}
+             "core.v1.NodeStatus.allocatable", "core.v1.PersistentVolumeSpec.capacity",
+             "core.v1.VolumeResourceRequirements.limits", "core.v1.VolumeResourceRequirements.requests",
+             "core.v1.PersistentVolumeClaimStatus.capacity"}
 _INT_OR_STRING = _NUMBER_AS_STRING - _QUANTITY
 
 _SIGNED = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64}
@@ -149,6 +152,20 @@ def _scalar(field: FieldDescriptor, wire: int, value, full_name: str):
     return _signed(value) if t in _SIGNED else value
 
 
+def _fields_v1(data: bytes) -> dict:
+    """metav1.FieldsV1 {raw = 1}: its raw bytes are the set's JSON, shown as that JSON."""
+    for n, wire, value in _Reader(data).fields():
+        if n == 1 and wire == 2:
+            try:
+                fields = json.loads(value)
+            except (ValueError, UnicodeDecodeError):
+                raise _bad("fieldsV1 is not JSON") from None
+            if not isinstance(fields, dict):
+                raise _bad("fieldsV1 is not a JSON object")
+            return fields
+    return {}
+
+
 def _packed(field: FieldDescriptor, data: bytes) -> list:
     reader = _Reader(data)
     out = []
@@ -181,6 +198,9 @@ def message_to_dict(desc, data: bytes) -> dict:
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
             if wire != 2:
                 raise _bad(f"field {field.json_name}: wire type {wire} for a message")
+            if field.message_type.full_name == "meta.v1.FieldsV1":
+                out[field.json_name] = _fields_v1(value)
+                continue
             item = message_to_dict(field.message_type, value)
             if field.is_repeated:
                 out.setdefault(field.json_name, []).append(item)

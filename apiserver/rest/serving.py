@@ -9,5 +9,8 @@ from apiserver.rest.http1 import Http1Server
 from apiserver.rest.status import http_error
 
 
-def front(registry: Registry, gate=None) -> Http1Server:
-    return Http1Server(RestApi(registry, gate).handle, http_error)
+def front(registry: Registry, kubelets=None, gate=None) -> Http1Server:
+    """``kubelets`` (apiserver.kubelet.KubeletClients): where pods/log, exec, attach and
+    portforward go; None serves none of them. ``gate``: authentication and authorization
+    (apiserver/auth/gate.py), None: everyone may do anything."""
+    return Http1Server(RestApi(registry, kubelets, gate).handle, http_error)

@@ -285,6 +285,45 @@ def _event_row(o: dict) -> list:
             _meta(o).get("name", "")]
 
 
+_ACCESS_MODES = {"ReadWriteOnce": "RWO", "ReadOnlyMany": "ROX", "ReadWriteMany": "RWX",
+                 "ReadWriteOncePod": "RWOP"}
+
+
+def access_modes_text(modes) -> str:
+    """kubectl's ACCESS MODES: the short forms in a fixed order, comma-separated."""
+    return ",".join(short for long, short in _ACCESS_MODES.items() if long in (modes or ()))
+
+
+def _pv_row(o: dict) -> list:
+    spec, status = o.get("spec") or {}, o.get("status") or {}
+    ref = spec.get("claimRef") or {}
+    claim = f"{ref.get('namespace', '')}/{ref.get('name', '')}" if ref.get("name") else ""
+    return [_meta(o).get("name", ""), (spec.get("capacity") or {}).get("storage", ""),
+            access_modes_text(spec.get("accessModes")), spec.get("persistentVolumeReclaimPolicy", ""),
+            status.get("phase", ""), claim, spec.get("storageClassName", ""), "<unset>",
+            status.get("reason", ""), age(_meta(o).get("creationTimestamp", "")),
+            spec.get("volumeMode", "")]
+
+
+def _pvc_row(o: dict) -> list:
+    spec, status = o.get("spec") or {}, o.get("status") or {}
+    bound = status.get("phase") == "Bound"
+    return [_meta(o).get("name", ""), status.get("phase", ""), spec.get("volumeName", ""),
+            (status.get("capacity") or {}).get("storage", "") if bound else "",
+            access_modes_text(status.get("accessModes")) if bound else "",
+            spec.get("storageClassName", ""), "<unset>", age(_meta(o).get("creationTimestamp", "")),
+            spec.get("volumeMode", "")]
+
+
+def _storage_class_row(o: dict) -> list:
+    name = _meta(o).get("name", "")
+    if (_meta(o).get("annotations") or {}).get("storageclass.kubernetes.io/is-default-class") == "true":
+        name += " (default)"
+    return [name, o.get("provisioner", ""), o.get("reclaimPolicy", "Delete"),
+            o.get("volumeBindingMode", "Immediate"), bool(o.get("allowVolumeExpansion")),
+            age(_meta(o).get("creationTimestamp", ""))]
+
+
 def _service_account_row(o: dict) -> list:
     return [_meta(o).get("name", ""), len(o.get("secrets") or []), age(_meta(o).get("creationTimestamp", ""))]
 
@@ -347,6 +386,16 @@ PRINTERS = {
                 _col("Subobject", priority=1), _col("Source", priority=1), _col("Message"),
                 _col("First Seen", priority=1), _col("Count", priority=1),
                 _col("Name", priority=1, fmt="name")], _event_row),
+    "persistentvolumes": ([NAME, _col("Capacity"), _col("Access Modes"), _col("Reclaim Policy"),
+                           _col("Status"), _col("Claim"), _col("StorageClass"),
+                           _col("VolumeAttributesClass"), _col("Reason"), AGE,
+                           _col("VolumeMode", priority=1)], _pv_row),
+    "persistentvolumeclaims": ([NAME, _col("Status"), _col("Volume"), _col("Capacity"),
+                                _col("Access Modes"), _col("StorageClass"),
+                                _col("VolumeAttributesClass"), AGE,
+                                _col("VolumeMode", priority=1)], _pvc_row),
+    "storageclasses": ([NAME, _col("Provisioner"), _col("ReclaimPolicy"), _col("VolumeBindingMode"),
+                        _col("AllowVolumeExpansion", "boolean"), AGE], _storage_class_row),
 }
 
 

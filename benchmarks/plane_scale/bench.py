@@ -111,6 +111,33 @@ def diagnose(client: Client, plane: Plane) -> str:
     return "\n".join(lines)
 
 
+def wait_for(what: str, done, progress, args, deadline: float, plane: Plane,
+             stall: float | None, explain) -> float:
+    """Polls ``done()`` until true and returns when it became so, printing
+    ``progress()`` every few seconds. Raises Stalled, saying what is stuck and
+    ``explain()``, when a component of ``plane`` died, progress() has not changed
+    for ``stall`` seconds, or ``deadline`` (monotonic) passed."""
+    stall = stall or args.stall_timeout
+    start = last_change = time.monotonic()
+    last, last_print = None, 0.0
+    while not done():
+        now = time.monotonic()
+        state = progress()
+        if state != last:
+            last, last_change = state, now
+        if now - last_print >= args.progress_every:
+            log(f"{state}, {now - start:.1f} s")
+            last_print = now
+        dead = plane.dead()
+        if dead or now - last_change > stall or now > deadline:
+            why = (f"{', '.join(p.name for p in dead)} died" if dead else
+                   f"no progress for {now - last_change:.0f} s" if now - last_change > stall else
+                   f"the overall timeout of {args.timeout:.0f} s passed")
+            raise Stalled(f"{what}: stuck at {state} ({why}).\n{explain()}")
+        time.sleep(0.25)
+    return time.monotonic()
+
+
 class Benchmark:
     """One run: the plane up, N nodes Ready, then the phases of PHASES, each
     ending with a Snapshot; ``results()`` puts the figures together."""
@@ -240,29 +267,8 @@ class Benchmark:
                              "from_create": timeline(self.tracker.times(), self.t0, self.t_gone)}}
 
     def wait(self, what: str, done, progress, stall: float | None = None) -> float:
-        """Polls ``done()`` until true and returns when it became so, printing
-        ``progress()`` every few seconds. Raises Stalled, saying what is stuck,
-        when a component died, progress() has not changed for ``stall``
-        seconds, or the overall timeout passed."""
-        stall = stall or self.args.stall_timeout
-        start = last_change = time.monotonic()
-        last, last_print = None, 0.0
-        while not done():
-            now = time.monotonic()
-            state = progress()
-            if state != last:
-                last, last_change = state, now
-            if now - last_print >= self.args.progress_every:
-                log(f"{state}, {now - start:.1f} s")
-                last_print = now
-            dead = self.plane.dead()
-            if dead or now - last_change > stall or now > self.deadline:
-                why = (f"{', '.join(p.name for p in dead)} died" if dead else
-                       f"no progress for {now - last_change:.0f} s" if now - last_change > stall else
-                       f"the overall timeout of {self.args.timeout:.0f} s passed")
-                raise Stalled(f"{what}: stuck at {state} ({why}).\n{diagnose(self.client, self.plane)}")
-            time.sleep(0.25)
-        return time.monotonic()
+        return wait_for(what, done, progress, self.args, self.deadline, self.plane,
+                        stall, lambda: diagnose(self.client, self.plane))
 
     def stop(self) -> None:
         self.profiler.stop()
@@ -308,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(runs where node.capable.why_not() is None, as root)")
     real.add_argument("--real-nodes", type=int, default=3, help="real nodes (0: no real-nodes run)")
     real.add_argument("--real-pods", type=int, default=100, help="pods of the real nodes' Deployment")
+    real.add_argument("--real-latency-pods", type=int, default=100,
+                      help="pods of the latency phase, after the Deployment is Ready (0: none)")
+    real.add_argument("--real-latency-qps", type=float, default=5.0,
+                      help="their creation rate (clusterloader2's density test: 5 a second)")
     real.add_argument("--real-idle-seconds", type=float, default=10.0,
                       help="seconds with no pods first, for the nodes' background CPU")
     real.add_argument("--real-kubelet-args", default="", help="more flags for the real kubelets, e.g. '--workers 8'")

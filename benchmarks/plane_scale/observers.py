@@ -110,11 +110,13 @@ def running_and_ready(pod) -> bool:
 
 
 class PodTracker:
-    """When each pod of the Deployment was first seen, bound, Running+Ready,
-    marked for deletion and deleted, from a watch (relisting when it expires)."""
+    """When each pod labelled ``app=<app>`` (the Deployment's by default) was first
+    seen, bound, Running+Ready, marked for deletion and deleted, from a watch
+    (relisting when it expires)."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, app: str = APP) -> None:
         self.client = client
+        self.selector = f"app={app}"
         self.lock = threading.Lock()
         self.pods: dict[str, PodTimes] = {}
         self.relists = 0
@@ -125,7 +127,7 @@ class PodTracker:
         self.thread.start()
 
     def _list(self) -> str:
-        listed = self.client.list_all("pods", NAMESPACE, label_selector=f"app={APP}")
+        listed = self.client.list_all("pods", NAMESPACE, label_selector=self.selector)
         now = time.monotonic()
         with self.lock:
             present = set()
@@ -156,7 +158,7 @@ class PodTracker:
     def _run(self, rv: str) -> None:
         while not self.stopping.is_set():
             try:
-                self.watch = self.client.watch("pods", NAMESPACE, label_selector=f"app={APP}",
+                self.watch = self.client.watch("pods", NAMESPACE, label_selector=self.selector,
                                                resource_version=rv, bookmarks=True)
                 for event in self.watch:
                     now = time.monotonic()

@@ -5,7 +5,11 @@ simulated run, and N real nodes (harness.nodes: the fabric, a CRI runtime on
 runc + conmon and a kubelet per node). Once the nodes are Ready it creates a
 Deployment of P busybox httpd pods with an httpGet readiness probe (the image
 is in the local store: no pull), waits for all of them to be Ready, then
-scales it to 0 and waits for all of them to be gone.
+scales it to 0 and waits for all of them to be gone. That burst (all pods created at
+once) is the saturation phase of Kubernetes' density test; its latency phase follows:
+L more pods created one by one at a steady rate (5 a second, as clusterloader2's
+Uniform5qps), while the saturation pods run, their startup measured the same way. The
+SLO (p99 <= 5 s) is stated for that phase's pods.
 
 Pod startup latency is measured as Kubernetes' SLI does (from the pod's
 creation to the moment a watch sees it Running, and Ready), per pod, with
@@ -42,6 +46,24 @@ PROBE_PERIOD = 2  # the readiness probe's periodSeconds (as the example Deployme
 # for the grace period's SIGKILL): the deletion's time is then the kubelet's and the runtime's
 HTTPD = ("trap 'exit 0' TERM; mkdir -p /www && echo \"hello from `hostname`\" > /www/index.html && "
          "httpd -f -p 80 -h /www & wait")
+
+
+LATENCY_APP = APP + "-latency"
+# pid 1 a shell that ends at SIGTERM, as HTTPD's; the SLO's pods only have to start
+SLEEPER = "trap 'exit 0' TERM; sleep 3600 & wait"
+
+
+def latency_pod(i: int) -> core_pb2.Pod:
+    """One pod of the latency phase: busybox, no probe (the SLO counts to Running)."""
+    pod = core_pb2.Pod()
+    pod.metadata.name, pod.metadata.namespace = f"{LATENCY_APP}-{i}", NAMESPACE
+    pod.metadata.labels["app"] = LATENCY_APP
+    c = pod.spec.containers.add(name="sleep", image=IMAGE, command=["sh", "-c", SLEEPER],
+                                image_pull_policy="IfNotPresent")
+    c.resources.requests["cpu"], c.resources.requests["memory"] = "10m", "16Mi"
+    c.resources.limits["memory"] = "32Mi"
+    pod.spec.termination_grace_period_seconds = 5
+    return pod
 
 
 def real_deployment(replicas: int) -> apps_pb2.Deployment:
@@ -235,6 +257,8 @@ class RealNodesRun:
             f"{startup['to_running_s']['p50_s']} s p99 {startup['to_running_s']['p99_s']} s; "
             f"to Ready p50 {startup['to_ready_s']['p50_s']} s p99 {startup['to_ready_s']['p99_s']} s")
 
+        latency = self.latency_phase() if self.args.real_latency_pods > 0 else None
+
         t1 = time.monotonic()
         c.patch("deployments", APP, {"spec": {"replicas": 0}}, NAMESPACE)
 
@@ -265,10 +289,40 @@ class RealNodesRun:
                 "kubelet_args": self.args.real_kubelet_args,
                 "all_ready_s": round(rollout_wall, 2),
                 **startup,
+                **({"latency_phase": latency} if latency else {}),
                 "pods_gone_s": round(t_gone - t1, 2),
                 "idle_cores": idle,
                 "rollout": {"wall_s": round(rollout_wall, 2), **cpu_block(cpu0, cpu1)},
                 "scale_down": {"wall_s": round(t_gone - t1, 2), **cpu_block(cpu1, cpu2)}}
+
+    def latency_phase(self) -> dict:
+        """Kubernetes' density test's latency phase: pods created one at a time at
+        --real-latency-qps beside the saturation pods, each one's startup measured; then
+        they are deleted (not timed)."""
+        from benchmarks.plane_scale.observers import PodTracker
+
+        L, qps, c = self.args.real_latency_pods, self.args.real_latency_qps, self.client
+        log(f"latency phase: {L} pods created at {qps:g} a second")
+        tracker = PodTracker(c, LATENCY_APP)
+        try:
+            t0 = time.monotonic()
+            for i in range(L):
+                pause = t0 + i / qps - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)  # the creation rate itself, not a wait for a condition
+                c.create(latency_pod(i))
+            self.wait(f"{L} latency pods Running", lambda: tracker.counts()["ready"] >= L,
+                      lambda: "latency pods Running {ready}/{L}, bound {bound}".format(L=L, **tracker.counts()))
+            figures = {"pods": L, "qps": qps, **self.startup(tracker.times())}
+            log(f"latency phase: to Running p50 {figures['to_running_s']['p50_s']} s "
+                f"p99 {figures['to_running_s']['p99_s']} s")
+            for i in range(L):
+                c.delete("pods", f"{LATENCY_APP}-{i}", NAMESPACE)
+            self.wait("latency pods gone", lambda: tracker.counts()["live"] == 0,
+                      lambda: "latency pods left {live}".format(**tracker.counts()))
+            return figures
+        finally:
+            tracker.stop()
 
     def startup(self, times) -> dict:
         bound = [t.bound - t.seen for t in times if t.bound is not None]
@@ -284,28 +338,11 @@ class RealNodesRun:
                                             "to_ready_s": quantiles_s(ts_ready)}}
 
     def wait(self, what: str, done, progress, stall: float | None = None) -> float:
-        from benchmarks.plane_scale.bench import Stalled
+        from benchmarks.plane_scale.bench import wait_for
 
-        stall = stall or self.args.stall_timeout
-        start = last_change = time.monotonic()
-        last, last_print = None, 0.0
-        while not done():
-            now = time.monotonic()
-            state = progress()
-            if state != last:
-                last, last_change = state, now
-            if now - last_print >= self.args.progress_every:
-                log(f"{state}, {now - start:.1f} s")
-                last_print = now
-            dead = self.plane.dead()
-            if dead or now - last_change > stall or now > self.deadline:
-                why = (f"{', '.join(p.name for p in dead)} died" if dead else
-                       f"no progress for {now - last_change:.0f} s" if now - last_change > stall else
-                       f"the overall timeout of {self.args.timeout:.0f} s passed")
-                tails = "\n".join(f"{p.name}:\n{p.log_tail(15)}" for p in dead)
-                raise Stalled(f"{what}: stuck at {state} ({why}).\n{tails}")
-            time.sleep(0.05)
-        return time.monotonic()
+        def tails() -> str:
+            return "\n".join(f"{p.name}:\n{p.log_tail(15)}" for p in self.plane.dead())
+        return wait_for(what, done, progress, self.args, self.deadline, self.plane, stall, tails)
 
     def stop(self) -> None:
         self.profiler.stop()

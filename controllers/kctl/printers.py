@@ -207,6 +207,34 @@ def ip_parent_ref(ip) -> str:
     return f"{r.group}/{r.resource}/{r.namespace}/{r.name}" if r.name else NONE
 
 
+_ACCESS_MODES = {"ReadWriteOnce": "RWO", "ReadOnlyMany": "ROX", "ReadWriteMany": "RWX",
+                 "ReadWriteOncePod": "RWOP"}
+DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
+
+
+def access_modes_text(modes) -> str:
+    """kubectl's ACCESS MODES: RWO,ROX,RWX,RWOP in that order."""
+    return ",".join(short for long, short in _ACCESS_MODES.items() if long in modes)
+
+
+def pv_claim(pv) -> str:
+    ref = pv.spec.claim_ref
+    return f"{ref.namespace}/{ref.name}" if ref.name else ""
+
+
+def storage_class_name(sc) -> str:
+    default = sc.metadata.annotations.get(DEFAULT_CLASS_ANNOTATION) == "true"
+    return sc.metadata.name + (" (default)" if default else "")
+
+
+def _pvc_cells(c, now) -> list[str]:
+    bound = c.status.phase == "Bound"
+    return [c.metadata.name, c.status.phase, c.spec.volume_name,
+            c.status.capacity.get("storage", "") if bound else "",
+            access_modes_text(c.status.access_modes) if bound else "",
+            c.spec.storage_class_name, UNSET, age(c.metadata.creation_timestamp, now)]
+
+
 def _containers_and_images(spec) -> list[str]:
     return [",".join(c.name for c in spec.containers) or NONE,
             ",".join(c.image for c in spec.containers) or NONE]
@@ -303,6 +331,24 @@ COLUMNS: dict[str, Columns] = {
         lambda e: [e.involved_object.field_path, e.source.component or e.reporting_component,
                    age(e.first_timestamp or e.event_time or e.metadata.creation_timestamp),
                    str(e.count or 1), e.metadata.name]),
+    "persistentvolumes": Columns(
+        ("NAME", "CAPACITY", "ACCESS MODES", "RECLAIM POLICY", "STATUS", "CLAIM", "STORAGECLASS",
+         "VOLUMEATTRIBUTESCLASS", "REASON", "AGE"),
+        lambda v, now: [v.metadata.name, v.spec.capacity.get("storage", ""),
+                        access_modes_text(v.spec.access_modes), v.spec.persistent_volume_reclaim_policy,
+                        v.status.phase, pv_claim(v), v.spec.storage_class_name, UNSET, v.status.reason,
+                        age(v.metadata.creation_timestamp, now)],
+        ("VOLUMEMODE",), lambda v: [v.spec.volume_mode]),
+    "persistentvolumeclaims": Columns(
+        ("NAME", "STATUS", "VOLUME", "CAPACITY", "ACCESS MODES", "STORAGECLASS", "VOLUMEATTRIBUTESCLASS",
+         "AGE"), _pvc_cells,
+        ("VOLUMEMODE",), lambda c: [c.spec.volume_mode]),
+    "storageclasses": Columns(
+        ("NAME", "PROVISIONER", "RECLAIMPOLICY", "VOLUMEBINDINGMODE", "ALLOWVOLUMEEXPANSION", "AGE"),
+        lambda s, now: [storage_class_name(s), s.provisioner, s.reclaim_policy or "Delete",
+                        s.volume_binding_mode or "Immediate",
+                        "true" if s.allow_volume_expansion else "false",
+                        age(s.metadata.creation_timestamp, now)]),
     "leases": Columns(
         ("NAME", "HOLDER", "AGE"),
         lambda le, now: [le.metadata.name, le.spec.holder_identity,

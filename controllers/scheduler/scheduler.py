@@ -14,6 +14,10 @@ setting spec.nodeName through the apiserver in a small pool of binder threads
   pod changed, or the apiserver is unavailable) or is dropped (it is gone).
 - A successful bind gets a Normal Event Scheduled; the informer's event of
   the bound pod then confirms the assumed one.
+- Pods with PersistentVolumeClaims go through the VolumeBinding plugin
+  (``volumebinding``): its PreFilter may refuse the pod outright, its Filter
+  runs after the others on each node, and its PreBind (in the binder thread)
+  binds or provisions the claims' volumes before the pod gets its node.
 
 Informers on nodes and pods feed the cache (nodes, and the pods bound to
 them) and the queue (pending pods whose spec.schedulerName is ours).
@@ -33,6 +37,7 @@ from controllers.podutil import now_rfc3339
 from controllers.scheduler import plugins
 from controllers.scheduler.plugins import NodeInfo, pod_key
 from controllers.scheduler.queue import SchedulingQueue
+from controllers.scheduler.volumebinding import VolumeBinder
 
 log = logging.getLogger("controllers.scheduler")
 
@@ -173,6 +178,7 @@ class Scheduler:
         self.stats = {"attempts": 0, "scheduled": 0, "unschedulable": 0, "bind_errors": 0}
         self._nodes = self.informers.informer("nodes")
         self._pods = self.informers.informer("pods")
+        self.volume_binder = VolumeBinder(client, self.informers)
 
     # ---- lifecycle ----
 
@@ -183,6 +189,10 @@ class Scheduler:
             self._handlers_added = True
             self._nodes.add_handler(self._node_added, self._node_updated, self._node_deleted)
             self._pods.add_handler(self._pod_added, self._pod_updated, self._pod_deleted)
+            # a claim bound, a volume made or freed, a class added: pods waiting on volumes may fit
+            requeue = lambda *_: self.queue.move_all_to_active()  # noqa: E731
+            for inf in (self.volume_binder.claims, self.volume_binder.volumes, self.volume_binder.classes):
+                inf.add_handler(requeue, requeue, requeue)
         self.informers.start()
         while not self._stop.is_set() and not self.informers.wait_for_cache_sync(timeout=0.5):
             pass
@@ -274,29 +284,43 @@ class Scheduler:
         with self._stats_lock:
             self.stats["attempts"] += 1
         request = plugins.pod_request(pod)
+        volumes = self.volume_binder.prefilter(pod)
+        decision = None
         with self.cache.lock:
             infos = self.cache.node_infos()
-            feasible, refusals = [], []
-            for info in infos:
-                reasons = plugins.run_filters(pod, info, request)
-                if reasons:
-                    refusals.append(reasons)
-                else:
-                    feasible.append(info)
+            feasible, refusals, decisions = [], [], {}
+            if isinstance(volumes, str):
+                refusals = None  # the PreFilter refused the pod on every node at once
+            else:
+                for info in infos:
+                    reasons = plugins.run_filters(pod, info, request)
+                    if not reasons and not volumes.empty:
+                        reason, decisions[info.name] = self.volume_binder.filter(volumes, info.node)
+                        reasons = [reason] if reason else []
+                    if reasons:
+                        refusals.append(reasons)
+                    else:
+                        feasible.append(info)
             if feasible:
                 chosen = plugins.select_host(feasible, plugins.score_nodes(pod, feasible), self._rng)
                 assumed = deep_copy(pod)
                 assumed.spec.node_name = chosen.name
                 self.cache.assume(assumed)
+                decision = decisions.get(chosen.name)
+                if decision is not None:
+                    self.volume_binder.assume(decision)
         if not feasible:
-            message = plugins.failed_scheduling_message(len(infos), refusals)
+            if refusals is None:
+                message = f"0/{len(infos)} nodes are available: {volumes}."
+            else:
+                message = plugins.failed_scheduling_message(len(infos), refusals)
             with self._stats_lock:
                 self.stats["unschedulable"] += 1
             log.debug("%s: %s", key, message)
             self.queue.add_unschedulable(key)
             self._submit(self._record_unschedulable, pod, message)
             return True
-        self._submit(self._bind, assumed)
+        self._submit(self._bind, assumed, decision)
         return True
 
     def _submit(self, fn, *args) -> None:
@@ -307,9 +331,11 @@ class Scheduler:
 
     # ---- the binding cycle (binder threads) ----
 
-    def _bind(self, pod) -> None:
+    def _bind(self, pod, decision=None) -> None:
         key, node = pod_key(pod), pod.spec.node_name
         try:
+            if decision is not None:
+                self.volume_binder.bind(pod, decision, self._stop)
             self.client.patch("pods", pod.metadata.name, {"spec": {"nodeName": node}},
                               pod.metadata.namespace)
         except ApiError as e:
@@ -322,6 +348,11 @@ class Scheduler:
             log.info("binding %s to %s failed: %s: %s", key, node, e.reason, e.message)
             self.queue.add_backoff(key)
             self.events.event(pod, "Warning", "FailedScheduling", f"Binding rejected: {e.message}")
+            return
+        except TimeoutError as e:
+            self.cache.forget(key)
+            self.queue.add_backoff(key)
+            self.events.event(pod, "Warning", "FailedScheduling", str(e))
             return
         except Exception:
             self.cache.forget(key)

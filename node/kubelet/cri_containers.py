@@ -139,3 +139,34 @@ class CriContainers:
         except CriError as e:
             raise _error(e) from None
         return resp.stdout, resp.stderr, resp.exit_code
+
+    # ---- streaming: URLs of the runtime's streaming server ----
+
+    def exec_url(self, container_id: str, command: list[str], *, stdin: bool, stdout: bool,
+                 stderr: bool, tty: bool) -> str:
+        try:
+            return self.runtime.exec(cri_pb2.ExecRequest(
+                container_id=container_id, cmd=list(command), tty=tty, stdin=stdin, stdout=stdout,
+                stderr=stderr and not tty))
+        except CriError as e:
+            raise _error(e) from None
+
+    def attach_url(self, container_id: str, *, stdin: bool, stdout: bool, stderr: bool, tty: bool) -> str:
+        try:
+            return self.runtime.attach(cri_pb2.AttachRequest(
+                container_id=container_id, tty=tty, stdin=stdin, stdout=stdout, stderr=stderr and not tty))
+        except CriError as e:
+            raise _error(e) from None
+
+    def port_forward_url(self, namespace: str, pod: str) -> str:
+        """The pod's ready sandbox (its newest) forwards; ports come with each stream."""
+        try:
+            sandboxes = self.runtime.list_pod_sandbox(cri_pb2.PodSandboxFilter(
+                label_selector={POD_NAMESPACE: namespace, POD_NAME: pod},
+                state=cri_pb2.PodSandboxStateValue(state=cri_pb2.SANDBOX_READY)))
+            if not sandboxes:
+                raise pod_not_found(pod)
+            newest = max(sandboxes, key=lambda s: s.created_at)
+            return self.runtime.port_forward(newest.id, [])
+        except CriError as e:
+            raise _error(e) from None

@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 
 from apiserver.errors import ApiError
 from apiserver.pb import coordination_pb2, core_pb2
-from apiserver.resources import NAMESPACE_NODE_LEASE as LEASE_NAMESPACE
 from controllers.informer import NODE_INDEX, Informer, deep_copy, meta_namespace_key
 from controllers.leaderelection import now_micro
 from controllers.podutil import now_rfc3339

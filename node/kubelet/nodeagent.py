@@ -93,8 +93,12 @@ class NodeAgent:
                  capacity: dict[str, str] | None = None, labels: dict[str, str] | None = None,
                  runtime_version: str = "", ready: Callable[[], tuple[bool, str]] | None = None,
                  heartbeat_interval: float = 10.0, lease_duration: int = 40,
-                 status_interval: float = 60.0) -> None:
+                 status_interval: float = 60.0, register_taints: list[tuple[str, str, str]] = ()) -> None:
+        """``register_taints``: (key, value, effect) the Node is created with, as the kubelet's
+        --register-with-taints; with --cloud-provider=external it is the cloud's
+        "uninitialized" taint, which the cloud-controller-manager removes."""
         self.client, self.name, self.node_ip, self.pod_cidr = client, name, node_ip, pod_cidr
+        self.register_taints = list(register_taints)
         self.capacity = dict(capacity or machine_capacity())
         self.labels = dict(labels or {})
         self.runtime_version = runtime_version
@@ -130,6 +134,8 @@ class NodeAgent:
                                   "kubernetes.io/arch": platform.machine().replace("x86_64", "amd64"),
                                   **self.labels})
         n.spec.pod_cidr = self.pod_cidr
+        for key, value, effect in self.register_taints:
+            n.spec.taints.add(key=key, value=value, effect=effect)
         n.status.capacity.update(self.capacity)
         n.status.allocatable.update(self.capacity)
         n.status.addresses.add(type="InternalIP", address=self.node_ip)

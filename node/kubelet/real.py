@@ -85,13 +85,17 @@ class RealKubelet:
                  sync_period: float = 10.0, retry_period: float = 1.0, relist_period: float = 1.0,
                  heartbeat_interval: float = 10.0, status_interval: float = 60.0,
                  backoff: tuple[float, float] = (INITIAL, MAX), address: str = "127.0.0.1",
-                 port: int | None = 0, cgroup_root: str = "", dns=None) -> None:
+                 port: int | None = 0, cgroup_root: str = "", dns=None,
+                 register_taints: list[tuple[str, str, str]] = (), stream_netns: str = "") -> None:
         """``backoff``: the restart back-off's first delay and cap (Kubernetes' 10 s and 300 s).
         ``address``/``port``: where the kubelet API (logs, exec) listens for the apiserver (port 0:
         any free one, published in the Node's daemonEndpoints; None: no API). ``cgroup_root``: the
         cgroup the pods' cgroups go under (Kubernetes' --cgroup-root), sent to the runtime as each
         sandbox's cgroup_parent; "" sends none. ``dns``: a
-        node.kubelet.dns.DnsConfigurer for the pods' resolv.conf (None: the runtime's default)."""
+        node.kubelet.dns.DnsConfigurer for the pods' resolv.conf (None: the runtime's default).
+        ``stream_netns``: the network namespace the runtime's streaming URLs are dialled in ("":
+        the kubelet's own; a runtime inside the node's namespace, as the tests run containerd,
+        serves its streams on that namespace's loopback)."""
         self.client, self.runtime, self.image_service = client, runtime, images
         self.node_name, self.node_ip, self.pod_cidr = node_name, node_ip, pod_cidr
         self.root = root
@@ -102,7 +106,7 @@ class RealKubelet:
         self.agent = NodeAgent(client, node_name, node_ip=node_ip, pod_cidr=pod_cidr, capacity=capacity,
                                labels=labels, runtime_version=f"{self.runtime_name}://{version.runtime_version}",
                                ready=self._runtime_ready, heartbeat_interval=heartbeat_interval,
-                               status_interval=status_interval)
+                               status_interval=status_interval, register_taints=register_taints)
         memory = self.agent.capacity.get("memory", "0")
         self.recorder = EventRecorder(client, "kubelet", node_name)
         self.reasons = ReasonCache()
@@ -126,8 +130,8 @@ class RealKubelet:
         self._n_workers = workers
         self._seen: dict[str, dict[str, str]] = {}  # uid -> {container id: state} its last sync read
         self._pod_locks: dict[str, threading.Lock] = {}  # key -> held by the sync or status write of a pod
-        self.server = KubeletServer(CriContainers(runtime, self._status_by_name), host=address, port=port) \
-            if port is not None else None
+        self.server = KubeletServer(CriContainers(runtime, self._status_by_name), host=address, port=port,
+                                    stream_netns=stream_netns) if port is not None else None
         self._lock = threading.Lock()
         self._statuses: dict[str, core_pb2.PodStatus] = {}   # uid -> the status last generated
         self._keys: dict[str, str] = {}                      # uid -> ns/name
@@ -200,8 +204,8 @@ class RealKubelet:
         return resp.exit_code, bytes(resp.stdout) + bytes(resp.stderr)
 
     def _get(self, kind: str, namespace: str, name: str):
-        """The ConfigMap or Secret (kind) as the apiserver has it now (a change shows at the
-        next sync); None when there is none."""
+        """The ConfigMap, Secret, PersistentVolumeClaim or PersistentVolume (kind) as the apiserver
+        has it now (a change shows at the next sync); None when there is none."""
         try:
             return self.client.get(kind, name, namespace)
         except ApiError as e:
@@ -423,6 +427,8 @@ class RealKubelet:
 
 # ---- the command ----
 
+UNINITIALIZED_TAINT = "node.cloudprovider.kubernetes.io/uninitialized"  # k8s.io/cloud-provider's name
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m node.kubelet",
                                 description="A kubelet that runs its node's pods on a CRI runtime.")
@@ -442,6 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0,
                    help="the kubelet API's port (0: any free one; Kubernetes' kubelets use 10250, but "
                         "here several share one machine); the Node's daemonEndpoints say which")
+    p.add_argument("--runtime-stream-netns", default="",
+                   help="the network namespace the runtime's streaming URLs (exec, attach, port-forward) "
+                        "are dialled in (default: the kubelet's own; give the node's namespace when the "
+                        "runtime runs inside it)")
     p.add_argument("--cgroup-root", default="",
                    help="the cgroup under which pods' cgroups go (<root>/kubepods/<qos>/pod<uid>, given "
                         "to the runtime as cgroup_parent), e.g. /kp3fa2-n0; empty: the runtime chooses")
@@ -456,6 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster-domain", default="cluster.local")
     p.add_argument("--resolv-conf", default="/etc/resolv.conf",
                    help="the resolver settings of pods with dnsPolicy Default ('' for none)")
+    p.add_argument("--cloud-provider", default="", choices=["", "external"],
+                   help="'external': a cloud-controller-manager initializes the Node (providerID, "
+                        "zone, instance type): it is registered with the taint "
+                        f"{UNINITIALIZED_TAINT}=true:NoSchedule, which that controller removes")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -490,8 +504,11 @@ def main(argv: list[str] | None = None) -> int:
                               root=args.root, pod_cidr=args.pod_cidr, capacity=capacity, connect=connect,
                               workers=args.workers, heartbeat_interval=args.heartbeat_interval,
                               address=args.address, port=args.port, cgroup_root=args.cgroup_root,
+                              stream_netns=args.runtime_stream_netns,
                               dns=DnsConfigurer(args.cluster_dns.split(","), args.cluster_domain,
-                                                args.resolv_conf)).start()
+                                                args.resolv_conf),
+                              register_taints=[(UNINITIALIZED_TAINT, "true", "NoSchedule")]
+                              if args.cloud_provider == "external" else []).start()
         if kubelet.wait_synced(60):
             kubelet.adopt_or_clean()
         log.info("kubelet of %s on %s (%s) serving", args.node_name, args.runtime, kubelet.runtime_name)

@@ -174,11 +174,17 @@ class KubeletService(kubelet_pb2_grpc.KubeletServicer):
                                         exit_code=code)
 
 
-async def serve(containers: Containers, host: str = "127.0.0.1", port: int = 0,
+async def serve(containers: Containers, host: str = "127.0.0.1", port: int = 0, stream_netns: str = "",
                 **service_options) -> tuple[GrpcServer, int]:
-    """The service listening in the running loop on host:port (0: a free port): (server, port)."""
+    """The service listening in the running loop on host:port (0: a free port): (server, port).
+    Connections that are not HTTP/2 get the kubelet's HTTP endpoints (node.kubelet.streaming:
+    exec, attach, port-forward, containerLogs) when ``containers`` can give streaming URLs."""
     server = GrpcServer(max_receive_message_length=1 << 20, eager_unary=False)
     kubelet_pb2_grpc.add_KubeletServicer_to_server(KubeletService(containers, **service_options), server)
+    if hasattr(containers, "exec_url"):
+        from node.kubelet.streaming import StreamingFront
+        server.streaming = StreamingFront(containers, stream_netns=stream_netns, **service_options)
+        server.http1_protocol = server.streaming.protocol
     bound = await server.listen(host, port)
     await server.start()
     return server, bound
@@ -189,8 +195,9 @@ class KubeletServer:
     ``port = KubeletServer(containers).start()``, then ``stop()``."""
 
     def __init__(self, containers: Containers, host: str = "127.0.0.1", port: int = 0,
-                 **service_options) -> None:
+                 stream_netns: str = "", **service_options) -> None:
         self.containers = containers
+        self.stream_netns = stream_netns
         self.host = host
         self.port = port
         self.service_options = service_options
@@ -206,7 +213,8 @@ class KubeletServer:
         async def main():
             self._stopped = asyncio.Event()
             try:
-                server, self.port = await serve(self.containers, self.host, self.port, **self.service_options)
+                server, self.port = await serve(self.containers, self.host, self.port, self.stream_netns,
+                                                **self.service_options)
             except BaseException as e:  # noqa: BLE001 (handed to start's caller)
                 failure.append(e)
                 ready.set()
@@ -215,6 +223,9 @@ class KubeletServer:
             try:
                 await self._stopped.wait()
             finally:
+                front = getattr(server, "streaming", None)
+                if front is not None:  # its connections (exec, logs) end with the kubelet's server
+                    await front.close()
                 await server.stop(grace=0.5)
 
         def run():

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import stat
 
-from node.kubelet import mounts
+from node import mounts
 
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 

@@ -13,12 +13,16 @@
   mounted, so a Secret's bytes never reach the node's disk.
 - hostPath: the host's path itself, after upstream's type checks
   (DirectoryOrCreate, Directory, FileOrCreate, File, Socket, CharDevice, BlockDevice).
+- persistentVolumeClaim: the claim must be Bound to a PersistentVolume whose
+  claimRef names it back; the volume's hostPath or local directory is then bound
+  into the containers as it is (so what a pod wrote outlives it), read-only when
+  the pod's claim source says so. A claim being deleted starts no new pod.
 
 Errors are VolumeError with upstream's message; the kubelet records
 ``MountVolume.SetUp failed for volume "<name>" : <message>`` (FailedMount) and
 leaves the pod in ContainerCreating until a later sync succeeds. Everything is
 read back from the disk and the mount table, so a restarted kubelet picks up
-where it stopped. Mounts use mount(2) directly (mounts.py): root is needed.
+where it stopped. Mounts use mount(2) directly (node/mounts.py): root is needed.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from dataclasses import dataclass
 
 from apiserver.pb import core_pb2
 from apiserver.quantity import bytes_of
-from node.kubelet import mounts, subpath
+from node import mounts
+from node.kubelet import subpath
 from node.kubelet.atomic_writer import RETIRED_GRACE, AtomicWriter, FileProjection, PayloadError
 from node.kubelet.env import ContainerConfigError, not_found
 
@@ -49,7 +54,8 @@ DEFAULT_MODE = 0o644
 EMPTY_DIR_MODE = 0o777
 FAILED_MOUNT = "FailedMount"
 
-# (kind, namespace, name) -> the ConfigMap or Secret message, None when it does not exist
+# (kind, namespace, name) -> the ConfigMap, Secret, PersistentVolumeClaim or PersistentVolume
+# (namespace "") message, None when it does not exist
 Getter = Callable[[str, str, str], "core_pb2.ConfigMap | core_pb2.Secret | None"]
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -198,6 +204,43 @@ def check_host_path(path: str, path_type: str) -> None:
 
 # ---- the manager ----
 
+# ---- persistentVolumeClaim (upstream's desired-state populator checks) ----
+
+def claim_volume_path(get: Getter, namespace: str, claim_name: str) -> str:
+    """The directory of the PersistentVolume bound to the claim; ValueError with upstream's
+    message when the claim cannot be used (yet)."""
+    what = f"error processing PVC {namespace}/{claim_name}"
+    claim = get("PersistentVolumeClaim", namespace, claim_name)
+    if claim is None:
+        raise ValueError(f"{what}: failed to fetch PVC from API server: "
+                         f'persistentvolumeclaims "{claim_name}" not found')
+    if claim.metadata.deletion_timestamp:
+        raise ValueError(f"{what}: can't start pod because PVC {namespace}/{claim_name} is being deleted")
+    pv_name = claim.spec.volume_name
+    if claim.status.phase != "Bound" or not pv_name:
+        raise ValueError(f'{what}: PVC {namespace}/{claim_name} has non-bound phase ("{claim.status.phase}") '
+                         f'or empty pvc.Spec.VolumeName ("{pv_name}")')
+    pv = get("PersistentVolume", "", pv_name)
+    if pv is None:
+        raise ValueError(f'{what}: failed to fetch PV {pv_name} from API server: persistentvolumes "{pv_name}" '
+                         "not found")
+    ref = pv.spec.claim_ref
+    if not ref.name:
+        raise ValueError(f"{what}: found PV object {pv_name} but it has a nil or empty ClaimRef")
+    if ref.uid != claim.metadata.uid:
+        raise ValueError(f'{what}: found PV object {pv_name} but its ClaimRef.UID ("{ref.uid}") does not point '
+                         f'to claim.UID ("{claim.metadata.uid}")')
+    if pv.spec.HasField("host_path"):
+        check_host_path(pv.spec.host_path.path, pv.spec.host_path.type)
+        return pv.spec.host_path.path
+    if pv.spec.HasField("local"):
+        path = pv.spec.local.path
+        if not os.path.isdir(path):
+            raise ValueError(f'path "{path}" does not exist')
+        return path
+    raise ValueError(f"PersistentVolume {pv_name}: its source is not supported by this kubelet (hostPath, local are)")
+
+
 class Volumes:
     """The volumes of the pods on one node, under the kubelet's ``root``."""
 
@@ -207,6 +250,8 @@ class Volumes:
         self.retired_grace = retired_grace   # see atomic_writer: how long a replaced version stays
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        # (pod uid, volume name) -> the claimed volume's directory, found at set-up
+        self._claimed: dict[tuple[str, str], str] = {}
 
     # paths
 
@@ -224,6 +269,8 @@ class Volumes:
         source = volume_source(volume)
         if source == "host_path":
             return volume.host_path.path
+        if source == "persistent_volume_claim":
+            return self._claimed.get((pod.metadata.uid, volume.name))
         if source in PLUGINS:
             return self.volume_dir(pod.metadata.uid, PLUGINS[source], volume.name)
         return None
@@ -284,6 +331,16 @@ class Volumes:
         if source == "host_path":
             check_host_path(volume.host_path.path, volume.host_path.type)
             return False
+        if source == "persistent_volume_claim":
+            try:
+                path = claim_volume_path(self.get, pod.metadata.namespace, volume.persistent_volume_claim.claim_name)
+            except (OSError, ValueError):
+                raise
+            except Exception as exc:   # the getter's own failure: the volume waits for a later sync
+                raise VolumeError(volume.name, str(exc)) from exc
+            with self._locks_guard:
+                self._claimed[(uid, volume.name)] = path
+            return False
         if source == "config_map":
             src = volume.config_map
             obj = self._fetch(volume.name, "ConfigMap", pod.metadata.namespace, src.name, _optional(src))
@@ -301,7 +358,8 @@ class Volumes:
                 raise VolumeError(volume.name, f"secret volume {target} is not on tmpfs; refusing to write it")
             return self._write(volume.name, target, payload)
         raise VolumeError(volume.name, f"volume {volume.name!r}: its source ({source or 'none'}) "
-                                       "is not supported by this kubelet (emptyDir, configMap, secret, hostPath are)")
+                                       "is not supported by this kubelet (emptyDir, configMap, secret, hostPath, "
+                                       "persistentVolumeClaim are)")
 
     def _fetch(self, volume: str, kind: str, namespace: str, name: str, optional: bool):
         try:
@@ -338,7 +396,9 @@ class Volumes:
             host = self.host_path(pod, volume) if volume is not None else None
             if host is None:
                 raise ContainerConfigError(f'cannot find volume "{vm.name}" to mount into container "{container.name}"')
-            readonly = vm.read_only or volume_source(volume) in ("config_map", "secret")
+            source = volume_source(volume)
+            readonly = (vm.read_only or source in ("config_map", "secret")
+                        or (source == "persistent_volume_claim" and volume.persistent_volume_claim.read_only))
             mode = getattr(vm, "mount_propagation", "") or ""
             if mode not in _PROPAGATION:
                 raise ContainerConfigError(f'invalid MountPropagation mode: "{mode}"')
@@ -380,6 +440,8 @@ class Volumes:
             _remove_pod_dir(pod_dir)
         with self._locks_guard:
             self._locks.pop(pod_uid, None)
+            for key in [k for k in self._claimed if k[0] == pod_uid]:
+                del self._claimed[key]
 
 
 def _remove_pod_dir(pod_dir: str) -> None:

@@ -67,9 +67,11 @@ class Fabric:
             ip(batch=[f"link add {FABRIC_BRIDGE} type bridge", f"link set {FABRIC_BRIDGE} up",
                       "link set lo up"], netns=self.netns)
 
-    def add_node(self, i: int) -> NodeNet:
+    def add_node(self, i: int, routes: bool = True) -> NodeNet:
         """Node ``i``'s namespace on the fabric, with its pod bridge and routes to every other
-        node's pods (and theirs to its pods). Safe to call again for an existing node."""
+        node's pods (and theirs to its pods). Safe to call again for an existing node.
+        ``routes=False`` leaves the podCIDR routes out: a cloud's route table (``set_route``)
+        programs them, as a VPC router would, once its route controller asks."""
         if not 0 <= i < MAX_NODES:
             raise ValueError(f"node index {i} is outside 0..{MAX_NODES - 1}")
         if not netns_exists(self.netns):
@@ -92,13 +94,35 @@ class Fabric:
                         "type bridge")
         cmds += [f"addr replace {node.bridge_ip}/24 dev {POD_BRIDGE}",
                  f"link set {POD_BRIDGE} up"]
-        others = [j for j in self.nodes() if j != i]
+        others = [j for j in self.nodes() if j != i] if routes else []
         cmds += [f"route replace {node_pod_cidr(j)} via {node_ip(j)}" for j in others]
         ip(batch=cmds, netns=node.name)
         write_sysctl_in(node.name, "net.ipv4.ip_forward", "1")
         for j in others:
             ip("route", "replace", node.pod_cidr, "via", node.ip, netns=self.node_netns(j))
         return node
+
+    def set_route(self, netns: str, cidr: str, via: str | None) -> None:
+        """In ``netns``: ``cidr`` via the fabric address ``via``, or no route for it (None)."""
+        if via is None:
+            ip("route", "del", cidr, netns=netns, check=False)
+        else:
+            ip("route", "replace", cidr, "via", via, netns=netns)
+
+    def add_host(self, name: str, address: str) -> str:
+        """A namespace ``<prefix>-<name>`` on the fabric with ``address``/16 on its eth0 and no
+        pod bridge: a machine beside the nodes (a cloud's load-balancer router, a client on the
+        outside). Returns the namespace; kept if it exists."""
+        netns = f"{self.prefix}-{name}"
+        uplink = f"{self.prefix}{name}"[:15]  # IFNAMSIZ
+        create_netns(netns)
+        if uplink not in link_names(self.netns):
+            ip(batch=[f"link add {uplink} type veth peer name {NODE_IFNAME} netns {netns}",
+                      f"link set {uplink} master {FABRIC_BRIDGE}",
+                      f"link set {uplink} up"], netns=self.netns)
+        ip(batch=["link set lo up", f"addr replace {address}/16 dev {NODE_IFNAME}",
+                  f"link set {NODE_IFNAME} up"], netns=netns)
+        return netns
 
     def remove_node(self, i: int) -> None:
         """Node ``i``'s namespace, its pods' namespaces (``<prefix>-n<i>-*``) and the other nodes'

@@ -53,7 +53,7 @@ def run_in(netns: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any
     result: dict[str, Any] = {}
 
     def body() -> None:
-        home = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             _setns(target, path)
             try:

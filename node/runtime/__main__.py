@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-store", default="", help="image store directory (default: <root>/images)")
     p.add_argument("--pids-limit", type=int, default=DEFAULT_PIDS_LIMIT,
                    help="processes one container may have (0: no limit); CRI has no field for it")
+    p.add_argument("--stream-address", default="127.0.0.1",
+                   help="where the streaming server (exec, attach, port-forward URLs) listens")
+    p.add_argument("--stream-port", type=int, default=0, help="its port (0: a free one)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--cleanup", action="store_true",
                    help="remove every container, mount, cgroup and pod netns of --prefix, then exit")
@@ -65,6 +68,7 @@ async def serve(args) -> int:
     add_servicer(cri_pb2_grpc.add_ImageServiceServicer_to_server, ImageService(store), server)
     path = socket_path(args.listen)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    await runtime.start_streaming(args.stream_address, args.stream_port)
     await server.listen_unix(path)
     await server.start()
     log.info("serving CRI on unix://%s (root %s, prefix %s)", path, args.root, args.prefix)
@@ -78,6 +82,7 @@ async def serve(args) -> int:
         except asyncio.TimeoutError:
             await loop.run_in_executor(None, runtime.containers.reap_conmons)
     await server.stop(1.0)
+    await runtime.stop_streaming()
     runtime.close()
     try:
         os.unlink(path)

@@ -14,7 +14,8 @@ import re
 import shutil
 import signal
 
-from node.runtime import cgroups, mounts, runc
+from node import mounts
+from node.runtime import cgroups, runc
 
 STATE_DIRS = ("containers", "sandboxes", "exits", "ipam")
 RUN_DIR = "/run"
@@ -117,7 +118,7 @@ def cleanup(prefix: str, root: str | None = None, remove_state: bool = True) -> 
                 problems.append(str(e))
     if root and os.path.isdir(root):
         try:
-            mounts.unmount_all(root)
+            mounts.unmount_all_under(root)
         except OSError as e:
             problems.append(str(e))
     problems += [f"cgroup {d} is busy" for d in cgroups.remove_tree(prefix)]
@@ -128,8 +129,8 @@ def cleanup(prefix: str, root: str | None = None, remove_state: bool = True) -> 
     except FileNotFoundError:
         pass
     if root and remove_state and os.path.isdir(root):
-        if mounts.mount_points(root):
-            problems.append(f"mounts left under {root}: {mounts.mount_points(root)}")
+        if mounts.mounts_under(root):
+            problems.append(f"mounts left under {root}: {mounts.mounts_under(root)}")
         else:
             for d in STATE_DIRS:
                 shutil.rmtree(os.path.join(root, d), ignore_errors=True)

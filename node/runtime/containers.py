@@ -21,7 +21,8 @@ import time
 from google.protobuf import json_format
 
 from node.pb import cri_pb2
-from node.runtime import cgroups, mounts, oci, runc
+from node import mounts
+from node.runtime import cgroups, oci, runc
 from node.runtime.store import RecordStore
 
 CREATED, RUNNING, EXITED = cri_pb2.CONTAINER_CREATED, cri_pb2.CONTAINER_RUNNING, cri_pb2.CONTAINER_EXITED
@@ -198,7 +199,8 @@ class Containers:
             }
             pid, mon = runc.create(self.runc, cid, d, log_path, self.exit_dir,
                                    os.path.join(d, "persist"), name=config.metadata.name,
-                                   terminal=spec["process"]["terminal"])
+                                   terminal=spec["process"]["terminal"], stdin=config.stdin,
+                                   stdin_once=config.stdin_once)
             self.conmons[cid] = mon
             rec.update(pid=pid, conmon_pid=mon.pid)
             self.store.save(rec)
@@ -321,7 +323,7 @@ class Containers:
 
     def _remove_files(self, cid: str, name: str | None) -> None:
         d = self.path(cid)
-        mounts.unmount_all(d)
+        mounts.unmount_all_under(d)
         shutil.rmtree(d, ignore_errors=True)
         if name:
             self.store.release(name, cid)

@@ -269,7 +269,8 @@ def pid_alive(pid: int) -> bool:
 
 
 def create(runc: Runc, cid: str, bundle: str, log_path: str, exit_dir: str, persist_dir: str,
-           name: str = "", timeout: float = 30, terminal: bool = False) -> tuple[int, Conmon]:
+           name: str = "", timeout: float = 30, terminal: bool = False, stdin: bool = False,
+           stdin_once: bool = False) -> tuple[int, Conmon]:
     """`runc create` the bundle's container under a new conmon; returns (the container's init
     pid, conmon). The container is created, not started (runc start runs its process). conmon
     reports the pid, or runc's failure, on the sync pipe it is given (_OCI_SYNCPIPE)."""
@@ -286,6 +287,8 @@ def create(runc: Runc, cid: str, bundle: str, log_path: str, exit_dir: str, pers
         "--exit-dir", exit_dir, "--persist-dir", persist_dir,
         "--full-attach", "--log-level", "info",
     ] + (["-t"] if terminal else [])  # a tty: conmon holds the pty (the spec must say terminal)
+    if stdin:  # conmon holds the container's stdin, written through its attach socket
+        args += ["-i"] + ([] if stdin_once else ["--leave-stdin-open"])
     r, w = os.pipe()
     try:
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "_OCI_SYNCPIPE": str(w)}

@@ -3,7 +3,8 @@
 Handlers run in the server's event loop; every call that touches processes, mounts or files
 runs on a worker thread, so one slow StopContainer (a grace period) never holds the others.
 Errors reach the kubelet as gRPC codes with containerd-like texts; what this runtime does not
-do (streaming exec/attach/port-forward, checkpoints, events, metrics) answers UNIMPLEMENTED.
+do (checkpoints, events, metrics) answers UNIMPLEMENTED. Exec, Attach and PortForward answer a
+URL of the runtime's streaming server (node.runtime.streaming), started by ``start_streaming``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from node.runtime.cleanup import record_root
 from node.runtime.containers import EXITED, ContainerError, Containers
 from node.runtime.sandbox import NOTREADY, READY, PodNetwork, SandboxError, Sandboxes
 from node.runtime.store import NameReserved, read_json, write_json
+from node.runtime.streaming import StreamError, StreamServer
 
 log = logging.getLogger("node.runtime")
 
@@ -56,6 +58,12 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
         self._locks_lock = threading.Lock()
         self._config_path = os.path.join(self.root, "runtime.json")
         self.pod_cidr = (read_json(self._config_path) or {}).get("pod_cidr", "")
+        self.streams = StreamServer()
+
+    async def start_streaming(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Start the streaming server in the running loop; its port."""
+        self.streams.host, self.streams.port = host, port
+        return await self.streams.start()
 
     def load(self) -> None:
         """Adopt the sandboxes and containers a previous runtime left (blocking)."""
@@ -306,6 +314,63 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
                               list(request.cmd), request.timeout)
         return cri_pb2.ExecSyncResponse(stdout=res.stdout, stderr=res.stderr, exit_code=res.exit_code)
 
+    # ---- streaming: a URL of the streaming server, which does the work ----
+
+    def _running(self, cid: str) -> dict:
+        rec = self.containers.require(cid)
+        if rec["state"] != cri_pb2.CONTAINER_RUNNING:
+            state = cri_pb2.ContainerState.Name(rec["state"])
+            raise ContainerError("FAILED_PRECONDITION", f"container is in {state} state")
+        return rec
+
+    @staticmethod
+    def _check_streams(request) -> None:
+        """The checks of the kubelet's streaming server (and containerd's), in their words."""
+        if not (request.stdin or request.stdout or request.stderr):
+            raise ValueError("one of stdin, stdout, or stderr must be set")
+        if request.tty and request.stderr:
+            raise ValueError("tty and stderr cannot both be true")
+
+    async def _url(self, context, kind: str, request, target) -> str:
+        try:
+            return self.streams.url(kind, request, target)
+        except StreamError as e:
+            await context.abort(getattr(grpc.StatusCode, e.code), str(e))
+
+    async def Exec(self, request, context):
+        if not request.cmd:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cmd must not be empty")
+        try:
+            self._check_streams(request)
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        rec = await self._run(context, self._running, request.container_id)
+        url = await self._url(context, "exec", request,
+                              (self.containers.runc, rec["id"], self.containers.path(rec["id"])))
+        return cri_pb2.ExecResponse(url=url)
+
+    async def Attach(self, request, context):
+        try:
+            self._check_streams(request)
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        rec = await self._run(context, self._running, request.container_id)
+        url = await self._url(context, "attach", request, self.containers.path(rec["id"]))
+        return cri_pb2.AttachResponse(url=url)
+
+    async def PortForward(self, request, context):
+        rec = self.sandboxes.get(request.pod_sandbox_id)
+        if rec is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"sandbox {request.pod_sandbox_id!r} not found")
+        if rec["state"] != READY:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"pod sandbox {rec['id']} is not running")
+        for port in request.port:
+            if not 0 < port < 65536:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid port {port}")
+        url = await self._url(context, "portforward", request, os.path.join("/run/netns", rec["netns"]))
+        return cri_pb2.PortForwardResponse(url=url)
+
     # ---- stats (from the cgroups; pod network usage is not collected) ----
 
     def _container_stats(self, rec: dict) -> cri_pb2.ContainerStats:
@@ -384,6 +449,9 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
     async def ListPodSandboxStats(self, request, context):
         f = request.filter if request.HasField("filter") else None
         return cri_pb2.ListPodSandboxStatsResponse(stats=await self._run(context, self._list_sandbox_stats, f))
+
+    async def stop_streaming(self) -> None:
+        await self.streams.stop()
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

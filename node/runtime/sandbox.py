@@ -20,12 +20,13 @@ from google.protobuf import json_format
 
 from node.network import pod
 from node.pb import cri_pb2
-from node.runtime import cgroups, mounts
+from node import mounts
+from node.runtime import cgroups
 from node.runtime.store import RecordStore
 
 READY, NOTREADY = cri_pb2.SANDBOX_READY, cri_pb2.SANDBOX_NOTREADY
 NETNS_DIR = "/run/netns"
-SHM_SIZE = "64m"  # a pod's /dev/shm, as containerd's default
+SHM_SIZE = 64 << 20  # a pod's /dev/shm, as containerd's default
 
 
 def make_ipc_uts(directory: str, hostname: str) -> None:
@@ -39,7 +40,7 @@ def make_ipc_uts(directory: str, hostname: str) -> None:
     if proc.returncode != 0:
         raise SandboxError(f"cannot create the pod's IPC/UTS namespaces: {proc.stderr.strip()}")
     os.makedirs(shm, exist_ok=True)
-    mounts.mount_tmpfs(shm, f"mode=1777,size={SHM_SIZE}")
+    mounts.mount_tmpfs(shm, size=SHM_SIZE, mode=0o1777, noexec=True)
 
 
 class SandboxError(Exception):
@@ -129,8 +130,8 @@ class Sandboxes:
     def _intact(self, rec: dict) -> bool:
         d = self.store.path(rec["id"])
         netns_ok = rec.get("host_network") or os.path.exists(os.path.join(NETNS_DIR, rec["netns"]))
-        return bool(netns_ok) and mounts.is_mounted(os.path.join(d, "ipc")) and \
-            mounts.is_mounted(os.path.join(d, "uts"))
+        return bool(netns_ok) and (mounts.fs_type(os.path.join(d, "ipc")) is not None) and \
+            (mounts.fs_type(os.path.join(d, "uts")) is not None)
 
     def netns_name(self, sandbox_id: str) -> str:
         return f"{self.prefix}-{sandbox_id[:10]}"
@@ -193,7 +194,7 @@ class Sandboxes:
         self.network.delete_netns(netns)
 
     def _discard(self, sid: str, name: str | None) -> None:
-        mounts.unmount_all(self.store.path(sid))
+        mounts.unmount_all_under(self.store.path(sid))
         shutil.rmtree(self.store.path(sid), ignore_errors=True)
         if name:
             self.store.release(name, sid)

@@ -1,6 +1,7 @@
 """mount(2) and umount2(2) through ctypes, and the mount table of this process.
 
-The kubelet mounts tmpfs for memory-backed volumes and binds subPaths; calling
+The runtime mounts container root filesystems (overlays) and sandbox /dev/shm;
+the kubelet mounts tmpfs for memory-backed volumes and binds subPaths. Calling
 the syscalls directly (no ``mount`` process) keeps that cheap and lets a
 bind's source be an O_PATH descriptor (``/proc/self/fd/N``), which is how a
 subPath is pinned against symlink swaps. Needs CAP_SYS_ADMIN (root).
@@ -42,19 +43,30 @@ def mount(source: str, target: str, fstype: str | None, flags: int = 0, data: st
 _noswap = [True]   # cleared when the kernel refuses tmpfs's noswap (before Linux 6.4)
 
 
-def mount_tmpfs(target: str, *, size: int | None = None, mode: int = 0o777) -> None:
-    """A tmpfs at ``target``, with ``noswap`` where the kernel has it, as Kubernetes
-    mounts memory-backed volumes: a Secret's pages then never go to a swap device."""
+def mount_tmpfs(target: str, *, size: int | None = None, mode: int = 0o777, noexec: bool = False) -> None:
+    """A tmpfs at ``target`` (created if missing), with ``noswap`` where the kernel has
+    it, as Kubernetes mounts memory-backed volumes: a Secret's pages then never go to a
+    swap device."""
+    os.makedirs(target, exist_ok=True)
+    flags = MS_NOSUID | MS_NODEV | (MS_NOEXEC if noexec else 0)
     options = [f"mode={mode:o}"] + ([f"size={size}"] if size else [])
     if _noswap[0]:
         try:
-            mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, ",".join(options + ["noswap"]))
+            mount("tmpfs", target, "tmpfs", flags, ",".join(options + ["noswap"]))
             return
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
             _noswap[0] = False
-    mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, ",".join(options))
+    mount("tmpfs", target, "tmpfs", flags, ",".join(options))
+
+
+def mount_overlay(lower: str, upper: str, work: str, target: str) -> None:
+    """An overlay of the read-only ``lower`` (an image's rootfs, shared by its containers)
+    and a per-container ``upper``, so a container's writes stay its own."""
+    for d in (upper, work, target):
+        os.makedirs(d, exist_ok=True)
+    mount("overlay", target, "overlay", 0, f"lowerdir={lower},upperdir={upper},workdir={work}")
 
 
 def bind(source: str, target: str) -> None:

@@ -1,0 +1,112 @@
+"""The cloud of issue 20 for tests and benchmarks: a control plane (etcdlite, apiserver,
+controller-manager, scheduler) with quick node-health flags, ``python -m cloud`` with node
+groups, the cloud-controller-manager and the autoscaler, all in one Registry; on exit the cloud
+is stopped with SIGTERM (it deletes its instances) and whatever its prefix still names on the
+machine is removed (namespaces, containers, mounts), pass or fail."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from apiserver.client import Client
+from cloud.client import CloudClient
+from harness.plane import ApiServer, start_component
+from harness.procs import DEFAULT_READY_TIMEOUT, PYTHON, Registry, ServerProcess, free_port
+from node import network
+
+
+class CloudProcess(ServerProcess):
+    """``python -m cloud`` on a free port of 127.0.0.1, ready once /v1/metadata answers."""
+
+    kind = "cloud"
+
+    def __init__(self, tmp_path, server: str, registry: Registry | None = None, *,
+                 node_groups: tuple[str, ...] = (), kubelet_args: tuple[str, ...] = (),
+                 proxy_args: tuple[str, ...] = (), ready_timeout: float = DEFAULT_READY_TIMEOUT) -> None:
+        self.port = free_port()
+        self.server = server
+        self.prefix = network.new_prefix()
+        self.data_dir = Path(tmp_path) / "cloud"
+        self.node_groups, self.kubelet_args, self.proxy_args = node_groups, kubelet_args, proxy_args
+        super().__init__("cloud", tmp_path, registry, ready_timeout)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        argv = [PYTHON, "-m", "cloud", "--data-dir", str(self.data_dir), "--server", self.server,
+                "--port", str(self.port), "--prefix", self.prefix, "--log-level", "info"]
+        for g in self.node_groups:
+            argv += ["--node-group", g]
+        argv += [f"--kubelet-arg={a}" for a in self.kubelet_args]
+        argv += [f"--proxy-arg={a}" for a in self.proxy_args]
+        return argv
+
+    def ready_probe(self, rpc_timeout: float) -> str | None:
+        CloudClient(self.endpoint, timeout=rpc_timeout).metadata()
+        return None
+
+    def sweep(self) -> list[str]:
+        """What a cloud killed before its own cleanup left: containers, mounts, namespaces."""
+        from node.runtime.cleanup import cleanup as runtime_cleanup
+
+        problems = runtime_cleanup(self.prefix)  # every node runtime of the prefix
+        nodes = self.data_dir / "nodes"
+        if nodes.is_dir():
+            from node.kubelet.volumes import cleanup as volumes_cleanup
+
+            for d in nodes.iterdir():
+                if (d / "kubelet").is_dir():
+                    volumes_cleanup(str(d / "kubelet"))
+        network.cleanup(self.prefix)
+        return problems
+
+
+class CloudPlane:
+    def __init__(self, api, cloud: CloudProcess, ccm, autoscaler, reg: Registry) -> None:
+        self.api, self.cloud_proc, self.ccm, self.autoscaler, self.reg = api, cloud, ccm, autoscaler, reg
+        self.client = Client(api.endpoint, timeout=20)
+        self.cloud = CloudClient(cloud.endpoint)
+        meta = self.cloud.metadata()
+        self.internet, self.router = meta["internet"], meta["router"]
+
+
+@contextlib.contextmanager
+def cloud_plane(tmp_path, *, node_groups: tuple[str, ...], kubelet_args: tuple[str, ...] = (),
+                cm_flags: dict | None = None, ccm_flags: dict | None = None,
+                autoscaler_flags: dict | None = None, autoscaler: bool = True):
+    reg = Registry()
+    tmp = Path(tmp_path)
+    cloud = None
+    try:
+        etcd = reg.start_etcdlite(tmp, name="etcd")
+        api = ApiServer(tmp, etcd.url, registry=reg).launch()
+        # The cloud makes its network, image and first instances while the control plane starts
+        # (their kubelets wait for the apiserver as they would on a cloud).
+        cloud = CloudProcess(tmp, api.endpoint, reg, node_groups=node_groups, kubelet_args=kubelet_args).launch()
+        api.wait_ready()
+        start_component(tmp, "cm", "controllers.manager", api.endpoint, reg, log_level="warning",
+                        **(cm_flags or {}))
+        start_component(tmp, "scheduler", "controllers.scheduler", api.endpoint, reg, log_level="warning")
+        cloud.wait_ready()
+        ccm = start_component(tmp, "ccm", "cloud.ccm", api.endpoint, reg, cloud_url=cloud.endpoint,
+                              leader_elect=True, log_level="info", **(ccm_flags or {}))
+        scaler = start_component(tmp, "autoscaler", "cloud.autoscaler", api.endpoint, reg,
+                                 cloud_url=cloud.endpoint, leader_elect=True, log_level="info",
+                                 **(autoscaler_flags or {})) if autoscaler else None
+        plane = CloudPlane(api, cloud, ccm, scaler, reg)
+        try:
+            yield plane
+        finally:
+            plane.client.close()
+    finally:
+        problems: list[str] = []
+        if cloud is not None:
+            cloud.terminate(timeout=60)  # SIGTERM: the cloud deletes its instances itself
+        reg.cleanup()
+        if cloud is not None:
+            problems = cloud.sweep()
+        if problems:
+            raise RuntimeError(f"the cloud {cloud.prefix} left behind: {problems}")
