@@ -96,7 +96,8 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
     if args.security is not None:
         # each component with its own identity (apiserver/auth/policy.py grants what it needs)
         who = {"controller-manager": "controller-manager", "scheduler": "scheduler", "kubelets": "hollow-nodes",
-               "dns": "dns"}
+               "dns": "dns", "cloud": "cloud-nodes", "cloud-controller-manager": "cloud-controller-manager",
+               "cluster-autoscaler": "cluster-autoscaler"}
         if args.real is not None:
             for node in args.real.nodes:
                 who[f"kubelet-{node.index}"] = f"node-{node.name}"

@@ -145,6 +145,11 @@ COMPONENTS = (
     # simulated kubelets: many nodes in one process, one identity in system:nodes but no
     # system:node:NAME (which would tie it to one node)
     ("hollow-nodes", "system:hollow-nodes", ("system:nodes",)),
+    # the cloud (issue 20): its controller-manager, the autoscaler, and its instances' kubelets
+    # (one identity for every instance, see policy.py)
+    ("cloud-controller-manager", "system:cloud-controller-manager", ()),
+    ("cluster-autoscaler", "system:cluster-autoscaler", ()),
+    ("cloud-nodes", "system:cloud-nodes", ("system:nodes",)),
 )
 
 

@@ -141,12 +141,18 @@ def _cluster_roles() -> list[rbac_pb2.ClusterRole]:
             rule(ALL, ["discovery.k8s.io"], ["endpointslices"]),
             rule(ALL, ["coordination.k8s.io"], ["leases"]),
             rule(ALL, ["events.k8s.io"], ["events"]),
+            # the PersistentVolume binder, protection and the directory provisioner
+            rule(ALL, [""], ["persistentvolumes", "persistentvolumes/status", "persistentvolumeclaims",
+                             "persistentvolumeclaims/status"]),
+            rule(ALL, ["storage.k8s.io"], ["storageclasses"]),
         ]),
         _role("system:kube-scheduler", [
             rule(READ, [""], ["nodes", "pods", "namespaces", "services", "persistentvolumeclaims",
                               "persistentvolumes", "replicationcontrollers"]),
             rule(READ, ["apps"], ["replicasets", "statefulsets"]),
+            rule(READ, ["storage.k8s.io"], ["storageclasses", "csinodes", "csidrivers", "csistoragecapacities"]),
             rule(["patch", "update"], [""], ["pods", "pods/status"]),
+            rule(["patch", "update"], [""], ["persistentvolumeclaims", "persistentvolumes"]),
             rule(["create"], [""], ["pods/binding", "bindings"]),
             rule(["delete"], [""], ["pods"]),
             rule(["create", "patch", "update"], ["", "events.k8s.io"], ["events"]),
@@ -174,6 +180,38 @@ def _cluster_roles() -> list[rbac_pb2.ClusterRole]:
             rule(["list", "watch"], ["discovery.k8s.io"], ["endpointslices"]),
             rule(["create", "patch", "update"], ["", "events.k8s.io"], ["events"]),
         ]),
+        # the cloud-controller-manager (cloud/ccm): Node addresses, providerIDs and deletion,
+        # LoadBalancer Services' status, pod routes (the Node's NetworkUnavailable condition)
+        _role("system:cloud-controller-manager", [
+            rule(["get", "list", "watch", "update", "patch", "delete"], [""], ["nodes"]),
+            rule(["patch", "update"], [""], ["nodes/status"]),
+            rule(["get", "list", "watch", "update", "patch"], [""], ["services"]),
+            rule(["patch", "update"], [""], ["services/status"]),
+            rule(["list", "watch"], ["discovery.k8s.io"], ["endpointslices"]),
+            rule(["list", "watch"], [""], ["pods", "endpoints"]),
+            rule(["create", "patch", "update"], ["", "events.k8s.io"], ["events"]),
+            rule(["create", "get", "list", "watch", "update"], ["coordination.k8s.io"], ["leases"]),
+        ]),
+        # the cluster-autoscaler (cloud/autoscaler.py): reads what decides a node group's size,
+        # drains and deletes the nodes it removes
+        _role("system:cluster-autoscaler", [
+            rule(READ, [""], ["nodes", "pods", "services", "namespaces", "replicationcontrollers",
+                              "persistentvolumeclaims", "persistentvolumes"]),
+            rule(READ, ["apps"], ["replicasets", "deployments", "statefulsets", "daemonsets"]),
+            rule(READ, ["storage.k8s.io"], ["storageclasses", "csinodes"]),
+            rule(READ, ["policy"], ["poddisruptionbudgets"]),
+            rule(["update", "patch", "delete"], [""], ["nodes"]),
+            rule(["delete"], [""], ["pods"]),
+            rule(["create"], [""], ["pods/eviction"]),
+            rule(["create", "patch", "update"], ["", "events.k8s.io"], ["events"]),
+            rule(["create", "get", "list", "watch", "update"], ["coordination.k8s.io"], ["leases"]),
+        ]),
+        # the cloud's instances run their kubelets under one identity (the cloud would have
+        # to issue a certificate per instance for system:node:NAME and the Node authorizer):
+        # system:node's rules plus reading what pods use, in every namespace
+        _role("system:cloud-nodes", [
+            rule(["get"], [""], ["secrets", "configmaps", "persistentvolumeclaims"]),
+        ]),
         _role("system:coredns", [
             rule(["list", "watch"], [""], ["endpoints", "services", "pods", "namespaces"]),
             rule(["list", "watch"], ["discovery.k8s.io"], ["endpointslices"]),
@@ -194,6 +232,10 @@ def cluster_role_bindings() -> list[rbac_pb2.ClusterRoleBinding]:
         _binding("system:node", "system:node", [("Group", "system:nodes")]),
         _binding("system:node-proxier", "system:node-proxier", [("User", "system:kube-proxy")]),
         _binding("system:coredns", "system:coredns", [("User", "system:coredns")]),
+        _binding("system:cloud-controller-manager", "system:cloud-controller-manager",
+                 [("User", "system:cloud-controller-manager")]),
+        _binding("system:cluster-autoscaler", "system:cluster-autoscaler", [("User", "system:cluster-autoscaler")]),
+        _binding("system:cloud-nodes", "system:cloud-nodes", [("User", "system:cloud-nodes")]),
     ]
 
 
