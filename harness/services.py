@@ -104,10 +104,11 @@ class Cluster:
         assert found, f"no running container of {pod.metadata.name}"
         return runtime, found[0]
 
-    def exec(self, pod, command: list[str], timeout: float = 60) -> tuple[int, str]:
+    def exec(self, pod, command: list[str], timeout: float = 60, stderr: bool = True) -> tuple[int, str]:
+        """The command's exit code and output (stdout, then stderr unless ``stderr`` is False)."""
         runtime, cid = self.container(pod)
         got = runtime.exec_sync(cid, command, timeout=timeout)
-        return got.exit_code, got.stdout.decode() + got.stderr.decode()
+        return got.exit_code, got.stdout.decode() + (got.stderr.decode() if stderr else "")
 
     def client_pod(self, i: int):
         return self.client.get("pods", f"client-{i}", "default")
@@ -116,7 +117,7 @@ class Cluster:
         """``n`` requests to http://web/ from the client pod on node ``i``: what each answered
         ("<pod> v<version>", or FAILED with wget's words)."""
         loop = f"i=0; while [ $i -lt {n} ]; do {ONE_REQUEST}; i=$((i+1)); done"
-        code, out = self.exec(self.client_pod(i), ["sh", "-c", loop])
+        code, out = self.exec(self.client_pod(i), ["sh", "-c", loop], stderr=False)
         assert code == 0, out
         return out.splitlines()
 
@@ -167,7 +168,9 @@ class RequestLoop:
         loop = ("i=0; while [ ! -e /tmp/stop ] && [ $i -lt 900 ]; do "
                 f"{ONE_REQUEST}; usleep 100000; i=$((i+1)); done")
         try:
-            code, out = self.cluster.exec(self.cluster.client_pod(self.i), ["sh", "-c", loop], timeout=TIMEOUT)
+            # (the shell's own "Terminated" for a request given up goes to stderr: one line each)
+            code, out = self.cluster.exec(self.cluster.client_pod(self.i), ["sh", "-c", loop], timeout=TIMEOUT,
+                                          stderr=False)
             self.lines = out.splitlines()
         except BaseException as e:  # reported by stop()
             self.error = e
