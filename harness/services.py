@@ -26,7 +26,7 @@ TIMEOUT = 120
 # -T crashes Debian's busybox 1.35).
 ONE_REQUEST = ('out=$(timeout 5 wget -qO- http://web/ 2>&1); rc=$?; if [ $rc = 0 ]; then echo "$out"; '
                'elif [ $rc = 143 ]; then echo FAILED: no answer in 5 s; else echo FAILED $out; fi')
-PRE_STOP_SLEEP = 4  # s: longer than an endpoint change takes to reach every node's rules
+PRE_STOP_SLEEP = 5  # s: longer than an endpoint change takes to reach every node's rules (~1 s; margin for a busy machine)
 GRACE = 10
 
 # httpd runs in the background and the shell, PID 1, exits on SIGTERM (taking httpd with it), as a
