@@ -239,6 +239,9 @@ def web_cluster(tmp, nodes: int, replicas: int, **template):
                     client.create(from_dict(client_pod(i)))
                 wait_until(lambda: all(is_ready(c.client_pod(i)) for i in range(nodes)), TIMEOUT,
                            what="a Ready client pod on every node")
+                dns = f"dnat to {started.layout.dns_listen}:53"
+                wait_until(lambda: all(dns in nft.list_table(n.netns) for n in started.layout.nodes), TIMEOUT,
+                           what="the kube-dns Service in every node's rules")
                 c.settle(replicas)
                 yield c
             finally:
