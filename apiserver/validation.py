@@ -10,6 +10,7 @@ which strings are valid names, keys or addresses (``syntax``'s rules, used here)
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 
@@ -838,6 +839,20 @@ TRAFFIC_POLICIES = ("Cluster", "Local")
 MAX_CLIENT_IP_TIMEOUT = 86400
 
 
+
+def _special_ip_errors(text: str) -> list[str]:
+    """Kubernetes' ValidateNonSpecialIP (an external IP): addresses a node uses for itself."""
+    ip = ipaddress.ip_address(text)
+    if ip.is_unspecified:
+        return [f"may not be unspecified ({text})"]
+    if ip.is_loopback:
+        return ["may not be in the loopback range (127.0.0.0/8, ::1/128)"]
+    if ip.is_link_local:
+        return ["may not be in the link-local range (169.254.0.0/16, fe80::/10)"]
+    if ip in ipaddress.ip_network("224.0.0.0/24") or ip in ipaddress.ip_network("ff02::/16"):
+        return ["may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)"]
+    return []
+
 def _validate_service(errs: FieldErrors, svc) -> None:
     spec = svc.spec
     _enum(errs, "spec.type", spec.type, SERVICE_TYPES)
@@ -893,6 +908,8 @@ def _validate_service(errs: FieldErrors, svc) -> None:
             errs.each("spec.externalName", name, dns1123_subdomain_errors(name))
     elif spec.type in ("NodePort", "LoadBalancer") and spec.cluster_ip == "None":
         errs.invalid("spec.clusterIPs[0]", "None", f"may not be set to 'None' for {spec.type} services")
+    for i, ip in enumerate(spec.external_ips):
+        errs.each(f"spec.externalIPs[{i}]", ip, ip_errors(ip) or _special_ip_errors(ip))
     if spec.external_traffic_policy:
         _enum(errs, "spec.externalTrafficPolicy", spec.external_traffic_policy, TRAFFIC_POLICIES)
         if spec.type not in ("NodePort", "LoadBalancer") and not spec.external_ips:

@@ -1,5 +1,6 @@
 """Real nodes for tests: node.plane's layout (fabric, node namespaces, busybox image), each node's
-CRI runtime and kubelet as processes, and a teardown that removes everything the nodes made,
+CRI runtime and kubelet as processes (with ``services=True`` also a kube-proxy per node and the
+cluster DNS in node 0, as `make run` has them), and a teardown that removes everything the nodes made,
 whatever state a test left them in; and RuntimeNode, one node with only its runtime, for the
 runtime's and the kubelet's own tests."""
 
@@ -86,11 +87,82 @@ class KubeletProcess(ServerProcess):
         return None
 
 
-class Nodes:
-    """Started real nodes: ``.layout`` (RealNodes), ``.runtimes`` and ``.kubelets`` by index."""
+class ProxyProcess(ServerProcess):
+    """A real node's kube-proxy (python -m node.proxy), ready once its first sync has made the
+    table in the node's namespace."""
 
-    def __init__(self, layout: RealNodes, runtimes: list[RuntimeProcess], kubelets: list[KubeletProcess]):
+    kind = "kube-proxy"
+
+    def __init__(self, nodes: RealNodes, node: RealNode, server: str, registry: Registry | None = None,
+                 extra_args: tuple[str, ...] = (), ready_timeout: float = DEFAULT_READY_TIMEOUT) -> None:
+        self.nodes, self.node, self.server, self.extra_args = nodes, node, server, extra_args
+        super().__init__(f"proxy-{node.index}", nodes.dir, registry, ready_timeout)
+
+    @property
+    def endpoint(self) -> str:
+        return self.server
+
+    def argv(self) -> list[str]:
+        return self.nodes.proxy_command(self.node, self.server, *self.extra_args)
+
+    def ready_probe(self, rpc_timeout: float) -> str | None:
+        from node.proxy import nft
+
+        return None if "services" in nft.list_chains(self.node.netns) else "no services chain yet"
+
+
+class DnsProcess(ServerProcess):
+    """The cluster DNS (python -m node.dns) in node 0's namespace, ready once it answers there."""
+
+    kind = "cluster-dns"
+
+    def __init__(self, nodes: RealNodes, server: str, registry: Registry | None = None,
+                 ready_timeout: float = DEFAULT_READY_TIMEOUT) -> None:
+        self.nodes, self.server = nodes, server
+        super().__init__("dns", nodes.dir, registry, ready_timeout)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.nodes.dns_listen}:53"
+
+    def argv(self) -> list[str]:
+        return self.nodes.dns_command(self.server)
+
+    def ready_probe(self, rpc_timeout: float) -> str | None:
+        return None if dns_answers(self.nodes.nodes[0].netns, self.nodes.dns_listen, rpc_timeout) \
+            else "no DNS answer yet"
+
+
+def dns_answers(netns: str, ip: str, timeout: float = 1.0) -> bool:
+    """Whether the cluster DNS at ``ip`` answers a query sent from inside ``netns``."""
+    import socket
+
+    import dns.exception
+    import dns.message
+    import dns.query
+    import dns.rcode
+
+    from node.network.netns import socket_in
+
+    sock = socket_in(netns, socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)  # dnspython waits for it with its own timeout
+    try:
+        q = dns.message.make_query("dns-version.cluster.local", "TXT")
+        return dns.query.udp(q, ip, timeout=min(timeout, 1.0), sock=sock).rcode() == dns.rcode.NOERROR
+    except (OSError, dns.exception.Timeout):
+        return False
+    finally:
+        sock.close()
+
+
+class Nodes:
+    """Started real nodes: ``.layout`` (RealNodes), ``.runtimes``, ``.kubelets`` and ``.proxies``
+    by index, ``.dns`` (None without services)."""
+
+    def __init__(self, layout: RealNodes, runtimes: list[RuntimeProcess], kubelets: list[KubeletProcess],
+                 proxies: list[ProxyProcess] | None = None, dns: DnsProcess | None = None):
         self.layout, self.runtimes, self.kubelets = layout, runtimes, kubelets
+        self.proxies, self.dns = proxies or [], dns
 
     @property
     def prefix(self) -> str:
@@ -98,18 +170,38 @@ class Nodes:
 
 
 @contextlib.contextmanager
-def real_nodes(tmp_path, server: str, count: int = 1, kubelet_args: tuple[str, ...] = ()):
+def real_nodes(tmp_path, server: str, count: int = 1, kubelet_args: tuple[str, ...] = (),
+               services: bool = False, proxy_args: tuple[str, ...] = ()):
     """``count`` real nodes whose kubelets talk to the apiserver at ``server``; everything they
-    made is removed on exit (pass or fail), and what could not be is an error."""
-    layout = RealNodes(Path(tmp_path), count)
+    made is removed on exit (pass or fail), and what could not be is an error.
+
+    ``services``: also a kube-proxy per node and the cluster DNS in node 0, pods' resolv.conf
+    naming the kube-dns clusterIP (10.96.0.10) as in Kubernetes. Without (the default, for tests
+    that need no Service: a proxy and the DNS cost a few seconds of start-up), nothing routes a
+    clusterIP and pods' resolv.conf names node 0's address, where a test may start the DNS."""
+    layout = RealNodes(Path(tmp_path), count, proxies=services)
     reg = Registry()
     runtimes: list[RuntimeProcess] = []
     kubelets: list[KubeletProcess] = []
+    proxies: list[ProxyProcess] = []
+    dns: DnsProcess | None = None
     try:
         layout.prepare()
-        runtimes = [RuntimeProcess(layout, n, reg).start() for n in layout.nodes]
-        kubelets = [KubeletProcess(layout, n, server, reg, kubelet_args).start() for n in layout.nodes]
-        yield Nodes(layout, runtimes, kubelets)
+        runtimes = [RuntimeProcess(layout, n, reg) for n in layout.nodes]
+        if services:  # they need only the apiserver: start them while the runtimes start
+            proxies = [ProxyProcess(layout, n, server, reg, proxy_args) for n in layout.nodes]
+            dns = DnsProcess(layout, server, reg)
+        started = [*runtimes, *proxies, *([dns] if dns else [])]
+        for proc in started:
+            proc.launch()
+        for proc in started:
+            proc.wait_ready()
+        kubelets = [KubeletProcess(layout, n, server, reg, kubelet_args) for n in layout.nodes]
+        for kubelet in kubelets:
+            kubelet.launch()
+        for kubelet in kubelets:
+            kubelet.wait_ready()
+        yield Nodes(layout, runtimes, kubelets, proxies, dns)
     finally:
         reg.cleanup()
         problems = layout.teardown()

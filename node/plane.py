@@ -1,5 +1,8 @@
 """Real nodes on this machine: the fabric, and for each node a network namespace, a CRI runtime,
-a kubelet and a kube-proxy; plus the cluster DNS, in node 0's namespace.
+a kubelet and a kube-proxy; plus the cluster DNS, in node 0's namespace. As in Kubernetes, pods'
+resolv.conf names the kube-dns Service's clusterIP (10.96.0.10), which every node's kube-proxy
+routes to the DNS server (``proxies=False``: nodes without kube-proxy, pods naming the server's
+own address instead).
 
 `RealNodes(data_dir, count)` lays the nodes out (node i: netns ``<prefix>-n<i>``, address
 10.250.0.<i+1>, podCIDR 10.244.<i>.0/24, its runtime's socket and state under
@@ -26,6 +29,7 @@ from node.network.fabric import Fabric
 NODE_NAME = "node-{i}"
 CLUSTER_CIDR = "10.244.0.0/16"  # every node's podCIDR is a /24 of it
 CLUSTER_DOMAIN = "cluster.local"
+KUBE_DNS_IP = "10.96.0.10"  # the kube-dns Service's clusterIP, as in Kubernetes (node.dns makes it)
 
 
 def busybox_version() -> str | None:
@@ -54,7 +58,9 @@ class RealNode:
 
 
 class RealNodes:
-    def __init__(self, data_dir: str | os.PathLike, count: int, prefix: str | None = None) -> None:
+    def __init__(self, data_dir: str | os.PathLike, count: int, prefix: str | None = None,
+                 proxies: bool = True) -> None:
+        self.proxies = proxies  # whether kube-proxy runs on the nodes (then pods ask the kube-dns clusterIP)
         self.dir = Path(data_dir).resolve() / "nodes"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.prefix = prefix or self._stored_prefix()
@@ -133,13 +139,22 @@ class RealNodes:
                 "--log-level", "warning", *extra]
 
     @property
-    def cluster_dns(self) -> str:
-        """Where pods send DNS queries: the cluster DNS in node 0's namespace, at that node's
-        address (the kube-dns Service's clusterIP reaches it too once kube-proxy routes it)."""
+    def dns_listen(self) -> str:
+        """Where the cluster DNS answers: node 0's address, in that node's namespace (the kube-dns
+        Service's Endpoints)."""
         return self.nodes[0].ip if self.nodes else ""
 
+    @property
+    def cluster_dns(self) -> str:
+        """Where pods send DNS queries (the kubelets' --cluster-dns): as in Kubernetes, the kube-dns
+        Service's clusterIP, which each node's kube-proxy routes to the server; on nodes without
+        kube-proxy nothing routes a clusterIP, so the server's own address."""
+        if not self.nodes:
+            return ""
+        return KUBE_DNS_IP if self.proxies else self.dns_listen
+
     def dns_command(self, server: str) -> list[str]:
-        return [sys.executable, "-m", "node.dns", "--server", server, "--listen", f"{self.cluster_dns}:53",
+        return [sys.executable, "-m", "node.dns", "--server", server, "--listen", f"{self.dns_listen}:53",
                 "--netns", self.nodes[0].netns, "--cluster-domain", CLUSTER_DOMAIN, "--log-level", "warning"]
 
     def commands(self, server: str) -> dict[str, list[str]]:
@@ -150,8 +165,9 @@ class RealNodes:
             cmds[f"runtime-{node.index}"] = self.runtime_command(node)
         for node in self.nodes:
             cmds[f"kubelet-{node.index}"] = self.kubelet_command(node, server)
-        for node in self.nodes:
-            cmds[f"proxy-{node.index}"] = self.proxy_command(node, server)
+        if self.proxies:
+            for node in self.nodes:
+                cmds[f"proxy-{node.index}"] = self.proxy_command(node, server)
         if self.nodes:
             cmds["dns"] = self.dns_command(server)
         return cmds

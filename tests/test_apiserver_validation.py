@@ -1479,6 +1479,18 @@ def test_service_type_rules():
     assert_cause("services", s, "spec.externalTrafficPolicy", "FieldValueInvalid",
                  'Invalid value: "Local": may only be set for externally-accessible services')
     s = service()
+    s.spec.external_ips.append("192.0.2.10")
+    s.spec.external_traffic_policy = "Local"  # externalIPs make it externally accessible
+    validate_create(R("services"), defaulted("services", s))  # valid
+    for ip, message in (("10.0.0", "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"),
+                        ("0.0.0.0", "may not be unspecified (0.0.0.0)"),
+                        ("127.0.0.5", "may not be in the loopback range (127.0.0.0/8, ::1/128)"),
+                        ("169.254.169.254", "may not be in the link-local range (169.254.0.0/16, fe80::/10)"),
+                        ("224.0.0.251", "may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)")):
+        s = service()
+        s.spec.external_ips.extend(["192.0.2.10", ip])
+        assert_cause("services", s, "spec.externalIPs[1]", "FieldValueInvalid", f'Invalid value: "{ip}": {message}')
+    s = service()
     s.spec.session_affinity = "ClientIP"
     s.spec.session_affinity_config.client_ip.timeout_seconds = 90000
     assert_cause("services", s, "spec.sessionAffinityConfig.clientIP.timeoutSeconds", "FieldValueInvalid",

@@ -6,39 +6,22 @@ resolver (the search list included)."""
 from __future__ import annotations
 
 import os
-import socket
 
-import dns.message
-import dns.query
-import dns.rcode
 import pytest
 
 from apiserver.client import Client
 from apiserver.pb import core_pb2
 from harness.etcd_client import wait_until
-from harness.nodes import need_runtime, real_nodes
+from harness.nodes import dns_answers, need_runtime, real_nodes
 from harness.plane import start_component, start_control_plane
 from harness.procs import REPO, Registry
 from node.cri.client import CriClient
-from node.network.netns import socket_in
 
 pytestmark = pytest.mark.process
 
 TIMEOUT = 120
 WEB_IP = "10.96.0.50"
 KUBE_DNS_IP = "10.96.0.10"
-
-
-def dns_ready(netns: str, ip: str) -> bool:
-    sock = socket_in(netns, socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setblocking(False)  # dnspython waits for it with its own timeout
-    try:
-        q = dns.message.make_query("dns-version.cluster.local", "TXT")
-        return dns.query.udp(q, ip, timeout=1, sock=sock).rcode() == dns.rcode.NOERROR
-    except (OSError, dns.exception.Timeout):
-        return False
-    finally:
-        sock.close()
 
 
 def pod(name: str, labels: dict, command: list[str], **spec) -> core_pb2.Pod:
@@ -72,7 +55,7 @@ def plane(tmp_path_factory):
             layout = nodes.layout
             node0 = layout.nodes[0]
             start_component(tmp, "dns", "node.dns", api.endpoint, reg,
-                            ready=lambda: dns_ready(node0.netns, layout.cluster_dns),
+                            ready=lambda: dns_answers(node0.netns, layout.cluster_dns),
                             listen=f"{layout.cluster_dns}:53", netns=node0.netns, log_level="warning")
             yield client, nodes, reg, tmp, api.endpoint
     finally:

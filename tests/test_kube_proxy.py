@@ -24,7 +24,7 @@ from apiserver.pb import core_pb2
 from node import network
 from node.network import fabric as fabric_mod
 from node.network import iproute, netns, pod
-from node.proxy import nft, rules
+from node.proxy import nft, routes, rules
 from node.proxy.model import EndpointInfo, ServicePortInfo
 
 pytestmark = pytest.mark.process
@@ -107,7 +107,9 @@ class Plane:
         return ns, ip
 
     def add_external_client(self) -> str:
-        """A namespace on the fabric that is no node (a machine beside the cluster)."""
+        """A namespace on the fabric that is no node (a machine beside the cluster); made once."""
+        if self.ext in iproute.netns_names():
+            return self.ext
         pod.create_netns(self.ext)
         veth = f"{self.prefix}x"
         iproute.ip(batch=[f"link add {veth} type veth peer name eth0 netns {self.ext}",
@@ -380,6 +382,44 @@ def test_node_port_from_outside_the_nodes_with_cluster_and_local_policies(plane)
     assert _get(plane.pods["client0"][0], f"http://{fabric_mod.node_ip(0)}:30081/")[0] == "web1"
     # and so does the node itself (a host-network process), masqueraded
     assert _get(plane.node_netns(0), f"http://{fabric_mod.node_ip(0)}:30081/")[0] == "web1"
+
+
+def test_external_ips_from_outside_the_nodes_and_from_pods(plane):
+    """An address of no node (TEST-NET-1) that the outside client routes to node 1, as an admin
+    routes a Service's externalIPs to nodes: node 1 answers it as a node port (masqueraded with
+    Cluster policy, the client's address kept with Local); pods anywhere reach it too."""
+    ext = plane.add_external_client()
+    addr, local_addr, dead_addr = "192.0.2.10", "192.0.2.11", "192.0.2.12"
+    iproute.ip(batch=[f"route add {a}/32 via {fabric_mod.node_ip(1)}" for a in (addr, local_addr, dead_addr)],
+               netns=ext)
+    for name, cip, ips, local in (("ext", "10.96.0.27", [addr], False), ("extlocal", "10.96.0.28", [local_addr], True),
+                                  ("extdead", "10.96.0.29", [dead_addr], False)):
+        svc = _service(name, cip, WEB_PORTS, external_local=local)
+        svc.spec.external_ips.extend(ips)
+        plane.client.create(svc)
+    webs = [f"web{i}" for i in range(NODES)]
+    _set_endpoints(plane, "ext", webs, WEB_EP_PORTS)
+    _set_endpoints(plane, "extlocal", ["web1"], WEB_EP_PORTS)
+    chains = {_endpoint_chain("ext", "http", plane.pods[w][1], HTTP_PORT) for w in webs}
+    chains.add(_endpoint_chain("extlocal", "http", plane.pods["web1"][1], HTTP_PORT))
+    _wait(lambda: _chains_everywhere(plane, chains) and all(
+        f"{dead_addr} . tcp . 80 : goto reject-chain" in nft.list_table(plane.node_netns(i)) for i in range(NODES)),
+        "the external IPs programmed on every node")
+    answers = [_get(ext, f"http://{addr}/") for _ in range(30)]
+    assert {a[0] for a in answers} == set(webs), answers
+    assert EXT_CLIENT_IP not in {a[1] for a in answers}  # Cluster policy: masqueraded
+    for _ in range(5):
+        assert _get(ext, f"http://{local_addr}/") == ("web1", EXT_CLIENT_IP)  # Local: the client's address
+    assert set(_names(plane.pods["client0"][0], f"http://{addr}/", 30)) == set(webs)
+    with pytest.raises(ConnectionRefusedError):  # no endpoints: refused at once, as a clusterIP
+        netns.connect_in(ext, dead_addr, 80, timeout=5).close()
+    # (the nodes have no default route: each proxy routed the addresses to its uplink so that
+    # the refusal happens; a Service's deletion takes its route away)
+    assert all(routes.our_external_routes(plane.node_netns(i)) >= {addr, local_addr, dead_addr}
+               for i in range(NODES))
+    plane.client.delete("services", "extdead", "default")
+    _wait(lambda: not any(dead_addr in routes.our_external_routes(plane.node_netns(i)) for i in range(NODES)),
+          "the deleted Service's external IP route removed on every node")
 
 
 def test_client_ip_affinity_pins_each_client(plane):

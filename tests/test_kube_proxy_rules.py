@@ -120,6 +120,31 @@ def test_external_local_keeps_client_ip_short_circuits_pods_and_drops_without_lo
     assert r.chains[ext][0] == "jump mark-for-masquerade"
 
 
+def test_external_ips_lead_to_the_external_chain_reject_without_endpoints_and_drop_without_local():
+    svc = core_pb2.Service()
+    svc.metadata.name, svc.metadata.namespace = "web", "default"
+    svc.spec.cluster_ip = "10.96.0.10"
+    svc.spec.external_ips.extend(["192.0.2.10", "2001:db8::1", "192.0.2.10"])  # IPv4 only, once
+    svc.spec.external_traffic_policy = "Local"
+    svc.spec.ports.add(name="http", port=80, protocol="TCP")
+    [sp] = service_ports(svc)
+    assert sp.external_ips == ("192.0.2.10",) and sp.node_port == 0 and sp.external_local
+    assert sp.externally_accessible
+
+    key = "192.0.2.10 . tcp . 80"
+    r = service_port_rules(CFG, _sp(external_ips=("192.0.2.10",)), [LOCAL, REMOTE])
+    (ext,) = [c for c in r.chains if c.startswith("external-")]
+    assert r.elements[(SERVICE_IPS, key)] == f"goto {ext}"
+    assert r.chains[ext][0] == "jump mark-for-masquerade"  # Cluster policy
+    assert not [k for k in r.elements if k[0] in (SERVICE_NODEPORTS, NO_ENDPOINT_NODEPORTS)]  # no node port
+    r = service_port_rules(CFG, _sp(external_ips=("192.0.2.10",), external_local=True), [REMOTE])
+    assert r.elements[(NO_ENDPOINT_SERVICES, key)] == "drop"
+    r = service_port_rules(CFG, _sp(external_ips=("192.0.2.10",)), [UNREADY])
+    assert r.elements[(NO_ENDPOINT_SERVICES, key)] == "goto reject-chain"
+    r = service_port_rules(CFG, _sp(protocol="UDP", external_ips=("192.0.2.10",)), [REMOTE])
+    assert ("192.0.2.10", 80, 0, frozenset({"10.244.1.5"})) in r.udp  # its flows flushed as the clusterIP's
+
+
 def test_client_ip_affinity_sets_per_endpoint_checked_before_the_random_choice():
     r = service_port_rules(CFG, _sp(affinity_timeout=60), [LOCAL, REMOTE])
     assert len(r.sets) == 2 and all("timeout 60s" in d for d in r.sets.values())

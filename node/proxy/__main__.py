@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the pod network; clusterIP traffic from elsewhere is masqueraded")
     p.add_argument("--service-cidr", type=_cidr, default="10.96.0.0/12",
                    help="routed to the node's uplink when the node has no route for it, so "
-                        "service traffic reaches the netfilter hooks (\"\" to leave routes alone)")
+                        "service traffic reaches the netfilter hooks, as are external IPs "
+                        "(\"\" to leave routes alone)")
     p.add_argument("--min-sync-period", type=duration, default=1.0,
                    help="minimum time between syncs; changes meanwhile are batched")
     p.add_argument("--sync-period", type=duration, default=30.0,
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     with Client(args.server) as client:
         proxier = Proxier(client, cfg, args.node_netns, min_sync_period=args.min_sync_period,
                           sync_period=args.sync_period, full_sync_period=args.full_sync_period,
-                          endpoints_source=args.endpoints_source)
+                          endpoints_source=args.endpoints_source, manage_routes=bool(args.service_cidr))
         proxier.start_informers()
         while not proxier.informers_synced(timeout=10.0):
             if stop.is_set():

@@ -8,6 +8,7 @@ lists keyed by (port name, protocol) either way.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds: sessionAffinityConfig.clientIP.timeoutSeconds default
@@ -26,6 +27,7 @@ class ServicePortInfo:
     affinity_timeout: int = 0      # seconds; 0 = sessionAffinity None
     external_local: bool = False   # externalTrafficPolicy: Local
     internal_local: bool = False   # internalTrafficPolicy: Local
+    external_ips: tuple[str, ...] = ()  # spec.externalIPs (IPv4): answered as the node port is
 
     @property
     def key(self) -> str:
@@ -38,7 +40,9 @@ class ServicePortInfo:
 
     @property
     def externally_accessible(self) -> bool:
-        return self.node_port != 0
+        """Reached from outside the cluster (a node port or an external IP): the external
+        traffic policy applies."""
+        return self.node_port != 0 or bool(self.external_ips)
 
 
 @dataclass(frozen=True, order=True)
@@ -74,6 +78,8 @@ def service_ports(svc) -> list[ServicePortInfo]:
         timeout = max(1, cfg.timeout_seconds if cfg.HasField("timeout_seconds")
                       else DEFAULT_AFFINITY_TIMEOUT)
     node_ports = spec.type in ("NodePort", "LoadBalancer")
+    external_ips = tuple(sorted({ip for ip in spec.external_ips if _ipv4(ip)}))
+    external = node_ports or bool(external_ips)
     out = []
     for p in spec.ports:
         protocol = (p.protocol or "TCP").upper()
@@ -83,9 +89,16 @@ def service_ports(svc) -> list[ServicePortInfo]:
             namespace=svc.metadata.namespace, name=svc.metadata.name, port_name=p.name,
             protocol=protocol, cluster_ip=cip, port=p.port,
             node_port=p.node_port if node_ports else 0, affinity_timeout=timeout,
-            external_local=node_ports and spec.external_traffic_policy == "Local",
-            internal_local=spec.internal_traffic_policy == "Local"))
+            external_local=external and spec.external_traffic_policy == "Local",
+            internal_local=spec.internal_traffic_policy == "Local", external_ips=external_ips))
     return out
+
+
+def _ipv4(text: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(text), ipaddress.IPv4Address)
+    except ValueError:
+        return False
 
 
 def endpoints_by_port(ep) -> dict[tuple[str, str], list[EndpointInfo]]:

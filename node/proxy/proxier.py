@@ -27,7 +27,7 @@ from datetime import datetime
 
 from controllers.informer import Informer, meta_namespace_key
 
-from . import nft, transaction
+from . import nft, routes, transaction
 from .model import SERVICE_NAME_LABEL, endpoints_by_port, endpoints_from_slices, service_ports
 from .rules import NodeConfig, Rules, base_rules, service_rules
 from .runner import BoundedFrequencyRunner
@@ -108,8 +108,11 @@ class SyncStats:
 class Proxier:
     def __init__(self, client, cfg: NodeConfig, netns: str, *, min_sync_period: float = 1.0,
                  sync_period: float = 30.0, full_sync_period: float = 3600.0,
-                 endpoints_source: str = "endpoints") -> None:
+                 endpoints_source: str = "endpoints", manage_routes: bool = True) -> None:
         self.client = client
+        self.manage_routes = manage_routes  # route external IPs the node has no route for
+        self._routes: set[str] | None = None  # our external-IP routes (None: not read yet)
+        self._routes_wanted: set[str] = set()
         self.cfg = cfg
         self.netns = netns
         self.full_sync_period = full_sync_period
@@ -271,11 +274,25 @@ class Proxier:
         log.info("%s sync: %d services changed, %d rules written, %d in table, %.0f ms",
                  "full" if full else "partial", len(keys), tx.rule_lines, st.total_rules,
                  1000 * st.last_duration)
+        if self.manage_routes:
+            self._sync_routes()
         first = not self._synced_once.is_set()
         self._synced_once.set()
         if not first:  # the first sync knows nothing of what came before it: leave flows be
             self._clean_conntrack(old, new)
         return STALE_CHAIN_DELAY if self._stale else None
+
+    def _sync_routes(self) -> None:
+        """Each external IP routable in the node (see routes.py), when the set changed."""
+        wanted = set().union(*(r.external_ips for r in self._applied.values())) if self._applied else set()
+        if self._routes is not None and wanted == self._routes_wanted:
+            return
+        try:
+            have = routes.our_external_routes(self.netns) if self._routes is None else self._routes
+            self._routes = routes.sync_external_routes(self.netns, wanted, have)
+            self._routes_wanted = wanted
+        except Exception as e:  # the rules are in place; an unroutable address only times out
+            log.warning("external IP routes: %s", e)
 
     def _clean_conntrack(self, old: dict[str, Rules | None], new: dict[str, Rules]) -> None:
         """UDP flows to endpoints that went away, and flows a service without endpoints left

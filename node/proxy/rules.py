@@ -17,6 +17,11 @@ The shape (the design of upstream's pkg/proxy/nftables, written afresh and small
   only), dropped when there are none. ``externalTrafficPolicy: Local``: NodePort traffic from
   outside goes to this node's endpoints unmasqueraded (the client's IP is kept), dropped when there
   are none; traffic from pods and from the node itself still reaches every endpoint.
+- ``externalIPs``: ``externalIP . l4proto . port`` in ``service-ips`` leads to the same
+  ``external-…`` chain as the node port (masqueraded, or this node's endpoints for Local), as
+  in upstream's nftables proxier; reaching the node that has the address is the admin's
+  routing, as in Kubernetes (the proxy routes the address to the node's uplink when the node has
+  no route for it, so that without endpoints it is refused rather than unroutable).
 - A service port without ready endpoints is in ``no-endpoint-services``/``no-endpoint-nodeports``
   with ``goto reject-chain``: connections are refused at once (ICMP port unreachable), checked
   for new connections in the input and forward hooks, and in output after its DNAT. A
@@ -91,8 +96,10 @@ class Rules:
     elements: dict[tuple[str, str], str] = field(default_factory=dict)
     sets: dict[str, str] = field(default_factory=dict)
     udp: list[tuple[str, int, int, frozenset[str]]] = field(default_factory=list)
+    external_ips: set[str] = field(default_factory=set)  # to be routable in the node (routes.py)
 
     def update(self, other: "Rules") -> None:
+        self.external_ips |= other.external_ips
         self.chains.update(other.chains)
         for k, v in other.elements.items():
             self.elements.setdefault(k, v)  # a key claimed twice: the first owner keeps it
@@ -205,12 +212,19 @@ def service_port_rules(cfg: NodeConfig, sp: ServicePortInfo,
     np_key = f"{proto} . {sp.node_port}"
     r.elements[(CLUSTER_IPS, sp.cluster_ip)] = ""
     if proto == "udp":
-        r.udp.append((sp.cluster_ip, sp.port, sp.node_port, frozenset(e.ip for e in ready)))
+        served = frozenset(e.ip for e in ready)
+        r.udp.append((sp.cluster_ip, sp.port, sp.node_port, served))
+        r.udp.extend((ip, sp.port, 0, served) for ip in sp.external_ips)
+
+    ext_keys = [f"{ip} . {proto} . {sp.port}" for ip in sp.external_ips]
+    r.external_ips.update(sp.external_ips)
 
     if not ready:
         r.elements[(NO_ENDPOINT_SERVICES, cip_key)] = f"goto {REJECT_CHAIN}"
-        if sp.externally_accessible:
+        if sp.node_port:
             r.elements[(NO_ENDPOINT_NODEPORTS, np_key)] = f"goto {REJECT_CHAIN}"
+        for key in ext_keys:
+            r.elements[(NO_ENDPOINT_SERVICES, key)] = f"goto {REJECT_CHAIN}"
         return r
 
     # clusterIP traffic from outside the pod network (the node's own processes, a routed client)
@@ -232,7 +246,10 @@ def service_port_rules(cfg: NodeConfig, sp: ServicePortInfo,
         r.elements[(NO_ENDPOINT_SERVICES, cip_key)] = "drop"
 
     if sp.externally_accessible:
-        r.elements[(SERVICE_NODEPORTS, np_key)] = f"goto {external_chain}"
+        if sp.node_port:
+            r.elements[(SERVICE_NODEPORTS, np_key)] = f"goto {external_chain}"
+        for key in ext_keys:
+            r.elements[(SERVICE_IPS, key)] = f"goto {external_chain}"
         if not sp.external_local:
             r.chains[external_chain] = (f"jump {MARK_MASQ}", f"goto {cluster_chain}")
         else:
@@ -241,8 +258,11 @@ def service_port_rules(cfg: NodeConfig, sp: ServicePortInfo,
                    f"fib saddr type local goto {cluster_chain}"]
             if local:
                 ext.append(f"goto {local_chain}")
-            else:
-                r.elements[(NO_ENDPOINT_NODEPORTS, np_key)] = "drop"
+            else:  # outside clients fall through undNATed to the no-endpoint checks
+                if sp.node_port:
+                    r.elements[(NO_ENDPOINT_NODEPORTS, np_key)] = "drop"
+                for key in ext_keys:
+                    r.elements[(NO_ENDPOINT_SERVICES, key)] = "drop"
             r.chains[external_chain] = tuple(ext)
 
     reachable = {e for e in ready if uses_cluster} | set(local if uses_local else ())
