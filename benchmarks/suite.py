@@ -43,9 +43,12 @@ PUT_LEVELS = [1, 16, 64, 256]
 # targets whose put repetitions take turns with another's (a, b, c, a, b, c, ...), so that
 # their ratios are measured under the same conditions: the bare server's with etcdlite 1's
 # (the 1-member bar), and etcdlite without syncs with etcdlite with them (what they cost)
-PAIRED = {"etcdlite1": ("bare", "etcdlite1_nofsync"), "etcdlite3": ("etcdlite3_nofsync",)}
-# what the no-sync targets run: the benchmarks the syncs weigh on
+PAIRED = {"etcdlite1": ("bare", "etcdlite1_nofsync", "etcdlite1_syncthread"),
+          "etcdlite3": ("etcdlite3_nofsync", "etcdlite3_syncthread")}
+# what the targets with other flags run: the benchmarks the syncs weigh on
 NOFSYNC_PLAN = ("put", "checkperf")
+# targets a run has unless --targets names them
+NOT_BY_DEFAULT = ("etcdlite1_syncthread", "etcdlite3_syncthread")
 
 T0 = time.monotonic()
 
@@ -551,7 +554,8 @@ def parse_args(argv):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="~2 minute smoke run (short runs, no check perf)")
     ap.add_argument("--only", default="", help=f"comma-separated benchmarks: {','.join(BENCHMARKS)},bare")
-    ap.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated: {','.join(TARGETS)}")
+    ap.add_argument("--targets", default=",".join(t for t in TARGETS if t not in NOT_BY_DEFAULT),
+                    help=f"comma-separated: {','.join(TARGETS)}")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent), help="output dir (default benchmarks/)")
     ap.add_argument("--duration", type=float, default=0, help="seconds per measurement (default 2, quick 1.2)")
     ap.add_argument("--reps", type=int, default=0, help="repetitions per measurement, median reported (default 3, quick 1)")

@@ -25,11 +25,17 @@ TARGETS = {
     # majority can lose acknowledged writes), measured beside etcdlite with them
     "etcdlite1_nofsync": ("etcdlite", 1, "etcdlite 1 --unsafe-no-fsync"),
     "etcdlite3_nofsync": ("etcdlite", 3, "etcdlite 3 --unsafe-no-fsync"),
+    # the leader's journal sync in a thread (--experimental-raft-sync=thread): not in a
+    # default run; `--targets etcdlite1,etcdlite1_syncthread --only put` compares it
+    "etcdlite1_syncthread": ("etcdlite", 1, "etcdlite 1, sync in a thread"),
+    "etcdlite3_syncthread": ("etcdlite", 3, "etcdlite 3, sync in a thread"),
 }
 # command-line flags of a target's members beyond the common ones
 FLAGS = {
     "etcdlite1_nofsync": {"unsafe_no_fsync": True},
     "etcdlite3_nofsync": {"unsafe_no_fsync": True},
+    "etcdlite1_syncthread": {"experimental_raft_sync": "thread"},
+    "etcdlite3_syncthread": {"experimental_raft_sync": "thread"},
 }
 
 

@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not fsync the raft journal, its meta file or snapshots (as etcd 3.5's flag): "
                         "faster, but a power loss or OS crash on a majority can lose acknowledged writes; "
                         "for benchmarks and tests only")
+    p.add_argument("--experimental-raft-sync", default="loop", choices=["loop", "thread"],
+                   help="where the leader's raft journal fdatasync runs: loop = in the event loop, which "
+                        "waits for it; thread = in a thread of its own, the loop serving requests "
+                        "meanwhile (see benchmarks/why.md)")
     p.add_argument("--log-level", default="info", choices=sorted(LOG_LEVELS))
     return p
 
@@ -135,6 +139,7 @@ def config_from_args(args: argparse.Namespace) -> MemberConfig:
         auth_token_ttl=float(args.auth_token_ttl),
         grpc_server=args.experimental_grpc_server,
         unsafe_no_fsync=args.unsafe_no_fsync,
+        raft_sync=args.experimental_raft_sync,
     )
 
 

@@ -153,6 +153,8 @@ class MemberConfig:
     client_cert_auth: bool = False
     # etcd 3.5's --unsafe-no-fsync: nothing is synced (a power loss can lose acknowledged writes)
     unsafe_no_fsync: bool = False
+    # where the leader's journal sync runs: "loop" (the event loop waits) or "thread"
+    raft_sync: str = "loop"
     # etcd's --auth-token-ttl: a simple token lives this long after its last use
     auth_token_ttl: float = 300.0
     # "h2": etcdlite's own gRPC server in the member's loop (the grpclite package);

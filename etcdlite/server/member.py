@@ -106,6 +106,7 @@ class Member:
             desired_peers=self._desired_peers,
             snapshot_count=cfg.snapshot_count,
             fsync=not cfg.unsafe_no_fsync,
+            sync_in_thread=cfg.raft_sync == "thread",
         )
         self._wire(loop)
         log.info("member %x: replaying the raft log in %s", self.id, cfg.data_dir)
