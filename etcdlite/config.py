@@ -142,6 +142,8 @@ class MemberConfig:
     grpc_keepalive_timeout: float = 20.0
     # Raft log entries between snapshots (etcd's --snapshot-count)
     snapshot_count: int = 100_000
+    # ... or once the Raft journal holds this many bytes (entries are batches of any size)
+    snapshot_bytes: int = 64 << 20
     peer_password: str | None = None
     # test hook: dial these peers (by name) at another address than they
     # advertise, e.g. through a fault-injecting proxy

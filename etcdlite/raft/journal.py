@@ -234,6 +234,11 @@ class LeanJournal(FileJournal):
     def __len__(self) -> int:
         return len(self._offsets)
 
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of the records it holds (what a restart reads and applies again)."""
+        return self._end - FIRST_RECORD_OFFSET
+
     def __getitem__(self, item):
         n = len(self._offsets)
         if isinstance(item, slice):

@@ -44,7 +44,7 @@ from pysyncobj.node import TCPNode
 from etcdlite import errors
 from etcdlite.apply import BatchRun, StateMachine
 
-from . import durable, journal
+from . import durable, journal, snapshot_file
 from .apply_pacing import PAUSED, ApplyPacer
 from .loop import LoopPoller, LoopSyncObj
 
@@ -58,6 +58,7 @@ log = logging.getLogger("etcdlite.raft")
 pysyncobj.pickle.__dict__["__protocol"] = pickle.HIGHEST_PROTOCOL
 journal.install()
 durable.install()
+snapshot_file.install()
 
 
 class _SnapshotOs:
@@ -206,6 +207,7 @@ class RaftNode:
         password: str | None = None,
         tick_period: float = 0.05,
         snapshot_count: int = 100_000,
+        snapshot_bytes: int = 64 << 20,
         dial: dict[str, str] | None = None,
         desired_peers=None,
         fsync: bool = True,
@@ -261,7 +263,8 @@ class RaftNode:
         self._tick_pending = False
         self._stopped = False
         self._poller = LoopPoller(loop, self._schedule_tick)
-        self._obj = LoopSyncObj(self_address, peers, conf, [self.state], self._poller, self._pacer)
+        self._obj = LoopSyncObj(self_address, peers, conf, [self.state], self._poller, self._pacer,
+                                snapshot_bytes=snapshot_bytes)
         _keep_log_after_snapshot(self._obj)
         self._journal = self._obj._SyncObj__raftLog
         transport = self._obj.peer_transport

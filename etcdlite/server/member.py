@@ -105,6 +105,7 @@ class Member:
             dial=cfg.raft_dial,
             desired_peers=self._desired_peers,
             snapshot_count=cfg.snapshot_count,
+            snapshot_bytes=cfg.snapshot_bytes,
             fsync=not cfg.unsafe_no_fsync,
             sync_in_thread=cfg.raft_sync == "thread",
         )
