@@ -88,10 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not fsync the raft journal, its meta file or snapshots (as etcd 3.5's flag): "
                         "faster, but a power loss or OS crash on a majority can lose acknowledged writes; "
                         "for benchmarks and tests only")
-    p.add_argument("--experimental-snapshot-bytes", type=int, default=64 << 20,
-                   help="take a snapshot also once the raft journal holds this many bytes (an entry is "
-                        "a batch of requests: --snapshot-count alone does not bound the journal's size, "
-                        "nor the time a restart takes to apply it again)")
+    p.add_argument("--experimental-snapshot-bytes", type=int, default=16 << 20,
+                   help="take a snapshot also once the raft journal holds this many bytes and a quarter "
+                        "of the last snapshot's (an entry is a batch of requests: --snapshot-count "
+                        "alone does not bound the journal's size, nor the time a restart takes to "
+                        "apply it again)")
     p.add_argument("--experimental-raft-sync", default="loop", choices=["loop", "thread"],
                    help="where the leader's raft journal fdatasync runs: loop = in the event loop, which "
                         "waits for it; thread = in a thread of its own, the loop serving requests "

@@ -143,7 +143,7 @@ class MemberConfig:
     # Raft log entries between snapshots (etcd's --snapshot-count)
     snapshot_count: int = 100_000
     # ... or once the Raft journal holds this many bytes (entries are batches of any size)
-    snapshot_bytes: int = 64 << 20
+    snapshot_bytes: int = 16 << 20
     peer_password: str | None = None
     # test hook: dial these peers (by name) at another address than they
     # advertise, e.g. through a fault-injecting proxy

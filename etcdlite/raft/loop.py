@@ -13,6 +13,7 @@ loop afterwards (see `RaftNode`).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 from pysyncobj.poller import POLL_EVENT_TYPE
@@ -107,7 +108,7 @@ class LoopSyncObj(SyncedLeadership, PacedApply, LeanEntries, GuardedSyncObj):
     talking to its peers through `PeerTransport`."""
 
     def __init__(self, self_node, other_nodes, conf, consumers, poller: LoopPoller, pacer: ApplyPacer,
-                 snapshot_bytes: int = 64 << 20):
+                 snapshot_bytes: int = 16 << 20):
         # set before SyncObj.__init__, so pysyncobj counts them among the
         # attributes it keeps out of its snapshots
         self.__dict__["_loop_poller"] = poller
@@ -122,16 +123,25 @@ class LoopSyncObj(SyncedLeadership, PacedApply, LeanEntries, GuardedSyncObj):
         batch of requests of any size, so the journal a restart reads and
         applies again had no bound in bytes: a million keys put in Txns of
         100 made 10,000 entries, 290 MB, a minute of start-up. A journal of
-        more than `snapshot_bytes` asks for a snapshot too (at most one ask
-        every SNAPSHOT_ASK_SECONDS: a snapshot that failed is not retried
-        at once)."""
+        more than `snapshot_bytes`, or than a quarter of the last snapshot,
+        asks for a snapshot too (at most one ask every SNAPSHOT_ASK_SECONDS:
+        a snapshot that failed is not retried at once). Applying the journal
+        again costs about three times what loading a snapshot of the same
+        size does (benchmarks/why.md): a quarter keeps a restart's replay
+        under the snapshot's load, while a large state is written again only
+        after a quarter of its size in writes."""
         journal = self._SyncObj__raftLog
         size = getattr(journal, "size_bytes", 0)
         if size > self.__dict__["_snapshot_bytes"] and not self._SyncObj__forceLogCompaction:
             now = time.monotonic()
             if now - self.__dict__["_snapshot_asked"] >= SNAPSHOT_ASK_SECONDS:
-                self.__dict__["_snapshot_asked"] = now
-                self._SyncObj__forceLogCompaction = True
+                try:
+                    snapshot = os.path.getsize(self._SyncObj__conf.fullDumpFile)
+                except (OSError, TypeError):
+                    snapshot = 0
+                if size > snapshot // 4:
+                    self.__dict__["_snapshot_asked"] = now
+                    self._SyncObj__forceLogCompaction = True
         super()._SyncObj__tryLogCompaction()
 
     @property

@@ -207,7 +207,7 @@ class RaftNode:
         password: str | None = None,
         tick_period: float = 0.05,
         snapshot_count: int = 100_000,
-        snapshot_bytes: int = 64 << 20,
+        snapshot_bytes: int = 16 << 20,
         dial: dict[str, str] | None = None,
         desired_peers=None,
         fsync: bool = True,
