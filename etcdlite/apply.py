@@ -92,7 +92,10 @@ def execute_range(reader, r: pb.RangeRequest) -> pb.RangeResponse:
     elif limit > 0:
         limit += 1  # one more than asked tells whether there is more
     try:
-        result = reader.range(r.key, r.range_end, r.revision, limit)
+        if r.count_only and not filtered:
+            result = reader.range(r.key, r.range_end, r.revision, 0, count_only=True)
+        else:
+            result = reader.range(r.key, r.range_end, r.revision, limit)
     except CompactedError:
         raise errors.COMPACTED from None
     except FutureRevisionError:
