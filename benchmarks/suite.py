@@ -420,6 +420,9 @@ def put_with_pair(runner: Runner, target: Target, names: list[str], results: dic
     try:
         for name in names:
             other = Target(name, workdir)
+            # its own data dirs: its turn (check perf) starts it again from `starts` 0, and a
+            # member must not start on another's data dir (other ports: no leader, ever)
+            other.starts = 200
             log(f"== {name}: starting, beside {target.name}")
             current.append(other)
             try:
