@@ -319,6 +319,51 @@ def watch_bar(T: dict) -> tuple:
     return text, ok, detail
 
 
+# etcdlite with syncs (fsync before acknowledging, the default) and without (--unsafe-no-fsync)
+SYNC_PAIRS = [("etcdlite1", "etcdlite1_nofsync"), ("etcdlite3", "etcdlite3_nofsync")]
+
+
+def sync_cost(T: dict) -> list[str]:
+    """The section on what the syncs cost: etcdlite with them beside etcdlite without them
+    (nothing if no no-sync target ran)."""
+    pairs = [(a, b) for a, b in SYNC_PAIRS if b in T]
+    if not pairs:
+        return []
+    L = ["## What the syncs cost: etcdlite with fsync (default) and with `--unsafe-no-fsync`", ""]
+    L.append("The no-sync member's put repetitions took turns with the syncing one's (both up); "
+             "\"by pair\" is each pair's ratio of ops/s, in order. ratio = with syncs ÷ without.")
+    L.append("")
+    head = "| benchmark |"
+    for a, b in pairs:
+        head += f" {T.get(a, {}).get('label', a)} | {T[b].get('label', b)} | ratio | by pair |"
+    L.append(head)
+    L.append("|---" * (1 + 4 * len(pairs)) + "|")
+    table = []
+    for c in PUT_CLIENTS:
+        table.append((Row(f"put, {c} clients: ops/s", f"put.{c}.ops_per_s"), f"put.{c}.ops_per_s_runs"))
+        table.append((Row(f"put, {c} clients: p50 / p99 / max ms",
+                          [f"put.{c}.p50_ms", f"put.{c}.p99_ms", f"put.{c}.max_ms"]), None))
+    for load in ("m", "l"):
+        table.append((Row(f"check perf {load}: writes/s, slowest s",
+                          [f"checkperf.{load}.writes_per_s", f"checkperf.{load}.slowest_s"], nratio=1), None))
+    for row, runs in table:
+        cells = [row.label]
+        for a, b in pairs:
+            ra, rb = T.get(a), T.get(b)
+            by_pair = ""
+            if runs:
+                xa, xb = _get(ra or {}, runs), _get(rb or {}, runs)
+                if isinstance(xa, list) and isinstance(xb, list):
+                    by_pair = ", ".join(_ratio(x, y) for x, y in zip(xa, xb))
+            cells += [row.cell(ra), row.cell(rb), row.ratio_cell(ra, rb), by_pair]
+        L.append("| " + " | ".join(cells) + " |")
+    L.append("")
+    return L
+
+
+PUT_CLIENTS = (1, 16, 64, 256)
+
+
 def render(results: dict) -> str:
     T = results.get("targets", {})
     for r in T.values():
@@ -416,6 +461,7 @@ def render(results: dict) -> str:
             row += " " + (", ".join(_ratio(x, y) for x, y in pairs) or "–") + " |"
         L.append(row)
     L.append("")
+    L += sync_cost(T)
     L.append("## CPU during the put benchmarks (cores used, of "
              f"{m.get('nproc')}): load generator / server(s) / everything else on the machine")
     L.append("")

@@ -26,6 +26,7 @@ from pathlib import Path
 from benchmarks import gowatch, report
 from benchmarks.load import WorkerPool
 from benchmarks.targets import (
+    FLAGS,
     TARGETS,
     Target,
     dir_size,
@@ -39,9 +40,15 @@ from harness.procs import ETCD_BIN, ETCDCTL_BIN, etcdctl_env
 
 BENCHMARKS = ["put", "range", "txn", "watch", "lease", "checkperf", "memory"]
 PUT_LEVELS = [1, 16, 64, 256]
-# the 1-member bar's two targets: the bare server's put repetitions take turns with
-# etcdlite 1's, so that the ratio of the two is measured under the same conditions
-PAIRED = ("etcdlite1", "bare")
+# targets whose put repetitions take turns with another's (a, b, c, a, b, c, ...), so that
+# their ratios are measured under the same conditions: the bare server's with etcdlite 1's
+# (the 1-member bar), and etcdlite without syncs with etcdlite with them (what they cost)
+PAIRED = {"etcdlite1": ("bare", "etcdlite1_nofsync", "etcdlite1_syncthread"),
+          "etcdlite3": ("etcdlite3_nofsync", "etcdlite3_syncthread")}
+# what the targets with other flags run: the benchmarks the syncs weigh on
+NOFSYNC_PLAN = ("put", "checkperf")
+# targets a run has unless --targets names them
+NOT_BY_DEFAULT = ("etcdlite1_syncthread", "etcdlite3_syncthread")
 
 T0 = time.monotonic()
 
@@ -403,31 +410,42 @@ class Runner:
         }
 
 
-def put_with_pair(runner: Runner, target: Target, results: dict, workdir: Path,
+def put_with_pair(runner: Runner, target: Target, names: list[str], results: dict, workdir: Path,
                   current: list[Target]) -> dict:
-    """`target`'s put benchmark with PAIRED[1]'s repetitions taking turns with its own
-    (Runner.interleaved): PAIRED[1]'s result goes into `results` under its name, marked
-    paired_with. If PAIRED[1] cannot start, `target` runs alone (and PAIRED[1] is tried
-    again on its own turn)."""
-    name = PAIRED[1]
-    res = results.setdefault(name, {"label": TARGETS[name][2]})
-    other = Target(name, workdir)
-    log(f"== {name}: starting, beside {target.name}")
-    current.append(other)
+    """`target`'s put benchmark with the repetitions of the targets `names` taking turns
+    with its own (Runner.interleaved): each one's result goes into `results` under its
+    name, marked paired_with. One that cannot start is left out (and tried again on its
+    own turn)."""
+    others = []
     try:
-        other.start()
-    except Exception as e:  # noqa: BLE001
-        log(f"== {name}: could not start: {e}")
-        current.remove(other)
-        return runner.bench_put(target)
-    try:
-        res["endpoints"] = other.endpoints
-        mine, res["put"] = runner.bench_puts([target, other])
-        res["paired_with"] = target.name
-        res["status_end"] = other.status()
+        for name in names:
+            other = Target(name, workdir)
+            # its own data dirs: its turn (check perf) starts it again from `starts` 0, and a
+            # member must not start on another's data dir (other ports: no leader, ever)
+            other.starts = 200
+            log(f"== {name}: starting, beside {target.name}")
+            current.append(other)
+            try:
+                other.start()
+            except Exception as e:  # noqa: BLE001
+                log(f"== {name}: could not start: {e}")
+                current.remove(other)
+                continue
+            others.append(other)
+        if not others:
+            return runner.bench_put(target)
+        mine, *theirs = runner.bench_puts([target, *others])
+        for other, put in zip(others, theirs):
+            res = results.setdefault(other.name, {"label": TARGETS[other.name][2]})
+            res["endpoints"] = other.endpoints
+            res["argv"] = other.argv
+            res["put"] = put
+            res["paired_with"] = target.name
+            res["status_end"] = other.status()
     finally:
-        other.stop()
-        current.remove(other)
+        for other in others:
+            other.stop()
+            current.remove(other)
     return mine
 
 
@@ -539,7 +557,8 @@ def parse_args(argv):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="~2 minute smoke run (short runs, no check perf)")
     ap.add_argument("--only", default="", help=f"comma-separated benchmarks: {','.join(BENCHMARKS)},bare")
-    ap.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated: {','.join(TARGETS)}")
+    ap.add_argument("--targets", default=",".join(t for t in TARGETS if t not in NOT_BY_DEFAULT),
+                    help=f"comma-separated: {','.join(TARGETS)}")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent), help="output dir (default benchmarks/)")
     ap.add_argument("--duration", type=float, default=0, help="seconds per measurement (default 2, quick 1.2)")
     ap.add_argument("--reps", type=int, default=0, help="repetitions per measurement, median reported (default 3, quick 1)")
@@ -598,8 +617,13 @@ def main(argv=None) -> int:
             f"measurement, {args.procs} load processes; data under {workdir}")
         for name in targets:
             res = results["targets"].setdefault(name, {"label": TARGETS[name][2]})
+            plan = ["put"] if TARGETS[name][0] == "bare" else benches
+            if name in FLAGS:
+                plan = [b for b in plan if b in NOFSYNC_PLAN]
             if res.get("paired_with"):
-                log(f"== {name}: measured beside {res['paired_with']} (above)")
+                log(f"== {name}: put measured beside {res['paired_with']} (above)")
+                plan = [b for b in plan if b != "put"]
+            if not plan:
                 continue
             target = Target(name, workdir)
             t_start = time.monotonic()
@@ -608,12 +632,12 @@ def main(argv=None) -> int:
                 current.append(target)
                 target.start()
                 res["endpoints"] = target.endpoints
+                res["argv"] = target.argv
             except Exception as e:  # noqa: BLE001
                 log(f"== {name}: could not start: {e}")
                 res["start_error"] = str(e).splitlines()[0][:200]
                 current.remove(target)
                 continue
-            plan = ["put"] if TARGETS[name][0] == "bare" else benches
             for b in plan:
                 if b == "put" and only and "put" not in only and "bare" not in only:
                     continue
@@ -621,9 +645,10 @@ def main(argv=None) -> int:
                     continue  # after the target is stopped: it runs on a fresh instance
                 tb = time.monotonic()
                 try:
-                    if (b == "put" and name == PAIRED[0] and PAIRED[1] in targets
-                            and "put" not in results["targets"].get(PAIRED[1], {})):
-                        res[b] = put_with_pair(runner, target, results["targets"], workdir, current)
+                    pairs = [p for p in PAIRED.get(name, ()) if p in targets
+                             and "put" not in results["targets"].get(p, {})]
+                    if b == "put" and pairs:
+                        res[b] = put_with_pair(runner, target, pairs, results["targets"], workdir, current)
                     else:
                         res[b] = getattr(runner, f"bench_{b}")(target)
                 except KeyboardInterrupt:
@@ -637,7 +662,7 @@ def main(argv=None) -> int:
             res["status_end"] = target.status()
             target.stop()
             current.remove(target)
-            if "memory" in benches and TARGETS[name][0] != "bare":
+            if "memory" in plan and TARGETS[name][0] != "bare":
                 tb = time.monotonic()
                 try:
                     res["memory"] = runner.bench_memory(target)

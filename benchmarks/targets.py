@@ -21,6 +21,21 @@ TARGETS = {
     "etcd3": ("etcd", 3, "etcd 3"),
     "bare": ("bare", 1, "bare gRPC"),  # on etcdlite's gRPC server (grpclite)
     "bare_grpcio": ("bare", 1, "bare grpc.aio"),  # on grpcio's
+    # what the syncs cost: etcdlite without them (etcd 3.5's flag; a power loss on a
+    # majority can lose acknowledged writes), measured beside etcdlite with them
+    "etcdlite1_nofsync": ("etcdlite", 1, "etcdlite 1 --unsafe-no-fsync"),
+    "etcdlite3_nofsync": ("etcdlite", 3, "etcdlite 3 --unsafe-no-fsync"),
+    # the leader's journal sync in a thread (--experimental-raft-sync=thread): not in a
+    # default run; `--targets etcdlite1,etcdlite1_syncthread --only put` compares it
+    "etcdlite1_syncthread": ("etcdlite", 1, "etcdlite 1, sync in a thread"),
+    "etcdlite3_syncthread": ("etcdlite", 3, "etcdlite 3, sync in a thread"),
+}
+# command-line flags of a target's members beyond the common ones
+FLAGS = {
+    "etcdlite1_nofsync": {"unsafe_no_fsync": True},
+    "etcdlite3_nofsync": {"unsafe_no_fsync": True},
+    "etcdlite1_syncthread": {"experimental_raft_sync": "thread"},
+    "etcdlite3_syncthread": {"experimental_raft_sync": "thread"},
 }
 
 
@@ -41,12 +56,13 @@ class Target:
         self.starts += 1
         tmp = self.workdir / f"{self.name}-{self.starts}"
         tmp.mkdir(parents=True, exist_ok=True)
+        flags = FLAGS.get(self.name, {})
         if self.kind == "etcdlite":
             if self.size == 1:
-                self.members = [self.registry.start_etcdlite(tmp, name="lite0", log_level="warn")]
+                self.members = [self.registry.start_etcdlite(tmp, name="lite0", log_level="warn", **flags)]
             else:
                 self.members = start_etcdlite_cluster(tmp, self.size, self.registry, name="lite",
-                                                      log_level="warn")
+                                                      log_level="warn", **flags)
         elif self.kind == "etcd":
             if self.size == 1:
                 self.members = [self.registry.start_real_etcd(tmp, name="etcd0")]
@@ -93,6 +109,11 @@ class Target:
         if self.kind == "bare":
             return [f"127.0.0.1:{self.bare_port}"]
         return [m.endpoint for m in self.members]
+
+    @property
+    def argv(self) -> list[str]:
+        """The first member's command line (what the results were measured on)."""
+        return self.members[0].argv() if self.members else []
 
     @property
     def pids(self) -> list[int]:

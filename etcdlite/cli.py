@@ -88,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not fsync the raft journal, its meta file or snapshots (as etcd 3.5's flag): "
                         "faster, but a power loss or OS crash on a majority can lose acknowledged writes; "
                         "for benchmarks and tests only")
+    p.add_argument("--experimental-snapshot-bytes", type=int, default=16 << 20,
+                   help="take a snapshot also once the raft journal holds this many bytes and a quarter "
+                        "of the last snapshot's (an entry is a batch of requests: --snapshot-count "
+                        "alone does not bound the journal's size, nor the time a restart takes to "
+                        "apply it again)")
+    p.add_argument("--experimental-raft-sync", default="loop", choices=["loop", "thread"],
+                   help="where the leader's raft journal fdatasync runs: loop = in the event loop, which "
+                        "waits for it; thread = in a thread of its own, the loop serving requests "
+                        "meanwhile (see benchmarks/why.md)")
     p.add_argument("--log-level", default="info", choices=sorted(LOG_LEVELS))
     return p
 
@@ -125,6 +134,7 @@ def config_from_args(args: argparse.Namespace) -> MemberConfig:
         grpc_keepalive_interval=parse_duration(args.grpc_keepalive_interval),
         grpc_keepalive_timeout=parse_duration(args.grpc_keepalive_timeout),
         snapshot_count=max(2, args.snapshot_count),
+        snapshot_bytes=max(4096, args.experimental_snapshot_bytes),
         peer_password=password,
         peer_dial_urls={name: urls[0] for name, urls in parse_initial_cluster(args.experimental_peer_dial_urls).items()}
         if args.experimental_peer_dial_urls else {},
@@ -135,6 +145,7 @@ def config_from_args(args: argparse.Namespace) -> MemberConfig:
         auth_token_ttl=float(args.auth_token_ttl),
         grpc_server=args.experimental_grpc_server,
         unsafe_no_fsync=args.unsafe_no_fsync,
+        raft_sync=args.experimental_raft_sync,
     )
 
 

@@ -142,6 +142,8 @@ class MemberConfig:
     grpc_keepalive_timeout: float = 20.0
     # Raft log entries between snapshots (etcd's --snapshot-count)
     snapshot_count: int = 100_000
+    # ... or once the Raft journal holds this many bytes (entries are batches of any size)
+    snapshot_bytes: int = 16 << 20
     peer_password: str | None = None
     # test hook: dial these peers (by name) at another address than they
     # advertise, e.g. through a fault-injecting proxy
@@ -153,6 +155,8 @@ class MemberConfig:
     client_cert_auth: bool = False
     # etcd 3.5's --unsafe-no-fsync: nothing is synced (a power loss can lose acknowledged writes)
     unsafe_no_fsync: bool = False
+    # where the leader's journal sync runs: "loop" (the event loop waits) or "thread"
+    raft_sync: str = "loop"
     # etcd's --auth-token-ttl: a simple token lives this long after its last use
     auth_token_ttl: float = 300.0
     # "h2": etcdlite's own gRPC server in the member's loop (the grpclite package);

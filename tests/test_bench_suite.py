@@ -13,27 +13,33 @@ from harness.procs import PYTHON, REPO
 pytestmark = pytest.mark.process
 
 
-def test_bare_put_repetitions_take_turns_with_etcdlite1(tmp_path):
+def test_bare_and_no_fsync_put_repetitions_take_turns_with_etcdlite1(tmp_path):
     out = tmp_path / "out"
-    cmd = [PYTHON, "-m", "benchmarks", "--only", "put", "--targets", "etcdlite1,bare",
+    cmd = [PYTHON, "-m", "benchmarks", "--only", "put", "--targets", "etcdlite1,bare,etcdlite1_nofsync",
            "--duration", "0.3", "--reps", "2", "--procs", "2", "--out", str(out),
            "--workdir", str(tmp_path)]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     T = json.loads((out / "results.json").read_text())["targets"]
-    assert T["bare"]["paired_with"] == "etcdlite1"
+    assert T["bare"]["paired_with"] == T["etcdlite1_nofsync"]["paired_with"] == "etcdlite1"
     for c in ("1", "16", "64", "256"):
-        lite, bare = T["etcdlite1"]["put"][c], T["bare"]["put"][c]
-        assert lite["errors"] == bare["errors"] == 0
-        assert min(lite["ops_per_s_runs"] + bare["ops_per_s_runs"]) > 0
-        a, b = lite["started_runs"], bare["started_runs"]
-        assert len(a) == len(b) == 2
-        assert a[0] < b[0] < a[1] < b[1]  # etcdlite 1, bare, etcdlite 1, bare
-    assert "measured beside etcdlite1" in done.stderr
+        lite, bare, nosync = (T[n]["put"][c] for n in ("etcdlite1", "bare", "etcdlite1_nofsync"))
+        assert lite["errors"] == bare["errors"] == nosync["errors"] == 0
+        assert min(lite["ops_per_s_runs"] + bare["ops_per_s_runs"] + nosync["ops_per_s_runs"]) > 0
+        a, b, n = lite["started_runs"], bare["started_runs"], nosync["started_runs"]
+        assert len(a) == len(b) == len(n) == 2
+        assert a[0] < b[0] < n[0] < a[1] < b[1] < n[1]  # etcdlite 1, bare, no fsync, etcdlite 1, ...
+    assert "put measured beside etcdlite1" in done.stderr
     md = (out / "results.md").read_text()
     assert "etcdlite 1 ÷ bare, by pair" in md
     (row,) = [line for line in md.splitlines() if line.startswith("| 256 |") and line.count("x,") == 1]
     assert row.rstrip(" |").endswith("x")
+    # the no-sync member ran with the flag, the other without, and they have their own section
+    assert "--unsafe-no-fsync" in T["etcdlite1_nofsync"]["argv"]
+    assert "--unsafe-no-fsync" not in T["etcdlite1"]["argv"]
+    section = md.split("What the syncs cost")[1].split("\n## ")[0]
+    (row,) = [line for line in section.splitlines() if line.startswith("| put, 256 clients: ops/s |")]
+    assert row.count("x") >= 3  # the ratio and two by-pair ratios
 
 
 @pytest.mark.parametrize("target", ["bare", "etcdlite"])

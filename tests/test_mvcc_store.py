@@ -534,3 +534,23 @@ def test_many_keys_range_scan_in_order():
     store.delete_range(b"00000", b"04990")
     store.compact(store.current_revision)
     assert keys_of(store.range(b"\x00", b"\x00")) == [b"%05d" % i for i in range(4990, 5000)]
+
+
+def test_count_only_counts_what_a_full_range_returns_at_every_revision():
+    """count_only skips making the key-values, not the rules: deleted keys, keys made
+    after the revision and keys deleted after it count as a full range finds them."""
+    s = MVCCStore()
+    for i in range(20):
+        s.put(b"c/%02d" % i, b"v")
+    s.delete_range(b"c/05", b"c/10")
+    s.put(b"c/07", b"again")
+    s.put(b"c/99", b"late")
+    txn = s.write()
+    txn.delete_range(b"c/00")
+    txn.put(b"c/50", b"in txn")
+    assert txn.range(b"c/", b"c0", count_only=True).count == len(txn.range(b"c/", b"c0").kvs) == 17
+    txn.end()
+    for rev in range(1, s.current_revision + 1):
+        full = s.range(b"c/", b"c0", rev)
+        counted = s.range(b"c/", b"c0", rev, count_only=True)
+        assert counted.count == full.count == len(full.kvs) and counted.kvs == [], rev

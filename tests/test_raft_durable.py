@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 import time
 
 import pysyncobj.serializer
@@ -31,10 +32,12 @@ class Calls:
 
     def __init__(self, monkeypatch) -> None:
         self.log: list[tuple] = []
+        self.threads: set[str] = set()  # where fdatasync ran
         real_fdatasync, real_fsync, real_rename = os.fdatasync, os.fsync, os.rename
 
         def fdatasync(fd):
             self.log.append(("fdatasync", os.readlink(f"/proc/self/fd/{fd}")))
+            self.threads.add(threading.current_thread().name)
             real_fdatasync(fd)
 
         def fsync(fd):
@@ -186,10 +189,12 @@ async def _put_all(node: RaftNode, n: int) -> None:
 
 
 @pytest.mark.process
-def test_a_lone_leader_commits_only_what_it_synced(tmp_path, calls):
+@pytest.mark.parametrize("sync_in_thread", [False, True], ids=["sync-in-loop", "sync-in-thread"])
+def test_a_lone_leader_commits_only_what_it_synced(tmp_path, calls, sync_in_thread):
     """Every apply (the acknowledgement) finds the entry synced: on a lone
     member the commit step counts only the leader, which holds every entry
-    in its log, on disk or not."""
+    in its log, on disk or not; also when the sync runs in a thread
+    (--experimental-raft-sync=thread) while the loop appends more."""
     unsynced_applies = []
 
     async def run() -> None:
@@ -203,7 +208,7 @@ def test_a_lone_leader_commits_only_what_it_synced(tmp_path, calls):
                 unsynced_applies.append((node._journal.synced_index, node.commit_index))
 
         node = RaftNode(loop, _address(), [], str(tmp_path / "m"), on_ready=ready.set,
-                        on_applied=on_applied, password="test secret")
+                        on_applied=on_applied, password="test secret", sync_in_thread=sync_in_thread)
         box.append(node)
         try:
             await asyncio.wait_for(ready.wait(), 10)
@@ -216,6 +221,7 @@ def test_a_lone_leader_commits_only_what_it_synced(tmp_path, calls):
     assert not unsynced_applies, f"entries applied before they were synced: {unsynced_applies[:5]}"
     journal_syncs = [c for c in calls.syncs() if c[1].endswith("raft.journal")]
     assert 0 < len(journal_syncs) < 200, f"{len(journal_syncs)} journal syncs for 200 puts: not grouped"
+    assert any(t.startswith("raft-sync") for t in calls.threads) == sync_in_thread, calls.threads
 
 
 @pytest.mark.process

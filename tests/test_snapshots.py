@@ -79,6 +79,48 @@ class _Niceness:
         return int, (os.nice(0),)
 
 
+def test_a_journal_of_big_entries_is_cut_by_its_size(procs, tmp_path):
+    """Entries are batches of any size: 400 Txns of 50 puts of 300 bytes (~6 MB of
+    journal, far from --snapshot-count's 100,000 entries) make snapshots because the
+    journal outgrows --experimental-snapshot-bytes; the journal stays near that size,
+    the snapshot is a plain pickle (no gzip), and a restart has every key."""
+    limit = 1 << 20
+    m = procs.start_etcdlite(tmp_path, name="bytes", experimental_snapshot_bytes=limit)
+    journal = m.data_dir / "raft.journal"
+    with Client(m.endpoint) as c:
+        for t in range(400):
+            ops = [pb.RequestOp(request_put=pb.PutRequest(key=b"big/%05d" % (t * 50 + i), value=b"v" * 300))
+                   for i in range(50)]
+            rev = c.kv.Txn(pb.TxnRequest(success=ops), timeout=10).header.revision
+            if t % 50 == 49:
+                wait_until(lambda: journal.stat().st_size < 5 * limit, timeout=30,
+                           what="the journal to be cut after a snapshot")
+        wait_until(lambda: (m.data_dir / "raft.snapshot").exists(), timeout=30, what="a snapshot")
+    # what the records take: the file is allocated 4 MiB at a time, ahead of them
+    biggest = journal.stat().st_blocks * 512
+    assert biggest < 5 * limit + (4 << 20), biggest
+    assert (m.data_dir / "raft.snapshot").read_bytes()[:1] == b"\x80"  # a pickle's first byte
+    m.kill()
+    m.restart()
+    with Client(m.endpoint) as c:
+        resp = c.kv.Range(pb.RangeRequest(key=b"big/", range_end=b"big0", count_only=True), timeout=10)
+        assert resp.count == 20_000 and resp.header.revision == rev
+
+
+def test_a_gzipped_snapshot_still_loads(tmp_path):
+    """Snapshots written before they were plain pickles (pysyncobj gzips them) load."""
+    import gzip
+
+    import etcdlite.raft  # noqa: F401  (installs the plain snapshot files)
+    import pysyncobj.pickle
+    from pysyncobj.serializer import Serializer
+    path = tmp_path / "raft.snapshot"
+    with open(path, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb") as g:
+        pysyncobj.pickle.dump({"state": b"old"}, g)
+    assert path.read_bytes()[:2] == b"\x1f\x8b"
+    assert Serializer(str(path), 1 << 20, False, None, None, None).deserialize() == {"state": b"old"}
+
+
 def test_the_snapshot_is_written_by_a_child_at_the_lowest_priority(tmp_path):
     # pysyncobj's own snapshot writer, as a member runs it (etcdlite.raft installs the fork)
     import os

@@ -73,14 +73,14 @@ class WriteTxn:
         return self._begin + 1 if self._sub else self._begin
 
     def range(self, key: bytes, range_end: bytes = b"", revision: int = 0,
-              limit: int = 0) -> RangeResult:
+              limit: int = 0, count_only: bool = False) -> RangeResult:
         """As ``MVCCStore.range``, but the newest readable revision is this txn's own once it
         has written (so it reads its own writes), and that is the result's ``revision``."""
         self._check_open()
         store = self._store
         newest = self.revision
         at = store._readable(revision, newest)
-        kvs, count = store._read(key, range_end, at, limit)
+        kvs, count = store._read(key, range_end, at, limit, count_only)
         return RangeResult(kvs, count, newest)
 
     @property

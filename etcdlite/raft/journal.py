@@ -56,6 +56,7 @@ class JournalFile:
         created = not os.path.exists(fileName)
         self._fd = os.open(fileName, os.O_RDWR | os.O_CREAT, 0o600)
         self.dirty = False  # written since the last sync
+        self._running = None  # the Future of a sync running in a thread (sync_in)
         self._allocated = os.fstat(self._fd).st_size
         try:
             if os.fstat(self._fd).st_size == 0 and defaultContent:
@@ -107,13 +108,38 @@ class JournalFile:
 
     def sync(self) -> None:
         """fdatasync if anything was written since the last sync (and syncs
-        are on: durable.SYNC)."""
+        are on: durable.SYNC); first waits for a sync running in a thread
+        (`sync_in`), which may not cover what it was started for yet."""
+        self.wait_synced()
         if self.dirty:
             self.dirty = False
             if durable.SYNC:
                 os.fdatasync(self._fd)
 
+    def sync_in(self, executor):
+        """`sync` in `executor`'s thread: the Future of its fdatasync, or
+        None if there is nothing to sync (or syncs are off). It covers what
+        was written before this call; writes after it make the file dirty
+        again. One at a time: the caller waits for the last one first."""
+        if not self.dirty:
+            return None
+        self.dirty = False
+        if not durable.SYNC:
+            return None
+        self._running = executor.submit(os.fdatasync, self._fd)
+        return self._running
+
+    def wait_synced(self) -> None:
+        """Until a sync running in a thread is done (its error raised here)."""
+        running, self._running = self._running, None
+        if running is not None:
+            running.result()
+
     def _destroy(self) -> None:
+        try:
+            self.wait_synced()  # the descriptor must outlive the sync using it
+        except OSError:
+            pass
         if self._map is not None:
             self._map.close()
             self._map = None
@@ -207,6 +233,11 @@ class LeanJournal(FileJournal):
 
     def __len__(self) -> int:
         return len(self._offsets)
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of the records it holds (what a restart reads and applies again)."""
+        return self._end - FIRST_RECORD_OFFSET
 
     def __getitem__(self, item):
         n = len(self._offsets)
@@ -306,10 +337,33 @@ class LeanJournal(FileJournal):
 
     def sync(self) -> None:
         """Make every entry added (or removed) so far durable: one fdatasync
-        for all of them, none if nothing changed since the last."""
+        for all of them, none if nothing changed since the last (once a
+        sync running in a thread, `sync_in`, is done)."""
+        self._file.wait_synced()
         if self._file.dirty:
             self._file.sync()
             self.synced_index = self._indexes[-1] if self._indexes else 0
+
+    @property
+    def dirty(self) -> bool:
+        """Whether entries were added (or removed) since the last sync began."""
+        return self._file.dirty
+
+    def sync_in(self, executor):
+        """`sync` in `executor`'s thread, for a caller that goes on meanwhile:
+        None if everything is durable already, else the Future of the
+        fdatasync; once it is done, `synced(index)` with the index it
+        returned records it. (index, future)."""
+        index = self._indexes[-1] if self._indexes else 0
+        running = self._file.sync_in(executor)
+        if running is None:
+            self.synced_index = index
+        return index, running
+
+    def synced(self, index: int) -> None:
+        """A sync begun by `sync_in` at `index` is done."""
+        self._file.wait_synced()
+        self.synced_index = max(self.synced_index, index)
 
     def onOneSecondTimer(self) -> None:
         # the commit index stored must not run ahead of the entries on disk

@@ -13,6 +13,8 @@ loop afterwards (see `RaftNode`).
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 
 from pysyncobj.poller import POLL_EVENT_TYPE
 
@@ -21,6 +23,9 @@ from .apply_pacing import ApplyPacer, PacedApply
 from .journal import LeanEntries
 from .log_guard import GuardedSyncObj
 from .peer_transport import PeerTransport
+
+# a journal over its byte bound asks for a snapshot at most this often (LoopSyncObj)
+SNAPSHOT_ASK_SECONDS = 5.0
 
 _READ = POLL_EVENT_TYPE.READ
 _WRITE = POLL_EVENT_TYPE.WRITE
@@ -102,12 +107,42 @@ class LoopSyncObj(SyncedLeadership, PacedApply, LeanEntries, GuardedSyncObj):
     (a `LoopPoller`) instead of the poll(2) poller pysyncobj makes for itself,
     talking to its peers through `PeerTransport`."""
 
-    def __init__(self, self_node, other_nodes, conf, consumers, poller: LoopPoller, pacer: ApplyPacer):
+    def __init__(self, self_node, other_nodes, conf, consumers, poller: LoopPoller, pacer: ApplyPacer,
+                 snapshot_bytes: int = 16 << 20):
         # set before SyncObj.__init__, so pysyncobj counts them among the
         # attributes it keeps out of its snapshots
         self.__dict__["_loop_poller"] = poller
         self.__dict__["_apply_pacer"] = pacer
+        self.__dict__["_snapshot_bytes"] = snapshot_bytes
+        self.__dict__["_snapshot_asked"] = 0.0  # when the journal's size last asked for one
         super().__init__(self_node, other_nodes, conf, consumers=consumers, transportClass=PeerTransport)
+
+    def _SyncObj__tryLogCompaction(self):
+        """pysyncobj takes a snapshot (and cuts the journal after it) every
+        `logCompactionMinEntries` entries (--snapshot-count); an entry is a
+        batch of requests of any size, so the journal a restart reads and
+        applies again had no bound in bytes: a million keys put in Txns of
+        100 made 10,000 entries, 290 MB, a minute of start-up. A journal of
+        more than `snapshot_bytes`, or than a quarter of the last snapshot,
+        asks for a snapshot too (at most one ask every SNAPSHOT_ASK_SECONDS:
+        a snapshot that failed is not retried at once). Applying the journal
+        again costs about three times what loading a snapshot of the same
+        size does (benchmarks/why.md): a quarter keeps a restart's replay
+        under the snapshot's load, while a large state is written again only
+        after a quarter of its size in writes."""
+        journal = self._SyncObj__raftLog
+        size = getattr(journal, "size_bytes", 0)
+        if size > self.__dict__["_snapshot_bytes"] and not self._SyncObj__forceLogCompaction:
+            now = time.monotonic()
+            if now - self.__dict__["_snapshot_asked"] >= SNAPSHOT_ASK_SECONDS:
+                try:
+                    snapshot = os.path.getsize(self._SyncObj__conf.fullDumpFile)
+                except (OSError, TypeError):
+                    snapshot = 0
+                if size > snapshot // 4:
+                    self.__dict__["_snapshot_asked"] = now
+                    self._SyncObj__forceLogCompaction = True
+        super()._SyncObj__tryLogCompaction()
 
     @property
     def peer_transport(self) -> PeerTransport:

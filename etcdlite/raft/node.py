@@ -33,6 +33,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pysyncobj.pickle
 import pysyncobj.serializer
@@ -43,7 +44,7 @@ from pysyncobj.node import TCPNode
 from etcdlite import errors
 from etcdlite.apply import BatchRun, StateMachine
 
-from . import durable, journal
+from . import durable, journal, snapshot_file
 from .apply_pacing import PAUSED, ApplyPacer
 from .loop import LoopPoller, LoopSyncObj
 
@@ -57,6 +58,7 @@ log = logging.getLogger("etcdlite.raft")
 pysyncobj.pickle.__dict__["__protocol"] = pickle.HIGHEST_PROTOCOL
 journal.install()
 durable.install()
+snapshot_file.install()
 
 
 class _SnapshotOs:
@@ -205,11 +207,17 @@ class RaftNode:
         password: str | None = None,
         tick_period: float = 0.05,
         snapshot_count: int = 100_000,
+        snapshot_bytes: int = 16 << 20,
         dial: dict[str, str] | None = None,
         desired_peers=None,
         fsync: bool = True,
+        sync_in_thread: bool = False,
     ):
         durable.set_sync(fsync)
+        # the leader's journal syncs run here, the loop going on meanwhile (see _leader_tick)
+        self._sync_pool = ThreadPoolExecutor(1, thread_name_prefix="raft-sync") if fsync and sync_in_thread else None
+        self._sync_running = False
+        self._sync_failed = False
         if not fsync:
             log.warning("--unsafe-no-fsync: the raft journal, its meta file and snapshots are not synced; "
                         "a power loss or OS crash on a majority of members can lose acknowledged writes "
@@ -255,7 +263,8 @@ class RaftNode:
         self._tick_pending = False
         self._stopped = False
         self._poller = LoopPoller(loop, self._schedule_tick)
-        self._obj = LoopSyncObj(self_address, peers, conf, [self.state], self._poller, self._pacer)
+        self._obj = LoopSyncObj(self_address, peers, conf, [self.state], self._poller, self._pacer,
+                                snapshot_bytes=snapshot_bytes)
         _keep_log_after_snapshot(self._obj)
         self._journal = self._obj._SyncObj__raftLog
         transport = self._obj.peer_transport
@@ -292,14 +301,17 @@ class RaftNode:
         self._poller.cork()
         try:
             last, commit = self._last_index(), obj.raftCommitIndex
-            if obj._isLeader():
-                # append what was proposed first: pysyncobj's tick appends
-                # last, after committing, so a lone member would need a
-                # second tick to commit its own proposals
-                obj._checkCommandsToApply()
-            self._do_tick()
-            while self.single and obj._isLeader() and obj.raftCommitIndex < self._last_index():
+            if self._sync_pool is not None and obj._isLeader():
+                self._leader_tick()
+            else:
+                if obj._isLeader():
+                    # append what was proposed first: pysyncobj's tick appends
+                    # last, after committing, so a lone member would need a
+                    # second tick to commit its own proposals
+                    obj._checkCommandsToApply()
                 self._do_tick()
+                while self.single and obj._isLeader() and obj.raftCommitIndex < self._last_index():
+                    self._do_tick()
             if obj._isLeader() and (self._last_index() != last or obj.raftCommitIndex != commit):
                 self._send_append_entries()
             self._reconcile_peers()
@@ -317,6 +329,43 @@ class RaftNode:
         # its log: make that true on disk first (appends since the last tick)
         self._journal.sync()
         self._obj.doTick(0.0)
+
+    def _leader_tick(self) -> None:
+        """The leader's tick when its syncs run in a thread (`_sync_pool`):
+        pysyncobj's tick, whose commit step counts the leader as holding
+        every entry in its log, runs only while all of them are durable;
+        entries appended by it (what was proposed meanwhile: the tick
+        appends last) are then synced in the thread while the loop goes on
+        (reads requests, serves reads, sends the new entries to followers),
+        and the sync's end ticks again. One sync at a time: what is proposed
+        during it waits in pysyncobj's queue and goes in the next, so under
+        load a sync covers what the loop read during the previous one."""
+        if self._sync_running or self._sync_failed:
+            return  # its end ticks
+        journal, obj = self._journal, self._obj
+        if not journal.dirty:
+            obj.doTick(0.0)
+        if obj._isLeader() and journal.dirty:
+            index, running = journal.sync_in(self._sync_pool)
+            if running is not None:
+                self._sync_running = True
+                running.add_done_callback(
+                    lambda _: self._loop.call_soon_threadsafe(self._leader_synced, index))
+
+    def _leader_synced(self, index: int) -> None:
+        self._sync_running = False
+        if self._stopped:
+            return
+        try:
+            self._journal.synced(index)
+        except OSError as err:
+            # as etcd, which stops on a failed WAL sync: after fdatasync fails the written
+            # pages may be dropped (marked clean), so a retry that succeeds proves nothing
+            self._sync_failed = True
+            log.critical("fdatasync of the raft journal failed (%s): this member commits nothing more; "
+                         "check the disk, then restart it", err)
+            return
+        self._tick()
 
     def _before_send(self) -> None:
         """Runs before peer messages leave: a follower's AppendEntries
@@ -409,6 +458,8 @@ class RaftNode:
         self._stopped = True
         self._timer.cancel()
         self._obj.destroy()
+        if self._sync_pool is not None:
+            self._sync_pool.shutdown(wait=True)
         self._poller.close()
         _DIR_LOCKS.discard(self._dir_lock)
         os.close(self._dir_lock)

@@ -105,7 +105,9 @@ class Member:
             dial=cfg.raft_dial,
             desired_peers=self._desired_peers,
             snapshot_count=cfg.snapshot_count,
+            snapshot_bytes=cfg.snapshot_bytes,
             fsync=not cfg.unsafe_no_fsync,
+            sync_in_thread=cfg.raft_sync == "thread",
         )
         self._wire(loop)
         log.info("member %x: replaying the raft log in %s", self.id, cfg.data_dir)

@@ -90,13 +90,16 @@ class WatchStream:
             return
         queue.append(message)
         self.queued_bytes += _size(message)
+        self._wake()
+
+    def _wake(self) -> None:
         wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
 
     async def _queued(self) -> None:
-        """Until something is queued."""
-        while not self.queue:
+        """Until something is queued or some watcher waits for history."""
+        while not self.queue and not self.unsynced:
             self._wakeup = asyncio.get_running_loop().create_future()
             await self._wakeup
 
@@ -134,7 +137,8 @@ class WatchStream:
                 self.catch_up()
                 await asyncio.sleep(0)  # a step a turn, as in send_queued
             await self._queued()
-            yield self._pop()
+            if self.queue:
+                yield self._pop()
 
     async def send_queued(self) -> None:
         """With a writer: whenever the client makes room, send what is
@@ -198,7 +202,7 @@ class WatchStream:
                 except CompactedError:
                     self.cancel_compacted(w, store.compact_revision)
                     continue
-            done = self._replay(w, history)
+            done = self._replay(w, history, upto)
             del unsynced[w.id]
             if done:
                 w.next_revision = upto + 1
@@ -320,6 +324,10 @@ class WatchStream:
             hub.park(w)
             self.unsynced[watch_id] = w
             self.catch_up()
+            if self.unsynced:
+                # more to replay than one step sent: the sender, which may be waiting for
+                # something queued (the step's responses went straight out), goes on
+                self._wake()
         else:
             hub.add(w)
 
@@ -328,24 +336,33 @@ class WatchStream:
         created and canceled at once, with the reason."""
         self._enqueue(self._response(-1, self.m.hub.revision, created=True, canceled=True, cancel_reason=reason))
 
-    def _replay(self, w: Watcher, history) -> bool:
+    def _replay(self, w: Watcher, history, upto: int) -> bool:
         """Send w one response of history (the events it wants): at most
         MAX_REVISIONS_PER_RESPONSE revisions, and no more than fit the
         response size limit and keep the queue under half its byte limit (at
         least one revision). True if that was
-        all of it, else w.next_revision is where the rest starts."""
+        all of it, else w.next_revision is where the rest starts.
+
+        Its header carries `upto`, the store's revision when the history was
+        read, not its last event's: etcd's catch-up of unsynced watchers
+        (syncWatchers) stamps every response it sends with the store's
+        current revision, each part of a long replay too. A live response
+        carries its events' revision, which is the current one then."""
         batch, revisions, last = [], 0, None
         # responses stay below the size live ones get cut at (see _fragments),
-        # so that clients with gRPC's default 4 MiB receive limit can read them
-        room = min(MAX_QUEUED_BYTES // 2 - self.queued_bytes,
-                   self.m.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES - 1024)
+        # so that clients with gRPC's default 4 MiB receive limit can read them;
+        # a watcher that takes fragments gets, as from etcd, the revisions one
+        # response would hold, cut into parts at that size
+        room = MAX_QUEUED_BYTES // 2 - self.queued_bytes
+        if not w.fragment:
+            room = min(room, self.m.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES - 1024)
         for ev in history:
             if not w.wants(ev):
                 continue
             rev = ev.kv.mod_revision
             if rev != last:
                 if revisions and (revisions == MAX_REVISIONS_PER_RESPONSE or room <= 0):
-                    self._send(w, batch, last)
+                    self._send(w, batch, upto)
                     w.next_revision = rev
                     return False
                 revisions += 1
@@ -354,7 +371,7 @@ class WatchStream:
             room -= pbev.ByteSize()
             batch.append(pbev)
         if batch:
-            self._send(w, batch, last)
+            self._send(w, batch, upto)
         return True
 
     def cancel(self, watch_id: int) -> None:
