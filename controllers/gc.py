@@ -36,7 +36,7 @@ from apiserver import resources
 from apiserver.errors import ApiError
 from controllers.base import Controller
 from controllers.informer import deep_copy
-from controllers.podutil import owner_refs_patch
+from controllers.podutil import owner_refs_patch, remove_finalizer
 
 log = logging.getLogger("controllers.gc")
 
@@ -242,15 +242,7 @@ class GarbageCollector(Controller):
                 raise  # Conflict: the cache was behind; retried once it caught up
 
     def _remove_finalizer(self, node: _Node, finalizer: str) -> None:
-        updated = deep_copy(node.obj)
-        kept = [f for f in updated.metadata.finalizers if f != finalizer]
-        del updated.metadata.finalizers[:]
-        updated.metadata.finalizers.extend(kept)
-        try:
-            self.client.update(updated)
-        except ApiError as e:
-            if e.reason != "NotFound":
-                raise
+        remove_finalizer(self.client, node.obj, finalizer)
         log.info("%s %s/%s: removed finalizer %s", node.resource, node.meta.namespace,
                  node.meta.name, finalizer)
 

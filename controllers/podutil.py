@@ -130,6 +130,27 @@ def controller_ref(obj) -> meta_pb2.OwnerReference | None:
     return None
 
 
+def without_finalizer(obj, finalizer: str):
+    """A copy of ``obj`` without ``finalizer`` in metadata.finalizers (the others in order)."""
+    updated = type(obj)()
+    updated.CopyFrom(obj)
+    kept = [f for f in updated.metadata.finalizers if f != finalizer]
+    del updated.metadata.finalizers[:]
+    updated.metadata.finalizers.extend(kept)
+    return updated
+
+
+def remove_finalizer(client, obj, finalizer: str):
+    """Updates ``obj`` without ``finalizer``; the updated object, or None when it is gone.
+    A Conflict propagates: the caller's cache was behind, its next sync retries."""
+    try:
+        return client.update(without_finalizer(obj, finalizer))
+    except ApiError as e:
+        if e.reason != "NotFound":
+            raise
+        return None
+
+
 def new_controller_ref(owner) -> meta_pb2.OwnerReference:
     """The ownerReference a controller puts on what it creates or adopts."""
     res = resources.of(owner)

@@ -18,7 +18,8 @@ import logging
 from apiserver.defaults import PV_PROTECTION_FINALIZER, PVC_PROTECTION_FINALIZER
 from apiserver.errors import ApiError
 from controllers.base import Controller
-from controllers.informer import NAMESPACE_INDEX, deep_copy, meta_namespace_key, split_meta_namespace_key
+from controllers.informer import NAMESPACE_INDEX, meta_namespace_key, split_meta_namespace_key
+from controllers.podutil import without_finalizer
 from controllers.pvbinding import pod_claim_names
 
 log = logging.getLogger("controllers.pvprotection")
@@ -27,14 +28,6 @@ log = logging.getLogger("controllers.pvprotection")
 def pod_uses_claim(pod, claim_name: str) -> bool:
     """A scheduled pod whose volumes name the claim (unscheduled ones never reach a kubelet)."""
     return bool(pod.spec.node_name) and claim_name in pod_claim_names(pod)
-
-
-def _without(obj, finalizer: str):
-    updated = deep_copy(obj)
-    kept = [f for f in updated.metadata.finalizers if f != finalizer]
-    del updated.metadata.finalizers[:]
-    updated.metadata.finalizers.extend(kept)
-    return updated
 
 
 class PVCProtectionController(Controller):
@@ -70,7 +63,7 @@ class PVCProtectionController(Controller):
         if any(pod_uses_claim(p, name) for p in live):
             return
         try:
-            self.client.update(_without(claim, PVC_PROTECTION_FINALIZER))
+            self.client.update(without_finalizer(claim, PVC_PROTECTION_FINALIZER))
         except ApiError as e:
             if e.reason != "NotFound":
                 raise
@@ -97,7 +90,7 @@ class PVProtectionController(Controller):
         if PV_PROTECTION_FINALIZER not in volume.metadata.finalizers or volume.status.phase == "Bound":
             return
         try:
-            self.client.update(_without(volume, PV_PROTECTION_FINALIZER))
+            self.client.update(without_finalizer(volume, PV_PROTECTION_FINALIZER))
         except ApiError as e:
             if e.reason != "NotFound":
                 raise

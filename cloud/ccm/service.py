@@ -8,11 +8,11 @@ See cloud.ccm."""
 
 from __future__ import annotations
 
-from apiserver.errors import ApiError
 from cloud.ccm.common import (EXCLUDE_LB_LABEL, LB_FINALIZER, TO_BE_DELETED_TAINT, UNINITIALIZED_TAINT, Worker,
                               has_taint, internal_ip, ready_status)
 from cloud.client import CloudApiError, CloudClient
 from controllers.informer import deep_copy, meta_namespace_key
+from controllers.podutil import remove_finalizer
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
@@ -127,14 +127,6 @@ class ServiceController(Worker):
             del updated.status.load_balancer.ingress[:]
             svc = self.client.update_status(updated)
         if LB_FINALIZER in svc.metadata.finalizers:
-            updated = deep_copy(svc)
-            kept = [f for f in updated.metadata.finalizers if f != LB_FINALIZER]
-            del updated.metadata.finalizers[:]
-            updated.metadata.finalizers.extend(kept)
-            try:
-                self.client.update(updated)
-            except ApiError as e:
-                if e.reason != "NotFound":
-                    raise
+            remove_finalizer(self.client, svc, LB_FINALIZER)
 
 
