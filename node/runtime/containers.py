@@ -3,10 +3,10 @@ container under conmon, and a record of what the kubelet must see (state, times,
 reason).
 
 Lifecycle as CRI-O's: CreateContainer = conmon + ``runc create`` (process set up, not running),
-StartContainer = ``runc start``, the exit noticed from conmon's exit file whenever a caller looks
-(the kubelet relists every second), StopContainer = stop signal, wait, SIGKILL, RemoveContainer =
-``runc delete`` + unmount + files. A runtime restart loses nothing: conmon keeps running, the
-record and conmon's files are on disk.
+StartContainer = ``runc start`` (its exec-fifo handshake done in-process: Runc.start), the exit
+noticed from conmon's exit file whenever a caller looks (the kubelet relists every second),
+StopContainer = stop signal, wait, SIGKILL, RemoveContainer = ``runc delete`` + unmount + files.
+A runtime restart loses nothing: conmon keeps running, the record and conmon's files are on disk.
 """
 
 from __future__ import annotations
@@ -246,7 +246,7 @@ class Containers:
                                      f"container {rec['id']} is {cri_pb2.ContainerState.Name(rec['state'])}, "
                                      "not CONTAINER_CREATED")
             try:
-                self.runc.start(rec["id"])
+                self.runc.start(rec["id"], rec.get("pid", 0))
             except runc.RuncError as e:
                 rec = dict(self.refresh(rec["id"]), state=EXITED, exit_code=128, reason="StartError",
                            message=str(e), finished_at=time.time_ns())
