@@ -20,7 +20,7 @@ import socket
 import struct
 
 NETLINK_ROUTE = 0
-RTM_NEWLINK, RTM_NEWADDR, RTM_NEWROUTE, RTM_DELNEIGH = 16, 20, 24, 29
+RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_NEWROUTE, RTM_DELNEIGH = 16, 17, 20, 24, 29
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_REPLACE = 0x1, 0x4, 0x200, 0x400, 0x100
 NLMSG_ERROR = 2
 IFF_UP = 0x1
@@ -117,6 +117,17 @@ class Rtnl:
             _attr(IFLA_LINKINFO | NLA_F_NESTED, linkinfo)
         self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body,
                      f"link add {name} type veth peer name {peer}")
+
+    def del_link(self, name: str) -> bool:
+        """``ip link del NAME``; False when there is no such link (a veth's peer goes with it)."""
+        body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, _name(name))
+        try:
+            self.request(RTM_DELLINK, 0, body, f"link del {name}")
+        except RtnlError as e:
+            if e.errno == errno.ENODEV:
+                return False
+            raise
+        return True
 
     def set_link(self, name: str, *, up: bool = True, master: str | None = None) -> None:
         """``ip link set NAME [master M] up``"""
