@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import re
 import secrets
 import shutil
@@ -88,8 +89,10 @@ def test_create_start_log_exec_kill(node, tmp_path):
     persist = os.path.join(b, "persist")
     pid, mon = runc.create(r, "c1", b, log, str(tmp_path / "exits"), persist)
     assert pid > 0 and r.state("c1")["status"] == "created"
-    r.start("c1")
+    r.start("c1", pid)
     assert r.state("c1")["status"] == "running"
+    with pytest.raises(runc.RuncError, match="running"):  # the fifo is gone: runc start says why
+        r.start("c1", pid)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and open(log).read().count("\n") < 2:
         time.sleep(0.02)
@@ -122,6 +125,17 @@ def test_create_start_log_exec_kill(node, tmp_path):
     r.delete("c1")
     r.delete("c1")  # deleting twice is fine
     assert r.state("c1") is None
+
+
+def test_start_of_a_container_whose_init_died_fails(node, tmp_path):
+    prefix, rootfs, r = node
+    b = bundle(tmp_path, prefix, rootfs, "dead", ["sleep", "1000"])
+    pid, mon = runc.create(r, "dead", b, str(tmp_path / "dead.log"), str(tmp_path / "exits"),
+                           os.path.join(b, "persist"))
+    os.kill(pid, signal.SIGKILL)  # runc init, waiting on the exec fifo
+    with pytest.raises(runc.RuncError, match="dead|stopped"):
+        r.start("dead", pid, timeout=10)
+    r.delete("dead")
 
 
 def test_exit_code_and_oom_kill(node, tmp_path):

@@ -49,14 +49,16 @@ class HostLocalIpam:
         """Without ``pod_cidr`` only ``release``/``lookup`` work (teardown needs no range)."""
         self.dir = state_dir
         self.net = self.gateway = None
-        self.pool: list[ipaddress.IPv4Address] = []
+        self.pool: range = range(0)
         if pod_cidr is not None:
             self.net = ipaddress.IPv4Network(pod_cidr, strict=False)
             if self.net.num_addresses < 4:
                 raise ValueError(f"podCIDR {pod_cidr} is too small for a gateway and a pod")
-            hosts = list(self.net.hosts())
-            self.gateway = hosts[0]
-            self.pool = hosts[1:]
+            # The pool as a range of integers: a list of IPv4Address objects for a /24 took
+            # ~0.7 ms to build, at every attach and detach.
+            first = int(self.net.network_address) + 1
+            self.gateway = ipaddress.IPv4Address(first)
+            self.pool = range(first + 1, int(self.net.broadcast_address))
         os.makedirs(self.dir, exist_ok=True)
 
     @contextmanager
@@ -111,14 +113,14 @@ class HostLocalIpam:
             try:
                 with open(os.path.join(self.dir, LAST_RESERVED)) as f:
                     last = ipaddress.IPv4Address(f.read().strip())
-                if self.pool[0] <= last <= self.pool[-1]:
-                    start = int(last) - int(self.pool[0]) + 1
+                if int(last) in self.pool:
+                    start = int(last) - self.pool[0] + 1
             except (FileNotFoundError, ValueError):
                 pass
             n = len(self.pool)
             link = os.path.join(self.dir, INDEX + sandbox_id)
             for k in range(n):
-                addr = self.pool[(start + k) % n]
+                addr = ipaddress.IPv4Address(self.pool[(start + k) % n])
                 if str(addr) in taken:
                     continue
                 # The link first: a crash between the two leaves a dangling link (ignored, and

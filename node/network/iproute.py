@@ -6,11 +6,14 @@ keeps a pod attach well under the 100 ms a CNI plugin is allowed to feel instant
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import shutil
 import subprocess
+
+from node import namespaces
 
 NETNS_DIR = "/run/netns"  # where ``ip netns add`` bind-mounts the namespaces it names
 
@@ -28,8 +31,10 @@ class NetworkError(Exception):
         super().__init__(msg)
 
 
+@functools.cache
 def ip_binary() -> str | None:
-    """The path of ``ip``, or None where iproute2 is not installed."""
+    """The path of ``ip``, or None where iproute2 is not installed; looked up once (a PATH
+    search per pod is CPU for nothing)."""
     return shutil.which("ip") or next(
         (p for p in ("/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip") if os.access(p, os.X_OK)), None)
 
@@ -95,24 +100,31 @@ def check_name(name: str, what: str = "network namespace") -> str:
 
 
 def create_netns(name: str) -> None:
-    """``ip netns add NAME``; an existing namespace of that name is kept (a restarted plane or
-    runtime finds what it made)."""
+    """``ip netns add NAME``, done in-process (node.namespaces: no ``ip`` process per pod); an
+    existing namespace of that name is kept (a restarted plane or runtime finds what it made)."""
     check_name(name)
     if netns_exists(name):
         return
-    proc = ip("netns", "add", name, check=False)
-    if proc.returncode != 0 and not netns_exists(name):
-        raise NetworkError(f"ip netns add {name}", proc.stderr,
-                           "needs root (CAP_SYS_ADMIN) and a writable /run")
+    try:
+        namespaces.add_named_netns(NETNS_DIR, name)
+    except FileExistsError:
+        pass  # made meanwhile by someone else: kept, as above
+    except OSError as e:
+        raise NetworkError(f"ip netns add {name}", e.strerror or str(e),
+                           "needs root (CAP_SYS_ADMIN) and a writable /run") from e
 
 
 def delete_netns(name: str) -> None:
-    """``ip netns del NAME``; an absent namespace is not an error. The kernel frees the namespace
-    (and the veths in it, with their peers) when its last process or open handle is gone."""
+    """``ip netns del NAME``, done in-process; an absent namespace is not an error. The kernel
+    frees the namespace (and the veths in it, with their peers) when its last process or open
+    handle is gone."""
     check_name(name)
     if not netns_exists(name):
         return
-    proc = ip("netns", "del", name, check=False)
-    if proc.returncode != 0 and netns_exists(name):
-        raise NetworkError(f"ip netns del {name}", proc.stderr,
-                           "is something still mounted on /run/netns/" + name + "?")
+    try:
+        namespaces.delete_named_netns(NETNS_DIR, name)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise NetworkError(f"ip netns del {name}", e.strerror or str(e),
+                           "is something still mounted on /run/netns/" + name + "?") from e

@@ -2,16 +2,19 @@
 host-local plugins: a veth pair with ``eth0`` in the pod's namespace and ``kpv<8 hex>`` on the
 node's pod bridge ``kpbr0``, an address from the node's podCIDR, a default route via the bridge.
 
-Called in-process rather than as a CNI binary: the runtime is Python already, and two ``ip``
-batches (one per namespace) are the whole cost of an attach.
+Called in-process rather than as a CNI binary: the runtime is Python already. The attach's
+and detach's requests go over rtnetlink sockets of the two namespaces (rtnl.py), no ``ip``
+process.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 
-from .iproute import (NetworkError, check_name, create_netns, delete_netns, ip, ip_json,
+from . import rtnl
+from .iproute import (NETNS_DIR, NetworkError, check_name, create_netns, delete_netns, ip_json,
                       netns_exists)
 from .ipam import HostLocalIpam
 from .netns import write_sysctl_in
@@ -37,12 +40,17 @@ def host_veth_name(sandbox_id: str) -> str:
 
 def _remove_veth(pod_netns: str, node_netns: str, host: str) -> None:
     """Delete the pair from whichever end still exists; deleting one end deletes both (the
-    kernel's veth delete costs ~20 ms of RCU grace period, so one ``ip`` call when it can)."""
-    if netns_exists(node_netns):
-        if ip("link", "del", host, netns=node_netns, check=False).returncode == 0:
-            return
-    if netns_exists(pod_netns):
-        ip("link", "del", POD_IFNAME, netns=pod_netns, check=False)
+    kernel's veth delete costs ~20 ms of RCU grace period, so one request when it can). Over
+    rtnetlink, as the attach: no ``ip`` process. Best effort, as ``ip link del`` unchecked was."""
+    for ns, name in ((node_netns, host), (pod_netns, POD_IFNAME)):
+        if not netns_exists(ns):
+            continue
+        try:
+            with rtnl.open_in(ns) as sock:
+                if sock.del_link(name):
+                    return
+        except (OSError, NetworkError):
+            continue
 
 
 def attach(pod_netns: str, node_netns: str, pod_cidr: str, state_dir: str,
@@ -59,33 +67,49 @@ def attach(pod_netns: str, node_netns: str, pod_cidr: str, state_dir: str,
     addr = ipam.allocate(sandbox_id)
     net = ipam.net
     host = host_veth_name(sandbox_id)
-    node_cmds = [f"link add {host} type veth peer name {POD_IFNAME} netns {pod_netns}",
-                 f"link set {host} master {POD_BRIDGE}",
-                 f"link set {host} up",
-                 # The node may still hold the MAC of the address's previous pod (REACHABLE for
-                 # ~30 s, and a gratuitous ARP within locktime is ignored): forget it.
-                 f"neigh flush dev {POD_BRIDGE} to {addr}"]
-    pod_cmds = ["link set lo up",
-                f"addr replace {addr}/{net.prefixlen} dev {POD_IFNAME}",
-                f"link set {POD_IFNAME} up",
-                f"route replace default via {ipam.gateway} dev {POD_IFNAME}"]
     try:
         try:
-            ip(batch=node_cmds, netns=node_netns)
+            _attach_links(pod_netns, node_netns, host, str(addr), net.prefixlen, str(ipam.gateway))
         except NetworkError as e:
             if "exists" not in e.stderr:
                 raise
             _remove_veth(pod_netns, node_netns, host)  # a previous attach's pair: rebuild it
-            ip(batch=node_cmds, netns=node_netns)
-        # A gratuitous ARP when eth0 comes up, for the other pods on the bridge: a reused address
-        # has a new MAC.
-        write_sysctl_in(pod_netns, f"net.ipv4.conf.{POD_IFNAME}.arp_notify", "1")
-        ip(batch=pod_cmds, netns=pod_netns)
+            _attach_links(pod_netns, node_netns, host, str(addr), net.prefixlen, str(ipam.gateway))
     except BaseException:
         _remove_veth(pod_netns, node_netns, host)
         ipam.release(sandbox_id)
         raise
     return PodIP(str(addr), net.prefixlen, str(ipam.gateway))
+
+
+def _attach_links(pod_netns: str, node_netns: str, host: str, addr: str, prefixlen: int,
+                  gateway: str) -> None:
+    """The veth pair, its node end on the bridge and up, the pod end addressed and routed: what
+    two ``ip -batch`` runs did (one per namespace), as rtnetlink requests from this process."""
+    step = ""
+    try:
+        with rtnl.open_in(node_netns) as node, rtnl.open_in(pod_netns) as podns:
+            pod_fd = os.open(os.path.join(NETNS_DIR, pod_netns), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                step = f"ip -n {node_netns}"
+                node.add_veth(host, POD_IFNAME, pod_fd)
+            finally:
+                os.close(pod_fd)
+            node.set_link(host, master=POD_BRIDGE, up=True)
+            # The node may still hold the MAC of the address's previous pod (REACHABLE for ~30 s,
+            # and a gratuitous ARP within locktime is ignored): forget it.
+            node.forget_neighbour(POD_BRIDGE, addr)
+            # A gratuitous ARP when eth0 comes up, for the other pods on the bridge: a reused
+            # address has a new MAC.
+            write_sysctl_in(pod_netns, f"net.ipv4.conf.{POD_IFNAME}.arp_notify", "1")
+            step = f"ip -n {pod_netns}"
+            podns.set_link("lo", up=True)
+            podns.replace_addr(POD_IFNAME, addr, prefixlen)
+            podns.set_link(POD_IFNAME, up=True)
+            podns.replace_default_route(gateway, POD_IFNAME)
+    except rtnl.RtnlError as e:
+        raise NetworkError(f"{step} {e.what}", e.strerror, "run the same ip command by hand as "
+                           "root to see the state it met") from None
 
 
 def detach(pod_netns: str, node_netns: str, state_dir: str, sandbox_id: str) -> None:

@@ -3,10 +3,10 @@ container under conmon, and a record of what the kubelet must see (state, times,
 reason).
 
 Lifecycle as CRI-O's: CreateContainer = conmon + ``runc create`` (process set up, not running),
-StartContainer = ``runc start``, the exit noticed from conmon's exit file whenever a caller looks
-(the kubelet relists every second), StopContainer = stop signal, wait, SIGKILL, RemoveContainer =
-``runc delete`` + unmount + files. A runtime restart loses nothing: conmon keeps running, the
-record and conmon's files are on disk.
+StartContainer = ``runc start`` (its exec-fifo handshake done in-process: Runc.start), the exit
+noticed from conmon's exit file whenever a caller looks (the kubelet relists every second),
+StopContainer = stop signal, wait, SIGKILL, RemoveContainer = ``runc delete`` + unmount + files.
+A runtime restart loses nothing: conmon keeps running, the record and conmon's files are on disk.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import select
 import shutil
 import threading
 import time
@@ -36,6 +37,17 @@ class ContainerError(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
+
+
+def _pidfd(pid: int) -> int:
+    """A pidfd of the container's process (readable once it exits), or -2 when there is none
+    to watch (gone already, no pid, a kernel without pidfd_open)."""
+    if pid <= 0 or not hasattr(os, "pidfd_open"):
+        return -2
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return -2
 
 
 def reserved_name(config, sandbox_config: dict) -> str:
@@ -247,7 +259,7 @@ class Containers:
                                      f"container {rec['id']} is {cri_pb2.ContainerState.Name(rec['state'])}, "
                                      "not CONTAINER_CREATED")
             try:
-                self.runc.start(rec["id"])
+                self.runc.start(rec["id"], rec.get("pid", 0))
             except runc.RuncError as e:
                 rec = dict(self.refresh(rec["id"]), state=EXITED, exit_code=128, reason="StartError",
                            message=str(e), finished_at=time.time_ns())
@@ -264,14 +276,33 @@ class Containers:
     # ---- stop / remove ----
 
     def _wait_exit(self, cid: str, timeout: float) -> dict | None:
+        """The record once conmon recorded the exit, or as it is after `timeout` seconds.
+        While the container's process lives this sleeps on a pidfd (it wakes at the exit) and
+        looks at the record once a second; only from the exit to conmon's file does it poll
+        every 20 ms. (A 20 ms poll through a whole grace period cost ~0.3 s of CPU per pod.)"""
         deadline = time.monotonic() + timeout
-        while True:
-            rec = self.refresh(cid)
-            if rec is None or rec["state"] == EXITED:
-                return rec
-            if time.monotonic() >= deadline:
-                return rec
-            time.sleep(0.02)
+        pidfd = -1
+        try:
+            while True:
+                rec = self.refresh(cid)
+                if rec is None or rec["state"] == EXITED:
+                    return rec
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return rec
+                if pidfd == -1:
+                    pidfd = _pidfd(rec.get("pid", 0))
+                if pidfd >= 0:
+                    # readable once the process has exited; a second at most, so that a reused
+                    # pid or an exit seen some other way costs no more than that
+                    if select.select([pidfd], [], [], min(left, 1.0))[0]:
+                        os.close(pidfd)
+                        pidfd = -2  # exited: poll for conmon's file from now on
+                else:
+                    time.sleep(min(left, 0.02))
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
 
     def stop(self, cid: str, timeout: int) -> None:
         """The stop signal, then SIGKILL once `timeout` seconds have passed; returns once the

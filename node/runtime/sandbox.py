@@ -13,14 +13,13 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import subprocess
 import time
 
 from google.protobuf import json_format
 
 from node.network import pod
 from node.pb import cri_pb2
-from node import mounts
+from node import mounts, namespaces
 from node.runtime import cgroups
 from node.runtime.store import RecordStore
 
@@ -31,14 +30,15 @@ SHM_SIZE = 64 << 20  # a pod's /dev/shm, as containerd's default
 
 def make_ipc_uts(directory: str, hostname: str) -> None:
     """IPC and UTS namespaces kept alive by bind mounts on ``<directory>/ipc`` and ``uts``,
-    the UTS one named `hostname`; plus the pod's /dev/shm tmpfs on ``<directory>/shm``."""
+    the UTS one named `hostname`; plus the pod's /dev/shm tmpfs on ``<directory>/shm``. Made
+    in-process (node.namespaces), as ``unshare --ipc=F --uts=F hostname NAME`` would."""
     ipc, uts, shm = (os.path.join(directory, n) for n in ("ipc", "uts", "shm"))
     for f in (ipc, uts):
         open(f, "a").close()
-    proc = subprocess.run(["unshare", f"--ipc={ipc}", f"--uts={uts}", "hostname", hostname],
-                          capture_output=True, text=True, timeout=30)
-    if proc.returncode != 0:
-        raise SandboxError(f"cannot create the pod's IPC/UTS namespaces: {proc.stderr.strip()}")
+    try:
+        namespaces.new_pinned({"ipc": ipc, "uts": uts}, hostname)
+    except (OSError, ValueError) as e:
+        raise SandboxError(f"cannot create the pod's IPC/UTS namespaces: {e}") from e
     os.makedirs(shm, exist_ok=True)
     mounts.mount_tmpfs(shm, size=SHM_SIZE, mode=0o1777, noexec=True)
 
