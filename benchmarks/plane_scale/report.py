@@ -118,7 +118,7 @@ def markdown_real(r: dict) -> str:
         ["of the runtime's: its own Python process / its children (conmon, runc, ip, unshare)",
          f"{fmt(ro.get('runtime_own_ms_per_pod'))} / "
          f"{fmt(round(ro['runtime_ms_per_pod'] - ro['runtime_own_ms_per_pod'], 1) if 'runtime_own_ms_per_pod' in ro else None)} ms"],
-        ["CPU per pod deleted: kubelet / runtime",
+        ["CPU per pod deleted: kubelet / runtime (the runtime's share counts what each container used in its whole life: conmon, its child, reaps it then)",
          f"{fmt(sd['kubelet_ms_per_pod'])} / {fmt(sd['runtime_ms_per_pod'])} ms "
          f"({fmt(sd['kubelets_cpu_s'])} / {fmt(sd['runtimes_cpu_s'])} s in {fmt(sd['wall_s'])} s)"],
         ["idle, no pods (cores)", cores],
