@@ -2,7 +2,8 @@
 
 ``<root>/pods/<pod uid>/volumes/<plugin>/<volume name>``, with the plugins
 ``kubernetes.io~empty-dir``, ``kubernetes.io~configmap``, ``kubernetes.io~secret``,
-``kubernetes.io~projected`` and ``kubernetes.io~downward-api``; subPath binds under ``<root>/pods/<uid>/volume-subpaths``.
+``kubernetes.io~projected`` and ``kubernetes.io~downward-api``; subPath binds under
+``<root>/pods/<uid>/volume-subpaths``.
 
 - emptyDir: a directory (0777); ``medium: Memory`` mounts a tmpfs there, of
   ``sizeLimit`` bytes when given.
