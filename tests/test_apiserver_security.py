@@ -574,6 +574,8 @@ def test_make_run_is_secure_by_default(tmp_path):
     assert etcd[etcd.index("--listen-client-urls") + 1].startswith("https://") and "--client-cert-auth" in etcd
     assert api[api.index("--etcd-servers") + 1] == etcd[etcd.index("--listen-client-urls") + 1]
     assert Path(api[api.index("--etcd-certfile") + 1]).exists()
+    cm = cmds["controller-manager"]
+    assert Path(cm[cm.index("--root-ca-file") + 1]).read_bytes() == args.security.pki.ca.cert_path.read_bytes()
     users = {}
     for name in ("controller-manager", "scheduler", "kubelets"):
         config = yaml.safe_load(Path(args.envs[name]["KUBECONFIG"]).read_text())
@@ -588,4 +590,6 @@ def test_make_run_is_secure_by_default(tmp_path):
                                                    "0"])
     (tmp_path / "i").mkdir()
     make_run.choose_nodes(insecure)
-    assert "--tls-cert-file" not in make_run.commands(insecure)["apiserver"] and insecure.envs == {}
+    insecure_cmds = make_run.commands(insecure)
+    assert "--tls-cert-file" not in insecure_cmds["apiserver"] and insecure.envs == {}
+    assert "--root-ca-file" not in insecure_cmds["controller-manager"]
