@@ -23,7 +23,7 @@ import pytest
 
 from apiserver.auth import pki as pkis
 from apiserver.errors import ApiError
-from apiserver.pb import core_pb2, rbac_pb2
+from apiserver.pb import core_pb2, rbac_pb2, serviceaccount_pb2
 from harness.nodes import need_runtime, real_nodes
 from harness.plane import start_control_plane
 from harness.procs import Registry
@@ -179,6 +179,19 @@ def test_automount_false_and_bad_token_sources(plane):
     assert got.spec.service_account_name == "default" and not got.spec.volumes
     assert not got.spec.containers[0].volume_mounts
     admin.delete("pods", "no-token", NS)
+    # an account that says no: its pods get no token unless they ask for one
+    admin.create(serviceaccount_pb2.ServiceAccount(metadata={"name": "quiet", "namespace": NS},
+                                                   automount_service_account_token=False))
+    p = sleeper("quiet-pod")
+    p.spec.service_account_name = "quiet"
+    admin.create(p)
+    assert not admin.get("pods", "quiet-pod", NS).spec.volumes
+    p = sleeper("asks")
+    p.spec.service_account_name, p.spec.automount_service_account_token = "quiet", True
+    admin.create(p)
+    assert [v.name[:16] for v in admin.get("pods", "asks", NS).spec.volumes] == ["kube-api-access-"]
+    for name in ("quiet-pod", "asks"):
+        admin.delete("pods", name, NS)
 
     bad = sleeper("short")
     bad.spec.volumes.add(name="t", projected=core_pb2.ProjectedVolumeSource(sources=[core_pb2.VolumeProjection(
@@ -189,6 +202,13 @@ def test_automount_false_and_bad_token_sources(plane):
     assert "spec.volumes[0].projected.sources[0].serviceAccountToken.expirationSeconds: Invalid value: 60: " \
            "may not specify a duration less than 10 minutes" in err.value.message
     assert "must not contain '..'" in err.value.message
+    bad = sleeper("downward")
+    bad.spec.volumes.add(name="d", downward_api=core_pb2.DownwardAPIVolumeSource(items=[
+        core_pb2.DownwardAPIVolumeFile(path="ip", field_ref=core_pb2.ObjectFieldSelector(field_path="status.podIP"))]))
+    with pytest.raises(ApiError) as err:
+        admin.create(bad)
+    assert 'spec.volumes[0].downwardAPI.items[0].fieldRef.fieldPath: Unsupported value: "status.podIP"' \
+        in err.value.message
 
 
 def test_the_token_manager_renews_after_80_percent_of_a_tokens_life():
