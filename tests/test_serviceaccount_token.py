@@ -3,7 +3,8 @@ is deleted. A secure plane (TLS, Node+RBAC, the ServiceAccount signing key, the 
 manager publishing kube-root-ca.crt) and one real node whose kubelet runs with its own node
 certificate. The apiserver's ServiceAccount admission gives a pod the `default` account and
 the kube-api-access-xxxxx projected volume; the kubelet writes the token it got by TokenRequest
-(bound to the pod), the CA and the namespace there.
+(bound to the pod), the CA and the namespace there. The token ends with its account, and
+with its pod.
 
 Pods cannot reach the apiserver: it listens on the machine's 127.0.0.1 and a pod's network
 namespace has its own loopback. So the token is read from inside the container (CRI ExecSync,
@@ -168,6 +169,19 @@ def test_a_pods_token_authenticates_as_its_account_until_the_account_is_deleted(
     assert again.metadata.uid != uid
     assert rest(api, pki, "GET", f"/api/v1/namespaces/{NS}/pods", token)[0] == 401
     admin.delete("pods", "reader", NS)
+
+
+def test_a_pods_token_stops_working_when_the_pod_is_gone(plane):
+    api, pki, admin, node = plane
+    wait_until(lambda: _get(admin, "serviceaccounts", "default"), "the default ServiceAccount")
+    admin.create(sleeper("brief"))
+    pod = wait_until(lambda: running(admin, "brief"), "the pod running")
+    token = exec_in(node, pod, ["cat", f"{MOUNT}/token"])
+    assert rest(api, pki, "GET", f"/api/v1/namespaces/{NS}/configmaps", token)[0] == 200
+    admin.delete("pods", "brief", NS)
+    wait_until(lambda: _get(admin, "pods", "brief") is None, "the pod gone", timeout=30)
+    code, status = rest(api, pki, "GET", f"/api/v1/namespaces/{NS}/configmaps", token)
+    assert (code, status["message"]) == (401, "Unauthorized")
 
 
 def test_automount_false_and_bad_token_sources(plane):
