@@ -14,7 +14,8 @@ NAMESPACE_FINALIZER = "kubernetes"
 # volume a claim is bound to, is not removed until that use ends
 PVC_PROTECTION_FINALIZER = "kubernetes.io/pvc-protection"
 PV_PROTECTION_FINALIZER = "kubernetes.io/pv-protection"
-VOLUME_SOURCES = ("host_path", "empty_dir", "secret", "persistent_volume_claim", "config_map")
+VOLUME_SOURCES = ("host_path", "empty_dir", "secret", "persistent_volume_claim", "config_map", "downward_api",
+                  "projected")
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 # the mode of files projected from a ConfigMap or Secret unless the volume says
 # otherwise: 0644
@@ -93,9 +94,17 @@ def _default_pod_spec(spec: core_pb2.PodSpec) -> None:
     for volume in spec.volumes:
         if not volume_sources(volume):
             volume.empty_dir.SetInParent()
-        for source in ("config_map", "secret"):
+        for source in ("config_map", "secret", "downward_api", "projected"):
             if volume.HasField(source) and not getattr(volume, source).HasField("default_mode"):
                 getattr(volume, source).default_mode = DEFAULT_VOLUME_FILE_MODE
+        for item in volume.downward_api.items:
+            item.field_ref.api_version = item.field_ref.api_version or "v1"
+        for projection in volume.projected.sources:
+            for item in projection.downward_api.items:
+                item.field_ref.api_version = item.field_ref.api_version or "v1"
+            token = projection.service_account_token
+            if projection.HasField("service_account_token") and not token.HasField("expiration_seconds"):
+                token.expiration_seconds = 3600
 
 
 def _default_container(c: core_pb2.Container) -> None:

@@ -22,6 +22,7 @@ from apiserver import defaults, errors, fieldmanager, manifest, resources, valid
 from apiserver.errors import ApiError
 from apiserver.fieldmanager import Manager
 from apiserver.limits import check_request_size
+from apiserver.pb import core_pb2
 from apiserver.resources import Resource
 from apiserver.selectors import make_predicate
 from apiserver.service_alloc import ALLOCATION_ATTEMPTS, Plan, ServiceAllocator
@@ -31,6 +32,11 @@ log = logging.getLogger("apiserver.registry")
 
 NAMESPACES = resources.BY_NAME["namespaces"]
 PODS = resources.BY_NAME["pods"]
+SERVICE_ACCOUNTS = resources.BY_NAME["serviceaccounts"]
+SERVICE_ACCOUNT_MOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+API_ACCESS_PREFIX = "kube-api-access-"
+# upstream's: an hour and 7 s, so that a token's age tells the kubelet's refresh apart
+API_ACCESS_TOKEN_SECONDS = 3607
 SERVICES = resources.BY_NAME["services"]
 
 # created at startup, as kube-apiserver's system namespaces controller does
@@ -76,6 +82,8 @@ class Options:
     max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
     not_ready_toleration_seconds: int = 300
     unreachable_toleration_seconds: int = 300
+    # the ServiceAccount admission plugin's token volume: only when the apiserver signs tokens
+    service_account_tokens: bool = False
 
 
 def copy_of(msg):
@@ -120,6 +128,46 @@ class Registry:
             res, msg, for_create=for_create,
             not_ready_toleration_seconds=self.options.not_ready_toleration_seconds,
             unreachable_toleration_seconds=self.options.unreachable_toleration_seconds)
+
+    async def _admit_service_account(self, pod) -> None:
+        """upstream's ServiceAccount admission plugin on a new pod: it runs as ``default`` unless it
+        names an account, and unless the pod or its account says automountServiceAccountToken:
+        false, every container gets the account's token, the cluster's CA and the namespace in a
+        projected volume (kube-api-access-xxxxx) at /var/run/secrets/kubernetes.io/serviceaccount."""
+        spec = pod.spec
+        spec.service_account_name = spec.service_account_name or "default"
+        if spec.HasField("automount_service_account_token"):
+            if not spec.automount_service_account_token:
+                return
+        else:
+            try:
+                sa = await self.storage.get(SERVICE_ACCOUNTS, pod.metadata.namespace, spec.service_account_name)
+            except ApiError as e:
+                if e.reason != "NotFound":
+                    raise
+                sa = None
+            if sa is not None and sa.HasField("automount_service_account_token") \
+                    and not sa.automount_service_account_token:
+                return
+        containers = (*spec.init_containers, *spec.containers)
+        if any(m.mount_path == SERVICE_ACCOUNT_MOUNT_PATH for c in containers for m in c.volume_mounts):
+            return
+        names = {v.name for v in spec.volumes}
+        name = generated_name(API_ACCESS_PREFIX)
+        while name in names:
+            name = generated_name(API_ACCESS_PREFIX)
+        volume = spec.volumes.add(name=name)
+        projected = volume.projected
+        projected.default_mode = defaults.DEFAULT_VOLUME_FILE_MODE
+        projected.sources.add().service_account_token.CopyFrom(core_pb2.ServiceAccountTokenProjection(
+            expiration_seconds=API_ACCESS_TOKEN_SECONDS, path="token"))
+        projected.sources.add().config_map.CopyFrom(core_pb2.ConfigMapProjection(
+            name="kube-root-ca.crt", items=[core_pb2.KeyToPath(key="ca.crt", path="ca.crt")]))
+        projected.sources.add().downward_api.items.add(
+            path="namespace", field_ref=core_pb2.ObjectFieldSelector(api_version="v1",
+                                                                     field_path="metadata.namespace"))
+        for c in containers:
+            c.volume_mounts.add(name=name, read_only=True, mount_path=SERVICE_ACCOUNT_MOUNT_PATH)
 
     def _check_size(self, res: Resource, msg) -> None:
         size = msg.ByteSize()
@@ -200,6 +248,8 @@ class Registry:
         allocating = res is SERVICES and self.allocator is not None
         if allocating:
             self.allocator.prepare_create(msg)
+        if res is PODS and self.options.service_account_tokens:
+            await self._admit_service_account(msg)
         validation.validate_create(res, msg)
         await self._check_namespace_open(res, meta.namespace, meta.name)
         for attempt in range(GENERATE_NAME_ATTEMPTS if generated else 1):

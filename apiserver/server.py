@@ -98,7 +98,8 @@ async def serve(args: argparse.Namespace, transformer) -> int:
     registry = Registry(storage, caches, Options(
         max_object_bytes=args.max_object_bytes,
         not_ready_toleration_seconds=args.default_not_ready_toleration_seconds,
-        unreachable_toleration_seconds=args.default_unreachable_toleration_seconds), allocator=allocator)
+        unreachable_toleration_seconds=args.default_unreachable_toleration_seconds,
+        service_account_tokens=bool(getattr(args, "service_account_signing_key_file", ""))), allocator=allocator)
     bootstrap = ServiceBootstrap(registry, allocator, address=args.advertise_address, port=args.port,
                                  repair_interval=args.service_repair_interval)
 

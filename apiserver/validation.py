@@ -246,7 +246,10 @@ TAINT_EFFECTS = ("NoExecute", "NoSchedule", "PreferNoSchedule")
 STANDARD_CONTAINER_RESOURCES = ("cpu", "memory", "ephemeral-storage")
 _VOLUME_SOURCE_JSON = {"host_path": "hostPath", "empty_dir": "emptyDir", "secret": "secret",
                        "persistent_volume_claim": "persistentVolumeClaim",
-                       "config_map": "configMap"}
+                       "config_map": "configMap", "downward_api": "downwardAPI", "projected": "projected"}
+# what a downwardAPI volume file may name (upstream's validVolumeDownwardAPIFieldPathExpressions)
+DOWNWARD_VOLUME_FIELDS = ("metadata.annotations", "metadata.labels", "metadata.name", "metadata.namespace",
+                          "metadata.uid")
 
 
 def _validate_pod_spec(errs: FieldErrors, path: str, spec, *, template: bool) -> None:
@@ -327,7 +330,90 @@ def _validate_volumes(errs: FieldErrors, path: str, volumes) -> set[str]:
             errs.required(f"{p}.persistentVolumeClaim.claimName")
         if v.HasField("empty_dir") and v.empty_dir.size_limit:
             _quantity(errs, f"{p}.emptyDir.sizeLimit", v.empty_dir.size_limit)
+        if v.HasField("downward_api"):
+            if v.downward_api.HasField("default_mode"):
+                _file_mode(errs, f"{p}.downwardAPI.defaultMode", v.downward_api.default_mode)
+            _validate_downward_files(errs, f"{p}.downwardAPI", v.downward_api.items)
+        if v.HasField("projected"):
+            _validate_projected(errs, f"{p}.projected", v.projected)
     return names
+
+
+def _validate_downward_files(errs: FieldErrors, path: str, items, seen: set[str] | None = None) -> None:
+    for i, item in enumerate(items):
+        p = f"{path}.items[{i}]"
+        if not item.path:
+            errs.required(f"{p}.path")
+        _local_non_reserved_path(errs, f"{p}.path", item.path)
+        if seen is not None and item.path:
+            if item.path in seen:
+                errs.invalid(f"{p}.path", item.path, "conflicting duplicate paths")
+            seen.add(item.path)
+        if item.HasField("mode"):
+            _file_mode(errs, f"{p}.mode", item.mode)
+        if not item.HasField("field_ref"):
+            errs.required(p, "one of fieldRef and resourceFieldRef is required")
+            continue
+        field = item.field_ref.field_path
+        base = field.split("[", 1)[0] if field.endswith("]") else field
+        if not field:
+            errs.required(f"{p}.fieldRef.fieldPath")
+        elif base not in DOWNWARD_VOLUME_FIELDS or (base != field and base not in ("metadata.annotations",
+                                                                                   "metadata.labels")):
+            errs.not_supported(f"{p}.fieldRef.fieldPath", field, list(DOWNWARD_VOLUME_FIELDS))
+
+
+def _validate_projected(errs: FieldErrors, path: str, src) -> None:
+    """upstream's validateProjectedVolumeSource: one kind per source, paths unique across them,
+    token paths given and lifetimes of at least 10 minutes."""
+    if src.HasField("default_mode"):
+        _file_mode(errs, f"{path}.defaultMode", src.default_mode)
+    seen: set[str] = set()
+
+    def unique(p: str, target: str) -> None:
+        if target in seen:
+            errs.invalid(p, target, "conflicting duplicate paths")
+        seen.add(target)
+
+    for i, source in enumerate(src.sources):
+        p = f"{path}.sources[{i}]"
+        kinds = [f for f in ("secret", "downward_api", "config_map", "service_account_token") if source.HasField(f)]
+        if not kinds:
+            errs.required(p, "must specify exactly one volume projection type")
+        elif len(kinds) > 1:
+            errs.forbidden(p, "may not specify more than 1 volume type per source")
+        for field, json_name in (("secret", "secret"), ("config_map", "configMap")):
+            if source.HasField(field):
+                ref = getattr(source, field)
+                if not ref.name:
+                    errs.required(f"{p}.{json_name}.name")
+                for j, item in enumerate(ref.items):
+                    ip = f"{p}.{json_name}.items[{j}]"
+                    if not item.key:
+                        errs.required(f"{ip}.key")
+                    if not item.path:
+                        errs.required(f"{ip}.path")
+                    _local_non_reserved_path(errs, f"{ip}.path", item.path)
+                    if item.HasField("mode"):
+                        _file_mode(errs, f"{ip}.mode", item.mode)
+                    if item.path:
+                        unique(f"{ip}.path", item.path)
+        if source.HasField("downward_api"):
+            _validate_downward_files(errs, f"{p}.downwardAPI", source.downward_api.items, seen)
+        if source.HasField("service_account_token"):
+            t, tp = source.service_account_token, f"{p}.serviceAccountToken"
+            if t.HasField("expiration_seconds"):
+                if t.expiration_seconds < 600:
+                    errs.invalid(f"{tp}.expirationSeconds", t.expiration_seconds,
+                                 "may not specify a duration less than 10 minutes")
+                elif t.expiration_seconds > 2 ** 32:
+                    errs.invalid(f"{tp}.expirationSeconds", t.expiration_seconds,
+                                 "may not specify a duration larger than 2^32 seconds")
+            if not t.path:
+                errs.required(f"{tp}.path")
+            else:
+                _local_non_reserved_path(errs, f"{tp}.path", t.path)
+                unique(f"{tp}.path", t.path)
 
 
 def _file_mode(errs: FieldErrors, path: str, mode: int) -> None:

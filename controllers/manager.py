@@ -28,11 +28,13 @@ from controllers.podgc import PodGCController
 from controllers.provisioner import DirectoryProvisioner
 from controllers.pvprotection import PVCProtectionController, PVProtectionController
 from controllers.replicaset import ReplicaSetController
+from controllers.rootca import RootCAPublisher
 from controllers.serviceaccounts import ServiceAccountsController
 
 CONTROLLERS = ("replicaset", "deployment", "garbagecollector", "namespace", "nodelifecycle", "endpoints",
                "endpointslice", "endpointslicemirroring", "podgc", "persistentvolume-binder", "pvc-protection",
-               "pv-protection", "directory-provisioner", "serviceaccount")
+               "pv-protection", "directory-provisioner", "serviceaccount",
+               "root-ca-cert-publisher")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "node can reach); unset: no provisioner, no default StorageClass")
     p.add_argument("--pod-gc-period", type=float, default=20.0,
                    help="seconds between sweeps for pods bound to nodes that no longer exist")
+    p.add_argument("--root-ca-file", default="",
+                   help="the cluster's CA (PEM), published as ConfigMap kube-root-ca.crt in every namespace "
+                        "for pods' ServiceAccount volumes; unset: not published")
     add_common_flags(p, lease_name="kube-controller-manager")
     args = p.parse_args(argv)
     args.enabled = enabled_controllers(args.controllers)
@@ -72,6 +77,11 @@ def enabled_controllers(spec: str) -> list[str]:
         else:
             enabled.add(bare)
     return [n for n in CONTROLLERS if n in enabled]
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
 
 
 class ControllerManager:
@@ -102,8 +112,10 @@ class ControllerManager:
             "pv-protection": lambda: PVProtectionController(c, f),
             "directory-provisioner": lambda: DirectoryProvisioner(c, f, a.storage_dir),
             "serviceaccount": lambda: ServiceAccountsController(c, f),
+            "root-ca-cert-publisher": lambda: RootCAPublisher(c, f, _read(a.root_ca_file)),
         }
-        enabled = [n for n in a.enabled if n != "directory-provisioner" or a.storage_dir]
+        enabled = [n for n in a.enabled if (n != "directory-provisioner" or a.storage_dir)
+                   and (n != "root-ca-cert-publisher" or a.root_ca_file)]
         return [make[name]() for name in enabled]
 
     def start(self) -> None:

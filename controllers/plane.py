@@ -94,6 +94,8 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
                             "--start-index", str(args.real_nodes), "--heartbeat-interval", "5",
                             "--log-level", "warning"]
     if args.security is not None:
+        # the CA pods' ServiceAccount volumes carry (ConfigMap kube-root-ca.crt in every namespace)
+        cmds["controller-manager"] += ["--root-ca-file", str(args.security.pki.ca.cert_path)]
         # each component with its own identity (apiserver/auth/policy.py grants what it needs)
         who = {"controller-manager": "controller-manager", "scheduler": "scheduler", "kubelets": "hollow-nodes",
                "dns": "dns", "cloud": "cloud-nodes", "cloud-controller-manager": "cloud-controller-manager",

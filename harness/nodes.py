@@ -64,8 +64,13 @@ class KubeletProcess(ServerProcess):
     kind = "kubelet"
 
     def __init__(self, nodes: RealNodes, node: RealNode, server: str, registry: Registry | None = None,
-                 extra_args: tuple[str, ...] = (), ready_timeout: float = DEFAULT_READY_TIMEOUT) -> None:
+                 extra_args: tuple[str, ...] = (), ready_timeout: float = DEFAULT_READY_TIMEOUT,
+                 kubeconfig: str | None = None) -> None:
+        """``kubeconfig``: the kubelet's credentials (a secure plane's node certificate), as
+        $KUBECONFIG; None: none (an insecure apiserver)."""
         self.nodes, self.node, self.server, self.extra_args = nodes, node, server, extra_args
+        self.kubeconfig = kubeconfig
+        self.extra_env = {"KUBECONFIG": kubeconfig} if kubeconfig else {}
         super().__init__(f"kubelet-{node.index}", nodes.dir, registry, ready_timeout)
 
     @property
@@ -79,7 +84,7 @@ class KubeletProcess(ServerProcess):
         from apiserver.client import Client
         from apiserver.errors import ApiError
 
-        with Client(self.server, timeout=rpc_timeout) as client:
+        with Client(self.server, timeout=rpc_timeout, kubeconfig=self.kubeconfig) as client:
             try:
                 client.get("nodes", self.node.name, "")
             except ApiError as e:
@@ -171,14 +176,17 @@ class Nodes:
 
 @contextlib.contextmanager
 def real_nodes(tmp_path, server: str, count: int = 1, kubelet_args: tuple[str, ...] = (),
-               services: bool = False, proxy_args: tuple[str, ...] = ()):
+               services: bool = False, proxy_args: tuple[str, ...] = (), kubeconfig=None):
     """``count`` real nodes whose kubelets talk to the apiserver at ``server``; everything they
     made is removed on exit (pass or fail), and what could not be is an error.
 
     ``services``: also a kube-proxy per node and the cluster DNS in node 0, pods' resolv.conf
     naming the kube-dns clusterIP (10.96.0.10) as in Kubernetes. Without (the default, for tests
     that need no Service: a proxy and the DNS cost a few seconds of start-up), nothing routes a
-    clusterIP and pods' resolv.conf names node 0's address, where a test may start the DNS."""
+    clusterIP and pods' resolv.conf names node 0's address, where a test may start the DNS.
+
+    ``kubeconfig``: node name -> the path of its kubelet's kubeconfig (a secure plane:
+    ``lambda name: api.kubeconfig(path, f"node-{name}")``); None: kubelets without credentials."""
     layout = RealNodes(Path(tmp_path), count, proxies=services)
     reg = Registry()
     runtimes: list[RuntimeProcess] = []
@@ -196,7 +204,8 @@ def real_nodes(tmp_path, server: str, count: int = 1, kubelet_args: tuple[str, .
             proc.launch()
         for proc in started:
             proc.wait_ready()
-        kubelets = [KubeletProcess(layout, n, server, reg, kubelet_args) for n in layout.nodes]
+        kubelets = [KubeletProcess(layout, n, server, reg, kubelet_args,
+                                   kubeconfig=kubeconfig(n.name) if kubeconfig else None) for n in layout.nodes]
         for kubelet in kubelets:
             kubelet.launch()
         for kubelet in kubelets:

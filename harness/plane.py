@@ -172,7 +172,9 @@ def start_control_plane(tmp_path, registry: Registry, pki=None, **apiserver_flag
     for name, module, who in (("cm", "controllers.manager", "controller-manager"),
                               ("scheduler", "controllers.scheduler", "scheduler")):
         env = {"KUBECONFIG": api.kubeconfig(tmp_path / f"{name}.kubeconfig", who)} if pki else None
-        Component(tmp_path, name, module, api.endpoint, registry, env=env, log_level="warning").start()
+        # as kube-controller-manager's --root-ca-file: the CA pods' ServiceAccount volumes carry
+        extra = {"root_ca_file": str(pki.ca.cert_path)} if pki is not None and name == "cm" else {}
+        Component(tmp_path, name, module, api.endpoint, registry, env=env, log_level="warning", **extra).start()
     return api
 
 

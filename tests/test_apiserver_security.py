@@ -106,12 +106,22 @@ def plane(tmp_path_factory):
                       rbac_pb2.Subject(kind="User", api_group="rbac.authorization.k8s.io", name="carol")])
         p.admin.create(binding)
         p.carol = pki.ca.issue("carol", "carol", ("devs",))
+        # the controller-manager's root CA publisher puts kube-root-ca.crt in every namespace
+        for ns in ("team-a", "team-b"):
+            wait_until(lambda: root_ca_published(p.admin, ns), f"kube-root-ca.crt in {ns}")
         wait_until(lambda: p.rest("GET", "/api/v1/namespaces/team-a/configmaps",
                                   token="bob-token-0123456789")[0] == 200, "bob's RoleBinding to take effect")
         yield p
         p.admin.close()
     finally:
         reg.cleanup()
+
+
+def root_ca_published(client, ns: str) -> bool:
+    try:
+        return bool(client.get("configmaps", "kube-root-ca.crt", ns))
+    except ApiError:
+        return False
 
 
 def wait_until(check, what: str, timeout: float = DEADLINE):
@@ -265,7 +275,7 @@ def test_plain_http_is_not_served(plane):
 def test_view_in_one_namespace(plane):
     bob = dict(token="bob-token-0123456789")
     code, listed = plane.rest("GET", "/api/v1/namespaces/team-a/configmaps", **bob)
-    assert code == 200 and [i["metadata"]["name"] for i in listed["items"]] == ["cfg"]
+    assert code == 200 and [i["metadata"]["name"] for i in listed["items"]] == ["cfg", "kube-root-ca.crt"]
     assert plane.rest("GET", "/api/v1/namespaces/team-a/secrets", **bob) == (403, forbidden_status(
         'secrets is forbidden: User "bob" cannot list resource "secrets" in API group "" in the namespace "team-a"',
         "secrets"))
@@ -286,12 +296,12 @@ def test_view_in_one_namespace(plane):
     channel, stub = plane.grpc_stub(token=bob["token"])
     with channel:  # bob's token over gRPC
         listed = stub.List(api_pb2.ListRequest(resource="configmaps", namespace="team-a"), timeout=10)
-        assert [o.config_map.metadata.name for o in listed.items] == ["cfg"]
+        assert [o.config_map.metadata.name for o in listed.items] == ["cfg", "kube-root-ca.crt"]
     # the same over gRPC, as carol (a client certificate, view in team-a too)
     channel, stub = plane.grpc_stub(cert=plane.carol)
     with channel:
         listed = stub.List(api_pb2.ListRequest(resource="configmaps", namespace="team-a"), timeout=10)
-        assert [o.config_map.metadata.name for o in listed.items] == ["cfg"]
+        assert [o.config_map.metadata.name for o in listed.items] == ["cfg", "kube-root-ca.crt"]
         for request, message in (
                 (lambda: stub.Get(api_pb2.GetRequest(resource="secrets", namespace="team-a", name="db"), timeout=10),
                  'secrets "db" is forbidden: User "carol" cannot get resource "secrets" in API group "" in the '
@@ -447,7 +457,7 @@ def test_kubectl_with_client_certificates(plane, kubectl):
     assert out.stderr.strip() == ('Error from server (Forbidden): secrets is forbidden: User "bob" cannot list '
                                   'resource "secrets" in API group "" in the namespace "team-a"')
     out = kubectl("", "get", "configmaps", "-n", "team-a", "-o", "name", token="bob-token-0123456789")
-    assert (out.returncode, out.stdout) == (0, "configmap/cfg\n"), out.stderr
+    assert (out.returncode, out.stdout) == (0, "configmap/cfg\nconfigmap/kube-root-ca.crt\n"), out.stderr
 
 
 def test_kubectl_auth_can_i(plane, kubectl):
@@ -494,7 +504,8 @@ def test_python_client_with_a_client_certificate_kubeconfig(plane, tmp_path):
                                 client_configuration=conf)
         with k8s.ApiClient(conf) as c:
             v1 = k8s.CoreV1Api(c)
-            assert [cm.metadata.name for cm in v1.list_namespaced_config_map("team-a").items] == ["cfg"]
+            names = [cm.metadata.name for cm in v1.list_namespaced_config_map("team-a").items]
+            assert names == ["cfg", "kube-root-ca.crt"]
             try:
                 got = v1.read_namespaced_secret("db", "team-a")
                 assert (want, got.data["pw"]) == (200, base64.b64encode(b"hunter2").decode())
@@ -563,6 +574,8 @@ def test_make_run_is_secure_by_default(tmp_path):
     assert etcd[etcd.index("--listen-client-urls") + 1].startswith("https://") and "--client-cert-auth" in etcd
     assert api[api.index("--etcd-servers") + 1] == etcd[etcd.index("--listen-client-urls") + 1]
     assert Path(api[api.index("--etcd-certfile") + 1]).exists()
+    cm = cmds["controller-manager"]
+    assert Path(cm[cm.index("--root-ca-file") + 1]).read_bytes() == args.security.pki.ca.cert_path.read_bytes()
     users = {}
     for name in ("controller-manager", "scheduler", "kubelets"):
         config = yaml.safe_load(Path(args.envs[name]["KUBECONFIG"]).read_text())
@@ -577,4 +590,6 @@ def test_make_run_is_secure_by_default(tmp_path):
                                                    "0"])
     (tmp_path / "i").mkdir()
     make_run.choose_nodes(insecure)
-    assert "--tls-cert-file" not in make_run.commands(insecure)["apiserver"] and insecure.envs == {}
+    insecure_cmds = make_run.commands(insecure)
+    assert "--tls-cert-file" not in insecure_cmds["apiserver"] and insecure.envs == {}
+    assert "--root-ca-file" not in insecure_cmds["controller-manager"]

@@ -603,3 +603,71 @@ def test_secret_items_modes_and_optional(kubelet_root):
     assert not os.path.lexists(f"{base}/tls/absent")          # optional: a missing key is left out
     assert _mountinfo_types(f"{base}/none") == ["tmpfs"]
     assert sorted(os.listdir(f"{base}/none")) == sorted(["..data", os.readlink(f"{base}/none/..data")])
+
+
+# ---- projected and downwardAPI ----
+
+def test_projected_volume_has_token_config_map_secret_and_downward_files_on_tmpfs(kubelet_root):
+    """What the ServiceAccount admission's kube-api-access volume needs, plus a secret source:
+    one tmpfs directory; the token comes from the token manager (here with a requester standing
+    in for the apiserver's TokenRequest) and is written again once 80% of its life has passed."""
+    from node.kubelet.satoken import TokenManager
+
+    now = [1000.0]
+    asked = []
+
+    def request(ns, account, pod, uid, audience, seconds):
+        asked.append((ns, account, pod, uid, audience, seconds))
+        return f"token-{len(asked)}", now[0] + seconds
+
+    store = Store(_cm("kube-root-ca.crt", {"ca.crt": "PEM"}), _secret("creds", {"pw": b"s3"}))
+    vols = Volumes(kubelet_root, store, tokens=TokenManager(request, clock=lambda: now[0]))
+    proj = core_pb2.ProjectedVolumeSource(default_mode=0o640, sources=[
+        core_pb2.VolumeProjection(service_account_token=core_pb2.ServiceAccountTokenProjection(
+            path="token", expiration_seconds=3607)),
+        core_pb2.VolumeProjection(config_map=core_pb2.ConfigMapProjection(
+            name="kube-root-ca.crt", items=[core_pb2.KeyToPath(key="ca.crt", path="ca.crt")])),
+        core_pb2.VolumeProjection(secret=core_pb2.SecretProjection(name="creds")),
+        core_pb2.VolumeProjection(downward_api=core_pb2.DownwardAPIProjection(items=[
+            core_pb2.DownwardAPIVolumeFile(path="namespace", field_ref=core_pb2.ObjectFieldSelector(
+                field_path="metadata.namespace"))]))])
+    pod = _pod(core_pb2.Volume(name="kube-api-access-abcde", projected=proj),
+               core_pb2.Volume(name="info", downward_api=core_pb2.DownwardAPIVolumeSource(items=[
+                   core_pb2.DownwardAPIVolumeFile(path="labels", field_ref=core_pb2.ObjectFieldSelector(
+                       field_path="metadata.labels")),
+                   core_pb2.DownwardAPIVolumeFile(path="app", field_ref=core_pb2.ObjectFieldSelector(
+                       field_path="metadata.labels['app']"))])),
+               containers=[core_pb2.Container(name="c", volume_mounts=[
+                   core_pb2.VolumeMount(name="kube-api-access-abcde", mount_path="/sa"),
+                   core_pb2.VolumeMount(name="info", mount_path="/info")])])
+    pod.metadata.labels.update({"app": "web", "tier": "a b"})
+    vols.setup(pod)
+    pdir = os.path.join(kubelet_root, "pods", UID, "volumes", "kubernetes.io~projected", "kube-api-access-abcde")
+    assert _mountinfo_types(pdir) == ["tmpfs"]
+    assert sorted(os.listdir(pdir)) == sorted(["..data", os.readlink(f"{pdir}/..data"),
+                                               "ca.crt", "namespace", "pw", "token"])
+    files = {n: open(f"{pdir}/{n}").read() for n in ("token", "ca.crt", "namespace", "pw")}
+    assert files == {"token": "token-1", "ca.crt": "PEM", "namespace": "default", "pw": "s3"}
+    assert _mode(f"{pdir}/{os.readlink(pdir + '/..data')}/token") == 0o640
+    assert asked == [("default", "default", "web", UID, "", 3607)]
+    ddir = os.path.join(kubelet_root, "pods", UID, "volumes", "kubernetes.io~downward-api", "info")
+    assert open(f"{ddir}/labels").read() == 'app="web"\ntier="a b"'
+    assert open(f"{ddir}/app").read() == "web"
+    assert [m.readonly for m in vols.mounts_for(pod, pod.spec.containers[0])] == [True, True]
+
+    now[0] += 0.5 * 3607
+    assert vols.update(pod) == []   # the token is still young: nothing asked, nothing written
+    now[0] += 0.31 * 3607
+    assert vols.update(pod) == ["kube-api-access-abcde"]
+    assert open(f"{pdir}/token").read() == "token-2" and len(asked) == 2
+
+    # without a token manager, or when the apiserver refuses, the volume waits with a reason
+    with pytest.raises(VolumeError, match="cannot request ServiceAccount tokens"):
+        Volumes(kubelet_root, store).setup(_pod(core_pb2.Volume(name="t", projected=proj), uid="other-pod"))
+
+    def refuse(*args):
+        raise RuntimeError('serviceaccounts "default" not found')
+
+    with pytest.raises(VolumeError, match='failed to fetch token: serviceaccounts "default" not found'):
+        Volumes(kubelet_root, store, tokens=TokenManager(refuse)).setup(
+            _pod(core_pb2.Volume(name="t", projected=proj), uid="third-pod"))

@@ -81,16 +81,18 @@ def user_of_cert(peercert: dict) -> User | None:
 
 class Authenticator:
     """``service_accounts``: (namespace, name) -> the ServiceAccount or None
-    (the apiserver's watch cache), to refuse tokens of deleted accounts."""
+    (the apiserver's watch cache), to refuse tokens of deleted accounts; ``pods``
+    the same for pods, to refuse tokens bound to a pod that is gone."""
 
     def __init__(self, *, token_users: dict[str, User] | None = None, sa_public_keys: list | None = None,
                  issuers: list[str] | None = None, audiences: list[str] | None = None,
-                 service_accounts=None, anonymous: bool = True) -> None:
+                 service_accounts=None, pods=None, anonymous: bool = True) -> None:
         self.token_users = token_users or {}
         self.sa_public_keys = sa_public_keys or []
         self.issuers = issuers or []
         self.audiences = audiences or self.issuers
         self.service_accounts = service_accounts
+        self.pods = pods  # (namespace, name) -> the Pod or None: a pod-bound token dies with its pod
         self.anonymous = anonymous
 
     def authenticate(self, peercert: dict | None, authorization: str) -> User:
@@ -124,5 +126,11 @@ class Authenticator:
                 log.info("bearer token refused: ServiceAccount %s/%s (uid %s) no longer exists",
                          claims.namespace, claims.name, claims.uid)
                 raise errors.unauthorized()
+            if claims.pod_name and self.pods is not None:
+                pod = self.pods(claims.namespace, claims.pod_name)
+                if pod is None or pod.metadata.uid != claims.pod_uid:
+                    log.info("bearer token refused: pod %s/%s (uid %s) it was bound to no longer exists",
+                             claims.namespace, claims.pod_name, claims.pod_uid)
+                    raise errors.unauthorized()
             return service_account_user(claims.namespace, claims.name, claims.uid)
         raise errors.unauthorized()

@@ -103,10 +103,10 @@ def build_gate(args, caches) -> Gate:
         signer = tokens.Signer(key, issuers[0])
         if not args.service_account_key_file:
             public_keys.append(key.public_key())
-    accounts = caches["serviceaccounts"]
+    accounts, pods = caches["serviceaccounts"], caches["pods"]
     authn = Authenticator(token_users=token_users, sa_public_keys=public_keys, issuers=issuers,
                           audiences=audiences, service_accounts=lambda ns, name: accounts.get(ns, name),
-                          anonymous=args.anonymous_auth)
+                          pods=lambda ns, name: pods.get(ns, name), anonymous=args.anonymous_auth)
     make = {"AlwaysAllow": lambda: AlwaysAllow(), "Node": lambda: NodeAuthorizer(caches),
             "RBAC": lambda: RBACAuthorizer(caches)}
     authorizers = [make[m]() for m in args.authorization_modes]

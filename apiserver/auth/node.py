@@ -36,6 +36,11 @@ def references(pod) -> set[tuple[str, str]]:
             out.add(("configmaps", v.config_map.name))
         if v.HasField("persistent_volume_claim") and v.persistent_volume_claim.claim_name:
             out.add(("persistentvolumeclaims", v.persistent_volume_claim.claim_name))
+        for projection in (v.projected.sources if v.HasField("projected") else ()):
+            if projection.HasField("secret") and projection.secret.name:
+                out.add(("secrets", projection.secret.name))
+            if projection.HasField("config_map") and projection.config_map.name:
+                out.add(("configmaps", projection.config_map.name))
     for c in (*spec.init_containers, *spec.containers):
         for env in c.env:
             src = env.value_from

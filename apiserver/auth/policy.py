@@ -135,7 +135,7 @@ def _cluster_roles() -> list[rbac_pb2.ClusterRole]:
         _role("system:kube-controller-manager", [
             rule(READ, ["*"], ["*"]),
             rule(["delete", "patch", "update"], ["*"], ["*"]),
-            rule(ALL, [""], ["pods", "pods/status", "endpoints", "events", "serviceaccounts", "nodes",
+            rule(ALL, [""], ["pods", "pods/status", "endpoints", "events", "serviceaccounts", "configmaps", "nodes",
                              "nodes/status", "namespaces", "namespaces/status", "namespaces/finalize"]),
             rule(ALL, ["apps"], ["replicasets", "replicasets/status", "deployments", "deployments/status"]),
             rule(ALL, ["discovery.k8s.io"], ["endpointslices"]),

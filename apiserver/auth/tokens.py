@@ -109,6 +109,9 @@ class Claims:
     uid: str
     audiences: list[str]
     expiry: int
+    # a token the kubelet asked for a pod (TokenRequest's boundObjectRef): that pod's name and uid
+    pod_name: str = ""
+    pod_uid: str = ""
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -157,4 +160,5 @@ def verify(token: str, public_keys: list, issuers: list[str], audiences: list[st
     ns, name = k8s.get("namespace", ""), sa.get("name", "")
     if not ns or not name or sub != f"system:serviceaccount:{ns}:{name}":
         raise Invalid("not a ServiceAccount token")
-    return Claims(ns, name, sa.get("uid", ""), aud, int(exp))
+    pod = k8s.get("pod") if isinstance(k8s.get("pod"), dict) else {}
+    return Claims(ns, name, sa.get("uid", ""), aud, int(exp), pod.get("name", ""), pod.get("uid", ""))

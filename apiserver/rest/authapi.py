@@ -16,6 +16,7 @@ from apiserver.rest.http1 import Request, Response, json_response
 SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 SSRR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews"
 SERVICE_ACCOUNTS = resources.BY_NAME["serviceaccounts"]
+PODS = resources.BY_NAME["pods"]
 
 
 # the protobuf messages kubectl's typed clients send here (k8s.io/api authorization/v1 and
@@ -143,8 +144,17 @@ async def token_request(gate, registry, req: Request, namespace: str, name: str)
             "spec.expirationSeconds", "FieldValueInvalid",
             f"Invalid value: {expiration}: may not specify a duration less than 10 minutes")])
     expiration = min(expiration, 48 * 3600)
+    bound = None
+    ref = spec.get("boundObjectRef") or {}
+    if ref.get("kind") == "Pod":  # the kubelet's: the token names the pod it was made for
+        pod = await registry.get(PODS, namespace, ref.get("name", ""))
+        if ref.get("uid") and ref["uid"] != pod.metadata.uid:
+            raise errors.ApiError("Conflict", f'the UID in the bound object reference ({ref["uid"]}) does not '
+                                  f'match the UID in record. The object might have been deleted and then '
+                                  f'recreated')
+        bound = {"pod": {"name": pod.metadata.name, "uid": pod.metadata.uid}}
     token, exp = gate.signer.service_account_token(namespace, name, sa.metadata.uid, audiences=audiences,
-                                                   expiration_seconds=expiration)
+                                                   expiration_seconds=expiration, bound=bound)
     stamp = datetime.datetime.fromtimestamp(exp, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return json_response({
         "kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",

@@ -64,6 +64,7 @@ from node.kubelet.actions import PodActions
 from node.kubelet.podsync import PodSyncer, SyncResult
 from node.kubelet.probes import READINESS, SUCCESS, Prober, ProbeManager, ProbeResults, default_connect
 from node.kubelet.runtime_status import CONTAINER_RUNNING, SANDBOX_READY
+from node.kubelet.satoken import token_manager
 from node.kubelet.server import KubeletServer
 from node.kubelet.status import (DEADLINE_EXCEEDED, ReasonCache, active_deadline_exceeded,
                                  generate_pod_status, status_differs)
@@ -113,7 +114,7 @@ class RealKubelet:
         self.backoff = Backoff(*backoff)
         self.probe_results = ProbeResults(on_change=self._probe_changed)
         puller = ImagePuller(self._image_ref, self._pull, Backoff())
-        self.volumes = Volumes(root, self._get)
+        self.volumes = Volumes(root, self._get, tokens=token_manager(client))
         self.syncer = PodSyncer(runtime, puller, log_root=os.path.join(root, "logs"), backoff=self.backoff,
                                 reasons=self.reasons, probe_results=self.probe_results,
                                 get=self._get, memory_capacity=bytes_of(memory), host_ip=node_ip,

@@ -1,8 +1,9 @@
 """A pod's volumes on the node, laid out as Kubernetes' kubelet lays them out.
 
 ``<root>/pods/<pod uid>/volumes/<plugin>/<volume name>``, with the plugins
-``kubernetes.io~empty-dir``, ``kubernetes.io~configmap`` and
-``kubernetes.io~secret``; subPath binds under ``<root>/pods/<uid>/volume-subpaths``.
+``kubernetes.io~empty-dir``, ``kubernetes.io~configmap``, ``kubernetes.io~secret``,
+``kubernetes.io~projected`` and ``kubernetes.io~downward-api``; subPath binds under
+``<root>/pods/<uid>/volume-subpaths``.
 
 - emptyDir: a directory (0777); ``medium: Memory`` mounts a tmpfs there, of
   ``sizeLimit`` bytes when given.
@@ -11,6 +12,10 @@
   missing object or key is an error unless the source is ``optional``. A secret
   volume is a tmpfs of its own and nothing is written before that tmpfs is
   mounted, so a Secret's bytes never reach the node's disk.
+- projected: secret, configMap, downwardAPI and serviceAccountToken sources in one tmpfs
+  directory (atomic writer); the token from TokenRequest for the pod's ServiceAccount, bound
+  to the pod, requested again once 80% of its life has passed (node/kubelet/satoken.py).
+- downwardAPI: the pod's name, namespace, uid, labels and annotations as files.
 - hostPath: the host's path itself, after upstream's type checks
   (DirectoryOrCreate, Directory, FileOrCreate, File, Socket, CharDevice, BlockDevice).
 - persistentVolumeClaim: the claim must be Bound to a PersistentVolume whose
@@ -28,6 +33,7 @@ where it stopped. Mounts use mount(2) directly (node/mounts.py): root is needed.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import re
@@ -49,7 +55,12 @@ log = logging.getLogger(__name__)
 EMPTY_DIR = "kubernetes.io~empty-dir"
 CONFIG_MAP = "kubernetes.io~configmap"
 SECRET = "kubernetes.io~secret"
-PLUGINS = {"empty_dir": EMPTY_DIR, "config_map": CONFIG_MAP, "secret": SECRET}
+PROJECTED = "kubernetes.io~projected"
+DOWNWARD_API = "kubernetes.io~downward-api"
+PLUGINS = {"empty_dir": EMPTY_DIR, "config_map": CONFIG_MAP, "secret": SECRET, "projected": PROJECTED,
+           "downward_api": DOWNWARD_API}
+# the volumes whose content follows objects (or time, for tokens): re-projected at each sync
+PROJECTED_SOURCES = ("config_map", "secret", "projected", "downward_api")
 DEFAULT_MODE = 0o644
 EMPTY_DIR_MODE = 0o777
 FAILED_MOUNT = "FailedMount"
@@ -102,7 +113,8 @@ def _safe_name(kind: str, name: str) -> str:
 
 
 def volume_source(volume: core_pb2.Volume) -> str | None:
-    for source in ("empty_dir", "config_map", "secret", "host_path", "persistent_volume_claim"):
+    for source in ("empty_dir", "config_map", "secret", "host_path", "persistent_volume_claim", "projected",
+                   "downward_api"):
         if _has(volume, source):
             return source
     return None
@@ -147,6 +159,32 @@ def secret_payload(source: core_pb2.SecretVolumeSource, secret: core_pb2.Secret)
             raise PayloadError(f"references non-existent secret key: {item.key}")
         payload[item.path or item.key] = FileProjection(data[item.key], item.mode if _has(item, "mode") else default)
     return payload
+
+
+def _quoted_map(values) -> bytes:
+    """labels or annotations as the downward API writes them: key="value" lines, sorted."""
+    return "\n".join(f"{k}={json.dumps(v)}" for k, v in sorted(values.items())).encode()
+
+
+def field_value(pod: core_pb2.Pod, field_path: str) -> bytes:
+    """A downwardAPI volume file's content (upstream's ExtractFieldPathAsString)."""
+    meta = pod.metadata
+    simple = {"metadata.name": meta.name, "metadata.namespace": meta.namespace, "metadata.uid": meta.uid}
+    if field_path in simple:
+        return simple[field_path].encode()
+    if field_path == "metadata.labels":
+        return _quoted_map(meta.labels)
+    if field_path == "metadata.annotations":
+        return _quoted_map(meta.annotations)
+    for prefix, values in (("metadata.labels", meta.labels), ("metadata.annotations", meta.annotations)):
+        if field_path.startswith(prefix + "['") and field_path.endswith("']"):
+            return values.get(field_path[len(prefix) + 2:-2], "").encode()
+    raise PayloadError(f"unsupported fieldPath: {field_path}")
+
+
+def downward_payload(pod: core_pb2.Pod, items, default: int) -> dict[str, FileProjection]:
+    return {item.path: FileProjection(field_value(pod, item.field_ref.field_path),
+                                      item.mode if _has(item, "mode") else default) for item in items}
 
 
 # ---- hostPath (upstream's checkType) ----
@@ -244,9 +282,12 @@ def claim_volume_path(get: Getter, namespace: str, claim_name: str) -> str:
 class Volumes:
     """The volumes of the pods on one node, under the kubelet's ``root``."""
 
-    def __init__(self, root: str, get: Getter, *, retired_grace: float = RETIRED_GRACE):
+    def __init__(self, root: str, get: Getter, *, retired_grace: float = RETIRED_GRACE, tokens=None):
+        """``tokens``: a node.kubelet.satoken.TokenManager for projected serviceAccountToken
+        sources (None: such a volume fails to mount, saying so)."""
         self.root = os.path.abspath(root)
         self.get = get
+        self.tokens = tokens
         self.retired_grace = retired_grace   # see atomic_writer: how long a replaced version stays
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -296,7 +337,7 @@ class Volumes:
     def update(self, pod: core_pb2.Pod) -> list[str]:
         """Re-project the configMap and secret volumes from the objects as they are
         now; returns the names of the volumes whose content changed."""
-        return self._each(pod, lambda source: source in ("config_map", "secret"))
+        return self._each(pod, lambda source: source in PROJECTED_SOURCES)
 
     def _each(self, pod: core_pb2.Pod, wanted: Callable[[str | None], bool]) -> list[str]:
         errors: list[VolumeError] = []
@@ -357,9 +398,62 @@ class Volumes:
             if mounts.fs_type(target) != "tmpfs":   # never let a Secret's bytes reach a disk
                 raise VolumeError(volume.name, f"secret volume {target} is not on tmpfs; refusing to write it")
             return self._write(volume.name, target, payload)
+        if source == "downward_api":
+            src = volume.downward_api
+            payload = downward_payload(pod, src.items, _modes(src))
+            target = self.volume_dir(uid, DOWNWARD_API, volume.name)
+            self._empty_dir(target, memory=False, size=None)
+            return self._write(volume.name, target, payload)
+        if source == "projected":
+            payload = self._projected_payload(pod, volume)
+            target = self.volume_dir(uid, PROJECTED, volume.name)
+            self._empty_dir(target, memory=True, size=None)
+            if mounts.fs_type(target) != "tmpfs":   # tokens and Secrets never reach a disk
+                raise VolumeError(volume.name, f"projected volume {target} is not on tmpfs; refusing to write it")
+            return self._write(volume.name, target, payload)
         raise VolumeError(volume.name, f"volume {volume.name!r}: its source ({source or 'none'}) "
                                        "is not supported by this kubelet (emptyDir, configMap, secret, hostPath, "
-                                       "persistentVolumeClaim are)")
+                                       "persistentVolumeClaim, projected, downwardAPI are)")
+
+    def _projected_payload(self, pod: core_pb2.Pod, volume: core_pb2.Volume) -> dict[str, FileProjection]:
+        """upstream's projected collectData: each source's files, one directory."""
+        default = _modes(volume.projected)
+        namespace = pod.metadata.namespace
+        payload: dict[str, FileProjection] = {}
+        for projection in volume.projected.sources:
+            try:
+                if _has(projection, "secret"):
+                    src = projection.secret
+                    obj = self._fetch(volume.name, "Secret", namespace, src.name, _optional(src))
+                    if obj is not None:
+                        payload.update(secret_payload(core_pb2.SecretVolumeSource(
+                            secret_name=src.name, items=src.items, default_mode=default,
+                            optional=_optional(src)), obj))
+                elif _has(projection, "config_map"):
+                    src = projection.config_map
+                    obj = self._fetch(volume.name, "ConfigMap", namespace, src.name, _optional(src))
+                    if obj is not None:
+                        payload.update(config_map_payload(core_pb2.ConfigMapVolumeSource(
+                            name=src.name, items=src.items, default_mode=default, optional=_optional(src)), obj))
+                elif _has(projection, "downward_api"):
+                    payload.update(downward_payload(pod, projection.downward_api.items, default))
+                elif _has(projection, "service_account_token"):
+                    payload[projection.service_account_token.path] = FileProjection(
+                        self._token(pod, projection.service_account_token).encode(), default)
+            except PayloadError as exc:
+                raise VolumeError(volume.name, str(exc)) from exc
+        return payload
+
+    def _token(self, pod: core_pb2.Pod, source) -> str:
+        account = pod.spec.service_account_name or "default"
+        if self.tokens is None:
+            raise PayloadError("this kubelet cannot request ServiceAccount tokens (no token manager)")
+        expiration = source.expiration_seconds if _has(source, "expiration_seconds") else 3600
+        try:
+            return self.tokens.token(pod.metadata.namespace, account, pod.metadata.name, pod.metadata.uid,
+                                     source.audience, expiration)
+        except Exception as exc:   # the apiserver's refusal or absence: a later sync tries again
+            raise PayloadError(f"failed to fetch token: {exc}") from exc
 
     def _fetch(self, volume: str, kind: str, namespace: str, name: str, optional: bool):
         try:
@@ -397,7 +491,7 @@ class Volumes:
             if host is None:
                 raise ContainerConfigError(f'cannot find volume "{vm.name}" to mount into container "{container.name}"')
             source = volume_source(volume)
-            readonly = (vm.read_only or source in ("config_map", "secret")
+            readonly = (vm.read_only or source in PROJECTED_SOURCES
                         or (source == "persistent_volume_claim" and volume.persistent_volume_claim.read_only))
             mode = getattr(vm, "mount_propagation", "") or ""
             if mode not in _PROPAGATION:
@@ -438,6 +532,8 @@ class Volumes:
         pod_dir = self.pod_dir(pod_uid)
         with self._lock(pod_uid):
             _remove_pod_dir(pod_dir)
+        if self.tokens is not None:
+            self.tokens.forget(pod_uid)
         with self._locks_guard:
             self._locks.pop(pod_uid, None)
             for key in [k for k in self._claimed if k[0] == pod_uid]:

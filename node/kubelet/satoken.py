@@ -1,0 +1,120 @@
+"""The kubelet's ServiceAccount tokens for projected volumes (upstream's token manager):
+a token per (pod, account, audience, lifetime) from the apiserver's TokenRequest, bound to
+the pod, kept until 80% of its life has passed and then requested again, so a pod's token
+file is always fresh while the account lives (and stops working when it is deleted).
+
+The request is TokenRequest over REST (``POST .../serviceaccounts/NAME/token``) on the
+apiserver's one port, with the kubelet's own kubeconfig credentials (its client certificate:
+the Node authorizer and system:node let a kubelet ask for its pods' tokens)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+# (namespace, account, pod name, pod uid, audience ("" = the apiserver's), seconds) -> (token, expiry)
+Requester = Callable[[str, str, str, str, str, int], "tuple[str, float]"]
+
+# upstream's: a token is renewed once 80% of its life has passed, or when older than a day
+REFRESH_FRACTION = 0.8
+MAX_AGE = 24 * 3600
+
+
+class TokenManager:
+    def __init__(self, request: Requester, clock: Callable[[], float] = time.time) -> None:
+        self.request = request
+        self.clock = clock
+        self._tokens: dict[tuple, tuple[str, float, float]] = {}  # key -> (token, issued, expiry)
+        self._lock = threading.Lock()
+
+    def token(self, namespace: str, account: str, pod_name: str, pod_uid: str, audience: str,
+              expiration: int) -> str:
+        key = (namespace, account, pod_name, pod_uid, audience, expiration)
+        now = self.clock()
+        with self._lock:
+            cached = self._tokens.get(key)
+        if cached is not None and not self.needs_refresh(*cached[1:], now):
+            return cached[0]
+        token, expiry = self.request(namespace, account, pod_name, pod_uid, audience, expiration)
+        with self._lock:
+            self._tokens[key] = (token, now, expiry)
+        return token
+
+    def needs_refresh(self, issued: float, expiry: float, now: float) -> bool:
+        return now >= issued + REFRESH_FRACTION * (expiry - issued) or now - issued > MAX_AGE
+
+    def forget(self, pod_uid: str) -> None:
+        with self._lock:
+            for key in [k for k in self._tokens if k[3] == pod_uid]:
+                del self._tokens[key]
+
+
+def _ssl_context(creds) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cadata=creds.ca.decode() if creds.ca else None)
+    ctx.check_hostname = False  # the apiserver is dialled by address, as the gRPC client does
+    if creds.cert:
+        # ssl loads a key pair from files only: a private 0700 directory, gone right after
+        with tempfile.TemporaryDirectory(prefix="kubelet-tls-") as d:
+            cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+            for path, data in ((cert, creds.cert), (key, creds.key)):
+                with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+                    f.write(data)
+            ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def rest_requester(address: str, creds, timeout: float = 10.0) -> Requester:
+    """TokenRequest against the apiserver at ``address`` (host:port) with ``creds``
+    (apiserver.rest.kubeconfig.Credentials, None for a plain-HTTP apiserver)."""
+    host, _, port = address.rpartition(":")
+    ctx = _ssl_context(creds) if creds is not None and creds.tls else None
+
+    def request(namespace: str, account: str, pod_name: str, pod_uid: str, audience: str,
+                expiration: int) -> tuple[str, float]:
+        spec = {"expirationSeconds": expiration,
+                "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod_name, "uid": pod_uid}}
+        if audience:
+            spec["audiences"] = [audience]
+        body = json.dumps({"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1", "spec": spec})
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if creds is not None and creds.token:
+            headers["Authorization"] = f"Bearer {creds.token}"
+        conn = (http.client.HTTPSConnection(host, int(port), context=ctx, timeout=timeout) if ctx is not None
+                else http.client.HTTPConnection(host, int(port), timeout=timeout))
+        try:
+            conn.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token", body, headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        try:
+            answer = json.loads(data or b"{}")
+        except ValueError:
+            answer = {}
+        if resp.status != 201:
+            message = answer.get("message") or data[:200].decode(errors="replace")
+            raise RuntimeError(f'failed to fetch token: serviceaccounts "{account}" token: {message}')
+        status = answer.get("status") or {}
+        stamp = status.get("expirationTimestamp", "")
+        try:
+            expiry = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z").timestamp()
+        except ValueError:
+            expiry = time.time() + expiration
+        return status["token"], expiry
+
+    return request
+
+
+def token_manager(client) -> TokenManager:
+    """The kubelet's: TokenRequest on the apiserver its ``client`` (apiserver.client.Client) dials,
+    with the credentials of $KUBECONFIG when it names that apiserver."""
+    from apiserver.client import credentials_for
+
+    return TokenManager(rest_requester(client.server, credentials_for(client.server)))
