@@ -5,14 +5,15 @@ Reflector and DeltaFIFO do) and one over the apiserver's gRPC watch (apiserver.c
 creates, updates and deletes ConfigMaps at a steady rate; every so often, in turn, the
 apiserver is restarted with etcd compacted while it is down, or both informers are cut off
 while the writer goes on past what the apiserver's watch cache keeps: either way both
-watches come back too old (410 Expired) and must relist. At the end both caches must equal the apiserver's list, and every
-write must have been seen: as a watch event with its resourceVersion, or inside a relist's
-window (the writes between the last resourceVersion the watch saw and the relist's).
+watches come back too old (410 Expired) and must relist. At the end both caches must equal
+the apiserver's list, and every write must have been seen: as a watch event with its
+resourceVersion, or inside a relist's window (the writes between the last resourceVersion the
+watch saw and the relist's).
 
     python -m benchmarks.rest_soak --minutes 10 [--rate 20] [--force-every 60] [--watch-cache-size 100]
                                    [--out benchmarks/rest_soak_results.md]
 
-tests/test_rest_soak.py runs the same for ~15 s with one forced relist.
+tests/test_rest_soak.py runs the same for ~14 s with one forced relist of each kind.
 """
 
 from __future__ import annotations
@@ -413,7 +414,8 @@ def soak(api, etcd_endpoint: str, seconds: float, *, rate: float = 20, objects: 
     client.close() if hasattr(client, "close") else None
     kinds = {t: sum(1 for w in churn.writes if w[1] == t) for t in ("ADDED", "MODIFIED", "DELETED")}
     return {"seconds": took, "writes": len(churn.writes), "kinds": kinds, "failed_writes": churn.failed,
-            "restarts": len(held), "held": held, "partitions": partitions, "away": away, "final_objects": len(final), "informers": results}
+            "restarts": len(held), "held": held, "partitions": partitions, "away": away,
+            "final_objects": len(final), "informers": results}
 
 
 def ok(result: dict) -> list[str]:
@@ -436,7 +438,8 @@ def report(result: dict, minutes: float, rate: float) -> str:
     problems = ok(result)
     lines = [
         "# REST informer (client-go semantics) and gRPC watch under churn", "",
-        f"- command: `python -m benchmarks.rest_soak --minutes {minutes:g} --rate {rate:g}` (apiserver `--watch-cache-size {result['watch_cache_size']}`)",
+        f"- command: `python -m benchmarks.rest_soak --minutes {minutes:g} --rate {rate:g}` "
+        f"(apiserver `--watch-cache-size {result['watch_cache_size']}`)",
         f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC; churn {result['seconds']:.0f} s",
         f"- machine: {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python "
         f"{platform.python_version()}; load average at the end (1/5/15 min): {load}",
@@ -454,7 +457,8 @@ def report(result: dict, minutes: float, rate: float) -> str:
         f"{', '.join(f'{h:.1f}' for h in result['held'])} s) and {result['partitions']} partitions (both "
         f"informers away {result['away']:g} s while the writer went on, past the watch cache's "
         f"{result['watch_cache_size']} events)",
-        f"- verdict: {'both caches equal the final list and every write was seen' if not problems else '; '.join(problems)}",
+        "- verdict: " + ("; ".join(problems) if problems
+                         else "both caches equal the final list and every write was seen"),
         "",
         "| informer | events | bookmarks | lists | reconnects | synthetic (add/mod/del) | missed | "
         "out of order | stale at end | event lag p50 / p99 ms |",

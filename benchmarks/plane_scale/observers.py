@@ -108,7 +108,8 @@ def probe_main(server: str, phase, calls, stop, conn) -> None:
         timed(rest_samples, "get", functools.partial(rest.call, "GET", f"{base}/{name}"))
         timed(rest_samples, "update", functools.partial(rest.call, "PUT", f"{base}/{name}",
                                                         {**body, "data": {"n": f"{i}-updated"}}))
-        timed(rest_samples, "list", functools.partial(rest.call, "GET", f"/api/v1/namespaces/{NAMESPACE}/pods?limit=100"))
+        timed(rest_samples, "list", functools.partial(rest.call, "GET",
+                                                      f"/api/v1/namespaces/{NAMESPACE}/pods?limit=100"))
         timed(rest_samples, "delete", functools.partial(rest.call, "DELETE", f"{base}/{name}"))
     client.close()
     rest.close()
