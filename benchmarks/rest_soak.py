@@ -24,7 +24,9 @@ import json
 import os
 import platform
 import random
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -360,11 +362,11 @@ def verify(inf: Informer, writes, final: dict[str, int]) -> dict:
 
 
 def soak(api, etcd_endpoint: str, seconds: float, *, rate: float = 20, objects: int = 40,
-         forced: tuple[tuple[float, str], ...] = (), away: float = 10, settle: float = 30) -> dict:
+         forced: tuple[tuple[float, str], ...] = (), away: int = 200, settle: float = 30) -> dict:
     """Run both informers for ``seconds`` of churn, forcing relists at the given
     (seconds from the start, kind): "restart" (the apiserver restarted, etcd compacted
-    while it was down) or "partition" (both informers away for ``away`` seconds while
-    the writer goes on: the apiserver's watch cache must keep fewer writes than that).
+    while it was down) or "partition" (both informers away while the writer makes
+    ``away`` writes: the apiserver's watch cache must keep fewer).
     Returns the figures and the verdicts (see verify)."""
     client = Client(api.endpoint, timeout=30)
     ns = core_pb2.Namespace()
@@ -393,8 +395,13 @@ def soak(api, etcd_endpoint: str, seconds: float, *, rate: float = 20, objects: 
             held.append(force_relist(api, etcd_endpoint, churn))
         else:
             partitions += 1
+            n0, until = len(churn.writes), time.monotonic() + 120
             for i in (rest, grpc_inf):
-                i.partition(away)
+                i.partition(3600)
+            while len(churn.writes) < n0 + away and time.monotonic() < until:
+                time.sleep(0.05)
+            for i in (rest, grpc_inf):
+                i.away_until = 0.0
     while time.monotonic() - start < seconds:
         time.sleep(0.1)
     churn.done.set()
@@ -455,7 +462,7 @@ def report(result: dict, minutes: float, rate: float) -> str:
         f"{result['final_objects']}",
         f"- forced relists: {result['restarts']} apiserver restarts with etcd compacted (writer held "
         f"{', '.join(f'{h:.1f}' for h in result['held'])} s) and {result['partitions']} partitions (both "
-        f"informers away {result['away']:g} s while the writer went on, past the watch cache's "
+        f"informers away while the writer made {result['away']} writes, past the watch cache's "
         f"{result['watch_cache_size']} events)",
         "- verdict: " + ("; ".join(problems) if problems
                          else "both caches equal the final list and every write was seen"),
@@ -489,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = args.minutes * 60
     times = [t for t in (args.force_every * k for k in range(1, 1000)) if t < seconds - 20]
     forced = tuple((t, ("restart", "partition")[k % 2]) for k, t in enumerate(times))
-    away = max(3.0, 2 * args.watch_cache_size / args.rate)
+    away = 2 * args.watch_cache_size
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop etcdlite and the apiserver too
     reg = Registry()
     with tempfile.TemporaryDirectory(prefix="rest-soak-") as tmp:
         try:

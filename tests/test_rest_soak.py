@@ -21,9 +21,9 @@ RATE = 20
 def test_informers_miss_nothing_across_forced_relists(tmp_path_factory):
     with apiserver_on_etcdlite(tmp_path_factory, "soak", watch_cache_size=CACHE, log_level="warning") as api:
         etcd = api.etcd_servers.split("://", 1)[-1]
-        # partitioned 3 s at 20 writes/s: 60 writes, twice what the cache keeps
+        # partitioned while the writer makes twice as many writes as the cache keeps
         result = soak(api, etcd, 14, rate=RATE, forced=((4, "restart"), (8, "partition")),
-                      away=3, settle=15)
+                      away=2 * CACHE, settle=15)
     assert result["writes"] > 150, result
     assert result["restarts"] == 1 and result["partitions"] == 1
     assert ok(result) == []
