@@ -45,6 +45,11 @@ def test_the_benchmark_runs_end_to_end_and_writes_its_results(tmp_path):
         assert sum(s["n"] for s in ops.values()) >= 1, phase
         for op, s in ops.items():
             assert s["n"] == 0 or 0 < s["p50_ms"] <= s["p99_ms"] <= s["max_ms"], (phase, op, s)
+    # and its rounds over the REST API beside the gRPC ones
+    for phase, ops in result["rest_latency"].items():
+        assert sum(s["n"] for s in ops.values()) >= 1, phase
+        for op, s in ops.items():
+            assert s["n"] == 0 or 0 < s["p50_ms"] <= s["p99_ms"] <= s["max_ms"], (phase, op, s)
     # each pod is created, bound and set Running (3 writes), then marked and deleted (2)
     writes = result["usage"]
     assert 3 * REPLICAS <= writes["rollout"]["etcd_writes_by_resource"]["pods"] < 4 * REPLICAS
@@ -54,7 +59,7 @@ def test_the_benchmark_runs_end_to_end_and_writes_its_results(tmp_path):
 
     md = (tmp_path / "plane_results.md").read_text()
     assert f"a Deployment of {REPLICAS} replicas" in md
-    assert "scheduler throughput" in md and "| rollout |" in md
+    assert "scheduler throughput" in md and "| rollout |" in md and "| rollout | REST |" in md
 
 
 def test_the_real_nodes_part_alone_measures_startup_and_keeps_the_other_figures(tmp_path):

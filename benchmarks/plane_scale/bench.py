@@ -254,12 +254,15 @@ class Benchmark:
         self.probe = None
         latency = {phase: {op: latency_summary(probed["samples"].get(phase, {}).get(op, []))
                            for op in PROBE_OPS} for phase in PHASES}
+        rest_latency = {phase: {op: latency_summary(probed.get("rest_samples", {}).get(phase, {}).get(op, []))
+                                for op in PROBE_OPS} for phase in PHASES}
         usage_by_phase = {}
         for before, phase in zip(("start", *PHASES), PHASES):
             a, b = self.snaps[before], self.snaps[phase]
             usage_by_phase[phase] = {**usage(a, b), "etcd_writes_by_resource": writes_by_resource(
                 self.plane.procs["etcd"].endpoint, a.revision, b.revision)}
-        return {**self.figures, "latency": latency, "usage": usage_by_phase,
+        return {**self.figures, "latency": latency, "rest_latency": rest_latency,
+                "usage": usage_by_phase,
                 "probe_errors": {"count": probed.get("error_count", 0), "first": probed.get("errors", [])},
                 "watch_relists": self.tracker.relists,
                 "timeline": {"columns": ["s", "created", "bound", "running_ready", "terminating", "deleted"],

@@ -1,11 +1,14 @@
 """The benchmark's two observers of the plane: a probe client in its own
 process (so the watch here never inflates its latencies) timing
-Get/List/Create/Update/Delete calls phase by phase, and a pod watch noting
-when each pod was created, bound, Running and Ready, and deleted."""
+Get/List/Create/Update/Delete calls phase by phase, over the gRPC API and over
+Kubernetes' REST API in turns (the same port), and a pod watch noting when each
+pod was created, bound, Running and Ready, and deleted."""
 
 from __future__ import annotations
 
 import functools
+import http.client
+import json
 import multiprocessing
 import signal
 import threading
@@ -22,25 +25,65 @@ PROBE_OPS = ("get", "list", "create", "update", "delete")
 PROBE_PAUSE = 0.1  # seconds between two probe calls: ~8 calls/s, a light load
 
 
+class RestCallError(Exception):
+    pass
+
+
+class Rest:
+    """Kubernetes' REST API as kubectl and client-go call it: HTTP/1.1 keep-alive, JSON
+    bodies; a new connection after one breaks."""
+
+    def __init__(self, server: str) -> None:
+        self.host, port = server.rsplit(":", 1)
+        self.port = int(port)
+        self.conn = None
+
+    def call(self, method: str, path: str, body=None):
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
+        try:
+            self.conn.request(method, path, body=data, headers=headers)
+            resp = self.conn.getresponse()
+            payload = resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            self.conn.close()
+            self.conn = None
+            raise RestCallError(f"{type(e).__name__}: {e}") from None
+        if resp.status >= 300:
+            raise RestCallError(f"{resp.status} {json.loads(payload).get('message', '')}")
+        return json.loads(payload)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
 def probe_main(server: str, phase, calls, stop, conn) -> None:
     """Calls the apiserver in a loop, one call at a time (counting them in
-    ``calls``), and sends back {phase: {op: [seconds]}} and the errors when
-    ``stop`` is set."""
+    ``calls``), a round of gRPC calls then a round of REST calls, and sends back
+    {"samples": {phase: {op: [seconds]}} (gRPC), "rest_samples": the same over
+    REST} and the errors when ``stop`` is set."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     samples = {p: {op: [] for op in PROBE_OPS} for p in PHASES}
+    rest_samples = {p: {op: [] for op in PROBE_OPS} for p in PHASES}
     errors: list[str] = []
     client = Client(server, timeout=30)
+    rest = Rest(server)
     i = 0
 
-    def timed(op: str, call) -> None:
+    def timed(into: dict, op: str, call) -> None:
         current = PHASES[phase.value]
         t = time.perf_counter()
         try:
             call()
-        except ApiError as e:
-            errors.append(f"{op}: {e.reason} {e}")
+        except (ApiError, RestCallError) as e:
+            errors.append(f"{'REST ' if into is rest_samples else ''}{op}: {getattr(e, 'reason', '')} {e}")
         else:
-            samples[current][op].append(time.perf_counter() - t)
+            into[current][op].append(time.perf_counter() - t)
             calls.value += 1
         time.sleep(PROBE_PAUSE)
 
@@ -53,13 +96,24 @@ def probe_main(server: str, phase, calls, stop, conn) -> None:
         changed = core_pb2.ConfigMap()
         changed.CopyFrom(cm)
         changed.data["n"] = f"{i}-updated"
-        timed("create", functools.partial(client.create, cm))
-        timed("get", functools.partial(client.get, "configmaps", name, PROBE_NAMESPACE))
-        timed("update", functools.partial(client.update, changed))
-        timed("list", functools.partial(client.list, "pods", NAMESPACE, limit=100))
-        timed("delete", functools.partial(client.delete, "configmaps", name, PROBE_NAMESPACE))
+        timed(samples, "create", functools.partial(client.create, cm))
+        timed(samples, "get", functools.partial(client.get, "configmaps", name, PROBE_NAMESPACE))
+        timed(samples, "update", functools.partial(client.update, changed))
+        timed(samples, "list", functools.partial(client.list, "pods", NAMESPACE, limit=100))
+        timed(samples, "delete", functools.partial(client.delete, "configmaps", name, PROBE_NAMESPACE))
+        name = f"probe-rest-{i}"
+        base = f"/api/v1/namespaces/{PROBE_NAMESPACE}/configmaps"
+        body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"n": str(i)}}
+        timed(rest_samples, "create", functools.partial(rest.call, "POST", base, body))
+        timed(rest_samples, "get", functools.partial(rest.call, "GET", f"{base}/{name}"))
+        timed(rest_samples, "update", functools.partial(rest.call, "PUT", f"{base}/{name}",
+                                                        {**body, "data": {"n": f"{i}-updated"}}))
+        timed(rest_samples, "list", functools.partial(rest.call, "GET",
+                                                      f"/api/v1/namespaces/{NAMESPACE}/pods?limit=100"))
+        timed(rest_samples, "delete", functools.partial(rest.call, "DELETE", f"{base}/{name}"))
     client.close()
-    conn.send({"samples": samples, "errors": errors[:20], "error_count": len(errors)})
+    rest.close()
+    conn.send({"samples": samples, "rest_samples": rest_samples, "errors": errors[:20], "error_count": len(errors)})
     conn.close()
 
 

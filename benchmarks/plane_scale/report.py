@@ -169,13 +169,24 @@ def markdown_scale(result: dict) -> str:
          f"{other_cores:.2f} cores of {os.cpu_count()}"],
         ["probe errors / pod watch relists", f"{result['probe_errors']['count']} / {result['watch_relists']}"],
     ])
+    apis = [("gRPC", result["latency"])] + ([("REST", result["rest_latency"])] if result.get("rest_latency") else [])
     out += ["", (f"Apiserver call latency seen by a probe client (its own process, one call at a time, "
                  f"{PROBE_PAUSE * 1000:.0f} ms apart): create, get, update and delete a ConfigMap; list one "
-                 "page of 100 pods of the Deployment's namespace. p50 / p90 / p99 / max in ms (calls):"), ""]
+                 "page of 100 pods of the Deployment's namespace"
+                 + ("; a round over the gRPC API (apiserver.client), then a round over Kubernetes' REST API "
+                    "(HTTP/1.1 keep-alive, JSON, as kubectl and client-go call it), in turns on the same port"
+                    if len(apis) > 1 else "") + ". p50 / p90 / p99 / max in ms (calls):"), ""]
     quantiles = ("p50_ms", "p90_ms", "p99_ms", "max_ms")
-    out += table(["phase", *PROBE_OPS], [
-        [phase, *(" / ".join(fmt(s[q]) for q in quantiles) + f" ({s['n']})"
-                  for s in (result["latency"][phase][op] for op in PROBE_OPS))] for phase in PHASES])
+    out += table(["phase", *(["API"] if len(apis) > 1 else []), *PROBE_OPS], [
+        [phase, *([api] if len(apis) > 1 else []),
+         *(" / ".join(fmt(s[q]) for q in quantiles) + f" ({s['n']})"
+           for s in (lat[phase][op] for op in PROBE_OPS))] for phase in PHASES for api, lat in apis])
+    if len(apis) > 1:
+        out += ["", "The same side by side: p50 / p99 in ms, each cell gRPC · REST:", ""]
+        out += table(["phase", *PROBE_OPS], [
+            [phase, *(f"{fmt(g['p50_ms'])} / {fmt(g['p99_ms'])} · {fmt(r['p50_ms'])} / {fmt(r['p99_ms'])}"
+                      for g, r in ((result["latency"][phase][op], result["rest_latency"][phase][op])
+                                   for op in PROBE_OPS))] for phase in PHASES])
     names = list(use["rollout"]["cpu_s"])
     out += ["", ("CPU seconds of each process per phase (in parentheses: cores, CPU seconds / wall seconds); "
                  "other: the rest of the machine, colleagues' work included:"), ""]
