@@ -7,11 +7,10 @@ left alone."""
 from __future__ import annotations
 
 import logging
-import threading
 
 from apiserver.errors import ApiError
 from apiserver.pb import core_pb2
-from controllers.workqueue import RateLimitingQueue, start_workers
+from controllers.base import Controller
 
 log = logging.getLogger("controllers.rootca")
 
@@ -22,38 +21,25 @@ DESCRIPTION = ("Contains a CA bundle that can be used to verify the kube-apiserv
                "guaranteed across distributions of Kubernetes clusters.")
 
 
-class RootCAPublisher:
+class RootCAPublisher(Controller):
+    name = "root-ca-cert-publisher"
+
     def __init__(self, client, informers, ca: str, *, workers: int = 1) -> None:
         """``ca``: the PEM text to publish; ``informers``: a SharedInformerFactory."""
         self.client = client
         self.ca = ca
         self.namespaces = informers.informer("namespaces")
         self.config_maps = informers.informer("configmaps")
-        self._queue = RateLimitingQueue(name="root-ca-cert-publisher")
-        self._workers = workers
-        self._threads: list[threading.Thread] = []
+        super().__init__([self.namespaces, self.config_maps], workers)
         self.namespaces.add_handler(self._namespace, lambda old, new: self._namespace(new), None)
         self.config_maps.add_handler(None, lambda old, new: self._config_map(new), self._config_map)
 
-    def start(self, wait_for_sync: float = 60.0) -> RootCAPublisher:
-        for inf in (self.namespaces, self.config_maps):
-            inf.start()
-        for inf in (self.namespaces, self.config_maps):
-            inf.wait_for_sync(wait_for_sync)
-        self._threads += start_workers(self._queue, self.sync, self._workers, "root-ca-cert-publisher", log)
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._queue.shut_down()
-        for t in self._threads:
-            t.join(timeout)
-
     def _namespace(self, ns) -> None:
-        self._queue.add(ns.metadata.name)
+        self.queue.add(ns.metadata.name)
 
     def _config_map(self, cm) -> None:
         if cm.metadata.name == NAME:
-            self._queue.add(cm.metadata.namespace)
+            self.queue.add(cm.metadata.namespace)
 
     def sync(self, namespace: str) -> None:
         ns = self.namespaces.store.get(namespace)
@@ -79,7 +65,7 @@ class RootCAPublisher:
                 self.client.update(cm)
         except ApiError as e:
             if e.reason in ("AlreadyExists", "Conflict", "NotFound"):
-                self._queue.add_rate_limited(namespace)  # the informer had not seen the latest yet
+                self.queue.add_rate_limited(namespace)  # the informer had not seen the latest yet
                 return
             if e.reason == "Forbidden" and "being terminated" in e.message:
                 return

@@ -6,48 +6,34 @@ deleted are left alone."""
 from __future__ import annotations
 
 import logging
-import threading
 
 from apiserver.errors import ApiError
 from apiserver.pb import serviceaccount_pb2
-from controllers.workqueue import RateLimitingQueue, start_workers
+from controllers.base import Controller
 
 log = logging.getLogger("controllers.serviceaccounts")
 
 DEFAULT_NAME = "default"
 
 
-class ServiceAccountsController:
+class ServiceAccountsController(Controller):
+    name = "serviceaccounts"
+
     def __init__(self, client, informers, *, workers: int = 1) -> None:
         """``informers``: a SharedInformerFactory (namespaces, serviceaccounts)."""
         self.client = client
         self.namespaces = informers.informer("namespaces")
         self.accounts = informers.informer("serviceaccounts")
-        self._queue = RateLimitingQueue(name="serviceaccounts")
-        self._workers = workers
-        self._threads: list[threading.Thread] = []
+        super().__init__([self.namespaces, self.accounts], workers)
         self.namespaces.add_handler(self._namespace, lambda old, new: self._namespace(new), None)
         self.accounts.add_handler(None, None, self._account_deleted)
 
-    def start(self, wait_for_sync: float = 60.0) -> ServiceAccountsController:
-        for inf in (self.namespaces, self.accounts):
-            inf.start()
-        for inf in (self.namespaces, self.accounts):
-            inf.wait_for_sync(wait_for_sync)
-        self._threads += start_workers(self._queue, self.sync, self._workers, "serviceaccounts", log)
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._queue.shut_down()
-        for t in self._threads:
-            t.join(timeout)
-
     def _namespace(self, ns) -> None:
-        self._queue.add(ns.metadata.name)
+        self.queue.add(ns.metadata.name)
 
     def _account_deleted(self, sa) -> None:
         if sa.metadata.name == DEFAULT_NAME:
-            self._queue.add(sa.metadata.namespace)
+            self.queue.add(sa.metadata.namespace)
 
     def sync(self, namespace: str) -> None:
         ns = self.namespaces.store.get(namespace)
