@@ -47,7 +47,7 @@ from apiserver.service_fields import (
 )
 from apiserver.service_ranges import PortRange, RangeError, ServiceCIDR
 from apiserver.storage import Claims, Storage
-from apiserver.validation import FieldErrors
+from apiserver.validation_common import FieldErrors
 
 SERVICES = resources.BY_NAME["services"]
 IPADDRESSES = resources.BY_NAME["ipaddresses"]

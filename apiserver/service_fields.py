@@ -13,7 +13,7 @@ import ipaddress
 import json
 
 from apiserver import resources
-from apiserver.validation import FieldErrors, _Raw
+from apiserver.validation_common import FieldErrors, _Raw
 
 SERVICES = resources.BY_NAME["services"]
 IP_FAMILIES = ("IPv4", "IPv6")

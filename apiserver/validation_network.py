@@ -7,7 +7,8 @@ from __future__ import annotations
 import ipaddress
 
 from apiserver.syntax import dns1123_label_errors, dns1123_subdomain_errors
-from apiserver.validation import PORT_RANGE_MESSAGE, PROTOCOLS, FieldErrors, _Raw, _enum
+from apiserver.validation_common import PORT_RANGE_MESSAGE, FieldErrors, _enum, _Raw
+from apiserver.validation_pod import PROTOCOLS
 
 ADDRESS_TYPES = ("FQDN", "IPv4", "IPv6")
 MAX_ENDPOINTS = 1000

@@ -6,7 +6,7 @@ ServiceAccounts) and pkg/apis/core/validation for ServiceAccounts."""
 from __future__ import annotations
 
 from apiserver.syntax import dns1123_subdomain_errors
-from apiserver.validation import FieldErrors
+from apiserver.validation_common import FieldErrors
 
 RBAC_GROUP = "rbac.authorization.k8s.io"
 

@@ -9,13 +9,8 @@ from google.protobuf import text_format
 from apiserver.quantity import parse_quantity
 from apiserver.selectors import LabelSelectorError, label_selector_from_proto
 from apiserver.syntax import dns1123_subdomain_errors, qualified_name_errors
-from apiserver.validation import (
-    FieldErrors,
-    _enum,
-    _quantity,
-    _Raw,
-    _validate_node_selector_term,
-)
+from apiserver.validation_common import FieldErrors, _enum, _Raw
+from apiserver.validation_pod import _quantity, _validate_node_selector_term
 
 ACCESS_MODES = ("ReadOnlyMany", "ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod")
 VOLUME_MODES = ("Block", "Filesystem")
