@@ -66,6 +66,17 @@ class Controller:
             for i in range(workers):
                 self._spawn(f"{name}-{i}", lambda q=queue, s=sync: self._worker(q, s))
 
+    def every(self, period: float, fn) -> None:
+        """Runs ``fn()`` every ``period`` seconds until stop (an exception is logged, the
+        loop goes on)."""
+        def loop() -> None:
+            while not self._stop.wait(period):
+                try:
+                    fn()
+                except Exception:
+                    self._log.exception("%s: periodic %s", self.name, getattr(fn, "__name__", fn))
+        self._spawn(f"{self.name}-every", loop)
+
     def _spawn(self, name: str, target) -> None:
         t = threading.Thread(target=target, daemon=True, name=name)
         self._threads.append(t)

@@ -1,15 +1,13 @@
 """What the cloud-controller-manager's controllers share: the names Kubernetes gives its taints,
-labels and finalizer, how a Node is matched to its instance, and a small worker base (a queue,
-its workers, periodic loops, stop)."""
+labels and finalizer, and how a Node is matched to its instance (the controllers are
+controllers.base.Controller's, as the controller-manager's)."""
 
 from __future__ import annotations
 
 import logging
-import threading
 
 from cloud.provider import instance_id_of
 from controllers.podutil import get_condition
-from controllers.workqueue import RateLimitingQueue, start_workers
 
 log = logging.getLogger("cloud.ccm")
 
@@ -44,41 +42,3 @@ def find_instance(instances: list[dict], node) -> dict | None:
         if (inst["id"] == wanted) if wanted else (inst["name"] == node.metadata.name):
             return inst
     return None
-
-
-class Worker:
-    """A queue, its workers (``sync(key)``), loops run ``every`` period, and ``stop()``."""
-
-    name = "worker"
-
-    def __init__(self, workers: int = 1) -> None:
-        self.queue = RateLimitingQueue(name=self.name)
-        self._workers = workers
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-
-    def start(self):
-        self._threads += start_workers(self.queue, self.sync, self._workers, self.name, log)
-        return self
-
-    def every(self, period: float, fn) -> None:
-        def loop() -> None:
-            while not self._stop.wait(period):
-                try:
-                    fn()
-                except Exception:
-                    log.exception("%s", self.name)
-        t = threading.Thread(target=loop, name=f"{self.name}-loop", daemon=True)
-        t.start()
-        self._threads.append(t)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self.queue.shut_down()
-        for t in self._threads:
-            t.join(timeout)
-
-    def sync(self, key) -> None:
-        raise NotImplementedError
-
-

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 from apiserver.errors import ApiError
 from cloud.ccm.common import (INSTANCE_TYPE_LABEL, REGION_LABEL, SHUTDOWN_TAINT, UNINITIALIZED_TAINT, ZONE_LABEL,
-                              Worker, find_instance, has_taint, log, ready_status)
+                              find_instance, has_taint, log, ready_status)
 from cloud.client import CloudClient
+from controllers.base import Controller
 from controllers.events import WARNING
 from controllers.informer import deep_copy
 
 
-class CloudNodeController(Worker):
+class CloudNodeController(Controller):
     name = "cloud-node"
 
     def __init__(self, client, cloud: CloudClient, informers, recorder) -> None:
-        super().__init__()
         self.client, self.cloud, self.recorder = client, cloud, recorder
         self.nodes = informers.informer("nodes")
+        super().__init__([self.nodes], 1)
         self.nodes.add_handler(self._changed, lambda old, new: self._changed(new))
 
     def _changed(self, node) -> None:
@@ -52,17 +53,18 @@ class CloudNodeController(Worker):
         log.info("node %s initialized: %s %s %s", name, inst["providerID"], inst["zone"], inst["type"])
 
 
-class CloudNodeLifecycleController(Worker):
+class CloudNodeLifecycleController(Controller):
+    """No work queue: a monitor every ``period`` looks at every node."""
+
     name = "cloud-node-lifecycle"
 
     def __init__(self, client, cloud: CloudClient, informers, recorder, period: float) -> None:
-        super().__init__()
         self.client, self.cloud, self.recorder, self.period = client, cloud, recorder, period
         self.nodes = informers.informer("nodes")
+        super().__init__([self.nodes], 1)
 
-    def start(self):
+    def _start_threads(self) -> None:
         self.every(self.period, self.monitor)
-        return self
 
     def monitor(self) -> None:
         not_ready, tainted_ready = [], []

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from apiserver.errors import ApiError
-from cloud.ccm.common import Worker, log
+from cloud.ccm.common import log
 from cloud.client import CloudApiError, CloudClient
 from cloud.provider import instance_id_of
+from controllers.base import Controller
 from controllers.informer import deep_copy
 from controllers.podutil import get_condition, now_rfc3339
 
 
-class RouteController(Worker):
+class RouteController(Controller):
     name = "route"
 
     def __init__(self, client, cloud: CloudClient, informers, period: float) -> None:
-        super().__init__()
         self.client, self.cloud, self.period = client, cloud, period
         self.nodes = informers.informer("nodes")
+        super().__init__([self.nodes], 1)
         self.nodes.add_handler(lambda n: self.queue.add("routes"), lambda o, n: self._updated(o, n),
                                lambda n: self.queue.add("routes"))
 
@@ -24,11 +25,10 @@ class RouteController(Worker):
         if (old.spec.pod_cidr, old.spec.provider_id) != (new.spec.pod_cidr, new.spec.provider_id):
             self.queue.add("routes")
 
-    def start(self):
-        super().start()
+    def _start_threads(self) -> None:
+        super()._start_threads()
         self.every(self.period, lambda: self.queue.add("routes"))
         self.queue.add("routes")
-        return self
 
     def sync(self, _key) -> None:
         routes = {r["name"]: r for r in self.cloud.routes()}

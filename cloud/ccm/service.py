@@ -8,9 +8,10 @@ See cloud.ccm."""
 
 from __future__ import annotations
 
-from cloud.ccm.common import (EXCLUDE_LB_LABEL, LB_FINALIZER, TO_BE_DELETED_TAINT, UNINITIALIZED_TAINT, Worker,
+from cloud.ccm.common import (EXCLUDE_LB_LABEL, LB_FINALIZER, TO_BE_DELETED_TAINT, UNINITIALIZED_TAINT,
                               has_taint, internal_ip, ready_status)
 from cloud.client import CloudApiError, CloudClient
+from controllers.base import Controller
 from controllers.informer import deep_copy, meta_namespace_key
 from controllers.podutil import remove_finalizer
 
@@ -29,15 +30,15 @@ def lb_node(node) -> bool:
             and bool(internal_ip(node)))
 
 
-class ServiceController(Worker):
+class ServiceController(Controller):
     name = "service"
 
     def __init__(self, client, cloud: CloudClient, informers, recorder) -> None:
-        super().__init__(workers=2)
         self.client, self.cloud, self.recorder = client, cloud, recorder
         self.services = informers.informer("services")
         self.nodes = informers.informer("nodes")
         self.slices = informers.informer("endpointslices")
+        super().__init__([self.services, self.nodes, self.slices], 2)
         self.slices.add_handler(self._slice, lambda old, new: self._slice(new), self._slice)
         self.services.add_handler(self._svc, lambda old, new: self._svc(new), self._svc)
         self.nodes.add_handler(lambda n: self._nodes_changed(), lambda o, n: self._node_updated(o, n),
