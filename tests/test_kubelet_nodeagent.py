@@ -50,7 +50,8 @@ def test_register_heartbeat_and_readiness(client):
         assert node.status.node_info.container_runtime_version == "ours://0.1"
         assert node.metadata.labels["plane"] == "real"
         assert ready_of(node)[:2] == ("True", "KubeletReady")
-        lease = client.get("leases", "real-0", LEASE_NAMESPACE)
+        # the Lease comes from its own loop, as the kubelet's lease controller: not always before Ready
+        lease = wait_until(lambda: _get(client, "leases", "real-0", LEASE_NAMESPACE), timeout=20)
         first = lease.spec.renew_time
         assert wait_until(lambda: client.get("leases", "real-0", LEASE_NAMESPACE).spec.renew_time != first,
                           timeout=10)
