@@ -65,26 +65,27 @@ def _set_freezer(rel: str, state: str) -> None:
 
 def kill_tree(rel: str, timeout: float = 10.0) -> bool:
     """SIGKILL every process in the tree `rel` (frozen meanwhile, so none escapes by forking);
-    True once the tree holds no process."""
-    dirs = tree(rel)
-    if not any(tasks(d) for d in dirs):
-        return True
-    _set_freezer(rel, "FROZEN")
-    try:
-        for d in dirs:
-            for pid in tasks(d):
+    True once the tree holds no process. Repeated over a fresh listing until the tree is empty:
+    a runtime still starting a container when this begins can add a cgroup or a process after
+    the first pass (a runc that was mid-create)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        dirs = tree(rel)
+        pids = [pid for d in dirs for pid in tasks(d)]
+        if not pids:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        _set_freezer(rel, "FROZEN")
+        try:
+            for pid in pids:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-    finally:
-        _set_freezer(rel, "THAWED")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not any(tasks(d) for d in dirs):
-            return True
+        finally:
+            _set_freezer(rel, "THAWED")
         time.sleep(0.02)
-    return False
 
 
 def remove_tree(rel: str, timeout: float = 5.0) -> list[str]:
