@@ -97,17 +97,23 @@ def _validate_pod_spec(errs: FieldErrors, path: str, spec, *, template: bool) ->
         _validate_node_affinity(errs, f"{path}.affinity.nodeAffinity", spec.affinity.node_affinity)
 
 
+def _unique_label_name(errs: FieldErrors, path: str, name: str, names: set[str]) -> None:
+    """A volume's or container's name: required, a DNS-1123 label, unique among ``names``
+    (which it joins)."""
+    if not name:
+        errs.required(path)
+        return
+    errs.each(path, name, dns1123_label_errors(name))
+    if name in names:
+        errs.duplicate(path, name)
+    names.add(name)
+
+
 def _validate_volumes(errs: FieldErrors, path: str, volumes) -> set[str]:
     names: set[str] = set()
     for i, v in enumerate(volumes):
         p = f"{path}[{i}]"
-        if not v.name:
-            errs.required(f"{p}.name")
-        else:
-            errs.each(f"{p}.name", v.name, dns1123_label_errors(v.name))
-            if v.name in names:
-                errs.duplicate(f"{p}.name", v.name)
-            names.add(v.name)
+        _unique_label_name(errs, f"{p}.name", v.name, names)
         sources = volume_sources(v)
         if not sources:
             errs.required(p, "must specify a volume type")
@@ -286,13 +292,7 @@ def _validate_containers(errs: FieldErrors, path: str, containers, volumes: set[
     must fit in it)."""
     for i, c in enumerate(containers):
         p = f"{path}[{i}]"
-        if not c.name:
-            errs.required(f"{p}.name")
-        else:
-            errs.each(f"{p}.name", c.name, dns1123_label_errors(c.name))
-            if c.name in names:
-                errs.duplicate(f"{p}.name", c.name)
-            names.add(c.name)
+        _unique_label_name(errs, f"{p}.name", c.name, names)
         if not c.image:
             errs.required(f"{p}.image")
         elif c.image != c.image.strip():
