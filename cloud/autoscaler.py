@@ -41,6 +41,7 @@ from apiserver.errors import ApiError
 from apiserver.pb import core_pb2
 from cloud.ccm import TO_BE_DELETED_TAINT, UNINITIALIZED_TAINT, has_taint, ready_status
 from cloud.client import CloudApiError, CloudClient
+from controllers.base import Controller
 from controllers.component import add_common_flags, run_component, setup_logging
 from controllers.events import WARNING, EventRecorder
 from controllers.informer import SharedInformerFactory, deep_copy
@@ -85,7 +86,11 @@ def utilization(info: NodeInfo) -> float:
     return max(cpu, mem)
 
 
-class Autoscaler:
+class Autoscaler(Controller):
+    """No work queue: a scan every ``scan_interval``."""
+
+    name = "autoscaler"
+
     def __init__(self, client, cloud: CloudClient, informers, recorder, *, scan_interval: float = 10.0,
                  unneeded_time: float = 600.0, delay_after_add: float = 600.0, threshold: float = 0.5,
                  max_grace: float = 600.0, scale_down: bool = True, groups: tuple[str, ...] = (),
@@ -102,27 +107,16 @@ class Autoscaler:
         self.last_scale_up = -1e9
         self._draining: threading.Thread | None = None
         self._noticed: dict[str, float] = {}  # pod uid -> when it last got a NotTriggerScaleUp event
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__([self.nodes, self.pods], 1)
 
-    def start(self) -> "Autoscaler":
-        self._thread = threading.Thread(target=self._run, name="autoscaler", daemon=True)
-        self._thread.start()
-        return self
+    def _start_threads(self) -> None:
+        self.every(self.scan_interval, self._scan)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.scan_interval):
-            try:
-                self.run_once()
-            except CloudApiError as e:
-                log.warning("%s", e)
-            except Exception:
-                log.exception("autoscaler loop")
+    def _scan(self) -> None:
+        try:
+            self.run_once()
+        except CloudApiError as e:  # the cloud is down or refused: say so, try at the next scan
+            log.warning("%s", e)
 
     # ---- one scan ----
 

@@ -10,42 +10,27 @@ cache is asked of the apiserver before its pods go, so a lagging cache never cos
 from __future__ import annotations
 
 import logging
-import threading
 
 from apiserver.errors import ApiError
+from controllers.base import Controller
 
 log = logging.getLogger("controllers.podgc")
 
 
-class PodGCController:
+class PodGCController(Controller):
+    """No work queue: a sweep every ``period``."""
+
+    name = "podgc"
+
     def __init__(self, client, informers, *, period: float = 20.0, recorder=None) -> None:
         self.client, self.period, self.recorder = client, period, recorder
         self.pods = informers.informer("pods")
         self.nodes = informers.informer("nodes")
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.deleted = 0
+        super().__init__([self.pods, self.nodes], 1)
 
-    def start(self, wait_for_sync: float = 60.0) -> "PodGCController":
-        for inf in (self.pods, self.nodes):
-            inf.start()
-        for inf in (self.pods, self.nodes):
-            inf.wait_for_sync(wait_for_sync)
-        self._thread = threading.Thread(target=self._run, name="podgc", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.period):
-            try:
-                self.gc_orphaned()
-            except Exception:
-                log.exception("podgc")
+    def _start_threads(self) -> None:
+        self.every(self.period, self.gc_orphaned)
 
     def gc_orphaned(self) -> int:
         """Deletes the pods bound to nodes that do not exist; returns how many."""
