@@ -19,6 +19,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from benchmarks.output import emit
 from node import network
 from node.cri.client import CriClient
 from node.network import fabric
@@ -175,10 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     times, cpu, tree, wall, down = run(args.pods, args.parallel)
     text = report(times, cpu, tree, wall, args.pods, args.parallel, down)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    emit(text, args.out)
     return 0
 
 

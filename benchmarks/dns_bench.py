@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 
+from benchmarks.output import emit
+
 LOAD = r"""
 import json, os, select, socket, struct, sys, time
 port, seconds, inflight, mix, services = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
@@ -318,10 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += pod_rows
         info.update(pod_info)
     text = report(rows, info, args)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    emit(text, args.out)
     return 0
 
 

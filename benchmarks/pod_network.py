@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 
+from benchmarks.output import emit
 from node import network
 from node.network import fabric, pod
 
@@ -92,10 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
     text = report(run(args.pods), args.pods)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    emit(text, args.out)
     return 0
 
 

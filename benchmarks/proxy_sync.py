@@ -27,6 +27,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 
+from benchmarks.output import emit
 from node import network
 from node.network import fabric
 from node.proxy import nft, transaction
@@ -275,10 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     lat = {} if args.skip_latency else programming_latency(
         args.services, args.endpoints, args.changes, args.rate, args.nodes, args.min_sync_period)
     text = report(args, sync, lat)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    emit(text, args.out)
     return 0
 
 

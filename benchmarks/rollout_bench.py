@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from benchmarks.output import emit
 
 SETTINGS = (
     ("readiness probe, preStop sleep 4 s", dict(readiness=True, pre_stop_sleep=4)),
@@ -109,10 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     rows = run(args.replicas)
     text = report(rows, args)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    emit(text, args.out)
     return 0
 
 

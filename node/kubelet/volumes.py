@@ -131,24 +131,20 @@ def _optional(source) -> bool:
 
 
 def config_map_payload(source: core_pb2.ConfigMapVolumeSource, cm: core_pb2.ConfigMap) -> dict[str, FileProjection]:
-    default = _modes(source)
     data = {k: v.encode() for k, v in cm.data.items()}
     data.update({k: bytes(v) for k, v in cm.binary_data.items() if k not in data})
-    if not source.items:
-        return {k: FileProjection(v, default) for k, v in data.items()}
-    payload = {}
-    for item in source.items:
-        if item.key not in data:
-            if _optional(source):
-                continue
-            raise PayloadError(f"configmap references non-existent config key: {item.key}")
-        payload[item.path or item.key] = FileProjection(data[item.key], item.mode if _has(item, "mode") else default)
-    return payload
+    return _keys_payload(source, data, "configmap references non-existent config key")
 
 
 def secret_payload(source: core_pb2.SecretVolumeSource, secret: core_pb2.Secret) -> dict[str, FileProjection]:
+    return _keys_payload(source, {k: bytes(v) for k, v in secret.data.items()},
+                         "references non-existent secret key")
+
+
+def _keys_payload(source, data: dict[str, bytes], missing: str) -> dict[str, FileProjection]:
+    """Every key as a file, or only ``source.items`` (key -> path, mode); a missing key is an
+    error (upstream's text, ``missing``) unless the source is optional."""
     default = _modes(source)
-    data = {k: bytes(v) for k, v in secret.data.items()}
     if not source.items:
         return {k: FileProjection(v, default) for k, v in data.items()}
     payload = {}
@@ -156,7 +152,7 @@ def secret_payload(source: core_pb2.SecretVolumeSource, secret: core_pb2.Secret)
         if item.key not in data:
             if _optional(source):
                 continue
-            raise PayloadError(f"references non-existent secret key: {item.key}")
+            raise PayloadError(f"{missing}: {item.key}")
         payload[item.path or item.key] = FileProjection(data[item.key], item.mode if _has(item, "mode") else default)
     return payload
 
