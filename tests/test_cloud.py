@@ -70,6 +70,15 @@ def running_pods(client, app: str, want: int) -> list | None:
     return ok if len(pods) == want and len(ok) == want else None
 
 
+def _holder(client, lease: str) -> str:
+    try:
+        return client.get("leases", lease, "kube-system").spec.holder_identity
+    except ApiError as e:
+        if e.reason == "NotFound":
+            return ""
+        raise
+
+
 def scale(client, name: str, replicas: int) -> None:
     client.patch("deployments", name, {"spec": {"replicas": replicas}})
 
@@ -90,9 +99,10 @@ def test_nodes_are_initialized_from_the_cloud_and_routed(plane):
         assert [(a.type, a.address) for a in node.status.addresses] == [
             ("InternalIP", inst["internalIP"]), ("Hostname", inst["name"])]
     assert len({n.metadata.labels["topology.kubernetes.io/zone"] for n in nodes}) == 2  # spread
-    # the cloud-controller-manager and the autoscaler each lead through their Lease
+    # the cloud-controller-manager and the autoscaler each lead through their Lease (the
+    # autoscaler's may come after the nodes: nothing in the fixture waits for it)
     for lease in ("cloud-controller-manager", "cluster-autoscaler"):
-        assert c.get("leases", lease, "kube-system").spec.holder_identity
+        wait_until(lambda: _holder(c, lease), TIMEOUT, 0.2, what=f"the {lease} Lease held")
     # the route controller: each podCIDR routed to its instance, and the node says so
     wait_until(lambda: sorted((r["cidr"], r["instance"]) for r in cloud.routes()) ==
                sorted((i["podCIDR"], i["id"]) for i in instances.values()), TIMEOUT, 0.2, what="routes")
