@@ -874,6 +874,18 @@ def test_make_run_is_secure_by_default(tmp_path):
                      "scheduler": "CN=system:kube-scheduler", "kubelets": "CN=system:hollow-nodes,O=system:nodes"}
     admin = yaml.safe_load((tmp_path / "kubeconfig").read_text())
     assert admin["users"][0]["user"]["client-key-data"] and (tmp_path / "kubeconfig").stat().st_mode & 0o077 == 0
+    # the cloud's kubelets serve their API on TLS and ask the apiserver who may use it
+    (tmp_path / "c").mkdir()
+    cloud = make_run.build_parser().parse_args(["--data-dir", str(tmp_path / "c"), "--cloud", "1:2"])
+    try:
+        make_run.choose_nodes(cloud)
+    except SystemExit:  # a machine that cannot run real nodes has no cloud
+        cloud = None
+    if cloud is not None:
+        kubelet = [a.split("=", 1)[1] for a in make_run.commands(cloud)["cloud"] if a.startswith("--kubelet-arg=")]
+        assert kubelet[kubelet.index("--authorization-mode") + 1] == "Webhook"
+        assert "--authentication-token-webhook" in kubelet
+        assert Path(kubelet[kubelet.index("--tls-cert-file") + 1]).exists()
     insecure = make_run.build_parser().parse_args(["--data-dir", str(tmp_path / "i"), "--insecure", "--real-nodes",
                                                    "0"])
     (tmp_path / "i").mkdir()

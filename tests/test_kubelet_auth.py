@@ -111,6 +111,7 @@ def plane(tmp_path_factory):
 
 def kubelet_get(pki, port: int, path: str, *, token: str = "", cert=None) -> tuple[int, str]:
     ctx = ssl.create_default_context(cafile=str(pki.ca.cert_path))
+    ctx.set_alpn_protocols(["h2", "http/1.1"])  # as curl offers: the kubelet picks HTTP/1.1
     if cert is not None:
         ctx.load_cert_chain(str(cert.cert), str(cert.key))
     conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)

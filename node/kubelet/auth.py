@@ -246,7 +246,9 @@ def server_ssl_context(cert_file: str, key_file: str, client_ca_file: str = "") 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert_file, key_file)
-    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    # the server's preference decides: curl and Go clients offer both and get HTTP/1.1 (the
+    # HTTP endpoints); gRPC clients (the apiserver's logs and exec) offer only h2
+    ctx.set_alpn_protocols(["http/1.1", "h2"])
     if client_ca_file:
         ctx.load_verify_locations(cafile=client_ca_file)
         ctx.verify_mode = ssl.CERT_OPTIONAL
