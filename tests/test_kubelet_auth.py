@@ -18,7 +18,6 @@ import http.client
 import json
 import ssl
 import subprocess
-import time
 
 import grpc
 import pytest
@@ -26,6 +25,7 @@ import pytest
 from apiserver.auth import pki as pkis
 from apiserver.errors import ApiError
 from apiserver.pb import core_pb2, rbac_pb2
+from harness.etcd_client import wait_until as poll
 from harness.nodes import need_runtime, real_nodes
 from harness.plane import start_control_plane
 from harness.procs import Registry
@@ -40,14 +40,8 @@ TOKENS = 'bob-token-0123456789,bob,1001\ndave-token-0123456789,dave,1002,"ops"\n
 BOB, DAVE = "bob-token-0123456789", "dave-token-0123456789"
 
 
-def wait_until(check, what: str, timeout: float = TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+def wait_until(check, what: str):
+    return poll(check, TIMEOUT, what=what)
 
 
 def _running(admin, name):

@@ -19,16 +19,6 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _user_info(user) -> dict:
-    info = {"username": user.name}
-    if user.uid:
-        info["uid"] = user.uid
-    info["groups"] = list(user.groups)
-    if user.extra:
-        info["extra"] = user.extra_dict()
-    return info
-
-
 class AuditLog:
     def __init__(self, path: str) -> None:
         self.path = path
@@ -47,10 +37,10 @@ class AuditLog:
         event = {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
                  "auditID": str(uuid.uuid4()), "stage": stage, "requestURI": uri,
                  "verb": attrs.verb if attrs else verb,
-                 "user": _user_info(user) if user else {},
+                 "user": user.info() if user else {},
                  "sourceIPs": [source] if source else [], "userAgent": user_agent}
         if impersonated is not None:
-            event["impersonatedUser"] = _user_info(impersonated)
+            event["impersonatedUser"] = impersonated.info()
         if attrs is not None and attrs.resource_request:
             ref = {"resource": attrs.resource}
             for key, value in (("namespace", attrs.namespace), ("name", attrs.name),

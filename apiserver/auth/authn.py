@@ -39,6 +39,16 @@ class User:
     def extra_dict(self) -> dict[str, list[str]]:
         return {k: list(v) for k, v in self.extra}
 
+    def info(self) -> dict:
+        """authentication.k8s.io/v1 UserInfo (TokenReview, SelfSubjectReview, the audit log)."""
+        out: dict = {"username": self.name}
+        if self.uid:
+            out["uid"] = self.uid
+        out["groups"] = list(self.groups)
+        if self.extra:
+            out["extra"] = self.extra_dict()
+        return out
+
 
 ANONYMOUS = User("system:anonymous", (UNAUTHENTICATED,))
 # what the apiserver's own loopback work runs as (bootstrap writes never pass the gate)

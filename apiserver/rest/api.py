@@ -57,7 +57,8 @@ class RestApi:
         if audit is not None:
             uri = req.path + (f"?{urlencode(req.query, doseq=True)}" if req.query else "")
             audit.event(received=received, uri=uri, verb=req.method.lower(), user=seen.user, attrs=seen.attrs,
-                        impersonated=seen.impersonated, code=resp.status, source=req.source, user_agent=req.headers.get("user-agent", ""),
+                        impersonated=seen.impersonated, code=resp.status, source=req.source,
+                        user_agent=req.headers.get("user-agent", ""),
                         stage="ResponseStarted" if resp.stream is not None else "ResponseComplete")
         return resp
 

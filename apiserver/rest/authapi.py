@@ -210,16 +210,6 @@ def local_subject_access_review(gate, req: Request, namespace: str) -> Response:
                    _status(*decide(gate.authorizer, a)), namespace)
 
 
-def _user_info(user: User) -> dict:
-    info: dict = {"username": user.name}
-    if user.uid:
-        info["uid"] = user.uid
-    info["groups"] = list(user.groups)
-    if user.extra:
-        info["extra"] = user.extra_dict()
-    return info
-
-
 def token_review(gate, req: Request) -> Response:
     """Who is spec.token? The apiserver's token authenticators (token file,
     ServiceAccount tokens) answer, for spec.audiences (default: the apiserver's);
@@ -236,7 +226,7 @@ def token_review(gate, req: Request) -> Response:
     # as upstream's JSON: authenticated and audiences only when set, user always
     status: dict = {"user": {}}
     if user is not None:
-        status = {"authenticated": True, "user": _user_info(user), "audiences": auds}
+        status = {"authenticated": True, "user": user.info(), "audiences": auds}
     if error:
         status["error"] = error
     return _review("TokenReview", "authentication.k8s.io/v1", body, status)
@@ -248,7 +238,7 @@ def self_subject_review(req: Request) -> Response:
     body = _body(req)
     return json_response({"kind": "SelfSubjectReview", "apiVersion": "authentication.k8s.io/v1",
                           "metadata": {"creationTimestamp": None},
-                          "status": {"userInfo": _user_info(req.user)}}, 201)
+                          "status": {"userInfo": req.user.info()}}, 201)
 
 
 def route(gate, req: Request, path: str) -> Response | None:
