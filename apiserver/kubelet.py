@@ -16,6 +16,7 @@ kubelet's stream is cancelled with it.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import OrderedDict
 
 import grpc
@@ -104,17 +105,45 @@ def validate_log_options(request: api_pb2.PodLogsRequest) -> None:
         raise errors.invalid("PodLogOptions", request.name, causes)
 
 
-class KubeletClients:
-    """grpc.aio channels to the kubelets, one per address, opened on first use."""
+class KubeletTLS:
+    """kube-apiserver's --kubelet-client-certificate/-key and --kubelet-certificate-authority:
+    the apiserver presents its kubelet client certificate to kubelets (whose webhook
+    authorizer then asks RBAC: system:kubelet-api-admin) and verifies theirs."""
 
-    def __init__(self, kubelet_host: str = "127.0.0.1") -> None:
+    def __init__(self, cert_file: str, key_file: str, ca_file: str) -> None:
+        with open(cert_file, "rb") as c, open(key_file, "rb") as k, open(ca_file, "rb") as a:
+            cert, key, ca = c.read(), k.read(), a.read()
+        self.grpc_credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
+                                                             certificate_chain=cert)
+        ctx = ssl.create_default_context(cafile=ca_file)
+        ctx.load_cert_chain(cert_file, key_file)
+        ctx.set_alpn_protocols(["http/1.1"])
+        self.ssl_context = ctx
+
+
+class KubeletClients:
+    """grpc.aio channels to the kubelets, one per address, opened on first use;
+    with ``tls`` (KubeletTLS) over TLS with the apiserver's kubelet client certificate."""
+
+    def __init__(self, kubelet_host: str = "127.0.0.1", tls: KubeletTLS | None = None) -> None:
         self.kubelet_host = kubelet_host
+        self.tls = tls
         self._channels: OrderedDict[str, grpc.aio.Channel] = OrderedDict()
+
+    async def open_http(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to a kubelet's HTTP endpoints (exec, attach, port-forward): TLS with the
+        client certificate when the apiserver has one. OSError when the kubelet does not answer."""
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            if self.tls is None:
+                return await asyncio.open_connection(host, port)
+            return await asyncio.open_connection(host, port, ssl=self.tls.ssl_context, server_hostname=host)
 
     def stub(self, port: int):
         target = f"{self.kubelet_host}:{port}"
         channel = self._channels.pop(target, None)
-        if channel is None:
+        if channel is None and self.tls is not None:
+            channel = grpc.aio.secure_channel(target, self.tls.grpc_credentials, options=_CHANNEL_OPTIONS)
+        elif channel is None:
             channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self._channels[target] = channel
         while len(self._channels) > MAX_KUBELET_CHANNELS:

@@ -126,8 +126,8 @@ async def serve(args: argparse.Namespace, transformer) -> int:
     # grpclite, the gRPC server etcdlite serves with: in this event loop, without grpc.aio's
     # thread hand-offs per message (measured: benchmarks/why.md)
     server = GrpcServer(max_receive_message_length=MAX_RECEIVE_BYTES, eager_unary=False)  # uses asyncio.timeout
-    kubelets = KubeletClients(args.kubelet_host)
     try:
+        kubelets = KubeletClients(args.kubelet_host, auth_flags.kubelet_tls(args))
         gate = auth_flags.build_gate(args, caches) if auth_flags.secured(args) else None
         tls = auth_flags.ssl_context(args)
     except (OSError, ValueError, ssl.SSLError) as e:

@@ -108,7 +108,16 @@ class Security:
         return {"KUBECONFIG": self.kubeconfig(path, who)}
 
     def apiserver_flags(self) -> list[str]:
-        return _flags({**self.pki.apiserver_flags(), "authorization_mode": "Node,RBAC", "anonymous_auth": "false"})
+        return _flags({**self.pki.apiserver_flags(), "authorization_mode": "Node,RBAC", "anonymous_auth": "false",
+                       **self.pki.kubelet_client_flags()})
+
+    def kubelet_flags(self, node_name: str) -> list[str]:
+        """A real kubelet's API on TLS, callers checked by the apiserver (TokenReview,
+        SubjectAccessReview), as kubeadm configures kubelets."""
+        serving = self.pki.kubelet_serving(node_name)
+        return _flags({"tls_cert_file": str(serving.cert), "tls_private_key_file": str(serving.key),
+                       "client_ca_file": str(self.pki.ca.cert_path), "authentication_token_webhook": True,
+                       "authorization_mode": "Webhook", "anonymous_auth": "false"})
 
 
 def _flags(flags: dict) -> list[str]:

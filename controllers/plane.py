@@ -104,6 +104,10 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
             for node in args.real.nodes:
                 who[f"kubelet-{node.index}"] = f"node-{node.name}"
                 who[f"proxy-{node.index}"] = "kube-proxy"
+                if f"kubelet-{node.index}" in cmds:  # its API on TLS, callers checked by the apiserver
+                    cmds[f"kubelet-{node.index}"] += args.security.kubelet_flags(node.name)
+        if "cloud" in cmds:  # the instances' kubelets too (one serving certificate for all: 127.0.0.1)
+            cmds["cloud"] += [f"--kubelet-arg={a}" for a in args.security.kubelet_flags("cloud-instance")]
         args.envs.update({name: args.security.env(w) for name, w in who.items() if name in cmds})
     return cmds
 

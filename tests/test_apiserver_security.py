@@ -54,26 +54,36 @@ class Plane:
         return ctx
 
     def rest(self, method: str, path: str, body=None, *, ctx: ssl.SSLContext | None = None,
-             token: str = "") -> tuple[int, dict]:
+             token: str = "", headers=()) -> tuple[int, dict]:
+        """``headers``: more (name, value) pairs, a name repeated as often as given."""
         conn = http.client.HTTPSConnection("127.0.0.1", self.api.port, context=ctx or self.ssl_context(),
                                            timeout=10)
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
         try:
-            conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+            data = json.dumps(body).encode() if body is not None else None
+            conn.putrequest(method, path)
+            sent = [("Content-Type", "application/json"), ("Accept", "application/json"), *headers]
+            if token:
+                sent.append(("Authorization", f"Bearer {token}"))
+            if data is not None:
+                sent.append(("Content-Length", str(len(data))))
+            for name, value in sent:
+                conn.putheader(name, value)
+            conn.endheaders(data)
             resp = conn.getresponse()
             return resp.status, json.loads(resp.read() or b"{}")
         finally:
             conn.close()
 
-    def grpc_stub(self, *, cert=None, token: str = ""):
+    def grpc_stub(self, *, cert=None, token: str = "", metadata=()):
         creds = grpc.ssl_channel_credentials(
             root_certificates=self.pki.ca.cert_path.read_bytes(),
             private_key=cert.key.read_bytes() if cert else None,
             certificate_chain=cert.cert.read_bytes() if cert else None)
         if token:
             creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(token))
+        if metadata:  # sent with every call (Impersonate-* keys)
+            creds = grpc.composite_channel_credentials(creds, grpc.metadata_call_credentials(
+                lambda _context, callback: callback(tuple(metadata), None)))
         channel = grpc.secure_channel(self.api.endpoint, creds)
         return channel, api_pb2_grpc.ApiServerStub(channel)
 
@@ -551,6 +561,281 @@ def test_audit_log_says_who_did_what(plane):
         assert b"hunter2" not in text and base64.b64encode(b"hunter2") not in text, log
 
 
+# ---- impersonation (kubectl --as) ----
+
+def _rbac(kind: str, name: str, **fields) -> dict:
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": {"name": name}, **fields}
+
+
+@pytest.fixture(scope="module")
+def impersonator(plane):
+    """carol may impersonate the user bob and the group testers, and nothing else;
+    the group testers may view team-c (bob himself may not; kube-root-ca.crt is waited for)."""
+    code, _ = plane.rest("POST", "/apis/rbac.authorization.k8s.io/v1/clusterroles", _rbac(
+        "ClusterRole", "impersonate-bob", rules=[
+            {"apiGroups": [""], "resources": ["users"], "verbs": ["impersonate"], "resourceNames": ["bob"]},
+            {"apiGroups": [""], "resources": ["groups"], "verbs": ["impersonate"], "resourceNames": ["testers"]}]),
+        ctx=plane.ssl_context("admin"))
+    assert code == 201
+    code, _ = plane.rest("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", _rbac(
+        "ClusterRoleBinding", "carol-impersonates-bob",
+        roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "impersonate-bob"},
+        subjects=[{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "carol"}]),
+        ctx=plane.ssl_context("admin"))
+    assert code == 201
+    plane.admin.create(core_pb2.Namespace(metadata={"name": "team-c"}))
+    plane.admin.create(core_pb2.ConfigMap(metadata={"name": "cfg", "namespace": "team-c"}, data={"a": "1"}))
+    binding = rbac_pb2.RoleBinding(
+        metadata={"name": "testers-view", "namespace": "team-c"},
+        role_ref=rbac_pb2.RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="view"),
+        subjects=[rbac_pb2.Subject(kind="Group", api_group="rbac.authorization.k8s.io", name="testers")])
+    plane.admin.create(binding)
+    carol = _carol_ctx(plane)
+    wait_until(lambda: root_ca_published(plane.admin, "team-c"), "kube-root-ca.crt in team-c")
+    wait_until(lambda: plane.rest("GET", "/api/v1/namespaces/team-c/configmaps", ctx=carol,
+                                  headers=[("Impersonate-User", "bob"), ("Impersonate-Group", "testers")])[0] == 200,
+               "carol's impersonation rights and the testers' view of team-c")
+    return carol
+
+
+def _carol_ctx(plane) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(plane.pki.ca.cert_path))
+    ctx.load_cert_chain(str(plane.carol.cert), str(plane.carol.key))
+    return ctx
+
+
+def test_impersonation_allowed_and_refused(plane, impersonator):
+    carol = impersonator
+    as_bob = [("Impersonate-User", "bob")]
+    # as bob: bob's rights, not carol's (both view team-a; neither reads its Secrets)
+    code, listed = plane.rest("GET", "/api/v1/namespaces/team-a/configmaps", ctx=carol, headers=as_bob)
+    assert code == 200 and [i["metadata"]["name"] for i in listed["items"]] == ["cfg", "kube-root-ca.crt"]
+    assert plane.rest("GET", "/api/v1/namespaces/team-a/secrets", ctx=carol, headers=as_bob) == (403, forbidden_status(
+        'secrets is forbidden: User "bob" cannot list resource "secrets" in API group "" in the namespace "team-a"',
+        "secrets"))
+    # bob alone may not view team-c; bob with the group testers (asked for, and allowed) may
+    assert plane.rest("GET", "/api/v1/namespaces/team-c/configmaps", ctx=carol, headers=as_bob)[0] == 403
+    code, whoami = plane.rest("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                              {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}, ctx=carol,
+                              headers=[*as_bob, ("Impersonate-Group", "testers"), ("Impersonate-Extra-Scopes", "a"),
+                                       ("Impersonate-Extra-Scopes", "b")])
+    assert code == 403, whoami  # carol may not set extras
+    assert whoami["message"] == ('userextras.authentication.k8s.io "a" is forbidden: User "carol" cannot impersonate '
+                                 'resource "userextras/scopes" in API group "authentication.k8s.io" at the '
+                                 'cluster scope')
+    code, whoami = plane.rest("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                              {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+                              ctx=plane.ssl_context("admin"),
+                              headers=[*as_bob, ("Impersonate-Group", "testers"), ("Impersonate-Group", "devs"),
+                                       ("Impersonate-Uid", "u-1"), ("Impersonate-Extra-Scopes", "a"),
+                                       ("Impersonate-Extra-Scopes", "b")])
+    assert (code, whoami["status"]["userInfo"]) == (201, {
+        "username": "bob", "uid": "u-1", "groups": ["testers", "devs", "system:authenticated"],
+        "extra": {"scopes": ["a", "b"]}})
+    # refused: another user, a group not granted, a ServiceAccount; nothing is written
+    for headers, message in (
+            ([("Impersonate-User", "dave")],
+             'users "dave" is forbidden: User "carol" cannot impersonate resource "users" in API group "" at the '
+             'cluster scope'),
+            ([*as_bob, ("Impersonate-Group", "system:masters")],
+             'groups "system:masters" is forbidden: User "carol" cannot impersonate resource "groups" in API group '
+             '"" at the cluster scope'),
+            ([("Impersonate-User", "system:serviceaccount:team-a:default")],
+             'serviceaccounts "default" is forbidden: User "carol" cannot impersonate resource "serviceaccounts" in '
+             'API group "" in the namespace "team-a"')):
+        code, status = plane.rest("POST", "/api/v1/namespaces/team-a/configmaps", configmap("team-a", "imp"),
+                                  ctx=carol, headers=headers)
+        assert (code, status["reason"], status["message"]) == (403, "Forbidden", message), status
+    assert_not_written(plane, "team-a", "imp")
+    code, status = plane.rest("GET", "/api/v1/namespaces/team-a/configmaps", ctx=carol,
+                              headers=[("Impersonate-Group", "testers")])
+    assert (code, status["message"]) == (500, "requested [Group testers] without impersonating a user")
+    # a ServiceAccount impersonated (by the admin), no groups asked for: the account's groups
+    code, whoami = plane.rest("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                              {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+                              ctx=plane.ssl_context("admin"),
+                              headers=[("Impersonate-User", "system:serviceaccount:team-a:default")])
+    assert whoami["status"]["userInfo"]["groups"] == ["system:serviceaccounts", "system:serviceaccounts:team-a",
+                                                     "system:authenticated"]
+
+
+def test_impersonation_over_grpc(plane, impersonator):
+    channel, stub = plane.grpc_stub(cert=plane.carol, metadata=[("impersonate-user", "bob"),
+                                                                ("impersonate-group", "testers")])
+    with channel:
+        got = stub.Get(api_pb2.GetRequest(resource="configmaps", namespace="team-c", name="cfg"), timeout=10)
+        assert got.config_map.metadata.name == "cfg"
+        with pytest.raises(grpc.RpcError) as err:  # testers view, they do not edit
+            stub.Create(api_pb2.CreateRequest(object=api_pb2.Object(config_map=core_pb2.ConfigMap(
+                metadata={"name": "imp-grpc", "namespace": "team-c"}))), timeout=10)
+        assert (err.value.code(), err.value.details()) == (grpc.StatusCode.PERMISSION_DENIED, (
+            'configmaps is forbidden: User "bob" cannot create resource "configmaps" in API group "" in the '
+            'namespace "team-c"'))
+    channel, stub = plane.grpc_stub(cert=plane.carol, metadata=[("impersonate-user", "dave")])
+    with channel, pytest.raises(grpc.RpcError) as err:
+        stub.Create(api_pb2.CreateRequest(object=api_pb2.Object(config_map=core_pb2.ConfigMap(
+            metadata={"name": "imp-grpc", "namespace": "team-c"}))), timeout=10)
+    assert (err.value.code(), err.value.details()) == (grpc.StatusCode.PERMISSION_DENIED, (
+        'users "dave" is forbidden: User "carol" cannot impersonate resource "users" in API group "" at the '
+        'cluster scope'))
+    with pytest.raises(ApiError):
+        plane.admin.get("configmaps", "imp-grpc", "team-c")
+    # the audit log names both: who sent it and whom it acted as
+    path = plane.tmp / "audit.log"
+
+    def acted():
+        return [e for e in map(json.loads, path.read_text().splitlines())
+                if e["user"].get("username") == "carol" and e.get("impersonatedUser", {}).get("username") == "bob"
+                and e["requestURI"] == "/apiserver.v1.ApiServer/Get"]
+    event = wait_until(acted, "carol acting as bob in the audit log")[-1]
+    assert event["impersonatedUser"]["groups"] == ["testers", "system:authenticated"]
+    assert event["objectRef"] == {"resource": "configmaps", "namespace": "team-c", "name": "cfg"}
+
+
+def test_kubectl_as(plane, kubectl, impersonator):
+    out = kubectl("admin", "--as", "bob", "get", "configmaps", "-n", "team-a", "-o", "name")
+    assert (out.returncode, out.stdout) == (0, "configmap/cfg\nconfigmap/kube-root-ca.crt\n"), out.stderr
+    out = kubectl("admin", "--as", "bob", "get", "configmaps", "-n", "team-c")
+    assert out.stderr.strip() == ('Error from server (Forbidden): configmaps is forbidden: User "bob" cannot list '
+                                  'resource "configmaps" in API group "" in the namespace "team-c"')
+    out = kubectl("admin", "--as", "bob", "--as-group", "testers", "get", "configmaps", "-n", "team-c", "-o", "name")
+    assert (out.returncode, out.stdout) == (0, "configmap/cfg\nconfigmap/kube-root-ca.crt\n"), out.stderr
+    for args, want in ((("get", "configmaps", "-n", "team-c"), "no"),
+                       (("get", "configmaps", "-n", "team-c", "--as-group", "testers"), "yes"),
+                       (("get", "secrets", "-n", "team-a"), "no"),
+                       (("list", "configmaps", "-n", "team-a"), "yes")):
+        out = kubectl("admin", "auth", "can-i", "--as", "bob", *args)
+        assert out.stdout.strip() == want, (args, out.stdout, out.stderr)
+    out = kubectl("admin", "auth", "whoami", "--as", "bob", "--as-group", "testers", "-o", "json")
+    assert json.loads(out.stdout)["status"]["userInfo"] == {"username": "bob",
+                                                            "groups": ["testers", "system:authenticated"]}, out.stderr
+
+
+# ---- TokenReview and SubjectAccessReview ----
+
+def _token_review(token: str, audiences=()) -> dict:
+    spec = {"token": token}
+    if audiences:
+        spec["audiences"] = list(audiences)
+    return {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec}
+
+
+def _sar(user: str, verb: str, resource: str, namespace: str = "", groups=(), name: str = "",
+         group: str = "") -> dict:
+    attrs = {"verb": verb, "resource": resource, "group": group}
+    if namespace:
+        attrs["namespace"] = namespace
+    if name:
+        attrs["name"] = name
+    spec = {"resourceAttributes": attrs, "user": user}
+    if groups:
+        spec["groups"] = list(groups)
+    return {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec}
+
+
+def test_token_review(plane):
+    admin = plane.ssl_context("admin")
+    path = "/apis/authentication.k8s.io/v1/tokenreviews"
+    code, review = plane.rest("POST", path, _token_review("bob-token-0123456789"), ctx=admin)
+    issuer = "https://kubernetes.default.svc.cluster.local"
+    assert (code, review["status"]) == (201, {
+        "authenticated": True, "audiences": [issuer],
+        "user": {"username": "bob", "uid": "1001", "groups": ["devs", "testers", "system:authenticated"]}})
+    assert review["kind"] == "TokenReview" and review["spec"]["token"] == "bob-token-0123456789"
+    sa = plane.admin.get("serviceaccounts", "default", "team-a")
+    good = _sa_token(plane, "team-a", "default", uid=sa.metadata.uid)
+    code, review = plane.rest("POST", path, _token_review(good), ctx=admin)
+    assert review["status"]["user"] == {"username": "system:serviceaccount:team-a:default", "uid": sa.metadata.uid,
+                                        "groups": ["system:serviceaccounts", "system:serviceaccounts:team-a",
+                                                   "system:authenticated"]}
+    # a token for another audience, an expired one, an unknown one: not authenticated, never an error
+    for token, audiences, error in (
+            (good, ["https://elsewhere"], "[invalid bearer token, token audiences are not accepted]"),
+            (_sa_token(plane, "team-a", "default", exp_delta=-3 * tokens.LEEWAY, uid=sa.metadata.uid), (),
+             "[invalid bearer token, token has expired]"),
+            ("no-such-token", (), "invalid bearer token")):
+        code, review = plane.rest("POST", path, _token_review(token, audiences), ctx=admin)
+        assert (code, review["status"]) == (201, {"user": {}, "error": error})
+    code, status = plane.rest("POST", path, _token_review(""), ctx=admin)
+    assert (code, status["message"]) == (400, "token is required for TokenReview in authentication")
+    # who may ask: system:auth-delegator's holders (not bob)
+    code, status = plane.rest("POST", path, _token_review("bob-token-0123456789"), token="bob-token-0123456789")
+    assert (code, status["message"]) == (403, (
+        'tokenreviews.authentication.k8s.io is forbidden: User "bob" cannot create resource "tokenreviews" in API '
+        'group "authentication.k8s.io" at the cluster scope'))
+
+
+def test_subject_access_reviews_answer_as_rbac(plane, kubectl):
+    admin = plane.ssl_context("admin")
+    path = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+    for review, status in (
+            (_sar("bob", "list", "configmaps", "team-a"),
+             {"allowed": True, "reason": 'RBAC: allowed by RoleBinding "viewers/team-a" of ClusterRole "view" to '
+                                         'User "bob"'}),
+            (_sar("bob", "get", "secrets", "team-a", name="db"), {"allowed": False}),
+            (_sar("bob", "list", "configmaps", "kube-system"), {"allowed": False}),
+            (_sar("nobody", "delete", "secrets", "team-b", groups=["system:masters"]), {"allowed": True}),
+            (_sar("system:serviceaccount:team-a:default", "create", "selfsubjectaccessreviews",
+                  groups=["system:authenticated"], group="authorization.k8s.io"),
+             {"allowed": True, "reason": 'RBAC: allowed by ClusterRoleBinding "system:basic-user" of ClusterRole '
+                                         '"system:basic-user" to Group "system:authenticated"'}),
+            # the groups are taken as given: without system:authenticated, no basic-user
+            (_sar("system:serviceaccount:team-a:default", "create", "selfsubjectaccessreviews",
+                  group="authorization.k8s.io"), {"allowed": False})):
+        code, got = plane.rest("POST", path, review, ctx=admin)
+        assert (code, got["status"]) == (201, status), review
+    code, got = plane.rest("POST", path, {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                                          "spec": {"resourceAttributes": {"verb": "get", "resource": "pods"}}},
+                           ctx=admin)
+    assert (code, got["message"]) == (422, 'SubjectAccessReview.authorization.k8s.io "" is invalid: spec.user: '
+                                           'Invalid value: "": at least one of user or group must be specified')
+    # bob may not ask about others until he holds system:auth-delegator
+    bob = "bob-token-0123456789"
+    code, got = plane.rest("POST", path, _sar("carol", "get", "secrets", "team-a"), token=bob)
+    assert (code, got["message"]) == (403, (
+        'subjectaccessreviews.authorization.k8s.io is forbidden: User "bob" cannot create resource '
+        '"subjectaccessreviews" in API group "authorization.k8s.io" at the cluster scope'))
+    out = kubectl("admin", "create", "clusterrolebinding", "bob-delegator", "--clusterrole=system:auth-delegator",
+                  "--user=bob")
+    assert out.returncode == 0, out.stderr
+    wait_until(lambda: plane.rest("POST", path, _sar("carol", "get", "secrets", "team-a"), token=bob)[0] == 201,
+               "bob's system:auth-delegator")
+    assert plane.rest("POST", "/apis/authentication.k8s.io/v1/tokenreviews", _token_review(bob),
+                      token=bob)[1]["status"]["user"]["username"] == "bob"
+    # LocalSubjectAccessReview: one namespace, the path's; kubectl create -f answers with the status
+    lsar = {"apiVersion": "authorization.k8s.io/v1", "kind": "LocalSubjectAccessReview",
+            "metadata": {"namespace": "team-a"},
+            "spec": {"user": "carol", "resourceAttributes": {"namespace": "team-a", "verb": "watch",
+                                                             "resource": "configmaps"}}}
+    manifest_path = plane.tmp / "lsar.json"
+    manifest_path.write_text(json.dumps(lsar))
+    out = kubectl("admin", "create", "-f", str(manifest_path), "-o", "json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["status"] == {
+        "allowed": True, "reason": 'RBAC: allowed by RoleBinding "viewers/team-a" of ClusterRole "view" to User "carol"'}
+    lsar["spec"]["resourceAttributes"]["namespace"] = "team-b"
+    code, got = plane.rest("POST", "/apis/authorization.k8s.io/v1/namespaces/team-a/localsubjectaccessreviews",
+                           lsar, ctx=admin)
+    assert (code, got["message"]) == (400, "spec.resourceAttributes.namespace must match namespace: team-a")
+    # kubectl sends fieldValidation=Strict (the openapi document says these kinds take it)
+    typo = _sar("carol", "get", "secrets", "team-a")
+    typo["spec"]["resourceAttributes"]["nmespace"] = "team-a"
+    code, got = plane.rest("POST", path + "?fieldValidation=Strict", typo, ctx=admin)
+    assert (code, got["message"]) == (400, 'strict decoding error: unknown field "spec.resourceAttributes.nmespace"')
+    sar_path = plane.tmp / "sar.json"
+    sar_path.write_text(json.dumps(_sar("carol", "get", "secrets", "team-a")))
+    out = kubectl("admin", "create", "-f", str(sar_path), "-o", "jsonpath={.status.allowed}")
+    assert (out.returncode, out.stdout) == (0, "false"), out.stderr
+    out = kubectl("admin", "api-resources", "--api-group=authorization.k8s.io", "-o", "name")
+    assert out.stdout.split() == ["localsubjectaccessreviews.authorization.k8s.io",
+                                  "selfsubjectaccessreviews.authorization.k8s.io",
+                                  "selfsubjectrulesreviews.authorization.k8s.io",
+                                  "subjectaccessreviews.authorization.k8s.io"], out.stderr
+    out = kubectl("admin", "api-resources", "--api-group=authentication.k8s.io", "-o", "name")
+    assert out.stdout.split() == ["selfsubjectreviews.authentication.k8s.io",
+                                  "tokenreviews.authentication.k8s.io"], out.stderr
+
+
 # ---- make run's commands ----
 
 def test_make_run_is_secure_by_default(tmp_path):
@@ -570,6 +855,9 @@ def test_make_run_is_secure_by_default(tmp_path):
         assert Path(api[api.index(flag) + 1]).exists(), flag
     assert api[api.index("--authorization-mode") + 1] == "Node,RBAC"
     assert api[api.index("--anonymous-auth") + 1] == "false"
+    # the apiserver reaches kubelets with its own certificate (system:kubelet-api-admin)
+    cert = x509.load_pem_x509_certificate(Path(api[api.index("--kubelet-client-certificate") + 1]).read_bytes())
+    assert cert.subject.rfc4514_string() == "CN=kube-apiserver-kubelet-client"
     etcd = cmds["etcdlite"]
     assert etcd[etcd.index("--listen-client-urls") + 1].startswith("https://") and "--client-cert-auth" in etcd
     assert api[api.index("--etcd-servers") + 1] == etcd[etcd.index("--listen-client-urls") + 1]
@@ -586,6 +874,18 @@ def test_make_run_is_secure_by_default(tmp_path):
                      "scheduler": "CN=system:kube-scheduler", "kubelets": "CN=system:hollow-nodes,O=system:nodes"}
     admin = yaml.safe_load((tmp_path / "kubeconfig").read_text())
     assert admin["users"][0]["user"]["client-key-data"] and (tmp_path / "kubeconfig").stat().st_mode & 0o077 == 0
+    # the cloud's kubelets serve their API on TLS and ask the apiserver who may use it
+    (tmp_path / "c").mkdir()
+    cloud = make_run.build_parser().parse_args(["--data-dir", str(tmp_path / "c"), "--cloud", "1:2"])
+    try:
+        make_run.choose_nodes(cloud)
+    except SystemExit:  # a machine that cannot run real nodes has no cloud
+        cloud = None
+    if cloud is not None:
+        kubelet = [a.split("=", 1)[1] for a in make_run.commands(cloud)["cloud"] if a.startswith("--kubelet-arg=")]
+        assert kubelet[kubelet.index("--authorization-mode") + 1] == "Webhook"
+        assert "--authentication-token-webhook" in kubelet
+        assert Path(kubelet[kubelet.index("--tls-cert-file") + 1]).exists()
     insecure = make_run.build_parser().parse_args(["--data-dir", str(tmp_path / "i"), "--insecure", "--real-nodes",
                                                    "0"])
     (tmp_path / "i").mkdir()

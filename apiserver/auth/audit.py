@@ -29,13 +29,18 @@ class AuditLog:
             self.file.close()
 
     def event(self, *, received: str, uri: str, verb: str, user, attrs: Attributes | None, code: int,
-              source: str = "", user_agent: str = "", stage: str = "ResponseComplete") -> dict:
-        """``stage``: ResponseStarted for a streamed answer (a watch) logged as it begins."""
+              source: str = "", user_agent: str = "", stage: str = "ResponseComplete",
+              impersonated=None) -> dict:
+        """``stage``: ResponseStarted for a streamed answer (a watch) logged as it begins;
+        ``impersonated``: the user the request acted as (user: who sent it), as upstream's
+        impersonatedUser."""
         event = {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
                  "auditID": str(uuid.uuid4()), "stage": stage, "requestURI": uri,
                  "verb": attrs.verb if attrs else verb,
-                 "user": {"username": user.name, "groups": list(user.groups)} if user else {},
+                 "user": user.info() if user else {},
                  "sourceIPs": [source] if source else [], "userAgent": user_agent}
+        if impersonated is not None:
+            event["impersonatedUser"] = impersonated.info()
         if attrs is not None and attrs.resource_request:
             ref = {"resource": attrs.resource}
             for key, value in (("namespace", attrs.namespace), ("name", attrs.name),

@@ -32,6 +32,22 @@ class User:
     name: str
     groups: tuple[str, ...] = ()
     uid: str = ""
+    # user.Info's Extra: (key, (values...)) pairs, sorted by key (an impersonated user's
+    # Impersonate-Extra-*, a pod-bound ServiceAccount token's pod name and uid)
+    extra: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def extra_dict(self) -> dict[str, list[str]]:
+        return {k: list(v) for k, v in self.extra}
+
+    def info(self) -> dict:
+        """authentication.k8s.io/v1 UserInfo (TokenReview, SelfSubjectReview, the audit log)."""
+        out: dict = {"username": self.name}
+        if self.uid:
+            out["uid"] = self.uid
+        out["groups"] = list(self.groups)
+        if self.extra:
+            out["extra"] = self.extra_dict()
+        return out
 
 
 ANONYMOUS = User("system:anonymous", (UNAUTHENTICATED,))
@@ -64,7 +80,7 @@ def service_account_user(namespace: str, name: str, uid: str = "") -> User:
 def _with_authenticated(user: User) -> User:
     if AUTHENTICATED in user.groups:
         return user
-    return User(user.name, (*user.groups, AUTHENTICATED), user.uid)
+    return User(user.name, (*user.groups, AUTHENTICATED), user.uid, user.extra)
 
 
 def user_of_cert(peercert: dict) -> User | None:
@@ -112,25 +128,54 @@ class Authenticator:
         raise errors.unauthorized()
 
     def _token(self, token: str) -> User:
+        user, reason, _ = self._token_user(token, self.audiences)
+        if user is None:
+            if reason:
+                log.info("bearer token refused: %s", reason)
+            raise errors.unauthorized()
+        return user
+
+    def review(self, token: str, audiences: list[str] | None = None) -> tuple[User | None, str, list[str]]:
+        """TokenReview: (the token's user with system:authenticated, or None; the error
+        in kube-apiserver's words, "" when none; the audiences the token was found valid
+        for). ``audiences``: the review's spec.audiences, default the apiserver's."""
+        wanted = list(audiences or self.audiences)
+        user, reason, auds = self._token_user(token, wanted)
+        if user is None:
+            # as kube-apiserver's bearer-token authenticator: a token no authenticator knows is
+            # "invalid bearer token"; one that failed a check says which beside it
+            return None, f"[invalid bearer token, {reason}]" if reason else "invalid bearer token", []
+        return _with_authenticated(user), "", auds
+
+    def _token_user(self, token: str, audiences: list[str]) -> tuple[User | None, str, list[str]]:
+        """(user, why not, audiences): a token-file token is good for any of the
+        apiserver's audiences (upstream wraps it audience-agnostic), a ServiceAccount
+        token for those it names."""
         user = self.token_users.get(token)
         if user is not None:
-            return user
+            auds = [a for a in audiences if a in self.audiences]
+            if not auds:
+                return None, "token audiences are not accepted", []
+            return user, "", auds
         if self.sa_public_keys and tokens.looks_like_jwt(token):
             try:
-                claims = tokens.verify(token, self.sa_public_keys, self.issuers, self.audiences)
+                claims = tokens.verify(token, self.sa_public_keys, self.issuers, audiences)
             except tokens.Invalid as e:
-                log.info("bearer token refused: %s", e)
-                raise errors.unauthorized() from None
+                return None, str(e), []
             sa = self.service_accounts(claims.namespace, claims.name) if self.service_accounts else None
             if sa is None or (claims.uid and sa.metadata.uid != claims.uid):
-                log.info("bearer token refused: ServiceAccount %s/%s (uid %s) no longer exists",
-                         claims.namespace, claims.name, claims.uid)
-                raise errors.unauthorized()
-            if claims.pod_name and self.pods is not None:
-                pod = self.pods(claims.namespace, claims.pod_name)
-                if pod is None or pod.metadata.uid != claims.pod_uid:
-                    log.info("bearer token refused: pod %s/%s (uid %s) it was bound to no longer exists",
-                             claims.namespace, claims.pod_name, claims.pod_uid)
-                    raise errors.unauthorized()
-            return service_account_user(claims.namespace, claims.name, claims.uid)
-        raise errors.unauthorized()
+                return None, (f"ServiceAccount {claims.namespace}/{claims.name} (uid {claims.uid}) "
+                              f"no longer exists"), []
+            extra = ()
+            if claims.pod_name:
+                if self.pods is not None:
+                    pod = self.pods(claims.namespace, claims.pod_name)
+                    if pod is None or pod.metadata.uid != claims.pod_uid:
+                        return None, (f"pod {claims.namespace}/{claims.pod_name} (uid {claims.pod_uid}) "
+                                      f"it was bound to no longer exists"), []
+                extra = (("authentication.kubernetes.io/pod-name", (claims.pod_name,)),
+                         ("authentication.kubernetes.io/pod-uid", (claims.pod_uid,)))
+            sa_user = service_account_user(claims.namespace, claims.name, claims.uid)
+            auds = [a for a in claims.audiences if a in audiences]
+            return User(sa_user.name, sa_user.groups, sa_user.uid, extra), "", auds
+        return None, "", []

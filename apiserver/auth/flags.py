@@ -47,6 +47,12 @@ def add_flags(p: argparse.ArgumentParser) -> None:
                    help="requests without credentials run as system:anonymous (else 401)")
     p.add_argument("--authorization-mode", default="AlwaysAllow",
                    help="comma-separated, tried in order: AlwaysAllow, Node, RBAC (make run: Node,RBAC)")
+    p.add_argument("--kubelet-client-certificate", default="",
+                   help="PEM client certificate the apiserver presents to kubelets (logs, exec, port-forward)")
+    p.add_argument("--kubelet-client-key", default="", help="PEM key of --kubelet-client-certificate")
+    p.add_argument("--kubelet-certificate-authority", default="",
+                   help="PEM CA the kubelets' serving certificates are verified with (needed with "
+                        "--kubelet-client-certificate: gRPC cannot skip verifying)")
     p.add_argument("--audit-log-path", default="",
                    help="append an audit.k8s.io/v1 Event (level Metadata) per request to this file ('-': stdout)")
 
@@ -57,6 +63,10 @@ def check(args) -> str | None:
         return "--tls-cert-file and --tls-private-key-file go together"
     if args.client_ca_file and not args.tls_cert_file:
         return "--client-ca-file needs TLS (--tls-cert-file and --tls-private-key-file)"
+    if bool(args.kubelet_client_certificate) != bool(args.kubelet_client_key):
+        return "--kubelet-client-certificate and --kubelet-client-key go together"
+    if args.kubelet_client_certificate and not args.kubelet_certificate_authority:
+        return "--kubelet-client-certificate needs --kubelet-certificate-authority (the kubelets' CA)"
     modes = [m.strip() for m in args.authorization_mode.split(",") if m.strip()]
     for m in modes:
         if m not in MODES:
@@ -87,6 +97,15 @@ def ssl_context(args) -> ssl.SSLContext | None:
         ctx.load_verify_locations(cafile=args.client_ca_file)
         ctx.verify_mode = ssl.CERT_OPTIONAL  # asked for, verified if given; tokens need none
     return ctx
+
+
+def kubelet_tls(args):
+    """The apiserver's TLS to kubelets (apiserver.kubelet.KubeletTLS), or None: plain text.
+    Raises OSError for unreadable files."""
+    if not args.kubelet_client_certificate:
+        return None
+    from apiserver.kubelet import KubeletTLS
+    return KubeletTLS(args.kubelet_client_certificate, args.kubelet_client_key, args.kubelet_certificate_authority)
 
 
 def build_gate(args, caches) -> Gate:

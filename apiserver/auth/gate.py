@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from apiserver import resources
+from apiserver.auth import impersonation
 from apiserver.auth.authn import Authenticator, User
 from apiserver.auth.rbac import AlwaysAllow, Attributes, forbidden, forbidden_message
 from apiserver.auth.tokens import Signer
@@ -102,8 +103,9 @@ def grpc_attributes(user: User, method: str, request) -> Attributes | None:
 @dataclass
 class Seen:
     """What the gate learnt of a request before it let it through or refused it (for the audit log)."""
-    user: User | None = None
+    user: User | None = None  # who authenticated
     attrs: Attributes | None = None
+    impersonated: User | None = None  # whom it acts as (Impersonate-* headers), if anyone
 
 
 @dataclass
@@ -125,23 +127,39 @@ class Gate:
         if self.restriction is not None:
             self.restriction.check(a)
 
+    def impersonate(self, user: User, pairs, seen: Seen) -> User:
+        """The user the request acts as: ``user``, or whom its Impersonate-* headers
+        (``pairs``) name once each is allowed (else ApiError Forbidden)."""
+        acting = impersonation.impersonate(self.authorizer, user, pairs)
+        if acting is None:
+            return user
+        log.debug("%s acts as %s", user.name, acting.name)
+        seen.impersonated = acting
+        return acting
+
     def rest(self, peercert: dict | None, method: str, path: str, headers: dict, query: dict,
-             seen: Seen | None = None) -> User:
+             seen: Seen | None = None, header_lines=()) -> User:
+        """``header_lines``: every (name, value) as sent, for the Impersonate-* headers."""
         seen = seen or Seen()
         seen.user = user = self.authenticate(peercert, headers.get("authorization", ""))
+        user = self.impersonate(user, header_lines, seen)
         seen.attrs = rest_attributes(user, method, path, query)
         self.authorize(seen.attrs)
         return user
 
     def grpc(self, method: str, request, context, seen: Seen | None = None) -> User:
         authorization = ""
-        for key, value in context.invocation_metadata() or ():
+        metadata = list(context.invocation_metadata() or ())
+        for key, value in metadata:
             if key == "authorization":
                 authorization = value
                 break
         peercert = context.peer_certificate() if hasattr(context, "peer_certificate") else None
         seen = seen or Seen()
         seen.user = user = self.authenticate(peercert, authorization)
+        # the same Impersonate-* names as gRPC metadata keys (lower-case, as HTTP/2 sends them)
+        user = self.impersonate(user, [(k, v) for k, v in metadata if isinstance(v, str)
+                                       and impersonation.is_impersonation_header(k)], seen)
         seen.attrs = a = grpc_attributes(user, method, request)
         if a is not None:
             self.authorize(a)

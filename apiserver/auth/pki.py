@@ -150,6 +150,9 @@ COMPONENTS = (
     ("cloud-controller-manager", "system:cloud-controller-manager", ()),
     ("cluster-autoscaler", "system:cluster-autoscaler", ()),
     ("cloud-nodes", "system:cloud-nodes", ("system:nodes",)),
+    # what the apiserver presents to kubelets (--kubelet-client-certificate), bound to
+    # system:kubelet-api-admin (policy.py)
+    ("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ()),
 )
 
 
@@ -185,6 +188,19 @@ class PlanePKI:
             issued = self.clients[f"node-{name}"] = self.ca.issue(
                 f"node-{name}", f"system:node:{name}", ("system:nodes",))
         return issued
+
+    def kubelet_serving(self, name: str) -> Issued:
+        """The serving certificate of node ``name``'s kubelet API (every kubelet of a
+        one-machine plane listens on 127.0.0.1), signed by the cluster CA, which is the
+        apiserver's --kubelet-certificate-authority."""
+        return self.ca.issue(f"kubelet-serving-{name}", f"system:node:{name}", ("system:nodes",), server=True,
+                             client=False, dns_names=("localhost", name), ips=("127.0.0.1",))
+
+    def kubelet_client_flags(self) -> dict[str, str]:
+        """kube-apiserver's flags to reach kubelets with its own client certificate."""
+        issued = self.clients["apiserver-kubelet-client"]
+        return {"kubelet_client_certificate": str(issued.cert), "kubelet_client_key": str(issued.key),
+                "kubelet_certificate_authority": str(self.ca.cert_path)}
 
     def apiserver_flags(self) -> dict[str, str]:
         """kube-apiserver's flags for these files (harness spelling: underscores)."""

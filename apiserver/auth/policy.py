@@ -128,7 +128,17 @@ def _cluster_roles() -> list[rbac_pb2.ClusterRole]:
         _role("system:public-info-viewer", [url_rule(["get"], ["/healthz", "/livez", "/readyz", "/version",
                                                                "/version/"])]),
         _role("system:basic-user", [rule(["create"], ["authorization.k8s.io"],
-                                         ["selfsubjectaccessreviews", "selfsubjectrulesreviews"])]),
+                                         ["selfsubjectaccessreviews", "selfsubjectrulesreviews"]),
+                                    rule(["create"], ["authentication.k8s.io"], ["selfsubjectreviews"])]),
+        # what a server delegating its authentication and authorization to the apiserver asks
+        _role("system:auth-delegator", [rule(["create"], ["authentication.k8s.io"], ["tokenreviews"]),
+                                        rule(["create"], ["authorization.k8s.io"], ["subjectaccessreviews"])]),
+        # everything of a kubelet's API (the apiserver's kubelet client: logs, exec, port-forward)
+        _role("system:kubelet-api-admin", [
+            rule(["get", "list", "watch"], [""], ["nodes"]),
+            rule(["proxy"], [""], ["nodes"]),
+            rule(ALL, [""], ["nodes/proxy", "nodes/metrics", "nodes/stats", "nodes/log"]),
+        ]),
         # the controllers run under one identity here (upstream: a ServiceAccount each, with
         # --use-service-account-credentials): read everything (informers, the garbage
         # collector), write what the controllers own, delete and patch owners' dependents
@@ -170,6 +180,10 @@ def _cluster_roles() -> list[rbac_pb2.ClusterRole]:
             rule(["create"], [""], ["pods/eviction", "serviceaccounts/token"]),
             rule(["create", "patch", "update"], ["", "events.k8s.io"], ["events"]),
             rule(["get", "list", "watch"], [""], ["services", "endpoints", "persistentvolumes"]),
+            # the kubelet's own API checks who calls it (--authentication-token-webhook,
+            # --authorization-mode=Webhook): these creates change nothing
+            rule(["create"], ["authentication.k8s.io"], ["tokenreviews"]),
+            rule(["create"], ["authorization.k8s.io"], ["localsubjectaccessreviews", "subjectaccessreviews"]),
             rule(["get", "list", "watch"], ["discovery.k8s.io"], ["endpointslices"]),
             rule(["create", "delete", "get", "patch", "update", "list", "watch"], ["coordination.k8s.io"],
                  ["leases"]),
@@ -236,6 +250,9 @@ def cluster_role_bindings() -> list[rbac_pb2.ClusterRoleBinding]:
                  [("User", "system:cloud-controller-manager")]),
         _binding("system:cluster-autoscaler", "system:cluster-autoscaler", [("User", "system:cluster-autoscaler")]),
         _binding("system:cloud-nodes", "system:cloud-nodes", [("User", "system:cloud-nodes")]),
+        # the apiserver's kubelet client certificate (pki.COMPONENTS): logs, exec, port-forward
+        _binding("system:kube-apiserver-kubelet-client", "system:kubelet-api-admin",
+                 [("User", "kube-apiserver-kubelet-client")]),
     ]
 
 

@@ -145,24 +145,61 @@ class RBACAuthorizer:
             return list(role.rules) if role is not None else []
         return []
 
-    def rules_for(self, user: User, namespace: str) -> list:
-        """Every rule granted to ``user`` at the cluster scope and in ``namespace``."""
-        out = []
+    def grants(self, user: User, namespace: str):
+        """(what grants it, in upstream's words; its rules) for every binding of
+        ``user`` at the cluster scope and in ``namespace``."""
         items, _ = self.cluster_bindings.list()
         for b in items:
-            if any(subject_matches(s, user, "") for s in b.subjects):
-                out.extend(self._ref_rules(b.role_ref, ""))
+            for s in b.subjects:
+                if subject_matches(s, user, ""):
+                    yield (f'ClusterRoleBinding "{b.metadata.name}" of {b.role_ref.kind} "{b.role_ref.name}" '
+                           f"to {describe_subject(s, '')}"), self._ref_rules(b.role_ref, "")
+                    break
         if namespace:
             items, _ = self.bindings.list(namespace)
             for b in items:
-                if any(subject_matches(s, user, namespace) for s in b.subjects):
-                    out.extend(self._ref_rules(b.role_ref, namespace))
-        return out
+                for s in b.subjects:
+                    if subject_matches(s, user, namespace):
+                        yield (f'RoleBinding "{b.metadata.name}/{namespace}" of {b.role_ref.kind} '
+                               f'"{b.role_ref.name}" to {describe_subject(s, namespace)}'), \
+                            self._ref_rules(b.role_ref, namespace)
+                        break
+
+    def rules_for(self, user: User, namespace: str) -> list:
+        """Every rule granted to ``user`` at the cluster scope and in ``namespace``."""
+        return [r for _, rules in self.grants(user, namespace) for r in rules]
+
+    def decide(self, a: Attributes) -> tuple[bool, str]:
+        """(allowed, why): the first binding whose role allows ``a``, as upstream's
+        SubjectAccessReview reason ("RBAC: allowed by ..."); no reason for a refusal
+        or for system:masters (upstream's privileged-group authorizer answers those)."""
+        if MASTERS in a.user.groups:
+            return True, ""
+        for source, rules in self.grants(a.user, a.namespace):
+            if any(rule_allows(rule, a) for rule in rules):
+                return True, f"RBAC: allowed by {source}"
+        return False, ""
 
     def allowed(self, a: Attributes) -> bool:
-        if MASTERS in a.user.groups:  # upstream's privileged-group shortcut
-            return True
-        return any(rule_allows(rule, a) for rule in self.rules_for(a.user, a.namespace))
+        return self.decide(a)[0]
+
+
+def describe_subject(s, binding_namespace: str) -> str:
+    if s.kind == "ServiceAccount":
+        return f'ServiceAccount "{s.name}/{s.namespace or binding_namespace}"'
+    return f'{s.kind} "{s.name}"'
+
+
+def decide(authorizer, a: Attributes) -> tuple[bool, str]:
+    """(allowed, reason) of ``authorizer`` (one, or a Union tried in order)."""
+    for z in getattr(authorizer, "authorizers", [authorizer]):
+        if hasattr(z, "decide"):
+            ok, reason = z.decide(a)
+        else:
+            ok, reason = z.allowed(a), ""
+        if ok:
+            return True, reason
+    return False, ""
 
 
 class AlwaysAllow:

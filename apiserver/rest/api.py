@@ -50,23 +50,24 @@ class RestApi:
         try:
             if self.gate is not None:
                 req.user = self.gate.rest(req.peercert, req.method, req.path.rstrip("/") or "/",
-                                          req.headers, req.query, seen)
+                                          req.headers, req.query, seen, req.header_lines)
             resp = await self._route(req)
         except ApiError as e:
             resp = error_response(e)
         if audit is not None:
             uri = req.path + (f"?{urlencode(req.query, doseq=True)}" if req.query else "")
             audit.event(received=received, uri=uri, verb=req.method.lower(), user=seen.user, attrs=seen.attrs,
-                        code=resp.status, source=req.source, user_agent=req.headers.get("user-agent", ""),
+                        impersonated=seen.impersonated, code=resp.status, source=req.source,
+                        user_agent=req.headers.get("user-agent", ""),
                         stage="ResponseStarted" if resp.stream is not None else "ResponseComplete")
         return resp
 
     async def _route(self, req: Request) -> Response:
         path = req.path.rstrip("/") or "/"
-        if path == authapi.SSAR_PATH and self.gate is not None:
-            return authapi.self_subject_access_review(self.gate, req)
-        if path == authapi.SSRR_PATH and self.gate is not None:
-            return authapi.self_subject_rules_review(self.gate, req)
+        if self.gate is not None and path.startswith(authapi.REVIEW_PREFIXES):
+            resp = authapi.route(self.gate, req, path)
+            if resp is not None:
+                return resp
         try:
             target = routing.parse(path)
         except routing.NoRoute:

@@ -81,8 +81,12 @@ def _group(name: str) -> dict:
 
 
 # served but never stored (apiserver/rest/authapi.py): api_version -> (name, kind, namespaced, verbs)
-UNSTORED = {"authorization.k8s.io/v1": [("selfsubjectaccessreviews", "SelfSubjectAccessReview", False, ["create"]),
-                                        ("selfsubjectrulesreviews", "SelfSubjectRulesReview", False, ["create"])]}
+UNSTORED = {"authentication.k8s.io/v1": [("selfsubjectreviews", "SelfSubjectReview", False, ["create"]),
+                                         ("tokenreviews", "TokenReview", False, ["create"])],
+            "authorization.k8s.io/v1": [("localsubjectaccessreviews", "LocalSubjectAccessReview", True, ["create"]),
+                                        ("selfsubjectaccessreviews", "SelfSubjectAccessReview", False, ["create"]),
+                                        ("selfsubjectrulesreviews", "SelfSubjectRulesReview", False, ["create"]),
+                                        ("subjectaccessreviews", "SubjectAccessReview", False, ["create"])]}
 
 
 def groups() -> list[str]:

@@ -44,6 +44,9 @@ class Request:
     peercert: dict | None = None
     user: object = None
     source: str = ""  # the client's address
+    # every header line as sent (lower-case name, value): repeated headers one by one
+    # (Impersonate-Group), where ``headers`` joins them with commas
+    header_lines: list[tuple[str, str]] = field(default_factory=list)
 
     def param(self, name: str, default: str = "") -> str:
         values = self.query.get(name)
@@ -168,6 +171,7 @@ async def _read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
     if not version.startswith("HTTP/1."):
         raise _BadRequest(400, f"unsupported protocol version {version}")
     headers: dict[str, str] = {}
+    lines: list[tuple[str, str]] = []
     for _ in range(MAX_HEADERS + 1):
         raw = await reader.readline()
         if raw in (b"\r\n", b"\n"):
@@ -180,6 +184,7 @@ async def _read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
         key = name.strip().lower()
         value = value.strip()
         headers[key] = f"{headers[key]},{value}" if key in headers else value
+        lines.append((key, value))
     else:
         raise _BadRequest(431, "too many request headers")
     body = b""
@@ -216,7 +221,7 @@ async def _read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
         body = await reader.readexactly(n) if n > 0 else b""
     url = urlsplit(target)
     return Request(method.upper(), unquote(url.path), parse_qs(url.query, keep_blank_values=True),
-                   headers, body)
+                   headers, body, header_lines=lines)
 
 
 def _head(status: int, headers: list[tuple[str, str]]) -> bytes:

@@ -12,6 +12,12 @@ download openapi". Schemas are named as Kubernetes names them
 kinds served, and the strategic-merge-patch extensions of the lists
 patch.py merges by key, which ``kubectl apply`` reads to compute its patches.
 /openapi/v2 is not served: kubectl 1.32 needs it only when v3 is missing.
+
+The review kinds (discovery.UNSTORED: TokenReview, SubjectAccessReview, ...) take
+only create; their documents list the POST and, as the marker client-go reads for
+"the server validates fields" (authapi checks fieldValidation=Strict itself), a
+PATCH the server answers 405 to. Without it kubectl 1.32 would fetch /openapi/v2
+to validate client-side, and ``kubectl create -f`` of a review would fail.
 """
 
 from __future__ import annotations
@@ -138,12 +144,34 @@ def _paths(api_version: str) -> dict:
     return out
 
 
+def _review_paths(api_version: str) -> dict:
+    group, _, version = api_version.rpartition("/")
+    out = {}
+    for name, kind, namespaced, _verbs in discovery.UNSTORED.get(api_version, []):
+        gvk = {"group": group, "version": version, "kind": kind}
+        ns = "/namespaces/{namespace}" if namespaced else ""
+        params = [_param(p) for p in _COMMON_PARAMS]
+        ok = {"201": {"description": "Created", "content": {"application/json": {"schema": {"type": "object"}}}}}
+        out[f"/apis/{api_version}{ns}/{name}"] = {
+            "post": {"operationId": f"create{kind}", "parameters": params, "responses": ok,
+                     "x-kubernetes-action": "post", "x-kubernetes-group-version-kind": gvk},
+            "patch": {"operationId": f"patch{kind}", "parameters": params,
+                      "responses": {"405": {"description": "create only"}},
+                      "x-kubernetes-action": "patch", "x-kubernetes-group-version-kind": gvk},
+            "parameters": [_param("namespace", "path")] if namespaced else []}
+    return out
+
+
+def _api_versions() -> list[str]:
+    return [*discovery.group_versions(), *(gv for gv in discovery.UNSTORED if gv not in discovery.group_versions())]
+
+
 @functools.cache
 def _document(api_version: str) -> bytes | None:
-    if api_version not in discovery.group_versions():
+    if api_version not in _api_versions():
         return None
     doc = {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.0"},
-           "paths": _paths(api_version), "components": {"schemas": schemas()}}
+           "paths": {**_paths(api_version), **_review_paths(api_version)}, "components": {"schemas": schemas()}}
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -154,7 +182,7 @@ def _key(api_version: str) -> str:
 @functools.cache
 def root() -> dict:
     paths = {}
-    for gv in discovery.group_versions():
+    for gv in _api_versions():
         digest = hashlib.sha512(_document(gv)).hexdigest()[:128].upper()
         paths[_key(gv)] = {"serverRelativeURL": f"/openapi/v3/{_key(gv)}?hash={digest}"}
     return {"paths": paths}
@@ -168,7 +196,7 @@ def document(path: str) -> bytes | dict | None:
     if not path.startswith(prefix):
         return None
     key = path[len(prefix):]
-    for gv in discovery.group_versions():
+    for gv in _api_versions():
         if _key(gv) == key:
             return _document(gv)
     return None

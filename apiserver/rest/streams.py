@@ -156,7 +156,7 @@ class PodStreams:
 
         async def takeover(reader, writer) -> None:
             try:
-                upstream = await relay.open_upstream(host, port)
+                upstream = await self.kubelets.open_http(host, port)
             except OSError as e:
                 err = ApiError("ServiceUnavailable",
                                f'the kubelet of node "{node}" at {host}:{port} does not answer ({e}): '

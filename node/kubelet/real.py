@@ -43,6 +43,7 @@ import functools
 import logging
 import os
 import signal
+import ssl
 import threading
 import time
 
@@ -87,7 +88,8 @@ class RealKubelet:
                  heartbeat_interval: float = 10.0, status_interval: float = 60.0,
                  backoff: tuple[float, float] = (INITIAL, MAX), address: str = "127.0.0.1",
                  port: int | None = 0, cgroup_root: str = "", dns=None,
-                 register_taints: list[tuple[str, str, str]] = (), stream_netns: str = "") -> None:
+                 register_taints: list[tuple[str, str, str]] = (), stream_netns: str = "",
+                 server_tls=None, server_auth=None) -> None:
         """``backoff``: the restart back-off's first delay and cap (Kubernetes' 10 s and 300 s).
         ``address``/``port``: where the kubelet API (logs, exec) listens for the apiserver (port 0:
         any free one, published in the Node's daemonEndpoints; None: no API). ``cgroup_root``: the
@@ -96,7 +98,8 @@ class RealKubelet:
         node.kubelet.dns.DnsConfigurer for the pods' resolv.conf (None: the runtime's default).
         ``stream_netns``: the network namespace the runtime's streaming URLs are dialled in ("":
         the kubelet's own; a runtime inside the node's namespace, as the tests run containerd,
-        serves its streams on that namespace's loopback)."""
+        serves its streams on that namespace's loopback). ``server_tls``/``server_auth``: the kubelet
+        API's TLS context and who may call it (node.kubelet.auth); None: plain text, everyone."""
         self.client, self.runtime, self.image_service = client, runtime, images
         self.node_name, self.node_ip, self.pod_cidr = node_name, node_ip, pod_cidr
         self.root = root
@@ -132,7 +135,8 @@ class RealKubelet:
         self._seen: dict[str, dict[str, str]] = {}  # uid -> {container id: state} its last sync read
         self._pod_locks: dict[str, threading.Lock] = {}  # key -> held by the sync or status write of a pod
         self.server = KubeletServer(CriContainers(runtime, self._status_by_name), host=address, port=port,
-                                    stream_netns=stream_netns) if port is not None else None
+                                    stream_netns=stream_netns, ssl_context=server_tls,
+                                    auth=server_auth) if port is not None else None
         self._lock = threading.Lock()
         self._statuses: dict[str, core_pb2.PodStatus] = {}   # uid -> the status last generated
         self._keys: dict[str, str] = {}                      # uid -> ns/name
@@ -472,7 +476,42 @@ def build_parser() -> argparse.ArgumentParser:
                         "zone, instance type): it is registered with the taint "
                         f"{UNINITIALIZED_TAINT}=true:NoSchedule, which that controller removes")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_server_auth_flags(p)
     return p
+
+
+def add_server_auth_flags(p: argparse.ArgumentParser) -> None:
+    """The kubelet's flags for its own API's TLS and who may call it (node.kubelet.auth)."""
+    p.add_argument("--tls-cert-file", default="", help="PEM serving certificate of the kubelet API (TLS)")
+    p.add_argument("--tls-private-key-file", default="", help="PEM key of --tls-cert-file")
+    p.add_argument("--client-ca-file", default="",
+                   help="PEM CA: client certificates it signed authenticate to the kubelet API (CN user, O groups)")
+    p.add_argument("--authentication-token-webhook", action="store_true",
+                   help="bearer tokens are judged by the apiserver (TokenReview)")
+    p.add_argument("--authorization-mode", default="AlwaysAllow", choices=["AlwaysAllow", "Webhook"],
+                   help="Webhook: every request is a SubjectAccessReview at the apiserver (nodes/proxy, ...)")
+    p.add_argument("--anonymous-auth", default="true", choices=["true", "false"],
+                   help="requests without credentials are system:anonymous (else 401)")
+
+
+def server_auth_from(args, node_name: str, server: str):
+    """(ssl context or None, KubeletAuth or None) for the flags; ValueError/OSError when
+    they do not go together or a file cannot be read."""
+    from apiserver.client import credentials_for
+    from node.kubelet.auth import ApiReviews, KubeletAuth, server_ssl_context
+
+    if bool(args.tls_cert_file) != bool(args.tls_private_key_file):
+        raise ValueError("--tls-cert-file and --tls-private-key-file go together")
+    if args.client_ca_file and not args.tls_cert_file:
+        raise ValueError("--client-ca-file needs TLS (--tls-cert-file and --tls-private-key-file)")
+    tls = server_ssl_context(args.tls_cert_file, args.tls_private_key_file, args.client_ca_file) \
+        if args.tls_cert_file else None
+    webhook = args.authorization_mode == "Webhook"
+    if not (tls or webhook or args.authentication_token_webhook):
+        return None, None
+    reviews = ApiReviews(credentials_for(server)) if webhook or args.authentication_token_webhook else None
+    return tls, KubeletAuth(node_name, reviews, token_webhook=args.authentication_token_webhook,
+                            webhook_authz=webhook, anonymous=args.anonymous_auth == "true")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -494,6 +533,11 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    try:
+        server_tls, server_auth = server_auth_from(args, args.node_name, args.server)
+    except (OSError, ValueError, ssl.SSLError) as e:
+        log.error("cannot set up the kubelet API's TLS or authentication: %s", e)
+        return 2
     with Client(args.server) as client, CriClient(args.runtime) as cri:
         try:
             cri.wait_ready(args.runtime_wait)
@@ -505,7 +549,8 @@ def main(argv: list[str] | None = None) -> int:
                               root=args.root, pod_cidr=args.pod_cidr, capacity=capacity, connect=connect,
                               workers=args.workers, heartbeat_interval=args.heartbeat_interval,
                               address=args.address, port=args.port, cgroup_root=args.cgroup_root,
-                              stream_netns=args.runtime_stream_netns,
+                              stream_netns=args.runtime_stream_netns, server_tls=server_tls,
+                              server_auth=server_auth,
                               dns=DnsConfigurer(args.cluster_dns.split(","), args.cluster_domain,
                                                 args.resolv_conf),
                               register_taints=[(UNINITIALIZED_TAINT, "true", "NoSchedule")]

@@ -12,6 +12,12 @@ output comes back whole when it ends, up to EXEC_OUTPUT_LIMIT bytes of each stre
 The server runs in its own event loop, in a thread of the kubelet (``KubeletServer.start``),
 or in the caller's loop (``serve``). ``Containers`` methods are blocking calls (CRI over
 grpcio): they run in worker threads.
+
+Secured (``ssl_context`` and ``auth``, the kubelet's --tls-*, --client-ca-file,
+--authentication-token-webhook, --authorization-mode=Webhook): TLS on the port, and every
+call authenticated and authorized (node.kubelet.auth) before it is served: the gRPC calls
+as the HTTP endpoints they stand for (ContainerLogs a GET, Exec a POST of nodes/proxy),
+refused with UNAUTHENTICATED / PERMISSION_DENIED and the kubelet's words.
 """
 
 from __future__ import annotations
@@ -119,15 +125,30 @@ def _options(request: kubelet_pb2.LogsRequest) -> logs.LogOptions:
 
 class KubeletService(kubelet_pb2_grpc.KubeletServicer):
     def __init__(self, containers: Containers, *, poll: float = logs.POLL_INTERVAL,
-                 state_check: float = logs.STATE_CHECK_INTERVAL) -> None:
+                 state_check: float = logs.STATE_CHECK_INTERVAL, auth=None) -> None:
         self.containers = containers
         self.poll = poll
         self.state_check = state_check
+        self.auth = auth
+
+    async def _check(self, context, method: str, path: str) -> None:
+        """Aborts the call unless its caller may (no auth: everyone may)."""
+        if self.auth is None:
+            return
+        from node.kubelet.auth import Refused
+        authorization = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), "")
+        try:
+            await self.auth.acheck(context.peer_certificate(), authorization, method, path)
+        except Refused as e:
+            code = {401: grpc.StatusCode.UNAUTHENTICATED, 403: grpc.StatusCode.PERMISSION_DENIED}.get(
+                e.code, grpc.StatusCode.INTERNAL)
+            await context.abort(code, e.message)
 
     async def ContainerLogs(self, request, context):
         """Written with context.write, so that the stream waits while the reader does not read
         (at most grpclite's per-stream share is queued), and a cancelled call (the apiserver's
         client went away) ends here, closing the file."""
+        await self._check(context, "GET", f"/containerLogs/{request.namespace}/{request.pod}/{request.container}")
         try:
             opts = _options(request)
             cid, path, running = await asyncio.to_thread(
@@ -155,6 +176,7 @@ class KubeletService(kubelet_pb2_grpc.KubeletServicer):
             await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
 
     async def Exec(self, request, context):
+        await self._check(context, "POST", f"/exec/{request.namespace}/{request.pod}/{request.container}")
         try:
             if not request.command:
                 raise ContainerError(grpc.StatusCode.INVALID_ARGUMENT, "you must specify at least one command for the container")
@@ -175,17 +197,19 @@ class KubeletService(kubelet_pb2_grpc.KubeletServicer):
 
 
 async def serve(containers: Containers, host: str = "127.0.0.1", port: int = 0, stream_netns: str = "",
-                **service_options) -> tuple[GrpcServer, int]:
+                ssl_context=None, auth=None, **service_options) -> tuple[GrpcServer, int]:
     """The service listening in the running loop on host:port (0: a free port): (server, port).
     Connections that are not HTTP/2 get the kubelet's HTTP endpoints (node.kubelet.streaming:
-    exec, attach, port-forward, containerLogs) when ``containers`` can give streaming URLs."""
+    exec, attach, port-forward, containerLogs) when ``containers`` can give streaming URLs.
+    ``ssl_context``: TLS (node.kubelet.auth.server_ssl_context); ``auth``: a KubeletAuth."""
     server = GrpcServer(max_receive_message_length=1 << 20, eager_unary=False)
-    kubelet_pb2_grpc.add_KubeletServicer_to_server(KubeletService(containers, **service_options), server)
+    kubelet_pb2_grpc.add_KubeletServicer_to_server(KubeletService(containers, auth=auth, **service_options),
+                                                   server)
     if hasattr(containers, "exec_url"):
         from node.kubelet.streaming import StreamingFront
-        server.streaming = StreamingFront(containers, stream_netns=stream_netns, **service_options)
+        server.streaming = StreamingFront(containers, stream_netns=stream_netns, auth=auth, **service_options)
         server.http1_protocol = server.streaming.protocol
-    bound = await server.listen(host, port)
+    bound = await server.listen(host, port, ssl_context=ssl_context)
     await server.start()
     return server, bound
 
@@ -195,8 +219,10 @@ class KubeletServer:
     ``port = KubeletServer(containers).start()``, then ``stop()``."""
 
     def __init__(self, containers: Containers, host: str = "127.0.0.1", port: int = 0,
-                 stream_netns: str = "", **service_options) -> None:
+                 stream_netns: str = "", ssl_context=None, auth=None, **service_options) -> None:
         self.containers = containers
+        self.ssl_context = ssl_context
+        self.auth = auth
         self.stream_netns = stream_netns
         self.host = host
         self.port = port
@@ -214,6 +240,7 @@ class KubeletServer:
             self._stopped = asyncio.Event()
             try:
                 server, self.port = await serve(self.containers, self.host, self.port, self.stream_netns,
+                                                ssl_context=self.ssl_context, auth=self.auth,
                                                 **self.service_options)
             except BaseException as e:  # noqa: BLE001 (handed to start's caller)
                 failure.append(e)

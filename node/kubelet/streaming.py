@@ -11,7 +11,9 @@ PodLogOptions' query parameters, following while the container runs.
 
 Paths: /exec/<namespace>/<pod>/<container>, /attach/<namespace>/<pod>/<container>,
 /portForward/<namespace>/<pod>, /containerLogs/<namespace>/<pod>/<container> (a pod UID
-segment before the container, as the kubelet allows, is accepted and ignored).
+segment before the container, as the kubelet allows, is accepted and ignored), /healthz.
+With an ``auth`` (node.kubelet.auth.KubeletAuth) every request is authenticated and
+authorized first, as the kubelet's auth filter does (401/403 in its words).
 """
 
 from __future__ import annotations
@@ -57,8 +59,9 @@ class StreamingFront:
     port_forward_url (node.kubelet.cri_containers)."""
 
     def __init__(self, containers, *, stream_netns: str = "", poll: float = logs.POLL_INTERVAL,
-                 state_check: float = logs.STATE_CHECK_INTERVAL) -> None:
+                 state_check: float = logs.STATE_CHECK_INTERVAL, auth=None) -> None:
         self.containers = containers
+        self.auth = auth
         self.stream_netns = stream_netns
         self.poll, self.state_check = poll, state_check
         self.tasks: set[asyncio.Task] = set()
@@ -77,6 +80,13 @@ class StreamingFront:
         self.tasks.add(task)
         try:
             head = await read_head(reader)
+            if head is not None and self.auth is not None:
+                from node.kubelet.auth import Refused
+                try:
+                    await self.auth.acheck(writer.get_extra_info("peercert"), head.headers.get("authorization", ""),
+                                           head.method, head.path)
+                except Refused as e:
+                    raise HttpError(e.code, e.message) from None
             if head is not None:
                 await self._route(head, reader, writer)
         except HttpError as e:
@@ -99,6 +109,9 @@ class StreamingFront:
         parts = [p for p in head.path.split("/") if p]
         if not parts:
             raise HttpError(404, "404 page not found")
+        if parts == ["healthz"]:
+            writer.write(response_bytes(200, b"ok"))
+            return
         kind, args = parts[0], parts[1:]
         if kind in ("exec", "attach", "containerLogs") and len(args) in (3, 4):
             namespace, pod, container = args[0], args[1], args[-1]
