@@ -72,6 +72,7 @@ class NetnsListener:
         self._listener = None       # the asyncio server on the namespace's socket
         self._bound_to = None       # namespace_id of the namespace it was made in
         self._waiting_said = False
+        self.looks = 0              # checks made (tests wait on it)
 
     @property
     def listening(self) -> bool:
@@ -79,6 +80,7 @@ class NetnsListener:
 
     async def check(self) -> None:
         """One look: close a socket whose namespace went, make one where there is none."""
+        self.looks += 1
         current = namespace_id(self.netns)
         if self._listener is not None and current != self._bound_to:
             self.server.unlisten(self._listener)

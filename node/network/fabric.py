@@ -139,9 +139,13 @@ class Fabric:
         outside). Returns the namespace; kept if it exists."""
         netns = f"{self.prefix}-{name}"
         uplink = f"{self.prefix}{name}"[:15]  # IFNAMSIZ
+        # A MAC fixed by the address: a host made again (a plane restarted) is found by the
+        # neighbours that still remember it, not after their ARP entries go stale.
+        octets = [int(x) for x in address.split(".")]
+        mac = f"02:6b:70:68:{octets[2]:02x}:{octets[3]:02x}"
         create_netns(netns)
         if uplink not in link_names(self.netns):
-            ip(batch=[f"link add {uplink} type veth peer name {NODE_IFNAME} netns {netns}",
+            ip(batch=[f"link add {uplink} type veth peer name {NODE_IFNAME} address {mac} netns {netns}",
                       f"link set {uplink} master {FABRIC_BRIDGE}",
                       f"link set {uplink} up"], netns=self.netns)
         ip(batch=["link set lo up", f"addr replace {address}/16 dev {NODE_IFNAME}",
