@@ -11,6 +11,7 @@ that exist and are not terminating. Storage does the optimistic concurrency
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -33,6 +34,7 @@ log = logging.getLogger("apiserver.registry")
 NAMESPACES = resources.BY_NAME["namespaces"]
 PODS = resources.BY_NAME["pods"]
 SERVICE_ACCOUNTS = resources.BY_NAME["serviceaccounts"]
+SA_DEFAULT_ATTEMPTS = 10  # reads of a missing `default` account before a pod naming it is refused
 SERVICE_ACCOUNT_MOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 API_ACCESS_PREFIX = "kube-api-access-"
 # upstream's: an hour and 7 s, so that a token's age tells the kubelet's refresh apart
@@ -133,22 +135,18 @@ class Registry:
         """upstream's ServiceAccount admission plugin on a new pod: it runs as ``default`` unless it
         names an account, and unless the pod or its account says automountServiceAccountToken:
         false, every container gets the account's token, the cluster's CA and the namespace in a
-        projected volume (kube-api-access-xxxxx) at /var/run/secrets/kubernetes.io/serviceaccount."""
+        projected volume (kube-api-access-xxxxx) at /var/run/secrets/kubernetes.io/serviceaccount.
+        A pod naming an account that does not exist is refused (Forbidden, upstream's message)."""
         spec = pod.spec
         spec.service_account_name = spec.service_account_name or "default"
+        # upstream's NamespaceLifecycle admission runs first: a missing namespace is NotFound
+        await self._check_namespace_open(PODS, pod.metadata.namespace, pod.metadata.name)
+        sa = await self._service_account_for(pod)
         if spec.HasField("automount_service_account_token"):
             if not spec.automount_service_account_token:
                 return
-        else:
-            try:
-                sa = await self.storage.get(SERVICE_ACCOUNTS, pod.metadata.namespace, spec.service_account_name)
-            except ApiError as e:
-                if e.reason != "NotFound":
-                    raise
-                sa = None
-            if sa is not None and sa.HasField("automount_service_account_token") \
-                    and not sa.automount_service_account_token:
-                return
+        elif sa.HasField("automount_service_account_token") and not sa.automount_service_account_token:
+            return
         containers = (*spec.init_containers, *spec.containers)
         if any(m.mount_path == SERVICE_ACCOUNT_MOUNT_PATH for c in containers for m in c.volume_mounts):
             return
@@ -168,6 +166,26 @@ class Registry:
                                                                      field_path="metadata.namespace"))
         for c in containers:
             c.volume_mounts.add(name=name, read_only=True, mount_path=SERVICE_ACCOUNT_MOUNT_PATH)
+
+    async def _service_account_for(self, pod):
+        """The account a pod runs as, from the watch cache or else etcd; ``default`` is looked for
+        a few times (upstream: 10 tries 100-200 ms apart), since the ServiceAccount controller
+        makes it just after its namespace."""
+        namespace, name = pod.metadata.namespace, pod.spec.service_account_name
+        cache = self.caches.get(SERVICE_ACCOUNTS.name)
+        cached = cache.get(namespace, name) if cache is not None else None
+        if cached is not None:
+            return cached
+        for attempt in range(SA_DEFAULT_ATTEMPTS if name == "default" else 1):
+            if attempt:
+                await asyncio.sleep(0.1 + 0.1 * secrets.randbelow(1000) / 1000)
+            try:
+                return await self.storage.get(SERVICE_ACCOUNTS, namespace, name)
+            except ApiError as e:
+                if e.reason != "NotFound":
+                    raise
+        raise errors.forbidden("pods", pod.metadata.name,
+                               f'error looking up service account {namespace}/{name}: serviceaccount "{name}" not found')
 
     def _check_size(self, res: Resource, msg) -> None:
         size = msg.ByteSize()

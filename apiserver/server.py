@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--advertise-address", default="",
                    help="address the `kubernetes` Service's endpoints name (default: --bind-address, "
                         "or 127.0.0.1 when that is 0.0.0.0)")
+    p.add_argument("--bind-netns", default="", metavar="NAME",
+                   help="also serve on --advertise-address, at the same port, inside the network namespace "
+                        "NAME (/run/netns/NAME: a plane's control-plane host, <prefix>-cp), where pods reach "
+                        "the `kubernetes` Service's endpoint; the socket is made once the namespace and the "
+                        "address exist, and again if the namespace is made anew (needs CAP_SYS_ADMIN)")
     p.add_argument("--service-repair-interval", type=float, default=DEFAULT_REPAIR_INTERVAL,
                    help="seconds between passes of the ClusterIP/NodePort repair loop (upstream: 180)")
     auth_flags.add_flags(p)
@@ -151,9 +156,15 @@ async def serve(args: argparse.Namespace, transformer) -> int:
         bootstrap.port = port
         await bootstrap_until_done(namespaces=False)
     await server.start()
+    stop = asyncio.Event()
+    tasks = []
+    if args.bind_netns:
+        from apiserver.netns_listen import NetnsListener
+
+        tasks.append(asyncio.create_task(
+            NetnsListener(server, args.bind_netns, args.advertise_address, port, tls).run(stop)))
     log.info("apiserver serving gRPC and REST on %s:%d over %s, authorization %s (etcd %s)", args.bind_address,
              port, "TLS" if tls else "plain text", ",".join(args.authorization_modes), ",".join(etcd.endpoints))
-    stop = asyncio.Event()
     repair = asyncio.create_task(bootstrap.run(stop))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -161,6 +172,7 @@ async def serve(args: argparse.Namespace, transformer) -> int:
     await stop.wait()
     log.info("shutting down")
     await repair
+    await asyncio.gather(*tasks, return_exceptions=True)
     await rest.close()
     await server.stop(grace=1.0)
     await kubelets.close()
@@ -203,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     problem = auth_flags.check(args)
     if problem:
         print(f"apiserver: {problem}", file=sys.stderr)
+        return 2
+    if args.bind_netns and not args.advertise_address:
+        print("apiserver: --bind-netns needs --advertise-address (the address to listen on in that namespace)",
+              file=sys.stderr)
         return 2
     if not args.advertise_address:
         args.advertise_address = "127.0.0.1" if args.bind_address in ("0.0.0.0", "localhost", "") \

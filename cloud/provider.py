@@ -136,6 +136,9 @@ class Cloud:
         """The fabric, the busybox image, the router and the internet namespaces; then the
         monitor that keeps groups at their target and instances' processes running."""
         self.layout.fabric.create()
+        # the control plane's host on the VPC (the apiserver's --bind-netns): the route table
+        # reaches it too, so pods' connections to the `kubernetes` Service find their way back
+        self.layout.fabric.add_control_plane()
         self.layout.prepare_images()
         self.router.create()
         self.layout.fabric.add_host("inet", INTERNET_IP)
@@ -398,6 +401,9 @@ class Cloud:
                     self.layout.fabric.set_route(inst.node.netns, old["cidr"], None)
                 if inst.id != instance:
                     self.layout.fabric.set_route(inst.node.netns, cidr, target.node.ip)
+            if old is not None and old["cidr"] != cidr:
+                self.layout.fabric.set_route(self.layout.fabric.control_plane_netns, old["cidr"], None)
+            self.layout.fabric.set_route(self.layout.fabric.control_plane_netns, cidr, target.node.ip)
             return dict(route)
 
     def delete_route(self, name: str) -> None:
@@ -407,6 +413,7 @@ class Cloud:
                 raise CloudError(404, f"route {name} not found")
             for inst in self._running():
                 self.layout.fabric.set_route(inst.node.netns, route["cidr"], None)
+            self.layout.fabric.set_route(self.layout.fabric.control_plane_netns, route["cidr"], None)
 
     def _running(self) -> list[Instance]:
         return [i for i in self.instances.values() if i.state in (RUNNING, STOPPED)]
@@ -424,6 +431,7 @@ class Cloud:
             if route["instance"] == inst.id:
                 for other in self._running():
                     self.layout.fabric.set_route(other.node.netns, route["cidr"], None)
+                self.layout.fabric.set_route(self.layout.fabric.control_plane_netns, route["cidr"], None)
 
     # ---- load balancers (cloud.loadbalancer.Router) ----
 

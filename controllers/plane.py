@@ -79,7 +79,14 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
                          "--log-level", "warning"]
     if args.real is not None:
         cmds.update(args.real.commands(server))
+        # pods reach it through the `kubernetes` Service: a listener on the control plane's host
+        # on the nodes' fabric, that Service's endpoint
+        cmds["apiserver"] += args.real.apiserver_flags()
     if args.cloud:  # after the apiserver: stopped (instances deleted) while it still answers
+        from node.plane import RealNodes
+
+        # the cloud's plane (its prefix kept under <data>/cloud): pods reach the apiserver there
+        cmds["apiserver"] += RealNodes(os.path.join(args.data_dir, "cloud"), 0).apiserver_flags()
         url = f"http://127.0.0.1:{args.cloud_port}"
         cmds["cloud"] = [py, "-m", "cloud", "--data-dir", os.path.join(args.data_dir, "cloud"), "--server", server,
                          "--port", str(args.cloud_port), "--node-group", f"pool:{args.cloud}:small",

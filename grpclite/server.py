@@ -13,6 +13,7 @@ import asyncio
 import inspect
 import logging
 import os
+import socket
 import ssl
 import stat
 import time
@@ -145,6 +146,20 @@ class GrpcServer:
             lambda: Connection(self), host or None, port, ssl=ssl_context, reuse_address=True, backlog=1024)
         self.servers.append(server)
         return server.sockets[0].getsockname()[1]
+
+    async def listen_socket(self, sock: socket.socket,
+                            ssl_context: ssl.SSLContext | None = None) -> asyncio.base_events.Server:
+        """Serve on ``sock``, a listening TCP socket made elsewhere (e.g. inside another network
+        namespace); returns its asyncio server, which ``unlisten`` closes alone."""
+        server = await self.loop.create_server(lambda: Connection(self), sock=sock, ssl=ssl_context, backlog=1024)
+        self.servers.append(server)
+        return server
+
+    def unlisten(self, server: asyncio.base_events.Server) -> None:
+        """Stop accepting on one of the listeners (connections already made go on)."""
+        server.close()
+        if server in self.servers:
+            self.servers.remove(server)
 
     async def listen_unix(self, path: str) -> None:
         """Listen on a unix socket at `path` (gRPC's ``unix://path``), as CRI

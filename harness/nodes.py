@@ -99,8 +99,10 @@ class ProxyProcess(ServerProcess):
     kind = "kube-proxy"
 
     def __init__(self, nodes: RealNodes, node: RealNode, server: str, registry: Registry | None = None,
-                 extra_args: tuple[str, ...] = (), ready_timeout: float = DEFAULT_READY_TIMEOUT) -> None:
+                 extra_args: tuple[str, ...] = (), ready_timeout: float = DEFAULT_READY_TIMEOUT,
+                 kubeconfig: str | None = None) -> None:
         self.nodes, self.node, self.server, self.extra_args = nodes, node, server, extra_args
+        self.extra_env = {"KUBECONFIG": kubeconfig} if kubeconfig else {}
         super().__init__(f"proxy-{node.index}", nodes.dir, registry, ready_timeout)
 
     @property
@@ -122,8 +124,9 @@ class DnsProcess(ServerProcess):
     kind = "cluster-dns"
 
     def __init__(self, nodes: RealNodes, server: str, registry: Registry | None = None,
-                 ready_timeout: float = DEFAULT_READY_TIMEOUT) -> None:
+                 ready_timeout: float = DEFAULT_READY_TIMEOUT, kubeconfig: str | None = None) -> None:
         self.nodes, self.server = nodes, server
+        self.extra_env = {"KUBECONFIG": kubeconfig} if kubeconfig else {}
         super().__init__("dns", nodes.dir, registry, ready_timeout)
 
     @property
@@ -185,8 +188,12 @@ def real_nodes(tmp_path, server: str, count: int = 1, kubelet_args: tuple[str, .
     that need no Service: a proxy and the DNS cost a few seconds of start-up), nothing routes a
     clusterIP and pods' resolv.conf names node 0's address, where a test may start the DNS.
 
-    ``kubeconfig``: node name -> the path of its kubelet's kubeconfig (a secure plane:
-    ``lambda name: api.kubeconfig(path, f"node-{name}")``); None: kubelets without credentials."""
+    ``kubeconfig``: identity -> the path of a kubeconfig for it, asked for "node-<node name>" (each
+    kubelet), "kube-proxy" and "dns" (a secure plane: ``lambda who: api.kubeconfig(tmp / who, who)``);
+    None: every component without credentials.
+
+    For pods to reach the apiserver (the `kubernetes` Service), start it with
+    ``control_plane_flags(tmp_path)``: the same ``tmp_path`` gives the same plane prefix."""
     layout = RealNodes(Path(tmp_path), count, proxies=services)
     reg = Registry()
     runtimes: list[RuntimeProcess] = []
@@ -197,15 +204,18 @@ def real_nodes(tmp_path, server: str, count: int = 1, kubelet_args: tuple[str, .
         layout.prepare()
         runtimes = [RuntimeProcess(layout, n, reg) for n in layout.nodes]
         if services:  # they need only the apiserver: start them while the runtimes start
-            proxies = [ProxyProcess(layout, n, server, reg, proxy_args) for n in layout.nodes]
-            dns = DnsProcess(layout, server, reg)
+            proxies = [ProxyProcess(layout, n, server, reg, proxy_args,
+                                    kubeconfig=kubeconfig("kube-proxy") if kubeconfig else None)
+                       for n in layout.nodes]
+            dns = DnsProcess(layout, server, reg, kubeconfig=kubeconfig("dns") if kubeconfig else None)
         started = [*runtimes, *proxies, *([dns] if dns else [])]
         for proc in started:
             proc.launch()
         for proc in started:
             proc.wait_ready()
         kubelets = [KubeletProcess(layout, n, server, reg, kubelet_args,
-                                   kubeconfig=kubeconfig(n.name) if kubeconfig else None) for n in layout.nodes]
+                                   kubeconfig=kubeconfig(f"node-{n.name}") if kubeconfig else None)
+                    for n in layout.nodes]
         for kubelet in kubelets:
             kubelet.launch()
         for kubelet in kubelets:
@@ -216,6 +226,14 @@ def real_nodes(tmp_path, server: str, count: int = 1, kubelet_args: tuple[str, .
         problems = layout.teardown()
         if problems:
             raise RuntimeError(f"real nodes of {layout.prefix} left behind: {problems}")
+
+
+def control_plane_flags(tmp_path) -> dict[str, str]:
+    """The apiserver's flags (harness spelling) for the real nodes ``real_nodes(tmp_path, ...)``
+    will make: it listens on the control plane's fabric address inside the plane's control-plane
+    namespace (once made) and the `kubernetes` Service leads there, so pods reach it."""
+    flags = RealNodes(Path(tmp_path), 0).apiserver_flags()
+    return {flag[2:].replace("-", "_"): value for flag, value in zip(flags[::2], flags[1::2])}
 
 
 def need_runtime():

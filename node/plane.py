@@ -10,6 +10,10 @@ own address instead).
 command lines of each node's runtime, kubelet and kube-proxy for a supervisor to run (`commands`). `teardown`
 removes everything the nodes made: containers, mounts, cgroups, namespaces.
 
+The control plane has a host on the fabric too (``<prefix>-cp``, 10.250.0.254): the apiserver, given
+`apiserver_flags`, listens there as well, and the `kubernetes` Service (10.96.0.1:443) leads pods to
+it, as in Kubernetes.
+
 The prefix (``kp`` + 4 hex) is kept in ``<data_dir>/nodes/prefix``, so a plane restarted on the same
 data directory finds its namespaces and adopts its running containers instead of making new ones.
 """
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node import network
-from node.network.fabric import Fabric
+from node.network.fabric import CONTROL_PLANE_IP, Fabric
 
 NODE_NAME = "node-{i}"
 CLUSTER_CIDR = "10.244.0.0/16"  # every node's podCIDR is a /24 of it
@@ -86,9 +90,18 @@ class RealNodes:
         return RealNode(index=i, name=NODE_NAME.format(i=i), prefix=net.name, netns=net.name, ip=net.ip,
                         pod_cidr=net.pod_cidr, dir=self.dir / f"n{i}")
 
+    def apiserver_flags(self) -> list[str]:
+        """What the apiserver needs to be reachable from pods: it listens on the control plane's
+        fabric address inside the control-plane namespace (made by `prepare`, possibly after the
+        apiserver starts: it waits for it), and names that address in the `kubernetes` Service's
+        endpoints."""
+        return ["--advertise-address", CONTROL_PLANE_IP, "--bind-netns", self.fabric.control_plane_netns]
+
     def prepare(self) -> None:
-        """The fabric, each node's namespace, and the busybox image in the shared store."""
+        """The fabric, the control plane's host on it, each node's namespace, and the busybox image
+        in the shared store."""
         self.fabric.create()
+        self.fabric.add_control_plane()
         for node in self.nodes:
             self.add_node(node)
         self.prepare_images()

@@ -21,10 +21,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-# where the apiserver may be reached: loopback and the `kubernetes` Service's names
+# where the apiserver may be reached: loopback, the `kubernetes` Service's names and clusterIP (the
+# first of the default service range), and its address on a plane's fabric, where pods reach it
+# (node/network/fabric.py's CONTROL_PLANE_IP, the apiserver's --advertise-address there)
 SERVER_NAMES = ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local")
-SERVER_IPS = ("127.0.0.1", "10.96.0.1")
+SERVER_IPS = ("127.0.0.1", "10.96.0.1", "10.250.0.254")
 VALIDITY = datetime.timedelta(days=365)
 
 

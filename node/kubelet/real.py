@@ -65,7 +65,7 @@ from node.kubelet.actions import PodActions
 from node.kubelet.podsync import PodSyncer, SyncResult
 from node.kubelet.probes import READINESS, SUCCESS, Prober, ProbeManager, ProbeResults, default_connect
 from node.kubelet.runtime_status import CONTAINER_RUNNING, SANDBOX_READY
-from node.kubelet.satoken import token_manager
+from node.kubelet.satoken import TokenRefresher, token_manager
 from node.kubelet.server import KubeletServer
 from node.kubelet.status import (DEADLINE_EXCEEDED, ReasonCache, active_deadline_exceeded,
                                  generate_pod_status, status_differs)
@@ -118,6 +118,8 @@ class RealKubelet:
         self.probe_results = ProbeResults(on_change=self._probe_changed)
         puller = ImagePuller(self._image_ref, self._pull, Backoff())
         self.volumes = Volumes(root, self._get, tokens=token_manager(client))
+        # ServiceAccount tokens renewed when due (80% of their life), not only at a pod's sync
+        self.token_refresher = TokenRefresher(self.volumes.tokens, self._refresh_tokens)
         self.syncer = PodSyncer(runtime, puller, log_root=os.path.join(root, "logs"), backoff=self.backoff,
                                 reasons=self.reasons, probe_results=self.probe_results,
                                 get=self._get, memory_capacity=bytes_of(memory), host_ip=node_ip,
@@ -159,11 +161,13 @@ class RealKubelet:
         relist = threading.Thread(target=self._relist_loop, name=f"relist-{self.node_name}", daemon=True)
         relist.start()
         self._threads.append(relist)
+        self.token_refresher.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stops the kubelet; its pods' containers keep running."""
         self._stop.set()
+        self.token_refresher.stop()
         self.queue.shut_down()
         self.status_queue.shut_down()
         self.pods.stop()
@@ -246,6 +250,17 @@ class RealKubelet:
     def _status_of(self, uid: str):
         with self._lock:
             return self._statuses.get(uid)
+
+    def _refresh_tokens(self, uid: str) -> None:
+        """The token refresher's: write the token volumes of pod ``uid`` again (new tokens for
+        those due). A pod this kubelet no longer has keeps nothing."""
+        with self._lock:
+            key = self._keys.get(uid)
+        pod = self.pods.store.get(key) if key else None
+        if pod is None or pod.metadata.uid != uid:
+            self.volumes.tokens.forget(uid)
+            return
+        self.volumes.refresh_tokens(pod)
 
     def _relist_loop(self) -> None:
         """Kubernetes' PLEG: a pod whose containers changed state syncs at once;

@@ -335,6 +335,24 @@ class Volumes:
         now; returns the names of the volumes whose content changed."""
         return self._each(pod, lambda source: source in PROJECTED_SOURCES)
 
+    def refresh_tokens(self, pod: core_pb2.Pod) -> list[str]:
+        """Write again the projected volumes carrying a ServiceAccount token that are set up (the
+        token manager gives a new token to those due): the token refresher's call, outside the
+        pod's syncs. A volume not made yet, or torn down, is left to the pod's sync. Raises
+        VolumeError."""
+        uid = pod.metadata.uid
+        changed = []
+        with self._lock(uid):
+            for volume in pod.spec.volumes:
+                if volume_source(volume) != "projected" or \
+                        not any(_has(p, "service_account_token") for p in volume.projected.sources):
+                    continue
+                if not os.path.isdir(self.volume_dir(uid, PROJECTED, volume.name)):
+                    continue
+                if self._setup_volume(pod, volume, "projected"):
+                    changed.append(volume.name)
+        return changed
+
     def _each(self, pod: core_pb2.Pod, wanted: Callable[[str | None], bool]) -> list[str]:
         errors: list[VolumeError] = []
         changed: list[str] = []

@@ -4,6 +4,12 @@ namespace with an address on that segment, a pod bridge for its podCIDR and a st
 every other node's podCIDR: the routing a cloud's VPC or flannel's host-gw mode would do, with
 nothing placed in the root namespace.
 
+Beside the nodes, the control plane has a machine of its own on the segment (``<prefix>-cp``,
+10.250.0.254, as a managed cluster's control plane sits on the VPC): the apiserver, running in
+the root namespace, makes a second listening socket inside that namespace (``--bind-netns``), the
+`kubernetes` Service's endpoint. It routes every node's podCIDR to that node, so a pod's
+connection arrives from the pod's own address and the answer finds its way back.
+
 State lives in the kernel only: a restarted plane calling ``create``/``add_node`` again finds the
 namespaces and links it made and completes whatever is missing.
 """
@@ -20,7 +26,9 @@ from .pod import POD_BRIDGE
 
 FABRIC_BRIDGE = "kpfab0"
 NODE_IFNAME = "eth0"
-MAX_NODES = 254  # node i is 10.250.0.<i+1> (and 10.244.<i>.0/24): i in 0..253
+MAX_NODES = 253  # node i is 10.250.0.<i+1> (and 10.244.<i>.0/24): i in 0..252
+CONTROL_PLANE_HOST = "cp"            # its namespace: <prefix>-cp
+CONTROL_PLANE_IP = "10.250.0.254"    # the apiserver's address on the fabric (its --advertise-address)
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,10 @@ class Fabric:
 
     def node_netns(self, i: int) -> str:
         return f"{self.prefix}-n{i}"
+
+    @property
+    def control_plane_netns(self) -> str:
+        return f"{self.prefix}-{CONTROL_PLANE_HOST}"
 
     def node(self, i: int) -> NodeNet:
         return NodeNet(self.node_netns(i), node_ip(i), node_pod_cidr(i), f"10.244.{i}.1")
@@ -100,7 +112,19 @@ class Fabric:
         write_sysctl_in(node.name, "net.ipv4.ip_forward", "1")
         for j in others:
             ip("route", "replace", node.pod_cidr, "via", node.ip, netns=self.node_netns(j))
+        if routes and netns_exists(self.control_plane_netns):
+            ip("route", "replace", node.pod_cidr, "via", node.ip, netns=self.control_plane_netns)
         return node
+
+    def add_control_plane(self) -> str:
+        """The control plane's machine on the segment (``<prefix>-cp``, CONTROL_PLANE_IP), with a
+        route to every existing node's podCIDR (nodes added later add theirs). Returns its
+        namespace; kept if it exists."""
+        netns = self.add_host(CONTROL_PLANE_HOST, CONTROL_PLANE_IP)
+        routes = [f"route replace {node_pod_cidr(j)} via {node_ip(j)}" for j in self.nodes()]
+        if routes:
+            ip(batch=routes, netns=netns)
+        return netns
 
     def set_route(self, netns: str, cidr: str, via: str | None) -> None:
         """In ``netns``: ``cidr`` via the fabric address ``via``, or no route for it (None)."""
@@ -115,9 +139,13 @@ class Fabric:
         outside). Returns the namespace; kept if it exists."""
         netns = f"{self.prefix}-{name}"
         uplink = f"{self.prefix}{name}"[:15]  # IFNAMSIZ
+        # A MAC fixed by the address: a host made again (a plane restarted) is found by the
+        # neighbours that still remember it, not after their ARP entries go stale.
+        octets = [int(x) for x in address.split(".")]
+        mac = f"02:6b:70:68:{octets[2]:02x}:{octets[3]:02x}"
         create_netns(netns)
         if uplink not in link_names(self.netns):
-            ip(batch=[f"link add {uplink} type veth peer name {NODE_IFNAME} netns {netns}",
+            ip(batch=[f"link add {uplink} type veth peer name {NODE_IFNAME} address {mac} netns {netns}",
                       f"link set {uplink} master {FABRIC_BRIDGE}",
                       f"link set {uplink} up"], netns=self.netns)
         ip(batch=["link set lo up", f"addr replace {address}/16 dev {NODE_IFNAME}",
@@ -133,6 +161,8 @@ class Fabric:
         for j in self.nodes():
             if j != i:
                 ip("route", "del", node_pod_cidr(i), netns=self.node_netns(j), check=False)
+        if netns_exists(self.control_plane_netns):
+            ip("route", "del", node_pod_cidr(i), netns=self.control_plane_netns, check=False)
         cleanup(self.node_netns(i))
 
     def destroy(self) -> None:
