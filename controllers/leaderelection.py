@@ -287,6 +287,12 @@ class LeaderElector:
         try:
             self.client.get("namespaces", self.namespace, "")
         except ApiError as e:
+            if e.reason == "Forbidden":
+                # a least-privilege identity (the cloud-controller-manager's) may not read
+                # namespaces; a secure apiserver makes kube-system itself at start, and a Lease
+                # in a missing namespace would fail on its own with NotFound
+                self._namespace_ready = True
+                return
             if e.reason != "NotFound":
                 raise
             try:

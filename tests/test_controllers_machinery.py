@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from apiserver.client import Client
+from apiserver.errors import ApiError
 from apiserver.pb import core_pb2, meta_pb2
 from controllers.events import EventRecorder
 from controllers.informer import (Informer, SharedInformerFactory, Store, deep_copy,
@@ -478,6 +479,31 @@ class Candidate:
 
 def lease_of(client, name):
     return client.get("leases", name, "kube-system")
+
+
+class _NoNamespaceReads:
+    """An apiserver client whose identity may handle Leases but not read namespaces (the
+    cloud-controller-manager's role)."""
+
+    def __init__(self) -> None:
+        self.created = []
+
+    def get(self, kind, name, namespace=""):
+        if kind == "namespaces":
+            raise ApiError("Forbidden", f'namespaces "{name}" is forbidden')
+        raise ApiError("NotFound", f'{kind} "{name}" not found')
+
+    def create(self, obj):
+        self.created.append(obj)
+        return obj
+
+
+def test_an_identity_that_may_not_read_namespaces_still_takes_the_lease():
+    client = _NoNamespaceReads()
+    elector = LeaderElector(client, "ccm", identity="me", lease_duration=2.0, renew_deadline=1.5,
+                            retry_period=0.2)
+    assert elector._try_acquire_or_renew()
+    assert [(o.metadata.name, o.spec.holder_identity) for o in client.created] == [("ccm", "me")]
 
 
 @pytest.mark.process
