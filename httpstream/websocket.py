@@ -106,7 +106,11 @@ def apply_mask(data: bytes, key: bytes) -> bytes:
 
 class WebSocket:
     """One WebSocket connection. ``client``: this end is the client (masks its frames, expects
-    unmasked ones). ``recv`` is for one reader task; ``send`` may be called from many."""
+    unmasked ones). ``send`` may be called from many tasks. ``recv`` is meant for one reader
+    task, but ``shutdown`` reads too (the peer's close) and is called while that reader still
+    waits (an exec whose command ended: its stdin reader is still blocked): readers take turns
+    (an asyncio.StreamReader refuses a second waiter with a RuntimeError), and once the
+    connection ended every later ``recv`` returns None at once."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
                  client: bool = False, subprotocol: str = "", max_frame: int = MAX_FRAME,
@@ -116,6 +120,8 @@ class WebSocket:
         self.subprotocol = subprotocol
         self.max_frame, self.max_message = max_frame, max_message
         self._write_lock = asyncio.Lock()
+        self._read_lock = asyncio.Lock()
+        self._ended = False  # the peer's close came, the connection ended or broke the protocol
         self.close_sent = False
         self.close_received: int | None = None
         self.last_seen = time.monotonic()  # when a frame (data or control) last began to arrive
@@ -148,6 +154,15 @@ class WebSocket:
         """The next data message (TEXT or BINARY, payload), answering pings on the way; None once
         the peer closed (its close answered) or the connection ended. A protocol breach closes
         the connection with its code and raises ProtocolError."""
+        async with self._read_lock:
+            if self._ended:
+                return None
+            result = await self._recv()
+            if result is None:
+                self._ended = True
+            return result
+
+    async def _recv(self) -> tuple[int, bytes] | None:
         message: list[bytes] = []
         size, kind = 0, None
         try:
@@ -183,6 +198,7 @@ class WebSocket:
                             raise ProtocolError("a text message that is not UTF-8", INVALID_DATA) from None
                     return kind, data
         except ProtocolError as e:
+            self._ended = True
             await self.close(e.code, str(e)[:100])
             raise
         except (asyncio.IncompleteReadError, ConnectionError):

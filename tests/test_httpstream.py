@@ -145,6 +145,41 @@ def test_channels_dispatch_stdin_resize_and_v5s_close_signal():
     assert v4 == [("stdin", b"abc"), ("resize", 120, 40), ("stdin", b"after"), ("end",)]  # v4: no close signal
 
 
+def test_finish_while_the_input_reader_still_waits():
+    """An exec whose command ended while its stdin reader still waits for the client: finish()
+    writes the status and awaits the client's close beside that reader. Two waiters on one
+    asyncio.StreamReader are refused with a RuntimeError (readexactly() called while another
+    coroutine is already waiting), which the runtime logged after every such exec."""
+    async def run():
+        server, ws, reader, writer = await _pair(subprotocol=channels.V5)
+        session = channels.ChannelSession(ws)
+        events, typed = [], asyncio.Event()
+
+        async def stdin(data):
+            events.append(("stdin", data))
+            typed.set()
+
+        async def end():
+            events.append(("end",))
+        inputs = asyncio.ensure_future(session.read_input(stdin, end, lambda size: asyncio.sleep(0)))
+        writer.write(websocket.encode_frame(websocket.BINARY, b"\x00typed", mask=True))
+        await asyncio.wait_for(typed.wait(), 5)  # the reader took the stdin and waits for the next frame
+        finish = asyncio.ensure_future(session.finish(channels.success()))
+        assert await _read_frame(reader) == (websocket.BINARY, b"\x03" + json.dumps(channels.success(),
+                                                                                  separators=(",", ":")).encode())
+        assert (await _read_frame(reader))[0] == websocket.CLOSE
+        writer.write(websocket.encode_frame(websocket.CLOSE, b"\x03\xe8", mask=True))
+        await asyncio.wait_for(finish, 5)  # raised RuntimeError before readers took turns
+        await asyncio.wait_for(inputs, 5)  # the reader saw the close too, and ended
+        assert ws.close_received == 1000
+        assert await ws.recv() is None  # the connection is over for any later reader
+        assert await reader.read() == b""  # and closed by the server
+        writer.close()
+        server.close()
+        return events
+    assert asyncio.run(run()) == [("stdin", b"typed"), ("end",)]
+
+
 def test_exit_status_is_what_client_go_reads_as_an_exit_code():
     st = channels.exit_status(3, ["sh", "-c", "exit 3"])
     assert st["reason"] == "NonZeroExitCode"
