@@ -244,7 +244,7 @@ def show_load_balancer(args: argparse.Namespace) -> None:
     client namespace (outside the cluster) and print the command that does it."""
     from cloud.client import CloudClient
 
-    with Client(f"127.0.0.1:{args.port}", timeout=5) as client:
+    with admin_client(args) as client:  # on a secure plane: the admin's certificate
         client.patch("services", "web", {"spec": {"type": "LoadBalancer"}})
         deadline = time.monotonic() + 60
         while not (svc := client.get("services", "web")).status.load_balancer.ingress:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from apiserver.client import Client
 from cloud.client import CloudClient
-from harness.plane import ApiServer, start_component
+from harness.plane import ApiServer, SecureEtcdlite, start_component
 from harness.procs import DEFAULT_READY_TIMEOUT, PYTHON, Registry, ServerProcess, free_port
 from node import network
 
@@ -23,8 +23,12 @@ class CloudProcess(ServerProcess):
 
     def __init__(self, tmp_path, server: str, registry: Registry | None = None, *,
                  node_groups: tuple[str, ...] = (), kubelet_args: tuple[str, ...] = (),
-                 proxy_args: tuple[str, ...] = (), ready_timeout: float = DEFAULT_READY_TIMEOUT) -> None:
+                 proxy_args: tuple[str, ...] = (), ready_timeout: float = DEFAULT_READY_TIMEOUT,
+                 env: dict | None = None) -> None:
+        """``env``: the instances' kubelets and kube-proxies inherit it (a secure plane's
+        $KUBECONFIG, the system:cloud-nodes identity)."""
         self.port = free_port()
+        self.extra_env = dict(env or {})
         self.server = server
         self.prefix = network.new_prefix()
         self.data_dir = Path(tmp_path) / "cloud"
@@ -67,35 +71,64 @@ class CloudProcess(ServerProcess):
 class CloudPlane:
     def __init__(self, api, cloud: CloudProcess, ccm, autoscaler, reg: Registry) -> None:
         self.api, self.cloud_proc, self.ccm, self.autoscaler, self.reg = api, cloud, ccm, autoscaler, reg
-        self.client = Client(api.endpoint, timeout=20)
+        self.client = api.client(timeout=20)  # the admin's on a secure plane
         self.cloud = CloudClient(cloud.endpoint)
         meta = self.cloud.metadata()
         self.internet, self.router = meta["internet"], meta["router"]
+        # the apiserver's audit log (a secure plane's), None on an insecure one
+        self.audit_log = Path(api.flags["audit_log_path"]) if "audit_log_path" in api.flags else None
 
 
 @contextlib.contextmanager
 def cloud_plane(tmp_path, *, node_groups: tuple[str, ...], kubelet_args: tuple[str, ...] = (),
                 cm_flags: dict | None = None, ccm_flags: dict | None = None,
-                autoscaler_flags: dict | None = None, autoscaler: bool = True):
+                autoscaler_flags: dict | None = None, autoscaler: bool = True, secure: bool = False):
+    """``secure``: as `make run` has it (controllers/plane.py): etcd and the apiserver on TLS,
+    Node,RBAC, no anonymous requests, every component under its own certificate (the
+    cloud-controller-manager, the autoscaler, and the instances' kubelets and kube-proxies as
+    system:cloud-nodes, their kubelet API on TLS checked through the apiserver); an audit log
+    in <tmp>/audit.log (a refusal there names who was refused what)."""
     reg = Registry()
     tmp = Path(tmp_path)
-    cloud = None
+    cloud = ccm = scaler = None
     try:
-        etcd = reg.start_etcdlite(tmp, name="etcd")
-        api = ApiServer(tmp, etcd.url, registry=reg).launch()
+        pki = None
+        api_flags: dict = {}
+        kubelet_args = tuple(kubelet_args)
+        if secure:
+            from apiserver.auth.pki import plane_pki
+
+            pki = plane_pki(tmp / "pki")
+            etcd = SecureEtcdlite(tmp, pki, "etcd", reg).start()
+            api_flags = {**pki.kubelet_client_flags(), "audit_log_path": str(tmp / "audit.log")}
+            serving = pki.kubelet_serving("cloud-instance")
+            kubelet_args += (f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
+                             f"--client-ca-file={pki.ca.cert_path}", "--authentication-token-webhook",
+                             "--authorization-mode=Webhook", "--anonymous-auth=false")
+        else:
+            etcd = reg.start_etcdlite(tmp, name="etcd")
+        api = ApiServer(tmp, etcd.url, registry=reg, pki=pki, **api_flags).launch()
+
+        def env(who: str) -> dict | None:
+            return {"KUBECONFIG": api.kubeconfig(tmp / f"{who}.kubeconfig", who)} if secure else None
+
         # The cloud makes its network, image and first instances while the control plane starts
         # (their kubelets wait for the apiserver as they would on a cloud).
-        cloud = CloudProcess(tmp, api.endpoint, reg, node_groups=node_groups, kubelet_args=kubelet_args).launch()
+        cloud = CloudProcess(tmp, api.endpoint, reg, node_groups=node_groups, kubelet_args=kubelet_args,
+                             env=env("cloud-nodes")).launch()
         api.wait_ready()
+        cm_extra = {"root_ca_file": str(pki.ca.cert_path)} if secure else {}
         start_component(tmp, "cm", "controllers.manager", api.endpoint, reg, log_level="warning",
-                        **(cm_flags or {}))
-        start_component(tmp, "scheduler", "controllers.scheduler", api.endpoint, reg, log_level="warning")
+                        env=env("controller-manager"), **cm_extra, **(cm_flags or {}))
+        start_component(tmp, "scheduler", "controllers.scheduler", api.endpoint, reg, log_level="warning",
+                        env=env("scheduler"))
         cloud.wait_ready()
         ccm = start_component(tmp, "ccm", "cloud.ccm", api.endpoint, reg, cloud_url=cloud.endpoint,
-                              leader_elect=True, log_level="info", **(ccm_flags or {}))
+                              leader_elect=True, log_level="info", env=env("cloud-controller-manager"),
+                              **(ccm_flags or {}))
         scaler = start_component(tmp, "autoscaler", "cloud.autoscaler", api.endpoint, reg,
                                  cloud_url=cloud.endpoint, leader_elect=True, log_level="info",
-                                 **(autoscaler_flags or {})) if autoscaler else None
+                                 env=env("cluster-autoscaler"), **(autoscaler_flags or {})) if autoscaler else None
         plane = CloudPlane(api, cloud, ccm, scaler, reg)
         try:
             yield plane
@@ -103,6 +136,9 @@ def cloud_plane(tmp_path, *, node_groups: tuple[str, ...], kubelet_args: tuple[s
             plane.client.close()
     finally:
         problems: list[str] = []
+        for controller in (scaler, ccm):  # before the cloud they call, which goes first of the rest
+            if controller is not None:
+                controller.terminate()
         if cloud is not None:
             cloud.terminate(timeout=60)  # SIGTERM: the cloud deletes its instances itself
         reg.cleanup()

@@ -202,7 +202,6 @@ def _cluster_roles() -> list[rbac_pb2.ClusterRole]:
             rule(["get", "list", "watch", "update", "patch"], [""], ["services"]),
             rule(["patch", "update"], [""], ["services/status"]),
             rule(["list", "watch"], ["discovery.k8s.io"], ["endpointslices"]),
-            rule(["list", "watch"], [""], ["pods", "endpoints"]),
             rule(["create", "patch", "update"], ["", "events.k8s.io"], ["events"]),
             rule(["create", "get", "list", "watch", "update"], ["coordination.k8s.io"], ["leases"]),
         ]),
