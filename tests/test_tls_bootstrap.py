@@ -229,6 +229,11 @@ def test_another_signer_waits_for_kubectl_certificate_approve(plane, kubectl):
     mallory, _ = _csr("mallory", signer="kubernetes.io/kube-apiserver-client",
                       usages=("digital signature", "client auth"), name="mallory")
     admin.create(mallory)
+    rows = [line.split() for line in kubectl("api-resources", "--api-group=certificates.k8s.io").stdout.splitlines()]
+    assert rows[1:] == [["certificatesigningrequests", "csr", "certificates.k8s.io/v1", "false",
+                         "CertificateSigningRequest"]]
+    out = kubectl("explain", "csr.spec.signerName")
+    assert out.returncode == 0 and "FIELD: signerName <string>" in out.stdout, out.stderr
     out = kubectl("get", "csr", "alice", "mallory")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()

@@ -106,6 +106,29 @@ def _write_kubeconfig(path: str, server: str, ca: bytes, cert: bytes, key: bytes
     _write(path, yaml.safe_dump(cfg, sort_keys=False).encode())
 
 
+def _create(client, csr, node_name: str, deadline: float) -> None:
+    """Creates ``csr`` (one of this name already there is ours: same key, same name). As the
+    kubelet, tries again until ``deadline`` while the apiserver is not up or does not know the
+    token yet (a plane whose bootstrap token Secret is written once the apiserver answers)."""
+    name = csr.metadata.name
+    while True:
+        try:
+            client.create(csr)
+            log.info("%s: asked for a client certificate (csr %s)", node_name, name)
+            return
+        except ApiError as e:
+            if e.reason == "AlreadyExists":
+                return
+            if e.reason not in ("Unauthorized", "Forbidden", "ServiceUnavailable", "Timeout", "InternalError") \
+                    or time.monotonic() > deadline:
+                raise BootstrapError(f"cannot create CertificateSigningRequest {name} with the bootstrap "
+                                     f"credentials: {e.message} (is the bootstrap token's Secret in kube-system, "
+                                     "unexpired, and is its group allowed to create certificatesigningrequests?)"
+                                     ) from None
+            log.info("%s: cannot ask for a certificate yet (%s); trying again", node_name, e.message)
+        time.sleep(1.0)
+
+
 def bootstrap(node_name: str, kubeconfig: str, bootstrap_kubeconfig: str, cert_dir: str, *,
               timeout: float = 300.0) -> str:
     """``kubeconfig`` with a client certificate of node ``node_name``'s own, asked for with
@@ -130,14 +153,7 @@ def bootstrap(node_name: str, kubeconfig: str, bootstrap_kubeconfig: str, cert_d
     csr.spec.usages.extend(USAGES)
     deadline = time.monotonic() + timeout
     with Client(boot.address, kubeconfig=bootstrap_kubeconfig, timeout=10.0) as client:
-        try:
-            client.create(csr)
-            log.info("%s: asked for a client certificate (csr %s)", node_name, name)
-        except ApiError as e:
-            if e.reason != "AlreadyExists":
-                raise BootstrapError(f"cannot create CertificateSigningRequest {name} with the bootstrap "
-                                     f"credentials: {e.message} (is the bootstrap token good and allowed to "
-                                     "create certificatesigningrequests?)") from None
+        _create(client, csr, node_name, deadline)
         while True:
             try:
                 got = client.get("certificatesigningrequests", name, "")

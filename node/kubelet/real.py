@@ -485,7 +485,7 @@ def add_bootstrap_flags(p: argparse.ArgumentParser) -> None:
     """The kubelet's credentials at the apiserver, and its TLS bootstrap (node.kubelet.bootstrap)."""
     p.add_argument("--kubeconfig", default="",
                    help="the kubelet's credentials (default: $KUBECONFIG's); with --bootstrap-kubeconfig, "
-                        "where the bootstrapped ones are written")
+                        "where the bootstrapped ones are written (default <root-dir>/kubelet.conf)")
     p.add_argument("--bootstrap-kubeconfig", default="",
                    help="credentials (a bootstrap token) to ask for the node's own client certificate with "
                         "when --kubeconfig has none yet (a CertificateSigningRequest)")
@@ -502,10 +502,8 @@ def kubelet_credentials(args, node_name: str, cert_dir: str) -> str:
 
     if not args.bootstrap_kubeconfig:
         return args.kubeconfig
-    if not args.kubeconfig:
-        raise BootstrapError("--bootstrap-kubeconfig needs --kubeconfig (where to write the node's own)")
-    return bootstrap(node_name, args.kubeconfig, args.bootstrap_kubeconfig, cert_dir,
-                     timeout=args.bootstrap_timeout)
+    kubeconfig = args.kubeconfig or os.path.join(args.root, "kubelet.conf")
+    return bootstrap(node_name, kubeconfig, args.bootstrap_kubeconfig, cert_dir, timeout=args.bootstrap_timeout)
 
 
 def add_server_auth_flags(p: argparse.ArgumentParser) -> None:
