@@ -244,9 +244,10 @@ def _cluster_roles() -> list[rbac_pb2.ClusterRole]:
             rule(["create", "patch", "update"], ["", "events.k8s.io"], ["events"]),
             rule(["create", "get", "list", "watch", "update"], ["coordination.k8s.io"], ["leases"]),
         ]),
-        # the cloud's instances run their kubelets under one identity (the cloud would have
-        # to issue a certificate per instance for system:node:NAME and the Node authorizer):
-        # system:node's rules plus reading what pods use, in every namespace
+        # kubelets run with the shared cloud-nodes certificate (one identity for every instance,
+        # so the Node authorizer cannot tell them apart): system:node's rules plus reading what
+        # pods use, in every namespace. make run's instances bootstrap certificates of their own
+        # (node.kubelet.bootstrap) and do without it
         _role("system:cloud-nodes", [
             rule(["get"], [""], ["secrets", "configmaps", "persistentvolumeclaims"]),
         ]),
