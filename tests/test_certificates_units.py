@@ -34,7 +34,8 @@ def test_a_bootstrap_token_authenticates_as_its_id():
                                              "")
     assert auth.authenticate("abcdef.0123456789abcdee")[0] is None
     assert auth.authenticate("not-a-bootstrap-token") == (None, "")
-    assert auth.authenticate("zzzzzz.0123456789abcdef")[1] == "no bootstrap token secret kube-system/bootstrap-token-zzzzzz"
+    assert auth.authenticate("zzzzzz.0123456789abcdef")[1] == \
+        "no bootstrap token secret kube-system/bootstrap-token-zzzzzz"
 
 
 @pytest.mark.parametrize("change, why", [

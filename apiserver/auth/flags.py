@@ -84,7 +84,8 @@ def check(args) -> str | None:
 
 def secured(args) -> bool:
     """Anything beyond the open default (no gate is built then: nothing is checked, as before)."""
-    return bool(args.client_ca_file or args.token_auth_file or args.audit_log_path or args.enable_bootstrap_token_auth or args.service_account_key_file
+    return bool(args.client_ca_file or args.token_auth_file or args.audit_log_path or args.service_account_key_file
+                or args.enable_bootstrap_token_auth
                 or args.service_account_signing_key_file or not args.anonymous_auth
                 or args.authorization_modes != ["AlwaysAllow"])
 
@@ -128,7 +129,8 @@ def build_gate(args, caches) -> Gate:
         if not args.service_account_key_file:
             public_keys.append(key.public_key())
     accounts, pods, secrets = caches["serviceaccounts"], caches["pods"], caches["secrets"]
-    bootstrap = BootstrapTokens(lambda ns, name: secrets.get(ns, name)) if args.enable_bootstrap_token_auth else None
+    bootstrap = (BootstrapTokens(lambda ns, name: secrets.get(ns, name))
+                 if args.enable_bootstrap_token_auth else None)
     authn = Authenticator(token_users=token_users, sa_public_keys=public_keys, issuers=issuers,
                           audiences=audiences, service_accounts=lambda ns, name: accounts.get(ns, name),
                           pods=lambda ns, name: pods.get(ns, name), anonymous=args.anonymous_auth,
