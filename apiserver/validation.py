@@ -67,7 +67,9 @@ def _name_errors(resource: Resource):
         return dns1123_label_errors
     if resource.name == "services":
         return dns1035_label_errors
-    if resource.group == "rbac.authorization.k8s.io":
+    if resource.group in ("rbac.authorization.k8s.io", "certificates.k8s.io"):
+        # certificates: upstream does not care what a request is called; the storage key and
+        # the REST path still need a path segment
         return _rbac.path_segment_errors
     return dns1123_subdomain_errors
 

@@ -152,3 +152,15 @@ def test_updates_through_each_subresource():
                                             (24 * 3600, "24h"), (3 * 24 * 3600, "3d"), (365 * 24 * 3600, "365d")])
 def test_kubectl_durations(seconds, shown):
     assert _duration(seconds) == shown
+
+
+def test_a_request_may_have_any_name_that_is_a_path_segment():
+    from apiserver.resources import BY_NAME
+    from apiserver.validation import _validate_meta
+
+    res = BY_NAME["certificatesigningrequests"]
+    csr, _ = _csr(NODE)
+    csr.metadata.name = "node-csr-Ab_C9"
+    assert _errors(_validate_meta, res, csr.metadata) == []
+    csr.metadata.name = "a/b"
+    assert _errors(_validate_meta, res, csr.metadata) == ['metadata.name: Invalid value: "a/b": may not contain \'/\'']
