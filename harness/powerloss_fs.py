@@ -48,10 +48,11 @@ class _Unsynced:
     written, its size, and how much of the backing file is still its content
     (a truncation cuts the backing data off, in memory too)."""
 
-    __slots__ = ("base_valid", "pages", "size")
+    __slots__ = ("base_valid", "first_written", "pages", "size")
 
     def __init__(self, size: int) -> None:
         self.pages: dict[int, bytearray] = {}
+        self.first_written: dict[int, int] = {}  # page -> where in it the first written byte is
         self.size = size
         self.base_valid = size
 
@@ -77,6 +78,7 @@ def build_fs(backing: str):
             self.root = os.path.realpath(root)
             self._mutex = threading.RLock()
             self.unsynced: dict[tuple[int, int], _Unsynced] = {}  # (dev, inode) -> writes since its sync
+            self.slow: dict[str, float] = {}  # "/dir/" -> seconds each fsync under it takes first
 
         # -- helpers ----------------------------------------------------------------
 
@@ -141,7 +143,8 @@ def build_fs(backing: str):
             lost, kept, or kept in part (its first sectors: a disk writes a
             sector whole or not at all), so a write may survive in part and
             writes to different pages survive independently (a header page
-            kept and a record's page lost, or the reverse). What is kept
+            kept and a record's page lost, or the reverse); the first page
+            written is always torn, after its first written sector. What is kept
             reaches the backing file; the rest is forgotten. A file's size
             grows to the end of what was kept of it. Counts of pages by
             outcome, and files touched."""
@@ -164,15 +167,24 @@ def build_fs(backing: str):
                     fd = os.open(path, os.O_RDWR)
                     try:
                         size = os.fstat(fd).st_size
+                        first = True
                         for page, data in sorted(entry.pages.items()):
                             start = page * PAGE
                             if start >= entry.size:
                                 continue
-                            outcome = rng.choice(("lost", "kept", "torn"))
+                            if first and page in entry.first_written:
+                                # the first page written is torn where the writes begin (its
+                                # first written sector kept, the rest not), so that every
+                                # tear tears something
+                                outcome = "torn"
+                                keep = (entry.first_written[page] // SECTOR + 1) * SECTOR
+                            else:
+                                outcome = rng.choice(("lost", "kept", "torn"))
+                                keep = PAGE if outcome == "kept" else SECTOR * rng.randint(1, PAGE // SECTOR - 1)
+                            first = False
                             counts[outcome] += 1
                             if outcome == "lost":
                                 continue
-                            keep = PAGE if outcome == "kept" else SECTOR * rng.randint(1, PAGE // SECTOR - 1)
                             keep = min(keep, entry.size - start)
                             os.pwrite(fd, bytes(data[:keep]), start)
                             size = max(size, start + keep)
@@ -182,9 +194,22 @@ def build_fs(backing: str):
                         os.close(fd)
             return counts
 
-        def unsynced_bytes(self) -> int:
+        def unsynced_bytes(self, rel: str = "") -> int:
+            """Bytes of unsynced pages, of every file or of those under `rel`."""
+            if not rel:
+                with self._mutex:
+                    return sum(e.dirty_bytes() for e in self.unsynced.values())
+            top = self._full(rel)
+            paths = [top] if os.path.isfile(top) else [
+                os.path.join(d, name) for d, _, names in os.walk(top) for name in names]
+            keys = set()
+            for path in paths:
+                try:
+                    keys.add(self._key(os.lstat(path)))
+                except FileNotFoundError:
+                    pass
             with self._mutex:
-                return sum(e.dirty_bytes() for e in self.unsynced.values())
+                return sum(self.unsynced[k].dirty_bytes() for k in keys if k in self.unsynced)
 
         # -- metadata ---------------------------------------------------------------
 
@@ -294,6 +319,7 @@ def build_fs(backing: str):
                         buf = entry.pages[page] = self._base_page(fh, entry, page)
                     take = min(PAGE - at, len(view))
                     buf[at:at + take] = view[:take]
+                    entry.first_written[page] = min(at, entry.first_written.get(page, PAGE))
                     view = view[take:]
                     pos += take
                 entry.size = max(entry.size, offset + len(data))
@@ -331,6 +357,9 @@ def build_fs(backing: str):
             os.close(fh)
 
         def fsync(self, path, datasync, fh):
+            delay = next((d for top, d in self.slow.items() if path.startswith(top)), 0)
+            if delay:
+                time.sleep(delay)  # a slow disk: the writes stay unsynced meanwhile
             self._sync(fh)
 
         def fsyncdir(self, path, datasync, fh):
@@ -345,7 +374,8 @@ def build_fs(backing: str):
 
 def _serve_control(fs, control: str) -> None:
     """One command a line: `drop DIR` -> `dropped FILES BYTES`; `tear DIR SEED` ->
-    `torn files=N lost=N kept=N torn=N` (pages); `unsynced` -> `BYTES`."""
+    `torn files=N lost=N kept=N torn=N` (pages); `slow DIR SECONDS` -> `ok`;
+    `unsynced [PATH]` -> `BYTES`."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(control)
     server.listen(4)
@@ -361,8 +391,12 @@ def _serve_control(fs, control: str) -> None:
                     where, _, seed = arg.rpartition(" ")
                     counts = fs.tear(where, int(seed))
                     f.write("torn " + " ".join(f"{k}={v}" for k, v in counts.items()) + "\n")
+                elif cmd == "slow":
+                    where, _, seconds = arg.rpartition(" ")
+                    fs.slow["/" + where.strip("/") + "/"] = float(seconds)
+                    f.write("ok\n")
                 elif cmd == "unsynced":
-                    f.write(f"{fs.unsynced_bytes()}\n")
+                    f.write(f"{fs.unsynced_bytes(arg)}\n")
                 else:
                     f.write(f"error unknown command {cmd!r}\n")
                 f.flush()
@@ -458,8 +492,16 @@ class PowerLossMount:
             raise RuntimeError(f"power-loss filesystem: {answer}")
         return {k: int(v) for k, v in (item.split("=") for item in answer[1:])}
 
-    def unsynced_bytes(self) -> int:
-        return int(self._ask("unsynced"))
+    def slow_syncs(self, rel: str, seconds: float) -> None:
+        """Every fsync of a file under `rel` waits `seconds` first (a slow
+        disk: what it covers stays unsynced meanwhile, for a power loss to
+        find)."""
+        if self._ask(f"slow {rel} {seconds}") != "ok":
+            raise RuntimeError("power-loss filesystem: slow refused")
+
+    def unsynced_bytes(self, rel: str = "") -> int:
+        """Bytes of unsynced pages: of every file, or of the file or files under `rel`."""
+        return int(self._ask(f"unsynced {rel}".strip()))
 
     def close(self) -> None:
         if os.path.ismount(self.path):
