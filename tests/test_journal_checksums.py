@@ -339,3 +339,26 @@ def test_a_member_cuts_a_torn_tail_and_refuses_damaged_data(procs, tmp_path, dam
     text = m.log_tail(20)
     assert ("damaged before its end" if "journal" in damage_to else "fails its checksum") in text, text
     assert "etcdctl member remove" in text, text
+
+
+@pytest.mark.parametrize("tail", ["zeros", "a torn record", "past the file's end"])
+def test_pysyncobjs_format_drops_records_its_header_counts_but_the_disk_lost(tmp_path, monkeypatch, tail):
+    """An older etcdlite's journal after a power loss: the header (rewritten
+    on every append) may count records the disk lost. The upgrade keeps the
+    whole records, as the older etcdlite did."""
+    from pysyncobj.journal import LAST_RECORD_OFFSET_OFFSET
+
+    path = tmp_path / "raft.journal"
+    commands = [command(i) for i in range(1, 12)]
+    _write_v1(path, monkeypatch, commands)
+    data = path.read_bytes()
+    end = int.from_bytes(data[LAST_RECORD_OFFSET_OFFSET:LAST_RECORD_OFFSET_OFFSET + 4], "little")
+    start = end - (len(commands[-1]) + 24)  # the last record: size, index, term, command, size
+    if tail == "zeros":
+        _zero(path, start, end)
+    elif tail == "a torn record":
+        _zero(path, end - 4, end)
+    else:
+        os.truncate(path, start + 10)
+    assert entries(LeanJournal(str(path))) == [(c, i, 1) for i, c in enumerate(commands[:-1], 1)]
+    assert path.read_bytes().startswith(jmod.MAGIC)
