@@ -78,7 +78,6 @@ def build_fs(backing: str):
             self.root = os.path.realpath(root)
             self._mutex = threading.RLock()
             self.unsynced: dict[tuple[int, int], _Unsynced] = {}  # (dev, inode) -> writes since its sync
-            self.slow: dict[str, float] = {}  # "/dir/" -> seconds each fsync under it takes first
 
         # -- helpers ----------------------------------------------------------------
 
@@ -357,9 +356,6 @@ def build_fs(backing: str):
             os.close(fh)
 
         def fsync(self, path, datasync, fh):
-            delay = next((d for top, d in self.slow.items() if path.startswith(top)), 0)
-            if delay:
-                time.sleep(delay)  # a slow disk: the writes stay unsynced meanwhile
             self._sync(fh)
 
         def fsyncdir(self, path, datasync, fh):
@@ -374,8 +370,7 @@ def build_fs(backing: str):
 
 def _serve_control(fs, control: str) -> None:
     """One command a line: `drop DIR` -> `dropped FILES BYTES`; `tear DIR SEED` ->
-    `torn files=N lost=N kept=N torn=N` (pages); `slow DIR SECONDS` -> `ok`;
-    `unsynced [PATH]` -> `BYTES`."""
+    `torn files=N lost=N kept=N torn=N` (pages); `unsynced [PATH]` -> `BYTES`."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(control)
     server.listen(4)
@@ -391,10 +386,6 @@ def _serve_control(fs, control: str) -> None:
                     where, _, seed = arg.rpartition(" ")
                     counts = fs.tear(where, int(seed))
                     f.write("torn " + " ".join(f"{k}={v}" for k, v in counts.items()) + "\n")
-                elif cmd == "slow":
-                    where, _, seconds = arg.rpartition(" ")
-                    fs.slow["/" + where.strip("/") + "/"] = float(seconds)
-                    f.write("ok\n")
                 elif cmd == "unsynced":
                     f.write(f"{fs.unsynced_bytes(arg)}\n")
                 else:
@@ -491,13 +482,6 @@ class PowerLossMount:
         if answer[:1] != ["torn"]:
             raise RuntimeError(f"power-loss filesystem: {answer}")
         return {k: int(v) for k, v in (item.split("=") for item in answer[1:])}
-
-    def slow_syncs(self, rel: str, seconds: float) -> None:
-        """Every fsync of a file under `rel` waits `seconds` first (a slow
-        disk: what it covers stays unsynced meanwhile, for a power loss to
-        find)."""
-        if self._ask(f"slow {rel} {seconds}") != "ok":
-            raise RuntimeError("power-loss filesystem: slow refused")
 
     def unsynced_bytes(self, rel: str = "") -> int:
         """Bytes of unsynced pages: of every file, or of the file or files under `rel`."""
