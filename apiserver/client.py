@@ -208,6 +208,11 @@ class Client:
         return self._unwrap(self._call(self._stub.UpdateStatus,
                                        api_pb2.UpdateRequest(object=resources.wrap(obj))))
 
+    def update_approval(self, obj):
+        """A CertificateSigningRequest's approval subresource (its Approved/Denied conditions)."""
+        return self._unwrap(self._call(self._stub.UpdateApproval,
+                                       api_pb2.UpdateRequest(object=resources.wrap(obj))))
+
     def patch(self, kind: str, name: str, patch: dict | str, namespace: str = "default", *,
               status: bool = False):
         """An RFC 7386 JSON merge patch over the object's Kubernetes JSON form."""

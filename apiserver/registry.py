@@ -40,6 +40,7 @@ API_ACCESS_PREFIX = "kube-api-access-"
 # upstream's: an hour and 7 s, so that a token's age tells the kubelet's refresh apart
 API_ACCESS_TOKEN_SECONDS = 3607
 SERVICES = resources.BY_NAME["services"]
+CSRS = resources.BY_NAME["certificatesigningrequests"]
 
 # created at startup, as kube-apiserver's system namespaces controller does
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", resources.NAMESPACE_NODE_LEASE)
@@ -268,6 +269,8 @@ class Registry:
             self.allocator.prepare_create(msg)
         if res is PODS and self.options.service_account_tokens:
             await self._admit_service_account(msg)
+        if res is CSRS:
+            _csr_requester(msg)
         validation.validate_create(res, msg)
         await self._check_namespace_open(res, meta.namespace, meta.name)
         for attempt in range(GENERATE_NAME_ATTEMPTS if generated else 1):
@@ -370,7 +373,7 @@ class Registry:
     # ---- update ---------------------------------------------------------
 
     def _prepare_update(self, res: Resource, new, current, *, status: bool,
-                        manager: Manager | None = None, managed=None):
+                        manager: Manager | None = None, managed=None, approval: bool = False):
         """The object to store for an update of ``current`` to ``new``;
         None when the update completes a deletion. managedFields: ``managed``
         (an apply's) if given, else updated for ``manager``, else as sent
@@ -384,6 +387,16 @@ class Registry:
             new = copy_of(current)
             new.status.CopyFrom(incoming_status)
             meta = new.metadata
+            if res is CSRS:
+                _csr_subresource(new, current, "approval" if approval else "status")
+        elif res is CSRS:
+            # as upstream's strategy: an update of the object changes its metadata only
+            new.spec.CopyFrom(current.spec)
+            new.status.CopyFrom(current.status)
+            for field in ("uid", "creation_timestamp"):
+                if not getattr(meta, field):
+                    setattr(meta, field, getattr(cur, field))
+            validation.validate_update(res, new, current)
         else:
             # immutable system fields: filled in when the client left them out,
             # validation rejects a change
@@ -427,7 +440,7 @@ class Registry:
         return new
 
     async def _update(self, res: Resource, incoming, *, status: bool, manager: Manager | None,
-                      dry_run: bool):
+                      dry_run: bool, approval: bool = False):
         if status and not res.has_status:
             raise errors.method_not_allowed(f"{res.name} have no status subresource")
         check_request_size(incoming.ByteSize())
@@ -440,7 +453,8 @@ class Registry:
         wanted.metadata.namespace = namespace
 
         def update(current):
-            return self._prepare_update(res, copy_of(wanted), current, status=status, manager=manager)
+            return self._prepare_update(res, copy_of(wanted), current, status=status, manager=manager,
+                                        approval=approval)
 
         return await self._guaranteed_update(res, namespace, name, update, expected_revision=expected,
                                              allocate=not status, dry_run=dry_run)
@@ -452,6 +466,13 @@ class Registry:
     async def update_status(self, res: Resource, incoming, *, manager: Manager | None = None,
                             dry_run: bool = False):
         return await self._update(res, incoming, status=True, manager=manager, dry_run=dry_run)
+
+    async def update_approval(self, res: Resource, incoming, *, manager: Manager | None = None,
+                              dry_run: bool = False):
+        """certificatesigningrequests/approval: only the Approved and Denied conditions change."""
+        if res is not CSRS:
+            raise errors.method_not_allowed(f"{res.name} have no approval subresource")
+        return await self._update(res, incoming, status=True, manager=manager, dry_run=dry_run, approval=True)
 
     async def apply(self, res: Resource, namespace: str, name: str, config: dict, manager: Manager, *,
                     force: bool = False, status: bool = False, dry_run: bool = False):
@@ -560,3 +581,55 @@ class Registry:
         # the uid and resourceVersion preconditions are checked against what
         # was read; the write itself is a CAS on that read
         return await self._guaranteed_update(res, namespace, name, update, dry_run=dry_run)
+
+
+# ---- CertificateSigningRequests -------------------------------------------
+
+
+def _csr_requester(csr) -> None:
+    """spec.username/uid/groups are who created it (what was sent is overwritten), as
+    upstream's strategy; with no gate (an open apiserver) what was sent stays."""
+    from apiserver.auth.gate import REQUESTER
+
+    user = REQUESTER.get()
+    if user is None:
+        return
+    csr.spec.username, csr.spec.uid = user.name, user.uid
+    del csr.spec.groups[:]
+    csr.spec.groups.extend(user.groups)
+
+
+def _csr_subresource(new, current, subresource: str) -> None:
+    """``new`` (the current object with the incoming status) as the status or approval
+    subresource may leave it: approval keeps the certificate; condition times filled in;
+    then validated (only approval may add or change Approved/Denied, only status may set
+    the certificate) and, as kube-apiserver's CertificateApproval/CertificateSigning
+    admission, the requester must be allowed to approve or sign for the signer."""
+    now = now_rfc3339()
+    if subresource == "approval":
+        new.status.certificate = current.status.certificate
+    merged = []
+    for c in new.status.conditions:
+        c = copy_of(c)
+        if not c.status:
+            c.status = "True"
+        before = next((o for o in current.status.conditions if o.type == c.type), None)
+        if not c.last_update_time:
+            c.last_update_time = before.last_update_time if before is not None and before == c else now
+        if not c.last_transition_time:
+            c.last_transition_time = (before.last_transition_time if before is not None
+                                      and before.status == c.status and before.last_transition_time else now)
+        merged.append(c)
+    del new.status.conditions[:]
+    new.status.conditions.extend(merged)
+    validation.validate_csr_update(new, current, subresource)
+    from apiserver.auth.gate import GATE, REQUESTER
+
+    gate, user = GATE.get(), REQUESTER.get()
+    if gate is None or user is None:
+        return
+    # kube-apiserver's CertificateApproval and CertificateSigning admission plugins
+    if subresource == "approval":
+        gate.check_signer(user, "approve", new.metadata.name, new.spec.signer_name)
+    elif new.status.certificate != current.status.certificate:
+        gate.check_signer(user, "sign", new.metadata.name, new.spec.signer_name)

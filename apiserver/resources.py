@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from apiserver.pb import (api_pb2, apps_pb2, coordination_pb2, core_pb2, discovery_pb2, networking_pb2,
-                          rbac_pb2, serviceaccount_pb2, storage_pb2)
+from apiserver.pb import (api_pb2, apps_pb2, certificates_pb2, coordination_pb2, core_pb2, discovery_pb2,
+                          networking_pb2, rbac_pb2, serviceaccount_pb2, storage_pb2)
 
 REGISTRY_PREFIX = "/registry/"
 # where kubelets keep their node Leases (core/v1 NamespaceNodeLease)
@@ -108,6 +108,10 @@ RESOURCES: tuple[Resource, ...] = (
              namespaced=True, has_status=False, has_spec=False),
     Resource("clusterrolebindings", "ClusterRoleBinding", "rbac.authorization.k8s.io/v1", "cluster_role_binding",
              rbac_pb2.ClusterRoleBinding, namespaced=False, has_status=False, has_spec=False),
+    # kubelet TLS bootstrap: a node asks for its client certificate (controllers/certificates.py)
+    Resource("certificatesigningrequests", "CertificateSigningRequest", "certificates.k8s.io/v1",
+             "certificate_signing_request", certificates_pb2.CertificateSigningRequest,
+             namespaced=False, has_status=True, has_spec=True, short_names=("csr",)),
 )
 
 BY_NAME = {r.name: r for r in RESOURCES}

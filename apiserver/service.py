@@ -197,6 +197,12 @@ class ApiServerService(api_pb2_grpc.ApiServerServicer):
                                                          dry_run=request.dry_run))
 
     @_translating_errors
+    async def UpdateApproval(self, request, context):
+        res, msg = _object_of(request.object)
+        return resources.wrap(await self.registry.update_approval(
+            res, msg, manager=_manager(request.field_manager, "approval"), dry_run=request.dry_run))
+
+    @_translating_errors
     async def UpdateStatus(self, request, context):
         res, msg = _object_of(request.object)
         return resources.wrap(await self.registry.update_status(

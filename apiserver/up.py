@@ -94,6 +94,36 @@ class Security:
         self.pki = plane_pki(os.path.join(data_dir, "pki"))
         self.server = f"https://127.0.0.1:{port}"
         self.admin = self.kubeconfig(os.path.join(data_dir, "kubeconfig"), "admin")
+        # kubelets (hollow and the cloud's) join with this bootstrap token and get a
+        # certificate each (node.kubelet.bootstrap); kept, so a restarted plane's nodes rejoin
+        from apiserver.auth.bootstrap import new_token
+        from apiserver.rest.kubeconfig import write_for
+
+        token_file = self.pki.dir / "bootstrap-token"
+        if not token_file.exists():
+            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(new_token())
+        self.bootstrap_token = token_file.read_text().strip()
+        self.bootstrap_kubeconfig = write_for(str(self.pki.dir / "bootstrap-kubelet.conf"), self.server,
+                                              str(self.pki.ca.cert_path), token=self.bootstrap_token)
+
+    def ensure_bootstrap_token(self, client) -> None:
+        """Writes the bootstrap token's Secret (kube-system/bootstrap-token-<id>, no expiry: the
+        autoscaler may add an instance any time) unless it is there."""
+        from apiserver.auth.bootstrap import token_secret
+        from apiserver.errors import ApiError
+
+        try:
+            client.create(token_secret(self.bootstrap_token, ttl_seconds=0, description="make run's kubelets"))
+        except ApiError as e:
+            if e.reason != "AlreadyExists":
+                raise
+
+    def signing_flags(self) -> list[str]:
+        """The controller-manager's csrsigning: kubelets' certificates signed by the cluster CA."""
+        return _flags({"cluster_signing_cert_file": str(self.pki.ca.cert_path),
+                       "cluster_signing_key_file": str(self.pki.ca.key_path)})
 
     def kubeconfig(self, path: str, who: str) -> str:
         """A kubeconfig for ``who``: a PKI client ("admin", "scheduler", ...) or "node-<name>"."""
@@ -109,7 +139,7 @@ class Security:
 
     def apiserver_flags(self) -> list[str]:
         return _flags({**self.pki.apiserver_flags(), "authorization_mode": "Node,RBAC", "anonymous_auth": "false",
-                       **self.pki.kubelet_client_flags()})
+                       "enable_bootstrap_token_auth": True, **self.pki.kubelet_client_flags()})
 
     def kubelet_flags(self, node_name: str) -> list[str]:
         """A real kubelet's API on TLS, callers checked by the apiserver (TokenReview,

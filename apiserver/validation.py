@@ -20,7 +20,8 @@ import json
 from apiserver import validation_network as _net
 from apiserver import validation_rbac as _rbac
 from apiserver import validation_storage as _storage
-from apiserver.resources import Resource
+from apiserver import validation_certificates as _certs
+from apiserver.resources import BY_NAME as _BY_NAME, Resource
 from apiserver.selectors import LabelSelectorError, label_selector_from_proto, quote
 from apiserver.syntax import (
     cidr_errors,
@@ -66,7 +67,9 @@ def _name_errors(resource: Resource):
         return dns1123_label_errors
     if resource.name == "services":
         return dns1035_label_errors
-    if resource.group == "rbac.authorization.k8s.io":
+    if resource.group in ("rbac.authorization.k8s.io", "certificates.k8s.io"):
+        # certificates: upstream does not care what a request is called; the storage key and
+        # the REST path still need a path segment
         return _rbac.path_segment_errors
     return dns1123_subdomain_errors
 
@@ -528,6 +531,7 @@ _VALIDATE = {
     "clusterroles": _rbac.validate_cluster_role,
     "rolebindings": _rbac.validate_role_binding,
     "clusterrolebindings": _rbac.validate_cluster_role_binding,
+    "certificatesigningrequests": _certs.validate_csr,
 }
 _VALIDATE_UPDATE = {
     "nodes": _validate_node_update,
@@ -544,6 +548,7 @@ _VALIDATE_UPDATE = {
     "storageclasses": _storage.validate_storage_class_update,
     "rolebindings": _rbac.validate_binding_update,
     "clusterrolebindings": _rbac.validate_binding_update,
+    "certificatesigningrequests": _certs.csr_update,
 }
 
 
@@ -567,3 +572,16 @@ def validate_update(resource: Resource, new, old) -> None:
     if check is not None:
         check(errs, new, old)
     errs.raise_if_any(resource.kind, new.metadata.name)
+
+
+def validate_csr_update(new, old, subresource: str) -> None:
+    """A CertificateSigningRequest's status or approval subresource update (the registry
+    knows which; an update of the object goes through validate_update)."""
+    errs = FieldErrors()
+    _validate_meta(errs, BY_CSR, new.metadata)
+    _certs.validate_csr(errs, new, old)
+    _certs.csr_update(errs, new, old, subresource=subresource)
+    errs.raise_if_any(BY_CSR.kind, new.metadata.name)
+
+
+BY_CSR = _BY_NAME["certificatesigningrequests"]

@@ -3,7 +3,8 @@
 Runs, over one set of shared informers, the ReplicaSet, Deployment, garbage
 collector, namespace, node lifecycle, endpoints, EndpointSlice and EndpointSlice mirroring
 controllers, the pod garbage collector's orphan sweep, the PersistentVolume binder, the
-pvc/pv-protection controllers and (with --storage-dir) the directory provisioner, as
+pvc/pv-protection controllers, (with --storage-dir) the directory provisioner and the
+certificate controllers (csrapproving, csrcleaner, with --cluster-signing-* csrsigning), as
 kube-controller-manager does. With --leader-elect only the holder of the
 kube-system/kube-controller-manager Lease runs them.
 """
@@ -14,6 +15,8 @@ import argparse
 import sys
 
 from apiserver.client import Client
+from controllers.certificates import (DEFAULT_DURATION, CSRApprovingController, CSRCleanerController,
+                                     CSRSigningController)
 from controllers.component import add_common_flags, run_component, setup_logging
 from controllers.deployment import DeploymentController
 from controllers.endpoints import EndpointsController
@@ -34,7 +37,7 @@ from controllers.serviceaccounts import ServiceAccountsController
 CONTROLLERS = ("replicaset", "deployment", "garbagecollector", "namespace", "nodelifecycle", "endpoints",
                "endpointslice", "endpointslicemirroring", "podgc", "persistentvolume-binder", "pvc-protection",
                "pv-protection", "directory-provisioner", "serviceaccount",
-               "root-ca-cert-publisher")
+               "root-ca-cert-publisher", "csrapproving", "csrsigning", "csrcleaner")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,8 +60,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--root-ca-file", default="",
                    help="the cluster's CA (PEM), published as ConfigMap kube-root-ca.crt in every namespace "
                         "for pods' ServiceAccount volumes; unset: not published")
+    p.add_argument("--cluster-signing-cert-file", default="",
+                   help="PEM CA certificate csrsigning signs approved CertificateSigningRequests with "
+                        "(kubelet client certificates); unset: csrsigning does not run")
+    p.add_argument("--cluster-signing-key-file", default="", help="PEM key of --cluster-signing-cert-file")
+    p.add_argument("--cluster-signing-duration", type=float, default=DEFAULT_DURATION,
+                   help="longest validity of a signed certificate, in seconds (default a year); a request's "
+                        "spec.expirationSeconds may ask for less")
     add_common_flags(p, lease_name="kube-controller-manager")
     args = p.parse_args(argv)
+    if bool(args.cluster_signing_cert_file) != bool(args.cluster_signing_key_file):
+        p.error("--cluster-signing-cert-file and --cluster-signing-key-file go together")
     args.enabled = enabled_controllers(args.controllers)
     return args
 
@@ -82,6 +94,21 @@ def enabled_controllers(spec: str) -> list[str]:
 def _read(path: str) -> str:
     with open(path) as f:
         return f.read()
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _reviews(server: str):
+    """SubjectAccessReviews for csrapproving with the controller-manager's own credentials
+    (REST over TLS); None for a plain-HTTP apiserver, which authorizes everyone."""
+    from apiserver.client import credentials_for
+    from node.kubelet.auth import ApiReviews
+
+    creds = credentials_for(server)
+    return ApiReviews(creds) if creds is not None and creds.tls else None
 
 
 class ControllerManager:
@@ -113,9 +140,15 @@ class ControllerManager:
             "directory-provisioner": lambda: DirectoryProvisioner(c, f, a.storage_dir),
             "serviceaccount": lambda: ServiceAccountsController(c, f),
             "root-ca-cert-publisher": lambda: RootCAPublisher(c, f, _read(a.root_ca_file)),
+            "csrapproving": lambda: CSRApprovingController(c, f, _reviews(a.server)),
+            "csrsigning": lambda: CSRSigningController(c, f, _read_bytes(a.cluster_signing_cert_file),
+                                                       _read_bytes(a.cluster_signing_key_file),
+                                                       duration=a.cluster_signing_duration),
+            "csrcleaner": lambda: CSRCleanerController(c, f),
         }
         enabled = [n for n in a.enabled if (n != "directory-provisioner" or a.storage_dir)
-                   and (n != "root-ca-cert-publisher" or a.root_ca_file)]
+                   and (n != "root-ca-cert-publisher" or a.root_ca_file)
+                   and (n != "csrsigning" or a.cluster_signing_cert_file)]
         return [make[name]() for name in enabled]
 
     def start(self) -> None:

@@ -102,9 +102,13 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
                             "--log-level", "warning"]
     if args.security is not None:
         # the CA pods' ServiceAccount volumes carry (ConfigMap kube-root-ca.crt in every namespace)
-        cmds["controller-manager"] += ["--root-ca-file", str(args.security.pki.ca.cert_path)]
+        cmds["controller-manager"] += ["--root-ca-file", str(args.security.pki.ca.cert_path),
+                                       *args.security.signing_flags()]
+        if "kubelets" in cmds:  # every hollow node with a certificate of its own (TLS bootstrap)
+            cmds["kubelets"] += ["--bootstrap-kubeconfig", args.security.bootstrap_kubeconfig,
+                                 "--cert-dir", os.path.join(os.path.abspath(args.data_dir), "kubelets")]
         # each component with its own identity (apiserver/auth/policy.py grants what it needs)
-        who = {"controller-manager": "controller-manager", "scheduler": "scheduler", "kubelets": "hollow-nodes",
+        who = {"controller-manager": "controller-manager", "scheduler": "scheduler",
                "dns": "dns", "cloud": "cloud-nodes", "cloud-controller-manager": "cloud-controller-manager",
                "cluster-autoscaler": "cluster-autoscaler"}
         if args.real is not None:
@@ -115,6 +119,8 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
                     cmds[f"kubelet-{node.index}"] += args.security.kubelet_flags(node.name)
         if "cloud" in cmds:  # the instances' kubelets too (one serving certificate for all: 127.0.0.1)
             cmds["cloud"] += [f"--kubelet-arg={a}" for a in args.security.kubelet_flags("cloud-instance")]
+            # each instance's kubelet bootstraps a certificate of its own (system:node:<instance>)
+            cmds["cloud"] += [f"--kubelet-arg=--bootstrap-kubeconfig={args.security.bootstrap_kubeconfig}"]
         args.envs.update({name: args.security.env(w) for name, w in who.items() if name in cmds})
     return cmds
 
@@ -197,6 +203,9 @@ def show_example(args: argparse.Namespace, sup: Supervisor) -> None:
         if not sup.stopping.is_set():
             print("[plane] the apiserver did not come up in 120 s; see its output above", flush=True)
         return
+    if args.security is not None:  # what the kubelets' TLS bootstrap waits for
+        with admin_client(args) as client:
+            args.security.ensure_bootstrap_token(client)
     if not args.no_example:
         print(f"[plane] applying {EXAMPLE.relative_to(Path.cwd()) if EXAMPLE.is_relative_to(Path.cwd()) else EXAMPLE}",
               flush=True)

@@ -174,6 +174,9 @@ def start_control_plane(tmp_path, registry: Registry, pki=None, **apiserver_flag
         env = {"KUBECONFIG": api.kubeconfig(tmp_path / f"{name}.kubeconfig", who)} if pki else None
         # as kube-controller-manager's --root-ca-file: the CA pods' ServiceAccount volumes carry
         extra = {"root_ca_file": str(pki.ca.cert_path)} if pki is not None and name == "cm" else {}
+        if pki is not None and name == "cm":
+            # csrsigning signs kubelets' client certificates (TLS bootstrap) with the cluster CA
+            extra.update(cluster_signing_cert_file=str(pki.ca.cert_path), cluster_signing_key_file=str(pki.ca.key_path))
         Component(tmp_path, name, module, api.endpoint, registry, env=env, log_level="warning", **extra).start()
     return api
 

@@ -13,7 +13,9 @@ on a real disk.
 
 `drop <dir>` on the control socket is the power loss of the machine whose
 files are under that directory (relative to the mount): every unsynced
-write to them is forgotten. The processes using them must be dead by then
+write to them is forgotten. `tear <dir> <seed>` is a power loss that tears
+them instead, as a disk can: each unsynced page is lost, kept, or kept in
+part (its first sectors), independently of the others. The processes using them must be dead by then
 (SIGKILL): a process that lives on keeps what the kernel handed it.
 
 Run it as `python -m harness.powerloss_fs BACKING MOUNT CONTROL` (root and
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import socket
 import stat
 import subprocess
@@ -36,6 +39,8 @@ import time
 from pathlib import Path
 
 PAGE = 4096
+# a disk writes a sector whole or not at all: the unit a torn page is kept in
+SECTOR = 512
 
 
 class _Unsynced:
@@ -43,10 +48,11 @@ class _Unsynced:
     written, its size, and how much of the backing file is still its content
     (a truncation cuts the backing data off, in memory too)."""
 
-    __slots__ = ("base_valid", "pages", "size")
+    __slots__ = ("base_valid", "first_written", "pages", "size")
 
     def __init__(self, size: int) -> None:
         self.pages: dict[int, bytearray] = {}
+        self.first_written: dict[int, int] = {}  # page -> where in it the first written byte is
         self.size = size
         self.base_valid = size
 
@@ -130,9 +136,79 @@ def build_fs(backing: str):
                         size += entry.dirty_bytes()
             return files, size
 
-        def unsynced_bytes(self) -> int:
+        def tear(self, rel: str, seed: int) -> dict:
+            """A power loss that tears what was not synced under `rel`, as a
+            disk may leave it: each unsynced page of a file is, on its own,
+            lost, kept, or kept in part (its first sectors: a disk writes a
+            sector whole or not at all), so a write may survive in part and
+            writes to different pages survive independently (a header page
+            kept and a record's page lost, or the reverse); the first page
+            written is always torn, after its first written sector. What is kept
+            reaches the backing file; the rest is forgotten. A file's size
+            grows to the end of what was kept of it. Counts of pages by
+            outcome, and files touched."""
+            top = self._full(rel)
+            paths = []
+            for dirpath, _, filenames in os.walk(top):
+                paths += [os.path.join(dirpath, name) for name in filenames]
+            rng = random.Random(seed)
+            counts = {"files": 0, "lost": 0, "kept": 0, "torn": 0}
             with self._mutex:
-                return sum(e.dirty_bytes() for e in self.unsynced.values())
+                for path in sorted(paths):
+                    try:
+                        key = self._key(os.lstat(path))
+                    except FileNotFoundError:
+                        continue
+                    entry = self.unsynced.pop(key, None)
+                    if entry is None:
+                        continue
+                    counts["files"] += 1
+                    fd = os.open(path, os.O_RDWR)
+                    try:
+                        size = os.fstat(fd).st_size
+                        first = True
+                        for page, data in sorted(entry.pages.items()):
+                            start = page * PAGE
+                            if start >= entry.size:
+                                continue
+                            if first and page in entry.first_written:
+                                # the first page written is torn where the writes begin (its
+                                # first written sector kept, the rest not), so that every
+                                # tear tears something
+                                outcome = "torn"
+                                keep = (entry.first_written[page] // SECTOR + 1) * SECTOR
+                            else:
+                                outcome = rng.choice(("lost", "kept", "torn"))
+                                keep = PAGE if outcome == "kept" else SECTOR * rng.randint(1, PAGE // SECTOR - 1)
+                            first = False
+                            counts[outcome] += 1
+                            if outcome == "lost":
+                                continue
+                            keep = min(keep, entry.size - start)
+                            os.pwrite(fd, bytes(data[:keep]), start)
+                            size = max(size, start + keep)
+                        if os.fstat(fd).st_size < size:
+                            os.ftruncate(fd, size)
+                    finally:
+                        os.close(fd)
+            return counts
+
+        def unsynced_bytes(self, rel: str = "") -> int:
+            """Bytes of unsynced pages, of every file or of those under `rel`."""
+            if not rel:
+                with self._mutex:
+                    return sum(e.dirty_bytes() for e in self.unsynced.values())
+            top = self._full(rel)
+            paths = [top] if os.path.isfile(top) else [
+                os.path.join(d, name) for d, _, names in os.walk(top) for name in names]
+            keys = set()
+            for path in paths:
+                try:
+                    keys.add(self._key(os.lstat(path)))
+                except FileNotFoundError:
+                    pass
+            with self._mutex:
+                return sum(self.unsynced[k].dirty_bytes() for k in keys if k in self.unsynced)
 
         # -- metadata ---------------------------------------------------------------
 
@@ -242,6 +318,7 @@ def build_fs(backing: str):
                         buf = entry.pages[page] = self._base_page(fh, entry, page)
                     take = min(PAGE - at, len(view))
                     buf[at:at + take] = view[:take]
+                    entry.first_written[page] = min(at, entry.first_written.get(page, PAGE))
                     view = view[take:]
                     pos += take
                 entry.size = max(entry.size, offset + len(data))
@@ -292,7 +369,8 @@ def build_fs(backing: str):
 
 
 def _serve_control(fs, control: str) -> None:
-    """One command a line: `drop DIR` -> `dropped FILES BYTES`; `unsynced` -> `BYTES`."""
+    """One command a line: `drop DIR` -> `dropped FILES BYTES`; `tear DIR SEED` ->
+    `torn files=N lost=N kept=N torn=N` (pages); `unsynced [PATH]` -> `BYTES`."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(control)
     server.listen(4)
@@ -304,8 +382,12 @@ def _serve_control(fs, control: str) -> None:
                 if cmd == "drop":
                     files, size = fs.drop(arg)
                     f.write(f"dropped {files} {size}\n")
+                elif cmd == "tear":
+                    where, _, seed = arg.rpartition(" ")
+                    counts = fs.tear(where, int(seed))
+                    f.write("torn " + " ".join(f"{k}={v}" for k, v in counts.items()) + "\n")
                 elif cmd == "unsynced":
-                    f.write(f"{fs.unsynced_bytes()}\n")
+                    f.write(f"{fs.unsynced_bytes(arg)}\n")
                 else:
                     f.write(f"error unknown command {cmd!r}\n")
                 f.flush()
@@ -392,8 +474,18 @@ class PowerLossMount:
             raise RuntimeError(f"power-loss filesystem: {answer}")
         return int(answer[1]), int(answer[2])
 
-    def unsynced_bytes(self) -> int:
-        return int(self._ask("unsynced"))
+    def tear(self, rel: str, seed: int) -> dict:
+        """The power goes for the files under `rel`, tearing what was not
+        synced (see UnsyncedCacheFS.tear): {"files", "lost", "kept", "torn"}
+        (the last three count pages)."""
+        answer = self._ask(f"tear {rel} {seed}").split()
+        if answer[:1] != ["torn"]:
+            raise RuntimeError(f"power-loss filesystem: {answer}")
+        return {k: int(v) for k, v in (item.split("=") for item in answer[1:])}
+
+    def unsynced_bytes(self, rel: str = "") -> int:
+        """Bytes of unsynced pages: of every file, or of the file or files under `rel`."""
+        return int(self._ask(f"unsynced {rel}".strip()))
 
     def close(self) -> None:
         if os.path.ismount(self.path):

@@ -865,13 +865,19 @@ def test_make_run_is_secure_by_default(tmp_path):
     cm = cmds["controller-manager"]
     assert Path(cm[cm.index("--root-ca-file") + 1]).read_bytes() == args.security.pki.ca.cert_path.read_bytes()
     users = {}
-    for name in ("controller-manager", "scheduler", "kubelets"):
+    for name in ("controller-manager", "scheduler"):
         config = yaml.safe_load(Path(args.envs[name]["KUBECONFIG"]).read_text())
         assert config["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:6443"
         cert = x509.load_pem_x509_certificate(base64.b64decode(config["users"][0]["user"]["client-certificate-data"]))
         users[name] = cert.subject.rfc4514_string()
     assert users == {"controller-manager": "CN=system:kube-controller-manager",
-                     "scheduler": "CN=system:kube-scheduler", "kubelets": "CN=system:hollow-nodes,O=system:nodes"}
+                     "scheduler": "CN=system:kube-scheduler"}
+    # the hollow nodes join with a bootstrap token and get a certificate each (TLS bootstrap)
+    assert "kubelets" not in args.envs and "--enable-bootstrap-token-auth" in api
+    assert Path(cm[cm.index("--cluster-signing-key-file") + 1]) == args.security.pki.ca.key_path
+    kubelets = cmds["kubelets"]
+    boot = yaml.safe_load(Path(kubelets[kubelets.index("--bootstrap-kubeconfig") + 1]).read_text())
+    assert boot["users"][0]["user"] == {"token": args.security.bootstrap_token}
     admin = yaml.safe_load((tmp_path / "kubeconfig").read_text())
     assert admin["users"][0]["user"]["client-key-data"] and (tmp_path / "kubeconfig").stat().st_mode & 0o077 == 0
     # the cloud's kubelets serve their API on TLS and ask the apiserver who may use it

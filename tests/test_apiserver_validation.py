@@ -188,6 +188,24 @@ def cluster_role_binding() -> rbac_pb2.ClusterRoleBinding:
                                                                  kind="ClusterRole", name="system:pod-reader"))
 
 
+def certificate_signing_request():
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from apiserver.pb import certificates_pb2
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    req = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alice")])).sign(key, hashes.SHA256())
+    csr = certificates_pb2.CertificateSigningRequest(metadata={"name": "alice"})
+    csr.spec.request = req.public_bytes(serialization.Encoding.PEM)
+    csr.spec.signer_name = "kubernetes.io/kube-apiserver-client"
+    csr.spec.usages.extend(["digital signature", "client auth"])
+    return csr
+
+
 FACTORIES = {"pods": pod, "replicasets": replica_set, "deployments": deployment,
              "services": service, "namespaces": namespace, "nodes": node,
              "configmaps": config_map, "secrets": secret, "events": event,
@@ -195,7 +213,8 @@ FACTORIES = {"pods": pod, "replicasets": replica_set, "deployments": deployment,
              "ipaddresses": ip_address, "persistentvolumes": persistent_volume,
              "persistentvolumeclaims": persistent_volume_claim, "storageclasses": storage_class,
              "serviceaccounts": service_account, "roles": role, "clusterroles": cluster_role,
-             "rolebindings": role_binding, "clusterrolebindings": cluster_role_binding}
+             "rolebindings": role_binding, "clusterrolebindings": cluster_role_binding,
+             "certificatesigningrequests": certificate_signing_request}
 
 
 def defaulted(resource_name: str, msg=None):

@@ -1,8 +1,10 @@
 """Acknowledged writes survive the loss of a majority of a 3-member cluster:
 its processes killed (SIGKILL), and its machines' power (what was not
 synced is gone: harness.powerloss_fs, which keeps unsynced writes in memory
-and forgets them, as LazyFS does). With --unsafe-no-fsync a power loss
-loses acknowledged writes, which is what the flag risks.
+and forgets them, as LazyFS does, or tears them: each unsynced page lost,
+kept, or kept in part, as a disk may leave them, so that journals come back
+with torn records to cut). With --unsafe-no-fsync a power loss loses
+acknowledged writes, which is what the flag risks.
 
 The workload is tests/cluster_workload.py's PutLoad: client threads on every
 member, each put recorded with its revision once acknowledged. After the
@@ -13,7 +15,9 @@ revision, the members agree (HashKV), and revisions go on from there.
 from __future__ import annotations
 
 import os
+import random
 import signal
+import threading
 import time
 
 import pytest
@@ -71,13 +75,23 @@ def powerloss_mount(tmp_path):
         mount.close()
 
 
-def _load_then_kill(cluster: Cluster, victims, prefix: str, count: int = 300) -> dict:
+def _load_then_kill(cluster: Cluster, victims, prefix: str, count: int = 300, catch=None) -> dict:
     """Puts through every member until `count` are acknowledged, then SIGKILL
     `victims` (each whole process group: a snapshot child dies with them)
-    while the load goes on; what was acknowledged."""
+    while the load goes on; what was acknowledged. `catch(member)`, if
+    given, first stops each victim at a chosen moment."""
     load = PutLoad(cluster.members, prefix, threads=6).start()
     try:
         wait_until(lambda: load.count() >= count, 90, what=f"{count} acknowledged puts")
+        if catch is not None:
+            # one follower, then the leader (the other follower still acks its
+            # appends), then the other follower, which without a leader appends
+            # nothing more: it may not be caught
+            leader = cluster.wait_leader()
+            followers = [m for m in victims if m is not leader]
+            order = followers[:1] + [m for m in victims if m is leader] + followers[1:]
+            for i, m in enumerate(order):
+                catch(m, required=i < 2)
         for m in victims:
             os.killpg(m.pid, signal.SIGKILL)
         for m in victims:
@@ -165,7 +179,96 @@ def test_power_loss_loses_no_acknowledged_write(powerloss_mount, cluster_of, tmp
           f"puts all back on {[m.name for m in survivors.members]}; HashKV equal at revision {rev}")
 
 
-def test_history_stays_linearizable_across_a_power_loss(powerloss_mount, cluster_of, tmp_path):
+class _BigPuts:
+    """Puts of 3 KB values through one member in a thread, beside the
+    workload: records that span sectors, which a tear can cut through (the
+    workload's own records are a few hundred bytes, within one sector,
+    which a disk writes whole or not at all)."""
+
+    def __init__(self, member) -> None:
+        self._member = member
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with Client(self._member.endpoint) as c:
+            i = 0
+            while not self._stop.is_set():
+                try:
+                    c.kv.Put(pb.PutRequest(key=b"big/%d" % (i % 50), value=bytes([65 + i % 26]) * 3000), timeout=5)
+                except Exception:
+                    if self._stop.wait(0.05):
+                        return
+                i += 1
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0] in ("T", "t")
+
+
+def _stop_unsynced(mount, m, required: bool = True) -> bool:
+    """SIGSTOP `m` (its process group) at a moment its journal holds records
+    not synced yet: stopped, it cannot sync them, and the power loss after
+    finds them on their way to the disk. Tried again until so (for 30 s, or
+    3 s if not `required`, then left stopped anyway); whether it was."""
+    deadline = time.monotonic() + (30 if required else 3)
+    while True:
+        os.killpg(m.pid, signal.SIGSTOP)
+        wait_until(lambda: _stopped(m.pid), 10, what=f"{m.name} stopped")  # a FUSE call in flight ends first
+        if mount.unsynced_bytes(f"{m.name}.data/raft.journal") > 0:
+            return True
+        if time.monotonic() > deadline:
+            assert not required, f"{m.name} never caught with unsynced journal records"
+            return False
+        os.killpg(m.pid, signal.SIGCONT)
+        time.sleep(0.005 + 0.01 * random.random())  # let it append again
+
+
+def _tear(mount, victims, seed: int) -> list[dict]:
+    """The power loss of `victims`, tearing what they had not synced (each
+    unsynced page lost, kept, or kept in part, on its own: powerloss_fs)."""
+    return [mount.tear(f"{m.name}.data", seed + i) for i, m in enumerate(victims)]
+
+
+def _cuts(members) -> int:
+    """How many of `members` cut a torn journal tail at their last start."""
+    return sum("cutting the journal there" in m.log_tail(300).rpartition("===== start #")[2] for m in members)
+
+
+@pytest.mark.parametrize("scenario", ["leader+follower", "all"])
+def test_torn_writes_at_a_power_loss_lose_no_acknowledged_write(powerloss_mount, cluster_of, tmp_path, scenario):
+    """As test_power_loss_loses_no_acknowledged_write, the power loss tearing
+    what was not synced instead of dropping it whole: journals, snapshots
+    and meta files come back with records written in part, pages of one
+    write kept and others lost. Each member cuts a torn journal tail and
+    refuses nothing: everything acknowledged is back."""
+    loss = POWER_LOSSES[scenario]
+    cluster = cluster_of(tmp_path, data_root=powerloss_mount.path, snapshot_count=loss.snapshot_count)
+    leader = cluster.wait_leader()
+    f1, f2 = [m for m in cluster.members if m is not leader]
+    lose_power, _, _ = loss.pick(leader, f1, f2)
+    with _BigPuts(leader):
+        acked = _load_then_kill(cluster, lose_power, "t", count=200,
+                                catch=lambda m, required: _stop_unsynced(powerloss_mount, m, required))
+    seed = 7 if scenario == "all" else 3
+    torn = _tear(powerloss_mount, lose_power, seed)
+    _restart(lose_power)
+    rev = _check_all_back(cluster, "t", acked)
+    print(f"  {scenario} torn (seed {seed}): pages {torn}; {_cuts(lose_power)} of {len(lose_power)} members cut a "
+          f"torn journal tail; {len(acked)} acknowledged puts all back; HashKV equal at revision {rev}")
+
+
+@pytest.mark.parametrize("loss", ["dropped", "torn"])
+def test_history_stays_linearizable_across_a_power_loss(powerloss_mount, cluster_of, tmp_path, loss):
     """Puts, reads and compare-and-swaps on a few keys through every member
     (test_cluster_faults' workload) before, across and after a power loss:
     the whole history is linearizable, so nothing acknowledged or read
@@ -182,13 +285,19 @@ def test_history_stays_linearizable_across_a_power_loss(powerloss_mount, cluster
     try:
         wait_until(lambda: work.completed() >= 300, 90, what="300 operations before the power loss")
         victims = [leader, lagging]
+        if loss == "torn":
+            with _BigPuts(leader):
+                _stop_unsynced(powerloss_mount, leader)  # the lagging one is stopped already
         for m in victims:
             os.killpg(m.pid, signal.SIGKILL)
         for m in victims:
             m.kill()
         cluster.stopped.discard(lagging.name)
         cluster.sigstop(other)
-        dropped = [powerloss_mount.drop(f"{m.name}.data") for m in victims]
+        if loss == "torn":
+            dropped = _tear(powerloss_mount, victims, 11)
+        else:
+            dropped = [powerloss_mount.drop(f"{m.name}.data") for m in victims]
         _restart(victims)
         before = work.completed()
         wait_until(lambda: work.completed() >= before + 200, 90, what="200 operations on the two restarted")
@@ -201,8 +310,8 @@ def test_history_stays_linearizable_across_a_power_loss(powerloss_mount, cluster
     res = check(ops, timeout=90)
     assert res.ok, res.explanation
     cluster.assert_hashkv_equal()
-    print(f"  {len(ops)} operations linearizable across the power loss of {[m.name for m in victims]} "
-          f"(dropped {dropped}); counts {work.counts}")
+    print(f"  {len(ops)} operations linearizable across the power loss ({loss}) of {[m.name for m in victims]} "
+          f"({dropped}; {_cuts(victims)} cut a torn journal tail); counts {work.counts}")
 
 
 def test_power_loss_with_unsafe_no_fsync_loses_acknowledged_writes(powerloss_mount, cluster_of, tmp_path):

@@ -69,8 +69,8 @@ def plane(tmp_path_factory):
         api = start_control_plane(tmp, reg, pki=pki, token_auth_file=str(token_file), **pki.kubelet_client_flags())
         admin = api.client("admin")
 
-        def kubeconfig(node: str) -> str:
-            return api.kubeconfig(tmp / f"kubelet-{node}.kubeconfig", f"node-{node}")
+        def kubeconfig(who: str) -> str:  # who: "node-<name>" (the kubelet's identity)
+            return api.kubeconfig(tmp / f"{who}.kubeconfig", who)
 
         with real_nodes(tmp, api.endpoint, 1, kubelet_args=kubelet_args, kubeconfig=kubeconfig) as nodes, \
                 contextlib.closing(admin):

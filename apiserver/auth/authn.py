@@ -102,7 +102,7 @@ class Authenticator:
 
     def __init__(self, *, token_users: dict[str, User] | None = None, sa_public_keys: list | None = None,
                  issuers: list[str] | None = None, audiences: list[str] | None = None,
-                 service_accounts=None, pods=None, anonymous: bool = True) -> None:
+                 service_accounts=None, pods=None, anonymous: bool = True, bootstrap=None) -> None:
         self.token_users = token_users or {}
         self.sa_public_keys = sa_public_keys or []
         self.issuers = issuers or []
@@ -110,6 +110,7 @@ class Authenticator:
         self.service_accounts = service_accounts
         self.pods = pods  # (namespace, name) -> the Pod or None: a pod-bound token dies with its pod
         self.anonymous = anonymous
+        self.bootstrap = bootstrap  # a bootstrap.BootstrapTokens (--enable-bootstrap-token-auth), or None
 
     def authenticate(self, peercert: dict | None, authorization: str) -> User:
         """The request's user; raises errors.unauthorized()."""
@@ -178,4 +179,11 @@ class Authenticator:
             sa_user = service_account_user(claims.namespace, claims.name, claims.uid)
             auds = [a for a in claims.audiences if a in audiences]
             return User(sa_user.name, sa_user.groups, sa_user.uid, extra), "", auds
+        if self.bootstrap is not None:
+            user, reason = self.bootstrap.authenticate(token)
+            if user is not None:
+                # audience-agnostic, as a token-file token
+                return user, "", [a for a in audiences if a in self.audiences]
+            if reason:
+                return None, reason, []
         return None, "", []

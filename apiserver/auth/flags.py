@@ -8,6 +8,7 @@ import ssl
 from apiserver.auth import tokens
 from apiserver.auth.audit import AuditLog
 from apiserver.auth.authn import Authenticator, read_token_file
+from apiserver.auth.bootstrap import BootstrapTokens
 from apiserver.auth.gate import Gate
 from apiserver.auth.node import NodeAuthorizer, NodeRestriction
 from apiserver.auth.rbac import AlwaysAllow, RBACAuthorizer, Union
@@ -43,6 +44,10 @@ def add_flags(p: argparse.ArgumentParser) -> None:
                    help=f"iss of the tokens signed (the first) and accepted (all); default {DEFAULT_ISSUER}")
     p.add_argument("--api-audiences", default="",
                    help="comma-separated audiences a token must name one of (default: the issuers)")
+    p.add_argument("--enable-bootstrap-token-auth", action="store_true",
+                   help="bearer tokens <id>.<secret> of kube-system Secrets bootstrap-token-<id> (type "
+                        "bootstrap.kubernetes.io/token) authenticate as system:bootstrap:<id>, group "
+                        "system:bootstrappers: how a node without a certificate asks for one (TLS bootstrap)")
     p.add_argument("--anonymous-auth", type=_bool, default=True, metavar="true|false",
                    help="requests without credentials run as system:anonymous (else 401)")
     p.add_argument("--authorization-mode", default="AlwaysAllow",
@@ -80,6 +85,7 @@ def check(args) -> str | None:
 def secured(args) -> bool:
     """Anything beyond the open default (no gate is built then: nothing is checked, as before)."""
     return bool(args.client_ca_file or args.token_auth_file or args.audit_log_path or args.service_account_key_file
+                or args.enable_bootstrap_token_auth
                 or args.service_account_signing_key_file or not args.anonymous_auth
                 or args.authorization_modes != ["AlwaysAllow"])
 
@@ -122,10 +128,13 @@ def build_gate(args, caches) -> Gate:
         signer = tokens.Signer(key, issuers[0])
         if not args.service_account_key_file:
             public_keys.append(key.public_key())
-    accounts, pods = caches["serviceaccounts"], caches["pods"]
+    accounts, pods, secrets = caches["serviceaccounts"], caches["pods"], caches["secrets"]
+    bootstrap = (BootstrapTokens(lambda ns, name: secrets.get(ns, name))
+                 if args.enable_bootstrap_token_auth else None)
     authn = Authenticator(token_users=token_users, sa_public_keys=public_keys, issuers=issuers,
                           audiences=audiences, service_accounts=lambda ns, name: accounts.get(ns, name),
-                          pods=lambda ns, name: pods.get(ns, name), anonymous=args.anonymous_auth)
+                          pods=lambda ns, name: pods.get(ns, name), anonymous=args.anonymous_auth,
+                          bootstrap=bootstrap)
     make = {"AlwaysAllow": lambda: AlwaysAllow(), "Node": lambda: NodeAuthorizer(caches),
             "RBAC": lambda: RBACAuthorizer(caches)}
     authorizers = [make[m]() for m in args.authorization_modes]

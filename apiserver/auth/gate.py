@@ -8,10 +8,11 @@ kube-apiserver's messages.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from dataclasses import dataclass
 
-from apiserver import resources
+from apiserver import errors, resources
 from apiserver.auth import impersonation
 from apiserver.auth.authn import Authenticator, User
 from apiserver.auth.rbac import AlwaysAllow, Attributes, forbidden, forbidden_message
@@ -21,6 +22,11 @@ log = logging.getLogger("apiserver.auth")
 
 _METHOD_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+# the user the request being served acts as, once the gate let it through (None: no gate):
+# what a CertificateSigningRequest's spec.username records
+REQUESTER: contextvars.ContextVar[User | None] = contextvars.ContextVar("requester", default=None)
+# the gate that let it through (the CertificateSigningRequest signer checks ask its authorizer)
+GATE: contextvars.ContextVar["Gate | None"] = contextvars.ContextVar("gate", default=None)
 
 
 def rest_attributes(user: User, method: str, path: str, query: dict[str, list[str]]) -> Attributes:
@@ -69,15 +75,15 @@ def _ns(res, namespace: str) -> str:
 def grpc_attributes(user: User, method: str, request) -> Attributes | None:
     """Attributes of an ApiServer gRPC call; None when the request names no
     resource served (the handler then answers NotFound/BadRequest)."""
-    if method in ("Create", "Update", "UpdateStatus"):
+    if method in ("Create", "Update", "UpdateStatus", "UpdateApproval"):
         res, msg = resources.unwrap(request.object)
         if res is None:
             return None
         ns = _ns(res, msg.metadata.namespace)
         if method == "Create":
             return Attributes(user, "create", ns, res.group, res.name, "", "")
-        return Attributes(user, "update", ns, res.group, res.name, "status" if method == "UpdateStatus" else "",
-                          msg.metadata.name)
+        sub = {"UpdateStatus": "status", "UpdateApproval": "approval"}.get(method, "")
+        return Attributes(user, "update", ns, res.group, res.name, sub, msg.metadata.name)
     if method == "Logs":
         return Attributes(user, "get", _ns(resources.BY_NAME["pods"], request.namespace), "", "pods", "log",
                           request.name)
@@ -145,6 +151,8 @@ class Gate:
         user = self.impersonate(user, header_lines, seen)
         seen.attrs = rest_attributes(user, method, path, query)
         self.authorize(seen.attrs)
+        REQUESTER.set(user)
+        GATE.set(self)
         return user
 
     def grpc(self, method: str, request, context, seen: Seen | None = None) -> User:
@@ -163,7 +171,20 @@ class Gate:
         seen.attrs = a = grpc_attributes(user, method, request)
         if a is not None:
             self.authorize(a)
+        REQUESTER.set(user)
+        GATE.set(self)
         return user
+
+    def check_signer(self, user: User, verb: str, csr_name: str, signer_name: str) -> None:
+        """kube-apiserver's CertificateApproval/CertificateSigning admission: approving
+        (``verb`` "approve") or signing ("sign") a CertificateSigningRequest also needs that
+        verb on certificates.k8s.io signers, named by the signer or by its "<domain>/*"."""
+        domain = signer_name.partition("/")[0]
+        for name in (signer_name, f"{domain}/*"):
+            if self.authorizer.allowed(Attributes(user, verb, "", "certificates.k8s.io", "signers", "", name)):
+                return
+        raise errors.forbidden("certificatesigningrequests.certificates.k8s.io", csr_name,
+                               f'user not permitted to {verb} requests with signerName "{signer_name}"')
 
 
 def open_gate() -> Gate:

@@ -25,6 +25,11 @@ AGG = "rbac.authorization.k8s.io/aggregate-to-"
 READ = ["get", "list", "watch"]
 WRITE = ["create", "delete", "deletecollection", "patch", "update"]
 ALL = ["*"]
+CERTS = "certificates.k8s.io"
+KUBELET_CLIENT_SIGNER = "kubernetes.io/kube-apiserver-client-kubelet"
+KUBE_APISERVER_CLIENT_SIGNER = "kubernetes.io/kube-apiserver-client"
+# the group `kubeadm token create` puts its bootstrap tokens in (apiserver/auth/bootstrap.py)
+BOOTSTRAP_GROUP = "system:bootstrappers:kubeadm:default-node-token"
 
 
 def rule(verbs, groups, res, names=()) -> rbac_pb2.PolicyRule:
@@ -155,6 +160,11 @@ def _cluster_roles() -> list[rbac_pb2.ClusterRole]:
             rule(ALL, [""], ["persistentvolumes", "persistentvolumes/status", "persistentvolumeclaims",
                              "persistentvolumeclaims/status"]),
             rule(ALL, ["storage.k8s.io"], ["storageclasses"]),
+            # csrapproving, csrsigning, csrcleaner (controllers/certificates.py), as upstream's
+            # system:controller:certificate-controller
+            rule(["create"], ["authorization.k8s.io"], ["subjectaccessreviews"]),
+            rule(["approve"], [CERTS], ["signers"], [KUBELET_CLIENT_SIGNER]),
+            rule(["sign"], [CERTS], ["signers"], [KUBE_APISERVER_CLIENT_SIGNER, KUBELET_CLIENT_SIGNER]),
         ]),
         _role("system:kube-scheduler", [
             rule(READ, [""], ["nodes", "pods", "namespaces", "services", "persistentvolumeclaims",
@@ -187,6 +197,20 @@ def _cluster_roles() -> list[rbac_pb2.ClusterRole]:
             rule(["get", "list", "watch"], ["discovery.k8s.io"], ["endpointslices"]),
             rule(["create", "delete", "get", "patch", "update", "list", "watch"], ["coordination.k8s.io"],
                  ["leases"]),
+            # a kubelet renews its client certificate with a CSR of its own
+            rule(["create", "get", "list", "watch"], [CERTS], ["certificatesigningrequests"]),
+        ]),
+        # TLS bootstrap (kubelet --bootstrap-kubeconfig): a bootstrap token may ask for a
+        # certificate; the two below let csrapproving approve a node client certificate asked
+        # for by a bootstrapper (nodeclient) or by a node renewing its own (selfnodeclient)
+        _role("system:node-bootstrapper", [
+            rule(["create", "get", "list", "watch"], [CERTS], ["certificatesigningrequests"]),
+        ]),
+        _role("system:certificates.k8s.io:certificatesigningrequests:nodeclient", [
+            rule(["create"], [CERTS], ["certificatesigningrequests/nodeclient"]),
+        ]),
+        _role("system:certificates.k8s.io:certificatesigningrequests:selfnodeclient", [
+            rule(["create"], [CERTS], ["certificatesigningrequests/selfnodeclient"]),
         ]),
         _role("system:node-proxier", [
             rule(["list", "watch"], [""], ["endpoints", "services"]),
@@ -219,9 +243,10 @@ def _cluster_roles() -> list[rbac_pb2.ClusterRole]:
             rule(["create", "patch", "update"], ["", "events.k8s.io"], ["events"]),
             rule(["create", "get", "list", "watch", "update"], ["coordination.k8s.io"], ["leases"]),
         ]),
-        # the cloud's instances run their kubelets under one identity (the cloud would have
-        # to issue a certificate per instance for system:node:NAME and the Node authorizer):
-        # system:node's rules plus reading what pods use, in every namespace
+        # kubelets run with the shared cloud-nodes certificate (one identity for every instance,
+        # so the Node authorizer cannot tell them apart): system:node's rules plus reading what
+        # pods use, in every namespace. make run's instances bootstrap certificates of their own
+        # (node.kubelet.bootstrap) and do without it
         _role("system:cloud-nodes", [
             rule(["get"], [""], ["secrets", "configmaps", "persistentvolumeclaims"]),
         ]),
@@ -252,6 +277,12 @@ def cluster_role_bindings() -> list[rbac_pb2.ClusterRoleBinding]:
         # the apiserver's kubelet client certificate (pki.COMPONENTS): logs, exec, port-forward
         _binding("system:kube-apiserver-kubelet-client", "system:kubelet-api-admin",
                  [("User", "kube-apiserver-kubelet-client")]),
+        # as `kubeadm init` binds them for the tokens `kubeadm token create` makes
+        _binding("kubeadm:kubelet-bootstrap", "system:node-bootstrapper", [("Group", BOOTSTRAP_GROUP)]),
+        _binding("kubeadm:node-autoapprove-bootstrap",
+                 "system:certificates.k8s.io:certificatesigningrequests:nodeclient", [("Group", BOOTSTRAP_GROUP)]),
+        _binding("kubeadm:node-autoapprove-certificate-rotation",
+                 "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient", [("Group", "system:nodes")]),
     ]
 
 

@@ -54,6 +54,11 @@ class ApiServerStub:
                 request_serializer=apiserver_dot_pb_dot_api__pb2.UpdateRequest.SerializeToString,
                 response_deserializer=apiserver_dot_pb_dot_api__pb2.Object.FromString,
                 _registered_method=True)
+        self.UpdateApproval = channel.unary_unary(
+                '/apiserver.v1.ApiServer/UpdateApproval',
+                request_serializer=apiserver_dot_pb_dot_api__pb2.UpdateRequest.SerializeToString,
+                response_deserializer=apiserver_dot_pb_dot_api__pb2.Object.FromString,
+                _registered_method=True)
         self.UpdateStatus = channel.unary_unary(
                 '/apiserver.v1.ApiServer/UpdateStatus',
                 request_serializer=apiserver_dot_pb_dot_api__pb2.UpdateRequest.SerializeToString,
@@ -109,6 +114,13 @@ class ApiServerServicer:
 
     def Update(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateApproval(self, request, context):
+        """certificatesigningrequests/approval: only the Approved/Denied conditions change
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -173,6 +185,11 @@ def add_ApiServerServicer_to_server(servicer, server):
             ),
             'Update': grpc.unary_unary_rpc_method_handler(
                     servicer.Update,
+                    request_deserializer=apiserver_dot_pb_dot_api__pb2.UpdateRequest.FromString,
+                    response_serializer=apiserver_dot_pb_dot_api__pb2.Object.SerializeToString,
+            ),
+            'UpdateApproval': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateApproval,
                     request_deserializer=apiserver_dot_pb_dot_api__pb2.UpdateRequest.FromString,
                     response_serializer=apiserver_dot_pb_dot_api__pb2.Object.SerializeToString,
             ),
@@ -313,6 +330,33 @@ class ApiServer:
             request,
             target,
             '/apiserver.v1.ApiServer/Update',
+            apiserver_dot_pb_dot_api__pb2.UpdateRequest.SerializeToString,
+            apiserver_dot_pb_dot_api__pb2.Object.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateApproval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apiserver.v1.ApiServer/UpdateApproval',
             apiserver_dot_pb_dot_api__pb2.UpdateRequest.SerializeToString,
             apiserver_dot_pb_dot_api__pb2.Object.FromString,
             options,

@@ -128,6 +128,13 @@ class RestApi:
             if m != "POST":
                 return http_error(405, "the server does not allow this method on the requested resource")
             return await self._evict(req, t)
+        if t.subresource == "approval" and t.res.name == "certificatesigningrequests" and t.name:
+            if m in ("GET", "HEAD"):
+                obj = await self.registry.get(t.res, t.namespace, t.name)
+                return self._object(req, t, convert.to_json(obj))
+            if m != "PUT":
+                return http_error(405, "the server does not allow this method on the requested resource")
+            return await self._update(req, t)
         if t.subresource not in ("", "status") or (t.subresource == "status" and not t.res.has_status):
             return http_error(404, "the server could not find the requested resource")
         if t.res.namespaced and not t.namespace and (t.name or m not in ("GET", "HEAD")):
@@ -282,7 +289,8 @@ class RestApi:
     async def _update(self, req: Request, t: routing.Target) -> Response:
         warnings: list[str] = []
         msg = self._decode(req, t, warnings)
-        write = self.registry.update_status if t.subresource == "status" else self.registry.update
+        write = {"status": self.registry.update_status, "approval": self.registry.update_approval}.get(
+            t.subresource, self.registry.update)
         stored = await write(t.res, msg, manager=apply.manager(req, t), dry_run=_dry_run(req))
         return _with_warnings(self._object(req, t, convert.to_json(stored)), warnings)
 

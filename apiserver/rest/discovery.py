@@ -47,6 +47,8 @@ def subresources(res: Resource) -> list[tuple[str, str, str, list[str]]]:
         subs.append(("status", res.group, res.kind, ["get", "patch", "update"]))
     if res.name in SCALABLE:
         subs.append(("scale", "autoscaling", "Scale", ["get", "patch", "update"]))
+    if res.name == "certificatesigningrequests":
+        subs.append(("approval", res.group, res.kind, ["get", "patch", "update"]))
     if res.name == "pods":
         # as kube-apiserver lists them (served through the node's kubelet: apiserver/rest/streams.py)
         subs += [("attach", "", "PodAttachOptions", ["create", "get"]),

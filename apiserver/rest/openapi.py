@@ -30,11 +30,12 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from apiserver import resources
 from apiserver.manifest import _NUMBER_AS_STRING
-from apiserver.pb import apps_pb2, coordination_pb2, core_pb2, meta_pb2, storage_pb2
+from apiserver.pb import apps_pb2, certificates_pb2, coordination_pb2, core_pb2, meta_pb2, storage_pb2
 from apiserver.rest import discovery, patch
 
 _PACKAGES = {"core.v1": "io.k8s.api.core.v1", "apps.v1": "io.k8s.api.apps.v1",
              "coordination.v1": "io.k8s.api.coordination.v1", "storage.v1": "io.k8s.api.storage.v1",
+             "certificates.v1": "io.k8s.api.certificates.v1",
              "meta.v1": "io.k8s.apimachinery.pkg.apis.meta.v1"}
 _SCALARS = {
     FieldDescriptor.TYPE_STRING: {"type": "string"},
@@ -101,7 +102,7 @@ def _message_schema(desc) -> dict:
 @functools.cache
 def schemas() -> dict:
     out = {}
-    for module in (meta_pb2, core_pb2, apps_pb2, coordination_pb2, storage_pb2):
+    for module in (meta_pb2, core_pb2, apps_pb2, coordination_pb2, storage_pb2, certificates_pb2):
         todo = list(module.DESCRIPTOR.message_types_by_name.values())
         while todo:
             desc = todo.pop()

@@ -343,6 +343,37 @@ def _binding_row(o: dict) -> list:
             age(_meta(o).get("creationTimestamp", "")), users, groups, sas]
 
 
+def _duration(seconds: int) -> str:
+    """A duration as kubectl prints one (apimachinery's HumanDuration): 10m, 3h30m, 24h, 7d."""
+    minutes, hours = seconds // 60, seconds // 3600
+    if seconds < 120:
+        return f"{seconds}s"
+    if minutes < 10:
+        return f"{minutes}m" if seconds % 60 == 0 else f"{minutes}m{seconds % 60}s"
+    if minutes < 180:
+        return f"{minutes}m"
+    if hours < 8:
+        return f"{hours}h" if minutes % 60 == 0 else f"{hours}h{minutes % 60}m"
+    if hours < 48:
+        return f"{hours}h"
+    if hours < 24 * 8:
+        return f"{hours // 24}d" if hours % 24 == 0 else f"{hours // 24}d{hours % 24}h"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24}d"
+    return f"{hours // (24 * 365)}y"
+
+
+def _csr_row(o: dict) -> list:
+    spec, status = o.get("spec") or {}, o.get("status") or {}
+    conditions = [c.get("type", "") for c in status.get("conditions") or []]
+    if status.get("certificate"):
+        conditions.append("Issued")
+    seconds = spec.get("expirationSeconds")
+    return [_meta(o).get("name", ""), age(_meta(o).get("creationTimestamp", "")), spec.get("signerName", ""),
+            spec.get("username", ""), _duration(int(seconds)) if seconds else "<none>",
+            ",".join(conditions) or "Pending"]
+
+
 def _default_row(o: dict) -> list:
     return [_meta(o).get("name", ""), age(_meta(o).get("creationTimestamp", ""))]
 
@@ -394,6 +425,8 @@ PRINTERS = {
                                 _col("Access Modes"), _col("StorageClass"),
                                 _col("VolumeAttributesClass"), AGE,
                                 _col("VolumeMode", priority=1)], _pvc_row),
+    "certificatesigningrequests": ([NAME, AGE, _col("SignerName"), _col("Requestor"),
+                                   _col("RequestedDuration"), _col("Condition")], _csr_row),
     "storageclasses": ([NAME, _col("Provisioner"), _col("ReclaimPolicy"), _col("VolumeBindingMode"),
                         _col("AllowVolumeExpansion", "boolean"), AGE], _storage_class_row),
 }

@@ -8,9 +8,11 @@ the priority of its snapshot child): see `node`. Files, one idea each:
 
 - ``node``: RaftNode (propose, leader, term, indexes), the replicated state, the process-wide setup
 - ``loop``: pysyncobj ticked by the asyncio event loop, which watches its sockets
-- ``journal``: the Raft log on a file written with pwrite(2), only its newest entries in memory
+- ``journal``: the Raft log on a file written with pwrite(2), every record checksummed, only its
+  newest entries in memory
 - ``durable``: what is synced, and when, so that a power loss keeps every acknowledged write
-- ``snapshot_file``: snapshots written as a plain pickle (pysyncobj gzips them), either kind read
+- ``snapshot_file``: snapshots written as a plain pickle (pysyncobj gzips them) with a checksum,
+  every kind read
 - ``log_guard``: two fixes to pysyncobj's AppendEntries flow (acked entries kept, no re-sends)
 - ``peer_transport``: peer messages framed with HMAC-SHA256, sent once per tick
 """

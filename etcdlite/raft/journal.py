@@ -1,24 +1,29 @@
 """pysyncobj's Raft journal without a copy of every entry in memory, on a
-file written with pwrite(2).
+file written with pwrite(2), every record checksummed.
 
 pysyncobj's `FileJournal` keeps its records in a `ResizableFile`: a shared
 memory map of the file, grown by doubling, that every append is copied into.
 The first write to each new page of such a map is a page fault, which made
 appending slower than writing the file with pwrite(2) (measured:
-benchmarks/why.md). `JournalFile` has the
-same interface and writes the same format (any pysyncobj reads it back), so
-it replaces the memory-mapped file for every journal this process opens.
+benchmarks/why.md). `JournalFile` has the same interface and replaces the
+memory-mapped file for every journal this process opens.
+
+`LeanJournal`, the journal a member opens (`install`), writes its file in
+etcdlite's format (a CRC-32 per record, as etcd's WAL; see the format below)
+through a `JournalFile` and keeps only the newest entries in memory. At
+start it checks every record: a torn tail (what a power loss leaves of
+records written after the last sync) is cut with a warning, damage before
+the end refuses to start (`JournalCorrupt`), as etcd does. A journal in
+pysyncobj's format (an older etcdlite's) is read and written again in the
+new one. Trimmed to a snapshot, it is written anew and renamed into place;
+at a restart, `trim_to_snapshot` lines it up with the snapshot loaded, if it
+was not yet.
 
 Durability: a record is in the OS page cache when `add` returns; `sync`
 (fdatasync) makes every record written since the last sync durable at once,
 which is when a member may count or acknowledge them (see
 `etcdlite.raft.durable`). Reading back what was there at start (the replay)
 goes through a read-only map of it, as fast as before.
-
-`LeanJournal`, the journal a member opens (`install`), writes that file
-through a `JournalFile` and keeps only the newest entries in memory. Trimmed
-to a snapshot, it is written anew and renamed into place; at a restart,
-`trim_to_snapshot` lines it up with the snapshot loaded, if it was not yet.
 """
 
 from __future__ import annotations
@@ -28,12 +33,15 @@ import errno
 import logging
 import mmap
 import os
+import re
 import struct
+import zlib
 from array import array
 
 import pysyncobj.journal
 import pysyncobj.syncobj
-from pysyncobj.journal import FIRST_RECORD_OFFSET, LAST_RECORD_OFFSET_OFFSET, FileJournal
+from pysyncobj.journal import APP_NAME, FIRST_RECORD_OFFSET, LAST_RECORD_OFFSET_OFFSET, FileJournal
+from pysyncobj.pickle import to_bytes
 
 from . import durable
 
@@ -49,8 +57,7 @@ class JournalFile:
     since the last sync made durable with one fdatasync. A new file is
     durable, empty or with its `defaultContent`, once made. The file is
     allocated ahead of what is written (`PREALLOCATE_BYTES`), zeros past the
-    records, which pysyncobj's format ignores (the header says where the
-    records end)."""
+    records (where a reader of the journal finds its end)."""
 
     def __init__(self, fileName, initialSize=1024, resizeFactor=2.0, defaultContent=None):
         created = not os.path.exists(fileName)
@@ -155,19 +162,83 @@ class JournalFile:
 # than one after an append into allocated space (benchmarks/why.md)
 PREALLOCATE_BYTES = 4 * 1024 * 1024
 
-_RECORD_HEAD = struct.Struct("<IQQ")  # record size, then the entry's index and term
+# --- the file ----------------------------------------------------------------
+#
+# etcdlite's format (version 2), what every journal is written in:
+#   header, 32 bytes: MAGIC (24 bytes), the format version (u32), CRC-32 of
+#   those 28 bytes (u32); then records, each at a multiple of 8 bytes:
+#   CRC-32 (u32) of the rest of the record (head and command), the record's
+#   length (u32, head and command, not the padding), index (u64), term (u64),
+#   kind (u32: ENTRY, or TRUNCATE: the entries from `index` on are gone),
+#   zero (u32), the command, zeros to the next multiple of 8; then zeros
+#   (allocated ahead) to the end of the file.
+# pysyncobj's FileJournal format (version 1: its header says PYSYNCOBJ),
+# without checksums, is read once and written again in this one (`_upgrade`).
+
+MAGIC = b"ETCDLITE RAFT JOURNAL".ljust(24, b"\0")
+FORMAT_VERSION = 2
+_HEADER = struct.Struct("<24sII")  # MAGIC, version, CRC-32 of the two
+_HEAD = struct.Struct("<IIQQII")  # crc, length, index, term, kind, zero
+_CRC = struct.Struct("<I")
+_REST = struct.Struct("<IQQII")  # the head after its crc: what the crc covers, with the command
+ENTRY, TRUNCATE = 1, 2
+FIRST_RECORD = _HEADER.size
+# a disk writes a sector whole or not at all (at a power loss, what was not
+# synced may be missing sector by sector): how a torn record is told apart
+SECTOR = 512
+_ZERO_HEAD = bytes(_HEAD.size)
+_NONZERO = re.compile(rb"[^\x00]")
+
+# pysyncobj's format
+_V1_HEAD = struct.Struct("<IQQ")  # record size, then the entry's index and term
 _OFFSET = struct.Struct("<I")
 
 
+def journal_header() -> bytes:
+    head = MAGIC + struct.pack("<I", FORMAT_VERSION)
+    return head + _CRC.pack(zlib.crc32(head))
+
+
+def encode_record(kind: int, idx: int, term: int, command: bytes) -> bytes:
+    length = _HEAD.size + len(command)
+    rest = _REST.pack(length, idx, term, kind, 0)
+    return b"".join((_CRC.pack(zlib.crc32(command, zlib.crc32(rest))), rest, command, bytes(-length % 8)))
+
+
+class JournalCorrupt(OSError):
+    """The journal holds damage that a power loss does not explain (records
+    that were synced, or a header that is not a journal's): the member must
+    not start from it, since it would forget or invent committed entries."""
+
+
+def _padded(length: int) -> int:
+    return length + (-length % 8)
+
+
 class LeanJournal(FileJournal):
-    """pysyncobj's FileJournal (the same file, format and meta file; its meta
-    methods are inherited) that keeps in memory only where each entry is, its
-    index and term, the first entry and the newest `keep` ones. FileJournal
-    holds every entry's bytes until a snapshot trims the log, which under load
-    is most of a member's memory after its store's, each new page of it a page
-    fault (measured: benchmarks/why.md).
+    """pysyncobj's FileJournal (the same meta file; its meta methods are
+    inherited) on etcdlite's file format, keeping in memory only where each
+    entry is, its index and term, the first entry and the newest `keep` ones.
+    FileJournal holds every entry's bytes until a snapshot trims the log,
+    which under load is most of a member's memory after its store's, each new
+    page of it a page fault (measured: benchmarks/why.md).
     Older entries are read back from the file (the OS page cache) when asked
     for: by a follower catching up, or a restart's replay.
+
+    Every record carries its own CRC-32, as etcd's WAL records do, so that a
+    restart tells what a power loss can leave (a torn tail: records written
+    after the last sync, some of their sectors missing) from damage to what
+    was synced; see `_scan`. The checksum is per record, not chained from the
+    previous record's as etcd's: records carry their Raft index, so a missing
+    or stale record shows as a break in the sequence of indexes (which etcd's
+    chain catches for records without one), and a record checked by itself
+    lets the reader look past a bad record for good ones, the only way to
+    tell a bad last record (cut) from a bad record in the middle (refused).
+
+    Records are only ever appended: removing entries (a follower's
+    conflicting tail, `clear`) appends a TRUNCATE record, and the file is
+    written anew only when entries are cut from its start (`deleteEntriesTo`,
+    after a snapshot), so no record is ever written over another.
 
     `sync()` makes the entries added so far durable (`synced_index`: the
     last one it covered); the meta file is stored synced (`SyncedMetaStorer`),
@@ -180,64 +251,253 @@ class LeanJournal(FileJournal):
     def __init__(self, path: str, keep: int = 64) -> None:
         self._keep = keep
         self._path = path
-        self._file = JournalFile(path, defaultContent=self._FileJournal__getDefaultHeader())
+        self._file = JournalFile(path, defaultContent=journal_header())
         self._FileJournal__metaStorer = durable.SyncedMetaStorer(path + ".meta")
         self._FileJournal__meta = self._FileJournal__metaStorer.getMeta()
         self._FileJournal__metaSaved = True
-        self._scan()
+        try:
+            self._load()
+        except BaseException:
+            self._file._destroy()
+            raise
+
+    def _load(self) -> None:
+        head = self._file.read(0, _HEADER.size)
+        if head.startswith(APP_NAME):
+            self._upgrade()
+            return
+        magic, version, crc = _HEADER.unpack(head) if len(head) == _HEADER.size else (b"", 0, 0)
+        if magic == MAGIC and version == FORMAT_VERSION and crc == zlib.crc32(head[:-4]):
+            self._scan()
+            return
+        if magic == MAGIC and version > FORMAT_VERSION and crc == zlib.crc32(head[:-4]):
+            raise JournalCorrupt(f"raft journal {self._path} is in format {version}, written by a newer etcdlite "
+                                 f"(this one reads {FORMAT_VERSION}): run that version")
+        if not any(head) and self._data_end(0) == 0:
+            # the header is synced when the file is made, before any record: only
+            # a journal never synced (--unsafe-no-fsync) comes back without one
+            log.warning("raft journal %s: no header and no records (never synced before a power loss?); "
+                        "starting it empty", self._path)
+            self._file.write(0, journal_header())
+            self._file.sync()
+            self._scan()
+            return
+        raise JournalCorrupt(
+            f"raft journal {self._path}: its header is not an etcdlite raft journal's (damaged, or not a "
+            f"journal): {head[:32]!r}. {RECOVER}")
+
+    def _reset(self) -> None:
+        self._offsets = array("Q")  # where entry i's record starts in the file
+        self._lengths = array("I")  # its command's length
+        self._indexes = array("Q")
+        self._terms = array("Q")
+        self._end = FIRST_RECORD  # where the next record goes
+        self._head = None  # entry 0: pysyncobj reads log[0][1] (the first index) often
+        self._tail = collections.deque(maxlen=self._keep)  # the newest entries' commands
+
+    # -- reading the file at start ------------------------------------------------
 
     def _scan(self) -> None:
-        """Index the entries `_file` holds, up to the first record that is not
-        whole. After a power loss the header may be on disk while records it
-        counts are not (the OS wrote them back in another order); those were
-        never synced, so never acknowledged by this member: they are dropped
-        and the header set back to the last whole record."""
+        """Index the entries the file holds, checking every record.
+
+        Reading stops at the first record that is not whole and right: its
+        head is zeros (the end, or a sector lost), it runs past the file's
+        end, its checksum does not match, or its index does not follow. If
+        nothing but zeros follows it, it is the end; else it is judged by
+        `_bad_record`, as etcd's WAL repair: a torn tail (written after the
+        last sync: never acknowledged by this member) is cut with a warning;
+        damage with good records after it is data that was synced, and the
+        journal is refused (`JournalCorrupt`)."""
         self._reset()
-        end = _OFFSET.unpack(self._file.read(LAST_RECORD_OFFSET_OFFSET, 4))[0]
-        limit = min(end, self._file.size())
-        offset = FIRST_RECORD_OFFSET
-        while offset + _RECORD_HEAD.size <= limit:
-            size, idx, term = _RECORD_HEAD.unpack(self._file.read(offset, _RECORD_HEAD.size))
-            stop = offset + size + 8
-            if size < 16 or stop > limit or _OFFSET.unpack(self._file.read(stop - 4, 4))[0] != size:
+        size = self._file.size()
+        offset = FIRST_RECORD
+        problem = None
+        while True:
+            if offset + _HEAD.size > size:
+                problem = "runs past the end of the file" if self._data_end(offset) > offset else None
                 break
-            if self._indexes and (idx != self._indexes[-1] + 1 or term < self._terms[-1]):
+            head = self._file.read(offset, _HEAD.size)
+            if head == _ZERO_HEAD:
+                problem = "is zeros (a sector never written)" if self._data_end(offset) > offset else None
                 break
-            self._offsets.append(offset)
-            self._indexes.append(idx)
-            self._terms.append(term)
-            offset = stop
-        if offset != end:
-            log.warning("raft journal %s: %d bytes after the last whole record (index %s) are not records "
-                        "(written but not synced before a crash); dropping them",
-                        self._path, end - offset, self._indexes[-1] if self._indexes else None)
-            self._file.write(LAST_RECORD_OFFSET_OFFSET, _OFFSET.pack(offset))
-            self._file.sync()
+            record, problem = self._record_at(offset, size, head)
+            if record is None:
+                break
+            length, idx, term, kind = record
+            problem = self._take(offset, length, idx, term, kind)
+            if problem:
+                break
+            offset += _padded(length)
         self._end = offset
+        if problem:
+            self._bad_record(offset, problem, size)
         if self._offsets:
             self._head = self._read(0)
         self.synced_index = self._indexes[-1] if self._indexes else 0
 
-    def _reset(self) -> None:
-        self._offsets = array("Q")  # where entry i's record starts in the file
-        self._indexes = array("Q")
-        self._terms = array("Q")
-        self._end = FIRST_RECORD_OFFSET  # where the next record goes
-        self._head = None  # entry 0: pysyncobj reads log[0][1] (the first index) often
-        self._tail = collections.deque(maxlen=self._keep)  # the newest entries' commands
+    def _record_at(self, offset: int, size: int, head: bytes | None = None):
+        """(length, index, term, kind) of a whole record with its checksum
+        right at `offset`, and None; or None and what is wrong there."""
+        if head is None:
+            head = self._file.read(offset, _HEAD.size)
+        crc, length, idx, term, kind, zero = _HEAD.unpack(head)
+        if length < _HEAD.size or kind not in (ENTRY, TRUNCATE) or zero:
+            return None, "has no record's head"
+        if offset + length > size:
+            return None, "runs past the end of the file"
+        command = self._file.read(offset + _HEAD.size, length - _HEAD.size)
+        if zlib.crc32(command, zlib.crc32(head[4:])) != crc:
+            return None, "fails its checksum"
+        return (length, idx, term, kind), None
+
+    def _take(self, offset: int, length: int, idx: int, term: int, kind: int) -> str | None:
+        """Apply a good record to the index of entries; what is wrong with
+        its place in the sequence, if anything."""
+        if kind == TRUNCATE:
+            if not self._indexes:
+                return None
+            at = idx - self._indexes[0]
+            if not 0 <= at <= len(self._indexes):
+                return f"removes entries from index {idx}, which the journal does not hold"
+            del self._offsets[at:], self._lengths[at:], self._indexes[at:], self._terms[at:]
+            return None
+        if self._indexes and (idx != self._indexes[-1] + 1 or term < self._terms[-1]):
+            return (f"holds index {idx} term {term} after index {self._indexes[-1]} "
+                    f"term {self._terms[-1]}")
+        self._offsets.append(offset)
+        self._lengths.append(length - _HEAD.size)
+        self._indexes.append(idx)
+        self._terms.append(term)
+        return None
+
+    def _data_end(self, start: int) -> int:
+        """Where the file's last non-zero byte after `start` ends (`start` if none)."""
+        size = self._file.size()
+        if size <= start:
+            return start
+        data = self._file.read(start, size - start)
+        return start + len(data.rstrip(b"\0"))
+
+    def _next_good(self, start: int, stop: int, size: int) -> int | None:
+        """The offset of the first good record (whole, its checksum right)
+        between `start` and `stop`, looked for at every multiple of 8."""
+        base = start + (-start % 8)
+        data = self._file.read(base, stop - base) if stop > base else b""
+        pos = 0  # in data
+        while pos + _HEAD.size <= len(data):
+            if not any(data[pos:pos + 8]):
+                found = _NONZERO.search(data, pos)
+                if found is None:
+                    return None
+                pos = found.start() - found.start() % 8
+                continue
+            length = _OFFSET.unpack_from(data, pos + 4)[0]
+            if _HEAD.size <= length and base + pos + length <= size:
+                record, _ = self._record_at(base + pos, size)
+                if record is not None:
+                    return base + pos
+            pos += 8
+        return None
+
+    def _looks_torn(self, start: int, stop: int) -> bool:
+        """Whether a sector's part of the bytes from `start` (a bad record)
+        to `stop` (the next good record) is all zeros: a sector there never
+        reached the disk (etcd's WAL reads a bad record the same way), which
+        only a write not yet synced can suffer. The padding before `stop` is
+        zeros anyway and is not looked at."""
+        data = self._file.read(start, stop - start)
+        end = len(data) - 7  # a sector's part inside the padding says nothing
+        pos = 0
+        while pos < end:
+            step = SECTOR - (start + pos) % SECTOR
+            if not any(data[pos:pos + step]):
+                return True
+            pos += step
+        return False
+
+    def _bad_record(self, offset: int, problem: str, size: int) -> None:
+        """The record at `offset` is not whole and right (`problem`). Cut the
+        journal there if that is what a power loss leaves: no good record
+        after it (it was the last one written), or it lost a sector (it was
+        never synced, so neither was anything written after it). Otherwise
+        what follows it was synced, and so was it: refuse."""
+        data_end = self._data_end(offset)
+        after = self._next_good(offset + 8, data_end, size)
+        where = (f"the record at byte {offset} (after index {self._indexes[-1]})"
+                 if self._indexes else f"the record at byte {offset} (the first)")
+        if after is not None and not self._looks_torn(offset, after):
+            raise JournalCorrupt(
+                f"raft journal {self._path} is damaged before its end: {where} {problem}, and good records "
+                f"follow it from byte {after}. Those were synced, so this journal has lost entries this "
+                f"member may have acknowledged; it must not start from it. {RECOVER}")
+        log.warning("raft journal %s: %s %s, and %s; it was written after the last sync (a power loss or "
+                    "crash tore it): cutting the journal there (%d bytes kept in %s.broken), as etcd repairs "
+                    "its WAL", self._path, where, problem,
+                    "no good record follows" if after is None else "lost whole sectors",
+                    data_end - offset, self._path)
+        self._cut(offset, data_end)
+
+    def _cut(self, offset: int, data_end: int) -> None:
+        """Truncate the file at `offset` (synced), keeping what was cut in
+        `<journal>.broken` to look at; the file is opened again."""
+        with open(self._path + ".broken", "wb") as f:
+            f.write(self._file.read(offset, data_end - offset))
+        self._file._destroy()
+        fd = os.open(self._path, os.O_RDWR)
+        try:
+            os.ftruncate(fd, offset)
+            if durable.SYNC:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._file = JournalFile(self._path)
+
+    def _upgrade(self) -> None:
+        """A journal in pysyncobj's format (no checksums): its whole records
+        (`_scan_v1`) written again in etcdlite's, renamed over it."""
+        old = self._file
+        records = self._scan_v1(old)
+        log.info("raft journal %s: in pysyncobj's format (no checksums): writing its %d entries again "
+                 "with checksums", self._path, len(records))
+        self._rewrite((old.read(offset + _V1_HEAD.size, size - 16), idx, term)
+                      for offset, size, idx, term in records)
+
+    def _scan_v1(self, f) -> list:
+        """(offset, size, index, term) of each record of a journal in
+        pysyncobj's format, up to the first that is not whole. After a power
+        loss the header may be on disk while records it counts are not (the
+        OS wrote them back in another order); those were never synced, so
+        never acknowledged by this member: they are dropped. (A record that
+        lost a sector in its middle reads as whole: this format cannot tell.)"""
+        end = _OFFSET.unpack(f.read(LAST_RECORD_OFFSET_OFFSET, 4))[0]
+        limit = min(end, f.size())
+        offset = FIRST_RECORD_OFFSET
+        records: list = []
+        while offset + _V1_HEAD.size <= limit:
+            size, idx, term = _V1_HEAD.unpack(f.read(offset, _V1_HEAD.size))
+            stop = offset + size + 8
+            if size < 16 or stop > limit or _OFFSET.unpack(f.read(stop - 4, 4))[0] != size:
+                break
+            if records and (idx != records[-1][2] + 1 or term < records[-1][3]):
+                break
+            records.append((offset, size, idx, term))
+            offset = stop
+        if offset != end:
+            log.warning("raft journal %s: %d bytes after the last whole record (index %s) are not records "
+                        "(written but not synced before a crash); dropping them",
+                        self._path, end - offset, records[-1][2] if records else None)
+        return records
 
     def _read(self, i: int) -> tuple:
-        start = self._offsets[i] + _RECORD_HEAD.size
-        stop = (self._offsets[i + 1] if i + 1 < len(self._offsets) else self._end) - 4
-        return self._file.read(start, stop - start), self._indexes[i], self._terms[i]
+        return self._file.read(self._offsets[i] + _HEAD.size, self._lengths[i]), self._indexes[i], self._terms[i]
 
     def __len__(self) -> int:
         return len(self._offsets)
 
     @property
     def size_bytes(self) -> int:
-        """Bytes of the records it holds (what a restart reads and applies again)."""
-        return self._end - FIRST_RECORD_OFFSET
+        """Bytes of the records it holds (what a restart reads again)."""
+        return self._end - FIRST_RECORD
 
     def __getitem__(self, item):
         n = len(self._offsets)
@@ -271,34 +531,44 @@ class LeanJournal(FileJournal):
                     break
         return out
 
+    # -- writing ---------------------------------------------------------------
+
+    def _append(self, kind: int, idx: int, term: int, command: bytes) -> int:
+        record = encode_record(kind, idx, term, command)
+        at = self._end
+        self._file.write(at, record)
+        self._end += len(record)
+        return at
+
     def add(self, command, idx, term) -> None:
-        record = _RECORD_HEAD.pack(len(command) + 16, idx, term) + command + _OFFSET.pack(len(command) + 16)
-        self._file.write(self._end, record)
-        self._offsets.append(self._end)
+        if not isinstance(command, bytes):
+            command = to_bytes(command)
+        self._offsets.append(self._append(ENTRY, idx, term, command))
+        self._lengths.append(len(command))
         self._indexes.append(idx)
         self._terms.append(term)
-        self._end += len(record)
-        self._file.write(LAST_RECORD_OFFSET_OFFSET, _OFFSET.pack(self._end))
         self._tail.append(command)
         if len(self._offsets) == 1:
             self._head = (command, idx, term)
 
     def clear(self) -> None:
+        if self._offsets:
+            self._append(TRUNCATE, self._indexes[0], 0, b"")
+        end = self._end
         self._reset()
-        self._file.write(LAST_RECORD_OFFSET_OFFSET, _OFFSET.pack(self._end))
+        self._end = end
 
     def deleteEntriesFrom(self, entryFrom) -> None:
         n = len(self._offsets)
         if entryFrom >= n:
             return
         entryFrom = max(entryFrom, 0)
-        self._end = self._offsets[entryFrom]
+        self._append(TRUNCATE, self._indexes[entryFrom], 0, b"")
         for _ in range(min(n - entryFrom, len(self._tail))):
             self._tail.pop()
-        del self._offsets[entryFrom:], self._indexes[entryFrom:], self._terms[entryFrom:]
+        del self._offsets[entryFrom:], self._lengths[entryFrom:], self._indexes[entryFrom:], self._terms[entryFrom:]
         if not self._offsets:
             self._head = None
-        self._file.write(LAST_RECORD_OFFSET_OFFSET, _OFFSET.pack(self._end))
 
     def deleteEntriesTo(self, entryTo) -> None:
         """Keep the entries from `entryTo` on, written to a new file renamed
@@ -308,15 +578,23 @@ class LeanJournal(FileJournal):
         file is synced before the rename, so a power loss finds one of the
         two whole."""
         kept = self[entryTo:]
+        try:
+            self._rewrite(kept)
+        except BaseException:
+            self._load()
+            raise
+
+    def _rewrite(self, entries) -> None:
+        """Write `entries` to a new file and rename it over the journal."""
         old, trimmed = self._file, self._path + ".trim"
         try:
             os.unlink(trimmed)  # left by a member killed while trimming
         except FileNotFoundError:
             pass
-        self._file = JournalFile(trimmed, defaultContent=self._FileJournal__getDefaultHeader())
+        self._file = JournalFile(trimmed, defaultContent=journal_header())
         try:
             self._reset()
-            for entry in kept:
+            for entry in entries:
                 self.add(*entry)
             self._file.sync()
             os.rename(trimmed, self._path)
@@ -325,7 +603,6 @@ class LeanJournal(FileJournal):
         except BaseException:
             self._file._destroy()
             self._file = old
-            self._scan()
             raise
         old._destroy()
 
@@ -370,6 +647,12 @@ class LeanJournal(FileJournal):
         if not self._FileJournal__metaSaved:
             self.sync()
         super().onOneSecondTimer()
+
+
+RECOVER = ("To recover, as etcd advises for a damaged member: remove this member from the cluster "
+            "(etcdctl member remove <id>), move its data directory away, add it back (etcdctl member add, then "
+            "start it with --initial-cluster-state=existing) and it copies everything from the others; a "
+            "cluster of one member is restored from a backup (etcdctl snapshot restore) instead.")
 
 
 class LeanEntries:

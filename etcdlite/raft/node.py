@@ -224,6 +224,12 @@ class RaftNode:
                         "(for benchmarks and tests only)")
         durable.make_dirs(data_dir)
         self._dir_lock = _lock_data_dir(data_dir)
+        try:
+            _check_snapshot(os.path.join(data_dir, "raft.snapshot"))
+        except BaseException:
+            _DIR_LOCKS.discard(self._dir_lock)
+            os.close(self._dir_lock)
+            raise
         self.lock = threading.Lock()
         self._pacer = ApplyPacer(loop, self._tick)
         self.state = ReplicatedState(self.lock, on_applied, on_restored, self._pacer)
@@ -477,6 +483,13 @@ def _keep_log_after_snapshot(obj: LoopSyncObj) -> None:
     load = serializer.deserialize
 
     def deserialize():
+        if not obj._SyncObj__needLoadDumpFile:
+            # one received from the leader (at start-up, RaftNode checked it)
+            try:
+                snapshot_file.verify(obj._SyncObj__conf.fullDumpFile)
+            except snapshot_file.SnapshotCorrupt as err:
+                log.critical("%s; not installing it: this member stays behind until the leader sends another", err)
+                raise
         data = load()
         if obj._SyncObj__needLoadDumpFile:
             try:
@@ -487,6 +500,18 @@ def _keep_log_after_snapshot(obj: LoopSyncObj) -> None:
         return data
 
     serializer.deserialize = deserialize
+
+
+def _check_snapshot(path: str) -> None:
+    """Refuse to start from a snapshot that fails its checksum: pysyncobj
+    would log the failed load and go on from the journal alone, on an empty
+    state."""
+    if not os.path.isfile(path):
+        return
+    try:
+        snapshot_file.verify(path)
+    except snapshot_file.SnapshotCorrupt as err:
+        raise snapshot_file.SnapshotCorrupt(f"{err}. This member cannot start from it. {journal.RECOVER}") from None
 
 
 def _set_timing(conf: SyncObjConf, single: bool) -> None:

@@ -415,7 +415,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pod-workers", type=int, default=4,
                    help="threads updating and deleting pods (for all the nodes together)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--bootstrap-kubeconfig", default="",
+                   help="TLS bootstrap: every node asks with these credentials (a bootstrap token) for a "
+                        "client certificate of its own (system:node:<name>), kept under --cert-dir/<name>/, and "
+                        "then plays its node with it (one connection per node); default: all nodes share "
+                        "$KUBECONFIG's identity")
+    p.add_argument("--cert-dir", default="", help="with --bootstrap-kubeconfig: where each node's credentials go")
+    p.add_argument("--bootstrap-timeout", type=float, default=300.0,
+                   help="seconds to wait for each node's CertificateSigningRequest to be signed")
     return p
+
+
+def _bootstrapped(args, names: list[str]) -> list[str]:
+    """Each node's own kubeconfig (node.kubelet.bootstrap), asked for one node after another."""
+    import os
+
+    from node.kubelet.bootstrap import bootstrap
+
+    out = []
+    for name in names:
+        d = os.path.join(args.cert_dir, name)
+        out.append(bootstrap(name, os.path.join(d, "kubelet.conf"), args.bootstrap_kubeconfig, d,
+                             timeout=args.bootstrap_timeout))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -428,6 +450,17 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    if args.bootstrap_kubeconfig:
+        from node.kubelet.bootstrap import BootstrapError
+        if not args.cert_dir:
+            log.error("--bootstrap-kubeconfig needs --cert-dir (where each node's certificate goes)")
+            return 2
+        try:
+            kubeconfigs = _bootstrapped(args, names)
+        except BootstrapError as e:
+            log.error("TLS bootstrap: %s", e)
+            return 1
+        return _play_each(args, names, kubeconfigs, stop)
     with Client(args.server) as client:
         nodes = HollowNodes(client, names, cpu=args.cpu, memory=args.memory, pods=args.pods,
                             labels=args.labels, taints=args.taint, ready_delay=args.ready_delay,
@@ -439,6 +472,33 @@ def main(argv: list[str] | None = None) -> int:
                  names[-1] if names else "-", args.server)
         stop.wait()
         nodes.stop()
+    return 0
+
+
+def _play_each(args, names: list[str], kubeconfigs: list[str], stop) -> int:
+    """One HollowNodes per node, each with its node's own credentials: the apiserver's Node
+    authorizer and NodeRestriction see system:node:<name> for each."""
+    from apiserver.client import Client
+
+    clients, played = [], []
+    try:
+        for i, (name, path) in enumerate(zip(names, kubeconfigs)):
+            client = Client(args.server, kubeconfig=path)
+            clients.append(client)
+            nodes = HollowNodes(client, [name], cpu=args.cpu, memory=args.memory, pods=args.pods,
+                                labels=args.labels, taints=args.taint, ready_delay=args.ready_delay,
+                                heartbeat_interval=args.heartbeat_interval, lease_duration=args.lease_duration,
+                                workers=max(1, args.pod_workers // len(names)),
+                                first_index=args.start_index + i)
+            nodes.start()
+            played.append(nodes)
+        log.info("playing %d hollow nodes, each with its own certificate, against %s", len(names), args.server)
+        stop.wait()
+    finally:
+        for nodes in played:
+            nodes.stop()
+        for client in clients:
+            client.close()
     return 0
 
 

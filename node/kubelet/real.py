@@ -492,7 +492,33 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{UNINITIALIZED_TAINT}=true:NoSchedule, which that controller removes")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_server_auth_flags(p)
+    add_bootstrap_flags(p)
     return p
+
+
+def add_bootstrap_flags(p: argparse.ArgumentParser) -> None:
+    """The kubelet's credentials at the apiserver, and its TLS bootstrap (node.kubelet.bootstrap)."""
+    p.add_argument("--kubeconfig", default="",
+                   help="the kubelet's credentials (default: $KUBECONFIG's); with --bootstrap-kubeconfig, "
+                        "where the bootstrapped ones are written (default <root-dir>/kubelet.conf)")
+    p.add_argument("--bootstrap-kubeconfig", default="",
+                   help="credentials (a bootstrap token) to ask for the node's own client certificate with "
+                        "when --kubeconfig has none yet (a CertificateSigningRequest)")
+    p.add_argument("--cert-dir", default="",
+                   help="where the bootstrapped certificate and key go (default: <root-dir>/pki)")
+    p.add_argument("--bootstrap-timeout", type=float, default=300.0,
+                   help="seconds to wait for the CertificateSigningRequest to be signed")
+
+
+def kubelet_credentials(args, node_name: str, cert_dir: str) -> str:
+    """The kubeconfig the kubelet talks to the apiserver with ("" : $KUBECONFIG's), bootstrapped
+    first when --bootstrap-kubeconfig says so; raises BootstrapError."""
+    from node.kubelet.bootstrap import BootstrapError, bootstrap
+
+    if not args.bootstrap_kubeconfig:
+        return args.kubeconfig
+    kubeconfig = args.kubeconfig or os.path.join(args.root, "kubelet.conf")
+    return bootstrap(node_name, kubeconfig, args.bootstrap_kubeconfig, cert_dir, timeout=args.bootstrap_timeout)
 
 
 def add_server_auth_flags(p: argparse.ArgumentParser) -> None:
@@ -548,6 +574,15 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    from node.kubelet.bootstrap import BootstrapError
+    try:
+        kubeconfig = kubelet_credentials(args, args.node_name, args.cert_dir or os.path.join(args.root, "pki"))
+    except BootstrapError as e:
+        log.error("TLS bootstrap of %s: %s", args.node_name, e)
+        return 1
+    if kubeconfig:
+        # every client of this kubelet (pods' ServiceAccount tokens, the reviews) uses it
+        os.environ["KUBECONFIG"] = kubeconfig
     try:
         server_tls, server_auth = server_auth_from(args, args.node_name, args.server)
     except (OSError, ValueError, ssl.SSLError) as e:

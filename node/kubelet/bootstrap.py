@@ -1,0 +1,189 @@
+"""The kubelet's TLS bootstrap (--bootstrap-kubeconfig, --kubeconfig, --cert-dir), as
+Kubernetes' kubelet does it: a node that has no client certificate of its own yet
+makes a key, asks for a certificate with a CertificateSigningRequest (signer
+kubernetes.io/kube-apiserver-client-kubelet, CN system:node:<name>, O system:nodes)
+using the bootstrap kubeconfig's credentials (a bootstrap token), waits until the
+controller-manager approved and signed it, then writes the certificate and key to
+<cert-dir>/kubelet-client-<time>.pem (kubelet-client-current.pem links to it) and
+--kubeconfig naming them, which it uses from then on. A restart with a kubeconfig whose
+certificate is still good skips all this. The key made while waiting is kept
+(kubelet-client.key.tmp), so a restart asks again with the same key, and the same
+request name, instead of leaving a CSR behind per try.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import logging
+import os
+import time
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from apiserver.errors import ApiError
+from apiserver.pb import certificates_pb2
+from apiserver.rest import kubeconfig as kubeconfigs
+
+log = logging.getLogger("node.kubelet.bootstrap")
+
+SIGNER = "kubernetes.io/kube-apiserver-client-kubelet"
+USAGES = ("digital signature", "client auth")  # an EC key: no key encipherment, as the kubelet asks
+CURRENT = "kubelet-client-current.pem"
+PENDING_KEY = "kubelet-client.key.tmp"
+POLL = 0.2
+
+
+class BootstrapError(Exception):
+    """The certificate cannot be had (denied, failed, timed out): what to do is in the message."""
+
+
+def _write(path: str, data: bytes, mode: int = 0o600) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def usable(kubeconfig: str, node_name: str, *, margin: float = 60.0) -> bool:
+    """True when ``kubeconfig`` holds a client certificate for ``node_name`` valid for
+    ``margin`` seconds more (the kubelet then needs no bootstrap)."""
+    try:
+        creds = kubeconfigs.load(kubeconfig)
+        cert = x509.load_pem_x509_certificate(creds.cert)
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return bool(cns) and cns[0].value == f"system:node:{node_name}" and bool(creds.key) and \
+        cert.not_valid_after_utc > now + datetime.timedelta(seconds=margin)
+
+
+def _pending_key(cert_dir: str):
+    path = os.path.join(cert_dir, PENDING_KEY)
+    try:
+        with open(path, "rb") as f:
+            return serialization.load_pem_private_key(f.read(), None)
+    except (OSError, ValueError):
+        key = ec.generate_private_key(ec.SECP256R1())
+        _write(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+        return key
+
+
+def request_pem(key, node_name: str) -> bytes:
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
+                         x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{node_name}")])
+    req = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+    return req.public_bytes(serialization.Encoding.PEM)
+
+
+def csr_name(key, node_name: str) -> str:
+    """node-csr-<digest of the public key and the node>: the same key asks under the same name."""
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "node-csr-" + hashlib.sha256(der + node_name.encode()).hexdigest()[:43]
+
+
+def _write_kubeconfig(path: str, server: str, ca: bytes, cert: bytes, key: bytes) -> None:
+    """Certificate and key embedded (our clients read them once; upstream's kubelet names
+    kubelet-client-current.pem, for rotation, which is not done here)."""
+    cfg = {"apiVersion": "v1", "kind": "Config", "current-context": "default-context",
+           "clusters": [{"name": "default-cluster", "cluster": {
+               "server": server, **({"certificate-authority-data": base64.b64encode(ca).decode()} if ca else {})}}],
+           "contexts": [{"name": "default-context", "context": {"cluster": "default-cluster",
+                                                                 "namespace": "default", "user": "default-auth"}}],
+           "users": [{"name": "default-auth", "user": {"client-certificate-data": base64.b64encode(cert).decode(),
+                                                          "client-key-data": base64.b64encode(key).decode()}}],
+           "preferences": {}}
+    _write(path, yaml.safe_dump(cfg, sort_keys=False).encode())
+
+
+def _create(client, csr, node_name: str, deadline: float) -> None:
+    """Creates ``csr`` (one of this name already there is ours: same key, same name). As the
+    kubelet, tries again until ``deadline`` while the apiserver is not up or does not know the
+    token yet (a plane whose bootstrap token Secret is written once the apiserver answers)."""
+    name = csr.metadata.name
+    while True:
+        try:
+            client.create(csr)
+            log.info("%s: asked for a client certificate (csr %s)", node_name, name)
+            return
+        except ApiError as e:
+            if e.reason == "AlreadyExists":
+                return
+            if e.reason not in ("Unauthorized", "Forbidden", "ServiceUnavailable", "Timeout", "InternalError") \
+                    or time.monotonic() > deadline:
+                raise BootstrapError(f"cannot create CertificateSigningRequest {name} with the bootstrap "
+                                     f"credentials: {e.message} (is the bootstrap token's Secret in kube-system, "
+                                     "unexpired, and is its group allowed to create certificatesigningrequests?)"
+                                     ) from None
+            log.info("%s: cannot ask for a certificate yet (%s); trying again", node_name, e.message)
+        time.sleep(1.0)
+
+
+def bootstrap(node_name: str, kubeconfig: str, bootstrap_kubeconfig: str, cert_dir: str, *,
+              timeout: float = 300.0) -> str:
+    """``kubeconfig`` with a client certificate of node ``node_name``'s own, asked for with
+    ``bootstrap_kubeconfig``'s credentials when it has none yet. Returns ``kubeconfig``;
+    raises BootstrapError (also for an unreadable bootstrap kubeconfig)."""
+    from apiserver.client import Client
+
+    if usable(kubeconfig, node_name):
+        log.info("%s: using the client certificate of %s", node_name, kubeconfig)
+        return kubeconfig
+    try:
+        boot = kubeconfigs.load(bootstrap_kubeconfig)
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise BootstrapError(f"cannot read --bootstrap-kubeconfig {bootstrap_kubeconfig}: {e}") from None
+    os.makedirs(cert_dir, mode=0o700, exist_ok=True)
+    key = _pending_key(cert_dir)
+    name = csr_name(key, node_name)
+    csr = certificates_pb2.CertificateSigningRequest()
+    csr.metadata.name = name
+    csr.spec.request = request_pem(key, node_name)
+    csr.spec.signer_name = SIGNER
+    csr.spec.usages.extend(USAGES)
+    deadline = time.monotonic() + timeout
+    with Client(boot.address, kubeconfig=bootstrap_kubeconfig, timeout=10.0) as client:
+        _create(client, csr, node_name, deadline)
+        while True:
+            try:
+                got = client.get("certificatesigningrequests", name, "")
+            except ApiError as e:
+                raise BootstrapError(f"cannot read CertificateSigningRequest {name}: {e.message}") from None
+            if got.spec.request != csr.spec.request:
+                raise BootstrapError(f"CertificateSigningRequest {name} exists with another request; delete it")
+            for c in got.status.conditions:
+                if c.type in ("Denied", "Failed"):
+                    raise BootstrapError(f"CertificateSigningRequest {name} was {c.type.lower()}: {c.reason} "
+                                         f"{c.message}".rstrip())
+            if got.status.certificate:
+                break
+            if time.monotonic() > deadline:
+                raise BootstrapError(f"CertificateSigningRequest {name} not signed within {timeout:.0f}s: is it "
+                                     f"approved (kubectl get csr {name}; kubectl certificate approve {name}) and "
+                                     "does the controller-manager run csrsigning (--cluster-signing-cert-file)?")
+            time.sleep(POLL)
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H-%M-%S")
+    pem_path = os.path.join(cert_dir, f"kubelet-client-{stamp}.pem")
+    _write(pem_path, got.status.certificate + key_pem)
+    current = os.path.join(cert_dir, CURRENT)
+    link = f"{current}.new"
+    if os.path.lexists(link):
+        os.unlink(link)
+    os.symlink(os.path.basename(pem_path), link)
+    os.replace(link, current)
+    _write_kubeconfig(kubeconfig, boot.server, boot.ca, got.status.certificate, key_pem)
+    os.unlink(os.path.join(cert_dir, PENDING_KEY))
+    log.info("%s: client certificate from csr %s written to %s", node_name, name, pem_path)
+    return kubeconfig
