@@ -85,9 +85,10 @@ def cloud_plane(tmp_path, *, node_groups: tuple[str, ...], kubelet_args: tuple[s
                 autoscaler_flags: dict | None = None, autoscaler: bool = True, secure: bool = False):
     """``secure``: as `make run` has it (controllers/plane.py): etcd and the apiserver on TLS,
     Node,RBAC, no anonymous requests, every component under its own certificate (the
-    cloud-controller-manager, the autoscaler, and the instances' kubelets and kube-proxies as
-    system:cloud-nodes, their kubelet API on TLS checked through the apiserver); an audit log
-    in <tmp>/audit.log (a refusal there names who was refused what)."""
+    cloud-controller-manager, the autoscaler, the instances' kube-proxies as system:cloud-nodes;
+    each instance's kubelet bootstraps its own, system:node:<instance>, with a bootstrap token,
+    its API on TLS checked through the apiserver); an audit log in <tmp>/audit.log (a refusal
+    there names who was refused what)."""
     reg = Registry()
     tmp = Path(tmp_path)
     cloud = ccm = scaler = None
@@ -100,7 +101,8 @@ def cloud_plane(tmp_path, *, node_groups: tuple[str, ...], kubelet_args: tuple[s
 
             pki = plane_pki(tmp / "pki")
             etcd = SecureEtcdlite(tmp, pki, "etcd", reg).start()
-            api_flags = {**pki.kubelet_client_flags(), "audit_log_path": str(tmp / "audit.log")}
+            api_flags = {**pki.kubelet_client_flags(), "audit_log_path": str(tmp / "audit.log"),
+                         "enable_bootstrap_token_auth": True}
             serving = pki.kubelet_serving("cloud-instance")
             kubelet_args += (f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
                              f"--client-ca-file={pki.ca.cert_path}", "--authentication-token-webhook",
@@ -108,6 +110,13 @@ def cloud_plane(tmp_path, *, node_groups: tuple[str, ...], kubelet_args: tuple[s
         else:
             etcd = reg.start_etcdlite(tmp, name="etcd")
         api = ApiServer(tmp, etcd.url, registry=reg, pki=pki, **api_flags).launch()
+        token = ""
+        if secure:  # the instances' kubelets join as make run's do (TLS bootstrap)
+            from apiserver.auth.bootstrap import new_token
+
+            token = new_token()
+            kubelet_args += (f"--bootstrap-kubeconfig="
+                             f"{api.kubeconfig(tmp / 'bootstrap-kubelet.conf', '', token=token)}",)
 
         def env(who: str) -> dict | None:
             return {"KUBECONFIG": api.kubeconfig(tmp / f"{who}.kubeconfig", who)} if secure else None
@@ -117,7 +126,14 @@ def cloud_plane(tmp_path, *, node_groups: tuple[str, ...], kubelet_args: tuple[s
         cloud = CloudProcess(tmp, api.endpoint, reg, node_groups=node_groups, kubelet_args=kubelet_args,
                              env=env("cloud-nodes")).launch()
         api.wait_ready()
-        cm_extra = {"root_ca_file": str(pki.ca.cert_path)} if secure else {}
+        cm_extra = {}
+        if secure:
+            from apiserver.auth.bootstrap import token_secret
+
+            with contextlib.closing(api.client()) as admin:  # what the kubelets' bootstrap waits for
+                admin.create(token_secret(token, ttl_seconds=0, description="the cloud's kubelets"))
+            cm_extra = {"root_ca_file": str(pki.ca.cert_path), "cluster_signing_cert_file": str(pki.ca.cert_path),
+                        "cluster_signing_key_file": str(pki.ca.key_path)}
         start_component(tmp, "cm", "controllers.manager", api.endpoint, reg, log_level="warning",
                         env=env("controller-manager"), **cm_extra, **(cm_flags or {}))
         start_component(tmp, "scheduler", "controllers.scheduler", api.endpoint, reg, log_level="warning",

@@ -105,6 +105,10 @@ def exec_through_the_apiserver(plane, pod: str) -> None:
     assert (done.returncode, done.stdout.strip()) == (0, pod), done.stderr
 
 
+def audit_events(plane) -> list[dict]:
+    return [json.loads(line) for line in plane.audit_log.read_text().splitlines()]
+
+
 def test_nodes_are_initialized_from_the_cloud_and_routed(plane):
     c, cloud = plane.client, plane.cloud
     instances = {i["name"]: i for i in cloud.instances()}
@@ -121,6 +125,10 @@ def test_nodes_are_initialized_from_the_cloud_and_routed(plane):
         assert [(a.type, a.address) for a in node.status.addresses] == [
             ("InternalIP", inst["internalIP"]), ("Hostname", inst["name"])]
     assert len({n.metadata.labels["topology.kubernetes.io/zone"] for n in nodes}) == 2  # spread
+    if plane.audit_log is not None:  # each kubelet registered its Node under its bootstrapped identity
+        registered = {e["user"]["username"] for e in audit_events(plane)
+                      if e["verb"] == "create" and e.get("objectRef", {}).get("resource") == "nodes"}
+        assert registered == {f"system:node:{name}" for name in instances}
     # the cloud-controller-manager and the autoscaler each lead through their Lease (the
     # autoscaler's may come after the nodes: nothing in the fixture waits for it)
     for lease in ("cloud-controller-manager", "cluster-autoscaler"):
@@ -270,7 +278,7 @@ def test_instance_stopped_then_deleted_behind_the_clusters_back(plane):
 # cloud-controller-manager may not read (controllers/leaderelection.py takes Forbidden as "it
 # exists"); a kubelet makes kube-node-lease if missing, which a node may not (the apiserver made it).
 EXPECTED_REFUSALS = {("system:cloud-controller-manager", "get", "namespaces"),
-                     ("system:cloud-nodes", "create", "namespaces")}
+                     ("system:node:*", "create", "namespaces")}
 
 
 def test_no_component_was_refused_what_it_needs(plane):
@@ -281,11 +289,11 @@ def test_no_component_was_refused_what_it_needs(plane):
     if audit is None:
         pytest.skip("an insecure plane: nothing is refused")
     refused = set()
-    for line in audit.read_text().splitlines():
-        event = json.loads(line)
+    for event in audit_events(plane):
         if event["responseStatus"]["code"] == 403:
             ref = event.get("objectRef", {})
-            refused.add((event["user"]["username"], event["verb"],
+            user = event["user"]["username"]
+            refused.add(("system:node:*" if user.startswith("system:node:") else user, event["verb"],
                          "/".join(x for x in (ref.get("resource"), ref.get("subresource")) if x)))
     assert refused <= EXPECTED_REFUSALS, f"refused: {sorted(refused - EXPECTED_REFUSALS)}"
 
