@@ -15,10 +15,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from apiserver.auth import bootstrap as tokens
 from apiserver.auth.pki import CA
 from apiserver.pb import certificates_pb2
+from apiserver.resources import BY_NAME
 from apiserver.rest.tables import _duration
 from apiserver.validation_certificates import csr_update, validate_csr
 from apiserver.validation_common import FieldErrors
 from controllers.certificates import CSRCleanerController, CSRSigningController, kubelet_client_problem
+from controllers.kctl import printers
 
 TOKEN = "abcdef.0123456789abcdef"
 
@@ -164,3 +166,19 @@ def test_a_request_may_have_any_name_that_is_a_path_segment():
     assert _errors(_validate_meta, res, csr.metadata) == []
     csr.metadata.name = "a/b"
     assert _errors(_validate_meta, res, csr.metadata) == ['metadata.name: Invalid value: "a/b": may not contain \'/\'']
+
+
+def test_kctl_prints_requests_as_kubectl_and_any_kind_by_name_and_age():
+    csr = certificates_pb2.CertificateSigningRequest()
+    csr.metadata.name = "node-csr-1"
+    csr.spec.signer_name, csr.spec.username = "kubernetes.io/kube-apiserver-client-kubelet", "system:bootstrap:abcdef"
+    cells = printers.COLUMNS["certificatesigningrequests"].cells
+    assert cells(csr, None)[2:] == ["kubernetes.io/kube-apiserver-client-kubelet", "system:bootstrap:abcdef",
+                                    "<none>", "Pending"]
+    csr.spec.expiration_seconds = 3600
+    csr.status.conditions.add(type="Approved", status="True")
+    csr.status.certificate = b"pem"
+    assert cells(csr, None)[4:] == ["60m", "Approved,Issued"]
+    # a kind kctl has no columns for gets kubectl's default ones
+    table = printers.Table(BY_NAME["serviceaccounts"])
+    assert table.headers() == ["NAME", "AGE"]

@@ -353,7 +353,23 @@ COLUMNS: dict[str, Columns] = {
         ("NAME", "HOLDER", "AGE"),
         lambda le, now: [le.metadata.name, le.spec.holder_identity,
                          age(le.metadata.creation_timestamp, now)]),
+    "certificatesigningrequests": Columns(
+        ("NAME", "AGE", "SIGNERNAME", "REQUESTOR", "REQUESTEDDURATION", "CONDITION"),
+        lambda r, now: [r.metadata.name, age(r.metadata.creation_timestamp, now), r.spec.signer_name,
+                        r.spec.username,
+                        human_duration(r.spec.expiration_seconds) if r.spec.HasField("expiration_seconds") else NONE,
+                        csr_condition(r)]),
 }
+# kubectl's default columns, for a kind without a printer of its own
+DEFAULT_COLUMNS = Columns(("NAME", "AGE"), lambda o, now: [o.metadata.name, age(o.metadata.creation_timestamp, now)])
+
+
+def csr_condition(csr) -> str:
+    """Approved/Denied/Failed as its conditions say, Issued once it holds a certificate."""
+    conditions = [c.type for c in csr.status.conditions]
+    if csr.status.certificate:
+        conditions.append("Issued")
+    return ",".join(conditions) or "Pending"
 
 
 # ---- tables ----
@@ -365,7 +381,7 @@ class Table:
                  show_labels: bool = False, show_kind: bool = False,
                  event_column: bool = False) -> None:
         self.res = res
-        self.columns = COLUMNS[res.name]
+        self.columns = COLUMNS.get(res.name, DEFAULT_COLUMNS)
         self.wide = wide and self.columns.wide_cells is not None
         self.namespaced_column = namespaced_column and res.namespaced
         self.show_labels = show_labels
