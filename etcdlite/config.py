@@ -266,11 +266,10 @@ class MemberConfig:
                 and bool(self.peer_cert_file) and not self.peer_auto_tls)
 
     def _check_peer_tls(self) -> None:
-        urls = {"--listen-peer-urls": self.listen_peer_urls,
-                "--initial-advertise-peer-urls": self.initial_advertise_peer_urls,
-                "--initial-cluster": [u for us in self.initial_cluster.values() for u in us]}
-        https = [u for us in urls.values() for u in us if is_tls_url(u)]
-        http = [u for us in urls.values() for u in us if not is_tls_url(u)]
+        urls = self.listen_peer_urls + self.initial_advertise_peer_urls + \
+            [u for us in self.initial_cluster.values() for u in us]
+        https = [u for u in urls if is_tls_url(u)]
+        http = [u for u in urls if not is_tls_url(u)]
         if https and http:
             raise ConfigError(
                 f"peer URLs mix https ({', '.join(sorted(set(https)))}) and http "
