@@ -64,8 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experimental-watch-progress-notify-interval", default="10m",
                    help="how often watchers that asked for it get a progress notification")
     p.add_argument("--peer-secret-file", default="",
-                   help="file holding the cluster secret that authenticates and encrypts peer "
-                        "traffic (required for a cluster of several members; the same file on every member)")
+                   help="file holding the cluster secret that authenticates peer traffic (the same file "
+                        "on every member; required for a cluster of several members unless peer TLS "
+                        "with --peer-client-cert-auth authenticates the peers)")
+    p.add_argument("--peer-cert-file", default="",
+                   help="Path to the peer server TLS cert file (served on https:// --listen-peer-urls and "
+                        "presented when dialling a peer).")
+    p.add_argument("--peer-key-file", default="", help="Path to the peer server TLS key file (unencrypted PEM).")
+    p.add_argument("--peer-client-cert-auth", action="store_true",
+                   help="Enable peer client cert authentication: a peer dialling this member must present "
+                        "a certificate signed by --peer-trusted-ca-file.")
+    p.add_argument("--peer-trusted-ca-file", default="", help="Path to the peer server TLS trusted CA file.")
+    p.add_argument("--peer-cert-allowed-cn", default="",
+                   help="Required CN for client certs connecting to the peer endpoint (and, as etcd, "
+                        "for the certificates of the peers this member dials).")
+    p.add_argument("--peer-auto-tls", action="store_true",
+                   help="Peer TLS using self-generated certificates if --peer-key-file and --peer-cert-file "
+                        "are not provided (encrypts, authenticates no one: keep --peer-secret-file).")
     p.add_argument("--experimental-peer-dial-urls", default="",
                    help="test hook: NAME=URL,... connect to these peers at URL instead of their "
                         "advertised peer URL (e.g. through a fault-injecting proxy)")
@@ -141,6 +156,12 @@ def config_from_args(args: argparse.Namespace) -> MemberConfig:
         cert_file=args.cert_file,
         key_file=args.key_file,
         trusted_ca_file=args.trusted_ca_file,
+        peer_cert_file=args.peer_cert_file,
+        peer_key_file=args.peer_key_file,
+        peer_trusted_ca_file=args.peer_trusted_ca_file,
+        peer_client_cert_auth=args.peer_client_cert_auth,
+        peer_cert_allowed_cn=args.peer_cert_allowed_cn,
+        peer_auto_tls=args.peer_auto_tls,
         client_cert_auth=args.client_cert_auth,
         auth_token_ttl=float(args.auth_token_ttl),
         grpc_server=args.experimental_grpc_server,
@@ -214,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         cfg.load_client_tls()  # unreadable or mismatched TLS files: fail before starting
+        if cfg.peer_cert_file:
+            cfg.load_peer_tls()
     except (ConfigError, OSError) as err:
         print(f"etcdlite: {err}", file=sys.stderr)
         return 2

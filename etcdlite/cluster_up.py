@@ -4,6 +4,10 @@ Member i (name n<i>) serves clients on base-port + 2i and Raft on
 base-port + 2i + 1, with its data in <data-dir>/n<i>. A member that dies
 (non-zero exit, a signal) is restarted unless --no-restart; one that exits
 cleanly (e.g. removed from the cluster) is not. Ctrl-C or SIGTERM stops all.
+With --peer-tls, Raft traffic runs in mutual TLS: a peer CA and a
+certificate per member are made in <data-dir>/pki, and the members get
+etcd's --peer-cert-file, --peer-key-file, --peer-trusted-ca-file and
+--peer-client-cert-auth on https:// peer URLs (beside the peer secret).
 """
 
 from __future__ import annotations
@@ -24,8 +28,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-port", type=int, default=2379, help="client port of the first member")
     p.add_argument("--data-dir", default="cluster.etcd", help="parent of the members' data directories")
     p.add_argument("--no-restart", action="store_true", help="do not restart members that exit")
+    p.add_argument("--peer-tls", action="store_true",
+                   help="peer traffic in mutual TLS, certificates made in <data-dir>/pki")
     p.add_argument("--log-level", default="warn")
     return p
+
+
+def make_peer_pki(directory: str, names: list[str]) -> None:
+    """ca.crt and <name>.crt/.key per member (CN etcd-peer, 127.0.0.1),
+    made once: an existing CA and certificates are kept across runs."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if all(os.path.exists(os.path.join(directory, f"{n}.crt")) for n in ["ca", *names]):
+        return
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def build(subject, issuer, public_key, signer, ca: bool):
+        b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
+             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+             .not_valid_after(now + datetime.timedelta(days=365))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            b = (b.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                              x509.DNSName("localhost")]), critical=False)
+                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                       ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+        return b.sign(signer, hashes.SHA256())
+
+    def write(name: str, data: bytes, private: bool = False) -> None:
+        fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+
+    def key_pem(key) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "etcdlite-peer-ca")])
+    ca_cert = build(ca_name, ca_name, ca_key.public_key(), ca_key, ca=True)
+    for name in names:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "etcd-peer")])
+        write(f"{name}.key", key_pem(key), private=True)
+        write(f"{name}.crt", build(subject, ca_name, key.public_key(), ca_key, ca=False)
+              .public_bytes(serialization.Encoding.PEM))
+    write("ca.key", key_pem(ca_key), private=True)
+    write("ca.crt", ca_cert.public_bytes(serialization.Encoding.PEM))
 
 
 class Supervisor:
@@ -34,22 +90,30 @@ class Supervisor:
         self.names = [f"n{i}" for i in range(args.size)]
         self.client = {n: args.base_port + 2 * i for i, n in enumerate(self.names)}
         self.peer = {n: args.base_port + 2 * i + 1 for i, n in enumerate(self.names)}
-        self.cluster = ",".join(f"{n}=http://127.0.0.1:{self.peer[n]}" for n in self.names)
+        self.scheme = "https" if args.peer_tls else "http"
+        self.cluster = ",".join(f"{n}={self.scheme}://127.0.0.1:{self.peer[n]}" for n in self.names)
         self.secret_file = os.path.join(args.data_dir, "peer.secret")
+        self.pki = os.path.join(args.data_dir, "pki")
         self.procs: dict[str, subprocess.Popen] = {}
         self.stopping = threading.Event()
 
     def argv(self, name: str) -> list[str]:
-        return [
+        argv = [
             sys.executable, "-m", "etcdlite",
             "--name", name,
             "--data-dir", os.path.join(self.args.data_dir, name),
             "--listen-client-urls", f"http://127.0.0.1:{self.client[name]}",
-            "--listen-peer-urls", f"http://127.0.0.1:{self.peer[name]}",
+            "--listen-peer-urls", f"{self.scheme}://127.0.0.1:{self.peer[name]}",
             "--initial-cluster", self.cluster,
             "--peer-secret-file", self.secret_file,
             "--log-level", self.args.log_level,
         ]
+        if self.args.peer_tls:
+            argv += ["--peer-cert-file", os.path.join(self.pki, f"{name}.crt"),
+                     "--peer-key-file", os.path.join(self.pki, f"{name}.key"),
+                     "--peer-trusted-ca-file", os.path.join(self.pki, "ca.crt"),
+                     "--peer-client-cert-auth"]
+        return argv
 
     def start(self, name: str) -> None:
         proc = subprocess.Popen(self.argv(name), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -108,7 +172,7 @@ class Supervisor:
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] != "up":
-        print("usage: etcdlite cluster up [--size 1|3|5] [--base-port 2379] [--data-dir cluster.etcd]",
+        print("usage: etcdlite cluster up [--size 1|3|5] [--base-port 2379] [--data-dir cluster.etcd] [--peer-tls]",
               file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv[1:])
@@ -118,10 +182,13 @@ def main(argv: list[str]) -> int:
         fd = os.open(sup.secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32))
+    if args.peer_tls:
+        make_peer_pki(sup.pki, sup.names)
     signal.signal(signal.SIGTERM, lambda *_: sup.stopping.set())
     for name in sup.names:
         sup.start(name)
-    print(f"[cluster] starting {args.size} members, data in {args.data_dir}/", flush=True)
+    print(f"[cluster] starting {args.size} members, data in {args.data_dir}/"
+          + (f", peer TLS certificates in {sup.pki}/" if args.peer_tls else ""), flush=True)
     try:
         if sup.wait_ready():
             endpoints = ",".join(f"127.0.0.1:{sup.client[n]}" for n in sup.names)

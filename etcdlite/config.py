@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import secrets
 import re
+import ssl
 import struct
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
@@ -75,6 +78,24 @@ def _load_certs(flag: str, path: str, data: bytes) -> list:
     if not certs:
         raise ConfigError(f"{flag} {path}: no PEM certificate in it")
     return certs
+
+
+def _check_key_pair(cert_flag: str, cert_path: str, key_flag: str, key_path: str) -> tuple[bytes, bytes]:
+    """(certificate PEM, key PEM), read and checked: a certificate, an
+    unencrypted key, and the key of that certificate."""
+    from cryptography.hazmat.primitives import serialization
+
+    cert = _read_pem(cert_flag, cert_path)
+    key = _read_pem(key_flag, key_path)
+    leaf = _load_certs(cert_flag, cert_path, cert)[0]
+    try:
+        private = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{key_flag} {key_path}: not an unencrypted PEM private key ({err})") from None
+    spki = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    if private.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
+        raise ConfigError(f"{key_flag} {key_path} is not the key of {cert_flag} {cert_path}")
+    return cert, key
 
 
 def split_urls(value: str) -> list[str]:
@@ -153,6 +174,13 @@ class MemberConfig:
     key_file: str = ""
     trusted_ca_file: str = ""
     client_cert_auth: bool = False
+    # peer TLS (etcd's --peer-* flags): Raft traffic in TLS when the peer URLs are https://
+    peer_cert_file: str = ""
+    peer_key_file: str = ""
+    peer_trusted_ca_file: str = ""
+    peer_client_cert_auth: bool = False
+    peer_cert_allowed_cn: str = ""
+    peer_auto_tls: bool = False
     # etcd 3.5's --unsafe-no-fsync: nothing is synced (a power loss can lose acknowledged writes)
     unsafe_no_fsync: bool = False
     # where the leader's journal sync runs: "loop" (the event loop waits) or "thread"
@@ -180,15 +208,24 @@ class MemberConfig:
             )
         if self.initial_cluster_state not in ("new", "existing"):
             raise ConfigError("--initial-cluster-state must be 'new' or 'existing'")
+        self._check_peer_tls()
         if len(self.initial_cluster) > 1 and not self.peer_password:
-            # pysyncobj unpickles what arrives on the peer port: only peers
-            # that prove they hold the cluster secret may be heard, loopback
-            # or not (any local user could reach a loopback port)
-            raise ConfigError(
-                "a cluster of several members needs --peer-secret-file: peer traffic is "
-                "authenticated with a shared secret. Write one to a file, e.g. "
-                "`head -c 32 /dev/urandom | base64 > peer.secret`, and pass the same file to every member"
-            )
+            if self.peer_tls_authenticates:
+                # peers are authenticated by their certificates: the frames'
+                # MAC key need not be secret, only the same on every member
+                self.peer_password = f"etcdlite peer TLS, cluster {self.initial_cluster_token}"
+            else:
+                # pysyncobj unpickles what arrives on the peer port: only peers
+                # that prove they hold the cluster secret (or, in TLS, a
+                # certificate from the peer CA) may be heard, loopback or not
+                # (any local user could reach a loopback port)
+                raise ConfigError(
+                    "a cluster of several members needs --peer-secret-file, or peer TLS with client "
+                    "certificates (https:// peer URLs, --peer-cert-file, --peer-key-file, "
+                    "--peer-trusted-ca-file and --peer-client-cert-auth): peer traffic must be "
+                    "authenticated. Write a secret to a file, e.g. "
+                    "`head -c 32 /dev/urandom | base64 > peer.secret`, and pass the same file to every member"
+                )
         if not self.peer_password:
             # a lone member has no peers to talk to, but its peer port is
             # open all the same: lock it with a secret nobody knows
@@ -204,7 +241,7 @@ class MemberConfig:
                 f"missing {' and '.join(missing)}"
             )
         if len(missing) == 1:
-            raise ConfigError(f"{'--key-file' if self.cert_file else '--cert-file'} is given but "
+            raise ConfigError(f"{'--cert-file' if self.cert_file else '--key-file'} is given but "
                               f"{missing[0]} is missing: TLS needs both")
         if not missing and not https:
             raise ConfigError(
@@ -216,26 +253,127 @@ class MemberConfig:
         if self.trusted_ca_file and missing:
             raise ConfigError(f"--trusted-ca-file needs client TLS: {' and '.join(missing)} missing")
 
+    @property
+    def peer_tls(self) -> bool:
+        """True when Raft traffic runs in TLS: the peer URLs are https://."""
+        return any(is_tls_url(u) for u in self.listen_peer_urls)
+
+    @property
+    def peer_tls_authenticates(self) -> bool:
+        """True when peer TLS alone keeps strangers out: every connection's
+        two ends present certificates from the peer CA."""
+        return (self.peer_tls and self.peer_client_cert_auth and bool(self.peer_trusted_ca_file)
+                and bool(self.peer_cert_file) and not self.peer_auto_tls)
+
+    def _check_peer_tls(self) -> None:
+        urls = self.listen_peer_urls + self.initial_advertise_peer_urls + \
+            [u for us in self.initial_cluster.values() for u in us]
+        https = [u for u in urls if is_tls_url(u)]
+        http = [u for u in urls if not is_tls_url(u)]
+        if https and http:
+            raise ConfigError(
+                f"peer URLs mix https ({', '.join(sorted(set(https)))}) and http "
+                f"({', '.join(sorted(set(http)))}): etcdlite speaks TLS to every peer or to none; "
+                "make every peer URL (--listen-peer-urls, --initial-advertise-peer-urls, --initial-cluster) "
+                "https:// or every one http://"
+            )
+        files = (("--peer-cert-file", self.peer_cert_file), ("--peer-key-file", self.peer_key_file))
+        missing = [flag for flag, value in files if not value]
+        if len(missing) == 1:
+            present = "--peer-cert-file" if self.peer_cert_file else "--peer-key-file"
+            raise ConfigError(f"{present} is given but {missing[0]} is missing: peer TLS needs both")
+        log = logging.getLogger("etcdlite")
+        if not self.peer_tls:
+            for u in self.listen_peer_urls:
+                if not missing:
+                    log.warning("The scheme of peer url %s is HTTP while peer key/cert files are presented. "
+                                "Ignored peer key/cert files.", u)
+                if self.peer_client_cert_auth:
+                    log.warning("The scheme of peer url %s is HTTP while client cert auth "
+                                "(--peer-client-cert-auth) is enabled. Ignored client cert auth for this url.", u)
+            return
+        if missing and not self.peer_auto_tls:
+            raise ConfigError(
+                f"cannot listen on TLS for {host_port(self.listen_peer_urls[0])}: KeyFile and CertFile are "
+                "not presented (https:// peer URLs need --peer-cert-file and --peer-key-file, or --peer-auto-tls)"
+            )
+        if self.peer_client_cert_auth and not self.peer_trusted_ca_file and not (self.peer_auto_tls and missing):
+            raise ConfigError("--peer-client-cert-auth needs --peer-trusted-ca-file (the CA that signs "
+                              "the members' peer certificates)")
+        if self.peer_auto_tls and missing and self.peer_client_cert_auth:
+            log.warning("--peer-auto-tls: peer certificates are self-signed, --peer-client-cert-auth "
+                        "is ignored (use --peer-cert-file and --peer-key-file from a CA to authenticate peers)")
+
+    def load_peer_tls(self):
+        """The `PeerTLS` of the peer flags, files read and checked
+        (ConfigError if one is missing, unreadable or not what it should
+        be), or None when the peer URLs are http://. --peer-auto-tls makes
+        a self-signed certificate under <data-dir>/fixtures/peer, as etcd."""
+        if not self.peer_tls:
+            return None
+        from etcdlite.raft.peer_transport import PeerTLS
+
+        cert, key, auto = self.peer_cert_file, self.peer_key_file, False
+        if not cert:
+            cert, key = self._auto_peer_cert()
+            auto = True
+        else:
+            _check_key_pair("--peer-cert-file", cert, "--peer-key-file", key)
+        if self.peer_trusted_ca_file:
+            ca = _read_pem("--peer-trusted-ca-file", self.peer_trusted_ca_file)
+            _load_certs("--peer-trusted-ca-file", self.peer_trusted_ca_file, ca)
+        try:
+            return PeerTLS(cert, key, self.peer_trusted_ca_file, client_cert_auth=self.peer_client_cert_auth,
+                           allowed_cn=self.peer_cert_allowed_cn, auto=auto)
+        except (ssl.SSLError, OSError) as err:
+            raise ConfigError(f"peer TLS: {err}") from None
+
+    def _auto_peer_cert(self) -> tuple[str, str]:
+        """etcd's --peer-auto-tls: a self-signed certificate for the peer
+        URLs' hosts, made once in <data-dir>/fixtures/peer."""
+        import datetime
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        directory = os.path.join(self.data_dir, "fixtures", "peer")
+        cert_path, key_path = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+        if os.path.exists(cert_path) and os.path.exists(key_path):
+            return cert_path, key_path
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        hosts = sorted({urlparse(u).hostname for u in self.listen_peer_urls + self.initial_advertise_peer_urls})
+        alt = []
+        for h in hosts:
+            try:
+                alt.append(x509.IPAddress(ipaddress.ip_address(h)))
+            except ValueError:
+                alt.append(x509.DNSName(h))
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "etcd")])
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=365))
+                .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+                .sign(key, hashes.SHA256()))
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+        with open(cert_path, "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+        return cert_path, key_path
+
     def load_client_tls(self) -> ClientTLS | None:
         """Read and check the client TLS files (ConfigError if one is
         missing, unreadable or not what it should be); None without TLS."""
         if not self.cert_file:
             return None
-        from cryptography.hazmat.primitives import serialization
-
-        cert = _read_pem("--cert-file", self.cert_file)
-        key = _read_pem("--key-file", self.key_file)
+        cert, key = _check_key_pair("--cert-file", self.cert_file, "--key-file", self.key_file)
         ca = _read_pem("--trusted-ca-file", self.trusted_ca_file) if self.trusted_ca_file else None
-        leaf = _load_certs("--cert-file", self.cert_file, cert)[0]
-        try:
-            private = serialization.load_pem_private_key(key, password=None)
-        except (ValueError, TypeError) as err:
-            raise ConfigError(
-                f"--key-file {self.key_file}: not an unencrypted PEM private key ({err})"
-            ) from None
-        spki = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        if private.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
-            raise ConfigError(f"--key-file {self.key_file} is not the key of --cert-file {self.cert_file}")
         if ca is not None:
             _load_certs("--trusted-ca-file", self.trusted_ca_file, ca)
         return ClientTLS(cert_chain=cert, private_key=key, trusted_ca=ca,

@@ -429,9 +429,12 @@ class Member(ServerProcess):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.client_port}"
 
+    # "https" for peer TLS (etcdlite's --peer-cert-file & co.)
+    peer_scheme = "http"
+
     @property
     def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer_port}"
+        return f"{self.peer_scheme}://127.0.0.1:{self.peer_port}"
 
     def __repr__(self) -> str:
         state = "running" if self.alive else "stopped"

@@ -108,13 +108,14 @@ class LoopSyncObj(SyncedLeadership, PacedApply, LeanEntries, GuardedSyncObj):
     talking to its peers through `PeerTransport`."""
 
     def __init__(self, self_node, other_nodes, conf, consumers, poller: LoopPoller, pacer: ApplyPacer,
-                 snapshot_bytes: int = 16 << 20):
+                 snapshot_bytes: int = 16 << 20, peer_tls=None):
         # set before SyncObj.__init__, so pysyncobj counts them among the
         # attributes it keeps out of its snapshots
         self.__dict__["_loop_poller"] = poller
         self.__dict__["_apply_pacer"] = pacer
         self.__dict__["_snapshot_bytes"] = snapshot_bytes
         self.__dict__["_snapshot_asked"] = 0.0  # when the journal's size last asked for one
+        self.__dict__["peer_tls"] = peer_tls  # PeerTransport's TLS (a PeerTLS), or None
         super().__init__(self_node, other_nodes, conf, consumers=consumers, transportClass=PeerTransport)
 
     def _SyncObj__tryLogCompaction(self):

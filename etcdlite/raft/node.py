@@ -212,6 +212,7 @@ class RaftNode:
         desired_peers=None,
         fsync: bool = True,
         sync_in_thread: bool = False,
+        peer_tls=None,
     ):
         durable.set_sync(fsync)
         # the leader's journal syncs run here, the loop going on meanwhile (see _leader_tick)
@@ -270,7 +271,7 @@ class RaftNode:
         self._stopped = False
         self._poller = LoopPoller(loop, self._schedule_tick)
         self._obj = LoopSyncObj(self_address, peers, conf, [self.state], self._poller, self._pacer,
-                                snapshot_bytes=snapshot_bytes)
+                                snapshot_bytes=snapshot_bytes, peer_tls=peer_tls)
         _keep_log_after_snapshot(self._obj)
         self._journal = self._obj._SyncObj__raftLog
         transport = self._obj.peer_transport

@@ -24,15 +24,33 @@ one write (and one wake-up of the peer) per connection for all the messages
 of a raft tick, instead of one per message. `before_send`, if set, runs
 before any frame leaves (once for all those leaving at an `uncork`): the
 member syncs its journal there (see `etcdlite.raft.node`).
+
+Peer TLS (etcd's --peer-cert-file & co., `PeerTLS`): the frames above are
+carried inside TLS, run through an `ssl.SSLObject` over memory BIOs rather
+than an `SSLSocket`, so pysyncobj's non-blocking socket, its poller and its
+partial writes stay as they are. Frames sent are kept as plaintext until
+the handshake is done and then encrypted together at the next send attempt
+(one TLS write for all the frames of an `uncork`); the write buffer pysyncobj
+drains holds ciphertext only, and bytes read are decrypted before the
+framing sees them. The peer's certificate is checked in the handshake (the
+peer CA, the peer URL's host on connections this member makes, and
+--peer-cert-allowed-cn after it): a peer that fails is dropped before any
+of its frames is read. No thread: the handshake advances as the socket
+becomes readable, as the framing does.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
+import logging
 import pickle
+import re
+import ssl
 import struct
 
+from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 from pysyncobj.transport import TCPTransport
 
@@ -43,6 +61,79 @@ _MAC_SIZE = 32
 # beyond it is garbage (or an attack) and drops the connection
 MAX_FRAME_BYTES = 256 * 1024 * 1024
 _KEY_SALT = b"etcdlite peer message authentication"
+# decrypted bytes taken from TLS at once (a frame may be larger: it is read in pieces)
+_TLS_READ = 1 << 20
+_WANT_WRITE = POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.WRITE | POLL_EVENT_TYPE.ERROR
+
+log = logging.getLogger("etcdlite.peer")
+
+
+def _why(err: ssl.SSLError) -> str:
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {err.verify_message}"
+    return re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(err))
+
+
+class PeerTLS:
+    """TLS for peer connections with etcd's semantics: this member serves
+    `cert_file` on its peer port and presents it when it dials a peer; it
+    verifies the peers' certificates against `trusted_ca_file` (the
+    system's CAs without one) and, dialling, the peer URL's host against
+    the certificate; with `client_cert_auth` a dialling peer must present a
+    certificate from `trusted_ca_file`; `allowed_cn`, if set, is the only
+    Common Name accepted in a verified peer certificate (etcd checks it on
+    both sides: a served certificate too). `auto` (etcd's --peer-auto-tls):
+    a self-signed certificate, and peers' certificates taken unverified
+    (encryption without authentication, as etcd's)."""
+
+    def __init__(self, cert_file: str, key_file: str, trusted_ca_file: str = "", *,
+                 client_cert_auth: bool = False, allowed_cn: str = "", auto: bool = False):
+        self.allowed_cn = allowed_cn
+        self.client_cert_auth = client_cert_auth and not auto
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        for ctx in (server, client):
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.load_cert_chain(cert_file, key_file)
+        server.num_tickets = 0  # connections are never resumed: no session tickets to make
+        if self.client_cert_auth:
+            if trusted_ca_file:
+                server.load_verify_locations(cafile=trusted_ca_file)
+            else:
+                server.load_default_certs(ssl.Purpose.CLIENT_AUTH)
+            server.verify_mode = ssl.CERT_REQUIRED
+        if auto:
+            client.check_hostname = False
+            client.verify_mode = ssl.CERT_NONE
+        elif trusted_ca_file:
+            client.load_verify_locations(cafile=trusted_ca_file)
+        else:
+            client.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        self.server_context = server
+        self.client_context = client
+
+    def wrap(self, server_side: bool, server_hostname: str | None):
+        """(SSLObject, incoming BIO, outgoing BIO) for a new connection."""
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        if server_side:
+            obj = self.server_context.wrap_bio(incoming, outgoing, server_side=True)
+        else:
+            obj = self.client_context.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
+        return obj, incoming, outgoing
+
+    def refusal(self, obj: ssl.SSLObject, server_side: bool) -> str | None:
+        """Why a peer whose handshake completed is refused all the same
+        (None: it is not): --peer-cert-allowed-cn, checked on a verified
+        certificate as etcd does (a server that asks for no client
+        certificate checks nothing)."""
+        if not self.allowed_cn or (server_side and not self.client_cert_auth):
+            return None
+        cert = obj.getpeercert() or {}
+        names = [value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"]
+        if self.allowed_cn in names:
+            return None
+        return (f"client certificate authentication failed: CN {', '.join(names) or '(none)'!s} "
+                f"is not the --peer-cert-allowed-cn {self.allowed_cn!r}")
 
 
 def mac_key(password: str | bytes) -> bytes:
@@ -63,20 +154,152 @@ class PeerConnection(TcpConnection):
     made by pysyncobj as `TcpConnection`s and adopted with `adopt`."""
 
     @classmethod
-    def adopt(cls, conn: TcpConnection, key: bytes, transport: PeerTransport | None = None) -> PeerConnection:
+    def adopt(cls, conn: TcpConnection, key: bytes, transport: PeerTransport | None = None,
+              tls: PeerTLS | None = None, server_hostname: str | None = None) -> PeerConnection:
+        """`conn` made a PeerConnection; with `tls`, an accepted connection
+        (it has a socket) starts its server side of the handshake, a dialling
+        one (no socket yet) its client side at each `connect`, checking the
+        peer's certificate against `server_hostname`."""
         conn.__class__ = cls
         conn.mac_key = key
         conn.send_seq = conn.recv_seq = 0
         conn.transport = transport
+        conn.tls = tls
+        conn.tls_server_name = server_hostname
+        conn._tls_reset()
+        if tls is not None and conn._TcpConnection__socket is not None:
+            conn._tls_start(server_side=True)
         return conn
 
     def connect(self, host, port):
         self.send_seq = self.recv_seq = 0
-        return super().connect(host, port)
+        self._tls_reset()
+        ok = super().connect(host, port)
+        if ok and self.tls is not None:
+            self._tls_start(server_side=False)
+        return ok
 
     def disconnect(self):
         self.send_seq = self.recv_seq = 0
+        self._tls_reset()
         super().disconnect()
+
+    # TLS over memory BIOs (see the module's docstring)
+
+    def _tls_reset(self) -> None:
+        self.tls_obj = self.tls_in = self.tls_out = None
+        self.tls_ready = False
+        self.tls_server_side = False
+        self.tls_plain = b""
+
+    def _tls_start(self, server_side: bool) -> None:
+        self.tls_obj, self.tls_in, self.tls_out = self.tls.wrap(server_side, self.tls_server_name)
+        self.tls_server_side = server_side
+
+    def _peer_label(self) -> str:
+        sock = self._TcpConnection__socket
+        try:
+            host, port = sock.getpeername()[:2]
+            where = f"{host}:{port}"
+        except (OSError, AttributeError):
+            where = "?"
+        return f"from {where}" if self.tls_server_side else f"to {self.tls_server_name} ({where})"
+
+    def _tls_refuse(self, reason) -> None:
+        """Drop a peer whose TLS failed, after a best-effort send of the
+        alert OpenSSL wrote (so the other side logs why)."""
+        log.warning("peer connection %s refused: %s", self._peer_label(), reason)
+        alert = self.tls_out.read() if self.tls_out is not None else b""
+        sock = self._TcpConnection__socket
+        if alert and sock is not None:
+            try:
+                sock.send(alert)
+            except OSError:
+                pass
+        self.disconnect()
+
+    def _tls_pump(self) -> bool:
+        """Advance the handshake, encrypt the plaintext waiting once it is
+        done, and move what TLS wrote into the socket's write buffer.
+        False: the connection failed and is gone."""
+        obj = self.tls_obj
+        try:
+            if not self.tls_ready:
+                try:
+                    obj.do_handshake()
+                except ssl.SSLWantReadError:
+                    pass
+                else:
+                    reason = self.tls.refusal(obj, self.tls_server_side)
+                    if reason is not None:
+                        self._tls_refuse(reason)
+                        return False
+                    self.tls_ready = True
+            if self.tls_ready and self.tls_plain:
+                # a memory BIO takes everything: the whole buffer is encrypted now
+                obj.write(self.tls_plain)
+                self.tls_plain = b""
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLError as err:
+            self._tls_refuse(_why(err))
+            return False
+        if self.tls_out.pending:
+            self._TcpConnection__writeBuffer += self.tls_out.read()
+        return True
+
+    def _TcpConnection__trySendBuffer(self):
+        if self.tls_obj is None:
+            return super()._TcpConnection__trySendBuffer()
+        if self.state == CONNECTION_STATE.DISCONNECTED or not self._tls_pump():
+            return None
+        super()._TcpConnection__trySendBuffer()
+        # pysyncobj asks for a writable event only after one; ciphertext
+        # left over (a large batch, handshake bytes written on a read) must
+        # not wait for the next message to be sent
+        fileno = self._TcpConnection__fileno
+        if self._TcpConnection__writeBuffer and fileno is not None:
+            self._TcpConnection__poller.subscribe(fileno, self._TcpConnection__processConnection, _WANT_WRITE)
+        return None
+
+    def _TcpConnection__processRead(self):
+        if self.tls_obj is None:
+            return super()._TcpConnection__processRead()
+        try:
+            incoming = self._TcpConnection__socket.recv(self._TcpConnection__recvBufferSize)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                self.disconnect()
+            return False
+        if not incoming:
+            self.disconnect()
+            return False
+        self.tls_in.write(incoming)
+        was_ready = self.tls_ready
+        if not self._tls_pump():
+            return False
+        obj = self.tls_obj
+        chunks = []
+        if self.tls_ready:
+            try:
+                while data := obj.read(_TLS_READ):
+                    chunks.append(data)
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:  # the peer closed its TLS side
+                self.disconnect()
+                return False
+            except ssl.SSLError as err:
+                self._tls_refuse(_why(err))
+                return False
+        if chunks:
+            self._TcpConnection__readBuffer += b"".join(chunks)
+        if self._TcpConnection__writeBuffer or self.tls_out.pending or (self.tls_ready and not was_ready):
+            # handshake replies, session tickets, or frames held for the handshake
+            self._TcpConnection__trySendBuffer()
+            if self.state == CONNECTION_STATE.DISCONNECTED:
+                return False
+        return True
 
     def send(self, message) -> None:
         if self.sendRandKey:
@@ -84,7 +307,11 @@ class PeerConnection(TcpConnection):
         payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
         mac = _mac(self.mac_key, self.send_seq, payload)
         self.send_seq += 1
-        self._TcpConnection__writeBuffer += _LENGTH.pack(_MAC_SIZE + len(payload)) + mac + payload
+        frame = _LENGTH.pack(_MAC_SIZE + len(payload)) + mac + payload
+        if self.tls is None:
+            self._TcpConnection__writeBuffer += frame
+        else:  # encrypted on the way out (`_tls_pump`), all waiting frames at once
+            self.tls_plain += frame
         transport = self.transport
         if transport is not None and transport.corked:
             transport.unsent.add(self)
@@ -96,6 +323,9 @@ class PeerConnection(TcpConnection):
     def flush(self) -> None:
         if self.state != CONNECTION_STATE.DISCONNECTED:
             self._TcpConnection__trySendBuffer()
+
+    def getSendBufferSize(self):
+        return len(self._TcpConnection__writeBuffer) + len(self.tls_plain)
 
     # pysyncobj's reader calls this until it returns None
     def _TcpConnection__processParseMessage(self):
@@ -130,13 +360,15 @@ class PeerConnection(TcpConnection):
 
 class PeerTransport(TCPTransport):
     """pysyncobj's TCP transport with `PeerConnection` framing; needs the
-    SyncObj's `password` (its handshake runs only when one is set)."""
+    SyncObj's `password` (its handshake runs only when one is set); in TLS
+    when the SyncObj has a `peer_tls` (a `PeerTLS`)."""
 
     def __init__(self, syncObj, selfNode, otherNodes):
         password = syncObj.conf.password
         if not password:
             raise ValueError("peer connections need a cluster secret")
         self._mac_key = mac_key(password)
+        self.tls: PeerTLS | None = getattr(syncObj, "peer_tls", None)
         self.corked = 0
         self.unsent: set[PeerConnection] = set()
         self.before_send = None
@@ -158,8 +390,10 @@ class PeerTransport(TCPTransport):
         super().addNode(node)
         conn = self._connections.get(node)
         if conn is not None and not isinstance(conn, PeerConnection):
-            PeerConnection.adopt(conn, self._mac_key, self)
+            # the certificate must name the peer as its URL does, not as it is dialled (a test's proxy)
+            host = node.address.rsplit(":", 1)[0].strip("[]")
+            PeerConnection.adopt(conn, self._mac_key, self, self.tls, host)
 
     def _onNewIncomingConnection(self, conn):
-        PeerConnection.adopt(conn, self._mac_key, self)
+        PeerConnection.adopt(conn, self._mac_key, self, self.tls)
         super()._onNewIncomingConnection(conn)

@@ -108,6 +108,7 @@ class Member:
             snapshot_bytes=cfg.snapshot_bytes,
             fsync=not cfg.unsafe_no_fsync,
             sync_in_thread=cfg.raft_sync == "thread",
+            peer_tls=cfg.load_peer_tls(),
         )
         self._wire(loop)
         log.info("member %x: replaying the raft log in %s", self.id, cfg.data_dir)
