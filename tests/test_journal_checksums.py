@@ -1,8 +1,10 @@
 """Checksummed journal records and snapshots (etcdlite.raft.journal,
-snapshot_file), read at start as etcd reads its WAL: a torn or damaged last
-record (what a power loss leaves of writes after the last sync) is cut with a
-warning; damage before the last record (data that was synced) refuses to
-start, saying what to do; a snapshot that fails its checksum refuses too.
+snapshot_file), read at start as etcd reads its WAL: a torn last record (what
+a power loss leaves of a write after the last sync: a sector of it lost, or
+the file ending inside it) is cut with a warning; any other damage, to the
+last record too (every sector there, its checksum wrong: bit rot of what may
+have been synced and acknowledged), refuses to start, saying what to do; a
+snapshot that fails its checksum refuses too.
 
 Damage is made here byte by byte on a journal written by LeanJournal; what a
 power loss tears is made by harness.powerloss_fs in test_powerloss_fs.py and
@@ -81,28 +83,135 @@ def test_records_carry_a_version_mark_and_checksums(tmp_path):
     assert entries(LeanJournal(str(path))) == added
 
 
-def test_every_damaged_byte_of_the_last_record_is_cut(tmp_path, caplog):
+def _reopens_cut(path, added, last, caplog) -> None:
+    """The journal at `path` opens cut at `last` (its last record dropped,
+    with a warning), and takes and keeps a new record there."""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="etcdlite.raft"):
+        journal = LeanJournal(str(path))
+    assert entries(journal) == added[:-1]
+    assert "cutting the journal there" in caplog.text, caplog.text
+    assert os.path.getsize(path) == last, "the file is cut where the good records end"
+    journal.add(b"next", len(added), 9)
+    journal.sync()
+    journal._destroy()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="etcdlite.raft"):
+        again = LeanJournal(str(path))
+    assert entries(again) == added[:-1] + [(b"next", len(added), 9)] and not caplog.text
+    again._destroy()
+
+
+@pytest.mark.parametrize("size", [90, 1500], ids=["one sector", "four sectors"])
+def test_every_damaged_byte_of_the_last_record_refuses_to_start(tmp_path, size):
+    """A last record with every sector there that fails its checksum was not
+    torn by a power loss (which loses whole sectors): it was damaged after it
+    was written, perhaps after it was synced and acknowledged, and cutting it
+    would forget an acknowledged entry. etcd's WAL refuses it too. Its length
+    field damaged (the record then seems to run into the zeros after it, or
+    past the file's end) is told apart by the checksum being right with the
+    length its data has."""
     pristine = tmp_path / "pristine"
-    added, offsets, end = write_journal(pristine)
+    added, offsets, end = write_journal(pristine, size=size)
     last = offsets[-1]
+    record = jmod._HEAD.size + size
+    if size > 500:
+        assert len(_sector_parts(last, last + record)) == 4, "the record spans sectors"
     path = tmp_path / "raft.journal"
-    for at in range(last, last + jmod._HEAD.size + len(added[-1][0])):
+    data = pristine.read_bytes()
+    # every byte of its head and, of a long command, every 5th and those at a sector's edges
+    for at in [at for at in range(last, last + record)
+               if size < 500 or at - last < jmod._HEAD.size or (at - last) % 5 == 0 or at % 512 in (0, 511)]:
         shutil.copy(pristine, path)
-        damage(path, at)
-        caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="etcdlite.raft"):
-            journal = LeanJournal(str(path))
-        assert entries(journal) == added[:-1], f"byte {at - last} of the last record damaged"
-        assert "cutting the journal there" in caplog.text, caplog.text
-        assert os.path.getsize(path) == last, "the file is cut where the good records end"
-        journal.add(b"next", ENTRIES, 9)
-        journal.sync()
-        journal._destroy()
-        caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="etcdlite.raft"):
-            again = LeanJournal(str(path))
-        assert entries(again) == added[:-1] + [(b"next", ENTRIES, 9)] and not caplog.text
-        again._destroy()
+        xor = 0xA5 if data[at] == 0x5A else 0x5A  # never a zero byte: no sector's part of it made zeros
+        damage(path, at, xor)
+        with pytest.raises(JournalCorrupt) as err:
+            LeanJournal(str(path))
+        text = str(err.value)
+        assert "damaged at its end" in text and f"byte {last}" in text, f"byte {at - last}: {text}"
+        assert "member remove" in text, text
+        assert path.read_bytes() == _damaged(pristine, at, xor), "a refused journal is left as it was"
+
+
+def test_a_last_record_with_its_length_damaged_says_so(tmp_path):
+    path = tmp_path / "raft.journal"
+    added, offsets, end = write_journal(path)
+    damage(path, offsets[-1] + 5)  # 122 bytes long says 23162: it seems to run into the zeros after it
+    with pytest.raises(JournalCorrupt, match="with 122 its checksum is right"):
+        LeanJournal(str(path))
+
+
+def test_a_whole_last_record_out_of_sequence_or_garbage_after_the_last_refuses(tmp_path):
+    """Neither is what a power loss leaves (the journal only appends, each
+    record's index following the last, into zeros)."""
+    path = tmp_path / "raft.journal"
+    added, offsets, end = write_journal(path)
+    fd = os.open(path, os.O_RDWR)
+    os.pwrite(fd, jmod.encode_record(jmod.ENTRY, ENTRIES + 2, 9, command(12)), end)
+    os.close(fd)
+    with pytest.raises(JournalCorrupt, match=f"holds index {ENTRIES + 2} term 9 after index {ENTRIES} .*"
+                                             "it is whole, its checksum right"):
+        LeanJournal(str(path))
+    _zero(path, end, end + 512)
+    fd = os.open(path, os.O_RDWR)
+    os.pwrite(fd, b"not a record, in a sector that was written", end)
+    os.close(fd)
+    with pytest.raises(JournalCorrupt, match="its head is not a record's"):
+        LeanJournal(str(path))
+
+
+def _sector_parts(start: int, stop: int) -> list:
+    """(start, stop) of each sector's part of the bytes from start to stop."""
+    parts = []
+    while start < stop:
+        step = min(stop, start + 512 - start % 512)
+        parts.append((start, step))
+        start = step
+    return parts
+
+
+def test_a_last_record_that_lost_a_sector_or_is_cut_short_is_cut(tmp_path, caplog):
+    """What a power loss leaves of a last record written after the last sync:
+    any one of its sectors lost (zeros, as allocated), its last sectors lost
+    (then its data ends early: the lost sectors are found from the length its
+    head claims), or the file ending anywhere inside it."""
+    pristine = tmp_path / "pristine"
+    added, offsets, end = write_journal(pristine, size=1500)
+    last = offsets[-1]
+    stop = last + jmod._HEAD.size + 1500
+    path = tmp_path / "raft.journal"
+    parts = _sector_parts(last, stop)
+    assert len(parts) == 4
+    for start, part_end in parts:  # one sector lost
+        shutil.copy(pristine, path)
+        _zero(path, start, part_end)
+        _reopens_cut(path, added, last, caplog)
+    for start, _ in parts[1:]:  # every sector from one on lost: the data ends early
+        shutil.copy(pristine, path)
+        _zero(path, start, stop)
+        _reopens_cut(path, added, last, caplog)
+    for at in range(last + 1, stop, 7):  # the file ends inside it
+        shutil.copy(pristine, path)
+        os.truncate(path, at)
+        _reopens_cut(path, added, last, caplog)
+
+
+@pytest.mark.parametrize("split", [8, 16, 24])
+def test_a_head_straddling_sectors_that_lost_its_second_part_is_cut(tmp_path, caplog, split):
+    """The last record's head begins `split` bytes before a sector's end;
+    the next sectors were lost: its data ends inside its head."""
+    path = tmp_path / "raft.journal"
+    journal = LeanJournal(str(path))
+    first = (command(1, 512 - split - jmod.FIRST_RECORD - jmod._HEAD.size), 1, 1)
+    journal.add(*first)
+    last = journal._end
+    assert last == 512 - split
+    added = [first, (command(2, 900), 2, 1)]
+    journal.add(*added[-1])
+    journal.sync()
+    journal._destroy()
+    _zero(path, 512, 512 * 3)
+    _reopens_cut(path, added, last, caplog)
 
 
 def test_every_damaged_byte_of_a_middle_record_refuses_to_start(tmp_path):
@@ -121,9 +230,9 @@ def test_every_damaged_byte_of_a_middle_record_refuses_to_start(tmp_path):
         assert path.read_bytes() == _damaged(pristine, at), "a refused journal is left as it was"
 
 
-def _damaged(pristine, at: int) -> bytes:
+def _damaged(pristine, at: int, xor: int = 0x5A) -> bytes:
     data = bytearray(pristine.read_bytes())
-    data[at] ^= 0x5A
+    data[at] ^= xor
     return bytes(data)
 
 

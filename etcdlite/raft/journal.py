@@ -187,6 +187,11 @@ FIRST_RECORD = _HEADER.size
 # synced may be missing sector by sector): how a torn record is told apart
 SECTOR = 512
 _ZERO_HEAD = bytes(_HEAD.size)
+# a bad last record whose head's length points past its data is tried with the
+# lengths that end it where its data ends, and up to this many bytes later (a
+# command ending in zero bytes): one that makes its checksum right shows the
+# record whole, its length damaged (a torn record's checksum stays wrong)
+LENGTH_SLACK = 64
 _NONZERO = re.compile(rb"[^\x00]")
 
 # pysyncobj's format
@@ -211,6 +216,12 @@ class JournalCorrupt(OSError):
     not start from it, since it would forget or invent committed entries."""
 
 
+def _is_head(head: bytes) -> bool:
+    """Whether `head` can be a record's head (its checksum aside)."""
+    _, length, _, _, kind, zero = _HEAD.unpack(head)
+    return length >= _HEAD.size and kind in (ENTRY, TRUNCATE) and not zero
+
+
 def _padded(length: int) -> int:
     return length + (-length % 8)
 
@@ -232,8 +243,8 @@ class LeanJournal(FileJournal):
     previous record's as etcd's: records carry their Raft index, so a missing
     or stale record shows as a break in the sequence of indexes (which etcd's
     chain catches for records without one), and a record checked by itself
-    lets the reader look past a bad record for good ones, the only way to
-    tell a bad last record (cut) from a bad record in the middle (refused).
+    lets the reader look past a bad record for good ones, to tell a torn
+    tail (cut) from damage with synced records after it (refused).
 
     Records are only ever appended: removing entries (a follower's
     conflicting tail, `clear`) appends a TRUNCATE record, and the file is
@@ -305,13 +316,15 @@ class LeanJournal(FileJournal):
         end, its checksum does not match, or its index does not follow. If
         nothing but zeros follows it, it is the end; else it is judged by
         `_bad_record`, as etcd's WAL repair: a torn tail (written after the
-        last sync: never acknowledged by this member) is cut with a warning;
-        damage with good records after it is data that was synced, and the
+        last sync: never acknowledged by this member; it lacks a sector, or
+        the file ends inside it) is cut with a warning; any other damage,
+        in the last record too, may be to data that was synced, and the
         journal is refused (`JournalCorrupt`)."""
         self._reset()
         size = self._file.size()
         offset = FIRST_RECORD
         problem = None
+        whole = False  # the bad record is whole, its checksum right (out of sequence)
         while True:
             if offset + _HEAD.size > size:
                 problem = "runs past the end of the file" if self._data_end(offset) > offset else None
@@ -326,11 +339,12 @@ class LeanJournal(FileJournal):
             length, idx, term, kind = record
             problem = self._take(offset, length, idx, term, kind)
             if problem:
+                whole = True
                 break
             offset += _padded(length)
         self._end = offset
         if problem:
-            self._bad_record(offset, problem, size)
+            self._bad_record(offset, problem, size, whole)
         if self._offsets:
             self._head = self._read(0)
         self.synced_index = self._indexes[-1] if self._indexes else 0
@@ -340,9 +354,9 @@ class LeanJournal(FileJournal):
         right at `offset`, and None; or None and what is wrong there."""
         if head is None:
             head = self._file.read(offset, _HEAD.size)
-        crc, length, idx, term, kind, zero = _HEAD.unpack(head)
-        if length < _HEAD.size or kind not in (ENTRY, TRUNCATE) or zero:
+        if not _is_head(head):
             return None, "has no record's head"
+        crc, length, idx, term, kind, zero = _HEAD.unpack(head)
         if offset + length > size:
             return None, "runs past the end of the file"
         command = self._file.read(offset + _HEAD.size, length - _HEAD.size)
@@ -415,12 +429,21 @@ class LeanJournal(FileJournal):
             pos += step
         return False
 
-    def _bad_record(self, offset: int, problem: str, size: int) -> None:
-        """The record at `offset` is not whole and right (`problem`). Cut the
-        journal there if that is what a power loss leaves: no good record
-        after it (it was the last one written), or it lost a sector (it was
-        never synced, so neither was anything written after it). Otherwise
-        what follows it was synced, and so was it: refuse."""
+    def _bad_record(self, offset: int, problem: str, size: int, whole: bool = False) -> None:
+        """The record at `offset` is not whole and right (`problem`; `whole`:
+        it is whole, its checksum right, but out of sequence). Cut the journal
+        there if that is what a power loss leaves, else refuse to start.
+
+        With good records after it, those were synced, and so was it, unless
+        it lost a sector (then it was never synced, and neither was anything
+        written after it): refused, or cut. With none after it, it is the last
+        record written, cut only if it is torn (`_torn`), as etcd's WAL
+        decoder cuts a record whose checksum fails only if it is a torn entry
+        or the file ends inside it: a last record with every sector present
+        that fails its checksum was damaged after it was written (bit rot, a
+        bad disk), maybe after it was synced and acknowledged by this member,
+        and cutting it would forget an entry the cluster counted as stored
+        here (what syncing before acknowledging exists to prevent)."""
         data_end = self._data_end(offset)
         after = self._next_good(offset + 8, data_end, size)
         where = (f"the record at byte {offset} (after index {self._indexes[-1]})"
@@ -430,12 +453,83 @@ class LeanJournal(FileJournal):
                 f"raft journal {self._path} is damaged before its end: {where} {problem}, and good records "
                 f"follow it from byte {after}. Those were synced, so this journal has lost entries this "
                 f"member may have acknowledged; it must not start from it. {RECOVER}")
+        if after is not None:
+            torn = "it lost whole sectors"
+        else:
+            torn, why_not = (None, "it is whole, its checksum right") if whole else self._torn(offset, size, data_end)
+            if torn is None:
+                raise JournalCorrupt(
+                    f"raft journal {self._path} is damaged at its end: {where} {problem}, and {why_not}: "
+                    f"not what a power loss leaves (a torn write lacks whole sectors, or the file ends inside "
+                    f"it), so it was damaged after it was written, maybe after this member synced and "
+                    f"acknowledged it; it must not start from it (etcd's WAL refuses such a record too). "
+                    f"{RECOVER}")
         log.warning("raft journal %s: %s %s, and %s; it was written after the last sync (a power loss or "
                     "crash tore it): cutting the journal there (%d bytes kept in %s.broken), as etcd repairs "
-                    "its WAL", self._path, where, problem,
-                    "no good record follows" if after is None else "lost whole sectors",
-                    data_end - offset, self._path)
+                    "its WAL", self._path, where, problem, torn, data_end - offset, self._path)
         self._cut(offset, data_end)
+
+    def _torn(self, offset: int, size: int, data_end: int) -> tuple:
+        """Whether the last record, at `offset`, bad, is what a power loss
+        leaves of a write not synced: (how it is torn, None), or (None, why
+        it is not). Torn: the file ends inside it, its head is zeros, or a
+        sector's part of it is all zeros (`_lost_sector`; this journal only
+        writes into zeros, and a disk writes a sector whole or not at all).
+        The sectors looked at are those its head claims, when the head is
+        one (a torn record's lost sectors lie after its last non-zero byte),
+        else those up to the last non-zero byte (and the whole head: one that
+        straddles a sector boundary may have lost its second part). A head
+        whose length alone is wrong (the record, with another length ending
+        where its data does, has its checksum right) is damage, not a tear."""
+        if offset + _HEAD.size > size:
+            return "the file ends inside its head", None
+        head = self._file.read(offset, _HEAD.size)
+        if not any(head):
+            return "its head is zeros (a sector never written)", None
+        if not _is_head(head):
+            if self._lost_sector(offset, max(data_end, offset + _HEAD.size)):
+                return "a sector of it is zeros (never written)", None
+            return None, "its head is not a record's, in sectors that were written"
+        stop = offset + _HEAD.unpack(head)[1]
+        if stop > size:
+            torn = "the file ends inside it"
+        elif self._lost_sector(offset, stop):
+            torn = "a sector of it is zeros (never written)"
+        else:
+            return None, "every sector of it is there"
+        length = self._length_that_fits(offset, head, data_end, size)
+        if length is not None:
+            return None, (f"its length field says {stop - offset} bytes, but with {length} its checksum is "
+                          f"right (the record is whole, its length damaged)")
+        return torn, None
+
+    def _lost_sector(self, start: int, stop: int) -> bool:
+        """Whether a sector's part of the bytes from `start` to `stop` (within
+        the file) is all zeros."""
+        data = self._file.read(start, stop - start)
+        pos = 0
+        while pos < len(data):
+            step = SECTOR - (start + pos) % SECTOR
+            if not any(data[pos:pos + step]):
+                return True
+            pos += step
+        return False
+
+    def _length_that_fits(self, offset: int, head: bytes, data_end: int, size: int) -> int | None:
+        """A length, other than its head's, with which the record at `offset`
+        ends where its data does (up to `LENGTH_SLACK` zero bytes later) and
+        has its checksum right, if there is one."""
+        crc, claimed = _HEAD.unpack_from(head)[:2]
+        low = max(_HEAD.size, data_end - offset)
+        high = min(low + LENGTH_SLACK, size - offset)
+        if high < low:
+            return None
+        data = self._file.read(offset + _HEAD.size, high - _HEAD.size)
+        for length in range(low, high + 1):
+            if length != claimed and zlib.crc32(data[:length - _HEAD.size],
+                                                zlib.crc32(_OFFSET.pack(length) + head[8:])) == crc:
+                return length
+        return None
 
     def _cut(self, offset: int, data_end: int) -> None:
         """Truncate the file at `offset` (synced), keeping what was cut in
