@@ -8,8 +8,9 @@ the priority of its snapshot child): see `node`. Files, one idea each:
 
 - ``node``: RaftNode (propose, leader, term, indexes), the replicated state, the process-wide setup
 - ``loop``: pysyncobj ticked by the asyncio event loop, which watches its sockets
-- ``journal``: the Raft log on a file written with pwrite(2), every record checksummed, only its
-  newest entries in memory
+- ``journal``: the Raft log on a file written with pwrite(2), only its newest entries in memory
+- ``journal_format``: the journal's records and their checksums; reading them at start, cutting a
+  torn tail and refusing damage to what was synced
 - ``durable``: what is synced, and when, so that a power loss keeps every acknowledged write
 - ``snapshot_file``: snapshots written as a plain pickle (pysyncobj gzips them) with a checksum,
   every kind read
