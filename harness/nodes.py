@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from harness.procs import DEFAULT_READY_TIMEOUT, REPO, Registry, ServerProcess
-from node import capable
+from node import capable, network
 from node.cri.client import CriClient
 from node.network.fabric import Fabric
 from node.plane import RealNode, RealNodes
@@ -250,7 +249,7 @@ class RuntimeNode:
     busybox, the runtime process (``start``/``stop``), and ``teardown`` removing all of it."""
 
     def __init__(self, base):
-        self.plane = f"kp{secrets.token_hex(2)}"
+        self.plane = network.new_prefix()
         self.fabric = Fabric(self.plane)
         self.fabric.create()
         self.net = self.fabric.add_node(0)

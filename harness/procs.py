@@ -49,17 +49,31 @@ _ports_lock = threading.Lock()
 _ports_handed_out: set[int] = set()
 
 
+def _worker_share() -> tuple[int, int]:
+    """(i, n) for pytest-xdist's worker ``gw<i>`` of n; (0, 1) outside xdist."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if worker.startswith("gw") and worker[2:].isdigit() and count > 1:
+        return int(worker[2:]) % count, count
+    return 0, 1
+
+
 def free_port() -> int:
     """A currently free TCP port on 127.0.0.1, never the same twice per process.
 
     (The OS could still give the port to someone else before the server binds it;
     remembering what we handed out at least avoids collisions between our own
-    members.)
+    members.) Under pytest-xdist, worker i of n takes only ports p with (p // 2) % n == i,
+    so two workers never hand out the same port either (p // 2: Linux hands even ports to
+    bind(0) and keeps odd ones for connect()).
     """
-    for _ in range(200):
+    share, shares = _worker_share()
+    for _ in range(200 * shares):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
+        if (port // 2) % shares != share:
+            continue
         with _ports_lock:
             if port not in _ports_handed_out:
                 _ports_handed_out.add(port)

@@ -90,7 +90,7 @@ def test_fragments_pings_and_the_closing_handshake():
     (websocket.encode_frame(websocket.TEXT, b"\xff\xfe", mask=True), websocket.INVALID_DATA),  # not UTF-8
     (websocket.encode_frame(websocket.CONT, b"x", mask=True), websocket.PROTOCOL_ERROR),      # nothing to continue
     (bytes([0x80 | 0x40 | websocket.BINARY, 0x80]) + b"\0\0\0\0", websocket.PROTOCOL_ERROR),  # RSV1
-])
+], ids=["unmasked", "over-max-frame", "not-utf8", "nothing-to-continue", "rsv1"])  # fixed: the masks are random
 def test_a_broken_peer_gets_the_rfcs_close_code(frame, code):
     async def run():
         server, ws, reader, writer = await _pair(max_frame=1000)

@@ -8,14 +8,13 @@ import json
 import os
 import signal
 import re
-import secrets
 import shutil
 import subprocess
 import time
 
 import pytest
 
-from node import capable
+from node import capable, network
 from node.pb import cri_pb2
 from node.runtime import cgroups, oci, runc
 from node.runtime.cleanup import cleanup
@@ -49,7 +48,7 @@ def busybox_rootfs(path) -> str:
 @pytest.fixture
 def node(tmp_path):
     need_runtime()
-    prefix = f"kp{secrets.token_hex(2)}-n0"
+    prefix = network.new_prefix() + "-n0"
     rootfs = busybox_rootfs(tmp_path / "rootfs")
     r = runc.Runc(f"/run/{prefix}")
     yield prefix, rootfs, r

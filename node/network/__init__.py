@@ -14,6 +14,7 @@ plane whose owner process is gone.
 
 from __future__ import annotations
 
+import os
 import secrets
 
 from . import owner
@@ -23,8 +24,26 @@ __all__ = ["NetworkError", "cleanup", "cleanup_pods", "sweep", "new_prefix", "pr
 
 
 def new_prefix() -> str:
-    """A fresh plane id: ``kp`` + 4 lowercase hex."""
-    return "kp" + secrets.token_hex(2)
+    """A fresh plane id: ``kp`` + 4 lowercase hex, none in use on this machine (no owner marker,
+    no namespace, no runc state under /run of that name), so that planes of test runs side by
+    side (pytest-xdist's workers) never share one."""
+    for _ in range(1000):
+        prefix = "kp" + secrets.token_hex(2)
+        if not _prefix_in_use(prefix):
+            return prefix
+    raise NetworkError("no free plane prefix among 1000 tries: remove leftovers with "
+                       "node.network.sweep() (or `ip netns list` / /run/kp*)")
+
+
+def _prefix_in_use(prefix: str) -> bool:
+    if os.path.exists(owner.marker_path(prefix)):
+        return True
+    if any(n == prefix or n.startswith(prefix + "-") for n in netns_names()):
+        return True
+    try:
+        return any(n == prefix or n.startswith(prefix + "-") for n in os.listdir(owner.RUN_DIR))
+    except FileNotFoundError:
+        return False
 
 
 def prefixed_netns(prefix: str) -> list[str]:
