@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from apiserver.errors import ApiError
 from harness.procs import DEFAULT_READY_TIMEOUT, REPO, Registry, ServerProcess
 from node import capable, network
 from node.cri.client import CriClient
@@ -225,6 +226,16 @@ def real_nodes(tmp_path, server: str, count: int = 1, kubelet_args: tuple[str, .
         problems = layout.teardown()
         if problems:
             raise RuntimeError(f"real nodes of {layout.prefix} left behind: {problems}")
+
+
+def running_pod(client, name: str, namespace: str):
+    """The pod if its first container is running now, else None (a get that fails: None)."""
+    try:
+        pod = client.get("pods", name, namespace)
+    except ApiError:
+        return None
+    cs = pod.status.container_statuses
+    return pod if cs and cs[0].state.HasField("running") else None
 
 
 def control_plane_flags(tmp_path) -> dict[str, str]:

@@ -23,10 +23,9 @@ import grpc
 import pytest
 
 from apiserver.auth import pki as pkis
-from apiserver.errors import ApiError
 from apiserver.pb import core_pb2, rbac_pb2
 from harness.etcd_client import wait_until as poll
-from harness.nodes import need_runtime, real_nodes
+from harness.nodes import need_runtime, real_nodes, running_pod
 from harness.plane import start_control_plane
 from harness.procs import Registry
 from node.pb import kubelet_pb2, kubelet_pb2_grpc
@@ -43,14 +42,6 @@ BOB, DAVE = "bob-token-0123456789", "dave-token-0123456789"
 def wait_until(check, what: str):
     return poll(check, TIMEOUT, what=what)
 
-
-def _running(admin, name):
-    try:
-        pod = admin.get("pods", name, NS)
-    except ApiError:
-        return None
-    cs = pod.status.container_statuses
-    return pod if cs and cs[0].state.HasField("running") else None
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +86,7 @@ def plane(tmp_path_factory):
             pod.spec.containers.add(name="c", image="busybox",
                                     command=["sh", "-c", "echo hello from talker; sleep 3600"])
             admin.create(pod)
-            wait_until(lambda: _running(admin, "talker"), "the pod running")
+            wait_until(lambda: running_pod(admin, "talker", NS), "the pod running")
             port = admin.get("nodes", node.name, "").status.daemon_endpoints.kubelet_endpoint.port
             wait_until(lambda: admin_logs(api, pki, port, node.name), "the pod's first line in its log")
             yield api, pki, admin, node, port, tmp

@@ -13,11 +13,10 @@ from cryptography import x509
 
 from apiserver.auth import bootstrap as tokens
 from apiserver.auth import pki as pkis
-from apiserver.errors import ApiError
 from apiserver.pb import core_pb2
 from apiserver.rest import kubeconfig as kubeconfigs
 from harness.etcd_client import wait_until as poll
-from harness.nodes import need_runtime, real_nodes
+from harness.nodes import need_runtime, real_nodes, running_pod
 from harness.plane import start_control_plane
 from harness.procs import Registry
 
@@ -26,14 +25,6 @@ pytestmark = pytest.mark.process
 NS = "tls-bootstrap-real"
 TIMEOUT = 60.0
 
-
-def _running(admin, name):
-    try:
-        pod = admin.get("pods", name, NS)
-    except ApiError:
-        return None
-    cs = pod.status.container_statuses
-    return pod if cs and cs[0].state.HasField("running") else None
 
 
 def test_a_real_kubelet_bootstraps_and_runs_a_pod_with_its_secret(tmp_path):
@@ -70,7 +61,7 @@ def test_a_real_kubelet_bootstraps_and_runs_a_pod_with_its_secret(tmp_path):
                 pod.spec.containers[0].volume_mounts.add(name="s", mount_path="/s")
                 pod.spec.volumes.add(name="s").secret.secret_name = "mine"
                 admin.create(pod)
-                poll(lambda: _running(admin, "reader"), TIMEOUT, what="the pod mounting its Secret running")
+                poll(lambda: running_pod(admin, "reader", NS), TIMEOUT, what="the pod mounting its Secret running")
                 admin.delete("pods", "reader", NS, grace_period_seconds=0)
     finally:
         reg.cleanup()
