@@ -234,6 +234,8 @@ def _age(stamp: str, now: datetime.datetime) -> float:
 
 
 class CSRCleanerController(Controller):
+    """No work queue: a sweep every ``period`` (upstream's cleaner polls hourly too)."""
+
     name = "csrcleaner"
 
     def __init__(self, client, informers, *, period: float = 3600.0) -> None:
@@ -242,11 +244,7 @@ class CSRCleanerController(Controller):
         self.csrs = informers.informer("certificatesigningrequests")
         super().__init__([self.csrs], 1)
 
-    def sync(self, key) -> None:
-        pass
-
     def _start_threads(self) -> None:
-        super()._start_threads()
         self.every(self.period, self.sweep)
 
     def sweep(self) -> None:
