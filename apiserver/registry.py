@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from apiserver import defaults, errors, fieldmanager, manifest, resources, validation
+from apiserver.auth.noderestriction import MIRROR_ANNOTATION
 from apiserver.errors import ApiError
 from apiserver.fieldmanager import Manager
 from apiserver.limits import check_request_size
@@ -267,7 +268,10 @@ class Registry:
         allocating = res is SERVICES and self.allocator is not None
         if allocating:
             self.allocator.prepare_create(msg)
-        if res is PODS and self.options.service_account_tokens:
+        restriction, user = _node_restriction()
+        if restriction is not None:
+            restriction.admit_create(user, res.name, msg)
+        if res is PODS and self.options.service_account_tokens and not _is_mirror(msg):
             await self._admit_service_account(msg)
         if res is CSRS:
             _csr_requester(msg)
@@ -413,6 +417,10 @@ class Registry:
             if res is SERVICES and self.allocator is not None:
                 self.allocator.prepare_update(new, current)
             validation.validate_update(res, new, current)
+        restriction, user = _node_restriction()
+        if restriction is not None:
+            restriction.admit_update(user, res.name, ("approval" if approval else "status") if status else "",
+                                     new, current)
         meta.resource_version = cur.resource_version
         meta.deletion_timestamp = cur.deletion_timestamp
         if cur.HasField("deletion_grace_period_seconds"):
@@ -581,6 +589,22 @@ class Registry:
         # the uid and resourceVersion preconditions are checked against what
         # was read; the write itself is a CAS on that read
         return await self._guaranteed_update(res, namespace, name, update, dry_run=dry_run)
+
+
+def _node_restriction():
+    """(the gate's NodeRestriction, the requester) while serving a request through a gate
+    that has one, else (None, None)."""
+    from apiserver.auth.gate import GATE, REQUESTER
+
+    gate, user = GATE.get(), REQUESTER.get()
+    if gate is None or user is None or gate.restriction is None:
+        return None, None
+    return gate.restriction, user
+
+
+def _is_mirror(pod) -> bool:
+    """A kubelet's static pod as the API shows it: upstream's ServiceAccount admission leaves it be."""
+    return MIRROR_ANNOTATION in pod.metadata.annotations
 
 
 # ---- CertificateSigningRequests -------------------------------------------
