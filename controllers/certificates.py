@@ -195,15 +195,19 @@ class CSRSigningController(Controller):
 
     def sign(self, req: x509.CertificateSigningRequest, usages: list[str], expiration_seconds: int | None) -> bytes:
         """The PEM certificate for ``req`` (subject and public key as asked), valid from 5 minutes
-        ago (clock skew) for the duration, never beyond the CA's own end."""
+        ago (clock skew; half the duration when that is under 10 minutes) for the duration, never
+        beyond the CA's own end."""
         now = datetime.datetime.now(datetime.timezone.utc)
         seconds = self.duration if expiration_seconds is None else min(self.duration, float(expiration_seconds))
         not_after = min(now + datetime.timedelta(seconds=seconds), self.ca_cert.not_valid_after_utc)
+        # the API asks for 600 s at least, twice the backdate; a shorter --cluster-signing-duration
+        # (tests of rotation) backdates by half of it, so the lifetime stays mostly ahead
+        backdate = min(BACKDATE, datetime.timedelta(seconds=seconds / 2))
         ext = [oid for usage, oid in (("client auth", ExtendedKeyUsageOID.CLIENT_AUTH),
                                       ("server auth", ExtendedKeyUsageOID.SERVER_AUTH)) if usage in usages]
         builder = (x509.CertificateBuilder().subject_name(req.subject).issuer_name(self.ca_cert.subject)
                    .public_key(req.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(max(now - BACKDATE, self.ca_cert.not_valid_before_utc)).not_valid_after(not_after)
+                   .not_valid_before(max(now - backdate, self.ca_cert.not_valid_before_utc)).not_valid_after(not_after)
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                    .add_extension(x509.KeyUsage(digital_signature="digital signature" in usages,
                                                 key_encipherment="key encipherment" in usages,

@@ -508,6 +508,21 @@ def add_bootstrap_flags(p: argparse.ArgumentParser) -> None:
                    help="where the bootstrapped certificate and key go (default: <root-dir>/pki)")
     p.add_argument("--bootstrap-timeout", type=float, default=300.0,
                    help="seconds to wait for the CertificateSigningRequest to be signed")
+    p.add_argument("--rotate-certificates", default="true", choices=["true", "false"],
+                   help="with --bootstrap-kubeconfig: renew the client certificate by a new "
+                        "CertificateSigningRequest once 70-90%% of its lifetime has passed "
+                        "(the kubelet config's rotateCertificates, as kubeadm sets it)")
+
+
+def start_rotation(args, node_name: str, kubeconfig: str, cert_dir: str, on_rotated, stop):
+    """The client-certificate rotation thread when the flags ask for it, else None."""
+    if not args.bootstrap_kubeconfig or args.rotate_certificates != "true":
+        return None
+    from node.kubelet import certrotation
+
+    rotation = certrotation.ClientCertificateRotation(node_name, kubeconfig, cert_dir, on_rotated=on_rotated,
+                                                      timeout=args.bootstrap_timeout)
+    return certrotation.start([rotation], stop)
 
 
 def kubelet_credentials(args, node_name: str, cert_dir: str) -> str:
@@ -550,7 +565,7 @@ def server_auth_from(args, node_name: str, server: str):
     webhook = args.authorization_mode == "Webhook"
     if not (tls or webhook or args.authentication_token_webhook):
         return None, None
-    reviews = ApiReviews(credentials_for(server)) if webhook or args.authentication_token_webhook else None
+    reviews = ApiReviews(lambda: credentials_for(server)) if webhook or args.authentication_token_webhook else None
     return tls, KubeletAuth(node_name, reviews, token_webhook=args.authentication_token_webhook,
                             webhook_authz=webhook, anonymous=args.anonymous_auth == "true")
 
@@ -575,8 +590,9 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     from node.kubelet.bootstrap import BootstrapError
+    cert_dir = args.cert_dir or os.path.join(args.root, "pki")
     try:
-        kubeconfig = kubelet_credentials(args, args.node_name, args.cert_dir or os.path.join(args.root, "pki"))
+        kubeconfig = kubelet_credentials(args, args.node_name, cert_dir)
     except BootstrapError as e:
         log.error("TLS bootstrap of %s: %s", args.node_name, e)
         return 1
@@ -605,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 args.resolv_conf),
                               register_taints=[(UNINITIALIZED_TAINT, "true", "NoSchedule")]
                               if args.cloud_provider == "external" else []).start()
+        start_rotation(args, args.node_name, kubeconfig, cert_dir, [client.reload_credentials], stop)
         if kubelet.wait_synced(60):
             kubelet.adopt_or_clean()
         log.info("kubelet of %s on %s (%s) serving", args.node_name, args.runtime, kubelet.runtime_name)
