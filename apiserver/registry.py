@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from apiserver import defaults, errors, fieldmanager, manifest, resources, validation
+from apiserver.auth.node import references
 from apiserver.auth.noderestriction import MIRROR_ANNOTATION
 from apiserver.errors import ApiError
 from apiserver.fieldmanager import Manager
@@ -271,8 +272,11 @@ class Registry:
         restriction, user = _node_restriction()
         if restriction is not None:
             restriction.admit_create(user, res.name, msg)
-        if res is PODS and self.options.service_account_tokens and not _is_mirror(msg):
-            await self._admit_service_account(msg)
+        if res is PODS and self.options.service_account_tokens:
+            if _is_mirror(msg):
+                _check_mirror_pod(msg)
+            else:
+                await self._admit_service_account(msg)
         if res is CSRS:
             _csr_requester(msg)
         validation.validate_create(res, msg)
@@ -605,6 +609,19 @@ def _node_restriction():
 def _is_mirror(pod) -> bool:
     """A kubelet's static pod as the API shows it: upstream's ServiceAccount admission leaves it be."""
     return MIRROR_ANNOTATION in pod.metadata.annotations
+
+
+def _check_mirror_pod(pod) -> None:
+    """upstream's ServiceAccount admission on a mirror pod: it gets no account nor token, and
+    may name none, nor Secrets (whoever creates it)."""
+    name = pod.metadata.name
+    if pod.spec.service_account_name:
+        raise errors.forbidden("pods", name, "a mirror pod may not reference service accounts")
+    if any(kind == "secrets" for kind, _ in references(pod)):
+        raise errors.forbidden("pods", name, "a mirror pod may not reference secrets")
+    if any(src.HasField("service_account_token") for v in pod.spec.volumes if v.HasField("projected")
+           for src in v.projected.sources):
+        raise errors.forbidden("pods", name, "a mirror pod may not use ServiceAccountToken volume projections")
 
 
 # ---- CertificateSigningRequests -------------------------------------------

@@ -316,3 +316,17 @@ def test_a_node_asks_certificates_only_in_its_own_name(plane):
             'with CN=system:node:n1')
     assert not _exists(plane.admin, "certificatesigningrequests", "steal-n2")
     assert plane.n1.create(_csr("renew-n1", "system:node:n1")).spec.username == "system:node:n1"
+
+
+@pytest.mark.parametrize("changes,why", [
+    ({"spec__serviceAccountName": "default"}, "a mirror pod may not reference service accounts"),
+    ({"spec__volumes": [{"name": "v", "secret": {"secretName": "s"}}]}, "a mirror pod may not reference secrets"),
+    ({"spec__volumes": [{"name": "v", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}}]},
+     "a mirror pod may not use ServiceAccountToken volume projections"),
+], ids=["serviceaccount", "secret", "token-projection"])
+def test_no_one_creates_a_mirror_pod_with_an_account_or_secrets(plane, changes, why):
+    """upstream's ServiceAccount admission, for the admin too: a mirror pod gets no token."""
+    name = f"admin-static-{len(why)}"
+    refused(lambda: plane.admin.create(manifest.from_dict(mirror_pod(plane, name, **changes))),
+            f'pods "{name}" is forbidden: {why}')
+    assert not _exists(plane.admin, "pods", name, NS)
