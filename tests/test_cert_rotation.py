@@ -24,7 +24,6 @@ from cryptography.x509.oid import NameOID
 from apiserver.auth import bootstrap as tokens
 from apiserver.auth import pki as pkis
 from apiserver.rest import kubeconfig as kubeconfigs
-from controllers.certificates import CSRSigningController
 from harness.etcd_client import wait_until as poll
 from harness.plane import Component, start_control_plane
 from harness.procs import Registry
@@ -132,32 +131,16 @@ def test_the_kubelet_renews_before_expiry_and_goes_on_after_it(plane):
     assert _ready(admin)
 
 
-def _self_signed(cn: str, start: datetime.datetime, seconds: float, *, ca: bool = False):
+def _self_signed(cn: str, start: datetime.datetime, seconds: float):
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-               .serial_number(1).not_valid_before(start).not_valid_after(start + datetime.timedelta(seconds=seconds)))
-    if ca:
-        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-    return builder.sign(key, hashes.SHA256()), key
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(start).not_valid_after(start + datetime.timedelta(seconds=seconds))
+            .sign(key, hashes.SHA256()))
 
 
 def test_the_rotation_deadline_is_70_to_90_percent_of_the_lifetime():
     start = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
-    cert, _ = _self_signed("system:node:x", start, 1000)
+    cert = _self_signed("system:node:x", start, 1000)
     assert rotation_deadline(cert, 0.7) == start.timestamp() + 700
     assert rotation_deadline(cert, 0.9) == start.timestamp() + 900
-
-
-def test_the_signer_backdates_short_certificates_by_half_their_duration():
-    """Under the API's 600 s minimum (a test's --cluster-signing-duration) the backdate is half
-    the duration; from 600 s on, upstream's 5 minutes."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca, ca_key = _self_signed("ca", now - datetime.timedelta(days=1), 2 * 86400, ca=True)
-    req = x509.load_pem_x509_csr(bootstrap.request_pem(ec.generate_private_key(ec.SECP256R1()), "n"))
-    for duration, backdate in ((20, 10), (600, 300), (3600, 300)):
-        signer = CSRSigningController.__new__(CSRSigningController)  # sign() needs no informer
-        signer.ca_cert, signer.ca_key, signer.duration = ca, ca_key, duration
-        cert = x509.load_pem_x509_certificate(signer.sign(req, ["digital signature", "client auth"], None))
-        lifetime = (cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds()
-        assert lifetime == pytest.approx(duration + backdate, abs=2)

@@ -123,10 +123,14 @@ def load(path: str) -> Credentials:
     if not token and user.get("tokenFile"):
         with open(user["tokenFile"]) as f:
             token = f.read().strip()
+    cert = _data(user, "client-certificate", base)
+    # one file for both (a kubelet's kubelet-client-current.pem) is read once: a link moved
+    # between two reads would pair one certificate with another's key
+    same = user.get("client-certificate") and user.get("client-certificate") == user.get("client-key")
+    key = cert if same else _data(user, "client-key", base)
     return Credentials(cluster["server"], f"{url.hostname}:{port}", tls,
                        ca=_data(cluster, "certificate-authority", base),
-                       cert=pem_blocks(_data(user, "client-certificate", base), False),
-                       key=pem_blocks(_data(user, "client-key", base), True), token=token)
+                       cert=pem_blocks(cert, False), key=pem_blocks(key, True), token=token)
 
 
 def ssl_context(creds: Credentials, *, check_hostname: bool = True) -> ssl.SSLContext:

@@ -68,8 +68,9 @@ def usable(kubeconfig: str, node_name: str, *, margin: float = 60.0) -> bool:
         cert.not_valid_after_utc > now + datetime.timedelta(seconds=margin)
 
 
-def _pending_key(cert_dir: str):
-    path = os.path.join(cert_dir, PENDING_KEY)
+def pending_key(cert_dir: str, file: str = PENDING_KEY):
+    """The key waiting for its certificate, made (and kept, so a restart asks again with it) if none."""
+    path = os.path.join(cert_dir, file)
     try:
         with open(path, "rb") as f:
             return serialization.load_pem_private_key(f.read(), None)
@@ -144,9 +145,10 @@ def bootstrap(node_name: str, kubeconfig: str, bootstrap_kubeconfig: str, cert_d
     except (OSError, ValueError, yaml.YAMLError) as e:
         raise BootstrapError(f"cannot read --bootstrap-kubeconfig {bootstrap_kubeconfig}: {e}") from None
     os.makedirs(cert_dir, mode=0o700, exist_ok=True)
-    key = _pending_key(cert_dir)
+    key = pending_key(cert_dir)
     with Client(boot.address, kubeconfig=bootstrap_kubeconfig, timeout=10.0) as client:
-        cert = request_certificate(client, key, node_name, time.monotonic() + timeout, timeout)
+        cert = request_certificate(client, client_csr(key, node_name), node_name, time.monotonic() + timeout,
+                                   timeout)
     pem_path = store(cert_dir, cert, key)
     write_kubeconfig(kubeconfig, boot.server, boot.ca, cert_dir)
     os.unlink(os.path.join(cert_dir, PENDING_KEY))
@@ -154,16 +156,21 @@ def bootstrap(node_name: str, kubeconfig: str, bootstrap_kubeconfig: str, cert_d
     return kubeconfig
 
 
-def request_certificate(client, key, node_name: str, deadline: float, timeout: float) -> bytes:
-    """Asks with ``client``'s credentials (a bootstrap token, or the node's current
-    certificate when renewing) for a client certificate of ``key``; waits until it is signed
-    (until ``deadline``, monotonic) and returns its PEM; raises BootstrapError."""
-    name = csr_name(key, node_name)
+def client_csr(key, node_name: str) -> certificates_pb2.CertificateSigningRequest:
+    """The CertificateSigningRequest for a client certificate of node ``node_name`` with ``key``."""
     csr = certificates_pb2.CertificateSigningRequest()
-    csr.metadata.name = name
+    csr.metadata.name = csr_name(key, node_name)
     csr.spec.request = request_pem(key, node_name)
     csr.spec.signer_name = SIGNER
     csr.spec.usages.extend(USAGES)
+    return csr
+
+
+def request_certificate(client, csr, node_name: str, deadline: float, timeout: float) -> bytes:
+    """Asks with ``client``'s credentials (a bootstrap token, or the node's current
+    certificate when renewing) for the certificate ``csr`` asks; waits until it is signed
+    (until ``deadline``, monotonic) and returns its PEM; raises BootstrapError."""
+    name = csr.metadata.name
     _create(client, csr, node_name, deadline)
     while True:
         try:
@@ -185,16 +192,16 @@ def request_certificate(client, key, node_name: str, deadline: float, timeout: f
         time.sleep(POLL)
 
 
-def store(cert_dir: str, cert: bytes, key) -> str:
-    """Writes ``cert`` and ``key`` to <cert-dir>/kubelet-client-<time>.pem and moves the
-    kubelet-client-current.pem link to it, each in one rename (a reader sees the old pair or
+def store(cert_dir: str, cert: bytes, key, kind: str = "client") -> str:
+    """Writes ``cert`` and ``key`` to <cert-dir>/kubelet-<kind>-<time>.pem and moves the
+    kubelet-<kind>-current.pem link to it, each in one rename (a reader sees the old pair or
     the new one, never half); returns the new file's path."""
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H-%M-%S")
-    pem_path = os.path.join(cert_dir, f"kubelet-client-{stamp}.pem")
+    pem_path = os.path.join(cert_dir, f"kubelet-{kind}-{stamp}.pem")
     _write(pem_path, cert + key_pem)
-    current = os.path.join(cert_dir, CURRENT)
+    current = os.path.join(cert_dir, f"kubelet-{kind}-current.pem")
     link = f"{current}.new"
     if os.path.lexists(link):
         os.unlink(link)

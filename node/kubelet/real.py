@@ -548,20 +548,31 @@ def add_server_auth_flags(p: argparse.ArgumentParser) -> None:
                    help="Webhook: every request is a SubjectAccessReview at the apiserver (nodes/proxy, ...)")
     p.add_argument("--anonymous-auth", default="true", choices=["true", "false"],
                    help="requests without credentials are system:anonymous (else 401)")
+    p.add_argument("--rotate-server-certificates", action="store_true",
+                   help="without --tls-cert-file: ask for the API's serving certificate by a "
+                        "CertificateSigningRequest (signer kubernetes.io/kubelet-serving, approved by an "
+                        "administrator) and renew it (the kubelet config's serverTLSBootstrap)")
 
 
-def server_auth_from(args, node_name: str, server: str):
-    """(ssl context or None, KubeletAuth or None) for the flags; ValueError/OSError when
-    they do not go together or a file cannot be read."""
+def server_auth_from(args, node_name: str, server: str, serving=None):
+    """(ssl context or None, KubeletAuth or None) for the flags (``serving``: the
+    ServingCertificate of --rotate-server-certificates); ValueError/OSError when they do not
+    go together or a file cannot be read."""
     from apiserver.client import credentials_for
     from node.kubelet.auth import ApiReviews, KubeletAuth, server_ssl_context
 
     if bool(args.tls_cert_file) != bool(args.tls_private_key_file):
         raise ValueError("--tls-cert-file and --tls-private-key-file go together")
-    if args.client_ca_file and not args.tls_cert_file:
-        raise ValueError("--client-ca-file needs TLS (--tls-cert-file and --tls-private-key-file)")
-    tls = server_ssl_context(args.tls_cert_file, args.tls_private_key_file, args.client_ca_file) \
-        if args.tls_cert_file else None
+    if args.tls_cert_file and serving is not None:
+        raise ValueError("--rotate-server-certificates asks for the certificate --tls-cert-file gives: one of them")
+    if args.client_ca_file and not (args.tls_cert_file or serving):
+        raise ValueError("--client-ca-file needs TLS (--tls-cert-file and --tls-private-key-file, or "
+                         "--rotate-server-certificates)")
+    if serving is not None:
+        tls = serving.context()
+    else:
+        tls = server_ssl_context(args.tls_cert_file, args.tls_private_key_file, args.client_ca_file) \
+            if args.tls_cert_file else None
     webhook = args.authorization_mode == "Webhook"
     if not (tls or webhook or args.authentication_token_webhook):
         return None, None
@@ -599,8 +610,14 @@ def main(argv: list[str] | None = None) -> int:
     if kubeconfig:
         # every client of this kubelet (pods' ServiceAccount tokens, the reviews) uses it
         os.environ["KUBECONFIG"] = kubeconfig
+    serving = None
+    if args.rotate_server_certificates:
+        from node.kubelet.servingcert import ServingCertificate
+
+        serving = ServingCertificate(args.node_name, cert_dir, [args.node_ip, args.address],
+                                     client_ca_file=args.client_ca_file, timeout=args.bootstrap_timeout)
     try:
-        server_tls, server_auth = server_auth_from(args, args.node_name, args.server)
+        server_tls, server_auth = server_auth_from(args, args.node_name, args.server, serving)
     except (OSError, ValueError, ssl.SSLError) as e:
         log.error("cannot set up the kubelet API's TLS or authentication: %s", e)
         return 2
@@ -622,6 +639,10 @@ def main(argv: list[str] | None = None) -> int:
                               register_taints=[(UNINITIALIZED_TAINT, "true", "NoSchedule")]
                               if args.cloud_provider == "external" else []).start()
         start_rotation(args, args.node_name, kubeconfig, cert_dir, [client.reload_credentials], stop)
+        if serving is not None:
+            from node.kubelet import certrotation
+
+            certrotation.start([serving], stop)
         if kubelet.wait_synced(60):
             kubelet.adopt_or_clean()
         log.info("kubelet of %s on %s (%s) serving", args.node_name, args.runtime, kubelet.runtime_name)
