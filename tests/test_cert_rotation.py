@@ -29,19 +29,12 @@ from harness.plane import Component, start_control_plane
 from harness.procs import Registry
 from node.kubelet import bootstrap
 from node.kubelet.certrotation import rotation_deadline
+from tests.test_tls_bootstrap import _ready
 
 pytestmark = pytest.mark.process
 
 NODE = "rot-0"
 DURATION = 20
-
-
-def _ready(admin) -> bool:
-    try:
-        node = admin.get("nodes", NODE, "")
-    except Exception:  # noqa: BLE001 - not registered yet
-        return False
-    return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +54,7 @@ def plane(tmp_path_factory):
                   bootstrap_kubeconfig=boot, cert_dir=str(certs), bootstrap_timeout=30, heartbeat_interval=1,
                   log_level="info").start()
         with contextlib.closing(admin):
-            poll(lambda: _ready(admin), 30, what="the hollow node bootstrapped and Ready")
+            poll(lambda: _ready(admin, NODE), 30, what="the hollow node bootstrapped and Ready")
             yield admin, pki, certs / NODE
     finally:
         reg.cleanup()
@@ -128,7 +121,7 @@ def test_the_kubelet_renews_before_expiry_and_goes_on_after_it(plane):
         return stamp.replace(tzinfo=datetime.timezone.utc) > after
 
     poll(renewed_since, 10, what="a lease renewal after the first certificate expired")
-    assert _ready(admin)
+    assert _ready(admin, NODE)
 
 
 def _self_signed(cn: str, start: datetime.datetime, seconds: float):

@@ -15,16 +15,14 @@ import ssl
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from apiserver.auth import pki as pkis
-from apiserver.pb import certificates_pb2
 from harness.etcd_client import wait_until as poll
 from harness.nodes import need_runtime, real_nodes
 from harness.plane import start_control_plane
 from harness.procs import Registry
+from node.kubelet.bootstrap import client_csr
 
 pytestmark = pytest.mark.process
 
@@ -53,19 +51,6 @@ def _approved(admin, name: str) -> bool:
     return any(c.type == "Approved" for c in admin.get("certificatesigningrequests", name, "").status.conditions)
 
 
-def _client_csr(name: str, cn: str) -> certificates_pb2.CertificateSigningRequest:
-    key = ec.generate_private_key(ec.SECP256R1())
-    req = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
-        x509.NameAttribute(NameOID.COMMON_NAME, cn)])).sign(key, hashes.SHA256())
-    csr = certificates_pb2.CertificateSigningRequest()
-    csr.metadata.name = name
-    csr.spec.request = req.public_bytes(serialization.Encoding.PEM)
-    csr.spec.signer_name = "kubernetes.io/kube-apiserver-client-kubelet"
-    csr.spec.usages.extend(["digital signature", "client auth"])
-    return csr
-
-
 def test_the_serving_certificate_waits_for_an_administrator_then_serves(tmp_path):
     need_runtime()
     reg = Registry()
@@ -82,8 +67,8 @@ def test_the_serving_certificate_waits_for_an_administrator_then_serves(tmp_path
             [csr] = poll(lambda: _serving_csrs(admin, node.name), TIMEOUT, what="the kubelet's serving CSR")
             assert list(csr.spec.usages) == ["digital signature", "server auth"]
             # csrapproving has seen it once it approved a request made after it: left pending
-            admin.create(_client_csr("later", "system:node:someone"))
-            poll(lambda: _approved(admin, "later"), TIMEOUT, what="csrapproving to approve a later request")
+            later = admin.create(client_csr(ec.generate_private_key(ec.SECP256R1()), "someone")).metadata.name
+            poll(lambda: _approved(admin, later), TIMEOUT, what="csrapproving to approve a later request")
             assert not admin.get("certificatesigningrequests", csr.metadata.name, "").status.conditions
             port = poll(lambda: admin.get("nodes", node.name, "").status.daemon_endpoints.kubelet_endpoint.port,
                         TIMEOUT, what="the kubelet's port")

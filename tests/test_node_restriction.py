@@ -7,17 +7,15 @@ Every refusal is 403 Forbidden with upstream's message, and wrote nothing.
 from __future__ import annotations
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from harness.plane import start_control_plane
 from harness.procs import Registry
 
 from apiserver import manifest
 from apiserver.auth import pki as pkis
 from apiserver.errors import ApiError
-from apiserver.pb import certificates_pb2, coordination_pb2, core_pb2, rbac_pb2
+from apiserver.pb import coordination_pb2, core_pb2, rbac_pb2
+from node.kubelet.bootstrap import client_csr
 from tests.test_apiserver_security import Plane, forbidden_status, wait_until
 
 pytestmark = pytest.mark.process
@@ -297,25 +295,18 @@ def test_a_node_gets_tokens_only_for_its_own_pods(plane):
 
 # ---- CertificateSigningRequests ----
 
-def _csr(name: str, cn: str) -> certificates_pb2.CertificateSigningRequest:
-    key = ec.generate_private_key(ec.SECP256R1())
-    req = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
-        x509.NameAttribute(NameOID.COMMON_NAME, cn)])).sign(key, hashes.SHA256())
-    csr = certificates_pb2.CertificateSigningRequest()
+def _csr(name: str, node: str):
+    csr = client_csr(ec.generate_private_key(ec.SECP256R1()), node)
     csr.metadata.name = name
-    csr.spec.request = req.public_bytes(serialization.Encoding.PEM)
-    csr.spec.signer_name = "kubernetes.io/kube-apiserver-client-kubelet"
-    csr.spec.usages.extend(["digital signature", "client auth"])
     return csr
 
 
 def test_a_node_asks_certificates_only_in_its_own_name(plane):
-    refused(lambda: plane.n1.create(_csr("steal-n2", "system:node:n2")),
+    refused(lambda: plane.n1.create(_csr("steal-n2", "n2")),
             'certificatesigningrequests.certificates.k8s.io "steal-n2" is forbidden: can only create a node CSR '
             'with CN=system:node:n1')
     assert not _exists(plane.admin, "certificatesigningrequests", "steal-n2")
-    assert plane.n1.create(_csr("renew-n1", "system:node:n1")).spec.username == "system:node:n1"
+    assert plane.n1.create(_csr("renew-n1", "n1")).spec.username == "system:node:n1"
 
 
 @pytest.mark.parametrize("changes,why", [

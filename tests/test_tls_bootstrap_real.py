@@ -23,6 +23,7 @@ from harness.etcd_client import wait_until as poll
 from harness.nodes import need_runtime, real_nodes, running_pod
 from harness.plane import start_control_plane
 from harness.procs import Registry
+from tests.test_tls_bootstrap import _ready
 
 pytestmark = pytest.mark.process
 
@@ -53,13 +54,6 @@ def bootstrapped_node(tmp_path, **controller_manager_flags):
                 yield admin, pki, token, node, conf, certs
     finally:
         reg.cleanup()
-
-
-def _ready(admin, name: str) -> bool:
-    try:
-        return any(c.type == "Ready" and c.status == "True" for c in admin.get("nodes", name, "").status.conditions)
-    except Exception:  # noqa: BLE001 - not registered yet
-        return False
 
 
 def run_pod_with_secret(admin, name: str) -> None:
