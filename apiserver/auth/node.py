@@ -2,9 +2,10 @@
 as system:node:<name> in group system:nodes, may get a Secret, ConfigMap or
 PersistentVolumeClaim (and update a claim's status) only when a pod bound to its
 node uses it (a volume, an env or envFrom source, an image pull secret), and may
-not list or watch them at all. Everything else it asks is left to RBAC (the system:node role, which
-grants none of these three). Upstream keeps a graph of pods, nodes and what
-they use; here the apiserver's pod cache is searched, in the one namespace."""
+not list or watch them at all. Everything else it asks is left to RBAC (the
+system:node role, which grants none of these three) and to NodeRestriction
+(noderestriction.py). Upstream keeps a graph of pods, nodes and what they use;
+here the apiserver's pod cache is searched, in the one namespace."""
 
 from __future__ import annotations
 
