@@ -321,3 +321,11 @@ def test_no_one_creates_a_mirror_pod_with_an_account_or_secrets(plane, changes, 
     refused(lambda: plane.admin.create(manifest.from_dict(mirror_pod(plane, name, **changes))),
             f'pods "{name}" is forbidden: {why}')
     assert not _exists(plane.admin, "pods", name, NS)
+
+
+def test_a_node_identity_without_a_name_writes_nothing(plane):
+    plane.pki.clients["nameless"] = plane.pki.ca.issue("nameless", "system:node:", ("system:nodes",))
+    with plane.api.client("nameless") as nameless:
+        refused(lambda: nameless.create(_lease("x", "kube-node-lease")),
+                'leases.coordination.k8s.io is forbidden: could not determine node from user "system:node:"')
+    assert not _exists(plane.admin, "leases", "x", "kube-node-lease")

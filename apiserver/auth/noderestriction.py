@@ -29,7 +29,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from apiserver import errors
-from apiserver.auth.node import NODE_LEASES, node_of, references
+from apiserver.auth.node import NODE_LEASES, NODE_PREFIX, NODES_GROUP, node_of, references
 from apiserver.auth.rbac import Attributes
 
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
@@ -79,8 +79,13 @@ class NodeRestriction:
 
     def check(self, a: Attributes) -> None:
         """Refuses (ApiError Forbidden) what the attributes alone tell is not the node's."""
+        if not a.resource_request or a.verb not in WRITES:
+            return
         node = node_of(a.user)
-        if node is None or not a.resource_request or a.verb not in WRITES:
+        if node is None:
+            if NODES_GROUP in a.user.groups and a.user.name == NODE_PREFIX:
+                what = f"{a.resource}.{a.api_group}" if a.api_group else a.resource
+                raise errors.forbidden(what, a.name, f'could not determine node from user "{a.user.name}"')
             return
         if a.api_group == "coordination.k8s.io" and a.resource == "leases":
             self._check_lease(node, a)
