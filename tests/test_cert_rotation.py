@@ -28,7 +28,7 @@ from harness.etcd_client import wait_until as poll
 from harness.plane import Component, start_control_plane
 from harness.procs import Registry
 from node.kubelet import bootstrap
-from node.kubelet.certrotation import rotation_deadline
+from node.kubelet.certrotation import ClientCertificateRotation, rotation_deadline
 from tests.test_tls_bootstrap import _ready
 
 pytestmark = pytest.mark.process
@@ -137,3 +137,20 @@ def test_the_rotation_deadline_is_70_to_90_percent_of_the_lifetime():
     cert = _self_signed("system:node:x", start, 1000)
     assert rotation_deadline(cert, 0.7) == start.timestamp() + 700
     assert rotation_deadline(cert, 0.9) == start.timestamp() + 900
+
+
+def test_a_kubeconfig_with_the_pair_embedded_is_made_to_name_the_link(tmp_path):
+    """A kubelet.conf written before rotation (certificate and key embedded) would never see
+    the renewed pair: the first renewal rewrites it to name kubelet-client-current.pem."""
+    start = datetime.datetime.now(datetime.timezone.utc)
+    old = _self_signed("system:node:x", start, 1000)
+    key = ec.generate_private_key(ec.SECP256R1())
+    conf = str(tmp_path / "kubelet.conf")
+    kubeconfigs.write_kubeconfig(conf, "https://127.0.0.1:6443", ca=b"", cert=old.public_bytes(
+        serialization.Encoding.PEM), key=key.private_bytes(serialization.Encoding.PEM,
+                                                           serialization.PrivateFormat.PKCS8,
+                                                           serialization.NoEncryption()))
+    new = _self_signed("system:node:x", start, 2000)
+    bootstrap.store(str(tmp_path), new.public_bytes(serialization.Encoding.PEM), key)
+    ClientCertificateRotation("x", conf, str(tmp_path)).stored()
+    assert x509.load_pem_x509_certificate(kubeconfigs.load(conf).cert) == new

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from apiserver.errors import ApiError
 from apiserver.rest import kubeconfig as kubeconfigs
-from node.kubelet.bootstrap import BootstrapError, client_csr, request_certificate, store
+from node.kubelet.bootstrap import BootstrapError, client_csr, request_certificate, store, write_kubeconfig
 
 log = logging.getLogger("node.kubelet.certrotation")
 
@@ -137,6 +137,11 @@ class ClientCertificateRotation(CertificateRotation):
 
     def new_csr(self, key):
         return client_csr(key, self.node_name)
+
+    def stored(self) -> None:
+        # a kubeconfig of before rotation (the pair embedded) is made to name the link
+        creds = kubeconfigs.load(self.kubeconfig)
+        write_kubeconfig(self.kubeconfig, creds.server, creds.ca, self.cert_dir)
 
     def asker(self):
         from apiserver.client import Client
