@@ -150,10 +150,27 @@ class Client:
         creds = credentials_for(server, kubeconfig)
         self.server = server or (creds.address if creds else DEFAULT_SERVER)
         self.timeout = timeout
+        self._kubeconfig = kubeconfig
         self._channel = channel_for(self.server, creds)
         self._stub = api_pb2_grpc.ApiServerStub(self._channel)
+        self._retired: list[threading.Timer] = []
+
+    def reload_credentials(self, grace: float = 5.0) -> None:
+        """Dials with the kubeconfig's credentials as they are now (a kubelet's rotated client
+        certificate): calls from now on go on a new connection; the old one is closed after
+        ``grace`` seconds, ending the calls still on it (watches start again), as the kubelet
+        closes its connections once its certificate rotated."""
+        creds = credentials_for(self.server, self._kubeconfig)
+        old, self._channel = self._channel, channel_for(self.server, creds)
+        self._stub = api_pb2_grpc.ApiServerStub(self._channel)
+        timer = threading.Timer(grace, old.close)
+        timer.daemon = True
+        timer.start()
+        self._retired = [t for t in self._retired if t.is_alive()] + [timer]
 
     def close(self) -> None:
+        for timer in self._retired:
+            timer.cancel()
         self._channel.close()
 
     def __enter__(self) -> "Client":

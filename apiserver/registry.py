@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from apiserver import defaults, errors, fieldmanager, manifest, resources, validation
+from apiserver.auth.node import references
+from apiserver.auth.noderestriction import MIRROR_ANNOTATION
 from apiserver.errors import ApiError
 from apiserver.fieldmanager import Manager
 from apiserver.limits import check_request_size
@@ -267,8 +269,14 @@ class Registry:
         allocating = res is SERVICES and self.allocator is not None
         if allocating:
             self.allocator.prepare_create(msg)
+        restriction, user = _node_restriction()
+        if restriction is not None:
+            restriction.admit_create(user, res.name, msg)
         if res is PODS and self.options.service_account_tokens:
-            await self._admit_service_account(msg)
+            if _is_mirror(msg):
+                _check_mirror_pod(msg)
+            else:
+                await self._admit_service_account(msg)
         if res is CSRS:
             _csr_requester(msg)
         validation.validate_create(res, msg)
@@ -413,6 +421,10 @@ class Registry:
             if res is SERVICES and self.allocator is not None:
                 self.allocator.prepare_update(new, current)
             validation.validate_update(res, new, current)
+        restriction, user = _node_restriction()
+        if restriction is not None:
+            restriction.admit_update(user, res.name, ("approval" if approval else "status") if status else "",
+                                     new, current)
         meta.resource_version = cur.resource_version
         meta.deletion_timestamp = cur.deletion_timestamp
         if cur.HasField("deletion_grace_period_seconds"):
@@ -581,6 +593,35 @@ class Registry:
         # the uid and resourceVersion preconditions are checked against what
         # was read; the write itself is a CAS on that read
         return await self._guaranteed_update(res, namespace, name, update, dry_run=dry_run)
+
+
+def _node_restriction():
+    """(the gate's NodeRestriction, the requester) while serving a request through a gate
+    that has one, else (None, None)."""
+    from apiserver.auth.gate import GATE, REQUESTER
+
+    gate, user = GATE.get(), REQUESTER.get()
+    if gate is None or user is None or gate.restriction is None:
+        return None, None
+    return gate.restriction, user
+
+
+def _is_mirror(pod) -> bool:
+    """A kubelet's static pod as the API shows it: upstream's ServiceAccount admission leaves it be."""
+    return MIRROR_ANNOTATION in pod.metadata.annotations
+
+
+def _check_mirror_pod(pod) -> None:
+    """upstream's ServiceAccount admission on a mirror pod: it gets no account nor token, and
+    may name none, nor Secrets (whoever creates it)."""
+    name = pod.metadata.name
+    if pod.spec.service_account_name:
+        raise errors.forbidden("pods", name, "a mirror pod may not reference service accounts")
+    if any(kind == "secrets" for kind, _ in references(pod)):
+        raise errors.forbidden("pods", name, "a mirror pod may not reference secrets")
+    if any(src.HasField("service_account_token") for v in pod.spec.volumes if v.HasField("projected")
+           for src in v.projected.sources):
+        raise errors.forbidden("pods", name, "a mirror pod may not use ServiceAccountToken volume projections")
 
 
 # ---- CertificateSigningRequests -------------------------------------------

@@ -7,8 +7,9 @@
   certificatesigningrequests/selfnodeclient (a node renewing its own) or /nodeclient (a
   bootstrapper; policy.py grants it to kubeadm's bootstrap token group). Anything else it
   leaves pending, for `kubectl certificate approve/deny`.
-- csrsigning: signs approved requests of kubernetes.io/kube-apiserver-client-kubelet and
-  kubernetes.io/kube-apiserver-client with the cluster CA (--cluster-signing-cert-file,
+- csrsigning: signs approved requests of kubernetes.io/kube-apiserver-client-kubelet,
+  kubernetes.io/kube-apiserver-client and kubernetes.io/kubelet-serving (never approved
+  here: an administrator does) with the cluster CA (--cluster-signing-cert-file,
   --cluster-signing-key-file) for --cluster-signing-duration (a year) or the request's
   expirationSeconds if shorter; a request the signer cannot honour gets Failed.
 - csrcleaner: deletes requests once done with (approved or denied an hour ago, pending a
@@ -37,12 +38,14 @@ log = logging.getLogger("controllers.certificates")
 
 KUBELET_CLIENT = "kubernetes.io/kube-apiserver-client-kubelet"
 KUBE_APISERVER_CLIENT = "kubernetes.io/kube-apiserver-client"
+KUBELET_SERVING = "kubernetes.io/kubelet-serving"
 NODE_PREFIX = "system:node:"
 NODES_GROUP = "system:nodes"
 DEFAULT_DURATION = 365 * 24 * 3600.0  # --cluster-signing-duration 8760h
 BACKDATE = datetime.timedelta(minutes=5)
 _KUBELET_USAGES = {"digital signature", "client auth"}
 _OPTIONAL_USAGES = {"key encipherment"}
+_SERVING_USAGES = {"digital signature", "server auth"}
 _APPROVED_GC = 3600.0
 _DENIED_GC = 3600.0
 _PENDING_GC = 24 * 3600.0
@@ -73,6 +76,31 @@ def kubelet_client_problem(csr, req: x509.CertificateSigningRequest) -> str:
     extra = usages - _KUBELET_USAGES - _OPTIONAL_USAGES
     if extra:
         return f"usages did not match {sorted(_KUBELET_USAGES | _OPTIONAL_USAGES)}: {sorted(extra)}"
+    return ""
+
+
+def kubelet_serving_problem(csr, req: x509.CertificateSigningRequest) -> str:
+    """Why ``csr`` is no kubelet serving certificate request ("" when it is one), as upstream's
+    ValidateKubeletServingCSR words it."""
+    orgs = [a.value for a in req.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
+    cns = [a.value for a in req.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if orgs != [NODES_GROUP]:
+        return f"subject organization is not {NODES_GROUP}"
+    try:
+        sans = req.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        sans = x509.SubjectAlternativeName([])
+    if not sans.get_values_for_type(x509.DNSName) and not sans.get_values_for_type(x509.IPAddress):
+        return "DNS or IP subjectAltName is required"
+    if sans.get_values_for_type(x509.RFC822Name):
+        return "Email subjectAltNames are not allowed"
+    if sans.get_values_for_type(x509.UniformResourceIdentifier):
+        return "URI subjectAltNames are not allowed"
+    usages = set(csr.spec.usages)
+    if usages not in (_SERVING_USAGES, _SERVING_USAGES | _OPTIONAL_USAGES):
+        return f"usages did not match {sorted(_SERVING_USAGES | _OPTIONAL_USAGES)}"
+    if not cns or not cns[0].startswith(NODE_PREFIX):
+        return f'subject common name does not begin with "{NODE_PREFIX}"'
     return ""
 
 
@@ -167,16 +195,20 @@ class CSRSigningController(Controller):
         conds = _conditions(csr)
         if "Approved" not in conds or "Failed" in conds or "Denied" in conds:
             return
-        if csr.spec.signer_name not in (KUBELET_CLIENT, KUBE_APISERVER_CLIENT):
+        if csr.spec.signer_name not in (KUBELET_CLIENT, KUBE_APISERVER_CLIENT, KUBELET_SERVING):
             return  # another signer's
         try:
             req = parse_request(csr.spec.request)
         except ValueError as e:
             self._fail(csr, "SignerValidationFailure", str(e))
             return
-        problem = kubelet_client_problem(csr, req) if csr.spec.signer_name == KUBELET_CLIENT else (
-            "" if "client auth" in csr.spec.usages and "server auth" not in csr.spec.usages
-            else "kubernetes.io/kube-apiserver-client certificates are for client auth only")
+        if csr.spec.signer_name == KUBELET_CLIENT:
+            problem = kubelet_client_problem(csr, req)
+        elif csr.spec.signer_name == KUBELET_SERVING:
+            problem = kubelet_serving_problem(csr, req)
+        else:
+            problem = "" if "client auth" in csr.spec.usages and "server auth" not in csr.spec.usages \
+                else "kubernetes.io/kube-apiserver-client certificates are for client auth only"
         if problem:
             self._fail(csr, "SignerValidationFailure", f"invalid {csr.spec.signer_name} certificate request: {problem}")
             return
@@ -195,15 +227,19 @@ class CSRSigningController(Controller):
 
     def sign(self, req: x509.CertificateSigningRequest, usages: list[str], expiration_seconds: int | None) -> bytes:
         """The PEM certificate for ``req`` (subject and public key as asked), valid from 5 minutes
-        ago (clock skew) for the duration, never beyond the CA's own end."""
+        ago (clock skew; half the duration when that is under 10 minutes) for the duration, never
+        beyond the CA's own end."""
         now = datetime.datetime.now(datetime.timezone.utc)
         seconds = self.duration if expiration_seconds is None else min(self.duration, float(expiration_seconds))
         not_after = min(now + datetime.timedelta(seconds=seconds), self.ca_cert.not_valid_after_utc)
+        # the API asks for 600 s at least, twice the backdate; a shorter --cluster-signing-duration
+        # (tests of rotation) backdates by half of it, so the lifetime stays mostly ahead
+        backdate = min(BACKDATE, datetime.timedelta(seconds=seconds / 2))
         ext = [oid for usage, oid in (("client auth", ExtendedKeyUsageOID.CLIENT_AUTH),
                                       ("server auth", ExtendedKeyUsageOID.SERVER_AUTH)) if usage in usages]
         builder = (x509.CertificateBuilder().subject_name(req.subject).issuer_name(self.ca_cert.subject)
                    .public_key(req.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(max(now - BACKDATE, self.ca_cert.not_valid_before_utc)).not_valid_after(not_after)
+                   .not_valid_before(max(now - backdate, self.ca_cert.not_valid_before_utc)).not_valid_after(not_after)
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                    .add_extension(x509.KeyUsage(digital_signature="digital signature" in usages,
                                                 key_encipherment="key encipherment" in usages,
@@ -214,6 +250,11 @@ class CSRSigningController(Controller):
                                   critical=False))
         if ext:
             builder = builder.add_extension(x509.ExtendedKeyUsage(ext), critical=False)
+        try:  # the names asked for (a serving certificate's; client requests have none)
+            sans = req.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            builder = builder.add_extension(sans, critical=False)
+        except x509.ExtensionNotFound:
+            pass
         return builder.sign(self.ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
     def _fail(self, csr, reason: str, message: str) -> None:

@@ -108,7 +108,7 @@ def _reviews(server: str):
     from node.kubelet.auth import ApiReviews
 
     creds = credentials_for(server)
-    return ApiReviews(creds) if creds is not None and creds.tls else None
+    return ApiReviews(lambda: creds) if creds is not None and creds.tls else None
 
 
 class ControllerManager:

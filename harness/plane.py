@@ -159,11 +159,12 @@ def start_component(tmp_path, name: str, module: str, server: str, registry: Reg
     return Component(tmp_path, name, module, server, registry, ready, **flags).start()
 
 
-def start_control_plane(tmp_path, registry: Registry, pki=None, **apiserver_flags) -> ApiServer:
+def start_control_plane(tmp_path, registry: Registry, pki=None, *, controller_manager_flags: dict | None = None,
+                        **apiserver_flags) -> ApiServer:
     """etcdlite, the apiserver, a controller-manager and the scheduler, in `registry`: what nodes
     (real or hollow) need to run a Deployment. Returns the apiserver. With ``pki``: TLS and RBAC,
     each component with its own certificate (its kubeconfig in $KUBECONFIG), and etcd on TLS
-    with client certificates of its own CA."""
+    with client certificates of its own CA. ``controller_manager_flags``: more of its flags."""
     if pki is not None:
         etcd = SecureEtcdlite(tmp_path, pki, "etcd", registry).start()
     else:
@@ -177,6 +178,8 @@ def start_control_plane(tmp_path, registry: Registry, pki=None, **apiserver_flag
         if pki is not None and name == "cm":
             # csrsigning signs kubelets' client certificates (TLS bootstrap) with the cluster CA
             extra.update(cluster_signing_cert_file=str(pki.ca.cert_path), cluster_signing_key_file=str(pki.ca.key_path))
+        if name == "cm":
+            extra.update(controller_manager_flags or {})
         Component(tmp_path, name, module, api.endpoint, registry, env=env, log_level="warning", **extra).start()
     return api
 

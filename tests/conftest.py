@@ -28,6 +28,8 @@ SERIAL = (
     "test_cluster_dns.py::test_a_flooding_client_does_not_starve_another",
     "test_big_applies.py::test_a_range_is_answered_within_a_second_while_300k_keys_are_deleted",
     "test_linearizability_checker.py::test_performance_5000_ops_5_keys_10_clients",
+    "test_cert_rotation.py::test_the_kubelet_renews_before_expiry_and_goes_on_after_it",
+    "test_tls_bootstrap_real.py::test_a_real_kubelet_rotates_its_certificate_and_goes_on",
 )
 
 

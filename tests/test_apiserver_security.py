@@ -369,8 +369,7 @@ def test_a_kubelet_reads_only_what_its_pods_use(plane):
         for call, message in (
                 (lambda: stub.Delete(api_pb2.DeleteRequest(resource="pods", namespace="team-b", name="p-n2"),
                                      timeout=10),
-                 'pods "p-n2" is forbidden: node "n1" can only delete pods for pods with spec.nodeName set to '
-                 'itself'),
+                 'pods "p-n2" is forbidden: node "n1" can only delete pods with spec.nodeName set to itself'),
                 (lambda: stub.Patch(api_pb2.PatchRequest(resource="pods", namespace="team-b", name="p-n2",
                                                          merge_patch="{}", status=True), timeout=10),
                  'pods "p-n2" is forbidden: node "n1" can only update pod status for pods with spec.nodeName set '

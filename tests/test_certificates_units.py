@@ -19,7 +19,8 @@ from apiserver.resources import BY_NAME
 from apiserver.rest.tables import _duration
 from apiserver.validation_certificates import csr_update, validate_csr
 from apiserver.validation_common import FieldErrors
-from controllers.certificates import CSRCleanerController, CSRSigningController, kubelet_client_problem
+from controllers.certificates import (CSRCleanerController, CSRSigningController, kubelet_client_problem,
+                                     kubelet_serving_problem)
 from controllers.kctl import printers
 
 TOKEN = "abcdef.0123456789abcdef"
@@ -105,6 +106,47 @@ def test_the_signer_signs_for_the_duration_asked_if_shorter(tmp_path):
     assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == \
         [ExtendedKeyUsageOID.CLIENT_AUTH]
     assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+
+
+@pytest.mark.parametrize("subject, usages, sans, problem", [
+    (NODE, ("digital signature", "server auth"), ["n1"], ""),
+    (NODE, ("key encipherment", "digital signature", "server auth"), ["n1"], ""),
+    (NODE, ("digital signature", "server auth"), None, "DNS or IP subjectAltName is required"),
+    (((NameOID.COMMON_NAME, "system:node:n1"),), ("digital signature", "server auth"), ["n1"],
+     "subject organization is not system:nodes"),
+    (NODE, ("digital signature", "server auth", "client auth"), ["n1"],
+     "usages did not match ['digital signature', 'key encipherment', 'server auth']"),
+    (((NameOID.ORGANIZATION_NAME, "system:nodes"), (NameOID.COMMON_NAME, "web")), ("digital signature",
+                                                                                   "server auth"), ["n1"],
+     'subject common name does not begin with "system:node:"'),
+])
+def test_what_a_kubelet_serving_request_is(subject, usages, sans, problem):
+    csr, req = _csr(subject, usages, sans, signer="kubernetes.io/kubelet-serving")
+    assert kubelet_serving_problem(csr, req) == problem
+
+
+def test_the_signer_keeps_the_names_asked_for(tmp_path):
+    ca = CA(tmp_path)
+    signer = CSRSigningController.__new__(CSRSigningController)
+    signer.ca_cert, signer.ca_key, signer.duration = ca.cert, ca.key, 365 * 24 * 3600.0
+    csr, req = _csr(NODE, ("digital signature", "server auth"), ["n1"], signer="kubernetes.io/kubelet-serving")
+    cert = x509.load_pem_x509_certificate(signer.sign(req, list(csr.spec.usages), None))
+    assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName) == ["n1"]
+    assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == \
+        [ExtendedKeyUsageOID.SERVER_AUTH]
+
+
+@pytest.mark.parametrize("duration, backdate", [(20, 10), (600, 300), (3600, 300)])
+def test_the_signer_backdates_short_certificates_by_half_their_duration(tmp_path, duration, backdate):
+    """Under the API's 600 s minimum (a test's --cluster-signing-duration) the backdate is half
+    the duration; from 600 s on, upstream's 5 minutes."""
+    ca = CA(tmp_path)
+    signer = CSRSigningController.__new__(CSRSigningController)
+    signer.ca_cert, signer.ca_key, signer.duration = ca.cert, ca.key, duration
+    csr, req = _csr(NODE)
+    cert = x509.load_pem_x509_certificate(signer.sign(req, list(csr.spec.usages), None))
+    assert (cert.not_valid_after_utc - cert.not_valid_before_utc) == datetime.timedelta(seconds=duration + backdate)
 
 
 def test_the_cleaner_ages():

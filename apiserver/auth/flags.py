@@ -10,7 +10,8 @@ from apiserver.auth.audit import AuditLog
 from apiserver.auth.authn import Authenticator, read_token_file
 from apiserver.auth.bootstrap import BootstrapTokens
 from apiserver.auth.gate import Gate
-from apiserver.auth.node import NodeAuthorizer, NodeRestriction
+from apiserver.auth.node import NodeAuthorizer
+from apiserver.auth.noderestriction import NodeRestriction
 from apiserver.auth.rbac import AlwaysAllow, RBACAuthorizer, Union
 
 DEFAULT_ISSUER = "https://kubernetes.default.svc.cluster.local"

@@ -1,14 +1,14 @@
 """The Node authorizer (--authorization-mode=Node): a kubelet, authenticated
 as system:node:<name> in group system:nodes, may get a Secret, ConfigMap or
-PersistentVolumeClaim only when a pod bound to its node uses it (a volume, an
-env or envFrom source, an image pull secret), and may not list or watch them
-at all. Everything else it asks is left to RBAC (the system:node role, which
-grants none of these three). Upstream keeps a graph of pods, nodes and what
-they use; here the apiserver's pod cache is searched, in the one namespace."""
+PersistentVolumeClaim (and update a claim's status) only when a pod bound to its
+node uses it (a volume, an env or envFrom source, an image pull secret), and may
+not list or watch them at all. Everything else it asks is left to RBAC (the
+system:node role, which grants none of these three) and to NodeRestriction
+(noderestriction.py). Upstream keeps a graph of pods, nodes and what they use;
+here the apiserver's pod cache is searched, in the one namespace."""
 
 from __future__ import annotations
 
-from apiserver import errors
 from apiserver.auth.authn import User
 from apiserver.auth.rbac import Attributes
 
@@ -67,38 +67,13 @@ class NodeAuthorizer:
         node = node_of(a.user)
         if node is None or not a.resource_request or a.api_group or a.resource not in GUARDED:
             return False
-        if a.verb != "get" or not a.name or a.subresource:
+        if not a.name:
+            return False
+        # a claim's status (its capacity once resized) is the kubelet's to write, as its Secrets are to read
+        claim_status = a.resource == "persistentvolumeclaims" and a.subresource == "status"
+        if not (claim_status and a.verb in ("update", "patch")) and (a.verb != "get" or a.subresource):
             return False
         pods, _ = self.pods.list(a.namespace)
         want = (a.resource, a.name)
         return any(p.spec.node_name == node and want in references(p) for p in pods)
 
-
-class NodeRestriction:
-    """What kube-apiserver's NodeRestriction admission plugin refuses a kubelet,
-    for what the request's attributes (and the pod cache) tell: changing another
-    node's Node or Lease, or a pod not bound to its node. Applied after
-    authorization, to node identities only; the simulated kubelets, many nodes
-    under one identity, run as a name outside system:node:* (pki.COMPONENTS)."""
-
-    WRITES = {"update", "patch", "delete"}
-
-    def __init__(self, caches: dict) -> None:
-        self.pods = caches["pods"]
-
-    def check(self, a: Attributes) -> None:
-        node = node_of(a.user)
-        if node is None or not a.resource_request or a.verb not in self.WRITES or not a.name:
-            return
-        if a.resource == "nodes" and not a.api_group and a.name != node:
-            raise errors.forbidden("nodes", a.name, f'node "{node}" is not allowed to modify node "{a.name}"')
-        if a.resource == "leases" and a.api_group == "coordination.k8s.io" and a.namespace == NODE_LEASES \
-                and a.name != node:
-            raise errors.forbidden("leases.coordination.k8s.io", a.name,
-                                   "can only access node lease with the same name as the requesting node")
-        if a.resource == "pods" and not a.api_group:
-            pod = self.pods.get(a.namespace, a.name)
-            if pod is not None and pod.spec.node_name != node:
-                what = "update pod status" if a.subresource == "status" else f"{a.verb} pods"
-                raise errors.forbidden("pods", a.name,
-                                       f"node \"{node}\" can only {what} for pods with spec.nodeName set to itself")

@@ -27,6 +27,7 @@ WRITE = ["create", "delete", "deletecollection", "patch", "update"]
 ALL = ["*"]
 CERTS = "certificates.k8s.io"
 KUBELET_CLIENT_SIGNER = "kubernetes.io/kube-apiserver-client-kubelet"
+KUBELET_SERVING_SIGNER = "kubernetes.io/kubelet-serving"
 KUBE_APISERVER_CLIENT_SIGNER = "kubernetes.io/kube-apiserver-client"
 # the group `kubeadm token create` puts its bootstrap tokens in (apiserver/auth/bootstrap.py)
 BOOTSTRAP_GROUP = "system:bootstrappers:kubeadm:default-node-token"
@@ -164,7 +165,8 @@ def _cluster_roles() -> list[rbac_pb2.ClusterRole]:
             # system:controller:certificate-controller
             rule(["create"], ["authorization.k8s.io"], ["subjectaccessreviews"]),
             rule(["approve"], [CERTS], ["signers"], [KUBELET_CLIENT_SIGNER]),
-            rule(["sign"], [CERTS], ["signers"], [KUBE_APISERVER_CLIENT_SIGNER, KUBELET_CLIENT_SIGNER]),
+            rule(["sign"], [CERTS], ["signers"], [KUBE_APISERVER_CLIENT_SIGNER, KUBELET_CLIENT_SIGNER,
+                                                  KUBELET_SERVING_SIGNER]),
         ]),
         _role("system:kube-scheduler", [
             rule(READ, [""], ["nodes", "pods", "namespaces", "services", "persistentvolumeclaims",

@@ -12,6 +12,7 @@ import json
 
 from apiserver import errors, resources
 from apiserver.auth.authn import User
+from apiserver.auth.gate import REQUESTER
 from apiserver.auth.rbac import Attributes, decide
 from apiserver.auth.tokens import DEFAULT_EXPIRATION, MIN_EXPIRATION
 from apiserver.rest import protobuf
@@ -321,6 +322,8 @@ async def token_request(gate, registry, req: Request, namespace: str, name: str)
     expiration = min(expiration, 48 * 3600)
     bound = None
     ref = spec.get("boundObjectRef") or {}
+    if gate.restriction is not None:
+        gate.restriction.admit_token_request(REQUESTER.get(), namespace, name, ref)
     if ref.get("kind") == "Pod":  # the kubelet's: the token names the pod it was made for
         pod = await registry.get(PODS, namespace, ref.get("name", ""))
         if ref.get("uid") and ref["uid"] != pod.metadata.uid:

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import base64
 import os
+import re
+import ssl
+import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -85,6 +90,18 @@ def _data(entry: dict, field: str, base: str) -> bytes:
     return b""
 
 
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----\n?", re.S)
+
+
+def pem_blocks(data: bytes, private_key: bool) -> bytes:
+    """Of a PEM file, the private key's block (``private_key``) or the others: a kubelet's
+    kubelet-client-current.pem holds both and its kubeconfig names it as certificate and key."""
+    blocks = [m for m in _PEM_BLOCK.finditer(data)]
+    if not blocks:
+        return data
+    return b"".join(m.group(0) for m in blocks if m.group(1).endswith(b"PRIVATE KEY") == private_key)
+
+
 def load(path: str) -> Credentials:
     """The current context's server and credentials; ValueError if the file does not say them."""
     with open(path) as f:
@@ -106,7 +123,49 @@ def load(path: str) -> Credentials:
     if not token and user.get("tokenFile"):
         with open(user["tokenFile"]) as f:
             token = f.read().strip()
+    cert = _data(user, "client-certificate", base)
+    # one file for both (a kubelet's kubelet-client-current.pem) is read once: a link moved
+    # between two reads would pair one certificate with another's key
+    same = user.get("client-certificate") and user.get("client-certificate") == user.get("client-key")
+    key = cert if same else _data(user, "client-key", base)
     return Credentials(cluster["server"], f"{url.hostname}:{port}", tls,
                        ca=_data(cluster, "certificate-authority", base),
-                       cert=_data(user, "client-certificate", base), key=_data(user, "client-key", base),
-                       token=token)
+                       cert=pem_blocks(cert, False), key=pem_blocks(key, True), token=token)
+
+
+def ssl_context(creds: Credentials, *, check_hostname: bool = True) -> ssl.SSLContext:
+    """A client context for REST calls with ``creds``: their CA, their client certificate."""
+    ctx = ssl.create_default_context(cadata=creds.ca.decode() if creds.ca else None)
+    ctx.check_hostname = check_hostname
+    ctx.set_alpn_protocols(["http/1.1"])
+    if creds.cert and creds.key:
+        # ssl loads a key pair from files only: a private 0700 directory, gone right after
+        with tempfile.TemporaryDirectory(prefix="client-tls-") as d:
+            cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+            for path, data in ((cert, creds.cert), (key, creds.key)):
+                with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+                    f.write(data)
+            ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+class ReloadingTLS:
+    """The credentials ``load()`` gives now and an SSLContext for them, made again only when
+    they change: a kubelet's REST calls follow its rotated client certificate."""
+
+    def __init__(self, load: Callable[[], Credentials | None], *, check_hostname: bool = True) -> None:
+        self._load = load
+        self._check_hostname = check_hostname
+        self._lock = threading.Lock()
+        self._seen: tuple | None = None
+        self._ctx: ssl.SSLContext | None = None
+
+    def current(self) -> tuple[Credentials | None, ssl.SSLContext | None]:
+        """(credentials, their context; None for plain HTTP)."""
+        creds = self._load()
+        seen = (creds.ca, creds.cert, creds.key) if creds is not None and creds.tls else None
+        with self._lock:
+            if seen != self._seen:
+                self._ctx = ssl_context(creds, check_hostname=self._check_hostname) if seen is not None else None
+                self._seen = seen
+            return creds, self._ctx

@@ -26,12 +26,12 @@ import asyncio
 import http.client
 import json
 import logging
-import os
 import ssl
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+
+from apiserver.rest.kubeconfig import ReloadingTLS
 
 log = logging.getLogger("kubelet.auth")
 
@@ -91,30 +91,23 @@ class ApiReviews:
     """TokenReview and SubjectAccessReview at the apiserver's REST API, with the
     kubelet's kubeconfig credentials (apiserver.rest.kubeconfig.Credentials)."""
 
-    def __init__(self, creds) -> None:
+    def __init__(self, load_creds) -> None:
+        """``load_creds()``: the credentials now (read again for each review: a rotated client
+        certificate is used from then on)."""
+        creds = load_creds()
         if creds is None or not creds.tls:
             raise ValueError("webhook authentication/authorization needs a kubeconfig with https:// and "
                              "credentials (the kubelet's client certificate)")
         host, _, port = creds.address.rpartition(":")
-        self.host, self.port, self.token = host or "127.0.0.1", int(port), creds.token
-        ctx = ssl.create_default_context(cadata=creds.ca.decode() if creds.ca else None)
-        ctx.set_alpn_protocols(["http/1.1"])
-        if creds.cert and creds.key:
-            with tempfile.TemporaryDirectory() as d:  # ssl loads a key pair from files only
-                cert, key = os.path.join(d, "c.pem"), os.path.join(d, "k.pem")
-                fd = os.open(key, os.O_WRONLY | os.O_CREAT, 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(creds.key)
-                with open(cert, "wb") as f:
-                    f.write(creds.cert)
-                ctx.load_cert_chain(cert, key)
-        self.ctx = ctx
+        self.host, self.port = host or "127.0.0.1", int(port)
+        self.tls = ReloadingTLS(load_creds)
 
     def post(self, path: str, body: dict) -> dict:
-        conn = http.client.HTTPSConnection(self.host, self.port, context=self.ctx, timeout=REVIEW_TIMEOUT)
+        creds, ctx = self.tls.current()
+        conn = http.client.HTTPSConnection(self.host, self.port, context=ctx, timeout=REVIEW_TIMEOUT)
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        if creds.token:
+            headers["Authorization"] = f"Bearer {creds.token}"
         try:
             conn.request("POST", path, body=json.dumps(body), headers=headers)
             resp = conn.getresponse()

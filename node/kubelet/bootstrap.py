@@ -5,7 +5,8 @@ kubernetes.io/kube-apiserver-client-kubelet, CN system:node:<name>, O system:nod
 using the bootstrap kubeconfig's credentials (a bootstrap token), waits until the
 controller-manager approved and signed it, then writes the certificate and key to
 <cert-dir>/kubelet-client-<time>.pem (kubelet-client-current.pem links to it) and
---kubeconfig naming them, which it uses from then on. A restart with a kubeconfig whose
+--kubeconfig naming the link, which it uses from then on (node.kubelet.certrotation
+renews the certificate before it expires and moves the link). A restart with a kubeconfig whose
 certificate is still good skips all this. The key made while waiting is kept
 (kubelet-client.key.tmp), so a restart asks again with the same key, and the same
 request name, instead of leaving a CSR behind per try.
@@ -67,8 +68,9 @@ def usable(kubeconfig: str, node_name: str, *, margin: float = 60.0) -> bool:
         cert.not_valid_after_utc > now + datetime.timedelta(seconds=margin)
 
 
-def _pending_key(cert_dir: str):
-    path = os.path.join(cert_dir, PENDING_KEY)
+def pending_key(cert_dir: str, file: str = PENDING_KEY):
+    """The key waiting for its certificate, made (and kept, so a restart asks again with it) if none."""
+    path = os.path.join(cert_dir, file)
     try:
         with open(path, "rb") as f:
             return serialization.load_pem_private_key(f.read(), None)
@@ -92,16 +94,16 @@ def csr_name(key, node_name: str) -> str:
     return "node-csr-" + hashlib.sha256(der + node_name.encode()).hexdigest()[:43]
 
 
-def _write_kubeconfig(path: str, server: str, ca: bytes, cert: bytes, key: bytes) -> None:
-    """Certificate and key embedded (our clients read them once; upstream's kubelet names
-    kubelet-client-current.pem, for rotation, which is not done here)."""
+def write_kubeconfig(path: str, server: str, ca: bytes, cert_dir: str) -> None:
+    """The kubelet's kubeconfig: certificate and key both from kubelet-client-current.pem, as
+    upstream's, so a rotated certificate is read from the link that moved to it."""
+    current = os.path.abspath(os.path.join(cert_dir, CURRENT))
     cfg = {"apiVersion": "v1", "kind": "Config", "current-context": "default-context",
            "clusters": [{"name": "default-cluster", "cluster": {
                "server": server, **({"certificate-authority-data": base64.b64encode(ca).decode()} if ca else {})}}],
            "contexts": [{"name": "default-context", "context": {"cluster": "default-cluster",
                                                                  "namespace": "default", "user": "default-auth"}}],
-           "users": [{"name": "default-auth", "user": {"client-certificate-data": base64.b64encode(cert).decode(),
-                                                          "client-key-data": base64.b64encode(key).decode()}}],
+           "users": [{"name": "default-auth", "user": {"client-certificate": current, "client-key": current}}],
            "preferences": {}}
     _write(path, yaml.safe_dump(cfg, sort_keys=False).encode())
 
@@ -121,10 +123,9 @@ def _create(client, csr, node_name: str, deadline: float) -> None:
                 return
             if e.reason not in ("Unauthorized", "Forbidden", "ServiceUnavailable", "Timeout", "InternalError") \
                     or time.monotonic() > deadline:
-                raise BootstrapError(f"cannot create CertificateSigningRequest {name} with the bootstrap "
-                                     f"credentials: {e.message} (is the bootstrap token's Secret in kube-system, "
-                                     "unexpired, and is its group allowed to create certificatesigningrequests?)"
-                                     ) from None
+                raise BootstrapError(f"cannot create CertificateSigningRequest {name}: {e.message} (with a "
+                                     "bootstrap token: is its Secret in kube-system, unexpired, and is its group "
+                                     "allowed to create certificatesigningrequests?)") from None
             log.info("%s: cannot ask for a certificate yet (%s); trying again", node_name, e.message)
         time.sleep(1.0)
 
@@ -144,46 +145,66 @@ def bootstrap(node_name: str, kubeconfig: str, bootstrap_kubeconfig: str, cert_d
     except (OSError, ValueError, yaml.YAMLError) as e:
         raise BootstrapError(f"cannot read --bootstrap-kubeconfig {bootstrap_kubeconfig}: {e}") from None
     os.makedirs(cert_dir, mode=0o700, exist_ok=True)
-    key = _pending_key(cert_dir)
-    name = csr_name(key, node_name)
+    key = pending_key(cert_dir)
+    with Client(boot.address, kubeconfig=bootstrap_kubeconfig, timeout=10.0) as client:
+        cert = request_certificate(client, client_csr(key, node_name), node_name, time.monotonic() + timeout,
+                                   timeout)
+    pem_path = store(cert_dir, cert, key)
+    write_kubeconfig(kubeconfig, boot.server, boot.ca, cert_dir)
+    os.unlink(os.path.join(cert_dir, PENDING_KEY))
+    log.info("%s: client certificate written to %s", node_name, pem_path)
+    return kubeconfig
+
+
+def client_csr(key, node_name: str) -> certificates_pb2.CertificateSigningRequest:
+    """The CertificateSigningRequest for a client certificate of node ``node_name`` with ``key``."""
     csr = certificates_pb2.CertificateSigningRequest()
-    csr.metadata.name = name
+    csr.metadata.name = csr_name(key, node_name)
     csr.spec.request = request_pem(key, node_name)
     csr.spec.signer_name = SIGNER
     csr.spec.usages.extend(USAGES)
-    deadline = time.monotonic() + timeout
-    with Client(boot.address, kubeconfig=bootstrap_kubeconfig, timeout=10.0) as client:
-        _create(client, csr, node_name, deadline)
-        while True:
-            try:
-                got = client.get("certificatesigningrequests", name, "")
-            except ApiError as e:
-                raise BootstrapError(f"cannot read CertificateSigningRequest {name}: {e.message}") from None
-            if got.spec.request != csr.spec.request:
-                raise BootstrapError(f"CertificateSigningRequest {name} exists with another request; delete it")
-            for c in got.status.conditions:
-                if c.type in ("Denied", "Failed"):
-                    raise BootstrapError(f"CertificateSigningRequest {name} was {c.type.lower()}: {c.reason} "
-                                         f"{c.message}".rstrip())
-            if got.status.certificate:
-                break
-            if time.monotonic() > deadline:
-                raise BootstrapError(f"CertificateSigningRequest {name} not signed within {timeout:.0f}s: is it "
-                                     f"approved (kubectl get csr {name}; kubectl certificate approve {name}) and "
-                                     "does the controller-manager run csrsigning (--cluster-signing-cert-file)?")
-            time.sleep(POLL)
+    return csr
+
+
+def request_certificate(client, csr, node_name: str, deadline: float, timeout: float) -> bytes:
+    """Asks with ``client``'s credentials (a bootstrap token, or the node's current
+    certificate when renewing) for the certificate ``csr`` asks; waits until it is signed
+    (until ``deadline``, monotonic) and returns its PEM; raises BootstrapError."""
+    name = csr.metadata.name
+    _create(client, csr, node_name, deadline)
+    while True:
+        try:
+            got = client.get("certificatesigningrequests", name, "")
+        except ApiError as e:
+            raise BootstrapError(f"cannot read CertificateSigningRequest {name}: {e.message}") from None
+        if got.spec.request != csr.spec.request:
+            raise BootstrapError(f"CertificateSigningRequest {name} exists with another request; delete it")
+        for c in got.status.conditions:
+            if c.type in ("Denied", "Failed"):
+                raise BootstrapError(f"CertificateSigningRequest {name} was {c.type.lower()}: {c.reason} "
+                                     f"{c.message}".rstrip())
+        if got.status.certificate:
+            return got.status.certificate
+        if time.monotonic() > deadline:
+            raise BootstrapError(f"CertificateSigningRequest {name} not signed within {timeout:.0f}s: is it "
+                                 f"approved (kubectl get csr {name}; kubectl certificate approve {name}) and "
+                                 "does the controller-manager run csrsigning (--cluster-signing-cert-file)?")
+        time.sleep(POLL)
+
+
+def store(cert_dir: str, cert: bytes, key, kind: str = "client") -> str:
+    """Writes ``cert`` and ``key`` to <cert-dir>/kubelet-<kind>-<time>.pem and moves the
+    kubelet-<kind>-current.pem link to it, each in one rename (a reader sees the old pair or
+    the new one, never half); returns the new file's path."""
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H-%M-%S")
-    pem_path = os.path.join(cert_dir, f"kubelet-client-{stamp}.pem")
-    _write(pem_path, got.status.certificate + key_pem)
-    current = os.path.join(cert_dir, CURRENT)
+    pem_path = os.path.join(cert_dir, f"kubelet-{kind}-{stamp}.pem")
+    _write(pem_path, cert + key_pem)
+    current = os.path.join(cert_dir, f"kubelet-{kind}-current.pem")
     link = f"{current}.new"
     if os.path.lexists(link):
         os.unlink(link)
     os.symlink(os.path.basename(pem_path), link)
     os.replace(link, current)
-    _write_kubeconfig(kubeconfig, boot.server, boot.ca, got.status.certificate, key_pem)
-    os.unlink(os.path.join(cert_dir, PENDING_KEY))
-    log.info("%s: client certificate from csr %s written to %s", node_name, name, pem_path)
-    return kubeconfig
+    return pem_path

@@ -423,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cert-dir", default="", help="with --bootstrap-kubeconfig: where each node's credentials go")
     p.add_argument("--bootstrap-timeout", type=float, default=300.0,
                    help="seconds to wait for each node's CertificateSigningRequest to be signed")
+    p.add_argument("--rotate-certificates", default="true", choices=["true", "false"],
+                   help="with --bootstrap-kubeconfig: renew each node's client certificate once 70-90%% "
+                        "of its lifetime has passed (node.kubelet.certrotation, one thread for all)")
     return p
 
 
@@ -478,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
 def _play_each(args, names: list[str], kubeconfigs: list[str], stop) -> int:
     """One HollowNodes per node, each with its node's own credentials: the apiserver's Node
     authorizer and NodeRestriction see system:node:<name> for each."""
+    import os
+
     from apiserver.client import Client
 
     clients, played = [], []
@@ -492,6 +497,12 @@ def _play_each(args, names: list[str], kubeconfigs: list[str], stop) -> int:
                                 first_index=args.start_index + i)
             nodes.start()
             played.append(nodes)
+        if args.rotate_certificates == "true":
+            from node.kubelet import certrotation
+
+            certrotation.start([certrotation.ClientCertificateRotation(
+                name, path, os.path.dirname(path), on_rotated=[client.reload_credentials],
+                timeout=args.bootstrap_timeout) for name, path, client in zip(names, kubeconfigs, clients)], stop)
         log.info("playing %d hollow nodes, each with its own certificate, against %s", len(names), args.server)
         stop.wait()
     finally:

@@ -508,6 +508,21 @@ def add_bootstrap_flags(p: argparse.ArgumentParser) -> None:
                    help="where the bootstrapped certificate and key go (default: <root-dir>/pki)")
     p.add_argument("--bootstrap-timeout", type=float, default=300.0,
                    help="seconds to wait for the CertificateSigningRequest to be signed")
+    p.add_argument("--rotate-certificates", default="true", choices=["true", "false"],
+                   help="with --bootstrap-kubeconfig: renew the client certificate by a new "
+                        "CertificateSigningRequest once 70-90%% of its lifetime has passed "
+                        "(the kubelet config's rotateCertificates, as kubeadm sets it)")
+
+
+def start_rotation(args, node_name: str, kubeconfig: str, cert_dir: str, on_rotated, stop):
+    """The client-certificate rotation thread when the flags ask for it, else None."""
+    if not args.bootstrap_kubeconfig or args.rotate_certificates != "true":
+        return None
+    from node.kubelet import certrotation
+
+    rotation = certrotation.ClientCertificateRotation(node_name, kubeconfig, cert_dir, on_rotated=on_rotated,
+                                                      timeout=args.bootstrap_timeout)
+    return certrotation.start([rotation], stop)
 
 
 def kubelet_credentials(args, node_name: str, cert_dir: str) -> str:
@@ -533,24 +548,35 @@ def add_server_auth_flags(p: argparse.ArgumentParser) -> None:
                    help="Webhook: every request is a SubjectAccessReview at the apiserver (nodes/proxy, ...)")
     p.add_argument("--anonymous-auth", default="true", choices=["true", "false"],
                    help="requests without credentials are system:anonymous (else 401)")
+    p.add_argument("--rotate-server-certificates", action="store_true",
+                   help="without --tls-cert-file: ask for the API's serving certificate by a "
+                        "CertificateSigningRequest (signer kubernetes.io/kubelet-serving, approved by an "
+                        "administrator) and renew it (the kubelet config's serverTLSBootstrap)")
 
 
-def server_auth_from(args, node_name: str, server: str):
-    """(ssl context or None, KubeletAuth or None) for the flags; ValueError/OSError when
-    they do not go together or a file cannot be read."""
+def server_auth_from(args, node_name: str, server: str, serving=None):
+    """(ssl context or None, KubeletAuth or None) for the flags (``serving``: the
+    ServingCertificate of --rotate-server-certificates); ValueError/OSError when they do not
+    go together or a file cannot be read."""
     from apiserver.client import credentials_for
     from node.kubelet.auth import ApiReviews, KubeletAuth, server_ssl_context
 
     if bool(args.tls_cert_file) != bool(args.tls_private_key_file):
         raise ValueError("--tls-cert-file and --tls-private-key-file go together")
-    if args.client_ca_file and not args.tls_cert_file:
-        raise ValueError("--client-ca-file needs TLS (--tls-cert-file and --tls-private-key-file)")
-    tls = server_ssl_context(args.tls_cert_file, args.tls_private_key_file, args.client_ca_file) \
-        if args.tls_cert_file else None
+    if args.tls_cert_file and serving is not None:
+        raise ValueError("--rotate-server-certificates asks for the certificate --tls-cert-file gives: one of them")
+    if args.client_ca_file and not (args.tls_cert_file or serving):
+        raise ValueError("--client-ca-file needs TLS (--tls-cert-file and --tls-private-key-file, or "
+                         "--rotate-server-certificates)")
+    if serving is not None:
+        tls = serving.context()
+    else:
+        tls = server_ssl_context(args.tls_cert_file, args.tls_private_key_file, args.client_ca_file) \
+            if args.tls_cert_file else None
     webhook = args.authorization_mode == "Webhook"
     if not (tls or webhook or args.authentication_token_webhook):
         return None, None
-    reviews = ApiReviews(credentials_for(server)) if webhook or args.authentication_token_webhook else None
+    reviews = ApiReviews(lambda: credentials_for(server)) if webhook or args.authentication_token_webhook else None
     return tls, KubeletAuth(node_name, reviews, token_webhook=args.authentication_token_webhook,
                             webhook_authz=webhook, anonymous=args.anonymous_auth == "true")
 
@@ -575,16 +601,23 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     from node.kubelet.bootstrap import BootstrapError
+    cert_dir = args.cert_dir or os.path.join(args.root, "pki")
     try:
-        kubeconfig = kubelet_credentials(args, args.node_name, args.cert_dir or os.path.join(args.root, "pki"))
+        kubeconfig = kubelet_credentials(args, args.node_name, cert_dir)
     except BootstrapError as e:
         log.error("TLS bootstrap of %s: %s", args.node_name, e)
         return 1
     if kubeconfig:
         # every client of this kubelet (pods' ServiceAccount tokens, the reviews) uses it
         os.environ["KUBECONFIG"] = kubeconfig
+    serving = None
+    if args.rotate_server_certificates:
+        from node.kubelet.servingcert import ServingCertificate
+
+        serving = ServingCertificate(args.node_name, cert_dir, [args.node_ip, args.address],
+                                     client_ca_file=args.client_ca_file, timeout=args.bootstrap_timeout)
     try:
-        server_tls, server_auth = server_auth_from(args, args.node_name, args.server)
+        server_tls, server_auth = server_auth_from(args, args.node_name, args.server, serving)
     except (OSError, ValueError, ssl.SSLError) as e:
         log.error("cannot set up the kubelet API's TLS or authentication: %s", e)
         return 2
@@ -605,6 +638,11 @@ def main(argv: list[str] | None = None) -> int:
                                                 args.resolv_conf),
                               register_taints=[(UNINITIALIZED_TAINT, "true", "NoSchedule")]
                               if args.cloud_provider == "external" else []).start()
+        start_rotation(args, args.node_name, kubeconfig, cert_dir, [client.reload_credentials], stop)
+        if serving is not None:
+            from node.kubelet import certrotation
+
+            certrotation.start([serving], stop)
         if kubelet.wait_synced(60):
             kubelet.adopt_or_clean()
         log.info("kubelet of %s on %s (%s) serving", args.node_name, args.runtime, kubelet.runtime_name)

@@ -17,13 +17,12 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import os
-import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
+
+from apiserver.rest.kubeconfig import ReloadingTLS
 
 # (namespace, account, pod name, pod uid, audience ("" = the apiserver's), seconds) -> (token, expiry)
 Requester = Callable[[str, str, str, str, str, int], "tuple[str, float]"]
@@ -149,25 +148,13 @@ class TokenRefresher:
             self.run_once()
 
 
-def _ssl_context(creds) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cadata=creds.ca.decode() if creds.ca else None)
-    ctx.check_hostname = False  # the apiserver is dialled by address, as the gRPC client does
-    if creds.cert:
-        # ssl loads a key pair from files only: a private 0700 directory, gone right after
-        with tempfile.TemporaryDirectory(prefix="kubelet-tls-") as d:
-            cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
-            for path, data in ((cert, creds.cert), (key, creds.key)):
-                with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
-                    f.write(data)
-            ctx.load_cert_chain(cert, key)
-    return ctx
-
-
-def rest_requester(address: str, creds, timeout: float = 10.0) -> Requester:
-    """TokenRequest against the apiserver at ``address`` (host:port) with ``creds``
-    (apiserver.rest.kubeconfig.Credentials, None for a plain-HTTP apiserver)."""
+def rest_requester(address: str, load_creds, timeout: float = 10.0) -> Requester:
+    """TokenRequest against the apiserver at ``address`` (host:port) with the credentials
+    ``load_creds()`` gives at each request (apiserver.rest.kubeconfig.Credentials, None for a
+    plain-HTTP apiserver): a rotated client certificate is used from then on."""
     host, _, port = address.rpartition(":")
-    ctx = _ssl_context(creds) if creds is not None and creds.tls else None
+    # the apiserver is dialled by address, as the gRPC client does
+    tls = ReloadingTLS(load_creds, check_hostname=False)
 
     def request(namespace: str, account: str, pod_name: str, pod_uid: str, audience: str,
                 expiration: int) -> tuple[str, float]:
@@ -177,6 +164,7 @@ def rest_requester(address: str, creds, timeout: float = 10.0) -> Requester:
             spec["audiences"] = [audience]
         body = json.dumps({"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1", "spec": spec})
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        creds, ctx = tls.current()
         if creds is not None and creds.token:
             headers["Authorization"] = f"Bearer {creds.token}"
         conn = (http.client.HTTPSConnection(host, int(port), context=ctx, timeout=timeout) if ctx is not None
@@ -210,4 +198,4 @@ def token_manager(client) -> TokenManager:
     with the credentials of $KUBECONFIG when it names that apiserver."""
     from apiserver.client import credentials_for
 
-    return TokenManager(rest_requester(client.server, credentials_for(client.server)))
+    return TokenManager(rest_requester(client.server, lambda: credentials_for(client.server)))
