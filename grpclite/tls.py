@@ -7,8 +7,9 @@ Python's ssl cannot do that: with a CA loaded it fails the handshake for a certi
 that does not verify. This layer runs OpenSSL (pyOpenSSL, memory BIOs) under asyncio
 instead: a verify callback records OpenSSL's own verdict and lets the handshake go on,
 and the connection then says whether a certificate was presented, whether it verified,
-and why not. Chain verification is OpenSSL's (a server checks the client's purpose,
-ExtKeyUsage clientAuth, as Go's verifier does for kube-apiserver).
+and why not. Chain verification is OpenSSL's; the certificates' usage is judged as Go's
+verifier judges it for kube-apiserver (ExtKeyUsage clientAuth or any, or none at all:
+go_allows_client_auth), where OpenSSL's own purpose check differs.
 
 ``ServerTLS(...).protocol_factory(app_factory)`` gives asyncio protocols for
 ``loop.create_server``; each wraps one app protocol (grpclite's Connection) and hands it a
@@ -30,7 +31,7 @@ import logging
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 from OpenSSL import SSL
 
 log = logging.getLogger("grpclite.tls")
@@ -48,7 +49,8 @@ CIPHERTEXT_CHUNK = 256 << 10
 # OpenSSL's X509_V_ERR_* codes, in Go's x509 words (what kube-apiserver logs)
 _UNKNOWN_AUTHORITY = {2, 7, 18, 19, 20, 21, 30}  # no issuer, bad signature, self-signed, ...
 _EXPIRED = {9, 10}  # not yet valid, expired
-_INCOMPATIBLE_USAGE = {26, 28}  # invalid purpose, rejected
+X509_V_ERR_INVALID_PURPOSE = 26
+_INCOMPATIBLE_USAGE = {X509_V_ERR_INVALID_PURPOSE, 28}  # invalid purpose, rejected
 _SSL_NAMES = {NameOID.COUNTRY_NAME: "countryName", NameOID.STATE_OR_PROVINCE_NAME: "stateOrProvinceName",
               NameOID.LOCALITY_NAME: "localityName", NameOID.ORGANIZATION_NAME: "organizationName",
               NameOID.ORGANIZATIONAL_UNIT_NAME: "organizationalUnitName", NameOID.COMMON_NAME: "commonName",
@@ -160,8 +162,23 @@ class ServerTLS:
         return lambda: TLSProtocol(self, app_factory())
 
 
+def go_allows_client_auth(cert: x509.Certificate) -> bool:
+    """Go's x509 usage check for a client certificate's chain, one certificate of it: no
+    ExtKeyUsage at all, or one naming clientAuth or any usage. (OpenSSL's sslclient purpose
+    also refuses anyExtendedKeyUsage alone and a keyUsage without digitalSignature; Go, hence
+    kube-apiserver, takes both.)"""
+    try:
+        usages = cert.extensions.get_extension_for_oid(ExtensionOID.EXTENDED_KEY_USAGE).value
+    except x509.ExtensionNotFound:
+        return True
+    return ExtendedKeyUsageOID.CLIENT_AUTH in usages or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages
+
+
 def _record_verdict(conn: SSL.Connection, cert, errnum: int, depth: int, ok: int) -> bool:
-    """OpenSSL's verify callback: remember the first failure, go on with the handshake."""
+    """OpenSSL's verify callback: remember the first failure, go on with the handshake. A
+    purpose failure is judged by Go's rule instead (go_allows_client_auth)."""
+    if not ok and errnum == X509_V_ERR_INVALID_PURPOSE and go_allows_client_auth(cert.to_cryptography()):
+        return True
     if not ok:
         proto = conn.get_app_data()
         if proto is not None and proto.verify_error is None:

@@ -13,6 +13,10 @@ import socket
 import ssl
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from apiserver.auth import pki
 from grpclite import tls
@@ -128,6 +132,57 @@ def test_the_handshake_completes_and_says_whether_the_certificate_verified(certs
     asyncio.run(main())
 
 
+def _usage_cert(ca: pki.CA, d, name: str, *, digital_signature: bool | None, usages) -> pki.Issued:
+    """A client certificate of ``ca`` with the keyUsage and ExtKeyUsage given (None: without)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    b = (x509.CertificateBuilder().subject_name(pki.subject(name)).issuer_name(ca.cert.subject)
+         .public_key(key.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1)))
+    if digital_signature is not None:
+        b = b.add_extension(x509.KeyUsage(
+            digital_signature=digital_signature, key_encipherment=not digital_signature, key_cert_sign=False,
+            crl_sign=False, content_commitment=False, data_encipherment=False, key_agreement=False,
+            encipher_only=False, decipher_only=False), critical=True)
+    if usages is not None:
+        b = b.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    issued = pki.Issued(d / f"{name}.crt", d / f"{name}.key")
+    issued.cert.write_bytes(b.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    issued.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()))
+    return issued
+
+
+# Go's verifier (kube-apiserver's) on a client certificate's usages, where OpenSSL's sslclient
+# purpose says otherwise for the two in the middle
+USAGES = {
+    "no-extensions": (None, None, True),
+    "any-usage": (True, [ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE], True),
+    "key-usage-without-digital-signature": (False, [ExtendedKeyUsageOID.CLIENT_AUTH], True),
+    "code-signing-only": (True, [ExtendedKeyUsageOID.CODE_SIGNING], False),
+}
+
+
+@pytest.mark.parametrize("kind", list(USAGES))
+def test_usages_are_judged_as_go_judges_them(certs, tmp_path, kind):
+    digital, usages, accepted = USAGES[kind]
+    cert = _usage_cert(certs["ca"], tmp_path, kind, digital_signature=digital, usages=usages)
+
+    async def main():
+        server, port, apps = await _serve(certs)
+        ctx = _client_ctx(certs)
+        ctx.load_cert_chain(str(cert.cert), str(cert.key))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+        writer.write(b"x")
+        await asyncio.wait_for(reader.readexactly(1), WAIT)
+        verdict = apps[0].transport.get_extra_info("client_certificate")
+        assert verdict.error == ("" if accepted else "x509: certificate specifies an incompatible key usage")
+        assert (apps[0].transport.get_extra_info("peercert") is not None) == accepted
+        writer.close()
+        server.close()
+    asyncio.run(main())
+
+
 def test_no_certificate_is_no_verdict_and_the_ca_is_named(certs):
     async def main():
         server, port, apps = await _serve(certs)
@@ -163,6 +218,7 @@ def test_alpn_is_the_servers_preference(certs, offered, chosen):
     asyncio.run(main())
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
 def test_tls_1_1_is_refused(certs):
     async def main():
         server, port, apps = await _serve(certs)
