@@ -142,6 +142,7 @@ class ServerTLS:
         ctx.set_options(SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION
                         | SSL.OP_CIPHER_SERVER_PREFERENCE)
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)  # an idle connection holds no record buffers (as Python's ssl)
         self.alpn = [p.encode() for p in alpn]
         if self.alpn:
             ctx.set_alpn_select_callback(self._select_alpn)
@@ -214,6 +215,7 @@ class TLSProtocol(asyncio.Protocol):
         self.timer = asyncio.get_running_loop().call_later(self.tls.handshake_timeout, self._handshake_timed_out)
 
     def connection_lost(self, exc) -> None:
+        self.closing = True
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

@@ -202,6 +202,32 @@ def test_no_certificate_is_no_verdict_and_the_ca_is_named(certs):
     asyncio.run(main())
 
 
+def test_sessions_are_not_resumed(certs):
+    """A resumed session would skip the verify callback: every connection gets a full
+    handshake, and its own verdict."""
+    async def main():
+        server, port, apps = await _serve(certs)
+        ctx = _client_ctx(certs, "expired", maximum=ssl.TLSVersion.TLSv1_2)
+
+        def twice():
+            first = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1")
+            first.sendall(b"1")
+            first.recv(1)
+            again = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1",
+                                    session=first.session)
+            again.sendall(b"2")
+            again.recv(1)
+            reused = again.session_reused
+            first.close()
+            again.close()
+            return reused
+        assert await asyncio.to_thread(twice) is False
+        errors = [a.transport.get_extra_info("client_certificate").error for a in apps]
+        assert len(errors) == 2 and all(e.startswith(VERDICTS["expired"]) for e in errors), errors
+        server.close()
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("offered,chosen", [(["h2", "http/1.1"], "http/1.1"), (["h2"], "h2"),
                                             (None, None), (["spdy/3"], None)],
                          ids=["both", "h2-only", "none", "unknown"])
