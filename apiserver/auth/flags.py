@@ -14,6 +14,8 @@ from apiserver.auth.rbac import AlwaysAllow, RBACAuthorizer, Union
 
 DEFAULT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 MODES = ("AlwaysAllow", "Node", "RBAC")
+# kube-apiserver's: Go's http.Server bounds the TLS handshake by its ReadHeaderTimeout (32 s)
+TLS_HANDSHAKE_TIMEOUT = 32.0
 
 
 def _bool(text: str) -> bool:
@@ -101,7 +103,7 @@ def ssl_context(args):
     # the server's preference decides: kubectl and client-go offer h2 and http/1.1 and get
     # HTTP/1.1 (the REST front); gRPC clients offer only h2
     return ServerTLS(args.tls_cert_file, args.tls_private_key_file, args.client_ca_file,
-                     alpn=("http/1.1", "h2"))
+                     alpn=("http/1.1", "h2"), handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
 
 
 def kubelet_tls(args):
