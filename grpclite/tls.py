@@ -42,8 +42,8 @@ HANDSHAKE_TIMEOUT = 60.0
 # KiB (OpenSSL refuses certificate lists over 100 KiB); one read after the client's Finished
 # (up to 256 KiB) may carry its first requests
 HANDSHAKE_BYTES = 1 << 20
-# plaintext handed to the app protocol per call, ciphertext taken from OpenSSL per read
-READ_SIZE = 256 << 10
+# plaintext taken from OpenSSL per call (one record at most), ciphertext per read
+READ_SIZE = 16 << 10
 CIPHERTEXT_CHUNK = 256 << 10
 
 # OpenSSL's X509_V_ERR_* codes, in Go's x509 words (what kube-apiserver logs)
@@ -308,23 +308,32 @@ class TLSProtocol(asyncio.Protocol):
     # --- reading ----------------------------------------------------------------------
 
     def _deliver(self) -> None:
-        """Plaintext to the app until OpenSSL has no more or the app pauses reading."""
+        """What OpenSSL can decrypt, to the app in one call (as asyncio's SSL transport: the
+        records of one socket read at most), unless the app has paused reading."""
+        if self.reading_paused or self.closing or self.transport is None:
+            return
         conn = self.conn
-        while not self.reading_paused and not self.closing and self.transport is not None:
+        chunks = []
+        failure = None
+        while True:
             try:
-                data = conn.recv(READ_SIZE)
+                chunks.append(conn.recv(READ_SIZE))
             except SSL.WantReadError:
                 break
             except SSL.ZeroReturnError:  # close_notify
                 self.eof = True
                 break
             except SSL.Error as e:
-                if not self.eof:
-                    log.debug("TLS from %s: %s", self._peer(), e)
-                self._flush()
-                self._abort()
-                return
-            self.app.data_received(data)
+                failure = e
+                break
+        if chunks:
+            self.app.data_received(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if failure is not None:
+            if not self.eof:
+                log.debug("TLS from %s: %s", self._peer(), failure)
+            self._flush()  # the alert
+            self._abort()
+            return
         self._flush()  # what reading made OpenSSL say (an alert, a key update)
         if self.eof and not self.eof_told and not self.reading_paused and not self.closing \
                 and self.transport is not None:
