@@ -22,7 +22,6 @@ import errno
 import logging
 import os
 import socket
-import ssl
 
 log = logging.getLogger("apiserver.netns")
 
@@ -62,9 +61,10 @@ def listening_socket_in(netns: str, host: str, port: int) -> socket.socket:
 
 
 class NetnsListener:
-    """Keeps ``server`` (a grpclite.GrpcServer) listening on host:port inside ``netns``."""
+    """Keeps ``server`` (a grpclite.GrpcServer) listening on host:port inside ``netns``, with
+    ``ssl_context`` (the main listener's: a grpclite.tls.ServerTLS, or None)."""
 
-    def __init__(self, server, netns: str, host: str, port: int, ssl_context: ssl.SSLContext | None,
+    def __init__(self, server, netns: str, host: str, port: int, ssl_context,
                  interval: float = DEFAULT_INTERVAL) -> None:
         self.server, self.netns, self.host, self.port = server, netns, host, port
         self.ssl_context = ssl_context

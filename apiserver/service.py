@@ -131,7 +131,7 @@ def _gated(gate, name: str, method):
                 code = context.code() or grpc.StatusCode.OK
                 metadata = dict(context.invocation_metadata() or ())
                 audit.event(received=received, uri=f"/apiserver.v1.ApiServer/{name}", verb=name.lower(),
-                            user=seen.user, attrs=seen.attrs, impersonated=seen.impersonated,
+                            user=seen.user, attrs=seen.attrs, impersonated=seen.impersonated, message=seen.failure,
                             code=errors.http_code_of(code),
                             source=context.peer(), user_agent=metadata.get("user-agent", ""))
     return call

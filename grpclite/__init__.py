@@ -35,6 +35,8 @@ The modules, one idea each:
 - connection: one client connection, frames in and out
 - eager: running a unary handler without an asyncio.Task
 - server: GrpcServer (listen, start, stop, registration, flushing, deadlines), server_ssl_context
+- tls: TLS over OpenSSL that asks for a client certificate and says whether it verified, never failing
+  the handshake on it (kube-apiserver's and the kubelet's way); Python's ssl otherwise (etcdlite)
 - servicer: registering a servicer whose responses may be pre-serialized bytes
 """
 

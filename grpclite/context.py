@@ -92,6 +92,13 @@ class ServicerContext:
         transport = self._stream.conn.transport
         return (transport.get_extra_info("peercert") or None) if transport is not None else None
 
+    def peer_certificate_error(self) -> str:
+        """Why the client certificate presented did not verify (grpclite.tls), "" when it
+        did or none was presented."""
+        transport = self._stream.conn.transport
+        cert = transport.get_extra_info("client_certificate") if transport is not None else None
+        return cert.failure() if cert is not None else ""
+
     def time_remaining(self):
         d = self._stream.deadline
         return None if d is None else max(0.0, d - time.monotonic())

@@ -17,6 +17,7 @@ import socket
 import ssl
 import stat
 import time
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -31,6 +32,9 @@ from grpclite.connection import (
 from grpclite.context import HandlerCallDetails, ServicerContext
 from grpclite.stream import Stream
 from grpclite.wire import NO_ERROR, OK_TRAILERS, status_block
+
+if TYPE_CHECKING:  # not imported at run time: etcdlite serves with Python's ssl alone
+    from grpclite.tls import ServerTLS
 
 log = logging.getLogger("grpclite")
 
@@ -140,18 +144,27 @@ class GrpcServer:
 
     # --- listening -----------------------------------------------------------
 
-    async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
+    def _protocols(self, ssl_context: ssl.SSLContext | ServerTLS | None):
+        """(protocol factory, ssl argument of create_server): Python's ssl, or grpclite.tls's
+        layer (which completes the handshake whatever client certificate is presented)."""
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):  # a ServerTLS
+            return ssl_context.protocol_factory(lambda: Connection(self)), None
+        return (lambda: Connection(self)), ssl_context
+
+    async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext | ServerTLS | None = None) -> int:
         """Listen on host:port (0 picks a free port); returns the port."""
+        factory, ssl_arg = self._protocols(ssl_context)
         server = await self.loop.create_server(
-            lambda: Connection(self), host or None, port, ssl=ssl_context, reuse_address=True, backlog=1024)
+            factory, host or None, port, ssl=ssl_arg, reuse_address=True, backlog=1024)
         self.servers.append(server)
         return server.sockets[0].getsockname()[1]
 
     async def listen_socket(self, sock: socket.socket,
-                            ssl_context: ssl.SSLContext | None = None) -> asyncio.base_events.Server:
+                            ssl_context: ssl.SSLContext | ServerTLS | None = None) -> asyncio.base_events.Server:
         """Serve on ``sock``, a listening TCP socket made elsewhere (e.g. inside another network
         namespace); returns its asyncio server, which ``unlisten`` closes alone."""
-        server = await self.loop.create_server(lambda: Connection(self), sock=sock, ssl=ssl_context, backlog=1024)
+        factory, ssl_arg = self._protocols(ssl_context)
+        server = await self.loop.create_server(factory, sock=sock, ssl=ssl_arg, backlog=1024)
         self.servers.append(server)
         return server
 

@@ -11,6 +11,7 @@ and for having written nothing.
 from __future__ import annotations
 
 import base64
+import datetime
 import http.client
 import json
 import ssl
@@ -231,21 +232,90 @@ def _has_default(plane, ns: str) -> bool:
         return False
 
 
-def test_certificate_from_another_ca_fails_the_handshake(plane):
-    """kube-apiserver answers 401 to a certificate it cannot verify; Python's ssl
-    cannot ask for a certificate without verifying it, so here the TLS handshake
-    fails instead: the request never reaches HTTP, nothing is written."""
-    stranger = pkis.CA(plane.tmp / "other-ca", cn="another-ca")
-    ctx = plane.ssl_context("kubernetes-admin", ca=stranger)
-    with pytest.raises((ssl.SSLError, ConnectionError)):
-        plane.rest("POST", "/api/v1/namespaces/team-a/configmaps", configmap("team-a", "stranger"), ctx=ctx)
-    issued = stranger.issue("admin2", "kubernetes-admin", ("system:masters",))
-    channel, stub = plane.grpc_stub(cert=issued)
+# certificates that claim the cluster's admin (system:masters) and must not be taken
+BAD_CERTS = {
+    "another-ca": "x509: certificate signed by unknown authority",
+    "same-name-ca": "x509: certificate signed by unknown authority",
+    "expired": "x509: certificate has expired or is not yet valid: current time ",
+    "no-client-auth": "x509: certificate specifies an incompatible key usage",
+}
+
+
+def bad_cert(plane, why: str) -> pkis.Issued:
+    """A certificate for ``why`` (BAD_CERTS), kept in plane.pki.clients as "bad-<why>" (kubectl)."""
+    name = f"bad-{why}"
+    if name not in plane.pki.clients:
+        ca = plane.pki.ca
+        if why == "another-ca":
+            ca = pkis.CA(plane.tmp / "another-ca", cn="another-ca")
+        elif why == "same-name-ca":  # the cluster CA's name, another key
+            cn = plane.pki.ca.cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+            ca = pkis.CA(plane.tmp / "namesake-ca", cn=cn)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        plane.pki.clients[name] = ca.issue(
+            name, "kubernetes-admin", ("system:masters",), server=why == "no-client-auth",
+            client=why != "no-client-auth",
+            not_after=now - datetime.timedelta(minutes=1) if why == "expired" else None)
+    return plane.pki.clients[name]
+
+
+def _bad_ctx(plane, why: str) -> ssl.SSLContext:
+    issued = bad_cert(plane, why)
+    ctx = plane.ssl_context()
+    ctx.load_cert_chain(str(issued.cert), str(issued.key))
+    return ctx
+
+
+@pytest.mark.parametrize("why", list(BAD_CERTS))
+def test_a_certificate_that_does_not_verify_is_unauthorized(plane, why):
+    """As kube-apiserver (Go's tls.RequestClientCert): the handshake completes, the x509
+    authenticator refuses the certificate (401, the reason in the apiserver's log only), and
+    nothing is written; the same name from the good CA still works."""
+    name = f"bad-{why}"
+    ctx = _bad_ctx(plane, why)
+    assert plane.rest("POST", "/api/v1/namespaces/team-a/configmaps", configmap("team-a", name), ctx=ctx) == \
+        (401, UNAUTHORIZED)
+    assert plane.rest("GET", "/api/v1/namespaces/team-a/secrets", ctx=ctx) == (401, UNAUTHORIZED)
+    channel, stub = plane.grpc_stub(cert=bad_cert(plane, why))
     with channel, pytest.raises(grpc.RpcError) as err:
         stub.Create(api_pb2.CreateRequest(object=api_pb2.Object(config_map=core_pb2.ConfigMap(
-            metadata={"name": "stranger", "namespace": "team-a"}))), timeout=5)
-    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert_not_written(plane, "team-a", "stranger")
+            metadata={"name": name, "namespace": "team-a"}))), timeout=10)
+    assert (err.value.code(), err.value.details()) == (grpc.StatusCode.UNAUTHENTICATED, "Unauthorized")
+    assert_not_written(plane, "team-a", name)
+    text = wait_until(lambda: (t := Path(plane.api.log_path).read_text()) and
+                      f"failed: {BAD_CERTS[why]}" in t and t, f"the reason ({why}) in the apiserver's log")
+    assert "Unable to authenticate the request: [verifying certificate SN=" in text
+    events = [json.loads(line) for line in (plane.tmp / "audit.log").read_text().splitlines()]
+    assert any(e["responseStatus"] == {"metadata": {}, "message": "Authentication failed, attempted: x509",
+                                       "code": 401} and e["user"] == {} and e["verb"] == "create"
+               and e["requestURI"] == "/api/v1/namespaces/team-a/configmaps" for e in events)
+    # the admin's own certificate (the good CA) still works, on a new connection as on this one
+    assert plane.rest("GET", "/api/v1/namespaces/team-a/secrets", ctx=plane.ssl_context("admin"))[0] == 200
+
+
+@pytest.mark.parametrize("why", ["another-ca", "expired"])
+def test_a_token_beside_a_bad_certificate_still_authenticates(plane, why):
+    """kube-apiserver's authenticators are a union: the x509 one fails with an error, the
+    token one is tried next and succeeds (bob: view in team-a, nothing more)."""
+    ctx = _bad_ctx(plane, why)
+    bob = "bob-token-0123456789"
+    status, body = plane.rest("GET", "/api/v1/namespaces/team-a/configmaps", ctx=ctx, token=bob)
+    assert status == 200 and "cfg" in [i["metadata"]["name"] for i in body["items"]]
+    status, body = plane.rest("POST", "/api/v1/namespaces/team-a/configmaps", configmap("team-a", "bob-x"),
+                              ctx=ctx, token=bob)
+    assert (status, body["message"]) == (403, 'configmaps is forbidden: User "bob" cannot create resource '
+                                              '"configmaps" in API group "" in the namespace "team-a"')
+    # a bad token beside it: both fail, 401
+    assert plane.rest("GET", "/api/v1/namespaces/team-a/configmaps", ctx=ctx, token="nobody") == (401, UNAUTHORIZED)
+    channel, stub = plane.grpc_stub(cert=bad_cert(plane, why), token=bob)
+    with channel:
+        got = stub.List(api_pb2.ListRequest(resource="configmaps", namespace="team-a"), timeout=10)
+        assert len(got.items) >= 2, got
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Create(api_pb2.CreateRequest(object=api_pb2.Object(config_map=core_pb2.ConfigMap(
+                metadata={"name": "bob-x", "namespace": "team-a"}))), timeout=10)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert_not_written(plane, "team-a", "bob-x")
 
 
 def test_etcd_takes_only_the_apiservers_certificate(plane):
@@ -467,6 +537,30 @@ def test_kubectl_with_client_certificates(plane, kubectl):
                                   'resource "secrets" in API group "" in the namespace "team-a"')
     out = kubectl("", "get", "configmaps", "-n", "team-a", "-o", "name", token="bob-token-0123456789")
     assert (out.returncode, out.stdout) == (0, "configmap/cfg\nconfigmap/kube-root-ca.crt\n"), out.stderr
+
+
+@pytest.mark.parametrize("why", list(BAD_CERTS))
+def test_kubectl_with_a_certificate_that_does_not_verify(plane, kubectl, why):
+    """kubectl sends its certificate whatever CA names the apiserver's CertificateRequest
+    lists (client-go answers with GetClientCertificate), so each is refused as the x509
+    authenticator's (the audit log says so), kubectl says what it says to kube-apiserver,
+    and a token beside the certificate still works."""
+    who = f"bad-{why}"
+    bad_cert(plane, why)
+    audit = plane.tmp / "audit.log"
+    seen = len(audit.read_text().splitlines())
+    out = kubectl(who, "get", "secrets", "-n", "team-a")  # discovery first: its 401 is what kubectl says
+    assert (out.returncode, out.stderr.strip().splitlines()[-1]) == (
+        1, "error: You must be logged in to the server (the server has asked for the client to provide credentials)")
+    refused = wait_until(lambda: [e for e in map(json.loads, audit.read_text().splitlines()[seen:])
+                                  if e["userAgent"].startswith("kubectl") and e["responseStatus"]["code"] == 401],
+                         "kubectl's refused requests in the audit log")
+    assert {e["responseStatus"]["message"] for e in refused} == {"Authentication failed, attempted: x509"}
+    out = kubectl(who, "create", "configmap", f"kubectl-{why}", "-n", "team-a")
+    assert (out.returncode, out.stderr.strip()) == (1, "error: failed to create configmap: Unauthorized")
+    out = kubectl(who, "get", "configmaps", "-n", "team-a", "-o", "name", token="bob-token-0123456789")
+    assert (out.returncode, out.stdout) == (0, "configmap/cfg\nconfigmap/kube-root-ca.crt\n"), out.stderr
+    assert_not_written(plane, "team-a", f"kubectl-{why}")
 
 
 def test_kubectl_auth_can_i(plane, kubectl):

@@ -14,6 +14,7 @@ certificate. Needs root, runc, conmon, busybox-static."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import http.client
 import json
 import ssl
@@ -145,6 +146,31 @@ def test_kubelet_refuses_who_the_apiserver_does_not_allow(plane):
         chunks = kubelet_pb2_grpc.KubeletStub(channel).ContainerLogs(
             request, metadata=(("authorization", f"Bearer {DAVE}"),), timeout=10)
         assert b"".join(c.data for c in chunks).startswith(b"hello from talker")
+
+
+def test_a_certificate_that_does_not_verify_is_unauthorized_at_the_kubelet(plane):
+    """As the kubelet (Go's tls.RequestClientCert): the handshake completes, a certificate
+    from another CA or expired authenticates no one (401, anonymous or not), and a token
+    beside it is still tried."""
+    api, pki, admin, node, port, tmp = plane
+    now = datetime.datetime.now(datetime.timezone.utc)
+    bad = {"another-ca": pkis.CA(tmp / "another-ca", cn="another-ca").issue("admin2", "kubernetes-admin",
+                                                                          ("system:masters", "ops")),
+           "expired": pki.ca.issue("old-admin", "kubernetes-admin", ("system:masters", "ops"),
+                                   not_after=now - datetime.timedelta(minutes=1))}
+    logs = f"/containerLogs/{NS}/talker/c"
+    for why, cert in bad.items():
+        assert kubelet_get(pki, port, logs, cert=cert) == (401, "Unauthorized\n"), why
+        code, text = kubelet_get(pki, port, logs, cert=cert, token=DAVE)
+        assert code == 200 and text.startswith("hello from talker"), (why, text)
+        creds = grpc.ssl_channel_credentials(root_certificates=pki.ca.cert_path.read_bytes(),
+                                             private_key=cert.key.read_bytes(),
+                                             certificate_chain=cert.cert.read_bytes())
+        request = kubelet_pb2.LogsRequest(namespace=NS, pod="talker", container="c")
+        with grpc.secure_channel(f"127.0.0.1:{port}", creds) as channel:
+            with pytest.raises(grpc.RpcError) as err:
+                list(kubelet_pb2_grpc.KubeletStub(channel).ContainerLogs(request, timeout=10))
+            assert (err.value.code(), err.value.details()) == (grpc.StatusCode.UNAUTHENTICATED, "Unauthorized"), why
 
 
 def test_the_apiserver_reaches_the_kubelet_with_its_own_certificate(plane):

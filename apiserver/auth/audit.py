@@ -30,10 +30,10 @@ class AuditLog:
 
     def event(self, *, received: str, uri: str, verb: str, user, attrs: Attributes | None, code: int,
               source: str = "", user_agent: str = "", stage: str = "ResponseComplete",
-              impersonated=None) -> dict:
+              impersonated=None, message: str = "") -> dict:
         """``stage``: ResponseStarted for a streamed answer (a watch) logged as it begins;
         ``impersonated``: the user the request acted as (user: who sent it), as upstream's
-        impersonatedUser."""
+        impersonatedUser; ``message``: a refused authentication's (gate.attempted)."""
         event = {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
                  "auditID": str(uuid.uuid4()), "stage": stage, "requestURI": uri,
                  "verb": attrs.verb if attrs else verb,
@@ -48,7 +48,8 @@ class AuditLog:
                 if value:
                     ref[key] = value
             event["objectRef"] = ref
-        event["responseStatus"] = {"metadata": {}, "code": code}
+        event["responseStatus"] = {"metadata": {}, "message": message, "code": code} if message else \
+            {"metadata": {}, "code": code}
         event["requestReceivedTimestamp"] = received
         event["stageTimestamp"] = _now()
         self.file.write(json.dumps(event, separators=(",", ":")) + "\n")

@@ -1,11 +1,14 @@
 """Authentication: who a request comes from, as kube-apiserver decides it.
 
-In order: a client certificate the TLS handshake verified against
---client-ca-file (CN = user name, each O = a group); a bearer token from
---token-auth-file (CSV: token,user,uid,"group1,group2"); a ServiceAccount
-token (apiserver/auth/tokens.py) whose account still exists with the same
-uid. A token that matches none is refused (401) even when anonymous requests
-are allowed, as upstream; with no credentials at all the request is
+In order: a client certificate that verified against --client-ca-file (CN =
+user name, each O = a group); a bearer token from --token-auth-file (CSV:
+token,user,uid,"group1,group2"); a ServiceAccount token
+(apiserver/auth/tokens.py) whose account still exists with the same uid. As
+upstream's union of authenticators, one that fails (a certificate that did not
+verify: another CA, expired, no clientAuth usage; a token nobody knows) does
+not stop the next: a good token beside a bad certificate authenticates; when
+none succeeds and one failed, the request is refused (401) even when anonymous
+requests are allowed. With no credentials at all the request is
 system:anonymous (group system:unauthenticated) if --anonymous-auth, else 401.
 Everyone authenticated is also in system:authenticated.
 """
@@ -112,29 +115,31 @@ class Authenticator:
         self.anonymous = anonymous
         self.bootstrap = bootstrap  # a bootstrap.BootstrapTokens (--enable-bootstrap-token-auth), or None
 
-    def authenticate(self, peercert: dict | None, authorization: str) -> User:
-        """The request's user; raises errors.unauthorized()."""
+    def authenticate(self, peercert: dict | None, authorization: str, cert_error: str = "") -> User:
+        """The request's user; raises errors.unauthorized(). ``peercert``: a certificate that
+        verified; ``cert_error``: why a presented one did not (kube-apiserver's log words)."""
+        failures = []
         if peercert:
             user = user_of_cert(peercert)
             if user is not None:
                 return _with_authenticated(user)
+        elif cert_error:
+            failures.append(cert_error)
         if authorization:
             scheme, _, token = authorization.strip().partition(" ")
             token = token.strip()
-            if scheme.lower() == "bearer" and token:
-                return _with_authenticated(self._token(token))
+            if scheme.lower() != "bearer" or not token:
+                raise errors.unauthorized()
+            user, reason, _ = self._token_user(token, self.audiences)
+            if user is not None:
+                return _with_authenticated(user)
+            failures.append(f"invalid bearer token, {reason}" if reason else "invalid bearer token")
+        if failures:
+            log.info("Unable to authenticate the request: [%s]", ", ".join(failures))
             raise errors.unauthorized()
         if self.anonymous:
             return ANONYMOUS
         raise errors.unauthorized()
-
-    def _token(self, token: str) -> User:
-        user, reason, _ = self._token_user(token, self.audiences)
-        if user is None:
-            if reason:
-                log.info("bearer token refused: %s", reason)
-            raise errors.unauthorized()
-        return user
 
     def review(self, token: str, audiences: list[str] | None = None) -> tuple[User | None, str, list[str]]:
         """TokenReview: (the token's user with system:authenticated, or None; the error

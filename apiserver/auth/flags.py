@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ssl
 
 from apiserver.auth import tokens
 from apiserver.auth.audit import AuditLog
@@ -16,6 +15,8 @@ from apiserver.auth.rbac import AlwaysAllow, RBACAuthorizer, Union
 
 DEFAULT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 MODES = ("AlwaysAllow", "Node", "RBAC")
+# kube-apiserver's: Go's http.Server bounds the TLS handshake by its ReadHeaderTimeout (32 s)
+TLS_HANDSHAKE_TIMEOUT = 32.0
 
 
 def _bool(text: str) -> bool:
@@ -33,7 +34,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-private-key-file", default="", help="PEM key of --tls-cert-file")
     p.add_argument("--client-ca-file", default="",
                    help="PEM CA: client certificates it signed authenticate (CN = user, O = groups); "
-                        "a certificate it did not sign fails the TLS handshake")
+                        "one it did not sign, expired or without clientAuth usage gets 401")
     p.add_argument("--token-auth-file", default="",
                    help='bearer tokens, CSV lines token,user,uid[,"group1,group2"]')
     p.add_argument("--service-account-key-file", action="append", default=[],
@@ -91,19 +92,19 @@ def secured(args) -> bool:
                 or args.authorization_modes != ["AlwaysAllow"])
 
 
-def ssl_context(args) -> ssl.SSLContext | None:
+def ssl_context(args):
+    """The serving TLS (a grpclite.tls.ServerTLS), or None: plain text. As kube-apiserver's
+    (Go's tls.RequestClientCert), the handshake asks for a client certificate and completes
+    whatever is presented: a certificate that does not verify against --client-ca-file is
+    refused by the authenticator (401), not by the handshake. Raises ValueError for files
+    OpenSSL cannot load."""
     if not args.tls_cert_file:
         return None
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(args.tls_cert_file, args.tls_private_key_file)
+    from grpclite.tls import ServerTLS
     # the server's preference decides: kubectl and client-go offer h2 and http/1.1 and get
     # HTTP/1.1 (the REST front); gRPC clients offer only h2
-    ctx.set_alpn_protocols(["http/1.1", "h2"])
-    if args.client_ca_file:
-        ctx.load_verify_locations(cafile=args.client_ca_file)
-        ctx.verify_mode = ssl.CERT_OPTIONAL  # asked for, verified if given; tokens need none
-    return ctx
+    return ServerTLS(args.tls_cert_file, args.tls_private_key_file, args.client_ca_file,
+                     alpn=("http/1.1", "h2"), handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
 
 
 def kubelet_tls(args):

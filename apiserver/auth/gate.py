@@ -106,12 +106,27 @@ def grpc_attributes(user: User, method: str, request) -> Attributes | None:
     return Attributes(user, verb, ns, res.group, res.name, sub, request.name)
 
 
+def attempted(certificate, authorization: str) -> str:
+    """What a refused request tried, in kube-apiserver's audit words."""
+    methods = []
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() == "basic":
+        methods.append("basic")
+    elif scheme.lower() == "bearer" and token.strip():
+        methods.append("bearer")
+    if certificate:
+        methods.append("x509")
+    return f"Authentication failed, attempted: {', '.join(methods)}" if methods else \
+        "Authentication failed, no credentials provided"
+
+
 @dataclass
 class Seen:
     """What the gate learnt of a request before it let it through or refused it (for the audit log)."""
     user: User | None = None  # who authenticated
     attrs: Attributes | None = None
     impersonated: User | None = None  # whom it acts as (Impersonate-* headers), if anyone
+    failure: str = ""  # a refused authentication: what was attempted (the Event's responseStatus.message)
 
 
 @dataclass
@@ -123,8 +138,14 @@ class Gate:
     audit: object = None  # an AuditLog (--audit-log-path), or None
     restriction: object = None  # NodeRestriction (with the Node authorizer), or None
 
-    def authenticate(self, peercert: dict | None, authorization: str) -> User:
-        return self.authenticator.authenticate(peercert, authorization)
+    def authenticate(self, peercert: dict | None, authorization: str, cert_error: str = "",
+                     seen: Seen | None = None) -> User:
+        try:
+            return self.authenticator.authenticate(peercert, authorization, cert_error)
+        except errors.ApiError:
+            if seen is not None:
+                seen.failure = attempted(peercert or cert_error, authorization)
+            raise
 
     def authorize(self, a: Attributes) -> None:
         if not self.authorizer.allowed(a):
@@ -144,10 +165,15 @@ class Gate:
         return acting
 
     def rest(self, peercert: dict | None, method: str, path: str, headers: dict, query: dict,
-             seen: Seen | None = None, header_lines=()) -> User:
-        """``header_lines``: every (name, value) as sent, for the Impersonate-* headers."""
+             seen: Seen | None = None, header_lines=(), cert_error: str = "") -> User:
+        """``header_lines``: every (name, value) as sent, for the Impersonate-* headers;
+        ``cert_error``: why the client's certificate did not verify (grpclite.tls)."""
         seen = seen or Seen()
-        seen.user = user = self.authenticate(peercert, headers.get("authorization", ""))
+        try:
+            seen.user = user = self.authenticate(peercert, headers.get("authorization", ""), cert_error, seen)
+        except errors.ApiError:
+            seen.attrs = rest_attributes(None, method, path, query)  # what it asked (the audit log's verb)
+            raise
         user = self.impersonate(user, header_lines, seen)
         seen.attrs = rest_attributes(user, method, path, query)
         self.authorize(seen.attrs)
@@ -163,8 +189,13 @@ class Gate:
                 authorization = value
                 break
         peercert = context.peer_certificate() if hasattr(context, "peer_certificate") else None
+        cert_error = context.peer_certificate_error() if hasattr(context, "peer_certificate_error") else ""
         seen = seen or Seen()
-        seen.user = user = self.authenticate(peercert, authorization)
+        try:
+            seen.user = user = self.authenticate(peercert, authorization, cert_error, seen)
+        except errors.ApiError:
+            seen.attrs = grpc_attributes(None, method, request)
+            raise
         # the same Impersonate-* names as gRPC metadata keys (lower-case, as HTTP/2 sends them)
         user = self.impersonate(user, [(k, v) for k, v in metadata if isinstance(v, str)
                                        and impersonation.is_impersonation_header(k)], seen)

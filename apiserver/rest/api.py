@@ -50,14 +50,14 @@ class RestApi:
         try:
             if self.gate is not None:
                 req.user = self.gate.rest(req.peercert, req.method, req.path.rstrip("/") or "/",
-                                          req.headers, req.query, seen, req.header_lines)
+                                          req.headers, req.query, seen, req.header_lines, req.cert_error)
             resp = await self._route(req)
         except ApiError as e:
             resp = error_response(e)
         if audit is not None:
             uri = req.path + (f"?{urlencode(req.query, doseq=True)}" if req.query else "")
             audit.event(received=received, uri=uri, verb=req.method.lower(), user=seen.user, attrs=seen.attrs,
-                        impersonated=seen.impersonated, code=resp.status, source=req.source,
+                        impersonated=seen.impersonated, code=resp.status, source=req.source, message=seen.failure,
                         user_agent=req.headers.get("user-agent", ""),
                         stage="ResponseStarted" if resp.stream is not None else "ResponseComplete")
         return resp

@@ -42,6 +42,7 @@ class Request:
     body: bytes = b""
     # the client certificate TLS verified (ssl's getpeercert() form), and who the gate says it is
     peercert: dict | None = None
+    cert_error: str = ""  # why the one presented did not verify (grpclite.tls), "" if it did
     user: object = None
     source: str = ""  # the client's address
     # every header line as sent (lower-case name, value): repeated headers one by one
@@ -134,6 +135,8 @@ class Http1Server:
                 if request is None:
                     return
                 request.peercert = writer.get_extra_info("peercert") or None
+                cert = writer.get_extra_info("client_certificate")
+                request.cert_error = cert.failure() if cert is not None else ""
                 peer = writer.get_extra_info("peername")
                 request.source = peer[0] if isinstance(peer, tuple) and peer else ""
                 keep_alive = request.headers.get("connection", "").lower() != "close"

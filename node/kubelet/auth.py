@@ -2,10 +2,13 @@
 --client-ca-file, --authentication-token-webhook and --authorization-mode=Webhook:
 the kubelet owns no users or roles, it asks the apiserver.
 
-Authentication, in order: a client certificate the TLS handshake verified
-against --client-ca-file (CN = user, each O = a group); a bearer token, which
-the apiserver judges (a TokenReview); no credentials at all: system:anonymous
-if --anonymous-auth, else 401. Everyone authenticated is in
+Authentication, in order: a client certificate that verified against
+--client-ca-file (CN = user, each O = a group); a bearer token, which the
+apiserver judges (a TokenReview); no credentials at all: system:anonymous if
+--anonymous-auth, else 401. As upstream, the TLS handshake asks for a
+certificate without requiring that it verify (grpclite.tls): one that does not
+(another CA, expired) is a failed authentication, a token beside it is still
+tried, and when none succeeds the answer is 401, anonymous allowed or not. Everyone authenticated is in
 system:authenticated. Authorization: a SubjectAccessReview for the request's
 attributes, mapped as the kubelet maps them: resource ``nodes``, name = this
 node, subresource by path (/stats stats, /metrics metrics, /logs log, anything
@@ -155,7 +158,8 @@ class KubeletAuth:
 
     # ---- authentication ----
 
-    def authenticate(self, peercert: dict | None, authorization: str) -> Caller:
+    def authenticate(self, peercert: dict | None, authorization: str, cert_error: str = "") -> Caller:
+        """``cert_error``: why a certificate presented did not verify (it then authenticates no one)."""
         caller = caller_of_cert(peercert)
         if caller is not None:
             return caller
@@ -165,6 +169,9 @@ class KubeletAuth:
             caller = self._token(token)
             if caller is not None:
                 return caller
+            raise Refused(401, "Unauthorized")
+        if cert_error:  # a failed authenticator: not anonymous
+            log.info("Unable to authenticate the request: %s", cert_error)
             raise Refused(401, "Unauthorized")
         # as upstream: what no authenticator takes is anonymous, when that is allowed
         if self.anonymous:
@@ -222,27 +229,24 @@ class KubeletAuth:
             raise Refused(403, f"Forbidden (user={caller.name}, verb={verb}, resource=nodes, "
                                f"subresource={subresource})")
 
-    def check(self, peercert: dict | None, authorization: str, method: str, path: str) -> Caller:
+    def check(self, peercert: dict | None, authorization: str, method: str, path: str,
+              cert_error: str = "") -> Caller:
         """A request's caller once allowed; Refused otherwise. Blocking (the reviews)."""
-        caller = self.authenticate(peercert, authorization)
+        caller = self.authenticate(peercert, authorization, cert_error)
         self.authorize(caller, verb_of(method), subresource_of(path))
         return caller
 
-    async def acheck(self, peercert: dict | None, authorization: str, method: str, path: str) -> Caller:
-        return await asyncio.to_thread(self.check, peercert, authorization, method, path)
+    async def acheck(self, peercert: dict | None, authorization: str, method: str, path: str,
+                     cert_error: str = "") -> Caller:
+        return await asyncio.to_thread(self.check, peercert, authorization, method, path, cert_error)
 
 
-def server_ssl_context(cert_file: str, key_file: str, client_ca_file: str = "") -> ssl.SSLContext:
-    """The kubelet's serving context (--tls-cert-file, --tls-private-key-file): gRPC (h2) and
-    the HTTP endpoints (http/1.1) on one port; a client certificate asked for and verified
-    against --client-ca-file when given (tokens need none)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert_file, key_file)
+def server_ssl_context(cert_file: str, key_file: str, client_ca_file: str = ""):
+    """The kubelet's serving TLS (--tls-cert-file, --tls-private-key-file; a
+    grpclite.tls.ServerTLS): gRPC (h2) and the HTTP endpoints (http/1.1) on one port; a
+    client certificate asked for, never required, and verified against --client-ca-file
+    when given (tokens need none). Raises ValueError for files OpenSSL cannot load."""
+    from grpclite.tls import ServerTLS
     # the server's preference decides: curl and Go clients offer both and get HTTP/1.1 (the
     # HTTP endpoints); gRPC clients (the apiserver's logs and exec) offer only h2
-    ctx.set_alpn_protocols(["http/1.1", "h2"])
-    if client_ca_file:
-        ctx.load_verify_locations(cafile=client_ca_file)
-        ctx.verify_mode = ssl.CERT_OPTIONAL
-    return ctx
+    return ServerTLS(cert_file, key_file, client_ca_file, alpn=("http/1.1", "h2"))

@@ -138,7 +138,8 @@ class KubeletService(kubelet_pb2_grpc.KubeletServicer):
         from node.kubelet.auth import Refused
         authorization = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), "")
         try:
-            await self.auth.acheck(context.peer_certificate(), authorization, method, path)
+            await self.auth.acheck(context.peer_certificate(), authorization, method, path,
+                                   context.peer_certificate_error())
         except Refused as e:
             code = {401: grpc.StatusCode.UNAUTHENTICATED, 403: grpc.StatusCode.PERMISSION_DENIED}.get(
                 e.code, grpc.StatusCode.INTERNAL)

@@ -82,9 +82,10 @@ class StreamingFront:
             head = await read_head(reader)
             if head is not None and self.auth is not None:
                 from node.kubelet.auth import Refused
+                cert = writer.get_extra_info("client_certificate")
                 try:
                     await self.auth.acheck(writer.get_extra_info("peercert"), head.headers.get("authorization", ""),
-                                           head.method, head.path)
+                                           head.method, head.path, cert.failure() if cert is not None else "")
                 except Refused as e:
                     raise HttpError(e.code, e.message) from None
             if head is not None:
