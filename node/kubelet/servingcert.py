@@ -7,9 +7,9 @@ links to it) and renews it as the client certificate (node.kubelet.certrotation)
 approves such a request on its own (upstream's csrapproving does not: it cannot tell the
 SANs are the node's): an administrator does, with `kubectl certificate approve`.
 
-Its API port is served from the start: until there is a certificate a handshake fails;
-each handshake takes the certificate current then (a server-name callback switches to its
-context), so a renewed one is used by the next connection.
+Its API port is served from the start: until there is a certificate a connection is closed
+before any handshake; each connection takes the certificate current when it is accepted, so
+a renewed one is used by the next connection.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import asyncio
 import os
-import ssl
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -73,7 +73,7 @@ class ServingCertificate(CertificateRotation):
         self.kubeconfig = kubeconfig
         self.client_ca_file = client_ca_file
         self.path = os.path.join(cert_dir, CURRENT)
-        self._current: ssl.SSLContext | None = None
+        self._current = None  # grpclite.tls.ServerTLS of the certificate, once there is one
         os.makedirs(cert_dir, mode=0o700, exist_ok=True)
         self.on_rotated.insert(0, self._load)
         self._load()
@@ -107,22 +107,25 @@ class ServingCertificate(CertificateRotation):
         self._current = server_ssl_context(self.path, self.path, self.client_ca_file)
         log.info("%s: serving with %s", self.node_name, os.path.realpath(self.path))
 
-    def context(self) -> ssl.SSLContext:
-        """The listening context: no certificate of its own; each handshake is switched to the
-        current certificate's context, and fails while there is none."""
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.set_alpn_protocols(["http/1.1", "h2"])
-        if self.client_ca_file:
-            ctx.load_verify_locations(cafile=self.client_ca_file)
-            ctx.verify_mode = ssl.CERT_OPTIONAL
+    def context(self) -> "_CurrentCertificate":
+        """What the port listens with (GrpcServer.listen's ssl_context): each connection is
+        served with the certificate current when it comes, and closed while there is none."""
+        return _CurrentCertificate(self)
 
-        def choose(conn: ssl.SSLObject, _server_name, _ctx):
-            current = self._current
+
+class _CurrentCertificate:
+    def __init__(self, serving: ServingCertificate) -> None:
+        self.serving = serving
+
+    def protocol_factory(self, app_factory):
+        def protocol() -> asyncio.BaseProtocol:
+            current = self.serving._current
             if current is None:
-                return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE  # no serving certificate yet
-            conn.context = current
-            return None
+                return _Refused()  # no serving certificate yet
+            return current.protocol_factory(app_factory)()
+        return protocol
 
-        ctx.sni_callback = choose
-        return ctx
+
+class _Refused(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()
