@@ -46,6 +46,7 @@ from etcdlite.apply import BatchRun, StateMachine
 
 from . import durable, journal, snapshot_file
 from .apply_pacing import PAUSED, ApplyPacer
+from .leader_calls import LeaderCalls
 from .loop import LoopPoller, LoopSyncObj
 
 log = logging.getLogger("etcdlite.raft")
@@ -273,6 +274,9 @@ class RaftNode:
         self._obj = LoopSyncObj(self_address, peers, conf, [self.state], self._poller, self._pacer,
                                 snapshot_bytes=snapshot_bytes, peer_tls=peer_tls)
         _keep_log_after_snapshot(self._obj)
+        # calls the leader answers outside the log (lease keep-alives): see etcdlite.raft.leader_calls
+        self.calls = LeaderCalls(loop, self._obj)
+        self._obj.__dict__["leader_calls"] = self.calls
         self._journal = self._obj._SyncObj__raftLog
         transport = self._obj.peer_transport
         self._poller.cork, self._poller.uncork = transport.cork, transport.uncork
