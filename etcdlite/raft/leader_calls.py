@@ -58,7 +58,9 @@ class LeaderCalls:
         self._obj = obj
         self._handlers: dict[str, object] = {}
         self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future] = {}
+        # calls sent, by ID: (their answer, the leader asked, when to give up on it)
+        self._waiting: dict[int, tuple] = {}
+        self._watch: asyncio.TimerHandle | None = None  # _watch_waiting's next run
         # messages to send at the end of this turn: (node, type) -> items
         self._outbox: dict[tuple, list] = {}
         self._flush_scheduled = False
@@ -96,20 +98,26 @@ class LeaderCalls:
     async def _ask(self, leader, kind: str, payload, timeout: float):
         call_id = next(self._ids)
         answer = self._loop.create_future()
-        self._waiting[call_id] = answer
+        self._waiting[call_id] = (answer, leader, self._loop.time() + timeout)
         self._queue(leader, CALL, (call_id, kind, payload))
-        end = self._loop.time() + timeout
+        if self._watch is None:
+            self._watch = self._loop.call_later(WATCH_PERIOD, self._watch_waiting)
         try:
-            while True:
-                done, _ = await asyncio.wait((answer,), timeout=WATCH_PERIOD)
-                if done:
-                    return answer.result()
-                obj = self._obj
-                if (obj._getLeader() is not leader or not obj.isNodeConnected(leader)
-                        or self._loop.time() >= end):
-                    raise _Lost
+            return await answer
         finally:
             self._waiting.pop(call_id, None)
+
+    def _watch_waiting(self) -> None:
+        """Give up on the calls whose leader changed or went away, or that
+        waited ATTEMPT_TIMEOUT (they are asked again)."""
+        self._watch = None
+        obj, now = self._obj, self._loop.time()
+        current = obj._getLeader()
+        for answer, leader, end in list(self._waiting.values()):
+            if not answer.done() and (leader is not current or now >= end or not obj.isNodeConnected(leader)):
+                answer.set_exception(_Lost())
+        if self._waiting:
+            self._watch = self._loop.call_later(WATCH_PERIOD, self._watch_waiting)
 
     # --- messages ---------------------------------------------------------
 
@@ -129,9 +137,9 @@ class LeaderCalls:
                 if transport.send(node, {"type": kind, "items": items}) or kind != CALL:
                     continue
                 for call_id, _, _ in items:  # not connected: tried again at once
-                    answer = self._waiting.get(call_id)
-                    if answer is not None and not answer.done():
-                        answer.set_exception(_Lost())
+                    waiting = self._waiting.get(call_id)
+                    if waiting is not None and not waiting[0].done():
+                        waiting[0].set_exception(_Lost())
         finally:
             transport.uncork()
 
@@ -144,7 +152,8 @@ class LeaderCalls:
             return True
         if kind == ANSWER:
             for call_id, ok, value in message["items"]:
-                answer = self._waiting.get(call_id)
+                waiting = self._waiting.get(call_id)
+                answer = waiting[0] if waiting is not None else None
                 if answer is not None and not answer.done():
                     if ok:
                         answer.set_result(value)
