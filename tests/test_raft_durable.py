@@ -286,6 +286,51 @@ def test_followers_reply_to_append_entries_only_once_synced(tmp_path, calls, mon
     assert not early, f"replies sent before their entries were synced (reported, synced): {early[:5]}"
 
 
+@pytest.mark.process
+def test_the_leader_sends_entries_before_its_own_sync_and_counts_itself_after(tmp_path, calls, monkeypatch):
+    """Three members in one event loop. The leader's new entries leave for
+    the followers before its journal is synced (the two syncs overlap), yet
+    nothing is applied (acknowledged) on the leader before its own sync
+    covers it: the followers' replies alone are not a majority."""
+    nodes: list[RaftNode] = []
+    sent_unsynced = [0]
+    unsynced_applies: list[tuple] = []
+    original_try_send = PeerConnection._TcpConnection__trySendBuffer
+
+    def try_send(conn):
+        node = next((n for n in nodes if n._obj.peer_transport is conn.transport), None)
+        if node is not None and node.is_leader and node._journal.dirty and conn._TcpConnection__writeBuffer:
+            sent_unsynced[0] += 1
+        return original_try_send(conn)
+
+    monkeypatch.setattr(PeerConnection, "_TcpConnection__trySendBuffer", try_send)
+
+    def on_applied(applied) -> None:
+        for node in nodes:
+            if node.is_leader and node._journal.synced_index < node.commit_index:
+                unsynced_applies.append((node._journal.synced_index, node.commit_index))
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        addresses = [_address() for _ in range(3)]
+        for i, address in enumerate(addresses):
+            others = [a for a in addresses if a != address]
+            nodes.append(RaftNode(loop, address, others, str(tmp_path / f"m{i}"), password="test secret",
+                                  on_applied=on_applied))
+        try:
+            await _until(lambda: any(n.is_leader for n in nodes), "a leader elected")
+            leader = next(n for n in nodes if n.is_leader)
+            for _ in range(20):  # one at a time, as a lone client's writes
+                await _put_all(leader, 1)
+        finally:
+            for node in nodes:
+                node.stop()
+
+    asyncio.run(run())
+    assert sent_unsynced[0] >= 20, f"entries sent before the leader's sync: {sent_unsynced[0]} of 20 writes"
+    assert not unsynced_applies, f"applied before the leader synced (synced, commit): {unsynced_applies[:5]}"
+
+
 def test_unsafe_no_fsync_is_off_unless_asked_for():
     from etcdlite.cli import build_parser, config_from_args
 
