@@ -10,8 +10,9 @@ their own beside pysyncobj's, on the same authenticated connections.
 `LeaderCalls.call(kind, payload, timeout)` runs the handler registered for
 `kind` on the leader: here when this member is the leader, else in a
 message to the leader, whose handler's answer comes back in another. Calls
-made in one turn of the event loop leave in one message per peer, and so do
-the answers given while handling one. A handler raises `NotLeader` when
+made in one turn of the event loop leave in one message per peer; the
+answers given at once to one message leave in one message, with the others
+of the same peer event. A handler raises `NotLeader` when
 its member is not (or no longer) the leader; the call then goes to the
 leader of the moment, as it does when the leader changes or its connection
 is lost while an answer is awaited (a call may thus run twice: handlers are
@@ -147,8 +148,11 @@ class LeaderCalls:
         """A peer message: True if it was one of these calls or answers."""
         kind = message.get("type")
         if kind == CALL:
+            answers: list = []
             for call_id, call_kind, payload in message["items"]:
-                self._run(node, call_id, call_kind, payload)
+                self._run(node, call_id, call_kind, payload, answers)
+            if answers:  # leave with this peer event's other messages, not a turn later
+                self._obj.peer_transport.send(node, {"type": ANSWER, "items": answers})
             return True
         if kind == ANSWER:
             for call_id, ok, value in message["items"]:
@@ -162,17 +166,19 @@ class LeaderCalls:
             return True
         return False
 
-    def _run(self, node, call_id: int, kind: str, payload) -> None:
+    def _run(self, node, call_id: int, kind: str, payload, answers: list) -> None:
+        """Run a call from `node`: its answer goes into `answers` if it is
+        there at once, else in a message of its own once it is."""
         handler = self._handlers.get(kind)
         try:
             if handler is None or not self._obj._isLeader():
                 raise NotLeader()
             answer = handler(payload)
         except Exception as exc:  # noqa: BLE001 (every failure goes back to the caller)
-            self._answer(node, call_id, None, exc)
+            answers.append(self._answer_item(call_id, None, exc))
             return
         if not inspect.isawaitable(answer):
-            self._answer(node, call_id, answer, None)
+            answers.append((call_id, True, answer))
             return
         task = asyncio.ensure_future(answer)
 
@@ -183,10 +189,13 @@ class LeaderCalls:
         task.add_done_callback(done)
 
     def _answer(self, node, call_id: int, value, exc: BaseException | None) -> None:
+        self._queue(node, ANSWER, self._answer_item(call_id, value, exc))
+
+    @staticmethod
+    def _answer_item(call_id: int, value, exc: BaseException | None) -> tuple:
         if exc is None:
-            self._queue(node, ANSWER, (call_id, True, value))
-            return
+            return call_id, True, value
         if not isinstance(exc, (errors.EtcdError, NotLeader)):
             log.error("leader call %d failed", call_id, exc_info=exc)
             exc = NotLeader()  # asked again, of whichever member leads then
-        self._queue(node, ANSWER, (call_id, False, exc))
+        return call_id, False, exc
