@@ -14,37 +14,18 @@ import grpc
 import pytest
 
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
-from harness.etcd_client import Client, wait_until
-from harness.procs import run_etcdctl, start_cluster, start_etcdlite_cluster
+from harness.etcd_client import Client, leader_of, wait_until
+from harness.procs import Registry, run_etcdctl, start_cluster, start_etcdlite_cluster
 
 pytestmark = pytest.mark.process
 
 
-def _leader_of(members):
-    def find():
-        for m in members:
-            if not m.alive:
-                continue
-            try:
-                with Client(m.endpoint) as c:
-                    st = c.maintenance.Status(pb.StatusRequest(), timeout=2)
-            except grpc.RpcError:
-                continue
-            if st.leader and st.leader == st.header.member_id:
-                return m
-        return None
-
-    return wait_until(find, 20, what="a leader")
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    from harness.procs import Registry
-
     registry = Registry()
     try:
         members = start_etcdlite_cluster(tmp_path_factory.mktemp("lease3"), 3, registry)
-        leader = _leader_of(members)
+        leader = leader_of(members)
         yield leader, [m for m in members if m is not leader]
     finally:
         registry.cleanup()
@@ -124,7 +105,7 @@ def test_a_lease_left_alone_expires_at_one_revision_on_every_member(cluster):
 def test_etcdctl_lease_keep_alive_against_a_follower_as_against_etcd(cluster, tmp_path, procs):
     _, followers = cluster
     etcd = start_cluster("etcd", tmp_path / "etcd", 3, procs, name="e")
-    etcd_follower = [m for m in etcd if m is not _leader_of(etcd)][0]
+    etcd_follower = [m for m in etcd if m is not leader_of(etcd)][0]
 
     def transcript(member) -> list[str]:
         rc, out, err = run_etcdctl(member, "lease", "grant", "5")
@@ -144,7 +125,7 @@ def test_etcdctl_lease_keep_alive_against_a_follower_as_against_etcd(cluster, tm
 
 def test_keep_alive_through_a_leader_sigkill(procs, tmp_path):
     members = start_etcdlite_cluster(tmp_path, 3, procs)
-    leader = _leader_of(members)
+    leader = leader_of(members)
     follower = next(m for m in members if m is not leader)
     with Client(follower.endpoint) as c:
         lease = c.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=4), timeout=10)
@@ -183,7 +164,7 @@ def test_keep_alive_through_a_leader_sigkill(procs, tmp_path):
         killed = time.monotonic()
         leader.kill()
         survivors = [m for m in members if m is not leader]
-        _leader_of(survivors)
+        leader_of(survivors)
         # three TTLs after the kill the lease is still there, on both survivors, all along
         with Client(follower.endpoint) as c:
             while time.monotonic() < killed + 12:
