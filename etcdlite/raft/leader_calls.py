@@ -115,7 +115,7 @@ class LeaderCalls:
         obj, now = self._obj, self._loop.time()
         current = obj._getLeader()
         for answer, leader, end in list(self._waiting.values()):
-            if not answer.done() and (leader is not current or now >= end or not obj.isNodeConnected(leader)):
+            if not answer.done() and (leader != current or now >= end or not obj.isNodeConnected(leader)):
                 answer.set_exception(_Lost())
         if self._waiting:
             self._watch = self._loop.call_later(WATCH_PERIOD, self._watch_waiting)
