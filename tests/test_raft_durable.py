@@ -331,6 +331,54 @@ def test_the_leader_sends_entries_before_its_own_sync_and_counts_itself_after(tm
     assert not unsynced_applies, f"applied before the leader synced (synced, commit): {unsynced_applies[:5]}"
 
 
+@pytest.mark.process
+def test_the_leader_sends_the_commit_index_before_it_applies(tmp_path, monkeypatch):
+    """A write proposed through a follower is applied there once it hears
+    the commit index: the leader sends it before applying the entry
+    itself, not after (three members in one event loop)."""
+    nodes: list[RaftNode] = []
+    told: dict[int, int] = {}  # id(leader's transport) -> highest commit index sent
+    late: list[tuple] = []
+    applies = [0]
+    original_send = PeerConnection.send
+
+    def send(conn, message):
+        if isinstance(message, dict) and message.get("type") == "append_entries":
+            key = id(conn.transport)
+            told[key] = max(told.get(key, 0), message["commit_index"])
+        return original_send(conn, message)
+
+    monkeypatch.setattr(PeerConnection, "send", send)
+
+    def on_applied(applied) -> None:
+        for node in nodes:
+            if node.is_leader and node.applied_index < node.commit_index:
+                index = node.applied_index + 1  # the entry being applied
+                applies[0] += 1
+                if told.get(id(node._obj.peer_transport), 0) < index:
+                    late.append((index, told.get(id(node._obj.peer_transport), 0)))
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        addresses = [_address() for _ in range(3)]
+        for i, address in enumerate(addresses):
+            others = [a for a in addresses if a != address]
+            nodes.append(RaftNode(loop, address, others, str(tmp_path / f"m{i}"), password="test secret",
+                                  on_applied=on_applied))
+        try:
+            await _until(lambda: any(n.is_leader for n in nodes), "a leader elected")
+            leader = next(n for n in nodes if n.is_leader)
+            for _ in range(20):
+                await _put_all(leader, 1)
+        finally:
+            for node in nodes:
+                node.stop()
+
+    asyncio.run(run())
+    assert applies[0] >= 20, applies
+    assert not late, f"applied on the leader before the followers were told (index, told): {late[:5]}"
+
+
 def test_unsafe_no_fsync_is_off_unless_asked_for():
     from etcdlite.cli import build_parser, config_from_args
 

@@ -118,6 +118,7 @@ class LoopSyncObj(SyncedLeadership, PacedApply, LeanEntries, GuardedSyncObj):
         self.__dict__["_snapshot_asked"] = 0.0  # when the journal's size last asked for one
         self.__dict__["peer_tls"] = peer_tls  # PeerTransport's TLS (a PeerTLS), or None
         self.__dict__["leader_calls"] = None  # a LeaderCalls, set by the RaftNode
+        self.__dict__["before_apply"] = None  # runs before committed entries are applied (RaftNode)
         super().__init__(self_node, other_nodes, conf, consumers=consumers, transportClass=PeerTransport)
 
     def _SyncObj__tryLogCompaction(self):
@@ -152,6 +153,12 @@ class LoopSyncObj(SyncedLeadership, PacedApply, LeanEntries, GuardedSyncObj):
         if calls is not None and calls.receive(node, message):
             return
         super()._SyncObj__onMessageReceived(node, message)
+
+    def _SyncObj__applyLogEntries(self):
+        before = self.__dict__["before_apply"]
+        if before is not None and self._SyncObj__raftCommitIndex > self._SyncObj__raftLastApplied:
+            before()
+        return super()._SyncObj__applyLogEntries()
 
     @property
     def peer_transport(self) -> PeerTransport:

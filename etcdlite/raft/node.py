@@ -19,7 +19,8 @@ leader itself as holding every entry it has; a follower syncs it before
 its messages leave (`_before_send`), and its AppendEntries replies are
 among them. One fdatasync covers every entry appended since the last, so
 under load a sync serves a tick's worth of batches. The leader sends new
-entries to its followers before its own sync, not after (`_send_early`).
+entries to its followers before its own sync, not after (`_send_early`),
+and a new commit index before it applies (`_before_apply`).
 """
 
 from __future__ import annotations
@@ -284,6 +285,8 @@ class RaftNode:
         transport.before_send = self._before_send
         self._last_index = self._obj._SyncObj__getCurrentLogIndex
         self._send_append_entries = self._obj._SyncObj__sendAppendEntries
+        self._commit_told = 0  # the highest commit index sent to the followers by _before_apply
+        self._obj.__dict__["before_apply"] = self._before_apply
         self._timer = loop.call_soon(self._periodic)
 
     # Ticking. A tick runs in the event loop after any peer socket event or
@@ -327,7 +330,8 @@ class RaftNode:
                 self._do_tick()
                 while self.single and obj._isLeader() and obj.raftCommitIndex < self._last_index():
                     self._do_tick()
-            if obj._isLeader() and (self._last_index() != last or obj.raftCommitIndex != commit):
+            if obj._isLeader() and (self._last_index() != last
+                                    or obj.raftCommitIndex != max(commit, self._commit_told)):
                 self._send_append_entries()
             self._reconcile_peers()
             single = not obj._SyncObj__otherNodes
@@ -348,6 +352,20 @@ class RaftNode:
         a follower acknowledges one only after its own (`_before_send`)."""
         self._send_append_entries()
         self._obj.peer_transport.flush_now()
+
+    def _before_apply(self) -> None:
+        """Inside pysyncobj's tick, between its commit step and applying:
+        the leader tells its followers the new commit index first, so that
+        a write proposed through a follower is applied and answered there
+        while the leader applies it (and answers its own clients), not
+        after."""
+        obj = self._obj
+        commit = obj.raftCommitIndex
+        if self.single or commit <= self._commit_told or not obj._isLeader():
+            return
+        self._commit_told = commit
+        self._send_append_entries()
+        obj.peer_transport.flush_now()
 
     def _do_tick(self) -> None:
         # pysyncobj's commit step counts the leader as holding every entry in
