@@ -286,6 +286,25 @@ def test_followers_reply_to_append_entries_only_once_synced(tmp_path, calls, mon
     assert not early, f"replies sent before their entries were synced (reported, synced): {early[:5]}"
 
 
+async def _lone_writes(tmp_path, nodes: list, on_applied, writes: int = 20) -> None:
+    """Three members in this loop (put in `nodes` as they are made); `writes`
+    puts proposed on the leader one at a time, as a lone client's."""
+    loop = asyncio.get_running_loop()
+    addresses = [_address() for _ in range(3)]
+    for i, address in enumerate(addresses):
+        others = [a for a in addresses if a != address]
+        nodes.append(RaftNode(loop, address, others, str(tmp_path / f"m{i}"), password="test secret",
+                              on_applied=on_applied))
+    try:
+        await _until(lambda: any(n.is_leader for n in nodes), "a leader elected")
+        leader = next(n for n in nodes if n.is_leader)
+        for _ in range(writes):
+            await _put_all(leader, 1)
+    finally:
+        for node in nodes:
+            node.stop()
+
+
 @pytest.mark.process
 def test_the_leader_sends_entries_before_its_own_sync_and_counts_itself_after(tmp_path, calls, monkeypatch):
     """Three members in one event loop. The leader's new entries leave for
@@ -310,23 +329,7 @@ def test_the_leader_sends_entries_before_its_own_sync_and_counts_itself_after(tm
             if node.is_leader and node._journal.synced_index < node.commit_index:
                 unsynced_applies.append((node._journal.synced_index, node.commit_index))
 
-    async def run() -> None:
-        loop = asyncio.get_running_loop()
-        addresses = [_address() for _ in range(3)]
-        for i, address in enumerate(addresses):
-            others = [a for a in addresses if a != address]
-            nodes.append(RaftNode(loop, address, others, str(tmp_path / f"m{i}"), password="test secret",
-                                  on_applied=on_applied))
-        try:
-            await _until(lambda: any(n.is_leader for n in nodes), "a leader elected")
-            leader = next(n for n in nodes if n.is_leader)
-            for _ in range(20):  # one at a time, as a lone client's writes
-                await _put_all(leader, 1)
-        finally:
-            for node in nodes:
-                node.stop()
-
-    asyncio.run(run())
+    asyncio.run(_lone_writes(tmp_path, nodes, on_applied))
     assert sent_unsynced[0] >= 20, f"entries sent before the leader's sync: {sent_unsynced[0]} of 20 writes"
     assert not unsynced_applies, f"applied before the leader synced (synced, commit): {unsynced_applies[:5]}"
 
@@ -358,23 +361,7 @@ def test_the_leader_sends_the_commit_index_before_it_applies(tmp_path, monkeypat
                 if told.get(id(node._obj.peer_transport), 0) < index:
                     late.append((index, told.get(id(node._obj.peer_transport), 0)))
 
-    async def run() -> None:
-        loop = asyncio.get_running_loop()
-        addresses = [_address() for _ in range(3)]
-        for i, address in enumerate(addresses):
-            others = [a for a in addresses if a != address]
-            nodes.append(RaftNode(loop, address, others, str(tmp_path / f"m{i}"), password="test secret",
-                                  on_applied=on_applied))
-        try:
-            await _until(lambda: any(n.is_leader for n in nodes), "a leader elected")
-            leader = next(n for n in nodes if n.is_leader)
-            for _ in range(20):
-                await _put_all(leader, 1)
-        finally:
-            for node in nodes:
-                node.stop()
-
-    asyncio.run(run())
+    asyncio.run(_lone_writes(tmp_path, nodes, on_applied))
     assert applies[0] >= 20, applies
     assert not late, f"applied on the leader before the followers were told (index, told): {late[:5]}"
 
