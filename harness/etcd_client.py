@@ -54,3 +54,22 @@ def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def leader_of(members, timeout: float = 20):
+    """The member (of harness.procs' Members) that reports itself leader, once one does."""
+
+    def find():
+        for m in members:
+            if not m.alive:
+                continue
+            try:
+                with Client(m.endpoint) as c:
+                    st = c.maintenance.Status(pb.StatusRequest(), timeout=2)
+            except grpc.RpcError:
+                continue
+            if st.leader and st.leader == st.header.member_id:
+                return m
+        return None
+
+    return wait_until(find, timeout, what="a leader")

@@ -25,6 +25,7 @@ SERIAL = (
     "test_watch_abuse.py",
     "test_durability*.py",
     "test_powerloss*.py",
+    "test_lease_cluster.py",
     "test_cluster_dns.py::test_a_flooding_client_does_not_starve_another",
     "test_big_applies.py::test_a_range_is_answered_within_a_second_while_300k_keys_are_deleted",
     "test_linearizability_checker.py::test_performance_5000_ops_5_keys_10_clients",

@@ -96,3 +96,16 @@ def test_errors_are_answers_not_exceptions():
     assert events == [] and revision == 1
     (_, missing, _, _), = sm.apply_batch([put(b"x", b"1", lease=99)])
     assert missing is errors.LEASE_NOT_FOUND
+
+
+def test_keep_alives_in_older_logs_still_apply():
+    """Keep-alives no longer go through the log (the leader's clock: etcdlite.lessor), but
+    journals written before hold Op.LEASE_RENEW entries, which replay as they did: the
+    lease's TTL (its countdown restarts where it is applied), 0 for a lease gone, no change."""
+    sm = StateMachine()
+    sm.apply_batch([(Op.LEASE_GRANT, pb.LeaseGrantRequest(ID=7, TTL=100).SerializeToString())])
+    revision = sm.kv.current_revision
+    renewals = sm.apply_batch([(Op.LEASE_RENEW, pb.LeaseKeepAliveRequest(ID=i).SerializeToString()) for i in (7, 8)])
+    assert [(op, r.ID, r.TTL, events) for op, r, events, _ in renewals] == [
+        (Op.LEASE_RENEW, 7, 100, []), (Op.LEASE_RENEW, 8, 0, [])]
+    assert sm.kv.current_revision == revision

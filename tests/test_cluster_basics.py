@@ -14,33 +14,16 @@ import time
 import grpc
 import pytest
 
-from harness.etcd_client import Client, error_of, wait_until
+from harness.etcd_client import Client, error_of, leader_of, wait_until
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from harness.procs import REPO, run_etcdctl, start_etcdlite_cluster
 
 pytestmark = pytest.mark.process
 
 
-def _leader_of(members):
-    def find():
-        for m in members:
-            if not m.alive:
-                continue
-            try:
-                with Client(m.endpoint) as c:
-                    st = c.maintenance.Status(pb.StatusRequest(), timeout=2)
-            except grpc.RpcError:
-                continue
-            if st.leader and st.leader == st.header.member_id:
-                return m
-        return None
-
-    return wait_until(find, 20, what="a leader")
-
-
 def test_five_members_survive_two_failures(procs, tmp_path):
     members = start_etcdlite_cluster(tmp_path, 5, procs)
-    leader = _leader_of(members)
+    leader = leader_of(members)
     followers = [m for m in members if m is not leader]
     followers[0].kill()
     followers[1].kill()
@@ -66,7 +49,7 @@ def test_five_members_survive_two_failures(procs, tmp_path):
 
 def test_lease_outlives_a_leader_change(procs, tmp_path):
     members = start_etcdlite_cluster(tmp_path, 3, procs)
-    leader = _leader_of(members)
+    leader = leader_of(members)
     other = next(m for m in members if m is not leader)
     with Client(other.endpoint) as c:
         lease = c.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=6))
@@ -77,7 +60,7 @@ def test_lease_outlives_a_leader_change(procs, tmp_path):
     renewed = time.monotonic()
     leader.kill()
     survivors = [m for m in members if m is not leader]
-    _leader_of(survivors)
+    leader_of(survivors)
     # the new leader restarts the countdown at the full TTL: nothing expires
     # before renewed + TTL, whatever the failover took
     with Client(other.endpoint) as c:
@@ -147,7 +130,7 @@ def test_cluster_up_starts_supervises_and_stops(tmp_path, etcd_binaries):
 
 def test_move_leader(procs, tmp_path, etcd_binaries):
     members = start_etcdlite_cluster(tmp_path, 3, procs)
-    leader = _leader_of(members)
+    leader = leader_of(members)
     follower = next(m for m in members if m is not leader)
     with Client(follower.endpoint) as c:
         target = c.maintenance.Status(pb.StatusRequest()).header.member_id

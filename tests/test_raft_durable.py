@@ -286,6 +286,86 @@ def test_followers_reply_to_append_entries_only_once_synced(tmp_path, calls, mon
     assert not early, f"replies sent before their entries were synced (reported, synced): {early[:5]}"
 
 
+async def _lone_writes(tmp_path, nodes: list, on_applied, writes: int = 20) -> None:
+    """Three members in this loop (put in `nodes` as they are made); `writes`
+    puts proposed on the leader one at a time, as a lone client's."""
+    loop = asyncio.get_running_loop()
+    addresses = [_address() for _ in range(3)]
+    for i, address in enumerate(addresses):
+        others = [a for a in addresses if a != address]
+        nodes.append(RaftNode(loop, address, others, str(tmp_path / f"m{i}"), password="test secret",
+                              on_applied=on_applied))
+    try:
+        await _until(lambda: any(n.is_leader for n in nodes), "a leader elected")
+        leader = next(n for n in nodes if n.is_leader)
+        for _ in range(writes):
+            await _put_all(leader, 1)
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+@pytest.mark.process
+def test_the_leader_sends_entries_before_its_own_sync_and_counts_itself_after(tmp_path, calls, monkeypatch):
+    """Three members in one event loop. The leader's new entries leave for
+    the followers before its journal is synced (the two syncs overlap), yet
+    nothing is applied (acknowledged) on the leader before its own sync
+    covers it: the followers' replies alone are not a majority."""
+    nodes: list[RaftNode] = []
+    sent_unsynced = [0]
+    unsynced_applies: list[tuple] = []
+    original_try_send = PeerConnection._TcpConnection__trySendBuffer
+
+    def try_send(conn):
+        node = next((n for n in nodes if n._obj.peer_transport is conn.transport), None)
+        if node is not None and node.is_leader and node._journal.dirty and conn._TcpConnection__writeBuffer:
+            sent_unsynced[0] += 1
+        return original_try_send(conn)
+
+    monkeypatch.setattr(PeerConnection, "_TcpConnection__trySendBuffer", try_send)
+
+    def on_applied(applied) -> None:
+        for node in nodes:
+            if node.is_leader and node._journal.synced_index < node.commit_index:
+                unsynced_applies.append((node._journal.synced_index, node.commit_index))
+
+    asyncio.run(_lone_writes(tmp_path, nodes, on_applied))
+    assert sent_unsynced[0] >= 20, f"entries sent before the leader's sync: {sent_unsynced[0]} of 20 writes"
+    assert not unsynced_applies, f"applied before the leader synced (synced, commit): {unsynced_applies[:5]}"
+
+
+@pytest.mark.process
+def test_the_leader_sends_the_commit_index_before_it_applies(tmp_path, monkeypatch):
+    """A write proposed through a follower is applied there once it hears
+    the commit index: the leader sends it before applying the entry
+    itself, not after (three members in one event loop)."""
+    nodes: list[RaftNode] = []
+    told: dict[int, int] = {}  # id(leader's transport) -> highest commit index sent
+    late: list[tuple] = []
+    applies = [0]
+    original_send = PeerConnection.send
+
+    def send(conn, message):
+        if isinstance(message, dict) and message.get("type") == "append_entries":
+            key = id(conn.transport)
+            told[key] = max(told.get(key, 0), message["commit_index"])
+        return original_send(conn, message)
+
+    monkeypatch.setattr(PeerConnection, "send", send)
+
+    def on_applied(applied) -> None:
+        for node in nodes:
+            if node.is_leader and node.applied_index < node.commit_index:
+                index = node.applied_index + 1  # the entry being applied
+                applies[0] += 1
+                if told.get(id(node._obj.peer_transport), 0) < index:
+                    late.append((index, told.get(id(node._obj.peer_transport), 0)))
+
+    asyncio.run(_lone_writes(tmp_path, nodes, on_applied))
+    assert applies[0] >= 20, applies
+    assert not late, f"applied on the leader before the followers were told (index, told): {late[:5]}"
+
+
 def test_unsafe_no_fsync_is_off_unless_asked_for():
     from etcdlite.cli import build_parser, config_from_args
 

@@ -16,12 +16,15 @@ the priority of its snapshot child): see `node`. Files, one idea each:
   every kind read
 - ``log_guard``: two fixes to pysyncobj's AppendEntries flow (acked entries kept, no re-sends)
 - ``peer_transport``: peer messages framed with HMAC-SHA256, sent once per tick
+- ``leader_calls``: calls the leader answers outside the log (lease keep-alives), forwarded to it
 """
 
+from .leader_calls import NotLeader
 from .node import FAILURES, PeerNode, RaftNode
 
 __all__ = [
     "FAILURES",
+    "NotLeader",
     "PeerNode",
     "RaftNode",
 ]

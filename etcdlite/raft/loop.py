@@ -105,7 +105,8 @@ class LoopSyncObj(SyncedLeadership, PacedApply, LeanEntries, GuardedSyncObj):
     syncing it when it becomes leader: `SyncedLeadership`, applying at
     `pacer`'s pace through `PacedApply`) whose sockets are watched by `poller`
     (a `LoopPoller`) instead of the poll(2) poller pysyncobj makes for itself,
-    talking to its peers through `PeerTransport`."""
+    talking to its peers through `PeerTransport`, where `leader_calls` (a
+    `LeaderCalls`) has the first look at every message."""
 
     def __init__(self, self_node, other_nodes, conf, consumers, poller: LoopPoller, pacer: ApplyPacer,
                  snapshot_bytes: int = 16 << 20, peer_tls=None):
@@ -116,6 +117,8 @@ class LoopSyncObj(SyncedLeadership, PacedApply, LeanEntries, GuardedSyncObj):
         self.__dict__["_snapshot_bytes"] = snapshot_bytes
         self.__dict__["_snapshot_asked"] = 0.0  # when the journal's size last asked for one
         self.__dict__["peer_tls"] = peer_tls  # PeerTransport's TLS (a PeerTLS), or None
+        self.__dict__["leader_calls"] = None  # a LeaderCalls, set by the RaftNode
+        self.__dict__["before_apply"] = None  # runs before committed entries are applied (RaftNode)
         super().__init__(self_node, other_nodes, conf, consumers=consumers, transportClass=PeerTransport)
 
     def _SyncObj__tryLogCompaction(self):
@@ -144,6 +147,18 @@ class LoopSyncObj(SyncedLeadership, PacedApply, LeanEntries, GuardedSyncObj):
                     self.__dict__["_snapshot_asked"] = now
                     self._SyncObj__forceLogCompaction = True
         super()._SyncObj__tryLogCompaction()
+
+    def _SyncObj__onMessageReceived(self, node, message):
+        calls = self.__dict__["leader_calls"]
+        if calls is not None and calls.receive(node, message):
+            return
+        super()._SyncObj__onMessageReceived(node, message)
+
+    def _SyncObj__applyLogEntries(self):
+        before = self.__dict__["before_apply"]
+        if before is not None and self._SyncObj__raftCommitIndex > self._SyncObj__raftLastApplied:
+            before()
+        return super()._SyncObj__applyLogEntries()
 
     @property
     def peer_transport(self) -> PeerTransport:

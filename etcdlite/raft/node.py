@@ -18,7 +18,9 @@ syncs its journal before each pysyncobj tick, whose commit step counts the
 leader itself as holding every entry it has; a follower syncs it before
 its messages leave (`_before_send`), and its AppendEntries replies are
 among them. One fdatasync covers every entry appended since the last, so
-under load a sync serves a tick's worth of batches.
+under load a sync serves a tick's worth of batches. The leader sends new
+entries to its followers before its own sync, not after (`_send_early`),
+and a new commit index before it applies (`_before_apply`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from etcdlite.apply import BatchRun, StateMachine
 
 from . import durable, journal, snapshot_file
 from .apply_pacing import PAUSED, ApplyPacer
+from .leader_calls import LeaderCalls
 from .loop import LoopPoller, LoopSyncObj
 
 log = logging.getLogger("etcdlite.raft")
@@ -273,12 +276,17 @@ class RaftNode:
         self._obj = LoopSyncObj(self_address, peers, conf, [self.state], self._poller, self._pacer,
                                 snapshot_bytes=snapshot_bytes, peer_tls=peer_tls)
         _keep_log_after_snapshot(self._obj)
+        # calls the leader answers outside the log (lease keep-alives): see etcdlite.raft.leader_calls
+        self.calls = LeaderCalls(loop, self._obj)
+        self._obj.__dict__["leader_calls"] = self.calls
         self._journal = self._obj._SyncObj__raftLog
         transport = self._obj.peer_transport
         self._poller.cork, self._poller.uncork = transport.cork, transport.uncork
         transport.before_send = self._before_send
         self._last_index = self._obj._SyncObj__getCurrentLogIndex
         self._send_append_entries = self._obj._SyncObj__sendAppendEntries
+        self._commit_told = 0  # the highest commit index sent to the followers by _before_apply
+        self._obj.__dict__["before_apply"] = self._before_apply
         self._timer = loop.call_soon(self._periodic)
 
     # Ticking. A tick runs in the event loop after any peer socket event or
@@ -316,10 +324,14 @@ class RaftNode:
                     # last, after committing, so a lone member would need a
                     # second tick to commit its own proposals
                     obj._checkCommandsToApply()
+                    if not self.single and self._last_index() != last:
+                        self._send_early()
+                        last = self._last_index()
                 self._do_tick()
                 while self.single and obj._isLeader() and obj.raftCommitIndex < self._last_index():
                     self._do_tick()
-            if obj._isLeader() and (self._last_index() != last or obj.raftCommitIndex != commit):
+            if obj._isLeader() and (self._last_index() != last
+                                    or obj.raftCommitIndex != max(commit, self._commit_told)):
                 self._send_append_entries()
             self._reconcile_peers()
             single = not obj._SyncObj__otherNodes
@@ -330,6 +342,30 @@ class RaftNode:
             log.exception("raft tick failed")
         finally:
             self._poller.uncork()
+
+    def _send_early(self) -> None:
+        """The leader's new entries leave for the followers before its own
+        sync (the Raft paper, 10.2.1): the followers write and sync them
+        while it syncs, and a write's wait is the longer of the two, not
+        their sum. Nothing is acknowledged sooner than it was: the leader
+        counts itself as holding an entry only after its sync (`_do_tick`),
+        a follower acknowledges one only after its own (`_before_send`)."""
+        self._send_append_entries()
+        self._obj.peer_transport.flush_now()
+
+    def _before_apply(self) -> None:
+        """Inside pysyncobj's tick, between its commit step and applying:
+        the leader tells its followers the new commit index first, so that
+        a write proposed through a follower is applied and answered there
+        while the leader applies it (and answers its own clients), not
+        after."""
+        obj = self._obj
+        commit = obj.raftCommitIndex
+        if self.single or commit <= self._commit_told or not obj._isLeader():
+            return
+        self._commit_told = commit
+        self._send_append_entries()
+        obj.peer_transport.flush_now()
 
     def _do_tick(self) -> None:
         # pysyncobj's commit step counts the leader as holding every entry in

@@ -21,7 +21,8 @@ authenticated, not encrypted, as etcd's without peer TLS.
 `PeerConnection`s as they are made. Between its `cork()` and `uncork()`, sent
 frames wait in their connections' buffers and leave together at `uncork`:
 one write (and one wake-up of the peer) per connection for all the messages
-of a raft tick, instead of one per message. `before_send`, if set, runs
+of a raft tick, instead of one per message (`flush_now` sends them earlier:
+the leader's new entries, before its own sync). `before_send`, if set, runs
 before any frame leaves (once for all those leaving at an `uncork`): the
 member syncs its journal there (see `etcdlite.raft.node`).
 
@@ -379,7 +380,12 @@ class PeerTransport(TCPTransport):
 
     def uncork(self) -> None:
         self.corked -= 1
-        if not self.corked and self.unsent:
+        if not self.corked:
+            self.flush_now()
+
+    def flush_now(self) -> None:
+        """Send the frames held by `cork` now (the cork stays on for later ones)."""
+        if self.unsent:
             if self.before_send is not None:
                 self.before_send()
             unsent, self.unsent = self.unsent, set()

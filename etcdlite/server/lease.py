@@ -1,5 +1,6 @@
 """The Lease service. Grants and revokes go through Raft; keep-alives and
-remaining TTLs are the leader's clock (`Lessor`)."""
+remaining TTLs are the leader's clock (`Lessor`), asked of the leader by a
+follower."""
 
 from __future__ import annotations
 
@@ -14,13 +15,6 @@ from etcdlite.server.backend import Backend
 from etcdlite.server.rpc import unary
 
 log = logging.getLogger("etcdlite.lease")
-
-
-def _lease_of(machine: StateMachine, request: pb.LeaseTimeToLiveRequest):
-    """(the lease or None, its keys sorted if asked for, the revision)."""
-    lease = machine.leases.get(request.ID)
-    keys = sorted(lease.keys) if lease is not None and request.keys else []
-    return lease, keys, machine.kv.current_revision
 
 
 def _lease_ids(machine: StateMachine):
@@ -53,35 +47,34 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         return resp
 
     async def LeaseKeepAlive(self, request_iterator, context):
-        # Keep-alives go through Raft so that whichever member receives them,
-        # every member's lease clock (the leader's above all) restarts.
         m = self.m
         async for req in request_iterator:
+            # the header before the renew (as etcd): its revision is not after the one at
+            # which the leader may revoke the lease
+            resp = pb.LeaseKeepAliveResponse(ID=req.ID)
+            m.header(resp.header, m.hub.revision)
             try:
-                resp = await m.propose(Op.LEASE_RENEW, pb.LeaseKeepAliveRequest(ID=req.ID))
+                resp.TTL = await m.lessor.renew(req.ID)
             except errors.EtcdError as err:
-                await context.abort(err.code, err.message)
-            m.header(resp.header)
+                if err != errors.LEASE_NOT_FOUND:
+                    await context.abort(err.code, err.message)
+                resp.TTL = 0
             yield resp
 
     @unary
     async def LeaseTimeToLive(self, request, context):
         m = self.m
-        await m.read_barrier()
-        lease, keys, revision = m.read(_lease_of, request)
-        if keys and m.auth.needed(context):
-            # etcd 3.6's rule (3.4 has none): the attached keys only for who may read them
-            for key in keys:
-                await m.auth.check_read(context, key, b"")
-        if lease is None:
+        revision = m.hub.revision
+        facts = await m.lessor.time_to_live(request.ID, request.keys)
+        if facts is None:
             resp = pb.LeaseTimeToLiveResponse(ID=request.ID, TTL=-1)
         else:
-            resp = pb.LeaseTimeToLiveResponse(
-                ID=request.ID,
-                TTL=m.lessor.remaining(lease.id, lease.ttl),
-                grantedTTL=lease.ttl,
-                keys=keys,
-            )
+            remaining, granted, keys = facts
+            if keys and m.auth.needed(context):
+                # etcd 3.6's rule (3.4 has none): the attached keys only for who may read them
+                for key in keys:
+                    await m.auth.check_read(context, key, b"")
+            resp = pb.LeaseTimeToLiveResponse(ID=request.ID, TTL=remaining, grantedTTL=granted, keys=keys)
         m.header(resp.header, revision)
         return resp
 

@@ -111,6 +111,7 @@ class Member:
             peer_tls=cfg.load_peer_tls(),
         )
         self._wire(loop)
+        self.lessor.bind(self.raft.calls)
         log.info("member %x: replaying the raft log in %s", self.id, cfg.data_dir)
         await self._ready.wait()
         with self.raft.lock:
@@ -281,6 +282,7 @@ class Member:
             if op == Op.MEMBER_REMOVE:
                 self._check_removed()
             elif (op == Op.LEASE_GRANT or op == Op.LEASE_RENEW) and getattr(result, "TTL", 0) > 0:
+                # LEASE_RENEW: keep-alives in journals written before they left the log
                 self.lessor.touched(result.ID, result.TTL)
 
     def _desired_peers(self) -> set[str] | None:
