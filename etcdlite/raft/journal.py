@@ -284,7 +284,7 @@ class LeanJournal(JournalReader, FileJournal):
         first): at most `count`, and with `max_bytes` up to the first that
         brings their commands to that size, as SyncObj.__getEntries answers.
         Called twice a tick for the newest entry (the leader's commit and
-        apply steps): the entries kept in memory are made here, no
+        apply steps): the entries kept in memory are made here, without a
         __getitem__ call each."""
         indexes = self._indexes
         if not indexes or from_index is None or from_index < indexes[0]:
@@ -431,10 +431,10 @@ class LeanEntries:
     entries it answers with. pysyncobj's slices the log from an index to its
     end before cutting it to size (for a follower catching up: from its next
     index), which on this journal would read all of it back from the file.
-    The last entry's index and term (asked for several times a tick: by
-    pysyncobj and by RaftNode._tick) are read from the journal's arrays,
-    not through an (command, index, term) entry made for each question
-    (a quarter of the Raft layer's bytecodes per put at 1 client)."""
+    The last entry's index and term (asked for about six times a put at 1
+    client: by pysyncobj's tick and by RaftNode._tick) are read from the
+    journal's arrays, not through an entry made for each question
+    (measured: benchmarks/why.md)."""
 
     def _SyncObj__getCurrentLogIndex(self):
         journal = self._SyncObj__raftLog
