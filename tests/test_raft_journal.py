@@ -112,10 +112,20 @@ def check_same(journal, model: list) -> None:
     assert journal[:] == model and journal[2:5] == model[2:5]
     if model:
         assert journal[-1] == model[-1] and journal[0] == model[0]
+        assert last_index_term(journal) == model[-1][1:]
         first, last = model[0][1], model[-1][1]
         for start in (first - 1, first, first + 1, (first + last) // 2, last, last + 1):
             for count, size in ((None, None), (2, None), (None, 1), (None, 900), (3, 2000)):
                 assert journal.entries(start, count, size) == reference_entries(model, start, count, size)
+
+
+def last_index_term(journal) -> tuple:
+    """The last entry's index and term as pysyncobj asks a member's SyncObj for them
+    (LeanEntries reads them from the journal's arrays)."""
+    from etcdlite.raft.loop import LoopSyncObj
+    obj = LoopSyncObj.__new__(LoopSyncObj)
+    obj.__dict__["_SyncObj__raftLog"] = journal
+    return obj._SyncObj__getCurrentLogIndex(), obj._SyncObj__getCurrentLogTerm()
 
 
 def command(idx: int) -> bytes:
@@ -188,3 +198,6 @@ def test_a_member_opens_a_lean_journal_and_reads_it_sized(tmp_path):
     obj.__dict__["_SyncObj__raftLog"] = journal
     got = obj._SyncObj__getEntries(10, None, 300)
     assert got == reference_entries(entries(journal), 10, None, 300) and 1 < len(got) < 31
+    memory = pysyncobj.journal.MemoryJournal()  # any other journal: read through its entries
+    fill(memory, 1, 5)
+    assert last_index_term(memory) == (5, 1)
