@@ -51,6 +51,10 @@ _UNKNOWN_AUTHORITY = {2, 7, 18, 19, 20, 21, 30}  # no issuer, bad signature, sel
 _EXPIRED = {9, 10}  # not yet valid, expired
 X509_V_ERR_INVALID_PURPOSE = 26
 _INCOMPATIBLE_USAGE = {X509_V_ERR_INVALID_PURPOSE, 28}  # invalid purpose, rejected
+X509_V_ERR_CA_MD_TOO_WEAK = 68  # signed with a digest below the security level (SHA-1)
+# Go's names of the signature algorithms it calls insecure (x509.SignatureAlgorithm.String)
+_GO_INSECURE = {"1.2.840.113549.1.1.5": "SHA1-RSA", "1.2.840.10045.4.1": "ECDSA-SHA1",
+                "1.2.840.10040.4.3": "DSA-SHA1", "1.2.840.113549.1.1.4": "MD5-RSA"}
 _SSL_NAMES = {NameOID.COUNTRY_NAME: "countryName", NameOID.STATE_OR_PROVINCE_NAME: "stateOrProvinceName",
               NameOID.LOCALITY_NAME: "localityName", NameOID.ORGANIZATION_NAME: "organizationName",
               NameOID.ORGANIZATIONAL_UNIT_NAME: "organizationalUnitName", NameOID.COMMON_NAME: "commonName",
@@ -58,10 +62,24 @@ _SSL_NAMES = {NameOID.COUNTRY_NAME: "countryName", NameOID.STATE_OR_PROVINCE_NAM
               NameOID.DOMAIN_COMPONENT: "domainComponent"}
 
 
-def go_x509_error(code: int, cert: x509.Certificate | None = None) -> str:
-    """OpenSSL's verify error ``code`` as Go's crypto/x509 says it."""
+def go_x509_error(code: int, cert: x509.Certificate | None = None, depth: int = 0) -> str:
+    """OpenSSL's verify error ``code`` (at ``depth`` of the chain, 0: ``cert``, the client's
+    own) as Go's crypto/x509 says it."""
     if code in _UNKNOWN_AUTHORITY:
         return "x509: certificate signed by unknown authority"
+    if code == X509_V_ERR_CA_MD_TOO_WEAK:
+        # Go rejects the candidate issuer's signature as insecure and finds no other: an
+        # unknown authority, with the reason as its hint (Go 1.23, kube-apiserver 1.32's)
+        name = _GO_INSECURE.get(cert.signature_algorithm_oid.dotted_string) if cert is not None and depth == 0 else None
+        if name is None:
+            return "x509: certificate signed by unknown authority"
+        issuer = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+        hint = f"x509: cannot verify signature: insecure algorithm {name}"
+        if name in ("SHA1-RSA", "ECDSA-SHA1"):
+            hint += " (temporarily override with GODEBUG=x509sha1=1)"
+        return ("x509: certificate signed by unknown authority (possibly because of "
+                f"\"{hint}\" while trying to verify candidate authority certificate "
+                f"\"{issuer[0].value if issuer else ''}\")")
     if code in _EXPIRED:
         text = "x509: certificate has expired or is not yet valid"
         if cert is not None:
@@ -294,7 +312,7 @@ class TLSProtocol(asyncio.Protocol):
             if not self.tls.client_ca:
                 error = "x509: no client CA configured"
             elif self.verify_error is not None:
-                error = go_x509_error(self.verify_error[0], cert)
+                error = go_x509_error(self.verify_error[0], cert, self.verify_error[1])
             elif conn.get_verified_chain() is None:  # no verdict recorded: never take it as verified
                 error = "x509: certificate was not verified"
             verdict = ClientCertificate(peercert_dict(cert), error, f"{cert.serial_number:X}")

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import datetime
 import hashlib
+import shutil
 import socket
 import ssl
+import subprocess
 
 import pytest
 from cryptography import x509
@@ -178,6 +180,40 @@ def test_usages_are_judged_as_go_judges_them(certs, tmp_path, kind):
         verdict = apps[0].transport.get_extra_info("client_certificate")
         assert verdict.error == ("" if accepted else "x509: certificate specifies an incompatible key usage")
         assert (apps[0].transport.get_extra_info("peercert") is not None) == accepted
+        writer.close()
+        server.close()
+    asyncio.run(main())
+
+
+@pytest.mark.process
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command (cryptography signs no SHA-1)")
+def test_a_sha1_signed_certificate_does_not_verify(certs, tmp_path):
+    # Go refuses SHA-1 signatures (kube-apiserver: 401); OpenSSL at the machine's security
+    # level too (CA_MD_TOO_WEAK), said in Go's words
+    key, csr, crt = tmp_path / "sha1.key", tmp_path / "sha1.csr", tmp_path / "sha1.crt"
+    (tmp_path / "ext").write_text("extendedKeyUsage=clientAuth\n")
+    for cmd in (["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key],
+                ["openssl", "req", "-new", "-key", key, "-subj", "/CN=sha1user", "-out", csr],
+                ["openssl", "x509", "-req", "-in", csr, "-CA", certs["ca"].cert_path, "-CAkey", certs["ca"].key_path,
+                 "-set_serial", "7", "-days", "1", "-sha1", "-extfile", tmp_path / "ext", "-out", crt]):
+        subprocess.run([str(c) for c in cmd], check=True, capture_output=True, timeout=30)
+    assert x509.load_pem_x509_certificate(crt.read_bytes()).signature_hash_algorithm.name == "sha1"
+
+    async def main():
+        server, port, apps = await _serve(certs)
+        ctx = _client_ctx(certs)
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")  # lets the client present it at all
+        ctx.load_cert_chain(str(crt), str(key))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+        writer.write(b"x")
+        assert await asyncio.wait_for(reader.readexactly(1), WAIT) == b"x"
+        transport = await apps[0].made
+        verdict = transport.get_extra_info("client_certificate")
+        assert not verdict.verified and transport.get_extra_info("peercert") is None
+        assert verdict.error == (
+            'x509: certificate signed by unknown authority (possibly because of "x509: cannot verify signature: '
+            'insecure algorithm ECDSA-SHA1 (temporarily override with GODEBUG=x509sha1=1)" while trying to verify '
+            'candidate authority certificate "kubernetes-ca")')
         writer.close()
         server.close()
     asyncio.run(main())
