@@ -153,7 +153,7 @@ class Client:
         self._kubeconfig = kubeconfig
         self._channel = channel_for(self.server, creds)
         self._stub = api_pb2_grpc.ApiServerStub(self._channel)
-        self._retired: list[threading.Timer] = []
+        self._retired: list[tuple[threading.Timer, object]] = []  # (its closing timer, old channel)
 
     def reload_credentials(self, grace: float = 5.0) -> None:
         """Dials with the kubeconfig's credentials as they are now (a kubelet's rotated client
@@ -166,11 +166,13 @@ class Client:
         timer = threading.Timer(grace, old.close)
         timer.daemon = True
         timer.start()
-        self._retired = [t for t in self._retired if t.is_alive()] + [timer]
+        self._retired = [(t, c) for t, c in self._retired if t.is_alive()] + [(timer, old)]
 
     def close(self) -> None:
-        for timer in self._retired:
+        for timer, channel in self._retired:  # connections still in their grace: closed now
             timer.cancel()
+            channel.close()
+        self._retired = []
         self._channel.close()
 
     def __enter__(self) -> "Client":

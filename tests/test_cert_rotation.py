@@ -154,3 +154,15 @@ def test_a_kubeconfig_with_the_pair_embedded_is_made_to_name_the_link(tmp_path):
     bootstrap.store(str(tmp_path), new.public_bytes(serialization.Encoding.PEM), key)
     ClientCertificateRotation("x", conf, str(tmp_path)).stored()
     assert x509.load_pem_x509_certificate(kubeconfigs.load(conf).cert) == new
+
+
+def test_closing_a_client_closes_the_connections_it_retired():
+    from apiserver.client import Client
+
+    client = Client("127.0.0.1:1")  # nothing listens: no call is made
+    old = client._channel
+    client.reload_credentials(grace=3600.0)  # the old connection would close an hour later
+    assert client._channel is not old
+    client.close()
+    with pytest.raises(ValueError, match="closed channel"):
+        old.unary_unary("/x")(b"", timeout=1)
