@@ -95,9 +95,7 @@ class ServicerContext:
     def peer_certificate_error(self) -> str:
         """Why the client certificate presented did not verify (grpclite.tls), "" when it
         did or none was presented."""
-        transport = self._stream.conn.transport
-        cert = transport.get_extra_info("client_certificate") if transport is not None else None
-        return cert.failure() if cert is not None else ""
+        return certificate_error(self._stream.conn.transport)
 
     def time_remaining(self):
         d = self._stream.deadline
@@ -139,6 +137,14 @@ class ServicerContext:
 
     async def read(self):
         return await self._stream.next_request()
+
+
+def certificate_error(transport) -> str:
+    """Why the client certificate presented on ``transport`` (a stream's, or a grpclite.tls
+    transport handed to another protocol) did not verify, "" when it did, none was presented,
+    or the TLS is Python's (which verified it in the handshake)."""
+    cert = transport.get_extra_info("client_certificate") if transport is not None else None
+    return cert.failure() if cert is not None else ""
 
 
 def context_of(reply) -> ServicerContext:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from apiserver.limits import MAX_REQUEST_BYTES
+from grpclite.context import certificate_error
 
 log = logging.getLogger("apiserver.rest")
 
@@ -135,8 +136,7 @@ class Http1Server:
                 if request is None:
                     return
                 request.peercert = writer.get_extra_info("peercert") or None
-                cert = writer.get_extra_info("client_certificate")
-                request.cert_error = cert.failure() if cert is not None else ""
+                request.cert_error = certificate_error(writer)
                 peer = writer.get_extra_info("peername")
                 request.source = peer[0] if isinstance(peer, tuple) and peer else ""
                 keep_alive = request.headers.get("connection", "").lower() != "close"

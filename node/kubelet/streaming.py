@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import grpc
 
+from grpclite.context import certificate_error
 from httpstream import relay
 from httpstream.http import BadRequest, RequestHead, head_bytes, read_head, response_bytes
 from node.kubelet import logs
@@ -82,10 +83,9 @@ class StreamingFront:
             head = await read_head(reader)
             if head is not None and self.auth is not None:
                 from node.kubelet.auth import Refused
-                cert = writer.get_extra_info("client_certificate")
                 try:
                     await self.auth.acheck(writer.get_extra_info("peercert"), head.headers.get("authorization", ""),
-                                           head.method, head.path, cert.failure() if cert is not None else "")
+                                           head.method, head.path, certificate_error(writer))
                 except Refused as e:
                     raise HttpError(e.code, e.message) from None
             if head is not None:
