@@ -2,8 +2,10 @@
 the value in a dict, with the same generated stubs as etcdlite (etcdlite.pb).
 
 No MVCC, no Raft, no watch, no persistence: what is left is the cost of gRPC in
-Python. The put benchmarks run the same load against it as against etcdlite.
-Range and the other calls are not implemented (UNIMPLEMENTED).
+Python. The put benchmarks run the same load against it as against etcdlite, and so
+does `etcdctl check perf`: Range answers with the revision and no keys (the check's
+opening Get must find none), DeleteRange drops the range's keys (its closing delete).
+The other calls are not implemented (UNIMPLEMENTED).
 
 --server h2 (default) serves it with grpclite, the gRPC server etcdlite
 runs on; --server grpcio with grpc.aio's, with etcdlite's former options.
@@ -34,6 +36,16 @@ class BareKV(rpc.KVServicer):
         self.data[request.key] = request.value
         self.revision += 1
         return pb.PutResponse(header=pb.ResponseHeader(revision=self.revision))
+
+    async def Range(self, request, context):
+        return pb.RangeResponse(header=pb.ResponseHeader(revision=self.revision))
+
+    async def DeleteRange(self, request, context):
+        start, end = request.key, request.range_end
+        for key in [k for k in self.data if start <= k < end] if end else [start]:
+            self.data.pop(key, None)
+        self.revision += 1
+        return pb.DeleteRangeResponse(header=pb.ResponseHeader(revision=self.revision))
 
 
 async def serve(port: int, kind: str) -> None:

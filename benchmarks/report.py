@@ -461,6 +461,19 @@ def render(results: dict) -> str:
             row += " " + (", ".join(_ratio(x, y) for x, y in pairs) or "–") + " |"
         L.append(row)
     L.append("")
+    l_bare = _get(bare or {}, "checkperf.l.writes_per_s")
+    if isinstance(l_bare, (int, float)):
+        l_lite = _get(T.get("etcdlite1") or {}, "checkperf.l.writes_per_s")
+        l_etcd = _get(T.get("etcd1") or {}, "checkperf.l.writes_per_s")
+        L.append("`etcdctl check perf --load=l` (500 connections, one write each at a time) against "
+                 "bare: what grpclite serves with no store, no journal and no sync behind it.")
+        L.append("")
+        L.append("| check perf l | bare w/s | etcdlite 1 w/s | etcdlite 1 ÷ bare | etcd 1 w/s "
+                 "| bare ÷ etcd 1 | etcdlite 1 ÷ etcd 1 |")
+        L.append("|---" * 7 + "|")
+        L.append(f"| writes/s | {_num(l_bare)} | {_num(l_lite)} | {_ratio(l_lite, l_bare)} | {_num(l_etcd)} "
+                 f"| {_ratio(l_bare, l_etcd)} | {_ratio(l_lite, l_etcd)} |")
+        L.append("")
     L += sync_cost(T)
     L.append("## CPU during the put benchmarks (cores used, of "
              f"{m.get('nproc')}): load generator / server(s) / everything else on the machine")

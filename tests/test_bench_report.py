@@ -54,3 +54,16 @@ def test_disturbed_put_repetitions_are_listed_with_their_parts():
     assert line.startswith("- etcdlite 1, 256 clients: everything else 0.60 / 0.58 / 0.02 cores")
     assert "steal 0.00 / 0.30 / 0.00" in line and "66,874 / 66,832 / 97,094" in line
     assert report.disturbed_runs({"etcdlite1": {"put": {"64": calm}}}) == []
+
+
+def test_check_perf_l_against_the_bare_server_is_shown_as_the_ceiling():
+    def perf(l):
+        return {"checkperf": {"l": {"writes_per_s": l}}}
+    T = {"etcdlite1": {"label": "etcdlite 1", **perf(4800.0)}, "etcd1": {"label": "etcd 1", **perf(5000.0)},
+         "bare": {"label": "bare gRPC", **perf(7000.0)}}
+    text = report.render({"targets": T})
+    (row,) = [ln for ln in text.splitlines() if ln.startswith("| writes/s |")]
+    assert row == "| writes/s | 7,000 | 4,800 | 0.69x | 5,000 | 1.40x | 0.96x |"
+    # results from before the bare server answered check perf: no such table
+    del T["bare"]["checkperf"]
+    assert "| check perf l | bare w/s" not in report.render({"targets": T})

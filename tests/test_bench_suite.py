@@ -54,3 +54,27 @@ def test_bytecodes_per_put_are_counted_for_the_server_and_the_client(target):
         assert counts["apply.py:apply_batch"] > 0
     else:
         assert count(target, puts=20, warmup=20) == counts
+
+
+def test_the_bare_server_answers_check_perfs_get_and_delete(tmp_path):
+    """etcdctl check perf begins with a Get of its prefix and ends with a DeleteRange of it:
+    the bare server answers both, so the suite can run check perf against it."""
+    import grpc
+
+    from benchmarks.targets import Target
+    from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+    from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
+
+    target = Target("bare", tmp_path).start()
+    try:
+        with grpc.insecure_channel(target.endpoints[0]) as ch:
+            kv = rpc.KVStub(ch)
+            put = kv.Put(pb.PutRequest(key=b"/etcdctl-check-perf/a", value=b"v"), timeout=10)
+            got = kv.Range(pb.RangeRequest(key=b"/etcdctl-check-perf/", range_end=b"/etcdctl-check-perf0",
+                                           limit=1), timeout=10)
+            assert got.header.revision == put.header.revision and not got.kvs
+            deleted = kv.DeleteRange(pb.DeleteRangeRequest(key=b"/etcdctl-check-perf/",
+                                                           range_end=b"/etcdctl-check-perf0"), timeout=10)
+            assert deleted.header.revision == put.header.revision + 1
+    finally:
+        target.stop()
