@@ -55,7 +55,7 @@ def plane(tmp_path_factory):
                   log_level="info").start()
         with contextlib.closing(admin):
             poll(lambda: _ready(admin, NODE), 30, what="the hollow node bootstrapped and Ready")
-            yield admin, pki, certs / NODE
+            yield admin, pki, certs / NODE, str(boot)
     finally:
         reg.cleanup()
 
@@ -68,7 +68,7 @@ def _pair_matches(creds) -> bool:
 
 
 def test_the_kubelet_renews_before_expiry_and_goes_on_after_it(plane):
-    admin, pki, certs = plane
+    admin, pki, certs, _ = plane
     conf = str(certs / "kubelet.conf")
     link = certs / bootstrap.CURRENT
     first_file = os.readlink(link)
@@ -166,3 +166,32 @@ def test_closing_a_client_closes_the_connections_it_retired():
     client.close()
     with pytest.raises(ValueError, match="closed channel"):
         old.unary_unary("/x")(b"", timeout=1)
+
+
+def test_a_certificate_that_expired_unrenewed_is_replaced_with_the_bootstrap_credentials(plane, tmp_path):
+    """The node's certificate ran out before it was renewed (a renewal made with it gets 401):
+    as upstream's kubelet bootstraps again once restarted, the rotation asks with the
+    bootstrap kubeconfig; without one it can only fail and retry."""
+    admin, pki, _, boot = plane
+    node, start = "rot-expired", datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=2)
+    key = ec.generate_private_key(ec.SECP256R1())
+    expired = (x509.CertificateBuilder().subject_name(pkis.subject(f"system:node:{node}", ("system:nodes",)))
+               .issuer_name(pki.ca.cert.subject).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(start)
+               .not_valid_after(start + datetime.timedelta(hours=1)).sign(pki.ca.key, hashes.SHA256()))
+    bootstrap.store(str(tmp_path), expired.public_bytes(serialization.Encoding.PEM), key)
+    conf = str(tmp_path / "kubelet.conf")
+    creds = kubeconfigs.load(boot)
+    bootstrap.write_kubeconfig(conf, creds.server, creds.ca, str(tmp_path))
+
+    assert not ClientCertificateRotation(node, conf, str(tmp_path), timeout=10).rotate()  # 401
+    rotation = ClientCertificateRotation(node, conf, str(tmp_path), timeout=20, bootstrap_kubeconfig=boot)
+    assert rotation.schedule() <= time.time()  # due at once
+    assert rotation.rotate()
+    renewed = x509.load_pem_x509_certificate(kubeconfigs.load(conf).cert)
+    assert renewed.subject == expired.subject and renewed.not_valid_after_utc > datetime.datetime.now(
+        datetime.timezone.utc)
+    renewed.verify_directly_issued_by(pki.ca.cert)
+    pem = renewed.public_bytes(serialization.Encoding.PEM)
+    csr = next(c for c in admin.list("certificatesigningrequests").items if c.status.certificate == pem)
+    assert csr.spec.username.startswith("system:bootstrap:") and "system:bootstrappers" in csr.spec.groups

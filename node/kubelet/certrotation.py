@@ -9,6 +9,13 @@ whatever reads it from then on gets the new pair; ``on_rotated`` tells the clien
 hold a connection (apiserver.client.Client.reload_credentials). A renewal that fails
 is tried again after 2, 4, 8 ... up to 128 s, as upstream's backoff.
 
+A client certificate that expired before it could be renewed (the apiserver was away, or
+refused the renewal) can no longer ask for its successor: the apiserver answers an expired
+certificate with 401. Upstream's kubelet then exits ("The currently active client certificate
+has expired and the server is responsive, exiting.") so that, restarted, it bootstraps again
+with its --bootstrap-kubeconfig; here the rotation asks with those bootstrap credentials
+itself, with no restart to wait for (the node keeps its name and its pods).
+
 The serving certificate (--rotate-server-certificates, node.kubelet.servingcert) follows
 the same schedule; it is asked for with the client certificate and, as upstream, nobody
 approves it but an administrator (`kubectl certificate approve`).
@@ -128,9 +135,11 @@ class ClientCertificateRotation(CertificateRotation):
 
     kind = "client"
 
-    def __init__(self, node_name: str, kubeconfig: str, cert_dir: str, **options) -> None:
+    def __init__(self, node_name: str, kubeconfig: str, cert_dir: str, *, bootstrap_kubeconfig: str = "",
+                 **options) -> None:
         super().__init__(node_name, cert_dir, **options)
         self.kubeconfig = kubeconfig
+        self.bootstrap_kubeconfig = bootstrap_kubeconfig
 
     def certificate(self) -> x509.Certificate:
         return x509.load_pem_x509_certificate(kubeconfigs.load(self.kubeconfig).cert)
@@ -146,7 +155,13 @@ class ClientCertificateRotation(CertificateRotation):
     def asker(self):
         from apiserver.client import Client
 
-        return Client("", kubeconfig=self.kubeconfig, timeout=10.0)
+        kubeconfig = self.kubeconfig
+        if self.bootstrap_kubeconfig and self.certificate().not_valid_after_utc <= \
+                datetime.datetime.now(datetime.timezone.utc):
+            log.warning("%s: the client certificate expired before it was renewed; asking for a new one "
+                        "with the bootstrap credentials of %s", self.node_name, self.bootstrap_kubeconfig)
+            kubeconfig = self.bootstrap_kubeconfig
+        return Client("", kubeconfig=kubeconfig, timeout=10.0)
 
 
 def run_rotations(rotations: list[CertificateRotation], stop: threading.Event) -> None:

@@ -502,7 +502,8 @@ def _play_each(args, names: list[str], kubeconfigs: list[str], stop) -> int:
 
             certrotation.start([certrotation.ClientCertificateRotation(
                 name, path, os.path.dirname(path), on_rotated=[client.reload_credentials],
-                timeout=args.bootstrap_timeout) for name, path, client in zip(names, kubeconfigs, clients)], stop)
+                timeout=args.bootstrap_timeout, bootstrap_kubeconfig=args.bootstrap_kubeconfig)
+                for name, path, client in zip(names, kubeconfigs, clients)], stop)
         log.info("playing %d hollow nodes, each with its own certificate, against %s", len(names), args.server)
         stop.wait()
     finally:

@@ -521,7 +521,8 @@ def start_rotation(args, node_name: str, kubeconfig: str, cert_dir: str, on_rota
     from node.kubelet import certrotation
 
     rotation = certrotation.ClientCertificateRotation(node_name, kubeconfig, cert_dir, on_rotated=on_rotated,
-                                                      timeout=args.bootstrap_timeout)
+                                                      timeout=args.bootstrap_timeout,
+                                                      bootstrap_kubeconfig=args.bootstrap_kubeconfig)
     return certrotation.start([rotation], stop)
 
 
