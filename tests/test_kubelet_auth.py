@@ -216,3 +216,23 @@ def _sar(api, pki, user: str, verb: str, subresource: str, node: str) -> tuple[i
         return resp.status, json.loads(resp.read())
     finally:
         conn.close()
+
+
+def test_the_kubelets_pods_endpoint_lists_its_pods_with_their_status(plane):
+    """GET /pods on the kubelet's port: the PodList of the pods bound to the node, each with the
+    status the kubelet made (upstream's GetPods), for who may use nodes/proxy."""
+    api, pki, admin, node, port, tmp = plane
+    code, text = kubelet_get(pki, port, "/pods", token=DAVE)
+    assert code == 200, text
+    body = json.loads(text)
+    assert (body["kind"], body["apiVersion"]) == ("PodList", "v1")
+    (talker,) = [p for p in body["items"] if p["metadata"]["name"] == "talker"]
+    assert (talker["kind"], talker["apiVersion"], talker["metadata"]["namespace"]) == ("Pod", "v1", NS)
+    assert talker["spec"]["nodeName"] == node.name
+    assert talker["metadata"]["uid"] == admin.get("pods", "talker", NS).metadata.uid
+    assert talker["status"]["phase"] == "Running"
+    (c,) = talker["status"]["containerStatuses"]
+    assert c["name"] == "c" and "running" in c["state"] and c["ready"] is True
+    assert kubelet_get(pki, port, "/pods", token=BOB) == (
+        403, "Forbidden (user=bob, verb=get, resource=nodes, subresource=proxy)\n")
+    assert kubelet_get(pki, port, "/pods") == (401, "Unauthorized\n")

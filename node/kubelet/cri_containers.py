@@ -53,11 +53,13 @@ class CriContainers:
     """node.kubelet.server.Containers over ``runtime`` (node.cri.client.RuntimeService, or the
     CriClient). Thread-safe as the client is."""
 
-    def __init__(self, runtime, status_of=None) -> None:
+    def __init__(self, runtime, status_of=None, pods=None) -> None:
         """``status_of(namespace, pod) -> core PodStatus | None``: the kubelet's last status of
-        the pod (None: unknown, e.g. not synced since a restart: the runtime's instances decide)."""
+        the pod (None: unknown, e.g. not synced since a restart: the runtime's instances decide).
+        ``pods() -> [core Pod]``: the pods bound to the node, for the kubelet's /pods."""
         self.runtime = runtime
         self.status_of = status_of
+        self.pods = pods
 
     def _from_status(self, namespace: str, pod: str, container: str, previous: bool) -> str | None:
         """The container id the pod's status names for the request (None without a status)."""

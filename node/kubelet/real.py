@@ -136,7 +136,8 @@ class RealKubelet:
         self._n_workers = workers
         self._seen: dict[str, dict[str, str]] = {}  # uid -> {container id: state} its last sync read
         self._pod_locks: dict[str, threading.Lock] = {}  # key -> held by the sync or status write of a pod
-        self.server = KubeletServer(CriContainers(runtime, self._status_by_name), host=address, port=port,
+        self.server = KubeletServer(CriContainers(runtime, self._status_by_name, self._pods_with_status),
+                                    host=address, port=port,
                                     stream_netns=stream_netns, ssl_context=server_tls,
                                     auth=server_auth) if port is not None else None
         self._lock = threading.Lock()
@@ -246,6 +247,17 @@ class RealKubelet:
         """The status last generated for the pod now named namespace/name (None: not synced yet)."""
         pod = self.pods.store.get(f"{namespace}/{name}")
         return self._status_of(pod.metadata.uid) if pod is not None else None
+
+    def _pods_with_status(self) -> list:
+        """The pods bound to this node, each with the status last generated for it (the
+        apiserver's where none was yet): the kubelet's /pods."""
+        out = []
+        for pod in sorted(self.pods.store.list(), key=lambda p: (p.metadata.namespace, p.metadata.name)):
+            status = self._status_of(pod.metadata.uid)
+            if status is not None:
+                pod = core_pb2.Pod(metadata=pod.metadata, spec=pod.spec, status=status)
+            out.append(pod)
+        return out
 
     def _status_of(self, uid: str):
         with self._lock:

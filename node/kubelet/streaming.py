@@ -11,7 +11,9 @@ PodLogOptions' query parameters, following while the container runs.
 
 Paths: /exec/<namespace>/<pod>/<container>, /attach/<namespace>/<pod>/<container>,
 /portForward/<namespace>/<pod>, /containerLogs/<namespace>/<pod>/<container> (a pod UID
-segment before the container, as the kubelet allows, is accepted and ignored), /healthz.
+segment before the container, as the kubelet allows, is accepted and ignored), /healthz,
+and /pods: the PodList of the pods bound to the node, each with the status the kubelet last
+made for it (upstream's GetPods), as JSON.
 With an ``auth`` (node.kubelet.auth.KubeletAuth) every request is authenticated and
 authorized first, as the kubelet's auth filter does (401/403 in its words).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 from urllib.parse import urlsplit
@@ -38,6 +41,17 @@ MAX_HEAD_LINE = 16 * 1024
 _HTTP_OF = {grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.INVALID_ARGUMENT: 400,
             grpc.StatusCode.FAILED_PRECONDITION: 400, grpc.StatusCode.UNAVAILABLE: 503,
             grpc.StatusCode.DEADLINE_EXCEEDED: 504, grpc.StatusCode.RESOURCE_EXHAUSTED: 429}
+
+
+def _pod_list(pods) -> bytes:
+    from apiserver.rest.convert import to_json
+
+    items = []
+    for pod in pods:
+        item = to_json(pod)
+        item["kind"], item["apiVersion"] = "Pod", "v1"
+        items.append(item)
+    return json.dumps({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}).encode()
 
 
 class HttpError(Exception):
@@ -112,6 +126,12 @@ class StreamingFront:
             raise HttpError(404, "404 page not found")
         if parts == ["healthz"]:
             writer.write(response_bytes(200, b"ok"))
+            return
+        if parts == ["pods"] and getattr(self.containers, "pods", None) is not None:
+            if head.method != "GET":
+                raise HttpError(405, "405: Method Not Allowed")
+            body = await asyncio.to_thread(lambda: _pod_list(self.containers.pods()))
+            writer.write(response_bytes(200, body, "application/json"))
             return
         kind, args = parts[0], parts[1:]
         if kind in ("exec", "attach", "containerLogs") and len(args) in (3, 4):
