@@ -286,9 +286,10 @@ def test_followers_reply_to_append_entries_only_once_synced(tmp_path, calls, mon
     assert not early, f"replies sent before their entries were synced (reported, synced): {early[:5]}"
 
 
-async def _lone_writes(tmp_path, nodes: list, on_applied, writes: int = 20) -> None:
+async def _lone_writes(tmp_path, nodes: list, on_applied, writes: int = 20, through: str = "leader") -> None:
     """Three members in this loop (put in `nodes` as they are made); `writes`
-    puts proposed on the leader one at a time, as a lone client's."""
+    puts proposed one at a time, as a lone client's, on the leader (or
+    through a follower)."""
     loop = asyncio.get_running_loop()
     addresses = [_address() for _ in range(3)]
     for i, address in enumerate(addresses):
@@ -298,8 +299,11 @@ async def _lone_writes(tmp_path, nodes: list, on_applied, writes: int = 20) -> N
     try:
         await _until(lambda: any(n.is_leader for n in nodes), "a leader elected")
         leader = next(n for n in nodes if n.is_leader)
+        target = leader if through == "leader" else next(n for n in nodes if n is not leader)
+        if target is not leader:
+            await _until(lambda: target._obj._getLeader() is not None, "the follower knows its leader")
         for _ in range(writes):
-            await _put_all(leader, 1)
+            await _put_all(target, 1)
     finally:
         for node in nodes:
             node.stop()
@@ -334,21 +338,19 @@ def test_the_leader_sends_entries_before_its_own_sync_and_counts_itself_after(tm
     assert not unsynced_applies, f"applied before the leader synced (synced, commit): {unsynced_applies[:5]}"
 
 
-@pytest.mark.process
-def test_the_leader_sends_the_commit_index_before_it_applies(tmp_path, monkeypatch):
-    """A write proposed through a follower is applied there once it hears
-    the commit index: the leader sends it before applying the entry
-    itself, not after (three members in one event loop)."""
-    nodes: list[RaftNode] = []
-    told: dict[int, int] = {}  # id(leader's transport) -> highest commit index sent
-    late: list[tuple] = []
-    applies = [0]
+def _record_commit_told(monkeypatch, nodes: list):
+    """{id(a leader's transport): the highest commit index it sent}, and a log of
+    (what, index) as entries are applied on the leader and commit indexes sent."""
+    told: dict[int, int] = {}
+    events: list[tuple] = []
     original_send = PeerConnection.send
 
     def send(conn, message):
         if isinstance(message, dict) and message.get("type") == "append_entries":
             key = id(conn.transport)
-            told[key] = max(told.get(key, 0), message["commit_index"])
+            if message["commit_index"] > told.get(key, 0):
+                told[key] = message["commit_index"]
+                events.append(("told", message["commit_index"]))
         return original_send(conn, message)
 
     monkeypatch.setattr(PeerConnection, "send", send)
@@ -356,14 +358,53 @@ def test_the_leader_sends_the_commit_index_before_it_applies(tmp_path, monkeypat
     def on_applied(applied) -> None:
         for node in nodes:
             if node.is_leader and node.applied_index < node.commit_index:
-                index = node.applied_index + 1  # the entry being applied
-                applies[0] += 1
-                if told.get(id(node._obj.peer_transport), 0) < index:
-                    late.append((index, told.get(id(node._obj.peer_transport), 0)))
+                events.append(("applied", node.applied_index + 1))  # the entry being applied
 
-    asyncio.run(_lone_writes(tmp_path, nodes, on_applied))
-    assert applies[0] >= 20, applies
+    return told, events, on_applied
+
+
+@pytest.mark.process
+def test_a_write_forwarded_by_a_follower_gets_the_commit_index_sent_before_the_leader_applies(
+        tmp_path, monkeypatch):
+    """A write proposed through a follower is applied and answered there once it
+    hears the commit index: the leader sends it before applying the entry itself,
+    not after (three members in one event loop)."""
+    nodes: list[RaftNode] = []
+    _, events, on_applied = _record_commit_told(monkeypatch, nodes)
+    asyncio.run(_lone_writes(tmp_path, nodes, on_applied, through="follower"))
+    told = 0
+    late = []
+    for what, index in events:
+        if what == "told":
+            told = max(told, index)
+        elif told < index:
+            late.append((index, told))
+    assert sum(1 for what, _ in events if what == "applied") >= 20, events[-10:]
     assert not late, f"applied on the leader before the followers were told (index, told): {late[:5]}"
+
+
+@pytest.mark.process
+def test_a_write_of_the_leaders_own_client_is_answered_before_the_commit_index_is_sent(
+        tmp_path, monkeypatch):
+    """Only the leader's own client waits: its answer does not wait for the two
+    commit-index sends (each waking a follower); they leave right after, in the
+    same tick, so a follower still learns every commit at once."""
+    nodes: list[RaftNode] = []
+    _, events, on_applied = _record_commit_told(monkeypatch, nodes)
+    asyncio.run(_lone_writes(tmp_path, nodes, on_applied, through="leader"))
+    applied = [index for what, index in events if what == "applied"]
+    assert len(applied) >= 20, events[-10:]
+    told = 0
+    early = []
+    for what, index in events:
+        if what == "told":
+            told = max(told, index)
+        elif told >= index:
+            early.append((index, told))
+    assert not early, f"the commit index was sent before the leader's own answer (index, told): {early[:5]}"
+    # and it was sent after each: every applied index was told before the next write was proposed
+    told_after = {index for what, index in events if what == "told"}
+    assert set(applied[:-1]) <= told_after, sorted(set(applied[:-1]) - told_after)[:5]
 
 
 def test_unsafe_no_fsync_is_off_unless_asked_for():

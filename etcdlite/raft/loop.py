@@ -119,6 +119,7 @@ class LoopSyncObj(SyncedLeadership, PacedApply, LeanEntries, GuardedSyncObj):
         self.__dict__["peer_tls"] = peer_tls  # PeerTransport's TLS (a PeerTLS), or None
         self.__dict__["leader_calls"] = None  # a LeaderCalls, set by the RaftNode
         self.__dict__["before_apply"] = None  # runs before committed entries are applied (RaftNode)
+        self.__dict__["forwarded_waiting"] = False  # a follower forwarded a command not yet in the log
         super().__init__(self_node, other_nodes, conf, consumers=consumers, transportClass=PeerTransport)
 
     def _SyncObj__tryLogCompaction(self):
@@ -152,6 +153,9 @@ class LoopSyncObj(SyncedLeadership, PacedApply, LeanEntries, GuardedSyncObj):
         calls = self.__dict__["leader_calls"]
         if calls is not None and calls.receive(node, message):
             return
+        if message.get("type") == "apply_command":
+            # a follower's client waits for this command: see RaftNode._before_apply
+            self.__dict__["forwarded_waiting"] = True
         super()._SyncObj__onMessageReceived(node, message)
 
     def _SyncObj__applyLogEntries(self):

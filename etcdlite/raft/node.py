@@ -286,6 +286,7 @@ class RaftNode:
         self._last_index = self._obj._SyncObj__getCurrentLogIndex
         self._send_append_entries = self._obj._SyncObj__sendAppendEntries
         self._commit_told = 0  # the highest commit index sent to the followers by _before_apply
+        self._forwarded_upto = 0  # the last log index that may hold a command a follower forwarded
         self._obj.__dict__["before_apply"] = self._before_apply
         self._timer = loop.call_soon(self._periodic)
 
@@ -324,6 +325,7 @@ class RaftNode:
                     # last, after committing, so a lone member would need a
                     # second tick to commit its own proposals
                     obj._checkCommandsToApply()
+                    self._note_forwarded()
                     if not self.single and self._last_index() != last:
                         self._send_early()
                         last = self._last_index()
@@ -355,23 +357,41 @@ class RaftNode:
 
     def _before_apply(self) -> None:
         """Inside pysyncobj's tick, between its commit step and applying:
-        the leader tells its followers the new commit index first, so that
-        a write proposed through a follower is applied and answered there
-        while the leader applies it (and answers its own clients), not
-        after."""
+        when a write a follower forwarded is among the newly committed
+        entries, the leader tells its followers the new commit index first,
+        so that the follower applies and answers it while the leader applies
+        it, not after (pysyncobj told the follower the write's index when it
+        was appended: the commit index is all it waits for). When only the
+        leader's own clients wait, their answers leave first and the commit
+        index right after them (`_tick`'s send): the two sends (each waking a
+        follower) are off their path."""
         obj = self._obj
         commit = obj.raftCommitIndex
         if self.single or commit <= self._commit_told or not obj._isLeader():
             return
+        if obj.raftLastApplied >= self._forwarded_upto and not obj.__dict__["forwarded_waiting"]:
+            return
         self._commit_told = commit
         self._send_append_entries()
         obj.peer_transport.flush_now()
+
+    def _note_forwarded(self) -> None:
+        """After the leader appended what was proposed: the last index that
+        may hold a command a follower forwarded (pysyncobj appends those from
+        the same queue as the leader's own; the flag stays while the queue
+        holds any)."""
+        obj = self._obj
+        if obj.__dict__["forwarded_waiting"]:
+            self._forwarded_upto = self._last_index()
+            if not obj._SyncObj__commandsQueue._FastQueue__queue:
+                obj.__dict__["forwarded_waiting"] = False
 
     def _do_tick(self) -> None:
         # pysyncobj's commit step counts the leader as holding every entry in
         # its log: make that true on disk first (appends since the last tick)
         self._journal.sync()
         self._obj.doTick(0.0)
+        self._note_forwarded()
 
     def _leader_tick(self) -> None:
         """The leader's tick when its syncs run in a thread (`_sync_pool`):
