@@ -46,11 +46,7 @@ _HTTP_OF = {grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.INVALID_ARGUMENT: 40
 def _pod_list(pods) -> bytes:
     from apiserver.rest.convert import to_json
 
-    items = []
-    for pod in pods:
-        item = to_json(pod)
-        item["kind"], item["apiVersion"] = "Pod", "v1"
-        items.append(item)
+    items = [to_json(pod) for pod in pods]  # each with its apiVersion and kind, as upstream's
     return json.dumps({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}).encode()
 
 
