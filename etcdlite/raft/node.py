@@ -325,7 +325,6 @@ class RaftNode:
                     # last, after committing, so a lone member would need a
                     # second tick to commit its own proposals
                     obj._checkCommandsToApply()
-                    self._note_forwarded()
                     if not self.single and self._last_index() != last:
                         self._send_early()
                         last = self._last_index()
