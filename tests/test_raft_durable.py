@@ -17,12 +17,13 @@ import time
 
 import pysyncobj.serializer
 import pytest
-from pysyncobj import FAIL_REASON
+from pysyncobj import FAIL_REASON, SyncObj
 
 import etcdlite.raft  # noqa: F401  (sets pysyncobj up, as a member does)
 from etcdlite.apply import Op
 from etcdlite.raft import durable
 from etcdlite.raft.journal import LeanJournal
+from etcdlite.raft.loop import REPEAT_REPLY_SECONDS
 from etcdlite.raft.node import RaftNode
 from etcdlite.raft.peer_transport import PeerConnection
 
@@ -286,10 +287,11 @@ def test_followers_reply_to_append_entries_only_once_synced(tmp_path, calls, mon
     assert not early, f"replies sent before their entries were synced (reported, synced): {early[:5]}"
 
 
-async def _lone_writes(tmp_path, nodes: list, on_applied, writes: int = 20, through: str = "leader") -> None:
+async def _lone_writes(tmp_path, nodes: list, on_applied, writes: int = 20, through: str = "leader",
+                      stop: bool = True) -> None:
     """Three members in this loop (put in `nodes` as they are made); `writes`
     puts proposed one at a time, as a lone client's, on the leader (or
-    through a follower)."""
+    through a follower); then stopped, unless not `stop` (the caller stops them)."""
     loop = asyncio.get_running_loop()
     addresses = [_address() for _ in range(3)]
     for i, address in enumerate(addresses):
@@ -304,9 +306,13 @@ async def _lone_writes(tmp_path, nodes: list, on_applied, writes: int = 20, thro
             await _until(lambda: target._obj._getLeader() is not None, "the follower knows its leader")
         for _ in range(writes):
             await _put_all(target, 1)
+    except BaseException:
+        stop = True
+        raise
     finally:
-        for node in nodes:
-            node.stop()
+        if stop:
+            for node in nodes:
+                node.stop()
 
 
 @pytest.mark.process
@@ -405,6 +411,68 @@ def test_a_write_of_the_leaders_own_client_is_answered_before_the_commit_index_i
     # and it was sent after each: every applied index was told before the next write was proposed
     told_after = {index for what, index in events if what == "told"}
     assert set(applied[:-1]) <= told_after, sorted(set(applied[:-1]) - told_after)[:5]
+
+
+@pytest.mark.process
+def test_a_follower_does_not_repeat_its_last_reply_at_once(tmp_path, monkeypatch):
+    """A lone writer's every other AppendEntries is the commit index alone, and
+    the follower's answer would repeat its previous one: it is not sent again
+    within REPEAT_REPLY_SECONDS on the same connection. A new index is always
+    answered, so are idle heartbeats (the leader keeps counting its
+    followers), a reset, and a repeat on a new connection (what the old one
+    held may be lost). Three members in one event loop."""
+    nodes: list[RaftNode] = []
+    sent: list[tuple] = []  # (the follower's SyncObj, generation, next index, reset, time) as passed to pysyncobj
+    original = SyncObj._SyncObj__sendNextNodeIdx
+
+    def send_next_node_idx(obj, node, reset=False, nextNodeIdx=None, success=False):
+        if success:
+            conn = obj.peer_transport._connections.get(node)
+            sent.append((obj, getattr(conn, "generation", None), nextNodeIdx, reset, time.monotonic()))
+        return original(obj, node, reset=reset, nextNodeIdx=nextNodeIdx, success=success)
+
+    monkeypatch.setattr(SyncObj, "_SyncObj__sendNextNodeIdx", send_next_node_idx)
+    writes = 30
+
+    async def run() -> None:
+        await _lone_writes(tmp_path, nodes, lambda applied: None, writes=writes, stop=False)
+        try:
+            leader = next(n for n in nodes if n.is_leader)
+            followers = [n._obj for n in nodes if n is not leader]
+            for obj in followers:
+                mine = [r for r in sent if r[0] is obj]
+                assert len(mine) < 1.5 * writes, f"{len(mine)} replies to {writes} lone writes"
+                repeats = [(a[2], round(b[4] - a[4], 3)) for a, b in zip(mine, mine[1:])
+                           if a[1:4] == b[1:4] and b[4] - a[4] < REPEAT_REPLY_SECONDS]
+                assert not repeats, f"replies repeated at once (index, seconds after): {repeats[:5]}"
+            counted = len(sent)
+            await asyncio.sleep(0.6)  # idle: heartbeats only, every 0.1 s
+            for obj in followers:
+                answered = [r for r in sent[counted:] if r[0] is obj]
+                assert len(answered) >= 3, f"heartbeats answered in 0.6 s: {len(answered)}"
+            obj = followers[0]
+            peer = obj._getLeader()
+            index = obj._SyncObj__getCurrentLogIndex() + 1
+            before = len(sent)
+            obj._SyncObj__sendNextNodeIdx(peer, nextNodeIdx=index, success=True)
+            obj._SyncObj__sendNextNodeIdx(peer, nextNodeIdx=index, success=True)
+            assert len(sent) - before <= 1, "the same reply sent twice at once"
+            before = len(sent)
+            obj._SyncObj__sendNextNodeIdx(peer, nextNodeIdx=index, success=True, reset=True)
+            assert len(sent) == before + 1, "a reset was not sent"
+            obj._SyncObj__sendNextNodeIdx(peer, nextNodeIdx=index, success=True)
+            conn = obj.peer_transport._connections[peer]
+            generation = conn.generation
+            conn.disconnect()  # as a dropped connection: pysyncobj dials again
+            assert conn.generation != generation
+            before = len(sent)
+            obj._SyncObj__sendNextNodeIdx(peer, nextNodeIdx=index, success=True)
+            assert len(sent) == before + 1, "the repeat on a new connection was not sent"
+        finally:
+            for node in nodes:
+                node.stop()
+
+    asyncio.run(run())
 
 
 def test_unsafe_no_fsync_is_off_unless_asked_for():

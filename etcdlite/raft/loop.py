@@ -26,6 +26,10 @@ from .peer_transport import PeerTransport
 
 # a journal over its byte bound asks for a snapshot at most this often (LoopSyncObj)
 SNAPSHOT_ASK_SECONDS = 5.0
+# a follower's AppendEntries reply saying what its last one said, on the same connection,
+# is not sent again for this long (LoopSyncObj._SyncObj__sendNextNodeIdx); below the
+# heartbeat period (0.1 s), so every other heartbeat at least is answered
+REPEAT_REPLY_SECONDS = 0.05
 
 _READ = POLL_EVENT_TYPE.READ
 _WRITE = POLL_EVENT_TYPE.WRITE
@@ -120,6 +124,7 @@ class LoopSyncObj(SyncedLeadership, PacedApply, LeanEntries, GuardedSyncObj):
         self.__dict__["leader_calls"] = None  # a LeaderCalls, set by the RaftNode
         self.__dict__["before_apply"] = None  # runs before committed entries are applied (RaftNode)
         self.__dict__["forwarded_waiting"] = False  # a follower forwarded a command not yet in the log
+        self.__dict__["_last_reply"] = (None, 0.0)  # what the last success reply said, and when
         super().__init__(self_node, other_nodes, conf, consumers=consumers, transportClass=PeerTransport)
 
     def _SyncObj__tryLogCompaction(self):
@@ -157,6 +162,30 @@ class LoopSyncObj(SyncedLeadership, PacedApply, LeanEntries, GuardedSyncObj):
             # a follower's client waits for this command: see RaftNode._before_apply
             self.__dict__["forwarded_waiting"] = True
         super()._SyncObj__onMessageReceived(node, message)
+
+    def _SyncObj__sendNextNodeIdx(self, node, reset=False, nextNodeIdx=None, success=False):
+        """A follower answers every AppendEntries; most of a lone writer's
+        are the leader's new commit index alone, whose answer repeats the
+        previous one (the same next index), costing the follower a send
+        before it applies the entry its client waits for, and the leader
+        a read. Such a repeat is not sent within REPEAT_REPLY_SECONDS of the
+        answer it repeats, on the same connection: Raft's replies may be
+        lost, and this one tells the leader nothing new (a connection that
+        drops loses what it held, so a new connection answers again). A
+        reset (the logs differ) is always sent; so is the first answer to
+        a heartbeat after that long, which keeps the leader counting this
+        follower (its leaderFallbackTimeout)."""
+        if success and not reset:
+            if nextNodeIdx is None:
+                nextNodeIdx = self._SyncObj__getCurrentLogIndex() + 1
+            conn = self._SyncObj__transport._connections.get(node)
+            said = (node, getattr(conn, "generation", None), self.raftCurrentTerm, nextNodeIdx)
+            now = time.monotonic()
+            last, when = self.__dict__["_last_reply"]
+            if said == last and now - when < REPEAT_REPLY_SECONDS:
+                return
+            self.__dict__["_last_reply"] = (said, now)
+        super()._SyncObj__sendNextNodeIdx(node, reset=reset, nextNodeIdx=nextNodeIdx, success=success)
 
     def _SyncObj__applyLogEntries(self):
         before = self.__dict__["before_apply"]

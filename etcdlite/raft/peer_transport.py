@@ -45,6 +45,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import hmac
+import itertools
 import logging
 import pickle
 import re
@@ -57,6 +58,9 @@ from pysyncobj.transport import TCPTransport
 
 _LENGTH = struct.Struct("<I")
 _SEQ = struct.Struct("<Q")
+# a connection's `generation`: a number never used before, new at each adopt, connect and disconnect
+# (what it sent before a new one may be lost: see LoopSyncObj._SyncObj__sendNextNodeIdx)
+_GENERATIONS = itertools.count(1)
 _MAC_SIZE = 32
 # larger than any AppendEntries or snapshot chunk pysyncobj sends; a length
 # beyond it is garbage (or an attack) and drops the connection
@@ -164,6 +168,7 @@ class PeerConnection(TcpConnection):
         conn.__class__ = cls
         conn.mac_key = key
         conn.send_seq = conn.recv_seq = 0
+        conn.generation = next(_GENERATIONS)
         conn.transport = transport
         conn.tls = tls
         conn.tls_server_name = server_hostname
@@ -174,6 +179,7 @@ class PeerConnection(TcpConnection):
 
     def connect(self, host, port):
         self.send_seq = self.recv_seq = 0
+        self.generation = next(_GENERATIONS)
         self._tls_reset()
         ok = super().connect(host, port)
         if ok and self.tls is not None:
@@ -182,6 +188,7 @@ class PeerConnection(TcpConnection):
 
     def disconnect(self):
         self.send_seq = self.recv_seq = 0
+        self.generation = next(_GENERATIONS)
         self._tls_reset()
         super().disconnect()
 
