@@ -475,6 +475,48 @@ def test_a_follower_does_not_repeat_its_last_reply_at_once(tmp_path, monkeypatch
     asyncio.run(run())
 
 
+@pytest.mark.process
+@pytest.mark.parametrize("through", ["leader", "follower"])
+def test_a_peer_message_that_leaves_nothing_to_do_is_not_followed_by_a_tick(tmp_path, monkeypatch, through):
+    """pysyncobj handles a message as it reads it; a tick after it is for
+    entries to commit or apply and commands to append or forward. A
+    follower's read of new entries, or the leader's of a second
+    acknowledgement, needs none: lone writes tick a follower about once a
+    write (at the commit index), not twice, and each still applies at once
+    on every member. Three members in one event loop."""
+    nodes: list[RaftNode] = []
+    ticks: dict[int, int] = {}  # id(RaftNode) -> ticks scheduled (proposals, socket events)
+    original = RaftNode._schedule_tick
+
+    def schedule_tick(node):
+        if not node._tick_pending:
+            ticks[id(node)] = ticks.get(id(node), 0) + 1
+        return original(node)
+
+    monkeypatch.setattr(RaftNode, "_schedule_tick", schedule_tick)
+    writes = 30
+
+    async def run() -> None:
+        await _lone_writes(tmp_path, nodes, lambda applied: None, writes=writes, through=through, stop=False)
+        try:
+            leader = next(n for n in nodes if n.is_leader)
+            await _until(lambda: all(n.applied_index == leader.commit_index for n in nodes),
+                         "every member applied every write", timeout=5)
+        finally:
+            for node in nodes:
+                node.stop()
+
+    asyncio.run(run())
+    leader = next(n for n in nodes if n.is_leader)
+    proposer = leader if through == "leader" else next(n for n in nodes if n is not leader)  # as _lone_writes
+    for node in nodes:
+        count = ticks.get(id(node), 0)
+        if node is leader or node is proposer:  # its proposals, and the commit
+            assert count < 2.5 * writes, f"the {'leader' if node is leader else 'proposer'} ticked {count} times"
+        else:  # the commit index only (before: the entries too)
+            assert count < 1.5 * writes, f"a follower ticked {count} times for {writes} writes"
+
+
 def test_unsafe_no_fsync_is_off_unless_asked_for():
     from etcdlite.cli import build_parser, config_from_args
 

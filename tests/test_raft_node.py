@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import io
 import pickle
+import time
+import types
 
 import pysyncobj.journal
 import pysyncobj.pickle
 import pysyncobj.serializer
 import pysyncobj.syncobj
+import pysyncobj.tcp_connection
+import pysyncobj.transport
+from pysyncobj.node import TCPNode
 
 import etcdlite.raft
 from etcdlite.raft import journal, node
@@ -54,3 +59,19 @@ def test_importing_the_package_sets_pysyncobj_up():
     assert pysyncobj.syncobj.createJournal is journal._create_journal
     assert pysyncobj.journal.ResizableFile is journal.JournalFile
     assert isinstance(pysyncobj.serializer.os, node._SnapshotOs)
+    # pysyncobj's clock, called without a Python frame: the same clock it picked
+    for module in (pysyncobj.syncobj, pysyncobj.tcp_connection, pysyncobj.transport):
+        before = time.clock_gettime(time.CLOCK_MONOTONIC_RAW)
+        now = module.monotonicTime()
+        assert before <= now <= time.clock_gettime(time.CLOCK_MONOTONIC_RAW)
+        assert not isinstance(module.monotonicTime, types.FunctionType)
+
+
+def test_a_peer_is_the_same_key_as_pysyncobjs_node_of_its_address():
+    peer = node.PeerNode("127.0.0.1:2380", "127.0.0.1:12380")
+    plain = TCPNode("127.0.0.1:2380")
+    assert peer == plain and plain == peer and hash(peer) == hash(plain)
+    assert {peer: 1}[plain] == 1 and {plain: 2}[peer] == 2
+    assert peer != node.PeerNode("127.0.0.1:2381") and peer != "127.0.0.1:2380"
+    old = pysyncobj.pickle.loads(pysyncobj.pickle.dumps(peer))
+    assert {peer: 3}[old] == 3
