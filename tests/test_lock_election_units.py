@@ -1,7 +1,11 @@
-"""KeyWatch (etcdlite.server.concurrency): what a waiting Lock, Campaign or
-Observe call holds in the member's watch hub. It gets the events after the
+"""Lock and Election's parts without processes.
+
+KeyWatch (etcdlite.server.concurrency), what a waiting Lock, Campaign or
+Observe call holds in the member's watch hub: it gets the events after the
 read it was made with and none before, holds a bounded number of them, and
-leaves the hub when the call ends, or when a snapshot resets the hub."""
+leaves the hub when the call ends, or when a snapshot resets the hub.
+Election.Observe over a bare MVCC store: every proclamation in order, and the
+newest one to a reader that fell behind."""
 
 from __future__ import annotations
 
@@ -10,8 +14,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from etcdlite.mvcc import DELETE, PUT, Event, KeyValue
+from etcdlite.mvcc import DELETE, PUT, Event, KeyValue, MVCCStore
+from etcdlite.pb.v3electionpb import v3election_pb2 as epb
 from etcdlite.server.concurrency import MAX_PENDING_BYTES, MAX_PENDING_EVENTS, KeyWatch, Resync, prefix_end
+from etcdlite.server.election import ElectionService
 from etcdlite.watch_hub import WatchHub
 
 
@@ -132,5 +138,72 @@ def test_the_bytes_held_are_bounded_too():
             assert watch.pending_bytes == 0
             with pytest.raises(Resync):
                 await watch.next()
+
+    run(main())
+
+
+class StoreMember:
+    """What the Election service reads of its member, over a bare MVCC store
+    whose writes reach the hub at once."""
+
+    def __init__(self):
+        self.machine = SimpleNamespace(kv=MVCCStore())
+        self.hub = WatchHub(self.machine.kv.current_revision)
+        self.auth = SimpleNamespace(check_read=self._nothing)
+
+    async def _nothing(self, *args) -> None:
+        pass
+
+    async def read_barrier(self, serializable: bool = False) -> None:
+        pass
+
+    def read(self, query, *arg):
+        return query(self.machine, *arg)
+
+    def header(self, h, revision=None) -> None:
+        if revision is not None:
+            h.revision = revision
+
+    def put(self, key: bytes, value: bytes) -> int:
+        kv, _, events = self.machine.kv.put(key, value)
+        self.hub.publish(events, kv.mod_revision)
+        return kv.mod_revision
+
+    def delete(self, key: bytes) -> None:
+        _, events = self.machine.kv.delete_range(key)
+        self.hub.publish(events, self.machine.kv.current_revision)
+
+
+def test_observe_follows_leaders_and_gives_a_reader_that_fell_behind_the_newest_value():
+    m = StoreMember()
+    observe = ElectionService(m).Observe(epb.LeaderRequest(name=b"e"), None)
+
+    async def value():
+        resp = await observe.__anext__()
+        return resp.kv.key, resp.kv.value, resp.header.revision
+
+    async def main():
+        first = m.put(b"e/1", b"v0")
+        assert await value() == (b"e/1", b"v0", first)
+        revs = [m.put(b"e/1", b"v%d" % n) for n in (1, 2)]  # not read at once: each is sent, in order
+        assert [await value(), await value()] == [(b"e/1", b"v1", revs[0]), (b"e/1", b"v2", revs[1])]
+
+        for n in range(3, 3 + MAX_PENDING_EVENTS + 1):  # more than are kept for it
+            last = m.put(b"e/1", b"v%d" % n)
+        m.put(b"e/2", b"second")
+        assert await value() == (b"e/1", b"v%d" % n, last + 1)  # the newest, read again
+        after = m.put(b"e/1", b"after")
+        assert await value() == (b"e/1", b"after", after)
+
+        m.delete(b"e/1")
+        assert (await value())[:2] == (b"e/2", b"second")
+        m.delete(b"e/2")
+        waiting = asyncio.ensure_future(value())
+        await asyncio.sleep(0)
+        assert not waiting.done()  # no leader: the first candidate's put
+        third = m.put(b"e/3", b"third")
+        assert await waiting == (b"e/3", b"third", third)
+        await observe.aclose()
+        assert len(m.hub) == 0
 
     run(main())
