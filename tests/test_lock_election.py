@@ -411,3 +411,21 @@ def test_with_auth_the_callers_permissions_are_checked(procs, tmp_path, etcdctl,
         # the refused Unlock left the writer's key; the refused Campaign wrote nothing
         held = api.kv.Range(pb.RangeRequest(key=b"app/", range_end=b"app0"), metadata=writer, timeout=CALL_TIMEOUT)
         assert [kv.key for kv in held.kvs] == [got.key]
+
+
+def test_a_member_stopped_while_calls_wait_exits_cleanly(procs, tmp_path):
+    m = procs.start_etcdlite(tmp_path, name="stopping")
+    with Api(m.endpoint) as api:
+        a, b = api.grant(), api.grant()
+        api.lock_of(b"stop", a)
+        waiting = api.lock.Lock.future(lpb.LockRequest(name=b"stop", lease=b), timeout=CALL_TIMEOUT)
+        observer = Observer(api, b"stop")
+        queued(api, b"stop", key(b"stop", a), key(b"stop", b))
+        assert observer.values(1) == [b""]
+        # the waiting Lock is cancelled by the shutdown; its clean-up finds Raft stopped
+        assert m.terminate() == 0
+        with pytest.raises(grpc.RpcError):
+            waiting.result()
+        observer.close()
+    log = m.log_path.read_text()
+    assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
