@@ -408,6 +408,10 @@ def test_with_auth_the_callers_permissions_are_checked(procs, tmp_path, etcdctl,
             "lock app/l": denied, "lock other": denied, "unlock app/l": denied, "campaign app/e": denied,
             "leader app/l": "ok", "leader other": denied}
         assert {what: outcome(*call, ()) for what, call in calls.items()} == dict.fromkeys(calls, empty)
+        # Observe ends at once, without an error, when its read is refused (etcd's observe loop stops)
+        for metadata in (reader, ()):
+            observe = api.election.Observe(epb.LeaderRequest(name=b"other"), metadata=metadata, timeout=CALL_TIMEOUT)
+            assert list(observe) == [] and observe.code() == grpc.StatusCode.OK
         # the refused Unlock left the writer's key; the refused Campaign wrote nothing
         held = api.kv.Range(pb.RangeRequest(key=b"app/", range_end=b"app0"), metadata=writer, timeout=CALL_TIMEOUT)
         assert [kv.key for kv in held.kvs] == [got.key]
