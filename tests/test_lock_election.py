@@ -281,6 +281,21 @@ def test_campaigning_again_with_the_same_lease_proclaims_the_new_value(api):
         UNKNOWN, "etcdserver: requested lease not found")
 
 
+def test_a_leader_key_without_a_lease_proclaims_with_a_new_session_lease(api):
+    a = api.grant()
+    leader = api.election.Campaign(epb.CampaignRequest(name=b"nolease", lease=a, value=b"v"),
+                                   timeout=CALL_TIMEOUT).leader
+    bare = epb.LeaderKey(name=leader.name, key=leader.key, rev=leader.rev)  # lease 0
+    api.election.Proclaim(epb.ProclaimRequest(leader=bare, value=b"w"), timeout=CALL_TIMEOUT)
+    kv = api.get(leader.key).kvs[0]
+    # etcd's server makes a session for the call, which grants a lease when given none
+    assert kv.value == b"w" and kv.lease not in (0, a)
+    ttl = api.lease.LeaseTimeToLive(pb.LeaseTimeToLiveRequest(ID=kv.lease, keys=True), timeout=CALL_TIMEOUT)
+    assert (ttl.grantedTTL, list(ttl.keys)) == (60, [leader.key])
+    api.election.Resign(epb.ResignRequest(leader=bare), timeout=CALL_TIMEOUT)
+    assert api.get(leader.key).kvs == []
+
+
 def test_a_campaign_given_up_leaves_the_race(api):
     a, b = api.grant(), api.grant()
     api.election.Campaign(epb.CampaignRequest(name=b"quit", lease=a, value=b"a"), timeout=CALL_TIMEOUT)
