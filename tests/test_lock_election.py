@@ -24,7 +24,9 @@ from etcdlite.pb.v3electionpb import v3election_pb2_grpc
 from etcdlite.pb.v3lockpb import v3lock_pb2 as lpb
 from etcdlite.pb.v3lockpb import v3lock_pb2_grpc
 from harness.etcd_client import Client, error_of, leader_of, wait_until
-from harness.procs import ETCD_BIN, BackgroundEtcdctl, Registry, require_binary, start_etcdlite_cluster
+from harness.procs import (
+    ETCD_BIN, ETCDCTL_BIN, BackgroundEtcdctl, Registry, require_binary, start_etcdlite_cluster,
+)
 
 pytestmark = pytest.mark.process
 
@@ -316,6 +318,7 @@ def _interrupt(proc: BackgroundEtcdctl) -> int:
 
 
 def test_etcdctl_lock_second_holder_only_after_the_first_exits(server, api):
+    require_binary(ETCDCTL_BIN, "etcdctl 3.4")
     with BackgroundEtcdctl(server, "lock", "ctl") as first:
         assert first.wait_for(lambda out: out.startswith("ctl/"), 10), first.stderr
         held = first.stdout.strip().encode()
@@ -331,6 +334,7 @@ def test_etcdctl_lock_second_holder_only_after_the_first_exits(server, api):
 
 
 def test_etcdctl_elect_and_observe(server, api):
+    require_binary(ETCDCTL_BIN, "etcdctl 3.4")
     with BackgroundEtcdctl(server, "elect", "-l", "ctlelect") as observer, \
             BackgroundEtcdctl(server, "elect", "ctlelect", "p1") as one:
         assert one.wait_for(lambda out: out.endswith("p1\n"), 10), one.stderr
@@ -394,8 +398,8 @@ def test_with_auth_the_callers_permissions_are_checked(procs, tmp_path, etcdctl,
         auth = rpc_pb2_grpc.AuthStub(api.channel)
 
         def as_user(name: str, password: str):
-            token = auth.Authenticate(pb.AuthenticateRequest(name=name, password=password), timeout=CALL_TIMEOUT).token
-            return (("token", token),)
+            resp = auth.Authenticate(pb.AuthenticateRequest(name=name, password=password), timeout=CALL_TIMEOUT)
+            return (("token", resp.token),)
 
         writer, reader = as_user("writer", "w"), as_user("reader", "r")
         lease = api.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=30), metadata=writer, timeout=CALL_TIMEOUT).ID
@@ -425,7 +429,8 @@ def test_with_auth_the_callers_permissions_are_checked(procs, tmp_path, etcdctl,
         assert {what: outcome(*call, ()) for what, call in calls.items()} == dict.fromkeys(calls, empty)
         # Observe ends at once, without an error, when its read is refused (etcd's observe loop stops)
         for metadata in (reader, ()):
-            observe = api.election.Observe(epb.LeaderRequest(name=b"other"), metadata=metadata, timeout=CALL_TIMEOUT)
+            observe = api.election.Observe(epb.LeaderRequest(name=b"other"), metadata=metadata,
+                                           timeout=CALL_TIMEOUT)
             assert list(observe) == [] and observe.code() == grpc.StatusCode.OK
         # the refused Unlock left the writer's key; the refused Campaign wrote nothing
         held = api.kv.Range(pb.RangeRequest(key=b"app/", range_end=b"app0"), metadata=writer, timeout=CALL_TIMEOUT)

@@ -36,7 +36,10 @@ class LockService(v3lock_pb2_grpc.LockServicer):
                      pb.RequestOp(request_range=first_created(prefix))],
             failure=[pb.RequestOp(request_range=pb.RangeRequest(key=key)),
                      pb.RequestOp(request_range=first_created(prefix))]))
-        my_rev = resp.header.revision if resp.succeeded else resp.responses[0].response_range.kvs[0].create_revision
+        # the key's create revision: its place in the queue
+        my_rev = resp.header.revision
+        if not resp.succeeded:
+            my_rev = resp.responses[0].response_range.kvs[0].create_revision
         owner = resp.responses[1].response_range.kvs
         header = resp.header
         if owner and owner[0].create_revision != my_rev:
