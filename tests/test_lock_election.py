@@ -368,6 +368,16 @@ def test_lock_through_a_follower_with_an_expiring_holder(procs, tmp_path):
         assert on_leader.keys(b"cluster/") == {got.key}
         api.lock.Unlock(lpb.UnlockRequest(key=got.key), timeout=CALL_TIMEOUT)
         queued(on_leader, b"cluster")
+        # an election observed through the follower, campaigned on the leader
+        observer = Observer(api, b"cluster-e")
+        try:
+            won = on_leader.election.Campaign(epb.CampaignRequest(name=b"cluster-e", lease=b, value=b"one"),
+                                              timeout=CALL_TIMEOUT)
+            assert observer.values(1) == [b"one"]
+            on_leader.election.Proclaim(epb.ProclaimRequest(leader=won.leader, value=b"two"), timeout=CALL_TIMEOUT)
+            assert observer.values(2) == [b"one", b"two"]
+        finally:
+            observer.close()
 
 
 # --- auth ------------------------------------------------------------------------
