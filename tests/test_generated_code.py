@@ -44,6 +44,24 @@ def test_wire_names_match_etcd():
     assert rpc_pb2.AuthUserAddRequest.DESCRIPTOR.fields_by_name["options"].number == 3
 
 
+def test_lock_and_election_wire_names_match_etcd():
+    from etcdlite.pb.v3electionpb import v3election_pb2
+    from etcdlite.pb.v3lockpb import v3lock_pb2
+
+    assert v3lock_pb2.DESCRIPTOR.package == "v3lockpb"
+    assert v3election_pb2.DESCRIPTOR.package == "v3electionpb"
+    lock = v3lock_pb2.DESCRIPTOR.services_by_name["Lock"]
+    assert {m.full_name for m in lock.methods} == {"v3lockpb.Lock.Lock", "v3lockpb.Lock.Unlock"}
+    election = v3election_pb2.DESCRIPTOR.services_by_name["Election"]
+    assert {m.name for m in election.methods} == {"Campaign", "Proclaim", "Leader", "Observe", "Resign"}
+    assert election.methods_by_name["Observe"].server_streaming
+    fields = v3election_pb2.LeaderKey.DESCRIPTOR.fields_by_name
+    assert [fields[f].number for f in ("name", "key", "rev", "lease")] == [1, 2, 3, 4]
+    assert v3election_pb2.CampaignRequest.DESCRIPTOR.fields_by_name["value"].number == 3
+    assert v3election_pb2.LeaderResponse.DESCRIPTOR.fields_by_name["kv"].message_type.full_name == "mvccpb.KeyValue"
+    assert v3lock_pb2.LockResponse.DESCRIPTOR.fields_by_name["key"].number == 2
+
+
 def test_kubelet_api_names():
     """The kubelet's API (node/pb/kubelet.proto) and the apiserver's pods/log and pods/exec
     calls that proxy to it: names and streaming shapes clients depend on."""

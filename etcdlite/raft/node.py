@@ -135,6 +135,9 @@ FAILURES = {
     FAIL_REASON.REQUEST_DENIED: errors.NOT_CAPABLE,
     FAIL_REASON.UNKNOWN_OUTCOME: errors.TIMEOUT,
 }
+# the failure of a command proposed once the node is stopped (not one of pysyncobj's reasons)
+STOPPED = "stopped"
+FAILURES[STOPPED] = errors.STOPPED
 
 
 class ReplicatedState(SyncObjConsumer):
@@ -517,6 +520,9 @@ class RaftNode:
         failed. With `now`, the tick that appends (and, on a lone member,
         commits and applies) runs before this returns, instead of in a later
         turn of the loop."""
+        if self._stopped:  # a late write (a cancelled Lock's clean-up) as the member stops
+            self._loop.call_soon(callback, None, STOPPED)
+            return
         self.state.apply(commands, callback=callback)
         if now:
             self._tick()

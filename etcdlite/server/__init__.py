@@ -6,6 +6,8 @@
 - ``read_barrier``: ReadBarrier (linearizable reads, one barrier shared by the readers waiting)
 - ``response_header``: ResponseHeaders (every response's header, as a message or as bytes)
 - ``kv``, ``watch``, ``lease``, ``cluster``, ``maintenance``: the etcd services
+- ``lock``, ``election``: etcd's Lock and Election services; ``concurrency``: what they share
+  (sessions' leases, waiting for deletes in the watch hub)
 - ``checks``: what is refused before a request is proposed
 - ``rpc``: the handlers' shared error handling (etcd errors as gRPC statuses); the server
   itself is the top-level package ``grpclite``

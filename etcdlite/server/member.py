@@ -28,14 +28,18 @@ from etcdlite.config import GRPC_OVERHEAD_BYTES, MemberConfig, host_port, is_tls
 from etcdlite.lessor import Lessor
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
+from etcdlite.pb.v3electionpb import v3election_pb2_grpc
+from etcdlite.pb.v3lockpb import v3lock_pb2_grpc
 from etcdlite.raft import RaftNode
 from etcdlite.raft.apply_pacing import APPLY_SLICE
 from etcdlite.server.auth import AuthGate, AuthService
 from etcdlite.server.cluster import ClusterService
+from etcdlite.server.election import ElectionService
 from etcdlite.server.group_commit import GroupCommit
 from etcdlite.server.kv import KVService
 from etcdlite.server.kv import add_to_server as add_kv_service
 from etcdlite.server.lease import LeaseService
+from etcdlite.server.lock import LockService
 from etcdlite.server.maintenance import MaintenanceService
 from etcdlite.server.read_barrier import ReadBarrier
 from etcdlite.server.response_header import ResponseHeaders
@@ -155,6 +159,8 @@ class Member:
         rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(self), server)
         rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(self), server)
         rpc_pb2_grpc.add_AuthServicer_to_server(AuthService(self, self.auth), server)
+        v3lock_pb2_grpc.add_LockServicer_to_server(LockService(self), server)
+        v3election_pb2_grpc.add_ElectionServicer_to_server(ElectionService(self), server)
         if isinstance(server, GrpcServer):
             host, _, port = address.rpartition(":")
             host = host.strip("[]")
