@@ -5,10 +5,11 @@ tampered, foreign, replayed or reordered frames drop the connection unread."""
 from __future__ import annotations
 
 import pickle
+from types import SimpleNamespace
 
 from pysyncobj.tcp_connection import TcpConnection
 
-from etcdlite.raft.peer_transport import PeerConnection, mac_key
+from etcdlite.raft.peer_transport import PeerConnection, PeerTransport, mac_key
 
 KEY = mac_key("s3cret")
 
@@ -110,3 +111,29 @@ def test_counters_restart_with_the_connection():
     rx.disconnect()
     (b,) = _frames(tx, "b")
     assert _receive(rx, b) == ["b"]
+
+
+def test_held_frames_leave_the_named_connection_first():
+    """flush_now(first=...): the connection whose peer waits (the follower whose client's
+    write just committed) is sent to before the others, each send waking its receiver."""
+    order = []
+
+    class Conn:
+        def __init__(self, name):
+            self.name = name
+
+        def flush(self):
+            order.append(self.name)
+
+    conns = [Conn(name) for name in "abcdefgh"]
+    for first in conns:
+        order.clear()
+        synced = []
+        held = SimpleNamespace(unsent=set(conns), before_send=lambda: synced.append(list(order)))
+        PeerTransport.flush_now(held, first=first)
+        assert order[0] == first.name and sorted(order) == list("abcdefgh"), order
+        assert synced == [[]] and held.unsent == set()  # before_send once, before any send
+    order.clear()
+    held = SimpleNamespace(unsent=set(conns[:2]), before_send=None)
+    PeerTransport.flush_now(held, first=conns[5])  # not held: nothing for it
+    assert sorted(order) == ["a", "b"]

@@ -23,9 +23,9 @@ import etcdlite.raft  # noqa: F401  (sets pysyncobj up, as a member does)
 from etcdlite.apply import Op
 from etcdlite.raft import durable
 from etcdlite.raft.journal import LeanJournal
-from etcdlite.raft.loop import REPEAT_REPLY_SECONDS
+from etcdlite.raft.loop import REPEAT_REPLY_SECONDS, LoopPoller
 from etcdlite.raft.node import RaftNode
-from etcdlite.raft.peer_transport import PeerConnection
+from etcdlite.raft.peer_transport import PeerConnection, PeerTransport
 
 
 class Calls:
@@ -515,6 +515,95 @@ def test_a_peer_message_that_leaves_nothing_to_do_is_not_followed_by_a_tick(tmp_
             assert count < 2.5 * writes, f"the {'leader' if node is leader else 'proposer'} ticked {count} times"
         else:  # the commit index only (before: the entries too)
             assert count < 1.5 * writes, f"a follower ticked {count} times for {writes} writes"
+
+
+@pytest.mark.process
+def test_a_write_through_a_follower_leaves_at_once_and_is_applied_as_its_commit_arrives(tmp_path, monkeypatch):
+    """The follower's client waits through two more hops than the leader's:
+    its proposal leaves for the leader inside the proposing call, without a
+    pysyncobj tick; at the commit the leader sends it the commit index
+    before the other follower (each send wakes one); and it applies the
+    write (answers its client) in the event that brings the commit index,
+    not a loop turn later. Three members in one event loop."""
+    nodes: list[RaftNode] = []
+    ticks: dict[int, int] = {}  # id(SyncObj) -> pysyncobj ticks
+    forwarded: list[int] = []  # id(transport) of each apply_command sent
+    flushes: list[tuple] = []  # (transport, first, [connections flushed]) of each flush_now naming a first
+    not_applied: list[tuple] = []  # (commit, applied) on the proposer after an event
+    original_tick, original_send, original_flush = SyncObj._onTick, PeerConnection.send, PeerConnection.flush
+    original_flush_now, original_ready = PeerTransport.flush_now, LoopPoller._ready
+
+    def on_tick(obj, *args):
+        ticks[id(obj)] = ticks.get(id(obj), 0) + 1
+        return original_tick(obj, *args)
+
+    def send(conn, message):
+        if isinstance(message, dict) and message.get("type") == "apply_command":
+            forwarded.append(id(conn.transport))
+        return original_send(conn, message)
+
+    def flush_now(transport, first=None):
+        if first is None:
+            return original_flush_now(transport)
+        flushes.append((transport, first, []))
+        try:
+            return original_flush_now(transport, first)
+        finally:
+            flushes.append(None)
+
+    def flush(conn):
+        if flushes and flushes[-1] is not None:
+            flushes[-1][2].append(conn)
+        return original_flush(conn)
+
+    monkeypatch.setattr(SyncObj, "_onTick", on_tick)
+    monkeypatch.setattr(PeerConnection, "send", send)
+    monkeypatch.setattr(PeerConnection, "flush", flush)
+    monkeypatch.setattr(PeerTransport, "flush_now", flush_now)
+    watched: list[RaftNode] = []  # the proposer, once chosen
+
+    def ready(poller, descr, event):  # before the members subscribe their sockets
+        original_ready(poller, descr, event)
+        for node in watched:
+            if poller is node._poller and node.commit_index > node.applied_index:
+                not_applied.append((node.commit_index, node.applied_index))
+
+    monkeypatch.setattr(LoopPoller, "_ready", ready)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        addresses = [_address() for _ in range(3)]
+        for i, address in enumerate(addresses):
+            others = [a for a in addresses if a != address]
+            nodes.append(RaftNode(loop, address, others, str(tmp_path / f"m{i}"), password="test secret"))
+        try:
+            await _until(lambda: any(n.is_leader for n in nodes), "a leader elected")
+            leader = next(n for n in nodes if n.is_leader)
+            proposer = next(n for n in nodes if n is not leader)
+            await _until(lambda: proposer._obj._getLeader() is not None, "the follower knows its leader")
+            to_proposer = next(conn for node, conn in leader._obj.peer_transport._connections.items()
+                               if node.id == proposer._obj.selfNode.id)
+
+            watched.append(proposer)
+            for i in range(20):
+                done = loop.create_future()
+                ticked, sent = ticks.get(id(proposer._obj), 0), len(forwarded)
+                proposer.propose([(Op.PUT_VALUE, b"k/%d" % i, b"v")],
+                                 lambda applied, reason, done=done: done.done() or done.set_result(reason), now=True)
+                assert forwarded[sent:] == [id(proposer._obj.peer_transport)], "the proposal did not leave at once"
+                assert ticks.get(id(proposer._obj), 0) == ticked, "the proposal ticked the follower"
+                assert await asyncio.wait_for(done, 10) == FAIL_REASON.SUCCESS
+            told = [(first, conns) for transport, first, conns in filter(None, flushes)
+                    if transport is leader._obj.peer_transport]
+            assert len(told) >= 20, f"commit indexes sent before the apply: {len(told)} for 20 writes"
+            assert all(first is to_proposer and conns[0] is to_proposer for first, conns in told), \
+                "the other follower was told the commit index first"
+        finally:
+            for node in nodes:
+                node.stop()
+
+    asyncio.run(run())
+    assert not not_applied, f"the proposer left committed entries for a later turn (commit, applied): {not_applied[:5]}"
 
 
 def test_unsafe_no_fsync_is_off_unless_asked_for():

@@ -124,6 +124,7 @@ class LoopSyncObj(SyncedLeadership, PacedApply, LeanEntries, GuardedSyncObj):
         self.__dict__["leader_calls"] = None  # a LeaderCalls, set by the RaftNode
         self.__dict__["before_apply"] = None  # runs before committed entries are applied (RaftNode)
         self.__dict__["forwarded_waiting"] = False  # a follower forwarded a command not yet in the log
+        self.__dict__["forwarded_by"] = None  # the last follower that did
         self.__dict__["_last_reply"] = (None, 0.0)  # what the last success reply said, and when
         super().__init__(self_node, other_nodes, conf, consumers=consumers, transportClass=PeerTransport)
 
@@ -161,6 +162,7 @@ class LoopSyncObj(SyncedLeadership, PacedApply, LeanEntries, GuardedSyncObj):
         if message.get("type") == "apply_command":
             # a follower's client waits for this command: see RaftNode._before_apply
             self.__dict__["forwarded_waiting"] = True
+            self.__dict__["forwarded_by"] = node
         super()._SyncObj__onMessageReceived(node, message)
 
     def _SyncObj__sendNextNodeIdx(self, node, reset=False, nextNodeIdx=None, success=False):

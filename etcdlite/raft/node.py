@@ -338,7 +338,9 @@ class RaftNode:
         transfer, reconnecting) is the periodic tick's, every tick period."""
         obj = self._obj
         commit = obj.raftCommitIndex
-        if (commit > obj.raftLastApplied or obj._SyncObj__commandsQueue._FastQueue__queue
+        if commit > obj.raftLastApplied and not obj._isLeader():
+            self._tick()  # a follower applies (answers its clients) now, not a loop turn later
+        elif (commit > obj.raftLastApplied or obj._SyncObj__commandsQueue._FastQueue__queue
                 or (commit < self._last_index() and obj._isLeader())):
             self._schedule_tick()
 
@@ -410,7 +412,8 @@ class RaftNode:
             return
         self._commit_told = commit
         self._send_append_entries()
-        obj.peer_transport.flush_now()
+        transport = obj.peer_transport
+        transport.flush_now(first=transport._connections.get(obj.__dict__["forwarded_by"]))
 
     def _note_forwarded(self) -> None:
         """After the leader appended what was proposed: the last index that
@@ -524,10 +527,25 @@ class RaftNode:
             self._loop.call_soon(callback, None, STOPPED)
             return
         self.state.apply(commands, callback=callback)
-        if now:
+        if not now:
+            self._schedule_tick()
+        elif self.single or self._obj._isLeader():
             self._tick()
         else:
-            self._schedule_tick()
+            self._forward()
+
+    def _forward(self) -> None:
+        """A follower's proposals leave for the leader now: what pysyncobj's
+        tick does with them, without the rest of a tick (elections, commits,
+        applying: nothing a proposal changes). With no leader known they
+        wait in pysyncobj's queue for a tick that knows one."""
+        self._poller.cork()
+        try:
+            self._obj._checkCommandsToApply()
+        except Exception:
+            log.exception("raft forward failed")
+        finally:
+            self._poller.uncork()
 
     @property
     def machine(self) -> StateMachine:

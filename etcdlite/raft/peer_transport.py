@@ -388,12 +388,16 @@ class PeerTransport(TCPTransport):
         if not self.corked:
             self.flush_now()
 
-    def flush_now(self) -> None:
-        """Send the frames held by `cork` now (the cork stays on for later ones)."""
+    def flush_now(self, first: PeerConnection | None = None) -> None:
+        """Send the frames held by `cork` now (the cork stays on for later ones),
+        `first`'s before the others' (each send wakes its receiver)."""
         if self.unsent:
             if self.before_send is not None:
                 self.before_send()
             unsent, self.unsent = self.unsent, set()
+            if first in unsent:
+                unsent.discard(first)
+                first.flush()
             for conn in unsent:
                 conn.flush()
 
