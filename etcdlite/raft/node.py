@@ -65,7 +65,7 @@ log = logging.getLogger("etcdlite.raft")
 # Any protocol reads back the same.
 pysyncobj.pickle.__dict__["__protocol"] = pickle.HIGHEST_PROTOCOL
 # pysyncobj reads its clock (CLOCK_MONOTONIC_RAW where there is one) through a
-# lambda, some 60 times a replicated write: the same clock, called without a
+# lambda, dozens of times a replicated write: the same clock, called without a
 # Python frame
 if getattr(time, "CLOCK_MONOTONIC_RAW", None) is not None:
     _raw_clock = functools.partial(time.clock_gettime, time.CLOCK_MONOTONIC_RAW)
@@ -200,8 +200,8 @@ class PeerNode(TCPNode):
         super().__init__(address)
         self.dial = dial
 
-    # pysyncobj keys its per-peer state by node: hashed ~50 times a replicated
-    # write, so without going through the `id` property (same values as Node's)
+    # pysyncobj keys its per-peer state by node, hashed dozens of times a
+    # replicated write: without going through the `id` property (same values as Node's)
     def __hash__(self):
         return hash(self._id)
 
@@ -313,9 +313,10 @@ class RaftNode:
         self._obj.__dict__["before_apply"] = self._before_apply
         self._timer = loop.call_soon(self._periodic)
 
-    # Ticking. A tick runs in the event loop after any peer socket event or
-    # proposal (coalesced: one per loop iteration) and every tick period (for
-    # elections and heartbeats). Inside a pysyncobj tick, appending new
+    # Ticking. A tick runs in the event loop after a proposal, after a peer
+    # socket event that leaves it work (`_after_event`; coalesced: one per
+    # loop iteration) and every tick period (for elections and heartbeats).
+    # Inside a pysyncobj tick, appending new
     # commands comes after committing and applying, so a single member
     # (nobody to wait for) ticks again at once to commit what it appended.
     # pysyncobj's own sending of an AppendEntries per proposal and per
@@ -332,10 +333,12 @@ class RaftNode:
         (entries to apply or to commit, commands to append or forward).
         pysyncobj handles each message as it reads it (replies, votes, terms,
         appends), so most events leave a tick nothing to do: a follower's
-        read of new entries, a leader's read of the second acknowledgement.
-        Such a tick cost ~40 us a time, three of them a replicated write.
-        What is time-bound (elections, heartbeats, a pending leadership
-        transfer, reconnecting) is the periodic tick's, every tick period."""
+        read of new entries, a leader's read of the second acknowledgement
+        (measured: benchmarks/why.md). What is time-bound (elections,
+        heartbeats, a pending leadership transfer, reconnecting) is the
+        periodic tick's, every tick period. A follower told a new commit
+        index ticks at once, inside the event: its client's answer does not
+        wait for the loop's next turn."""
         obj = self._obj
         commit = obj.raftCommitIndex
         if commit > obj.raftLastApplied and not obj._isLeader():
@@ -522,7 +525,8 @@ class RaftNode:
         applied here (`applied` as ReplicatedState.apply returns it), or has
         failed. With `now`, the tick that appends (and, on a lone member,
         commits and applies) runs before this returns, instead of in a later
-        turn of the loop."""
+        turn of the loop; on a follower, the batch leaves for the leader
+        before this returns (`_forward`)."""
         if self._stopped:  # a late write (a cancelled Lock's clean-up) as the member stops
             self._loop.call_soon(callback, None, STOPPED)
             return
