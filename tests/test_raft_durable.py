@@ -524,7 +524,7 @@ def test_a_write_through_a_follower_leaves_at_once_and_is_applied_as_its_commit_
     pysyncobj tick; at the commit the leader sends it the commit index
     before the other follower (each send wakes one); and it applies the
     write (answers its client) in the event that brings the commit index,
-    not a loop turn later. Three members in one event loop."""
+    not a loop turn later, and without the rest of a tick. Three members in one event loop."""
     nodes: list[RaftNode] = []
     ticks: dict[int, int] = {}  # id(SyncObj) -> pysyncobj ticks
     forwarded: list[int] = []  # id(transport) of each apply_command sent
@@ -585,6 +585,7 @@ def test_a_write_through_a_follower_leaves_at_once_and_is_applied_as_its_commit_
                                if node.id == proposer._obj.selfNode.id)
 
             watched.append(proposer)
+            ticks_before = ticks.get(id(proposer._obj), 0)
             for i in range(20):
                 done = loop.create_future()
                 ticked, sent = ticks.get(id(proposer._obj), 0), len(forwarded)
@@ -593,6 +594,8 @@ def test_a_write_through_a_follower_leaves_at_once_and_is_applied_as_its_commit_
                 assert forwarded[sent:] == [id(proposer._obj.peer_transport)], "the proposal did not leave at once"
                 assert ticks.get(id(proposer._obj), 0) == ticked, "the proposal ticked the follower"
                 assert await asyncio.wait_for(done, 10) == FAIL_REASON.SUCCESS
+            # applying at the commit index is not a whole tick: only the periodic ones ran
+            assert ticks.get(id(proposer._obj), 0) - ticks_before < 10, "the follower ticked to apply"
             told = [(first, conns) for transport, first, conns in filter(None, flushes)
                     if transport is leader._obj.peer_transport]
             assert len(told) >= 20, f"commit indexes sent before the apply: {len(told)} for 20 writes"

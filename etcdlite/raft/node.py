@@ -337,15 +337,27 @@ class RaftNode:
         (measured: benchmarks/why.md). What is time-bound (elections,
         heartbeats, a pending leadership transfer, reconnecting) is the
         periodic tick's, every tick period. A follower told a new commit
-        index ticks at once, inside the event: its client's answer does not
-        wait for the loop's next turn."""
+        index applies it at once (`_apply_now`)."""
         obj = self._obj
         commit = obj.raftCommitIndex
         if commit > obj.raftLastApplied and not obj._isLeader():
-            self._tick()  # a follower applies (answers its clients) now, not a loop turn later
+            self._apply_now()
         elif (commit > obj.raftLastApplied or obj._SyncObj__commandsQueue._FastQueue__queue
                 or (commit < self._last_index() and obj._isLeader())):
             self._schedule_tick()
+
+    def _apply_now(self) -> None:
+        """A follower applies what its new commit index covers inside the
+        event that brought it (its clients' answers do not wait for the
+        loop's next turn), and only that: the rest of a tick (elections,
+        forwarding, snapshots) is the periodic tick's."""
+        self._poller.cork()
+        try:
+            self._obj._SyncObj__applyLogEntries()
+        except Exception:
+            log.exception("raft apply failed")
+        finally:
+            self._poller.uncork()
 
     def _periodic(self) -> None:
         self._tick()
