@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="", help="path to the data directory (default: ${name}.etcd)")
     p.add_argument("--listen-client-urls", default="http://127.0.0.1:2379",
                    help="comma-separated URLs to serve clients on")
+    p.add_argument("--listen-metrics-urls", default="",
+                   help="comma-separated http:// URLs answering only /metrics (Prometheus) and /health, "
+                        "as etcd's (https is not served there)")
     p.add_argument("--advertise-client-urls", default="",
                    help="client URLs to advertise (default: --listen-client-urls)")
     p.add_argument("--listen-peer-urls", default="http://127.0.0.1:2380",
@@ -138,6 +141,7 @@ def config_from_args(args: argparse.Namespace) -> MemberConfig:
         listen_client_urls=client_urls,
         advertise_client_urls=split_urls(args.advertise_client_urls) if args.advertise_client_urls else client_urls,
         listen_peer_urls=peer_urls,
+        listen_metrics_urls=split_urls(args.listen_metrics_urls) if args.listen_metrics_urls else [],
         initial_advertise_peer_urls=advertised_peers,
         initial_cluster=parse_initial_cluster(args.initial_cluster) if args.initial_cluster else {},
         initial_cluster_state=args.initial_cluster_state,

@@ -150,6 +150,8 @@ class MemberConfig:
     listen_client_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2379"])
     advertise_client_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2379"])
     listen_peer_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2380"])
+    # etcd's --listen-metrics-urls: HTTP/1.1 serving /metrics and /health (http:// only)
+    listen_metrics_urls: list[str] = field(default_factory=list)
     initial_advertise_peer_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2380"])
     initial_cluster: dict[str, list[str]] = field(default_factory=dict)
     initial_cluster_state: str = "new"
@@ -193,6 +195,10 @@ class MemberConfig:
 
     def __post_init__(self):
         self._check_client_tls()
+        https = [u for u in self.listen_metrics_urls if is_tls_url(u)]
+        if https:
+            raise ConfigError(f"--listen-metrics-urls {','.join(https)}: https is not served on metrics URLs "
+                              "(not implemented yet); use http:// URLs")
         if not self.data_dir:
             self.data_dir = f"{self.name}.etcd"
         if not self.initial_cluster:

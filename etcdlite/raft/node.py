@@ -311,6 +311,10 @@ class RaftNode:
         self._commit_told = 0  # the highest commit index sent to the followers by _before_apply
         self._forwarded_upto = 0  # the last log index that may hold a command a follower forwarded
         self._obj.__dict__["before_apply"] = self._before_apply
+        # leaders this member came to know, as etcd's etcd_server_leader_changes_seen_total: a
+        # known leader other than the one last seen (none, during an election, counts as one)
+        self.leader_changes = 0
+        self._leader_seen = None
         self._timer = loop.call_soon(self._periodic)
 
     # Ticking. A tick runs in the event loop after a proposal, after a peer
@@ -361,8 +365,18 @@ class RaftNode:
 
     def _periodic(self) -> None:
         self._tick()
+        self._note_leader()
         if not self._stopped:
             self._timer = self._loop.call_later(self._tick_period, self._periodic)
+
+    def _note_leader(self) -> None:
+        """Count a change of leader (seen every tick period, off the write
+        path: elections take longer than that)."""
+        leader = self.leader if self.has_leader else None
+        if leader != self._leader_seen:
+            self._leader_seen = leader
+            if leader is not None:
+                self.leader_changes += 1
 
     def _tick(self) -> None:
         self._tick_pending = False
@@ -575,6 +589,18 @@ class RaftNode:
     def leader(self) -> str | None:
         leader = self._obj._getLeader()
         return None if leader is None else leader.id
+
+    @property
+    def has_leader(self) -> bool:
+        """Whether this member has a leader, as etcd's Raft tells it: the
+        leader itself, or a follower that heard from its leader within its
+        election timeout. (pysyncobj keeps its last leader while connected to
+        no peer, starting no election; etcd's follower would have dropped it
+        as it campaigned.)"""
+        obj = self._obj
+        if obj._getLeader() is None:
+            return False
+        return obj._isLeader() or pysyncobj.syncobj.monotonicTime() <= obj._SyncObj__raftElectionDeadline
 
     @property
     def term(self) -> int:

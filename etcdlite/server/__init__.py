@@ -9,6 +9,8 @@
 - ``lock``, ``election``: etcd's Lock and Election services; ``concurrency``: what they share
   (sessions' leases, waiting for deletes in the watch hub)
 - ``checks``: what is refused before a request is proposed
+- ``metrics``: MemberMetrics (etcd's Prometheus metrics, read at a scrape); ``metrics_listener``:
+  the HTTP/1.1 server of --listen-metrics-urls (/metrics, /health)
 - ``rpc``: the handlers' shared error handling (etcd errors as gRPC statuses); the server
   itself is the top-level package ``grpclite``
 """

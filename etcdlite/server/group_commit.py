@@ -110,6 +110,14 @@ class GroupCommit:
         self._in_flight = 0
         self._batches: collections.deque[_Batch] = collections.deque()
         self._sweeper: asyncio.TimerHandle | None = None
+        # requests whose proposal failed or timed out (etcd's etcd_server_proposals_failed_total)
+        self.failed = 0
+
+    def pending(self) -> int:
+        """Requests proposed and not answered yet (etcd's
+        etcd_server_proposals_pending): those waiting for the next batch and
+        those of the batches in flight."""
+        return len(self._waiters) + sum(len(b.waiters) for b in self._batches)
 
     async def propose(self, op: Op, request, tail: tuple = ()) -> object:
         """Replicate one request and return its result once applied here.
@@ -190,6 +198,8 @@ class GroupCommit:
                 batches.popleft()
             if not reason:
                 self._before_answers()
+            else:
+                self.failed += len(waiters)
             _settle(waiters, entries, reason)
             self._after_answers()
 
@@ -219,6 +229,7 @@ class GroupCommit:
             if not batch.settled and now - batch.sent >= REQUEST_TIMEOUT:
                 batch.settled = True
                 waiters, batch.waiters = batch.waiters, ()
+                self.failed += len(waiters)
                 _fail(waiters, errors.TIMEOUT)
         while batches and batches[0].settled:
             batches.popleft()

@@ -41,6 +41,8 @@ from etcdlite.server.kv import add_to_server as add_kv_service
 from etcdlite.server.lease import LeaseService
 from etcdlite.server.lock import LockService
 from etcdlite.server.maintenance import MaintenanceService
+from etcdlite.server.metrics import MemberMetrics
+from etcdlite.server.metrics_listener import MetricsListener
 from etcdlite.server.read_barrier import ReadBarrier
 from etcdlite.server.response_header import ResponseHeaders
 from etcdlite.server.watch import WatchService
@@ -81,6 +83,8 @@ class Member:
         self.servers: list = []  # GrpcServer, or grpc.aio.Server with --experimental-grpc-server=grpcio
         self._h2_servers: list[GrpcServer] = []  # those of them that are GrpcServers
         self.client_ports: list[int] = []
+        self.metrics: MemberMetrics | None = None  # set by start
+        self.metrics_listeners: list[MetricsListener] = []
         self._ready = asyncio.Event()
         # set once this member applies its own removal from the cluster
         self.removed = asyncio.Event()
@@ -129,6 +133,8 @@ class Member:
             self.servers.append(server)
             if isinstance(server, GrpcServer):
                 self._h2_servers.append(server)
+        for url in cfg.listen_metrics_urls:
+            await self._serve_metrics(url)
         self._tasks.append(loop.create_task(self._publish()))
         self._tasks.append(loop.create_task(self.lessor.run()))
         self._tasks.append(loop.create_task(self._progress_loop()))
@@ -186,9 +192,22 @@ class Member:
         await server.start()
         return server
 
+    async def _serve_metrics(self, url: str) -> None:
+        """etcd's --listen-metrics-urls: /metrics and /health on `url`."""
+        host, _, port = host_port(url).rpartition(":")
+        host = host.strip("[]")
+        listener = MetricsListener(self.metrics, self.raft, self.read_barrier)
+        try:
+            port = await listener.listen("127.0.0.1" if host == "localhost" else host, int(port))
+        except OSError as err:
+            raise OSError(f"cannot listen for metrics on {url}: {err.strerror or err}: is the port in use?") from None
+        self.metrics_listeners.append(listener)
+        log.info("member %x: serving /metrics and /health on %s", self.id, url)
+
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        await asyncio.gather(*(m.stop() for m in self.metrics_listeners), return_exceptions=True)
         await asyncio.gather(*(s.stop(grace=1.0) for s in self.servers), return_exceptions=True)
         if self.raft is not None:
             self.raft.stop()
@@ -338,6 +357,7 @@ class Member:
         self.header = headers.fill
         self.header_field = headers.field
         self.batch_header_field = headers.batch_field
+        self.metrics = MemberMetrics(self.id, self.raft, commit, self.read)
 
     def read(self, query, arg=_NO_ARG):
         """Backend.read: query(machine) or query(machine, arg), under the raft

@@ -1,0 +1,210 @@
+"""A member's metrics as etcd 3.4 names them, in Prometheus' text format.
+
+What is counted is kept where it happens, as plain numbers: the journal's
+fdatasync times (`etcdlite.raft.journal`), the leader changes a member saw
+(`RaftNode.leader_changes`), the requests whose proposal failed and those
+pending (`GroupCommit`); the rest is read from Raft, the store and /proc at
+the scrape. Nothing here runs on the write path: a scrape formats what is
+already known (no walk of the store).
+
+Names, types, help texts and buckets are etcd 3.4's (`etcdserver/metrics.go`,
+`wal/metrics.go`, `mvcc/metrics.go`, the health counters of
+`etcdserver/api/etcdhttp`, client_golang's process collector), so dashboards
+and alerts made for etcd read them unchanged. etcd's proposals_committed and
+proposals_applied are its Raft commit and applied indexes (gauges despite
+their `_total`); here they are pysyncobj's, whose entries are batches of
+requests (group commit): they count entries, as etcd's do, not requests.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+
+from etcdlite.config import API_VERSION
+from etcdlite.raft import journal
+
+# the Content-Type of the text exposition format
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# etcd's cluster version label: the API level, major.minor
+CLUSTER_VERSION = ".".join(API_VERSION.split(".")[:2])
+
+COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
+# name -> (type, help), as etcd 3.4 serves them
+FAMILIES: dict[str, tuple[str, str]] = {
+    "etcd_cluster_version": (
+        GAUGE, "Which version is running. 1 for 'cluster_version' label with current cluster version"),
+    "etcd_debugging_mvcc_compact_revision": (GAUGE, "The revision of the last compaction in store."),
+    "etcd_debugging_mvcc_current_revision": (GAUGE, "The current revision of store."),
+    "etcd_debugging_mvcc_db_total_size_in_bytes": (
+        GAUGE, "Total size of the underlying database physically allocated in bytes."),
+    "etcd_debugging_mvcc_keys_total": (GAUGE, "Total number of keys."),
+    "etcd_disk_wal_fsync_duration_seconds": (HISTOGRAM, "The latency distributions of fsync called by WAL."),
+    "etcd_mvcc_db_total_size_in_bytes": (
+        GAUGE, "Total size of the underlying database physically allocated in bytes."),
+    "etcd_mvcc_db_total_size_in_use_in_bytes": (
+        GAUGE, "Total size of the underlying database logically in use in bytes."),
+    "etcd_server_has_leader": (GAUGE, "Whether or not a leader exists. 1 is existence, 0 is not."),
+    "etcd_server_health_failures": (COUNTER, "The total number of failed health checks"),
+    "etcd_server_health_success": (COUNTER, "The total number of successful health checks"),
+    "etcd_server_id": (
+        GAUGE, "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID."),
+    "etcd_server_is_leader": (GAUGE, "Whether or not this member is a leader. 1 if is, 0 otherwise."),
+    "etcd_server_is_learner": (GAUGE, "Whether or not this member is a learner. 1 if is, 0 otherwise."),
+    "etcd_server_leader_changes_seen_total": (COUNTER, "The number of leader changes seen."),
+    "etcd_server_proposals_applied_total": (GAUGE, "The total number of consensus proposals applied."),
+    "etcd_server_proposals_committed_total": (GAUGE, "The total number of consensus proposals committed."),
+    "etcd_server_proposals_failed_total": (COUNTER, "The total number of failed proposals seen."),
+    "etcd_server_proposals_pending": (GAUGE, "The current number of pending proposals to commit."),
+    "etcd_server_version": (
+        GAUGE, "Which version is running. 1 for 'server_version' label with current version."),
+    "process_cpu_seconds_total": (COUNTER, "Total user and system CPU time spent in seconds."),
+    "process_max_fds": (GAUGE, "Maximum number of open file descriptors."),
+    "process_open_fds": (GAUGE, "Number of open file descriptors."),
+    "process_resident_memory_bytes": (GAUGE, "Resident memory size in bytes."),
+    "process_start_time_seconds": (GAUGE, "Start time of the process since unix epoch in seconds."),
+    "process_virtual_memory_bytes": (GAUGE, "Virtual memory size in bytes."),
+}
+
+
+def _value(v) -> str:
+    if isinstance(v, int):
+        return str(v)
+    if v != v:
+        return "NaN"
+    if v in (float("inf"), float("-inf")):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(v)
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def family_text(name: str, samples) -> str:
+    """One family in the text format: its HELP and TYPE lines (from
+    FAMILIES), then `samples`, each (suffix, labels, value): suffix appended
+    to the name (a histogram's _bucket, _sum, _count), labels a tuple of
+    (name, value) pairs."""
+    kind, help_text = FAMILIES[name]
+    lines = [f"# HELP {name} {_escape_help(help_text)}", f"# TYPE {name} {kind}"]
+    for suffix, labels, value in samples:
+        if labels:
+            pairs = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels)
+            lines.append(f"{name}{suffix}{{{pairs}}} {_value(value)}")
+        else:
+            lines.append(f"{name}{suffix} {_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def histogram_samples(bounds, counts, total: float) -> list:
+    """The samples of a histogram kept as `counts` per bucket (the last:
+    above every bound): cumulative buckets, +Inf, _sum, _count (the +Inf
+    bucket's, so the two always agree)."""
+    samples, seen = [], 0
+    for bound, n in zip(bounds, counts):
+        seen += n
+        samples.append(("_bucket", (("le", repr(bound)),), seen))
+    seen += counts[len(bounds)]
+    samples.append(("_bucket", (("le", "+Inf"),), seen))
+    samples.append(("_sum", (), total))
+    samples.append(("_count", (), seen))
+    return samples
+
+
+# ---------------------------------------------------------------------------
+# the process, from /proc (client_golang's process collector)
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _start_time() -> float:
+    """Seconds since the epoch at which this process started (its start in
+    clock ticks after boot, plus the boot time)."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        with open("/proc/stat", "rb") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
+        return boot + int(fields[19]) / _TICKS
+    except (OSError, StopIteration, IndexError, ValueError):
+        return 0.0
+
+
+_START_TIME = _start_time()
+
+
+def process_text() -> str:
+    times = os.times()
+    parts = [family_text("process_cpu_seconds_total", [("", (), times.user + times.system)])]
+    try:
+        parts.append(family_text("process_max_fds", [("", (), resource.getrlimit(resource.RLIMIT_NOFILE)[0])]))
+        parts.append(family_text("process_open_fds", [("", (), len(os.listdir("/proc/self/fd")))]))
+        with open("/proc/self/statm", "rb") as f:
+            size, resident = f.read().split()[:2]
+        parts.append(family_text("process_resident_memory_bytes", [("", (), int(resident) * _PAGE)]))
+        parts.append(family_text("process_start_time_seconds", [("", (), _START_TIME)]))
+        parts.append(family_text("process_virtual_memory_bytes", [("", (), int(size) * _PAGE)]))
+    except (OSError, ValueError):
+        pass  # no /proc: only what the OS gives without it
+    return "".join(parts)
+
+
+# ---------------------------------------------------------------------------
+# a member
+
+
+def _store_figures(machine) -> tuple[int, int, int, int]:
+    kv = machine.kv
+    return kv.current_revision, kv.compact_revision, kv.approximate_size(), kv.key_count()
+
+
+class MemberMetrics:
+    """A member's metrics, read at each scrape. `raft`: its RaftNode;
+    `commit`: its GroupCommit; `read`: Backend.read (a query under the raft
+    lock). The health counters are kept here (the health check is the
+    metrics listener's)."""
+
+    def __init__(self, member_id: int, raft, commit, read) -> None:
+        self.member_id = member_id
+        self.raft = raft
+        self.commit = commit
+        self.read = read
+        self.health_success = 0
+        self.health_failures = 0
+
+    def render(self) -> bytes:
+        raft = self.raft
+        revision, compacted, size, keys = self.read(_store_figures)
+        has_leader = raft.has_leader
+        fsync = histogram_samples(journal.FSYNC_BUCKETS, list(journal.fsync_counts), journal.fsync_seconds[0])
+        families = [
+            ("etcd_cluster_version", [("", (("cluster_version", CLUSTER_VERSION),), 1)]),
+            # etcd's compact revision is 0 before any compaction; the store says -1
+            ("etcd_debugging_mvcc_compact_revision", [("", (), max(compacted, 0))]),
+            ("etcd_debugging_mvcc_current_revision", [("", (), revision)]),
+            ("etcd_debugging_mvcc_db_total_size_in_bytes", [("", (), size)]),
+            ("etcd_debugging_mvcc_keys_total", [("", (), keys)]),
+            ("etcd_disk_wal_fsync_duration_seconds", fsync),
+            ("etcd_mvcc_db_total_size_in_bytes", [("", (), size)]),
+            ("etcd_mvcc_db_total_size_in_use_in_bytes", [("", (), size)]),
+            ("etcd_server_has_leader", [("", (), int(has_leader))]),
+            ("etcd_server_health_failures", [("", (), self.health_failures)]),
+            ("etcd_server_health_success", [("", (), self.health_success)]),
+            ("etcd_server_id", [("", (("server_id", format(self.member_id, "x")),), 1)]),
+            ("etcd_server_is_leader", [("", (), int(has_leader and raft.is_leader))]),
+            ("etcd_server_is_learner", [("", (), 0)]),
+            ("etcd_server_leader_changes_seen_total", [("", (), raft.leader_changes)]),
+            ("etcd_server_proposals_applied_total", [("", (), raft.applied_index)]),
+            ("etcd_server_proposals_committed_total", [("", (), raft.commit_index)]),
+            ("etcd_server_proposals_failed_total", [("", (), self.commit.failed)]),
+            ("etcd_server_proposals_pending", [("", (), self.commit.pending())]),
+            ("etcd_server_version", [("", (("server_version", API_VERSION),), 1)]),
+        ]
+        text = "".join(family_text(name, samples) for name, samples in families) + process_text()
+        return text.encode()
