@@ -174,6 +174,16 @@ async def _until(condition, what: str, timeout: float = 20) -> None:
         await asyncio.sleep(0.02)
 
 
+def _start_three(tmp_path, nodes: list, on_applied=lambda applied: None) -> None:
+    """Three members in the running loop, put in `nodes` as they are made."""
+    loop = asyncio.get_running_loop()
+    addresses = [_address() for _ in range(3)]
+    for i, address in enumerate(addresses):
+        others = [a for a in addresses if a != address]
+        nodes.append(RaftNode(loop, address, others, str(tmp_path / f"m{i}"), password="test secret",
+                              on_applied=on_applied))
+
+
 async def _put_all(node: RaftNode, n: int) -> None:
     """n batches of one put each, proposed together (so several share a tick)."""
     loop = asyncio.get_running_loop()
@@ -264,11 +274,7 @@ def test_followers_reply_to_append_entries_only_once_synced(tmp_path, calls, mon
         obj.__dict__["_SyncObj__sendNextNodeIdx"] = send_next_node_idx
 
     async def run() -> None:
-        loop = asyncio.get_running_loop()
-        addresses = [_address() for _ in range(3)]
-        for i, address in enumerate(addresses):
-            others = [a for a in addresses if a != address]
-            nodes.append(RaftNode(loop, address, others, str(tmp_path / f"m{i}"), password="test secret"))
+        _start_three(tmp_path, nodes)
         for node in nodes:
             recording(node)
         try:
@@ -292,12 +298,7 @@ async def _lone_writes(tmp_path, nodes: list, on_applied, writes: int = 20, thro
     """Three members in this loop (put in `nodes` as they are made); `writes`
     puts proposed one at a time, as a lone client's, on the leader (or
     through a follower); then stopped, unless not `stop` (the caller stops them)."""
-    loop = asyncio.get_running_loop()
-    addresses = [_address() for _ in range(3)]
-    for i, address in enumerate(addresses):
-        others = [a for a in addresses if a != address]
-        nodes.append(RaftNode(loop, address, others, str(tmp_path / f"m{i}"), password="test secret",
-                              on_applied=on_applied))
+    _start_three(tmp_path, nodes, on_applied)
     try:
         await _until(lambda: any(n.is_leader for n in nodes), "a leader elected")
         leader = next(n for n in nodes if n.is_leader)
@@ -572,10 +573,7 @@ def test_a_write_through_a_follower_leaves_at_once_and_is_applied_as_its_commit_
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
-        addresses = [_address() for _ in range(3)]
-        for i, address in enumerate(addresses):
-            others = [a for a in addresses if a != address]
-            nodes.append(RaftNode(loop, address, others, str(tmp_path / f"m{i}"), password="test secret"))
+        _start_three(tmp_path, nodes)
         try:
             await _until(lambda: any(n.is_leader for n in nodes), "a leader elected")
             leader = next(n for n in nodes if n.is_leader)

@@ -355,11 +355,15 @@ class RaftNode:
         event that brought it (its clients' answers do not wait for the
         loop's next turn), and only that: the rest of a tick (elections,
         forwarding, snapshots) is the periodic tick's."""
+        self._corked(self._obj._SyncObj__applyLogEntries, "apply")
+
+    def _corked(self, step, what: str) -> None:
+        """One step of a tick on its own, what it sends leaving together."""
         self._poller.cork()
         try:
-            self._obj._SyncObj__applyLogEntries()
+            step()
         except Exception:
-            log.exception("raft apply failed")
+            log.exception("raft %s failed", what)
         finally:
             self._poller.uncork()
 
@@ -569,13 +573,7 @@ class RaftNode:
         tick does with them, without the rest of a tick (elections, commits,
         applying: nothing a proposal changes). With no leader known they
         wait in pysyncobj's queue for a tick that knows one."""
-        self._poller.cork()
-        try:
-            self._obj._checkCommandsToApply()
-        except Exception:
-            log.exception("raft forward failed")
-        finally:
-            self._poller.uncork()
+        self._corked(self._obj._checkCommandsToApply, "forward")
 
     @property
     def machine(self) -> StateMachine:
