@@ -5,9 +5,11 @@ tampered, foreign, replayed or reordered frames drop the connection unread."""
 from __future__ import annotations
 
 import pickle
+import socket
 from types import SimpleNamespace
 
-from pysyncobj.tcp_connection import TcpConnection
+from pysyncobj.poller import POLL_EVENT_TYPE
+from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 
 from etcdlite.raft.peer_transport import PeerConnection, PeerTransport, mac_key
 
@@ -137,3 +139,55 @@ def test_held_frames_leave_the_named_connection_first():
     held = SimpleNamespace(unsent=set(conns[:2]), before_send=None)
     PeerTransport.flush_now(held, first=conns[5])  # not held: nothing for it
     assert sorted(order) == ["a", "b"]
+
+
+class _CountingSocket:
+    """A socket whose recv and getsockopt calls are recorded."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.calls = []
+
+    def recv(self, size):
+        self.calls.append("recv")
+        return self.sock.recv(size)
+
+    def getsockopt(self, *args):
+        self.calls.append("getsockopt")
+        return self.sock.getsockopt(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def test_a_read_event_reads_what_came_in_as_few_system_calls_as_it_can():
+    """pysyncobj read until EAGAIN and asked for the socket's error after each
+    read; a read shorter than the buffer has taken all there was. A message
+    larger than the buffer is still read whole in one event, and a peer's
+    close is seen."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    counting = _CountingSocket(a)
+    got = []
+    conn = PeerConnection.adopt(
+        TcpConnection(poller=_NoPoller(), socket=counting, onMessageReceived=got.append, recvBufferSize=4096), KEY)
+    try:
+        sender = _conn()
+        small, large = _frames(sender, "small", "x" * 20000)
+        b.sendall(small)
+        conn._TcpConnection__processConnection(a.fileno(), POLL_EVENT_TYPE.READ)
+        assert got == ["small"]
+        assert counting.calls == ["getsockopt", "recv"]  # pysyncobj's error check, then one read
+        counting.calls.clear()
+        b.sendall(large)
+        for _ in range(100):  # the kernel may hand it over in parts: each event reads what is there
+            if len(got) == 2:
+                break
+            conn._TcpConnection__processConnection(a.fileno(), POLL_EVENT_TYPE.READ)
+        assert got[1] == "x" * 20000 and counting.calls.count("recv") >= 5  # at 4 KiB a read
+        b.close()
+        conn._TcpConnection__processConnection(a.fileno(), POLL_EVENT_TYPE.READ)
+        assert conn.state == CONNECTION_STATE.DISCONNECTED
+    finally:
+        a.close()
+        b.close()

@@ -52,6 +52,7 @@ import re
 import ssl
 import struct
 
+import pysyncobj.tcp_connection
 from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 from pysyncobj.transport import TCPTransport
@@ -267,6 +268,31 @@ class PeerConnection(TcpConnection):
         if self._TcpConnection__writeBuffer and fileno is not None:
             self._TcpConnection__poller.subscribe(fileno, self._TcpConnection__processConnection, _WANT_WRITE)
         return None
+
+    def _TcpConnection__tryReadBuffer(self):
+        """pysyncobj reads until recv fails with EAGAIN, asking the socket
+        for a pending error after each read: two more system calls and a
+        raised exception per message. A read shorter than the buffer took
+        everything there was (the loop's poller calls again when more
+        comes), and a socket's error surfaces at its next recv."""
+        if self.tls_obj is not None:
+            return super()._TcpConnection__tryReadBuffer()
+        sock = self._TcpConnection__socket
+        size = self._TcpConnection__recvBufferSize
+        while True:
+            try:
+                incoming = sock.recv(size)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    self.disconnect()
+                break
+            if not incoming:
+                self.disconnect()
+                break
+            self._TcpConnection__readBuffer += incoming
+            if len(incoming) < size:
+                break
+        self._TcpConnection__lastReadTime = pysyncobj.tcp_connection.monotonicTime()  # its clock
 
     def _TcpConnection__processRead(self):
         if self.tls_obj is None:
