@@ -115,7 +115,8 @@ def check_same(journal, model: list) -> None:
         assert last_index_term(journal) == model[-1][1:]
         first, last = model[0][1], model[-1][1]
         for start in (first - 1, first, first + 1, (first + last) // 2, last, last + 1):
-            for count, size in ((None, None), (2, None), (None, 1), (None, 900), (3, 2000)):
+            for count, size in ((None, None), (2, None), (None, 1), (None, 900), (3, 2000),
+                                (1, None), (1, 1), (0, None), (0, 5)):
                 assert journal.entries(start, count, size) == reference_entries(model, start, count, size)
 
 

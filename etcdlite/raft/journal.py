@@ -302,11 +302,19 @@ class LeanJournal(JournalReader, FileJournal):
         """The entries from index `from_index` on (none if it is before the
         first): at most `count`, and with `max_bytes` up to the first that
         brings their commands to that size, as SyncObj.__getEntries answers.
-        Called twice a tick for the newest entry (the leader's commit and
-        apply steps): the entries kept in memory are made here, without a
-        __getitem__ call each."""
+        Called some fifteen times a replicated write, nearly all for the
+        newest entry or the one after it (commit, apply, AppendEntries on
+        both sides): those two are answered first; the entries kept in
+        memory are made here, without a __getitem__ call each."""
         indexes = self._indexes
-        if not indexes or from_index is None or from_index < indexes[0]:
+        if not indexes or from_index is None:
+            return []
+        last = indexes[-1]
+        if from_index > last:
+            return []
+        if from_index == last and self._tail and (count is None or count > 0):
+            return [(self._tail[-1], last, self._terms[-1])]  # one entry, whatever max_bytes says
+        if from_index < indexes[0]:
             return []
         n = len(indexes)
         start = from_index - indexes[0]
