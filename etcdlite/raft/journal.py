@@ -302,7 +302,7 @@ class LeanJournal(JournalReader, FileJournal):
         """The entries from index `from_index` on (none if it is before the
         first): at most `count`, and with `max_bytes` up to the first that
         brings their commands to that size, as SyncObj.__getEntries answers.
-        Called some fifteen times a replicated write, nearly all for the
+        Called many times a replicated write, nearly all for the
         newest entry or the one after it (commit, apply, AppendEntries on
         both sides): those two are answered first; the entries kept in
         memory are made here, without a __getitem__ call each."""
