@@ -563,6 +563,21 @@ class Normaliser:
     def paths(self, text: str) -> str:
         return text.replace(self.snapdir, "<SNAPDIR>")
 
+    @staticmethod
+    def snapshot_log_order(text: str) -> str:
+        """`snapshot save` logs "fetching snapshot" on its own goroutine after
+        opening the stream, while the stream's reader logs a failed receive on
+        another: either may print first, against etcd as against etcdlite, so
+        the fetching line is put before the failure."""
+        lines = text.split("\n")
+        fetch = next((i for i, l in enumerate(lines) if '"msg":"fetching snapshot"' in l), None)
+        fail = next((i for i, l in enumerate(lines)
+                     if '"msg":"failed to receive from snapshot stream' in l), None)
+        if fetch is None or fail is None or fetch < fail:
+            return text
+        lines.insert(fail, lines.pop(fetch))
+        return "\n".join(lines)
+
     def text(self, text: str, lease_first: bool = False) -> str:
         text = self.ports(text)
         text = self.paths(text)
@@ -572,6 +587,7 @@ class Normaliser:
         text = self.lease_remaining(text)
         text = self.simple_lines(text)
         text = self.tables(text)
+        text = self.snapshot_log_order(text)
         return text
 
     # -- rendering ------------------------------------------------------------
