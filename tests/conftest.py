@@ -31,6 +31,7 @@ SERIAL = (
     "test_linearizability_checker.py::test_performance_5000_ops_5_keys_10_clients",
     "test_cert_rotation.py::test_the_kubelet_renews_before_expiry_and_goes_on_after_it",
     "test_tls_bootstrap_real.py::test_a_real_kubelet_rotates_its_certificate_and_goes_on",
+    "test_kubelet_stats.py",
 )
 
 

@@ -18,18 +18,16 @@ requests (group commit): they count entries, as etcd's do, not requests.
 
 from __future__ import annotations
 
-import os
-import resource
-
+import promtext
 from etcdlite.config import API_VERSION
 from etcdlite.raft import journal
+from promtext import CONTENT_TYPE, COUNTER, GAUGE, HISTOGRAM, histogram_samples, process_text
 
-# the Content-Type of the text exposition format
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+__all__ = ["CONTENT_TYPE", "FAMILIES", "MemberMetrics", "family_text", "histogram_samples", "process_text"]
+
 # etcd's cluster version label: the API level, major.minor
 CLUSTER_VERSION = ".".join(API_VERSION.split(".")[:2])
 
-COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 # name -> (type, help), as etcd 3.4 serves them
 FAMILIES: dict[str, tuple[str, str]] = {
     "etcd_cluster_version": (
@@ -58,101 +56,14 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "etcd_server_proposals_pending": (GAUGE, "The current number of pending proposals to commit."),
     "etcd_server_version": (
         GAUGE, "Which version is running. 1 for 'server_version' label with current version."),
-    "process_cpu_seconds_total": (COUNTER, "Total user and system CPU time spent in seconds."),
-    "process_max_fds": (GAUGE, "Maximum number of open file descriptors."),
-    "process_open_fds": (GAUGE, "Number of open file descriptors."),
-    "process_resident_memory_bytes": (GAUGE, "Resident memory size in bytes."),
-    "process_start_time_seconds": (GAUGE, "Start time of the process since unix epoch in seconds."),
-    "process_virtual_memory_bytes": (GAUGE, "Virtual memory size in bytes."),
+    **promtext.PROCESS_FAMILIES,
 }
 
 
-def _value(v) -> str:
-    if isinstance(v, int):
-        return str(v)
-    if v != v:
-        return "NaN"
-    if v in (float("inf"), float("-inf")):
-        return "+Inf" if v > 0 else "-Inf"
-    return repr(v)
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
 def family_text(name: str, samples) -> str:
-    """One family in the text format: its HELP and TYPE lines (from
-    FAMILIES), then `samples`, each (suffix, labels, value): suffix appended
-    to the name (a histogram's _bucket, _sum, _count), labels a tuple of
-    (name, value) pairs."""
+    """One family of FAMILIES in the text format (promtext.family_text)."""
     kind, help_text = FAMILIES[name]
-    lines = [f"# HELP {name} {_escape_help(help_text)}", f"# TYPE {name} {kind}"]
-    for suffix, labels, value in samples:
-        if labels:
-            pairs = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels)
-            lines.append(f"{name}{suffix}{{{pairs}}} {_value(value)}")
-        else:
-            lines.append(f"{name}{suffix} {_value(value)}")
-    return "\n".join(lines) + "\n"
-
-
-def histogram_samples(bounds, counts, total: float) -> list:
-    """The samples of a histogram kept as `counts` per bucket (the last:
-    above every bound): cumulative buckets, +Inf, _sum, _count (the +Inf
-    bucket's, so the two always agree)."""
-    samples, seen = [], 0
-    for bound, n in zip(bounds, counts):
-        seen += n
-        samples.append(("_bucket", (("le", repr(bound)),), seen))
-    seen += counts[len(bounds)]
-    samples.append(("_bucket", (("le", "+Inf"),), seen))
-    samples.append(("_sum", (), total))
-    samples.append(("_count", (), seen))
-    return samples
-
-
-# ---------------------------------------------------------------------------
-# the process, from /proc (client_golang's process collector)
-
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _start_time() -> float:
-    """Seconds since the epoch at which this process started (its start in
-    clock ticks after boot, plus the boot time)."""
-    try:
-        with open("/proc/self/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        with open("/proc/stat", "rb") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
-        return boot + int(fields[19]) / _TICKS
-    except (OSError, StopIteration, IndexError, ValueError):
-        return 0.0
-
-
-_START_TIME = _start_time()
-
-
-def process_text() -> str:
-    times = os.times()
-    parts = [family_text("process_cpu_seconds_total", [("", (), times.user + times.system)])]
-    try:
-        parts.append(family_text("process_max_fds", [("", (), resource.getrlimit(resource.RLIMIT_NOFILE)[0])]))
-        parts.append(family_text("process_open_fds", [("", (), len(os.listdir("/proc/self/fd")))]))
-        with open("/proc/self/statm", "rb") as f:
-            size, resident = f.read().split()[:2]
-        parts.append(family_text("process_resident_memory_bytes", [("", (), int(resident) * _PAGE)]))
-        parts.append(family_text("process_start_time_seconds", [("", (), _START_TIME)]))
-        parts.append(family_text("process_virtual_memory_bytes", [("", (), int(size) * _PAGE)]))
-    except (OSError, ValueError):
-        pass  # no /proc: only what the OS gives without it
-    return "".join(parts)
+    return promtext.family_text(name, kind, help_text, samples)
 
 
 # ---------------------------------------------------------------------------

@@ -66,7 +66,10 @@ from node.kubelet.podsync import PodSyncer, SyncResult
 from node.kubelet.probes import READINESS, SUCCESS, Prober, ProbeManager, ProbeResults, default_connect
 from node.kubelet.runtime_status import CONTAINER_RUNNING, SANDBOX_READY
 from node.kubelet.satoken import TokenRefresher, token_manager
+from node.kubelet.metrics import KubeletMetrics
 from node.kubelet.server import KubeletServer
+from node.kubelet.stats import StatsEndpoints
+from node.kubelet.stats.collector import HOUSEKEEPING_INTERVAL, StatsCollector
 from node.kubelet.status import (DEADLINE_EXCEEDED, ReasonCache, active_deadline_exceeded,
                                  generate_pod_status, status_differs)
 from node.kubelet.volumes import Volumes
@@ -89,7 +92,8 @@ class RealKubelet:
                  backoff: tuple[float, float] = (INITIAL, MAX), address: str = "127.0.0.1",
                  port: int | None = 0, cgroup_root: str = "", dns=None,
                  register_taints: list[tuple[str, str, str]] = (), stream_netns: str = "",
-                 server_tls=None, server_auth=None) -> None:
+                 server_tls=None, server_auth=None, node_netns: str = "",
+                 housekeeping_interval: float = HOUSEKEEPING_INTERVAL) -> None:
         """``backoff``: the restart back-off's first delay and cap (Kubernetes' 10 s and 300 s).
         ``address``/``port``: where the kubelet API (logs, exec) listens for the apiserver (port 0:
         any free one, published in the Node's daemonEndpoints; None: no API). ``cgroup_root``: the
@@ -99,7 +103,10 @@ class RealKubelet:
         ``stream_netns``: the network namespace the runtime's streaming URLs are dialled in ("":
         the kubelet's own; a runtime inside the node's namespace, as the tests run containerd,
         serves its streams on that namespace's loopback). ``server_tls``/``server_auth``: the kubelet
-        API's TLS context and who may call it (node.kubelet.auth); None: plain text, everyone."""
+        API's TLS context and who may call it (node.kubelet.auth); None: plain text, everyone.
+        ``node_netns``: the node's network namespace (its interfaces in /stats/summary);
+        ``housekeeping_interval``: seconds between the resource figures' passes (cAdvisor's
+        --housekeeping-interval), which /stats/summary and /metrics/resource serve."""
         self.client, self.runtime, self.image_service = client, runtime, images
         self.node_name, self.node_ip, self.pod_cidr = node_name, node_ip, pod_cidr
         self.root = root
@@ -136,10 +143,15 @@ class RealKubelet:
         self._n_workers = workers
         self._seen: dict[str, dict[str, str]] = {}  # uid -> {container id: state} its last sync read
         self._pod_locks: dict[str, threading.Lock] = {}  # key -> held by the sync or status write of a pod
+        self.metrics = KubeletMetrics(node_name)
+        self.collector = StatsCollector(runtime, images, root=root, node_netns=node_netns,
+                                        interval=housekeeping_interval) if port is not None else None
+        stats = StatsEndpoints(self.collector, node_name, self.metrics, runtime, bytes_of(memory) or None) \
+            if self.collector is not None else None
         self.server = KubeletServer(CriContainers(runtime, self._status_by_name, self._pods_with_status),
                                     host=address, port=port,
                                     stream_netns=stream_netns, ssl_context=server_tls,
-                                    auth=server_auth) if port is not None else None
+                                    auth=server_auth, stats=stats) if port is not None else None
         self._lock = threading.Lock()
         self._statuses: dict[str, core_pb2.PodStatus] = {}   # uid -> the status last generated
         self._keys: dict[str, str] = {}                      # uid -> ns/name
@@ -153,6 +165,7 @@ class RealKubelet:
         if self.pod_cidr:
             self.runtime.update_runtime_config(self.pod_cidr)
         if self.server is not None:
+            self.collector.start()
             self.agent.kubelet_port = self.server.start()
         self.agent.start()
         self.probes.start()
@@ -180,6 +193,7 @@ class RealKubelet:
         self.recorder.stop()
         if self.server is not None:
             self.server.stop()
+            self.collector.stop()
 
     def wait_synced(self, timeout: float = 30.0) -> bool:
         return self.pods.wait_for_sync(timeout)
@@ -226,6 +240,7 @@ class RealKubelet:
     # ---- events ----
 
     def _pod_added(self, pod) -> None:
+        self.metrics.pod_seen(pod.metadata.uid)
         with self._lock:
             self._keys[pod.metadata.uid] = meta_namespace_key(pod)
         self.queue.add(meta_namespace_key(pod))
@@ -279,8 +294,10 @@ class RealKubelet:
         containers of pods the apiserver does not know are cleaned up."""
         before: dict[str, tuple[str, str]] = {}
         while not self._stop.wait(self.relist_period):
+            began = time.monotonic()
             try:
                 now = container_states(self.runtime)
+                self.metrics.pleg_relist.observe(time.monotonic() - began)
             except CriError as e:
                 log.warning("relist failed: %s", e)
                 continue
@@ -383,6 +400,8 @@ class RealKubelet:
                                      fail_with=fail_with)
         with self._lock:
             self._statuses[uid] = status
+        if status.phase == "Running" and pod.status.phase != "Running":
+            self.metrics.pod_running(uid)
         self._trigger_readiness(pod, status)
         if status_differs(pod.status, status):
             updated = deep_copy(pod)
@@ -435,6 +454,7 @@ class RealKubelet:
                 self._pod_locks.pop(key, None)
         self.probes.remove_pod(uid)
         self.reasons.forget_pod(uid)
+        self.metrics.forget(uid)
         runtime = read_pod(self.runtime, uid)
         if runtime.containers or runtime.sandboxes:
             self.syncer.kill_pod(None, runtime)
@@ -502,10 +522,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'external': a cloud-controller-manager initializes the Node (providerID, "
                         "zone, instance type): it is registered with the taint "
                         f"{UNINITIALIZED_TAINT}=true:NoSchedule, which that controller removes")
+    p.add_argument("--housekeeping-interval", type=duration, default=HOUSEKEEPING_INTERVAL,
+                   help="interval between the resource statistics' passes (/stats/summary, /metrics/resource), "
+                        "a Go duration (10s, 500ms) or seconds")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_server_auth_flags(p)
     add_bootstrap_flags(p)
     return p
+
+
+def duration(text: str) -> float:
+    """Seconds of a Go duration as the kubelet's flags take them ("10s", "500ms", "1m"), or
+    a plain number of seconds."""
+    for suffix, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        if text.endswith(suffix):
+            number = text[:-len(suffix)]
+            break
+    else:
+        number, scale = text, 1.0
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"time: invalid duration {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
 
 
 def add_bootstrap_flags(p: argparse.ArgumentParser) -> None:
@@ -646,7 +687,8 @@ def main(argv: list[str] | None = None) -> int:
                               workers=args.workers, heartbeat_interval=args.heartbeat_interval,
                               address=args.address, port=args.port, cgroup_root=args.cgroup_root,
                               stream_netns=args.runtime_stream_netns, server_tls=server_tls,
-                              server_auth=server_auth,
+                              server_auth=server_auth, node_netns=args.netns,
+                              housekeeping_interval=args.housekeeping_interval,
                               dns=DnsConfigurer(args.cluster_dns.split(","), args.cluster_domain,
                                                 args.resolv_conf),
                               register_taints=[(UNINITIALIZED_TAINT, "true", "NoSchedule")]

@@ -198,17 +198,19 @@ class KubeletService(kubelet_pb2_grpc.KubeletServicer):
 
 
 async def serve(containers: Containers, host: str = "127.0.0.1", port: int = 0, stream_netns: str = "",
-                ssl_context=None, auth=None, **service_options) -> tuple[GrpcServer, int]:
+                ssl_context=None, auth=None, stats=None, **service_options) -> tuple[GrpcServer, int]:
     """The service listening in the running loop on host:port (0: a free port): (server, port).
     Connections that are not HTTP/2 get the kubelet's HTTP endpoints (node.kubelet.streaming:
     exec, attach, port-forward, containerLogs) when ``containers`` can give streaming URLs.
-    ``ssl_context``: TLS (node.kubelet.auth.server_ssl_context); ``auth``: a KubeletAuth."""
+    ``ssl_context``: TLS (node.kubelet.auth.server_ssl_context); ``auth``: a KubeletAuth;
+    ``stats``: node.kubelet.stats.StatsEndpoints (/stats/summary, /metrics...; None: not served)."""
     server = GrpcServer(max_receive_message_length=1 << 20, eager_unary=False)
     kubelet_pb2_grpc.add_KubeletServicer_to_server(KubeletService(containers, auth=auth, **service_options),
                                                    server)
     if hasattr(containers, "exec_url"):
         from node.kubelet.streaming import StreamingFront
-        server.streaming = StreamingFront(containers, stream_netns=stream_netns, auth=auth, **service_options)
+        server.streaming = StreamingFront(containers, stream_netns=stream_netns, auth=auth, stats=stats,
+                                          **service_options)
         server.http1_protocol = server.streaming.protocol
     bound = await server.listen(host, port, ssl_context=ssl_context)
     await server.start()
@@ -220,8 +222,9 @@ class KubeletServer:
     ``port = KubeletServer(containers).start()``, then ``stop()``."""
 
     def __init__(self, containers: Containers, host: str = "127.0.0.1", port: int = 0,
-                 stream_netns: str = "", ssl_context=None, auth=None, **service_options) -> None:
+                 stream_netns: str = "", ssl_context=None, auth=None, stats=None, **service_options) -> None:
         self.containers = containers
+        self.stats = stats
         self.ssl_context = ssl_context
         self.auth = auth
         self.stream_netns = stream_netns
@@ -242,7 +245,7 @@ class KubeletServer:
             try:
                 server, self.port = await serve(self.containers, self.host, self.port, self.stream_netns,
                                                 ssl_context=self.ssl_context, auth=self.auth,
-                                                **self.service_options)
+                                                stats=self.stats, **self.service_options)
             except BaseException as e:  # noqa: BLE001 (handed to start's caller)
                 failure.append(e)
                 ready.set()

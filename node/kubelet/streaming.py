@@ -12,8 +12,9 @@ PodLogOptions' query parameters, following while the container runs.
 Paths: /exec/<namespace>/<pod>/<container>, /attach/<namespace>/<pod>/<container>,
 /portForward/<namespace>/<pod>, /containerLogs/<namespace>/<pod>/<container> (a pod UID
 segment before the container, as the kubelet allows, is accepted and ignored), /healthz,
-and /pods: the PodList of the pods bound to the node, each with the status the kubelet last
-made for it (upstream's GetPods), as JSON.
+/pods: the PodList of the pods bound to the node, each with the status the kubelet last
+made for it (upstream's GetPods), as JSON; with a ``stats`` (node.kubelet.stats.StatsEndpoints)
+/stats/summary (GET or POST, ``?only_cpu_and_memory=true``), /metrics and /metrics/resource.
 With an ``auth`` (node.kubelet.auth.KubeletAuth) every request is authenticated and
 authorized first, as the kubelet's auth filter does (401/403 in its words).
 """
@@ -50,6 +51,11 @@ def _pod_list(pods) -> bytes:
     return json.dumps({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}).encode()
 
 
+# Go's strconv.ParseBool
+_BOOLS = {**dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
+          **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), False)}
+
+
 class HttpError(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
@@ -70,9 +76,10 @@ class StreamingFront:
     port_forward_url (node.kubelet.cri_containers)."""
 
     def __init__(self, containers, *, stream_netns: str = "", poll: float = logs.POLL_INTERVAL,
-                 state_check: float = logs.STATE_CHECK_INTERVAL, auth=None) -> None:
+                 state_check: float = logs.STATE_CHECK_INTERVAL, auth=None, stats=None) -> None:
         self.containers = containers
         self.auth = auth
+        self.stats = stats
         self.stream_netns = stream_netns
         self.poll, self.state_check = poll, state_check
         self.tasks: set[asyncio.Task] = set()
@@ -129,6 +136,9 @@ class StreamingFront:
             body = await asyncio.to_thread(lambda: _pod_list(self.containers.pods()))
             writer.write(response_bytes(200, body, "application/json"))
             return
+        if parts[0] in ("stats", "metrics") and self.stats is not None:
+            await self._stats(head, parts, writer)
+            return
         kind, args = parts[0], parts[1:]
         if kind in ("exec", "attach", "containerLogs") and len(args) in (3, 4):
             namespace, pod, container = args[0], args[1], args[-1]
@@ -148,6 +158,28 @@ class StreamingFront:
         headers = dict(head.headers, host=u.netloc)
         forwarded = RequestHead(head.method, u.path, u.path, {}, headers)
         await relay.relay((reader, writer), upstream, head_bytes(forwarded))
+
+    async def _stats(self, head: RequestHead, parts: list[str], writer) -> None:
+        """/stats/summary (upstream takes GET and POST) and the metrics endpoints (GET)."""
+        from promtext import CONTENT_TYPE
+
+        if parts == ["stats", "summary"]:
+            if head.method not in ("GET", "POST"):
+                raise HttpError(405, "405: Method Not Allowed")
+            only = head.param("only_cpu_and_memory", "false")
+            if only not in _BOOLS:
+                raise HttpError(400, f'strconv.ParseBool: parsing "{only}": invalid syntax')
+            body = await asyncio.to_thread(self.stats.summary, _BOOLS[only])
+            writer.write(response_bytes(200, body, "application/json"))
+            return
+        render = {("metrics",): self.stats.metrics,
+                  ("metrics", "resource"): self.stats.resource_metrics}.get(tuple(parts))
+        if render is None:
+            raise HttpError(404, "404 page not found")
+        if head.method not in ("GET", "HEAD"):
+            raise HttpError(405, "405: Method Not Allowed")
+        body = await asyncio.to_thread(render)
+        writer.write(response_bytes(200, b"" if head.method == "HEAD" else body, CONTENT_TYPE))
 
     async def _dial(self, host: str, port: int):
         """The runtime's streaming server, in ``stream_netns`` when one is given."""

@@ -1,0 +1,265 @@
+"""The real kubelet's /stats/summary, /metrics/resource and /metrics, as upstream's kubelet
+serves them, read from the cgroups and network namespaces its pods run in.
+
+One secure plane (TLS, Node+RBAC, a token file) and one real node whose kubelet keeps its
+housekeeping at 1 s. A pod spinning in a shell loop uses a clear share of a core, an idle
+one nearly none; UDP sent from the node's namespace to a pod shows in its interface's
+rxBytes; the resource metrics parse as Prometheus text with upstream's families; a user RBAC
+gives no nodes/stats or nodes/metrics gets the kubelet's 403. Needs root, runc, conmon,
+busybox-static. Timing-bound (CPU shares): in conftest's SERIAL list."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import re
+import socket
+import ssl
+
+import pytest
+
+from apiserver.auth import pki as pkis
+from apiserver.pb import core_pb2, rbac_pb2
+from harness.etcd_client import wait_until as poll
+from harness.nodes import need_runtime, real_nodes, running_pod
+from harness.plane import start_control_plane
+from harness.procs import Registry
+from node.network.netns import socket_in
+
+pytestmark = pytest.mark.process
+
+NS = "kubelet-stats"
+TIMEOUT = 60.0
+TOKENS = 'bob-token-0123456789,bob,1001\ndave-token-0123456789,dave,1002,"ops"\n'
+BOB, DAVE = "bob-token-0123456789", "dave-token-0123456789"
+CORE = 1_000_000_000  # nanocores
+
+
+def wait_until(check, what: str, timeout: float = TIMEOUT):
+    return poll(check, timeout, what=what)
+
+
+def _pod(name: str, script: str) -> core_pb2.Pod:
+    pod = core_pb2.Pod(metadata={"name": name, "namespace": NS})
+    pod.spec.termination_grace_period_seconds = 0
+    pod.spec.automount_service_account_token = False
+    pod.spec.containers.add(name="c", image="busybox", command=["sh", "-c", script])
+    return pod
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory):
+    need_runtime()
+    reg = Registry()
+    tmp = tmp_path_factory.mktemp("kubeletstats")
+    pki = pkis.plane_pki(tmp / "pki")
+    token_file = tmp / "tokens.csv"
+    token_file.write_text(TOKENS)
+    serving = pki.kubelet_serving("n0")
+    kubelet_args = ("--tls-cert-file", str(serving.cert), "--tls-private-key-file", str(serving.key),
+                    "--client-ca-file", str(pki.ca.cert_path), "--authentication-token-webhook",
+                    "--authorization-mode", "Webhook", "--anonymous-auth", "false",
+                    "--housekeeping-interval", "1s")
+    try:
+        api = start_control_plane(tmp, reg, pki=pki, token_auth_file=str(token_file), **pki.kubelet_client_flags())
+        admin = api.client("admin")
+        with real_nodes(tmp, api.endpoint, 1, kubelet_args=kubelet_args,
+                        kubeconfig=lambda who: api.kubeconfig(tmp / f"{who}.kubeconfig", who)) as nodes, \
+                contextlib.closing(admin):
+            node = nodes.layout.nodes[0]
+            wait_until(lambda: any(c.type == "Ready" and c.status == "True"
+                                   for c in admin.get("nodes", node.name, "").status.conditions),
+                       "the real node Ready")
+            # dave (group ops) may use the kubelet's API; bob may view the namespace only
+            admin.create(rbac_pb2.ClusterRoleBinding(
+                metadata={"name": "ops-kubelet-api"},
+                role_ref=rbac_pb2.RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
+                                          name="system:kubelet-api-admin"),
+                subjects=[rbac_pb2.Subject(kind="Group", api_group="rbac.authorization.k8s.io", name="ops")]))
+            admin.create(core_pb2.Namespace(metadata={"name": NS}))
+            admin.create(rbac_pb2.RoleBinding(
+                metadata={"name": "bob-view", "namespace": NS},
+                role_ref=rbac_pb2.RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="view"),
+                subjects=[rbac_pb2.Subject(kind="User", api_group="rbac.authorization.k8s.io", name="bob")]))
+            admin.create(_pod("busy", "while :; do :; done"))
+            admin.create(_pod("idle", "sleep 3600"))
+            for name in ("busy", "idle"):
+                wait_until(lambda: running_pod(admin, name, NS), f"pod {name} running")
+            port = admin.get("nodes", node.name, "").status.daemon_endpoints.kubelet_endpoint.port
+            try:
+                yield pki, admin, node, port
+            finally:
+                # the spinning pod goes first: it costs the machine a core
+                with contextlib.suppress(Exception):
+                    admin.delete("pods", "busy", NS, grace_period_seconds=0)
+    finally:
+        reg.cleanup()
+
+
+def kubelet_get(pki, port: int, path: str, *, token: str = DAVE) -> tuple[int, str]:
+    ctx = ssl.create_default_context(cafile=str(pki.ca.cert_path))
+    ctx.set_alpn_protocols(["http/1.1"])
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+def summary(pki, port, query: str = "") -> dict:
+    code, text = kubelet_get(pki, port, "/stats/summary" + query)
+    assert code == 200, text
+    return json.loads(text)
+
+
+def pod_stats(s: dict, name: str) -> dict | None:
+    return next((p for p in s["pods"] if p["podRef"] == {**p["podRef"], "name": name, "namespace": NS}), None)
+
+
+def test_a_busy_pod_uses_a_core_and_an_idle_one_none(plane):
+    pki, admin, node, port = plane
+    uids = {name: admin.get("pods", name, NS).metadata.uid for name in ("busy", "idle")}
+
+    def rated():  # both pods' containers sampled twice (usageNanoCores needs two passes)
+        s = summary(pki, port)
+        pods = {name: pod_stats(s, name) for name in uids}
+        ok = all(p and "usageNanoCores" in p.get("cpu", {}) and p["containers"]
+                 and "usageNanoCores" in p["containers"][0].get("cpu", {}) for p in pods.values())
+        return (s, pods) if ok else None
+
+    s, pods = wait_until(rated, "CPU rates of both pods")
+    # a shell spinning gets most of a core of this 2-core machine (shared with other tests)
+    busy = wait_until(lambda: (p := pod_stats(summary(pki, port), "busy")) and
+                      p["cpu"]["usageNanoCores"] > CORE // 4 and p, "the busy pod using a quarter core or more")
+    busy_c = busy["containers"][0]
+    assert busy_c["name"] == "c" and busy_c["cpu"]["usageNanoCores"] > CORE // 4, busy_c
+    assert busy["podRef"]["uid"] == uids["busy"]
+    idle = pods["idle"]
+    assert idle["cpu"]["usageNanoCores"] < CORE // 20, idle["cpu"]
+    for p in (busy, idle):
+        c = p["containers"][0]
+        assert c["memory"]["workingSetBytes"] > 0 and c["memory"]["usageBytes"] >= c["memory"]["workingSetBytes"]
+        assert p["memory"]["workingSetBytes"] >= c["memory"]["workingSetBytes"] > 0
+        assert p["cpu"]["usageCoreNanoSeconds"] >= c["cpu"]["usageCoreNanoSeconds"] > 0
+        assert c["logs"]["usedBytes"] >= 0 and c["logs"]["capacityBytes"] > 0
+        assert "rootfs" in c and p["ephemeral-storage"]["usedBytes"] >= 0
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", c["startTime"]), c["startTime"]
+        assert p["process_stats"]["process_count"] >= 1
+    n = s["node"]
+    assert n["nodeName"] == node.name
+    assert n["cpu"]["usageCoreNanoSeconds"] > 0 and n["memory"]["workingSetBytes"] > 0
+    assert 0 < n["memory"]["availableBytes"]
+    assert n["fs"]["capacityBytes"] >= n["fs"]["availableBytes"] > 0
+    assert n["rlimit"]["maxpid"] > 0 and n["rlimit"]["curproc"] > 0
+    assert n["runtime"]["imageFs"]["usedBytes"] > 0
+    # only_cpu_and_memory: upstream's GetCPUAndMemoryStats, nothing of networks or filesystems
+    small = summary(pki, port, "?only_cpu_and_memory=true")
+    assert set(small["node"]) <= {"nodeName", "startTime", "cpu", "memory"}, small["node"]
+    p = pod_stats(small, "busy")
+    assert set(p) <= {"podRef", "startTime", "containers", "cpu", "memory"}, p
+    assert set(p["containers"][0]) <= {"name", "startTime", "cpu", "memory"}
+    assert kubelet_get(pki, port, "/stats/summary?only_cpu_and_memory=maybe")[0] == 400
+
+
+def test_traffic_into_a_pod_shows_in_its_rx_bytes(plane):
+    pki, admin, node, port = plane
+    pod_ip = admin.get("pods", "idle", NS).status.pod_ip
+
+    def eth0():
+        net = (pod_stats(summary(pki, port), "idle") or {}).get("network") or {}
+        return net if net.get("name") == "eth0" else None
+
+    before = wait_until(eth0, "the idle pod's eth0 in the summary")
+    assert {"rxBytes", "txBytes", "rxErrors", "txErrors"} <= set(before)
+    assert [i["name"] for i in before["interfaces"]] == ["eth0"]  # no loopback
+    sock = socket_in(node.netns, socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        for _ in range(200):  # nobody listens: the pod's interface receives them all the same
+            sock.sendto(b"x" * 1000, (pod_ip, 9))
+    wait_until(lambda: (now := eth0()) and now["rxBytes"] >= before["rxBytes"] + 200 * 1000,
+               "200 kB more received by the pod")
+    node_net = summary(pki, port)["node"]["network"]
+    assert node_net["interfaces"] and all(not i["name"].startswith(("lo", "veth")) for i in node_net["interfaces"])
+
+
+# a sample line of the text format: name, labels, value, optional timestamp
+_SAMPLE = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{((?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*)\})? '
+                     r'(\S+)(?: (-?\d+))?')
+
+
+def parse_prometheus(text: str) -> dict[str, dict]:
+    """family -> {"type", "help", "samples": [(name, {labels}, value, timestamp)]}; asserts on
+    any line the text format does not allow."""
+    families: dict[str, dict] = {}
+    assert text.endswith("\n")
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            name, _, help_text = line[7:].partition(" ")
+            families.setdefault(name, {"samples": []})["help"] = help_text
+        elif line.startswith("# TYPE "):
+            name, _, kind = line[7:].partition(" ")
+            assert kind in ("counter", "gauge", "histogram", "summary", "untyped"), line
+            families.setdefault(name, {"samples": []})["type"] = kind
+        else:
+            m = _SAMPLE.fullmatch(line)
+            assert m, f"not a sample line: {line!r}"
+            name, labels, value, stamp = m.groups()
+            family = next(f for f in (name, re.sub(r"_(bucket|sum|count)$", "", name)) if f in families)
+            pairs = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', labels or ""))
+            families[family]["samples"].append((name, pairs, float(value), int(stamp) if stamp else None))
+    return families
+
+
+def test_resource_metrics_parse_with_upstreams_families(plane):
+    pki, admin, node, port = plane
+    wait_until(lambda: 'container_cpu_usage_seconds_total{container="c",namespace="%s",pod="busy"}' % NS
+               in kubelet_get(pki, port, "/metrics/resource")[1], "the busy container's CPU in the metrics")
+    code, text = kubelet_get(pki, port, "/metrics/resource")
+    assert code == 200
+    fams = parse_prometheus(text)
+    expected = {"node_cpu_usage_seconds_total": "counter", "node_memory_working_set_bytes": "gauge",
+                "container_cpu_usage_seconds_total": "counter", "container_memory_working_set_bytes": "gauge",
+                "container_start_time_seconds": "gauge", "pod_cpu_usage_seconds_total": "counter",
+                "pod_memory_working_set_bytes": "gauge", "resource_scrape_error": "gauge"}
+    assert {k: fams[k]["type"] for k in expected} == expected
+    assert fams["node_cpu_usage_seconds_total"]["help"] == \
+        "[STABLE] Cumulative cpu time consumed by the node in core-seconds"
+    assert list(fams) == sorted(fams)
+    (_, _, errors, _), = fams["resource_scrape_error"]["samples"]
+    assert errors == 0
+    busy = {"container": "c", "namespace": NS, "pod": "busy"}
+    cpu = [s for s in fams["container_cpu_usage_seconds_total"]["samples"] if s[1] == busy]
+    assert len(cpu) == 1 and cpu[0][2] > 0 and cpu[0][3] > 1_600_000_000_000  # ms since the epoch
+    pods = {(s[1]["namespace"], s[1]["pod"]) for s in fams["pod_memory_working_set_bytes"]["samples"]}
+    assert {(NS, "busy"), (NS, "idle")} <= pods
+    starts = [s for s in fams["container_start_time_seconds"]["samples"] if s[1] == busy]
+    assert len(starts) == 1 and starts[0][3] is None and starts[0][2] > 1_600_000_000
+
+
+def test_kubelet_metrics(plane):
+    pki, admin, node, port = plane
+    code, text = kubelet_get(pki, port, "/metrics")
+    assert code == 200
+    fams = parse_prometheus(text)
+    values = {(name, tuple(sorted(labels.items()))): v for f in fams.values() for name, labels, v, _ in f["samples"]}
+    assert values[("kubelet_node_name", (("node", node.name),))] == 1
+    assert values[("kubelet_running_pods", ())] >= 2
+    assert values[("kubelet_running_containers", (("container_state", "running"),))] >= 2
+    assert values[("kubelet_pod_start_duration_seconds_count", ())] >= 2
+    assert values[("kubelet_pleg_relist_duration_seconds_count", ())] > 0
+    assert fams["kubelet_pod_start_duration_seconds"]["type"] == "histogram"
+    assert values[("process_start_time_seconds", ())] > 1_600_000_000
+
+
+def test_stats_and_metrics_are_authorized_as_upstreams_subresources(plane):
+    pki, admin, node, port = plane
+    forbidden = "Forbidden (user=bob, verb=get, resource=nodes, subresource={})\n"
+    assert kubelet_get(pki, port, "/stats/summary", token=BOB) == (403, forbidden.format("stats"))
+    assert kubelet_get(pki, port, "/metrics/resource", token=BOB) == (403, forbidden.format("metrics"))
+    assert kubelet_get(pki, port, "/metrics", token=BOB) == (403, forbidden.format("metrics"))
+    assert kubelet_get(pki, port, "/stats/summary", token="") == (401, "Unauthorized\n")
+    assert kubelet_get(pki, port, "/stats/nothing")[0] == 404
