@@ -263,3 +263,76 @@ def test_stats_and_metrics_are_authorized_as_upstreams_subresources(plane):
     assert kubelet_get(pki, port, "/metrics", token=BOB) == (403, forbidden.format("metrics"))
     assert kubelet_get(pki, port, "/stats/summary", token="") == (401, "Unauthorized\n")
     assert kubelet_get(pki, port, "/stats/nothing")[0] == 404
+
+
+def test_cadvisor_metrics_label_containers_and_pods(plane):
+    pki, admin, node, port = plane
+    code, text = kubelet_get(pki, port, "/metrics/cadvisor")
+    assert code == 200
+    fams = parse_prometheus(text)
+    cpu = fams["container_cpu_usage_seconds_total"]
+    assert cpu["type"] == "counter" and cpu["help"] == "Cumulative cpu time consumed in seconds."
+    busy = [s for s in cpu["samples"] if s[1].get("pod") == "busy" and s[1]["container"] == "c"]
+    assert len(busy) == 1 and busy[0][1]["cpu"] == "total" and busy[0][1]["image"] and busy[0][2] > 0
+    assert busy[0][1]["id"].startswith("/")
+    machine = [s for s in cpu["samples"] if s[1]["id"] == "/"]
+    assert len(machine) == 1 and machine[0][1]["pod"] == ""
+    rx = [s for s in fams["container_network_receive_bytes_total"]["samples"]
+          if s[1]["pod"] == "idle" and s[1]["interface"] == "eth0"]
+    assert len(rx) == 1 and rx[0][1]["container"] == ""
+    assert fams["machine_cpu_cores"]["samples"][0][2] >= 1
+
+
+# ---- without a node: the files and texts as the kernel writes them ----
+
+def test_cgroup_v2_files_read_as_upstream(tmp_path):
+    from node.kubelet.stats import cgroupfs
+
+    (tmp_path / "cpu.stat").write_text("usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n")
+    (tmp_path / "memory.current").write_text("10000\n")
+    (tmp_path / "memory.stat").write_text("anon 4000\nfile 6000\ninactive_file 2500\npgfault 7\npgmajfault 1\n")
+    (tmp_path / "memory.max").write_text("max\n")
+    cg = cgroupfs.Cgroup(str(tmp_path), str(tmp_path), "", True, "/kubepods/pod1")
+    u = cgroupfs.read(cg)
+    assert (u.cpu_ns, u.memory_bytes, u.working_set_bytes, u.rss_bytes, u.page_faults, u.major_page_faults,
+            u.memory_limit) == (1_500_000, 10000, 7500, 4000, 7, 1, None)
+    (tmp_path / "memory.max").write_text("8192\n")
+    (tmp_path / "memory.stat").write_text("anon 4000\ninactive_file 20000\n")  # more cache than usage
+    u = cgroupfs.read(cg)
+    assert (u.working_set_bytes, u.memory_limit) == (0, 8192)
+    assert cg.parent().path == "/kubepods"
+
+
+def test_cgroup_v1_files_read_as_upstream(tmp_path):
+    from node.kubelet.stats import cgroupfs
+    from node.kubelet.stats.collector import CpuMemory
+    from node.kubelet.stats.summary import memory
+
+    cpu, mem = tmp_path / "cpuacct", tmp_path / "memory"
+    cpu.mkdir()
+    mem.mkdir()
+    (cpu / "cpuacct.usage").write_text("123456789\n")
+    (mem / "memory.usage_in_bytes").write_text("10000\n")
+    (mem / "memory.stat").write_text("cache 6000\nrss 4000\ninactive_file 99\ntotal_rss 4000\n"
+                                     "total_inactive_file 3000\ntotal_pgfault 5\ntotal_pgmajfault 0\n")
+    (mem / "memory.limit_in_bytes").write_text(f"{(1 << 63) - 4096}\n")
+    u = cgroupfs.read(cgroupfs.Cgroup(str(cpu), str(mem)))
+    assert (u.cpu_ns, u.memory_bytes, u.working_set_bytes, u.rss_bytes, u.page_faults, u.memory_limit) == \
+        (123456789, 10000, 7000, 4000, 5, None)
+    assert "availableBytes" not in memory(CpuMemory(u))  # no limit: upstream leaves it out
+    assert memory(CpuMemory(u), capacity=20000)["availableBytes"] == 13000
+
+
+def test_interfaces_leave_out_loopback_and_veths():
+    from node.kubelet.stats import netdev
+
+    text = ("Inter-|   Receive                                                |  Transmit\n"
+            " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo "
+            "colls carrier compressed\n"
+            "    lo:     100       1    0    0    0     0          0         0      100       1    0    0    0 "
+            "    0       0          0\n"
+            "  eth0:    5000      10    2    0    0     0          0         0     3000       8    1    0    0 "
+            "    0       0          0\n"
+            "veth12ab:    7       1    0    0    0     0          0         0        9       1    0    0    0 "
+            "    0       0          0\n")
+    assert netdev.parse(text) == [netdev.Interface("eth0", 5000, 2, 3000, 1)]

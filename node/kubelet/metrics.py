@@ -1,7 +1,8 @@
 """The kubelet's Prometheus metrics: its own (/metrics, upstream's pkg/kubelet/metrics: a few
 of its families) and the resource metrics (/metrics/resource, upstream's resource metrics
 collector: CPU and memory of the node, pods and containers from the housekeeping's Snapshot,
-each sample stamped with the time it was read).
+each sample stamped with the time it was read), and a part of cAdvisor's (/metrics/cadvisor,
+from the same Snapshot).
 
 Names, types, help texts (with component-base's stability prefix) and buckets are upstream's,
 so dashboards and the metrics-server read them unchanged. Families come in name order, as
@@ -11,6 +12,7 @@ is not served; ``resource_scrape_error`` is.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -84,6 +86,87 @@ def resource_metrics(snapshot) -> str:
     out = [(name, samples) for name, samples in fams.items() if samples]
     out.append(("resource_scrape_error", [("", (), 1 if snapshot.error else 0)]))
     return _text(out)
+
+
+# cAdvisor's families (/metrics/cadvisor): no stability prefix, they are not component-base's
+CADVISOR_FAMILIES: dict[str, tuple[str, str]] = {
+    "container_cpu_usage_seconds_total": (COUNTER, "Cumulative cpu time consumed in seconds."),
+    "container_last_seen": (GAUGE, "Last time a container was seen by the exporter"),
+    "container_memory_rss": (GAUGE, "Size of RSS in bytes."),
+    "container_memory_usage_bytes": (
+        GAUGE, "Current memory usage in bytes, including all memory regardless of when it was accessed"),
+    "container_memory_working_set_bytes": (GAUGE, "Current working set in bytes."),
+    "container_network_receive_bytes_total": (COUNTER, "Cumulative count of bytes received"),
+    "container_network_receive_errors_total": (COUNTER, "Cumulative count of errors encountered while receiving"),
+    "container_network_transmit_bytes_total": (COUNTER, "Cumulative count of bytes transmitted"),
+    "container_network_transmit_errors_total": (
+        COUNTER, "Cumulative count of errors encountered while transmitting"),
+    "container_scrape_error": (GAUGE, "1 if there was an error while getting container metrics, 0 otherwise"),
+    "container_start_time_seconds": (GAUGE, "Start time of the container since unix epoch in seconds."),
+    "machine_cpu_cores": (GAUGE, "Number of logical CPU cores."),
+    "machine_memory_bytes": (GAUGE, "Amount of memory installed on the machine."),
+}
+
+
+def _machine_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
+def cadvisor_metrics(snapshot) -> str:
+    """/metrics/cadvisor of a collector.Snapshot: the machine's root cgroup, each pod's and each
+    container's, labelled as the kubelet labels cAdvisor's (container, id = the cgroup path,
+    image, name, namespace, pod); the pod's entry carries its network. The families cAdvisor
+    has beyond these (per-CPU, filesystems' I/O, tasks, limits) are not served."""
+    fams: dict[str, list] = {name: [] for name in CADVISOR_FAMILIES}
+    now_s = int(time.time())
+
+    def entry(labels: dict, cm, start_ns: int, network) -> None:
+        base = tuple(sorted(labels.items()))
+        fams["container_last_seen"].append(("", base, now_s))
+        if start_ns > 0:
+            fams["container_start_time_seconds"].append(("", base, start_ns // 1_000_000_000))
+        u = cm.usage if cm is not None else None
+        if u is not None:
+            ms = u.time_ns // 1_000_000
+            if u.cpu_ns is not None:
+                fams["container_cpu_usage_seconds_total"].append(
+                    ("", tuple(sorted({**labels, "cpu": "total"}.items())), u.cpu_ns / 1e9, ms))
+            for name, value in (("container_memory_usage_bytes", u.memory_bytes),
+                                ("container_memory_working_set_bytes", u.working_set_bytes),
+                                ("container_memory_rss", u.rss_bytes)):
+                if value is not None:
+                    fams[name].append(("", base, value, ms))
+        if network is not None:
+            ms = network.time_ns // 1_000_000
+            for i in network.interfaces:
+                with_if = tuple(sorted({**labels, "interface": i.name}.items()))
+                for name, value in (("container_network_receive_bytes_total", i.rx_bytes),
+                                    ("container_network_receive_errors_total", i.rx_errors),
+                                    ("container_network_transmit_bytes_total", i.tx_bytes),
+                                    ("container_network_transmit_errors_total", i.tx_errors)):
+                    fams[name].append(("", with_if, value, ms))
+
+    empty = {"container": "", "id": "/", "image": "", "name": "", "namespace": "", "pod": ""}
+    entry(empty, snapshot.node.cpu_memory, snapshot.node.start_ns, None)
+    for pod in snapshot.pods:
+        if pod.cgroup:
+            entry({**empty, "id": pod.cgroup, "namespace": pod.namespace, "pod": pod.name}, pod.cpu_memory,
+                  pod.start_ns, pod.network)
+        for c in pod.containers:
+            if c.cgroup:
+                entry({"container": c.name, "id": c.cgroup, "image": c.image, "name": c.id,
+                       "namespace": pod.namespace, "pod": pod.name}, c.cpu_memory, c.start_ns, None)
+    fams["container_scrape_error"].append(("", (), 1 if snapshot.error else 0))
+    fams["machine_cpu_cores"].append(("", (), os.cpu_count() or 0))
+    memory = _machine_memory()
+    if memory is not None:
+        fams["machine_memory_bytes"].append(("", (), memory))
+    return "".join(promtext.family_text(name, *CADVISOR_FAMILIES[name], sorted(samples))
+                   for name, samples in sorted(fams.items()) if samples)
 
 
 # container_state label values (kubecontainer.State)

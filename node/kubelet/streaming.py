@@ -14,7 +14,8 @@ Paths: /exec/<namespace>/<pod>/<container>, /attach/<namespace>/<pod>/<container
 segment before the container, as the kubelet allows, is accepted and ignored), /healthz,
 /pods: the PodList of the pods bound to the node, each with the status the kubelet last
 made for it (upstream's GetPods), as JSON; with a ``stats`` (node.kubelet.stats.StatsEndpoints)
-/stats/summary (GET or POST, ``?only_cpu_and_memory=true``), /metrics and /metrics/resource.
+/stats/summary (GET or POST, ``?only_cpu_and_memory=true``), /metrics, /metrics/resource and
+/metrics/cadvisor.
 With an ``auth`` (node.kubelet.auth.KubeletAuth) every request is authenticated and
 authorized first, as the kubelet's auth filter does (401/403 in its words).
 """
@@ -173,7 +174,8 @@ class StreamingFront:
             writer.write(response_bytes(200, body, "application/json"))
             return
         render = {("metrics",): self.stats.metrics,
-                  ("metrics", "resource"): self.stats.resource_metrics}.get(tuple(parts))
+                  ("metrics", "resource"): self.stats.resource_metrics,
+                  ("metrics", "cadvisor"): self.stats.cadvisor_metrics}.get(tuple(parts))
         if render is None:
             raise HttpError(404, "404 page not found")
         if head.method not in ("GET", "HEAD"):

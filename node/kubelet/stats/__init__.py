@@ -2,7 +2,7 @@
 v2), ``netdev`` (a network namespace's interfaces), ``fsusage`` (filesystems, du),
 ``collector`` (the periodic housekeeping that gathers them into a Snapshot), ``summary``
 (the Snapshot as /stats/summary's JSON). ``StatsEndpoints`` is what the kubelet's HTTP side
-serves: /stats/summary, /metrics, /metrics/resource."""
+serves: /stats/summary, /metrics, /metrics/resource, /metrics/cadvisor."""
 
 from __future__ import annotations
 
@@ -29,6 +29,11 @@ class StatsEndpoints:
         from node.kubelet.metrics import resource_metrics
 
         return resource_metrics(self.collector.snapshot).encode()
+
+    def cadvisor_metrics(self) -> bytes:
+        from node.kubelet.metrics import cadvisor_metrics
+
+        return cadvisor_metrics(self.collector.snapshot).encode()
 
     def metrics(self) -> bytes:
         return self.kubelet_metrics.render(self.runtime).encode()

@@ -38,14 +38,16 @@ class Usage:
 @dataclass(frozen=True)
 class Cgroup:
     """The cgroup's directories ("" where its hierarchy is not mounted); ``v2``: cpu and
-    memory are the unified hierarchy's."""
+    memory are the unified hierarchy's; ``path``: its name in the hierarchy (cAdvisor's id)."""
     cpu: str = ""
     memory: str = ""
     pids: str = ""
     v2: bool = False
+    path: str = "/"
 
     def parent(self) -> Cgroup:
-        return Cgroup(*(os.path.dirname(d) if d else "" for d in (self.cpu, self.memory, self.pids)), self.v2)
+        return Cgroup(*(os.path.dirname(d) if d else "" for d in (self.cpu, self.memory, self.pids)), self.v2,
+                      os.path.dirname(self.path.rstrip("/")) or "/")
 
 
 def _mounts() -> tuple[dict[str, str], str]:
@@ -99,7 +101,8 @@ def _cgroup(paths: dict[str, str]) -> Cgroup:
     cpu, v2 = where("cpu", "cpuacct")
     memory, _ = where("memory", "memory")
     pids, _ = where("pids", "pids")
-    return Cgroup(cpu, memory, pids, v2)
+    path = paths.get("cpuacct", paths.get("memory", paths.get("", "/")))
+    return Cgroup(cpu, memory, pids, v2, path)
 
 
 def of_pid(pid: int) -> Cgroup | None:

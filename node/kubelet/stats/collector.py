@@ -30,6 +30,9 @@ from node.pb import cri_pb2
 log = logging.getLogger("kubelet.stats")
 
 HOUSEKEEPING_INTERVAL = 10.0
+# the filesystem walks (writable layers, the image store, emptyDir volumes) run every this
+# many passes (a minute at the default interval, as the kubelet's volume stats period)
+FS_EVERY = 6
 EMPTY_DIR = "kubernetes.io~empty-dir"
 POD_UID = "io.kubernetes.pod.uid"
 
@@ -45,6 +48,8 @@ class ContainerStats:
     name: str
     id: str
     start_ns: int
+    image: str = ""
+    cgroup: str = ""  # its cgroup's path (cAdvisor's id label)
     cpu_memory: CpuMemory | None = None
     rootfs: fsusage.FsUsage | None = None
     logs: fsusage.FsUsage | None = None
@@ -67,6 +72,7 @@ class PodStats:
     network: Network | None = None
     processes: int | None = None
     volumes: tuple[tuple[str, fsusage.FsUsage], ...] = ()
+    cgroup: str = ""
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,10 @@ class StatsCollector:
         self._containers: dict[str, _Container] = {}
         self._netns: dict[str, str] = {}
         self._previous: dict[str, cgroupfs.Usage] = {}
+        self._fs_pass = 0
+        self._layers: dict[str, fsusage.FsUsage] = {}
+        self._image_fs: fsusage.FsUsage | None = None
+        self._volume_cache: dict[str, tuple] = {}
         self._root_cgroup = cgroupfs.root()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -237,7 +247,13 @@ class StatsCollector:
                 except CriError as e:
                     if not e.not_found:
                         raise
-        layers = self._writable_layers()
+        fs_due = self._fs_pass % FS_EVERY == 0
+        self._fs_pass += 1
+        if fs_due:
+            self._layers = self._writable_layers()
+            self._image_fs = self._image_filesystem()
+            self._volume_cache = {s.metadata.uid: self._volumes(s.metadata.uid) for s in sandboxes}
+        layers = self._layers
         keep: set[str] = {"node"}
         by_sandbox: dict[str, list] = {}
         for c in containers:
@@ -246,7 +262,7 @@ class StatsCollector:
         for s in sandboxes:
             pods.append(self._pod(s, by_sandbox.get(s.id, []), layers, keep))
         self._previous = {k: v for k, v in self._previous.items() if k in keep}
-        return Snapshot(time.time_ns(), self._node(), tuple(pods))
+        return Snapshot(time.time_ns(), self._node(self._image_fs), tuple(pods))
 
     def _writable_layers(self) -> dict[str, fsusage.FsUsage]:
         try:
@@ -254,16 +270,18 @@ class StatsCollector:
         except CriError as e:
             log.debug("ListContainerStats: %s", e)
             return {}
-        out = {}
-        for st in stats:
-            layer = st.writable_layer
-            if not st.HasField("writable_layer"):
-                continue
-            fs = fsusage.filesystem(layer.fs_id.mountpoint, layer.used_bytes.value, layer.inodes_used.value) \
-                if layer.fs_id.mountpoint else None
-            out[st.attributes.id] = fs or fsusage.FsUsage(time.time_ns(), used=layer.used_bytes.value,
-                                                          inodes_used=layer.inodes_used.value)
-        return out
+        return {st.attributes.id: fs for st in stats if (fs := _layer(st)) is not None}
+
+    def _writable_layer(self, cid: str) -> fsusage.FsUsage | None:
+        """A container new since the last walk: its own ContainerStats."""
+        try:
+            fs = _layer(self.runtime.container_stats(cid))
+        except CriError as e:
+            log.debug("ContainerStats of %s: %s", cid, e)
+            return None
+        if fs is not None:
+            self._layers[cid] = fs
+        return fs
 
     def _pod(self, sandbox, containers, layers, keep: set[str]) -> PodStats:
         meta = sandbox.metadata
@@ -281,8 +299,9 @@ class StatsCollector:
             if known.log_path:
                 used, inodes = fsusage.du(known.log_path)
                 logs = fsusage.filesystem(known.log_path, used, inodes)
-            stats.append(ContainerStats(c.metadata.name, c.id, known.start_ns or c.created_at, cpu_memory,
-                                        layers.get(c.id), logs))
+            stats.append(ContainerStats(c.metadata.name, c.id, known.start_ns or c.created_at, c.image.image,
+                                        known.cgroup.path if known.cgroup else "", cpu_memory,
+                                        layers.get(c.id) or self._writable_layer(c.id), logs))
         cpu_memory = processes = None
         if pod_cgroup is not None:
             key = f"pod/{meta.uid}"
@@ -293,8 +312,11 @@ class StatsCollector:
         if not netns:  # a runtime that names none: any container's namespace is the pod's
             pid = next((k.pid for c in containers if (k := self._containers.get(c.id)) and k.pid), 0)
             netns = f"/proc/{pid}/ns/net" if pid else ""
+        volumes = self._volume_cache.get(meta.uid)
+        if volumes is None:  # a pod new since the last walk
+            volumes = self._volume_cache[meta.uid] = self._volumes(meta.uid)
         return PodStats(meta.name, meta.namespace, meta.uid, sandbox.created_at, tuple(stats), cpu_memory,
-                        self._network(netns), processes, self._volumes(meta.uid))
+                        self._network(netns), processes, volumes, pod_cgroup.path if pod_cgroup else "")
 
     def _volumes(self, uid: str) -> tuple[tuple[str, fsusage.FsUsage], ...]:
         base = os.path.join(self.root, "pods", uid, "volumes", EMPTY_DIR)
@@ -311,19 +333,21 @@ class StatsCollector:
                 out.append((name, fs))
         return tuple(out)
 
-    def _node(self) -> NodeStats:
+    def _image_filesystem(self) -> fsusage.FsUsage | None:
+        if self.images is None:
+            return None
+        try:
+            fss = self.images.image_fs_info().image_filesystems
+        except CriError as e:
+            log.debug("ImageFsInfo: %s", e)
+            return None
+        if not fss:
+            return None
+        f = fss[0]
+        return fsusage.filesystem(f.fs_id.mountpoint or self.root, f.used_bytes.value, f.inodes_used.value)
+
+    def _node(self, image_fs: fsusage.FsUsage | None) -> NodeStats:
         cpu_memory = self._rate("node", cgroupfs.read(self._root_cgroup, machine=True))
-        image_fs = None
-        if self.images is not None:
-            try:
-                fss = self.images.image_fs_info().image_filesystems
-            except CriError as e:
-                log.debug("ImageFsInfo: %s", e)
-                fss = []
-            if fss:
-                f = fss[0]
-                image_fs = fsusage.filesystem(f.fs_id.mountpoint or self.root, f.used_bytes.value,
-                                              f.inodes_used.value)
         return NodeStats(self.node_start_ns, cpu_memory, self._network(self.node_netns),
                          fsusage.filesystem(self.root), image_fs, _int_file("/proc/sys/kernel/pid_max"),
                          _processes(), time.time_ns())
@@ -332,6 +356,16 @@ class StatsCollector:
         """Waits until ``n`` passes have run in all (tests)."""
         with self._passes:
             return self._passes.wait_for(lambda: self.passes >= n, timeout)
+
+
+def _layer(st: cri_pb2.ContainerStats) -> fsusage.FsUsage | None:
+    """A ContainerStats' writable layer, with its filesystem's capacity."""
+    if not st.HasField("writable_layer"):
+        return None
+    layer = st.writable_layer
+    fs = fsusage.filesystem(layer.fs_id.mountpoint, layer.used_bytes.value, layer.inodes_used.value) \
+        if layer.fs_id.mountpoint else None
+    return fs or fsusage.FsUsage(time.time_ns(), used=layer.used_bytes.value, inodes_used=layer.inodes_used.value)
 
 
 def _int_file(path: str) -> int | None:
