@@ -20,6 +20,7 @@ Needs root, containerd, containernetworking-plugins, busybox-static."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import ipaddress
 import json
 import os
@@ -80,7 +81,7 @@ class KubeletProcess(ServerProcess):
                 "--container-runtime-endpoint", self.cri, "--root-dir", self.root,
                 "--node-ip", self.net.ip, "--pod-cidr", self.net.pod_cidr, "--node-netns", self.net.name,
                 "--cgroup-root", "/" + self.net.name, "--heartbeat-interval", "2", "--log-level", "info",
-                "--runtime-stream-netns", self.net.name]
+                "--runtime-stream-netns", self.net.name, "--housekeeping-interval", "1s"]
 
     def ready_probe(self, rpc_timeout: float) -> str | None:
         with Client(self.server, timeout=rpc_timeout) as c:
@@ -299,6 +300,32 @@ def test_pods_on_two_containerd_nodes_reach_each_other_by_ip(client, nodes):
     assert (got.exit_code, got.stdout.decode().strip()) == (0, "page-of-far"), got.stderr
     back = far_node.cri.exec_sync(container_id(far, "web"), ["wget", "-qO-", f"http://{web.status.pod_ip}:8080/"], 10)
     assert (back.exit_code, back.stdout.decode().strip()) == (0, "page-of-web"), back.stderr
+
+
+def test_stats_summary_reads_containerds_cgroups_and_pod_namespaces(client, node):
+    """/stats/summary on containerd: each container's cgroup found from containerd's verbose
+    status (below --cgroup-root), the pod's the containers' parent, its interfaces from the
+    network namespace containerd's runtime spec names."""
+    web = wait_pod(client, "web", lambda p: ready(p) and p, what="web Ready")
+    port = client.get("nodes", NODE, "").status.daemon_endpoints.kubelet_endpoint.port
+
+    def web_stats():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", "/stats/summary")
+            summary = json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+        pod = next((p for p in summary["pods"] if p["podRef"]["name"] == "web"), None)
+        return pod if pod and pod["containers"] and "usageNanoCores" in pod.get("cpu", {}) and \
+            (pod.get("network") or {}).get("name") == "eth0" else None
+
+    pod = wait_until(web_stats, timeout=TIMEOUT, what="the web pod's stats")
+    assert pod["podRef"] == {"name": "web", "namespace": NS, "uid": web.metadata.uid}
+    [c] = pod["containers"]
+    assert c["name"] == "web" and c["cpu"]["usageCoreNanoSeconds"] > 0 and c["memory"]["workingSetBytes"] > 0
+    assert pod["memory"]["workingSetBytes"] >= c["memory"]["workingSetBytes"]
+    assert pod["network"]["rxBytes"] > 0  # the readiness probes' requests
 
 
 def test_exec_and_logs_reach_the_container_through_the_apiserver(client, node):
