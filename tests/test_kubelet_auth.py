@@ -45,42 +45,51 @@ def wait_until(check, what: str):
 
 
 
-@pytest.fixture(scope="module")
-def plane(tmp_path_factory):
-    need_runtime()
-    reg = Registry()
-    tmp = tmp_path_factory.mktemp("kubeletauth")
+@contextlib.contextmanager
+def secure_node(tmp, reg: Registry, namespace: str, *kubelet_extra: str):
+    """A secure plane (TLS, Node+RBAC, the TOKENS file) and one real node whose kubelet serves
+    its API over TLS with the cluster CA's certificate, reviewing callers at the apiserver;
+    dave (group ops) may use every kubelet's API, bob may view ``namespace`` only.
+    Yields (api, pki, admin client, node)."""
     pki = pkis.plane_pki(tmp / "pki")
     token_file = tmp / "tokens.csv"
     token_file.write_text(TOKENS)
     serving = pki.kubelet_serving("n0")
     kubelet_args = ("--tls-cert-file", str(serving.cert), "--tls-private-key-file", str(serving.key),
                     "--client-ca-file", str(pki.ca.cert_path), "--authentication-token-webhook",
-                    "--authorization-mode", "Webhook", "--anonymous-auth", "false")
+                    "--authorization-mode", "Webhook", "--anonymous-auth", "false", *kubelet_extra)
+    api = start_control_plane(tmp, reg, pki=pki, token_auth_file=str(token_file), **pki.kubelet_client_flags())
+    admin = api.client("admin")
+
+    def kubeconfig(who: str) -> str:  # who: "node-<name>" (the kubelet's identity)
+        return api.kubeconfig(tmp / f"{who}.kubeconfig", who)
+
+    with real_nodes(tmp, api.endpoint, 1, kubelet_args=kubelet_args, kubeconfig=kubeconfig) as nodes, \
+            contextlib.closing(admin):
+        node = nodes.layout.nodes[0]
+        wait_until(lambda: any(c.type == "Ready" and c.status == "True"
+                               for c in admin.get("nodes", node.name, "").status.conditions),
+                   "the real node Ready")
+        admin.create(rbac_pb2.ClusterRoleBinding(
+            metadata={"name": "ops-kubelet-api"},
+            role_ref=rbac_pb2.RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
+                                      name="system:kubelet-api-admin"),
+            subjects=[rbac_pb2.Subject(kind="Group", api_group="rbac.authorization.k8s.io", name="ops")]))
+        admin.create(core_pb2.Namespace(metadata={"name": namespace}))
+        admin.create(rbac_pb2.RoleBinding(
+            metadata={"name": "bob-view", "namespace": namespace},
+            role_ref=rbac_pb2.RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="view"),
+            subjects=[rbac_pb2.Subject(kind="User", api_group="rbac.authorization.k8s.io", name="bob")]))
+        yield api, pki, admin, node
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory):
+    need_runtime()
+    reg = Registry()
+    tmp = tmp_path_factory.mktemp("kubeletauth")
     try:
-        api = start_control_plane(tmp, reg, pki=pki, token_auth_file=str(token_file), **pki.kubelet_client_flags())
-        admin = api.client("admin")
-
-        def kubeconfig(who: str) -> str:  # who: "node-<name>" (the kubelet's identity)
-            return api.kubeconfig(tmp / f"{who}.kubeconfig", who)
-
-        with real_nodes(tmp, api.endpoint, 1, kubelet_args=kubelet_args, kubeconfig=kubeconfig) as nodes, \
-                contextlib.closing(admin):
-            node = nodes.layout.nodes[0]
-            wait_until(lambda: any(c.type == "Ready" and c.status == "True"
-                                   for c in admin.get("nodes", node.name, "").status.conditions),
-                       "the real node Ready")
-            # dave (group ops) may use every kubelet's API; bob may view the namespace only
-            admin.create(rbac_pb2.ClusterRoleBinding(
-                metadata={"name": "ops-kubelet-api"},
-                role_ref=rbac_pb2.RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
-                                          name="system:kubelet-api-admin"),
-                subjects=[rbac_pb2.Subject(kind="Group", api_group="rbac.authorization.k8s.io", name="ops")]))
-            admin.create(core_pb2.Namespace(metadata={"name": NS}))
-            admin.create(rbac_pb2.RoleBinding(
-                metadata={"name": "bob-view", "namespace": NS},
-                role_ref=rbac_pb2.RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="view"),
-                subjects=[rbac_pb2.Subject(kind="User", api_group="rbac.authorization.k8s.io", name="bob")]))
+        with secure_node(tmp, reg, NS) as (api, pki, admin, node):
             pod = core_pb2.Pod(metadata={"name": "talker", "namespace": NS})
             pod.spec.termination_grace_period_seconds = 1
             pod.spec.automount_service_account_token = False

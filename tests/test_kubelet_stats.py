@@ -1,8 +1,7 @@
 """The real kubelet's /stats/summary, /metrics/resource and /metrics, as upstream's kubelet
 serves them, read from the cgroups and network namespaces its pods run in.
 
-One secure plane (TLS, Node+RBAC, a token file) and one real node whose kubelet keeps its
-housekeeping at 1 s. A pod spinning in a shell loop uses a clear share of a core, an idle
+The secure plane and node of test_kubelet_auth, the kubelet's housekeeping at 1 s. A pod spinning in a shell loop uses a clear share of a core, an idle
 one nearly none; UDP sent from the node's namespace to a pod shows in its interface's
 rxBytes; the resource metrics parse as Prometheus text with upstream's families; a user RBAC
 gives no nodes/stats or nodes/metrics gets the kubelet's 403. Needs root, runc, conmon,
@@ -11,28 +10,24 @@ busybox-static. Timing-bound (CPU shares): in conftest's SERIAL list."""
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import re
 import socket
-import ssl
 
 import pytest
 
-from apiserver.auth import pki as pkis
-from apiserver.pb import core_pb2, rbac_pb2
+from apiserver.pb import core_pb2
 from harness.etcd_client import wait_until as poll
-from harness.nodes import need_runtime, real_nodes, running_pod
-from harness.plane import start_control_plane
+from harness.nodes import need_runtime, running_pod
 from harness.procs import Registry
 from node.network.netns import socket_in
+from tests.test_kubelet_auth import BOB, DAVE, secure_node
+from tests.test_kubelet_auth import kubelet_get as auth_get
 
 pytestmark = pytest.mark.process
 
 NS = "kubelet-stats"
 TIMEOUT = 60.0
-TOKENS = 'bob-token-0123456789,bob,1001\ndave-token-0123456789,dave,1002,"ops"\n'
-BOB, DAVE = "bob-token-0123456789", "dave-token-0123456789"
 CORE = 1_000_000_000  # nanocores
 
 
@@ -53,35 +48,8 @@ def plane(tmp_path_factory):
     need_runtime()
     reg = Registry()
     tmp = tmp_path_factory.mktemp("kubeletstats")
-    pki = pkis.plane_pki(tmp / "pki")
-    token_file = tmp / "tokens.csv"
-    token_file.write_text(TOKENS)
-    serving = pki.kubelet_serving("n0")
-    kubelet_args = ("--tls-cert-file", str(serving.cert), "--tls-private-key-file", str(serving.key),
-                    "--client-ca-file", str(pki.ca.cert_path), "--authentication-token-webhook",
-                    "--authorization-mode", "Webhook", "--anonymous-auth", "false",
-                    "--housekeeping-interval", "1s")
     try:
-        api = start_control_plane(tmp, reg, pki=pki, token_auth_file=str(token_file), **pki.kubelet_client_flags())
-        admin = api.client("admin")
-        with real_nodes(tmp, api.endpoint, 1, kubelet_args=kubelet_args,
-                        kubeconfig=lambda who: api.kubeconfig(tmp / f"{who}.kubeconfig", who)) as nodes, \
-                contextlib.closing(admin):
-            node = nodes.layout.nodes[0]
-            wait_until(lambda: any(c.type == "Ready" and c.status == "True"
-                                   for c in admin.get("nodes", node.name, "").status.conditions),
-                       "the real node Ready")
-            # dave (group ops) may use the kubelet's API; bob may view the namespace only
-            admin.create(rbac_pb2.ClusterRoleBinding(
-                metadata={"name": "ops-kubelet-api"},
-                role_ref=rbac_pb2.RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
-                                          name="system:kubelet-api-admin"),
-                subjects=[rbac_pb2.Subject(kind="Group", api_group="rbac.authorization.k8s.io", name="ops")]))
-            admin.create(core_pb2.Namespace(metadata={"name": NS}))
-            admin.create(rbac_pb2.RoleBinding(
-                metadata={"name": "bob-view", "namespace": NS},
-                role_ref=rbac_pb2.RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="view"),
-                subjects=[rbac_pb2.Subject(kind="User", api_group="rbac.authorization.k8s.io", name="bob")]))
+        with secure_node(tmp, reg, NS, "--housekeeping-interval", "1s") as (api, pki, admin, node):
             admin.create(_pod("busy", "while :; do :; done"))
             admin.create(_pod("idle", "sleep 3600"))
             for name in ("busy", "idle"):
@@ -98,16 +66,8 @@ def plane(tmp_path_factory):
 
 
 def kubelet_get(pki, port: int, path: str, *, token: str = DAVE) -> tuple[int, str]:
-    ctx = ssl.create_default_context(cafile=str(pki.ca.cert_path))
-    ctx.set_alpn_protocols(["http/1.1"])
-    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        conn.request("GET", path, headers=headers)
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode()
-    finally:
-        conn.close()
+    """(status, text) of a GET at the kubelet's port, as dave (allowed) unless told."""
+    return auth_get(pki, port, path, token=token)
 
 
 def summary(pki, port, query: str = "") -> dict:

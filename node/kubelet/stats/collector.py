@@ -21,11 +21,12 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from node.cri.client import CriError
 from node.kubelet.stats import cgroupfs, fsusage, netdev
 from node.pb import cri_pb2
+from promtext import boot_time
 
 log = logging.getLogger("kubelet.stats")
 
@@ -149,7 +150,7 @@ class StatsCollector:
                  interval: float = HOUSEKEEPING_INTERVAL) -> None:
         self.runtime, self.images = runtime, images
         self.root, self.node_netns, self.interval = root, node_netns, interval
-        self.node_start_ns = int(_boot_time() * 1e9)
+        self.node_start_ns = int(boot_time() * 1e9)
         self.snapshot = Snapshot(time.time_ns(), NodeStats(self.node_start_ns))
         self._containers: dict[str, _Container] = {}
         self._netns: dict[str, str] = {}
@@ -383,9 +384,3 @@ def _processes() -> int | None:
             return int(f.read().split()[3].split("/")[1])
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _boot_time() -> float:
-    from promtext import boot_time
-
-    return boot_time()
