@@ -59,6 +59,7 @@ from node.kubelet.cri_containers import CriContainers
 from node.kubelet.cri_status import container_states, pods_on_runtime, read_pod
 from node.kubelet.hooks import HookRunner
 from node.kubelet.images import ImagePuller
+from node.kubelet.metrics import KubeletMetrics
 from node.kubelet import podcgroups
 from node.kubelet.nodeagent import NodeAgent
 from node.kubelet.actions import PodActions
@@ -66,7 +67,6 @@ from node.kubelet.podsync import PodSyncer, SyncResult
 from node.kubelet.probes import READINESS, SUCCESS, Prober, ProbeManager, ProbeResults, default_connect
 from node.kubelet.runtime_status import CONTAINER_RUNNING, SANDBOX_READY
 from node.kubelet.satoken import TokenRefresher, token_manager
-from node.kubelet.metrics import KubeletMetrics
 from node.kubelet.server import KubeletServer
 from node.kubelet.stats import StatsEndpoints
 from node.kubelet.stats.collector import HOUSEKEEPING_INTERVAL, StatsCollector

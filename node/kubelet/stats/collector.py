@@ -129,7 +129,7 @@ def sandbox_netns(resp: cri_pb2.PodSandboxStatusResponse, node_netns: str) -> st
     namespace, or its pause process's), "" when it names none."""
     ns = resp.status.linux.namespaces.options
     if ns.network == cri_pb2.NODE:
-        return node_netns or "/proc/1/ns/net"
+        return node_netns
     info = _json(resp.info.get("info"))
     if info.get("netns"):
         return info["netns"]
