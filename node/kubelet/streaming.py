@@ -181,7 +181,8 @@ class StreamingFront:
         if head.method not in ("GET", "HEAD"):
             raise HttpError(405, "405: Method Not Allowed")
         body = await asyncio.to_thread(render)
-        writer.write(response_bytes(200, b"" if head.method == "HEAD" else body, CONTENT_TYPE))
+        answer = response_bytes(200, body, CONTENT_TYPE)
+        writer.write(answer[:len(answer) - len(body)] if head.method == "HEAD" else answer)
 
     async def _dial(self, host: str, port: int):
         """The runtime's streaming server, in ``stream_netns`` when one is given."""
