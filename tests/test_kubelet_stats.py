@@ -303,3 +303,37 @@ def test_interfaces_leave_out_loopback_and_veths():
             "veth12ab:    7       1    0    0    0     0          0         0        9       1    0    0    0 "
             "    0       0          0\n")
     assert netdev.parse(text) == [netdev.Interface("eth0", 5000, 2, 3000, 1)]
+
+
+def test_summary_and_resource_metrics_of_a_snapshot():
+    """Fields left out where upstream's are (no limit: no availableBytes; no eth0: no inline
+    interface), ephemeral storage as the sum of layers, logs and emptyDirs, and a failed pass
+    as resource_scrape_error 1."""
+    from node.kubelet.metrics import resource_metrics
+    from node.kubelet.stats import cgroupfs
+    from node.kubelet.stats.collector import ContainerStats, CpuMemory, Network, NodeStats, PodStats, Snapshot
+    from node.kubelet.stats.fsusage import FsUsage
+    from node.kubelet.stats.netdev import Interface
+    from node.kubelet.stats.summary import summary as summary_of
+
+    t = 1_800_000_000_000_000_000
+    usage = cgroupfs.Usage(t, 2_000_000_000, 300, 200, 100, 5, 1, None)
+    fs = FsUsage(t, 1000, 5000, 10, 90, 100, 1)
+    c = ContainerStats("app", "abc", t - 10**9, "busybox", "/x/abc", CpuMemory(usage, 250_000_000), fs, fs)
+    net = Network(t, (Interface("net1", 1, 0, 2, 0),))
+    pod = PodStats("web", "ns", "u1", t - 2 * 10**9, (c,), CpuMemory(usage), net, 3, (("scratch", fs),), "/x")
+    snap = Snapshot(t, NodeStats(t - 10**12, CpuMemory(usage, 10**9)), (pod,))
+    s = summary_of(snap, "n1", memory_capacity=1000)
+    assert s["node"]["memory"]["availableBytes"] == 800 and s["node"]["cpu"]["usageNanoCores"] == 10**9
+    [p] = s["pods"]
+    assert p["podRef"] == {"name": "web", "namespace": "ns", "uid": "u1"}
+    assert "usageNanoCores" not in p["cpu"] and "availableBytes" not in p["memory"]
+    assert p["network"]["name"] == "" and "rxBytes" not in p["network"] and p["network"]["interfaces"][0]["txBytes"] == 2
+    assert p["ephemeral-storage"]["usedBytes"] == 30 and p["ephemeral-storage"]["inodesUsed"] == 3
+    assert p["volume"] == [{**p["volume"][0], "name": "scratch", "usedBytes": 10}]
+    assert p["containers"][0]["startTime"] == "2027-01-15T07:59:59Z"  # metav1.Time: seconds
+    small = summary_of(snap, "n1", only_cpu_and_memory=True)
+    assert "network" not in small["pods"][0] and "rootfs" not in small["pods"][0]["containers"][0]
+    text = resource_metrics(Snapshot(t, snap.node, snap.pods, error="runtime down"))
+    assert "resource_scrape_error 1\n" in text
+    assert 'container_cpu_usage_seconds_total{container="app",namespace="ns",pod="web"} 2.0 1800000000000\n' in text
