@@ -162,8 +162,6 @@ class StatsCollector:
         self._root_cgroup = cgroupfs.root()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._passes = threading.Condition()
-        self.passes = 0
 
     def start(self) -> StatsCollector:
         self._thread = threading.Thread(target=self._loop, name="kubelet-housekeeping", daemon=True)
@@ -193,9 +191,6 @@ class StatsCollector:
             log.exception("housekeeping failed")
             snapshot = Snapshot(time.time_ns(), self.snapshot.node, self.snapshot.pods, error=f"{type(e).__name__}: {e}")
         self.snapshot = snapshot
-        with self._passes:
-            self.passes += 1
-            self._passes.notify_all()
         return snapshot
 
     def _rate(self, key: str, usage: cgroupfs.Usage) -> CpuMemory:
@@ -352,11 +347,6 @@ class StatsCollector:
         return NodeStats(self.node_start_ns, cpu_memory, self._network(self.node_netns),
                          fsusage.filesystem(self.root), image_fs, _int_file("/proc/sys/kernel/pid_max"),
                          _processes(), time.time_ns())
-
-    def wait_passes(self, n: int, timeout: float) -> bool:
-        """Waits until ``n`` passes have run in all (tests)."""
-        with self._passes:
-            return self._passes.wait_for(lambda: self.passes >= n, timeout)
 
 
 def _layer(st: cri_pb2.ContainerStats) -> fsusage.FsUsage | None:
