@@ -135,6 +135,14 @@ _BINDINGS = (
 )
 
 
+def _call_path(path: str) -> str | None:
+    """The call a gateway path names (`kv/range`), None for a path outside the API."""
+    for prefix in API_PREFIXES:
+        if path.startswith(prefix):
+            return path[len(prefix):]
+    return None
+
+
 class Route:
     """One gateway call: the servicer's method, its message classes, its kind."""
 
@@ -267,10 +275,7 @@ class Gateway:
         if len(self.writers) >= MAX_CONNECTIONS:
             writer.transport.abort()
             return None
-        task = asyncio.current_task()
-        if task is not None:
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+        self.writers.add(writer)
         return self._serve(reader, writer)
 
     async def close(self) -> None:
@@ -281,7 +286,8 @@ class Gateway:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.writers.add(writer)
+        task = asyncio.current_task()  # the task StreamReaderProtocol made for this coroutine
+        self.tasks.add(task)
         try:
             while await self._serve_one(reader, writer):
                 pass
@@ -292,6 +298,7 @@ class Gateway:
         except Exception:
             log.exception("gateway: a request failed")
         finally:
+            self.tasks.discard(task)
             self.writers.discard(writer)
             if writer.transport.get_write_buffer_size():
                 writer.transport.abort()  # what it did not read is dropped
@@ -326,47 +333,47 @@ class Gateway:
         except ValueError:
             await self._send(writer, response(400, b"400 Bad Request", close=True))
             return False
-        has_body = chunked or length > 0
         keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-        route = None
-        for prefix in API_PREFIXES:
-            if path.startswith(prefix):
-                route = self.routes.get(path[len(prefix):])
-                if route is None:
-                    answer = response(404, b"Not Found\n", close=has_body or not keep, extra=_CORS)
-                    break
-                if method == "OPTIONS":
-                    answer = response(200, b"", None, close=has_body or not keep, extra=_CORS)
-                    break
-                if method != "POST":
-                    answer = response(405, b"Method Not Allowed\n", close=has_body or not keep, extra=_CORS)
-                    break
+        close = chunked or length > 0 or not keep  # a body not read: the connection ends after the answer
+        call = _call_path(path)
+        if call is not None:
+            route = self.routes.get(call)
+            if route is not None and method == "POST":
                 return await self._call(route, reader, writer, headers, chunked, length, keep)
-        else:
-            close = has_body or not keep  # a body not read: the connection ends after the answer
-            if path == "/version":
-                if method == "GET":
-                    answer = response(200, VERSION_BODY, _JSON, close=close, extra=_CORS)
-                else:
-                    answer = response(405, b"Method Not Allowed\n", close=close, extra=("Allow: GET", *_CORS))
+            if route is None:
+                answer = response(404, b"Not Found\n", close=close, extra=_CORS)
+            elif method == "OPTIONS":  # a CORS preflight
+                answer = response(200, b"", None, close=close, extra=_CORS)
             else:
-                answer = await self.health.answer(method, path, close)
-                if answer is None:
-                    answer = response(404, b"404 page not found\n", close=close, extra=_CORS)
+                answer = response(405, b"Method Not Allowed\n", close=close, extra=_CORS)
+        elif path == "/version":
+            if method == "GET":
+                answer = response(200, VERSION_BODY, _JSON, close=close, extra=_CORS)
+            else:
+                answer = response(405, b"Method Not Allowed\n", close=close, extra=("Allow: GET", *_CORS))
+        else:
+            answer = await self.health.answer(method, path, close)
+            if answer is None:
+                answer = response(404, b"404 page not found\n", close=close, extra=_CORS)
         await self._send(writer, answer)
-        return keep and not has_body
+        return not close
 
     # --- bodies -------------------------------------------------------------------
 
     async def _body(self, reader, writer, headers, chunked: bool, length: int, timeout: float | None):
-        """The request body, a piece at a time (at most max_body unconsumed
-        pieces: the caller bounds what it keeps); IncompleteReadError if the
-        client goes away before its end."""
+        """The request body, a piece at a time as it comes (the caller bounds
+        what it keeps); IncompleteReadError if the client goes away before
+        its end; `timeout`: for the whole body."""
         if headers.get("expect", "").lower() == "100-continue":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout else None
+
         async def within(awaitable):
-            return await (asyncio.wait_for(awaitable, timeout) if timeout else awaitable)
+            if deadline is None:
+                return await awaitable
+            return await asyncio.wait_for(awaitable, max(0.0, deadline - loop.time()))
 
         if not chunked:
             while length > 0:
@@ -380,8 +387,10 @@ class Gateway:
             line = await within(reader.readuntil(b"\r\n"))
             try:
                 size = int(line.split(b";", 1)[0].strip(), 16)
+                if size < 0:
+                    raise ValueError
             except ValueError:
-                raise asyncio.IncompleteReadError(line, None) from None
+                raise asyncio.IncompleteReadError(line, None) from None  # not a chunked body: closed
             if size == 0:
                 while await within(reader.readuntil(b"\r\n")) != b"\r\n":
                     pass  # trailers
@@ -399,9 +408,7 @@ class Gateway:
 
     async def _call(self, route: Route, reader, writer, headers, chunked: bool, length: int, keep: bool) -> bool:
         token = headers.get("authorization")
-        peer = writer.get_extra_info("peername")
-        context = GatewayContext((("authorization", token),) if token else (),
-                                 f"ipv4:{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "")
+        context = GatewayContext((("authorization", token),) if token else (), _peer(writer))
         if route.client_stream:
             return await self._bidi(route, context, reader, writer, headers, chunked, length, keep)
         if length > self.max_body:
@@ -526,6 +533,14 @@ class Gateway:
     async def _chunk(self, writer, data: bytes) -> None:
         writer.write(b"%x\r\n%s\r\n" % (len(data), data))
         await writer.drain()  # no deadline: a stream's client may read slowly (see the module's docstring)
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    """The client's address as gRPC names it (ServicerContext.peer)."""
+    addr = writer.get_extra_info("peername")
+    if not isinstance(addr, tuple) or len(addr) < 2:
+        return ""
+    return f"ipv6:[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"ipv4:{addr[0]}:{addr[1]}"
 
 
 class _Values:
