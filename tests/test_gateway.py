@@ -364,3 +364,44 @@ def test_grpc_is_served_while_gateway_clients_misbehave(member):
     finally:
         for s in socks:
             s.close()
+
+
+def test_a_chunked_watch_body_streams_its_requests(member):
+    """Requests sent one by one in a chunked body, one split across two chunks; the
+    body's end ends the requests, not the watch."""
+    s = socket.create_connection(("127.0.0.1", member.client_port), timeout=10)
+    reader = s.makefile("rb")
+    s.sendall(b"POST /v3/watch HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+    def send(data: bytes) -> None:
+        s.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def result() -> dict:
+        size = int(reader.readline(), 16)
+        line = reader.read(size)
+        assert reader.read(2) == b"\r\n"
+        return json.loads(line)["result"]
+
+    try:
+        # the answer starts once the first request is read (as grpc-gateway's)
+        send(json.dumps({"create_request": {"key": b64("s1")}}).encode())
+        assert reader.readline().startswith(b"HTTP/1.1 200 ")
+        while reader.readline() != b"\r\n":
+            pass
+        assert result()["created"] is True
+        second = json.dumps({"create_request": {"key": b64("s2"), "prev_kv": True}}).encode()
+        send(second[:9])
+        send(second[9:])
+        created = result()
+        assert created["watch_id"] == "1" and created["created"] is True
+        send(json.dumps({"cancel_request": {"watch_id": 1}}).encode())
+        assert result()["canceled"] is True
+        s.sendall(b"0\r\n\r\n")  # no more requests
+        with Client(member.endpoint) as client:
+            client.put(b"s2", b"cancelled: not seen")
+            put = client.put(b"s1", b"seen")
+        event = result()
+        assert "watch_id" not in event and event["events"][0]["kv"]["value"] == b64("seen")
+        assert event["header"]["revision"] == str(put.header.revision)
+    finally:
+        s.close()

@@ -375,12 +375,16 @@ class Gateway:
                 return await awaitable
             return await asyncio.wait_for(awaitable, max(0.0, deadline - loop.time()))
 
-        if not chunked:
-            while length > 0:
-                piece = await within(reader.read(min(length, 1 << 16)))
+        async def exactly(n: int):
+            while n > 0:
+                piece = await within(reader.read(min(n, 1 << 16)))
                 if not piece:
-                    raise asyncio.IncompleteReadError(b"", length)
-                length -= len(piece)
+                    raise asyncio.IncompleteReadError(b"", n)
+                n -= len(piece)
+                yield piece
+
+        if not chunked:
+            async for piece in exactly(length):
                 yield piece
             return
         while True:
@@ -395,11 +399,7 @@ class Gateway:
                 while await within(reader.readuntil(b"\r\n")) != b"\r\n":
                     pass  # trailers
                 return
-            while size > 0:
-                piece = await within(reader.read(min(size, 1 << 16)))
-                if not piece:
-                    raise asyncio.IncompleteReadError(b"", size)
-                size -= len(piece)
+            async for piece in exactly(size):
                 yield piece
             if await within(reader.readexactly(2)) != b"\r\n":
                 raise asyncio.IncompleteReadError(b"", None)
@@ -437,14 +437,11 @@ class Gateway:
             return await self._stream(route, route.handler(request, context), context, reader, writer, keep, None)
         try:
             answer = await route.handler(request, context)
-            if context._code is not None and context._code != grpc.StatusCode.OK:
-                raise _CallError(context._code, context._details)
-        except _CallError as err:
-            await self._send(writer, _error_answer(err.code, err.message, not keep))
-            return keep
+            error = _outcome(context, None, "") if context._code not in (None, grpc.StatusCode.OK) else None
         except Exception as exc:  # noqa: BLE001 (AbortError, EtcdError, a bug)
-            err = _outcome(context, exc, route.handler.__name__)
-            await self._send(writer, _error_answer(err.code, err.message, not keep))
+            error = _outcome(context, exc, route.handler.__name__)
+        if error is not None:
+            await self._send(writer, _error_answer(error.code, error.message, not keep))
             return keep
         if type(answer) is bytes:  # a servicer's pre-serialized answer
             answer = route.response_class.FromString(answer)

@@ -199,7 +199,7 @@ def _kind(value) -> str:
     """How Go's json names a JSON value's type in its errors."""
     if isinstance(value, bool):
         return "bool"
-    if isinstance(value, _Float) or isinstance(value, int):
+    if isinstance(value, (_Float, int)):  # _Float before str: it is one
         return "number"
     if isinstance(value, str):
         return "string"
