@@ -13,6 +13,7 @@ over gRPC, keep-alive, bounds, and gRPC served beside misbehaving clients.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import http.client
 import json
@@ -21,10 +22,12 @@ import time
 
 import pytest
 
+from etcdlite.pb.etcdserverpb import rpc_pb2
+from etcdlite.pb.mvccpb import kv_pb2
+from etcdlite.server.gateway import Gateway, GatewayContext, Route
 from harness.etcd_client import Client
 from harness.procs import ETCD_BIN, have_binary, run_etcdctl
 
-pytestmark = pytest.mark.process
 
 MAX_REQUEST_BYTES = 64 * 1024  # both servers: keeps the oversized bodies small
 GRPC_OVERHEAD = 512 * 1024
@@ -232,6 +235,7 @@ def session(port: int) -> list:
     return out
 
 
+@pytest.mark.process
 @pytest.mark.skipif(not have_binary(ETCD_BIN), reason="the real etcd 3.4 is not installed")
 def test_the_gateway_answers_as_etcds(procs, tmp_path):
     flags = {"max_request_bytes": MAX_REQUEST_BYTES}
@@ -253,6 +257,7 @@ def member(procs, tmp_path):
     return procs.start_etcdlite(tmp_path, name="lite0", max_request_bytes=MAX_REQUEST_BYTES)
 
 
+@pytest.mark.process
 def test_a_watch_stream_receives_a_put_made_over_grpc(member):
     port = member.client_port
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -273,6 +278,7 @@ def test_a_watch_stream_receives_a_put_made_over_grpc(member):
         assert client.get(b"w/k").kvs[0].value == b"from grpc"
 
 
+@pytest.mark.process
 def test_requests_share_a_keep_alive_connection(member):
     conn = http.client.HTTPConnection("127.0.0.1", member.client_port, timeout=10)
     for i in range(3):
@@ -303,6 +309,7 @@ def raw_exchange(port: int, data: bytes, timeout: float = 10) -> bytes:
         return b"".join(chunks)
 
 
+@pytest.mark.process
 def test_bounds_on_heads_and_bodies(member):
     port = member.client_port
     # headers over the bound: 431, closed
@@ -329,6 +336,7 @@ def test_bounds_on_heads_and_bodies(member):
     assert raw_exchange(port, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
 
 
+@pytest.mark.process
 def test_grpc_is_served_while_gateway_clients_misbehave(member):
     port = member.client_port
     socks = []
@@ -366,6 +374,7 @@ def test_grpc_is_served_while_gateway_clients_misbehave(member):
             s.close()
 
 
+@pytest.mark.process
 def test_a_chunked_watch_body_streams_its_requests(member):
     """Requests sent one by one in a chunked body, one split across two chunks; the
     body's end ends the requests, not the watch."""
@@ -405,3 +414,54 @@ def test_a_chunked_watch_body_streams_its_requests(member):
         assert event["header"]["revision"] == str(put.header.revision)
     finally:
         s.close()
+
+
+def test_a_stream_takes_answers_only_as_its_client_reads():
+    """The gateway pulls a stream's answers only as the client takes them, so a client
+    that does not read leaves the backlog to the servicer's own bounds (a watch
+    stream's queue); its going away ends the stream."""
+    value = b"x" * 100_000
+    pulled = 0
+
+    async def scenario():
+        nonlocal pulled
+        ended = asyncio.Event()
+
+        async def answers():
+            nonlocal pulled
+            try:
+                while True:
+                    pulled += 1
+                    yield rpc_pb2.WatchResponse(events=[kv_pb2.Event(kv=kv_pb2.KeyValue(key=b"k", value=value))])
+            finally:
+                ended.set()
+
+        gateway = Gateway.__new__(Gateway)  # _stream needs none of a member's parts
+        method = rpc_pb2.DESCRIPTOR.services_by_name["Watch"].methods_by_name["Watch"]
+        route = Route(None, method)
+
+        async def serve(reader, writer):
+            try:
+                await gateway._stream(route, answers(), GatewayContext((), ""), reader, writer, True, None)
+            except OSError:
+                pass
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        client.connect(("127.0.0.1", port))
+        for _ in range(100):  # until the socket buffers are full and the pulling stops
+            before = pulled
+            await asyncio.sleep(0.02)
+            if pulled == before and pulled > 0:
+                break
+        stalled = pulled
+        await asyncio.sleep(0.3)
+        assert pulled == stalled, "answers were pulled while nobody read them"
+        assert stalled * len(value) < 16 << 20  # socket buffers and one transport's high-water mark
+        client.close()
+        await asyncio.wait_for(ended.wait(), 5)  # the client's going closed the stream
+        server.close()
+
+    asyncio.run(scenario())
