@@ -8,7 +8,9 @@ appearance, so identity is still checked; raft terms and indexes, sizes, the
 server version, the peer and client URLs, a lease's remaining TTL, tokens).
 Keys, values, revisions, counts, error texts and codes are compared exactly.
 The other tests run against etcdlite alone: a watch stream seeing a put made
-over gRPC, keep-alive, bounds, and gRPC served beside misbehaving clients.
+over gRPC, a chunked body streaming watch requests, keep-alive, bounds, gRPC
+served beside misbehaving clients; and, in-process, that a stream's answers
+are pulled only as fast as its client reads them.
 """
 
 from __future__ import annotations

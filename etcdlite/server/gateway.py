@@ -70,7 +70,6 @@ _CORS = ("Access-Control-Allow-Headers: accept, content-type, authorization",
          "Access-Control-Allow-Origin: *")
 _JSON = "application/json"
 _FROM_GRPC = ("Grpc-Metadata-Content-Type: application/grpc",)
-_TEXT = "text/plain; charset=utf-8"
 
 # grpc-gateway v1's HTTP status for a gRPC code
 HTTP_STATUS = {
@@ -243,7 +242,8 @@ def _error_answer(code: grpc.StatusCode, message: str, close: bool) -> bytes:
 
 def _too_large(size: int, limit: int) -> _CallError:
     # the gRPC server's refusal of a message over its receive limit, as etcd's gateway relays it
-    return _CallError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"grpc: received message larger than max ({size} vs. {limit})")
+    return _CallError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                      f"grpc: received message larger than max ({size} vs. {limit})")
 
 
 def _outcome(context: GatewayContext, exc: BaseException | None, name: str) -> _CallError:
