@@ -199,6 +199,7 @@ def session(port: int) -> list:
     call("GET on a call", "GET", "/v3/kv/range")
     call("unknown path", "GET", "/nope")
     call("POST /version", "POST", "/version", b"")
+    call("DELETE /health", "DELETE", "/health")
     # streams
     status, lines = read_stream(port, "/v3/watch", json.dumps(
         {"create_request": {"key": b64("foo"), "start_revision": 4}}).encode(), 2)
@@ -289,6 +290,8 @@ def test_requests_share_a_keep_alive_connection(member):
     status, _, body = request(0, "POST", "/v3/kv/range", {"key": b64("k")}, conn=conn)
     assert json.loads(body)["kvs"][0]["value"] == b64("2")
     status, _, body = request(0, "GET", "/metrics", conn=conn)
+    assert status == 200 and b"etcd_server_has_leader 1" in body
+    status, _, body = request(0, "POST", "/metrics", conn=conn)  # any method, as etcd's
     assert status == 200 and b"etcd_server_has_leader 1" in body
     # a bad body is answered and the connection serves on
     assert request(0, "POST", "/v3/kv/range", b"{bad", conn=conn)[0] == 400

@@ -5,8 +5,9 @@ It faces whoever can reach the port, so every resource a client can hold is
 bounded: a request's line and headers must fit in MAX_HEAD_BYTES (else 431)
 and arrive within HEAD_TIMEOUT (an idle keep-alive connection too, else it
 is closed), an answer must be taken within WRITE_TIMEOUT, and at most
-MAX_CONNECTIONS are open at once (more are closed as they come). Only GET
-and HEAD are served (405 otherwise); unknown paths get Go's 404. A request
+MAX_CONNECTIONS are open at once (more are closed as they come). /health
+takes GET only (405 otherwise), /metrics any method (HEAD without the body),
+as etcd's; unknown paths get Go's 404. A request
 with a body is answered, then its connection closed (the body is not read).
 """
 
@@ -145,8 +146,6 @@ class MetricsListener:
             return response(400, b"400 Bad Request", close=True), True
         close = (version == "HTTP/1.0" or headers.get("connection", "").lower() == "close"
                  or "transfer-encoding" in headers or headers.get("content-length", "0") != "0")
-        if method not in ("GET", "HEAD"):
-            return response(405, b"Method Not Allowed\n", close=True, extra=("Allow: GET, HEAD",)), True
         answer = await self.answer(method, path, close)
         return (answer or response(404, b"404 page not found\n", head=method == "HEAD", close=close)), close
 
@@ -154,9 +153,7 @@ class MetricsListener:
         """The answer to `method` on /metrics or /health (also on the client
         port: etcdlite.server.gateway); None for another path."""
         head_only = method == "HEAD"
-        if path == "/metrics":
-            if method not in ("GET", "HEAD"):
-                return response(405, b"Method Not Allowed\n", close=close, extra=("Allow: GET, HEAD",))
+        if path == "/metrics":  # any method, as Prometheus' handler
             return response(200, self.metrics.render(), CONTENT_TYPE, head=head_only, close=close)
         if path == "/health":
             if method != "GET":  # as etcd: GET only
