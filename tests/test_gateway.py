@@ -26,7 +26,8 @@ import pytest
 
 from etcdlite.pb.etcdserverpb import rpc_pb2
 from etcdlite.pb.mvccpb import kv_pb2
-from etcdlite.server.gateway import Gateway, GatewayContext, Route
+from etcdlite.server.gateway import Gateway
+from etcdlite.server.gateway_calls import GatewayContext, Route
 from harness.etcd_client import Client
 from harness.procs import ETCD_BIN, have_binary, run_etcdctl
 

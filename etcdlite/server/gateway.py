@@ -3,9 +3,9 @@
 grpclite hands every connection that does not open with HTTP/2's preface to
 `Gateway.protocol` (GrpcServer.http1_protocol), so one port serves gRPC and
 this. `POST /v3/<service>/<call>` (and `/v3beta/`, as etcd 3.4; not
-`/v3alpha/`, which 3.4 dropped) runs the member's own servicers in-process:
-auth (the token in an `Authorization` header), errors and consistency are
-the gRPC calls'. Bodies and answers are JSON as etcd's gateway writes it
+`/v3alpha/`, which 3.4 dropped) runs the member's own servicers in-process
+(`gateway_calls`): auth (the token in an `Authorization` header), errors and
+consistency are the gRPC calls'. Bodies and answers are JSON as etcd's gateway writes it
 (`gateway_json`); errors are `{"error","message","code"}` with the HTTP status
 grpc-gateway v1 gives the gRPC code. Streams (watch, lease keep-alive,
 snapshot, election observe) answer with chunked `{"result":...}` lines; the
@@ -31,24 +31,11 @@ import codecs
 import logging
 
 import grpc
-from google.protobuf.message_factory import GetMessageClass
 
 from etcdlite.config import API_VERSION, GRPC_OVERHEAD_BYTES
-from etcdlite.errors import EtcdError
-from etcdlite.pb.etcdserverpb import rpc_pb2
-from etcdlite.pb.v3electionpb import v3election_pb2
-from etcdlite.pb.v3lockpb import v3lock_pb2
-from etcdlite.server.auth import AuthService
-from etcdlite.server.cluster import ClusterService
-from etcdlite.server.election import ElectionService
+from etcdlite.server.gateway_calls import CallError, GatewayContext, Route, call_path, outcome, routes, too_large
 from etcdlite.server.gateway_json import JSONError, dumps, fill, message_json, parse, split_values
-from etcdlite.server.kv import KVService
-from etcdlite.server.lease import LeaseService
-from etcdlite.server.lock import LockService
-from etcdlite.server.maintenance import MaintenanceService
 from etcdlite.server.metrics_listener import REASONS, BadRequest, MetricsListener, parse_head, response
-from etcdlite.server.rpc import internal_error
-from etcdlite.server.watch import WatchService
 
 log = logging.getLogger("etcdlite.gateway")
 
@@ -61,7 +48,6 @@ BODY_TIMEOUT = 30.0
 WRITE_TIMEOUT = 30.0
 # JSON's share of a body: base64 takes 4/3 of the bytes, names and quotes the rest
 BODY_FACTOR = 2
-API_PREFIXES = ("/v3/", "/v3beta/")
 # etcd's /version: the server's version and the cluster's (major.minor.0)
 VERSION_BODY = dumps({"etcdserver": API_VERSION, "etcdcluster": ".".join(API_VERSION.split(".")[:2]) + ".0"})
 
@@ -83,154 +69,6 @@ HTTP_STATUS = {
     grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DATA_LOSS: 500,
 }
 
-# (file descriptor, service, method, paths after the version prefix): etcd 3.4's rpc.proto,
-# v3lock.proto and v3election.proto google.api.http bindings
-_BINDINGS = (
-    (rpc_pb2, "KV", "Range", ("kv/range",)),
-    (rpc_pb2, "KV", "Put", ("kv/put",)),
-    (rpc_pb2, "KV", "DeleteRange", ("kv/deleterange",)),
-    (rpc_pb2, "KV", "Txn", ("kv/txn",)),
-    (rpc_pb2, "KV", "Compact", ("kv/compaction",)),
-    (rpc_pb2, "Watch", "Watch", ("watch",)),
-    (rpc_pb2, "Lease", "LeaseGrant", ("lease/grant",)),
-    (rpc_pb2, "Lease", "LeaseRevoke", ("lease/revoke", "kv/lease/revoke")),
-    (rpc_pb2, "Lease", "LeaseKeepAlive", ("lease/keepalive",)),
-    (rpc_pb2, "Lease", "LeaseTimeToLive", ("lease/timetolive", "kv/lease/timetolive")),
-    (rpc_pb2, "Lease", "LeaseLeases", ("lease/leases", "kv/lease/leases")),
-    (rpc_pb2, "Cluster", "MemberAdd", ("cluster/member/add",)),
-    (rpc_pb2, "Cluster", "MemberRemove", ("cluster/member/remove",)),
-    (rpc_pb2, "Cluster", "MemberUpdate", ("cluster/member/update",)),
-    (rpc_pb2, "Cluster", "MemberList", ("cluster/member/list",)),
-    (rpc_pb2, "Cluster", "MemberPromote", ("cluster/member/promote",)),
-    (rpc_pb2, "Maintenance", "Alarm", ("maintenance/alarm",)),
-    (rpc_pb2, "Maintenance", "Status", ("maintenance/status",)),
-    (rpc_pb2, "Maintenance", "Defragment", ("maintenance/defragment",)),
-    (rpc_pb2, "Maintenance", "Hash", ("maintenance/hash",)),  # HashKV's binding is the same path: Hash wins
-    (rpc_pb2, "Maintenance", "Snapshot", ("maintenance/snapshot",)),
-    (rpc_pb2, "Maintenance", "MoveLeader", ("maintenance/transfer-leadership",)),
-    (rpc_pb2, "Auth", "AuthEnable", ("auth/enable",)),
-    (rpc_pb2, "Auth", "AuthDisable", ("auth/disable",)),
-    (rpc_pb2, "Auth", "Authenticate", ("auth/authenticate",)),
-    (rpc_pb2, "Auth", "UserAdd", ("auth/user/add",)),
-    (rpc_pb2, "Auth", "UserGet", ("auth/user/get",)),
-    (rpc_pb2, "Auth", "UserList", ("auth/user/list",)),
-    (rpc_pb2, "Auth", "UserDelete", ("auth/user/delete",)),
-    (rpc_pb2, "Auth", "UserChangePassword", ("auth/user/changepw",)),
-    (rpc_pb2, "Auth", "UserGrantRole", ("auth/user/grant",)),
-    (rpc_pb2, "Auth", "UserRevokeRole", ("auth/user/revoke",)),
-    (rpc_pb2, "Auth", "RoleAdd", ("auth/role/add",)),
-    (rpc_pb2, "Auth", "RoleGet", ("auth/role/get",)),
-    (rpc_pb2, "Auth", "RoleList", ("auth/role/list",)),
-    (rpc_pb2, "Auth", "RoleDelete", ("auth/role/delete",)),
-    (rpc_pb2, "Auth", "RoleGrantPermission", ("auth/role/grant",)),
-    (rpc_pb2, "Auth", "RoleRevokePermission", ("auth/role/revoke",)),
-    (v3lock_pb2, "Lock", "Lock", ("lock/lock",)),
-    (v3lock_pb2, "Lock", "Unlock", ("lock/unlock",)),
-    (v3election_pb2, "Election", "Campaign", ("election/campaign",)),
-    (v3election_pb2, "Election", "Proclaim", ("election/proclaim",)),
-    (v3election_pb2, "Election", "Leader", ("election/leader",)),
-    (v3election_pb2, "Election", "Observe", ("election/observe",)),
-    (v3election_pb2, "Election", "Resign", ("election/resign",)),
-)
-
-
-def _call_path(path: str) -> str | None:
-    """The call a gateway path names (`kv/range`), None for a path outside the API."""
-    for prefix in API_PREFIXES:
-        if path.startswith(prefix):
-            return path[len(prefix):]
-    return None
-
-
-class Route:
-    """One gateway call: the servicer's method, its message classes, its kind."""
-
-    __slots__ = ("handler", "request_class", "response_class", "client_stream", "server_stream")
-
-    def __init__(self, handler, method) -> None:
-        self.handler = handler
-        self.request_class = GetMessageClass(method.input_type)
-        self.response_class = GetMessageClass(method.output_type)
-        self.client_stream = method.client_streaming
-        self.server_stream = method.server_streaming
-
-
-def routes(member) -> dict[str, Route]:
-    """Path (without its version prefix) -> Route, on servicers of `member`
-    made for the gateway (the same classes as the gRPC port's; Watch as the
-    generator that the pulling of the answers paces)."""
-    services = {"KV": KVService(member), "Watch": WatchService(member), "Lease": LeaseService(member),
-                "Cluster": ClusterService(member), "Maintenance": MaintenanceService(member),
-                "Auth": AuthService(member, member.auth), "Lock": LockService(member),
-                "Election": ElectionService(member)}
-    table = {}
-    for module, service, name, paths in _BINDINGS:
-        method = module.DESCRIPTOR.services_by_name[service].methods_by_name[name]
-        route = Route(getattr(services[service], name), method)
-        for path in paths:
-            table[path] = route
-    return table
-
-
-class GatewayContext:
-    """What a servicer sees of a gateway call: grpc.aio's ServicerContext's
-    methods that etcdlite's handlers use."""
-
-    __slots__ = ("_metadata", "_peer", "_code", "_details", "_done")
-
-    def __init__(self, metadata: tuple, peer: str) -> None:
-        self._metadata = metadata
-        self._peer = peer
-        self._code = None
-        self._details = ""
-        self._done = False
-
-    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata=()):
-        self._code, self._details = code, details
-        raise grpc.aio.AbortError()
-
-    def set_code(self, code) -> None:
-        self._code = code
-
-    def set_details(self, details: str) -> None:
-        self._details = details
-
-    def code(self):
-        return self._code
-
-    def details(self) -> str:
-        return self._details
-
-    def set_trailing_metadata(self, trailing_metadata) -> None:
-        pass
-
-    def invocation_metadata(self) -> tuple:
-        return self._metadata
-
-    def peer(self) -> str:
-        return self._peer
-
-    def auth_context(self) -> dict:
-        return {}  # no client certificate reaches a servicer through the gateway (as etcd's)
-
-    def time_remaining(self):
-        return None
-
-    def cancelled(self) -> bool:
-        return self._done
-
-    def done(self) -> bool:
-        return self._done
-
-
-class _CallError(Exception):
-    """A call's gRPC error: (code, message)."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
 
 def error_json(code: grpc.StatusCode, message: str) -> bytes:
     return dumps({"error": message, "message": message, "code": code.value[0]})
@@ -238,21 +76,6 @@ def error_json(code: grpc.StatusCode, message: str) -> bytes:
 
 def _error_answer(code: grpc.StatusCode, message: str, close: bool) -> bytes:
     return response(HTTP_STATUS.get(code, 500), error_json(code, message), _JSON, close=close, extra=_CORS)
-
-
-def _too_large(size: int, limit: int) -> _CallError:
-    # the gRPC server's refusal of a message over its receive limit, as etcd's gateway relays it
-    return _CallError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                      f"grpc: received message larger than max ({size} vs. {limit})")
-
-
-def _outcome(context: GatewayContext, exc: BaseException | None, name: str) -> _CallError:
-    """The gRPC error a handler ended with (aborted, an etcd error, a bug)."""
-    if isinstance(exc, EtcdError):
-        return _CallError(exc.code, exc.message)
-    if context._code is not None and context._code != grpc.StatusCode.OK:
-        return _CallError(context._code, context._details)
-    return _CallError(*internal_error(name, exc))
 
 
 class Gateway:
@@ -335,7 +158,7 @@ class Gateway:
             return False
         keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
         close = chunked or length > 0 or not keep  # a body not read: the connection ends after the answer
-        call = _call_path(path)
+        call = call_path(path)
         if call is not None:
             route = self.routes.get(call)
             if route is not None and method == "POST":
@@ -413,14 +236,14 @@ class Gateway:
             return await self._bidi(route, context, reader, writer, headers, chunked, length, keep)
         if length > self.max_body:
             # not read: refused as the gRPC port refuses a message that size
-            err = _too_large(length, self.max_receive)
+            err = too_large(length, self.max_receive)
             await self._send(writer, _error_answer(err.code, err.message, close=True))
             return False
         body = bytearray()
         async for piece in self._body(reader, writer, headers, chunked, length, BODY_TIMEOUT):
             body += piece
             if len(body) > self.max_body:
-                err = _too_large(len(body), self.max_receive)
+                err = too_large(len(body), self.max_receive)
                 await self._send(writer, _error_answer(err.code, err.message, close=True))
                 return False
         try:
@@ -430,16 +253,16 @@ class Gateway:
             return keep
         size = request.ByteSize()
         if size > self.max_receive:
-            err = _too_large(size, self.max_receive)
+            err = too_large(size, self.max_receive)
             await self._send(writer, _error_answer(err.code, err.message, not keep))
             return keep
         if route.server_stream:
             return await self._stream(route, route.handler(request, context), context, reader, writer, keep, None)
         try:
             answer = await route.handler(request, context)
-            error = _outcome(context, None, "") if context._code not in (None, grpc.StatusCode.OK) else None
+            error = outcome(context, None, "") if context._code not in (None, grpc.StatusCode.OK) else None
         except Exception as exc:  # noqa: BLE001 (AbortError, EtcdError, a bug)
-            error = _outcome(context, exc, route.handler.__name__)
+            error = outcome(context, exc, route.handler.__name__)
         if error is not None:
             await self._send(writer, _error_answer(error.code, error.message, not keep))
             return keep
@@ -456,10 +279,10 @@ class Gateway:
         decoder = _Values(body, self.max_body, route.request_class)
         try:
             first = await decoder.next()
-        except (JSONError, _CallError) as err:
+        except (JSONError, CallError) as err:
             # grpc-gateway gives a first request it cannot decode as Unknown
-            code = err.code if isinstance(err, _CallError) else grpc.StatusCode.UNKNOWN
-            message = err.message if isinstance(err, _CallError) else str(err)
+            code = err.code if isinstance(err, CallError) else grpc.StatusCode.UNKNOWN
+            message = err.message if isinstance(err, CallError) else str(err)
             await self._send(writer, _error_answer(code, message, close=True))
             return False
         body_done = asyncio.get_running_loop().create_future()
@@ -471,7 +294,7 @@ class Gateway:
                     yield request
                     request = await decoder.next()
                 body_done.set_result(True)
-            except (JSONError, _CallError) as err:
+            except (JSONError, CallError) as err:
                 # as grpc-gateway: the requests end there, the answers go on (the rest of the
                 # body is not read, so the connection ends with the call)
                 log.info("gateway: %s: a streamed request ends the requests: %s", route.handler.__name__, err)
@@ -505,7 +328,7 @@ class Gateway:
                     break
                 except Exception as exc:  # noqa: BLE001 (AbortError, EtcdError, a bug)
                     following = None
-                    err = _outcome(context, exc, route.handler.__name__)
+                    err = outcome(context, exc, route.handler.__name__)
                     status = HTTP_STATUS.get(err.code, 500)
                     line = dumps({"error": {"grpc_code": err.code.value[0], "http_code": status,
                                             "message": err.message, "http_status": REASONS.get(status, "")}})
@@ -569,7 +392,7 @@ class _Values:
             if self.ended:
                 return None
             if len(self.text) > self.limit:
-                raise _too_large(len(self.text), self.limit)
+                raise too_large(len(self.text), self.limit)
             try:
                 piece = await anext(self.pieces)
                 self.text += self.utf8.decode(piece)
