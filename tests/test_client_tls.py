@@ -5,7 +5,10 @@ text. Certificates are generated per test run with `cryptography`."""
 from __future__ import annotations
 
 import datetime
+import http.client
 import ipaddress
+import json
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass
@@ -257,6 +260,27 @@ def test_python_grpc_secure_channel(procs, tmp_path, pki):
         with pytest.raises(grpc.RpcError) as exc:
             rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"k"), timeout=3)
     assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_gateway_over_https(procs, tmp_path, pki):
+    """The gRPC gateway on an https:// URL, for an HTTP/1.1 client (one that does not
+    ask for h2 through ALPN), beside gRPC on the same port."""
+    m = start_tls_member(procs, tmp_path, pki, "tls-gw")
+    conn = http.client.HTTPSConnection("127.0.0.1", m.client_port, timeout=10,
+                                       context=ssl.create_default_context(cafile=str(pki.ca)))
+    try:
+        conn.request("POST", "/v3/kv/put", body=json.dumps({"key": "Zm9v", "value": "YmFy"}))
+        put = conn.getresponse()
+        assert put.status == 200
+        revision = json.loads(put.read())["header"]["revision"]
+        conn.request("GET", "/health")
+        health = conn.getresponse()
+        assert (health.status, health.read()) == (200, b'{"health":"true"}')
+    finally:
+        conn.close()
+    with grpc.secure_channel(m.endpoint, client_creds(pki.ca)) as ch:
+        got = rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"foo"), timeout=10)
+    assert [(kv.value, kv.mod_revision) for kv in got.kvs] == [(b"bar", int(revision))]
 
 
 def test_mutual_tls(procs, tmp_path, pki, etcdctl):

@@ -35,6 +35,7 @@ from etcdlite.raft.apply_pacing import APPLY_SLICE
 from etcdlite.server.auth import AuthGate, AuthService
 from etcdlite.server.cluster import ClusterService
 from etcdlite.server.election import ElectionService
+from etcdlite.server.gateway import Gateway
 from etcdlite.server.group_commit import GroupCommit
 from etcdlite.server.kv import KVService
 from etcdlite.server.kv import add_to_server as add_kv_service
@@ -85,6 +86,7 @@ class Member:
         self.client_ports: list[int] = []
         self.metrics: MemberMetrics | None = None  # set by start
         self.metrics_listeners: list[MetricsListener] = []
+        self.gateway: Gateway | None = None  # set by start: HTTP/1.1 clients of the client URLs
         self._ready = asyncio.Event()
         # set once this member applies its own removal from the cluster
         self.removed = asyncio.Event()
@@ -127,6 +129,7 @@ class Member:
         log.info("member %x: ready at revision %d, raft term %d", self.id, self.hub.revision, self.raft.term)
         self._check_removed()
         tls = cfg.load_client_tls()
+        self.gateway = Gateway(self)
         for url in cfg.listen_client_urls:
             # https: TLS; http: plain text, as etcd
             server = await self._serve(url, tls if is_tls_url(url) else None)
@@ -168,6 +171,7 @@ class Member:
         v3lock_pb2_grpc.add_LockServicer_to_server(LockService(self), server)
         v3election_pb2_grpc.add_ElectionServicer_to_server(ElectionService(self), server)
         if isinstance(server, GrpcServer):
+            server.http1_protocol = self.gateway.protocol
             host, _, port = address.rpartition(":")
             host = host.strip("[]")
             ssl_context = tls and server_ssl_context(
@@ -208,6 +212,8 @@ class Member:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*(m.stop() for m in self.metrics_listeners), return_exceptions=True)
+        if self.gateway is not None:
+            await self.gateway.close()
         await asyncio.gather(*(s.stop(grace=1.0) for s in self.servers), return_exceptions=True)
         if self.raft is not None:
             self.raft.stop()

@@ -5,8 +5,9 @@ It faces whoever can reach the port, so every resource a client can hold is
 bounded: a request's line and headers must fit in MAX_HEAD_BYTES (else 431)
 and arrive within HEAD_TIMEOUT (an idle keep-alive connection too, else it
 is closed), an answer must be taken within WRITE_TIMEOUT, and at most
-MAX_CONNECTIONS are open at once (more are closed as they come). Only GET
-and HEAD are served (405 otherwise); unknown paths get Go's 404. A request
+MAX_CONNECTIONS are open at once (more are closed as they come). /health
+takes GET only (405 otherwise), /metrics any method (HEAD without the body),
+as etcd's; unknown paths get Go's 404. A request
 with a body is answered, then its connection closed (the body is not read).
 """
 
@@ -27,15 +28,20 @@ MAX_CONNECTIONS = 32
 HEALTH_READ_TIMEOUT = 1.0
 
 _TEXT = "text/plain; charset=utf-8"
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+           405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 412: "Precondition Failed",
+           429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+           501: "Not Implemented", 503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
-def response(status: int, body: bytes = b"", content_type: str = _TEXT, *, head: bool = False,
+def response(status: int, body: bytes = b"", content_type: str | None = _TEXT, *, head: bool = False,
              close: bool = False, extra: tuple = ()) -> bytes:
-    """An HTTP/1.1 response; `head`: without its body (a HEAD's answer)."""
-    lines = [f"HTTP/1.1 {status} {_REASONS[status]}", f"Content-Type: {content_type}",
-             f"Content-Length: {len(body)}", *extra]
+    """An HTTP/1.1 response; `head`: without its body (a HEAD's answer);
+    `extra`: more header lines."""
+    lines = [f"HTTP/1.1 {status} {REASONS[status]}"]
+    if content_type is not None:
+        lines.append(f"Content-Type: {content_type}")
+    lines += [f"Content-Length: {len(body)}", *extra]
     if status >= 400:
         lines.append("X-Content-Type-Options: nosniff")  # as Go's http.Error
     if close:
@@ -43,27 +49,27 @@ def response(status: int, body: bytes = b"", content_type: str = _TEXT, *, head:
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + (b"" if head else body)
 
 
-class _BadRequest(Exception):
+class BadRequest(Exception):
     pass
 
 
 def parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
     """(method, path, version, headers with lower-case names) of a request's
-    line and headers (ending in CRLF CRLF); _BadRequest if it is not HTTP/1.x."""
+    line and headers (ending in CRLF CRLF); BadRequest if it is not HTTP/1.x."""
     try:
         text = head.decode("ascii")
     except UnicodeDecodeError:
-        raise _BadRequest("not ASCII") from None
+        raise BadRequest("not ASCII") from None
     line, *fields = text[:-4].split("\r\n")
     parts = line.split(" ")
     if len(parts) != 3 or not parts[0].isalpha() or not parts[1].startswith("/") \
             or parts[2] not in ("HTTP/1.1", "HTTP/1.0"):
-        raise _BadRequest("malformed request line")
+        raise BadRequest("malformed request line")
     headers: dict[str, str] = {}
     for field in fields:
         name, sep, value = field.partition(":")
         if not sep or not name or name != name.strip() or " " in name:
-            raise _BadRequest("malformed header")
+            raise BadRequest("malformed header")
         headers[name.lower()] = value.strip()
     return parts[0], parts[1].split("?", 1)[0], parts[2], headers
 
@@ -136,21 +142,25 @@ class MetricsListener:
             return (response(400, b"400 Bad Request", close=True) if err.partial.strip() else b""), True
         try:
             method, path, version, headers = parse_head(head)
-        except _BadRequest:
+        except BadRequest:
             return response(400, b"400 Bad Request", close=True), True
         close = (version == "HTTP/1.0" or headers.get("connection", "").lower() == "close"
                  or "transfer-encoding" in headers or headers.get("content-length", "0") != "0")
-        if method not in ("GET", "HEAD"):
-            return response(405, b"Method Not Allowed\n", close=True, extra=("Allow: GET, HEAD",)), True
+        answer = await self.answer(method, path, close)
+        return (answer or response(404, b"404 page not found\n", head=method == "HEAD", close=close)), close
+
+    async def answer(self, method: str, path: str, close: bool) -> bytes | None:
+        """The answer to `method` on /metrics or /health (also on the client
+        port: etcdlite.server.gateway); None for another path."""
         head_only = method == "HEAD"
-        if path == "/metrics":
-            return response(200, self.metrics.render(), CONTENT_TYPE, head=head_only, close=close), close
+        if path == "/metrics":  # any method, as Prometheus' handler
+            return response(200, self.metrics.render(), CONTENT_TYPE, head=head_only, close=close)
         if path == "/health":
-            if head_only:  # as etcd: GET only
-                return response(405, b"Method Not Allowed\n", head=True, close=close, extra=("Allow: GET",)), close
+            if method != "GET":  # as etcd: GET only
+                return response(405, b"Method Not Allowed\n", head=head_only, close=close, extra=("Allow: GET",))
             if await self.healthy():
                 self.metrics.health_success += 1
-                return response(200, b'{"health":"true"}', close=close), close
+                return response(200, b'{"health":"true"}', close=close)
             self.metrics.health_failures += 1
-            return response(503, b'{"health":"false"}\n', close=close), close
-        return response(404, b"404 page not found\n", head=head_only, close=close), close
+            return response(503, b'{"health":"false"}\n', close=close)
+        return None
