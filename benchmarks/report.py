@@ -474,6 +474,20 @@ def render(results: dict) -> str:
         L.append(f"| writes/s | {_num(l_bare)} | {_num(l_lite)} | {_ratio(l_lite, l_bare)} | {_num(l_etcd)} "
                  f"| {_ratio(l_bare, l_etcd)} | {_ratio(l_lite, l_etcd)} |")
         L.append("")
+    l_sync = _get(T.get("bare_sync") or {}, "checkperf.l.writes_per_s")
+    if isinstance(l_sync, (int, float)):
+        l_lite = _get(T.get("etcdlite1") or {}, "checkperf.l.writes_per_s")
+        l_etcd = _get(T.get("etcd1") or {}, "checkperf.l.writes_per_s")
+        L.append("bare + fdatasync (`bare_server --sync`): bare whose Puts are answered after one "
+                 "group-committed fdatasync a turn of the loop, as etcdlite's, and nothing else: the "
+                 "ceiling of a server that syncs before it answers.")
+        L.append("")
+        L.append("| check perf l | bare + fdatasync w/s | etcdlite 1 w/s | etcdlite 1 ÷ bare + fdatasync "
+                 "| etcd 1 w/s | bare + fdatasync ÷ etcd 1 |")
+        L.append("|---" * 6 + "|")
+        L.append(f"| writes/s | {_num(l_sync)} | {_num(l_lite)} | {_ratio(l_lite, l_sync)} | {_num(l_etcd)} "
+                 f"| {_ratio(l_sync, l_etcd)} |")
+        L.append("")
     L += sync_cost(T)
     L.append("## CPU during the put benchmarks (cores used, of "
              f"{m.get('nproc')}): load generator / server(s) / everything else on the machine")

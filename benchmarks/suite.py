@@ -48,7 +48,7 @@ PAIRED = {"etcdlite1": ("bare", "etcdlite1_nofsync", "etcdlite1_syncthread"),
 # what the targets with other flags run: the benchmarks the syncs weigh on
 NOFSYNC_PLAN = ("put", "checkperf")
 # targets a run has unless --targets names them
-NOT_BY_DEFAULT = ("etcdlite1_syncthread", "etcdlite3_syncthread", "etcdlite3_peertls")
+NOT_BY_DEFAULT = ("etcdlite1_syncthread", "etcdlite3_syncthread", "etcdlite3_peertls", "bare_sync")
 
 T0 = time.monotonic()
 

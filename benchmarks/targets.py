@@ -21,6 +21,9 @@ TARGETS = {
     "etcd3": ("etcd", 3, "etcd 3"),
     "bare": ("bare", 1, "bare gRPC"),  # on etcdlite's gRPC server (grpclite)
     "bare_grpcio": ("bare", 1, "bare grpc.aio"),  # on grpcio's
+    # bare with etcdlite's durability and nothing else: each turn's Puts answered after one
+    # fdatasync (bare_server --sync); the ceiling of a server that syncs before it answers
+    "bare_sync": ("bare", 1, "bare gRPC + fdatasync"),
     # what the syncs cost: etcdlite without them (etcd 3.5's flag; a power loss on a
     # majority can lose acknowledged writes), measured beside etcdlite with them
     "etcdlite1_nofsync": ("etcdlite", 1, "etcdlite 1 --unsafe-no-fsync"),
@@ -100,7 +103,8 @@ class Target:
             log = open(tmp / "bare.log", "ab")
             self.bare = subprocess.Popen(
                 [PYTHON, "-m", "benchmarks.bare_server", "--port", str(self.bare_port),
-                 "--server", "grpcio" if self.name == "bare_grpcio" else "h2"],
+                 "--server", "grpcio" if self.name == "bare_grpcio" else "h2",
+                 *(["--sync", str(tmp / "bare.journal")] if self.name == "bare_sync" else [])],
                 cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )

@@ -78,3 +78,29 @@ def test_the_bare_server_answers_check_perfs_get_and_delete(tmp_path):
             assert deleted.header.revision == put.header.revision + 1
     finally:
         target.stop()
+
+
+def test_the_synced_bare_server_answers_a_put_once_its_value_is_in_the_journal(tmp_path):
+    """bare_sync (bare_server --sync): a Put's answer comes after its value was appended to the
+    journal file (and synced), the Puts of one turn together; the revisions stay the bare server's."""
+    import grpc
+
+    from benchmarks.targets import Target
+    from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+    from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
+
+    target = Target("bare_sync", tmp_path).start()
+    try:
+        (journal,) = tmp_path.glob("bare_sync-*/bare.journal")
+        with grpc.insecure_channel(target.endpoints[0]) as ch:
+            kv = rpc.KVStub(ch)
+            first = kv.Put(pb.PutRequest(key=b"k1", value=b"first-value"), timeout=10)
+            assert journal.read_bytes().endswith(b"first-value")
+            futures = [kv.Put.future(pb.PutRequest(key=b"k%d" % i, value=b"<v%d>" % i), timeout=10)
+                       for i in range(2, 12)]
+            revisions = sorted(f.result().header.revision for f in futures)
+            assert revisions == list(range(first.header.revision + 1, first.header.revision + 11))
+            data = journal.read_bytes()
+            assert all(b"<v%d>" % i in data for i in range(2, 12))
+    finally:
+        target.stop()
