@@ -24,7 +24,7 @@ from enum import IntEnum
 import grpc
 
 from etcdlite import errors
-from etcdlite.auth_apply import FIRST_AUTH_OP, apply_auth, check_write, sender
+from etcdlite.auth_apply import FIRST_AUTH_OP, LAST_AUTH_OP, apply_auth, check_write, sender
 from etcdlite.auth_store import AuthStore
 from etcdlite.lease_table import LeaseTable
 from etcdlite.membership import MemberTable
@@ -59,7 +59,9 @@ class Op(IntEnum):
     # command is (PUT_VALUE, key, value), no request to serialize and parse
     # (only `StateMachine.apply_batch` takes it)
     PUT_VALUE = 13
-    # 14 and on: the Auth service's (etcdlite.auth_apply.AuthOp)
+    # 14 to 25: the Auth service's (etcdlite.auth_apply.AuthOp)
+    # a member's peer URLs replaced (etcd's MemberUpdate)
+    MEMBER_UPDATE = 26
 
 
 def kv_to_pb(kv: KeyValue, keys_only: bool = False) -> kv_pb2.KeyValue:
@@ -214,7 +216,7 @@ class StateMachine:
                 data = command[1]
                 p = None  # a Put's PutRequest, parsed once for all paths
                 if len(command) > 2 or guarded or op >= FIRST_AUTH_OP:
-                    if op >= FIRST_AUTH_OP:
+                    if FIRST_AUTH_OP <= op <= LAST_AUTH_OP:
                         result, events = apply_auth(self, command)
                         guarded = self.auth.enabled
                         append((op, result, events, kv.current_revision))
@@ -292,6 +294,9 @@ class StateMachine:
                 return None, []
             if op == Op.MEMBER_REMOVE:
                 self.members.remove(pb.MemberRemoveRequest.FromString(data).ID)
+                return None, []
+            if op == Op.MEMBER_UPDATE:
+                self.members.update(pb.Member.FromString(data))
                 return None, []
             if op == Op.LEASE_RENEW:
                 return self._lease_renew(pb.LeaseKeepAliveRequest.FromString(data).ID), []

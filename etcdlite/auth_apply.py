@@ -41,6 +41,7 @@ class AuthOp(IntEnum):
 
 
 FIRST_AUTH_OP = int(AuthOp.AUTH_ENABLE)
+LAST_AUTH_OP = int(AuthOp.ROLE_REVOKE_PERMISSION)
 
 # op -> (request type, what it does to the store, its response type)
 _ADMIN = {

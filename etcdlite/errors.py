@@ -58,6 +58,10 @@ LEADER_CHANGED = EtcdError(_UNAVAILABLE, "etcdserver: leader changed")
 TIMEOUT = EtcdError(_UNAVAILABLE, "etcdserver: request timed out")
 STOPPED = EtcdError(_UNAVAILABLE, "etcdserver: server stopped")
 LEARNERS_UNSUPPORTED = EtcdError(grpc.StatusCode.UNIMPLEMENTED, "etcdlite: learner members are not supported")
+MEMBER_NOT_LEARNER = EtcdError(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: can only promote a learner member")
+RAFT_ADDRESS_CHANGE_UNSUPPORTED = EtcdError(
+    grpc.StatusCode.UNIMPLEMENTED,
+    "etcdlite: a member's first peer URL is its Raft address, which cannot change: remove the member and add it again")
 
 # auth (etcd's rpctypes: the texts and codes etcd 3.4 sends)
 _FAILED = grpc.StatusCode.FAILED_PRECONDITION

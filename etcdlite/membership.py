@@ -51,6 +51,22 @@ class MemberTable:
         self.removed.discard(m.ID)
         self._members[m.ID] = ("", tuple(m.peerURLs), ())
 
+    def check_update(self, member_id: int, peer_urls) -> None:
+        """etcd's checks of a member's new peer URLs: the member exists, and
+        no other member has any of the URLs."""
+        if member_id not in self._members:
+            raise errors.MEMBER_NOT_FOUND
+        urls = set(peer_urls)
+        for other, (_, their_urls, _) in self._members.items():
+            if other != member_id and urls & set(their_urls):
+                raise errors.PEER_URL_EXISTS
+
+    def update(self, m: pb.Member) -> None:
+        """A member's peer URLs replaced (etcd's MemberUpdate)."""
+        self.check_update(m.ID, m.peerURLs)
+        name, _, client_urls = self._members[m.ID]
+        self._members[m.ID] = (name, tuple(m.peerURLs), client_urls)
+
     def remove(self, member_id: int) -> None:
         if member_id not in self._members:
             raise errors.MEMBER_NOT_FOUND

@@ -292,7 +292,8 @@ def test_auth_is_replicated_and_survives_restart_and_snapshot(procs, tmp_path):
         # a member added now gets the auth state from a snapshot, the log before it being gone
         new = Member("etcdlite", "m3", tmp_path, dict(members[0].extra_flags, initial_cluster_state="existing"),
                      procs)
-        rc, out, err = run_etcdctl(members[0], "member", "add", "m3", f"--peer-urls={new.peer_url}")
+        # membership changes need the root role with auth on, as etcd's
+        rc, out, err = run_etcdctl(members[0], "member", "add", "m3", f"--peer-urls={new.peer_url}", ROOT)
         assert rc == 0, err
         new.initial_cluster = re.search(r'ETCD_INITIAL_CLUSTER="([^"]+)"', out).group(1)
         new.start()

@@ -192,15 +192,18 @@ class AuthGate:
         info = await self.who(call) or NOBODY
         self.m.read(lambda machine: machine.auth.check(info, key, range_end, READ))
 
-    async def check_admin(self, call) -> None:
-        """For Maintenance's Defragment, Snapshot, Hash and HashKV: the root
-        role, refused with etcd 3.4's untranslated errors."""
+    async def check_admin(self, call, *, maintenance: bool = True) -> None:
+        """The root role: for Maintenance's Defragment, Snapshot, Hash and
+        HashKV, refused with etcd 3.4's untranslated errors; for the Cluster
+        service's changes (`maintenance=False`), with its gRPC errors."""
         if not self.needed(call):
             return
         try:
             info = await self.who(call) or NOBODY
             self.m.read(lambda machine: machine.auth.check_admin(info))
         except errors.EtcdError as err:
+            if not maintenance:
+                raise
             text = _MAINTENANCE_TEXTS.get(err)
             if text is None:
                 raise

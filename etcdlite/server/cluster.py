@@ -1,9 +1,12 @@
-"""The Cluster service: MemberList, MemberAdd, MemberRemove.
+"""The Cluster service: MemberList, MemberAdd, MemberRemove, MemberUpdate, MemberPromote.
 
 Membership lives in the replicated member table (`etcdlite.membership`);
 changing it is a command like any other, and the leader then brings Raft's
-own configuration in line, one member at a time. MemberUpdate and
-MemberPromote (learners) answer UNIMPLEMENTED.
+own configuration in line, one member at a time. Changes need the root role
+when auth is on, as etcd's. A member's first peer URL is its Raft address
+(pysyncobj's node), so MemberUpdate changes the URLs behind the same first
+address only. There are no learners: MemberAdd --learner answers
+UNIMPLEMENTED, MemberPromote etcd's error for a member that is not one.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     @unary
     async def MemberAdd(self, request, context):
         m = self.m
+        await m.auth.check_admin(context, maintenance=False)
         if request.isLearner:
             raise errors.LEARNERS_UNSUPPORTED
         try:
@@ -104,6 +108,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     @unary
     async def MemberRemove(self, request, context):
         m = self.m
+        await m.auth.check_admin(context, maintenance=False)
         try:
             await m.propose(Op.MEMBER_REMOVE, pb.MemberRemoveRequest(ID=request.ID))
         except errors.EtcdError as err:
@@ -115,3 +120,42 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         resp = pb.MemberRemoveResponse(members=self._members())
         m.header(resp.header)
         return resp
+
+    @unary
+    async def MemberUpdate(self, request, context):
+        m = self.m
+        await m.auth.check_admin(context, maintenance=False)
+        await m.read_barrier()
+        current = m.read(_peer_urls_checked, request)
+        if not request.peerURLs or _raft_address(request.peerURLs) != _raft_address(current):
+            raise errors.RAFT_ADDRESS_CHANGE_UNSUPPORTED
+        await m.propose(Op.MEMBER_UPDATE, pb.Member(ID=request.ID, peerURLs=request.peerURLs))
+        resp = pb.MemberUpdateResponse(members=self._members())
+        m.header(resp.header)
+        return resp
+
+    @unary
+    async def MemberPromote(self, request, context):
+        m = self.m
+        await m.auth.check_admin(context, maintenance=False)
+        await m.read_barrier()
+        if not m.read(_is_member, request.ID):
+            raise errors.MEMBER_NOT_FOUND
+        raise errors.MEMBER_NOT_LEARNER  # every member votes
+
+
+def _peer_urls_checked(machine: StateMachine, request: pb.MemberUpdateRequest) -> tuple[str, ...]:
+    """The member's peer URLs now, after etcd's checks of the new ones."""
+    machine.members.check_update(request.ID, request.peerURLs)
+    return machine.members.peer_urls()[request.ID]
+
+
+def _is_member(machine: StateMachine, member_id: int) -> bool:
+    return member_id in machine.members
+
+
+def _raft_address(peer_urls) -> str | None:
+    try:
+        return host_port(peer_urls[0])
+    except ConfigError:
+        return None
