@@ -75,3 +75,24 @@ def test_a_peer_is_the_same_key_as_pysyncobjs_node_of_its_address():
     assert peer != node.PeerNode("127.0.0.1:2381") and peer != "127.0.0.1:2380"
     old = pysyncobj.pickle.loads(pysyncobj.pickle.dumps(peer))
     assert {peer: 3}[old] == 3
+
+
+def _event_after(commit: int, applied: int, leader: bool, queued: list, last: int = 0) -> list[str]:
+    """What RaftNode._after_event does after a peer message leaving this state: the steps called."""
+    calls = []
+    obj = types.SimpleNamespace(raftCommitIndex=commit, raftLastApplied=applied, _isLeader=lambda: leader,
+                                _SyncObj__commandsQueue=types.SimpleNamespace(_FastQueue__queue=queued))
+    fake = types.SimpleNamespace(_obj=obj, _last_index=lambda: last or commit,
+                                 _apply_now=lambda: calls.append("apply"),
+                                 _schedule_tick=lambda: calls.append("tick"))
+    node.RaftNode._after_event(fake)
+    return calls
+
+
+def test_a_follower_told_a_commit_index_applies_and_ticks_only_for_queued_commands():
+    assert _event_after(5, 4, leader=False, queued=[]) == ["apply"]
+    # commands proposed while no leader was known leave at once, not at the next periodic tick
+    assert _event_after(5, 4, leader=False, queued=[("cmd", None)]) == ["apply", "tick"]
+    assert _event_after(4, 4, leader=False, queued=[("cmd", None)]) == ["tick"]
+    assert _event_after(4, 4, leader=False, queued=[]) == []
+    assert _event_after(4, 4, leader=True, queued=[], last=5) == ["tick"]  # entries to commit

@@ -341,11 +341,15 @@ class RaftNode:
         (measured: benchmarks/why.md). What is time-bound (elections,
         heartbeats, a pending leadership transfer, reconnecting) is the
         periodic tick's, every tick period. A follower told a new commit
-        index applies it at once (`_apply_now`)."""
+        index applies it at once (`_apply_now`), and ticks too if commands
+        wait to be forwarded (proposed while it knew no leader: the message
+        that brought the commit index may have brought the leader)."""
         obj = self._obj
         commit = obj.raftCommitIndex
         if commit > obj.raftLastApplied and not obj._isLeader():
             self._apply_now()
+            if obj._SyncObj__commandsQueue._FastQueue__queue:
+                self._schedule_tick()
         elif (commit > obj.raftLastApplied or obj._SyncObj__commandsQueue._FastQueue__queue
                 or (commit < self._last_index() and obj._isLeader())):
             self._schedule_tick()
