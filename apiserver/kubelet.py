@@ -156,14 +156,26 @@ class KubeletClients:
         await asyncio.gather(*(c.close(grace=0.5) for c in channels), return_exceptions=True)
 
 
+def no_kubelet_endpoint(node: str, serves: str) -> ApiError:
+    """ServiceUnavailable for a node whose status names no kubelet port."""
+    return ApiError("ServiceUnavailable",
+                    f'node "{node}" has no kubelet endpoint (status.daemonEndpoints.kubeletEndpoint.port '
+                    f"is not set): its kubelet serves no {serves} (hollow nodes do not)", kind="nodes", name=node)
+
+
+def kubelet_unreachable(node: str, target: str, why: str, prefix: str = "") -> ApiError:
+    """ServiceUnavailable for a kubelet that could not be reached at ``target`` (host:port)."""
+    return ApiError("ServiceUnavailable",
+                    f'{prefix}the kubelet of node "{node}" at {target} does not answer ({why}): '
+                    f"is the node's kubelet running?", kind="nodes", name=node)
+
+
 def kubelet_error(e: grpc.RpcError, node: str, target: str) -> ApiError:
     """A kubelet's failure as the apiserver's error."""
     code = e.code()
     details = e.details() or code.name
     if code == grpc.StatusCode.UNAVAILABLE:
-        return ApiError("ServiceUnavailable",
-                        f'the kubelet of node "{node}" at {target} does not answer ({details}): '
-                        f"is the node's kubelet running?", kind="nodes", name=node)
+        return kubelet_unreachable(node, target, details)
     return ApiError(_REASONS.get(code, "InternalError"), details)
 
 
@@ -186,10 +198,7 @@ class PodProxy:
         node = await self.registry.get(self._nodes, "", node_name)
         port = kubelet_port(node)
         if port <= 0:
-            raise ApiError("ServiceUnavailable",
-                           f'node "{node_name}" has no kubelet endpoint (status.daemonEndpoints.'
-                           f"kubeletEndpoint.port is not set): its kubelet serves no logs or exec "
-                           f"(hollow nodes do not)", kind="nodes", name=node_name)
+            raise no_kubelet_endpoint(node_name, "logs or exec")
         stub, target = self.kubelets.stub(port)
         return stub, target, node_name, container
 

@@ -16,8 +16,8 @@ from apiserver.auth.audit import now as audit_now
 from apiserver.auth.gate import Seen
 from apiserver.errors import ApiError
 from apiserver.registry import Registry, parse_resource_version
-from apiserver.rest import (apply, authapi, convert, discovery, openapi, patch, protobuf, routing, streams, tables,
-                            watch)
+from apiserver.rest import (apply, authapi, convert, discovery, nodeproxy, openapi, patch, protobuf, routing, streams,
+                            tables, watch)
 from apiserver.rest.http1 import Request, Response, json_response
 from apiserver.rest.status import error_response, http_error, success
 
@@ -38,6 +38,7 @@ class RestApi:
     def __init__(self, registry: Registry, kubelets=None, gate=None) -> None:
         self.registry = registry
         self.streams = streams.PodStreams(registry, kubelets)
+        self.node_proxy = nodeproxy.NodeProxy(registry, kubelets)
         # authentication and authorization (apiserver/auth/gate.py); None: everyone may do anything
         self.gate = gate
         self.items = convert.ItemCache()
@@ -122,6 +123,8 @@ class RestApi:
             return await self._scale(req, t)
         if t.subresource in streams.SUBRESOURCES and t.res.name == "pods" and t.name:
             return await self.streams.handle(req, t)
+        if t.subresource == "proxy" and t.res.name in routing.PROXIED and t.name:
+            return await self.node_proxy.handle(req, t)
         if t.subresource == "token" and t.res.name == "serviceaccounts" and t.name:
             return await authapi.token_request(self.gate, self.registry, req, t.namespace, t.name)
         if t.subresource == "eviction" and t.res.name == "pods":

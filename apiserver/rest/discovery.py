@@ -56,6 +56,8 @@ def subresources(res: Resource) -> list[tuple[str, str, str, list[str]]]:
                  ("exec", "", "PodExecOptions", ["create", "get"]),
                  ("log", "", "Pod", ["get"]),
                  ("portforward", "", "PodPortForwardOptions", ["create", "get"])]
+    if res.name == "nodes":  # relayed to the node's kubelet (apiserver/rest/nodeproxy.py)
+        subs.append(("proxy", "", "NodeProxyOptions", ["create", "delete", "get", "patch", "update"]))
     return subs
 
 

@@ -16,6 +16,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from apiserver.limits import MAX_REQUEST_BYTES
@@ -227,8 +228,15 @@ async def _read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
                    headers, body, header_lines=lines)
 
 
+def _reason(status: int) -> str:
+    try:
+        return REASONS.get(status) or HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
 def _head(status: int, headers: list[tuple[str, str]]) -> bytes:
-    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}"]
+    lines = [f"HTTP/1.1 {status} {_reason(status)}"]
     lines += [f"{k}: {v}" for k, v in headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 

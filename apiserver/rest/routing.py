@@ -4,6 +4,7 @@ subresource a request is about.
     /api/v1/<resource>[/<name>[/<subresource>]]
     /api/v1/namespaces/<namespace>/<resource>[/<name>[/<subresource>]]
     /apis/<group>/<version>/... the same under a named group
+    /api/v1/nodes/<name>/proxy[/<path>...] the path after proxy/ kept whole
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ class Target:
     namespace: str = ""
     name: str = ""
     subresource: str = ""
+    path: str = ""  # what follows a proxy subresource (nodes/<name>/proxy/<path>), "/"-joined
+
+
+# the resources whose proxy subresource takes the rest of the path
+PROXIED = ("nodes",)
 
 
 class NoRoute(Exception):
@@ -44,10 +50,12 @@ def parse(path: str) -> Target | None:
     if rest[0] == "namespaces" and len(rest) >= 3 and rest[2] in resources.BY_NAME:
         namespace, rest = rest[1], rest[2:]
     res = resources.BY_NAME.get(rest[0])
-    if res is None or res.api_version != api_version or len(rest) > 3:
+    if res is None or res.api_version != api_version:
+        raise NoRoute(path)
+    if len(rest) > 3 and (rest[2] != "proxy" or res.name not in PROXIED):
         raise NoRoute(path)
     if namespace and not res.namespaced:
         raise NoRoute(path)
     name = rest[1] if len(rest) > 1 else ""
     sub = rest[2] if len(rest) > 2 else ""
-    return Target(res, namespace, name, sub)
+    return Target(res, namespace, name, sub, "/".join(rest[3:]))

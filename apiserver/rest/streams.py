@@ -22,8 +22,8 @@ from urllib.parse import quote, urlencode
 import grpc
 
 from apiserver import errors, resources
-from apiserver.errors import ApiError
-from apiserver.kubelet import KubeletClients, kubelet_error, kubelet_port, pick_container, validate_log_options
+from apiserver.kubelet import (KubeletClients, kubelet_error, kubelet_port, kubelet_unreachable, no_kubelet_endpoint,
+                               pick_container, validate_log_options)
 from apiserver.pb import api_pb2
 from apiserver.rest import routing
 from apiserver.rest.http1 import Request, Response
@@ -80,10 +80,7 @@ class PodStreams:
         node = await self.registry.get(self._nodes, "", node_name)
         port = kubelet_port(node)
         if port <= 0 or self.kubelets is None:
-            raise ApiError("ServiceUnavailable",
-                           f'node "{node_name}" has no kubelet endpoint (status.daemonEndpoints.'
-                           f"kubeletEndpoint.port is not set): its kubelet serves no streams "
-                           f"(hollow nodes do not)", kind="nodes", name=node_name)
+            raise no_kubelet_endpoint(node_name, "streams")
         return node_name, port
 
     # ---- log ----
@@ -158,9 +155,7 @@ class PodStreams:
             try:
                 upstream = await self.kubelets.open_http(host, port)
             except OSError as e:
-                err = ApiError("ServiceUnavailable",
-                               f'the kubelet of node "{node}" at {host}:{port} does not answer ({e}): '
-                               f"is the node's kubelet running?", kind="nodes", name=node)
+                err = kubelet_unreachable(node, f"{host}:{port}", str(e))
                 writer.write(response_bytes(503, json.dumps(status_dict(err)).encode(), "application/json"))
                 await writer.drain()
                 return
