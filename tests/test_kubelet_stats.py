@@ -150,7 +150,8 @@ def test_traffic_into_a_pod_shows_in_its_rx_bytes(plane):
         poll(received, TIMEOUT, interval=0.5, what="200 kB more received by the idle pod")
     assert eth0("busy")["rxBytes"] < other["rxBytes"] + 50 * 1000  # the other pod's stayed its own
     node_net = summary(pki, port)["node"]["network"]
-    assert node_net["interfaces"] and all(not i["name"].startswith(("lo", "veth")) for i in node_net["interfaces"])
+    assert node_net["interfaces"] and all(not i["name"].startswith(("lo", "veth", "kpv"))
+                                          for i in node_net["interfaces"])
 
 
 # a sample line of the text format: name, labels, value, optional timestamp
@@ -301,6 +302,8 @@ def test_interfaces_leave_out_loopback_and_veths():
             "  eth0:    5000      10    2    0    0     0          0         0     3000       8    1    0    0 "
             "    0       0          0\n"
             "veth12ab:    7       1    0    0    0     0          0         0        9       1    0    0    0 "
+            "    0       0          0\n"
+            "kpv0a1b2c3d:  7       1    0    0    0     0          0         0        9       1    0    0    0 "
             "    0       0          0\n")
     assert netdev.parse(text) == [netdev.Interface("eth0", 5000, 2, 3000, 1)]
 

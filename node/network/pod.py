@@ -32,10 +32,14 @@ class PodIP:
     gateway: str
 
 
+# the node-side ends of pod veths: kpv<8 hex>
+HOST_VETH_PREFIX = "kpv"
+
+
 def host_veth_name(sandbox_id: str) -> str:
     """The node-side veth of a sandbox: fixed by its id, so that a detach after a runtime restart
     (or a second attach) finds it without any saved state."""
-    return "kpv" + hashlib.sha256(sandbox_id.encode()).hexdigest()[:8]
+    return HOST_VETH_PREFIX + hashlib.sha256(sandbox_id.encode()).hexdigest()[:8]
 
 
 def _remove_veth(pod_netns: str, node_netns: str, host: str) -> None:

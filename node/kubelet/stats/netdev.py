@@ -1,13 +1,15 @@
 """Interface counters of a network namespace (its /proc/net/dev), as cAdvisor reads a
-container's network: the loopback and the host ends of veth pairs are left out."""
+container's network: the loopback and the host ends of veth pairs (cAdvisor's `veth`, the
+plane's pod veths `kpv`) are left out."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from node.network.netns import run_in
+from node.network.pod import HOST_VETH_PREFIX
 
-IGNORED_PREFIXES = ("lo", "veth")
+IGNORED_PREFIXES = ("lo", "veth", HOST_VETH_PREFIX)
 DEFAULT_INTERFACE = "eth0"  # upstream's: the Summary's inline interface
 
 
