@@ -11,6 +11,7 @@ import os
 import threading
 import time
 
+from node.disk_usage import du
 from node.pb import cri_pb2
 from node.runtime.cgroups import CGROUP_ROOT
 
@@ -102,24 +103,7 @@ def process_count(cgroup: str) -> cri_pb2.ProcessUsage:
 
 def dir_usage(path: str, mountpoint: str) -> cri_pb2.FilesystemUsage:
     """Bytes (allocated blocks) and inodes under `path`, not following links or mounts."""
-    used, inodes = 0, 0
-    stack = [path]
-    while stack:
-        d = stack.pop()
-        try:
-            it = os.scandir(d)
-        except OSError:
-            continue
-        with it:
-            for e in it:
-                try:
-                    st = e.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                inodes += 1
-                used += st.st_blocks * 512
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(e.path)
+    used, inodes = du(path)
     return cri_pb2.FilesystemUsage(timestamp=time.time_ns(),
                                    fs_id=cri_pb2.FilesystemIdentifier(mountpoint=mountpoint),
                                    used_bytes=_u64(used), inodes_used=_u64(inodes))

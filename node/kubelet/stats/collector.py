@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 
 from node.cri.client import CriError
+from node.disk_usage import du
 from node.kubelet.stats import cgroupfs, fsusage, netdev
 from node.pb import cri_pb2
 from promtext import boot_time
@@ -293,7 +294,7 @@ class StatsCollector:
                 pod_cgroup = pod_cgroup or known.cgroup.parent()
             logs = None
             if known.log_path:
-                used, inodes = fsusage.du(known.log_path)
+                used, inodes = du(known.log_path)
                 logs = fsusage.filesystem(known.log_path, used, inodes)
             stats.append(ContainerStats(c.metadata.name, c.id, known.start_ns or c.created_at, c.image.image,
                                         known.cgroup.path if known.cgroup else "", cpu_memory,
@@ -323,7 +324,7 @@ class StatsCollector:
         out = []
         for name in names:
             path = os.path.join(base, name)
-            used, inodes = fsusage.du(path)
+            used, inodes = du(path)
             fs = fsusage.filesystem(path, used, inodes)
             if fs is not None:
                 out.append((name, fs))
