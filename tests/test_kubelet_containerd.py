@@ -234,11 +234,14 @@ def secret_on_disk(data: bytes, top) -> list[str]:
         dirs[:] = [x for x in dirs if not os.path.ismount(os.path.join(d, x))]
         for f in files:
             path = os.path.join(d, f)
-            if os.path.isfile(path) and not os.path.islink(path) and not os.path.ismount(path) \
-                    and os.path.getsize(path) < 16 << 20:
-                with open(path, "rb") as fh:
-                    if data in fh.read():
-                        found.append(path)
+            try:
+                if os.path.isfile(path) and not os.path.islink(path) and not os.path.ismount(path) \
+                        and os.path.getsize(path) < 16 << 20:
+                    with open(path, "rb") as fh:
+                        if data in fh.read():
+                            found.append(path)
+            except FileNotFoundError:
+                pass  # removed while the walk went on (another pod torn down meanwhile)
     return found
 
 

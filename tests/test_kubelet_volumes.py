@@ -284,8 +284,12 @@ def test_secret_is_on_tmpfs_and_never_on_disk(kubelet_root, tmp_path):
         for dirpath, _, filenames in os.walk(scan):
             for name in filenames:
                 p = os.path.join(dirpath, name)
-                if os.path.isfile(p) and not os.path.islink(p):
-                    contents.append(open(p, "rb").read())
+                try:
+                    if os.path.isfile(p) and not os.path.islink(p):
+                        with open(p, "rb") as fh:
+                            contents.append(fh.read())
+                except FileNotFoundError:
+                    pass  # removed while the walk went on
         assert any(config_marker in c for c in contents), "the scan must see the configMap's disk files"
         assert not any(secret_bytes in c for c in contents)
     finally:
