@@ -125,7 +125,8 @@ def root() -> Cgroup:
     return _cgroup({**{c: "/" for c in v1}, "": "/"})
 
 
-def _int(path: str) -> int | None:
+def read_int(path: str) -> int | None:
+    """The first number of a one-value file (cgroup or /proc), None when it is missing or not one."""
     try:
         with open(path) as f:
             text = f.read().split()
@@ -168,28 +169,28 @@ def read(cg: Cgroup, *, machine: bool = False) -> Usage:
     cpu = None
     if cg.cpu:
         cpu = _keyed(os.path.join(cg.cpu, "cpu.stat")).get("usage_usec") if cg.v2 else \
-            _int(os.path.join(cg.cpu, "cpuacct.usage"))
+            read_int(os.path.join(cg.cpu, "cpuacct.usage"))
         if cpu is not None and cg.v2:
             cpu *= 1000
     if not cg.memory:
         return Usage(now, cpu)
     if cg.v2:
-        usage = _int(os.path.join(cg.memory, "memory.current"))
+        usage = read_int(os.path.join(cg.memory, "memory.current"))
         stat = _keyed(os.path.join(cg.memory, "memory.stat"))
         inactive, rss = stat.get("inactive_file", 0), stat.get("anon")
         faults, major = stat.get("pgfault"), stat.get("pgmajfault")
-        limit = _int(os.path.join(cg.memory, "memory.max"))  # "max": None
+        limit = read_int(os.path.join(cg.memory, "memory.max"))  # "max": None
         if usage is None and machine:
             info = _meminfo()
             if "MemTotal" in info:
                 usage = info["MemTotal"] - info.get("MemFree", 0)
                 inactive = info.get("Inactive(file)", 0)
     else:
-        usage = _int(os.path.join(cg.memory, "memory.usage_in_bytes"))
+        usage = read_int(os.path.join(cg.memory, "memory.usage_in_bytes"))
         stat = _keyed(os.path.join(cg.memory, "memory.stat"))
         inactive, rss = stat.get("total_inactive_file", 0), stat.get("total_rss")
         faults, major = stat.get("total_pgfault"), stat.get("total_pgmajfault")
-        limit = _int(os.path.join(cg.memory, "memory.limit_in_bytes"))
+        limit = read_int(os.path.join(cg.memory, "memory.limit_in_bytes"))
         if limit is not None and limit >= UNLIMITED:
             limit = None
     if usage is None:
@@ -198,4 +199,4 @@ def read(cg: Cgroup, *, machine: bool = False) -> Usage:
 
 
 def process_count(cg: Cgroup) -> int | None:
-    return _int(os.path.join(cg.pids, "pids.current")) if cg.pids else None
+    return read_int(os.path.join(cg.pids, "pids.current")) if cg.pids else None

@@ -346,7 +346,7 @@ class StatsCollector:
     def _node(self, image_fs: fsusage.FsUsage | None) -> NodeStats:
         cpu_memory = self._rate("node", cgroupfs.read(self._root_cgroup, machine=True))
         return NodeStats(self.node_start_ns, cpu_memory, self._network(self.node_netns),
-                         fsusage.filesystem(self.root), image_fs, _int_file("/proc/sys/kernel/pid_max"),
+                         fsusage.filesystem(self.root), image_fs, cgroupfs.read_int("/proc/sys/kernel/pid_max"),
                          _processes(), time.time_ns())
 
 
@@ -358,14 +358,6 @@ def _layer(st: cri_pb2.ContainerStats) -> fsusage.FsUsage | None:
     fs = fsusage.filesystem(layer.fs_id.mountpoint, layer.used_bytes.value, layer.inodes_used.value) \
         if layer.fs_id.mountpoint else None
     return fs or fsusage.FsUsage(time.time_ns(), used=layer.used_bytes.value, inodes_used=layer.inodes_used.value)
-
-
-def _int_file(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _processes() -> int | None:
