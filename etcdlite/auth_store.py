@@ -270,8 +270,9 @@ class AuthStore:
         self.revision += 1
 
     def authenticate(self, name: str, prefix: str, checked_revision: int) -> str | None:
-        """Assign a token to `name`, whose password the proposer checked at
-        `checked_revision`; None when the store moved on since (the proposer
+        """Assign a simple token to `name`, whose password the proposer
+        checked at `checked_revision` ("" with no prefix: a JWT, which the
+        proposer signs); None when the store moved on since (the proposer
         checks again, as etcd's Authenticate retries)."""
         if not self.enabled:
             raise errors.AUTH_NOT_ENABLED
@@ -280,6 +281,8 @@ class AuthStore:
             raise errors.AUTH_FAILED
         if checked_revision != self.revision:
             return None
+        if not prefix:  # a JWT, signed by the proposer: nothing kept
+            return ""
         self.token_seq += 1
         token = f"{prefix}.{self.token_seq}"
         self.tokens[token] = name

@@ -20,6 +20,7 @@ from etcdlite.config import (
     parse_initial_cluster,
     split_urls,
 )
+from etcdlite.jwt_tokens import tokens_from_spec
 
 # see tune_gc
 GC_YOUNG_THRESHOLD = 10_000
@@ -95,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-cert-auth", action="store_true",
                    help="require and verify client certificates signed by --trusted-ca-file")
     p.add_argument("--auth-token", default="simple",
-                   help="token type given by Authenticate: only etcd's 'simple' (random, kept by "
-                        "the members) is served; 'jwt' is not")
+                   help="token type given by Authenticate: 'simple' (random, kept by the members) or "
+                        "'jwt,sign-method=RS256,priv-key=FILE[,pub-key=FILE][,ttl=5m]' (signed, checked by "
+                        "any member with the key; HS/RS/PS/ES 256/384/512; pub-key alone: verify-only)")
     p.add_argument("--auth-token-ttl", type=int, default=300,
                    help="seconds a simple token lives after its last use")
     p.add_argument("--experimental-grpc-server", default="h2", choices=["h2", "grpcio"],
@@ -129,8 +131,7 @@ def config_from_args(args: argparse.Namespace) -> MemberConfig:
             password = f.read().strip()
         if not password:
             raise ConfigError(f"{args.peer_secret_file} is empty")
-    if args.auth_token.split(",")[0] != "simple":
-        raise ConfigError(f"--auth-token {args.auth_token!r} is not served: etcdlite gives etcd's 'simple' tokens only")
+    tokens_from_spec(args.auth_token)  # a bad spec or key stops the start, as etcd
     if args.auth_token_ttl <= 0:
         raise ConfigError("--auth-token-ttl must be a positive number of seconds")
     if not 1 <= args.max_concurrent_streams < 2**32:
@@ -167,6 +168,7 @@ def config_from_args(args: argparse.Namespace) -> MemberConfig:
         peer_cert_allowed_cn=args.peer_cert_allowed_cn,
         peer_auto_tls=args.peer_auto_tls,
         client_cert_auth=args.client_cert_auth,
+        auth_token=args.auth_token,
         auth_token_ttl=float(args.auth_token_ttl),
         grpc_server=args.experimental_grpc_server,
         unsafe_no_fsync=args.unsafe_no_fsync,

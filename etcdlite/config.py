@@ -187,6 +187,8 @@ class MemberConfig:
     unsafe_no_fsync: bool = False
     # where the leader's journal sync runs: "loop" (the event loop waits) or "thread"
     raft_sync: str = "loop"
+    # etcd's --auth-token: "simple", or "jwt,sign-method=..,priv-key=..,pub-key=..,ttl=.." (etcdlite.jwt_tokens)
+    auth_token: str = "simple"
     # etcd's --auth-token-ttl: a simple token lives this long after its last use
     auth_token_ttl: float = 300.0
     # "h2": etcdlite's own gRPC server in the member's loop (the grpclite package);

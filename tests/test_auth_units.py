@@ -16,6 +16,7 @@ from apiserver.auth.gate import rest_attributes
 from apiserver.auth.rbac import Attributes, forbidden, rule_allows
 from apiserver.errors import ApiError
 from apiserver.pb import rbac_pb2
+import jws
 
 BOB = User("bob", ("devs",))
 ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -138,11 +139,11 @@ def test_service_account_tokens():
                                              now=time.time() - 7200 - tokens.LEEWAY)[0]):
         _unauthorized(authn, f"Bearer {bad}")
     head, body, _ = token.split(".")
-    none = tokens._b64(json.dumps({"alg": "none"}).encode())
+    none = jws.b64(json.dumps({"alg": "none"}).encode())
     _unauthorized(authn, f"Bearer {none}.{body}.")
-    claims = json.loads(tokens._unb64(body))
+    claims = json.loads(jws.unb64(body))
     claims["exp"] += 100
-    _unauthorized(authn, f"Bearer {head}.{tokens._b64(json.dumps(claims).encode())}.{token.split('.')[2]}")
+    _unauthorized(authn, f"Bearer {head}.{jws.b64(json.dumps(claims).encode())}.{token.split('.')[2]}")
     _unauthorized(authn, "")
     _unauthorized(authn, "Basic YTpi")
     assert _authenticator(key, accounts, anonymous=True).authenticate(None, "") == ANONYMOUS

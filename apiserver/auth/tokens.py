@@ -10,16 +10,15 @@ the ServiceAccount ends every token it had.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import time
 import uuid
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+import jws
 
 DEFAULT_EXPIRATION = 3600
 # TokenRequest's floor (upstream: 10 minutes)
@@ -28,18 +27,10 @@ MIN_EXPIRATION = 600
 LEEWAY = 60
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 def key_id(public_key) -> str:
     """As Kubernetes: the SHA-256 of the DER public key, base64url."""
     der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return _b64(hashlib.sha256(der).digest())
+    return jws.b64(hashlib.sha256(der).digest())
 
 
 def load_private_key(path: str):
@@ -78,11 +69,7 @@ class Signer:
         self.kid = key_id(private_key.public_key())
 
     def sign(self, claims: dict) -> str:
-        header = {"alg": "RS256", "kid": self.kid}
-        signing_input = f"{_b64(json.dumps(header, separators=(',', ':')).encode())}." \
-                        f"{_b64(json.dumps(claims, separators=(',', ':')).encode())}"
-        sig = self.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
-        return f"{signing_input}.{_b64(sig)}"
+        return jws.encode({"alg": "RS256", "kid": self.kid}, claims, self.key)
 
     def service_account_token(self, namespace: str, name: str, uid: str, *, audiences: list[str],
                               expiration_seconds: int = DEFAULT_EXPIRATION, now: float | None = None,
@@ -123,26 +110,14 @@ def verify(token: str, public_keys: list, issuers: list[str], audiences: list[st
     """The token's ServiceAccount claims once signature, issuer, audience and
     times check out; Invalid otherwise."""
     try:
-        head_b64, body_b64, sig_b64 = token.split(".")
-        header = json.loads(_unb64(head_b64))
-        claims = json.loads(_unb64(body_b64))
-        sig = _unb64(sig_b64)
-    except (ValueError, UnicodeDecodeError) as e:
+        header, claims, signing_input, sig = jws.decode(token)
+    except ValueError as e:
         raise Invalid(f"malformed token: {e}") from None
-    if not isinstance(header, dict) or not isinstance(claims, dict):
-        raise Invalid("malformed token")
     if header.get("alg") != "RS256":
         raise Invalid(f"unsupported alg {header.get('alg')!r}")
     if claims.get("iss") not in issuers:
         raise Invalid("issuer not accepted")  # perhaps another authenticator's
-    signing_input = f"{head_b64}.{body_b64}".encode()
-    for key in public_keys:
-        try:
-            key.verify(sig, signing_input, padding.PKCS1v15(), hashes.SHA256())
-            break
-        except InvalidSignature:
-            continue
-    else:
+    if not any(jws.verify("RS256", key, signing_input, sig) for key in public_keys):
         raise Invalid("signature does not verify with any --service-account-key-file key")
     now = time.time() if now is None else now
     exp, nbf = claims.get("exp"), claims.get("nbf", 0)

@@ -1,9 +1,10 @@
 """Who sends a request, and what they may do: the member's side of etcd's
 auth (the replicated side is etcdlite.auth_store and etcdlite.auth_apply).
 
-A client names itself with a simple token in the gRPC metadata `token` (what
-etcd clients send after Authenticate; `authorization` too, as etcd's gateway
-does), or, with --client-cert-auth and no token, by the common name of its
+A client names itself with a token in the gRPC metadata `token` (what etcd
+clients send after Authenticate; `authorization` too, as etcd's gateway
+does): a simple token, or with `--auth-token jwt,...` a JWT
+(etcdlite.jwt_tokens: checked by its signature, no state kept), or, with --client-cert-auth and no token, by the common name of its
 verified TLS certificate. As etcd 3.4:
   * reads (Range, Watch creation, the Auth service's Get and List calls) are
     checked here, against this member's applied state after the read's
@@ -14,8 +15,11 @@ verified TLS certificate. As etcd 3.4:
     token", even while auth is disabled; one it may not know yet (assigned
     by a later Authenticate than it applied) waits for a read barrier first,
     as etcd's index waiter;
-  * tokens live `--auth-token-ttl` seconds (300) after their last use on
-    this member (`TokenClock`).
+  * simple tokens live `--auth-token-ttl` seconds (300) after their last
+    use on this member (`TokenClock`); a JWT until its `exp`;
+  * a read whose token names another auth revision than the store's is
+    refused as "revision of auth store is old", even with auth disabled
+    (etcd's check after a serialized read; only a JWT can carry one).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import grpc
 from etcdlite import errors
 from etcdlite.auth_apply import AuthOp
 from etcdlite.auth_store import NOBODY, READ, AuthInfo
+from etcdlite.jwt_tokens import JWTTokens
 from etcdlite.passwords import check_password, hash_password
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
@@ -123,6 +128,14 @@ def _lookup(machine, args) -> AuthInfo | None | bool:
     return None
 
 
+def _check_read(machine, args) -> None:
+    info, key, range_end = args
+    auth = machine.auth
+    auth.check(info, key, range_end, READ)
+    if info.revision and info.revision != auth.revision:
+        raise errors.AUTH_OLD_REVISION
+
+
 def _revision(machine) -> int:
     return machine.auth.revision
 
@@ -131,9 +144,10 @@ class AuthGate:
     """The member's checks. `needed(call)` is the cheap test the hot paths
     make first: auth enabled, or a token sent (to be refused if unknown)."""
 
-    def __init__(self, member, token_ttl: float, client_cert_auth: bool):
+    def __init__(self, member, token_ttl: float, client_cert_auth: bool, jwt: JWTTokens | None = None):
         self.m = member
         self.clock = TokenClock(token_ttl)
+        self.jwt = jwt  # None: simple tokens
         self.client_cert_auth = client_cert_auth
         self._state = None
 
@@ -168,6 +182,11 @@ class AuthGate:
                 if cn:
                     return AuthInfo(cn, self.m.read(_revision))
             return None
+        if self.jwt is not None:
+            claims = self.jwt.info(token)
+            if claims is None:
+                raise errors.INVALID_AUTH_TOKEN
+            return AuthInfo(claims.username, claims.revision)
         m = self.m
         info = m.read(_lookup, (token, self.clock, time.monotonic()))
         if info is False:  # assigned by an Authenticate not applied here yet
@@ -190,7 +209,7 @@ class AuthGate:
         if not self.needed(call):
             return
         info = await self.who(call) or NOBODY
-        self.m.read(lambda machine: machine.auth.check(info, key, range_end, READ))
+        self.m.read(_check_read, (info, key, range_end))
 
     async def check_admin(self, call, *, maintenance: bool = True) -> None:
         """The root role: for Maintenance's Defragment, Snapshot, Hash and
@@ -362,12 +381,16 @@ class AuthService(rpc_pb2_grpc.AuthServicer):
             if not await loop.run_in_executor(None, check_password, request.password, stored):
                 log.warning("authentication of user %r failed", request.name)
                 raise errors.AUTH_FAILED
+            # a JWT is signed here once the command is applied (no token is kept)
+            prefix = _token_prefix() if self.gate.jwt is None else ""
             try:
-                resp = await m.propose(AuthOp.AUTHENTICATE, name, tail=(_token_prefix(), revision))
+                resp = await m.propose(AuthOp.AUTHENTICATE, name, tail=(prefix, revision))
             except errors.EtcdError as err:
                 if err != errors.AUTH_OLD_REVISION:
                     raise
                 continue  # users or roles changed meanwhile: check again
+            if self.gate.jwt is not None:
+                resp.token = self.gate.jwt.assign(request.name, revision)
             m.header(resp.header)
             return resp
         raise errors.AUTH_OLD_REVISION

@@ -25,6 +25,7 @@ import grpc
 from etcdlite import errors
 from etcdlite.apply import Op, events_of
 from etcdlite.config import GRPC_OVERHEAD_BYTES, MemberConfig, host_port, is_tls_url
+from etcdlite.jwt_tokens import tokens_from_spec
 from etcdlite.lessor import Lessor
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
@@ -80,7 +81,7 @@ class Member:
         self.raft: RaftNode | None = None
         self.hub = WatchHub(1)
         self.lessor = Lessor(self)
-        self.auth = AuthGate(self, cfg.auth_token_ttl, cfg.client_cert_auth)
+        self.auth = AuthGate(self, cfg.auth_token_ttl, cfg.client_cert_auth, tokens_from_spec(cfg.auth_token))
         self.servers: list = []  # GrpcServer, or grpc.aio.Server with --experimental-grpc-server=grpcio
         self._h2_servers: list[GrpcServer] = []  # those of them that are GrpcServers
         self.client_ports: list[int] = []
