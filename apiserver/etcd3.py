@@ -104,6 +104,7 @@ class Etcd:
             self.channel = grpc.aio.secure_channel(target, creds, options=options)
         self.kv = rpc_pb2_grpc.KVStub(self.channel)
         self.watch = rpc_pb2_grpc.WatchStub(self.channel)
+        self.lease = rpc_pb2_grpc.LeaseStub(self.channel)
         self.maintenance = rpc_pb2_grpc.MaintenanceStub(self.channel)
 
     async def close(self) -> None:

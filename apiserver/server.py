@@ -26,12 +26,24 @@ from apiserver.service_ranges import DEFAULT_NODE_PORT_RANGE, DEFAULT_SERVICE_CI
 from apiserver.service_repair import DEFAULT_REPAIR_INTERVAL, ServiceBootstrap
 from apiserver.storage import Storage
 from apiserver.watch_cache import WatchCache
+from goflags import duration
 from grpclite import GrpcServer
 
 log = logging.getLogger("apiserver")
 
 # largest request accepted (objects are limited further by --max-object-bytes)
 MAX_RECEIVE_BYTES = 4 * 1024 * 1024
+
+
+def _seconds(text: str) -> int:
+    """Whole seconds of a non-negative Go duration flag (kube-apiserver keeps an Event's TTL in seconds)."""
+    try:
+        seconds = duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return int(seconds)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(lines NAME:BASE64-32-BYTES); without it Secrets are stored in plain text")
     p.add_argument("--watch-cache-size", type=int, default=10_000,
                    help="events each resource's watch cache keeps for watchers resuming from an older resourceVersion")
+    p.add_argument("--event-ttl", type=_seconds, default="1h0m0s",
+                   help="how long Events are kept after their last write (a Go duration; 0: for good), "
+                        "by etcd leases shared a minute at a time")
     p.add_argument("--default-not-ready-toleration-seconds", type=int, default=300,
                    help="tolerationSeconds of the not-ready:NoExecute toleration added to every pod")
     p.add_argument("--default-unreachable-toleration-seconds", type=int, default=300,
@@ -83,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def serve(args: argparse.Namespace, transformer) -> int:
     etcd = Etcd(args.etcd_servers, args.etcd_tls)
-    storage = Storage(etcd, transformer=transformer)
+    storage = Storage(etcd, transformer=transformer, ttls={"events": args.event_ttl} if args.event_ttl else {})
     log.info("connecting to etcd at %s", ",".join(etcd.endpoints))
     delay = 0.2
     while True:

@@ -32,6 +32,7 @@ from google.protobuf.message import DecodeError
 from apiserver import errors
 from apiserver.encryption import ENCRYPTED_PREFIX, IdentityTransformer, TransformError, Transformer
 from apiserver.etcd3 import Etcd, pb, prefix_range_end
+from apiserver.leases import LeaseManager
 from apiserver.resources import REGISTRY_PREFIX, Resource
 
 # First bytes of every value this storage writes (before encryption); the
@@ -137,11 +138,16 @@ class Storage:
 
     def __init__(self, etcd: Etcd, *, transformer: Transformer | None = None,
                  encrypted_resources: frozenset[str] = frozenset({"secrets"}),
-                 request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> None:
+                 request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+                 ttls: dict[str, int] | None = None) -> None:
+        """``ttls``: seconds that objects of a resource live after their last
+        write (kube-apiserver's TTLFunc: Events, ``--event-ttl``), by etcd leases."""
         self.etcd = etcd
         self.transformer = transformer if transformer is not None else IdentityTransformer()
         self.encrypted_resources = frozenset(encrypted_resources)
         self.request_timeout = request_timeout
+        self.ttls = dict(ttls or {})
+        self.leases = LeaseManager(self._grant)
 
     # ---- encoding ----
 
@@ -190,6 +196,15 @@ class Storage:
             return await method(request, timeout=self.request_timeout)
         except grpc.RpcError as e:
             raise etcd_error(e) from None
+
+    async def _grant(self, ttl: int) -> int:
+        return (await self._call(self.etcd.lease.LeaseGrant, pb.LeaseGrantRequest(TTL=ttl))).ID
+
+    async def _put(self, resource: Resource, key: bytes, msg) -> pb.RequestOp:
+        """The Put of ``msg`` at ``key``, on a lease when the resource expires."""
+        ttl = self.ttls.get(resource.name)
+        lease = await self.leases.lease(ttl) if ttl else 0
+        return pb.RequestOp(request_put=pb.PutRequest(key=key, value=self.encode(resource, key, msg), lease=lease))
 
     async def _get_kv(self, key: bytes):
         resp = await self._call(self.etcd.kv.Range, pb.RangeRequest(key=key))
@@ -249,7 +264,7 @@ class Storage:
             if await self._get_kv(key) is not None:
                 raise errors.already_exists(resource.qualified, name)
             return _copy(msg)
-        put = pb.RequestOp(request_put=pb.PutRequest(key=key, value=self.encode(resource, key, msg)))
+        put = await self._put(resource, key, msg)
         resp = await self._txn_if_unmodified(key, 0, put, claims)
         if not resp.succeeded:
             if self._current_after_miss(resp) is not None:
@@ -267,7 +282,7 @@ class Storage:
             raise errors.invalid(resource.kind, name, [(
                 "metadata.resourceVersion", "FieldValueInvalid",
                 "Invalid value: 0x0: must be specified for an update")])
-        put = pb.RequestOp(request_put=pb.PutRequest(key=key, value=self.encode(resource, key, msg)))
+        put = await self._put(resource, key, msg)
         resp = await self._txn_if_unmodified(key, expected_revision, put)
         if resp.succeeded:
             return _with_resource_version(msg, resp.header.revision)
@@ -330,7 +345,7 @@ class Storage:
                 if resp.succeeded:
                     return self._deleted(resource, resp, current)
             else:
-                put = pb.RequestOp(request_put=pb.PutRequest(key=key, value=self.encode(resource, key, new)))
+                put = await self._put(resource, key, new)
                 resp = await self._txn_if_unmodified(key, kv.mod_revision, put, claims)
                 if resp.succeeded:
                     return _with_resource_version(new, resp.header.revision)

@@ -6,11 +6,12 @@ import hashlib
 import logging
 import os
 import secrets
-import re
 import ssl
 import struct
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
+
+import goflags
 
 DEFAULT_MAX_REQUEST_BYTES = 1572864  # 1.5 MiB, as etcd
 # extra room above --max-request-bytes for gRPC framing, as etcd allows
@@ -124,11 +125,13 @@ def parse_initial_cluster(value: str) -> dict[str, list[str]]:
 
 def parse_duration(value: str) -> float:
     """Go-style durations as etcd takes them: '10m', '5s', '100ms', '1m30s'."""
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6, "ns": 1e-9}
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|ns|h|m|s)", value)
-    if not parts or "".join(n + u for n, u in parts) != value:
-        raise ConfigError(f"invalid duration {value!r}: expected e.g. 10m, 5s, 500ms")
-    return sum(float(n) * units[u] for n, u in parts)
+    try:
+        seconds = goflags.duration(value)
+    except ValueError as e:
+        raise ConfigError(f"{e}: expected e.g. 10m, 5s, 500ms") from None
+    if seconds < 0:
+        raise ConfigError(f"invalid duration {value!r}: must not be negative")
+    return seconds
 
 
 def member_id(peer_urls: list[str], cluster_token: str) -> int:

@@ -9,8 +9,9 @@ deployment controller does the rolling.
 
 from __future__ import annotations
 
-import re
 import time
+
+import goflags
 
 from apiserver.errors import ApiError
 from apiserver.pb import core_pb2
@@ -28,27 +29,14 @@ NOT_COPIED_ON_UNDO = frozenset({
     REVISION, "deployment.kubernetes.io/revision-history", "deployment.kubernetes.io/desired-replicas",
     "deployment.kubernetes.io/max-replicas", "kubectl.kubernetes.io/last-applied-configuration"})
 CONFLICT_RETRIES = 5
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
 
 
 def parse_duration(text: str) -> float:
     """Seconds in a Go duration ("90s", "1m30s", "2h", "0"); a bare number is seconds."""
-    text = text.strip()
     try:
-        return float(text)
+        return goflags.duration(text.strip(), bare_seconds=True)
     except ValueError:
-        pass
-    pos, total = 0, 0.0
-    while pos < len(text):
-        m = _DURATION_PART.match(text, pos)
-        if not m:
-            raise CommandError(f'invalid duration "{text}"')
-        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-        pos = m.end()
-    if not text:
-        raise CommandError('invalid duration ""')
-    return total
+        raise CommandError(f'invalid duration "{text.strip()}"') from None
 
 
 def revision_of(rs) -> int:

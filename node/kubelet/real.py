@@ -47,6 +47,8 @@ import ssl
 import threading
 import time
 
+import goflags
+
 from apiserver.errors import ApiError
 from apiserver.pb import core_pb2
 from apiserver.quantity import bytes_of
@@ -534,16 +536,10 @@ def build_parser() -> argparse.ArgumentParser:
 def duration(text: str) -> float:
     """Seconds of a Go duration as the kubelet's flags take them ("10s", "500ms", "1m"), or
     a plain number of seconds."""
-    for suffix, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
-        if text.endswith(suffix):
-            number = text[:-len(suffix)]
-            break
-    else:
-        number, scale = text, 1.0
     try:
-        value = float(number) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"time: invalid duration {text!r}") from None
+        value = goflags.duration(text, bare_seconds=True)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
     return value

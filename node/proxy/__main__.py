@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-import re
 import signal
 import sys
 import threading
+
+import goflags
 
 from .nft import NftError, conntrack_binary, delete_table, nft_binary
 from .proxier import Proxier
@@ -25,21 +26,18 @@ from .rules import NodeConfig
 
 log = logging.getLogger("node.proxy")
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 def duration(text: str) -> float:
-    """Go-style durations as kube-proxy's flags take them: ``1s``, ``250ms``, ``1m``, ``0``."""
-    total, pos = 0.0, 0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNIT[m.group(2)]
-        pos = m.end()
-    if pos != len(text) or not text:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: e.g. 1s, 250ms, 1m")
-    return total
+    """Go-style durations as kube-proxy's flags take them: ``1s``, ``250ms``, ``1m``, ``0``
+    (a plain number: seconds)."""
+    try:
+        value = goflags.duration(text, bare_seconds=True)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e}: e.g. 1s, 250ms, 1m") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
 
 
 def _ipv4(text: str) -> str:
