@@ -17,7 +17,7 @@ from apiserver.client import Client
 from apiserver.pb import core_pb2
 from controllers.scheduler.cycle import CycleState
 from controllers.scheduler.plugins import NodeInfo
-from controllers.scheduler.scheduler import Scheduler
+from controllers.scheduler.scheduler import Scheduler, SchedulerCache
 from harness.etcd_client import wait_until
 from harness.plane import apiserver_on_etcdlite
 
@@ -105,11 +105,11 @@ def test_preferred_terms_score_by_weight_normalized_between_min_and_max():
     p = pod("p", {"app": "api"}, preferred=[(80, "affinity", ZONE, {"app": "db"}),
                                             (20, "anti", ZONE, {"app": "front"})])
     # raw sums: z1 +80, z2 -20, z3 0 -> (raw - min) * 100 / (max - min)
-    assert CycleState(p, infos).affinity.score(infos, infos) == [100, 0, 20]
+    assert CycleState(p, infos).affinity.score(infos) == [100, 0, 20]
     # a placed pod's preferred anti-affinity against the incoming pod's labels counts too
     infos[2].add_pod(pod("e", {"app": "edge"}, node_name="c", preferred=[(50, "anti", ZONE, {"app": "api"})]))
-    assert CycleState(p, infos).affinity.score(infos, infos) == [100, 23, 0]
-    assert CycleState(pod("q", {"app": "other"}), infos).affinity.score(infos, infos) == [0, 0, 0]
+    assert CycleState(p, infos).affinity.score(infos) == [100, 23, 0]
+    assert CycleState(pod("q", {"app": "other"}), infos).affinity.score(infos) == [0, 0, 0]
 
 
 def test_spread_filter_counts_domains_and_min_domains():
@@ -128,6 +128,27 @@ def test_spread_filter_counts_domains_and_min_domains():
     # ScheduleAnyway: z1 holds 2, z2 1 -> round(count * log(2 + 2)), then 100 * (max + min - s) / max
     soft = pod("p", {"app": "web"}, spread=[(ZONE, 1, "ScheduleAnyway", {"app": "web"})])
     assert CycleState(soft, infos).spread.score(infos, infos) == [33, 33, 100, 0]
+
+
+def test_cache_keeps_the_nodes_holding_pods_with_affinity_apart():
+    cache = SchedulerCache()
+    for name in ("a", "b"):
+        cache.set_node(node(name, "z1"))
+    anti = pod("w", {"app": "web"}, node_name="a", anti=[(HOSTNAME, {"app": "web"})])
+    cache.assume(anti)
+    cache.add_pod(pod("plain", {"app": "web"}, node_name="b"))
+    assert [i.name for i in cache.node_infos_with_affinity()] == ["a"]
+    info = cache.node_info("a")
+    assert list(info.pods_with_affinity) == list(info.pods_with_required_anti_affinity) == ["default/w"]
+    cache.forget("default/w")
+    assert cache.node_infos_with_affinity() == [] and not info.pods_with_required_anti_affinity
+    # what the cycle finds by itself equals what the cache kept
+    cache.add_pod(anti)
+    infos = cache.node_infos()
+    kept = CycleState(pod("x", {"app": "web"}), infos, cache.node_infos_with_affinity())
+    found = CycleState(pod("x", {"app": "web"}), infos)
+    assert [kept.filter(i) for i in infos] == [found.filter(i) for i in infos] == [
+        ["node(s) didn't satisfy existing pods anti-affinity rules"], []]
 
 
 # ---- against a real apiserver ----

@@ -30,14 +30,19 @@ class CycleState:
     change meanwhile); ``namespace_labels`` answers a namespace's labels, for affinity
     terms with a namespaceSelector."""
 
-    def __init__(self, pod, infos: Sequence[NodeInfo],
+    def __init__(self, pod, infos: Sequence[NodeInfo], with_affinity: Sequence[NodeInfo] | None = None,
                  namespace_labels: Callable[[str], Mapping[str, str]] = no_namespace_labels) -> None:
+        """``with_affinity``: the infos holding pods with affinity terms (upstream's
+        HavePodsWithAffinityList), if the caller keeps them apart; else found in ``infos``."""
         self.infos = infos
         self.spread = TopologySpreadState.compute(pod, infos)
-        self.affinity = InterPodAffinityState.compute(pod, infos, namespace_labels)
+        self.affinity = InterPodAffinityState.compute(pod, infos, with_affinity, namespace_labels)
+        self.filters = bool(self.spread.hard) or self.affinity.filters
 
     def filter(self, info: NodeInfo) -> list[str]:
         """[] when the node passes both plugins, else the first refusal's reason."""
+        if not self.filters:
+            return []
         reason = self.spread.filter(info) or self.affinity.filter(info)
         return [reason] if reason else []
 
@@ -45,7 +50,7 @@ class CycleState:
         """Both plugins' weighted scores per node of ``feasible``."""
         totals = [0] * len(feasible)
         for weight, scores in ((POD_TOPOLOGY_SPREAD_WEIGHT, self.spread.score(feasible, self.infos)),
-                               (INTER_POD_AFFINITY_WEIGHT, self.affinity.score(feasible, self.infos))):
+                               (INTER_POD_AFFINITY_WEIGHT, self.affinity.score(feasible))):
             for i, s in enumerate(scores):
                 totals[i] += weight * s
         return totals

@@ -147,11 +147,21 @@ class InterPodAffinityState:
         self.affinity_counts: dict = {}
         self.anti_affinity_counts: dict = {}
         self.existing_anti_affinity_counts: dict = {}
+        self.infos: Sequence[NodeInfo] = ()
+        self.with_affinity: Sequence[NodeInfo] = ()
+
+    @property
+    def filters(self) -> bool:
+        """Whether the filter can refuse any node."""
+        return bool(self.terms.required or self.existing_anti_affinity_counts)
 
     @classmethod
-    def compute(cls, pod, infos: Sequence[NodeInfo],
+    def compute(cls, pod, infos: Sequence[NodeInfo], with_affinity: Sequence[NodeInfo] | None = None,
                 namespace_labels: NamespaceLabels = no_namespace_labels) -> InterPodAffinityState:
-        """Upstream's PreFilter over ``infos`` (every node of the cache)."""
+        """Upstream's PreFilter over ``infos`` (every node of the cache); ``with_affinity``
+        are those of them holding pods with affinity terms (found in ``infos`` if None)."""
+        if with_affinity is None:
+            with_affinity = [i for i in infos if i.pods_with_affinity]
         memo: dict[str, Mapping[str, str]] = {}
 
         def ns_labels(ns: str) -> Mapping[str, str]:
@@ -161,16 +171,19 @@ class InterPodAffinityState:
             return labels
 
         state = cls(pod, pod_terms(pod), ns_labels)
+        state.infos, state.with_affinity = infos, with_affinity
         terms = state.terms
         own = lambda _ns: state.own_namespace_labels  # noqa: E731
-        for info in infos:
+        for info in with_affinity:
             labels = info.node.metadata.labels
             for other in info.pods_with_required_anti_affinity.values():
                 for t in pod_terms(other).required_anti_affinity:
                     if t.matches(pod, own):
                         _add(state.existing_anti_affinity_counts, t.topology_key, labels, 1)
-            if not terms.required:
-                continue
+        if not terms.required:
+            return state
+        for info in infos:
+            labels = info.node.metadata.labels
             for other in info.pods.values():
                 if terms.required_affinity and all(t.matches(other, ns_labels) for t in terms.required_affinity):
                     for t in terms.required_affinity:
@@ -214,8 +227,8 @@ class InterPodAffinityState:
 
     # ---- Score ----
 
-    def score(self, feasible: Sequence[NodeInfo], infos: Sequence[NodeInfo]) -> list[int]:
-        """0..100 per node of ``feasible``; ``infos`` are every node of the cache."""
+    def score(self, feasible: Sequence[NodeInfo]) -> list[int]:
+        """0..100 per node of ``feasible``."""
         pod, terms = self.pod, self.terms
         own = lambda _ns: self.own_namespace_labels  # noqa: E731
         topology: dict[str, dict[str, int]] = {}
@@ -226,8 +239,9 @@ class InterPodAffinityState:
                 values = topology.setdefault(term.topology_key, {})
                 values[value] = values.get(value, 0) + weight
 
+        # without preferred terms of its own, only other pods' terms can count
         every_pod = terms.preferred
-        for info in infos:
+        for info in self.infos if every_pod else self.with_affinity:
             labels = info.node.metadata.labels
             if not labels:
                 continue

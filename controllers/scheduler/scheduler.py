@@ -72,6 +72,7 @@ class SchedulerCache:
         self.lock = threading.RLock()
         self._infos: dict[str, NodeInfo] = {}
         self._pod_node: dict[str, str] = {}  # key of each counted pod -> its node
+        self._with_affinity: set[str] = set()  # nodes holding pods with pod affinity terms
         self._assumed: set[str] = set()
 
     def set_node(self, node) -> None:
@@ -125,6 +126,11 @@ class SchedulerCache:
         with self.lock:
             return [i for _, i in sorted(self._infos.items()) if i.node is not None]
 
+    def node_infos_with_affinity(self) -> list[NodeInfo]:
+        """The infos of the nodes that exist and hold pods with pod affinity terms."""
+        with self.lock:
+            return [self._infos[n] for n in sorted(self._with_affinity) if self._infos[n].node is not None]
+
     def node_info(self, name: str) -> NodeInfo | None:
         with self.lock:
             return self._infos.get(name)
@@ -137,6 +143,7 @@ class SchedulerCache:
         if info is None:
             info = self._infos[node] = NodeInfo(None)  # a node not seen (yet)
         info.add_pod(pod)
+        self._track_affinity(node, info)
         if key in info.pods:
             self._pod_node[key] = node
         else:  # it has finished: it holds nothing any more
@@ -146,8 +153,16 @@ class SchedulerCache:
     def _unplace(self, key: str) -> None:
         node = self._pod_node.pop(key, None)
         if node is not None:
-            self._infos[node].remove_pod(key)
+            info = self._infos[node]
+            info.remove_pod(key)
+            self._track_affinity(node, info)
             self._drop_if_empty(node)
+
+    def _track_affinity(self, node: str, info: NodeInfo) -> None:
+        if info.pods_with_affinity:
+            self._with_affinity.add(node)
+        else:
+            self._with_affinity.discard(node)
 
     def _drop_if_empty(self, node: str) -> None:
         info = self._infos.get(node)
@@ -316,7 +331,7 @@ class Scheduler:
             if isinstance(volumes, str):
                 refusals = None  # the PreFilter refused the pod on every node at once
             else:
-                cycle = CycleState(pod, infos, self._namespace_labels)
+                cycle = CycleState(pod, infos, self.cache.node_infos_with_affinity(), self._namespace_labels)
                 for info in infos:
                     reasons = plugins.run_filters(pod, info, request)
                     if not reasons and not volumes.empty:
