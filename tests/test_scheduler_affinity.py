@@ -7,14 +7,20 @@ matchLabelKeys, upstream's validation errors."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from apiserver.client import Client
 from apiserver.pb import core_pb2
+from apiserver.rest.kubeconfig import write_kubeconfig
 from controllers.scheduler.cycle import CycleState
 from controllers.scheduler.plugins import NodeInfo
 from controllers.scheduler.scheduler import Scheduler, SchedulerCache
@@ -345,6 +351,38 @@ def test_rest_round_trip_keeps_affinity_and_spread_under_upstream_json_names(c, 
     p = c.get("pods", "rt", "affinity-rest")
     assert p.spec.topology_spread_constraints[0].node_taints_policy == "Honor"
     assert p.spec.affinity.pod_affinity.required_during_scheduling_ignored_during_execution[0].namespaces == ["other"]
+
+
+def find_kubectl() -> str | None:
+    for candidate in (os.environ.get("KUBECTL"), str(Path(sys.executable).parent / "kubectl"),
+                      shutil.which("kubectl")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@pytest.mark.process
+def test_kubectl_apply_and_get_keep_the_fields(c, plane, tmp_path):
+    kubectl = find_kubectl()
+    if kubectl is None:
+        pytest.skip("kubectl not found: run harness/get_kubectl.sh or set KUBECTL")
+    c.create(core_pb2.Namespace(metadata={"name": "affinity-kubectl"}))
+    config = write_kubeconfig(str(tmp_path / "kubeconfig"), f"http://127.0.0.1:{plane.port}",
+                              namespace="affinity-kubectl")
+    manifest = json.loads(json.dumps(POD_JSON))
+    manifest["metadata"]["name"] = "kc"
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)}
+
+    def run(*args, stdin=None):
+        return subprocess.run([kubectl, "--kubeconfig", config, "--cache-dir", str(tmp_path / "cache"), *args],
+                              input=stdin, capture_output=True, text=True, timeout=60, env=env, check=True).stdout
+
+    assert run("apply", "-f", "-", stdin=json.dumps(manifest)).strip() == "pod/kc created"
+    got = json.loads(run("get", "pod", "kc", "-o", "json"))["spec"]
+    assert got["topologySpreadConstraints"] == POD_JSON["spec"]["topologySpreadConstraints"]
+    assert got["affinity"]["podAffinity"] == POD_JSON["spec"]["affinity"]["podAffinity"]
+    assert run("get", "pod", "kc", "-o", "jsonpath={.spec.affinity.podAntiAffinity"
+               ".preferredDuringSchedulingIgnoredDuringExecution[0].podAffinityTerm.topologyKey}") == HOSTNAME
 
 
 @pytest.mark.process
