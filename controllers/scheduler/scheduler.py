@@ -14,6 +14,9 @@ setting spec.nodeName through the apiserver in a small pool of binder threads
   pod changed, or the apiserver is unavailable) or is dropped (it is gone).
 - A successful bind gets a Normal Event Scheduled; the informer's event of
   the bound pod then confirms the assumed one.
+- InterPodAffinity and PodTopologySpread (``cycle``) count the pods of every
+  node once per cycle, then filter and score each node from those counts; a
+  pod they refuse is moved back when another pod is placed or relabelled.
 - Pods with PersistentVolumeClaims go through the VolumeBinding plugin
   (``volumebinding``): its PreFilter may refuse the pod outright, its Filter
   runs after the others on each node, and its PreBind (in the binder thread)
