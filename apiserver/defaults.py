@@ -42,6 +42,7 @@ def apply_defaults(resource: Resource, msg, *, not_ready_toleration_seconds: int
         if for_create:
             _default_tolerations(msg.spec, not_ready_toleration_seconds,
                                  unreachable_toleration_seconds)
+            _merge_match_label_keys(msg)
     elif name == "replicasets":
         if not msg.spec.HasField("replicas"):
             msg.spec.replicas = 1
@@ -203,3 +204,24 @@ def _default_service(spec: core_pb2.ServiceSpec) -> None:
         port.protocol = port.protocol or "TCP"
         if not port.target_port:
             port.target_port = str(port.port)
+
+
+def _merge_match_label_keys(pod) -> None:
+    """On create: each affinity term's matchLabelKeys become `In` and its mismatchLabelKeys
+    `NotIn` expressions of its labelSelector, with the value of the pod's own label (keys the
+    pod lacks are skipped; a term without a selector matches nothing and stays so)."""
+    affinity = pod.spec.affinity
+    labels = pod.metadata.labels
+    for field in ("pod_affinity", "pod_anti_affinity"):
+        if not affinity.HasField(field):
+            continue
+        group = getattr(affinity, field)
+        terms = [*group.required_during_scheduling_ignored_during_execution,
+                 *(w.pod_affinity_term for w in group.preferred_during_scheduling_ignored_during_execution)]
+        for term in terms:
+            if not term.HasField("label_selector"):
+                continue
+            for keys, operator in ((term.match_label_keys, "In"), (term.mismatch_label_keys, "NotIn")):
+                for key in keys:
+                    if key in labels:
+                        term.label_selector.match_expressions.add(key=key, operator=operator, values=[labels[key]])

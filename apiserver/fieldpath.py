@@ -43,6 +43,7 @@ LIST_KEYS = {
     "core.v1.PodSpec.volumes": ("name",),
     "core.v1.PodSpec.containers": ("name",),
     "core.v1.PodSpec.init_containers": ("name",),
+    "core.v1.PodSpec.topology_spread_constraints": ("topologyKey", "whenUnsatisfiable"),
     "core.v1.Container.ports": ("containerPort", "protocol"),
     "core.v1.Container.env": ("name",),
     "core.v1.Container.volume_mounts": ("mountPath",),

@@ -30,6 +30,7 @@ from apiserver.validation_common import (
     _port,
     _port_number_or_name,
 )
+from apiserver.validation_pod_scheduling import validate_pod_scheduling_constraints
 
 # ======================================================================
 # Pod
@@ -95,6 +96,7 @@ def _validate_pod_spec(errs: FieldErrors, path: str, spec, *, template: bool) ->
     _validate_tolerations(errs, f"{path}.tolerations", spec.tolerations)
     if spec.affinity.HasField("node_affinity"):
         _validate_node_affinity(errs, f"{path}.affinity.nodeAffinity", spec.affinity.node_affinity)
+    validate_pod_scheduling_constraints(errs, path, spec)
 
 
 def _unique_label_name(errs: FieldErrors, path: str, name: str, names: set[str]) -> None:

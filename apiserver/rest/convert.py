@@ -68,6 +68,7 @@ REQUIRED = {
     "PodReadinessGate": ("conditionType",), "VolumeDevice": ("name", "devicePath"),
     "PreferredSchedulingTerm": ("weight", "preference"), "WeightedPodAffinityTerm": ("weight", "podAffinityTerm"),
     "PodAffinityTerm": ("topologyKey",), "AttachedVolume": ("name", "devicePath"),
+    "TopologySpreadConstraint": ("maxSkew", "topologyKey", "whenUnsatisfiable"),
 }
 
 

@@ -140,6 +140,11 @@ class NodeInfo:
     used_ports: dict = field(default_factory=dict)  # (ip, protocol, port) -> count
     # (namespace, controller uid) -> pods of it here that are not terminating
     owner_counts: dict = field(default_factory=dict)
+    # the pods here with pod affinity or anti-affinity terms; those with required
+    # anti-affinity terms (upstream's PodsWithAffinity, PodsWithRequiredAntiAffinity):
+    # the inter-pod affinity plugin visits these, not every pod, for other pods' terms
+    pods_with_affinity: dict = field(default_factory=dict)  # pod key -> pod
+    pods_with_required_anti_affinity: dict = field(default_factory=dict)
     alloc_milli_cpu: int = 0
     alloc_memory: int = 0
     alloc_pods: int = 0
@@ -188,11 +193,18 @@ class NodeInfo:
             return
         self.pods[key] = pod
         self._account(pod, +1)
+        affinity = pod.spec.affinity
+        if affinity.HasField("pod_affinity") or affinity.HasField("pod_anti_affinity"):
+            self.pods_with_affinity[key] = pod
+            if affinity.pod_anti_affinity.required_during_scheduling_ignored_during_execution:
+                self.pods_with_required_anti_affinity[key] = pod
 
     def remove_pod(self, key: str) -> None:
         pod = self.pods.pop(key, None)
         if pod is not None:
             self._account(pod, -1)
+            self.pods_with_affinity.pop(key, None)
+            self.pods_with_required_anti_affinity.pop(key, None)
 
     def _account(self, pod, sign: int) -> None:
         r, s = pod_request(pod), self.requested

@@ -118,6 +118,16 @@ class SchedulingQueue:
             for e in list(self._unschedulable.values()):
                 self._move_back(e, now)
 
+    def move_to_active(self, keys) -> None:
+        """Of ``keys``, the pods waiting as unschedulable may fit now (a change that
+        concerns only them: a pod placed that their affinity or spreading counts)."""
+        with self._cond:
+            now = self._clock()
+            for key in keys:
+                e = self._unschedulable.get(key)
+                if e is not None:
+                    self._move_back(e, now)
+
     # ---- the scheduler's side ----
 
     def pop(self, timeout: float | None = None) -> QueuedPod | None:

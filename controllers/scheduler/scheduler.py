@@ -14,6 +14,9 @@ setting spec.nodeName through the apiserver in a small pool of binder threads
   pod changed, or the apiserver is unavailable) or is dropped (it is gone).
 - A successful bind gets a Normal Event Scheduled; the informer's event of
   the bound pod then confirms the assumed one.
+- InterPodAffinity and PodTopologySpread (``cycle``) count the pods of every
+  node once per cycle, then filter and score each node from those counts; a
+  pod they refuse is moved back when another pod is placed or relabelled.
 - Pods with PersistentVolumeClaims go through the VolumeBinding plugin
   (``volumebinding``): its PreFilter may refuse the pod outright, its Filter
   runs after the others on each node, and its PreBind (in the binder thread)
@@ -35,6 +38,7 @@ from controllers.events import EventRecorder
 from controllers.informer import SharedInformerFactory, deep_copy
 from controllers.podutil import now_rfc3339
 from controllers.scheduler import plugins
+from controllers.scheduler.cycle import POD_DEPENDENT_REASONS, CycleState
 from controllers.scheduler.plugins import NodeInfo, pod_key
 from controllers.scheduler.queue import SchedulingQueue
 from controllers.scheduler.volumebinding import VolumeBinder
@@ -71,6 +75,7 @@ class SchedulerCache:
         self.lock = threading.RLock()
         self._infos: dict[str, NodeInfo] = {}
         self._pod_node: dict[str, str] = {}  # key of each counted pod -> its node
+        self._with_affinity: set[str] = set()  # nodes holding pods with pod affinity terms
         self._assumed: set[str] = set()
 
     def set_node(self, node) -> None:
@@ -124,6 +129,11 @@ class SchedulerCache:
         with self.lock:
             return [i for _, i in sorted(self._infos.items()) if i.node is not None]
 
+    def node_infos_with_affinity(self) -> list[NodeInfo]:
+        """The infos of the nodes that exist and hold pods with pod affinity terms."""
+        with self.lock:
+            return [self._infos[n] for n in sorted(self._with_affinity) if self._infos[n].node is not None]
+
     def node_info(self, name: str) -> NodeInfo | None:
         with self.lock:
             return self._infos.get(name)
@@ -136,6 +146,7 @@ class SchedulerCache:
         if info is None:
             info = self._infos[node] = NodeInfo(None)  # a node not seen (yet)
         info.add_pod(pod)
+        self._track_affinity(node, info)
         if key in info.pods:
             self._pod_node[key] = node
         else:  # it has finished: it holds nothing any more
@@ -145,8 +156,16 @@ class SchedulerCache:
     def _unplace(self, key: str) -> None:
         node = self._pod_node.pop(key, None)
         if node is not None:
-            self._infos[node].remove_pod(key)
+            info = self._infos[node]
+            info.remove_pod(key)
+            self._track_affinity(node, info)
             self._drop_if_empty(node)
+
+    def _track_affinity(self, node: str, info: NodeInfo) -> None:
+        if info.pods_with_affinity:
+            self._with_affinity.add(node)
+        else:
+            self._with_affinity.discard(node)
 
     def _drop_if_empty(self, node: str) -> None:
         info = self._infos.get(node)
@@ -178,6 +197,12 @@ class Scheduler:
         self.stats = {"attempts": 0, "scheduled": 0, "unschedulable": 0, "bind_errors": 0}
         self._nodes = self.informers.informer("nodes")
         self._pods = self.informers.informer("pods")
+        self._namespaces = self.informers.informer("namespaces")  # their labels, for namespaceSelectors
+        # pods unschedulable for other pods' sake (affinity, spreading), moved back when a
+        # pod is placed or relabelled; _placed counts those events (under _waiting_lock)
+        self._waiting_lock = threading.Lock()
+        self._waiting_on_pods: set[str] = set()
+        self._placed = 0
         self.volume_binder = VolumeBinder(client, self.informers)
 
     # ---- lifecycle ----
@@ -240,9 +265,22 @@ class Scheduler:
     def _node_deleted(self, node) -> None:
         self.cache.remove_node(node.metadata.name)
 
+    def _namespace_labels(self, name: str):
+        ns = self._namespaces.store.get(name)
+        return ns.metadata.labels if ns is not None else {}
+
+    def _pod_placed(self) -> None:
+        """A pod was placed or relabelled: pods waiting on others' labels may fit now."""
+        with self._waiting_lock:
+            self._placed += 1
+            keys, self._waiting_on_pods = self._waiting_on_pods, set()
+        if keys:
+            self.queue.move_to_active(keys)
+
     def _pod_added(self, pod) -> None:
         if pod.spec.node_name:
             self.cache.add_pod(pod)
+            self._pod_placed()
         elif self._responsible(pod) and not pod.metadata.deletion_timestamp:
             self.queue.add(pod_key(pod), _priority(pod))
 
@@ -252,6 +290,8 @@ class Scheduler:
             if not old.spec.node_name:
                 self.queue.delete(key)
             self.cache.add_pod(new)
+            if not old.spec.node_name or old.metadata.labels != new.metadata.labels:
+                self._pod_placed()
             if plugins.counts_on_node(old) and not plugins.counts_on_node(new):
                 self.queue.move_all_to_active()  # it finished: its resources are free
         elif not self._responsible(new) or new.metadata.deletion_timestamp:
@@ -283,6 +323,8 @@ class Scheduler:
             return True
         with self._stats_lock:
             self.stats["attempts"] += 1
+        with self._waiting_lock:
+            placed_before = self._placed
         request = plugins.pod_request(pod)
         volumes = self.volume_binder.prefilter(pod)
         decision = None
@@ -292,17 +334,21 @@ class Scheduler:
             if isinstance(volumes, str):
                 refusals = None  # the PreFilter refused the pod on every node at once
             else:
+                cycle = CycleState(pod, infos, self.cache.node_infos_with_affinity(), self._namespace_labels)
                 for info in infos:
                     reasons = plugins.run_filters(pod, info, request)
                     if not reasons and not volumes.empty:
                         reason, decisions[info.name] = self.volume_binder.filter(volumes, info.node)
                         reasons = [reason] if reason else []
+                    if not reasons:
+                        reasons = cycle.filter(info)
                     if reasons:
                         refusals.append(reasons)
                     else:
                         feasible.append(info)
             if feasible:
-                chosen = plugins.select_host(feasible, plugins.score_nodes(pod, feasible), self._rng)
+                totals = [a + b for a, b in zip(plugins.score_nodes(pod, feasible), cycle.score(feasible))]
+                chosen = plugins.select_host(feasible, totals, self._rng)
                 assumed = deep_copy(pod)
                 assumed.spec.node_name = chosen.name
                 self.cache.assume(assumed)
@@ -317,7 +363,15 @@ class Scheduler:
             with self._stats_lock:
                 self.stats["unschedulable"] += 1
             log.debug("%s: %s", key, message)
-            self.queue.add_unschedulable(key)
+            if refusals and any(r in POD_DEPENDENT_REASONS for reasons in refusals for r in reasons):
+                with self._waiting_lock:
+                    if self._placed != placed_before:  # a pod was placed meanwhile: try again soon
+                        self.queue.add_backoff(key)
+                    else:
+                        self.queue.add_unschedulable(key)
+                        self._waiting_on_pods.add(key)
+            else:
+                self.queue.add_unschedulable(key)
             self._submit(self._record_unschedulable, pod, message)
             return True
         self._submit(self._bind, assumed, decision)
