@@ -10,15 +10,20 @@ pod; bob, whom RBAC gives view only, is refused pods/proxy and services/proxy in
 words; unknown pods and Services are NotFound as upstream has them, a Service without ready
 endpoints or without the port asked ServiceUnavailable, a port nothing listens on
 ServiceUnavailable with the dial's words, a pod without an IP "address not allowed", and a pod of
-a hollow-like node (no kubelet endpoint) unreachable. The plane tests need root, runc, conmon,
-busybox-static."""
+a hollow-like node (no kubelet endpoint) unreachable; Endpoints not naming the pod of that IP
+are not dialled; ``https:`` speaks TLS to a server in the pod's namespace. The plane tests need
+root, runc, conmon, busybox-static."""
 
 from __future__ import annotations
 
 import contextlib
 import http.client
 import json
+import os
+import socket
 import ssl
+import subprocess
+import sys
 
 import pytest
 
@@ -35,8 +40,11 @@ TIMEOUT = 60.0
 # a CGI script (printf's escapes) echoing what reached the pod
 CGI = ('#!/bin/sh\\necho "Content-Type: text/plain"\\necho\\n'
        'echo "$REQUEST_METHOD $QUERY_STRING xff=$HTTP_X_FORWARDED_FOR"\\n')
+# and one that never ends, a line every 0.2 s
+TICKS = '#!/bin/sh\\necho "Content-Type: text/plain"\\necho\\nwhile :; do echo tick; sleep 0.2; done\\n'
 HTTPD = (f"mkdir -p /www/cgi-bin && echo page of $(hostname) > /www/index.html && printf '{CGI}' > /www/cgi-bin/q "
-         f"&& chmod +x /www/cgi-bin/q && exec httpd -f -p 8080 -h /www")
+         f"&& printf '{TICKS}' > /www/cgi-bin/ticks && chmod +x /www/cgi-bin/q /www/cgi-bin/ticks "
+         f"&& exec httpd -f -p 8080 -h /www")
 
 
 # ---- names and addresses ----
@@ -237,3 +245,85 @@ def test_endpoints_that_are_not_the_pods_are_not_dialled(plane):
         assert api_call(api, pki, "GET", base) == (200, "page of web\n")
     finally:
         admin.delete("services", "manual", NS)
+
+
+# a TLS server beside the pod's httpd, in the pod's own network namespace (its certificate names
+# no pod IP: the proxy does not verify it, as upstream's proxy transport)
+TLS_SERVER = """
+import http.server, ssl, sys
+class Echo(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"tls {self.path}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer((sys.argv[3], 8443), Echo)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+server.socket = ctx.wrap_socket(server.socket, server_side=True)
+print("serving", flush=True)
+server.serve_forever()
+"""
+
+
+def _pod_netns(node, pod_ip: str) -> str:
+    """The network namespace (of node ``node``'s pods) that has ``pod_ip``."""
+    for name in sorted(os.listdir("/run/netns")):
+        if name.startswith(node.netns + "-"):
+            out = subprocess.run(["ip", "-n", name, "-o", "-4", "addr"], capture_output=True, text=True, timeout=10)
+            if f" {pod_ip}/" in out.stdout:
+                return name
+    raise AssertionError(f"no namespace of {node.netns} has {pod_ip}")
+
+
+@pytest.mark.process
+def test_https_reaches_a_tls_server_in_the_pod(plane):
+    api, pki, admin, node, tmp = plane
+    pod_ip = admin.get("pods", "web", NS).status.pod_ip
+    cert = pki.kubelet_serving("tls-in-pod")
+    server = subprocess.Popen(["ip", "netns", "exec", _pod_netns(node, pod_ip), sys.executable, "-c", TLS_SERVER,
+                               str(cert.cert), str(cert.key), pod_ip], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline() == "serving\n"
+        base = f"/api/v1/namespaces/{NS}/pods"
+        assert api_call(api, pki, "GET", f"{base}/https:web:8443/proxy/a/b?c=d") == (200, "tls /a/b?c=d")
+        # plain HTTP to a TLS port: the server's refusal, or its hang-up, is what comes back
+        status = _status(api, pki, f"{base}/web:8443/proxy/")
+        assert status[:2] == (503, "ServiceUnavailable") and status[2] in (
+            f"error trying to reach service: read tcp {pod_ip}:8443: read: connection reset by peer",
+            "error trying to reach service: EOF"), status
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+
+
+def _connections_to(netns: str, ip: str, port: int) -> int:
+    out = subprocess.run(["ip", "netns", "exec", netns, "ss", "-Htn", "state", "established",
+                          f"( dst {ip} and dport = :{port} )"], capture_output=True, text=True, check=True,
+                         timeout=10).stdout
+    return len(out.splitlines())
+
+
+@pytest.mark.process
+def test_an_endless_answer_streams_and_its_pod_connection_ends_with_the_client(plane):
+    api, pki, admin, node, tmp = plane
+    pod_ip = admin.get("pods", "web", NS).status.pod_ip
+    cp = control_plane_flags(tmp)["bind_netns"]
+    poll(lambda: _connections_to(cp, pod_ip, 8080) == 0, 10, what="earlier requests' connections closed")
+    ctx = ssl.create_default_context(cafile=str(pki.ca.cert_path))
+    ctx.load_cert_chain(str(pki.clients["admin"].cert), str(pki.clients["admin"].key))
+    raw = socket.create_connection(("127.0.0.1", api.port), timeout=30)
+    with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+        conn.sendall(f"GET /api/v1/namespaces/{NS}/services/web:http/proxy/cgi-bin/ticks HTTP/1.1\r\n"
+                     f"Host: 127.0.0.1\r\n\r\n".encode())
+        seen = b""
+        while seen.count(b"tick") < 3:
+            data = conn.recv(4096)
+            assert data, seen
+            seen += data
+        assert seen.startswith(b"HTTP/1.1 200 ") and b"Transfer-Encoding: chunked" in seen, seen
+        assert _connections_to(cp, pod_ip, 8080) == 1  # from the apiserver's machine on the plane
+    poll(lambda: _connections_to(cp, pod_ip, 8080) == 0, 10, what="the pod connection closed with the client")

@@ -50,14 +50,15 @@ class NodeProxy:
             raise errors.bad_request("address not allowed")
         kubelets, host = self.kubelets, self.kubelets.kubelet_host
 
-        def unreachable(why: str) -> ApiError:  # upstream's words first: clients look for them
-            return kubelet_unreachable(name, f"{host}:{port}", why, prefix="error trying to reach service: ")
+        def unreachable(e: BaseException) -> ApiError:  # upstream's words first: clients look for them
+            return kubelet_unreachable(name, f"{host}:{port}", str(e) or type(e).__name__,
+                                       prefix="error trying to reach service: ")
 
         async def open_():
             try:
                 return await kubelets.open_http(host, port)
             except (OSError, TimeoutError) as e:
-                raise unreachable(str(e) or type(e).__name__) from None
+                raise unreachable(e) from None
 
         return await proxyrelay.relay(req, proxyrelay.request_target(req, t.path), f"{host}:{port}", open_,
                                       unreachable)

@@ -25,6 +25,7 @@ words, as kubectl shows it from kube-apiserver.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import os
@@ -54,6 +55,17 @@ def _dial_error(ip: str, port: int, e: BaseException) -> ApiError:
     # asyncio words a refused connect its own way: the errno's text is what Go shows
     reason = os.strerror(e.errno) if isinstance(e, OSError) and e.errno else str(e)
     return _unreachable(f"dial tcp {ip}:{port}: connect: {reason[:1].lower()}{reason[1:]}")
+
+
+def _exchange_error(ip: str, port: int, e: BaseException) -> ApiError:
+    """A connection that failed once made, near the words of Go's HTTP client."""
+    if isinstance(e, TimeoutError):
+        return _unreachable("net/http: timeout awaiting response headers")
+    if isinstance(e, asyncio.IncompleteReadError):  # closed before a whole response head
+        return _unreachable("EOF")
+    if isinstance(e, OSError) and e.errno:
+        return _unreachable(f"read tcp {ip}:{port}: read: {os.strerror(e.errno).lower()}")
+    return _unreachable(f"net/http: HTTP/1.x transport connection broken: {e}")
 
 
 def _no_route(ip: str, port: int) -> ApiError:
@@ -117,7 +129,7 @@ class WorkloadProxy:
                 raise _dial_error(ip, port, e) from None
 
         return await proxyrelay.relay(req, proxyrelay.request_target(req, t.path), f"{ip}:{port}", open_,
-                                      _unreachable)
+                                      lambda e: _exchange_error(ip, port, e))
 
     async def pod_location(self, namespace: str, id_: str):
         """(scheme, pod, IP, port) a pods/proxy request goes to."""

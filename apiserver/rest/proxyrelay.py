@@ -68,10 +68,11 @@ def request_target(req: Request, rest: str) -> str:
 
 
 async def relay(req: Request, target: str, host: str, open_: Opener,
-                unreachable: Callable[[str], ApiError]) -> Response:
+                unreachable: Callable[[BaseException], ApiError]) -> Response:
     """``req`` sent as ``target`` to the server ``open_`` connects to (``host``: its Host header),
     and the answer as a streamed Response. ``open_`` raises the ApiError its subresource answers
-    when it cannot connect; a failure after that is ``unreachable(why)``."""
+    when it cannot connect; a failure after that (OSError, TimeoutError, a response cut short or
+    not HTTP: ValueError) is ``unreachable(the exception)``."""
     head = _request_head(req, target, host)
     reader, writer = await open_()
     try:
@@ -81,7 +82,7 @@ async def relay(req: Request, target: str, host: str, open_: Opener,
             status, headers = await _read_response_head(reader)
     except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
         writer.close()
-        raise unreachable(str(e) or type(e).__name__) from None
+        raise unreachable(e) from None
     except BaseException:  # cancelled: the far connection goes with the request
         writer.close()
         raise
