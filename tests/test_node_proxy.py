@@ -169,8 +169,9 @@ def test_queries_types_refusals_and_streams_pass_through(plane):
     # a chunked answer (the container's log), streamed through
     code, ctype, text = api_call(api, pki, "GET", f"{base}/containerLogs/{NS}/talker/c")
     assert (code, ctype, text) == (200, "text/plain", "hello\n")
-    # the root: the kubelet serves nothing there
-    assert api_call(api, pki, "GET", base)[:2] == (404, "text/plain; charset=utf-8")
+    # the root: the kubelet serves nothing there; without its slash, redirected to it, as upstream
+    assert api_call(api, pki, "GET", base + "/")[:2] == (404, "text/plain; charset=utf-8")
+    assert api_call(api, pki, "GET", base)[:2] == (301, "")
     # <node>:<kubelet port> is the same kubelet; another port is refused as upstream refuses loopback
     port = admin.get("nodes", node.name, "").status.daemon_endpoints.kubelet_endpoint.port
     assert api_call(api, pki, "GET", f"/api/v1/nodes/https:{node.name}:{port}/proxy/healthz")[::2] == (200, "ok")

@@ -124,6 +124,19 @@ def api_call(api, pki, method: str, path: str, *, token: str = "") -> tuple[int,
         conn.close()
 
 
+def _redirect(api, pki, path: str) -> tuple[int, str]:
+    ctx = ssl.create_default_context(cafile=str(pki.ca.cert_path))
+    ctx.load_cert_chain(str(pki.clients["admin"].cert), str(pki.clients["admin"].key))
+    conn = http.client.HTTPSConnection("127.0.0.1", api.port, context=ctx, timeout=30)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, resp.getheader("Location", "")
+    finally:
+        conn.close()
+
+
 def _status(api, pki, path: str, method: str = "GET") -> tuple[int, str, str]:
     code, text = api_call(api, pki, method, path)
     status = json.loads(text)
@@ -154,6 +167,10 @@ def test_queries_and_methods_reach_the_pod(plane):
         200, "GET a=1&b=x+y xff=127.0.0.1\n")
     assert api_call(api, pki, "POST", f"{base}/services/web:http/proxy/cgi-bin/q?watch=true") == (
         200, "POST watch=true xff=127.0.0.1\n")
+    # the root without its slash: redirected to it (query kept), as upstream, the pod not asked
+    conn_status, location = _redirect(api, pki, f"{base}/pods/web:8080/proxy?a=1")
+    assert (conn_status, location) == (301, f"{base}/pods/web:8080/proxy/?a=1")
+    assert _redirect(api, pki, f"{base}/services/web:http/proxy")[1] == f"{base}/services/web:http/proxy/"
     # the pod's own answers pass as it gave them
     assert api_call(api, pki, "GET", f"{base}/pods/web:8080/proxy/nosuch")[0] == 404
 

@@ -60,5 +60,4 @@ class NodeProxy:
             except (OSError, TimeoutError) as e:
                 raise unreachable(e) from None
 
-        return await proxyrelay.relay(req, proxyrelay.request_target(req, t.path), f"{host}:{port}", open_,
-                                      unreachable)
+        return await proxyrelay.relay(req, t.path, f"{host}:{port}", open_, unreachable)

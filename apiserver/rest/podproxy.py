@@ -128,8 +128,7 @@ class WorkloadProxy:
             except (OSError, TimeoutError) as e:
                 raise _dial_error(ip, port, e) from None
 
-        return await proxyrelay.relay(req, proxyrelay.request_target(req, t.path), f"{ip}:{port}", open_,
-                                      lambda e: _exchange_error(ip, port, e))
+        return await proxyrelay.relay(req, t.path, f"{ip}:{port}", open_, lambda e: _exchange_error(ip, port, e))
 
     async def pod_location(self, namespace: str, id_: str):
         """(scheme, pod, IP, port) a pods/proxy request goes to."""

@@ -67,13 +67,21 @@ def request_target(req: Request, rest: str) -> str:
     return target
 
 
-async def relay(req: Request, target: str, host: str, open_: Opener,
+async def relay(req: Request, rest: str, host: str, open_: Opener,
                 unreachable: Callable[[BaseException], ApiError]) -> Response:
-    """``req`` sent as ``target`` to the server ``open_`` connects to (``host``: its Host header),
-    and the answer as a streamed Response. ``open_`` raises the ApiError its subresource answers
-    when it cannot connect; a failure after that (OSError, TimeoutError, a response cut short or
-    not HTTP: ValueError) is ``unreachable(the exception)``."""
-    head = _request_head(req, target, host)
+    """``req`` sent for ``rest`` (what follows proxy/) to the server ``open_`` connects to
+    (``host``: its Host header), and the answer as a streamed Response. ``open_`` raises the
+    ApiError its subresource answers when it cannot connect; a failure after that (OSError,
+    TimeoutError, a response cut short or not HTTP: ValueError) is ``unreachable(the exception)``.
+
+    A GET or HEAD of the proxy's root without its trailing slash (``.../proxy``) is redirected to
+    it (301), as upstream does, so that the far server's relative links resolve under it."""
+    if not rest and not req.path.endswith("/") and req.method in ("GET", "HEAD"):
+        location = quote(req.path, safe="/:@!$&'()*+,;=~") + "/"
+        if req.query:
+            location += "?" + urlencode(req.query, doseq=True)
+        return Response(301, b"", "", headers=[("Location", location)])
+    head = _request_head(req, request_target(req, rest), host)
     reader, writer = await open_()
     try:
         writer.write(head + req.body)
