@@ -28,7 +28,8 @@ import sys
 import pytest
 
 from apiserver.pb import core_pb2
-from apiserver.rest import podproxy, proxyrelay, routing
+from apiserver import resources
+from apiserver.rest import discovery, podproxy, proxyrelay, routing
 from harness.etcd_client import wait_until as poll
 from harness.nodes import control_plane_flags, need_runtime, running_pod
 from harness.procs import Registry
@@ -57,6 +58,13 @@ def test_pod_and_service_proxy_paths_parse():
     assert proxyrelay.split_scheme_name_port("https:web:http") == ("https", "web", "http")
     assert proxyrelay.split_scheme_name_port("web") == ("", "web", "")
     assert proxyrelay.split_scheme_name_port("ftp:web:80") is None
+
+
+def test_discovery_lists_the_proxy_subresources_as_upstream():
+    verbs = ["create", "delete", "get", "patch", "update"]
+    for resource, kind in (("pods", "PodProxyOptions"), ("services", "ServiceProxyOptions"),
+                           ("nodes", "NodeProxyOptions")):
+        assert ("proxy", "", kind, verbs) in discovery.subresources(resources.lookup(resource)), resource
 
 
 def test_only_global_unicast_addresses_and_go_ports():
@@ -307,6 +315,10 @@ def test_https_reaches_a_tls_server_in_the_pod(plane):
         assert server.stdout.readline() == "serving\n"
         base = f"/api/v1/namespaces/{NS}/pods"
         assert api_call(api, pki, "GET", f"{base}/https:web:8443/proxy/a/b?c=d") == (200, "tls /a/b?c=d")
+        # TLS to the plain httpd: no handshake
+        status = _status(api, pki, f"{base}/https:web:8080/proxy/")
+        assert status[:2] == (503, "ServiceUnavailable") and status[2].startswith(
+            "error trying to reach service: tls: "), status
         # plain HTTP to a TLS port: the server's refusal, or its hang-up, is what comes back
         status = _status(api, pki, f"{base}/web:8443/proxy/")
         assert status[:2] == (503, "ServiceUnavailable") and status[2] in (

@@ -32,6 +32,7 @@ import os
 import random
 import re
 import socket
+import ssl
 
 from apiserver import errors, resources
 from apiserver.errors import ApiError
@@ -52,6 +53,8 @@ def _dial_error(ip: str, port: int, e: BaseException) -> ApiError:
     """A failed dial in the words of Go's net.Dial, which kubectl shows from kube-apiserver."""
     if isinstance(e, TimeoutError):
         return _unreachable(f"dial tcp {ip}:{port}: i/o timeout")
+    if isinstance(e, ssl.SSLError):  # connected, then no TLS (https: to a plain server, say)
+        return _unreachable(f"tls: {(e.reason or str(e)).lower().replace('_', ' ')}")
     # asyncio words a refused connect its own way: the errno's text is what Go shows
     reason = os.strerror(e.errno) if isinstance(e, OSError) and e.errno else str(e)
     return _unreachable(f"dial tcp {ip}:{port}: connect: {reason[:1].lower()}{reason[1:]}")
