@@ -179,6 +179,8 @@ def test_queries_and_methods_reach_the_pod(plane):
     conn_status, location = _redirect(api, pki, f"{base}/pods/web:8080/proxy?a=1")
     assert (conn_status, location) == (301, f"{base}/pods/web:8080/proxy/?a=1")
     assert _redirect(api, pki, f"{base}/services/web:http/proxy")[1] == f"{base}/services/web:http/proxy/"
+    # only upstream's ConnectMethods
+    assert api_call(api, pki, "TRACE", f"{base}/pods/web:8080/proxy/")[0] == 405
     # the pod's own answers pass as it gave them
     assert api_call(api, pki, "GET", f"{base}/pods/web:8080/proxy/nosuch")[0] == 404
 
