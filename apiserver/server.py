@@ -18,6 +18,7 @@ from apiserver.encryption import TransformError, load_transformer
 from apiserver.errors import ApiError
 from apiserver.etcd3 import Etcd, EtcdTLS, parse_servers, uses_tls
 from apiserver.kubelet import KubeletClients
+from apiserver.podnetwork import PodNetwork
 from apiserver.registry import Options, Registry
 from apiserver.rest import serving as rest_serving
 from apiserver.service import ApiServerService, add_to_server
@@ -88,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also serve on --advertise-address, at the same port, inside the network namespace "
                         "NAME (/run/netns/NAME: a plane's control-plane host, <prefix>-cp), where pods reach "
                         "the `kubernetes` Service's endpoint; the socket is made once the namespace and the "
-                        "address exist, and again if the namespace is made anew (needs CAP_SYS_ADMIN)")
+                        "address exist, and again if the namespace is made anew (needs CAP_SYS_ADMIN); "
+                        "pods/ and services/NAME/proxy dial pods from there too (without it they reach none)")
     p.add_argument("--service-repair-interval", type=float, default=DEFAULT_REPAIR_INTERVAL,
                    help="seconds between passes of the ClusterIP/NodePort repair loop (upstream: 180)")
     auth_flags.add_flags(p)
@@ -157,7 +159,7 @@ async def serve(args: argparse.Namespace, transformer) -> int:
     # Kubernetes' REST API on the same port: connections that do not open with HTTP/2's
     # preface are HTTP/1.1 (kubectl and client-go over http://, or https:// where ALPN chose
     # http/1.1)
-    rest = rest_serving.front(registry, kubelets, gate)
+    rest = rest_serving.front(registry, kubelets, gate, PodNetwork(args.bind_netns))
     server.http1_protocol = rest.protocol
     address = f"{args.bind_address}:{args.port}"
     host = "127.0.0.1" if args.bind_address == "localhost" else args.bind_address.strip("[]")

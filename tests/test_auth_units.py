@@ -27,6 +27,10 @@ ISSUER = "https://kubernetes.default.svc.cluster.local"
     ("GET", "/api/v1/namespaces/a/pods", {"watch": ["true"]}, ("watch", "a", "", "pods", "", "")),
     ("GET", "/api/v1/namespaces/a/pods/p", {}, ("get", "a", "", "pods", "", "p")),
     ("HEAD", "/api/v1/namespaces/a/pods/p", {}, ("get", "a", "", "pods", "", "p")),
+    # a named GET is a get whatever its query (here the pod's own, through its proxy)
+    ("GET", "/api/v1/namespaces/a/pods/p:80/proxy/x", {"watch": ["true"]}, ("get", "a", "", "pods", "proxy", "p:80")),
+    ("POST", "/api/v1/namespaces/a/services/https:s:web/proxy", {}, ("create", "a", "", "services", "proxy",
+                                                                     "https:s:web")),
     ("DELETE", "/api/v1/namespaces/a/pods", {}, ("deletecollection", "a", "", "pods", "", "")),
     ("POST", "/api/v1/namespaces/a/pods/p/eviction", {}, ("create", "a", "", "pods", "eviction", "p")),
     ("PATCH", "/apis/apps/v1/namespaces/a/deployments/d/scale", {},

@@ -46,11 +46,12 @@ def wait_until(check, what: str):
 
 
 @contextlib.contextmanager
-def secure_node(tmp, reg: Registry, namespace: str, *kubelet_extra: str):
+def secure_node(tmp, reg: Registry, namespace: str, *kubelet_extra: str, apiserver_flags: dict | None = None):
     """A secure plane (TLS, Node+RBAC, the TOKENS file) and one real node whose kubelet serves
     its API over TLS with the cluster CA's certificate, reviewing callers at the apiserver;
     dave (group ops) may use every kubelet's API, bob may view ``namespace`` only.
-    Yields (api, pki, admin client, node)."""
+    ``apiserver_flags``: more of the apiserver's (harness spelling). Yields (api, pki, admin
+    client, node)."""
     pki = pkis.plane_pki(tmp / "pki")
     token_file = tmp / "tokens.csv"
     token_file.write_text(TOKENS)
@@ -58,7 +59,8 @@ def secure_node(tmp, reg: Registry, namespace: str, *kubelet_extra: str):
     kubelet_args = ("--tls-cert-file", str(serving.cert), "--tls-private-key-file", str(serving.key),
                     "--client-ca-file", str(pki.ca.cert_path), "--authentication-token-webhook",
                     "--authorization-mode", "Webhook", "--anonymous-auth", "false", *kubelet_extra)
-    api = start_control_plane(tmp, reg, pki=pki, token_auth_file=str(token_file), **pki.kubelet_client_flags())
+    api = start_control_plane(tmp, reg, pki=pki, token_auth_file=str(token_file), **pki.kubelet_client_flags(),
+                              **(apiserver_flags or {}))
     admin = api.client("admin")
 
     def kubeconfig(who: str) -> str:  # who: "node-<name>" (the kubelet's identity)

@@ -21,7 +21,7 @@ import subprocess
 import pytest
 
 from apiserver.pb import core_pb2
-from apiserver.rest import nodeproxy, routing
+from apiserver.rest import nodeproxy, proxyrelay, routing
 from harness.etcd_client import wait_until as poll
 from harness.nodes import need_runtime, running_pod
 from harness.procs import Registry
@@ -59,11 +59,11 @@ def test_a_node_name_splits_as_upstreams(node_id, expected):
 
 
 def test_the_kubelet_path_is_cleaned_and_encoded():
-    assert nodeproxy.kubelet_path("", False) == "/"
-    assert nodeproxy.kubelet_path("stats/summary", False) == "/stats/summary"
-    assert nodeproxy.kubelet_path("metrics/", True) == "/metrics/"
-    assert nodeproxy.kubelet_path("../../etc/passwd", False) == "/etc/passwd"
-    assert nodeproxy.kubelet_path("a b/%", False) == "/a%20b/%25"
+    assert proxyrelay.upstream_path("", False) == "/"
+    assert proxyrelay.upstream_path("stats/summary", False) == "/stats/summary"
+    assert proxyrelay.upstream_path("metrics/", True) == "/metrics/"
+    assert proxyrelay.upstream_path("../../etc/passwd", False) == "/etc/passwd"
+    assert proxyrelay.upstream_path("a b/%", False) == "/a%20b/%25"
 
 
 def _pieces(data: bytes, headers: dict) -> list[bytes]:
@@ -71,15 +71,15 @@ def _pieces(data: bytes, headers: dict) -> list[bytes]:
         reader = asyncio.StreamReader()
         reader.feed_data(data)
         reader.feed_eof()
-        return [p async for p in nodeproxy._body(reader, headers)]
+        return [p async for p in proxyrelay._body(reader, headers)]
     return asyncio.run(read())
 
 
 def test_a_body_is_read_a_piece_at_a_time_as_the_kubelet_framed_it():
-    big = b"x" * (nodeproxy.PIECE * 2 + 5)
+    big = b"x" * (proxyrelay.PIECE * 2 + 5)
     pieces = _pieces(b"%x\r\n%s\r\n3;ext=1\r\nabc\r\n0\r\n\r\nnot the body" % (len(big), big),
                      {"transfer-encoding": "chunked"})
-    assert b"".join(pieces) == big + b"abc" and max(map(len, pieces)) == nodeproxy.PIECE
+    assert b"".join(pieces) == big + b"abc" and max(map(len, pieces)) == proxyrelay.PIECE
     assert b"".join(_pieces(b"hello, and more", {"content-length": "5"})) == b"hello"
     assert b"".join(_pieces(big, {})) == big  # no framing: up to the end of the connection
     assert b"".join(_pieces(b"5\r\nhel", {"transfer-encoding": "chunked"})) == b""  # cut: ends there
@@ -169,8 +169,9 @@ def test_queries_types_refusals_and_streams_pass_through(plane):
     # a chunked answer (the container's log), streamed through
     code, ctype, text = api_call(api, pki, "GET", f"{base}/containerLogs/{NS}/talker/c")
     assert (code, ctype, text) == (200, "text/plain", "hello\n")
-    # the root: the kubelet serves nothing there
-    assert api_call(api, pki, "GET", base)[:2] == (404, "text/plain; charset=utf-8")
+    # the root: the kubelet serves nothing there; without its slash, redirected to it, as upstream
+    assert api_call(api, pki, "GET", base + "/")[:2] == (404, "text/plain; charset=utf-8")
+    assert api_call(api, pki, "GET", base)[:2] == (301, "")
     # <node>:<kubelet port> is the same kubelet; another port is refused as upstream refuses loopback
     port = admin.get("nodes", node.name, "").status.daemon_endpoints.kubelet_endpoint.port
     assert api_call(api, pki, "GET", f"/api/v1/nodes/https:{node.name}:{port}/proxy/healthz")[::2] == (200, "ok")

@@ -51,10 +51,11 @@ def rest_attributes(user: User, method: str, path: str, query: dict[str, list[st
     if resource == "namespaces" and not namespace and name:
         namespace = name  # a namespace's own requests are in it
     if method in ("GET", "HEAD"):
-        if (query.get("watch") or [""])[0] in _TRUE:
-            verb = "watch"
+        # a named GET stays a get whatever its query says (a pods/NAME/proxy/...?watch=true is the pod's)
+        if name:
+            verb = "get"
         else:
-            verb = "get" if name else "list"
+            verb = "watch" if (query.get("watch") or [""])[0] in _TRUE else "list"
     elif method == "DELETE" and not name:
         verb = "deletecollection"
     else:

@@ -13,5 +13,8 @@
 - ``status``: errors as meta/v1 Status
 - ``openapi``: the OpenAPI documents (not yet)
 - ``streams``: pods/log, and pods/exec, attach, portforward relayed to the kubelet
+- ``proxyrelay``: a proxy subresource's request relayed and its answer streamed back
+- ``nodeproxy``: nodes/NAME/proxy to the node's kubelet
+- ``podproxy``: pods/ and services/NAME/proxy to a pod's IP (apiserver/podnetwork.py dials it)
 - ``serving``: the pieces put together for apiserver/server.py
 """

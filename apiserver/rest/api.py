@@ -16,8 +16,8 @@ from apiserver.auth.audit import now as audit_now
 from apiserver.auth.gate import Seen
 from apiserver.errors import ApiError
 from apiserver.registry import Registry, parse_resource_version
-from apiserver.rest import (apply, authapi, convert, discovery, nodeproxy, openapi, patch, protobuf, routing, streams,
-                            tables, watch)
+from apiserver.rest import (apply, authapi, convert, discovery, nodeproxy, openapi, patch, podproxy, protobuf, routing,
+                            streams, tables, watch)
 from apiserver.rest.http1 import Request, Response, json_response
 from apiserver.rest.status import error_response, http_error, success
 
@@ -35,10 +35,11 @@ def _strip_kind(obj: dict) -> dict:
 
 
 class RestApi:
-    def __init__(self, registry: Registry, kubelets=None, gate=None) -> None:
+    def __init__(self, registry: Registry, kubelets=None, gate=None, pod_network=None) -> None:
         self.registry = registry
         self.streams = streams.PodStreams(registry, kubelets)
         self.node_proxy = nodeproxy.NodeProxy(registry, kubelets)
+        self.workload_proxy = podproxy.WorkloadProxy(registry, pod_network)
         # authentication and authorization (apiserver/auth/gate.py); None: everyone may do anything
         self.gate = gate
         self.items = convert.ItemCache()
@@ -124,7 +125,10 @@ class RestApi:
         if t.subresource in streams.SUBRESOURCES and t.res.name == "pods" and t.name:
             return await self.streams.handle(req, t)
         if t.subresource == "proxy" and t.res.name in routing.PROXIED and t.name:
-            return await self.node_proxy.handle(req, t)
+            if t.res.name == "nodes":
+                return await self.node_proxy.handle(req, t)
+            if t.namespace:
+                return await self.workload_proxy.handle(req, t)
         if t.subresource == "token" and t.res.name == "serviceaccounts" and t.name:
             return await authapi.token_request(self.gate, self.registry, req, t.namespace, t.name)
         if t.subresource == "eviction" and t.res.name == "pods":

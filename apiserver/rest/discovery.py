@@ -55,7 +55,11 @@ def subresources(res: Resource) -> list[tuple[str, str, str, list[str]]]:
                  ("eviction", "policy", "Eviction", ["create"]),
                  ("exec", "", "PodExecOptions", ["create", "get"]),
                  ("log", "", "Pod", ["get"]),
-                 ("portforward", "", "PodPortForwardOptions", ["create", "get"])]
+                 ("portforward", "", "PodPortForwardOptions", ["create", "get"]),
+                 # relayed to the pod (apiserver/rest/podproxy.py), as the services' below
+                 ("proxy", "", "PodProxyOptions", ["create", "delete", "get", "patch", "update"])]
+    if res.name == "services":
+        subs.append(("proxy", "", "ServiceProxyOptions", ["create", "delete", "get", "patch", "update"]))
     if res.name == "nodes":  # relayed to the node's kubelet (apiserver/rest/nodeproxy.py)
         subs.append(("proxy", "", "NodeProxyOptions", ["create", "delete", "get", "patch", "update"]))
     return subs

@@ -247,8 +247,9 @@ async def _write(writer: asyncio.StreamWriter, response: Response, *, keep_alive
     body ends when its iterator does, or when the client closes the
     connection (seen on ``reader``: a watch with nothing to send learns it
     without waiting for its next event)."""
-    headers = [("Content-Type", response.content_type), ("Cache-Control", "no-cache, private"),
-               *response.headers]
+    # no Content-Type at all for an answer without one (a redirect; a proxied answer that had none)
+    headers = [*([("Content-Type", response.content_type)] if response.content_type else []),
+               ("Cache-Control", "no-cache, private"), *response.headers]
     if not keep_alive:
         headers.append(("Connection", "close"))
     if response.stream is None:

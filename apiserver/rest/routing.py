@@ -4,7 +4,7 @@ subresource a request is about.
     /api/v1/<resource>[/<name>[/<subresource>]]
     /api/v1/namespaces/<namespace>/<resource>[/<name>[/<subresource>]]
     /apis/<group>/<version>/... the same under a named group
-    /api/v1/nodes/<name>/proxy[/<path>...] the path after proxy/ kept whole
+    /api/v1/nodes/<name>/proxy[/<path>...] the path after proxy/ kept whole (also pods', services')
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class Target:
 
 
 # the resources whose proxy subresource takes the rest of the path
-PROXIED = ("nodes",)
+PROXIED = ("nodes", "pods", "services")
 
 
 class NoRoute(Exception):

@@ -9,8 +9,10 @@ from apiserver.rest.http1 import Http1Server
 from apiserver.rest.status import http_error
 
 
-def front(registry: Registry, kubelets=None, gate=None) -> Http1Server:
+def front(registry: Registry, kubelets=None, gate=None, pod_network=None) -> Http1Server:
     """``kubelets`` (apiserver.kubelet.KubeletClients): where pods/log, exec, attach and
     portforward go; None serves none of them. ``gate``: authentication and authorization
-    (apiserver/auth/gate.py), None: everyone may do anything."""
-    return Http1Server(RestApi(registry, kubelets, gate).handle, http_error)
+    (apiserver/auth/gate.py), None: everyone may do anything. ``pod_network``
+    (apiserver.podnetwork.PodNetwork): where pods/ and services/NAME/proxy dial pods from; None:
+    nowhere."""
+    return Http1Server(RestApi(registry, kubelets, gate, pod_network).handle, http_error)
