@@ -45,16 +45,21 @@ def put_cost(key: bytes, value: bytes) -> int:
 
 
 def txn_cost(t: pb.TxnRequest) -> int:
-    """As etcd: the puts of the larger branch (a nested txn's count for nothing)."""
+    """As etcd: the puts of the larger branch; unlike etcd 3.4, a nested
+    txn's puts count too (there they count for nothing, so a nested put
+    would get past the NOSPACE alarm and the quota would bound nothing)."""
     return max(_branch_cost(t.success), _branch_cost(t.failure))
 
 
 def _branch_cost(ops) -> int:
     cost = 0
     for op in ops:
-        if op.WhichOneof("request") == "request_put":
+        kind = op.WhichOneof("request")
+        if kind == "request_put":
             put = op.request_put
             cost += KV_OVERHEAD + len(put.key) + len(put.value)
+        elif kind == "request_txn":
+            cost += txn_cost(op.request_txn)
     return cost
 
 
