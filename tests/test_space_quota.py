@@ -13,6 +13,7 @@ and keeping the alarm through a restart.
 
 from __future__ import annotations
 
+import http.client
 import json
 import pickle
 import re
@@ -168,6 +169,17 @@ def health(port: int) -> tuple[int, bytes]:
         return err.code, err.read()
 
 
+def gateway(port: int, path: str, body: dict, norm) -> tuple[int, object]:
+    """(status, JSON body) of a POST to the gRPC gateway on a client port."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", path, body=json.dumps(body).encode())
+        resp = conn.getresponse()
+        return resp.status, json.loads(norm(resp.read().decode()))
+    finally:
+        conn.close()
+
+
 def member_id(endpoint: str) -> int:
     with Client(endpoint) as c:
         return c.maintenance.Status(pb.StatusRequest(), timeout=10).header.member_id
@@ -186,6 +198,7 @@ def nospace_session(m, metrics_port: int) -> list:
 
     def norm(text: str) -> str:
         text = "\n".join(line for line in text.splitlines() if not line.startswith('{"level":'))
+        text = re.sub(r"took = [0-9.]+[µmn]?s", "took = <T>", text)
         return text.replace(str(me), "<ID>").replace(format(me, "x"), "<HEX>").replace(str(m.client_port), "<PORT>")
 
     def ctl(*args, stdin=None):
@@ -202,6 +215,9 @@ def nospace_session(m, metrics_port: int) -> list:
     ctl("del", "k0000")
     out.append(("status errors", [norm(e) for e in status_errors(m.endpoint)]))
     out.append(("health", health(metrics_port)))
+    ctl("endpoint", "health")
+    for path, body in (("/v3/maintenance/alarm", {}), ("/v3/kv/put", {"key": "YQ==", "value": "Yg=="})):
+        out.append((path, *gateway(m.client_port, path, body, norm)))
     with Client(m.endpoint) as c:
         rev = c.kv.DeleteRange(pb.DeleteRangeRequest(key=b"k", range_end=b"l"), timeout=10).header.revision
         c.kv.Compact(pb.CompactionRequest(revision=rev), timeout=10)
