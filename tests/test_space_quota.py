@@ -6,9 +6,10 @@ the quota applier (a write taking the backend to the member's quota is applied
 and answered NO_SPACE, and the member told), alarms kept through a snapshot
 and the member-local quota not. Then real members: one etcdlite member and a
 real etcd 3.4 with the same small quota, filled until refused, and the same
-etcdctl session (alarm list, refused writes, Status' errors, /health, compact,
-defrag, disarm) compared; a 3-member cluster refusing writes on every member
-and keeping the alarm through a restart.
+etcdctl session (alarm list, refused writes, Status' errors, /health, the
+gateway, compact, defrag, disarm) compared; a 3-member cluster whose member
+with the smallest quota raises the alarm as it applies a write past it, then
+every member refusing writes, the alarm kept through a restart.
 """
 
 from __future__ import annotations
@@ -253,19 +254,27 @@ def test_a_member_at_its_quota_answers_as_etcd_34(procs, tmp_path, etcd_binaries
 
 @pytest.mark.process
 def test_a_cluster_refuses_writes_on_every_member_and_keeps_the_alarm_through_a_restart(procs, tmp_path):
-    members = start_etcdlite_cluster(tmp_path, 3, procs, quota_backend_bytes=150_000)
+    """m2 has the smallest quota: the writes sent to m0 pass m0's check, and
+    the one m2 applies past its own quota has m2 raise its alarm (etcd's
+    quota applier), which then caps every member."""
+    def smaller_quota_on_m2(members):
+        members[2].extra_flags["quota_backend_bytes"] = 100_000
+
+    members = start_etcdlite_cluster(tmp_path, 3, procs, before_launch=smaller_quota_on_m2,
+                                     quota_backend_bytes=150_000)
     m0, m1, m2 = members
     ids = [member_id(m.endpoint) for m in members]
     passed, code, text = fill(m0.endpoint)
     assert (code, text) == (grpc.StatusCode.RESOURCE_EXHAUSTED, NOSPACE_TEXT)
-    assert 150_000 - (passed + 1) * 2256 < 2256  # refused at the quota, not before
+    stored = passed * (len(b"k0000") + len(VALUE))
+    assert 100_000 - 2256 <= stored < 150_000 - 2256  # m2's quota, not m0's
 
     def alarm_list(m) -> list[str]:
         rc, out, err = run_etcdctl(m, "alarm", "list")
         assert rc == 0, err
         return out.splitlines()
 
-    assert alarm_list(m2) == [f"memberID:{ids[0]} alarm:NOSPACE "]
+    assert alarm_list(m0) == [f"memberID:{ids[2]} alarm:NOSPACE "]
     # reads, deletes and compaction anywhere; the store is then far below the quota
     with Client(m1.endpoint) as c:
         assert c.get(b"k0000").kvs[0].value == VALUE
@@ -286,15 +295,15 @@ def test_a_cluster_refuses_writes_on_every_member_and_keeps_the_alarm_through_a_
             assert c.kv.Txn(pb.TxnRequest(success=[read_op]), timeout=10).succeeded
     # it survives a restart (the alarm is in the replicated state, as in etcd's backend)
     m2.restart(kill=True)
-    assert status_errors(m2.endpoint) == [f"memberID:{ids[0]} alarm:NOSPACE "]
+    assert status_errors(m2.endpoint) == [f"memberID:{ids[2]} alarm:NOSPACE "]
     with Client(m2.endpoint) as c:
         assert error_of(lambda: c.put(b"a", b"b")) == (grpc.StatusCode.RESOURCE_EXHAUSTED, NOSPACE_TEXT)
-    assert alarm_list(m2) == [f"memberID:{ids[0]} alarm:NOSPACE "]
+    assert alarm_list(m2) == [f"memberID:{ids[2]} alarm:NOSPACE "]
     # defrag and disarm on one member: writes go on everywhere
     rc, out, err = run_etcdctl(m1, "defrag")
     assert rc == 0, err
     rc, out, err = run_etcdctl(m1, "alarm", "disarm")
-    assert (rc, out) == (0, f"memberID:{ids[0]} alarm:NOSPACE \n"), err
+    assert (rc, out) == (0, f"memberID:{ids[2]} alarm:NOSPACE \n"), err
     with Client(m2.endpoint) as c:
         assert c.put(b"a", b"b").header.revision > rev
     assert alarm_list(m0) == []
