@@ -15,8 +15,8 @@ import asyncio
 
 from etcdlite.apply import Op, StateMachine
 from etcdlite.errors import NO_SPACE, EtcdError
-from etcdlite.quota import txn_cost
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
+from etcdlite.quota import txn_cost
 from etcdlite.server.backend import Backend
 from etcdlite.server.checks import check_delete, check_put, check_range, check_txn
 from etcdlite.server.rpc import internal_error, unary

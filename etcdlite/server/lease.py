@@ -10,8 +10,8 @@ from etcdlite import errors
 from etcdlite.apply import Op, StateMachine
 from etcdlite.config import MAX_LEASE_TTL, MIN_LEASE_TTL
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
-from etcdlite.quota import LEASE_OVERHEAD
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
+from etcdlite.quota import LEASE_OVERHEAD
 from etcdlite.server.backend import Backend
 from etcdlite.server.rpc import unary
 

@@ -27,10 +27,10 @@ from etcdlite.apply import Op, events_of
 from etcdlite.config import GRPC_OVERHEAD_BYTES, MemberConfig, host_port, is_tls_url
 from etcdlite.lessor import Lessor
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
-from etcdlite.quota import quota_limit
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
 from etcdlite.pb.v3electionpb import v3election_pb2_grpc
 from etcdlite.pb.v3lockpb import v3lock_pb2_grpc
+from etcdlite.quota import quota_limit
 from etcdlite.raft import RaftNode
 from etcdlite.raft.apply_pacing import APPLY_SLICE
 from etcdlite.server.auth import AuthGate, AuthService
