@@ -23,7 +23,8 @@ from enum import IntEnum
 
 import grpc
 
-from etcdlite import errors
+from etcdlite import errors, quota
+from etcdlite.alarms import AlarmTable
 from etcdlite.auth_apply import FIRST_AUTH_OP, LAST_AUTH_OP, apply_auth, check_write, sender
 from etcdlite.auth_store import AuthStore
 from etcdlite.lease_table import LeaseTable
@@ -62,6 +63,8 @@ class Op(IntEnum):
     # 14 to 25: the Auth service's (etcdlite.auth_apply.AuthOp)
     # a member's peer URLs replaced (etcd's MemberUpdate)
     MEMBER_UPDATE = 26
+    # an AlarmRequest: list, raise or disarm alarms (etcdlite.alarms)
+    ALARM = 27
 
 
 def kv_to_pb(kv: KeyValue, keys_only: bool = False) -> kv_pb2.KeyValue:
@@ -168,22 +171,56 @@ def events_of(events) -> list[Event]:
 _PUT = int(Op.PUT)
 _PUT_VALUE = int(Op.PUT_VALUE)
 _PutRequest = pb.PutRequest.FromString
+# a lease's share of the backend's size: its ID and TTL
+LEASE_BYTES = 16
+# the room left for a put when there is no quota
+_NO_QUOTA_ROOM = 1 << 62
 
 
 class StateMachine:
-    """The MVCC store, the lease table, the member table and the auth store,
-    changed only through `apply`."""
+    """The MVCC store, the lease table, the member table, the auth store and
+    the alarms, changed only through `apply`."""
+
+    # Member-local, left out of snapshots: this member's space quota
+    # (etcdlite.quota; set by its ReplicatedState), and whether an applied
+    # write took the backend to it (the member then raises its NOSPACE alarm).
+    # Only answers depend on them, never the state.
+    space_quota = quota.UNLIMITED
+    space_exceeded = False
 
     def __init__(self):
         self.kv = MVCCStore()
         self.leases = LeaseTable()
         self.members = MemberTable()
         self.auth = AuthStore()
+        self.alarms = AlarmTable()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("space_quota", None)
+        state.pop("space_exceeded", None)
+        return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         if "auth" not in state:  # a snapshot from before auth
             self.auth = AuthStore()
+        if "alarms" not in state:  # ... or before alarms
+            self.alarms = AlarmTable()
+
+    def backend_size(self) -> int:
+        """The backend's size in bytes, as Status reports it (dbSize) and the
+        space quota holds it: the key and value bytes of every record the
+        store holds (so compaction shrinks it), and LEASE_BYTES a lease."""
+        return self.kv.approximate_size() + LEASE_BYTES * len(self.leases)
+
+    def _put_room(self) -> int:
+        """A plain put passes the quota while the store's size + its key and
+        value bytes stay below this (etcdlite.quota.admits, inlined)."""
+        limit = self.space_quota
+        if limit == quota.UNLIMITED:
+            return _NO_QUOTA_ROOM
+        return limit - quota.KV_OVERHEAD - LEASE_BYTES * len(self.leases)
 
     def apply_batch(self, commands, pacer=None, start: int = 0, applied: list | None = None):
         """Apply a log entry's commands in order (from `start`, appending to
@@ -205,6 +242,10 @@ class StateMachine:
         put = kv.put_record
         # with auth enabled every command's sender is checked first (`_refusal`)
         guarded = self.auth.enabled
+        # the space quota (`_space_check`, inlined for the plain put)
+        capped = self.alarms.nospace
+        room = self._put_room()
+        size = kv.approximate_size
         for i, command in enumerate(commands[start:] if start else commands, start + 1):
             op = command[0]
             if op == _PUT_VALUE:
@@ -239,13 +280,22 @@ class StateMachine:
                 if p is None or p.lease or p.prev_kv or p.ignore_value or p.ignore_lease:
                     result, events = self.apply(op, data, p)
                     append((op, result, events, kv.current_revision))
+                    capped, room = self.alarms.nospace, self._put_room()
                     continue
                 key, value = p.key, p.value
+            if capped:
+                append((op, errors.NO_SPACE, [], kv.current_revision))
+                continue
+            over = size() + len(key) + len(value) >= room
             record, last = put(key, value)
             events = (key, record, last)
             if last is not None and last[5]:
                 self._track_leases(events_of(events))  # the key left its lease
             revision = record[0]
+            if over:
+                self.space_exceeded = True
+                append((op, errors.NO_SPACE, events, revision))
+                continue
             append((op, revision, events, revision))
         return applied
 
@@ -273,17 +323,21 @@ class StateMachine:
         try:
             if op == _PUT:
                 put = parsed if parsed is not None else _PutRequest(data)
+                over = self._space_check(quota.put_cost(put.key, put.value))
                 if put.prev_kv or put.ignore_value or put.ignore_lease:
                     self._check_put(put)
-                    return self._write(self._put_request, put)
+                    return self._answer(self._write(self._put_request, put), over)
                 lease = put.lease
                 if lease and lease not in self.leases:
                     raise errors.LEASE_NOT_FOUND
-                return self._plain_put(put.key, put.value, lease)
+                return self._answer(self._plain_put(put.key, put.value, lease), over)
             if op == Op.COMPACT:
                 return self._compact(pb.CompactionRequest.FromString(data)), []
             if op == Op.LEASE_GRANT:
-                return self._lease_grant(pb.LeaseGrantRequest.FromString(data)), []
+                over = self._space_check(quota.LEASE_OVERHEAD)
+                return self._answer((self._lease_grant(pb.LeaseGrantRequest.FromString(data)), []), over)
+            if op == Op.ALARM:
+                return self.alarms.apply(pb.AlarmRequest.FromString(data)), []
             if op == Op.BARRIER:
                 return None, []
             if op == Op.MEMBER_PUBLISH:
@@ -318,7 +372,9 @@ class StateMachine:
                 return (yield from self._write_steps(self._delete_range_steps,
                                                      pb.DeleteRangeRequest.FromString(data)))
             if op == Op.TXN:
-                return (yield from self._txn_steps(pb.TxnRequest.FromString(data)))
+                t = pb.TxnRequest.FromString(data)
+                over = self._space_check(quota.txn_cost(t))
+                return self._answer((yield from self._txn_steps(t)), over)
             if op == Op.LEASE_REVOKE or op == Op.LEASE_EXPIRE:
                 return (yield from self._lease_revoke_steps(pb.LeaseRevokeRequest.FromString(data).ID,
                                                             op == Op.LEASE_EXPIRE))
@@ -327,6 +383,25 @@ class StateMachine:
         except Exception as exc:
             return _bug(op, exc), []
         return errors.EtcdError(grpc.StatusCode.INTERNAL, f"etcdlite: not a stepped command {op!r}"), []
+
+    # --- the space quota (etcd's capped and quota appliers) ----------------
+
+    def _space_check(self, cost: int) -> bool:
+        """For a request adding `cost` bytes (etcdlite.quota): NO_SPACE at
+        once while a NOSPACE alarm is raised, if it adds anything; else
+        whether it takes the backend to this member's quota, in which case
+        it is applied all the same and answered NO_SPACE (`_answer`), as
+        etcd's quota applier does (every member applies alike; only the
+        answer and this member's alarm depend on its quota)."""
+        if cost and self.alarms.nospace:
+            raise errors.NO_SPACE
+        return not quota.admits(self.space_quota, self.backend_size(), cost)
+
+    def _answer(self, answer: tuple, over: bool) -> tuple:
+        if over and not isinstance(answer[0], errors.EtcdError):
+            self.space_exceeded = True
+            return errors.NO_SPACE, answer[1]
+        return answer
 
     # --- reads -----------------------------------------------------------
 

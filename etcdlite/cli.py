@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent-streams", type=int, default=DEFAULT_MAX_CONCURRENT_STREAMS,
                    help="calls one client connection may have open at once; more are refused "
                         "(RST_STREAM REFUSED_STREAM)")
+    p.add_argument("--quota-backend-bytes", type=int, default=0,
+                   help="raise the NOSPACE alarm when the backend's size (Status' dbSize) would reach "
+                        "this many bytes; 0: etcd's default, 2 GiB; negative: no quota")
     p.add_argument("--grpc-keepalive-interval", default="2h",
                    help="a client connection that sends nothing for this long is pinged")
     p.add_argument("--grpc-keepalive-timeout", default="20s",
@@ -149,6 +152,7 @@ def config_from_args(args: argparse.Namespace) -> MemberConfig:
         initial_cluster_token=args.initial_cluster_token,
         max_request_bytes=args.max_request_bytes,
         max_txn_ops=args.max_txn_ops,
+        quota_backend_bytes=args.quota_backend_bytes,
         max_concurrent_streams=args.max_concurrent_streams,
         progress_notify_interval=parse_duration(args.experimental_watch_progress_notify_interval),
         grpc_keepalive_interval=parse_duration(args.grpc_keepalive_interval),

@@ -161,6 +161,8 @@ class MemberConfig:
     initial_cluster_token: str = "etcd-cluster"
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_txn_ops: int = DEFAULT_MAX_TXN_OPS
+    # etcd's --quota-backend-bytes as given (0: the default; negative: none): etcdlite.quota
+    quota_backend_bytes: int = 0
     max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
     progress_notify_interval: float = 600.0
     # server keepalive (etcd's --grpc-keepalive-interval and --grpc-keepalive-timeout), seconds

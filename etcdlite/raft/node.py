@@ -50,6 +50,7 @@ from pysyncobj.node import Node, TCPNode
 
 from etcdlite import errors
 from etcdlite.apply import BatchRun, StateMachine
+from etcdlite.quota import UNLIMITED
 
 from . import durable, journal, snapshot_file
 from .apply_pacing import PAUSED, ApplyPacer
@@ -145,14 +146,17 @@ class ReplicatedState(SyncObjConsumer):
     `machine` is serialized (attributes set before SyncObjConsumer.__init__
     are pysyncobj's 'properties' and stay out of snapshots)."""
 
-    def __init__(self, lock: threading.Lock, on_applied, on_restored, pacer: ApplyPacer):
+    def __init__(self, lock: threading.Lock, on_applied, on_restored, pacer: ApplyPacer,
+                 space_quota: int = UNLIMITED):
         self._lock = lock
         self._on_applied = on_applied
         self._on_restored = on_restored
         self._pacer = pacer
         self._run: BatchRun | None = None  # the entry part-applied, if any
+        self._space_quota = space_quota  # this member's (StateMachine.space_quota)
         super().__init__()
         self.machine = StateMachine()
+        self.machine.space_quota = space_quota
 
     @replicated
     def apply(self, commands):
@@ -184,6 +188,7 @@ class ReplicatedState(SyncObjConsumer):
                 self._run = None
                 self._pacer.finished()
             super()._deserialize(data)
+            self.machine.space_quota = self._space_quota
         self._on_restored()
 
 
@@ -239,6 +244,7 @@ class RaftNode:
         fsync: bool = True,
         sync_in_thread: bool = False,
         peer_tls=None,
+        space_quota: int = UNLIMITED,
     ):
         durable.set_sync(fsync)
         # the leader's journal syncs run here, the loop going on meanwhile (see _leader_tick)
@@ -259,7 +265,7 @@ class RaftNode:
             raise
         self.lock = threading.Lock()
         self._pacer = ApplyPacer(loop, self._tick)
-        self.state = ReplicatedState(self.lock, on_applied, on_restored, self._pacer)
+        self.state = ReplicatedState(self.lock, on_applied, on_restored, self._pacer, space_quota)
         self.single = not peer_addresses
         self._tick_period = tick_period
         conf = SyncObjConf(

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from etcdlite.config import MemberConfig
     from etcdlite.lessor import Lessor
     from etcdlite.server.auth import AuthGate
+    from etcdlite.server.space_quota import SpaceGuard
     from etcdlite.watch_hub import WatchHub
 
 T = TypeVar("T")
@@ -58,6 +59,7 @@ class Backend(Protocol):
     lessor: Lessor  # lease IDs and remaining TTLs (the leader's clock)
     raft: RaftStatus
     auth: AuthGate  # who sends a call, and what they may read
+    space: SpaceGuard  # the space quota before Raft, and this member's NOSPACE alarm
 
     def propose(self, op: Op, request, tail: tuple = ()) -> Awaitable[object]:
         """Replicate one request (a protobuf message, or None) and return its

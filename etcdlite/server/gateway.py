@@ -86,7 +86,7 @@ class Gateway:
         self.routes = routes(member)
         self.max_receive = member.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES
         self.max_body = BODY_FACTOR * self.max_receive
-        self.health = MetricsListener(member.metrics, member.raft, member.read_barrier)
+        self.health = MetricsListener(member.metrics, member.raft, member.read_barrier, member.metrics.alarmed)
         self.tasks: set[asyncio.Task] = set()
         self.writers: set[asyncio.StreamWriter] = set()
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 
 from etcdlite.apply import Op, StateMachine
-from etcdlite.errors import EtcdError
+from etcdlite.errors import NO_SPACE, EtcdError
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
+from etcdlite.quota import txn_cost
 from etcdlite.server.backend import Backend
 from etcdlite.server.checks import check_delete, check_put, check_range, check_txn
 from etcdlite.server.rpc import internal_error, unary
@@ -56,6 +57,14 @@ class KVService(rpc_pb2_grpc.KVServicer):
         elif op == Op.TXN:
             check_txn(request, self.m.cfg.max_txn_ops)
 
+    def _admitted(self, op: Op, request) -> bool:
+        """The space quota (etcdlite.server.space_quota), checked first, as etcd's."""
+        if op == Op.PUT:
+            return self.m.space.put_admitted(request.key, request.value)
+        if op == Op.TXN:
+            return self.m.space.admits(txn_cost(request))
+        return True
+
     def _response(self, resp):
         if type(resp) is int:  # a plain put's revision: the response is its header
             return self.m.header_field(resp)
@@ -63,6 +72,8 @@ class KVService(rpc_pb2_grpc.KVServicer):
         return resp
 
     async def _write(self, op: Op, request, context):
+        if not self._admitted(op, request):
+            await self.m.space.refuse()
         self._checked(op, request)
         tail = await self.m.auth.sender(context)
         return self._response(await self.m.propose(op, request, tail))
@@ -95,6 +106,11 @@ class KVService(rpc_pb2_grpc.KVServicer):
         submit, submit_put_value = self.m.submit, self.m.submit_put_value
         checked, response = self._checked, self._response
         is_put = op == Op.PUT
+        space = self.m.space
+        put_admitted, admitted = space.put_admitted, self._admitted
+
+        def refuse(reply) -> None:
+            space.raise_alarm(lambda: reply(None, NO_SPACE.code, NO_SPACE.message))
         auth = self.m.auth
         needed_by_reply = auth.needed_by_reply
         identifying: set[asyncio.Task] = set()  # writes waiting to learn their sender
@@ -122,6 +138,9 @@ class KVService(rpc_pb2_grpc.KVServicer):
                     reply(None, *internal_error(method, error))
 
             try:
+                if not (put_admitted(request.key, request.value) if is_put else admitted(op, request)):
+                    refuse(reply)
+                    return
                 checked(op, request)
                 if needed_by_reply(reply):
                     identify_then_submit(request, raw, done, reply)

@@ -11,6 +11,7 @@ from etcdlite.apply import Op, StateMachine
 from etcdlite.config import MAX_LEASE_TTL, MIN_LEASE_TTL
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
+from etcdlite.quota import LEASE_OVERHEAD
 from etcdlite.server.backend import Backend
 from etcdlite.server.rpc import unary
 
@@ -28,6 +29,8 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     @unary
     async def LeaseGrant(self, request, context):
         m = self.m
+        if not m.space.admits(LEASE_OVERHEAD):
+            await m.space.refuse()
         if request.TTL > MAX_LEASE_TTL:
             raise errors.LEASE_TTL_TOO_LARGE
         grant = pb.LeaseGrantRequest(

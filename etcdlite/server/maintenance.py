@@ -9,7 +9,8 @@ import pickle
 import time
 
 from etcdlite import errors
-from etcdlite.apply import StateMachine
+from etcdlite.alarms import alarm_text
+from etcdlite.apply import Op, StateMachine
 from etcdlite.config import API_VERSION, host_port
 from etcdlite.mvcc import CompactedError, FutureRevisionError
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
@@ -27,10 +28,9 @@ def _peer_urls(machine: StateMachine) -> dict[int, list[str]]:
     return machine.members.peer_urls()
 
 
-def _revision_and_size(machine: StateMachine) -> tuple[int, int]:
-    """(the store's revision, its approximate size in bytes)."""
-    kv = machine.kv
-    return kv.current_revision, kv.approximate_size()
+def _status_figures(machine: StateMachine) -> tuple[int, int, list[str]]:
+    """(the store's revision, the backend's size in bytes, the active alarms as text)."""
+    return machine.kv.current_revision, machine.backend_size(), [alarm_text(a) for a in machine.alarms.get()]
 
 
 def _hash_and_revision(machine: StateMachine) -> tuple[int, int]:
@@ -102,7 +102,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     @unary
     async def Status(self, request, context):
         m = self.m
-        revision, size = m.read(_revision_and_size)
+        revision, size, alarms = m.read(_status_figures)
         resp = pb.StatusResponse(
             version=API_VERSION,
             dbSize=size,
@@ -112,6 +112,10 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
             raftTerm=m.raft.term,
             raftAppliedIndex=m.raft.applied_index,
         )
+        # etcd 3.4's errors: no leader, then each alarm
+        if not resp.leader:
+            resp.errors.append(errors.NO_LEADER.message)
+        resp.errors.extend(alarms)
         m.header(resp.header, revision)
         return resp
 
@@ -163,6 +167,6 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
 
     @unary
     async def Alarm(self, request, context):
-        # etcdlite raises no alarms (no space quota, no corruption check yet); etcd 3.4's
-        # answer has no header
-        return pb.AlarmResponse()
+        """Every action through Raft, as etcd 3.4 (a GET too: linearizable);
+        no auth check, as etcd's; the answer has no header, as 3.4's."""
+        return await self.m.propose(Op.ALARM, request)

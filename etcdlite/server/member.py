@@ -31,6 +31,7 @@ from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
 from etcdlite.pb.v3electionpb import v3election_pb2_grpc
 from etcdlite.pb.v3lockpb import v3lock_pb2_grpc
+from etcdlite.quota import quota_limit
 from etcdlite.raft import RaftNode
 from etcdlite.raft.apply_pacing import APPLY_SLICE
 from etcdlite.server.auth import AuthGate, AuthService
@@ -47,6 +48,7 @@ from etcdlite.server.metrics import MemberMetrics
 from etcdlite.server.metrics_listener import MetricsListener
 from etcdlite.server.read_barrier import ReadBarrier
 from etcdlite.server.response_header import ResponseHeaders
+from etcdlite.server.space_quota import SpaceGuard
 from etcdlite.server.watch import WatchService
 from etcdlite.server.watch import add_to_server as add_watch_service
 from etcdlite.watch_hub import STEP_EVENTS, WatchHub
@@ -103,6 +105,7 @@ class Member:
     async def start(self) -> None:
         self.loop = loop = asyncio.get_running_loop()
         cfg = self.cfg
+        self._space_limit = quota_limit(cfg.quota_backend_bytes)
         self.raft = RaftNode(
             loop,
             cfg.raft_address,
@@ -120,6 +123,7 @@ class Member:
             fsync=not cfg.unsafe_no_fsync,
             sync_in_thread=cfg.raft_sync == "thread",
             peer_tls=cfg.load_peer_tls(),
+            space_quota=self._space_limit,
         )
         self._wire(loop)
         self.lessor.bind(self.raft.calls)
@@ -201,7 +205,7 @@ class Member:
         """etcd's --listen-metrics-urls: /metrics and /health on `url`."""
         host, _, port = host_port(url).rpartition(":")
         host = host.strip("[]")
-        listener = MetricsListener(self.metrics, self.raft, self.read_barrier)
+        listener = MetricsListener(self.metrics, self.raft, self.read_barrier, self.metrics.alarmed)
         try:
             port = await listener.listen("127.0.0.1" if host == "localhost" else host, int(port))
         except OSError as err:
@@ -249,7 +253,13 @@ class Member:
         acknowledges a put without waiting for its watchers. A batch that
         changed keys while nobody watches, with no delivery still on its
         way, only moves the hub's revision, here; one that neither changed
-        keys nor touched leases or members is not delivered at all."""
+        keys nor touched leases or members is not delivered at all.
+        A write applied past this member's space quota has it raise its
+        NOSPACE alarm (as etcd's apply loop does), in a later turn."""
+        machine = self._replicated.machine
+        if machine.space_exceeded:
+            machine.space_exceeded = False
+            self.loop.call_soon(self.space.raise_alarm)
         changed = False
         for op, _, events, _ in applied:
             if op in _NOTIFY_OPS:
@@ -364,7 +374,9 @@ class Member:
         self.header = headers.fill
         self.header_field = headers.field
         self.batch_header_field = headers.batch_field
-        self.metrics = MemberMetrics(self.id, self.raft, commit, self.read)
+        self.space = SpaceGuard(self.id, self._space_limit, self.raft.state, commit.submit)
+        flag = self.cfg.quota_backend_bytes  # etcd's gauge shows a negative one (no quota) as given
+        self.metrics = MemberMetrics(self.id, self.raft, commit, self.read, flag if flag < 0 else self._space_limit)
 
     def read(self, query, arg=_NO_ARG):
         """Backend.read: query(machine) or query(machine, arg), under the raft

@@ -54,6 +54,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "etcd_server_proposals_committed_total": (GAUGE, "The total number of consensus proposals committed."),
     "etcd_server_proposals_failed_total": (COUNTER, "The total number of failed proposals seen."),
     "etcd_server_proposals_pending": (GAUGE, "The current number of pending proposals to commit."),
+    "etcd_server_quota_backend_bytes": (GAUGE, "Current backend storage quota size in bytes."),
     "etcd_server_version": (
         GAUGE, "Which version is running. 1 for 'server_version' label with current version."),
     **promtext.PROCESS_FAMILIES,
@@ -72,22 +73,31 @@ def family_text(name: str, samples) -> str:
 
 def _store_figures(machine) -> tuple[int, int, int, int]:
     kv = machine.kv
-    return kv.current_revision, kv.compact_revision, kv.approximate_size(), kv.key_count()
+    return kv.current_revision, kv.compact_revision, machine.backend_size(), kv.key_count()
+
+
+def _alarm_count(machine) -> int:
+    return len(machine.alarms)
 
 
 class MemberMetrics:
     """A member's metrics, read at each scrape. `raft`: its RaftNode;
     `commit`: its GroupCommit; `read`: Backend.read (a query under the raft
-    lock). The health counters are kept here (the health check is the
-    metrics listener's)."""
+    lock); `space_quota`: its quota in bytes (etcdlite.quota). The health
+    counters are kept here (the health check is the metrics listener's)."""
 
-    def __init__(self, member_id: int, raft, commit, read) -> None:
+    def __init__(self, member_id: int, raft, commit, read, space_quota: int = 0) -> None:
         self.member_id = member_id
+        self.space_quota = space_quota
         self.raft = raft
         self.commit = commit
         self.read = read
         self.health_success = 0
         self.health_failures = 0
+
+    def alarmed(self) -> bool:
+        """Whether an alarm is active (then /health answers false, as etcd's)."""
+        return self.read(_alarm_count) > 0
 
     def render(self) -> bytes:
         raft = self.raft
@@ -115,6 +125,7 @@ class MemberMetrics:
             ("etcd_server_proposals_committed_total", [("", (), raft.commit_index)]),
             ("etcd_server_proposals_failed_total", [("", (), self.commit.failed)]),
             ("etcd_server_proposals_pending", [("", (), self.commit.pending())]),
+            ("etcd_server_quota_backend_bytes", [("", (), self.space_quota)]),
             ("etcd_server_version", [("", (("server_version", API_VERSION),), 1)]),
         ]
         text = "".join(family_text(name, samples) for name, samples in families) + process_text()

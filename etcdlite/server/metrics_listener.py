@@ -79,10 +79,11 @@ class MetricsListener:
     a leader); `read_barrier`: Backend.read_barrier, the quorum read of the
     health check."""
 
-    def __init__(self, metrics: MemberMetrics, raft, read_barrier) -> None:
+    def __init__(self, metrics: MemberMetrics, raft, read_barrier, alarmed=lambda: False) -> None:
         self.metrics = metrics
         self.raft = raft
         self.read_barrier = read_barrier
+        self.alarmed = alarmed
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -100,9 +101,9 @@ class MetricsListener:
         await self._server.wait_closed()
 
     async def healthy(self) -> bool:
-        """etcd 3.4's check: a leader is known and a quorum read succeeds
-        within a second (there are no alarms here)."""
-        if not self.raft.has_leader:
+        """etcd 3.4's check: no alarm is active (NOSPACE: etcdlite.alarms),
+        a leader is known and a quorum read succeeds within a second."""
+        if self.alarmed() or not self.raft.has_leader:
             return False
         try:
             await asyncio.wait_for(self.read_barrier(), HEALTH_READ_TIMEOUT)
