@@ -14,6 +14,7 @@ import grpc
 from apiserver import resources
 from apiserver.auth import flags as auth_flags
 from apiserver.auth.policy import ensure_default_policy
+from apiserver.compactor import Compactor
 from apiserver.encryption import TransformError, load_transformer
 from apiserver.errors import ApiError
 from apiserver.etcd3 import Etcd, EtcdTLS, parse_servers, uses_tls
@@ -36,15 +37,15 @@ log = logging.getLogger("apiserver")
 MAX_RECEIVE_BYTES = 4 * 1024 * 1024
 
 
-def _seconds(text: str) -> int:
-    """Whole seconds of a non-negative Go duration flag (kube-apiserver keeps an Event's TTL in seconds)."""
+def _seconds(text: str) -> float:
+    """Seconds of a non-negative Go duration flag."""
     try:
         seconds = duration(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     if seconds < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
-    return int(seconds)
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--event-ttl", type=_seconds, default="1h0m0s",
                    help="how long Events are kept after their last write (a Go duration; 0: for good), "
                         "by etcd leases shared a minute at a time")
+    p.add_argument("--etcd-compaction-interval", type=_seconds, default="5m0s",
+                   help="how often etcd's history is compacted to what the previous turn saw (a Go duration; "
+                        "0: never), agreed between apiservers through etcd's compact_rev_key, as kube-apiserver")
     p.add_argument("--default-not-ready-toleration-seconds", type=int, default=300,
                    help="tolerationSeconds of the not-ready:NoExecute toleration added to every pod")
     p.add_argument("--default-unreachable-toleration-seconds", type=int, default=300,
@@ -100,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def serve(args: argparse.Namespace, transformer) -> int:
     etcd = Etcd(args.etcd_servers, args.etcd_tls)
-    storage = Storage(etcd, transformer=transformer, ttls={"events": args.event_ttl} if args.event_ttl else {})
+    storage = Storage(etcd, transformer=transformer, ttls={"events": int(args.event_ttl)} if args.event_ttl >= 1 else {})
     log.info("connecting to etcd at %s", ",".join(etcd.endpoints))
     delay = 0.2
     while True:
@@ -183,6 +187,8 @@ async def serve(args: argparse.Namespace, transformer) -> int:
     log.info("apiserver serving gRPC and REST on %s:%d over %s, authorization %s (etcd %s)", args.bind_address,
              port, "TLS" if tls else "plain text", ",".join(args.authorization_modes), ",".join(etcd.endpoints))
     repair = asyncio.create_task(bootstrap.run(stop))
+    if args.etcd_compaction_interval:
+        tasks.append(asyncio.create_task(Compactor(etcd, args.etcd_compaction_interval).run(stop)))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
