@@ -14,6 +14,7 @@ import base64
 import http.client
 import json
 import os
+import socket
 import ssl
 import subprocess
 import threading
@@ -40,9 +41,12 @@ class WebhookServer:
     """HTTPS on 127.0.0.1; ``behave[path](request) -> response fields`` (allowed, status,
     patch, warnings...), each AdmissionReview received kept in ``received[path]``."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *, sock: socket.socket | None = None, dns_names: tuple[str, ...] = ()) -> None:
+        """``sock``: a listening socket to serve on (one made in another network namespace),
+        else one on 127.0.0.1; ``dns_names``: names the certificate carries besides 127.0.0.1."""
         ca = CA(tmp / "webhook-ca", cn="webhook-test-ca")
-        served = ca.issue("webhook", "webhook.test", server=True, client=False, ips=("127.0.0.1",))
+        served = ca.issue("webhook", "webhook.test", server=True, client=False, ips=("127.0.0.1",),
+                          dns_names=dns_names)
         self.ca_bundle = base64.b64encode(ca.pem).decode()
         self.received: dict[str, list[dict]] = {}
         self.behave: dict[str, object] = {}
@@ -72,7 +76,12 @@ class WebhookServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if sock is None:
+            self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        else:
+            self.httpd = ThreadingHTTPServer(sock.getsockname(), Handler, bind_and_activate=False)
+            self.httpd.socket.close()
+            self.httpd.socket = sock
         self.httpd.daemon_threads = True
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(served.cert, served.key)
@@ -216,6 +225,8 @@ def test_a_validating_webhook_refuses_with_upstreams_words_to_kubectl(api, ns, h
                                   'request: pods labelled forbidden=yes are not allowed')
     out = kubectl("run", "good", "--image=busybox:1", "--labels=app=good").stdout
     assert out.strip() == "pod/good created"
+    listed = kubectl("get", "validatingwebhookconfigurations", f"{ns.name}-vali").stdout.split()
+    assert listed[:5] == ["NAME", "WEBHOOKS", "AGE", f"{ns.name}-vali", "1"]
     # nothing of the refused one was stored
     status, _, _ = api.call("GET", f"/api/v1/namespaces/{ns.name}/pods/bad")
     assert status == 404
@@ -393,6 +404,69 @@ def test_bad_answers_fail_the_request(api, ns, hooks):
         assert status == 500, body
         assert body["message"].startswith(f'Internal error occurred: failed calling webhook "{label}.webhooks.test": '
                                           f"{why}"), body["message"]
+
+
+def test_a_service_webhook_is_reached_through_the_planes_network(tmp_path_factory, hooks):
+    """clientConfig.service: the Service's endpoint (an address on the plane's fabric, where
+    pods are) dialled from the apiserver's --bind-netns namespace, the certificate checked
+    for <service>.<namespace>.svc. The webhook server listens in a node's namespace."""
+    from node import network
+    from node.network import iproute
+    from node.network.fabric import CONTROL_PLANE_IP, Fabric, node_ip
+    from node.network.netns import socket_in
+
+    if os.geteuid() != 0 or iproute.ip_binary() is None:
+        pytest.skip("needs root and iproute2: network namespaces")
+    fabric = Fabric(network.new_prefix())
+    server = None
+    try:
+        fabric.create()
+        cp = fabric.add_control_plane()
+        fabric.add_node(0)
+        sock = socket_in(fabric.node_netns(0))
+        sock.bind((node_ip(0), 8443))
+        sock.listen(16)
+        server = WebhookServer(tmp_path_factory.mktemp("svc-webhook"), sock=sock,
+                               dns_names=("policy.hooks.svc",))
+        server.behave["/svc"] = _deny_forbidden
+        with apiserver_on_etcdlite(tmp_path_factory, "webhooks-netns", bind_netns=cp,
+                                   advertise_address=CONTROL_PLANE_IP) as plane:
+            api = Api(plane.port)
+            api.call("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                    "metadata": {"name": "hooks", "labels": {"admission-test": "hooks"}}})
+            status, _, body = api.call("POST", "/api/v1/namespaces/hooks/services", {
+                "apiVersion": "v1", "kind": "Service", "metadata": {"name": "policy"},
+                "spec": {"ports": [{"name": "https", "port": 443, "targetPort": 8443}]}})
+            assert status == 201, body
+            status, _, body = api.call("POST", "/api/v1/namespaces/hooks/endpoints", {
+                "apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "policy"},
+                "subsets": [{"addresses": [{"ip": node_ip(0)}], "ports": [{"name": "https", "port": 8443}]}]})
+            assert status == 201, body
+            hooked = Namespace(api, "hooks", [])
+            hooked.register("ValidatingWebhookConfiguration",
+                            {"name": "svc.webhooks.test", "rules": [_rule()],
+                             "clientConfig": {"service": {"namespace": "hooks", "name": "policy", "path": "/svc"},
+                                              "caBundle": server.ca_bundle}})
+            status, _, body = hooked.create("pods", _pod("refused", {"forbidden": "yes"}))
+            assert (status, body["message"]) == (403, 'admission webhook "svc.webhooks.test" denied the request: '
+                                                       "pods labelled forbidden=yes are not allowed"), body
+            assert server.received["/svc"][-1]["_query"] == "timeout=10s"
+            status, _, body = hooked.create("pods", _pod("allowed"))
+            assert status == 201, body
+    finally:
+        if server is not None:
+            server.close()
+        network.cleanup(fabric.prefix)
+
+
+def test_a_service_webhook_without_the_planes_network_fails_as_its_policy_says(api, ns, hooks):
+    ns.register("ValidatingWebhookConfiguration",
+                {"name": "svc-down.webhooks.test", "rules": [_rule(resources=("configmaps",))],
+                 "clientConfig": {"service": {"namespace": ns.name, "name": "missing"}}})
+    status, _, body = ns.create("configmaps", _cm("c"))
+    assert (status, body["message"]) == (500, 'Internal error occurred: failed calling webhook "svc-down.webhooks.test": '
+                                              f'failed to call webhook: Post "https://missing.{ns.name}.svc:443?timeout=10s": '
+                                              'service "missing" not found')
 
 
 def test_configurations_are_validated_as_upstream(api):
