@@ -289,7 +289,7 @@ class Registry:
             _csr_requester(msg)
         validation.validate_create(res, msg)
         await self._check_namespace_open(res, meta.namespace, meta.name)
-        admission.obj, admission.name = msg, meta.name
+        admission.obj = msg  # the name stays the request's (empty with generateName), as upstream's
         await self.webhooks.validate(admission)
         for attempt in range(GENERATE_NAME_ATTEMPTS if generated else 1):
             try:

@@ -305,6 +305,18 @@ def test_a_mutating_webhook_patches_before_validating_webhooks_see_it(api, ns, h
     assert seen["metadata"]["labels"] == {"app": "x", "mutated": "yes"}
     status, _, body = ns.create("configmaps", _cm("c2"))
     assert status == 201 and body["metadata"]["labels"] == {"mutated": "yes"}
+    # a patch may not move the object to another namespace
+    hooks.behave["/move"] = lambda request: {
+        "allowed": True, "patchType": "JSONPatch",
+        "patch": base64.b64encode(b'[{"op":"replace","path":"/metadata/namespace","value":"default"}]').decode()}
+    ns.register("MutatingWebhookConfiguration",
+                {"name": "move.webhooks.test", "rules": [_rule(resources=("configmaps",))],
+                 "objectSelector": {"matchLabels": {"case": "move"}},
+                 "clientConfig": {"url": hooks.url("/move"), "caBundle": hooks.ca_bundle}},
+                config_name=f"{ns.name}-move")
+    status, _, body = ns.create("configmaps", _cm("moved", {"case": "move"}))
+    assert (status, body["message"]) == (400, "the namespace of the provided object does not match the "
+                                              "namespace sent on the request")
 
 
 def test_failure_policy_when_the_webhook_is_down(api, ns):

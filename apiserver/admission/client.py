@@ -121,7 +121,8 @@ async def post(url: str, body: bytes, *, ca_bundle: bytes, timeout: float,
             return await _read_response(reader, url)
     except TimeoutError:
         raise CallError(f'Post "{url}": context deadline exceeded') from None
-    except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError) as e:
+    except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, ValueError) as e:
+        # ValueError: a line longer than the reader's limit (a chunk size line)
         raise CallError(f'Post "{url}": {type(e).__name__}: {e}') from None
     finally:
         if writer is not None:

@@ -103,6 +103,7 @@ class Webhooks:
             ops = result.get("patch")
             if ops and obj is not None:
                 obj = _patched(obj, ops, hook.name)
+                _check_identity(req, obj)
         req.obj = obj
         return obj
 
@@ -200,6 +201,17 @@ def _denied(name: str, status: dict) -> ApiError:
     else:
         text = f"{denied} without explanation"
     return ApiError(reason if isinstance(reason, str) else "", text, code=code)
+
+
+def _check_identity(req: Request, obj) -> None:
+    """A patch may not move the object: upstream's checks of the object against the request."""
+    meta = obj.metadata
+    if req.res.namespaced and meta.namespace != req.namespace:
+        raise errors.bad_request("the namespace of the provided object does not match the namespace sent on "
+                                 "the request")
+    if req.operation == UPDATE and meta.name != req.name:
+        raise errors.bad_request(f"the name of the object ({meta.name}) does not match the name on the URL "
+                                 f"({req.name})")
 
 
 def _patched(obj, ops: list, hook_name: str):
