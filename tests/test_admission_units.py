@@ -183,3 +183,15 @@ def test_the_rule_is_inline_in_json_and_a_field_on_the_wire():
     assert message_to_dict(msg.DESCRIPTOR, msg.SerializeToString())["webhooks"] == d["webhooks"]
     with pytest.raises(ApiError, match='unknown field "webhooks\\[0\\].rules\\[0\\].rule"'):
         manifest.from_dict(_config_json(rules=[{"operations": ["CREATE"], "rule": {}}]))
+
+
+def test_a_webhooks_own_code_survives_the_grpc_status():
+    import grpc
+
+    err = ApiError("", 'admission webhook "h.example.com" denied the request: no', code=403)
+    assert (err.http_code, err.grpc_code) == (403, grpc.StatusCode.PERMISSION_DENIED)
+    back = ApiError.from_status(err.to_status())
+    assert (back.reason, back.http_code, back.message) == ("", 403, err.message)
+    teapot = ApiError("Teapot", "short and stout", code=418)
+    assert (teapot.reason, teapot.http_code, teapot.grpc_code) == ("Teapot", 418, grpc.StatusCode.FAILED_PRECONDITION)
+    assert ApiError("Nonsense", "x").reason == "InternalError"  # without a code, as before

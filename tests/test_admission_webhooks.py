@@ -28,6 +28,9 @@ from harness.plane import apiserver_on_etcdlite
 from harness.procs import free_port
 
 from apiserver.auth.pki import CA
+from apiserver.client import Client
+from apiserver.errors import ApiError
+from apiserver.pb import core_pb2
 from apiserver.rest.kubeconfig import write_kubeconfig
 
 pytestmark = pytest.mark.process
@@ -384,6 +387,15 @@ def test_namespace_and_object_selectors_choose_what_is_sent(api, ns, hooks):
         422, "Invalid", 'admission webhook "select.webhooks.test" denied the request: no')
     status, _, _ = ns.create("configmaps", _cm("skipped", {"skip": "yes"}))
     assert status == 201
+    # the gRPC API's writes are admitted alike; the webhook's code and reason ride in the Status
+    client = Client(f"127.0.0.1:{api.port}")
+    try:
+        with pytest.raises(ApiError) as refused:
+            client.create(core_pb2.ConfigMap(metadata={"name": "over-grpc", "namespace": ns.name}))
+    finally:
+        client.close()
+    assert (refused.value.reason, refused.value.http_code, refused.value.message) == (
+        "Invalid", 422, 'admission webhook "select.webhooks.test" denied the request: no')
     # another namespace, without the label the namespaceSelector wants: not sent
     other = f"{ns.name}-other"[:60]
     api.call("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": other}})
