@@ -6,7 +6,10 @@ sets uid, creationTimestamp and generation; defaults and validation come from
 deletion honours finalizers (deletionTimestamp first, removal once the last
 finalizer is gone) and graceful pod deletion; objects go only into namespaces
 that exist and are not terminating. Storage does the optimistic concurrency
-(Txn on mod_revision); the watch caches serve Watch.
+(Txn on mod_revision); the watch caches serve Watch. Admission webhooks
+(apiserver/admission/) see every write: the mutating ones before validation,
+the validating ones just before the write (inside the read-modify-write of an
+update or delete, so a retried one is admitted again, as upstream's).
 """
 
 from __future__ import annotations

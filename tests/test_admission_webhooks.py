@@ -233,6 +233,12 @@ def test_a_validating_webhook_refuses_with_upstreams_words_to_kubectl(api, ns, h
     # nothing of the refused one was stored
     status, _, _ = api.call("GET", f"/api/v1/namespaces/{ns.name}/pods/bad")
     assert status == 404
+    # the Status: the webhook's code, no reason since it gave none
+    status, _, body = ns.create("pods", _pod("bad", {"forbidden": "yes"}))
+    assert status == 403 and body == {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": 403,
+        "message": 'admission webhook "deny.webhooks.test" denied the request: pods labelled forbidden=yes '
+                   "are not allowed"}
 
 
 def test_the_admission_review_has_upstreams_fields(api, ns, hooks):
