@@ -328,6 +328,29 @@ def test_a_mutating_webhook_patches_before_validating_webhooks_see_it(api, ns, h
                                               "namespace sent on the request")
 
 
+def test_if_needed_webhooks_are_called_again_after_a_later_change(ns, hooks):
+    def patch(*ops) -> dict:
+        return {"allowed": True, "patchType": "JSONPatch", "patch": base64.b64encode(json.dumps(ops).encode()).decode()}
+
+    def first(request: dict) -> dict:
+        seen = request["object"]["metadata"]["labels"].get("b", "no")
+        return patch({"op": "add", "path": "/metadata/labels/seen-b", "value": seen})
+
+    hooks.behave["/first"] = first
+    hooks.behave["/second"] = lambda request: patch({"op": "add", "path": "/metadata/labels/b", "value": "yes"})
+    hooks.received.pop("/first", None)
+    for order, path, policy in (("1", "/first", "IfNeeded"), ("2", "/second", "Never")):
+        ns.register("MutatingWebhookConfiguration",
+                    {"name": f"m{order}.webhooks.test", "reinvocationPolicy": policy,
+                     "rules": [_rule(resources=("configmaps",))],
+                     "clientConfig": {"url": hooks.url(path), "caBundle": hooks.ca_bundle}},
+                    config_name=f"{ns.name}-{order}")
+    status, _, body = ns.create("configmaps", _cm("again", {"x": "1"}))
+    assert status == 201, body
+    assert body["metadata"]["labels"] == {"x": "1", "b": "yes", "seen-b": "yes"}
+    assert [r["request"]["object"]["metadata"]["labels"].get("b") for r in hooks.received["/first"]] == [None, "yes"]
+
+
 def test_failure_policy_when_the_webhook_is_down(api, ns):
     down = f"https://127.0.0.1:{free_port()}/down"
     hook = {"rules": [_rule(resources=("configmaps",))], "clientConfig": {"url": down}}

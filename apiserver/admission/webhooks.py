@@ -90,22 +90,43 @@ class Webhooks:
         """The object after every matching mutating webhook (``req.obj`` itself when none
         changed it); raises the ApiError of a refusal or of a failing webhook that may not
         be ignored. On DELETE the webhooks are asked and their patches, having no object
-        to apply to, are not applied."""
+        to apply to, are not applied.
+
+        reinvocationPolicy IfNeeded, as upstream: a webhook of that policy called before
+        another webhook changed the object is called once more, after the first round."""
         hooks = self._matching(MUTATING, req)
-        obj = req.obj
-        for hook in hooks:
-            req.obj = obj
-            if not selectors_match(hook, req, self._namespace_labels):
+        if not hooks:
+            return req.obj
+        called_if_needed: list[int] = []  # IfNeeded webhooks called so far, by position
+        again: set[int] = set()
+        for i, hook in enumerate(hooks):
+            changed = await self._mutate_once(hook, req)
+            if changed is None:
                 continue
-            result = await self._call(hook, req)
-            if result is None:
-                continue
-            ops = result.get("patch")
-            if ops and obj is not None:
-                obj = _patched(obj, ops, hook.name)
-                _check_identity(req, obj)
-        req.obj = obj
-        return obj
+            if changed:
+                again.update(called_if_needed)
+            if hook.spec.reinvocation_policy == "IfNeeded":
+                called_if_needed.append(i)
+        for i in sorted(again):
+            await self._mutate_once(hooks[i], req)
+        return req.obj
+
+    async def _mutate_once(self, hook: Hook, req: Request) -> bool | None:
+        """Calls one mutating webhook on ``req.obj`` and applies its patch there; whether it
+        changed the object, None when it was not called (its selectors) or was ignored."""
+        if not selectors_match(hook, req, self._namespace_labels):
+            return None
+        result = await self._call(hook, req)
+        if result is None:
+            return None
+        ops = result.get("patch")
+        if not ops or req.obj is None:
+            return False
+        patched = _patched(req.obj, ops, hook.name)
+        _check_identity(req, patched)
+        changed = patched != req.obj
+        req.obj = patched
+        return changed
 
     async def validate(self, req: Request) -> None:
         """Asks every matching validating webhook at once; the first refusal (in the
