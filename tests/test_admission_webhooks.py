@@ -377,8 +377,9 @@ def test_a_slow_webhook_times_out_and_slows_only_its_own_requests(api, ns, hooks
         return {"allowed": True}
 
     hooks.behave["/slow"] = slow
+    hooks.received.pop("/slow", None)
     ns.register("ValidatingWebhookConfiguration",
-                {"name": "slow.webhooks.test", "timeoutSeconds": 1, "rules": [_rule(resources=("configmaps",))],
+                {"name": "slow.webhooks.test", "timeoutSeconds": 2, "rules": [_rule(resources=("configmaps",))],
                  "clientConfig": {"url": hooks.url("/slow"), "caBundle": hooks.ca_bundle}})
     outcome = {}
 
@@ -390,18 +391,21 @@ def test_a_slow_webhook_times_out_and_slows_only_its_own_requests(api, ns, hooks
     writer = threading.Thread(target=create)
     writer.start()
     try:
-        time.sleep(0.2)  # the create is waiting on the webhook now
+        deadline = time.monotonic() + 5
+        while not hooks.received.get("/slow") and time.monotonic() < deadline:
+            time.sleep(0.02)  # until the create waits on the webhook
+        # an apiserver that waited for the webhook would answer this after the create's 2 s
         started = time.monotonic()
         status, _, _ = api.call("GET", f"/api/v1/namespaces/{ns.name}/configmaps")
-        assert status == 200 and time.monotonic() - started < 0.5
+        assert status == 200 and time.monotonic() - started < 1.0
         writer.join(10)
     finally:
         release.set()
     assert outcome["status"] == 500, outcome
     assert outcome["body"]["message"].endswith(
         f'failed calling webhook "slow.webhooks.test": failed to call webhook: Post '
-        f'"{hooks.url("/slow")}?timeout=1s": context deadline exceeded')
-    assert 0.9 < outcome["took"] < 3
+        f'"{hooks.url("/slow")}?timeout=2s": context deadline exceeded')
+    assert 1.9 < outcome["took"] < 4.5
 
 
 def test_namespace_and_object_selectors_choose_what_is_sent(api, ns, hooks):
