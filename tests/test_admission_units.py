@@ -195,3 +195,13 @@ def test_a_webhooks_own_code_survives_the_grpc_status():
     teapot = ApiError("Teapot", "short and stout", code=418)
     assert (teapot.reason, teapot.http_code, teapot.grpc_code) == ("Teapot", 418, grpc.StatusCode.FAILED_PRECONDITION)
     assert ApiError("Nonsense", "x").reason == "InternalError"  # without a code, as before
+
+
+def test_strategic_merge_merges_webhooks_by_name():
+    from apiserver.rest.patch import strategic_merge
+
+    doc = _config_json()
+    doc["webhooks"].append({**doc["webhooks"][0], "name": "n.example.com"})
+    merged = strategic_merge(doc, {"webhooks": [{"name": "n.example.com", "timeoutSeconds": 5}]})
+    assert [(w["name"], w.get("timeoutSeconds")) for w in merged["webhooks"]] == [
+        ("m.example.com", None), ("n.example.com", 5)]
