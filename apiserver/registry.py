@@ -95,6 +95,8 @@ class Options:
     service_account_tokens: bool = False
     # where admission webhooks named by a Service are dialled (--bind-netns; "": not reachable)
     webhook_netns: str = ""
+    # requests are authenticated: a write that no request made is the apiserver's own (admission's userInfo)
+    secured: bool = False
 
 
 def copy_of(msg):
@@ -132,7 +134,7 @@ class Registry:
         self.allocator = allocator
         self._live_lookup: dict[str, float] = {}  # namespace -> until (monotonic), see LIVE_LOOKUP_SECONDS
         # dynamic admission (apiserver/admission/), configured by the objects it watches
-        self.webhooks = Webhooks(caches, netns=self.options.webhook_netns)
+        self.webhooks = Webhooks(caches, netns=self.options.webhook_netns, secured=self.options.secured)
 
     # ---- helpers --------------------------------------------------------
 

@@ -105,7 +105,7 @@ async def serve(args: argparse.Namespace, transformer) -> int:
         not_ready_toleration_seconds=args.default_not_ready_toleration_seconds,
         unreachable_toleration_seconds=args.default_unreachable_toleration_seconds,
         service_account_tokens=bool(getattr(args, "service_account_signing_key_file", "")),
-        webhook_netns=args.bind_netns), allocator=allocator)
+        webhook_netns=args.bind_netns, secured=auth_flags.secured(args)), allocator=allocator)
     bootstrap = ServiceBootstrap(registry, allocator, address=args.advertise_address, port=args.port,
                                  repair_interval=args.service_repair_interval)
 

@@ -205,3 +205,17 @@ def test_strategic_merge_merges_webhooks_by_name():
     merged = strategic_merge(doc, {"webhooks": [{"name": "n.example.com", "timeoutSeconds": 5}]})
     assert [(w["name"], w.get("timeoutSeconds")) for w in merged["webhooks"]] == [
         ("m.example.com", None), ("n.example.com", 5)]
+
+
+def test_user_info():
+    from apiserver.auth.authn import User
+
+    req = _req(obj=_pod({}))
+    alice = User("alice", ("devs", "system:authenticated"), uid="u-1", extra=(("scopes", ("a", "b")),))
+    assert review.build(req, alice)["request"]["userInfo"] == {
+        "username": "alice", "uid": "u-1", "groups": ["devs", "system:authenticated"], "extra": {"scopes": ["a", "b"]}}
+    # no requester: anyone on an open apiserver, the apiserver itself on one that authenticates
+    assert review.build(req, None)["request"]["userInfo"] == {"username": "system:anonymous",
+                                                              "groups": ["system:unauthenticated"]}
+    assert review.build(req, None, secured=True)["request"]["userInfo"] == {
+        "username": "system:apiserver", "groups": ["system:masters", "system:authenticated"]}

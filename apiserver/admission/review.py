@@ -23,9 +23,16 @@ class InvalidResponse(Exception):
     """The answer is not an AdmissionReview this apiserver can use."""
 
 
-def _user_info(user) -> dict:
-    if user is None:  # an open apiserver (no gate): as kube-apiserver with anonymous requests
-        return {"username": "system:anonymous", "groups": ["system:unauthenticated"]}
+# who writes when no request's user is known: on an apiserver that authenticates, the
+# apiserver itself (its bootstrap and repair loops: kube-apiserver's loopback identity);
+# on an open one (no gate), anyone, as kube-apiserver answers anonymous requests
+APISERVER_USER = {"username": "system:apiserver", "groups": ["system:masters", "system:authenticated"]}
+ANONYMOUS_USER = {"username": "system:anonymous", "groups": ["system:unauthenticated"]}
+
+
+def _user_info(user, secured: bool) -> dict:
+    if user is None:
+        return dict(APISERVER_USER if secured else ANONYMOUS_USER)
     out: dict = {"username": user.name}
     if user.uid:
         out["uid"] = user.uid
@@ -36,8 +43,9 @@ def _user_info(user) -> dict:
     return out
 
 
-def build(req: Request, user) -> dict:
-    """The AdmissionReview sent for ``req`` (a fresh request uid each time)."""
+def build(req: Request, user, *, secured: bool = False) -> dict:
+    """The AdmissionReview sent for ``req`` (a fresh request uid each time); ``user``: the
+    requester (None: see APISERVER_USER), ``secured``: the apiserver authenticates."""
     group, version = req.res.group, req.version
     kind = {"group": group, "version": version, "kind": req.res.kind}
     resource = {"group": group, "version": version, "resource": req.res.name}
@@ -57,7 +65,7 @@ def build(req: Request, user) -> dict:
     if req.namespace:
         body["namespace"] = req.namespace
     body["operation"] = req.operation
-    body["userInfo"] = _user_info(user)
+    body["userInfo"] = _user_info(user, secured)
     body["object"] = to_json(req.obj) if req.obj is not None else None
     body["oldObject"] = to_json(req.old) if req.old is not None else None
     body["dryRun"] = req.dry_run

@@ -48,11 +48,13 @@ WARNINGS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("adm
 class Webhooks:
     """The webhooks of this apiserver, from ``caches`` (resource name -> WatchCache).
     ``netns``: a network namespace of the plane (--bind-netns) where Services' endpoints
-    (pod addresses) are reachable; without it only a ``url`` webhook can be called."""
+    (pod addresses) are reachable; without it only a ``url`` webhook can be called.
+    ``secured``: requests are authenticated (review.APISERVER_USER)."""
 
-    def __init__(self, caches: dict, *, netns: str = "") -> None:
+    def __init__(self, caches: dict, *, netns: str = "", secured: bool = False) -> None:
         self.caches = caches
         self.netns = netns
+        self.secured = secured  # requests are authenticated: a write without a requester is the apiserver's
         self._compiled: dict[str, tuple[int, tuple[Hook, ...]]] = {}
 
     # ---- which ----
@@ -146,7 +148,7 @@ class Webhooks:
         """The webhook's checked response (allowed), None when it failed and may be ignored."""
         from apiserver.auth.gate import REQUESTER
 
-        sent = review.build(req, REQUESTER.get())
+        sent = review.build(req, REQUESTER.get(), secured=self.secured)
         uid = sent["request"]["uid"]
         timeout = hook.timeout
         try:
