@@ -101,9 +101,15 @@ class WebhookServer:
         self.httpd.server_close()
 
 
+TOKEN = "alice-token"
+
+
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory):
-    with apiserver_on_etcdlite(tmp_path_factory, "webhooks") as api:
+    # bearer tokens: a request's user reaches the AdmissionReview (anonymous ones still allowed)
+    tokens = tmp_path_factory.mktemp("tokens") / "tokens.csv"
+    tokens.write_text(f'{TOKEN},alice,alice-uid,"devs,qa"\n')
+    with apiserver_on_etcdlite(tmp_path_factory, "webhooks", token_auth_file=str(tokens)) as api:
         yield api
 
 
@@ -119,12 +125,14 @@ class Api:
         self.port = port
 
     def call(self, method: str, path: str, body=None, *, content_type: str = "application/json",
-             timeout: float = 20):
+             timeout: float = 20, token: str = ""):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             data = json.dumps(body).encode() if body is not None else None
-            conn.request(method, path, body=data, headers={"Content-Type": content_type,
-                                                          "Accept": "application/json"})
+            headers = {"Content-Type": content_type, "Accept": "application/json"}
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            conn.request(method, path, body=data, headers=headers)
             resp = conn.getresponse()
             payload = resp.read()
             return resp.status, resp, json.loads(payload) if payload else None
@@ -266,9 +274,11 @@ def test_the_admission_review_has_upstreams_fields(api, ns, hooks):
     assert req["options"] == {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1", "fieldManager": "tester"}
 
     pod["metadata"]["labels"]["app"] = "b"
-    status, _, _ = api.call("PUT", f"/api/v1/namespaces/{ns.name}/pods/p1?dryRun=All", pod)
+    status, _, _ = api.call("PUT", f"/api/v1/namespaces/{ns.name}/pods/p1?dryRun=All", pod, token=TOKEN)
     assert status == 200
     req = hooks.received["/record"][-1]["request"]
+    assert req["userInfo"] == {"username": "alice", "uid": "alice-uid",
+                               "groups": ["devs", "qa", "system:authenticated"]}
     assert req["operation"] == "UPDATE" and req["dryRun"] is True
     assert req["oldObject"]["metadata"]["labels"] == {"app": "a"}
     assert req["object"]["metadata"]["labels"] == {"app": "b"}
