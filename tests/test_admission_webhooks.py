@@ -227,10 +227,27 @@ def _deny_forbidden(request: dict) -> dict:
 
 def test_a_validating_webhook_refuses_with_upstreams_words_to_kubectl(api, ns, hooks, tmp_path):
     hooks.behave["/deny"] = _deny_forbidden
-    ns.register("ValidatingWebhookConfiguration",
-                {"name": "deny.webhooks.test", "rules": [_rule()],
-                 "clientConfig": {"url": hooks.url("/deny"), "caBundle": hooks.ca_bundle}})
     kubectl = _kubectl(api, tmp_path, ns.name)
+    config = f"""\
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata:
+  name: {ns.name}-vali
+webhooks:
+- name: deny.webhooks.test
+  namespaceSelector: {{matchLabels: {{admission-test: {ns.name}}}}}
+  rules:
+  - {{operations: [CREATE], apiGroups: [""], apiVersions: [v1], resources: [pods]}}
+  clientConfig:
+    url: {hooks.url("/deny")}
+    caBundle: {hooks.ca_bundle}
+  sideEffects: None
+  admissionReviewVersions: [v1]
+"""
+    out = kubectl("apply", "-f", "-", stdin=config).stdout
+    ns.created.append(("validatingwebhookconfigurations", f"{ns.name}-vali"))
+    assert out.strip() == f"validatingwebhookconfiguration.admissionregistration.k8s.io/{ns.name}-vali created"
+    api.wait_in_cache("validatingwebhookconfigurations", f"{ns.name}-vali")
     bad = kubectl("run", "bad", "--image=busybox:1", "--labels=forbidden=yes", ok=False)
     assert bad.stderr.strip() == ('Error from server: admission webhook "deny.webhooks.test" denied the '
                                   'request: pods labelled forbidden=yes are not allowed')
@@ -238,6 +255,11 @@ def test_a_validating_webhook_refuses_with_upstreams_words_to_kubectl(api, ns, h
     assert out.strip() == "pod/good created"
     listed = kubectl("get", "validatingwebhookconfigurations", f"{ns.name}-vali").stdout.split()
     assert listed[:5] == ["NAME", "WEBHOOKS", "AGE", f"{ns.name}-vali", "1"]
+    # a second apply patches the webhook (strategic merge: the list merges by name)
+    out = kubectl("apply", "-f", "-", stdin=config.replace("sideEffects: None", "sideEffects: None\n  timeoutSeconds: 5"))
+    assert out.stdout.strip().endswith(" configured")
+    _, _, stored = api.call("GET", f"{GROUP}/validatingwebhookconfigurations/{ns.name}-vali")
+    assert [(w["name"], w["timeoutSeconds"]) for w in stored["webhooks"]] == [("deny.webhooks.test", 5)]
     # nothing of the refused one was stored
     status, _, _ = api.call("GET", f"/api/v1/namespaces/{ns.name}/pods/bad")
     assert status == 404
@@ -584,9 +606,9 @@ def _kubectl(api: Api, tmp_path: Path, namespace: str):
     config = write_kubeconfig(str(tmp_path / "kubeconfig"), f"http://127.0.0.1:{api.port}", namespace=namespace)
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)}
 
-    def run(*args, ok: bool = True):
+    def run(*args, ok: bool = True, stdin: str | None = None):
         proc = subprocess.run([binary, "--kubeconfig", config, "--cache-dir", str(tmp_path / "cache"), *args],
-                              capture_output=True, text=True, env=env, timeout=60)
+                              input=stdin, capture_output=True, text=True, env=env, timeout=60)
         assert (proc.returncode == 0) == ok, f"kubectl {' '.join(args)}: {proc.stdout} {proc.stderr}"
         return proc
 
