@@ -81,6 +81,26 @@ def apply_defaults(resource: Resource, msg, *, not_ready_toleration_seconds: int
     elif name == "storageclasses":
         msg.reclaim_policy = msg.reclaim_policy or "Delete"
         msg.volume_binding_mode = msg.volume_binding_mode or "Immediate"
+    elif name in ("validatingwebhookconfigurations", "mutatingwebhookconfigurations"):
+        for hook in msg.webhooks:
+            _default_webhook(hook, mutating=name == "mutatingwebhookconfigurations")
+
+
+def _default_webhook(hook, *, mutating: bool) -> None:
+    """admissionregistration/v1's SetDefaults_*Webhook, Rule and ServiceReference."""
+    for field, value in (("failure_policy", "Fail"), ("match_policy", "Equivalent"), ("timeout_seconds", 10)):
+        if not hook.HasField(field):
+            setattr(hook, field, value)
+    if mutating and not hook.HasField("reinvocation_policy"):
+        hook.reinvocation_policy = "Never"
+    hook.namespace_selector.SetInParent()
+    hook.object_selector.SetInParent()
+    for rwo in hook.rules:
+        if not rwo.rule.HasField("scope"):
+            rwo.rule.scope = "*"
+    service = hook.client_config.service
+    if hook.client_config.HasField("service") and not service.HasField("port"):
+        service.port = 443
 
 
 def _default_pod_spec(spec: core_pb2.PodSpec) -> None:

@@ -47,14 +47,19 @@ _REASON_OF_CODE = {
     grpc.StatusCode.UNAVAILABLE: "ServiceUnavailable",
 }
 
+_CODE_OF_HTTP = {http: code for code, http in reversed(REASONS.values())}
+
 
 class ApiError(Exception):
     """An error with a Kubernetes reason; ``causes`` are (field, reason, message)."""
 
     def __init__(self, reason: str, message: str, *, kind: str = "", name: str = "",
-                 causes: list[tuple[str, str, str]] | None = None) -> None:
+                 causes: list[tuple[str, str, str]] | None = None, code: int = 0) -> None:
         super().__init__(message)
-        self.reason = reason if reason in REASONS else "InternalError"
+        # ``code``: an HTTP code chosen by someone else (an admission webhook's Status),
+        # kept with whatever reason came with it, even none
+        self.code = code if 400 <= code <= 599 else 0
+        self.reason = reason if reason in REASONS or self.code else "InternalError"
         self.message = message
         self.kind = kind
         self.name = name
@@ -62,11 +67,14 @@ class ApiError(Exception):
 
     @property
     def grpc_code(self) -> grpc.StatusCode:
-        return REASONS[self.reason][0]
+        if self.reason in REASONS:
+            return REASONS[self.reason][0]
+        return _CODE_OF_HTTP.get(self.code, grpc.StatusCode.INTERNAL if self.code >= 500
+                                 else grpc.StatusCode.FAILED_PRECONDITION)
 
     @property
     def http_code(self) -> int:
-        return REASONS[self.reason][1]
+        return self.code or REASONS[self.reason][1]
 
     def to_status(self) -> meta_pb2.Status:
         status = meta_pb2.Status(status="Failure", message=self.message, reason=self.reason,
@@ -81,7 +89,8 @@ class ApiError(Exception):
     def from_status(cls, status: meta_pb2.Status) -> "ApiError":
         causes = [(c.field, c.reason, c.message) for c in status.details.causes]
         return cls(status.reason, status.message, kind=status.details.kind,
-                   name=status.details.name, causes=causes)
+                   name=status.details.name, causes=causes,
+                   code=status.code if status.reason not in REASONS else 0)
 
     def __repr__(self) -> str:
         return f"ApiError({self.reason!r}, {self.message!r})"

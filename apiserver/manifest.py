@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import functools
 import json
 from typing import Any
 
@@ -63,6 +64,22 @@ _NUMBER_AS_STRING = frozenset({
     "apps.v1.RollingUpdateDeployment.max_unavailable",
 })
 
+# message fields whose JSON is written inside their parent's (Go's embedded structs,
+# `json:",inline"`), while the wire keeps them as a field of their own
+INLINE = frozenset({"admissionregistration.v1.RuleWithOperations.rule"})
+
+
+@functools.cache
+def json_fields(desc) -> dict[str, tuple[FieldDescriptor, FieldDescriptor | None]]:
+    """A message's fields by JSON name: (field, the inline field holding it or None)."""
+    out = {}
+    for f in desc.fields:
+        if f.full_name in INLINE:
+            out.update({g.json_name: (g, f) for g in f.message_type.fields})
+        else:
+            out[f.json_name] = (f, None)
+    return out
+
 
 # ---- message -> JSON ----
 
@@ -77,7 +94,9 @@ def message_to_json(msg) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for field in msg.DESCRIPTOR.fields:
         value = getattr(msg, field.name)
-        if _is_map(field):
+        if field.full_name in INLINE:
+            out.update(message_to_json(value))
+        elif _is_map(field):
             if value:
                 value_field = field.message_type.fields_by_name["value"]
                 out[field.json_name] = {k: _scalar_or_message_to_json(value_field, value[k])
@@ -133,18 +152,18 @@ class _Decoder:
     def message(self, msg, obj, path: str, *, top: bool = False) -> None:
         if not isinstance(obj, dict):
             raise self.type_error(obj, path or self.kind, "object")
-        by_json = {f.json_name: f for f in msg.DESCRIPTOR.fields}
+        by_json = json_fields(msg.DESCRIPTOR)
         for key, value in obj.items():
             if top and key in ("apiVersion", "kind"):
                 continue
             child = f"{path}.{key}" if path else key
-            field = by_json.get(key)
+            field, inline = by_json.get(key, (None, None))
             if field is None:
                 self.unknown.append(child)
                 continue
             if value is None:
                 continue
-            self.field(msg, field, value, child)
+            self.field(msg if inline is None else getattr(msg, inline.name), field, value, child)
 
     def field(self, msg, field: FieldDescriptor, value, path: str) -> None:
         if _is_map(field):

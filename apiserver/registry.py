@@ -6,7 +6,10 @@ sets uid, creationTimestamp and generation; defaults and validation come from
 deletion honours finalizers (deletionTimestamp first, removal once the last
 finalizer is gone) and graceful pod deletion; objects go only into namespaces
 that exist and are not terminating. Storage does the optimistic concurrency
-(Txn on mod_revision); the watch caches serve Watch.
+(Txn on mod_revision); the watch caches serve Watch. Admission webhooks
+(apiserver/admission/) see every write: the mutating ones before validation,
+the validating ones just before the write (inside the read-modify-write of an
+update or delete, so a retried one is admitted again, as upstream's).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from apiserver import defaults, errors, fieldmanager, manifest, resources, validation
+from apiserver.admission.webhooks import CREATE, DELETE, UPDATE, Request, Webhooks
 from apiserver.auth.node import references
 from apiserver.auth.noderestriction import MIRROR_ANNOTATION
 from apiserver.errors import ApiError
@@ -89,6 +93,10 @@ class Options:
     unreachable_toleration_seconds: int = 300
     # the ServiceAccount admission plugin's token volume: only when the apiserver signs tokens
     service_account_tokens: bool = False
+    # where admission webhooks named by a Service are dialled (--bind-netns; "": not reachable)
+    webhook_netns: str = ""
+    # requests are authenticated: a write that no request made is the apiserver's own (admission's userInfo)
+    secured: bool = False
 
 
 def copy_of(msg):
@@ -125,6 +133,8 @@ class Registry:
         # ClusterIPs and NodePorts; without one, Services are stored as given
         self.allocator = allocator
         self._live_lookup: dict[str, float] = {}  # namespace -> until (monotonic), see LIVE_LOOKUP_SECONDS
+        # dynamic admission (apiserver/admission/), configured by the objects it watches
+        self.webhooks = Webhooks(caches, netns=self.options.webhook_netns, secured=self.options.secured)
 
     # ---- helpers --------------------------------------------------------
 
@@ -246,20 +256,23 @@ class Registry:
         stored as given). ``dry_run``: everything but the write."""
         check_request_size(incoming.ByteSize())
         msg = copy_of(incoming)
-        meta = msg.metadata
         if res.namespaced:
-            meta.namespace = meta.namespace or "default"
+            msg.metadata.namespace = msg.metadata.namespace or "default"
+        self._reset_for_create(res, msg)
+        self._defaults(res, msg, for_create=True)
+        admission = Request(CREATE, res, "", msg.metadata.namespace, msg.metadata.name, msg, None, dry_run,
+                            _options(manager))
+        mutated = await self.webhooks.mutate(admission)
+        if mutated is not msg:
+            msg = mutated
+            check_request_size(msg.ByteSize())
+            self._reset_for_create(res, msg)
+            self._defaults(res, msg, for_create=True)
+        meta = msg.metadata
+        # as upstream's BeforeCreate, after mutating admission: webhooks see none of these
         meta.uid = str(uuid.uuid4())
         meta.creation_timestamp = now_rfc3339()
-        meta.resource_version = ""
         meta.generation = 1
-        meta.deletion_timestamp = ""
-        meta.ClearField("deletion_grace_period_seconds")
-        if res.has_status and res.name != "nodes":  # kubelets register nodes with their status
-            msg.ClearField("status")
-            if res is PODS:
-                msg.status.phase = "Pending"
-        self._defaults(res, msg, for_create=True)
         generated = not meta.name and bool(meta.generate_name)
         if generated:
             meta.name = generated_name(meta.generate_name)
@@ -281,6 +294,8 @@ class Registry:
             _csr_requester(msg)
         validation.validate_create(res, msg)
         await self._check_namespace_open(res, meta.namespace, meta.name)
+        admission.obj = msg  # the name stays the request's (empty with generateName), as upstream's
+        await self.webhooks.validate(admission)
         for attempt in range(GENERATE_NAME_ATTEMPTS if generated else 1):
             try:
                 if allocating:
@@ -290,6 +305,37 @@ class Registry:
                 if e.reason != "AlreadyExists" or not generated or attempt == GENERATE_NAME_ATTEMPTS - 1:
                     raise
                 meta.name = generated_name(meta.generate_name)
+
+    @staticmethod
+    def _reset_for_create(res: Resource, msg) -> None:
+        """What a create may not choose: no resourceVersion, uid or deletion; status reset
+        (the status subresource writes it)."""
+        meta = msg.metadata
+        meta.uid = ""
+        meta.creation_timestamp = ""
+        meta.resource_version = ""
+        meta.deletion_timestamp = ""
+        meta.ClearField("deletion_grace_period_seconds")
+        if res.has_status and res.name != "nodes":  # kubelets register nodes with their status
+            msg.ClearField("status")
+            if res is PODS:
+                msg.status.phase = "Pending"
+
+    async def _admitted_update(self, res: Resource, new, current, *, dry_run: bool, status: bool = False,
+                               approval: bool = False, manager: Manager | None = None, managed=None):
+        """_prepare_update between the admission webhooks: the mutating ones on the object
+        as the client sent it (defaulted), the validating ones on what is to be stored."""
+        sub = ("approval" if approval else "status") if status else ""
+        admission = Request(UPDATE, res, sub, current.metadata.namespace, current.metadata.name, new, current,
+                            dry_run, _options(manager))
+        if self.webhooks.mutating_for(admission):
+            self._defaults(res, new, for_create=False)
+            new = await self.webhooks.mutate(admission)
+        prepared = self._prepare_update(res, new, current, status=status, manager=manager, managed=managed,
+                                        approval=approval)
+        admission.obj = prepared if prepared is not None else new
+        await self.webhooks.validate(admission)
+        return prepared
 
     async def _create_service(self, msg, *, dry_run: bool = False):
         """Stores a Service with its ClusterIP and NodePorts, all in one Txn.
@@ -465,8 +511,8 @@ class Registry:
         wanted.metadata.namespace = namespace
 
         def update(current):
-            return self._prepare_update(res, copy_of(wanted), current, status=status, manager=manager,
-                                        approval=approval)
+            return self._admitted_update(res, copy_of(wanted), current, status=status, manager=manager,
+                                         approval=approval, dry_run=dry_run)
 
         return await self._guaranteed_update(res, namespace, name, update, expected_revision=expected,
                                              allocate=not status, dry_run=dry_run)
@@ -504,7 +550,7 @@ class Registry:
         def update(current):
             new = applied(current)
             managed = [copy_of(e) for e in new.metadata.managed_fields]
-            return self._prepare_update(res, new, current, status=status, managed=managed)
+            return self._admitted_update(res, new, current, status=status, managed=managed, dry_run=dry_run)
 
         while True:
             try:
@@ -533,7 +579,7 @@ class Registry:
                 raise errors.conflict(res.qualified, name)
             new.metadata.namespace = namespace
             new.metadata.name = name
-            return self._prepare_update(res, new, current, status=status, manager=manager)
+            return self._admitted_update(res, new, current, status=status, manager=manager, dry_run=dry_run)
 
         return await self._guaranteed_update(res, namespace, name, update, allocate=not status,
                                              dry_run=dry_run)
@@ -550,8 +596,10 @@ class Registry:
             grace_period_seconds = 0
         namespace = self.namespace_of(res, namespace)
         expected = parse_resource_version(resource_version)
+        options = {k: v for k, v in (("propagationPolicy", propagation_policy),
+                                     ("gracePeriodSeconds", grace_period_seconds)) if v not in ("", None)}
 
-        def update(current):
+        async def update(current):
             meta = current.metadata
             if uid and uid != meta.uid:
                 raise errors.conflict(res.qualified, name,
@@ -561,6 +609,9 @@ class Registry:
                     res.qualified, name,
                     f"Precondition failed: ResourceVersion in precondition: {expected}, "
                     f"ResourceVersion in object meta: {meta.resource_version}")
+            admission = Request(DELETE, res, "", namespace, name, None, current, dry_run, dict(options))
+            await self.webhooks.mutate(admission)
+            await self.webhooks.validate(admission)
             new = copy_of(current)
             finalizers = list(new.metadata.finalizers)
             if propagation_policy == "Foreground" and FOREGROUND_FINALIZER not in finalizers:
@@ -593,6 +644,11 @@ class Registry:
         # the uid and resourceVersion preconditions are checked against what
         # was read; the write itself is a CAS on that read
         return await self._guaranteed_update(res, namespace, name, update, dry_run=dry_run)
+
+
+def _options(manager: Manager | None) -> dict:
+    """The CreateOptions/UpdateOptions fields an AdmissionReview shows (dryRun is added there)."""
+    return {"fieldManager": manager.name} if manager is not None and manager.name else {}
 
 
 def _node_restriction():

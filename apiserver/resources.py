@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from apiserver.pb import (api_pb2, apps_pb2, certificates_pb2, coordination_pb2, core_pb2, discovery_pb2,
+from apiserver.pb import (admissionregistration_pb2, api_pb2, apps_pb2, certificates_pb2, coordination_pb2, core_pb2, discovery_pb2,
                           networking_pb2, rbac_pb2, serviceaccount_pb2, storage_pb2)
 
 REGISTRY_PREFIX = "/registry/"
@@ -112,6 +112,13 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("certificatesigningrequests", "CertificateSigningRequest", "certificates.k8s.io/v1",
              "certificate_signing_request", certificates_pb2.CertificateSigningRequest,
              namespaced=False, has_status=True, has_spec=True, short_names=("csr",)),
+    # dynamic admission: the webhooks the apiserver calls before it stores a write (apiserver/admission/)
+    Resource("validatingwebhookconfigurations", "ValidatingWebhookConfiguration", "admissionregistration.k8s.io/v1",
+             "validating_webhook_configuration", admissionregistration_pb2.ValidatingWebhookConfiguration,
+             namespaced=False, has_status=False, has_spec=False),
+    Resource("mutatingwebhookconfigurations", "MutatingWebhookConfiguration", "admissionregistration.k8s.io/v1",
+             "mutating_webhook_configuration", admissionregistration_pb2.MutatingWebhookConfiguration,
+             namespaced=False, has_status=False, has_spec=False),
 )
 
 BY_NAME = {r.name: r for r in RESOURCES}

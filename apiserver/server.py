@@ -125,7 +125,8 @@ async def serve(args: argparse.Namespace, transformer) -> int:
         max_object_bytes=args.max_object_bytes,
         not_ready_toleration_seconds=args.default_not_ready_toleration_seconds,
         unreachable_toleration_seconds=args.default_unreachable_toleration_seconds,
-        service_account_tokens=bool(getattr(args, "service_account_signing_key_file", ""))), allocator=allocator)
+        service_account_tokens=bool(getattr(args, "service_account_signing_key_file", "")),
+        webhook_netns=args.bind_netns, secured=auth_flags.secured(args)), allocator=allocator)
     bootstrap = ServiceBootstrap(registry, allocator, address=args.advertise_address, port=args.port,
                                  repair_interval=args.service_repair_interval)
 

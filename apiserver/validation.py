@@ -21,6 +21,7 @@ from apiserver import validation_network as _net
 from apiserver import validation_rbac as _rbac
 from apiserver import validation_storage as _storage
 from apiserver import validation_certificates as _certs
+from apiserver import validation_admission as _admission
 from apiserver.resources import BY_NAME as _BY_NAME, Resource
 from apiserver.selectors import LabelSelectorError, label_selector_from_proto, quote
 from apiserver.syntax import (
@@ -532,6 +533,8 @@ _VALIDATE = {
     "rolebindings": _rbac.validate_role_binding,
     "clusterrolebindings": _rbac.validate_cluster_role_binding,
     "certificatesigningrequests": _certs.validate_csr,
+    "validatingwebhookconfigurations": _admission.validate_validating,
+    "mutatingwebhookconfigurations": _admission.validate_mutating,
 }
 _VALIDATE_UPDATE = {
     "nodes": _validate_node_update,

@@ -206,6 +206,28 @@ def certificate_signing_request():
     return csr
 
 
+def _webhook_configuration(kind: str):
+    from apiserver.pb import admissionregistration_pb2
+
+    config = getattr(admissionregistration_pb2, kind)(metadata={"name": "policy"})
+    hook = config.webhooks.add(name="policy.example.com", side_effects="None",
+                               admission_review_versions=["v1"])
+    hook.client_config.url = "https://127.0.0.1:9443/validate"
+    rule = hook.rules.add(operations=["CREATE", "UPDATE"])
+    rule.rule.api_groups.append("")
+    rule.rule.api_versions.append("v1")
+    rule.rule.resources.extend(["pods", "pods/status"])
+    return config
+
+
+def validating_webhook_configuration():
+    return _webhook_configuration("ValidatingWebhookConfiguration")
+
+
+def mutating_webhook_configuration():
+    return _webhook_configuration("MutatingWebhookConfiguration")
+
+
 FACTORIES = {"pods": pod, "replicasets": replica_set, "deployments": deployment,
              "services": service, "namespaces": namespace, "nodes": node,
              "configmaps": config_map, "secrets": secret, "events": event,
@@ -214,7 +236,9 @@ FACTORIES = {"pods": pod, "replicasets": replica_set, "deployments": deployment,
              "persistentvolumeclaims": persistent_volume_claim, "storageclasses": storage_class,
              "serviceaccounts": service_account, "roles": role, "clusterroles": cluster_role,
              "rolebindings": role_binding, "clusterrolebindings": cluster_role_binding,
-             "certificatesigningrequests": certificate_signing_request}
+             "certificatesigningrequests": certificate_signing_request,
+             "validatingwebhookconfigurations": validating_webhook_configuration,
+             "mutatingwebhookconfigurations": mutating_webhook_configuration}
 
 
 def defaulted(resource_name: str, msg=None):

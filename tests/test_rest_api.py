@@ -90,7 +90,7 @@ def test_version_and_legacy_discovery(api):
     assert groups["kind"] == "APIGroupList" and names == ["apps", "coordination.k8s.io", "discovery.k8s.io",
                                                           "networking.k8s.io", "storage.k8s.io",
                                                           "rbac.authorization.k8s.io", "certificates.k8s.io",
-                                                          "authentication.k8s.io",
+                                                          "admissionregistration.k8s.io", "authentication.k8s.io",
                                                           "authorization.k8s.io"]
     status, _, core = api.call("GET", "/api/v1")
     by_name = {r["name"]: r for r in core["resources"]}

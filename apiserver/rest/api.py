@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 import yaml
 
 from apiserver import errors, manifest
+from apiserver.admission.webhooks import WARNINGS
 from apiserver.auth.audit import now as audit_now
 from apiserver.auth.gate import Seen
 from apiserver.errors import ApiError
@@ -49,6 +50,8 @@ class RestApi:
         audit = self.gate.audit if self.gate is not None else None
         received = audit_now() if audit is not None else ""
         seen = Seen()
+        admission_warnings: list[str] = []
+        WARNINGS.set(admission_warnings)  # this request's task: the webhooks' warnings land here
         try:
             if self.gate is not None:
                 req.user = self.gate.rest(req.peercert, req.method, req.path.rstrip("/") or "/",
@@ -56,6 +59,7 @@ class RestApi:
             resp = await self._route(req)
         except ApiError as e:
             resp = error_response(e)
+        _with_warnings(resp, admission_warnings)
         if audit is not None:
             uri = req.path + (f"?{urlencode(req.query, doseq=True)}" if req.query else "")
             audit.event(received=received, uri=uri, verb=req.method.lower(), user=seen.user, attrs=seen.attrs,

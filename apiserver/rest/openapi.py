@@ -29,13 +29,14 @@ import json
 from google.protobuf.descriptor import FieldDescriptor
 
 from apiserver import resources
-from apiserver.manifest import _NUMBER_AS_STRING
-from apiserver.pb import apps_pb2, certificates_pb2, coordination_pb2, core_pb2, meta_pb2, storage_pb2
+from apiserver.manifest import _NUMBER_AS_STRING, json_fields
+from apiserver.pb import admissionregistration_pb2, apps_pb2, certificates_pb2, coordination_pb2, core_pb2, meta_pb2, storage_pb2
 from apiserver.rest import discovery, patch
 
 _PACKAGES = {"core.v1": "io.k8s.api.core.v1", "apps.v1": "io.k8s.api.apps.v1",
              "coordination.v1": "io.k8s.api.coordination.v1", "storage.v1": "io.k8s.api.storage.v1",
              "certificates.v1": "io.k8s.api.certificates.v1",
+             "admissionregistration.v1": "io.k8s.api.admissionregistration.v1",
              "meta.v1": "io.k8s.apimachinery.pkg.apis.meta.v1"}
 _SCALARS = {
     FieldDescriptor.TYPE_STRING: {"type": "string"},
@@ -89,7 +90,7 @@ def _single(field: FieldDescriptor, full_name: str) -> dict:
 
 
 def _message_schema(desc) -> dict:
-    props = {f.json_name: _field_schema(f) for f in desc.fields}
+    props = {name: _field_schema(f) for name, (f, _) in json_fields(desc).items()}
     out = {"type": "object", "properties": props}
     res = resources.BY_KIND.get(desc.name)
     if res is not None and res.message.DESCRIPTOR is desc:
@@ -102,7 +103,8 @@ def _message_schema(desc) -> dict:
 @functools.cache
 def schemas() -> dict:
     out = {}
-    for module in (meta_pb2, core_pb2, apps_pb2, coordination_pb2, storage_pb2, certificates_pb2):
+    for module in (meta_pb2, core_pb2, apps_pb2, coordination_pb2, storage_pb2, certificates_pb2,
+                   admissionregistration_pb2):
         todo = list(module.DESCRIPTOR.message_types_by_name.values())
         while todo:
             desc = todo.pop()

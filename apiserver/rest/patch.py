@@ -28,7 +28,7 @@ MERGE_KEYS = {
     "imagePullSecrets": "name", "hostAliases": "ip", "conditions": "type",
     "ownerReferences": "uid", "taints": "key", "addresses": "type", "images": None,
     "ephemeralContainerStatuses": None, "resourceClaims": "name",
-    "topologySpreadConstraints": "topologyKey",
+    "topologySpreadConstraints": "topologyKey", "webhooks": "name",
 }
 # port lists: the merge key depends on where they are
 PORT_KEYS = {"ports": ("containerPort", "port")}

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from google.protobuf.descriptor import FieldDescriptor
 
 from apiserver import errors, resources
-from apiserver.manifest import _NUMBER_AS_STRING
+from apiserver.manifest import _NUMBER_AS_STRING, INLINE
 from apiserver.pb import meta_pb2
 
 CONTENT_TYPE = "application/vnd.kubernetes.protobuf"
@@ -202,7 +202,9 @@ def message_to_dict(desc, data: bytes) -> dict:
                 out[field.json_name] = _fields_v1(value)
                 continue
             item = message_to_dict(field.message_type, value)
-            if field.is_repeated:
+            if field.full_name in INLINE:  # Go's embedded struct: its fields are the parent's in JSON
+                out.update(item)
+            elif field.is_repeated:
                 out.setdefault(field.json_name, []).append(item)
             else:
                 out[field.json_name] = item

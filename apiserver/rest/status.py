@@ -22,6 +22,8 @@ def status_dict(err: ApiError) -> dict:
     """The Status object for ``err``."""
     out = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "message": err.message, "reason": err.reason, "code": err.http_code}
+    if not err.reason:  # an admission webhook's refusal may give none (omitempty)
+        del out["reason"]
     details = {}
     if err.name:
         details["name"] = err.name

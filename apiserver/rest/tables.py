@@ -374,6 +374,10 @@ def _csr_row(o: dict) -> list:
             ",".join(conditions) or "Pending"]
 
 
+def _webhooks_row(o: dict) -> list:
+    return [_meta(o).get("name", ""), len(o.get("webhooks") or ()), age(_meta(o).get("creationTimestamp", ""))]
+
+
 def _default_row(o: dict) -> list:
     return [_meta(o).get("name", ""), age(_meta(o).get("creationTimestamp", ""))]
 
@@ -429,6 +433,8 @@ PRINTERS = {
                                    _col("RequestedDuration"), _col("Condition")], _csr_row),
     "storageclasses": ([NAME, _col("Provisioner"), _col("ReclaimPolicy"), _col("VolumeBindingMode"),
                         _col("AllowVolumeExpansion", "boolean"), AGE], _storage_class_row),
+    "validatingwebhookconfigurations": ([NAME, _col("Webhooks", "integer"), AGE], _webhooks_row),
+    "mutatingwebhookconfigurations": ([NAME, _col("Webhooks", "integer"), AGE], _webhooks_row),
 }
 
 
