@@ -1,4 +1,5 @@
-"""The apiserver's way onto the pods' network, for pods/ and services/NAME/proxy.
+"""The apiserver's way onto the pods' network: pods/ and services/NAME/proxy, and admission
+webhooks named by a Service.
 
 kube-apiserver runs on a machine of the cluster's network and dials pod IPs from there. This one
 runs in the root namespace, where no pod IP is routed; its machine on the plane's network is the
@@ -36,9 +37,9 @@ class PodNetwork:
         self.netns = netns
         self._tls: ssl.SSLContext | None = None
 
-    async def open(self, ip: str, port: int, tls: bool = False) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """A TCP (with ``tls``: TLS) connection to ``ip:port`` from the namespace. OSError as the
-        kernel refuses it (ECONNREFUSED, ENETUNREACH, ...), TimeoutError after CONNECT_TIMEOUT."""
+    async def dial(self, ip: str, port: int) -> socket.socket:
+        """A TCP socket connected to ``ip:port`` from the namespace (non-blocking, for the event
+        loop). OSError as the kernel refuses it (ECONNREFUSED, ENETUNREACH, ...)."""
         if not self.netns:
             raise OSError(errno.ENETUNREACH, "network is unreachable")
         from node.network.iproute import NetworkError
@@ -50,13 +51,23 @@ class PodNetwork:
             raise OSError(errno.ENETUNREACH, "network is unreachable") from None
         try:
             sock.setblocking(False)
-            async with asyncio.timeout(CONNECT_TIMEOUT):
-                await asyncio.get_running_loop().sock_connect(sock, (ip, port))
+            await asyncio.get_running_loop().sock_connect(sock, (ip, port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    async def open(self, ip: str, port: int, tls: bool = False) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A TCP (with ``tls``: TLS) connection to ``ip:port`` from the namespace. OSError as the
+        kernel refuses it, TimeoutError after CONNECT_TIMEOUT."""
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            sock = await self.dial(ip, port)
+            try:
                 if not tls:
                     return await asyncio.open_connection(sock=sock)
                 if self._tls is None:
                     self._tls = _insecure_context()
                 return await asyncio.open_connection(sock=sock, ssl=self._tls, server_hostname=ip)
-        except BaseException:
-            sock.close()
-            raise
+            except BaseException:
+                sock.close()
+                raise

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import socket
 import ssl
 from collections import OrderedDict
 from urllib.parse import urlsplit
+
+from apiserver.podnetwork import PodNetwork
 
 # a webhook's answer is an AdmissionReview: a patch, a message, warnings. kube-apiserver
 # reads the body through client-go without a limit of its own; one is kept here so that a
@@ -57,26 +58,6 @@ def target(url: str) -> tuple[str, int, str]:
     return parts.hostname or "", parts.port or 443, parts.path or "/"
 
 
-async def _dial_in(netns: str, address: tuple[str, int]) -> socket.socket:
-    """A TCP connection to ``address`` made inside the network namespace ``netns`` (the
-    socket is created there by a short-lived thread; the apiserver stays where it is)."""
-    from node.network.iproute import NetworkError
-    from node.network.netns import socket_in  # the plane's namespace plumbing
-
-    loop = asyncio.get_running_loop()
-    try:
-        sock = await loop.run_in_executor(None, socket_in, netns, socket.AF_INET, socket.SOCK_STREAM)
-    except NetworkError as e:
-        raise OSError(str(e)) from e
-    try:
-        sock.setblocking(False)
-        await loop.sock_connect(sock, address)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 async def post(url: str, body: bytes, *, ca_bundle: bytes, timeout: float,
                connect_to: tuple[str, int] | None = None, server_name: str = "", netns: str = "") -> bytes:
     """The body of the webhook's 200 answer to POSTing ``body`` (JSON) to ``url``
@@ -97,7 +78,7 @@ async def post(url: str, body: bytes, *, ca_bundle: bytes, timeout: float,
         async with asyncio.timeout(timeout):
             try:
                 if netns:
-                    sock = await _dial_in(netns, dial)
+                    sock = await PodNetwork(netns).dial(*dial)
                     reader, writer = await asyncio.open_connection(
                         sock=sock, ssl=ctx, server_hostname=name, limit=MAX_HEADER_BYTES,
                         ssl_handshake_timeout=timeout)
