@@ -584,6 +584,32 @@ class Registry:
         return await self._guaranteed_update(res, namespace, name, update, allocate=not status,
                                              dry_run=dry_run)
 
+    async def bind(self, namespace: str, name: str, node: str, annotations: dict[str, str], *,
+                   dry_run: bool = False):
+        """pods/binding, as kube-apiserver's BindingREST: the pod assigned to ``node`` once
+        (Conflict when it is assigned already or being deleted), the Binding's annotations
+        added, its PodScheduled condition made True."""
+        namespace = self.namespace_of(PODS, namespace)
+
+        def assign(current):
+            if current.metadata.deletion_timestamp:
+                raise errors.conflict("pods/binding", name, f"pod {name} is being deleted, cannot be assigned to a host")
+            if current.spec.node_name:
+                raise errors.conflict("pods/binding", name,
+                                      f'pod {name} is already assigned to node "{current.spec.node_name}"')
+            new = copy_of(current)
+            new.spec.node_name = node
+            new.metadata.annotations.update(annotations)
+            cond = next((c for c in new.status.conditions if c.type == "PodScheduled"), None)
+            if cond is None:
+                cond = new.status.conditions.add(type="PodScheduled")
+            if cond.status != "True":
+                cond.status, cond.last_transition_time = "True", now_rfc3339()
+                cond.reason = cond.message = ""
+            return new
+
+        return await self._guaranteed_update(PODS, namespace, name, assign, dry_run=dry_run)
+
     # ---- delete ---------------------------------------------------------
 
     async def delete(self, res: Resource, namespace: str, name: str, *, uid: str = "",

@@ -140,3 +140,40 @@ def test_a_too_old_resource_version_is_410(api):
             pass
     # the client turns the ERROR event's Status into an ApiException (its reflector relists)
     assert e.value.status == 410
+
+
+def test_pod_binding_as_a_custom_scheduler_posts_it(api):
+    """pods/binding: what kube-scheduler (or a custom scheduler) posts to place a pod."""
+    import json
+    v1 = k8s.CoreV1Api(api)
+    pod = k8s.V1Pod(metadata=k8s.V1ObjectMeta(name="bound"),
+                    spec=k8s.V1PodSpec(scheduler_name="my-scheduler",
+                                       containers=[k8s.V1Container(name="c", image="busybox:1")]))
+    v1.create_namespaced_pod(NS, pod)
+
+    def bind(node, name="bound", kind="Node", **meta):
+        body = k8s.V1Binding(metadata=k8s.V1ObjectMeta(name=name, **meta),
+                             target=k8s.V1ObjectReference(kind=kind, name=node))
+        # the answer is a Status, which this client would read as a Binding: take it raw
+        return v1.create_namespaced_pod_binding("bound", NS, body, _preload_content=False)
+
+    with pytest.raises(k8s.ApiException) as e:
+        bind("")
+    assert e.value.status == 422 and 'target.name: Required value' in json.loads(e.value.body)["message"]
+    with pytest.raises(k8s.ApiException) as e:
+        bind("node-a", kind="Pod")
+    assert e.value.status == 422 and 'target.kind: Unsupported value: "Pod"' in json.loads(e.value.body)["message"]
+    with pytest.raises(k8s.ApiException) as e:
+        bind("node-a", name="other")
+    assert e.value.status == 400
+    answer = bind("node-a", annotations={"scheduled-by": "my-scheduler"})
+    assert answer.status == 201 and json.loads(answer.data)["status"] == "Success"
+    placed = v1.read_namespaced_pod("bound", NS)
+    assert placed.spec.node_name == "node-a"
+    assert placed.metadata.annotations["scheduled-by"] == "my-scheduler"
+    assert [(c.type, c.status) for c in placed.status.conditions if c.type == "PodScheduled"] == [("PodScheduled", "True")]
+    with pytest.raises(k8s.ApiException) as e:
+        bind("node-b")
+    assert e.value.status == 409
+    assert json.loads(e.value.body)["message"] == (
+        'Operation cannot be fulfilled on pods/binding "bound": pod bound is already assigned to node "node-a"')

@@ -139,6 +139,10 @@ class RestApi:
             if m != "POST":
                 return http_error(405, "the server does not allow this method on the requested resource")
             return await self._evict(req, t)
+        if t.subresource == "binding" and t.res.name == "pods" and t.name:
+            if m != "POST":
+                return http_error(405, "the server does not allow this method on the requested resource")
+            return await self._bind(req, t)
         if t.subresource == "approval" and t.res.name == "certificatesigningrequests" and t.name:
             if m in ("GET", "HEAD"):
                 obj = await self.registry.get(t.res, t.namespace, t.name)
@@ -427,6 +431,32 @@ class RestApi:
             resource_version=pre.get("resourceVersion") or "",
             propagation_policy=opts.get("propagationPolicy") or "",
             grace_period_seconds=int(grace) if grace is not None else None, dry_run=_dry_run(req, opts))
+        return json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                              "code": 201}, 201)
+
+    # ---- binding (core/v1) ----
+
+    async def _bind(self, req: Request, t: routing.Target) -> Response:
+        """A pod assigned to the Binding's target node (what kube-scheduler posts)."""
+        binding = _parse_body(req)
+        if not isinstance(binding, dict) or binding.get("kind", "Binding") != "Binding":
+            raise errors.bad_request("the body of a binding must be a v1 Binding")
+        meta = binding.get("metadata") or {}
+        if meta.get("name", "") != t.name:
+            raise errors.bad_request("name in URL does not match name in Binding object")
+        target = binding.get("target") or {}
+        causes = []
+        if target.get("kind", "") not in ("", "Node"):
+            causes.append(("target.kind", "FieldValueNotSupported",
+                           f'Unsupported value: "{target.get("kind")}": supported values: "Node", "<empty>"'))
+        if not target.get("name"):
+            causes.append(("target.name", "FieldValueRequired", "Required value"))
+        if causes:
+            raise errors.invalid("Binding", t.name, causes)
+        annotations = meta.get("annotations") or {}
+        if not isinstance(annotations, dict) or not all(isinstance(v, str) for v in annotations.values()):
+            raise errors.bad_request("metadata.annotations of a Binding must map strings to strings")
+        await self.registry.bind(t.namespace, t.name, target["name"], annotations, dry_run=_dry_run(req, {}))
         return json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                               "code": 201}, 201)
 

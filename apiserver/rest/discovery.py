@@ -52,6 +52,7 @@ def subresources(res: Resource) -> list[tuple[str, str, str, list[str]]]:
     if res.name == "pods":
         # as kube-apiserver lists them (served through the node's kubelet: apiserver/rest/streams.py)
         subs += [("attach", "", "PodAttachOptions", ["create", "get"]),
+                 ("binding", "", "Binding", ["create"]),
                  ("eviction", "policy", "Eviction", ["create"]),
                  ("exec", "", "PodExecOptions", ["create", "get"]),
                  ("log", "", "Pod", ["get"]),
