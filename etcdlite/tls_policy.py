@@ -243,6 +243,12 @@ class HandshakePolicy:
         """Why the connection of ``obj`` (its handshake done) is closed, in etcd's words, or None.
         ``check_hostname``: the other end was asked for a certificate (a server without client
         certificate authentication checks no hostname, as Go calls no VerifyPeerCertificate)."""
+        try:
+            return self._refusal(obj, check_hostname)
+        except ValueError as err:  # a certificate OpenSSL took and cryptography cannot parse
+            return f"x509: {err}"
+
+    def _refusal(self, obj: ssl.SSLObject, check_hostname: bool) -> str | None:
         if self.allowed_hostname and check_hostname:
             from cryptography import x509
 
