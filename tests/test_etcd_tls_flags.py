@@ -301,6 +301,26 @@ def test_peer_crl_is_checked_both_ways_and_read_again_when_it_changes(peer_ca, t
     assert _handshake(tls(b), tls(a)) == (None, None)
 
 
+def test_peer_cipher_suites_limit_tls12_on_both_sides(peer_ca):
+    ca = peer_ca
+
+    def tls(name, tls12_ciphers=None, **kw):
+        issued = ca.issue(name, name, server=True, client=True, ips=("127.0.0.1",))
+        t = PeerTLS(str(issued.cert), str(issued.key), str(ca.cert_path), client_cert_auth=True, **kw)
+        if tls12_ciphers:
+            for ctx in (t.client_context, t.server_context):
+                ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+                ctx.set_ciphers(tls12_ciphers)
+        return t
+
+    limited = dict(cipher_suites=(SUITE_GO,))
+    assert _handshake(tls("s1", SUITE_OPENSSL), tls("s2", **limited)) == (None, None)
+    for client, server in ((tls("s3", OTHER_SUITE), tls("s4", **limited)),   # dialling an etcdlite
+                           (tls("s5", **limited), tls("s6", OTHER_SUITE))):  # an etcdlite dialling
+        with pytest.raises(ssl.SSLError, match="NO_SHARED_CIPHER|HANDSHAKE_FAILURE|no shared cipher"):
+            _handshake(client, server)
+
+
 def test_go_verify_hostname_cases(peer_ca):
     ca = peer_ca
 
