@@ -35,8 +35,8 @@ the handshake is done and then encrypted together at the next send attempt
 drains holds ciphertext only, and bytes read are decrypted before the
 framing sees them. The peer's certificate is checked in the handshake (the
 peer CA, the peer URL's host on connections this member makes, and
---peer-cert-allowed-cn after it): a peer that fails is dropped before any
-of its frames is read. No thread: the handshake advances as the socket
+--peer-cert-allowed-cn, --peer-cert-allowed-hostname and --peer-crl-file
+after it): a peer that fails is dropped before any of its frames is read. No thread: the handshake advances as the socket
 becomes readable, as the framing does.
 """
 
