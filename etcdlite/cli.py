@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-cert-allowed-cn", default="",
                    help="Required CN for client certs connecting to the peer endpoint (and, as etcd, "
                         "for the certificates of the peers this member dials).")
+    p.add_argument("--peer-cert-allowed-hostname", default="",
+                   help="Allowed TLS hostname for inter peer authentication (checked both ways, as etcd).")
+    p.add_argument("--peer-crl-file", default="",
+                   help="Path to the peer certificate revocation list file (PEM or DER).")
     p.add_argument("--peer-auto-tls", action="store_true",
                    help="Peer TLS using self-generated certificates if --peer-key-file and --peer-cert-file "
                         "are not provided (encrypts, authenticates no one: keep --peer-secret-file).")
@@ -98,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PEM CA certificate(s) that client certificates must be signed by (with --client-cert-auth)")
     p.add_argument("--client-cert-auth", action="store_true",
                    help="require and verify client certificates signed by --trusted-ca-file")
+    p.add_argument("--client-crl-file", default="",
+                   help="Path to the client certificate revocation list file (PEM or DER): a client whose "
+                        "certificate chain holds a revoked serial is refused after the handshake.")
+    p.add_argument("--client-cert-allowed-hostname", default="",
+                   help="Allowed TLS hostname for client cert authentication.")
+    p.add_argument("--cipher-suites", default="",
+                   help="Comma-separated list of supported TLS cipher suites between client/server and peers "
+                        "(Go's names, e.g. TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256; TLS 1.2 only: TLS 1.3 keeps "
+                        "its own suites, as with etcd built by Go; empty: OpenSSL's defaults).")
     p.add_argument("--auth-token", default="simple",
                    help="token type given by Authenticate: 'simple' (random, kept by the members) or "
                         "'jwt,sign-method=RS256,priv-key=FILE[,pub-key=FILE][,ttl=5m]' (signed, checked by "
@@ -171,6 +184,11 @@ def config_from_args(args: argparse.Namespace) -> MemberConfig:
         peer_client_cert_auth=args.peer_client_cert_auth,
         peer_cert_allowed_cn=args.peer_cert_allowed_cn,
         peer_auto_tls=args.peer_auto_tls,
+        peer_cert_allowed_hostname=args.peer_cert_allowed_hostname,
+        peer_crl_file=args.peer_crl_file,
+        client_crl_file=args.client_crl_file,
+        client_cert_allowed_hostname=args.client_cert_allowed_hostname,
+        cipher_suites=tuple(s.strip() for s in args.cipher_suites.split(",") if s.strip()),
         client_cert_auth=args.client_cert_auth,
         auth_token=args.auth_token,
         auth_token_ttl=float(args.auth_token_ttl),
@@ -245,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         cfg.load_client_tls()  # unreadable or mismatched TLS files: fail before starting
-        if cfg.peer_cert_file:
+        if cfg.peer_cert_file or cfg.peer_crl_file:
             cfg.load_peer_tls()
     except (ConfigError, OSError) as err:
         print(f"etcdlite: {err}", file=sys.stderr)

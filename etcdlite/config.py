@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 import goflags
+from etcdlite.tls_policy import HandshakePolicy, PolicyError, RevocationList, check_cipher_suites
 
 DEFAULT_MAX_REQUEST_BYTES = 1572864  # 1.5 MiB, as etcd
 # extra room above --max-request-bytes for gRPC framing, as etcd allows
@@ -59,6 +60,9 @@ class ClientTLS:
     private_key: bytes
     trusted_ca: bytes | None
     client_cert_auth: bool
+    # checked once a client's handshake is done (--client-crl-file, --client-cert-allowed-hostname)
+    policy: HandshakePolicy | None = None
+    cipher_suites: tuple[str, ...] = ()
 
 
 def _read_pem(flag: str, path: str) -> bytes:
@@ -97,6 +101,11 @@ def _check_key_pair(cert_flag: str, cert_path: str, key_flag: str, key_path: str
     if private.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
         raise ConfigError(f"{key_flag} {key_path} is not the key of {cert_flag} {cert_path}")
     return cert, key
+
+
+def _go_quote(s: str) -> str:
+    """Go's %q of a printable string."""
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def split_urls(value: str) -> list[str]:
@@ -181,12 +190,18 @@ class MemberConfig:
     key_file: str = ""
     trusted_ca_file: str = ""
     client_cert_auth: bool = False
+    client_crl_file: str = ""
+    client_cert_allowed_hostname: str = ""
+    # etcd's --cipher-suites (Go's names): TLS 1.2 suites of the client and peer listeners and dials
+    cipher_suites: tuple[str, ...] = ()
     # peer TLS (etcd's --peer-* flags): Raft traffic in TLS when the peer URLs are https://
     peer_cert_file: str = ""
     peer_key_file: str = ""
     peer_trusted_ca_file: str = ""
     peer_client_cert_auth: bool = False
     peer_cert_allowed_cn: str = ""
+    peer_cert_allowed_hostname: str = ""
+    peer_crl_file: str = ""
     peer_auto_tls: bool = False
     # etcd 3.5's --unsafe-no-fsync: nothing is synced (a power loss can lose acknowledged writes)
     unsafe_no_fsync: bool = False
@@ -201,6 +216,10 @@ class MemberConfig:
     grpc_server: str = "h2"
 
     def __post_init__(self):
+        try:
+            check_cipher_suites(list(self.cipher_suites))
+        except PolicyError as err:
+            raise ConfigError(str(err)) from None
         self._check_client_tls()
         https = [u for u in self.listen_metrics_urls if is_tls_url(u)]
         if https:
@@ -265,6 +284,10 @@ class MemberConfig:
             raise ConfigError("--client-cert-auth needs --trusted-ca-file (the CA that signs client certificates)")
         if self.trusted_ca_file and missing:
             raise ConfigError(f"--trusted-ca-file needs client TLS: {' and '.join(missing)} missing")
+        if self.grpc_server == "grpcio" and (self.client_crl_file or self.client_cert_allowed_hostname
+                                             or self.cipher_suites) and https:
+            raise ConfigError("--client-crl-file, --client-cert-allowed-hostname and --cipher-suites are "
+                              "served by --experimental-grpc-server h2 only")
 
     @property
     def peer_tls(self) -> bool:
@@ -310,6 +333,11 @@ class MemberConfig:
                 f"cannot listen on TLS for {host_port(self.listen_peer_urls[0])}: KeyFile and CertFile are "
                 "not presented (https:// peer URLs need --peer-cert-file and --peer-key-file, or --peer-auto-tls)"
             )
+        if self.peer_cert_allowed_cn and self.peer_cert_allowed_hostname:
+            # etcd's TLSInfo says it when it makes the peer listener's TLS configuration
+            raise ConfigError(f"AllowedCN and AllowedHostname are mutually exclusive "
+                              f"(cn={_go_quote(self.peer_cert_allowed_cn)}, "
+                              f"hostname={_go_quote(self.peer_cert_allowed_hostname)})")
         if self.peer_client_cert_auth and not self.peer_trusted_ca_file and not (self.peer_auto_tls and missing):
             raise ConfigError("--peer-client-cert-auth needs --peer-trusted-ca-file (the CA that signs "
                               "the members' peer certificates)")
@@ -336,8 +364,13 @@ class MemberConfig:
             ca = _read_pem("--peer-trusted-ca-file", self.peer_trusted_ca_file)
             _load_certs("--peer-trusted-ca-file", self.peer_trusted_ca_file, ca)
         try:
+            crl = RevocationList("--peer-crl-file", self.peer_crl_file) if self.peer_crl_file else None
             return PeerTLS(cert, key, self.peer_trusted_ca_file, client_cert_auth=self.peer_client_cert_auth,
-                           allowed_cn=self.peer_cert_allowed_cn, auto=auto)
+                           allowed_cn=self.peer_cert_allowed_cn, auto=auto,
+                           allowed_hostname=self.peer_cert_allowed_hostname, crl=crl,
+                           cipher_suites=self.cipher_suites)
+        except PolicyError as err:
+            raise ConfigError(str(err)) from None
         except (ssl.SSLError, OSError) as err:
             raise ConfigError(f"peer TLS: {err}") from None
 
@@ -389,8 +422,14 @@ class MemberConfig:
         ca = _read_pem("--trusted-ca-file", self.trusted_ca_file) if self.trusted_ca_file else None
         if ca is not None:
             _load_certs("--trusted-ca-file", self.trusted_ca_file, ca)
+        try:
+            crl = RevocationList("--client-crl-file", self.client_crl_file) if self.client_crl_file else None
+        except PolicyError as err:
+            raise ConfigError(str(err)) from None
         return ClientTLS(cert_chain=cert, private_key=key, trusted_ca=ca,
-                         client_cert_auth=self.client_cert_auth)
+                         client_cert_auth=self.client_cert_auth,
+                         policy=HandshakePolicy(crl, self.client_cert_allowed_hostname),
+                         cipher_suites=self.cipher_suites)
 
     @property
     def member_ids(self) -> dict[str, int]:

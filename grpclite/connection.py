@@ -176,6 +176,16 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        check = self.server.tls_check
+        if check is not None and transport.get_extra_info("ssl_object") is not None:
+            reason = check(transport)
+            if reason is not None:
+                addr = transport.get_extra_info("peername")
+                where = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) and len(addr) >= 2 else str(addr)
+                log.warning('rejected connection from "%s" (error "%s")', where, reason)  # etcd's words
+                self.closed = True
+                transport.abort()
+                return
         self.server.connections.add(self)
         self.timer = self.loop.call_later(self.server.handshake_timeout, self.check_handshake)
         try:

@@ -73,6 +73,10 @@ class GrpcServer:
         # a factory of asyncio protocols for clients whose first bytes are not HTTP/2's
         # preface (an HTTP/1.1 front on the same port); None: such connections are closed
         self.http1_protocol = None
+        # with TLS, called with each connection's transport once its handshake is done: a
+        # reason (str) closes the connection before anything is read from it, as Go servers
+        # that check a certificate after the handshake (etcd's CRL) do; None lets it in
+        self.tls_check = None
 
     # --- sending: queued frames leave once per turn of the loop, or sooner --
 

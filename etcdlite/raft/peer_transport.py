@@ -35,8 +35,8 @@ the handshake is done and then encrypted together at the next send attempt
 drains holds ciphertext only, and bytes read are decrypted before the
 framing sees them. The peer's certificate is checked in the handshake (the
 peer CA, the peer URL's host on connections this member makes, and
---peer-cert-allowed-cn after it): a peer that fails is dropped before any
-of its frames is read. No thread: the handshake advances as the socket
+--peer-cert-allowed-cn, --peer-cert-allowed-hostname and --peer-crl-file
+after it): a peer that fails is dropped before any of its frames is read. No thread: the handshake advances as the socket
 becomes readable, as the framing does.
 """
 
@@ -56,6 +56,8 @@ import pysyncobj.tcp_connection
 from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 from pysyncobj.transport import TCPTransport
+
+from etcdlite.tls_policy import HandshakePolicy, RevocationList, apply_cipher_suites
 
 _LENGTH = struct.Struct("<I")
 _SEQ = struct.Struct("<Q")
@@ -90,17 +92,25 @@ class PeerTLS:
     Common Name accepted in a verified peer certificate (etcd checks it on
     both sides: a served certificate too). `auto` (etcd's --peer-auto-tls):
     a self-signed certificate, and peers' certificates taken unverified
-    (encryption without authentication, as etcd's)."""
+    (encryption without authentication, as etcd's). `allowed_hostname`
+    (--peer-cert-allowed-hostname) is checked where `allowed_cn` would be,
+    `crl` (--peer-crl-file, a `RevocationList`) on every connection, both
+    ways (see `refusal`), and `cipher_suites` (Go's names) limit TLS 1.2's
+    suites on both sides, as etcd's --cipher-suites."""
 
     def __init__(self, cert_file: str, key_file: str, trusted_ca_file: str = "", *,
-                 client_cert_auth: bool = False, allowed_cn: str = "", auto: bool = False):
+                 client_cert_auth: bool = False, allowed_cn: str = "", auto: bool = False,
+                 allowed_hostname: str = "", crl: RevocationList | None = None,
+                 cipher_suites: tuple[str, ...] = ()):
         self.allowed_cn = allowed_cn
         self.client_cert_auth = client_cert_auth and not auto
+        self.policy = HandshakePolicy(crl, allowed_hostname)
         server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         for ctx in (server, client):
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
             ctx.load_cert_chain(cert_file, key_file)
+            apply_cipher_suites(ctx, list(cipher_suites))
         server.num_tickets = 0  # connections are never resumed: no session tickets to make
         if self.client_cert_auth:
             if trusted_ca_file:
@@ -129,10 +139,20 @@ class PeerTLS:
 
     def refusal(self, obj: ssl.SSLObject, server_side: bool) -> str | None:
         """Why a peer whose handshake completed is refused all the same
-        (None: it is not): --peer-cert-allowed-cn, checked on a verified
-        certificate as etcd does (a server that asks for no client
-        certificate checks nothing)."""
-        if not self.allowed_cn or (server_side and not self.client_cert_auth):
+        (None: it is not): --peer-cert-allowed-cn or --peer-cert-allowed-hostname,
+        checked on a verified certificate as etcd does (a server that asks
+        for no client certificate checks neither), then --peer-crl-file on
+        the chain the peer sent. etcd checks its CRL on the connections it
+        accepts only, but each pair of etcd members talks over connections
+        dialled both ways, so a revoked member hears no one; pysyncobj's one
+        connection per pair carries both directions, so the dialling side
+        checks the CRL too, to the same end."""
+        asked = not server_side or self.client_cert_auth
+        if self.policy:
+            reason = self.policy.refusal(obj, check_hostname=asked)
+            if reason is not None:
+                return reason
+        if not self.allowed_cn or not asked:
             return None
         cert = obj.getpeercert() or {}
         names = [value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"]

@@ -50,6 +50,7 @@ from etcdlite.server.read_barrier import ReadBarrier
 from etcdlite.server.response_header import ResponseHeaders
 from etcdlite.server.space_quota import SpaceGuard
 from etcdlite.server.watch import WatchService
+from etcdlite.tls_policy import apply_cipher_suites
 from etcdlite.server.watch import add_to_server as add_watch_service
 from etcdlite.watch_hub import STEP_EVENTS, WatchHub
 from grpclite import GrpcServer, server_ssl_context
@@ -181,6 +182,11 @@ class Member:
             host = host.strip("[]")
             ssl_context = tls and server_ssl_context(
                 cfg.cert_file, cfg.key_file, cfg.trusted_ca_file or None, tls.client_cert_auth)
+            if tls:
+                apply_cipher_suites(ssl_context, list(tls.cipher_suites))
+                if tls.policy:
+                    policy, asked = tls.policy, tls.client_cert_auth
+                    server.tls_check = lambda t: policy.refusal(t.get_extra_info("ssl_object"), asked)
             try:
                 port = await server.listen("127.0.0.1" if host == "localhost" else host, int(port), ssl_context)
             except OSError as err:
