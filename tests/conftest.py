@@ -32,6 +32,7 @@ SERIAL = (
     "test_cert_rotation.py::test_the_kubelet_renews_before_expiry_and_goes_on_after_it",
     "test_tls_bootstrap_real.py::test_a_real_kubelet_rotates_its_certificate_and_goes_on",
     "test_kubelet_stats.py",
+    "test_kubectl_top.py",
 )
 
 
