@@ -33,6 +33,7 @@ SERIAL = (
     "test_tls_bootstrap_real.py::test_a_real_kubelet_rotates_its_certificate_and_goes_on",
     "test_kubelet_stats.py",
     "test_admission_webhooks.py::test_a_slow_webhook_times_out_and_slows_only_its_own_requests",
+    "test_kubectl_top.py",
 )
 
 

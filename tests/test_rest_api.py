@@ -91,7 +91,7 @@ def test_version_and_legacy_discovery(api):
                                                           "networking.k8s.io", "storage.k8s.io",
                                                           "rbac.authorization.k8s.io", "certificates.k8s.io",
                                                           "admissionregistration.k8s.io", "authentication.k8s.io",
-                                                          "authorization.k8s.io"]
+                                                          "authorization.k8s.io", "metrics.k8s.io"]
     status, _, core = api.call("GET", "/api/v1")
     by_name = {r["name"]: r for r in core["resources"]}
     # upstream: pods carry short name "po" and category "all"; status is a subresource

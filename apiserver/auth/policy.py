@@ -128,6 +128,9 @@ def _cluster_roles() -> list[rbac_pb2.ClusterRole]:
             rule(READ, ["discovery.k8s.io"], ["endpointslices"]),
             rule(READ, ["coordination.k8s.io"], ["leases"]),
         ], labels={AGG + "view": "true"}),
+        # metrics-server's manifests' role (apiserver/rest/metricsapi.py serves its API here)
+        _role("system:aggregated-metrics-reader", [rule(READ, ["metrics.k8s.io"], ["pods", "nodes"])],
+              labels={AGG + "view": "true", AGG + "edit": "true", AGG + "admin": "true"}),
         _role("system:discovery", [url_rule(["get"], ["/api", "/api/*", "/apis", "/apis/*", "/healthz",
                                                       "/livez", "/openapi", "/openapi/*", "/readyz",
                                                       "/version", "/version/"])]),

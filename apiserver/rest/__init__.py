@@ -16,5 +16,6 @@
 - ``proxyrelay``: a proxy subresource's request relayed and its answer streamed back
 - ``nodeproxy``: nodes/NAME/proxy to the node's kubelet
 - ``podproxy``: pods/ and services/NAME/proxy to a pod's IP (apiserver/podnetwork.py dials it)
+- ``metricsapi``: metrics.k8s.io/v1beta1 (kubectl top) from the kubelets (apiserver/resourcemetrics/)
 - ``serving``: the pieces put together for apiserver/server.py
 """

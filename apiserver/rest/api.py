@@ -17,8 +17,8 @@ from apiserver.auth.audit import now as audit_now
 from apiserver.auth.gate import Seen
 from apiserver.errors import ApiError
 from apiserver.registry import Registry, parse_resource_version
-from apiserver.rest import (apply, authapi, convert, discovery, nodeproxy, openapi, patch, podproxy, protobuf, routing,
-                            streams, tables, watch)
+from apiserver.rest import (apply, authapi, convert, discovery, metricsapi, nodeproxy, openapi, patch, podproxy,
+                            protobuf, routing, streams, tables, watch)
 from apiserver.rest.http1 import Request, Response, json_response
 from apiserver.rest.status import error_response, http_error, success
 
@@ -41,6 +41,7 @@ class RestApi:
         self.streams = streams.PodStreams(registry, kubelets)
         self.node_proxy = nodeproxy.NodeProxy(registry, kubelets)
         self.workload_proxy = podproxy.WorkloadProxy(registry, pod_network)
+        self.metrics = metricsapi.MetricsApi(registry, kubelets)
         # authentication and authorization (apiserver/auth/gate.py); None: everyone may do anything
         self.gate = gate
         self.items = convert.ItemCache()
@@ -72,6 +73,10 @@ class RestApi:
         path = req.path.rstrip("/") or "/"
         if self.gate is not None and path.startswith(authapi.REVIEW_PREFIXES):
             resp = authapi.route(self.gate, req, path)
+            if resp is not None:
+                return resp
+        if path.startswith(metricsapi.PREFIX):
+            resp = await self.metrics.handle(req, path)
             if resp is not None:
                 return resp
         try:

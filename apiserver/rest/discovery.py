@@ -84,9 +84,10 @@ def api_versions() -> dict:
 
 
 def _group(name: str) -> dict:
-    gv = f"{name}/v1"
-    return {"name": name, "versions": [{"groupVersion": gv, "version": "v1"}],
-            "preferredVersion": {"groupVersion": gv, "version": "v1"}}
+    version = next(gv.rpartition("/")[2] for gv in (*group_versions(), *UNSTORED) if gv.rpartition("/")[0] == name)
+    gv = f"{name}/{version}"
+    return {"name": name, "versions": [{"groupVersion": gv, "version": version}],
+            "preferredVersion": {"groupVersion": gv, "version": version}}
 
 
 # served but never stored (apiserver/rest/authapi.py): api_version -> (name, kind, namespaced, verbs)
@@ -95,7 +96,16 @@ UNSTORED = {"authentication.k8s.io/v1": [("selfsubjectreviews", "SelfSubjectRevi
             "authorization.k8s.io/v1": [("localsubjectaccessreviews", "LocalSubjectAccessReview", True, ["create"]),
                                         ("selfsubjectaccessreviews", "SelfSubjectAccessReview", False, ["create"]),
                                         ("selfsubjectrulesreviews", "SelfSubjectRulesReview", False, ["create"]),
-                                        ("subjectaccessreviews", "SubjectAccessReview", False, ["create"])]}
+                                        ("subjectaccessreviews", "SubjectAccessReview", False, ["create"])],
+            # the resource metrics (apiserver/rest/metricsapi.py), as metrics-server lists them
+            "metrics.k8s.io/v1beta1": [("nodes", "NodeMetrics", False, ["get", "list"]),
+                                       ("pods", "PodMetrics", True, ["get", "list"])]}
+# groups whose server names no singular (metrics-server's GetSingularName is "")
+NO_SINGULAR = {"metrics.k8s.io/v1beta1"}
+
+
+def _singular(api_version: str, kind: str) -> str:
+    return "" if api_version in NO_SINGULAR else kind.lower()
 
 
 def groups() -> list[str]:
@@ -116,7 +126,8 @@ def resource_list(api_version: str) -> dict | None:
     served = group_versions().get(api_version)
     if served is None and api_version not in UNSTORED:
         return None
-    items = [{"name": name, "singularName": kind.lower(), "namespaced": namespaced, "kind": kind, "verbs": verbs_}
+    items = [{"name": name, "singularName": _singular(api_version, kind), "namespaced": namespaced, "kind": kind,
+              "verbs": verbs_}
              for name, kind, namespaced, verbs_ in UNSTORED.get(api_version, [])]
     served = served or []
     for res in served:
@@ -171,7 +182,7 @@ def aggregated(legacy: bool, api_version: str = "apidiscovery.k8s.io/v2") -> dic
         for gv, unstored in UNSTORED.items():
             group, _, version = gv.rpartition("/")
             resources_ = [{"resource": name, "responseKind": {"group": group, "version": version, "kind": kind},
-                           "scope": "Namespaced" if namespaced else "Cluster", "singularResource": kind.lower(),
+                           "scope": "Namespaced" if namespaced else "Cluster", "singularResource": _singular(gv, kind),
                            "verbs": verbs_} for name, kind, namespaced, verbs_ in unstored]
             items.append({"metadata": {"name": group, "creationTimestamp": None},
                           "versions": [{"version": version, "resources": resources_, "freshness": "Current"}]})

@@ -150,7 +150,9 @@ def _paths(api_version: str) -> dict:
 def _review_paths(api_version: str) -> dict:
     group, _, version = api_version.rpartition("/")
     out = {}
-    for name, kind, namespaced, _verbs in discovery.UNSTORED.get(api_version, []):
+    for name, kind, namespaced, verbs in discovery.UNSTORED.get(api_version, []):
+        if "create" not in verbs:  # the resource metrics (read only): no paths described
+            continue
         gvk = {"group": group, "version": version, "kind": kind}
         ns = "/namespaces/{namespace}" if namespaced else ""
         params = [_param(p) for p in _COMMON_PARAMS]
