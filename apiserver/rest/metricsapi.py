@@ -162,11 +162,11 @@ class MetricsApi:
             writer.write(f"GET /metrics/resource HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/plain\r\n"
                          f"User-Agent: kube-apiserver (resource metrics)\r\nConnection: close\r\n\r\n".encode())
             await writer.drain()
-            status, headers = await proxyrelay._read_response_head(reader)
+            status, headers = await proxyrelay.read_response_head(reader)
             if status != 200:
                 raise ValueError(f"the kubelet answered {status}")
             body = bytearray()
-            async for piece in proxyrelay._body(reader, headers):
+            async for piece in proxyrelay.body_pieces(reader, headers):
                 body += piece
                 if len(body) > MAX_BODY:
                     raise ValueError(f"an answer over {MAX_BODY} bytes")

@@ -87,7 +87,7 @@ async def relay(req: Request, rest: str, host: str, open_: Opener,
         writer.write(head + req.body)
         async with asyncio.timeout(RESPONSE_HEAD_TIMEOUT):
             await writer.drain()
-            status, headers = await _read_response_head(reader)
+            status, headers = await read_response_head(reader)
     except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
         writer.close()
         raise unreachable(e) from None
@@ -100,7 +100,7 @@ async def relay(req: Request, rest: str, host: str, open_: Opener,
         writer.close()
         return Response(status, b"", content_type, headers=passed)
     return Response(status, content_type=content_type, headers=passed,
-                    stream=_Body(_body(reader, headers), writer))
+                    stream=_Body(body_pieces(reader, headers), writer))
 
 
 def _request_head(req: Request, target: str, host: str) -> bytes:
@@ -115,7 +115,7 @@ def _request_head(req: Request, target: str, host: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-async def _read_response_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+async def read_response_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
     """The status and headers (lower-case names; repeated ones joined) of the far server's answer;
     ValueError when it is not HTTP/1.x."""
     line = (await reader.readuntil(b"\n")).decode("latin-1").rstrip("\r\n")
@@ -136,7 +136,7 @@ async def _read_response_head(reader: asyncio.StreamReader) -> tuple[int, dict[s
     raise ValueError("too many response headers")
 
 
-async def _body(reader: asyncio.StreamReader, headers: dict[str, str]):
+async def body_pieces(reader: asyncio.StreamReader, headers: dict[str, str]):
     """The body's bytes, PIECE at most at a time, as the far server framed it (chunked, a length,
     or up to the end of the connection). A body cut short ends the answer where it was cut."""
     try:
