@@ -71,7 +71,7 @@ def _pieces(data: bytes, headers: dict) -> list[bytes]:
         reader = asyncio.StreamReader()
         reader.feed_data(data)
         reader.feed_eof()
-        return [p async for p in proxyrelay._body(reader, headers)]
+        return [p async for p in proxyrelay.body_pieces(reader, headers)]
     return asyncio.run(read())
 
 
