@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
+from test_peer_tls import _has
 from cryptography.hazmat.primitives import hashes, serialization
 
 from apiserver.auth.pki import CA
@@ -169,15 +170,6 @@ def _status(m: P.Member, timeout: float = 1.0):
             return rpc_pb2_grpc.MaintenanceStub(ch).Status(pb.StatusRequest(), timeout=timeout)
         except grpc.RpcError:
             return None
-
-
-def _has(m: P.Member, key: bytes, value: bytes) -> bool:
-    with grpc.insecure_channel(m.endpoint) as ch:
-        try:
-            resp = rpc_pb2_grpc.KVStub(ch).Range(pb.RangeRequest(key=key, serializable=True), timeout=1)
-        except grpc.RpcError:
-            return False
-    return bool(resp.kvs) and resp.kvs[0].value == value
 
 
 @pytest.mark.process
