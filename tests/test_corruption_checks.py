@@ -113,6 +113,50 @@ def test_the_divergence_hook_changes_the_hash_and_not_the_revisions():
     assert diverged.kv.range(b"foo").kvs[0].value != b"baz"
 
 
+def run_steps(steps, between=lambda: None):
+    try:
+        while True:
+            next(steps)
+            between()
+    except StopIteration as done:
+        return done.value
+
+
+def test_a_stepped_hash_equals_the_whole_one_whatever_is_written_between_its_steps():
+    from etcdlite.mvcc import CompactedError, MVCCStore
+
+    store = MVCCStore()
+    for i in range(50):
+        store.put(b"k%02d" % i, b"v%d" % i)
+    store.delete_range(b"k10", b"k20")
+    expected = store.hash_kv(0)
+    written = iter(range(1000))
+
+    def write():  # new keys before, among and after those hashed; new records of old keys
+        n = next(written)
+        store.put(b"%s%d" % (b"a" if n % 3 == 0 else b"k15" if n % 3 == 1 else b"z", n), b"x")
+        store.put(b"k%02d" % (n % 50), b"y")
+
+    assert run_steps(store.hash_kv_steps(0, step_keys=7), write) == expected
+    assert store.hash_kv(expected[2]) == expected
+    # a compaction between steps (dropping the deletes' tombstones) starts it over, at the same revision
+    compacted = []
+
+    def compact_once():
+        if not compacted:
+            compacted.append(store.current_revision)
+            store.compact(expected[2])
+
+    again = run_steps(store.hash_kv_steps(expected[2], step_keys=7), compact_once)
+    assert again == store.hash_kv(expected[2]) and again[1] == expected[2] and again[0] != expected[0]
+    # ... or fails, once the revision hashed is compacted away
+    steps = store.hash_kv_steps(expected[2], step_keys=7)
+    next(steps)
+    store.compact(store.current_revision)
+    with pytest.raises(CompactedError):
+        next(steps)
+
+
 # ---------------------------------------------------------------------------
 # members
 
