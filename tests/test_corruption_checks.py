@@ -19,6 +19,8 @@ from __future__ import annotations
 import pickle
 import re
 import time
+import urllib.error
+import urllib.request
 
 import grpc
 import pytest
@@ -29,7 +31,7 @@ from etcdlite.apply import Op, StateMachine
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.server.corruption import CORRUPT_KEY_ENV, corrupting
 from harness.etcd_client import Client, error_of
-from harness.procs import run_etcdctl, start_etcdlite_cluster
+from harness.procs import free_port, run_etcdctl, start_etcdlite_cluster
 
 CORRUPT = (grpc.StatusCode.DATA_LOSS, "etcdserver: corrupt cluster")
 
@@ -166,7 +168,15 @@ def status(endpoint: str) -> pb.StatusResponse:
         return c.maintenance.Status(pb.StatusRequest(), timeout=10)
 
 
-def corrupt_session(m) -> list:
+def health(port: int) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def corrupt_session(m, metrics_port: int) -> list:
     """A CORRUPT alarm activated by a client for `m`, then an etcdctl
     session around it; what it printed, with the member's ID normalised."""
     me = status(m.endpoint).header.member_id
@@ -202,9 +212,11 @@ def corrupt_session(m) -> list:
     ctl("lease", "timetolive", "1234")
     out.append(("status errors", [norm(e) for e in status(m.endpoint).errors]))
     ctl("endpoint", "health")
+    out.append(("health", health(metrics_port)))
     ctl("alarm", "disarm")
     ctl("alarm", "list")
     ctl("put", "a", "b")
+    out.append(("health", health(metrics_port)))
     return out
 
 
@@ -212,13 +224,14 @@ def corrupt_session(m) -> list:
 def test_a_client_activated_corrupt_alarm_answers_as_etcd_34(procs, tmp_path, etcd_binaries):
     sessions = []
     for kind in ("etcd", "etcdlite"):
+        port = free_port()
         start = procs.start_real_etcd if kind == "etcd" else procs.start_etcdlite
-        m = start(tmp_path / kind, name=f"{kind}c")
-        sessions.append(corrupt_session(m))
+        m = start(tmp_path / kind, name=f"{kind}c", listen_metrics_urls=f"http://127.0.0.1:{port}")
+        sessions.append(corrupt_session(m, port))
         m.kill()
     ref, got = sessions
     assert ("alarm list", 0, "memberID:<ID> alarm:CORRUPT ", "") in ref
-    assert ("put", CORRUPT) in ref
+    assert ("put", CORRUPT) in ref and ("health", (503, b'{"health":"false"}\n')) in ref
     assert got == ref
 
 
@@ -248,8 +261,10 @@ def test_the_leader_raises_corrupt_for_a_diverged_member_and_the_initial_check_s
     def diverging_m2(members):
         members[2].extra_env = {CORRUPT_KEY_ENV: "foo"}
 
+    # a new member does not check at start (it has nothing to compare yet), as etcd
     members = start_etcdlite_cluster(tmp_path, 3, procs, before_launch=diverging_m2,
-                                     experimental_corrupt_check_time="0.3s")
+                                     experimental_corrupt_check_time="0.3s",
+                                     experimental_initial_corrupt_check=True)
     m0, m1, m2 = members
     ids = [status(m.endpoint).header.member_id for m in members]
     if status(m0.endpoint).leader == ids[2]:  # the leader cannot tell who differs: have a healthy one lead
@@ -285,13 +300,11 @@ def test_the_leader_raises_corrupt_for_a_diverged_member_and_the_initial_check_s
     with Client(m0.endpoint) as c:
         revision = c.put(b"a", b"b").header.revision
     # the initial check: the diverged member, restarted, finds itself unlike its peers and exits
-    m2.extra_flags["experimental_initial_corrupt_check"] = True
     m2.launch()
     rc = m2.proc.wait(timeout=20)
     log = m2.log_tail(5)
     assert rc == 1 and f"etcdlite: {ids[2]:x} found data inconsistency with peers" in log, log
     # ... and a healthy member passes it
-    m1.extra_flags["experimental_initial_corrupt_check"] = True
     m1.restart()
     assert "initial corruption check passed" in m1.log_tail(200)
     with Client(m1.endpoint) as c:

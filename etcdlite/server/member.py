@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 
@@ -108,6 +109,8 @@ class Member:
         self.loop = loop = asyncio.get_running_loop()
         cfg = self.cfg
         self._space_limit = quota_limit(cfg.quota_backend_bytes)
+        # as etcd, only a member that had data checks it against its peers' at start
+        initialized = any(os.path.exists(os.path.join(cfg.data_dir, name)) for name in ("raft.journal", "raft.snapshot"))
         self.raft = RaftNode(
             loop,
             cfg.raft_address,
@@ -140,7 +143,7 @@ class Member:
             self.hub.revision = self.raft.machine.kv.current_revision
         log.info("member %x: ready at revision %d, raft term %d", self.id, self.hub.revision, self.raft.term)
         self._check_removed()
-        if cfg.initial_corrupt_check:
+        if cfg.initial_corrupt_check and initialized:
             await self.corruption.initial_check()
         self.corruption.answering = True
         tls = cfg.load_client_tls()
