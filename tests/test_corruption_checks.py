@@ -186,7 +186,8 @@ def corrupt_session(m, metrics_port: int) -> list:
         text = "\n".join(line for line in text.splitlines() if not line.startswith('{"level":'))
         text = re.sub(r"took = [0-9.]+[µmn]?s", "took = <T>", text)
         text = re.sub(r"remaining\(59\ds\)", "remaining(59Xs)", text)
-        return text.replace(str(me), "<ID>").replace(format(me, "x"), "<HEX>").replace(str(m.client_port), "<PORT>")
+        text = text.replace(str(me), "<ID>").replace(format(me, "x"), "<HEX>")
+        return text.replace(str(m.client_port), "<PORT>")
 
     def ctl(*args, stdin=None):
         rc, stdout, stderr = run_etcdctl(m, *args, stdin=stdin)

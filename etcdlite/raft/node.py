@@ -55,8 +55,8 @@ from etcdlite.quota import UNLIMITED
 from . import durable, journal, snapshot_file
 from .apply_pacing import PAUSED, ApplyPacer
 from .leader_calls import LeaderCalls
-from .peer_calls import PeerCalls
 from .loop import LoopPoller, LoopSyncObj
+from .peer_calls import PeerCalls
 
 log = logging.getLogger("etcdlite.raft")
 

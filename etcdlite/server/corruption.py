@@ -221,6 +221,8 @@ class CorruptionChecks:
         checked = 0
         for peer, answer, err in peers:
             if answer is None:
+                log.warning("member %x: hash request at revision %d to peer %x failed: %s",
+                            m.id, revision, peer, err.message)
                 continue
             checked += 1
             _, peer_hash, peer_compacted, peer_revision = answer

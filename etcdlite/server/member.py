@@ -110,7 +110,8 @@ class Member:
         cfg = self.cfg
         self._space_limit = quota_limit(cfg.quota_backend_bytes)
         # as etcd, only a member that had data checks it against its peers' at start
-        initialized = any(os.path.exists(os.path.join(cfg.data_dir, name)) for name in ("raft.journal", "raft.snapshot"))
+        initialized = any(os.path.exists(os.path.join(cfg.data_dir, name))
+                          for name in ("raft.journal", "raft.snapshot"))
         self.raft = RaftNode(
             loop,
             cfg.raft_address,
@@ -135,7 +136,8 @@ class Member:
         self.corruption = CorruptionChecks(self)
         corrupt_key = corrupt_key_from_env()
         if corrupt_key is not None:
-            log.warning("member %x: test hook: every put of %r is applied with another value", self.id, corrupt_key)
+            log.warning("member %x: test hook: every put of %r is applied with another value",
+                        self.id, corrupt_key)
             self.raft.state.rewrite = corrupting(corrupt_key)
         log.info("member %x: replaying the raft log in %s", self.id, cfg.data_dir)
         await self._ready.wait()
