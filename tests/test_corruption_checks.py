@@ -115,6 +115,21 @@ def test_the_divergence_hook_changes_the_hash_and_not_the_revisions():
     assert diverged.kv.range(b"foo").kvs[0].value != b"baz"
 
 
+def test_the_flags_are_etcds():
+    from etcdlite.cli import build_parser, config_from_args
+    from etcdlite.config import ConfigError
+
+    def config(*argv):
+        return config_from_args(build_parser().parse_args(["--data-dir", "unused", *argv]))
+
+    default = config()
+    assert (default.initial_corrupt_check, default.corrupt_check_time) == (False, 0.0)
+    given = config("--experimental-initial-corrupt-check", "--experimental-corrupt-check-time", "1m30s")
+    assert (given.initial_corrupt_check, given.corrupt_check_time) == (True, 90.0)
+    with pytest.raises(ConfigError):
+        config("--experimental-corrupt-check-time=-1s")
+
+
 def run_steps(steps, between=lambda: None):
     try:
         while True:
