@@ -2,8 +2,10 @@
 alarm. Pure and deterministic like the MVCC store; kept in the state machine,
 so every member lists the same alarms and they outlive a restart.
 
-Only NOSPACE is raised (etcdlite.quota); while one is active the state
-machine refuses the writes that add (Put, a Txn with puts, LeaseGrant).
+Two kinds are held, as etcd raises them: NOSPACE (etcdlite.quota), while
+which the state machine refuses the writes that add (Put, a Txn with puts,
+LeaseGrant), and CORRUPT (etcdlite.server.corruption), while which it
+refuses every write etcd's corrupt applier does (StateMachine.apply_batch).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 
 NOSPACE = pb.NOSPACE
+CORRUPT = pb.CORRUPT
+HELD = frozenset({NOSPACE, CORRUPT})
 # alarms held at most: a client may activate one for any member ID (as etcd lets it)
 MAX_ALARMS = 1024
 
@@ -19,6 +23,7 @@ class AlarmTable:
     def __init__(self) -> None:
         self._active: set[tuple[int, int]] = set()  # (alarm type, member ID)
         self.nospace = False  # a NOSPACE alarm is active (read on every applied put)
+        self.corrupt = False  # a CORRUPT alarm is active (read on every applied command)
 
     def __getstate__(self):
         return sorted(self._active)
@@ -29,6 +34,7 @@ class AlarmTable:
 
     def _settle(self) -> None:
         self.nospace = any(kind == NOSPACE for kind, _ in self._active)
+        self.corrupt = any(kind == CORRUPT for kind, _ in self._active)
 
     def __len__(self) -> int:
         return len(self._active)
@@ -43,8 +49,8 @@ class AlarmTable:
 
     def activate(self, member_id: int, alarm: int) -> pb.AlarmMember | None:
         """Raise (or find raised) `alarm` for `member_id`; None if it is not one
-        etcdlite raises (only NOSPACE) or the table is full."""
-        if alarm != NOSPACE:
+        etcdlite raises (NOSPACE, CORRUPT) or the table is full."""
+        if alarm not in HELD:
             return None
         entry = (alarm, member_id)
         if entry not in self._active:

@@ -170,6 +170,7 @@ def events_of(events) -> list[Event]:
 # the hot path's names, looked up once
 _PUT = int(Op.PUT)
 _PUT_VALUE = int(Op.PUT_VALUE)
+_TXN = int(Op.TXN)
 _PutRequest = pb.PutRequest.FromString
 # a lease's share of the backend's size: its ID and TTL
 LEASE_BYTES = 16
@@ -242,12 +243,17 @@ class StateMachine:
         put = kv.put_record
         # with auth enabled every command's sender is checked first (`_refusal`)
         guarded = self.auth.enabled
+        # a CORRUPT alarm refuses what etcd's corrupt applier does (`refused_when_corrupt`)
+        corrupt = self.alarms.corrupt
         # the space quota (`_space_check`, inlined for the plain put)
         capped = self.alarms.nospace
         room = self._put_room()
         size = kv.approximate_size
         for i, command in enumerate(commands[start:] if start else commands, start + 1):
             op = command[0]
+            if corrupt and refused_when_corrupt(op, command[1]):
+                append((op, errors.CORRUPT, [], kv.current_revision))
+                continue
             if op == _PUT_VALUE:
                 if guarded:  # sent while auth was disabled: nobody's
                     append((op, errors.USER_EMPTY, [], kv.current_revision))
@@ -280,7 +286,7 @@ class StateMachine:
                 if p is None or p.lease or p.prev_kv or p.ignore_value or p.ignore_lease:
                     result, events = self.apply(op, data, p)
                     append((op, result, events, kv.current_revision))
-                    capped, room = self.alarms.nospace, self._put_room()
+                    capped, room, corrupt = self.alarms.nospace, self._put_room(), self.alarms.corrupt
                     continue
                 key, value = p.key, p.value
             if capped:
@@ -313,6 +319,8 @@ class StateMachine:
     def apply(self, op: int, data: bytes, parsed=None) -> tuple[object, list[Event]]:
         """One command: (its result, its events). `parsed`: a Put's
         PutRequest when the caller has already parsed `data`."""
+        if self.alarms.corrupt and refused_when_corrupt(op, data):
+            return errors.CORRUPT, []
         if op in STEPPED_OPS:
             steps = self.apply_steps(op, data)
             try:
@@ -622,6 +630,28 @@ class StateMachine:
         resp = pb.LeaseRevokeResponse()
         resp.header.revision = self.kv.current_revision
         return resp, events
+
+
+# what etcd 3.4's corrupt applier refuses: Put, DeleteRange, Txn, Compaction,
+# LeaseGrant and LeaseRevoke (a lease's expiry is a revoke there too)
+_CORRUPT_REFUSED = frozenset(int(op) for op in (Op.PUT, Op.PUT_VALUE, Op.DELETE_RANGE, Op.COMPACT,
+                                                Op.LEASE_GRANT, Op.LEASE_REVOKE, Op.LEASE_EXPIRE))
+
+
+def refused_when_corrupt(op: int, data) -> bool:
+    """Whether command `op` (its request `data`) is refused while a CORRUPT
+    alarm is active. A read-only Txn is not: etcd serves it outside Raft and
+    its applier, as Range; alarms, auth, membership and keep-alives go on."""
+    if op in _CORRUPT_REFUSED:
+        return True
+    if op == _TXN:
+        try:
+            t = pb.TxnRequest.FromString(data)
+        except Exception:
+            return True
+        # etcd's isTxnReadonly: every op of both branches a range (a nested txn is not)
+        return not all(o.HasField("request_range") for o in (*t.success, *t.failure))
+    return False
 
 
 def _bug(op, exc: Exception) -> errors.EtcdError:

@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the leader's raft journal fdatasync runs: loop = in the event loop, which "
                         "waits for it; thread = in a thread of its own, the loop serving requests "
                         "meanwhile (see benchmarks/why.md)")
+    p.add_argument("--experimental-initial-corrupt-check", action="store_true",
+                   help="before serving clients, compare this member's KV hash with its peers' at its "
+                        "revision; a difference at the same compact revision stops the member")
+    p.add_argument("--experimental-corrupt-check-time", default="0s",
+                   help="how often the leader compares the members' KV hashes and raises a CORRUPT "
+                        "alarm for one that differs; 0s: never")
     p.add_argument("--log-level", default="info", choices=sorted(LOG_LEVELS))
     return p
 
@@ -195,6 +201,8 @@ def config_from_args(args: argparse.Namespace) -> MemberConfig:
         grpc_server=args.experimental_grpc_server,
         unsafe_no_fsync=args.unsafe_no_fsync,
         raft_sync=args.experimental_raft_sync,
+        initial_corrupt_check=args.experimental_initial_corrupt_check,
+        corrupt_check_time=parse_duration(args.experimental_corrupt_check_time),
     )
 
 
@@ -212,6 +220,8 @@ async def serve(cfg: MemberConfig) -> None:
     stopping = loop.create_task(stop.wait())
     await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if starting.done():
+        if starting.exception() is not None:
+            await member.stop()  # a failed start (the initial corruption check) closes what it opened
         starting.result()
         urls = ",".join(cfg.advertise_client_urls)
         if any(is_tls_url(u) for u in cfg.advertise_client_urls):
@@ -268,13 +278,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as err:
         print(f"etcdlite: {err}", file=sys.stderr)
         return 2
+    from etcdlite.server.corruption import DataInconsistency
+
     tune_gc()
     try:
         asyncio.run(serve(cfg))
     except ConfigError as err:
         print(f"etcdlite: {err}", file=sys.stderr)
         return 2
-    except OSError as err:
+    except (OSError, DataInconsistency) as err:
         print(f"etcdlite: {err}", file=sys.stderr)
         return 1
     return 0

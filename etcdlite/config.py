@@ -207,6 +207,10 @@ class MemberConfig:
     unsafe_no_fsync: bool = False
     # where the leader's journal sync runs: "loop" (the event loop waits) or "thread"
     raft_sync: str = "loop"
+    # etcd's --experimental-initial-corrupt-check: compare hashes with the peers before serving
+    initial_corrupt_check: bool = False
+    # etcd's --experimental-corrupt-check-time, seconds (0: off): the leader's periodic hash check
+    corrupt_check_time: float = 0.0
     # etcd's --auth-token: "simple", or "jwt,sign-method=..,priv-key=..,pub-key=..,ttl=.." (etcdlite.jwt_tokens)
     auth_token: str = "simple"
     # etcd's --auth-token-ttl: a simple token lives this long after its last use

@@ -15,12 +15,14 @@ _HEADER = struct.Struct(">qq")
 
 
 def hash_history(history: dict[bytes, list[Record]], keys: Iterable[bytes], upto: int,
-                 header: tuple[int, int] | None = None) -> int:
-    """crc32 over every record with main revision <= ``upto``, keys in ``keys`` order.
+                 header: tuple[int, int] | None = None, crc: int = 0) -> int:
+    """crc32 over every record with main revision <= ``upto``, keys in ``keys`` order, going
+    on from ``crc`` (the crc of the keys before them).
 
     ``header`` (two ints), when given, is hashed first.
     """
-    crc = zlib.crc32(_HEADER.pack(*header)) if header is not None else 0
+    if header is not None:
+        crc = zlib.crc32(_HEADER.pack(*header), crc)
     pack = _RECORD.pack
     for key in keys:
         chunk = bytearray()

@@ -8,6 +8,7 @@ The state is two lists of bytes, so it pickles small.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
+from itertools import chain
 from typing import Iterator
 
 _SPLIT_AT = 1024
@@ -31,6 +32,10 @@ class SortedKeys:
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self._chunks:
             yield from chunk
+
+    def to_list(self) -> list[bytes]:
+        """Every key, ascending, in a list of their own (a copy: later changes are not in it)."""
+        return list(chain.from_iterable(self._chunks))
 
     def add(self, key: bytes) -> None:
         """Insert a key the set does not hold yet."""

@@ -245,6 +245,28 @@ class MVCCStore:
         at = self._readable(revision, self._current)
         return hash_history(self._history, self._keys, at), self._compacted, at
 
+    def hash_kv_steps(self, revision: int = 0, step_keys: int = 4096):
+        """``hash_kv`` a part at a time: a generator that yields after every ``step_keys``
+        keys and returns what hash_kv returns, for a caller that lets other work run in
+        between, writes included. Writes in between change nothing hashed (their records are
+        past the revision hashed; a key created since has none before it); a compaction in
+        between starts the hash over (CompactedError if it passed the revision hashed).
+        """
+        at = self._readable(revision, self._current)
+        while True:
+            compacted = self._compacted
+            keys = self._keys.to_list()
+            crc = 0
+            for lo in range(0, len(keys), step_keys):
+                if lo:
+                    yield
+                    if self._compacted != compacted:
+                        break
+                crc = hash_history(self._history, keys[lo:lo + step_keys], at, crc=crc)
+            else:
+                return crc, compacted, at
+            self._readable(at, self._current)
+
     def hash(self) -> int:
         """crc32 of the whole store: its current and compact revisions, then every record
         (an open write txn's are not there yet)."""

@@ -110,7 +110,8 @@ class LoopSyncObj(SyncedLeadership, PacedApply, LeanEntries, GuardedSyncObj):
     `pacer`'s pace through `PacedApply`) whose sockets are watched by `poller`
     (a `LoopPoller`) instead of the poll(2) poller pysyncobj makes for itself,
     talking to its peers through `PeerTransport`, where `leader_calls` (a
-    `LeaderCalls`) has the first look at every message."""
+    `LeaderCalls`) and `peer_calls` (a `PeerCalls`) have the first look at
+    every message."""
 
     def __init__(self, self_node, other_nodes, conf, consumers, poller: LoopPoller, pacer: ApplyPacer,
                  snapshot_bytes: int = 16 << 20, peer_tls=None):
@@ -122,6 +123,7 @@ class LoopSyncObj(SyncedLeadership, PacedApply, LeanEntries, GuardedSyncObj):
         self.__dict__["_snapshot_asked"] = 0.0  # when the journal's size last asked for one
         self.__dict__["peer_tls"] = peer_tls  # PeerTransport's TLS (a PeerTLS), or None
         self.__dict__["leader_calls"] = None  # a LeaderCalls, set by the RaftNode
+        self.__dict__["peer_calls"] = None  # a PeerCalls, set by the RaftNode
         self.__dict__["before_apply"] = None  # runs before committed entries are applied (RaftNode)
         self.__dict__["forwarded_waiting"] = False  # a follower forwarded a command not yet in the log
         self.__dict__["forwarded_by"] = None  # the last follower that did
@@ -157,6 +159,9 @@ class LoopSyncObj(SyncedLeadership, PacedApply, LeanEntries, GuardedSyncObj):
 
     def _SyncObj__onMessageReceived(self, node, message):
         calls = self.__dict__["leader_calls"]
+        if calls is not None and calls.receive(node, message):
+            return
+        calls = self.__dict__["peer_calls"]
         if calls is not None and calls.receive(node, message):
             return
         if message.get("type") == "apply_command":

@@ -56,6 +56,7 @@ from . import durable, journal, snapshot_file
 from .apply_pacing import PAUSED, ApplyPacer
 from .leader_calls import LeaderCalls
 from .loop import LoopPoller, LoopSyncObj
+from .peer_calls import PeerCalls
 
 log = logging.getLogger("etcdlite.raft")
 
@@ -154,6 +155,8 @@ class ReplicatedState(SyncObjConsumer):
         self._pacer = pacer
         self._run: BatchRun | None = None  # the entry part-applied, if any
         self._space_quota = space_quota  # this member's (StateMachine.space_quota)
+        # a test hook (etcdlite.server.corruption.corrupting): commands(entry) -> the entry applied here
+        self.rewrite = None
         super().__init__()
         self.machine = StateMachine()
         self.machine.space_quota = space_quota
@@ -168,6 +171,8 @@ class ReplicatedState(SyncObjConsumer):
         with self._lock:
             run = self._run
             if run is None:
+                if self.rewrite is not None:
+                    commands = self.rewrite(commands)
                 applied = self.machine.apply_batch(commands, self._pacer)
                 if type(applied) is BatchRun:
                     self._run = applied
@@ -308,6 +313,9 @@ class RaftNode:
         # calls the leader answers outside the log (lease keep-alives): see etcdlite.raft.leader_calls
         self.calls = LeaderCalls(loop, self._obj)
         self._obj.__dict__["leader_calls"] = self.calls
+        # calls one member makes of a named peer (the corruption checks' hashes): etcdlite.raft.peer_calls
+        self.peer_calls = PeerCalls(loop, self._obj)
+        self._obj.__dict__["peer_calls"] = self.peer_calls
         self._journal = self._obj._SyncObj__raftLog
         transport = self._obj.peer_transport
         self._poller.cork, self._poller.uncork = transport.cork, transport.uncork

@@ -9,6 +9,8 @@
 - ``lock``, ``election``: etcd's Lock and Election services; ``concurrency``: what they share
   (sessions' leases, waiting for deletes in the watch hub)
 - ``checks``: what is refused before a request is proposed
+- ``space_quota``: the space quota before Raft; ``corruption``: the corruption checks (members'
+  hashes compared, the CORRUPT alarm)
 - ``metrics``: MemberMetrics (etcd's Prometheus metrics, read at a scrape); ``metrics_listener``:
   the HTTP/1.1 server of --listen-metrics-urls (/metrics, /health)
 - ``rpc``: the handlers' shared error handling (etcd errors as gRPC statuses); the server

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 
@@ -36,6 +37,7 @@ from etcdlite.raft import RaftNode
 from etcdlite.raft.apply_pacing import APPLY_SLICE
 from etcdlite.server.auth import AuthGate, AuthService
 from etcdlite.server.cluster import ClusterService
+from etcdlite.server.corruption import CorruptionChecks, corrupt_key_from_env, corrupting
 from etcdlite.server.election import ElectionService
 from etcdlite.server.gateway import Gateway
 from etcdlite.server.group_commit import GroupCommit
@@ -91,6 +93,7 @@ class Member:
         self.metrics: MemberMetrics | None = None  # set by start
         self.metrics_listeners: list[MetricsListener] = []
         self.gateway: Gateway | None = None  # set by start: HTTP/1.1 clients of the client URLs
+        self.corruption: CorruptionChecks | None = None  # set by start: the corruption checks
         self._ready = asyncio.Event()
         # set once this member applies its own removal from the cluster
         self.removed = asyncio.Event()
@@ -107,6 +110,9 @@ class Member:
         self.loop = loop = asyncio.get_running_loop()
         cfg = self.cfg
         self._space_limit = quota_limit(cfg.quota_backend_bytes)
+        # as etcd, only a member that had data checks it against its peers' at start
+        initialized = any(os.path.exists(os.path.join(cfg.data_dir, name))
+                          for name in ("raft.journal", "raft.snapshot"))
         self.raft = RaftNode(
             loop,
             cfg.raft_address,
@@ -128,12 +134,21 @@ class Member:
         )
         self._wire(loop)
         self.lessor.bind(self.raft.calls)
+        self.corruption = CorruptionChecks(self)
+        corrupt_key = corrupt_key_from_env()
+        if corrupt_key is not None:
+            log.warning("member %x: test hook: every put of %r is applied with another value",
+                        self.id, corrupt_key)
+            self.raft.state.rewrite = corrupting(corrupt_key)
         log.info("member %x: replaying the raft log in %s", self.id, cfg.data_dir)
         await self._ready.wait()
         with self.raft.lock:
             self.hub.revision = self.raft.machine.kv.current_revision
         log.info("member %x: ready at revision %d, raft term %d", self.id, self.hub.revision, self.raft.term)
         self._check_removed()
+        if cfg.initial_corrupt_check and initialized:
+            await self.corruption.initial_check()
+        self.corruption.answering = True
         tls = cfg.load_client_tls()
         self.gateway = Gateway(self)
         for url in cfg.listen_client_urls:
@@ -148,6 +163,8 @@ class Member:
         self._tasks.append(loop.create_task(self.lessor.run()))
         self._tasks.append(loop.create_task(self._progress_loop()))
         self._tasks.append(loop.create_task(self.auth.run()))
+        if cfg.corrupt_check_time > 0:
+            self._tasks.append(loop.create_task(self.corruption.monitor(cfg.corrupt_check_time)))
 
     async def _serve(self, url: str, tls):
         """A gRPC server for one client URL, with every etcd service on it."""
