@@ -62,6 +62,8 @@ class Op(IntEnum):
     # 14 to 25: the Auth service's (etcdlite.auth_apply.AuthOp)
     # a member's peer URLs replaced (etcd's MemberUpdate)
     MEMBER_UPDATE = 26
+    # a learner made a voting member (etcd's MemberPromote)
+    MEMBER_PROMOTE = 27
 
 
 def kv_to_pb(kv: KeyValue, keys_only: bool = False) -> kv_pb2.KeyValue:
@@ -297,6 +299,9 @@ class StateMachine:
                 return None, []
             if op == Op.MEMBER_UPDATE:
                 self.members.update(pb.Member.FromString(data))
+                return None, []
+            if op == Op.MEMBER_PROMOTE:
+                self.members.promote(pb.MemberPromoteRequest.FromString(data).ID)
                 return None, []
             if op == Op.LEASE_RENEW:
                 return self._lease_renew(pb.LeaseKeepAliveRequest.FromString(data).ID), []

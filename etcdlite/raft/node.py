@@ -236,6 +236,8 @@ class RaftNode:
         snapshot_bytes: int = 16 << 20,
         dial: dict[str, str] | None = None,
         desired_peers=None,
+        learner_peers=None,
+        may_campaign=None,
         fsync: bool = True,
         sync_in_thread: bool = False,
         peer_tls=None,
@@ -290,6 +292,7 @@ class RaftNode:
         _set_timing(conf, self.single)
         self._dial = dial = dial or {}
         self._desired_peers = desired_peers
+        self._learner_peers = learner_peers
         self._last_reconcile = 0.0
         peers = [PeerNode(address, dial.get(address)) for address in peer_addresses]
         self._loop = loop
@@ -299,6 +302,7 @@ class RaftNode:
         self._obj = LoopSyncObj(self_address, peers, conf, [self.state], self._poller, self._pacer,
                                 snapshot_bytes=snapshot_bytes, peer_tls=peer_tls)
         _keep_log_after_snapshot(self._obj)
+        self._obj.__dict__["may_campaign"] = may_campaign
         # calls the leader answers outside the log (lease keep-alives): see etcdlite.raft.leader_calls
         self.calls = LeaderCalls(loop, self._obj)
         self._obj.__dict__["leader_calls"] = self.calls
@@ -372,6 +376,7 @@ class RaftNode:
             self._poller.uncork()
 
     def _periodic(self) -> None:
+        self._hold_learners()
         self._tick()
         self._note_leader()
         if not self._stopped:
@@ -412,7 +417,7 @@ class RaftNode:
                                     or obj.raftCommitIndex != max(commit, self._commit_told)):
                 self._send_append_entries()
             self._reconcile_peers()
-            single = not obj._SyncObj__otherNodes
+            single = not obj._SyncObj__otherNodes and not obj.__dict__["learners"]
             if single != self.single:
                 self.single = single
                 _set_timing(obj._SyncObj__conf, single)
@@ -540,6 +545,28 @@ class RaftNode:
             log.info("removing %s from the raft configuration", address)
             self._obj.removeNodeFromCluster(current[address], callback=_log_change)
             return
+
+    def _hold_learners(self) -> None:
+        """Every tick period: hold as learners (etcdlite.raft.learners) the
+        members the replicated member table says are."""
+        if self._learner_peers is None:
+            return
+        wanted = self._learner_peers()
+        if wanted is not None:
+            try:
+                self._obj.hold_learners(wanted, lambda address: PeerNode(address, self._dial.get(address)))
+            except Exception:
+                log.exception("raft learners update failed")
+
+    def learners(self) -> set[str]:
+        """Raft addresses of the learners this member holds now."""
+        return self._obj.learner_addresses()
+
+    def learner_progress(self, address: str) -> tuple[int, int] | None:
+        """On the leader: (the learner's match index, the leader's last
+        index), None if no learner is held at `address`."""
+        match = self._obj.learner_match(address)
+        return None if match is None else (match, self._last_index())
 
     def transfer_leadership(self, address: str) -> None:
         """Ask pysyncobj (on the leader) to hand leadership to `address`;
