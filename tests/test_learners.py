@@ -176,3 +176,38 @@ def test_a_learner_follows_the_log_without_a_vote_until_promoted(tmp_path):
         leader_of([a, b, learner])
     finally:
         reg.cleanup()
+
+
+def test_a_learner_is_sent_a_snapshot_outlives_its_leaders_restart_and_stops_once_removed(tmp_path):
+    reg = Registry()
+    try:
+        (voter,) = start_etcdlite_cluster(tmp_path, 1, reg, snapshot_count=20)
+        learner = Member("etcdlite", "l1", tmp_path, dict(voter.extra_flags, initial_cluster_state="existing"), reg)
+        with Client(voter.endpoint) as client:
+            added = client.cluster.MemberAdd(pb.MemberAddRequest(peerURLs=[learner.peer_url], isLearner=True),
+                                             timeout=TIMEOUT)
+            assert added.member.isLearner and [m.isLearner for m in added.members].count(True) == 1
+            for i in range(60):
+                client.put(b"k%02d" % i, b"v")
+        snapshot = voter.data_dir / "raft.snapshot"
+        wait_until(snapshot.exists, 20, what="a snapshot")
+        learner.initial_cluster = f"{voter.name}={voter.peer_url},l1={learner.peer_url}"
+        learner.launch()
+        wait_until(lambda: _has(learner, b"k59"), 20, what="the learner to catch up")
+        assert (learner.data_dir / "raft.snapshot").exists()  # what it got first
+
+        voter.restart()  # its member table, learner included, from the snapshot
+        with Client(voter.endpoint) as client:
+            listed = client.cluster.MemberList(pb.MemberListRequest(), timeout=TIMEOUT).members
+            assert [m.ID for m in listed if m.isLearner] == [added.member.ID]
+            client.put(b"after-restart", b"v")
+        wait_until(lambda: _has(learner, b"after-restart"), 20, what="the learner to follow the restarted leader")
+
+        rc, out, err = run_etcdctl(voter, "member", "remove", f"{added.member.ID:x}")
+        assert rc == 0, err
+        wait_until(lambda: not learner.alive, 20, what="the removed learner to exit")
+        with Client(voter.endpoint) as client:
+            assert len(client.cluster.MemberList(pb.MemberListRequest(), timeout=TIMEOUT).members) == 1
+            client.put(b"after-removal", b"v")
+    finally:
+        reg.cleanup()

@@ -135,6 +135,8 @@ FAILURES = {
     FAIL_REASON.REQUEST_DENIED: errors.NOT_CAPABLE,
     FAIL_REASON.UNKNOWN_OUTCOME: errors.TIMEOUT,
 }
+# how long a learner the member table no longer has is still sent the log (RaftNode._hold_learners)
+LEARNER_GRACE = 2.0
 # the failure of a command proposed once the node is stopped (not one of pysyncobj's reasons)
 STOPPED = "stopped"
 FAILURES[STOPPED] = errors.STOPPED
@@ -293,6 +295,7 @@ class RaftNode:
         self._dial = dial = dial or {}
         self._desired_peers = desired_peers
         self._learner_peers = learner_peers
+        self._learners_leaving: dict[str, float] = {}  # address -> when the table stopped holding it
         self._last_reconcile = 0.0
         peers = [PeerNode(address, dial.get(address)) for address in peer_addresses]
         self._loop = loop
@@ -548,15 +551,26 @@ class RaftNode:
 
     def _hold_learners(self) -> None:
         """Every tick period: hold as learners (etcdlite.raft.learners) the
-        members the replicated member table says are."""
+        members the replicated member table says are. One the table no
+        longer has is let go LEARNER_GRACE later: a removed learner learns
+        of its removal from the log (then stops), as a removed voter does
+        before the leader takes it out of Raft's configuration."""
         if self._learner_peers is None:
             return
         wanted = self._learner_peers()
-        if wanted is not None:
-            try:
-                self._obj.hold_learners(wanted, lambda address: PeerNode(address, self._dial.get(address)))
-            except Exception:
-                log.exception("raft learners update failed")
+        if wanted is None:
+            return
+        now = time.monotonic()
+        held, leaving = self._obj.learner_addresses(), self._learners_leaving
+        for address in [a for a in leaving if a in wanted or a not in held]:
+            del leaving[address]  # in the table again, or let go
+        for address in held - wanted:
+            if now - leaving.setdefault(address, now) < LEARNER_GRACE:
+                wanted.add(address)
+        try:
+            self._obj.hold_learners(wanted, lambda address: PeerNode(address, self._dial.get(address)))
+        except Exception:
+            log.exception("raft learners update failed")
 
     def learners(self) -> set[str]:
         """Raft addresses of the learners this member holds now."""
