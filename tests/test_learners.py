@@ -140,6 +140,9 @@ def test_a_learner_follows_the_log_without_a_vote_until_promoted(tmp_path):
             assert error_of(lambda: lc.put(b"k", b"v")) == NOT_FOR_LEARNER
             assert error_of(lambda: lc.get(b"before")) == NOT_FOR_LEARNER
             assert error_of(lambda: lc.cluster.MemberList(pb.MemberListRequest(), timeout=TIMEOUT)) == NOT_FOR_LEARNER
+            watch = lc.watch.Watch(iter([pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"k"))]),
+                                   timeout=TIMEOUT)
+            assert error_of(lambda: next(watch)) == NOT_FOR_LEARNER
         assert _gateway(learner, "kv/put", {"key": "aw==", "value": "dg=="}) == (
             503, {"error": NOT_FOR_LEARNER[1], "message": NOT_FOR_LEARNER[1], "code": 14})
         status, answer = _gateway(learner, "kv/range", {"key": "YmVmb3Jl", "serializable": True})
@@ -182,7 +185,9 @@ def test_a_learner_is_sent_a_snapshot_outlives_its_leaders_restart_and_stops_onc
     reg = Registry()
     try:
         (voter,) = start_etcdlite_cluster(tmp_path, 1, reg, snapshot_count=20)
-        learner = Member("etcdlite", "l1", tmp_path, dict(voter.extra_flags, initial_cluster_state="existing"), reg)
+        # this one on grpc.aio's server: its refusals are an interceptor's
+        learner = Member("etcdlite", "l1", tmp_path, dict(voter.extra_flags, initial_cluster_state="existing",
+                                                         experimental_grpc_server="grpcio"), reg)
         with Client(voter.endpoint) as client:
             added = client.cluster.MemberAdd(pb.MemberAddRequest(peerURLs=[learner.peer_url], isLearner=True),
                                              timeout=TIMEOUT)
@@ -195,6 +200,13 @@ def test_a_learner_is_sent_a_snapshot_outlives_its_leaders_restart_and_stops_onc
         learner.launch()
         wait_until(lambda: _has(learner, b"k59"), 20, what="the learner to catch up")
         assert (learner.data_dir / "raft.snapshot").exists()  # what it got first
+        with Client(learner.endpoint) as lc:
+            assert error_of(lambda: lc.put(b"k", b"v")) == NOT_FOR_LEARNER
+            assert error_of(lambda: lc.get(b"k00")) == NOT_FOR_LEARNER
+            watch = lc.watch.Watch(iter([pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"k"))]),
+                                   timeout=TIMEOUT)
+            assert error_of(lambda: next(watch)) == NOT_FOR_LEARNER
+            assert lc.maintenance.Status(pb.StatusRequest(), timeout=TIMEOUT).isLearner
 
         voter.restart()  # its member table, learner included, from the snapshot
         with Client(voter.endpoint) as client:
