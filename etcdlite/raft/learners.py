@@ -19,8 +19,10 @@ of the learner set first (`_SyncObj__doChangeCluster`, also when a snapshot
 brings the configuration: `_SyncObj__updateClusterConfiguration`).
 
 A learner never campaigns (`may_campaign`, which the member answers from the
-table): nobody asks it for a vote (it is in no member's configuration), and a
-vote request from a node held as a learner is dropped.
+table) and never votes (`is_learner`, the table's too: nobody should ask it,
+being in no member's configuration, but a member restarted with it in its
+--initial-cluster has it there until the leader takes it out); a vote
+request from a node held as a learner is dropped.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class LearnerPeers(SyncObj):
         # set before SyncObj.__init__: kept out of snapshots
         self.__dict__["learners"] = {}  # address -> node, the learners held
         self.__dict__["may_campaign"] = None  # () -> bool, set by the RaftNode
+        self.__dict__["is_learner"] = None  # () -> bool, whether this member is one; set by the RaftNode
         super().__init__(*args, **kwargs)
 
     def hold_learners(self, addresses: set[str], make_node) -> None:
@@ -96,6 +99,8 @@ class LearnerPeers(SyncObj):
         return super()._SyncObj__connectedToAnyone()
 
     def _SyncObj__onMessageReceived(self, node, message):
-        if message.get("type") == "request_vote" and node in self.__dict__["learners"].values():
-            return
+        if message.get("type") == "request_vote":
+            is_learner = self.__dict__["is_learner"]
+            if node in self.__dict__["learners"].values() or (is_learner is not None and is_learner()):
+                return
         super()._SyncObj__onMessageReceived(node, message)

@@ -240,6 +240,7 @@ class RaftNode:
         desired_peers=None,
         learner_peers=None,
         may_campaign=None,
+        is_learner=None,
         fsync: bool = True,
         sync_in_thread: bool = False,
         peer_tls=None,
@@ -306,6 +307,7 @@ class RaftNode:
                                 snapshot_bytes=snapshot_bytes, peer_tls=peer_tls)
         _keep_log_after_snapshot(self._obj)
         self._obj.__dict__["may_campaign"] = may_campaign
+        self._obj.__dict__["is_learner"] = is_learner
         # calls the leader answers outside the log (lease keep-alives): see etcdlite.raft.leader_calls
         self.calls = LeaderCalls(loop, self._obj)
         self._obj.__dict__["leader_calls"] = self.calls

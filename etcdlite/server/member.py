@@ -121,6 +121,7 @@ class Member:
             desired_peers=self._desired_peers,
             learner_peers=self._learner_peers,
             may_campaign=self._may_campaign,
+            is_learner=lambda: self.raft.machine.members.is_learner(self.id),
             snapshot_count=cfg.snapshot_count,
             snapshot_bytes=cfg.snapshot_bytes,
             fsync=not cfg.unsafe_no_fsync,
