@@ -8,6 +8,7 @@ counts."""
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import urllib.error
 import urllib.request
@@ -15,15 +16,50 @@ import urllib.request
 import grpc
 import pytest
 
+from etcdlite import errors
+from etcdlite.membership import MemberTable
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+from etcdlite.server.learner_gate import RANGE, STATUS, refusal
 from harness.etcd_client import Client, error_of, leader_of, wait_until
 from harness.procs import ETCD_BIN, Member, Registry, free_port, require_binary, run_etcdctl, \
     start_etcdlite_cluster
 
-pytestmark = pytest.mark.process
-
 TIMEOUT = 10
 NOT_FOR_LEARNER = (grpc.StatusCode.UNAVAILABLE, "etcdserver: rpc not supported for learner")
+
+
+def test_the_member_table_keeps_one_learner_and_promotes_only_it():
+    table = MemberTable()
+    table.add(pb.Member(ID=1, peerURLs=["http://127.0.0.1:1"]))
+    table.add(pb.Member(ID=2, peerURLs=["http://127.0.0.1:2"], isLearner=True))
+    with pytest.raises(errors.EtcdError) as too_many:
+        table.add(pb.Member(ID=3, peerURLs=["http://127.0.0.1:3"], isLearner=True))
+    assert too_many.value is errors.TOO_MANY_LEARNERS and 3 not in table
+    assert [(m.ID, m.isLearner) for m in table.list()] == [(1, False), (2, True)]
+    for member_id, error in ((1, errors.MEMBER_NOT_LEARNER), (9, errors.MEMBER_NOT_FOUND)):
+        with pytest.raises(errors.EtcdError) as refused:
+            table.promote(member_id)
+        assert refused.value is error
+    table.promote(2)
+    assert not table.is_learner(2) and not any(m.isLearner for m in table.list())
+    table.add(pb.Member(ID=3, peerURLs=["http://127.0.0.1:3"], isLearner=True))
+    table.remove(3)
+    assert not table.learners
+    # a table pickled before learners existed (no such attribute) has none
+    old = MemberTable()
+    old.add(pb.Member(ID=1, peerURLs=["http://127.0.0.1:1"]))
+    assert "learners" not in old.__dict__
+    loaded = pickle.loads(pickle.dumps(old))
+    assert not loaded.is_learner(1) and [m.isLearner for m in loaded.list()] == [False]
+
+
+def test_a_learner_serves_status_and_serializable_ranges_only():
+    assert refusal(STATUS, pb.StatusRequest()) is None
+    assert refusal(RANGE, pb.RangeRequest(key=b"k", serializable=True)) is None
+    for path, request in ((RANGE, pb.RangeRequest(key=b"k")), ("/etcdserverpb.KV/Put", pb.PutRequest()),
+                          ("/etcdserverpb.Watch/Watch", None), ("/etcdserverpb.Maintenance/Snapshot",
+                                                                 pb.SnapshotRequest())):
+        assert refusal(path, request) == NOT_FOR_LEARNER
 
 
 def _transcript(server) -> list[str]:
@@ -66,6 +102,7 @@ def _transcript(server) -> list[str]:
             .replace(str(server.name), "<name>") for line in lines]
 
 
+@pytest.mark.process
 def test_etcdctl_learner_commands_answer_as_etcd(tmp_path):
     require_binary(ETCD_BIN, "etcd (the real etcd 3.4 server)")
     reg = Registry()
@@ -119,6 +156,7 @@ def _eventually_commits(m: Member, key: bytes) -> None:
     wait_until(lambda: _commits(m, key, 3.0), 20, what=f"a put of {key!r} through {m.name}")
 
 
+@pytest.mark.process
 def test_a_learner_follows_the_log_without_a_vote_until_promoted(tmp_path):
     reg = Registry()
     try:
@@ -181,6 +219,7 @@ def test_a_learner_follows_the_log_without_a_vote_until_promoted(tmp_path):
         reg.cleanup()
 
 
+@pytest.mark.process
 def test_a_learner_is_sent_a_snapshot_outlives_its_leaders_restart_and_stops_once_removed(tmp_path):
     reg = Registry()
     try:
