@@ -65,6 +65,8 @@ class Op(IntEnum):
     MEMBER_UPDATE = 26
     # an AlarmRequest: list, raise or disarm alarms (etcdlite.alarms)
     ALARM = 27
+    # a learner made a voting member (etcd's MemberPromote)
+    MEMBER_PROMOTE = 28
 
 
 def kv_to_pb(kv: KeyValue, keys_only: bool = False) -> kv_pb2.KeyValue:
@@ -359,6 +361,9 @@ class StateMachine:
                 return None, []
             if op == Op.MEMBER_UPDATE:
                 self.members.update(pb.Member.FromString(data))
+                return None, []
+            if op == Op.MEMBER_PROMOTE:
+                self.members.promote(pb.MemberPromoteRequest.FromString(data).ID)
                 return None, []
             if op == Op.LEASE_RENEW:
                 return self._lease_renew(pb.LeaseKeepAliveRequest.FromString(data).ID), []

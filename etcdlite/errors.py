@@ -59,8 +59,11 @@ LEADER_TRANSFER_TIMEOUT = EtcdError(_UNAVAILABLE, "etcdserver: request timed out
 LEADER_CHANGED = EtcdError(_UNAVAILABLE, "etcdserver: leader changed")
 TIMEOUT = EtcdError(_UNAVAILABLE, "etcdserver: request timed out")
 STOPPED = EtcdError(_UNAVAILABLE, "etcdserver: server stopped")
-LEARNERS_UNSUPPORTED = EtcdError(grpc.StatusCode.UNIMPLEMENTED, "etcdlite: learner members are not supported")
 MEMBER_NOT_LEARNER = EtcdError(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: can only promote a learner member")
+LEARNER_NOT_READY = EtcdError(grpc.StatusCode.FAILED_PRECONDITION,
+                              "etcdserver: can only promote a learner member which is in sync with leader")
+TOO_MANY_LEARNERS = EtcdError(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: too many learner members in cluster")
+NOT_SUPPORTED_FOR_LEARNER = EtcdError(_UNAVAILABLE, "etcdserver: rpc not supported for learner")
 RAFT_ADDRESS_CHANGE_UNSUPPORTED = EtcdError(
     grpc.StatusCode.UNIMPLEMENTED,
     "etcdlite: a member's first peer URL is its Raft address, which cannot change: remove the member and add it again")

@@ -774,6 +774,12 @@ class Connection(asyncio.Protocol):
                 stream.fail(grpc.StatusCode.INTERNAL, f"grpc: cannot parse the request: {exc}")
                 return
             raw, stream.unary_request = stream.unary_request, None
+            refuse = self.server.refuse
+            if refuse is not None:
+                refused = refuse(stream.path, request)
+                if refused is not None:
+                    stream.fail(*refused)
+                    return
             callback = self.server.callbacks.get(stream.path)
             if callback is not None:
                 callback, with_raw = callback
@@ -824,6 +830,12 @@ class Connection(asyncio.Protocol):
         if deadline is not None:
             self.server.watch_deadlines()
         if handler.request_streaming:
+            refuse = self.server.refuse
+            refused = refuse(path_s, None) if refuse is not None else None
+            if refused is not None:
+                stream.remote_closed = bool(flags & END_STREAM)
+                stream.fail(*refused)
+                return
             stream.task = self.loop.create_task(self.server.run_handler(stream, stream.request_iterator()))
         if flags & END_STREAM:
             self.end_of_request(stream)

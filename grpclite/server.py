@@ -64,6 +64,9 @@ class GrpcServer:
         self.keepalive_timeout = keepalive_timeout
         self.eager_unary = eager_unary  # see EagerCall
         self.callbacks: dict = {}  # path -> callback handler (set_unary_callback)
+        # refuse(path, request) -> (code, details), or None to serve the call; asked before
+        # every call runs (request None for one whose client streams): None asks nothing
+        self.refuse = None
         self.handlers: dict[str, grpc.RpcMethodHandler] = {}
         self.generic = []
         self.connections: set[Connection] = set()

@@ -1,8 +1,8 @@
 """MemberUpdate and MemberPromote, and the root role the Cluster service's changes need.
 
 Each scenario runs against an etcdlite member and a real etcd 3.4 member and
-wants the same answers (codes and texts). etcdlite has no learners, so
-MemberPromote answers as etcd does for a voting member; a member's first
+wants the same answers (codes and texts): MemberPromote of a voting member
+and of an unknown one (learners: test_learners.py); a member's first
 peer URL is its Raft address, so MemberUpdate may change the URLs behind it
 but not that one (UNIMPLEMENTED, etcdlite's own, checked alone). On three
 members an update reaches every member's list.

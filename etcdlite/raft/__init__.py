@@ -16,6 +16,7 @@ the priority of its snapshot child): see `node`. Files, one idea each:
   every kind read
 - ``log_guard``: two fixes to pysyncobj's AppendEntries flow (acked entries kept, no re-sends)
 - ``peer_transport``: peer messages framed with HMAC-SHA256, sent once per tick
+- ``learners``: members that receive the log without a vote, held apart from pysyncobj's voters
 - ``leader_calls``: calls the leader answers outside the log (lease keep-alives), forwarded to it
 - ``peer_calls``: calls one member makes of a named peer (the corruption checks' hashes)
 """

@@ -21,6 +21,7 @@ from pysyncobj.poller import POLL_EVENT_TYPE
 from .durable import SyncedLeadership
 from .apply_pacing import ApplyPacer, PacedApply
 from .journal import LeanEntries
+from .learners import LearnerPeers
 from .log_guard import GuardedSyncObj
 from .peer_transport import PeerTransport
 
@@ -104,8 +105,8 @@ def _nothing() -> None:
     pass
 
 
-class LoopSyncObj(SyncedLeadership, PacedApply, LeanEntries, GuardedSyncObj):
-    """A `GuardedSyncObj` (reading its `LeanJournal` through `LeanEntries`,
+class LoopSyncObj(SyncedLeadership, PacedApply, LeanEntries, LearnerPeers, GuardedSyncObj):
+    """A `GuardedSyncObj` (with learners: `LearnerPeers`; reading its `LeanJournal` through `LeanEntries`,
     syncing it when it becomes leader: `SyncedLeadership`, applying at
     `pacer`'s pace through `PacedApply`) whose sockets are watched by `poller`
     (a `LoopPoller`) instead of the poll(2) poller pysyncobj makes for itself,

@@ -137,6 +137,8 @@ FAILURES = {
     FAIL_REASON.REQUEST_DENIED: errors.NOT_CAPABLE,
     FAIL_REASON.UNKNOWN_OUTCOME: errors.TIMEOUT,
 }
+# how long a learner the member table no longer has is still sent the log (RaftNode._hold_learners)
+LEARNER_GRACE = 2.0
 # the failure of a command proposed once the node is stopped (not one of pysyncobj's reasons)
 STOPPED = "stopped"
 FAILURES[STOPPED] = errors.STOPPED
@@ -246,6 +248,9 @@ class RaftNode:
         snapshot_bytes: int = 16 << 20,
         dial: dict[str, str] | None = None,
         desired_peers=None,
+        learner_peers=None,
+        may_campaign=None,
+        is_learner=None,
         fsync: bool = True,
         sync_in_thread: bool = False,
         peer_tls=None,
@@ -301,6 +306,8 @@ class RaftNode:
         _set_timing(conf, self.single)
         self._dial = dial = dial or {}
         self._desired_peers = desired_peers
+        self._learner_peers = learner_peers
+        self._learners_leaving: dict[str, float] = {}  # address -> when the table stopped holding it
         self._last_reconcile = 0.0
         peers = [PeerNode(address, dial.get(address)) for address in peer_addresses]
         self._loop = loop
@@ -310,6 +317,8 @@ class RaftNode:
         self._obj = LoopSyncObj(self_address, peers, conf, [self.state], self._poller, self._pacer,
                                 snapshot_bytes=snapshot_bytes, peer_tls=peer_tls)
         _keep_log_after_snapshot(self._obj)
+        self._obj.__dict__["may_campaign"] = may_campaign
+        self._obj.__dict__["is_learner"] = is_learner
         # calls the leader answers outside the log (lease keep-alives): see etcdlite.raft.leader_calls
         self.calls = LeaderCalls(loop, self._obj)
         self._obj.__dict__["leader_calls"] = self.calls
@@ -386,6 +395,7 @@ class RaftNode:
             self._poller.uncork()
 
     def _periodic(self) -> None:
+        self._hold_learners()
         self._tick()
         self._note_leader()
         if not self._stopped:
@@ -426,7 +436,7 @@ class RaftNode:
                                     or obj.raftCommitIndex != max(commit, self._commit_told)):
                 self._send_append_entries()
             self._reconcile_peers()
-            single = not obj._SyncObj__otherNodes
+            single = not obj._SyncObj__otherNodes and not obj.__dict__["learners"]
             if single != self.single:
                 self.single = single
                 _set_timing(obj._SyncObj__conf, single)
@@ -554,6 +564,39 @@ class RaftNode:
             log.info("removing %s from the raft configuration", address)
             self._obj.removeNodeFromCluster(current[address], callback=_log_change)
             return
+
+    def _hold_learners(self) -> None:
+        """Every tick period: hold as learners (etcdlite.raft.learners) the
+        members the replicated member table says are. One the table no
+        longer has is let go LEARNER_GRACE later: a removed learner learns
+        of its removal from the log (then stops), as a removed voter does
+        before the leader takes it out of Raft's configuration."""
+        if self._learner_peers is None:
+            return
+        wanted = self._learner_peers()
+        if wanted is None:
+            return
+        now = time.monotonic()
+        held, leaving = self._obj.learner_addresses(), self._learners_leaving
+        for address in [a for a in leaving if a in wanted or a not in held]:
+            del leaving[address]  # in the table again, or let go
+        for address in held - wanted:
+            if now - leaving.setdefault(address, now) < LEARNER_GRACE:
+                wanted.add(address)
+        try:
+            self._obj.hold_learners(wanted, lambda address: PeerNode(address, self._dial.get(address)))
+        except Exception:
+            log.exception("raft learners update failed")
+
+    def learners(self) -> set[str]:
+        """Raft addresses of the learners this member holds now."""
+        return self._obj.learner_addresses()
+
+    def learner_progress(self, address: str) -> tuple[int, int] | None:
+        """On the leader: (the learner's match index, the leader's last
+        index), None if no learner is held at `address`."""
+        match = self._obj.learner_match(address)
+        return None if match is None else (match, self._last_index())
 
     def transfer_leadership(self, address: str) -> None:
         """Ask pysyncobj (on the leader) to hand leadership to `address`;

@@ -22,8 +22,9 @@ OnDone = Callable[[object, "Exception | None"], None]
 
 
 class RaftStatus(Protocol):
-    """This member's view of Raft, as Status, MoveLeader, MemberAdd and the
-    lease clock read it (RaftNode)."""
+    """This member's view of Raft, as Status, MoveLeader, MemberAdd,
+    MemberPromote and the lease clock read it (RaftNode); `calls` are its
+    LeaderCalls."""
 
     @property
     def is_leader(self) -> bool: ...
@@ -42,7 +43,13 @@ class RaftStatus(Protocol):
     def applied_index(self) -> int: ...
 
     def peers(self) -> set[str]:
-        """Raft addresses of the other members in Raft's configuration now."""
+        """Raft addresses of the other voting members in Raft's configuration now."""
+
+    def learners(self) -> set[str]:
+        """Raft addresses of the learners held now (receiving the log, without a vote)."""
+
+    def learner_progress(self, address: str) -> tuple[int, int] | None:
+        """On the leader: (the learner's match index, the leader's last index)."""
 
     def transfer_leadership(self, address: str) -> None:
         """Ask (on the leader) to hand leadership to `address`; best effort."""
@@ -60,6 +67,7 @@ class Backend(Protocol):
     raft: RaftStatus
     auth: AuthGate  # who sends a call, and what they may read
     space: SpaceGuard  # the space quota before Raft, and this member's NOSPACE alarm
+    learner: bool  # whether the member table has this member as a learner
 
     def propose(self, op: Op, request, tail: tuple = ()) -> Awaitable[object]:
         """Replicate one request (a protobuf message, or None) and return its

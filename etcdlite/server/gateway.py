@@ -35,6 +35,7 @@ import grpc
 from etcdlite.config import API_VERSION, GRPC_OVERHEAD_BYTES
 from etcdlite.server.gateway_calls import CallError, GatewayContext, Route, call_path, outcome, routes, too_large
 from etcdlite.server.gateway_json import JSONError, dumps, fill, message_json, parse, split_values
+from etcdlite.server.learner_gate import refusal
 from etcdlite.server.metrics_listener import REASONS, BadRequest, MetricsListener, parse_head, response
 
 log = logging.getLogger("etcdlite.gateway")
@@ -233,6 +234,10 @@ class Gateway:
         token = headers.get("authorization")
         context = GatewayContext((("authorization", token),) if token else (), _peer(writer))
         if route.client_stream:
+            refused = refusal(route.path, None) if self.member.learner else None
+            if refused is not None:  # the body not read: the connection ends
+                await self._send(writer, _error_answer(*refused, close=True))
+                return False
             return await self._bidi(route, context, reader, writer, headers, chunked, length, keep)
         if length > self.max_body:
             # not read: refused as the gRPC port refuses a message that size
@@ -255,6 +260,10 @@ class Gateway:
         if size > self.max_receive:
             err = too_large(size, self.max_receive)
             await self._send(writer, _error_answer(err.code, err.message, not keep))
+            return keep
+        refused = refusal(route.path, request) if self.member.learner else None
+        if refused is not None:
+            await self._send(writer, _error_answer(*refused, not keep))
             return keep
         if route.server_stream:
             return await self._stream(route, route.handler(request, context), context, reader, writer, keep, None)

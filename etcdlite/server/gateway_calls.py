@@ -88,10 +88,11 @@ def call_path(path: str) -> str | None:
 class Route:
     """One gateway call: the servicer's method, its message classes, its kind."""
 
-    __slots__ = ("handler", "request_class", "response_class", "client_stream", "server_stream")
+    __slots__ = ("handler", "path", "request_class", "response_class", "client_stream", "server_stream")
 
     def __init__(self, handler, method) -> None:
         self.handler = handler
+        self.path = f"/{method.containing_service.full_name}/{method.name}"  # the gRPC port's
         self.request_class = GetMessageClass(method.input_type)
         self.response_class = GetMessageClass(method.output_type)
         self.client_stream = method.client_streaming

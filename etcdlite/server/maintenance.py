@@ -111,6 +111,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
             raftIndex=m.raft.commit_index,
             raftTerm=m.raft.term,
             raftAppliedIndex=m.raft.applied_index,
+            isLearner=m.learner,
         )
         # etcd 3.4's errors: no leader, then each alarm
         if not resp.leader:

@@ -16,6 +16,7 @@ The services reach the member through `Backend`, which Member implements.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -36,13 +37,14 @@ from etcdlite.quota import quota_limit
 from etcdlite.raft import RaftNode
 from etcdlite.raft.apply_pacing import APPLY_SLICE
 from etcdlite.server.auth import AuthGate, AuthService
-from etcdlite.server.cluster import ClusterService
+from etcdlite.server.cluster import ClusterService, learner_ready
 from etcdlite.server.corruption import CorruptionChecks, corrupt_key_from_env, corrupting
 from etcdlite.server.election import ElectionService
 from etcdlite.server.gateway import Gateway
 from etcdlite.server.group_commit import GroupCommit
 from etcdlite.server.kv import KVService
 from etcdlite.server.kv import add_to_server as add_kv_service
+from etcdlite.server.learner_gate import LearnerInterceptor, refusal
 from etcdlite.server.lease import LeaseService
 from etcdlite.server.lock import LockService
 from etcdlite.server.maintenance import MaintenanceService
@@ -67,7 +69,7 @@ GRPCIO_SERVER_OPTIONS = [
     ("grpc.http2.max_ping_strikes", 0),
 ]
 # lease and membership commands whose application the event loop hears of
-_NOTIFY_OPS = frozenset({Op.LEASE_GRANT, Op.LEASE_RENEW, Op.MEMBER_REMOVE})
+_NOTIFY_OPS = frozenset({Op.LEASE_GRANT, Op.LEASE_RENEW, Op.MEMBER_ADD, Op.MEMBER_REMOVE, Op.MEMBER_PROMOTE})
 _NO_ARG = object()
 # seconds of watch fan-out one turn of the event loop may take (then it goes on in the next)
 DELIVER_SLICE = APPLY_SLICE
@@ -97,6 +99,8 @@ class Member:
         self._ready = asyncio.Event()
         # set once this member applies its own removal from the cluster
         self.removed = asyncio.Event()
+        # whether the member table has this member as a learner (see etcdlite.server.learner_gate)
+        self.learner = False
         self._tasks: list[asyncio.Task] = []
         self._deliveries = 0  # applied batches not delivered yet
         self._due: deque = deque()  # those whose turn has come, oldest first
@@ -125,6 +129,9 @@ class Member:
             password=cfg.peer_password,
             dial=cfg.raft_dial,
             desired_peers=self._desired_peers,
+            learner_peers=self._learner_peers,
+            may_campaign=self._may_campaign,
+            is_learner=lambda: self.raft.machine.members.is_learner(self.id),
             snapshot_count=cfg.snapshot_count,
             snapshot_bytes=cfg.snapshot_bytes,
             fsync=not cfg.unsafe_no_fsync,
@@ -140,12 +147,14 @@ class Member:
             log.warning("member %x: test hook: every put of %r is applied with another value",
                         self.id, corrupt_key)
             self.raft.state.rewrite = corrupting(corrupt_key)
+        self.raft.calls.handle("learner_ready", functools.partial(learner_ready, self))
         log.info("member %x: replaying the raft log in %s", self.id, cfg.data_dir)
         await self._ready.wait()
         with self.raft.lock:
             self.hub.revision = self.raft.machine.kv.current_revision
         log.info("member %x: ready at revision %d, raft term %d", self.id, self.hub.revision, self.raft.term)
         self._check_removed()
+        self.learner = self.raft.machine.members.is_learner(self.id)
         if cfg.initial_corrupt_check and initialized:
             await self.corruption.initial_check()
         self.corruption.answering = True
@@ -179,12 +188,13 @@ class Member:
                 ("grpc.max_send_message_length", 2**31 - 1),
                 ("grpc.max_concurrent_streams", cfg.max_concurrent_streams),
                 *GRPCIO_SERVER_OPTIONS,
-            ])
+            ], interceptors=[LearnerInterceptor(lambda: self.learner)])
         else:
             server = GrpcServer(max_receive_message_length=max_receive,
                                 max_concurrent_streams=cfg.max_concurrent_streams,
                                 keepalive_time=cfg.grpc_keepalive_interval,
                                 keepalive_timeout=cfg.grpc_keepalive_timeout)
+            server.refuse = refusal if self.learner else None
         add_kv_service(KVService(self), server)
         add_watch_service(WatchService(self), server)
         rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(self), server)
@@ -346,19 +356,54 @@ class Member:
                     hub.publish(events, revision)
             if op == Op.MEMBER_REMOVE:
                 self._check_removed()
+            if op == Op.MEMBER_ADD or op == Op.MEMBER_PROMOTE or op == Op.MEMBER_REMOVE:
+                self._note_learner()
             elif (op == Op.LEASE_GRANT or op == Op.LEASE_RENEW) and getattr(result, "TTL", 0) > 0:
                 # LEASE_RENEW: keep-alives in journals written before they left the log
                 self.lessor.touched(result.ID, result.TTL)
 
     def _desired_peers(self) -> set[str] | None:
-        """Raft addresses of the other members in the replicated member
-        table (None until it is filled)."""
+        """Raft addresses of the other voting members in the replicated
+        member table (None until it is filled)."""
         members = self.raft.machine.members
         if not members.bootstrapped:
             return None
         with self.raft.lock:
             urls = members.peer_urls()
-        return {host_port(u[0]) for i, u in urls.items() if i != self.id and u}
+            learners = members.learners
+        return {host_port(u[0]) for i, u in urls.items() if i != self.id and u and i not in learners}
+
+    def _learner_peers(self) -> set[str] | None:
+        """Raft addresses of the learners in the replicated member table
+        (None until it is filled)."""
+        members = self.raft.machine.members
+        if not members.bootstrapped:
+            return None
+        with self.raft.lock:
+            urls = members.peer_urls()
+            learners = members.learners
+        return {host_port(urls[i][0]) for i in learners if urls.get(i)}
+
+    def _may_campaign(self) -> bool:
+        """Whether this member may stand for leader: a voter of the member
+        table, or, before the table is known, a member of a new cluster's
+        --initial-cluster. A member that joined an existing one waits for
+        the table: it may be a learner, which must never campaign (a term of
+        its own would make it deaf to the leader)."""
+        members = self.raft.machine.members
+        if not members.bootstrapped:
+            return self.cfg.initial_cluster_state == "new"
+        return self.id in members and not members.is_learner(self.id)
+
+    def _note_learner(self) -> None:
+        """After a membership change applied here: the learner's limits on
+        client calls follow whether this member is one."""
+        learner = self.raft.machine.members.is_learner(self.id)
+        if learner != self.learner:
+            self.learner = learner
+            log.info("member %x is %s", self.id, "a learner" if learner else "a voting member")
+            for server in self._h2_servers:
+                server.refuse = refusal if learner else None
 
     def _check_removed(self) -> None:
         if self.id in self.raft.machine.members.removed and not self.removed.is_set():
@@ -377,6 +422,7 @@ class Member:
             self._delivering = None
         self._deliver_scheduled = False
         self.hub.reset(revision)
+        self._note_learner()
 
     # --- Backend: what the services call ---------------------------------
 

@@ -80,6 +80,10 @@ def _alarm_count(machine) -> int:
     return len(machine.alarms)
 
 
+def _is_learner(machine, member_id: int) -> bool:
+    return machine.members.is_learner(member_id)
+
+
 class MemberMetrics:
     """A member's metrics, read at each scrape. `raft`: its RaftNode;
     `commit`: its GroupCommit; `read`: Backend.read (a query under the raft
@@ -119,7 +123,7 @@ class MemberMetrics:
             ("etcd_server_health_success", [("", (), self.health_success)]),
             ("etcd_server_id", [("", (("server_id", format(self.member_id, "x")),), 1)]),
             ("etcd_server_is_leader", [("", (), int(has_leader and raft.is_leader))]),
-            ("etcd_server_is_learner", [("", (), 0)]),
+            ("etcd_server_is_learner", [("", (), int(self.read(_is_learner, self.member_id)))]),
             ("etcd_server_leader_changes_seen_total", [("", (), raft.leader_changes)]),
             ("etcd_server_proposals_applied_total", [("", (), raft.applied_index)]),
             ("etcd_server_proposals_committed_total", [("", (), raft.commit_index)]),
