@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import itertools
 import logging
 
 from etcdlite import errors
+from etcdlite.raft.call_messages import CallMessages
 
 log = logging.getLogger("etcdlite.raft")
 
@@ -50,26 +50,21 @@ class _Lost(Exception):
     """The leader asked changed or went away before it answered."""
 
 
-class LeaderCalls:
+class LeaderCalls(CallMessages):
     """`obj`: the LoopSyncObj (its leader, its transport); `receive` is
     given every peer message first (LoopSyncObj)."""
 
+    CALL = CALL
+    ANSWER = ANSWER
+
     def __init__(self, loop: asyncio.AbstractEventLoop, obj) -> None:
-        self._loop = loop
-        self._obj = obj
-        self._handlers: dict[str, object] = {}
-        self._ids = itertools.count(1)
+        super().__init__(loop, obj)
         # calls sent, by ID: (their answer, the leader asked, when to give up on it)
         self._waiting: dict[int, tuple] = {}
         self._watch: asyncio.TimerHandle | None = None  # _watch_waiting's next run
         # messages to send at the end of this turn: (node, type) -> items
         self._outbox: dict[tuple, list] = {}
         self._flush_scheduled = False
-
-    def handle(self, kind: str, handler) -> None:
-        """`handler(payload)`: an answer (picklable), or an awaitable of one;
-        raises NotLeader, or an EtcdError for the caller."""
-        self._handlers[kind] = handler
 
     async def call(self, kind: str, payload, timeout: float):
         loop, obj = self._loop, self._obj
@@ -144,58 +139,25 @@ class LeaderCalls:
         finally:
             transport.uncork()
 
-    def receive(self, node, message) -> bool:
-        """A peer message: True if it was one of these calls or answers."""
-        kind = message.get("type")
-        if kind == CALL:
-            answers: list = []
-            for call_id, call_kind, payload in message["items"]:
-                self._run(node, call_id, call_kind, payload, answers)
-            if answers:  # leave with this peer event's other messages, not a turn later
-                self._obj.peer_transport.send(node, {"type": ANSWER, "items": answers})
-            return True
-        if kind == ANSWER:
-            for call_id, ok, value in message["items"]:
-                waiting = self._waiting.get(call_id)
-                answer = waiting[0] if waiting is not None else None
-                if answer is not None and not answer.done():
-                    if ok:
-                        answer.set_result(value)
-                    else:
-                        answer.set_exception(value)
-            return True
-        return False
+    # --- CallMessages (handlers raise NotLeader, or an EtcdError for the caller) ---
 
-    def _run(self, node, call_id: int, kind: str, payload, answers: list) -> None:
-        """Run a call from `node`: its answer goes into `answers` if it is
-        there at once, else in a message of its own once it is."""
-        handler = self._handlers.get(kind)
-        try:
-            if handler is None or not self._obj._isLeader():
-                raise NotLeader()
-            answer = handler(payload)
-        except Exception as exc:  # noqa: BLE001 (every failure goes back to the caller)
-            answers.append(self._answer_item(call_id, None, exc))
-            return
-        if not inspect.isawaitable(answer):
-            answers.append((call_id, True, answer))
-            return
-        task = asyncio.ensure_future(answer)
+    def _awaited(self, call_id: int) -> asyncio.Future | None:
+        waiting = self._waiting.get(call_id)
+        return waiting[0] if waiting is not None else None
 
-        def done(t: asyncio.Task) -> None:
-            exc = NotLeader() if t.cancelled() else t.exception()
-            self._answer(node, call_id, None if exc else t.result(), exc)
+    def _start(self, handler, payload):
+        if handler is None or not self._obj._isLeader():
+            raise NotLeader()
+        return handler(payload)
 
-        task.add_done_callback(done)
-
-    def _answer(self, node, call_id: int, value, exc: BaseException | None) -> None:
-        self._queue(node, ANSWER, self._answer_item(call_id, value, exc))
-
-    @staticmethod
-    def _answer_item(call_id: int, value, exc: BaseException | None) -> tuple:
-        if exc is None:
-            return call_id, True, value
+    def _failure(self, call_id: int, exc: BaseException) -> tuple:
         if not isinstance(exc, (errors.EtcdError, NotLeader)):
             log.error("leader call %d failed", call_id, exc_info=exc)
             exc = NotLeader()  # asked again, of whichever member leads then
         return call_id, False, exc
+
+    def _cancelled(self) -> BaseException:
+        return NotLeader()
+
+    def _send_answer(self, node, item: tuple) -> None:
+        self._queue(node, ANSWER, item)

@@ -18,11 +18,10 @@ reads). After `timeout` the call raises `etcdserver: request timed out`.
 from __future__ import annotations
 
 import asyncio
-import inspect
-import itertools
 import logging
 
 from etcdlite import errors
+from etcdlite.raft.call_messages import CallMessages
 
 log = logging.getLogger("etcdlite.raft")
 
@@ -34,21 +33,16 @@ ATTEMPT_TIMEOUT = 1.0
 RETRY_PAUSE = 0.05
 
 
-class PeerCalls:
+class PeerCalls(CallMessages):
     """`obj`: the LoopSyncObj (its nodes, its transport); `receive` is
     given every peer message (LoopSyncObj)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, obj) -> None:
-        self._loop = loop
-        self._obj = obj
-        self._handlers: dict[str, object] = {}
-        self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future] = {}
+    CALL = CALL
+    ANSWER = ANSWER
 
-    def handle(self, kind: str, handler) -> None:
-        """`handler(payload)`: an answer (picklable) or an awaitable of one;
-        raises an EtcdError for the caller."""
-        self._handlers[kind] = handler
+    def __init__(self, loop: asyncio.AbstractEventLoop, obj) -> None:
+        super().__init__(loop, obj)
+        self._waiting: dict[int, asyncio.Future] = {}
 
     def _node(self, address: str):
         return next((n for n in set(self._obj._SyncObj__otherNodes) if n.id == address), None)
@@ -84,54 +78,25 @@ class PeerCalls:
             finally:
                 self._waiting.pop(call_id, None)
 
-    def receive(self, node, message) -> bool:
-        """A peer message: True if it was one of these calls or answers."""
-        kind = message.get("type")
-        if kind == CALL:
-            answers: list = []
-            for call_id, call_kind, payload in message["items"]:
-                self._run(node, call_id, call_kind, payload, answers)
-            if answers:
-                self._obj.peer_transport.send(node, {"type": ANSWER, "items": answers})
-            return True
-        if kind == ANSWER:
-            for call_id, ok, value in message["items"]:
-                answer = self._waiting.get(call_id)
-                if answer is not None and not answer.done():
-                    if ok:
-                        answer.set_result(value)
-                    else:
-                        answer.set_exception(value)
-            return True
-        return False
+    # --- CallMessages --------------------------------------------------------
 
-    def _run(self, node, call_id: int, kind: str, payload, answers: list) -> None:
-        handler = self._handlers.get(kind)
-        try:
-            if handler is None:
-                raise errors.NOT_CAPABLE
-            answer = handler(payload)
-        except Exception as exc:  # noqa: BLE001 (every failure goes back to the caller)
-            answers.append(_failure(call_id, exc))
-            return
-        if not inspect.isawaitable(answer):
-            answers.append((call_id, True, answer))
-            return
+    def _awaited(self, call_id: int) -> asyncio.Future | None:
+        return self._waiting.get(call_id)
 
-        def done(task: asyncio.Future) -> None:
-            if task.cancelled():
-                item = _failure(call_id, errors.STOPPED)
-            elif task.exception() is not None:
-                item = _failure(call_id, task.exception())
-            else:
-                item = (call_id, True, task.result())
-            self._send(node, {"type": ANSWER, "items": [item]})
+    def _start(self, handler, payload):
+        if handler is None:
+            raise errors.NOT_CAPABLE
+        return handler(payload)
 
-        asyncio.ensure_future(answer).add_done_callback(done)
+    def _failure(self, call_id: int, exc: BaseException) -> tuple:
+        if not isinstance(exc, errors.EtcdError):
+            log.error("peer call %d failed", call_id, exc_info=exc)
+            exc = errors.EtcdError(errors.TIMEOUT.code, f"etcdlite: the peer call failed: {exc!r}")
+        return call_id, False, exc
 
+    def _cancelled(self) -> BaseException:
+        return errors.STOPPED
 
-def _failure(call_id: int, exc: BaseException) -> tuple:
-    if not isinstance(exc, errors.EtcdError):
-        log.error("peer call %d failed", call_id, exc_info=exc)
-        exc = errors.EtcdError(errors.TIMEOUT.code, f"etcdlite: the peer call failed: {exc!r}")
-    return call_id, False, exc
+    def _send_answer(self, node, item: tuple) -> None:
+        self._send(node, {"type": ANSWER, "items": [item]})
+
