@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import pickle
 import re
-import time
-import urllib.error
-import urllib.request
 
 import grpc
 import pytest
+from test_space_quota import health
 
 from etcdlite import errors
 from etcdlite.alarms import AlarmTable
 from etcdlite.apply import Op, StateMachine
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.server.corruption import CORRUPT_KEY_ENV, corrupting
-from harness.etcd_client import Client, error_of
+from harness.etcd_client import Client, error_of, wait_until
 from harness.procs import free_port, run_etcdctl, start_etcdlite_cluster
 
 CORRUPT = (grpc.StatusCode.DATA_LOSS, "etcdserver: corrupt cluster")
@@ -183,14 +181,6 @@ def status(endpoint: str) -> pb.StatusResponse:
         return c.maintenance.Status(pb.StatusRequest(), timeout=10)
 
 
-def health(port: int) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
 def corrupt_session(m, metrics_port: int) -> list:
     """A CORRUPT alarm activated by a client for `m`, then an etcdctl
     session around it; what it printed, with the member's ID normalised."""
@@ -251,17 +241,6 @@ def test_a_client_activated_corrupt_alarm_answers_as_etcd_34(procs, tmp_path, et
     assert got == ref
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def alarm_list(m) -> list[str]:
     rc, out, err = run_etcdctl(m, "alarm", "list")
     assert rc == 0, err
@@ -293,12 +272,12 @@ def test_the_leader_raises_corrupt_for_a_diverged_member_and_the_initial_check_s
             c.put(b"k%d" % i, b"v")
     # healthy: the checks compare both peers and raise nothing
     seen = checks_finished(leader)
-    wait_for(lambda: checks_finished(leader) >= seen + 2, 10, "two peer corruption checks")
+    wait_until(lambda: checks_finished(leader) >= seen + 2, 10, what="two peer corruption checks")
     assert alarm_list(m0) == []
     # m2 applies foo's put with another value: the leader's next check names it
     with Client(m0.endpoint) as c:
         c.put(b"foo", b"bar")
-    wait_for(lambda: alarm_list(m1), 10, "a CORRUPT alarm")
+    wait_until(lambda: alarm_list(m1), 10, what="a CORRUPT alarm")
     assert alarm_list(m1) == [f"memberID:{ids[2]} alarm:CORRUPT "]
     for m in members:
         with Client(m.endpoint) as c:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
+from abc import ABC, abstractmethod
 
 
-class CallMessages:
+class CallMessages(ABC):
     """`obj`: the LoopSyncObj (its transport); `receive` is given every peer
     message (LoopSyncObj). Subclasses name their message types (CALL,
     ANSWER) and say how a call starts, how a failure is told, and where an
@@ -80,22 +81,22 @@ class CallMessages:
 
     # --- what subclasses say ------------------------------------------------
 
+    @abstractmethod
     def _awaited(self, call_id: int) -> asyncio.Future | None:
         """The answer a call this member sent waits for."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _start(self, handler, payload):
         """The handler's answer (or awaitable); raises what the caller is told."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _failure(self, call_id: int, exc: BaseException) -> tuple:
         """The answer item telling the caller of `exc`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _cancelled(self) -> BaseException:
         """What a handler cancelled before it answered tells the caller."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _send_answer(self, node, item: tuple) -> None:
         """Send an answer given after the call's message was handled."""
-        raise NotImplementedError

@@ -362,26 +362,31 @@ class Member:
                 # LEASE_RENEW: keep-alives in journals written before they left the log
                 self.lessor.touched(result.ID, result.TTL)
 
-    def _desired_peers(self) -> set[str] | None:
-        """Raft addresses of the other voting members in the replicated
-        member table (None until it is filled)."""
+    def _table_urls(self) -> tuple[dict, set] | None:
+        """(peer URLs by member ID, the learners' IDs) of the replicated
+        member table; None until it is filled."""
         members = self.raft.machine.members
         if not members.bootstrapped:
             return None
         with self.raft.lock:
-            urls = members.peer_urls()
-            learners = members.learners
+            return members.peer_urls(), members.learners
+
+    def _desired_peers(self) -> set[str] | None:
+        """Raft addresses of the other voting members in the replicated
+        member table (None until it is filled)."""
+        table = self._table_urls()
+        if table is None:
+            return None
+        urls, learners = table
         return {host_port(u[0]) for i, u in urls.items() if i != self.id and u and i not in learners}
 
     def _learner_peers(self) -> set[str] | None:
         """Raft addresses of the learners in the replicated member table
         (None until it is filled)."""
-        members = self.raft.machine.members
-        if not members.bootstrapped:
+        table = self._table_urls()
+        if table is None:
             return None
-        with self.raft.lock:
-            urls = members.peer_urls()
-            learners = members.learners
+        urls, learners = table
         return {host_port(urls[i][0]) for i in learners if urls.get(i)}
 
     def _may_campaign(self) -> bool:
