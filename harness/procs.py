@@ -65,16 +65,15 @@ def free_port() -> int:
     remembering what we handed out at least avoids collisions between our own
     members.) Under pytest-xdist, worker i of n takes only ports p with (p // 2) % n == i,
     so two workers never hand out the same port either (p // 2: Linux hands even ports to
-    bind(0) and keeps odd ones for connect(); an odd one bind(0) gives when even ones run short
-    is passed over, since an outgoing connection may take it before the server binds it).
+    bind(0) and keeps odd ones for connect()).
     """
     share, shares = _worker_share()
     for _ in range(200 * shares):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        if port % 2 or (port // 2) % shares != share:
-            continue  # odd: a port connect() may take for an outgoing connection meanwhile
+        if (port // 2) % shares != share:
+            continue
         with _ports_lock:
             if port not in _ports_handed_out:
                 _ports_handed_out.add(port)
